@@ -1,0 +1,171 @@
+"""The ``vdsr-fast`` command: ``upscale`` images, ``eval`` on a test set (and more, see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise CliError(f"--device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def _model(weights: str | None):
+    from .weights import WeightsError, load
+
+    try:
+        return load(weights)
+    except (FileNotFoundError, WeightsError) as e:
+        raise CliError(str(e)) from None
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", "-w", help="weights file (.safetensors, .pth state_dict or the port's checkpoint); default: the shipped weights")
+    p.add_argument("--backend", default="auto", choices=["auto", "cuda", "triton", "torch"], help="engine backend (default: auto)")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), help="activation dtype (default: fp16 for fast GPU backends, else fp32)")
+    p.add_argument("--device", help="torch device, e.g. cuda:0 or cpu (default: cuda if available)")
+
+
+def _engine(args):
+    """The model from ``--weights`` and its engine for ``--backend/--dtype/--device``."""
+    from .api import get_engine
+    from .engine import BackendUnavailable
+
+    model = _model(args.weights)
+    try:
+        return model, get_engine(model, _device(args.device), args.backend, _DTYPES.get(args.dtype))
+    except BackendUnavailable as e:
+        raise CliError(str(e)) from None
+
+
+def cmd_upscale(args) -> int:
+    from .api import upscale
+    from .images import ImageReadError, read_image, write_image
+    from .imaging import imresize
+
+    src, dst = Path(args.input), Path(args.output)
+    if dst.exists() and not args.force:
+        raise CliError(f"{dst} exists; pass --force to overwrite it")
+    if not dst.parent.is_dir():
+        raise CliError(f"{dst.parent}: output folder does not exist")
+    try:
+        arr = read_image(src)
+    except ImageReadError as e:
+        raise CliError(str(e)) from None
+    model, engine = _engine(args)
+    model_kw = {"backend": args.backend, "dtype": _DTYPES.get(args.dtype)}
+    x = torch.from_numpy(arr.astype(np.int32) if arr.dtype == np.uint16 else arr).permute(2, 0, 1)
+    x = (x.float() / 65535.0 if arr.dtype == np.uint16 else x).to(engine.device)
+    t0 = time.perf_counter()
+    if x.shape[0] == 2:  # gray + alpha: VDSR on the gray plane, bicubic on alpha
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        y = upscale(x[:1], args.scale, model, **model_kw)
+        out = torch.cat([y, imresize(x[1:], args.scale).clamp(0, 1)])
+    else:
+        out = upscale(x, args.scale, model, **model_kw)
+    if out.dtype != torch.uint8:  # float path (16-bit input, or gray+alpha)
+        peak = 65535.0 if arr.dtype == np.uint16 else 255.0
+        out = (out.clamp(0, 1) * peak + 0.5).floor()
+    result = out.permute(1, 2, 0).cpu().numpy().astype(arr.dtype)
+    elapsed = time.perf_counter() - t0
+    try:
+        write_image(dst, result)
+    except (ValueError, OSError) as e:
+        raise CliError(f"cannot write {dst}: {e}") from None
+    h, w = arr.shape[:2]
+    print(f"{src} ({w}x{h}) -> {dst} ({result.shape[1]}x{result.shape[0]}), x{args.scale}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, {elapsed:.2f} s")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate
+    from .images import ImageReadError
+
+    engine = None if args.bicubic_only else _engine(args)[1]
+    scores = []
+    try:
+        for s in args.scale:
+            scores.append(evaluate(args.folder, s, engine, lr_given=args.lr_given, progress=not args.json and sys.stderr.isatty()))
+    except (FileNotFoundError, ImageReadError, ValueError) as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        out = [r.summary() for r in scores]
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
+        return 0
+    for r in scores:
+        print(f"\n{r.folder}  x{r.scale}  ({'LR files given' if r.lr_given else 'paper protocol'}, {r.n} images)")
+        head = f"{'image':<28} {'bicubic PSNR/SSIM':>18}"
+        if engine is not None:
+            head += f" {'VDSR PSNR/SSIM':>18} {'ms':>8}"
+        print(head)
+        rows = [(i.name, i.bicubic_psnr, i.bicubic_ssim, i.psnr, i.ssim, i.seconds) for i in r.images]
+        rows.append(("mean", r.mean("bicubic_psnr"), r.mean("bicubic_ssim"), r.mean("psnr"), r.mean("ssim"), r.mean("seconds")))
+        for name, bp, bs, p, s_, t in rows:
+            line = f"{name:<28} {bp:>10.2f}/{bs:.4f}"
+            if engine is not None:
+                line += f" {p:>10.2f}/{s_:.4f} {t * 1000:>8.1f}"
+            print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vdsr-fast", description="Fast VDSR super-resolution.")
+    parser.add_argument("--version", action="version", version=f"vdsr_fast {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("upscale", help="upscale one image (PNG/JPEG/BMP/TIFF, 8/16-bit, gray/RGB/RGBA)")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True, help="output image (format from the suffix)")
+    p.add_argument("--scale", "-s", type=int, default=2, choices=[2, 3, 4])
+    p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("eval", help="PSNR/SSIM on a test set with the paper's protocol")
+    p.add_argument("folder", help="a folder of *_HR.png (or any images), or a set folder with x2/ x3/ x4/")
+    p.add_argument("--scale", "-s", type=int, nargs="+", default=[2], choices=[2, 3, 4])
+    p.add_argument("--lr-given", action="store_true", help="upscale the *_LR files beside the HR ones instead of downscaling")
+    p.add_argument("--bicubic-only", action="store_true", help="score bicubic only (no weights needed)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (a list for several scales)")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"vdsr-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vdsr-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The inference engine: one VDSR, packed once for one backend, device and dtype.
+
+``Engine(model, backend=..., dtype=..., device=...)(y)`` maps a Y-plane batch ``(N, 1, H, W)`` (float,
+the bicubic-upscaled luminance in [0, 1]) to ``y + residual``, returned in ``y``'s dtype.
+
+Backends register themselves in ``BACKENDS``; each is a class with ``available(device) -> reason or
+None``, a constructor ``(model, device, dtype)`` that packs the weights, and ``__call__(y) -> y'``.
+``backend="auto"`` tries the CUDA extension, then Triton, then the PyTorch reference; an explicitly
+requested backend that cannot run raises :class:`BackendUnavailable` and never falls back.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .reference import VDSR, vdsr_forward
+
+__all__ = ["Engine", "BackendUnavailable", "BACKENDS", "available_backends"]
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here (not built, no GPU, wrong dtype...)."""
+
+
+class Backend(Protocol):
+    name: str
+    dtypes: tuple[torch.dtype, ...]
+
+    @staticmethod
+    def available(device: torch.device) -> str | None: ...
+
+    def __init__(self, model: VDSR, device: torch.device, dtype: torch.dtype) -> None: ...
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchBackend:
+    """The reference network (``F.conv2d``), in any float dtype the device supports."""
+
+    name = "torch"
+    dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+    @staticmethod
+    def available(device: torch.device) -> str | None:
+        return None
+
+    def __init__(self, model: VDSR, device: torch.device, dtype: torch.dtype) -> None:
+        # channels_last is cuDNN's fast layout for half precision; plain NCHW elsewhere.
+        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.weights = [w.detach().to(device, dtype).contiguous(memory_format=self.memory_format) for w in model.weights]
+        self.biases = [b.detach().to(device, dtype) for b in model.biases]
+        self.dtype = dtype
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        x = y.to(self.dtype).contiguous(memory_format=self.memory_format)
+        return vdsr_forward(x, self.weights, self.biases).to(y.dtype)
+
+
+class _Lazy:
+    """A backend whose module is imported on first use (so ``import vdsr_fast`` never imports triton)."""
+
+    def __init__(self, module: str, attr: str) -> None:
+        self.module, self.attr = module, attr
+
+    def resolve(self) -> type:
+        import importlib
+
+        return getattr(importlib.import_module(self.module, __package__), self.attr)
+
+
+BACKENDS: dict[str, type | _Lazy] = {
+    "cuda": _Lazy(".kernels.cuda", "CudaBackend"),
+    "triton": _Lazy(".kernels.triton.backend", "TritonBackend"),
+    "torch": TorchBackend,
+}
+AUTO_ORDER = ("cuda", "triton", "torch")
+
+
+def _backend_class(name: str) -> type:
+    impl = BACKENDS[name]
+    if isinstance(impl, _Lazy):
+        impl = BACKENDS[name] = impl.resolve()
+    return impl
+
+
+def _why_unavailable(name: str, device: torch.device) -> str | None:
+    try:
+        impl = _backend_class(name)
+    except ImportError as e:
+        return f"cannot import it ({e})"
+    return impl.available(device)
+
+
+def _default_dtype(backend: str, device: torch.device) -> torch.dtype:
+    if backend == "torch" or device.type != "cuda":
+        return torch.float32
+    return torch.float16
+
+
+def available_backends(device: str | torch.device = "cuda") -> dict[str, str | None]:
+    """Each registered backend -> None if it can run on ``device``, else the reason it cannot."""
+    device = torch.device(device)
+    return {name: _why_unavailable(name, device) for name in BACKENDS}
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        for name in AUTO_ORDER:
+            # The fast backends are GPU code: auto never picks the Triton interpreter on a CPU.
+            if name != "torch" and device.type != "cuda":
+                continue
+            if name in BACKENDS and _why_unavailable(name, device) is None:
+                return name
+        raise BackendUnavailable(f"no backend can run on {device}")  # unreachable: torch always can
+    if backend not in BACKENDS:
+        known = ", ".join(["auto", *BACKENDS])
+        raise ValueError(f"unknown backend {backend!r}; expected one of: {known}")
+    reason = _why_unavailable(backend, device)
+    if reason is not None:
+        raise BackendUnavailable(f"backend {backend!r} cannot run on {device}: {reason}")
+    return backend
+
+
+class Engine:
+    """VDSR packed for one backend on one device in one storage dtype.
+
+    Args:
+        model: a :class:`~vdsr_fast.reference.VDSR` (e.g. from :func:`vdsr_fast.load`).
+        backend: ``"auto"`` (CUDA extension, then Triton, then PyTorch), ``"cuda"``, ``"triton"`` or
+            ``"torch"``.
+        dtype: storage dtype of the activations; default float16 for the fast backends on a GPU,
+            float32 for the PyTorch reference and on the CPU. Accumulation is always at least fp32.
+        device: where the weights live and inputs must be; default the current CUDA device if there
+            is one, else the CPU.
+    """
+
+    def __init__(
+        self,
+        model: VDSR,
+        backend: str = "auto",
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if not isinstance(model, VDSR):
+            raise TypeError(f"Engine: expected a vdsr_fast VDSR model, got {type(model).__name__}")
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
+        self.backend = resolve_backend(backend, device)
+        impl = _backend_class(self.backend)
+        self.dtype = dtype if dtype is not None else _default_dtype(self.backend, device)
+        if self.dtype not in impl.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in impl.dtypes)
+            raise BackendUnavailable(f"backend {self.backend!r} does not support dtype {self.dtype}; it supports {names}")
+        self.depth, self.channels = model.depth, model.channels
+        with torch.no_grad():
+            self._impl = impl(model, device, self.dtype)
+
+    def __repr__(self) -> str:
+        return f"Engine(backend={self.backend!r}, dtype={self.dtype}, device={self.device}, depth={self.depth}, channels={self.channels})"
+
+    @torch.no_grad()
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        """``y + residual(y)`` for a Y-plane batch ``(N, 1, H, W)``; returns ``y``'s dtype."""
+        if not torch.is_tensor(y) or y.dim() != 4 or y.shape[1] != 1:
+            shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
+            raise ValueError(f"Engine: expected a Y-plane batch of shape (N, 1, H, W), got {shape}")
+        if not torch.is_floating_point(y):
+            raise TypeError(f"Engine: expected a floating-point Y plane, got dtype {y.dtype}")
+        if y.device != self.device:
+            raise ValueError(f"Engine: input is on {y.device} but this engine's weights are on {self.device}")
+        if y.numel() == 0:
+            raise ValueError(f"Engine: empty input of shape {tuple(y.shape)}")
+        return self._impl(y)

@@ -1,0 +1,138 @@
+"""Image files <-> arrays for the CLI: PNG, JPEG, BMP, TIFF; 8- and 16-bit; gray, gray+alpha, RGB, RGBA.
+
+Pillow reads and writes most files; it cannot hold 16-bit color, so 16-bit RGB(A) PNGs go through
+pypng and 16-bit TIFFs through tifffile (both small pure-Python packages).
+Arrays are numpy ``(H, W, C)`` uint8 or uint16, C in {1, 2, 3, 4}.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ImageReadError", "read_image", "write_image", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class ImageReadError(ValueError):
+    """A file that is missing, unreadable or not a supported image."""
+
+
+def _png_16bit_color(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    # IHDR: bytes 24 (bit depth) and 25 (color type: 2 = RGB, 6 = RGBA)
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
+    return arr.reshape(height, width, planes)
+
+
+def _read_tiff(path: Path) -> np.ndarray | None:
+    import tifffile
+
+    try:
+        arr = tifffile.imread(str(path))
+    except Exception:  # compression tifffile cannot decode alone: let Pillow try
+        return None
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar configuration
+    if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
+        raise ImageReadError(f"{path}: unsupported TIFF ({arr.dtype}, shape {arr.shape}); expected 8/16-bit gray or RGB(A)")
+    return arr
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``(H, W, C)`` uint8 or uint16 (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    try:
+        arr = None
+        if path.suffix.lower() in (".tif", ".tiff"):
+            arr = _read_tiff(path)
+        if arr is None and _png_16bit_color(path):
+            arr = _read_png16(path)
+        if arr is None:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                    arr = np.asarray(im).astype(np.uint16)  # 16-bit gray (Pillow reads it as "I" or "I;16")
+                else:
+                    if im.mode == "P":
+                        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                    elif im.mode in ("1",):
+                        im = im.convert("L")
+                    elif im.mode == "PA":
+                        im = im.convert("RGBA")
+                    elif im.mode not in ("L", "LA", "RGB", "RGBA"):
+                        im = im.convert("RGB")  # CMYK, YCbCr JPEGs, ...
+                    arr = np.asarray(im)
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageReadError(f"{path}: cannot read image ({e}); supported: PNG, JPEG, BMP, TIFF") from None
+    except Exception as e:  # decoders (pypng's png.FormatError, ...) raise their own types
+        raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.size == 0:
+        raise ImageReadError(f"{path}: the image is empty ({arr.shape})")
+    return np.ascontiguousarray(arr)
+
+
+def write_image(path: str | os.PathLike, arr: np.ndarray, *, quality: int = 95) -> None:
+    """Write ``(H, W, C)`` uint8/uint16 to ``path`` (format from the suffix), atomically.
+
+    The data goes to a temporary file in the same folder that is renamed at the end, so an interrupted
+    run never leaves a half-written file under the final name.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported output format {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"write_image: expected (H, W, 1|2|3|4) uint8/uint16, got {arr.shape} {arr.dtype}")
+    if arr.dtype == np.uint16 and suffix in (".jpg", ".jpeg", ".bmp"):
+        raise ValueError(f"{path}: {suffix} cannot store 16-bit images; use .png or .tif")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            tifffile.imwrite(tmp, arr[:, :, 0] if arr.shape[2] == 1 else arr, photometric="minisblack" if arr.shape[2] <= 2 else "rgb")
+        elif arr.dtype == np.uint16 and arr.shape[2] != 1:
+            import png
+
+            h, w, c = arr.shape
+            writer = png.Writer(w, h, greyscale=c <= 2, alpha=c in (2, 4), bitdepth=16)
+            with open(tmp, "wb") as f:
+                writer.write(f, arr.reshape(h, w * c))
+        else:
+            if arr.dtype == np.uint16:
+                im = Image.fromarray(arr[:, :, 0].astype(np.uint16), mode="I;16")
+            else:
+                mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
+                im = Image.fromarray(arr[:, :, 0] if mode == "L" else arr, mode=mode)
+            if suffix in (".jpg", ".jpeg") and im.mode in ("LA", "RGBA"):
+                raise ValueError(f"{path}: JPEG cannot store an alpha channel; use .png or .tif")
+            im.save(tmp, quality=quality) if suffix in (".jpg", ".jpeg") else im.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

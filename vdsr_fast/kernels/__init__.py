@@ -1,0 +1,1 @@
+"""Fast kernels: Triton (``kernels/triton``) and the CUDA extension wrapper (``kernels/cuda.py``)."""

@@ -1,0 +1,1 @@
+"""Triton kernels, one per file, and the engine backend that chains them (``backend.py``)."""

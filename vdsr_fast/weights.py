@@ -1,0 +1,296 @@
+"""Load, validate and save VDSR weights. Weights are data: nothing here unpickles code.
+
+Accepted files (see SECURITY.md):
+
+* **safetensors** (native): tensors ``layers.{i}.weight`` / ``layers.{i}.bias`` plus string metadata.
+* **PyTorch state_dicts** saved with ``torch.save`` (read with ``torch.load(weights_only=True)``) in
+  the common key layouts: this package's ``layers.{i}.*``; the popular PyTorch port's
+  ``input.*``, ``residual_layer.{k}.conv.*``, ``output.*`` (it has no biases: a missing bias is zero);
+  ``nn.Sequential`` indices (``0.weight``, ``2.weight``, ... with any common prefix). A ``module.`` or
+  ``_orig_mod.`` prefix and a wrapping ``{"state_dict": ...}`` / ``{"model": ...}`` are undone.
+* **the port's checkpoint** ``{"epoch": n, "model": <vdsr.Net>}``, zip or legacy (Python 2) format,
+  read by :mod:`vdsr_fast.torch_pickle`'s restricted unpickler.
+
+Every load checks the layer chain (head ``C x 1 x 3 x 3``, body ``C x C x 3 x 3``, tail ``1 x C x 3 x 3``,
+biases ``(out,)``), floating dtypes and finiteness, and names the offending key when one is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from datetime import date
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .reference import VDSR
+from .torch_pickle import CheckpointFormatError, ModuleRecord, UnsafeCheckpointError, read_checkpoint
+
+__all__ = ["WeightsError", "load", "save", "from_state_dict", "default_weights_path", "DEFAULT_WEIGHTS"]
+
+DEFAULT_WEIGHTS = "vdsr_x234.safetensors"
+
+
+class WeightsError(ValueError):
+    """A weights file or state_dict that cannot be used, with the reason and the key involved."""
+
+
+def default_weights_path() -> Path:
+    """Path of the weights shipped inside the package (``vdsr_fast/weights/vdsr_x234.safetensors``)."""
+    return Path(str(resources.files("vdsr_fast") / "weights" / DEFAULT_WEIGHTS))
+
+
+# --------------------------------------------------------------------------------------------------
+# state_dict layouts -> ordered list of (weight_key, weight, bias_key, bias)
+
+_OURS = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
+_PORT = re.compile(r"^(?:(input)|residual_layer\.(\d+)\.conv|(output))\.(weight|bias)$")
+_SEQ = re.compile(r"^((?:[A-Za-z_][\w]*\.)*?)(\d+)\.(weight|bias)$")
+_PREFIXES = ("module.", "_orig_mod.")
+_WRAPPERS = ("state_dict", "model", "model_state_dict", "params", "net", "params_ema")
+
+
+def _unwrap(sd: Mapping[str, Any]) -> Mapping[str, Any]:
+    for _ in range(3):
+        if any(torch.is_tensor(v) for v in sd.values()):
+            break
+        inner = [sd[k] for k in _WRAPPERS if isinstance(sd.get(k), Mapping)]
+        if len(inner) != 1:
+            break
+        sd = inner[0]
+    for prefix in _PREFIXES:
+        if sd and all(isinstance(k, str) and k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def _layers_by_index(sd: Mapping[str, Any]) -> tuple[str, dict[int, dict[str, str]]]:
+    """Recognise the key layout; return its name and {layer order key: {"weight"|"bias": key}}."""
+    keys = list(sd)
+    if not keys:
+        raise WeightsError("the state_dict is empty")
+    bad = [k for k in keys if not isinstance(k, str)]
+    if bad:
+        raise WeightsError(f"state_dict key {bad[0]!r} is not a string")
+
+    def group(pattern, order_of) -> dict[int, dict[str, str]] | None:
+        layers: dict[int, dict[str, str]] = {}
+        for k in keys:
+            m = pattern.match(k)
+            if m is None:
+                return None
+            layers.setdefault(order_of(m), {})[m.groups()[-1]] = k
+        return layers
+
+    layers = group(_OURS, lambda m: int(m.group(1)))
+    if layers is not None:
+        _check_contiguous(layers, "layers.{}.weight")
+        return "vdsr_fast", layers
+    n_res = sum(1 for k in keys if k.startswith("residual_layer."))
+    port = group(_PORT, lambda m: 0 if m.group(1) else (n_res + 1 if m.group(3) else int(m.group(2)) + 1))
+    if port is not None:
+        res = {i - 1: v for i, v in port.items() if 0 < i <= n_res}
+        _check_contiguous(res, "residual_layer.{}.conv.weight")
+        for name, idx in (("input", 0), ("output", n_res + 1)):
+            if idx not in port:
+                raise WeightsError(f"missing key '{name}.weight' (the port's {name} layer)")
+        return "pytorch-vdsr", port
+    seq = group(_SEQ, lambda m: int(m.group(2)))
+    if seq is not None and len({_SEQ.match(k).group(1) for k in keys}) == 1:
+        return "sequential", seq
+    unknown = [k for k in keys if not (_OURS.match(k) or _PORT.match(k) or _SEQ.match(k))]
+    hint = f"unexpected key '{unknown[0]}'" if unknown else f"keys mix several layouts (e.g. '{keys[0]}', '{keys[-1]}')"
+    raise WeightsError(
+        f"unrecognised VDSR state_dict layout: {hint}; expected 'layers.N.weight', the port's "
+        "'input/residual_layer.N.conv/output.weight', or nn.Sequential 'N.weight' keys"
+    )
+
+
+def _check_contiguous(layers: dict[int, dict[str, str]], fmt: str) -> None:
+    for i in range(max(layers, default=-1) + 1):
+        if i not in layers or "weight" not in layers[i]:
+            raise WeightsError(f"missing key '{fmt.format(i)}' (layer missing from the file)")
+
+
+def from_state_dict(sd: Mapping[str, Any], *, source: str = "state_dict") -> VDSR:
+    """Build a validated float32 :class:`VDSR` from a state_dict in any supported key layout."""
+    if not isinstance(sd, Mapping):
+        raise WeightsError(f"expected a state_dict (a mapping of names to tensors), got {type(sd).__name__}")
+    sd = _unwrap(sd)
+    layout, layers = _layers_by_index(sd)
+    order = sorted(layers)
+    wkeys = []
+    for i in order:
+        if "weight" not in layers[i]:
+            raise WeightsError(f"key '{layers[i]['bias']}' has no matching weight")
+        wkeys.append(layers[i]["weight"])
+    for k, v in sd.items():
+        if not torch.is_tensor(v):
+            raise WeightsError(f"value of key '{k}' is a {type(v).__name__}, not a tensor")
+        if not torch.is_floating_point(v):
+            raise WeightsError(f"key '{k}' has dtype {v.dtype}; expected a floating-point tensor")
+    depth = len(order)
+    if depth < 2:
+        raise WeightsError(f"found {depth} conv layer(s) ({', '.join(wkeys)}); VDSR needs at least a head and a tail")
+    head = sd[wkeys[0]]
+    if head.dim() != 4 or head.shape[1:] != (1, 3, 3):
+        raise WeightsError(f"key '{wkeys[0]}' has shape {tuple(head.shape)}; expected (C, 1, 3, 3) for the first layer")
+    c = head.shape[0]
+    model = VDSR(depth=depth, channels=c)
+    with torch.no_grad():
+        for n, i in enumerate(order):
+            cin = 1 if n == 0 else c
+            cout = 1 if n == depth - 1 else c
+            conv = model.layers[n]
+            for kind, expected, dst in (("weight", (cout, cin, 3, 3), conv.weight), ("bias", (cout,), conv.bias)):
+                key = layers[i].get(kind)
+                if key is None:  # the port has no biases: a missing bias is zero
+                    dst.zero_()
+                    continue
+                t = sd[key]
+                if tuple(t.shape) != expected:
+                    raise WeightsError(f"key '{key}' has shape {tuple(t.shape)}; expected {expected} (layer {n} of {depth})")
+                if not torch.isfinite(t).all():
+                    raise WeightsError(f"key '{key}' contains NaN or Inf values")
+                dst.copy_(t.float())
+    has_bias = any("bias" in layers[i] for i in order)
+    model.metadata = {"source_layout": layout, "source": source, "biases": "yes" if has_bias else "none (zero)"}
+    return model
+
+
+def _record_state_dict(rec: ModuleRecord, prefix: str = "", out: dict | None = None, depth: int = 0) -> dict:
+    """Flatten a pickled module tree (as :class:`ModuleRecord`) into a state_dict."""
+    out = {} if out is None else out
+    if depth > 32:
+        raise WeightsError("pickled model nests modules too deeply")
+    for name, p in (rec.state.get("_parameters") or {}).items():
+        if p is not None:
+            out[f"{prefix}{name}"] = p
+    for name, b in (rec.state.get("_buffers") or {}).items():
+        if b is not None:
+            out[f"{prefix}{name}"] = b
+    for name, child in (rec.state.get("_modules") or {}).items():
+        if isinstance(child, ModuleRecord):
+            _record_state_dict(child, f"{prefix}{name}.", out, depth + 1)
+        elif child is not None:
+            raise WeightsError(f"submodule '{prefix}{name}' is a {type(child).__name__}, not a module")
+    return out
+
+
+def _from_pickled(obj: Any, path: str) -> VDSR:
+    if isinstance(obj, ModuleRecord):
+        return from_state_dict(_record_state_dict(obj), source=f"{os.path.basename(path)} ({obj.qualname} object)")
+    if isinstance(obj, Mapping):
+        model = obj.get("model")
+        if isinstance(model, ModuleRecord):
+            epoch = obj.get("epoch")
+            m = from_state_dict(_record_state_dict(model), source=f"{os.path.basename(path)} ({model.qualname} object)")
+            if isinstance(epoch, int):
+                m.metadata["epoch"] = str(epoch)
+            return m
+        return from_state_dict(obj, source=os.path.basename(path))
+    raise WeightsError(f"{path}: the checkpoint holds a {type(obj).__name__}, not a VDSR model or state_dict")
+
+
+# --------------------------------------------------------------------------------------------------
+# files
+
+
+def load(path: str | os.PathLike | None = None) -> VDSR:
+    """Load VDSR weights from a file (any supported format) into a float32 :class:`VDSR` on the CPU.
+
+    With no argument, loads the weights shipped with the package. Raises :class:`WeightsError` with the
+    reason (and key) for anything unusable, and :class:`FileNotFoundError` for a missing file.
+    """
+    path = default_weights_path() if path is None else Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise WeightsError(f"{path}: the file is empty (0 bytes)")
+    if _looks_like_safetensors(path, head):
+        return _load_safetensors(path)
+    if head[:4] == b"PK\x03\x04":
+        return _load_zip(path)
+    if head[:1] == b"\x80":  # pickle protocol >= 2: the legacy torch.save format
+        return _load_pickled(path)
+    raise WeightsError(
+        f"{path}: unrecognised file format (expected a .safetensors file, a torch.save zip checkpoint, or a "
+        f"legacy torch.save file; the file starts with {head[:8]!r})"
+    )
+
+
+def _looks_like_safetensors(path: Path, head: bytes) -> bool:
+    return path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{")
+
+
+def _load_safetensors(path: Path) -> VDSR:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
+    model = from_state_dict(sd, source=path.name)
+    model.metadata = {**model.metadata, **meta}
+    return model
+
+
+def _load_zip(path: Path) -> VDSR:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return _load_pickled(path)  # e.g. a pickled model object: the restricted reader decides
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: a zip file but not a readable torch.save checkpoint ({e})") from None
+    return _from_pickled(obj, str(path))
+
+
+def _load_pickled(path: Path) -> VDSR:
+    try:
+        obj = read_checkpoint(path.read_bytes())
+    except UnsafeCheckpointError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    except CheckpointFormatError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    return _from_pickled(obj, str(path))
+
+
+def save(model: VDSR, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Save ``model`` as safetensors (float32) with metadata.
+
+    Metadata values that are not strings are stored as JSON. The model's own ``metadata`` is kept,
+    overridden by ``metadata``; ``arch``, ``depth``, ``channels`` and ``format`` are always written.
+    The file is written to a temporary name and renamed, so a crash never leaves half a file.
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(model, VDSR):
+        raise TypeError(f"save: expected a vdsr_fast VDSR model, got {type(model).__name__}")
+    tensors = {f"layers.{i}.{kind}": getattr(conv, kind).detach().float().cpu().contiguous()
+               for i, conv in enumerate(model.layers) for kind in ("weight", "bias")}
+    for k, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise WeightsError(f"refusing to save: '{k}' contains NaN or Inf values")
+    meta = {k: str(v) for k, v in model.metadata.items()}
+    for k, v in (metadata or {}).items():
+        meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
+    meta.setdefault("date", date.today().isoformat())
+    meta.update(format="vdsr_fast", arch="vdsr", depth=str(model.depth), channels=str(model.channels))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
