@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdsr-fast", description="Fast VDSR super-resolution.")
     parser.add_argument("--version", action="version", version=f"vdsr_fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in _FORWARDED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
 
     p = sub.add_parser("upscale", help="upscale one image (PNG/JPEG/BMP/TIFF, 8/16-bit, gray/RGB/RGBA)")
     p.add_argument("input")
@@ -155,7 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands with their own argument parsers, forwarded whole.
+_FORWARDED = {"train": ("vdsr_fast.train", "train VDSR (see vdsr-fast train --help)")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _FORWARDED:
+        import importlib
+
+        return importlib.import_module(_FORWARDED[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

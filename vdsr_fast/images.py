@@ -90,7 +90,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         arr = arr[:, :, None]
     if arr.size == 0:
         raise ImageReadError(f"{path}: the image is empty ({arr.shape})")
-    return np.ascontiguousarray(arr)
+    return np.array(arr, order="C")  # a writable copy (Pillow's arrays are read-only)
 
 
 def write_image(path: str | os.PathLike, arr: np.ndarray, *, quality: int = 95) -> None:
@@ -116,7 +116,7 @@ def write_image(path: str | os.PathLike, arr: np.ndarray, *, quality: int = 95) 
             import tifffile
 
             tifffile.imwrite(tmp, arr[:, :, 0] if arr.shape[2] == 1 else arr, photometric="minisblack" if arr.shape[2] <= 2 else "rgb")
-        elif arr.dtype == np.uint16 and arr.shape[2] != 1:
+        elif arr.dtype == np.uint16:  # Pillow cannot write 16-bit color; pypng writes every 16-bit PNG
             import png
 
             h, w, c = arr.shape
@@ -124,11 +124,7 @@ def write_image(path: str | os.PathLike, arr: np.ndarray, *, quality: int = 95) 
             with open(tmp, "wb") as f:
                 writer.write(f, arr.reshape(h, w * c))
         else:
-            if arr.dtype == np.uint16:
-                im = Image.fromarray(arr[:, :, 0].astype(np.uint16), mode="I;16")
-            else:
-                mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
-                im = Image.fromarray(arr[:, :, 0] if mode == "L" else arr, mode=mode)
+            im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)  # uint8: L, LA, RGB, RGBA
             if suffix in (".jpg", ".jpeg") and im.mode in ("LA", "RGBA"):
                 raise ValueError(f"{path}: JPEG cannot store an alpha channel; use .png or .tif")
             im.save(tmp, quality=quality) if suffix in (".jpg", ".jpeg") else im.save(tmp)

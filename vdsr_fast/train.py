@@ -282,7 +282,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     defaults = TrainConfig()
-    p = argparse.ArgumentParser(prog="vdsr-fast train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="vdsr-fast train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool) or name == "bf16":

@@ -92,7 +92,8 @@ def _layers_by_index(sd: Mapping[str, Any]) -> tuple[str, dict[int, dict[str, st
     if layers is not None:
         _check_contiguous(layers, "layers.{}.weight")
         return "vdsr_fast", layers
-    n_res = sum(1 for k in keys if k.startswith("residual_layer."))
+    res_idx = [int(m.group(2)) for m in map(_PORT.match, keys) if m is not None and m.group(2) is not None]
+    n_res = max(res_idx, default=-1) + 1
     port = group(_PORT, lambda m: 0 if m.group(1) else (n_res + 1 if m.group(3) else int(m.group(2)) + 1))
     if port is not None:
         res = {i - 1: v for i, v in port.items() if 0 < i <= n_res}
@@ -119,7 +120,7 @@ def _check_contiguous(layers: dict[int, dict[str, str]], fmt: str) -> None:
 
 
 def from_state_dict(sd: Mapping[str, Any], *, source: str = "state_dict") -> VDSR:
-    """Build a validated float32 :class:`VDSR` from a state_dict in any supported key layout."""
+    """Build a validated float32 :class:`VDSR` (eval mode, no grad) from a state_dict in any supported layout."""
     if not isinstance(sd, Mapping):
         raise WeightsError(f"expected a state_dict (a mapping of names to tensors), got {type(sd).__name__}")
     sd = _unwrap(sd)
@@ -161,7 +162,7 @@ def from_state_dict(sd: Mapping[str, Any], *, source: str = "state_dict") -> VDS
                 dst.copy_(t.float())
     has_bias = any("bias" in layers[i] for i in order)
     model.metadata = {"source_layout": layout, "source": source, "biases": "yes" if has_bias else "none (zero)"}
-    return model
+    return model.requires_grad_(False).eval()
 
 
 def _record_state_dict(rec: ModuleRecord, prefix: str = "", out: dict | None = None, depth: int = 0) -> dict:

@@ -1,0 +1,133 @@
+"""upscale(): layouts, dtypes, the DESIGN.md §2 pipeline, and argument errors."""
+
+import pytest
+import torch
+
+import vdsr_fast
+from vdsr_fast import BackendUnavailable, Engine, imresize, rgb_to_ycbcr, upscale, vdsr_forward, ycbcr_to_rgb
+
+
+def _expected_rgb(model, x, s):
+    """The pipeline written out with the reference pieces, in float64."""
+    ycc = imresize(rgb_to_ycbcr(x.double()), s)
+    y = vdsr_forward(ycc[:, :1], [w.double() for w in model.weights], [b.double() for b in model.biases])
+    return ycbcr_to_rgb(torch.cat([y, ycc[:, 1:]], 1)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_rgb_pipeline_matches_reference(tiny_model, scale):
+    x = torch.rand(2, 3, 9, 7)
+    out = upscale(x, scale, tiny_model)
+    assert out.shape == (2, 3, 9 * scale, 7 * scale) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), _expected_rgb(tiny_model, x, scale), rtol=0, atol=2e-5)
+
+
+def test_y_only_and_2d_and_3d_layouts(tiny_model):
+    y = torch.rand(3, 1, 8, 6, dtype=torch.float64)
+    out = upscale(y, 2, tiny_model)
+    ref = vdsr_forward(imresize(y, 2), [w.double() for w in tiny_model.weights], [b.double() for b in tiny_model.biases]).clamp(0, 1)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)  # network in float32, the rest in float64
+    assert upscale(y[0, 0], 2, tiny_model).shape == (16, 12)
+    assert upscale(y[0], 2, tiny_model).shape == (1, 16, 12)
+    torch.testing.assert_close(upscale(y[0, 0], 2, tiny_model), out[0, 0], rtol=0, atol=1e-6)  # batch-size-dependent conv order
+    rgb = torch.rand(3, 5, 4)
+    assert upscale(rgb, 3, tiny_model).shape == (3, 15, 12)
+
+
+def test_batch_equals_single_images(tiny_model):
+    x = torch.rand(3, 3, 10, 11)
+    out = upscale(x, 2, tiny_model)
+    for i in range(3):
+        torch.testing.assert_close(upscale(x[i], 2, tiny_model), out[i], rtol=0, atol=1e-6)
+
+
+def test_uint8_rounds_and_clamps(tiny_model):
+    x = (torch.rand(1, 3, 6, 6) * 255).to(torch.uint8)
+    out = upscale(x, 2, tiny_model)
+    assert out.dtype == torch.uint8 and out.shape == (1, 3, 12, 12)
+    ref = _expected_rgb(tiny_model, x.double() / 255, 2)
+    assert (out.double() - ref * 255).abs().max() <= 0.5 + 1e-3
+
+
+def test_rgba_keeps_bicubic_alpha(tiny_model):
+    x = torch.rand(1, 4, 6, 5)
+    out = upscale(x, 2, tiny_model)
+    assert out.shape == (1, 4, 12, 10)
+    torch.testing.assert_close(out[:, 3:], imresize(x[:, 3:], 2).clamp(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(out[:, :3], upscale(x[:, :3], 2, tiny_model), rtol=0, atol=0)
+
+
+def test_half_and_bfloat16_inputs_keep_dtype(tiny_model):
+    for dt in (torch.float16, torch.bfloat16):
+        out = upscale(torch.rand(1, 3, 5, 5).to(dt), 2, tiny_model)
+        assert out.dtype == dt
+
+
+def test_non_contiguous_and_channels_last(tiny_model):
+    x = torch.rand(1, 3, 12, 10)
+    ref = upscale(x, 2, tiny_model)
+    torch.testing.assert_close(upscale(x.contiguous(memory_format=torch.channels_last), 2, tiny_model), ref, rtol=0, atol=1e-6)
+    xt = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    torch.testing.assert_close(upscale(xt, 2, tiny_model), ref, rtol=0, atol=1e-6)
+
+
+def test_input_is_not_modified(tiny_model):
+    x = torch.rand(1, 3, 6, 6)
+    before = x.clone()
+    upscale(x, 2, tiny_model)
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("scale", [0, 1, -2, 2.5, 5, "2", True])
+def test_bad_scales(tiny_model, scale):
+    with pytest.raises(ValueError, match="scale must be one of"):
+        upscale(torch.rand(1, 3, 4, 4), scale, tiny_model)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 4, 4), (1, 5, 4, 4), (4,), (1, 1, 1, 4, 4)])
+def test_bad_shapes(tiny_model, shape):
+    with pytest.raises(ValueError, match="upscale: img"):
+        upscale(torch.rand(shape), 2, tiny_model)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64])
+def test_bad_dtypes(tiny_model, dtype):
+    with pytest.raises(TypeError, match="dtype"):
+        upscale(torch.zeros(1, 3, 4, 4, dtype=dtype), 2, tiny_model)
+
+
+def test_empty_and_not_a_tensor(tiny_model):
+    with pytest.raises(ValueError, match="empty"):
+        upscale(torch.rand(0, 3, 4, 4), 2, tiny_model)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        upscale([[0.5]], 2, tiny_model)
+    with pytest.raises(TypeError, match="VDSR"):
+        upscale(torch.rand(1, 3, 4, 4), 2, model=object())
+
+
+def test_engine_is_cached_and_backend_errors(tiny_model):
+    x = torch.rand(1, 1, 5, 5)
+    upscale(x, 2, tiny_model, backend="torch")
+    engines = tiny_model.__dict__["_vdsr_engines"]
+    n = len(engines)
+    upscale(x, 2, tiny_model, backend="torch")
+    assert len(engines) == n
+    with pytest.raises(ValueError, match="unknown backend"):
+        upscale(x, 2, tiny_model, backend="nope")
+    with pytest.raises(BackendUnavailable, match="cuda"):
+        Engine(tiny_model, backend="cuda", device="cpu")
+
+
+def test_engine_checks_inputs(tiny_model):
+    e = Engine(tiny_model, backend="torch", device="cpu")
+    assert e.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        e(torch.rand(1, 3, 4, 4))
+    with pytest.raises(TypeError, match="floating"):
+        e(torch.zeros(1, 1, 4, 4, dtype=torch.uint8))
+
+
+def test_auto_on_cpu_is_the_reference(tiny_model):
+    assert Engine(tiny_model, device="cpu").backend == "torch"
+    assert vdsr_fast.available_backends("cpu")["torch"] is None

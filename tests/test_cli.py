@@ -1,0 +1,128 @@
+"""The vdsr-fast command: image formats, overwrite protection, errors, and eval."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vdsr_fast
+from vdsr_fast.cli import main
+from vdsr_fast.images import read_image, write_image
+
+from conftest import need_data
+
+
+@pytest.fixture
+def weights(tmp_path, tiny_model):
+    return str(vdsr_fast.save(tiny_model, tmp_path / "tiny.safetensors"))
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "suffix, channels, dtype",
+    [
+        (".png", 3, np.uint8),
+        (".png", 1, np.uint8),
+        (".png", 4, np.uint8),
+        (".png", 2, np.uint8),
+        (".png", 1, np.uint16),
+        (".png", 3, np.uint16),
+        (".png", 4, np.uint16),
+        (".tif", 3, np.uint16),
+        (".tif", 1, np.uint8),
+        (".bmp", 3, np.uint8),
+        (".jpg", 3, np.uint8),
+    ],
+)
+def test_upscale_formats(tmp_path, capsys, weights, suffix, channels, dtype):
+    rng = np.random.default_rng(0)
+    peak = np.iinfo(dtype).max
+    arr = rng.integers(0, peak + 1, size=(7, 6, channels)).astype(dtype)
+    src = tmp_path / f"in{suffix}"
+    write_image(src, arr)
+    back = read_image(src)
+    assert back.shape == arr.shape and back.dtype == arr.dtype
+    if suffix != ".jpg":
+        np.testing.assert_array_equal(back, arr)  # lossless formats round-trip exactly
+    dst = tmp_path / f"out{suffix}"
+    code, out, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--scale", "3", "--weights", weights)
+    assert code == 0, out
+    res = read_image(dst)
+    assert res.shape == (21, 18, channels) and res.dtype == arr.dtype
+    if channels in (2, 4):  # alpha is the clamped bicubic upscale of the input alpha
+        alpha = vdsr_fast.imresize(torch.from_numpy(arr[..., -1].astype(np.float64) / peak), 3).clamp(0, 1)
+        assert np.abs(res[..., -1] / peak - alpha.numpy()).max() <= 0.5 / peak + 1e-9
+
+
+def test_refuses_to_overwrite_without_force(tmp_path, capsys, weights):
+    src, dst = tmp_path / "a.png", tmp_path / "b.png"
+    write_image(src, np.zeros((4, 4, 3), np.uint8))
+    dst.write_bytes(b"keep me")
+    code, _, err = _run(capsys, "upscale", str(src), "-o", str(dst), "--weights", weights)
+    assert code == 2 and "--force" in err and dst.read_bytes() == b"keep me"
+    code, _, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--weights", weights, "--force")
+    assert code == 0 and read_image(dst).shape == (8, 8, 3)
+
+
+def test_clear_errors(tmp_path, capsys, weights):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    code, _, err = _run(capsys, "upscale", str(bad), "-o", str(tmp_path / "o.png"), "--weights", weights)
+    assert code == 2 and "cannot read image" in err
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o.png"), "--weights", weights)
+    assert code == 2 and "no such file" in err
+    src = tmp_path / "a.png"
+    write_image(src, np.zeros((4, 4, 3), np.uint8))
+    code, _, err = _run(capsys, "upscale", str(src), "-o", str(tmp_path / "o.png"), "--weights", str(tmp_path / "nope.pth"))
+    assert code == 2 and "not found" in err
+    code, _, err = _run(capsys, "upscale", str(src), "-o", str(tmp_path / "nodir" / "o.png"), "--weights", weights)
+    assert code == 2 and "does not exist" in err
+    code, _, err = _run(capsys, "upscale", str(src), "-o", str(tmp_path / "o.png"), "--weights", weights, "--backend", "cuda")
+    assert code == 2 and "cuda" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def _synthetic_set(tmp_path):
+    folder = tmp_path / "set" / "x2"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        base = rng.random((12, 14, 3))
+        img = np.kron(base, np.ones((3, 3, 1)))[:36, :40]  # smooth-ish 36x40 image
+        write_image(folder / f"img_{i}_HR.png", (img * 255).round().astype(np.uint8))
+    return folder.parent
+
+
+def test_eval_json_on_a_synthetic_set(tmp_path, capsys, weights):
+    folder = _synthetic_set(tmp_path)
+    code, out, _ = _run(capsys, "eval", str(folder), "--scale", "2", "--weights", weights, "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["n"] == 2 and {"psnr", "ssim", "bicubic_psnr"} <= set(res)
+    assert 10 < res["bicubic_psnr"] < 60 and 0 < res["ssim"] <= 1
+    code, out, _ = _run(capsys, "eval", str(folder), "--scale", "2", "--weights", weights)
+    assert code == 0 and "mean" in out
+
+
+def test_eval_bicubic_set5_x2_matches_paper(capsys):
+    """DESIGN.md §3: the paper's bicubic column, Set5 x2 = 33.66 dB."""
+    folder = need_data("eval", "Set5")
+    code, out, _ = _run(capsys, "eval", str(folder), "--scale", "2", "--bicubic-only", "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["n"] == 5
+    assert res["bicubic_psnr"] == pytest.approx(33.66, abs=0.01)
+
+
+def test_console_script_entry_point():
+    r = subprocess.run([sys.executable, "-m", "vdsr_fast.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "upscale" in r.stdout and "eval" in r.stdout

@@ -1,0 +1,317 @@
+"""Weight formats: safetensors round trip, state_dict layouts, the port's pickled checkpoints (zip,
+legacy, and Python 2 / PyTorch 0.3 style), and refusal of everything malformed or unsafe."""
+
+import io
+import os
+import pickle
+import struct
+import sys
+import types
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vdsr_fast
+from vdsr_fast import VDSR, WeightsError
+from vdsr_fast.weights import from_state_dict
+
+from legacy_writer import Global, port_checkpoint_bytes
+
+
+def _same_model(a: VDSR, b: VDSR) -> None:
+    assert (a.depth, a.channels) == (b.depth, b.channels)
+    for ca, cb in zip(a.layers, b.layers):
+        assert torch.equal(ca.weight, cb.weight)
+        assert torch.equal(ca.bias, cb.bias)
+
+
+def _random_model(depth=5, channels=8) -> VDSR:
+    m = VDSR(depth, channels)
+    with torch.no_grad():
+        for conv in m.layers:
+            conv.bias.normal_(0, 0.1)
+    return m
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def test_safetensors_round_trip_with_metadata(tmp_path):
+    m = _random_model()
+    path = vdsr_fast.save(m, tmp_path / "w.safetensors", metadata={"scales": [2, 3, 4], "note": "hello"})
+    back = vdsr_fast.load(path)
+    _same_model(m, back)
+    assert back.metadata["scales"] == "[2, 3, 4]"
+    assert back.metadata["note"] == "hello"
+    assert back.metadata["arch"] == "vdsr" and back.metadata["depth"] == "5" and back.metadata["channels"] == "8"
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary left behind
+
+
+def test_depth_and_width_come_from_the_file(tmp_path):
+    m = _random_model(depth=7, channels=16)
+    back = vdsr_fast.load(vdsr_fast.save(m, tmp_path / "w.safetensors"))
+    assert (back.depth, back.channels) == (7, 16)
+    x = torch.rand(1, 1, 9, 11)
+    torch.testing.assert_close(back(x), m(x), rtol=0, atol=0)
+
+
+def test_save_refuses_nan(tmp_path):
+    m = _random_model()
+    with torch.no_grad():
+        m.layers[2].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(WeightsError, match="layers.2.weight"):
+        vdsr_fast.save(m, tmp_path / "w.safetensors")
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+# ---------------------------------------------------------------- state_dict layouts
+
+
+def _port_state_dict(m: VDSR, with_bias: bool) -> dict:
+    sd = OrderedDict()
+    n = m.depth
+    names = ["input"] + [f"residual_layer.{i}.conv" for i in range(n - 2)] + ["output"]
+    for name, conv in zip(names, m.layers):
+        sd[f"{name}.weight"] = conv.weight.detach().clone()
+        if with_bias:
+            sd[f"{name}.bias"] = conv.bias.detach().clone()
+    return sd
+
+
+def _sequential_state_dict(m: VDSR, prefix="") -> dict:
+    seq = nn.Sequential()
+    for i, conv in enumerate(m.layers):
+        seq.append(conv)
+        if i < m.depth - 1:
+            seq.append(nn.ReLU())
+    return {prefix + k: v for k, v in seq.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["ours", "port_bias", "sequential", "sequential_prefixed", "dataparallel", "wrapped", "compiled"],
+)
+def test_state_dict_layouts_via_torch_save(tmp_path, layout):
+    m = _random_model()
+    sd = {
+        "ours": lambda: m.state_dict(),
+        "port_bias": lambda: _port_state_dict(m, True),
+        "sequential": lambda: _sequential_state_dict(m),
+        "sequential_prefixed": lambda: _sequential_state_dict(m, "body."),
+        "dataparallel": lambda: {"module." + k: v for k, v in _port_state_dict(m, True).items()},
+        "wrapped": lambda: {"state_dict": m.state_dict(), "epoch": 3},
+        "compiled": lambda: {"_orig_mod." + k: v for k, v in m.state_dict().items()},
+    }[layout]()
+    torch.save(sd, tmp_path / "w.pth")
+    _same_model(m, vdsr_fast.load(tmp_path / "w.pth"))
+
+
+def test_port_layout_without_biases_means_zero_bias():
+    m = _random_model()
+    back = from_state_dict(_port_state_dict(m, with_bias=False))
+    for ca, cb in zip(m.layers, back.layers):
+        assert torch.equal(ca.weight, cb.weight)
+        assert torch.count_nonzero(cb.bias) == 0
+    assert back.metadata["biases"].startswith("none")
+
+
+def test_half_precision_state_dict_is_widened():
+    m = _random_model()
+    sd = {k: v.half() for k, v in m.state_dict().items()}
+    back = from_state_dict(sd)
+    assert back.layers[0].weight.dtype == torch.float32
+    torch.testing.assert_close(back.layers[0].weight, m.layers[0].weight, atol=1e-3, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- the port's pickled model objects
+
+
+def _install_fake_port_module():
+    """The port's ``vdsr.py`` (Net, Conv_ReLU_Block) as an importable module, for torch.save."""
+    mod = types.ModuleType("vdsr")
+
+    class Conv_ReLU_Block(nn.Module):  # noqa: N801 - the port's name
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(64, 64, 3, 1, 1, bias=False)
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            return self.relu(self.conv(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.residual_layer = nn.Sequential(*[Conv_ReLU_Block() for _ in range(18)])
+            self.input = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
+            self.output = nn.Conv2d(64, 1, 3, 1, 1, bias=False)
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            out = self.relu(self.input(x))
+            out = self.residual_layer(out)
+            return self.output(out) + x
+
+    for cls in (Conv_ReLU_Block, Net):
+        cls.__module__ = "vdsr"
+        cls.__qualname__ = cls.__name__
+        setattr(mod, cls.__name__, cls)
+    sys.modules["vdsr"] = mod
+    return mod
+
+
+@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_port_checkpoint_saved_by_modern_torch(tmp_path, zip_format):
+    mod = _install_fake_port_module()
+    try:
+        net = mod.Net().eval()
+        path = tmp_path / "model_epoch_50.pth"
+        torch.save({"epoch": 50, "model": net}, path, _use_new_zipfile_serialization=zip_format)
+    finally:
+        del sys.modules["vdsr"]
+    m = vdsr_fast.load(path)
+    assert (m.depth, m.channels) == (20, 64)
+    assert m.metadata["epoch"] == "50"
+    x = torch.rand(1, 1, 12, 13)
+    torch.testing.assert_close(m(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_port_checkpoint_python2_pytorch03_legacy(tmp_path):
+    rng = np.random.default_rng(1)
+    ws = [rng.normal(0, 0.05, (64, 1, 3, 3))] + [rng.normal(0, 0.05, (64, 64, 3, 3)) for _ in range(18)]
+    ws.append(rng.normal(0, 0.05, (1, 64, 3, 3)))
+    path = tmp_path / "model_epoch_50.pth"
+    path.write_bytes(port_checkpoint_bytes(ws, epoch=50))
+    m = vdsr_fast.load(path)
+    assert (m.depth, m.channels) == (20, 64) and m.metadata["epoch"] == "50"
+    for w, conv in zip(ws, m.layers):
+        np.testing.assert_array_equal(conv.weight.numpy(), w.astype(np.float32))
+        assert torch.count_nonzero(conv.bias) == 0
+
+
+# ---------------------------------------------------------------- refusals
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("container", ["zip", "legacy", "raw_pickle"])
+def test_malicious_pickle_is_refused_without_running(tmp_path, container):
+    marker = tmp_path / "pwned"
+    payload = {"epoch": 1, "model": _Evil(marker)}
+    path = tmp_path / "evil.pth"
+    if container == "raw_pickle":
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    else:
+        torch.save(payload, path, _use_new_zipfile_serialization=container == "zip")
+    with pytest.raises(WeightsError, match=r"refusing to load.*system"):
+        vdsr_fast.load(path)
+    assert not marker.exists()
+
+
+def test_foreign_global_inside_a_port_checkpoint_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    ws = [rng.normal(size=(64, 1, 3, 3))] + [rng.normal(size=(64, 64, 3, 3))] * 2 + [rng.normal(size=(1, 64, 3, 3))]
+    path = tmp_path / "evil_legacy.pth"
+    path.write_bytes(port_checkpoint_bytes(ws, extra_global=Global("posix", "system")))
+    with pytest.raises(WeightsError, match="posix.system"):
+        vdsr_fast.load(path)
+
+
+def _valid_sd(m=None):
+    return (m or _random_model()).state_dict()
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda sd: sd.__setitem__("layers.2.weight", torch.zeros(8, 8, 5, 5)), r"'layers.2.weight' has shape \(8, 8, 5, 5\); expected \(8, 8, 3, 3\)"),
+        (lambda sd: sd.__setitem__("layers.4.bias", torch.zeros(2)), r"'layers.4.bias' has shape \(2,\); expected \(1,\)"),
+        (lambda sd: sd["layers.1.weight"].__setitem__((0, 0, 0, 0), float("nan")), "'layers.1.weight' contains NaN"),
+        (lambda sd: sd["layers.3.bias"].__setitem__(0, float("inf")), "'layers.3.bias' contains NaN or Inf"),
+        (lambda sd: sd.pop("layers.2.weight"), "missing key 'layers.2.weight'"),
+        (lambda sd: sd.__setitem__("extra.thing", torch.zeros(1)), "unexpected key 'extra.thing'"),
+        (lambda sd: sd.__setitem__("layers.0.weight", torch.zeros(8, 1, 3, 3, dtype=torch.int32)), "dtype torch.int32"),
+    ],
+    ids=["shape", "bias_shape", "nan", "inf", "missing_layer", "extra_key", "int_dtype"],
+)
+def test_bad_state_dicts_name_the_key(tmp_path, mutate, message):
+    sd = _valid_sd()
+    mutate(sd)
+    with pytest.raises(WeightsError, match=message):
+        from_state_dict(sd)
+    # the same through a file
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError, match=message):
+        vdsr_fast.load(tmp_path / "bad.pth")
+
+
+def test_missing_port_layer_is_named():
+    sd = _port_state_dict(_random_model(), with_bias=False)
+    del sd["residual_layer.1.conv.weight"]
+    with pytest.raises(WeightsError, match="missing key 'residual_layer.1.conv.weight'"):
+        from_state_dict(sd)
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: b"", "empty"),
+        (lambda p: b"\x00\x01 not a weights file at all", "unrecognised file format"),
+        (lambda p: _truncated(p["safetensors"]), "not a valid safetensors"),
+        (lambda p: _truncated(p["zip"]), "not a readable torch.save checkpoint|corrupt"),
+        (lambda p: _truncated(p["legacy"]), "truncated|corrupt"),
+        (lambda p: p["notckpt"], "not a readable torch.save checkpoint|not a torch.save checkpoint"),
+    ],
+    ids=["zero_bytes", "wrong_magic", "truncated_safetensors", "truncated_zip", "truncated_legacy", "zip_not_checkpoint"],
+)
+def test_corrupt_files_are_refused(tmp_path, make, message):
+    m = _random_model()
+    files = {}
+    vdsr_fast.save(m, tmp_path / "a.safetensors")
+    files["safetensors"] = (tmp_path / "a.safetensors").read_bytes()
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    files["zip"] = buf.getvalue()
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf, _use_new_zipfile_serialization=False)
+    files["legacy"] = buf.getvalue()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("readme.txt", "just a zip")
+    files["notckpt"] = buf.getvalue()
+    target = tmp_path / "bad.bin"
+    target.write_bytes(make(files))
+    with pytest.raises(WeightsError, match=message):
+        vdsr_fast.load(target)
+
+
+def test_legacy_storage_size_lie_is_caught(tmp_path):
+    """A legacy file announcing more elements than it holds is refused before allocation."""
+    ws = [np.ones((8, 1, 3, 3)), np.ones((8, 8, 3, 3)), np.ones((1, 8, 3, 3))]
+    data = bytearray(port_checkpoint_bytes(ws))
+    # the first storage's int64 count sits right after the pickles; overwrite it with a huge value
+    first = data.find(struct.pack("<q", 72))
+    data[first : first + 8] = struct.pack("<q", 1 << 40)
+    (tmp_path / "lie.pth").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="truncated"):
+        vdsr_fast.load(tmp_path / "lie.pth")
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError):
+        vdsr_fast.load("/nonexistent/weights.safetensors")
