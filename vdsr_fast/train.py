@@ -187,8 +187,19 @@ def _eval_psnr(model: VDSR, cfg: TrainConfig, device: torch.device) -> dict[str,
     return res
 
 
-def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
-    """Run (or resume) a training run; returns the path of the final safetensors weights."""
+def train(
+    cfg: TrainConfig,
+    resume: bool = True,
+    progress: bool = True,
+    until_step: int | None = None,
+    max_minutes: float | None = None,
+) -> Path:
+    """Run (or resume) a training run; returns the path of the safetensors weights written at the end.
+
+    ``until_step`` / ``max_minutes`` stop early (with a checkpoint) without changing the schedule, which
+    always follows ``cfg.steps``: a run cut into pieces across machines equals the uninterrupted one.
+    """
+    t_start = time.perf_counter()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -225,8 +236,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     model.train()
-    t_last, loss_acc, n_acc, last_eval = time.perf_counter(), 0.0, 0, history[-1]["set5"] if history else None
-    while step < cfg.steps:
+    t_last, loss_acc, n_acc = time.perf_counter(), 0.0, 0
+    last_eval = next((h["set5"] for h in reversed(history) if "set5" in h), None)
+    stop = min(cfg.steps, until_step if until_step is not None else cfg.steps)
+    while step < stop:
+        if max_minutes is not None and time.perf_counter() - t_start > 60 * max_minutes:
+            break
         lr = _lr_at(cfg, step)
         for gparam in opt.param_groups:
             gparam["lr"] = lr
@@ -265,6 +280,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
             _save_checkpoint(ckpt, model, opt, step, gen, cfg, history)
     if bar is not None:
         bar.close()
+    _save_checkpoint(ckpt, model, opt, step, gen, cfg, history)
     final = out / "vdsr_x234.safetensors"
     save(
         model.cpu(),
@@ -293,9 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument(flag, type=type(value), default=value)
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/last.pt exists")
+    p.add_argument("--until-step", type=int, help="stop (with a checkpoint) at this step; the schedule still follows --steps")
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes")
     args = vars(p.parse_args(argv))
     resume = not args.pop("no_resume")
-    final = train(TrainConfig(**args), resume=resume, progress=True)
+    until, minutes = args.pop("until_step"), args.pop("max_minutes")
+    final = train(TrainConfig(**args), resume=resume, progress=True, until_step=until, max_minutes=minutes)
     print(f"weights written to {final}")
     return 0
 

@@ -1,0 +1,38 @@
+"""The reference model itself: architecture as DESIGN.md §1, any float dtype."""
+
+import torch
+import torch.nn.functional as F
+
+from vdsr_fast import VDSR, vdsr_forward
+from vdsr_fast.reference import flops_per_pixel
+
+
+def test_architecture_matches_the_paper():
+    m = VDSR()
+    assert m.depth == 20 and len(m.layers) == 20
+    shapes = [tuple(c.weight.shape) for c in m.layers]
+    assert shapes[0] == (64, 1, 3, 3) and shapes[-1] == (1, 64, 3, 3)
+    assert all(s == (64, 64, 3, 3) for s in shapes[1:-1])
+    assert all(c.padding == (1, 1) and c.stride == (1, 1) and c.bias is not None for c in m.layers)
+    assert flops_per_pixel() == 2 * (576 + 18 * 36864 + 576)  # ~1.33 MFLOP per output pixel
+
+
+def test_forward_is_residual_of_conv_relu_chain():
+    m = VDSR(depth=5, channels=6).double()
+    with torch.no_grad():
+        for c in m.layers:
+            c.bias.uniform_(-0.1, 0.1)
+    x = torch.rand(2, 1, 9, 7, dtype=torch.float64)
+    h = x
+    for i, c in enumerate(m.layers):  # written out independently of vdsr_forward
+        h = F.conv2d(h, c.weight, c.bias, padding=1)
+        h = h if i == 4 else torch.clamp_min(h, 0)
+    torch.testing.assert_close(m(x), x + h, rtol=0, atol=1e-14)
+
+
+def test_functional_forward_casts_weights_to_input_dtype():
+    m = VDSR(depth=3, channels=4)
+    x = torch.rand(1, 1, 5, 5, dtype=torch.float64)
+    out = vdsr_forward(x, m.weights, m.biases)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out.float(), m(x.float()), rtol=1e-5, atol=1e-6)
