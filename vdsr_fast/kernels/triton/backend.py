@@ -1,0 +1,214 @@
+"""The Triton engine backend: VDSR as 1 + (depth - 2) + 1 fused kernel launches.
+
+head  ``conv3x3_head``         Y plane (caller's tensor, any float dtype) -> NHWC buffer A   (conv+bias+ReLU)
+body  ``conv3x3_bias_relu``    A -> B, B -> A, ... (two ping-pong NHWC buffers per input shape)
+tail  ``conv3x3_tail_residual`` last buffer + Y plane -> Y' = Y + conv + bias, in the caller's dtype
+
+Weights are packed once (K contiguous, storage dtype; biases fp32). Kernels run on the caller's current
+CUDA stream. The three fused ops are also registered as ``torch.ops.vdsr_fast.*`` custom ops (with fake
+implementations), which is what an engine call traced by ``torch.compile`` runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import torch
+
+from ...reference import VDSR
+from .conv3x3 import _conv3x3_kernel, conv3x3_bias_relu, conv3x3_head, pack_conv3x3_weight
+from .tail import conv3x3_tail_residual, pack_tail_weight
+
+__all__ = ["TritonBackend"]
+
+
+# --- custom ops: functional wrappers of the launchers, visible to torch.compile --------------------
+
+
+@torch.library.custom_op("vdsr_fast::conv3x3_head", mutates_args=())
+def conv3x3_head_op(y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Y plane (N, 1, H, W) -> relu(conv3x3 + b) as contiguous NHWC (N, H, W, C_OUT) in ``w``'s dtype."""
+    return conv3x3_head(y, w, b)
+
+
+@conv3x3_head_op.register_fake
+def _(y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    n, h, w_ = y.shape[0], y.shape[-2], y.shape[-1]
+    return y.new_empty((n, h, w_, w.shape[0]), dtype=w.dtype)
+
+
+@torch.library.custom_op("vdsr_fast::conv3x3_bias_relu", mutates_args=())
+def conv3x3_bias_relu_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """NHWC (N, H, W, C_IN) -> relu(conv3x3 + b) as contiguous NHWC (N, H, W, C_OUT)."""
+    return conv3x3_bias_relu(x, w, b)
+
+
+@conv3x3_bias_relu_op.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:3], w.shape[0]))
+
+
+@torch.library.custom_op("vdsr_fast::conv3x3_tail_residual", mutates_args=())
+def conv3x3_tail_residual_op(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor, clamp: bool
+) -> torch.Tensor:
+    """NHWC activations + Y plane -> y + conv3x3(x) + b (clamped if asked), contiguous, y's shape and dtype."""
+    return conv3x3_tail_residual(x, w, b, y, clamp=clamp)
+
+
+@conv3x3_tail_residual_op.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor, clamp: bool) -> torch.Tensor:
+    return y.new_empty(y.shape)
+
+
+def _interpreted() -> bool:
+    """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return type(_conv3x3_kernel).__name__ == "InterpretedFunction"
+
+
+class TritonBackend:
+    """VDSR on the fused Triton kernels.
+
+    Args:
+        model: the :class:`~vdsr_fast.reference.VDSR` to pack.
+        device: a CUDA device (or the CPU under ``TRITON_INTERPRET=1``, for tests).
+        dtype: activation and weight storage dtype (fp16, bf16 or fp32); accumulation is fp32.
+        clamp: clamp the output Y to [0, 1] inside the tail kernel (the reference does not clamp).
+        cuda_graphs: capture one CUDA graph per input shape and dtype and replay it (CUDA only).
+        max_cached_shapes: how many input shapes keep their activation buffers (and graphs), LRU.
+
+    Activation buffers are owned by the backend: calls on one backend must not run concurrently on
+    different streams (use one engine per stream).
+    """
+
+    name = "triton"
+    dtypes = (torch.float16, torch.bfloat16, torch.float32)
+
+    @staticmethod
+    def available(device: torch.device) -> str | None:
+        device = torch.device(device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                return "CUDA is not available"
+            if _interpreted():
+                return "triton was imported with TRITON_INTERPRET=1 (CPU interpreter), not for the GPU"
+            return None
+        if device.type == "cpu":
+            if os.environ.get("TRITON_INTERPRET") == "1" and _interpreted():
+                return None
+            return "Triton kernels need a CUDA device; on the CPU they run only in Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported), which is for tests"
+        return f"Triton backend does not run on device type {device.type!r}"
+
+    def __init__(
+        self,
+        model: VDSR,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        clamp: bool = False,
+        cuda_graphs: bool = False,
+        max_cached_shapes: int = 4,
+    ) -> None:
+        device = torch.device(device)
+        if dtype not in self.dtypes:
+            raise ValueError(f"TritonBackend: unsupported storage dtype {dtype}; expected fp16, bf16 or fp32")
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"TritonBackend: cuda_graphs=True needs a CUDA device, got {device}")
+        ws, bs = [w.detach().to(device) for w in model.weights], [b.detach().to(device) for b in model.biases]
+        c = ws[0].shape[0]
+        if len(ws) < 2 or ws[0].shape != (c, 1, 3, 3) or ws[-1].shape != (1, c, 3, 3):
+            raise ValueError("TritonBackend: expected a VDSR with a 1->C head and a C->1 tail of 3x3 convs")
+        for i, w in enumerate(ws[1:-1], 1):
+            if w.shape != (c, c, 3, 3):
+                raise ValueError(f"TritonBackend: layer {i} has shape {tuple(w.shape)}, expected ({c}, {c}, 3, 3)")
+        self.device, self.dtype, self.channels = device, dtype, c
+        self.clamp, self.cuda_graphs, self.max_cached_shapes = clamp, cuda_graphs, max(1, max_cached_shapes)
+        fp32 = torch.float32
+        self.w_head = pack_conv3x3_weight(ws[0], dtype)
+        self.b_head = bs[0].to(fp32).contiguous()
+        self.w_body = [pack_conv3x3_weight(w, dtype) for w in ws[1:-1]]
+        self.b_body = [b.to(fp32).contiguous() for b in bs[1:-1]]
+        self.w_tail = pack_tail_weight(ws[-1], dtype)
+        self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
+        # (N, H, W) -> two NHWC activation buffers, reused by every call of that shape (LRU order).
+        self._buffers: OrderedDict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        # (N, H, W, y dtype) -> (graph, static input, static output)
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def _check(self, y: torch.Tensor) -> None:
+        if not torch.is_tensor(y) or y.dim() != 4 or y.shape[1] != 1:
+            shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
+            raise ValueError(f"TritonBackend: expected a Y-plane batch of shape (N, 1, H, W), got {shape}")
+        if not y.is_floating_point():
+            raise TypeError(f"TritonBackend: expected a floating-point Y plane, got {y.dtype}")
+        if y.device != self.device:
+            raise ValueError(f"TritonBackend: input is on {y.device} but the weights are on {self.device}")
+        if y.numel() == 0:
+            raise ValueError(f"TritonBackend: empty input of shape {tuple(y.shape)}")
+
+    def buffers(self, n: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two ping-pong NHWC activation buffers for an (N, H, W) input, allocated on first use."""
+        key = (n, h, w)
+        bufs = self._buffers.get(key)
+        if bufs is None:
+            shape = (n, h, w, self.channels)
+            bufs = (
+                torch.empty(shape, device=self.device, dtype=self.dtype),
+                torch.empty(shape, device=self.device, dtype=self.dtype),
+            )
+            self._buffers[key] = bufs
+            while len(self._buffers) > self.max_cached_shapes:
+                old, _ = self._buffers.popitem(last=False)
+                for gkey in [k for k in self._graphs if k[:3] == old]:
+                    del self._graphs[gkey]
+        else:
+            self._buffers.move_to_end(key)
+        return bufs
+
+    def _forward(self, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        a, b = self.buffers(y.shape[0], y.shape[2], y.shape[3])
+        conv3x3_head(y, self.w_head, self.b_head, out=a)
+        for w, bias in zip(self.w_body, self.b_body, strict=True):
+            conv3x3_bias_relu(a, w, bias, out=b)
+            a, b = b, a
+        return conv3x3_tail_residual(a, self.w_tail, self.b_tail, y, out, clamp=self.clamp)
+
+    def forward_ops(self, y: torch.Tensor) -> torch.Tensor:
+        """The same network through the ``torch.ops.vdsr_fast`` custom ops (what torch.compile traces)."""
+        h = torch.ops.vdsr_fast.conv3x3_head(y, self.w_head, self.b_head)
+        for w, bias in zip(self.w_body, self.b_body, strict=True):
+            h = torch.ops.vdsr_fast.conv3x3_bias_relu(h, w, bias)
+        return torch.ops.vdsr_fast.conv3x3_tail_residual(h, self.w_tail, self.b_tail, y, self.clamp)
+
+    def _graphed(self, y: torch.Tensor) -> torch.Tensor:
+        key = (y.shape[0], y.shape[2], y.shape[3], y.dtype)
+        entry = self._graphs.get(key)
+        if entry is None:
+            static_in = torch.empty(y.shape, device=self.device, dtype=y.dtype)
+            static_in.copy_(y)
+            self.buffers(*key[:3])  # allocate outside the capture
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._forward(static_in)  # warm-up: compiles the kernels outside the capture
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+            entry = self._graphs[key] = (graph, static_in, static_out)
+            self.buffers(*key[:3])  # the buffers stay cached as long as the graph
+        graph, static_in, static_out = entry
+        static_in.copy_(y)
+        graph.replay()
+        return static_out.clone()
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        """``y + residual(y)`` for a Y-plane batch (N, 1, H, W) of any float dtype; returns y's dtype."""
+        self._check(y)
+        if torch.compiler.is_compiling():
+            return self.forward_ops(y)
+        if self.device.type != "cuda":
+            return self._forward(y)
+        with torch.cuda.device(self.device):
+            return self._graphed(y) if self.cuda_graphs else self._forward(y)

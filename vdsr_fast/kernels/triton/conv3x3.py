@@ -1,0 +1,275 @@
+"""Fused conv3x3 + bias + ReLU as an implicit GEMM on NHWC activations (VDSR's head and body layers).
+
+One kernel, ``_conv3x3_kernel``, two modes:
+
+* body (``HEAD=False``): ``C_IN -> C_OUT`` (64 -> 64 in VDSR), an implicit GEMM with
+  M = output pixels, N = output channels, K = 9 * C_IN, on tensor cores (``tl.dot``);
+* head (``HEAD=True``): ``1 -> C_OUT``, reads the caller's Y plane (any float dtype, any strides)
+  directly and casts it in-kernel; K = 9 is too small for ``tl.dot`` (it needs K >= 16), so the head
+  is nine rank-1 updates on the CUDA cores (18 FLOP per output value: memory-bound anyway).
+
+Plain launchers: :func:`conv3x3_bias_relu` (body), :func:`conv3x3_head` (head); weights are packed once
+by :func:`pack_conv3x3_weight`; block sizes come from :func:`conv3x3_config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["ConvConfig", "conv3x3_config", "pack_conv3x3_weight", "conv3x3_bias_relu", "conv3x3_head"]
+
+STORAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _conv3x3_kernel(
+    x_ptr,  # body: activations (N, H, W, C_IN), any strides (NHWC-contiguous in the engine); head: Y plane (N, H, W)
+    w_ptr,  # packed weights (C_OUT, 9 * C_IN), K contiguous, k = (kh * 3 + kw) * C_IN + ci; storage dtype
+    b_ptr,  # bias (C_OUT,) fp32
+    out_ptr,  # output (N, H, W, C_OUT), channel stride 1; its dtype is the storage dtype
+    M,  # number of output pixels, N * H * W
+    H,
+    W,
+    stride_xn,  # input strides in elements (stride_xc is unused by the head)
+    stride_xh,
+    stride_xw,
+    stride_xc,
+    stride_on,  # output strides in elements (channel stride is 1)
+    stride_oh,
+    stride_ow,
+    C_IN: tl.constexpr,  # input channels; constexpr so channel masks fold away when BLOCK_K divides C_IN
+    C_OUT: tl.constexpr,  # output channels; constexpr for the same reason and for the weight row stride
+    HEAD: tl.constexpr,  # True: 1 -> C_OUT head (rank-1 updates, Y plane input); False: tl.dot body
+    RELU: tl.constexpr,  # apply ReLU in the epilogue (every VDSR layer except the tail)
+    DOT_PRECISION: tl.constexpr,  # tl.dot input precision for fp32 storage ("ieee": no TF32 rounding)
+    BLOCK_M: tl.constexpr,  # output pixels per program (GEMM M tile), flat over N*H*W in raster order
+    BLOCK_N: tl.constexpr,  # output channels per program (GEMM N tile); 64 covers VDSR's C_OUT in one tile
+    BLOCK_K: tl.constexpr,  # input channels per K step of one tap (GEMM K tile); >= 16 for tl.dot
+):
+    """out[n, h, w, co] = act(b[co] + sum_{kh, kw, ci} x[n, h + kh - 1, w + kw - 1, ci] * w[co, ci, kh, kw]).
+
+    Zero padding 1: taps outside the image are masked loads with ``other=0`` (no padded copy).
+    Accumulation in fp32; bias, ReLU and the cast to the storage dtype are fused in the epilogue.
+    Program (pid_m, pid_n) computes BLOCK_M consecutive output pixels x BLOCK_N output channels; its
+    K loop is one flat loop over (tap, channel block) so Triton can software-pipeline it.
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < C_OUT
+    hw = H * W
+    img = offs_m // hw
+    rem = offs_m - img * hw
+    oh = rem // W
+    ow = rem - oh * W
+    # 64-bit image offset: a batch of 4K frames has more than 2**31 activation elements.
+    x_img = x_ptr + img.to(tl.int64) * stride_xn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if HEAD:
+        for tap in tl.static_range(9):
+            ih = oh + (tap // 3 - 1)
+            iw = ow + (tap % 3 - 1)
+            ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_img + ih * stride_xh + iw * stride_xw, mask=ok, other=0.0).to(tl.float32)
+            wv = tl.load(w_ptr + offs_n * 9 + tap, mask=n_ok, other=0.0).to(tl.float32)
+            acc += a[:, None] * wv[None, :]
+    else:
+        K_STEPS: tl.constexpr = (C_IN + BLOCK_K - 1) // BLOCK_K  # channel blocks per tap
+        offs_k = tl.arange(0, BLOCK_K)
+        w_cols = w_ptr + offs_n[None, :] * (9 * C_IN)
+        for step in range(9 * K_STEPS):
+            tap = step // K_STEPS
+            ci = (step % K_STEPS) * BLOCK_K + offs_k
+            ci_ok = ci < C_IN
+            ih = oh + (tap // 3 - 1)
+            iw = ow + (tap % 3 - 1)
+            ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_ptrs = x_img[:, None] + (ih * stride_xh + iw * stride_xw)[:, None] + ci[None, :] * stride_xc
+            a = tl.load(a_ptrs, mask=ok[:, None] & ci_ok[None, :], other=0.0)
+            b = tl.load(w_cols + (tap * C_IN + ci)[:, None], mask=ci_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    o_pix = img.to(tl.int64) * stride_on + oh * stride_oh + ow * stride_ow
+    out_ptrs = out_ptr + o_pix[:, None] + offs_n[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    """Launch parameters of :func:`_conv3x3_kernel` (see its constexpr comments)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# Hopper-oriented defaults (the same tile Inductor's conv template picks for VDSR's 64->64 layer):
+# 128 pixels x 64 channels x 64 K per step. Change them here, or pass ``config=`` to a launcher.
+BODY_BLOCK_M = 128
+BODY_MAX_BLOCK_N = 64
+BODY_MAX_BLOCK_K = 64
+BODY_NUM_WARPS = 8
+BODY_NUM_STAGES_16BIT = 4  # 4 x (16 KB A + 8 KB B) = 96 KB of shared memory per CTA in fp16/bf16
+BODY_NUM_STAGES_FP32 = 2  # fp32 tiles are twice as large
+HEAD_BLOCK_M = 128
+HEAD_NUM_WARPS = 4
+
+
+def _pow2_clamp(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(n)))
+
+
+def conv3x3_config(c_in: int, c_out: int, dtype: torch.dtype, head: bool = False) -> ConvConfig:
+    """Block sizes for one layer: depends on the channel counts (tile N/K), the dtype (stages), the mode."""
+    block_n = _pow2_clamp(c_out, 16, BODY_MAX_BLOCK_N)
+    if head:
+        return ConvConfig(HEAD_BLOCK_M, block_n, 16, HEAD_NUM_WARPS, 1)
+    block_k = _pow2_clamp(c_in, 16, BODY_MAX_BLOCK_K)  # tl.dot needs K >= 16: small C_IN is zero-masked
+    stages = BODY_NUM_STAGES_FP32 if dtype == torch.float32 else BODY_NUM_STAGES_16BIT
+    warps = BODY_NUM_WARPS if BODY_BLOCK_M * block_n >= 128 * 64 else 4
+    return ConvConfig(BODY_BLOCK_M, block_n, block_k, warps, stages)
+
+
+def pack_conv3x3_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(C_OUT, C_IN, 3, 3) -> (C_OUT, 9 * C_IN) in ``dtype``, K contiguous: k = (kh * 3 + kw) * C_IN + ci."""
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"pack_conv3x3_weight: expected a (C_OUT, C_IN, 3, 3) weight, got {tuple(weight.shape)}")
+    c_out, c_in = weight.shape[:2]
+    return weight.detach().permute(0, 2, 3, 1).reshape(c_out, 9 * c_in).to(dtype).contiguous()
+
+
+def _check_common(name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> None:
+    for t, what in ((w, "weight"), (b, "bias")):
+        if t.device != x.device:
+            raise ValueError(f"{name}: {what} is on {t.device} but the input is on {x.device}")
+    if w.dim() != 2 or not w.is_contiguous():
+        raise ValueError(f"{name}: expected packed (C_OUT, 9*C_IN) contiguous weights, got {tuple(w.shape)}")
+    if w.dtype not in STORAGE_DTYPES:
+        raise TypeError(f"{name}: weight dtype {w.dtype} is not a storage dtype (fp16, bf16, fp32)")
+    if b.shape != (w.shape[0],) or b.dtype != torch.float32 or not b.is_contiguous():
+        raise ValueError(
+            f"{name}: expected a contiguous fp32 bias of shape ({w.shape[0]},), got {b.dtype} {tuple(b.shape)}"
+        )
+
+
+def _check_out(name: str, out: torch.Tensor, x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    if out.shape != shape or out.dtype != dtype or out.device != x.device:
+        raise ValueError(
+            f"{name}: out must be {dtype} {shape} on {x.device}, got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+    if out.stride(-1) != 1:
+        raise ValueError(f"{name}: out must have channel stride 1 (NHWC), got strides {out.stride()}")
+    # A 3x3 conv cannot run in place: programs read pixels that neighbouring programs write.
+    if x.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+        raise ValueError(f"{name}: out must not alias the input")
+
+
+def _check_size(name: str, n: int, h: int, w: int, c: int) -> None:
+    # In-image offsets are 32-bit in the kernel (the image offset is 64-bit).
+    if h * w * c >= 2**31:
+        raise ValueError(f"{name}: one image of {h}x{w}x{c} elements is too large for 32-bit in-image offsets")
+    if n * h * w >= 2**31:
+        raise ValueError(f"{name}: {n}x{h}x{w} pixels is too many for one launch")
+
+
+def _launch(x, strides, w, b, out, n, h, w_, c_in, c_out, head, relu, config):
+    m = n * h * w_
+    grid = (triton.cdiv(m, config.block_m), triton.cdiv(c_out, config.block_n))
+    _conv3x3_kernel[grid](
+        x, w, b, out, m, h, w_, *strides, out.stride(0), out.stride(1), out.stride(2),
+        C_IN=c_in, C_OUT=c_out, HEAD=head, RELU=relu,
+        DOT_PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+    return out
+
+
+def conv3x3_bias_relu(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    out: torch.Tensor | None = None,
+    *,
+    relu: bool = True,
+    config: ConvConfig | None = None,
+) -> torch.Tensor:
+    """Body layer: ``relu(conv3x3(x, w) + b)`` on NHWC activations.
+
+    Args:
+        x: (N, H, W, C_IN) activations in the storage dtype of ``w`` (any strides; NHWC-contiguous is fast).
+        w: packed weights (C_OUT, 9 * C_IN) from :func:`pack_conv3x3_weight`.
+        b: fp32 bias (C_OUT,).
+        out: optional (N, H, W, C_OUT) output with channel stride 1, not aliasing ``x``; allocated if None.
+        relu: fuse the ReLU (True for every VDSR body layer).
+        config: block sizes; default :func:`conv3x3_config`.
+    """
+    name = "conv3x3_bias_relu"
+    _check_common(name, x, w, b)
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected NHWC activations (N, H, W, C), got shape {tuple(x.shape)}")
+    n, h, w_, c_in = x.shape
+    c_out = w.shape[0]
+    if w.shape[1] != 9 * c_in:
+        raise ValueError(
+            f"{name}: weights {tuple(w.shape)} do not match {c_in} input channels (expected ({c_out}, {9 * c_in}))"
+        )
+    if x.dtype != w.dtype:
+        raise TypeError(f"{name}: activations are {x.dtype} but weights are {w.dtype}")
+    _check_size(name, n, h, w_, max(c_in, c_out))
+    if out is None:
+        out = torch.empty((n, h, w_, c_out), device=x.device, dtype=x.dtype)
+    else:
+        _check_out(name, out, x, (n, h, w_, c_out), x.dtype)
+    config = config or conv3x3_config(c_in, c_out, x.dtype)
+    return _launch(x, x.stride(), w, b, out, n, h, w_, c_in, c_out, False, relu, config)
+
+
+def conv3x3_head(
+    y: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    out: torch.Tensor | None = None,
+    *,
+    config: ConvConfig | None = None,
+) -> torch.Tensor:
+    """Head layer: ``relu(conv3x3(y, w) + b)`` from the Y plane straight to NHWC activations.
+
+    Args:
+        y: the Y plane, (N, 1, H, W) or (N, H, W), any float dtype and strides (cast to fp32 in-kernel).
+        w: packed weights (C_OUT, 9) from :func:`pack_conv3x3_weight`; their dtype is the output's.
+        b: fp32 bias (C_OUT,).
+        out: optional (N, H, W, C_OUT) output with channel stride 1; allocated if None.
+        config: block sizes; default :func:`conv3x3_config` with ``head=True``.
+    """
+    name = "conv3x3_head"
+    _check_common(name, y, w, b)
+    if y.dim() == 4 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.dim() != 3:
+        raise ValueError(f"{name}: expected a Y plane (N, 1, H, W) or (N, H, W), got shape {tuple(y.shape)}")
+    if not y.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point Y plane, got {y.dtype}")
+    if w.shape[1] != 9:
+        raise ValueError(f"{name}: expected head weights (C_OUT, 9), got {tuple(w.shape)}")
+    n, h, w_ = y.shape
+    c_out = w.shape[0]
+    _check_size(name, n, h, w_, c_out)
+    if out is None:
+        out = torch.empty((n, h, w_, c_out), device=y.device, dtype=w.dtype)
+    else:
+        _check_out(name, out, y, (n, h, w_, c_out), w.dtype)
+    config = config or conv3x3_config(1, c_out, w.dtype, head=True)
+    return _launch(y, (*y.stride(), 0), w, b, out, n, h, w_, 1, c_out, True, True, config)
