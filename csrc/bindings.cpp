@@ -1,0 +1,215 @@
+// pybind11 module vdsr_fast._C: the CUDA kernels of csrc/*.cu behind a pointer-level interface.
+//
+// Python passes raw device pointers (tensor.data_ptr()), shapes, a dtype code (0 = float16,
+// 1 = bfloat16), the device index and the CUDA stream handle (torch.cuda.current_stream().cuda_stream).
+// No libtorch is linked.  Layouts are documented in vdsr_kernels.h; vdsr_fast/kernels/cuda.py packs
+// the tensors.  Argument errors raise ValueError, CUDA errors RuntimeError, both naming the call.
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "vdsr_kernels.h"
+
+namespace py = pybind11;
+using vdsr::DType;
+
+namespace {
+
+template <typename... Args>
+std::string cat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
+// CHECK(cond, message parts...): a readable ValueError naming the function and the failed condition.
+#define CHECK(fn, cond, ...)                                                                     \
+  do {                                                                                           \
+    if (!(cond)) throw std::invalid_argument(cat("vdsr_fast._C.", fn, ": ", __VA_ARGS__,        \
+                                                 " (check failed: " #cond ")"));                 \
+  } while (0)
+
+#define CHECK_PTR(fn, name, ptr, align)                                                          \
+  do {                                                                                           \
+    CHECK(fn, (ptr) != 0, name " is a null pointer");                                          \
+    CHECK(fn, (ptr) % (align) == 0, name " must be ", (align), "-byte aligned, got address 0x", \
+          std::hex, (ptr));                                                                      \
+  } while (0)
+
+void check_shape(const char* fn, int64_t n, int64_t h, int64_t w) {
+  CHECK(fn, n > 0 && h > 0 && w > 0, "expected a non-empty batch, got N=", n, " H=", h, " W=", w);
+  CHECK(fn, n <= INT32_MAX && h <= INT32_MAX && w <= INT32_MAX, "shape too large: N=", n, " H=", h, " W=", w);
+  CHECK(fn, h * w <= INT32_MAX, "image too large: H*W=", h * w);
+}
+
+DType check_dtype(const char* fn, int dtype) {
+  CHECK(fn, dtype == vdsr::kFloat16 || dtype == vdsr::kBFloat16,
+        "dtype code must be 0 (float16) or 1 (bfloat16), got ", dtype);
+  return static_cast<DType>(dtype);
+}
+
+// [a, a + na) and [b, b + nb) must not overlap (ping-pong buffers, outputs vs inputs).
+void check_disjoint(const char* fn, const char* what, uint64_t a, uint64_t na, uint64_t b, uint64_t nb) {
+  CHECK(fn, a + na <= b || b + nb <= a, what, " overlap");
+}
+
+// Makes `device` current for the duration of a call and restores the caller's device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    CHECK("device", device >= 0, "device index must be >= 0, got ", device);
+    VDSR_CUDA_CHECK(cudaGetDevice(&prev_));
+    if (prev_ != device) VDSR_CUDA_CHECK(cudaSetDevice(device));
+  }
+  ~DeviceGuard() {
+    int now = -1;
+    if (cudaGetDevice(&now) == cudaSuccess && now != prev_) cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = 0;
+};
+
+cudaStream_t as_stream(uint64_t s) { return reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(s)); }
+template <typename P>
+P as_ptr(uint64_t p) {
+  return reinterpret_cast<P>(static_cast<uintptr_t>(p));
+}
+
+constexpr uint64_t kC = vdsr::kChannels;
+uint64_t act_bytes(int64_t n, int64_t h, int64_t w) { return static_cast<uint64_t>(n * h * w) * kC * 2; }
+
+void head(uint64_t x, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t h, int64_t wd, int dtype, int device,
+          uint64_t stream) {
+  const char* fn = "head";
+  check_shape(fn, n, h, wd);
+  const DType dt = check_dtype(fn, dtype);
+  CHECK_PTR(fn, "x", x, 4);
+  CHECK_PTR(fn, "out", out, 16);
+  CHECK_PTR(fn, "w", w, 4);
+  CHECK_PTR(fn, "b", b, 4);
+  DeviceGuard guard(device);
+  vdsr::launch_head(as_ptr<const float*>(x), as_ptr<void*>(out), as_ptr<const float*>(w), as_ptr<const float*>(b),
+                    int(n), int(h), int(wd), dt, as_stream(stream));
+}
+
+void body(uint64_t in, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t h, int64_t wd, int dtype, int device,
+          uint64_t stream, int tile_h, int stages) {
+  const char* fn = "body";
+  check_shape(fn, n, h, wd);
+  const DType dt = check_dtype(fn, dtype);
+  CHECK_PTR(fn, "in", in, 16);
+  CHECK_PTR(fn, "out", out, 16);
+  CHECK_PTR(fn, "w", w, 16);
+  CHECK_PTR(fn, "b", b, 4);
+  check_disjoint(fn, "in and out", in, act_bytes(n, h, wd), out, act_bytes(n, h, wd));
+  DeviceGuard guard(device);
+  vdsr::launch_body(as_ptr<const void*>(in), as_ptr<void*>(out), as_ptr<const void*>(w), as_ptr<const float*>(b),
+                    int(n), int(h), int(wd), dt, device, as_stream(stream), tile_h, stages);
+}
+
+void tail(uint64_t act, uint64_t x, uint64_t y, uint64_t w, uint64_t b, int64_t n, int64_t h, int64_t wd, int dtype,
+          int device, uint64_t stream) {
+  const char* fn = "tail";
+  check_shape(fn, n, h, wd);
+  const DType dt = check_dtype(fn, dtype);
+  CHECK_PTR(fn, "act", act, 16);
+  CHECK_PTR(fn, "x", x, 4);
+  CHECK_PTR(fn, "y", y, 4);
+  CHECK_PTR(fn, "w", w, 4);
+  CHECK_PTR(fn, "b", b, 4);
+  check_disjoint(fn, "act and y", act, act_bytes(n, h, wd), y, static_cast<uint64_t>(n * h * wd) * 4);
+  DeviceGuard guard(device);
+  vdsr::launch_tail(as_ptr<const void*>(act), as_ptr<const float*>(x), as_ptr<float*>(y), as_ptr<const float*>(w),
+                    as_ptr<const float*>(b), int(n), int(h), int(wd), dt, as_stream(stream));
+}
+
+// The whole network: head -> num_body x body (ping-pong between buf0 and buf1) -> tail (+ residual).
+// body_w holds num_body packed layers back to back ([L][9][64][64] in the activation dtype), body_b
+// [L][64] fp32.  y may alias x.
+void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head_w, uint64_t head_b, uint64_t body_w,
+             uint64_t body_b, int64_t num_body, uint64_t tail_w, uint64_t tail_b, int64_t n, int64_t h, int64_t wd,
+             int dtype, int device, uint64_t stream, int tile_h, int stages) {
+  const char* fn = "forward";
+  check_shape(fn, n, h, wd);
+  check_dtype(fn, dtype);
+  CHECK(fn, num_body >= 0, "num_body must be >= 0, got ", num_body);
+  CHECK_PTR(fn, "buf0", buf0, 16);
+  CHECK_PTR(fn, "buf1", buf1, 16);
+  check_disjoint(fn, "buf0 and buf1", buf0, act_bytes(n, h, wd), buf1, act_bytes(n, h, wd));
+  head(x, buf0, head_w, head_b, n, h, wd, dtype, device, stream);
+  const uint64_t layer_w_bytes = 9 * kC * kC * 2;
+  const uint64_t bufs[2] = {buf0, buf1};
+  for (int64_t i = 0; i < num_body; ++i) {
+    body(bufs[i % 2], bufs[(i + 1) % 2], body_w + i * layer_w_bytes, body_b + i * kC * 4, n, h, wd, dtype, device,
+         stream, tile_h, stages);
+  }
+  tail(bufs[num_body % 2], x, y, tail_w, tail_b, n, h, wd, dtype, device, stream);
+}
+
+py::list body_variants() {
+  int count = 0;
+  const vdsr::BodyVariant* v = vdsr::body_variants(&count);
+  py::list out;
+  for (int i = 0; i < count; ++i) {
+    py::dict d;
+    d["tile_h"] = v[i].tile_h;
+    d["stages"] = v[i].stages;
+    d["smem_bytes"] = v[i].smem_bytes;
+    out.append(d);
+  }
+  return out;
+}
+
+py::dict body_auto_variant(int device) {
+  DeviceGuard guard(device);
+  const vdsr::BodyVariant v = vdsr::body_auto_variant(device);
+  py::dict d;
+  d["tile_h"] = v.tile_h;
+  d["stages"] = v.stages;
+  d["smem_bytes"] = v.smem_bytes;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "vdsr_fast CUDA kernels (tensor-core conv3x3 body, head, tail with residual); pointer-level API";
+  m.attr("CHANNELS") = vdsr::kChannels;
+  m.attr("DTYPE_FLOAT16") = static_cast<int>(vdsr::kFloat16);
+  m.attr("DTYPE_BFLOAT16") = static_cast<int>(vdsr::kBFloat16);
+  m.attr("CUDA_VERSION") = CUDART_VERSION;
+#ifdef VDSR_FAST_CUDA_ARCHS
+  m.attr("CUDA_ARCHS") = VDSR_FAST_CUDA_ARCHS;
+#else
+  m.attr("CUDA_ARCHS") = "";
+#endif
+  using namespace pybind11::literals;
+  m.def("head", &head, "x"_a, "out"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
+        "out[N,H,W,64] = relu(conv3x3(x fp32 [N,H,W], 1->64) + b)");
+  m.def("body", &body, "inp"_a, "out"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
+        "tile_h"_a = 0, "stages"_a = 0, "out = relu(conv3x3(inp, 64->64) + b), NHWC, tensor cores");
+  m.def("tail", &tail, "act"_a, "x"_a, "y"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
+        "y = x + conv3x3(act, 64->1) + b (fp32 Y planes)");
+  m.def("forward", &forward, "x"_a, "y"_a, "buf0"_a, "buf1"_a, "head_w"_a, "head_b"_a, "body_w"_a, "body_b"_a,
+        "num_body"_a, "tail_w"_a, "tail_b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
+        "tile_h"_a = 0, "stages"_a = 0, "the whole VDSR: head, num_body body layers (ping-pong), tail + residual");
+  m.def("body_variants", &body_variants, "the (tile_h, stages) variants of the body kernel and their shared memory");
+  m.def("body_auto_variant", &body_auto_variant, "device"_a, "the body variant picked when tile_h/stages are 0");
+  m.def(
+      "check_device",
+      [](int device) {
+        CHECK("check_device", device >= 0, "device index must be >= 0, got ", device);
+        vdsr::check_kernel_image(device);
+      },
+      "device"_a, "raise RuntimeError if this build has no kernel image for the device");
+}

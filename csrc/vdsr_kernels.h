@@ -1,0 +1,76 @@
+// Host-side interface of the vdsr_fast CUDA kernels (csrc/*.cu), used by csrc/bindings.cpp.
+//
+// Every launcher takes raw device pointers, the problem shape, a dtype code for the NHWC activations
+// and the CUDA stream to launch on.  Launchers check the launch (cudaGetLastError) and throw
+// std::runtime_error with the CUDA error string on failure; they do not synchronise.
+//
+// Layouts (all contiguous):
+//   Y plane         float32  [N][H][W]            (the (N,1,H,W) NCHW tensor of the public API)
+//   activations     T        [N][H][W][64]        NHWC, T = fp16 or bf16 (the dtype code)
+//   head weights    float32  [64][9]              w0[n][0][ky][kx] at [n][ky*3+kx]
+//   head bias       float32  [64]
+//   body weights    T        [9][64][64]          w[n][c][ky][kx] at [ky*3+kx][n][c] (K-major per out channel)
+//   body bias       float32  [64]
+//   tail weights    float32  [9][64]              wL[0][c][ky][kx] at [ky*3+kx][c]
+//   tail bias       float32  [1]                  (device pointer: no host synchronisation)
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace vdsr {
+
+constexpr int kChannels = 64;  // the body kernels are written for exactly 64 channels
+
+enum DType : int { kFloat16 = 0, kBFloat16 = 1 };
+
+[[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* what, const char* file, int line) {
+  throw std::runtime_error(std::string("vdsr_fast._C: CUDA error '") + cudaGetErrorString(err) + "' (" +
+                           cudaGetErrorName(err) + ") from " + what + " at " + file + ":" + std::to_string(line));
+}
+
+}  // namespace vdsr
+
+// Check a CUDA runtime call; a failure becomes a C++ exception (a Python RuntimeError through pybind11).
+#define VDSR_CUDA_CHECK(expr)                                                  \
+  do {                                                                         \
+    cudaError_t vdsr_err_ = (expr);                                            \
+    if (vdsr_err_ != cudaSuccess) {                                            \
+      ::vdsr::throw_cuda_error(vdsr_err_, #expr, __FILE__, __LINE__);          \
+    }                                                                          \
+  } while (0)
+
+// Check the kernel launch just made (bad configuration, no kernel image for this device...).
+#define VDSR_CHECK_LAUNCH(kernel_name) VDSR_CUDA_CHECK(cudaGetLastError())
+
+namespace vdsr {
+
+// Head: out = relu(conv3x3(x, 1 -> 64) + b), x fp32 Y plane, out NHWC T.
+void launch_head(const float* x, void* out, const float* w, const float* b, int n, int h, int w_, DType dtype,
+                 cudaStream_t stream);
+
+// Body: out = relu(conv3x3(in, 64 -> 64) + b) on tensor cores.  tile_h / stages pick the kernel
+// variant (0 = automatic); see body_variants() for the valid pairs.
+void launch_body(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, DType dtype,
+                 int device, cudaStream_t stream, int tile_h = 0, int stages = 0);
+
+// Tail: y = x + conv3x3(act, 64 -> 1) + b, x and y fp32 Y planes (y may not alias act; y may alias x).
+void launch_tail(const void* act, const float* x, float* y, const float* w, const float* b, int n, int h, int w_,
+                 DType dtype, cudaStream_t stream);
+
+// The (tile_h, stages) pairs launch_body accepts, and the one it picks automatically on `device`.
+struct BodyVariant {
+  int tile_h;
+  int stages;
+  int smem_bytes;
+};
+const BodyVariant* body_variants(int* count);
+BodyVariant body_auto_variant(int device);
+
+// Throws if `device` cannot run the kernels in this build (no SASS or PTX for its architecture).
+void check_kernel_image(int device);
+
+}  // namespace vdsr

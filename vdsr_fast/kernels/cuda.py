@@ -1,0 +1,175 @@
+"""The CUDA C++ engine backend: VDSR on the hand-written kernels of ``csrc/`` (module ``vdsr_fast._C``).
+
+head  Y plane (fp32) -> NHWC buffer A                       relu(conv3x3 1->64 + b), CUDA cores
+body  A -> B, B -> A, ... (two ping-pong NHWC buffers)      relu(conv3x3 64->64 + b), tensor cores
+                                                            (mma.sync m16n8k16, weight-stationary)
+tail  last buffer + Y plane -> Y + conv3x3 64->1 + b        fp32 out, residual fused
+
+The whole chain is one ``_C.forward`` call (20 launches on the caller's current stream, no host
+synchronisation).  Weights are packed once here: body layers ``[L][9][64][64]`` (tap, out channel,
+in channel; storage dtype), head ``[64][9]`` and tail ``[9][64]`` in fp32, biases fp32.
+
+The extension is optional: when it is not built, :meth:`CudaBackend.available` says so and
+``Engine(..., backend="cuda")`` raises :class:`~vdsr_fast.engine.BackendUnavailable`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from ..reference import VDSR
+
+__all__ = ["CudaBackend", "load_extension", "pack_body_weight"]
+
+_CHANNELS = 64  # the body kernel is written for exactly 64 channels (the published VDSR)
+
+
+def load_extension():
+    """Import ``vdsr_fast._C``; raises ImportError with a build hint when it is absent."""
+    try:
+        from .. import _C
+    except ImportError as e:
+        raise ImportError(
+            "the CUDA extension vdsr_fast._C is not built (install vdsr_fast with nvcc, cmake and pybind11 "
+            f"available and VDSR_FAST_SKIP_CUDA_BUILD unset; see csrc/README.md): {e}"
+        ) from e
+    return _C
+
+
+def pack_body_weight(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(64, 64, 3, 3) conv weight ``w[n][c][ky][kx]`` -> ``[9][64][64]`` = ``[ky*3+kx][n][c]`` in ``dtype``."""
+    return w.detach().permute(2, 3, 0, 1).reshape(9, w.shape[0], w.shape[1]).to(dtype).contiguous()
+
+
+class CudaBackend:
+    """VDSR on the ``vdsr_fast._C`` kernels (fp16 or bf16 storage, fp32 accumulation).
+
+    Args:
+        model: the :class:`~vdsr_fast.reference.VDSR` to pack (64 channels, any depth >= 2).
+        device: a CUDA device of compute capability 8.0 or newer.
+        dtype: ``torch.float16`` or ``torch.bfloat16`` (activations and body weights).
+        max_cached_shapes: how many input shapes keep their two activation buffers (LRU).
+        tile_h, stages: body kernel variant (0 = chosen from the GPU's shared memory); for tuning.
+
+    Activation buffers are owned by the backend: calls on one backend must not run concurrently on
+    different streams (use one engine per stream).
+    """
+
+    name = "cuda"
+    dtypes = (torch.float16, torch.bfloat16)
+
+    @staticmethod
+    def available(device: torch.device) -> str | None:
+        device = torch.device(device)
+        try:
+            ext = load_extension()
+        except ImportError as e:
+            return str(e)
+        if device.type != "cuda":
+            return f"it runs on CUDA devices only, not on {device.type!r}"
+        if not torch.cuda.is_available():
+            return "PyTorch sees no CUDA device"
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            return f"there is no CUDA device {index} ({torch.cuda.device_count()} visible)"
+        major, minor = torch.cuda.get_device_capability(index)
+        if major < 8:
+            name = torch.cuda.get_device_name(index)
+            return f"it needs compute capability 8.0 or newer (mma.sync bf16, cp.async); {name} is {major}.{minor}"
+        try:
+            ext.check_device(index)
+        except RuntimeError as e:
+            return f"vdsr_fast._C was built for CUDA archs {ext.CUDA_ARCHS!r} and cannot run on this GPU ({e})"
+        return None
+
+    def __init__(
+        self,
+        model: VDSR,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        max_cached_shapes: int = 4,
+        tile_h: int = 0,
+        stages: int = 0,
+    ) -> None:
+        from ..engine import BackendUnavailable
+
+        self._C = load_extension()
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise BackendUnavailable(f"CudaBackend: needs a CUDA device, got {device}")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if dtype not in self.dtypes:
+            raise BackendUnavailable(f"CudaBackend: unsupported storage dtype {dtype}; expected float16 or bfloat16")
+        ws = [w.detach().to(device) for w in model.weights]
+        bs = [b.detach().to(device) for b in model.biases]
+        c = ws[0].shape[0]
+        if c != _CHANNELS:
+            raise BackendUnavailable(
+                f"CudaBackend: the CUDA kernels are written for {_CHANNELS} channels; this model has {c}"
+            )
+        if len(ws) < 2 or ws[0].shape != (c, 1, 3, 3) or ws[-1].shape != (1, c, 3, 3):
+            raise ValueError("CudaBackend: expected a VDSR with a 1->64 head and a 64->1 tail of 3x3 convs")
+        for i, w in enumerate(ws[1:-1], 1):
+            if w.shape != (c, c, 3, 3):
+                raise ValueError(f"CudaBackend: layer {i} has shape {tuple(w.shape)}, expected ({c}, {c}, 3, 3)")
+        fp32 = torch.float32
+        self.device, self.dtype, self.channels = device, dtype, c
+        self.dtype_code = self._C.DTYPE_FLOAT16 if dtype == torch.float16 else self._C.DTYPE_BFLOAT16
+        self.tile_h, self.stages = int(tile_h), int(stages)
+        self.max_cached_shapes = max(1, int(max_cached_shapes))
+        self.num_body = len(ws) - 2
+        self.w_head = ws[0].to(fp32).reshape(c, 9).contiguous()  # [n][ky*3+kx]
+        self.b_head = bs[0].to(fp32).contiguous()
+        if self.num_body:
+            self.w_body = torch.stack([pack_body_weight(w, dtype) for w in ws[1:-1]]).contiguous()  # [L][9][64][64]
+            self.b_body = torch.stack([b.to(fp32) for b in bs[1:-1]]).contiguous()  # [L][64]
+        else:  # depth 2: no body layer; the kernels never read these
+            self.w_body = torch.zeros(1, device=device, dtype=dtype)
+            self.b_body = torch.zeros(1, device=device, dtype=fp32)
+        self.w_tail = ws[-1].to(fp32).permute(2, 3, 1, 0).reshape(9, c).contiguous()  # [ky*3+kx][c]
+        self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
+        # (N, H, W) -> two NHWC activation buffers, reused by every call of that shape (LRU order).
+        self._buffers: OrderedDict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def buffers(self, n: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two ping-pong NHWC activation buffers for an (N, H, W) input, allocated on first use."""
+        key = (n, h, w)
+        bufs = self._buffers.get(key)
+        if bufs is None:
+            shape = (n, h, w, self.channels)
+            bufs = (
+                torch.empty(shape, device=self.device, dtype=self.dtype),
+                torch.empty(shape, device=self.device, dtype=self.dtype),
+            )
+            self._buffers[key] = bufs
+            while len(self._buffers) > self.max_cached_shapes:
+                self._buffers.popitem(last=False)
+        else:
+            self._buffers.move_to_end(key)
+        return bufs
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        """``y + residual(y)`` for a Y-plane batch (N, 1, H, W) of any float dtype; returns y's dtype."""
+        if not torch.is_tensor(y) or y.dim() != 4 or y.shape[1] != 1:
+            shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
+            raise ValueError(f"CudaBackend: expected a Y-plane batch of shape (N, 1, H, W), got {shape}")
+        if y.device != self.device:
+            raise ValueError(f"CudaBackend: input is on {y.device} but the weights are on {self.device}")
+        n, _, h, w = y.shape
+        with torch.cuda.device(self.device):
+            x = y.to(torch.float32).contiguous()  # the kernels read and write fp32 Y planes
+            out = torch.empty_like(x)
+            a, b = self.buffers(n, h, w)
+            stream = torch.cuda.current_stream(self.device).cuda_stream
+            self._C.forward(
+                x.data_ptr(), out.data_ptr(), a.data_ptr(), b.data_ptr(),
+                self.w_head.data_ptr(), self.b_head.data_ptr(),
+                self.w_body.data_ptr(), self.b_body.data_ptr(), self.num_body,
+                self.w_tail.data_ptr(), self.b_tail.data_ptr(),
+                n, h, w, self.dtype_code, self.device.index, stream, self.tile_h, self.stages,
+            )  # fmt: skip
+        return out.to(y.dtype)
