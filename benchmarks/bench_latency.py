@@ -1,0 +1,957 @@
+"""VDSR latency benchmark: every available path, checked against the float64 reference, then timed.
+
+    python -m benchmarks.bench_latency                       # GPU: 720p, 1080p, 4K, 720p x8 + upscale()
+    python -m benchmarks.bench_latency --compile             # + torch.compile max-autotune (slow to build)
+    python -m benchmarks.bench_latency --smoke --out /tmp/b  # CPU: tiny sizes, seconds (CI)
+
+Paths (network only, Y plane ``(N, 1, H, W)`` of the output size):
+  eager_fp32 / eager_tf32 / eager_fp16 (NCHW) / eager_fp16_cl  PyTorch ``F.conv2d`` chain
+  cudnn_fused_fp16       ``torch.cudnn_convolution_relu`` for layers 0..L-2, fp16 channels_last, then a
+                         plain conv and the residual add (the cuDNN baseline of DESIGN.md §7)
+  compile_fp16_cl        ``torch.compile(mode="max-autotune-no-cudagraphs")`` of the eager fp16 CL chain
+  engine_<backend>_<dt>  ``Engine(model, backend, dtype)`` for each backend ``available_backends()``
+                         reports, fed the public contract's fp32 Y plane
+and end to end, ``e2e_<backend>_<dt>``: ``upscale()`` on uint8 RGB frames 960x540 -> 1920x1080.
+
+Every path is first checked once on a small input against the float64 reference with DESIGN.md §6's
+rule ``err(path) <= 2 * err(PyTorch, same precision) + atol[precision]``; a path that fails is reported
+as ``check_failed`` and not timed. Timing: ``triton.testing.do_bench`` (CUDA events without triton,
+``time.perf_counter`` on the CPU), after warm-up, rotating among preallocated inputs. The fp16 matmul
+ceiling is measured in the same run with the same timer. Results: a JSON (card, driver, versions,
+date, every row) and a markdown file under ``--out``, a PNG if matplotlib imports, and the markdown
+table printed last. Exit status 0, or 3 when some path failed its reference check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fnmatch
+import gc
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/bench_latency.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.make_table import render_markdown
+from vdsr_fast.reference import VDSR, flops_per_pixel, vdsr_forward
+
+__all__ = [
+    "BenchConfig",
+    "BenchResult",
+    "CheckResult",
+    "PathSpec",
+    "ATOL",
+    "check_against_reference",
+    "build_paths",
+    "time_callable",
+    "run",
+    "main",
+]
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+NAMED_SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "1440p": (2560, 1440), "4k": (3840, 2160), "2160p": (3840, 2160)}
+DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+# DESIGN.md §6: err(path) <= 2 * err(PyTorch in the same precision) + ATOL[precision], errors being the
+# max |difference| to the float64 reference on the same weights and input. The atol terms are about one
+# output ulp near 1.0 (the Y plane is in [0, 1]) for the half types, a few fp32 ulps otherwise.
+ATOL = {"fp64": 1e-12, "fp32": 1e-5, "tf32": 1e-3, "fp16": 1e-3, "bf16": 1e-2}
+
+# Table order of the network paths (rows are sorted by size, then by this rank).
+_RANK = ["eager_fp32", "eager_tf32", "eager_fp16", "eager_fp16_cl", "compile_fp16_cl", "cudnn_fused_fp16", "engine_", "e2e_"]
+CUDNN_KEY, EAGER_FP16_KEY = "cudnn_fused_fp16", "eager_fp16_cl"
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration and results
+
+
+@dataclass
+class BenchConfig:
+    """What to run and how to time it (defaults: the GPU run of DESIGN.md §7)."""
+
+    device: str = "cuda"
+    sizes: list[str] = field(default_factory=lambda: ["720p", "1080p", "4k", "720p:8"])
+    paths: list[str] | None = None  # fnmatch patterns over path keys; None = every default path
+    backends: list[str] | None = None  # engine backends; None = every available one
+    engine_dtypes: list[str] = field(default_factory=lambda: ["fp16", "bf16"])
+    compile: bool = False
+    compile_sizes: list[str] = field(default_factory=lambda: ["1080p"])
+    e2e_batches: list[int] = field(default_factory=lambda: [1, 8])
+    e2e_lr_size: tuple[int, int] = (960, 540)  # (W, H) of the low-resolution RGB frame
+    e2e_scale: int = 2
+    e2e_dtype: str = "fp16"
+    warmup_ms: float = 25.0
+    rep_ms: float = 200.0
+    min_iters: int = 10
+    n_inputs: int = 3  # inputs rotated through while timing
+    check_shape: tuple[int, int, int, int] = (2, 1, 48, 80)
+    peak_size: int = 8192  # the M = N = K of the fp16 matmul timed for the ceiling
+    cudnn_benchmark: bool = True
+    weights: str | None = None
+    model_depth: int = 20  # only for random weights (no --weights and no shipped file, or --smoke)
+    model_channels: int = 64
+    seed: int = 0
+    smoke: bool = False
+    budget_s: float | None = None  # stop timing new rows after this many seconds (rows left: skipped)
+    out: str | None = None
+    plot: bool = True
+
+    @classmethod
+    def smoke_config(cls, out: str | None = None) -> BenchConfig:
+        """Tiny CPU run that exercises every code path in a few seconds."""
+        return cls(
+            device="cpu",
+            sizes=["16x16", "16x16:2"],
+            paths=["eager_fp32", "eager_fp16_cl", CUDNN_KEY, "engine_*"],
+            engine_dtypes=["fp32"],
+            e2e_batches=[1, 2],
+            e2e_lr_size=(8, 8),
+            e2e_dtype="fp32",
+            warmup_ms=0.0,
+            rep_ms=0.0,
+            min_iters=2,
+            n_inputs=2,
+            check_shape=(1, 1, 12, 12),
+            peak_size=256,
+            model_depth=5,  # a small random VDSR: the code paths, not the numbers, are what CI checks
+            model_channels=16,
+            smoke=True,
+            out=out,
+            plot=False,
+        )
+
+
+@dataclass
+class CheckResult:
+    """One DESIGN.md §6 comparison against the float64 reference."""
+
+    shape: list[int]
+    precision: str
+    err: float  # max |path - ref64|
+    torch_err: float  # max |PyTorch same precision - ref64|
+    atol: float
+    bound: float  # 2 * torch_err + atol
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class BenchResult:
+    """One row: a path at one size and batch."""
+
+    key: str
+    path: str
+    kind: str  # "network" | "e2e"
+    dtype: str
+    size: str
+    width: int
+    height: int
+    batch: int
+    status: str = "ok"  # ok | check_failed | error | skipped
+    note: str = ""
+    median_ms: float | None = None
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+    n_iters: int | None = None
+    fps: float | None = None
+    tflops: float | None = None
+    pct_peak: float | None = None
+    speedup_vs_cudnn: float | None = None
+    speedup_vs_eager_fp16: float | None = None
+    peak_mem_mb: float | None = None
+    check: dict | None = None
+
+
+@dataclass
+class PathSpec:
+    """A network-only path: ``build(model, device)`` returns ``(fn, note)``, fn maps an input to y'."""
+
+    key: str
+    name: str
+    precision: str  # fp32 | tf32 | fp16 | bf16: the "same precision" PyTorch run of the check
+    input_dtype: torch.dtype
+    channels_last: bool
+    build: Callable[[VDSR, torch.device], tuple[Callable[[torch.Tensor], torch.Tensor], str]]
+    unavailable: str | None = None  # a reason: the path is listed as skipped
+    tf32: bool = False
+    sizes: list[str] | None = None  # restrict to these sizes (torch.compile: it compiles per shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def parse_size(spec: str) -> tuple[str, int, int, int]:
+    """``"720p"``, ``"4k:1"``, ``"1920x1080:8"`` -> (label, W, H, N)."""
+    name, _, n = spec.partition(":")
+    batch = int(n) if n else 1
+    key = name.lower()
+    if key in NAMED_SIZES:
+        w, h = NAMED_SIZES[key]
+        label = "4K" if key in ("4k", "2160p") else key
+    else:
+        m = re.fullmatch(r"(\d+)x(\d+)", key)
+        if not m:
+            raise ValueError(f"size {spec!r}: expected one of {sorted(NAMED_SIZES)} or WxH, optionally ':N' for the batch")
+        w, h = int(m.group(1)), int(m.group(2))
+        label = f"{w}x{h}"
+    if batch < 1 or w < 1 or h < 1:
+        raise ValueError(f"size {spec!r}: width, height and batch must be positive")
+    return label, w, h, batch
+
+
+@contextlib.contextmanager
+def tf32_mode(enabled: bool) -> Iterator[None]:
+    """cuDNN and cuBLAS TF32 on (the "tf32" path) or off (true fp32 everywhere else)."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _pack(model: VDSR, device: torch.device, dtype: torch.dtype, channels_last: bool):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    ws = [w.detach().to(device, dtype).contiguous(memory_format=fmt) for w in model.weights]
+    bs = [b.detach().to(device, dtype).contiguous() for b in model.biases]
+    return ws, bs
+
+
+def _to_input(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def _percentile(sorted_vals: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) of an ascending list."""
+    if len(sorted_vals) == 1:
+        return sorted_vals[0]
+    pos = (len(sorted_vals) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+def pick_timer(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "perf_counter"
+    try:
+        import triton.testing  # noqa: F401
+
+        return "do_bench"
+    except Exception:
+        return "cuda_events"
+
+
+def time_callable(call: Callable[[], Any], device: torch.device, cfg: BenchConfig, timer: str) -> list[float]:
+    """Per-call times in ms of ``call()`` (which rotates its own inputs), after warm-up.
+
+    At least ``cfg.min_iters`` timed calls, and at least ``cfg.rep_ms`` of them in total.
+    """
+    call()  # first call: lazy init, autotuning, cudnn.benchmark's search
+    _sync(device)
+    t0 = time.perf_counter()
+    call()
+    _sync(device)
+    est_ms = max((time.perf_counter() - t0) * 1e3, 1e-3)
+    n = max(cfg.min_iters, int(cfg.rep_ms / est_ms))
+    if timer == "do_bench":
+        from triton.testing import do_bench
+
+        times = do_bench(call, warmup=max(cfg.warmup_ms, 2 * est_ms), rep=max(cfg.rep_ms, cfg.min_iters * est_ms), return_mode="all")
+        return [float(t) for t in times]
+    n_warm = max(1, int(cfg.warmup_ms / est_ms)) if cfg.warmup_ms > 0 else 0
+    for _ in range(n_warm):
+        call()
+    _sync(device)
+    if timer == "cuda_events":
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        for s, e in zip(starts, ends):
+            s.record()
+            call()
+            e.record()
+        torch.cuda.synchronize(device)
+        return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _rotating(fn: Callable, inputs: list) -> Callable[[], Any]:
+    it = itertools.cycle(inputs)
+    return lambda: fn(next(it))
+
+
+def _peak_mem_mb(fn: Callable, x: Any, device: torch.device) -> float | None:
+    """Memory one call needs beyond what is already allocated (activations, output, workspaces), MB."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    out = fn(x)
+    _sync(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    del out
+    return (peak - before) / 2**20
+
+
+# --------------------------------------------------------------------------------------------------
+# the reference check (DESIGN.md §6)
+
+
+def _torch_same_precision(x64: torch.Tensor, model: VDSR, precision: str) -> torch.Tensor:
+    """PyTorch's own result in ``precision`` (fp16/bf16 in channels_last on CUDA, as cuDNN likes)."""
+    dtype = torch.float32 if precision in ("fp32", "tf32") else DTYPES[precision]
+    cl = x64.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    ws, bs = _pack(model, x64.device, dtype, cl)
+    with tf32_mode(precision == "tf32"):
+        return vdsr_forward(_to_input(x64, dtype, cl), ws, bs)
+
+
+@torch.inference_mode()
+def check_against_reference(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    model: VDSR,
+    device: torch.device,
+    precision: str,
+    input_dtype: torch.dtype,
+    channels_last: bool = False,
+    shape: tuple[int, ...] = (2, 1, 48, 80),
+    seed: int = 0,
+    tf32: bool = False,
+) -> CheckResult:
+    """Run ``fn`` once on a small random Y batch and apply the §6 rule against the float64 reference."""
+    g = torch.Generator().manual_seed(seed)
+    x64 = torch.rand(shape, generator=g, dtype=torch.float64).to(device)
+    ws64, bs64 = _pack(model, device, torch.float64, False)
+    ref = vdsr_forward(x64, ws64, bs64)
+    same = _torch_same_precision(x64, model, precision)
+    torch_err = (same.double() - ref).abs().max().item()
+    atol = ATOL[precision]
+    bound = 2 * torch_err + atol
+    with tf32_mode(tf32):
+        out = fn(_to_input(x64, input_dtype, channels_last))
+    if not torch.is_tensor(out) or tuple(out.shape) != tuple(ref.shape):
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        return CheckResult(list(shape), precision, math.inf, torch_err, atol, bound, False, f"output shape {got} != {tuple(ref.shape)}")
+    err = (out.double() - ref).abs().max().item()
+    passed = math.isfinite(err) and err <= bound
+    return CheckResult(list(shape), precision, err, torch_err, atol, bound, passed, "" if math.isfinite(err) else "non-finite output")
+
+
+# --------------------------------------------------------------------------------------------------
+# the paths
+
+
+def _eager(dtype: torch.dtype, channels_last: bool):
+    def build(model: VDSR, device: torch.device):
+        ws, bs = _pack(model, device, dtype, channels_last)
+        return (lambda x: vdsr_forward(x, ws, bs)), ""
+
+    return build
+
+
+def _cudnn_relu_op():
+    return getattr(torch, "cudnn_convolution_relu", None) or getattr(torch.ops.aten, "cudnn_convolution_relu", None)
+
+
+def _build_cudnn_fused(model: VDSR, device: torch.device):
+    """``cudnn_convolution_relu(x, w, b, stride, padding, dilation, groups)`` for every layer but the
+    last, then ``F.conv2d`` and the residual add; fp16 channels_last."""
+    op = _cudnn_relu_op()
+    ws, bs = _pack(model, device, torch.float16, True)
+    note = ""
+    fuse_head = True
+    try:  # cuDNN's fused kernels may refuse the 1-channel head: then it runs as conv + ReLU
+        probe = torch.zeros(1, 1, 8, 8, device=device, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+        op(probe, ws[0], bs[0], [1, 1], [1, 1], [1, 1], 1)
+    except RuntimeError as e:
+        fuse_head = False
+        note = f"head layer unfused (cudnn_convolution_relu refused 1 input channel: {str(e).splitlines()[0][:80]})"
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for i, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):
+            if i == 0 and not fuse_head:
+                h = F.relu(F.conv2d(h, w, b, padding=1))
+            else:
+                h = op(h, w, b, [1, 1], [1, 1], [1, 1], 1)
+        return x + F.conv2d(h, ws[-1], bs[-1], padding=1)
+
+    return fn, note
+
+
+def _build_compile(model: VDSR, device: torch.device):
+    ws, bs = _pack(model, device, torch.float16, True)
+    fn = torch.compile(lambda x: vdsr_forward(x, ws, bs), mode="max-autotune-no-cudagraphs", dynamic=False)
+    return fn, "compiled per shape (dynamic=False); compile time not included"
+
+
+def _engine(backend: str, dtype: torch.dtype):
+    def build(model: VDSR, device: torch.device):
+        from vdsr_fast.engine import Engine
+
+        eng = Engine(model, backend=backend, dtype=dtype, device=device)
+        return eng, ""
+
+    return build
+
+
+def _engine_backends(device: torch.device, cfg: BenchConfig) -> tuple[list[str], dict[str, str]]:
+    """(backends to run, {backend: why not}) from ``available_backends``, so new backends appear."""
+    from vdsr_fast.engine import available_backends
+
+    run, skipped = [], {}
+    for name, reason in available_backends(device).items():
+        if cfg.backends is not None and name not in cfg.backends:
+            continue
+        if reason is None and name == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            reason = "on the CPU only with TRITON_INTERPRET=1"
+        if reason is None:
+            run.append(name)
+        else:
+            skipped[name] = reason
+    return run, skipped
+
+
+def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
+    """Every network-only path for this device (unavailable ones carry their reason)."""
+    cuda = device.type == "cuda"
+    need_cuda = None if cuda else "needs CUDA"
+    paths = [
+        PathSpec(CUDNN_KEY, "cuDNN fused conv+bias+ReLU CL", "fp16", torch.float16, True, _build_cudnn_fused,
+                 need_cuda or (None if _cudnn_relu_op() is not None else "torch.cudnn_convolution_relu is missing in this torch")),
+        PathSpec(EAGER_FP16_KEY, "PyTorch eager CL", "fp16", torch.float16, True, _eager(torch.float16, True)),
+    ]  # fmt: skip
+    backends, skipped = _engine_backends(device, cfg)
+    for name in backends + sorted(skipped):
+        for dname in cfg.engine_dtypes:
+            dtype = DTYPES[dname]
+            reason = skipped.get(name)
+            if reason is None and cuda and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+                reason = "this GPU has no bf16"
+            spec = PathSpec(f"engine_{name}_{dname}", f"engine {name}", dname, torch.float32, False, _engine(name, dtype), reason)
+            paths.append(spec)
+    paths += [
+        PathSpec("eager_fp16", "PyTorch eager NCHW", "fp16", torch.float16, False, _eager(torch.float16, False)),
+        PathSpec("eager_tf32", "PyTorch eager NCHW", "tf32", torch.float32, False, _eager(torch.float32, False),
+                 None if cuda else "TF32 is a CUDA mode", tf32=True),
+        PathSpec("eager_fp32", "PyTorch eager NCHW", "fp32", torch.float32, False, _eager(torch.float32, False)),
+        PathSpec("compile_fp16_cl", "torch.compile max-autotune CL", "fp16", torch.float16, True, _build_compile,
+                 need_cuda, sizes=list(cfg.compile_sizes)),
+    ]  # fmt: skip
+    selected = []
+    for p in paths:
+        if p.key == "compile_fp16_cl" and not cfg.compile:
+            continue
+        if cfg.paths is not None and not any(fnmatch.fnmatchcase(p.key, pat) for pat in cfg.paths):
+            if not (p.key == "compile_fp16_cl" and cfg.compile):
+                continue
+        selected.append(p)
+    return selected
+
+
+# --------------------------------------------------------------------------------------------------
+# environment
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def _cudnn_version() -> str | None:
+    try:
+        v = torch.backends.cudnn.version()
+    except Exception:
+        return None
+    if not v:
+        return None
+    if v >= 90000:
+        return f"{v // 10000}.{(v % 10000) // 100}.{v % 100}"
+    return f"{v // 1000}.{(v % 1000) // 100}.{v % 100}"
+
+
+def _cmd(args: list[str]) -> str | None:
+    try:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def environment(device: torch.device, smoke: bool) -> tuple[dict, dict]:
+    """(device info, versions)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        driver = _cmd(["nvidia-smi", f"--id={device.index or 0}", "--query-gpu=driver_version", "--format=csv,noheader"])
+        dev = {
+            "name": props.name,
+            "slug": _slug(props.name),
+            "driver": driver,
+            "capability": f"{props.major}.{props.minor}",
+            "sm_count": props.multi_processor_count,
+            "memory_gib": round(props.total_memory / 2**30, 1),
+        }
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        dev = {"name": f"CPU: {name}", "slug": "cpu-smoke" if smoke else "cpu", "driver": None, "threads": torch.get_num_threads()}
+    try:
+        import triton
+
+        triton_v = triton.__version__
+    except Exception:
+        triton_v = None
+    try:
+        import vdsr_fast
+
+        vdsr_v = vdsr_fast.__version__
+    except Exception:
+        vdsr_v = None
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": _cudnn_version() if device.type == "cuda" else None,
+        "triton": triton_v,
+        "vdsr_fast": vdsr_v,
+        "git_commit": _cmd(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short=12", "HEAD"]),
+        "cuda_extension_built": _has_cuda_extension(),
+    }
+    return dev, versions
+
+
+def _has_cuda_extension() -> bool:
+    try:
+        import vdsr_fast._C  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _load_model(cfg: BenchConfig) -> tuple[VDSR, str]:
+    if cfg.weights is not None:
+        from vdsr_fast.weights import load
+
+        return load(cfg.weights), str(cfg.weights)
+    small = (cfg.model_depth, cfg.model_channels) != (20, 64)
+    if not small:
+        try:
+            from vdsr_fast.weights import default_weights_path, load
+
+            if default_weights_path().is_file():
+                return load(), "shipped weights"
+        except Exception as e:  # unreadable shipped file: time random weights, and say so
+            print(f"note: shipped weights unusable ({e}); using random weights", flush=True)
+    torch.manual_seed(cfg.seed)
+    model = VDSR(cfg.model_depth, cfg.model_channels)
+    with torch.no_grad():  # non-zero biases, so a kernel that drops them fails the check
+        for b in model.biases:
+            b.normal_(0.0, 0.01)
+    why = f"reduced model depth {cfg.model_depth}, {cfg.model_channels} channels" if small else "no shipped weights found"
+    return model, f"random He-init weights, N(0, 0.01) biases ({why})"
+
+
+# --------------------------------------------------------------------------------------------------
+# the run
+
+
+class _Run:
+    def __init__(self, cfg: BenchConfig) -> None:
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.timer = pick_timer(self.device)
+        self.t0 = time.perf_counter()
+        self.rows: list[BenchResult] = []
+        self.notes: list[str] = []
+        self.sizes = [parse_size(s) for s in cfg.sizes]
+        self.date = datetime.now(timezone.utc)
+        self.device_info, self.versions = environment(self.device, cfg.smoke)
+        self.model, self.weights = _load_model(cfg)
+        self.peak: dict = {}
+        out = Path(cfg.out) if cfg.out else (Path(tempfile.gettempdir()) / "vdsr_fast_bench" if cfg.smoke else RESULTS_DIR)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"{self.date:%Y-%m-%d}_{self.device_info['slug']}"
+        self.json_path, self.md_path, self.png_path = (out / f"{stem}{ext}" for ext in (".json", ".md", ".png"))
+
+    # ---- bookkeeping
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", flush=True)
+
+    def over_budget(self) -> bool:
+        return self.cfg.budget_s is not None and time.perf_counter() - self.t0 > self.cfg.budget_s
+
+    def add(self, row: BenchResult) -> None:
+        self.rows.append(row)
+        self.fill_derived()
+        self.save()
+        timing = f"{row.median_ms:.3f} ms" if row.median_ms is not None else row.status
+        self.log(f"{row.key:<24} {row.size:>18} x{row.batch}: {timing}{'  (' + row.note + ')' if row.note else ''}")
+
+    def fill_derived(self) -> None:
+        base: dict[tuple, dict[str, float]] = {}
+        for r in self.rows:
+            if r.status == "ok" and r.median_ms:
+                base.setdefault((r.kind, r.size, r.batch), {})[r.key] = r.median_ms
+        for r in self.rows:
+            if r.status != "ok" or not r.median_ms:
+                continue
+            b = base.get((r.kind, r.size, r.batch), {})
+            cudnn = b.get(CUDNN_KEY)
+            eager = b.get(EAGER_FP16_KEY) if r.kind == "network" else b.get(f"e2e_torch_{self.cfg.e2e_dtype}")
+            r.speedup_vs_cudnn = cudnn / r.median_ms if cudnn else None
+            r.speedup_vs_eager_fp16 = eager / r.median_ms if eager else None
+
+    def sorted_rows(self) -> list[BenchResult]:
+        order = {label: i for i, (label, *_rest) in enumerate(self.sizes)}
+
+        def rank(r: BenchResult) -> tuple:
+            pr = next((i for i, p in enumerate(_RANK) if r.key == p or (p.endswith("_") and r.key.startswith(p))), len(_RANK))
+            return (r.kind != "network", order.get(r.size, len(order)), r.batch, pr, r.key)
+
+        return sorted(self.rows, key=rank)
+
+    def data(self) -> dict:
+        return {
+            "schema": 1,
+            "date": self.date.isoformat(timespec="seconds"),
+            "device": self.device_info,
+            "versions": self.versions,
+            "timer": self.timer,
+            "weights": self.weights,
+            "flops_per_pixel": flops_per_pixel(self.model.depth, self.model.channels),
+            "peak": self.peak,
+            "config": dataclasses.asdict(self.cfg),
+            "notes": self.notes,
+            "rows": [dataclasses.asdict(r) for r in self.sorted_rows()],
+        }
+
+    def save(self) -> None:
+        data = self.data()
+        tmp = self.json_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        tmp.replace(self.json_path)
+        self.md_path.write_text(render_markdown(data) + "\n")
+
+    # ---- measurements
+    def measure_peak(self) -> None:
+        """The fp16 matmul ceiling (fp32 on the CPU), with the same timer as the rows."""
+        n = self.cfg.peak_size
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        a = torch.randn(n, n, device=self.device, dtype=dtype)
+        b = torch.randn(n, n, device=self.device, dtype=dtype)
+        times = time_callable(lambda: torch.mm(a, b), self.device, self.cfg, self.timer)
+        med = statistics.median(times)
+        self.peak = {"dtype": DTYPE_NAMES[dtype], "shape": f"{n}^3", "median_ms": med, "tflops": 2 * n**3 / (med * 1e-3) / 1e12}
+        del a, b
+        _free(self.device)
+        self.log(f"{DTYPE_NAMES[dtype]} matmul {n}^3: {med:.3f} ms = {self.peak['tflops']:.1f} TFLOP/s")
+
+    def _timed_row(self, row: BenchResult, fn: Callable, inputs: list, pixels: int) -> BenchResult:
+        with torch.inference_mode():
+            row.peak_mem_mb = _peak_mem_mb(fn, inputs[0], self.device)
+            times = sorted(time_callable(_rotating(fn, inputs), self.device, self.cfg, self.timer))
+        row.median_ms = statistics.median(times)
+        row.p10_ms, row.p90_ms = _percentile(times, 10), _percentile(times, 90)
+        row.n_iters = len(times)
+        row.fps = row.batch * 1e3 / row.median_ms
+        row.tflops = flops_per_pixel(self.model.depth, self.model.channels) * pixels / (row.median_ms * 1e-3) / 1e12
+        if self.peak.get("tflops"):
+            row.pct_peak = 100.0 * row.tflops / self.peak["tflops"]
+        return row
+
+    def run_path(self, spec: PathSpec) -> bool | None:
+        """Check, then time at every size. Returns the check's verdict (None: not checked)."""
+        sizes = [s for s in self.sizes if spec.sizes is None or s[0] in [parse_size(x)[0] for x in spec.sizes]]
+
+        def row(label, w, h, n, **kw) -> BenchResult:
+            return BenchResult(spec.key, spec.name, "network", spec.precision, label, w, h, n, **kw)
+
+        if spec.unavailable:
+            self.add(row(*sizes[0], status="skipped", note=spec.unavailable) if sizes else row("-", 0, 0, 0, status="skipped", note=spec.unavailable))
+            return None
+        if self.over_budget():
+            for s in sizes:
+                self.add(row(*s, status="skipped", note="time budget spent"))
+            return None
+        fn = None
+        try:
+            with torch.inference_mode():
+                fn, note = spec.build(self.model, self.device)
+                chk = check_against_reference(
+                    fn, self.model, self.device, spec.precision, spec.input_dtype, spec.channels_last, self.cfg.check_shape, self.cfg.seed, spec.tf32
+                )
+        except Exception as e:  # a path that cannot build or run is reported, not fatal
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            for s in sizes:
+                self.add(row(*s, status="error", note=msg))
+            del fn
+            _free(self.device)
+            return False
+        if not chk.passed:
+            why = chk.note or f"err {chk.err:.3g} > bound {chk.bound:.3g} (2 x torch {chk.torch_err:.3g} + atol {chk.atol:g})"
+            for s in sizes:
+                self.add(row(*s, status="check_failed", note=f"reference check failed: {why}", check=dataclasses.asdict(chk)))
+            del fn
+            _free(self.device)
+            return False
+        for label, w, h, n in sizes:
+            r = row(label, w, h, n, note=note, check=dataclasses.asdict(chk))
+            if self.over_budget():
+                r.status, r.note = "skipped", "time budget spent"
+                self.add(r)
+                continue
+            inputs = None
+            try:
+                g = torch.Generator().manual_seed(self.cfg.seed + 1)
+                inputs = [
+                    _to_input(torch.rand(n, 1, h, w, generator=g).to(self.device), spec.input_dtype, spec.channels_last)
+                    for _ in range(self.cfg.n_inputs)
+                ]
+                with tf32_mode(spec.tf32):
+                    self.add(self._timed_row(r, fn, inputs, n * h * w))
+            except Exception as e:
+                r.status, r.note = "error", f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                self.add(r)
+            del inputs
+            _free(self.device)
+        del fn
+        _free(self.device)
+        return True
+
+    def run_e2e(self, verdicts: dict[str, bool | None]) -> None:
+        from vdsr_fast.api import upscale
+
+        cfg = self.cfg
+        lw, lh = cfg.e2e_lr_size
+        s = cfg.e2e_scale
+        label = f"{lw}x{lh}->{lw * s}x{lh * s}"
+        dname = cfg.e2e_dtype
+        backends, skipped = _engine_backends(self.device, cfg)
+        for name in backends + sorted(skipped):
+            key = f"e2e_{name}_{dname}"
+            verdict = verdicts.get(f"engine_{name}_{dname}")
+            for n in cfg.e2e_batches:
+                r = BenchResult(key, f"upscale() {name}", "e2e", dname, label, lw * s, lh * s, n, note=f"uint8 RGB, x{s}")
+                if name in skipped:
+                    r.status, r.note = "skipped", skipped[name]
+                elif verdict is False:
+                    r.status, r.note = "check_failed", f"engine_{name}_{dname} failed its reference check"
+                elif self.over_budget():
+                    r.status, r.note = "skipped", "time budget spent"
+                if r.status != "ok":
+                    self.add(r)
+                    continue
+                inputs = None
+                try:
+                    g = torch.Generator().manual_seed(cfg.seed + 2)
+                    inputs = [torch.randint(0, 256, (n, 3, lh, lw), generator=g, dtype=torch.uint8).to(self.device) for _ in range(cfg.n_inputs)]
+                    fn = lambda img, name=name: upscale(img, s, self.model, backend=name, dtype=DTYPES[dname])  # noqa: E731
+                    self.add(self._timed_row(r, fn, inputs, n * lh * s * lw * s))
+                except Exception as e:
+                    r.status, r.note = "error", f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                    self.add(r)
+                del inputs
+                _free(self.device)
+            self.model.__dict__.pop("_vdsr_engines", None)  # drop the engines upscale() cached
+            _free(self.device)
+
+    def plot(self) -> None:
+        if not self.cfg.plot:
+            return
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except Exception:
+            self.notes.append("matplotlib is not installed: no PNG plot (run make_table.py / plot elsewhere from the JSON)")
+            return
+        rows = [r for r in self.sorted_rows() if r.kind == "network" and r.status == "ok"]
+        cols = []
+        for r in rows:
+            c = r.size + (f" x{r.batch}" if r.batch != 1 else "")
+            if c not in cols:
+                cols.append(c)
+        series: dict[str, dict[str, float]] = {}
+        for r in rows:
+            series.setdefault(f"{r.path} {r.dtype}", {})[r.size + (f" x{r.batch}" if r.batch != 1 else "")] = r.median_ms
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cols) * max(1, len(series)) / 4), 4.5))
+        width = 0.8 / max(1, len(series))
+        for i, (name, vals) in enumerate(series.items()):
+            xs = [j + i * width for j, c in enumerate(cols) if c in vals]
+            ax.bar(xs, [vals[c] for c in cols if c in vals], width, label=name)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols)
+        ax.set_yscale("log")
+        ax.set_ylabel("median latency (ms, log)")
+        ax.set_title(f"VDSR network latency — {self.device_info['name']}")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(self.png_path, dpi=120)
+        plt.close(fig)
+        self.notes.append(f"plot: {self.png_path}")
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        self.log(f"{self.device_info['name']} | torch {self.versions['torch']} | timer {self.timer} | {self.weights}")
+        with tf32_mode(False):
+            self.measure_peak()
+            verdicts: dict[str, bool | None] = {}
+            for spec in build_paths(self.device, cfg):
+                verdicts[spec.key] = self.run_path(spec)
+            if cfg.e2e_batches:
+                self.run_e2e(verdicts)
+        self.plot()
+        self.save()
+        return self.data()
+
+
+def run(cfg: BenchConfig) -> tuple[dict, Path]:
+    """Run the benchmark; returns (the results dict, the JSON path)."""
+    threads = torch.get_num_threads()
+    if cfg.smoke:  # tiny ops: one thread; OpenMP barriers on a busy shared CPU cost 100x the work
+        torch.set_num_threads(1)
+    try:
+        r = _Run(cfg)
+        return r.run(), r.json_path
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _csv(text: str) -> list[str]:
+    return [t for t in (x.strip() for x in text.split(",")) if t]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vdsr-fast bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU run of every code path (CI); ignores the size/timing flags' GPU defaults")
+    ap.add_argument("--device", default=None, help="torch device (default: cuda; cpu with --smoke)")
+    ap.add_argument("--sizes", type=_csv, default=None, help="comma list of 720p,1080p,4k or WxH, ':N' for a batch (default: 720p,1080p,4k,720p:8)")
+    ap.add_argument("--paths", type=_csv, default=None, help="comma list of path-key patterns, e.g. 'cudnn*,engine_*' (default: all)")
+    ap.add_argument("--backends", type=_csv, default=None, help="engine backends to run (default: every available one)")
+    ap.add_argument("--engine-dtypes", type=_csv, default=None, help="engine dtypes (default: fp16,bf16)")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile(max-autotune-no-cudagraphs) fp16 CL (compiles for minutes)")
+    ap.add_argument("--compile-sizes", type=_csv, default=None, help="sizes for --compile (default: 1080p)")
+    ap.add_argument("--e2e-batches", type=lambda t: [int(x) for x in _csv(t)], default=None, help="upscale() batches (default: 1,8; '' for none)")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end upscale() rows")
+    ap.add_argument("--rep-ms", type=float, default=None, help="timed milliseconds per row (default 200)")
+    ap.add_argument("--min-iters", type=int, default=None, help="at least this many timed calls per row (default 10)")
+    ap.add_argument("--peak-size", type=int, default=None, help="M=N=K of the fp16 matmul ceiling (default 8192)")
+    ap.add_argument("--no-cudnn-benchmark", action="store_true", help="leave torch.backends.cudnn.benchmark off")
+    ap.add_argument("--weights", default=None, help="weights file (default: the shipped weights, else random)")
+    ap.add_argument("--budget-s", type=float, default=None, help="after this many seconds, skip the rows not yet timed")
+    ap.add_argument("--out", default=None, help="folder for the JSON/markdown/PNG (default: benchmarks/results; a temp folder with --smoke)")
+    ap.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
+    return ap
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    cfg = BenchConfig.smoke_config() if args.smoke else BenchConfig()
+    if args.device is not None:
+        cfg.device = args.device
+    for name in ("sizes", "paths", "backends", "engine_dtypes", "compile_sizes", "e2e_batches", "rep_ms", "min_iters", "peak_size", "weights", "budget_s", "out"):
+        val = getattr(args, name)
+        if val is not None:
+            setattr(cfg, name, val)
+    if args.out is not None:
+        cfg.out = str(args.out)
+    cfg.compile = cfg.compile or args.compile
+    if args.no_e2e:
+        cfg.e2e_batches = []
+    if args.no_cudnn_benchmark:
+        cfg.cudnn_benchmark = False
+    if args.no_plot:
+        cfg.plot = False
+    for d in cfg.engine_dtypes:
+        if d not in DTYPES:
+            raise SystemExit(f"vdsr-fast bench: unknown dtype {d!r} (expected one of {', '.join(DTYPES)})")
+    for s in cfg.sizes + cfg.compile_sizes:
+        parse_size(s)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        print(f"vdsr-fast bench: error: {e}", file=sys.stderr)
+        return 2
+    if torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
+        print("vdsr-fast bench: error: CUDA is not available here (use --smoke or --device cpu)", file=sys.stderr)
+        return 2
+    data, json_path = run(cfg)
+    failed = [r for r in data["rows"] if r["status"] == "check_failed"]
+    errors = [r for r in data["rows"] if r["status"] == "error"]
+    skipped = [r for r in data["rows"] if r["status"] == "skipped"]
+    print()
+    for r in skipped:
+        print(f"not run: {r['key']} {r['size']} x{r['batch']}: {r['note']}")
+    for r in errors:
+        print(f"ERROR:   {r['key']} {r['size']} x{r['batch']}: {r['note']}")
+    for r in failed:
+        print(f"WRONG:   {r['key']} {r['size']} x{r['batch']}: {r['note']}")
+    for n in data["notes"]:
+        print(f"note: {n}")
+    print(f"results: {json_path}  (table: {json_path.with_suffix('.md')})")
+    print()
+    print(render_markdown(data))
+    return 3 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

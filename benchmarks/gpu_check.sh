@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# The one script to run on a GPU machine, from the repository root:
+#
+#     bash benchmarks/gpu_check.sh
+#
+# (with the session's `run` tool: run(command="bash benchmarks/gpu_check.sh", timeout_s=540)).
+# It prints the card and versions, builds the CUDA extension vdsr_fast._C in place (a failed build is
+# logged and the rest runs without the cuda backend), runs the GPU test suite, runs compute-sanitizer
+# once on a tiny input when the extension built, runs the latency benchmark, and prints the markdown
+# table LAST. Everything it writes goes to $OUT (default: benchmarks/results/gpu_check/): env.txt,
+# build.log, pytest.log, junit.xml, sanitizer.log, bench.log and the results <date>_<card>.json/.md,
+# which are also copied to benchmarks/results/ (commit that JSON; see benchmarks/README.md).
+#
+# Sized for an H100 in under 8 minutes: every step runs under `timeout`, and its share is cut so the
+# benchmark keeps at least BENCH_MIN_S. Knobs (environment):
+#   GPU_CHECK_BUDGET_S=450  whole-script budget          BENCH_MIN_S=170   benchmark's reserved share
+#   BUILD_CAP_S=180  TEST_CAP_S=150  SANITIZER_CAP_S=60   per-step caps
+#   VDSR_FAST_CUDA_ARCHS    default from the card (9.0 -> "90a", else e.g. "80")
+#   BENCH_ARGS="..."        extra bench_latency flags, e.g. "--compile" or "--sizes 1080p"
+#   SKIP_BUILD=1 SKIP_TESTS=1 SKIP_SANITIZER=1            skip a step
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+OUT="${OUT:-$ROOT/benchmarks/results/gpu_check}"
+mkdir -p "$OUT" "$ROOT/benchmarks/results"
+unset TRITON_INTERPRET  # the GPU runs the real kernels, never the interpreter
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python}"
+
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
+BENCH_MIN=${BENCH_MIN_S:-170}
+T0=$(date +%s)
+elapsed() { echo $(($(date +%s) - T0)); }
+left() { echo $((BUDGET - $(elapsed))); }
+log() { echo "[gpu_check +$(elapsed)s] $*"; }
+# share CAP RESERVE: seconds a step may take, leaving RESERVE for what follows (0 = no time)
+share() {
+  local cap=$1 reserve=$2 avail
+  avail=$(($(left) - reserve))
+  if ((avail < cap)); then cap=$avail; fi
+  if ((cap < 0)); then cap=0; fi
+  echo "$cap"
+}
+SUMMARY=()
+
+# ---------------------------------------------------------------- 0. card and versions
+log "card and versions"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv || echo "nvidia-smi failed"
+  command -v nvcc >/dev/null && nvcc --version | tail -n 2 || echo "nvcc: not found"
+  "$PY" - <<'EOF'
+import platform, torch
+print("python", platform.python_version(), "| torch", torch.__version__, "| CUDA", torch.version.cuda,
+      "| cuDNN", torch.backends.cudnn.version())
+try:
+    import triton
+    print("triton", triton.__version__)
+except Exception as e:
+    print("triton: not importable:", e)
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"device: {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} GiB")
+else:
+    print("device: NO CUDA")
+EOF
+} 2>&1 | tee "$OUT/env.txt"
+
+if [[ -z "${VDSR_FAST_CUDA_ARCHS:-}" ]]; then
+  VDSR_FAST_CUDA_ARCHS=$("$PY" -c 'import torch; M, m = torch.cuda.get_device_capability(); print(f"{M}{m}" + ("a" if M == 9 else ""))' 2>/dev/null || echo "90a")
+fi
+export VDSR_FAST_CUDA_ARCHS
+export VDSR_FAST_BUILD_JOBS=${VDSR_FAST_BUILD_JOBS:-$(nproc)}
+
+# ---------------------------------------------------------------- 1. build the CUDA extension
+BUILT=0
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  T=$(share "${BUILD_CAP_S:-180}" $((BENCH_MIN + 90)))
+  log "building vdsr_fast._C in place (archs $VDSR_FAST_CUDA_ARCHS, $VDSR_FAST_BUILD_JOBS jobs, timeout ${T}s) -> $OUT/build.log"
+  if ((T > 0)) && timeout "$T" "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+    log "build finished"
+  else
+    log "BUILD FAILED or timed out (rc=$?); continuing without the cuda backend. Last lines:"
+    tail -n 25 "$OUT/build.log" || true
+  fi
+fi
+if "$PY" -c "import vdsr_fast._C" >>"$OUT/build.log" 2>&1; then
+  BUILT=1
+  SUMMARY+=("build: vdsr_fast._C imports (archs $VDSR_FAST_CUDA_ARCHS)")
+else
+  SUMMARY+=("build: vdsr_fast._C NOT available (see build.log)")
+fi
+"$PY" -c "from vdsr_fast import available_backends as a; print('backends:', a('cuda'))" 2>&1 | tee -a "$OUT/env.txt" || true
+
+# ---------------------------------------------------------------- 2. GPU test suite
+if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
+  T=$(share "${TEST_CAP_S:-150}" $((BENCH_MIN + 30)))
+  log "pytest tests (timeout ${T}s) -> $OUT/pytest.log, $OUT/junit.xml"
+  set +e
+  ((T > 0)) && timeout "$T" "$PY" -m pytest tests -q --maxfail=10 --durations=10 -p no:cacheprovider \
+    --junitxml="$OUT/junit.xml" >"$OUT/pytest.log" 2>&1
+  rc=$?
+  set -e
+  tail -n 30 "$OUT/pytest.log" || true
+  case $rc in
+    0) SUMMARY+=("tests: passed ($(grep -Eo '[0-9]+ passed.*' "$OUT/pytest.log" | tail -n 1))") ;;
+    124) SUMMARY+=("tests: TIMED OUT after ${T}s (partial log in pytest.log)") ;;
+    *) SUMMARY+=("tests: FAILED rc=$rc ($(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -n 1))") ;;
+  esac
+fi
+
+# ---------------------------------------------------------------- 3. compute-sanitizer on the extension
+if [[ "${SKIP_SANITIZER:-0}" != 1 && $BUILT == 1 ]]; then
+  CS=$(command -v compute-sanitizer || true)
+  if [[ -z "$CS" ]]; then
+    for c in "$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")/compute-sanitizer" /usr/local/cuda/bin/compute-sanitizer; do
+      [[ -x "$c" ]] && CS=$c && break
+    done
+  fi
+  T=$(share "${SANITIZER_CAP_S:-60}" $((BENCH_MIN + 10)))
+  if [[ -z "$CS" ]]; then
+    SUMMARY+=("sanitizer: compute-sanitizer not found, skipped")
+  elif ((T < 20)); then
+    SUMMARY+=("sanitizer: skipped (no time left)")
+  else
+    log "compute-sanitizer memcheck on the cuda backend, 2x1x37x53 (timeout ${T}s) -> $OUT/sanitizer.log"
+    set +e
+    # No caching allocator, so an out-of-bounds access leaves its own cudaMalloc block and is seen.
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$T" "$CS" --tool memcheck --error-exitcode 7 --print-limit 20 \
+      "$PY" -c "
+import torch
+from vdsr_fast import VDSR, Engine
+torch.manual_seed(0)
+m = VDSR()
+for dt in (torch.float16, torch.bfloat16):
+    e = Engine(m, backend='cuda', dtype=dt, device='cuda')
+    y = e(torch.rand(2, 1, 37, 53, device='cuda'))
+    torch.cuda.synchronize()
+    print('cuda backend', dt, tuple(y.shape), 'finite:', bool(torch.isfinite(y).all()))
+" >"$OUT/sanitizer.log" 2>&1
+    rc=$?
+    set -e
+    tail -n 15 "$OUT/sanitizer.log" || true
+    case $rc in
+      0) SUMMARY+=("sanitizer: memcheck clean") ;;
+      7) SUMMARY+=("sanitizer: MEMCHECK ERRORS (see sanitizer.log)") ;;
+      124) SUMMARY+=("sanitizer: timed out after ${T}s") ;;
+      *) SUMMARY+=("sanitizer: run failed rc=$rc (see sanitizer.log)") ;;
+    esac
+  fi
+fi
+
+# ---------------------------------------------------------------- 4. the benchmark
+T=$(share 100000 15)
+BUDGET_IN=$((T - 45))  # the benchmark stops starting new rows this early, then writes its files
+((BUDGET_IN < 30)) && BUDGET_IN=30
+log "benchmark (timeout ${T}s, row budget ${BUDGET_IN}s) -> $OUT/bench.log"
+set +e
+# shellcheck disable=SC2086
+timeout "$T" "$PY" -m benchmarks.bench_latency --out "$OUT" --budget-s "$BUDGET_IN" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+rc=$?
+set -e
+JSON=$(ls -t "$OUT"/*.json 2>/dev/null | head -n 1 || true)
+case $rc in
+  0) SUMMARY+=("bench: done") ;;
+  3) SUMMARY+=("bench: done, SOME PATH FAILED ITS REFERENCE CHECK (rows marked FAIL)") ;;
+  124) SUMMARY+=("bench: TIMED OUT after ${T}s; the table below is what was saved") ;;
+  *) SUMMARY+=("bench: exited rc=$rc (see bench.log)"); tail -n 30 "$OUT/bench.log" || true ;;
+esac
+if [[ -n "$JSON" ]]; then
+  cp "$JSON" "${JSON%.json}.md" "$ROOT/benchmarks/results/" 2>/dev/null || true
+  SUMMARY+=("results: $JSON (copied to benchmarks/results/)")
+fi
+
+# ---------------------------------------------------------------- 5. summary, then the table last
+echo
+grep -E '^(not run|ERROR|WRONG|note):' "$OUT/bench.log" || true
+echo
+log "summary"
+for s in "${SUMMARY[@]}"; do echo "  - $s"; done
+echo
+if [[ -n "$JSON" ]]; then
+  "$PY" benchmarks/make_table.py "$JSON" --pivot || true
+  echo
+  "$PY" benchmarks/make_table.py "$JSON"
+else
+  echo "no results JSON was written (see $OUT/bench.log)"
+  exit 1
+fi

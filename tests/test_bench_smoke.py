@@ -1,0 +1,117 @@
+"""CPU smoke pass of benchmarks/bench_latency.py: every code path runs, results are well formed, and the
+DESIGN.md §6 reference check refuses a fast-but-wrong path."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the checkout, not part of the package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import bench_latency as bench  # noqa: E402
+from benchmarks import make_table  # noqa: E402
+
+from vdsr_fast import engine as engine_mod  # noqa: E402
+
+
+class WrongBackend:
+    """A backend that is fast and wrong: the right answer + 0.1 (what the check must reject)."""
+
+    name = "wrong"
+    dtypes = (torch.float32,)
+
+    @staticmethod
+    def available(device: torch.device) -> str | None:
+        return None
+
+    def __init__(self, model, device, dtype) -> None:
+        self.ws = [w.detach() for w in model.weights]
+        self.bs = [b.detach() for b in model.biases]
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        return bench.vdsr_forward(y, self.ws, self.bs) + 0.1
+
+
+def _json(out: Path) -> dict:
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text())
+
+
+def test_smoke_writes_results(tmp_path, capsys):
+    assert bench.main(["--smoke", "--backends", "torch", "--out", str(tmp_path)]) == 0
+    data = _json(tmp_path)
+    for key in ("schema", "date", "device", "versions", "timer", "weights", "peak", "config", "notes", "rows", "flops_per_pixel"):
+        assert key in data, key
+    assert data["timer"] == "perf_counter"
+    assert data["device"]["slug"] == "cpu-smoke"
+    for key in ("torch", "cuda", "cudnn", "triton", "python"):
+        assert key in data["versions"]
+    assert data["peak"]["tflops"] > 0
+    rows = {(r["key"], r["size"], r["batch"]): r for r in data["rows"]}
+    for key in ("eager_fp32", "eager_fp16_cl", "engine_torch_fp32"):
+        for batch in (1, 2):
+            r = rows[(key, "16x16", batch)]
+            assert r["status"] == "ok", r
+            assert 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+            assert r["fps"] > 0 and r["tflops"] > 0 and r["pct_peak"] > 0
+            assert r["check"]["passed"] and r["check"]["err"] <= r["check"]["bound"]
+    assert rows[("eager_fp16_cl", "16x16", 1)]["speedup_vs_eager_fp16"] == pytest.approx(1.0)
+    assert rows[("cudnn_fused_fp16", "16x16", 1)]["status"] == "skipped"  # CUDA only
+    for batch in (1, 2):
+        e2e = rows[("e2e_torch_fp32", "8x8->16x16", batch)]
+        assert e2e["status"] == "ok" and e2e["kind"] == "e2e" and e2e["median_ms"] > 0
+    # the markdown table is printed last and is the same as make_table's rendering of the JSON
+    printed = capsys.readouterr().out.rstrip("\n")
+    table = make_table.render_markdown(data)
+    assert printed.endswith(table)
+    assert (tmp_path / (sorted(tmp_path.glob("*.json"))[0].stem + ".md")).read_text().strip() == table
+    assert "| engine torch | fp32 | 16x16 | 1 |" in table
+    pivot = make_table.render_pivot(data)
+    assert "| PyTorch eager NCHW |" in pivot and "16x16 ×2" in pivot
+    assert make_table.main([str(sorted(tmp_path.glob("*.json"))[0]), "--pivot"]) == 0
+
+
+def test_smoke_rejects_a_wrong_backend(tmp_path, monkeypatch):
+    # A registered backend shows up in available_backends() and so in the benchmark, with no edits.
+    monkeypatch.setitem(engine_mod.BACKENDS, "wrong", WrongBackend)
+    assert bench.main(["--smoke", "--backends", "torch,wrong", "--out", str(tmp_path)]) == 3
+    data = _json(tmp_path)
+    wrong = [r for r in data["rows"] if r["key"] in ("engine_wrong_fp32", "e2e_wrong_fp32")]
+    assert {r["key"] for r in wrong} == {"engine_wrong_fp32", "e2e_wrong_fp32"}
+    for r in wrong:
+        assert r["status"] == "check_failed", r
+        assert r["median_ms"] is None  # a fast wrong kernel is not a result
+    chk = next(r for r in wrong if r["key"] == "engine_wrong_fp32")["check"]
+    assert not chk["passed"] and chk["err"] == pytest.approx(0.1, abs=1e-4) and chk["bound"] < 0.01
+    ok = [r for r in data["rows"] if r["key"] == "engine_torch_fp32"]
+    assert ok and all(r["status"] == "ok" for r in ok)
+
+
+def test_check_rule(tiny_model):
+    ws, bs = tiny_model.weights, tiny_model.biases
+    good = bench.check_against_reference(lambda x: bench.vdsr_forward(x, ws, bs), tiny_model, torch.device("cpu"), "fp32", torch.float32, shape=(1, 1, 9, 11))
+    assert good.passed and good.err <= good.bound
+    off = bench.check_against_reference(
+        lambda x: bench.vdsr_forward(x, ws, bs) + 1e-3, tiny_model, torch.device("cpu"), "fp32", torch.float32, shape=(1, 1, 9, 11)
+    )
+    assert not off.passed
+    nan = bench.check_against_reference(lambda x: x * float("nan"), tiny_model, torch.device("cpu"), "fp32", torch.float32, shape=(1, 1, 9, 11))
+    assert not nan.passed
+    shape = bench.check_against_reference(lambda x: x[..., 1:], tiny_model, torch.device("cpu"), "fp32", torch.float32, shape=(1, 1, 9, 11))
+    assert not shape.passed and "shape" in shape.note
+
+
+def test_parse_size():
+    assert bench.parse_size("720p") == ("720p", 1280, 720, 1)
+    assert bench.parse_size("4k") == ("4K", 3840, 2160, 1)
+    assert bench.parse_size("720p:8") == ("720p", 1280, 720, 8)
+    assert bench.parse_size("37x53:2") == ("37x53", 37, 53, 2)
+    with pytest.raises(ValueError):
+        bench.parse_size("huge")
