@@ -82,18 +82,28 @@ def _conv3x3_kernel(
             acc += a[:, None] * wv[None, :]
     else:
         K_STEPS: tl.constexpr = (C_IN + BLOCK_K - 1) // BLOCK_K  # channel blocks per tap
+        EVEN_K: tl.constexpr = C_IN % BLOCK_K == 0  # no channel mask needed (VDSR: 64 % 64)
+        EVEN_N: tl.constexpr = C_OUT % BLOCK_N == 0  # no output-channel mask on the weights
         offs_k = tl.arange(0, BLOCK_K)
-        w_cols = w_ptr + offs_n[None, :] * (9 * C_IN)
+        # Loop-invariant address tiles: centre pixel x channel block 0, and weight rows of tap 0.
+        a_base = (x_img + oh * stride_xh + ow * stride_xw)[:, None] + offs_k[None, :] * stride_xc
+        w_base = w_ptr + offs_n[None, :] * (9 * C_IN) + offs_k[:, None]
         for step in range(9 * K_STEPS):
             tap = step // K_STEPS
-            ci = (step % K_STEPS) * BLOCK_K + offs_k
-            ci_ok = ci < C_IN
-            ih = oh + (tap // 3 - 1)
-            iw = ow + (tap % 3 - 1)
-            ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a_ptrs = x_img[:, None] + (ih * stride_xh + iw * stride_xw)[:, None] + ci[None, :] * stride_xc
-            a = tl.load(a_ptrs, mask=ok[:, None] & ci_ok[None, :], other=0.0)
-            b = tl.load(w_cols + (tap * C_IN + ci)[:, None], mask=ci_ok[:, None] & n_ok[None, :], other=0.0)
+            k0 = (step % K_STEPS) * BLOCK_K
+            dh = tap // 3 - 1
+            dw = tap % 3 - 1
+            ih = oh + dh
+            iw = ow + dw
+            a_mask = (m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None]
+            if not EVEN_K:
+                a_mask = a_mask & ((k0 + offs_k) < C_IN)[None, :]
+            a = tl.load(a_base + (dh * stride_xh + dw * stride_xw + k0 * stride_xc), mask=a_mask, other=0.0)
+            w_tile = w_base + (tap * C_IN + k0)
+            if EVEN_K and EVEN_N:
+                b = tl.load(w_tile)
+            else:
+                b = tl.load(w_tile, mask=((k0 + offs_k) < C_IN)[:, None] & n_ok[None, :], other=0.0)
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
     acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0)[None, :]

@@ -1,0 +1,295 @@
+"""The whole network on the Triton backend (``Engine(model, backend="triton")``) against float64.
+
+Equivalence rule (DESIGN.md §6): ``err(triton) <= 2 * err(torch, same dtype) + atol[dtype]``, err = max
+|out - ref64| over the output Y, ref64 = :func:`vdsr_forward` in float64 on the same weights and input,
+torch same dtype = the torch backend (``vdsr_forward`` with input, weights and every activation in that
+dtype: PyTorch runs fp16/bf16 convs on the CPU too, so this is measured, not emulated).
+atol (outputs are Y values of order 1): fp32 1e-5 (20 layers of fp32 summation-order noise ~1e-6);
+fp16 2**-10 and bf16 2**-7: one storage ulp at 1 — the kernels round each activation once, like torch,
+but a rounding that lands on the other neighbour can propagate through the following layers.
+
+Every uninitialised allocation is NaN-filled (``torch.utils.deterministic.fill_uninitialized_memory``
+under deterministic mode) and the backend's ping-pong buffers are NaN-filled before each run, so any
+unwritten pixel shows up as a NaN in the output. Without a GPU the kernels run in Triton's CPU
+interpreter (tests/conftest.py sets TRITON_INTERPRET=1), whose tl.dot is wrong on bf16: bf16 networks
+are checked on GPU only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from vdsr_fast import VDSR
+from vdsr_fast.engine import BackendUnavailable, Engine
+from vdsr_fast.reference import vdsr_forward
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+if HAS_TRITON:
+    from vdsr_fast.kernels.triton.backend import TritonBackend
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ATOL = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def _device(dtype: torch.dtype | None = None) -> torch.device:
+    if torch.cuda.is_available():
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            pytest.skip("this GPU has no bf16")
+        return torch.device("cuda")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA and TRITON_INTERPRET is not set: the Triton kernels cannot run")
+    if dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter computes tl.dot wrongly on bf16 operands: bf16 is checked on GPU only")
+    return torch.device("cpu")
+
+
+def _needs_cuda() -> torch.device:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return torch.device("cuda")
+
+
+@pytest.fixture
+def poison():
+    """torch.empty & co. return NaN-filled memory while the test runs."""
+    det, fill = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(det)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+def _model(depth: int, channels: int, seed: int) -> VDSR:
+    torch.manual_seed(seed)
+    m = VDSR(depth=depth, channels=channels)  # He init, as the paper
+    with torch.no_grad():
+        for conv in m.layers:
+            conv.bias.uniform_(-0.05, 0.05)
+        m.layers[-1].weight.mul_(0.1)  # a residual of the size a trained VDSR predicts
+    return m.eval()
+
+
+def _poison_buffers(engine: Engine, y: torch.Tensor) -> None:
+    for buf in engine._impl.buffers(y.shape[0], y.shape[2], y.shape[3]):
+        buf.fill_(float("nan"))
+
+
+def _check_network(model: VDSR, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    engine = Engine(model, backend="triton", dtype=dtype, device=y.device)
+    _poison_buffers(engine, y)
+    out = engine(y)
+    assert out.shape == y.shape and out.dtype == y.dtype
+    bad = ~torch.isfinite(out)
+    assert not bad.any(), (
+        f"{int(bad.sum())} non-finite outputs (unwritten pixels?), first at {bad.nonzero()[0].tolist()}"
+    )
+    with torch.no_grad():
+        ref64 = vdsr_forward(y.double(), [w.double() for w in model.weights], [b.double() for b in model.biases])
+        same = Engine(model, backend="torch", dtype=dtype, device=y.device)(y)
+    err_fast = (out.double() - ref64).abs()
+    err_same = (same.double() - ref64).abs().max().item()
+    bound = 2 * err_same + ATOL[dtype]
+    worst = err_fast.max().item()
+    where = [int(i) for i in torch.unravel_index(err_fast.flatten().argmax(), err_fast.shape)]
+    assert worst <= bound, (
+        f"{dtype}: max |triton - ref64| = {worst:.3e} at {where} > bound {bound:.3e} "
+        f"= 2 * err(torch same dtype) {err_same:.3e} + atol {ATOL[dtype]:.1e}"
+    )
+    return out
+
+
+NET_CASES = [  # (depth, channels, N, H, W); the interpreter costs ~0.3-1 s per layer and 128-pixel tile
+    (20, 64, 3, 7, 5),  # the published network on a tiny odd-sized batch (one partial M tile)
+    (3, 64, 1, 1, 1),  # every tap of every layer but the centre one is padding
+    (3, 64, 1, 13, 11),  # 143 pixels: two M tiles, the boundary inside an image row (37x53 is in the kernel tests)
+    (4, 8, 3, 6, 9),  # few channels (masked K/N tiles)
+]
+GPU_NET_CASES = [(20, 64, 1, 720, 1280), (20, 64, 1, 1080, 1920), (20, 64, 1, 2160, 3840), (20, 64, 3, 37, 53)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", NET_CASES, ids=lambda c: "d{}c{}_{}x{}x{}".format(*c))
+def test_network_matches_float64(case, dtype, poison):
+    depth, channels, n, h, w = case
+    device = _device(dtype)
+    model = _model(depth, channels, seed=depth * 100 + channels).to(device)
+    _check_network(model, torch.rand(n, 1, h, w, device=device), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", GPU_NET_CASES, ids=lambda c: "d{}c{}_{}x{}x{}".format(*c))
+def test_network_matches_float64_large_gpu(case, dtype, poison):
+    depth, channels, n, h, w = case
+    device = _needs_cuda()
+    _device(dtype)
+    model = _model(depth, channels, seed=1).to(device)
+    _check_network(model, torch.rand(n, 1, h, w, device=device), dtype)
+
+
+def test_network_non_contiguous_and_double_input(poison):
+    device = _device()
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    model = _model(4, 16, seed=3).to(device)
+    y = torch.rand(2, 3, 11, 14, device=device)[:, 1:2, 1:10, 2:13]  # (2, 1, 9, 11), strided
+    assert not y.is_contiguous()
+    _check_network(model, y, dtype)
+    _check_network(model, torch.rand(1, 1, 5, 6, device=device, dtype=torch.float64), dtype)
+
+
+def test_buffers_are_reused():
+    device = _device()
+    model = _model(4, 8, seed=4).to(device)
+    engine = Engine(model, backend="triton", dtype=torch.float32, device=device)
+    impl = engine._impl
+    y = torch.rand(1, 1, 6, 7, device=device)
+    first = engine(y)
+    a, b = impl.buffers(1, 6, 7)
+    ptrs = (a.data_ptr(), b.data_ptr())
+    a.fill_(float("nan"))
+    b.fill_(float("nan"))
+    second = engine(y)
+    assert (impl.buffers(1, 6, 7)[0].data_ptr(), impl.buffers(1, 6, 7)[1].data_ptr()) == ptrs
+    assert torch.isfinite(a).all() and torch.isfinite(b).all(), "the kernels did not write the cached buffers"
+    assert torch.equal(first, second)
+    assert list(impl._buffers) == [(1, 6, 7)]
+    engine(torch.rand(2, 1, 6, 7, device=device))
+    assert list(impl._buffers) == [(1, 6, 7), (2, 6, 7)]
+
+
+def test_buffer_cache_is_bounded():
+    device = _device()
+    backend = TritonBackend(_model(3, 8, seed=5).to(device), device, torch.float32, max_cached_shapes=2)
+    for w in (3, 4, 5):
+        backend(torch.rand(1, 1, 2, w, device=device))
+    assert list(backend._buffers) == [(1, 2, 4), (1, 2, 5)]
+
+
+def test_clamp_option():
+    device = _device()
+    model = _model(3, 8, seed=6).to(device)
+    with torch.no_grad():
+        model.layers[-1].bias.fill_(0.5)  # pushes most outputs above 1
+    y = torch.rand(1, 1, 5, 7, device=device)
+    out = TritonBackend(model, device, torch.float32, clamp=True)(y)
+    ref = vdsr_forward(y.double(), [w.double() for w in model.weights], [b.double() for b in model.biases]).clamp(0, 1)
+    assert out.max() <= 1 and out.min() >= 0
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
+
+
+def test_input_errors():
+    device = _device()
+    model = _model(3, 8, seed=7).to(device)
+    engine = Engine(model, backend="triton", dtype=torch.float32, device=device)
+    backend = engine._impl
+    for call in (engine, backend):
+        with pytest.raises(ValueError, match="is on meta"):
+            call(torch.rand(1, 1, 4, 4, device="meta"))
+        with pytest.raises(ValueError, match=r"shape \(N, 1, H, W\), got \(1, 3, 4, 4\)"):
+            call(torch.rand(1, 3, 4, 4, device=device))
+        with pytest.raises(ValueError, match=r"got \(4, 4\)"):
+            call(torch.rand(4, 4, device=device))
+        with pytest.raises(TypeError, match="floating-point"):
+            call(torch.ones(1, 1, 4, 4, dtype=torch.int32, device=device))
+    with pytest.raises(BackendUnavailable, match="does not support dtype torch.float64"):
+        Engine(model, backend="triton", dtype=torch.float64, device=device)
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        TritonBackend(model.cpu(), torch.device("cpu"), torch.float32, cuda_graphs=True)
+
+
+def test_available():
+    assert "does not run on device type 'meta'" in TritonBackend.available(torch.device("meta"))
+    if torch.cuda.is_available():
+        assert TritonBackend.available(torch.device("cuda")) is None
+    else:
+        _device()
+        assert TritonBackend.available(torch.device("cpu")) is None
+        assert "CUDA is not available" in TritonBackend.available(torch.device("cuda"))
+
+
+def _op_args(device: torch.device, dtype: torch.dtype):
+    backend = TritonBackend(_model(3, 16, seed=8).to(device), device, dtype)
+    y = torch.rand(2, 1, 5, 7, device=device)
+    x = torch.rand(2, 5, 7, 16, device=device).to(dtype)
+    return backend, y, x
+
+
+def test_custom_ops_opcheck():
+    """Schema, fake (meta) implementations and AOT dispatch of the three ops agree with the real ones."""
+    device = _device()
+    backend, y, x = _op_args(device, torch.float32)
+    ops = torch.ops.vdsr_fast
+    torch.library.opcheck(
+        ops.conv3x3_head, (y, backend.w_head, backend.b_head), test_utils=("test_schema", "test_faketensor")
+    )
+    torch.library.opcheck(
+        ops.conv3x3_bias_relu, (x, backend.w_body[0], backend.b_body[0]), test_utils=("test_schema", "test_faketensor")
+    )
+    torch.library.opcheck(
+        ops.conv3x3_tail_residual,
+        (x, backend.w_tail, backend.b_tail, y, False),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+def test_compile_aot_eager():
+    """The custom ops trace in one graph (checks the fake implementations); runs on CPU too."""
+    device = _device()
+    model = _model(3, 16, seed=9).to(device)
+    engine = Engine(model, backend="triton", dtype=torch.float32, device=device)
+    y = torch.rand(1, 1, 5, 6, device=device)
+    compiled = torch.compile(lambda t: engine(t), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(y), engine(y), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_compile_inductor_gpu(dtype):
+    device = _needs_cuda()
+    _device(dtype)
+    model = _model(20, 64, seed=10).to(device)
+    engine = Engine(model, backend="triton", dtype=dtype, device=device)
+    y = torch.rand(2, 1, 37, 53, device=device)
+
+    def fn(t):
+        return engine(t * 1.0) - 0.0  # torch ops around the engine call, fused by Inductor
+
+    compiled = torch.compile(fn, fullgraph=True)
+    torch.testing.assert_close(compiled(y), engine(y), atol=0, rtol=0)
+    # the op alone, too
+    x = torch.rand(1, 9, 11, 64, device=device).to(dtype)
+    w, b = engine._impl.w_body[0], engine._impl.b_body[0]
+    op = torch.compile(lambda t: torch.relu(torch.ops.vdsr_fast.conv3x3_bias_relu(t, w, b) + 1.0), fullgraph=True)
+    torch.testing.assert_close(op(x), torch.relu(torch.ops.vdsr_fast.conv3x3_bias_relu(x, w, b) + 1.0), atol=0, rtol=0)
+
+
+def test_cuda_graphs_gpu():
+    device = _needs_cuda()
+    model = _model(20, 64, seed=11).to(device)
+    eager = TritonBackend(model, device, torch.float16)
+    graphed = TritonBackend(model, device, torch.float16, cuda_graphs=True)
+    for shape in ((1, 1, 37, 53), (2, 1, 64, 48), (1, 1, 37, 53)):
+        for _ in range(2):
+            y = torch.rand(shape, device=device)
+            torch.testing.assert_close(graphed(y), eager(y), atol=0, rtol=0)
+    assert len(graphed._graphs) == 2
+
+
+def test_runs_on_current_stream_gpu():
+    device = _needs_cuda()
+    model = _model(20, 64, seed=12).to(device)
+    engine = Engine(model, backend="triton", dtype=torch.float16, device=device)
+    y = torch.rand(1, 1, 256, 256, device=device)
+    expected = engine(y)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = engine(y)
+        event = side.record_event()
+    event.synchronize()
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)

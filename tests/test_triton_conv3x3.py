@@ -1,0 +1,220 @@
+"""The fused conv3x3 (+bias+ReLU) Triton kernel, body and head modes, against float64 PyTorch.
+
+Equivalence rule (DESIGN.md §6): ``err(triton) <= 2 * err(torch, same dtype) + atol[dtype] * scale``,
+err = max |out - ref64|, ref64 = the same layer in float64 on the same weights and the same input
+(the input the kernel reads: already in the storage dtype for the body, the fp32 Y plane for the head).
+``scale = max(1, max |ref64|)``: atol is in units of the output's magnitude.
+
+atol per dtype = one unit in the last place of the storage dtype at magnitude 1 (the kernel and torch
+each round the fp32 accumulator to the storage dtype once, and may round to neighbouring values);
+fp32: 1e-5, far above fp32 summation-order noise on 576-term dot products (~1e-6) yet far below any
+indexing or masking bug (those are O(1)).
+
+Without a GPU the kernels run in Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1);
+the interpreter computes tl.dot wrongly on bf16 operands, so the bf16 body is checked on GPU only.
+Sizes are tiny to keep the interpreter fast; on CUDA, large sizes run too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+if HAS_TRITON:
+    from vdsr_fast.kernels.triton.conv3x3 import (
+        conv3x3_bias_relu,
+        conv3x3_config,
+        conv3x3_head,
+        pack_conv3x3_weight,
+    )
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ATOL = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def _device(dtype: torch.dtype | None = None) -> torch.device:
+    """The device the kernels run on here; skips when they cannot run or the dtype cannot be checked."""
+    if torch.cuda.is_available():
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            pytest.skip("this GPU has no bf16")
+        return torch.device("cuda")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA and TRITON_INTERPRET is not set: the Triton kernels cannot run")
+    return torch.device("cpu")
+
+
+def _skip_bf16_dot_on_cpu(device: torch.device, dtype: torch.dtype) -> None:
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter computes tl.dot wrongly on bf16 operands: bf16 is checked on GPU only")
+
+
+def assert_equivalent(fast: torch.Tensor, same: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype) -> None:
+    """DESIGN.md §6 with a message that says where and how much the outputs differ."""
+    assert fast.shape == ref64.shape, f"shape {tuple(fast.shape)} != reference {tuple(ref64.shape)}"
+    fast, same = fast.double(), same.double()
+    bad = ~torch.isfinite(fast)
+    assert not bad.any(), (
+        f"{int(bad.sum())} non-finite outputs (unwritten pixels?), first at {bad.nonzero()[0].tolist()}"
+    )
+    err_fast = (fast - ref64).abs()
+    err_same = (same - ref64).abs().max().item()
+    scale = max(1.0, ref64.abs().max().item())
+    bound = 2 * err_same + ATOL[dtype] * scale
+    worst = err_fast.max().item()
+    where = err_fast.flatten().argmax().item()
+    idx = torch.unravel_index(torch.tensor(where), err_fast.shape)
+    assert worst <= bound, (
+        f"{dtype}: max |fast - ref64| = {worst:.3e} at {[int(i) for i in idx]} "
+        f"(fast {fast.flatten()[where].item():.6g}, ref {ref64.flatten()[where].item():.6g}) > bound {bound:.3e} "
+        f"= 2 * err(torch same dtype) {err_same:.3e} + atol {ATOL[dtype]:.1e} * scale {scale:.3g}"
+    )
+
+
+def _layer(c_in: int, c_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """He-initialised weights (as VDSR) and small non-zero biases: outputs of order 1."""
+    w = torch.randn(c_out, c_in, 3, 3, device=device) * (2.0 / (9 * c_in)) ** 0.5
+    b = torch.empty(c_out, device=device).uniform_(-0.1, 0.1)
+    return w, b
+
+
+def _nan_out(n: int, h: int, w: int, c: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.full((n, h, w, c), float("nan"), dtype=dtype, device=device)
+
+
+BODY_CASES = [  # (N, H, W, C_IN, C_OUT)
+    (1, 1, 1, 64, 64),  # every tap but the centre is padding
+    (3, 7, 5, 64, 64),  # VDSR's channels, batch > 1, odd sizes; 105 pixels: one partial M tile
+    (1, 37, 53, 5, 24),  # few channels: K and N masked (tl.dot pads them to 16)
+    (3, 5, 7, 16, 16),
+]
+GPU_BODY_CASES = [(1, 720, 1280, 64, 64), (2, 1080, 1920, 64, 64)]
+
+
+def _check_body(n, h, w, c_in, c_out, dtype, device, channels_last_input=False):
+    torch.manual_seed(1000 * n + 100 * h + w + c_in)
+    wt, b = _layer(c_in, c_out, device)
+    x_nchw = torch.rand(n, c_in, h, w, device=device).to(dtype)
+    # The kernel's input: NHWC-contiguous, or a permuted (non-contiguous) view when asked.
+    x = x_nchw.permute(0, 2, 3, 1) if channels_last_input else x_nchw.permute(0, 2, 3, 1).contiguous()
+    out = _nan_out(n, h, w, c_out, dtype, device)
+    res = conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b.float(), out=out)
+    assert res is out
+    ref64 = F.relu(F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1))
+    same = F.relu(F.conv2d(x_nchw, wt.to(dtype), b.to(dtype), padding=1))
+    assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", BODY_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_body_matches_float64(case, dtype):
+    device = _device(dtype)
+    _skip_bf16_dot_on_cpu(device, dtype)
+    _check_body(*case, dtype, device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", GPU_BODY_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_body_matches_float64_large_gpu(case, dtype):
+    device = _device(dtype)
+    if device.type != "cuda":
+        pytest.skip("large sizes run on CUDA only (the CPU interpreter is too slow)")
+    _check_body(*case, dtype, device)
+
+
+def test_body_non_contiguous_input():
+    """A channels-last view of an NCHW tensor (channel stride H*W) is read through its strides."""
+    device = _device()
+    _check_body(1, 9, 11, 16, 16, torch.float16 if device.type == "cuda" else torch.float32, device, True)
+
+
+HEAD_CASES = [(1, 1, 1, 64), (3, 7, 5, 64), (1, 37, 53, 64), (2, 6, 9, 8)]  # (N, H, W, C_OUT)
+
+
+def _check_head(n, h, w, c_out, dtype, device, y_dtype=torch.float32, strided=False):
+    torch.manual_seed(1000 * n + 100 * h + w + c_out)
+    wt, b = _layer(1, c_out, device)
+    if strided:  # a (N, 1, H, W) view with gaps between rows and images
+        y = torch.rand(n, 2, h + 3, w + 4, device=device)[:, :1, 1 : h + 1, 2 : w + 2].to(y_dtype)
+        assert not y.is_contiguous()
+    else:
+        y = torch.rand(n, 1, h, w, device=device).to(y_dtype)
+    out = _nan_out(n, h, w, c_out, dtype, device)
+    conv3x3_head(y, pack_conv3x3_weight(wt, dtype), b.float(), out=out)
+    ref64 = F.relu(F.conv2d(y.double(), wt.double(), b.double(), padding=1))
+    # torch "same dtype" = what the torch backend does: the Y plane cast to the storage dtype first.
+    same = F.relu(F.conv2d(y.to(dtype), wt.to(dtype), b.to(dtype), padding=1))
+    assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", HEAD_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_head_matches_float64(case, dtype):
+    # The head has no tl.dot (rank-1 updates), so bf16 runs in the interpreter too.
+    _check_head(*case, dtype, _device(dtype))
+
+
+def test_head_reads_strided_and_half_y_plane():
+    device = _device()
+    _check_head(2, 9, 13, 64, torch.float16, device, strided=True)
+    _check_head(2, 9, 13, 64, torch.float16, device, y_dtype=torch.float16)
+    _check_head(1, 5, 6, 64, torch.float32, device, y_dtype=torch.float64)
+
+
+def test_head_accepts_3d_plane_and_allocates_output():
+    device = _device()
+    wt, b = _layer(1, 64, device)
+    y = torch.rand(2, 5, 7, device=device)
+    out = conv3x3_head(y, pack_conv3x3_weight(wt, torch.float32), b)
+    assert out.shape == (2, 5, 7, 64) and out.dtype == torch.float32 and out.is_contiguous()
+    ref = F.relu(F.conv2d(y[:, None].double(), wt.double(), b.double(), padding=1)).permute(0, 2, 3, 1)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
+
+
+def test_pack_layout():
+    w = torch.arange(2 * 3 * 9, dtype=torch.float32).reshape(2, 3, 3, 3)
+    p = pack_conv3x3_weight(w, torch.float32)
+    assert p.shape == (2, 27) and p.is_contiguous()
+    for co in range(2):
+        for kh in range(3):
+            for kw in range(3):
+                for ci in range(3):
+                    assert p[co, (kh * 3 + kw) * 3 + ci] == w[co, ci, kh, kw]
+
+
+def test_config_heuristic():
+    cfg = conv3x3_config(64, 64, torch.float16)
+    assert (cfg.block_m, cfg.block_n, cfg.block_k) == (128, 64, 64)
+    assert conv3x3_config(5, 24, torch.float32).block_k == 16  # tl.dot needs K >= 16
+    assert conv3x3_config(1, 64, torch.float16, head=True).block_n == 64
+
+
+def test_launcher_errors():
+    device = _device()
+    wt, b = _layer(16, 16, device)
+    w = pack_conv3x3_weight(wt, torch.float32)
+    x = torch.rand(1, 4, 4, 16, device=device)
+    with pytest.raises(ValueError, match="do not match 8 input channels"):
+        conv3x3_bias_relu(torch.rand(1, 4, 4, 8, device=device), w, b)
+    with pytest.raises(TypeError, match="activations are torch.float16"):
+        conv3x3_bias_relu(x.half(), w, b)
+    with pytest.raises(ValueError, match="must not alias"):
+        conv3x3_bias_relu(x, w, b, out=x)
+    with pytest.raises(ValueError, match="out must be"):
+        conv3x3_bias_relu(x, w, b, out=torch.empty(1, 4, 5, 16, device=device))
+    with pytest.raises(ValueError, match="fp32 bias"):
+        conv3x3_bias_relu(x, w, b.double())
+    with pytest.raises(ValueError, match="expected a Y plane"):
+        conv3x3_head(
+            torch.rand(1, 3, 4, 4, device=device),
+            pack_conv3x3_weight(torch.rand(16, 1, 3, 3), torch.float32).to(device),
+            b,
+        )
+    with pytest.raises(ValueError, match="is on meta"):
+        conv3x3_bias_relu(x, w.to("meta"), b)

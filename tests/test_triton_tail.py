@@ -1,0 +1,164 @@
+"""The fused tail kernel (conv3x3 C -> 1 + bias + residual add, optional clamp) against float64 PyTorch.
+
+Equivalence rule (DESIGN.md §6): ``err(triton) <= 2 * err(torch, same dtype) + atol[dtype] * scale``,
+err = max |out - ref64|, ref64 = ``y + conv3x3(x) + b`` in float64 on the same weights and the same
+inputs (x already in the storage dtype, y the fp32 plane), ``scale = max(1, max |ref64|)``.
+The torch same-dtype path is the torch backend's: conv in the storage dtype, then ``y + residual`` in
+that dtype. The kernel adds the residual in fp32 and writes y's dtype, so it is usually far better.
+
+atol: fp32 1e-5 (summation-order noise of 576-term sums is ~1e-7 here); fp16 / bf16 one storage ulp at
+magnitude 1 (2**-10, 2**-7), the most one final rounding of the weights' product can move the output
+beyond what torch's same-dtype error already allows.
+
+The tail has no tl.dot, so all three dtypes run in Triton's CPU interpreter too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+if HAS_TRITON:
+    from vdsr_fast.kernels.triton.tail import conv3x3_tail_residual, pack_tail_weight
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ATOL = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def _device(dtype: torch.dtype | None = None) -> torch.device:
+    if torch.cuda.is_available():
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            pytest.skip("this GPU has no bf16")
+        return torch.device("cuda")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA and TRITON_INTERPRET is not set: the Triton kernels cannot run")
+    return torch.device("cpu")
+
+
+def assert_equivalent(fast: torch.Tensor, same: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype) -> None:
+    assert fast.shape == ref64.shape, f"shape {tuple(fast.shape)} != reference {tuple(ref64.shape)}"
+    fast, same = fast.double(), same.double()
+    bad = ~torch.isfinite(fast)
+    assert not bad.any(), (
+        f"{int(bad.sum())} non-finite outputs (unwritten pixels?), first at {bad.nonzero()[0].tolist()}"
+    )
+    err_fast = (fast - ref64).abs()
+    err_same = (same - ref64).abs().max().item()
+    scale = max(1.0, ref64.abs().max().item())
+    bound = 2 * err_same + ATOL[dtype] * scale
+    worst = err_fast.max().item()
+    where = err_fast.flatten().argmax().item()
+    idx = torch.unravel_index(torch.tensor(where), err_fast.shape)
+    assert worst <= bound, (
+        f"{dtype}: max |fast - ref64| = {worst:.3e} at {[int(i) for i in idx]} "
+        f"(fast {fast.flatten()[where].item():.6g}, ref {ref64.flatten()[where].item():.6g}) > bound {bound:.3e} "
+        f"= 2 * err(torch same dtype) {err_same:.3e} + atol {ATOL[dtype]:.1e} * scale {scale:.3g}"
+    )
+
+
+def _inputs(n, h, w, c, dtype, device, seed):
+    torch.manual_seed(seed)
+    # Residual-sized outputs, as in VDSR: small tail weights on ReLU activations of order 1.
+    wt = torch.randn(1, c, 3, 3, device=device) * (2.0 / (9 * c)) ** 0.5 * 0.1
+    b = torch.empty(1, device=device).uniform_(-0.05, 0.05)
+    x_nchw = torch.rand(n, c, h, w, device=device).to(dtype)
+    y = torch.rand(n, 1, h, w, device=device)
+    return wt, b, x_nchw, y
+
+
+CASES = [(1, 1, 1, 64), (3, 7, 5, 64), (1, 37, 53, 64), (3, 6, 11, 5)]  # (N, H, W, C_IN)
+GPU_CASES = [(1, 720, 1280, 64), (1, 2160, 3840, 64)]
+
+
+def _check(n, h, w, c, dtype, device, clamp=False):
+    wt, b, x_nchw, y = _inputs(n, h, w, c, dtype, device, 1000 * n + 100 * h + w + c)
+    x = x_nchw.permute(0, 2, 3, 1).contiguous()
+    out = torch.full_like(y, float("nan"))
+    res = conv3x3_tail_residual(x, pack_tail_weight(wt, dtype), b.float(), y, out, clamp=clamp)
+    assert res is out
+    ref64 = y.double() + F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1)
+    same = y.to(dtype) + F.conv2d(x_nchw, wt.to(dtype), b.to(dtype), padding=1)
+    if clamp:
+        ref64, same = ref64.clamp(0, 1), same.clamp(0, 1)
+    assert_equivalent(out, same, ref64, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_tail_matches_float64(case, dtype):
+    _check(*case, dtype, _device(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_tail_matches_float64_large_gpu(case, dtype):
+    device = _device(dtype)
+    if device.type != "cuda":
+        pytest.skip("large sizes run on CUDA only (the CPU interpreter is too slow)")
+    _check(*case, dtype, device)
+
+
+def test_tail_clamp():
+    device = _device()
+    _check(2, 9, 13, 64, torch.float32, device, clamp=True)
+    # Large weights push many outputs outside [0, 1]: the clamp must bring them back.
+    wt, b, x_nchw, y = _inputs(1, 8, 8, 16, torch.float32, device, 7)
+    out = conv3x3_tail_residual(x_nchw.permute(0, 2, 3, 1), pack_tail_weight(wt * 100, torch.float32), b, y, clamp=True)
+    assert out.min() >= 0 and out.max() <= 1 and ((out == 0) | (out == 1)).any()
+
+
+def test_tail_strided_y_and_output_dtype():
+    """y as a strided (N, 1, H, W) view in fp16; the output takes y's dtype and a fresh contiguous layout."""
+    device = _device()
+    wt, b, x_nchw, _ = _inputs(2, 9, 13, 64, torch.float32, device, 3)
+    y = torch.rand(2, 3, 12, 17, device=device).half()[:, 1:2, 2:11, 3:16]
+    assert not y.is_contiguous()
+    out = conv3x3_tail_residual(x_nchw.permute(0, 2, 3, 1), pack_tail_weight(wt, torch.float32), b, y)
+    assert out.dtype == torch.float16 and out.shape == y.shape and out.is_contiguous()
+    ref64 = y.double() + F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1)
+    # one fp16 rounding of the fp32 result
+    torch.testing.assert_close(out.double(), ref64, atol=2.0**-11 * max(1.0, ref64.abs().max().item()), rtol=0)
+
+
+def test_tail_in_place_on_y():
+    """out may be y itself: each pixel reads its own y before writing it."""
+    device = _device()
+    wt, b, x_nchw, y = _inputs(1, 7, 9, 16, torch.float32, device, 5)
+    ref64 = y.double() + F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1)
+    res = conv3x3_tail_residual(x_nchw.permute(0, 2, 3, 1).contiguous(), pack_tail_weight(wt, torch.float32), b, y, y)
+    assert res is y
+    torch.testing.assert_close(y.double(), ref64, atol=1e-5, rtol=0)
+
+
+def test_pack_tail_layout():
+    w = torch.arange(3 * 9, dtype=torch.float32).reshape(1, 3, 3, 3)
+    p = pack_tail_weight(w, torch.float32)
+    for kh in range(3):
+        for kw in range(3):
+            for ci in range(3):
+                assert p[(kh * 3 + kw) * 3 + ci] == w[0, ci, kh, kw]
+
+
+def test_tail_errors():
+    device = _device()
+    x = torch.rand(1, 4, 4, 16, device=device)
+    w = torch.rand(9 * 16, device=device)
+    b = torch.zeros(1, device=device)
+    y = torch.rand(1, 1, 4, 4, device=device)
+    with pytest.raises(ValueError, match="does not match activations"):
+        conv3x3_tail_residual(x, w, b, torch.rand(1, 1, 4, 5, device=device))
+    with pytest.raises(ValueError, match=r"packed weights of shape \(144,\)"):
+        conv3x3_tail_residual(x, w[:-1], b, y)
+    with pytest.raises(TypeError, match="activations are torch.float16"):
+        conv3x3_tail_residual(x.half(), w, b, y)
+    with pytest.raises(ValueError, match="Y plane is on meta"):
+        conv3x3_tail_residual(x, w, b, y.to("meta"))
+    with pytest.raises(ValueError, match="out must have y's shape"):
+        conv3x3_tail_residual(x, w, b, y, torch.empty(1, 1, 4, 3, device=device))
