@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed"
 
 if HAS_TRITON:
     from vdsr_fast.kernels.triton.conv3x3 import (
+        body_config_candidates,
         conv3x3_bias_relu,
         conv3x3_config,
         conv3x3_head,
@@ -193,6 +194,26 @@ def test_config_heuristic():
     assert (cfg.block_m, cfg.block_n, cfg.block_k) == (128, 64, 64)
     assert conv3x3_config(5, 24, torch.float32).block_k == 16  # tl.dot needs K >= 16
     assert conv3x3_config(1, 64, torch.float16, head=True).block_n == 64
+
+
+def test_every_candidate_config_is_correct():
+    """The tiles a GPU benchmark may sweep all compute the same layer (one partial M tile each)."""
+    device = _device()
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(11)
+    wt, b = _layer(64, 64, device)
+    x = torch.rand(1, 5, 7, 64, device=device).to(dtype)
+    w = pack_conv3x3_weight(wt, dtype)
+    ref = conv3x3_bias_relu(x, w, b.float())
+    configs = body_config_candidates(dtype)
+    assert len(configs) > 1 and len(set(configs)) == len(configs)
+    if device.type == "cpu":  # the interpreter ignores warps and stages: one run per tile shape
+        configs = list({(c.block_m, c.block_n, c.block_k): c for c in configs}.values())
+    for cfg in configs:
+        out = _nan_out(1, 5, 7, 64, dtype, device)
+        conv3x3_bias_relu(x, w, b.float(), out=out, config=cfg)
+        # Same K order (tap, channel) in every tile: only the dot's internal order may differ.
+        torch.testing.assert_close(out, ref, atol=1e-5 if dtype == torch.float32 else 1e-3, rtol=0, msg=str(cfg))
 
 
 def test_launcher_errors():

@@ -20,7 +20,14 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["ConvConfig", "conv3x3_config", "pack_conv3x3_weight", "conv3x3_bias_relu", "conv3x3_head"]
+__all__ = [
+    "ConvConfig",
+    "conv3x3_config",
+    "body_config_candidates",
+    "pack_conv3x3_weight",
+    "conv3x3_bias_relu",
+    "conv3x3_head",
+]
 
 STORAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -150,6 +157,22 @@ def conv3x3_config(c_in: int, c_out: int, dtype: torch.dtype, head: bool = False
     stages = BODY_NUM_STAGES_FP32 if dtype == torch.float32 else BODY_NUM_STAGES_16BIT
     warps = BODY_NUM_WARPS if BODY_BLOCK_M * block_n >= 128 * 64 else 4
     return ConvConfig(BODY_BLOCK_M, block_n, block_k, warps, stages)
+
+
+def body_config_candidates(dtype: torch.dtype) -> list[ConvConfig]:
+    """A small sweep around the default body tile, for a GPU benchmark to time (``config=`` of the launcher).
+
+    M tile 64/128/256 pixels, N = K = 64 (one tile covers VDSR's 64 channels), 4 or 8 warps, 2-4 stages
+    (fp32 tiles are twice as large, so at most 3 stages there).
+    """
+    stages = (2, 3) if dtype == torch.float32 else (3, 4)
+    out = [conv3x3_config(64, 64, dtype)]
+    for block_m, warps in ((64, 4), (128, 4), (128, 8), (256, 8)):
+        for st in stages:
+            cfg = ConvConfig(block_m, 64, 64, warps, st)
+            if cfg not in out:
+                out.append(cfg)
+    return out
 
 
 def pack_conv3x3_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
