@@ -103,7 +103,7 @@ void head(uint64_t x, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t h
 }
 
 void body(uint64_t in, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t h, int64_t wd, int dtype, int device,
-          uint64_t stream, int tile_h, int stages) {
+          uint64_t stream, int variant) {
   const char* fn = "body";
   check_shape(fn, n, h, wd);
   const DType dt = check_dtype(fn, dtype);
@@ -112,9 +112,13 @@ void body(uint64_t in, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t 
   CHECK_PTR(fn, "w", w, 16);
   CHECK_PTR(fn, "b", b, 4);
   check_disjoint(fn, "in and out", in, act_bytes(n, h, wd), out, act_bytes(n, h, wd));
+  int num_variants = 0;
+  vdsr::body_variants(&num_variants);
+  CHECK(fn, variant >= -1 && variant < num_variants, "no body kernel variant ", variant, " (ids 0..",
+        num_variants - 1, ", or -1 for automatic)");
   DeviceGuard guard(device);
   vdsr::launch_body(as_ptr<const void*>(in), as_ptr<void*>(out), as_ptr<const void*>(w), as_ptr<const float*>(b),
-                    int(n), int(h), int(wd), dt, device, as_stream(stream), tile_h, stages);
+                    int(n), int(h), int(wd), dt, device, as_stream(stream), variant);
 }
 
 void tail(uint64_t act, uint64_t x, uint64_t y, uint64_t w, uint64_t b, int64_t n, int64_t h, int64_t wd, int dtype,
@@ -138,7 +142,7 @@ void tail(uint64_t act, uint64_t x, uint64_t y, uint64_t w, uint64_t b, int64_t 
 // [L][64] fp32.  y may alias x.
 void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head_w, uint64_t head_b, uint64_t body_w,
              uint64_t body_b, int64_t num_body, uint64_t tail_w, uint64_t tail_b, int64_t n, int64_t h, int64_t wd,
-             int dtype, int device, uint64_t stream, int tile_h, int stages) {
+             int dtype, int device, uint64_t stream, int variant) {
   const char* fn = "forward";
   check_shape(fn, n, h, wd);
   check_dtype(fn, dtype);
@@ -151,7 +155,7 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   const uint64_t bufs[2] = {buf0, buf1};
   for (int64_t i = 0; i < num_body; ++i) {
     body(bufs[i % 2], bufs[(i + 1) % 2], body_w + i * layer_w_bytes, body_b + i * kC * 4, n, h, wd, dtype, device,
-         stream, tile_h, stages);
+         stream, variant);
   }
   tail(bufs[num_body % 2], x, y, tail_w, tail_b, n, h, wd, dtype, device, stream);
 }
@@ -162,7 +166,12 @@ py::list body_variants() {
   py::list out;
   for (int i = 0; i < count; ++i) {
     py::dict d;
+    d["id"] = v[i].id;
     d["tile_h"] = v[i].tile_h;
+    d["tile_w"] = v[i].tile_w;
+    d["threads"] = v[i].threads;
+    d["warp_m"] = v[i].warp_m;
+    d["warp_n"] = v[i].warp_n;
     d["stages"] = v[i].stages;
     d["smem_bytes"] = v[i].smem_bytes;
     out.append(d);
@@ -170,14 +179,9 @@ py::list body_variants() {
   return out;
 }
 
-py::dict body_auto_variant(int device) {
+int body_auto_variant(int device) {
   DeviceGuard guard(device);
-  const vdsr::BodyVariant v = vdsr::body_auto_variant(device);
-  py::dict d;
-  d["tile_h"] = v.tile_h;
-  d["stages"] = v.stages;
-  d["smem_bytes"] = v.smem_bytes;
-  return d;
+  return vdsr::body_auto_variant(device);
 }
 
 }  // namespace
@@ -197,14 +201,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("head", &head, "x"_a, "out"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
         "out[N,H,W,64] = relu(conv3x3(x fp32 [N,H,W], 1->64) + b)");
   m.def("body", &body, "inp"_a, "out"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
-        "tile_h"_a = 0, "stages"_a = 0, "out = relu(conv3x3(inp, 64->64) + b), NHWC, tensor cores");
+        "variant"_a = -1, "out = relu(conv3x3(inp, 64->64) + b), NHWC, tensor cores; variant -1 = automatic");
   m.def("tail", &tail, "act"_a, "x"_a, "y"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
         "y = x + conv3x3(act, 64->1) + b (fp32 Y planes)");
   m.def("forward", &forward, "x"_a, "y"_a, "buf0"_a, "buf1"_a, "head_w"_a, "head_b"_a, "body_w"_a, "body_b"_a,
         "num_body"_a, "tail_w"_a, "tail_b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
-        "tile_h"_a = 0, "stages"_a = 0, "the whole VDSR: head, num_body body layers (ping-pong), tail + residual");
-  m.def("body_variants", &body_variants, "the (tile_h, stages) variants of the body kernel and their shared memory");
-  m.def("body_auto_variant", &body_auto_variant, "device"_a, "the body variant picked when tile_h/stages are 0");
+        "variant"_a = -1, "the whole VDSR: head, num_body body layers (ping-pong), tail + residual");
+  m.def("body_variants", &body_variants, "the body kernel variants (list index = variant id): tiles, warps, stages, smem");
+  m.def("body_auto_variant", &body_auto_variant, "device"_a, "the body variant id picked on this device when variant=-1");
   m.def(
       "check_device",
       [](int device) {

@@ -52,23 +52,26 @@ namespace vdsr {
 void launch_head(const float* x, void* out, const float* w, const float* b, int n, int h, int w_, DType dtype,
                  cudaStream_t stream);
 
-// Body: out = relu(conv3x3(in, 64 -> 64) + b) on tensor cores.  tile_h / stages pick the kernel
-// variant (0 = automatic); see body_variants() for the valid pairs.
+// Body: out = relu(conv3x3(in, 64 -> 64) + b) on tensor cores.  `variant` picks the kernel variant
+// (an index into body_variants(); -1 = automatic, see body_auto_variant).
 void launch_body(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, DType dtype,
-                 int device, cudaStream_t stream, int tile_h = 0, int stages = 0);
+                 int device, cudaStream_t stream, int variant = -1);
 
 // Tail: y = x + conv3x3(act, 64 -> 1) + b, x and y fp32 Y planes (y may not alias act; y may alias x).
 void launch_tail(const void* act, const float* x, float* y, const float* w, const float* b, int n, int h, int w_,
                  DType dtype, cudaStream_t stream);
 
-// The (tile_h, stages) pairs launch_body accepts, and the one it picks automatically on `device`.
+// The body kernel variants (index = id) and the one launch_body picks automatically on `device`.
 struct BodyVariant {
-  int tile_h;
-  int stages;
-  int smem_bytes;
+  int id;
+  int tile_h, tile_w;   // output pixels per tile
+  int threads;          // CTA size (warps = threads / 32)
+  int warp_m, warp_n;   // warp tile: pixels x out channels
+  int stages;           // cp.async pipeline depth (halo buffers)
+  int smem_bytes;       // dynamic shared memory per CTA (weights + halo buffers)
 };
 const BodyVariant* body_variants(int* count);
-BodyVariant body_auto_variant(int device);
+int body_auto_variant(int device);
 
 // Throws if `device` cannot run the kernels in this build (no SASS or PTX for its architecture).
 void check_kernel_image(int device);

@@ -51,7 +51,8 @@ class CudaBackend:
         device: a CUDA device of compute capability 8.0 or newer.
         dtype: ``torch.float16`` or ``torch.bfloat16`` (activations and body weights).
         max_cached_shapes: how many input shapes keep their two activation buffers (LRU).
-        tile_h, stages: body kernel variant (0 = chosen from the GPU's shared memory); for tuning.
+        body_variant: id of the body kernel variant (``vdsr_fast._C.body_variants()``); None picks
+            one from the GPU's shared memory.  For tuning and tests.
 
     Activation buffers are owned by the backend: calls on one backend must not run concurrently on
     different streams (use one engine per stream).
@@ -91,8 +92,7 @@ class CudaBackend:
         dtype: torch.dtype,
         *,
         max_cached_shapes: int = 4,
-        tile_h: int = 0,
-        stages: int = 0,
+        body_variant: int | None = None,
     ) -> None:
         from ..engine import BackendUnavailable
 
@@ -119,7 +119,7 @@ class CudaBackend:
         fp32 = torch.float32
         self.device, self.dtype, self.channels = device, dtype, c
         self.dtype_code = self._C.DTYPE_FLOAT16 if dtype == torch.float16 else self._C.DTYPE_BFLOAT16
-        self.tile_h, self.stages = int(tile_h), int(stages)
+        self.body_variant = -1 if body_variant is None else int(body_variant)
         self.max_cached_shapes = max(1, int(max_cached_shapes))
         self.num_body = len(ws) - 2
         self.w_head = ws[0].to(fp32).reshape(c, 9).contiguous()  # [n][ky*3+kx]
@@ -170,6 +170,6 @@ class CudaBackend:
                 self.w_head.data_ptr(), self.b_head.data_ptr(),
                 self.w_body.data_ptr(), self.b_body.data_ptr(), self.num_body,
                 self.w_tail.data_ptr(), self.b_tail.data_ptr(),
-                n, h, w, self.dtype_code, self.device.index, stream, self.tile_h, self.stages,
+                n, h, w, self.dtype_code, self.device.index, stream, self.body_variant,
             )  # fmt: skip
         return out.to(y.dtype)

@@ -1,0 +1,15 @@
+// The fp16 instantiations of the body kernel variants (see conv3x3_body.cuh).
+#include "conv3x3_body.cuh"
+
+namespace vdsr {
+namespace body {
+
+#define VDSR_BODY_LAUNCH_FP16(WM, WN, MI, S) &launch_variant<__half, WM, WN, MI, S>,
+const LaunchFn kLaunchFp16[kNumVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_FP16)};
+
+cudaError_t probe_kernel_image(cudaFuncAttributes* attr) {
+  return cudaFuncGetAttributes(attr, conv3x3_body_kernel<__half, 4, 2, 2, 2>);
+}
+
+}  // namespace body
+}  // namespace vdsr

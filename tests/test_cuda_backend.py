@@ -1,0 +1,242 @@
+"""The CUDA C++ backend (csrc/, ``vdsr_fast._C``): equivalence with the float64 reference on the GPU,
+kernel-level checks, and the clear errors when it cannot run (CPU-runnable).
+
+Equivalence rule (DESIGN.md §6): ``err(cuda) <= 2 * err(torch, same dtype) + atol[dtype] * scale`` with
+errors measured against the float64 reference on the same weights and input (max abs difference) and
+``scale = max(1, max |ref64|)``.  GPU tests skip with the reason when there is no CUDA device or the
+extension is not built; nothing here touches the GPU at import time.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vdsr_fast.engine import BackendUnavailable, Engine
+from vdsr_fast.kernels.cuda import CudaBackend, pack_body_weight
+from vdsr_fast.reference import VDSR, vdsr_forward
+
+ATOL = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+# Relative rounding of one stored value (half an ulp at magnitude 1, doubled for the fp32 sum order).
+RTOL_STORE = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+def _ext():
+    try:
+        from vdsr_fast import _C
+    except ImportError as e:
+        pytest.skip(f"the CUDA extension vdsr_fast._C is not built: {e}")
+    return _C
+
+
+@pytest.fixture
+def cuda_device() -> torch.device:
+    """The CUDA device the backend runs on; skips (at run time) with the reason when it cannot."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the CUDA backend tests need a GPU")
+    device = torch.device("cuda", torch.cuda.current_device())
+    reason = CudaBackend.available(device)
+    if reason is not None:
+        pytest.skip(f"CUDA backend unavailable: {reason}")
+    return device
+
+
+def _model(depth: int = 20, channels: int = 64) -> VDSR:
+    m = VDSR(depth=depth, channels=channels)
+    with torch.no_grad():
+        for conv in m.layers:
+            conv.bias.uniform_(-0.05, 0.05)
+    return m.eval()
+
+
+def _ref64(model: VDSR, x: torch.Tensor) -> torch.Tensor:
+    return vdsr_forward(x.double(), [w.double() for w in model.weights], [b.double() for b in model.biases])
+
+
+def _assert_rule(out: torch.Tensor, same: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    assert torch.isfinite(out).all(), (
+        f"{what}: non-finite outputs at {torch.nonzero(~torch.isfinite(out))[:5].tolist()}"
+    )
+    diff = (out.double() - ref).abs()
+    err_fast = diff.max().item()
+    err_same = (same.double() - ref).abs().max().item()
+    scale = max(1.0, ref.abs().max().item())
+    bound = 2 * err_same + ATOL[dtype] * scale
+    where = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
+    assert err_fast <= bound, (
+        f"{what}: err(cuda) {err_fast:.3e} (worst at {where}) > bound {bound:.3e} "
+        f"= 2 * err(torch same dtype) {err_same:.3e} + atol {ATOL[dtype]:.1e} * scale {scale:.3g}"
+    )
+
+
+# --- the whole network ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 5), (3, 37, 53), (1, 64, 48), (3, 19, 130)])
+def test_network_matches_reference(cuda_device, dtype, shape):
+    n, h, w = shape
+    model = _model().to(cuda_device)
+    x = torch.rand(n, 1, h, w, device=cuda_device)
+    ref = _ref64(model, x)
+    same = Engine(model, backend="torch", dtype=dtype, device=cuda_device)(x)
+    out = Engine(model, backend="cuda", dtype=dtype, device=cuda_device)(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    _assert_rule(out, same, ref, dtype, f"VDSR-20 {shape} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_shallow_networks(cuda_device, dtype, depth):
+    """depth 2 has no body layer, 3 one (ping-pong parity), 4 two."""
+    model = _model(depth=depth).to(cuda_device)
+    x = torch.rand(2, 1, 23, 41, device=cuda_device)
+    ref = _ref64(model, x)
+    same = Engine(model, backend="torch", dtype=dtype, device=cuda_device)(x)
+    out = Engine(model, backend="cuda", dtype=dtype, device=cuda_device)(x)
+    _assert_rule(out, same, ref, dtype, f"VDSR-{depth} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_nan_poisoned_memory_is_never_read(cuda_device, dtype):
+    """Outputs must not depend on what the activation buffers or fresh allocations held before."""
+    model = _model(depth=5).to(cuda_device)
+    x = torch.rand(3, 1, 37, 53, device=cuda_device)
+    # Poison the caching allocator: the next allocations of these sizes reuse NaN-filled blocks.
+    junk = [torch.full((3, 37, 53, 64), float("nan"), device=cuda_device, dtype=dtype) for _ in range(2)]
+    junk.append(torch.full((3, 1, 37, 53), float("nan"), device=cuda_device))
+    del junk
+    engine = Engine(model, backend="cuda", dtype=dtype, device=cuda_device)
+    first = engine(x)
+    assert torch.isfinite(first).all()
+    for buf in engine._impl.buffers(3, 37, 53):
+        buf.fill_(float("nan"))
+    second = engine(x)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+def test_input_dtypes_layouts_and_streams(cuda_device):
+    model = _model(depth=6).to(cuda_device)
+    engine = Engine(model, backend="cuda", dtype=torch.float16, device=cuda_device)
+    base = torch.rand(2, 1, 30, 90, device=cuda_device, dtype=torch.float64)
+    x = base[..., ::2]  # non-contiguous, float64
+    assert not x.is_contiguous()
+    out = engine(x)
+    assert out.dtype == torch.float64 and out.shape == x.shape
+    expected = engine(x.float().contiguous())
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=0)
+    side = torch.cuda.Stream(cuda_device)
+    side.wait_stream(torch.cuda.current_stream(cuda_device))
+    with torch.cuda.stream(side):
+        on_side = engine(x.float().contiguous())
+    torch.cuda.current_stream(cuda_device).wait_stream(side)
+    torch.testing.assert_close(on_side, expected, rtol=0, atol=0)
+    half = engine(x.half())
+    assert half.dtype == torch.float16
+
+
+# --- single kernels -------------------------------------------------------------------------------
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 37, 53), (1, 300, 200)])
+def test_body_kernel_every_variant(cuda_device, dtype, shape):
+    """One 64->64 layer per kernel variant against F.conv2d in float64 on the same rounded operands."""
+    C = _ext()
+    n, h, w = shape
+    x = torch.randn(n, h, w, 64, device=cuda_device).to(dtype)
+    weight = (torch.randn(64, 64, 3, 3, device=cuda_device) * (2.0 / 576) ** 0.5).to(dtype)
+    bias = torch.randn(64, device=cuda_device) * 0.1
+    ref = F.relu(F.conv2d(x.permute(0, 3, 1, 2).double(), weight.double(), bias.double(), padding=1))
+    ref = ref.permute(0, 2, 3, 1)
+    packed = pack_body_weight(weight, dtype)
+    code = C.DTYPE_FLOAT16 if dtype == torch.float16 else C.DTYPE_BFLOAT16
+    optin = torch.cuda.get_device_properties(cuda_device).shared_memory_per_block_optin
+    ran = 0
+    for v in C.body_variants():
+        if v["smem_bytes"] > optin:
+            continue
+        out = torch.full_like(x, float("nan"))
+        C.body(x.data_ptr(), out.data_ptr(), packed.data_ptr(), bias.data_ptr(), n, h, w, code,
+               cuda_device.index, _stream(cuda_device), v["id"])  # fmt: skip
+        torch.cuda.synchronize(cuda_device)
+        tol = RTOL_STORE[dtype]
+        torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m, v=v: f"variant {v}: {m}")
+        ran += 1
+    assert ran > 0, f"no body variant fits in {optin} bytes of shared memory"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_head_and_tail_kernels(cuda_device, dtype):
+    C = _ext()
+    n, h, w = 2, 29, 45
+    code = C.DTYPE_FLOAT16 if dtype == torch.float16 else C.DTYPE_BFLOAT16
+    dev, stream = cuda_device, _stream(cuda_device)
+    x = torch.rand(n, 1, h, w, device=dev)
+    w0, b0 = torch.randn(64, 1, 3, 3, device=dev) * 0.5, torch.randn(64, device=dev) * 0.1
+    act = torch.full((n, h, w, 64), float("nan"), device=dev, dtype=dtype)
+    C.head(x.data_ptr(), act.data_ptr(), w0.reshape(64, 9).contiguous().data_ptr(), b0.data_ptr(), n, h, w, code,
+           dev.index, stream)  # fmt: skip
+    ref = F.relu(F.conv2d(x.double(), w0.double(), b0.double(), padding=1)).permute(0, 2, 3, 1)
+    tol = RTOL_STORE[dtype]
+    torch.testing.assert_close(act.double(), ref, rtol=tol, atol=1e-6)
+
+    wl, bl = torch.randn(1, 64, 3, 3, device=dev) * 0.05, torch.randn(1, device=dev) * 0.1
+    y = torch.full_like(x, float("nan"))
+    wl_packed = wl.permute(2, 3, 1, 0).reshape(9, 64).contiguous()
+    C.tail(act.data_ptr(), x.data_ptr(), y.data_ptr(), wl_packed.data_ptr(), bl.data_ptr(), n, h, w, code,
+           dev.index, stream)  # fmt: skip
+    ref_y = x.double() + F.conv2d(act.permute(0, 3, 1, 2).double(), wl.double(), bl.double(), padding=1)
+    torch.testing.assert_close(y.double(), ref_y, rtol=0, atol=1e-5)
+
+
+# --- CPU-runnable: clear errors -------------------------------------------------------------------
+
+
+def test_engine_cuda_backend_unavailable_on_cpu():
+    with pytest.raises(BackendUnavailable, match="backend 'cuda' cannot run on cpu"):
+        Engine(_model(depth=3), backend="cuda", device="cpu")
+
+
+def test_available_reports_missing_extension(monkeypatch):
+    import vdsr_fast
+
+    monkeypatch.delattr(vdsr_fast, "_C", raising=False)
+    monkeypatch.setitem(sys.modules, "vdsr_fast._C", None)  # makes `from vdsr_fast import _C` fail
+    reason = CudaBackend.available(torch.device("cuda"))
+    assert reason is not None and "vdsr_fast._C is not built" in reason
+    with pytest.raises(BackendUnavailable, match="not built"):
+        Engine(_model(depth=3), backend="cuda", device="cuda:0")
+
+
+def test_extension_argument_checks():
+    """The binding validates pointers, shapes and dtype codes before touching the GPU."""
+    C = _ext()
+    with pytest.raises(ValueError, match="in is a null pointer"):
+        C.body(0, 1024, 1024, 1024, 1, 1, 1, 0, 0, 0)
+    with pytest.raises(ValueError, match="overlap"):
+        C.body(4096, 4096 + 64, 1 << 20, 1 << 21, 1, 1, 1, 0, 0, 0)
+    with pytest.raises(ValueError, match="dtype code"):
+        C.body(4096, 1 << 20, 1 << 21, 1 << 22, 1, 1, 1, 7, 0, 0)
+    with pytest.raises(ValueError, match="non-empty"):
+        C.head(4096, 1 << 20, 1 << 21, 1 << 22, 0, 4, 4, 0, 0, 0)
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        C.tail(4100, 1 << 20, 1 << 21, 1 << 22, 1 << 23, 1, 1, 1, 0, 0, 0)
+    variants = C.body_variants()
+    assert [v["id"] for v in variants] == list(range(len(variants)))
+    assert all(v["warp_m"] * (v["threads"] // 32) * v["warp_n"] == v["tile_h"] * v["tile_w"] * 64 for v in variants)
+    with pytest.raises(ValueError, match="no body kernel variant"):
+        C.body(4096, 1 << 20, 1 << 21, 1 << 22, 1, 1, 1, 0, 0, 0, len(variants))
+
+
+def test_cuda_backend_rejects_other_channel_counts(cuda_device):
+    with pytest.raises(BackendUnavailable, match="64 channels"):
+        Engine(_model(depth=4, channels=8), backend="cuda", device=cuda_device)
