@@ -139,6 +139,31 @@ def test_input_dtypes_layouts_and_streams(cuda_device):
     assert half.dtype == torch.float16
 
 
+def test_cuda_graphs_match_eager(cuda_device):
+    model = _model(depth=6).to(cuda_device)
+    eager = CudaBackend(model, cuda_device, torch.float16)
+    graphed = CudaBackend(model, cuda_device, torch.float16, cuda_graphs=True, max_cached_shapes=1)
+    for shape in [(2, 1, 33, 20), (1, 1, 17, 70), (2, 1, 33, 20)]:  # the third re-captures after eviction
+        x = torch.rand(shape, device=cuda_device)
+        torch.testing.assert_close(graphed(x), eager(x), rtol=0, atol=0)
+        x2 = torch.rand(shape, device=cuda_device)  # replay with new data
+        torch.testing.assert_close(graphed(x2), eager(x2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_network_every_body_variant(cuda_device, variant):
+    C = _ext()
+    v = C.body_variants()[variant]
+    if v["smem_bytes"] > torch.cuda.get_device_properties(cuda_device).shared_memory_per_block_optin:
+        pytest.skip(f"body variant {v} needs more shared memory than this GPU has")
+    model = _model(depth=8).to(cuda_device)
+    x = torch.rand(2, 1, 45, 38, device=cuda_device)
+    ref = _ref64(model, x)
+    same = Engine(model, backend="torch", dtype=torch.float16, device=cuda_device)(x)
+    out = CudaBackend(model, cuda_device, torch.float16, body_variant=variant)(x)
+    _assert_rule(out, same, ref, torch.float16, f"VDSR-8 body variant {v}")
+
+
 # --- single kernels -------------------------------------------------------------------------------
 
 

@@ -50,9 +50,11 @@ class CudaBackend:
         model: the :class:`~vdsr_fast.reference.VDSR` to pack (64 channels, any depth >= 2).
         device: a CUDA device of compute capability 8.0 or newer.
         dtype: ``torch.float16`` or ``torch.bfloat16`` (activations and body weights).
-        max_cached_shapes: how many input shapes keep their two activation buffers (LRU).
+        max_cached_shapes: how many input shapes keep their two activation buffers (and graphs), LRU.
         body_variant: id of the body kernel variant (``vdsr_fast._C.body_variants()``); None picks
             one from the GPU's shared memory.  For tuning and tests.
+        cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
+            (removes the per-launch host cost, which matters for small images).
 
     Activation buffers are owned by the backend: calls on one backend must not run concurrently on
     different streams (use one engine per stream).
@@ -93,6 +95,7 @@ class CudaBackend:
         *,
         max_cached_shapes: int = 4,
         body_variant: int | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         from ..engine import BackendUnavailable
 
@@ -121,6 +124,7 @@ class CudaBackend:
         self.dtype_code = self._C.DTYPE_FLOAT16 if dtype == torch.float16 else self._C.DTYPE_BFLOAT16
         self.body_variant = -1 if body_variant is None else int(body_variant)
         self.max_cached_shapes = max(1, int(max_cached_shapes))
+        self.cuda_graphs = bool(cuda_graphs)
         self.num_body = len(ws) - 2
         self.w_head = ws[0].to(fp32).reshape(c, 9).contiguous()  # [n][ky*3+kx]
         self.b_head = bs[0].to(fp32).contiguous()
@@ -134,6 +138,8 @@ class CudaBackend:
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
         # (N, H, W) -> two NHWC activation buffers, reused by every call of that shape (LRU order).
         self._buffers: OrderedDict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        # (N, H, W) -> (graph, static fp32 input, static fp32 output)
+        self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     def buffers(self, n: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The two ping-pong NHWC activation buffers for an (N, H, W) input, allocated on first use."""
@@ -147,7 +153,8 @@ class CudaBackend:
             )
             self._buffers[key] = bufs
             while len(self._buffers) > self.max_cached_shapes:
-                self._buffers.popitem(last=False)
+                old, _ = self._buffers.popitem(last=False)
+                self._graphs.pop(old, None)
         else:
             self._buffers.move_to_end(key)
         return bufs
@@ -159,17 +166,44 @@ class CudaBackend:
             raise ValueError(f"CudaBackend: expected a Y-plane batch of shape (N, 1, H, W), got {shape}")
         if y.device != self.device:
             raise ValueError(f"CudaBackend: input is on {y.device} but the weights are on {self.device}")
-        n, _, h, w = y.shape
         with torch.cuda.device(self.device):
             x = y.to(torch.float32).contiguous()  # the kernels read and write fp32 Y planes
-            out = torch.empty_like(x)
-            a, b = self.buffers(n, h, w)
-            stream = torch.cuda.current_stream(self.device).cuda_stream
-            self._C.forward(
-                x.data_ptr(), out.data_ptr(), a.data_ptr(), b.data_ptr(),
-                self.w_head.data_ptr(), self.b_head.data_ptr(),
-                self.w_body.data_ptr(), self.b_body.data_ptr(), self.num_body,
-                self.w_tail.data_ptr(), self.b_tail.data_ptr(),
-                n, h, w, self.dtype_code, self.device.index, stream, self.body_variant,
-            )  # fmt: skip
+            out = self._graphed(x) if self.cuda_graphs else self._forward(x, torch.empty_like(x))
         return out.to(y.dtype)
+
+    def _forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The 20 launches on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
+        n, _, h, w = x.shape
+        a, b = self.buffers(n, h, w)
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        self._C.forward(
+            x.data_ptr(), out.data_ptr(), a.data_ptr(), b.data_ptr(),
+            self.w_head.data_ptr(), self.b_head.data_ptr(),
+            self.w_body.data_ptr(), self.b_body.data_ptr(), self.num_body,
+            self.w_tail.data_ptr(), self.b_tail.data_ptr(),
+            n, h, w, self.dtype_code, self.device.index, stream, self.body_variant,
+        )  # fmt: skip
+        return out
+
+    def _graphed(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.shape[0], x.shape[2], x.shape[3])
+        entry = self._graphs.get(key)
+        if entry is None:
+            static_in, static_out = torch.empty_like(x), torch.empty_like(x)
+            static_in.copy_(x)
+            # Warm-up outside the capture: allocates the buffers and makes the one-time per-device
+            # kernel configuration (shared-memory opt-in, occupancy) happen before capturing.
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._forward(static_in, static_out)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._forward(static_in, static_out)
+            entry = self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = entry
+        self.buffers(*key)  # keep this shape's buffers (which the graph uses) most recently used
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
