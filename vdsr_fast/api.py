@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import torch
 
+from . import tiling
 from .engine import Engine
-from .imaging import imresize, rgb_to_ycbcr, ycbcr_to_rgb
+from .imaging import _RGB2YCBCR, _YCBCR2RGB, _YCBCR_OFFSET
 from .reference import VDSR
 from .weights import load
 
-__all__ = ["load", "upscale", "get_engine", "SCALES"]
+__all__ = ["load", "upscale", "get_engine", "SCALES", "LAYOUTS"]
 
 SCALES = (2, 3, 4)  # the scales the model was trained on
+LAYOUTS = ("NCHW", "NHWC")
+_CHANNELS = (1, 3, 4)
+_DTYPES = (torch.uint8, torch.uint16, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 _default_model: VDSR | None = None
 _lock = threading.Lock()
@@ -64,6 +69,132 @@ def _from_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype)
 
 
+
+
+# Colour conversion as plain per-pixel arithmetic with Python-float coefficients: the same matrices as
+# imaging.rgb_to_ycbcr/ycbcr_to_rgb, but no constant tensor is copied to the device on each call (a
+# host->device copy synchronises) and every pixel gets the same operations whatever the frame's size
+# (which a matmul does not promise), so tiles match the whole frame bit for bit.
+_M_FWD = _RGB2YCBCR.tolist()
+_M_INV = _YCBCR2RGB.tolist()
+_OFF = _YCBCR_OFFSET.tolist()
+
+
+def _mix(planes: list[torch.Tensor], m: list[list[float]]) -> list[torch.Tensor]:
+    out = []
+    for row in m:
+        acc = planes[0] * row[0]
+        acc = acc + planes[1] * row[1]
+        out.append(acc + planes[2] * row[2])
+    return out
+
+
+def _rgb_to_ycbcr(x: torch.Tensor) -> list[torch.Tensor]:
+    """(N, 3, H, W) float RGB -> [Y, Cb, Cr] planes (N, 1, H, W)."""
+    return [p + o for p, o in zip(_mix(list(x.split(1, dim=1)), _M_FWD), _OFF)]
+
+
+def _ycbcr_to_rgb(planes: list[torch.Tensor]) -> torch.Tensor:
+    """[Y, Cb, Cr] planes (N, 1, H, W) -> (N, 3, H, W) RGB, unclamped."""
+    return torch.cat(_mix([p - o for p, o in zip(planes, _OFF)], _M_INV), dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# frame conventions
+
+
+def _resolve_layout(img: torch.Tensor, layout: str | None) -> str:
+    """``layout`` checked, or inferred: float tensors are NCHW (the PyTorch convention); uint8/uint16
+    frames are NHWC when only their last dim can be a channel count (1, 3 or 4), else NCHW."""
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"upscale: layout must be one of {LAYOUTS} or None (infer), got {layout!r}")
+        return layout
+    if img.dim() < 3 or torch.is_floating_point(img):
+        return "NCHW"
+    if img.shape[-1] in _CHANNELS and img.shape[-3] not in _CHANNELS:
+        return "NHWC"
+    return "NCHW"
+
+
+def _nchw(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """A (N, C, H, W) view of a tensor in the caller's convention (no copy)."""
+    if t.dim() == 2:
+        return t[None, None]
+    if layout == "NHWC":
+        t = t.movedim(-1, -3)
+    return t if t.dim() == 4 else t[None]
+
+
+def _out_shape(img: torch.Tensor, layout: str, s: int) -> tuple[int, ...]:
+    if img.dim() == 2 or layout == "NCHW":
+        return (*img.shape[:-2], img.shape[-2] * s, img.shape[-1] * s)
+    return (*img.shape[:-3], img.shape[-3] * s, img.shape[-2] * s, img.shape[-1])
+
+
+def _check_out(out, img: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if not torch.is_tensor(out):
+        raise TypeError(f"upscale: out must be a torch.Tensor, got {type(out).__name__}")
+    if tuple(out.shape) != shape:
+        raise ValueError(f"upscale: out has shape {tuple(out.shape)}, expected {shape} (the input's convention with H and W scaled)")
+    if out.dtype != img.dtype:
+        raise ValueError(f"upscale: out has dtype {out.dtype}, expected {img.dtype} (the input's dtype)")
+    if out.device != img.device:
+        raise ValueError(f"upscale: out is on {out.device} but img is on {img.device}")
+
+
+def _check_stream(stream, device: torch.device) -> None:
+    if not isinstance(stream, torch.cuda.Stream):
+        raise TypeError(f"upscale: stream must be a torch.cuda.Stream, got {type(stream).__name__}")
+    if device.type != "cuda":
+        raise ValueError(f"upscale: stream= needs a CUDA input, img is on {device}")
+    if stream.device != device:
+        raise ValueError(f"upscale: stream is on {stream.device} but img is on {device}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the pipeline, on one output window
+
+
+def _run_window(batch: torch.Tensor, engine: Engine, rows: tiling.Window, cols: tiling.Window) -> torch.Tensor:
+    """DESIGN.md §2 on the output window ``rows x cols`` of ``batch`` (N, C, h, w): float (N, C, r, c).
+
+    The whole frame is the window (0, H) x (0, W); see :mod:`vdsr_fast.tiling` for why a smaller
+    window gives the same pixels.
+    """
+    x = _to_float(batch[:, :, rows.lr[0] : rows.lr[1], cols.lr[0] : cols.lr[1]])
+    cy, cx = rows.center, cols.center
+
+    def up(t, out_rows=None, out_cols=None):  # MATLAB order: height first (equal factors)
+        return cols.resize(rows.resize(t, 2, out_rows), 3, out_cols)
+
+    c = batch.shape[1]
+    if c == 1:
+        return engine(up(x).contiguous())[:, :, cy, cx]
+    ycc = up(torch.cat(_rgb_to_ycbcr(x[:, :3]), dim=1))
+    y = engine(ycc[:, :1].contiguous())[:, :, cy, cx]
+    rgb = _ycbcr_to_rgb([y, ycc[:, 1:2, cy, cx], ycc[:, 2:3, cy, cx]])
+    if c == 4:  # alpha: bicubic only, straight to the output tile
+        rgb = torch.cat([rgb, up(x[:, 3:4], (rows.start, rows.stop), (cols.start, cols.stop))], dim=1)
+    return rgb
+
+
+def _tile_size(tile, max_memory, n: int, engine: Engine, model: VDSR, img_dtype: torch.dtype, radius: int):
+    """(th, tw) output tile from ``tile=`` and/or ``max_memory=``, or None for the whole frame."""
+    sizes = []
+    if tile is not None:
+        sizes.append(tiling._pair(tile))
+    if max_memory is not None:
+        if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory <= 0:
+            raise ValueError(f"upscale: max_memory must be a positive int (bytes), got {max_memory!r}")
+        fdt = torch.float64 if img_dtype == torch.float64 else torch.float32
+        side = tiling.tile_for_budget(max_memory, n, tiling.bytes_per_pixel(model.channels, engine.dtype, fdt), radius)
+        sizes.append((side, side))
+    if not sizes:
+        return None
+    return min(t[0] for t in sizes), min(t[1] for t in sizes)
+
+
 @torch.no_grad()
 def upscale(
     img: torch.Tensor,
@@ -72,52 +203,84 @@ def upscale(
     *,
     backend: str = "auto",
     dtype: torch.dtype | None = None,
+    layout: str | None = None,
+    out: torch.Tensor | None = None,
+    stream: torch.cuda.Stream | None = None,
+    tile: int | tuple[int, int] | None = None,
+    max_memory: int | None = None,
 ) -> torch.Tensor:
     """Super-resolve ``img`` by ``scale`` with VDSR.
 
     Args:
-        img: a tensor on any device: RGB ``(N, 3, H, W)`` or ``(3, H, W)``; RGBA ``(N, 4, H, W)`` or
-            ``(4, H, W)`` (alpha is resized bicubically and kept); Y/gray ``(N, 1, H, W)``,
-            ``(1, H, W)`` or ``(H, W)``. uint8/uint16, or float in [0, 1].
+        img: a tensor on any device, uint8/uint16 or float in [0, 1], in one of the conventions
+            (``N`` may be left out):
+            ``"NCHW"``: RGB ``(N, 3, H, W)``, RGBA ``(N, 4, H, W)`` (alpha is resized bicubically and
+            kept), Y/gray ``(N, 1, H, W)``; ``"NHWC"``: ``(N, H, W, 3|4|1)`` as video decoders hand
+            out; and a Y plane ``(H, W)``.
         scale: 2, 3 or 4.
         model: a :class:`VDSR` from :func:`load`; default: the weights shipped with the package.
         backend: engine backend (``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"``).
         dtype: the engine's activation dtype (default: see :class:`~vdsr_fast.engine.Engine`).
+        layout: ``"NCHW"``, ``"NHWC"`` or None to infer: float tensors are NCHW; uint8/uint16 tensors
+            are NHWC when only their last dim is a channel count (1, 3 or 4), else NCHW (so pass
+            ``layout="NHWC"`` for float NHWC frames and for uint8 frames of height 1, 3 or 4).
+        out: a preallocated tensor to write the result into (shape, dtype and device of the result;
+            any strides); returned.
+        stream: a ``torch.cuda.Stream`` to enqueue the work on (default: the current stream). The
+            caller orders the input's producer before it and the output's consumers after it, as
+            with ``torch.cuda.stream(...)``.
+        tile: process the frame in output tiles of this many pixels (int or (h, w)); each tile is
+            computed with a halo of the network's receptive field and the bicubic taps, so the result
+            is the untiled one (see :mod:`vdsr_fast.tiling`).
+        max_memory: a working-memory budget in bytes (activations and intermediates, not the input
+            and output frames) from which the largest fitting tile is chosen; combines with ``tile``
+            (the smaller wins). A budget too small for an 8x8 tile raises ValueError; a real
+            out-of-memory error is raised as is.
 
     Returns:
-        A tensor of the same layout, dtype and device with H and W multiplied by ``scale``, clamped to
-        the valid range (uint8/uint16 rounded). Color images go RGB -> YCbCr (MATLAB BT.601) -> MATLAB
-        bicubic upscale of all channels -> VDSR on Y -> RGB. NaN pixels propagate to the output.
+        ``out``, or a new tensor in the input's convention, dtype and device with H and W multiplied
+        by ``scale``, clamped to the valid range (uint8/uint16 rounded). Color images go RGB -> YCbCr
+        (MATLAB BT.601) -> MATLAB bicubic upscale of all channels -> VDSR on Y -> RGB. NaN pixels
+        propagate to the output. Nothing waits for the device: no host synchronisation once the
+        engine and the resize tables for a frame size are built (the first call per size).
     """
     if not torch.is_tensor(img):
         raise TypeError(f"upscale: img must be a torch.Tensor, got {type(img).__name__}")
     s = _check_scale(scale)
-    if img.dim() == 2:
-        batch = img[None, None]
-    elif img.dim() == 3:
-        batch = img[None]
-    elif img.dim() == 4:
-        batch = img
-    else:
-        raise ValueError(f"upscale: img must have 2, 3 or 4 dims (H,W / C,H,W / N,C,H,W), got shape {tuple(img.shape)}")
-    c = batch.shape[1]
-    if c not in (1, 3, 4):
-        raise ValueError(f"upscale: img must have 1 (Y), 3 (RGB) or 4 (RGBA) channels, got {c} in shape {tuple(img.shape)}")
-    if batch.shape[0] == 0 or batch.shape[-1] == 0 or batch.shape[-2] == 0:
+    if img.dim() not in (2, 3, 4):
+        raise ValueError(f"upscale: img must have 2, 3 or 4 dims (H,W / C,H,W / N,C,H,W or H,W,C / N,H,W,C), got shape {tuple(img.shape)}")
+    layout = _resolve_layout(img, layout)
+    batch = _nchw(img, layout)
+    n, c, h, w = batch.shape
+    if c not in _CHANNELS:
+        hint = "" if layout == "NHWC" else "; pass layout='NHWC' for channels-last frames"
+        raise ValueError(f"upscale: img must have 1 (Y), 3 (RGB) or 4 (RGBA) channels, got {c} in shape {tuple(img.shape)} read as {layout}{hint}")
+    if n == 0 or h == 0 or w == 0:
         raise ValueError(f"upscale: img is empty (shape {tuple(img.shape)})")
+    if img.dtype not in _DTYPES:
+        raise TypeError(f"upscale: img has dtype {img.dtype}; expected uint8, uint16 or a float dtype in [0, 1]")
     model = _default() if model is None else model
     if not isinstance(model, VDSR):
         raise TypeError(f"upscale: model must be a vdsr_fast VDSR (from vdsr_fast.load), got {type(model).__name__}")
-    engine = get_engine(model, batch.device, backend, dtype)
+    shape = _out_shape(img, layout, s)
+    if out is not None:
+        _check_out(out, img, shape)
+    if stream is not None:
+        _check_stream(stream, img.device)
 
-    x = _to_float(batch)
-    if c == 1:
-        out = engine(imresize(x, s))
-    else:
-        up = imresize(rgb_to_ycbcr(x[:, :3]), s)
-        y = engine(up[:, :1].contiguous())
-        out = ycbcr_to_rgb(torch.cat([y, up[:, 1:3]], dim=1))
-        if c == 4:
-            out = torch.cat([out, imresize(x[:, 3:4], s)], dim=1)
-    out = _from_float(out, img.dtype)
-    return out.reshape(*img.shape[:-2], *out.shape[-2:])
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        engine = get_engine(model, batch.device, backend, dtype)
+        radius = tiling.receptive_radius(model)
+        H, W = h * s, w * s
+        size = _tile_size(tile, max_memory, n, engine, model, img.dtype, radius)
+        tiles = [(0, H, 0, W)] if size is None else tiling.tile_plan(H, W, size)
+        if out is None and len(tiles) == 1 and layout == "NCHW":
+            result = _run_window(batch, engine, tiling.Window(h, s, 0, H, radius), tiling.Window(w, s, 0, W, radius))
+            return _from_float(result, img.dtype).reshape(shape)
+        if out is None:
+            out = torch.empty(shape, dtype=img.dtype, device=img.device)
+        dst = _nchw(out, layout)
+        for r0, r1, c0, c1 in tiles:
+            result = _run_window(batch, engine, tiling.Window(h, s, r0, r1, radius), tiling.Window(w, s, c0, c1, radius))
+            dst[:, :, r0:r1, c0:c1].copy_(_from_float(result, img.dtype))
+        return out

@@ -1,0 +1,229 @@
+"""upscale() for video pipelines: frame conventions (layout=), out=, stream=, exact tiling (tile=/max_memory=)."""
+
+import pytest
+import torch
+
+from vdsr_fast import VDSR, upscale
+from vdsr_fast.tiling import Window, receptive_radius, tile_plan
+
+# --- conventions -------------------------------------------------------------------------------------
+
+
+def _u8(*shape):
+    return torch.randint(0, 256, shape, dtype=torch.uint8)
+
+
+def test_uint8_nhwc_is_inferred_and_returned(tiny_model):
+    x = _u8(2, 6, 5, 3)  # (N, H, W, 3) as decoders hand it out
+    out = upscale(x, 2, tiny_model)
+    assert out.shape == (2, 12, 10, 3) and out.dtype == torch.uint8
+    ref = upscale(x.permute(0, 3, 1, 2).contiguous(), 2, tiny_model)
+    assert torch.equal(out, ref.permute(0, 2, 3, 1))
+    assert torch.equal(upscale(x[0], 2, tiny_model), out[0])  # (H, W, 3)
+    assert torch.equal(upscale(x, 2, tiny_model, layout="NHWC"), out)
+
+
+def test_float_nhwc_needs_layout(tiny_model):
+    x = torch.rand(1, 6, 5, 3)
+    with pytest.raises(ValueError, match="layout='NHWC'"):
+        upscale(x, 2, tiny_model)
+    out = upscale(x, 2, tiny_model, layout="NHWC")
+    assert out.shape == (1, 12, 10, 3) and out.dtype == torch.float32
+    assert torch.equal(out, upscale(x.permute(0, 3, 1, 2), 2, tiny_model).permute(0, 2, 3, 1))
+
+
+def test_y_planes_in_every_convention(tiny_model):
+    y = _u8(2, 1, 6, 5)
+    ref = upscale(y, 3, tiny_model)
+    assert ref.shape == (2, 1, 18, 15)
+    assert torch.equal(upscale(y.permute(0, 2, 3, 1), 3, tiny_model), ref.permute(0, 2, 3, 1))  # (N, H, W, 1)
+    assert torch.equal(upscale(y[0, 0], 3, tiny_model), ref[0, 0])  # (H, W)
+
+
+def test_ambiguous_shapes_read_as_nchw_unless_told(tiny_model):
+    x = _u8(1, 3, 4, 3)  # NCHW 3x4x3 image, or NHWC 3x4 RGB
+    assert upscale(x, 2, tiny_model).shape == (1, 3, 8, 6)
+    assert upscale(x, 2, tiny_model, layout="NHWC").shape == (1, 6, 8, 3)
+
+
+def test_layout_errors(tiny_model):
+    with pytest.raises(ValueError, match="layout must be one of"):
+        upscale(_u8(1, 6, 5, 3), 2, tiny_model, layout="NWHC")
+    with pytest.raises(ValueError, match="channels.*NHWC"):
+        upscale(_u8(1, 6, 5, 7), 2, tiny_model, layout="NHWC")
+    with pytest.raises(ValueError, match="channels"):
+        upscale(_u8(1, 6, 5, 7), 2, tiny_model)
+
+
+# --- out= and stream= ---------------------------------------------------------------------------------
+
+
+def test_out_is_written_and_returned(tiny_model):
+    x = _u8(2, 6, 5, 3)
+    ref = upscale(x, 2, tiny_model)
+    out = torch.zeros(2, 12, 10, 3, dtype=torch.uint8)
+    assert upscale(x, 2, tiny_model, out=out) is out
+    assert torch.equal(out, ref)
+    big = torch.zeros(2, 14, 10, 3, dtype=torch.uint8)  # a strided view into a bigger buffer
+    upscale(x, 2, tiny_model, out=big[:, 1:13])
+    assert torch.equal(big[:, 1:13], ref) and not big[:, 0].any() and not big[:, 13].any()
+    f = torch.rand(1, 3, 5, 4)
+    out_f = torch.empty(1, 3, 10, 8)
+    upscale(f, 2, tiny_model, out=out_f)
+    assert torch.equal(out_f, upscale(f, 2, tiny_model))
+
+
+def test_out_errors(tiny_model):
+    x = _u8(1, 6, 5, 3)
+    with pytest.raises(ValueError, match=r"out has shape \(1, 12, 10, 4\), expected \(1, 12, 10, 3\)"):
+        upscale(x, 2, tiny_model, out=torch.empty(1, 12, 10, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="out has dtype torch.float32, expected torch.uint8"):
+        upscale(x, 2, tiny_model, out=torch.empty(1, 12, 10, 3))
+    with pytest.raises(ValueError, match="meta"):
+        upscale(x, 2, tiny_model, out=torch.empty(1, 12, 10, 3, dtype=torch.uint8, device="meta"))
+    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+        upscale(x, 2, tiny_model, out=[0])
+
+
+def test_stream_errors(tiny_model):
+    with pytest.raises(TypeError, match="torch.cuda.Stream"):
+        upscale(_u8(1, 6, 5, 3), 2, tiny_model, stream=object())
+
+
+# --- tiling -------------------------------------------------------------------------------------------
+
+
+def test_tile_plan_and_windows():
+    assert tile_plan(10, 7, 4) == [(0, 4, 0, 4), (0, 4, 4, 7), (4, 8, 0, 4), (4, 8, 4, 7), (8, 10, 0, 4), (8, 10, 4, 7)]
+    assert tile_plan(5, 5, (8, 2))[:2] == [(0, 5, 0, 2), (0, 5, 2, 4)]
+    w = Window(20, 2, 16, 24, radius=4)  # output rows 16..24 of 40, network rows 12..28
+    assert w.net == (12, 28) and w.center == slice(4, 12)
+    assert w.lr[0] <= 12 // 2 - 1 and w.lr[1] >= 28 // 2 + 1  # bicubic taps beyond the window
+    assert receptive_radius(VDSR(depth=20, channels=1)) == 20
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_windowed_bicubic_is_bit_exact(dtype):
+    from vdsr_fast import imresize
+
+    x = torch.rand(2, 3, 9, 11, dtype=dtype)
+    for s in (2, 3, 4):
+        full = imresize(x, s)
+        for r0, r1, c0, c1 in tile_plan(9 * s, 11 * s, 7):
+            rows, cols = Window(9, s, r0, r1, radius=3), Window(11, s, c0, c1, radius=3)
+            crop = x[:, :, rows.lr[0] : rows.lr[1], cols.lr[0] : cols.lr[1]]
+            got = cols.resize(rows.resize(crop, 2), 3)
+            assert torch.equal(got, full[:, :, rows.net[0] : rows.net[1], cols.net[0] : cols.net[1]])
+
+
+_CASES = [(3, 2, 7), (1, 3, 11), (4, 4, (9, 20)), (3, 3, (2, 40))]
+
+
+@pytest.mark.parametrize("c,scale,tile", _CASES)
+def test_tiled_is_identical_float32(tiny_model, c, scale, tile):
+    # Bit-identical on the CPU, where float32 convolutions (oneDNN) give each pixel the same bits
+    # whatever the input's size; another conv library may differ in the last bit (~1e-6) instead.
+    x = torch.rand(2, c, 9, 11)
+    ref = upscale(x, scale, tiny_model)
+    got = upscale(x, scale, tiny_model, tile=tile)
+    if torch.backends.mkldnn.is_available():
+        assert torch.equal(got, ref)
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("c,scale,tile", _CASES)
+def test_tiled_matches_float64(tiny_model, c, scale, tile):
+    # float64 convolutions go through BLAS, whose vector/remainder split depends on the input's size:
+    # the same pixel can move by an ulp (measured: 2.2e-16). A halo error would be ~1e-2.
+    x = torch.rand(2, c, 9, 11, dtype=torch.float64)
+    ref = upscale(x, scale, tiny_model, dtype=torch.float64)
+    got = upscale(x, scale, tiny_model, dtype=torch.float64, tile=tile)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-14)
+
+
+def test_tiled_uint8_nhwc_into_out(tiny_model):
+    f = _u8(2, 12, 16, 3)
+    ref = upscale(f, 2, tiny_model)
+    out = torch.empty_like(ref)
+    upscale(f, 2, tiny_model, tile=(8, 13), out=out)
+    assert torch.equal(out, ref)
+    assert torch.equal(upscale(f, 2, tiny_model, tile=64), ref)  # one tile: the untiled path
+
+
+def test_halo_is_needed(tiny_model):
+    """Without the halo the tiles would differ: the identity above is not vacuous."""
+    x = torch.rand(1, 1, 10, 10, dtype=torch.float64)
+    whole = upscale(x, 2, tiny_model, dtype=torch.float64)
+    cut = upscale(x[..., :5], 2, tiny_model, dtype=torch.float64)  # the left half alone
+    assert not torch.equal(cut, whole[..., :10])
+
+
+def test_max_memory_picks_a_tile(tiny_model, monkeypatch):
+    import vdsr_fast.api as api
+    from vdsr_fast import tiling
+
+    seen = []
+    real = tiling.tile_plan
+    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+    x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
+    ref = upscale(x, 2, tiny_model, dtype=torch.float64)
+    per_px = tiling.bytes_per_pixel(tiny_model.channels, torch.float64, torch.float64)
+    r = receptive_radius(tiny_model)
+    got = upscale(x, 2, tiny_model, dtype=torch.float64, max_memory=per_px * (10 + 2 * r) ** 2)
+    assert seen == [(10, 10)]
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-14)
+    upscale(x, 2, tiny_model, dtype=torch.float64, max_memory=per_px * (30 + 2 * r) ** 2, tile=(9, 40))
+    assert seen[-1] == (9, 30)
+    with pytest.raises(ValueError, match="max_memory=100 bytes is too small"):
+        upscale(x, 2, tiny_model, max_memory=100)
+    with pytest.raises(ValueError, match="max_memory must be a positive int"):
+        upscale(x, 2, tiny_model, max_memory=-1)
+    with pytest.raises(ValueError, match="tile must be a positive int"):
+        upscale(x, 2, tiny_model, tile=0)
+    assert api.tiling is tiling
+
+
+def test_out_of_memory_is_raised(tiny_model):
+    from vdsr_fast.api import get_engine
+
+    engine = get_engine(tiny_model, torch.device("cpu"))
+
+    def oom(y):
+        raise torch.OutOfMemoryError("fake OOM")
+
+    engine._impl, impl = oom, engine._impl
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            upscale(torch.rand(1, 3, 8, 8), 2, tiny_model, tile=8)
+    finally:
+        engine._impl = impl
+
+
+# --- GPU ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (sync-free check of the hot path)")
+def test_gpu_hot_path_does_not_synchronise(tiny_model):
+    dev = torch.device("cuda")
+    model = tiny_model.to(dev)
+    frames = torch.randint(0, 256, (2, 36, 52, 3), dtype=torch.uint8, device=dev)
+    out = torch.empty(2, 72, 104, 3, dtype=torch.uint8, device=dev)
+    stream = torch.cuda.Stream()
+    kw = {"backend": "torch", "dtype": torch.float32}
+    ref = upscale(frames, 2, model, **kw)  # warm-up: engine, resize tables
+    upscale(frames, 2, model, tile=40, **kw)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stream.wait_stream(torch.cuda.current_stream())
+        upscale(frames, 2, model, out=out, stream=stream, **kw)
+        tiled = upscale(frames, 2, model, tile=40, **kw)
+        plain = upscale(frames, 2, model, **kw)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert torch.equal(out, ref) and torch.equal(plain, ref)
+    assert (tiled.int() - ref.int()).abs().max() <= 1
+    x64 = torch.rand(1, 3, 30, 34, dtype=torch.float64, device=dev)
+    kw64 = {"backend": "torch", "dtype": torch.float64}
+    torch.testing.assert_close(upscale(x64, 3, model, tile=25, **kw64), upscale(x64, 3, model, **kw64), rtol=0, atol=1e-14)

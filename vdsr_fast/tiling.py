@@ -1,0 +1,119 @@
+"""Exact tiling for :func:`vdsr_fast.upscale`: tile plans, halos and the windowed MATLAB bicubic.
+
+An output tile ``[r0, r1) x [c0, c1)`` on the upscaled (HR) grid is computed from
+
+* the network window: the tile grown by the network's receptive-field radius ``R`` (one pixel per
+  3x3 conv, so 20 for VDSR), clipped to the frame. Inside the frame the halo holds the true
+  upscaled pixels, so the zero padding at the window's cut edge reaches only ``R`` pixels inward,
+  all in the halo; where the window is clipped at the frame's border the convolutions see the
+  same zero padding as on the whole frame;
+* the LR window: the low-resolution pixels the bicubic taps of the network window's rows and
+  columns read (MATLAB's 4-tap kernel at upscale: about 2 LR pixels beyond the window's edges,
+  mirrored at the frame's border). These are read from MATLAB's contribution table for the
+  *whole* frame (:func:`imaging._contributions`), not guessed, and the window is resized with the
+  whole frame's weights, taps and tap order, so every upscaled pixel of the window is bit-for-bit
+  the one :func:`~vdsr_fast.imaging.imresize` gives for the whole frame.
+
+Colour conversion and the final clamp/rounding are per pixel. So the tiled output is identical
+to the untiled one as far as the network itself gives the same value for the same pixel whatever
+the input's size: bit-for-bit with the PyTorch reference on the CPU in float64 and float32 here
+(tested); a convolution library may pick another algorithm for another size, which can move
+float32 results in the last bit (~1e-6), never more.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .imaging import _contributions, _contributions_on, resize_output_size
+
+__all__ = ["receptive_radius", "tile_plan", "tile_for_budget", "bytes_per_pixel", "Window"]
+
+
+def receptive_radius(model) -> int:
+    """Pixels of context one output pixel of the network needs on each side: one per 3x3 conv."""
+    return len(model.layers)
+
+
+def bytes_per_pixel(channels: int, engine_dtype: torch.dtype, float_dtype: torch.dtype) -> int:
+    """Approximate working memory per upscaled pixel of one frame.
+
+    The network holds about three ``channels``-deep activations at once (input, conv output, ReLU
+    output in the reference; two ping-pong buffers in the fast backends); the colour pipeline about a
+    dozen float planes (upscaled YCbCr, the network's input and output, RGB and temporaries).
+    """
+    esize = torch.empty((), dtype=engine_dtype).element_size()
+    fsize = torch.empty((), dtype=float_dtype).element_size()
+    return 3 * channels * esize + 12 * fsize
+
+
+MIN_TILE = 8
+
+
+def tile_for_budget(max_memory: int, n: int, per_pixel: int, radius: int) -> int:
+    """The largest square output tile whose window (tile + 2 radius) for ``n`` frames fits the budget."""
+    side = math.isqrt(max(int(max_memory) // max(n * per_pixel, 1), 0)) - 2 * radius
+    if side < MIN_TILE:
+        need = n * per_pixel * (MIN_TILE + 2 * radius) ** 2
+        raise ValueError(
+            f"upscale: max_memory={max_memory} bytes is too small: a {MIN_TILE}x{MIN_TILE} output tile with its "
+            f"{radius}-pixel halo for {n} frame(s) needs about {need} bytes"
+        )
+    return side
+
+
+def _pair(tile) -> tuple[int, int]:
+    th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    for v in (th, tw):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"upscale: tile must be a positive int or a pair of them (output pixels), got {tile!r}")
+    return th, tw
+
+
+def tile_plan(out_h: int, out_w: int, tile) -> list[tuple[int, int, int, int]]:
+    """Output tiles ``(r0, r1, c0, c1)`` covering an ``out_h x out_w`` frame, row-major."""
+    th, tw = _pair(tile)
+    return [(r, min(r + th, out_h), c, min(c + tw, out_w)) for r in range(0, out_h, th) for c in range(0, out_w, tw)]
+
+
+class Window:
+    """One tile's geometry along one axis: the output range, the network range and the LR range.
+
+    Args:
+        in_len, scale: the frame's LR length along this axis and the upscale factor.
+        start, stop: the output tile, on the upscaled grid.
+        radius: the network's receptive-field radius.
+    """
+
+    def __init__(self, in_len: int, scale: int, start: int, stop: int, radius: int) -> None:
+        self.in_len, self.scale = in_len, float(scale)
+        self.out_len = resize_output_size((in_len, in_len), scale)[0]
+        self.start, self.stop = start, stop
+        self.net = (max(0, start - radius), min(self.out_len, stop + radius))
+        _, idx = _contributions(in_len, self.out_len, self.scale, True)
+        used = idx[self.net[0] : self.net[1]]
+        self.lr = (int(used.min()), int(used.max()) + 1)
+
+    @property
+    def center(self) -> slice:
+        """The output tile inside the network window."""
+        return slice(self.start - self.net[0], self.stop - self.net[0])
+
+    def resize(self, x: torch.Tensor, dim: int, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Upscale the LR window ``x`` (sliced to ``self.lr`` along ``dim``) to output rows ``rows``.
+
+        ``rows`` defaults to the network window and must lie inside it. Same weights, taps and tap
+        order as :func:`~vdsr_fast.imaging.imresize` on the whole frame, so the same bits.
+        """
+        a, b = self.net if rows is None else rows
+        w, idx = _contributions_on(self.in_len, self.out_len, self.scale, True, x.device, x.dtype)
+        w, idx = w[:, a:b], idx[:, a:b] - self.lr[0]
+        shape = [1] * x.dim()
+        shape[dim] = b - a
+        out = None
+        for p in range(w.shape[0]):  # as imaging._resize_dim: sum the taps in MATLAB's order
+            term = x.index_select(dim, idx[p]) * w[p].view(shape)
+            out = term if out is None else out.add_(term)
+        return out
