@@ -5,7 +5,7 @@ import torch
 
 import vdsr_fast
 from vdsr_fast.images import write_image
-from vdsr_fast.train import PatchSampler, TrainConfig, build_pairs, train
+from vdsr_fast.train import PatchSampler, TrainConfig, build_pairs, load_train_y, train
 
 
 def _images(folder, n=3):
@@ -18,7 +18,7 @@ def _images(folder, n=3):
 
 
 def test_pairs_are_matlab_bicubic_degradations(tmp_path):
-    pairs, scales = build_pairs([str(_images(tmp_path / "d", 1))], [2, 3], [1.0], progress=False)
+    pairs, scales = build_pairs(load_train_y([str(_images(tmp_path / "d", 1))], progress=False), [2, 3], [1.0], progress=False)
     assert scales == [2, 3]
     for (bic, hr), s in zip(pairs, scales):
         assert bic.shape == hr.shape and hr.shape[0] % s == 0 and hr.shape[1] % s == 0
@@ -27,7 +27,7 @@ def test_pairs_are_matlab_bicubic_degradations(tmp_path):
 
 
 def test_patch_sampler_is_aligned_and_seeded(tmp_path):
-    pairs, _ = build_pairs([str(_images(tmp_path / "d", 2))], [2], [1.0], progress=False)
+    pairs, _ = build_pairs(load_train_y([str(_images(tmp_path / "d", 2))], progress=False), [2], [1.0], progress=False)
     pairs = [(hr, hr) for _, hr in pairs]  # identical input/target: crops must stay aligned
     a = PatchSampler(pairs, 8, torch.Generator().manual_seed(1)).batch(5)
     b = PatchSampler(pairs, 8, torch.Generator().manual_seed(1)).batch(5)
@@ -47,3 +47,14 @@ def test_train_checkpoint_resume_and_weights(tmp_path):
     assert ma.metadata["steps"] == "4" and ma.metadata["scales"] == "[2, 3]"
     state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     assert state["step"] == 4 and {"model", "optimizer", "rng", "config", "history"} <= set(state)
+
+
+def test_y_cache_round_trip(tmp_path):
+    folder = [str(_images(tmp_path / "d", 2))]
+    exact = load_train_y(folder, progress=False)
+    cache = str(tmp_path / "c" / "y.npz")
+    first = load_train_y(folder, cache, progress=False)  # writes the cache
+    second = load_train_y(["/nonexistent"], cache, progress=False)  # reads it, folders unused
+    for e, a, b in zip(exact, first, second):
+        assert torch.equal(a, b)
+        assert (a - e).abs().max() <= 0.5 / 255 + 1e-12

@@ -33,13 +33,14 @@ from .imaging import imresize
 from .reference import VDSR
 from .weights import save
 
-__all__ = ["TrainConfig", "build_pairs", "train", "main"]
+__all__ = ["TrainConfig", "load_train_y", "build_pairs", "train", "main"]
 
 
 @dataclass
 class TrainConfig:
     data: list[str] = field(default_factory=lambda: ["../shared/data/train/T91", "../shared/data/train/BSD200"])
     out: str = "runs/vdsr"
+    cache: str = ""  # .npz of the training Y planes (see load_train_y): read if present, else written
     scales: list[int] = field(default_factory=lambda: [2, 3, 4])
     downsizes: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.5])
     patch: int = 64
@@ -80,18 +81,45 @@ def _list_images(folders: list[str]) -> list[Path]:
     return files
 
 
-def build_pairs(folders: list[str], scales: list[int], downsizes: list[float], progress: bool = True):
-    """(bicubic input, HR target) float32 Y pairs, one per (image, downsize, scale), and their scale."""
+def load_train_y(folders: list[str], cache: str = "", progress: bool = True) -> list[torch.Tensor]:
+    """The luminance (float64, [0, 1]) of every training image.
+
+    With ``cache``, the planes are read from that ``.npz`` if it exists, else read from the folders and
+    written there: Y rounded to 8 bits (within half a level of the exact Y) and compressed, so the 291
+    set fits in ~30 MB and can travel to a GPU machine that lacks the image folders.
+    """
+    if cache and Path(cache).is_file():
+        with np.load(cache) as z:
+            flat, shapes = z["y"], z["shapes"]
+        ys, at = [], 0
+        for h, w in shapes.tolist():
+            ys.append(torch.from_numpy(flat[at : at + h * w].reshape(h, w).astype(np.float64) / 255.0))
+            at += h * w
+        return ys
     files = _list_images(folders)
-    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    pair_scale: list[int] = []
-    it = files
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(files, desc="preparing data", unit="img", leave=False)
-    for path in it:
-        y = load_y(path)  # float64 (H, W)
+        files = tqdm(files, desc="reading images", unit="img", leave=False)
+    ys = [load_y(path) for path in files]
+    if cache:
+        q = [np.floor(y.numpy() * 255.0 + 0.5).astype(np.uint8) for y in ys]
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cache, y=np.concatenate([a.ravel() for a in q]), shapes=np.array([a.shape for a in q]))
+        ys = [torch.from_numpy(a.astype(np.float64) / 255.0) for a in q]
+    return ys
+
+
+def build_pairs(ys: list[torch.Tensor], scales: list[int], downsizes: list[float], progress: bool = True):
+    """(bicubic input, HR target) float32 Y pairs, one per (image, downsize, scale), and their scale."""
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pair_scale: list[int] = []
+    it = ys
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(ys, desc="preparing data", unit="img", leave=False)
+    for y in it:
         for d in downsizes:
             hr_full = y if d == 1.0 else imresize(y, d)
             for s in scales:
@@ -224,7 +252,7 @@ def train(
         print(f"resumed {ckpt} at step {step}", file=sys.stderr)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
-    pairs, _ = build_pairs(cfg.data, cfg.scales, cfg.downsizes, progress)
+    pairs, _ = build_pairs(load_train_y(cfg.data, cfg.cache, progress), cfg.scales, cfg.downsizes, progress)
     sampler = PatchSampler(pairs, cfg.patch, gen)
     loss_fn = F.mse_loss if cfg.loss == "mse" else F.l1_loss
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
@@ -288,7 +316,7 @@ def train(
         metadata={
             "scales": cfg.scales,
             "training_data": [Path(d).name for d in cfg.data],
-            "recipe": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "eval_set", "device", "threads")},
+            "recipe": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "cache", "eval_set", "device", "threads")},
             "steps": step,
             "set5_psnr_during_training": last_eval,
         },
