@@ -164,6 +164,19 @@ def test_network_every_body_variant(cuda_device, variant):
     _assert_rule(out, same, ref, torch.float16, f"VDSR-8 body variant {v}")
 
 
+def test_custom_op_and_torch_compile(cuda_device):
+    model = _model(depth=4).to(cuda_device)
+    backend = CudaBackend(model, cuda_device, torch.float16)
+    x = torch.rand(2, 1, 21, 34, device=cuda_device)
+    args = (x, backend.w_head, backend.b_head, backend.w_body, backend.b_body, backend.num_body,
+            backend.w_tail, backend.b_tail, -1)  # fmt: skip
+    torch.library.opcheck(torch.ops.vdsr_fast.cuda_vdsr.default, args)
+    expected = backend(x)
+    torch.testing.assert_close(backend.forward_op(x), expected, rtol=0, atol=0)
+    compiled = torch.compile(backend, fullgraph=True)
+    torch.testing.assert_close(compiled(x), expected, rtol=0, atol=0)
+
+
 # --- single kernels -------------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ body  A -> B, B -> A, ... (two ping-pong NHWC buffers)      relu(conv3x3 64->64 
 tail  last buffer + Y plane -> Y + conv3x3 64->1 + b        fp32 out, residual fused
 
 The whole chain is one ``_C.forward`` call (20 launches on the caller's current stream, no host
-synchronisation).  Weights are packed once here: body layers ``[L][9][64][64]`` (tap, out channel,
+synchronisation); under ``torch.compile`` it is the custom op ``torch.ops.vdsr_fast.cuda_vdsr``.  Weights are packed once here: body layers ``[L][9][64][64]`` (tap, out channel,
 in channel; storage dtype), head ``[64][9]`` and tail ``[9][64]`` in fp32, biases fp32.
 
 The extension is optional: when it is not built, :meth:`CudaBackend.available` says so and
@@ -21,7 +21,7 @@ import torch
 
 from ..reference import VDSR
 
-__all__ = ["CudaBackend", "load_extension", "pack_body_weight"]
+__all__ = ["CudaBackend", "cuda_vdsr_op", "load_extension", "pack_body_weight"]
 
 _CHANNELS = 64  # the body kernel is written for exactly 64 channels (the published VDSR)
 
@@ -41,6 +41,61 @@ def load_extension():
 def pack_body_weight(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(64, 64, 3, 3) conv weight ``w[n][c][ky][kx]`` -> ``[9][64][64]`` = ``[ky*3+kx][n][c]`` in ``dtype``."""
     return w.detach().permute(2, 3, 0, 1).reshape(9, w.shape[0], w.shape[1]).to(dtype).contiguous()
+
+
+def _launch_forward(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    bufs: tuple[torch.Tensor, torch.Tensor],
+    w_head: torch.Tensor,
+    b_head: torch.Tensor,
+    w_body: torch.Tensor,
+    b_body: torch.Tensor,
+    num_body: int,
+    w_tail: torch.Tensor,
+    b_tail: torch.Tensor,
+    variant: int,
+) -> None:
+    """One ``_C.forward`` call on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
+    ext = load_extension()
+    n, _, h, w = x.shape
+    code = ext.DTYPE_FLOAT16 if bufs[0].dtype == torch.float16 else ext.DTYPE_BFLOAT16
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    ext.forward(
+        x.data_ptr(), out.data_ptr(), bufs[0].data_ptr(), bufs[1].data_ptr(),
+        w_head.data_ptr(), b_head.data_ptr(), w_body.data_ptr(), b_body.data_ptr(), num_body,
+        w_tail.data_ptr(), b_tail.data_ptr(), n, h, w, code, x.device.index, stream, variant,
+    )  # fmt: skip
+
+
+@torch.library.custom_op("vdsr_fast::cuda_vdsr", mutates_args=())
+def cuda_vdsr_op(
+    x: torch.Tensor,
+    w_head: torch.Tensor,
+    b_head: torch.Tensor,
+    w_body: torch.Tensor,
+    b_body: torch.Tensor,
+    num_body: int,
+    w_tail: torch.Tensor,
+    b_tail: torch.Tensor,
+    variant: int,
+) -> torch.Tensor:
+    """The whole network as one op (what ``torch.compile`` traces): fp32 Y plane -> fp32 ``x + residual``.
+
+    Activations are stored in ``w_body``'s dtype; the two NHWC buffers come from the caching allocator.
+    """
+    x = x.contiguous()
+    n, _, h, w = x.shape
+    out = torch.empty_like(x)
+    bufs = tuple(torch.empty((n, h, w, _CHANNELS), device=x.device, dtype=w_body.dtype) for _ in range(2))
+    with torch.cuda.device(x.device):
+        _launch_forward(x, out, bufs, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant)
+    return out
+
+
+@cuda_vdsr_op.register_fake
+def _(x, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 class CudaBackend:
@@ -166,6 +221,8 @@ class CudaBackend:
             raise ValueError(f"CudaBackend: expected a Y-plane batch of shape (N, 1, H, W), got {shape}")
         if y.device != self.device:
             raise ValueError(f"CudaBackend: input is on {y.device} but the weights are on {self.device}")
+        if torch.compiler.is_compiling():
+            return self.forward_op(y)
         with torch.cuda.device(self.device):
             x = y.to(torch.float32).contiguous()  # the kernels read and write fp32 Y planes
             out = self._graphed(x) if self.cuda_graphs else self._forward(x, torch.empty_like(x))
@@ -173,17 +230,19 @@ class CudaBackend:
 
     def _forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The 20 launches on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
-        n, _, h, w = x.shape
-        a, b = self.buffers(n, h, w)
-        stream = torch.cuda.current_stream(self.device).cuda_stream
-        self._C.forward(
-            x.data_ptr(), out.data_ptr(), a.data_ptr(), b.data_ptr(),
-            self.w_head.data_ptr(), self.b_head.data_ptr(),
-            self.w_body.data_ptr(), self.b_body.data_ptr(), self.num_body,
-            self.w_tail.data_ptr(), self.b_tail.data_ptr(),
-            n, h, w, self.dtype_code, self.device.index, stream, self.body_variant,
-        )  # fmt: skip
+        bufs = self.buffers(x.shape[0], x.shape[2], x.shape[3])
+        _launch_forward(x, out, bufs, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
+                        self.w_tail, self.b_tail, self.body_variant)  # fmt: skip
         return out
+
+    def forward_op(self, y: torch.Tensor) -> torch.Tensor:
+        """The same network through the ``torch.ops.vdsr_fast.cuda_vdsr`` custom op (torch.compile path)."""
+        x = y.to(torch.float32)
+        out = torch.ops.vdsr_fast.cuda_vdsr(
+            x, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
+            self.w_tail, self.b_tail, self.body_variant,
+        )  # fmt: skip
+        return out.to(y.dtype)
 
     def _graphed(self, x: torch.Tensor) -> torch.Tensor:
         key = (x.shape[0], x.shape[2], x.shape[3])
