@@ -69,7 +69,13 @@ __all__ = [
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-NAMED_SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "1440p": (2560, 1440), "4k": (3840, 2160), "2160p": (3840, 2160)}
+NAMED_SIZES = {
+    "720p": (1280, 720),
+    "1080p": (1920, 1080),
+    "1440p": (2560, 1440),
+    "4k": (3840, 2160),
+    "2160p": (3840, 2160),
+}
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -79,7 +85,16 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 ATOL = {"fp64": 1e-12, "fp32": 1e-5, "tf32": 1e-3, "fp16": 1e-3, "bf16": 1e-2}
 
 # Table order of the network paths (rows are sorted by size, then by this rank).
-_RANK = ["eager_fp32", "eager_tf32", "eager_fp16", "eager_fp16_cl", "compile_fp16_cl", "cudnn_fused_fp16", "engine_", "e2e_"]
+_RANK = [
+    "eager_fp32",
+    "eager_tf32",
+    "eager_fp16",
+    "eager_fp16_cl",
+    "compile_fp16_cl",
+    "cudnn_fused_fp16",
+    "engine_",
+    "e2e_",
+]
 CUDNN_KEY, EAGER_FP16_KEY = "cudnn_fused_fp16", "eager_fp16_cl"
 
 
@@ -214,7 +229,9 @@ def parse_size(spec: str) -> tuple[str, int, int, int]:
     else:
         m = re.fullmatch(r"(\d+)x(\d+)", key)
         if not m:
-            raise ValueError(f"size {spec!r}: expected one of {sorted(NAMED_SIZES)} or WxH, optionally ':N' for the batch")
+            raise ValueError(
+                f"size {spec!r}: expected one of {sorted(NAMED_SIZES)} or WxH, optionally ':N' for the batch"
+            )
         w, h = int(m.group(1)), int(m.group(2))
         label = f"{w}x{h}"
     if batch < 1 or w < 1 or h < 1:
@@ -292,7 +309,9 @@ def time_callable(call: Callable[[], Any], device: torch.device, cfg: BenchConfi
     if timer == "do_bench":
         from triton.testing import do_bench
 
-        times = do_bench(call, warmup=max(cfg.warmup_ms, 2 * est_ms), rep=max(cfg.rep_ms, cfg.min_iters * est_ms), return_mode="all")
+        times = do_bench(
+            call, warmup=max(cfg.warmup_ms, 2 * est_ms), rep=max(cfg.rep_ms, cfg.min_iters * est_ms), return_mode="all"
+        )
         return [float(t) for t in times]
     n_warm = max(1, int(cfg.warmup_ms / est_ms)) if cfg.warmup_ms > 0 else 0
     for _ in range(n_warm):
@@ -301,12 +320,12 @@ def time_callable(call: Callable[[], Any], device: torch.device, cfg: BenchConfi
     if timer == "cuda_events":
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        for s, e in zip(starts, ends):
+        for s, e in zip(starts, ends, strict=True):
             s.record()
             call()
             e.record()
         torch.cuda.synchronize(device)
-        return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+        return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -373,10 +392,14 @@ def check_against_reference(
         out = fn(_to_input(x64, input_dtype, channels_last))
     if not torch.is_tensor(out) or tuple(out.shape) != tuple(ref.shape):
         got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        return CheckResult(list(shape), precision, math.inf, torch_err, atol, bound, False, f"output shape {got} != {tuple(ref.shape)}")
+        return CheckResult(
+            list(shape), precision, math.inf, torch_err, atol, bound, False, f"output shape {got} != {tuple(ref.shape)}"
+        )
     err = (out.double() - ref).abs().max().item()
     passed = math.isfinite(err) and err <= bound
-    return CheckResult(list(shape), precision, err, torch_err, atol, bound, passed, "" if math.isfinite(err) else "non-finite output")
+    return CheckResult(
+        list(shape), precision, err, torch_err, atol, bound, passed, "" if math.isfinite(err) else "non-finite output"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,7 +426,9 @@ def _build_cudnn_fused(model: VDSR, device: torch.device):
     note = ""
     fuse_head = True
     try:  # cuDNN's fused kernels may refuse the 1-channel head: then it runs as conv + ReLU
-        probe = torch.zeros(1, 1, 8, 8, device=device, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+        probe = torch.zeros(1, 1, 8, 8, device=device, dtype=torch.float16).contiguous(
+            memory_format=torch.channels_last
+        )
         op(probe, ws[0], bs[0], [1, 1], [1, 1], [1, 1], 1)
     except RuntimeError as e:
         fuse_head = False
@@ -411,7 +436,7 @@ def _build_cudnn_fused(model: VDSR, device: torch.device):
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         h = x
-        for i, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):
+        for i, (w, b) in enumerate(zip(ws[:-1], bs[:-1], strict=True)):
             if i == 0 and not fuse_head:
                 h = F.relu(F.conv2d(h, w, b, padding=1))
             else:
@@ -470,7 +495,9 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
             reason = skipped.get(name)
             if reason is None and cuda and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
                 reason = "this GPU has no bf16"
-            spec = PathSpec(f"engine_{name}_{dname}", f"engine {name}", dname, torch.float32, False, _engine(name, dtype), reason)
+            spec = PathSpec(
+                f"engine_{name}_{dname}", f"engine {name}", dname, torch.float32, False, _engine(name, dtype), reason
+            )
             paths.append(spec)
     paths += [
         PathSpec("eager_fp16", "PyTorch eager NCHW", "fp16", torch.float16, False, _eager(torch.float16, False)),
@@ -523,7 +550,9 @@ def environment(device: torch.device, smoke: bool) -> tuple[dict, dict]:
     """(device info, versions)."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        driver = _cmd(["nvidia-smi", f"--id={device.index or 0}", "--query-gpu=driver_version", "--format=csv,noheader"])
+        driver = _cmd(
+            ["nvidia-smi", f"--id={device.index or 0}", "--query-gpu=driver_version", "--format=csv,noheader"]
+        )
         dev = {
             "name": props.name,
             "slug": _slug(props.name),
@@ -541,7 +570,12 @@ def environment(device: torch.device, smoke: bool) -> tuple[dict, dict]:
                     break
         except OSError:
             pass
-        dev = {"name": f"CPU: {name}", "slug": "cpu-smoke" if smoke else "cpu", "driver": None, "threads": torch.get_num_threads()}
+        dev = {
+            "name": f"CPU: {name}",
+            "slug": "cpu-smoke" if smoke else "cpu",
+            "driver": None,
+            "threads": torch.get_num_threads(),
+        }
     try:
         import triton
 
@@ -594,7 +628,9 @@ def _load_model(cfg: BenchConfig) -> tuple[VDSR, str]:
     with torch.no_grad():  # non-zero biases, so a kernel that drops them fails the check
         for b in model.biases:
             b.normal_(0.0, 0.01)
-    why = f"reduced model depth {cfg.model_depth}, {cfg.model_channels} channels" if small else "no shipped weights found"
+    why = (
+        f"reduced model depth {cfg.model_depth}, {cfg.model_channels} channels" if small else "no shipped weights found"
+    )
     return model, f"random He-init weights, N(0, 0.01) biases ({why})"
 
 
@@ -617,7 +653,11 @@ class _Run:
         self.device_info, self.versions = environment(self.device, cfg.smoke)
         self.model, self.weights = _load_model(cfg)
         self.peak: dict = {}
-        out = Path(cfg.out) if cfg.out else (Path(tempfile.gettempdir()) / "vdsr_fast_bench" if cfg.smoke else RESULTS_DIR)
+        out = (
+            Path(cfg.out)
+            if cfg.out
+            else (Path(tempfile.gettempdir()) / "vdsr_fast_bench" if cfg.smoke else RESULTS_DIR)
+        )
         out.mkdir(parents=True, exist_ok=True)
         stem = f"{self.date:%Y-%m-%d}_{self.device_info['slug']}"
         self.json_path, self.md_path, self.png_path = (out / f"{stem}{ext}" for ext in (".json", ".md", ".png"))
@@ -654,7 +694,9 @@ class _Run:
         order = {label: i for i, (label, *_rest) in enumerate(self.sizes)}
 
         def rank(r: BenchResult) -> tuple:
-            pr = next((i for i, p in enumerate(_RANK) if r.key == p or (p.endswith("_") and r.key.startswith(p))), len(_RANK))
+            pr = next(
+                (i for i, p in enumerate(_RANK) if r.key == p or (p.endswith("_") and r.key.startswith(p))), len(_RANK)
+            )
             return (r.kind != "network", order.get(r.size, len(order)), r.batch, pr, r.key)
 
         return sorted(self.rows, key=rank)
@@ -686,17 +728,22 @@ class _Run:
         """The fp16 matmul ceiling (fp32 on the CPU), with the same timer as the rows."""
         n = self.cfg.peak_size
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        a = torch.randn(n, n, device=self.device, dtype=dtype)
-        b = torch.randn(n, n, device=self.device, dtype=dtype)
-        times = time_callable(lambda: torch.mm(a, b), self.device, self.cfg, self.timer)
+        mats = [torch.randn(n, n, device=self.device, dtype=dtype) for _ in range(2)]
+        times = time_callable(lambda: torch.mm(mats[0], mats[1]), self.device, self.cfg, self.timer)
+        mats.clear()
         med = statistics.median(times)
-        self.peak = {"dtype": DTYPE_NAMES[dtype], "shape": f"{n}^3", "median_ms": med, "tflops": 2 * n**3 / (med * 1e-3) / 1e12}
-        del a, b
+        self.peak = {
+            "dtype": DTYPE_NAMES[dtype],
+            "shape": f"{n}^3",
+            "median_ms": med,
+            "tflops": 2 * n**3 / (med * 1e-3) / 1e12,
+        }
         _free(self.device)
         self.log(f"{DTYPE_NAMES[dtype]} matmul {n}^3: {med:.3f} ms = {self.peak['tflops']:.1f} TFLOP/s")
 
     def _timed_row(self, row: BenchResult, fn: Callable, inputs: list, pixels: int) -> BenchResult:
         with torch.inference_mode():
+            fn(inputs[0])  # first call: lazy init, autotuning, graph capture, cudnn.benchmark's search
             row.peak_mem_mb = _peak_mem_mb(fn, inputs[0], self.device)
             times = sorted(time_callable(_rotating(fn, inputs), self.device, self.cfg, self.timer))
         row.median_ms = statistics.median(times)
@@ -708,15 +755,22 @@ class _Run:
             row.pct_peak = 100.0 * row.tflops / self.peak["tflops"]
         return row
 
-    def run_path(self, spec: PathSpec) -> bool | None:
-        """Check, then time at every size. Returns the check's verdict (None: not checked)."""
-        sizes = [s for s in self.sizes if spec.sizes is None or s[0] in [parse_size(x)[0] for x in spec.sizes]]
+    def run_path(self, spec: PathSpec) -> str | None:
+        """Check, then time at every size. Returns "ok", "check_failed", "error" or None (not checked)."""
+        sizes = self.sizes
+        if spec.sizes is not None:  # torch.compile: its own sizes, those of --sizes when they overlap
+            own = [parse_size(x) for x in spec.sizes]
+            sizes = [s for s in self.sizes if s in own] or own
 
         def row(label, w, h, n, **kw) -> BenchResult:
             return BenchResult(spec.key, spec.name, "network", spec.precision, label, w, h, n, **kw)
 
         if spec.unavailable:
-            self.add(row(*sizes[0], status="skipped", note=spec.unavailable) if sizes else row("-", 0, 0, 0, status="skipped", note=spec.unavailable))
+            self.add(
+                row(*sizes[0], status="skipped", note=spec.unavailable)
+                if sizes
+                else row("-", 0, 0, 0, status="skipped", note=spec.unavailable)
+            )
             return None
         if self.over_budget():
             for s in sizes:
@@ -727,7 +781,15 @@ class _Run:
             with torch.inference_mode():
                 fn, note = spec.build(self.model, self.device)
                 chk = check_against_reference(
-                    fn, self.model, self.device, spec.precision, spec.input_dtype, spec.channels_last, self.cfg.check_shape, self.cfg.seed, spec.tf32
+                    fn,
+                    self.model,
+                    self.device,
+                    spec.precision,
+                    spec.input_dtype,
+                    spec.channels_last,
+                    self.cfg.check_shape,
+                    self.cfg.seed,
+                    spec.tf32,
                 )
         except Exception as e:  # a path that cannot build or run is reported, not fatal
             msg = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
@@ -735,14 +797,19 @@ class _Run:
                 self.add(row(*s, status="error", note=msg))
             del fn
             _free(self.device)
-            return False
+            return "error"
         if not chk.passed:
-            why = chk.note or f"err {chk.err:.3g} > bound {chk.bound:.3g} (2 x torch {chk.torch_err:.3g} + atol {chk.atol:g})"
+            why = (
+                chk.note
+                or f"err {chk.err:.3g} > bound {chk.bound:.3g} (2 x torch {chk.torch_err:.3g} + atol {chk.atol:g})"
+            )
             for s in sizes:
-                self.add(row(*s, status="check_failed", note=f"reference check failed: {why}", check=dataclasses.asdict(chk)))
+                self.add(
+                    row(*s, status="check_failed", note=f"reference check failed: {why}", check=dataclasses.asdict(chk))
+                )
             del fn
             _free(self.device)
-            return False
+            return "check_failed"
         for label, w, h, n in sizes:
             r = row(label, w, h, n, note=note, check=dataclasses.asdict(chk))
             if self.over_budget():
@@ -765,9 +832,9 @@ class _Run:
             _free(self.device)
         del fn
         _free(self.device)
-        return True
+        return "ok"
 
-    def run_e2e(self, verdicts: dict[str, bool | None]) -> None:
+    def run_e2e(self, verdicts: dict[str, str | None]) -> None:
         from vdsr_fast.api import upscale
 
         cfg = self.cfg
@@ -780,12 +847,18 @@ class _Run:
             key = f"e2e_{name}_{dname}"
             verdict = verdicts.get(f"engine_{name}_{dname}")
             for n in cfg.e2e_batches:
-                r = BenchResult(key, f"upscale() {name}", "e2e", dname, label, lw * s, lh * s, n, note=f"uint8 RGB, x{s}")
+                r = BenchResult(
+                    key, f"upscale() {name}", "e2e", dname, label, lw * s, lh * s, n, note=f"uint8 RGB, x{s}"
+                )
                 if name in skipped:
                     r.status, r.note = "skipped", skipped[name]
-                elif verdict is False:
+                elif verdict == "check_failed":
                     r.status, r.note = "check_failed", f"engine_{name}_{dname} failed its reference check"
-                elif self.over_budget():
+                elif verdict == "error":
+                    r.status, r.note = "error", f"engine_{name}_{dname} raised (see its row)"
+                elif verdict is None:
+                    r.note += f"; engine_{name}_{dname} was not checked in this run"
+                if r.status == "ok" and self.over_budget():
                     r.status, r.note = "skipped", "time budget spent"
                 if r.status != "ok":
                     self.add(r)
@@ -793,7 +866,10 @@ class _Run:
                 inputs = None
                 try:
                     g = torch.Generator().manual_seed(cfg.seed + 2)
-                    inputs = [torch.randint(0, 256, (n, 3, lh, lw), generator=g, dtype=torch.uint8).to(self.device) for _ in range(cfg.n_inputs)]
+                    inputs = [
+                        torch.randint(0, 256, (n, 3, lh, lw), generator=g, dtype=torch.uint8).to(self.device)
+                        for _ in range(cfg.n_inputs)
+                    ]
                     fn = lambda img, name=name: upscale(img, s, self.model, backend=name, dtype=DTYPES[dname])  # noqa: E731
                     self.add(self._timed_row(r, fn, inputs, n * lh * s * lw * s))
                 except Exception as e:
@@ -813,7 +889,9 @@ class _Run:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except Exception:
-            self.notes.append("matplotlib is not installed: no PNG plot (run make_table.py / plot elsewhere from the JSON)")
+            self.notes.append(
+                "matplotlib is not installed: no PNG plot (run make_table.py / plot elsewhere from the JSON)"
+            )
             return
         rows = [r for r in self.sorted_rows() if r.kind == "network" and r.status == "ok"]
         cols = []
@@ -823,7 +901,9 @@ class _Run:
                 cols.append(c)
         series: dict[str, dict[str, float]] = {}
         for r in rows:
-            series.setdefault(f"{r.path} {r.dtype}", {})[r.size + (f" x{r.batch}" if r.batch != 1 else "")] = r.median_ms
+            series.setdefault(f"{r.path} {r.dtype}", {})[r.size + (f" x{r.batch}" if r.batch != 1 else "")] = (
+                r.median_ms
+            )
         fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cols) * max(1, len(series)) / 4), 4.5))
         width = 0.8 / max(1, len(series))
         for i, (name, vals) in enumerate(series.items()):
@@ -846,7 +926,7 @@ class _Run:
         self.log(f"{self.device_info['name']} | torch {self.versions['torch']} | timer {self.timer} | {self.weights}")
         with tf32_mode(False):
             self.measure_peak()
-            verdicts: dict[str, bool | None] = {}
+            verdicts: dict[str, str | None] = {}
             for spec in build_paths(self.device, cfg):
                 verdicts[spec.key] = self.run_path(spec)
             if cfg.e2e_batches:
@@ -878,15 +958,38 @@ def _csv(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vdsr-fast bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny CPU run of every code path (CI); ignores the size/timing flags' GPU defaults")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny CPU run of every code path (CI); ignores the size/timing flags' GPU defaults",
+    )
     ap.add_argument("--device", default=None, help="torch device (default: cuda; cpu with --smoke)")
-    ap.add_argument("--sizes", type=_csv, default=None, help="comma list of 720p,1080p,4k or WxH, ':N' for a batch (default: 720p,1080p,4k,720p:8)")
-    ap.add_argument("--paths", type=_csv, default=None, help="comma list of path-key patterns, e.g. 'cudnn*,engine_*' (default: all)")
+    ap.add_argument(
+        "--sizes",
+        type=_csv,
+        default=None,
+        help="comma list of 720p,1080p,4k or WxH, ':N' for a batch (default: 720p,1080p,4k,720p:8)",
+    )
+    ap.add_argument(
+        "--paths",
+        type=_csv,
+        default=None,
+        help="comma list of path-key patterns, e.g. 'cudnn*,engine_*' (default: all)",
+    )
     ap.add_argument("--backends", type=_csv, default=None, help="engine backends to run (default: every available one)")
     ap.add_argument("--engine-dtypes", type=_csv, default=None, help="engine dtypes (default: fp16,bf16)")
-    ap.add_argument("--compile", action="store_true", help="add torch.compile(max-autotune-no-cudagraphs) fp16 CL (compiles for minutes)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="add torch.compile(max-autotune-no-cudagraphs) fp16 CL (compiles for minutes)",
+    )
     ap.add_argument("--compile-sizes", type=_csv, default=None, help="sizes for --compile (default: 1080p)")
-    ap.add_argument("--e2e-batches", type=lambda t: [int(x) for x in _csv(t)], default=None, help="upscale() batches (default: 1,8; '' for none)")
+    ap.add_argument(
+        "--e2e-batches",
+        type=lambda t: [int(x) for x in _csv(t)],
+        default=None,
+        help="upscale() batches (default: 1,8; '' for none)",
+    )
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end upscale() rows")
     ap.add_argument("--rep-ms", type=float, default=None, help="timed milliseconds per row (default 200)")
     ap.add_argument("--min-iters", type=int, default=None, help="at least this many timed calls per row (default 10)")
@@ -894,7 +997,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-cudnn-benchmark", action="store_true", help="leave torch.backends.cudnn.benchmark off")
     ap.add_argument("--weights", default=None, help="weights file (default: the shipped weights, else random)")
     ap.add_argument("--budget-s", type=float, default=None, help="after this many seconds, skip the rows not yet timed")
-    ap.add_argument("--out", default=None, help="folder for the JSON/markdown/PNG (default: benchmarks/results; a temp folder with --smoke)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="folder for the JSON/markdown/PNG (default: benchmarks/results; a temp folder with --smoke)",
+    )
     ap.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
     return ap
 
@@ -903,7 +1010,20 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     cfg = BenchConfig.smoke_config() if args.smoke else BenchConfig()
     if args.device is not None:
         cfg.device = args.device
-    for name in ("sizes", "paths", "backends", "engine_dtypes", "compile_sizes", "e2e_batches", "rep_ms", "min_iters", "peak_size", "weights", "budget_s", "out"):
+    for name in (
+        "sizes",
+        "paths",
+        "backends",
+        "engine_dtypes",
+        "compile_sizes",
+        "e2e_batches",
+        "rep_ms",
+        "min_iters",
+        "peak_size",
+        "weights",
+        "budget_s",
+        "out",
+    ):
         val = getattr(args, name)
         if val is not None:
             setattr(cfg, name, val)

@@ -45,7 +45,9 @@ def render_header(data: dict) -> str:
             parts.append(f"{label} {ver[key]}")
     line = f"**{', '.join(parts)}** — {data.get('date', '?')}, timer `{data.get('timer', '?')}`"
     if peak.get("tflops"):
-        line += f"; measured {peak.get('dtype', '?')} matmul peak {peak['tflops']:.0f} TFLOP/s ({peak.get('shape', '?')})"
+        line += (
+            f"; measured {peak.get('dtype', '?')} matmul peak {peak['tflops']:.0f} TFLOP/s ({peak.get('shape', '?')})"
+        )
     if data.get("weights"):
         line += f"; weights: {data['weights']}"
     return line

@@ -27,7 +27,6 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import bench_latency as bl  # noqa: E402
-
 from vdsr_fast.engine import BACKENDS  # noqa: E402  (importing it never touches the GPU)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -62,10 +61,15 @@ def test_latency(benchmark, model, key):
     label, w, h, n = bl.parse_size(os.environ.get("VDSR_BENCH_SIZE", "1080p"))
     with bl.tf32_mode(spec.tf32), torch.inference_mode():
         fn, _note = spec.build(model, device)
-        chk = bl.check_against_reference(fn, model, device, spec.precision, spec.input_dtype, spec.channels_last, tf32=spec.tf32)
+        chk = bl.check_against_reference(
+            fn, model, device, spec.precision, spec.input_dtype, spec.channels_last, tf32=spec.tf32
+        )
         assert chk.passed, f"{key} fails the reference check: err {chk.err:.3g} > {chk.bound:.3g} {chk.note}"
         g = torch.Generator().manual_seed(1)
-        inputs = [bl._to_input(torch.rand(n, 1, h, w, generator=g).to(device), spec.input_dtype, spec.channels_last) for _ in range(3)]
+        inputs = [
+            bl._to_input(torch.rand(n, 1, h, w, generator=g).to(device), spec.input_dtype, spec.channels_last)
+            for _ in range(3)
+        ]
         it = itertools.cycle(inputs)
 
         def step():
@@ -79,7 +83,9 @@ def test_latency(benchmark, model, key):
         benchmark.pedantic(step, rounds=20, iterations=1, warmup_rounds=2)
     ms = benchmark.stats.stats.median * 1e3 if getattr(benchmark, "stats", None) else None
     if ms:
-        benchmark.extra_info["tflops"] = bl.flops_per_pixel(model.depth, model.channels) * n * h * w / (ms * 1e-3) / 1e12
+        benchmark.extra_info["tflops"] = (
+            bl.flops_per_pixel(model.depth, model.channels) * n * h * w / (ms * 1e-3) / 1e12
+        )
 
 
 @needs_cuda

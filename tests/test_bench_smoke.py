@@ -16,7 +16,6 @@ if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the checkout, not p
 
 from benchmarks import bench_latency as bench  # noqa: E402
 from benchmarks import make_table  # noqa: E402
-
 from vdsr_fast import engine as engine_mod  # noqa: E402
 
 
@@ -47,7 +46,19 @@ def _json(out: Path) -> dict:
 def test_smoke_writes_results(tmp_path, capsys):
     assert bench.main(["--smoke", "--backends", "torch", "--out", str(tmp_path)]) == 0
     data = _json(tmp_path)
-    for key in ("schema", "date", "device", "versions", "timer", "weights", "peak", "config", "notes", "rows", "flops_per_pixel"):
+    for key in (
+        "schema",
+        "date",
+        "device",
+        "versions",
+        "timer",
+        "weights",
+        "peak",
+        "config",
+        "notes",
+        "rows",
+        "flops_per_pixel",
+    ):
         assert key in data, key
     assert data["timer"] == "perf_counter"
     assert data["device"]["slug"] == "cpu-smoke"
@@ -96,15 +107,31 @@ def test_smoke_rejects_a_wrong_backend(tmp_path, monkeypatch):
 
 def test_check_rule(tiny_model):
     ws, bs = tiny_model.weights, tiny_model.biases
-    good = bench.check_against_reference(lambda x: bench.vdsr_forward(x, ws, bs), tiny_model, torch.device("cpu"), "fp32", torch.float32, shape=(1, 1, 9, 11))
+    good = bench.check_against_reference(
+        lambda x: bench.vdsr_forward(x, ws, bs),
+        tiny_model,
+        torch.device("cpu"),
+        "fp32",
+        torch.float32,
+        shape=(1, 1, 9, 11),
+    )
     assert good.passed and good.err <= good.bound
     off = bench.check_against_reference(
-        lambda x: bench.vdsr_forward(x, ws, bs) + 1e-3, tiny_model, torch.device("cpu"), "fp32", torch.float32, shape=(1, 1, 9, 11)
+        lambda x: bench.vdsr_forward(x, ws, bs) + 1e-3,
+        tiny_model,
+        torch.device("cpu"),
+        "fp32",
+        torch.float32,
+        shape=(1, 1, 9, 11),
     )
     assert not off.passed
-    nan = bench.check_against_reference(lambda x: x * float("nan"), tiny_model, torch.device("cpu"), "fp32", torch.float32, shape=(1, 1, 9, 11))
+    nan = bench.check_against_reference(
+        lambda x: x * float("nan"), tiny_model, torch.device("cpu"), "fp32", torch.float32, shape=(1, 1, 9, 11)
+    )
     assert not nan.passed
-    shape = bench.check_against_reference(lambda x: x[..., 1:], tiny_model, torch.device("cpu"), "fp32", torch.float32, shape=(1, 1, 9, 11))
+    shape = bench.check_against_reference(
+        lambda x: x[..., 1:], tiny_model, torch.device("cpu"), "fp32", torch.float32, shape=(1, 1, 9, 11)
+    )
     assert not shape.passed and "shape" in shape.note
 
 
