@@ -241,10 +241,22 @@ def parse_size(spec: str) -> tuple[str, int, int, int]:
 
 @contextlib.contextmanager
 def tf32_mode(enabled: bool) -> Iterator[None]:
-    """cuDNN and cuBLAS TF32 on (the "tf32" path) or off (true fp32 everywhere else)."""
+    """cuDNN conv and cuBLAS matmul TF32 on (the "tf32" path) or off (true fp32 everywhere else).
+
+    torch >= 2.9 has ``fp32_precision`` switches and raises when code mixes them with the legacy
+    ``allow_tf32`` flags, so the new ones are used where they exist.
+    """
+    conv, mm = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
+    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(mm, "fp32_precision"):
+        old = conv.fp32_precision, mm.fp32_precision
+        conv.fp32_precision = mm.fp32_precision = "tf32" if enabled else "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, mm.fp32_precision = old
+        return
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
     try:
         yield
     finally:

@@ -174,7 +174,7 @@ fi
 
 # ---------------------------------------------------------------- 5. summary, then the table last
 echo
-grep -E '^(not run|ERROR|WRONG|note):' "$OUT/bench.log" || true
+grep -E '^(not run|ERROR|WRONG|note):' "$OUT/bench.log" | cut -c1-180 || true  # full lines: bench.log
 echo
 log "summary"
 for s in "${SUMMARY[@]}"; do echo "  - $s"; done
