@@ -59,8 +59,14 @@ def _conv3x3_kernel(
 ):
     """out[n, h, w, co] = act(b[co] + sum_{kh, kw, ci} x[n, h + kh - 1, w + kw - 1, ci] * w[co, ci, kh, kw]).
 
+    Layouts: activations NHWC (body input and every output; channel stride 1 on the output), the head's
+    input is the (N, H, W) Y plane through its strides; weights packed K-major (C_OUT, 9 * C_IN), each
+    output channel's filter contiguous in (kh, kw, ci) order; bias (C_OUT,).
+    Dtypes: storage fp16 / bf16 / fp32 for activations and weights (fp32 uses IEEE dot, no TF32), bias
+    fp32, the head's Y plane any float dtype (cast in-kernel); accumulation always fp32.
     Zero padding 1: taps outside the image are masked loads with ``other=0`` (no padded copy).
-    Accumulation in fp32; bias, ReLU and the cast to the storage dtype are fused in the epilogue.
+    Fused: bias, ReLU and the cast to the storage dtype in the epilogue; the head also fuses reading
+    (and casting) the caller's NCHW Y plane, so no NHWC/dtype conversion pass exists.
     Program (pid_m, pid_n) computes BLOCK_M consecutive output pixels x BLOCK_N output channels; its
     K loop is one flat loop over (tap, channel block) so Triton can software-pipeline it.
     """

@@ -43,6 +43,9 @@ def _tail_kernel(
 ):
     """out[n, h, w] = clamp?(y[n, h, w] + b + sum_{kh, kw, ci} x[n, h + kh - 1, w + kw - 1, ci] * w[ci, kh, kw]).
 
+    Layouts: activations NHWC; weights (9 * C_IN,) in (kh, kw, ci) order; y and out (N, H, W) planes
+    through their strides (the caller's (N, 1, H, W) tensors). Dtypes: activations and weights fp16 /
+    bf16 / fp32, bias fp32, y and out any float dtype; accumulation and the residual add in fp32.
     Zero padding 1 by masked loads. A 1-output-channel conv has no tensor-core shape (N = 1), so each
     program multiplies its (BLOCK_M, BLOCK_C) activation tiles by the tap's weight row on the CUDA
     cores, accumulates elementwise in fp32 over all taps and reduces over channels once at the end.
