@@ -140,7 +140,7 @@ class BenchConfig:
             device="cpu",
             sizes=["16x16", "16x16:2"],
             paths=["eager_fp32", "eager_fp16_cl", CUDNN_KEY, "engine_*"],
-            engine_dtypes=["fp32"],
+            engine_dtypes=["fp32", "fp16"],
             e2e_batches=[1, 2],
             e2e_lr_size=(8, 8),
             e2e_dtype="fp32",
@@ -491,6 +491,15 @@ def _engine_backends(device: torch.device, cfg: BenchConfig) -> tuple[list[str],
     return run, skipped
 
 
+def _backend_dtypes(name: str) -> tuple[torch.dtype, ...]:
+    from vdsr_fast import engine as engine_mod
+
+    try:
+        return tuple(engine_mod._backend_class(name).dtypes)
+    except Exception:  # unknown: let Engine() decide (and raise a clear error)
+        return tuple(DTYPES.values())
+
+
 def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
     """Every network-only path for this device (unavailable ones carry their reason)."""
     cuda = device.type == "cuda"
@@ -505,6 +514,8 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
         for dname in cfg.engine_dtypes:
             dtype = DTYPES[dname]
             reason = skipped.get(name)
+            if reason is None and dtype not in _backend_dtypes(name):
+                reason = f"backend {name!r} does not support {dname}"
             if reason is None and cuda and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
                 reason = "this GPU has no bf16"
             spec = PathSpec(
