@@ -158,15 +158,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands with their own argument parsers, forwarded whole.
-_FORWARDED = {"train": ("vdsr_fast.train", "train VDSR (see vdsr-fast train --help)")}
+_FORWARDED = {
+    "train": ("vdsr_fast.train", "train VDSR (see vdsr-fast train --help)"),
+    "bench": ("benchmarks.bench_latency", "latency benchmark against cuDNN (from a source checkout; see benchmarks/README.md)"),
+}
+
+
+def _forward(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module = _FORWARDED[name][0]
+    if module.startswith("benchmarks."):  # benchmarks/ sits beside the package in a source checkout
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "benchmarks" / "bench_latency.py").is_file():
+            print(f"vdsr-fast {name}: needs a source checkout (benchmarks/ is not installed with the package)", file=sys.stderr)
+            return 2
+        sys.path.insert(0, str(root))
+    return importlib.import_module(module).main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in _FORWARDED:
-        import importlib
-
-        return importlib.import_module(_FORWARDED[argv[0]][0]).main(argv[1:])
+        return _forward(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
