@@ -131,3 +131,12 @@ def test_engine_checks_inputs(tiny_model):
 def test_auto_on_cpu_is_the_reference(tiny_model):
     assert Engine(tiny_model, device="cpu").backend == "torch"
     assert vdsr_fast.available_backends("cpu")["torch"] is None
+
+
+def test_self_check_catches_a_wrong_backend(tiny_model):
+    from vdsr_fast.engine import self_check
+
+    good = Engine(tiny_model, backend="torch", device="cpu")
+    assert self_check(good, tiny_model, torch.device("cpu")) is None
+    assert "self-check" in self_check(lambda y: good(y) + 0.1, tiny_model, torch.device("cpu"))
+    assert "self-check" in self_check(lambda y: good(y) * float("nan"), tiny_model, torch.device("cpu"))

@@ -11,6 +11,7 @@ requested backend that cannot run raises :class:`BackendUnavailable` and never f
 
 from __future__ import annotations
 
+import warnings
 from typing import Protocol
 
 import torch
@@ -105,6 +106,24 @@ def available_backends(device: str | torch.device = "cuda") -> dict[str, str | N
     return {name: _why_unavailable(name, device) for name in BACKENDS}
 
 
+def self_check(run, model: VDSR, device: torch.device) -> str | None:
+    """Run a fast backend once on a small random Y plane against the float64 reference.
+
+    A guard against gross failure (wrong kernel for this GPU, broken build, NaN), not the equivalence
+    test: the error must stay within 1e-2 + 5% of the residual's magnitude. Returns the reason on
+    failure, else None. Runs once per engine, at construction (it synchronises; the hot path never does).
+    """
+    g = torch.Generator().manual_seed(1234)
+    x = torch.rand(1, 1, 24, 20, generator=g, dtype=torch.float64)
+    ref = vdsr_forward(x, [w.detach().cpu().double() for w in model.weights], [b.detach().cpu().double() for b in model.biases])
+    got = run(x.float().to(device)).double().cpu()
+    err = (got - ref).abs().max().item()
+    bound = 1e-2 + 0.05 * (ref - x).abs().max().item()
+    if not err <= bound:  # also catches NaN
+        return f"self-check against the reference failed: max error {err:.3g} > {bound:.3g}"
+    return None
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         for name in AUTO_ORDER:
@@ -134,6 +153,8 @@ class Engine:
             float32 for the PyTorch reference and on the CPU. Accumulation is always at least fp32.
         device: where the weights live and inputs must be; default the current CUDA device if there
             is one, else the CPU.
+        check: run :func:`self_check` once for a fast backend on a GPU (default). With ``backend="auto"``, a
+            backend that fails it is skipped with a warning; an explicitly requested one raises.
     """
 
     def __init__(
@@ -142,6 +163,7 @@ class Engine:
         backend: str = "auto",
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        check: bool = True,
     ) -> None:
         if not isinstance(model, VDSR):
             raise TypeError(f"Engine: expected a vdsr_fast VDSR model, got {type(model).__name__}")
@@ -151,15 +173,29 @@ class Engine:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
-        self.backend = resolve_backend(backend, device)
-        impl = _backend_class(self.backend)
-        self.dtype = dtype if dtype is not None else _default_dtype(self.backend, device)
-        if self.dtype not in impl.dtypes:
-            names = ", ".join(str(d).replace("torch.", "") for d in impl.dtypes)
-            raise BackendUnavailable(f"backend {self.backend!r} does not support dtype {self.dtype}; it supports {names}")
         self.depth, self.channels = model.depth, model.channels
-        with torch.no_grad():
-            self._impl = impl(model, device, self.dtype)
+        candidates = [resolve_backend(backend, device)]
+        if backend == "auto":
+            candidates += [n for n in AUTO_ORDER[AUTO_ORDER.index(candidates[0]) + 1 :] if n == "torch" or (
+                device.type == "cuda" and _why_unavailable(n, device) is None)]
+        for name in candidates:
+            impl = _backend_class(name)
+            self.dtype = dtype if dtype is not None else _default_dtype(name, device)
+            if self.dtype not in impl.dtypes:
+                names = ", ".join(str(d).replace("torch.", "") for d in impl.dtypes)
+                reason = f"backend {name!r} does not support dtype {self.dtype}; it supports {names}"
+            else:
+                with torch.no_grad():
+                    self._impl = impl(model, device, self.dtype)
+                    guard = check and name != "torch" and device.type == "cuda"  # GPU kernels only
+                    reason = self_check(self._impl, model, device) if guard else None
+            if reason is None:
+                self.backend = name
+                return
+            if backend != "auto":
+                raise BackendUnavailable(reason)
+            warnings.warn(f"vdsr_fast: skipping backend {name!r} on {device}: {reason}", RuntimeWarning, stacklevel=2)
+        raise BackendUnavailable(reason)  # unreachable in practice: the torch backend always passes
 
     def __repr__(self) -> str:
         return f"Engine(backend={self.backend!r}, dtype={self.dtype}, device={self.device}, depth={self.depth}, channels={self.channels})"
