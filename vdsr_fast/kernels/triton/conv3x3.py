@@ -56,6 +56,8 @@ def _conv3x3_kernel(
     BLOCK_M: tl.constexpr,  # output pixels per program (GEMM M tile), flat over N*H*W in raster order
     BLOCK_N: tl.constexpr,  # output channels per program (GEMM N tile); 64 covers VDSR's C_OUT in one tile
     BLOCK_K: tl.constexpr,  # input channels per K step of one tap (GEMM K tile); >= 16 for tl.dot
+    SHARE_ROW: tl.constexpr,  # body only, experimental: load each kernel row's tile once and derive its
+    # three horizontal taps by a register gather (3x less L2 traffic; BLOCK_M - 2 outputs per program)
 ):
     """out[n, h, w, co] = act(b[co] + sum_{kh, kw, ci} x[n, h + kh - 1, w + kw - 1, ci] * w[co, ci, kh, kw]).
 
@@ -72,9 +74,16 @@ def _conv3x3_kernel(
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.arange(0, BLOCK_M)
+    if SHARE_ROW:
+        OUT_M: tl.constexpr = BLOCK_M - 2  # outputs per program: the tile's first and last pixels are halo
+        m_start = pid_m * OUT_M
+        offs_m = m_start + rows
+        m_ok = (rows < OUT_M) & (offs_m < M)
+    else:
+        offs_m = pid_m * BLOCK_M + rows
+        m_ok = offs_m < M
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
     n_ok = offs_n < C_OUT
     hw = H * W
     img = offs_m // hw
@@ -93,6 +102,38 @@ def _conv3x3_kernel(
             a = tl.load(x_img + ih * stride_xh + iw * stride_xw, mask=ok, other=0.0).to(tl.float32)
             wv = tl.load(w_ptr + offs_n * 9 + tap, mask=n_ok, other=0.0).to(tl.float32)
             acc += a[:, None] * wv[None, :]
+    elif SHARE_ROW:
+        K_STEPS_R: tl.constexpr = (C_IN + BLOCK_K - 1) // BLOCK_K  # channel blocks per kernel row
+        offs_k = tl.arange(0, BLOCK_K)
+        # Loaded pixel j of the tile is flat pixel m_start - 1 + j; output i needs, for tap column kw,
+        # loaded pixel j = i + kw (same image row, or masked below).
+        p = m_start - 1 + rows
+        p_ok = (p >= 0) & (p < M)
+        p_img = p // hw
+        p_rem = p - p_img * hw
+        ph = p_rem // W
+        pw = p_rem - ph * W
+        l_base = (x_ptr + p_img.to(tl.int64) * stride_xn + ph * stride_xh + pw * stride_xw)[:, None]
+        l_base = l_base + offs_k[None, :] * stride_xc
+        w_base = w_ptr + offs_n[None, :] * (9 * C_IN) + offs_k[:, None]
+        for step in range(3 * K_STEPS_R):
+            kh = step // K_STEPS_R
+            k0 = (step % K_STEPS_R) * BLOCK_K
+            lh = ph + (kh - 1)
+            l_mask = (p_ok & (lh >= 0) & (lh < H))[:, None]
+            if C_IN % BLOCK_K != 0:
+                l_mask = l_mask & ((k0 + offs_k) < C_IN)[None, :]
+            tile = tl.load(l_base + ((kh - 1) * stride_xh + k0 * stride_xc), mask=l_mask, other=0.0)
+            for kw in tl.static_range(3):
+                src = tl.broadcast_to(tl.minimum(rows + kw, BLOCK_M - 1)[:, None], (BLOCK_M, BLOCK_K))
+                iw = ow + (kw - 1)
+                a = tl.where(((iw >= 0) & (iw < W))[:, None], tl.gather(tile, src, axis=0), 0.0)
+                w_tile = w_base + ((kh * 3 + kw) * C_IN + k0)
+                if C_IN % BLOCK_K == 0 and C_OUT % BLOCK_N == 0:
+                    b = tl.load(w_tile)
+                else:
+                    b = tl.load(w_tile, mask=((k0 + offs_k) < C_IN)[:, None] & n_ok[None, :], other=0.0)
+                acc = tl.dot(a.to(tile.dtype), b, acc, input_precision=DOT_PRECISION)
     else:
         K_STEPS: tl.constexpr = (C_IN + BLOCK_K - 1) // BLOCK_K  # channel blocks per tap
         EVEN_K: tl.constexpr = C_IN % BLOCK_K == 0  # no channel mask needed (VDSR: 64 % 64)
@@ -136,6 +177,7 @@ class ConvConfig:
     block_k: int
     num_warps: int
     num_stages: int
+    share_row: bool = False  # experimental SHARE_ROW body mode (see the kernel); not the default
 
 
 # Hopper-oriented defaults (the same tile Inductor's conv template picks for VDSR's 64->64 layer):
@@ -169,16 +211,19 @@ def body_config_candidates(dtype: torch.dtype) -> list[ConvConfig]:
     """A small sweep around the default body tile, for a GPU benchmark to time (``config=`` of the launcher).
 
     M tile 64/128/256 pixels, N = K = 64 (one tile covers VDSR's 64 channels), 4 or 8 warps, 2-4 stages
-    (fp32 tiles are twice as large, so at most 3 stages there).
+    (fp32 tiles are twice as large, so at most 3 stages there); plus the experimental SHARE_ROW mode,
+    whose stages hold one A tile and three weight tiles (40 KB in fp16 at 128 x 64), so fewer stages.
+    Every candidate fits Hopper's 227 KB of shared memory per CTA.
     """
-    stages = (2, 3) if dtype == torch.float32 else (3, 4)
+    fp32 = dtype == torch.float32
     out = [conv3x3_config(64, 64, dtype)]
     for block_m, warps in ((64, 4), (128, 4), (128, 8), (256, 8)):
-        for st in stages:
-            cfg = ConvConfig(block_m, 64, 64, warps, st)
-            if cfg not in out:
-                out.append(cfg)
-    return out
+        for st in (2, 3) if fp32 else (3, 4):
+            if not (block_m == 256 and st == 3 and fp32):  # 288 KB
+                out.append(ConvConfig(block_m, 64, 64, warps, st))
+    for block_m, warps, st in ((128, 8, 2),) if fp32 else ((128, 8, 2), (128, 8, 3), (128, 4, 3), (256, 8, 2)):
+        out.append(ConvConfig(block_m, 64, 64, warps, st, share_row=True))
+    return list(dict.fromkeys(out))
 
 
 def pack_conv3x3_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -225,12 +270,14 @@ def _check_size(name: str, n: int, h: int, w: int, c: int) -> None:
 
 def _launch(x, strides, w, b, out, n, h, w_, c_in, c_out, head, relu, config):
     m = n * h * w_
-    grid = (triton.cdiv(m, config.block_m), triton.cdiv(c_out, config.block_n))
+    share_row = config.share_row and not head
+    per_program = config.block_m - 2 if share_row else config.block_m
+    grid = (triton.cdiv(m, per_program), triton.cdiv(c_out, config.block_n))
     _conv3x3_kernel[grid](
         x, w, b, out, m, h, w_, *strides, out.stride(0), out.stride(1), out.stride(2),
         C_IN=c_in, C_OUT=c_out, HEAD=head, RELU=relu,
         DOT_PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SHARE_ROW=share_row,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out
