@@ -163,6 +163,19 @@ def test_buffers_are_reused():
     assert list(impl._buffers) == [(1, 6, 7), (2, 6, 7)]
 
 
+def test_body_config_share_row():
+    """The backend runs its body layers with a given config (here the experimental SHARE_ROW mode)."""
+    from vdsr_fast.kernels.triton.conv3x3 import ConvConfig
+
+    device = _device()
+    model = _model(4, 16, seed=13).to(device)
+    y = torch.rand(2, 1, 5, 9, device=device)
+    plain = TritonBackend(model, device, torch.float32)(y)
+    cfg = ConvConfig(128, 16, 16, 8, 2, share_row=True)
+    shared = TritonBackend(model, device, torch.float32, body_config=cfg)(y)
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
+
+
 def test_buffer_cache_is_bounded():
     device = _device()
     backend = TritonBackend(_model(3, 8, seed=5).to(device), device, torch.float32, max_cached_shapes=2)

@@ -17,7 +17,7 @@ from collections import OrderedDict
 import torch
 
 from ...reference import VDSR
-from .conv3x3 import _conv3x3_kernel, conv3x3_bias_relu, conv3x3_head, pack_conv3x3_weight
+from .conv3x3 import ConvConfig, _conv3x3_kernel, conv3x3_bias_relu, conv3x3_head, pack_conv3x3_weight
 from .tail import conv3x3_tail_residual, pack_tail_weight
 
 __all__ = ["TritonBackend"]
@@ -77,6 +77,8 @@ class TritonBackend:
         clamp: clamp the output Y to [0, 1] inside the tail kernel (the reference does not clamp).
         cuda_graphs: capture one CUDA graph per input shape and dtype and replay it (CUDA only).
         max_cached_shapes: how many input shapes keep their activation buffers (and graphs), LRU.
+        body_config: block sizes of the 64->64 layers (e.g. one of ``conv3x3.body_config_candidates``);
+            default the ``conv3x3_config`` heuristic. Used by the eager and CUDA-graph paths.
 
     Activation buffers are owned by the backend: calls on one backend must not run concurrently on
     different streams (use one engine per stream).
@@ -109,6 +111,7 @@ class TritonBackend:
         clamp: bool = False,
         cuda_graphs: bool = False,
         max_cached_shapes: int = 4,
+        body_config: ConvConfig | None = None,
     ) -> None:
         device = torch.device(device)
         if dtype not in self.dtypes:
@@ -124,6 +127,7 @@ class TritonBackend:
                 raise ValueError(f"TritonBackend: layer {i} has shape {tuple(w.shape)}, expected ({c}, {c}, 3, 3)")
         self.device, self.dtype, self.channels = device, dtype, c
         self.clamp, self.cuda_graphs, self.max_cached_shapes = clamp, cuda_graphs, max(1, max_cached_shapes)
+        self.body_config = body_config
         fp32 = torch.float32
         self.w_head = pack_conv3x3_weight(ws[0], dtype)
         self.b_head = bs[0].to(fp32).contiguous()
@@ -170,7 +174,7 @@ class TritonBackend:
         a, b = self.buffers(y.shape[0], y.shape[2], y.shape[3])
         conv3x3_head(y, self.w_head, self.b_head, out=a)
         for w, bias in zip(self.w_body, self.b_body, strict=True):
-            conv3x3_bias_relu(a, w, bias, out=b)
+            conv3x3_bias_relu(a, w, bias, out=b, config=self.body_config)
             a, b = b, a
         return conv3x3_tail_residual(a, self.w_tail, self.b_tail, y, out, clamp=self.clamp)
 

@@ -9,7 +9,9 @@ One kernel, ``_conv3x3_kernel``, two modes:
   is nine rank-1 updates on the CUDA cores (18 FLOP per output value: memory-bound anyway).
 
 Plain launchers: :func:`conv3x3_bias_relu` (body), :func:`conv3x3_head` (head); weights are packed once
-by :func:`pack_conv3x3_weight`; block sizes come from :func:`conv3x3_config`.
+by :func:`pack_conv3x3_weight`; block sizes come from :func:`conv3x3_config`, and
+:func:`body_config_candidates` lists a small sweep (including the experimental ``SHARE_ROW`` body
+mode) for a GPU benchmark to time through the launchers' ``config=`` argument.
 """
 
 from __future__ import annotations
@@ -70,7 +72,11 @@ def _conv3x3_kernel(
     Fused: bias, ReLU and the cast to the storage dtype in the epilogue; the head also fuses reading
     (and casting) the caller's NCHW Y plane, so no NHWC/dtype conversion pass exists.
     Program (pid_m, pid_n) computes BLOCK_M consecutive output pixels x BLOCK_N output channels; its
-    K loop is one flat loop over (tap, channel block) so Triton can software-pipeline it.
+    K loop is one flat loop over (tap, channel block) so Triton can software-pipeline it. Each input
+    pixel is thus fetched 9 times (once per tap, from L2 after the first).
+    SHARE_ROW (experimental, off by default): per kernel row kh, one (BLOCK_M, BLOCK_K) tile of pixels
+    m - 1 .. m + BLOCK_M - 2 is loaded and the three horizontal taps are register gathers of it
+    (``tl.gather``), so each pixel is fetched 3 times; a program then writes BLOCK_M - 2 pixels.
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
