@@ -158,9 +158,11 @@ def test_buffers_are_reused():
     assert (impl.buffers(1, 6, 7)[0].data_ptr(), impl.buffers(1, 6, 7)[1].data_ptr()) == ptrs
     assert torch.isfinite(a).all() and torch.isfinite(b).all(), "the kernels did not write the cached buffers"
     assert torch.equal(first, second)
-    assert list(impl._buffers) == [(1, 6, 7)]
+    # (on a GPU the engine's construction-time self-check leaves its own shape cached too)
+    assert list(impl._buffers)[-1] == (1, 6, 7)
+    before = len(impl._buffers)
     engine(torch.rand(2, 1, 6, 7, device=device))
-    assert list(impl._buffers) == [(1, 6, 7), (2, 6, 7)]
+    assert list(impl._buffers)[-2:] == [(1, 6, 7), (2, 6, 7)] and len(impl._buffers) == before + 1
 
 
 def test_body_config_share_row():
