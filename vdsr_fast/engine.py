@@ -155,6 +155,9 @@ class Engine:
             is one, else the CPU.
         check: run :func:`self_check` once for a fast backend on a GPU (default). With ``backend="auto"``, a
             backend that fails it is skipped with a warning; an explicitly requested one raises.
+        **options: passed to the backend's constructor, e.g. ``cuda_graphs=True`` (Triton and CUDA:
+            one CUDA graph per input shape) or ``body_config=...`` (Triton tile choice). ``auto`` does
+            not pass them to the PyTorch fallback.
     """
 
     def __init__(
@@ -164,6 +167,7 @@ class Engine:
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         check: bool = True,
+        **options,
     ) -> None:
         if not isinstance(model, VDSR):
             raise TypeError(f"Engine: expected a vdsr_fast VDSR model, got {type(model).__name__}")
@@ -186,7 +190,8 @@ class Engine:
                 reason = f"backend {name!r} does not support dtype {self.dtype}; it supports {names}"
             else:
                 with torch.no_grad():
-                    self._impl = impl(model, device, self.dtype)
+                    opts = options if name != "torch" or backend == "torch" else {}
+                    self._impl = impl(model, device, self.dtype, **opts)
                     guard = check and name != "torch" and device.type == "cuda"  # GPU kernels only
                     reason = self_check(self._impl, model, device) if guard else None
             if reason is None:
