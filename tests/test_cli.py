@@ -7,13 +7,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import need_data
 
 import vdsr_fast
 from vdsr_fast.cli import main
 from vdsr_fast.images import read_image, write_image
-
-from conftest import need_data
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ import glob
 import numpy as np
 import pytest
 import torch
+from conftest import need_data
 
 from vdsr_fast import imresize, rgb_to_ycbcr, ycbcr_to_rgb
 from vdsr_fast.imaging import resize_output_size
-
-from conftest import need_data
 
 
 def _matlab_files():

@@ -13,13 +13,12 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from legacy_writer import Global, port_checkpoint_bytes
 from torch import nn
 
 import vdsr_fast
 from vdsr_fast import VDSR, WeightsError
 from vdsr_fast.weights import from_state_dict
-
-from legacy_writer import Global, port_checkpoint_bytes
 
 
 def _same_model(a: VDSR, b: VDSR) -> None:
