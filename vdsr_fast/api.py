@@ -91,12 +91,12 @@ def _mix(planes: list[torch.Tensor], m: list[list[float]]) -> list[torch.Tensor]
 
 def _rgb_to_ycbcr(x: torch.Tensor) -> list[torch.Tensor]:
     """(N, 3, H, W) float RGB -> [Y, Cb, Cr] planes (N, 1, H, W)."""
-    return [p + o for p, o in zip(_mix(list(x.split(1, dim=1)), _M_FWD), _OFF)]
+    return [p + o for p, o in zip(_mix(list(x.split(1, dim=1)), _M_FWD), _OFF, strict=True)]
 
 
 def _ycbcr_to_rgb(planes: list[torch.Tensor]) -> torch.Tensor:
     """[Y, Cb, Cr] planes (N, 1, H, W) -> (N, 3, H, W) RGB, unclamped."""
-    return torch.cat(_mix([p - o for p, o in zip(planes, _OFF)], _M_INV), dim=1)
+    return torch.cat(_mix([p - o for p, o in zip(planes, _OFF, strict=True)], _M_INV), dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------
