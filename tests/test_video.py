@@ -121,3 +121,13 @@ def test_missing_pyav_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(VideoError, match="pip install av"):
         _import_av()
+
+
+def test_forwarded_by_the_cli(clip, weights, tmp_path):
+    from vdsr_fast import cli
+
+    if "video" not in cli._FORWARDED:
+        pytest.skip("vdsr_fast.cli does not forward 'video' yet")
+    out = tmp_path / "out.mp4"
+    assert cli.main(["video", str(clip), str(out), "--weights", weights, "--quiet", "--device", "cpu"]) == 0
+    assert _probe(out)["size"] == (2 * W, 2 * H)
