@@ -9,7 +9,7 @@ import torch
 
 from . import tiling
 from .engine import Engine
-from .imaging import _RGB2YCBCR, _YCBCR2RGB, _YCBCR_OFFSET
+from .imaging import rgb_to_ycbcr, ycbcr_to_rgb
 from .reference import VDSR
 from .weights import load
 
@@ -69,34 +69,6 @@ def _from_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype)
 
 
-
-
-# Colour conversion as plain per-pixel arithmetic with Python-float coefficients: the same matrices as
-# imaging.rgb_to_ycbcr/ycbcr_to_rgb, but no constant tensor is copied to the device on each call (a
-# host->device copy synchronises) and every pixel gets the same operations whatever the frame's size
-# (which a matmul does not promise), so tiles match the whole frame bit for bit.
-_M_FWD = _RGB2YCBCR.tolist()
-_M_INV = _YCBCR2RGB.tolist()
-_OFF = _YCBCR_OFFSET.tolist()
-
-
-def _mix(planes: list[torch.Tensor], m: list[list[float]]) -> list[torch.Tensor]:
-    out = []
-    for row in m:
-        acc = planes[0] * row[0]
-        acc = acc + planes[1] * row[1]
-        out.append(acc + planes[2] * row[2])
-    return out
-
-
-def _rgb_to_ycbcr(x: torch.Tensor) -> list[torch.Tensor]:
-    """(N, 3, H, W) float RGB -> [Y, Cb, Cr] planes (N, 1, H, W)."""
-    return [p + o for p, o in zip(_mix(list(x.split(1, dim=1)), _M_FWD), _OFF, strict=True)]
-
-
-def _ycbcr_to_rgb(planes: list[torch.Tensor]) -> torch.Tensor:
-    """[Y, Cb, Cr] planes (N, 1, H, W) -> (N, 3, H, W) RGB, unclamped."""
-    return torch.cat(_mix([p - o for p, o in zip(planes, _OFF, strict=True)], _M_INV), dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -171,9 +143,9 @@ def _run_window(batch: torch.Tensor, engine: Engine, rows: tiling.Window, cols: 
     c = batch.shape[1]
     if c == 1:
         return engine(up(x).contiguous())[:, :, cy, cx]
-    ycc = up(torch.cat(_rgb_to_ycbcr(x[:, :3]), dim=1))
+    ycc = up(rgb_to_ycbcr(x[:, :3]))
     y = engine(ycc[:, :1].contiguous())[:, :, cy, cx]
-    rgb = _ycbcr_to_rgb([y, ycc[:, 1:2, cy, cx], ycc[:, 2:3, cy, cx]])
+    rgb = ycbcr_to_rgb(torch.cat([y, ycc[:, 1:3, cy, cx]], dim=1))
     if c == 4:  # alpha: bicubic only, straight to the output tile
         rgb = torch.cat([rgb, up(x[:, 3:4], (rows.start, rows.stop), (cols.start, cols.stop))], dim=1)
     return rgb

@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands with their own argument parsers, forwarded whole.
 _FORWARDED = {
     "train": ("vdsr_fast.train", "train VDSR (see vdsr-fast train --help)"),
+    "video": ("vdsr_fast.video", "upscale a video with PyAV: decode, VDSR, encode; audio/subtitles copied (see vdsr-fast video --help)"),
     "bench": ("benchmarks.bench_latency", "latency benchmark against cuDNN (from a source checkout; see benchmarks/README.md)"),
 }
 

@@ -31,17 +31,26 @@ _YCBCR_OFFSET = np.array([16.0, 128.0, 128.0], dtype=np.float64) / 255.0
 _YCBCR2RGB = np.linalg.inv(_RGB2YCBCR)  # the exact inverse, not MATLAB's rounded ycbcr2rgb table
 
 
-def _color_matrix(x: torch.Tensor, name: str, matrix: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+# Python floats, not device tensors: no host->device copy (which would synchronise) on any call.
+_M_FWD = _RGB2YCBCR.tolist()
+_M_INV = _YCBCR2RGB.tolist()
+_OFF = _YCBCR_OFFSET.tolist()
+
+
+def _planes(x: torch.Tensor, name: str) -> list[torch.Tensor]:
     if not torch.is_tensor(x):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if not torch.is_floating_point(x):
         raise TypeError(f"{name}: expected a floating-point tensor in [0, 1], got dtype {x.dtype}")
     if x.dim() < 3 or x.shape[-3] != 3:
         raise ValueError(f"{name}: expected shape (..., 3, H, W), got {tuple(x.shape)}")
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    m = torch.as_tensor(matrix, dtype=dtype, device=x.device)
-    off = torch.as_tensor(_YCBCR_OFFSET, dtype=dtype, device=x.device)
-    return m, off
+    return list((x if x.dtype in (torch.float32, torch.float64) else x.float()).unbind(-3))
+
+
+def _mix(planes: list[torch.Tensor], m: list[list[float]]) -> torch.Tensor:
+    # Plain per-pixel arithmetic in a fixed order: every pixel gets the same operations whatever the
+    # image size (a matmul does not promise that), so a tile matches the whole frame bit for bit.
+    return torch.stack([planes[0] * r[0] + planes[1] * r[1] + planes[2] * r[2] for r in m], dim=-3)
 
 
 def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
@@ -50,9 +59,8 @@ def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
     Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255 (so Y spans [16/255, 235/255]).
     Computed in float32 (float64 for float64 input); returns the input's dtype.
     """
-    m, off = _color_matrix(x, "rgb_to_ycbcr", _RGB2YCBCR)
-    y = torch.einsum("ij,...jhw->...ihw", m, x.to(m.dtype)) + off[:, None, None]
-    return y.to(x.dtype)
+    out = _mix(_planes(x, "rgb_to_ycbcr"), _M_FWD)
+    return torch.stack([p + o for p, o in zip(out.unbind(-3), _OFF)], dim=-3).to(x.dtype)
 
 
 def ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -60,8 +68,8 @@ def ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
 
     Not clamped: out-of-gamut values stay visible to the caller.
     """
-    m, off = _color_matrix(x, "ycbcr_to_rgb", _YCBCR2RGB)
-    return torch.einsum("ij,...jhw->...ihw", m, x.to(m.dtype) - off[:, None, None]).to(x.dtype)
+    planes = [p - o for p, o in zip(_planes(x, "ycbcr_to_rgb"), _OFF)]
+    return _mix(planes, _M_INV).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
