@@ -15,11 +15,10 @@ The extension is optional: when it is not built, :meth:`CudaBackend.available` s
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 
 from ..reference import VDSR
+from . import PingPongBuffers
 
 __all__ = ["CudaBackend", "cuda_vdsr_op", "load_extension", "pack_body_weight"]
 
@@ -98,7 +97,7 @@ def _(x, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-class CudaBackend:
+class CudaBackend(PingPongBuffers):
     """VDSR on the ``vdsr_fast._C`` kernels (fp16 or bf16 storage, fp32 accumulation).
 
     Args:
@@ -191,28 +190,7 @@ class CudaBackend:
             self.b_body = torch.zeros(1, device=device, dtype=fp32)
         self.w_tail = ws[-1].to(fp32).permute(2, 3, 1, 0).reshape(9, c).contiguous()  # [ky*3+kx][c]
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
-        # (N, H, W) -> two NHWC activation buffers, reused by every call of that shape (LRU order).
-        self._buffers: OrderedDict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        # (N, H, W) -> (graph, static fp32 input, static fp32 output)
-        self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-
-    def buffers(self, n: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two ping-pong NHWC activation buffers for an (N, H, W) input, allocated on first use."""
-        key = (n, h, w)
-        bufs = self._buffers.get(key)
-        if bufs is None:
-            shape = (n, h, w, self.channels)
-            bufs = (
-                torch.empty(shape, device=self.device, dtype=self.dtype),
-                torch.empty(shape, device=self.device, dtype=self.dtype),
-            )
-            self._buffers[key] = bufs
-            while len(self._buffers) > self.max_cached_shapes:
-                old, _ = self._buffers.popitem(last=False)
-                self._graphs.pop(old, None)
-        else:
-            self._buffers.move_to_end(key)
-        return bufs
+        self._init_buffers()  # two ping-pong NHWC buffers per input shape; graphs keyed (N, H, W)
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         """``y + residual(y)`` for a Y-plane batch (N, 1, H, W) of any float dtype; returns y's dtype."""

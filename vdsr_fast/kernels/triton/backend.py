@@ -12,11 +12,11 @@ implementations), which is what an engine call traced by ``torch.compile`` runs.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 
 import torch
 
 from ...reference import VDSR
+from .. import PingPongBuffers
 from .conv3x3 import ConvConfig, _conv3x3_kernel, conv3x3_bias_relu, conv3x3_head, pack_conv3x3_weight
 from .tail import conv3x3_tail_residual, pack_tail_weight
 
@@ -67,7 +67,7 @@ def _interpreted() -> bool:
     return type(_conv3x3_kernel).__name__ == "InterpretedFunction"
 
 
-class TritonBackend:
+class TritonBackend(PingPongBuffers):
     """VDSR on the fused Triton kernels.
 
     Args:
@@ -135,10 +135,7 @@ class TritonBackend:
         self.b_body = [b.to(fp32).contiguous() for b in bs[1:-1]]
         self.w_tail = pack_tail_weight(ws[-1], dtype)
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
-        # (N, H, W) -> two NHWC activation buffers, reused by every call of that shape (LRU order).
-        self._buffers: OrderedDict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        # (N, H, W, y dtype) -> (graph, static input, static output)
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._init_buffers()  # two ping-pong NHWC buffers per input shape; graphs keyed (N, H, W, y dtype)
 
     def _check(self, y: torch.Tensor) -> None:
         if not torch.is_tensor(y) or y.dim() != 4 or y.shape[1] != 1:
@@ -150,25 +147,6 @@ class TritonBackend:
             raise ValueError(f"TritonBackend: input is on {y.device} but the weights are on {self.device}")
         if y.numel() == 0:
             raise ValueError(f"TritonBackend: empty input of shape {tuple(y.shape)}")
-
-    def buffers(self, n: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two ping-pong NHWC activation buffers for an (N, H, W) input, allocated on first use."""
-        key = (n, h, w)
-        bufs = self._buffers.get(key)
-        if bufs is None:
-            shape = (n, h, w, self.channels)
-            bufs = (
-                torch.empty(shape, device=self.device, dtype=self.dtype),
-                torch.empty(shape, device=self.device, dtype=self.dtype),
-            )
-            self._buffers[key] = bufs
-            while len(self._buffers) > self.max_cached_shapes:
-                old, _ = self._buffers.popitem(last=False)
-                for gkey in [k for k in self._graphs if k[:3] == old]:
-                    del self._graphs[gkey]
-        else:
-            self._buffers.move_to_end(key)
-        return bufs
 
     def _forward(self, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         a, b = self.buffers(y.shape[0], y.shape[2], y.shape[3])
