@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import _DTYPES, CliError, _add_engine_args, _device, _model
+
 __all__ = ["main", "upscale_video", "VideoError"]
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 _END = object()  # end of stream marker on the queues
 
 
@@ -326,30 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory", type=float, help="working-memory budget per batch in GiB (chooses the tile size)")
     p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.add_argument("--weights", "-w", help="weights file (default: the shipped weights)")
-    p.add_argument("--backend", default="auto", choices=["auto", "cuda", "triton", "torch"], help="engine backend (default: auto)")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), help="activation dtype (default: fp16 for fast GPU backends, else fp32)")
-    p.add_argument("--device", help="torch device, e.g. cuda:0 or cpu (default: cuda if available)")
+    _add_engine_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
-        from .weights import WeightsError, load
-
-        try:
-            model = load(args.weights)
-        except (FileNotFoundError, WeightsError) as e:
-            raise VideoError(str(e)) from None
-        if args.device is not None:
-            try:
-                dev = torch.device(args.device)
-            except RuntimeError as e:
-                raise VideoError(f"--device {args.device!r}: {e}") from None
-            if dev.type == "cuda" and not torch.cuda.is_available():
-                raise VideoError(f"--device {args.device}: CUDA is not available on this machine")
         from .engine import BackendUnavailable
+
+        model = _model(args.weights)
+        if args.device is not None:
+            _device(args.device)  # validates it, with a clear message
 
         try:
             r = upscale_video(
@@ -361,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         except BackendUnavailable as e:
             raise VideoError(str(e)) from None
-    except VideoError as e:
+    except (VideoError, CliError) as e:
         print(f"vdsr-fast video: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
