@@ -14,15 +14,15 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from equivalence import HALF_DTYPES as DTYPES
+from equivalence import assert_equivalent, ref64
 
 from vdsr_fast.engine import BackendUnavailable, Engine
 from vdsr_fast.kernels.cuda import CudaBackend, pack_body_weight
-from vdsr_fast.reference import VDSR, vdsr_forward
+from vdsr_fast.reference import VDSR
 
-ATOL = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 # Relative rounding of one stored value (half an ulp at magnitude 1, doubled for the fp32 sum order).
 RTOL_STORE = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
-DTYPES = [torch.float16, torch.bfloat16]
 
 
 def _ext():
@@ -53,26 +53,6 @@ def _model(depth: int = 20, channels: int = 64) -> VDSR:
     return m.eval()
 
 
-def _ref64(model: VDSR, x: torch.Tensor) -> torch.Tensor:
-    return vdsr_forward(x.double(), [w.double() for w in model.weights], [b.double() for b in model.biases])
-
-
-def _assert_rule(out: torch.Tensor, same: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
-    assert torch.isfinite(out).all(), (
-        f"{what}: non-finite outputs at {torch.nonzero(~torch.isfinite(out))[:5].tolist()}"
-    )
-    diff = (out.double() - ref).abs()
-    err_fast = diff.max().item()
-    err_same = (same.double() - ref).abs().max().item()
-    scale = max(1.0, ref.abs().max().item())
-    bound = 2 * err_same + ATOL[dtype] * scale
-    where = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
-    assert err_fast <= bound, (
-        f"{what}: err(cuda) {err_fast:.3e} (worst at {where}) > bound {bound:.3e} "
-        f"= 2 * err(torch same dtype) {err_same:.3e} + atol {ATOL[dtype]:.1e} * scale {scale:.3g}"
-    )
-
-
 # --- the whole network ----------------------------------------------------------------------------
 
 
@@ -82,11 +62,11 @@ def test_network_matches_reference(cuda_device, dtype, shape):
     n, h, w = shape
     model = _model().to(cuda_device)
     x = torch.rand(n, 1, h, w, device=cuda_device)
-    ref = _ref64(model, x)
+    ref = ref64(model, x)
     same = Engine(model, backend="torch", dtype=dtype, device=cuda_device)(x)
     out = Engine(model, backend="cuda", dtype=dtype, device=cuda_device)(x)
     assert out.shape == x.shape and out.dtype == x.dtype
-    _assert_rule(out, same, ref, dtype, f"VDSR-20 {shape} {dtype}")
+    assert_equivalent(out, same, ref, dtype, f"cuda VDSR-20 {shape} {dtype}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
@@ -95,10 +75,10 @@ def test_shallow_networks(cuda_device, dtype, depth):
     """depth 2 has no body layer, 3 one (ping-pong parity), 4 two."""
     model = _model(depth=depth).to(cuda_device)
     x = torch.rand(2, 1, 23, 41, device=cuda_device)
-    ref = _ref64(model, x)
+    ref = ref64(model, x)
     same = Engine(model, backend="torch", dtype=dtype, device=cuda_device)(x)
     out = Engine(model, backend="cuda", dtype=dtype, device=cuda_device)(x)
-    _assert_rule(out, same, ref, dtype, f"VDSR-{depth} {dtype}")
+    assert_equivalent(out, same, ref, dtype, f"cuda VDSR-{depth} {dtype}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
@@ -158,10 +138,10 @@ def test_network_every_body_variant(cuda_device, variant):
         pytest.skip(f"body variant {v} needs more shared memory than this GPU has")
     model = _model(depth=8).to(cuda_device)
     x = torch.rand(2, 1, 45, 38, device=cuda_device)
-    ref = _ref64(model, x)
+    ref = ref64(model, x)
     same = Engine(model, backend="torch", dtype=torch.float16, device=cuda_device)(x)
     out = CudaBackend(model, cuda_device, torch.float16, body_variant=variant)(x)
-    _assert_rule(out, same, ref, torch.float16, f"VDSR-8 body variant {v}")
+    assert_equivalent(out, same, ref, torch.float16, f"cuda VDSR-8 body variant {v}")
 
 
 def test_custom_op_and_torch_compile(cuda_device):

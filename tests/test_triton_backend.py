@@ -18,35 +18,19 @@ are checked on GPU only.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 import torch
+from equivalence import DTYPES, assert_equivalent, ref64, triton_device
 
 from vdsr_fast import VDSR
 from vdsr_fast.engine import BackendUnavailable, Engine
-from vdsr_fast.reference import vdsr_forward
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
 if HAS_TRITON:
     from vdsr_fast.kernels.triton.backend import TritonBackend
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-ATOL = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
-
-
-def _device(dtype: torch.dtype | None = None) -> torch.device:
-    if torch.cuda.is_available():
-        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            pytest.skip("this GPU has no bf16")
-        return torch.device("cuda")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no CUDA and TRITON_INTERPRET is not set: the Triton kernels cannot run")
-    if dtype == torch.bfloat16:
-        pytest.skip("the Triton interpreter computes tl.dot wrongly on bf16 operands: bf16 is checked on GPU only")
-    return torch.device("cpu")
 
 
 def _needs_cuda() -> torch.device:
@@ -86,22 +70,11 @@ def _check_network(model: VDSR, y: torch.Tensor, dtype: torch.dtype) -> torch.Te
     _poison_buffers(engine, y)
     out = engine(y)
     assert out.shape == y.shape and out.dtype == y.dtype
-    bad = ~torch.isfinite(out)
-    assert not bad.any(), (
-        f"{int(bad.sum())} non-finite outputs (unwritten pixels?), first at {bad.nonzero()[0].tolist()}"
-    )
     with torch.no_grad():
-        ref64 = vdsr_forward(y.double(), [w.double() for w in model.weights], [b.double() for b in model.biases])
+        ref = ref64(model, y)
         same = Engine(model, backend="torch", dtype=dtype, device=y.device)(y)
-    err_fast = (out.double() - ref64).abs()
-    err_same = (same.double() - ref64).abs().max().item()
-    bound = 2 * err_same + ATOL[dtype]
-    worst = err_fast.max().item()
-    where = [int(i) for i in torch.unravel_index(err_fast.flatten().argmax(), err_fast.shape)]
-    assert worst <= bound, (
-        f"{dtype}: max |triton - ref64| = {worst:.3e} at {where} > bound {bound:.3e} "
-        f"= 2 * err(torch same dtype) {err_same:.3e} + atol {ATOL[dtype]:.1e}"
-    )
+    # atol is absolute here (scale 1): the outputs are Y values of order 1.
+    assert_equivalent(out, same, ref, dtype, "triton network", scaled=False)
     return out
 
 
@@ -118,7 +91,7 @@ GPU_NET_CASES = [(20, 64, 1, 720, 1280), (20, 64, 1, 1080, 1920), (20, 64, 1, 21
 @pytest.mark.parametrize("case", NET_CASES, ids=lambda c: "d{}c{}_{}x{}x{}".format(*c))
 def test_network_matches_float64(case, dtype, poison):
     depth, channels, n, h, w = case
-    device = _device(dtype)
+    device = triton_device(dtype, bf16_dot=True)
     model = _model(depth, channels, seed=depth * 100 + channels).to(device)
     _check_network(model, torch.rand(n, 1, h, w, device=device), dtype)
 
@@ -128,13 +101,13 @@ def test_network_matches_float64(case, dtype, poison):
 def test_network_matches_float64_large_gpu(case, dtype, poison):
     depth, channels, n, h, w = case
     device = _needs_cuda()
-    _device(dtype)
+    triton_device(dtype, bf16_dot=True)
     model = _model(depth, channels, seed=1).to(device)
     _check_network(model, torch.rand(n, 1, h, w, device=device), dtype)
 
 
 def test_network_non_contiguous_and_double_input(poison):
-    device = _device()
+    device = triton_device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     model = _model(4, 16, seed=3).to(device)
     y = torch.rand(2, 3, 11, 14, device=device)[:, 1:2, 1:10, 2:13]  # (2, 1, 9, 11), strided
@@ -144,7 +117,7 @@ def test_network_non_contiguous_and_double_input(poison):
 
 
 def test_buffers_are_reused():
-    device = _device()
+    device = triton_device()
     model = _model(4, 8, seed=4).to(device)
     engine = Engine(model, backend="triton", dtype=torch.float32, device=device)
     impl = engine._impl
@@ -169,7 +142,7 @@ def test_body_config_share_row():
     """The backend runs its body layers with a given config (here the experimental SHARE_ROW mode)."""
     from vdsr_fast.kernels.triton.conv3x3 import ConvConfig
 
-    device = _device()
+    device = triton_device()
     model = _model(4, 16, seed=13).to(device)
     y = torch.rand(2, 1, 5, 9, device=device)
     plain = TritonBackend(model, device, torch.float32)(y)
@@ -179,7 +152,7 @@ def test_body_config_share_row():
 
 
 def test_buffer_cache_is_bounded():
-    device = _device()
+    device = triton_device()
     backend = TritonBackend(_model(3, 8, seed=5).to(device), device, torch.float32, max_cached_shapes=2)
     for w in (3, 4, 5):
         backend(torch.rand(1, 1, 2, w, device=device))
@@ -187,19 +160,19 @@ def test_buffer_cache_is_bounded():
 
 
 def test_clamp_option():
-    device = _device()
+    device = triton_device()
     model = _model(3, 8, seed=6).to(device)
     with torch.no_grad():
         model.layers[-1].bias.fill_(0.5)  # pushes most outputs above 1
     y = torch.rand(1, 1, 5, 7, device=device)
     out = TritonBackend(model, device, torch.float32, clamp=True)(y)
-    ref = vdsr_forward(y.double(), [w.double() for w in model.weights], [b.double() for b in model.biases]).clamp(0, 1)
+    ref = ref64(model, y).clamp(0, 1)
     assert out.max() <= 1 and out.min() >= 0
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
 
 
 def test_input_errors():
-    device = _device()
+    device = triton_device()
     model = _model(3, 8, seed=7).to(device)
     engine = Engine(model, backend="triton", dtype=torch.float32, device=device)
     backend = engine._impl
@@ -223,7 +196,7 @@ def test_available():
     if torch.cuda.is_available():
         assert TritonBackend.available(torch.device("cuda")) is None
     else:
-        _device()
+        triton_device()
         assert TritonBackend.available(torch.device("cpu")) is None
         assert "CUDA is not available" in TritonBackend.available(torch.device("cuda"))
 
@@ -237,7 +210,7 @@ def _op_args(device: torch.device, dtype: torch.dtype):
 
 def test_custom_ops_opcheck():
     """Schema, fake (meta) implementations and AOT dispatch of the three ops agree with the real ones."""
-    device = _device()
+    device = triton_device()
     backend, y, x = _op_args(device, torch.float32)
     ops = torch.ops.vdsr_fast
     torch.library.opcheck(
@@ -257,7 +230,7 @@ def test_custom_ops_opcheck():
 
 def test_compile_aot_eager():
     """The custom ops trace in one graph (checks the fake implementations); runs on CPU too."""
-    device = _device()
+    device = triton_device()
     model = _model(3, 16, seed=9).to(device)
     engine = Engine(model, backend="triton", dtype=torch.float32, device=device)
     y = torch.rand(1, 1, 5, 6, device=device)
@@ -268,7 +241,7 @@ def test_compile_aot_eager():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_compile_inductor_gpu(dtype):
     device = _needs_cuda()
-    _device(dtype)
+    triton_device(dtype, bf16_dot=True)
     model = _model(20, 64, seed=10).to(device)
     engine = Engine(model, backend="triton", dtype=dtype, device=device)
     y = torch.rand(2, 1, 37, 53, device=device)

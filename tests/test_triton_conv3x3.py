@@ -18,11 +18,11 @@ Sizes are tiny to keep the interpreter fast; on CUDA, large sizes run too.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from equivalence import DTYPES, assert_equivalent, run_hopper_aot, triton_device
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -34,47 +34,6 @@ if HAS_TRITON:
         conv3x3_config,
         conv3x3_head,
         pack_conv3x3_weight,
-    )
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-ATOL = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
-
-
-def _device(dtype: torch.dtype | None = None) -> torch.device:
-    """The device the kernels run on here; skips when they cannot run or the dtype cannot be checked."""
-    if torch.cuda.is_available():
-        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            pytest.skip("this GPU has no bf16")
-        return torch.device("cuda")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no CUDA and TRITON_INTERPRET is not set: the Triton kernels cannot run")
-    return torch.device("cpu")
-
-
-def _skip_bf16_dot_on_cpu(device: torch.device, dtype: torch.dtype) -> None:
-    if device.type == "cpu" and dtype == torch.bfloat16:
-        pytest.skip("the Triton interpreter computes tl.dot wrongly on bf16 operands: bf16 is checked on GPU only")
-
-
-def assert_equivalent(fast: torch.Tensor, same: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype) -> None:
-    """DESIGN.md §6 with a message that says where and how much the outputs differ."""
-    assert fast.shape == ref64.shape, f"shape {tuple(fast.shape)} != reference {tuple(ref64.shape)}"
-    fast, same = fast.double(), same.double()
-    bad = ~torch.isfinite(fast)
-    assert not bad.any(), (
-        f"{int(bad.sum())} non-finite outputs (unwritten pixels?), first at {bad.nonzero()[0].tolist()}"
-    )
-    err_fast = (fast - ref64).abs()
-    err_same = (same - ref64).abs().max().item()
-    scale = max(1.0, ref64.abs().max().item())
-    bound = 2 * err_same + ATOL[dtype] * scale
-    worst = err_fast.max().item()
-    where = err_fast.flatten().argmax().item()
-    idx = torch.unravel_index(torch.tensor(where), err_fast.shape)
-    assert worst <= bound, (
-        f"{dtype}: max |fast - ref64| = {worst:.3e} at {[int(i) for i in idx]} "
-        f"(fast {fast.flatten()[where].item():.6g}, ref {ref64.flatten()[where].item():.6g}) > bound {bound:.3e} "
-        f"= 2 * err(torch same dtype) {err_same:.3e} + atol {ATOL[dtype]:.1e} * scale {scale:.3g}"
     )
 
 
@@ -115,15 +74,14 @@ def _check_body(n, h, w, c_in, c_out, dtype, device, channels_last_input=False):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", BODY_CASES, ids=lambda c: "x".join(map(str, c)))
 def test_body_matches_float64(case, dtype):
-    device = _device(dtype)
-    _skip_bf16_dot_on_cpu(device, dtype)
+    device = triton_device(dtype, bf16_dot=True)
     _check_body(*case, dtype, device)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", GPU_BODY_CASES, ids=lambda c: "x".join(map(str, c)))
 def test_body_matches_float64_large_gpu(case, dtype):
-    device = _device(dtype)
+    device = triton_device(dtype)
     if device.type != "cuda":
         pytest.skip("large sizes run on CUDA only (the CPU interpreter is too slow)")
     _check_body(*case, dtype, device)
@@ -137,7 +95,7 @@ def test_body_share_row_matches_float64(case, monkeypatch):
     """The experimental SHARE_ROW mode (one load per kernel row, horizontal taps by gather)."""
     import vdsr_fast.kernels.triton.conv3x3 as mod
 
-    device = _device()
+    device = triton_device()
     dtype = torch.float16
     default = mod.conv3x3_config
 
@@ -151,7 +109,7 @@ def test_body_share_row_matches_float64(case, monkeypatch):
 
 def test_body_non_contiguous_input():
     """A channels-last view of an NCHW tensor (channel stride H*W) is read through its strides."""
-    device = _device()
+    device = triton_device()
     _check_body(1, 9, 11, 16, 16, torch.float16 if device.type == "cuda" else torch.float32, device, True)
 
 
@@ -178,18 +136,18 @@ def _check_head(n, h, w, c_out, dtype, device, y_dtype=torch.float32, strided=Fa
 @pytest.mark.parametrize("case", HEAD_CASES, ids=lambda c: "x".join(map(str, c)))
 def test_head_matches_float64(case, dtype):
     # The head has no tl.dot (rank-1 updates), so bf16 runs in the interpreter too.
-    _check_head(*case, dtype, _device(dtype))
+    _check_head(*case, dtype, triton_device(dtype))
 
 
 def test_head_reads_strided_and_half_y_plane():
-    device = _device()
+    device = triton_device()
     _check_head(2, 9, 13, 64, torch.float16, device, strided=True)
     _check_head(2, 9, 13, 64, torch.float16, device, y_dtype=torch.float16)
     _check_head(1, 5, 6, 64, torch.float32, device, y_dtype=torch.float64)
 
 
 def test_head_accepts_3d_plane_and_allocates_output():
-    device = _device()
+    device = triton_device()
     wt, b = _layer(1, 64, device)
     y = torch.rand(2, 5, 7, device=device)
     out = conv3x3_head(y, pack_conv3x3_weight(wt, torch.float32), b)
@@ -218,7 +176,7 @@ def test_config_heuristic():
 
 def test_every_candidate_config_is_correct():
     """The tiles a GPU benchmark may sweep all compute the same layer (one partial M tile each)."""
-    device = _device()
+    device = triton_device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     torch.manual_seed(11)
     wt, b = _layer(64, 64, device)
@@ -310,23 +268,7 @@ def _aot_report() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def hopper_aot() -> dict[str, dict]:
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import triton
-
-    if torch.cuda.is_available():
-        pytest.skip("on a GPU the native tests compile the kernels for the real device")
-    if not triton.__version__.startswith("3.6") or "nvidia" not in triton.backends.backends:
-        pytest.skip(f"the AOT check uses triton 3.6's compile API and its NVIDIA backend (triton {triton.__version__})")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    r = subprocess.run([sys.executable, __file__], env=env, cwd=root, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, f"AOT compile process failed:\n{r.stderr[-4000:]}"
-    return {e["case"]: e for e in json.loads(r.stdout.strip().splitlines()[-1])}
+    return run_hopper_aot(__file__)
 
 
 @pytest.mark.parametrize("case", AOT_CASES)
@@ -343,7 +285,7 @@ def test_compiles_for_hopper(hopper_aot, case):
 
 
 def test_launcher_errors():
-    device = _device()
+    device = triton_device()
     wt, b = _layer(16, 16, device)
     w = pack_conv3x3_weight(wt, torch.float32)
     x = torch.rand(1, 4, 4, 16, device=device)

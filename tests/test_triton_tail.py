@@ -16,51 +16,17 @@ The tail has no tl.dot, so all three dtypes run in Triton's CPU interpreter too.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from equivalence import DTYPES, assert_equivalent, run_hopper_aot, triton_device
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
 if HAS_TRITON:
     from vdsr_fast.kernels.triton.tail import conv3x3_tail_residual, pack_tail_weight
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-ATOL = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
-
-
-def _device(dtype: torch.dtype | None = None) -> torch.device:
-    if torch.cuda.is_available():
-        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            pytest.skip("this GPU has no bf16")
-        return torch.device("cuda")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no CUDA and TRITON_INTERPRET is not set: the Triton kernels cannot run")
-    return torch.device("cpu")
-
-
-def assert_equivalent(fast: torch.Tensor, same: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype) -> None:
-    assert fast.shape == ref64.shape, f"shape {tuple(fast.shape)} != reference {tuple(ref64.shape)}"
-    fast, same = fast.double(), same.double()
-    bad = ~torch.isfinite(fast)
-    assert not bad.any(), (
-        f"{int(bad.sum())} non-finite outputs (unwritten pixels?), first at {bad.nonzero()[0].tolist()}"
-    )
-    err_fast = (fast - ref64).abs()
-    err_same = (same - ref64).abs().max().item()
-    scale = max(1.0, ref64.abs().max().item())
-    bound = 2 * err_same + ATOL[dtype] * scale
-    worst = err_fast.max().item()
-    where = err_fast.flatten().argmax().item()
-    idx = torch.unravel_index(torch.tensor(where), err_fast.shape)
-    assert worst <= bound, (
-        f"{dtype}: max |fast - ref64| = {worst:.3e} at {[int(i) for i in idx]} "
-        f"(fast {fast.flatten()[where].item():.6g}, ref {ref64.flatten()[where].item():.6g}) > bound {bound:.3e} "
-        f"= 2 * err(torch same dtype) {err_same:.3e} + atol {ATOL[dtype]:.1e} * scale {scale:.3g}"
-    )
 
 
 def _inputs(n, h, w, c, dtype, device, seed):
@@ -93,20 +59,20 @@ def _check(n, h, w, c, dtype, device, clamp=False):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 def test_tail_matches_float64(case, dtype):
-    _check(*case, dtype, _device(dtype))
+    _check(*case, dtype, triton_device(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "x".join(map(str, c)))
 def test_tail_matches_float64_large_gpu(case, dtype):
-    device = _device(dtype)
+    device = triton_device(dtype)
     if device.type != "cuda":
         pytest.skip("large sizes run on CUDA only (the CPU interpreter is too slow)")
     _check(*case, dtype, device)
 
 
 def test_tail_clamp():
-    device = _device()
+    device = triton_device()
     _check(2, 9, 13, 64, torch.float32, device, clamp=True)
     # Large weights push many outputs outside [0, 1]: the clamp must bring them back.
     wt, b, x_nchw, y = _inputs(1, 8, 8, 16, torch.float32, device, 7)
@@ -116,7 +82,7 @@ def test_tail_clamp():
 
 def test_tail_strided_y_and_output_dtype():
     """y as a strided (N, 1, H, W) view in fp16; the output takes y's dtype and a fresh contiguous layout."""
-    device = _device()
+    device = triton_device()
     wt, b, x_nchw, _ = _inputs(2, 9, 13, 64, torch.float32, device, 3)
     y = torch.rand(2, 3, 12, 17, device=device).half()[:, 1:2, 2:11, 3:16]
     assert not y.is_contiguous()
@@ -129,7 +95,7 @@ def test_tail_strided_y_and_output_dtype():
 
 def test_tail_in_place_on_y():
     """out may be y itself: each pixel reads its own y before writing it."""
-    device = _device()
+    device = triton_device()
     wt, b, x_nchw, y = _inputs(1, 7, 9, 16, torch.float32, device, 5)
     ref64 = y.double() + F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1)
     res = conv3x3_tail_residual(x_nchw.permute(0, 2, 3, 1).contiguous(), pack_tail_weight(wt, torch.float32), b, y, y)
@@ -147,7 +113,7 @@ def test_pack_tail_layout():
 
 
 def test_tail_errors():
-    device = _device()
+    device = triton_device()
     x = torch.rand(1, 4, 4, 16, device=device)
     w = torch.rand(9 * 16, device=device)
     b = torch.zeros(1, device=device)
@@ -207,24 +173,7 @@ def _aot_report() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def hopper_aot() -> dict[str, dict]:
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import triton
-
-    if torch.cuda.is_available():
-        pytest.skip("on a GPU the native tests compile the kernels for the real device")
-    if not triton.__version__.startswith("3.6") or "nvidia" not in triton.backends.backends:
-        pytest.skip(f"the AOT check uses triton 3.6's compile API and its NVIDIA backend (triton {triton.__version__})")
-    # A fresh process without TRITON_INTERPRET: compiling where the interpreter is active fails spuriously.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    r = subprocess.run([sys.executable, __file__], env=env, cwd=root, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, f"AOT compile process failed:\n{r.stderr[-4000:]}"
-    return {e["case"]: e for e in json.loads(r.stdout.strip().splitlines()[-1])}
+    return run_hopper_aot(__file__)
 
 
 @pytest.mark.parametrize("case", AOT_CASES)
