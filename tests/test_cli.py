@@ -11,7 +11,7 @@ from conftest import need_data
 
 import vdsr_fast
 from vdsr_fast.cli import main
-from vdsr_fast.images import read_image, write_image
+from vdsr_fast.images import default_file_mode, read_image, write_image
 
 
 @pytest.fixture
@@ -56,6 +56,7 @@ def test_upscale_formats(tmp_path, capsys, weights, suffix, channels, dtype):
     assert code == 0, out
     res = read_image(dst)
     assert res.shape == (21, 18, channels) and res.dtype == arr.dtype
+    assert dst.stat().st_mode & 0o777 == default_file_mode()  # as any new file, not mkstemp's 0o600
     if channels in (2, 4):  # alpha is the clamped bicubic upscale of the input alpha
         alpha = vdsr_fast.imresize(torch.from_numpy(arr[..., -1].astype(np.float64) / peak), 3).clamp(0, 1)
         assert np.abs(res[..., -1] / peak - alpha.numpy()).max() <= 0.5 / peak + 1e-9

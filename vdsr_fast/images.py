@@ -18,6 +18,14 @@ __all__ = ["ImageReadError", "read_image", "write_image", "IMAGE_SUFFIXES"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give (0o666 less the umask): temporary files from
+    ``mkstemp`` are 0o600, and an output renamed from one would otherwise be unreadable to others."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 class ImageReadError(ValueError):
     """A file that is missing, unreadable or not a supported image."""
 
@@ -128,6 +136,7 @@ def write_image(path: str | os.PathLike, arr: np.ndarray, *, quality: int = 95) 
             if suffix in (".jpg", ".jpeg") and im.mode in ("LA", "RGBA"):
                 raise ValueError(f"{path}: JPEG cannot store an alpha channel; use .png or .tif")
             im.save(tmp, quality=quality) if suffix in (".jpg", ".jpeg") else im.save(tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

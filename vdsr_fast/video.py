@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .cli import _DTYPES, CliError, _add_engine_args, _device, _model
+from .images import default_file_mode
 
 __all__ = ["main", "upscale_video", "VideoError"]
 
@@ -294,6 +295,7 @@ def upscale_video(
                 raise e
             frames = pipe.frames
             kinds = [st.type for st in copied]  # before the input is closed
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, dst)
         ok = True
     finally:

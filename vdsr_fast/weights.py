@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from .images import default_file_mode
 from .reference import VDSR
 from .torch_pickle import CheckpointFormatError, ModuleRecord, UnsafeCheckpointError, read_checkpoint
 
@@ -291,6 +292,7 @@ def save(model: VDSR, path: str | os.PathLike, metadata: Mapping[str, Any] | Non
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
