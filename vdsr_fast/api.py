@@ -55,9 +55,7 @@ def _to_float(img: torch.Tensor) -> torch.Tensor:
         return img.float() / 255.0
     if img.dtype == torch.uint16:
         return img.float() / 65535.0
-    if img.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        return img if img.dtype == torch.float64 else img.float()
-    raise TypeError(f"upscale: img has dtype {img.dtype}; expected uint8, uint16 or a float dtype in [0, 1]")
+    return img if img.dtype == torch.float64 else img.float()  # upscale() checked the dtype
 
 
 def _from_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -67,8 +65,6 @@ def _from_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if dtype == torch.uint16:
         return (x * 65535.0 + 0.5).floor_().to(torch.int32).to(torch.uint16)
     return x.to(dtype)
-
-
 
 
 # ----------------------------------------------------------------------------------------------------
