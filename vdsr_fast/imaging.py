@@ -128,15 +128,20 @@ def _contributions_on(in_len, out_len, scale, antialias, device, dtype):
     return hit
 
 
-def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
-    w, idx = _contributions_on(x.shape[dim], out_len, scale, antialias, x.device, x.dtype)
+def _apply_taps(x: torch.Tensor, dim: int, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``out[i] = sum_p w[p, i] * x[idx[p, i]]`` along ``dim``, the taps summed in MATLAB's order."""
     shape = [1] * x.dim()
-    shape[dim] = out_len
+    shape[dim] = w.shape[1]
     out = None
-    for p in range(w.shape[0]):  # sum the taps in MATLAB's order
+    for p in range(w.shape[0]):
         term = x.index_select(dim, idx[p]) * w[p].view(shape)
         out = term if out is None else out.add_(term)
     return out
+
+
+def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
+    w, idx = _contributions_on(x.shape[dim], out_len, scale, antialias, x.device, x.dtype)
+    return _apply_taps(x, dim, w, idx)
 
 
 def resize_output_size(in_size: Sequence[int], scale: float | Sequence[float]) -> tuple[int, int]:

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from .imaging import _contributions, _contributions_on, resize_output_size
+from .imaging import _apply_taps, _contributions, _contributions_on, resize_output_size
 
 __all__ = ["receptive_radius", "tile_plan", "tile_for_budget", "bytes_per_pixel", "Window"]
 
@@ -109,11 +109,4 @@ class Window:
         """
         a, b = self.net if rows is None else rows
         w, idx = _contributions_on(self.in_len, self.out_len, self.scale, True, x.device, x.dtype)
-        w, idx = w[:, a:b], idx[:, a:b] - self.lr[0]
-        shape = [1] * x.dim()
-        shape[dim] = b - a
-        out = None
-        for p in range(w.shape[0]):  # as imaging._resize_dim: sum the taps in MATLAB's order
-            term = x.index_select(dim, idx[p]) * w[p].view(shape)
-            out = term if out is None else out.add_(term)
-        return out
+        return _apply_taps(x, dim, w[:, a:b], idx[:, a:b] - self.lr[0])
