@@ -176,6 +176,7 @@ def upscale(
     stream: torch.cuda.Stream | None = None,
     tile: int | tuple[int, int] | None = None,
     max_memory: int | None = None,
+    check_finite: bool = False,
 ) -> torch.Tensor:
     """Super-resolve ``img`` by ``scale`` with VDSR.
 
@@ -204,6 +205,9 @@ def upscale(
             and output frames) from which the largest fitting tile is chosen; combines with ``tile``
             (the smaller wins). A budget too small for an 8x8 tile raises ValueError; a real
             out-of-memory error is raised as is.
+        check_finite: raise ValueError if ``img`` holds NaN or Inf (off by default: the check waits
+            for the device). Without it, NaN/Inf pixels propagate to the output within the
+            receptive field around them.
 
     Returns:
         ``out``, or a new tensor in the input's convention, dtype and device with H and W multiplied
@@ -235,6 +239,8 @@ def upscale(
         _check_out(out, img, shape)
     if stream is not None:
         _check_stream(stream, img.device)
+    if check_finite and torch.is_floating_point(img) and not bool(torch.isfinite(img).all()):
+        raise ValueError("upscale: img contains NaN or Inf values (check_finite=True)")
 
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         engine = get_engine(model, batch.device, backend, dtype)
