@@ -1,12 +1,17 @@
-"""Long runs and shared use: no memory growth over 10,000 frames, two threads sharing one model."""
+"""Long runs and shared use: no memory growth over 10,000 frames, threads sharing one model or
+engine, frames beyond a backend's index range, engines bound to one device."""
 
+import importlib.util
 import resource
 import threading
 
 import pytest
 import torch
+from equivalence import triton_device
 
 from vdsr_fast import upscale
+from vdsr_fast.api import get_engine
+from vdsr_fast.engine import Engine, TorchBackend
 
 
 def test_check_finite_opt_in(tiny_model):
@@ -50,3 +55,90 @@ def test_two_threads_share_one_model(tiny_model):
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_two_threads_share_one_buffered_engine(tiny_model):
+    """The fast backends keep persistent ping-pong buffers: two threads calling one engine must not
+    interleave their layers on them (Engine serialises the calls). Runs the Triton kernels (the
+    interpreter on a CPU), whose buffers are shared, on inputs of one shape."""
+    device = triton_device(torch.float32)
+    engine = Engine(tiny_model, backend="triton", dtype=torch.float32, device=device)
+    inputs = [torch.rand(1, 1, 6, 5, generator=torch.Generator().manual_seed(i)).to(device) for i in range(2)]
+    expected = [engine(x) for x in inputs]
+    assert not torch.equal(expected[0], expected[1])
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(6):
+                torch.testing.assert_close(engine(inputs[k]), expected[k], rtol=0, atol=0)
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_frames_beyond_the_backend_index_range_are_tiled_exactly(tiny_model, monkeypatch):
+    """Fast backends declare the largest window one call may take (32-bit offsets in the kernels);
+    upscale() tiles bigger frames so no call exceeds it, with the untiled result. Simulated with a
+    small limit on the reference backend (a real 2**31-element frame does not fit a CI machine)."""
+    x = torch.rand(2, 3, 37, 29, dtype=torch.float64)
+    expected = upscale(x, 2, tiny_model, backend="torch")
+    limit = 2100  # H*W per image; the 74x58 output is 4292
+    monkeypatch.setattr(TorchBackend, "max_pixels", limit, raising=False)
+    tiny_model.__dict__.pop("_vdsr_engines", None)
+    seen = []
+    call = TorchBackend.__call__
+    monkeypatch.setattr(TorchBackend, "__call__", lambda self, y: seen.append(tuple(y.shape)) or call(self, y))
+    got = upscale(x, 2, tiny_model, backend="torch")
+    assert len(seen) > 1 and all(h * w <= limit for _, _, h, w in seen), seen
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # A batch limit smaller than one minimal tile per frame: a clear error, not a kernel crash.
+    monkeypatch.setattr(TorchBackend, "max_batch_pixels", 1600, raising=False)
+    tiny_model.__dict__.pop("_vdsr_engines", None)
+    with pytest.raises(ValueError, match="too large for backend 'torch'; pass fewer frames"):
+        upscale(torch.rand(8, 3, 37, 29), 2, tiny_model, backend="torch")
+
+
+def test_engines_are_per_device(tiny_model):
+    """An engine belongs to one device: inputs from another are refused by name, and upscale()
+    keeps one engine per device (here the CPU and PyTorch's shape-only 'meta' device)."""
+    cpu = get_engine(tiny_model, torch.device("cpu"), "torch")
+    meta = get_engine(tiny_model, torch.device("meta"), "torch")
+    assert cpu is not meta and meta.device.type == "meta"
+    assert get_engine(tiny_model, torch.device("cpu"), "torch") is cpu
+    with pytest.raises(ValueError, match="input is on cpu but this engine's weights are on meta"):
+        meta(torch.rand(1, 1, 4, 4))
+    assert upscale(torch.rand(1, 3, 5, 4, device="meta"), 2, tiny_model, backend="torch").shape == (1, 3, 10, 8)
+    with pytest.raises(ValueError, match="out is on cpu but img is on meta"):
+        upscale(torch.rand(1, 3, 5, 4, device="meta"), 2, tiny_model, out=torch.empty(1, 3, 10, 8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (streams)")
+def test_one_engine_per_cuda_stream(tiny_model):
+    """Pipelines upscale on several streams at once: each stream gets its own engine (and buffers)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    model = tiny_model.to(device)
+    streams = [torch.cuda.Stream(device) for _ in range(2)]
+    engines = []
+    for s in streams:
+        with torch.cuda.stream(s):
+            engines.append(get_engine(model, device, "torch"))
+            assert get_engine(model, device, "torch") is engines[-1]
+    assert engines[0] is not engines[1]
+    x = torch.rand(2, 3, 40, 30, device=device)
+    expected = upscale(x, 2, model)
+    outs = []
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(s):
+            outs.append(upscale(x, 2, model))
+    torch.cuda.synchronize(device)
+    for o in outs:
+        torch.testing.assert_close(o, expected, rtol=0, atol=0)

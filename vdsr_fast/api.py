@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
+from collections import OrderedDict
 
 import torch
 
@@ -32,14 +34,27 @@ def _default() -> VDSR:
         return _default_model
 
 
+_MAX_ENGINES = 8  # per model, LRU: (backend, device, dtype, CUDA stream) combinations kept
+
+
 def get_engine(model: VDSR, device: torch.device, backend: str = "auto", dtype: torch.dtype | None = None) -> Engine:
-    """The :class:`Engine` for ``model`` on ``device``, built once and cached on the model."""
-    cache = model.__dict__.setdefault("_vdsr_engines", {})
-    key = (backend, str(device), dtype)
+    """The :class:`Engine` for ``model`` on ``device``, built once and cached on the model.
+
+    On a CUDA device there is one engine per stream (the current one): an engine's activation
+    buffers may only be used in one stream's order, so pipelines that upscale on several streams
+    at once never share them.
+    """
+    cache = model.__dict__.setdefault("_vdsr_engines", OrderedDict())
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+    key = (backend, str(device), dtype, stream)
     with _lock:
         engine = cache.get(key)
         if engine is None:
             engine = cache[key] = Engine(model, backend=backend, dtype=dtype, device=device)
+            while len(cache) > _MAX_ENGINES:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
     return engine
 
 
@@ -147,9 +162,26 @@ def _run_window(batch: torch.Tensor, engine: Engine, rows: tiling.Window, cols: 
     return rgb
 
 
-def _tile_size(tile, max_memory, n: int, engine: Engine, model: VDSR, img_dtype: torch.dtype, radius: int):
-    """(th, tw) output tile from ``tile=`` and/or ``max_memory=``, or None for the whole frame."""
+def _index_limit_tile(engine: Engine, n: int, out_h: int, out_w: int, radius: int) -> int | None:
+    """The output tile side that keeps every network window within the backend's index limits
+    (``Engine.max_pixels``, ``max_batch_pixels``), or None when the whole frame fits."""
+    limits = [engine.max_pixels, None if engine.max_batch_pixels is None else engine.max_batch_pixels // n]
+    area = min((v for v in limits if v is not None), default=None)
+    if area is None or out_h * out_w <= area:
+        return None
+    side = math.isqrt(area) - 2 * radius
+    if side < tiling.MIN_TILE:
+        raise ValueError(f"upscale: a batch of {n} frames is too large for backend {engine.backend!r}; pass fewer frames per call")
+    return side
+
+
+def _tile_size(tile, max_memory, n: int, engine: Engine, model: VDSR, img_dtype: torch.dtype, radius: int, out_hw):
+    """(th, tw) output tile from ``tile=``, ``max_memory=`` and the backend's index limits, or None
+    for the whole frame."""
     sizes = []
+    side = _index_limit_tile(engine, n, *out_hw, radius)
+    if side is not None:
+        sizes.append((side, side))
     if tile is not None:
         sizes.append(tiling._pair(tile))
     if max_memory is not None:
@@ -204,7 +236,9 @@ def upscale(
         max_memory: a working-memory budget in bytes (activations and intermediates, not the input
             and output frames) from which the largest fitting tile is chosen; combines with ``tile``
             (the smaller wins). A budget too small for an 8x8 tile raises ValueError; a real
-            out-of-memory error is raised as is.
+            out-of-memory error is raised as is. Frames larger than a fast backend's 32-bit index
+            range (e.g. the Triton kernels' 2**31 activation elements per image, a 5792x5792 output)
+            are tiled automatically, with the same exact result.
         check_finite: raise ValueError if ``img`` holds NaN or Inf (off by default: the check waits
             for the device). Without it, NaN/Inf pixels propagate to the output within the
             receptive field around them.
@@ -246,7 +280,7 @@ def upscale(
         engine = get_engine(model, batch.device, backend, dtype)
         radius = tiling.receptive_radius(model)
         H, W = h * s, w * s
-        size = _tile_size(tile, max_memory, n, engine, model, img.dtype, radius)
+        size = _tile_size(tile, max_memory, n, engine, model, img.dtype, radius, (H, W))
         tiles = [(0, H, 0, W)] if size is None else tiling.tile_plan(H, W, size)
         if out is None and len(tiles) == 1 and layout == "NCHW":
             result = _run_window(batch, engine, tiling.Window(h, s, 0, H, radius), tiling.Window(w, s, 0, W, radius))

@@ -11,6 +11,7 @@ requested backend that cannot run raises :class:`BackendUnavailable` and never f
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Protocol
 
@@ -35,6 +36,12 @@ class Backend(Protocol):
     def __init__(self, model: VDSR, device: torch.device, dtype: torch.dtype) -> None: ...
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor: ...
+
+
+# Optional backend attributes (absent or None: no limit):
+#   max_pixels        the largest H*W one call may have (index width of the kernels);
+#   max_batch_pixels  the largest N*H*W one call may have.
+# upscale() tiles a frame so that every network window stays within them.
 
 
 class TorchBackend:
@@ -196,6 +203,12 @@ class Engine:
                     reason = self_check(self._impl, model, device) if guard else None
             if reason is None:
                 self.backend = name
+                self.max_pixels = getattr(self._impl, "max_pixels", None)
+                self.max_batch_pixels = getattr(self._impl, "max_batch_pixels", None)
+                # Backends with persistent activation buffers are not reentrant: two threads
+                # interleaving their launches would share the buffers. The lock serialises the
+                # enqueueing (cheap: the GPU work itself stays asynchronous).
+                self._lock = threading.Lock() if hasattr(self._impl, "buffers") else None
                 return
             if backend != "auto":
                 raise BackendUnavailable(reason)
@@ -217,4 +230,7 @@ class Engine:
             raise ValueError(f"Engine: input is on {y.device} but this engine's weights are on {self.device}")
         if y.numel() == 0:
             raise ValueError(f"Engine: empty input of shape {tuple(y.shape)}")
-        return self._impl(y)
+        if self._lock is None or torch.compiler.is_compiling():  # compiled: functional ops, no buffers
+            return self._impl(y)
+        with self._lock:
+            return self._impl(y)

@@ -111,7 +111,8 @@ class CudaBackend(PingPongBuffers):
             (removes the per-launch host cost, which matters for small images).
 
     Activation buffers are owned by the backend: calls on one backend must not run concurrently on
-    different streams (use one engine per stream).
+    different streams (use one engine per stream; :func:`vdsr_fast.upscale` keeps one per stream).
+    :class:`~vdsr_fast.engine.Engine` serialises calls from several threads.
     """
 
     name = "cuda"
@@ -175,6 +176,7 @@ class CudaBackend(PingPongBuffers):
                 raise ValueError(f"CudaBackend: layer {i} has shape {tuple(w.shape)}, expected ({c}, {c}, 3, 3)")
         fp32 = torch.float32
         self.device, self.dtype, self.channels = device, dtype, c
+        self.max_pixels = 2**31 - 1  # bindings.cpp check_shape: H*W <= INT32_MAX
         self.dtype_code = self._C.DTYPE_FLOAT16 if dtype == torch.float16 else self._C.DTYPE_BFLOAT16
         self.body_variant = -1 if body_variant is None else int(body_variant)
         self.max_cached_shapes = max(1, int(max_cached_shapes))

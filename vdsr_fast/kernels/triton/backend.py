@@ -81,7 +81,8 @@ class TritonBackend(PingPongBuffers):
             default the ``conv3x3_config`` heuristic. Used by the eager and CUDA-graph paths.
 
     Activation buffers are owned by the backend: calls on one backend must not run concurrently on
-    different streams (use one engine per stream).
+    different streams (use one engine per stream; :func:`vdsr_fast.upscale` keeps one per stream).
+    :class:`~vdsr_fast.engine.Engine` serialises calls from several threads.
     """
 
     name = "triton"
@@ -126,6 +127,8 @@ class TritonBackend(PingPongBuffers):
             if w.shape != (c, c, 3, 3):
                 raise ValueError(f"TritonBackend: layer {i} has shape {tuple(w.shape)}, expected ({c}, {c}, 3, 3)")
         self.device, self.dtype, self.channels = device, dtype, c
+        # In-image offsets are 32-bit in the kernels (conv3x3._check_size): upscale() tiles within these.
+        self.max_pixels, self.max_batch_pixels = (2**31 - 1) // c, 2**31 - 1
         self.clamp, self.cuda_graphs, self.max_cached_shapes = clamp, cuda_graphs, max(1, max_cached_shapes)
         self.body_config = body_config
         fp32 = torch.float32
