@@ -91,10 +91,18 @@ def test_bad_shapes(tiny_model, shape):
         upscale(torch.rand(shape), 2, tiny_model)
 
 
-@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64])
 def test_bad_dtypes(tiny_model, dtype):
     with pytest.raises(TypeError, match="dtype"):
         upscale(torch.zeros(1, 3, 4, 4, dtype=dtype), 2, tiny_model)
+
+
+def test_input_requiring_grad_gives_a_plain_output(tiny_model):
+    """upscale() is inference only: no autograd graph is recorded, the input's flag is irrelevant."""
+    x = torch.rand(1, 3, 5, 6, requires_grad=True)
+    out = upscale(x, 2, tiny_model)
+    assert not out.requires_grad and out.grad_fn is None
+    torch.testing.assert_close(out, upscale(x.detach(), 2, tiny_model), rtol=0, atol=0)
 
 
 def test_empty_and_not_a_tensor(tiny_model):
