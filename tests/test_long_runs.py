@@ -37,15 +37,14 @@ def test_ten_thousand_frames_without_memory_growth(tiny_model):
     assert len(tiny_model.__dict__["_vdsr_engines"]) == 1
 
 
-def test_two_threads_share_one_model(tiny_model):
-    inputs = [torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    expected = [upscale(x, 3, tiny_model) for x in inputs]
+def _in_two_threads(run, expected, repeats: int) -> None:
+    """Thread k calls ``run(k)`` ``repeats`` times; every result must equal ``expected[k]`` exactly."""
     errors = []
 
     def work(k):
         try:
-            for _ in range(25):
-                torch.testing.assert_close(upscale(inputs[k], 3, tiny_model), expected[k], rtol=0, atol=0)
+            for _ in range(repeats):
+                torch.testing.assert_close(run(k), expected[k], rtol=0, atol=0)
         except Exception as e:  # reported by the main thread
             errors.append(e)
 
@@ -55,6 +54,12 @@ def test_two_threads_share_one_model(tiny_model):
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+def test_two_threads_share_one_model(tiny_model):
+    inputs = [torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    expected = [upscale(x, 3, tiny_model) for x in inputs]
+    _in_two_threads(lambda k: upscale(inputs[k], 3, tiny_model), expected, repeats=25)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -67,21 +72,7 @@ def test_two_threads_share_one_buffered_engine(tiny_model):
     inputs = [torch.rand(1, 1, 6, 5, generator=torch.Generator().manual_seed(i)).to(device) for i in range(2)]
     expected = [engine(x) for x in inputs]
     assert not torch.equal(expected[0], expected[1])
-    errors = []
-
-    def work(k):
-        try:
-            for _ in range(6):
-                torch.testing.assert_close(engine(inputs[k]), expected[k], rtol=0, atol=0)
-        except Exception as e:  # reported by the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    _in_two_threads(lambda k: engine(inputs[k]), expected, repeats=6)
 
 
 def test_frames_beyond_the_backend_index_range_are_tiled_exactly(tiny_model, monkeypatch):
