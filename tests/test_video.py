@@ -12,15 +12,34 @@ from vdsr_fast import save  # noqa: E402
 from vdsr_fast.video import main  # noqa: E402
 
 FPS, N, W, H = 12, 12, 32, 24
+# (start s, duration s, text) of the subtitle cues _make_clip(subs=...) writes
+CUES = [(0.1, 0.3, "Hello"), (0.5, 0.25, "<i>Two</i> lines\nhere"), (0.9, 0.1, "third")]
 
 
-def _make_clip(path, audio="aac"):
-    """12 frames 32x24 H.264 at 12 fps and 1 s of a 440 Hz tone."""
+def _cue_payload(codec, text):
+    raw = text.encode()
+    if codec == "mov_text":
+        return len(raw).to_bytes(2, "big") + raw
+    if codec == "ass":  # Matroska's ASS packet: ReadOrder,Layer,Style,Name,MarginL,MarginR,MarginV,Effect,Text
+        return b"0,0,Default,,0,0,0,," + raw
+    return raw
+
+
+needs_mux_stream = pytest.mark.skipif(not hasattr(av.container.OutputContainer, "add_mux_stream"),
+                                      reason="writing the subtitle clips needs PyAV's OutputContainer.add_mux_stream")
+
+
+def _make_clip(path, audio="aac", subs=None):
+    """12 frames 32x24 H.264 at 12 fps and 1 s of a 440 Hz tone; with ``subs`` (a codec), the CUES in English."""
     with av.open(str(path), "w") as c:
         v = c.add_stream("libx264", rate=FPS)
         v.width, v.height, v.pix_fmt = W, H, "yuv420p"
         a = c.add_stream(audio, rate=48000)
         a.layout = "stereo"
+        if subs is not None:
+            st = c.add_mux_stream(subs)
+            st.time_base = Fraction(1, 1000)
+            st.metadata["language"] = "eng"
         for i in range(N):
             img = np.zeros((H, W, 3), np.uint8)
             img[..., 0] = i * 20
@@ -38,6 +57,11 @@ def _make_clip(path, audio="aac"):
             c.mux(a.encode(af))
             pts += fs
         c.mux(a.encode(None))
+        for start, duration, text in CUES if subs is not None else ():
+            p = av.Packet(_cue_payload(subs, text))
+            p.pts = p.dts = round(start * 1000)
+            p.duration, p.time_base, p.stream = round(duration * 1000), Fraction(1, 1000), st
+            c.mux(p)
 
 
 def _probe(path):
@@ -85,6 +109,87 @@ def test_mkv_mp2_and_codec_options(tmp_path, weights):
     assert got["size"] == (3 * W, 3 * H) and len(got["times"]) == N and got["audio"] == ["mp2"]
     with av.open(str(out)) as c:
         assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
+
+
+def _cue_text(codec, data):
+    if codec == "mov_text":
+        return data[2 : 2 + int.from_bytes(data[:2], "big")].decode()
+    return data.decode().split(",", 8)[-1] if codec in ("ass", "ssa") else data.decode()
+
+
+def _seconds(t, time_base):
+    return t * time_base.numerator / time_base.denominator
+
+
+def _subtitles(path):
+    """codec, language, packet count and the non-empty cues (start from the first video frame, duration, text)."""
+    with av.open(str(path)) as c:
+        if not c.streams.subtitles:
+            return None
+        st = c.streams.subtitles[0]
+        codec = st.codec_context.name
+        t0 = next(c.decode(video=0)).time
+    with av.open(str(path)) as c:  # again, from the start
+        packets = [p for p in c.demux(c.streams.subtitles[0]) if p.size]
+        cues = [(round(_seconds(p.pts, p.time_base) - t0, 3), round(_seconds(p.duration, p.time_base), 3), _cue_text(codec, bytes(p)))
+                for p in packets]
+    return {"codec": codec, "language": st.metadata.get("language"), "packets": len(packets), "cues": [q for q in cues if q[2]]}
+
+
+@needs_mux_stream
+@pytest.mark.parametrize("suffix, codec", [(".mkv", "subrip"), (".mkv", "ass"), (".mp4", "mov_text")])
+def test_subtitles_are_copied(tmp_path, weights, capsys, suffix, codec):
+    src, out = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
+    _make_clip(src, subs=codec)
+    before = _subtitles(src)
+    assert before["cues"] == CUES  # the fixture itself
+    assert _run(src, out, "--weights", weights) == 0
+    assert "copied audio, subtitle" in capsys.readouterr().out
+    after = _subtitles(out)
+    assert after == before  # same codec, language, number of packets, texts and timestamps
+    assert len(_probe(out)["times"]) == N
+
+
+@needs_mux_stream
+@pytest.mark.parametrize("src_name, codec, out_name, want_codec, texts", [
+    ("in.mkv", "subrip", "out.mp4", "mov_text", ["Hello", "Two lines\nhere", "third"]),  # SubRip markup dropped
+    ("in.mkv", "ass", "out.mov", "mov_text", ["Hello", "Two lines\nhere", "third"]),
+    ("in.mp4", "mov_text", "out.mkv", "srt", ["Hello", "<i>Two</i> lines\nhere", "third"]),  # empty MP4 gap samples dropped
+])
+def test_subtitles_the_container_cannot_hold_are_converted(tmp_path, weights, capsys, src_name, codec, out_name, want_codec, texts):
+    src, out = tmp_path / src_name, tmp_path / out_name
+    _make_clip(src, subs=codec)
+    before = _subtitles(src)
+    assert _run(src, out, "--weights", weights) == 0
+    captured = capsys.readouterr()
+    assert f"-> {'subrip' if want_codec == 'srt' else want_codec})" in captured.out and "warning" not in captured.err
+    after = _subtitles(out)
+    assert after["codec"] == want_codec and after["language"] == "eng"
+    assert [q[2] for q in after["cues"]] == texts
+    assert [q[:2] for q in after["cues"]] == [q[:2] for q in before["cues"]]  # timing, relative to the video
+
+
+@needs_mux_stream
+def test_subtitles_skipped_with_a_warning_when_no_text_codec_fits(tmp_path, weights, capsys):
+    src, out = tmp_path / "in.mkv", tmp_path / "out.avi"  # AVI holds neither SubRip nor mov_text
+    _make_clip(src, subs="subrip")
+    assert _run(src, out, "--weights", weights) == 0
+    captured = capsys.readouterr()
+    assert "warning: not copying subtitle stream #2 (srt) into avi" in captured.err
+    assert captured.out.rstrip().endswith("copied audio")
+    got = _probe(out)
+    assert _subtitles(out) is None and got["audio"] == ["aac"] and len(got["times"]) == N
+
+
+def test_convert_subtitle_payloads():
+    from vdsr_fast.video import _convert_subtitle
+
+    assert _convert_subtitle("srt", "mov_text", b"<b>Hi</b> you") == b"\x00\x06Hi you"
+    assert _convert_subtitle("ass", "subrip", rb"12,0,Default,,0,0,0,,{\i1}one{\i0}\Ntwo, three") == b"one\ntwo, three"
+    styled = b"\x00\x03abc" + b"\x00\x00\x00\x0cstyl\x00\x00"  # mov_text text, then a style box
+    assert _convert_subtitle("mov_text", "subrip", styled) == b"abc"
+    assert _convert_subtitle("mov_text", "subrip", b"\x00\x00") is None  # the empty samples between MP4 cues
+    assert _convert_subtitle("webvtt", "mov_text", "é".encode()) == b"\x00\x02" + "é".encode()
 
 
 def test_refuses_to_overwrite(clip, weights, tmp_path, capsys):

@@ -3,7 +3,8 @@
 Three threads joined by bounded queues, so decoding, the upscale and encoding overlap:
 
 * the reader demuxes ``IN``, decodes the video stream into RGB frames and groups them in batches
-  (``--batch``); packets of the audio and subtitle streams pass through untouched;
+  (``--batch``); packets of the audio and subtitle streams pass through untouched (text subtitles
+  the output container cannot hold are rewritten, see :func:`upscale_video`);
 * the upscaler copies each batch to the device, calls :func:`vdsr_fast.upscale` on the uint8 NHWC
   frames and starts the copy back into pinned host memory; on a GPU it does not wait for the result
   (a CUDA event marks it), so the next batch is queued while the encoder works on this one;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import re
 import sys
 import tempfile
 import threading
@@ -49,6 +51,106 @@ def _import_av():
     return av
 
 
+def _warn(message: str) -> None:
+    print(f"vdsr-fast video: warning: {message}", file=sys.stderr)
+
+
+# Text subtitle codecs whose packets carry the text itself, so they can be rewritten for another
+# container: Matroska and most others take SubRip, MP4/MOV/3GP only take mov_text (3GPP timed text).
+_TEXT_SUBTITLES = frozenset({"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"})
+_SUBTITLE_TARGETS = ("mov_text", "subrip")
+_ASS_OVERRIDE = re.compile(r"\{[^}]*\}")
+_MARKUP = re.compile(r"<[^>]*>")
+
+
+def _subtitle_text(codec: str, data: bytes) -> str:
+    """The plain text of one text-subtitle packet."""
+    if codec == "mov_text":  # 16-bit big-endian length, the UTF-8 text, then optional style boxes
+        n = int.from_bytes(data[:2], "big") if len(data) >= 2 else 0
+        return data[2 : 2 + n].decode("utf-8", "replace")
+    text = data.decode("utf-8", "replace")
+    if codec in ("ass", "ssa"):  # ReadOrder,Layer,Style,Name,MarginL,MarginR,MarginV,Effect,Text
+        text = _ASS_OVERRIDE.sub("", text.split(",", 8)[-1])
+        text = text.replace("\\N", "\n").replace("\\n", "\n").replace("\\h", " ")
+    return text
+
+
+def _convert_subtitle(src: str, dst: str, data: bytes) -> bytes | None:
+    """Rewrite a ``src`` text-subtitle packet's payload as ``dst`` (mov_text or subrip); None if empty."""
+    text = _subtitle_text(src, data)
+    if dst == "mov_text":
+        text = _MARKUP.sub("", text)  # SubRip/WebVTT <i>...</i> markup; mov_text keeps styles apart
+    text = text.strip("\r\n")
+    if not text:  # e.g. the empty samples MP4 muxers put between cues
+        return None
+    raw = text.encode("utf-8")
+    if dst == "mov_text":
+        raw = raw[:65535]
+        return len(raw).to_bytes(2, "big") + raw
+    return raw
+
+
+def _subtitle_converter(av, src: str, dst: str):
+    def convert(packet):
+        data = _convert_subtitle(src, dst, bytes(packet))
+        if data is None:
+            return None
+        out = av.Packet(data)
+        out.pts, out.dts, out.duration, out.time_base = packet.pts, packet.dts, packet.duration, packet.time_base
+        out.is_keyframe = True
+        return out
+
+    return convert
+
+
+def _drop_empty_mov_text(packet):
+    """mov_text packets minus the empty samples MP4 muxers put between cues (the output's muxer adds its own)."""
+    return packet if len(_subtitle_text("mov_text", bytes(packet))) else None
+
+
+def _copy_metadata(st, ost) -> None:
+    md = st.metadata
+    title = md.get("title") or md.get("name")  # MP4 calls the title "name"
+    if md.get("language"):
+        ost.metadata["language"] = md["language"]
+    if title:
+        ost.metadata["title"] = title
+
+
+def _copy_stream(av, out, st):
+    """Add an output stream for the audio/subtitle stream ``st``: ``(stream, converter, label)``, or None.
+
+    The packets are copied as they are when the output container accepts the codec; a text subtitle
+    it does not accept is rewritten as mov_text or SubRip (whichever the container takes); anything
+    else is skipped with a warning on stderr naming the stream. The language and title tags are kept.
+    """
+    name = st.codec_context.name
+    try:
+        ost = out.add_stream_from_template(st)
+    except (av.error.FFmpegError, ValueError) as e:
+        reason = str(e)
+    else:
+        _copy_metadata(st, ost)
+        return ost, _drop_empty_mov_text if name == "mov_text" else None, st.type
+    if st.type == "subtitle" and name in _TEXT_SUBTITLES and not hasattr(out, "add_mux_stream"):
+        reason += "; rewriting it for this container needs a PyAV with OutputContainer.add_mux_stream (18.x has it)"
+    elif st.type == "subtitle" and name in _TEXT_SUBTITLES:
+        supported = out.supported_codecs
+        for target in _SUBTITLE_TARGETS:
+            if target == name or target not in supported:
+                continue
+            try:
+                ost = out.add_mux_stream(target)
+            except (av.error.FFmpegError, ValueError):
+                continue
+            ost.time_base = st.time_base
+            _copy_metadata(st, ost)
+            return ost, _subtitle_converter(av, name, target), f"subtitle ({name} -> {target})"
+        reason += f"; it holds none of {', '.join(_SUBTITLE_TARGETS)} either"
+    _warn(f"not copying {st.type} stream #{st.index} ({name}) into {out.format.name}: {reason}")
+    return None
+
+
 class _Stopped(Exception):
     """Raised in a worker when another worker failed."""
 
@@ -62,6 +164,11 @@ class _Pipe:
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.frames = 0  # frames encoded so far
+        self.read_error: BaseException | None = None  # a demuxer error that ended the input early
+        self.decode_errors = 0  # video packets the decoder rejected (skipped)
+        self.decode_error: BaseException | None = None  # the last of them
+        self.corrupt = 0  # packets the demuxer flagged as corrupt (e.g. cut short by the end of the file)
+        self.end = 0.0  # the latest packet end time read from the input, in seconds
 
     def fail(self, e: BaseException) -> None:
         if self.error is None:
@@ -102,18 +209,49 @@ def _worker(pipe: _Pipe, fn, *args) -> threading.Thread:
     return t
 
 
-def _reader(pipe: _Pipe, container, vstream, copied: dict, batch: int) -> None:
+def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int) -> None:
+    """Demux every stream (their end times tell a truncated input), decode the video, pass ``copied`` on.
+
+    A damaged input is read as far as it goes: a video packet the decoder rejects is skipped, a demuxer
+    error ends the input there (the decoder is drained); both are counted in ``pipe`` for a warning.
+    """
     frames: list = []
-    for packet in container.demux(vstream, *copied):
-        if packet.stream.index != vstream.index:
-            if packet.dts is not None:  # the demuxer's flush packets carry no data
-                pipe.put(pipe.decoded, ("packet", packet))
-            continue
-        for frame in packet.decode():
+
+    def decoded(packet) -> list:
+        try:
+            return vstream.codec_context.decode(packet) if packet is None else packet.decode()
+        except av.error.FFmpegError as e:
+            pipe.decode_errors += 1
+            pipe.decode_error = e
+            return []
+
+    packets = container.demux()
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError as e:
+            pipe.read_error = e
+            decoding = decoded(None)  # drain the frames the decoder still holds
+        else:
+            if packet.pts is not None and (tb := packet.time_base):
+                pipe.end = max(pipe.end, (packet.pts + (packet.duration or 0)) * tb.numerator / tb.denominator)
+            index = packet.stream.index
+            if packet.is_corrupt and (index == vstream.index or index in copied):
+                pipe.corrupt += 1
+            if index != vstream.index:
+                if index in copied and packet.size:  # the demuxer's flush packets carry no data
+                    pipe.put(pipe.decoded, ("packet", packet))
+                continue
+            decoding = decoded(packet)
+        for frame in decoding:
             frames.append(frame)
             if len(frames) == batch:
                 pipe.put(pipe.decoded, ("frames", frames))
                 frames = []
+        if pipe.read_error is not None:
+            break
     if frames:
         pipe.put(pipe.decoded, ("frames", frames))
     pipe.put(pipe.decoded, _END)
@@ -151,7 +289,10 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress)
     while (item := pipe.get(pipe.upscaled)) is not _END:
         kind, payload = item
         if kind == "packet":
-            payload.stream = stream_map[payload.stream.index]
+            ostream_copy, convert = stream_map[payload.stream.index]
+            if convert is not None and (payload := convert(payload)) is None:
+                continue
+            payload.stream = ostream_copy
             out_container.mux(payload)
             continue
         arr, done, meta = payload
@@ -173,14 +314,38 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress)
 def _open_input(av, path: Path):
     if not path.exists():
         raise VideoError(f"{path}: no such file")
+    if path.is_dir():
+        raise VideoError(f"{path} is a folder, not a video")
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise VideoError(f"cannot read {path} as a video: {e}") from None
     if not container.streams.video:
         container.close()
-        raise VideoError(f"{path} has no video stream")
+        raise VideoError(f"cannot read {path} as a video: it has no video stream")
     return container
+
+
+def _damage_report(pipe: _Pipe, frames: int, expected: int, start: float, duration: float | None, rate: Fraction) -> str | None:
+    """Why the input looks truncated or damaged (None when it does not).
+
+    ``expected``: the frame count the container stores (0 if none); ``start``, ``duration``: the
+    container's, in seconds.
+    """
+    why = []
+    if pipe.read_error is not None:
+        why.append(f"reading stopped early: {pipe.read_error}")
+    if pipe.decode_errors:
+        why.append(f"{pipe.decode_errors} undecodable video packet(s) skipped (last: {pipe.decode_error})")
+    if pipe.corrupt:
+        why.append(f"{pipe.corrupt} packet(s) flagged corrupt by the demuxer")
+    if expected and frames < expected - max(1, expected // 100):
+        why.append(f"{frames} of the {expected} video frames it announces decoded")
+    if duration and pipe.end - start < duration - max(2 / float(rate), 0.02 * duration):
+        why.append(f"its streams end after {pipe.end - start:.2f} s of the {duration:.2f} s the container announces")
+    if not why:
+        return None
+    return "; ".join(why) + f"; the output holds the {frames} frame(s) that could be decoded"
 
 
 def upscale_video(
@@ -205,8 +370,29 @@ def upscale_video(
     """Upscale the video ``src`` into ``dst``; returns a summary (frames, seconds, fps, sizes, streams).
 
     The first video stream is upscaled, audio and subtitle streams are copied, frame timestamps are
-    kept. Raises :class:`VideoError` for an unreadable input, an existing ``dst`` without ``force``, or
-    an encoder that cannot be opened.
+    kept. The output is written to a hidden temporary file beside ``dst`` and renamed to ``dst`` only
+    once complete: on any error neither ``dst`` nor the temporary file is left behind.
+
+    Streams the output container cannot hold (its muxer refuses the codec):
+
+    * a text subtitle (SubRip, ASS/SSA, WebVTT, mov_text) is rewritten, cue by cue with the same
+      timestamps, as mov_text (MP4, MOV, 3GP) or SubRip (Matroska and the like), as plain text: ASS
+      styling and SubRip/WebVTT markup are dropped; the summary's ``copied_streams`` says
+      ``"subtitle (srt -> mov_text)"``;
+    * any other stream (a bitmap subtitle such as DVD/PGS, an audio codec the container refuses) is
+      skipped with a warning on stderr naming the stream (``not copying subtitle stream #2 ...``).
+
+    A truncated or damaged input is upscaled as far as it decodes: video packets the decoder rejects
+    are skipped, a demuxer error ends the input there, and when that happened, or the streams end
+    noticeably before the duration the container announces (a file cut short), a warning on stderr
+    says so (``... looks truncated or damaged ...``) and the summary's ``damaged`` holds the reason;
+    the output is a complete, playable file of the frames that could be decoded. An input that cannot
+    be opened at all (e.g. an MP4 cut before its index, the ``moov`` atom at its end), has no video
+    stream or yields no video frame is an error.
+
+    Raises :class:`VideoError` for a missing or unreadable input, an existing ``dst`` without
+    ``force``, an output folder that does not exist or cannot be written, or an encoder that cannot
+    be opened.
     """
     av = _import_av()
     from tqdm import tqdm
@@ -217,10 +403,13 @@ def upscale_video(
     s = _check_scale(scale)
     if batch < 1:
         raise VideoError(f"--batch must be >= 1, got {batch}")
+    if dst.is_dir():
+        raise VideoError(f"{dst} is a folder; give the output video's file name")
     if dst.exists() and not force:
         raise VideoError(f"{dst} exists; pass --force to overwrite it")
     if not dst.parent.is_dir():
-        raise VideoError(f"{dst.parent}: output folder does not exist")
+        what = "is not a folder" if dst.parent.exists() else "output folder does not exist"
+        raise VideoError(f"{dst.parent}: {what}")
     if not dst.suffix:
         raise VideoError(f"{dst}: give the output a container suffix (.mp4, .mkv, .mov...)")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -228,7 +417,11 @@ def upscale_video(
     kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory}
 
     inp = _open_input(av, src)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
+    except OSError as e:
+        inp.close()
+        raise VideoError(f"cannot write into {dst.parent}: {e.strerror or e}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     ok = False
@@ -237,7 +430,7 @@ def upscale_video(
         vin.thread_type = "AUTO"
         try:
             out = av.open(str(tmp), mode="w")
-        except (av.error.FFmpegError, ValueError) as e:
+        except (av.error.FFmpegError, OSError, ValueError) as e:
             raise VideoError(f"cannot write {dst}: {e}") from None
         with out:
             rate = vin.average_rate or vin.guessed_rate or Fraction(25)
@@ -257,13 +450,11 @@ def upscale_video(
             if preset is not None:
                 options["preset"] = preset
             ostream.options = options
-            copied, stream_map = [], {}
+            stream_map, kinds = {}, []
             for st in (*inp.streams.audio, *inp.streams.subtitles):
-                try:
-                    stream_map[st.index] = out.add_stream_from_template(st)
-                    copied.append(st)
-                except (av.error.FFmpegError, ValueError) as e:
-                    print(f"vdsr-fast video: warning: not copying {st.type} stream #{st.index}: {e}", file=sys.stderr)
+                if (added := _copy_stream(av, out, st)) is not None:
+                    stream_map[st.index] = added[:2]
+                    kinds.append(added[2])
 
             total = vin.frames or None
             if total is None and inp.duration:  # e.g. Matroska stores no frame count
@@ -272,7 +463,7 @@ def upscale_video(
             pipe = _Pipe(depth=2)
             t0 = time.perf_counter()
             threads = [
-                _worker(pipe, _reader, inp, vin, copied, batch),
+                _worker(pipe, _reader, av, inp, vin, set(stream_map), batch),
                 _worker(pipe, _upscaler, s, model, device, kw),
                 _worker(pipe, _writer, av, out, ostream, stream_map, bar),
             ]
@@ -290,11 +481,17 @@ def upscale_video(
             seconds = time.perf_counter() - t0
             if pipe.error is not None:
                 e = pipe.error
-                if isinstance(e, av.error.FFmpegError):
+                if isinstance(e, (av.error.FFmpegError, OSError)):
                     raise VideoError(f"{src} -> {dst}: {e}") from e
                 raise e
             frames = pipe.frames
-            kinds = [st.type for st in copied]  # before the input is closed
+            if frames == 0:
+                cause = pipe.read_error or pipe.decode_error
+                raise VideoError(f"cannot read {src} as a video: no video frame could be decoded" + (f" ({cause})" if cause else ""))
+            start = (inp.start_time or 0) / 1e6
+            damaged = _damage_report(pipe, frames, vin.frames or 0, start, inp.duration / 1e6 if inp.duration else None, rate)
+        if damaged is not None:
+            _warn(f"{src} looks truncated or damaged: {damaged}")
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, dst)
         ok = True
@@ -311,12 +508,19 @@ def upscale_video(
         "size_in": (w, h),
         "size_out": (w * s, h * s),
         "copied_streams": kinds,
+        "damaged": damaged,
         "device": str(device),
     }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vdsr-fast video", description="Upscale a video with VDSR (decode, upscale, encode overlap; audio and subtitles copied).")
+    p = argparse.ArgumentParser(
+        prog="vdsr-fast video",
+        description="Upscale a video with VDSR (decode, upscale, encode overlap; audio and subtitles copied).",
+        epilog="Text subtitles the output container cannot hold are rewritten (mov_text for .mp4/.mov, SubRip otherwise); "
+        "other streams it cannot hold are skipped with a warning. A truncated or damaged input is upscaled as far as it "
+        "decodes, with a warning; the output only appears, under its final name, once complete.",
+    )
     p.add_argument("input", help="input video (anything FFmpeg reads)")
     p.add_argument("output", help="output video; the container comes from the suffix (.mp4, .mkv, ...)")
     p.add_argument("--scale", "-s", type=int, default=2, choices=[2, 3, 4])

@@ -1,0 +1,177 @@
+"""vdsr-fast video on bad inputs and outputs: a clear message, exit status 2, and nothing left behind.
+
+Truncated inputs follow upscale_video's docstring: a file that still opens is upscaled as far as it
+decodes, with a warning; one that does not open (an MP4 cut before its index) is an error.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av", reason="PyAV is not installed (pip install av): the video command needs it")
+
+from test_video import H, N, W, _make_clip, _probe, _run  # noqa: E402
+
+from vdsr_fast import save  # noqa: E402
+
+
+@pytest.fixture
+def weights(tmp_path_factory, tiny_model):
+    # outside tmp_path, so each test's folder holds only what the test makes
+    return str(save(tiny_model, tmp_path_factory.mktemp("weights") / "tiny.safetensors"))
+
+
+def _listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _fails(capsys, *argv, message):
+    """Run the command: exit status 2 and ``message`` in the error line; returns stderr."""
+    assert _run(*argv) == 2
+    err = capsys.readouterr().err
+    assert "vdsr-fast video: error:" in err and message in err, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_random_bytes(tmp_path, weights, capsys):
+    bad = tmp_path / "noise.mp4"
+    bad.write_bytes(np.random.default_rng(0).bytes(20_000))
+    out = tmp_path / "out.mp4"
+    err = _fails(capsys, bad, out, "--weights", weights, message="cannot read")
+    assert str(bad) in err
+    assert _listing(tmp_path) == ["noise.mp4"]
+
+
+def test_missing_input(tmp_path, weights, capsys):
+    _fails(capsys, tmp_path / "missing.mp4", tmp_path / "out.mp4", "--weights", weights, message="no such file")
+    _fails(capsys, tmp_path, tmp_path / "out.mp4", "--weights", weights, message="is a folder, not a video")
+    assert _listing(tmp_path) == []
+
+
+def test_mp4_cut_before_its_index_is_an_error(tmp_path, weights, capsys):
+    full = tmp_path / "full.mp4"
+    _make_clip(full)  # the index (moov) is written at the end
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    _fails(capsys, cut, tmp_path / "out.mp4", "--weights", weights, message=f"cannot read {cut} as a video")
+    assert _listing(tmp_path) == ["cut.mp4", "full.mp4"]
+
+
+def _faststart(src, dst):
+    """Remux with the MP4 index first, so a cut file still opens."""
+    with av.open(str(src)) as i, av.open(str(dst), "w", options={"movflags": "faststart"}) as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for p in i.demux():
+            if p.size:
+                p.stream = streams[p.stream.index]
+                o.mux(p)
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_truncated_input_is_upscaled_as_far_as_it_decodes(tmp_path, weights, capsys, suffix):
+    full = tmp_path / f"full{suffix}"
+    if suffix == ".mp4":
+        _make_clip(tmp_path / "plain.mp4")
+        _faststart(tmp_path / "plain.mp4", full)
+        (tmp_path / "plain.mp4").unlink()
+    else:
+        _make_clip(full)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    out = tmp_path / f"out{suffix}"
+    assert _run(cut, out, "--weights", weights) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {cut} looks truncated or damaged" in captured.err
+    assert "that could be decoded" in captured.err
+    got, src = _probe(out), _probe(full)
+    frames = len(got["times"])
+    assert 0 < frames < N and f"{frames} frames" in captured.out
+    assert got["size"] == (2 * W, 2 * H) and got["audio"] == ["aac"]
+    assert got["times"] == src["times"][:frames]  # the first frames, at their times
+    assert _listing(tmp_path) == sorted([full.name, cut.name, out.name])
+
+
+def test_intact_input_gives_no_truncation_warning(tmp_path, weights, capsys):
+    src = tmp_path / "in.mkv"  # Matroska stores no frame count: the check is on the stream end times
+    _make_clip(src)
+    assert _run(src, tmp_path / "out.mkv", "--weights", weights) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_input_with_no_decodable_frame_is_an_error(tmp_path, weights, capsys):
+    full = tmp_path / "full.mkv"
+    _make_clip(full)
+    with av.open(str(full)) as c:  # cut inside the first video packet: the headers parse, no frame decodes
+        first = next(p for p in c.demux(video=0) if p.size)
+        cut_at = first.pos + first.size // 2
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(full.read_bytes()[:cut_at])
+    _fails(capsys, cut, tmp_path / "out.mkv", "--weights", weights, message=f"cannot read {cut} as a video: no video frame could be decoded")
+    assert _listing(tmp_path) == ["cut.mkv", "full.mkv"]
+
+
+@pytest.fixture
+def clip(tmp_path_factory):
+    p = tmp_path_factory.mktemp("clip") / "in.mp4"
+    _make_clip(p)
+    return p
+
+
+def test_existing_output_needs_force(clip, tmp_path, weights, capsys):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"keep me")
+    _fails(capsys, clip, out, "--weights", weights, message=f"{out} exists; pass --force to overwrite it")
+    assert out.read_bytes() == b"keep me" and _listing(tmp_path) == ["out.mp4"]
+    folder = tmp_path / "folder.mp4"
+    folder.mkdir()
+    _fails(capsys, clip, folder, "--weights", weights, "--force", message="is a folder")
+    assert _listing(folder) == []
+
+
+def test_output_folder_missing_or_not_a_folder(clip, tmp_path, weights, capsys):
+    _fails(capsys, clip, tmp_path / "nowhere" / "out.mp4", "--weights", weights, message="output folder does not exist")
+    (tmp_path / "file").write_bytes(b"")
+    _fails(capsys, clip, tmp_path / "file" / "out.mp4", "--weights", weights, message="is not a folder")
+    assert _listing(tmp_path) == ["file"]
+
+
+def test_output_folder_not_writable(clip, tmp_path, weights, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # what a read-only folder does (root ignores chmod)
+    _fails(capsys, clip, tmp_path / "out.mp4", "--weights", weights, message=f"cannot write into {tmp_path}: Permission denied")
+    assert _listing(tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_output_folder_read_only(clip, tmp_path, weights, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        _fails(capsys, clip, ro / "out.mp4", "--weights", weights, message=f"cannot write into {ro}")
+        assert _listing(ro) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_failure_mid_stream_leaves_nothing(clip, tmp_path, weights, monkeypatch):
+    import vdsr_fast.api
+
+    real, calls = vdsr_fast.api.upscale, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom in batch 2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vdsr_fast.api, "upscale", flaky)
+    with pytest.raises(RuntimeError, match="boom in batch 2"):
+        _run(clip, tmp_path / "out.mp4", "--weights", weights, "--batch", "3")
+    assert _listing(tmp_path) == []
+
