@@ -6,7 +6,8 @@
 # (with the session's `run` tool: run(command="bash benchmarks/gpu_check.sh", timeout_s=540)).
 # It prints the card and versions, builds the CUDA extension vdsr_fast._C in place (a failed build is
 # logged and the rest runs without the cuda backend), runs the GPU test suite, runs compute-sanitizer
-# once on a tiny input when the extension built, runs the latency benchmark, and prints the markdown
+# once on a tiny input when the extension built, measures `vdsr-fast video` (frames/s, GPU busy
+# fraction; benchmarks/bench_video.py), runs the latency benchmark, and prints the markdown
 # table LAST. Everything it writes goes to $OUT (default: benchmarks/results/gpu_check/): env.txt,
 # build.log, pytest.log, junit.xml, sanitizer.log, bench.log and the results <date>_<card>.json/.md,
 # which are also copied to benchmarks/results/ (commit that JSON; see benchmarks/README.md).
@@ -17,7 +18,8 @@
 #   BUILD_CAP_S=180  TEST_CAP_S=150  SANITIZER_CAP_S=60   per-step caps
 #   VDSR_FAST_CUDA_ARCHS    default from the card (9.0 -> "90a", else e.g. "80")
 #   BENCH_ARGS="..."        extra bench_latency flags, e.g. "--compile" or "--sizes 1080p"
-#   SKIP_BUILD=1 SKIP_TESTS=1 SKIP_SANITIZER=1            skip a step
+#   VIDEO_CAP_S=90                                         vdsr-fast video throughput step
+#   SKIP_BUILD=1 SKIP_TESTS=1 SKIP_SANITIZER=1 SKIP_VIDEO=1  skip a step
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -150,6 +152,27 @@ for dt in (torch.float16, torch.bfloat16):
   fi
 fi
 
+# ---------------------------------------------------------------- 3b. vdsr-fast video: frames/s, GPU busy
+if [[ "${SKIP_VIDEO:-0}" != 1 ]]; then
+  T=$(share "${VIDEO_CAP_S:-90}" $((BENCH_MIN + 5)))
+  if ((T < 30)); then
+    SUMMARY+=("video: skipped (no time left)")
+  else
+    log "bench_video: 960x540 -> 1920x1080, 120 frames, batch 8 (timeout ${T}s) -> $OUT/video.log"
+    set +e
+    timeout "$T" "$PY" -m benchmarks.bench_video --out "$OUT" >"$OUT/video.log" 2>&1
+    rc=$?
+    set -e
+    tail -n 3 "$OUT/video.log" || true
+    if ((rc == 0)); then
+      SUMMARY+=("video: $(tail -n 1 "$OUT/video.log" | sed 's/ -> [^ ]*$//' | cut -c1-200)")
+      cp "$OUT"/*_video_*.json "$ROOT/benchmarks/results/" 2>/dev/null || true
+    else
+      SUMMARY+=("video: FAILED rc=$rc (see video.log)")
+    fi
+  fi
+fi
+
 # ---------------------------------------------------------------- 4. the benchmark
 T=$(share 100000 15)
 BUDGET_IN=$((T - 45))  # the benchmark stops starting new rows this early, then writes its files
@@ -160,7 +183,7 @@ set +e
 timeout "$T" "$PY" -m benchmarks.bench_latency --out "$OUT" --budget-s "$BUDGET_IN" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
 rc=$?
 set -e
-JSON=$(ls -t "$OUT"/*.json 2>/dev/null | head -n 1 || true)
+JSON=$(ls -t "$OUT"/*.json 2>/dev/null | grep -v _video_ | head -n 1 || true)
 case $rc in
   0) SUMMARY+=("bench: done") ;;
   3) SUMMARY+=("bench: done, SOME PATH FAILED ITS REFERENCE CHECK (rows marked FAIL)") ;;

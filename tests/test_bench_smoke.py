@@ -142,3 +142,18 @@ def test_parse_size():
     assert bench.parse_size("37x53:2") == ("37x53", 37, 53, 2)
     with pytest.raises(ValueError):
         bench.parse_size("huge")
+
+
+def test_bench_video_smoke(capsys, tmp_path):
+    """benchmarks/bench_video.py --smoke: a generated clip with audio through upscale_video on the CPU,
+    its JSON written (GPU busy fraction None without CUDA)."""
+    pytest.importorskip("av")
+    from benchmarks import bench_video
+
+    assert bench_video.main(["--smoke", "--out", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "6 frames" in line and "64x48" in line
+    result = json.loads(Path(line.rsplit("-> ", 1)[1]).read_text())
+    summary = result["summary"]
+    assert summary["frames"] == 6 and summary["size_out"] == [64, 48] and summary["copied_streams"] == ["audio"]
+    assert summary["gpu_busy_fraction"] is None and summary["gpu_busy_s"] is None

@@ -169,6 +169,14 @@ class _Pipe:
         self.decode_error: BaseException | None = None  # the last of them
         self.corrupt = 0  # packets the demuxer flagged as corrupt (e.g. cut short by the end of the file)
         self.end = 0.0  # the latest packet end time read from the input, in seconds
+        self.gpu_spans: list = []  # (start, end) CUDA events around each batch's network work
+
+    def gpu_busy_seconds(self) -> float | None:
+        """GPU time spent upscaling (sum over batches, read once the run is over), None on a CPU."""
+        if not self.gpu_spans:
+            return None
+        self.gpu_spans[-1][1].synchronize()
+        return sum(a.elapsed_time(b) for a, b in self.gpu_spans) / 1e3
 
     def fail(self, e: BaseException) -> None:
         if self.error is None:
@@ -275,7 +283,11 @@ def _upscaler(pipe: _Pipe, scale: int, model, device: torch.device, kw: dict) ->
             continue
         with torch.cuda.stream(stream):
             x = host.pin_memory().to(device, non_blocking=True)
+            span = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            span[0].record(stream)
             y = upscale(x, scale, model, layout="NHWC", **kw)
+            span[1].record(stream)
+            pipe.gpu_spans.append(span)
             back = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
             back.copy_(y, non_blocking=True)
             done = torch.cuda.Event()
@@ -367,7 +379,8 @@ def upscale_video(
     force: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Upscale the video ``src`` into ``dst``; returns a summary (frames, seconds, fps, sizes, streams).
+    """Upscale the video ``src`` into ``dst``; returns a summary (frames, seconds, fps, sizes, streams,
+    and on a GPU ``gpu_busy_fraction``: the share of the wall time the GPU spent upscaling).
 
     The first video stream is upscaled, audio and subtitle streams are copied, frame timestamps are
     kept. The output is written to a hidden temporary file beside ``dst`` and renamed to ``dst`` only
@@ -479,6 +492,7 @@ def upscale_video(
             finally:
                 bar.close()
             seconds = time.perf_counter() - t0
+            busy = pipe.gpu_busy_seconds()
             if pipe.error is not None:
                 e = pipe.error
                 if isinstance(e, (av.error.FFmpegError, OSError)):
@@ -510,6 +524,10 @@ def upscale_video(
         "copied_streams": kinds,
         "damaged": damaged,
         "device": str(device),
+        # Sum of the CUDA-event spans around each batch's upscale() on the GPU stream, over the wall
+        # time of decode + upscale + encode: how much of the run the GPU spent on the frames.
+        "gpu_busy_s": busy,
+        "gpu_busy_fraction": None if busy is None else busy / seconds,
     }
 
 
@@ -564,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     (w, h), (W, H) = r["size_in"], r["size_out"]
     extra = f", copied {', '.join(r['copied_streams'])}" if r["copied_streams"] else ""
+    if r["gpu_busy_fraction"] is not None:
+        extra += f", GPU busy {100 * r['gpu_busy_fraction']:.0f}% of the time"
     print(f"{r['input']} ({w}x{h}) -> {r['output']} ({W}x{H}), {r['frames']} frames in {r['seconds']:.1f} s ({r['fps']:.2f} fps) on {r['device']}{extra}")
     return 0
 
