@@ -5,6 +5,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import torch
 
 av = pytest.importorskip("av", reason="PyAV is not installed (pip install av): the video command needs it")
 
@@ -236,3 +237,11 @@ def test_forwarded_by_the_cli(clip, weights, tmp_path):
     out = tmp_path / "out.mp4"
     assert cli.main(["video", str(clip), str(out), "--weights", weights, "--quiet", "--device", "cpu"]) == 0
     assert _probe(out)["size"] == (2 * W, 2 * H)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_busy_fraction_is_reported(clip, tiny_model, tmp_path):
+    from vdsr_fast.video import upscale_video
+
+    r = upscale_video(clip, tmp_path / "gpu.mp4", 2, tiny_model.cuda(), device="cuda", progress=False)
+    assert r["frames"] == N and 0 < r["gpu_busy_s"] <= r["seconds"] and 0 < r["gpu_busy_fraction"] <= 1
