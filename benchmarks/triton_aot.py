@@ -1,0 +1,157 @@
+"""Compile the Triton kernels for GPUs that are not here, and report what the compiler made of them.
+
+    python -m benchmarks.triton_aot                 # sm_80 and sm_90, every kernel the engine launches
+    python -m benchmarks.triton_aot --json out.json
+
+Needs no GPU: the engine's own launchers run on small CPU tensors with ``JITFunction.run`` replaced by a
+recorder, so each kernel is captured with exactly the arguments, constexprs, ``num_warps`` and
+``num_stages`` a real launch passes. Each capture is then specialised the way Triton's launcher
+specialises it (16-byte-aligned pointers, integers divisible by 16, integers equal to 1) for the target
+and compiled to PTX and a cubin with Triton's bundled ``ptxas``. Reported per kernel and target: shared
+memory, registers and spills (``ptxas -v``), and which instructions carry the work (``wgmma``,
+``mma.sync``, ``cp.async``, TMA). Two frame shapes are captured, one with every size a multiple of 16
+and one odd, because they specialise (and compile) differently.
+
+``tests/test_triton_aot.py`` runs :func:`compile_all` in CI, so a kernel that would not compile on the
+GPU, or would need more shared memory than the card has, fails before anyone gets a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+if os.environ.get("TRITON_INTERPRET") == "1":  # must be decided before triton is imported
+    os.environ.pop("TRITON_INTERPRET")
+    if "triton" in sys.modules:
+        raise RuntimeError("triton_aot: triton was already imported in interpreter mode; run this in a fresh process")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.jit import JITFunction, MockTensor, create_function_from_signature  # noqa: E402
+
+from vdsr_fast import VDSR  # noqa: E402
+from vdsr_fast.kernels.triton import conv3x3, tail  # noqa: E402
+
+# Shared memory per block (opt-in maximum) of the reference cards: A100 (sm_80) and H100 (sm_90).
+SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+SHAPES = {"aligned": (2, 32, 48), "odd": (1, 37, 53)}  # (N, H, W) of the Y plane
+
+
+@dataclass
+class Compiled:
+    kernel: str
+    target: str
+    shape: str
+    dtype: str
+    config: str
+    shared_bytes: int
+    registers: int | None
+    spill_bytes: int | None
+    wgmma: bool
+    mma_sync: bool
+    cp_async: bool
+    tma: bool
+
+
+def _capture(dtype: torch.dtype, shape: tuple[int, int, int], body_configs=(None,)) -> list[tuple[JITFunction, tuple, dict]]:
+    """Every kernel launch of one network forward, as (kernel, args, kwargs), without running any;
+    the body layer once per entry of ``body_configs`` (None: the default heuristic)."""
+    launches = []
+    real_run = JITFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        launches.append((self, args, kwargs))
+
+    model = VDSR(depth=3, channels=64)  # head, one 64->64 body layer, tail: every kernel and config
+    n, h, w = shape
+    y = torch.rand(n, 1, h, w)
+    JITFunction.run = record
+    try:
+        a = conv3x3.conv3x3_head(y, conv3x3.pack_conv3x3_weight(model.layers[0].weight, dtype), model.layers[0].bias.float())
+        for config in body_configs:
+            b = conv3x3.conv3x3_bias_relu(a, conv3x3.pack_conv3x3_weight(model.layers[1].weight, dtype), model.layers[1].bias.float(), config=config)
+        tail.conv3x3_tail_residual(b, tail.pack_tail_weight(model.layers[2].weight, dtype), model.layers[2].bias.float().reshape(1), y)
+    finally:
+        JITFunction.run = real_run
+    return launches
+
+
+def _ptxas_usage(ptx: str, arch: str) -> tuple[int | None, int | None]:
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        r = subprocess.run([str(ptxas), f"-arch={arch}", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
+                           capture_output=True, text=True, check=False)
+    info = r.stdout + r.stderr
+    regs = re.search(r"Used (\d+) registers", info)
+    spills = re.findall(r"(\d+) bytes spill stores", info)
+    return (int(regs.group(1)) if regs else None, sum(map(int, spills)) if spills else None)
+
+
+def compile_launch(fn: JITFunction, args: tuple, kwargs: dict, capability: int):
+    """Specialise and compile one captured launch for ``sm_<capability>``; returns the CompiledKernel."""
+    target = GPUTarget("cuda", capability, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    wrap = lambda v: MockTensor(v.dtype) if torch.is_tensor(v) else v  # data_ptr 0: 16-byte aligned
+    kwargs = {k: wrap(v) for k, v in kwargs.items()} | {"debug": False}
+    bound, specialization, options = binder(*map(wrap, args), **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, torch.float32), candidates=False) -> list[Compiled]:
+    """Compile every launch of a forward for each dtype, frame shape and target; with ``candidates``
+    the body layer also in every :func:`~vdsr_fast.kernels.triton.conv3x3.body_config_candidates` config."""
+    rows = []
+    for dtype in dtypes:
+        body = [None, *conv3x3.body_config_candidates(dtype)[1:]] if candidates else [None]
+        for shape_name, shape in SHAPES.items():
+            for fn, args, kwargs in _capture(dtype, shape, body):
+                config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k.startswith(("BLOCK", "num_", "SHARE")))
+                name = fn.fn.__name__ + ("(head)" if kwargs.get("HEAD") else "")
+                for cap in capabilities:
+                    k = compile_launch(fn, args, kwargs, cap)
+                    ptx = k.asm["ptx"]
+                    arch = re.search(r"\.target (sm_\w+)", ptx).group(1)
+                    regs, spills = _ptxas_usage(ptx, arch)
+                    rows.append(Compiled(
+                        name, arch, shape_name, str(dtype).replace("torch.", ""), config, k.metadata.shared, regs, spills,
+                        "wgmma" in ptx, "mma.sync" in ptx, "cp.async" in ptx, "cp.async.bulk.tensor" in ptx,
+                    ))  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="triton_aot", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--targets", default="80,90", help="compute capabilities, e.g. 80,90")
+    p.add_argument("--dtypes", default="float16,bfloat16,float32")
+    p.add_argument("--candidates", action="store_true", help="also every body config the GPU benchmark sweeps")
+    args = p.parse_args(argv)
+    dtypes = tuple(getattr(torch, d) for d in args.dtypes.split(","))
+    rows = compile_all(tuple(int(c) for c in args.targets.split(",")), dtypes, args.candidates)
+    print("| kernel | target | shape | dtype | config | shared KB | regs | spill B | wgmma | mma.sync | cp.async | TMA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    yes = lambda b: "yes" if b else "-"
+    for r in rows:
+        print(f"| {r.kernel} | {r.target} | {r.shape} | {r.dtype} | {r.config} | {r.shared_bytes / 1024:.0f} | {r.registers} | "
+              f"{r.spill_bytes} | {yes(r.wgmma)} | {yes(r.mma_sync)} | {yes(r.cp_async)} | {yes(r.tma)} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
