@@ -28,6 +28,10 @@ constexpr int kChannels = 64;  // the body kernels are written for exactly 64 ch
 enum DType : int { kFloat16 = 0, kBFloat16 = 1 };
 
 [[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* what, const char* file, int line) {
+  // A failed runtime call (e.g. cudaFuncSetAttribute for a variant larger than the device's opt-in
+  // shared memory) also stays recorded as the runtime's "last error"; clear it (if not sticky), or the
+  // next VDSR_CHECK_LAUNCH (cudaGetLastError) after a successful launch would report it again.
+  cudaGetLastError();
   throw std::runtime_error(std::string("vdsr_fast._C: CUDA error '") + cudaGetErrorString(err) + "' (" +
                            cudaGetErrorName(err) + ") from " + what + " at " + file + ":" + std::to_string(line));
 }

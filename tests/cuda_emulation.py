@@ -1,0 +1,581 @@
+"""A numpy emulator of the CUDA kernels in ``csrc/`` (no GPU needed): a line-by-line transliteration.
+
+The functions below follow the kernel source statement by statement (``# cuh:NNN`` names the line of
+``csrc/conv3x3_body.cuh``, ``# ht:NNN`` of ``csrc/head_tail.cu``, ``# du:NNN`` of
+``csrc/device_utils.cuh``), so an index bug in a kernel is reproduced here rather than corrected.  What
+is *not* taken from the kernel source is the semantics of the hardware, written out from the PTX ISA:
+
+* ``ldmatrix.sync.aligned.m8n8.x4.shared.b16`` (no ``.trans``): lane ``8*i + r`` gives the shared
+  address of row ``r`` of matrix ``i`` (16 contiguous bytes, 16-byte aligned); lane ``l`` receives in
+  register ``i`` the elements ``(row l // 4, cols 2*(l % 4), 2*(l % 4) + 1)`` of matrix ``i``, the
+  lower column in the low 16 bits.
+* ``mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}``: with ``g = lane >> 2``, ``t = lane & 3``,
+  A regs = ``A[g][2t..]``, ``A[g+8][2t..]``, ``A[g][2t+8..]``, ``A[g+8][2t+8..]``; B regs =
+  ``B[2t..2t+1][g]``, ``B[2t+8..2t+9][g]``; C/D = ``C[g][2t]``, ``C[g][2t+1]``, ``C[g+8][2t]``,
+  ``C[g+8][2t+1]`` (fp32).  The product is formed in float64 and rounded to fp32 once per mma.
+* ``cp.async.cg.shared.global [dst], [src], 16, src_size``: 16 bytes; ``src_size == 0`` reads nothing
+  and zero-fills the destination.  ``commit_group`` closes a group (possibly empty);
+  ``wait_group N`` completes every committed group but the newest ``N``.
+
+Beyond values, the emulator checks what a single run on a GPU would not reliably show:
+
+* global reads/writes are bounds-checked (negative offsets included) and alignment-checked
+  (16 bytes for ``cp.async`` and ``uint4``, 4 bytes for the epilogue's ``uint32_t`` stores);
+* every output element is written exactly once (``writes`` counters);
+* shared memory starts as NaN; a read of a chunk that was never written, whose ``cp.async`` has not
+  completed (``wait_group``), or that completed without a ``__syncthreads`` since (other threads'
+  copies are not visible yet) raises :class:`Hazard`; so does a ``cp.async`` into a chunk that was read
+  since the last ``__syncthreads`` (write-after-read: the refill of a stage still being computed on);
+* every ``ldmatrix`` phase (8 row addresses) is checked to hit 8 distinct 16-byte bank groups.
+
+``eager=True`` lands each ``cp.async`` at issue (the earliest the hardware may), ``eager=False`` at
+the ``wait_group`` that completes it (the latest); a correct kernel gives the same result both ways.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+
+# cuh:53-58
+KC = 64
+ROW_BYTES = KC * 2
+CHUNKS = ROW_BYTES // 16
+TAPS = 9
+WEIGHT_BYTES = TAPS * KC * ROW_BYTES
+TILE_W = 16
+
+LANE = np.arange(32)
+GID = LANE >> 2  # mma groupID
+TIG = LANE & 3  # mma threadID_in_group
+
+NEVER = np.iinfo(np.int64).max  # "ready" epoch of a shared chunk never written
+PENDING = NEVER - 1  # "ready" epoch of a chunk with a cp.async in flight
+
+
+class Hazard(AssertionError):
+    """A shared-memory race, an out-of-bounds or misaligned access, or a bank conflict."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# The variant list, read from the source (cuh:306-309) so new variants are covered automatically.
+# ---------------------------------------------------------------------------------------------------
+def body_variants_from_source(path: Path = CSRC / "conv3x3_body.cuh") -> list[tuple[int, int, int, int]]:
+    lines = path.read_text().splitlines()
+    start = next(i for i, s in enumerate(lines) if s.startswith("#define VDSR_BODY_VARIANTS(X)"))
+    body = []
+    i = start
+    while lines[i].rstrip().endswith("\\"):
+        i += 1
+        body.append(lines[i])
+    text = "\n".join(re.sub(r"/\*.*?\*/", "", s) for s in body)
+    return [tuple(int(v) for v in m) for m in re.findall(r"X\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)", text)]
+
+
+@dataclass(frozen=True)
+class BodyTile:
+    """cuh:63-77."""
+
+    warps_m: int
+    warps_n: int
+    mi: int
+    stages: int
+
+    def __post_init__(self):
+        assert self.warps_n in (1, 2, 4)  # cuh:65
+        assert self.stages >= 2  # cuh:66
+        assert self.ni % 2 == 0  # cuh:70
+
+    threads = property(lambda s: 32 * s.warps_m * s.warps_n)  # cuh:67
+    ncols = property(lambda s: KC // s.warps_n)  # cuh:68
+    ni = property(lambda s: s.ncols // 8)  # cuh:69
+    tile_h = property(lambda s: s.warps_m * s.mi)  # cuh:71
+    halo_h = property(lambda s: s.tile_h + 2)  # cuh:72
+    halo_w = property(lambda s: TILE_W + 2)  # cuh:73
+    halo_pix = property(lambda s: s.halo_h * s.halo_w)  # cuh:74
+    stage_bytes = property(lambda s: s.halo_pix * ROW_BYTES)  # cuh:75
+    smem_bytes = property(lambda s: WEIGHT_BYTES + s.stages * s.stage_bytes)  # cuh:76
+
+
+# ---------------------------------------------------------------------------------------------------
+# Storage types (du:17-40): 16-bit patterns <-> fp32, round to nearest even.
+# ---------------------------------------------------------------------------------------------------
+class Half:
+    name = "float16"
+    poison = 0x7E00  # a NaN
+
+    @staticmethod
+    def to_float(bits):
+        return np.asarray(bits).astype(np.uint16).view(np.float16).astype(np.float32)
+
+    @staticmethod
+    def from_float(v):
+        return np.asarray(v, np.float32).astype(np.float16).view(np.uint16)
+
+
+class BFloat16:
+    name = "bfloat16"
+    poison = 0x7FC0
+
+    @staticmethod
+    def to_float(bits):
+        return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
+
+    @staticmethod
+    def from_float(v):
+        u = np.asarray(v, np.float32).view(np.uint32).astype(np.uint64)
+        r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+        return np.where(np.isnan(np.asarray(v, np.float32)), np.uint16(0x7FC0), r)
+
+
+def pack2(T, lo, hi):
+    """du:22-25 / du:33-36: ``.x = lo`` at the lower address = the low 16 bits."""
+    return T.from_float(lo).astype(np.uint32) | (T.from_float(hi).astype(np.uint32) << 16)
+
+
+def unpack2(T, u):
+    """du:26-28 / du:37-39."""
+    u = np.asarray(u, np.uint32)
+    return T.to_float(u & 0xFFFF), T.to_float(u >> 16)
+
+
+def relu_keep_nan(v):
+    """du:43: ``v < 0 ? 0 : v``."""
+    v = np.asarray(v, np.float32)
+    return np.where(v < 0, np.float32(0), v).astype(np.float32)
+
+
+def fmaf(a, b, c):
+    """fp32 fused multiply-add (the fp32 product is exact in float64)."""
+    return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + np.asarray(c, np.float64)).astype(np.float32)
+
+
+def unsigned_lt(v, n):
+    """``static_cast<unsigned>(v) < static_cast<unsigned>(n)`` for int32 v, n >= 0."""
+    return (np.asarray(v, np.int64) & 0xFFFFFFFF) < n
+
+
+def strided_loop(tid, total, step):
+    """The union over threads of ``for (i = threadIdx.x; i < total; i += step)`` (order irrelevant)."""
+    i = (tid[None, :] + step * np.arange(-(-total // step))[:, None]).ravel()
+    return i[i < total]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Global memory: flat arrays with bounds and alignment checks (base pointers are 256-byte aligned).
+# ---------------------------------------------------------------------------------------------------
+class Global:
+    def __init__(self, name, array):
+        self.name = name
+        self.a = np.ascontiguousarray(array).ravel()
+        self.writes = np.zeros(self.a.size, np.int32)
+
+    def _check(self, off, n, align_bytes):
+        off = np.asarray(off, np.int64)
+        if off.size and (off.min() < 0 or off.max() + n > self.a.size):
+            raise Hazard(
+                f"out-of-bounds access to {self.name}: offsets {off.min()}..{off.max()} + {n}, size {self.a.size}"
+            )
+        if off.size and np.any((off * self.a.itemsize) % align_bytes):
+            raise Hazard(f"misaligned {align_bytes}-byte access to {self.name}")
+        return off
+
+    def load(self, off, n=1, align_bytes=None):
+        off = self._check(off, n, align_bytes or n * self.a.itemsize)
+        if n == 1:
+            return self.a[off]
+        return self.a[off[..., None] + np.arange(n)]
+
+    def store(self, off, values, n=1, align_bytes=None):
+        off = self._check(off, n, align_bytes or n * self.a.itemsize)
+        idx = off[..., None] + np.arange(n) if n > 1 else off
+        self.a[idx] = values
+        np.add.at(self.writes, idx.ravel(), 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared memory, cp.async groups and barriers of one CTA (per-CTA: every thread of the kernels issues
+# the same commit/wait sequence, and each wait is followed by __syncthreads).
+# ---------------------------------------------------------------------------------------------------
+class Cta:
+    def __init__(self, smem_bytes, poison, eager):
+        assert smem_bytes % 16 == 0
+        self.h = np.full(smem_bytes // 2, poison, np.uint16)  # 16-bit words
+        self.ready = np.full(smem_bytes // 16, NEVER, np.int64)  # epoch in which a chunk's write completed
+        self.last_read = np.full(smem_bytes // 16, -1, np.int64)  # epoch of the last read of a chunk
+        self.epoch = 0  # number of __syncthreads so far
+        self.eager = eager
+        self.open: list = []  # copies issued since the last commit
+        self.groups: list = []  # committed, not yet completed groups, oldest first
+
+    def syncthreads(self):
+        self.epoch += 1
+
+    def cp_async_16(self, dst, gmem: Global, src, valid):
+        """du:55-59 for a batch of threads: ``src_size = valid ? 16 : 0``."""
+        dst = np.asarray(dst, np.int64).ravel()
+        src = np.asarray(src, np.int64).ravel()
+        valid = np.broadcast_to(np.asarray(valid, bool), dst.shape).ravel()
+        if np.any(dst % 16) or dst.min() < 0 or dst.max() + 16 > self.h.size * 2:
+            raise Hazard("cp.async: shared destination out of range or not 16-byte aligned")
+        # The source address must be valid and aligned even with src_size 0 (the kernel passes the base).
+        data = gmem.load(src, 8, align_bytes=16)
+        data = np.where(valid[:, None], data, np.uint16(0))
+        chunk = dst // 16
+        if np.any(self.last_read[chunk] >= self.epoch):
+            raise Hazard("cp.async into shared memory read since the last __syncthreads (write-after-read)")
+        self.ready[chunk] = PENDING
+        if self.eager:
+            self.h[(dst // 2)[:, None] + np.arange(8)] = data
+        self.open.append((dst, data))
+
+    def commit(self):
+        self.groups.append(self.open)
+        self.open = []
+
+    def wait_group(self, n):
+        while len(self.groups) > n:
+            for dst, data in self.groups.pop(0):
+                if not self.eager:
+                    self.h[(dst // 2)[:, None] + np.arange(8)] = data
+                self.ready[dst // 16] = self.epoch  # visible to other threads after the next barrier
+
+    def ldmatrix_x4(self, addr):
+        """``ldmatrix.sync.aligned.m8n8.x4.shared.b16``; ``addr[..., lane]`` -> ``r[..., lane, 4]`` (uint32)."""
+        addr = np.asarray(addr, np.int64)
+        assert addr.shape[-1] == 32
+        if np.any(addr % 16) or addr.min() < 0 or addr.max() + 16 > self.h.size * 2:
+            raise Hazard("ldmatrix: row address out of range or not 16-byte aligned")
+        chunk = addr // 16
+        state = self.ready[chunk]
+        if state.max() >= self.epoch:
+            if np.any(state == NEVER):
+                raise Hazard("ldmatrix reads shared memory that was never written")
+            if np.any(state == PENDING):
+                raise Hazard("ldmatrix reads shared memory whose cp.async has not completed (wait_group)")
+            raise Hazard("ldmatrix reads cp.async data without a __syncthreads after its wait_group")
+        self.last_read[chunk] = self.epoch
+        rows = addr.reshape(addr.shape[:-1] + (4, 8))  # [matrix i][row r] <- lane 8i + r
+        banks = (rows >> 4) & 7  # 16-byte bank group of each row (smem base 128-byte aligned)
+        if np.any(np.bitwise_or.reduce(1 << banks, axis=-1) != 0xFF):
+            raise Hazard("ldmatrix phase with a shared-memory bank conflict")
+        row_addr = rows[..., LANE // 4]  # [matrix i][lane l]: the row lane l receives
+        w = (row_addr >> 1) + 2 * TIG  # 16-bit word of column 2*(l % 4)
+        lo = self.h[w].astype(np.uint32)
+        hi = self.h[w + 1].astype(np.uint32)
+        return np.moveaxis(lo | (hi << 16), -2, -1)  # [..., lane, i]
+
+
+def _fragment_maps():
+    """The PTX fragment tables of mma.m16n8k16 (f16/bf16 A and B, f32 C/D) as gather indices.
+
+    A: lane l, register r, half h -> A[g + 8*(r & 1)][2t + 8*(r >> 1) + h]
+    B: lane l, register r, half h -> B[2t + 8*r + h][g]
+    C: lane l, element e          -> C[g + 8*(e >> 1)][2t + (e & 1)]
+    Returned as, for each matrix element (row-major), the flat index of the (lane, reg, half) slot.
+    """
+    a = np.full(256, -1)
+    b = np.full(128, -1)
+    c = np.full(128, -1)
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        for r in range(4):
+            for h in range(2):
+                a[(g + 8 * (r & 1)) * 16 + 2 * t + 8 * (r >> 1) + h] = (lane * 4 + r) * 2 + h
+        for r in range(2):
+            for h in range(2):
+                b[(2 * t + 8 * r + h) * 8 + g] = (lane * 2 + r) * 2 + h
+        for e in range(4):
+            c[(g + 8 * (e >> 1)) * 8 + 2 * t + (e & 1)] = lane * 4 + e
+    for m in (a, b, c):  # every matrix element comes from exactly one slot
+        assert sorted(m) == list(range(m.size))
+    return a, b, c, np.argsort(c)
+
+
+A_FROM_FRAG, B_FROM_FRAG, C_FROM_FRAG, FRAG_FROM_C = _fragment_maps()
+assert np.little_endian  # a .b32 register viewed as two 16-bit halves: low half first
+
+
+def _halves(T, regs):
+    """(..., 32, R) uint32 -> (..., 32 * R * 2) floats in (lane, reg, half) order, half 0 = low 16 bits."""
+    regs = np.ascontiguousarray(regs, np.uint32)
+    return T.to_float(regs.view(np.uint16)).reshape(regs.shape[:-2] + (-1,))
+
+
+def mma_16816(T, c, a, b0, b1):
+    """``mma.sync.aligned.m16n8k16.row.col.f32.T.T.f32`` (du:95-112); arrays end in the lane axis (32).
+
+    ``a`` (..., 32, 4) and ``b0``, ``b1`` (..., 32) are .b32 registers, ``c`` (..., 32, 4) fp32.
+    """
+    A = _halves(T, a)[..., A_FROM_FRAG].reshape(a.shape[:-2] + (16, 16)).astype(np.float64)
+    B = _halves(T, np.stack([b0, b1], axis=-1))[..., B_FROM_FRAG].reshape(b0.shape[:-1] + (16, 8))
+    C = np.asarray(c, np.float32).reshape(c.shape[:-2] + (128,))[..., C_FROM_FRAG].reshape(c.shape[:-2] + (16, 8))
+    D = (A @ B + C).astype(np.float32)
+    return D.reshape(D.shape[:-2] + (128,))[..., FRAG_FROM_C].reshape(D.shape[:-2] + (32, 4))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The body kernel (cuh:79-256) and its launcher (cuh:266-302).
+# ---------------------------------------------------------------------------------------------------
+def swz(row, j):
+    """cuh:80-82."""
+    row = np.asarray(row, np.int64)
+    return row * ROW_BYTES + ((np.asarray(j, np.int64) ^ (row & 7)) << 4)
+
+
+def tile_coord(tile_h, tile, tiles_x, tiles_y):
+    """cuh:88-93 -> (b, y0, x0)."""
+    tx = tile % tiles_x
+    rest = tile // tiles_x
+    return rest // tiles_y, (rest % tiles_y) * tile_h, tx * TILE_W
+
+
+def load_halo(K: BodyTile, cta: Cta, dst, g_in: Global, tc, H, W):
+    """cuh:96-112."""
+    b, y0, x0 = tc
+    img = np.int64(b) * H * W * KC  # cuh:99
+    tid = np.arange(K.threads)
+    i = strided_loop(tid, K.halo_pix * CHUNKS, K.threads)  # cuh:100
+    p = i >> 3  # cuh:101
+    j = i & 7  # cuh:102
+    hy = p // K.halo_w  # cuh:103
+    hx = p - hy * K.halo_w  # cuh:104
+    y = y0 - 1 + hy  # cuh:105
+    x = x0 - 1 + hx  # cuh:106
+    inside = unsigned_lt(y, H) & unsigned_lt(x, W)  # cuh:107-108
+    src = np.where(inside, img + (y.astype(np.int64) * W + x) * KC + j * 8, 0)  # cuh:109 (`in` when outside)
+    cta.cp_async_16(dst + swz(p, j), g_in, src, inside)  # cuh:110
+
+
+def body_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager):
+    """One CTA of ``conv3x3_body_kernel`` (cuh:114-256); warps are an array axis, lanes the last axis."""
+    tile_h = K.tile_h  # cuh:119
+    nthreads = K.threads  # cuh:120
+    ni_n, ncols = K.ni, K.ncols  # cuh:121-122
+    cta = Cta(K.smem_bytes, T.poison, eager)  # cuh:123
+    smem_w = 0  # cuh:124 (offsets relative to the 128-byte aligned dynamic shared memory)
+    smem_halo = smem_w + WEIGHT_BYTES  # cuh:125
+
+    nwarps = nthreads // 32
+    warp = np.arange(nwarps)[:, None]  # cuh:128 (threadIdx.x >> 5), shape (warps, 1)
+    lane = LANE[None, :]  # cuh:127, shape (1, 32)
+    warp_m = warp // K.warps_n  # cuh:129
+    warp_n = warp % K.warps_n  # cuh:130
+    g = lane >> 2  # cuh:131
+    t = lane & 3  # cuh:132
+    tid = np.arange(nthreads)
+
+    # cuh:135-140: weights, cp.async group 0
+    i = strided_loop(tid, TAPS * KC * CHUNKS, nthreads)
+    row = i >> 3
+    j = i & 7
+    cta.cp_async_16(smem_w + swz(row, j), g_w, row * KC + j * 8, True)
+    cta.commit()
+
+    # cuh:143-149: bias_r[ni][0/1] per thread -> shape (warps, 32, NI, 2)
+    ni = np.arange(ni_n)
+    n = warp_n[..., None] * ncols + ni * 8 + 2 * t[..., None]
+    bias_r = np.stack([g_bias.load(n), g_bias.load(n + 1)], axis=-1).astype(np.float32)
+
+    # cuh:153-160: prologue
+    for s in range(K.stages - 1):
+        tile = block_idx + s * grid_dim
+        if tile < num_tiles:
+            load_halo(K, cta, smem_halo + s * K.stage_bytes, g_in, tile_coord(tile_h, tile, tiles_x, tiles_y), H, W)
+        cta.commit()
+
+    a_row = lane & 15  # cuh:165
+    a_khalf = lane >> 4  # cuh:166
+    b_n = (lane & 7) + ((lane >> 4) << 3)  # cuh:171
+    b_khalf = (lane >> 3) & 1  # cuh:172
+
+    mi = np.arange(K.mi)[None, :, None]  # the unrolled mi loops as an axis: (1, MI, 1)
+    np_ = np.arange(ni_n // 2)[None, :, None]  # the unrolled np loop: (1, NI/2, 1)
+    it = 0  # cuh:174
+    tile = block_idx
+    while tile < num_tiles:  # cuh:175
+        nxt = tile + (K.stages - 1) * grid_dim  # cuh:178
+        if nxt < num_tiles:  # cuh:179-182
+            dst = smem_halo + ((it + K.stages - 1) % K.stages) * K.stage_bytes
+            load_halo(K, cta, dst, g_in, tile_coord(tile_h, nxt, tiles_x, tiles_y), H, W)
+        cta.commit()  # cuh:183
+        cta.wait_group(K.stages - 1)  # cuh:188
+        cta.syncthreads()  # cuh:189
+
+        halo = smem_halo + (it % K.stages) * K.stage_bytes  # cuh:191
+        acc = np.zeros((nwarps, K.mi, ni_n, 32, 4), np.float32)  # cuh:192-198
+        for tap in range(TAPS):  # cuh:201
+            ky = tap // 3  # cuh:202
+            kx = tap % 3  # cuh:203
+            for kk in range(KC // 16):  # cuh:205
+                p = (warp_m[:, None] * K.mi + mi + ky) * K.halo_w + a_row + kx  # cuh:210, (warps, MI, 32)
+                a = cta.ldmatrix_x4(halo + swz(p, kk * 2 + a_khalf))  # cuh:211, (warps, MI, 32, 4)
+                n = warp_n[:, None] * ncols + np_ * 16 + b_n  # cuh:216, (warps, NI/2, 32)
+                r = cta.ldmatrix_x4(smem_w + swz(tap * KC + n, kk * 2 + b_khalf))  # cuh:218
+                b = np.empty((nwarps, ni_n, 32, 2), np.uint32)
+                b[:, 0::2, :, 0] = r[..., 0]  # cuh:219
+                b[:, 0::2, :, 1] = r[..., 1]  # cuh:220
+                b[:, 1::2, :, 0] = r[..., 2]  # cuh:221
+                b[:, 1::2, :, 1] = r[..., 3]  # cuh:222
+                # cuh:225-227: acc[mi][ni] = mma(acc[mi][ni], a[mi], b[ni][0], b[ni][1])
+                acc = mma_16816(T, acc, a[:, :, None], b[:, None, :, :, 0], b[:, None, :, :, 1])
+        cta.syncthreads()  # cuh:231
+
+        tb, ty0, tx0 = tile_coord(tile_h, tile, tiles_x, tiles_y)  # cuh:235
+        for m in range(K.mi):  # cuh:237
+            y = ty0 + warp_m * K.mi + m  # cuh:238, (warps, 1)
+            for half in range(2):  # cuh:241
+                x = tx0 + g + 8 * half  # cuh:242, (1, 32)
+                live = (y < H) & (x < W)  # cuh:239 and cuh:243 (`continue`)
+                dst = ((np.int64(tb) * H + y) * W + x) * KC + warp_n * ncols + 2 * t  # cuh:244
+                for k in range(ni_n):  # cuh:246
+                    v0 = relu_keep_nan(acc[:, m, k, :, 2 * half + 0] + bias_r[:, :, k, 0])  # cuh:247
+                    v1 = relu_keep_nan(acc[:, m, k, :, 2 * half + 1] + bias_r[:, :, k, 1])  # cuh:248
+                    word = pack2(T, v0, v1)  # cuh:249: one 4-byte store of two channels
+                    lo = (word & 0xFFFF).astype(np.uint16)
+                    hi = (word >> 16).astype(np.uint16)
+                    d = np.broadcast_to(dst + k * 8, live.shape)[live]
+                    g_out.store(d, np.stack([lo[live], hi[live]], axis=-1), n=2, align_bytes=4)
+        tile += grid_dim  # cuh:175
+        it += 1
+    cta.wait_group(0)  # cuh:255
+    if cta.open:
+        raise Hazard("cp.async copies issued but never committed")
+
+
+def launch_body(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False):
+    """cuh:266-302 with ``resident_ctas`` standing for ``sms * per_sm``.
+
+    ``x_bits`` (N, H, W, 64) and ``w_bits`` (9, 64, 64) are uint16 patterns of ``T``; ``bias`` fp32 (64,).
+    Returns the output bit patterns (N, H, W, 64) (NaN-poisoned where never written) and the write counts.
+    """
+    K = BodyTile(*variant)
+    n, h, w_, c = x_bits.shape
+    assert c == KC and w_bits.shape == (TAPS, KC, KC)
+    g_in = Global("in", x_bits.astype(np.uint16))
+    g_out = Global("out", np.full(x_bits.shape, T.poison, np.uint16))
+    g_w = Global("w", w_bits.astype(np.uint16))
+    g_bias = Global("bias", np.asarray(bias, np.float32))
+    tiles_x = (w_ + TILE_W - 1) // TILE_W  # cuh:289
+    tiles_y = (h + K.tile_h - 1) // K.tile_h  # cuh:290
+    num_tiles = n * tiles_x * tiles_y  # cuh:291-296
+    assert num_tiles <= 2**31 - 1
+    grid = num_tiles if num_tiles < resident_ctas else resident_ctas  # cuh:297
+    for block_idx in range(grid):  # cuh:298 (CTAs are independent: disjoint outputs, read-only inputs)
+        body_kernel_cta(K, T, g_in, g_out, g_w, g_bias, h, w_, tiles_x, tiles_y, num_tiles, block_idx, grid, eager)
+    return g_out.a.reshape(x_bits.shape), g_out.writes.reshape(x_bits.shape)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Head and tail kernels (head_tail.cu), all threads of all blocks at once.
+# ---------------------------------------------------------------------------------------------------
+THREADS_PER_BLOCK = 256  # ht:30
+
+
+def checked_blocks(threads):
+    """ht:125-131."""
+    blocks = (threads + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+    assert blocks <= 2**31 - 1
+    return blocks
+
+
+def launch_head(T, x, w, bias):
+    """ht:135-148 + ht:32-77.  ``x`` fp32 (N, H, W), ``w`` fp32 (64, 9), ``bias`` fp32 (64,)."""
+    n, h, w_ = x.shape
+    chunks = n * h * w_ * 8  # ht:137
+    grid = checked_blocks(chunks)  # ht:138
+    g_x = Global("x", np.asarray(x, np.float32))
+    g_out = Global("out", np.full((n, h, w_, KC), T.poison, np.uint16))
+    g_w = Global("w", np.asarray(w, np.float32))
+    g_b = Global("bias", np.asarray(bias, np.float32))
+    tid = np.arange(THREADS_PER_BLOCK)
+    sw = g_w.load(strided_loop(tid, KC * 9, THREADS_PER_BLOCK))  # ht:38 (sw[i] = w[i], i ascending)
+    sb = g_b.load(strided_loop(tid, KC, THREADS_PER_BLOCK))  # ht:39
+    assert sw.size == KC * 9 and sb.size == KC
+    idx = np.arange(grid * THREADS_PER_BLOCK, dtype=np.int64)  # ht:42: blockIdx.x * blockDim.x + threadIdx.x
+    idx = idx[idx < chunks]  # ht:43
+    j = (idx & 7).astype(np.int64)  # ht:44
+    pix = idx >> 3  # ht:45
+    plane = np.int64(h) * w_  # ht:46
+    b = pix // plane  # ht:47
+    rem = pix - b * plane  # ht:48
+    y = rem // w_  # ht:49
+    xx = rem - y * w_  # ht:50
+    img = b * plane  # ht:51
+    v = []
+    for tap in range(9):  # ht:55
+        yy = y + tap // 3 - 1  # ht:56
+        xs = xx + tap % 3 - 1  # ht:57
+        inside = unsigned_lt(yy, h) & unsigned_lt(xs, w_)  # ht:58-59
+        val = np.zeros(idx.shape, np.float32)
+        val[inside] = g_x.load((img + yy * w_ + xs)[inside])  # ht:60
+        v.append(val)
+    packed = []
+    for q in range(4):  # ht:64
+        o = []
+        for e in range(2):  # ht:67
+            n_ = j * 8 + q * 2 + e  # ht:68
+            acc = sb[n_]  # ht:69
+            for tap in range(9):  # ht:71
+                acc = fmaf(sw[n_ * 9 + tap], v[tap], acc)
+            o.append(relu_keep_nan(acc))  # ht:72
+        packed.append(pack2(T, o[0], o[1]))  # ht:74
+    words = np.stack(packed, axis=-1)  # ht:76: uint4 = 8 halves, .x first
+    halves = np.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1, 8).astype(np.uint16)
+    g_out.store(pix * KC + j * 8, halves, n=8, align_bytes=16)
+    return g_out.a.reshape(n, h, w_, KC), g_out.writes.reshape(n, h, w_, KC)
+
+
+def launch_tail(T, act_bits, x, w, bias, *, alias_y_to_x=False):
+    """ht:150-164 + ht:79-123.  ``act_bits`` (N, H, W, 64) uint16, ``x`` fp32 (N, H, W), ``w`` fp32 (9, 64).
+
+    ``alias_y_to_x`` runs it in place (y == x, which vdsr_kernels.h allows).
+    """
+    n, h, w_, _ = act_bits.shape
+    chunks = n * h * w_ * 8  # ht:152
+    grid = checked_blocks(chunks)  # ht:153
+    g_act = Global("act", act_bits.astype(np.uint16))
+    g_x = Global("x", np.asarray(x, np.float32).copy())
+    g_y = g_x if alias_y_to_x else Global("y", np.full((n, h, w_), np.nan, np.float32))
+    g_w = Global("w", np.asarray(w, np.float32))
+    g_b = Global("bias", np.asarray(bias, np.float32))
+    tid = np.arange(THREADS_PER_BLOCK)
+    sw = g_w.load(strided_loop(tid, 9 * KC, THREADS_PER_BLOCK))  # ht:84
+    assert sw.size == 9 * KC
+    idx = np.arange(grid * THREADS_PER_BLOCK, dtype=np.int64)  # ht:87
+    valid = idx < chunks  # ht:88
+    j = (idx & 7).astype(np.int64)  # ht:89
+    pix = idx >> 3  # ht:90
+    acc = np.zeros(idx.shape, np.float32)  # ht:91
+    plane = np.int64(h) * w_  # ht:93
+    b = pix // plane  # ht:94
+    rem = pix - b * plane  # ht:95
+    py = rem // w_  # ht:96
+    px = rem - py * w_  # ht:97
+    img = b * plane * KC  # ht:98
+    for tap in range(9):  # ht:100
+        yy = py + tap // 3 - 1  # ht:101
+        xs = px + tap % 3 - 1  # ht:102
+        take = valid & unsigned_lt(yy, h) & unsigned_lt(xs, w_)  # ht:92, ht:103-106
+        u = g_act.load((img + (yy * w_ + xs) * KC + j * 8)[take], 8, align_bytes=16)  # ht:107 (uint4)
+        words = u[:, 0::2].astype(np.uint32) | (u[:, 1::2].astype(np.uint32) << 16)  # ht:108
+        wt = tap * KC + j[take] * 8  # ht:109
+        a = acc[take]
+        for q in range(4):  # ht:111
+            fx, fy = unpack2(T, words[:, q])  # ht:112
+            a = fmaf(sw[wt + 2 * q], fx, a)  # ht:113
+            a = fmaf(sw[wt + 2 * q + 1], fy, a)  # ht:114
+        acc[take] = a
+    lanes = acc.reshape(-1, 32)  # ht:119-121: __shfl_xor_sync within each warp (all 32 lanes take part)
+    for m in (4, 2, 1):
+        lanes = (lanes + lanes[:, LANE ^ m]).astype(np.float32)
+    acc = lanes.ravel()
+    out = valid & (j == 0)  # ht:122
+    xv = g_x.load(pix[out])
+    g_y.store(pix[out], (xv + (g_b.load(np.zeros(out.sum(), np.int64)) + acc[out])).astype(np.float32))
+    return g_y.a.reshape(n, h, w_).copy(), g_y.writes.reshape(n, h, w_)

@@ -1,0 +1,202 @@
+"""The CUDA kernels of csrc/ replayed by the numpy emulator (tests/cuda_emulation.py) against conv2d.
+
+No GPU needed: the emulator transliterates the kernels' index math (halo loads with the swizzle and
+zero fill, ldmatrix addresses, mma fragments, the K loop, the epilogue, the persistent tile walk and
+the cp.async pipeline) and models the PTX instructions from the PTX ISA.  It also checks bounds,
+alignment, shared-memory races (cp.async wait_group / __syncthreads) and bank conflicts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests import cuda_emulation as emu
+from vdsr_fast.kernels.cuda import pack_body_weight
+from vdsr_fast.reference import vdsr_forward
+
+VARIANTS = emu.body_variants_from_source()
+TYPES = {torch.float16: emu.Half, torch.bfloat16: emu.BFloat16}
+REL = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # > half an ulp of the stored output
+SIZES = [(2, 1, 1), (2, 5, 7), (2, 17, 33), (2, 37, 53)]
+
+
+def bits(t: torch.Tensor) -> np.ndarray:
+    """uint16 patterns of a float16 / bfloat16 tensor."""
+    return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def body_case(n, h, w, dtype, seed=0):
+    """Random NHWC input, a packed layer and a bias, plus the float64 conv2d reference (NHWC)."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, h, w, 64, generator=g) * 2 - 1).to(dtype)
+    wt = (torch.randn(64, 64, 3, 3, generator=g) / 24).to(dtype)  # pre-activation std ~0.6
+    b = torch.rand(64, generator=g) * 1.5 - 0.5
+    ref = F.conv2d(x.double().permute(0, 3, 1, 2), wt.double(), b.double(), padding=1).relu().permute(0, 2, 3, 1)
+    return bits(x), bits(pack_body_weight(wt, dtype)), b.numpy(), ref.numpy()
+
+
+def check_close(got: np.ndarray, ref: np.ndarray, rel: float, what: str):
+    assert not np.isnan(got).any(), f"{what}: NaN in the output (poisoned memory read or never written)"
+    err = np.abs(got.astype(np.float64) - ref)
+    bad = err > rel * np.abs(ref) + 1e-5
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise AssertionError(
+            f"{what}: {bad.sum()} of {bad.size} values differ, first at {idx}: {got[idx]} vs {ref[idx]}"
+        )
+
+
+def run_body(variant, dtype, size, **kw):
+    T = TYPES[dtype]
+    x, w, b, ref = body_case(*size, dtype)
+    out, writes = emu.launch_body(variant, T, x, w, b, **kw)
+    assert (writes == 1).all(), "every output element must be written exactly once"
+    return T.to_float(out), ref
+
+
+def test_variant_table_is_read_and_fits_shared_memory():
+    assert len(VARIANTS) >= 3
+    smem = [emu.BodyTile(*v).smem_bytes for v in VARIANTS]
+    assert smem[:3] == [198144, 156672, 119808]  # csrc/README.md: 198 KB, 157 KB, 120 KB
+    assert max(smem) <= 227 * 1024  # H100/H200 opt-in per block
+    assert min(smem) <= 163 * 1024  # A100 opt-in per block
+
+
+def test_mma_fragments_against_a_scalar_transcription_of_the_ptx_tables():
+    rng = np.random.default_rng(0)
+    T = emu.Half
+    A = T.to_float(T.from_float(rng.uniform(-1, 1, (16, 16))))
+    B = T.to_float(T.from_float(rng.uniform(-1, 1, (16, 8))))
+    C = rng.uniform(-1, 1, (16, 8)).astype(np.float32)
+    a = np.zeros((32, 4), np.uint32)
+    b0 = np.zeros(32, np.uint32)
+    b1 = np.zeros(32, np.uint32)
+    c = np.zeros((32, 4), np.float32)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for reg, (r, k) in enumerate([(g, 2 * t), (g + 8, 2 * t), (g, 2 * t + 8), (g + 8, 2 * t + 8)]):
+            a[lane, reg] = int(emu.pack2(T, A[r, k], A[r, k + 1]))
+        b0[lane] = int(emu.pack2(T, B[2 * t, g], B[2 * t + 1, g]))
+        b1[lane] = int(emu.pack2(T, B[2 * t + 8, g], B[2 * t + 9, g]))
+        c[lane] = [C[g, 2 * t], C[g, 2 * t + 1], C[g + 8, 2 * t], C[g + 8, 2 * t + 1]]
+    d = emu.mma_16816(T, c, a, b0, b1)
+    D = (A.astype(np.float64) @ B + C).astype(np.float32)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        assert list(d[lane]) == [D[g, 2 * t], D[g, 2 * t + 1], D[g + 8, 2 * t], D[g + 8, 2 * t + 1]]
+
+
+def test_ldmatrix_lane_mapping():
+    cta = emu.Cta(4096, emu.Half.poison, eager=True)
+    cta.h[:] = np.arange(2048, dtype=np.uint16)  # word w holds w
+    cta.ready[:] = -1
+    row_addr = lambda i, r: r * 128 + ((i ^ r) * 16)  # row r of matrix i (conflict-free placement)
+    r = cta.ldmatrix_x4(np.array([row_addr(lane // 8, lane % 8) for lane in range(32)]))
+    for lane in range(32):
+        for i in range(4):
+            w = row_addr(i, lane // 4) // 2 + 2 * (lane % 4)
+            assert r[lane, i] == w | ((w + 1) << 16)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "v{}{}{}{}".format(*v))
+def test_body_fp16_matches_conv2d(variant, size):
+    # 3 resident CTAs: several tiles per CTA, every stage reused, the empty trailing groups.
+    got, ref = run_body(variant, torch.float16, size, resident_ctas=3)
+    check_close(got, ref, REL[torch.float16], f"body {variant} fp16 {size}")
+
+
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[-1]], ids=lambda v: "v{}{}{}{}".format(*v))
+@pytest.mark.parametrize("resident", [1, 1000])
+def test_body_bf16_eager_copies_and_grid_sizes(variant, resident):
+    # eager: copies land at issue (a refill racing the compute on its stage would corrupt it);
+    # resident 1: one CTA walks all tiles; 1000: one tile per CTA (the prologue's empty groups).
+    got, ref = run_body(variant, torch.bfloat16, (2, 17, 33), resident_ctas=resident, eager=True)
+    check_close(got, ref, REL[torch.bfloat16], f"body {variant} bf16 {resident} CTAs")
+
+
+# --- the emulator's own checks catch the bugs they are there for -------------------------------------
+def test_detects_a_missing_wait(monkeypatch):
+    orig = emu.Cta.wait_group
+    monkeypatch.setattr(emu.Cta, "wait_group", lambda self, n: orig(self, n + 1 if n else 0))
+    with pytest.raises(emu.Hazard, match="not completed"):
+        emu.launch_body(VARIANTS[0], emu.Half, *body_case(1, 20, 20, torch.float16)[:3], resident_ctas=1)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_detects_a_missing_barrier(monkeypatch, which):
+    orig = emu.Cta.syncthreads
+
+    def sync(self):  # drop the barrier after the wait (which=0) or after the compute (which=1)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls % 2 != which:
+            orig(self)
+
+    monkeypatch.setattr(emu.Cta, "syncthreads", sync)
+    with pytest.raises(emu.Hazard):
+        emu.launch_body(VARIANTS[1], emu.Half, *body_case(1, 40, 20, torch.float16)[:3], resident_ctas=1)
+
+
+def test_detects_bank_conflicts(monkeypatch):
+    monkeypatch.setattr(emu, "swz", lambda row, j: np.asarray(row, np.int64) * emu.ROW_BYTES + (np.asarray(j) << 4))
+    with pytest.raises(emu.Hazard, match="bank conflict"):
+        emu.launch_body(VARIANTS[0], emu.Half, *body_case(1, 5, 7, torch.float16)[:3])
+
+
+def test_detects_a_fragment_mixup(monkeypatch):
+    orig = emu.mma_16816
+    monkeypatch.setattr(emu, "mma_16816", lambda T, c, a, b0, b1: orig(T, c, a, b1, b0))  # k halves of B swapped
+    got, ref = run_body(VARIANTS[0], torch.float16, (1, 5, 7))
+    with pytest.raises(AssertionError, match="differ"):
+        check_close(got, ref, REL[torch.float16], "mutant")
+
+
+# --- head and tail ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_head_matches_conv2d(dtype, size):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(size, generator=g)
+    w = torch.randn(64, 1, 3, 3, generator=g) * 0.5
+    b = torch.randn(64, generator=g) * 0.2
+    out, writes = emu.launch_head(TYPES[dtype], x.numpy(), w.reshape(64, 9).numpy(), b.numpy())  # cuda.py:185
+    assert (writes == 1).all()
+    ref = F.conv2d(x.double()[:, None], w.double(), b.double(), padding=1).relu().permute(0, 2, 3, 1)
+    check_close(TYPES[dtype].to_float(out), ref.numpy(), REL[dtype], f"head {dtype} {size}")
+
+
+@pytest.mark.parametrize("alias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_tail_matches_conv2d(dtype, size, alias):
+    g = torch.Generator().manual_seed(2)
+    n, h, w_ = size
+    act = torch.rand(n, h, w_, 64, generator=g).to(dtype)
+    x = torch.rand(size, generator=g)
+    w = torch.randn(1, 64, 3, 3, generator=g) * 0.1
+    b = torch.randn(1, generator=g)
+    w_packed = w.permute(2, 3, 1, 0).reshape(9, 64)  # cuda.py:193
+    y, writes = emu.launch_tail(TYPES[dtype], bits(act), x.numpy(), w_packed.numpy(), b.numpy(), alias_y_to_x=alias)
+    assert (writes == 1).all()
+    ref = x.double() + F.conv2d(act.double().permute(0, 3, 1, 2), w.double(), b.double(), padding=1)[:, 0]
+    check_close(y, ref.numpy(), 1e-5, f"tail {dtype} {size}")
+
+
+def test_whole_network_chain_matches_the_reference():
+    """head -> two body layers (two variants) -> tail, weights packed as CudaBackend packs them."""
+    g = torch.Generator().manual_seed(3)
+    ws = [torch.randn(64, 1, 3, 3, generator=g) * 0.5] + [torch.randn(64, 64, 3, 3, generator=g) / 24] * 2
+    ws += [torch.randn(1, 64, 3, 3, generator=g) * 0.05]
+    bs = [torch.rand(64, generator=g) * 0.2 for _ in range(3)] + [torch.randn(1, generator=g) * 0.1]
+    ws[1], ws[2] = ws[1].half().float(), (ws[2] * 0.9).half().float()
+    x = torch.rand(1, 1, 9, 19, generator=g)
+    T = emu.Half
+    act, _ = emu.launch_head(T, x[:, 0].numpy(), ws[0].reshape(64, 9).numpy(), bs[0].numpy())
+    for i, variant in ((1, VARIANTS[0]), (2, VARIANTS[-1])):
+        act, _ = emu.launch_body(variant, T, act, bits(pack_body_weight(ws[i], torch.float16)), bs[i].numpy())
+    y, _ = emu.launch_tail(T, act, x[:, 0].numpy(), ws[3].permute(2, 3, 1, 0).reshape(9, 64).numpy(), bs[3].numpy())
+    ref = vdsr_forward(x.double(), ws, bs)[:, 0].numpy()
+    np.testing.assert_allclose(y, ref, rtol=0, atol=2e-3)
