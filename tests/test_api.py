@@ -148,3 +148,8 @@ def test_self_check_catches_a_wrong_backend(tiny_model):
     assert self_check(good, tiny_model, torch.device("cpu")) is None
     assert "self-check" in self_check(lambda y: good(y) + 0.1, tiny_model, torch.device("cpu"))
     assert "self-check" in self_check(lambda y: good(y) * float("nan"), tiny_model, torch.device("cpu"))
+
+    def raises(y):
+        raise RuntimeError("too many resources requested for launch")
+
+    assert "self-check run failed: RuntimeError: too many resources" in self_check(raises, tiny_model, torch.device("cpu"))

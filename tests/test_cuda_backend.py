@@ -235,6 +235,24 @@ def test_available_reports_missing_extension(monkeypatch):
         Engine(_model(depth=3), backend="cuda", device="cuda:0")
 
 
+def test_available_refuses_cards_with_too_little_shared_memory(monkeypatch):
+    """sm_86/sm_89 cards (RTX 30xx/40xx, L4) allow 99 KB of shared memory per block, less than any
+    body variant needs: the backend says so up front (and `auto` moves on) instead of failing at the
+    first launch. Simulated: the extension is real, the GPU's properties are stubbed."""
+    from types import SimpleNamespace
+
+    C = _ext()
+    need = min(v["smem_bytes"] for v in C.body_variants())
+    assert need > 99 * 1024
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (8, 9))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA L4")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=None: SimpleNamespace(shared_memory_per_block_optin=99 * 1024))
+    reason = CudaBackend.available(torch.device("cuda", 0))
+    assert reason == f"its body kernel needs {need} bytes of shared memory per block and NVIDIA L4 allows {99 * 1024}"
+
+
 def test_extension_argument_checks():
     """The binding validates pointers, shapes and dtype codes before touching the GPU."""
     C = _ext()

@@ -116,14 +116,17 @@ def available_backends(device: str | torch.device = "cuda") -> dict[str, str | N
 def self_check(run, model: VDSR, device: torch.device) -> str | None:
     """Run a fast backend once on a small random Y plane against the float64 reference.
 
-    A guard against gross failure (wrong kernel for this GPU, broken build, NaN), not the equivalence
-    test: the error must stay within 1e-2 + 5% of the residual's magnitude. Returns the reason on
+    A guard against gross failure (wrong kernel for this GPU, broken build, a launch error, NaN), not
+    the equivalence test: the error must stay within 1e-2 + 5% of the residual's magnitude. Returns the reason on
     failure, else None. Runs once per engine, at construction (it synchronises; the hot path never does).
     """
     g = torch.Generator().manual_seed(1234)
     x = torch.rand(1, 1, 24, 20, generator=g, dtype=torch.float64)
     ref = vdsr_forward(x, [w.detach().cpu().double() for w in model.weights], [b.detach().cpu().double() for b in model.biases])
-    got = run(x.float().to(device)).double().cpu()
+    try:
+        got = run(x.float().to(device)).double().cpu()
+    except Exception as e:  # e.g. a kernel that cannot launch on this GPU
+        return f"self-check run failed: {type(e).__name__}: {e}"
     err = (got - ref).abs().max().item()
     bound = 1e-2 + 0.05 * (ref - x).abs().max().item()
     if not err <= bound:  # also catches NaN
