@@ -125,3 +125,26 @@ def test_eval_bicubic_set5_x2_matches_paper(capsys):
 def test_console_script_entry_point():
     r = subprocess.run([sys.executable, "-m", "vdsr_fast.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "upscale" in r.stdout and "eval" in r.stdout
+
+
+def test_ctrl_c_while_writing_leaves_no_partial_file(tmp_path, capsys, weights, monkeypatch):
+    """Ctrl-C in the middle of encoding the output: exit 130, no file under the final name, no
+    temporary file, and a previous output (overwritten with --force) is kept whole."""
+    from PIL import Image
+
+    src, dst = tmp_path / "a.png", tmp_path / "b.png"
+    write_image(src, np.zeros((4, 4, 3), np.uint8))
+
+    def interrupted_save(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG half an image")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted_save)
+    code, _, err = _run(capsys, "upscale", str(src), "-o", str(dst), "--weights", weights)
+    assert code == 130 and "interrupted" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "tiny.safetensors"]
+    dst.write_bytes(b"previous output")
+    code, _, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--weights", weights, "--force")
+    assert code == 130 and dst.read_bytes() == b"previous output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "tiny.safetensors"]

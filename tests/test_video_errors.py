@@ -175,3 +175,24 @@ def test_failure_mid_stream_leaves_nothing(clip, tmp_path, weights, monkeypatch)
         _run(clip, tmp_path / "out.mp4", "--weights", weights, "--batch", "3")
     assert _listing(tmp_path) == []
 
+
+
+def test_ctrl_c_mid_stream_leaves_nothing_and_keeps_an_old_output(clip, tmp_path, weights, monkeypatch, capsys):
+    """Ctrl-C while frames are in flight (raised in the upscale thread, as a signal would surface in
+    any of them): exit 130, and the previous file under the output's name is untouched."""
+    import vdsr_fast.api
+
+    real, calls = vdsr_fast.api.upscale, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"the previous encode")
+    monkeypatch.setattr(vdsr_fast.api, "upscale", interrupted)
+    assert _run(clip, out, "--weights", weights, "--batch", "3", "--force") == 130
+    assert "vdsr-fast video: interrupted" in capsys.readouterr().err
+    assert _listing(tmp_path) == ["out.mp4"] and out.read_bytes() == b"the previous encode"
