@@ -133,3 +133,24 @@ def test_one_engine_per_cuda_stream(tiny_model):
     torch.cuda.synchronize(device)
     for o in outs:
         torch.testing.assert_close(o, expected, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_1080p_frames_without_memory_growth():
+    """1,000 uint8 RGB frames 960x540 -> 1920x1080 through upscale() into one `out=` on the GPU, with
+    the default engine: allocated memory after warm-up does not move, and the peak does not grow."""
+    from vdsr_fast import VDSR
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    model = VDSR().to(device)
+    frames = [torch.randint(0, 256, (1, 540, 960, 3), dtype=torch.uint8, device=device) for _ in range(2)]
+    out = torch.empty(1, 1080, 1920, 3, dtype=torch.uint8, device=device)
+    for i in range(20):  # warm-up: engine, self-check, kernels, resize tables, allocator pools
+        upscale(frames[i % 2], 2, model, out=out)
+    torch.cuda.synchronize(device)
+    before, peak = torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)
+    for i in range(1000):
+        upscale(frames[i % 2], 2, model, out=out)
+    torch.cuda.synchronize(device)
+    assert torch.cuda.memory_allocated(device) == before
+    assert torch.cuda.max_memory_allocated(device) <= peak
