@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import vdsr_fast
 from vdsr_fast.images import write_image
@@ -27,13 +28,26 @@ def test_pairs_are_matlab_bicubic_degradations(tmp_path):
 
 
 def test_patch_sampler_is_aligned_and_seeded(tmp_path):
-    pairs, _ = build_pairs(load_train_y([str(_images(tmp_path / "d", 2))], progress=False), [2], [1.0], progress=False)
-    pairs = [(hr, hr) for _, hr in pairs]  # identical input/target: crops must stay aligned
-    a = PatchSampler(pairs, 8, torch.Generator().manual_seed(1)).batch(5)
-    b = PatchSampler(pairs, 8, torch.Generator().manual_seed(1)).batch(5)
-    assert a[0].shape == (5, 1, 8, 8) and torch.equal(a[0], a[1]) and torch.equal(a[0], b[0])
+    """Every sampled (input, target) pair is the same crop of one training pair under the same one of
+    the 8 flips/rotations (found by brute force), and the same seed gives the same batch."""
+    pairs, _ = build_pairs(load_train_y([str(_images(tmp_path / "d", 2))], progress=False), [2, 3], [1.0], progress=False)
+    pairs = [(bic, hr + 1) for bic, hr in pairs]  # input and target differ everywhere
+    x, y = PatchSampler(pairs, 8, torch.Generator().manual_seed(1)).batch(40)
+    x2, y2 = PatchSampler(pairs, 8, torch.Generator().manual_seed(1)).batch(40)
+    assert x.shape == y.shape == (40, 1, 8, 8) and torch.equal(x, x2) and torch.equal(y, y2)
 
+    def views(t):  # the 8 flips/rotations of a patch, flattened: (8, 64)
+        return torch.stack([torch.rot90(v, k) for v in (t, t.t()) for k in range(4)]).reshape(8, -1)
 
+    crops = [(F.unfold(bic[None, None], 8)[0].t(), F.unfold(hr[None, None], 8)[0].t()) for bic, hr in pairs]  # (positions, 64)
+    used = set()
+    for px, py in zip(x[:, 0], y[:, 0]):
+        vx, vy = views(px), views(py)
+        hits = [(i, a) for i, (cx, cy) in enumerate(crops)
+                for a, pos in (((cx[None] == vx[:, None]).all(-1) & (cy[None] == vy[:, None]).all(-1)).nonzero().tolist())]
+        assert hits, "a sampled pair is not an aligned crop of a training pair"
+        used.add(hits[0][1])
+    assert len(used) >= 6  # the flips and rotations are drawn
 def test_train_checkpoint_resume_and_weights(tmp_path):
     data = _images(tmp_path / "data")
     common = dict(data=[str(data)], scales=[2, 3], downsizes=[1.0], patch=12, batch=2, depth=4, channels=8,

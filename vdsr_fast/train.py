@@ -134,35 +134,48 @@ def build_pairs(ys: list[torch.Tensor], scales: list[int], downsizes: list[float
 
 
 class PatchSampler:
-    """Random aligned crops of (input, target) pairs, with flips and rotations, from a torch Generator."""
+    """Random aligned crops of (input, target) pairs, with flips and rotations, from a torch Generator.
 
-    def __init__(self, pairs, patch: int, generator: torch.Generator) -> None:
-        self.pairs = [p for p in pairs if min(p[0].shape) >= patch]
-        if not self.pairs:
+    Every image is flattened into one buffer on ``device`` and a batch is two gathers with one index
+    tensor (image offset + crop position + one of the 8 flips/rotations), so sampling costs a few
+    kernel launches on a GPU instead of a Python loop over patches. The random draws come from the
+    CPU ``generator`` (its state is what a checkpoint saves).
+    """
+
+    def __init__(self, pairs, patch: int, generator: torch.Generator, device: torch.device | str = "cpu") -> None:
+        pairs = [p for p in pairs if min(p[0].shape) >= patch]
+        if not pairs:
             raise ValueError(f"no training image is at least {patch}x{patch}")
+        self.patch, self.g, self.device = patch, generator, torch.device(device)
+        self.h = torch.tensor([p[0].shape[0] for p in pairs])
+        self.w = torch.tensor([p[0].shape[1] for p in pairs])
+        self.offset = torch.cumsum(self.h * self.w, 0) - self.h * self.w
+        self.x = torch.cat([p[0].reshape(-1) for p in pairs]).to(self.device)
+        self.y = torch.cat([p[1].reshape(-1) for p in pairs]).to(self.device)
         # Pick images in proportion to their number of crop positions, so every pixel is equally likely.
-        area = torch.tensor([float((p[0].shape[0] - patch + 1) * (p[0].shape[1] - patch + 1)) for p in self.pairs])
+        area = ((self.h - patch + 1) * (self.w - patch + 1)).double()
         self.prob = area / area.sum()
-        self.patch = patch
-        self.g = generator
+        # The 8 dihedral transforms as source positions inside a patch: aug bit 2 transposes, bits 0-1
+        # rotate by 90 degrees that many times (torch.rot90), as the crops are augmented.
+        grid = torch.arange(patch * patch).reshape(patch, patch)
+        table = []
+        for a in range(8):
+            t = grid.t() if a & 4 else grid
+            table.append(torch.rot90(t, a & 3) if a & 3 else t)
+        table = torch.stack(table)
+        self.src_row, self.src_col = table // patch, table % patch
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input, target)``, each ``(n, 1, patch, patch)`` float32 on the sampler's device."""
         p = self.patch
         idx = torch.multinomial(self.prob, n, replacement=True, generator=self.g)
         aug = torch.randint(0, 8, (n,), generator=self.g)
-        xs, ys = [], []
-        for i, a in zip(idx.tolist(), aug.tolist()):
-            x, y = self.pairs[i]
-            top = int(torch.randint(0, x.shape[0] - p + 1, (1,), generator=self.g))
-            left = int(torch.randint(0, x.shape[1] - p + 1, (1,), generator=self.g))
-            cx, cy = x[top : top + p, left : left + p], y[top : top + p, left : left + p]
-            if a & 4:
-                cx, cy = cx.t(), cy.t()
-            if a & 3:
-                cx, cy = torch.rot90(cx, a & 3), torch.rot90(cy, a & 3)
-            xs.append(cx)
-            ys.append(cy)
-        return torch.stack(xs)[:, None].contiguous(), torch.stack(ys)[:, None].contiguous()
+        top = (torch.rand(n, generator=self.g, dtype=torch.float64) * (self.h[idx] - p + 1)).long()
+        left = (torch.rand(n, generator=self.g, dtype=torch.float64) * (self.w[idx] - p + 1)).long()
+        rows = top[:, None, None] + self.src_row[aug]
+        cols = left[:, None, None] + self.src_col[aug]
+        flat = (self.offset[idx][:, None, None] + rows * self.w[idx][:, None, None] + cols).to(self.device)
+        return self.x[flat][:, None], self.y[flat][:, None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +266,7 @@ def train(
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     pairs, _ = build_pairs(load_train_y(cfg.data, cfg.cache, progress), cfg.scales, cfg.downsizes, progress)
-    sampler = PatchSampler(pairs, cfg.patch, gen)
+    sampler = PatchSampler(pairs, cfg.patch, gen, device)
     loss_fn = F.mse_loss if cfg.loss == "mse" else F.l1_loss
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -274,8 +287,7 @@ def train(
         for gparam in opt.param_groups:
             gparam["lr"] = lr
         x, y = sampler.batch(cfg.batch)
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        y = y.to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
         with amp:
             pred = model(x)
         loss = loss_fn(pred.float(), y)
