@@ -3,7 +3,7 @@
 #
 #     bash benchmarks/gpu_check.sh
 #
-# (with the session's `run` tool: run(command="bash benchmarks/gpu_check.sh", timeout_s=540)).
+# (with the session's `run` tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)).
 # It prints the card and versions, builds the CUDA extension vdsr_fast._C in place (a failed build is
 # logged and the rest runs without the cuda backend), runs the GPU test suite, runs compute-sanitizer
 # once on a tiny input when the extension built, measures `vdsr-fast video` (frames/s, GPU busy
@@ -28,7 +28,13 @@ OUT="${OUT:-$ROOT/benchmarks/results/gpu_check}"
 mkdir -p "$OUT" "$ROOT/benchmarks/results"
 unset TRITON_INTERPRET  # the GPU runs the real kernels, never the interpreter
 export PYTHONUNBUFFERED=1
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"  # the device image has python3 only
+# Python packages the device image lacks (PyAV, pypng) travel as wheels in .whl/ (git-ignored; see
+# benchmarks/README.md): installed into /tmp/site for this run.
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
 BENCH_MIN=${BENCH_MIN_S:-170}

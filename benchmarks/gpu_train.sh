@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Train the default weights on a GPU machine for a fixed time, resumably (issue 3; TRAINING.md).
+#
+#     bash benchmarks/gpu_train.sh
+#
+# with the session's `run` tool: run(command="bash benchmarks/gpu_train.sh", carry=["carry", "runs/gpu"],
+# timeout_s=...). The device has no ../shared, so the data travels in carry/ (git-ignored), made here once:
+#   carry/y291.npz  the 291 set's Y planes (8-bit, 27 MB): python -c "from vdsr_fast.train import load_train_y;
+#                   load_train_y(['../shared/data/train/T91', '../shared/data/train/BSD200'], 'carry/y291.npz')"
+#   carry/Set5      a copy of ../shared/data/eval/Set5, for the periodic Set5 PSNR
+# runs/gpu holds the run so far (checkpoint last.pt: model, optimizer, step, RNG): carry it to continue.
+# At the end last.pt, the weights and the history are copied to $OUT (default runs/gpu_out); put them
+# back in runs/gpu here so the next call (or a CPU run) resumes from them.
+#
+# Knobs (environment): TRAIN_MINUTES=5 (then a checkpoint and stop; the schedule follows STEPS, so a
+# run cut into calls equals the uninterrupted one), STEPS=20000, BATCH=64, PATCH=48, LR=2e-4,
+# EVAL_EVERY=2500.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
+OUT="${OUT:-runs/gpu_out}"
+mkdir -p "$OUT" runs/gpu
+export PYTHONUNBUFFERED=1
+for need in carry/y291.npz carry/Set5; do
+  [[ -e $need ]] || { echo "gpu_train: $need is missing (see the header of this script)"; exit 2; }
+done
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+# The progress bars redraw with \r: keep one training line in 100, each new evaluation and every notice.
+set +e
+"$PY" -m vdsr_fast.train --cache carry/y291.npz --eval-set carry/Set5 --out runs/gpu \
+  --steps "${STEPS:-20000}" --batch "${BATCH:-64}" --patch "${PATCH:-48}" --lr "${LR:-2e-4}" --warmup 500 \
+  --eval-every "${EVAL_EVERY:-2500}" --ckpt-every 500 --max-minutes "${TRAIN_MINUTES:-5}" 2>&1 \
+  | tr '\r' '\n' | awk '/^(reading images|preparing data):/ {next}
+      match($0, /set5=\{[^}]*\}/) && substr($0, RSTART, RLENGTH) != last {last = substr($0, RSTART, RLENGTH); print; next}
+      /^train:/ {if (++n % 100 == 0) print; next}
+      NF {print}' \
+  | tee "$OUT/train.log"
+rc=${PIPESTATUS[0]}
+set -e
+cp runs/gpu/last.pt runs/gpu/config.json "$OUT/" 2>/dev/null || true
+cp runs/gpu/vdsr_x234.safetensors "$OUT/" 2>/dev/null || true
+"$PY" - "$OUT" <<'EOF'
+import json, sys, torch
+state = torch.load("runs/gpu/last.pt", map_location="cpu", weights_only=True)
+hist = state["history"]
+json.dump(hist, open(f"{sys.argv[1]}/history.json", "w"), indent=1)
+print(f"step {state['step']} of {state['config']['steps']}; last records:")
+for h in hist[-3:]:
+    print(" ", h)
+print("Set5 during training:", [(h["step"], h["set5"]) for h in hist if "set5" in h])
+EOF
+exit "$rc"
