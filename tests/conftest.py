@@ -24,6 +24,20 @@ def need_data(*parts: str) -> Path:
     return path
 
 
+# With VDSR_FAST_GPU_TESTS_ONLY=1 (benchmarks/gpu_check.sh sets it on a GPU machine, whose test time is
+# short) only the tests that exercise the GPU run: the kernel test files, whose every test runs natively
+# there, and the tests marked `gpu` elsewhere. Everything else is what CI runs on the CPU anyway.
+GPU_TEST_FILES = {"test_cuda_backend.py", "test_triton_backend.py", "test_triton_conv3x3.py", "test_triton_tail.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("VDSR_FAST_GPU_TESTS_ONLY") != "1":
+        return
+    keep = [i for i in items if i.get_closest_marker("gpu") or i.path.name in GPU_TEST_FILES]
+    config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+    items[:] = keep
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

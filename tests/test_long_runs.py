@@ -62,6 +62,7 @@ def test_two_threads_share_one_model(tiny_model):
     _in_two_threads(lambda k: upscale(inputs[k], 3, tiny_model), expected, repeats=25)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_two_threads_share_one_buffered_engine(tiny_model):
     """The fast backends keep persistent ping-pong buffers: two threads calling one engine must not
@@ -111,6 +112,7 @@ def test_engines_are_per_device(tiny_model):
         upscale(torch.rand(1, 3, 5, 4, device="meta"), 2, tiny_model, out=torch.empty(1, 3, 10, 8))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (streams)")
 def test_one_engine_per_cuda_stream(tiny_model):
     """Pipelines upscale on several streams at once: each stream gets its own engine (and buffers)."""
@@ -135,6 +137,7 @@ def test_one_engine_per_cuda_stream(tiny_model):
         torch.testing.assert_close(o, expected, rtol=0, atol=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_1080p_frames_without_memory_growth():
     """1,000 uint8 RGB frames 960x540 -> 1920x1080 through upscale() into one `out=` on the GPU, with

@@ -239,6 +239,7 @@ def test_forwarded_by_the_cli(clip, weights, tmp_path):
     assert _probe(out)["size"] == (2 * W, 2 * H)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_busy_fraction_is_reported(clip, tiny_model, tmp_path):
     from vdsr_fast.video import upscale_video

@@ -248,7 +248,7 @@ def upscale(
         by ``scale``, clamped to the valid range (uint8/uint16 rounded). Color images go RGB -> YCbCr
         (MATLAB BT.601) -> MATLAB bicubic upscale of all channels -> VDSR on Y -> RGB. NaN pixels
         propagate to the output. Nothing waits for the device: no host synchronisation once the
-        engine and the resize tables for a frame size are built (the first call per size).
+        engine (one per CUDA stream) and the resize tables for a frame size are built (the first call per size and stream).
     """
     if not torch.is_tensor(img):
         raise TypeError(f"upscale: img must be a torch.Tensor, got {type(img).__name__}")
