@@ -167,8 +167,10 @@ class PatchSampler:
         for a in range(8):
             t = grid.t() if a & 4 else grid
             table.append(torch.rot90(t, a & 3) if a & 3 else t)
-        table = torch.stack(table)
+        table = torch.stack(table).to(self.device)
         self.src_row, self.src_col = table // patch, table % patch
+        # The draws need h and w on the CPU (with the generator); the index math runs on the device.
+        self.offset_dev, self.w_dev = self.offset.to(self.device), self.w.to(self.device)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input, target)``, each ``(n, 1, patch, patch)`` float32 on the sampler's device."""
@@ -177,9 +179,10 @@ class PatchSampler:
         aug = torch.randint(0, 8, (n,), generator=self.g)
         top = (torch.rand(n, generator=self.g, dtype=torch.float64) * (self.h[idx] - p + 1)).long()
         left = (torch.rand(n, generator=self.g, dtype=torch.float64) * (self.w[idx] - p + 1)).long()
+        idx, aug, top, left = (t.to(self.device) for t in (idx, aug, top, left))  # 4 x n values, not n x p x p
         rows = top[:, None, None] + self.src_row[aug]
         cols = left[:, None, None] + self.src_col[aug]
-        flat = (self.offset[idx][:, None, None] + rows * self.w[idx][:, None, None] + cols).to(self.device)
+        flat = self.offset_dev[idx][:, None, None] + rows * self.w_dev[idx][:, None, None] + cols
         return self.x[flat][:, None], self.y[flat][:, None]
 
 
