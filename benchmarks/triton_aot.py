@@ -42,8 +42,6 @@ from triton.runtime.jit import JITFunction, MockTensor, create_function_from_sig
 from vdsr_fast import VDSR  # noqa: E402
 from vdsr_fast.kernels.triton import conv3x3, tail  # noqa: E402
 
-# Shared memory per block (opt-in maximum) of the reference cards: A100 (sm_80) and H100 (sm_90).
-SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 SHAPES = {"aligned": (2, 32, 48), "odd": (1, 37, 53)}  # (N, H, W) of the Y plane
 
 
