@@ -47,15 +47,22 @@ def make_clip(path: Path, width: int, height: int, frames: int, fps: int = 24) -
             f.pts, f.time_base = i, Fraction(1, fps)
             c.mux(v.encode(f))
         c.mux(v.encode(None))
-        sr, fs, pts = 48000, a.codec_context.frame_size or 1024, 0
-        while pts < sr * frames // fps:
-            t = np.arange(pts, pts + fs) / sr
-            tone = np.repeat((0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], 2, 0)
-            af = av.AudioFrame.from_ndarray(tone, format="fltp", layout="stereo")
-            af.sample_rate, af.pts, af.time_base = sr, pts, Fraction(1, sr)
-            c.mux(a.encode(af))
-            pts += fs
-        c.mux(a.encode(None))
+        mux_tone(c, a, Fraction(frames, fps), 0.2)
+
+
+def mux_tone(container, stream, seconds: Fraction, amplitude: float) -> None:
+    """Encode and mux ``seconds`` of a stereo 440 Hz tone into ``stream`` (48 kHz, float planar), then flush."""
+    import av
+
+    sr, fs, pts = 48000, stream.codec_context.frame_size or 1024, 0
+    while pts < sr * seconds:
+        t = np.arange(pts, pts + fs) / sr
+        tone = np.repeat((amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], 2, 0)
+        af = av.AudioFrame.from_ndarray(tone, format="fltp", layout="stereo")
+        af.sample_rate, af.pts, af.time_base = sr, pts, Fraction(1, sr)
+        container.mux(stream.encode(af))
+        pts += fs
+    container.mux(stream.encode(None))
 
 
 def main(argv: list[str] | None = None) -> int:

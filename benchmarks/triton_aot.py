@@ -59,6 +59,8 @@ class Compiled:
     mma_sync: bool
     cp_async: bool
     tma: bool
+    ld_v4: bool  # 16-byte global loads (the NHWC activations, when Triton proves the alignment)
+    st_v4: bool  # 16-byte global stores (the NHWC output)
 
 
 def _capture(dtype: torch.dtype, shape: tuple[int, int, int], body_configs=(None,)) -> list[tuple[JITFunction, tuple, dict]]:
@@ -109,13 +111,15 @@ def compile_launch(fn: JITFunction, args: tuple, kwargs: dict, capability: int):
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
-def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, torch.float32), candidates=False) -> list[Compiled]:
+def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, torch.float32), candidates=False,
+                shapes=tuple(SHAPES)) -> list[Compiled]:
     """Compile every launch of a forward for each dtype, frame shape and target; with ``candidates``
     the body layer also in every :func:`~vdsr_fast.kernels.triton.conv3x3.body_config_candidates` config."""
     rows = []
     for dtype in dtypes:
         body = [None, *conv3x3.body_config_candidates(dtype)[1:]] if candidates else [None]
-        for shape_name, shape in SHAPES.items():
+        for shape_name in shapes:
+            shape = SHAPES[shape_name]
             for fn, args, kwargs in _capture(dtype, shape, body):
                 config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k.startswith(("BLOCK", "num_", "SHARE")))
                 name = fn.fn.__name__ + ("(head)" if kwargs.get("HEAD") else "")
@@ -127,6 +131,7 @@ def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, to
                     rows.append(Compiled(
                         name, arch, shape_name, str(dtype).replace("torch.", ""), config, k.metadata.shared, regs, spills,
                         "wgmma" in ptx, "mma.sync" in ptx, "cp.async" in ptx, "cp.async.bulk.tensor" in ptx,
+                        "ld.global.v4" in ptx, "st.global.v4" in ptx,
                     ))  # fmt: skip
     return rows
 
@@ -137,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", default="80,90", help="compute capabilities, e.g. 80,90")
     p.add_argument("--dtypes", default="float16,bfloat16,float32")
     p.add_argument("--candidates", action="store_true", help="also every body config the GPU benchmark sweeps")
+    p.add_argument("--shapes", default=",".join(SHAPES), help=f"frame shapes, from {', '.join(SHAPES)}")
     args = p.parse_args(argv)
     dtypes = tuple(getattr(torch, d) for d in args.dtypes.split(","))
-    rows = compile_all(tuple(int(c) for c in args.targets.split(",")), dtypes, args.candidates)
+    rows = compile_all(tuple(int(c) for c in args.targets.split(",")), dtypes, args.candidates, args.shapes.split(","))
     print("| kernel | target | shape | dtype | config | shared KB | regs | spill B | wgmma | mma.sync | cp.async | TMA |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     yes = lambda b: "yes" if b else "-"

@@ -2,9 +2,11 @@
 
 On a machine without CUDA the Triton kernels run in Triton's CPU interpreter: TRITON_INTERPRET must be
 set before triton is first imported, which is why it is set here (conftest loads before any test).
+The checkout's root goes on sys.path so tests can import ``benchmarks`` (a folder, not part of the package).
 """
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data"
 
 
 def need_data(*parts: str) -> Path:

@@ -84,28 +84,3 @@ def assert_equivalent(
         f"(fast {fast.flatten()[where].item():.6g}, ref {ref64.flatten()[where].item():.6g}) > bound {bound:.3e} "
         f"= 2 * err(torch same dtype) {err_same:.3e} + atol {ATOL[dtype]:.1e} * scale {scale:.3g}"
     )
-
-
-def run_hopper_aot(test_file: str) -> dict[str, dict]:
-    """Run ``python <test_file>`` (its ``__main__`` prints a JSON list of sm_90 compile reports, one dict per
-    case, each with a "case" key) and return the reports by case; skips where the check does not apply.
-
-    A fresh process without TRITON_INTERPRET: compiling where the interpreter is active fails spuriously.
-    """
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import triton
-
-    if torch.cuda.is_available():
-        pytest.skip("on a GPU the native tests compile the kernels for the real device")
-    if not triton.__version__.startswith("3.6") or "nvidia" not in triton.backends.backends:
-        pytest.skip(f"the AOT check uses triton 3.6's compile API and its NVIDIA backend (triton {triton.__version__})")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(test_file).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    r = subprocess.run([sys.executable, test_file], env=env, cwd=root, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, f"AOT compile process failed:\n{r.stderr[-4000:]}"
-    return {e["case"]: e for e in json.loads(r.stdout.strip().splitlines()[-1])}

@@ -4,19 +4,14 @@ DESIGN.md §6 reference check refuses a fast-but-wrong path."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the checkout, not part of the package
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import bench_latency as bench  # noqa: E402
-from benchmarks import make_table  # noqa: E402
-from vdsr_fast import engine as engine_mod  # noqa: E402
+from benchmarks import bench_latency as bench
+from benchmarks import make_table
+from vdsr_fast import engine as engine_mod
 
 
 class WrongBackend:

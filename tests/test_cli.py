@@ -1,6 +1,7 @@
 """The vdsr-fast command: image formats, overwrite protection, errors, and eval."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -148,3 +149,34 @@ def test_ctrl_c_while_writing_leaves_no_partial_file(tmp_path, capsys, weights, 
     code, _, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--weights", weights, "--force")
     assert code == 130 and dst.read_bytes() == b"previous output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "tiny.safetensors"]
+
+
+
+def _no_proc_open(real_open):
+    def fake(f, *a, **k):
+        if str(f) == "/proc/self/status":
+            raise OSError("no /proc on this system")
+        return real_open(f, *a, **k)
+
+    return fake
+
+
+@pytest.mark.parametrize("proc", [True, False], ids=["proc", "os.umask"])
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_output_mode_follows_the_umask(tmp_path, capsys, weights, monkeypatch, mask, proc):
+    """Outputs get 0o666 less the umask, whichever way it is read, and reading it leaves it unchanged."""
+    import builtins
+
+    if not proc:  # the fallback for systems without /proc/self/status
+        monkeypatch.setattr(builtins, "open", _no_proc_open(builtins.open))
+    old = os.umask(mask)
+    try:
+        assert default_file_mode() == 0o666 & ~mask
+        assert os.umask(mask) == mask
+        src, dst = tmp_path / "in.png", tmp_path / "out.png"
+        write_image(src, np.zeros((4, 4, 3), np.uint8))
+        code, out, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--weights", weights)
+        assert code == 0, out
+        assert dst.stat().st_mode & 0o777 == 0o666 & ~mask
+    finally:
+        os.umask(old)

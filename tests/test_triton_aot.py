@@ -4,8 +4,9 @@ The interpreter tests check what the kernels compute; this checks that Triton's 
 them, exactly as the engine launches them (benchmarks/triton_aot.py captures the launchers' arguments
 and specialises them like Triton's launcher), for fp16, bf16 and fp32 and for frame sizes with and
 without multiples of 16. It also checks the properties a GPU run would otherwise be the first to
-find: shared memory within the card's per-block limit, and the 16-bit body layer on tensor cores
-(``wgmma`` on sm_90a, ``mma.sync`` on sm_80) fed by ``cp.async``.
+find: shared memory within the card's per-block limit, the 16-bit body layer on tensor cores
+(``wgmma`` on sm_90a, ``mma.sync`` on sm_80) fed by ``cp.async``, 16-byte NHWC loads and stores, and
+every body config the GPU benchmark sweeps compiling for sm_90a.
 It runs in a subprocess: the compiler needs a process where triton is not in interpreter mode.
 """
 
@@ -24,14 +25,25 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 
-@pytest.fixture(scope="module")
-def rows(tmp_path_factory):
+def _compile(tmp_path_factory, *args: str) -> list[dict]:
     out = tmp_path_factory.mktemp("aot") / "rows.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-m", "benchmarks.triton_aot", "--json", str(out)], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, "-m", "benchmarks.triton_aot", "--json", str(out), *args], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=900, check=False)
     assert r.returncode == 0, f"compilation failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    """Every launch of a forward with the default configs: sm_80 and sm_90a, three dtypes, two shapes."""
+    return _compile(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def candidate_rows(tmp_path_factory):
+    """The fp16 body in every config the GPU benchmark sweeps (incl. the experimental SHARE_ROW), for sm_90a."""
+    return _compile(tmp_path_factory, "--candidates", "--dtypes", "float16", "--targets", "90", "--shapes", "aligned")
 
 
 def test_every_kernel_compiles_for_sm80_and_sm90a(rows):
@@ -55,3 +67,19 @@ def test_16bit_body_runs_on_tensor_cores(rows):
     for r in body:
         assert r["cp_async"], r
         assert r["wgmma"] if r["target"] == "sm_90a" else r["mma_sync"], r
+
+
+def test_nhwc_traffic_is_vectorised(rows):
+    """16-byte accesses: the conv kernels' NHWC output stores, and the tail's 64-channel activation loads."""
+    for r in rows:
+        if r["kernel"].startswith("_conv3x3_kernel"):
+            assert r["st_v4"], r
+        else:
+            assert r["ld_v4"], r
+
+
+def test_every_swept_body_config_compiles_for_hopper(candidate_rows):
+    body = [r for r in candidate_rows if r["kernel"] == "_conv3x3_kernel"]
+    assert len(body) >= 10 and any("SHARE_ROW=True" in r["config"] for r in body)
+    for r in body:
+        assert r["shared_bytes"] <= 227 * 1024 and r["wgmma"] and r["cp_async"], r

@@ -22,7 +22,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from equivalence import DTYPES, assert_equivalent, run_hopper_aot, triton_device
+from equivalence import DTYPES, assert_equivalent, triton_device
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -197,93 +197,6 @@ def test_every_candidate_config_is_correct():
         torch.testing.assert_close(out, ref, atol=atol, rtol=0, msg=lambda m, cfg=cfg: f"{cfg}: {m}")
 
 
-# --- sm_90 compile check without a GPU ------------------------------------------------------------
-# Triton can compile for a GPU target on a CPU-only machine (it bundles ptxas). That must happen in a
-# fresh process without TRITON_INTERPRET: once the interpreter is active in a process, compiling there
-# fails spuriously. ``python tests/test_triton_conv3x3.py`` prints the report as JSON.
-
-H100_MAX_SHARED = 227 * 1024  # bytes of shared memory one CTA may use on Hopper
-AOT_CASES = ["body-fp16", "body-bf16", "body-fp32", "head-fp16", "share_row-fp16"]
-
-
-def _aot_report() -> list[dict]:
-    """Compile the conv3x3 kernel's default configs for sm_90 (triton 3.6 AOT API); one dict per case."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from vdsr_fast.kernels.triton.conv3x3 import _conv3x3_kernel
-
-    fn = triton.JITFunction(getattr(_conv3x3_kernel, "fn", _conv3x3_kernel))
-    ptrs = {"fp16": (torch.float16, "*fp16"), "bf16": (torch.bfloat16, "*bf16"), "fp32": (torch.float32, "*fp32")}
-    ints = ("M", "H", "W", "stride_xn", "stride_xh", "stride_xw", "stride_on", "stride_oh", "stride_ow")
-    report = []
-    for case in AOT_CASES:
-        mode, dt = case.split("-")
-        head = mode == "head"
-        dtype, ptr = ptrs[dt]
-        cfg = conv3x3_config(1 if head else 64, 64, dtype, head=head)
-        if mode == "share_row":  # the largest-shared-memory SHARE_ROW candidate of this dtype
-            cfg = max((c for c in body_config_candidates(dtype) if c.share_row), key=lambda c: c.block_m * c.num_stages)
-        sig = dict.fromkeys(fn.arg_names, "constexpr")
-        sig.update({"x_ptr": "*fp32" if head else ptr, "w_ptr": ptr, "b_ptr": "*fp32", "out_ptr": ptr})
-        sig.update(dict.fromkeys(ints, "i32"))
-        consts = {
-            "stride_xc": 0 if head else 1,  # NHWC: Triton specialises a unit channel stride at launch
-            "C_IN": 1 if head else 64,
-            "C_OUT": 64,
-            "HEAD": head,
-            "RELU": True,
-            "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
-            "BLOCK_M": cfg.block_m,
-            "BLOCK_N": cfg.block_n,
-            "BLOCK_K": cfg.block_k,
-            "SHARE_ROW": cfg.share_row,
-        }
-        # What launch-time specialisation sees for VDSR's buffers: 16-byte aligned pointers, strides of 64k.
-        divisible = ["x_ptr", "w_ptr", "b_ptr", "out_ptr", "stride_on", "stride_oh", "stride_ow"]
-        if not head:
-            divisible += ["stride_xn", "stride_xh", "stride_xw"]
-        attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
-        entry = {"case": case, "config": str(cfg)}
-        try:
-            k = triton.compile(
-                ASTSource(fn, sig, consts, attrs),
-                target=GPUTarget("cuda", 90, 32),
-                options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
-            )
-        except Exception as e:  # reported by the test, with the case that failed
-            entry["error"] = f"{type(e).__name__}: {e}"
-        else:
-            ptx = k.asm["ptx"]
-            entry.update(
-                shared=k.metadata.shared,
-                wgmma="wgmma.mma_async" in ptx,
-                cp_async="cp.async" in ptx,
-                st_v4="st.global.v4" in ptx,
-            )
-        report.append(entry)
-    return report
-
-
-@pytest.fixture(scope="module")
-def hopper_aot() -> dict[str, dict]:
-    return run_hopper_aot(__file__)
-
-
-@pytest.mark.parametrize("case", AOT_CASES)
-def test_compiles_for_hopper(hopper_aot, case):
-    """The default tiles compile for sm_90: shared memory fits; 16-bit bodies use wgmma fed by cp.async."""
-    e = hopper_aot[case]
-    assert "error" not in e, f"{case} ({e['config']}) does not compile for sm_90: {e['error'][:3000]}"
-    assert e["shared"] <= H100_MAX_SHARED, f"{case} ({e['config']}) needs {e['shared']} B of shared memory"
-    assert e["st_v4"], f"{case}: the NHWC output store is not vectorised"
-    if not case.startswith("head"):
-        assert e["cp_async"], f"{case}: the operand loads are not pipelined through cp.async"
-    if case in ("body-fp16", "body-bf16", "share_row-fp16"):
-        assert e["wgmma"], f"{case}: the GEMM does not use Hopper's wgmma"
-
-
 def test_launcher_errors():
     device = triton_device()
     wt, b = _layer(16, 16, device)
@@ -307,9 +220,3 @@ def test_launcher_errors():
         )
     with pytest.raises(ValueError, match="is on meta"):
         conv3x3_bias_relu(x, w.to("meta"), b)
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(_aot_report()))

@@ -20,7 +20,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from equivalence import DTYPES, assert_equivalent, run_hopper_aot, triton_device
+from equivalence import DTYPES, assert_equivalent, triton_device
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -128,64 +128,3 @@ def test_tail_errors():
         conv3x3_tail_residual(x, w, b, y.to("meta"))
     with pytest.raises(ValueError, match="out must have y's shape"):
         conv3x3_tail_residual(x, w, b, y, torch.empty(1, 1, 4, 3, device=device))
-
-
-# --- sm_90 compile check without a GPU (see tests/test_triton_conv3x3.py: same method) ---------------
-
-AOT_CASES = ["fp16", "bf16", "fp32"]
-
-
-def _aot_report() -> list[dict]:
-    """Compile the tail kernel for sm_90 in each storage dtype (triton 3.6 AOT API); one dict per case."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from vdsr_fast.kernels.triton.tail import _tail_kernel, tail_config
-
-    fn = triton.JITFunction(getattr(_tail_kernel, "fn", _tail_kernel))
-    cfg = tail_config(64)
-    report = []
-    for case in AOT_CASES:
-        ptr = "*" + case
-        sig = dict.fromkeys(fn.arg_names, "constexpr")
-        sig.update({"x_ptr": ptr, "w_ptr": ptr, "b_ptr": "*fp32", "y_ptr": "*fp32", "out_ptr": "*fp32"})
-        sig.update(dict.fromkeys(["M", "H", "W", "stride_xn", "stride_xh", "stride_xw"], "i32"))
-        sig.update(dict.fromkeys(["stride_yn", "stride_yh", "stride_on", "stride_oh"], "i32"))
-        consts = {"stride_xc": 1, "stride_yw": 1, "stride_ow": 1, "C_IN": 64, "CLAMP": False}
-        consts.update(BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c)
-        divisible = ["x_ptr", "w_ptr", "b_ptr", "y_ptr", "out_ptr", "stride_xn", "stride_xh", "stride_xw"]
-        attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
-        entry = {"case": case, "config": str(cfg)}
-        try:
-            k = triton.compile(
-                ASTSource(fn, sig, consts, attrs),
-                target=GPUTarget("cuda", 90, 32),
-                options={"num_warps": cfg.num_warps},
-            )
-        except Exception as e:  # reported by the test, with the case that failed
-            entry["error"] = f"{type(e).__name__}: {e}"
-        else:
-            entry.update(shared=k.metadata.shared, ld_v4="ld.global.v4" in k.asm["ptx"])
-        report.append(entry)
-    return report
-
-
-@pytest.fixture(scope="module")
-def hopper_aot() -> dict[str, dict]:
-    return run_hopper_aot(__file__)
-
-
-@pytest.mark.parametrize("case", AOT_CASES)
-def test_tail_compiles_for_hopper(hopper_aot, case):
-    """The tail compiles for sm_90 with vectorised (16-byte) NHWC activation loads."""
-    e = hopper_aot[case]
-    assert "error" not in e, f"tail {case} ({e['config']}) does not compile for sm_90: {e['error'][:3000]}"
-    assert e["shared"] <= 227 * 1024
-    assert e["ld_v4"], f"tail {case}: the NHWC activation loads are not vectorised"
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(_aot_report()))

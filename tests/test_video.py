@@ -9,6 +9,7 @@ import torch
 
 av = pytest.importorskip("av", reason="PyAV is not installed (pip install av): the video command needs it")
 
+from benchmarks.bench_video import mux_tone  # noqa: E402
 from vdsr_fast import save  # noqa: E402
 from vdsr_fast.video import main  # noqa: E402
 
@@ -49,15 +50,7 @@ def _make_clip(path, audio="aac", subs=None):
             f.pts, f.time_base = i, Fraction(1, FPS)
             c.mux(v.encode(f))
         c.mux(v.encode(None))
-        sr, fs, pts = 48000, a.codec_context.frame_size or 1024, 0
-        while pts < sr * N // FPS:
-            t = np.arange(pts, pts + fs) / sr
-            tone = np.repeat((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], 2, 0)
-            af = av.AudioFrame.from_ndarray(tone, format="fltp", layout="stereo")
-            af.sample_rate, af.pts, af.time_base = sr, pts, Fraction(1, sr)
-            c.mux(a.encode(af))
-            pts += fs
-        c.mux(a.encode(None))
+        mux_tone(c, a, Fraction(N, FPS), 0.3)
         for start, duration, text in CUES if subs is not None else ():
             p = av.Packet(_cue_payload(subs, text))
             p.pts = p.dts = round(start * 1000)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,30 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 def default_file_mode() -> int:
     """The mode a plain ``open(path, "w")`` would give (0o666 less the umask): temporary files from
     ``mkstemp`` are 0o600, and an output renamed from one would otherwise be unreadable to others."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_current_umask()
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux 4.7+: /proc/self/status).
+
+    ``os.umask`` can only read the mask by setting it, so the fallback briefly sets 0o077 (never
+    looser than the caller's) under a lock: another thread creating a file in that instant gets a
+    stricter mode, not a world-writable one.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return umask
 
 
 class ImageReadError(ValueError):
