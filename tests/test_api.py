@@ -153,3 +153,84 @@ def test_self_check_catches_a_wrong_backend(tiny_model):
         raise RuntimeError("too many resources requested for launch")
 
     assert "self-check run failed: RuntimeError: too many resources" in self_check(raises, tiny_model, torch.device("cpu"))
+
+
+def test_model_with_cached_engines_pickles_and_copies(tiny_model):
+    """upscale() caches engines on the model; torch.save / deepcopy leave them out (buffers, locks)."""
+    import copy
+    import io
+
+    x = torch.rand(1, 3, 5, 4)
+    expected = upscale(x, 2, tiny_model, backend="torch")
+    assert tiny_model.__dict__["_vdsr_engines"]
+    twin = copy.deepcopy(tiny_model)
+    assert "_vdsr_engines" not in twin.__dict__
+    buf = io.BytesIO()
+    torch.save(tiny_model.state_dict(), buf)
+    torch.save(tiny_model, io.BytesIO())  # the whole module too
+    torch.testing.assert_close(upscale(x, 2, twin, backend="torch"), expected, rtol=0, atol=0)
+    assert tiny_model.__dict__["_vdsr_engines"]  # the original keeps its cache
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_engine_follows_weight_updates(tiny_model, dtype):
+    """An engine packs (and, in float64 or on a GPU, copies) the weights: after load_state_dict or an
+    in-place update, upscale() rebuilds it instead of computing with the old weights."""
+    from vdsr_fast import VDSR
+
+    x = torch.rand(1, 1, 6, 5, dtype=torch.float64)
+    other = VDSR(tiny_model.depth, tiny_model.channels)
+    before = upscale(x, 2, tiny_model, backend="torch", dtype=dtype)
+    engine = vdsr_fast.get_engine(tiny_model, "cpu", "torch", dtype)
+    assert vdsr_fast.get_engine(tiny_model, "cpu", "torch", dtype) is engine  # unchanged weights: cached
+    tiny_model.load_state_dict(other.state_dict())
+    torch.testing.assert_close(upscale(x, 2, tiny_model, backend="torch", dtype=dtype),
+                               upscale(x, 2, other, backend="torch", dtype=dtype), rtol=0, atol=0)
+    with torch.no_grad():
+        tiny_model.layers[-1].bias.add_(0.25)  # an optimizer step, an EMA update
+    after = upscale(x, 2, tiny_model, backend="torch", dtype=dtype)
+    assert not torch.equal(after, before) and vdsr_fast.get_engine(tiny_model, "cpu", "torch", dtype) is not engine
+
+
+def test_auto_falls_back_when_a_backend_refuses_the_model(tiny_model, monkeypatch):
+    """A fast backend that refuses the model in its constructor (the CUDA kernels are written for
+    64 channels) makes backend='auto' warn and fall back, not fail."""
+    from vdsr_fast import engine as engine_mod
+
+    class Refuses:
+        dtypes = (torch.float16, torch.float32)
+
+        @staticmethod
+        def available(device):
+            return None
+
+        def __init__(self, model, device, dtype, **options):
+            raise BackendUnavailable("the CUDA kernels are written for 64 channels; this model has 8")
+
+    monkeypatch.setitem(engine_mod.BACKENDS, "cuda", Refuses)
+    monkeypatch.setattr(engine_mod, "resolve_backend", lambda backend, device: "cuda" if backend == "auto" else backend)
+    with pytest.warns(RuntimeWarning, match="skipping backend 'cuda'.*64 channels"):
+        e = Engine(tiny_model, backend="auto", device="cpu", dtype=torch.float32)
+    assert e.backend == "torch"
+    with pytest.raises(BackendUnavailable, match="64 channels"):
+        Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32)
+
+
+def test_tiled_out_may_alias_the_input(tiny_model):
+    """out= sharing memory with img (an in-place pipeline buffer): tiles must not read pixels that
+    earlier tiles already overwrote."""
+    buf = torch.rand(3 * 20 * 20)
+    x = buf[: 3 * 10 * 10].view(1, 3, 10, 10)
+    expected = upscale(x.clone(), 2, tiny_model)
+    got = upscale(x, 2, tiny_model, out=buf.view(1, 3, 20, 20), tile=8)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_numpy_integers_are_accepted(tiny_model):
+    np = pytest.importorskip("numpy")
+    x = torch.rand(1, 3, 9, 7)
+    expected = upscale(x, 2, tiny_model)
+    torch.testing.assert_close(upscale(x, np.int64(2), tiny_model, tile=np.int64(8), max_memory=np.int64(2**24)),
+                               expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="tile must be a positive int"):
+        upscale(x, 2, tiny_model, tile="8")

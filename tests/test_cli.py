@@ -180,3 +180,27 @@ def test_output_mode_follows_the_umask(tmp_path, capsys, weights, monkeypatch, m
         assert dst.stat().st_mode & 0o777 == 0o666 & ~mask
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, suffix",
+    [
+        ((5, 6, 2), np.uint16, ".png"),  # 16-bit gray+alpha: pypng, not Pillow's 8-bit RGBA
+        ((3, 6, 2), np.uint8, ".tif"),  # 3 rows tall: not mistaken for a planar (samples, H, W) image
+        ((4, 6, 1), np.uint16, ".tif"),
+        ((4, 5, 4), np.uint16, ".tif"),
+    ],
+)
+def test_image_files_round_trip_exactly(tmp_path, shape, dtype, suffix):
+    arr = np.random.default_rng(1).integers(0, np.iinfo(dtype).max, size=shape).astype(dtype)
+    write_image(tmp_path / f"x{suffix}", arr)
+    back = read_image(tmp_path / f"x{suffix}")
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_planar_tiff_is_read_channels_last(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    planes = np.random.default_rng(2).integers(0, 256, size=(3, 7, 9)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "p.tif", planes, photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_image(tmp_path / "p.tif"), np.moveaxis(planes, 0, -1))

@@ -112,29 +112,77 @@ def test_engines_are_per_device(tiny_model):
         upscale(torch.rand(1, 3, 5, 4, device="meta"), 2, tiny_model, out=torch.empty(1, 3, 10, 8))
 
 
+def test_stream_change_orders_the_gpu_work_without_a_host_sync(monkeypatch):
+    """The fast backends' activation buffers are shared by every stream: when a call comes from
+    another stream than the previous one, that stream waits (on the GPU) for the previous stream's
+    queued work, and the buffers are recorded as used on it (so the caching allocator cannot hand
+    them out while it still runs). Checked on the bookkeeping with stand-in streams (no GPU here)."""
+    from vdsr_fast.kernels import PingPongBuffers
+
+    class Stream:
+        def __init__(self, name):
+            self.name, self.waited = name, []
+
+        def wait_stream(self, other):
+            self.waited.append(other.name)
+
+    class Buf:
+        def __init__(self):
+            self.used_on = []
+
+        def record_stream(self, s):
+            self.used_on.append(s.name)
+
+    pp = PingPongBuffers()
+    pp.device, pp.max_cached_shapes = torch.device("cpu"), 2
+    pp._init_buffers()
+    pp._flat = (Buf(), Buf())
+    static = Buf()
+    pp._cache_graph((1, 4, 4), ("graph", static, static))
+    a, b = Stream("a"), Stream("b")
+    current = [a]
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[0])
+    pp._enter_stream()
+    pp._enter_stream()
+    assert a.waited == [] and pp._flat[0].used_on == []  # same stream: nothing to order
+    current[0] = b
+    pp._enter_stream()
+    assert b.waited == ["a"] and [f.used_on for f in pp._flat] == [["b"], ["b"]] and static.used_on == ["b", "b"]
+    current[0] = a
+    pp._enter_stream()
+    assert a.waited == ["b"]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (streams)")
-def test_one_engine_per_cuda_stream(tiny_model):
-    """Pipelines upscale on several streams at once: each stream gets its own engine (and buffers)."""
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+def test_streams_share_one_engine_safely(tiny_model, backend):
+    """Pipelines upscale on several streams: one engine serves them all, and its shared buffers never
+    mix two streams' frames (each call's stream waits for the previous call's on the GPU)."""
+    from vdsr_fast import VDSR, available_backends
+
     device = torch.device("cuda", torch.cuda.current_device())
-    model = tiny_model.to(device)
-    streams = [torch.cuda.Stream(device) for _ in range(2)]
-    engines = []
+    reason = available_backends(device).get(backend)
+    if reason is not None:
+        pytest.skip(f"backend {backend!r}: {reason}")
+    model = (tiny_model if backend == "torch" else VDSR(depth=6, channels=64)).to(device)
+    streams = [torch.cuda.Stream(device) for _ in range(3)]
+    engine = get_engine(model, device, backend)
     for s in streams:
         with torch.cuda.stream(s):
-            engines.append(get_engine(model, device, "torch"))
-            assert get_engine(model, device, "torch") is engines[-1]
-    assert engines[0] is not engines[1]
-    x = torch.rand(2, 3, 40, 30, device=device)
-    expected = upscale(x, 2, model)
-    outs = []
-    for s in streams:
-        s.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(s):
-            outs.append(upscale(x, 2, model))
+            assert get_engine(model, device, backend) is engine
+    xs = [torch.rand(2, 3, 96 + 8 * i, 64, device=device) for i in range(len(streams))]
+    expected = [upscale(x, 2, model, backend=backend) for x in xs]
     torch.cuda.synchronize(device)
-    for o in outs:
-        torch.testing.assert_close(o, expected, rtol=0, atol=0)
+    outs = []
+    for _ in range(4):  # back-to-back calls on alternating streams, no host sync in between
+        for s, x in zip(streams, xs, strict=True):
+            s.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(s):
+                outs.append(upscale(x, 2, model, backend=backend))
+    torch.cuda.synchronize(device)
+    for i, o in enumerate(outs):
+        torch.testing.assert_close(o, expected[i % len(xs)], rtol=0, atol=0)
 
 
 @pytest.mark.gpu

@@ -61,6 +61,9 @@ def test_train_checkpoint_resume_and_weights(tmp_path):
     assert ma.metadata["steps"] == "4" and ma.metadata["scales"] == "[2, 3]"
     state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     assert state["step"] == 4 and {"model", "optimizer", "rng", "config", "history"} <= set(state)
+    from_ckpt = vdsr_fast.load(tmp_path / "a" / "last.pt")  # a checkpoint loads as weights (no pickle code runs)
+    for ca, cb in zip(ma.layers, from_ckpt.layers):
+        assert torch.equal(ca.weight, cb.weight) and torch.equal(ca.bias, cb.bias)
 
 
 def test_y_cache_round_trip(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import threading
 from collections import OrderedDict
 
@@ -34,32 +35,41 @@ def _default() -> VDSR:
         return _default_model
 
 
-_MAX_ENGINES = 8  # per model, LRU: (backend, device, dtype, CUDA stream) combinations kept
+_MAX_ENGINES = 8  # per model, LRU: (backend, device, dtype) combinations kept
 
 
-def get_engine(model: VDSR, device: torch.device, backend: str = "auto", dtype: torch.dtype | None = None) -> Engine:
+def _weights_stamp(model: VDSR) -> tuple:
+    """Changes whenever a parameter is replaced or updated in place (load_state_dict, an optimizer
+    step, ``.to()``): the version counters and addresses of the parameters, read on the host."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def get_engine(model: VDSR, device: torch.device | str, backend: str = "auto", dtype: torch.dtype | None = None) -> Engine:
     """The :class:`Engine` for ``model`` on ``device``, built once and cached on the model.
 
-    On a CUDA device there is one engine per stream (the current one): an engine's activation
-    buffers may only be used in one stream's order, so pipelines that upscale on several streams
-    at once never share them.
+    The engine is rebuilt when the model's weights have changed since it was built (so fine-tuning,
+    EMA updates or ``load_state_dict`` are seen), and it is shared by every CUDA stream: its calls
+    are ordered on the GPU when the stream changes (no host synchronisation), see
+    :class:`~vdsr_fast.kernels.PingPongBuffers`. The cache is not pickled with the model.
     """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     cache = model.__dict__.setdefault("_vdsr_engines", OrderedDict())
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
-    key = (backend, str(device), dtype, stream)
+    key = (backend, str(device), dtype)
+    stamp = _weights_stamp(model)
     with _lock:
-        engine = cache.get(key)
-        if engine is None:
-            engine = cache[key] = Engine(model, backend=backend, dtype=dtype, device=device)
+        entry = cache.get(key)
+        if entry is None or entry[1] != stamp:
+            entry = cache[key] = (Engine(model, backend=backend, dtype=dtype, device=device), stamp)
             while len(cache) > _MAX_ENGINES:
                 cache.popitem(last=False)
-        else:
-            cache.move_to_end(key)
-    return engine
+        cache.move_to_end(key)
+    return entry[0]
 
 
 def _check_scale(scale) -> int:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale not in SCALES:
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES} (the scales VDSR is trained on), got {scale!r}")
     return int(scale)
 
@@ -185,8 +195,9 @@ def _tile_size(tile, max_memory, n: int, engine: Engine, model: VDSR, img_dtype:
     if tile is not None:
         sizes.append(tiling._pair(tile))
     if max_memory is not None:
-        if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory <= 0:
+        if isinstance(max_memory, bool) or not isinstance(max_memory, numbers.Integral) or max_memory <= 0:
             raise ValueError(f"upscale: max_memory must be a positive int (bytes), got {max_memory!r}")
+        max_memory = int(max_memory)
         fdt = torch.float64 if img_dtype == torch.float64 else torch.float32
         side = tiling.tile_for_budget(max_memory, n, tiling.bytes_per_pixel(model.channels, engine.dtype, fdt), radius)
         sizes.append((side, side))
@@ -248,7 +259,7 @@ def upscale(
         by ``scale``, clamped to the valid range (uint8/uint16 rounded). Color images go RGB -> YCbCr
         (MATLAB BT.601) -> MATLAB bicubic upscale of all channels -> VDSR on Y -> RGB. NaN pixels
         propagate to the output. Nothing waits for the device: no host synchronisation once the
-        engine (one per CUDA stream) and the resize tables for a frame size are built (the first call per size and stream).
+        engine and the resize tables for a frame size are built (the first call per size).
     """
     if not torch.is_tensor(img):
         raise TypeError(f"upscale: img must be a torch.Tensor, got {type(img).__name__}")
@@ -287,6 +298,8 @@ def upscale(
             return _from_float(result, img.dtype).reshape(shape)
         if out is None:
             out = torch.empty(shape, dtype=img.dtype, device=img.device)
+        elif len(tiles) > 1 and out.untyped_storage().data_ptr() == img.untyped_storage().data_ptr():
+            batch = batch.clone()  # out shares memory with img: earlier tiles would overwrite later tiles' input
         dst = _nchw(out, layout)
         for r0, r1, c0, c1 in tiles:
             result = _run_window(batch, engine, tiling.Window(h, s, r0, r1, radius), tiling.Window(w, s, c0, c1, radius))

@@ -199,9 +199,13 @@ class Engine:
                 names = ", ".join(str(d).replace("torch.", "") for d in impl.dtypes)
                 reason = f"backend {name!r} does not support dtype {self.dtype}; it supports {names}"
             else:
-                with torch.no_grad():
-                    opts = options if name != "torch" or backend == "torch" else {}
-                    self._impl = impl(model, device, self.dtype, **opts)
+                opts = options if name != "torch" or backend == "torch" else {}
+                try:
+                    with torch.no_grad():
+                        self._impl = impl(model, device, self.dtype, **opts)
+                except BackendUnavailable as e:  # e.g. the CUDA kernels refuse a model that is not 64 channels wide
+                    reason = str(e)
+                else:
                     guard = check and name != "torch" and device.type == "cuda"  # GPU kernels only
                     reason = self_check(self._impl, model, device) if guard else None
             if reason is None:

@@ -1,6 +1,6 @@
 """Image files <-> arrays for the CLI: PNG, JPEG, BMP, TIFF; 8- and 16-bit; gray, gray+alpha, RGB, RGBA.
 
-Pillow reads and writes most files; it cannot hold 16-bit color, so 16-bit RGB(A) PNGs go through
+Pillow reads and writes most files; it cannot hold 16-bit color, so 16-bit RGB(A) and gray+alpha PNGs go through
 pypng and 16-bit TIFFs through tifffile (both small pure-Python packages).
 Arrays are numpy ``(H, W, C)`` uint8 or uint16, C in {1, 2, 3, 4}.
 """
@@ -55,8 +55,8 @@ class ImageReadError(ValueError):
 def _png_16bit_color(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(26)
-    # IHDR: bytes 24 (bit depth) and 25 (color type: 2 = RGB, 6 = RGBA)
-    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
+    # IHDR: bytes 24 (bit depth) and 25 (color type: 2 = RGB, 4 = gray+alpha, 6 = RGBA)
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 4, 6)
 
 
 def _read_png16(path: Path) -> np.ndarray:
@@ -72,11 +72,13 @@ def _read_tiff(path: Path) -> np.ndarray | None:
     import tifffile
 
     try:
-        arr = tifffile.imread(str(path))
+        with tifffile.TiffFile(str(path)) as tf:
+            arr = tf.series[0].asarray()
+            planar = tf.pages[0].planarconfig == tifffile.PLANARCONFIG.SEPARATE and tf.pages[0].samplesperpixel > 1
     except Exception:  # compression tifffile cannot decode alone: let Pillow try
         return None
-    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # planar configuration
+    if planar and arr.ndim == 3:
+        arr = np.moveaxis(arr, 0, -1)  # (samples, H, W) -> (H, W, samples)
     if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
         raise ImageReadError(f"{path}: unsupported TIFF ({arr.dtype}, shape {arr.shape}); expected 8/16-bit gray or RGB(A)")
     return arr

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 __all__ = ["psnr", "ssim"]
 
+_INT_RANGE = {torch.uint8: 255.0, torch.uint16: 65535.0}
+
 
 def _prepare(pred: torch.Tensor, target: torch.Tensor, shave: int, data_range: float | None, name: str):
     if not (torch.is_tensor(pred) and torch.is_tensor(target)):
@@ -20,7 +22,12 @@ def _prepare(pred: torch.Tensor, target: torch.Tensor, shave: int, data_range: f
     if shave < 0 or 2 * shave >= min(pred.shape[-2:]):
         raise ValueError(f"{name}: shave={shave} leaves nothing of a {tuple(pred.shape[-2:])} image")
     if data_range is None:
-        data_range = 255.0 if pred.dtype == torch.uint8 else 1.0
+        if pred.is_floating_point():
+            data_range = 1.0
+        elif pred.dtype in _INT_RANGE:
+            data_range = _INT_RANGE[pred.dtype]
+        else:
+            raise TypeError(f"{name}: pass data_range= for {pred.dtype} images (defaults exist for float, uint8, uint16)")
     if shave:
         pred = pred[..., shave:-shave, shave:-shave]
         target = target[..., shave:-shave, shave:-shave]
@@ -30,7 +37,7 @@ def _prepare(pred: torch.Tensor, target: torch.Tensor, shave: int, data_range: f
 def psnr(pred: torch.Tensor, target: torch.Tensor, *, shave: int = 0, data_range: float | None = None) -> float:
     """Peak signal-to-noise ratio in dB over all elements, after cropping ``shave`` pixels per border.
 
-    ``data_range`` defaults to 255 for uint8 inputs and 1 otherwise. Identical images give ``inf``.
+    ``data_range`` defaults to 255 for uint8, 65535 for uint16 and 1 for float inputs. Identical images give ``inf``.
     """
     p, t, r = _prepare(pred, target, shave, data_range, "psnr")
     mse = torch.mean((p - t) ** 2).item()

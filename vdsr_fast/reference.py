@@ -68,6 +68,13 @@ class VDSR(nn.Module):
             conv.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
             conv.bias.zero_()
 
+    def __getstate__(self) -> dict:
+        """Pickling and ``copy.deepcopy`` leave out the engines ``upscale`` caches on the model
+        (GPU buffers, locks): a copy builds its own on first use."""
+        state = self.__dict__.copy()
+        state.pop("_vdsr_engines", None)
+        return state
+
     @property
     def weights(self) -> list[torch.Tensor]:
         return [c.weight for c in self.layers]

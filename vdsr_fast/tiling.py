@@ -24,6 +24,7 @@ float32 results in the last bit (~1e-6), never more.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -65,11 +66,16 @@ def tile_for_budget(max_memory: int, n: int, per_pixel: int, radius: int) -> int
 
 
 def _pair(tile) -> tuple[int, int]:
-    th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
-    for v in (th, tw):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"upscale: tile must be a positive int or a pair of them (output pixels), got {tile!r}")
-    return th, tw
+    bad = ValueError(f"upscale: tile must be a positive int or a pair of them (output pixels), got {tile!r}")
+    if isinstance(tile, numbers.Integral):
+        pair = (tile, tile)
+    elif isinstance(tile, (tuple, list)) and len(tile) == 2:
+        pair = tuple(tile)
+    else:
+        raise bad
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in pair):
+        raise bad
+    return int(pair[0]), int(pair[1])
 
 
 def tile_plan(out_h: int, out_w: int, tile) -> list[tuple[int, int, int, int]]:

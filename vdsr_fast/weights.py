@@ -58,9 +58,7 @@ _WRAPPERS = ("state_dict", "model", "model_state_dict", "params", "net", "params
 
 
 def _unwrap(sd: Mapping[str, Any]) -> Mapping[str, Any]:
-    for _ in range(3):
-        if any(torch.is_tensor(v) for v in sd.values()):
-            break
+    for _ in range(3):  # a training checkpoint: {"model": state_dict, "optimizer": ..., "rng": tensor, ...}
         inner = [sd[k] for k in _WRAPPERS if isinstance(sd.get(k), Mapping)]
         if len(inner) != 1:
             break

@@ -8,13 +8,20 @@ import torch
 
 
 class PingPongBuffers:
-    """Mixin for the fast backends: two NHWC activation buffers per input shape, reused by every call.
+    """Mixin for the fast backends: two NHWC activation buffers, reused by every call.
 
     Layer i reads one buffer and writes the other, so a whole network needs two, not one per layer.
-    Buffers are kept for the ``max_cached_shapes`` most recently used (N, H, W), LRU; CUDA graphs
-    captured on them (``_graphs``, keyed by tuples that start with (N, H, W)) are dropped with them.
+    Both are flat allocations grown to the largest (N, H, W) seen so far; every input shape gets
+    views at their start, so a tiled frame (up to nine window shapes) or a changing batch costs two
+    planes of its largest window, never one pair per shape. Growing reallocates them and drops the
+    CUDA graphs captured on the old ones (``_graphs``: at most ``max_cached_shapes``, LRU).
+
+    Streams: calls may come from different CUDA streams (the caller's current one). The GPU work of
+    consecutive calls is ordered through the buffers: when the stream changes, the new one waits for
+    the old one's queued work (``wait_stream``: no host synchronisation), and the buffers are marked
+    as used on it so the caching allocator never hands their memory out early.
     The backend sets ``device``, ``dtype``, ``channels`` and ``max_cached_shapes``, then calls
-    :meth:`_init_buffers`.
+    :meth:`_init_buffers`; it calls :meth:`_enter_stream` at the start of every CUDA call.
     """
 
     device: torch.device
@@ -23,24 +30,42 @@ class PingPongBuffers:
     max_cached_shapes: int
 
     def _init_buffers(self) -> None:
-        self._buffers: OrderedDict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._flat: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._last_stream: torch.cuda.Stream | None = None
+
+    @property
+    def buffer_numel(self) -> int:
+        """Elements in each of the two activation buffers now (0 before the first call)."""
+        return 0 if self._flat is None else self._flat[0].numel()
 
     def buffers(self, n: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two ping-pong NHWC activation buffers for an (N, H, W) input, allocated on first use."""
-        key = (n, h, w)
-        bufs = self._buffers.get(key)
-        if bufs is None:
-            shape = (n, h, w, self.channels)
-            bufs = (
-                torch.empty(shape, device=self.device, dtype=self.dtype),
-                torch.empty(shape, device=self.device, dtype=self.dtype),
-            )
-            self._buffers[key] = bufs
-            while len(self._buffers) > self.max_cached_shapes:
-                old, _ = self._buffers.popitem(last=False)
-                for gkey in [k for k in self._graphs if k[:3] == old]:
-                    del self._graphs[gkey]
-        else:
-            self._buffers.move_to_end(key)
-        return bufs
+        """The two ping-pong NHWC activation buffers ``(n, h, w, channels)`` (views of the flat ones)."""
+        numel = n * h * w * self.channels
+        if numel > self.buffer_numel:
+            self._graphs.clear()  # captured on the old addresses
+            self._flat = None  # free the old pair before allocating the new one
+            self._flat = tuple(torch.empty(numel, device=self.device, dtype=self.dtype) for _ in range(2))
+        return tuple(f[:numel].view(n, h, w, self.channels) for f in self._flat)
+
+    def _cache_graph(self, key: tuple, entry: tuple) -> None:
+        self._graphs[key] = entry
+        while len(self._graphs) > self.max_cached_shapes:
+            self._graphs.popitem(last=False)
+
+    def _get_graph(self, key: tuple):
+        entry = self._graphs.get(key)
+        if entry is not None:
+            self._graphs.move_to_end(key)
+        return entry
+
+    def _enter_stream(self) -> None:
+        """Order this call's GPU work after the previous call's, if that ran on another stream."""
+        stream = torch.cuda.current_stream(self.device)
+        last = self._last_stream
+        if last is not None and last != stream:
+            stream.wait_stream(last)
+            tensors = list(self._flat or ()) + [t for _, *statics in self._graphs.values() for t in statics]
+            for t in tensors:
+                t.record_stream(stream)
+        self._last_stream = stream

@@ -104,14 +104,15 @@ class CudaBackend(PingPongBuffers):
         model: the :class:`~vdsr_fast.reference.VDSR` to pack (64 channels, any depth >= 2).
         device: a CUDA device of compute capability 8.0 or newer.
         dtype: ``torch.float16`` or ``torch.bfloat16`` (activations and body weights).
-        max_cached_shapes: how many input shapes keep their two activation buffers (and graphs), LRU.
+        max_cached_shapes: how many input shapes keep a captured CUDA graph, LRU (the activation
+            buffers are one pair, sized for the largest shape seen).
         body_variant: id of the body kernel variant (``vdsr_fast._C.body_variants()``); None picks
             one from the GPU's shared memory.  For tuning and tests.
         cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
             (removes the per-launch host cost, which matters for small images).
 
-    Activation buffers are owned by the backend: calls on one backend must not run concurrently on
-    different streams (use one engine per stream; :func:`vdsr_fast.upscale` keeps one per stream).
+    Activation buffers are owned by the backend and shared by its calls: calls from different CUDA
+    streams are ordered on the GPU (see :class:`~vdsr_fast.kernels.PingPongBuffers`), and
     :class:`~vdsr_fast.engine.Engine` serialises calls from several threads.
     """
 
@@ -198,7 +199,7 @@ class CudaBackend(PingPongBuffers):
             self.b_body = torch.zeros(1, device=device, dtype=fp32)
         self.w_tail = ws[-1].to(fp32).permute(2, 3, 1, 0).reshape(9, c).contiguous()  # [ky*3+kx][c]
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
-        self._init_buffers()  # two ping-pong NHWC buffers per input shape; graphs keyed (N, H, W)
+        self._init_buffers()  # two ping-pong NHWC buffers; graphs keyed (N, H, W)
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         """``y + residual(y)`` for a Y-plane batch (N, 1, H, W) of any float dtype; returns y's dtype."""
@@ -210,6 +211,7 @@ class CudaBackend(PingPongBuffers):
         if torch.compiler.is_compiling():
             return self.forward_op(y)
         with torch.cuda.device(self.device):
+            self._enter_stream()
             x = y.to(torch.float32).contiguous()  # the kernels read and write fp32 Y planes
             out = self._graphed(x) if self.cuda_graphs else self._forward(x, torch.empty_like(x))
         return out.to(y.dtype)
@@ -232,8 +234,9 @@ class CudaBackend(PingPongBuffers):
 
     def _graphed(self, x: torch.Tensor) -> torch.Tensor:
         key = (x.shape[0], x.shape[2], x.shape[3])
-        entry = self._graphs.get(key)
+        entry = self._get_graph(key)
         if entry is None:
+            self.buffers(*key)  # allocate (or grow) on the caller's stream, not the warm-up's
             static_in, static_out = torch.empty_like(x), torch.empty_like(x)
             static_in.copy_(x)
             # Warm-up outside the capture: allocates the buffers and makes the one-time per-device
@@ -246,9 +249,9 @@ class CudaBackend(PingPongBuffers):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._forward(static_in, static_out)
-            entry = self._graphs[key] = (graph, static_in, static_out)
+            entry = (graph, static_in, static_out)
+            self._cache_graph(key, entry)
         graph, static_in, static_out = entry
-        self.buffers(*key)  # keep this shape's buffers (which the graph uses) most recently used
         static_in.copy_(x)
         graph.replay()
         return static_out.clone()

@@ -76,12 +76,13 @@ class TritonBackend(PingPongBuffers):
         dtype: activation and weight storage dtype (fp16, bf16 or fp32); accumulation is fp32.
         clamp: clamp the output Y to [0, 1] inside the tail kernel (the reference does not clamp).
         cuda_graphs: capture one CUDA graph per input shape and dtype and replay it (CUDA only).
-        max_cached_shapes: how many input shapes keep their activation buffers (and graphs), LRU.
+        max_cached_shapes: how many input shapes keep a captured CUDA graph, LRU (the activation
+            buffers are one pair, sized for the largest shape seen).
         body_config: block sizes of the 64->64 layers (e.g. one of ``conv3x3.body_config_candidates``);
             default the ``conv3x3_config`` heuristic. Used by the eager and CUDA-graph paths.
 
-    Activation buffers are owned by the backend: calls on one backend must not run concurrently on
-    different streams (use one engine per stream; :func:`vdsr_fast.upscale` keeps one per stream).
+    Activation buffers are owned by the backend and shared by its calls: calls from different CUDA
+    streams are ordered on the GPU (see :class:`~vdsr_fast.kernels.PingPongBuffers`), and
     :class:`~vdsr_fast.engine.Engine` serialises calls from several threads.
     """
 
@@ -138,7 +139,7 @@ class TritonBackend(PingPongBuffers):
         self.b_body = [b.to(fp32).contiguous() for b in bs[1:-1]]
         self.w_tail = pack_tail_weight(ws[-1], dtype)
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
-        self._init_buffers()  # two ping-pong NHWC buffers per input shape; graphs keyed (N, H, W, y dtype)
+        self._init_buffers()  # two ping-pong NHWC buffers; graphs keyed (N, H, W, y dtype)
 
     def _check(self, y: torch.Tensor) -> None:
         if not torch.is_tensor(y) or y.dim() != 4 or y.shape[1] != 1:
@@ -168,11 +169,11 @@ class TritonBackend(PingPongBuffers):
 
     def _graphed(self, y: torch.Tensor) -> torch.Tensor:
         key = (y.shape[0], y.shape[2], y.shape[3], y.dtype)
-        entry = self._graphs.get(key)
+        entry = self._get_graph(key)
         if entry is None:
+            self.buffers(*key[:3])  # allocate (or grow) outside the capture, on the caller's stream
             static_in = torch.empty(y.shape, device=self.device, dtype=y.dtype)
             static_in.copy_(y)
-            self.buffers(*key[:3])  # allocate outside the capture
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
@@ -181,8 +182,8 @@ class TritonBackend(PingPongBuffers):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 static_out = self._forward(static_in)
-            entry = self._graphs[key] = (graph, static_in, static_out)
-            self.buffers(*key[:3])  # the buffers stay cached as long as the graph
+            entry = (graph, static_in, static_out)
+            self._cache_graph(key, entry)
         graph, static_in, static_out = entry
         static_in.copy_(y)
         graph.replay()
@@ -196,4 +197,5 @@ class TritonBackend(PingPongBuffers):
         if self.device.type != "cuda":
             return self._forward(y)
         with torch.cuda.device(self.device):
+            self._enter_stream()
             return self._graphed(y) if self.cuda_graphs else self._forward(y)
