@@ -81,6 +81,8 @@ class CMakeBuild(build_ext):
             f"-DVDSR_FAST_CUDA_ARCHS={archs}",
             f"-DVDSR_FAST_OUTPUT_DIR={out_dir}",
         ]
+        if not os.environ.get("CMAKE_GENERATOR") and shutil.which("make") is None and shutil.which("ninja"):
+            cfg += ["-G", "Ninja"]  # CMake's default generator needs make
         jobs = os.environ.get("VDSR_FAST_BUILD_JOBS") or str(os.cpu_count() or 1)
         print(f"vdsr_fast setup.py: building vdsr_fast._C for CUDA archs {archs!r} with {nvcc}", flush=True)
         subprocess.run(cfg, check=True)

@@ -8,9 +8,10 @@
 # logged and the rest runs without the cuda backend), runs the GPU test suite, runs compute-sanitizer
 # once on a tiny input when the extension built, measures `vdsr-fast video` (frames/s, GPU busy
 # fraction; benchmarks/bench_video.py), runs the latency benchmark, and prints the markdown
-# table LAST. Everything it writes goes to $OUT (default: benchmarks/results/gpu_check/): env.txt,
-# build.log, pytest.log, junit.xml, sanitizer.log, bench.log and the results <date>_<card>.json/.md,
-# which are also copied to benchmarks/results/ (commit that JSON; see benchmarks/README.md).
+# table LAST. Everything it writes goes to $OUT (default: benchmarks/results/gpu_check/): the results
+# <date>_<card>.json/.md/.png and the video JSON (also copied to benchmarks/results/: commit the JSON;
+# see benchmarks/README.md), and gpu_check_logs.tgz with env.txt, build.log, pytest.log, junit.xml,
+# sanitizer.log, video.log and bench.log (one archive: the device tool returns at most 8 files).
 #
 # Sized for an H100 in under 8 minutes: every step runs under `timeout`, and its share is cut so the
 # benchmark keeps at least BENCH_MIN_S. Knobs (environment):
@@ -35,6 +36,18 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+
+# The device tool returns at most 8 files from $OUT: on exit the logs become one archive beside the results.
+pack_logs() {
+  local f logs=()
+  for f in env.txt build.log pytest.log junit.xml sanitizer.log video.log bench.log; do
+    if [[ -f "$OUT/$f" ]]; then logs+=("$f"); fi
+  done
+  if ((${#logs[@]})) && tar czf "$OUT/gpu_check_logs.tgz" -C "$OUT" "${logs[@]}"; then
+    (cd "$OUT" && rm -f "${logs[@]}")
+  fi
+}
+trap pack_logs EXIT
 
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
 BENCH_MIN=${BENCH_MIN_S:-170}
@@ -92,9 +105,9 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     tail -n 25 "$OUT/build.log" || true
   fi
 fi
-if "$PY" -c "import vdsr_fast._C" >>"$OUT/build.log" 2>&1; then
+if "$PY" -c "import vdsr_fast._C as C; print('body variants:', C.body_variants(), 'auto variant:', C.body_auto_variant(0))" >>"$OUT/build.log" 2>&1; then
   BUILT=1
-  SUMMARY+=("build: vdsr_fast._C imports (archs $VDSR_FAST_CUDA_ARCHS)")
+  SUMMARY+=("build: vdsr_fast._C imports (archs $VDSR_FAST_CUDA_ARCHS: $(cuobjdump --list-elf vdsr_fast/_C*.so 2>/dev/null | grep -Eo 'sm_[0-9]+a?' | sort -u | tr '\n' ' '))")
 else
   SUMMARY+=("build: vdsr_fast._C NOT available (see build.log)")
 fi
@@ -150,10 +163,12 @@ for dt in (torch.float16, torch.bfloat16):
     rc=$?
     set -e
     tail -n 15 "$OUT/sanitizer.log" || true
+    grep -q "Device not supported" "$OUT/sanitizer.log" && rc=unsupported
     case $rc in
       0) SUMMARY+=("sanitizer: memcheck clean") ;;
       7) SUMMARY+=("sanitizer: MEMCHECK ERRORS (see sanitizer.log)") ;;
       124) SUMMARY+=("sanitizer: timed out after ${T}s") ;;
+      unsupported) SUMMARY+=("sanitizer: compute-sanitizer does not support this machine's runtime (gVisor); not a kernel fault") ;;
       *) SUMMARY+=("sanitizer: run failed rc=$rc (see sanitizer.log)") ;;
     esac
   fi

@@ -9,8 +9,9 @@
 #                   load_train_y(['../shared/data/train/T91', '../shared/data/train/BSD200'], 'carry/y291.npz')"
 #   carry/Set5      a copy of ../shared/data/eval/Set5, for the periodic Set5 PSNR
 # runs/gpu holds the run so far (checkpoint last.pt: model, optimizer, step, RNG): carry it to continue.
-# At the end last.pt, the weights and the history are copied to $OUT (default runs/gpu_out); put them
-# back in runs/gpu here so the next call (or a CPU run) resumes from them.
+# At the end last.pt (model, optimizer, step, RNG, config, history), the weights and train.log are
+# copied to $OUT (default runs/gpu_out); put last.pt back in runs/gpu here so the next call (or a CPU
+# run) resumes from it.
 #
 # Knobs (environment): TRAIN_MINUTES=5 (then a checkpoint and stop; the schedule follows STEPS, so a
 # run cut into calls equals the uninterrupted one), STEPS=20000, BATCH=64, PATCH=48, LR=2e-4,
@@ -39,13 +40,14 @@ set +e
   | tee "$OUT/train.log"
 rc=${PIPESTATUS[0]}
 set -e
-cp runs/gpu/last.pt runs/gpu/config.json "$OUT/" 2>/dev/null || true
+# Three files come back (the device tool returns at most 8 in all): the checkpoint (which holds the
+# config and the whole history), the weights, and the log.
+cp runs/gpu/last.pt "$OUT/" 2>/dev/null || true
 cp runs/gpu/vdsr_x234.safetensors "$OUT/" 2>/dev/null || true
-"$PY" - "$OUT" <<'EOF'
-import json, sys, torch
+"$PY" - <<'EOF' 2>&1 | tee -a "$OUT/train.log"
+import torch
 state = torch.load("runs/gpu/last.pt", map_location="cpu", weights_only=True)
 hist = state["history"]
-json.dump(hist, open(f"{sys.argv[1]}/history.json", "w"), indent=1)
 print(f"step {state['step']} of {state['config']['steps']}; last records:")
 for h in hist[-3:]:
     print(" ", h)
