@@ -234,3 +234,15 @@ def test_numpy_integers_are_accepted(tiny_model):
                                expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match="tile must be a positive int"):
         upscale(x, 2, tiny_model, tile="8")
+
+
+def test_cuda_graphs_option(tiny_model):
+    """CUDA graphs are on by default for the fast backends on a GPU only; asking for them elsewhere
+    is a clear error, not a silent no-op."""
+    engine = vdsr_fast.get_engine(tiny_model, "cpu")
+    assert engine.backend == "torch"
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a fast backend on a CUDA device"):
+        vdsr_fast.get_engine(tiny_model, "cpu", cuda_graphs=True)
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a fast backend"):
+        upscale(torch.rand(1, 3, 4, 4), 2, tiny_model, backend="torch", cuda_graphs=True)
+    assert upscale(torch.rand(1, 3, 4, 4), 2, tiny_model, cuda_graphs=False).shape == (1, 3, 8, 8)

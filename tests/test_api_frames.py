@@ -206,8 +206,8 @@ def test_out_of_memory_is_raised(tiny_model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (sync-free check of the hot path)")
 @pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
 def test_gpu_hot_path_does_not_synchronise(tiny_model, backend):
-    """After the first call per frame size and stream (engine, self-check, resize tables), upscale()
-    never waits for the device: plain, into `out=` on a side stream, and tiled."""
+    """After the first call per frame size (engine, self-check, resize tables, CUDA graph capture),
+    upscale() never waits for the device: plain, into `out=` on a side stream, and tiled."""
     from vdsr_fast import VDSR, available_backends
 
     dev = torch.device("cuda")
@@ -222,7 +222,7 @@ def test_gpu_hot_path_does_not_synchronise(tiny_model, backend):
     ref = upscale(frames, 2, model, **kw)  # warm-up: engine, resize tables
     upscale(frames, 2, model, tile=40, **kw)
     with torch.cuda.stream(stream):
-        upscale(frames, 2, model, **kw)  # this stream's engine
+        upscale(frames, 2, model, **kw)  # the same engine from another stream
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

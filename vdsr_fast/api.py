@@ -44,24 +44,37 @@ def _weights_stamp(model: VDSR) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
-def get_engine(model: VDSR, device: torch.device | str, backend: str = "auto", dtype: torch.dtype | None = None) -> Engine:
+def get_engine(
+    model: VDSR,
+    device: torch.device | str,
+    backend: str = "auto",
+    dtype: torch.dtype | None = None,
+    cuda_graphs: bool | None = None,
+) -> Engine:
     """The :class:`Engine` for ``model`` on ``device``, built once and cached on the model.
 
-    The engine is rebuilt when the model's weights have changed since it was built (so fine-tuning,
-    EMA updates or ``load_state_dict`` are seen), and it is shared by every CUDA stream: its calls
-    are ordered on the GPU when the stream changes (no host synchronisation), see
+    ``cuda_graphs`` (default: on for the fast backends on a GPU) makes the engine capture one CUDA
+    graph per input shape on its first call and replay it after (the 20 launches cost one). The
+    engine is rebuilt when the model's weights have changed since it was built (so fine-tuning, EMA
+    updates or ``load_state_dict`` are seen), and it is shared by every CUDA stream: its calls are
+    ordered on the GPU when the stream changes (no host synchronisation), see
     :class:`~vdsr_fast.kernels.PingPongBuffers`. The cache is not pickled with the model.
     """
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    graphs = device.type == "cuda" and backend != "torch" if cuda_graphs is None else bool(cuda_graphs)
+    if graphs and (device.type != "cuda" or backend == "torch"):
+        raise ValueError(f"cuda_graphs=True needs a fast backend on a CUDA device, not {backend!r} on {device}")
+    # A tiled frame has up to 9 window shapes: keep a graph for each of them and some frame sizes more.
+    options = {"cuda_graphs": True, "max_cached_shapes": 16} if graphs else {}
     cache = model.__dict__.setdefault("_vdsr_engines", OrderedDict())
-    key = (backend, str(device), dtype)
+    key = (backend, str(device), dtype, graphs)
     stamp = _weights_stamp(model)
     with _lock:
         entry = cache.get(key)
         if entry is None or entry[1] != stamp:
-            entry = cache[key] = (Engine(model, backend=backend, dtype=dtype, device=device), stamp)
+            entry = cache[key] = (Engine(model, backend=backend, dtype=dtype, device=device, **options), stamp)
             while len(cache) > _MAX_ENGINES:
                 cache.popitem(last=False)
         cache.move_to_end(key)
@@ -220,6 +233,7 @@ def upscale(
     tile: int | tuple[int, int] | None = None,
     max_memory: int | None = None,
     check_finite: bool = False,
+    cuda_graphs: bool | None = None,
 ) -> torch.Tensor:
     """Super-resolve ``img`` by ``scale`` with VDSR.
 
@@ -253,6 +267,9 @@ def upscale(
         check_finite: raise ValueError if ``img`` holds NaN or Inf (off by default: the check waits
             for the device). Without it, NaN/Inf pixels propagate to the output within the
             receptive field around them.
+        cuda_graphs: replay the network as one CUDA graph per window shape, captured on the first
+            call for that shape (default: on for the Triton and CUDA backends on a GPU; False turns
+            it off, e.g. to profile the kernels one by one).
 
     Returns:
         ``out``, or a new tensor in the input's convention, dtype and device with H and W multiplied
@@ -288,7 +305,7 @@ def upscale(
         raise ValueError("upscale: img contains NaN or Inf values (check_finite=True)")
 
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-        engine = get_engine(model, batch.device, backend, dtype)
+        engine = get_engine(model, batch.device, backend, dtype, cuda_graphs)
         radius = tiling.receptive_radius(model)
         H, W = h * s, w * s
         size = _tile_size(tile, max_memory, n, engine, model, img.dtype, radius, (H, W))

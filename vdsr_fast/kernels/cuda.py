@@ -247,7 +247,8 @@ class CudaBackend(PingPongBuffers):
                 self._forward(static_in, static_out)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: other threads (a video pipeline's decoder and encoder) keep using CUDA
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._forward(static_in, static_out)
             entry = (graph, static_in, static_out)
             self._cache_graph(key, entry)

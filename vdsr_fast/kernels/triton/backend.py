@@ -180,7 +180,8 @@ class TritonBackend(PingPongBuffers):
                 self._forward(static_in)  # warm-up: compiles the kernels outside the capture
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: other threads (a video pipeline's decoder and encoder) keep using CUDA
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 static_out = self._forward(static_in)
             entry = (graph, static_in, static_out)
             self._cache_graph(key, entry)
