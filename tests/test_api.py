@@ -246,3 +246,16 @@ def test_cuda_graphs_option(tiny_model):
     with pytest.raises(ValueError, match="cuda_graphs=True needs a fast backend"):
         upscale(torch.rand(1, 3, 4, 4), 2, tiny_model, backend="torch", cuda_graphs=True)
     assert upscale(torch.rand(1, 3, 4, 4), 2, tiny_model, cuda_graphs=False).shape == (1, 3, 8, 8)
+
+
+def test_weights_made_in_inference_mode(tiny_model):
+    """Parameters created under torch.inference_mode have no version counter: the engine cache
+    still works (and is keyed on their addresses)."""
+    from vdsr_fast import VDSR
+
+    with torch.inference_mode():
+        m = VDSR(tiny_model.depth, tiny_model.channels)
+        m.load_state_dict(tiny_model.state_dict())
+    x = torch.rand(1, 3, 5, 4)
+    torch.testing.assert_close(upscale(x, 2, m), upscale(x, 2, tiny_model), rtol=0, atol=0)
+    assert vdsr_fast.get_engine(m, "cpu") is vdsr_fast.get_engine(m, "cpu")

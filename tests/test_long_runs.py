@@ -134,7 +134,7 @@ def test_stream_change_orders_the_gpu_work_without_a_host_sync(monkeypatch):
             self.used_on.append(s.name)
 
     pp = PingPongBuffers()
-    pp.device, pp.max_cached_shapes = torch.device("cpu"), 2
+    pp.device, pp.max_cached_shapes, pp._packed = torch.device("cpu"), 2, [Buf()]
     pp._init_buffers()
     pp._flat = (Buf(), Buf())
     static = Buf()
@@ -148,6 +148,7 @@ def test_stream_change_orders_the_gpu_work_without_a_host_sync(monkeypatch):
     current[0] = b
     pp._enter_stream()
     assert b.waited == ["a"] and [f.used_on for f in pp._flat] == [["b"], ["b"]] and static.used_on == ["b", "b"]
+    assert pp._packed[0].used_on == ["b"]  # the weights too: a dropped engine's memory is not reused early
     current[0] = a
     pp._enter_stream()
     assert a.waited == ["b"]

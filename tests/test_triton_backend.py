@@ -296,3 +296,22 @@ def test_runs_on_current_stream_gpu():
         event = side.record_event()
     event.synchronize()
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_tiled_upscale_reserves_the_largest_window_first(monkeypatch):
+    """upscale() sizes the buffers for a tiled frame's largest window before the first tile, so they
+    never grow mid-frame (growing drops the CUDA graphs captured for the windows before)."""
+    from vdsr_fast import get_engine, upscale
+
+    device = triton_device()
+    model = _model(3, 8, seed=9).to(device)
+    x = torch.rand(1, 1, 13, 11, device=device)
+    impl = get_engine(model, device, "triton", torch.float32)._impl
+    sizes = []
+    real = type(impl).buffers
+    monkeypatch.setattr(type(impl), "buffers", lambda self, n, h, w: sizes.append(n * h * w) or real(self, n, h, w))
+    tiled = upscale(x, 2, model, backend="triton", dtype=torch.float32, tile=9)
+    assert len(sizes) > 2 and sizes[0] == max(sizes)  # the reservation came first and was the largest
+    # (the same pixels up to float32 rounding: the kernels' reduction order depends on the window width)
+    untiled = upscale(x, 2, model, backend="triton", dtype=torch.float32)
+    torch.testing.assert_close(tiled, untiled, rtol=0, atol=1e-6)

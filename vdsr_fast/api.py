@@ -40,8 +40,10 @@ _MAX_ENGINES = 8  # per model, LRU: (backend, device, dtype) combinations kept
 
 def _weights_stamp(model: VDSR) -> tuple:
     """Changes whenever a parameter is replaced or updated in place (load_state_dict, an optimizer
-    step, ``.to()``): the version counters and addresses of the parameters, read on the host."""
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    step, ``.to()``): the addresses and version counters of the parameters, read on the host.
+    Writes through ``p.data`` and to tensors made under ``torch.inference_mode`` (which have no
+    version counter) are not seen: after those, call ``model.__dict__.pop("_vdsr_engines", None)``."""
+    return tuple((p.data_ptr(), None if p.is_inference() else p._version) for p in model.parameters())
 
 
 def get_engine(
@@ -55,8 +57,9 @@ def get_engine(
 
     ``cuda_graphs`` (default: on for the fast backends on a GPU) makes the engine capture one CUDA
     graph per input shape on its first call and replay it after (the 20 launches cost one). The
-    engine is rebuilt when the model's weights have changed since it was built (so fine-tuning, EMA
-    updates or ``load_state_dict`` are seen), and it is shared by every CUDA stream: its calls are
+    engine is rebuilt when the model's weights have changed since it was built (``load_state_dict``,
+    optimizer steps, other in-place updates of the parameters; :func:`_weights_stamp` says what is
+    not seen), and it is shared by every CUDA stream: its calls are
     ordered on the GPU when the stream changes (no host synchronisation), see
     :class:`~vdsr_fast.kernels.PingPongBuffers`. The cache is not pickled with the model.
     """
@@ -310,15 +313,18 @@ def upscale(
         H, W = h * s, w * s
         size = _tile_size(tile, max_memory, n, engine, model, img.dtype, radius, (H, W))
         tiles = [(0, H, 0, W)] if size is None else tiling.tile_plan(H, W, size)
+        windows = [(tiling.Window(h, s, r0, r1, radius), tiling.Window(w, s, c0, c1, radius)) for r0, r1, c0, c1 in tiles]
         if out is None and len(tiles) == 1 and layout == "NCHW":
-            result = _run_window(batch, engine, tiling.Window(h, s, 0, H, radius), tiling.Window(w, s, 0, W, radius))
-            return _from_float(result, img.dtype).reshape(shape)
+            return _from_float(_run_window(batch, engine, *windows[0]), img.dtype).reshape(shape)
+        # Size the activation buffers for the largest window first, so no graph captured for an
+        # earlier (edge) window is dropped when they grow.
+        engine.reserve(n, max(r.net[1] - r.net[0] for r, _ in windows), max(c.net[1] - c.net[0] for _, c in windows))
         if out is None:
             out = torch.empty(shape, dtype=img.dtype, device=img.device)
         elif len(tiles) > 1 and out.untyped_storage().data_ptr() == img.untyped_storage().data_ptr():
             batch = batch.clone()  # out shares memory with img: earlier tiles would overwrite later tiles' input
         dst = _nchw(out, layout)
-        for r0, r1, c0, c1 in tiles:
-            result = _run_window(batch, engine, tiling.Window(h, s, r0, r1, radius), tiling.Window(w, s, c0, c1, radius))
-            dst[:, :, r0:r1, c0:c1].copy_(_from_float(result, img.dtype))
+        for rows, cols in windows:
+            result = _run_window(batch, engine, rows, cols)
+            dst[:, :, rows.start : rows.stop, cols.start : cols.stop].copy_(_from_float(result, img.dtype))
         return out

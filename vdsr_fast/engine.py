@@ -11,6 +11,7 @@ requested backend that cannot run raises :class:`BackendUnavailable` and never f
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 from typing import Protocol
@@ -224,6 +225,15 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine(backend={self.backend!r}, dtype={self.dtype}, device={self.device}, depth={self.depth}, channels={self.channels})"
+
+    def reserve(self, n: int, h: int, w: int) -> None:
+        """Size the fast backends' activation buffers for ``(n, 1, h, w)`` inputs now (a no-op for
+        the PyTorch backend). Growing them later drops the CUDA graphs captured on the old ones, so
+        callers that know their largest input (a tiled frame's interior window) reserve it first."""
+        if self._lock is None or torch.compiler.is_compiling():
+            return
+        with self._lock, torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            self._impl.buffers(n, h, w)
 
     @torch.no_grad()
     def __call__(self, y: torch.Tensor) -> torch.Tensor:

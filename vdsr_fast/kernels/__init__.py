@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
+
+# PyTorch allows one CUDA graph capture at a time per process: engines capturing from several
+# threads take turns.
+_CAPTURE_LOCK = threading.Lock()
 
 
 class PingPongBuffers:
@@ -18,10 +24,13 @@ class PingPongBuffers:
 
     Streams: calls may come from different CUDA streams (the caller's current one). The GPU work of
     consecutive calls is ordered through the buffers: when the stream changes, the new one waits for
-    the old one's queued work (``wait_stream``: no host synchronisation), and the buffers are marked
-    as used on it so the caching allocator never hands their memory out early.
-    The backend sets ``device``, ``dtype``, ``channels`` and ``max_cached_shapes``, then calls
-    :meth:`_init_buffers`; it calls :meth:`_enter_stream` at the start of every CUDA call.
+    the old one's queued work (``wait_stream``: no host synchronisation), and the buffers, the packed
+    weights and the graphs' tensors are marked as used on it so the caching allocator never hands
+    their memory out early. A stream the caller destroys (``torch.cuda.ExternalStream``) must not be
+    the last one an engine ran on.
+    The backend sets ``device``, ``dtype``, ``channels``, ``max_cached_shapes`` and ``_packed`` (its
+    weight tensors), then calls :meth:`_init_buffers` (on the stream it packed the weights on); it
+    calls :meth:`_enter_stream` at the start of every CUDA call and :meth:`_replay` for graphs.
     """
 
     device: torch.device
@@ -29,10 +38,15 @@ class PingPongBuffers:
     channels: int
     max_cached_shapes: int
 
+    _packed: list[torch.Tensor]
+
     def _init_buffers(self) -> None:
         self._flat: tuple[torch.Tensor, torch.Tensor] | None = None
         self._graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._last_stream: torch.cuda.Stream | None = None
+        self._capture_stream: torch.cuda.Stream | None = None
+        # The weights were packed on this stream: a first call from another one waits for that work.
+        cuda = self.device.type == "cuda"
+        self._last_stream = torch.cuda.current_stream(self.device) if cuda else None
 
     @property
     def buffer_numel(self) -> int:
@@ -65,7 +79,40 @@ class PingPongBuffers:
         last = self._last_stream
         if last is not None and last != stream:
             stream.wait_stream(last)
-            tensors = list(self._flat or ()) + [t for _, *statics in self._graphs.values() for t in statics]
+            tensors = [*(self._flat or ()), *self._packed] + [t for _, *statics in self._graphs.values() for t in statics]
             for t in tensors:
                 t.record_stream(stream)
         self._last_stream = stream
+
+    def _replay(self, key: tuple, x: torch.Tensor, forward: Callable[[torch.Tensor, torch.Tensor], object]) -> torch.Tensor:
+        """``forward(x, out)`` through the CUDA graph captured for ``key`` (its first three entries are
+        (N, H, W)), capturing it on first use; returns a fresh tensor like ``x``.
+
+        The capture runs on this backend's own stream (on its device, also with several GPUs in one
+        process), after a warm-up there that compiles and configures every kernel. Nothing is
+        allocated inside the capture: the output is a static tensor made beforehand.
+        """
+        entry = self._get_graph(key)
+        if entry is None:
+            self.buffers(*key[:3])  # allocate (or grow) on the caller's stream, outside the capture
+            static_in, static_out = torch.empty_like(x), torch.empty_like(x)
+            static_in.copy_(x)
+            if self._capture_stream is None:
+                self._capture_stream = torch.cuda.Stream(self.device)
+            cap, current = self._capture_stream, torch.cuda.current_stream(self.device)
+            cap.wait_stream(current)
+            try:
+                with torch.cuda.stream(cap):
+                    forward(static_in, static_out)  # warm-up: Triton JIT, shared-memory opt-in
+            finally:
+                current.wait_stream(cap)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads (a video pipeline's decoder and encoder) keep using CUDA
+            with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=cap, capture_error_mode="thread_local"):
+                forward(static_in, static_out)
+            entry = (graph, static_in, static_out)
+            self._cache_graph(key, entry)
+        graph, static_in, static_out = entry
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
