@@ -49,13 +49,14 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _engine(args):
-    """The model from ``--weights`` and its engine for ``--backend/--dtype/--device``."""
+    """The model from ``--weights`` and its engine for ``--backend/--dtype/--device``; no CUDA graphs
+    (images of many sizes, each seen once: a capture per size would only add work)."""
     from .api import get_engine
     from .engine import BackendUnavailable
 
     model = _model(args.weights)
     try:
-        return model, get_engine(model, _device(args.device), args.backend, _DTYPES.get(args.dtype))
+        return model, get_engine(model, _device(args.device), args.backend, _DTYPES.get(args.dtype), cuda_graphs=False)
     except BackendUnavailable as e:
         raise CliError(str(e)) from None
 
@@ -75,7 +76,7 @@ def cmd_upscale(args) -> int:
     except ImageReadError as e:
         raise CliError(str(e)) from None
     model, engine = _engine(args)
-    model_kw = {"backend": args.backend, "dtype": _DTYPES.get(args.dtype)}
+    model_kw = {"backend": args.backend, "dtype": _DTYPES.get(args.dtype), "cuda_graphs": False}  # _engine's
     x = torch.from_numpy(arr.astype(np.int32) if arr.dtype == np.uint16 else arr).permute(2, 0, 1)
     x = (x.float() / 65535.0 if arr.dtype == np.uint16 else x).to(engine.device)
     t0 = time.perf_counter()
