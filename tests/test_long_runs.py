@@ -138,7 +138,7 @@ def test_stream_change_orders_the_gpu_work_without_a_host_sync(monkeypatch):
     pp._init_buffers()
     pp._flat = (Buf(), Buf())
     static = Buf()
-    pp._cache_graph((1, 4, 4), ("graph", static, static))
+    pp._graphs[(1, 4, 4)] = ("graph", static, static)
     a, b = Stream("a"), Stream("b")
     current = [a]
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[0])

@@ -48,15 +48,21 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device, e.g. cuda:0 or cpu (default: cuda if available)")
 
 
+def _engine_kw(args) -> dict:
+    """The engine options of ``--backend/--dtype``, as :func:`~vdsr_fast.get_engine` and
+    :func:`~vdsr_fast.upscale` take them; no CUDA graphs (images of many sizes, each seen once: a
+    capture per size would only add work)."""
+    return {"backend": args.backend, "dtype": _DTYPES.get(args.dtype), "cuda_graphs": False}
+
+
 def _engine(args):
-    """The model from ``--weights`` and its engine for ``--backend/--dtype/--device``; no CUDA graphs
-    (images of many sizes, each seen once: a capture per size would only add work)."""
+    """The model from ``--weights`` and its engine for ``--backend/--dtype/--device``."""
     from .api import get_engine
     from .engine import BackendUnavailable
 
     model = _model(args.weights)
     try:
-        return model, get_engine(model, _device(args.device), args.backend, _DTYPES.get(args.dtype), cuda_graphs=False)
+        return model, get_engine(model, _device(args.device), **_engine_kw(args))
     except BackendUnavailable as e:
         raise CliError(str(e)) from None
 
@@ -76,7 +82,7 @@ def cmd_upscale(args) -> int:
     except ImageReadError as e:
         raise CliError(str(e)) from None
     model, engine = _engine(args)
-    model_kw = {"backend": args.backend, "dtype": _DTYPES.get(args.dtype), "cuda_graphs": False}  # _engine's
+    model_kw = _engine_kw(args)  # upscale() then finds _engine's engine in the model's cache
     x = torch.from_numpy(arr.astype(np.int32) if arr.dtype == np.uint16 else arr).permute(2, 0, 1)
     x = (x.float() / 65535.0 if arr.dtype == np.uint16 else x).to(engine.device)
     t0 = time.perf_counter()

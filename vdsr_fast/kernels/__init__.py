@@ -62,17 +62,6 @@ class PingPongBuffers:
             self._flat = tuple(torch.empty(numel, device=self.device, dtype=self.dtype) for _ in range(2))
         return tuple(f[:numel].view(n, h, w, self.channels) for f in self._flat)
 
-    def _cache_graph(self, key: tuple, entry: tuple) -> None:
-        self._graphs[key] = entry
-        while len(self._graphs) > self.max_cached_shapes:
-            self._graphs.popitem(last=False)
-
-    def _get_graph(self, key: tuple):
-        entry = self._graphs.get(key)
-        if entry is not None:
-            self._graphs.move_to_end(key)
-        return entry
-
     def _enter_stream(self) -> None:
         """Order this call's GPU work after the previous call's, if that ran on another stream."""
         stream = torch.cuda.current_stream(self.device)
@@ -92,7 +81,7 @@ class PingPongBuffers:
         process), after a warm-up there that compiles and configures every kernel. Nothing is
         allocated inside the capture: the output is a static tensor made beforehand.
         """
-        entry = self._get_graph(key)
+        entry = self._graphs.get(key)
         if entry is None:
             self.buffers(*key[:3])  # allocate (or grow) on the caller's stream, outside the capture
             static_in, static_out = torch.empty_like(x), torch.empty_like(x)
@@ -110,8 +99,10 @@ class PingPongBuffers:
             # thread_local: other threads (a video pipeline's decoder and encoder) keep using CUDA
             with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=cap, capture_error_mode="thread_local"):
                 forward(static_in, static_out)
-            entry = (graph, static_in, static_out)
-            self._cache_graph(key, entry)
+            entry = self._graphs[key] = (graph, static_in, static_out)
+            while len(self._graphs) > self.max_cached_shapes:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
         graph, static_in, static_out = entry
         static_in.copy_(x)
         graph.replay()
