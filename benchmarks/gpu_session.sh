@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# One GPU call for everything a short device session can do, in priority order:
+# One GPU call for everything a short device session can do:
 #
 #     bash benchmarks/gpu_session.sh
 #
 # with the session's `run` tool: run(command="bash benchmarks/gpu_session.sh", carry=[".whl", "carry"],
 # timeout_s=600): the carried folders and the tree are ~61 MiB, under the 64 MiB a call may take (only with
 # carry/y291.npz stored with LZMA: TRAINING.md).
-#   1. benchmarks/gpu_check.sh in a shorter budget (build, GPU tests, sanitizer, video, latency) -> $OUT/check
-#   2. benchmarks/gpu_train.sh for TRAIN_MINUTES (default: what is left of SESSION_BUDGET_S) -> $OUT/train
-#   3. the check's summary and table again, last, so they end the output.
-# Knobs: SESSION_BUDGET_S=560 (whole call), GPU_CHECK_BUDGET_S=380, TRAIN_MINUTES (default: the rest,
-# minus 40 s for data loading and the final checkpoint), and every knob of the two scripts.
+#   1. benchmarks/gpu_train.sh starts at once in the background (TRAIN_MINUTES) -> $OUT/train; the
+#      build, the GPU tests and the sanitizer run beside it (they time nothing);
+#   2. benchmarks/gpu_check.sh -> $OUT/check, which waits for the training (TIMING_GATE) before the video
+#      and latency benchmarks, so nothing else is on the GPU while they time;
+#   3. the training's tail, then the check's summary and table, last.
+# The training stops itself after TRAIN_MINUTES (with a checkpoint); at TRAIN_DEADLINE_S after the start it
+# is stopped anyway (the last checkpoint, at most --ckpt-every steps old, is what comes back).
+# Knobs: SESSION_BUDGET_S=570 (whole call; the check's budget is this minus 10 s), TRAIN_MINUTES=4.0,
+# TRAIN_DEADLINE_S=275, and every knob of the two scripts (STEPS, BATCH, ... for the training).
 # The device may cut the call at its own limit: keep timeout_s >= SESSION_BUDGET_S + 30.
 set -uo pipefail
 
@@ -18,24 +22,44 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT_ROOT="${OUT:-runs/gpu_session}"
 mkdir -p "$OUT_ROOT/check" "$OUT_ROOT/train"
 T0=$(date +%s)
-SESSION=${SESSION_BUDGET_S:-560}
+SESSION=${SESSION_BUDGET_S:-570}
+GATE=/tmp/gpu_session_train_done
+rm -f "$GATE"
 
-OUT="$OUT_ROOT/check" GPU_CHECK_BUDGET_S=${GPU_CHECK_BUDGET_S:-380} bash benchmarks/gpu_check.sh 2>&1 \
+# 1. training, in its own process group so that the deadline can stop the whole pipeline
+echo "[gpu_session] training for ${TRAIN_MINUTES:-4.0} min in the background -> $OUT_ROOT/train"
+SETSID=$(command -v setsid || true)  # without it the deadline stops the script only
+OUT="$OUT_ROOT/train" TRAIN_MINUTES=${TRAIN_MINUTES:-4.0} $SETSID bash benchmarks/gpu_train.sh \
+  >/tmp/gpu_session_train.log 2>&1 &
+TRAIN_PID=$!
+(
+  deadline=$((T0 + ${TRAIN_DEADLINE_S:-275}))
+  while kill -0 "$TRAIN_PID" 2>/dev/null && (($(date +%s) < deadline)); do sleep 2; done
+  if kill -0 "$TRAIN_PID" 2>/dev/null; then
+    echo "[gpu_session] training past its deadline: stopped" >>/tmp/gpu_session_train.log
+    kill -TERM -- "-$TRAIN_PID" 2>/dev/null || kill -TERM "$TRAIN_PID"
+    sleep 3
+  fi
+  # What gpu_train.sh copies at its end, again (it may have been stopped): the last checkpoint and weights.
+  cp runs/gpu/last.pt "$OUT_ROOT/train/" 2>/dev/null
+  [[ -f "$OUT_ROOT/train/vdsr_x234.safetensors" ]] || cp runs/gpu/vdsr_x234.safetensors "$OUT_ROOT/train/" 2>/dev/null
+  touch "$GATE"
+) &
+WATCH_PID=$!
+
+# 2. the checks; timing waits for the gate
+OUT="$OUT_ROOT/check" GPU_CHECK_BUDGET_S=$((SESSION - 10)) TIMING_GATE="$GATE" bash benchmarks/gpu_check.sh 2>&1 \
   | tee /tmp/gpu_session_check.log  # not under $OUT: the device returns 8 files at most
 check_rc=${PIPESTATUS[0]}
+wait "$WATCH_PID"
+wait "$TRAIN_PID"
+train_rc=$?
+cp /tmp/gpu_session_train.log "$OUT_ROOT/train/train.log" 2>/dev/null
 
-left=$((SESSION - ($(date +%s) - T0) - 40))
-minutes=${TRAIN_MINUTES:-$(awk -v s="$left" 'BEGIN { printf "%.1f", (s > 0 ? s : 0) / 60 }')}
-train_rc=skipped
-if awk -v m="$minutes" 'BEGIN { exit !(m >= 0.5) }'; then
-  echo "[gpu_session] training for $minutes min -> $OUT_ROOT/train"
-  OUT="$OUT_ROOT/train" TRAIN_MINUTES=$minutes bash benchmarks/gpu_train.sh 2>&1 | tail -n 40
-  train_rc=${PIPESTATUS[0]}
-else
-  echo "[gpu_session] no time left to train ($minutes min)"
-fi
-
+# 3. the training's tail, then the check's summary and tables (everything from its summary line on), last
+echo
+echo "[gpu_session] training (rc=$train_rc):"
+tail -n 25 /tmp/gpu_session_train.log
 echo
 echo "[gpu_session] gpu_check rc=$check_rc, gpu_train rc=$train_rc, $(($(date +%s) - T0)) s in all"
-# The check's summary and tables (everything from its summary line on), last.
 sed -n '/\] summary$/,$p' /tmp/gpu_session_check.log
