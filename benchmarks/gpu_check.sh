@@ -22,6 +22,10 @@
 #   VIDEO_CAP_S=90                                         vdsr-fast video throughput step
 #   SKIP_BUILD=1 SKIP_TESTS=1 SKIP_SANITIZER=1 SKIP_VIDEO=1  skip a step
 #   TIMING_GATE=FILE        before timing, wait for FILE (another job still using the GPU; gpu_session.sh)
+#   SKIP_BENCH=1            no latency benchmark (a follow-up call that has its results already)
+#   PYTEST_ARGS="..."       extra pytest arguments (e.g. --deselect a test that crashes the process)
+#   LAYER_PROFILE=1         also run benchmarks/layer_profile.py (per-layer times, every kernel variant)
+#   GC_DIAG=1               also run tests/test_cuda_backend.py -v with a gc.collect() after each test
 set -uo pipefail  # no -e: one failing step must not cost the rest of a device call
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,7 +45,7 @@ fi
 # The device tool returns at most 8 files from $OUT: on exit the logs become one archive beside the results.
 pack_logs() {
   local f logs=()
-  for f in env.txt build.log pytest.log junit.xml sanitizer.log video.log bench.log; do
+  for f in env.txt build.log pytest.log junit.xml sanitizer.log video.log bench.log layer_profile.log gc_diag.log; do
     if [[ -f "$OUT/$f" ]]; then logs+=("$f"); fi
   done
   if ((${#logs[@]})) && tar czf "$OUT/gpu_check_logs.tgz" -C "$OUT" "${logs[@]}"; then
@@ -122,7 +126,8 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   log "pytest tests (timeout ${T}s) -> $OUT/pytest.log, $OUT/junit.xml"
   set +e
   # Only the tests that exercise the GPU (tests/conftest.py): the rest is what CI runs on its CPU.
-  ((T > 0)) && VDSR_FAST_GPU_TESTS_ONLY=1 timeout "$T" "$PY" -m pytest tests -q --maxfail=10 --durations=10 -p no:cacheprovider \
+  # shellcheck disable=SC2086
+  ((T > 0)) && VDSR_FAST_GPU_TESTS_ONLY=1 timeout "$T" "$PY" -m pytest tests -q --maxfail=10 --durations=10 -p no:cacheprovider ${PYTEST_ARGS:-} \
     --junitxml="$OUT/junit.xml" >"$OUT/pytest.log" 2>&1
   rc=$?
   set -e
@@ -182,7 +187,7 @@ fi
 # exists, at most until only the video and benchmark shares are left, before anything is timed.
 if [[ -n "${TIMING_GATE:-}" && ! -e "${TIMING_GATE}" ]]; then
   log "waiting for $TIMING_GATE before timing anything"
-  while [[ ! -e "$TIMING_GATE" ]] && (($(left) > BENCH_MIN + ${VIDEO_CAP_S:-90} + 10)); do sleep 2; done
+  while [[ ! -e "$TIMING_GATE" ]] && (($(left) > BENCH_MIN + (${SKIP_VIDEO:-0} == 1 ? 0 : ${VIDEO_CAP_S:-90}) + 10)); do sleep 2; done
   [[ -e "$TIMING_GATE" ]] || SUMMARY+=("timing: $TIMING_GATE did not appear in time; timed with the GPU possibly shared")
   log "timing starts"
 fi
@@ -209,39 +214,67 @@ if [[ "${SKIP_VIDEO:-0}" != 1 ]]; then
 fi
 
 # ---------------------------------------------------------------- 4. the benchmark
-T=$(share 100000 15)
-BUDGET_IN=$((T - 45))  # the benchmark stops starting new rows this early, then writes its files
-((BUDGET_IN < 30)) && BUDGET_IN=30
-log "benchmark (timeout ${T}s, row budget ${BUDGET_IN}s) -> $OUT/bench.log"
-set +e
-# shellcheck disable=SC2086
-timeout "$T" "$PY" -m benchmarks.bench_latency --out "$OUT" --budget-s "$BUDGET_IN" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
-rc=$?
-set -e
-JSON=$(ls -t "$OUT"/*.json 2>/dev/null | grep -v _video_ | head -n 1 || true)
-case $rc in
-  0) SUMMARY+=("bench: done") ;;
-  3) SUMMARY+=("bench: done, SOME PATH FAILED ITS REFERENCE CHECK (rows marked FAIL)") ;;
-  124) SUMMARY+=("bench: TIMED OUT after ${T}s; the table below is what was saved") ;;
-  *) SUMMARY+=("bench: exited rc=$rc (see bench.log)"); tail -n 30 "$OUT/bench.log" || true ;;
-esac
-if [[ -n "$JSON" ]]; then
-  cp "$JSON" "${JSON%.json}.md" "$ROOT/benchmarks/results/" 2>/dev/null || true
-  SUMMARY+=("results: $JSON (copied to benchmarks/results/)")
+JSON=""
+if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
+  T=$(share 100000 $((15 + ${AFTER_BENCH_S:-0})))
+  BUDGET_IN=$((T - 45))  # the benchmark stops starting new rows this early, then writes its files
+  ((BUDGET_IN < 30)) && BUDGET_IN=30
+  log "benchmark (timeout ${T}s, row budget ${BUDGET_IN}s) -> $OUT/bench.log"
+  # shellcheck disable=SC2086
+  timeout "$T" "$PY" -m benchmarks.bench_latency --out "$OUT" --budget-s "$BUDGET_IN" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+  rc=$?
+  JSON=$(ls -t "$OUT"/*.json 2>/dev/null | grep -v -e _video_ -e layer_profile_ | head -n 1 || true)
+  case $rc in
+    0) SUMMARY+=("bench: done") ;;
+    3) SUMMARY+=("bench: done, SOME PATH FAILED ITS REFERENCE CHECK (rows marked FAIL)") ;;
+    124) SUMMARY+=("bench: TIMED OUT after ${T}s; the table below is what was saved") ;;
+    *) SUMMARY+=("bench: exited rc=$rc (see bench.log)"); tail -n 30 "$OUT/bench.log" || true ;;
+  esac
+  if [[ -n "$JSON" ]]; then
+    cp "$JSON" "${JSON%.json}.md" "$ROOT/benchmarks/results/" 2>/dev/null || true
+    SUMMARY+=("results: $JSON (copied to benchmarks/results/)")
+  fi
+fi
+
+# ---------------------------------------------------------------- 4b. per-layer profile (LAYER_PROFILE=1)
+if [[ "${LAYER_PROFILE:-0}" == 1 ]]; then
+  T=$(share "${LAYER_PROFILE_CAP_S:-90}" $((10 + (${GC_DIAG:-0} == 1 ? ${GC_DIAG_CAP_S:-90} : 0))))
+  log "layer profile, 1080p fp16 (timeout ${T}s) -> $OUT/layer_profile.log"
+  rc=skipped
+  ((T >= 10)) && { timeout "$T" "$PY" -m benchmarks.layer_profile --out "$OUT" >"$OUT/layer_profile.log" 2>&1; rc=$?; }
+  cp "$OUT"/layer_profile_*.json "$ROOT/benchmarks/results/" 2>/dev/null || true
+  SUMMARY+=("layer profile: rc=$rc ($(ls "$OUT"/layer_profile_*.json 2>/dev/null | head -n 1))")
+fi
+
+# ---------------------------------------------------------------- 4c. GC diagnosis (GC_DIAG=1)
+# The CUDA backend's tests again in one verbose process that collects garbage after each test, so a crash
+# in a finalizer shows up right after the test that left the object (tests/conftest.py: VDSR_FAST_GC_EACH_TEST).
+if [[ "${GC_DIAG:-0}" == 1 ]]; then
+  T=$(share "${GC_DIAG_CAP_S:-90}" 5)
+  log "GC diagnosis: tests/test_cuda_backend.py -v, gc after each test (timeout ${T}s) -> $OUT/gc_diag.log"
+  rc=skipped
+  # shellcheck disable=SC2086
+  ((T >= 10)) && { VDSR_FAST_GC_EACH_TEST=1 timeout "$T" "$PY" -X faulthandler -m pytest tests/test_cuda_backend.py -v \
+    -p no:cacheprovider ${GC_DIAG_ARGS:-} >"$OUT/gc_diag.log" 2>&1; rc=$?; }
+  SUMMARY+=("gc diagnosis: rc=$rc, last test line: $(grep -E 'PASSED|FAILED|SKIPPED|ERROR' "$OUT/gc_diag.log" | tail -n 1 | cut -c1-120 || true)")
 fi
 
 # ---------------------------------------------------------------- 5. summary, then the table last
 echo
-grep -E '^(not run|ERROR|WRONG|note):' "$OUT/bench.log" | cut -c1-180 || true  # full lines: bench.log
+[[ -f "$OUT/bench.log" ]] && { grep -E '^(not run|ERROR|WRONG|note):' "$OUT/bench.log" | cut -c1-180 || true; }  # full lines: bench.log
 echo
 log "summary"
 for s in "${SUMMARY[@]}"; do echo "  - $s"; done
 echo
+if [[ -f "$OUT/layer_profile.log" ]]; then
+  sed -n '/^\*\*/,$p' "$OUT/layer_profile.log"
+  echo
+fi
 if [[ -n "$JSON" ]]; then
   "$PY" benchmarks/make_table.py "$JSON" --pivot || true
   echo
   "$PY" benchmarks/make_table.py "$JSON"
-else
+elif [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   echo "no results JSON was written (see $OUT/bench.log)"
   exit 1
 fi

@@ -1,0 +1,200 @@
+"""Where the time goes: one VDSR layer at a time on a GPU, every fast kernel variant beside cuDNN.
+
+    python -m benchmarks.layer_profile --out DIR            # 1080p fp16 (issue 4's and 5's reference size)
+    python -m benchmarks.layer_profile --size 3840x2160 --dtype bf16
+
+Times (``triton.testing.do_bench`` medians after warm-up), at one frame size, in one process:
+  - the fp16 matmul peak (8192^3), the ceiling the TFLOP/s are compared with;
+  - one 64->64 body layer: cuDNN's fused conv+bias+ReLU (channels_last), every CUDA body variant
+    (``vdsr_fast._C.body_variants()``), and every Triton body candidate config (``body_config_candidates``);
+  - the head (1->64 + ReLU) and the tail (64->1 + bias + residual) of each backend, and cuDNN's head;
+  - the whole network per backend, beside the estimate head + 18 x body + tail from the rows above.
+Every kernel's output is checked against cuDNN's (fp32 reference for the head/tail) before it is timed.
+Writes ``layer_profile_<card>_<size>_<dtype>.json`` to ``--out`` and prints a markdown table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+C = 64
+
+
+def _bench(fn) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=50, rep=300, return_mode="median"))
+
+
+def _flops(n: int, h: int, w: int, c_in: int, c_out: int) -> float:
+    return 2.0 * 9 * c_in * c_out * n * h * w
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="1920x1080", help="WxH of the Y plane (default 1920x1080)")
+    ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
+    ap.add_argument("--out", default="benchmarks/results", help="folder for the JSON")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("layer_profile needs a CUDA GPU")
+    from benchmarks.bench_latency import _cudnn_relu_op
+    from vdsr_fast import VDSR, Engine
+    from vdsr_fast.kernels.triton import conv3x3 as tconv
+    from vdsr_fast.kernels.triton import tail as ttail
+
+    dev = torch.device("cuda")
+    dt = torch.float16 if args.dtype == "fp16" else torch.bfloat16
+    wd, ht = (int(v) for v in args.size.lower().split("x"))
+    n = 1
+    torch.manual_seed(0)
+    rows: list[dict] = []
+
+    def add(kind, path, fn, flops, note="", out=None, check=None):
+        """Run ``fn`` once (``out`` NaN-poisoned first), ``check(out)`` it, then time it; failures are printed."""
+        try:
+            if out is not None:
+                out.fill_(float("nan"))
+            res = fn()
+            if check is not None:
+                check(out if out is not None else res)
+            ms = _bench(fn)
+        except Exception as e:  # one path that fails (or does not compile on this card) is reported, not fatal
+            print(f"{kind:6s} {path:48s} FAILED: {type(e).__name__}: {str(e)[:160]}", flush=True)
+            rows.append({"layer": kind, "path": path, "ms": None, "tflops": None, "note": f"FAILED: {e}"[:200]})
+            return
+        rows.append({"layer": kind, "path": path, "ms": ms, "tflops": flops / ms / 1e9, "note": note})
+        print(f"{kind:6s} {path:48s} {ms:8.4f} ms  {flops / ms / 1e9:7.1f} TFLOP/s  {note}", flush=True)
+
+    # ceiling
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.float16)
+    peak = 2 * 8192**3 / _bench(lambda: a @ a) / 1e9
+    a = None
+    print(f"fp16 matmul peak {peak:.0f} TFLOP/s", flush=True)
+
+    # one body layer, NHWC activations with non-trivial values
+    w = torch.randn(C, C, 3, 3, device=dev) * (2.0 / (9 * C)) ** 0.5
+    b = torch.randn(C, device=dev) * 0.01
+    x_nhwc = torch.rand(n, ht, wd, C, device=dev).to(dt)
+    x_cl = x_nhwc.permute(0, 3, 1, 2)  # NCHW view, channels_last memory
+    fl = _flops(n, ht, wd, C, C)
+    ref = torch.relu(F.conv2d(x_cl.float(), w, b, padding=1)).permute(0, 2, 3, 1)
+    tol = 2e-2 * float(ref.abs().max())
+
+    def check(out):
+        err = float((out.float() - ref).abs().max())
+        assert err <= tol, f"max error {err:.3g} > {tol:.3g} against cuDNN in fp32: not timed"
+
+    wd_c = w.to(dt).contiguous(memory_format=torch.channels_last)
+    relu_op = _cudnn_relu_op()
+    if relu_op is not None:
+        add("body", "cuDNN fused conv+bias+ReLU (CL)", lambda: relu_op(x_cl, wd_c, b.to(dt), (1, 1), (1, 1), (1, 1), 1),
+            fl, check=lambda r: check(r.permute(0, 2, 3, 1)))
+
+    ext = None
+    try:
+        from vdsr_fast import _C as ext
+    except ImportError as e:
+        print(f"cuda backend: not built ({e})")
+    stream = lambda: torch.cuda.current_stream().cuda_stream  # noqa: E731
+    if ext is not None:
+        from vdsr_fast.kernels.cuda import pack_body_weight
+
+        code = ext.DTYPE_FLOAT16 if dt == torch.float16 else ext.DTYPE_BFLOAT16
+        wb = pack_body_weight(w, dt)
+        out = torch.full_like(x_nhwc, float("nan"))
+        auto = ext.body_auto_variant(0)
+        smem = torch.cuda.get_device_properties(dev).shared_memory_per_block_optin
+        for v in ext.body_variants():
+            if v["smem_bytes"] > smem:
+                continue
+            f = lambda v=v: ext.body(x_nhwc.data_ptr(), out.data_ptr(), wb.data_ptr(), b.data_ptr(),  # noqa: E731
+                                     n, ht, wd, code, 0, stream(), v["id"])  # fmt: skip
+            desc = f"{v['tile_h']}x{v['tile_w']} px, {v['threads']} thr, {v['stages']} stages, {v['smem_bytes'] // 1024} KB"
+            add("body", f"cuda variant {v['id']}" + (" (auto)" if v["id"] == auto else ""), f, fl, desc, out, check)
+
+    wt = tconv.pack_conv3x3_weight(w, dt)
+    default = tconv.conv3x3_config(C, C, dt)
+    out = torch.empty_like(x_nhwc)
+    for cfg in tconv.body_config_candidates(dt):
+        f = lambda cfg=cfg: tconv.conv3x3_bias_relu(x_nhwc, wt, b, out, config=cfg)  # noqa: E731
+        name = f"triton M{cfg.block_m} w{cfg.num_warps} s{cfg.num_stages}" + (" share_row" if cfg.share_row else "")
+        add("body", name + (" (default)" if cfg == default else ""), f, fl, out=out, check=check)
+
+    # head and tail, and the whole network per backend
+    y = torch.rand(n, 1, ht, wd, device=dev)
+    model = VDSR().to(dev).eval()
+    hw, hb = model.layers[0].weight, model.layers[0].bias
+    fl_head, fl_tail = _flops(n, ht, wd, 1, C), _flops(n, ht, wd, C, 1)
+    add("head", "cuDNN conv+bias+ReLU (fp32 in)", lambda: torch.relu(F.conv2d(y, hw, hb, padding=1)), fl_head)
+    th_w = tconv.pack_conv3x3_weight(hw, dt)
+    th_out = torch.empty(n, ht, wd, C, device=dev, dtype=dt)
+    add("head", "triton head", lambda: tconv.conv3x3_head(y, th_w, hb, th_out), fl_head)
+    tw = ttail.pack_tail_weight(model.layers[-1].weight, dt)
+    tb = model.layers[-1].bias
+    ty = torch.empty_like(y)
+    add("tail", "triton tail + residual", lambda: ttail.conv3x3_tail_residual(x_nhwc, tw, tb, y, ty), fl_tail)
+    if ext is not None:
+        hw32, tw32 = hw.reshape(C, 9).contiguous(), model.layers[-1].weight.permute(2, 3, 1, 0).reshape(9, C).contiguous()
+        add("head", "cuda head", lambda: ext.head(y.data_ptr(), th_out.data_ptr(), hw32.data_ptr(), hb.data_ptr(),
+                                                  n, ht, wd, code, 0, stream()), fl_head)  # fmt: skip
+        add("tail", "cuda tail + residual", lambda: ext.tail(x_nhwc.data_ptr(), y.data_ptr(), ty.data_ptr(),
+                                                             tw32.data_ptr(), tb.data_ptr(), n, ht, wd, code, 0,
+                                                             stream()), fl_tail)  # fmt: skip
+    fl_net = fl_head + 18 * fl + fl_tail
+    with torch.inference_mode():
+        for backend in ("cuda", "triton"):
+            try:
+                eng = Engine(model, backend=backend, dtype=dt, device=dev)
+            except Exception as e:
+                print(f"engine {backend}: {type(e).__name__}: {e}")
+                continue
+            add("net", f"engine {backend} (eager launches)", lambda eng=eng: eng(y), fl_net)
+
+    # the network's time if it were head + 18 x the best body row + tail, per backend
+    best = {}
+    for r in rows:
+        if r["layer"] == "body" and r["ms"] is not None:
+            key = r["path"].split()[0]
+            if key not in best or r["ms"] < best[key]["ms"]:
+                best[key] = r
+    data = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "card": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
+        "size": [wd, ht],
+        "dtype": args.dtype,
+        "fp16_matmul_peak_tflops": peak,
+        "rows": rows,
+        "best_body": {k: v["path"] for k, v in best.items()},
+    }
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card = data["card"].replace(" ", "_")
+    path = out_dir / f"layer_profile_{card}_{wd}x{ht}_{args.dtype}.json"
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+    print(f"\n**{data['card']}**, {wd}x{ht} {args.dtype}, torch {data['torch']}, cuDNN {data['cudnn']}; "
+          f"fp16 matmul peak {peak:.0f} TFLOP/s (measured here)\n")
+    print("| layer | path | ms | TFLOP/s | % of matmul peak | note |\n|---|---|---|---|---|---|")
+    for r in rows:
+        if r["ms"] is None:
+            print(f"| {r['layer']} | {r['path']} | - | - | - | {r['note'][:80]} |")
+        else:
+            print(f"| {r['layer']} | {r['path']} | {r['ms']:.4f} | {r['tflops']:.1f} | {100 * r['tflops'] / peak:.1f} | {r['note']} |")
+    print(f"\nbest body per path: {data['best_body']} -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
