@@ -24,8 +24,10 @@
 #   TIMING_GATE=FILE        before timing, wait for FILE (another job still using the GPU; gpu_session.sh)
 #   SKIP_BENCH=1            no latency benchmark (a follow-up call that has its results already)
 #   PYTEST_ARGS="..."       extra pytest arguments (e.g. --deselect a test that crashes the process)
+#   PYTEST_PATHS="..."      test files to run instead of tests/ (a follow-up call)
 #   LAYER_PROFILE=1         also run benchmarks/layer_profile.py (per-layer times, every kernel variant)
 #   GC_DIAG=1               also run tests/test_cuda_backend.py -v with a gc.collect() after each test
+#                           (GC_DIAG_ARGS: more pytest arguments; GC_DIAG_GDB=1: under cuda-gdb)
 set -uo pipefail  # no -e: one failing step must not cost the rest of a device call
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -127,7 +129,7 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   set +e
   # Only the tests that exercise the GPU (tests/conftest.py): the rest is what CI runs on its CPU.
   # shellcheck disable=SC2086
-  ((T > 0)) && VDSR_FAST_GPU_TESTS_ONLY=1 timeout "$T" "$PY" -m pytest tests -q --maxfail=10 --durations=10 -p no:cacheprovider ${PYTEST_ARGS:-} \
+  ((T > 0)) && VDSR_FAST_GPU_TESTS_ONLY=1 timeout "$T" "$PY" -m pytest ${PYTEST_PATHS:-tests} -q --maxfail=10 --durations=10 -p no:cacheprovider ${PYTEST_ARGS:-} \
     --junitxml="$OUT/junit.xml" >"$OUT/pytest.log" 2>&1
   rc=$?
   set -e
@@ -254,7 +256,9 @@ if [[ "${GC_DIAG:-0}" == 1 ]]; then
   log "GC diagnosis: tests/test_cuda_backend.py -v, gc after each test (timeout ${T}s) -> $OUT/gc_diag.log"
   rc=skipped
   # shellcheck disable=SC2086
-  ((T >= 10)) && { VDSR_FAST_GC_EACH_TEST=1 timeout "$T" "$PY" -X faulthandler -m pytest tests/test_cuda_backend.py -v \
+  GDB=()  # GC_DIAG_GDB=1: under cuda-gdb, which prints the native backtrace of a crash
+  [[ "${GC_DIAG_GDB:-0}" == 1 ]] && command -v cuda-gdb >/dev/null && GDB=(cuda-gdb -q -batch -ex run -ex bt --args)
+  ((T >= 10)) && { VDSR_FAST_GC_EACH_TEST=1 timeout "$T" "${GDB[@]}" "$PY" -X faulthandler -m pytest tests/test_cuda_backend.py -v \
     -p no:cacheprovider ${GC_DIAG_ARGS:-} >"$OUT/gc_diag.log" 2>&1; rc=$?; }
   SUMMARY+=("gc diagnosis: rc=$rc, last test line: $(grep -E 'PASSED|FAILED|SKIPPED|ERROR' "$OUT/gc_diag.log" | tail -n 1 | cut -c1-120 || true)")
 fi

@@ -7,7 +7,8 @@ Times (``triton.testing.do_bench`` medians after warm-up), at one frame size, in
   - the fp16 matmul peak (8192^3), the ceiling the TFLOP/s are compared with;
   - one 64->64 body layer: cuDNN's fused conv+bias+ReLU (channels_last), every CUDA body variant
     (``vdsr_fast._C.body_variants()``), and every Triton body candidate config (``body_config_candidates``);
-  - the head (1->64 + ReLU) and the tail (64->1 + bias + residual) of each backend, and cuDNN's head;
+  - the head (1->64 + ReLU) and the tail (64->1 + bias + residual) of each backend (the Triton tail in
+    a few block sizes), and cuDNN's head;
   - the whole network per backend, beside the estimate head + 18 x body + tail from the rows above.
 Every kernel's output is checked against cuDNN's (fp32 reference for the head/tail) before it is timed.
 Writes ``layer_profile_<card>_<size>_<dtype>.json`` to ``--out`` and prints a markdown table last.
@@ -140,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     tw = ttail.pack_tail_weight(model.layers[-1].weight, dt)
     tb = model.layers[-1].bias
     ty = torch.empty_like(y)
-    add("tail", "triton tail + residual", lambda: ttail.conv3x3_tail_residual(x_nhwc, tw, tb, y, ty), fl_tail)
+    tail_default = ttail.tail_config(C)
+    for block_m, warps in ((32, 2), (64, 4), (128, 4), (128, 8), (256, 8)):
+        cfg = ttail.TailConfig(block_m, 64, warps)
+        add("tail", f"triton tail + residual M{block_m} w{warps}" + (" (default)" if cfg == tail_default else ""),
+            lambda cfg=cfg: ttail.conv3x3_tail_residual(x_nhwc, tw, tb, y, ty, config=cfg), fl_tail)
     if ext is not None:
         hw32, tw32 = hw.reshape(C, 9).contiguous(), model.layers[-1].weight.permute(2, 3, 1, 0).reshape(9, C).contiguous()
         add("head", "cuda head", lambda: ext.head(y.data_ptr(), th_out.data_ptr(), hw32.data_ptr(), hb.data_ptr(),

@@ -266,7 +266,7 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, history = int(state["step"]), list(state["history"])
-        gen.set_state(state["rng"])
+        gen.set_state(state["rng"].cpu())  # map_location moved it to the device; the generator is the CPU's
         saved = state["config"]
         if saved.get("steps") != cfg.steps:
             print(f"note: resuming a run planned for {saved.get('steps')} steps with --steps {cfg.steps}", file=sys.stderr)

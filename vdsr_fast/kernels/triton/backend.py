@@ -116,6 +116,8 @@ class TritonBackend(PingPongBuffers):
         body_config: ConvConfig | None = None,
     ) -> None:
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" means the current device, as in torch
+            device = torch.device("cuda", torch.cuda.current_device())
         if dtype not in self.dtypes:
             raise ValueError(f"TritonBackend: unsupported storage dtype {dtype}; expected fp16, bf16 or fp32")
         if cuda_graphs and device.type != "cuda":
