@@ -11,7 +11,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <sstream>
+#include <cstdio>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -22,11 +23,29 @@ using vdsr::DType;
 
 namespace {
 
+// Error messages are built without iostreams: an ostream's number formatting goes through the C++ locale,
+// and where the extension is compiled against a newer libstdc++ than the one the Python process loaded
+// (seen on the device image: g++ 13 headers, the system's libstdc++ at run time), `os << int` crashed.
+struct Hex {
+  uint64_t value;
+};
+inline std::string to_str(const char* s) { return s; }
+inline std::string to_str(const std::string& s) { return s; }
+inline std::string to_str(Hex h) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(h.value));
+  return buf;
+}
+template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+std::string to_str(T v) {
+  return std::to_string(v);
+}
+
 template <typename... Args>
 std::string cat(const Args&... args) {
-  std::ostringstream os;
-  (os << ... << args);
-  return os.str();
+  std::string s;
+  ((s += to_str(args)), ...);
+  return s;
 }
 
 // CHECK(cond, message parts...): a readable ValueError naming the function and the failed condition.
@@ -40,7 +59,7 @@ std::string cat(const Args&... args) {
   do {                                                                                           \
     CHECK(fn, (ptr) != 0, name " is a null pointer");                                          \
     CHECK(fn, (ptr) % (align) == 0, name " must be ", (align), "-byte aligned, got address 0x", \
-          std::hex, (ptr));                                                                      \
+          Hex{(ptr)});                                                                           \
   } while (0)
 
 void check_shape(const char* fn, int64_t n, int64_t h, int64_t w) {

@@ -93,9 +93,11 @@ class TailConfig:
     num_warps: int
 
 
-# Memory-bound (2 FLOP per loaded activation): 128 pixels x 64 channels per program keeps each warp's
-# loads contiguous 128-byte NHWC rows in fp16. Change them here, or pass ``config=`` to the launcher.
-TAIL_BLOCK_M = 128
+# Memory-bound (2 FLOP per loaded activation): 64 pixels x 64 channels per program keeps each warp's
+# loads contiguous 128-byte NHWC rows in fp16. On an H200 at 1080p fp16 (benchmarks/layer_profile.py)
+# 64 pixels with 4 warps took 0.335 ms, 32/2 0.344, 256/8 0.356, 128/8 0.412 and 128/4 (the default
+# before) 0.447. Change them here, or pass ``config=`` to the launcher.
+TAIL_BLOCK_M = 64
 TAIL_MAX_BLOCK_C = 64
 TAIL_NUM_WARPS = 4
 
