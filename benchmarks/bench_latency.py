@@ -110,7 +110,8 @@ class BenchConfig:
     sizes: list[str] = field(default_factory=lambda: ["720p", "1080p", "4k", "720p:8"])
     paths: list[str] | None = None  # fnmatch patterns over path keys; None = every default path
     backends: list[str] | None = None  # engine backends; None = every available one
-    engine_dtypes: list[str] = field(default_factory=lambda: ["fp16", "bf16"])
+    # every storage dtype of the engines (the CUDA backend has no fp32: its row says so)
+    engine_dtypes: list[str] = field(default_factory=lambda: ["fp16", "bf16", "fp32"])
     compile: bool = False
     compile_sizes: list[str] = field(default_factory=lambda: ["1080p"])
     e2e_batches: list[int] = field(default_factory=lambda: [1, 8])
@@ -1000,7 +1001,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of path-key patterns, e.g. 'cudnn*,engine_*' (default: all)",
     )
     ap.add_argument("--backends", type=_csv, default=None, help="engine backends to run (default: every available one)")
-    ap.add_argument("--engine-dtypes", type=_csv, default=None, help="engine dtypes (default: fp16,bf16)")
+    ap.add_argument("--engine-dtypes", type=_csv, default=None, help="engine dtypes (default: fp16,bf16,fp32)")
     ap.add_argument(
         "--compile",
         action="store_true",
