@@ -26,8 +26,8 @@
 #   PYTEST_ARGS="..."       extra pytest arguments (e.g. --deselect a test that crashes the process)
 #   PYTEST_PATHS="..."      test files to run instead of tests/ (a follow-up call)
 #   LAYER_PROFILE=1         also run benchmarks/layer_profile.py (per-layer times, every kernel variant)
-#   GC_DIAG=1               also run tests/test_cuda_backend.py -v with a gc.collect() after each test
-#                           (GC_DIAG_ARGS: more pytest arguments; GC_DIAG_GDB=1: under cuda-gdb)
+#   CRASH_DIAG="PYTEST ARGS" also run those tests verbosely under cuda-gdb, which prints the native
+#                           backtrace of a crash (e.g. "tests/test_cuda_backend.py -k argument_checks")
 set -uo pipefail  # no -e: one failing step must not cost the rest of a device call
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -47,7 +47,7 @@ fi
 # The device tool returns at most 8 files from $OUT: on exit the logs become one archive beside the results.
 pack_logs() {
   local f logs=()
-  for f in env.txt build.log pytest.log junit.xml sanitizer.log video.log bench.log layer_profile.log gc_diag.log; do
+  for f in env.txt build.log pytest.log junit.xml sanitizer.log video.log bench.log layer_profile.log crash_diag.log; do
     if [[ -f "$OUT/$f" ]]; then logs+=("$f"); fi
   done
   if ((${#logs[@]})) && tar czf "$OUT/gpu_check_logs.tgz" -C "$OUT" "${logs[@]}"; then
@@ -240,7 +240,7 @@ fi
 
 # ---------------------------------------------------------------- 4b. per-layer profile (LAYER_PROFILE=1)
 if [[ "${LAYER_PROFILE:-0}" == 1 ]]; then
-  T=$(share "${LAYER_PROFILE_CAP_S:-90}" $((10 + (${GC_DIAG:-0} == 1 ? ${GC_DIAG_CAP_S:-90} : 0))))
+  T=$(share "${LAYER_PROFILE_CAP_S:-90}" $((10 + (${#CRASH_DIAG} > 0 ? ${CRASH_DIAG_CAP_S:-60} : 0))))
   log "layer profile, 1080p fp16 (timeout ${T}s) -> $OUT/layer_profile.log"
   rc=skipped
   ((T >= 10)) && { timeout "$T" "$PY" -m benchmarks.layer_profile --out "$OUT" >"$OUT/layer_profile.log" 2>&1; rc=$?; }
@@ -248,19 +248,17 @@ if [[ "${LAYER_PROFILE:-0}" == 1 ]]; then
   SUMMARY+=("layer profile: rc=$rc ($(ls "$OUT"/layer_profile_*.json 2>/dev/null | head -n 1))")
 fi
 
-# ---------------------------------------------------------------- 4c. GC diagnosis (GC_DIAG=1)
-# The CUDA backend's tests again in one verbose process that collects garbage after each test, so a crash
-# in a finalizer shows up right after the test that left the object (tests/conftest.py: VDSR_FAST_GC_EACH_TEST).
-if [[ "${GC_DIAG:-0}" == 1 ]]; then
-  T=$(share "${GC_DIAG_CAP_S:-90}" 5)
-  log "GC diagnosis: tests/test_cuda_backend.py -v, gc after each test (timeout ${T}s) -> $OUT/gc_diag.log"
+# ---------------------------------------------------------------- 4c. crash diagnosis (CRASH_DIAG="pytest args")
+if [[ -n "${CRASH_DIAG:-}" ]]; then
+  T=$(share "${CRASH_DIAG_CAP_S:-60}" 5)
+  log "crash diagnosis: pytest $CRASH_DIAG under cuda-gdb (timeout ${T}s) -> $OUT/crash_diag.log"
+  GDB=()
+  command -v cuda-gdb >/dev/null && GDB=(cuda-gdb -q -batch -ex run -ex bt --args)
   rc=skipped
   # shellcheck disable=SC2086
-  GDB=()  # GC_DIAG_GDB=1: under cuda-gdb, which prints the native backtrace of a crash
-  [[ "${GC_DIAG_GDB:-0}" == 1 ]] && command -v cuda-gdb >/dev/null && GDB=(cuda-gdb -q -batch -ex run -ex bt --args)
-  ((T >= 10)) && { VDSR_FAST_GC_EACH_TEST=1 timeout "$T" "${GDB[@]}" "$PY" -X faulthandler -m pytest tests/test_cuda_backend.py -v \
-    -p no:cacheprovider ${GC_DIAG_ARGS:-} >"$OUT/gc_diag.log" 2>&1; rc=$?; }
-  SUMMARY+=("gc diagnosis: rc=$rc, last test line: $(grep -E 'PASSED|FAILED|SKIPPED|ERROR' "$OUT/gc_diag.log" | tail -n 1 | cut -c1-120 || true)")
+  ((T >= 10)) && { timeout "$T" "${GDB[@]}" "$PY" -X faulthandler -m pytest -v -p no:cacheprovider $CRASH_DIAG \
+    >"$OUT/crash_diag.log" 2>&1; rc=$?; }
+  SUMMARY+=("crash diagnosis: rc=$rc, last test line: $(grep -E 'PASSED|FAILED|SKIPPED|ERROR|SIGSEGV' "$OUT/crash_diag.log" | tail -n 1 | cut -c1-120 || true)")
 fi
 
 # ---------------------------------------------------------------- 5. summary, then the table last

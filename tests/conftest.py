@@ -47,15 +47,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-    yield
-    # VDSR_FAST_GC_EACH_TEST=1 (gpu_check.sh GC_DIAG=1): collect garbage at each test's teardown, so a
-    # finalizer that crashes does so right after the test that left the object, not at a random later point.
-    if os.environ.get("VDSR_FAST_GC_EACH_TEST") == "1":
-        import gc
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
 
 
 @pytest.fixture
