@@ -1,11 +1,13 @@
 """The training loop on a tiny synthetic set: runs, checkpoints, resumes exactly, writes loadable weights."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 import vdsr_fast
 from vdsr_fast.images import write_image
+from vdsr_fast.reference import VDSR
 from vdsr_fast.train import PatchSampler, TrainConfig, build_pairs, load_train_y, train
 
 
@@ -64,6 +66,27 @@ def test_train_checkpoint_resume_and_weights(tmp_path):
     from_ckpt = vdsr_fast.load(tmp_path / "a" / "last.pt")  # a checkpoint loads as weights (no pickle code runs)
     for ca, cb in zip(ma.layers, from_ckpt.layers):
         assert torch.equal(ca.weight, cb.weight) and torch.equal(ca.bias, cb.bias)
+
+
+def test_train_init_starts_from_given_weights(tmp_path):
+    data = _images(tmp_path / "data")
+    common = dict(data=[str(data)], scales=[2], downsizes=[1.0], patch=12, batch=2, depth=4, channels=8,
+                  eval_set="", warmup=1, lr=1e-3, threads=1, device="cpu", steps=3)
+    torch.manual_seed(5)
+    start = VDSR(depth=4, channels=8)
+    with torch.no_grad():
+        for conv in start.layers:
+            conv.bias.uniform_(-0.1, 0.1)
+    vdsr_fast.save(start, tmp_path / "start.safetensors")
+    cfg = TrainConfig(out=str(tmp_path / "a"), init=str(tmp_path / "start.safetensors"), **common)
+    zero = vdsr_fast.load(train(cfg, progress=False, until_step=0))  # no step taken: the given weights
+    for ca, cb in zip(start.layers, zero.layers):
+        assert torch.equal(ca.weight, cb.weight) and torch.equal(ca.bias, cb.bias)
+    stepped = vdsr_fast.load(train(cfg, progress=False))  # resumes its own checkpoint, then trains
+    assert not torch.equal(stepped.layers[0].weight, start.layers[0].weight)
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["config"]["init"].endswith("start.safetensors")
+    with pytest.raises(ValueError, match="depth-4 8-channel"):
+        train(TrainConfig(out=str(tmp_path / "b"), init=cfg.init, **dict(common, channels=16)), progress=False)
 
 
 def test_y_cache_round_trip(tmp_path):

@@ -31,7 +31,7 @@ from .evaluate import evaluate, load_y
 from .images import IMAGE_SUFFIXES
 from .imaging import imresize
 from .reference import VDSR
-from .weights import save
+from .weights import load, save
 
 __all__ = ["TrainConfig", "load_train_y", "build_pairs", "train", "main"]
 
@@ -58,6 +58,7 @@ class TrainConfig:
     channels: int = 64
     bf16: bool | None = None  # None: bf16 autocast on CUDA only (it is 7x slower than fp32 on an AVX2-only CPU)
     seed: int = 0
+    init: str = ""  # weights to start from (any file vdsr_fast.load reads) when not resuming; "" = random
     eval_set: str = "../shared/data/eval/Set5"
     eval_every: int = 2000
     ckpt_every: int = 500
@@ -271,6 +272,13 @@ def train(
         if saved.get("steps") != cfg.steps:
             print(f"note: resuming a run planned for {saved.get('steps')} steps with --steps {cfg.steps}", file=sys.stderr)
         print(f"resumed {ckpt} at step {step}", file=sys.stderr)
+    elif cfg.init:  # a new schedule from trained weights (e.g. a longer run after a finished one)
+        src = load(cfg.init)
+        if (src.depth, src.channels) != (cfg.depth, cfg.channels):
+            raise ValueError(f"--init {cfg.init}: a depth-{src.depth} {src.channels}-channel VDSR, but the run "
+                             f"trains depth {cfg.depth} with {cfg.channels} channels")
+        model.load_state_dict(src.state_dict())
+        print(f"initialised from {cfg.init}", file=sys.stderr)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     pairs, _ = build_pairs(load_train_y(cfg.data, cfg.cache, progress), cfg.scales, cfg.downsizes, progress, device)
