@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     out = torch.empty_like(x_nhwc)
     for cfg in tconv.body_config_candidates(dt):
         f = lambda cfg=cfg: tconv.conv3x3_bias_relu(x_nhwc, wt, b, out, config=cfg)  # noqa: E731
-        name = f"triton M{cfg.block_m} w{cfg.num_warps} s{cfg.num_stages}" + (" share_row" if cfg.share_row else "")
+        tile = f" {cfg.block_m // cfg.tile_w}x{cfg.tile_w}" if cfg.tile_w else ""
+        name = f"triton M{cfg.block_m}{tile} w{cfg.num_warps} s{cfg.num_stages}" + (" share_row" if cfg.share_row else "")
         add("body", name + (" (default)" if cfg == default else ""), f, fl, out=out, check=check)
 
     # head and tail, and the whole network per backend
@@ -142,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     tb = model.layers[-1].bias
     ty = torch.empty_like(y)
     tail_default = ttail.tail_config(C)
-    for block_m, warps in ((32, 2), (64, 4), (128, 4), (128, 8), (256, 8)):
-        cfg = ttail.TailConfig(block_m, 64, warps)
-        add("tail", f"triton tail + residual M{block_m} w{warps}" + (" (default)" if cfg == tail_default else ""),
+    for block_m, warps, tile_w in ((32, 2, 0), (64, 4, 0), (128, 4, 0), (256, 8, 0), (64, 4, 16), (128, 4, 32),
+                                   (128, 8, 16), (256, 8, 32)):
+        cfg = ttail.TailConfig(block_m, 64, warps, tile_w)
+        tile = f" {block_m // tile_w}x{tile_w}" if tile_w else ""
+        add("tail", f"triton tail + residual M{block_m}{tile} w{warps}" + (" (default)" if cfg == tail_default else ""),
             lambda cfg=cfg: ttail.conv3x3_tail_residual(x_nhwc, tw, tb, y, ty, config=cfg), fl_tail)
     if ext is not None:
         hw32, tw32 = hw.reshape(C, 9).contiguous(), model.layers[-1].weight.permute(2, 3, 1, 0).reshape(9, C).contiguous()

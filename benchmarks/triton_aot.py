@@ -121,7 +121,7 @@ def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, to
         for shape_name in shapes:
             shape = SHAPES[shape_name]
             for fn, args, kwargs in _capture(dtype, shape, body):
-                config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k.startswith(("BLOCK", "num_", "SHARE")))
+                config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k.startswith(("BLOCK", "num_", "SHARE", "TILE")))
                 name = fn.fn.__name__ + ("(head)" if kwargs.get("HEAD") else "")
                 for cap in capabilities:
                     k = compile_launch(fn, args, kwargs, cap)

@@ -107,6 +107,30 @@ def test_body_share_row_matches_float64(case, monkeypatch):
     _check_body(*case, dtype, device)
 
 
+TILE_2D_CASES = [(2, 19, 37, 64, 64), (1, 1, 1, 64, 64), (3, 5, 40, 16, 24)]  # partial tiles in both directions
+
+
+@pytest.mark.parametrize("tile", [(64, 16), (128, 32)], ids=lambda t: f"{t[0] // t[1]}x{t[1]}")
+@pytest.mark.parametrize("case", TILE_2D_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_2d_pixel_tiles_match_float64(case, tile, monkeypatch):
+    """TILE_W: each program covers a 2-D pixel tile of one image (body and head)."""
+    import vdsr_fast.kernels.triton.conv3x3 as mod
+
+    device = triton_device()
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    default = mod.conv3x3_config
+
+    def tiled_config(c_in, c_out, dt, head=False):
+        cfg = default(c_in, c_out, dt, head)
+        return mod.ConvConfig(tile[0], cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages, tile_w=tile[1])
+
+    monkeypatch.setattr(mod, "conv3x3_config", tiled_config)
+    _check_body(*case, dtype, device)
+    _check_head(*case[:3], case[4], dtype, device)
+    with pytest.raises(ValueError, match="tile_w"):
+        mod.ConvConfig(128, 64, 64, 4, 3, tile_w=48)
+
+
 def test_body_non_contiguous_input():
     """A channels-last view of an NCHW tensor (channel stride H*W) is read through its strides."""
     device = triton_device()

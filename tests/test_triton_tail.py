@@ -26,7 +26,9 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
 if HAS_TRITON:
-    from vdsr_fast.kernels.triton.tail import conv3x3_tail_residual, pack_tail_weight
+    import triton
+
+    from vdsr_fast.kernels.triton.tail import TailConfig, conv3x3_tail_residual, pack_tail_weight
 
 
 def _inputs(n, h, w, c, dtype, device, seed):
@@ -43,11 +45,11 @@ CASES = [(1, 1, 1, 64), (3, 7, 5, 64), (1, 37, 53, 64), (3, 6, 11, 5)]  # (N, H,
 GPU_CASES = [(1, 720, 1280, 64), (1, 2160, 3840, 64)]
 
 
-def _check(n, h, w, c, dtype, device, clamp=False):
+def _check(n, h, w, c, dtype, device, clamp=False, config=None):
     wt, b, x_nchw, y = _inputs(n, h, w, c, dtype, device, 1000 * n + 100 * h + w + c)
     x = x_nchw.permute(0, 2, 3, 1).contiguous()
     out = torch.full_like(y, float("nan"))
-    res = conv3x3_tail_residual(x, pack_tail_weight(wt, dtype), b.float(), y, out, clamp=clamp)
+    res = conv3x3_tail_residual(x, pack_tail_weight(wt, dtype), b.float(), y, out, clamp=clamp, config=config)
     assert res is out
     ref64 = y.double() + F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1)
     same = y.to(dtype) + F.conv2d(x_nchw, wt.to(dtype), b.to(dtype), padding=1)
@@ -69,6 +71,17 @@ def test_tail_matches_float64_large_gpu(case, dtype):
     if device.type != "cuda":
         pytest.skip("large sizes run on CUDA only (the CPU interpreter is too slow)")
     _check(*case, dtype, device)
+
+
+@pytest.mark.parametrize("tile", [(64, 16), (128, 32)], ids=lambda t: f"{t[0] // t[1]}x{t[1]}")
+@pytest.mark.parametrize("case", [(2, 19, 37, 64), (1, 1, 1, 64), (3, 5, 40, 24)], ids=lambda c: "x".join(map(str, c)))
+def test_tail_2d_pixel_tiles(case, tile):
+    """TILE_W: each program covers a 2-D pixel tile of one image (partial tiles in both directions)."""
+    device = triton_device()
+    config = TailConfig(tile[0], max(16, triton.next_power_of_2(case[3])), 4, tile_w=tile[1])
+    _check(*case, torch.float16 if device.type == "cuda" else torch.float32, device, config=config)
+    with pytest.raises(ValueError, match="tile_w"):
+        TailConfig(128, 64, 4, tile_w=48)
 
 
 def test_tail_clamp():

@@ -60,6 +60,8 @@ def _conv3x3_kernel(
     BLOCK_K: tl.constexpr,  # input channels per K step of one tap (GEMM K tile); >= 16 for tl.dot
     SHARE_ROW: tl.constexpr,  # body only, experimental: load each kernel row's tile once and derive its
     # three horizontal taps by a register gather (3x less L2 traffic; BLOCK_M - 2 outputs per program)
+    TILE_W: tl.constexpr,  # 0: BLOCK_M consecutive pixels in raster order; else a 2-D tile of
+    # (BLOCK_M // TILE_W) rows x TILE_W columns of one image, so the 9 taps' loads overlap in L1
 ):
     """out[n, h, w, co] = act(b[co] + sum_{kh, kw, ci} x[n, h + kh - 1, w + kw - 1, ci] * w[co, ci, kh, kw]).
 
@@ -71,9 +73,11 @@ def _conv3x3_kernel(
     Zero padding 1: taps outside the image are masked loads with ``other=0`` (no padded copy).
     Fused: bias, ReLU and the cast to the storage dtype in the epilogue; the head also fuses reading
     (and casting) the caller's NCHW Y plane, so no NHWC/dtype conversion pass exists.
-    Program (pid_m, pid_n) computes BLOCK_M consecutive output pixels x BLOCK_N output channels; its
-    K loop is one flat loop over (tap, channel block) so Triton can software-pipeline it. Each input
-    pixel is thus fetched 9 times (once per tap, from L2 after the first).
+    Program (pid_m, pid_n) computes BLOCK_M output pixels x BLOCK_N output channels: consecutive
+    pixels in raster order, or with TILE_W a 2-D tile of one image; its K loop is one flat loop over
+    (tap, channel block) so Triton can software-pipeline it. Each input pixel is thus fetched 9 times
+    (once per tap): in raster order the taps of the rows above and below come from L2, in a 2-D tile
+    most of them overlap the tile's own rows.
     SHARE_ROW (experimental, off by default): per kernel row kh, one (BLOCK_M, BLOCK_K) tile of pixels
     m - 1 .. m + BLOCK_M - 2 is loaded and the three horizontal taps are register gathers of it
     (``tl.gather``), so each pixel is fetched 3 times; a program then writes BLOCK_M - 2 pixels.
@@ -81,21 +85,31 @@ def _conv3x3_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
-    if SHARE_ROW:
-        OUT_M: tl.constexpr = BLOCK_M - 2  # outputs per program: the tile's first and last pixels are halo
-        m_start = pid_m * OUT_M
-        offs_m = m_start + rows
-        m_ok = (rows < OUT_M) & (offs_m < M)
+    hw = H * W
+    if TILE_W > 0:  # program pid_m = tile (ty, tx) of image img, tiles in raster order
+        TILE_H: tl.constexpr = BLOCK_M // TILE_W
+        tiles_w = tl.cdiv(W, TILE_W)
+        tiles = tl.cdiv(H, TILE_H) * tiles_w
+        img = pid_m // tiles
+        t = pid_m - img * tiles
+        oh = (t // tiles_w) * TILE_H + rows // TILE_W
+        ow = (t % tiles_w) * TILE_W + rows % TILE_W
+        m_ok = (oh < H) & (ow < W)
     else:
-        offs_m = pid_m * BLOCK_M + rows
-        m_ok = offs_m < M
+        if SHARE_ROW:
+            OUT_M: tl.constexpr = BLOCK_M - 2  # outputs per program: the tile's first and last pixels are halo
+            m_start = pid_m * OUT_M
+            offs_m = m_start + rows
+            m_ok = (rows < OUT_M) & (offs_m < M)
+        else:
+            offs_m = pid_m * BLOCK_M + rows
+            m_ok = offs_m < M
+        img = offs_m // hw
+        rem = offs_m - img * hw
+        oh = rem // W
+        ow = rem - oh * W
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < C_OUT
-    hw = H * W
-    img = offs_m // hw
-    rem = offs_m - img * hw
-    oh = rem // W
-    ow = rem - oh * W
     # 64-bit image offset: a batch of 4K frames has more than 2**31 activation elements.
     x_img = x_ptr + img.to(tl.int64) * stride_xn
 
@@ -184,6 +198,11 @@ class ConvConfig:
     num_warps: int
     num_stages: int
     share_row: bool = False  # experimental SHARE_ROW body mode (see the kernel); not the default
+    tile_w: int = 0  # 0: raster-order pixel tiles; else 2-D tiles (block_m // tile_w) x tile_w (see the kernel)
+
+    def __post_init__(self) -> None:
+        if self.tile_w and (self.share_row or self.block_m % self.tile_w):
+            raise ValueError(f"ConvConfig: tile_w={self.tile_w} needs block_m divisible by it and no share_row")
 
 
 # Hopper-oriented defaults (the same tile Inductor's conv template picks for VDSR's 64->64 layer):
@@ -220,7 +239,8 @@ def body_config_candidates(dtype: torch.dtype) -> list[ConvConfig]:
 
     M tile 64/128/256 pixels, N = K = 64 (one tile covers VDSR's 64 channels), 4 or 8 warps, 2-4 stages
     (fp32 tiles are twice as large, so at most 3 stages there); plus the experimental SHARE_ROW mode,
-    whose stages hold one A tile and three weight tiles (40 KB in fp16 at 128 x 64), so fewer stages.
+    whose stages hold one A tile and three weight tiles (40 KB in fp16 at 128 x 64), so fewer stages;
+    and 2-D pixel tiles (8 x 16, 4 x 32, 8 x 32, 4 x 16).
     Every candidate fits Hopper's 227 KB of shared memory per CTA.
     """
     fp32 = dtype == torch.float32
@@ -231,6 +251,9 @@ def body_config_candidates(dtype: torch.dtype) -> list[ConvConfig]:
                 out.append(ConvConfig(block_m, 64, 64, warps, st))
     for block_m, warps, st in ((128, 8, 2),) if fp32 else ((128, 8, 2), (128, 8, 3), (128, 4, 3), (256, 8, 2)):
         out.append(ConvConfig(block_m, 64, 64, warps, st, share_row=True))
+    # 2-D pixel tiles (rows x columns), the raster tiles' best warps/stages on an H200
+    for block_m, tile_w, warps in ((128, 16, 8), (128, 32, 8), (256, 32, 8), (64, 16, 4)):
+        out.append(ConvConfig(block_m, 64, 64, warps, 2 if fp32 else 3, tile_w=tile_w))
     return list(dict.fromkeys(out))
 
 
@@ -279,14 +302,17 @@ def _check_size(name: str, n: int, h: int, w: int, c: int) -> None:
 def _launch(x, strides, w, b, out, n, h, w_, c_in, c_out, head, relu, config):
     m = n * h * w_
     share_row = config.share_row and not head
-    per_program = config.block_m - 2 if share_row else config.block_m
-    grid = (triton.cdiv(m, per_program), triton.cdiv(c_out, config.block_n))
+    if config.tile_w:
+        tiles = n * triton.cdiv(h, config.block_m // config.tile_w) * triton.cdiv(w_, config.tile_w)
+    else:
+        tiles = triton.cdiv(m, config.block_m - 2 if share_row else config.block_m)
+    grid = (tiles, triton.cdiv(c_out, config.block_n))
     _conv3x3_kernel[grid](
         x, w, b, out, m, h, w_, *strides, out.stride(0), out.stride(1), out.stride(2),
         C_IN=c_in, C_OUT=c_out, HEAD=head, RELU=relu,
         DOT_PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SHARE_ROW=share_row,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        TILE_W=config.tile_w, num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out
 

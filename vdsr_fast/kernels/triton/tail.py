@@ -38,8 +38,10 @@ def _tail_kernel(
     stride_ow,
     C_IN: tl.constexpr,  # input channels (64 in VDSR); constexpr so the channel loop is unrolled
     CLAMP: tl.constexpr,  # clamp the result to [0, 1]
-    BLOCK_M: tl.constexpr,  # pixels per program, flat over N*H*W in raster order
+    BLOCK_M: tl.constexpr,  # pixels per program
     BLOCK_C: tl.constexpr,  # channels per load (power of two); C_IN is covered in ceil(C_IN / BLOCK_C) loads
+    TILE_W: tl.constexpr,  # 0: BLOCK_M consecutive pixels in raster order over N*H*W; else a 2-D tile of
+    # (BLOCK_M // TILE_W) rows x TILE_W columns of one image, so the 9 taps' loads overlap in L1
 ):
     """out[n, h, w] = clamp?(y[n, h, w] + b + sum_{kh, kw, ci} x[n, h + kh - 1, w + kw - 1, ci] * w[ci, kh, kw]).
 
@@ -52,14 +54,25 @@ def _tail_kernel(
     Fused: bias, residual add, optional clamp, cast to the output dtype.
     """
     pid = tl.program_id(0)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.arange(0, BLOCK_M)
     offs_c = tl.arange(0, BLOCK_C)
-    m_ok = offs_m < M
-    hw = H * W
-    img = offs_m // hw
-    rem = offs_m - img * hw
-    oh = rem // W
-    ow = rem - oh * W
+    if TILE_W > 0:  # program pid = tile (ty, tx) of image img, tiles in raster order
+        TILE_H: tl.constexpr = BLOCK_M // TILE_W
+        tiles_w = tl.cdiv(W, TILE_W)
+        tiles = tl.cdiv(H, TILE_H) * tiles_w
+        img = pid // tiles
+        t = pid - img * tiles
+        oh = (t // tiles_w) * TILE_H + rows // TILE_W
+        ow = (t % tiles_w) * TILE_W + rows % TILE_W
+        m_ok = (oh < H) & (ow < W)
+    else:
+        offs_m = pid * BLOCK_M + rows
+        m_ok = offs_m < M
+        hw = H * W
+        img = offs_m // hw
+        rem = offs_m - img * hw
+        oh = rem // W
+        ow = rem - oh * W
     img64 = img.to(tl.int64)
     x_img = x_ptr + img64 * stride_xn
 
@@ -91,6 +104,11 @@ class TailConfig:
     block_m: int
     block_c: int
     num_warps: int
+    tile_w: int = 0  # 0: raster-order pixel blocks; else 2-D tiles (block_m // tile_w) x tile_w
+
+    def __post_init__(self) -> None:
+        if self.tile_w and self.block_m % self.tile_w:
+            raise ValueError(f"TailConfig: block_m={self.block_m} is not a multiple of tile_w={self.tile_w}")
 
 
 # Memory-bound (2 FLOP per loaded activation): 64 pixels x 64 channels per program keeps each warp's
@@ -176,9 +194,13 @@ def conv3x3_tail_residual(
     o3 = _plane(name, out, "output")
     config = config or tail_config(c_in)
     m = n * h * w_
-    _tail_kernel[(triton.cdiv(m, config.block_m),)](
+    if config.tile_w:
+        programs = n * triton.cdiv(h, config.block_m // config.tile_w) * triton.cdiv(w_, config.tile_w)
+    else:
+        programs = triton.cdiv(m, config.block_m)
+    _tail_kernel[(programs,)](
         x, w, b, y3, o3, m, h, w_, *x.stride(), *y3.stride(), *o3.stride(),
-        C_IN=c_in, CLAMP=clamp, BLOCK_M=config.block_m, BLOCK_C=config.block_c,
+        C_IN=c_in, CLAMP=clamp, BLOCK_M=config.block_m, BLOCK_C=config.block_c, TILE_W=config.tile_w,
         num_warps=config.num_warps,
     )  # fmt: skip
     return out
