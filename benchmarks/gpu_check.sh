@@ -44,11 +44,15 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-# The device tool returns at most 8 files from $OUT: on exit the logs become one archive beside the results.
+# The device tool returns at most 8 files from $OUT: on exit the logs become one archive beside the results,
+# and so does the benchmark's .md (make_table.py renders the same tables from its JSON).
 pack_logs() {
   local f logs=()
   for f in env.txt build.log pytest.log junit.xml sanitizer.log video.log bench.log layer_profile.log crash_diag.log; do
     if [[ -f "$OUT/$f" ]]; then logs+=("$f"); fi
+  done
+  for f in "$OUT"/*.md; do
+    if [[ -f "$f" ]]; then logs+=("$(basename "$f")"); fi
   done
   if ((${#logs[@]})) && tar czf "$OUT/gpu_check_logs.tgz" -C "$OUT" "${logs[@]}"; then
     (cd "$OUT" && rm -f "${logs[@]}")

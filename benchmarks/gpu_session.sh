@@ -9,15 +9,15 @@
 #   1. benchmarks/gpu_train.sh starts at once in the background (TRAIN_MINUTES) -> $OUT/train; the
 #      build, the GPU tests and the sanitizer run beside it (they time nothing);
 #   2. benchmarks/gpu_check.sh -> $OUT/check, which waits for the training (TIMING_GATE) before the video
-#      and latency benchmarks, so nothing else is on the GPU while they time;
+#      and latency benchmarks and the layer profile, so nothing else is on the GPU while they time;
 #   3. the training's tail, then the check's summary and table, last.
 # The training stops itself after TRAIN_MINUTES (with a checkpoint); at TRAIN_DEADLINE_S after the start it
 # is stopped anyway (the last checkpoint, at most --ckpt-every steps old, is what comes back).
-# Knobs: SESSION_BUDGET_S=570 (whole call; the check's budget is this minus 10 s), TRAIN_MINUTES=4.9,
-# TRAIN_DEADLINE_S=320 (the check stops waiting at (570 - 10) - BENCH_MIN_S - VIDEO_CAP_S - 10 = 325 s), and
-# every knob of the two scripts (STEPS, BATCH, LR, INIT, ... for the training; BENCH_MIN_S=150,
-# VIDEO_CAP_S=75, TEST_CAP_S=200 here). A longer schedule from the shipped weights, for example:
-#   INIT=vdsr_fast/weights/vdsr_x234.safetensors STEPS=40000 LR=1e-4 bash benchmarks/gpu_session.sh
+# Knobs: SESSION_BUDGET_S=570 (whole call; the check's budget is this minus 10 s), TRAIN_MINUTES=4.2,
+# TRAIN_DEADLINE_S=275 (the check stops waiting at (570 - 10) - BENCH_MIN_S - VIDEO_CAP_S - 10 = 280 s), and
+# every knob of the two scripts (STEPS, BATCH, LR, INIT, ... for the training; BENCH_MIN_S=195 (benchmark
+# + layer profile), VIDEO_CAP_S=75, TEST_CAP_S=200, LAYER_PROFILE=1 here). A longer schedule from the shipped weights, for example:
+#   INIT=vdsr_fast/weights/vdsr_x234.safetensors STEPS=30000 LR=1e-4 bash benchmarks/gpu_session.sh
 # The device may cut the call at its own limit: keep timeout_s >= SESSION_BUDGET_S + 30.
 set -uo pipefail
 
@@ -30,13 +30,13 @@ GATE=/tmp/gpu_session_train_done
 rm -f "$GATE"
 
 # 1. training, in its own process group so that the deadline can stop the whole pipeline
-echo "[gpu_session] training for ${TRAIN_MINUTES:-4.9} min in the background -> $OUT_ROOT/train"
+echo "[gpu_session] training for ${TRAIN_MINUTES:-4.2} min in the background -> $OUT_ROOT/train"
 SETSID=$(command -v setsid || true)  # without it the deadline stops the script only
-OUT="$OUT_ROOT/train" TRAIN_MINUTES=${TRAIN_MINUTES:-4.9} $SETSID bash benchmarks/gpu_train.sh \
+OUT="$OUT_ROOT/train" TRAIN_MINUTES=${TRAIN_MINUTES:-4.2} $SETSID bash benchmarks/gpu_train.sh \
   >/tmp/gpu_session_train.log 2>&1 &
 TRAIN_PID=$!
 (
-  deadline=$((T0 + ${TRAIN_DEADLINE_S:-320}))
+  deadline=$((T0 + ${TRAIN_DEADLINE_S:-275}))
   while kill -0 "$TRAIN_PID" 2>/dev/null && (($(date +%s) < deadline)); do sleep 2; done
   if kill -0 "$TRAIN_PID" 2>/dev/null; then
     echo "[gpu_session] training past its deadline: stopped" >>/tmp/gpu_session_train.log
@@ -53,8 +53,10 @@ WATCH_PID=$!
 # 2. the checks; timing waits for the gate
 # Shares measured on an H200 (benchmarks/results/README.md, run 1): the full benchmark took ~120 s, the
 # video step ~30 s, the GPU tests ~105 s alone.
-OUT="$OUT_ROOT/check" GPU_CHECK_BUDGET_S=$((SESSION - 10)) TIMING_GATE="$GATE" BENCH_MIN_S=${BENCH_MIN_S:-150} \
-  VIDEO_CAP_S=${VIDEO_CAP_S:-75} TEST_CAP_S=${TEST_CAP_S:-200} bash benchmarks/gpu_check.sh 2>&1 \
+# The layer profile (every body/tail tile candidate, ~45 s) runs after the benchmark.
+OUT="$OUT_ROOT/check" GPU_CHECK_BUDGET_S=$((SESSION - 10)) TIMING_GATE="$GATE" BENCH_MIN_S=${BENCH_MIN_S:-195} \
+  VIDEO_CAP_S=${VIDEO_CAP_S:-75} TEST_CAP_S=${TEST_CAP_S:-200} LAYER_PROFILE=${LAYER_PROFILE:-1} \
+  LAYER_PROFILE_CAP_S=${LAYER_PROFILE_CAP_S:-45} AFTER_BENCH_S=${AFTER_BENCH_S:-50} bash benchmarks/gpu_check.sh 2>&1 \
   | tee /tmp/gpu_session_check.log  # not under $OUT: the device returns 8 files at most
 check_rc=${PIPESTATUS[0]}
 wait "$WATCH_PID"
