@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pixels import program_pixels
+
 __all__ = [
     "ConvConfig",
     "conv3x3_config",
@@ -85,29 +87,8 @@ def _conv3x3_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
-    hw = H * W
-    if TILE_W > 0:  # program pid_m = tile (ty, tx) of image img, tiles in raster order
-        TILE_H: tl.constexpr = BLOCK_M // TILE_W
-        tiles_w = tl.cdiv(W, TILE_W)
-        tiles = tl.cdiv(H, TILE_H) * tiles_w
-        img = pid_m // tiles
-        t = pid_m - img * tiles
-        oh = (t // tiles_w) * TILE_H + rows // TILE_W
-        ow = (t % tiles_w) * TILE_W + rows % TILE_W
-        m_ok = (oh < H) & (ow < W)
-    else:
-        if SHARE_ROW:
-            OUT_M: tl.constexpr = BLOCK_M - 2  # outputs per program: the tile's first and last pixels are halo
-            m_start = pid_m * OUT_M
-            offs_m = m_start + rows
-            m_ok = (rows < OUT_M) & (offs_m < M)
-        else:
-            offs_m = pid_m * BLOCK_M + rows
-            m_ok = offs_m < M
-        img = offs_m // hw
-        rem = offs_m - img * hw
-        oh = rem // W
-        ow = rem - oh * W
+    OUT_M: tl.constexpr = BLOCK_M - 2 if SHARE_ROW else BLOCK_M  # SHARE_ROW: first and last pixels are halo
+    img, oh, ow, m_ok = program_pixels(pid_m, M, H, W, BLOCK_M, TILE_W, OUT_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < C_OUT
     # 64-bit image offset: a batch of 4K frames has more than 2**31 activation elements.
@@ -125,9 +106,10 @@ def _conv3x3_kernel(
     elif SHARE_ROW:
         K_STEPS_R: tl.constexpr = (C_IN + BLOCK_K - 1) // BLOCK_K  # channel blocks per kernel row
         offs_k = tl.arange(0, BLOCK_K)
-        # Loaded pixel j of the tile is flat pixel m_start - 1 + j; output i needs, for tap column kw,
-        # loaded pixel j = i + kw (same image row, or masked below).
-        p = m_start - 1 + rows
+        # Loaded pixel j of the tile is flat pixel pid_m * OUT_M - 1 + j; output i needs, for tap column
+        # kw, loaded pixel j = i + kw (same image row, or masked below).
+        hw = H * W
+        p = pid_m * OUT_M - 1 + rows
         p_ok = (p >= 0) & (p < M)
         p_img = p // hw
         p_rem = p - p_img * hw

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pixels import program_pixels
+
 __all__ = ["TailConfig", "tail_config", "pack_tail_weight", "conv3x3_tail_residual"]
 
 
@@ -53,26 +55,8 @@ def _tail_kernel(
     cores, accumulates elementwise in fp32 over all taps and reduces over channels once at the end.
     Fused: bias, residual add, optional clamp, cast to the output dtype.
     """
-    pid = tl.program_id(0)
-    rows = tl.arange(0, BLOCK_M)
+    img, oh, ow, m_ok = program_pixels(tl.program_id(0), M, H, W, BLOCK_M, TILE_W, BLOCK_M)
     offs_c = tl.arange(0, BLOCK_C)
-    if TILE_W > 0:  # program pid = tile (ty, tx) of image img, tiles in raster order
-        TILE_H: tl.constexpr = BLOCK_M // TILE_W
-        tiles_w = tl.cdiv(W, TILE_W)
-        tiles = tl.cdiv(H, TILE_H) * tiles_w
-        img = pid // tiles
-        t = pid - img * tiles
-        oh = (t // tiles_w) * TILE_H + rows // TILE_W
-        ow = (t % tiles_w) * TILE_W + rows % TILE_W
-        m_ok = (oh < H) & (ow < W)
-    else:
-        offs_m = pid * BLOCK_M + rows
-        m_ok = offs_m < M
-        hw = H * W
-        img = offs_m // hw
-        rem = offs_m - img * hw
-        oh = rem // W
-        ow = rem - oh * W
     img64 = img.to(tl.int64)
     x_img = x_ptr + img64 * stride_xn
 
