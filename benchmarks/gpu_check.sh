@@ -9,9 +9,10 @@
 # once on a tiny input when the extension built, measures `vdsr-fast video` (frames/s, GPU busy
 # fraction; benchmarks/bench_video.py), runs the latency benchmark, and prints the markdown
 # table LAST. Everything it writes goes to $OUT (default: benchmarks/results/gpu_check/): the results
-# <date>_<card>.json/.md/.png and the video JSON (also copied to benchmarks/results/: commit the JSON;
-# see benchmarks/README.md), and gpu_check_logs.tgz with env.txt, build.log, pytest.log, junit.xml,
-# sanitizer.log, video.log and bench.log (one archive: the device tool returns at most 8 files).
+# <date>_<card>.json/.png, the video JSON and the layer profile's JSON (also copied to benchmarks/results/:
+# commit them; see benchmarks/README.md), and gpu_check_logs.tgz with env.txt, build.log, pytest.log,
+# junit.xml, sanitizer.log, video.log, bench.log, the benchmark's .md and the optional steps' logs (one
+# archive: the device tool returns at most 8 files).
 #
 # Sized for an H100 in under 8 minutes: every step runs under `timeout`, and its share is cut so the
 # benchmark keeps at least BENCH_MIN_S. Knobs (environment):
@@ -25,9 +26,12 @@
 #   SKIP_BENCH=1            no latency benchmark (a follow-up call that has its results already)
 #   PYTEST_ARGS="..."       extra pytest arguments (e.g. --deselect a test that crashes the process)
 #   PYTEST_PATHS="..."      test files to run instead of tests/ (a follow-up call)
-#   LAYER_PROFILE=1         also run benchmarks/layer_profile.py (per-layer times, every kernel variant)
+#   LAYER_PROFILE=1         also run benchmarks/layer_profile.py (per-layer times, every kernel variant),
+#                           after the benchmark: LAYER_PROFILE_CAP_S=90, and AFTER_BENCH_S=0 (what the
+#                           benchmark leaves to the steps after it)
 #   CRASH_DIAG="PYTEST ARGS" also run those tests verbosely under cuda-gdb, which prints the native
-#                           backtrace of a crash (e.g. "tests/test_cuda_backend.py -k argument_checks")
+#                           backtrace of a crash (e.g. "tests/test_cuda_backend.py -k argument_checks");
+#                           CRASH_DIAG_CAP_S=60
 set -uo pipefail  # no -e: one failing step must not cost the rest of a device call
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
