@@ -56,17 +56,28 @@ def _model(depth: int = 20, channels: int = 64) -> VDSR:
 # --- the whole network ----------------------------------------------------------------------------
 
 
+def _check_network(device, dtype, shape):
+    n, h, w = shape
+    model = _model().to(device)
+    x = torch.rand(n, 1, h, w, device=device)
+    ref = ref64(model, x)
+    same = Engine(model, backend="torch", dtype=dtype, device=device)(x)
+    out = Engine(model, backend="cuda", dtype=dtype, device=device)(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert_equivalent(out, same, ref, dtype, f"cuda VDSR-20 {shape} {dtype}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 5), (3, 37, 53), (1, 64, 48), (3, 19, 130)])
 def test_network_matches_reference(cuda_device, dtype, shape):
-    n, h, w = shape
-    model = _model().to(cuda_device)
-    x = torch.rand(n, 1, h, w, device=cuda_device)
-    ref = ref64(model, x)
-    same = Engine(model, backend="torch", dtype=dtype, device=cuda_device)(x)
-    out = Engine(model, backend="cuda", dtype=dtype, device=cuda_device)(x)
-    assert out.shape == x.shape and out.dtype == x.dtype
-    assert_equivalent(out, same, ref, dtype, f"cuda VDSR-20 {shape} {dtype}")
+    _check_network(cuda_device, dtype, shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 720, 1280), (1, 1080, 1920), (1, 2160, 3840)], ids=["720p", "1080p", "4k"])
+def test_network_matches_reference_at_frame_sizes(cuda_device, dtype, shape):
+    """The benchmark's frame sizes (the float64 reference runs on the GPU)."""
+    _check_network(cuda_device, dtype, shape)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
