@@ -13,6 +13,7 @@ import torch
 from . import tiling
 from .engine import Engine
 from .imaging import rgb_to_ycbcr, ycbcr_to_rgb
+from .kernels import resolve_device
 from .reference import VDSR
 from .weights import load
 
@@ -63,9 +64,7 @@ def get_engine(
     ordered on the GPU when the stream changes (no host synchronisation), see
     :class:`~vdsr_fast.kernels.PingPongBuffers`. The cache is not pickled with the model.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = resolve_device(device)
     graphs = device.type == "cuda" and backend != "torch" if cuda_graphs is None else bool(cuda_graphs)
     if graphs and (device.type != "cuda" or backend == "torch"):
         raise ValueError(f"cuda_graphs=True needs a fast backend on a CUDA device, not {backend!r} on {device}")

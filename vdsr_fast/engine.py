@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from .kernels import resolve_device
 from .reference import VDSR, vdsr_forward
 
 __all__ = ["Engine", "BackendUnavailable", "BACKENDS", "available_backends"]
@@ -183,11 +184,8 @@ class Engine:
         if not isinstance(model, VDSR):
             raise TypeError(f"Engine: expected a vdsr_fast VDSR model, got {type(model).__name__}")
         if device is None:
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        self.device = device
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device = resolve_device(device)
         self.depth, self.channels = model.depth, model.channels
         candidates = [resolve_backend(backend, device)]
         if backend == "auto":

@@ -13,6 +13,15 @@ import torch
 _CAPTURE_LOCK = threading.Lock()
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, a bare ``"cuda"`` pinned to the current CUDA device (what torch
+    itself allocates on), so it compares equal to the ``cuda:N`` of the tensors made there."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class PingPongBuffers:
     """Mixin for the fast backends: two NHWC activation buffers, reused by every call.
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..reference import VDSR
-from . import PingPongBuffers
+from . import PingPongBuffers, resolve_device
 
 __all__ = ["CudaBackend", "cuda_vdsr_op", "load_extension", "pack_body_weight"]
 
@@ -165,8 +165,7 @@ class CudaBackend(PingPongBuffers):
         device = torch.device(device)
         if device.type != "cuda":
             raise BackendUnavailable(f"CudaBackend: needs a CUDA device, got {device}")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
+        device = resolve_device(device)
         if dtype not in self.dtypes:
             raise BackendUnavailable(f"CudaBackend: unsupported storage dtype {dtype}; expected float16 or bfloat16")
         ws = [w.detach().to(device) for w in model.weights]

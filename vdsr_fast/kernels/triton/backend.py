@@ -16,7 +16,7 @@ import os
 import torch
 
 from ...reference import VDSR
-from .. import PingPongBuffers
+from .. import PingPongBuffers, resolve_device
 from .conv3x3 import ConvConfig, _conv3x3_kernel, conv3x3_bias_relu, conv3x3_head, pack_conv3x3_weight
 from .tail import conv3x3_tail_residual, pack_tail_weight
 
@@ -115,9 +115,7 @@ class TritonBackend(PingPongBuffers):
         max_cached_shapes: int = 4,
         body_config: ConvConfig | None = None,
     ) -> None:
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None:  # "cuda" means the current device, as in torch
-            device = torch.device("cuda", torch.cuda.current_device())
+        device = resolve_device(device)
         if dtype not in self.dtypes:
             raise ValueError(f"TritonBackend: unsupported storage dtype {dtype}; expected fp16, bf16 or fp32")
         if cuda_graphs and device.type != "cuda":
