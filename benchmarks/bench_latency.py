@@ -307,6 +307,17 @@ def pick_timer(device: torch.device) -> str:
         return "cuda_events"
 
 
+def matmul_peak(device: torch.device, cfg: BenchConfig, timer: str) -> dict:
+    """The ceiling the TFLOP/s are compared with: a ``cfg.peak_size``^3 fp16 matmul (fp32 on the CPU)."""
+    n = cfg.peak_size
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    mats = [torch.randn(n, n, device=device, dtype=dtype) for _ in range(2)]
+    med = statistics.median(time_callable(lambda: torch.mm(mats[0], mats[1]), device, cfg, timer))
+    mats.clear()
+    _free(device)
+    return {"dtype": DTYPE_NAMES[dtype], "shape": f"{n}^3", "median_ms": med, "tflops": 2 * n**3 / (med * 1e-3) / 1e12}
+
+
 def time_callable(call: Callable[[], Any], device: torch.device, cfg: BenchConfig, timer: str) -> list[float]:
     """Per-call times in ms of ``call()`` (which rotates its own inputs), after warm-up.
 
@@ -750,20 +761,9 @@ class _Run:
     # ---- measurements
     def measure_peak(self) -> None:
         """The fp16 matmul ceiling (fp32 on the CPU), with the same timer as the rows."""
-        n = self.cfg.peak_size
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        mats = [torch.randn(n, n, device=self.device, dtype=dtype) for _ in range(2)]
-        times = time_callable(lambda: torch.mm(mats[0], mats[1]), self.device, self.cfg, self.timer)
-        mats.clear()
-        med = statistics.median(times)
-        self.peak = {
-            "dtype": DTYPE_NAMES[dtype],
-            "shape": f"{n}^3",
-            "median_ms": med,
-            "tflops": 2 * n**3 / (med * 1e-3) / 1e12,
-        }
-        _free(self.device)
-        self.log(f"{DTYPE_NAMES[dtype]} matmul {n}^3: {med:.3f} ms = {self.peak['tflops']:.1f} TFLOP/s")
+        self.peak = matmul_peak(self.device, self.cfg, self.timer)
+        p = self.peak
+        self.log(f"{p['dtype']} matmul {p['shape']}: {p['median_ms']:.3f} ms = {p['tflops']:.1f} TFLOP/s")
 
     def _timed_row(self, row: BenchResult, fn: Callable, inputs: list, pixels: int) -> BenchResult:
         with torch.inference_mode():

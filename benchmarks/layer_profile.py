@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,12 +27,6 @@ import torch
 import torch.nn.functional as F
 
 C = 64
-
-
-def _bench(fn) -> float:
-    from triton.testing import do_bench
-
-    return float(do_bench(fn, warmup=50, rep=300, return_mode="median"))
 
 
 def _flops(n: int, h: int, w: int, c_in: int, c_out: int) -> float:
@@ -46,10 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("layer_profile needs a CUDA GPU")
-    from benchmarks.bench_latency import _cudnn_relu_op
+    from benchmarks.bench_latency import BenchConfig, _cudnn_relu_op, matmul_peak, time_callable
     from vdsr_fast import VDSR, Engine
     from vdsr_fast.kernels.triton import conv3x3 as tconv
     from vdsr_fast.kernels.triton import tail as ttail
+    from vdsr_fast.reference import flops_per_pixel
 
     dev = torch.device("cuda")
     dt = torch.float16 if args.dtype == "fp16" else torch.bfloat16
@@ -66,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             res = fn()
             if check is not None:
                 check(out if out is not None else res)
-            ms = _bench(fn)
+            ms = statistics.median(time_callable(fn, dev, cfg, "do_bench"))
         except Exception as e:  # one path that fails (or does not compile on this card) is reported, not fatal
             print(f"{kind:6s} {path:48s} FAILED: {type(e).__name__}: {str(e)[:160]}", flush=True)
             rows.append({"layer": kind, "path": path, "ms": None, "tflops": None, "note": f"FAILED: {e}"[:200]})
@@ -74,10 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"layer": kind, "path": path, "ms": ms, "tflops": flops / ms / 1e9, "note": note})
         print(f"{kind:6s} {path:48s} {ms:8.4f} ms  {flops / ms / 1e9:7.1f} TFLOP/s  {note}", flush=True)
 
-    # ceiling
-    a = torch.randn(8192, 8192, device=dev, dtype=torch.float16)
-    peak = 2 * 8192**3 / _bench(lambda: a @ a) / 1e9
-    a = None
+    # ceiling, timed as the rows are (the latency benchmark's timer and settings)
+    cfg = BenchConfig()
+    peak = matmul_peak(dev, cfg, "do_bench")["tflops"]
     print(f"fp16 matmul peak {peak:.0f} TFLOP/s", flush=True)
 
     # one body layer, NHWC activations with non-trivial values
@@ -156,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         add("tail", "cuda tail + residual", lambda: ext.tail(x_nhwc.data_ptr(), y.data_ptr(), ty.data_ptr(),
                                                              tw32.data_ptr(), tb.data_ptr(), n, ht, wd, code, 0,
                                                              stream()), fl_tail)  # fmt: skip
-    fl_net = fl_head + 18 * fl + fl_tail
+    fl_net = flops_per_pixel(model.depth, model.channels) * n * ht * wd
     with torch.inference_mode():
         for backend in ("cuda", "triton"):
             try:
