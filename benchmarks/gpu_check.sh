@@ -134,13 +134,11 @@ fi
 if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   T=$(share "${TEST_CAP_S:-150}" $((BENCH_MIN + 30)))
   log "pytest tests (timeout ${T}s) -> $OUT/pytest.log, $OUT/junit.xml"
-  set +e
   # Only the tests that exercise the GPU (tests/conftest.py): the rest is what CI runs on its CPU.
   # shellcheck disable=SC2086
   ((T > 0)) && VDSR_FAST_GPU_TESTS_ONLY=1 timeout "$T" "$PY" -m pytest ${PYTEST_PATHS:-tests} -q --maxfail=10 --durations=10 -p no:cacheprovider ${PYTEST_ARGS:-} \
     --junitxml="$OUT/junit.xml" >"$OUT/pytest.log" 2>&1
   rc=$?
-  set -e
   tail -n 30 "$OUT/pytest.log" || true
   case $rc in
     0) SUMMARY+=("tests: passed ($(grep -Eo '[0-9]+ passed.*' "$OUT/pytest.log" | tail -n 1 || true))") ;;
@@ -164,7 +162,6 @@ if [[ "${SKIP_SANITIZER:-0}" != 1 && $BUILT == 1 ]]; then
     SUMMARY+=("sanitizer: skipped (no time left)")
   else
     log "compute-sanitizer memcheck on the cuda backend, 2x1x37x53 (timeout ${T}s) -> $OUT/sanitizer.log"
-    set +e
     # No caching allocator, so an out-of-bounds access leaves its own cudaMalloc block and is seen.
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$T" "$CS" --tool memcheck --error-exitcode 7 --print-limit 20 \
       "$PY" -c "
@@ -179,7 +176,6 @@ for dt in (torch.float16, torch.bfloat16):
     print('cuda backend', dt, tuple(y.shape), 'finite:', bool(torch.isfinite(y).all()))
 " >"$OUT/sanitizer.log" 2>&1
     rc=$?
-    set -e
     tail -n 15 "$OUT/sanitizer.log" || true
     grep -q "Device not supported" "$OUT/sanitizer.log" && rc=unsupported
     case $rc in
@@ -209,10 +205,8 @@ if [[ "${SKIP_VIDEO:-0}" != 1 ]]; then
     SUMMARY+=("video: skipped (no time left)")
   else
     log "bench_video: 960x540 -> 1920x1080, 120 frames, batch 8 (timeout ${T}s) -> $OUT/video.log"
-    set +e
     timeout "$T" "$PY" -m benchmarks.bench_video --out "$OUT" >"$OUT/video.log" 2>&1
     rc=$?
-    set -e
     tail -n 3 "$OUT/video.log" || true
     if ((rc == 0)); then
       SUMMARY+=("video: $(tail -n 1 "$OUT/video.log" | sed 's/ -> [^ ]*$//' | cut -c1-200)")
