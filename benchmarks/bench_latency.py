@@ -476,12 +476,16 @@ def _build_compile(model: VDSR, device: torch.device):
     return fn, "compiled per shape (dynamic=False); compile time not included"
 
 
-def _engine(backend: str, dtype: torch.dtype):
+def _engine(backend: str, dtype: torch.dtype, winograd: bool = False):
     def build(model: VDSR, device: torch.device):
         from vdsr_fast.engine import Engine
 
-        eng = Engine(model, backend=backend, dtype=dtype, device=device)
-        return eng, ""
+        if not winograd:
+            return Engine(model, backend=backend, dtype=dtype, device=device), ""
+        from vdsr_fast.kernels.triton.winograd import winograd_config
+
+        cfg = winograd_config(model.channels, model.channels, dtype)
+        return Engine(model, backend=backend, dtype=dtype, device=device, body_config=cfg), f"experimental; {cfg}"
 
     return build
 
@@ -534,6 +538,9 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
                 f"engine_{name}_{dname}", f"engine {name}", dname, torch.float32, False, _engine(name, dtype), reason
             )
             paths.append(spec)
+            if name == "triton" and dtype != torch.float32:  # the Winograd F(2x2, 3x3) body, not yet the default
+                paths.append(PathSpec(f"engine_triton_winograd_{dname}", "engine triton Winograd body", dname,
+                                      torch.float32, False, _engine(name, dtype, winograd=True), reason))  # fmt: skip
     paths += [
         PathSpec("eager_fp16", "PyTorch eager NCHW", "fp16", torch.float16, False, _eager(torch.float16, False)),
         PathSpec("eager_tf32", "PyTorch eager NCHW", "tf32", torch.float32, False, _eager(torch.float32, False),

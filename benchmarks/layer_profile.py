@@ -6,7 +6,9 @@
 Times (``triton.testing.do_bench`` medians after warm-up), at one frame size, in one process:
   - the fp16 matmul peak (8192^3), the ceiling the TFLOP/s are compared with;
   - one 64->64 body layer: cuDNN's fused conv+bias+ReLU (channels_last), every CUDA body variant
-    (``vdsr_fast._C.body_variants()``), and every Triton body candidate config (``body_config_candidates``);
+    (``vdsr_fast._C.body_variants()``), every Triton body candidate config (``body_config_candidates``)
+    and every Winograd F(2x2, 3x3) candidate (``winograd_candidates``; its TFLOP/s count the direct
+    convolution's FLOPs, so they compare with the other rows as speed);
   - the head (1->64 + ReLU) and the tail (64->1 + bias + residual) of each backend (the Triton tail in
     a few block sizes), and cuDNN's head;
   - the whole network per backend, beside the estimate head + 18 x body + tail from the rows above.
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from vdsr_fast import VDSR, Engine
     from vdsr_fast.kernels.triton import conv3x3 as tconv
     from vdsr_fast.kernels.triton import tail as ttail
+    from vdsr_fast.kernels.triton import winograd as twino
     from vdsr_fast.reference import flops_per_pixel
 
     dev = torch.device("cuda")
@@ -124,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         tile = f" {cfg.block_m // cfg.tile_w}x{cfg.tile_w}" if cfg.tile_w else ""
         name = f"triton M{cfg.block_m}{tile} w{cfg.num_warps} s{cfg.num_stages}" + (" share_row" if cfg.share_row else "")
         add("body", name + (" (default)" if cfg == default else ""), f, fl, out=out, check=check)
+    # Winograd F(2x2, 3x3): TFLOP/s counted as the direct convolution's (it does 2.25x fewer multiplies)
+    wu = twino.pack_winograd_weight(w, dt)
+    wino_default = twino.winograd_config(C, C, dt)
+    for cfg in twino.winograd_candidates(dt):
+        f = lambda cfg=cfg: twino.conv3x3_winograd(x_nhwc, wu, b, out, config=cfg)  # noqa: E731
+        tile = f" {cfg.block_t // cfg.tile_tw}x{cfg.tile_tw} tiles" if cfg.tile_tw else ""
+        name = f"triton winograd T{cfg.block_t}{tile} N{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"
+        add("body", name + (" (default)" if cfg == wino_default else ""), f, fl, "direct-conv FLOPs", out, check)
 
     # head and tail, and the whole network per backend
     y = torch.rand(n, 1, ht, wd, device=dev)
@@ -153,19 +164,20 @@ def main(argv: list[str] | None = None) -> int:
                                                              stream()), fl_tail)  # fmt: skip
     fl_net = flops_per_pixel(model.depth, model.channels) * n * ht * wd
     with torch.inference_mode():
-        for backend in ("cuda", "triton"):
+        wino = {"body_config": twino.winograd_config(C, C, dt)}
+        for label, backend, opts in (("cuda", "cuda", {}), ("triton", "triton", {}), ("triton Winograd body", "triton", wino)):
             try:
-                eng = Engine(model, backend=backend, dtype=dt, device=dev)
+                eng = Engine(model, backend=backend, dtype=dt, device=dev, **opts)
             except Exception as e:
-                print(f"engine {backend}: {type(e).__name__}: {e}")
+                print(f"engine {label}: {type(e).__name__}: {e}")
                 continue
-            add("net", f"engine {backend} (eager launches)", lambda eng=eng: eng(y), fl_net)
+            add("net", f"engine {label} (eager launches)", lambda eng=eng: eng(y), fl_net)
 
     # the network's time if it were head + 18 x the best body row + tail, per backend
     best = {}
     for r in rows:
         if r["layer"] == "body" and r["ms"] is not None:
-            key = r["path"].split()[0]
+            key = " ".join(r["path"].split()[: 2 if "winograd" in r["path"] else 1])
             if key not in best or r["ms"] < best[key]["ms"]:
                 best[key] = r
     data = {

@@ -40,7 +40,7 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import JITFunction, MockTensor, create_function_from_signature  # noqa: E402
 
 from vdsr_fast import VDSR  # noqa: E402
-from vdsr_fast.kernels.triton import conv3x3, tail  # noqa: E402
+from vdsr_fast.kernels.triton import conv3x3, tail, winograd  # noqa: E402
 
 SHAPES = {"aligned": (2, 32, 48), "odd": (1, 37, 53)}  # (N, H, W) of the Y plane
 
@@ -78,8 +78,12 @@ def _capture(dtype: torch.dtype, shape: tuple[int, int, int], body_configs=(None
     JITFunction.run = record
     try:
         a = conv3x3.conv3x3_head(y, conv3x3.pack_conv3x3_weight(model.layers[0].weight, dtype), model.layers[0].bias.float())
+        w1, b1 = model.layers[1].weight, model.layers[1].bias.float()
         for config in body_configs:
-            b = conv3x3.conv3x3_bias_relu(a, conv3x3.pack_conv3x3_weight(model.layers[1].weight, dtype), model.layers[1].bias.float(), config=config)
+            if isinstance(config, winograd.WinogradConfig):
+                b = winograd.conv3x3_winograd(a, winograd.pack_winograd_weight(w1, dtype), b1, config=config)
+            else:
+                b = conv3x3.conv3x3_bias_relu(a, conv3x3.pack_conv3x3_weight(w1, dtype), b1, config=config)
         tail.conv3x3_tail_residual(b, tail.pack_tail_weight(model.layers[2].weight, dtype), model.layers[2].bias.float().reshape(1), y)
     finally:
         JITFunction.run = real_run
@@ -114,10 +118,13 @@ def compile_launch(fn: JITFunction, args: tuple, kwargs: dict, capability: int):
 def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, torch.float32), candidates=False,
                 shapes=tuple(SHAPES)) -> list[Compiled]:
     """Compile every launch of a forward for each dtype, frame shape and target; with ``candidates``
-    the body layer also in every :func:`~vdsr_fast.kernels.triton.conv3x3.body_config_candidates` config."""
+    the body layer also in every :func:`~vdsr_fast.kernels.triton.conv3x3.body_config_candidates` config
+    and every :func:`~vdsr_fast.kernels.triton.winograd.winograd_candidates` config."""
     rows = []
     for dtype in dtypes:
-        body = [None, *conv3x3.body_config_candidates(dtype)[1:]] if candidates else [None]
+        body = [None]
+        if candidates:
+            body += [*conv3x3.body_config_candidates(dtype)[1:], *winograd.winograd_candidates(dtype)]
         for shape_name in shapes:
             shape = SHAPES[shape_name]
             for fn, args, kwargs in _capture(dtype, shape, body):

@@ -42,7 +42,8 @@ def rows(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def candidate_rows(tmp_path_factory):
-    """The fp16 body in every config the GPU benchmark sweeps (incl. the experimental SHARE_ROW), for sm_90a."""
+    """The fp16 body in every config the GPU benchmark sweeps (incl. the experimental SHARE_ROW and the
+    Winograd kernel's candidates), for sm_90a."""
     return _compile(tmp_path_factory, "--candidates", "--dtypes", "float16", "--targets", "90", "--shapes", "aligned")
 
 
@@ -83,3 +84,14 @@ def test_every_swept_body_config_compiles_for_hopper(candidate_rows):
     assert len(body) >= 10 and any("SHARE_ROW=True" in r["config"] for r in body)
     for r in body:
         assert r["shared_bytes"] <= 227 * 1024 and r["wgmma"] and r["cp_async"], r
+
+
+def test_every_winograd_candidate_compiles_for_hopper(candidate_rows):
+    """The Winograd body's sweep: within shared memory, on tensor cores (``wgmma`` needs 64-tile M blocks;
+    the 32-tile candidate gets ``mma.sync``), and the default config without register spills."""
+    rows = [r for r in candidate_rows if r["kernel"] == "_winograd_kernel"]
+    assert len(rows) >= 10 and any("TILE_TW=16" in r["config"] for r in rows)
+    for r in rows:
+        assert r["shared_bytes"] <= 227 * 1024 and (r["wgmma"] or r["mma_sync"]), r
+    default = [r for r in rows if r["config"].startswith("BLOCK_T=64, BLOCK_N=64, BLOCK_K=64, TILE_TW=0, num_warps=8, num_stages=2")]
+    assert default and default[0]["wgmma"] and default[0]["cp_async"] and default[0]["spill_bytes"] == 0, default

@@ -6,7 +6,8 @@ tail  ``conv3x3_tail_residual`` last buffer + Y plane -> Y' = Y + conv + bias, i
 
 Weights are packed once (K contiguous, storage dtype; biases fp32). Kernels run on the caller's current
 CUDA stream. The three fused ops are also registered as custom ops ``torch.ops.vdsr_fast.triton_conv3x3_{head,bias_relu,tail_residual}`` (with fake
-implementations), which is what an engine call traced by ``torch.compile`` runs.
+implementations), which is what an engine call traced by ``torch.compile`` runs; with a Winograd body
+(``body_config=WinogradConfig(...)``) the body layers are ``conv3x3_winograd`` / ``triton_conv3x3_winograd``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ...reference import VDSR
 from .. import PingPongBuffers, resolve_device
 from .conv3x3 import ConvConfig, _conv3x3_kernel, conv3x3_bias_relu, conv3x3_head, pack_conv3x3_weight
 from .tail import conv3x3_tail_residual, pack_tail_weight
+from .winograd import WinogradConfig, conv3x3_winograd, pack_winograd_weight
 
 __all__ = ["TritonBackend"]
 
@@ -47,6 +49,17 @@ def conv3x3_bias_relu_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> t
 @conv3x3_bias_relu_op.register_fake
 def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return x.new_empty((*x.shape[:3], w.shape[0]))
+
+
+@torch.library.custom_op("vdsr_fast::triton_conv3x3_winograd", mutates_args=())
+def conv3x3_winograd_op(x: torch.Tensor, u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """NHWC (N, H, W, C_IN) -> relu(conv3x3 + b) by Winograd F(2x2, 3x3), contiguous NHWC (N, H, W, C_OUT)."""
+    return conv3x3_winograd(x, u, b)
+
+
+@conv3x3_winograd_op.register_fake
+def _(x: torch.Tensor, u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:3], u.shape[1]))
 
 
 @torch.library.custom_op("vdsr_fast::triton_conv3x3_tail_residual", mutates_args=())
@@ -79,7 +92,9 @@ class TritonBackend(PingPongBuffers):
         max_cached_shapes: how many input shapes keep a captured CUDA graph, LRU (the activation
             buffers are one pair, sized for the largest shape seen).
         body_config: block sizes of the 64->64 layers (e.g. one of ``conv3x3.body_config_candidates``);
-            default the ``conv3x3_config`` heuristic. Used by the eager and CUDA-graph paths.
+            default the ``conv3x3_config`` heuristic. Used by the eager and CUDA-graph paths. A
+            :class:`~vdsr_fast.kernels.triton.winograd.WinogradConfig` selects the experimental Winograd
+            F(2x2, 3x3) body kernel instead (weights packed as G g G^T; every path, torch.compile too).
 
     Activation buffers are owned by the backend and shared by its calls: calls from different CUDA
     streams are ordered on the GPU (see :class:`~vdsr_fast.kernels.PingPongBuffers`), and
@@ -113,7 +128,7 @@ class TritonBackend(PingPongBuffers):
         clamp: bool = False,
         cuda_graphs: bool = False,
         max_cached_shapes: int = 4,
-        body_config: ConvConfig | None = None,
+        body_config: ConvConfig | WinogradConfig | None = None,
     ) -> None:
         device = resolve_device(device)
         if dtype not in self.dtypes:
@@ -135,7 +150,9 @@ class TritonBackend(PingPongBuffers):
         fp32 = torch.float32
         self.w_head = pack_conv3x3_weight(ws[0], dtype)
         self.b_head = bs[0].to(fp32).contiguous()
-        self.w_body = [pack_conv3x3_weight(w, dtype) for w in ws[1:-1]]
+        self.winograd = isinstance(body_config, WinogradConfig)
+        pack = pack_winograd_weight if self.winograd else pack_conv3x3_weight
+        self.w_body = [pack(w, dtype) for w in ws[1:-1]]
         self.b_body = [b.to(fp32).contiguous() for b in bs[1:-1]]
         self.w_tail = pack_tail_weight(ws[-1], dtype)
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
@@ -156,17 +173,20 @@ class TritonBackend(PingPongBuffers):
     def _forward(self, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         a, b = self.buffers(y.shape[0], y.shape[2], y.shape[3])
         conv3x3_head(y, self.w_head, self.b_head, out=a)
+        body = conv3x3_winograd if self.winograd else conv3x3_bias_relu
         for w, bias in zip(self.w_body, self.b_body, strict=True):
-            conv3x3_bias_relu(a, w, bias, out=b, config=self.body_config)
+            body(a, w, bias, out=b, config=self.body_config)
             a, b = b, a
         return conv3x3_tail_residual(a, self.w_tail, self.b_tail, y, out, clamp=self.clamp)
 
     def forward_ops(self, y: torch.Tensor) -> torch.Tensor:
         """The same network through the ``torch.ops.vdsr_fast`` custom ops (what torch.compile traces)."""
-        h = torch.ops.vdsr_fast.triton_conv3x3_head(y, self.w_head, self.b_head)
+        ops = torch.ops.vdsr_fast
+        h = ops.triton_conv3x3_head(y, self.w_head, self.b_head)
+        body = ops.triton_conv3x3_winograd if self.winograd else ops.triton_conv3x3_bias_relu
         for w, bias in zip(self.w_body, self.b_body, strict=True):
-            h = torch.ops.vdsr_fast.triton_conv3x3_bias_relu(h, w, bias)
-        return torch.ops.vdsr_fast.triton_conv3x3_tail_residual(h, self.w_tail, self.b_tail, y, self.clamp)
+            h = body(h, w, bias)
+        return ops.triton_conv3x3_tail_residual(h, self.w_tail, self.b_tail, y, self.clamp)
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         """``y + residual(y)`` for a Y-plane batch (N, 1, H, W) of any float dtype; returns y's dtype."""
