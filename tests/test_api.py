@@ -214,6 +214,42 @@ def test_auto_falls_back_when_a_backend_refuses_the_model(tiny_model, monkeypatc
         Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32)
 
 
+def test_a_backend_whose_graphs_fail_runs_without_them(tiny_model, monkeypatch):
+    """Right kernels whose CUDA-graph capture fails the self-check (a profiler attached, an old driver):
+    the engine keeps the backend without graphs and says so; a backend that also fails without graphs
+    is still skipped by 'auto'."""
+    from vdsr_fast import engine as engine_mod
+
+    class Fast:
+        dtypes = (torch.float32,)
+        broken = False  # also wrong without graphs
+
+        @staticmethod
+        def available(device):
+            return None
+
+        def __init__(self, model, device, dtype, cuda_graphs=False):
+            self.cuda_graphs = cuda_graphs
+            self.ref = engine_mod.TorchBackend(model, device, dtype)
+
+        def __call__(self, y):
+            if self.cuda_graphs:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            return self.ref(y) + (1.0 if self.broken else 0.0)
+
+    monkeypatch.setitem(engine_mod.BACKENDS, "cuda", Fast)
+    monkeypatch.setattr(engine_mod, "resolve_backend", lambda backend, device: "cuda" if backend == "auto" else backend)
+    monkeypatch.setattr(engine_mod, "_checked", lambda name, device: name != "torch")  # self-check on the CPU too
+    with pytest.warns(RuntimeWarning, match="'cuda' runs without CUDA graphs.*stream is capturing"):
+        e = Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32, cuda_graphs=True)
+    assert e.backend == "cuda" and not e._impl.cuda_graphs
+    monkeypatch.setattr(Fast, "broken", True)
+    with pytest.warns(RuntimeWarning, match="skipping backend 'cuda'.*stream is capturing"):
+        assert Engine(tiny_model, backend="auto", device="cpu", dtype=torch.float32, cuda_graphs=True).backend == "torch"
+    with pytest.raises(BackendUnavailable, match="self-check"):
+        Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32, cuda_graphs=True)
+
+
 def test_tiled_out_may_alias_the_input(tiny_model):
     """out= sharing memory with img (an in-place pipeline buffer): tiles must not read pixels that
     earlier tiles already overwrote."""

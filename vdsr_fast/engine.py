@@ -115,6 +115,11 @@ def available_backends(device: str | torch.device = "cuda") -> dict[str, str | N
     return {name: _why_unavailable(name, device) for name in BACKENDS}
 
 
+def _checked(name: str, device: torch.device) -> bool:
+    """Whether :class:`Engine` runs :func:`self_check` on a new backend: GPU kernels only."""
+    return name != "torch" and device.type == "cuda"
+
+
 def self_check(run, model: VDSR, device: torch.device) -> str | None:
     """Run a fast backend once on a small random Y plane against the float64 reference.
 
@@ -205,8 +210,16 @@ class Engine:
                 except BackendUnavailable as e:  # e.g. the CUDA kernels refuse a model that is not 64 channels wide
                     reason = str(e)
                 else:
-                    guard = check and name != "torch" and device.type == "cuda"  # GPU kernels only
-                    reason = self_check(self._impl, model, device) if guard else None
+                    reason = self_check(self._impl, model, device) if check and _checked(name, device) else None
+                    if reason is not None and opts.get("cuda_graphs"):
+                        # Kernels that are right can still fail to capture (a profiler or debugger attached,
+                        # an old driver): keep the backend, without graphs, rather than fall back.
+                        with torch.no_grad():
+                            plain = impl(model, device, self.dtype, **{**opts, "cuda_graphs": False})
+                        if self_check(plain, model, device) is None:
+                            warnings.warn(f"vdsr_fast: backend {name!r} runs without CUDA graphs: with them its "
+                                          f"self-check failed: {reason}", RuntimeWarning, stacklevel=2)  # fmt: skip
+                            self._impl, reason = plain, None
             if reason is None:
                 self.backend = name
                 self.max_pixels = getattr(self._impl, "max_pixels", None)
@@ -214,7 +227,8 @@ class Engine:
                 # Backends with persistent activation buffers are not reentrant: two threads
                 # interleaving their launches would share the buffers. The lock serialises the
                 # enqueueing (cheap: the GPU work itself stays asynchronous).
-                self._lock = threading.Lock() if hasattr(self._impl, "buffers") else None
+                self._buffered = hasattr(self._impl, "buffers")
+                self._lock = threading.Lock() if self._buffered else None
                 return
             if backend != "auto":
                 raise BackendUnavailable(reason)
@@ -228,7 +242,7 @@ class Engine:
         """Size the fast backends' activation buffers for ``(n, 1, h, w)`` inputs now (a no-op for
         the PyTorch backend). Growing them later drops the CUDA graphs captured on the old ones, so
         callers that know their largest input (a tiled frame's interior window) reserve it first."""
-        if self._lock is None or torch.compiler.is_compiling():
+        if not self._buffered or torch.compiler.is_compiling():
             return
         with self._lock, torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
             self._impl.buffers(n, h, w)

@@ -84,7 +84,8 @@ class PingPongBuffers:
 
     def _replay(self, key: tuple, x: torch.Tensor, forward: Callable[[torch.Tensor, torch.Tensor], object]) -> torch.Tensor:
         """``forward(x, out)`` through the CUDA graph captured for ``key`` (its first three entries are
-        (N, H, W)), capturing it on first use; returns a fresh tensor like ``x``.
+        (N, H, W)), capturing it on first use (that call returns the warm-up run's output); returns a
+        fresh tensor like ``x``.
 
         The capture runs on this backend's own stream (on its device, also with several GPUs in one
         process), after a warm-up there that compiles and configures every kernel. Nothing is
@@ -108,9 +109,12 @@ class PingPongBuffers:
             # thread_local: other threads (a video pipeline's decoder and encoder) keep using CUDA
             with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=cap, capture_error_mode="thread_local"):
                 forward(static_in, static_out)
-            entry = self._graphs[key] = (graph, static_in, static_out)
+            self._graphs[key] = (graph, static_in, static_out)
             while len(self._graphs) > self.max_cached_shapes:
                 self._graphs.popitem(last=False)
+            # A capture records without running: static_out still holds the warm-up's result for x,
+            # so a shape seen once costs one network run, not two.
+            return static_out.clone()
         self._graphs.move_to_end(key)
         graph, static_in, static_out = entry
         static_in.copy_(x)
