@@ -482,10 +482,16 @@ def _engine(backend: str, dtype: torch.dtype, winograd: bool = False):
 
         if not winograd:
             return Engine(model, backend=backend, dtype=dtype, device=device), ""
-        from vdsr_fast.kernels.triton.winograd import winograd_config
+        if backend == "cuda":
+            from vdsr_fast.kernels.cuda import load_extension
 
-        cfg = winograd_config(model.channels, model.channels, dtype)
-        return Engine(model, backend=backend, dtype=dtype, device=device, body_config=cfg), f"experimental; {cfg}"
+            vid = next(v["id"] for v in load_extension().body_variants() if v["winograd"])
+            opts = {"body_variant": vid}
+        else:
+            from vdsr_fast.kernels.triton.winograd import winograd_config
+
+            opts = {"body_config": winograd_config(model.channels, model.channels, dtype)}
+        return Engine(model, backend=backend, dtype=dtype, device=device, **opts), f"experimental; {opts}"
 
     return build
 
@@ -538,8 +544,8 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
                 f"engine_{name}_{dname}", f"engine {name}", dname, torch.float32, False, _engine(name, dtype), reason
             )
             paths.append(spec)
-            if name == "triton" and dtype != torch.float32:  # the Winograd F(2x2, 3x3) body, not yet the default
-                paths.append(PathSpec(f"engine_triton_winograd_{dname}", "engine triton Winograd body", dname,
+            if name in ("cuda", "triton") and dtype != torch.float32:  # the Winograd F(2x2, 3x3) bodies, not yet defaults
+                paths.append(PathSpec(f"engine_{name}_winograd_{dname}", f"engine {name} Winograd body", dname,
                                       torch.float32, False, _engine(name, dtype, winograd=True), reason))  # fmt: skip
     paths += [
         PathSpec("eager_fp16", "PyTorch eager NCHW", "fp16", torch.float16, False, _eager(torch.float16, False)),

@@ -104,19 +104,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cuda backend: not built ({e})")
     stream = lambda: torch.cuda.current_stream().cuda_stream  # noqa: E731
     if ext is not None:
+        from vdsr_fast.kernels import pack_winograd_weight
         from vdsr_fast.kernels.cuda import pack_body_weight
 
         code = ext.DTYPE_FLOAT16 if dt == torch.float16 else ext.DTYPE_BFLOAT16
-        wb = pack_body_weight(w, dt)
+        packed = {False: pack_body_weight(w, dt), True: pack_winograd_weight(w, dt)}
         out = torch.full_like(x_nhwc, float("nan"))
         auto = ext.body_auto_variant(0)
         smem = torch.cuda.get_device_properties(dev).shared_memory_per_block_optin
         for v in ext.body_variants():
             if v["smem_bytes"] > smem:
                 continue
-            f = lambda v=v: ext.body(x_nhwc.data_ptr(), out.data_ptr(), wb.data_ptr(), b.data_ptr(),  # noqa: E731
-                                     n, ht, wd, code, 0, stream(), v["id"])  # fmt: skip
+            wb = packed[v["winograd"]]
+            f = lambda v=v, wb=wb: ext.body(x_nhwc.data_ptr(), out.data_ptr(), wb.data_ptr(), b.data_ptr(),  # noqa: E731
+                                            n, ht, wd, code, 0, stream(), v["id"])  # fmt: skip
             desc = f"{v['tile_h']}x{v['tile_w']} px, {v['threads']} thr, {v['stages']} stages, {v['smem_bytes'] // 1024} KB"
+            desc += ", Winograd F(2x2,3x3), direct-conv FLOPs" if v["winograd"] else ""
             add("body", f"cuda variant {v['id']}" + (" (auto)" if v["id"] == auto else ""), f, fl, desc, out, check)
 
     wt = tconv.pack_conv3x3_weight(w, dt)
@@ -164,8 +167,12 @@ def main(argv: list[str] | None = None) -> int:
                                                              stream()), fl_tail)  # fmt: skip
     fl_net = flops_per_pixel(model.depth, model.channels) * n * ht * wd
     with torch.inference_mode():
-        wino = {"body_config": twino.winograd_config(C, C, dt)}
-        for label, backend, opts in (("cuda", "cuda", {}), ("triton", "triton", {}), ("triton Winograd body", "triton", wino)):
+        nets = [("cuda", "cuda", {}), ("triton", "triton", {})]
+        if ext is not None:
+            nets += [(f"cuda Winograd variant {v['id']}", "cuda", {"body_variant": v["id"]})
+                     for v in ext.body_variants() if v["winograd"]]  # fmt: skip
+        nets.append(("triton Winograd body", "triton", {"body_config": twino.winograd_config(C, C, dt)}))
+        for label, backend, opts in nets:
             try:
                 eng = Engine(model, backend=backend, dtype=dt, device=dev, **opts)
             except Exception as e:

@@ -157,7 +157,8 @@ void tail(uint64_t act, uint64_t x, uint64_t y, uint64_t w, uint64_t b, int64_t 
 }
 
 // The whole network: head -> num_body x body (ping-pong between buf0 and buf1) -> tail (+ residual).
-// body_w holds num_body packed layers back to back ([L][9][64][64] in the activation dtype), body_b
+// body_w holds num_body packed layers back to back ([L][9][64][64] in the activation dtype, or
+// [L][16][64][64] for a Winograd variant), body_b
 // [L][64] fp32.  y may alias x.
 void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head_w, uint64_t head_b, uint64_t body_w,
              uint64_t body_b, int64_t num_body, uint64_t tail_w, uint64_t tail_b, int64_t n, int64_t h, int64_t wd,
@@ -169,8 +170,13 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   CHECK_PTR(fn, "buf0", buf0, 16);
   CHECK_PTR(fn, "buf1", buf1, 16);
   check_disjoint(fn, "buf0 and buf1", buf0, act_bytes(n, h, wd), buf1, act_bytes(n, h, wd));
+  int num_variants = 0;
+  const vdsr::BodyVariant* variants = vdsr::body_variants(&num_variants);
+  CHECK(fn, variant >= -1 && variant < num_variants, "no body kernel variant ", variant, " (ids 0..",
+        num_variants - 1, ", or -1 for automatic)");
   head(x, buf0, head_w, head_b, n, h, wd, dtype, device, stream);
-  const uint64_t layer_w_bytes = 9 * kC * kC * 2;
+  // one packed layer: 9 taps (direct) or 16 transformed positions (Winograd) of [64][64]
+  const uint64_t layer_w_bytes = (variant >= 0 && variants[variant].winograd ? 16 : 9) * kC * kC * 2;
   const uint64_t bufs[2] = {buf0, buf1};
   for (int64_t i = 0; i < num_body; ++i) {
     body(bufs[i % 2], bufs[(i + 1) % 2], body_w + i * layer_w_bytes, body_b + i * kC * 4, n, h, wd, dtype, device,
@@ -193,6 +199,7 @@ py::list body_variants() {
     d["warp_n"] = v[i].warp_n;
     d["stages"] = v[i].stages;
     d["smem_bytes"] = v[i].smem_bytes;
+    d["winograd"] = v[i].winograd != 0;
     out.append(d);
   }
   return out;

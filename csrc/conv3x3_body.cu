@@ -1,7 +1,7 @@
 // Variant table and dispatch of the tensor-core body kernel (kernel: conv3x3_body.cuh).
 #include <string>
 
-#include "conv3x3_body.cuh"
+#include "winograd_body.cuh"
 #include "vdsr_kernels.h"
 
 namespace vdsr {
@@ -10,11 +10,16 @@ namespace {
 
 #define VDSR_VARIANT_INFO(WM, WN, MI, S)                                                                   \
   BodyVariant{0, BodyTile<WM, WN, MI, S>::kTileH, kTileW, BodyTile<WM, WN, MI, S>::kThreads, MI * 16, \
-              BodyTile<WM, WN, MI, S>::kNCols, S, BodyTile<WM, WN, MI, S>::kSmemBytes},
-const BodyVariant kVariantInfo[kNumVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIANT_INFO)};
+              BodyTile<WM, WN, MI, S>::kNCols, S, BodyTile<WM, WN, MI, S>::kSmemBytes, 0},
+// Winograd warp tile: 16 w-tiles = 64 output pixels x 16 out channels.
+#define VDSR_WINO_INFO(S) \
+  BodyVariant{0, WinoTile<S>::kTileH, kTileW, WinoTile<S>::kThreads, 64, 16, S, WinoTile<S>::kSmemBytes, 1},
+const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIANT_INFO)
+                                                       VDSR_WINO_VARIANTS(VDSR_WINO_INFO)};
 
-// Automatic choice: the first of these that fits the device's shared memory.  Provisional order
-// (untimed): 8-warp 16x16 tiles first; re-rank from benchmarks on the target GPU.
+// Automatic choice: the first of these that fits the device's shared memory (direct kernels only:
+// the Winograd variants run when asked for by id, until GPU timings rank them).  On an H200 at 1080p
+// variants 0 and 1 took 0.434-0.436 ms per layer and variant 2 0.477 (benchmarks/results, 2026-11-26).
 constexpr int kAutoOrder[] = {0, 1, 2};
 
 }  // namespace
@@ -22,21 +27,21 @@ constexpr int kAutoOrder[] = {0, 1, 2};
 
 using body::check_device_index;
 using body::kMaxDevices;
-using body::kNumVariants;
+using body::kNumAllVariants;
 using body::kVariantInfo;
 using body::kAutoOrder;
 
 const BodyVariant* body_variants(int* count) {
-  static BodyVariant table[kNumVariants];
+  static BodyVariant table[kNumAllVariants];
   static bool filled = false;
   if (!filled) {
-    for (int i = 0; i < kNumVariants; ++i) {
+    for (int i = 0; i < kNumAllVariants; ++i) {
       table[i] = kVariantInfo[i];
       table[i].id = i;
     }
     filled = true;
   }
-  *count = kNumVariants;
+  *count = kNumAllVariants;
   return table;
 }
 
@@ -74,9 +79,9 @@ void check_kernel_image(int device) {
 void launch_body(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, DType dtype,
                  int device, cudaStream_t stream, int variant) {
   if (variant < 0) variant = body_auto_variant(device);
-  if (variant >= kNumVariants) {
+  if (variant >= kNumAllVariants) {
     throw std::invalid_argument("vdsr_fast._C: no body kernel variant " + std::to_string(variant) + " (there are " +
-                                std::to_string(kNumVariants) + ")");
+                                std::to_string(kNumAllVariants) + ")");
   }
   if (dtype == kFloat16) return body::kLaunchFp16[variant](in, out, w, b, n, h, w_, device, stream);
   if (dtype == kBFloat16) return body::kLaunchBf16[variant](in, out, w, b, n, h, w_, device, stream);

@@ -263,16 +263,20 @@ inline void check_device_index(int device) {
   }
 }
 
-template <typename T, int WARPS_M, int WARPS_N, int MI, int STAGES>
-void launch_variant(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
-                    cudaStream_t stream) {
-  using K = BodyTile<WARPS_M, WARPS_N, MI, STAGES>;
-  auto kernel = conv3x3_body_kernel<T, WARPS_M, WARPS_N, MI, STAGES>;
+template <typename T>
+using TileKernel = void (*)(const T*, T*, const T*, const float*, int, int, int, int, int);
+
+// Launch a persistent tile kernel (the direct body kernel, or the Winograd one) described by K:
+// K::kThreads, K::kTileH, K::kSmemBytes.
+template <typename K, typename T>
+void launch_persistent(TileKernel<T> kernel, const void* in, void* out, const void* w, const float* b, int n, int h,
+                       int w_, int device, cudaStream_t stream) {
   check_device_index(device);
-  // Once per device and variant (the module is called with the GIL held, so no race): opt in to
+  // Once per device and kernel (the module is called with the GIL held, so no race): opt in to
   // > 48 KB of dynamic shared memory (a per-function, per-context attribute) and compute how many
-  // CTAs fit on the GPU at once -- the persistent grid size.  Cached so that a forward pass makes
-  // no host-side CUDA queries (cheap launches, and nothing but launches inside a graph capture).
+  // CTAs fit on the GPU at once -- the persistent grid size.  Cached (one table per template
+  // instantiation, i.e. per kernel) so that a forward pass makes no host-side CUDA queries (cheap
+  // launches, and nothing but launches inside a graph capture).
   static int resident_ctas[kMaxDevices] = {};
   if (resident_ctas[device] == 0) {
     VDSR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes));
@@ -298,7 +302,14 @@ void launch_variant(const void* in, void* out, const void* w, const float* b, in
   kernel<<<grid, K::kThreads, K::kSmemBytes, stream>>>(static_cast<const T*>(in), static_cast<T*>(out),
                                                        static_cast<const T*>(w), b, h, w_, tiles_x, tiles_y,
                                                        num_tiles);
-  VDSR_CHECK_LAUNCH(conv3x3_body_kernel);
+  VDSR_CHECK_LAUNCH(kernel);
+}
+
+template <typename T, int WARPS_M, int WARPS_N, int MI, int STAGES>
+void launch_variant(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
+                    cudaStream_t stream) {
+  launch_persistent<BodyTile<WARPS_M, WARPS_N, MI, STAGES>, T>(conv3x3_body_kernel<T, WARPS_M, WARPS_N, MI, STAGES>,
+                                                               in, out, w, b, n, h, w_, device, stream);
 }
 
 // The variants: (warps along M, warps along N, tile rows per warp, pipeline stages).  Index = variant id.
@@ -314,8 +325,6 @@ void launch_variant(const void* in, void* out, const void* w, const float* b, in
 constexpr int kNumVariants = 0 VDSR_BODY_VARIANTS(VDSR_BODY_COUNT);
 
 using LaunchFn = void (*)(const void*, void*, const void*, const float*, int, int, int, int, cudaStream_t);
-extern const LaunchFn kLaunchFp16[kNumVariants];  // conv3x3_body_fp16.cu
-extern const LaunchFn kLaunchBf16[kNumVariants];  // conv3x3_body_bf16.cu
 
 // cudaFuncGetAttributes of one fp16 body kernel: fails when the build has no image for the device.
 cudaError_t probe_kernel_image(cudaFuncAttributes* attr);

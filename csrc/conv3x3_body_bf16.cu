@@ -1,11 +1,13 @@
-// The bf16 instantiations of the body kernel variants (see conv3x3_body.cuh).
-#include "conv3x3_body.cuh"
+// The bf16 instantiations of the body kernel variants (conv3x3_body.cuh, winograd_body.cuh).
+#include "winograd_body.cuh"
 
 namespace vdsr {
 namespace body {
 
 #define VDSR_BODY_LAUNCH_BF16(WM, WN, MI, S) &launch_variant<__nv_bfloat16, WM, WN, MI, S>,
-const LaunchFn kLaunchBf16[kNumVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_BF16)};
+#define VDSR_WINO_LAUNCH_BF16(S) &launch_winograd<__nv_bfloat16, S>,
+const LaunchFn kLaunchBf16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_BF16)
+                                                   VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_BF16)};
 
 }  // namespace body
 }  // namespace vdsr

@@ -10,6 +10,7 @@
 //   head weights    float32  [64][9]              w0[n][0][ky][kx] at [n][ky*3+kx]
 //   head bias       float32  [64]
 //   body weights    T        [9][64][64]          w[n][c][ky][kx] at [ky*3+kx][n][c] (K-major per out channel)
+//                            [16][64][64]         Winograd variants: (G w G^T)[xi][nu] at [xi*4+nu][n][c]
 //   body bias       float32  [64]
 //   tail weights    float32  [9][64]              wL[0][c][ky][kx] at [ky*3+kx][c]
 //   tail bias       float32  [1]                  (device pointer: no host synchronisation)
@@ -73,6 +74,7 @@ struct BodyVariant {
   int warp_m, warp_n;   // warp tile: pixels x out channels
   int stages;           // cp.async pipeline depth (halo buffers)
   int smem_bytes;       // dynamic shared memory per CTA (weights + halo buffers)
+  int winograd;         // 1: Winograd F(2x2, 3x3) kernel, weights packed [16][64][64] (U = G g G^T)
 };
 const BodyVariant* body_variants(int* count);
 int body_auto_variant(int device);

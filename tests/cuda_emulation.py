@@ -245,21 +245,58 @@ class Cta:
                     self.h[(dst // 2)[:, None] + np.arange(8)] = data
                 self.ready[dst // 16] = self.epoch  # visible to other threads after the next barrier
 
+    def _check_read(self, chunk, what):
+        """A read of shared chunks: written, completed and made visible by a barrier; records the read."""
+        state = self.ready[chunk]
+        if state.max() >= self.epoch:
+            if np.any(state == NEVER):
+                raise Hazard(f"{what} reads shared memory that was never written")
+            if np.any(state == PENDING):
+                raise Hazard(f"{what} reads shared memory whose cp.async has not completed (wait_group)")
+            raise Hazard(f"{what} reads shared memory written without a __syncthreads since")
+        self.last_read[chunk] = self.epoch
+
+    @staticmethod
+    def _check_banks(addr, what):
+        """One warp's 4-byte accesses (``addr[..., lane]``): no two lanes on one bank with different words."""
+        words = np.asarray(addr, np.int64) >> 2
+        banks = words & 31
+        clash = (banks[..., :, None] == banks[..., None, :]) & (words[..., :, None] != words[..., None, :])
+        if clash.any():
+            raise Hazard(f"{what} with a shared-memory bank conflict")
+
+    def lds32(self, addr):
+        """``ld.shared.b32`` (wb:87-91); ``addr[..., lane]`` byte addresses -> uint32 values."""
+        addr = np.asarray(addr, np.int64)
+        if np.any(addr % 4) or addr.min() < 0 or addr.max() + 4 > self.h.size * 2:
+            raise Hazard("ld.shared: address out of range or not 4-byte aligned")
+        self._check_read(addr // 16, "ld.shared")
+        self._check_banks(addr, "ld.shared")
+        return self.h[addr // 2].astype(np.uint32) | (self.h[addr // 2 + 1].astype(np.uint32) << 16)
+
+    def sts32(self, addr, value):
+        """``st.shared.b32`` (wb:93-95): visible to other threads after the next barrier."""
+        addr = np.asarray(addr, np.int64)
+        if np.any(addr % 4) or addr.min() < 0 or addr.max() + 4 > self.h.size * 2:
+            raise Hazard("st.shared: address out of range or not 4-byte aligned")
+        chunk = addr // 16
+        if np.any(self.last_read[chunk] >= self.epoch):
+            raise Hazard("st.shared into shared memory read since the last __syncthreads (write-after-read)")
+        if np.any(self.ready[chunk] == PENDING):
+            raise Hazard("st.shared into shared memory with a cp.async in flight")
+        self._check_banks(addr, "st.shared")
+        value = np.asarray(value, np.uint32)
+        self.h[addr // 2] = (value & 0xFFFF).astype(np.uint16)
+        self.h[addr // 2 + 1] = (value >> 16).astype(np.uint16)
+        self.ready[chunk] = self.epoch
+
     def ldmatrix_x4(self, addr):
         """``ldmatrix.sync.aligned.m8n8.x4.shared.b16``; ``addr[..., lane]`` -> ``r[..., lane, 4]`` (uint32)."""
         addr = np.asarray(addr, np.int64)
         assert addr.shape[-1] == 32
         if np.any(addr % 16) or addr.min() < 0 or addr.max() + 16 > self.h.size * 2:
             raise Hazard("ldmatrix: row address out of range or not 16-byte aligned")
-        chunk = addr // 16
-        state = self.ready[chunk]
-        if state.max() >= self.epoch:
-            if np.any(state == NEVER):
-                raise Hazard("ldmatrix reads shared memory that was never written")
-            if np.any(state == PENDING):
-                raise Hazard("ldmatrix reads shared memory whose cp.async has not completed (wait_group)")
-            raise Hazard("ldmatrix reads cp.async data without a __syncthreads after its wait_group")
-        self.last_read[chunk] = self.epoch
+        self._check_read(addr // 16, "ldmatrix")
         rows = addr.reshape(addr.shape[:-1] + (4, 8))  # [matrix i][row r] <- lane 8i + r
         banks = (rows >> 4) & 7  # 16-byte bank group of each row (smem base 128-byte aligned)
         if np.any(np.bitwise_or.reduce(1 << banks, axis=-1) != 0xFF):
@@ -468,6 +505,198 @@ def launch_body(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=Fa
     grid = num_tiles if num_tiles < resident_ctas else resident_ctas  # cuh:297
     for block_idx in range(grid):  # cuh:298 (CTAs are independent: disjoint outputs, read-only inputs)
         body_kernel_cta(K, T, g_in, g_out, g_w, g_bias, h, w_, tiles_x, tiles_y, num_tiles, block_idx, grid, eager)
+    return g_out.a.reshape(x_bits.shape), g_out.writes.reshape(x_bits.shape)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Winograd F(2x2, 3x3) body kernel (``wb:NNN`` = csrc/winograd_body.cuh) and its launcher.
+# ---------------------------------------------------------------------------------------------------
+WINO_POS = 16  # wb:40
+WINO_WEIGHT_BYTES = WINO_POS * KC * ROW_BYTES  # wb:41
+
+
+def wino_variants_from_source(path: Path = CSRC / "winograd_body.cuh") -> list[int]:
+    """The STAGES of each ``X(S)`` in ``#define VDSR_WINO_VARIANTS(X)``."""
+    line = next(s for s in path.read_text().splitlines() if s.startswith("#define VDSR_WINO_VARIANTS(X)"))
+    return [int(v) for v in re.findall(r"X\(\s*(\d+)\s*\)", re.sub(r"/\*.*?\*/", "", line))]
+
+
+@dataclass(frozen=True)
+class WinoTile:
+    """wb:43-59 (duck-types BodyTile for load_halo)."""
+
+    stages: int
+    threads = 256  # wb:46
+    tile_h = 8  # wb:47
+    halo_h = tile_h + 2  # wb:48
+    halo_w = TILE_W + 2  # wb:49
+    halo_pix = halo_h * halo_w  # wb:50
+    stage_bytes = halo_pix * ROW_BYTES  # wb:51
+    wtiles_x = TILE_W // 2  # wb:52
+    wtiles = (tile_h // 2) * wtiles_x  # wb:53
+    v_bytes = 4 * wtiles * ROW_BYTES  # wb:54
+    smem_bytes = property(lambda s: WINO_WEIGHT_BYTES + s.stages * s.stage_bytes + 2 * s.v_bytes)  # wb:55
+
+
+def pair_op(T, a, b, sign):
+    """``Pair<T>::add`` / ``sub`` (wb:61-85): both 16-bit halves ``a + sign * b``, rounded to T."""
+    alo, ahi = unpack2(T, a)
+    blo, bhi = unpack2(T, b)
+    lo = alo.astype(np.float64) + sign * blo.astype(np.float64)
+    hi = ahi.astype(np.float64) + sign * bhi.astype(np.float64)
+    return pack2(T, lo.astype(np.float32), hi.astype(np.float32))
+
+
+def bt_row(T, xi, v):
+    """wb:98-104: row xi of B^T applied to v[0..3]."""
+    if xi == 0:
+        return pair_op(T, v[0], v[2], -1)
+    if xi == 1:
+        return pair_op(T, v[1], v[2], +1)
+    if xi == 2:
+        return pair_op(T, v[2], v[1], -1)
+    return pair_op(T, v[1], v[3], -1)
+
+
+def pair_addr(row, cp):
+    """wb:107."""
+    return swz(row, np.asarray(cp, np.int64) >> 2) + ((np.asarray(cp, np.int64) & 3) << 2)
+
+
+def transform_row(K: WinoTile, T, cta: Cta, xi, halo, vbuf):
+    """wb:111-133 for all threads; the unrolled r loop is an axis: items (4, warps, 32)."""
+    a0 = 2 if xi == 2 else (0 if xi == 0 else 1)  # wb:113
+    a1 = 2 if xi == 0 else (2 if xi == 1 else (1 if xi == 2 else 3))  # wb:114
+    tid = np.arange(K.threads).reshape(K.threads // 32, 32)
+    i = tid[None] + np.arange(4)[:, None, None] * K.threads  # wb:117
+    wt = i >> 5  # wb:118
+    cp = i & 31  # wb:119
+    p0 = (2 * (wt // K.wtiles_x)) * K.halo_w + 2 * (wt % K.wtiles_x)  # wb:120
+    row = []
+    for b in range(4):  # wb:123
+        d0 = cta.lds32(halo + pair_addr(p0 + a0 * K.halo_w + b, cp))  # wb:124
+        d1 = cta.lds32(halo + pair_addr(p0 + a1 * K.halo_w + b, cp))  # wb:125
+        row.append(pair_op(T, d0, d1, +1 if xi == 1 else -1))  # wb:126
+    for nu in range(4):  # wb:128-131
+        cta.sts32(vbuf + pair_addr(nu * K.wtiles + wt, cp), bt_row(T, nu, row))
+
+
+def winograd_kernel_cta(K, T, g_in, g_out, g_u, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager):
+    """One CTA of ``conv3x3_winograd_kernel`` (wb:135-290); warps are an array axis, lanes the last."""
+    tile_h = K.tile_h  # wb:140
+    cta = Cta(K.smem_bytes, T.poison, eager)  # wb:141
+    smem_u = 0  # wb:142
+    smem_halo = smem_u + WINO_WEIGHT_BYTES  # wb:143
+    smem_v = smem_halo + K.stages * K.stage_bytes  # wb:144
+    nwarps = K.threads // 32
+    warp = np.arange(nwarps)[:, None]  # wb:147, (warps, 1)
+    lane = LANE[None, :]  # wb:146, (1, 32)
+    warp_m = warp >> 2  # wb:148
+    warp_n = warp & 3  # wb:149
+    g = lane >> 2  # wb:150
+    t = lane & 3  # wb:151
+    tid = np.arange(K.threads)
+
+    i = strided_loop(tid, WINO_POS * KC * CHUNKS, K.threads)  # wb:154
+    row = i >> 3  # wb:155
+    j = i & 7  # wb:156
+    cta.cp_async_16(smem_u + swz(row, j), g_u, row * KC + j * 8, True)  # wb:157
+    cta.commit()  # wb:159
+
+    ni = np.arange(2)
+    n = warp_n[..., None] * 16 + ni * 8 + 2 * t[..., None]  # wb:164, (warps, 32, 2)
+    bias_r = np.stack([g_bias.load(n), g_bias.load(n + 1)], axis=-1).astype(np.float32)  # wb:165-166
+
+    for s in range(K.stages - 1):  # wb:171-177
+        tile = block_idx + s * grid_dim
+        if tile < num_tiles:
+            load_halo(K, cta, smem_halo + s * K.stage_bytes, g_in, tile_coord(tile_h, tile, tiles_x, tiles_y), H, W)
+        cta.commit()
+
+    a_row = warp_m * 16 + (lane & 15)  # wb:181
+    a_khalf = lane >> 4  # wb:182
+    b_n = warp_n * 16 + (lane & 7) + ((lane >> 4) << 3)  # wb:183
+    b_khalf = (lane >> 3) & 1  # wb:184
+
+    it = 0  # wb:186
+    tile = block_idx
+    while tile < num_tiles:  # wb:187
+        nxt = tile + (K.stages - 1) * grid_dim  # wb:191
+        if nxt < num_tiles:  # wb:192-195
+            dst = smem_halo + ((it + K.stages - 1) % K.stages) * K.stage_bytes
+            load_halo(K, cta, dst, g_in, tile_coord(tile_h, nxt, tiles_x, tiles_y), H, W)
+        cta.commit()  # wb:196
+        cta.wait_group(K.stages - 1)  # wb:198
+        cta.syncthreads()  # wb:199
+        halo = smem_halo + (it % K.stages) * K.stage_bytes  # wb:200
+
+        y = np.zeros((2, 2, 2, nwarps, 32, 4), np.float32)  # wb:202-210: [i][j][ni][warp][lane][e]
+        for xi in range(4):  # wb:213
+            vbuf = smem_v + (xi & 1) * K.v_bytes  # wb:214
+            transform_row(K, T, cta, xi, halo, vbuf)  # wb:215-218
+            cta.syncthreads()  # wb:219
+            m = np.zeros((4, 2, nwarps, 32, 4), np.float32)  # wb:221-227
+            for nu in range(4):  # wb:229
+                for kk in range(KC // 16):  # wb:231
+                    a = cta.ldmatrix_x4(vbuf + swz(nu * K.wtiles + a_row, kk * 2 + a_khalf))  # wb:233
+                    b = cta.ldmatrix_x4(smem_u + swz((xi * 4 + nu) * KC + b_n, kk * 2 + b_khalf))  # wb:235
+                    m[nu, 0] = mma_16816(T, m[nu, 0], a, b[..., 0], b[..., 1])  # wb:236
+                    m[nu, 1] = mma_16816(T, m[nu, 1], a, b[..., 2], b[..., 3])  # wb:237
+            ma0 = (m[0] + m[1]).astype(np.float32) + m[2]  # wb:246 (fp32, left to right)
+            ma1 = (m[1] - m[2]).astype(np.float32) - m[3]  # wb:247
+            if xi < 3:  # wb:248-251
+                y[0, 0] += ma0
+                y[0, 1] += ma1
+            if xi == 1:  # wb:252-254
+                y[1, 0] += ma0
+                y[1, 1] += ma1
+            elif xi >= 2:  # wb:255-257
+                y[1, 0] -= ma0
+                y[1, 1] -= ma1
+
+        tb, ty0, tx0 = tile_coord(tile_h, tile, tiles_x, tiles_y)  # wb:266
+        for half in range(2):  # wb:268
+            wt = warp_m * 16 + g + 8 * half  # wb:269, (warps, 32)
+            for i_ in range(2):  # wb:271
+                py = ty0 + 2 * (wt // K.wtiles_x) + i_  # wb:272
+                for j_ in range(2):  # wb:275
+                    px = tx0 + 2 * (wt % K.wtiles_x) + j_  # wb:276
+                    live = (py < H) & (px < W)  # wb:273, wb:277 (`continue`)
+                    dst = ((np.int64(tb) * H + py) * W + px) * KC + warp_n * 16 + 2 * t  # wb:278
+                    for k in range(2):  # wb:280
+                        v0 = relu_keep_nan(y[i_, j_, k, :, :, 2 * half + 0] + bias_r[:, :, k, 0])  # wb:281
+                        v1 = relu_keep_nan(y[i_, j_, k, :, :, 2 * half + 1] + bias_r[:, :, k, 1])  # wb:282
+                        word = pack2(T, v0, v1)  # wb:283
+                        lo = (word & 0xFFFF).astype(np.uint16)
+                        hi = (word >> 16).astype(np.uint16)
+                        d = (dst + k * 8)[live]
+                        g_out.store(d, np.stack([lo[live], hi[live]], axis=-1), n=2, align_bytes=4)
+        tile += grid_dim  # wb:187
+        it += 1
+    cta.wait_group(0)  # wb:289
+    if cta.open:
+        raise Hazard("cp.async copies issued but never committed")
+
+
+def launch_winograd(stages, T, x_bits, u_bits, bias, *, resident_ctas=132, eager=False):
+    """wb:299-303 -> ``launch_persistent`` (cuh) with ``resident_ctas`` standing for ``sms * per_sm``.
+
+    ``x_bits`` (N, H, W, 64) and ``u_bits`` (16, 64, 64) are uint16 patterns of ``T``; ``bias`` fp32 (64,).
+    Returns the output bit patterns (NaN-poisoned where never written) and the write counts.
+    """
+    K = WinoTile(stages)
+    n, h, w_, c = x_bits.shape
+    assert c == KC and u_bits.shape == (WINO_POS, KC, KC)
+    g_in = Global("in", x_bits.astype(np.uint16))
+    g_out = Global("out", np.full(x_bits.shape, T.poison, np.uint16))
+    g_u = Global("u", u_bits.astype(np.uint16))
+    g_bias = Global("bias", np.asarray(bias, np.float32))
+    tiles_x = (w_ + TILE_W - 1) // TILE_W
+    tiles_y = (h + K.tile_h - 1) // K.tile_h
+    num_tiles = n * tiles_x * tiles_y
+    grid = num_tiles if num_tiles < resident_ctas else resident_ctas
+    for block_idx in range(grid):
+        winograd_kernel_cta(K, T, g_in, g_out, g_u, g_bias, h, w_, tiles_x, tiles_y, num_tiles, block_idx, grid, eager)
     return g_out.a.reshape(x_bits.shape), g_out.writes.reshape(x_bits.shape)
 
 

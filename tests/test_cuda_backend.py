@@ -18,6 +18,7 @@ from equivalence import HALF_DTYPES as DTYPES
 from equivalence import assert_equivalent, ref64
 
 from vdsr_fast.engine import BackendUnavailable, Engine
+from vdsr_fast.kernels import pack_winograd_weight
 from vdsr_fast.kernels.cuda import CudaBackend, pack_body_weight
 from vdsr_fast.reference import VDSR
 
@@ -141,9 +142,10 @@ def test_cuda_graphs_match_eager(cuda_device):
         torch.testing.assert_close(graphed(x2), eager(x2), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("variant", [0, 1, 2])
+@pytest.mark.parametrize("variant", [0, 1, 2, 3])  # 3: the Winograd kernel (csrc/winograd_body.cuh)
 def test_network_every_body_variant(cuda_device, variant):
     C = _ext()
+    assert len(C.body_variants()) == 4, "a new body variant: add its id here"
     v = C.body_variants()[variant]
     if v["smem_bytes"] > torch.cuda.get_device_properties(cuda_device).shared_memory_per_block_optin:
         pytest.skip(f"body variant {v} needs more shared memory than this GPU has")
@@ -178,7 +180,9 @@ def _stream(device: torch.device) -> int:
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 37, 53), (1, 300, 200)])
 def test_body_kernel_every_variant(cuda_device, dtype, shape):
-    """One 64->64 layer per kernel variant against F.conv2d in float64 on the same rounded operands."""
+    """One 64->64 layer per kernel variant against F.conv2d in float64 on the same rounded operands
+    (direct kernels: within a storage rounding; Winograd: DESIGN.md §6's rule against the direct layer in
+    the same dtype, as tests/test_triton_winograd.py)."""
     C = _ext()
     n, h, w = shape
     x = torch.randn(n, h, w, 64, device=cuda_device).to(dtype)
@@ -186,19 +190,23 @@ def test_body_kernel_every_variant(cuda_device, dtype, shape):
     bias = torch.randn(64, device=cuda_device) * 0.1
     ref = F.relu(F.conv2d(x.permute(0, 3, 1, 2).double(), weight.double(), bias.double(), padding=1))
     ref = ref.permute(0, 2, 3, 1)
-    packed = pack_body_weight(weight, dtype)
+    same = F.relu(F.conv2d(x.permute(0, 3, 1, 2), weight, bias.to(dtype), padding=1)).permute(0, 2, 3, 1)
     code = C.DTYPE_FLOAT16 if dtype == torch.float16 else C.DTYPE_BFLOAT16
     optin = torch.cuda.get_device_properties(cuda_device).shared_memory_per_block_optin
     ran = 0
     for v in C.body_variants():
         if v["smem_bytes"] > optin:
             continue
+        packed = (pack_winograd_weight if v["winograd"] else pack_body_weight)(weight, dtype)
         out = torch.full_like(x, float("nan"))
         C.body(x.data_ptr(), out.data_ptr(), packed.data_ptr(), bias.data_ptr(), n, h, w, code,
                cuda_device.index, _stream(cuda_device), v["id"])  # fmt: skip
         torch.cuda.synchronize(cuda_device)
-        tol = RTOL_STORE[dtype]
-        torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m, v=v: f"variant {v}: {m}")
+        if v["winograd"]:
+            assert_equivalent(out, same, ref, dtype, f"variant {v}")
+        else:
+            tol = RTOL_STORE[dtype]
+            torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m, v=v: f"variant {v}: {m}")
         ran += 1
     assert ran > 0, f"no body variant fits in {optin} bytes of shared memory"
 

@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from tests import cuda_emulation as emu
+from vdsr_fast.kernels import pack_winograd_weight
 from vdsr_fast.kernels.cuda import pack_body_weight
 from vdsr_fast.reference import vdsr_forward
 
 VARIANTS = emu.body_variants_from_source()
+WINO_VARIANTS = emu.wino_variants_from_source()
 TYPES = {torch.float16: emu.Half, torch.bfloat16: emu.BFloat16}
 REL = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # > half an ulp of the stored output
 SIZES = [(2, 1, 1), (2, 5, 7), (2, 17, 33), (2, 37, 53)]
@@ -152,6 +154,90 @@ def test_detects_a_fragment_mixup(monkeypatch):
     got, ref = run_body(VARIANTS[0], torch.float16, (1, 5, 7))
     with pytest.raises(AssertionError, match="differ"):
         check_close(got, ref, REL[torch.float16], "mutant")
+
+
+# --- the Winograd F(2x2, 3x3) body kernel (csrc/winograd_body.cuh) ------------------------------------
+BT = torch.tensor([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=torch.float64)
+AT = torch.tensor([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=torch.float64)
+
+
+def winograd_model(x: torch.Tensor, u: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """What the kernel computes, in float64 but for its roundings: the row transform B^T d and then V =
+    (B^T d) B each rounded to the storage dtype (via fp32, as the emulator's pair_op), U as packed, no
+    rounding of the GEMMs, A^T M A, bias and ReLU. ``x`` (N, H, W, 64) in T, ``u`` (16, 64, 64) in T."""
+    dtype = x.dtype
+    rnd = lambda v: v.float().to(dtype).double()  # noqa: E731
+    n, h, w, _ = x.shape
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    xp = F.pad(x.double().permute(0, 3, 1, 2), (1, 2 * tw - w + 1, 1, 2 * th - h + 1))
+    d = xp.unfold(2, 4, 2).unfold(3, 4, 2)  # (N, C, TH, TW, 4, 4)
+    v = rnd(torch.einsum("ia,nctwaj->nctwij", BT, d))
+    v = rnd(torch.einsum("nctwib,jb->nctwij", v, BT))
+    m = torch.einsum("nctwij,ijoc->notwij", v, u.double().reshape(4, 4, 64, 64))
+    y = torch.einsum("pi,notwij,qj->notwpq", AT, m, AT).permute(0, 1, 2, 4, 3, 5).reshape(n, 64, 2 * th, 2 * tw)
+    return (y[:, :, :h, :w] + b.double().view(1, -1, 1, 1)).relu().permute(0, 2, 3, 1).numpy()
+
+
+def run_winograd(stages, dtype, size, seed=0, **kw):
+    """The emulated kernel on a random layer: (output, the kernel's own model, conv2d's float64 and T outputs)."""
+    T = TYPES[dtype]
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(*size, 64, generator=g) * 2 - 1).to(dtype)
+    wt = torch.randn(64, 64, 3, 3, generator=g) / 24  # fp32 master weights, as CudaBackend packs them
+    b = torch.rand(64, generator=g) * 1.5 - 0.5
+    u = pack_winograd_weight(wt, dtype)
+    out, writes = emu.launch_winograd(stages, T, bits(x), bits(u), b.numpy(), **kw)
+    assert (writes == 1).all(), "every output element must be written exactly once"
+    xc = x.permute(0, 3, 1, 2)
+    ref64 = F.conv2d(xc.double(), wt.double(), b.double(), padding=1).relu().permute(0, 2, 3, 1).numpy()
+    same = F.conv2d(xc.float(), wt.to(dtype).float(), b, padding=1).relu().to(dtype).double()  # direct, rounded like T
+    return T.to_float(out), winograd_model(x, u, b), ref64, same.permute(0, 2, 3, 1).numpy()
+
+
+def test_winograd_variant_table_fits_hopper():
+    assert WINO_VARIANTS
+    assert all(emu.WinoTile(s).smem_bytes <= 227 * 1024 for s in WINO_VARIANTS)
+    assert emu.WinoTile(2).smem_bytes == 209920  # csrc/README.md: 205 KB
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("stages", WINO_VARIANTS)
+def test_winograd_fp16_matches_its_model_and_conv2d(stages, size):
+    """Against the model of its roundings: fp32 accumulation order and the output rounding only; against
+    conv2d with DESIGN.md §6's rule (2 x the direct fp16 layer's error + one fp16 ulp at the output's scale)."""
+    got, model, ref64, same = run_winograd(stages, torch.float16, size, resident_ctas=3)
+    check_close(got, model, REL[torch.float16], f"winograd S{stages} fp16 {size}")
+    bound = 2 * np.abs(same - ref64).max() + 2.0**-10 * max(1.0, np.abs(ref64).max())
+    assert np.abs(got - ref64).max() <= bound
+
+
+@pytest.mark.parametrize("resident", [1, 1000])
+def test_winograd_bf16_eager_copies_and_grid_sizes(resident):
+    got, model, _, _ = run_winograd(WINO_VARIANTS[0], torch.bfloat16, (2, 17, 33), resident_ctas=resident, eager=True)
+    check_close(got, model, REL[torch.bfloat16], f"winograd bf16 {resident} CTAs")
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_winograd_detects_a_missing_barrier(monkeypatch, which):
+    """Dropping the barrier after the halo's wait (which=0) or after a row's transform (which=1)."""
+    orig = emu.Cta.syncthreads
+
+    def sync(self):  # 5 barriers per tile: after the wait, then one per transformed row
+        self.calls = getattr(self, "calls", 0) + 1
+        if (self.calls % 5 == 1) != (which == 0):
+            orig(self)
+
+    monkeypatch.setattr(emu.Cta, "syncthreads", sync)
+    with pytest.raises(emu.Hazard):
+        run_winograd(WINO_VARIANTS[0], torch.float16, (1, 20, 20), resident_ctas=1)
+
+
+def test_winograd_detects_a_transform_bug(monkeypatch):
+    orig = emu.bt_row
+    monkeypatch.setattr(emu, "bt_row", lambda T, xi, v: orig(T, 3 - xi if xi in (1, 2) else xi, v))  # nu 1, 2 swapped
+    got, model, _, _ = run_winograd(WINO_VARIANTS[0], torch.float16, (1, 5, 7))
+    with pytest.raises(AssertionError, match="differ"):
+        check_close(got, model, REL[torch.float16], "mutant")
 
 
 # --- head and tail ----------------------------------------------------------------------------------

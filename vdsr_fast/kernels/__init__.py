@@ -13,6 +13,23 @@ import torch
 _CAPTURE_LOCK = threading.Lock()
 
 
+# G of Winograd F(2x2, 3x3): U = G g G^T turns a 3x3 filter into the 4x4 transformed filter.
+_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def pack_winograd_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(C_OUT, C_IN, 3, 3) -> U = G g G^T as (16, C_OUT, C_IN) in ``dtype`` (index xi * 4 + nu), K contiguous:
+    the Winograd F(2x2, 3x3) body kernels' weights (Triton ``conv3x3_winograd``, the CUDA Winograd variants).
+
+    Computed in float64 from the given (fp32 master) weights and rounded once to ``dtype``.
+    """
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"pack_winograd_weight: expected a (C_OUT, C_IN, 3, 3) weight, got {tuple(weight.shape)}")
+    g = torch.tensor(_WINOGRAD_G, dtype=torch.float64, device=weight.device)
+    u = torch.einsum("ia,ocab,jb->ijoc", g, weight.detach().double(), g)  # (4, 4, C_OUT, C_IN)
+    return u.reshape(16, *weight.shape[:2]).to(dtype).contiguous()
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``device`` as a ``torch.device``, a bare ``"cuda"`` pinned to the current CUDA device (what torch
     itself allocates on), so it compares equal to the ``cuda:N`` of the tensors made there."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..reference import VDSR
-from . import PingPongBuffers, resolve_device
+from . import PingPongBuffers, pack_winograd_weight, resolve_device
 
 __all__ = ["CudaBackend", "cuda_vdsr_op", "load_extension", "pack_body_weight"]
 
@@ -107,7 +107,8 @@ class CudaBackend(PingPongBuffers):
         max_cached_shapes: how many input shapes keep a captured CUDA graph, LRU (the activation
             buffers are one pair, sized for the largest shape seen).
         body_variant: id of the body kernel variant (``vdsr_fast._C.body_variants()``); None picks
-            one from the GPU's shared memory.  For tuning and tests.
+            one of the direct kernels from the GPU's shared memory.  For tuning and tests; a variant
+            with ``winograd`` set is the experimental Winograd F(2x2, 3x3) kernel (weights packed as G g G^T).
         cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
             (removes the per-launch host cost, which matters for small images).
 
@@ -191,7 +192,12 @@ class CudaBackend(PingPongBuffers):
         self.w_head = ws[0].to(fp32).reshape(c, 9).contiguous()  # [n][ky*3+kx]
         self.b_head = bs[0].to(fp32).contiguous()
         if self.num_body:
-            self.w_body = torch.stack([pack_body_weight(w, dtype) for w in ws[1:-1]]).contiguous()  # [L][9][64][64]
+            variants = self._C.body_variants()
+            if not -1 <= self.body_variant < len(variants):
+                raise ValueError(f"CudaBackend: no body kernel variant {self.body_variant} (ids 0..{len(variants) - 1})")
+            winograd = self.body_variant >= 0 and variants[self.body_variant]["winograd"]
+            pack = pack_winograd_weight if winograd else pack_body_weight  # [L][16][64][64] or [L][9][64][64]
+            self.w_body = torch.stack([pack(w, dtype) for w in ws[1:-1]]).contiguous()
             self.b_body = torch.stack([b.to(fp32) for b in bs[1:-1]]).contiguous()  # [L][64]
         else:  # depth 2: no body layer; the kernels never read these
             self.w_body = torch.zeros(1, device=device, dtype=dtype)

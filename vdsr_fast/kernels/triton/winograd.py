@@ -32,14 +32,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import pack_winograd_weight
 from .conv3x3 import _check_common, _check_out, _check_size, _pow2_clamp
 from .pixels import program_pixels
 
 __all__ = ["WinogradConfig", "winograd_config", "winograd_candidates", "pack_winograd_weight", "conv3x3_winograd"]
-
-# G of F(2x2, 3x3): U = G g G^T turns a 3x3 filter into the 4x4 transformed filter.
-_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-
 
 @triton.jit
 def _load_u(ptrs, mask, EVEN: tl.constexpr):
@@ -215,18 +212,6 @@ def winograd_candidates(dtype: torch.dtype) -> list[WinogradConfig]:
     ):  # fmt: skip  (3 stages of the 64 x 64 and 128 x 32 tiles need more than Hopper's 227 KB of shared memory)
         out.extend(WinogradConfig(block_t, block_n, 64, warps, st, tile_tw) for st in stages)
     return list(dict.fromkeys(out))
-
-
-def pack_winograd_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(C_OUT, C_IN, 3, 3) -> U = G g G^T as (16, C_OUT, C_IN) in ``dtype``, K contiguous.
-
-    Computed in float64 from the given (fp32 master) weights and rounded once to ``dtype``.
-    """
-    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
-        raise ValueError(f"pack_winograd_weight: expected a (C_OUT, C_IN, 3, 3) weight, got {tuple(weight.shape)}")
-    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
-    u = torch.einsum("ia,ocab,jb->ijoc", g, weight.detach().double(), g)  # (4, 4, C_OUT, C_IN)
-    return u.reshape(16, *weight.shape[:2]).to(dtype).contiguous()
 
 
 def conv3x3_winograd(
