@@ -272,17 +272,19 @@ def test_tail_matches_conv2d(dtype, size, alias):
 
 
 def test_whole_network_chain_matches_the_reference():
-    """head -> two body layers (two variants) -> tail, weights packed as CudaBackend packs them."""
+    """head -> three body layers (two direct variants, the Winograd kernel) -> tail, weights packed as
+    CudaBackend packs them."""
     g = torch.Generator().manual_seed(3)
-    ws = [torch.randn(64, 1, 3, 3, generator=g) * 0.5] + [torch.randn(64, 64, 3, 3, generator=g) / 24] * 2
+    ws = [torch.randn(64, 1, 3, 3, generator=g) * 0.5] + [torch.randn(64, 64, 3, 3, generator=g) / 24] * 3
     ws += [torch.randn(1, 64, 3, 3, generator=g) * 0.05]
-    bs = [torch.rand(64, generator=g) * 0.2 for _ in range(3)] + [torch.randn(1, generator=g) * 0.1]
-    ws[1], ws[2] = ws[1].half().float(), (ws[2] * 0.9).half().float()
+    bs = [torch.rand(64, generator=g) * 0.2 for _ in range(4)] + [torch.randn(1, generator=g) * 0.1]
+    ws[1], ws[2], ws[3] = ws[1].half().float(), (ws[2] * 0.9).half().float(), ws[3] * 1.1
     x = torch.rand(1, 1, 9, 19, generator=g)
     T = emu.Half
     act, _ = emu.launch_head(T, x[:, 0].numpy(), ws[0].reshape(64, 9).numpy(), bs[0].numpy())
     for i, variant in ((1, VARIANTS[0]), (2, VARIANTS[-1])):
         act, _ = emu.launch_body(variant, T, act, bits(pack_body_weight(ws[i], torch.float16)), bs[i].numpy())
-    y, _ = emu.launch_tail(T, act, x[:, 0].numpy(), ws[3].permute(2, 3, 1, 0).reshape(9, 64).numpy(), bs[3].numpy())
+    act, _ = emu.launch_winograd(WINO_VARIANTS[0], T, act, bits(pack_winograd_weight(ws[3], torch.float16)), bs[3].numpy())
+    y, _ = emu.launch_tail(T, act, x[:, 0].numpy(), ws[4].permute(2, 3, 1, 0).reshape(9, 64).numpy(), bs[4].numpy())
     ref = vdsr_forward(x.double(), ws, bs)[:, 0].numpy()
     np.testing.assert_allclose(y, ref, rtol=0, atol=2e-3)
