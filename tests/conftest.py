@@ -33,7 +33,13 @@ def need_data(*parts: str) -> Path:
 # With VDSR_FAST_GPU_TESTS_ONLY=1 (benchmarks/gpu_check.sh sets it on a GPU machine, whose test time is
 # short) only the tests that exercise the GPU run: the kernel test files, whose every test runs natively
 # there, and the tests marked `gpu` elsewhere. Everything else is what CI runs on the CPU anyway.
-GPU_TEST_FILES = {"test_cuda_backend.py", "test_triton_backend.py", "test_triton_conv3x3.py", "test_triton_tail.py"}
+GPU_TEST_FILES = {
+    "test_cuda_backend.py",
+    "test_triton_backend.py",
+    "test_triton_conv3x3.py",
+    "test_triton_tail.py",
+    "test_triton_winograd.py",
+}
 
 
 def pytest_collection_modifyitems(config, items):
