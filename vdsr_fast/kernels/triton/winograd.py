@@ -13,15 +13,17 @@ so the channel sum is 16 GEMMs (one per transformed position (xi, nu)) of (tiles
 the direct convolution (2.25x fewer tensor-core FLOPs). The input transform (additions only) and the
 output transform (additions only) run on the CUDA cores, in the storage dtype and in fp32.
 
-Numerics (``runs``-free facts, checked by tests/test_triton_winograd.py against the float64 reference
-with DESIGN.md §6's rule): the transformed weights are computed in float64 from the fp32 master weights
+Numerics (checked by tests/test_triton_winograd.py against the float64 reference with DESIGN.md §6's
+rule): the transformed weights are computed in float64 from the fp32 master weights
 and rounded once to the storage dtype; the input transform rounds twice (after the row and the column
 transform, each a sum or difference of two values); the GEMMs and the output transform accumulate in
 fp32. A float64 emulation of the 20-layer network (random He-init and the shipped weights, 2x61x47)
 gave max errors 1.1-1.2x (fp16) and 1.3-1.7x (bf16) those of the direct convolution in the same dtype.
 
-Not the default body: it is a candidate the GPU benchmarks time (``benchmarks/layer_profile.py``) and
-``TritonBackend(body_config=WinogradConfig(...))`` runs; the default follows the measurements.
+Not the default body until a GPU run ranks it: ``benchmarks/layer_profile.py`` times every
+:func:`winograd_candidates` config beside the direct kernel and cuDNN; ``TritonBackend`` (and ``Engine``)
+run it with ``body_config=WinogradConfig(...)``. The CUDA backend has the same algorithm as body
+variant 3 (csrc/winograd_body.cuh).
 """
 
 from __future__ import annotations
