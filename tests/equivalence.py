@@ -45,6 +45,20 @@ def triton_device(dtype: torch.dtype | None = None, *, bf16_dot: bool = False) -
     return torch.device("cpu")
 
 
+def random_vdsr(depth: int, channels: int, seed: int):
+    """A random VDSR as the network tests use it: He init (as the paper), biases U(-0.05, 0.05), and the
+    last layer scaled by 0.1 so the residual has the size a trained VDSR predicts."""
+    from vdsr_fast.reference import VDSR
+
+    torch.manual_seed(seed)
+    m = VDSR(depth=depth, channels=channels)
+    with torch.no_grad():
+        for conv in m.layers:
+            conv.bias.uniform_(-0.05, 0.05)
+        m.layers[-1].weight.mul_(0.1)
+    return m.eval()
+
+
 def ref64(model, x: torch.Tensor) -> torch.Tensor:
     """The whole VDSR network in float64 (:func:`vdsr_forward`) on the model's weights and input ``x``."""
     from vdsr_fast.reference import vdsr_forward

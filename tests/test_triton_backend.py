@@ -21,7 +21,7 @@ import importlib.util
 
 import pytest
 import torch
-from equivalence import DTYPES, assert_equivalent, ref64, triton_device
+from equivalence import DTYPES, assert_equivalent, random_vdsr, ref64, triton_device
 
 from vdsr_fast import VDSR
 from vdsr_fast.engine import BackendUnavailable, Engine
@@ -50,14 +50,7 @@ def poison():
     torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
-def _model(depth: int, channels: int, seed: int) -> VDSR:
-    torch.manual_seed(seed)
-    m = VDSR(depth=depth, channels=channels)  # He init, as the paper
-    with torch.no_grad():
-        for conv in m.layers:
-            conv.bias.uniform_(-0.05, 0.05)
-        m.layers[-1].weight.mul_(0.1)  # a residual of the size a trained VDSR predicts
-    return m.eval()
+_model = random_vdsr
 
 
 def _poison_buffers(engine: Engine, y: torch.Tensor) -> None:

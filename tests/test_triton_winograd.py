@@ -19,7 +19,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from equivalence import DTYPES, assert_equivalent, ref64, triton_device
+from equivalence import DTYPES, assert_equivalent, random_vdsr, ref64, triton_device
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -111,20 +111,8 @@ def test_argument_errors():
         WinogradConfig(64, 64, 64, 8, 2, tile_tw=24)
 
 
-def _model(depth: int, channels: int, seed: int):
-    from vdsr_fast import VDSR
-
-    torch.manual_seed(seed)
-    m = VDSR(depth=depth, channels=channels)  # He init, as the paper
-    with torch.no_grad():
-        for conv in m.layers:
-            conv.bias.uniform_(-0.05, 0.05)
-        m.layers[-1].weight.mul_(0.1)  # a residual of the size a trained VDSR predicts
-    return m.eval()
-
-
 def _check_network(depth, channels, n, h, w, dtype, device):
-    model = _model(depth, channels, seed=depth + h).to(device)
+    model = random_vdsr(depth, channels, seed=depth + h).to(device)
     y = torch.rand(n, 1, h, w, device=device)
     engine = Engine(model, backend="triton", dtype=dtype, device=device, body_config=winograd_config(64, 64, dtype))
     assert engine._impl.winograd
@@ -155,7 +143,7 @@ def test_network_matches_float64_large_gpu(size, dtype):
 def test_custom_op_and_compile():
     """The Winograd body's custom op (schema, fake tensor) and an engine call traced in one graph."""
     device = triton_device()
-    model = _model(3, 16, seed=9).to(device)
+    model = random_vdsr(3, 16, seed=9).to(device)
     engine = Engine(model, backend="triton", dtype=torch.float32, device=device, body_config=winograd_config(16, 16, torch.float32))
     impl = engine._impl
     x = torch.rand(2, 5, 7, 16, device=device)
