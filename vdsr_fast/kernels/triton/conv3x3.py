@@ -281,6 +281,16 @@ def _check_size(name: str, n: int, h: int, w: int, c: int) -> None:
         raise ValueError(f"{name}: {n}x{h}x{w} pixels is too many for one launch")
 
 
+def _nhwc_output(name, x, out, n, h, w, c_out, dtype, size_c):
+    """The launch's size limits (``_check_size`` with ``size_c`` channels), then ``out`` checked, or
+    allocated when None: (N, H, W, C_OUT) NHWC in ``dtype`` on ``x``'s device."""
+    _check_size(name, n, h, w, size_c)
+    if out is None:
+        return torch.empty((n, h, w, c_out), device=x.device, dtype=dtype)
+    _check_out(name, out, x, (n, h, w, c_out), dtype)
+    return out
+
+
 def _launch(x, strides, w, b, out, n, h, w_, c_in, c_out, head, relu, config):
     m = n * h * w_
     share_row = config.share_row and not head
@@ -330,11 +340,7 @@ def conv3x3_bias_relu(
         )
     if x.dtype != w.dtype:
         raise TypeError(f"{name}: activations are {x.dtype} but weights are {w.dtype}")
-    _check_size(name, n, h, w_, max(c_in, c_out))
-    if out is None:
-        out = torch.empty((n, h, w_, c_out), device=x.device, dtype=x.dtype)
-    else:
-        _check_out(name, out, x, (n, h, w_, c_out), x.dtype)
+    out = _nhwc_output(name, x, out, n, h, w_, c_out, x.dtype, max(c_in, c_out))
     config = config or conv3x3_config(c_in, c_out, x.dtype)
     return _launch(x, x.stride(), w, b, out, n, h, w_, c_in, c_out, False, relu, config)
 
@@ -368,10 +374,6 @@ def conv3x3_head(
         raise ValueError(f"{name}: expected head weights (C_OUT, 9), got {tuple(w.shape)}")
     n, h, w_ = y.shape
     c_out = w.shape[0]
-    _check_size(name, n, h, w_, c_out)
-    if out is None:
-        out = torch.empty((n, h, w_, c_out), device=y.device, dtype=w.dtype)
-    else:
-        _check_out(name, out, y, (n, h, w_, c_out), w.dtype)
+    out = _nhwc_output(name, y, out, n, h, w_, c_out, w.dtype, c_out)
     config = config or conv3x3_config(1, c_out, w.dtype, head=True)
     return _launch(y, (*y.stride(), 0), w, b, out, n, h, w_, 1, c_out, True, True, config)

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from .. import pack_winograd_weight
-from .conv3x3 import _check_common, _check_out, _check_size, _pow2_clamp
+from .conv3x3 import _check_common, _nhwc_output, _pow2_clamp
 from .pixels import program_pixels
 
 __all__ = ["WinogradConfig", "winograd_config", "winograd_candidates", "pack_winograd_weight", "conv3x3_winograd"]
@@ -247,11 +247,7 @@ def conv3x3_winograd(
         raise ValueError(f"{name}: weights {tuple(u.shape)} do not match {c_in} input channels")
     if x.dtype != u.dtype:
         raise TypeError(f"{name}: activations are {x.dtype} but weights are {u.dtype}")
-    _check_size(name, n, h, w_, max(c_in, c_out))
-    if out is None:
-        out = torch.empty((n, h, w_, c_out), device=x.device, dtype=x.dtype)
-    else:
-        _check_out(name, out, x, (n, h, w_, c_out), x.dtype)
+    out = _nhwc_output(name, x, out, n, h, w_, c_out, x.dtype, max(c_in, c_out))
     cfg = config or winograd_config(c_in, c_out, x.dtype)
     th, tw = triton.cdiv(h, 2), triton.cdiv(w_, 2)
     if cfg.tile_tw:
