@@ -65,6 +65,7 @@ struct BodyTile {
   static_assert(WARPS_N == 1 || WARPS_N == 2 || WARPS_N == 4, "64 out channels split over 1, 2 or 4 warps");
   static_assert(STAGES >= 2, "need at least double buffering");
   static constexpr int kThreads = 32 * WARPS_M * WARPS_N;
+  static constexpr int kStages = STAGES;
   static constexpr int kNCols = kC / WARPS_N;  // out channels per warp
   static constexpr int kNI = kNCols / 8;       // n8 tiles per warp
   static_assert(kNI % 2 == 0, "B fragments are loaded two n8 tiles per ldmatrix.x4");
@@ -111,6 +112,69 @@ __device__ __forceinline__ void load_halo(uint32_t dst, const T* __restrict__ in
   }
 }
 
+// Pieces shared by the persistent tile kernels (this one and winograd_body.cuh).  K describes the
+// kernel: kThreads, kTileH, kHaloW, kHaloPix, kStageBytes, kStages.
+
+// A layer's weights into shared memory, once per CTA: `rows` rows of 64 values (cp.async, no commit).
+template <int THREADS, typename T>
+__device__ __forceinline__ void load_weights(uint32_t smem_w, const T* __restrict__ w, int rows) {
+  for (int i = threadIdx.x; i < rows * kChunks; i += THREADS) {
+    const int row = i >> 3;
+    const int j = i & 7;
+    cp_async_16(smem_w + swz(row, j), w + row * kC + j * 8, true);
+  }
+}
+
+// This thread's bias values for its mma C columns: out channels n0 + 8*ni + {0, 1}.
+template <int NI>
+__device__ __forceinline__ void load_bias(float (&bias_r)[NI][2], const float* __restrict__ bias, int n0) {
+#pragma unroll
+  for (int ni = 0; ni < NI; ++ni) {
+    bias_r[ni][0] = bias[n0 + ni * 8];
+    bias_r[ni][1] = bias[n0 + ni * 8 + 1];
+  }
+}
+
+// Pipeline prologue: halos of this CTA's first kStages - 1 tiles (one group each, empty past the end
+// so the group count, and with it the wait in halo_next, stays uniform).
+template <typename K, typename T>
+__device__ __forceinline__ void halo_prologue(uint32_t smem_halo, const T* __restrict__ in, int H, int W,
+                                              int tiles_x, int tiles_y, int num_tiles) {
+#pragma unroll
+  for (int s = 0; s < K::kStages - 1; ++s) {
+    const int tile = blockIdx.x + s * gridDim.x;
+    if (tile < num_tiles) {
+      load_halo<K>(smem_halo + s * K::kStageBytes, in, tile_coord<K::kTileH>(tile, tiles_x, tiles_y), H, W);
+    }
+    cp_async_commit();
+  }
+}
+
+// Start of iteration `it` (tile `tile`): prefetch the tile kStages - 1 ahead into the stage the previous
+// iteration read (the caller's last reads of it must be behind a barrier), then wait for this tile's halo.
+// Groups committed so far: weights, then one per tile up to it + kStages - 1.  Allowing the newest
+// kStages - 1 to be pending means the weights and this tile's halo have landed (for this thread); the
+// barrier makes every thread's copies visible to the whole CTA.  Returns this tile's halo stage.
+template <typename K, typename T>
+__device__ __forceinline__ uint32_t halo_next(uint32_t smem_halo, const T* __restrict__ in, int tile, int it, int H,
+                                              int W, int tiles_x, int tiles_y, int num_tiles) {
+  const int next = tile + (K::kStages - 1) * gridDim.x;
+  if (next < num_tiles) {
+    load_halo<K>(smem_halo + ((it + K::kStages - 1) % K::kStages) * K::kStageBytes, in,
+                 tile_coord<K::kTileH>(next, tiles_x, tiles_y), H, W);
+  }
+  cp_async_commit();
+  cp_async_wait<K::kStages - 1>();
+  __syncthreads();
+  return smem_halo + (it % K::kStages) * K::kStageBytes;
+}
+
+// Epilogue: two adjacent out channels + bias, ReLU (NaN kept), rounded to T, one 4-byte store.
+template <typename T>
+__device__ __forceinline__ void store_relu2(T* dst, float v0, float v1, const float (&bias)[2]) {
+  *reinterpret_cast<uint32_t*>(dst) = Storage<T>::pack2(relu_keep_nan(v0 + bias[0]), relu_keep_nan(v1 + bias[1]));
+}
+
 template <typename T, int WARPS_M, int WARPS_N, int MI, int STAGES>
 __global__ void __launch_bounds__(BodyTile<WARPS_M, WARPS_N, MI, STAGES>::kThreads, 1)
     conv3x3_body_kernel(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w,
@@ -131,33 +195,16 @@ __global__ void __launch_bounds__(BodyTile<WARPS_M, WARPS_N, MI, STAGES>::kThrea
   const int g = lane >> 2;            // mma groupID
   const int t = lane & 3;             // mma threadID_in_group
 
-  // 1. The layer's weights, once per CTA (cp.async group 0).
-  for (int i = threadIdx.x; i < kTaps * kC * kChunks; i += kThreads) {
-    const int row = i >> 3;  // tap*64 + n
-    const int j = i & 7;
-    cp_async_16(smem_w + swz(row, j), w + row * kC + j * 8, true);
-  }
+  // 1. The layer's weights (row tap*64 + n), once per CTA (cp.async group 0).
+  load_weights<kThreads>(smem_w, w, kTaps * kC);
   cp_async_commit();
 
   // This thread's bias values: out channels n = warp_n*kNCols + ni*8 + 2t + {0, 1} (its C columns).
   float bias_r[kNI][2];
-#pragma unroll
-  for (int ni = 0; ni < kNI; ++ni) {
-    const int n = warp_n * kNCols + ni * 8 + 2 * t;
-    bias_r[ni][0] = bias[n];
-    bias_r[ni][1] = bias[n + 1];
-  }
+  load_bias(bias_r, bias, warp_n * kNCols + 2 * t);
 
-  // 2. Prologue: halos of this CTA's first STAGES - 1 tiles (one group each, empty past the end so
-  //    the group count, and with it cp_async_wait<STAGES - 1> below, stays uniform).
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    const int tile = blockIdx.x + s * gridDim.x;
-    if (tile < num_tiles) {
-      load_halo<K>(smem_halo + s * K::kStageBytes, in, tile_coord<TILE_H>(tile, tiles_x, tiles_y), H, W);
-    }
-    cp_async_commit();
-  }
+  // 2. Pipeline prologue (halos of this CTA's first STAGES - 1 tiles).
+  halo_prologue<K>(smem_halo, in, H, W, tiles_x, tiles_y, num_tiles);
 
   // Per-lane parts of the ldmatrix row addresses (see device_utils.cuh for the fragment layouts).
   //   A, matrices 0..3 = (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15)
@@ -173,22 +220,9 @@ __global__ void __launch_bounds__(BodyTile<WARPS_M, WARPS_N, MI, STAGES>::kThrea
 
   int it = 0;
   for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++it) {
-    // 3. Prefetch the tile STAGES - 1 ahead into the stage freed at the end of the last iteration.
-    {
-      const int next = tile + (STAGES - 1) * gridDim.x;
-      if (next < num_tiles) {
-        load_halo<K>(smem_halo + ((it + STAGES - 1) % STAGES) * K::kStageBytes, in,
-                     tile_coord<TILE_H>(next, tiles_x, tiles_y), H, W);
-      }
-      cp_async_commit();
-    }
-    // Groups committed so far: weights, then one per tile up to it + STAGES - 1.  Allowing the newest
-    // STAGES - 1 to be pending means the weights and this tile's halo have landed (for this thread);
-    // the barrier makes every thread's copies visible to the whole CTA.
-    cp_async_wait<STAGES - 1>();
-    __syncthreads();
-
-    const uint32_t halo = smem_halo + (it % STAGES) * K::kStageBytes;
+    // 3. Prefetch the tile STAGES - 1 ahead into the stage freed at the end of the last iteration; wait
+    //    for this tile's halo.
+    const uint32_t halo = halo_next<K>(smem_halo, in, tile, it, H, W, tiles_x, tiles_y, num_tiles);
     float acc[MI][kNI][4];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
@@ -244,9 +278,7 @@ __global__ void __launch_bounds__(BodyTile<WARPS_M, WARPS_N, MI, STAGES>::kThrea
         T* dst = out + ((static_cast<int64_t>(tc.b) * H + y) * W + x) * kC + warp_n * kNCols + 2 * t;
 #pragma unroll
         for (int ni = 0; ni < kNI; ++ni) {
-          const float v0 = relu_keep_nan(acc[mi][ni][2 * half + 0] + bias_r[ni][0]);
-          const float v1 = relu_keep_nan(acc[mi][ni][2 * half + 1] + bias_r[ni][1]);
-          *reinterpret_cast<uint32_t*>(dst + ni * 8) = Storage<T>::pack2(v0, v1);
+          store_relu2(dst + ni * 8, acc[mi][ni][2 * half + 0], acc[mi][ni][2 * half + 1], bias_r[ni]);
         }
       }
     }

@@ -44,6 +44,7 @@ template <int STAGES>
 struct WinoTile {
   static_assert(STAGES >= 2, "need at least double buffering");
   static constexpr int kThreads = 256;  // 8 warps: 2 (w-tile halves) x 4 (16 out channels each)
+  static constexpr int kStages = STAGES;
   static constexpr int kTileH = 8;      // output rows per tile (tiles are 8 x 16 pixels)
   static constexpr int kHaloH = kTileH + 2;
   static constexpr int kHaloW = kTileW + 2;
@@ -150,31 +151,15 @@ __global__ void __launch_bounds__(WinoTile<STAGES>::kThreads, 1)
   const int g = lane >> 2;
   const int t = lane & 3;
 
-  // 1. The layer's transformed weights, once per CTA (cp.async group 0).
-  for (int i = threadIdx.x; i < kWinoPos * kC * kChunks; i += K::kThreads) {
-    const int row = i >> 3;  // p*64 + n
-    const int j = i & 7;
-    cp_async_16(smem_u + swz(row, j), u + row * kC + j * 8, true);
-  }
+  // 1. The layer's transformed weights (row p*64 + n), once per CTA (cp.async group 0).
+  load_weights<K::kThreads>(smem_u, u, kWinoPos * kC);
   cp_async_commit();
 
   float bias_r[2][2];  // out channels n = 16*warp_n + 8*ni + 2t + {0, 1}
-#pragma unroll
-  for (int ni = 0; ni < 2; ++ni) {
-    const int n = warp_n * 16 + ni * 8 + 2 * t;
-    bias_r[ni][0] = bias[n];
-    bias_r[ni][1] = bias[n + 1];
-  }
+  load_bias(bias_r, bias, warp_n * 16 + 2 * t);
 
-  // 2. Prologue: halos of this CTA's first STAGES - 1 tiles (one group each, possibly empty).
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    const int tile = blockIdx.x + s * gridDim.x;
-    if (tile < num_tiles) {
-      load_halo<K>(smem_halo + s * K::kStageBytes, in, tile_coord<TILE_H>(tile, tiles_x, tiles_y), H, W);
-    }
-    cp_async_commit();
-  }
+  // 2. Pipeline prologue (conv3x3_body.cuh): halos of this CTA's first STAGES - 1 tiles.
+  halo_prologue<K>(smem_halo, in, H, W, tiles_x, tiles_y, num_tiles);
 
   // ldmatrix lanes (as in the direct kernel): A row (lane & 15) = w-tile 16*warp_m + (lane & 15), k half
   // (lane >> 4); B: out channel 16*warp_n + b_n, k half b_khalf -> b[0][0], b[0][1], b[1][0], b[1][1].
@@ -186,18 +171,8 @@ __global__ void __launch_bounds__(WinoTile<STAGES>::kThreads, 1)
   int it = 0;
   for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++it) {
     // 3. Prefetch the tile STAGES - 1 ahead (into the stage read by the previous tile, whose last
-    //    reads -- row 3's transform -- are behind the barrier that followed them).
-    {
-      const int next = tile + (STAGES - 1) * gridDim.x;
-      if (next < num_tiles) {
-        load_halo<K>(smem_halo + ((it + STAGES - 1) % STAGES) * K::kStageBytes, in,
-                     tile_coord<TILE_H>(next, tiles_x, tiles_y), H, W);
-      }
-      cp_async_commit();
-    }
-    cp_async_wait<STAGES - 1>();
-    __syncthreads();
-    const uint32_t halo = smem_halo + (it % STAGES) * K::kStageBytes;
+    //    reads -- row 3's transform -- are behind the barrier that followed them); wait for this one.
+    const uint32_t halo = halo_next<K>(smem_halo, in, tile, it, H, W, tiles_x, tiles_y, num_tiles);
 
     float y[2][2][2][4];  // [output row i][output col j][n8 tile ni][mma C element]
 #pragma unroll
@@ -278,9 +253,7 @@ __global__ void __launch_bounds__(WinoTile<STAGES>::kThreads, 1)
           T* dst = out + ((static_cast<int64_t>(tc.b) * H + py) * W + px) * kC + warp_n * 16 + 2 * t;
 #pragma unroll
           for (int ni = 0; ni < 2; ++ni) {
-            const float v0 = relu_keep_nan(y[i][j][ni][2 * half + 0] + bias_r[ni][0]);
-            const float v1 = relu_keep_nan(y[i][j][ni][2 * half + 1] + bias_r[ni][1]);
-            *reinterpret_cast<uint32_t*>(dst + ni * 8) = Storage<T>::pack2(v0, v1);
+            store_relu2(dst + ni * 8, y[i][j][ni][2 * half + 0], y[i][j][ni][2 * half + 1], bias_r[ni]);
           }
         }
       }

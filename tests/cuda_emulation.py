@@ -63,7 +63,7 @@ class Hazard(AssertionError):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The variant list, read from the source (cuh:306-309) so new variants are covered automatically.
+# The variant list, read from the source (cuh:349-352) so new variants are covered automatically.
 # ---------------------------------------------------------------------------------------------------
 def body_variants_from_source(path: Path = CSRC / "conv3x3_body.cuh") -> list[tuple[int, int, int, int]]:
     lines = path.read_text().splitlines()
@@ -79,7 +79,7 @@ def body_variants_from_source(path: Path = CSRC / "conv3x3_body.cuh") -> list[tu
 
 @dataclass(frozen=True)
 class BodyTile:
-    """cuh:63-77."""
+    """cuh:63-78."""
 
     warps_m: int
     warps_n: int
@@ -89,17 +89,17 @@ class BodyTile:
     def __post_init__(self):
         assert self.warps_n in (1, 2, 4)  # cuh:65
         assert self.stages >= 2  # cuh:66
-        assert self.ni % 2 == 0  # cuh:70
+        assert self.ni % 2 == 0  # cuh:71
 
     threads = property(lambda s: 32 * s.warps_m * s.warps_n)  # cuh:67
-    ncols = property(lambda s: KC // s.warps_n)  # cuh:68
-    ni = property(lambda s: s.ncols // 8)  # cuh:69
-    tile_h = property(lambda s: s.warps_m * s.mi)  # cuh:71
-    halo_h = property(lambda s: s.tile_h + 2)  # cuh:72
-    halo_w = property(lambda s: TILE_W + 2)  # cuh:73
-    halo_pix = property(lambda s: s.halo_h * s.halo_w)  # cuh:74
-    stage_bytes = property(lambda s: s.halo_pix * ROW_BYTES)  # cuh:75
-    smem_bytes = property(lambda s: WEIGHT_BYTES + s.stages * s.stage_bytes)  # cuh:76
+    ncols = property(lambda s: KC // s.warps_n)  # cuh:69
+    ni = property(lambda s: s.ncols // 8)  # cuh:70
+    tile_h = property(lambda s: s.warps_m * s.mi)  # cuh:72
+    halo_h = property(lambda s: s.tile_h + 2)  # cuh:73
+    halo_w = property(lambda s: TILE_W + 2)  # cuh:74
+    halo_pix = property(lambda s: s.halo_h * s.halo_w)  # cuh:75
+    stage_bytes = property(lambda s: s.halo_pix * ROW_BYTES)  # cuh:76
+    smem_bytes = property(lambda s: WEIGHT_BYTES + s.stages * s.stage_bytes)  # cuh:77
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ class Cta:
             raise Hazard(f"{what} with a shared-memory bank conflict")
 
     def lds32(self, addr):
-        """``ld.shared.b32`` (wb:87-91); ``addr[..., lane]`` byte addresses -> uint32 values."""
+        """``ld.shared.b32`` (wb:88-92); ``addr[..., lane]`` byte addresses -> uint32 values."""
         addr = np.asarray(addr, np.int64)
         if np.any(addr % 4) or addr.min() < 0 or addr.max() + 4 > self.h.size * 2:
             raise Hazard("ld.shared: address out of range or not 4-byte aligned")
@@ -275,7 +275,7 @@ class Cta:
         return self.h[addr // 2].astype(np.uint32) | (self.h[addr // 2 + 1].astype(np.uint32) << 16)
 
     def sts32(self, addr, value):
-        """``st.shared.b32`` (wb:93-95): visible to other threads after the next barrier."""
+        """``st.shared.b32`` (wb:94-96): visible to other threads after the next barrier."""
         addr = np.asarray(addr, np.int64)
         if np.any(addr % 4) or addr.min() < 0 or addr.max() + 4 > self.h.size * 2:
             raise Hazard("st.shared: address out of range or not 4-byte aligned")
@@ -357,155 +357,177 @@ def mma_16816(T, c, a, b0, b1):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The body kernel (cuh:79-256) and its launcher (cuh:266-302).
+# The body kernel and the pieces it shares with the Winograd kernel (cuh:80-288), the launcher (cuh:298-345).
 # ---------------------------------------------------------------------------------------------------
 def swz(row, j):
-    """cuh:80-82."""
+    """cuh:81-83."""
     row = np.asarray(row, np.int64)
     return row * ROW_BYTES + ((np.asarray(j, np.int64) ^ (row & 7)) << 4)
 
 
 def tile_coord(tile_h, tile, tiles_x, tiles_y):
-    """cuh:88-93 -> (b, y0, x0)."""
+    """cuh:89-94 -> (b, y0, x0)."""
     tx = tile % tiles_x
     rest = tile // tiles_x
     return rest // tiles_y, (rest % tiles_y) * tile_h, tx * TILE_W
 
 
 def load_halo(K: BodyTile, cta: Cta, dst, g_in: Global, tc, H, W):
-    """cuh:96-112."""
+    """cuh:97-113."""
     b, y0, x0 = tc
-    img = np.int64(b) * H * W * KC  # cuh:99
+    img = np.int64(b) * H * W * KC  # cuh:100
     tid = np.arange(K.threads)
-    i = strided_loop(tid, K.halo_pix * CHUNKS, K.threads)  # cuh:100
-    p = i >> 3  # cuh:101
-    j = i & 7  # cuh:102
-    hy = p // K.halo_w  # cuh:103
-    hx = p - hy * K.halo_w  # cuh:104
-    y = y0 - 1 + hy  # cuh:105
-    x = x0 - 1 + hx  # cuh:106
-    inside = unsigned_lt(y, H) & unsigned_lt(x, W)  # cuh:107-108
-    src = np.where(inside, img + (y.astype(np.int64) * W + x) * KC + j * 8, 0)  # cuh:109 (`in` when outside)
-    cta.cp_async_16(dst + swz(p, j), g_in, src, inside)  # cuh:110
+    i = strided_loop(tid, K.halo_pix * CHUNKS, K.threads)  # cuh:101
+    p = i >> 3  # cuh:102
+    j = i & 7  # cuh:103
+    hy = p // K.halo_w  # cuh:104
+    hx = p - hy * K.halo_w  # cuh:105
+    y = y0 - 1 + hy  # cuh:106
+    x = x0 - 1 + hx  # cuh:107
+    inside = unsigned_lt(y, H) & unsigned_lt(x, W)  # cuh:108-109
+    src = np.where(inside, img + (y.astype(np.int64) * W + x) * KC + j * 8, 0)  # cuh:110 (`in` when outside)
+    cta.cp_async_16(dst + swz(p, j), g_in, src, inside)  # cuh:111
+
+
+def load_weights(cta: Cta, smem_w, g_w: Global, rows, threads):
+    """cuh:119-126 (``load_weights``): ``rows`` rows of 64 values into swizzled shared rows, no commit."""
+    i = strided_loop(np.arange(threads), rows * CHUNKS, threads)  # cuh:121
+    row = i >> 3  # cuh:122
+    j = i & 7  # cuh:123
+    cta.cp_async_16(smem_w + swz(row, j), g_w, row * KC + j * 8, True)  # cuh:124
+
+
+def load_bias(g_bias: Global, n0, ni_n):
+    """cuh:129-136 (``load_bias``): ``bias_r[..., ni, e] = bias[n0 + 8 ni + e]``, shape n0.shape + (NI, 2)."""
+    n = np.asarray(n0)[..., None] + np.arange(ni_n) * 8
+    return np.stack([g_bias.load(n), g_bias.load(n + 1)], axis=-1).astype(np.float32)
+
+
+def halo_prologue(K, cta: Cta, smem_halo, g_in: Global, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim):
+    """cuh:140-151 (``halo_prologue``)."""
+    for s in range(K.stages - 1):  # cuh:144
+        tile = block_idx + s * grid_dim  # cuh:145
+        if tile < num_tiles:  # cuh:146
+            load_halo(K, cta, smem_halo + s * K.stage_bytes, g_in, tile_coord(K.tile_h, tile, tiles_x, tiles_y), H, W)
+        cta.commit()  # cuh:149
+
+
+def halo_next(K, cta: Cta, smem_halo, g_in: Global, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim):
+    """cuh:158-170 (``halo_next``): prefetch, wait, barrier; returns this tile's halo stage."""
+    nxt = tile + (K.stages - 1) * grid_dim  # cuh:161
+    if nxt < num_tiles:  # cuh:162-165
+        dst = smem_halo + ((it + K.stages - 1) % K.stages) * K.stage_bytes
+        load_halo(K, cta, dst, g_in, tile_coord(K.tile_h, nxt, tiles_x, tiles_y), H, W)
+    cta.commit()  # cuh:166
+    cta.wait_group(K.stages - 1)  # cuh:167
+    cta.syncthreads()  # cuh:168
+    return smem_halo + (it % K.stages) * K.stage_bytes  # cuh:169
+
+
+def store_relu2(T, g_out: Global, dst, live, v0, v1, bias):
+    """cuh:173-176 (``store_relu2``) where ``live``: two adjacent channels + ``bias[..., 0/1]``, ReLU,
+    rounded to T, one 4-byte store."""
+    word = pack2(T, relu_keep_nan(v0 + bias[..., 0]), relu_keep_nan(v1 + bias[..., 1]))
+    lo = (word & 0xFFFF).astype(np.uint16)
+    hi = (word >> 16).astype(np.uint16)
+    d = np.broadcast_to(dst, live.shape)[live]
+    g_out.store(d, np.stack([lo[live], hi[live]], axis=-1), n=2, align_bytes=4)
+
+
+def launch_tiles(K, kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager):
+    """cuh:298-338 (``launch_persistent``) with ``resident_ctas`` standing for ``sms * per_sm``; runs
+    ``kernel_cta`` for every CTA (they are independent: disjoint outputs, read-only inputs).
+
+    ``x_bits`` (N, H, W, 64) and ``w_bits`` (the packed layer) are uint16 patterns of ``T``; ``bias`` fp32 (64,).
+    Returns the output bit patterns (N, H, W, 64) (NaN-poisoned where never written) and the write counts.
+    """
+    n, h, w_, c = x_bits.shape
+    assert c == KC
+    g_in = Global("in", x_bits.astype(np.uint16))
+    g_out = Global("out", np.full(x_bits.shape, T.poison, np.uint16))
+    g_w = Global("w", w_bits.astype(np.uint16))
+    g_bias = Global("bias", np.asarray(bias, np.float32))
+    tiles_x = (w_ + TILE_W - 1) // TILE_W  # cuh:325
+    tiles_y = (h + K.tile_h - 1) // K.tile_h  # cuh:326
+    num_tiles = n * tiles_x * tiles_y  # cuh:327-332
+    assert num_tiles <= 2**31 - 1
+    grid = num_tiles if num_tiles < resident_ctas else resident_ctas  # cuh:333
+    for block_idx in range(grid):  # cuh:334
+        kernel_cta(K, T, g_in, g_out, g_w, g_bias, h, w_, tiles_x, tiles_y, num_tiles, block_idx, grid, eager)
+    return g_out.a.reshape(x_bits.shape), g_out.writes.reshape(x_bits.shape)
 
 
 def body_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager):
-    """One CTA of ``conv3x3_body_kernel`` (cuh:114-256); warps are an array axis, lanes the last axis."""
-    tile_h = K.tile_h  # cuh:119
-    nthreads = K.threads  # cuh:120
-    ni_n, ncols = K.ni, K.ncols  # cuh:121-122
-    cta = Cta(K.smem_bytes, T.poison, eager)  # cuh:123
-    smem_w = 0  # cuh:124 (offsets relative to the 128-byte aligned dynamic shared memory)
-    smem_halo = smem_w + WEIGHT_BYTES  # cuh:125
+    """One CTA of ``conv3x3_body_kernel`` (cuh:178-288); warps are an array axis, lanes the last axis."""
+    tile_h = K.tile_h  # cuh:183
+    nthreads = K.threads  # cuh:184
+    ni_n, ncols = K.ni, K.ncols  # cuh:185-186
+    cta = Cta(K.smem_bytes, T.poison, eager)  # cuh:187
+    smem_w = 0  # cuh:188 (offsets relative to the 128-byte aligned dynamic shared memory)
+    smem_halo = smem_w + WEIGHT_BYTES  # cuh:189
 
     nwarps = nthreads // 32
-    warp = np.arange(nwarps)[:, None]  # cuh:128 (threadIdx.x >> 5), shape (warps, 1)
-    lane = LANE[None, :]  # cuh:127, shape (1, 32)
-    warp_m = warp // K.warps_n  # cuh:129
-    warp_n = warp % K.warps_n  # cuh:130
-    g = lane >> 2  # cuh:131
-    t = lane & 3  # cuh:132
-    tid = np.arange(nthreads)
+    warp = np.arange(nwarps)[:, None]  # cuh:192 (threadIdx.x >> 5), shape (warps, 1)
+    lane = LANE[None, :]  # cuh:191, shape (1, 32)
+    warp_m = warp // K.warps_n  # cuh:193
+    warp_n = warp % K.warps_n  # cuh:194
+    g = lane >> 2  # cuh:195
+    t = lane & 3  # cuh:196
+    load_weights(cta, smem_w, g_w, TAPS * KC, nthreads)  # cuh:199: weights, cp.async group 0
+    cta.commit()  # cuh:200
+    bias_r = load_bias(g_bias, warp_n * ncols + 2 * t, ni_n)  # cuh:203-204, (warps, 32, NI, 2)
+    halo_prologue(K, cta, smem_halo, g_in, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim)  # cuh:207
 
-    # cuh:135-140: weights, cp.async group 0
-    i = strided_loop(tid, TAPS * KC * CHUNKS, nthreads)
-    row = i >> 3
-    j = i & 7
-    cta.cp_async_16(smem_w + swz(row, j), g_w, row * KC + j * 8, True)
-    cta.commit()
-
-    # cuh:143-149: bias_r[ni][0/1] per thread -> shape (warps, 32, NI, 2)
-    ni = np.arange(ni_n)
-    n = warp_n[..., None] * ncols + ni * 8 + 2 * t[..., None]
-    bias_r = np.stack([g_bias.load(n), g_bias.load(n + 1)], axis=-1).astype(np.float32)
-
-    # cuh:153-160: prologue
-    for s in range(K.stages - 1):
-        tile = block_idx + s * grid_dim
-        if tile < num_tiles:
-            load_halo(K, cta, smem_halo + s * K.stage_bytes, g_in, tile_coord(tile_h, tile, tiles_x, tiles_y), H, W)
-        cta.commit()
-
-    a_row = lane & 15  # cuh:165
-    a_khalf = lane >> 4  # cuh:166
-    b_n = (lane & 7) + ((lane >> 4) << 3)  # cuh:171
-    b_khalf = (lane >> 3) & 1  # cuh:172
+    a_row = lane & 15  # cuh:212
+    a_khalf = lane >> 4  # cuh:213
+    b_n = (lane & 7) + ((lane >> 4) << 3)  # cuh:218
+    b_khalf = (lane >> 3) & 1  # cuh:219
 
     mi = np.arange(K.mi)[None, :, None]  # the unrolled mi loops as an axis: (1, MI, 1)
     np_ = np.arange(ni_n // 2)[None, :, None]  # the unrolled np loop: (1, NI/2, 1)
-    it = 0  # cuh:174
+    it = 0  # cuh:221
     tile = block_idx
-    while tile < num_tiles:  # cuh:175
-        nxt = tile + (K.stages - 1) * grid_dim  # cuh:178
-        if nxt < num_tiles:  # cuh:179-182
-            dst = smem_halo + ((it + K.stages - 1) % K.stages) * K.stage_bytes
-            load_halo(K, cta, dst, g_in, tile_coord(tile_h, nxt, tiles_x, tiles_y), H, W)
-        cta.commit()  # cuh:183
-        cta.wait_group(K.stages - 1)  # cuh:188
-        cta.syncthreads()  # cuh:189
-
-        halo = smem_halo + (it % K.stages) * K.stage_bytes  # cuh:191
-        acc = np.zeros((nwarps, K.mi, ni_n, 32, 4), np.float32)  # cuh:192-198
-        for tap in range(TAPS):  # cuh:201
-            ky = tap // 3  # cuh:202
-            kx = tap % 3  # cuh:203
-            for kk in range(KC // 16):  # cuh:205
-                p = (warp_m[:, None] * K.mi + mi + ky) * K.halo_w + a_row + kx  # cuh:210, (warps, MI, 32)
-                a = cta.ldmatrix_x4(halo + swz(p, kk * 2 + a_khalf))  # cuh:211, (warps, MI, 32, 4)
-                n = warp_n[:, None] * ncols + np_ * 16 + b_n  # cuh:216, (warps, NI/2, 32)
-                r = cta.ldmatrix_x4(smem_w + swz(tap * KC + n, kk * 2 + b_khalf))  # cuh:218
+    while tile < num_tiles:  # cuh:222
+        halo = halo_next(K, cta, smem_halo, g_in, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim)  # cuh:225
+        acc = np.zeros((nwarps, K.mi, ni_n, 32, 4), np.float32)  # cuh:226-232
+        for tap in range(TAPS):  # cuh:235
+            ky = tap // 3  # cuh:236
+            kx = tap % 3  # cuh:237
+            for kk in range(KC // 16):  # cuh:239
+                p = (warp_m[:, None] * K.mi + mi + ky) * K.halo_w + a_row + kx  # cuh:244, (warps, MI, 32)
+                a = cta.ldmatrix_x4(halo + swz(p, kk * 2 + a_khalf))  # cuh:245, (warps, MI, 32, 4)
+                n = warp_n[:, None] * ncols + np_ * 16 + b_n  # cuh:250, (warps, NI/2, 32)
+                r = cta.ldmatrix_x4(smem_w + swz(tap * KC + n, kk * 2 + b_khalf))  # cuh:252
                 b = np.empty((nwarps, ni_n, 32, 2), np.uint32)
-                b[:, 0::2, :, 0] = r[..., 0]  # cuh:219
-                b[:, 0::2, :, 1] = r[..., 1]  # cuh:220
-                b[:, 1::2, :, 0] = r[..., 2]  # cuh:221
-                b[:, 1::2, :, 1] = r[..., 3]  # cuh:222
-                # cuh:225-227: acc[mi][ni] = mma(acc[mi][ni], a[mi], b[ni][0], b[ni][1])
+                b[:, 0::2, :, 0] = r[..., 0]  # cuh:253
+                b[:, 0::2, :, 1] = r[..., 1]  # cuh:254
+                b[:, 1::2, :, 0] = r[..., 2]  # cuh:255
+                b[:, 1::2, :, 1] = r[..., 3]  # cuh:256
+                # cuh:259-261: acc[mi][ni] = mma(acc[mi][ni], a[mi], b[ni][0], b[ni][1])
                 acc = mma_16816(T, acc, a[:, :, None], b[:, None, :, :, 0], b[:, None, :, :, 1])
-        cta.syncthreads()  # cuh:231
+        cta.syncthreads()  # cuh:265
 
-        tb, ty0, tx0 = tile_coord(tile_h, tile, tiles_x, tiles_y)  # cuh:235
-        for m in range(K.mi):  # cuh:237
-            y = ty0 + warp_m * K.mi + m  # cuh:238, (warps, 1)
-            for half in range(2):  # cuh:241
-                x = tx0 + g + 8 * half  # cuh:242, (1, 32)
-                live = (y < H) & (x < W)  # cuh:239 and cuh:243 (`continue`)
-                dst = ((np.int64(tb) * H + y) * W + x) * KC + warp_n * ncols + 2 * t  # cuh:244
-                for k in range(ni_n):  # cuh:246
-                    v0 = relu_keep_nan(acc[:, m, k, :, 2 * half + 0] + bias_r[:, :, k, 0])  # cuh:247
-                    v1 = relu_keep_nan(acc[:, m, k, :, 2 * half + 1] + bias_r[:, :, k, 1])  # cuh:248
-                    word = pack2(T, v0, v1)  # cuh:249: one 4-byte store of two channels
-                    lo = (word & 0xFFFF).astype(np.uint16)
-                    hi = (word >> 16).astype(np.uint16)
-                    d = np.broadcast_to(dst + k * 8, live.shape)[live]
-                    g_out.store(d, np.stack([lo[live], hi[live]], axis=-1), n=2, align_bytes=4)
-        tile += grid_dim  # cuh:175
+        tb, ty0, tx0 = tile_coord(tile_h, tile, tiles_x, tiles_y)  # cuh:269
+        for m in range(K.mi):  # cuh:271
+            y = ty0 + warp_m * K.mi + m  # cuh:272, (warps, 1)
+            for half in range(2):  # cuh:275
+                x = tx0 + g + 8 * half  # cuh:276, (1, 32)
+                live = (y < H) & (x < W)  # cuh:273 and cuh:277 (`continue`)
+                dst = ((np.int64(tb) * H + y) * W + x) * KC + warp_n * ncols + 2 * t  # cuh:278
+                for k in range(ni_n):  # cuh:280
+                    v0, v1 = acc[:, m, k, :, 2 * half + 0], acc[:, m, k, :, 2 * half + 1]
+                    store_relu2(T, g_out, dst + k * 8, live, v0, v1, bias_r[:, :, k])  # cuh:281
+        tile += grid_dim  # cuh:222
         it += 1
-    cta.wait_group(0)  # cuh:255
+    cta.wait_group(0)  # cuh:287
     if cta.open:
         raise Hazard("cp.async copies issued but never committed")
 
 
 def launch_body(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False):
-    """cuh:266-302 with ``resident_ctas`` standing for ``sms * per_sm``.
-
-    ``x_bits`` (N, H, W, 64) and ``w_bits`` (9, 64, 64) are uint16 patterns of ``T``; ``bias`` fp32 (64,).
-    Returns the output bit patterns (N, H, W, 64) (NaN-poisoned where never written) and the write counts.
-    """
-    K = BodyTile(*variant)
-    n, h, w_, c = x_bits.shape
-    assert c == KC and w_bits.shape == (TAPS, KC, KC)
-    g_in = Global("in", x_bits.astype(np.uint16))
-    g_out = Global("out", np.full(x_bits.shape, T.poison, np.uint16))
-    g_w = Global("w", w_bits.astype(np.uint16))
-    g_bias = Global("bias", np.asarray(bias, np.float32))
-    tiles_x = (w_ + TILE_W - 1) // TILE_W  # cuh:289
-    tiles_y = (h + K.tile_h - 1) // K.tile_h  # cuh:290
-    num_tiles = n * tiles_x * tiles_y  # cuh:291-296
-    assert num_tiles <= 2**31 - 1
-    grid = num_tiles if num_tiles < resident_ctas else resident_ctas  # cuh:297
-    for block_idx in range(grid):  # cuh:298 (CTAs are independent: disjoint outputs, read-only inputs)
-        body_kernel_cta(K, T, g_in, g_out, g_w, g_bias, h, w_, tiles_x, tiles_y, num_tiles, block_idx, grid, eager)
-    return g_out.a.reshape(x_bits.shape), g_out.writes.reshape(x_bits.shape)
+    """cuh:340-345 -> :func:`launch_tiles`; ``w_bits`` (9, 64, 64)."""
+    assert w_bits.shape == (TAPS, KC, KC)
+    return launch_tiles(BodyTile(*variant), body_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -523,23 +545,23 @@ def wino_variants_from_source(path: Path = CSRC / "winograd_body.cuh") -> list[i
 
 @dataclass(frozen=True)
 class WinoTile:
-    """wb:43-59 (duck-types BodyTile for load_halo)."""
+    """wb:43-60 (duck-types BodyTile for load_halo)."""
 
     stages: int
     threads = 256  # wb:46
-    tile_h = 8  # wb:47
-    halo_h = tile_h + 2  # wb:48
-    halo_w = TILE_W + 2  # wb:49
-    halo_pix = halo_h * halo_w  # wb:50
-    stage_bytes = halo_pix * ROW_BYTES  # wb:51
-    wtiles_x = TILE_W // 2  # wb:52
-    wtiles = (tile_h // 2) * wtiles_x  # wb:53
-    v_bytes = 4 * wtiles * ROW_BYTES  # wb:54
-    smem_bytes = property(lambda s: WINO_WEIGHT_BYTES + s.stages * s.stage_bytes + 2 * s.v_bytes)  # wb:55
+    tile_h = 8  # wb:48
+    halo_h = tile_h + 2  # wb:49
+    halo_w = TILE_W + 2  # wb:50
+    halo_pix = halo_h * halo_w  # wb:51
+    stage_bytes = halo_pix * ROW_BYTES  # wb:52
+    wtiles_x = TILE_W // 2  # wb:53
+    wtiles = (tile_h // 2) * wtiles_x  # wb:54
+    v_bytes = 4 * wtiles * ROW_BYTES  # wb:55
+    smem_bytes = property(lambda s: WINO_WEIGHT_BYTES + s.stages * s.stage_bytes + 2 * s.v_bytes)  # wb:56
 
 
 def pair_op(T, a, b, sign):
-    """``Pair<T>::add`` / ``sub`` (wb:61-85): both 16-bit halves ``a + sign * b``, rounded to T."""
+    """``Pair<T>::add`` / ``sub`` (wb:62-86): both 16-bit halves ``a + sign * b``, rounded to T."""
     alo, ahi = unpack2(T, a)
     blo, bhi = unpack2(T, b)
     lo = alo.astype(np.float64) + sign * blo.astype(np.float64)
@@ -548,7 +570,7 @@ def pair_op(T, a, b, sign):
 
 
 def bt_row(T, xi, v):
-    """wb:98-104: row xi of B^T applied to v[0..3]."""
+    """wb:99-105: row xi of B^T applied to v[0..3]."""
     if xi == 0:
         return pair_op(T, v[0], v[2], -1)
     if xi == 1:
@@ -559,145 +581,105 @@ def bt_row(T, xi, v):
 
 
 def pair_addr(row, cp):
-    """wb:107."""
+    """wb:108."""
     return swz(row, np.asarray(cp, np.int64) >> 2) + ((np.asarray(cp, np.int64) & 3) << 2)
 
 
 def transform_row(K: WinoTile, T, cta: Cta, xi, halo, vbuf):
-    """wb:111-133 for all threads; the unrolled r loop is an axis: items (4, warps, 32)."""
-    a0 = 2 if xi == 2 else (0 if xi == 0 else 1)  # wb:113
-    a1 = 2 if xi == 0 else (2 if xi == 1 else (1 if xi == 2 else 3))  # wb:114
+    """wb:112-134 for all threads; the unrolled r loop is an axis: items (4, warps, 32)."""
+    a0 = 2 if xi == 2 else (0 if xi == 0 else 1)  # wb:114
+    a1 = 2 if xi == 0 else (2 if xi == 1 else (1 if xi == 2 else 3))  # wb:115
     tid = np.arange(K.threads).reshape(K.threads // 32, 32)
-    i = tid[None] + np.arange(4)[:, None, None] * K.threads  # wb:117
-    wt = i >> 5  # wb:118
-    cp = i & 31  # wb:119
-    p0 = (2 * (wt // K.wtiles_x)) * K.halo_w + 2 * (wt % K.wtiles_x)  # wb:120
+    i = tid[None] + np.arange(4)[:, None, None] * K.threads  # wb:118
+    wt = i >> 5  # wb:119
+    cp = i & 31  # wb:120
+    p0 = (2 * (wt // K.wtiles_x)) * K.halo_w + 2 * (wt % K.wtiles_x)  # wb:121
     row = []
-    for b in range(4):  # wb:123
-        d0 = cta.lds32(halo + pair_addr(p0 + a0 * K.halo_w + b, cp))  # wb:124
-        d1 = cta.lds32(halo + pair_addr(p0 + a1 * K.halo_w + b, cp))  # wb:125
-        row.append(pair_op(T, d0, d1, +1 if xi == 1 else -1))  # wb:126
-    for nu in range(4):  # wb:128-131
+    for b in range(4):  # wb:124
+        d0 = cta.lds32(halo + pair_addr(p0 + a0 * K.halo_w + b, cp))  # wb:125
+        d1 = cta.lds32(halo + pair_addr(p0 + a1 * K.halo_w + b, cp))  # wb:126
+        row.append(pair_op(T, d0, d1, +1 if xi == 1 else -1))  # wb:127
+    for nu in range(4):  # wb:129-132
         cta.sts32(vbuf + pair_addr(nu * K.wtiles + wt, cp), bt_row(T, nu, row))
 
 
 def winograd_kernel_cta(K, T, g_in, g_out, g_u, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager):
-    """One CTA of ``conv3x3_winograd_kernel`` (wb:135-290); warps are an array axis, lanes the last."""
-    tile_h = K.tile_h  # wb:140
-    cta = Cta(K.smem_bytes, T.poison, eager)  # wb:141
-    smem_u = 0  # wb:142
-    smem_halo = smem_u + WINO_WEIGHT_BYTES  # wb:143
-    smem_v = smem_halo + K.stages * K.stage_bytes  # wb:144
+    """One CTA of ``conv3x3_winograd_kernel`` (wb:136-263); warps are an array axis, lanes the last."""
+    tile_h = K.tile_h  # wb:141
+    cta = Cta(K.smem_bytes, T.poison, eager)  # wb:142
+    smem_u = 0  # wb:143
+    smem_halo = smem_u + WINO_WEIGHT_BYTES  # wb:144
+    smem_v = smem_halo + K.stages * K.stage_bytes  # wb:145
     nwarps = K.threads // 32
-    warp = np.arange(nwarps)[:, None]  # wb:147, (warps, 1)
-    lane = LANE[None, :]  # wb:146, (1, 32)
-    warp_m = warp >> 2  # wb:148
-    warp_n = warp & 3  # wb:149
-    g = lane >> 2  # wb:150
-    t = lane & 3  # wb:151
-    tid = np.arange(K.threads)
+    warp = np.arange(nwarps)[:, None]  # wb:148, (warps, 1)
+    lane = LANE[None, :]  # wb:147, (1, 32)
+    warp_m = warp >> 2  # wb:149
+    warp_n = warp & 3  # wb:150
+    g = lane >> 2  # wb:151
+    t = lane & 3  # wb:152
 
-    i = strided_loop(tid, WINO_POS * KC * CHUNKS, K.threads)  # wb:154
-    row = i >> 3  # wb:155
-    j = i & 7  # wb:156
-    cta.cp_async_16(smem_u + swz(row, j), g_u, row * KC + j * 8, True)  # wb:157
-    cta.commit()  # wb:159
+    load_weights(cta, smem_u, g_u, WINO_POS * KC, K.threads)  # wb:155
+    cta.commit()  # wb:156
+    bias_r = load_bias(g_bias, warp_n * 16 + 2 * t, 2)  # wb:158-159, (warps, 32, 2, 2)
+    halo_prologue(K, cta, smem_halo, g_in, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim)  # wb:162
 
-    ni = np.arange(2)
-    n = warp_n[..., None] * 16 + ni * 8 + 2 * t[..., None]  # wb:164, (warps, 32, 2)
-    bias_r = np.stack([g_bias.load(n), g_bias.load(n + 1)], axis=-1).astype(np.float32)  # wb:165-166
+    a_row = warp_m * 16 + (lane & 15)  # wb:166
+    a_khalf = lane >> 4  # wb:167
+    b_n = warp_n * 16 + (lane & 7) + ((lane >> 4) << 3)  # wb:168
+    b_khalf = (lane >> 3) & 1  # wb:169
 
-    for s in range(K.stages - 1):  # wb:171-177
-        tile = block_idx + s * grid_dim
-        if tile < num_tiles:
-            load_halo(K, cta, smem_halo + s * K.stage_bytes, g_in, tile_coord(tile_h, tile, tiles_x, tiles_y), H, W)
-        cta.commit()
-
-    a_row = warp_m * 16 + (lane & 15)  # wb:181
-    a_khalf = lane >> 4  # wb:182
-    b_n = warp_n * 16 + (lane & 7) + ((lane >> 4) << 3)  # wb:183
-    b_khalf = (lane >> 3) & 1  # wb:184
-
-    it = 0  # wb:186
+    it = 0  # wb:171
     tile = block_idx
-    while tile < num_tiles:  # wb:187
-        nxt = tile + (K.stages - 1) * grid_dim  # wb:191
-        if nxt < num_tiles:  # wb:192-195
-            dst = smem_halo + ((it + K.stages - 1) % K.stages) * K.stage_bytes
-            load_halo(K, cta, dst, g_in, tile_coord(tile_h, nxt, tiles_x, tiles_y), H, W)
-        cta.commit()  # wb:196
-        cta.wait_group(K.stages - 1)  # wb:198
-        cta.syncthreads()  # wb:199
-        halo = smem_halo + (it % K.stages) * K.stage_bytes  # wb:200
+    while tile < num_tiles:  # wb:172
+        halo = halo_next(K, cta, smem_halo, g_in, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim)  # wb:175
 
-        y = np.zeros((2, 2, 2, nwarps, 32, 4), np.float32)  # wb:202-210: [i][j][ni][warp][lane][e]
-        for xi in range(4):  # wb:213
-            vbuf = smem_v + (xi & 1) * K.v_bytes  # wb:214
-            transform_row(K, T, cta, xi, halo, vbuf)  # wb:215-218
-            cta.syncthreads()  # wb:219
-            m = np.zeros((4, 2, nwarps, 32, 4), np.float32)  # wb:221-227
-            for nu in range(4):  # wb:229
-                for kk in range(KC // 16):  # wb:231
-                    a = cta.ldmatrix_x4(vbuf + swz(nu * K.wtiles + a_row, kk * 2 + a_khalf))  # wb:233
-                    b = cta.ldmatrix_x4(smem_u + swz((xi * 4 + nu) * KC + b_n, kk * 2 + b_khalf))  # wb:235
-                    m[nu, 0] = mma_16816(T, m[nu, 0], a, b[..., 0], b[..., 1])  # wb:236
-                    m[nu, 1] = mma_16816(T, m[nu, 1], a, b[..., 2], b[..., 3])  # wb:237
-            ma0 = (m[0] + m[1]).astype(np.float32) + m[2]  # wb:246 (fp32, left to right)
-            ma1 = (m[1] - m[2]).astype(np.float32) - m[3]  # wb:247
-            if xi < 3:  # wb:248-251
+        y = np.zeros((2, 2, 2, nwarps, 32, 4), np.float32)  # wb:177-185: [i][j][ni][warp][lane][e]
+        for xi in range(4):  # wb:188
+            vbuf = smem_v + (xi & 1) * K.v_bytes  # wb:189
+            transform_row(K, T, cta, xi, halo, vbuf)  # wb:190-193
+            cta.syncthreads()  # wb:194
+            m = np.zeros((4, 2, nwarps, 32, 4), np.float32)  # wb:196-202
+            for nu in range(4):  # wb:204
+                for kk in range(KC // 16):  # wb:206
+                    a = cta.ldmatrix_x4(vbuf + swz(nu * K.wtiles + a_row, kk * 2 + a_khalf))  # wb:208
+                    b = cta.ldmatrix_x4(smem_u + swz((xi * 4 + nu) * KC + b_n, kk * 2 + b_khalf))  # wb:210
+                    m[nu, 0] = mma_16816(T, m[nu, 0], a, b[..., 0], b[..., 1])  # wb:211
+                    m[nu, 1] = mma_16816(T, m[nu, 1], a, b[..., 2], b[..., 3])  # wb:212
+            ma0 = (m[0] + m[1]).astype(np.float32) + m[2]  # wb:221 (fp32, left to right)
+            ma1 = (m[1] - m[2]).astype(np.float32) - m[3]  # wb:222
+            if xi < 3:  # wb:223-226
                 y[0, 0] += ma0
                 y[0, 1] += ma1
-            if xi == 1:  # wb:252-254
+            if xi == 1:  # wb:227-229
                 y[1, 0] += ma0
                 y[1, 1] += ma1
-            elif xi >= 2:  # wb:255-257
+            elif xi >= 2:  # wb:230-232
                 y[1, 0] -= ma0
                 y[1, 1] -= ma1
 
-        tb, ty0, tx0 = tile_coord(tile_h, tile, tiles_x, tiles_y)  # wb:266
-        for half in range(2):  # wb:268
-            wt = warp_m * 16 + g + 8 * half  # wb:269, (warps, 32)
-            for i_ in range(2):  # wb:271
-                py = ty0 + 2 * (wt // K.wtiles_x) + i_  # wb:272
-                for j_ in range(2):  # wb:275
-                    px = tx0 + 2 * (wt % K.wtiles_x) + j_  # wb:276
-                    live = (py < H) & (px < W)  # wb:273, wb:277 (`continue`)
-                    dst = ((np.int64(tb) * H + py) * W + px) * KC + warp_n * 16 + 2 * t  # wb:278
-                    for k in range(2):  # wb:280
-                        v0 = relu_keep_nan(y[i_, j_, k, :, :, 2 * half + 0] + bias_r[:, :, k, 0])  # wb:281
-                        v1 = relu_keep_nan(y[i_, j_, k, :, :, 2 * half + 1] + bias_r[:, :, k, 1])  # wb:282
-                        word = pack2(T, v0, v1)  # wb:283
-                        lo = (word & 0xFFFF).astype(np.uint16)
-                        hi = (word >> 16).astype(np.uint16)
-                        d = (dst + k * 8)[live]
-                        g_out.store(d, np.stack([lo[live], hi[live]], axis=-1), n=2, align_bytes=4)
-        tile += grid_dim  # wb:187
+        tb, ty0, tx0 = tile_coord(tile_h, tile, tiles_x, tiles_y)  # wb:241
+        for half in range(2):  # wb:243
+            wt = warp_m * 16 + g + 8 * half  # wb:244, (warps, 32)
+            for i_ in range(2):  # wb:246
+                py = ty0 + 2 * (wt // K.wtiles_x) + i_  # wb:247
+                for j_ in range(2):  # wb:250
+                    px = tx0 + 2 * (wt % K.wtiles_x) + j_  # wb:251
+                    live = (py < H) & (px < W)  # wb:248, wb:252 (`continue`)
+                    dst = ((np.int64(tb) * H + py) * W + px) * KC + warp_n * 16 + 2 * t  # wb:253
+                    for k in range(2):  # wb:255
+                        v0, v1 = y[i_, j_, k, :, :, 2 * half + 0], y[i_, j_, k, :, :, 2 * half + 1]
+                        store_relu2(T, g_out, dst + k * 8, live, v0, v1, bias_r[:, :, k])  # wb:256
+        tile += grid_dim  # wb:172
         it += 1
-    cta.wait_group(0)  # wb:289
+    cta.wait_group(0)  # wb:262
     if cta.open:
         raise Hazard("cp.async copies issued but never committed")
 
 
 def launch_winograd(stages, T, x_bits, u_bits, bias, *, resident_ctas=132, eager=False):
-    """wb:299-303 -> ``launch_persistent`` (cuh) with ``resident_ctas`` standing for ``sms * per_sm``.
-
-    ``x_bits`` (N, H, W, 64) and ``u_bits`` (16, 64, 64) are uint16 patterns of ``T``; ``bias`` fp32 (64,).
-    Returns the output bit patterns (NaN-poisoned where never written) and the write counts.
-    """
-    K = WinoTile(stages)
-    n, h, w_, c = x_bits.shape
-    assert c == KC and u_bits.shape == (WINO_POS, KC, KC)
-    g_in = Global("in", x_bits.astype(np.uint16))
-    g_out = Global("out", np.full(x_bits.shape, T.poison, np.uint16))
-    g_u = Global("u", u_bits.astype(np.uint16))
-    g_bias = Global("bias", np.asarray(bias, np.float32))
-    tiles_x = (w_ + TILE_W - 1) // TILE_W
-    tiles_y = (h + K.tile_h - 1) // K.tile_h
-    num_tiles = n * tiles_x * tiles_y
-    grid = num_tiles if num_tiles < resident_ctas else resident_ctas
-    for block_idx in range(grid):
-        winograd_kernel_cta(K, T, g_in, g_out, g_u, g_bias, h, w_, tiles_x, tiles_y, num_tiles, block_idx, grid, eager)
-    return g_out.a.reshape(x_bits.shape), g_out.writes.reshape(x_bits.shape)
+    """wb:272-276 -> :func:`launch_tiles`; ``u_bits`` (16, 64, 64)."""
+    assert u_bits.shape == (WINO_POS, KC, KC)
+    return launch_tiles(WinoTile(stages), winograd_kernel_cta, T, x_bits, u_bits, bias, resident_ctas, eager)
 
 
 # ---------------------------------------------------------------------------------------------------
