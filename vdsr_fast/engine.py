@@ -226,9 +226,8 @@ class Engine:
                 self.max_batch_pixels = getattr(self._impl, "max_batch_pixels", None)
                 # Backends with persistent activation buffers are not reentrant: two threads
                 # interleaving their launches would share the buffers. The lock serialises the
-                # enqueueing (cheap: the GPU work itself stays asynchronous).
-                self._buffered = hasattr(self._impl, "buffers")
-                self._lock = threading.Lock() if self._buffered else None
+                # enqueueing (cheap: the GPU work itself stays asynchronous). No lock = no buffers.
+                self._lock = threading.Lock() if hasattr(self._impl, "buffers") else None
                 return
             if backend != "auto":
                 raise BackendUnavailable(reason)
@@ -242,7 +241,7 @@ class Engine:
         """Size the fast backends' activation buffers for ``(n, 1, h, w)`` inputs now (a no-op for
         the PyTorch backend). Growing them later drops the CUDA graphs captured on the old ones, so
         callers that know their largest input (a tiled frame's interior window) reserve it first."""
-        if not self._buffered or torch.compiler.is_compiling():
+        if self._lock is None or torch.compiler.is_compiling():  # no buffers to size
             return
         with self._lock, torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
             self._impl.buffers(n, h, w)
