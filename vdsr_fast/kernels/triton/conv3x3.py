@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pixels import program_pixels
+from .pixels import program_count, program_pixels
 
 __all__ = [
     "ConvConfig",
@@ -294,10 +294,7 @@ def _nhwc_output(name, x, out, n, h, w, c_out, dtype, size_c):
 def _launch(x, strides, w, b, out, n, h, w_, c_in, c_out, head, relu, config):
     m = n * h * w_
     share_row = config.share_row and not head
-    if config.tile_w:
-        tiles = n * triton.cdiv(h, config.block_m // config.tile_w) * triton.cdiv(w_, config.tile_w)
-    else:
-        tiles = triton.cdiv(m, config.block_m - 2 if share_row else config.block_m)
+    tiles = program_count(n, h, w_, config.block_m, config.tile_w, config.block_m - 2 if share_row else None)
     grid = (tiles, triton.cdiv(c_out, config.block_n))
     _conv3x3_kernel[grid](
         x, w, b, out, m, h, w_, *strides, out.stride(0), out.stride(1), out.stride(2),

@@ -1,4 +1,5 @@
-"""Which output pixels a program of the conv and tail kernels covers (a ``@triton.jit`` helper, no kernel)."""
+"""Which output pixels a program of the conv, Winograd and tail kernels covers: :func:`program_pixels`
+(a ``@triton.jit`` helper, no kernel) and, on the host, :func:`program_count` (the launch grid that matches it)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,11 @@ def program_pixels(pid, M, H, W, BLOCK_M: tl.constexpr, TILE_W: tl.constexpr, OU
         oh = rem // W
         ow = rem - oh * W
     return img, oh, ow, ok
+
+
+def program_count(n: int, h: int, w: int, block_m: int, tile_w: int, out_m: int | None = None) -> int:
+    """How many programs :func:`program_pixels` needs to cover ``n`` images of ``h`` x ``w`` (same arguments:
+    2-D tiles of (block_m // tile_w) x tile_w per image, or runs of ``out_m`` (default block_m) pixels)."""
+    if tile_w:
+        return n * triton.cdiv(h, block_m // tile_w) * triton.cdiv(w, tile_w)
+    return triton.cdiv(n * h * w, out_m or block_m)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pixels import program_pixels
+from .pixels import program_count, program_pixels
 
 __all__ = ["TailConfig", "tail_config", "pack_tail_weight", "conv3x3_tail_residual"]
 
@@ -178,11 +178,7 @@ def conv3x3_tail_residual(
     o3 = _plane(name, out, "output")
     config = config or tail_config(c_in)
     m = n * h * w_
-    if config.tile_w:
-        programs = n * triton.cdiv(h, config.block_m // config.tile_w) * triton.cdiv(w_, config.tile_w)
-    else:
-        programs = triton.cdiv(m, config.block_m)
-    _tail_kernel[(programs,)](
+    _tail_kernel[(program_count(n, h, w_, config.block_m, config.tile_w),)](
         x, w, b, y3, o3, m, h, w_, *x.stride(), *y3.stride(), *o3.stride(),
         C_IN=c_in, CLAMP=clamp, BLOCK_M=config.block_m, BLOCK_C=config.block_c, TILE_W=config.tile_w,
         num_warps=config.num_warps,

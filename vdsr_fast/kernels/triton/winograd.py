@@ -36,7 +36,7 @@ import triton.language as tl
 
 from .. import pack_winograd_weight
 from .conv3x3 import _check_common, _nhwc_output, _pow2_clamp
-from .pixels import program_pixels
+from .pixels import program_count, program_pixels
 
 __all__ = ["WinogradConfig", "winograd_config", "winograd_candidates", "pack_winograd_weight", "conv3x3_winograd"]
 
@@ -250,11 +250,7 @@ def conv3x3_winograd(
     out = _nhwc_output(name, x, out, n, h, w_, c_out, x.dtype, max(c_in, c_out))
     cfg = config or winograd_config(c_in, c_out, x.dtype)
     th, tw = triton.cdiv(h, 2), triton.cdiv(w_, 2)
-    if cfg.tile_tw:
-        blocks = n * triton.cdiv(th, cfg.block_t // cfg.tile_tw) * triton.cdiv(tw, cfg.tile_tw)
-    else:
-        blocks = triton.cdiv(n * th * tw, cfg.block_t)
-    grid = (blocks, triton.cdiv(c_out, cfg.block_n))
+    grid = (program_count(n, th, tw, cfg.block_t, cfg.tile_tw), triton.cdiv(c_out, cfg.block_n))
     _winograd_kernel[grid](
         x, u, b, out, n * th * tw, h, w_, th, tw, *x.stride(), out.stride(0), out.stride(1), out.stride(2),
         C_IN=c_in, C_OUT=c_out, RELU=relu, DOT_PRECISION="ieee" if u.dtype == torch.float32 else "tf32",
