@@ -1,19 +1,28 @@
 // The first and last VDSR layers, on CUDA cores (each has a single-channel side, so a GEMM would be
-// mostly padding; together they are ~3% of the network's FLOPs).
+// mostly padding; together they are ~3% of the network's FLOPs, but each moves a whole 64-channel
+// activation tensor: memory-bound; 265 MB at 1080p in fp16 is 0.055 ms at an H200's 4.8 TB/s peak).
 //
 // Head:  out[b][y][x][n] = relu( b0[n] + sum_{ky,kx} w0[n][ky*3+kx] * x[b][y+ky-1][x+kx-1] )
 //        x: fp32 Y plane [N][H][W]; out: NHWC fp16/bf16 [N][H][W][64]; w0, b0 fp32.
-//        Lane j of each group of eight owns channels 8j..8j+7 and keeps their 72 weights in registers
-//        for 8 pixels: per pixel 9 loads of x (cached), 72 FMAs, one 16-byte store; consecutive threads
-//        write consecutive 16-byte chunks (fully coalesced).  At 1080p on an H200 this took 0.29 ms
-//        where one thread per (pixel, chunk) reading the weights from shared memory took 0.38 ms.
-//
 // Tail:  y[b][y][x] = x[b][y][x] + bL + sum_{ky,kx,c} wL[ky*3+kx][c] * act[b][y+ky-1][x+kx-1][c]
 //        act: NHWC fp16/bf16; x, y: fp32 Y planes; wL, bL fp32.  The global residual add is fused here.
-//        Eight lanes per pixel, lane j owning channels 8j..8j+7: every 16-byte load of a warp covers
-//        four whole 128-byte pixels (coalesced); the eight partial sums meet through __shfl_xor_sync.
 //
-// Zero padding: taps outside the image contribute nothing.  Accumulation is fp32 throughout.
+// Both kernels: one CTA of 256 threads per 16 x 16-pixel output tile (tile order and coordinates as
+// the body kernels', body::tile_coord).  The CTA first stages its input tile with the one-pixel halo
+// in shared memory, zero-filled outside the image (the conv's zero padding), so each input value is
+// read from global memory about once (18 x 18 / 256 = 1.27x) and no pixel index is divided.
+// Thread (q, j) = (threadIdx.x / 8, threadIdx.x % 8): lane j of each group of eight owns channels
+// 8j .. 8j+7 and keeps their weights in registers; the group computes tile pixels q, q + 32, ...,
+// q + 224 (row p / 16, column p % 16), so a warp covers four adjacent pixels per step.
+//   Head: 9 reads of the staged Y values (8 lanes share each: broadcast), 72 FMAs, one 16-byte store
+//         per lane -- a warp writes 512 contiguous bytes.
+//   Tail: the halo is the body kernels' (cp.async, 128-byte rows, chunk j at slot j ^ (row & 7)); per
+//         tap each lane reads its 16-byte chunk (the 8 lanes of a quarter-warp: one pixel's 8 chunks,
+//         8 distinct bank groups), 8 FMAs; the eight partial sums meet through __shfl_xor_sync.
+// Accumulation is fp32 in a fixed order (bias first for the head; per lane taps 0..8, then lanes
+// 4, 2, 1 apart for the tail): a zero-filled tap adds w * 0 = 0 exactly.
+// (Before the tiles: one thread per (pixel, chunk) reading global memory and dividing indices; 0.29 ms
+// for the head and 0.40 ms for the tail at 1080p on an H200, benchmarks/results run 3.)
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -22,138 +31,156 @@
 #include <cstdint>
 #include <string>
 
-#include "device_utils.cuh"
-#include "vdsr_kernels.h"
+#include "conv3x3_body.cuh"
 
 namespace vdsr {
 namespace {
 
-constexpr int kC = 64;
-constexpr int kThreadsPerBlock = 256;
-constexpr int kLanesPerPixel = kC / 8;                               // lane j owns channels 8j .. 8j+7
-constexpr int kPixelGroups = kThreadsPerBlock / kLanesPerPixel;      // 32 pixels in flight per block
-constexpr int kPixelsPerThread = 8;                                  // its 72 weights serve 8 pixels
-constexpr int kPixelsPerBlock = kPixelGroups * kPixelsPerThread;     // 256
-// Pixel p of a thread is base + p * kPixelGroups + (threadIdx.x / 8): a warp covers four consecutive
-// pixels per step, so its 16-byte accesses cover 512 contiguous bytes of NHWC activations.
+using body::kC;
+
+// One output tile and its CTA (also the K of body::load_halo).
+struct EdgeTile {
+  static constexpr int kThreads = 256;
+  static constexpr int kTileH = 16;                      // x body::kTileW = 16 columns
+  static constexpr int kHaloW = body::kTileW + 2;        // 18
+  static constexpr int kHaloPix = (kTileH + 2) * kHaloW;  // 324
+};
+constexpr int kLanesPerPixel = kC / 8;                                     // lane j owns channels 8j .. 8j+7
+constexpr int kPixelGroups = EdgeTile::kThreads / kLanesPerPixel;          // 32 pixels per step
+constexpr int kSteps = EdgeTile::kTileH * body::kTileW / kPixelGroups;     // 8 steps per tile
 
 template <typename T>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+__global__ void __launch_bounds__(EdgeTile::kThreads)
     head_kernel(const float* __restrict__ x, T* __restrict__ out, const float* __restrict__ w,
-                const float* __restrict__ bias, int H, int W, int64_t total_pixels) {
+                const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y) {
+  __shared__ float sx[EdgeTile::kHaloPix];
+  const body::TileCoord tc = body::tile_coord<EdgeTile::kTileH>(blockIdx.x, tiles_x, tiles_y);
+  const float* img = x + static_cast<int64_t>(tc.b) * H * W;
+  for (int i = threadIdx.x; i < EdgeTile::kHaloPix; i += EdgeTile::kThreads) {
+    const int hy = i / EdgeTile::kHaloW;
+    const int hx = i - hy * EdgeTile::kHaloW;
+    const int yy = tc.y0 - 1 + hy;
+    const int xs = tc.x0 - 1 + hx;
+    const bool inside = static_cast<unsigned>(yy) < static_cast<unsigned>(H) &&
+                        static_cast<unsigned>(xs) < static_cast<unsigned>(W);
+    sx[i] = inside ? __ldg(img + static_cast<int64_t>(yy) * W + xs) : 0.0f;
+  }
   const int j = threadIdx.x % kLanesPerPixel;
-  const int g = threadIdx.x / kLanesPerPixel;
-  float wr[8][9], br[8];  // this lane's 8 output channels, in registers for all of its pixels
+  const int q = threadIdx.x / kLanesPerPixel;
+  float wr[8][9], br[8];  // this lane's 8 output channels, for all of its pixels
 #pragma unroll
   for (int c = 0; c < 8; ++c) {
     br[c] = __ldg(bias + j * 8 + c);
 #pragma unroll
     for (int tap = 0; tap < 9; ++tap) wr[c][tap] = __ldg(w + (j * 8 + c) * 9 + tap);
   }
-  const int64_t plane = static_cast<int64_t>(H) * W;
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * kPixelsPerBlock + g;
+  __syncthreads();
 #pragma unroll 2
-  for (int p = 0; p < kPixelsPerThread; ++p) {
-    const int64_t pix = base + p * kPixelGroups;  // b*H*W + y*W + x
-    if (pix >= total_pixels) break;
-    const int64_t b = pix / plane;
-    const int rem = static_cast<int>(pix - b * plane);
-    const int y = rem / W;
-    const int xx = rem - y * W;
-    const float* img = x + b * plane;
+  for (int s = 0; s < kSteps; ++s) {
+    const int p = s * kPixelGroups + q;
+    const int r = p / body::kTileW;
+    const int c = p % body::kTileW;
+    const int y = tc.y0 + r;
+    const int xx = tc.x0 + c;
+    if (y >= H || xx >= W) continue;
     float v[9];
 #pragma unroll
-    for (int tap = 0; tap < 9; ++tap) {
-      const int yy = y + tap / 3 - 1;
-      const int xs = xx + tap % 3 - 1;
-      const bool inside = static_cast<unsigned>(yy) < static_cast<unsigned>(H) &&
-                          static_cast<unsigned>(xs) < static_cast<unsigned>(W);
-      v[tap] = inside ? __ldg(img + static_cast<int64_t>(yy) * W + xs) : 0.0f;
-    }
+    for (int tap = 0; tap < 9; ++tap) v[tap] = sx[(r + tap / 3) * EdgeTile::kHaloW + c + tap % 3];
     uint32_t packed[4];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
+    for (int k = 0; k < 4; ++k) {
       float o[2];
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        float acc = br[q * 2 + e];
+        float acc = br[k * 2 + e];
 #pragma unroll
-        for (int tap = 0; tap < 9; ++tap) acc = fmaf(wr[q * 2 + e][tap], v[tap], acc);
+        for (int tap = 0; tap < 9; ++tap) acc = fmaf(wr[k * 2 + e][tap], v[tap], acc);
         o[e] = relu_keep_nan(acc);
       }
-      packed[q] = Storage<T>::pack2(o[0], o[1]);
+      packed[k] = Storage<T>::pack2(o[0], o[1]);
     }
-    *reinterpret_cast<uint4*>(out + pix * kC + j * 8) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    T* dst = out + ((static_cast<int64_t>(tc.b) * H + y) * W + xx) * kC + j * 8;
+    *reinterpret_cast<uint4*>(dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
   }
 }
 
-// One thread per (pixel, 8-channel chunk), the weights read from shared memory.  Measured at 1080p on an
-// H200: 0.40 ms; a variant with the weights in registers for 8 pixels per thread (as the head) took 0.66.
+// y may alias x (each pixel's x is read by the thread that then writes its y): no __restrict__ on them.
 template <typename T>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+__global__ void __launch_bounds__(EdgeTile::kThreads, 2)
     tail_kernel(const T* __restrict__ act, const float* x, float* y, const float* __restrict__ w,
-                const float* __restrict__ bias, int H, int W, int64_t total_chunks) {
-  __shared__ float sw[9 * kC];
-  for (int i = threadIdx.x; i < 9 * kC; i += blockDim.x) sw[i] = w[i];
+                const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y) {
+  __shared__ __align__(128) unsigned char halo[EdgeTile::kHaloPix * body::kRowBytes];  // 41,472 bytes
+  const body::TileCoord tc = body::tile_coord<EdgeTile::kTileH>(blockIdx.x, tiles_x, tiles_y);
+  const uint32_t sh = smem_addr(halo);
+  body::load_halo<EdgeTile>(sh, act, tc, H, W);
+  cp_async_commit();
+  const int j = threadIdx.x % kLanesPerPixel;
+  const int q = threadIdx.x / kLanesPerPixel;
+  float wr[9][8];  // this lane's 8 channels of every tap, while the halo is in flight
+#pragma unroll
+  for (int tap = 0; tap < 9; ++tap) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) wr[tap][k] = __ldg(w + tap * kC + j * 8 + k);
+  }
+  const float b0 = __ldg(bias);
+  cp_async_wait<0>();
   __syncthreads();
-
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const bool valid = idx < total_chunks;  // no early return: all 32 lanes take part in the shuffles
-  const int j = static_cast<int>(idx & 7);
-  const int64_t pix = idx >> 3;
-  float acc = 0.0f;
-  if (valid) {
-    const int64_t plane = static_cast<int64_t>(H) * W;
-    const int64_t b = pix / plane;
-    const int rem = static_cast<int>(pix - b * plane);
-    const int py = rem / W;
-    const int px = rem - py * W;
-    const T* img = act + b * plane * kC;
+#pragma unroll 2
+  for (int s = 0; s < kSteps; ++s) {
+    const int p = s * kPixelGroups + q;
+    const int r = p / body::kTileW;
+    const int c = p % body::kTileW;
+    float acc = 0.0f;
 #pragma unroll
     for (int tap = 0; tap < 9; ++tap) {
-      const int yy = py + tap / 3 - 1;
-      const int xs = px + tap % 3 - 1;
-      if (static_cast<unsigned>(yy) >= static_cast<unsigned>(H) ||
-          static_cast<unsigned>(xs) >= static_cast<unsigned>(W)) {
-        continue;
-      }
-      const uint4 u = __ldg(reinterpret_cast<const uint4*>(img + (static_cast<int64_t>(yy) * W + xs) * kC + j * 8));
+      const int hp = (r + tap / 3) * EdgeTile::kHaloW + c + tap % 3;
+      const uint4 u = *reinterpret_cast<const uint4*>(halo + body::swz(hp, j));
       const uint32_t words[4] = {u.x, u.y, u.z, u.w};
-      const float* wt = sw + tap * kC + j * 8;
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const float2 f = Storage<T>::unpack2(words[q]);
-        acc = fmaf(wt[2 * q], f.x, acc);
-        acc = fmaf(wt[2 * q + 1], f.y, acc);
+      for (int k = 0; k < 4; ++k) {
+        const float2 f = Storage<T>::unpack2(words[k]);
+        acc = fmaf(wr[tap][2 * k], f.x, acc);
+        acc = fmaf(wr[tap][2 * k + 1], f.y, acc);
       }
     }
+    // Sum the eight lanes of this pixel (lanes 8k .. 8k+7 of the warp; every lane takes part).
+    acc += __shfl_xor_sync(0xffffffffu, acc, 4);
+    acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+    const int yy = tc.y0 + r;
+    const int xx = tc.x0 + c;
+    if (j == 0 && yy < H && xx < W) {
+      const int64_t pix = (static_cast<int64_t>(tc.b) * H + yy) * W + xx;
+      y[pix] = x[pix] + (b0 + acc);
+    }
   }
-  // Sum the eight lanes of this pixel (lanes 8k .. 8k+7 of the warp).
-  acc += __shfl_xor_sync(0xffffffffu, acc, 4);
-  acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-  acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-  if (valid && j == 0) y[pix] = x[pix] + (bias[0] + acc);
 }
 
-int64_t checked_blocks(int64_t items, int64_t per_block, const char* what) {
-  const int64_t blocks = (items + per_block - 1) / per_block;
-  if (blocks > INT32_MAX) {
+struct Tiles {
+  int x, y, count;
+};
+
+Tiles edge_tiles(int n, int h, int w_, const char* what) {
+  const int tiles_x = (w_ + body::kTileW - 1) / body::kTileW;
+  const int tiles_y = (h + EdgeTile::kTileH - 1) / EdgeTile::kTileH;
+  const int64_t count = static_cast<int64_t>(n) * tiles_x * tiles_y;
+  if (count > INT32_MAX) {
     throw std::invalid_argument(std::string("vdsr_fast._C: input too large for the ") + what + " kernel");
   }
-  return blocks;
+  return {tiles_x, tiles_y, static_cast<int>(count)};
 }
 
 }  // namespace
 
 void launch_head(const float* x, void* out, const float* w, const float* b, int n, int h, int w_, DType dtype,
                  cudaStream_t stream) {
-  const int64_t pixels = static_cast<int64_t>(n) * h * w_;
-  const dim3 grid(static_cast<unsigned>(checked_blocks(pixels, kPixelsPerBlock, "head")));
+  const Tiles t = edge_tiles(n, h, w_, "head");
   if (dtype == kFloat16) {
-    head_kernel<__half><<<grid, kThreadsPerBlock, 0, stream>>>(x, static_cast<__half*>(out), w, b, h, w_, pixels);
+    head_kernel<__half><<<t.count, EdgeTile::kThreads, 0, stream>>>(x, static_cast<__half*>(out), w, b, h, w_, t.x,
+                                                                    t.y);
   } else if (dtype == kBFloat16) {
-    head_kernel<__nv_bfloat16>
-        <<<grid, kThreadsPerBlock, 0, stream>>>(x, static_cast<__nv_bfloat16*>(out), w, b, h, w_, pixels);
+    head_kernel<__nv_bfloat16><<<t.count, EdgeTile::kThreads, 0, stream>>>(x, static_cast<__nv_bfloat16*>(out), w,
+                                                                           b, h, w_, t.x, t.y);
   } else {
     throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
   }
@@ -162,14 +189,13 @@ void launch_head(const float* x, void* out, const float* w, const float* b, int 
 
 void launch_tail(const void* act, const float* x, float* y, const float* w, const float* b, int n, int h, int w_,
                  DType dtype, cudaStream_t stream) {
-  const int64_t chunks = static_cast<int64_t>(n) * h * w_ * kLanesPerPixel;  // one thread per chunk
-  const dim3 grid(static_cast<unsigned>(checked_blocks(chunks, kThreadsPerBlock, "tail")));
+  const Tiles t = edge_tiles(n, h, w_, "tail");
   if (dtype == kFloat16) {
-    tail_kernel<__half><<<grid, kThreadsPerBlock, 0, stream>>>(static_cast<const __half*>(act), x, y, w, b, h, w_,
-                                                               chunks);
+    tail_kernel<__half><<<t.count, EdgeTile::kThreads, 0, stream>>>(static_cast<const __half*>(act), x, y, w, b, h,
+                                                                    w_, t.x, t.y);
   } else if (dtype == kBFloat16) {
-    tail_kernel<__nv_bfloat16><<<grid, kThreadsPerBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(act), x, y,
-                                                                      w, b, h, w_, chunks);
+    tail_kernel<__nv_bfloat16><<<t.count, EdgeTile::kThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(act), x, y, w, b, h, w_, t.x, t.y);
   } else {
     throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
   }

@@ -27,6 +27,7 @@ Beyond values, the emulator checks what a single run on a GPU would not reliably
   copies are not visible yet) raises :class:`Hazard`; so does a ``cp.async`` into a chunk that was read
   since the last ``__syncthreads`` (write-after-read: the refill of a stage still being computed on);
 * every ``ldmatrix`` phase (8 row addresses) is checked to hit 8 distinct 16-byte bank groups.
+  So is every quarter-warp of a 16-byte ``ld.shared.v4``; 4-byte accesses: no two lanes on one bank.
 
 ``eager=True`` lands each ``cp.async`` at issue (the earliest the hardware may), ``eager=False`` at
 the ``wait_group`` that completes it (the latest); a correct kernel gives the same result both ways.
@@ -248,7 +249,7 @@ class Cta:
     def _check_read(self, chunk, what):
         """A read of shared chunks: written, completed and made visible by a barrier; records the read."""
         state = self.ready[chunk]
-        if state.max() >= self.epoch:
+        if state.size and state.max() >= self.epoch:
             if np.any(state == NEVER):
                 raise Hazard(f"{what} reads shared memory that was never written")
             if np.any(state == PENDING):
@@ -257,38 +258,67 @@ class Cta:
         self.last_read[chunk] = self.epoch
 
     @staticmethod
-    def _check_banks(addr, what):
-        """One warp's 4-byte accesses (``addr[..., lane]``): no two lanes on one bank with different words."""
+    def _check_banks(addr, what, active=None):
+        """One warp's 4-byte accesses (``addr[..., lane]``; lanes where ``active`` is False take no part):
+        no two lanes on one bank with different words."""
         words = np.asarray(addr, np.int64) >> 2
         banks = words & 31
         clash = (banks[..., :, None] == banks[..., None, :]) & (words[..., :, None] != words[..., None, :])
+        if active is not None:
+            clash &= active[..., :, None] & active[..., None, :]
         if clash.any():
             raise Hazard(f"{what} with a shared-memory bank conflict")
 
-    def lds32(self, addr):
-        """``ld.shared.b32`` (wb:88-92); ``addr[..., lane]`` byte addresses -> uint32 values."""
+    def _access(self, addr, size, what, active):
+        """Range/alignment checks of a warp access; returns the active lanes' byte addresses."""
         addr = np.asarray(addr, np.int64)
-        if np.any(addr % 4) or addr.min() < 0 or addr.max() + 4 > self.h.size * 2:
-            raise Hazard("ld.shared: address out of range or not 4-byte aligned")
-        self._check_read(addr // 16, "ld.shared")
-        self._check_banks(addr, "ld.shared")
-        return self.h[addr // 2].astype(np.uint32) | (self.h[addr // 2 + 1].astype(np.uint32) << 16)
+        live = np.broadcast_to(True if active is None else active, addr.shape)
+        a = addr[live]
+        if np.any(a % size) or (a.size and (a.min() < 0 or a.max() + size > self.h.size * 2)):
+            raise Hazard(f"{what}: address out of range or not {size}-byte aligned")
+        return a
 
-    def sts32(self, addr, value):
-        """``st.shared.b32`` (wb:94-96): visible to other threads after the next barrier."""
-        addr = np.asarray(addr, np.int64)
-        if np.any(addr % 4) or addr.min() < 0 or addr.max() + 4 > self.h.size * 2:
-            raise Hazard("st.shared: address out of range or not 4-byte aligned")
-        chunk = addr // 16
+    def lds32(self, addr, active=None):
+        """``ld.shared.b32`` (wb:88-92, ht:88); ``addr[..., lane]`` byte addresses -> uint32 values
+        (0 in lanes where ``active`` is False)."""
+        a = self._access(addr, 4, "ld.shared", active)
+        self._check_read(a // 16, "ld.shared")
+        self._check_banks(addr, "ld.shared", active)
+        out = np.zeros(np.shape(addr), np.uint32)
+        live = np.broadcast_to(True if active is None else active, out.shape)
+        out[live] = self.h[a // 2].astype(np.uint32) | (self.h[a // 2 + 1].astype(np.uint32) << 16)
+        return out
+
+    def sts32(self, addr, value, active=None):
+        """``st.shared.b32`` (wb:94-96, ht:66): visible to other threads after the next barrier."""
+        a = self._access(addr, 4, "st.shared", active)
+        chunk = a // 16
         if np.any(self.last_read[chunk] >= self.epoch):
             raise Hazard("st.shared into shared memory read since the last __syncthreads (write-after-read)")
         if np.any(self.ready[chunk] == PENDING):
             raise Hazard("st.shared into shared memory with a cp.async in flight")
-        self._check_banks(addr, "st.shared")
-        value = np.asarray(value, np.uint32)
-        self.h[addr // 2] = (value & 0xFFFF).astype(np.uint16)
-        self.h[addr // 2 + 1] = (value >> 16).astype(np.uint16)
+        self._check_banks(addr, "st.shared", active)
+        value = np.broadcast_to(np.asarray(value, np.uint32), np.shape(addr))
+        value = value[np.broadcast_to(True if active is None else active, value.shape)]
+        self.h[a // 2] = (value & 0xFFFF).astype(np.uint16)
+        self.h[a // 2 + 1] = (value >> 16).astype(np.uint16)
         self.ready[chunk] = self.epoch
+
+    def lds128(self, addr):
+        """``ld.shared.v4.b32`` (ht:137); ``addr[..., lane]`` -> ``(..., lane, 4)`` uint32.  A 16-byte access
+        is served a quarter-warp (8 lanes) at a time: their chunks must sit in 8 distinct 16-byte bank
+        groups (or be the same chunk)."""
+        addr = np.asarray(addr, np.int64)
+        assert addr.shape[-1] == 32
+        self._access(addr, 16, "ld.shared.v4", None)
+        self._check_read(addr // 16, "ld.shared.v4")
+        quarters = addr.reshape(addr.shape[:-1] + (4, 8))
+        group = (quarters >> 4) & 7
+        clash = (group[..., :, None] == group[..., None, :]) & (quarters[..., :, None] != quarters[..., None, :])
+        if clash.any():
+            raise Hazard("ld.shared.v4 quarter-warp with a shared-memory bank conflict")
+        w = (addr >> 1)[..., None] + 2 * np.arange(4)
+        return self.h[w].astype(np.uint32) | (self.h[w + 1].astype(np.uint32) << 16)
 
     def ldmatrix_x4(self, addr):
         """``ldmatrix.sync.aligned.m8n8.x4.shared.b16``; ``addr[..., lane]`` -> ``r[..., lane, 4]`` (uint32)."""
@@ -683,110 +713,124 @@ def launch_winograd(stages, T, x_bits, u_bits, bias, *, resident_ctas=132, eager
 
 
 # ---------------------------------------------------------------------------------------------------
-# Head and tail kernels (head_tail.cu), all threads of all blocks at once.
+# Head and tail kernels (head_tail.cu): one CTA per 16 x 16 tile, its 256 threads as (warps, lanes) arrays.
 # ---------------------------------------------------------------------------------------------------
-THREADS_PER_BLOCK = 256  # ht:30
+@dataclass(frozen=True)
+class EdgeTile:
+    """ht:42-47 (also the ``K`` of ``load_halo``)."""
+
+    threads: int = 256
+    tile_h: int = 16
+    halo_w: int = TILE_W + 2
+    halo_pix: int = (16 + 2) * (TILE_W + 2)
 
 
-def checked_blocks(threads):
-    """ht:125-131."""
-    blocks = (threads + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-    assert blocks <= 2**31 - 1
-    return blocks
+EDGE = EdgeTile()
+PIXEL_GROUPS = EDGE.threads // 8  # ht:48-49
+STEPS = EDGE.tile_h * TILE_W // PIXEL_GROUPS  # ht:50
+EDGE_TID = np.arange(EDGE.threads).reshape(-1, 32)  # threadIdx.x as (warp, lane)
+
+
+def edge_tiles(n, h, w_):
+    """ht:163-171 -> (tiles_x, tiles_y, count)."""
+    tiles_x = (w_ + TILE_W - 1) // TILE_W
+    tiles_y = (h + EDGE.tile_h - 1) // EDGE.tile_h
+    count = n * tiles_x * tiles_y
+    assert count <= 2**31 - 1
+    return tiles_x, tiles_y, count
+
+
+def step_pixel(tc, s, q, h, w_):
+    """ht:80-84 / ht:130-132, ht:150-151: tile pixel of step ``s`` -> (r, c, y, x, inside the image)."""
+    p = s * PIXEL_GROUPS + q
+    r, c = p // TILE_W, p % TILE_W
+    y, x = tc[1] + r, tc[2] + c
+    return r, c, y, x, (y < h) & (x < w_)
 
 
 def launch_head(T, x, w, bias):
-    """ht:135-148 + ht:32-77.  ``x`` fp32 (N, H, W), ``w`` fp32 (64, 9), ``bias`` fp32 (64,)."""
+    """ht:175-188 + ht:52-105.  ``x`` fp32 (N, H, W), ``w`` fp32 (64, 9), ``bias`` fp32 (64,)."""
     n, h, w_ = x.shape
-    chunks = n * h * w_ * 8  # ht:137
-    grid = checked_blocks(chunks)  # ht:138
+    tiles_x, tiles_y, count = edge_tiles(n, h, w_)  # ht:177
     g_x = Global("x", np.asarray(x, np.float32))
     g_out = Global("out", np.full((n, h, w_, KC), T.poison, np.uint16))
     g_w = Global("w", np.asarray(w, np.float32))
     g_b = Global("bias", np.asarray(bias, np.float32))
-    tid = np.arange(THREADS_PER_BLOCK)
-    sw = g_w.load(strided_loop(tid, KC * 9, THREADS_PER_BLOCK))  # ht:38 (sw[i] = w[i], i ascending)
-    sb = g_b.load(strided_loop(tid, KC, THREADS_PER_BLOCK))  # ht:39
-    assert sw.size == KC * 9 and sb.size == KC
-    idx = np.arange(grid * THREADS_PER_BLOCK, dtype=np.int64)  # ht:42: blockIdx.x * blockDim.x + threadIdx.x
-    idx = idx[idx < chunks]  # ht:43
-    j = (idx & 7).astype(np.int64)  # ht:44
-    pix = idx >> 3  # ht:45
-    plane = np.int64(h) * w_  # ht:46
-    b = pix // plane  # ht:47
-    rem = pix - b * plane  # ht:48
-    y = rem // w_  # ht:49
-    xx = rem - y * w_  # ht:50
-    img = b * plane  # ht:51
-    v = []
-    for tap in range(9):  # ht:55
-        yy = y + tap // 3 - 1  # ht:56
-        xs = xx + tap % 3 - 1  # ht:57
-        inside = unsigned_lt(yy, h) & unsigned_lt(xs, w_)  # ht:58-59
-        val = np.zeros(idx.shape, np.float32)
-        val[inside] = g_x.load((img + yy * w_ + xs)[inside])  # ht:60
-        v.append(val)
-    packed = []
-    for q in range(4):  # ht:64
-        o = []
-        for e in range(2):  # ht:67
-            n_ = j * 8 + q * 2 + e  # ht:68
-            acc = sb[n_]  # ht:69
-            for tap in range(9):  # ht:71
-                acc = fmaf(sw[n_ * 9 + tap], v[tap], acc)
-            o.append(relu_keep_nan(acc))  # ht:72
-        packed.append(pack2(T, o[0], o[1]))  # ht:74
-    words = np.stack(packed, axis=-1)  # ht:76: uint4 = 8 halves, .x first
-    halves = np.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1, 8).astype(np.uint16)
-    g_out.store(pix * KC + j * 8, halves, n=8, align_bytes=16)
+    j, q = EDGE_TID % 8, EDGE_TID // 8  # ht:68-69
+    n_ = (j * 8)[..., None] + np.arange(8)  # ht:72: this lane's channels
+    br = g_b.load(n_)  # ht:73
+    wr = g_w.load(n_[..., None] * 9 + np.arange(9))  # ht:75: wr[warp, lane, c, tap]
+    for block_idx in range(count):
+        cta = Cta(EDGE.halo_pix * 4, T.poison, eager=True)  # ht:56: sx, fp32
+        tc = tile_coord(EDGE.tile_h, block_idx, tiles_x, tiles_y)  # ht:57
+        img = np.int64(tc[0]) * h * w_  # ht:58
+        for base in range(0, EDGE.halo_pix, EDGE.threads):  # ht:59
+            i = base + EDGE_TID
+            active = i < EDGE.halo_pix
+            hy = i // EDGE.halo_w  # ht:60
+            hx = i - hy * EDGE.halo_w  # ht:61
+            yy = tc[1] - 1 + hy  # ht:62
+            xs = tc[2] - 1 + hx  # ht:63
+            inside = active & unsigned_lt(yy, h) & unsigned_lt(xs, w_)  # ht:64-65
+            val = np.zeros(i.shape, np.float32)
+            val[inside] = g_x.load(img + yy[inside].astype(np.int64) * w_ + xs[inside])  # ht:66
+            cta.sts32(4 * i, val.view(np.uint32), active)
+        cta.syncthreads()  # ht:77
+        for s in range(STEPS):  # ht:79
+            r, c, y, xx, live = step_pixel(tc, s, q, h, w_)  # ht:80-85
+            v = [cta.lds32(4 * ((r + tap // 3) * EDGE.halo_w + c + tap % 3), live).view(np.float32)
+                 for tap in range(9)]  # ht:88  # fmt: skip
+            packed = []
+            for k in range(4):  # ht:91
+                o = []
+                for e in range(2):  # ht:94
+                    acc = br[..., k * 2 + e]  # ht:95
+                    for tap in range(9):  # ht:97
+                        acc = fmaf(wr[..., k * 2 + e, tap], v[tap], acc)
+                    o.append(relu_keep_nan(acc))  # ht:98
+                packed.append(pack2(T, o[0], o[1]))  # ht:100
+            words = np.stack(packed, axis=-1)[live]  # ht:103: uint4 = 8 halves, .x first
+            halves = np.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1, 8).astype(np.uint16)
+            dst = ((np.int64(tc[0]) * h + y) * w_ + xx) * KC + j * 8  # ht:102
+            g_out.store(dst[live], halves, n=8, align_bytes=16)
     return g_out.a.reshape(n, h, w_, KC), g_out.writes.reshape(n, h, w_, KC)
 
 
-def launch_tail(T, act_bits, x, w, bias, *, alias_y_to_x=False):
-    """ht:150-164 + ht:79-123.  ``act_bits`` (N, H, W, 64) uint16, ``x`` fp32 (N, H, W), ``w`` fp32 (9, 64).
+def launch_tail(T, act_bits, x, w, bias, *, alias_y_to_x=False, eager=False):
+    """ht:190-204 + ht:107-157.  ``act_bits`` (N, H, W, 64) uint16, ``x`` fp32 (N, H, W), ``w`` fp32 (9, 64).
 
     ``alias_y_to_x`` runs it in place (y == x, which vdsr_kernels.h allows).
     """
     n, h, w_, _ = act_bits.shape
-    chunks = n * h * w_ * 8  # ht:152
-    grid = checked_blocks(chunks)  # ht:153
+    tiles_x, tiles_y, count = edge_tiles(n, h, w_)  # ht:192
     g_act = Global("act", act_bits.astype(np.uint16))
     g_x = Global("x", np.asarray(x, np.float32).copy())
     g_y = g_x if alias_y_to_x else Global("y", np.full((n, h, w_), np.nan, np.float32))
     g_w = Global("w", np.asarray(w, np.float32))
     g_b = Global("bias", np.asarray(bias, np.float32))
-    tid = np.arange(THREADS_PER_BLOCK)
-    sw = g_w.load(strided_loop(tid, 9 * KC, THREADS_PER_BLOCK))  # ht:84
-    assert sw.size == 9 * KC
-    idx = np.arange(grid * THREADS_PER_BLOCK, dtype=np.int64)  # ht:87
-    valid = idx < chunks  # ht:88
-    j = (idx & 7).astype(np.int64)  # ht:89
-    pix = idx >> 3  # ht:90
-    acc = np.zeros(idx.shape, np.float32)  # ht:91
-    plane = np.int64(h) * w_  # ht:93
-    b = pix // plane  # ht:94
-    rem = pix - b * plane  # ht:95
-    py = rem // w_  # ht:96
-    px = rem - py * w_  # ht:97
-    img = b * plane * KC  # ht:98
-    for tap in range(9):  # ht:100
-        yy = py + tap // 3 - 1  # ht:101
-        xs = px + tap % 3 - 1  # ht:102
-        take = valid & unsigned_lt(yy, h) & unsigned_lt(xs, w_)  # ht:92, ht:103-106
-        u = g_act.load((img + (yy * w_ + xs) * KC + j * 8)[take], 8, align_bytes=16)  # ht:107 (uint4)
-        words = u[:, 0::2].astype(np.uint32) | (u[:, 1::2].astype(np.uint32) << 16)  # ht:108
-        wt = tap * KC + j[take] * 8  # ht:109
-        a = acc[take]
-        for q in range(4):  # ht:111
-            fx, fy = unpack2(T, words[:, q])  # ht:112
-            a = fmaf(sw[wt + 2 * q], fx, a)  # ht:113
-            a = fmaf(sw[wt + 2 * q + 1], fy, a)  # ht:114
-        acc[take] = a
-    lanes = acc.reshape(-1, 32)  # ht:119-121: __shfl_xor_sync within each warp (all 32 lanes take part)
-    for m in (4, 2, 1):
-        lanes = (lanes + lanes[:, LANE ^ m]).astype(np.float32)
-    acc = lanes.ravel()
-    out = valid & (j == 0)  # ht:122
-    xv = g_x.load(pix[out])
-    g_y.store(pix[out], (xv + (g_b.load(np.zeros(out.sum(), np.int64)) + acc[out])).astype(np.float32))
+    j, q = EDGE_TID % 8, EDGE_TID // 8  # ht:117-118
+    wr = g_w.load(np.arange(9)[:, None] * KC + (j * 8)[..., None, None] + np.arange(8))  # ht:123: [warp, lane, tap, k]
+    b0 = g_b.load(0)  # ht:125
+    for block_idx in range(count):
+        cta = Cta(EDGE.halo_pix * ROW_BYTES, T.poison, eager)  # ht:112
+        tc = tile_coord(EDGE.tile_h, block_idx, tiles_x, tiles_y)  # ht:113
+        load_halo(EDGE, cta, 0, g_act, tc, h, w_)  # ht:115
+        cta.commit()  # ht:116
+        cta.wait_group(0)  # ht:126
+        cta.syncthreads()  # ht:127
+        for s in range(STEPS):  # ht:129
+            r, c, yy, xx, live = step_pixel(tc, s, q, h, w_)  # ht:130-132, ht:150-151
+            acc = np.zeros(EDGE_TID.shape, np.float32)  # ht:133
+            for tap in range(9):  # ht:135
+                hp = (r + tap // 3) * EDGE.halo_w + c + tap % 3  # ht:136
+                u = cta.lds128(swz(hp, j))  # ht:137-138
+                for k in range(4):  # ht:140
+                    fx, fy = unpack2(T, u[..., k])  # ht:141
+                    acc = fmaf(wr[..., tap, 2 * k], fx, acc)  # ht:142
+                    acc = fmaf(wr[..., tap, 2 * k + 1], fy, acc)  # ht:143
+            for m in (4, 2, 1):  # ht:147-149: __shfl_xor_sync within each warp
+                acc = (acc + acc[:, LANE ^ m]).astype(np.float32)
+            out = (j == 0) & live  # ht:152
+            pix = ((np.int64(tc[0]) * h + yy) * w_ + xx)[out]  # ht:153
+            g_y.store(pix, (g_x.load(pix) + (b0 + acc[out])).astype(np.float32))  # ht:154
     return g_y.a.reshape(n, h, w_).copy(), g_y.writes.reshape(n, h, w_)

@@ -254,21 +254,46 @@ def test_head_matches_conv2d(dtype, size):
     check_close(TYPES[dtype].to_float(out), ref.numpy(), REL[dtype], f"head {dtype} {size}")
 
 
-@pytest.mark.parametrize("alias", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
-def test_tail_matches_conv2d(dtype, size, alias):
-    g = torch.Generator().manual_seed(2)
+def tail_case(size, dtype, seed=2):
+    """Random NHWC activations, Y plane, packed tail weights and bias, and the float64 reference."""
+    g = torch.Generator().manual_seed(seed)
     n, h, w_ = size
     act = torch.rand(n, h, w_, 64, generator=g).to(dtype)
     x = torch.rand(size, generator=g)
     w = torch.randn(1, 64, 3, 3, generator=g) * 0.1
     b = torch.randn(1, generator=g)
     w_packed = w.permute(2, 3, 1, 0).reshape(9, 64)  # cuda.py:193
-    y, writes = emu.launch_tail(TYPES[dtype], bits(act), x.numpy(), w_packed.numpy(), b.numpy(), alias_y_to_x=alias)
-    assert (writes == 1).all()
     ref = x.double() + F.conv2d(act.double().permute(0, 3, 1, 2), w.double(), b.double(), padding=1)[:, 0]
-    check_close(y, ref.numpy(), 1e-5, f"tail {dtype} {size}")
+    return (bits(act), x.numpy(), w_packed.numpy(), b.numpy()), ref.numpy()
+
+
+@pytest.mark.parametrize("alias", [False, True], ids=["y", "in-place"])
+@pytest.mark.parametrize("eager", [False, True], ids=["land-at-wait", "land-at-issue"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_tail_matches_conv2d(dtype, size, alias, eager):
+    args, ref = tail_case(size, dtype)
+    y, writes = emu.launch_tail(TYPES[dtype], *args, alias_y_to_x=alias, eager=eager)
+    assert (writes == 1).all()
+    check_close(y, ref, 1e-5, f"tail {dtype} {size}")
+
+
+def test_head_detects_a_missing_barrier(monkeypatch):
+    monkeypatch.setattr(emu.Cta, "syncthreads", lambda self: None)
+    with pytest.raises(emu.Hazard, match="without a __syncthreads"):
+        emu.launch_head(emu.Half, np.random.rand(1, 5, 7).astype(np.float32), np.ones((64, 9), np.float32),
+                        np.zeros(64, np.float32))  # fmt: skip
+
+
+@pytest.mark.parametrize("bug", ["barrier", "wait"])
+def test_tail_detects_a_missing_barrier_or_wait(monkeypatch, bug):
+    if bug == "barrier":
+        monkeypatch.setattr(emu.Cta, "syncthreads", lambda self: None)
+    else:
+        monkeypatch.setattr(emu.Cta, "wait_group", lambda self, n: None)
+    args, _ = tail_case((1, 5, 7), torch.float16)
+    with pytest.raises(emu.Hazard, match="without a __syncthreads" if bug == "barrier" else "not completed"):
+        emu.launch_tail(emu.Half, *args)
 
 
 def test_whole_network_chain_matches_the_reference():
