@@ -476,16 +476,19 @@ def _build_compile(model: VDSR, device: torch.device):
     return fn, "compiled per shape (dynamic=False); compile time not included"
 
 
-def _engine(backend: str, dtype: torch.dtype, winograd: bool = False):
+def _engine(backend: str, dtype: torch.dtype, body: str = ""):
+    """An engine with its default body kernel, or ``body="winograd"`` / ``"wgmma"`` (CUDA only): the
+    experimental ones, not yet defaults."""
+
     def build(model: VDSR, device: torch.device):
         from vdsr_fast.engine import Engine
 
-        if not winograd:
+        if not body:
             return Engine(model, backend=backend, dtype=dtype, device=device), ""
         if backend == "cuda":
             from vdsr_fast.kernels.cuda import load_extension
 
-            vid = next(v["id"] for v in load_extension().body_variants() if v["winograd"])
+            vid = next(v["id"] for v in load_extension().body_variants() if v[body])
             opts = {"body_variant": vid}
         else:
             from vdsr_fast.kernels.triton.winograd import winograd_config
@@ -544,9 +547,11 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
                 f"engine_{name}_{dname}", f"engine {name}", dname, torch.float32, False, _engine(name, dtype), reason
             )
             paths.append(spec)
-            if name in ("cuda", "triton") and dtype != torch.float32:  # the Winograd F(2x2, 3x3) bodies, not yet defaults
-                paths.append(PathSpec(f"engine_{name}_winograd_{dname}", f"engine {name} Winograd body", dname,
-                                      torch.float32, False, _engine(name, dtype, winograd=True), reason))  # fmt: skip
+            bodies = {"cuda": ("winograd", "wgmma"), "triton": ("winograd",)}.get(name, ())
+            for body in bodies if dtype != torch.float32 else ():  # the experimental body kernels
+                label = {"winograd": "Winograd", "wgmma": "wgmma"}[body]
+                paths.append(PathSpec(f"engine_{name}_{body}_{dname}", f"engine {name} {label} body", dname,
+                                      torch.float32, False, _engine(name, dtype, body), reason))  # fmt: skip
     paths += [
         PathSpec("eager_fp16", "PyTorch eager NCHW", "fp16", torch.float16, False, _eager(torch.float16, False)),
         PathSpec("eager_tf32", "PyTorch eager NCHW", "tf32", torch.float32, False, _eager(torch.float32, False),

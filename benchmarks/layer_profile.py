@@ -6,7 +6,7 @@
 Times (``triton.testing.do_bench`` medians after warm-up), at one frame size, in one process:
   - the fp16 matmul peak (8192^3), the ceiling the TFLOP/s are compared with;
   - one 64->64 body layer: cuDNN's fused conv+bias+ReLU (channels_last), every CUDA body variant
-    (``vdsr_fast._C.body_variants()``), every Triton body candidate config (``body_config_candidates``)
+    (``vdsr_fast._C.body_variants()``: direct mma.sync, Winograd, wgmma), every Triton body candidate config (``body_config_candidates``)
     and every Winograd F(2x2, 3x3) candidate (``winograd_candidates``; its TFLOP/s count the direct
     convolution's FLOPs, so they compare with the other rows as speed);
   - the head (1->64 + ReLU) and the tail (64->1 + bias + residual) of each backend (the Triton tail in
@@ -105,21 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     stream = lambda: torch.cuda.current_stream().cuda_stream  # noqa: E731
     if ext is not None:
         from vdsr_fast.kernels import pack_winograd_weight
-        from vdsr_fast.kernels.cuda import pack_body_weight
+        from vdsr_fast.kernels.cuda import pack_body_weight, variant_unavailable
 
         code = ext.DTYPE_FLOAT16 if dt == torch.float16 else ext.DTYPE_BFLOAT16
         packed = {False: pack_body_weight(w, dt), True: pack_winograd_weight(w, dt)}
         out = torch.full_like(x_nhwc, float("nan"))
         auto = ext.body_auto_variant(0)
-        smem = torch.cuda.get_device_properties(dev).shared_memory_per_block_optin
         for v in ext.body_variants():
-            if v["smem_bytes"] > smem:
+            if why := variant_unavailable(v, dev):
+                print(f"cuda variant {v['id']}: {why}")
                 continue
             wb = packed[v["winograd"]]
             f = lambda v=v, wb=wb: ext.body(x_nhwc.data_ptr(), out.data_ptr(), wb.data_ptr(), b.data_ptr(),  # noqa: E731
                                             n, ht, wd, code, 0, stream(), v["id"])  # fmt: skip
             desc = f"{v['tile_h']}x{v['tile_w']} px, {v['threads']} thr, {v['stages']} stages, {v['smem_bytes'] // 1024} KB"
-            desc += ", Winograd F(2x2,3x3), direct-conv FLOPs" if v["winograd"] else ""
+            desc += ", Winograd F(2x2,3x3), direct-conv FLOPs" if v["winograd"] else ", wgmma" if v["wgmma"] else ""
             add("body", f"cuda variant {v['id']}" + (" (auto)" if v["id"] == auto else ""), f, fl, desc, out, check)
 
     # Triton's Winograd F(2x2, 3x3) candidates, before the direct sweep (measured in earlier runs) so that a
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         nets = [("cuda", "cuda", {}), ("triton", "triton", {})]
         if ext is not None:
-            nets += [(f"cuda Winograd variant {v['id']}", "cuda", {"body_variant": v["id"]})
-                     for v in ext.body_variants() if v["winograd"]]  # fmt: skip
+            nets += [(f"cuda {'Winograd' if v['winograd'] else 'wgmma'} variant {v['id']}", "cuda", {"body_variant": v["id"]})
+                     for v in ext.body_variants() if v["winograd"] or v["wgmma"]]  # fmt: skip
         nets.append(("triton Winograd body", "triton", {"body_config": twino.winograd_config(C, C, dt)}))
         for label, backend, opts in nets:
             try:

@@ -200,6 +200,7 @@ py::list body_variants() {
     d["stages"] = v[i].stages;
     d["smem_bytes"] = v[i].smem_bytes;
     d["winograd"] = v[i].winograd != 0;
+    d["wgmma"] = v[i].wgmma != 0;
     out.append(d);
   }
   return out;

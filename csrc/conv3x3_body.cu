@@ -1,7 +1,7 @@
 // Variant table and dispatch of the tensor-core body kernel (kernel: conv3x3_body.cuh).
 #include <string>
 
-#include "winograd_body.cuh"
+#include "body_variants.cuh"
 #include "vdsr_kernels.h"
 
 namespace vdsr {
@@ -10,15 +10,19 @@ namespace {
 
 #define VDSR_VARIANT_INFO(WM, WN, MI, S)                                                                   \
   BodyVariant{0, BodyTile<WM, WN, MI, S>::kTileH, kTileW, BodyTile<WM, WN, MI, S>::kThreads, MI * 16, \
-              BodyTile<WM, WN, MI, S>::kNCols, S, BodyTile<WM, WN, MI, S>::kSmemBytes, 0},
+              BodyTile<WM, WN, MI, S>::kNCols, S, BodyTile<WM, WN, MI, S>::kSmemBytes, 0, 0},
 // Winograd warp tile: 16 w-tiles = 64 output pixels x 16 out channels.
 #define VDSR_WINO_INFO(S) \
-  BodyVariant{0, WinoTile<S>::kTileH, kTileW, WinoTile<S>::kThreads, 64, 16, S, WinoTile<S>::kSmemBytes, 1},
+  BodyVariant{0, WinoTile<S>::kTileH, kTileW, WinoTile<S>::kThreads, 64, 16, S, WinoTile<S>::kSmemBytes, 1, 0},
+// wgmma warp tile: each warp supplies 16 pixels of two 64-pixel M-blocks, its warpgroup all 64 channels.
+#define VDSR_WGMMA_INFO(S) \
+  BodyVariant{0, WgmmaTile<S>::kTileH, kTileW, WgmmaTile<S>::kThreads, 32, 64, S, WgmmaTile<S>::kSmemBytes, 0, 1},
 const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIANT_INFO)
-                                                       VDSR_WINO_VARIANTS(VDSR_WINO_INFO)};
+                                                       VDSR_WINO_VARIANTS(VDSR_WINO_INFO)
+                                                           VDSR_WGMMA_VARIANTS(VDSR_WGMMA_INFO)};
 
 // Automatic choice: the first of these that fits the device's shared memory (direct kernels only:
-// the Winograd variants run when asked for by id, until GPU timings rank them).  On an H200 at 1080p
+// the Winograd and wgmma variants run when asked for by id, until GPU timings rank them).  On an H200 at 1080p
 // variants 0 and 1 took 0.434-0.436 ms per layer and variant 2 0.477 (benchmarks/results, 2026-11-26).
 constexpr int kAutoOrder[] = {0, 1, 2};
 

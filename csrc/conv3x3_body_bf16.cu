@@ -1,13 +1,15 @@
-// The bf16 instantiations of the body kernel variants (conv3x3_body.cuh, winograd_body.cuh).
-#include "winograd_body.cuh"
+// The bf16 instantiations of the body kernel variants (conv3x3_body.cuh, winograd_body.cuh, wgmma_body.cuh).
+#include "body_variants.cuh"
 
 namespace vdsr {
 namespace body {
 
 #define VDSR_BODY_LAUNCH_BF16(WM, WN, MI, S) &launch_variant<__nv_bfloat16, WM, WN, MI, S>,
 #define VDSR_WINO_LAUNCH_BF16(S) &launch_winograd<__nv_bfloat16, S>,
+#define VDSR_WGMMA_LAUNCH_BF16(S) &launch_wgmma<__nv_bfloat16, S>,
 const LaunchFn kLaunchBf16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_BF16)
-                                                   VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_BF16)};
+                                                   VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_BF16)
+                                                   VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_BF16)};
 
 }  // namespace body
 }  // namespace vdsr

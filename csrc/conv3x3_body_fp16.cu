@@ -1,13 +1,15 @@
-// The fp16 instantiations of the body kernel variants (conv3x3_body.cuh, winograd_body.cuh).
-#include "winograd_body.cuh"
+// The fp16 instantiations of the body kernel variants (conv3x3_body.cuh, winograd_body.cuh, wgmma_body.cuh).
+#include "body_variants.cuh"
 
 namespace vdsr {
 namespace body {
 
 #define VDSR_BODY_LAUNCH_FP16(WM, WN, MI, S) &launch_variant<__half, WM, WN, MI, S>,
 #define VDSR_WINO_LAUNCH_FP16(S) &launch_winograd<__half, S>,
+#define VDSR_WGMMA_LAUNCH_FP16(S) &launch_wgmma<__half, S>,
 const LaunchFn kLaunchFp16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_FP16)
-                                                   VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_FP16)};
+                                                   VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_FP16)
+                                                   VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_FP16)};
 
 cudaError_t probe_kernel_image(cudaFuncAttributes* attr) {
   return cudaFuncGetAttributes(attr, conv3x3_body_kernel<__half, 4, 2, 2, 2>);

@@ -111,4 +111,101 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const ui
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// ---------------------------------------------------------------------------------------------
+// wgmma (sm_90a only).  VDSR_WGMMA is 1 in the sm_90a device pass and 0 in every other pass; there
+// the wrappers below compile to a trap, and the host never launches a kernel that uses them (see
+// wgmma_body.cuh).  From the PTX ISA, "Asynchronous Warpgroup Level Matrix Multiply-Accumulate":
+//   * wgmma.mma_async.sync.aligned.m64n64k16.f32.{f16,bf16}.{f16,bf16} d, a, b-desc, scale-d,
+//     imm-scale-a, imm-scale-b, imm-trans-b: D(64x64, fp32) = A(64x16) * B(16x64) + D, issued by the
+//     4 warps of a warpgroup together.  A in registers: warp w of the group holds rows 16w .. 16w+15
+//     in exactly the mma.m16n8k16 A fragment layout (a[0] = A[g][2t..], a[1] = A[g+8][2t..],
+//     a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]).  D: warp w holds rows 16w .. 16w+15; d[4i .. 4i+3]
+//     is the mma.m16n8k16 C fragment of columns 8i .. 8i+7 (d[4i] = D[g][8i+2t], d[4i+1] =
+//     D[g][8i+2t+1], d[4i+2] = D[g+8][8i+2t], d[4i+3] = D[g+8][8i+2t+1]).
+//   * B from shared memory through a 64-bit matrix descriptor: bits 0-13 start address >> 4,
+//     16-29 leading-dimension byte offset >> 4, 32-45 stride-dimension byte offset >> 4, 49-51 base
+//     offset, 62-63 swizzle mode (1 = 128-byte).  B "column-major" = K-major: column n's 16 k values
+//     are contiguous.  With the 128-byte swizzle, core matrices of 8 rows (n) x 128 bytes are dense
+//     (row r of a group at +128 r), groups 8 rows apart at the stride offset (SBO), and the 16-byte
+//     chunk j of a row at chunk j ^ (address bits 7-9): exactly the kernels' swz() layout when the
+//     rows start 1024-byte aligned.  A k16 slice of a 64-wide row starts 32 bytes per slice in (the
+//     start address advances; LBO unused with this swizzle, set to 1 as CUTLASS does).
+//   * wgmma.fence orders the registers written before it (A fragments, zeroed accumulators) with the
+//     wgmma that reads them; commit_group closes a group of issued wgmmas; wait_group N returns when
+//     at most N groups are pending.  Registers of a pending wgmma must not be written or read.
+// ---------------------------------------------------------------------------------------------
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define VDSR_WGMMA 1
+#else
+#define VDSR_WGMMA 0
+#endif
+
+// Pin accumulator registers at this point of the instruction stream (an empty asm that "reads and
+// writes" them, as CUTLASS's warpgroup_fence_operand): without it the compiler may sink the zeroing of
+// the accumulators past wgmma_fence(), and ptxas then serialises the wgmmas around those writes.
+__device__ __forceinline__ void wgmma_pin(float (&d)[32]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Descriptor of a K-major, 128-byte-swizzled operand whose 8-row groups are 1024 bytes apart.
+__device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_start) {
+  return static_cast<uint64_t>((smem_start & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#if VDSR_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_commit() {
+#if VDSR_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#if VDSR_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+#define VDSR_WGMMA_D32                                                                                      \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), \
+      "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),  \
+      "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), \
+      "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define VDSR_WGMMA_RS(TYPE)                                                                                  \
+  "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " "                                           \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, 1, 1, 1, 0;\n"
+
+// D += A * B: A (this warp's 16 rows) in registers, B (16 x 64) by descriptor; scale-d = 1 (accumulate).
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b);
+
+template <>
+__device__ __forceinline__ void wgmma_m64n64k16<__half>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {
+#if VDSR_WGMMA
+  asm volatile(VDSR_WGMMA_RS("f16") : VDSR_WGMMA_D32 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+#else
+  __trap();
+#endif
+}
+
+template <>
+__device__ __forceinline__ void wgmma_m64n64k16<__nv_bfloat16>(float (&d)[32], const uint32_t (&a)[4],
+                                                               uint64_t desc_b) {
+#if VDSR_WGMMA
+  asm volatile(VDSR_WGMMA_RS("bf16") : VDSR_WGMMA_D32 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+#else
+  __trap();
+#endif
+}
+#undef VDSR_WGMMA_RS
+#undef VDSR_WGMMA_D32
+
 }  // namespace vdsr

@@ -75,6 +75,7 @@ struct BodyVariant {
   int stages;           // cp.async pipeline depth (halo buffers)
   int smem_bytes;       // dynamic shared memory per CTA (weights + halo buffers)
   int winograd;         // 1: Winograd F(2x2, 3x3) kernel, weights packed [16][64][64] (U = G g G^T)
+  int wgmma;            // 1: wgmma kernel: needs compute capability 9.0 and a build for sm_90a
 };
 const BodyVariant* body_variants(int* count);
 int body_auto_variant(int device);

@@ -275,10 +275,5 @@ void launch_winograd(const void* in, void* out, const void* w, const float* b, i
   launch_persistent<WinoTile<STAGES>, T>(conv3x3_winograd_kernel<T, STAGES>, in, out, w, b, n, h, w_, device, stream);
 }
 
-// Launchers of every body variant, direct ones first (ids 0 .. kNumVariants - 1), then Winograd.
-constexpr int kNumAllVariants = kNumVariants + kNumWinoVariants;
-extern const LaunchFn kLaunchFp16[kNumAllVariants];  // conv3x3_body_fp16.cu
-extern const LaunchFn kLaunchBf16[kNumAllVariants];  // conv3x3_body_bf16.cu
-
 }  // namespace body
 }  // namespace vdsr

@@ -204,8 +204,12 @@ class Global:
 # the same commit/wait sequence, and each wait is followed by __syncthreads).
 # ---------------------------------------------------------------------------------------------------
 class Cta:
-    def __init__(self, smem_bytes, poison, eager):
-        assert smem_bytes % 16 == 0
+    """``base``: the shared-memory address of the dynamic allocation (a multiple of 128; the kernels take
+    addresses from ``smem_addr``); every method takes such addresses."""
+
+    def __init__(self, smem_bytes, poison, eager, base=0):
+        assert smem_bytes % 16 == 0 and base % 128 == 0
+        self.base = base
         self.h = np.full(smem_bytes // 2, poison, np.uint16)  # 16-bit words
         self.ready = np.full(smem_bytes // 16, NEVER, np.int64)  # epoch in which a chunk's write completed
         self.last_read = np.full(smem_bytes // 16, -1, np.int64)  # epoch of the last read of a chunk
@@ -219,7 +223,7 @@ class Cta:
 
     def cp_async_16(self, dst, gmem: Global, src, valid):
         """du:55-59 for a batch of threads: ``src_size = valid ? 16 : 0``."""
-        dst = np.asarray(dst, np.int64).ravel()
+        dst = np.asarray(dst, np.int64).ravel() - self.base
         src = np.asarray(src, np.int64).ravel()
         valid = np.broadcast_to(np.asarray(valid, bool), dst.shape).ravel()
         if np.any(dst % 16) or dst.min() < 0 or dst.max() + 16 > self.h.size * 2:
@@ -273,7 +277,7 @@ class Cta:
         """Range/alignment checks of a warp access; returns the active lanes' byte addresses."""
         addr = np.asarray(addr, np.int64)
         live = np.broadcast_to(True if active is None else active, addr.shape)
-        a = addr[live]
+        a = addr[live] - self.base
         if np.any(a % size) or (a.size and (a.min() < 0 or a.max() + size > self.h.size * 2)):
             raise Hazard(f"{what}: address out of range or not {size}-byte aligned")
         return a
@@ -310,24 +314,24 @@ class Cta:
         groups (or be the same chunk)."""
         addr = np.asarray(addr, np.int64)
         assert addr.shape[-1] == 32
-        self._access(addr, 16, "ld.shared.v4", None)
-        self._check_read(addr // 16, "ld.shared.v4")
+        rel = self._access(addr, 16, "ld.shared.v4", None).reshape(addr.shape)
+        self._check_read(rel // 16, "ld.shared.v4")
         quarters = addr.reshape(addr.shape[:-1] + (4, 8))
         group = (quarters >> 4) & 7
         clash = (group[..., :, None] == group[..., None, :]) & (quarters[..., :, None] != quarters[..., None, :])
         if clash.any():
             raise Hazard("ld.shared.v4 quarter-warp with a shared-memory bank conflict")
-        w = (addr >> 1)[..., None] + 2 * np.arange(4)
+        w = (rel >> 1)[..., None] + 2 * np.arange(4)
         return self.h[w].astype(np.uint32) | (self.h[w + 1].astype(np.uint32) << 16)
 
     def ldmatrix_x4(self, addr):
         """``ldmatrix.sync.aligned.m8n8.x4.shared.b16``; ``addr[..., lane]`` -> ``r[..., lane, 4]`` (uint32)."""
-        addr = np.asarray(addr, np.int64)
+        addr = np.asarray(addr, np.int64) - self.base
         assert addr.shape[-1] == 32
         if np.any(addr % 16) or addr.min() < 0 or addr.max() + 16 > self.h.size * 2:
             raise Hazard("ldmatrix: row address out of range or not 16-byte aligned")
         self._check_read(addr // 16, "ldmatrix")
-        rows = addr.reshape(addr.shape[:-1] + (4, 8))  # [matrix i][row r] <- lane 8i + r
+        rows = addr.reshape(addr.shape[:-1] + (4, 8))  # [matrix i][row r] <- lane 8i + r (base: 128-aligned)
         banks = (rows >> 4) & 7  # 16-byte bank group of each row (smem base 128-byte aligned)
         if np.any(np.bitwise_or.reduce(1 << banks, axis=-1) != 0xFF):
             raise Hazard("ldmatrix phase with a shared-memory bank conflict")
@@ -710,6 +714,186 @@ def launch_winograd(stages, T, x_bits, u_bits, bias, *, resident_ctas=132, eager
     """wb:272-276 -> :func:`launch_tiles`; ``u_bits`` (16, 64, 64)."""
     assert u_bits.shape == (WINO_POS, KC, KC)
     return launch_tiles(WinoTile(stages), winograd_kernel_cta, T, x_bits, u_bits, bias, resident_ctas, eager)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The wgmma body kernel (``gb:NNN`` = csrc/wgmma_body.cuh) and the wgmma instructions (du:114-209).
+# ---------------------------------------------------------------------------------------------------
+def wgmma_variants_from_source(path: Path = CSRC / "wgmma_body.cuh") -> list[int]:
+    """The stages of ``VDSR_WGMMA_VARIANTS`` (gb:137)."""
+    line = next(s for s in path.read_text().splitlines() if s.startswith("#define VDSR_WGMMA_VARIANTS(X)"))
+    return [int(m) for m in re.findall(r"X\(\s*(\d+)\s*\)", re.sub(r"/\*.*?\*/", "", line))]
+
+
+@dataclass(frozen=True)
+class WgmmaTile:
+    """gb:34-47."""
+
+    stages: int
+    threads: int = 256  # gb:37
+    tile_h: int = 16  # gb:39
+    halo_w: int = TILE_W + 2  # gb:41
+    align: int = 1024  # gb:44
+    ksteps: int = TAPS * (KC // 16)  # gb:46
+
+    halo_h = property(lambda s: s.tile_h + 2)  # gb:40
+    halo_pix = property(lambda s: s.halo_h * s.halo_w)  # gb:42
+    stage_bytes = property(lambda s: s.halo_pix * ROW_BYTES)  # gb:43
+    smem_bytes = property(lambda s: s.align + WEIGHT_BYTES + s.stages * s.stage_bytes)  # gb:45
+
+
+def wgmma_desc_sw128(start):
+    """du:152-155: start >> 4 in bits 0-13, LBO 16 bytes (encoded 1), SBO 1024 bytes, swizzle 1 (128-byte)."""
+    return ((start & 0x3FFFF) >> 4) | (1 << 16) | ((1024 >> 4) << 32) | (1 << 62)
+
+
+def wgmma_b_from_smem(cta: Cta, T, desc):
+    """The B operand (16 k x 64 n) of ``wgmma...m64n64k16`` read through a K-major shared-memory descriptor,
+    from the PTX ISA ("Shared Memory Matrix Layout", "Matrix Descriptor Format"): with the 128-byte swizzle,
+    element (k, n) is at byte ``start + (n // 8) * SBO + (n % 8) * 128 + 2 k`` of the unswizzled layout, and
+    the swizzle moves 16-byte chunk bits 4-6 by an XOR with address bits 7-9.  Only the case the kernel uses
+    is modelled (LBO unused, base offset 0, ``start`` in the first 128-byte row of a 1024-byte atom)."""
+    start = (desc & 0x3FFF) << 4
+    sbo = ((desc >> 32) & 0x3FFF) << 4
+    assert desc >> 62 == 1 and (desc >> 49) & 7 == 0, "only the 128-byte swizzle, base offset 0, is modelled"
+    if start % 1024 >= 128:
+        raise Hazard("wgmma: descriptor start address outside the first row of a 1024-byte swizzle atom")
+    n = np.arange(64)[None, :]
+    k = np.arange(16)[:, None]
+    byte = start + (n // 8) * sbo + (n % 8) * 128 + 2 * k
+    byte = byte ^ (((byte >> 7) & 7) << 4)
+    rel = byte - cta.base
+    if rel.min() < 0 or rel.max() + 2 > cta.h.size * 2:
+        raise Hazard("wgmma: B operand outside shared memory")
+    cta._check_read(np.unique(rel // 16), "wgmma")
+    return T.to_float(cta.h[rel // 2]).astype(np.float64)  # (16, 64)
+
+
+def wgmma_m64n64k16(T, d, a, b):
+    """du:187-206 (``wgmma.mma_async ... m64n64k16.f32``, A in registers) for one warpgroup: ``a`` (4 warps,
+    32, 4) .b32 registers, ``b`` (16, 64) from :func:`wgmma_b_from_smem`, ``d`` (4, 32, 32) fp32.  Warp w:
+    rows 16w .. 16w+15 in the mma.m16n8k16 A layout; d[..., 4i:4i+4] the m16n8 C fragment of columns
+    8i .. 8i+7.  The product is formed in float64 and rounded to fp32 once per instruction."""
+    A = _halves(T, a)[..., A_FROM_FRAG].reshape(64, 16).astype(np.float64)  # warp-major rows
+    frag = np.asarray(d, np.float32).reshape(4, 32, 8, 4).transpose(0, 2, 1, 3).reshape(4, 8, 128)
+    C = frag[..., C_FROM_FRAG].reshape(4, 8, 16, 8).transpose(0, 2, 1, 3).reshape(64, 64)
+    D = (A @ b + C).astype(np.float32)
+    back = D.reshape(4, 16, 8, 8).transpose(0, 2, 1, 3).reshape(4, 8, 128)[..., FRAG_FROM_C]
+    return back.reshape(4, 8, 32, 4).transpose(0, 2, 1, 3).reshape(4, 32, 32)
+
+
+class WgmmaGroups:
+    """One warpgroup's asynchronous wgmma state (du:114-135, du:157-174): which register sets pending wgmmas read or
+    write, and which registers were written since the last ``wgmma.fence``."""
+
+    def __init__(self):
+        self.issued: list = []  # register sets of the wgmmas issued since the last commit
+        self.pending: list = []  # committed groups not yet known complete, oldest first
+        self.unfenced: set = set()  # register sets written since the last fence
+
+    def write(self, regs):
+        """A non-wgmma instruction writes register set ``regs`` (ldmatrix into A, zeroing an accumulator)."""
+        if any(regs in grp for grp in self.pending + [self.issued]):
+            raise Hazard(f"register set {regs} written while a wgmma that uses it is pending (wait_group)")
+        self.unfenced.add(regs)
+
+    def read(self, regs):
+        """A non-wgmma instruction reads ``regs`` (the epilogue reading an accumulator)."""
+        if any(regs in grp for grp in self.pending + [self.issued]):
+            raise Hazard(f"register set {regs} read while a wgmma that writes it is pending (wait_group)")
+
+    def fence(self):
+        self.unfenced = set()
+
+    def mma(self, *regs):
+        if self.unfenced & set(regs):
+            raise Hazard(f"wgmma reads registers {sorted(self.unfenced & set(regs))} written after the last wgmma.fence")
+        self.issued.extend(regs)
+
+    def commit(self):
+        self.pending.append(self.issued)
+        self.issued = []
+
+    def wait(self, n):
+        while len(self.pending) > n:
+            self.pending.pop(0)
+
+
+def wgmma_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager,
+                     smem_base=384):  # fmt: skip
+    """One CTA of ``conv3x3_wgmma_kernel`` (gb:49-134) with its dynamic shared memory at ``smem_base`` (128-byte
+    aligned, not 1024: the alignment slack is exercised); warps are an array axis, lanes the last axis."""
+    cta = Cta(K.smem_bytes, T.poison, eager, base=smem_base)  # gb:55
+    smem_w = (smem_base + K.align - 1) & ~(K.align - 1)  # gb:56
+    smem_halo = smem_w + WEIGHT_BYTES  # gb:57
+    warp = np.arange(8)[:, None]  # gb:60, (warps, 1)
+    lane = LANE[None, :]  # gb:59
+    wg = warp >> 2  # gb:61
+    wr = warp & 3  # gb:62
+    g = lane >> 2  # gb:63
+    t = lane & 3  # gb:64
+    load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)  # gb:66
+    cta.commit()  # gb:67
+    bias_r = load_bias(g_bias, 2 * t + 0 * warp, 8)  # gb:68-69, (warps, 32, 8, 2)
+    halo_prologue(K, cta, smem_halo, g_in, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim)  # gb:70
+    a_row = lane & 15  # gb:72
+    a_khalf = lane >> 4  # gb:73
+    groups = [WgmmaGroups(), WgmmaGroups()]  # per warpgroup
+    mb_ax = np.arange(2)[None, :, None]  # the unrolled mb loop (gb:92) as an axis
+
+    it = 0  # gb:75
+    tile = block_idx
+    while tile < num_tiles:  # gb:76
+        halo = halo_next(K, cta, smem_halo, g_in, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim)  # gb:77
+        for q in groups:  # gb:78-82
+            q.write("acc0"), q.write("acc1")
+        acc = np.zeros((2, 2, 4, 32, 32), np.float32)  # [warpgroup][mb][warp in group][lane][32]
+        for s in range(K.ksteps):  # gb:85
+            tap, kk = s // 4, s % 4  # gb:86-87
+            ky, kx = tap // 3, tap % 3  # gb:88-89
+            if s >= 2:  # gb:90
+                for q in groups:
+                    q.wait(1)
+            for q in groups:  # gb:94: ldmatrix into a[s % 2][mb]
+                q.write(f"a{s % 2}")
+            p = (8 * wg[:, None] + 4 * mb_ax + wr[:, None] + ky) * K.halo_w + a_row + kx  # gb:93, (warps, 2, 32)
+            a = cta.ldmatrix_x4(halo + swz(p, kk * 2 + a_khalf))  # gb:94, (warps, 2, 32, 4)
+            for q in groups:  # gb:98
+                q.fence()
+            b = wgmma_b_from_smem(cta, T, wgmma_desc_sw128(smem_w + tap * KC * ROW_BYTES + kk * 32))  # gb:99
+            for w_g, q in enumerate(groups):  # gb:100-102
+                for mb in range(2):
+                    q.mma(f"a{s % 2}", f"acc{mb}")
+                    acc[w_g, mb] = wgmma_m64n64k16(T, acc[w_g, mb], a[4 * w_g : 4 * w_g + 4, mb], b)
+                q.commit()
+        for q in groups:  # gb:106
+            q.wait(0)
+        cta.syncthreads()  # gb:110
+
+        tb, ty0, tx0 = tile_coord(K.tile_h, tile, tiles_x, tiles_y)  # gb:112
+        for q in groups:
+            q.read("acc0"), q.read("acc1")
+        acc_w = acc.transpose(0, 2, 1, 3, 4).reshape(8, 2, 32, 32)  # [warp = 4 wg + wr][mb][lane][32]
+        for mb in range(2):  # gb:114
+            y = ty0 + 8 * wg + 4 * mb + wr  # gb:115, (warps, 1)
+            for half in range(2):  # gb:118
+                x = tx0 + g + 8 * half  # gb:119, (1, 32)
+                live = (y < H) & (x < W)  # gb:116, gb:120
+                dst = ((np.int64(tb) * H + y) * W + x) * KC + 2 * t  # gb:121
+                for i in range(8):  # gb:123
+                    v0, v1 = acc_w[:, mb, :, 4 * i + 2 * half], acc_w[:, mb, :, 4 * i + 2 * half + 1]
+                    store_relu2(T, g_out, dst + i * 8, live, v0, v1, bias_r[:, :, i])  # gb:124
+        tile += grid_dim  # gb:76
+        it += 1
+    cta.wait_group(0)  # gb:129
+    if cta.open:
+        raise Hazard("cp.async copies issued but never committed")
+
+
+def launch_wgmma(stages, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False):
+    """gb:170-176 -> :func:`launch_tiles` (weights packed as the direct kernel's, (9, 64, 64))."""
+    assert w_bits.shape == (TAPS, KC, KC)
+    return launch_tiles(WgmmaTile(stages), wgmma_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
 
 
 # ---------------------------------------------------------------------------------------------------

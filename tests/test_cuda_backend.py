@@ -19,7 +19,7 @@ from equivalence import assert_equivalent, ref64
 
 from vdsr_fast.engine import BackendUnavailable, Engine
 from vdsr_fast.kernels import pack_winograd_weight
-from vdsr_fast.kernels.cuda import CudaBackend, pack_body_weight
+from vdsr_fast.kernels.cuda import CudaBackend, pack_body_weight, variant_unavailable
 from vdsr_fast.reference import VDSR
 
 # Relative rounding of one stored value (half an ulp at magnitude 1, doubled for the fp32 sum order).
@@ -142,13 +142,15 @@ def test_cuda_graphs_match_eager(cuda_device):
         torch.testing.assert_close(graphed(x2), eager(x2), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("variant", [0, 1, 2, 3])  # 3: the Winograd kernel (csrc/winograd_body.cuh)
+@pytest.mark.parametrize("variant", [0, 1, 2, 3, 4])  # 3: Winograd (winograd_body.cuh), 4: wgmma (wgmma_body.cuh)
 def test_network_every_body_variant(cuda_device, variant):
     C = _ext()
-    assert len(C.body_variants()) == 4, "a new body variant: add its id here"
+    assert len(C.body_variants()) == 5, "a new body variant: add its id here"
     v = C.body_variants()[variant]
-    if v["smem_bytes"] > torch.cuda.get_device_properties(cuda_device).shared_memory_per_block_optin:
-        pytest.skip(f"body variant {v} needs more shared memory than this GPU has")
+    if why := variant_unavailable(v, cuda_device):
+        with pytest.raises(BackendUnavailable, match="body variant"):
+            CudaBackend(_model(depth=3).to(cuda_device), cuda_device, torch.float16, body_variant=variant)
+        pytest.skip(why)
     model = _model(depth=8).to(cuda_device)
     x = torch.rand(2, 1, 45, 38, device=cuda_device)
     ref = ref64(model, x)
@@ -181,8 +183,8 @@ def _stream(device: torch.device) -> int:
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 37, 53), (1, 300, 200)])
 def test_body_kernel_every_variant(cuda_device, dtype, shape):
     """One 64->64 layer per kernel variant against F.conv2d in float64 on the same rounded operands
-    (direct kernels: within a storage rounding; Winograd: DESIGN.md §6's rule against the direct layer in
-    the same dtype, as tests/test_triton_winograd.py)."""
+    (direct and wgmma kernels: within a storage rounding; Winograd: DESIGN.md §6's rule against the direct
+    layer in the same dtype, as tests/test_triton_winograd.py)."""
     C = _ext()
     n, h, w = shape
     x = torch.randn(n, h, w, 64, device=cuda_device).to(dtype)
@@ -192,10 +194,9 @@ def test_body_kernel_every_variant(cuda_device, dtype, shape):
     ref = ref.permute(0, 2, 3, 1)
     same = F.relu(F.conv2d(x.permute(0, 3, 1, 2), weight, bias.to(dtype), padding=1)).permute(0, 2, 3, 1)
     code = C.DTYPE_FLOAT16 if dtype == torch.float16 else C.DTYPE_BFLOAT16
-    optin = torch.cuda.get_device_properties(cuda_device).shared_memory_per_block_optin
     ran = 0
     for v in C.body_variants():
-        if v["smem_bytes"] > optin:
+        if variant_unavailable(v, cuda_device):
             continue
         packed = (pack_winograd_weight if v["winograd"] else pack_body_weight)(weight, dtype)
         out = torch.full_like(x, float("nan"))
@@ -208,7 +209,7 @@ def test_body_kernel_every_variant(cuda_device, dtype, shape):
             tol = RTOL_STORE[dtype]
             torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m, v=v: f"variant {v}: {m}")
         ran += 1
-    assert ran > 0, f"no body variant fits in {optin} bytes of shared memory"
+    assert ran > 0, "no body variant runs on this GPU"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
@@ -252,6 +253,31 @@ def test_available_reports_missing_extension(monkeypatch):
     assert reason is not None and "vdsr_fast._C is not built" in reason
     with pytest.raises(BackendUnavailable, match="not built"):
         Engine(_model(depth=3), backend="cuda", device="cuda:0")
+
+
+def test_variant_unavailable_names_what_each_variant_needs(monkeypatch):
+    """The wgmma variant runs on compute capability 9.0 only (an sm_90a image); the rest by shared memory.
+    Simulated GPU properties, the real extension's variant table."""
+    from types import SimpleNamespace
+
+    C = _ext()
+    wgmma = [v for v in C.body_variants() if v["wgmma"]]
+    assert len(wgmma) == 1 and not wgmma[0]["winograd"]
+    direct = C.body_variants()[0]
+
+    def gpu(name, cc, optin):
+        props = SimpleNamespace(name=name, major=cc[0], minor=cc[1], shared_memory_per_block_optin=optin)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=None: props)
+
+    gpu("NVIDIA A100", (8, 0), 163 * 1024)
+    assert "shared memory per block; NVIDIA A100 allows" in variant_unavailable(direct, torch.device("cuda", 0))
+    gpu("NVIDIA B200", (10, 0), 227 * 1024)  # sm_90a code does not run on later architectures
+    assert "compute capability 9.0 only; NVIDIA B200 is 10.0" in variant_unavailable(wgmma[0], torch.device("cuda", 0))
+    gpu("NVIDIA H100", (9, 0), 227 * 1024)
+    expected = None if "90a" in C.CUDA_ARCHS else "needs a build for sm_90a"
+    got = variant_unavailable(wgmma[0], torch.device("cuda", 0))
+    assert got == expected or expected in got
+    assert variant_unavailable(direct, torch.device("cuda", 0)) is None
 
 
 def test_available_refuses_cards_with_too_little_shared_memory(monkeypatch):

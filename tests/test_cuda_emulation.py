@@ -8,6 +8,8 @@ alignment, shared-memory races (cp.async wait_group / __syncthreads) and bank co
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,7 @@ from vdsr_fast.reference import vdsr_forward
 
 VARIANTS = emu.body_variants_from_source()
 WINO_VARIANTS = emu.wino_variants_from_source()
+WGMMA_VARIANTS = emu.wgmma_variants_from_source()
 TYPES = {torch.float16: emu.Half, torch.bfloat16: emu.BFloat16}
 REL = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # > half an ulp of the stored output
 SIZES = [(2, 1, 1), (2, 5, 7), (2, 17, 33), (2, 37, 53)]
@@ -240,6 +243,105 @@ def test_winograd_detects_a_transform_bug(monkeypatch):
         check_close(got, model, REL[torch.float16], "mutant")
 
 
+# --- the wgmma kernel --------------------------------------------------------------------------------
+def run_wgmma(stages, dtype, size, **kw):
+    T = TYPES[dtype]
+    x, w, b, ref = body_case(*size, dtype)
+    out, writes = emu.launch_wgmma(stages, T, x, w, b, **kw)
+    assert (writes == 1).all(), "every output element must be written exactly once"
+    return T.to_float(out), ref
+
+
+def test_wgmma_variant_table_fits_hopper():
+    assert WGMMA_VARIANTS
+    assert all(emu.WgmmaTile(s).smem_bytes <= 227 * 1024 for s in WGMMA_VARIANTS)
+    assert emu.WgmmaTile(3).smem_bytes == 199168  # csrc/README.md: 195 KB
+
+
+def test_wgmma_fragments_against_a_scalar_transcription_of_the_ptx_tables():
+    """The warpgroup A/D fragments: warp w, lane (g, t), A register r / D element e (PTX ISA tables)."""
+    rng = np.random.default_rng(1)
+    T = emu.Half
+    A = T.to_float(T.from_float(rng.uniform(-1, 1, (64, 16))))
+    B = T.to_float(T.from_float(rng.uniform(-1, 1, (16, 64))))
+    C = rng.uniform(-1, 1, (64, 64)).astype(np.float32)
+    a = np.zeros((4, 32, 4), np.uint32)
+    d = np.zeros((4, 32, 32), np.float32)
+    for w in range(4):
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            for reg, (r, k) in enumerate([(g, 2 * t), (g + 8, 2 * t), (g, 2 * t + 8), (g + 8, 2 * t + 8)]):
+                a[w, lane, reg] = int(emu.pack2(T, A[16 * w + r, k], A[16 * w + r, k + 1]))
+            for e in range(32):
+                d[w, lane, e] = C[16 * w + g + 8 * ((e >> 1) & 1), 8 * (e // 4) + 2 * t + (e & 1)]
+    out = emu.wgmma_m64n64k16(T, d, a, B)
+    D = (A.astype(np.float64) @ B + C).astype(np.float32)
+    for w in range(4):
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            for e in range(32):
+                assert out[w, lane, e] == D[16 * w + g + 8 * ((e >> 1) & 1), 8 * (e // 4) + 2 * t + (e & 1)]
+
+
+def test_wgmma_descriptor_reads_the_swizzled_weight_rows():
+    """B through the descriptor = the weight rows as load_weights stores them (chunk j at j ^ (row & 7))."""
+    T = emu.Half
+    cta = emu.Cta(emu.WEIGHT_BYTES + 2048, T.poison, eager=True, base=1024)
+    w = np.random.default_rng(2).integers(0, 0x3C00, (emu.TAPS * emu.KC, emu.KC)).astype(np.uint16)
+    emu.load_weights(cta, 2048, emu.Global("w", w), emu.TAPS * emu.KC, 256)
+    cta.commit(), cta.wait_group(0), cta.syncthreads()
+    for tap, kk in [(0, 0), (4, 1), (8, 3)]:
+        b = emu.wgmma_b_from_smem(cta, T, emu.wgmma_desc_sw128(2048 + tap * emu.KC * emu.ROW_BYTES + kk * 32))
+        np.testing.assert_array_equal(b, T.to_float(w[tap * 64 : tap * 64 + 64, 16 * kk : 16 * kk + 16]).T)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("stages", WGMMA_VARIANTS)
+def test_wgmma_fp16_matches_conv2d(stages, size):
+    got, ref = run_wgmma(stages, torch.float16, size, resident_ctas=3)
+    check_close(got, ref, REL[torch.float16], f"wgmma S{stages} fp16 {size}")
+
+
+@pytest.mark.parametrize("resident", [1, 1000])
+def test_wgmma_bf16_eager_copies_and_grid_sizes(resident):
+    got, ref = run_wgmma(WGMMA_VARIANTS[0], torch.bfloat16, (2, 17, 33), resident_ctas=resident, eager=True)
+    check_close(got, ref, REL[torch.bfloat16], f"wgmma bf16 {resident} CTAs")
+
+
+@pytest.mark.parametrize(
+    "bug, match",
+    [("wait", "pending"), ("fence", "after the last wgmma.fence"), ("align", "swizzle atom"), ("barrier", "write-after-read")],
+)
+def test_wgmma_detects(monkeypatch, bug, match):
+    """A dropped wait_group 1 (an A set refilled under a pending wgmma), a dropped fence, weights not on a
+    1024-byte boundary, a dropped barrier after the compute (a halo refilled while read)."""
+    if bug == "wait":
+        orig = emu.WgmmaGroups.wait
+        monkeypatch.setattr(emu.WgmmaGroups, "wait", lambda self, n: orig(self, n) if n == 0 else None)
+    elif bug == "fence":
+        monkeypatch.setattr(emu.WgmmaGroups, "fence", lambda self: None)
+    elif bug == "align":
+        monkeypatch.setattr(emu, "WgmmaTile", functools.partial(emu.WgmmaTile, align=128))
+    else:
+        orig = emu.Cta.syncthreads
+
+        def sync(self):  # drop the barrier after the compute (every second one)
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls % 2:
+                orig(self)
+
+        monkeypatch.setattr(emu.Cta, "syncthreads", sync)
+    with pytest.raises(emu.Hazard, match=match):
+        run_wgmma(WGMMA_VARIANTS[0], torch.float16, (1, 40, 20), resident_ctas=1)
+
+
+def test_wgmma_detects_a_wrong_stride_offset(monkeypatch):
+    monkeypatch.setattr(emu, "wgmma_desc_sw128", lambda start: ((start & 0x3FFFF) >> 4) | (1 << 16) | (32 << 32) | (1 << 62))
+    with pytest.raises(AssertionError, match="differ"):
+        got, ref = run_wgmma(WGMMA_VARIANTS[0], torch.float16, (1, 5, 7))
+        check_close(got, ref, REL[torch.float16], "mutant")
+
+
 # --- head and tail ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
@@ -297,19 +399,21 @@ def test_tail_detects_a_missing_barrier_or_wait(monkeypatch, bug):
 
 
 def test_whole_network_chain_matches_the_reference():
-    """head -> three body layers (two direct variants, the Winograd kernel) -> tail, weights packed as
-    CudaBackend packs them."""
+    """head -> four body layers (two direct variants, the Winograd kernel, the wgmma kernel) -> tail, weights
+    packed as CudaBackend packs them."""
     g = torch.Generator().manual_seed(3)
-    ws = [torch.randn(64, 1, 3, 3, generator=g) * 0.5] + [torch.randn(64, 64, 3, 3, generator=g) / 24] * 3
+    ws = [torch.randn(64, 1, 3, 3, generator=g) * 0.5] + [torch.randn(64, 64, 3, 3, generator=g) / 24] * 4
     ws += [torch.randn(1, 64, 3, 3, generator=g) * 0.05]
-    bs = [torch.rand(64, generator=g) * 0.2 for _ in range(4)] + [torch.randn(1, generator=g) * 0.1]
+    bs = [torch.rand(64, generator=g) * 0.2 for _ in range(5)] + [torch.randn(1, generator=g) * 0.1]
     ws[1], ws[2], ws[3] = ws[1].half().float(), (ws[2] * 0.9).half().float(), ws[3] * 1.1
+    ws[4] = (ws[4] * 0.95).half().float()
     x = torch.rand(1, 1, 9, 19, generator=g)
     T = emu.Half
     act, _ = emu.launch_head(T, x[:, 0].numpy(), ws[0].reshape(64, 9).numpy(), bs[0].numpy())
     for i, variant in ((1, VARIANTS[0]), (2, VARIANTS[-1])):
         act, _ = emu.launch_body(variant, T, act, bits(pack_body_weight(ws[i], torch.float16)), bs[i].numpy())
     act, _ = emu.launch_winograd(WINO_VARIANTS[0], T, act, bits(pack_winograd_weight(ws[3], torch.float16)), bs[3].numpy())
-    y, _ = emu.launch_tail(T, act, x[:, 0].numpy(), ws[4].permute(2, 3, 1, 0).reshape(9, 64).numpy(), bs[4].numpy())
+    act, _ = emu.launch_wgmma(WGMMA_VARIANTS[0], T, act, bits(pack_body_weight(ws[4], torch.float16)), bs[4].numpy())
+    y, _ = emu.launch_tail(T, act, x[:, 0].numpy(), ws[5].permute(2, 3, 1, 0).reshape(9, 64).numpy(), bs[5].numpy())
     ref = vdsr_forward(x.double(), ws, bs)[:, 0].numpy()
     np.testing.assert_allclose(y, ref, rtol=0, atol=2e-3)

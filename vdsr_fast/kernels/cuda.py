@@ -2,7 +2,8 @@
 
 head  Y plane (fp32) -> NHWC buffer A                       relu(conv3x3 1->64 + b), CUDA cores
 body  A -> B, B -> A, ... (two ping-pong NHWC buffers)      relu(conv3x3 64->64 + b), tensor cores
-                                                            (mma.sync m16n8k16, weight-stationary)
+                                                            (mma.sync m16n8k16, weight-stationary; opt-in
+                                                            variants: Winograd F(2x2,3x3), Hopper wgmma)
 tail  last buffer + Y plane -> Y + conv3x3 64->1 + b        fp32 out, residual fused
 
 The whole chain is one ``_C.forward`` call (20 launches on the caller's current stream, no host
@@ -20,7 +21,7 @@ import torch
 from ..reference import VDSR
 from . import PingPongBuffers, pack_winograd_weight, resolve_device
 
-__all__ = ["CudaBackend", "cuda_vdsr_op", "load_extension", "pack_body_weight"]
+__all__ = ["CudaBackend", "cuda_vdsr_op", "load_extension", "pack_body_weight", "variant_unavailable"]
 
 _CHANNELS = 64  # the body kernel is written for exactly 64 channels (the published VDSR)
 
@@ -35,6 +36,22 @@ def load_extension():
             f"available and VDSR_FAST_SKIP_CUDA_BUILD unset; see csrc/README.md): {e}"
         ) from e
     return _C
+
+
+def variant_unavailable(variant: dict, device: torch.device) -> str | None:
+    """Why body kernel variant ``variant`` (an entry of ``vdsr_fast._C.body_variants()``) cannot run on the
+    CUDA ``device``, or None: its shared memory, and for the wgmma kernel an sm_90a build on a 9.0 GPU."""
+    props = torch.cuda.get_device_properties(device)
+    have = getattr(props, "shared_memory_per_block_optin", None)
+    if have is not None and variant["smem_bytes"] > have:
+        return f"body variant {variant['id']} needs {variant['smem_bytes']} bytes of shared memory per block; {props.name} allows {have}"
+    if variant.get("wgmma"):
+        if (props.major, props.minor) != (9, 0):
+            return f"body variant {variant['id']} (wgmma) runs on compute capability 9.0 only; {props.name} is {props.major}.{props.minor}"
+        archs = load_extension().CUDA_ARCHS
+        if "90a" not in archs:
+            return f"body variant {variant['id']} (wgmma) needs a build for sm_90a; this one is for {archs!r}"
+    return None
 
 
 def pack_body_weight(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -108,7 +125,9 @@ class CudaBackend(PingPongBuffers):
             buffers are one pair, sized for the largest shape seen).
         body_variant: id of the body kernel variant (``vdsr_fast._C.body_variants()``); None picks
             one of the direct kernels from the GPU's shared memory.  For tuning and tests; a variant
-            with ``winograd`` set is the experimental Winograd F(2x2, 3x3) kernel (weights packed as G g G^T).
+            with ``winograd`` set is the experimental Winograd F(2x2, 3x3) kernel (weights packed as G g G^T),
+            one with ``wgmma`` the experimental Hopper kernel (sm_90a, compute capability 9.0 only); a
+            variant this GPU cannot run raises :class:`~vdsr_fast.engine.BackendUnavailable`.
         cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
             (removes the per-launch host cost, which matters for small images).
 
@@ -195,6 +214,8 @@ class CudaBackend(PingPongBuffers):
             variants = self._C.body_variants()
             if not -1 <= self.body_variant < len(variants):
                 raise ValueError(f"CudaBackend: no body kernel variant {self.body_variant} (ids 0..{len(variants) - 1})")
+            if self.body_variant >= 0 and (why := variant_unavailable(variants[self.body_variant], device)):
+                raise BackendUnavailable(f"CudaBackend: {why}")
             winograd = self.body_variant >= 0 and variants[self.body_variant]["winograd"]
             pack = pack_winograd_weight if winograd else pack_body_weight  # [L][16][64][64] or [L][9][64][64]
             self.w_body = torch.stack([pack(w, dtype) for w in ws[1:-1]]).contiguous()
