@@ -1,5 +1,7 @@
 """upscale(): layouts, dtypes, the DESIGN.md §2 pipeline, and argument errors."""
 
+import time
+
 import pytest
 import torch
 
@@ -248,6 +250,58 @@ def test_a_backend_whose_graphs_fail_runs_without_them(tiny_model, monkeypatch):
         assert Engine(tiny_model, backend="auto", device="cpu", dtype=torch.float32, cuda_graphs=True).backend == "torch"
     with pytest.raises(BackendUnavailable, match="self-check"):
         Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32, cuda_graphs=True)
+
+
+def test_tune_keeps_the_fastest_candidate_that_passes_the_self_check(tiny_model, monkeypatch):
+    """Engine(tune=True) times the default and each tuning candidate (after its self-check) and keeps the
+    fastest; a wrong candidate is not timed even if it is the fastest; options the caller set are not
+    tuned away; a second engine in the same process reuses the choice without timing."""
+    from vdsr_fast import engine as engine_mod
+
+    class Variants:
+        name = "cuda"
+        dtypes = (torch.float32,)
+        built: list = []
+
+        @staticmethod
+        def available(device):
+            return None
+
+        @staticmethod
+        def tuning_candidates(model, device, dtype):
+            return [("slow", {"kernel": "slow"}), ("fast", {"kernel": "fast"}), ("wrong", {"kernel": "wrong"}),
+                    ("absent", {"kernel": "absent"})]  # fmt: skip
+
+        def __init__(self, model, device, dtype, kernel="default"):
+            if kernel == "absent":
+                raise BackendUnavailable("not on this GPU")
+            self.kernel = kernel
+            self.built.append(kernel)
+            self.ref = engine_mod.TorchBackend(model, device, dtype)
+
+        def __call__(self, y):
+            time.sleep({"slow": 0.012, "default": 0.006, "fast": 0.0, "wrong": 0.0}[self.kernel])
+            return self.ref(y) + (1.0 if self.kernel == "wrong" else 0.0)
+
+    monkeypatch.setitem(engine_mod.BACKENDS, "cuda", Variants)
+    monkeypatch.setattr(engine_mod, "_checked", lambda name, device: name != "torch")  # self-check on the CPU too
+    monkeypatch.setattr(engine_mod, "_TUNED", {})
+    e = Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32, tune=True)
+    assert e._impl.kernel == "fast"
+    assert set(e.tuning) == {"default", "slow", "fast", "wrong", "absent"}
+    assert e.tuning["slow"] > e.tuning["default"] > e.tuning["fast"]
+    assert "self-check" in e.tuning["wrong"] and "not on this GPU" in e.tuning["absent"]
+    y = torch.rand(1, 1, 9, 7)
+    torch.testing.assert_close(e(y), Engine(tiny_model, backend="torch", device="cpu")(y))
+    Variants.built.clear()
+    again = Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32, tune=True)
+    assert again._impl.kernel == "fast" and Variants.built == ["default", "fast"]  # rebuilt, not re-timed
+    assert again.tuning == {"fast": "chosen earlier in this process"}
+    pinned = Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32, tune=True, kernel="slow")
+    assert pinned._impl.kernel == "slow" and set(pinned.tuning) == {"default"}
+    assert Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32)._impl.kernel == "default"
+    x = torch.rand(1, 3, 8, 8)  # upscale(tune=True) with a backend that has nothing to tune: the same output
+    torch.testing.assert_close(upscale(x, 2, tiny_model, backend="torch", tune=True), upscale(x, 2, tiny_model, backend="torch"))
 
 
 def test_tiled_out_may_alias_the_input(tiny_model):

@@ -159,6 +159,19 @@ def test_network_every_body_variant(cuda_device, variant):
     assert_equivalent(out, same, ref, torch.float16, f"cuda VDSR-8 body variant {v}")
 
 
+def test_engine_tune_times_every_variant_and_keeps_a_correct_one(cuda_device):
+    model = _model(depth=8).to(cuda_device)
+    e = Engine(model, backend="cuda", dtype=torch.float16, device=cuda_device, tune=True)
+    C = _ext()
+    runnable = [v for v in C.body_variants() if variant_unavailable(v, cuda_device) is None]
+    assert len(e.tuning) == len(runnable)  # the automatic variant as "default", the others by label
+    assert all(isinstance(ms, float) for ms in e.tuning.values()), e.tuning
+    print(f"cuda tuning (ms, 720p, VDSR-8): {e.tuning}")
+    x = torch.rand(2, 1, 45, 38, device=cuda_device)
+    same = Engine(model, backend="torch", dtype=torch.float16, device=cuda_device)(x)
+    assert_equivalent(e(x), same, ref64(model, x), torch.float16, f"tuned cuda engine ({e._impl.body_variant})")
+
+
 def test_custom_op_and_torch_compile(cuda_device):
     model = _model(depth=4).to(cuda_device)
     backend = CudaBackend(model, cuda_device, torch.float16)

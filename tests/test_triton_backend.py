@@ -99,6 +99,18 @@ def test_network_matches_float64_large_gpu(case, dtype, poison):
     _check_network(model, torch.rand(n, 1, h, w, device=device), dtype)
 
 
+def test_engine_tune_gpu():
+    """Engine(tune=True) times the default direct body and the Winograd body and keeps a correct one."""
+    device = _needs_cuda()
+    model = _model(8, 64, seed=5).to(device)
+    e = Engine(model, backend="triton", dtype=torch.float16, device=device, tune=True)
+    assert len(e.tuning) == 2 and all(isinstance(ms, float) for ms in e.tuning.values()), e.tuning
+    print(f"triton tuning (ms, 720p, VDSR-8): {e.tuning}")
+    y = torch.rand(2, 1, 45, 38, device=device)
+    same = Engine(model, backend="torch", dtype=torch.float16, device=device)(y)
+    assert_equivalent(e(y), same, ref64(model, y), torch.float16, "tuned triton engine", scaled=False)
+
+
 def test_network_non_contiguous_and_double_input(poison):
     device = triton_device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32

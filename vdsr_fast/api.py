@@ -53,6 +53,7 @@ def get_engine(
     backend: str = "auto",
     dtype: torch.dtype | None = None,
     cuda_graphs: bool | None = None,
+    tune: bool = False,
 ) -> Engine:
     """The :class:`Engine` for ``model`` on ``device``, built once and cached on the model.
 
@@ -62,7 +63,8 @@ def get_engine(
     optimizer steps, other in-place updates of the parameters; :func:`_weights_stamp` says what is
     not seen), and it is shared by every CUDA stream: its calls are
     ordered on the GPU when the stream changes (no host synchronisation), see
-    :class:`~vdsr_fast.kernels.PingPongBuffers`. The cache is not pickled with the model.
+    :class:`~vdsr_fast.kernels.PingPongBuffers`. The cache is not pickled with the model. ``tune``:
+    see :class:`~vdsr_fast.engine.Engine` (times the backend's alternative kernels once, keeps the fastest).
     """
     device = resolve_device(device)
     graphs = device.type == "cuda" and backend != "torch" if cuda_graphs is None else bool(cuda_graphs)
@@ -71,12 +73,13 @@ def get_engine(
     # A tiled frame has up to 9 window shapes: keep a graph for each of them and some frame sizes more.
     options = {"cuda_graphs": True, "max_cached_shapes": 16} if graphs else {}
     cache = model.__dict__.setdefault("_vdsr_engines", OrderedDict())
-    key = (backend, str(device), dtype, graphs)
+    key = (backend, str(device), dtype, graphs, bool(tune))
     stamp = _weights_stamp(model)
     with _lock:
         entry = cache.get(key)
         if entry is None or entry[1] != stamp:
-            entry = cache[key] = (Engine(model, backend=backend, dtype=dtype, device=device, **options), stamp)
+            engine = Engine(model, backend=backend, dtype=dtype, device=device, tune=tune, **options)
+            entry = cache[key] = (engine, stamp)
             while len(cache) > _MAX_ENGINES:
                 cache.popitem(last=False)
         cache.move_to_end(key)
@@ -236,6 +239,7 @@ def upscale(
     max_memory: int | None = None,
     check_finite: bool = False,
     cuda_graphs: bool | None = None,
+    tune: bool = False,
 ) -> torch.Tensor:
     """Super-resolve ``img`` by ``scale`` with VDSR.
 
@@ -272,6 +276,9 @@ def upscale(
         cuda_graphs: replay the network as one CUDA graph per window shape, captured on the first
             call for that shape (default: on for the Triton and CUDA backends on a GPU; False turns
             it off, e.g. to profile the kernels one by one).
+        tune: on the first call, time the backend's alternative kernels and keep the fastest for this
+            GPU (``Engine(tune=True)``: ~1 s once per process; outputs may then differ from the default
+            kernels' in the last bits, within the same equivalence tests).
 
     Returns:
         ``out``, or a new tensor in the input's convention, dtype and device with H and W multiplied
@@ -307,7 +314,7 @@ def upscale(
         raise ValueError("upscale: img contains NaN or Inf values (check_finite=True)")
 
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-        engine = get_engine(model, batch.device, backend, dtype, cuda_graphs)
+        engine = get_engine(model, batch.device, backend, dtype, cuda_graphs, tune)
         radius = tiling.receptive_radius(model)
         H, W = h * s, w * s
         size = _tile_size(tile, max_memory, n, engine, model, img.dtype, radius, (H, W))

@@ -46,13 +46,14 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "cuda", "triton", "torch"], help="engine backend (default: auto)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="activation dtype (default: fp16 for fast GPU backends, else fp32)")
     p.add_argument("--device", help="torch device, e.g. cuda:0 or cpu (default: cuda if available)")
+    p.add_argument("--tune", action="store_true", help="time the backend's alternative GPU kernels once and use the fastest")
 
 
 def _engine_kw(args) -> dict:
     """The engine options of ``--backend/--dtype``, as :func:`~vdsr_fast.get_engine` and
     :func:`~vdsr_fast.upscale` take them; no CUDA graphs (images of many sizes, each seen once: a
     capture per size would only add work)."""
-    return {"backend": args.backend, "dtype": _DTYPES.get(args.dtype), "cuda_graphs": False}
+    return {"backend": args.backend, "dtype": _DTYPES.get(args.dtype), "cuda_graphs": False, "tune": args.tune}
 
 
 def _engine(args):

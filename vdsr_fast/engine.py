@@ -7,6 +7,9 @@ Backends register themselves in ``BACKENDS``; each is a class with ``available(d
 None``, a constructor ``(model, device, dtype)`` that packs the weights, and ``__call__(y) -> y'``.
 ``backend="auto"`` tries the CUDA extension, then Triton, then the PyTorch reference; an explicitly
 requested backend that cannot run raises :class:`BackendUnavailable` and never falls back.
+
+A backend may also offer ``tuning_candidates(model, device, dtype) -> [(label, options), ...]``: alternative
+kernels (body variants, tile configs) that ``Engine(..., tune=True)`` times on the GPU to keep the fastest.
 """
 
 from __future__ import annotations
@@ -159,6 +162,73 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+# Engine(tune=True): the input the candidates are timed on (a 720p Y plane on a GPU: large enough to fill
+# it, ~4 ms per network run; tiny elsewhere, where tuning only exercises the logic), warm-up and timed runs.
+TUNE_SHAPE = {"cuda": (1, 1, 720, 1280), "other": (1, 1, 16, 16)}
+TUNE_WARMUP, TUNE_RUNS = 3, 10
+_TUNED: dict[tuple, str] = {}  # (backend, device name, dtype, depth, channels, options) -> the label chosen
+
+
+def _median_ms(run, y: torch.Tensor) -> float:
+    """Median wall time of ``run(y)`` in ms after warm-up: CUDA events on a GPU, perf_counter elsewhere."""
+    import time
+
+    for _ in range(TUNE_WARMUP):
+        run(y)
+    times = []
+    for _ in range(TUNE_RUNS):
+        if y.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run(y)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            run(y)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def _tune(impl, model: VDSR, device: torch.device, dtype: torch.dtype, opts: dict, default, check: bool):
+    """The fastest of ``default`` (the backend built with ``opts``) and the backend's tuning candidates
+    (options the caller set explicitly are kept: candidates that would change them are not tried). Each
+    candidate passes :func:`self_check` before it is timed. Returns (backend, {label: ms or reason})."""
+    name = getattr(impl, "name", impl.__name__)
+    fixed = {k: v for k, v in opts.items() if k not in ("cuda_graphs", "max_cached_shapes")}
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    key = (name, dev_name, dtype, model.depth, model.channels, tuple(sorted((k, repr(v)) for k, v in fixed.items())))
+    offered = impl.tuning_candidates(model, device, dtype)
+    candidates = [(label, extra) for label, extra in offered if not set(extra) & set(fixed)]
+    if key in _TUNED:  # this process timed the same choice already: rebuild the winner, no timing
+        label = _TUNED[key]
+        extra = dict(candidates).get(label)
+        if extra is None:
+            return default, {label: "chosen earlier in this process"}
+        return impl(model, device, dtype, **{**opts, **extra}), {label: "chosen earlier in this process"}
+    shape = TUNE_SHAPE["cuda" if device.type == "cuda" else "other"]
+    y = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    results: dict[str, float | str] = {}
+    best, best_ms, best_label = default, None, "default"
+    with torch.no_grad():
+        for label, extra in [("default", None), *candidates]:
+            try:
+                cand = default if extra is None else impl(model, device, dtype, **{**opts, **extra})
+            except BackendUnavailable as e:
+                results[label] = f"unavailable: {e}"
+                continue
+            reason = self_check(cand, model, device) if check and extra is not None else None
+            if reason is not None:
+                results[label] = reason
+                continue
+            ms = results[label] = _median_ms(cand, y)
+            if best_ms is None or ms < best_ms:
+                best, best_ms, best_label = cand, ms, label
+    _TUNED[key] = best_label
+    return best, results
+
+
 class Engine:
     """VDSR packed for one backend on one device in one storage dtype.
 
@@ -172,6 +242,13 @@ class Engine:
             is one, else the CPU.
         check: run :func:`self_check` once for a fast backend on a GPU (default). With ``backend="auto"``, a
             backend that fails it is skipped with a warning; an explicitly requested one raises.
+        tune: time the backend's alternative kernels (``tuning_candidates``: the CUDA body variants, the
+            Triton direct and Winograd bodies) on a 720p input once and keep the fastest; ``self.tuning``
+            lists each candidate's median ms (or why it was not timed). Costs about a second (plus Triton
+            compiles) the first time per GPU, dtype and options in a process. Every candidate passes the
+            same equivalence tests, but the choice follows timings: two runs may pick different kernels,
+            whose outputs differ in the last bits. Off by default (the default kernels are deterministic).
+            The kept backend's activation buffers stay sized for the 720p timing input.
         **options: passed to the backend's constructor, e.g. ``cuda_graphs=True`` (Triton and CUDA:
             one CUDA graph per input shape) or ``body_config=...`` (Triton tile choice). ``auto`` does
             not pass them to the PyTorch fallback.
@@ -184,6 +261,7 @@ class Engine:
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         check: bool = True,
+        tune: bool = False,
         **options,
     ) -> None:
         if not isinstance(model, VDSR):
@@ -192,6 +270,7 @@ class Engine:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device = resolve_device(device)
         self.depth, self.channels = model.depth, model.channels
+        self.tuning: dict[str, float | str] = {}  # filled by tune=True
         candidates = [resolve_backend(backend, device)]
         if backend == "auto":
             candidates += [n for n in AUTO_ORDER[AUTO_ORDER.index(candidates[0]) + 1 :] if n == "torch" or (
@@ -220,6 +299,8 @@ class Engine:
                             warnings.warn(f"vdsr_fast: backend {name!r} runs without CUDA graphs: with them its "
                                           f"self-check failed: {reason}", RuntimeWarning, stacklevel=2)  # fmt: skip
                             self._impl, reason = plain, None
+            if reason is None and tune and hasattr(impl, "tuning_candidates"):
+                self._impl, self.tuning = _tune(impl, model, device, self.dtype, opts, self._impl, check and _checked(name, device))
             if reason is None:
                 self.backend = name
                 self.max_pixels = getattr(self._impl, "max_pixels", None)

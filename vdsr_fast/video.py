@@ -378,6 +378,7 @@ def upscale_video(
     max_memory: int | None = None,
     force: bool = False,
     progress: bool = True,
+    tune: bool = False,
 ) -> dict:
     """Upscale the video ``src`` into ``dst``; returns a summary (frames, seconds, fps, sizes, streams,
     and on a GPU ``gpu_busy_fraction``: the share of the wall time the GPU spent upscaling).
@@ -427,7 +428,7 @@ def upscale_video(
         raise VideoError(f"{dst}: give the output a container suffix (.mp4, .mkv, .mov...)")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = _default() if model is None else model
-    kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory}
+    kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory, "tune": tune}
 
     inp = _open_input(av, src)
     try:
@@ -570,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
                 codec=args.codec, crf=None if args.crf == -1 else args.crf, pix_fmt=args.pix_fmt, preset=args.preset,
                 batch=args.batch, device=args.device, backend=args.backend, dtype=_DTYPES.get(args.dtype),
                 tile=args.tile, max_memory=None if args.max_memory is None else int(args.max_memory * 2**30),
-                force=args.force, progress=not args.quiet,
+                force=args.force, progress=not args.quiet, tune=args.tune,
             )
         except BackendUnavailable as e:
             raise VideoError(str(e)) from None

@@ -169,6 +169,20 @@ class CudaBackend(PingPongBuffers):
             return f"vdsr_fast._C was built for CUDA archs {ext.CUDA_ARCHS!r} and cannot run on this GPU ({e})"
         return None
 
+    @staticmethod
+    def tuning_candidates(model: VDSR, device: torch.device, dtype: torch.dtype) -> list[tuple[str, dict]]:
+        """The body variants this GPU runs, but the automatic one (``Engine(tune=True)`` times them)."""
+        ext = load_extension()
+        device = resolve_device(device)
+        auto = ext.body_auto_variant(device.index)
+        out = []
+        for v in ext.body_variants():
+            if v["id"] != auto and variant_unavailable(v, device) is None:
+                kind = "Winograd" if v["winograd"] else "wgmma" if v["wgmma"] else "direct"
+                out.append((f"body variant {v['id']} ({kind}, {v['tile_h']}x{v['tile_w']} px, {v['stages']} stages)",
+                            {"body_variant": v["id"]}))  # fmt: skip
+        return out
+
     def __init__(
         self,
         model: VDSR,

@@ -20,7 +20,7 @@ from ...reference import VDSR
 from .. import PingPongBuffers, resolve_device
 from .conv3x3 import ConvConfig, _conv3x3_kernel, conv3x3_bias_relu, conv3x3_head, pack_conv3x3_weight
 from .tail import conv3x3_tail_residual, pack_tail_weight
-from .winograd import WinogradConfig, conv3x3_winograd, pack_winograd_weight
+from .winograd import WinogradConfig, conv3x3_winograd, pack_winograd_weight, winograd_config
 
 __all__ = ["TritonBackend"]
 
@@ -118,6 +118,12 @@ class TritonBackend(PingPongBuffers):
                 return None
             return "Triton kernels need a CUDA device; on the CPU they run only in Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported), which is for tests"
         return f"Triton backend does not run on device type {device.type!r}"
+
+    @staticmethod
+    def tuning_candidates(model: VDSR, device: torch.device, dtype: torch.dtype) -> list[tuple[str, dict]]:
+        """The Winograd body beside the default direct one (``Engine(tune=True)`` times them)."""
+        cfg = winograd_config(model.channels, model.channels, dtype)
+        return [(f"Winograd body {cfg}", {"body_config": cfg})]
 
     def __init__(
         self,
