@@ -54,10 +54,11 @@ def check_close(got: np.ndarray, ref: np.ndarray, rel: float, what: str):
         )
 
 
-def run_body(variant, dtype, size, **kw):
+def run_body(variant, dtype, size, launch=emu.launch_body, **kw):
+    """A direct-convolution kernel (``launch``: the mma.sync launcher, or ``emu.launch_wgmma``) on a random layer."""
     T = TYPES[dtype]
     x, w, b, ref = body_case(*size, dtype)
-    out, writes = emu.launch_body(variant, T, x, w, b, **kw)
+    out, writes = launch(variant, T, x, w, b, **kw)
     assert (writes == 1).all(), "every output element must be written exactly once"
     return T.to_float(out), ref
 
@@ -245,11 +246,7 @@ def test_winograd_detects_a_transform_bug(monkeypatch):
 
 # --- the wgmma kernel --------------------------------------------------------------------------------
 def run_wgmma(stages, dtype, size, **kw):
-    T = TYPES[dtype]
-    x, w, b, ref = body_case(*size, dtype)
-    out, writes = emu.launch_wgmma(stages, T, x, w, b, **kw)
-    assert (writes == 1).all(), "every output element must be written exactly once"
-    return T.to_float(out), ref
+    return run_body(stages, dtype, size, launch=emu.launch_wgmma, **kw)
 
 
 def test_wgmma_variant_table_fits_hopper():
