@@ -222,7 +222,11 @@ def _tune(impl, model: VDSR, device: torch.device, dtype: torch.dtype, opts: dic
             if reason is not None:
                 results[label] = reason
                 continue
-            ms = results[label] = _median_ms(cand, y)
+            try:
+                ms = results[label] = _median_ms(cand, y)
+            except Exception as e:  # e.g. out of memory at the timing size: not a candidate
+                results[label] = f"timing failed: {type(e).__name__}: {e}"
+                continue
             if best_ms is None or ms < best_ms:
                 best, best_ms, best_label = cand, ms, label
     _TUNED[key] = best_label
