@@ -98,3 +98,15 @@ def test_y_cache_round_trip(tmp_path):
     for e, a, b in zip(exact, first, second):
         assert torch.equal(a, b)
         assert (a - e).abs().max() <= 0.5 / 255 + 1e-12
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
+    """The loss is checked at each report and checkpoint (not every step, which would synchronise the
+    GPU): a diverging run raises before it saves a NaN checkpoint."""
+    data = _images(tmp_path / "data")
+    cfg = TrainConfig(data=[str(data)], scales=[2], downsizes=[1.0], patch=12, batch=2, depth=4, channels=8,
+                      eval_set="", ckpt_every=3, warmup=1, lr=1e30, clip=0.0, threads=1, device="cpu",
+                      out=str(tmp_path / "run"), steps=6)  # fmt: skip
+    with pytest.raises(FloatingPointError, match="lower --lr or --clip"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
