@@ -15,8 +15,9 @@ namespace {
 #define VDSR_WINO_INFO(S) \
   BodyVariant{0, WinoTile<S>::kTileH, kTileW, WinoTile<S>::kThreads, 64, 16, S, WinoTile<S>::kSmemBytes, 1, 0},
 // wgmma warp tile: each warp supplies 16 pixels of two 64-pixel M-blocks, its warpgroup all 64 channels.
-#define VDSR_WGMMA_INFO(S) \
-  BodyVariant{0, WgmmaTile<S>::kTileH, kTileW, WgmmaTile<S>::kThreads, 32, 64, S, WgmmaTile<S>::kSmemBytes, 0, 1},
+#define VDSR_WGMMA_INFO(S, R)                                                                                     \
+  BodyVariant{0, WgmmaTile<S, R>::kTileH, kTileW, WgmmaTile<S, R>::kThreads, 32, 64, S, WgmmaTile<S, R>::kSmemBytes, \
+              0, 1},
 const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIANT_INFO)
                                                        VDSR_WINO_VARIANTS(VDSR_WINO_INFO)
                                                            VDSR_WGMMA_VARIANTS(VDSR_WGMMA_INFO)};

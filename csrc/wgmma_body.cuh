@@ -15,12 +15,17 @@
 //     tap*64 + n with chunk j at slot j ^ (n & 7) are then exactly the canonical K-major SW128 layout
 //     of B for every tap: 8 groups of 8 rows, 1024 bytes apart.
 //   * Tiles are 16 x 16 pixels, halo pipeline as the direct kernel's (load_halo, STAGES buffers).
-//   * Warpgroup wg computes tile rows 8wg .. 8wg+7 as two M-blocks of 64 pixels (rows 8wg + 4mb + 0..3);
-//     warp r of the group supplies row 8wg + 4mb + r of block mb: its A fragment is the direct kernel's
-//     ldmatrix of 16 halo pixels.  Per k-step (tap, 16 channels): 2 ldmatrix.x4 per warp, fence, two
-//     wgmma m64n64k16 (one per M-block, same B descriptor), commit.  The A registers alternate between
-//     two sets by k-step parity; before refilling a set the warp waits for the group that read it
-//     (wait_group 1: at most the previous step's group still pending).
+//   * Warpgroup wg computes tile rows 8wg .. 8wg+7 as two M-blocks of 64 pixels; each warp supplies one
+//     16-pixel row of each block (its A fragment is the direct kernel's ldmatrix of 16 halo pixels).
+//     ROW_REUSE = false: block mb = rows 8wg + 4mb + 0..3 (warp r: row 8wg + 4mb + r).  Per k-step (tap,
+//     16 channels): 2 ldmatrix.x4 per warp, fence, two wgmma m64n64k16 (one per block, one B
+//     descriptor), commit: 36 groups of 2 wgmma per tile.
+//     ROW_REUSE = true: block mb = rows 8wg + 2r + mb (warp r: the two adjacent rows 8wg + 2r, +1).  Then
+//     the halo row a warp loads for block 0's tap row ky is block 1's tap row ky - 1: per (kx, 16
+//     channels) the warp loads its 4 halo rows once (4 ldmatrix.x4) for 6 wgmma (2 blocks x 3 ky): a
+//     third less A traffic: 12 groups of 6 wgmma per tile.
+//     Either way the A registers alternate between two sets by group parity; before refilling a set
+//     the warp waits for the group that read it (wait_group 1: at most the previous group pending).
 //   * Epilogue after wait_group 0: D fragment = the mma C fragment per 8 out channels, stored as the
 //     direct kernel's (bias + ReLU in fp32, 4-byte stores).
 
@@ -31,11 +36,13 @@
 namespace vdsr {
 namespace body {
 
-template <int STAGES>
+template <int STAGES, bool ROW_REUSE>
 struct WgmmaTile {
   static_assert(STAGES >= 2, "need at least double buffering");
   static constexpr int kThreads = 256;  // 2 warpgroups
   static constexpr int kStages = STAGES;
+  static constexpr bool kRowReuse = ROW_REUSE;
+  static constexpr int kALoads = ROW_REUSE ? 4 : 2;  // A fragments per group (ldmatrix.x4 per warp)
   static constexpr int kTileH = 16;
   static constexpr int kHaloH = kTileH + 2;
   static constexpr int kHaloW = kTileW + 2;
@@ -43,15 +50,19 @@ struct WgmmaTile {
   static constexpr int kStageBytes = kHaloPix * kRowBytes;
   static constexpr int kAlign = 1024;  // the weights start on a 1024-byte boundary (slack included below)
   static constexpr int kSmemBytes = kAlign + kWeightBytes + STAGES * kStageBytes;
-  static constexpr int kKSteps = kTaps * (kC / 16);  // 36
+  static constexpr int kGroups = (ROW_REUSE ? 3 : kTaps) * (kC / 16);  // 12 (kx, kk) or 36 (tap, kk)
+  // The tile row warp r of warpgroup wg supplies to M-block mb.
+  static __device__ __forceinline__ int row(int wg, int r, int mb) {
+    return 8 * wg + (ROW_REUSE ? 2 * r + mb : 4 * mb + r);
+  }
 };
 
-template <typename T, int STAGES>
-__global__ void __launch_bounds__(WgmmaTile<STAGES>::kThreads, 1)
+template <typename T, int STAGES, bool ROW_REUSE>
+__global__ void __launch_bounds__(WgmmaTile<STAGES, ROW_REUSE>::kThreads, 1)
     conv3x3_wgmma_kernel(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w,
                          const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y, int num_tiles) {
 #if VDSR_WGMMA
-  using K = WgmmaTile<STAGES>;
+  using K = WgmmaTile<STAGES, ROW_REUSE>;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t smem_w = (smem_addr(smem) + K::kAlign - 1) & ~static_cast<uint32_t>(K::kAlign - 1);
   const uint32_t smem_halo = smem_w + kWeightBytes;
@@ -59,7 +70,7 @@ __global__ void __launch_bounds__(WgmmaTile<STAGES>::kThreads, 1)
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int wg = warp >> 2;  // warpgroup: tile rows 8wg .. 8wg+7
-  const int wr = warp & 3;   // row wr of each of the group's two 4-row M-blocks
+  const int wr = warp & 3;   // warp in the group: its rows are K::row(wg, wr, 0 / 1)
   const int g = lane >> 2;
   const int t = lane & 3;
 
@@ -80,25 +91,30 @@ __global__ void __launch_bounds__(WgmmaTile<STAGES>::kThreads, 1)
     for (int mb = 0; mb < 2; ++mb)
 #pragma unroll
       for (int i = 0; i < 32; ++i) acc[mb][i] = 0.0f;
-    uint32_t a[2][2][4];  // [k-step parity][M-block][register]
+    uint32_t a[2][K::kALoads][4];  // [group parity][A fragment][register]
 #pragma unroll
-    for (int s = 0; s < K::kKSteps; ++s) {
-      const int tap = s / 4;
-      const int kk = s % 4;  // 16 input channels per k-step
-      const int ky = tap / 3;
-      const int kx = tap % 3;
-      if (s >= 2) wgmma_wait<1>();  // step s - 2's group (the last reader of a[s % 2]) has completed
+    for (int s = 0; s < K::kGroups; ++s) {
+      const int kk = s % 4;  // 16 input channels per group
+      const int kx = ROW_REUSE ? s / 4 : (s / 4) % 3;
+      const int ky = ROW_REUSE ? 0 : (s / 4) / 3;  // without reuse one tap row per group
+      if (s >= 2) wgmma_wait<1>();  // group s - 2 (the last reader of a[s % 2]) has completed
 #pragma unroll
-      for (int mb = 0; mb < 2; ++mb) {
-        const int p = (8 * wg + 4 * mb + wr + ky) * K::kHaloW + a_row + kx;
-        ldmatrix_x4(a[s % 2][mb], halo + swz(p, kk * 2 + a_khalf));
+      for (int f = 0; f < K::kALoads; ++f) {
+        // Fragment f: with reuse, halo row (first row of the warp) + f; else M-block f's row + ky.
+        const int hrow = ROW_REUSE ? K::row(wg, wr, 0) + f : K::row(wg, wr, f) + ky;
+        ldmatrix_x4(a[s % 2][f], halo + swz(hrow * K::kHaloW + a_row + kx, kk * 2 + a_khalf));
       }
       wgmma_pin(acc[0]);
       wgmma_pin(acc[1]);
       wgmma_fence();
-      const uint64_t desc = wgmma_desc_sw128(smem_w + tap * kC * kRowBytes + kk * 32);
-      wgmma_m64n64k16<T>(acc[0], a[s % 2][0], desc);
-      wgmma_m64n64k16<T>(acc[1], a[s % 2][1], desc);
+#pragma unroll
+      for (int t3 = 0; t3 < (ROW_REUSE ? 3 : 1); ++t3) {
+        const int tap_y = ROW_REUSE ? t3 : ky;
+        const uint64_t desc = wgmma_desc_sw128(smem_w + (tap_y * 3 + kx) * kC * kRowBytes + kk * 32);
+        // Block mb's A: with reuse fragment tap_y + mb (halo row = the block's row + tap_y), else fragment mb.
+        wgmma_m64n64k16<T>(acc[0], a[s % 2][ROW_REUSE ? tap_y : 0], desc);
+        wgmma_m64n64k16<T>(acc[1], a[s % 2][ROW_REUSE ? tap_y + 1 : 1], desc);
+      }
       wgmma_commit();
       wgmma_pin(acc[0]);
       wgmma_pin(acc[1]);
@@ -112,7 +128,7 @@ __global__ void __launch_bounds__(WgmmaTile<STAGES>::kThreads, 1)
     const TileCoord tc = tile_coord<K::kTileH>(tile, tiles_x, tiles_y);
 #pragma unroll
     for (int mb = 0; mb < 2; ++mb) {
-      const int y = tc.y0 + 8 * wg + 4 * mb + wr;
+      const int y = tc.y0 + K::row(wg, wr, mb);
       if (y >= H) continue;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
@@ -132,11 +148,13 @@ __global__ void __launch_bounds__(WgmmaTile<STAGES>::kThreads, 1)
 #endif
 }
 
-// The wgmma variants (pipeline stages); ids follow the Winograd ones in body_variants().
+// The wgmma variants (pipeline stages, row reuse); ids follow the Winograd ones in body_variants().
 // 3 stages: 1 KB alignment slack + 72 KB weights + 3 x 40.5 KB halos = 195 KB.
-#define VDSR_WGMMA_VARIANTS(X) X(3) /* 16x16 px, 2 warpgroups of 2 x 64 px x 64 ch, sm_90a */
+#define VDSR_WGMMA_VARIANTS(X)                                                         \
+  X(3, false) /* 16x16 px, 2 warpgroups of 2 x 64 px x 64 ch, sm_90a               */ \
+  X(3, true)  /* the same, each warp's two rows adjacent: 1/3 fewer A loads        */
 
-#define VDSR_WGMMA_COUNT(S) +1
+#define VDSR_WGMMA_COUNT(S, R) +1
 constexpr int kNumWgmmaVariants = 0 VDSR_WGMMA_VARIANTS(VDSR_WGMMA_COUNT);
 
 #ifdef VDSR_FAST_SM90A  // CMakeLists.txt: VDSR_FAST_CUDA_ARCHS names 90a
@@ -167,12 +185,13 @@ void check_sm90a_image(Kernel kernel, int device) {
   }
 }
 
-template <typename T, int STAGES>
+template <typename T, int STAGES, bool ROW_REUSE>
 void launch_wgmma(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
                   cudaStream_t stream) {
   check_device_index(device);
-  check_sm90a_image(conv3x3_wgmma_kernel<T, STAGES>, device);
-  launch_persistent<WgmmaTile<STAGES>, T>(conv3x3_wgmma_kernel<T, STAGES>, in, out, w, b, n, h, w_, device, stream);
+  check_sm90a_image(conv3x3_wgmma_kernel<T, STAGES, ROW_REUSE>, device);
+  launch_persistent<WgmmaTile<STAGES, ROW_REUSE>, T>(conv3x3_wgmma_kernel<T, STAGES, ROW_REUSE>, in, out, w, b, n,
+                                                     h, w_, device, stream);
 }
 
 }  // namespace body

@@ -719,27 +719,38 @@ def launch_winograd(stages, T, x_bits, u_bits, bias, *, resident_ctas=132, eager
 # ---------------------------------------------------------------------------------------------------
 # The wgmma body kernel (``gb:NNN`` = csrc/wgmma_body.cuh) and the wgmma instructions (du:114-209).
 # ---------------------------------------------------------------------------------------------------
-def wgmma_variants_from_source(path: Path = CSRC / "wgmma_body.cuh") -> list[int]:
-    """The stages of ``VDSR_WGMMA_VARIANTS`` (gb:137)."""
-    line = next(s for s in path.read_text().splitlines() if s.startswith("#define VDSR_WGMMA_VARIANTS(X)"))
-    return [int(m) for m in re.findall(r"X\(\s*(\d+)\s*\)", re.sub(r"/\*.*?\*/", "", line))]
+def wgmma_variants_from_source(path: Path = CSRC / "wgmma_body.cuh") -> list[tuple[int, bool]]:
+    """The (stages, row reuse) of ``VDSR_WGMMA_VARIANTS`` (gb:153-155)."""
+    lines = path.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("#define VDSR_WGMMA_VARIANTS(X)"))
+    body = []
+    while lines[i].rstrip().endswith("\\"):
+        i += 1
+        body.append(re.sub(r"/\*.*?\*/", "", lines[i]))
+    return [(int(a), b == "true") for a, b in re.findall(r"X\(\s*(\d+)\s*,\s*(true|false)\s*\)", "\n".join(body))]
 
 
 @dataclass(frozen=True)
 class WgmmaTile:
-    """gb:34-47."""
+    """gb:39-58."""
 
     stages: int
-    threads: int = 256  # gb:37
-    tile_h: int = 16  # gb:39
-    halo_w: int = TILE_W + 2  # gb:41
-    align: int = 1024  # gb:44
-    ksteps: int = TAPS * (KC // 16)  # gb:46
+    row_reuse: bool
+    threads: int = 256  # gb:42
+    tile_h: int = 16  # gb:46
+    halo_w: int = TILE_W + 2  # gb:48
+    align: int = 1024  # gb:51
 
-    halo_h = property(lambda s: s.tile_h + 2)  # gb:40
-    halo_pix = property(lambda s: s.halo_h * s.halo_w)  # gb:42
-    stage_bytes = property(lambda s: s.halo_pix * ROW_BYTES)  # gb:43
-    smem_bytes = property(lambda s: s.align + WEIGHT_BYTES + s.stages * s.stage_bytes)  # gb:45
+    a_loads = property(lambda s: 4 if s.row_reuse else 2)  # gb:45
+    halo_h = property(lambda s: s.tile_h + 2)  # gb:47
+    halo_pix = property(lambda s: s.halo_h * s.halo_w)  # gb:49
+    stage_bytes = property(lambda s: s.halo_pix * ROW_BYTES)  # gb:50
+    smem_bytes = property(lambda s: s.align + WEIGHT_BYTES + s.stages * s.stage_bytes)  # gb:52
+    groups = property(lambda s: (3 if s.row_reuse else TAPS) * (KC // 16))  # gb:53
+
+    def row(self, wg, r, mb):
+        """gb:55-57."""
+        return 8 * wg + (2 * r + mb if self.row_reuse else 4 * mb + r)
 
 
 def wgmma_desc_sw128(start):
@@ -821,79 +832,86 @@ class WgmmaGroups:
 
 def wgmma_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager,
                      smem_base=384):  # fmt: skip
-    """One CTA of ``conv3x3_wgmma_kernel`` (gb:49-134) with its dynamic shared memory at ``smem_base`` (128-byte
+    """One CTA of ``conv3x3_wgmma_kernel`` (gb:60-149) with its dynamic shared memory at ``smem_base`` (128-byte
     aligned, not 1024: the alignment slack is exercised); warps are an array axis, lanes the last axis."""
-    cta = Cta(K.smem_bytes, T.poison, eager, base=smem_base)  # gb:55
-    smem_w = (smem_base + K.align - 1) & ~(K.align - 1)  # gb:56
-    smem_halo = smem_w + WEIGHT_BYTES  # gb:57
-    warp = np.arange(8)[:, None]  # gb:60, (warps, 1)
-    lane = LANE[None, :]  # gb:59
-    wg = warp >> 2  # gb:61
-    wr = warp & 3  # gb:62
-    g = lane >> 2  # gb:63
-    t = lane & 3  # gb:64
-    load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)  # gb:66
-    cta.commit()  # gb:67
-    bias_r = load_bias(g_bias, 2 * t + 0 * warp, 8)  # gb:68-69, (warps, 32, 8, 2)
-    halo_prologue(K, cta, smem_halo, g_in, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim)  # gb:70
-    a_row = lane & 15  # gb:72
-    a_khalf = lane >> 4  # gb:73
+    cta = Cta(K.smem_bytes, T.poison, eager, base=smem_base)  # gb:66
+    smem_w = (smem_base + K.align - 1) & ~(K.align - 1)  # gb:67
+    smem_halo = smem_w + WEIGHT_BYTES  # gb:68
+    warp = np.arange(8)[:, None]  # gb:71, (warps, 1)
+    lane = LANE[None, :]  # gb:70
+    wg = warp >> 2  # gb:72
+    wr = warp & 3  # gb:73
+    g = lane >> 2  # gb:74
+    t = lane & 3  # gb:75
+    load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)  # gb:77
+    cta.commit()  # gb:78
+    bias_r = load_bias(g_bias, 2 * t + 0 * warp, 8)  # gb:79-80, (warps, 32, 8, 2)
+    halo_prologue(K, cta, smem_halo, g_in, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim)  # gb:81
+    a_row = lane & 15  # gb:83
+    a_khalf = lane >> 4  # gb:84
     groups = [WgmmaGroups(), WgmmaGroups()]  # per warpgroup
-    mb_ax = np.arange(2)[None, :, None]  # the unrolled mb loop (gb:92) as an axis
 
-    it = 0  # gb:75
+    it = 0  # gb:86
     tile = block_idx
-    while tile < num_tiles:  # gb:76
-        halo = halo_next(K, cta, smem_halo, g_in, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim)  # gb:77
-        for q in groups:  # gb:78-82
+    while tile < num_tiles:  # gb:87
+        halo = halo_next(K, cta, smem_halo, g_in, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim)  # gb:88
+        for q in groups:  # gb:89-93
             q.write("acc0"), q.write("acc1")
         acc = np.zeros((2, 2, 4, 32, 32), np.float32)  # [warpgroup][mb][warp in group][lane][32]
-        for s in range(K.ksteps):  # gb:85
-            tap, kk = s // 4, s % 4  # gb:86-87
-            ky, kx = tap // 3, tap % 3  # gb:88-89
-            if s >= 2:  # gb:90
+        for s in range(K.groups):  # gb:96
+            kk = s % 4  # gb:97
+            kx = s // 4 if K.row_reuse else (s // 4) % 3  # gb:98
+            ky = 0 if K.row_reuse else (s // 4) // 3  # gb:99
+            if s >= 2:  # gb:100
                 for q in groups:
                     q.wait(1)
-            for q in groups:  # gb:94: ldmatrix into a[s % 2][mb]
-                q.write(f"a{s % 2}")
-            p = (8 * wg[:, None] + 4 * mb_ax + wr[:, None] + ky) * K.halo_w + a_row + kx  # gb:93, (warps, 2, 32)
-            a = cta.ldmatrix_x4(halo + swz(p, kk * 2 + a_khalf))  # gb:94, (warps, 2, 32, 4)
-            for q in groups:  # gb:98
+            a = []
+            for f in range(K.a_loads):  # gb:102
+                for q in groups:
+                    q.write(f"a{s % 2}.{f}")
+                hrow = K.row(wg, wr, 0) + f if K.row_reuse else K.row(wg, wr, f) + ky  # gb:104, (warps, 1)
+                a.append(cta.ldmatrix_x4(halo + swz(hrow * K.halo_w + a_row + kx, kk * 2 + a_khalf)))  # gb:105
+            for q in groups:  # gb:109
                 q.fence()
-            b = wgmma_b_from_smem(cta, T, wgmma_desc_sw128(smem_w + tap * KC * ROW_BYTES + kk * 32))  # gb:99
-            for w_g, q in enumerate(groups):  # gb:100-102
-                for mb in range(2):
-                    q.mma(f"a{s % 2}", f"acc{mb}")
-                    acc[w_g, mb] = wgmma_m64n64k16(T, acc[w_g, mb], a[4 * w_g : 4 * w_g + 4, mb], b)
+            for t3 in range(3 if K.row_reuse else 1):  # gb:111
+                tap_y = t3 if K.row_reuse else ky  # gb:112
+                b = wgmma_b_from_smem(cta, T, wgmma_desc_sw128(smem_w + (tap_y * 3 + kx) * KC * ROW_BYTES + kk * 32))
+                for mb in range(2):  # gb:115-116
+                    f = tap_y + mb if K.row_reuse else mb
+                    for w_g, q in enumerate(groups):
+                        q.mma(f"a{s % 2}.{f}", f"acc{mb}")
+                        acc[w_g, mb] = wgmma_m64n64k16(T, acc[w_g, mb], a[f][4 * w_g : 4 * w_g + 4], b)
+            for q in groups:  # gb:118
                 q.commit()
-        for q in groups:  # gb:106
+        for q in groups:  # gb:122
             q.wait(0)
-        cta.syncthreads()  # gb:110
+        cta.syncthreads()  # gb:126
 
-        tb, ty0, tx0 = tile_coord(K.tile_h, tile, tiles_x, tiles_y)  # gb:112
+        tb, ty0, tx0 = tile_coord(K.tile_h, tile, tiles_x, tiles_y)  # gb:128
         for q in groups:
             q.read("acc0"), q.read("acc1")
         acc_w = acc.transpose(0, 2, 1, 3, 4).reshape(8, 2, 32, 32)  # [warp = 4 wg + wr][mb][lane][32]
-        for mb in range(2):  # gb:114
-            y = ty0 + 8 * wg + 4 * mb + wr  # gb:115, (warps, 1)
-            for half in range(2):  # gb:118
-                x = tx0 + g + 8 * half  # gb:119, (1, 32)
-                live = (y < H) & (x < W)  # gb:116, gb:120
-                dst = ((np.int64(tb) * H + y) * W + x) * KC + 2 * t  # gb:121
-                for i in range(8):  # gb:123
+        for mb in range(2):  # gb:130
+            y = ty0 + K.row(wg, wr, mb)  # gb:131, (warps, 1)
+            for half in range(2):  # gb:134
+                x = tx0 + g + 8 * half  # gb:135, (1, 32)
+                live = (y < H) & (x < W)  # gb:132, gb:136
+                dst = ((np.int64(tb) * H + y) * W + x) * KC + 2 * t  # gb:137
+                for i in range(8):  # gb:139
                     v0, v1 = acc_w[:, mb, :, 4 * i + 2 * half], acc_w[:, mb, :, 4 * i + 2 * half + 1]
-                    store_relu2(T, g_out, dst + i * 8, live, v0, v1, bias_r[:, :, i])  # gb:124
-        tile += grid_dim  # gb:76
+                    store_relu2(T, g_out, dst + i * 8, live, v0, v1, bias_r[:, :, i])  # gb:140
+        tile += grid_dim  # gb:87
         it += 1
-    cta.wait_group(0)  # gb:129
+    cta.wait_group(0)  # gb:145
     if cta.open:
         raise Hazard("cp.async copies issued but never committed")
 
 
-def launch_wgmma(stages, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False):
-    """gb:170-176 -> :func:`launch_tiles` (weights packed as the direct kernel's, (9, 64, 64))."""
+def launch_wgmma(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False):
+    """gb:188-195 -> :func:`launch_tiles`; ``variant`` = (stages, row reuse); weights packed as the direct
+    kernel's, (9, 64, 64)."""
     assert w_bits.shape == (TAPS, KC, KC)
-    return launch_tiles(WgmmaTile(stages), wgmma_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
+    return launch_tiles(WgmmaTile(*variant), wgmma_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
 
 
 # ---------------------------------------------------------------------------------------------------

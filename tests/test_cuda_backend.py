@@ -142,10 +142,10 @@ def test_cuda_graphs_match_eager(cuda_device):
         torch.testing.assert_close(graphed(x2), eager(x2), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("variant", [0, 1, 2, 3, 4])  # 3: Winograd (winograd_body.cuh), 4: wgmma (wgmma_body.cuh)
+@pytest.mark.parametrize("variant", [0, 1, 2, 3, 4, 5])  # 3: Winograd (winograd_body.cuh), 4-5: wgmma (wgmma_body.cuh)
 def test_network_every_body_variant(cuda_device, variant):
     C = _ext()
-    assert len(C.body_variants()) == 5, "a new body variant: add its id here"
+    assert len(C.body_variants()) == 6, "a new body variant: add its id here"
     v = C.body_variants()[variant]
     if why := variant_unavailable(v, cuda_device):
         with pytest.raises(BackendUnavailable, match="body variant"):
@@ -275,7 +275,7 @@ def test_variant_unavailable_names_what_each_variant_needs(monkeypatch):
 
     C = _ext()
     wgmma = [v for v in C.body_variants() if v["wgmma"]]
-    assert len(wgmma) == 1 and not wgmma[0]["winograd"]
+    assert len(wgmma) == 2 and not any(v["winograd"] for v in wgmma)
     direct = C.body_variants()[0]
 
     def gpu(name, cc, optin):

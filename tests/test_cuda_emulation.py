@@ -250,9 +250,13 @@ def run_wgmma(stages, dtype, size, **kw):
 
 
 def test_wgmma_variant_table_fits_hopper():
-    assert WGMMA_VARIANTS
-    assert all(emu.WgmmaTile(s).smem_bytes <= 227 * 1024 for s in WGMMA_VARIANTS)
-    assert emu.WgmmaTile(3).smem_bytes == 199168  # csrc/README.md: 195 KB
+    assert WGMMA_VARIANTS == [(3, False), (3, True)]
+    assert all(emu.WgmmaTile(*v).smem_bytes <= 227 * 1024 for v in WGMMA_VARIANTS)
+    assert emu.WgmmaTile(3, False).smem_bytes == 199168  # csrc/README.md: 195 KB
+    for v in WGMMA_VARIANTS:  # each warp supplies one row of each M-block, every tile row exactly once
+        K = emu.WgmmaTile(*v)
+        rows = sorted(K.row(wg, r, mb) for wg in range(2) for r in range(4) for mb in range(2))
+        assert rows == list(range(16))
 
 
 def test_wgmma_fragments_against_a_scalar_transcription_of_the_ptx_tables():
@@ -292,24 +296,29 @@ def test_wgmma_descriptor_reads_the_swizzled_weight_rows():
         np.testing.assert_array_equal(b, T.to_float(w[tap * 64 : tap * 64 + 64, 16 * kk : 16 * kk + 16]).T)
 
 
+WGMMA_IDS = lambda v: f"S{v[0]}" + ("-reuse" if v[1] else "")  # noqa: E731
+
+
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("stages", WGMMA_VARIANTS)
-def test_wgmma_fp16_matches_conv2d(stages, size):
-    got, ref = run_wgmma(stages, torch.float16, size, resident_ctas=3)
-    check_close(got, ref, REL[torch.float16], f"wgmma S{stages} fp16 {size}")
+@pytest.mark.parametrize("variant", WGMMA_VARIANTS, ids=WGMMA_IDS)
+def test_wgmma_fp16_matches_conv2d(variant, size):
+    got, ref = run_wgmma(variant, torch.float16, size, resident_ctas=3)
+    check_close(got, ref, REL[torch.float16], f"wgmma {variant} fp16 {size}")
 
 
+@pytest.mark.parametrize("variant", WGMMA_VARIANTS, ids=WGMMA_IDS)
 @pytest.mark.parametrize("resident", [1, 1000])
-def test_wgmma_bf16_eager_copies_and_grid_sizes(resident):
-    got, ref = run_wgmma(WGMMA_VARIANTS[0], torch.bfloat16, (2, 17, 33), resident_ctas=resident, eager=True)
-    check_close(got, ref, REL[torch.bfloat16], f"wgmma bf16 {resident} CTAs")
+def test_wgmma_bf16_eager_copies_and_grid_sizes(variant, resident):
+    got, ref = run_wgmma(variant, torch.bfloat16, (2, 17, 33), resident_ctas=resident, eager=True)
+    check_close(got, ref, REL[torch.bfloat16], f"wgmma {variant} bf16 {resident} CTAs")
 
 
+@pytest.mark.parametrize("variant", WGMMA_VARIANTS, ids=WGMMA_IDS)
 @pytest.mark.parametrize(
     "bug, match",
     [("wait", "pending"), ("fence", "after the last wgmma.fence"), ("align", "swizzle atom"), ("barrier", "write-after-read")],
 )
-def test_wgmma_detects(monkeypatch, bug, match):
+def test_wgmma_detects(monkeypatch, variant, bug, match):
     """A dropped wait_group 1 (an A set refilled under a pending wgmma), a dropped fence, weights not on a
     1024-byte boundary, a dropped barrier after the compute (a halo refilled while read)."""
     if bug == "wait":
@@ -329,7 +338,7 @@ def test_wgmma_detects(monkeypatch, bug, match):
 
         monkeypatch.setattr(emu.Cta, "syncthreads", sync)
     with pytest.raises(emu.Hazard, match=match):
-        run_wgmma(WGMMA_VARIANTS[0], torch.float16, (1, 40, 20), resident_ctas=1)
+        run_wgmma(variant, torch.float16, (1, 40, 20), resident_ctas=1)
 
 
 def test_wgmma_detects_a_wrong_stride_offset(monkeypatch):
@@ -396,8 +405,8 @@ def test_tail_detects_a_missing_barrier_or_wait(monkeypatch, bug):
 
 
 def test_whole_network_chain_matches_the_reference():
-    """head -> four body layers (two direct variants, the Winograd kernel, the wgmma kernel) -> tail, weights
-    packed as CudaBackend packs them."""
+    """head -> four body layers (two direct variants, the Winograd kernel, the row-reuse wgmma kernel) -> tail,
+    weights packed as CudaBackend packs them."""
     g = torch.Generator().manual_seed(3)
     ws = [torch.randn(64, 1, 3, 3, generator=g) * 0.5] + [torch.randn(64, 64, 3, 3, generator=g) / 24] * 4
     ws += [torch.randn(1, 64, 3, 3, generator=g) * 0.05]
@@ -410,7 +419,7 @@ def test_whole_network_chain_matches_the_reference():
     for i, variant in ((1, VARIANTS[0]), (2, VARIANTS[-1])):
         act, _ = emu.launch_body(variant, T, act, bits(pack_body_weight(ws[i], torch.float16)), bs[i].numpy())
     act, _ = emu.launch_winograd(WINO_VARIANTS[0], T, act, bits(pack_winograd_weight(ws[3], torch.float16)), bs[3].numpy())
-    act, _ = emu.launch_wgmma(WGMMA_VARIANTS[0], T, act, bits(pack_body_weight(ws[4], torch.float16)), bs[4].numpy())
+    act, _ = emu.launch_wgmma(WGMMA_VARIANTS[-1], T, act, bits(pack_body_weight(ws[4], torch.float16)), bs[4].numpy())
     y, _ = emu.launch_tail(T, act, x[:, 0].numpy(), ws[5].permute(2, 3, 1, 0).reshape(9, 64).numpy(), bs[5].numpy())
     ref = vdsr_forward(x.double(), ws, bs)[:, 0].numpy()
     np.testing.assert_allclose(y, ref, rtol=0, atol=2e-3)
