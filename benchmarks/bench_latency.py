@@ -477,15 +477,17 @@ def _build_compile(model: VDSR, device: torch.device):
 
 
 def _engine(backend: str, dtype: torch.dtype, body: str = ""):
-    """An engine with its default body kernel, or ``body="winograd"`` / ``"wgmma"`` (CUDA only): the
-    experimental ones, not yet defaults."""
+    """An engine with its default kernels, or an experimental option not yet a default: ``body="winograd"``,
+    ``"wgmma"`` (CUDA only) or ``"fused_tail"`` (Triton only: the tail fused into the last body layer)."""
 
     def build(model: VDSR, device: torch.device):
         from vdsr_fast.engine import Engine
 
         if not body:
             return Engine(model, backend=backend, dtype=dtype, device=device), ""
-        if backend == "cuda":
+        if body == "fused_tail":
+            opts = {"fuse_tail": True}
+        elif backend == "cuda":
             from vdsr_fast.kernels.cuda import load_extension
 
             vid = next(v["id"] for v in load_extension().body_variants() if v[body])
@@ -547,10 +549,10 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
                 f"engine_{name}_{dname}", f"engine {name}", dname, torch.float32, False, _engine(name, dtype), reason
             )
             paths.append(spec)
-            bodies = {"cuda": ("winograd", "wgmma"), "triton": ("winograd",)}.get(name, ())
+            bodies = {"cuda": ("winograd", "wgmma"), "triton": ("winograd", "fused_tail")}.get(name, ())
             for body in bodies if dtype != torch.float32 else ():  # the experimental body kernels
-                label = {"winograd": "Winograd", "wgmma": "wgmma"}[body]
-                paths.append(PathSpec(f"engine_{name}_{body}_{dname}", f"engine {name} {label} body", dname,
+                label = {"winograd": "Winograd body", "wgmma": "wgmma body", "fused_tail": "tail fused"}[body]
+                paths.append(PathSpec(f"engine_{name}_{body}_{dname}", f"engine {name} {label}", dname,
                                       torch.float32, False, _engine(name, dtype, body), reason))  # fmt: skip
     paths += [
         PathSpec("eager_fp16", "PyTorch eager NCHW", "fp16", torch.float16, False, _eager(torch.float16, False)),

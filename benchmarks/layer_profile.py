@@ -160,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         tile = f" {block_m // tile_w}x{tile_w}" if tile_w else ""
         add("tail", f"triton tail + residual M{block_m}{tile} w{warps}" + (" (default)" if cfg == tail_default else ""),
             lambda cfg=cfg: ttail.conv3x3_tail_residual(x_nhwc, tw, tb, y, ty, config=cfg), fl_tail)
+    # the tail fused into the last body layer: that layer writing partial sums (compare with the body rows),
+    # then the gather (compare with the tail rows)
+    tw16 = tconv.pack_tail_partials_weight(model.layers[-1].weight, dt)
+    z = torch.empty(n * ht * wd, 9, device=dev)
+    add("last", "triton last body layer + tail partials (default tile)",
+        lambda: tconv.conv3x3_bias_relu_tail_partials(x_nhwc, wt, b, tw16, z), fl + _flops(n, ht, wd, C, 1))  # fmt: skip
+    add("tail", "triton tail gather + residual (after the partials)",
+        lambda: ttail.tail_gather_residual(z, tb, y, ty), fl_tail)  # fmt: skip
     if ext is not None:
         hw32, tw32 = hw.reshape(C, 9).contiguous(), model.layers[-1].weight.permute(2, 3, 1, 0).reshape(9, C).contiguous()
         add("head", "cuda head", lambda: ext.head(y.data_ptr(), th_out.data_ptr(), hw32.data_ptr(), hb.data_ptr(),
@@ -173,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         if ext is not None:
             nets += [(f"cuda {'Winograd' if v['winograd'] else 'wgmma'} variant {v['id']}", "cuda", {"body_variant": v["id"]})
                      for v in ext.body_variants() if v["winograd"] or v["wgmma"]]  # fmt: skip
-        nets.append(("triton Winograd body", "triton", {"body_config": twino.winograd_config(C, C, dt)}))
+        wino = twino.winograd_config(C, C, dt)
+        nets += [("triton Winograd body", "triton", {"body_config": wino}),
+                 ("triton, tail fused", "triton", {"fuse_tail": True}),
+                 ("triton Winograd body, tail fused", "triton", {"body_config": wino, "fuse_tail": True})]  # fmt: skip
         for label, backend, opts in nets:
             try:
                 eng = Engine(model, backend=backend, dtype=dt, device=dev, **opts)

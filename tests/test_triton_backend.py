@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed"
 
 if HAS_TRITON:
     from vdsr_fast.kernels.triton.backend import TritonBackend
+    from vdsr_fast.kernels.triton.winograd import winograd_config
 
 
 def _needs_cuda() -> torch.device:
@@ -58,8 +59,8 @@ def _poison_buffers(engine: Engine, y: torch.Tensor) -> None:
         buf.fill_(float("nan"))
 
 
-def _check_network(model: VDSR, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    engine = Engine(model, backend="triton", dtype=dtype, device=y.device)
+def _check_network(model: VDSR, y: torch.Tensor, dtype: torch.dtype, **options) -> torch.Tensor:
+    engine = Engine(model, backend="triton", dtype=dtype, device=y.device, **options)
     _poison_buffers(engine, y)
     out = engine(y)
     assert out.shape == y.shape and out.dtype == y.dtype
@@ -97,6 +98,31 @@ def test_network_matches_float64_large_gpu(case, dtype, poison):
     triton_device(dtype, bf16_dot=True)
     model = _model(depth, channels, seed=1).to(device)
     _check_network(model, torch.rand(n, 1, h, w, device=device), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("case", [(3, 64, 1, 13, 11), (4, 8, 3, 6, 9), (2, 16, 1, 5, 4)], ids=lambda c: "d{}c{}_{}x{}x{}".format(*c))
+def test_network_fused_tail(case, dtype, poison):
+    """fuse_tail=True: the last body layer writes the tail's partial sums into the free ping-pong buffer and
+    a gather adds them (depth 2 has no body layer: the plain tail runs); with a Winograd body too."""
+    depth, channels, n, h, w = case
+    device = triton_device(dtype, bf16_dot=True)
+    model = _model(depth, channels, seed=depth * 10 + channels).to(device)
+    y = torch.rand(n, 1, h, w, device=device)
+    out = _check_network(model, y, dtype, fuse_tail=True)
+    assert Engine(model, backend="triton", dtype=dtype, device=device, fuse_tail=True)._impl.fuse_tail == (depth > 2)
+    torch.testing.assert_close(out, _check_network(model, y, dtype), atol=1e-5 if dtype == torch.float32 else 2e-3, rtol=0)
+    if depth > 2 and channels == 64:
+        cfg = winograd_config(channels, channels, dtype)
+        _check_network(model, y, dtype, fuse_tail=True, body_config=cfg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_network_fused_tail_large_gpu(dtype, poison):
+    device = _needs_cuda()
+    model = _model(20, 64, seed=2).to(device)
+    _check_network(model, torch.rand(1, 1, 1080, 1920, device=device), dtype, fuse_tail=True)
+    _check_network(model, torch.rand(2, 1, 37, 53, device=device), dtype, fuse_tail=True, cuda_graphs=True)
 
 
 def test_engine_tune_gpu():
@@ -242,6 +268,12 @@ def test_custom_ops_opcheck():
         (x, backend.w_tail, backend.b_tail, y, False),
         test_utils=("test_schema", "test_faketensor"),
     )
+    fused = TritonBackend(_model(3, 16, seed=8).to(device), device, torch.float32, fuse_tail=True)
+    z = ops.triton_conv3x3_tail_partials(x, fused.w_last, fused.b_body[-1], fused.w_tail16)
+    torch.library.opcheck(ops.triton_conv3x3_tail_partials, (x, fused.w_last, fused.b_body[-1], fused.w_tail16),
+                          test_utils=("test_schema", "test_faketensor"))  # fmt: skip
+    torch.library.opcheck(ops.triton_tail_gather_residual, (z, fused.b_tail, y, False),
+                          test_utils=("test_schema", "test_faketensor"))  # fmt: skip
 
 
 def test_compile_aot_eager():
@@ -252,6 +284,9 @@ def test_compile_aot_eager():
     y = torch.rand(1, 1, 5, 6, device=device)
     compiled = torch.compile(lambda t: engine(t), backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(y), engine(y), atol=0, rtol=0)
+    fused = Engine(model, backend="triton", dtype=torch.float32, device=device, fuse_tail=True)
+    compiled = torch.compile(lambda t: fused(t), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(y), fused(y), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

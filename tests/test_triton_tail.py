@@ -141,3 +141,75 @@ def test_tail_errors():
         conv3x3_tail_residual(x, w, b, y.to("meta"))
     with pytest.raises(ValueError, match="out must have y's shape"):
         conv3x3_tail_residual(x, w, b, y, torch.empty(1, 1, 4, 3, device=device))
+
+
+# --- the tail fused into the last body layer (conv3x3_bias_relu_tail_partials + tail_gather_residual) -------
+if HAS_TRITON:
+    from vdsr_fast.kernels.triton.conv3x3 import (
+        ConvConfig,
+        conv3x3_bias_relu_tail_partials,
+        pack_conv3x3_weight,
+        pack_tail_partials_weight,
+    )
+    from vdsr_fast.kernels.triton.tail import tail_gather_residual
+
+
+def _check_fused(n, h, w, c, dtype, device, clamp=False, config=None):
+    """Last body layer + tail through the partial sums, against float64 (relu(conv(x)) -> tail + residual)
+    on the same rounded operands; the torch same-dtype path rounds the layer's output as the kernel does."""
+    g = torch.Generator().manual_seed(1000 * n + 100 * h + w + c)
+    x_nchw = torch.rand(n, c, h, w, generator=g).to(device, dtype)
+    wl = (torch.randn(c, c, 3, 3, generator=g) * (2.0 / (9 * c)) ** 0.5).to(device, dtype)
+    bl = (torch.rand(c, generator=g) * 0.1 - 0.05).to(device)
+    wt = (torch.randn(1, c, 3, 3, generator=g) * (2.0 / (9 * c)) ** 0.5 * 0.1).to(device, dtype)
+    b = torch.empty(1).uniform_(-0.05, 0.05, generator=g).to(device)
+    y = torch.rand(n, 1, h, w, generator=g).to(device)
+    z = torch.full((n * h * w, 9), float("nan"), device=device)
+    x = x_nchw.permute(0, 2, 3, 1).contiguous()
+    res = conv3x3_bias_relu_tail_partials(x, pack_conv3x3_weight(wl, dtype), bl, pack_tail_partials_weight(wt, dtype), z,
+                                          config=config)  # fmt: skip
+    assert res is z and not z.isnan().any()
+    out = torch.full_like(y, float("nan"))
+    assert tail_gather_residual(z, b, y, out, clamp=clamp) is out
+    act64 = F.conv2d(x_nchw.double(), wl.double(), bl.double(), padding=1).relu()
+    act_same = F.conv2d(x_nchw, wl, bl.to(dtype), padding=1).relu()
+    ref64 = y.double() + F.conv2d(act64, wt.double(), b.double(), padding=1)
+    same = y.to(dtype) + F.conv2d(act_same, wt, b.to(dtype), padding=1)
+    if clamp:
+        ref64, same = ref64.clamp(0, 1), same.clamp(0, 1)
+    assert_equivalent(out, same, ref64, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [(1, 1, 1, 64), (3, 7, 5, 64), (1, 37, 53, 64), (2, 6, 11, 24)],
+                         ids=lambda c: "x".join(map(str, c)))  # fmt: skip
+def test_fused_tail_matches_float64(case, dtype):
+    _check_fused(*case, dtype, triton_device(dtype, bf16_dot=True))
+
+
+def test_fused_tail_2d_tiles_clamp_and_large_gpu():
+    device = triton_device()
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    _check_fused(2, 19, 37, 64, dtype, device, clamp=True, config=ConvConfig(64, 64, 64, 4, 2, tile_w=16))
+    if device.type == "cuda":
+        _check_fused(1, 1080, 1920, 64, torch.float16, device)
+        _check_fused(1, 1080, 1920, 64, torch.bfloat16, device)
+
+
+def test_fused_tail_errors():
+    device = triton_device()
+    x = torch.rand(1, 4, 4, 64, device=device)
+    wl = pack_conv3x3_weight(torch.rand(64, 64, 3, 3, device=device), torch.float32)
+    tw = pack_tail_partials_weight(torch.rand(1, 64, 3, 3, device=device), torch.float32)
+    bl = torch.zeros(64, device=device)
+    with pytest.raises(ValueError, match="all 64 channels in one tile"):
+        conv3x3_bias_relu_tail_partials(x, wl, bl, tw, config=ConvConfig(64, 32, 64, 4, 2))
+    with pytest.raises(ValueError, match=r"tail weights \(64, 16\)"):
+        conv3x3_bias_relu_tail_partials(x, wl, bl, tw[:, :9].contiguous())
+    with pytest.raises(ValueError, match=r"z must be a contiguous fp32 \(16, 9\)"):
+        conv3x3_bias_relu_tail_partials(x, wl, bl, tw, torch.empty(16, 8, device=device))
+    y = torch.rand(1, 1, 4, 4, device=device)
+    with pytest.raises(ValueError, match=r"partial sums \(16, 9\)"):
+        tail_gather_residual(torch.empty(15, 9, device=device), torch.zeros(1, device=device), y)
+    p = pack_tail_partials_weight(torch.arange(2 * 9.0).reshape(1, 2, 3, 3), torch.float32)
+    assert p.shape == (2, 16) and p[1, 4] == 9 + 4 and (p[:, 9:] == 0).all()  # column kh*3+kw

@@ -8,6 +8,9 @@ Weights are packed once (K contiguous, storage dtype; biases fp32). Kernels run 
 CUDA stream. The three fused ops are also registered as custom ops ``torch.ops.vdsr_fast.triton_conv3x3_{head,bias_relu,tail_residual}`` (with fake
 implementations), which is what an engine call traced by ``torch.compile`` runs; with a Winograd body
 (``body_config=WinogradConfig(...)``) the body layers are ``conv3x3_winograd`` / ``triton_conv3x3_winograd``.
+With ``fuse_tail=True`` the last body layer and the tail are ``conv3x3_bias_relu_tail_partials`` +
+``tail_gather_residual`` (ops ``triton_conv3x3_tail_partials``, ``triton_tail_gather_residual``): the last
+activation is never stored.
 """
 
 from __future__ import annotations
@@ -18,8 +21,16 @@ import torch
 
 from ...reference import VDSR
 from .. import PingPongBuffers, resolve_device
-from .conv3x3 import ConvConfig, _conv3x3_kernel, conv3x3_bias_relu, conv3x3_head, pack_conv3x3_weight
-from .tail import conv3x3_tail_residual, pack_tail_weight
+from .conv3x3 import (
+    ConvConfig,
+    _conv3x3_kernel,
+    conv3x3_bias_relu,
+    conv3x3_bias_relu_tail_partials,
+    conv3x3_head,
+    pack_conv3x3_weight,
+    pack_tail_partials_weight,
+)
+from .tail import conv3x3_tail_residual, pack_tail_weight, tail_gather_residual
 from .winograd import WinogradConfig, conv3x3_winograd, pack_winograd_weight, winograd_config
 
 __all__ = ["TritonBackend"]
@@ -75,6 +86,28 @@ def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor, clamp:
     return y.new_empty(y.shape)
 
 
+@torch.library.custom_op("vdsr_fast::triton_conv3x3_tail_partials", mutates_args=())
+def conv3x3_tail_partials_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, tw: torch.Tensor) -> torch.Tensor:
+    """NHWC (N, H, W, C_IN) -> the tail's per-tap partial sums of relu(conv3x3 + b), fp32 (N * H * W, 9)."""
+    return conv3x3_bias_relu_tail_partials(x, w, b, tw)
+
+
+@conv3x3_tail_partials_op.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, tw: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0] * x.shape[1] * x.shape[2], 9), dtype=torch.float32)
+
+
+@torch.library.custom_op("vdsr_fast::triton_tail_gather_residual", mutates_args=())
+def tail_gather_residual_op(z: torch.Tensor, b: torch.Tensor, y: torch.Tensor, clamp: bool) -> torch.Tensor:
+    """Partial sums + Y plane -> y + tail + b (clamped if asked), contiguous, y's shape and dtype."""
+    return tail_gather_residual(z, b, y, clamp=clamp)
+
+
+@tail_gather_residual_op.register_fake
+def _(z: torch.Tensor, b: torch.Tensor, y: torch.Tensor, clamp: bool) -> torch.Tensor:
+    return y.new_empty(y.shape)
+
+
 def _interpreted() -> bool:
     """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
     return type(_conv3x3_kernel).__name__ == "InterpretedFunction"
@@ -95,6 +128,11 @@ class TritonBackend(PingPongBuffers):
             default the ``conv3x3_config`` heuristic. Used by the eager and CUDA-graph paths. A
             :class:`~vdsr_fast.kernels.triton.winograd.WinogradConfig` selects the experimental Winograd
             F(2x2, 3x3) body kernel instead (weights packed as G g G^T; every path, torch.compile too).
+        fuse_tail: fuse the tail's conv into the last body layer (experimental, not yet timed): that layer
+            writes 9 fp32 partial sums per pixel instead of its activation and a gather kernel adds the
+            neighbours' partials, the bias and the residual (``conv3x3_bias_relu_tail_partials`` +
+            ``tail_gather_residual``; the last layer then runs the direct kernel, with the default config
+            or ``body_config`` if that is a direct one). Needs at least one body layer; ignored otherwise.
 
     Activation buffers are owned by the backend and shared by its calls: calls from different CUDA
     streams are ordered on the GPU (see :class:`~vdsr_fast.kernels.PingPongBuffers`), and
@@ -121,9 +159,10 @@ class TritonBackend(PingPongBuffers):
 
     @staticmethod
     def tuning_candidates(model: VDSR, device: torch.device, dtype: torch.dtype) -> list[tuple[str, dict]]:
-        """The Winograd body beside the default direct one (``Engine(tune=True)`` times them)."""
+        """The Winograd body and the fused tail beside the defaults (``Engine(tune=True)`` times them)."""
         cfg = winograd_config(model.channels, model.channels, dtype)
-        return [(f"Winograd body {cfg}", {"body_config": cfg})]
+        return [(f"Winograd body {cfg}", {"body_config": cfg}), ("tail fused into the last body layer", {"fuse_tail": True}),
+                (f"Winograd body {cfg}, tail fused", {"body_config": cfg, "fuse_tail": True})]  # fmt: skip
 
     def __init__(
         self,
@@ -135,6 +174,7 @@ class TritonBackend(PingPongBuffers):
         cuda_graphs: bool = False,
         max_cached_shapes: int = 4,
         body_config: ConvConfig | WinogradConfig | None = None,
+        fuse_tail: bool = False,
     ) -> None:
         device = resolve_device(device)
         if dtype not in self.dtypes:
@@ -163,6 +203,13 @@ class TritonBackend(PingPongBuffers):
         self.w_tail = pack_tail_weight(ws[-1], dtype)
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
         self._packed = [self.w_head, self.b_head, *self.w_body, *self.b_body, self.w_tail, self.b_tail]
+        # The fused tail: the last body layer in the direct kernel's packing, the tail as (C, 16) columns.
+        self.fuse_tail = bool(fuse_tail) and len(ws) > 2
+        if self.fuse_tail:
+            self.w_last = pack_conv3x3_weight(ws[-2], dtype)
+            self.w_tail16 = pack_tail_partials_weight(ws[-1], dtype)
+            self.last_config = None if self.winograd else body_config
+            self._packed += [self.w_last, self.w_tail16]
         self._init_buffers()  # two ping-pong NHWC buffers; graphs keyed (N, H, W, y dtype)
 
     def _check(self, y: torch.Tensor) -> None:
@@ -180,19 +227,33 @@ class TritonBackend(PingPongBuffers):
         a, b = self.buffers(y.shape[0], y.shape[2], y.shape[3])
         conv3x3_head(y, self.w_head, self.b_head, out=a)
         body = conv3x3_winograd if self.winograd else conv3x3_bias_relu
-        for w, bias in zip(self.w_body, self.b_body, strict=True):
+        layers = list(zip(self.w_body, self.b_body, strict=True))
+        for w, bias in layers[:-1] if self.fuse_tail else layers:
             body(a, w, bias, out=b, config=self.body_config)
             a, b = b, a
-        return conv3x3_tail_residual(a, self.w_tail, self.b_tail, y, out, clamp=self.clamp)
+        if not self.fuse_tail:
+            return conv3x3_tail_residual(a, self.w_tail, self.b_tail, y, out, clamp=self.clamp)
+        # The partial sums (36 bytes per pixel) go into the free buffer when it is large enough (VDSR's 64
+        # channels: 128 bytes per pixel in fp16, 256 in fp32): no allocation per call.
+        pixels = b.shape[0] * b.shape[1] * b.shape[2]
+        z = None
+        if b.numel() * b.element_size() >= pixels * 9 * 4:
+            z = b.view(-1)[: pixels * 9 * 4 // b.element_size()].view(torch.float32).view(pixels, 9)
+        z = conv3x3_bias_relu_tail_partials(a, self.w_last, self.b_body[-1], self.w_tail16, z, config=self.last_config)
+        return tail_gather_residual(z, self.b_tail, y, out, clamp=self.clamp)
 
     def forward_ops(self, y: torch.Tensor) -> torch.Tensor:
         """The same network through the ``torch.ops.vdsr_fast`` custom ops (what torch.compile traces)."""
         ops = torch.ops.vdsr_fast
         h = ops.triton_conv3x3_head(y, self.w_head, self.b_head)
         body = ops.triton_conv3x3_winograd if self.winograd else ops.triton_conv3x3_bias_relu
-        for w, bias in zip(self.w_body, self.b_body, strict=True):
+        layers = list(zip(self.w_body, self.b_body, strict=True))
+        for w, bias in layers[:-1] if self.fuse_tail else layers:
             h = body(h, w, bias)
-        return ops.triton_conv3x3_tail_residual(h, self.w_tail, self.b_tail, y, self.clamp)
+        if not self.fuse_tail:
+            return ops.triton_conv3x3_tail_residual(h, self.w_tail, self.b_tail, y, self.clamp)
+        z = ops.triton_conv3x3_tail_partials(h, self.w_last, self.b_body[-1], self.w_tail16)
+        return ops.triton_tail_gather_residual(z, self.b_tail, y, self.clamp)
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         """``y + residual(y)`` for a Y-plane batch (N, 1, H, W) of any float dtype; returns y's dtype."""

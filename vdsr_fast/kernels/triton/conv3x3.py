@@ -30,6 +30,8 @@ __all__ = [
     "body_config_candidates",
     "pack_conv3x3_weight",
     "conv3x3_bias_relu",
+    "conv3x3_bias_relu_tail_partials",
+    "pack_tail_partials_weight",
     "conv3x3_head",
 ]
 
@@ -41,7 +43,9 @@ def _conv3x3_kernel(
     x_ptr,  # body: activations (N, H, W, C_IN), any strides (NHWC-contiguous in the engine); head: Y plane (N, H, W)
     w_ptr,  # packed weights (C_OUT, 9 * C_IN), K contiguous, k = (kh * 3 + kw) * C_IN + ci; storage dtype
     b_ptr,  # bias (C_OUT,) fp32
-    out_ptr,  # output (N, H, W, C_OUT), channel stride 1; its dtype is the storage dtype
+    out_ptr,  # output (N, H, W, C_OUT), channel stride 1; its dtype is the storage dtype (unused with TAIL)
+    tw_ptr,  # TAIL: the next layer's 64 -> 1 weights as (C_OUT, 16), column t = kh * 3 + kw (< 9), storage dtype
+    z_ptr,  # TAIL: output (N * H * W, 9) fp32, contiguous: the tail's per-tap partial sums of each pixel
     M,  # number of output pixels, N * H * W
     H,
     W,
@@ -64,6 +68,8 @@ def _conv3x3_kernel(
     # three horizontal taps by a register gather (3x less L2 traffic; BLOCK_M - 2 outputs per program)
     TILE_W: tl.constexpr,  # 0: BLOCK_M consecutive pixels in raster order; else a 2-D tile of
     # (BLOCK_M // TILE_W) rows x TILE_W columns of one image, so the 9 taps' loads overlap in L1
+    TAIL: tl.constexpr,  # body, BLOCK_N >= C_OUT: instead of the activation, store the tail's partial sums
+    # z[p, t] = sum_co act[p, co] * tw[co, t] (act rounded to the storage dtype, as stored otherwise)
 ):
     """out[n, h, w, co] = act(b[co] + sum_{kh, kw, ci} x[n, h + kh - 1, w + kw - 1, ci] * w[co, ci, kh, kw]).
 
@@ -83,6 +89,11 @@ def _conv3x3_kernel(
     SHARE_ROW (experimental, off by default): per kernel row kh, one (BLOCK_M, BLOCK_K) tile of pixels
     m - 1 .. m + BLOCK_M - 2 is loaded and the three horizontal taps are register gathers of it
     (``tl.gather``), so each pixel is fetched 3 times; a program then writes BLOCK_M - 2 pixels.
+    TAIL (the last body layer with the tail fused into it): the 64 -> 1 tail conv is linear, so
+    ``tail(p) = sum_t z[p + offset_t, t]`` with ``z[q, t] = sum_c wL[c, t] * act[q, c]``: one more small
+    ``tl.dot`` (BLOCK_M x C_OUT x 16) per program writes 9 fp32 per pixel (36 bytes) instead of the
+    activation (128 bytes in fp16), and :func:`~vdsr_fast.kernels.triton.tail.tail_gather_residual` sums
+    the 9 neighbours' partials: the last activation never goes through memory.
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -165,9 +176,16 @@ def _conv3x3_kernel(
     acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    o_pix = img.to(tl.int64) * stride_on + oh * stride_oh + ow * stride_ow
-    out_ptrs = out_ptr + o_pix[:, None] + offs_n[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    if TAIL:
+        offs_t = tl.arange(0, 16)
+        tw = tl.load(tw_ptr + offs_n[:, None] * 16 + offs_t[None, :], mask=n_ok[:, None], other=0.0)
+        z = tl.dot(acc.to(tw_ptr.dtype.element_ty), tw, input_precision=DOT_PRECISION)
+        pix = (img.to(tl.int64) * H + oh) * W + ow
+        tl.store(z_ptr + pix[:, None] * 9 + offs_t[None, :], z, mask=m_ok[:, None] & (offs_t < 9)[None, :])
+    else:
+        o_pix = img.to(tl.int64) * stride_on + oh * stride_oh + ow * stride_ow
+        out_ptrs = out_ptr + o_pix[:, None] + offs_n[None, :]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @dataclass(frozen=True)
@@ -291,19 +309,22 @@ def _nhwc_output(name, x, out, n, h, w, c_out, dtype, size_c):
     return out
 
 
-def _launch(x, strides, w, b, out, n, h, w_, c_in, c_out, head, relu, config):
+def _launch(x, strides, w, b, out, n, h, w_, c_in, c_out, head, relu, config, tail=None):
+    """``tail``: (tw, z) for the TAIL epilogue (z is then written instead of ``out``, which may be None)."""
     m = n * h * w_
     share_row = config.share_row and not head
     tiles = program_count(n, h, w_, config.block_m, config.tile_w, config.block_m - 2 if share_row else None)
     grid = (tiles, triton.cdiv(c_out, config.block_n))
+    tw, z = tail if tail is not None else (w, b)  # unused placeholders without TAIL
+    out_strides = out.stride()[:3] if out is not None else (0, 0, 0)
     _conv3x3_kernel[grid](
-        x, w, b, out, m, h, w_, *strides, out.stride(0), out.stride(1), out.stride(2),
+        x, w, b, out if out is not None else z, tw, z, m, h, w_, *strides, *out_strides,
         C_IN=c_in, C_OUT=c_out, HEAD=head, RELU=relu,
         DOT_PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SHARE_ROW=share_row,
-        TILE_W=config.tile_w, num_warps=config.num_warps, num_stages=config.num_stages,
+        TILE_W=config.tile_w, TAIL=tail is not None, num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
-    return out
+    return out if tail is None else z
 
 
 def conv3x3_bias_relu(
@@ -340,6 +361,58 @@ def conv3x3_bias_relu(
     out = _nhwc_output(name, x, out, n, h, w_, c_out, x.dtype, max(c_in, c_out))
     config = config or conv3x3_config(c_in, c_out, x.dtype)
     return _launch(x, x.stride(), w, b, out, n, h, w_, c_in, c_out, False, relu, config)
+
+
+def pack_tail_partials_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(1, C, 3, 3) tail weight -> (C, 16) in ``dtype``: column t = kh * 3 + kw holds ``weight[0, :, kh, kw]``,
+    columns 9 .. 15 zero (``tl.dot`` needs N >= 16)."""
+    if weight.dim() != 4 or weight.shape[0] != 1 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"pack_tail_partials_weight: expected a (1, C, 3, 3) weight, got {tuple(weight.shape)}")
+    c = weight.shape[1]
+    packed = torch.zeros(c, 16, device=weight.device, dtype=dtype)
+    packed[:, :9] = weight.detach()[0].reshape(c, 9).to(dtype)
+    return packed
+
+
+def conv3x3_bias_relu_tail_partials(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    tw: torch.Tensor,
+    z: torch.Tensor | None = None,
+    *,
+    config: ConvConfig | None = None,
+) -> torch.Tensor:
+    """The last body layer with the tail's first half fused: ``z[p, t] = sum_c tw[c, t] * relu(conv3x3(x, w) + b)[p, c]``.
+
+    The activation itself is rounded to the storage dtype (as :func:`conv3x3_bias_relu` would store it) and
+    never written. :func:`~vdsr_fast.kernels.triton.tail.tail_gather_residual` turns ``z`` into the output.
+
+    Args:
+        x, w, b: as :func:`conv3x3_bias_relu`.
+        tw: (C_OUT, 16) from :func:`pack_tail_partials_weight`, in the storage dtype.
+        z: optional contiguous fp32 (N * H * W, 9) output; allocated if None.
+        config: block sizes (``block_n`` must cover C_OUT: one program holds a pixel's every channel);
+            default :func:`conv3x3_config`.
+    """
+    name = "conv3x3_bias_relu_tail_partials"
+    _check_common(name, x, w, b)
+    if x.dim() != 4 or x.dtype != w.dtype or w.shape[1] != 9 * x.shape[3]:
+        raise ValueError(f"{name}: expected NHWC activations matching weights {tuple(w.shape)} {w.dtype}, got "
+                         f"{x.dtype} {tuple(x.shape)}")  # fmt: skip
+    n, h, w_, c_in = x.shape
+    c_out = w.shape[0]
+    if tw.shape != (c_out, 16) or tw.dtype != w.dtype or not tw.is_contiguous() or tw.device != x.device:
+        raise ValueError(f"{name}: expected contiguous tail weights ({c_out}, 16) {w.dtype}, got {tw.dtype} {tuple(tw.shape)}")
+    config = config or conv3x3_config(c_in, c_out, x.dtype)
+    if config.block_n < c_out or config.share_row:
+        raise ValueError(f"{name}: the config must hold all {c_out} channels in one tile (block_n) and not share_row")
+    _check_size(name, n, h, w_, max(c_in, c_out))
+    if z is None:
+        z = torch.empty((n * h * w_, 9), device=x.device, dtype=torch.float32)
+    elif z.shape != (n * h * w_, 9) or z.dtype != torch.float32 or not z.is_contiguous() or z.device != x.device:
+        raise ValueError(f"{name}: z must be a contiguous fp32 ({n * h * w_}, 9) tensor on {x.device}")
+    return _launch(x, x.stride(), w, b, None, n, h, w_, c_in, c_out, False, True, config, tail=(tw, z))
 
 
 def conv3x3_head(

@@ -3,6 +3,11 @@
 Reads the last NHWC activation once and the input Y plane once, writes the final Y plane: no residual
 tensor, no separate add pass. Plain launcher :func:`conv3x3_tail_residual`; weights packed by
 :func:`pack_tail_weight`; block sizes from :func:`tail_config`.
+
+Or fused into the last body layer (``TritonBackend(fuse_tail=True)``): that layer writes the tail's 9
+per-tap partial sums of each pixel instead of its activation
+(:func:`~vdsr_fast.kernels.triton.conv3x3.conv3x3_bias_relu_tail_partials`) and :func:`tail_gather_residual`
+adds the neighbours' partials, the bias and the residual.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import triton.language as tl
 
 from .pixels import program_count, program_pixels
 
-__all__ = ["TailConfig", "tail_config", "pack_tail_weight", "conv3x3_tail_residual"]
+__all__ = ["TailConfig", "tail_config", "pack_tail_weight", "conv3x3_tail_residual", "tail_gather_residual"]
 
 
 @triton.jit
@@ -81,6 +86,47 @@ def _tail_kernel(
     tl.store(out_ptr + img64 * stride_on + oh * stride_oh + ow * stride_ow, o.to(out_ptr.dtype.element_ty), mask=m_ok)
 
 
+@triton.jit
+def _tail_gather_kernel(
+    z_ptr,  # (N * H * W, 9) fp32: the tail's per-tap partial sums of every pixel (conv3x3_bias_relu_tail_partials)
+    b_ptr,  # bias (1,) fp32
+    y_ptr,  # input Y plane (N, H, W), any float dtype and strides
+    out_ptr,  # output Y plane (N, H, W), any float dtype and strides
+    M,
+    H,
+    W,
+    stride_yn,
+    stride_yh,
+    stride_yw,
+    stride_on,
+    stride_oh,
+    stride_ow,
+    CLAMP: tl.constexpr,  # clamp the result to [0, 1]
+    BLOCK_M: tl.constexpr,  # pixels per program
+    TILE_W: tl.constexpr,  # 0: raster order; else 2-D tiles (BLOCK_M // TILE_W) x TILE_W (see program_pixels)
+):
+    """out[n, h, w] = clamp?(y[n, h, w] + b + sum_{kh, kw} z[(n, h + kh - 1, w + kw - 1), kh * 3 + kw]).
+
+    The second half of the tail fused into the last body layer: 9 fp32 loads per pixel (the neighbours'
+    partial sums, zero outside the image: the conv's zero padding), bias, residual, optional clamp,
+    cast to the output dtype. Accumulation fp32, taps in order.
+    """
+    img, oh, ow, m_ok = program_pixels(tl.program_id(0), M, H, W, BLOCK_M, TILE_W, BLOCK_M)
+    img64 = img.to(tl.int64)
+    acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for tap in tl.static_range(9):
+        ih = oh + (tap // 3 - 1)
+        iw = ow + (tap % 3 - 1)
+        ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        acc += tl.load(z_ptr + ((img64 * H + ih) * W + iw) * 9 + tap, mask=ok, other=0.0)
+    res = acc + tl.load(b_ptr).to(tl.float32)
+    yv = tl.load(y_ptr + img64 * stride_yn + oh * stride_yh + ow * stride_yw, mask=m_ok, other=0.0)
+    o = yv.to(tl.float32) + res
+    if CLAMP:
+        o = tl.minimum(tl.maximum(o, 0.0), 1.0)
+    tl.store(out_ptr + img64 * stride_on + oh * stride_oh + ow * stride_ow, o.to(out_ptr.dtype.element_ty), mask=m_ok)
+
+
 @dataclass(frozen=True)
 class TailConfig:
     """Launch parameters of :func:`_tail_kernel` (see its constexpr comments)."""
@@ -124,6 +170,52 @@ def _plane(name: str, t: torch.Tensor, what: str) -> torch.Tensor:
     if not t.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point {what}, got {t.dtype}")
     return t
+
+
+# Gather: 9 x 4 bytes per pixel mostly from L1 (neighbouring pixels' rows), 256 pixels per program.
+GATHER_BLOCK_M = 256
+GATHER_NUM_WARPS = 4
+
+
+def tail_gather_residual(
+    z: torch.Tensor,
+    b: torch.Tensor,
+    y: torch.Tensor,
+    out: torch.Tensor | None = None,
+    *,
+    clamp: bool = False,
+) -> torch.Tensor:
+    """``y + b + sum_t z[p + offset_t, t]`` (optionally clamped): the final VDSR output from the partial sums
+    that :func:`~vdsr_fast.kernels.triton.conv3x3.conv3x3_bias_relu_tail_partials` wrote.
+
+    Args:
+        z: contiguous fp32 (N * H * W, 9).
+        b: fp32 bias, shape (1,).
+        y, out, clamp: as :func:`conv3x3_tail_residual` (``out`` may be ``y``).
+    """
+    name = "tail_gather_residual"
+    y3 = _plane(name, y, "Y plane")
+    n, h, w_ = y3.shape
+    if z.shape != (n * h * w_, 9) or z.dtype != torch.float32 or not z.is_contiguous() or z.device != y.device:
+        raise ValueError(f"{name}: expected contiguous fp32 partial sums ({n * h * w_}, 9) on {y.device}, got "
+                         f"{z.dtype} {tuple(z.shape)} on {z.device}")  # fmt: skip
+    if b.shape != (1,) or b.dtype != torch.float32 or b.device != y.device:
+        raise ValueError(f"{name}: expected an fp32 bias of shape (1,) on {y.device}, got {b.dtype} {tuple(b.shape)}")
+    if n * h * w_ >= 2**31:
+        raise ValueError(f"{name}: {n}x{h}x{w_} pixels is too many for one launch (32-bit pixel offsets)")
+    if out is None:
+        out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
+    elif out.shape != y.shape or out.device != y.device:
+        raise ValueError(
+            f"{name}: out must have y's shape {tuple(y.shape)} on {y.device}, got {tuple(out.shape)} on {out.device}"
+        )
+    o3 = _plane(name, out, "output")
+    m = n * h * w_
+    _tail_gather_kernel[(program_count(n, h, w_, GATHER_BLOCK_M, 0),)](
+        z, b, y3, o3, m, h, w_, *y3.stride(), *o3.stride(),
+        CLAMP=clamp, BLOCK_M=GATHER_BLOCK_M, TILE_W=0, num_warps=GATHER_NUM_WARPS,
+    )  # fmt: skip
+    return out
 
 
 def conv3x3_tail_residual(
