@@ -84,7 +84,12 @@ def _capture(dtype: torch.dtype, shape: tuple[int, int, int], body_configs=(None
                 b = winograd.conv3x3_winograd(a, winograd.pack_winograd_weight(w1, dtype), b1, config=config)
             else:
                 b = conv3x3.conv3x3_bias_relu(a, conv3x3.pack_conv3x3_weight(w1, dtype), b1, config=config)
-        tail.conv3x3_tail_residual(b, tail.pack_tail_weight(model.layers[2].weight, dtype), model.layers[2].bias.float().reshape(1), y)
+        w2, b2 = model.layers[2].weight, model.layers[2].bias.float().reshape(1)
+        tail.conv3x3_tail_residual(b, tail.pack_tail_weight(w2, dtype), b2, y)
+        # fuse_tail=True: the last body layer writing the tail's partial sums, then the gather
+        z = conv3x3.conv3x3_bias_relu_tail_partials(a, conv3x3.pack_conv3x3_weight(w1, dtype), b1,
+                                                    conv3x3.pack_tail_partials_weight(w2, dtype))  # fmt: skip
+        tail.tail_gather_residual(z, b2, y)
     finally:
         JITFunction.run = real_run
     return launches
@@ -129,7 +134,7 @@ def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, to
             shape = SHAPES[shape_name]
             for fn, args, kwargs in _capture(dtype, shape, body):
                 config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k.startswith(("BLOCK", "num_", "SHARE", "TILE")))
-                name = fn.fn.__name__ + ("(head)" if kwargs.get("HEAD") else "")
+                name = fn.fn.__name__ + ("(head)" if kwargs.get("HEAD") else "(tail)" if kwargs.get("TAIL") else "")
                 for cap in capabilities:
                     k = compile_launch(fn, args, kwargs, cap)
                     ptx = k.asm["ptx"]

@@ -52,7 +52,8 @@ def test_every_kernel_compiles_for_sm80_and_sm90a(rows):
     for target in ("sm_80", "sm_90a"):
         for dtype in ("float16", "bfloat16", "float32"):
             for shape in ("aligned", "odd"):
-                for kernel in ("_conv3x3_kernel(head)", "_conv3x3_kernel", "_tail_kernel"):
+                for kernel in ("_conv3x3_kernel(head)", "_conv3x3_kernel", "_tail_kernel", "_conv3x3_kernel(tail)",
+                               "_tail_gather_kernel"):  # fmt: skip
                     assert (kernel, target, dtype, shape) in kernels
 
 
@@ -63,7 +64,8 @@ def test_shared_memory_fits_the_card(rows):
 
 
 def test_16bit_body_runs_on_tensor_cores(rows):
-    body = [r for r in rows if r["kernel"] == "_conv3x3_kernel" and r["dtype"] in ("float16", "bfloat16")]
+    """The body layer, and the last one with the tail's partial sums fused (fuse_tail)."""
+    body = [r for r in rows if r["kernel"] in ("_conv3x3_kernel", "_conv3x3_kernel(tail)") and r["dtype"] in ("float16", "bfloat16")]
     assert body
     for r in body:
         assert r["cp_async"], r
@@ -71,8 +73,11 @@ def test_16bit_body_runs_on_tensor_cores(rows):
 
 
 def test_nhwc_traffic_is_vectorised(rows):
-    """16-byte accesses: the conv kernels' NHWC output stores, and the tail's 64-channel activation loads."""
+    """16-byte accesses: the conv kernels' NHWC output stores, and the tail's 64-channel activation loads
+    (not the fused tail's 9-float partial sums, 36-byte rows, nor their gather)."""
     for r in rows:
+        if r["kernel"] in ("_conv3x3_kernel(tail)", "_tail_gather_kernel"):
+            continue
         if r["kernel"].startswith("_conv3x3_kernel"):
             assert r["st_v4"], r
         else:
