@@ -162,6 +162,18 @@ def pack_tail_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return weight.detach()[0].permute(1, 2, 0).reshape(-1).to(dtype).contiguous()
 
 
+def _y_output(name: str, y: torch.Tensor, out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out`` checked against ``y`` (same shape and device; any float dtype and strides), or allocated like
+    ``y``; returned with its (N, H, W) plane view."""
+    if out is None:
+        out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
+    elif out.shape != y.shape or out.device != y.device:
+        raise ValueError(
+            f"{name}: out must have y's shape {tuple(y.shape)} on {y.device}, got {tuple(out.shape)} on {out.device}"
+        )
+    return out, _plane(name, out, "output")
+
+
 def _plane(name: str, t: torch.Tensor, what: str) -> torch.Tensor:
     if t.dim() == 4 and t.shape[1] == 1:
         t = t[:, 0]
@@ -203,13 +215,7 @@ def tail_gather_residual(
         raise ValueError(f"{name}: expected an fp32 bias of shape (1,) on {y.device}, got {b.dtype} {tuple(b.shape)}")
     if n * h * w_ >= 2**31:
         raise ValueError(f"{name}: {n}x{h}x{w_} pixels is too many for one launch (32-bit pixel offsets)")
-    if out is None:
-        out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
-    elif out.shape != y.shape or out.device != y.device:
-        raise ValueError(
-            f"{name}: out must have y's shape {tuple(y.shape)} on {y.device}, got {tuple(out.shape)} on {out.device}"
-        )
-    o3 = _plane(name, out, "output")
+    out, o3 = _y_output(name, y, out)
     m = n * h * w_
     _tail_gather_kernel[(program_count(n, h, w_, GATHER_BLOCK_M, 0),)](
         z, b, y3, o3, m, h, w_, *y3.stride(), *o3.stride(),
@@ -259,15 +265,9 @@ def conv3x3_tail_residual(
         raise ValueError(f"{name}: Y plane {tuple(y.shape)} does not match activations {tuple(x.shape)}")
     if h * w_ * c_in >= 2**31 or n * h * w_ >= 2**31:
         raise ValueError(f"{name}: {n}x{h}x{w_}x{c_in} is too large for 32-bit in-image offsets")
-    if out is None:
-        out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
-    elif out.shape != y.shape or out.device != y.device:
-        raise ValueError(
-            f"{name}: out must have y's shape {tuple(y.shape)} on {y.device}, got {tuple(out.shape)} on {out.device}"
-        )
-    elif out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+    if out is not None and out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
         raise ValueError(f"{name}: out must not alias the activations")
-    o3 = _plane(name, out, "output")
+    out, o3 = _y_output(name, y, out)
     config = config or tail_config(c_in)
     m = n * h * w_
     _tail_kernel[(program_count(n, h, w_, config.block_m, config.tile_w),)](
