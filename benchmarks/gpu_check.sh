@@ -245,7 +245,8 @@ if [[ "${LAYER_PROFILE:-0}" == 1 ]]; then
   T=$(share "${LAYER_PROFILE_CAP_S:-90}" $((10 + (${#CRASH_DIAG} > 0 ? ${CRASH_DIAG_CAP_S:-60} : 0))))
   log "layer profile, 1080p fp16 (timeout ${T}s) -> $OUT/layer_profile.log"
   rc=skipped
-  ((T >= 10)) && { timeout "$T" "$PY" -m benchmarks.layer_profile --out "$OUT" >"$OUT/layer_profile.log" 2>&1; rc=$?; }
+  ((T >= 10)) && { timeout "$T" "$PY" -m benchmarks.layer_profile --out "$OUT" --budget-s $((T > 40 ? T - 20 : T / 2)) \
+    >"$OUT/layer_profile.log" 2>&1; rc=$?; }
   cp "$OUT"/layer_profile_*.json "$ROOT/benchmarks/results/" 2>/dev/null || true
   SUMMARY+=("layer profile: rc=$rc ($(ls "$OUT"/layer_profile_*.json 2>/dev/null | head -n 1))")
 fi

@@ -3,17 +3,20 @@
     python -m benchmarks.layer_profile --out DIR            # 1080p fp16 (issue 4's and 5's reference size)
     python -m benchmarks.layer_profile --size 3840x2160 --dtype bf16
 
-Times (``triton.testing.do_bench`` medians after warm-up), at one frame size, in one process:
+Times (``triton.testing.do_bench`` medians after warm-up), at one frame size, in one process, in this order:
   - the fp16 matmul peak (8192^3), the ceiling the TFLOP/s are compared with;
   - one 64->64 body layer: cuDNN's fused conv+bias+ReLU (channels_last), every CUDA body variant
-    (``vdsr_fast._C.body_variants()``: direct mma.sync, Winograd, wgmma), every Triton body candidate config (``body_config_candidates``)
-    and every Winograd F(2x2, 3x3) candidate (``winograd_candidates``; its TFLOP/s count the direct
-    convolution's FLOPs, so they compare with the other rows as speed);
+    (``vdsr_fast._C.body_variants()``: direct mma.sync, Winograd, wgmma), Triton's default direct and
+    Winograd F(2x2, 3x3) tiles (Winograd rows count the direct convolution's FLOPs, so they compare with
+    the other rows as speed);
   - the head (1->64 + ReLU) and the tail (64->1 + bias + residual) of each backend (the Triton tail in
-    a few block sizes), and cuDNN's head;
-  - the whole network per backend, beside the estimate head + 18 x body + tail from the rows above.
+    a few block sizes, and fused into the last body layer), and cuDNN's head;
+  - the whole network per backend and per experimental option, beside the estimate head + 18 x body +
+    tail from the rows above;
+  - last, the Triton sweeps: every ``winograd_candidates`` and ``body_config_candidates`` config.
 Every kernel's output is checked against cuDNN's (fp32 reference for the head/tail) before it is timed.
-Writes ``layer_profile_<card>_<size>_<dtype>.json`` to ``--out`` and prints a markdown table last.
+``--budget-s`` stops timing new rows after that many seconds (they are listed as not timed). Writes
+``layer_profile_<card>_<size>_<dtype>.json`` to ``--out`` and prints a markdown table last.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import platform
 import statistics
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="1920x1080", help="WxH of the Y plane (default 1920x1080)")
     ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
     ap.add_argument("--out", default="benchmarks/results", help="folder for the JSON")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="stop timing new rows after this many seconds and write what was measured")  # fmt: skip
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("layer_profile needs a CUDA GPU")
@@ -57,8 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     rows: list[dict] = []
 
+    start = time.monotonic()
+
     def add(kind, path, fn, flops, note="", out=None, check=None):
-        """Run ``fn`` once (``out`` NaN-poisoned first), ``check(out)`` it, then time it; failures are printed."""
+        """Run ``fn`` once (``out`` NaN-poisoned first), ``check(out)`` it, then time it; failures are printed.
+        Past ``--budget-s`` the row is listed as not timed (the defaults and networks come first)."""
+        if args.budget_s is not None and time.monotonic() - start > args.budget_s:
+            rows.append({"layer": kind, "path": path, "ms": None, "tflops": None, "note": "not timed: --budget-s"})
+            return
         try:
             if out is not None:
                 out.fill_(float("nan"))
@@ -122,24 +134,29 @@ def main(argv: list[str] | None = None) -> int:
             desc += ", Winograd F(2x2,3x3), direct-conv FLOPs" if v["winograd"] else ", wgmma" if v["wgmma"] else ""
             add("body", f"cuda variant {v['id']}" + (" (auto)" if v["id"] == auto else ""), f, fl, desc, out, check)
 
-    # Triton's Winograd F(2x2, 3x3) candidates, before the direct sweep (measured in earlier runs) so that a
-    # capped run times them; TFLOP/s counted as the direct convolution's (it does 2.25x fewer multiplies)
+    # Triton's default body tiles now (direct, and Winograd F(2x2, 3x3): its TFLOP/s count the direct
+    # convolution's FLOPs, it does 2.25x fewer multiplies); their sweeps come last, after the network rows,
+    # so that a run cut short by its time cap still has every default and every whole network.
     out = torch.empty_like(x_nhwc)
     wu = twino.pack_winograd_weight(w, dt)
     wino_default = twino.winograd_config(C, C, dt)
-    for cfg in twino.winograd_candidates(dt):
-        f = lambda cfg=cfg: twino.conv3x3_winograd(x_nhwc, wu, b, out, config=cfg)  # noqa: E731
-        tile = f" {cfg.block_t // cfg.tile_tw}x{cfg.tile_tw} tiles" if cfg.tile_tw else ""
-        name = f"triton winograd T{cfg.block_t}{tile} N{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"
-        add("body", name + (" (default)" if cfg == wino_default else ""), f, fl, "direct-conv FLOPs", out, check)
-
     wt = tconv.pack_conv3x3_weight(w, dt)
     default = tconv.conv3x3_config(C, C, dt)
-    for cfg in tconv.body_config_candidates(dt):
-        f = lambda cfg=cfg: tconv.conv3x3_bias_relu(x_nhwc, wt, b, out, config=cfg)  # noqa: E731
+
+    def triton_direct(cfg):
         tile = f" {cfg.block_m // cfg.tile_w}x{cfg.tile_w}" if cfg.tile_w else ""
         name = f"triton M{cfg.block_m}{tile} w{cfg.num_warps} s{cfg.num_stages}" + (" share_row" if cfg.share_row else "")
-        add("body", name + (" (default)" if cfg == default else ""), f, fl, out=out, check=check)
+        add("body", name + (" (default)" if cfg == default else ""),
+            lambda: tconv.conv3x3_bias_relu(x_nhwc, wt, b, out, config=cfg), fl, out=out, check=check)  # fmt: skip
+
+    def triton_winograd(cfg):
+        tile = f" {cfg.block_t // cfg.tile_tw}x{cfg.tile_tw} tiles" if cfg.tile_tw else ""
+        name = f"triton winograd T{cfg.block_t}{tile} N{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"
+        add("body", name + (" (default)" if cfg == wino_default else ""),
+            lambda: twino.conv3x3_winograd(x_nhwc, wu, b, out, config=cfg), fl, "direct-conv FLOPs", out, check)  # fmt: skip
+
+    triton_direct(default)
+    triton_winograd(wino_default)
 
     # head and tail, and the whole network per backend
     y = torch.rand(n, 1, ht, wd, device=dev)
@@ -192,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"engine {label}: {type(e).__name__}: {e}")
                 continue
             add("net", f"engine {label} (eager launches)", lambda eng=eng: eng(y), fl_net)
+
+    # the Triton sweeps around the defaults (Winograd first: its candidates are the newer ones)
+    for cfg in twino.winograd_candidates(dt):
+        if cfg != wino_default:
+            triton_winograd(cfg)
+    for cfg in tconv.body_config_candidates(dt):
+        if cfg != default:
+            triton_direct(cfg)
 
     # the network's time if it were head + 18 x the best body row + tail, per backend
     best = {}
