@@ -9,11 +9,11 @@ Times (``triton.testing.do_bench`` medians after warm-up), at one frame size, in
     (``vdsr_fast._C.body_variants()``: direct mma.sync, Winograd, wgmma), Triton's default direct and
     Winograd F(2x2, 3x3) tiles (Winograd rows count the direct convolution's FLOPs, so they compare with
     the other rows as speed);
-  - the head (1->64 + ReLU) and the tail (64->1 + bias + residual) of each backend (the Triton tail in
-    a few block sizes, and fused into the last body layer), and cuDNN's head;
+  - the head (1->64 + ReLU) and the tail (64->1 + bias + residual) of each backend (the Triton tail
+    also fused into the last body layer), and cuDNN's head;
   - the whole network per backend and per experimental option, beside the estimate head + 18 x body +
     tail from the rows above;
-  - last, the Triton sweeps: every ``winograd_candidates`` and ``body_config_candidates`` config.
+  - last, the Triton sweeps: tail tiles, every ``winograd_candidates`` and ``body_config_candidates`` config.
 Every kernel's output is checked against cuDNN's (fp32 reference for the head/tail) before it is timed.
 ``--budget-s`` stops timing new rows after that many seconds (they are listed as not timed). Writes
 ``layer_profile_<card>_<size>_<dtype>.json`` to ``--out`` and prints a markdown table last.
@@ -171,12 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     tb = model.layers[-1].bias
     ty = torch.empty_like(y)
     tail_default = ttail.tail_config(C)
-    for block_m, warps, tile_w in ((32, 2, 0), (64, 4, 0), (128, 4, 0), (256, 8, 0), (64, 4, 16), (128, 4, 32),
-                                   (128, 8, 16), (256, 8, 32)):
-        cfg = ttail.TailConfig(block_m, 64, warps, tile_w)
-        tile = f" {block_m // tile_w}x{tile_w}" if tile_w else ""
-        add("tail", f"triton tail + residual M{block_m}{tile} w{warps}" + (" (default)" if cfg == tail_default else ""),
-            lambda cfg=cfg: ttail.conv3x3_tail_residual(x_nhwc, tw, tb, y, ty, config=cfg), fl_tail)
+
+    def triton_tail(cfg):
+        tile = f" {cfg.block_m // cfg.tile_w}x{cfg.tile_w}" if cfg.tile_w else ""
+        add("tail", f"triton tail + residual M{cfg.block_m}{tile} w{cfg.num_warps}" + (" (default)" if cfg == tail_default else ""),
+            lambda: ttail.conv3x3_tail_residual(x_nhwc, tw, tb, y, ty, config=cfg), fl_tail)  # fmt: skip
+
+    triton_tail(tail_default)
     # the tail fused into the last body layer: that layer writing partial sums (compare with the body rows),
     # then the gather (compare with the tail rows)
     tw16 = tconv.pack_tail_partials_weight(model.layers[-1].weight, dt)
@@ -211,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             add("net", f"engine {label} (eager launches)", lambda eng=eng: eng(y), fl_net)
 
     # the Triton sweeps around the defaults (Winograd first: its candidates are the newer ones)
+    for block_m, warps, tile_w in ((32, 2, 0), (128, 4, 0), (256, 8, 0), (64, 4, 16), (128, 4, 32), (128, 8, 16),
+                                   (256, 8, 32)):
+        if (cfg := ttail.TailConfig(block_m, 64, warps, tile_w)) != tail_default:
+            triton_tail(cfg)
     for cfg in twino.winograd_candidates(dt):
         if cfg != wino_default:
             triton_winograd(cfg)
