@@ -52,6 +52,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/bench_latency.py`
 import torch
 import torch.nn.functional as F
 
+from benchmarks.canary import broken
 from benchmarks.make_table import render_markdown
 from vdsr_fast.reference import VDSR, flops_per_pixel, vdsr_forward
 
@@ -485,20 +486,25 @@ def _engine(backend: str, dtype: torch.dtype, body: str = ""):
 
         if not body:
             return Engine(model, backend=backend, dtype=dtype, device=device), ""
-        if body == "fused_tail":
-            opts = {"fuse_tail": True}
-        elif backend == "cuda":
-            from vdsr_fast.kernels.cuda import load_extension
-
-            vid = next(v["id"] for v in load_extension().body_variants() if v[body])
-            opts = {"body_variant": vid}
-        else:
-            from vdsr_fast.kernels.triton.winograd import winograd_config
-
-            opts = {"body_config": winograd_config(model.channels, model.channels, dtype)}
+        opts = _experimental_opts(backend, dtype, body, model)
+        if why := broken(backend, opts):
+            raise RuntimeError(why)
         return Engine(model, backend=backend, dtype=dtype, device=device, **opts), f"experimental; {opts}"
 
     return build
+
+
+def _experimental_opts(backend: str, dtype: torch.dtype, body: str, model: VDSR) -> dict:
+    """The engine options of an experimental path of :func:`_engine`."""
+    if body == "fused_tail":
+        return {"fuse_tail": True}
+    if backend == "cuda":
+        from vdsr_fast.kernels.cuda import load_extension
+
+        return {"body_variant": next(v["id"] for v in load_extension().body_variants() if v[body])}
+    from vdsr_fast.kernels.triton.winograd import winograd_config
+
+    return {"body_config": winograd_config(model.channels, model.channels, dtype)}
 
 
 def _engine_backends(device: torch.device, cfg: BenchConfig) -> tuple[list[str], dict[str, str]]:

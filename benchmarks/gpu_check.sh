@@ -26,6 +26,7 @@
 #   SKIP_BENCH=1            no latency benchmark (a follow-up call that has its results already)
 #   PYTEST_ARGS="..."       extra pytest arguments (e.g. --deselect a test that crashes the process)
 #   PYTEST_PATHS="..."      test files to run instead of tests/ (a follow-up call)
+#   SKIP_CANARY=1, CANARY_CAP_S=150  the experimental kernels' canaries (benchmarks/canary.py)
 #   LAYER_PROFILE=1         also run benchmarks/layer_profile.py (per-layer times, every kernel variant),
 #                           after the benchmark: LAYER_PROFILE_CAP_S=90, and AFTER_BENCH_S=0 (what the
 #                           benchmark leaves to the steps after it)
@@ -52,7 +53,7 @@ fi
 # and so does the benchmark's .md (make_table.py renders the same tables from its JSON).
 pack_logs() {
   local f logs=()
-  for f in env.txt build.log pytest.log junit.xml sanitizer.log video.log bench.log layer_profile.log crash_diag.log; do
+  for f in env.txt build.log canary.log canary.json pytest.log junit.xml sanitizer.log video.log bench.log layer_profile.log crash_diag.log; do
     if [[ -f "$OUT/$f" ]]; then logs+=("$f"); fi
   done
   for f in "$OUT"/*.md; do
@@ -130,6 +131,17 @@ else
 fi
 "$PY" -c "from vdsr_fast import available_backends as a; print('backends:', a('cuda'))" 2>&1 | tee -a "$OUT/env.txt" || true
 
+# ---------------------------------------------------------------- 1b. canaries of the experimental kernels
+# One process per experimental option (benchmarks/canary.py), in the background while the tests run; the
+# ones that fail (a fault would poison the timing processes' CUDA context) are skipped when timing.
+CANARY_PID=""
+if [[ "${SKIP_CANARY:-0}" != 1 ]]; then
+  log "canaries of the experimental kernels, one process each, in the background -> $OUT/canary.log"
+  timeout "${CANARY_CAP_S:-150}" "$PY" -m benchmarks.canary --all --out "$OUT" --timeout-s $((${CANARY_CAP_S:-150} - 15)) \
+    >"$OUT/canary.log" 2>&1 &
+  CANARY_PID=$!
+fi
+
 # ---------------------------------------------------------------- 2. GPU test suite
 if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   T=$(share "${TEST_CAP_S:-150}" $((BENCH_MIN + 30)))
@@ -145,6 +157,18 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
     124) SUMMARY+=("tests: TIMED OUT after ${T}s (partial log in pytest.log)") ;;
     *) SUMMARY+=("tests: FAILED rc=$rc ($(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -n 1 || true))") ;;
   esac
+fi
+
+if [[ -n "$CANARY_PID" ]]; then
+  wait "$CANARY_PID"
+  grep '^canary' "$OUT/canary.log" || true
+  if grep -q '^VDSR_FAST_BROKEN=' "$OUT/canary.log"; then
+    VDSR_FAST_BROKEN=$(sed -n 's/^VDSR_FAST_BROKEN=//p' "$OUT/canary.log" | tail -n 1)
+  else  # the canaries did not finish: trust none of the options
+    VDSR_FAST_BROKEN=$("$PY" -c "from benchmarks.canary import OPTIONS; print(','.join(OPTIONS))")
+  fi
+  export VDSR_FAST_BROKEN
+  SUMMARY+=("canaries: failed (skipped when timing): ${VDSR_FAST_BROKEN:-none}")
 fi
 
 # ---------------------------------------------------------------- 3. compute-sanitizer on the extension

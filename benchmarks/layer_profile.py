@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         raise SystemExit("layer_profile needs a CUDA GPU")
     from benchmarks.bench_latency import BenchConfig, _cudnn_relu_op, matmul_peak, time_callable
+    from benchmarks.canary import broken
     from vdsr_fast import VDSR, Engine
     from vdsr_fast.kernels.triton import conv3x3 as tconv
     from vdsr_fast.kernels.triton import tail as ttail
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         out = torch.full_like(x_nhwc, float("nan"))
         auto = ext.body_auto_variant(0)
         for v in ext.body_variants():
-            if why := variant_unavailable(v, dev):
+            if why := variant_unavailable(v, dev) or broken("cuda", {"body_variant": v["id"]}):
                 print(f"cuda variant {v['id']}: {why}")
                 continue
             wb = packed[v["winograd"]]
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda: twino.conv3x3_winograd(x_nhwc, wu, b, out, config=cfg), fl, "direct-conv FLOPs", out, check)  # fmt: skip
 
     triton_direct(default)
-    triton_winograd(wino_default)
+    if not broken("triton", {"body_config": wino_default}):
+        triton_winograd(wino_default)
 
     # head and tail, and the whole network per backend
     y = torch.rand(n, 1, ht, wd, device=dev)
@@ -182,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     # then the gather (compare with the tail rows)
     tw16 = tconv.pack_tail_partials_weight(model.layers[-1].weight, dt)
     z = torch.empty(n * ht * wd, 9, device=dev)
-    add("last", "triton last body layer + tail partials (default tile)",
-        lambda: tconv.conv3x3_bias_relu_tail_partials(x_nhwc, wt, b, tw16, z), fl + _flops(n, ht, wd, C, 1))  # fmt: skip
-    add("tail", "triton tail gather + residual (after the partials)",
-        lambda: ttail.tail_gather_residual(z, tb, y, ty), fl_tail)  # fmt: skip
+    if not broken("triton", {"fuse_tail": True}):
+        add("last", "triton last body layer + tail partials (default tile)",
+            lambda: tconv.conv3x3_bias_relu_tail_partials(x_nhwc, wt, b, tw16, z), fl + _flops(n, ht, wd, C, 1))  # fmt: skip
+        add("tail", "triton tail gather + residual (after the partials)",
+            lambda: ttail.tail_gather_residual(z, tb, y, ty), fl_tail)  # fmt: skip
     if ext is not None:
         hw32, tw32 = hw.reshape(C, 9).contiguous(), model.layers[-1].weight.permute(2, 3, 1, 0).reshape(9, C).contiguous()
         add("head", "cuda head", lambda: ext.head(y.data_ptr(), th_out.data_ptr(), hw32.data_ptr(), hb.data_ptr(),
@@ -204,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                  ("triton, tail fused", "triton", {"fuse_tail": True}),
                  ("triton Winograd body, tail fused", "triton", {"body_config": wino, "fuse_tail": True})]  # fmt: skip
         for label, backend, opts in nets:
+            if why := broken(backend, opts):
+                print(f"engine {label}: {why}")
+                continue
             try:
                 eng = Engine(model, backend=backend, dtype=dt, device=dev, **opts)
             except Exception as e:
@@ -216,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                                    (256, 8, 32)):
         if (cfg := ttail.TailConfig(block_m, 64, warps, tile_w)) != tail_default:
             triton_tail(cfg)
-    for cfg in twino.winograd_candidates(dt):
+    for cfg in twino.winograd_candidates(dt) if not broken("triton", {"body_config": wino_default}) else ():
         if cfg != wino_default:
             triton_winograd(cfg)
     for cfg in tconv.body_config_candidates(dt):

@@ -152,3 +152,19 @@ def test_bench_video_smoke(capsys, tmp_path):
     summary = result["summary"]
     assert summary["frames"] == 6 and summary["size_out"] == [64, 48] and summary["copied_streams"] == ["audio"]
     assert summary["gpu_busy_fraction"] is None and summary["gpu_busy_s"] is None
+
+
+def test_canaries_report_each_option_and_the_skip_list(tmp_path, monkeypatch):
+    """benchmarks/canary.py: one process per experimental option; the failed ones (here: all, no GPU in
+    the subprocesses) land in canary.json and VDSR_FAST_BROKEN, which the timing scripts consult."""
+    from benchmarks import canary
+
+    monkeypatch.setattr(canary, "OPTIONS", {k: canary.OPTIONS[k] for k in ("cuda-v4", "triton-fused-tail")})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    failed = canary.run_all(tmp_path, timeout_s=120)
+    assert failed == ["cuda-v4", "triton-fused-tail"]
+    report = json.loads((tmp_path / "canary.json").read_text())
+    assert set(report) == set(failed) and not any(r["ok"] for r in report.values())
+    monkeypatch.setenv("VDSR_FAST_BROKEN", ",".join(failed))
+    assert "cuda-v4" in canary.broken("cuda", {"body_variant": 4})
+    assert canary.broken("cuda", {"body_variant": 5}) is None and canary.broken("triton", {}) is None
