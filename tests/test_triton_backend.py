@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed"
 
 if HAS_TRITON:
     from vdsr_fast.kernels.triton.backend import TritonBackend
+    from vdsr_fast.kernels.triton.conv3x3 import ConvConfig
     from vdsr_fast.kernels.triton.winograd import winograd_config
 
 
@@ -115,6 +116,8 @@ def test_network_fused_tail(case, dtype, poison):
     if depth > 2 and channels == 64:
         cfg = winograd_config(channels, channels, dtype)
         _check_network(model, y, dtype, fuse_tail=True, body_config=cfg)
+        share_row = ConvConfig(128, 64, 64, 4, 2, share_row=True)  # the last layer falls back to the default tile
+        _check_network(model, y, dtype, fuse_tail=True, body_config=share_row)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -174,8 +177,6 @@ def test_buffers_are_reused():
 
 def test_body_config_share_row():
     """The backend runs its body layers with a given config (here the experimental SHARE_ROW mode)."""
-    from vdsr_fast.kernels.triton.conv3x3 import ConvConfig
-
     device = triton_device()
     model = _model(4, 16, seed=13).to(device)
     y = torch.rand(2, 1, 5, 9, device=device)

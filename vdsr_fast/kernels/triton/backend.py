@@ -131,8 +131,9 @@ class TritonBackend(PingPongBuffers):
         fuse_tail: fuse the tail's conv into the last body layer (experimental, not yet timed): that layer
             writes 9 fp32 partial sums per pixel instead of its activation and a gather kernel adds the
             neighbours' partials, the bias and the residual (``conv3x3_bias_relu_tail_partials`` +
-            ``tail_gather_residual``; the last layer then runs the direct kernel, with the default config
-            or ``body_config`` if that is a direct one). Needs at least one body layer; ignored otherwise.
+            ``tail_gather_residual``; the last layer then runs the direct kernel, with ``body_config`` if
+            that is a direct config holding every channel in one tile without ``share_row``, else the
+            default one). Needs at least one body layer; ignored otherwise.
 
     Activation buffers are owned by the backend and shared by its calls: calls from different CUDA
     streams are ordered on the GPU (see :class:`~vdsr_fast.kernels.PingPongBuffers`), and
@@ -208,7 +209,9 @@ class TritonBackend(PingPongBuffers):
         if self.fuse_tail:
             self.w_last = pack_conv3x3_weight(ws[-2], dtype)
             self.w_tail16 = pack_tail_partials_weight(ws[-1], dtype)
-            self.last_config = None if self.winograd else body_config
+            # the partial sums need every channel in one program: other body configs keep the default tile here
+            usable = isinstance(body_config, ConvConfig) and not body_config.share_row and body_config.block_n >= c
+            self.last_config = body_config if usable else None
             self._packed += [self.w_last, self.w_tail16]
         self._init_buffers()  # two ping-pong NHWC buffers; graphs keyed (N, H, W, y dtype)
 
