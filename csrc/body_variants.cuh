@@ -12,5 +12,8 @@ constexpr int kNumAllVariants = kNumVariants + kNumWinoVariants + kNumWgmmaVaria
 extern const LaunchFn kLaunchFp16[kNumAllVariants];  // conv3x3_body_fp16.cu
 extern const LaunchFn kLaunchBf16[kNumAllVariants];  // conv3x3_body_bf16.cu
 
+// Whether the wgmma variants run on `device` (the current device): an sm_90a image on a 9.0 GPU.
+bool wgmma_runs_on(int device);  // conv3x3_body_fp16.cu
+
 }  // namespace body
 }  // namespace vdsr

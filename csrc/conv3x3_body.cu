@@ -22,8 +22,9 @@ const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIA
                                                        VDSR_WINO_VARIANTS(VDSR_WINO_INFO)
                                                            VDSR_WGMMA_VARIANTS(VDSR_WGMMA_INFO)};
 
-// Automatic choice: the first of these that fits the device's shared memory (direct kernels only:
-// the Winograd and wgmma variants run when asked for by id, until GPU timings rank them).  On an H200 at 1080p
+// Automatic choice: the first of these that fits the device's shared memory (and, for a wgmma variant,
+// runs on it). Direct kernels only for now: the Winograd and wgmma variants run when asked for by id,
+// until GPU timings rank them.  On an H200 at 1080p
 // variants 0 and 1 took 0.434-0.436 ms per layer and variant 2 0.477 (benchmarks/results, 2026-11-26).
 constexpr int kAutoOrder[] = {0, 1, 2};
 
@@ -57,7 +58,9 @@ int body_auto_variant(int device) {
     VDSR_CUDA_CHECK(cudaDeviceGetAttribute(&optin_cache[device], cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   }
   for (int id : kAutoOrder) {
-    if (kVariantInfo[id].smem_bytes <= optin_cache[device]) return id;
+    if (kVariantInfo[id].smem_bytes > optin_cache[device]) continue;
+    if (kVariantInfo[id].wgmma && !body::wgmma_runs_on(device)) continue;  // Hopper with an sm_90a build only
+    return id;
   }
   throw std::runtime_error("vdsr_fast._C: device " + std::to_string(device) + " has only " +
                            std::to_string(optin_cache[device]) +

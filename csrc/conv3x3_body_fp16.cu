@@ -11,6 +11,8 @@ const LaunchFn kLaunchFp16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUN
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_FP16)
                                                    VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_FP16)};
 
+bool wgmma_runs_on(int device) { return sm90a_image_runs(conv3x3_wgmma_kernel<__half, 3, false>, device); }
+
 cudaError_t probe_kernel_image(cudaFuncAttributes* attr) {
   return cudaFuncGetAttributes(attr, conv3x3_body_kernel<__half, 4, 2, 2, 2>);
 }

@@ -163,11 +163,11 @@ constexpr bool kBuiltForSm90a = true;
 constexpr bool kBuiltForSm90a = false;
 #endif
 
-// Whether `device` runs the sm_90a image of `kernel` (a build with 90a, compute capability 9.0, and the
-// runtime picked the 9.0 binary): anything else would run the trap above.  Queried once per device and
-// kernel.
+// Whether `device` (the current device) runs the sm_90a image of `kernel` (a build with 90a, compute
+// capability 9.0, and the runtime picked the 9.0 binary): anything else would run the trap above.
+// Queried once per device and kernel.
 template <typename Kernel>
-void check_sm90a_image(Kernel kernel, int device) {
+bool sm90a_image_runs(Kernel kernel, int device) {
   static int ok[kMaxDevices] = {};  // 0 unknown, 1 yes, -1 no
   if (ok[device] == 0 && !kBuiltForSm90a) ok[device] = -1;
   if (ok[device] == 0) {
@@ -178,7 +178,12 @@ void check_sm90a_image(Kernel kernel, int device) {
     VDSR_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
     ok[device] = (major == 9 && minor == 0 && attr.binaryVersion == 90) ? 1 : -1;
   }
-  if (ok[device] < 0) {
+  return ok[device] > 0;
+}
+
+template <typename Kernel>
+void check_sm90a_image(Kernel kernel, int device) {
+  if (!sm90a_image_runs(kernel, device)) {
     throw std::invalid_argument("vdsr_fast._C: the wgmma body kernel needs a compute capability 9.0 GPU and a "
                                 "build for sm_90a (VDSR_FAST_CUDA_ARCHS with 90a); device " +
                                 std::to_string(device) + " cannot run it");
