@@ -168,3 +168,13 @@ def test_canaries_report_each_option_and_the_skip_list(tmp_path, monkeypatch):
     monkeypatch.setenv("VDSR_FAST_BROKEN", ",".join(failed))
     assert "cuda-v4" in canary.broken("cuda", {"body_variant": 4})
     assert canary.broken("cuda", {"body_variant": 5}) is None and canary.broken("triton", {}) is None
+
+
+def test_pick_defaults_reads_a_committed_layer_profile(capsys):
+    """benchmarks/pick_defaults.py on the committed H200 profile (run 3): variant 1 was the fastest body."""
+    from benchmarks import pick_defaults
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks/results/2026-11-26_layer_profile_nvidia-h200_1080p_fp16_run3.json"
+    assert pick_defaults.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "kAutoOrder = {1, 0, 2}" in out and "8.678 ms  cuda" in out

@@ -1,0 +1,67 @@
+"""Read a layer profile and say which kernel options should be the defaults on that card.
+
+    python -m benchmarks.pick_defaults benchmarks/results/<date>_layer_profile_<card>_1920x1080_fp16.json
+
+``layer_profile.py`` times every backend's whole network once per experimental option (the ``net`` rows)
+and every body kernel on its own. This prints, per backend, the options ranked by the whole network's
+time, the CUDA body variants ranked by their layer time (what ``kAutoOrder`` in ``csrc/conv3x3_body.cu``
+should list first), and the ratio of each backend's best network to cuDNN's fused chain estimate
+(18 x cuDNN's body layer + its head; the latency benchmark measures the real chain). It changes no file:
+the defaults are code (``kAutoOrder``; ``TritonBackend``'s ``body_config`` / ``fuse_tail``), edited by hand
+after a run, with the run named in the commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def rank(data: dict) -> dict:
+    """{"nets": {backend: [(ms, label)]}, "cuda_variants": [(ms, id)], "cudnn_body_ms": ms or None}."""
+    nets: dict[str, list[tuple[float, str]]] = {}
+    variants: list[tuple[float, int]] = []
+    cudnn = None
+    for r in data["rows"]:
+        if r["ms"] is None:
+            continue
+        if r["layer"] == "net":
+            m = re.match(r"engine (\w+)(.*?) \(eager launches\)$", r["path"])
+            if m:
+                nets.setdefault(m.group(1), []).append((r["ms"], (m.group(1) + m.group(2)).strip(" ,")))
+        elif r["layer"] == "body":
+            m = re.match(r"cuda variant (\d+)", r["path"])
+            if m:
+                variants.append((r["ms"], int(m.group(1))))
+            elif r["path"].startswith("cuDNN"):
+                cudnn = r["ms"]
+    return {"nets": {k: sorted(v) for k, v in nets.items()}, "cuda_variants": sorted(variants), "cudnn_body_ms": cudnn}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("profile", type=Path, help="a layer_profile_*.json")
+    args = ap.parse_args(argv)
+    data = json.loads(args.profile.read_text())
+    r = rank(data)
+    print(f"{data['card']}, {data['size'][0]}x{data['size'][1]} {data['dtype']}, {data['date']}")
+    heads = [row["ms"] for row in data["rows"] if row["layer"] == "head" and row["path"].startswith("cuDNN") and row["ms"]]
+    chain = 18 * r["cudnn_body_ms"] + (heads[0] if heads else 0.0) if r["cudnn_body_ms"] else None
+    for backend, ranked in r["nets"].items():
+        print(f"\n{backend}: whole network, fastest first")
+        for ms, label in ranked:
+            vs = f"  ({chain / ms:.2f}x the cuDNN chain estimate {chain:.2f} ms)" if chain else ""
+            print(f"  {ms:8.3f} ms  {label}{vs}")
+    if r["cuda_variants"]:
+        order = ", ".join(str(i) for _, i in r["cuda_variants"])
+        print(f"\ncuda body variants by layer time: {order}  -> kAutoOrder = {{{order}}} (csrc/conv3x3_body.cu)")
+        for ms, i in r["cuda_variants"]:
+            print(f"  variant {i}: {ms:.4f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
