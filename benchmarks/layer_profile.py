@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         add("body", name + (" (default)" if cfg == wino_default else ""),
             lambda: twino.conv3x3_winograd(x_nhwc, wu, b, out, config=cfg), fl, "direct-conv FLOPs", out, check)  # fmt: skip
 
+    wino_ok = not broken("triton", {"body_config": wino_default})
     triton_direct(default)
-    if not broken("triton", {"body_config": wino_default}):
+    if wino_ok:
         triton_winograd(wino_default)
 
     # head and tail, and the whole network per backend
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                                    (256, 8, 32)):
         if (cfg := ttail.TailConfig(block_m, 64, warps, tile_w)) != tail_default:
             triton_tail(cfg)
-    for cfg in twino.winograd_candidates(dt) if not broken("triton", {"body_config": wino_default}) else ():
+    for cfg in twino.winograd_candidates(dt) if wino_ok else ():
         if cfg != wino_default:
             triton_winograd(cfg)
     for cfg in tconv.body_config_candidates(dt):

@@ -279,6 +279,23 @@ def _check_common(name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) 
         )
 
 
+def _check_body(name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """A body layer's inputs (NHWC activations, packed (C_OUT, 9*C_IN) weights, bias) checked against each
+    other; returns (N, H, W, C_IN, C_OUT)."""
+    _check_common(name, x, w, b)
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected NHWC activations (N, H, W, C), got shape {tuple(x.shape)}")
+    n, h, w_, c_in = x.shape
+    c_out = w.shape[0]
+    if w.shape[1] != 9 * c_in:
+        raise ValueError(
+            f"{name}: weights {tuple(w.shape)} do not match {c_in} input channels (expected ({c_out}, {9 * c_in}))"
+        )
+    if x.dtype != w.dtype:
+        raise TypeError(f"{name}: activations are {x.dtype} but weights are {w.dtype}")
+    return n, h, w_, c_in, c_out
+
+
 def _check_out(name: str, out: torch.Tensor, x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
     if out.shape != shape or out.dtype != dtype or out.device != x.device:
         raise ValueError(
@@ -347,17 +364,7 @@ def conv3x3_bias_relu(
         config: block sizes; default :func:`conv3x3_config`.
     """
     name = "conv3x3_bias_relu"
-    _check_common(name, x, w, b)
-    if x.dim() != 4:
-        raise ValueError(f"{name}: expected NHWC activations (N, H, W, C), got shape {tuple(x.shape)}")
-    n, h, w_, c_in = x.shape
-    c_out = w.shape[0]
-    if w.shape[1] != 9 * c_in:
-        raise ValueError(
-            f"{name}: weights {tuple(w.shape)} do not match {c_in} input channels (expected ({c_out}, {9 * c_in}))"
-        )
-    if x.dtype != w.dtype:
-        raise TypeError(f"{name}: activations are {x.dtype} but weights are {w.dtype}")
+    n, h, w_, c_in, c_out = _check_body(name, x, w, b)
     out = _nhwc_output(name, x, out, n, h, w_, c_out, x.dtype, max(c_in, c_out))
     config = config or conv3x3_config(c_in, c_out, x.dtype)
     return _launch(x, x.stride(), w, b, out, n, h, w_, c_in, c_out, False, relu, config)
@@ -396,12 +403,7 @@ def conv3x3_bias_relu_tail_partials(
             default :func:`conv3x3_config`.
     """
     name = "conv3x3_bias_relu_tail_partials"
-    _check_common(name, x, w, b)
-    if x.dim() != 4 or x.dtype != w.dtype or w.shape[1] != 9 * x.shape[3]:
-        raise ValueError(f"{name}: expected NHWC activations matching weights {tuple(w.shape)} {w.dtype}, got "
-                         f"{x.dtype} {tuple(x.shape)}")  # fmt: skip
-    n, h, w_, c_in = x.shape
-    c_out = w.shape[0]
+    n, h, w_, c_in, c_out = _check_body(name, x, w, b)
     if tw.shape != (c_out, 16) or tw.dtype != w.dtype or not tw.is_contiguous() or tw.device != x.device:
         raise ValueError(f"{name}: expected contiguous tail weights ({c_out}, 16) {w.dtype}, got {tw.dtype} {tuple(tw.shape)}")
     config = config or conv3x3_config(c_in, c_out, x.dtype)
