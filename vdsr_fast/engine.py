@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import warnings
 from typing import Protocol
 
@@ -171,8 +172,6 @@ _TUNED: dict[tuple, str] = {}  # (backend, device name, dtype, depth, channels, 
 
 def _median_ms(run, y: torch.Tensor) -> float:
     """Median wall time of ``run(y)`` in ms after warm-up: CUDA events on a GPU, perf_counter elsewhere."""
-    import time
-
     for _ in range(TUNE_WARMUP):
         run(y)
     times = []
