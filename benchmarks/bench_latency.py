@@ -478,33 +478,54 @@ def _build_compile(model: VDSR, device: torch.device):
 
 
 def _engine(backend: str, dtype: torch.dtype, body: str = ""):
-    """An engine with its default kernels, or an experimental option not yet a default: ``body="winograd"``,
-    ``"wgmma"`` (CUDA only) or ``"fused_tail"`` (Triton only: the tail fused into the last body layer)."""
+    """An engine with its default kernels, or with an alternative that is not the default: ``body="winograd"``
+    (Triton's Winograd body), ``"unfused_tail"`` (Triton: the tail as its own kernel) or ``"v<id>"`` (CUDA
+    body variant ``id``)."""
 
     def build(model: VDSR, device: torch.device):
         from vdsr_fast.engine import Engine
 
         if not body:
             return Engine(model, backend=backend, dtype=dtype, device=device), ""
-        opts = _experimental_opts(backend, dtype, body, model)
+        opts = _alternative_opts(body, dtype, model)
         if why := broken(backend, opts):
             raise RuntimeError(why)
-        return Engine(model, backend=backend, dtype=dtype, device=device, **opts), f"experimental; {opts}"
+        return Engine(model, backend=backend, dtype=dtype, device=device, **opts), f"not the default; {opts}"
 
     return build
 
 
-def _experimental_opts(backend: str, dtype: torch.dtype, body: str, model: VDSR) -> dict:
-    """The engine options of an experimental path of :func:`_engine`."""
-    if body == "fused_tail":
-        return {"fuse_tail": True}
-    if backend == "cuda":
-        from vdsr_fast.kernels.cuda import load_extension
-
-        return {"body_variant": next(v["id"] for v in load_extension().body_variants() if v[body])}
+def _alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
+    """The engine options of an alternative path of :func:`_engine`."""
+    if body == "unfused_tail":
+        return {"fuse_tail": False}
+    if body.startswith("v"):
+        return {"body_variant": int(body[1:])}
     from vdsr_fast.kernels.triton.winograd import winograd_config
 
     return {"body_config": winograd_config(model.channels, model.channels, dtype)}
+
+
+def _alternatives(name: str, device: torch.device) -> dict[str, str]:
+    """{body: label} of the alternatives to time beside a backend's defaults: for CUDA every body variant but
+    the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2); for Triton the Winograd
+    body and the unfused tail."""
+    if name == "triton":
+        return {"winograd": "Winograd body", "unfused_tail": "tail not fused"}
+    if name != "cuda":
+        return {}
+    from vdsr_fast.kernels.cuda import load_extension
+
+    ext = load_extension()
+    auto = -1
+    if device.type == "cuda":
+        auto = ext.body_auto_variant(device.index if device.index is not None else torch.cuda.current_device())
+    kinds = {}
+    for v in ext.body_variants():
+        if v["id"] != auto and (v["winograd"] or v["wgmma"] or v["id"] == 0):
+            kind = "Winograd" if v["winograd"] else "wgmma" if v["wgmma"] else "mma.sync"
+            kinds[f"v{v['id']}"] = f"body v{v['id']} ({kind})"
+    return kinds
 
 
 def _engine_backends(device: torch.device, cfg: BenchConfig) -> tuple[list[str], dict[str, str]]:
@@ -555,9 +576,8 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
                 f"engine_{name}_{dname}", f"engine {name}", dname, torch.float32, False, _engine(name, dtype), reason
             )
             paths.append(spec)
-            bodies = {"cuda": ("winograd", "wgmma"), "triton": ("winograd", "fused_tail")}.get(name, ())
-            for body in bodies if dtype != torch.float32 else ():  # the experimental body kernels
-                label = {"winograd": "Winograd body", "wgmma": "wgmma body", "fused_tail": "tail fused"}[body]
+            alternatives = _alternatives(name, device) if reason is None and dtype != torch.float32 else {}
+            for body, label in alternatives.items():  # the kernels that are not (or no longer) the defaults
                 paths.append(PathSpec(f"engine_{name}_{body}_{dname}", f"engine {name} {label}", dname,
                                       torch.float32, False, _engine(name, dtype, body), reason))  # fmt: skip
     paths += [

@@ -1,7 +1,7 @@
 """Run each experimental kernel option once, each in its own process, before anything is timed.
 
     python -m benchmarks.canary --all --out DIR      # every option in parallel; DIR/canary.json
-    python -m benchmarks.canary cuda-v4              # one option, in this process
+    python -m benchmarks.canary cuda-v5              # one option, in this process
 
 A kernel that faults on the GPU (an illegal address, a trap) leaves the CUDA context unusable: in the
 latency benchmark or the layer profile every later row of that process would fail too. So
@@ -25,11 +25,8 @@ from pathlib import Path
 # name -> (backend, engine options); the defaults need no canary (the GPU tests run them first)
 OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v3": ("cuda", {"body_variant": 3}),  # Winograd F(2x2, 3x3)
-    "cuda-v4": ("cuda", {"body_variant": 4}),  # wgmma
     "cuda-v5": ("cuda", {"body_variant": 5}),  # wgmma, row reuse
-    "triton-winograd": ("triton", {"body_config": "winograd"}),
-    "triton-fused-tail": ("triton", {"fuse_tail": True}),
-    "triton-winograd-fused-tail": ("triton", {"body_config": "winograd", "fuse_tail": True}),
+    "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
 }
 
 

@@ -66,6 +66,7 @@ pack_logs() {
 trap pack_logs EXIT
 
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
+CRASH_DIAG=${CRASH_DIAG:-}
 BENCH_MIN=${BENCH_MIN_S:-170}
 T0=$(date +%s)
 elapsed() { echo $(($(date +%s) - T0)); }
@@ -148,7 +149,9 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   log "pytest tests (timeout ${T}s) -> $OUT/pytest.log, $OUT/junit.xml"
   # Only the tests that exercise the GPU (tests/conftest.py): the rest is what CI runs on its CPU.
   # shellcheck disable=SC2086
-  ((T > 0)) && VDSR_FAST_GPU_TESTS_ONLY=1 timeout "$T" "$PY" -m pytest ${PYTEST_PATHS:-tests} -q --maxfail=10 --durations=10 -p no:cacheprovider ${PYTEST_ARGS:-} \
+  # -v: the log names every test even when the cap cuts the run; SIGINT first so pytest still writes its
+  # summary and junit.xml.
+  ((T > 0)) && VDSR_FAST_GPU_TESTS_ONLY=1 timeout -s INT -k 15 "$T" "$PY" -m pytest ${PYTEST_PATHS:-tests} -v -rfE --maxfail=10 --durations=10 -p no:cacheprovider ${PYTEST_ARGS:-} \
     --junitxml="$OUT/junit.xml" >"$OUT/pytest.log" 2>&1
   rc=$?
   tail -n 30 "$OUT/pytest.log" || true

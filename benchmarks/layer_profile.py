@@ -10,8 +10,8 @@ Times (``triton.testing.do_bench`` medians after warm-up), at one frame size, in
     Winograd F(2x2, 3x3) tiles (Winograd rows count the direct convolution's FLOPs, so they compare with
     the other rows as speed);
   - the head (1->64 + ReLU) and the tail (64->1 + bias + residual) of each backend (the Triton tail
-    also fused into the last body layer), and cuDNN's head;
-  - the whole network per backend and per experimental option, beside the estimate head + 18 x body +
+    also fused into the last body layer, its default), and cuDNN's head;
+  - the whole network per backend and per alternative to its defaults, beside the estimate head + 18 x body +
     tail from the rows above;
   - last, the Triton sweeps: tail tiles, every ``winograd_candidates`` and ``body_config_candidates`` config.
 Every kernel's output is checked against cuDNN's (fp32 reference for the head/tail) before it is timed.
@@ -185,11 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     # then the gather (compare with the tail rows)
     tw16 = tconv.pack_tail_partials_weight(model.layers[-1].weight, dt)
     z = torch.empty(n * ht * wd, 9, device=dev)
-    if not broken("triton", {"fuse_tail": True}):
-        add("last", "triton last body layer + tail partials (default tile)",
-            lambda: tconv.conv3x3_bias_relu_tail_partials(x_nhwc, wt, b, tw16, z), fl + _flops(n, ht, wd, C, 1))  # fmt: skip
-        add("tail", "triton tail gather + residual (after the partials)",
-            lambda: ttail.tail_gather_residual(z, tb, y, ty), fl_tail)  # fmt: skip
+    add("last", "triton last body layer + tail partials (default tile)",
+        lambda: tconv.conv3x3_bias_relu_tail_partials(x_nhwc, wt, b, tw16, z), fl + _flops(n, ht, wd, C, 1))  # fmt: skip
+    add("tail", "triton tail gather + residual (after the partials)",
+        lambda: ttail.tail_gather_residual(z, tb, y, ty), fl_tail)  # fmt: skip
     if ext is not None:
         hw32, tw32 = hw.reshape(C, 9).contiguous(), model.layers[-1].weight.permute(2, 3, 1, 0).reshape(9, C).contiguous()
         add("head", "cuda head", lambda: ext.head(y.data_ptr(), th_out.data_ptr(), hw32.data_ptr(), hb.data_ptr(),
@@ -200,13 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     fl_net = flops_per_pixel(model.depth, model.channels) * n * ht * wd
     with torch.inference_mode():
         nets = [("cuda", "cuda", {}), ("triton", "triton", {})]
-        if ext is not None:
-            nets += [(f"cuda {'Winograd' if v['winograd'] else 'wgmma'} variant {v['id']}", "cuda", {"body_variant": v["id"]})
-                     for v in ext.body_variants() if v["winograd"] or v["wgmma"]]  # fmt: skip
+        if ext is not None:  # every body variant but the automatic one and the direct kernel's fallbacks (1, 2)
+            kind = lambda v: "Winograd" if v["winograd"] else "wgmma" if v["wgmma"] else "mma.sync"  # noqa: E731
+            nets += [(f"cuda variant {v['id']} ({kind(v)})", "cuda", {"body_variant": v["id"]})
+                     for v in ext.body_variants() if v["id"] != auto and (v["winograd"] or v["wgmma"] or v["id"] == 0)]  # fmt: skip
         wino = twino.winograd_config(C, C, dt)
         nets += [("triton Winograd body", "triton", {"body_config": wino}),
-                 ("triton, tail fused", "triton", {"fuse_tail": True}),
-                 ("triton Winograd body, tail fused", "triton", {"body_config": wino, "fuse_tail": True})]  # fmt: skip
+                 ("triton, tail not fused", "triton", {"fuse_tail": False}),
+                 ("triton Winograd body, tail not fused", "triton", {"body_config": wino, "fuse_tail": False})]  # fmt: skip
         for label, backend, opts in nets:
             if why := broken(backend, opts):
                 print(f"engine {label}: {why}")

@@ -2,7 +2,7 @@
 
     python -m benchmarks.pick_defaults benchmarks/results/<date>_layer_profile_<card>_1920x1080_fp16.json
 
-``layer_profile.py`` times every backend's whole network once per experimental option (the ``net`` rows)
+``layer_profile.py`` times every backend's whole network with its defaults and with each alternative (the ``net`` rows)
 and every body kernel on its own. This prints, per backend, the options ranked by the whole network's
 time, the CUDA body variants ranked by their layer time (what ``kAutoOrder`` in ``csrc/conv3x3_body.cu``
 should list first), and the ratio of each backend's best network to cuDNN's fused chain estimate

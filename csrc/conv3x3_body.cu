@@ -23,10 +23,12 @@ const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIA
                                                            VDSR_WGMMA_VARIANTS(VDSR_WGMMA_INFO)};
 
 // Automatic choice: the first of these that fits the device's shared memory (and, for a wgmma variant,
-// runs on it). Direct kernels only for now: the Winograd and wgmma variants run when asked for by id,
-// until GPU timings rank them.  On an H200 at 1080p
-// variants 0 and 1 took 0.434-0.436 ms per layer and variant 2 0.477 (benchmarks/results, 2026-11-26).
-constexpr int kAutoOrder[] = {0, 1, 2};
+// runs on it: Hopper with an sm_90a build).  Measured on an H200 (benchmarks/results, 2026-11-26): the
+// whole 20-layer network at 1080p fp16 took 8.07 ms with variant 4 against 8.37 ms with variant 0
+// (4K: 31.3 against 32.6 ms); per layer, variants 0 and 1 took 0.434-0.436 ms and variant 2 0.477 in an
+// earlier run.  The Winograd variant 3 (11.6 ms for the network) is not listed.
+constexpr int kAutoOrder[] = {4, 0, 1, 2};
+constexpr int kNumAuto = sizeof(kAutoOrder) / sizeof(kAutoOrder[0]);
 
 }  // namespace
 }  // namespace body
@@ -36,6 +38,7 @@ using body::kMaxDevices;
 using body::kNumAllVariants;
 using body::kVariantInfo;
 using body::kAutoOrder;
+using body::kNumAuto;
 
 const BodyVariant* body_variants(int* count) {
   static BodyVariant table[kNumAllVariants];
@@ -65,7 +68,7 @@ int body_auto_variant(int device) {
   throw std::runtime_error("vdsr_fast._C: device " + std::to_string(device) + " has only " +
                            std::to_string(optin_cache[device]) +
                            " bytes of shared memory per block; the smallest body kernel needs " +
-                           std::to_string(kVariantInfo[kAutoOrder[2]].smem_bytes));
+                           std::to_string(kVariantInfo[kAutoOrder[kNumAuto - 1]].smem_bytes));
 }
 
 void check_kernel_image(int device) {

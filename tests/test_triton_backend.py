@@ -104,36 +104,41 @@ def test_network_matches_float64_large_gpu(case, dtype, poison):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("case", [(3, 64, 1, 13, 11), (4, 8, 3, 6, 9), (2, 16, 1, 5, 4)], ids=lambda c: "d{}c{}_{}x{}x{}".format(*c))
 def test_network_fused_tail(case, dtype, poison):
-    """fuse_tail=True: the last body layer writes the tail's partial sums into the free ping-pong buffer and
-    a gather adds them (depth 2 has no body layer: the plain tail runs); with a Winograd body too."""
+    """The default fused tail: the last body layer writes the tail's partial sums into the free ping-pong
+    buffer and a gather adds them (depth 2 has no body layer: the plain tail runs); with a Winograd body too,
+    and against fuse_tail=False (the last activation stored, then the tail kernel)."""
     depth, channels, n, h, w = case
     device = triton_device(dtype, bf16_dot=True)
     model = _model(depth, channels, seed=depth * 10 + channels).to(device)
     y = torch.rand(n, 1, h, w, device=device)
-    out = _check_network(model, y, dtype, fuse_tail=True)
-    assert Engine(model, backend="triton", dtype=dtype, device=device, fuse_tail=True)._impl.fuse_tail == (depth > 2)
-    torch.testing.assert_close(out, _check_network(model, y, dtype), atol=1e-5 if dtype == torch.float32 else 2e-3, rtol=0)
+    out = _check_network(model, y, dtype)
+    assert Engine(model, backend="triton", dtype=dtype, device=device)._impl.fuse_tail == (depth > 2)
+    assert not Engine(model, backend="triton", dtype=dtype, device=device, fuse_tail=False)._impl.fuse_tail
+    unfused = _check_network(model, y, dtype, fuse_tail=False)
+    torch.testing.assert_close(out, unfused, atol=1e-5 if dtype == torch.float32 else 2e-3, rtol=0)
     if depth > 2 and channels == 64:
         cfg = winograd_config(channels, channels, dtype)
-        _check_network(model, y, dtype, fuse_tail=True, body_config=cfg)
+        _check_network(model, y, dtype, body_config=cfg)
         share_row = ConvConfig(128, 64, 64, 4, 2, share_row=True)  # the last layer falls back to the default tile
-        _check_network(model, y, dtype, fuse_tail=True, body_config=share_row)
+        _check_network(model, y, dtype, body_config=share_row)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_network_fused_tail_large_gpu(dtype, poison):
+def test_network_unfused_tail_large_gpu(dtype, poison):
     device = _needs_cuda()
     model = _model(20, 64, seed=2).to(device)
-    _check_network(model, torch.rand(1, 1, 1080, 1920, device=device), dtype, fuse_tail=True)
-    _check_network(model, torch.rand(2, 1, 37, 53, device=device), dtype, fuse_tail=True, cuda_graphs=True)
+    _check_network(model, torch.rand(1, 1, 1080, 1920, device=device), dtype, fuse_tail=False)
+    _check_network(model, torch.rand(2, 1, 37, 53, device=device), dtype, fuse_tail=False, cuda_graphs=True)
 
 
 def test_engine_tune_gpu():
-    """Engine(tune=True) times the default direct body and the Winograd body and keeps a correct one."""
+    """Engine(tune=True) times the defaults and each alternative (Winograd body, unfused tail) and keeps a
+    correct one."""
     device = _needs_cuda()
     model = _model(8, 64, seed=5).to(device)
     e = Engine(model, backend="triton", dtype=torch.float16, device=device, tune=True)
-    assert len(e.tuning) == 2 and all(isinstance(ms, float) for ms in e.tuning.values()), e.tuning
+    offered = TritonBackend.tuning_candidates(model, device, torch.float16)
+    assert len(e.tuning) == 1 + len(offered) and all(isinstance(ms, float) for ms in e.tuning.values()), e.tuning
     print(f"triton tuning (ms, 720p, VDSR-8): {e.tuning}")
     y = torch.rand(2, 1, 45, 38, device=device)
     same = Engine(model, backend="torch", dtype=torch.float16, device=device)(y)
@@ -245,7 +250,7 @@ def test_available():
 
 
 def _op_args(device: torch.device, dtype: torch.dtype):
-    backend = TritonBackend(_model(3, 16, seed=8).to(device), device, dtype)
+    backend = TritonBackend(_model(3, 16, seed=8).to(device), device, dtype, fuse_tail=False)
     y = torch.rand(2, 1, 5, 7, device=device)
     x = torch.rand(2, 5, 7, 16, device=device).to(dtype)
     return backend, y, x
@@ -269,7 +274,7 @@ def test_custom_ops_opcheck():
         (x, backend.w_tail, backend.b_tail, y, False),
         test_utils=("test_schema", "test_faketensor"),
     )
-    fused = TritonBackend(_model(3, 16, seed=8).to(device), device, torch.float32, fuse_tail=True)
+    fused = TritonBackend(_model(3, 16, seed=8).to(device), device, torch.float32)
     z = ops.triton_conv3x3_tail_partials(x, fused.w_last, fused.b_body[-1], fused.w_tail16)
     torch.library.opcheck(ops.triton_conv3x3_tail_partials, (x, fused.w_last, fused.b_body[-1], fused.w_tail16),
                           test_utils=("test_schema", "test_faketensor"))  # fmt: skip
@@ -285,9 +290,9 @@ def test_compile_aot_eager():
     y = torch.rand(1, 1, 5, 6, device=device)
     compiled = torch.compile(lambda t: engine(t), backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(y), engine(y), atol=0, rtol=0)
-    fused = Engine(model, backend="triton", dtype=torch.float32, device=device, fuse_tail=True)
-    compiled = torch.compile(lambda t: fused(t), backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(y), fused(y), atol=0, rtol=0)
+    unfused = Engine(model, backend="triton", dtype=torch.float32, device=device, fuse_tail=False)
+    compiled = torch.compile(lambda t: unfused(t), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(y), unfused(y), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
