@@ -26,6 +26,7 @@ from pathlib import Path
 OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v3": ("cuda", {"body_variant": 3}),  # Winograd F(2x2, 3x3)
     "cuda-v5": ("cuda", {"body_variant": 5}),  # wgmma, row reuse
+    "cuda-v6": ("cuda", {"body_variant": 6}),  # wgmma strip: channels as M, both operands by descriptor
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
 }
 

@@ -33,6 +33,9 @@
 #   CRASH_DIAG="PYTEST ARGS" also run those tests verbosely under cuda-gdb, which prints the native
 #                           backtrace of a crash (e.g. "tests/test_cuda_backend.py -k argument_checks");
 #                           CRASH_DIAG_CAP_S=60
+#   NCU=1                   Nsight Compute (SpeedOfLight, compute/memory workload, warp stalls) on one 1080p
+#                           body layer per CUDA variant (benchmarks/ncu_body.py; NCU_VARIANTS="0,4,6"),
+#                           after the layer profile: NCU_CAP_S=60 -> ncu.log in gpu_check_logs.tgz
 set -uo pipefail  # no -e: one failing step must not cost the rest of a device call
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -53,7 +56,7 @@ fi
 # and so does the benchmark's .md (make_table.py renders the same tables from its JSON).
 pack_logs() {
   local f logs=()
-  for f in env.txt build.log canary.log canary.json pytest.log junit.xml sanitizer.log video.log bench.log layer_profile.log crash_diag.log; do
+  for f in env.txt build.log canary.log canary.json pytest.log junit.xml sanitizer.log video.log bench.log layer_profile.log ncu.log crash_diag.log; do
     if [[ -f "$OUT/$f" ]]; then logs+=("$f"); fi
   done
   for f in "$OUT"/*.md; do
@@ -269,13 +272,35 @@ fi
 
 # ---------------------------------------------------------------- 4b. per-layer profile (LAYER_PROFILE=1)
 if [[ "${LAYER_PROFILE:-0}" == 1 ]]; then
-  T=$(share "${LAYER_PROFILE_CAP_S:-90}" $((10 + (${#CRASH_DIAG} > 0 ? ${CRASH_DIAG_CAP_S:-60} : 0))))
+  T=$(share "${LAYER_PROFILE_CAP_S:-90}" $((10 + (${#CRASH_DIAG} > 0 ? ${CRASH_DIAG_CAP_S:-60} : 0) + (${NCU:-0} == 1 ? ${NCU_CAP_S:-60} : 0))))
   log "layer profile, 1080p fp16 (timeout ${T}s) -> $OUT/layer_profile.log"
   rc=skipped
   ((T >= 10)) && { timeout "$T" "$PY" -m benchmarks.layer_profile --out "$OUT" --budget-s $((T > 40 ? T - 20 : T / 2)) \
     >"$OUT/layer_profile.log" 2>&1; rc=$?; }
   cp "$OUT"/layer_profile_*.json "$ROOT/benchmarks/results/" 2>/dev/null || true
   SUMMARY+=("layer profile: rc=$rc ($(ls "$OUT"/layer_profile_*.json 2>/dev/null | head -n 1))")
+fi
+
+# ---------------------------------------------------------------- 4b2. Nsight Compute on the body kernels (NCU=1)
+if [[ "${NCU:-0}" == 1 && $BUILT == 1 ]]; then
+  NCU_BIN=$(command -v ncu || true)
+  if [[ -z "$NCU_BIN" ]]; then
+    for c in /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu; do [[ -x "$c" ]] && NCU_BIN=$c && break; done
+  fi
+  T=$(share "${NCU_CAP_S:-60}" $((5 + (${#CRASH_DIAG} > 0 ? ${CRASH_DIAG_CAP_S:-60} : 0))))
+  if [[ -z "$NCU_BIN" ]]; then
+    SUMMARY+=("ncu: not found, skipped")
+  elif ((T < 20)); then
+    SUMMARY+=("ncu: skipped (no time left)")
+  else
+    log "Nsight Compute, one 1080p fp16 body layer per variant (timeout ${T}s) -> $OUT/ncu.log"
+    # shellcheck disable=SC2086
+    timeout "$T" "$NCU_BIN" -k regex:conv3x3_ --section SpeedOfLight --section ComputeWorkloadAnalysis \
+      --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+      "$PY" -m benchmarks.ncu_body ${NCU_VARIANTS:+--variants $NCU_VARIANTS} >"$OUT/ncu.log" 2>&1
+    rc=$?
+    SUMMARY+=("ncu: rc=$rc, $(grep -c 'conv3x3_.*Context' "$OUT/ncu.log" || true) kernels profiled (ncu.log)")
+  fi
 fi
 
 # ---------------------------------------------------------------- 4c. crash diagnosis (CRASH_DIAG="pytest args")

@@ -1,14 +1,16 @@
 // Every body kernel variant: direct mma.sync (conv3x3_body.cuh, ids 0 .. kNumVariants - 1), then
-// Winograd (winograd_body.cuh), then wgmma (wgmma_body.cuh).  The list index is the variant id.
+// Winograd (winograd_body.cuh), then wgmma (wgmma_body.cuh), then the wgmma strip kernel
+// (wgmma_strip_body.cuh).  The list index is the variant id.
 #pragma once
 
 #include "wgmma_body.cuh"
+#include "wgmma_strip_body.cuh"
 #include "winograd_body.cuh"
 
 namespace vdsr {
 namespace body {
 
-constexpr int kNumAllVariants = kNumVariants + kNumWinoVariants + kNumWgmmaVariants;
+constexpr int kNumAllVariants = kNumVariants + kNumWinoVariants + kNumWgmmaVariants + kNumStripVariants;
 extern const LaunchFn kLaunchFp16[kNumAllVariants];  // conv3x3_body_fp16.cu
 extern const LaunchFn kLaunchBf16[kNumAllVariants];  // conv3x3_body_bf16.cu
 

@@ -70,6 +70,7 @@ struct BodyTile {
   static constexpr int kNI = kNCols / 8;       // n8 tiles per warp
   static_assert(kNI % 2 == 0, "B fragments are loaded two n8 tiles per ldmatrix.x4");
   static constexpr int kTileH = WARPS_M * MI;  // output rows per tile
+  static constexpr int kTileW = body::kTileW;
   static constexpr int kHaloH = kTileH + 2;
   static constexpr int kHaloW = kTileW + 2;
   static constexpr int kHaloPix = kHaloH * kHaloW;
@@ -155,7 +156,9 @@ __device__ __forceinline__ void halo_prologue(uint32_t smem_halo, const T* __res
 // Groups committed so far: weights, then one per tile up to it + kStages - 1.  Allowing the newest
 // kStages - 1 to be pending means the weights and this tile's halo have landed (for this thread); the
 // barrier makes every thread's copies visible to the whole CTA.  Returns this tile's halo stage.
-template <typename K, typename T>
+// ASYNC_PROXY: the kernel reads shared memory through wgmma descriptors (the async proxy): each thread
+// fences its landed copies (fence.proxy.async) before the barrier.
+template <typename K, bool ASYNC_PROXY = false, typename T>
 __device__ __forceinline__ uint32_t halo_next(uint32_t smem_halo, const T* __restrict__ in, int tile, int it, int H,
                                               int W, int tiles_x, int tiles_y, int num_tiles) {
   const int next = tile + (K::kStages - 1) * gridDim.x;
@@ -165,6 +168,7 @@ __device__ __forceinline__ uint32_t halo_next(uint32_t smem_halo, const T* __res
   }
   cp_async_commit();
   cp_async_wait<K::kStages - 1>();
+  if (ASYNC_PROXY) fence_proxy_async();
   __syncthreads();
   return smem_halo + (it % K::kStages) * K::kStageBytes;
 }
@@ -298,8 +302,8 @@ inline void check_device_index(int device) {
 template <typename T>
 using TileKernel = void (*)(const T*, T*, const T*, const float*, int, int, int, int, int);
 
-// Launch a persistent tile kernel (the direct body kernel, or the Winograd one) described by K:
-// K::kThreads, K::kTileH, K::kSmemBytes.
+// Launch a persistent tile kernel described by K: K::kThreads, K::kTileH x K::kTileW pixels per tile,
+// K::kSmemBytes.
 template <typename K, typename T>
 void launch_persistent(TileKernel<T> kernel, const void* in, void* out, const void* w, const float* b, int n, int h,
                        int w_, int device, cudaStream_t stream) {
@@ -322,7 +326,7 @@ void launch_persistent(TileKernel<T> kernel, const void* in, void* out, const vo
     }
     resident_ctas[device] = sms * per_sm;
   }
-  const int tiles_x = (w_ + kTileW - 1) / kTileW;
+  const int tiles_x = (w_ + K::kTileW - 1) / K::kTileW;
   const int tiles_y = (h + K::kTileH - 1) / K::kTileH;
   const int64_t num_tiles64 = static_cast<int64_t>(n) * tiles_x * tiles_y;
   if (num_tiles64 > INT32_MAX) {

@@ -1,4 +1,4 @@
-// The bf16 instantiations of the body kernel variants (conv3x3_body.cuh, winograd_body.cuh, wgmma_body.cuh).
+// The bf16 instantiations of the body kernel variants (conv3x3_body.cuh, winograd_body.cuh, wgmma_body.cuh, wgmma_strip_body.cuh).
 #include "body_variants.cuh"
 
 namespace vdsr {
@@ -9,7 +9,8 @@ namespace body {
 #define VDSR_WGMMA_LAUNCH_BF16(S, R) &launch_wgmma<__nv_bfloat16, S, R>,
 const LaunchFn kLaunchBf16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_BF16)
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_BF16)
-                                                   VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_BF16)};
+                                                   VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_BF16)
+                                                       &launch_strip<__nv_bfloat16>};
 
 }  // namespace body
 }  // namespace vdsr

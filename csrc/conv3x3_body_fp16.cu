@@ -1,4 +1,4 @@
-// The fp16 instantiations of the body kernel variants (conv3x3_body.cuh, winograd_body.cuh, wgmma_body.cuh).
+// The fp16 instantiations of the body kernel variants (conv3x3_body.cuh, winograd_body.cuh, wgmma_body.cuh, wgmma_strip_body.cuh).
 #include "body_variants.cuh"
 
 namespace vdsr {
@@ -9,7 +9,8 @@ namespace body {
 #define VDSR_WGMMA_LAUNCH_FP16(S, R) &launch_wgmma<__half, S, R>,
 const LaunchFn kLaunchFp16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_FP16)
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_FP16)
-                                                   VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_FP16)};
+                                                   VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_FP16)
+                                                       &launch_strip<__half>};
 
 bool wgmma_runs_on(int device) { return sm90a_image_runs(conv3x3_wgmma_kernel<__half, 3, false>, device); }
 

@@ -143,15 +143,52 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const ui
 // Pin accumulator registers at this point of the instruction stream (an empty asm that "reads and
 // writes" them, as CUTLASS's warpgroup_fence_operand): without it the compiler may sink the zeroing of
 // the accumulators past wgmma_fence(), and ptxas then serialises the wgmmas around those writes.
-__device__ __forceinline__ void wgmma_pin(float (&d)[32]) {
+template <int N>
+__device__ __forceinline__ void wgmma_pin(float (&d)[N]) {
 #pragma unroll
-  for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 // Descriptor of a K-major, 128-byte-swizzled operand whose 8-row groups are 1024 bytes apart.
 __device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_start) {
   return static_cast<uint64_t>((smem_start & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
          (uint64_t{1} << 62);
+}
+
+// Descriptor of a K-major operand without swizzle ("interleave"): core matrices of 8 rows x 16 bytes, each
+// 128 contiguous bytes (row r at +16 r); the two 16-byte k halves of a k16 slice `lbo` bytes apart (leading
+// dimension: K), consecutive 8-row groups `sbo` bytes apart (stride dimension: M or N).  Any 16-byte aligned
+// start works: no swizzle atom to stay aligned with.
+__device__ __forceinline__ uint64_t wgmma_desc_interleave(uint32_t smem_start, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((smem_start & 0x3FFFF) >> 4) | (static_cast<uint64_t>((lbo >> 4) & 0x3FFF) << 16) |
+         (static_cast<uint64_t>((sbo >> 4) & 0x3FFF) << 32);
+}
+
+// Shared memory written by this thread through the generic proxy (st.shared, cp.async) becomes visible to
+// the async proxy (wgmma reading operands by descriptor) once this fence is followed by a barrier.
+__device__ __forceinline__ void fence_proxy_async() {
+#if VDSR_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// bar.sync on a named barrier for `threads` threads (e.g. one warpgroup: 128).
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 (sm_90): the inverse of ldmatrix .trans.  Lane 8i + r gives
+// the address of row r of matrix i (16 bytes); register i of lane l holds elements (row l / 4, cols
+// 2 (l % 4), +1) of matrix i, the lower column in the low half; .trans stores the transpose: memory row r of
+// matrix i receives column r (the 8 values that lanes r / 2, 4 + r / 2, ... hold at position r % 2).
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t smem, const uint32_t (&v)[4]) {
+#if VDSR_WGMMA
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem), "r"(v[0]),
+               "r"(v[1]), "r"(v[2]), "r"(v[3])
+               : "memory");
+#else
+  __trap();
+#endif
 }
 
 __device__ __forceinline__ void wgmma_fence() {
@@ -207,5 +244,46 @@ __device__ __forceinline__ void wgmma_m64n64k16<__nv_bfloat16>(float (&d)[32], c
 }
 #undef VDSR_WGMMA_RS
 #undef VDSR_WGMMA_D32
+
+#define VDSR_WGMMA_D64                                                                                          \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),     \
+      "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),      \
+      "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),     \
+      "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),     \
+      "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),     \
+      "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),     \
+      "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),     \
+      "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define VDSR_WGMMA_SS128(TYPE)                                                                                 \
+  "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE " "                                            \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "  \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "    \
+  "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "       \
+  "%64, %65, 1, 1, 1, 0, 0;\n"
+
+// D (64 x 128, fp32) += A (64 x 16) * B (16 x 128), both by descriptor (K-major: imm-trans-a = imm-trans-b = 0).
+// D: warp w of the group holds rows 16w .. 16w+15; d[4i .. 4i+3] is the m16n8 C fragment of columns 8i .. 8i+7.
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b);
+
+template <>
+__device__ __forceinline__ void wgmma_m64n128k16_ss<__half>(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+#if VDSR_WGMMA
+  asm volatile(VDSR_WGMMA_SS128("f16") : VDSR_WGMMA_D64 : "l"(desc_a), "l"(desc_b));
+#else
+  __trap();
+#endif
+}
+
+template <>
+__device__ __forceinline__ void wgmma_m64n128k16_ss<__nv_bfloat16>(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+#if VDSR_WGMMA
+  asm volatile(VDSR_WGMMA_SS128("bf16") : VDSR_WGMMA_D64 : "l"(desc_a), "l"(desc_b));
+#else
+  __trap();
+#endif
+}
+#undef VDSR_WGMMA_SS128
+#undef VDSR_WGMMA_D64
 
 }  // namespace vdsr

@@ -44,6 +44,7 @@ struct WgmmaTile {
   static constexpr bool kRowReuse = ROW_REUSE;
   static constexpr int kALoads = ROW_REUSE ? 4 : 2;  // A fragments per group (ldmatrix.x4 per warp)
   static constexpr int kTileH = 16;
+  static constexpr int kTileW = body::kTileW;
   static constexpr int kHaloH = kTileH + 2;
   static constexpr int kHaloW = kTileW + 2;
   static constexpr int kHaloPix = kHaloH * kHaloW;
@@ -85,7 +86,8 @@ __global__ void __launch_bounds__(WgmmaTile<STAGES, ROW_REUSE>::kThreads, 1)
 
   int it = 0;
   for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++it) {
-    const uint32_t halo = halo_next<K>(smem_halo, in, tile, it, H, W, tiles_x, tiles_y, num_tiles);
+    // (the weights, landed with the first halo, are read by wgmma descriptors: fence them for the async proxy)
+    const uint32_t halo = halo_next<K, true>(smem_halo, in, tile, it, H, W, tiles_x, tiles_y, num_tiles);
     float acc[2][32];
 #pragma unroll
     for (int mb = 0; mb < 2; ++mb)

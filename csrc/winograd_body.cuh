@@ -46,6 +46,7 @@ struct WinoTile {
   static constexpr int kThreads = 256;  // 8 warps: 2 (w-tile halves) x 4 (16 out channels each)
   static constexpr int kStages = STAGES;
   static constexpr int kTileH = 8;      // output rows per tile (tiles are 8 x 16 pixels)
+  static constexpr int kTileW = body::kTileW;
   static constexpr int kHaloH = kTileH + 2;
   static constexpr int kHaloW = kTileW + 2;
   static constexpr int kHaloPix = kHaloH * kHaloW;

@@ -213,6 +213,8 @@ class Cta:
         self.h = np.full(smem_bytes // 2, poison, np.uint16)  # 16-bit words
         self.ready = np.full(smem_bytes // 16, NEVER, np.int64)  # epoch in which a chunk's write completed
         self.last_read = np.full(smem_bytes // 16, -1, np.int64)  # epoch of the last read of a chunk
+        self.generic = np.zeros(smem_bytes // 16, bool)  # written through the generic proxy, not yet fenced
+        self.async_readers: list = []  # WgmmaGroups tracking this CTA's shared memory
         self.epoch = 0  # number of __syncthreads so far
         self.eager = eager
         self.open: list = []  # copies issued since the last commit
@@ -220,6 +222,18 @@ class Cta:
 
     def syncthreads(self):
         self.epoch += 1
+
+    def named_barrier(self, lo, hi):
+        """``bar.sync id, 128`` of the warpgroup that alone uses shared bytes [lo, hi) (its staging tile): its
+        writes and reads there before the barrier are ordered with its accesses after it; nothing else is
+        (the CTA epoch does not advance)."""
+        c = slice((lo - self.base) // 16, (hi - self.base) // 16)
+        self.ready[c] = np.where(self.ready[c] == self.epoch, self.epoch - 1, self.ready[c])
+        self.last_read[c] = np.where(self.last_read[c] == self.epoch, self.epoch - 1, self.last_read[c])
+
+    def _check_async_war(self, chunk, what):
+        if any(q.reads(chunk) for q in self.async_readers):
+            raise Hazard(f"{what} into shared memory that a pending wgmma reads (wait_group)")
 
     def cp_async_16(self, dst, gmem: Global, src, valid):
         """du:55-59 for a batch of threads: ``src_size = valid ? 16 : 0``."""
@@ -232,6 +246,7 @@ class Cta:
         data = gmem.load(src, 8, align_bytes=16)
         data = np.where(valid[:, None], data, np.uint16(0))
         chunk = dst // 16
+        self._check_async_war(chunk, "cp.async")
         if np.any(self.last_read[chunk] >= self.epoch):
             raise Hazard("cp.async into shared memory read since the last __syncthreads (write-after-read)")
         self.ready[chunk] = PENDING
@@ -249,6 +264,19 @@ class Cta:
                 if not self.eager:
                     self.h[(dst // 2)[:, None] + np.arange(8)] = data
                 self.ready[dst // 16] = self.epoch  # visible to other threads after the next barrier
+                self.generic[dst // 16] = True
+
+    def fence_proxy_async(self):
+        """``fence.proxy.async.shared::cta`` by every thread (du): the completed generic-proxy writes become
+        visible to the async proxy (wgmma operands) after the next barrier."""
+        self.generic &= self.ready == PENDING
+
+    def check_async_read(self, chunk, what):
+        """A read through the async proxy (a wgmma descriptor operand): as :meth:`_check_read`, and the
+        chunks must not hold generic-proxy writes without a ``fence.proxy.async`` since."""
+        self._check_read(chunk, what)
+        if np.any(self.generic[chunk]):
+            raise Hazard(f"{what} reads shared memory written through the generic proxy without fence.proxy.async")
 
     def _check_read(self, chunk, what):
         """A read of shared chunks: written, completed and made visible by a barrier; records the read."""
@@ -307,6 +335,7 @@ class Cta:
         self.h[a // 2] = (value & 0xFFFF).astype(np.uint16)
         self.h[a // 2 + 1] = (value >> 16).astype(np.uint16)
         self.ready[chunk] = self.epoch
+        self.generic[chunk] = True
 
     def lds128(self, addr):
         """``ld.shared.v4.b32`` (ht:137); ``addr[..., lane]`` -> ``(..., lane, 4)`` uint32.  A 16-byte access
@@ -323,6 +352,34 @@ class Cta:
             raise Hazard("ld.shared.v4 quarter-warp with a shared-memory bank conflict")
         w = (rel >> 1)[..., None] + 2 * np.arange(4)
         return self.h[w].astype(np.uint32) | (self.h[w + 1].astype(np.uint32) << 16)
+
+    def stmatrix_x4_trans(self, addr, regs):
+        """``stmatrix.sync.aligned.m8n8.x4.trans.shared.b16`` (du): ``addr[..., lane]`` row addresses (lane
+        ``8 i + r``: row r of matrix i), ``regs[..., lane, i]`` .b32 fragments (lane l: row l // 4, cols
+        2 (l % 4), +1 of matrix i).  ``.trans``: memory row r of matrix i receives column r of the fragment
+        matrix, i.e. element c of the row = fragment (row c, col r), held by lane 4c + r // 2, half r % 2."""
+        addr = np.asarray(addr, np.int64) - self.base
+        assert addr.shape[-1] == 32
+        if np.any(addr % 16) or addr.min() < 0 or addr.max() + 16 > self.h.size * 2:
+            raise Hazard("stmatrix: row address out of range or not 16-byte aligned")
+        chunk = addr // 16
+        self._check_async_war(chunk, "stmatrix")
+        if np.any(self.last_read[chunk] >= self.epoch):
+            raise Hazard("stmatrix into shared memory read since the last barrier (write-after-read)")
+        if np.any(self.ready[chunk] == PENDING):
+            raise Hazard("stmatrix into shared memory with a cp.async in flight")
+        rows = addr.reshape(addr.shape[:-1] + (4, 8))  # [matrix i][row r]
+        if np.any(np.bitwise_or.reduce(1 << ((rows >> 4) & 7), axis=-1) != 0xFF):
+            raise Hazard("stmatrix phase with a shared-memory bank conflict")
+        halves = np.ascontiguousarray(regs, np.uint32).view(np.uint16).reshape(regs.shape[:-2] + (32, 4, 2))
+        c = np.arange(8)
+        for i in range(4):
+            for r in range(8):
+                vals = halves[..., 4 * c + r // 2, i, r % 2]  # (..., 8): element c of memory row r
+                a = rows[..., i, r]
+                self.h[(a // 2)[..., None] + c] = vals
+        self.ready[chunk] = self.epoch
+        self.generic[chunk] = True
 
     def ldmatrix_x4(self, addr):
         """``ldmatrix.sync.aligned.m8n8.x4.shared.b16``; ``addr[..., lane]`` -> ``r[..., lane, 4]`` (uint32)."""
@@ -446,14 +503,18 @@ def halo_prologue(K, cta: Cta, smem_halo, g_in: Global, H, W, tiles_x, tiles_y, 
         cta.commit()  # cuh:149
 
 
-def halo_next(K, cta: Cta, smem_halo, g_in: Global, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim):
-    """cuh:158-170 (``halo_next``): prefetch, wait, barrier; returns this tile's halo stage."""
+def halo_next(K, cta: Cta, smem_halo, g_in: Global, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim,
+              async_proxy=False):  # fmt: skip
+    """cuh:158-170 (``halo_next``): prefetch, wait, (``async_proxy``: fence.proxy.async,) barrier; returns this
+    tile's halo stage."""
     nxt = tile + (K.stages - 1) * grid_dim  # cuh:161
     if nxt < num_tiles:  # cuh:162-165
         dst = smem_halo + ((it + K.stages - 1) % K.stages) * K.stage_bytes
         load_halo(K, cta, dst, g_in, tile_coord(K.tile_h, nxt, tiles_x, tiles_y), H, W)
     cta.commit()  # cuh:166
     cta.wait_group(K.stages - 1)  # cuh:167
+    if async_proxy:
+        cta.fence_proxy_async()
     cta.syncthreads()  # cuh:168
     return smem_halo + (it % K.stages) * K.stage_bytes  # cuh:169
 
@@ -481,7 +542,8 @@ def launch_tiles(K, kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager):
     g_out = Global("out", np.full(x_bits.shape, T.poison, np.uint16))
     g_w = Global("w", w_bits.astype(np.uint16))
     g_bias = Global("bias", np.asarray(bias, np.float32))
-    tiles_x = (w_ + TILE_W - 1) // TILE_W  # cuh:325
+    tile_w = getattr(K, "tile_w", TILE_W)
+    tiles_x = (w_ + tile_w - 1) // tile_w  # cuh:325
     tiles_y = (h + K.tile_h - 1) // K.tile_h  # cuh:326
     num_tiles = n * tiles_x * tiles_y  # cuh:327-332
     assert num_tiles <= 2**31 - 1
@@ -758,31 +820,9 @@ def wgmma_desc_sw128(start):
     return ((start & 0x3FFFF) >> 4) | (1 << 16) | ((1024 >> 4) << 32) | (1 << 62)
 
 
-def wgmma_b_from_smem(cta: Cta, T, desc):
-    """The B operand (16 k x 64 n) of ``wgmma...m64n64k16`` read through a K-major shared-memory descriptor,
-    from the PTX ISA ("Shared Memory Matrix Layout", "Matrix Descriptor Format"): with the 128-byte swizzle,
-    element (k, n) is at byte ``start + (n // 8) * SBO + (n % 8) * 128 + 2 k`` of the unswizzled layout, and
-    the swizzle moves 16-byte chunk bits 4-6 by an XOR with address bits 7-9.  Only the case the kernel uses
-    is modelled (LBO unused, base offset 0, ``start`` in the first 128-byte row of a 1024-byte atom)."""
-    start = (desc & 0x3FFF) << 4
-    sbo = ((desc >> 32) & 0x3FFF) << 4
-    assert desc >> 62 == 1 and (desc >> 49) & 7 == 0, "only the 128-byte swizzle, base offset 0, is modelled"
-    if start % 1024 >= 128:
-        raise Hazard("wgmma: descriptor start address outside the first row of a 1024-byte swizzle atom")
-    n = np.arange(64)[None, :]
-    k = np.arange(16)[:, None]
-    byte = start + (n // 8) * sbo + (n % 8) * 128 + 2 * k
-    byte = byte ^ (((byte >> 7) & 7) << 4)
-    rel = byte - cta.base
-    if rel.min() < 0 or rel.max() + 2 > cta.h.size * 2:
-        raise Hazard("wgmma: B operand outside shared memory")
-    cta._check_read(np.unique(rel // 16), "wgmma")
-    return T.to_float(cta.h[rel // 2]).astype(np.float64)  # (16, 64)
-
-
 def wgmma_m64n64k16(T, d, a, b):
     """du:187-206 (``wgmma.mma_async ... m64n64k16.f32``, A in registers) for one warpgroup: ``a`` (4 warps,
-    32, 4) .b32 registers, ``b`` (16, 64) from :func:`wgmma_b_from_smem`, ``d`` (4, 32, 32) fp32.  Warp w:
+    32, 4) .b32 registers, ``b`` (16, 64) from :func:`wgmma_kmajor_from_smem`, ``d`` (4, 32, 32) fp32.  Warp w:
     rows 16w .. 16w+15 in the mma.m16n8k16 A layout; d[..., 4i:4i+4] the m16n8 C fragment of columns
     8i .. 8i+7.  The product is formed in float64 and rounded to fp32 once per instruction."""
     A = _halves(T, a)[..., A_FROM_FRAG].reshape(64, 16).astype(np.float64)  # warp-major rows
@@ -795,12 +835,27 @@ def wgmma_m64n64k16(T, d, a, b):
 
 class WgmmaGroups:
     """One warpgroup's asynchronous wgmma state (du:114-135, du:157-174): which register sets pending wgmmas read or
-    write, and which registers were written since the last ``wgmma.fence``."""
+    write, which registers were written since the last ``wgmma.fence``, and (with ``cta``) which shared chunks
+    pending wgmmas read: a write into them raises (:meth:`Cta.cp_async_16`), and a read ends when its group
+    retires -- visible to other threads only after the next barrier, like any read."""
 
-    def __init__(self):
+    def __init__(self, cta: Cta | None = None):
         self.issued: list = []  # register sets of the wgmmas issued since the last commit
         self.pending: list = []  # committed groups not yet known complete, oldest first
         self.unfenced: set = set()  # register sets written since the last fence
+        self.cta = cta
+        self.smem_issued: list = []  # shared chunks read by the wgmmas issued since the last commit
+        self.smem_pending: list = []  # per pending group
+        if cta is not None:
+            cta.async_readers.append(self)
+
+    def smem(self, chunks):
+        """The next wgmma reads these shared chunks (asynchronously, until its group retires)."""
+        self.smem_issued.append(np.asarray(chunks, np.int64).ravel())
+
+    def reads(self, chunks) -> bool:
+        live = self.smem_pending + ([np.concatenate(self.smem_issued)] if self.smem_issued else [])
+        return any(np.isin(chunks, c).any() for c in live)
 
     def write(self, regs):
         """A non-wgmma instruction writes register set ``regs`` (ldmatrix into A, zeroing an accumulator)."""
@@ -824,10 +879,15 @@ class WgmmaGroups:
     def commit(self):
         self.pending.append(self.issued)
         self.issued = []
+        self.smem_pending.append(np.unique(np.concatenate(self.smem_issued)) if self.smem_issued else np.zeros(0, np.int64))
+        self.smem_issued = []
 
     def wait(self, n):
         while len(self.pending) > n:
             self.pending.pop(0)
+            done = self.smem_pending.pop(0)
+            if self.cta is not None:
+                self.cta.last_read[done] = self.cta.epoch
 
 
 def wgmma_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager,
@@ -849,12 +909,12 @@ def wgmma_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
     halo_prologue(K, cta, smem_halo, g_in, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim)  # gb:81
     a_row = lane & 15  # gb:83
     a_khalf = lane >> 4  # gb:84
-    groups = [WgmmaGroups(), WgmmaGroups()]  # per warpgroup
+    groups = [WgmmaGroups(cta), WgmmaGroups(cta)]  # per warpgroup
 
     it = 0  # gb:86
     tile = block_idx
     while tile < num_tiles:  # gb:87
-        halo = halo_next(K, cta, smem_halo, g_in, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim)  # gb:88
+        halo = halo_next(K, cta, smem_halo, g_in, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim, True)  # gb:88
         for q in groups:  # gb:89-93
             q.write("acc0"), q.write("acc1")
         acc = np.zeros((2, 2, 4, 32, 32), np.float32)  # [warpgroup][mb][warp in group][lane][32]
@@ -875,7 +935,8 @@ def wgmma_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
                 q.fence()
             for t3 in range(3 if K.row_reuse else 1):  # gb:111
                 tap_y = t3 if K.row_reuse else ky  # gb:112
-                b = wgmma_b_from_smem(cta, T, wgmma_desc_sw128(smem_w + (tap_y * 3 + kx) * KC * ROW_BYTES + kk * 32))
+                desc = wgmma_desc_sw128(smem_w + (tap_y * 3 + kx) * KC * ROW_BYTES + kk * 32)
+                b = wgmma_kmajor_from_smem(cta, T, desc, 64, groups)
                 for mb in range(2):  # gb:115-116
                     f = tap_y + mb if K.row_reuse else mb
                     for w_g, q in enumerate(groups):
@@ -912,6 +973,225 @@ def launch_wgmma(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=F
     kernel's, (9, 64, 64)."""
     assert w_bits.shape == (TAPS, KC, KC)
     return launch_tiles(WgmmaTile(*variant), wgmma_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The wgmma strip kernel (``sb`` = csrc/wgmma_strip_body.cuh, cited by function): M = out channels (A =
+# weights, 128-byte swizzle), N = 128 pixels of a row (B = activations, no swizzle), both by descriptor.
+# ---------------------------------------------------------------------------------------------------
+def wgmma_desc_interleave(start, lbo, sbo):
+    """du ``wgmma_desc_interleave``: start >> 4, LBO >> 4, SBO >> 4, layout 0 (no swizzle)."""
+    return ((start & 0x3FFFF) >> 4) | (((lbo >> 4) & 0x3FFF) << 16) | (((sbo >> 4) & 0x3FFF) << 32)
+
+
+def wgmma_kmajor_from_smem(cta: Cta, T, desc, rows, readers=()):
+    """A K-major operand (``rows`` M or N rows x 16 k) read through a descriptor, returned as (16, rows), from
+    the PTX ISA's canonical layouts (CUTLASS's ``GmmaDescriptor`` comment spells them the same way), in 16-byte
+    units: no swizzle ("interleave"): ``((8, m), (T, 2)) : ((1T, SBO), (1, LBO))`` -- row r of an 8-row core
+    matrix at +16 r, the core matrices of the next 8 rows SBO bytes on, the second 8 k LBO bytes on; 128-byte
+    swizzle: ``((8, m), (T, 2)) : ((8T, SBO), (1, T))`` -- rows 128 bytes apart, the two k halves adjacent, then
+    16-byte chunk bits 4-6 XORed with address bits 7-9 (start in the first row of a 1024-byte atom, base offset
+    0: the only swizzled case the kernels use).  Reads go through the async proxy (:meth:`Cta.check_async_read`) and
+    last until the group of the wgmma of each of ``readers`` (:class:`WgmmaGroups`) retires."""
+    start = (desc & 0x3FFF) << 4
+    lbo = ((desc >> 16) & 0x3FFF) << 4
+    sbo = ((desc >> 32) & 0x3FFF) << 4
+    layout = desc >> 62
+    assert layout in (0, 1) and (desc >> 49) & 7 == 0, "only no swizzle and the 128-byte swizzle, base offset 0"
+    n = np.arange(rows)[None, :]
+    k = np.arange(16)[:, None]
+    if layout == 1:
+        if start % 1024 >= 128:
+            raise Hazard("wgmma: descriptor start address outside the first row of a 1024-byte swizzle atom")
+        byte = start + (n // 8) * sbo + (n % 8) * 128 + 2 * k
+        byte = byte ^ (((byte >> 7) & 7) << 4)
+    else:
+        byte = start + (n // 8) * sbo + (n % 8) * 16 + (k // 8) * lbo + (k % 8) * 2
+    rel = byte - cta.base
+    if rel.min() < 0 or rel.max() + 2 > cta.h.size * 2:
+        raise Hazard("wgmma: operand outside shared memory")
+    chunks = np.unique(rel // 16)
+    cta.check_async_read(chunks, "wgmma")
+    for q in readers:
+        q.smem(chunks)
+    return T.to_float(cta.h[rel // 2]).astype(np.float64)
+
+
+def _d_index(n):
+    """(row, col) of D element e of lane (g, t) of warp w for a warpgroup's m64nNk16 accumulators (PTX ISA
+    "wgmma D fragment"): warp w rows 16w .. 16w+15; d[4i .. 4i+3] = C[g][8i+2t], C[g][8i+2t+1], C[g+8][8i+2t],
+    C[g+8][8i+2t+1].  Arrays (4, 32, n // 2)."""
+    w = np.arange(4)[:, None, None]
+    lane = LANE[None, :, None]
+    e = np.arange(n // 2)[None, None, :]
+    return 16 * w + (lane >> 2) + 8 * ((e >> 1) & 1), 8 * (e >> 2) + 2 * (lane & 3) + (e & 1)
+
+
+def wgmma_ss(T, d, a, b):
+    """du ``wgmma_m64n128k16_ss`` (and any N) for one warpgroup: ``a`` (16, 64) and ``b`` (16, N) from
+    :func:`wgmma_kmajor_from_smem`, ``d`` (4, 32, N / 2) fp32; D = A B + D, formed in float64, rounded to fp32 once."""
+    rows, cols = _d_index(b.shape[1])
+    C = np.zeros((64, b.shape[1]), np.float32)
+    C[rows, cols] = d
+    D = (a.T @ b + C).astype(np.float32)
+    return D[rows, cols]
+
+
+@dataclass(frozen=True)
+class StripTile:
+    """sb ``StripTile``."""
+
+    threads: int = 256
+    tile_w: int = 128
+    tile_h: int = 2
+    ring: int = 6
+    align: int = 1024
+
+    halo_w = property(lambda s: s.tile_w + 2)
+    plane = property(lambda s: s.halo_w * 16)
+    halo_row_bytes = property(lambda s: CHUNKS * s.plane)
+    staging_bytes = property(lambda s: s.tile_w * ROW_BYTES)
+    smem_bytes = property(lambda s: s.align + WEIGHT_BYTES + s.ring * s.halo_row_bytes + 2 * s.staging_bytes)
+
+
+def strip_load_rows(K: StripTile, cta: Cta, ring, g_in: Global, b, x0, h0, rows, H, W):
+    """sb ``strip_load_rows``."""
+    img = np.int64(b) * H * W * KC
+    i = strided_loop(np.arange(K.threads), rows * K.halo_w * CHUNKS, K.threads)
+    j = i & 7
+    p = i >> 3
+    r = p // K.halo_w
+    px = p - r * K.halo_w
+    h = h0 + r
+    y = h - 1
+    x = x0 - 1 + px
+    inside = unsigned_lt(y, H) & unsigned_lt(x, W)
+    src = np.where(inside, img + (y.astype(np.int64) * W + x) * KC + j * 8, 0)
+    cta.cp_async_16(ring + (h % K.ring) * K.halo_row_bytes + j * K.plane + px * 16, g_in, src, inside)
+
+
+def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, ring, h):
+    """sb ``strip_mma`` for both warpgroups: ``acc`` (2, 4, 32, 64) is set ``name``; ``h[wg]`` the halo row of
+    warpgroup wg's tap row 0."""
+    for q in groups:
+        q.write(name)
+    acc[:] = 0.0
+    for q in groups:
+        q.fence()
+    for ky in range(3):
+        for kx in range(3):
+            for kk in range(KC // 16):
+                desc_a = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * KC * ROW_BYTES + kk * 32)
+                a = wgmma_kmajor_from_smem(cta, T, desc_a, 64, groups)
+                for wg, q in enumerate(groups):
+                    row = ring + ((h[wg] + ky) % K.ring) * K.halo_row_bytes
+                    desc = wgmma_desc_interleave(row + 2 * kk * K.plane + kx * 16, K.plane, 128)
+                    q.mma(name)
+                    acc[wg] = wgmma_ss(T, acc[wg], a, wgmma_kmajor_from_smem(cta, T, desc, K.tile_w, [q]))
+    for q in groups:
+        q.commit()
+
+
+def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Global, bias_r, b, y, x0, H, W):
+    """sb ``strip_epilogue`` for both warpgroups: ``y[wg]`` the row, ``stg[wg]`` the staging tile."""
+    for q in groups:
+        q.read(name)
+    lane = LANE[None, None, :]
+    wr = np.arange(4)[None, :, None]
+    stg_ = np.asarray(stg, np.int64)[:, None, None]
+    mat = lane >> 3
+    for i in range(0, 16, 2):
+        v = np.zeros((2, 4, 32, 4), np.uint32)
+        for m in range(4):
+            e = 4 * (i + (m >> 1)) + 2 * (m & 1)
+            bb = bias_r[..., m & 1]  # (4, 32)
+            v[..., m] = pack2(T, relu_keep_nan(acc[..., e] + bb), relu_keep_nan(acc[..., e + 1] + bb))
+        px = 8 * (i + (mat >> 1)) + (lane & 7)
+        cta.stmatrix_x4_trans(stg_ + swz(px, 2 * wr + (mat & 1)), v)
+    for wg in range(2):  # named_barrier(1 + wg, 128)
+        cta.named_barrier(stg[wg], stg[wg] + K.staging_bytes)
+    tid = (np.arange(4)[:, None] * 32 + LANE[None, :])[None]  # threadIdx.x & 127, (1, 4 warps, 32)
+    for wg in range(2):
+        if y[wg] >= H:  # this warpgroup returns after the barrier
+            continue
+        for k in range(8):
+            u = k * 128 + tid[0]  # (4 warps, 32)
+            px = u >> 3
+            j = u & 7
+            val = cta.lds128(stg[wg] + swz(px, j))  # (4, 32, 4) uint32
+            live = (x0 + px) < W
+            dst = ((np.int64(b) * H + y[wg]) * W + x0 + px) * KC + j * 8
+            g_out.store(dst[live], val.view(np.uint16).reshape(4, 32, 8)[live], n=8, align_bytes=16)
+
+
+def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager,
+                     smem_base=384):  # fmt: skip
+    """One CTA of ``conv3x3_strip_kernel`` with its dynamic shared memory at ``smem_base`` (not 1024-aligned)."""
+    cta = Cta(K.smem_bytes, T.poison, eager, base=smem_base)
+    smem_w = (smem_base + K.align - 1) & ~(K.align - 1)
+    ring = smem_w + WEIGHT_BYTES
+    lane = LANE[None, :]
+    wr = np.arange(4)[:, None]
+    stg = [ring + K.ring * K.halo_row_bytes + wg * K.staging_bytes for wg in range(2)]
+    load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)
+    bias_r = np.stack([g_bias.load(16 * wr + (lane >> 2)), g_bias.load(16 * wr + (lane >> 2) + 8)], -1)
+    bias_r = np.broadcast_to(bias_r.astype(np.float32), (2, 4, 32, 2))
+    begin = block_idx * num_tiles // grid_dim
+    end = (block_idx + 1) * num_tiles // grid_dim
+    groups = [WgmmaGroups(cta), WgmmaGroups(cta)]
+    acc = {"acc0": np.zeros((2, 4, 32, 64), np.float32), "acc1": np.zeros((2, 4, 32, 64), np.float32)}
+    q = begin
+    while q < end:
+        seg = q // tiles_y
+        p0 = q - seg * tiles_y
+        cnt = min(end, (seg + 1) * tiles_y) - q
+        b = seg // tiles_x
+        x0 = (seg - b * tiles_x) * K.tile_w
+        strip_load_rows(K, cta, ring, g_in, b, x0, 2 * p0, 4, H, W)
+        cta.commit()
+
+        def step(i, cur, prev, epi, p0=p0, b=b, x0=x0, cnt=cnt):  # sb strip_step (a segment: p0, b, x0, cnt)
+            p = p0 + i
+            cta.wait_group(0)
+            cta.fence_proxy_async()
+            cta.syncthreads()
+            strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, [2 * p + wg for wg in range(2)])
+            if epi:
+                for gq in groups:
+                    gq.wait(1)
+                rows = [2 * (p - 1) + wg for wg in range(2)]
+                strip_epilogue(K, T, cta, groups, acc[prev], prev, stg, g_out, bias_r, b, rows, x0, H, W)
+            cta.syncthreads()
+            if i + 1 < cnt:
+                strip_load_rows(K, cta, ring, g_in, b, x0, 2 * p + 4, 2, H, W)
+            cta.commit()
+
+        step(0, "acc0", "acc1", False)
+        i = 1
+        while i + 1 < cnt:
+            step(i, "acc1", "acc0", True)
+            step(i + 1, "acc0", "acc1", True)
+            i += 2
+        last = [2 * (p0 + cnt - 1) + wg for wg in range(2)]
+        if i < cnt:
+            step(i, "acc1", "acc0", True)
+            name = "acc1"
+        else:
+            name = "acc0"
+        for gq in groups:
+            gq.wait(0)
+        strip_epilogue(K, T, cta, groups, acc[name], name, stg, g_out, bias_r, b, last, x0, H, W)
+        cta.syncthreads()
+        q += cnt
+    cta.wait_group(0)
+    if cta.open:
+        raise Hazard("cp.async copies issued but never committed")
+
+
+def launch_strip(T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False, K=None):
+    """sb ``launch_strip`` -> :func:`launch_tiles` (tiles = pairs of rows of 128-pixel strips)."""
+    assert w_bits.shape == (TAPS, KC, KC)
+    return launch_tiles(K or StripTile(), strip_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
 
 
 # ---------------------------------------------------------------------------------------------------

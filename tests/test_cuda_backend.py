@@ -142,10 +142,11 @@ def test_cuda_graphs_match_eager(cuda_device):
         torch.testing.assert_close(graphed(x2), eager(x2), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("variant", [0, 1, 2, 3, 4, 5])  # 3: Winograd (winograd_body.cuh), 4-5: wgmma (wgmma_body.cuh)
+# 3: Winograd (winograd_body.cuh), 4-5: wgmma (wgmma_body.cuh), 6: wgmma strip (wgmma_strip_body.cuh)
+@pytest.mark.parametrize("variant", [0, 1, 2, 3, 4, 5, 6])
 def test_network_every_body_variant(cuda_device, variant):
     C = _ext()
-    assert len(C.body_variants()) == 6, "a new body variant: add its id here"
+    assert len(C.body_variants()) == 7, "a new body variant: add its id here"
     v = C.body_variants()[variant]
     if why := variant_unavailable(v, cuda_device):
         with pytest.raises(BackendUnavailable, match="body variant"):
@@ -193,7 +194,7 @@ def _stream(device: torch.device) -> int:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 37, 53), (1, 300, 200)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 37, 53), (1, 300, 200), (1, 1080, 1920)])
 def test_body_kernel_every_variant(cuda_device, dtype, shape):
     """One 64->64 layer per kernel variant against F.conv2d in float64 on the same rounded operands
     (direct and wgmma kernels: within a storage rounding; Winograd: DESIGN.md §6's rule against the direct
@@ -275,7 +276,7 @@ def test_variant_unavailable_names_what_each_variant_needs(monkeypatch):
 
     C = _ext()
     wgmma = [v for v in C.body_variants() if v["wgmma"]]
-    assert len(wgmma) == 2 and not any(v["winograd"] for v in wgmma)
+    assert len(wgmma) == 3 and not any(v["winograd"] for v in wgmma)
     direct = C.body_variants()[0]
 
     def gpu(name, cc, optin):

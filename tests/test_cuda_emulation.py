@@ -291,8 +291,12 @@ def test_wgmma_descriptor_reads_the_swizzled_weight_rows():
     w = np.random.default_rng(2).integers(0, 0x3C00, (emu.TAPS * emu.KC, emu.KC)).astype(np.uint16)
     emu.load_weights(cta, 2048, emu.Global("w", w), emu.TAPS * emu.KC, 256)
     cta.commit(), cta.wait_group(0), cta.syncthreads()
+    desc = lambda tap, kk: emu.wgmma_desc_sw128(2048 + tap * emu.KC * emu.ROW_BYTES + kk * 32)  # noqa: E731
+    with pytest.raises(emu.Hazard, match="generic proxy without fence.proxy.async"):
+        emu.wgmma_kmajor_from_smem(cta, T, desc(0, 0), 64)
+    cta.fence_proxy_async(), cta.syncthreads()
     for tap, kk in [(0, 0), (4, 1), (8, 3)]:
-        b = emu.wgmma_b_from_smem(cta, T, emu.wgmma_desc_sw128(2048 + tap * emu.KC * emu.ROW_BYTES + kk * 32))
+        b = emu.wgmma_kmajor_from_smem(cta, T, desc(tap, kk), 64)
         np.testing.assert_array_equal(b, T.to_float(w[tap * 64 : tap * 64 + 64, 16 * kk : 16 * kk + 16]).T)
 
 
@@ -345,6 +349,129 @@ def test_wgmma_detects_a_wrong_stride_offset(monkeypatch):
     monkeypatch.setattr(emu, "wgmma_desc_sw128", lambda start: ((start & 0x3FFFF) >> 4) | (1 << 16) | (32 << 32) | (1 << 62))
     with pytest.raises(AssertionError, match="differ"):
         got, ref = run_wgmma(WGMMA_VARIANTS[0], torch.float16, (1, 5, 7))
+        check_close(got, ref, REL[torch.float16], "mutant")
+
+
+# --- the wgmma strip kernel (variant 6) --------------------------------------------------------------
+def run_strip(dtype, size, **kw):
+    return run_body(None, dtype, size, launch=lambda _, T, x, w, b, **k: emu.launch_strip(T, x, w, b, **k), **kw)
+
+
+def test_strip_tile_fits_hopper():
+    K = emu.StripTile()
+    assert K.smem_bytes == 207360 <= 227 * 1024  # csrc/README.md: 203 KB
+    assert K.plane % 16 == 0 and (K.plane >> 4) < 2**14  # the descriptor's LBO field
+
+
+def test_wgmma_ss_fragments_against_a_scalar_transcription_of_the_ptx_table():
+    """m64n128k16 with both operands by descriptor: D element e of lane (g, t) of warp w."""
+    rng = np.random.default_rng(3)
+    A = rng.uniform(-1, 1, (16, 64))  # (k, m), as the descriptor reader returns it
+    B = rng.uniform(-1, 1, (16, 128))
+    C = rng.uniform(-1, 1, (64, 128)).astype(np.float32)
+    d = np.zeros((4, 32, 64), np.float32)
+    for w in range(4):
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            for e in range(64):
+                d[w, lane, e] = C[16 * w + g + 8 * ((e >> 1) & 1), 8 * (e // 4) + 2 * t + (e & 1)]
+    out = emu.wgmma_ss(emu.Half, d, A, B)
+    D = (A.T @ B + C).astype(np.float32)
+    for w in range(4):
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            for e in range(64):
+                assert out[w, lane, e] == D[16 * w + g + 8 * ((e >> 1) & 1), 8 * (e // 4) + 2 * t + (e & 1)]
+
+
+def test_stmatrix_trans_against_a_scalar_transcription():
+    """Memory row r of matrix i gets column r of the fragment matrix: element c from lane 4c + r/2, half r%2."""
+    cta = emu.Cta(4096, emu.Half.poison, eager=True)
+    regs = np.arange(32 * 4, dtype=np.uint32).reshape(32, 4) * 0x20002 + 0x10000  # halves 2k, 2k+1 of word k
+    row_addr = lambda i, r: 1024 + r * 128 + ((i ^ r) * 16)  # noqa: E731
+    cta.stmatrix_x4_trans(np.array([row_addr(lane // 8, lane % 8) for lane in range(32)]), regs)
+    halves = regs.view(np.uint16).reshape(32, 4, 2)
+    for i in range(4):
+        for r in range(8):
+            got = cta.h[row_addr(i, r) // 2 : row_addr(i, r) // 2 + 8]
+            assert list(got) == [halves[4 * c + r // 2, i, r % 2] for c in range(8)]
+
+
+def test_interleave_descriptor_reads_a_shifted_pixel_window():
+    """B of tap (., kx), channels 16kk..: pixels kx .. kx+127 of a halo row in 8 chunk planes, any 16-byte start."""
+    T = emu.Half
+    K = emu.StripTile()
+    cta = emu.Cta(2 * K.halo_row_bytes + 1024, T.poison, eager=True, base=128)
+    x = np.random.default_rng(4).integers(0, 0x3C00, (1, 1, K.halo_w - 2, 64)).astype(np.uint16)
+    emu.strip_load_rows(K, cta, 128, emu.Global("in", x), 0, 0, 1, 1, 1, K.halo_w - 2)  # halo row 1: slot 1
+    cta.commit(), cta.wait_group(0), cta.fence_proxy_async(), cta.syncthreads()
+    padded = np.zeros((K.halo_w, 64), np.uint16)
+    padded[1:-1] = x[0, 0]
+    slot = 128 + K.halo_row_bytes
+    for kx, kk in [(0, 0), (1, 2), (2, 3)]:
+        desc = emu.wgmma_desc_interleave(slot + 2 * kk * K.plane + kx * 16, K.plane, 128)
+        b = emu.wgmma_kmajor_from_smem(cta, T, desc, 128)
+        np.testing.assert_array_equal(b, T.to_float(padded[kx : kx + 128, 16 * kk : 16 * kk + 16]).T)
+
+
+STRIP_SIZES = [(1, 5, 7), (2, 6, 130), (1, 9, 20), (3, 2, 1)]
+
+
+@pytest.mark.parametrize("resident", [1, 3, 1000])
+@pytest.mark.parametrize("size", STRIP_SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_strip_fp16_matches_conv2d(size, resident):
+    """Partial strips, two strips, odd heights, several images; 1, 3 or all CTAs (item ranges that cross
+    strips and images, segments of one item)."""
+    got, ref = run_strip(torch.float16, size, resident_ctas=resident)
+    check_close(got, ref, REL[torch.float16], f"strip fp16 {size} on {resident} CTAs")
+
+
+def test_strip_bf16_eager_copies():
+    got, ref = run_strip(torch.bfloat16, (2, 7, 131), resident_ctas=4, eager=True)
+    check_close(got, ref, REL[torch.bfloat16], "strip bf16")
+
+
+@pytest.mark.parametrize(
+    "bug, match",
+    [("wait", "pending"), ("fence", "after the last wgmma.fence"), ("proxy", "without fence.proxy.async"),
+     ("barrier", "write-after-read"), ("named", "without a __syncthreads"), ("ring", "pending wgmma reads")],
+)  # fmt: skip
+def test_strip_detects(monkeypatch, bug, match):
+    """A dropped wait_group 1 (the epilogue reading a pending accumulator), a dropped wgmma.fence, a dropped
+    fence.proxy.async, a dropped barrier (D) before the next rows' copies, a dropped warpgroup barrier
+    between the staging tile's stmatrix and its read-back, a ring too small for the prefetch."""
+    K = None
+    if bug == "named":
+        monkeypatch.setattr(emu.Cta, "named_barrier", lambda self, lo, hi: None)
+    elif bug == "wait":
+        orig = emu.WgmmaGroups.wait
+        monkeypatch.setattr(emu.WgmmaGroups, "wait", lambda self, n: orig(self, n) if n == 0 else None)
+    elif bug == "fence":
+        monkeypatch.setattr(emu.WgmmaGroups, "fence", lambda self: None)
+    elif bug == "proxy":
+        monkeypatch.setattr(emu.Cta, "fence_proxy_async", lambda self: None)
+    elif bug == "barrier":
+        orig_load = emu.strip_load_rows
+
+        def load(K_, cta, ring, g_in, b, x0, h0, rows, H, W):  # undo the barrier just before a prefetch
+            if rows == 2:
+                cta.epoch -= 1
+            orig_load(K_, cta, ring, g_in, b, x0, h0, rows, H, W)
+            if rows == 2:
+                cta.epoch += 1
+
+        monkeypatch.setattr(emu, "strip_load_rows", load)
+    else:
+        K = emu.StripTile(ring=5)
+    with pytest.raises(emu.Hazard, match=match):
+        run_strip(torch.float16, (1, 9, 20), resident_ctas=1, K=K)
+
+
+def test_strip_detects_a_wrong_leading_offset(monkeypatch):
+    orig = emu.wgmma_desc_interleave
+    monkeypatch.setattr(emu, "wgmma_desc_interleave", lambda start, lbo, sbo: orig(start, lbo - 16, sbo))
+    with pytest.raises(AssertionError, match="differ"):
+        got, ref = run_strip(torch.float16, (1, 4, 9))
         check_close(got, ref, REL[torch.float16], "mutant")
 
 

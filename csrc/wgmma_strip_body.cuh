@@ -1,0 +1,246 @@
+// conv3x3 (64 -> 64) + bias + ReLU on Hopper's wgmma with the implicit GEMM turned around: M = the 64
+// out channels (the weights, operand A), N = 128 output pixels of one image row (the activations, operand
+// B), K = 9 taps x 64 in channels.  Both operands by shared-memory descriptor: body variant 6 (sm_90a).
+//
+// Why: the m64n64k16 kernels (wgmma_body.cuh) feed 64 pixels x 64 channels per instruction and take A
+// through ldmatrix: 2 KB of A + 2 KB of B per 64K multiply-adds (1/16 byte each) plus the ldmatrix
+// instructions.  With the channels as M, one m64n128k16 reads 2 KB of weights + 4 KB of pixels per 128K
+// multiply-adds (3/64 byte each) and no register operand at all.  The price: the shifted tap windows are
+// B operands, so the activations are stored without swizzle (any 16-byte aligned start is a valid
+// descriptor), and D holds (channel, pixel) fragments, stored NHWC through a stmatrix transpose.
+//
+// Shape (persistent, weight-stationary, 8 warps = 2 warpgroups, one CTA per SM):
+//   * Work item = a pair of output rows (2p, 2p+1) of a 128-pixel strip (x0 .. x0+127) of one image;
+//     items are ordered (image, strip, pair) and each CTA takes a contiguous range (tiles_y = pairs per
+//     strip, tiles_x = strips), so consecutive items of a CTA share halo rows.  Warpgroup wg computes
+//     row 2p + wg.
+//   * Halo rows (input rows y - 1 .. y + 1 of the strip, 130 pixels: x0 - 1 .. x0 + 128, zero outside
+//     the image) live in a ring of 6 row slots; halo row h (input row h - 1) is in slot h % 6.  Item p
+//     reads halo rows 2p .. 2p+3; the next item needs 2 new rows.  A slot holds 8 planes (one per 16-byte
+//     chunk of channels, 130 x 16 bytes each): chunk j of pixel px at j * kPlane + px * 16.  Then the B
+//     operand of tap (ky, kx), channels 16kk .. 16kk+15, for output row y is the interleave-layout
+//     matrix at slot(y + ky) + 2kk * kPlane + kx * 16 (8-pixel core matrices 128 bytes apart, the two
+//     channel halves kPlane apart).
+//   * The 72 KB of weights: the direct kernel's swizzled rows tap*64 + n at a 1024-byte boundary = the
+//     canonical K-major 128-byte-swizzle layout of A (as wgmma_body.cuh's B).
+//   * Per item, each warpgroup: 36 wgmma m64n128k16 (9 taps x 4 channel slices) into one of two
+//     accumulator sets, one commit group; while they run, the epilogue of the previous item from the
+//     other set (wait_group 1): bias + ReLU in fp32, rounded, stmatrix .trans into the warpgroup's 16 KB
+//     staging tile ([pixel][64 channels], the kernels' XOR swizzle), a warpgroup barrier, then 16-byte
+//     coalesced stores.
+//   * Per item two CTA barriers: (A) the item's halo rows have landed (cp.async wait, then
+//     fence.proxy.async: cp.async writes through the generic proxy, wgmma reads through the async one);
+//     (D) after both warpgroups waited for the previous item's wgmmas, its 2 exclusive rows are free:
+//     the next item's 2 rows are loaded into them (cp.async), landing while this item's wgmmas run.
+
+#pragma once
+
+#include "wgmma_body.cuh"
+
+namespace vdsr {
+namespace body {
+
+struct StripTile {
+  static constexpr int kThreads = 256;              // 2 warpgroups
+  static constexpr int kTileW = 128;                // pixels per row segment: the wgmma N
+  static constexpr int kTileH = 2;                  // rows per item: one per warpgroup
+  static constexpr int kHaloW = kTileW + 2;         // 130
+  static constexpr int kPlane = kHaloW * 16;        // one 16-byte channel chunk of a halo row: 2080 bytes
+  static constexpr int kHaloRowBytes = kChunks * kPlane;  // 16,640
+  static constexpr int kRing = 6;                   // halo row slots
+  static constexpr int kStages = kRing;             // (the variant table's "stages")
+  static constexpr int kStagingBytes = kTileW * kRowBytes;  // one warpgroup's output row: 16 KB
+  static constexpr int kAlign = 1024;
+  static constexpr int kSmemBytes = kAlign + kWeightBytes + kRing * kHaloRowBytes + 2 * kStagingBytes;
+};
+static_assert(StripTile::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
+static_assert(StripTile::kPlane < (1 << 18) && (StripTile::kHaloRowBytes % 16) == 0, "descriptor fields");
+
+// cp.async of halo rows h0 .. h0 + rows - 1 (input rows h - 1, pixels x0 - 1 .. x0 + 128) of image b into
+// their ring slots; zero-filled outside the image.  No commit.
+template <typename T>
+__device__ __forceinline__ void strip_load_rows(uint32_t ring, const T* __restrict__ in, int b, int x0, int h0,
+                                                int rows, int H, int W) {
+  using K = StripTile;
+  const T* img = in + static_cast<int64_t>(b) * H * W * kC;
+  const int units = rows * K::kHaloW * kChunks;
+  for (int i = threadIdx.x; i < units; i += K::kThreads) {
+    const int j = i & 7;  // chunk: channels 8j .. 8j+7
+    const int p = i >> 3;
+    const int r = p / K::kHaloW;
+    const int px = p - r * K::kHaloW;
+    const int h = h0 + r;
+    const int y = h - 1;
+    const int x = x0 - 1 + px;
+    const bool inside = static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
+                        static_cast<unsigned>(x) < static_cast<unsigned>(W);
+    const T* src = inside ? img + (static_cast<int64_t>(y) * W + x) * kC + j * 8 : in;
+    cp_async_16(ring + (h % K::kRing) * K::kHaloRowBytes + j * K::kPlane + px * 16, src, inside);
+  }
+}
+
+// Issue this warpgroup's 36 wgmma of one output row whose tap row 0 is halo row h (one commit group).
+template <typename T>
+__device__ __forceinline__ void strip_mma(float (&acc)[64], uint32_t smem_w, uint32_t ring, int h) {
+  using K = StripTile;
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+  wgmma_pin(acc);
+  wgmma_fence();
+#pragma unroll
+  for (int ky = 0; ky < 3; ++ky) {
+    const uint32_t row = ring + ((h + ky) % K::kRing) * K::kHaloRowBytes;
+#pragma unroll
+    for (int kx = 0; kx < 3; ++kx) {
+#pragma unroll
+      for (int kk = 0; kk < kC / 16; ++kk) {
+        const uint64_t da = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * kC * kRowBytes + kk * 32);
+        const uint64_t db = wgmma_desc_interleave(row + 2 * kk * K::kPlane + kx * 16, K::kPlane, 128);
+        wgmma_m64n128k16_ss<T>(acc, da, db);
+      }
+    }
+  }
+  wgmma_commit();
+  wgmma_pin(acc);
+}
+
+// Epilogue of one output row y (pixels x0 ..) from this warpgroup's accumulators: D[m][n] = channel
+// 16 wr + g (+8) at pixel 8i + 2t (+1) in acc[4i .. 4i+3] (warp wr of the group, g = lane / 4, t = lane % 4).
+template <typename T>
+__device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t stg, T* __restrict__ out,
+                                               const float (&bias_r)[2], int b, int y, int x0, int H, int W, int wg,
+                                               int wr, int lane) {
+  // 1. bias + ReLU, rounded to T; stmatrix .trans: matrix (i, half) = channels 16wr + 8half .. +7 x pixels
+  //    8i .. 8i+7, stored transposed as 8 pixel rows of 8 channels (16 bytes) at chunk 2wr + half.
+  const int mat = lane >> 3;  // this lane addresses row (lane & 7) of matrix mat of each x4
+#pragma unroll
+  for (int i = 0; i < 16; i += 2) {
+    uint32_t v[4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const int e = 4 * (i + (m >> 1)) + 2 * (m & 1);  // (pixel block i + m/2, channel half m%2)
+      const float bb = bias_r[m & 1];
+      v[m] = Storage<T>::pack2(relu_keep_nan(acc[e] + bb), relu_keep_nan(acc[e + 1] + bb));
+    }
+    const int px = 8 * (i + (mat >> 1)) + (lane & 7);
+    stmatrix_x4_trans(stg + swz(px, 2 * wr + (mat & 1)), v);
+  }
+  named_barrier(1 + wg, 128);
+  // 2. 128 pixels x 8 chunks of 16 bytes over the warpgroup's 128 threads: a warp stores 4 whole pixels.
+  if (y >= H) return;
+  const int tid = threadIdx.x & 127;
+  T* row = out + (static_cast<int64_t>(b) * H + y) * W * kC;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const int u = k * 128 + tid;
+    const int px = u >> 3;
+    const int j = u & 7;
+    uint4 val;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(val.x), "=r"(val.y), "=r"(val.z), "=r"(val.w)
+                 : "r"(stg + swz(px, j)));
+    if (x0 + px < W) *reinterpret_cast<uint4*>(row + static_cast<int64_t>(x0 + px) * kC + j * 8) = val;
+  }
+}
+
+// One segment of a CTA's items (one strip of one image) and the thread's place in the CTA.
+template <typename T>
+struct StripSeg {
+  const T* __restrict__ in;
+  T* __restrict__ out;
+  uint32_t smem_w, ring, stg;
+  int b, x0, p0, cnt, H, W, wg, wr, lane;
+};
+
+// Item i of a segment: its wgmmas into `cur`, then (EPI: i > 0) the epilogue of item i - 1 from `prev`.
+template <typename T, bool EPI>
+__device__ __forceinline__ void strip_step(const StripSeg<T>& s, int i, float (&cur)[64], float (&prev)[64],
+                                           const float (&bias_r)[2]) {
+  const int p = s.p0 + i;
+  cp_async_wait<0>();   // (A) this item's halo rows (and, first, the weights) have landed ...
+  fence_proxy_async();  //     ... are visible to the async proxy ...
+  __syncthreads();      //     ... and to every thread
+  strip_mma<T>(cur, s.smem_w, s.ring, 2 * p + s.wg);
+  if (EPI) {
+    wgmma_wait<1>();  // item i - 1's group (the older one) is complete
+    wgmma_pin(prev);
+    strip_epilogue<T>(prev, s.stg, s.out, bias_r, s.b, 2 * (p - 1) + s.wg, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
+  }
+  __syncthreads();  // (D) both warpgroups are past item i - 1: its rows 2p - 2, 2p - 1 are free
+  if (i + 1 < s.cnt) strip_load_rows(s.ring, s.in, s.b, s.x0, 2 * p + 4, 2, s.H, s.W);
+  cp_async_commit();
+}
+
+template <typename T>
+__global__ void __launch_bounds__(StripTile::kThreads, 1)
+    conv3x3_strip_kernel(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w,
+                         const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y, int num_tiles) {
+#if VDSR_WGMMA
+  using K = StripTile;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t smem_w = (smem_addr(smem) + K::kAlign - 1) & ~static_cast<uint32_t>(K::kAlign - 1);
+  const uint32_t ring = smem_w + kWeightBytes;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int wg = warp >> 2;  // warpgroup: output row 2p + wg of item p
+  const int wr = warp & 3;   // warp in the group: D rows (out channels) 16wr .. 16wr+15
+  const uint32_t stg = ring + K::kRing * K::kHaloRowBytes + wg * K::kStagingBytes;
+
+  load_weights<K::kThreads>(smem_w, w, kTaps * kC);  // committed with the first halo rows
+  const float bias_r[2] = {bias[16 * wr + (lane >> 2)], bias[16 * wr + (lane >> 2) + 8]};
+
+  // This CTA's items: a contiguous share of the (image, strip, pair) order.
+  const int begin = static_cast<int>(static_cast<int64_t>(blockIdx.x) * num_tiles / gridDim.x);
+  const int end = static_cast<int>(static_cast<int64_t>(blockIdx.x + 1) * num_tiles / gridDim.x);
+  float acc0[64], acc1[64];
+  for (int q = begin; q < end;) {
+    // A segment: the items of one strip of one image (the ring restarts per segment).
+    const int seg = q / tiles_y;
+    const int p0 = q - seg * tiles_y;
+    const int cnt = min(end, (seg + 1) * tiles_y) - q;
+    const int b = seg / tiles_x;
+    const int x0 = (seg - b * tiles_x) * K::kTileW;
+    strip_load_rows(ring, in, b, x0, 2 * p0, 4, H, W);
+    cp_async_commit();
+
+    const StripSeg<T> sg{in, out, smem_w, ring, stg, b, x0, p0, cnt, H, W, wg, wr, lane};
+    // Item k accumulates in acc0 (k even) or acc1 (k odd).  Straight-line pairs, so that every read of an
+    // accumulator set follows the wait that retired its group on every path (else ptxas serialises).
+    strip_step<T, false>(sg, 0, acc0, acc1, bias_r);
+    int i = 1;
+    for (; i + 1 < cnt; i += 2) {
+      strip_step<T, true>(sg, i, acc1, acc0, bias_r);
+      strip_step<T, true>(sg, i + 1, acc0, acc1, bias_r);
+    }
+    const int y_last = 2 * (p0 + cnt - 1) + wg;
+    if (i < cnt) {  // an odd item left: it goes to acc1
+      strip_step<T, true>(sg, i, acc1, acc0, bias_r);
+      wgmma_wait<0>();
+      wgmma_pin(acc1);
+      strip_epilogue<T>(acc1, stg, out, bias_r, b, y_last, x0, H, W, wg, wr, lane);
+    } else {  // the last item (i - 1, even) is in acc0
+      wgmma_wait<0>();
+      wgmma_pin(acc0);
+      strip_epilogue<T>(acc0, stg, out, bias_r, b, y_last, x0, H, W, wg, wr, lane);
+    }
+    __syncthreads();  // the ring and the staging tiles are free for the next segment
+    q += cnt;
+  }
+  cp_async_wait<0>();
+#else
+  __trap();  // not an sm_90a image: launch_strip refuses to launch it
+#endif
+}
+
+constexpr int kNumStripVariants = 1;
+
+template <typename T>
+void launch_strip(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
+                  cudaStream_t stream) {
+  check_device_index(device);
+  check_sm90a_image(conv3x3_strip_kernel<T>, device);
+  launch_persistent<StripTile, T>(conv3x3_strip_kernel<T>, in, out, w, b, n, h, w_, device, stream);
+}
+
+}  // namespace body
+}  // namespace vdsr
