@@ -28,6 +28,7 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v5": ("cuda", {"body_variant": 5}),  # wgmma, row reuse
     "cuda-v6": ("cuda", {"body_variant": 6}),  # wgmma strip: channels as M, both operands by descriptor
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
+    "triton-swap": ("triton", {"body_config": "swap"}),  # channels as the GEMM's M (conv3x3.swap_configs)
 }
 
 
@@ -35,7 +36,10 @@ def name_of(backend: str, opts: dict) -> str | None:
     """The canary name of an engine configuration (None for a default one)."""
     from vdsr_fast.kernels.triton.winograd import WinogradConfig
 
-    norm = {k: ("winograd" if isinstance(v, WinogradConfig) else v) for k, v in opts.items()}
+    def short(v):
+        return "winograd" if isinstance(v, WinogradConfig) else "swap" if getattr(v, "swap", False) else v
+
+    norm = {k: short(v) for k, v in opts.items()}
     return next((name for name, (b, o) in OPTIONS.items() if b == backend and o == norm), None)
 
 
@@ -51,6 +55,7 @@ def run_one(name: str) -> None:
     import torch
 
     from vdsr_fast import VDSR, Engine
+    from vdsr_fast.kernels.triton.conv3x3 import swap_configs
     from vdsr_fast.kernels.triton.winograd import winograd_config
     from vdsr_fast.reference import vdsr_forward
 
@@ -64,7 +69,8 @@ def run_one(name: str) -> None:
     bound = 1e-2 + 0.05 * (ref - y.double()).abs().max().item()  # the engine's self-check bound
     for dtype in (torch.float16, torch.bfloat16):  # the benchmark times both
         if "body_config" in opts:
-            opts = {**opts, "body_config": winograd_config(64, 64, dtype)}
+            cfg = swap_configs(dtype)[0] if OPTIONS[name][1]["body_config"] == "swap" else winograd_config(64, 64, dtype)
+            opts = {**opts, "body_config": cfg}
         out = Engine(model, backend=backend, dtype=dtype, device="cuda", **opts)(y)
         torch.cuda.synchronize()
         err = (out.double() - ref).abs().max().item()

@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     def triton_direct(cfg):
         tile = f" {cfg.block_m // cfg.tile_w}x{cfg.tile_w}" if cfg.tile_w else ""
         name = f"triton M{cfg.block_m}{tile} w{cfg.num_warps} s{cfg.num_stages}" + (" share_row" if cfg.share_row else "")
+        name += " swap" if cfg.swap else ""
         add("body", name + (" (default)" if cfg == default else ""),
             lambda: tconv.conv3x3_bias_relu(x_nhwc, wt, b, out, config=cfg), fl, out=out, check=check)  # fmt: skip
 
@@ -157,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             lambda: twino.conv3x3_winograd(x_nhwc, wu, b, out, config=cfg), fl, "direct-conv FLOPs", out, check)  # fmt: skip
 
     wino_ok = not broken("triton", {"body_config": wino_default})
+    swap_default = tconv.swap_configs(dt)[0]
+    swap_ok = not broken("triton", {"body_config": swap_default})
     triton_direct(default)
+    if swap_ok:
+        triton_direct(swap_default)
     if wino_ok:
         triton_winograd(wino_default)
 
@@ -205,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                      for v in ext.body_variants() if v["id"] != auto and (v["winograd"] or v["wgmma"] or v["id"] == 0)]  # fmt: skip
         wino = twino.winograd_config(C, C, dt)
         nets += [("triton Winograd body", "triton", {"body_config": wino}),
+                 ("triton swapped body", "triton", {"body_config": swap_default}),
                  ("triton, tail not fused", "triton", {"fuse_tail": False}),
                  ("triton Winograd body, tail not fused", "triton", {"body_config": wino, "fuse_tail": False})]  # fmt: skip
         for label, backend, opts in nets:
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg != wino_default:
             triton_winograd(cfg)
     for cfg in tconv.body_config_candidates(dt):
-        if cfg != default:
+        if cfg not in (default, swap_default) and not (cfg.swap and not swap_ok):
             triton_direct(cfg)
 
     # the network's time if it were head + 18 x the best body row + tail, per backend

@@ -133,7 +133,7 @@ def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, to
         for shape_name in shapes:
             shape = SHAPES[shape_name]
             for fn, args, kwargs in _capture(dtype, shape, body):
-                config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k.startswith(("BLOCK", "num_", "SHARE", "TILE")))
+                config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k.startswith(("BLOCK", "num_", "SHARE", "TILE", "SWAP")))
                 name = fn.fn.__name__ + ("(head)" if kwargs.get("HEAD") else "(tail)" if kwargs.get("TAIL") else "")
                 for cap in capabilities:
                     k = compile_launch(fn, args, kwargs, cap)

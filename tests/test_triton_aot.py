@@ -42,7 +42,7 @@ def rows(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def candidate_rows(tmp_path_factory):
-    """The fp16 body in every config the GPU benchmark sweeps (incl. the experimental SHARE_ROW and the
+    """The fp16 body in every config the GPU benchmark sweeps (incl. the experimental SHARE_ROW and SWAP, and the
     Winograd kernel's candidates), for sm_90a."""
     return _compile(tmp_path_factory, "--candidates", "--dtypes", "float16", "--targets", "90", "--shapes", "aligned")
 
@@ -87,6 +87,7 @@ def test_nhwc_traffic_is_vectorised(rows):
 def test_every_swept_body_config_compiles_for_hopper(candidate_rows):
     body = [r for r in candidate_rows if r["kernel"] == "_conv3x3_kernel"]
     assert len(body) >= 10 and any("SHARE_ROW=True" in r["config"] for r in body)
+    assert any("SWAP=True" in r["config"] for r in body)
     for r in body:
         assert r["shared_bytes"] <= 227 * 1024 and r["wgmma"] and r["cp_async"], r
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed"
 
 if HAS_TRITON:
     from vdsr_fast.kernels.triton.backend import TritonBackend
-    from vdsr_fast.kernels.triton.conv3x3 import ConvConfig
+    from vdsr_fast.kernels.triton.conv3x3 import ConvConfig, swap_configs
     from vdsr_fast.kernels.triton.winograd import winograd_config
 
 
@@ -121,6 +121,7 @@ def test_network_fused_tail(case, dtype, poison):
         _check_network(model, y, dtype, body_config=cfg)
         share_row = ConvConfig(128, 64, 64, 4, 2, share_row=True)  # the last layer falls back to the default tile
         _check_network(model, y, dtype, body_config=share_row)
+        _check_network(model, y, dtype, body_config=swap_configs(dtype)[0])  # the last layer too: SWAP + TAIL
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -107,6 +107,30 @@ def test_body_share_row_matches_float64(case, monkeypatch):
     _check_body(*case, dtype, device)
 
 
+SWAP_CASES = [(3, 7, 5, 64, 64), (1, 1, 1, 64, 64), (1, 37, 53, 5, 24), (2, 9, 20, 16, 16)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("tile_w", [0, 32])
+@pytest.mark.parametrize("case", SWAP_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_body_swap_matches_float64(case, tile_w, dtype, monkeypatch):
+    """The experimental SWAP mode (channels as the GEMM's M, the pixel tile as its N), raster and 2-D tiles,
+    masked channels (5 -> 24) included."""
+    import vdsr_fast.kernels.triton.conv3x3 as mod
+
+    device = triton_device(dtype, bf16_dot=True)
+    default = mod.conv3x3_config
+
+    def swap_config(c_in, c_out, dt, head=False):
+        cfg = default(c_in, c_out, dt, head)
+        return cfg if head else mod.ConvConfig(128, cfg.block_n, cfg.block_k, 4, 3, tile_w=tile_w, swap=True)
+
+    monkeypatch.setattr(mod, "conv3x3_config", swap_config)
+    _check_body(*case, dtype, device)
+    with pytest.raises(ValueError, match="two different body modes"):
+        mod.ConvConfig(128, 64, 64, 4, 3, share_row=True, swap=True)
+
+
 TILE_2D_CASES = [(2, 19, 37, 64, 64), (1, 1, 1, 64, 64), (3, 5, 40, 16, 24)]  # partial tiles in both directions
 
 
@@ -210,7 +234,7 @@ def test_every_candidate_config_is_correct():
     configs = body_config_candidates(dtype)
     assert len(configs) > 1 and len(set(configs)) == len(configs)
     if device.type == "cpu":  # the interpreter ignores warps and stages: one run per tile shape
-        configs = list({(c.block_m, c.block_n, c.block_k, c.share_row): c for c in configs}.values())
+        configs = list({(c.block_m, c.block_n, c.block_k, c.share_row, c.swap, c.tile_w): c for c in configs}.values())
     for cfg in configs:
         out = _nan_out(1, 5, 7, 64, dtype, device)
         conv3x3_bias_relu(x, w, b.float(), out=out, config=cfg)

@@ -32,6 +32,7 @@ from .conv3x3 import (
     conv3x3_head,
     pack_conv3x3_weight,
     pack_tail_partials_weight,
+    swap_configs,
 )
 from .tail import conv3x3_tail_residual, pack_tail_weight, tail_gather_residual
 from .winograd import WinogradConfig, conv3x3_winograd, pack_winograd_weight, winograd_config
@@ -163,9 +164,12 @@ class TritonBackend(PingPongBuffers):
 
     @staticmethod
     def tuning_candidates(model: VDSR, device: torch.device, dtype: torch.dtype) -> list[tuple[str, dict]]:
-        """The Winograd body and the unfused tail beside the defaults (``Engine(tune=True)`` times them)."""
+        """The Winograd body, the SWAP body (channels as the GEMM's M) and the unfused tail beside the defaults
+        (``Engine(tune=True)`` times them)."""
         cfg = winograd_config(model.channels, model.channels, dtype)
-        return [(f"Winograd body {cfg}", {"body_config": cfg}), ("tail not fused", {"fuse_tail": False}),
+        swap = swap_configs(dtype)[0]
+        return [(f"Winograd body {cfg}", {"body_config": cfg}), (f"swapped body {swap}", {"body_config": swap}),
+                ("tail not fused", {"fuse_tail": False}),
                 (f"Winograd body {cfg}, tail not fused", {"body_config": cfg, "fuse_tail": False})]  # fmt: skip
 
     def __init__(

@@ -28,6 +28,7 @@ __all__ = [
     "ConvConfig",
     "conv3x3_config",
     "body_config_candidates",
+    "swap_configs",
     "pack_conv3x3_weight",
     "conv3x3_bias_relu",
     "conv3x3_bias_relu_tail_partials",
@@ -70,6 +71,8 @@ def _conv3x3_kernel(
     # (BLOCK_M // TILE_W) rows x TILE_W columns of one image, so the 9 taps' loads overlap in L1
     TAIL: tl.constexpr,  # body, BLOCK_N >= C_OUT: instead of the activation, store the tail's partial sums
     # z[p, t] = sum_co act[p, co] * tw[co, t] (act rounded to the storage dtype, as stored otherwise)
+    SWAP: tl.constexpr,  # body, experimental: the GEMM turned around, channels as its M and the BLOCK_M
+    # pixels as its N (acc^T = W @ X^T), so the pixel tile is the wide side of the tensor-core instruction
 ):
     """out[n, h, w, co] = act(b[co] + sum_{kh, kw, ci} x[n, h + kh - 1, w + kw - 1, ci] * w[co, ci, kh, kw]).
 
@@ -86,6 +89,10 @@ def _conv3x3_kernel(
     (tap, channel block) so Triton can software-pipeline it. Each input pixel is thus fetched 9 times
     (once per tap): in raster order the taps of the rows above and below come from L2, in a 2-D tile
     most of them overlap the tile's own rows.
+    SWAP (experimental, off by default): the same K loop on transposed tiles, ``acc^T (BLOCK_N x BLOCK_M) +=
+    W (BLOCK_N x BLOCK_K) @ X^T (BLOCK_K x BLOCK_M)``: on Hopper one warpgroup's wgmma is then m64 x
+    BLOCK_M (the pixels) instead of BLOCK_M / warpgroups x 64, fewer operand bytes per multiply-add
+    (csrc/wgmma_strip_body.cuh does the same in CUDA); ``acc = acc^T^T`` before the usual epilogue.
     SHARE_ROW (experimental, off by default): per kernel row kh, one (BLOCK_M, BLOCK_K) tile of pixels
     m - 1 .. m + BLOCK_M - 2 is loaded and the three horizontal taps are register gathers of it
     (``tl.gather``), so each pixel is fetched 3 times; a program then writes BLOCK_M - 2 pixels.
@@ -147,6 +154,29 @@ def _conv3x3_kernel(
                 else:
                     b = tl.load(w_tile, mask=((k0 + offs_k) < C_IN)[:, None] & n_ok[None, :], other=0.0)
                 acc = tl.dot(a.to(tile.dtype), b, acc, input_precision=DOT_PRECISION)
+    elif SWAP:
+        K_STEPS_S: tl.constexpr = (C_IN + BLOCK_K - 1) // BLOCK_K
+        offs_k = tl.arange(0, BLOCK_K)
+        xt_base = (x_img + oh * stride_xh + ow * stride_xw)[None, :] + offs_k[:, None] * stride_xc
+        wt_base = w_ptr + offs_n[:, None] * (9 * C_IN) + offs_k[None, :]
+        acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for step in range(9 * K_STEPS_S):
+            tap = step // K_STEPS_S
+            k0 = (step % K_STEPS_S) * BLOCK_K
+            dh = tap // 3 - 1
+            dw = tap % 3 - 1
+            ih = oh + dh
+            iw = ow + dw
+            x_mask = (m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[None, :]
+            if C_IN % BLOCK_K != 0:
+                x_mask = x_mask & ((k0 + offs_k) < C_IN)[:, None]
+            xt = tl.load(xt_base + (dh * stride_xh + dw * stride_xw + k0 * stride_xc), mask=x_mask, other=0.0)
+            if C_IN % BLOCK_K == 0 and C_OUT % BLOCK_N == 0:
+                wt = tl.load(wt_base + (tap * C_IN + k0))
+            else:
+                wt = tl.load(wt_base + (tap * C_IN + k0), mask=n_ok[:, None] & ((k0 + offs_k) < C_IN)[None, :], other=0.0)
+            acc_t = tl.dot(wt, xt, acc_t, input_precision=DOT_PRECISION)
+        acc = tl.trans(acc_t)
     else:
         K_STEPS: tl.constexpr = (C_IN + BLOCK_K - 1) // BLOCK_K  # channel blocks per tap
         EVEN_K: tl.constexpr = C_IN % BLOCK_K == 0  # no channel mask needed (VDSR: 64 % 64)
@@ -199,10 +229,13 @@ class ConvConfig:
     num_stages: int
     share_row: bool = False  # experimental SHARE_ROW body mode (see the kernel); not the default
     tile_w: int = 0  # 0: raster-order pixel tiles; else 2-D tiles (block_m // tile_w) x tile_w (see the kernel)
+    swap: bool = False  # experimental SWAP body mode: channels as the GEMM's M (see the kernel); not the default
 
     def __post_init__(self) -> None:
         if self.tile_w and (self.share_row or self.block_m % self.tile_w):
             raise ValueError(f"ConvConfig: tile_w={self.tile_w} needs block_m divisible by it and no share_row")
+        if self.swap and self.share_row:
+            raise ValueError("ConvConfig: swap and share_row are two different body modes")
 
 
 # Hopper-oriented defaults (the same tile Inductor's conv template picks for VDSR's 64->64 layer):
@@ -254,7 +287,16 @@ def body_config_candidates(dtype: torch.dtype) -> list[ConvConfig]:
     # 2-D pixel tiles (rows x columns), the raster tiles' best warps/stages on an H200
     for block_m, tile_w, warps in ((128, 16, 8), (128, 32, 8), (256, 32, 8), (64, 16, 4)):
         out.append(ConvConfig(block_m, 64, 64, warps, 2 if fp32 else 3, tile_w=tile_w))
+    # the experimental SWAP mode (channels as M): pixel tiles of 128 or 256, raster or 2-D
+    out += swap_configs(dtype)
     return list(dict.fromkeys(out))
+
+
+def swap_configs(dtype: torch.dtype) -> list[ConvConfig]:
+    """The SWAP mode's candidates, its default (what ``TritonBackend`` tunes and the benchmarks time) first."""
+    st = 2 if dtype == torch.float32 else 3
+    return [ConvConfig(128, 64, 64, 4, st, swap=True), ConvConfig(256, 64, 64, 8, st, swap=True),
+            ConvConfig(256, 64, 64, 4, 2, swap=True), ConvConfig(128, 64, 64, 4, st, tile_w=32, swap=True)]  # fmt: skip
 
 
 def pack_conv3x3_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -339,7 +381,8 @@ def _launch(x, strides, w, b, out, n, h, w_, c_in, c_out, head, relu, config, ta
         C_IN=c_in, C_OUT=c_out, HEAD=head, RELU=relu,
         DOT_PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SHARE_ROW=share_row,
-        TILE_W=config.tile_w, TAIL=tail is not None, num_warps=config.num_warps, num_stages=config.num_stages,
+        TILE_W=config.tile_w, TAIL=tail is not None, SWAP=config.swap and not head,
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out if tail is None else z
 
