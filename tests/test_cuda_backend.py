@@ -57,15 +57,15 @@ def _model(depth: int = 20, channels: int = 64) -> VDSR:
 # --- the whole network ----------------------------------------------------------------------------
 
 
-def _check_network(device, dtype, shape):
+def _check_network(device, dtype, shape, **options):
     n, h, w = shape
     model = _model().to(device)
     x = torch.rand(n, 1, h, w, device=device)
     ref = ref64(model, x)
     same = Engine(model, backend="torch", dtype=dtype, device=device)(x)
-    out = Engine(model, backend="cuda", dtype=dtype, device=device)(x)
+    out = Engine(model, backend="cuda", dtype=dtype, device=device, **options)(x)
     assert out.shape == x.shape and out.dtype == x.dtype
-    assert_equivalent(out, same, ref, dtype, f"cuda VDSR-20 {shape} {dtype}")
+    assert_equivalent(out, same, ref, dtype, f"cuda VDSR-20 {shape} {dtype} {options}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
@@ -79,6 +79,14 @@ def test_network_matches_reference(cuda_device, dtype, shape):
 def test_network_matches_reference_at_frame_sizes(cuda_device, dtype, shape):
     """The benchmark's frame sizes (the float64 reference runs on the GPU)."""
     _check_network(cuda_device, dtype, shape)
+
+
+@pytest.mark.parametrize("variant", [4, 5, 6])
+def test_network_wgmma_variant_at_1080p(cuda_device, variant):
+    """Each wgmma body variant (a candidate for the automatic choice) through the whole network at 1080p."""
+    if why := variant_unavailable(_ext().body_variants()[variant], cuda_device):
+        pytest.skip(why)
+    _check_network(cuda_device, torch.float16, (1, 1080, 1920), body_variant=variant)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])

@@ -125,6 +125,16 @@ def test_network_fused_tail(case, dtype, poison):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_network_swap_body_large_gpu(dtype, poison):
+    """The SWAP body (a candidate for the default) through the whole network at 1080p, and a small batch."""
+    device = _needs_cuda()
+    model = _model(20, 64, seed=3).to(device)
+    cfg = swap_configs(dtype)[0]
+    _check_network(model, torch.rand(1, 1, 1080, 1920, device=device), dtype, body_config=cfg)
+    _check_network(model, torch.rand(2, 1, 37, 53, device=device), dtype, body_config=cfg, cuda_graphs=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_network_unfused_tail_large_gpu(dtype, poison):
     device = _needs_cuda()
     model = _model(20, 64, seed=2).to(device)
