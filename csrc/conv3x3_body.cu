@@ -27,11 +27,12 @@ const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIA
                                                            VDSR_WGMMA_VARIANTS(VDSR_WGMMA_INFO) VDSR_STRIP_INFO};
 
 // Automatic choice: the first of these that fits the device's shared memory (and, for a wgmma variant,
-// runs on it: Hopper with an sm_90a build).  Measured on an H200 (benchmarks/results, 2026-11-26): the
-// whole 20-layer network at 1080p fp16 took 8.07 ms with variant 4 against 8.37 ms with variant 0
-// (4K: 31.3 against 32.6 ms); per layer, variants 0 and 1 took 0.434-0.436 ms and variant 2 0.477 in an
-// earlier run.  The Winograd variant 3 (11.6 ms for the network) is not listed.
-constexpr int kAutoOrder[] = {4, 0, 1, 2};
+// runs on it: Hopper with an sm_90a build).  Measured on an H200 at 1080p fp16 (benchmarks/results,
+// run 5, 2026-11-26): one body layer took 0.385 ms with variant 6, 0.392 with 5, 0.427 with 4, 0.445 /
+// 0.439 / 0.483 with 0, 1, 2 (cuDNN's fused layer 0.346); the whole network 7.23 ms with 6, 7.35 with 5,
+// 8.07 with 4, 8.30 with 0 (variant 1, the same tile in 2 stages, was the faster layer in runs 3 and 5).
+// The Winograd variant 3 (0.630 ms a layer) is not listed.
+constexpr int kAutoOrder[] = {6, 5, 4, 1, 0, 2};
 constexpr int kNumAuto = sizeof(kAutoOrder) / sizeof(kAutoOrder[0]);
 
 }  // namespace
