@@ -479,7 +479,8 @@ def _build_compile(model: VDSR, device: torch.device):
 
 def _engine(backend: str, dtype: torch.dtype, body: str = ""):
     """An engine with its default kernels, or with an alternative that is not the default: ``body="winograd"``
-    (Triton's Winograd body), ``"swap"`` (Triton's SWAP body: channels as the GEMM's M), ``"unfused_tail"``
+    (Triton's Winograd body), ``"swap"`` (Triton's SWAP body: channels as the GEMM's M), ``"tma"`` (Triton's
+    tensor-descriptor body), ``"unfused_tail"``
     (Triton: the tail as its own kernel) or ``"v<id>"`` (CUDA body variant ``id``)."""
 
     def build(model: VDSR, device: torch.device):
@@ -505,6 +506,10 @@ def _alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
         from vdsr_fast.kernels.triton.conv3x3 import swap_configs
 
         return {"body_config": swap_configs(dtype)[0]}
+    if body == "tma":
+        from vdsr_fast.kernels.triton.conv3x3_tma import tma_config
+
+        return {"body_config": tma_config(dtype)}
     from vdsr_fast.kernels.triton.winograd import winograd_config
 
     return {"body_config": winograd_config(model.channels, model.channels, dtype)}
@@ -513,9 +518,9 @@ def _alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
 def _alternatives(name: str, device: torch.device) -> dict[str, str]:
     """{body: label} of the alternatives to time beside a backend's defaults: for CUDA every body variant but
     the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2); for Triton the Winograd
-    and SWAP bodies and the unfused tail."""
+    SWAP and TMA bodies and the unfused tail."""
     if name == "triton":
-        return {"winograd": "Winograd body", "swap": "swapped body", "unfused_tail": "tail not fused"}
+        return {"winograd": "Winograd body", "swap": "swapped body", "tma": "TMA body", "unfused_tail": "tail not fused"}
     if name != "cuda":
         return {}
     from vdsr_fast.kernels.cuda import load_extension

@@ -29,15 +29,19 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v6": ("cuda", {"body_variant": 6}),  # wgmma strip: channels as M, both operands by descriptor
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
     "triton-swap": ("triton", {"body_config": "swap"}),  # channels as the GEMM's M (conv3x3.swap_configs)
+    "triton-tma": ("triton", {"body_config": "tma"}),  # tensor-descriptor tiles (conv3x3_tma.tma_config)
 }
 
 
 def name_of(backend: str, opts: dict) -> str | None:
     """The canary name of an engine configuration (None for a default one)."""
+    from vdsr_fast.kernels.triton.conv3x3_tma import TmaConfig
     from vdsr_fast.kernels.triton.winograd import WinogradConfig
 
     def short(v):
-        return "winograd" if isinstance(v, WinogradConfig) else "swap" if getattr(v, "swap", False) else v
+        if isinstance(v, (WinogradConfig, TmaConfig)):
+            return "winograd" if isinstance(v, WinogradConfig) else "tma"
+        return "swap" if getattr(v, "swap", False) else v
 
     norm = {k: short(v) for k, v in opts.items()}
     return next((name for name, (b, o) in OPTIONS.items() if b == backend and o == norm), None)
@@ -56,6 +60,7 @@ def run_one(name: str) -> None:
 
     from vdsr_fast import VDSR, Engine
     from vdsr_fast.kernels.triton.conv3x3 import swap_configs
+    from vdsr_fast.kernels.triton.conv3x3_tma import tma_config
     from vdsr_fast.kernels.triton.winograd import winograd_config
     from vdsr_fast.reference import vdsr_forward
 
@@ -69,7 +74,8 @@ def run_one(name: str) -> None:
     bound = 1e-2 + 0.05 * (ref - y.double()).abs().max().item()  # the engine's self-check bound
     for dtype in (torch.float16, torch.bfloat16):  # the benchmark times both
         if "body_config" in opts:
-            cfg = swap_configs(dtype)[0] if OPTIONS[name][1]["body_config"] == "swap" else winograd_config(64, 64, dtype)
+            kind = OPTIONS[name][1]["body_config"]
+            cfg = {"swap": swap_configs(dtype)[0], "tma": tma_config(dtype)}.get(kind) or winograd_config(64, 64, dtype)
             opts = {**opts, "body_config": cfg}
         out = Engine(model, backend=backend, dtype=dtype, device="cuda", **opts)(y)
         torch.cuda.synchronize()

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.canary import broken
     from vdsr_fast import VDSR, Engine
     from vdsr_fast.kernels.triton import conv3x3 as tconv
+    from vdsr_fast.kernels.triton import conv3x3_tma as ttma
     from vdsr_fast.kernels.triton import tail as ttail
     from vdsr_fast.kernels.triton import winograd as twino
     from vdsr_fast.reference import flops_per_pixel
@@ -160,9 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     wino_ok = not broken("triton", {"body_config": wino_default})
     swap_default = tconv.swap_configs(dt)[0]
     swap_ok = not broken("triton", {"body_config": swap_default})
+    tma_default = ttma.tma_config(dt)
+    tma_ok = not broken("triton", {"body_config": tma_default})
+
+    def triton_tma(cfg):
+        name = f"triton tma {cfg.tile_h}x{cfg.tile_w} K{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}" + (" swap" if cfg.swap else "")
+        add("body", name + (" (default)" if cfg == tma_default else ""),
+            lambda: ttma.conv3x3_tma(x_nhwc, wt, b, out, config=cfg), fl, out=out, check=check)  # fmt: skip
+
     triton_direct(default)
     if swap_ok:
         triton_direct(swap_default)
+    if tma_ok:
+        triton_tma(tma_default)
     if wino_ok:
         triton_winograd(wino_default)
 
@@ -211,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         wino = twino.winograd_config(C, C, dt)
         nets += [("triton Winograd body", "triton", {"body_config": wino}),
                  ("triton swapped body", "triton", {"body_config": swap_default}),
+                 ("triton TMA body", "triton", {"body_config": tma_default}),
                  ("triton, tail not fused", "triton", {"fuse_tail": False}),
                  ("triton Winograd body, tail not fused", "triton", {"body_config": wino, "fuse_tail": False})]  # fmt: skip
         for label, backend, opts in nets:
@@ -232,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in twino.winograd_candidates(dt) if wino_ok else ():
         if cfg != wino_default:
             triton_winograd(cfg)
+    for cfg in ttma.tma_candidates(dt) if tma_ok else ():
+        if cfg != tma_default:
+            triton_tma(cfg)
     for cfg in tconv.body_config_candidates(dt):
         if cfg not in (default, swap_default) and not (cfg.swap and not swap_ok):
             triton_direct(cfg)

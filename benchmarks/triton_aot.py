@@ -40,7 +40,7 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import JITFunction, MockTensor, create_function_from_signature  # noqa: E402
 
 from vdsr_fast import VDSR  # noqa: E402
-from vdsr_fast.kernels.triton import conv3x3, tail, winograd  # noqa: E402
+from vdsr_fast.kernels.triton import conv3x3, conv3x3_tma, tail, winograd  # noqa: E402
 
 SHAPES = {"aligned": (2, 32, 48), "odd": (1, 37, 53)}  # (N, H, W) of the Y plane
 
@@ -82,6 +82,8 @@ def _capture(dtype: torch.dtype, shape: tuple[int, int, int], body_configs=(None
         for config in body_configs:
             if isinstance(config, winograd.WinogradConfig):
                 b = winograd.conv3x3_winograd(a, winograd.pack_winograd_weight(w1, dtype), b1, config=config)
+            elif isinstance(config, conv3x3_tma.TmaConfig):
+                b = conv3x3_tma.conv3x3_tma(a, conv3x3.pack_conv3x3_weight(w1, dtype), b1, config=config)
             else:
                 b = conv3x3.conv3x3_bias_relu(a, conv3x3.pack_conv3x3_weight(w1, dtype), b1, config=config)
         w2, b2 = model.layers[2].weight, model.layers[2].bias.float().reshape(1)
@@ -129,7 +131,8 @@ def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, to
     for dtype in dtypes:
         body = [None]
         if candidates:
-            body += [*conv3x3.body_config_candidates(dtype)[1:], *winograd.winograd_candidates(dtype)]
+            body += [*conv3x3.body_config_candidates(dtype)[1:], *winograd.winograd_candidates(dtype),
+                     *conv3x3_tma.tma_candidates(dtype)]
         for shape_name in shapes:
             shape = SHAPES[shape_name]
             for fn, args, kwargs in _capture(dtype, shape, body):

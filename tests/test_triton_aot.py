@@ -92,6 +92,14 @@ def test_every_swept_body_config_compiles_for_hopper(candidate_rows):
         assert r["shared_bytes"] <= 227 * 1024 and r["wgmma"] and r["cp_async"], r
 
 
+def test_every_tma_candidate_compiles_to_tma_on_hopper(candidate_rows):
+    """The tensor-descriptor body: TMA copies (cp.async.bulk.tensor) and wgmma in every swept config."""
+    body = [r for r in candidate_rows if r["kernel"] == "_conv3x3_tma_kernel"]
+    assert len(body) >= 5
+    for r in body:
+        assert r["shared_bytes"] <= 227 * 1024 and r["wgmma"] and r["tma"] and not r["spill_bytes"], r
+
+
 def test_every_winograd_candidate_compiles_for_hopper(candidate_rows):
     """The Winograd body's sweep: within shared memory, on tensor cores (``wgmma`` needs 64-tile M blocks;
     the 32-tile candidate gets ``mma.sync``), and the default config without register spills."""

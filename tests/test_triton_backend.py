@@ -32,6 +32,7 @@ pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed"
 if HAS_TRITON:
     from vdsr_fast.kernels.triton.backend import TritonBackend
     from vdsr_fast.kernels.triton.conv3x3 import ConvConfig, swap_configs
+    from vdsr_fast.kernels.triton.conv3x3_tma import TmaConfig, tma_config
     from vdsr_fast.kernels.triton.winograd import winograd_config
 
 
@@ -122,6 +123,8 @@ def test_network_fused_tail(case, dtype, poison):
         share_row = ConvConfig(128, 64, 64, 4, 2, share_row=True)  # the last layer falls back to the default tile
         _check_network(model, y, dtype, body_config=share_row)
         _check_network(model, y, dtype, body_config=swap_configs(dtype)[0])  # the last layer too: SWAP + TAIL
+        _check_network(model, y, dtype, body_config=TmaConfig(4, 8, 16, 4, 2))  # TMA body, direct last layer
+        _check_network(model, y, dtype, body_config=TmaConfig(4, 8, 16, 4, 2), fuse_tail=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -132,6 +135,22 @@ def test_network_swap_body_large_gpu(dtype, poison):
     cfg = swap_configs(dtype)[0]
     _check_network(model, torch.rand(1, 1, 1080, 1920, device=device), dtype, body_config=cfg)
     _check_network(model, torch.rand(2, 1, 37, 53, device=device), dtype, body_config=cfg, cuda_graphs=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_network_tma_body_large_gpu(dtype, poison):
+    """The TMA body (a candidate for the default) through the whole network at 1080p, and a small batch."""
+    device = _needs_cuda()
+    model = _model(20, 64, seed=4).to(device)
+    cfg = tma_config(dtype)
+    _check_network(model, torch.rand(1, 1, 1080, 1920, device=device), dtype, body_config=cfg)
+    _check_network(model, torch.rand(2, 1, 37, 53, device=device), dtype, body_config=cfg, cuda_graphs=True)
+
+
+def test_tma_body_needs_power_of_two_channels():
+    device = triton_device()
+    with pytest.raises(ValueError, match="power of two"):
+        TritonBackend(_model(3, 48, seed=1).to(device), device, torch.float32, body_config=TmaConfig(block_k=16))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -9,7 +9,8 @@ tail  ``tail_gather_residual``  partials + Y plane -> Y' = Y + sum of the neighb
 Weights are packed once (K contiguous, storage dtype; biases fp32). Kernels run on the caller's current
 CUDA stream. The fused kernels are also registered as custom ops ``torch.ops.vdsr_fast.triton_conv3x3_{head,bias_relu}``
 (with fake implementations), which is what an engine call traced by ``torch.compile`` runs; with a Winograd body
-(``body_config=WinogradConfig(...)``) the body layers are ``conv3x3_winograd`` / ``triton_conv3x3_winograd``.
+(``body_config=WinogradConfig(...)``) the body layers are ``conv3x3_winograd`` / ``triton_conv3x3_winograd``,
+with ``body_config=TmaConfig(...)`` ``conv3x3_tma`` / ``triton_conv3x3_tma``.
 The last two launches are ops ``triton_conv3x3_tail_partials`` and ``triton_tail_gather_residual``: the
 last activation is never stored (the default since it was timed faster on an H200: 8.70 against 8.98 ms
 at 1080p fp16, benchmarks/results). With ``fuse_tail=False`` the last body layer stores its activation and
@@ -34,6 +35,7 @@ from .conv3x3 import (
     pack_tail_partials_weight,
     swap_configs,
 )
+from .conv3x3_tma import TmaConfig, conv3x3_tma, tma_config, tma_unsupported
 from .tail import conv3x3_tail_residual, pack_tail_weight, tail_gather_residual
 from .winograd import WinogradConfig, conv3x3_winograd, pack_winograd_weight, winograd_config
 
@@ -75,6 +77,17 @@ def conv3x3_winograd_op(x: torch.Tensor, u: torch.Tensor, b: torch.Tensor) -> to
 @conv3x3_winograd_op.register_fake
 def _(x: torch.Tensor, u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return x.new_empty((*x.shape[:3], u.shape[1]))
+
+
+@torch.library.custom_op("vdsr_fast::triton_conv3x3_tma", mutates_args=())
+def conv3x3_tma_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """NHWC (N, H, W, C_IN) -> relu(conv3x3 + b) with tensor-descriptor tiles, contiguous NHWC (N, H, W, C_OUT)."""
+    return conv3x3_tma(x.contiguous(), w, b)
+
+
+@conv3x3_tma_op.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:3], w.shape[0]))
 
 
 @torch.library.custom_op("vdsr_fast::triton_conv3x3_tail_residual", mutates_args=())
@@ -132,6 +145,8 @@ class TritonBackend(PingPongBuffers):
             default the ``conv3x3_config`` heuristic. Used by the eager and CUDA-graph paths. A
             :class:`~vdsr_fast.kernels.triton.winograd.WinogradConfig` selects the experimental Winograd
             F(2x2, 3x3) body kernel instead (weights packed as G g G^T; every path, torch.compile too).
+            A :class:`~vdsr_fast.kernels.triton.conv3x3_tma.TmaConfig` selects the experimental tensor-descriptor
+            (TMA) body kernel (channels a power of two >= 16; every path, torch.compile too, with its default tile).
         fuse_tail: fuse the tail's conv into the last body layer (default; 3% faster on an H200): that layer
             writes 9 fp32 partial sums per pixel instead of its activation and a gather kernel adds the
             neighbours' partials, the bias and the residual (``conv3x3_bias_relu_tail_partials`` +
@@ -164,11 +179,12 @@ class TritonBackend(PingPongBuffers):
 
     @staticmethod
     def tuning_candidates(model: VDSR, device: torch.device, dtype: torch.dtype) -> list[tuple[str, dict]]:
-        """The Winograd body, the SWAP body (channels as the GEMM's M) and the unfused tail beside the defaults
+        """The Winograd, SWAP (channels as the GEMM's M) and TMA bodies and the unfused tail beside the defaults
         (``Engine(tune=True)`` times them)."""
         cfg = winograd_config(model.channels, model.channels, dtype)
-        swap = swap_configs(dtype)[0]
+        swap, tma = swap_configs(dtype)[0], tma_config(dtype)
         return [(f"Winograd body {cfg}", {"body_config": cfg}), (f"swapped body {swap}", {"body_config": swap}),
+                (f"TMA body {tma}", {"body_config": tma}),
                 ("tail not fused", {"fuse_tail": False}),
                 (f"Winograd body {cfg}, tail not fused", {"body_config": cfg, "fuse_tail": False})]  # fmt: skip
 
@@ -181,7 +197,7 @@ class TritonBackend(PingPongBuffers):
         clamp: bool = False,
         cuda_graphs: bool = False,
         max_cached_shapes: int = 4,
-        body_config: ConvConfig | WinogradConfig | None = None,
+        body_config: ConvConfig | WinogradConfig | TmaConfig | None = None,
         fuse_tail: bool = True,
     ) -> None:
         device = resolve_device(device)
@@ -205,6 +221,11 @@ class TritonBackend(PingPongBuffers):
         self.w_head = pack_conv3x3_weight(ws[0], dtype)
         self.b_head = bs[0].to(fp32).contiguous()
         self.winograd = isinstance(body_config, WinogradConfig)
+        self.tma = isinstance(body_config, TmaConfig)
+        if self.tma and len(ws) > 2:
+            probe = torch.empty((1, 1, 1, c), dtype=dtype)  # channel count and stride rules only
+            if why := tma_unsupported(probe, c, c, body_config.block_k):
+                raise ValueError(f"TritonBackend: body_config={body_config}: {why}")
         pack = pack_winograd_weight if self.winograd else pack_conv3x3_weight
         self.w_body = [pack(w, dtype) for w in ws[1:-1]]
         self.b_body = [b.to(fp32).contiguous() for b in bs[1:-1]]
@@ -236,7 +257,7 @@ class TritonBackend(PingPongBuffers):
     def _forward(self, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         a, b = self.buffers(y.shape[0], y.shape[2], y.shape[3])
         conv3x3_head(y, self.w_head, self.b_head, out=a)
-        body = conv3x3_winograd if self.winograd else conv3x3_bias_relu
+        body = conv3x3_winograd if self.winograd else conv3x3_tma if self.tma else conv3x3_bias_relu
         layers = list(zip(self.w_body, self.b_body, strict=True))
         for w, bias in layers[:-1] if self.fuse_tail else layers:
             body(a, w, bias, out=b, config=self.body_config)
@@ -256,7 +277,9 @@ class TritonBackend(PingPongBuffers):
         """The same network through the ``torch.ops.vdsr_fast`` custom ops (what torch.compile traces)."""
         ops = torch.ops.vdsr_fast
         h = ops.triton_conv3x3_head(y, self.w_head, self.b_head)
-        body = ops.triton_conv3x3_winograd if self.winograd else ops.triton_conv3x3_bias_relu
+        body = ops.triton_conv3x3_bias_relu
+        if self.winograd or self.tma:
+            body = ops.triton_conv3x3_winograd if self.winograd else ops.triton_conv3x3_tma
         layers = list(zip(self.w_body, self.b_body, strict=True))
         for w, bias in layers[:-1] if self.fuse_tail else layers:
             h = body(h, w, bias)

@@ -1,0 +1,174 @@
+"""Fused conv3x3 + bias + ReLU with tensor-descriptor (TMA) tiles: VDSR's 64->64 body, experimental.
+
+The same layer as :func:`~vdsr_fast.kernels.triton.conv3x3.conv3x3_bias_relu` (an implicit GEMM, M = output
+pixels, N = output channels, K = 9 taps x C_IN, fp32 accumulation, bias + ReLU + rounding fused), but each
+tap's input tile is one tensor-descriptor load: a program covers a 2-D tile of TILE_H x TILE_W pixels of one
+image, and the tile of tap (dy, dx) is the (1, TILE_H, TILE_W, BLOCK_K) box of the NHWC activations at
+(n, y0 + dy - 1, x0 + dx - 1, k0). On Hopper that box is one TMA copy (the copy engine computes the
+addresses and zero-fills the padding: no per-element address, mask or bounds arithmetic in the kernel),
+and the output tile leaves by one TMA store, which clips at the image border. On other GPUs (and in
+Triton's interpreter, which the CPU tests use) the descriptor loads and stores are ordinary memory
+accesses with the same semantics.
+
+SWAP: the GEMM turned around (channels as M, the TILE_H * TILE_W pixels as N), as ``ConvConfig(swap=True)``.
+
+Requirements (checked by the launcher): NHWC activations with channel stride 1 and the other strides
+multiples of 16 bytes (any contiguous NHWC tensor of 8+ fp16 channels), C_IN a multiple of BLOCK_K >= 16,
+C_OUT a power of two >= 16 (one program holds every output channel). VDSR's 64 -> 64 layer meets them.
+Not the default body until a GPU run ranks it (``TritonBackend(body_config=TmaConfig(...))``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from .conv3x3 import _check_body, _nhwc_output
+
+__all__ = ["TmaConfig", "tma_config", "tma_candidates", "tma_unsupported", "conv3x3_tma"]
+
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+
+
+@triton.jit
+def _conv3x3_tma_kernel(
+    x_desc,  # descriptor of the input activations (N, H, W, C_IN), block (1, TILE_H, TILE_W, BLOCK_K)
+    w_ptr,  # packed weights (C_OUT, 9 * C_IN), K contiguous, k = (kh * 3 + kw) * C_IN + ci (pack_conv3x3_weight)
+    b_ptr,  # bias (C_OUT,) fp32
+    out_desc,  # descriptor of the output (N, H, W, C_OUT), block (1, TILE_H, TILE_W, C_OUT)
+    H,
+    W,
+    C_IN: tl.constexpr,  # input channels, a multiple of BLOCK_K
+    C_OUT: tl.constexpr,  # output channels, a power of two: one program holds them all
+    TILE_H: tl.constexpr,  # output rows per program
+    TILE_W: tl.constexpr,  # output columns per program; TILE_H * TILE_W = the GEMM's pixel tile
+    BLOCK_K: tl.constexpr,  # input channels per K step (>= 16: tl.dot and the 16-byte TMA box minimum)
+    SWAP: tl.constexpr,  # channels as the GEMM's M (acc^T = W @ X^T) instead of the pixels
+    DOT_PRECISION: tl.constexpr,  # tl.dot input precision for fp32 storage ("ieee": no TF32 rounding)
+    OUT_DTYPE: tl.constexpr,  # the storage dtype (tl.float16 / tl.bfloat16 / tl.float32)
+):
+    """out[n, y, x, co] = relu(b[co] + sum_{ky, kx, ci} in[n, y + ky - 1, x + kx - 1, ci] * w[co, ci, ky, kx]).
+
+    Program ``pid`` computes the TILE_H x TILE_W output tile ``pid`` of the (image, tile row, tile column)
+    raster; its K loop is one flat loop over (tap, channel block), software-pipelined by Triton (the
+    descriptor loads of the next steps in flight while the current step's dot runs).
+    """
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    K_STEPS: tl.constexpr = C_IN // BLOCK_K
+    pid = tl.program_id(0)
+    tiles_w = tl.cdiv(W, TILE_W)
+    tiles = tl.cdiv(H, TILE_H) * tiles_w
+    n = pid // tiles
+    t = pid - n * tiles
+    y0 = (t // tiles_w) * TILE_H
+    x0 = (t % tiles_w) * TILE_W
+    offs_n = tl.arange(0, C_OUT)
+    offs_k = tl.arange(0, BLOCK_K)
+    w_rows = w_ptr + offs_n[:, None] * (9 * C_IN) + offs_k[None, :]  # (C_OUT, BLOCK_K) of tap 0, block 0
+    if SWAP:
+        acc = tl.zeros((C_OUT, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, C_OUT), dtype=tl.float32)
+    for step in range(9 * K_STEPS):
+        tap = step // K_STEPS
+        k0 = (step % K_STEPS) * BLOCK_K
+        # the box starts one row / column before the tile for the taps of the row above / column left
+        a = x_desc.load([n, y0 + tap // 3 - 1, x0 + tap % 3 - 1, k0]).reshape(BLOCK_M, BLOCK_K)
+        w = tl.load(w_rows + (tap * C_IN + k0))  # (C_OUT, BLOCK_K)
+        if SWAP:
+            acc = tl.dot(w, tl.trans(a), acc, input_precision=DOT_PRECISION)
+        else:
+            acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    if SWAP:
+        acc = tl.trans(acc)
+    acc = tl.maximum(acc + tl.load(b_ptr + offs_n)[None, :], 0.0)
+    out_desc.store([n, y0, x0, 0], acc.to(OUT_DTYPE).reshape(1, TILE_H, TILE_W, C_OUT))
+
+
+@dataclass(frozen=True)
+class TmaConfig:
+    """Launch parameters of :func:`conv3x3_tma` (see the kernel's constexpr comments)."""
+
+    tile_h: int = 8
+    tile_w: int = 16
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+    swap: bool = False
+
+    def __post_init__(self) -> None:
+        m = self.tile_h * self.tile_w
+        if m < 16 or m & (m - 1) or self.tile_w & (self.tile_w - 1):
+            raise ValueError(f"TmaConfig: tile {self.tile_h}x{self.tile_w} must have power-of-two width and area >= 16")
+        if self.block_k < 16 or self.block_k & (self.block_k - 1):
+            raise ValueError(f"TmaConfig: block_k={self.block_k} must be a power of two >= 16")
+
+
+def tma_config(dtype: torch.dtype) -> TmaConfig:
+    """The default TMA body tile: 8 x 16 pixels x 64 channels, 4 warps, 3 stages (fp32: 32 channels, whose
+    128-byte rows are the widest box row the 128-byte swizzle takes, 2 stages)."""
+    if dtype == torch.float32:
+        return TmaConfig(block_k=32, num_stages=2)
+    return TmaConfig()
+
+
+def tma_candidates(dtype: torch.dtype) -> list[TmaConfig]:
+    """The default first, then a small sweep (tile shapes of 128 and 256 pixels, warps, SWAP) for a GPU run."""
+    d = tma_config(dtype)
+    out = [d]
+    for th, tw, warps in ((4, 32, 4), (8, 16, 8), (16, 16, 8), (8, 32, 8)):
+        out.append(TmaConfig(th, tw, d.block_k, warps, d.num_stages))
+    out += [TmaConfig(8, 16, d.block_k, 4, d.num_stages, swap=True), TmaConfig(8, 32, d.block_k, 4, 2, swap=True)]
+    return list(dict.fromkeys(out))
+
+
+def tma_unsupported(x: torch.Tensor, c_in: int, c_out: int, block_k: int) -> str | None:
+    """Why :func:`conv3x3_tma` cannot take this input / layer shape, or None."""
+    if c_in % block_k or block_k < 16:
+        return f"C_IN={c_in} is not a multiple of block_k={block_k} (>= 16)"
+    if c_out < 16 or c_out & (c_out - 1):
+        return f"C_OUT={c_out} is not a power of two >= 16"
+    if x.stride(-1) != 1 or any((s * x.element_size()) % 16 for s in x.stride()[:-1]):
+        return f"the activations' strides {tuple(x.stride())} are not channel stride 1 and 16-byte multiples"
+    if x.data_ptr() % 16:
+        return "the activations are not 16-byte aligned"
+    return None
+
+
+def conv3x3_tma(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    out: torch.Tensor | None = None,
+    *,
+    config: TmaConfig | None = None,
+) -> torch.Tensor:
+    """Body layer ``relu(conv3x3(x, w) + b)`` with tensor-descriptor tiles (see the module docstring).
+
+    Args:
+        x: (N, H, W, C_IN) NHWC activations in the storage dtype of ``w`` (channel stride 1, 16-byte strides).
+        w: packed weights (C_OUT, 9 * C_IN) from :func:`~vdsr_fast.kernels.triton.conv3x3.pack_conv3x3_weight`.
+        b: fp32 bias (C_OUT,).
+        out: optional (N, H, W, C_OUT) output (the same stride rules), not aliasing ``x``; allocated if None.
+        config: tile sizes; default :func:`tma_config`.
+    """
+    name = "conv3x3_tma"
+    n, h, w_, c_in, c_out = _check_body(name, x, w, b)
+    out = _nhwc_output(name, x, out, n, h, w_, c_out, x.dtype, max(c_in, c_out))
+    config = config or tma_config(x.dtype)
+    for t, what in ((x, "input"), (out, "output")):
+        if why := tma_unsupported(t, c_in, c_out, config.block_k):
+            raise ValueError(f"{name}: {what}: {why}")
+    x_desc = TensorDescriptor.from_tensor(x, [1, config.tile_h, config.tile_w, config.block_k])
+    out_desc = TensorDescriptor.from_tensor(out, [1, config.tile_h, config.tile_w, c_out])
+    grid = (n * triton.cdiv(h, config.tile_h) * triton.cdiv(w_, config.tile_w),)
+    _conv3x3_tma_kernel[grid](
+        x_desc, w, b, out_desc, h, w_, C_IN=c_in, C_OUT=c_out, TILE_H=config.tile_h, TILE_W=config.tile_w,
+        BLOCK_K=config.block_k, SWAP=config.swap, DOT_PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
+        OUT_DTYPE=_TL_DTYPES[x.dtype], num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+    return out
