@@ -56,49 +56,64 @@ struct StripTile {
 static_assert(StripTile::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
 static_assert(StripTile::kPlane < (1 << 18) && (StripTile::kHaloRowBytes % 16) == 0, "descriptor fields");
 
-// cp.async of halo rows h0 .. h0 + rows - 1 (input rows h - 1, pixels x0 - 1 .. x0 + 128) of image b into
-// their ring slots; zero-filled outside the image.  No commit.
+// cp.async of halo unit i (16 bytes: chunk i % 8 of pixel i / 8 of the rows from h0 on) into its ring slot.
 template <typename T>
+__device__ __forceinline__ void strip_load_unit(uint32_t ring, const T* __restrict__ in, const T* img, int x0, int h0,
+                                                int i, int H, int W) {
+  using K = StripTile;
+  const int j = i & 7;  // chunk: channels 8j .. 8j+7
+  const int p = i >> 3;
+  const int r = p / K::kHaloW;
+  const int px = p - r * K::kHaloW;
+  const int h = h0 + r;
+  const int y = h - 1;
+  const int x = x0 - 1 + px;
+  const bool inside = static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
+                      static_cast<unsigned>(x) < static_cast<unsigned>(W);
+  const T* src = inside ? img + (static_cast<int64_t>(y) * W + x) * kC + j * 8 : in;
+  cp_async_16(ring + (h % K::kRing) * K::kHaloRowBytes + j * K::kPlane + px * 16, src, inside);
+}
+
+// cp.async of halo rows h0 .. h0 + rows - 1 (input rows h - 1, pixels x0 - 1 .. x0 + 128) of image b into
+// their ring slots; zero-filled outside the image.  No commit.  ROLLED keeps the loop rolled (fewer live
+// registers: the LOADS_FIRST schedules copy while two accumulator sets are live).
+template <bool ROLLED, typename T>
 __device__ __forceinline__ void strip_load_rows(uint32_t ring, const T* __restrict__ in, int b, int x0, int h0,
                                                 int rows, int H, int W) {
   using K = StripTile;
   const T* img = in + static_cast<int64_t>(b) * H * W * kC;
   const int units = rows * K::kHaloW * kChunks;
-  for (int i = threadIdx.x; i < units; i += K::kThreads) {
-    const int j = i & 7;  // chunk: channels 8j .. 8j+7
-    const int p = i >> 3;
-    const int r = p / K::kHaloW;
-    const int px = p - r * K::kHaloW;
-    const int h = h0 + r;
-    const int y = h - 1;
-    const int x = x0 - 1 + px;
-    const bool inside = static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
-                        static_cast<unsigned>(x) < static_cast<unsigned>(W);
-    const T* src = inside ? img + (static_cast<int64_t>(y) * W + x) * kC + j * 8 : in;
-    cp_async_16(ring + (h % K::kRing) * K::kHaloRowBytes + j * K::kPlane + px * 16, src, inside);
+  if (ROLLED) {
+#pragma unroll 1
+    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit(ring, in, img, x0, h0, i, H, W);
+  } else {
+    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit(ring, in, img, x0, h0, i, H, W);
   }
 }
 
-// Issue this warpgroup's 36 wgmma of one output row whose tap row 0 is halo row h (one commit group).
-template <typename T>
+// Issue this warpgroup's wgmmas of one output row whose tap row 0 is halo row h, as one commit group:
+// all 36 (PART = -1), or the first (PART = 0, which zeroes the accumulators) or second (PART = 1) 18 of them
+// in the order (ky, kx, 16-channel slice).
+template <typename T, int PART = -1>
 __device__ __forceinline__ void strip_mma(float (&acc)[64], uint32_t smem_w, uint32_t ring, int h) {
   using K = StripTile;
+  constexpr int kFirst = PART == 1 ? 18 : 0;
+  constexpr int kLast = PART == 0 ? 18 : 36;
+  if (PART != 1) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+    for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+  }
   wgmma_pin(acc);
   wgmma_fence();
 #pragma unroll
-  for (int ky = 0; ky < 3; ++ky) {
+  for (int q = kFirst; q < kLast; ++q) {
+    const int ky = q / 12;
+    const int kx = (q / 4) % 3;
+    const int kk = q % 4;
     const uint32_t row = ring + ((h + ky) % K::kRing) * K::kHaloRowBytes;
-#pragma unroll
-    for (int kx = 0; kx < 3; ++kx) {
-#pragma unroll
-      for (int kk = 0; kk < kC / 16; ++kk) {
-        const uint64_t da = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * kC * kRowBytes + kk * 32);
-        const uint64_t db = wgmma_desc_interleave(row + 2 * kk * K::kPlane + kx * 16, K::kPlane, 128);
-        wgmma_m64n128k16_ss<T>(acc, da, db);
-      }
-    }
+    const uint64_t da = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * kC * kRowBytes + kk * 32);
+    const uint64_t db = wgmma_desc_interleave(row + 2 * kk * K::kPlane + kx * 16, K::kPlane, 128);
+    wgmma_m64n128k16_ss<T>(acc, da, db);
   }
   wgmma_commit();
   wgmma_pin(acc);
@@ -106,7 +121,8 @@ __device__ __forceinline__ void strip_mma(float (&acc)[64], uint32_t smem_w, uin
 
 // Epilogue of one output row y (pixels x0 ..) from this warpgroup's accumulators: D[m][n] = channel
 // 16 wr + g (+8) at pixel 8i + 2t (+1) in acc[4i .. 4i+3] (warp wr of the group, g = lane / 4, t = lane % 4).
-template <typename T>
+// PART = -1: all of it; 0: step 1 for pixels 0..63 only; 1: step 1 for pixels 64..127, then step 2.
+template <typename T, int PART = -1>
 __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t stg, T* __restrict__ out,
                                                const float (&bias_r)[2], int b, int y, int x0, int H, int W, int wg,
                                                int wr, int lane) {
@@ -114,7 +130,7 @@ __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t 
   //    8i .. 8i+7, stored transposed as 8 pixel rows of 8 channels (16 bytes) at chunk 2wr + half.
   const int mat = lane >> 3;  // this lane addresses row (lane & 7) of matrix mat of each x4
 #pragma unroll
-  for (int i = 0; i < 16; i += 2) {
+  for (int i = PART == 1 ? 8 : 0; i < (PART == 0 ? 8 : 16); i += 2) {
     uint32_t v[4];
 #pragma unroll
     for (int m = 0; m < 4; ++m) {
@@ -125,6 +141,7 @@ __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t 
     const int px = 8 * (i + (mat >> 1)) + (lane & 7);
     stmatrix_x4_trans(stg + swz(px, 2 * wr + (mat & 1)), v);
   }
+  if (PART == 0) return;
   named_barrier(1 + wg, 128);
   // 2. 128 pixels x 8 chunks of 16 bytes over the warpgroup's 128 threads: a warp stores 4 whole pixels.
   if (y >= H) return;
@@ -152,26 +169,46 @@ struct StripSeg {
   int b, x0, p0, cnt, H, W, wg, wr, lane;
 };
 
-// Item i of a segment: its wgmmas into `cur`, then (EPI: i > 0) the epilogue of item i - 1 from `prev`.
-template <typename T, bool EPI>
-__device__ __forceinline__ void strip_step(const StripSeg<T>& s, int i, float (&cur)[64], float (&prev)[64],
-                                           const float (&bias_r)[2]) {
-  const int p = s.p0 + i;
-  cp_async_wait<0>();   // (A) this item's halo rows (and, first, the weights) have landed ...
-  fence_proxy_async();  //     ... are visible to the async proxy ...
-  __syncthreads();      //     ... and to every thread
-  strip_mma<T>(cur, s.smem_w, s.ring, 2 * p + s.wg);
-  if (EPI) {
-    wgmma_wait<1>();  // item i - 1's group (the older one) is complete
-    wgmma_pin(prev);
-    strip_epilogue<T>(prev, s.stg, s.out, bias_r, s.b, 2 * (p - 1) + s.wg, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
-  }
-  __syncthreads();  // (D) both warpgroups are past item i - 1: its rows 2p - 2, 2p - 1 are free
-  if (i + 1 < s.cnt) strip_load_rows(s.ring, s.in, s.b, s.x0, 2 * p + 4, 2, s.H, s.W);
+// (D) both warpgroups are past item i - 1 (wait_group): its rows 2p - 2, 2p - 1 are free for item i + 1's.
+template <bool ROLLED, typename T>
+__device__ __forceinline__ void strip_prefetch(const StripSeg<T>& s, int i, int p) {
+  __syncthreads();
+  if (i + 1 < s.cnt) strip_load_rows<ROLLED>(s.ring, s.in, s.b, s.x0, 2 * p + 4, 2, s.H, s.W);
   cp_async_commit();
 }
 
-template <typename T>
+// Item i of a segment: its wgmmas into `cur`, then (EPI: i > 0) the epilogue of item i - 1 from `prev`.
+// The schedule (variants 6-8): LOADS_FIRST issues the next item's row copies before the epilogue instead of
+// after it (they then have the epilogue's time too to land); SPLIT issues the item's wgmmas in two groups of
+// 18 with the first half of the epilogue between them (in case a warp cannot queue 36 wgmmas ahead).
+template <typename T, bool EPI, bool LOADS_FIRST, bool SPLIT>
+__device__ __forceinline__ void strip_step(const StripSeg<T>& s, int i, float (&cur)[64], float (&prev)[64],
+                                           const float (&bias_r)[2]) {
+  const int p = s.p0 + i;
+  const int h = 2 * p + s.wg;
+  const int y_prev = 2 * (p - 1) + s.wg;
+  cp_async_wait<0>();   // (A) this item's halo rows (and, first, the weights) have landed ...
+  fence_proxy_async();  //     ... are visible to the async proxy ...
+  __syncthreads();      //     ... and to every thread
+  strip_mma<T, SPLIT ? 0 : -1>(cur, s.smem_w, s.ring, h);
+  if (EPI) {
+    wgmma_wait<1>();  // item i - 1's groups (all but the newest) are complete
+    wgmma_pin(prev);
+  }
+  if (LOADS_FIRST) strip_prefetch<true>(s, i, p);
+  if (EPI && SPLIT) {
+    strip_epilogue<T, 0>(prev, s.stg, s.out, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
+    strip_mma<T, 1>(cur, s.smem_w, s.ring, h);
+    strip_epilogue<T, 1>(prev, s.stg, s.out, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
+  } else if (EPI) {
+    strip_epilogue<T>(prev, s.stg, s.out, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
+  } else if (SPLIT) {
+    strip_mma<T, 1>(cur, s.smem_w, s.ring, h);
+  }
+  if (!LOADS_FIRST) strip_prefetch<false>(s, i, p);
+}
+
+template <typename T, bool LOADS_FIRST, bool SPLIT>
 __global__ void __launch_bounds__(StripTile::kThreads, 1)
     conv3x3_strip_kernel(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w,
                          const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y, int num_tiles) {
@@ -200,27 +237,31 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
     const int cnt = min(end, (seg + 1) * tiles_y) - q;
     const int b = seg / tiles_x;
     const int x0 = (seg - b * tiles_x) * K::kTileW;
-    strip_load_rows(ring, in, b, x0, 2 * p0, 4, H, W);
+    strip_load_rows<LOADS_FIRST>(ring, in, b, x0, 2 * p0, 4, H, W);
     cp_async_commit();
 
     const StripSeg<T> sg{in, out, smem_w, ring, stg, b, x0, p0, cnt, H, W, wg, wr, lane};
     // Item k accumulates in acc0 (k even) or acc1 (k odd).  Straight-line pairs, so that every read of an
     // accumulator set follows the wait that retired its group on every path (else ptxas serialises).
-    strip_step<T, false>(sg, 0, acc0, acc1, bias_r);
+    strip_step<T, false, LOADS_FIRST, SPLIT>(sg, 0, acc0, acc1, bias_r);
     int i = 1;
     for (; i + 1 < cnt; i += 2) {
-      strip_step<T, true>(sg, i, acc1, acc0, bias_r);
-      strip_step<T, true>(sg, i + 1, acc0, acc1, bias_r);
+      strip_step<T, true, LOADS_FIRST, SPLIT>(sg, i, acc1, acc0, bias_r);
+      strip_step<T, true, LOADS_FIRST, SPLIT>(sg, i + 1, acc0, acc1, bias_r);
     }
     const int y_last = 2 * (p0 + cnt - 1) + wg;
+    // With LOADS_FIRST a step ends in its epilogue: the barrier keeps the last epilogue's staging writes
+    // behind every warp's reads of the one before (a write-after-read race otherwise).
     if (i < cnt) {  // an odd item left: it goes to acc1
-      strip_step<T, true>(sg, i, acc1, acc0, bias_r);
+      strip_step<T, true, LOADS_FIRST, SPLIT>(sg, i, acc1, acc0, bias_r);
       wgmma_wait<0>();
       wgmma_pin(acc1);
+      if (LOADS_FIRST) __syncthreads();
       strip_epilogue<T>(acc1, stg, out, bias_r, b, y_last, x0, H, W, wg, wr, lane);
     } else {  // the last item (i - 1, even) is in acc0
       wgmma_wait<0>();
       wgmma_pin(acc0);
+      if (LOADS_FIRST) __syncthreads();
       strip_epilogue<T>(acc0, stg, out, bias_r, b, y_last, x0, H, W, wg, wr, lane);
     }
     __syncthreads();  // the ring and the staging tiles are free for the next segment
@@ -232,14 +273,22 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
 #endif
 }
 
-constexpr int kNumStripVariants = 1;
+// The strip variants (schedule flags LOADS_FIRST, SPLIT); ids follow the wgmma ones in body_variants().
+#define VDSR_STRIP_VARIANTS(X)                                                                  \
+  X(false, false) /* 6: copies after the epilogue, 36 wgmmas per group (timed: run 5)  */ \
+  X(true, false)  /* 7: the next item's copies before the epilogue                      */ \
+  X(true, true)   /* 8: and the wgmmas in two groups around the epilogue's first half   */
 
-template <typename T>
+#define VDSR_STRIP_COUNT(L, S) +1
+constexpr int kNumStripVariants = 0 VDSR_STRIP_VARIANTS(VDSR_STRIP_COUNT);
+
+template <typename T, bool LOADS_FIRST, bool SPLIT>
 void launch_strip(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
                   cudaStream_t stream) {
   check_device_index(device);
-  check_sm90a_image(conv3x3_strip_kernel<T>, device);
-  launch_persistent<StripTile, T>(conv3x3_strip_kernel<T>, in, out, w, b, n, h, w_, device, stream);
+  check_sm90a_image(conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT>, device);
+  launch_persistent<StripTile, T>(conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT>, in, out, w, b, n, h, w_, device,
+                                  stream);
 }
 
 }  // namespace body

@@ -64,7 +64,7 @@ class Hazard(AssertionError):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The variant list, read from the source (cuh:349-352) so new variants are covered automatically.
+# The variant list, read from the source (cuh:353-356) so new variants are covered automatically.
 # ---------------------------------------------------------------------------------------------------
 def body_variants_from_source(path: Path = CSRC / "conv3x3_body.cuh") -> list[tuple[int, int, int, int]]:
     lines = path.read_text().splitlines()
@@ -80,7 +80,7 @@ def body_variants_from_source(path: Path = CSRC / "conv3x3_body.cuh") -> list[tu
 
 @dataclass(frozen=True)
 class BodyTile:
-    """cuh:63-78."""
+    """cuh:63-79."""
 
     warps_m: int
     warps_n: int
@@ -96,11 +96,11 @@ class BodyTile:
     ncols = property(lambda s: KC // s.warps_n)  # cuh:69
     ni = property(lambda s: s.ncols // 8)  # cuh:70
     tile_h = property(lambda s: s.warps_m * s.mi)  # cuh:72
-    halo_h = property(lambda s: s.tile_h + 2)  # cuh:73
-    halo_w = property(lambda s: TILE_W + 2)  # cuh:74
-    halo_pix = property(lambda s: s.halo_h * s.halo_w)  # cuh:75
-    stage_bytes = property(lambda s: s.halo_pix * ROW_BYTES)  # cuh:76
-    smem_bytes = property(lambda s: WEIGHT_BYTES + s.stages * s.stage_bytes)  # cuh:77
+    halo_h = property(lambda s: s.tile_h + 2)  # cuh:74
+    halo_w = property(lambda s: TILE_W + 2)  # cuh:75
+    halo_pix = property(lambda s: s.halo_h * s.halo_w)  # cuh:76
+    stage_bytes = property(lambda s: s.halo_pix * ROW_BYTES)  # cuh:77
+    smem_bytes = property(lambda s: WEIGHT_BYTES + s.stages * s.stage_bytes)  # cuh:78
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -448,79 +448,79 @@ def mma_16816(T, c, a, b0, b1):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The body kernel and the pieces it shares with the Winograd kernel (cuh:80-288), the launcher (cuh:298-345).
+# The body kernel and the pieces it shares with the Winograd kernel (cuh:81-292), the launcher (cuh:302-349).
 # ---------------------------------------------------------------------------------------------------
 def swz(row, j):
-    """cuh:81-83."""
+    """cuh:82-84."""
     row = np.asarray(row, np.int64)
     return row * ROW_BYTES + ((np.asarray(j, np.int64) ^ (row & 7)) << 4)
 
 
 def tile_coord(tile_h, tile, tiles_x, tiles_y):
-    """cuh:89-94 -> (b, y0, x0)."""
+    """cuh:90-95 -> (b, y0, x0)."""
     tx = tile % tiles_x
     rest = tile // tiles_x
     return rest // tiles_y, (rest % tiles_y) * tile_h, tx * TILE_W
 
 
 def load_halo(K: BodyTile, cta: Cta, dst, g_in: Global, tc, H, W):
-    """cuh:97-113."""
+    """cuh:98-114."""
     b, y0, x0 = tc
-    img = np.int64(b) * H * W * KC  # cuh:100
+    img = np.int64(b) * H * W * KC  # cuh:101
     tid = np.arange(K.threads)
-    i = strided_loop(tid, K.halo_pix * CHUNKS, K.threads)  # cuh:101
-    p = i >> 3  # cuh:102
-    j = i & 7  # cuh:103
-    hy = p // K.halo_w  # cuh:104
-    hx = p - hy * K.halo_w  # cuh:105
-    y = y0 - 1 + hy  # cuh:106
-    x = x0 - 1 + hx  # cuh:107
-    inside = unsigned_lt(y, H) & unsigned_lt(x, W)  # cuh:108-109
-    src = np.where(inside, img + (y.astype(np.int64) * W + x) * KC + j * 8, 0)  # cuh:110 (`in` when outside)
-    cta.cp_async_16(dst + swz(p, j), g_in, src, inside)  # cuh:111
+    i = strided_loop(tid, K.halo_pix * CHUNKS, K.threads)  # cuh:102
+    p = i >> 3  # cuh:103
+    j = i & 7  # cuh:104
+    hy = p // K.halo_w  # cuh:105
+    hx = p - hy * K.halo_w  # cuh:106
+    y = y0 - 1 + hy  # cuh:107
+    x = x0 - 1 + hx  # cuh:108
+    inside = unsigned_lt(y, H) & unsigned_lt(x, W)  # cuh:109-110
+    src = np.where(inside, img + (y.astype(np.int64) * W + x) * KC + j * 8, 0)  # cuh:111 (`in` when outside)
+    cta.cp_async_16(dst + swz(p, j), g_in, src, inside)  # cuh:112
 
 
 def load_weights(cta: Cta, smem_w, g_w: Global, rows, threads):
-    """cuh:119-126 (``load_weights``): ``rows`` rows of 64 values into swizzled shared rows, no commit."""
-    i = strided_loop(np.arange(threads), rows * CHUNKS, threads)  # cuh:121
-    row = i >> 3  # cuh:122
-    j = i & 7  # cuh:123
-    cta.cp_async_16(smem_w + swz(row, j), g_w, row * KC + j * 8, True)  # cuh:124
+    """cuh:120-127 (``load_weights``): ``rows`` rows of 64 values into swizzled shared rows, no commit."""
+    i = strided_loop(np.arange(threads), rows * CHUNKS, threads)  # cuh:122
+    row = i >> 3  # cuh:123
+    j = i & 7  # cuh:124
+    cta.cp_async_16(smem_w + swz(row, j), g_w, row * KC + j * 8, True)  # cuh:125
 
 
 def load_bias(g_bias: Global, n0, ni_n):
-    """cuh:129-136 (``load_bias``): ``bias_r[..., ni, e] = bias[n0 + 8 ni + e]``, shape n0.shape + (NI, 2)."""
+    """cuh:130-137 (``load_bias``): ``bias_r[..., ni, e] = bias[n0 + 8 ni + e]``, shape n0.shape + (NI, 2)."""
     n = np.asarray(n0)[..., None] + np.arange(ni_n) * 8
     return np.stack([g_bias.load(n), g_bias.load(n + 1)], axis=-1).astype(np.float32)
 
 
 def halo_prologue(K, cta: Cta, smem_halo, g_in: Global, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim):
-    """cuh:140-151 (``halo_prologue``)."""
-    for s in range(K.stages - 1):  # cuh:144
-        tile = block_idx + s * grid_dim  # cuh:145
-        if tile < num_tiles:  # cuh:146
+    """cuh:141-152 (``halo_prologue``)."""
+    for s in range(K.stages - 1):  # cuh:145
+        tile = block_idx + s * grid_dim  # cuh:146
+        if tile < num_tiles:  # cuh:147
             load_halo(K, cta, smem_halo + s * K.stage_bytes, g_in, tile_coord(K.tile_h, tile, tiles_x, tiles_y), H, W)
-        cta.commit()  # cuh:149
+        cta.commit()  # cuh:150
 
 
 def halo_next(K, cta: Cta, smem_halo, g_in: Global, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim,
               async_proxy=False):  # fmt: skip
-    """cuh:158-170 (``halo_next``): prefetch, wait, (``async_proxy``: fence.proxy.async,) barrier; returns this
+    """cuh:159-174 (``halo_next``): prefetch, wait, (``async_proxy``: fence.proxy.async,) barrier; returns this
     tile's halo stage."""
-    nxt = tile + (K.stages - 1) * grid_dim  # cuh:161
-    if nxt < num_tiles:  # cuh:162-165
+    nxt = tile + (K.stages - 1) * grid_dim  # cuh:164
+    if nxt < num_tiles:  # cuh:165-168
         dst = smem_halo + ((it + K.stages - 1) % K.stages) * K.stage_bytes
         load_halo(K, cta, dst, g_in, tile_coord(K.tile_h, nxt, tiles_x, tiles_y), H, W)
-    cta.commit()  # cuh:166
-    cta.wait_group(K.stages - 1)  # cuh:167
+    cta.commit()  # cuh:169
+    cta.wait_group(K.stages - 1)  # cuh:170
     if async_proxy:
         cta.fence_proxy_async()
-    cta.syncthreads()  # cuh:168
-    return smem_halo + (it % K.stages) * K.stage_bytes  # cuh:169
+    cta.syncthreads()  # cuh:172
+    return smem_halo + (it % K.stages) * K.stage_bytes  # cuh:173
 
 
 def store_relu2(T, g_out: Global, dst, live, v0, v1, bias):
-    """cuh:173-176 (``store_relu2``) where ``live``: two adjacent channels + ``bias[..., 0/1]``, ReLU,
+    """cuh:177-180 (``store_relu2``) where ``live``: two adjacent channels + ``bias[..., 0/1]``, ReLU,
     rounded to T, one 4-byte store."""
     word = pack2(T, relu_keep_nan(v0 + bias[..., 0]), relu_keep_nan(v1 + bias[..., 1]))
     lo = (word & 0xFFFF).astype(np.uint16)
@@ -530,7 +530,7 @@ def store_relu2(T, g_out: Global, dst, live, v0, v1, bias):
 
 
 def launch_tiles(K, kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager):
-    """cuh:298-338 (``launch_persistent``) with ``resident_ctas`` standing for ``sms * per_sm``; runs
+    """cuh:302-342 (``launch_persistent``) with ``resident_ctas`` standing for ``sms * per_sm``; runs
     ``kernel_cta`` for every CTA (they are independent: disjoint outputs, read-only inputs).
 
     ``x_bits`` (N, H, W, 64) and ``w_bits`` (the packed layer) are uint16 patterns of ``T``; ``bias`` fp32 (64,).
@@ -543,85 +543,85 @@ def launch_tiles(K, kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager):
     g_w = Global("w", w_bits.astype(np.uint16))
     g_bias = Global("bias", np.asarray(bias, np.float32))
     tile_w = getattr(K, "tile_w", TILE_W)
-    tiles_x = (w_ + tile_w - 1) // tile_w  # cuh:325
-    tiles_y = (h + K.tile_h - 1) // K.tile_h  # cuh:326
-    num_tiles = n * tiles_x * tiles_y  # cuh:327-332
+    tiles_x = (w_ + tile_w - 1) // tile_w  # cuh:329
+    tiles_y = (h + K.tile_h - 1) // K.tile_h  # cuh:330
+    num_tiles = n * tiles_x * tiles_y  # cuh:331-336
     assert num_tiles <= 2**31 - 1
-    grid = num_tiles if num_tiles < resident_ctas else resident_ctas  # cuh:333
-    for block_idx in range(grid):  # cuh:334
+    grid = num_tiles if num_tiles < resident_ctas else resident_ctas  # cuh:337
+    for block_idx in range(grid):  # cuh:338
         kernel_cta(K, T, g_in, g_out, g_w, g_bias, h, w_, tiles_x, tiles_y, num_tiles, block_idx, grid, eager)
     return g_out.a.reshape(x_bits.shape), g_out.writes.reshape(x_bits.shape)
 
 
 def body_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager):
-    """One CTA of ``conv3x3_body_kernel`` (cuh:178-288); warps are an array axis, lanes the last axis."""
-    tile_h = K.tile_h  # cuh:183
-    nthreads = K.threads  # cuh:184
-    ni_n, ncols = K.ni, K.ncols  # cuh:185-186
-    cta = Cta(K.smem_bytes, T.poison, eager)  # cuh:187
-    smem_w = 0  # cuh:188 (offsets relative to the 128-byte aligned dynamic shared memory)
-    smem_halo = smem_w + WEIGHT_BYTES  # cuh:189
+    """One CTA of ``conv3x3_body_kernel`` (cuh:182-292); warps are an array axis, lanes the last axis."""
+    tile_h = K.tile_h  # cuh:187
+    nthreads = K.threads  # cuh:188
+    ni_n, ncols = K.ni, K.ncols  # cuh:189-190
+    cta = Cta(K.smem_bytes, T.poison, eager)  # cuh:191
+    smem_w = 0  # cuh:192 (offsets relative to the 128-byte aligned dynamic shared memory)
+    smem_halo = smem_w + WEIGHT_BYTES  # cuh:193
 
     nwarps = nthreads // 32
-    warp = np.arange(nwarps)[:, None]  # cuh:192 (threadIdx.x >> 5), shape (warps, 1)
-    lane = LANE[None, :]  # cuh:191, shape (1, 32)
-    warp_m = warp // K.warps_n  # cuh:193
-    warp_n = warp % K.warps_n  # cuh:194
-    g = lane >> 2  # cuh:195
-    t = lane & 3  # cuh:196
-    load_weights(cta, smem_w, g_w, TAPS * KC, nthreads)  # cuh:199: weights, cp.async group 0
-    cta.commit()  # cuh:200
-    bias_r = load_bias(g_bias, warp_n * ncols + 2 * t, ni_n)  # cuh:203-204, (warps, 32, NI, 2)
-    halo_prologue(K, cta, smem_halo, g_in, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim)  # cuh:207
+    warp = np.arange(nwarps)[:, None]  # cuh:196 (threadIdx.x >> 5), shape (warps, 1)
+    lane = LANE[None, :]  # cuh:195, shape (1, 32)
+    warp_m = warp // K.warps_n  # cuh:197
+    warp_n = warp % K.warps_n  # cuh:198
+    g = lane >> 2  # cuh:199
+    t = lane & 3  # cuh:200
+    load_weights(cta, smem_w, g_w, TAPS * KC, nthreads)  # cuh:203: weights, cp.async group 0
+    cta.commit()  # cuh:204
+    bias_r = load_bias(g_bias, warp_n * ncols + 2 * t, ni_n)  # cuh:207-208, (warps, 32, NI, 2)
+    halo_prologue(K, cta, smem_halo, g_in, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim)  # cuh:211
 
-    a_row = lane & 15  # cuh:212
-    a_khalf = lane >> 4  # cuh:213
-    b_n = (lane & 7) + ((lane >> 4) << 3)  # cuh:218
-    b_khalf = (lane >> 3) & 1  # cuh:219
+    a_row = lane & 15  # cuh:216
+    a_khalf = lane >> 4  # cuh:217
+    b_n = (lane & 7) + ((lane >> 4) << 3)  # cuh:222
+    b_khalf = (lane >> 3) & 1  # cuh:223
 
     mi = np.arange(K.mi)[None, :, None]  # the unrolled mi loops as an axis: (1, MI, 1)
     np_ = np.arange(ni_n // 2)[None, :, None]  # the unrolled np loop: (1, NI/2, 1)
-    it = 0  # cuh:221
+    it = 0  # cuh:225
     tile = block_idx
-    while tile < num_tiles:  # cuh:222
-        halo = halo_next(K, cta, smem_halo, g_in, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim)  # cuh:225
-        acc = np.zeros((nwarps, K.mi, ni_n, 32, 4), np.float32)  # cuh:226-232
-        for tap in range(TAPS):  # cuh:235
-            ky = tap // 3  # cuh:236
-            kx = tap % 3  # cuh:237
-            for kk in range(KC // 16):  # cuh:239
-                p = (warp_m[:, None] * K.mi + mi + ky) * K.halo_w + a_row + kx  # cuh:244, (warps, MI, 32)
-                a = cta.ldmatrix_x4(halo + swz(p, kk * 2 + a_khalf))  # cuh:245, (warps, MI, 32, 4)
-                n = warp_n[:, None] * ncols + np_ * 16 + b_n  # cuh:250, (warps, NI/2, 32)
-                r = cta.ldmatrix_x4(smem_w + swz(tap * KC + n, kk * 2 + b_khalf))  # cuh:252
+    while tile < num_tiles:  # cuh:226
+        halo = halo_next(K, cta, smem_halo, g_in, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim)  # cuh:229
+        acc = np.zeros((nwarps, K.mi, ni_n, 32, 4), np.float32)  # cuh:230-236
+        for tap in range(TAPS):  # cuh:239
+            ky = tap // 3  # cuh:240
+            kx = tap % 3  # cuh:241
+            for kk in range(KC // 16):  # cuh:243
+                p = (warp_m[:, None] * K.mi + mi + ky) * K.halo_w + a_row + kx  # cuh:248, (warps, MI, 32)
+                a = cta.ldmatrix_x4(halo + swz(p, kk * 2 + a_khalf))  # cuh:249, (warps, MI, 32, 4)
+                n = warp_n[:, None] * ncols + np_ * 16 + b_n  # cuh:254, (warps, NI/2, 32)
+                r = cta.ldmatrix_x4(smem_w + swz(tap * KC + n, kk * 2 + b_khalf))  # cuh:256
                 b = np.empty((nwarps, ni_n, 32, 2), np.uint32)
-                b[:, 0::2, :, 0] = r[..., 0]  # cuh:253
-                b[:, 0::2, :, 1] = r[..., 1]  # cuh:254
-                b[:, 1::2, :, 0] = r[..., 2]  # cuh:255
-                b[:, 1::2, :, 1] = r[..., 3]  # cuh:256
-                # cuh:259-261: acc[mi][ni] = mma(acc[mi][ni], a[mi], b[ni][0], b[ni][1])
+                b[:, 0::2, :, 0] = r[..., 0]  # cuh:257
+                b[:, 0::2, :, 1] = r[..., 1]  # cuh:258
+                b[:, 1::2, :, 0] = r[..., 2]  # cuh:259
+                b[:, 1::2, :, 1] = r[..., 3]  # cuh:260
+                # cuh:263-265: acc[mi][ni] = mma(acc[mi][ni], a[mi], b[ni][0], b[ni][1])
                 acc = mma_16816(T, acc, a[:, :, None], b[:, None, :, :, 0], b[:, None, :, :, 1])
-        cta.syncthreads()  # cuh:265
+        cta.syncthreads()  # cuh:269
 
-        tb, ty0, tx0 = tile_coord(tile_h, tile, tiles_x, tiles_y)  # cuh:269
-        for m in range(K.mi):  # cuh:271
-            y = ty0 + warp_m * K.mi + m  # cuh:272, (warps, 1)
-            for half in range(2):  # cuh:275
-                x = tx0 + g + 8 * half  # cuh:276, (1, 32)
-                live = (y < H) & (x < W)  # cuh:273 and cuh:277 (`continue`)
-                dst = ((np.int64(tb) * H + y) * W + x) * KC + warp_n * ncols + 2 * t  # cuh:278
-                for k in range(ni_n):  # cuh:280
+        tb, ty0, tx0 = tile_coord(tile_h, tile, tiles_x, tiles_y)  # cuh:273
+        for m in range(K.mi):  # cuh:275
+            y = ty0 + warp_m * K.mi + m  # cuh:276, (warps, 1)
+            for half in range(2):  # cuh:279
+                x = tx0 + g + 8 * half  # cuh:280, (1, 32)
+                live = (y < H) & (x < W)  # cuh:277 and cuh:281 (`continue`)
+                dst = ((np.int64(tb) * H + y) * W + x) * KC + warp_n * ncols + 2 * t  # cuh:282
+                for k in range(ni_n):  # cuh:284
                     v0, v1 = acc[:, m, k, :, 2 * half + 0], acc[:, m, k, :, 2 * half + 1]
-                    store_relu2(T, g_out, dst + k * 8, live, v0, v1, bias_r[:, :, k])  # cuh:281
-        tile += grid_dim  # cuh:222
+                    store_relu2(T, g_out, dst + k * 8, live, v0, v1, bias_r[:, :, k])  # cuh:285
+        tile += grid_dim  # cuh:226
         it += 1
-    cta.wait_group(0)  # cuh:287
+    cta.wait_group(0)  # cuh:291
     if cta.open:
         raise Hazard("cp.async copies issued but never committed")
 
 
 def launch_body(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False):
-    """cuh:340-345 -> :func:`launch_tiles`; ``w_bits`` (9, 64, 64)."""
+    """cuh:344-349 -> :func:`launch_tiles`; ``w_bits`` (9, 64, 64)."""
     assert w_bits.shape == (TAPS, KC, KC)
     return launch_tiles(BodyTile(*variant), body_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
 
@@ -779,10 +779,10 @@ def launch_winograd(stages, T, x_bits, u_bits, bias, *, resident_ctas=132, eager
 
 
 # ---------------------------------------------------------------------------------------------------
-# The wgmma body kernel (``gb:NNN`` = csrc/wgmma_body.cuh) and the wgmma instructions (du:114-209).
+# The wgmma body kernel (``gb:NNN`` = csrc/wgmma_body.cuh) and the wgmma instructions (du:114-246).
 # ---------------------------------------------------------------------------------------------------
 def wgmma_variants_from_source(path: Path = CSRC / "wgmma_body.cuh") -> list[tuple[int, bool]]:
-    """The (stages, row reuse) of ``VDSR_WGMMA_VARIANTS`` (gb:153-155)."""
+    """The (stages, row reuse) of ``VDSR_WGMMA_VARIANTS`` (gb:155-157)."""
     lines = path.read_text().splitlines()
     i = next(k for k, line in enumerate(lines) if line.startswith("#define VDSR_WGMMA_VARIANTS(X)"))
     body = []
@@ -794,34 +794,34 @@ def wgmma_variants_from_source(path: Path = CSRC / "wgmma_body.cuh") -> list[tup
 
 @dataclass(frozen=True)
 class WgmmaTile:
-    """gb:39-58."""
+    """gb:39-59."""
 
     stages: int
     row_reuse: bool
     threads: int = 256  # gb:42
     tile_h: int = 16  # gb:46
-    halo_w: int = TILE_W + 2  # gb:48
-    align: int = 1024  # gb:51
+    halo_w: int = TILE_W + 2  # gb:49
+    align: int = 1024  # gb:52
 
     a_loads = property(lambda s: 4 if s.row_reuse else 2)  # gb:45
-    halo_h = property(lambda s: s.tile_h + 2)  # gb:47
-    halo_pix = property(lambda s: s.halo_h * s.halo_w)  # gb:49
-    stage_bytes = property(lambda s: s.halo_pix * ROW_BYTES)  # gb:50
-    smem_bytes = property(lambda s: s.align + WEIGHT_BYTES + s.stages * s.stage_bytes)  # gb:52
-    groups = property(lambda s: (3 if s.row_reuse else TAPS) * (KC // 16))  # gb:53
+    halo_h = property(lambda s: s.tile_h + 2)  # gb:48
+    halo_pix = property(lambda s: s.halo_h * s.halo_w)  # gb:50
+    stage_bytes = property(lambda s: s.halo_pix * ROW_BYTES)  # gb:51
+    smem_bytes = property(lambda s: s.align + WEIGHT_BYTES + s.stages * s.stage_bytes)  # gb:53
+    groups = property(lambda s: (3 if s.row_reuse else TAPS) * (KC // 16))  # gb:54
 
     def row(self, wg, r, mb):
-        """gb:55-57."""
+        """gb:56-58."""
         return 8 * wg + (2 * r + mb if self.row_reuse else 4 * mb + r)
 
 
 def wgmma_desc_sw128(start):
-    """du:152-155: start >> 4 in bits 0-13, LBO 16 bytes (encoded 1), SBO 1024 bytes, swizzle 1 (128-byte)."""
+    """du:153-192: start >> 4 in bits 0-13, LBO 16 bytes (encoded 1), SBO 1024 bytes, swizzle 1 (128-byte)."""
     return ((start & 0x3FFFF) >> 4) | (1 << 16) | ((1024 >> 4) << 32) | (1 << 62)
 
 
 def wgmma_m64n64k16(T, d, a, b):
-    """du:187-206 (``wgmma.mma_async ... m64n64k16.f32``, A in registers) for one warpgroup: ``a`` (4 warps,
+    """du:224-243 (``wgmma.mma_async ... m64n64k16.f32``, A in registers) for one warpgroup: ``a`` (4 warps,
     32, 4) .b32 registers, ``b`` (16, 64) from :func:`wgmma_kmajor_from_smem`, ``d`` (4, 32, 32) fp32.  Warp w:
     rows 16w .. 16w+15 in the mma.m16n8k16 A layout; d[..., 4i:4i+4] the m16n8 C fragment of columns
     8i .. 8i+7.  The product is formed in float64 and rounded to fp32 once per instruction."""
@@ -834,7 +834,7 @@ def wgmma_m64n64k16(T, d, a, b):
 
 
 class WgmmaGroups:
-    """One warpgroup's asynchronous wgmma state (du:114-135, du:157-174): which register sets pending wgmmas read or
+    """One warpgroup's asynchronous wgmma state (du:114-135, du:194-211): which register sets pending wgmmas read or
     write, which registers were written since the last ``wgmma.fence``, and (with ``cta``) which shared chunks
     pending wgmmas read: a write into them raises (:meth:`Cta.cp_async_16`), and a read ends when its group
     retires -- visible to other threads only after the next barrier, like any read."""
@@ -892,84 +892,84 @@ class WgmmaGroups:
 
 def wgmma_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager,
                      smem_base=384):  # fmt: skip
-    """One CTA of ``conv3x3_wgmma_kernel`` (gb:60-149) with its dynamic shared memory at ``smem_base`` (128-byte
+    """One CTA of ``conv3x3_wgmma_kernel`` (gb:61-151) with its dynamic shared memory at ``smem_base`` (128-byte
     aligned, not 1024: the alignment slack is exercised); warps are an array axis, lanes the last axis."""
-    cta = Cta(K.smem_bytes, T.poison, eager, base=smem_base)  # gb:66
-    smem_w = (smem_base + K.align - 1) & ~(K.align - 1)  # gb:67
-    smem_halo = smem_w + WEIGHT_BYTES  # gb:68
-    warp = np.arange(8)[:, None]  # gb:71, (warps, 1)
-    lane = LANE[None, :]  # gb:70
-    wg = warp >> 2  # gb:72
-    wr = warp & 3  # gb:73
-    g = lane >> 2  # gb:74
-    t = lane & 3  # gb:75
-    load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)  # gb:77
-    cta.commit()  # gb:78
-    bias_r = load_bias(g_bias, 2 * t + 0 * warp, 8)  # gb:79-80, (warps, 32, 8, 2)
-    halo_prologue(K, cta, smem_halo, g_in, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim)  # gb:81
-    a_row = lane & 15  # gb:83
-    a_khalf = lane >> 4  # gb:84
+    cta = Cta(K.smem_bytes, T.poison, eager, base=smem_base)  # gb:67
+    smem_w = (smem_base + K.align - 1) & ~(K.align - 1)  # gb:68
+    smem_halo = smem_w + WEIGHT_BYTES  # gb:69
+    warp = np.arange(8)[:, None]  # gb:72, (warps, 1)
+    lane = LANE[None, :]  # gb:71
+    wg = warp >> 2  # gb:73
+    wr = warp & 3  # gb:74
+    g = lane >> 2  # gb:75
+    t = lane & 3  # gb:76
+    load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)  # gb:78
+    cta.commit()  # gb:79
+    bias_r = load_bias(g_bias, 2 * t + 0 * warp, 8)  # gb:80-81, (warps, 32, 8, 2)
+    halo_prologue(K, cta, smem_halo, g_in, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim)  # gb:82
+    a_row = lane & 15  # gb:84
+    a_khalf = lane >> 4  # gb:85
     groups = [WgmmaGroups(cta), WgmmaGroups(cta)]  # per warpgroup
 
-    it = 0  # gb:86
+    it = 0  # gb:87
     tile = block_idx
-    while tile < num_tiles:  # gb:87
-        halo = halo_next(K, cta, smem_halo, g_in, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim, True)  # gb:88
-        for q in groups:  # gb:89-93
+    while tile < num_tiles:  # gb:88
+        halo = halo_next(K, cta, smem_halo, g_in, tile, it, H, W, tiles_x, tiles_y, num_tiles, grid_dim, True)  # gb:89
+        for q in groups:  # gb:91-95
             q.write("acc0"), q.write("acc1")
         acc = np.zeros((2, 2, 4, 32, 32), np.float32)  # [warpgroup][mb][warp in group][lane][32]
-        for s in range(K.groups):  # gb:96
-            kk = s % 4  # gb:97
-            kx = s // 4 if K.row_reuse else (s // 4) % 3  # gb:98
-            ky = 0 if K.row_reuse else (s // 4) // 3  # gb:99
-            if s >= 2:  # gb:100
+        for s in range(K.groups):  # gb:98
+            kk = s % 4  # gb:99
+            kx = s // 4 if K.row_reuse else (s // 4) % 3  # gb:100
+            ky = 0 if K.row_reuse else (s // 4) // 3  # gb:101
+            if s >= 2:  # gb:102
                 for q in groups:
                     q.wait(1)
             a = []
-            for f in range(K.a_loads):  # gb:102
+            for f in range(K.a_loads):  # gb:104
                 for q in groups:
                     q.write(f"a{s % 2}.{f}")
-                hrow = K.row(wg, wr, 0) + f if K.row_reuse else K.row(wg, wr, f) + ky  # gb:104, (warps, 1)
-                a.append(cta.ldmatrix_x4(halo + swz(hrow * K.halo_w + a_row + kx, kk * 2 + a_khalf)))  # gb:105
-            for q in groups:  # gb:109
+                hrow = K.row(wg, wr, 0) + f if K.row_reuse else K.row(wg, wr, f) + ky  # gb:106, (warps, 1)
+                a.append(cta.ldmatrix_x4(halo + swz(hrow * K.halo_w + a_row + kx, kk * 2 + a_khalf)))  # gb:107
+            for q in groups:  # gb:111
                 q.fence()
-            for t3 in range(3 if K.row_reuse else 1):  # gb:111
-                tap_y = t3 if K.row_reuse else ky  # gb:112
+            for t3 in range(3 if K.row_reuse else 1):  # gb:113
+                tap_y = t3 if K.row_reuse else ky  # gb:114
                 desc = wgmma_desc_sw128(smem_w + (tap_y * 3 + kx) * KC * ROW_BYTES + kk * 32)
                 b = wgmma_kmajor_from_smem(cta, T, desc, 64, groups)
-                for mb in range(2):  # gb:115-116
+                for mb in range(2):  # gb:117-118
                     f = tap_y + mb if K.row_reuse else mb
                     for w_g, q in enumerate(groups):
                         q.mma(f"a{s % 2}.{f}", f"acc{mb}")
                         acc[w_g, mb] = wgmma_m64n64k16(T, acc[w_g, mb], a[f][4 * w_g : 4 * w_g + 4], b)
-            for q in groups:  # gb:118
+            for q in groups:  # gb:120
                 q.commit()
-        for q in groups:  # gb:122
+        for q in groups:  # gb:124
             q.wait(0)
-        cta.syncthreads()  # gb:126
+        cta.syncthreads()  # gb:128
 
-        tb, ty0, tx0 = tile_coord(K.tile_h, tile, tiles_x, tiles_y)  # gb:128
+        tb, ty0, tx0 = tile_coord(K.tile_h, tile, tiles_x, tiles_y)  # gb:130
         for q in groups:
             q.read("acc0"), q.read("acc1")
         acc_w = acc.transpose(0, 2, 1, 3, 4).reshape(8, 2, 32, 32)  # [warp = 4 wg + wr][mb][lane][32]
-        for mb in range(2):  # gb:130
-            y = ty0 + K.row(wg, wr, mb)  # gb:131, (warps, 1)
-            for half in range(2):  # gb:134
-                x = tx0 + g + 8 * half  # gb:135, (1, 32)
-                live = (y < H) & (x < W)  # gb:132, gb:136
-                dst = ((np.int64(tb) * H + y) * W + x) * KC + 2 * t  # gb:137
-                for i in range(8):  # gb:139
+        for mb in range(2):  # gb:132
+            y = ty0 + K.row(wg, wr, mb)  # gb:133, (warps, 1)
+            for half in range(2):  # gb:136
+                x = tx0 + g + 8 * half  # gb:137, (1, 32)
+                live = (y < H) & (x < W)  # gb:134, gb:138
+                dst = ((np.int64(tb) * H + y) * W + x) * KC + 2 * t  # gb:139
+                for i in range(8):  # gb:141
                     v0, v1 = acc_w[:, mb, :, 4 * i + 2 * half], acc_w[:, mb, :, 4 * i + 2 * half + 1]
-                    store_relu2(T, g_out, dst + i * 8, live, v0, v1, bias_r[:, :, i])  # gb:140
-        tile += grid_dim  # gb:87
+                    store_relu2(T, g_out, dst + i * 8, live, v0, v1, bias_r[:, :, i])  # gb:142
+        tile += grid_dim  # gb:88
         it += 1
-    cta.wait_group(0)  # gb:145
+    cta.wait_group(0)  # gb:147
     if cta.open:
         raise Hazard("cp.async copies issued but never committed")
 
 
 def launch_wgmma(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False):
-    """gb:188-195 -> :func:`launch_tiles`; ``variant`` = (stages, row reuse); weights packed as the direct
+    """gb:190-197 -> :func:`launch_tiles`; ``variant`` = (stages, row reuse); weights packed as the direct
     kernel's, (9, 64, 64)."""
     assert w_bits.shape == (TAPS, KC, KC)
     return launch_tiles(WgmmaTile(*variant), wgmma_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
@@ -1037,10 +1037,20 @@ def wgmma_ss(T, d, a, b):
     return D[rows, cols]
 
 
+def strip_variants_from_source(path: Path = CSRC / "wgmma_strip_body.cuh") -> list[tuple[bool, bool]]:
+    """The (LOADS_FIRST, SPLIT) schedule flags of ``VDSR_STRIP_VARIANTS``."""
+    text = path.read_text()
+    body = text[text.index("#define VDSR_STRIP_VARIANTS(X)") :].split("\n\n")[0]
+    body = re.sub(r"/\*.*?\*/", "", body)
+    return [(a == "true", b == "true") for a, b in re.findall(r"X\(\s*(true|false)\s*,\s*(true|false)\s*\)", body)]
+
+
 @dataclass(frozen=True)
 class StripTile:
-    """sb ``StripTile``."""
+    """sb ``StripTile``, with a variant's schedule flags (sb ``strip_step``)."""
 
+    loads_first: bool = False
+    split: bool = False
     threads: int = 256
     tile_w: int = 128
     tile_h: int = 2
@@ -1070,37 +1080,39 @@ def strip_load_rows(K: StripTile, cta: Cta, ring, g_in: Global, b, x0, h0, rows,
     cta.cp_async_16(ring + (h % K.ring) * K.halo_row_bytes + j * K.plane + px * 16, g_in, src, inside)
 
 
-def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, ring, h):
-    """sb ``strip_mma`` for both warpgroups: ``acc`` (2, 4, 32, 64) is set ``name``; ``h[wg]`` the halo row of
-    warpgroup wg's tap row 0."""
-    for q in groups:
-        q.write(name)
-    acc[:] = 0.0
+def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, ring, h, part=-1):
+    """sb ``strip_mma<T, PART>`` for both warpgroups: ``acc`` (2, 4, 32, 64) is set ``name``; ``h[wg]`` the halo
+    row of warpgroup wg's tap row 0; ``part`` -1 (all 36 wgmmas), 0 (the first 18, zeroing) or 1 (the rest)."""
+    if part != 1:
+        for q in groups:
+            q.write(name)
+        acc[:] = 0.0
     for q in groups:
         q.fence()
-    for ky in range(3):
-        for kx in range(3):
-            for kk in range(KC // 16):
-                desc_a = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * KC * ROW_BYTES + kk * 32)
-                a = wgmma_kmajor_from_smem(cta, T, desc_a, 64, groups)
-                for wg, q in enumerate(groups):
-                    row = ring + ((h[wg] + ky) % K.ring) * K.halo_row_bytes
-                    desc = wgmma_desc_interleave(row + 2 * kk * K.plane + kx * 16, K.plane, 128)
-                    q.mma(name)
-                    acc[wg] = wgmma_ss(T, acc[wg], a, wgmma_kmajor_from_smem(cta, T, desc, K.tile_w, [q]))
+    for step in range(18 if part == 1 else 0, 18 if part == 0 else 36):
+        ky, kx, kk = step // 12, (step // 4) % 3, step % 4
+        desc_a = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * KC * ROW_BYTES + kk * 32)
+        a = wgmma_kmajor_from_smem(cta, T, desc_a, 64, groups)
+        for wg, q in enumerate(groups):
+            row = ring + ((h[wg] + ky) % K.ring) * K.halo_row_bytes
+            desc = wgmma_desc_interleave(row + 2 * kk * K.plane + kx * 16, K.plane, 128)
+            q.mma(name)
+            acc[wg] = wgmma_ss(T, acc[wg], a, wgmma_kmajor_from_smem(cta, T, desc, K.tile_w, [q]))
     for q in groups:
         q.commit()
 
 
-def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Global, bias_r, b, y, x0, H, W):
-    """sb ``strip_epilogue`` for both warpgroups: ``y[wg]`` the row, ``stg[wg]`` the staging tile."""
+def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Global, bias_r, b, y, x0, H, W,
+                   part=-1):  # fmt: skip
+    """sb ``strip_epilogue<T, PART>`` for both warpgroups: ``y[wg]`` the row, ``stg[wg]`` the staging tile;
+    ``part`` -1 (all), 0 (the staging of pixels 0..63) or 1 (pixels 64..127, then the barrier and the stores)."""
     for q in groups:
         q.read(name)
     lane = LANE[None, None, :]
     wr = np.arange(4)[None, :, None]
     stg_ = np.asarray(stg, np.int64)[:, None, None]
     mat = lane >> 3
-    for i in range(0, 16, 2):
+    for i in range(8 if part == 1 else 0, 8 if part == 0 else 16, 2):
         v = np.zeros((2, 4, 32, 4), np.uint32)
         for m in range(4):
             e = 4 * (i + (m >> 1)) + 2 * (m & 1)
@@ -1108,6 +1120,8 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
             v[..., m] = pack2(T, relu_keep_nan(acc[..., e] + bb), relu_keep_nan(acc[..., e + 1] + bb))
         px = 8 * (i + (mat >> 1)) + (lane & 7)
         cta.stmatrix_x4_trans(stg_ + swz(px, 2 * wr + (mat & 1)), v)
+    if part == 0:
+        return
     for wg in range(2):  # named_barrier(1 + wg, 128)
         cta.named_barrier(stg[wg], stg[wg] + K.staging_bytes)
     tid = (np.arange(4)[:, None] * 32 + LANE[None, :])[None]  # threadIdx.x & 127, (1, 4 warps, 32)
@@ -1150,21 +1164,36 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
         strip_load_rows(K, cta, ring, g_in, b, x0, 2 * p0, 4, H, W)
         cta.commit()
 
-        def step(i, cur, prev, epi, p0=p0, b=b, x0=x0, cnt=cnt):  # sb strip_step (a segment: p0, b, x0, cnt)
-            p = p0 + i
-            cta.wait_group(0)
-            cta.fence_proxy_async()
-            cta.syncthreads()
-            strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, [2 * p + wg for wg in range(2)])
-            if epi:
-                for gq in groups:
-                    gq.wait(1)
-                rows = [2 * (p - 1) + wg for wg in range(2)]
-                strip_epilogue(K, T, cta, groups, acc[prev], prev, stg, g_out, bias_r, b, rows, x0, H, W)
+        def prefetch(i, p, b=b, x0=x0, cnt=cnt):  # sb strip_prefetch
             cta.syncthreads()
             if i + 1 < cnt:
                 strip_load_rows(K, cta, ring, g_in, b, x0, 2 * p + 4, 2, H, W)
             cta.commit()
+
+        def step(i, cur, prev, epi, p0=p0, b=b, x0=x0):  # sb strip_step (a segment: p0, b, x0, cnt)
+            p = p0 + i
+            h = [2 * p + wg for wg in range(2)]
+            rows = [2 * (p - 1) + wg for wg in range(2)]
+            cta.wait_group(0)
+            cta.fence_proxy_async()
+            cta.syncthreads()
+            strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, 0 if K.split else -1)
+            if epi:
+                for gq in groups:
+                    gq.wait(1)
+            if K.loads_first:
+                prefetch(i, p)
+            epi_args = (K, T, cta, groups, acc[prev], prev, stg, g_out, bias_r, b, rows, x0, H, W)
+            if epi and K.split:
+                strip_epilogue(*epi_args, part=0)
+                strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, 1)
+                strip_epilogue(*epi_args, part=1)
+            elif epi:
+                strip_epilogue(*epi_args)
+            elif K.split:
+                strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, 1)
+            if not K.loads_first:
+                prefetch(i, p)
 
         step(0, "acc0", "acc1", False)
         i = 1
@@ -1180,6 +1209,8 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
             name = "acc0"
         for gq in groups:
             gq.wait(0)
+        if K.loads_first:  # the step ended in its epilogue: order its staging reads before the last one's writes
+            cta.syncthreads()
         strip_epilogue(K, T, cta, groups, acc[name], name, stg, g_out, bias_r, b, last, x0, H, W)
         cta.syncthreads()
         q += cnt
@@ -1188,10 +1219,11 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
         raise Hazard("cp.async copies issued but never committed")
 
 
-def launch_strip(T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False, K=None):
-    """sb ``launch_strip`` -> :func:`launch_tiles` (tiles = pairs of rows of 128-pixel strips)."""
+def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False, K=None):
+    """sb ``launch_strip`` -> :func:`launch_tiles` (tiles = pairs of rows of 128-pixel strips); ``variant`` =
+    (LOADS_FIRST, SPLIT), or ``K`` a whole :class:`StripTile`."""
     assert w_bits.shape == (TAPS, KC, KC)
-    return launch_tiles(K or StripTile(), strip_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
+    return launch_tiles(K or StripTile(*variant), strip_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -353,11 +353,16 @@ def test_wgmma_detects_a_wrong_stride_offset(monkeypatch):
 
 
 # --- the wgmma strip kernel (variant 6) --------------------------------------------------------------
-def run_strip(dtype, size, **kw):
-    return run_body(None, dtype, size, launch=lambda _, T, x, w, b, **k: emu.launch_strip(T, x, w, b, **k), **kw)
+STRIP_VARIANTS = emu.strip_variants_from_source()
+STRIP_IDS = lambda v: ("loads-first" if v[0] else "loads-after") + ("-split" if v[1] else "")  # noqa: E731
+
+
+def run_strip(dtype, size, variant=(False, False), **kw):
+    return run_body(variant, dtype, size, launch=emu.launch_strip, **kw)
 
 
 def test_strip_tile_fits_hopper():
+    assert STRIP_VARIANTS == [(False, False), (True, False), (True, True)]
     K = emu.StripTile()
     assert K.smem_bytes == 207360 <= 227 * 1024  # csrc/README.md: 203 KB
     assert K.plane % 16 == 0 and (K.plane >> 4) < 2**14  # the descriptor's LBO field
@@ -417,18 +422,20 @@ def test_interleave_descriptor_reads_a_shifted_pixel_window():
 STRIP_SIZES = [(1, 5, 7), (2, 6, 130), (1, 9, 20), (3, 2, 1)]
 
 
+@pytest.mark.parametrize("variant", STRIP_VARIANTS, ids=STRIP_IDS)
 @pytest.mark.parametrize("resident", [1, 3, 1000])
 @pytest.mark.parametrize("size", STRIP_SIZES, ids=lambda s: "x".join(map(str, s)))
-def test_strip_fp16_matches_conv2d(size, resident):
+def test_strip_fp16_matches_conv2d(size, resident, variant):
     """Partial strips, two strips, odd heights, several images; 1, 3 or all CTAs (item ranges that cross
-    strips and images, segments of one item)."""
-    got, ref = run_strip(torch.float16, size, resident_ctas=resident)
-    check_close(got, ref, REL[torch.float16], f"strip fp16 {size} on {resident} CTAs")
+    strips and images, segments of one item); each schedule."""
+    got, ref = run_strip(torch.float16, size, variant, resident_ctas=resident)
+    check_close(got, ref, REL[torch.float16], f"strip {variant} fp16 {size} on {resident} CTAs")
 
 
-def test_strip_bf16_eager_copies():
-    got, ref = run_strip(torch.bfloat16, (2, 7, 131), resident_ctas=4, eager=True)
-    check_close(got, ref, REL[torch.bfloat16], "strip bf16")
+@pytest.mark.parametrize("variant", STRIP_VARIANTS, ids=STRIP_IDS)
+def test_strip_bf16_eager_copies(variant):
+    got, ref = run_strip(torch.bfloat16, (2, 7, 131), variant, resident_ctas=4, eager=True)
+    check_close(got, ref, REL[torch.bfloat16], f"strip {variant} bf16")
 
 
 @pytest.mark.parametrize(
@@ -463,8 +470,9 @@ def test_strip_detects(monkeypatch, bug, match):
         monkeypatch.setattr(emu, "strip_load_rows", load)
     else:
         K = emu.StripTile(ring=5)
-    with pytest.raises(emu.Hazard, match=match):
-        run_strip(torch.float16, (1, 9, 20), resident_ctas=1, K=K)
+    for variant in STRIP_VARIANTS:
+        with pytest.raises(emu.Hazard, match=match):
+            run_strip(torch.float16, (1, 9, 20), variant, resident_ctas=1, K=K and emu.StripTile(*variant, ring=5))
 
 
 def test_strip_detects_a_wrong_leading_offset(monkeypatch):
