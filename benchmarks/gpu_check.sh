@@ -22,6 +22,7 @@
 #   BENCH_ARGS="..."        extra bench_latency flags, e.g. "--compile" or "--sizes 1080p"
 #   VIDEO_CAP_S=90                                         vdsr-fast video throughput step
 #   SKIP_BUILD=1 SKIP_TESTS=1 SKIP_SANITIZER=1 SKIP_VIDEO=1  skip a step
+#   SKIP_PYBENCH=1, PYBENCH_CAP_S=45  benchmarks/test_bench_latency.py once with --benchmark-disable
 #   TIMING_GATE=FILE        before timing, wait for FILE (another job still using the GPU; gpu_session.sh)
 #   SKIP_BENCH=1            no latency benchmark (a follow-up call that has its results already)
 #   PYTEST_ARGS="..."       extra pytest arguments (e.g. --deselect a test that crashes the process)
@@ -56,7 +57,7 @@ fi
 # and so does the benchmark's .md (make_table.py renders the same tables from its JSON).
 pack_logs() {
   local f logs=()
-  for f in env.txt build.log canary.log canary.json pytest.log junit.xml sanitizer.log video.log bench.log layer_profile.log ncu.log crash_diag.log; do
+  for f in env.txt build.log canary.log canary.json pytest.log junit.xml pybench.log sanitizer.log video.log bench.log layer_profile.log ncu.log crash_diag.log; do
     if [[ -f "$OUT/$f" ]]; then logs+=("$f"); fi
   done
   for f in "$OUT"/*.md; do
@@ -175,6 +176,24 @@ if [[ -n "$CANARY_PID" ]]; then
   fi
   export VDSR_FAST_BROKEN
   SUMMARY+=("canaries: failed (skipped when timing): ${VDSR_FAST_BROKEN:-none}")
+fi
+
+# ---------------------------------------------------------------- 2b. the pytest-benchmark file, untimed
+# benchmarks/test_bench_latency.py (issue 6's regression-tracking tests) with --benchmark-disable: each test
+# checks its path against the reference and runs it once, so a GPU run proves the file works.
+if [[ "${SKIP_PYBENCH:-0}" != 1 ]]; then
+  T=$(share "${PYBENCH_CAP_S:-45}" $((BENCH_MIN + 20)))
+  if ((T >= 15)); then
+    log "pytest benchmarks/test_bench_latency.py --benchmark-disable (timeout ${T}s) -> $OUT/pybench.log"
+    BD=$("$PY" -c "import pytest_benchmark" 2>/dev/null && echo --benchmark-disable)  # (else the file skips)
+    # shellcheck disable=SC2086
+    timeout -s INT -k 10 "$T" "$PY" -m pytest benchmarks/test_bench_latency.py -q -rfE $BD \
+      -p no:cacheprovider >"$OUT/pybench.log" 2>&1
+    rc=$?
+    SUMMARY+=("pytest-benchmark file: rc=$rc ($(grep -E '(passed|failed|error)' "$OUT/pybench.log" | tail -n 1 || true))")
+  else
+    SUMMARY+=("pytest-benchmark file: skipped (no time left)")
+  fi
 fi
 
 # ---------------------------------------------------------------- 3. compute-sanitizer on the extension
