@@ -259,6 +259,13 @@ def test_wgmma_variant_table_fits_hopper():
         assert rows == list(range(16))
 
 
+def _d_elem(w, lane, e):
+    """(row, column) of accumulator element e of lane (g, t) of warp w in a warpgroup's wgmma D (PTX ISA
+    "wgmma D fragment": rows 16w + g (+8 for e % 4 >= 2), columns 8 (e // 4) + 2t (+1 for odd e))."""
+    g, t = lane // 4, lane % 4
+    return 16 * w + g + 8 * ((e >> 1) & 1), 8 * (e // 4) + 2 * t + (e & 1)
+
+
 def test_wgmma_fragments_against_a_scalar_transcription_of_the_ptx_tables():
     """The warpgroup A/D fragments: warp w, lane (g, t), A register r / D element e (PTX ISA tables)."""
     rng = np.random.default_rng(1)
@@ -274,14 +281,13 @@ def test_wgmma_fragments_against_a_scalar_transcription_of_the_ptx_tables():
             for reg, (r, k) in enumerate([(g, 2 * t), (g + 8, 2 * t), (g, 2 * t + 8), (g + 8, 2 * t + 8)]):
                 a[w, lane, reg] = int(emu.pack2(T, A[16 * w + r, k], A[16 * w + r, k + 1]))
             for e in range(32):
-                d[w, lane, e] = C[16 * w + g + 8 * ((e >> 1) & 1), 8 * (e // 4) + 2 * t + (e & 1)]
+                d[w, lane, e] = C[_d_elem(w, lane, e)]
     out = emu.wgmma_m64n64k16(T, d, a, B)
     D = (A.astype(np.float64) @ B + C).astype(np.float32)
     for w in range(4):
         for lane in range(32):
-            g, t = lane // 4, lane % 4
             for e in range(32):
-                assert out[w, lane, e] == D[16 * w + g + 8 * ((e >> 1) & 1), 8 * (e // 4) + 2 * t + (e & 1)]
+                assert out[w, lane, e] == D[_d_elem(w, lane, e)]
 
 
 def test_wgmma_descriptor_reads_the_swizzled_weight_rows():
@@ -378,16 +384,14 @@ def test_wgmma_ss_fragments_against_a_scalar_transcription_of_the_ptx_table():
     d = np.zeros((4, 32, 64), np.float32)
     for w in range(4):
         for lane in range(32):
-            g, t = lane // 4, lane % 4
             for e in range(64):
-                d[w, lane, e] = C[16 * w + g + 8 * ((e >> 1) & 1), 8 * (e // 4) + 2 * t + (e & 1)]
+                d[w, lane, e] = C[_d_elem(w, lane, e)]
     out = emu.wgmma_ss(emu.Half, d, A, B)
     D = (A.T @ B + C).astype(np.float32)
     for w in range(4):
         for lane in range(32):
-            g, t = lane // 4, lane % 4
             for e in range(64):
-                assert out[w, lane, e] == D[16 * w + g + 8 * ((e >> 1) & 1), 8 * (e // 4) + 2 * t + (e & 1)]
+                assert out[w, lane, e] == D[_d_elem(w, lane, e)]
 
 
 def test_stmatrix_trans_against_a_scalar_transcription():
@@ -403,39 +407,29 @@ def test_stmatrix_trans_against_a_scalar_transcription():
             assert list(got) == [halves[4 * c + r // 2, i, r % 2] for c in range(8)]
 
 
-def test_interleave_descriptor_reads_a_shifted_pixel_window():
-    """B of tap (., kx), channels 16kk..: pixels kx .. kx+127 of a halo row in 8 chunk planes, any 16-byte start."""
+@pytest.mark.parametrize("sw128", [False, True], ids=["planes", "sw128"])
+def test_descriptor_reads_a_shifted_pixel_window(sw128):
+    """B of tap (., kx), channels 16kk..: pixels kx .. kx+127 of a halo row. Variants 6-8: 8 chunk planes, no
+    swizzle, any 16-byte start; variant 9: 128-byte-swizzled pixel rows, the window kx rows into an atom,
+    described by the base offset (without it: flagged)."""
     T = emu.Half
-    K = emu.StripTile()
-    cta = emu.Cta(2 * K.halo_row_bytes + 1024, T.poison, eager=True, base=128)
-    x = np.random.default_rng(4).integers(0, 0x3C00, (1, 1, K.halo_w - 2, 64)).astype(np.uint16)
-    emu.strip_load_rows(K, cta, 128, emu.Global("in", x), 0, 0, 1, 1, 1, K.halo_w - 2)  # halo row 1: slot 1
-    cta.commit(), cta.wait_group(0), cta.fence_proxy_async(), cta.syncthreads()
-    padded = np.zeros((K.halo_w, 64), np.uint16)
-    padded[1:-1] = x[0, 0]
-    slot = 128 + K.halo_row_bytes
-    for kx, kk in [(0, 0), (1, 2), (2, 3)]:
-        desc = emu.wgmma_desc_interleave(slot + 2 * kk * K.plane + kx * 16, K.plane, 128)
-        b = emu.wgmma_kmajor_from_smem(cta, T, desc, 128)
-        np.testing.assert_array_equal(b, T.to_float(padded[kx : kx + 128, 16 * kk : 16 * kk + 16]).T)
-
-
-def test_sw128_descriptor_with_base_offset_reads_a_shifted_pixel_window():
-    """Variant 9's B: pixel rows in the 128-byte swizzle, a window kx rows into an atom, base offset kx."""
-    T = emu.Half
-    K = emu.StripTile(sw128=True)
+    K = emu.StripTile(sw128=sw128)
     cta = emu.Cta(2 * K.slot_bytes + 2048, T.poison, eager=True, base=1024)
-    x = np.random.default_rng(5).integers(0, 0x3C00, (1, 1, K.halo_w - 2, 64)).astype(np.uint16)
+    x = np.random.default_rng(4).integers(0, 0x3C00, (1, 1, K.halo_w - 2, 64)).astype(np.uint16)
     emu.strip_load_rows(K, cta, 1024, emu.Global("in", x), 0, 0, 1, 1, 1, K.halo_w - 2)  # halo row 1: slot 1
     cta.commit(), cta.wait_group(0), cta.fence_proxy_async(), cta.syncthreads()
     padded = np.zeros((K.halo_w, 64), np.uint16)
     padded[1:-1] = x[0, 0]
     slot = 1024 + K.slot_bytes
     for kx, kk in [(0, 0), (1, 2), (2, 3)]:
-        start = slot + kx * emu.ROW_BYTES + kk * 32
-        b = emu.wgmma_kmajor_from_smem(cta, T, emu.wgmma_desc_sw128_at(start), 128)
+        if sw128:
+            start = slot + kx * emu.ROW_BYTES + kk * 32
+            desc = emu.wgmma_desc_sw128_at(start)
+        else:
+            desc = emu.wgmma_desc_interleave(slot + 2 * kk * K.plane + kx * 16, K.plane, 128)
+        b = emu.wgmma_kmajor_from_smem(cta, T, desc, 128)
         np.testing.assert_array_equal(b, T.to_float(padded[kx : kx + 128, 16 * kk : 16 * kk + 16]).T)
-        if kx:
+        if sw128 and kx:
             with pytest.raises(emu.Hazard, match="without the matching base offset"):
                 emu.wgmma_kmajor_from_smem(cta, T, emu.wgmma_desc_sw128(start), 128)
 

@@ -40,6 +40,19 @@ STORAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
+def _tap_step(step, K_STEPS: tl.constexpr, BLOCK_K: tl.constexpr, oh, ow, m_ok, H, W):
+    """Step ``step`` of the flat (tap, channel block) K loop: (tap, first channel k0, row and column offsets
+    dh, dw, and which output pixels' tap pixel is inside the image)."""
+    tap = step // K_STEPS
+    k0 = (step % K_STEPS) * BLOCK_K
+    dh = tap // 3 - 1
+    dw = tap % 3 - 1
+    ih = oh + dh
+    iw = ow + dw
+    return tap, k0, dh, dw, m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+
+
+@triton.jit
 def _conv3x3_kernel(
     x_ptr,  # body: activations (N, H, W, C_IN), any strides (NHWC-contiguous in the engine); head: Y plane (N, H, W)
     w_ptr,  # packed weights (C_OUT, 9 * C_IN), K contiguous, k = (kh * 3 + kw) * C_IN + ci; storage dtype
@@ -161,13 +174,8 @@ def _conv3x3_kernel(
         wt_base = w_ptr + offs_n[:, None] * (9 * C_IN) + offs_k[None, :]
         acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for step in range(9 * K_STEPS_S):
-            tap = step // K_STEPS_S
-            k0 = (step % K_STEPS_S) * BLOCK_K
-            dh = tap // 3 - 1
-            dw = tap % 3 - 1
-            ih = oh + dh
-            iw = ow + dw
-            x_mask = (m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[None, :]
+            tap, k0, dh, dw, ok = _tap_step(step, K_STEPS_S, BLOCK_K, oh, ow, m_ok, H, W)
+            x_mask = ok[None, :]
             if C_IN % BLOCK_K != 0:
                 x_mask = x_mask & ((k0 + offs_k) < C_IN)[:, None]
             xt = tl.load(xt_base + (dh * stride_xh + dw * stride_xw + k0 * stride_xc), mask=x_mask, other=0.0)
@@ -186,13 +194,8 @@ def _conv3x3_kernel(
         a_base = (x_img + oh * stride_xh + ow * stride_xw)[:, None] + offs_k[None, :] * stride_xc
         w_base = w_ptr + offs_n[None, :] * (9 * C_IN) + offs_k[:, None]
         for step in range(9 * K_STEPS):
-            tap = step // K_STEPS
-            k0 = (step % K_STEPS) * BLOCK_K
-            dh = tap // 3 - 1
-            dw = tap % 3 - 1
-            ih = oh + dh
-            iw = ow + dw
-            a_mask = (m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None]
+            tap, k0, dh, dw, ok = _tap_step(step, K_STEPS, BLOCK_K, oh, ow, m_ok, H, W)
+            a_mask = ok[:, None]
             if not EVEN_K:
                 a_mask = a_mask & ((k0 + offs_k) < C_IN)[None, :]
             a = tl.load(a_base + (dh * stride_xh + dw * stride_xw + k0 * stride_xc), mask=a_mask, other=0.0)
