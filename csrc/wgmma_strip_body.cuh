@@ -1,6 +1,8 @@
 // conv3x3 (64 -> 64) + bias + ReLU on Hopper's wgmma with the implicit GEMM turned around: M = the 64
 // out channels (the weights, operand A), N = 128 output pixels of one image row (the activations, operand
-// B), K = 9 taps x 64 in channels.  Both operands by shared-memory descriptor: body variant 6 (sm_90a).
+// B), K = 9 taps x 64 in channels.  Both operands by shared-memory descriptor: body variants 6-9 (sm_90a;
+// 6 is the one described here and the default on Hopper; 7-9 change the schedule or the pixel-row layout,
+// see VDSR_STRIP_VARIANTS and strip_step).
 //
 // Why: the m64n64k16 kernels (wgmma_body.cuh) feed 64 pixels x 64 channels per instruction and take A
 // through ldmatrix: 2 KB of A + 2 KB of B per 64K multiply-adds (1/16 byte each) plus the ldmatrix
@@ -31,7 +33,8 @@
 //   * Per item two CTA barriers: (A) the item's halo rows have landed (cp.async wait, then
 //     fence.proxy.async: cp.async writes through the generic proxy, wgmma reads through the async one);
 //     (D) after both warpgroups waited for the previous item's wgmmas, its 2 exclusive rows are free:
-//     the next item's 2 rows are loaded into them (cp.async), landing while this item's wgmmas run.
+//     the next item's 2 rows are loaded into them (cp.async), landing while this item's wgmmas run
+//     (variant 6: after the epilogue; 7 and 8: before it).
 
 #pragma once
 
