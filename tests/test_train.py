@@ -37,6 +37,10 @@ def test_patch_sampler_is_aligned_and_seeded(tmp_path):
     x, y = PatchSampler(pairs, 8, torch.Generator().manual_seed(1)).batch(40)
     x2, y2 = PatchSampler(pairs, 8, torch.Generator().manual_seed(1)).batch(40)
     assert x.shape == y.shape == (40, 1, 8, 8) and torch.equal(x, x2) and torch.equal(y, y2)
+    # Drawn 4 batches at a time (one host-to-device copy): the same draws as one batch of 40, split.
+    chunked = PatchSampler(pairs, 8, torch.Generator().manual_seed(1), chunk=4)
+    parts = [chunked.batch(10) for _ in range(4)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
 
     def views(t):  # the 8 flips/rotations of a patch, flattened: (8, 64)
         return torch.stack([torch.rot90(v, k) for v in (t, t.t()) for k in range(4)]).reshape(8, -1)

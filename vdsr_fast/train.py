@@ -145,10 +145,14 @@ class PatchSampler:
     Every image is flattened into one buffer on ``device`` and a batch is two gathers with one index
     tensor (image offset + crop position + one of the 8 flips/rotations), so sampling costs a few
     kernel launches on a GPU instead of a Python loop over patches. The random draws come from the
-    CPU ``generator`` (its state is what a checkpoint saves).
+    CPU ``generator`` (its state is what a checkpoint saves), ``chunk`` batches at a time: one host-to-device
+    copy per chunk (from pinned memory on a GPU, asynchronous), because a copy from pageable memory waits
+    for every kernel queued before it and so would stop the host from running ahead of the GPU each step.
+    A checkpoint taken between chunks (a step count that ``chunk`` divides) resumes exactly.
     """
 
-    def __init__(self, pairs, patch: int, generator: torch.Generator, device: torch.device | str = "cpu") -> None:
+    def __init__(self, pairs, patch: int, generator: torch.Generator, device: torch.device | str = "cpu",
+                 chunk: int = 1) -> None:  # fmt: skip
         pairs = [p for p in pairs if min(p[0].shape) >= patch]
         if not pairs:
             raise ValueError(f"no training image is at least {patch}x{patch}")
@@ -172,15 +176,28 @@ class PatchSampler:
         self.src_row, self.src_col = table // patch, table % patch
         # The draws need h and w on the CPU (with the generator); the index math runs on the device.
         self.offset_dev, self.w_dev = self.offset.to(self.device), self.w.to(self.device)
+        self.chunk = max(1, int(chunk))
+        self._drawn: list[torch.Tensor] = []  # (4, n) device tensors of this chunk's remaining batches
+
+    def _draw(self, n: int) -> None:
+        """The next ``chunk`` batches' (image, flip/rotation, top, left) draws, copied to the device at once."""
+        p, m = self.patch, n * self.chunk
+        idx = torch.multinomial(self.prob, m, replacement=True, generator=self.g)
+        aug = torch.randint(0, 8, (m,), generator=self.g)
+        top = (torch.rand(m, generator=self.g, dtype=torch.float64) * (self.h[idx] - p + 1)).long()
+        left = (torch.rand(m, generator=self.g, dtype=torch.float64) * (self.w[idx] - p + 1)).long()
+        draws = torch.stack([idx, aug, top, left])  # 4 x m values, not m x p x p
+        if self.device.type == "cuda":
+            draws = draws.pin_memory().to(self.device, non_blocking=True)
+        else:
+            draws = draws.to(self.device)
+        self._drawn = list(draws.split(n, dim=1))
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input, target)``, each ``(n, 1, patch, patch)`` float32 on the sampler's device."""
-        p = self.patch
-        idx = torch.multinomial(self.prob, n, replacement=True, generator=self.g)
-        aug = torch.randint(0, 8, (n,), generator=self.g)
-        top = (torch.rand(n, generator=self.g, dtype=torch.float64) * (self.h[idx] - p + 1)).long()
-        left = (torch.rand(n, generator=self.g, dtype=torch.float64) * (self.w[idx] - p + 1)).long()
-        idx, aug, top, left = (t.to(self.device) for t in (idx, aug, top, left))  # 4 x n values, not n x p x p
+        if not self._drawn or self._drawn[0].shape[1] != n:
+            self._draw(n)
+        idx, aug, top, left = self._drawn.pop(0)
         rows = top[:, None, None] + self.src_row[aug]
         cols = left[:, None, None] + self.src_col[aug]
         flat = self.offset_dev[idx][:, None, None] + rows * self.w_dev[idx][:, None, None] + cols
@@ -284,7 +301,8 @@ def train(
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     pairs, _ = build_pairs(load_train_y(cfg.data, cfg.cache, progress), cfg.scales, cfg.downsizes, progress, device)
-    sampler = PatchSampler(pairs, cfg.patch, gen, device)
+    # Draws for up to 100 steps per host-to-device copy, in chunks that end at every checkpoint (exact resume).
+    sampler = PatchSampler(pairs, cfg.patch, gen, device, chunk=math.gcd(cfg.ckpt_every, 100))
     loss_fn = F.mse_loss if cfg.loss == "mse" else F.l1_loss
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
