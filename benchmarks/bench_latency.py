@@ -685,7 +685,10 @@ def environment(device: torch.device, smoke: bool) -> tuple[dict, dict]:
         "cudnn": _cudnn_version() if device.type == "cuda" else None,
         "triton": triton_v,
         "vdsr_fast": vdsr_v,
-        "git_commit": _cmd(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short=12", "HEAD"]),
+        # VDSR_FAST_GIT_COMMIT: the commit as the caller knows it (a device machine's copy of the tree may carry
+        # a stale .git: run 5's JSON named the session's first commit)
+        "git_commit": os.environ.get("VDSR_FAST_GIT_COMMIT")
+        or _cmd(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short=12", "HEAD"]),
         "cuda_extension_built": _has_cuda_extension(),
     }
     return dev, versions

@@ -198,3 +198,13 @@ def test_gpu_check_script_reaches_each_enabled_step(tmp_path):
     assert "unbound variable" not in proc.stdout + proc.stderr
     summary = proc.stdout[proc.stdout.index("] summary") :]
     assert "layer profile: rc=" in summary and "rc=skipped" not in summary, summary
+
+
+def test_ncu_workload_refuses_without_a_gpu(capsys):
+    """benchmarks/ncu_body.py (gpu_check.sh's NCU=1 workload) imports and says why it cannot run here."""
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU it runs the kernels (gpu_check.sh NCU=1)")
+    from benchmarks import ncu_body
+
+    assert ncu_body.main(["--variants", "6"]) == 1
+    assert "needs a CUDA GPU" in capsys.readouterr().out
