@@ -488,7 +488,7 @@ def _engine(backend: str, dtype: torch.dtype, body: str = ""):
 
         if not body:
             return Engine(model, backend=backend, dtype=dtype, device=device), ""
-        opts = _alternative_opts(body, dtype, model)
+        opts = alternative_opts(body, dtype, model)
         if why := broken(backend, opts):
             raise RuntimeError(why)
         return Engine(model, backend=backend, dtype=dtype, device=device, **opts), f"not the default; {opts}"
@@ -496,8 +496,8 @@ def _engine(backend: str, dtype: torch.dtype, body: str = ""):
     return build
 
 
-def _alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
-    """The engine options of an alternative path of :func:`_engine`."""
+def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
+    """The engine options of an alternative of :func:`alternatives` (also the layer profile's network rows)."""
     if body == "unfused_tail":
         return {"fuse_tail": False}
     if body.startswith("v"):
@@ -515,7 +515,7 @@ def _alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
     return {"body_config": winograd_config(model.channels, model.channels, dtype)}
 
 
-def _alternatives(name: str, device: torch.device) -> dict[str, str]:
+def alternatives(name: str, device: torch.device) -> dict[str, str]:
     """{body: label} of the alternatives to time beside a backend's defaults: for CUDA every body variant but
     the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2); for Triton the Winograd
     SWAP and TMA bodies and the unfused tail."""
@@ -585,8 +585,8 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
                 f"engine_{name}_{dname}", f"engine {name}", dname, torch.float32, False, _engine(name, dtype), reason
             )
             paths.append(spec)
-            alternatives = _alternatives(name, device) if reason is None and dtype != torch.float32 else {}
-            for body, label in alternatives.items():  # the kernels that are not (or no longer) the defaults
+            others = alternatives(name, device) if reason is None and dtype != torch.float32 else {}
+            for body, label in others.items():  # the kernels that are not (or no longer) the defaults
                 paths.append(PathSpec(f"engine_{name}_{body}_{dname}", f"engine {name} {label}", dname,
                                       torch.float32, False, _engine(name, dtype, body), reason))  # fmt: skip
     paths += [

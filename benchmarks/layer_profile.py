@@ -49,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("layer_profile needs a CUDA GPU")
-    from benchmarks.bench_latency import BenchConfig, _cudnn_relu_op, matmul_peak, time_callable
+    from benchmarks.bench_latency import (
+        BenchConfig,
+        _cudnn_relu_op,
+        alternative_opts,
+        alternatives,
+        matmul_peak,
+        time_callable,
+    )
     from benchmarks.canary import broken
     from vdsr_fast import VDSR, Engine
     from vdsr_fast.kernels.triton import conv3x3 as tconv
@@ -214,17 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                                                              stream()), fl_tail)  # fmt: skip
     fl_net = flops_per_pixel(model.depth, model.channels) * n * ht * wd
     with torch.inference_mode():
+        # each backend's defaults, then the alternatives the latency benchmark times (one list: bench_latency)
         nets = [("cuda", "cuda", {}), ("triton", "triton", {})]
-        if ext is not None:  # every body variant but the automatic one and the direct kernel's fallbacks (1, 2)
-            kind = lambda v: "Winograd" if v["winograd"] else "wgmma" if v["wgmma"] else "mma.sync"  # noqa: E731
-            nets += [(f"cuda variant {v['id']} ({kind(v)})", "cuda", {"body_variant": v["id"]})
-                     for v in ext.body_variants() if v["id"] != auto and (v["winograd"] or v["wgmma"] or v["id"] == 0)]  # fmt: skip
+        for backend in ("cuda", "triton") if ext is not None else ("triton",):
+            nets += [(f"{backend} {label}", backend, alternative_opts(body, dt, model))
+                     for body, label in alternatives(backend, dev).items()]  # fmt: skip
         wino = twino.winograd_config(C, C, dt)
-        nets += [("triton Winograd body", "triton", {"body_config": wino}),
-                 ("triton swapped body", "triton", {"body_config": swap_default}),
-                 ("triton TMA body", "triton", {"body_config": tma_default}),
-                 ("triton, tail not fused", "triton", {"fuse_tail": False}),
-                 ("triton Winograd body, tail not fused", "triton", {"body_config": wino, "fuse_tail": False})]  # fmt: skip
+        nets.append(("triton Winograd body, tail not fused", "triton", {"body_config": wino, "fuse_tail": False}))
         for label, backend, opts in nets:
             if why := broken(backend, opts):
                 print(f"engine {label}: {why}")
