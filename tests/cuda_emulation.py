@@ -278,6 +278,12 @@ class Cta:
         if np.any(self.generic[chunk]):
             raise Hazard(f"{what} reads shared memory written through the generic proxy without fence.proxy.async")
 
+    def exit(self):
+        """The kernel's final ``cp_async_wait<0>()`` before the CTA exits; every copy must have been committed."""
+        self.wait_group(0)
+        if self.open:
+            raise Hazard("cp.async copies issued but never committed")
+
     def _check_read(self, chunk, what):
         """A read of shared chunks: written, completed and made visible by a barrier; records the read."""
         state = self.ready[chunk]
@@ -615,9 +621,7 @@ def body_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_
                     store_relu2(T, g_out, dst + k * 8, live, v0, v1, bias_r[:, :, k])  # cuh:285
         tile += grid_dim  # cuh:226
         it += 1
-    cta.wait_group(0)  # cuh:291
-    if cta.open:
-        raise Hazard("cp.async copies issued but never committed")
+    cta.exit()  # cuh:291
 
 
 def launch_body(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False):
@@ -767,9 +771,7 @@ def winograd_kernel_cta(K, T, g_in, g_out, g_u, g_bias, H, W, tiles_x, tiles_y, 
                         store_relu2(T, g_out, dst + k * 8, live, v0, v1, bias_r[:, :, k])  # wb:256
         tile += grid_dim  # wb:172
         it += 1
-    cta.wait_group(0)  # wb:262
-    if cta.open:
-        raise Hazard("cp.async copies issued but never committed")
+    cta.exit()  # wb:262
 
 
 def launch_winograd(stages, T, x_bits, u_bits, bias, *, resident_ctas=132, eager=False):
@@ -963,9 +965,7 @@ def wgmma_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
                     store_relu2(T, g_out, dst + i * 8, live, v0, v1, bias_r[:, :, i])  # gb:142
         tile += grid_dim  # gb:88
         it += 1
-    cta.wait_group(0)  # gb:147
-    if cta.open:
-        raise Hazard("cp.async copies issued but never committed")
+    cta.exit()  # gb:147
 
 
 def launch_wgmma(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False):
@@ -1235,9 +1235,7 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
         strip_epilogue(K, T, cta, groups, acc[name], name, stg, g_out, bias_r, b, last, x0, H, W)
         cta.syncthreads()
         q += cnt
-    cta.wait_group(0)
-    if cta.open:
-        raise Hazard("cp.async copies issued but never committed")
+    cta.exit()
 
 
 def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False, K=None):
