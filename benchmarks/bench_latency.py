@@ -480,7 +480,7 @@ def _build_compile(model: VDSR, device: torch.device):
 def _engine(backend: str, dtype: torch.dtype, body: str = ""):
     """An engine with its default kernels, or with an alternative that is not the default: ``body="winograd"``
     (Triton's Winograd body), ``"swap"`` (Triton's SWAP body: channels as the GEMM's M), ``"tma"`` (Triton's
-    tensor-descriptor body), ``"unfused_tail"``
+    tensor-descriptor body), ``"direct"`` (Triton's direct body, where TMA is the default), ``"unfused_tail"``
     (Triton: the tail as its own kernel) or ``"v<id>"`` (CUDA body variant ``id``)."""
 
     def build(model: VDSR, device: torch.device):
@@ -510,6 +510,10 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
         from vdsr_fast.kernels.triton.conv3x3_tma import tma_config
 
         return {"body_config": tma_config(dtype)}
+    if body == "direct":
+        from vdsr_fast.kernels.triton.conv3x3 import conv3x3_config
+
+        return {"body_config": conv3x3_config(model.channels, model.channels, dtype)}
     from vdsr_fast.kernels.triton.winograd import winograd_config
 
     return {"body_config": winograd_config(model.channels, model.channels, dtype)}
@@ -518,9 +522,13 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
 def alternatives(name: str, device: torch.device) -> dict[str, str]:
     """{body: label} of the alternatives to time beside a backend's defaults: for CUDA every body variant but
     the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2); for Triton the Winograd
-    SWAP and TMA bodies and the unfused tail."""
+    SWAP bodies, the TMA body or (where that is the default: Hopper) the direct body, and the unfused tail."""
     if name == "triton":
-        return {"winograd": "Winograd body", "swap": "swapped body", "tma": "TMA body", "unfused_tail": "tail not fused"}
+        from vdsr_fast.kernels.triton.backend import default_body_config
+
+        tma = default_body_config(device, torch.float16, 64) is not None
+        other = {"direct": "direct body"} if tma else {"tma": "TMA body"}
+        return {"winograd": "Winograd body", "swap": "swapped body", **other, "unfused_tail": "tail not fused"}
     if name != "cuda":
         return {}
     from vdsr_fast.kernels.cuda import load_extension

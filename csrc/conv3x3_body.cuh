@@ -304,16 +304,19 @@ using TileKernel = void (*)(const T*, T*, const T*, const float*, int, int, int,
 
 // Launch a persistent tile kernel described by K: K::kThreads, K::kTileH x K::kTileW pixels per tile,
 // K::kSmemBytes.
+// Every kernel's launcher owns one ResidentCtas table (a static of its own instantiation).
+using ResidentCtas = int[kMaxDevices];
+
 template <typename K, typename T>
-void launch_persistent(TileKernel<T> kernel, const void* in, void* out, const void* w, const float* b, int n, int h,
-                       int w_, int device, cudaStream_t stream) {
+void launch_persistent(TileKernel<T> kernel, ResidentCtas& resident_ctas, const void* in, void* out, const void* w,
+                       const float* b, int n, int h, int w_, int device, cudaStream_t stream) {
   check_device_index(device);
   // Once per device and kernel (the module is called with the GIL held, so no race): opt in to
   // > 48 KB of dynamic shared memory (a per-function, per-context attribute) and compute how many
-  // CTAs fit on the GPU at once -- the persistent grid size.  Cached (one table per template
-  // instantiation, i.e. per kernel) so that a forward pass makes no host-side CUDA queries (cheap
-  // launches, and nothing but launches inside a graph capture).
-  static int resident_ctas[kMaxDevices] = {};
+  // CTAs fit on the GPU at once -- the persistent grid size.  Cached in the kernel's own table (the
+  // caller's: kernels that share a tile shape K, like strip variants 6-8, must not share it -- run 6 on an
+  // H200 launched variant 7 after 6 with 6's cache and no opt-in: 'invalid argument') so that a forward pass
+  // makes no host-side CUDA queries (cheap launches, and nothing but launches inside a graph capture).
   if (resident_ctas[device] == 0) {
     VDSR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes));
     int sms = 0;
@@ -344,8 +347,9 @@ void launch_persistent(TileKernel<T> kernel, const void* in, void* out, const vo
 template <typename T, int WARPS_M, int WARPS_N, int MI, int STAGES>
 void launch_variant(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
                     cudaStream_t stream) {
+  static ResidentCtas resident = {};
   launch_persistent<BodyTile<WARPS_M, WARPS_N, MI, STAGES>, T>(conv3x3_body_kernel<T, WARPS_M, WARPS_N, MI, STAGES>,
-                                                               in, out, w, b, n, h, w_, device, stream);
+                                                               resident, in, out, w, b, n, h, w_, device, stream);
 }
 
 // The variants: (warps along M, warps along N, tile rows per warp, pipeline stages).  Index = variant id.

@@ -197,8 +197,9 @@ void launch_wgmma(const void* in, void* out, const void* w, const float* b, int 
                   cudaStream_t stream) {
   check_device_index(device);
   check_sm90a_image(conv3x3_wgmma_kernel<T, STAGES, ROW_REUSE>, device);
-  launch_persistent<WgmmaTile<STAGES, ROW_REUSE>, T>(conv3x3_wgmma_kernel<T, STAGES, ROW_REUSE>, in, out, w, b, n,
-                                                     h, w_, device, stream);
+  static ResidentCtas resident = {};
+  launch_persistent<WgmmaTile<STAGES, ROW_REUSE>, T>(conv3x3_wgmma_kernel<T, STAGES, ROW_REUSE>, resident, in, out, w,
+                                                     b, n, h, w_, device, stream);
 }
 
 }  // namespace body

@@ -306,8 +306,9 @@ void launch_strip(const void* in, void* out, const void* w, const float* b, int 
                   cudaStream_t stream) {
   check_device_index(device);
   check_sm90a_image(conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, SW128>, device);
-  launch_persistent<StripSlots<SW128>, T>(conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, SW128>, in, out, w, b, n, h,
-                                          w_, device, stream);
+  static ResidentCtas resident = {};
+  launch_persistent<StripSlots<SW128>, T>(conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, SW128>, resident, in, out, w, b,
+                                          n, h, w_, device, stream);
 }
 
 }  // namespace body

@@ -30,6 +30,7 @@ from .conv3x3 import (
     _conv3x3_kernel,
     conv3x3_bias_relu,
     conv3x3_bias_relu_tail_partials,
+    conv3x3_config,
     conv3x3_head,
     pack_conv3x3_weight,
     pack_tail_partials_weight,
@@ -125,6 +126,21 @@ def _(z: torch.Tensor, b: torch.Tensor, y: torch.Tensor, clamp: bool) -> torch.T
     return y.new_empty(y.shape)
 
 
+def default_body_config(device: torch.device, dtype: torch.dtype, channels: int) -> TmaConfig | None:
+    """The body kernel a backend uses when ``body_config`` is None: on a CUDA GPU with TMA (compute capability
+    9.0+) in fp16/bf16 the tensor-descriptor kernel with :func:`tma_config` (timed fastest on an H200: 0.367
+    against the direct kernel's 0.477 ms per 1080p layer, benchmarks/results run 6); elsewhere (older GPUs, fp32,
+    the interpreter, channel counts TMA cannot take) None, i.e. the direct kernel's ``conv3x3_config`` heuristic."""
+    device = torch.device(device)
+    if device.type != "cuda" or dtype == torch.float32 or _interpreted():
+        return None
+    if torch.cuda.get_device_capability(device)[0] < 9:
+        return None
+    cfg = tma_config(dtype)
+    probe = torch.empty((1, 1, 1, channels), dtype=dtype)  # channel count and stride rules only
+    return None if tma_unsupported(probe, channels, channels, cfg.block_k) else cfg
+
+
 def _interpreted() -> bool:
     """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
     return type(_conv3x3_kernel).__name__ == "InterpretedFunction"
@@ -142,11 +158,12 @@ class TritonBackend(PingPongBuffers):
         max_cached_shapes: how many input shapes keep a captured CUDA graph, LRU (the activation
             buffers are one pair, sized for the largest shape seen).
         body_config: block sizes of the 64->64 layers (e.g. one of ``conv3x3.body_config_candidates``);
-            default the ``conv3x3_config`` heuristic. Used by the eager and CUDA-graph paths. A
+            default :func:`default_body_config` (the TMA body on Hopper in fp16/bf16, else the direct kernel's
+            ``conv3x3_config`` heuristic). Used by the eager and CUDA-graph paths. A
             :class:`~vdsr_fast.kernels.triton.winograd.WinogradConfig` selects the experimental Winograd
             F(2x2, 3x3) body kernel instead (weights packed as G g G^T; every path, torch.compile too).
-            A :class:`~vdsr_fast.kernels.triton.conv3x3_tma.TmaConfig` selects the experimental tensor-descriptor
-            (TMA) body kernel (channels a power of two >= 16; every path, torch.compile too, with its default tile).
+            A :class:`~vdsr_fast.kernels.triton.conv3x3_tma.TmaConfig` selects the tensor-descriptor (TMA) body
+            kernel (channels a power of two >= 16; every path, torch.compile too, with its default tile).
         fuse_tail: fuse the tail's conv into the last body layer (default; 3% faster on an H200): that layer
             writes 9 fp32 partial sums per pixel instead of its activation and a gather kernel adds the
             neighbours' partials, the bias and the residual (``conv3x3_bias_relu_tail_partials`` +
@@ -183,9 +200,13 @@ class TritonBackend(PingPongBuffers):
         (``Engine(tune=True)`` times them)."""
         cfg = winograd_config(model.channels, model.channels, dtype)
         swap, tma = swap_configs(dtype)[0], tma_config(dtype)
+        if default_body_config(device, dtype, model.channels) is None:
+            other = (f"TMA body {tma}", {"body_config": tma})
+        else:  # the TMA body is the default here: the direct kernel is the alternative
+            direct = conv3x3_config(model.channels, model.channels, dtype)
+            other = (f"direct body {direct}", {"body_config": direct})
         return [(f"Winograd body {cfg}", {"body_config": cfg}), (f"swapped body {swap}", {"body_config": swap}),
-                (f"TMA body {tma}", {"body_config": tma}),
-                ("tail not fused", {"fuse_tail": False}),
+                other, ("tail not fused", {"fuse_tail": False}),
                 (f"Winograd body {cfg}, tail not fused", {"body_config": cfg, "fuse_tail": False})]  # fmt: skip
 
     def __init__(
@@ -216,6 +237,8 @@ class TritonBackend(PingPongBuffers):
         # In-image offsets are 32-bit in the kernels (conv3x3._check_size): upscale() tiles within these.
         self.max_pixels, self.max_batch_pixels = (2**31 - 1) // c, 2**31 - 1
         self.clamp, self.cuda_graphs, self.max_cached_shapes = clamp, cuda_graphs, max(1, max_cached_shapes)
+        if body_config is None:
+            body_config = default_body_config(device, dtype, c)
         self.body_config = body_config
         fp32 = torch.float32
         self.w_head = pack_conv3x3_weight(ws[0], dtype)
