@@ -29,11 +29,11 @@ const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIA
 
 // Automatic choice: the first of these that fits the device's shared memory (and, for a wgmma variant,
 // runs on it: Hopper with an sm_90a build).  Measured on an H200 at 1080p fp16 (benchmarks/results,
-// run 5, 2026-11-26): one body layer took 0.385 ms with variant 6, 0.392 with 5, 0.427 with 4, 0.445 /
-// 0.439 / 0.483 with 0, 1, 2 (cuDNN's fused layer 0.346); the whole network 7.23 ms with 6, 7.35 with 5,
-// 8.07 with 4, 8.30 with 0 (variant 1, the same tile in 2 stages, was the faster layer in runs 3 and 5).
-// The Winograd variant 3 (0.630 ms a layer) is not listed.
-constexpr int kAutoOrder[] = {6, 5, 4, 1, 0, 2};
+// run 8, 2026-11-26): one body layer took 0.327 ms with variant 8, 0.355 with 7, 0.383 with 6, 0.399 with
+// 5, 0.428 with 4, 0.441 / 0.448 / 0.487 with 1, 0, 2 (cuDNN's fused layer 0.353); the whole network 5.82 ms
+// with 8, 6.16 with 7, 7.22 with 6, 7.35 with 5, 8.07 with 4, 8.30 with 0 (cuDNN's fused chain 7.22).
+// The Winograd variant 3 (0.628 ms a layer) is not listed.
+constexpr int kAutoOrder[] = {8, 7, 6, 5, 4, 1, 0, 2};
 constexpr int kNumAuto = sizeof(kAutoOrder) / sizeof(kAutoOrder[0]);
 
 }  // namespace
