@@ -1,7 +1,8 @@
 """The Triton engine backend: VDSR as 1 + (depth - 2) + 1 fused kernel launches.
 
 head  ``conv3x3_head``         Y plane (caller's tensor, any float dtype) -> NHWC buffer A   (conv+bias+ReLU)
-body  ``conv3x3_bias_relu``    A -> B, B -> A, ... (two ping-pong NHWC buffers per input shape)
+body  ``conv3x3_tma`` (Hopper, fp16/bf16) or ``conv3x3_bias_relu``   A -> B, B -> A, ... (two ping-pong NHWC
+      buffers per input shape; :func:`default_body_config` picks the kernel)
 last  ``conv3x3_bias_relu_tail_partials``  the last body layer: instead of its activation, the tail conv's
       9 per-tap partial sums per pixel (its epilogue multiplies the tile by the tail weights)
 tail  ``tail_gather_residual``  partials + Y plane -> Y' = Y + sum of the neighbours' partials + bias
