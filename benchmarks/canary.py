@@ -28,7 +28,6 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v5": ("cuda", {"body_variant": 5}),  # wgmma, row reuse
     "cuda-v7": ("cuda", {"body_variant": 7}),  # wgmma strip, the next rows' copies before the epilogue
     "cuda-v8": ("cuda", {"body_variant": 8}),  # and the wgmmas in two groups around half the epilogue
-    "cuda-v9": ("cuda", {"body_variant": 9}),  # wgmma strip, 128-byte-swizzled pixel rows (base offset)
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
     "triton-swap": ("triton", {"body_config": "swap"}),  # channels as the GEMM's M (conv3x3.swap_configs)
     "triton-tma": ("triton", {"body_config": "tma"}),  # tensor-descriptor tiles (conv3x3_tma.tma_config)

@@ -19,9 +19,9 @@ namespace {
   BodyVariant{0, WgmmaTile<S, R>::kTileH, kTileW, WgmmaTile<S, R>::kThreads, 32, 64, S, WgmmaTile<S, R>::kSmemBytes, \
               0, 1},
 // wgmma strip: each warp holds 16 out channels of the 128 pixels of its warpgroup's row.
-#define VDSR_STRIP_INFO(L, S, W) \
+#define VDSR_STRIP_INFO(L, S) \
   BodyVariant{0, StripTile::kTileH, StripTile::kTileW, StripTile::kThreads, 128, 16, StripTile::kStages, \
-              StripSlots<W>::kSmemBytes, 0, 1},
+              StripTile::kSmemBytes, 0, 1},
 const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIANT_INFO)
                                                        VDSR_WINO_VARIANTS(VDSR_WINO_INFO)
                                                            VDSR_WGMMA_VARIANTS(VDSR_WGMMA_INFO)

@@ -7,7 +7,7 @@ namespace body {
 #define VDSR_BODY_LAUNCH_BF16(WM, WN, MI, S) &launch_variant<__nv_bfloat16, WM, WN, MI, S>,
 #define VDSR_WINO_LAUNCH_BF16(S) &launch_winograd<__nv_bfloat16, S>,
 #define VDSR_WGMMA_LAUNCH_BF16(S, R) &launch_wgmma<__nv_bfloat16, S, R>,
-#define VDSR_STRIP_LAUNCH_BF16(L, S, W) &launch_strip<__nv_bfloat16, L, S, W>,
+#define VDSR_STRIP_LAUNCH_BF16(L, S) &launch_strip<__nv_bfloat16, L, S>,
 const LaunchFn kLaunchBf16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_BF16)
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_BF16)
                                                    VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_BF16)

@@ -7,7 +7,7 @@ namespace body {
 #define VDSR_BODY_LAUNCH_FP16(WM, WN, MI, S) &launch_variant<__half, WM, WN, MI, S>,
 #define VDSR_WINO_LAUNCH_FP16(S) &launch_winograd<__half, S>,
 #define VDSR_WGMMA_LAUNCH_FP16(S, R) &launch_wgmma<__half, S, R>,
-#define VDSR_STRIP_LAUNCH_FP16(L, S, W) &launch_strip<__half, L, S, W>,
+#define VDSR_STRIP_LAUNCH_FP16(L, S) &launch_strip<__half, L, S>,
 const LaunchFn kLaunchFp16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_FP16)
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_FP16)
                                                    VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_FP16)

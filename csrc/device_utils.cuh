@@ -155,13 +155,6 @@ __device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_start) {
          (uint64_t{1} << 62);
 }
 
-// The same for a start address anywhere in a 128-byte row of the swizzle pattern (a matrix that begins some
-// 128-byte rows into a 1024-byte atom, as a pixel window shifted by a tap): the PTX ISA's "matrix base
-// offset" field (bits 49-51) gives the pattern's phase, (start >> 7) & 7.
-__device__ __forceinline__ uint64_t wgmma_desc_sw128_at(uint32_t smem_start) {
-  return wgmma_desc_sw128(smem_start) | (static_cast<uint64_t>((smem_start >> 7) & 7) << 49);
-}
-
 // Descriptor of a K-major operand without swizzle ("interleave"): core matrices of 8 rows x 16 bytes, each
 // 128 contiguous bytes (row r at +16 r); the two 16-byte k halves of a k16 slice `lbo` bytes apart (leading
 // dimension: K), consecutive 8-row groups `sbo` bytes apart (stride dimension: M or N).  Any 16-byte aligned

@@ -1,8 +1,7 @@
 // conv3x3 (64 -> 64) + bias + ReLU on Hopper's wgmma with the implicit GEMM turned around: M = the 64
 // out channels (the weights, operand A), N = 128 output pixels of one image row (the activations, operand
-// B), K = 9 taps x 64 in channels.  Both operands by shared-memory descriptor: body variants 6-9 (sm_90a;
-// 6 is the one described here and the default on Hopper; 7-9 change the schedule or the pixel-row layout,
-// see VDSR_STRIP_VARIANTS and strip_step).
+// B), K = 9 taps x 64 in channels.  Both operands by shared-memory descriptor: body variants 6-8 (sm_90a;
+// 6 is the one described here, 7 and 8 change its schedule: see VDSR_STRIP_VARIANTS and strip_step).
 //
 // Why: the m64n64k16 kernels (wgmma_body.cuh) feed 64 pixels x 64 channels per instruction and take A
 // through ldmatrix: 2 KB of A + 2 KB of B per 64K multiply-adds (1/16 byte each) plus the ldmatrix
@@ -59,25 +58,12 @@ struct StripTile {
 static_assert(StripTile::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
 static_assert(StripTile::kPlane < (1 << 18) && (StripTile::kHaloRowBytes % 16) == 0, "descriptor fields");
 
-// Where a halo row slot keeps its pixels.  SW128 = false (variants 6-8): 8 chunk planes, no swizzle (above).
-// SW128 = true (variant 9): pixel rows of 128 bytes with the kernels' XOR swizzle (chunk j of pixel px at
-// swz(px, j)), slots on 1024-byte boundaries (17 KB each); the B operand of tap (ky, kx) then starts kx rows
-// into a 128-byte-swizzle atom, which the descriptor's base offset field says ((start >> 7) & 7).
-template <bool SW128>
-struct StripSlots : StripTile {
-  static constexpr int kSlotBytes = SW128 ? (kHaloW * kRowBytes + 1023) / 1024 * 1024 : kHaloRowBytes;
-  static constexpr int kSmemBytes = kAlign + kWeightBytes + kRing * kSlotBytes + 2 * kStagingBytes;
-  static __device__ __forceinline__ uint32_t unit(int px, int j) {
-    return SW128 ? swz(px, j) : static_cast<uint32_t>(j * kPlane + px * 16);
-  }
-};
-static_assert(StripSlots<true>::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
-
-// cp.async of halo unit i (16 bytes: chunk i % 8 of pixel i / 8 of the rows from h0 on) into its ring slot.
-template <bool SW128, typename T>
+// cp.async of halo unit i (16 bytes: chunk i % 8 of pixel i / 8 of the rows from h0 on) into its ring slot
+// (chunk j of pixel px at j * kPlane + px * 16).
+template <typename T>
 __device__ __forceinline__ void strip_load_unit(uint32_t ring, const T* __restrict__ in, const T* img, int x0, int h0,
                                                 int i, int H, int W) {
-  using K = StripSlots<SW128>;
+  using K = StripTile;
   const int j = i & 7;  // chunk: channels 8j .. 8j+7
   const int p = i >> 3;
   const int r = p / K::kHaloW;
@@ -88,13 +74,14 @@ __device__ __forceinline__ void strip_load_unit(uint32_t ring, const T* __restri
   const bool inside = static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
                       static_cast<unsigned>(x) < static_cast<unsigned>(W);
   const T* src = inside ? img + (static_cast<int64_t>(y) * W + x) * kC + j * 8 : in;
-  cp_async_16(ring + (h % K::kRing) * K::kSlotBytes + K::unit(px, j), src, inside);
+  cp_async_16(ring + (h % K::kRing) * K::kHaloRowBytes + static_cast<uint32_t>(j * K::kPlane + px * 16), src,
+              inside);
 }
 
 // cp.async of halo rows h0 .. h0 + rows - 1 (input rows h - 1, pixels x0 - 1 .. x0 + 128) of image b into
 // their ring slots; zero-filled outside the image.  No commit.  ROLLED keeps the loop rolled (fewer live
 // registers: the LOADS_FIRST schedules copy while two accumulator sets are live).
-template <bool ROLLED, bool SW128, typename T>
+template <bool ROLLED, typename T>
 __device__ __forceinline__ void strip_load_rows(uint32_t ring, const T* __restrict__ in, int b, int x0, int h0,
                                                 int rows, int H, int W) {
   using K = StripTile;
@@ -102,18 +89,18 @@ __device__ __forceinline__ void strip_load_rows(uint32_t ring, const T* __restri
   const int units = rows * K::kHaloW * kChunks;
   if (ROLLED) {
 #pragma unroll 1
-    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit<SW128>(ring, in, img, x0, h0, i, H, W);
+    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit(ring, in, img, x0, h0, i, H, W);
   } else {
-    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit<SW128>(ring, in, img, x0, h0, i, H, W);
+    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit(ring, in, img, x0, h0, i, H, W);
   }
 }
 
 // Issue this warpgroup's wgmmas of one output row whose tap row 0 is halo row h, as one commit group:
 // all 36 (PART = -1), or the first (PART = 0, which zeroes the accumulators) or second (PART = 1) 18 of them
 // in the order (ky, kx, 16-channel slice).
-template <typename T, int PART, bool SW128>
+template <typename T, int PART>
 __device__ __forceinline__ void strip_mma(float (&acc)[64], uint32_t smem_w, uint32_t ring, int h) {
-  using K = StripSlots<SW128>;
+  using K = StripTile;
   constexpr int kFirst = PART == 1 ? 18 : 0;
   constexpr int kLast = PART == 0 ? 18 : 36;
   if (PART != 1) {
@@ -127,10 +114,9 @@ __device__ __forceinline__ void strip_mma(float (&acc)[64], uint32_t smem_w, uin
     const int ky = q / 12;
     const int kx = (q / 4) % 3;
     const int kk = q % 4;
-    const uint32_t row = ring + ((h + ky) % K::kRing) * K::kSlotBytes;
+    const uint32_t row = ring + ((h + ky) % K::kRing) * K::kHaloRowBytes;
     const uint64_t da = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * kC * kRowBytes + kk * 32);
-    const uint64_t db = SW128 ? wgmma_desc_sw128_at(row + kx * kRowBytes + kk * 32)
-                              : wgmma_desc_interleave(row + 2 * kk * K::kPlane + kx * 16, K::kPlane, 128);
+    const uint64_t db = wgmma_desc_interleave(row + 2 * kk * K::kPlane + kx * 16, K::kPlane, 128);
     wgmma_m64n128k16_ss<T>(acc, da, db);
   }
   wgmma_commit();
@@ -188,18 +174,18 @@ struct StripSeg {
 };
 
 // (D) both warpgroups are past item i - 1 (wait_group): its rows 2p - 2, 2p - 1 are free for item i + 1's.
-template <bool ROLLED, bool SW128, typename T>
+template <bool ROLLED, typename T>
 __device__ __forceinline__ void strip_prefetch(const StripSeg<T>& s, int i, int p) {
   __syncthreads();
-  if (i + 1 < s.cnt) strip_load_rows<ROLLED, SW128>(s.ring, s.in, s.b, s.x0, 2 * p + 4, 2, s.H, s.W);
+  if (i + 1 < s.cnt) strip_load_rows<ROLLED>(s.ring, s.in, s.b, s.x0, 2 * p + 4, 2, s.H, s.W);
   cp_async_commit();
 }
 
 // Item i of a segment: its wgmmas into `cur`, then (EPI: i > 0) the epilogue of item i - 1 from `prev`.
-// The schedule (variants 6-9): LOADS_FIRST issues the next item's row copies before the epilogue instead of
+// The schedule (variants 6-8): LOADS_FIRST issues the next item's row copies before the epilogue instead of
 // after it (they then have the epilogue's time too to land); SPLIT issues the item's wgmmas in two groups of
 // 18 with the first half of the epilogue between them (in case a warp cannot queue 36 wgmmas ahead).
-template <typename T, bool EPI, bool LOADS_FIRST, bool SPLIT, bool SW128>
+template <typename T, bool EPI, bool LOADS_FIRST, bool SPLIT>
 __device__ __forceinline__ void strip_step(const StripSeg<T>& s, int i, float (&cur)[64], float (&prev)[64],
                                            const float (&bias_r)[2]) {
   const int p = s.p0 + i;
@@ -208,30 +194,30 @@ __device__ __forceinline__ void strip_step(const StripSeg<T>& s, int i, float (&
   cp_async_wait<0>();   // (A) this item's halo rows (and, first, the weights) have landed ...
   fence_proxy_async();  //     ... are visible to the async proxy ...
   __syncthreads();      //     ... and to every thread
-  strip_mma<T, SPLIT ? 0 : -1, SW128>(cur, s.smem_w, s.ring, h);
+  strip_mma<T, SPLIT ? 0 : -1>(cur, s.smem_w, s.ring, h);
   if (EPI) {
     wgmma_wait<1>();  // item i - 1's groups (all but the newest) are complete
     wgmma_pin(prev);
   }
-  if (LOADS_FIRST) strip_prefetch<true, SW128>(s, i, p);
+  if (LOADS_FIRST) strip_prefetch<true>(s, i, p);
   if (EPI && SPLIT) {
     strip_epilogue<T, 0>(prev, s.stg, s.out, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
-    strip_mma<T, 1, SW128>(cur, s.smem_w, s.ring, h);
+    strip_mma<T, 1>(cur, s.smem_w, s.ring, h);
     strip_epilogue<T, 1>(prev, s.stg, s.out, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
   } else if (EPI) {
     strip_epilogue<T>(prev, s.stg, s.out, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
   } else if (SPLIT) {
-    strip_mma<T, 1, SW128>(cur, s.smem_w, s.ring, h);
+    strip_mma<T, 1>(cur, s.smem_w, s.ring, h);
   }
-  if (!LOADS_FIRST) strip_prefetch<false, SW128>(s, i, p);
+  if (!LOADS_FIRST) strip_prefetch<false>(s, i, p);
 }
 
-template <typename T, bool LOADS_FIRST, bool SPLIT, bool SW128>
+template <typename T, bool LOADS_FIRST, bool SPLIT>
 __global__ void __launch_bounds__(StripTile::kThreads, 1)
     conv3x3_strip_kernel(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w,
                          const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y, int num_tiles) {
 #if VDSR_WGMMA
-  using K = StripSlots<SW128>;
+  using K = StripTile;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t smem_w = (smem_addr(smem) + K::kAlign - 1) & ~static_cast<uint32_t>(K::kAlign - 1);
   const uint32_t ring = smem_w + kWeightBytes;
@@ -239,7 +225,7 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
   const int warp = threadIdx.x >> 5;
   const int wg = warp >> 2;  // warpgroup: output row 2p + wg of item p
   const int wr = warp & 3;   // warp in the group: D rows (out channels) 16wr .. 16wr+15
-  const uint32_t stg = ring + K::kRing * K::kSlotBytes + wg * K::kStagingBytes;
+  const uint32_t stg = ring + K::kRing * K::kHaloRowBytes + wg * K::kStagingBytes;
 
   load_weights<K::kThreads>(smem_w, w, kTaps * kC);  // committed with the first halo rows
   const float bias_r[2] = {bias[16 * wr + (lane >> 2)], bias[16 * wr + (lane >> 2) + 8]};
@@ -255,23 +241,23 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
     const int cnt = min(end, (seg + 1) * tiles_y) - q;
     const int b = seg / tiles_x;
     const int x0 = (seg - b * tiles_x) * K::kTileW;
-    strip_load_rows<LOADS_FIRST, SW128>(ring, in, b, x0, 2 * p0, 4, H, W);
+    strip_load_rows<LOADS_FIRST>(ring, in, b, x0, 2 * p0, 4, H, W);
     cp_async_commit();
 
     const StripSeg<T> sg{in, out, smem_w, ring, stg, b, x0, p0, cnt, H, W, wg, wr, lane};
     // Item k accumulates in acc0 (k even) or acc1 (k odd).  Straight-line pairs, so that every read of an
     // accumulator set follows the wait that retired its group on every path (else ptxas serialises).
-    strip_step<T, false, LOADS_FIRST, SPLIT, SW128>(sg, 0, acc0, acc1, bias_r);
+    strip_step<T, false, LOADS_FIRST, SPLIT>(sg, 0, acc0, acc1, bias_r);
     int i = 1;
     for (; i + 1 < cnt; i += 2) {
-      strip_step<T, true, LOADS_FIRST, SPLIT, SW128>(sg, i, acc1, acc0, bias_r);
-      strip_step<T, true, LOADS_FIRST, SPLIT, SW128>(sg, i + 1, acc0, acc1, bias_r);
+      strip_step<T, true, LOADS_FIRST, SPLIT>(sg, i, acc1, acc0, bias_r);
+      strip_step<T, true, LOADS_FIRST, SPLIT>(sg, i + 1, acc0, acc1, bias_r);
     }
     const int y_last = 2 * (p0 + cnt - 1) + wg;
     // With LOADS_FIRST a step ends in its epilogue: the barrier keeps the last epilogue's staging writes
     // behind every warp's reads of the one before (a write-after-read race otherwise).
     if (i < cnt) {  // an odd item left: it goes to acc1
-      strip_step<T, true, LOADS_FIRST, SPLIT, SW128>(sg, i, acc1, acc0, bias_r);
+      strip_step<T, true, LOADS_FIRST, SPLIT>(sg, i, acc1, acc0, bias_r);
       wgmma_wait<0>();
       wgmma_pin(acc1);
       if (LOADS_FIRST) __syncthreads();
@@ -291,24 +277,23 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
 #endif
 }
 
-// The strip variants (LOADS_FIRST, SPLIT, SW128); ids follow the wgmma ones in body_variants().
-#define VDSR_STRIP_VARIANTS(X)                                                                         \
-  X(false, false, false) /* 6: copies after the epilogue, 36 wgmmas per group (timed: run 5)  */ \
-  X(true, false, false)  /* 7: the next item's copies before the epilogue                      */ \
-  X(true, true, false)   /* 8: and the wgmmas in two groups around the epilogue's first half   */ \
-  X(false, false, true)  /* 9: 6 with 128-byte-swizzled pixel rows (B by base-offset descriptor) */
+// The strip variants (LOADS_FIRST, SPLIT); ids follow the wgmma ones in body_variants().
+#define VDSR_STRIP_VARIANTS(X)                                                                  \
+  X(false, false) /* 6: copies after the epilogue, 36 wgmmas per group (timed: run 5)  */ \
+  X(true, false)  /* 7: the next item's copies before the epilogue                      */ \
+  X(true, true)   /* 8: and the wgmmas in two groups around the epilogue's first half   */
 
-#define VDSR_STRIP_COUNT(L, S, W) +1
+#define VDSR_STRIP_COUNT(L, S) +1
 constexpr int kNumStripVariants = 0 VDSR_STRIP_VARIANTS(VDSR_STRIP_COUNT);
 
-template <typename T, bool LOADS_FIRST, bool SPLIT, bool SW128>
+template <typename T, bool LOADS_FIRST, bool SPLIT>
 void launch_strip(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
                   cudaStream_t stream) {
   check_device_index(device);
-  check_sm90a_image(conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, SW128>, device);
+  check_sm90a_image(conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT>, device);
   static ResidentCtas resident = {};
-  launch_persistent<StripSlots<SW128>, T>(conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, SW128>, resident, in, out, w, b,
-                                          n, h, w_, device, stream);
+  launch_persistent<StripTile, T>(conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT>, resident, in, out, w, b, n, h, w_,
+                                  device, stream);
 }
 
 }  // namespace body

@@ -818,7 +818,7 @@ class WgmmaTile:
 
 
 def wgmma_desc_sw128(start):
-    """du:153-192: start >> 4 in bits 0-13, LBO 16 bytes (encoded 1), SBO 1024 bytes, swizzle 1 (128-byte)."""
+    """du:153-156: start >> 4 in bits 0-13, LBO 16 bytes (encoded 1), SBO 1024 bytes, swizzle 1 (128-byte)."""
     return ((start & 0x3FFFF) >> 4) | (1 << 16) | ((1024 >> 4) << 32) | (1 << 62)
 
 
@@ -979,11 +979,6 @@ def launch_wgmma(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=F
 # The wgmma strip kernel (``sb`` = csrc/wgmma_strip_body.cuh, cited by function): M = out channels (A =
 # weights, 128-byte swizzle), N = 128 pixels of a row (B = activations, no swizzle), both by descriptor.
 # ---------------------------------------------------------------------------------------------------
-def wgmma_desc_sw128_at(start):
-    """du ``wgmma_desc_sw128_at``: the 128-byte-swizzle descriptor with base offset (start >> 7) & 7."""
-    return wgmma_desc_sw128(start) | (((start >> 7) & 7) << 49)
-
-
 def wgmma_desc_interleave(start, lbo, sbo):
     """du ``wgmma_desc_interleave``: start >> 4, LBO >> 4, SBO >> 4, layout 0 (no swizzle)."""
     return ((start & 0x3FFFF) >> 4) | (((lbo >> 4) & 0x3FFF) << 16) | (((sbo >> 4) & 0x3FFF) << 32)
@@ -995,25 +990,21 @@ def wgmma_kmajor_from_smem(cta: Cta, T, desc, rows, readers=()):
     units: no swizzle ("interleave"): ``((8, m), (T, 2)) : ((1T, SBO), (1, LBO))`` -- row r of an 8-row core
     matrix at +16 r, the core matrices of the next 8 rows SBO bytes on, the second 8 k LBO bytes on; 128-byte
     swizzle: ``((8, m), (T, 2)) : ((8T, SBO), (1, T))`` -- rows 128 bytes apart, the two k halves adjacent, then
-    16-byte chunk bits 4-6 XORed with address bits 7-9 (start in the first row of a 1024-byte atom, base offset
-    0: the only swizzled case the kernels use).  Reads go through the async proxy (:meth:`Cta.check_async_read`) and
+    16-byte chunk bits 4-6 XORed with address bits 7-9 (start in the first row of a 1024-byte atom).  The
+    descriptor's base offset field (bits 49-51) is not modelled: it must be 0 (a variant that relied on it
+    computed wrong results on the H200).  Reads go through the async proxy (:meth:`Cta.check_async_read`) and
     last until the group of the wgmma of each of ``readers`` (:class:`WgmmaGroups`) retires."""
     start = (desc & 0x3FFF) << 4
     lbo = ((desc >> 16) & 0x3FFF) << 4
     sbo = ((desc >> 32) & 0x3FFF) << 4
-    base_offset = (desc >> 49) & 7
     layout = desc >> 62
     assert layout in (0, 1), "only no swizzle and the 128-byte swizzle"
-    assert layout == 1 or base_offset == 0, "the base offset is for swizzled layouts"
+    assert (desc >> 49) & 7 == 0, "a descriptor base offset (bits 49-51): not modelled"
     n = np.arange(rows)[None, :]
     k = np.arange(16)[:, None]
     if layout == 1:
-        # A start some 128-byte rows into an atom is valid with the base offset = that row, (start >> 7) & 7
-        # (PTX ISA "matrix base offset"); then reading by absolute address bits, as below, or by the pattern
-        # from the start shifted by the base offset, is the same.  Anything else is flagged.
-        if base_offset != (start >> 7) & 7:
-            raise Hazard("wgmma: descriptor start address outside the first row of a 1024-byte swizzle atom "
-                         "without the matching base offset")  # fmt: skip
+        if start % 1024 >= 128:
+            raise Hazard("wgmma: descriptor start address outside the first row of a 1024-byte swizzle atom")
         byte = start + (n // 8) * sbo + (n % 8) * 128 + 2 * k
         byte = byte ^ (((byte >> 7) & 7) << 4)
     else:
@@ -1048,22 +1039,20 @@ def wgmma_ss(T, d, a, b):
     return D[rows, cols]
 
 
-def strip_variants_from_source(path: Path = CSRC / "wgmma_strip_body.cuh") -> list[tuple[bool, bool, bool]]:
-    """The (LOADS_FIRST, SPLIT, SW128) flags of ``VDSR_STRIP_VARIANTS``."""
+def strip_variants_from_source(path: Path = CSRC / "wgmma_strip_body.cuh") -> list[tuple[bool, bool]]:
+    """The (LOADS_FIRST, SPLIT) schedule flags of ``VDSR_STRIP_VARIANTS``."""
     text = path.read_text()
     body = text[text.index("#define VDSR_STRIP_VARIANTS(X)") :].split("\n\n")[0]
     body = re.sub(r"/\*.*?\*/", "", body)
-    flags = re.findall(r"X\(\s*(true|false)\s*,\s*(true|false)\s*,\s*(true|false)\s*\)", body)
-    return [tuple(f == "true" for f in v) for v in flags]
+    return [(a == "true", b == "true") for a, b in re.findall(r"X\(\s*(true|false)\s*,\s*(true|false)\s*\)", body)]
 
 
 @dataclass(frozen=True)
 class StripTile:
-    """sb ``StripTile`` / ``StripSlots<SW128>``, with a variant's flags (sb ``strip_step``)."""
+    """sb ``StripTile``, with a variant's schedule flags (sb ``strip_step``)."""
 
     loads_first: bool = False
     split: bool = False
-    sw128: bool = False
     threads: int = 256
     tile_w: int = 128
     tile_h: int = 2
@@ -1074,12 +1063,7 @@ class StripTile:
     plane = property(lambda s: s.halo_w * 16)
     halo_row_bytes = property(lambda s: CHUNKS * s.plane)
     staging_bytes = property(lambda s: s.tile_w * ROW_BYTES)
-    slot_bytes = property(lambda s: -(-s.halo_w * ROW_BYTES // 1024) * 1024 if s.sw128 else s.halo_row_bytes)
-    smem_bytes = property(lambda s: s.align + WEIGHT_BYTES + s.ring * s.slot_bytes + 2 * s.staging_bytes)
-
-    def unit(self, px, j):
-        """sb ``StripSlots::unit``: byte offset of chunk j of pixel px in a slot."""
-        return swz(px, j) if self.sw128 else j * self.plane + px * 16
+    smem_bytes = property(lambda s: s.align + WEIGHT_BYTES + s.ring * s.halo_row_bytes + 2 * s.staging_bytes)
 
 
 def strip_load_rows(K: StripTile, cta: Cta, ring, g_in: Global, b, x0, h0, rows, H, W):
@@ -1095,7 +1079,7 @@ def strip_load_rows(K: StripTile, cta: Cta, ring, g_in: Global, b, x0, h0, rows,
     x = x0 - 1 + px
     inside = unsigned_lt(y, H) & unsigned_lt(x, W)
     src = np.where(inside, img + (y.astype(np.int64) * W + x) * KC + j * 8, 0)
-    cta.cp_async_16(ring + (h % K.ring) * K.slot_bytes + K.unit(px, j), g_in, src, inside)
+    cta.cp_async_16(ring + (h % K.ring) * K.halo_row_bytes + j * K.plane + px * 16, g_in, src, inside)
 
 
 def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, ring, h, part=-1):
@@ -1112,11 +1096,8 @@ def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, ring, h, par
         desc_a = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * KC * ROW_BYTES + kk * 32)
         a = wgmma_kmajor_from_smem(cta, T, desc_a, 64, groups)
         for wg, q in enumerate(groups):
-            row = ring + ((h[wg] + ky) % K.ring) * K.slot_bytes
-            if K.sw128:
-                desc = wgmma_desc_sw128_at(row + kx * ROW_BYTES + kk * 32)
-            else:
-                desc = wgmma_desc_interleave(row + 2 * kk * K.plane + kx * 16, K.plane, 128)
+            row = ring + ((h[wg] + ky) % K.ring) * K.halo_row_bytes
+            desc = wgmma_desc_interleave(row + 2 * kk * K.plane + kx * 16, K.plane, 128)
             q.mma(name)
             acc[wg] = wgmma_ss(T, acc[wg], a, wgmma_kmajor_from_smem(cta, T, desc, K.tile_w, [q]))
     for q in groups:
@@ -1167,7 +1148,7 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
     ring = smem_w + WEIGHT_BYTES
     lane = LANE[None, :]
     wr = np.arange(4)[:, None]
-    stg = [ring + K.ring * K.slot_bytes + wg * K.staging_bytes for wg in range(2)]
+    stg = [ring + K.ring * K.halo_row_bytes + wg * K.staging_bytes for wg in range(2)]
     load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)
     bias_r = np.stack([g_bias.load(16 * wr + (lane >> 2)), g_bias.load(16 * wr + (lane >> 2) + 8)], -1)
     bias_r = np.broadcast_to(bias_r.astype(np.float32), (2, 4, 32, 2))

@@ -358,20 +358,19 @@ def test_wgmma_detects_a_wrong_stride_offset(monkeypatch):
         check_close(got, ref, REL[torch.float16], "mutant")
 
 
-# --- the wgmma strip kernel (variant 6) --------------------------------------------------------------
+# --- the wgmma strip kernel (variants 6-8) -----------------------------------------------------------
 STRIP_VARIANTS = emu.strip_variants_from_source()
-STRIP_IDS = lambda v: ("loads-first" if v[0] else "loads-after") + ("-split" if v[1] else "") + ("-sw128" if v[2] else "")  # noqa: E731
+STRIP_IDS = lambda v: ("loads-first" if v[0] else "loads-after") + ("-split" if v[1] else "")  # noqa: E731
 
 
-def run_strip(dtype, size, variant=(False, False, False), **kw):
+def run_strip(dtype, size, variant=(False, False), **kw):
     return run_body(variant, dtype, size, launch=emu.launch_strip, **kw)
 
 
 def test_strip_tile_fits_hopper():
-    assert STRIP_VARIANTS == [(False, False, False), (True, False, False), (True, True, False), (False, False, True)]
+    assert STRIP_VARIANTS == [(False, False), (True, False), (True, True)]
     K = emu.StripTile()
     assert K.smem_bytes == 207360 <= 227 * 1024  # csrc/README.md: 203 KB
-    assert emu.StripTile(sw128=True).smem_bytes == 211968 <= 227 * 1024  # 17 KB slots on 1024-byte boundaries
     assert K.plane % 16 == 0 and (K.plane >> 4) < 2**14  # the descriptor's LBO field
 
 
@@ -407,31 +406,24 @@ def test_stmatrix_trans_against_a_scalar_transcription():
             assert list(got) == [halves[4 * c + r // 2, i, r % 2] for c in range(8)]
 
 
-@pytest.mark.parametrize("sw128", [False, True], ids=["planes", "sw128"])
-def test_descriptor_reads_a_shifted_pixel_window(sw128):
-    """B of tap (., kx), channels 16kk..: pixels kx .. kx+127 of a halo row. Variants 6-8: 8 chunk planes, no
-    swizzle, any 16-byte start; variant 9: 128-byte-swizzled pixel rows, the window kx rows into an atom,
-    described by the base offset (without it: flagged)."""
+def test_descriptor_reads_a_shifted_pixel_window():
+    """B of tap (., kx), channels 16kk..: pixels kx .. kx+127 of a halo row (8 chunk planes, no swizzle, any
+    16-byte start).  A descriptor with a base offset is refused (not modelled)."""
     T = emu.Half
-    K = emu.StripTile(sw128=sw128)
-    cta = emu.Cta(2 * K.slot_bytes + 2048, T.poison, eager=True, base=1024)
+    K = emu.StripTile()
+    cta = emu.Cta(2 * K.halo_row_bytes + 2048, T.poison, eager=True, base=1024)
     x = np.random.default_rng(4).integers(0, 0x3C00, (1, 1, K.halo_w - 2, 64)).astype(np.uint16)
     emu.strip_load_rows(K, cta, 1024, emu.Global("in", x), 0, 0, 1, 1, 1, K.halo_w - 2)  # halo row 1: slot 1
     cta.commit(), cta.wait_group(0), cta.fence_proxy_async(), cta.syncthreads()
     padded = np.zeros((K.halo_w, 64), np.uint16)
     padded[1:-1] = x[0, 0]
-    slot = 1024 + K.slot_bytes
+    slot = 1024 + K.halo_row_bytes
     for kx, kk in [(0, 0), (1, 2), (2, 3)]:
-        if sw128:
-            start = slot + kx * emu.ROW_BYTES + kk * 32
-            desc = emu.wgmma_desc_sw128_at(start)
-        else:
-            desc = emu.wgmma_desc_interleave(slot + 2 * kk * K.plane + kx * 16, K.plane, 128)
+        desc = emu.wgmma_desc_interleave(slot + 2 * kk * K.plane + kx * 16, K.plane, 128)
         b = emu.wgmma_kmajor_from_smem(cta, T, desc, 128)
         np.testing.assert_array_equal(b, T.to_float(padded[kx : kx + 128, 16 * kk : 16 * kk + 16]).T)
-        if sw128 and kx:
-            with pytest.raises(emu.Hazard, match="without the matching base offset"):
-                emu.wgmma_kmajor_from_smem(cta, T, emu.wgmma_desc_sw128(start), 128)
+        with pytest.raises(AssertionError, match="base offset"):
+            emu.wgmma_kmajor_from_smem(cta, T, desc | ((kx + 1) << 49), 128)
 
 
 STRIP_SIZES = [(1, 5, 7), (2, 6, 130), (1, 9, 20), (3, 2, 1)]
