@@ -481,7 +481,8 @@ def _engine(backend: str, dtype: torch.dtype, body: str = ""):
     """An engine with its default kernels, or with an alternative that is not the default: ``body="winograd"``
     (Triton's Winograd body), ``"swap"`` (Triton's SWAP body: channels as the GEMM's M), ``"tma"`` (Triton's
     tensor-descriptor body), ``"direct"`` (Triton's direct body, where TMA is the default), ``"unfused_tail"``
-    (Triton: the tail as its own kernel) or ``"v<id>"`` (CUDA body variant ``id``)."""
+    (Triton: the tail as its own kernel), ``"fused_tail"`` (CUDA: the tail fused into the last body layer) or
+    ``"v<id>"`` (CUDA body variant ``id``)."""
 
     def build(model: VDSR, device: torch.device):
         from vdsr_fast.engine import Engine
@@ -500,6 +501,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
     """The engine options of an alternative of :func:`alternatives` (also the layer profile's network rows)."""
     if body == "unfused_tail":
         return {"fuse_tail": False}
+    if body == "fused_tail":
+        return {"fuse_tail": True}
     if body.startswith("v"):
         return {"body_variant": int(body[1:])}
     if body == "swap":
@@ -521,7 +524,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
 
 def alternatives(name: str, device: torch.device) -> dict[str, str]:
     """{body: label} of the alternatives to time beside a backend's defaults: for CUDA every body variant but
-    the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2); for Triton the Winograd
+    the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2), and the fused tail where the
+    automatic variant has one; for Triton the Winograd
     SWAP bodies, the TMA body or (where that is the default: Hopper) the direct body, and the unfused tail."""
     if name == "triton":
         from vdsr_fast.kernels.triton.backend import default_body_config
@@ -542,6 +546,8 @@ def alternatives(name: str, device: torch.device) -> dict[str, str]:
         if v["id"] != auto and (v["winograd"] or v["wgmma"] or v["id"] == 0):
             kind = "Winograd" if v["winograd"] else "wgmma" if v["wgmma"] else "mma.sync"
             kinds[f"v{v['id']}"] = f"body v{v['id']} ({kind})"
+    if auto >= 0 and ext.body_variants()[auto]["tail_partials"]:
+        kinds["fused_tail"] = "fused tail"
     return kinds
 
 

@@ -156,13 +156,53 @@ void tail(uint64_t act, uint64_t x, uint64_t y, uint64_t w, uint64_t b, int64_t 
                     as_ptr<const float*>(b), int(n), int(h), int(wd), dt, as_stream(stream));
 }
 
+// The last body layer of a fused tail: z[N,H,W,9] fp32 = the tail conv's per-tap partial sums of the layer's
+// output (launch_body_tail_partials); `variant` must be a variant with tail_partials (or -1 where the
+// automatic one has them).
+void body_tail_partials(uint64_t in, uint64_t z, uint64_t w, uint64_t b, uint64_t tail_w, int64_t n, int64_t h,
+                        int64_t wd, int dtype, int device, uint64_t stream, int variant) {
+  const char* fn = "body_tail_partials";
+  check_shape(fn, n, h, wd);
+  const DType dt = check_dtype(fn, dtype);
+  CHECK_PTR(fn, "in", in, 16);
+  CHECK_PTR(fn, "z", z, 4);
+  CHECK_PTR(fn, "w", w, 16);
+  CHECK_PTR(fn, "b", b, 4);
+  CHECK_PTR(fn, "tail_w", tail_w, 4);
+  check_disjoint(fn, "in and z", in, act_bytes(n, h, wd), z, static_cast<uint64_t>(n * h * wd) * 9 * 4);
+  int num_variants = 0;
+  vdsr::body_variants(&num_variants);
+  CHECK(fn, variant >= -1 && variant < num_variants, "no body kernel variant ", variant, " (ids 0..",
+        num_variants - 1, ", or -1 for automatic)");
+  DeviceGuard guard(device);
+  vdsr::launch_body_tail_partials(as_ptr<const void*>(in), as_ptr<float*>(z), as_ptr<const void*>(w),
+                                  as_ptr<const float*>(b), as_ptr<const float*>(tail_w), int(n), int(h), int(wd), dt,
+                                  device, as_stream(stream), variant);
+}
+
+// The fused tail's gather: y = x + b + sum of the neighbours' partial sums z (y may alias x, not z).
+void tail_gather(uint64_t z, uint64_t x, uint64_t y, uint64_t b, int64_t n, int64_t h, int64_t wd, int device,
+                 uint64_t stream) {
+  const char* fn = "tail_gather";
+  check_shape(fn, n, h, wd);
+  CHECK_PTR(fn, "z", z, 4);
+  CHECK_PTR(fn, "x", x, 4);
+  CHECK_PTR(fn, "y", y, 4);
+  CHECK_PTR(fn, "b", b, 4);
+  check_disjoint(fn, "z and y", z, static_cast<uint64_t>(n * h * wd) * 9 * 4, y, static_cast<uint64_t>(n * h * wd) * 4);
+  DeviceGuard guard(device);
+  vdsr::launch_tail_gather(as_ptr<const float*>(z), as_ptr<const float*>(x), as_ptr<float*>(y),
+                           as_ptr<const float*>(b), int(n), int(h), int(wd), as_stream(stream));
+}
+
 // The whole network: head -> num_body x body (ping-pong between buf0 and buf1) -> tail (+ residual).
 // body_w holds num_body packed layers back to back ([L][9][64][64] in the activation dtype, or
 // [L][16][64][64] for a Winograd variant), body_b
-// [L][64] fp32.  y may alias x.
+// [L][64] fp32.  y may alias x.  fuse_tail (needs num_body >= 1): the last body layer writes the tail's partial
+// sums into the free buffer (36 of its 128 bytes per pixel) and tail_gather adds them up.
 void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head_w, uint64_t head_b, uint64_t body_w,
              uint64_t body_b, int64_t num_body, uint64_t tail_w, uint64_t tail_b, int64_t n, int64_t h, int64_t wd,
-             int dtype, int device, uint64_t stream, int variant) {
+             int dtype, int device, uint64_t stream, int variant, bool fuse_tail) {
   const char* fn = "forward";
   check_shape(fn, n, h, wd);
   check_dtype(fn, dtype);
@@ -178,11 +218,20 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   // one packed layer: 9 taps (direct) or 16 transformed positions (Winograd) of [64][64]
   const uint64_t layer_w_bytes = (variant >= 0 && variants[variant].winograd ? 16 : 9) * kC * kC * 2;
   const uint64_t bufs[2] = {buf0, buf1};
-  for (int64_t i = 0; i < num_body; ++i) {
+  CHECK(fn, !fuse_tail || num_body >= 1, "fuse_tail needs at least one body layer");
+  const int64_t unfused = fuse_tail ? num_body - 1 : num_body;
+  for (int64_t i = 0; i < unfused; ++i) {
     body(bufs[i % 2], bufs[(i + 1) % 2], body_w + i * layer_w_bytes, body_b + i * kC * 4, n, h, wd, dtype, device,
          stream, variant);
   }
-  tail(bufs[num_body % 2], x, y, tail_w, tail_b, n, h, wd, dtype, device, stream);
+  if (!fuse_tail) {
+    tail(bufs[num_body % 2], x, y, tail_w, tail_b, n, h, wd, dtype, device, stream);
+    return;
+  }
+  const int64_t last = num_body - 1;
+  body_tail_partials(bufs[last % 2], bufs[num_body % 2], body_w + last * layer_w_bytes, body_b + last * kC * 4, tail_w,
+                     n, h, wd, dtype, device, stream, variant);
+  tail_gather(bufs[num_body % 2], x, y, tail_b, n, h, wd, device, stream);
 }
 
 py::list body_variants() {
@@ -201,6 +250,7 @@ py::list body_variants() {
     d["smem_bytes"] = v[i].smem_bytes;
     d["winograd"] = v[i].winograd != 0;
     d["wgmma"] = v[i].wgmma != 0;
+    d["tail_partials"] = v[i].tail_partials != 0;
     out.append(d);
   }
   return out;
@@ -233,7 +283,14 @@ PYBIND11_MODULE(_C, m) {
         "y = x + conv3x3(act, 64->1) + b (fp32 Y planes)");
   m.def("forward", &forward, "x"_a, "y"_a, "buf0"_a, "buf1"_a, "head_w"_a, "head_b"_a, "body_w"_a, "body_b"_a,
         "num_body"_a, "tail_w"_a, "tail_b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
-        "variant"_a = -1, "the whole VDSR: head, num_body body layers (ping-pong), tail + residual");
+        "variant"_a = -1, "fuse_tail"_a = false,
+        "the whole VDSR: head, num_body body layers (ping-pong), tail + residual (fuse_tail: the last body layer "
+        "writes the tail's partial sums, a gather adds them; variants with tail_partials)");
+  m.def("body_tail_partials", &body_tail_partials, "inp"_a, "z"_a, "w"_a, "b"_a, "tail_w"_a, "n"_a, "h"_a, "w_"_a,
+        "dtype"_a, "device"_a, "stream"_a, "variant"_a = -1,
+        "z[N,H,W,9] fp32 = per-tap partial sums of tail_w [9,64] over relu(conv3x3(inp, 64->64) + b)");
+  m.def("tail_gather", &tail_gather, "z"_a, "x"_a, "y"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "device"_a, "stream"_a,
+        "y = x + b + sum_{ky,kx} z[y+ky-1][x+kx-1][ky*3+kx] (fp32 Y planes)");
   m.def("body_variants", &body_variants, "the body kernel variants (list index = variant id): tiles, warps, stages, smem");
   m.def("body_auto_variant", &body_auto_variant, "device"_a, "the body variant id picked on this device when variant=-1");
   m.def(

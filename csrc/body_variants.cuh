@@ -14,6 +14,13 @@ constexpr int kNumAllVariants = kNumVariants + kNumWinoVariants + kNumWgmmaVaria
 extern const LaunchFn kLaunchFp16[kNumAllVariants];  // conv3x3_body_fp16.cu
 extern const LaunchFn kLaunchBf16[kNumAllVariants];  // conv3x3_body_bf16.cu
 
+// The strip variants' last-layer kernels of a fused tail (launch_strip_tail), index = id - kFirstStripVariant.
+constexpr int kFirstStripVariant = kNumVariants + kNumWinoVariants + kNumWgmmaVariants;
+using TailLaunchFn = void (*)(const void*, float*, const void*, const float*, const float*, int, int, int, int,
+                              cudaStream_t);
+extern const TailLaunchFn kTailLaunchFp16[kNumStripVariants];  // conv3x3_body_fp16.cu
+extern const TailLaunchFn kTailLaunchBf16[kNumStripVariants];  // conv3x3_body_bf16.cu
+
 // Whether the wgmma variants run on `device` (the current device): an sm_90a image on a 9.0 GPU.
 bool wgmma_runs_on(int device);  // conv3x3_body_fp16.cu
 

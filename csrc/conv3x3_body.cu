@@ -10,18 +10,18 @@ namespace {
 
 #define VDSR_VARIANT_INFO(WM, WN, MI, S)                                                                   \
   BodyVariant{0, BodyTile<WM, WN, MI, S>::kTileH, kTileW, BodyTile<WM, WN, MI, S>::kThreads, MI * 16, \
-              BodyTile<WM, WN, MI, S>::kNCols, S, BodyTile<WM, WN, MI, S>::kSmemBytes, 0, 0},
+              BodyTile<WM, WN, MI, S>::kNCols, S, BodyTile<WM, WN, MI, S>::kSmemBytes, 0, 0, 0},
 // Winograd warp tile: 16 w-tiles = 64 output pixels x 16 out channels.
 #define VDSR_WINO_INFO(S) \
-  BodyVariant{0, WinoTile<S>::kTileH, kTileW, WinoTile<S>::kThreads, 64, 16, S, WinoTile<S>::kSmemBytes, 1, 0},
+  BodyVariant{0, WinoTile<S>::kTileH, kTileW, WinoTile<S>::kThreads, 64, 16, S, WinoTile<S>::kSmemBytes, 1, 0, 0},
 // wgmma warp tile: each warp supplies 16 pixels of two 64-pixel M-blocks, its warpgroup all 64 channels.
 #define VDSR_WGMMA_INFO(S, R)                                                                                     \
   BodyVariant{0, WgmmaTile<S, R>::kTileH, kTileW, WgmmaTile<S, R>::kThreads, 32, 64, S, WgmmaTile<S, R>::kSmemBytes, \
-              0, 1},
+              0, 1, 0},
 // wgmma strip: each warp holds 16 out channels of the 128 pixels of its warpgroup's row.
 #define VDSR_STRIP_INFO(L, S) \
   BodyVariant{0, StripTile::kTileH, StripTile::kTileW, StripTile::kThreads, 128, 16, StripTile::kStages, \
-              StripTile::kSmemBytes, 0, 1},
+              StripTile::kSmemBytes, 0, 1, 1},
 const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIANT_INFO)
                                                        VDSR_WINO_VARIANTS(VDSR_WINO_INFO)
                                                            VDSR_WGMMA_VARIANTS(VDSR_WGMMA_INFO)
@@ -102,6 +102,21 @@ void launch_body(const void* in, void* out, const void* w, const float* b, int n
   }
   if (dtype == kFloat16) return body::kLaunchFp16[variant](in, out, w, b, n, h, w_, device, stream);
   if (dtype == kBFloat16) return body::kLaunchBf16[variant](in, out, w, b, n, h, w_, device, stream);
+  throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
+}
+
+void launch_body_tail_partials(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n,
+                               int h, int w_, DType dtype, int device, cudaStream_t stream, int variant) {
+  if (variant < 0) variant = body_auto_variant(device);
+  if (variant >= kNumAllVariants || !kVariantInfo[variant].tail_partials) {
+    throw std::invalid_argument("vdsr_fast._C: body kernel variant " + std::to_string(variant) +
+                                " has no tail_partials kernel (the fused tail needs one of the wgmma strip variants " +
+                                std::to_string(body::kFirstStripVariant) + ".." +
+                                std::to_string(kNumAllVariants - 1) + ")");
+  }
+  const int s = variant - body::kFirstStripVariant;
+  if (dtype == kFloat16) return body::kTailLaunchFp16[s](in, z, w, b, tail_w, n, h, w_, device, stream);
+  if (dtype == kBFloat16) return body::kTailLaunchBf16[s](in, z, w, b, tail_w, n, h, w_, device, stream);
   throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
 }
 

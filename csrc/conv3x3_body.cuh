@@ -302,19 +302,22 @@ inline void check_device_index(int device) {
 template <typename T>
 using TileKernel = void (*)(const T*, T*, const T*, const float*, int, int, int, int, int);
 
-// Launch a persistent tile kernel described by K: K::kThreads, K::kTileH x K::kTileW pixels per tile,
-// K::kSmemBytes.
 // Every kernel's launcher owns one ResidentCtas table (a static of its own instantiation).
 using ResidentCtas = int[kMaxDevices];
 
-template <typename K, typename T>
-void launch_persistent(TileKernel<T> kernel, ResidentCtas& resident_ctas, const void* in, void* out, const void* w,
-                       const float* b, int n, int h, int w_, int device, cudaStream_t stream) {
+// The persistent grid of a tile kernel described by K (K::kThreads, K::kTileH x K::kTileW pixels per tile,
+// K::kSmemBytes) over n images of h x w_: one CTA per tile, at most as many as fit on the GPU at once.
+struct PersistentGrid {
+  int grid, tiles_x, tiles_y, num_tiles;
+};
+
+template <typename K, typename Kernel>
+PersistentGrid persistent_grid(Kernel kernel, ResidentCtas& resident_ctas, int n, int h, int w_, int device) {
   check_device_index(device);
   // Once per device and kernel (the module is called with the GIL held, so no race): opt in to
   // > 48 KB of dynamic shared memory (a per-function, per-context attribute) and compute how many
   // CTAs fit on the GPU at once -- the persistent grid size.  Cached in the kernel's own table (the
-  // caller's: kernels that share a tile shape K, like strip variants 6-8, must not share it -- run 6 on an
+  // caller's: kernels that share a tile shape K, like strip variants 6-8, must not share it -- run 7 on an
   // H200 launched variant 7 after 6 with 6's cache and no opt-in: 'invalid argument') so that a forward pass
   // makes no host-side CUDA queries (cheap launches, and nothing but launches inside a graph capture).
   if (resident_ctas[device] == 0) {
@@ -337,10 +340,17 @@ void launch_persistent(TileKernel<T> kernel, ResidentCtas& resident_ctas, const 
                                 std::to_string(num_tiles64) + " tiles)");
   }
   const int num_tiles = static_cast<int>(num_tiles64);
-  const int grid = num_tiles < resident_ctas[device] ? num_tiles : resident_ctas[device];
-  kernel<<<grid, K::kThreads, K::kSmemBytes, stream>>>(static_cast<const T*>(in), static_cast<T*>(out),
-                                                       static_cast<const T*>(w), b, h, w_, tiles_x, tiles_y,
-                                                       num_tiles);
+  return {num_tiles < resident_ctas[device] ? num_tiles : resident_ctas[device], tiles_x, tiles_y, num_tiles};
+}
+
+// Launch a persistent tile kernel of the TileKernel signature (persistent_grid).
+template <typename K, typename T>
+void launch_persistent(TileKernel<T> kernel, ResidentCtas& resident_ctas, const void* in, void* out, const void* w,
+                       const float* b, int n, int h, int w_, int device, cudaStream_t stream) {
+  const PersistentGrid g = persistent_grid<K>(kernel, resident_ctas, n, h, w_, device);
+  kernel<<<g.grid, K::kThreads, K::kSmemBytes, stream>>>(static_cast<const T*>(in), static_cast<T*>(out),
+                                                         static_cast<const T*>(w), b, h, w_, g.tiles_x, g.tiles_y,
+                                                         g.num_tiles);
   VDSR_CHECK_LAUNCH(kernel);
 }
 

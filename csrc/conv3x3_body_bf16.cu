@@ -12,6 +12,8 @@ const LaunchFn kLaunchBf16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUN
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_BF16)
                                                    VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_BF16)
                                                        VDSR_STRIP_VARIANTS(VDSR_STRIP_LAUNCH_BF16)};
+#define VDSR_STRIP_TAIL_BF16(L, S) &launch_strip_tail<__nv_bfloat16, L, S>,
+const TailLaunchFn kTailLaunchBf16[kNumStripVariants] = {VDSR_STRIP_VARIANTS(VDSR_STRIP_TAIL_BF16)};
 
 }  // namespace body
 }  // namespace vdsr

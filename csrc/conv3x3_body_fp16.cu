@@ -12,6 +12,8 @@ const LaunchFn kLaunchFp16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUN
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_FP16)
                                                    VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_FP16)
                                                        VDSR_STRIP_VARIANTS(VDSR_STRIP_LAUNCH_FP16)};
+#define VDSR_STRIP_TAIL_FP16(L, S) &launch_strip_tail<__half, L, S>,
+const TailLaunchFn kTailLaunchFp16[kNumStripVariants] = {VDSR_STRIP_VARIANTS(VDSR_STRIP_TAIL_FP16)};
 
 bool wgmma_runs_on(int device) { return sm90a_image_runs(conv3x3_wgmma_kernel<__half, 3, false>, device); }
 

@@ -202,4 +202,39 @@ void launch_tail(const void* act, const float* x, float* y, const float* w, cons
   VDSR_CHECK_LAUNCH(tail_kernel);
 }
 
+// Tail gather, the second half of a fused tail (after body::launch_strip_tail_partials, whose last body layer
+// wrote the tail conv's nine per-tap partial sums of every pixel instead of its activation):
+//   y[b][y][x] = x[b][y][x] + (bL + sum_{ky,kx} z[b][y+ky-1][x+kx-1][ky*3+kx])   (z = 0 outside the image)
+// z: fp32 [N][H][W][9].  One thread per output pixel, taps in order 0..8 (fp32); y may alias x.
+__global__ void __launch_bounds__(256)
+    tail_gather_kernel(const float* __restrict__ z, const float* x, float* y, const float* __restrict__ b, int H,
+                       int W, int64_t pixels) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= pixels) return;
+  const int64_t hw = static_cast<int64_t>(H) * W;
+  const int64_t img = i / hw;
+  const int r = static_cast<int>(i - img * hw);
+  const int py = r / W;
+  const int px = r - py * W;
+  float s = b[0];
+#pragma unroll
+  for (int tap = 0; tap < 9; ++tap) {
+    const int sy = py + tap / 3 - 1;
+    const int sx = px + tap % 3 - 1;
+    if (static_cast<unsigned>(sy) < static_cast<unsigned>(H) && static_cast<unsigned>(sx) < static_cast<unsigned>(W)) {
+      s += z[((img * H + sy) * W + sx) * 9 + tap];
+    }
+  }
+  y[i] = x[i] + s;
+}
+
+void launch_tail_gather(const float* z, const float* x, float* y, const float* b, int n, int h, int w_,
+                        cudaStream_t stream) {
+  const int64_t pixels = static_cast<int64_t>(n) * h * w_;
+  const int64_t blocks = (pixels + 255) / 256;
+  if (blocks > INT32_MAX) throw std::invalid_argument("vdsr_fast._C: input too large for the tail gather kernel");
+  tail_gather_kernel<<<static_cast<int>(blocks), 256, 0, stream>>>(z, x, y, b, h, w_, pixels);
+  VDSR_CHECK_LAUNCH(tail_gather_kernel);
+}
+
 }  // namespace vdsr

@@ -66,6 +66,16 @@ void launch_body(const void* in, void* out, const void* w, const float* b, int n
 void launch_tail(const void* act, const float* x, float* y, const float* w, const float* b, int n, int h, int w_,
                  DType dtype, cudaStream_t stream);
 
+// The fused tail (body variants with `tail_partials`: the wgmma strip kernels, sm_90a).  First the last body
+// layer, which writes z[N][H][W][9] fp32 -- the tail conv's per-tap partial sums of each pixel's rounded
+// activation, z[p][ky*3+kx] = sum_c wL[ky*3+kx][c] * relu(conv(in) + b)[p][c] -- instead of the activation;
+// `variant` as launch_body's (-1: automatic), and it must be such a variant.  Then the gather:
+// y = x + bL + sum_{ky,kx} z[y+ky-1][x+kx-1][ky*3+kx] (y may alias x, not z).
+void launch_body_tail_partials(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n,
+                               int h, int w_, DType dtype, int device, cudaStream_t stream, int variant = -1);
+void launch_tail_gather(const float* z, const float* x, float* y, const float* b, int n, int h, int w_,
+                        cudaStream_t stream);
+
 // The body kernel variants (index = id) and the one launch_body picks automatically on `device`.
 struct BodyVariant {
   int id;
@@ -76,6 +86,7 @@ struct BodyVariant {
   int smem_bytes;       // dynamic shared memory per CTA (weights + halo buffers)
   int winograd;         // 1: Winograd F(2x2, 3x3) kernel, weights packed [16][64][64] (U = G g G^T)
   int wgmma;            // 1: wgmma kernel: needs compute capability 9.0 and a build for sm_90a
+  int tail_partials;    // 1: launch_body_tail_partials runs it (the last body layer of a fused tail)
 };
 const BodyVariant* body_variants(int* count);
 int body_auto_variant(int device);

@@ -58,6 +58,22 @@ struct StripTile {
 static_assert(StripTile::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
 static_assert(StripTile::kPlane < (1 << 18) && (StripTile::kHaloRowBytes % 16) == 0, "descriptor fields");
 
+// TAIL (the last body layer of a fused tail): the tail conv's weights behind the staging tiles, fp32, channel
+// c's nine taps at [c][0..8] of rows of kTailStride floats (three 16-byte loads per channel; 9..11 zero).
+constexpr int kTailStride = 12;
+constexpr int kTailBytes = kC * kTailStride * 4;  // 3 KB
+template <bool TAIL>
+struct StripLaunch : StripTile {  // the launch's shared memory
+  static constexpr int kSmemBytes = StripTile::kSmemBytes + (TAIL ? kTailBytes : 0);
+};
+static_assert(StripLaunch<true>::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
+
+// Where a TAIL epilogue writes: z[N][H][W][9] fp32, from the weights at shared address tw.
+struct StripTail {
+  float* __restrict__ z;
+  uint32_t tw;
+};
+
 // cp.async of halo unit i (16 bytes: chunk i % 8 of pixel i / 8 of the rows from h0 on) into its ring slot
 // (chunk j of pixel px at j * kPlane + px * 16).
 template <typename T>
@@ -123,13 +139,27 @@ __device__ __forceinline__ void strip_mma(float (&acc)[64], uint32_t smem_w, uin
   wgmma_pin(acc);
 }
 
+// zs[t] += a * (tail weight of tap t of the channel whose row of kTailStride floats is at shared address wc).
+__device__ __forceinline__ void tail_fma(float (&zs)[9], float a, uint32_t wc) {
+  float w[12];
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(w[4 * k]), "=f"(w[4 * k + 1]), "=f"(w[4 * k + 2]), "=f"(w[4 * k + 3])
+                 : "r"(wc + 16 * k));
+  }
+#pragma unroll
+  for (int t = 0; t < 9; ++t) zs[t] = fmaf(a, w[t], zs[t]);
+}
+
 // Epilogue of one output row y (pixels x0 ..) from this warpgroup's accumulators: D[m][n] = channel
 // 16 wr + g (+8) at pixel 8i + 2t (+1) in acc[4i .. 4i+3] (warp wr of the group, g = lane / 4, t = lane % 4).
 // PART = -1: all of it; 0: step 1 for pixels 0..63 only; 1: step 1 for pixels 64..127, then step 2.
-template <typename T, int PART = -1>
+// TAIL: step 2 writes the tail conv's partial sums of the row (tail.z) instead of the activation (out).
+template <typename T, int PART = -1, bool TAIL = false>
 __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t stg, T* __restrict__ out,
-                                               const float (&bias_r)[2], int b, int y, int x0, int H, int W, int wg,
-                                               int wr, int lane) {
+                                               const StripTail& tail, const float (&bias_r)[2], int b, int y, int x0,
+                                               int H, int W, int wg, int wr, int lane) {
   // 1. bias + ReLU, rounded to T; stmatrix .trans: matrix (i, half) = channels 16wr + 8half .. +7 x pixels
   //    8i .. 8i+7, stored transposed as 8 pixel rows of 8 channels (16 bytes) at chunk 2wr + half.
   const int mat = lane >> 3;  // this lane addresses row (lane & 7) of matrix mat of each x4
@@ -147,9 +177,36 @@ __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t 
   }
   if (PART == 0) return;
   named_barrier(1 + wg, 128);
-  // 2. 128 pixels x 8 chunks of 16 bytes over the warpgroup's 128 threads: a warp stores 4 whole pixels.
   if (y >= H) return;
   const int tid = threadIdx.x & 127;
+  if (TAIL) {
+    // 2'. Thread tid: the tail conv's nine per-tap partial sums of pixel tid, z[p][t] = sum_c tw[c][t] *
+    //     act[p][c], over the row's rounded activations in the staging tile (chunk j of 8 consecutive pixels:
+    //     8 distinct 16-byte columns, no bank conflict; the weights: one address for all, a broadcast),
+    //     fp32, channels in order 0..63.
+    if (x0 + tid >= W) return;
+    float zs[9];
+#pragma unroll
+    for (int t = 0; t < 9; ++t) zs[t] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      uint32_t u[4];
+      asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(u[0]), "=r"(u[1]), "=r"(u[2]), "=r"(u[3])
+                   : "r"(stg + swz(tid, j)));
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 a = Storage<T>::unpack2(u[k]);  // channels 8j + 2k, 8j + 2k + 1
+        tail_fma(zs, a.x, tail.tw + (8 * j + 2 * k) * kTailStride * 4);
+        tail_fma(zs, a.y, tail.tw + (8 * j + 2 * k + 1) * kTailStride * 4);
+      }
+    }
+    float* zp = tail.z + ((static_cast<int64_t>(b) * H + y) * W + x0 + tid) * 9;
+#pragma unroll
+    for (int t = 0; t < 9; ++t) zp[t] = zs[t];
+    return;
+  }
+  // 2. 128 pixels x 8 chunks of 16 bytes over the warpgroup's 128 threads: a warp stores 4 whole pixels.
   T* row = out + (static_cast<int64_t>(b) * H + y) * W * kC;
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
@@ -169,6 +226,7 @@ template <typename T>
 struct StripSeg {
   const T* __restrict__ in;
   T* __restrict__ out;
+  StripTail tail;
   uint32_t smem_w, ring, stg;
   int b, x0, p0, cnt, H, W, wg, wr, lane;
 };
@@ -185,7 +243,7 @@ __device__ __forceinline__ void strip_prefetch(const StripSeg<T>& s, int i, int 
 // The schedule (variants 6-8): LOADS_FIRST issues the next item's row copies before the epilogue instead of
 // after it (they then have the epilogue's time too to land); SPLIT issues the item's wgmmas in two groups of
 // 18 with the first half of the epilogue between them (in case a warp cannot queue 36 wgmmas ahead).
-template <typename T, bool EPI, bool LOADS_FIRST, bool SPLIT>
+template <typename T, bool EPI, bool LOADS_FIRST, bool SPLIT, bool TAIL>
 __device__ __forceinline__ void strip_step(const StripSeg<T>& s, int i, float (&cur)[64], float (&prev)[64],
                                            const float (&bias_r)[2]) {
   const int p = s.p0 + i;
@@ -201,21 +259,24 @@ __device__ __forceinline__ void strip_step(const StripSeg<T>& s, int i, float (&
   }
   if (LOADS_FIRST) strip_prefetch<true>(s, i, p);
   if (EPI && SPLIT) {
-    strip_epilogue<T, 0>(prev, s.stg, s.out, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
+    strip_epilogue<T, 0, TAIL>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
     strip_mma<T, 1>(cur, s.smem_w, s.ring, h);
-    strip_epilogue<T, 1>(prev, s.stg, s.out, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
+    strip_epilogue<T, 1, TAIL>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
   } else if (EPI) {
-    strip_epilogue<T>(prev, s.stg, s.out, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
+    strip_epilogue<T, -1, TAIL>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
   } else if (SPLIT) {
     strip_mma<T, 1>(cur, s.smem_w, s.ring, h);
   }
   if (!LOADS_FIRST) strip_prefetch<false>(s, i, p);
 }
 
-template <typename T, bool LOADS_FIRST, bool SPLIT>
+// TAIL: the last body layer of a fused tail -- `out` unused; z[N][H][W][9] gets the tail conv's per-tap partial
+// sums of the layer's output, with tail_w [9][64] fp32 (vdsr_kernels.h, launch_body_tail_partials).
+template <typename T, bool LOADS_FIRST, bool SPLIT, bool TAIL>
 __global__ void __launch_bounds__(StripTile::kThreads, 1)
     conv3x3_strip_kernel(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w,
-                         const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y, int num_tiles) {
+                         const float* __restrict__ bias, const float* __restrict__ tail_w, float* __restrict__ z, int H,
+                         int W, int tiles_x, int tiles_y, int num_tiles) {
 #if VDSR_WGMMA
   using K = StripTile;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -228,6 +289,15 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
   const uint32_t stg = ring + K::kRing * K::kHaloRowBytes + wg * K::kStagingBytes;
 
   load_weights<K::kThreads>(smem_w, w, kTaps * kC);  // committed with the first halo rows
+  const StripTail tail{z, ring + K::kRing * K::kHaloRowBytes + 2 * K::kStagingBytes};
+  if (TAIL) {  // [9][64] -> rows of kTailStride; read after barrier (A) of the first item
+    for (int i = threadIdx.x; i < kC * kTailStride; i += K::kThreads) {
+      const int c = i / kTailStride;
+      const int t = i - c * kTailStride;
+      const float v = t < kTaps ? tail_w[t * kC + c] : 0.0f;
+      asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(tail.tw + 4 * i), "f"(v) : "memory");
+    }
+  }
   const float bias_r[2] = {bias[16 * wr + (lane >> 2)], bias[16 * wr + (lane >> 2) + 8]};
 
   // This CTA's items: a contiguous share of the (image, strip, pair) order.
@@ -244,29 +314,29 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
     strip_load_rows<LOADS_FIRST>(ring, in, b, x0, 2 * p0, 4, H, W);
     cp_async_commit();
 
-    const StripSeg<T> sg{in, out, smem_w, ring, stg, b, x0, p0, cnt, H, W, wg, wr, lane};
+    const StripSeg<T> sg{in, out, tail, smem_w, ring, stg, b, x0, p0, cnt, H, W, wg, wr, lane};
     // Item k accumulates in acc0 (k even) or acc1 (k odd).  Straight-line pairs, so that every read of an
     // accumulator set follows the wait that retired its group on every path (else ptxas serialises).
-    strip_step<T, false, LOADS_FIRST, SPLIT>(sg, 0, acc0, acc1, bias_r);
+    strip_step<T, false, LOADS_FIRST, SPLIT, TAIL>(sg, 0, acc0, acc1, bias_r);
     int i = 1;
     for (; i + 1 < cnt; i += 2) {
-      strip_step<T, true, LOADS_FIRST, SPLIT>(sg, i, acc1, acc0, bias_r);
-      strip_step<T, true, LOADS_FIRST, SPLIT>(sg, i + 1, acc0, acc1, bias_r);
+      strip_step<T, true, LOADS_FIRST, SPLIT, TAIL>(sg, i, acc1, acc0, bias_r);
+      strip_step<T, true, LOADS_FIRST, SPLIT, TAIL>(sg, i + 1, acc0, acc1, bias_r);
     }
     const int y_last = 2 * (p0 + cnt - 1) + wg;
     // With LOADS_FIRST a step ends in its epilogue: the barrier keeps the last epilogue's staging writes
     // behind every warp's reads of the one before (a write-after-read race otherwise).
     if (i < cnt) {  // an odd item left: it goes to acc1
-      strip_step<T, true, LOADS_FIRST, SPLIT>(sg, i, acc1, acc0, bias_r);
+      strip_step<T, true, LOADS_FIRST, SPLIT, TAIL>(sg, i, acc1, acc0, bias_r);
       wgmma_wait<0>();
       wgmma_pin(acc1);
       if (LOADS_FIRST) __syncthreads();
-      strip_epilogue<T>(acc1, stg, out, bias_r, b, y_last, x0, H, W, wg, wr, lane);
+      strip_epilogue<T, -1, TAIL>(acc1, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
     } else {  // the last item (i - 1, even) is in acc0
       wgmma_wait<0>();
       wgmma_pin(acc0);
       if (LOADS_FIRST) __syncthreads();
-      strip_epilogue<T>(acc0, stg, out, bias_r, b, y_last, x0, H, W, wg, wr, lane);
+      strip_epilogue<T, -1, TAIL>(acc0, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
     }
     __syncthreads();  // the ring and the staging tiles are free for the next segment
     q += cnt;
@@ -286,14 +356,32 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
 #define VDSR_STRIP_COUNT(L, S) +1
 constexpr int kNumStripVariants = 0 VDSR_STRIP_VARIANTS(VDSR_STRIP_COUNT);
 
+template <typename T, bool LOADS_FIRST, bool SPLIT, bool TAIL>
+void launch_strip_kernel(const void* in, void* out, const void* w, const float* b, const float* tail_w, float* z,
+                         int n, int h, int w_, int device, cudaStream_t stream) {
+  using K = StripLaunch<TAIL>;
+  const auto kernel = conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, TAIL>;
+  check_device_index(device);
+  check_sm90a_image(kernel, device);
+  static ResidentCtas resident = {};
+  const PersistentGrid g = persistent_grid<K>(kernel, resident, n, h, w_, device);
+  kernel<<<g.grid, K::kThreads, K::kSmemBytes, stream>>>(static_cast<const T*>(in), static_cast<T*>(out),
+                                                         static_cast<const T*>(w), b, tail_w, z, h, w_, g.tiles_x,
+                                                         g.tiles_y, g.num_tiles);
+  VDSR_CHECK_LAUNCH(kernel);
+}
+
 template <typename T, bool LOADS_FIRST, bool SPLIT>
 void launch_strip(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
                   cudaStream_t stream) {
-  check_device_index(device);
-  check_sm90a_image(conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT>, device);
-  static ResidentCtas resident = {};
-  launch_persistent<StripTile, T>(conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT>, resident, in, out, w, b, n, h, w_,
-                                  device, stream);
+  launch_strip_kernel<T, LOADS_FIRST, SPLIT, false>(in, out, w, b, nullptr, nullptr, n, h, w_, device, stream);
+}
+
+// The last body layer of a fused tail (TailLaunchFn): z instead of an activation.
+template <typename T, bool LOADS_FIRST, bool SPLIT>
+void launch_strip_tail(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n, int h,
+                       int w_, int device, cudaStream_t stream) {
+  launch_strip_kernel<T, LOADS_FIRST, SPLIT, true>(in, nullptr, w, b, tail_w, z, n, h, w_, device, stream);
 }
 
 }  // namespace body

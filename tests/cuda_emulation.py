@@ -64,7 +64,7 @@ class Hazard(AssertionError):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The variant list, read from the source (cuh:353-356) so new variants are covered automatically.
+# The variant list, read from the source (cuh:367-370) so new variants are covered automatically.
 # ---------------------------------------------------------------------------------------------------
 def body_variants_from_source(path: Path = CSRC / "conv3x3_body.cuh") -> list[tuple[int, int, int, int]]:
     lines = path.read_text().splitlines()
@@ -454,7 +454,7 @@ def mma_16816(T, c, a, b0, b1):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The body kernel and the pieces it shares with the Winograd kernel (cuh:81-292), the launcher (cuh:302-349).
+# The body kernel and the pieces it shares with the Winograd kernel (cuh:81-292), the launcher (cuh:305-363).
 # ---------------------------------------------------------------------------------------------------
 def swz(row, j):
     """cuh:82-84."""
@@ -535,28 +535,32 @@ def store_relu2(T, g_out: Global, dst, live, v0, v1, bias):
     g_out.store(d, np.stack([lo[live], hi[live]], axis=-1), n=2, align_bytes=4)
 
 
-def launch_tiles(K, kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager):
-    """cuh:302-342 (``launch_persistent``) with ``resident_ctas`` standing for ``sms * per_sm``; runs
+def launch_tiles(K, kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager, g_out=None, **kernel_kw):
+    """cuh:305-355 (``persistent_grid``, ``launch_persistent``) with ``resident_ctas`` standing for ``sms * per_sm``; runs
     ``kernel_cta`` for every CTA (they are independent: disjoint outputs, read-only inputs).
 
     ``x_bits`` (N, H, W, 64) and ``w_bits`` (the packed layer) are uint16 patterns of ``T``; ``bias`` fp32 (64,).
-    Returns the output bit patterns (N, H, W, 64) (NaN-poisoned where never written) and the write counts.
+    Returns the output bit patterns (N, H, W, 64) (NaN-poisoned where never written) and the write counts;
+    with ``g_out`` (another output, e.g. the fused tail's partial sums) its array and write counts, (N, H, W, -1),
+    and ``kernel_kw`` for ``kernel_cta``.
     """
     n, h, w_, c = x_bits.shape
     assert c == KC
     g_in = Global("in", x_bits.astype(np.uint16))
-    g_out = Global("out", np.full(x_bits.shape, T.poison, np.uint16))
+    g_out = g_out or Global("out", np.full(x_bits.shape, T.poison, np.uint16))
     g_w = Global("w", w_bits.astype(np.uint16))
     g_bias = Global("bias", np.asarray(bias, np.float32))
     tile_w = getattr(K, "tile_w", TILE_W)
-    tiles_x = (w_ + tile_w - 1) // tile_w  # cuh:329
-    tiles_y = (h + K.tile_h - 1) // K.tile_h  # cuh:330
-    num_tiles = n * tiles_x * tiles_y  # cuh:331-336
+    tiles_x = (w_ + tile_w - 1) // tile_w  # cuh:335
+    tiles_y = (h + K.tile_h - 1) // K.tile_h  # cuh:336
+    num_tiles = n * tiles_x * tiles_y  # cuh:337-342
     assert num_tiles <= 2**31 - 1
-    grid = num_tiles if num_tiles < resident_ctas else resident_ctas  # cuh:337
-    for block_idx in range(grid):  # cuh:338
-        kernel_cta(K, T, g_in, g_out, g_w, g_bias, h, w_, tiles_x, tiles_y, num_tiles, block_idx, grid, eager)
-    return g_out.a.reshape(x_bits.shape), g_out.writes.reshape(x_bits.shape)
+    grid = num_tiles if num_tiles < resident_ctas else resident_ctas  # cuh:343
+    for block_idx in range(grid):  # cuh:351
+        kernel_cta(K, T, g_in, g_out, g_w, g_bias, h, w_, tiles_x, tiles_y, num_tiles, block_idx, grid, eager,
+                   **kernel_kw)  # fmt: skip
+    shape = (n, h, w_, -1)
+    return g_out.a.reshape(shape), g_out.writes.reshape(shape)
 
 
 def body_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager):
@@ -625,7 +629,7 @@ def body_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_
 
 
 def launch_body(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False):
-    """cuh:344-349 -> :func:`launch_tiles`; ``w_bits`` (9, 64, 64)."""
+    """cuh:357-362 -> :func:`launch_tiles`; ``w_bits`` (9, 64, 64)."""
     assert w_bits.shape == (TAPS, KC, KC)
     return launch_tiles(BodyTile(*variant), body_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
 
@@ -1053,6 +1057,7 @@ class StripTile:
 
     loads_first: bool = False
     split: bool = False
+    tail: bool = False  # the kernel's TAIL (the last body layer of a fused tail)
     threads: int = 256
     tile_w: int = 128
     tile_h: int = 2
@@ -1063,7 +1068,13 @@ class StripTile:
     plane = property(lambda s: s.halo_w * 16)
     halo_row_bytes = property(lambda s: CHUNKS * s.plane)
     staging_bytes = property(lambda s: s.tile_w * ROW_BYTES)
-    smem_bytes = property(lambda s: s.align + WEIGHT_BYTES + s.ring * s.halo_row_bytes + 2 * s.staging_bytes)
+    tail_bytes = property(lambda s: KC * TAIL_STRIDE * 4 if s.tail else 0)  # sb kTailBytes, StripLaunch<TAIL>
+    smem_bytes = property(
+        lambda s: s.align + WEIGHT_BYTES + s.ring * s.halo_row_bytes + 2 * s.staging_bytes + s.tail_bytes
+    )
+
+
+TAIL_STRIDE = 12  # sb kTailStride: floats per channel row of the tail weights in shared memory
 
 
 def strip_load_rows(K: StripTile, cta: Cta, ring, g_in: Global, b, x0, h0, rows, H, W):
@@ -1105,9 +1116,10 @@ def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, ring, h, par
 
 
 def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Global, bias_r, b, y, x0, H, W,
-                   part=-1):  # fmt: skip
-    """sb ``strip_epilogue<T, PART>`` for both warpgroups: ``y[wg]`` the row, ``stg[wg]`` the staging tile;
-    ``part`` -1 (all), 0 (the staging of pixels 0..63) or 1 (pixels 64..127, then the barrier and the stores)."""
+                   part=-1, tw=None):  # fmt: skip
+    """sb ``strip_epilogue<T, PART, TAIL>`` for both warpgroups: ``y[wg]`` the row, ``stg[wg]`` the staging tile;
+    ``part`` -1 (all), 0 (the staging of pixels 0..63) or 1 (pixels 64..127, then the barrier and the stores);
+    with ``K.tail`` the stores are the tail's partial sums into ``g_out`` (z), from the weights at ``tw``."""
     for q in groups:
         q.read(name)
     lane = LANE[None, None, :]
@@ -1130,6 +1142,9 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
     for wg in range(2):
         if y[wg] >= H:  # this warpgroup returns after the barrier
             continue
+        if K.tail:
+            strip_tail_partials(T, cta, stg[wg], g_out, tw, tid[0], b, y[wg], x0, H, W)
+            continue
         for k in range(8):
             u = k * 128 + tid[0]  # (4 warps, 32)
             px = u >> 3
@@ -1140,9 +1155,27 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
             g_out.store(dst[live], val.view(np.uint16).reshape(4, 32, 8)[live], n=8, align_bytes=16)
 
 
+def strip_tail_partials(T, cta: Cta, stg, g_z: Global, tw, tid, b, y, x0, H, W):
+    """sb ``strip_epilogue``'s step 2' (TAIL) for one warpgroup: thread ``tid`` (4 warps, 32) sums pixel tid's
+    nine per-tap partials over its 64 rounded channels in the staging tile (lanes past the image's edge return
+    before loading: here they load and store nothing)."""
+    live = (x0 + tid) < W
+    zs = np.zeros(tid.shape + (9,), np.float32)
+    for j in range(CHUNKS):
+        u = cta.lds128(stg + swz(tid, j))  # (4, 32, 4)
+        for k in range(4):
+            for c, a in zip((8 * j + 2 * k, 8 * j + 2 * k + 1), unpack2(T, u[..., k]), strict=True):  # tail_fma
+                wc = tw + c * TAIL_STRIDE * 4
+                w = np.concatenate([cta.lds128(np.full(tid.shape, wc + 16 * q)) for q in range(3)], -1)
+                zs = fmaf(a[..., None], w.view(np.float32)[..., :9], zs)
+    dst = ((np.int64(b) * H + y) * W + x0 + tid) * 9
+    g_z.store(dst[live], zs[live], n=9, align_bytes=4)
+
+
 def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager,
-                     smem_base=384):  # fmt: skip
-    """One CTA of ``conv3x3_strip_kernel`` with its dynamic shared memory at ``smem_base`` (not 1024-aligned)."""
+                     smem_base=384, g_tail=None):  # fmt: skip
+    """One CTA of ``conv3x3_strip_kernel`` with its dynamic shared memory at ``smem_base`` (not 1024-aligned);
+    with ``K.tail``, ``g_out`` is z and ``g_tail`` the tail weights [9][64] fp32."""
     cta = Cta(K.smem_bytes, T.poison, eager, base=smem_base)
     smem_w = (smem_base + K.align - 1) & ~(K.align - 1)
     ring = smem_w + WEIGHT_BYTES
@@ -1150,6 +1183,14 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
     wr = np.arange(4)[:, None]
     stg = [ring + K.ring * K.halo_row_bytes + wg * K.staging_bytes for wg in range(2)]
     load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)
+    tw = ring + K.ring * K.halo_row_bytes + 2 * K.staging_bytes
+    if K.tail:  # [9][64] -> rows of TAIL_STRIDE (zero past tap 8), st.shared.f32 by every thread in turn
+        for r in range(-(-KC * TAIL_STRIDE // K.threads)):
+            i = np.arange(K.threads).reshape(8, 32) + r * K.threads
+            active = i < KC * TAIL_STRIDE
+            c, t = i // TAIL_STRIDE, i % TAIL_STRIDE
+            v = np.where(t < TAPS, g_tail.load(np.where(active & (t < TAPS), t * KC + c, 0)), np.float32(0))
+            cta.sts32(tw + 4 * i, np.asarray(v, np.float32).view(np.uint32), active)
     bias_r = np.stack([g_bias.load(16 * wr + (lane >> 2)), g_bias.load(16 * wr + (lane >> 2) + 8)], -1)
     bias_r = np.broadcast_to(bias_r.astype(np.float32), (2, 4, 32, 2))
     begin = block_idx * num_tiles // grid_dim
@@ -1187,11 +1228,11 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
                 prefetch(i, p)
             epi_args = (K, T, cta, groups, acc[prev], prev, stg, g_out, bias_r, b, rows, x0, H, W)
             if epi and K.split:
-                strip_epilogue(*epi_args, part=0)
+                strip_epilogue(*epi_args, part=0, tw=tw)
                 strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, 1)
-                strip_epilogue(*epi_args, part=1)
+                strip_epilogue(*epi_args, part=1, tw=tw)
             elif epi:
-                strip_epilogue(*epi_args)
+                strip_epilogue(*epi_args, tw=tw)
             elif K.split:
                 strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, 1)
             if not K.loads_first:
@@ -1213,17 +1254,40 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
             gq.wait(0)
         if K.loads_first:  # the step ended in its epilogue: order its staging reads before the last one's writes
             cta.syncthreads()
-        strip_epilogue(K, T, cta, groups, acc[name], name, stg, g_out, bias_r, b, last, x0, H, W)
+        strip_epilogue(K, T, cta, groups, acc[name], name, stg, g_out, bias_r, b, last, x0, H, W, tw=tw)
         cta.syncthreads()
         q += cnt
     cta.exit()
 
 
-def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False, K=None):
+def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False, K=None, tail_w=None):
     """sb ``launch_strip`` -> :func:`launch_tiles` (tiles = pairs of rows of 128-pixel strips); ``variant`` =
-    (LOADS_FIRST, SPLIT), or ``K`` a whole :class:`StripTile`."""
+    (LOADS_FIRST, SPLIT), or ``K`` a whole :class:`StripTile`.  With ``tail_w`` ([9][64] fp32) the TAIL kernel
+    (sb ``launch_strip_tail``): returns z (N, H, W, 9) fp32 (NaN where never written) and its write counts."""
     assert w_bits.shape == (TAPS, KC, KC)
-    return launch_tiles(K or StripTile(*variant), strip_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
+    K = K or StripTile(*variant)
+    if tail_w is None:
+        return launch_tiles(K, strip_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
+    n, h, w_, _ = x_bits.shape
+    g_z = Global("z", np.full((n, h, w_, 9), np.nan, np.float32))
+    g_tail = Global("tail_w", np.asarray(tail_w, np.float32).reshape(TAPS * KC))
+    K = StripTile(K.loads_first, K.split, True, K.threads, K.tile_w, K.tile_h, K.ring, K.align)
+    return launch_tiles(K, strip_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager, g_out=g_z, g_tail=g_tail)
+
+
+def launch_tail_gather(z, x, bias):
+    """ht ``tail_gather_kernel``: ``z`` (N, H, W, 9) fp32, ``x`` the Y plane (N, H, W) fp32 -> y, taps in order
+    0..8 from the bias, fp32; a source pixel outside the image adds nothing."""
+    g_z = Global("z", z)
+    n, h, w_ = x.shape
+    img, py, px = np.meshgrid(np.arange(n), np.arange(h), np.arange(w_), indexing="ij")
+    s = np.full(x.shape, np.float32(bias), np.float32)
+    for tap in range(TAPS):
+        sy, sx = py + tap // 3 - 1, px + tap % 3 - 1
+        inside = unsigned_lt(sy, h) & unsigned_lt(sx, w_)
+        v = g_z.load(np.where(inside, ((img * h + sy) * w_ + sx) * 9 + tap, 0))
+        s = np.where(inside, (s + np.asarray(v, np.float32)).astype(np.float32), s)
+    return (np.asarray(x, np.float32) + s).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ body  A -> B, B -> A, ... (two ping-pong NHWC buffers)      relu(conv3x3 64->64 
                                                             (mma.sync m16n8k16, weight-stationary; opt-in
                                                             variants: Winograd F(2x2,3x3), Hopper wgmma)
 tail  last buffer + Y plane -> Y + conv3x3 64->1 + b        fp32 out, residual fused
+      (``fuse_tail=True``, opt-in until a GPU run ranks it: the last body layer writes the tail conv's 9 per-tap
+      partial sums per pixel instead of its activation, and a gather kernel adds the neighbours' partials, the
+      bias and the residual; wgmma strip variants only)
 
 The whole chain is one ``_C.forward`` call (20 launches on the caller's current stream, no host
 synchronisation); under ``torch.compile`` it is the custom op ``torch.ops.vdsr_fast.cuda_vdsr``.  Weights are packed once here: body layers ``[L][9][64][64]`` (tap, out channel,
@@ -71,6 +74,7 @@ def _launch_forward(
     w_tail: torch.Tensor,
     b_tail: torch.Tensor,
     variant: int,
+    fuse_tail: bool,
 ) -> None:
     """One ``_C.forward`` call on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
     ext = load_extension()
@@ -80,7 +84,7 @@ def _launch_forward(
     ext.forward(
         x.data_ptr(), out.data_ptr(), bufs[0].data_ptr(), bufs[1].data_ptr(),
         w_head.data_ptr(), b_head.data_ptr(), w_body.data_ptr(), b_body.data_ptr(), num_body,
-        w_tail.data_ptr(), b_tail.data_ptr(), n, h, w, code, x.device.index, stream, variant,
+        w_tail.data_ptr(), b_tail.data_ptr(), n, h, w, code, x.device.index, stream, variant, fuse_tail,
     )  # fmt: skip
 
 
@@ -95,6 +99,7 @@ def cuda_vdsr_op(
     w_tail: torch.Tensor,
     b_tail: torch.Tensor,
     variant: int,
+    fuse_tail: bool = False,
 ) -> torch.Tensor:
     """The whole network as one op (what ``torch.compile`` traces): fp32 Y plane -> fp32 ``x + residual``.
 
@@ -105,12 +110,12 @@ def cuda_vdsr_op(
     out = torch.empty_like(x)
     bufs = tuple(torch.empty((n, h, w, _CHANNELS), device=x.device, dtype=w_body.dtype) for _ in range(2))
     with torch.cuda.device(x.device):
-        _launch_forward(x, out, bufs, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant)
+        _launch_forward(x, out, bufs, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail)
     return out
 
 
 @cuda_vdsr_op.register_fake
-def _(x, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant):
+def _(x, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail=False):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -123,11 +128,15 @@ class CudaBackend(PingPongBuffers):
         dtype: ``torch.float16`` or ``torch.bfloat16`` (activations and body weights).
         max_cached_shapes: how many input shapes keep a captured CUDA graph, LRU (the activation
             buffers are one pair, sized for the largest shape seen).
-        body_variant: id of the body kernel variant (``vdsr_fast._C.body_variants()``); None picks
-            one of the direct kernels from the GPU's shared memory.  For tuning and tests; a variant
-            with ``winograd`` set is the experimental Winograd F(2x2, 3x3) kernel (weights packed as G g G^T),
-            one with ``wgmma`` the experimental Hopper kernel (sm_90a, compute capability 9.0 only); a
-            variant this GPU cannot run raises :class:`~vdsr_fast.engine.BackendUnavailable`.
+        body_variant: id of the body kernel variant (``vdsr_fast._C.body_variants()``); None picks the
+            automatic one (``_C.body_auto_variant``: on Hopper with an sm_90a build the wgmma strip variant 8,
+            elsewhere a direct ``mma.sync`` kernel that fits the GPU's shared memory).  For tuning and tests; a
+            variant with ``winograd`` set is the Winograd F(2x2, 3x3) kernel (weights packed as G g G^T), one
+            with ``wgmma`` a Hopper kernel (sm_90a, compute capability 9.0 only); a variant this GPU cannot
+            run raises :class:`~vdsr_fast.engine.BackendUnavailable`.
+        fuse_tail: run the tail fused into the last body layer (partial sums + a gather kernel; needs a body
+            variant with ``tail_partials``, the wgmma strip variants; ignored without body layers).  Off by
+            default until a GPU run ranks it.
         cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
             (removes the per-launch host cost, which matters for small images).
 
@@ -171,11 +180,12 @@ class CudaBackend(PingPongBuffers):
 
     @staticmethod
     def tuning_candidates(model: VDSR, device: torch.device, dtype: torch.dtype) -> list[tuple[str, dict]]:
-        """The body variants this GPU runs, but the automatic one (``Engine(tune=True)`` times them)."""
+        """The body variants this GPU runs, but the automatic one, and the fused tail where the automatic variant
+        has one (``Engine(tune=True)`` times them)."""
         ext = load_extension()
         device = resolve_device(device)
         auto = ext.body_auto_variant(device.index)
-        out = []
+        out = [("fused tail", {"fuse_tail": True})] if ext.body_variants()[auto]["tail_partials"] else []
         for v in ext.body_variants():
             if v["id"] != auto and variant_unavailable(v, device) is None:
                 kind = "Winograd" if v["winograd"] else "wgmma" if v["wgmma"] else "direct"
@@ -192,6 +202,7 @@ class CudaBackend(PingPongBuffers):
         max_cached_shapes: int = 4,
         body_variant: int | None = None,
         cuda_graphs: bool = False,
+        fuse_tail: bool = False,
     ) -> None:
         from ..engine import BackendUnavailable
 
@@ -231,12 +242,21 @@ class CudaBackend(PingPongBuffers):
             if self.body_variant >= 0 and (why := variant_unavailable(variants[self.body_variant], device)):
                 raise BackendUnavailable(f"CudaBackend: {why}")
             winograd = self.body_variant >= 0 and variants[self.body_variant]["winograd"]
+            if fuse_tail:
+                vid = self.body_variant if self.body_variant >= 0 else self._C.body_auto_variant(device.index)
+                if not variants[vid]["tail_partials"]:
+                    raise BackendUnavailable(
+                        f"CudaBackend: fuse_tail=True needs a body variant with tail_partials (the wgmma strip "
+                        f"variants {[v['id'] for v in variants if v['tail_partials']]}, Hopper); "
+                        f"the {'automatic ' if self.body_variant < 0 else ''}body variant here is {vid}"
+                    )
             pack = pack_winograd_weight if winograd else pack_body_weight  # [L][16][64][64] or [L][9][64][64]
             self.w_body = torch.stack([pack(w, dtype) for w in ws[1:-1]]).contiguous()
             self.b_body = torch.stack([b.to(fp32) for b in bs[1:-1]]).contiguous()  # [L][64]
         else:  # depth 2: no body layer; the kernels never read these
             self.w_body = torch.zeros(1, device=device, dtype=dtype)
             self.b_body = torch.zeros(1, device=device, dtype=fp32)
+        self.fuse_tail = bool(fuse_tail) and self.num_body > 0
         self.w_tail = ws[-1].to(fp32).permute(2, 3, 1, 0).reshape(9, c).contiguous()  # [ky*3+kx][c]
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
         self._packed = [self.w_head, self.b_head, self.w_body, self.b_body, self.w_tail, self.b_tail]
@@ -264,7 +284,7 @@ class CudaBackend(PingPongBuffers):
         """The 20 launches on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
         bufs = self.buffers(x.shape[0], x.shape[2], x.shape[3])
         _launch_forward(x, out, bufs, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
-                        self.w_tail, self.b_tail, self.body_variant)  # fmt: skip
+                        self.w_tail, self.b_tail, self.body_variant, self.fuse_tail)  # fmt: skip
         return out
 
     def forward_op(self, y: torch.Tensor) -> torch.Tensor:
@@ -272,6 +292,6 @@ class CudaBackend(PingPongBuffers):
         x = y.to(torch.float32)
         out = torch.ops.vdsr_fast.cuda_vdsr(
             x, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
-            self.w_tail, self.b_tail, self.body_variant,
+            self.w_tail, self.b_tail, self.body_variant, self.fuse_tail,
         )  # fmt: skip
         return out.to(y.dtype)

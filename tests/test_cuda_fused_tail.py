@@ -1,0 +1,134 @@
+"""The CUDA backend's fused tail (``CudaBackend(fuse_tail=True)``): the last body layer, run by a wgmma strip
+variant with ``TAIL``, writes the tail conv's nine per-tap partial sums of each pixel instead of its activation,
+and ``tail_gather_kernel`` adds the neighbours' partials, the bias and the residual.
+
+On the CPU the numpy emulator (tests/cuda_emulation.py) replays both kernels: the partial sums must equal, to
+fp32 summation error, the float64 products of the layer's own rounded activations (the same kernel without
+``TAIL``, bit for bit the activation the separate tail would read) with the tail weights, and the gather the
+float64 tail conv of those activations plus the residual.  On a GPU the whole network with the fused tail
+against the float64 reference (the rule of DESIGN.md §6, as tests/test_cuda_backend.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from equivalence import HALF_DTYPES as DTYPES
+from equivalence import assert_equivalent, ref64
+from test_cuda_backend import _ext, _model, cuda_device  # noqa: F401  (the fixture)
+
+from tests import cuda_emulation as emu
+from tests.test_cuda_emulation import STRIP_IDS, STRIP_VARIANTS, TYPES, body_case
+from vdsr_fast.engine import BackendUnavailable, Engine
+from vdsr_fast.kernels.cuda import CudaBackend, variant_unavailable
+
+# fp32 sums of 64 (partials) or 9 (gather) terms of magnitude <= ~1: a few ulps of fp32 relative to the
+# sum of absolute terms; the rounding of the stored activations is not in it (the reference uses the kernel's
+# own rounded activations).
+RTOL_FP32 = 64 * 2.0**-23
+
+
+def _tail_case(size, dtype, seed=0):
+    x, w, b, _ = body_case(*size, dtype, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    tail_w = (torch.randn(9, 64, generator=g) / 8).numpy().astype(np.float32)  # [ky*3+kx][c], as CudaBackend
+    return x, w, b, tail_w
+
+
+@pytest.mark.parametrize("variant", STRIP_VARIANTS, ids=STRIP_IDS)
+@pytest.mark.parametrize("size", [(1, 5, 7), (2, 6, 130), (3, 2, 1)], ids=lambda s: "x".join(map(str, s)))
+def test_fused_tail_partials_and_gather_in_the_emulator(size, variant):
+    """Partial strips, two strips, several images, one pixel; each schedule; the partials against the float64
+    products of the same kernel's activations, every in-image pixel's nine partials written once, nothing else."""
+    T = TYPES[torch.float16]
+    x, w, b, tail_w = _tail_case(size, torch.float16)
+    act_bits, _ = emu.launch_strip(variant, T, x, w, b, resident_ctas=3)
+    act = T.to_float(act_bits).astype(np.float64)  # (N, H, W, 64): what the separate tail would read
+    z, writes = emu.launch_strip(variant, T, x, w, b, resident_ctas=3, tail_w=tail_w)
+    assert (writes == 1).all(), "every pixel's nine partial sums must be written exactly once"
+    z_ref = np.einsum("nhwc,tc->nhwt", act, tail_w.astype(np.float64))
+    scale = np.einsum("nhwc,tc->nhwt", np.abs(act), np.abs(tail_w.astype(np.float64)))
+    assert not np.isnan(z).any()
+    np.testing.assert_array_less(np.abs(z - z_ref), RTOL_FP32 * scale + 1e-30)
+
+    y = np.random.default_rng(5).uniform(0, 1, size).astype(np.float32)  # the Y plane (N, H, W)
+    bias = np.float32(0.0625)
+    out = emu.launch_tail_gather(z, y, bias)
+    w4 = torch.from_numpy(tail_w.astype(np.float64)).T.reshape(64, 3, 3)[None]  # (1, 64, 3, 3)
+    conv = F.conv2d(torch.from_numpy(act).permute(0, 3, 1, 2), w4, padding=1)[:, 0].numpy()
+    np.testing.assert_allclose(out, y + bias + conv, rtol=0, atol=1e-5)
+
+
+def test_fused_tail_bf16_eager_copies():
+    T = TYPES[torch.bfloat16]
+    x, w, b, tail_w = _tail_case((2, 7, 131), torch.bfloat16, seed=2)
+    act = T.to_float(emu.launch_strip(STRIP_VARIANTS[-1], T, x, w, b, resident_ctas=4)[0]).astype(np.float64)
+    z, writes = emu.launch_strip(STRIP_VARIANTS[-1], T, x, w, b, resident_ctas=4, eager=True, tail_w=tail_w)
+    assert (writes == 1).all()
+    scale = np.einsum("nhwc,tc->nhwt", np.abs(act), np.abs(tail_w.astype(np.float64)))
+    np.testing.assert_array_less(np.abs(z - np.einsum("nhwc,tc->nhwt", act, tail_w.astype(np.float64))),
+                                 RTOL_FP32 * scale + 1e-30)  # fmt: skip
+
+
+def test_fused_tail_detects_a_missing_barrier(monkeypatch):
+    """The partials read the staging tile after the warpgroup barrier: without it, a read-before-write."""
+    monkeypatch.setattr(emu.Cta, "named_barrier", lambda self, lo, hi: None)
+    x, w, b, tail_w = _tail_case((1, 4, 9), torch.float16)
+    with pytest.raises(emu.Hazard):
+        emu.launch_strip(STRIP_VARIANTS[0], TYPES[torch.float16], x, w, b, resident_ctas=1, tail_w=tail_w)
+
+
+# --- on a GPU --------------------------------------------------------------------------------------------------
+
+
+def _strip_variants(device):
+    out = [v["id"] for v in _ext().body_variants() if v["tail_partials"] and variant_unavailable(v, device) is None]
+    if not out:
+        pytest.skip("no body variant with tail_partials runs here (the wgmma strip kernels need Hopper, sm_90a)")
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 5), (3, 37, 53), (2, 19, 130)])
+def test_fused_tail_network_matches_reference(cuda_device, dtype, shape):  # noqa: F811
+    model = _model(depth=6).to(cuda_device)
+    x = torch.rand(shape[0], 1, *shape[1:], device=cuda_device)
+    ref = ref64(model, x)
+    same = Engine(model, backend="torch", dtype=dtype, device=cuda_device)(x)
+    for variant in _strip_variants(cuda_device):
+        out = Engine(model, backend="cuda", dtype=dtype, device=cuda_device, body_variant=variant, fuse_tail=True)(x)
+        assert_equivalent(out, same, ref, dtype, f"cuda fused tail, variant {variant}, {shape} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_fused_tail_network_at_1080p(cuda_device, dtype):  # noqa: F811
+    _strip_variants(cuda_device)
+    model = _model().to(cuda_device)
+    x = torch.rand(1, 1, 1080, 1920, device=cuda_device)
+    ref = ref64(model, x)
+    same = Engine(model, backend="torch", dtype=dtype, device=cuda_device)(x)
+    out = Engine(model, backend="cuda", dtype=dtype, device=cuda_device, fuse_tail=True)(x)
+    assert_equivalent(out, same, ref, dtype, f"cuda fused tail 1080p {dtype}")
+
+
+def test_fused_tail_one_body_layer_and_poisoned_buffers(cuda_device):  # noqa: F811
+    """Depth 3 (the only body layer is the fused one); outputs must not depend on what the buffers held."""
+    _strip_variants(cuda_device)
+    for depth in (3, 5):
+        model = _model(depth=depth).to(cuda_device)
+        x = torch.rand(2, 1, 23, 141, device=cuda_device)
+        engine = Engine(model, backend="cuda", dtype=torch.float16, device=cuda_device, fuse_tail=True)
+        first = engine(x)
+        same = Engine(model, backend="torch", dtype=torch.float16, device=cuda_device)(x)
+        assert_equivalent(first, same, ref64(model, x), torch.float16, f"cuda fused tail VDSR-{depth}")
+        for buf in engine._impl.buffers(2, 23, 141):
+            buf.fill_(float("nan"))
+        torch.testing.assert_close(engine(x), first, rtol=0, atol=0)
+
+
+def test_fused_tail_needs_a_strip_variant(cuda_device):  # noqa: F811
+    model = _model(depth=4).to(cuda_device)
+    with pytest.raises(BackendUnavailable, match="tail_partials"):
+        CudaBackend(model, cuda_device, torch.float16, body_variant=0, fuse_tail=True)
