@@ -14,6 +14,7 @@
 //   body bias       float32  [64]
 //   tail weights    float32  [9][64]              wL[0][c][ky][kx] at [ky*3+kx][c]
 //   tail bias       float32  [1]                  (device pointer: no host synchronisation)
+//   tail partials   float32  [N][H][W][9]         z[p][ky*3+kx] = sum_c wL[ky*3+kx][c] * act[p][c] (fused tail)
 #pragma once
 
 #include <cuda_runtime.h>

@@ -34,6 +34,9 @@
 //     (D) after both warpgroups waited for the previous item's wgmmas, its 2 exclusive rows are free:
 //     the next item's 2 rows are loaded into them (cp.async), landing while this item's wgmmas run
 //     (variant 6: after the epilogue; 7 and 8: before it).
+//   * TAIL (the last body layer of a fused tail, launch_strip_tail): the epilogue's staging tile is read back
+//     by pixel instead of stored, and each thread writes its pixel's nine per-tap partial sums of the tail
+//     conv (tail weights in 3 KB of shared memory behind the staging tiles); head_tail.cu gathers them.
 
 #pragma once
 
