@@ -219,6 +219,22 @@ def main(argv: list[str] | None = None) -> int:
         add("tail", "cuda tail + residual", lambda: ext.tail(x_nhwc.data_ptr(), y.data_ptr(), ty.data_ptr(),
                                                              tw32.data_ptr(), tb.data_ptr(), n, ht, wd, code, 0,
                                                              stream()), fl_tail)  # fmt: skip
+        # the fused tail (the automatic variant's TAIL kernel writing partial sums, then the gather), opt-in
+        if ext.body_variants()[auto]["tail_partials"] and not broken("cuda", {"fuse_tail": True}):
+            wl = packed[False]
+            z_ref = ref.reshape(-1, C) @ tw32.T  # (pixels, 9) from cuDNN's fp32 layer
+
+            def check_z(zz):
+                err = float((zz - z_ref).abs().max())
+                assert err <= 2e-2 * float(z_ref.abs().max()), f"partial sums off by {err:.3g}: not timed"
+
+            add("last", f"cuda last body layer + tail partials (variant {auto})",
+                lambda: ext.body_tail_partials(x_nhwc.data_ptr(), z.data_ptr(), wl.data_ptr(), b.data_ptr(),
+                                               tw32.data_ptr(), n, ht, wd, code, 0, stream(), auto),
+                fl + _flops(n, ht, wd, C, 1), out=z, check=check_z)  # fmt: skip
+            add("tail", "cuda tail gather + residual (after the partials)",
+                lambda: ext.tail_gather(z.data_ptr(), y.data_ptr(), ty.data_ptr(), tb.data_ptr(), n, ht, wd, 0,
+                                        stream()), fl_tail)  # fmt: skip
     fl_net = flops_per_pixel(model.depth, model.channels) * n * ht * wd
     with torch.inference_mode():
         # each backend's defaults, then the alternatives the latency benchmark times (one list: bench_latency)
