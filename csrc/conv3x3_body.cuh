@@ -336,7 +336,7 @@ PersistentGrid persistent_grid(Kernel kernel, ResidentCtas& resident_ctas, int n
   const int tiles_y = (h + K::kTileH - 1) / K::kTileH;
   const int64_t num_tiles64 = static_cast<int64_t>(n) * tiles_x * tiles_y;
   if (num_tiles64 > INT32_MAX) {
-    throw std::invalid_argument("vdsr_fast._C: input too large for the body kernel (" +
+    throw std::invalid_argument("vdsr_fast._C: input too large for the tiled kernels (" +
                                 std::to_string(num_tiles64) + " tiles)");
   }
   const int num_tiles = static_cast<int>(num_tiles64);

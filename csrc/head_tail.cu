@@ -7,10 +7,13 @@
 // Tail:  y[b][y][x] = x[b][y][x] + bL + sum_{ky,kx,c} wL[ky*3+kx][c] * act[b][y+ky-1][x+kx-1][c]
 //        act: NHWC fp16/bf16; x, y: fp32 Y planes; wL, bL fp32.  The global residual add is fused here.
 //
-// Both kernels: one CTA of 256 threads per 16 x 16-pixel output tile (tile order and coordinates as
-// the body kernels', body::tile_coord).  The CTA first stages its input tile with the one-pixel halo
-// in shared memory, zero-filled outside the image (the conv's zero padding), so each input value is
-// read from global memory about once (18 x 18 / 256 = 1.27x) and no pixel index is divided.
+// Both kernels: CTAs of 256 threads over 16 x 16-pixel output tiles (tile order and coordinates as the
+// body kernels', body::tile_coord), persistent: as many CTAs as fit on the GPU at once, each walking the
+// tiles blockIdx.x, blockIdx.x + gridDim.x, ... with its lanes' weights loaded once (one CTA per tile
+// loaded them per tile: 80 loads a thread against its 8 stores in the head).  Per tile the CTA first
+// stages its input with the one-pixel halo in shared memory, zero-filled outside the image (the conv's
+// zero padding), so each input value is read from global memory about once (18 x 18 / 256 = 1.27x) and
+// no pixel index is divided.
 // Thread (q, j) = (threadIdx.x / 8, threadIdx.x % 8): lane j of each group of eight owns channels
 // 8j .. 8j+7 and keeps their weights in registers; the group computes tile pixels q, q + 32, ...,
 // q + 224 (row p / 16, column p % 16), so a warp covers four adjacent pixels per step.
@@ -41,7 +44,9 @@ using body::kC;
 // One output tile and its CTA (also the K of body::load_halo).
 struct EdgeTile {
   static constexpr int kThreads = 256;
-  static constexpr int kTileH = 16;                      // x body::kTileW = 16 columns
+  static constexpr int kTileH = 16;
+  static constexpr int kTileW = body::kTileW;            // 16 columns
+  static constexpr int kSmemBytes = 0;                   // (dynamic: both kernels' buffers are static)
   static constexpr int kHaloW = body::kTileW + 2;        // 18
   static constexpr int kHaloPix = (kTileH + 2) * kHaloW;  // 324
 };
@@ -52,55 +57,58 @@ constexpr int kSteps = EdgeTile::kTileH * body::kTileW / kPixelGroups;     // 8 
 template <typename T>
 __global__ void __launch_bounds__(EdgeTile::kThreads)
     head_kernel(const float* __restrict__ x, T* __restrict__ out, const float* __restrict__ w,
-                const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y) {
+                const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y, int num_tiles) {
   __shared__ float sx[EdgeTile::kHaloPix];
-  const body::TileCoord tc = body::tile_coord<EdgeTile::kTileH>(blockIdx.x, tiles_x, tiles_y);
-  const float* img = x + static_cast<int64_t>(tc.b) * H * W;
-  for (int i = threadIdx.x; i < EdgeTile::kHaloPix; i += EdgeTile::kThreads) {
-    const int hy = i / EdgeTile::kHaloW;
-    const int hx = i - hy * EdgeTile::kHaloW;
-    const int yy = tc.y0 - 1 + hy;
-    const int xs = tc.x0 - 1 + hx;
-    const bool inside = static_cast<unsigned>(yy) < static_cast<unsigned>(H) &&
-                        static_cast<unsigned>(xs) < static_cast<unsigned>(W);
-    sx[i] = inside ? __ldg(img + static_cast<int64_t>(yy) * W + xs) : 0.0f;
-  }
   const int j = threadIdx.x % kLanesPerPixel;
   const int q = threadIdx.x / kLanesPerPixel;
-  float wr[8][9], br[8];  // this lane's 8 output channels, for all of its pixels
+  float wr[8][9], br[8];  // this lane's 8 output channels, for all of its pixels of all of its tiles
 #pragma unroll
   for (int c = 0; c < 8; ++c) {
     br[c] = __ldg(bias + j * 8 + c);
 #pragma unroll
     for (int tap = 0; tap < 9; ++tap) wr[c][tap] = __ldg(w + (j * 8 + c) * 9 + tap);
   }
-  __syncthreads();
-#pragma unroll 2
-  for (int s = 0; s < kSteps; ++s) {
-    const int p = s * kPixelGroups + q;
-    const int r = p / body::kTileW;
-    const int c = p % body::kTileW;
-    const int y = tc.y0 + r;
-    const int xx = tc.x0 + c;
-    if (y >= H || xx >= W) continue;
-    float v[9];
-#pragma unroll
-    for (int tap = 0; tap < 9; ++tap) v[tap] = sx[(r + tap / 3) * EdgeTile::kHaloW + c + tap % 3];
-    uint32_t packed[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      float o[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float acc = br[k * 2 + e];
-#pragma unroll
-        for (int tap = 0; tap < 9; ++tap) acc = fmaf(wr[k * 2 + e][tap], v[tap], acc);
-        o[e] = relu_keep_nan(acc);
-      }
-      packed[k] = Storage<T>::pack2(o[0], o[1]);
+  for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+    const body::TileCoord tc = body::tile_coord<EdgeTile::kTileH>(tile, tiles_x, tiles_y);
+    const float* img = x + static_cast<int64_t>(tc.b) * H * W;
+    __syncthreads();  // every thread is done reading the previous tile's sx
+    for (int i = threadIdx.x; i < EdgeTile::kHaloPix; i += EdgeTile::kThreads) {
+      const int hy = i / EdgeTile::kHaloW;
+      const int hx = i - hy * EdgeTile::kHaloW;
+      const int yy = tc.y0 - 1 + hy;
+      const int xs = tc.x0 - 1 + hx;
+      const bool inside = static_cast<unsigned>(yy) < static_cast<unsigned>(H) &&
+                          static_cast<unsigned>(xs) < static_cast<unsigned>(W);
+      sx[i] = inside ? __ldg(img + static_cast<int64_t>(yy) * W + xs) : 0.0f;
     }
-    T* dst = out + ((static_cast<int64_t>(tc.b) * H + y) * W + xx) * kC + j * 8;
-    *reinterpret_cast<uint4*>(dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    __syncthreads();
+#pragma unroll 2
+    for (int s = 0; s < kSteps; ++s) {
+      const int p = s * kPixelGroups + q;
+      const int r = p / body::kTileW;
+      const int c = p % body::kTileW;
+      const int y = tc.y0 + r;
+      const int xx = tc.x0 + c;
+      if (y >= H || xx >= W) continue;
+      float v[9];
+#pragma unroll
+      for (int tap = 0; tap < 9; ++tap) v[tap] = sx[(r + tap / 3) * EdgeTile::kHaloW + c + tap % 3];
+      uint32_t packed[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        float o[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float acc = br[k * 2 + e];
+#pragma unroll
+          for (int tap = 0; tap < 9; ++tap) acc = fmaf(wr[k * 2 + e][tap], v[tap], acc);
+          o[e] = relu_keep_nan(acc);
+        }
+        packed[k] = Storage<T>::pack2(o[0], o[1]);
+      }
+      T* dst = out + ((static_cast<int64_t>(tc.b) * H + y) * W + xx) * kC + j * 8;
+      *reinterpret_cast<uint4*>(dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    }
   }
 }
 
@@ -108,101 +116,103 @@ __global__ void __launch_bounds__(EdgeTile::kThreads)
 template <typename T>
 __global__ void __launch_bounds__(EdgeTile::kThreads, 2)
     tail_kernel(const T* __restrict__ act, const float* x, float* y, const float* __restrict__ w,
-                const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y) {
+                const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y, int num_tiles) {
   __shared__ __align__(128) unsigned char halo[EdgeTile::kHaloPix * body::kRowBytes];  // 41,472 bytes
-  const body::TileCoord tc = body::tile_coord<EdgeTile::kTileH>(blockIdx.x, tiles_x, tiles_y);
   const uint32_t sh = smem_addr(halo);
-  body::load_halo<EdgeTile>(sh, act, tc, H, W);
-  cp_async_commit();
   const int j = threadIdx.x % kLanesPerPixel;
   const int q = threadIdx.x / kLanesPerPixel;
-  float wr[9][8];  // this lane's 8 channels of every tap, while the halo is in flight
+  float wr[9][8];  // this lane's 8 channels of every tap, for all of its tiles
 #pragma unroll
   for (int tap = 0; tap < 9; ++tap) {
 #pragma unroll
     for (int k = 0; k < 8; ++k) wr[tap][k] = __ldg(w + tap * kC + j * 8 + k);
   }
   const float b0 = __ldg(bias);
-  cp_async_wait<0>();
-  __syncthreads();
+  for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+    const body::TileCoord tc = body::tile_coord<EdgeTile::kTileH>(tile, tiles_x, tiles_y);
+    __syncthreads();  // every thread is done reading the previous tile's halo
+    body::load_halo<EdgeTile>(sh, act, tc, H, W);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
 #pragma unroll 2
-  for (int s = 0; s < kSteps; ++s) {
-    const int p = s * kPixelGroups + q;
-    const int r = p / body::kTileW;
-    const int c = p % body::kTileW;
-    float acc = 0.0f;
+    for (int s = 0; s < kSteps; ++s) {
+      const int p = s * kPixelGroups + q;
+      const int r = p / body::kTileW;
+      const int c = p % body::kTileW;
+      float acc = 0.0f;
 #pragma unroll
-    for (int tap = 0; tap < 9; ++tap) {
-      const int hp = (r + tap / 3) * EdgeTile::kHaloW + c + tap % 3;
-      const uint4 u = *reinterpret_cast<const uint4*>(halo + body::swz(hp, j));
-      const uint32_t words[4] = {u.x, u.y, u.z, u.w};
+      for (int tap = 0; tap < 9; ++tap) {
+        const int hp = (r + tap / 3) * EdgeTile::kHaloW + c + tap % 3;
+        const uint4 u = *reinterpret_cast<const uint4*>(halo + body::swz(hp, j));
+        const uint32_t words[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float2 f = Storage<T>::unpack2(words[k]);
-        acc = fmaf(wr[tap][2 * k], f.x, acc);
-        acc = fmaf(wr[tap][2 * k + 1], f.y, acc);
+        for (int k = 0; k < 4; ++k) {
+          const float2 f = Storage<T>::unpack2(words[k]);
+          acc = fmaf(wr[tap][2 * k], f.x, acc);
+          acc = fmaf(wr[tap][2 * k + 1], f.y, acc);
+        }
       }
-    }
-    // Sum the eight lanes of this pixel (lanes 8k .. 8k+7 of the warp; every lane takes part).
-    acc += __shfl_xor_sync(0xffffffffu, acc, 4);
-    acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-    const int yy = tc.y0 + r;
-    const int xx = tc.x0 + c;
-    if (j == 0 && yy < H && xx < W) {
-      const int64_t pix = (static_cast<int64_t>(tc.b) * H + yy) * W + xx;
-      y[pix] = x[pix] + (b0 + acc);
+      // Sum the eight lanes of this pixel (lanes 8k .. 8k+7 of the warp; every lane takes part).
+      acc += __shfl_xor_sync(0xffffffffu, acc, 4);
+      acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+      acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+      const int yy = tc.y0 + r;
+      const int xx = tc.x0 + c;
+      if (j == 0 && yy < H && xx < W) {
+        const int64_t pix = (static_cast<int64_t>(tc.b) * H + yy) * W + xx;
+        y[pix] = x[pix] + (b0 + acc);
+      }
     }
   }
 }
 
-struct Tiles {
-  int x, y, count;
-};
-
-Tiles edge_tiles(int n, int h, int w_, const char* what) {
-  const int tiles_x = (w_ + body::kTileW - 1) / body::kTileW;
-  const int tiles_y = (h + EdgeTile::kTileH - 1) / EdgeTile::kTileH;
-  const int64_t count = static_cast<int64_t>(n) * tiles_x * tiles_y;
-  if (count > INT32_MAX) {
-    throw std::invalid_argument(std::string("vdsr_fast._C: input too large for the ") + what + " kernel");
-  }
-  return {tiles_x, tiles_y, static_cast<int>(count)};
+// The persistent grid (body::persistent_grid: the kernel's occupancy x the SMs, cached per kernel and device)
+// on the current device (the bindings' DeviceGuard).
+template <typename Kernel>
+body::PersistentGrid edge_grid(Kernel kernel, body::ResidentCtas& resident, int n, int h, int w_) {
+  int device = 0;
+  VDSR_CUDA_CHECK(cudaGetDevice(&device));
+  return body::persistent_grid<EdgeTile>(kernel, resident, n, h, w_, device);
 }
 
 }  // namespace
 
+template <typename T>
+void launch_head_t(const float* x, void* out, const float* w, const float* b, int n, int h, int w_,
+                   cudaStream_t stream) {
+  static body::ResidentCtas resident = {};
+  const body::PersistentGrid g = edge_grid(head_kernel<T>, resident, n, h, w_);
+  head_kernel<T><<<g.grid, EdgeTile::kThreads, 0, stream>>>(x, static_cast<T*>(out), w, b, h, w_, g.tiles_x, g.tiles_y,
+                                                            g.num_tiles);
+  VDSR_CHECK_LAUNCH(head_kernel);
+}
+
 void launch_head(const float* x, void* out, const float* w, const float* b, int n, int h, int w_, DType dtype,
                  cudaStream_t stream) {
-  const Tiles t = edge_tiles(n, h, w_, "head");
-  if (dtype == kFloat16) {
-    head_kernel<__half><<<t.count, EdgeTile::kThreads, 0, stream>>>(x, static_cast<__half*>(out), w, b, h, w_, t.x,
-                                                                    t.y);
-  } else if (dtype == kBFloat16) {
-    head_kernel<__nv_bfloat16><<<t.count, EdgeTile::kThreads, 0, stream>>>(x, static_cast<__nv_bfloat16*>(out), w,
-                                                                           b, h, w_, t.x, t.y);
-  } else {
-    throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
-  }
-  VDSR_CHECK_LAUNCH(head_kernel);
+  if (dtype == kFloat16) return launch_head_t<__half>(x, out, w, b, n, h, w_, stream);
+  if (dtype == kBFloat16) return launch_head_t<__nv_bfloat16>(x, out, w, b, n, h, w_, stream);
+  throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
+}
+
+template <typename T>
+void launch_tail_t(const void* act, const float* x, float* y, const float* w, const float* b, int n, int h, int w_,
+                   cudaStream_t stream) {
+  static body::ResidentCtas resident = {};
+  const body::PersistentGrid g = edge_grid(tail_kernel<T>, resident, n, h, w_);
+  tail_kernel<T><<<g.grid, EdgeTile::kThreads, 0, stream>>>(static_cast<const T*>(act), x, y, w, b, h, w_, g.tiles_x,
+                                                            g.tiles_y, g.num_tiles);
+  VDSR_CHECK_LAUNCH(tail_kernel);
 }
 
 void launch_tail(const void* act, const float* x, float* y, const float* w, const float* b, int n, int h, int w_,
                  DType dtype, cudaStream_t stream) {
-  const Tiles t = edge_tiles(n, h, w_, "tail");
-  if (dtype == kFloat16) {
-    tail_kernel<__half><<<t.count, EdgeTile::kThreads, 0, stream>>>(static_cast<const __half*>(act), x, y, w, b, h,
-                                                                    w_, t.x, t.y);
-  } else if (dtype == kBFloat16) {
-    tail_kernel<__nv_bfloat16><<<t.count, EdgeTile::kThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(act), x, y, w, b, h, w_, t.x, t.y);
-  } else {
-    throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
-  }
-  VDSR_CHECK_LAUNCH(tail_kernel);
+  if (dtype == kFloat16) return launch_tail_t<__half>(act, x, y, w, b, n, h, w_, stream);
+  if (dtype == kBFloat16) return launch_tail_t<__nv_bfloat16>(act, x, y, w, b, n, h, w_, stream);
+  throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
 }
 
-// Tail gather, the second half of a fused tail (after body::launch_strip_tail_partials, whose last body layer
+// Tail gather, the second half of a fused tail (after launch_body_tail_partials, whose last body layer
 // wrote the tail conv's nine per-tap partial sums of every pixel instead of its activation):
 //   y[b][y][x] = x[b][y][x] + (bL + sum_{ky,kx} z[b][y+ky-1][x+kx-1][ky*3+kx])   (z = 0 outside the image)
 // z: fp32 [N][H][W][9].  One thread per output pixel, taps in order 0..8 (fp32); y may alias x.

@@ -1276,7 +1276,7 @@ def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=F
 
 
 def launch_tail_gather(z, x, bias):
-    """ht ``tail_gather_kernel``: ``z`` (N, H, W, 9) fp32, ``x`` the Y plane (N, H, W) fp32 -> y, taps in order
+    """ht:219-238 (``tail_gather_kernel``): ``z`` (N, H, W, 9) fp32, ``x`` the Y plane (N, H, W) fp32 -> y, taps in order
     0..8 from the bias, fp32; a source pixel outside the image adds nothing."""
     g_z = Global("z", z)
     n, h, w_ = x.shape
@@ -1295,7 +1295,7 @@ def launch_tail_gather(z, x, bias):
 # ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EdgeTile:
-    """ht:42-47 (also the ``K`` of ``load_halo``)."""
+    """ht:45-52 (also the ``K`` of ``load_halo``)."""
 
     threads: int = 256
     tile_h: int = 16
@@ -1304,111 +1304,117 @@ class EdgeTile:
 
 
 EDGE = EdgeTile()
-PIXEL_GROUPS = EDGE.threads // 8  # ht:48-49
-STEPS = EDGE.tile_h * TILE_W // PIXEL_GROUPS  # ht:50
+PIXEL_GROUPS = EDGE.threads // 8  # ht:53-54
+STEPS = EDGE.tile_h * TILE_W // PIXEL_GROUPS  # ht:55
 EDGE_TID = np.arange(EDGE.threads).reshape(-1, 32)  # threadIdx.x as (warp, lane)
 
 
-def edge_tiles(n, h, w_):
-    """ht:163-171 -> (tiles_x, tiles_y, count)."""
+def edge_tiles(n, h, w_, resident_ctas):
+    """cuh ``persistent_grid`` with EdgeTile (ht:173-176) -> (tiles_x, tiles_y, count, grid), ``resident_ctas``
+    standing for ``sms * per_sm``."""
     tiles_x = (w_ + TILE_W - 1) // TILE_W
     tiles_y = (h + EDGE.tile_h - 1) // EDGE.tile_h
     count = n * tiles_x * tiles_y
     assert count <= 2**31 - 1
-    return tiles_x, tiles_y, count
+    return tiles_x, tiles_y, count, min(count, resident_ctas)
 
 
 def step_pixel(tc, s, q, h, w_):
-    """ht:80-84 / ht:130-132, ht:150-151: tile pixel of step ``s`` -> (r, c, y, x, inside the image)."""
+    """ht:87-92 / ht:140-142, ht:160-161: tile pixel of step ``s`` -> (r, c, y, x, inside the image)."""
     p = s * PIXEL_GROUPS + q
     r, c = p // TILE_W, p % TILE_W
     y, x = tc[1] + r, tc[2] + c
     return r, c, y, x, (y < h) & (x < w_)
 
 
-def launch_head(T, x, w, bias):
-    """ht:175-188 + ht:52-105.  ``x`` fp32 (N, H, W), ``w`` fp32 (64, 9), ``bias`` fp32 (64,)."""
+def launch_head(T, x, w, bias, *, resident_ctas=132):
+    """ht:181-196 + ht:57-113.  ``x`` fp32 (N, H, W), ``w`` fp32 (64, 9), ``bias`` fp32 (64,)."""
     n, h, w_ = x.shape
-    tiles_x, tiles_y, count = edge_tiles(n, h, w_)  # ht:177
+    tiles_x, tiles_y, count, grid = edge_tiles(n, h, w_, resident_ctas)  # ht:185
     g_x = Global("x", np.asarray(x, np.float32))
     g_out = Global("out", np.full((n, h, w_, KC), T.poison, np.uint16))
     g_w = Global("w", np.asarray(w, np.float32))
     g_b = Global("bias", np.asarray(bias, np.float32))
-    j, q = EDGE_TID % 8, EDGE_TID // 8  # ht:68-69
-    n_ = (j * 8)[..., None] + np.arange(8)  # ht:72: this lane's channels
-    br = g_b.load(n_)  # ht:73
-    wr = g_w.load(n_[..., None] * 9 + np.arange(9))  # ht:75: wr[warp, lane, c, tap]
-    for block_idx in range(count):
-        cta = Cta(EDGE.halo_pix * 4, T.poison, eager=True)  # ht:56: sx, fp32
-        tc = tile_coord(EDGE.tile_h, block_idx, tiles_x, tiles_y)  # ht:57
-        img = np.int64(tc[0]) * h * w_  # ht:58
-        for base in range(0, EDGE.halo_pix, EDGE.threads):  # ht:59
-            i = base + EDGE_TID
-            active = i < EDGE.halo_pix
-            hy = i // EDGE.halo_w  # ht:60
-            hx = i - hy * EDGE.halo_w  # ht:61
-            yy = tc[1] - 1 + hy  # ht:62
-            xs = tc[2] - 1 + hx  # ht:63
-            inside = active & unsigned_lt(yy, h) & unsigned_lt(xs, w_)  # ht:64-65
-            val = np.zeros(i.shape, np.float32)
-            val[inside] = g_x.load(img + yy[inside].astype(np.int64) * w_ + xs[inside])  # ht:66
-            cta.sts32(4 * i, val.view(np.uint32), active)
-        cta.syncthreads()  # ht:77
-        for s in range(STEPS):  # ht:79
-            r, c, y, xx, live = step_pixel(tc, s, q, h, w_)  # ht:80-85
-            v = [cta.lds32(4 * ((r + tap // 3) * EDGE.halo_w + c + tap % 3), live).view(np.float32)
-                 for tap in range(9)]  # ht:88  # fmt: skip
-            packed = []
-            for k in range(4):  # ht:91
-                o = []
-                for e in range(2):  # ht:94
-                    acc = br[..., k * 2 + e]  # ht:95
-                    for tap in range(9):  # ht:97
-                        acc = fmaf(wr[..., k * 2 + e, tap], v[tap], acc)
-                    o.append(relu_keep_nan(acc))  # ht:98
-                packed.append(pack2(T, o[0], o[1]))  # ht:100
-            words = np.stack(packed, axis=-1)[live]  # ht:103: uint4 = 8 halves, .x first
-            halves = np.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1, 8).astype(np.uint16)
-            dst = ((np.int64(tc[0]) * h + y) * w_ + xx) * KC + j * 8  # ht:102
-            g_out.store(dst[live], halves, n=8, align_bytes=16)
+    j, q = EDGE_TID % 8, EDGE_TID // 8  # ht:62-63
+    n_ = (j * 8)[..., None] + np.arange(8)  # ht:66: this lane's channels
+    br = g_b.load(n_)  # ht:67
+    wr = g_w.load(n_[..., None] * 9 + np.arange(9))  # ht:69: wr[warp, lane, c, tap]
+    for block_idx in range(grid):
+        cta = Cta(EDGE.halo_pix * 4, T.poison, eager=True)  # ht:61: sx, fp32
+        for tile in range(block_idx, count, grid):  # ht:71
+            tc = tile_coord(EDGE.tile_h, tile, tiles_x, tiles_y)  # ht:72
+            img = np.int64(tc[0]) * h * w_  # ht:73
+            cta.syncthreads()  # ht:74
+            for base in range(0, EDGE.halo_pix, EDGE.threads):  # ht:75
+                i = base + EDGE_TID
+                active = i < EDGE.halo_pix
+                hy = i // EDGE.halo_w  # ht:76
+                hx = i - hy * EDGE.halo_w  # ht:77
+                yy = tc[1] - 1 + hy  # ht:78
+                xs = tc[2] - 1 + hx  # ht:79
+                inside = active & unsigned_lt(yy, h) & unsigned_lt(xs, w_)  # ht:80-81
+                val = np.zeros(i.shape, np.float32)
+                val[inside] = g_x.load(img + yy[inside].astype(np.int64) * w_ + xs[inside])  # ht:82
+                cta.sts32(4 * i, val.view(np.uint32), active)
+            cta.syncthreads()  # ht:84
+            for s in range(STEPS):  # ht:86
+                r, c, y, xx, live = step_pixel(tc, s, q, h, w_)  # ht:87-92
+                v = [cta.lds32(4 * ((r + tap // 3) * EDGE.halo_w + c + tap % 3), live).view(np.float32)
+                     for tap in range(9)]  # ht:95  # fmt: skip
+                packed = []
+                for k in range(4):  # ht:98
+                    o = []
+                    for e in range(2):  # ht:101
+                        acc = br[..., k * 2 + e]  # ht:102
+                        for tap in range(9):  # ht:104
+                            acc = fmaf(wr[..., k * 2 + e, tap], v[tap], acc)
+                        o.append(relu_keep_nan(acc))  # ht:105
+                    packed.append(pack2(T, o[0], o[1]))  # ht:107
+                words = np.stack(packed, axis=-1)[live]  # ht:110: uint4 = 8 halves, .x first
+                halves = np.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1, 8).astype(np.uint16)
+                dst = ((np.int64(tc[0]) * h + y) * w_ + xx) * KC + j * 8  # ht:109
+                g_out.store(dst[live], halves, n=8, align_bytes=16)
     return g_out.a.reshape(n, h, w_, KC), g_out.writes.reshape(n, h, w_, KC)
 
 
-def launch_tail(T, act_bits, x, w, bias, *, alias_y_to_x=False, eager=False):
-    """ht:190-204 + ht:107-157.  ``act_bits`` (N, H, W, 64) uint16, ``x`` fp32 (N, H, W), ``w`` fp32 (9, 64).
+def launch_tail(T, act_bits, x, w, bias, *, alias_y_to_x=False, eager=False, resident_ctas=132):
+    """ht:198-213 + ht:116-168.  ``act_bits`` (N, H, W, 64) uint16, ``x`` fp32 (N, H, W), ``w`` fp32 (9, 64).
 
     ``alias_y_to_x`` runs it in place (y == x, which vdsr_kernels.h allows).
     """
     n, h, w_, _ = act_bits.shape
-    tiles_x, tiles_y, count = edge_tiles(n, h, w_)  # ht:192
+    tiles_x, tiles_y, count, grid = edge_tiles(n, h, w_, resident_ctas)  # ht:202
     g_act = Global("act", act_bits.astype(np.uint16))
     g_x = Global("x", np.asarray(x, np.float32).copy())
     g_y = g_x if alias_y_to_x else Global("y", np.full((n, h, w_), np.nan, np.float32))
     g_w = Global("w", np.asarray(w, np.float32))
     g_b = Global("bias", np.asarray(bias, np.float32))
-    j, q = EDGE_TID % 8, EDGE_TID // 8  # ht:117-118
-    wr = g_w.load(np.arange(9)[:, None] * KC + (j * 8)[..., None, None] + np.arange(8))  # ht:123: [warp, lane, tap, k]
-    b0 = g_b.load(0)  # ht:125
-    for block_idx in range(count):
-        cta = Cta(EDGE.halo_pix * ROW_BYTES, T.poison, eager)  # ht:112
-        tc = tile_coord(EDGE.tile_h, block_idx, tiles_x, tiles_y)  # ht:113
-        load_halo(EDGE, cta, 0, g_act, tc, h, w_)  # ht:115
-        cta.commit()  # ht:116
-        cta.wait_group(0)  # ht:126
-        cta.syncthreads()  # ht:127
-        for s in range(STEPS):  # ht:129
-            r, c, yy, xx, live = step_pixel(tc, s, q, h, w_)  # ht:130-132, ht:150-151
-            acc = np.zeros(EDGE_TID.shape, np.float32)  # ht:133
-            for tap in range(9):  # ht:135
-                hp = (r + tap // 3) * EDGE.halo_w + c + tap % 3  # ht:136
-                u = cta.lds128(swz(hp, j))  # ht:137-138
-                for k in range(4):  # ht:140
-                    fx, fy = unpack2(T, u[..., k])  # ht:141
-                    acc = fmaf(wr[..., tap, 2 * k], fx, acc)  # ht:142
-                    acc = fmaf(wr[..., tap, 2 * k + 1], fy, acc)  # ht:143
-            for m in (4, 2, 1):  # ht:147-149: __shfl_xor_sync within each warp
-                acc = (acc + acc[:, LANE ^ m]).astype(np.float32)
-            out = (j == 0) & live  # ht:152
-            pix = ((np.int64(tc[0]) * h + yy) * w_ + xx)[out]  # ht:153
-            g_y.store(pix, (g_x.load(pix) + (b0 + acc[out])).astype(np.float32))  # ht:154
+    j, q = EDGE_TID % 8, EDGE_TID // 8  # ht:122-123
+    wr = g_w.load(np.arange(9)[:, None] * KC + (j * 8)[..., None, None] + np.arange(8))  # ht:128: [warp, lane, tap, k]
+    b0 = g_b.load(0)  # ht:130
+    for block_idx in range(grid):
+        cta = Cta(EDGE.halo_pix * ROW_BYTES, T.poison, eager)  # ht:120
+        for tile in range(block_idx, count, grid):  # ht:131
+            tc = tile_coord(EDGE.tile_h, tile, tiles_x, tiles_y)  # ht:132
+            cta.syncthreads()  # ht:133
+            load_halo(EDGE, cta, 0, g_act, tc, h, w_)  # ht:134
+            cta.commit()  # ht:135
+            cta.wait_group(0)  # ht:136
+            cta.syncthreads()  # ht:137
+            for s in range(STEPS):  # ht:139
+                r, c, yy, xx, live = step_pixel(tc, s, q, h, w_)  # ht:140-142, ht:160-161
+                acc = np.zeros(EDGE_TID.shape, np.float32)  # ht:143
+                for tap in range(9):  # ht:145
+                    hp = (r + tap // 3) * EDGE.halo_w + c + tap % 3  # ht:146
+                    u = cta.lds128(swz(hp, j))  # ht:147-148
+                    for k in range(4):  # ht:150
+                        fx, fy = unpack2(T, u[..., k])  # ht:151
+                        acc = fmaf(wr[..., tap, 2 * k], fx, acc)  # ht:152
+                        acc = fmaf(wr[..., tap, 2 * k + 1], fy, acc)  # ht:153
+                for m in (4, 2, 1):  # ht:157-159: __shfl_xor_sync within each warp
+                    acc = (acc + acc[:, LANE ^ m]).astype(np.float32)
+                out = (j == 0) & live  # ht:162
+                pix = ((np.int64(tc[0]) * h + yy) * w_ + xx)[out]  # ht:163
+                g_y.store(pix, (g_x.load(pix) + (b0 + acc[out])).astype(np.float32))  # ht:164
+        cta.exit()
     return g_y.a.reshape(n, h, w_).copy(), g_y.writes.reshape(n, h, w_)

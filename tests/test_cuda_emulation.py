@@ -546,6 +546,43 @@ def test_tail_detects_a_missing_barrier_or_wait(monkeypatch, bug):
         emu.launch_tail(emu.Half, *args)
 
 
+@pytest.mark.parametrize("resident", [1, 3])
+def test_head_and_tail_walk_their_tiles_persistently(resident):
+    """One or three CTAs walk every tile (2 x 37 x 53: 24 tiles), reusing their shared memory tile after tile."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 37, 53, generator=g)
+    w = torch.randn(64, 1, 3, 3, generator=g) * 0.5
+    b = torch.randn(64, generator=g) * 0.2
+    out, writes = emu.launch_head(emu.Half, x.numpy(), w.reshape(64, 9).numpy(), b.numpy(), resident_ctas=resident)
+    assert (writes == 1).all()
+    ref = F.conv2d(x.double()[:, None], w.double(), b.double(), padding=1).relu().permute(0, 2, 3, 1)
+    check_close(emu.Half.to_float(out), ref.numpy(), REL[torch.float16], f"head on {resident} CTAs")
+    args, ref = tail_case((2, 37, 53), torch.float16)
+    y, writes = emu.launch_tail(emu.Half, *args, resident_ctas=resident)
+    assert (writes == 1).all()
+    check_close(y, ref, 1e-5, f"tail on {resident} CTAs")
+
+
+@pytest.mark.parametrize("kernel", ["head", "tail"])
+def test_persistent_head_and_tail_detect_a_missing_barrier_between_tiles(monkeypatch, kernel):
+    """Without the barrier at the top of each tile (every other __syncthreads), the next tile's staging
+    overwrites shared memory that slower threads may still be reading."""
+    orig, calls = emu.Cta.syncthreads, []
+
+    def every_other(self):
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            orig(self)
+
+    monkeypatch.setattr(emu.Cta, "syncthreads", every_other)
+    with pytest.raises(emu.Hazard, match="write-after-read|read since"):
+        if kernel == "head":
+            emu.launch_head(emu.Half, np.random.rand(1, 20, 20).astype(np.float32), np.ones((64, 9), np.float32),
+                            np.zeros(64, np.float32), resident_ctas=1)  # fmt: skip
+        else:
+            emu.launch_tail(emu.Half, *tail_case((1, 20, 20), torch.float16)[0], resident_ctas=1)
+
+
 def test_whole_network_chain_matches_the_reference():
     """head -> four body layers (two direct variants, the Winograd kernel, the row-reuse wgmma kernel) -> tail,
     weights packed as CudaBackend packs them."""
