@@ -92,6 +92,9 @@ def _capture(dtype: torch.dtype, shape: tuple[int, int, int], body_configs=(None
         z = conv3x3.conv3x3_bias_relu_tail_partials(a, conv3x3.pack_conv3x3_weight(w1, dtype), b1,
                                                     conv3x3.pack_tail_partials_weight(w2, dtype))  # fmt: skip
         tail.tail_gather_residual(z, b2, y)
+        # the same with a TMA body (Hopper's default): its TAIL epilogue
+        conv3x3_tma.conv3x3_tma_tail_partials(a, conv3x3.pack_conv3x3_weight(w1, dtype), b1,
+                                              conv3x3.pack_tail_partials_weight(w2, dtype))  # fmt: skip
     finally:
         JITFunction.run = real_run
     return launches

@@ -139,12 +139,22 @@ def test_network_swap_body_large_gpu(dtype, poison):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_network_tma_body_large_gpu(dtype, poison):
-    """The TMA body (a candidate for the default) through the whole network at 1080p, and a small batch."""
+    """The TMA body (the default on Hopper) through the whole network at 1080p, and a small batch."""
     device = _needs_cuda()
     model = _model(20, 64, seed=4).to(device)
     cfg = tma_config(dtype)
     _check_network(model, torch.rand(1, 1, 1080, 1920, device=device), dtype, body_config=cfg)
     _check_network(model, torch.rand(2, 1, 37, 53, device=device), dtype, body_config=cfg, cuda_graphs=True)
+
+
+@pytest.mark.parametrize("fuse_tail", [True, False], ids=["fused-tail", "tail"])
+def test_network_tma_body(fuse_tail, poison):
+    """The TMA body through a small network (its TAIL epilogue as the fused tail's last layer), fp16, in the
+    interpreter on the CPU."""
+    device = triton_device()
+    model = _model(4, 64, seed=6).to(device)
+    _check_network(model, torch.rand(2, 1, 9, 37, device=device), torch.float16,
+                   body_config=TmaConfig(4, 16, 64, 4, 2, swap=True), fuse_tail=fuse_tail)  # fmt: skip
 
 
 def test_tma_body_needs_power_of_two_channels():

@@ -19,8 +19,19 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
 if HAS_TRITON:
-    from vdsr_fast.kernels.triton.conv3x3 import conv3x3_bias_relu, pack_conv3x3_weight
-    from vdsr_fast.kernels.triton.conv3x3_tma import TmaConfig, conv3x3_tma, tma_candidates, tma_config
+    from vdsr_fast.kernels.triton.conv3x3 import (
+        conv3x3_bias_relu,
+        conv3x3_bias_relu_tail_partials,
+        pack_conv3x3_weight,
+        pack_tail_partials_weight,
+    )
+    from vdsr_fast.kernels.triton.conv3x3_tma import (
+        TmaConfig,
+        conv3x3_tma,
+        conv3x3_tma_tail_partials,
+        tma_candidates,
+        tma_config,
+    )
 
 CASES = [  # (N, H, W, C): tiles cut by every border, one-pixel images, batches, 16 channels
     (2, 7, 19, 64),
@@ -83,6 +94,29 @@ def test_every_tma_candidate_agrees_with_the_direct_kernel():
         out = conv3x3_tma(x, w, b, config=cfg)
         torch.testing.assert_close(out, ref, atol=ulp * max(1.0, ref.abs().max().item()), rtol=0,
                                    msg=lambda m, cfg=cfg: f"{cfg}: {m}")  # fmt: skip
+
+
+@pytest.mark.parametrize("config", [None, "small", "swap-small"])
+@pytest.mark.parametrize("size", [(2, 7, 19), (1, 1, 1), (1, 9, 33)], ids=lambda s: "x".join(map(str, s)))
+def test_tma_tail_partials_match_the_direct_kernels(size, config):
+    """The TMA body's TAIL epilogue (the last layer of a fused tail): the nine partial sums of the activation
+    the same TMA kernel stores (fp32 summation apart), every pixel written; against the direct kernel's, one
+    fp16 rounding of the activation apart (the two convs sum in different orders)."""
+    device = triton_device()
+    dtype = torch.float16
+    cfg = {None: None, "small": TmaConfig(4, 8, 16, 4, 2), "swap-small": TmaConfig(2, 16, 32, 4, 2, swap=True)}[config]
+    x, wt, b = _layer(*size, 64, dtype, device, seed=7)
+    w = pack_conv3x3_weight(wt, dtype)
+    g = torch.Generator().manual_seed(8)
+    tw = pack_tail_partials_weight((torch.randn(1, 64, 3, 3, generator=g) * 0.1).to(device), dtype)
+    z = torch.full((size[0] * size[1] * size[2], 9), float("nan"), device=device)
+    assert conv3x3_tma_tail_partials(x, w, b, tw, z, config=cfg) is z
+    ref = conv3x3_bias_relu_tail_partials(x, w, b, tw)
+    act = conv3x3_tma(x, w, b, config=cfg).reshape(-1, 64).double()  # the rounded activation it starts from
+    scale = act.abs() @ tw[:, :9].double().abs()  # sum of |terms|: fp32 summation bounds
+    assert torch.isfinite(z).all()
+    assert ((z.double() - act @ tw[:, :9].double()).abs() <= 64 * 2.0**-24 * scale + 1e-30).all()
+    assert ((z.double() - ref.double()).abs() <= 2.0**-10 * scale + 1e-30).all()
 
 
 def test_tma_refuses_what_a_descriptor_cannot_describe():

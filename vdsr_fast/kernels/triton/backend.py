@@ -3,7 +3,7 @@
 head  ``conv3x3_head``         Y plane (caller's tensor, any float dtype) -> NHWC buffer A   (conv+bias+ReLU)
 body  ``conv3x3_tma`` (Hopper, fp16/bf16) or ``conv3x3_bias_relu``   A -> B, B -> A, ... (two ping-pong NHWC
       buffers per input shape; :func:`default_body_config` picks the kernel)
-last  ``conv3x3_bias_relu_tail_partials``  the last body layer: instead of its activation, the tail conv's
+last  ``conv3x3_bias_relu_tail_partials`` (TMA body: ``conv3x3_tma_tail_partials``)  the last body layer: instead of its activation, the tail conv's
       9 per-tap partial sums per pixel (its epilogue multiplies the tile by the tail weights)
 tail  ``tail_gather_residual``  partials + Y plane -> Y' = Y + sum of the neighbours' partials + bias
 
@@ -37,7 +37,7 @@ from .conv3x3 import (
     pack_tail_partials_weight,
     swap_configs,
 )
-from .conv3x3_tma import TmaConfig, conv3x3_tma, tma_config, tma_unsupported
+from .conv3x3_tma import TmaConfig, conv3x3_tma, conv3x3_tma_tail_partials, tma_config, tma_unsupported
 from .tail import conv3x3_tail_residual, pack_tail_weight, tail_gather_residual
 from .winograd import WinogradConfig, conv3x3_winograd, pack_winograd_weight, winograd_config
 
@@ -170,7 +170,9 @@ class TritonBackend(PingPongBuffers):
             neighbours' partials, the bias and the residual (``conv3x3_bias_relu_tail_partials`` +
             ``tail_gather_residual``; the last layer then runs the direct kernel, with ``body_config`` if
             that is a direct config holding every channel in one tile without ``share_row``, else the
-            default one). Needs at least one body layer; ignored otherwise.
+            default one; with a TMA body, ``conv3x3_tma_tail_partials`` with its config -- the eager and
+            CUDA-graph paths; under torch.compile the direct kernel's op). Needs at least one body layer;
+            ignored otherwise.
 
     Activation buffers are owned by the backend and shared by its calls: calls from different CUDA
     streams are ordered on the GPU (see :class:`~vdsr_fast.kernels.PingPongBuffers`), and
@@ -261,9 +263,10 @@ class TritonBackend(PingPongBuffers):
         if self.fuse_tail:
             self.w_last = pack_conv3x3_weight(ws[-2], dtype)
             self.w_tail16 = pack_tail_partials_weight(ws[-1], dtype)
-            # the partial sums need every channel in one program: other body configs keep the default tile here
+            # the partial sums need every channel in one program: a TMA body's last layer is its TAIL kernel, a
+            # direct config holding all channels without share_row is kept, other configs take the default tile
             usable = isinstance(body_config, ConvConfig) and not body_config.share_row and body_config.block_n >= c
-            self.last_config = body_config if usable else None
+            self.last_config = body_config if usable or self.tma else None
             self._packed += [self.w_last, self.w_tail16]
         self._init_buffers()  # two ping-pong NHWC buffers; graphs keyed (N, H, W, y dtype)
 
@@ -294,7 +297,8 @@ class TritonBackend(PingPongBuffers):
         z = None
         if b.numel() * b.element_size() >= pixels * 9 * 4:
             z = b.view(-1)[: pixels * 9 * 4 // b.element_size()].view(torch.float32).view(pixels, 9)
-        z = conv3x3_bias_relu_tail_partials(a, self.w_last, self.b_body[-1], self.w_tail16, z, config=self.last_config)
+        last = conv3x3_tma_tail_partials if self.tma else conv3x3_bias_relu_tail_partials
+        z = last(a, self.w_last, self.b_body[-1], self.w_tail16, z, config=self.last_config)
         return tail_gather_residual(z, self.b_tail, y, out, clamp=self.clamp)
 
     def forward_ops(self, y: torch.Tensor) -> torch.Tensor:

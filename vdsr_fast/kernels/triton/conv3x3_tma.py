@@ -11,6 +11,9 @@ Triton's interpreter, which the CPU tests use) the descriptor loads and stores a
 accesses with the same semantics.
 
 SWAP: the GEMM turned around (channels as M, the TILE_H * TILE_W pixels as N), as ``ConvConfig(swap=True)``.
+TAIL (:func:`conv3x3_tma_tail_partials`, the last body layer of a fused tail): instead of the output tile, the
+tail conv's nine per-tap partial sums of each pixel (one more small dot with the (C_OUT, 16) tail weights), as
+the direct kernel's TAIL.
 
 Requirements (checked by the launcher): NHWC activations with channel stride 1 and the other strides
 multiples of 16 bytes (any contiguous NHWC tensor of 8+ fp16 channels), C_IN a multiple of BLOCK_K >= 16,
@@ -28,9 +31,9 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .conv3x3 import _check_body, _nhwc_output
+from .conv3x3 import _check_body, _check_size, _nhwc_output
 
-__all__ = ["TmaConfig", "tma_config", "tma_candidates", "tma_unsupported", "conv3x3_tma"]
+__all__ = ["TmaConfig", "tma_config", "tma_candidates", "tma_unsupported", "conv3x3_tma", "conv3x3_tma_tail_partials"]
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
@@ -40,7 +43,9 @@ def _conv3x3_tma_kernel(
     x_desc,  # descriptor of the input activations (N, H, W, C_IN), block (1, TILE_H, TILE_W, BLOCK_K)
     w_ptr,  # packed weights (C_OUT, 9 * C_IN), K contiguous, k = (kh * 3 + kw) * C_IN + ci (pack_conv3x3_weight)
     b_ptr,  # bias (C_OUT,) fp32
-    out_desc,  # descriptor of the output (N, H, W, C_OUT), block (1, TILE_H, TILE_W, C_OUT)
+    out_desc,  # descriptor of the output (N, H, W, C_OUT), block (1, TILE_H, TILE_W, C_OUT) (unused with TAIL)
+    tw_ptr,  # TAIL: the tail's 64 -> 1 weights as (C_OUT, 16), column t = kh * 3 + kw (< 9), storage dtype
+    z_ptr,  # TAIL: output (N * H * W, 9) fp32, contiguous: the tail's per-tap partial sums of each pixel
     H,
     W,
     C_IN: tl.constexpr,  # input channels, a multiple of BLOCK_K
@@ -49,6 +54,7 @@ def _conv3x3_tma_kernel(
     TILE_W: tl.constexpr,  # output columns per program; TILE_H * TILE_W = the GEMM's pixel tile
     BLOCK_K: tl.constexpr,  # input channels per K step (>= 16: tl.dot and the 16-byte TMA box minimum)
     SWAP: tl.constexpr,  # channels as the GEMM's M (acc^T = W @ X^T) instead of the pixels
+    TAIL: tl.constexpr,  # the last body layer of a fused tail: store the tail's partial sums instead of the output
     DOT_PRECISION: tl.constexpr,  # tl.dot input precision for fp32 storage ("ieee": no TF32 rounding)
     OUT_DTYPE: tl.constexpr,  # the storage dtype (tl.float16 / tl.bfloat16 / tl.float32)
 ):
@@ -87,7 +93,17 @@ def _conv3x3_tma_kernel(
     if SWAP:
         acc = tl.trans(acc)
     acc = tl.maximum(acc + tl.load(b_ptr + offs_n)[None, :], 0.0)
-    out_desc.store([n, y0, x0, 0], acc.to(OUT_DTYPE).reshape(1, TILE_H, TILE_W, C_OUT))
+    if TAIL:  # as conv3x3's TAIL: z[p, t] = sum_c tw[c, t] * act[p, c], the activation rounded to the storage dtype
+        offs_t = tl.arange(0, 16)
+        tw = tl.load(tw_ptr + offs_n[:, None] * 16 + offs_t[None, :])
+        z = tl.dot(acc.to(OUT_DTYPE), tw, input_precision=DOT_PRECISION)  # (BLOCK_M, 16)
+        offs_m = tl.arange(0, BLOCK_M)
+        oh = y0 + offs_m // TILE_W
+        ow = x0 + offs_m % TILE_W
+        pix = (n.to(tl.int64) * H + oh) * W + ow
+        tl.store(z_ptr + pix[:, None] * 9 + offs_t[None, :], z, mask=((oh < H) & (ow < W))[:, None] & (offs_t < 9)[None, :])
+    else:
+        out_desc.store([n, y0, x0, 0], acc.to(OUT_DTYPE).reshape(1, TILE_H, TILE_W, C_OUT))
 
 
 @dataclass(frozen=True)
@@ -164,16 +180,56 @@ def conv3x3_tma(
     name = "conv3x3_tma"
     n, h, w_, c_in, c_out = _check_body(name, x, w, b)
     out = _nhwc_output(name, x, out, n, h, w_, c_out, x.dtype, max(c_in, c_out))
+    return _launch(name, x, w, b, out, None, config)
+
+
+def conv3x3_tma_tail_partials(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    tw: torch.Tensor,
+    z: torch.Tensor | None = None,
+    *,
+    config: TmaConfig | None = None,
+) -> torch.Tensor:
+    """The last body layer of a fused tail on tensor-descriptor tiles: ``z[p, t] = sum_c tw[c, t] *
+    relu(conv3x3(x, w) + b)[p, c]`` (the activation rounded to the storage dtype, never written), as
+    :func:`~vdsr_fast.kernels.triton.conv3x3.conv3x3_bias_relu_tail_partials`; then
+    :func:`~vdsr_fast.kernels.triton.tail.tail_gather_residual`.
+
+    Args:
+        x, w, b, config: as :func:`conv3x3_tma`.
+        tw: (C_OUT, 16) from :func:`~vdsr_fast.kernels.triton.conv3x3.pack_tail_partials_weight`, storage dtype.
+        z: optional contiguous fp32 (N * H * W, 9) output; allocated if None.
+    """
+    name = "conv3x3_tma_tail_partials"
+    n, h, w_, c_in, c_out = _check_body(name, x, w, b)
+    if tw.shape != (c_out, 16) or tw.dtype != w.dtype or not tw.is_contiguous() or tw.device != x.device:
+        raise ValueError(f"{name}: expected contiguous tail weights ({c_out}, 16) {w.dtype}, got {tw.dtype} {tuple(tw.shape)}")
+    _check_size(name, n, h, w_, max(c_in, c_out))
+    if z is None:
+        z = torch.empty((n * h * w_, 9), device=x.device, dtype=torch.float32)
+    elif z.shape != (n * h * w_, 9) or z.dtype != torch.float32 or not z.is_contiguous() or z.device != x.device:
+        raise ValueError(f"{name}: z must be a contiguous fp32 ({n * h * w_}, 9) tensor on {x.device}")
+    return _launch(name, x, w, b, None, (tw, z), config)
+
+
+def _launch(name, x, w, b, out, tail, config):
+    """One launch: ``out`` (NHWC) or, with ``tail`` = (tw, z), the partial sums z (returned)."""
+    n, h, w_, c_in = x.shape
+    c_out = w.shape[0]
     config = config or tma_config(x.dtype)
     for t, what in ((x, "input"), (out, "output")):
-        if why := tma_unsupported(t, c_in, c_out, config.block_k):
+        if t is not None and (why := tma_unsupported(t, c_in, c_out, config.block_k)):
             raise ValueError(f"{name}: {what}: {why}")
     x_desc = TensorDescriptor.from_tensor(x, [1, config.tile_h, config.tile_w, config.block_k])
-    out_desc = TensorDescriptor.from_tensor(out, [1, config.tile_h, config.tile_w, c_out])
+    out_desc = x_desc if out is None else TensorDescriptor.from_tensor(out, [1, config.tile_h, config.tile_w, c_out])
+    tw, z = tail if tail is not None else (w, b)  # unused placeholders without TAIL
     grid = (n * triton.cdiv(h, config.tile_h) * triton.cdiv(w_, config.tile_w),)
     _conv3x3_tma_kernel[grid](
-        x_desc, w, b, out_desc, h, w_, C_IN=c_in, C_OUT=c_out, TILE_H=config.tile_h, TILE_W=config.tile_w,
-        BLOCK_K=config.block_k, SWAP=config.swap, DOT_PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
-        OUT_DTYPE=_TL_DTYPES[x.dtype], num_warps=config.num_warps, num_stages=config.num_stages,
+        x_desc, w, b, out_desc, tw, z, h, w_, C_IN=c_in, C_OUT=c_out, TILE_H=config.tile_h, TILE_W=config.tile_w,
+        BLOCK_K=config.block_k, SWAP=config.swap, TAIL=tail is not None,
+        DOT_PRECISION="ieee" if w.dtype == torch.float32 else "tf32", OUT_DTYPE=_TL_DTYPES[x.dtype],
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
-    return out
+    return out if tail is None else z
