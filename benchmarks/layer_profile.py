@@ -210,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     z = torch.empty(n * ht * wd, 9, device=dev)
     add("last", "triton last body layer + tail partials (default tile)",
         lambda: tconv.conv3x3_bias_relu_tail_partials(x_nhwc, wt, b, tw16, z), fl + _flops(n, ht, wd, C, 1))  # fmt: skip
+    if tma_ok:  # the TMA body's own TAIL epilogue (the fused tail's last layer when the body is TMA)
+        add("last", "triton TMA last body layer + tail partials (default tile)",
+            lambda: ttma.conv3x3_tma_tail_partials(x_nhwc, wt, b, tw16, z, config=tma_default),
+            fl + _flops(n, ht, wd, C, 1))  # fmt: skip
     add("tail", "triton tail gather + residual (after the partials)",
         lambda: ttail.tail_gather_residual(z, tb, y, ty), fl_tail)  # fmt: skip
     if ext is not None:
