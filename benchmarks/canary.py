@@ -28,6 +28,7 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v5": ("cuda", {"body_variant": 5}),  # wgmma, row reuse
     "cuda-v6": ("cuda", {"body_variant": 6}),  # wgmma strip, copies after the epilogue (the default is 8)
     "cuda-v7": ("cuda", {"body_variant": 7}),  # wgmma strip, the next rows' copies before the epilogue
+    "cuda-v9": ("cuda", {"body_variant": 9}),  # wgmma strip, three wgmma groups per item (8 has two)
     "cuda-fused-tail": ("cuda", {"fuse_tail": True}),  # the last body layer writes the tail's partial sums
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
     "triton-swap": ("triton", {"body_config": "swap"}),  # channels as the GEMM's M (conv3x3.swap_configs)

@@ -317,7 +317,7 @@ PersistentGrid persistent_grid(Kernel kernel, ResidentCtas& resident_ctas, int n
   // Once per device and kernel (the module is called with the GIL held, so no race): opt in to
   // > 48 KB of dynamic shared memory (a per-function, per-context attribute) and compute how many
   // CTAs fit on the GPU at once -- the persistent grid size.  Cached in the kernel's own table (the
-  // caller's: kernels that share a tile shape K, like strip variants 6-8, must not share it -- run 7 on an
+  // caller's: kernels that share a tile shape K, like strip variants 6-9, must not share it -- run 7 on an
   // H200 launched variant 7 after 6 with 6's cache and no opt-in: 'invalid argument') so that a forward pass
   // makes no host-side CUDA queries (cheap launches, and nothing but launches inside a graph capture).
   if (resident_ctas[device] == 0) {

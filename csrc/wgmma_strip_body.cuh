@@ -1,7 +1,7 @@
 // conv3x3 (64 -> 64) + bias + ReLU on Hopper's wgmma with the implicit GEMM turned around: M = the 64
 // out channels (the weights, operand A), N = 128 output pixels of one image row (the activations, operand
-// B), K = 9 taps x 64 in channels.  Both operands by shared-memory descriptor: body variants 6-8 (sm_90a;
-// 6 is the one described here, 7 and 8 change its schedule: see VDSR_STRIP_VARIANTS and strip_step).
+// B), K = 9 taps x 64 in channels.  Both operands by shared-memory descriptor: body variants 6-9 (sm_90a;
+// 6 is the one described here, 7-9 change its schedule: see VDSR_STRIP_VARIANTS and strip_step).
 //
 // Why: the m64n64k16 kernels (wgmma_body.cuh) feed 64 pixels x 64 channels per instruction and take A
 // through ldmatrix: 2 KB of A + 2 KB of B per 64K multiply-adds (1/16 byte each) plus the ldmatrix
@@ -114,15 +114,15 @@ __device__ __forceinline__ void strip_load_rows(uint32_t ring, const T* __restri
   }
 }
 
-// Issue this warpgroup's wgmmas of one output row whose tap row 0 is halo row h, as one commit group:
-// all 36 (PART = -1), or the first (PART = 0, which zeroes the accumulators) or second (PART = 1) 18 of them
-// in the order (ky, kx, 16-channel slice).
-template <typename T, int PART>
+// Issue this warpgroup's wgmmas of one output row whose tap row 0 is halo row h, as one commit group: part
+// PART of SPLIT (wgmmas 36 PART / SPLIT .. 36 (PART + 1) / SPLIT - 1 in the order (ky, kx, 16-channel slice);
+// part 0 zeroes the accumulators).
+template <typename T, int SPLIT, int PART>
 __device__ __forceinline__ void strip_mma(float (&acc)[64], uint32_t smem_w, uint32_t ring, int h) {
   using K = StripTile;
-  constexpr int kFirst = PART == 1 ? 18 : 0;
-  constexpr int kLast = PART == 0 ? 18 : 36;
-  if (PART != 1) {
+  constexpr int kFirst = 36 * PART / SPLIT;
+  constexpr int kLast = 36 * (PART + 1) / SPLIT;
+  if (PART == 0) {
 #pragma unroll
     for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
   }
@@ -157,9 +157,10 @@ __device__ __forceinline__ void tail_fma(float (&zs)[9], float a, uint32_t wc) {
 
 // Epilogue of one output row y (pixels x0 ..) from this warpgroup's accumulators: D[m][n] = channel
 // 16 wr + g (+8) at pixel 8i + 2t (+1) in acc[4i .. 4i+3] (warp wr of the group, g = lane / 4, t = lane % 4).
-// PART = -1: all of it; 0: step 1 for pixels 0..63 only; 1: step 1 for pixels 64..127, then step 2.
+// Part PART of SPLIT: step 1 for the 8-pixel blocks 2 [8 PART / SPLIT] .. 2 [8 (PART + 1) / SPLIT] - 1 (pairs of
+// blocks per stmatrix), and after the last part the barrier and step 2 (SPLIT = 1: all of it).
 // TAIL: step 2 writes the tail conv's partial sums of the row (tail.z) instead of the activation (out).
-template <typename T, int PART = -1, bool TAIL = false>
+template <typename T, int SPLIT = 1, int PART = 0, bool TAIL = false>
 __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t stg, T* __restrict__ out,
                                                const StripTail& tail, const float (&bias_r)[2], int b, int y, int x0,
                                                int H, int W, int wg, int wr, int lane) {
@@ -167,7 +168,7 @@ __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t 
   //    8i .. 8i+7, stored transposed as 8 pixel rows of 8 channels (16 bytes) at chunk 2wr + half.
   const int mat = lane >> 3;  // this lane addresses row (lane & 7) of matrix mat of each x4
 #pragma unroll
-  for (int i = PART == 1 ? 8 : 0; i < (PART == 0 ? 8 : 16); i += 2) {
+  for (int i = 2 * (8 * PART / SPLIT); i < 2 * (8 * (PART + 1) / SPLIT); i += 2) {
     uint32_t v[4];
 #pragma unroll
     for (int m = 0; m < 4; ++m) {
@@ -178,7 +179,7 @@ __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t 
     const int px = 8 * (i + (mat >> 1)) + (lane & 7);
     stmatrix_x4_trans(stg + swz(px, 2 * wr + (mat & 1)), v);
   }
-  if (PART == 0) return;
+  if (PART + 1 < SPLIT) return;
   named_barrier(1 + wg, 128);
   if (y >= H) return;
   const int tid = threadIdx.x & 127;
@@ -242,11 +243,26 @@ __device__ __forceinline__ void strip_prefetch(const StripSeg<T>& s, int i, int 
   cp_async_commit();
 }
 
+// After part 0 of an item's wgmmas: (EPI) part P of the previous item's epilogue, then part P + 1 of the wgmmas,
+// and so on to the last part (the order of variant 8: epilogue 0, wgmmas 1, epilogue 1).
+template <typename T, bool EPI, int SPLIT, int P, bool TAIL>
+__device__ __forceinline__ void strip_parts(const StripSeg<T>& s, float (&cur)[64], float (&prev)[64],
+                                            const float (&bias_r)[2], int h, int y_prev) {
+  if constexpr (P < SPLIT) {
+    if (EPI) {
+      strip_epilogue<T, SPLIT, P, TAIL>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr,
+                                        s.lane);
+    }
+    if constexpr (P + 1 < SPLIT) strip_mma<T, SPLIT, P + 1>(cur, s.smem_w, s.ring, h);
+    strip_parts<T, EPI, SPLIT, P + 1, TAIL>(s, cur, prev, bias_r, h, y_prev);
+  }
+}
+
 // Item i of a segment: its wgmmas into `cur`, then (EPI: i > 0) the epilogue of item i - 1 from `prev`.
-// The schedule (variants 6-8): LOADS_FIRST issues the next item's row copies before the epilogue instead of
-// after it (they then have the epilogue's time too to land); SPLIT issues the item's wgmmas in two groups of
-// 18 with the first half of the epilogue between them (in case a warp cannot queue 36 wgmmas ahead).
-template <typename T, bool EPI, bool LOADS_FIRST, bool SPLIT, bool TAIL>
+// The schedule (variants 6-9): LOADS_FIRST issues the next item's row copies before the epilogue instead of
+// after it (they then have the epilogue's time too to land); SPLIT > 1 issues the item's wgmmas in SPLIT groups
+// with a part of the epilogue after each but the last (in case a warp cannot queue 36 wgmmas ahead).
+template <typename T, bool EPI, bool LOADS_FIRST, int SPLIT, bool TAIL>
 __device__ __forceinline__ void strip_step(const StripSeg<T>& s, int i, float (&cur)[64], float (&prev)[64],
                                            const float (&bias_r)[2]) {
   const int p = s.p0 + i;
@@ -255,27 +271,19 @@ __device__ __forceinline__ void strip_step(const StripSeg<T>& s, int i, float (&
   cp_async_wait<0>();   // (A) this item's halo rows (and, first, the weights) have landed ...
   fence_proxy_async();  //     ... are visible to the async proxy ...
   __syncthreads();      //     ... and to every thread
-  strip_mma<T, SPLIT ? 0 : -1>(cur, s.smem_w, s.ring, h);
+  strip_mma<T, SPLIT, 0>(cur, s.smem_w, s.ring, h);
   if (EPI) {
     wgmma_wait<1>();  // item i - 1's groups (all but the newest) are complete
     wgmma_pin(prev);
   }
   if (LOADS_FIRST) strip_prefetch<true>(s, i, p);
-  if (EPI && SPLIT) {
-    strip_epilogue<T, 0, TAIL>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
-    strip_mma<T, 1>(cur, s.smem_w, s.ring, h);
-    strip_epilogue<T, 1, TAIL>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
-  } else if (EPI) {
-    strip_epilogue<T, -1, TAIL>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr, s.lane);
-  } else if (SPLIT) {
-    strip_mma<T, 1>(cur, s.smem_w, s.ring, h);
-  }
+  strip_parts<T, EPI, SPLIT, 0, TAIL>(s, cur, prev, bias_r, h, y_prev);
   if (!LOADS_FIRST) strip_prefetch<false>(s, i, p);
 }
 
 // TAIL: the last body layer of a fused tail -- `out` unused; z[N][H][W][9] gets the tail conv's per-tap partial
 // sums of the layer's output, with tail_w [9][64] fp32 (vdsr_kernels.h, launch_body_tail_partials).
-template <typename T, bool LOADS_FIRST, bool SPLIT, bool TAIL>
+template <typename T, bool LOADS_FIRST, int SPLIT, bool TAIL>
 __global__ void __launch_bounds__(StripTile::kThreads, 1)
     conv3x3_strip_kernel(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w,
                          const float* __restrict__ bias, const float* __restrict__ tail_w, float* __restrict__ z, int H,
@@ -334,12 +342,12 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
       wgmma_wait<0>();
       wgmma_pin(acc1);
       if (LOADS_FIRST) __syncthreads();
-      strip_epilogue<T, -1, TAIL>(acc1, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
+      strip_epilogue<T, 1, 0, TAIL>(acc1, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
     } else {  // the last item (i - 1, even) is in acc0
       wgmma_wait<0>();
       wgmma_pin(acc0);
       if (LOADS_FIRST) __syncthreads();
-      strip_epilogue<T, -1, TAIL>(acc0, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
+      strip_epilogue<T, 1, 0, TAIL>(acc0, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
     }
     __syncthreads();  // the ring and the staging tiles are free for the next segment
     q += cnt;
@@ -350,16 +358,17 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
 #endif
 }
 
-// The strip variants (LOADS_FIRST, SPLIT); ids follow the wgmma ones in body_variants().
-#define VDSR_STRIP_VARIANTS(X)                                                                  \
-  X(false, false) /* 6: copies after the epilogue, 36 wgmmas per group (timed: run 5)  */ \
-  X(true, false)  /* 7: the next item's copies before the epilogue                      */ \
-  X(true, true)   /* 8: and the wgmmas in two groups around the epilogue's first half   */
+// The strip variants (LOADS_FIRST, SPLIT: wgmma groups per item); ids follow the wgmma ones in body_variants().
+#define VDSR_STRIP_VARIANTS(X)                                                             \
+  X(false, 1) /* 6: copies after the epilogue, 36 wgmmas per group (timed: runs 5, 8)  */ \
+  X(true, 1)  /* 7: the next item's copies before the epilogue (timed: run 8)          */ \
+  X(true, 2)  /* 8: and the wgmmas in two groups around the epilogue's first half (run 8) */ \
+  X(true, 3)  /* 9: three groups of 12, an epilogue third after each of the first two  */
 
 #define VDSR_STRIP_COUNT(L, S) +1
 constexpr int kNumStripVariants = 0 VDSR_STRIP_VARIANTS(VDSR_STRIP_COUNT);
 
-template <typename T, bool LOADS_FIRST, bool SPLIT, bool TAIL>
+template <typename T, bool LOADS_FIRST, int SPLIT, bool TAIL>
 void launch_strip_kernel(const void* in, void* out, const void* w, const float* b, const float* tail_w, float* z,
                          int n, int h, int w_, int device, cudaStream_t stream) {
   using K = StripLaunch<TAIL>;
@@ -374,14 +383,14 @@ void launch_strip_kernel(const void* in, void* out, const void* w, const float* 
   VDSR_CHECK_LAUNCH(kernel);
 }
 
-template <typename T, bool LOADS_FIRST, bool SPLIT>
+template <typename T, bool LOADS_FIRST, int SPLIT>
 void launch_strip(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
                   cudaStream_t stream) {
   launch_strip_kernel<T, LOADS_FIRST, SPLIT, false>(in, out, w, b, nullptr, nullptr, n, h, w_, device, stream);
 }
 
 // The last body layer of a fused tail (TailLaunchFn): z instead of an activation.
-template <typename T, bool LOADS_FIRST, bool SPLIT>
+template <typename T, bool LOADS_FIRST, int SPLIT>
 void launch_strip_tail(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n, int h,
                        int w_, int device, cudaStream_t stream) {
   launch_strip_kernel<T, LOADS_FIRST, SPLIT, true>(in, nullptr, w, b, tail_w, z, n, h, w_, device, stream);

@@ -1043,12 +1043,12 @@ def wgmma_ss(T, d, a, b):
     return D[rows, cols]
 
 
-def strip_variants_from_source(path: Path = CSRC / "wgmma_strip_body.cuh") -> list[tuple[bool, bool]]:
-    """The (LOADS_FIRST, SPLIT) schedule flags of ``VDSR_STRIP_VARIANTS``."""
+def strip_variants_from_source(path: Path = CSRC / "wgmma_strip_body.cuh") -> list[tuple[bool, int]]:
+    """The (LOADS_FIRST, SPLIT) schedules of ``VDSR_STRIP_VARIANTS`` (SPLIT: wgmma groups per item)."""
     text = path.read_text()
     body = text[text.index("#define VDSR_STRIP_VARIANTS(X)") :].split("\n\n")[0]
     body = re.sub(r"/\*.*?\*/", "", body)
-    return [(a == "true", b == "true") for a, b in re.findall(r"X\(\s*(true|false)\s*,\s*(true|false)\s*\)", body)]
+    return [(a == "true", int(b)) for a, b in re.findall(r"X\(\s*(true|false)\s*,\s*(\d+)\s*\)", body)]
 
 
 @dataclass(frozen=True)
@@ -1056,7 +1056,7 @@ class StripTile:
     """sb ``StripTile``, with a variant's schedule flags (sb ``strip_step``)."""
 
     loads_first: bool = False
-    split: bool = False
+    split: int = 1  # SPLIT: wgmma groups per item
     tail: bool = False  # the kernel's TAIL (the last body layer of a fused tail)
     threads: int = 256
     tile_w: int = 128
@@ -1093,16 +1093,16 @@ def strip_load_rows(K: StripTile, cta: Cta, ring, g_in: Global, b, x0, h0, rows,
     cta.cp_async_16(ring + (h % K.ring) * K.halo_row_bytes + j * K.plane + px * 16, g_in, src, inside)
 
 
-def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, ring, h, part=-1):
-    """sb ``strip_mma<T, PART>`` for both warpgroups: ``acc`` (2, 4, 32, 64) is set ``name``; ``h[wg]`` the halo
-    row of warpgroup wg's tap row 0; ``part`` -1 (all 36 wgmmas), 0 (the first 18, zeroing) or 1 (the rest)."""
-    if part != 1:
+def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, ring, h, part=0):
+    """sb ``strip_mma<T, SPLIT, PART>`` for both warpgroups: ``acc`` (2, 4, 32, 64) is set ``name``; ``h[wg]`` the
+    halo row of warpgroup wg's tap row 0; part ``part`` of ``K.split`` (part 0 zeroes the accumulators)."""
+    if part == 0:
         for q in groups:
             q.write(name)
         acc[:] = 0.0
     for q in groups:
         q.fence()
-    for step in range(18 if part == 1 else 0, 18 if part == 0 else 36):
+    for step in range(36 * part // K.split, 36 * (part + 1) // K.split):
         ky, kx, kk = step // 12, (step // 4) % 3, step % 4
         desc_a = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * KC * ROW_BYTES + kk * 32)
         a = wgmma_kmajor_from_smem(cta, T, desc_a, 64, groups)
@@ -1116,17 +1116,18 @@ def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, ring, h, par
 
 
 def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Global, bias_r, b, y, x0, H, W,
-                   part=-1, tw=None):  # fmt: skip
-    """sb ``strip_epilogue<T, PART, TAIL>`` for both warpgroups: ``y[wg]`` the row, ``stg[wg]`` the staging tile;
-    ``part`` -1 (all), 0 (the staging of pixels 0..63) or 1 (pixels 64..127, then the barrier and the stores);
-    with ``K.tail`` the stores are the tail's partial sums into ``g_out`` (z), from the weights at ``tw``."""
+                   part=0, split=1, tw=None):  # fmt: skip
+    """sb ``strip_epilogue<T, SPLIT, PART, TAIL>`` for both warpgroups: ``y[wg]`` the row, ``stg[wg]`` the staging
+    tile; part ``part`` of ``split`` (the staging of its share of the pixel blocks; after the last part the barrier
+    and the stores); with ``K.tail`` the stores are the tail's partial sums into ``g_out`` (z), from the weights
+    at ``tw``."""
     for q in groups:
         q.read(name)
     lane = LANE[None, None, :]
     wr = np.arange(4)[None, :, None]
     stg_ = np.asarray(stg, np.int64)[:, None, None]
     mat = lane >> 3
-    for i in range(8 if part == 1 else 0, 8 if part == 0 else 16, 2):
+    for i in range(2 * (8 * part // split), 2 * (8 * (part + 1) // split), 2):
         v = np.zeros((2, 4, 32, 4), np.uint32)
         for m in range(4):
             e = 4 * (i + (m >> 1)) + 2 * (m & 1)
@@ -1134,7 +1135,7 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
             v[..., m] = pack2(T, relu_keep_nan(acc[..., e] + bb), relu_keep_nan(acc[..., e + 1] + bb))
         px = 8 * (i + (mat >> 1)) + (lane & 7)
         cta.stmatrix_x4_trans(stg_ + swz(px, 2 * wr + (mat & 1)), v)
-    if part == 0:
+    if part + 1 < split:
         return
     for wg in range(2):  # named_barrier(1 + wg, 128)
         cta.named_barrier(stg[wg], stg[wg] + K.staging_bytes)
@@ -1220,21 +1221,18 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
             cta.wait_group(0)
             cta.fence_proxy_async()
             cta.syncthreads()
-            strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, 0 if K.split else -1)
+            strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, 0)
             if epi:
                 for gq in groups:
                     gq.wait(1)
             if K.loads_first:
                 prefetch(i, p)
             epi_args = (K, T, cta, groups, acc[prev], prev, stg, g_out, bias_r, b, rows, x0, H, W)
-            if epi and K.split:
-                strip_epilogue(*epi_args, part=0, tw=tw)
-                strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, 1)
-                strip_epilogue(*epi_args, part=1, tw=tw)
-            elif epi:
-                strip_epilogue(*epi_args, tw=tw)
-            elif K.split:
-                strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, 1)
+            for part in range(K.split):  # sb strip_parts
+                if epi:
+                    strip_epilogue(*epi_args, part=part, split=K.split, tw=tw)
+                if part + 1 < K.split:
+                    strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, part + 1)
             if not K.loads_first:
                 prefetch(i, p)
 

@@ -81,7 +81,7 @@ def test_network_matches_reference_at_frame_sizes(cuda_device, dtype, shape):
     _check_network(cuda_device, dtype, shape)
 
 
-@pytest.mark.parametrize("variant", [4, 5, 6, 7, 8])
+@pytest.mark.parametrize("variant", [4, 5, 6, 7, 8, 9])
 def test_network_wgmma_variant_at_1080p(cuda_device, variant):
     """Each wgmma body variant (a candidate for the automatic choice) through the whole network at 1080p."""
     if why := variant_unavailable(_ext().body_variants()[variant], cuda_device):
@@ -150,11 +150,11 @@ def test_cuda_graphs_match_eager(cuda_device):
         torch.testing.assert_close(graphed(x2), eager(x2), rtol=0, atol=0)
 
 
-# 3: Winograd (winograd_body.cuh), 4-5: wgmma (wgmma_body.cuh), 6-8: wgmma strip (wgmma_strip_body.cuh)
-@pytest.mark.parametrize("variant", list(range(9)))
+# 3: Winograd (winograd_body.cuh), 4-5: wgmma (wgmma_body.cuh), 6-9: wgmma strip (wgmma_strip_body.cuh)
+@pytest.mark.parametrize("variant", list(range(10)))
 def test_network_every_body_variant(cuda_device, variant):
     C = _ext()
-    assert len(C.body_variants()) == 9, "a new body variant: add its id here"
+    assert len(C.body_variants()) == 10, "a new body variant: add its id here"
     v = C.body_variants()[variant]
     if why := variant_unavailable(v, cuda_device):
         with pytest.raises(BackendUnavailable, match="body variant"):
@@ -286,7 +286,7 @@ def test_variant_unavailable_names_what_each_variant_needs(monkeypatch):
 
     C = _ext()
     wgmma = [v for v in C.body_variants() if v["wgmma"]]
-    assert len(wgmma) == 5 and not any(v["winograd"] for v in wgmma)
+    assert len(wgmma) == 6 and not any(v["winograd"] for v in wgmma)
     direct = C.body_variants()[0]
 
     def gpu(name, cc, optin):

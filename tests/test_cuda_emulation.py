@@ -360,15 +360,15 @@ def test_wgmma_detects_a_wrong_stride_offset(monkeypatch):
 
 # --- the wgmma strip kernel (variants 6-8) -----------------------------------------------------------
 STRIP_VARIANTS = emu.strip_variants_from_source()
-STRIP_IDS = lambda v: ("loads-first" if v[0] else "loads-after") + ("-split" if v[1] else "")  # noqa: E731
+STRIP_IDS = lambda v: ("loads-first" if v[0] else "loads-after") + (f"-split{v[1]}" if v[1] > 1 else "")  # noqa: E731
 
 
-def run_strip(dtype, size, variant=(False, False), **kw):
+def run_strip(dtype, size, variant=(False, 1), **kw):
     return run_body(variant, dtype, size, launch=emu.launch_strip, **kw)
 
 
 def test_strip_tile_fits_hopper():
-    assert STRIP_VARIANTS == [(False, False), (True, False), (True, True)]
+    assert STRIP_VARIANTS == [(False, 1), (True, 1), (True, 2), (True, 3)]
     K = emu.StripTile()
     assert K.smem_bytes == 207360 <= 227 * 1024  # csrc/README.md: 203 KB
     assert K.plane % 16 == 0 and (K.plane >> 4) < 2**14  # the descriptor's LBO field
