@@ -449,18 +449,25 @@ def conv3x3_bias_relu_tail_partials(
             default :func:`conv3x3_config`.
     """
     name = "conv3x3_bias_relu_tail_partials"
-    n, h, w_, c_in, c_out = _check_body(name, x, w, b)
-    if tw.shape != (c_out, 16) or tw.dtype != w.dtype or not tw.is_contiguous() or tw.device != x.device:
-        raise ValueError(f"{name}: expected contiguous tail weights ({c_out}, 16) {w.dtype}, got {tw.dtype} {tuple(tw.shape)}")
+    n, h, w_, c_in, c_out, z = _check_tail_partials(name, x, w, b, tw, z)
     config = config or conv3x3_config(c_in, c_out, x.dtype)
     if config.block_n < c_out or config.share_row:
         raise ValueError(f"{name}: the config must hold all {c_out} channels in one tile (block_n) and not share_row")
+    return _launch(x, x.stride(), w, b, None, n, h, w_, c_in, c_out, False, True, config, tail=(tw, z))
+
+
+def _check_tail_partials(name, x, w, b, tw, z):
+    """A TAIL launch's inputs (a body layer's, the (C_OUT, 16) tail weights, ``z`` checked or allocated as
+    fp32 (N * H * W, 9)); returns (N, H, W, C_IN, C_OUT, z)."""
+    n, h, w_, c_in, c_out = _check_body(name, x, w, b)
+    if tw.shape != (c_out, 16) or tw.dtype != w.dtype or not tw.is_contiguous() or tw.device != x.device:
+        raise ValueError(f"{name}: expected contiguous tail weights ({c_out}, 16) {w.dtype}, got {tw.dtype} {tuple(tw.shape)}")
     _check_size(name, n, h, w_, max(c_in, c_out))
     if z is None:
         z = torch.empty((n * h * w_, 9), device=x.device, dtype=torch.float32)
     elif z.shape != (n * h * w_, 9) or z.dtype != torch.float32 or not z.is_contiguous() or z.device != x.device:
         raise ValueError(f"{name}: z must be a contiguous fp32 ({n * h * w_}, 9) tensor on {x.device}")
-    return _launch(x, x.stride(), w, b, None, n, h, w_, c_in, c_out, False, True, config, tail=(tw, z))
+    return n, h, w_, c_in, c_out, z
 
 
 def conv3x3_head(

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .conv3x3 import _check_body, _check_size, _nhwc_output
+from .conv3x3 import _check_body, _check_tail_partials, _nhwc_output
 
 __all__ = ["TmaConfig", "tma_config", "tma_candidates", "tma_unsupported", "conv3x3_tma", "conv3x3_tma_tail_partials"]
 
@@ -202,16 +202,8 @@ def conv3x3_tma_tail_partials(
         tw: (C_OUT, 16) from :func:`~vdsr_fast.kernels.triton.conv3x3.pack_tail_partials_weight`, storage dtype.
         z: optional contiguous fp32 (N * H * W, 9) output; allocated if None.
     """
-    name = "conv3x3_tma_tail_partials"
-    n, h, w_, c_in, c_out = _check_body(name, x, w, b)
-    if tw.shape != (c_out, 16) or tw.dtype != w.dtype or not tw.is_contiguous() or tw.device != x.device:
-        raise ValueError(f"{name}: expected contiguous tail weights ({c_out}, 16) {w.dtype}, got {tw.dtype} {tuple(tw.shape)}")
-    _check_size(name, n, h, w_, max(c_in, c_out))
-    if z is None:
-        z = torch.empty((n * h * w_, 9), device=x.device, dtype=torch.float32)
-    elif z.shape != (n * h * w_, 9) or z.dtype != torch.float32 or not z.is_contiguous() or z.device != x.device:
-        raise ValueError(f"{name}: z must be a contiguous fp32 ({n * h * w_}, 9) tensor on {x.device}")
-    return _launch(name, x, w, b, None, (tw, z), config)
+    z = _check_tail_partials("conv3x3_tma_tail_partials", x, w, b, tw, z)[-1]
+    return _launch("conv3x3_tma_tail_partials", x, w, b, None, (tw, z), config)
 
 
 def _launch(name, x, w, b, out, tail, config):
