@@ -501,8 +501,6 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
     """The engine options of an alternative of :func:`alternatives` (also the layer profile's network rows)."""
     if body == "unfused_tail":
         return {"fuse_tail": False}
-    if body == "fused_tail":
-        return {"fuse_tail": True}
     if body.startswith("v"):
         return {"body_variant": int(body[1:])}
     if body == "swap":
@@ -524,8 +522,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
 
 def alternatives(name: str, device: torch.device) -> dict[str, str]:
     """{body: label} of the alternatives to time beside a backend's defaults: for CUDA every body variant but
-    the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2), and the fused tail where the
-    automatic variant has one; for Triton the Winograd
+    the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2), and the unfused tail where the
+    automatic variant fuses it; for Triton the Winograd
     SWAP bodies, the TMA body or (where that is the default: Hopper) the direct body, and the unfused tail."""
     if name == "triton":
         from vdsr_fast.kernels.triton.backend import default_body_config
@@ -547,7 +545,7 @@ def alternatives(name: str, device: torch.device) -> dict[str, str]:
             kind = "Winograd" if v["winograd"] else "wgmma" if v["wgmma"] else "mma.sync"
             kinds[f"v{v['id']}"] = f"body v{v['id']} ({kind})"
     if auto >= 0 and ext.body_variants()[auto]["tail_partials"]:
-        kinds["fused_tail"] = "fused tail"
+        kinds["unfused_tail"] = "tail not fused"
     return kinds
 
 

@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         add("tail", "cuda tail + residual", lambda: ext.tail(x_nhwc.data_ptr(), y.data_ptr(), ty.data_ptr(),
                                                              tw32.data_ptr(), tb.data_ptr(), n, ht, wd, code, 0,
                                                              stream()), fl_tail)  # fmt: skip
-        # the fused tail (the automatic variant's TAIL kernel writing partial sums, then the gather), opt-in
-        if ext.body_variants()[auto]["tail_partials"] and not broken("cuda", {"fuse_tail": True}):
+        # the fused tail (the automatic variant's TAIL kernel writing partial sums, then the gather)
+        if ext.body_variants()[auto]["tail_partials"]:
             wl = packed[False]
             z_ref = ref.reshape(-1, C) @ tw32.T  # (pixels, 9) from cuDNN's fp32 layer
 

@@ -363,7 +363,9 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
   X(false, 1) /* 6: copies after the epilogue, 36 wgmmas per group (timed: runs 5, 8)  */ \
   X(true, 1)  /* 7: the next item's copies before the epilogue (timed: run 8)          */ \
   X(true, 2)  /* 8: and the wgmmas in two groups around the epilogue's first half (run 8) */ \
-  X(true, 3)  /* 9: three groups of 12, an epilogue third after each of the first two  */
+  X(true, 3)  /* 9: three groups of 12, an epilogue third after each (timed: run 9)     */ \
+  X(true, 4)  /* 10: four groups of 9, an epilogue quarter after each                  */ \
+  X(true, 6)  /* 11: six groups of 6 (epilogue parts of 1 or 2 stmatrix pairs)         */
 
 #define VDSR_STRIP_COUNT(L, S) +1
 constexpr int kNumStripVariants = 0 VDSR_STRIP_VARIANTS(VDSR_STRIP_COUNT);

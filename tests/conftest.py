@@ -38,13 +38,14 @@ GPU_TEST_FILES = {
     "test_triton_backend.py",
     "test_triton_conv3x3.py",
     "test_triton_tail.py",
+    "test_triton_tma.py",
     "test_triton_winograd.py",
 }
 
 
 # Tests of the experimental kernels (not yet defaults), run last on a GPU: a kernel that faults leaves the
 # process's CUDA context unusable, and every test after it would fail too.
-EXPERIMENTAL = ("winograd", "wgmma", "swap", "tma", "fused", "tune", "every_body_variant", "every_variant")
+EXPERIMENTAL = ("winograd", "wgmma", "swap", "tune", "every_body_variant", "every_variant")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -368,7 +368,7 @@ def run_strip(dtype, size, variant=(False, 1), **kw):
 
 
 def test_strip_tile_fits_hopper():
-    assert STRIP_VARIANTS == [(False, 1), (True, 1), (True, 2), (True, 3)]
+    assert STRIP_VARIANTS == [(False, 1), (True, 1), (True, 2), (True, 3), (True, 4), (True, 6)]
     K = emu.StripTile()
     assert K.smem_bytes == 207360 <= 227 * 1024  # csrc/README.md: 203 KB
     assert K.plane % 16 == 0 and (K.plane >> 4) < 2**14  # the descriptor's LBO field

@@ -90,6 +90,7 @@ def _strip_variants(device):
     return out
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 5), (3, 37, 53), (2, 19, 130)])
 def test_fused_tail_network_matches_reference(cuda_device, dtype, shape):  # noqa: F811
@@ -102,6 +103,7 @@ def test_fused_tail_network_matches_reference(cuda_device, dtype, shape):  # noq
         assert_equivalent(out, same, ref, dtype, f"cuda fused tail, variant {variant}, {shape} {dtype}")
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
 def test_fused_tail_network_at_1080p(cuda_device, dtype):  # noqa: F811
     _strip_variants(cuda_device)
@@ -113,6 +115,7 @@ def test_fused_tail_network_at_1080p(cuda_device, dtype):  # noqa: F811
     assert_equivalent(out, same, ref, dtype, f"cuda fused tail 1080p {dtype}")
 
 
+@pytest.mark.gpu
 def test_fused_tail_one_body_layer_and_poisoned_buffers(cuda_device):  # noqa: F811
     """Depth 3 (the only body layer is the fused one); outputs must not depend on what the buffers held."""
     _strip_variants(cuda_device)
@@ -128,6 +131,7 @@ def test_fused_tail_one_body_layer_and_poisoned_buffers(cuda_device):  # noqa: F
         torch.testing.assert_close(engine(x), first, rtol=0, atol=0)
 
 
+@pytest.mark.gpu
 def test_fused_tail_needs_a_strip_variant(cuda_device):  # noqa: F811
     model = _model(depth=4).to(cuda_device)
     with pytest.raises(BackendUnavailable, match="tail_partials"):
