@@ -25,6 +25,8 @@
 #   SKIP_PYBENCH=1, PYBENCH_CAP_S=45  benchmarks/test_bench_latency.py once with --benchmark-disable
 #   TIMING_GATE=FILE        before timing, wait for FILE (another job still using the GPU; gpu_session.sh)
 #   SKIP_BENCH=1            no latency benchmark (a follow-up call that has its results already)
+#   BENCH2_ARGS="..."       a second benchmark after the first (e.g. the full path list with --compile), its
+#                           files in $OUT/bench2/: BENCH2_CAP_S=240, AFTER_BENCH2_S=0 (left to the steps after it)
 #   PYTEST_ARGS="..."       extra pytest arguments (e.g. --deselect a test that crashes the process)
 #   PYTEST_PATHS="..."      test files to run instead of tests/ (a follow-up call)
 #   SKIP_CANARY=1, CANARY_CAP_S=150  the experimental kernels' canaries (benchmarks/canary.py)
@@ -57,7 +59,7 @@ fi
 # and so does the benchmark's .md (make_table.py renders the same tables from its JSON).
 pack_logs() {
   local f logs=()
-  for f in env.txt build.log canary.log canary.json pytest.log junit.xml pybench.log sanitizer.log video.log bench.log layer_profile.log ncu.log crash_diag.log; do
+  for f in env.txt build.log canary.log canary.json pytest.log junit.xml pybench.log sanitizer.log video.log bench.log bench2.log layer_profile.log ncu.log crash_diag.log; do
     if [[ -f "$OUT/$f" ]]; then logs+=("$f"); fi
   done
   for f in "$OUT"/*.md; do
@@ -294,6 +296,29 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   fi
 fi
 
+# ---------------------------------------------------------------- 4a. a second benchmark (BENCH2_ARGS="...")
+# e.g. a focused first benchmark (the kernel variants at two sizes) and then the full path list with --compile:
+# its JSON/PNG go to $OUT/bench2/ (copied to benchmarks/results/ too), its .md into the logs archive.
+JSON2=""
+if [[ -n "${BENCH2_ARGS:-}" && "${SKIP_BENCH:-0}" != 1 ]]; then
+  T=$(share "${BENCH2_CAP_S:-240}" $((10 + ${AFTER_BENCH2_S:-0})))
+  if ((T >= 60)); then
+    log "second benchmark: $BENCH2_ARGS (timeout ${T}s, row budget $((T - 45))s) -> $OUT/bench2.log"
+    # shellcheck disable=SC2086
+    timeout "$T" "$PY" -m benchmarks.bench_latency --out "$OUT/bench2" --budget-s $((T - 45)) $BENCH2_ARGS \
+      >"$OUT/bench2.log" 2>&1
+    rc=$?
+    JSON2=$(ls -t "$OUT"/bench2/*.json 2>/dev/null | head -n 1 || true)
+    SUMMARY+=("second benchmark: rc=$rc ${JSON2:-no JSON}")
+    if [[ -n "$JSON2" ]]; then
+      cp "$JSON2" "${JSON2%.json}.md" "$ROOT/benchmarks/results/" 2>/dev/null || true
+      mv "${JSON2%.json}.md" "$OUT/bench2.md" 2>/dev/null || true
+    fi
+  else
+    SUMMARY+=("second benchmark: skipped (no time left)")
+  fi
+fi
+
 # ---------------------------------------------------------------- 4b. per-layer profile (LAYER_PROFILE=1)
 if [[ "${LAYER_PROFILE:-0}" == 1 ]]; then
   T=$(share "${LAYER_PROFILE_CAP_S:-90}" $((10 + (${#CRASH_DIAG} > 0 ? ${CRASH_DIAG_CAP_S:-60} : 0) + (${NCU:-0} == 1 ? ${NCU_CAP_S:-60} : 0))))
@@ -349,6 +374,10 @@ for s in "${SUMMARY[@]}"; do echo "  - $s"; done
 echo
 if [[ -f "$OUT/layer_profile.log" ]]; then
   sed -n '/^\*\*/,$p' "$OUT/layer_profile.log"
+  echo
+fi
+if [[ -n "$JSON2" ]]; then
+  "$PY" benchmarks/make_table.py "$JSON2" --pivot || true
   echo
 fi
 if [[ -n "$JSON" ]]; then
