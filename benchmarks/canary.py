@@ -26,10 +26,10 @@ from pathlib import Path
 OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v3": ("cuda", {"body_variant": 3}),  # Winograd F(2x2, 3x3)
     "cuda-v5": ("cuda", {"body_variant": 5}),  # wgmma, row reuse
-    "cuda-v6": ("cuda", {"body_variant": 6}),  # wgmma strip, copies after the epilogue (the default is 9)
+    "cuda-v6": ("cuda", {"body_variant": 6}),  # wgmma strip, copies after the epilogue (the default is 10)
     "cuda-v7": ("cuda", {"body_variant": 7}),  # wgmma strip, the next rows' copies before the epilogue
-    "cuda-v8": ("cuda", {"body_variant": 8}),  # wgmma strip, two wgmma groups per item (9 has three)
-    "cuda-v10": ("cuda", {"body_variant": 10}),  # four groups
+    "cuda-v8": ("cuda", {"body_variant": 8}),  # wgmma strip, two wgmma groups per item (10 has four)
+    "cuda-v9": ("cuda", {"body_variant": 9}),  # three groups
     "cuda-v11": ("cuda", {"body_variant": 11}),  # six groups
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
     "triton-swap": ("triton", {"body_config": "swap"}),  # channels as the GEMM's M (conv3x3.swap_configs)

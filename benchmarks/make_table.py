@@ -103,7 +103,7 @@ def render_markdown(data: dict, include_failed: bool = True) -> str:
 
 
 def render_pivot(data: dict) -> str:
-    """README table: one line per path (network-only and end-to-end), one column per size, median ms."""
+    """README table: one line per path and dtype (network-only and end-to-end), one column per size, median ms."""
     rows = [r for r in data.get("rows", []) if r.get("status") == "ok"]
     cols: list[str] = []
     for r in rows:
@@ -112,12 +112,13 @@ def render_pivot(data: dict) -> str:
         if c not in cols:
             cols.append(c)
     paths: list[str] = []
-    for r in rows:
-        if r["path"] not in paths:
-            paths.append(r["path"])
+    for r in rows:  # a path measured in several dtypes (an engine backend) is one line per dtype
+        r["_line"] = f"{r['path']} {r['dtype']}" if r.get("dtype") else r["path"]
+        if r["_line"] not in paths:
+            paths.append(r["_line"])
     lines = [render_header(data), "", "| path | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for p in paths:
-        by_col = {r["_col"]: r for r in rows if r["path"] == p}
+        by_col = {r["_col"]: r for r in rows if r["_line"] == p}
         cells = []
         for c in cols:
             r = by_col.get(c)

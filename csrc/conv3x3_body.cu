@@ -28,13 +28,13 @@ const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIA
                                                                VDSR_STRIP_VARIANTS(VDSR_STRIP_INFO)};
 
 // Automatic choice: the first of these that fits the device's shared memory (and, for a wgmma variant,
-// runs on it: Hopper with an sm_90a build).  Measured on an H200 at 1080p fp16 (benchmarks/results, run 9,
-// 2026-11-26): one body layer took 0.310 ms with variant 9, 0.324 with 8, 0.348 with 7, 0.386 with 6, 0.400
-// with 5, 0.428 with 4, 0.439 with 1 (run 8: 0.448 / 0.487 with 0, 2); cuDNN's fused layer 0.353; the whole
-// network 5.72 ms with 9, 5.81 with 8, 6.15 with 7, 7.20 with 6, 7.32 with 5, 8.04 with 4, 8.26 with 0
-// (cuDNN's fused chain 7.24).  Variants 10 and 11 are not timed yet; the Winograd variant 3 (0.630 ms a
-// layer) is not listed.
-constexpr int kAutoOrder[] = {9, 8, 7, 6, 5, 4, 1, 0, 2};
+// runs on it: Hopper with an sm_90a build).  Measured on an H200 at 1080p fp16 (benchmarks/results, runs 9
+// and 10, 2026-11-26): one body layer took 0.310 ms with variant 9, 0.324 with 8, 0.348 with 7, 0.386 with
+// 6, 0.400 with 5, 0.428 with 4, 0.439 with 1 (run 8: 0.448 / 0.487 with 0, 2); cuDNN's fused layer 0.355.
+// The whole network (run 10, tail fused for 6-11) 5.61 ms with 10, 5.60 with 11, 5.66 with 9, 5.72 with 8,
+// 5.99 with 7, 7.04 with 6; 7.35 with 5, 8.07 with 4, 8.32 with 0 (cuDNN's fused chain 7.18); at 4K 21.76
+// with 10, 21.79 with 11, 21.90 with 9.  The Winograd variant 3 (0.630 ms a layer) is not listed.
+constexpr int kAutoOrder[] = {10, 11, 9, 8, 7, 6, 5, 4, 1, 0, 2};
 constexpr int kNumAuto = sizeof(kAutoOrder) / sizeof(kAutoOrder[0]);
 
 }  // namespace

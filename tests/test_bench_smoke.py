@@ -80,7 +80,8 @@ def test_smoke_writes_results(tmp_path, capsys):
     assert (tmp_path / (sorted(tmp_path.glob("*.json"))[0].stem + ".md")).read_text().strip() == table
     assert "| engine torch | fp32 | 16x16 | 1 |" in table
     pivot = make_table.render_pivot(data)
-    assert "| PyTorch eager NCHW |" in pivot and "16x16 ×2" in pivot
+    assert "| PyTorch eager NCHW fp32 |" in pivot and "| engine torch fp16 |" in pivot and "16x16 ×2" in pivot
+    assert "| engine torch fp32 |" in pivot  # one line per dtype, not one merged line
     assert make_table.main([str(sorted(tmp_path.glob("*.json"))[0]), "--pivot"]) == 0
 
 

@@ -130,15 +130,15 @@ class CudaBackend(PingPongBuffers):
         max_cached_shapes: how many input shapes keep a captured CUDA graph, LRU (the activation
             buffers are one pair, sized for the largest shape seen).
         body_variant: id of the body kernel variant (``vdsr_fast._C.body_variants()``); None picks the
-            automatic one (``_C.body_auto_variant``: on Hopper with an sm_90a build the wgmma strip variant 9,
+            automatic one (``_C.body_auto_variant``: on Hopper with an sm_90a build the wgmma strip variant 10,
             elsewhere a direct ``mma.sync`` kernel that fits the GPU's shared memory).  For tuning and tests; a
             variant with ``winograd`` set is the Winograd F(2x2, 3x3) kernel (weights packed as G g G^T), one
             with ``wgmma`` a Hopper kernel (sm_90a, compute capability 9.0 only); a variant this GPU cannot
             run raises :class:`~vdsr_fast.engine.BackendUnavailable`.
         fuse_tail: run the tail fused into the last body layer (partial sums + a gather kernel; needs a body
             variant with ``tail_partials``, the wgmma strip variants; ignored without body layers).  None (the
-            default): fused when the body variant has ``tail_partials`` (2% faster at 1080p and 4K fp16 on an
-            H200, benchmarks/results run 9); True where it has not raises
+            default): fused when the body variant has ``tail_partials`` (1-2% faster at 1080p and 4K fp16 on
+            an H200, benchmarks/results runs 9 and 10); True where it has not raises
             :class:`~vdsr_fast.engine.BackendUnavailable`.
         cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
             (removes the per-launch host cost, which matters for small images).
