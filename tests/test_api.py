@@ -216,6 +216,36 @@ def test_auto_falls_back_when_a_backend_refuses_the_model(tiny_model, monkeypatc
         Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32)
 
 
+def test_auto_passes_over_a_backend_in_a_dtype_it_is_slow_in(tiny_model, monkeypatch):
+    """A backend whose ``auto_dtypes`` leave out the dtype asked for (Triton in fp32) is not auto's choice
+    for it, silently; auto still picks it in its dtypes, and backend= by name still runs it in any."""
+    import warnings
+
+    from vdsr_fast import engine as engine_mod
+
+    class SlowInFp32:
+        dtypes = (torch.float16, torch.float32)
+        auto_dtypes = (torch.float16,)
+
+        @staticmethod
+        def available(device):
+            return None
+
+        def __init__(self, model, device, dtype, **options):
+            self.inner = engine_mod.TorchBackend(model, device, dtype)
+
+        def __call__(self, y):
+            return self.inner(y)
+
+    monkeypatch.setitem(engine_mod.BACKENDS, "triton", SlowInFp32)
+    monkeypatch.setattr(engine_mod, "resolve_backend", lambda backend, device: "triton" if backend == "auto" else backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Engine(tiny_model, backend="auto", device="cpu", dtype=torch.float32, check=False).backend == "torch"
+    assert Engine(tiny_model, backend="auto", device="cpu", dtype=torch.float16, check=False).backend == "triton"
+    assert Engine(tiny_model, backend="triton", device="cpu", dtype=torch.float32, check=False).backend == "triton"
+
+
 def test_a_backend_whose_graphs_fail_runs_without_them(tiny_model, monkeypatch):
     """Right kernels whose CUDA-graph capture fails the self-check (a profiler attached, an old driver):
     the engine keeps the backend without graphs and says so; a backend that also fails without graphs
