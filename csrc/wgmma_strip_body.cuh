@@ -187,27 +187,49 @@ __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t 
     // 2'. Thread tid: the tail conv's nine per-tap partial sums of pixel tid, z[p][t] = sum_c tw[c][t] *
     //     act[p][c], over the row's rounded activations in the staging tile (chunk j of 8 consecutive pixels:
     //     8 distinct 16-byte columns, no bank conflict; the weights: one address for all, a broadcast),
-    //     fp32, channels in order 0..63.
-    if (x0 + tid >= W) return;
+    //     fp32, channels in order 0..63.  Threads past the image's right edge sum zeros (they take part in
+    //     the barriers below and store nothing).
+    const bool live = x0 + tid < W;
     float zs[9];
 #pragma unroll
     for (int t = 0; t < 9; ++t) zs[t] = 0.0f;
+    if (live) {
 #pragma unroll
-    for (int j = 0; j < kChunks; ++j) {
-      uint32_t u[4];
-      asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                   : "=r"(u[0]), "=r"(u[1]), "=r"(u[2]), "=r"(u[3])
-                   : "r"(stg + swz(tid, j)));
+      for (int j = 0; j < kChunks; ++j) {
+        uint32_t u[4];
+        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(u[0]), "=r"(u[1]), "=r"(u[2]), "=r"(u[3])
+                     : "r"(stg + swz(tid, j)));
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float2 a = Storage<T>::unpack2(u[k]);  // channels 8j + 2k, 8j + 2k + 1
-        tail_fma(zs, a.x, tail.tw + (8 * j + 2 * k) * kTailStride * 4);
-        tail_fma(zs, a.y, tail.tw + (8 * j + 2 * k + 1) * kTailStride * 4);
+        for (int k = 0; k < 4; ++k) {
+          const float2 a = Storage<T>::unpack2(u[k]);  // channels 8j + 2k, 8j + 2k + 1
+          tail_fma(zs, a.x, tail.tw + (8 * j + 2 * k) * kTailStride * 4);
+          tail_fma(zs, a.y, tail.tw + (8 * j + 2 * k + 1) * kTailStride * 4);
+        }
       }
     }
-    float* zp = tail.z + ((static_cast<int64_t>(b) * H + y) * W + x0 + tid) * 9;
+    // 3'. The row's partials are one contiguous run of z (pixels x0 .. x0 + 127, 9 floats each): staged in the
+    //     staging tile (the activations are read: a barrier first) as [pixel][9] (thread tid's 9 words at 9 tid:
+    //     9 is odd, so a warp's 32 stores hit 32 banks), then stored by consecutive threads to consecutive words
+    //     (a warp writes 128 contiguous bytes; each thread's own 9 scattered words would touch ~36 sectors).
+    named_barrier(1 + wg, 128);
+    if (live) {
 #pragma unroll
-    for (int t = 0; t < 9; ++t) zp[t] = zs[t];
+      for (int t = 0; t < 9; ++t) {
+        asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(stg + 4 * (9 * tid + t)), "f"(zs[t]) : "memory");
+      }
+    }
+    named_barrier(1 + wg, 128);
+    float* zrow = tail.z + ((static_cast<int64_t>(b) * H + y) * W + x0) * 9;
+    const int words = 9 * min(StripTile::kTileW, W - x0);
+#pragma unroll
+    for (int i = tid; i < 9 * StripTile::kTileW; i += 128) {
+      if (i < words) {
+        float v;
+        asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(stg + 4 * i) : "memory");
+        zrow[i] = v;
+      }
+    }
     return;
   }
   // 2. 128 pixels x 8 chunks of 16 bytes over the warpgroup's 128 threads: a warp stores 4 whole pixels.

@@ -1144,7 +1144,7 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
         if y[wg] >= H:  # this warpgroup returns after the barrier
             continue
         if K.tail:
-            strip_tail_partials(T, cta, stg[wg], g_out, tw, tid[0], b, y[wg], x0, H, W)
+            strip_tail_partials(K, T, cta, stg[wg], g_out, tw, tid[0], b, y[wg], x0, H, W)
             continue
         for k in range(8):
             u = k * 128 + tid[0]  # (4 warps, 32)
@@ -1156,21 +1156,31 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
             g_out.store(dst[live], val.view(np.uint16).reshape(4, 32, 8)[live], n=8, align_bytes=16)
 
 
-def strip_tail_partials(T, cta: Cta, stg, g_z: Global, tw, tid, b, y, x0, H, W):
-    """sb ``strip_epilogue``'s step 2' (TAIL) for one warpgroup: thread ``tid`` (4 warps, 32) sums pixel tid's
-    nine per-tap partials over its 64 rounded channels in the staging tile (lanes past the image's edge return
-    before loading: here they load and store nothing)."""
+def strip_tail_partials(K: StripTile, T, cta: Cta, stg, g_z: Global, tw, tid, b, y, x0, H, W):
+    """sb ``strip_epilogue``'s steps 2' and 3' (TAIL) for one warpgroup: thread ``tid`` (4 warps, 32) sums pixel
+    tid's nine per-tap partials over its 64 rounded channels in the staging tile (lanes past the image's edge sum
+    nothing); a barrier; each live thread stages its 9 floats at word 9 tid of the tile; a barrier; the row's
+    partials go out as consecutive words by consecutive threads."""
     live = (x0 + tid) < W
     zs = np.zeros(tid.shape + (9,), np.float32)
     for j in range(CHUNKS):
-        u = cta.lds128(stg + swz(tid, j))  # (4, 32, 4)
+        u = cta.lds128(stg + swz(tid, j))  # (4, 32, 4): every lane here; the live ones' values are used
         for k in range(4):
             for c, a in zip((8 * j + 2 * k, 8 * j + 2 * k + 1), unpack2(T, u[..., k]), strict=True):  # tail_fma
                 wc = tw + c * TAIL_STRIDE * 4
                 w = np.concatenate([cta.lds128(np.full(tid.shape, wc + 16 * q)) for q in range(3)], -1)
-                zs = fmaf(a[..., None], w.view(np.float32)[..., :9], zs)
-    dst = ((np.int64(b) * H + y) * W + x0 + tid) * 9
-    g_z.store(dst[live], zs[live], n=9, align_bytes=4)
+                zs = np.where(live[..., None], fmaf(a[..., None], w.view(np.float32)[..., :9], zs), zs)
+    cta.named_barrier(stg, stg + K.staging_bytes)
+    for t in range(9):
+        cta.sts32(stg + 4 * (9 * tid + t), zs[..., t].view(np.uint32), active=live)
+    cta.named_barrier(stg, stg + K.staging_bytes)
+    words = 9 * min(K.tile_w, W - x0)
+    row = (np.int64(b) * H + y) * W * 9 + x0 * 9
+    for r in range(-(-9 * K.tile_w // 128)):
+        i = r * 128 + tid  # (4 warps, 32)
+        act = i < words
+        v = cta.lds32(stg + 4 * i, active=act)
+        g_z.store((row + i)[act], v[act].view(np.float32), n=1, align_bytes=4)
 
 
 def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager,
@@ -1273,19 +1283,42 @@ def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=F
     return launch_tiles(K, strip_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager, g_out=g_z, g_tail=g_tail)
 
 
+GATHER_W = 256  # ht kGatherW
+
+
 def launch_tail_gather(z, x, bias):
-    """ht:219-238 (``tail_gather_kernel``): ``z`` (N, H, W, 9) fp32, ``x`` the Y plane (N, H, W) fp32 -> y, taps in order
-    0..8 from the bias, fp32; a source pixel outside the image adds nothing."""
+    """ht ``tail_gather_kernel``: ``z`` (N, H, W, 9) fp32, ``x`` the Y plane (N, H, W) fp32 -> y.  CTA by CTA (a
+    segment of GATHER_W pixels of one row): the three z rows' words in the image copied by consecutive threads into
+    a shared array (NaN where nothing is copied: a read of it would show), then each pixel's taps 0..8 from the
+    bias, fp32; a source pixel outside the image adds nothing."""
     g_z = Global("z", z)
     n, h, w_ = x.shape
-    img, py, px = np.meshgrid(np.arange(n), np.arange(h), np.arange(w_), indexing="ij")
-    s = np.full(x.shape, np.float32(bias), np.float32)
-    for tap in range(TAPS):
-        sy, sx = py + tap // 3 - 1, px + tap % 3 - 1
-        inside = unsigned_lt(sy, h) & unsigned_lt(sx, w_)
-        v = g_z.load(np.where(inside, ((img * h + sy) * w_ + sx) * 9 + tap, 0))
-        s = np.where(inside, (s + np.asarray(v, np.float32)).astype(np.float32), s)
-    return (np.asarray(x, np.float32) + s).astype(np.float32)
+    segments = -(-w_ // GATHER_W)
+    row_words = (GATHER_W + 2) * 9
+    y = np.full(x.shape, np.nan, np.float32)
+    p = np.arange(GATHER_W)
+    for block in range(n * h * segments):
+        seg, row = block % segments, block // segments
+        py, x0 = row % h, seg * GATHER_W
+        lo, hi = max(x0 - 1, 0), min(x0 + GATHER_W + 1, w_)
+        words, skip = (hi - lo) * 9, (lo - (x0 - 1)) * 9
+        zs = np.full(3 * row_words, np.nan, np.float32)
+        for r in range(3):
+            if not unsigned_lt(py + r - 1, h):
+                continue
+            i = strided_loop(p, words, GATHER_W)
+            zs[r * row_words + skip + i] = g_z.load(((row + r - 1) * w_ + lo) * 9 + i)
+        px = x0 + p
+        live = px < w_
+        s = np.full(GATHER_W, np.float32(bias), np.float32)
+        for tap in range(TAPS):
+            sy, sx = py + tap // 3 - 1, px + tap % 3 - 1
+            inside = unsigned_lt(sy, h) & unsigned_lt(sx, w_) & live
+            v = zs[np.where(inside, (tap // 3) * row_words + (p + tap % 3) * 9 + tap, 0)]
+            s = np.where(inside, (s + v).astype(np.float32), s)
+        img = row // h
+        y[img, py, px[live]] = (np.asarray(x[img, py, px[live]], np.float32) + s[live]).astype(np.float32)
+    return y
 
 
 # ---------------------------------------------------------------------------------------------------

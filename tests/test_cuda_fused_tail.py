@@ -61,6 +61,24 @@ def test_fused_tail_partials_and_gather_in_the_emulator(size, variant):
     np.testing.assert_allclose(out, y + bias + conv, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(2, 3, 600), (1, 1, 257), (1, 4, 256)], ids=lambda s: "x".join(map(str, s)))
+def test_tail_gather_segments_in_the_emulator(size):
+    """The gather's CTAs cover 256-pixel row segments: rows cut into several, one pixel past a segment, exactly one;
+    the same bits as the per-pixel sum in tap order from the bias (the kernel it replaced), every pixel written."""
+    rng = np.random.default_rng(11)
+    z = rng.standard_normal(size + (9,)).astype(np.float32)
+    y = rng.uniform(0, 1, size).astype(np.float32)
+    bias = np.float32(-0.03125)
+    out = emu.launch_tail_gather(z, y, bias)
+    n, h, w_ = size
+    zp = np.zeros((n, h + 2, w_ + 2, 9), np.float32)
+    zp[:, 1:-1, 1:-1] = z
+    s = np.full(size, bias, np.float32)
+    for tap in range(9):
+        s = (s + zp[:, tap // 3 : tap // 3 + h, tap % 3 : tap % 3 + w_, tap]).astype(np.float32)
+    np.testing.assert_array_equal(out, (y + s).astype(np.float32))
+
+
 def test_fused_tail_bf16_eager_copies():
     T = TYPES[torch.bfloat16]
     x, w, b, tail_w = _tail_case((2, 7, 131), torch.bfloat16, seed=2)
@@ -77,6 +95,25 @@ def test_fused_tail_detects_a_missing_barrier(monkeypatch):
     monkeypatch.setattr(emu.Cta, "named_barrier", lambda self, lo, hi: None)
     x, w, b, tail_w = _tail_case((1, 4, 9), torch.float16)
     with pytest.raises(emu.Hazard):
+        emu.launch_strip(STRIP_VARIANTS[0], TYPES[torch.float16], x, w, b, resident_ctas=1, tail_w=tail_w)
+
+
+@pytest.mark.parametrize("dropped", [2, 3], ids=["before-staging", "before-stores"])
+def test_fused_tail_detects_a_missing_staging_barrier(monkeypatch, dropped):
+    """The partials are staged in the tile the activations were read from and stored from there: a warpgroup
+    barrier between the reads and the staging stores (call 2 of the first epilogue: its two warpgroups' barriers
+    come first), and one between those and the coalesced loads (call 3); without either, a race."""
+    calls = []
+    real = emu.Cta.named_barrier
+
+    def drop_one(self, lo, hi):
+        calls.append((lo, hi))
+        if len(calls) - 1 != dropped:
+            real(self, lo, hi)
+
+    monkeypatch.setattr(emu.Cta, "named_barrier", drop_one)
+    x, w, b, tail_w = _tail_case((1, 4, 9), torch.float16)
+    with pytest.raises(emu.Hazard, match="write-after-read" if dropped == 2 else "without a __syncthreads"):
         emu.launch_strip(STRIP_VARIANTS[0], TYPES[torch.float16], x, w, b, resident_ctas=1, tail_w=tail_w)
 
 
