@@ -501,6 +501,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
     """The engine options of an alternative of :func:`alternatives` (also the layer profile's network rows)."""
     if body == "unfused_tail":
         return {"fuse_tail": False}
+    if body == "mma_head":
+        return {"mma_head": True}
     if body.startswith("v"):
         return {"body_variant": int(body[1:])}
     if body == "swap":
@@ -522,8 +524,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
 
 def alternatives(name: str, device: torch.device) -> dict[str, str]:
     """{body: label} of the alternatives to time beside a backend's defaults: for CUDA every body variant but
-    the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2), and the unfused tail where the
-    automatic variant fuses it; for Triton the Winograd
+    the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2), the unfused tail where the
+    automatic variant fuses it, and the tensor-core head; for Triton the Winograd
     SWAP bodies, the TMA body or (where that is the default: Hopper) the direct body, and the unfused tail."""
     if name == "triton":
         from vdsr_fast.kernels.triton.backend import default_body_config
@@ -546,6 +548,7 @@ def alternatives(name: str, device: torch.device) -> dict[str, str]:
             kinds[f"v{v['id']}"] = f"body v{v['id']} ({kind})"
     if auto >= 0 and ext.body_variants()[auto]["tail_partials"]:
         kinds["unfused_tail"] = "tail not fused"
+    kinds["mma_head"] = "tensor-core head"
     return kinds
 
 

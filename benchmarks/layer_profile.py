@@ -220,6 +220,15 @@ def main(argv: list[str] | None = None) -> int:
         hw32, tw32 = hw.reshape(C, 9).contiguous(), model.layers[-1].weight.permute(2, 3, 1, 0).reshape(9, C).contiguous()
         add("head", "cuda head", lambda: ext.head(y.data_ptr(), th_out.data_ptr(), hw32.data_ptr(), hb.data_ptr(),
                                                   n, ht, wd, code, 0, stream()), fl_head)  # fmt: skip
+        head_fma = th_out.clone()
+
+        def check_head(o):  # the Y values and weights rounded to the dtype: within a few roundings of the FMA head
+            err = float((o.float() - head_fma.float()).abs().max())
+            assert err <= 2e-2 * float(head_fma.float().abs().max()), f"tensor-core head off by {err:.3g}: not timed"
+
+        add("head", "cuda head on tensor cores (mma_head)",
+            lambda: ext.head(y.data_ptr(), th_out.data_ptr(), hw32.data_ptr(), hb.data_ptr(), n, ht, wd, code, 0,
+                             stream(), True), fl_head, out=th_out, check=check_head)  # fmt: skip
         add("tail", "cuda tail + residual", lambda: ext.tail(x_nhwc.data_ptr(), y.data_ptr(), ty.data_ptr(),
                                                              tw32.data_ptr(), tb.data_ptr(), n, ht, wd, code, 0,
                                                              stream()), fl_tail)  # fmt: skip

@@ -108,7 +108,7 @@ constexpr uint64_t kC = vdsr::kChannels;
 uint64_t act_bytes(int64_t n, int64_t h, int64_t w) { return static_cast<uint64_t>(n * h * w) * kC * 2; }
 
 void head(uint64_t x, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t h, int64_t wd, int dtype, int device,
-          uint64_t stream) {
+          uint64_t stream, bool mma) {
   const char* fn = "head";
   check_shape(fn, n, h, wd);
   const DType dt = check_dtype(fn, dtype);
@@ -118,7 +118,7 @@ void head(uint64_t x, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t h
   CHECK_PTR(fn, "b", b, 4);
   DeviceGuard guard(device);
   vdsr::launch_head(as_ptr<const float*>(x), as_ptr<void*>(out), as_ptr<const float*>(w), as_ptr<const float*>(b),
-                    int(n), int(h), int(wd), dt, as_stream(stream));
+                    int(n), int(h), int(wd), dt, mma, as_stream(stream));
 }
 
 void body(uint64_t in, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t h, int64_t wd, int dtype, int device,
@@ -202,7 +202,7 @@ void tail_gather(uint64_t z, uint64_t x, uint64_t y, uint64_t b, int64_t n, int6
 // sums into the free buffer (36 of its 128 bytes per pixel) and tail_gather adds them up.
 void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head_w, uint64_t head_b, uint64_t body_w,
              uint64_t body_b, int64_t num_body, uint64_t tail_w, uint64_t tail_b, int64_t n, int64_t h, int64_t wd,
-             int dtype, int device, uint64_t stream, int variant, bool fuse_tail) {
+             int dtype, int device, uint64_t stream, int variant, bool fuse_tail, bool head_mma) {
   const char* fn = "forward";
   check_shape(fn, n, h, wd);
   check_dtype(fn, dtype);
@@ -214,7 +214,7 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   const vdsr::BodyVariant* variants = vdsr::body_variants(&num_variants);
   CHECK(fn, variant >= -1 && variant < num_variants, "no body kernel variant ", variant, " (ids 0..",
         num_variants - 1, ", or -1 for automatic)");
-  head(x, buf0, head_w, head_b, n, h, wd, dtype, device, stream);
+  head(x, buf0, head_w, head_b, n, h, wd, dtype, device, stream, head_mma);
   // one packed layer: 9 taps (direct) or 16 transformed positions (Winograd) of [64][64]
   const uint64_t layer_w_bytes = (variant >= 0 && variants[variant].winograd ? 16 : 9) * kC * kC * 2;
   const uint64_t bufs[2] = {buf0, buf1};
@@ -276,16 +276,18 @@ PYBIND11_MODULE(_C, m) {
 #endif
   using namespace pybind11::literals;
   m.def("head", &head, "x"_a, "out"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
-        "out[N,H,W,64] = relu(conv3x3(x fp32 [N,H,W], 1->64) + b)");
+        "mma"_a = false,
+        "out[N,H,W,64] = relu(conv3x3(x fp32 [N,H,W], 1->64) + b) (mma: on tensor cores, x and w rounded to dtype)");
   m.def("body", &body, "inp"_a, "out"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
         "variant"_a = -1, "out = relu(conv3x3(inp, 64->64) + b), NHWC, tensor cores; variant -1 = automatic");
   m.def("tail", &tail, "act"_a, "x"_a, "y"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
         "y = x + conv3x3(act, 64->1) + b (fp32 Y planes)");
   m.def("forward", &forward, "x"_a, "y"_a, "buf0"_a, "buf1"_a, "head_w"_a, "head_b"_a, "body_w"_a, "body_b"_a,
         "num_body"_a, "tail_w"_a, "tail_b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
-        "variant"_a = -1, "fuse_tail"_a = false,
+        "variant"_a = -1, "fuse_tail"_a = false, "head_mma"_a = false,
         "the whole VDSR: head, num_body body layers (ping-pong), tail + residual (fuse_tail: the last body layer "
-        "writes the tail's partial sums, a gather adds them; variants with tail_partials)");
+        "writes the tail's partial sums, a gather adds them; variants with tail_partials; head_mma: the head on "
+        "tensor cores)");
   m.def("body_tail_partials", &body_tail_partials, "inp"_a, "z"_a, "w"_a, "b"_a, "tail_w"_a, "n"_a, "h"_a, "w_"_a,
         "dtype"_a, "device"_a, "stream"_a, "variant"_a = -1,
         "z[N,H,W,9] fp32 = per-tap partial sums of tail_w [9,64] over relu(conv3x3(inp, 64->64) + b)");

@@ -112,6 +112,95 @@ __global__ void __launch_bounds__(EdgeTile::kThreads)
   }
 }
 
+// Head on tensor cores (`mma` of launch_head; opt-in, not timed yet): per tile row a GEMM with M = its 16
+// pixels, N = the 64 channels (8 mma n-blocks), K = 16 (the 9 taps and 7 zeros), `mma.sync.m16n8k16` on the Y
+// values and weights rounded to the storage dtype (what the reference path's fp16/bf16 conv multiplies), fp32
+// accumulation, then bias + ReLU in fp32.  Warp w computes tile rows 2w and 2w + 1 from the same staged halo
+// as head_kernel (18 x 18 fp32).  Per row a lane makes 4-6 staged loads, 8 mma and two 16-byte stores per
+// pixel against head_kernel's 8 x 72 FMAs: the kernel should be bound by its 265 MB of stores at 1080p.
+// K order (kHeadTaps, slot -> tap ky*3+kx): the lanes of one fragment load (t = 0..3, 8 pixels g each) read
+// taps whose staged offsets (18 ky + kx) differ by at most 18, so no two of a warp's 32 words share a bank
+// (taps two rows apart, 36-38 words, would: slots 0, 2, 4, 6 take row 0 and (1,0); 1, 3, 5, 7 row 2 and (1,1);
+// 8 the last tap (1,2)).  N order: column n of n-block nb is channel 16 (n / 2) + 2 nb + n % 2, so lane (g, t)'s
+// accumulators of n-block nb are channels 16t + 2nb, +1: its 16 channels 16t .. 16t+15 of pixels g and g + 8
+// are contiguous, two 16-byte stores each.
+constexpr uint64_t kHeadTaps = 0x543827160ull;  // nibble k: the tap of slot k (0..8): 0 6 1 7 2 8 3 4 5
+
+// The staged offset (18 ky + kx) of the tap in slot k.
+__device__ __forceinline__ int head_slot_offset(int k) {
+  const int tap = static_cast<int>((kHeadTaps >> (4 * k)) & 15);
+  return (tap / 3) * EdgeTile::kHaloW + tap % 3;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(EdgeTile::kThreads)
+    head_mma_kernel(const float* __restrict__ x, T* __restrict__ out, const float* __restrict__ w,
+                    const float* __restrict__ bias, int H, int W, int tiles_x, int tiles_y, int num_tiles) {
+  __shared__ float sx[EdgeTile::kHaloPix];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int tap_lo = static_cast<int>((kHeadTaps >> (8 * t)) & 15);     // slot 2t
+  const int tap_hi = static_cast<int>((kHeadTaps >> (8 * t + 4)) & 15);  // slot 2t + 1
+  const int off_lo = head_slot_offset(2 * t);
+  const int off_hi = head_slot_offset(2 * t + 1);
+  constexpr int kOff8 = 1 * EdgeTile::kHaloW + 2;  // slot 8: tap 5 = (1, 2), lane t = 0's a[2] / a[3] low half
+  uint32_t b0[8], b1[8];                         // B fragments of the 8 n-blocks, for all tiles
+  float br[8][2];                                // the bias of this lane's 16 channels
+#pragma unroll
+  for (int nb = 0; nb < 8; ++nb) {
+    const int ch = 16 * (g >> 1) + 2 * nb + (g & 1);  // column g of n-block nb
+    b0[nb] = Storage<T>::pack2(__ldg(w + ch * 9 + tap_lo), __ldg(w + ch * 9 + tap_hi));
+    b1[nb] = t == 0 ? Storage<T>::pack2(__ldg(w + ch * 9 + 5), 0.0f) : 0u;
+    br[nb][0] = __ldg(bias + 16 * t + 2 * nb);
+    br[nb][1] = __ldg(bias + 16 * t + 2 * nb + 1);
+  }
+  for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+    const body::TileCoord tc = body::tile_coord<EdgeTile::kTileH>(tile, tiles_x, tiles_y);
+    const float* img = x + static_cast<int64_t>(tc.b) * H * W;
+    __syncthreads();  // every thread is done reading the previous tile's sx
+    for (int i = threadIdx.x; i < EdgeTile::kHaloPix; i += EdgeTile::kThreads) {
+      const int hy = i / EdgeTile::kHaloW;
+      const int hx = i - hy * EdgeTile::kHaloW;
+      const int yy = tc.y0 - 1 + hy;
+      const int xs = tc.x0 - 1 + hx;
+      const bool inside = static_cast<unsigned>(yy) < static_cast<unsigned>(H) &&
+                          static_cast<unsigned>(xs) < static_cast<unsigned>(W);
+      sx[i] = inside ? __ldg(img + static_cast<int64_t>(yy) * W + xs) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const int r = 2 * warp + rr;  // tile row; its halo rows r .. r + 2
+      const int y = tc.y0 + r;
+      const float* row = sx + r * EdgeTile::kHaloW;
+      uint32_t a[4];
+      a[0] = Storage<T>::pack2(row[off_lo + g], row[off_hi + g]);
+      a[1] = Storage<T>::pack2(row[off_lo + g + 8], row[off_hi + g + 8]);
+      a[2] = t == 0 ? Storage<T>::pack2(row[kOff8 + g], 0.0f) : 0u;
+      a[3] = t == 0 ? Storage<T>::pack2(row[kOff8 + g + 8], 0.0f) : 0u;
+      uint32_t o[2][8];  // [pixel g, g + 8][n-block]: channels 16t + 2nb, +1
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb) {
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        mma_16816<T>(c, a, b0[nb], b1[nb]);
+        o[0][nb] = Storage<T>::pack2(relu_keep_nan(c[0] + br[nb][0]), relu_keep_nan(c[1] + br[nb][1]));
+        o[1][nb] = Storage<T>::pack2(relu_keep_nan(c[2] + br[nb][0]), relu_keep_nan(c[3] + br[nb][1]));
+      }
+      if (y >= H) continue;
+#pragma unroll
+      for (int p = 0; p < 2; ++p) {
+        const int xx = tc.x0 + g + 8 * p;
+        if (xx >= W) continue;
+        uint4* dst = reinterpret_cast<uint4*>(out + ((static_cast<int64_t>(tc.b) * H + y) * W + xx) * kC + 16 * t);
+        dst[0] = make_uint4(o[p][0], o[p][1], o[p][2], o[p][3]);
+        dst[1] = make_uint4(o[p][4], o[p][5], o[p][6], o[p][7]);
+      }
+    }
+  }
+}
+
 // y may alias x (each pixel's x is read by the thread that then writes its y): no __restrict__ on them.
 template <typename T>
 __global__ void __launch_bounds__(EdgeTile::kThreads, 2)
@@ -178,20 +267,27 @@ body::PersistentGrid edge_grid(Kernel kernel, body::ResidentCtas& resident, int 
 
 }  // namespace
 
-template <typename T>
+template <typename T, bool MMA>
 void launch_head_t(const float* x, void* out, const float* w, const float* b, int n, int h, int w_,
                    cudaStream_t stream) {
+  const auto kernel = MMA ? head_mma_kernel<T> : head_kernel<T>;
   static body::ResidentCtas resident = {};
-  const body::PersistentGrid g = edge_grid(head_kernel<T>, resident, n, h, w_);
-  head_kernel<T><<<g.grid, EdgeTile::kThreads, 0, stream>>>(x, static_cast<T*>(out), w, b, h, w_, g.tiles_x, g.tiles_y,
-                                                            g.num_tiles);
-  VDSR_CHECK_LAUNCH(head_kernel);
+  const body::PersistentGrid g = edge_grid(kernel, resident, n, h, w_);
+  kernel<<<g.grid, EdgeTile::kThreads, 0, stream>>>(x, static_cast<T*>(out), w, b, h, w_, g.tiles_x, g.tiles_y,
+                                                    g.num_tiles);
+  VDSR_CHECK_LAUNCH(kernel);
 }
 
 void launch_head(const float* x, void* out, const float* w, const float* b, int n, int h, int w_, DType dtype,
-                 cudaStream_t stream) {
-  if (dtype == kFloat16) return launch_head_t<__half>(x, out, w, b, n, h, w_, stream);
-  if (dtype == kBFloat16) return launch_head_t<__nv_bfloat16>(x, out, w, b, n, h, w_, stream);
+                 bool mma, cudaStream_t stream) {
+  if (dtype == kFloat16) {
+    return mma ? launch_head_t<__half, true>(x, out, w, b, n, h, w_, stream)
+               : launch_head_t<__half, false>(x, out, w, b, n, h, w_, stream);
+  }
+  if (dtype == kBFloat16) {
+    return mma ? launch_head_t<__nv_bfloat16, true>(x, out, w, b, n, h, w_, stream)
+               : launch_head_t<__nv_bfloat16, false>(x, out, w, b, n, h, w_, stream);
+  }
   throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
 }
 

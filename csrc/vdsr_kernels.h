@@ -54,9 +54,10 @@ enum DType : int { kFloat16 = 0, kBFloat16 = 1 };
 
 namespace vdsr {
 
-// Head: out = relu(conv3x3(x, 1 -> 64) + b), x fp32 Y plane, out NHWC T.
+// Head: out = relu(conv3x3(x, 1 -> 64) + b), x fp32 Y plane, out NHWC T.  mma: on tensor cores (x and w
+// rounded to T, fp32 accumulation), else fp32 FMAs on CUDA cores.
 void launch_head(const float* x, void* out, const float* w, const float* b, int n, int h, int w_, DType dtype,
-                 cudaStream_t stream);
+                 bool mma, cudaStream_t stream);
 
 // Body: out = relu(conv3x3(in, 64 -> 64) + b) on tensor cores.  `variant` picks the kernel variant
 // (an index into body_variants(); -1 = automatic, see body_auto_variant).

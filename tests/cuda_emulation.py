@@ -1358,8 +1358,9 @@ def step_pixel(tc, s, q, h, w_):
     return r, c, y, x, (y < h) & (x < w_)
 
 
-def launch_head(T, x, w, bias, *, resident_ctas=132):
-    """ht:181-196 + ht:57-113.  ``x`` fp32 (N, H, W), ``w`` fp32 (64, 9), ``bias`` fp32 (64,)."""
+def launch_head(T, x, w, bias, *, resident_ctas=132, mma=False):
+    """ht ``launch_head`` + ``head_kernel`` (``mma``: ``head_mma_kernel``, :func:`head_mma_rows`).  ``x`` fp32
+    (N, H, W), ``w`` fp32 (64, 9), ``bias`` fp32 (64,)."""
     n, h, w_ = x.shape
     tiles_x, tiles_y, count, grid = edge_tiles(n, h, w_, resident_ctas)  # ht:185
     g_x = Global("x", np.asarray(x, np.float32))
@@ -1370,6 +1371,7 @@ def launch_head(T, x, w, bias, *, resident_ctas=132):
     n_ = (j * 8)[..., None] + np.arange(8)  # ht:66: this lane's channels
     br = g_b.load(n_)  # ht:67
     wr = g_w.load(n_[..., None] * 9 + np.arange(9))  # ht:69: wr[warp, lane, c, tap]
+    frags = head_mma_fragments(T, g_w, g_b) if mma else None
     for block_idx in range(grid):
         cta = Cta(EDGE.halo_pix * 4, T.poison, eager=True)  # ht:61: sx, fp32
         for tile in range(block_idx, count, grid):  # ht:71
@@ -1388,6 +1390,9 @@ def launch_head(T, x, w, bias, *, resident_ctas=132):
                 val[inside] = g_x.load(img + yy[inside].astype(np.int64) * w_ + xs[inside])  # ht:82
                 cta.sts32(4 * i, val.view(np.uint32), active)
             cta.syncthreads()  # ht:84
+            if mma:
+                head_mma_rows(T, cta, frags, g_out, tc, h, w_)
+                continue
             for s in range(STEPS):  # ht:86
                 r, c, y, xx, live = step_pixel(tc, s, q, h, w_)  # ht:87-92
                 v = [cta.lds32(4 * ((r + tap // 3) * EDGE.halo_w + c + tap % 3), live).view(np.float32)
@@ -1406,6 +1411,68 @@ def launch_head(T, x, w, bias, *, resident_ctas=132):
                 dst = ((np.int64(tc[0]) * h + y) * w_ + xx) * KC + j * 8  # ht:109
                 g_out.store(dst[live], halves, n=8, align_bytes=16)
     return g_out.a.reshape(n, h, w_, KC), g_out.writes.reshape(n, h, w_, KC)
+
+
+HEAD_TAPS = (0, 6, 1, 7, 2, 8, 3, 4, 5)  # ht kHeadTaps: the tap (ky*3+kx) of K slot k; slots 9..15 are zeros
+
+
+def _head_slot_offset(k):
+    tap = np.asarray(HEAD_TAPS)[k]
+    return (tap // 3) * EDGE.halo_w + tap % 3
+
+
+def head_mma_fragments(T, g_w: Global, g_b: Global):
+    """``head_mma_kernel``'s registers loaded once: the B fragments of the 8 n-blocks (column g of n-block nb =
+    channel 16 (g / 2) + 2 nb + g % 2; b0: slots 2t, 2t + 1, b1: slot 8 for t = 0, else zeros), the bias of the
+    lane's channels 16t + 2nb (+1), and the staged offsets of its slots 2t, 2t + 1.  Arrays (8 warps, 32 lanes)."""
+    lane = EDGE_TID % 32
+    g, t = lane >> 2, lane & 3
+    tap_lo, tap_hi = np.asarray(HEAD_TAPS)[2 * t], np.asarray(HEAD_TAPS)[2 * t + 1]
+    b0, b1, br = [], [], []
+    for nb in range(8):
+        ch = 16 * (g >> 1) + 2 * nb + (g & 1)
+        b0.append(pack2(T, g_w.load(ch * 9 + tap_lo), g_w.load(ch * 9 + tap_hi)))
+        b1.append(np.where(t == 0, pack2(T, g_w.load(ch * 9 + 5), np.float32(0)), np.uint32(0)).astype(np.uint32))
+        br.append((g_b.load(16 * t + 2 * nb), g_b.load(16 * t + 2 * nb + 1)))
+    return {"b0": b0, "b1": b1, "br": br, "off_lo": _head_slot_offset(2 * t), "off_hi": _head_slot_offset(2 * t + 1)}
+
+
+def head_mma_rows(T, cta: Cta, f, g_out: Global, tc, h, w_):
+    """``head_mma_kernel``'s two rows per warp of one staged tile: the A fragments from the staged Y values (a warp's
+    32 loads of each half: no bank conflict), 8 ``mma.sync`` with zero accumulators, bias + ReLU, two 16-byte stores
+    per pixel and lane."""
+    warp, lane = EDGE_TID // 32, EDGE_TID % 32
+    g, t = lane >> 2, lane & 3
+    off8 = EDGE.halo_w + 2  # slot 8: tap 5 = (1, 2)
+    for rr in range(2):
+        r = 2 * warp + rr
+        y = tc[1] + r
+        row = r * EDGE.halo_w
+
+        def ld(off, active=None, row=row):
+            return cta.lds32(4 * (row + off), active).view(np.float32)
+
+        first = t == 0
+        a = np.stack([
+            pack2(T, ld(f["off_lo"] + g), ld(f["off_hi"] + g)),
+            pack2(T, ld(f["off_lo"] + g + 8), ld(f["off_hi"] + g + 8)),
+            np.where(first, pack2(T, ld(off8 + g, first), np.float32(0)), np.uint32(0)),
+            np.where(first, pack2(T, ld(off8 + g + 8, first), np.float32(0)), np.uint32(0)),
+        ], axis=-1).astype(np.uint32)  # fmt: skip
+        o = np.zeros((2, 8) + g.shape, np.uint32)  # [pixel g, g + 8][n-block]
+        for nb in range(8):
+            c = mma_16816(T, np.zeros(g.shape + (4,), np.float32), a, f["b0"][nb], f["b1"][nb])
+            b_lo, b_hi = f["br"][nb]
+            o[0, nb] = pack2(T, relu_keep_nan(c[..., 0] + b_lo), relu_keep_nan(c[..., 1] + b_hi))
+            o[1, nb] = pack2(T, relu_keep_nan(c[..., 2] + b_lo), relu_keep_nan(c[..., 3] + b_hi))
+        for p in range(2):
+            xx = tc[2] + g + 8 * p
+            live = (y < h) & (xx < w_)
+            base = ((np.int64(tc[0]) * h + y) * w_ + xx) * KC + 16 * t
+            for half in range(2):
+                words = np.moveaxis(o[p, 4 * half : 4 * half + 4], 0, -1)[live]  # uint4: 4 words, .x first
+                halves = np.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1, 8).astype(np.uint16)
+                g_out.store((base + 8 * half)[live], halves, n=8, align_bytes=16)
 
 
 def launch_tail(T, act_bits, x, w, bias, *, alias_y_to_x=False, eager=False, resident_ctas=132):

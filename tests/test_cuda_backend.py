@@ -81,7 +81,15 @@ def test_network_matches_reference_at_frame_sizes(cuda_device, dtype, shape):
     _check_network(cuda_device, dtype, shape)
 
 
-@pytest.mark.parametrize("variant", [4, 5, 6, 7, 8, 9])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 37, 53), (1, 1080, 1920)], ids=["1x1", "3x37x53", "1080p"])
+def test_network_with_the_tensor_core_head(cuda_device, dtype, shape):
+    """``mma_head=True``: the head on tensor cores (Y values and weights rounded to the dtype, as the reference
+    path's conv rounds them), through the whole network."""
+    _check_network(cuda_device, dtype, shape, mma_head=True)
+
+
+@pytest.mark.parametrize("variant", [4, 5, 6, 7, 8, 9, 10, 11])
 def test_network_wgmma_variant_at_1080p(cuda_device, variant):
     """Each wgmma body variant (a candidate for the automatic choice) through the whole network at 1080p."""
     if why := variant_unavailable(_ext().body_variants()[variant], cuda_device):
@@ -174,8 +182,9 @@ def test_engine_tune_times_every_variant_and_keeps_a_correct_one(cuda_device):
     C = _ext()
     runnable = [v for v in C.body_variants() if variant_unavailable(v, cuda_device) is None]
     fused = C.body_variants()[C.body_auto_variant(cuda_device.index)]["tail_partials"]
-    # the automatic variant as "default", the others by label, and the unfused tail where the automatic one fuses it
-    assert len(e.tuning) == len(runnable) + fused
+    # the automatic variant as "default", the others by label, the unfused tail where the automatic one fuses it,
+    # and the tensor-core head
+    assert len(e.tuning) == len(runnable) + fused + 1
     assert all(isinstance(ms, float) for ms in e.tuning.values()), e.tuning
     print(f"cuda tuning (ms, 720p, VDSR-8): {e.tuning}")
     x = torch.rand(2, 1, 45, 38, device=cuda_device)

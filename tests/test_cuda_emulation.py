@@ -491,17 +491,25 @@ def test_strip_detects_a_wrong_leading_offset(monkeypatch):
 
 
 # --- head and tail ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mma", [False, True], ids=["fma", "mma"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
-def test_head_matches_conv2d(dtype, size):
+def test_head_matches_conv2d(dtype, size, mma):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(size, generator=g)
     w = torch.randn(64, 1, 3, 3, generator=g) * 0.5
     b = torch.randn(64, generator=g) * 0.2
-    out, writes = emu.launch_head(TYPES[dtype], x.numpy(), w.reshape(64, 9).numpy(), b.numpy())  # cuda.py:185
+    out, writes = emu.launch_head(TYPES[dtype], x.numpy(), w.reshape(64, 9).numpy(), b.numpy(), mma=mma)  # cuda.py:185
     assert (writes == 1).all()
-    ref = F.conv2d(x.double()[:, None], w.double(), b.double(), padding=1).relu().permute(0, 2, 3, 1)
-    check_close(TYPES[dtype].to_float(out), ref.numpy(), REL[dtype], f"head {dtype} {size}")
+    check_close(TYPES[dtype].to_float(out), head_ref(x, w, b, dtype if mma else None), REL[dtype], f"head {dtype} {size}")
+
+
+def head_ref(x, w, b, rounded_to=None):
+    """The head in float64, NHWC; ``rounded_to``: x and w first rounded to that dtype, as the tensor-core head
+    multiplies them (exact products, fp32 sums: its output is then within an output rounding of this)."""
+    if rounded_to is not None:
+        x, w = x.to(rounded_to), w.to(rounded_to)
+    return F.conv2d(x.double()[:, None], w.double(), b.double(), padding=1).relu().permute(0, 2, 3, 1).numpy()
 
 
 def tail_case(size, dtype, seed=2):
@@ -528,11 +536,20 @@ def test_tail_matches_conv2d(dtype, size, alias, eager):
     check_close(y, ref, 1e-5, f"tail {dtype} {size}")
 
 
-def test_head_detects_a_missing_barrier(monkeypatch):
+@pytest.mark.parametrize("mma", [False, True], ids=["fma", "mma"])
+def test_head_detects_a_missing_barrier(monkeypatch, mma):
     monkeypatch.setattr(emu.Cta, "syncthreads", lambda self: None)
     with pytest.raises(emu.Hazard, match="without a __syncthreads"):
         emu.launch_head(emu.Half, np.random.rand(1, 5, 7).astype(np.float32), np.ones((64, 9), np.float32),
-                        np.zeros(64, np.float32))  # fmt: skip
+                        np.zeros(64, np.float32), mma=mma)  # fmt: skip
+
+
+def test_mma_head_slot_order_is_what_keeps_its_loads_conflict_free(monkeypatch):
+    """The taps in their natural order as K slots: taps two rows apart (36-38 staged words) share a bank."""
+    monkeypatch.setattr(emu, "HEAD_TAPS", tuple(range(9)))
+    with pytest.raises(emu.Hazard, match="bank conflict"):
+        emu.launch_head(emu.Half, np.random.rand(1, 5, 7).astype(np.float32), np.ones((64, 9), np.float32),
+                        np.zeros(64, np.float32), mma=True)  # fmt: skip
 
 
 @pytest.mark.parametrize("bug", ["barrier", "wait"])
@@ -553,10 +570,12 @@ def test_head_and_tail_walk_their_tiles_persistently(resident):
     x = torch.rand(2, 37, 53, generator=g)
     w = torch.randn(64, 1, 3, 3, generator=g) * 0.5
     b = torch.randn(64, generator=g) * 0.2
-    out, writes = emu.launch_head(emu.Half, x.numpy(), w.reshape(64, 9).numpy(), b.numpy(), resident_ctas=resident)
-    assert (writes == 1).all()
-    ref = F.conv2d(x.double()[:, None], w.double(), b.double(), padding=1).relu().permute(0, 2, 3, 1)
-    check_close(emu.Half.to_float(out), ref.numpy(), REL[torch.float16], f"head on {resident} CTAs")
+    for mma in (False, True):
+        out, writes = emu.launch_head(emu.Half, x.numpy(), w.reshape(64, 9).numpy(), b.numpy(), resident_ctas=resident,
+                                      mma=mma)  # fmt: skip
+        assert (writes == 1).all()
+        ref = head_ref(x, w, b, torch.float16 if mma else None)
+        check_close(emu.Half.to_float(out), ref, REL[torch.float16], f"head (mma {mma}) on {resident} CTAs")
     args, ref = tail_case((2, 37, 53), torch.float16)
     y, writes = emu.launch_tail(emu.Half, *args, resident_ctas=resident)
     assert (writes == 1).all()

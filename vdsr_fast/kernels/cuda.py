@@ -1,6 +1,7 @@
 """The CUDA C++ engine backend: VDSR on the hand-written kernels of ``csrc/`` (module ``vdsr_fast._C``).
 
-head  Y plane (fp32) -> NHWC buffer A                       relu(conv3x3 1->64 + b), CUDA cores
+head  Y plane (fp32) -> NHWC buffer A                       relu(conv3x3 1->64 + b), CUDA cores (``mma_head=True``:
+                                                            tensor cores, opt-in until a GPU run times it)
 body  A -> B, B -> A, ... (two ping-pong NHWC buffers)      relu(conv3x3 64->64 + b), tensor cores
                                                             (mma.sync m16n8k16, weight-stationary; opt-in
                                                             variants: Winograd F(2x2,3x3), Hopper wgmma)
@@ -76,6 +77,7 @@ def _launch_forward(
     b_tail: torch.Tensor,
     variant: int,
     fuse_tail: bool,
+    mma_head: bool,
 ) -> None:
     """One ``_C.forward`` call on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
     ext = load_extension()
@@ -85,7 +87,7 @@ def _launch_forward(
     ext.forward(
         x.data_ptr(), out.data_ptr(), bufs[0].data_ptr(), bufs[1].data_ptr(),
         w_head.data_ptr(), b_head.data_ptr(), w_body.data_ptr(), b_body.data_ptr(), num_body,
-        w_tail.data_ptr(), b_tail.data_ptr(), n, h, w, code, x.device.index, stream, variant, fuse_tail,
+        w_tail.data_ptr(), b_tail.data_ptr(), n, h, w, code, x.device.index, stream, variant, fuse_tail, mma_head,
     )  # fmt: skip
 
 
@@ -101,6 +103,7 @@ def cuda_vdsr_op(
     b_tail: torch.Tensor,
     variant: int,
     fuse_tail: bool = False,
+    mma_head: bool = False,
 ) -> torch.Tensor:
     """The whole network as one op (what ``torch.compile`` traces): fp32 Y plane -> fp32 ``x + residual``.
 
@@ -111,12 +114,13 @@ def cuda_vdsr_op(
     out = torch.empty_like(x)
     bufs = tuple(torch.empty((n, h, w, _CHANNELS), device=x.device, dtype=w_body.dtype) for _ in range(2))
     with torch.cuda.device(x.device):
-        _launch_forward(x, out, bufs, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail)
+        _launch_forward(x, out, bufs, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail,
+                        mma_head)  # fmt: skip
     return out
 
 
 @cuda_vdsr_op.register_fake
-def _(x, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail=False):
+def _(x, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail=False, mma_head=False):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -140,6 +144,9 @@ class CudaBackend(PingPongBuffers):
             default): fused when the body variant has ``tail_partials`` (1-2% faster at 1080p and 4K fp16 on
             an H200, benchmarks/results runs 9 and 10); True where it has not raises
             :class:`~vdsr_fast.engine.BackendUnavailable`.
+        mma_head: run the head (1 -> 64 channels) on tensor cores (``mma.sync``, the Y values and head weights
+            rounded to ``dtype`` as the reference path's conv rounds them) instead of fp32 FMAs; opt-in until a GPU
+            run times it (the FMA head took 0.120 ms at 1080p on an H200, its 265 MB of stores alone ~0.06).
         cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
             (removes the per-launch host cost, which matters for small images).
 
@@ -183,12 +190,13 @@ class CudaBackend(PingPongBuffers):
 
     @staticmethod
     def tuning_candidates(model: VDSR, device: torch.device, dtype: torch.dtype) -> list[tuple[str, dict]]:
-        """The body variants this GPU runs, but the automatic one, and the unfused tail where the automatic variant
-        fuses it (``Engine(tune=True)`` times them)."""
+        """The body variants this GPU runs, but the automatic one, the unfused tail where the automatic variant
+        fuses it, and the tensor-core head (``Engine(tune=True)`` times them)."""
         ext = load_extension()
         device = resolve_device(device)
         auto = ext.body_auto_variant(device.index)
         out = [("tail not fused", {"fuse_tail": False})] if ext.body_variants()[auto]["tail_partials"] else []
+        out.append(("tensor-core head", {"mma_head": True}))
         for v in ext.body_variants():
             if v["id"] != auto and variant_unavailable(v, device) is None:
                 kind = "Winograd" if v["winograd"] else "wgmma" if v["wgmma"] else "direct"
@@ -206,6 +214,7 @@ class CudaBackend(PingPongBuffers):
         body_variant: int | None = None,
         cuda_graphs: bool = False,
         fuse_tail: bool | None = None,
+        mma_head: bool = False,
     ) -> None:
         from ..engine import BackendUnavailable
 
@@ -261,6 +270,7 @@ class CudaBackend(PingPongBuffers):
             self.w_body = torch.zeros(1, device=device, dtype=dtype)
             self.b_body = torch.zeros(1, device=device, dtype=fp32)
         self.fuse_tail = bool(fuse_tail) and self.num_body > 0
+        self.mma_head = bool(mma_head)
         self.w_tail = ws[-1].to(fp32).permute(2, 3, 1, 0).reshape(9, c).contiguous()  # [ky*3+kx][c]
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
         self._packed = [self.w_head, self.b_head, self.w_body, self.b_body, self.w_tail, self.b_tail]
@@ -288,7 +298,7 @@ class CudaBackend(PingPongBuffers):
         """The 20 launches on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
         bufs = self.buffers(x.shape[0], x.shape[2], x.shape[3])
         _launch_forward(x, out, bufs, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
-                        self.w_tail, self.b_tail, self.body_variant, self.fuse_tail)  # fmt: skip
+                        self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head)  # fmt: skip
         return out
 
     def forward_op(self, y: torch.Tensor) -> torch.Tensor:
@@ -296,6 +306,6 @@ class CudaBackend(PingPongBuffers):
         x = y.to(torch.float32)
         out = torch.ops.vdsr_fast.cuda_vdsr(
             x, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
-            self.w_tail, self.b_tail, self.body_variant, self.fuse_tail,
+            self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head,
         )  # fmt: skip
         return out.to(y.dtype)
