@@ -503,6 +503,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
         return {"fuse_tail": False}
     if body == "mma_head":
         return {"mma_head": True}
+    if body == "pdl":
+        return {"pdl": True}
     if body.startswith("v"):
         return {"body_variant": int(body[1:])}
     if body == "swap":
@@ -524,8 +526,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
 
 def alternatives(name: str, device: torch.device) -> dict[str, str]:
     """{body: label} of the alternatives to time beside a backend's defaults: for CUDA every body variant but
-    the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2), the unfused tail where the
-    automatic variant fuses it, and the tensor-core head; for Triton the Winograd
+    the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2), the unfused tail and
+    programmatic dependent launch where the automatic variant is a strip variant, and the tensor-core head; for Triton the Winograd
     SWAP bodies, the TMA body or (where that is the default: Hopper) the direct body, and the unfused tail."""
     if name == "triton":
         from vdsr_fast.kernels.triton.backend import default_body_config
@@ -548,6 +550,7 @@ def alternatives(name: str, device: torch.device) -> dict[str, str]:
             kinds[f"v{v['id']}"] = f"body v{v['id']} ({kind})"
     if auto >= 0 and ext.body_variants()[auto]["tail_partials"]:
         kinds["unfused_tail"] = "tail not fused"
+        kinds["pdl"] = "programmatic dependent launch"
     kinds["mma_head"] = "tensor-core head"
     return kinds
 

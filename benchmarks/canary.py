@@ -32,6 +32,7 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v9": ("cuda", {"body_variant": 9}),  # three groups
     "cuda-v11": ("cuda", {"body_variant": 11}),  # six groups
     "cuda-mma-head": ("cuda", {"mma_head": True}),  # the head on tensor cores
+    "cuda-pdl": ("cuda", {"pdl": True}),  # strip body layers by programmatic dependent launch
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
     "triton-swap": ("triton", {"body_config": "swap"}),  # channels as the GEMM's M (conv3x3.swap_configs)
     "triton-tma": ("triton", {"body_config": "tma"}),  # tensor-descriptor tiles (conv3x3_tma.tma_config)

@@ -122,7 +122,7 @@ void head(uint64_t x, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t h
 }
 
 void body(uint64_t in, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t h, int64_t wd, int dtype, int device,
-          uint64_t stream, int variant) {
+          uint64_t stream, int variant, bool pdl) {
   const char* fn = "body";
   check_shape(fn, n, h, wd);
   const DType dt = check_dtype(fn, dtype);
@@ -137,7 +137,7 @@ void body(uint64_t in, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t 
         num_variants - 1, ", or -1 for automatic)");
   DeviceGuard guard(device);
   vdsr::launch_body(as_ptr<const void*>(in), as_ptr<void*>(out), as_ptr<const void*>(w), as_ptr<const float*>(b),
-                    int(n), int(h), int(wd), dt, device, as_stream(stream), variant);
+                    int(n), int(h), int(wd), dt, device, as_stream(stream), variant, pdl);
 }
 
 void tail(uint64_t act, uint64_t x, uint64_t y, uint64_t w, uint64_t b, int64_t n, int64_t h, int64_t wd, int dtype,
@@ -160,7 +160,7 @@ void tail(uint64_t act, uint64_t x, uint64_t y, uint64_t w, uint64_t b, int64_t 
 // output (launch_body_tail_partials); `variant` must be a variant with tail_partials (or -1 where the
 // automatic one has them).
 void body_tail_partials(uint64_t in, uint64_t z, uint64_t w, uint64_t b, uint64_t tail_w, int64_t n, int64_t h,
-                        int64_t wd, int dtype, int device, uint64_t stream, int variant) {
+                        int64_t wd, int dtype, int device, uint64_t stream, int variant, bool pdl) {
   const char* fn = "body_tail_partials";
   check_shape(fn, n, h, wd);
   const DType dt = check_dtype(fn, dtype);
@@ -177,7 +177,7 @@ void body_tail_partials(uint64_t in, uint64_t z, uint64_t w, uint64_t b, uint64_
   DeviceGuard guard(device);
   vdsr::launch_body_tail_partials(as_ptr<const void*>(in), as_ptr<float*>(z), as_ptr<const void*>(w),
                                   as_ptr<const float*>(b), as_ptr<const float*>(tail_w), int(n), int(h), int(wd), dt,
-                                  device, as_stream(stream), variant);
+                                  device, as_stream(stream), variant, pdl);
 }
 
 // The fused tail's gather: y = x + b + sum of the neighbours' partial sums z (y may alias x, not z).
@@ -202,7 +202,7 @@ void tail_gather(uint64_t z, uint64_t x, uint64_t y, uint64_t b, int64_t n, int6
 // sums into the free buffer (36 of its 128 bytes per pixel) and tail_gather adds them up.
 void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head_w, uint64_t head_b, uint64_t body_w,
              uint64_t body_b, int64_t num_body, uint64_t tail_w, uint64_t tail_b, int64_t n, int64_t h, int64_t wd,
-             int dtype, int device, uint64_t stream, int variant, bool fuse_tail, bool head_mma) {
+             int dtype, int device, uint64_t stream, int variant, bool fuse_tail, bool head_mma, bool pdl) {
   const char* fn = "forward";
   check_shape(fn, n, h, wd);
   check_dtype(fn, dtype);
@@ -222,7 +222,7 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   const int64_t unfused = fuse_tail ? num_body - 1 : num_body;
   for (int64_t i = 0; i < unfused; ++i) {
     body(bufs[i % 2], bufs[(i + 1) % 2], body_w + i * layer_w_bytes, body_b + i * kC * 4, n, h, wd, dtype, device,
-         stream, variant);
+         stream, variant, pdl);
   }
   if (!fuse_tail) {
     tail(bufs[num_body % 2], x, y, tail_w, tail_b, n, h, wd, dtype, device, stream);
@@ -230,7 +230,7 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   }
   const int64_t last = num_body - 1;
   body_tail_partials(bufs[last % 2], bufs[num_body % 2], body_w + last * layer_w_bytes, body_b + last * kC * 4, tail_w,
-                     n, h, wd, dtype, device, stream, variant);
+                     n, h, wd, dtype, device, stream, variant, pdl);
   tail_gather(bufs[num_body % 2], x, y, tail_b, n, h, wd, device, stream);
 }
 
@@ -279,17 +279,19 @@ PYBIND11_MODULE(_C, m) {
         "mma"_a = false,
         "out[N,H,W,64] = relu(conv3x3(x fp32 [N,H,W], 1->64) + b) (mma: on tensor cores, x and w rounded to dtype)");
   m.def("body", &body, "inp"_a, "out"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
-        "variant"_a = -1, "out = relu(conv3x3(inp, 64->64) + b), NHWC, tensor cores; variant -1 = automatic");
+        "variant"_a = -1, "pdl"_a = false,
+        "out = relu(conv3x3(inp, 64->64) + b), NHWC, tensor cores; variant -1 = automatic (pdl: programmatic "
+        "dependent launch, wgmma strip variants)");
   m.def("tail", &tail, "act"_a, "x"_a, "y"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
         "y = x + conv3x3(act, 64->1) + b (fp32 Y planes)");
   m.def("forward", &forward, "x"_a, "y"_a, "buf0"_a, "buf1"_a, "head_w"_a, "head_b"_a, "body_w"_a, "body_b"_a,
         "num_body"_a, "tail_w"_a, "tail_b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
-        "variant"_a = -1, "fuse_tail"_a = false, "head_mma"_a = false,
+        "variant"_a = -1, "fuse_tail"_a = false, "head_mma"_a = false, "pdl"_a = false,
         "the whole VDSR: head, num_body body layers (ping-pong), tail + residual (fuse_tail: the last body layer "
         "writes the tail's partial sums, a gather adds them; variants with tail_partials; head_mma: the head on "
-        "tensor cores)");
+        "tensor cores; pdl: the wgmma strip body layers by programmatic dependent launch)");
   m.def("body_tail_partials", &body_tail_partials, "inp"_a, "z"_a, "w"_a, "b"_a, "tail_w"_a, "n"_a, "h"_a, "w_"_a,
-        "dtype"_a, "device"_a, "stream"_a, "variant"_a = -1,
+        "dtype"_a, "device"_a, "stream"_a, "variant"_a = -1, "pdl"_a = false,
         "z[N,H,W,9] fp32 = per-tap partial sums of tail_w [9,64] over relu(conv3x3(inp, 64->64) + b)");
   m.def("tail_gather", &tail_gather, "z"_a, "x"_a, "y"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "device"_a, "stream"_a,
         "y = x + b + sum_{ky,kx} z[y+ky-1][x+kx-1][ky*3+kx] (fp32 Y planes)");

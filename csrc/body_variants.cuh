@@ -17,7 +17,7 @@ extern const LaunchFn kLaunchBf16[kNumAllVariants];  // conv3x3_body_bf16.cu
 // The strip variants' last-layer kernels of a fused tail (launch_strip_tail), index = id - kFirstStripVariant.
 constexpr int kFirstStripVariant = kNumVariants + kNumWinoVariants + kNumWgmmaVariants;
 using TailLaunchFn = void (*)(const void*, float*, const void*, const float*, const float*, int, int, int, int,
-                              cudaStream_t);
+                              cudaStream_t, bool);
 extern const TailLaunchFn kTailLaunchFp16[kNumStripVariants];  // conv3x3_body_fp16.cu
 extern const TailLaunchFn kTailLaunchBf16[kNumStripVariants];  // conv3x3_body_bf16.cu
 

@@ -95,19 +95,19 @@ void check_kernel_image(int device) {
 }
 
 void launch_body(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, DType dtype,
-                 int device, cudaStream_t stream, int variant) {
+                 int device, cudaStream_t stream, int variant, bool pdl) {
   if (variant < 0) variant = body_auto_variant(device);
   if (variant >= kNumAllVariants) {
     throw std::invalid_argument("vdsr_fast._C: no body kernel variant " + std::to_string(variant) + " (there are " +
                                 std::to_string(kNumAllVariants) + ")");
   }
-  if (dtype == kFloat16) return body::kLaunchFp16[variant](in, out, w, b, n, h, w_, device, stream);
-  if (dtype == kBFloat16) return body::kLaunchBf16[variant](in, out, w, b, n, h, w_, device, stream);
+  if (dtype == kFloat16) return body::kLaunchFp16[variant](in, out, w, b, n, h, w_, device, stream, pdl);
+  if (dtype == kBFloat16) return body::kLaunchBf16[variant](in, out, w, b, n, h, w_, device, stream, pdl);
   throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
 }
 
 void launch_body_tail_partials(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n,
-                               int h, int w_, DType dtype, int device, cudaStream_t stream, int variant) {
+                               int h, int w_, DType dtype, int device, cudaStream_t stream, int variant, bool pdl) {
   if (variant < 0) variant = body_auto_variant(device);
   if (variant >= kNumAllVariants || !kVariantInfo[variant].tail_partials) {
     throw std::invalid_argument("vdsr_fast._C: body kernel variant " + std::to_string(variant) +
@@ -116,8 +116,8 @@ void launch_body_tail_partials(const void* in, float* z, const void* w, const fl
                                 std::to_string(kNumAllVariants - 1) + ")");
   }
   const int s = variant - body::kFirstStripVariant;
-  if (dtype == kFloat16) return body::kTailLaunchFp16[s](in, z, w, b, tail_w, n, h, w_, device, stream);
-  if (dtype == kBFloat16) return body::kTailLaunchBf16[s](in, z, w, b, tail_w, n, h, w_, device, stream);
+  if (dtype == kFloat16) return body::kTailLaunchFp16[s](in, z, w, b, tail_w, n, h, w_, device, stream, pdl);
+  if (dtype == kBFloat16) return body::kTailLaunchBf16[s](in, z, w, b, tail_w, n, h, w_, device, stream, pdl);
   throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
 }
 

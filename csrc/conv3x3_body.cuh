@@ -356,7 +356,7 @@ void launch_persistent(TileKernel<T> kernel, ResidentCtas& resident_ctas, const 
 
 template <typename T, int WARPS_M, int WARPS_N, int MI, int STAGES>
 void launch_variant(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, bool /*pdl*/) {
   static ResidentCtas resident = {};
   launch_persistent<BodyTile<WARPS_M, WARPS_N, MI, STAGES>, T>(conv3x3_body_kernel<T, WARPS_M, WARPS_N, MI, STAGES>,
                                                                resident, in, out, w, b, n, h, w_, device, stream);
@@ -374,7 +374,9 @@ void launch_variant(const void* in, void* out, const void* w, const float* b, in
 #define VDSR_BODY_COUNT(WM, WN, MI, S) +1
 constexpr int kNumVariants = 0 VDSR_BODY_VARIANTS(VDSR_BODY_COUNT);
 
-using LaunchFn = void (*)(const void*, void*, const void*, const float*, int, int, int, int, cudaStream_t);
+// (..., device, stream, pdl): pdl launches with programmatic stream serialization (Hopper's programmatic dependent
+// launch); only the wgmma strip kernels take it (the others launch as always).
+using LaunchFn = void (*)(const void*, void*, const void*, const float*, int, int, int, int, cudaStream_t, bool);
 
 // cudaFuncGetAttributes of one fp16 body kernel: fails when the build has no image for the device.
 cudaError_t probe_kernel_image(cudaFuncAttributes* attr);

@@ -60,9 +60,11 @@ void launch_head(const float* x, void* out, const float* w, const float* b, int 
                  bool mma, cudaStream_t stream);
 
 // Body: out = relu(conv3x3(in, 64 -> 64) + b) on tensor cores.  `variant` picks the kernel variant
-// (an index into body_variants(); -1 = automatic, see body_auto_variant).
+// (an index into body_variants(); -1 = automatic, see body_auto_variant).  pdl: a wgmma strip variant is launched
+// with programmatic stream serialization (it may start while the stream's previous kernel finishes, and waits
+// for it before touching an activation); the other variants ignore it.
 void launch_body(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, DType dtype,
-                 int device, cudaStream_t stream, int variant = -1);
+                 int device, cudaStream_t stream, int variant = -1, bool pdl = false);
 
 // Tail: y = x + conv3x3(act, 64 -> 1) + b, x and y fp32 Y planes (y may not alias act; y may alias x).
 void launch_tail(const void* act, const float* x, float* y, const float* w, const float* b, int n, int h, int w_,
@@ -74,7 +76,8 @@ void launch_tail(const void* act, const float* x, float* y, const float* w, cons
 // `variant` as launch_body's (-1: automatic), and it must be such a variant.  Then the gather:
 // y = x + bL + sum_{ky,kx} z[y+ky-1][x+kx-1][ky*3+kx] (y may alias x, not z).
 void launch_body_tail_partials(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n,
-                               int h, int w_, DType dtype, int device, cudaStream_t stream, int variant = -1);
+                               int h, int w_, DType dtype, int device, cudaStream_t stream, int variant = -1,
+                               bool pdl = false);
 void launch_tail_gather(const float* z, const float* x, float* y, const float* b, int n, int h, int w_,
                         cudaStream_t stream);
 

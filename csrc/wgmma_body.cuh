@@ -194,7 +194,7 @@ void check_sm90a_image(Kernel kernel, int device) {
 
 template <typename T, int STAGES, bool ROW_REUSE>
 void launch_wgmma(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
-                  cudaStream_t stream) {
+                  cudaStream_t stream, bool /*pdl*/) {
   check_device_index(device);
   check_sm90a_image(conv3x3_wgmma_kernel<T, STAGES, ROW_REUSE>, device);
   static ResidentCtas resident = {};

@@ -332,6 +332,12 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
     }
   }
   const float bias_r[2] = {bias[16 * wr + (lane >> 2)], bias[16 * wr + (lane >> 2) + 8]};
+  // Programmatic dependent launch (launch_strip_kernel's pdl; both are no-ops in a plain launch): the next kernel
+  // of the stream may launch now (its CTAs wait for SMs as this grid's exit), and nothing below runs before the
+  // previous kernel has completed and its writes are visible -- the first read of `in` (its output) and every
+  // write (`out` or `z` may be the buffer it reads) come after this wait; only weights and biases come before.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
 
   // This CTA's items: a contiguous share of the (image, strip, pair) order.
   const int begin = static_cast<int>(static_cast<int64_t>(blockIdx.x) * num_tiles / gridDim.x);
@@ -392,32 +398,51 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
 #define VDSR_STRIP_COUNT(L, S) +1
 constexpr int kNumStripVariants = 0 VDSR_STRIP_VARIANTS(VDSR_STRIP_COUNT);
 
+// pdl: launched with programmatic stream serialization, so the grid may start while the previous kernel of the
+// stream still runs (its CTAs take SMs as that one's exit and load their weights; the kernel's
+// griddepcontrol.wait holds them before they touch an activation buffer).
 template <typename T, bool LOADS_FIRST, int SPLIT, bool TAIL>
 void launch_strip_kernel(const void* in, void* out, const void* w, const float* b, const float* tail_w, float* z,
-                         int n, int h, int w_, int device, cudaStream_t stream) {
+                         int n, int h, int w_, int device, cudaStream_t stream, bool pdl) {
   using K = StripLaunch<TAIL>;
   const auto kernel = conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, TAIL>;
   check_device_index(device);
   check_sm90a_image(kernel, device);
   static ResidentCtas resident = {};
   const PersistentGrid g = persistent_grid<K>(kernel, resident, n, h, w_, device);
-  kernel<<<g.grid, K::kThreads, K::kSmemBytes, stream>>>(static_cast<const T*>(in), static_cast<T*>(out),
-                                                         static_cast<const T*>(w), b, tail_w, z, h, w_, g.tiles_x,
-                                                         g.tiles_y, g.num_tiles);
-  VDSR_CHECK_LAUNCH(kernel);
+  if (!pdl) {
+    kernel<<<g.grid, K::kThreads, K::kSmemBytes, stream>>>(static_cast<const T*>(in), static_cast<T*>(out),
+                                                           static_cast<const T*>(w), b, tail_w, z, h, w_, g.tiles_x,
+                                                           g.tiles_y, g.num_tiles);
+    VDSR_CHECK_LAUNCH(kernel);
+    return;
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(g.grid);
+  cfg.blockDim = dim3(K::kThreads);
+  cfg.dynamicSmemBytes = K::kSmemBytes;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  VDSR_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<const T*>(in), static_cast<T*>(out),
+                                     static_cast<const T*>(w), b, tail_w, z, h, w_, g.tiles_x, g.tiles_y,
+                                     g.num_tiles));
 }
 
 template <typename T, bool LOADS_FIRST, int SPLIT>
 void launch_strip(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
-                  cudaStream_t stream) {
-  launch_strip_kernel<T, LOADS_FIRST, SPLIT, false>(in, out, w, b, nullptr, nullptr, n, h, w_, device, stream);
+                  cudaStream_t stream, bool pdl) {
+  launch_strip_kernel<T, LOADS_FIRST, SPLIT, false>(in, out, w, b, nullptr, nullptr, n, h, w_, device, stream, pdl);
 }
 
 // The last body layer of a fused tail (TailLaunchFn): z instead of an activation.
 template <typename T, bool LOADS_FIRST, int SPLIT>
 void launch_strip_tail(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n, int h,
-                       int w_, int device, cudaStream_t stream) {
-  launch_strip_kernel<T, LOADS_FIRST, SPLIT, true>(in, nullptr, w, b, tail_w, z, n, h, w_, device, stream);
+                       int w_, int device, cudaStream_t stream, bool pdl) {
+  launch_strip_kernel<T, LOADS_FIRST, SPLIT, true>(in, nullptr, w, b, tail_w, z, n, h, w_, device, stream, pdl);
 }
 
 }  // namespace body

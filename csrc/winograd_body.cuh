@@ -272,7 +272,7 @@ constexpr int kNumWinoVariants = 0 VDSR_WINO_VARIANTS(VDSR_WINO_COUNT);
 
 template <typename T, int STAGES>
 void launch_winograd(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
-                     cudaStream_t stream) {
+                     cudaStream_t stream, bool /*pdl*/) {
   static ResidentCtas resident = {};
   launch_persistent<WinoTile<STAGES>, T>(conv3x3_winograd_kernel<T, STAGES>, resident, in, out, w, b, n, h, w_, device,
                                          stream);

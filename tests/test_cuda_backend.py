@@ -89,6 +89,25 @@ def test_network_with_the_tensor_core_head(cuda_device, dtype, shape):
     _check_network(cuda_device, dtype, shape, mma_head=True)
 
 
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "cuda-graphs"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 37, 53), (1, 1080, 1920)], ids=["1x1", "3x37x53", "1080p"])
+def test_network_by_programmatic_dependent_launch_wgmma(cuda_device, shape, graphs):
+    """``pdl=True``: each strip body layer may start while the previous kernel finishes and waits for it
+    (griddepcontrol.wait) before touching an activation buffer; eager and captured in a CUDA graph, each output
+    twice (a race would show as a difference between runs or against the reference)."""
+    v = _ext().body_variants()[_ext().body_auto_variant(cuda_device.index)]
+    if not v["tail_partials"]:
+        pytest.skip("programmatic dependent launch is used by the wgmma strip variants only (Hopper, sm_90a)")
+    _check_network(cuda_device, torch.float16, shape, pdl=True, cuda_graphs=graphs)
+    model = _model().to(cuda_device)
+    e = Engine(model, backend="cuda", dtype=torch.float16, device=cuda_device, pdl=True, cuda_graphs=graphs)
+    x = torch.rand(shape[0], 1, *shape[1:], device=cuda_device)
+    first = e(x).clone()
+    torch.testing.assert_close(e(x), first, rtol=0, atol=0)
+    torch.testing.assert_close(first, Engine(model, backend="cuda", dtype=torch.float16, device=cuda_device)(x),
+                               rtol=0, atol=0)  # fmt: skip
+
+
 @pytest.mark.parametrize("variant", [4, 5, 6, 7, 8, 9, 10, 11])
 def test_network_wgmma_variant_at_1080p(cuda_device, variant):
     """Each wgmma body variant (a candidate for the automatic choice) through the whole network at 1080p."""
@@ -182,9 +201,9 @@ def test_engine_tune_times_every_variant_and_keeps_a_correct_one(cuda_device):
     C = _ext()
     runnable = [v for v in C.body_variants() if variant_unavailable(v, cuda_device) is None]
     fused = C.body_variants()[C.body_auto_variant(cuda_device.index)]["tail_partials"]
-    # the automatic variant as "default", the others by label, the unfused tail where the automatic one fuses it,
-    # and the tensor-core head
-    assert len(e.tuning) == len(runnable) + fused + 1
+    # the automatic variant as "default", the others by label, the unfused tail and PDL where the automatic one is a
+    # strip variant, and the tensor-core head
+    assert len(e.tuning) == len(runnable) + 2 * fused + 1
     assert all(isinstance(ms, float) for ms in e.tuning.values()), e.tuning
     print(f"cuda tuning (ms, 720p, VDSR-8): {e.tuning}")
     x = torch.rand(2, 1, 45, 38, device=cuda_device)

@@ -78,6 +78,7 @@ def _launch_forward(
     variant: int,
     fuse_tail: bool,
     mma_head: bool,
+    pdl: bool,
 ) -> None:
     """One ``_C.forward`` call on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
     ext = load_extension()
@@ -87,7 +88,7 @@ def _launch_forward(
     ext.forward(
         x.data_ptr(), out.data_ptr(), bufs[0].data_ptr(), bufs[1].data_ptr(),
         w_head.data_ptr(), b_head.data_ptr(), w_body.data_ptr(), b_body.data_ptr(), num_body,
-        w_tail.data_ptr(), b_tail.data_ptr(), n, h, w, code, x.device.index, stream, variant, fuse_tail, mma_head,
+        w_tail.data_ptr(), b_tail.data_ptr(), n, h, w, code, x.device.index, stream, variant, fuse_tail, mma_head, pdl,
     )  # fmt: skip
 
 
@@ -104,6 +105,7 @@ def cuda_vdsr_op(
     variant: int,
     fuse_tail: bool = False,
     mma_head: bool = False,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """The whole network as one op (what ``torch.compile`` traces): fp32 Y plane -> fp32 ``x + residual``.
 
@@ -115,12 +117,13 @@ def cuda_vdsr_op(
     bufs = tuple(torch.empty((n, h, w, _CHANNELS), device=x.device, dtype=w_body.dtype) for _ in range(2))
     with torch.cuda.device(x.device):
         _launch_forward(x, out, bufs, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail,
-                        mma_head)  # fmt: skip
+                        mma_head, pdl)  # fmt: skip
     return out
 
 
 @cuda_vdsr_op.register_fake
-def _(x, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail=False, mma_head=False):
+def _(x, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail=False, mma_head=False,
+      pdl=False):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -147,6 +150,9 @@ class CudaBackend(PingPongBuffers):
         mma_head: run the head (1 -> 64 channels) on tensor cores (``mma.sync``, the Y values and head weights
             rounded to ``dtype`` as the reference path's conv rounds them) instead of fp32 FMAs; opt-in until a GPU
             run times it (the FMA head took 0.120 ms at 1080p on an H200, its 265 MB of stores alone ~0.06).
+        pdl: launch the wgmma strip body layers by programmatic dependent launch (Hopper): a layer's CTAs may
+            start, and load their weights, while the previous kernel finishes, and wait for it before touching an
+            activation; opt-in until a GPU run times it (other variants launch as always).
         cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
             (removes the per-launch host cost, which matters for small images).
 
@@ -190,13 +196,15 @@ class CudaBackend(PingPongBuffers):
 
     @staticmethod
     def tuning_candidates(model: VDSR, device: torch.device, dtype: torch.dtype) -> list[tuple[str, dict]]:
-        """The body variants this GPU runs, but the automatic one, the unfused tail where the automatic variant
-        fuses it, and the tensor-core head (``Engine(tune=True)`` times them)."""
+        """The body variants this GPU runs, but the automatic one, the unfused tail and programmatic dependent launch
+        where the automatic variant is a strip variant, and the tensor-core head (``Engine(tune=True)`` times them)."""
         ext = load_extension()
         device = resolve_device(device)
         auto = ext.body_auto_variant(device.index)
         out = [("tail not fused", {"fuse_tail": False})] if ext.body_variants()[auto]["tail_partials"] else []
         out.append(("tensor-core head", {"mma_head": True}))
+        if ext.body_variants()[auto]["tail_partials"]:  # the strip variants: the ones that take it
+            out.append(("programmatic dependent launch", {"pdl": True}))
         for v in ext.body_variants():
             if v["id"] != auto and variant_unavailable(v, device) is None:
                 kind = "Winograd" if v["winograd"] else "wgmma" if v["wgmma"] else "direct"
@@ -215,6 +223,7 @@ class CudaBackend(PingPongBuffers):
         cuda_graphs: bool = False,
         fuse_tail: bool | None = None,
         mma_head: bool = False,
+        pdl: bool = False,
     ) -> None:
         from ..engine import BackendUnavailable
 
@@ -271,6 +280,7 @@ class CudaBackend(PingPongBuffers):
             self.b_body = torch.zeros(1, device=device, dtype=fp32)
         self.fuse_tail = bool(fuse_tail) and self.num_body > 0
         self.mma_head = bool(mma_head)
+        self.pdl = bool(pdl)
         self.w_tail = ws[-1].to(fp32).permute(2, 3, 1, 0).reshape(9, c).contiguous()  # [ky*3+kx][c]
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
         self._packed = [self.w_head, self.b_head, self.w_body, self.b_body, self.w_tail, self.b_tail]
@@ -298,7 +308,7 @@ class CudaBackend(PingPongBuffers):
         """The 20 launches on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
         bufs = self.buffers(x.shape[0], x.shape[2], x.shape[3])
         _launch_forward(x, out, bufs, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
-                        self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head)  # fmt: skip
+                        self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head, self.pdl)  # fmt: skip
         return out
 
     def forward_op(self, y: torch.Tensor) -> torch.Tensor:
@@ -306,6 +316,6 @@ class CudaBackend(PingPongBuffers):
         x = y.to(torch.float32)
         out = torch.ops.vdsr_fast.cuda_vdsr(
             x, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
-            self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head,
+            self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head, self.pdl,
         )  # fmt: skip
         return out.to(y.dtype)
