@@ -54,6 +54,24 @@ constexpr int kLanesPerPixel = kC / 8;                                     // la
 constexpr int kPixelGroups = EdgeTile::kThreads / kLanesPerPixel;          // 32 pixels per step
 constexpr int kSteps = EdgeTile::kTileH * body::kTileW / kPixelGroups;     // 8 steps per tile
 
+// Both heads: the tile's 18 x 18 Y values with the one-pixel halo into sx (fp32, zero outside the image), between
+// the barriers that order it after the previous tile's reads and before this tile's.
+__device__ __forceinline__ void stage_head_halo(float* sx, const float* __restrict__ x, const body::TileCoord& tc, int H,
+                                                int W) {
+  const float* img = x + static_cast<int64_t>(tc.b) * H * W;
+  __syncthreads();  // every thread is done reading the previous tile's sx
+  for (int i = threadIdx.x; i < EdgeTile::kHaloPix; i += EdgeTile::kThreads) {
+    const int hy = i / EdgeTile::kHaloW;
+    const int hx = i - hy * EdgeTile::kHaloW;
+    const int yy = tc.y0 - 1 + hy;
+    const int xs = tc.x0 - 1 + hx;
+    const bool inside = static_cast<unsigned>(yy) < static_cast<unsigned>(H) &&
+                        static_cast<unsigned>(xs) < static_cast<unsigned>(W);
+    sx[i] = inside ? __ldg(img + static_cast<int64_t>(yy) * W + xs) : 0.0f;
+  }
+  __syncthreads();
+}
+
 template <typename T>
 __global__ void __launch_bounds__(EdgeTile::kThreads)
     head_kernel(const float* __restrict__ x, T* __restrict__ out, const float* __restrict__ w,
@@ -70,18 +88,7 @@ __global__ void __launch_bounds__(EdgeTile::kThreads)
   }
   for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
     const body::TileCoord tc = body::tile_coord<EdgeTile::kTileH>(tile, tiles_x, tiles_y);
-    const float* img = x + static_cast<int64_t>(tc.b) * H * W;
-    __syncthreads();  // every thread is done reading the previous tile's sx
-    for (int i = threadIdx.x; i < EdgeTile::kHaloPix; i += EdgeTile::kThreads) {
-      const int hy = i / EdgeTile::kHaloW;
-      const int hx = i - hy * EdgeTile::kHaloW;
-      const int yy = tc.y0 - 1 + hy;
-      const int xs = tc.x0 - 1 + hx;
-      const bool inside = static_cast<unsigned>(yy) < static_cast<unsigned>(H) &&
-                          static_cast<unsigned>(xs) < static_cast<unsigned>(W);
-      sx[i] = inside ? __ldg(img + static_cast<int64_t>(yy) * W + xs) : 0.0f;
-    }
-    __syncthreads();
+    stage_head_halo(sx, x, tc, H, W);
 #pragma unroll 2
     for (int s = 0; s < kSteps; ++s) {
       const int p = s * kPixelGroups + q;
@@ -158,18 +165,7 @@ __global__ void __launch_bounds__(EdgeTile::kThreads)
   }
   for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
     const body::TileCoord tc = body::tile_coord<EdgeTile::kTileH>(tile, tiles_x, tiles_y);
-    const float* img = x + static_cast<int64_t>(tc.b) * H * W;
-    __syncthreads();  // every thread is done reading the previous tile's sx
-    for (int i = threadIdx.x; i < EdgeTile::kHaloPix; i += EdgeTile::kThreads) {
-      const int hy = i / EdgeTile::kHaloW;
-      const int hx = i - hy * EdgeTile::kHaloW;
-      const int yy = tc.y0 - 1 + hy;
-      const int xs = tc.x0 - 1 + hx;
-      const bool inside = static_cast<unsigned>(yy) < static_cast<unsigned>(H) &&
-                          static_cast<unsigned>(xs) < static_cast<unsigned>(W);
-      sx[i] = inside ? __ldg(img + static_cast<int64_t>(yy) * W + xs) : 0.0f;
-    }
-    __syncthreads();
+    stage_head_halo(sx, x, tc, H, W);
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
       const int r = 2 * warp + rr;  // tile row; its halo rows r .. r + 2
