@@ -505,6 +505,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
         return {"mma_head": True}
     if body == "pdl":
         return {"pdl": True}
+    if body == "mma_head_pdl":
+        return {"mma_head": True, "pdl": True}
     if body.startswith("v"):
         return {"body_variant": int(body[1:])}
     if body == "swap":
@@ -551,6 +553,7 @@ def alternatives(name: str, device: torch.device) -> dict[str, str]:
     if auto >= 0 and ext.body_variants()[auto]["tail_partials"]:
         kinds["unfused_tail"] = "tail not fused"
         kinds["pdl"] = "programmatic dependent launch"
+        kinds["mma_head_pdl"] = "tensor-core head + PDL"  # whether the two opt-ins add up
     kinds["mma_head"] = "tensor-core head"
     return kinds
 
