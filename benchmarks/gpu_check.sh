@@ -225,11 +225,11 @@ from vdsr_fast import VDSR, Engine
 torch.manual_seed(0)
 m = VDSR()
 for dt in (torch.float16, torch.bfloat16):
-  for fuse_tail in (False, True):
-    e = Engine(m, backend='cuda', dtype=dt, device='cuda', fuse_tail=fuse_tail)
+  for opts in ({'fuse_tail': False}, {}, {'mma_head': True, 'pdl': True}):
+    e = Engine(m, backend='cuda', dtype=dt, device='cuda', **opts)
     y = e(torch.rand(2, 1, 37, 53, device='cuda'))
     torch.cuda.synchronize()
-    print('cuda backend', dt, 'fuse_tail', fuse_tail, tuple(y.shape), 'finite:', bool(torch.isfinite(y).all()))
+    print('cuda backend', dt, opts, tuple(y.shape), 'finite:', bool(torch.isfinite(y).all()))
 " >"$OUT/sanitizer.log" 2>&1
     rc=$?
     tail -n 15 "$OUT/sanitizer.log" || true
