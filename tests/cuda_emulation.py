@@ -317,7 +317,7 @@ class Cta:
         return a
 
     def lds32(self, addr, active=None):
-        """``ld.shared.b32`` (wb:88-92, ht:88); ``addr[..., lane]`` byte addresses -> uint32 values
+        """``ld.shared.b32`` (wb:88-92, ht:95); ``addr[..., lane]`` byte addresses -> uint32 values
         (0 in lanes where ``active`` is False)."""
         a = self._access(addr, 4, "ld.shared", active)
         self._check_read(a // 16, "ld.shared")
@@ -328,7 +328,7 @@ class Cta:
         return out
 
     def sts32(self, addr, value, active=None):
-        """``st.shared.b32`` (wb:94-96, ht:66): visible to other threads after the next barrier."""
+        """``st.shared.b32`` (wb:94-96, ht:84): visible to other threads after the next barrier."""
         a = self._access(addr, 4, "st.shared", active)
         chunk = a // 16
         if np.any(self.last_read[chunk] >= self.epoch):
@@ -344,7 +344,7 @@ class Cta:
         self.generic[chunk] = True
 
     def lds128(self, addr):
-        """``ld.shared.v4.b32`` (ht:137); ``addr[..., lane]`` -> ``(..., lane, 4)`` uint32.  A 16-byte access
+        """``ld.shared.v4.b32`` (ht:222); ``addr[..., lane]`` -> ``(..., lane, 4)`` uint32.  A 16-byte access
         is served a quarter-warp (8 lanes) at a time: their chunks must sit in 8 distinct 16-byte bank
         groups (or be the same chunk)."""
         addr = np.asarray(addr, np.int64)
@@ -1341,7 +1341,7 @@ EDGE_TID = np.arange(EDGE.threads).reshape(-1, 32)  # threadIdx.x as (warp, lane
 
 
 def edge_tiles(n, h, w_, resident_ctas):
-    """cuh ``persistent_grid`` with EdgeTile (ht:173-176) -> (tiles_x, tiles_y, count, grid), ``resident_ctas``
+    """cuh ``persistent_grid`` with EdgeTile (ht:258-261) -> (tiles_x, tiles_y, count, grid), ``resident_ctas``
     standing for ``sms * per_sm``."""
     tiles_x = (w_ + TILE_W - 1) // TILE_W
     tiles_y = (h + EDGE.tile_h - 1) // EDGE.tile_h
@@ -1351,7 +1351,7 @@ def edge_tiles(n, h, w_, resident_ctas):
 
 
 def step_pixel(tc, s, q, h, w_):
-    """ht:87-92 / ht:140-142, ht:160-161: tile pixel of step ``s`` -> (r, c, y, x, inside the image)."""
+    """ht:94-99 / ht:225-227, ht:245-246: tile pixel of step ``s`` -> (r, c, y, x, inside the image)."""
     p = s * PIXEL_GROUPS + q
     r, c = p // TILE_W, p % TILE_W
     y, x = tc[1] + r, tc[2] + c
@@ -1362,53 +1362,53 @@ def launch_head(T, x, w, bias, *, resident_ctas=132, mma=False):
     """ht ``launch_head`` + ``head_kernel`` (``mma``: ``head_mma_kernel``, :func:`head_mma_rows`).  ``x`` fp32
     (N, H, W), ``w`` fp32 (64, 9), ``bias`` fp32 (64,)."""
     n, h, w_ = x.shape
-    tiles_x, tiles_y, count, grid = edge_tiles(n, h, w_, resident_ctas)  # ht:185
+    tiles_x, tiles_y, count, grid = edge_tiles(n, h, w_, resident_ctas)  # ht:271
     g_x = Global("x", np.asarray(x, np.float32))
     g_out = Global("out", np.full((n, h, w_, KC), T.poison, np.uint16))
     g_w = Global("w", np.asarray(w, np.float32))
     g_b = Global("bias", np.asarray(bias, np.float32))
-    j, q = EDGE_TID % 8, EDGE_TID // 8  # ht:62-63
-    n_ = (j * 8)[..., None] + np.arange(8)  # ht:66: this lane's channels
-    br = g_b.load(n_)  # ht:67
-    wr = g_w.load(n_[..., None] * 9 + np.arange(9))  # ht:69: wr[warp, lane, c, tap]
+    j, q = EDGE_TID % 8, EDGE_TID // 8  # ht:80-81
+    n_ = (j * 8)[..., None] + np.arange(8)  # ht:84: this lane's channels
+    br = g_b.load(n_)  # ht:85
+    wr = g_w.load(n_[..., None] * 9 + np.arange(9))  # ht:87: wr[warp, lane, c, tap]
     frags = head_mma_fragments(T, g_w, g_b) if mma else None
     for block_idx in range(grid):
-        cta = Cta(EDGE.halo_pix * 4, T.poison, eager=True)  # ht:61: sx, fp32
-        for tile in range(block_idx, count, grid):  # ht:71
-            tc = tile_coord(EDGE.tile_h, tile, tiles_x, tiles_y)  # ht:72
-            img = np.int64(tc[0]) * h * w_  # ht:73
-            cta.syncthreads()  # ht:74
-            for base in range(0, EDGE.halo_pix, EDGE.threads):  # ht:75
+        cta = Cta(EDGE.halo_pix * 4, T.poison, eager=True)  # ht:79: sx, fp32
+        for tile in range(block_idx, count, grid):  # ht:89
+            tc = tile_coord(EDGE.tile_h, tile, tiles_x, tiles_y)  # ht:90
+            img = np.int64(tc[0]) * h * w_  # ht:61
+            cta.syncthreads()  # ht:62
+            for base in range(0, EDGE.halo_pix, EDGE.threads):  # ht:63
                 i = base + EDGE_TID
                 active = i < EDGE.halo_pix
-                hy = i // EDGE.halo_w  # ht:76
-                hx = i - hy * EDGE.halo_w  # ht:77
-                yy = tc[1] - 1 + hy  # ht:78
-                xs = tc[2] - 1 + hx  # ht:79
-                inside = active & unsigned_lt(yy, h) & unsigned_lt(xs, w_)  # ht:80-81
+                hy = i // EDGE.halo_w  # ht:64
+                hx = i - hy * EDGE.halo_w  # ht:65
+                yy = tc[1] - 1 + hy  # ht:66
+                xs = tc[2] - 1 + hx  # ht:67
+                inside = active & unsigned_lt(yy, h) & unsigned_lt(xs, w_)  # ht:68-69
                 val = np.zeros(i.shape, np.float32)
-                val[inside] = g_x.load(img + yy[inside].astype(np.int64) * w_ + xs[inside])  # ht:82
+                val[inside] = g_x.load(img + yy[inside].astype(np.int64) * w_ + xs[inside])  # ht:70
                 cta.sts32(4 * i, val.view(np.uint32), active)
-            cta.syncthreads()  # ht:84
+            cta.syncthreads()  # ht:72
             if mma:
                 head_mma_rows(T, cta, frags, g_out, tc, h, w_)
                 continue
-            for s in range(STEPS):  # ht:86
-                r, c, y, xx, live = step_pixel(tc, s, q, h, w_)  # ht:87-92
+            for s in range(STEPS):  # ht:93
+                r, c, y, xx, live = step_pixel(tc, s, q, h, w_)  # ht:94-99
                 v = [cta.lds32(4 * ((r + tap // 3) * EDGE.halo_w + c + tap % 3), live).view(np.float32)
-                     for tap in range(9)]  # ht:95  # fmt: skip
+                     for tap in range(9)]  # ht:102  # fmt: skip
                 packed = []
-                for k in range(4):  # ht:98
+                for k in range(4):  # ht:105
                     o = []
-                    for e in range(2):  # ht:101
-                        acc = br[..., k * 2 + e]  # ht:102
-                        for tap in range(9):  # ht:104
+                    for e in range(2):  # ht:108
+                        acc = br[..., k * 2 + e]  # ht:109
+                        for tap in range(9):  # ht:111
                             acc = fmaf(wr[..., k * 2 + e, tap], v[tap], acc)
-                        o.append(relu_keep_nan(acc))  # ht:105
-                    packed.append(pack2(T, o[0], o[1]))  # ht:107
-                words = np.stack(packed, axis=-1)[live]  # ht:110: uint4 = 8 halves, .x first
+                        o.append(relu_keep_nan(acc))  # ht:112
+                    packed.append(pack2(T, o[0], o[1]))  # ht:114
+                words = np.stack(packed, axis=-1)[live]  # ht:117: uint4 = 8 halves, .x first
                 halves = np.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1, 8).astype(np.uint16)
-                dst = ((np.int64(tc[0]) * h + y) * w_ + xx) * KC + j * 8  # ht:109
+                dst = ((np.int64(tc[0]) * h + y) * w_ + xx) * KC + j * 8  # ht:116
                 g_out.store(dst[live], halves, n=8, align_bytes=16)
     return g_out.a.reshape(n, h, w_, KC), g_out.writes.reshape(n, h, w_, KC)
 
@@ -1476,43 +1476,43 @@ def head_mma_rows(T, cta: Cta, f, g_out: Global, tc, h, w_):
 
 
 def launch_tail(T, act_bits, x, w, bias, *, alias_y_to_x=False, eager=False, resident_ctas=132):
-    """ht:198-213 + ht:116-168.  ``act_bits`` (N, H, W, 64) uint16, ``x`` fp32 (N, H, W), ``w`` fp32 (9, 64).
+    """ht:290-305 + ht:201-253.  ``act_bits`` (N, H, W, 64) uint16, ``x`` fp32 (N, H, W), ``w`` fp32 (9, 64).
 
     ``alias_y_to_x`` runs it in place (y == x, which vdsr_kernels.h allows).
     """
     n, h, w_, _ = act_bits.shape
-    tiles_x, tiles_y, count, grid = edge_tiles(n, h, w_, resident_ctas)  # ht:202
+    tiles_x, tiles_y, count, grid = edge_tiles(n, h, w_, resident_ctas)  # ht:294
     g_act = Global("act", act_bits.astype(np.uint16))
     g_x = Global("x", np.asarray(x, np.float32).copy())
     g_y = g_x if alias_y_to_x else Global("y", np.full((n, h, w_), np.nan, np.float32))
     g_w = Global("w", np.asarray(w, np.float32))
     g_b = Global("bias", np.asarray(bias, np.float32))
-    j, q = EDGE_TID % 8, EDGE_TID // 8  # ht:122-123
-    wr = g_w.load(np.arange(9)[:, None] * KC + (j * 8)[..., None, None] + np.arange(8))  # ht:128: [warp, lane, tap, k]
-    b0 = g_b.load(0)  # ht:130
+    j, q = EDGE_TID % 8, EDGE_TID // 8  # ht:207-208
+    wr = g_w.load(np.arange(9)[:, None] * KC + (j * 8)[..., None, None] + np.arange(8))  # ht:213: [warp, lane, tap, k]
+    b0 = g_b.load(0)  # ht:215
     for block_idx in range(grid):
-        cta = Cta(EDGE.halo_pix * ROW_BYTES, T.poison, eager)  # ht:120
-        for tile in range(block_idx, count, grid):  # ht:131
-            tc = tile_coord(EDGE.tile_h, tile, tiles_x, tiles_y)  # ht:132
-            cta.syncthreads()  # ht:133
-            load_halo(EDGE, cta, 0, g_act, tc, h, w_)  # ht:134
-            cta.commit()  # ht:135
-            cta.wait_group(0)  # ht:136
-            cta.syncthreads()  # ht:137
-            for s in range(STEPS):  # ht:139
-                r, c, yy, xx, live = step_pixel(tc, s, q, h, w_)  # ht:140-142, ht:160-161
-                acc = np.zeros(EDGE_TID.shape, np.float32)  # ht:143
-                for tap in range(9):  # ht:145
-                    hp = (r + tap // 3) * EDGE.halo_w + c + tap % 3  # ht:146
-                    u = cta.lds128(swz(hp, j))  # ht:147-148
-                    for k in range(4):  # ht:150
-                        fx, fy = unpack2(T, u[..., k])  # ht:151
-                        acc = fmaf(wr[..., tap, 2 * k], fx, acc)  # ht:152
-                        acc = fmaf(wr[..., tap, 2 * k + 1], fy, acc)  # ht:153
-                for m in (4, 2, 1):  # ht:157-159: __shfl_xor_sync within each warp
+        cta = Cta(EDGE.halo_pix * ROW_BYTES, T.poison, eager)  # ht:205
+        for tile in range(block_idx, count, grid):  # ht:216
+            tc = tile_coord(EDGE.tile_h, tile, tiles_x, tiles_y)  # ht:217
+            cta.syncthreads()  # ht:218
+            load_halo(EDGE, cta, 0, g_act, tc, h, w_)  # ht:219
+            cta.commit()  # ht:220
+            cta.wait_group(0)  # ht:221
+            cta.syncthreads()  # ht:222
+            for s in range(STEPS):  # ht:224
+                r, c, yy, xx, live = step_pixel(tc, s, q, h, w_)  # ht:225-227, ht:245-246
+                acc = np.zeros(EDGE_TID.shape, np.float32)  # ht:228
+                for tap in range(9):  # ht:230
+                    hp = (r + tap // 3) * EDGE.halo_w + c + tap % 3  # ht:231
+                    u = cta.lds128(swz(hp, j))  # ht:232-233
+                    for k in range(4):  # ht:235
+                        fx, fy = unpack2(T, u[..., k])  # ht:236
+                        acc = fmaf(wr[..., tap, 2 * k], fx, acc)  # ht:237
+                        acc = fmaf(wr[..., tap, 2 * k + 1], fy, acc)  # ht:238
+                for m in (4, 2, 1):  # ht:242-244: __shfl_xor_sync within each warp
                     acc = (acc + acc[:, LANE ^ m]).astype(np.float32)
-                out = (j == 0) & live  # ht:162
-                pix = ((np.int64(tc[0]) * h + yy) * w_ + xx)[out]  # ht:163
-                g_y.store(pix, (g_x.load(pix) + (b0 + acc[out])).astype(np.float32))  # ht:164
+                out = (j == 0) & live  # ht:247
+                pix = ((np.int64(tc[0]) * h + yy) * w_ + xx)[out]  # ht:248
+                g_y.store(pix, (g_x.load(pix) + (b0 + acc[out])).astype(np.float32))  # ht:249
         cta.exit()
     return g_y.a.reshape(n, h, w_).copy(), g_y.writes.reshape(n, h, w_)
