@@ -133,10 +133,10 @@ __global__ void __launch_bounds__(EdgeTile::kThreads)
 // are contiguous, two 16-byte stores each.
 constexpr uint64_t kHeadTaps = 0x543827160ull;  // nibble k: the tap of slot k (0..8): 0 6 1 7 2 8 3 4 5
 
-// The staged offset (18 ky + kx) of the tap in slot k.
-__device__ __forceinline__ int head_slot_offset(int k) {
-  const int tap = static_cast<int>((kHeadTaps >> (4 * k)) & 15);
-  return (tap / 3) * EdgeTile::kHaloW + tap % 3;
+// The tap (ky*3+kx) in K slot k, and its staged offset (18 ky + kx).
+__host__ __device__ constexpr int head_slot_tap(int k) { return static_cast<int>((kHeadTaps >> (4 * k)) & 15); }
+__host__ __device__ constexpr int head_slot_offset(int k) {
+  return (head_slot_tap(k) / 3) * EdgeTile::kHaloW + head_slot_tap(k) % 3;
 }
 
 template <typename T>
@@ -148,18 +148,19 @@ __global__ void __launch_bounds__(EdgeTile::kThreads)
   const int warp = threadIdx.x >> 5;
   const int g = lane >> 2;
   const int t = lane & 3;
-  const int tap_lo = static_cast<int>((kHeadTaps >> (8 * t)) & 15);     // slot 2t
-  const int tap_hi = static_cast<int>((kHeadTaps >> (8 * t + 4)) & 15);  // slot 2t + 1
+  const int tap_lo = head_slot_tap(2 * t);  // slots 2t, 2t + 1: this lane's b0 / a[0], a[1]
+  const int tap_hi = head_slot_tap(2 * t + 1);
   const int off_lo = head_slot_offset(2 * t);
   const int off_hi = head_slot_offset(2 * t + 1);
-  constexpr int kOff8 = 1 * EdgeTile::kHaloW + 2;  // slot 8: tap 5 = (1, 2), lane t = 0's a[2] / a[3] low half
+  constexpr int kTap8 = head_slot_tap(8);     // slot 8: lane t = 0's b1 / a[2], a[3] low half
+  constexpr int kOff8 = head_slot_offset(8);
   uint32_t b0[8], b1[8];                         // B fragments of the 8 n-blocks, for all tiles
   float br[8][2];                                // the bias of this lane's 16 channels
 #pragma unroll
   for (int nb = 0; nb < 8; ++nb) {
     const int ch = 16 * (g >> 1) + 2 * nb + (g & 1);  // column g of n-block nb
     b0[nb] = Storage<T>::pack2(__ldg(w + ch * 9 + tap_lo), __ldg(w + ch * 9 + tap_hi));
-    b1[nb] = t == 0 ? Storage<T>::pack2(__ldg(w + ch * 9 + 5), 0.0f) : 0u;
+    b1[nb] = t == 0 ? Storage<T>::pack2(__ldg(w + ch * 9 + kTap8), 0.0f) : 0u;
     br[nb][0] = __ldg(bias + 16 * t + 2 * nb);
     br[nb][1] = __ldg(bias + 16 * t + 2 * nb + 1);
   }

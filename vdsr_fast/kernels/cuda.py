@@ -201,9 +201,10 @@ class CudaBackend(PingPongBuffers):
         ext = load_extension()
         device = resolve_device(device)
         auto = ext.body_auto_variant(device.index)
-        out = [("tail not fused", {"fuse_tail": False})] if ext.body_variants()[auto]["tail_partials"] else []
+        strip = ext.body_variants()[auto]["tail_partials"]  # a strip variant: the ones that fuse the tail, take pdl
+        out = [("tail not fused", {"fuse_tail": False})] if strip else []
         out.append(("tensor-core head", {"mma_head": True}))
-        if ext.body_variants()[auto]["tail_partials"]:  # the strip variants: the ones that take it
+        if strip:
             out.append(("programmatic dependent launch", {"pdl": True}))
         for v in ext.body_variants():
             if v["id"] != auto and variant_unavailable(v, device) is None:
