@@ -1432,7 +1432,7 @@ def head_mma_fragments(T, g_w: Global, g_b: Global):
     for nb in range(8):
         ch = 16 * (g >> 1) + 2 * nb + (g & 1)
         b0.append(pack2(T, g_w.load(ch * 9 + tap_lo), g_w.load(ch * 9 + tap_hi)))
-        b1.append(np.where(t == 0, pack2(T, g_w.load(ch * 9 + 5), np.float32(0)), np.uint32(0)).astype(np.uint32))
+        b1.append(np.where(t == 0, pack2(T, g_w.load(ch * 9 + HEAD_TAPS[8]), np.float32(0)), np.uint32(0)).astype(np.uint32))
         br.append((g_b.load(16 * t + 2 * nb), g_b.load(16 * t + 2 * nb + 1)))
     return {"b0": b0, "b1": b1, "br": br, "off_lo": _head_slot_offset(2 * t), "off_hi": _head_slot_offset(2 * t + 1)}
 
@@ -1443,7 +1443,7 @@ def head_mma_rows(T, cta: Cta, f, g_out: Global, tc, h, w_):
     per pixel and lane."""
     warp, lane = EDGE_TID // 32, EDGE_TID % 32
     g, t = lane >> 2, lane & 3
-    off8 = EDGE.halo_w + 2  # slot 8: tap 5 = (1, 2)
+    off8 = _head_slot_offset(8)  # slot 8: lane t = 0's a[2], a[3] low half
     for rr in range(2):
         r = 2 * warp + rr
         y = tc[1] + r
