@@ -31,6 +31,8 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v8": ("cuda", {"body_variant": 8}),  # wgmma strip, two wgmma groups per item (10 has four)
     "cuda-v9": ("cuda", {"body_variant": 9}),  # three groups
     "cuda-v11": ("cuda", {"body_variant": 11}),  # six groups
+    "cuda-v12": ("cuda", {"body_variant": 12}),  # wgmma strip, weights in registers, 64-pixel strips, four groups
+    "cuda-v13": ("cuda", {"body_variant": 13}),  # the same, six groups
     "cuda-mma-head": ("cuda", {"mma_head": True}),  # the head on tensor cores
     "cuda-pdl": ("cuda", {"pdl": True}),  # strip body layers by programmatic dependent launch
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail

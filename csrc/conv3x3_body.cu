@@ -18,10 +18,10 @@ namespace {
 #define VDSR_WGMMA_INFO(S, R)                                                                                     \
   BodyVariant{0, WgmmaTile<S, R>::kTileH, kTileW, WgmmaTile<S, R>::kThreads, 32, 64, S, WgmmaTile<S, R>::kSmemBytes, \
               0, 1, 0},
-// wgmma strip: each warp holds 16 out channels of the 128 pixels of its warpgroup's row.
-#define VDSR_STRIP_INFO(L, S) \
-  BodyVariant{0, StripTile::kTileH, StripTile::kTileW, StripTile::kThreads, 128, 16, StripTile::kStages, \
-              StripTile::kSmemBytes, 0, 1, 1},
+// wgmma strip: each warp holds 16 out channels of the 128 (RS: 64) pixels of its warpgroup's row.
+#define VDSR_STRIP_INFO(L, S, R)                                                                               \
+  BodyVariant{0, StripTile<R>::kTileH, StripTile<R>::kTileW, StripTile<R>::kThreads, StripTile<R>::kTileW, 16, \
+              StripTile<R>::kStages, StripTile<R>::kSmemBytes, 0, 1, 1},
 const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIANT_INFO)
                                                        VDSR_WINO_VARIANTS(VDSR_WINO_INFO)
                                                            VDSR_WGMMA_VARIANTS(VDSR_WGMMA_INFO)

@@ -7,12 +7,12 @@ namespace body {
 #define VDSR_BODY_LAUNCH_BF16(WM, WN, MI, S) &launch_variant<__nv_bfloat16, WM, WN, MI, S>,
 #define VDSR_WINO_LAUNCH_BF16(S) &launch_winograd<__nv_bfloat16, S>,
 #define VDSR_WGMMA_LAUNCH_BF16(S, R) &launch_wgmma<__nv_bfloat16, S, R>,
-#define VDSR_STRIP_LAUNCH_BF16(L, S) &launch_strip<__nv_bfloat16, L, S>,
+#define VDSR_STRIP_LAUNCH_BF16(L, S, R) &launch_strip<__nv_bfloat16, L, S, R>,
 const LaunchFn kLaunchBf16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_BF16)
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_BF16)
                                                    VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_BF16)
                                                        VDSR_STRIP_VARIANTS(VDSR_STRIP_LAUNCH_BF16)};
-#define VDSR_STRIP_TAIL_BF16(L, S) &launch_strip_tail<__nv_bfloat16, L, S>,
+#define VDSR_STRIP_TAIL_BF16(L, S, R) &launch_strip_tail<__nv_bfloat16, L, S, R>,
 const TailLaunchFn kTailLaunchBf16[kNumStripVariants] = {VDSR_STRIP_VARIANTS(VDSR_STRIP_TAIL_BF16)};
 
 }  // namespace body

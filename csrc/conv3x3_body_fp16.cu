@@ -7,12 +7,12 @@ namespace body {
 #define VDSR_BODY_LAUNCH_FP16(WM, WN, MI, S) &launch_variant<__half, WM, WN, MI, S>,
 #define VDSR_WINO_LAUNCH_FP16(S) &launch_winograd<__half, S>,
 #define VDSR_WGMMA_LAUNCH_FP16(S, R) &launch_wgmma<__half, S, R>,
-#define VDSR_STRIP_LAUNCH_FP16(L, S) &launch_strip<__half, L, S>,
+#define VDSR_STRIP_LAUNCH_FP16(L, S, R) &launch_strip<__half, L, S, R>,
 const LaunchFn kLaunchFp16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_FP16)
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_FP16)
                                                    VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_FP16)
                                                        VDSR_STRIP_VARIANTS(VDSR_STRIP_LAUNCH_FP16)};
-#define VDSR_STRIP_TAIL_FP16(L, S) &launch_strip_tail<__half, L, S>,
+#define VDSR_STRIP_TAIL_FP16(L, S, R) &launch_strip_tail<__half, L, S, R>,
 const TailLaunchFn kTailLaunchFp16[kNumStripVariants] = {VDSR_STRIP_VARIANTS(VDSR_STRIP_TAIL_FP16)};
 
 bool wgmma_runs_on(int device) { return sm90a_image_runs(conv3x3_wgmma_kernel<__half, 3, false>, device); }

@@ -1,12 +1,14 @@
 // conv3x3 (64 -> 64) + bias + ReLU on Hopper's wgmma with the implicit GEMM turned around: M = the 64
 // out channels (the weights, operand A), N = 128 output pixels of one image row (the activations, operand
-// B), K = 9 taps x 64 in channels.  Both operands by shared-memory descriptor: body variants 6-9 (sm_90a;
-// 6 is the one described here, 7-9 change its schedule: see VDSR_STRIP_VARIANTS and strip_step).
+// B), K = 9 taps x 64 in channels.  Both operands by shared-memory descriptor: body variants 6-11 (sm_90a;
+// 6 is the one described here, 7-11 change its schedule: see VDSR_STRIP_VARIANTS and strip_step).  Variants
+// 12-13 keep the weights in registers instead (StripTile<true>: A from registers, 64-pixel strips).
 //
 // Why: the m64n64k16 kernels (wgmma_body.cuh) feed 64 pixels x 64 channels per instruction and take A
 // through ldmatrix: 2 KB of A + 2 KB of B per 64K multiply-adds (1/16 byte each) plus the ldmatrix
 // instructions.  With the channels as M, one m64n128k16 reads 2 KB of weights + 4 KB of pixels per 128K
-// multiply-adds (3/64 byte each) and no register operand at all.  The price: the shifted tap windows are
+// multiply-adds (3/64 byte each) and no register operand at all (with the weights in registers, variants 12-13:
+// 2 KB of pixels per 64K, 1/32 byte each).  The price: the shifted tap windows are
 // B operands, so the activations are stored without swizzle (any 16-byte aligned start is a valid
 // descriptor), and D holds (channel, pixel) fragments, stored NHWC through a stmatrix transpose.
 //
@@ -45,31 +47,42 @@
 namespace vdsr {
 namespace body {
 
+// RS = false: the weights (A) by descriptor from 72 KB of shared memory, 128-pixel strips (m64n128k16, two
+// accumulator sets of 64 registers).  RS = true (variants 12, 13): the weights in registers, each thread's A
+// fragments of all 36 k-steps (144 registers, loaded once per CTA from global memory), 64-pixel strips
+// (m64n64k16 with A from registers, two sets of 32): per 64K multiply-adds the tensor cores then read 2 KB of
+// pixels from shared memory and nothing else (SS at N = 128: 6 KB per 128K, 3/64 byte against 1/32), and the
+// 72 KB of weights leave shared memory.
+template <bool RS>
 struct StripTile {
+  static constexpr bool kRegs = RS;                 // A (the weights) from registers
   static constexpr int kThreads = 256;              // 2 warpgroups
-  static constexpr int kTileW = 128;                // pixels per row segment: the wgmma N
+  static constexpr int kTileW = RS ? 64 : 128;      // pixels per row segment: the wgmma N
   static constexpr int kTileH = 2;                  // rows per item: one per warpgroup
-  static constexpr int kHaloW = kTileW + 2;         // 130
-  static constexpr int kPlane = kHaloW * 16;        // one 16-byte channel chunk of a halo row: 2080 bytes
-  static constexpr int kHaloRowBytes = kChunks * kPlane;  // 16,640
+  static constexpr int kHaloW = kTileW + 2;         // 130 (66)
+  static constexpr int kPlane = kHaloW * 16;        // one 16-byte channel chunk of a halo row: 2080 (1056) bytes
+  static constexpr int kHaloRowBytes = kChunks * kPlane;  // 16,640 (8,448): a multiple of 128
   static constexpr int kRing = 6;                   // halo row slots
   static constexpr int kStages = kRing;             // (the variant table's "stages")
-  static constexpr int kStagingBytes = kTileW * kRowBytes;  // one warpgroup's output row: 16 KB
-  static constexpr int kAlign = 1024;
-  static constexpr int kSmemBytes = kAlign + kWeightBytes + kRing * kHaloRowBytes + 2 * kStagingBytes;
+  static constexpr int kStagingBytes = kTileW * kRowBytes;  // one warpgroup's output row: 16 (8) KB
+  static constexpr int kAcc = kTileW / 2;           // fp32 accumulators per thread and set
+  static constexpr int kASteps = RS ? 36 : 1;       // A fragments held in registers (k-steps)
+  static constexpr int kAlign = RS ? 128 : 1024;    // the swizzled weights need a 1024-byte boundary
+  static constexpr int kWeightSmem = RS ? 0 : kWeightBytes;
+  static constexpr int kSmemBytes = kAlign + kWeightSmem + kRing * kHaloRowBytes + 2 * kStagingBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
+  static_assert(kPlane < (1 << 18) && (kHaloRowBytes % 128) == 0, "descriptor fields, staging alignment");
 };
-static_assert(StripTile::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
-static_assert(StripTile::kPlane < (1 << 18) && (StripTile::kHaloRowBytes % 16) == 0, "descriptor fields");
 
 // TAIL (the last body layer of a fused tail): the tail conv's weights behind the staging tiles, fp32, channel
 // c's nine taps at [c][0..8] of rows of kTailStride floats (three 16-byte loads per channel; 9..11 zero).
 constexpr int kTailStride = 12;
 constexpr int kTailBytes = kC * kTailStride * 4;  // 3 KB
-template <bool TAIL>
-struct StripLaunch : StripTile {  // the launch's shared memory
-  static constexpr int kSmemBytes = StripTile::kSmemBytes + (TAIL ? kTailBytes : 0);
+template <bool TAIL, bool RS>
+struct StripLaunch : StripTile<RS> {  // the launch's shared memory
+  static constexpr int kSmemBytes = StripTile<RS>::kSmemBytes + (TAIL ? kTailBytes : 0);
 };
-static_assert(StripLaunch<true>::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
+static_assert(StripLaunch<true, false>::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
 
 // Where a TAIL epilogue writes: z[N][H][W][9] fp32, from the weights at shared address tw.
 struct StripTail {
@@ -79,10 +92,9 @@ struct StripTail {
 
 // cp.async of halo unit i (16 bytes: chunk i % 8 of pixel i / 8 of the rows from h0 on) into its ring slot
 // (chunk j of pixel px at j * kPlane + px * 16).
-template <typename T>
+template <typename K, typename T>
 __device__ __forceinline__ void strip_load_unit(uint32_t ring, const T* __restrict__ in, const T* img, int x0, int h0,
                                                 int i, int H, int W) {
-  using K = StripTile;
   const int j = i & 7;  // chunk: channels 8j .. 8j+7
   const int p = i >> 3;
   const int r = p / K::kHaloW;
@@ -100,31 +112,30 @@ __device__ __forceinline__ void strip_load_unit(uint32_t ring, const T* __restri
 // cp.async of halo rows h0 .. h0 + rows - 1 (input rows h - 1, pixels x0 - 1 .. x0 + 128) of image b into
 // their ring slots; zero-filled outside the image.  No commit.  ROLLED keeps the loop rolled (fewer live
 // registers: the LOADS_FIRST schedules copy while two accumulator sets are live).
-template <bool ROLLED, typename T>
+template <typename K, bool ROLLED, typename T>
 __device__ __forceinline__ void strip_load_rows(uint32_t ring, const T* __restrict__ in, int b, int x0, int h0,
                                                 int rows, int H, int W) {
-  using K = StripTile;
   const T* img = in + static_cast<int64_t>(b) * H * W * kC;
   const int units = rows * K::kHaloW * kChunks;
   if (ROLLED) {
 #pragma unroll 1
-    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit(ring, in, img, x0, h0, i, H, W);
+    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit<K>(ring, in, img, x0, h0, i, H, W);
   } else {
-    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit(ring, in, img, x0, h0, i, H, W);
+    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit<K>(ring, in, img, x0, h0, i, H, W);
   }
 }
 
 // Issue this warpgroup's wgmmas of one output row whose tap row 0 is halo row h, as one commit group: part
 // PART of SPLIT (wgmmas 36 PART / SPLIT .. 36 (PART + 1) / SPLIT - 1 in the order (ky, kx, 16-channel slice);
-// part 0 zeroes the accumulators).
-template <typename T, int SPLIT, int PART>
-__device__ __forceinline__ void strip_mma(float (&acc)[64], uint32_t smem_w, uint32_t ring, int h) {
-  using K = StripTile;
+// part 0 zeroes the accumulators).  A: the weights at smem_w, or (K::kRegs) the fragments wa[wgmma index].
+template <typename K, typename T, int SPLIT, int PART>
+__device__ __forceinline__ void strip_mma(float (&acc)[K::kAcc], uint32_t smem_w, const uint32_t (&wa)[K::kASteps][4],
+                                          uint32_t ring, int h) {
   constexpr int kFirst = 36 * PART / SPLIT;
   constexpr int kLast = 36 * (PART + 1) / SPLIT;
   if (PART == 0) {
 #pragma unroll
-    for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+    for (int i = 0; i < K::kAcc; ++i) acc[i] = 0.0f;
   }
   wgmma_pin(acc);
   wgmma_fence();
@@ -134,9 +145,13 @@ __device__ __forceinline__ void strip_mma(float (&acc)[64], uint32_t smem_w, uin
     const int kx = (q / 4) % 3;
     const int kk = q % 4;
     const uint32_t row = ring + ((h + ky) % K::kRing) * K::kHaloRowBytes;
-    const uint64_t da = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * kC * kRowBytes + kk * 32);
     const uint64_t db = wgmma_desc_interleave(row + 2 * kk * K::kPlane + kx * 16, K::kPlane, 128);
-    wgmma_m64n128k16_ss<T>(acc, da, db);
+    if constexpr (K::kRegs) {
+      wgmma_m64n64k16<T>(acc, wa[q], db);
+    } else {
+      const uint64_t da = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * kC * kRowBytes + kk * 32);
+      wgmma_m64n128k16_ss<T>(acc, da, db);
+    }
   }
   wgmma_commit();
   wgmma_pin(acc);
@@ -160,15 +175,16 @@ __device__ __forceinline__ void tail_fma(float (&zs)[9], float a, uint32_t wc) {
 // Part PART of SPLIT: step 1 for the 8-pixel blocks 2 [8 PART / SPLIT] .. 2 [8 (PART + 1) / SPLIT] - 1 (pairs of
 // blocks per stmatrix), and after the last part the barrier and step 2 (SPLIT = 1: all of it).
 // TAIL: step 2 writes the tail conv's partial sums of the row (tail.z) instead of the activation (out).
-template <typename T, int SPLIT = 1, int PART = 0, bool TAIL = false>
-__device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t stg, T* __restrict__ out,
+template <typename K, typename T, int SPLIT = 1, int PART = 0, bool TAIL = false>
+__device__ __forceinline__ void strip_epilogue(const float (&acc)[K::kAcc], uint32_t stg, T* __restrict__ out,
                                                const StripTail& tail, const float (&bias_r)[2], int b, int y, int x0,
                                                int H, int W, int wg, int wr, int lane) {
   // 1. bias + ReLU, rounded to T; stmatrix .trans: matrix (i, half) = channels 16wr + 8half .. +7 x pixels
   //    8i .. 8i+7, stored transposed as 8 pixel rows of 8 channels (16 bytes) at chunk 2wr + half.
-  const int mat = lane >> 3;  // this lane addresses row (lane & 7) of matrix mat of each x4
+  constexpr int kPairs = K::kTileW / 16;  // stmatrix x4 per row: pairs of 8-pixel blocks
+  const int mat = lane >> 3;              // this lane addresses row (lane & 7) of matrix mat of each x4
 #pragma unroll
-  for (int i = 2 * (8 * PART / SPLIT); i < 2 * (8 * (PART + 1) / SPLIT); i += 2) {
+  for (int i = 2 * (kPairs * PART / SPLIT); i < 2 * (kPairs * (PART + 1) / SPLIT); i += 2) {
     uint32_t v[4];
 #pragma unroll
     for (int m = 0; m < 4; ++m) {
@@ -184,12 +200,12 @@ __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t 
   if (y >= H) return;
   const int tid = threadIdx.x & 127;
   if (TAIL) {
-    // 2'. Thread tid: the tail conv's nine per-tap partial sums of pixel tid, z[p][t] = sum_c tw[c][t] *
+    // 2'. Thread tid (< kTileW): the tail conv's nine per-tap partial sums of pixel tid, z[p][t] = sum_c tw[c][t] *
     //     act[p][c], over the row's rounded activations in the staging tile (chunk j of 8 consecutive pixels:
     //     8 distinct 16-byte columns, no bank conflict; the weights: one address for all, a broadcast),
     //     fp32, channels in order 0..63.  Threads past the image's right edge sum zeros (they take part in
     //     the barriers below and store nothing).
-    const bool live = x0 + tid < W;
+    const bool live = tid < K::kTileW && x0 + tid < W;
     float zs[9];
 #pragma unroll
     for (int t = 0; t < 9; ++t) zs[t] = 0.0f;
@@ -221,9 +237,9 @@ __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t 
     }
     named_barrier(1 + wg, 128);
     float* zrow = tail.z + ((static_cast<int64_t>(b) * H + y) * W + x0) * 9;
-    const int words = 9 * min(StripTile::kTileW, W - x0);
+    const int words = 9 * min(K::kTileW, W - x0);
 #pragma unroll
-    for (int i = tid; i < 9 * StripTile::kTileW; i += 128) {
+    for (int i = tid; i < 9 * K::kTileW; i += 128) {
       if (i < words) {
         float v;
         asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(stg + 4 * i) : "memory");
@@ -232,10 +248,10 @@ __device__ __forceinline__ void strip_epilogue(const float (&acc)[64], uint32_t 
     }
     return;
   }
-  // 2. 128 pixels x 8 chunks of 16 bytes over the warpgroup's 128 threads: a warp stores 4 whole pixels.
+  // 2. kTileW pixels x 8 chunks of 16 bytes over the warpgroup's 128 threads: a warp stores 4 whole pixels.
   T* row = out + (static_cast<int64_t>(b) * H + y) * W * kC;
 #pragma unroll
-  for (int k = 0; k < 8; ++k) {
+  for (int k = 0; k < K::kTileW / 16; ++k) {
     const int u = k * 128 + tid;
     const int px = u >> 3;
     const int j = u & 7;
@@ -258,25 +274,26 @@ struct StripSeg {
 };
 
 // (D) both warpgroups are past item i - 1 (wait_group): its rows 2p - 2, 2p - 1 are free for item i + 1's.
-template <bool ROLLED, typename T>
+template <typename K, bool ROLLED, typename T>
 __device__ __forceinline__ void strip_prefetch(const StripSeg<T>& s, int i, int p) {
   __syncthreads();
-  if (i + 1 < s.cnt) strip_load_rows<ROLLED>(s.ring, s.in, s.b, s.x0, 2 * p + 4, 2, s.H, s.W);
+  if (i + 1 < s.cnt) strip_load_rows<K, ROLLED>(s.ring, s.in, s.b, s.x0, 2 * p + 4, 2, s.H, s.W);
   cp_async_commit();
 }
 
 // After part 0 of an item's wgmmas: (EPI) part P of the previous item's epilogue, then part P + 1 of the wgmmas,
 // and so on to the last part (the order of variant 8: epilogue 0, wgmmas 1, epilogue 1).
-template <typename T, bool EPI, int SPLIT, int P, bool TAIL>
-__device__ __forceinline__ void strip_parts(const StripSeg<T>& s, float (&cur)[64], float (&prev)[64],
-                                            const float (&bias_r)[2], int h, int y_prev) {
+template <typename K, typename T, bool EPI, int SPLIT, int P, bool TAIL>
+__device__ __forceinline__ void strip_parts(const StripSeg<T>& s, const uint32_t (&wa)[K::kASteps][4],
+                                            float (&cur)[K::kAcc], float (&prev)[K::kAcc], const float (&bias_r)[2],
+                                            int h, int y_prev) {
   if constexpr (P < SPLIT) {
     if (EPI) {
-      strip_epilogue<T, SPLIT, P, TAIL>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr,
+      strip_epilogue<K, T, SPLIT, P, TAIL>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr,
                                         s.lane);
     }
-    if constexpr (P + 1 < SPLIT) strip_mma<T, SPLIT, P + 1>(cur, s.smem_w, s.ring, h);
-    strip_parts<T, EPI, SPLIT, P + 1, TAIL>(s, cur, prev, bias_r, h, y_prev);
+    if constexpr (P + 1 < SPLIT) strip_mma<K, T, SPLIT, P + 1>(cur, s.smem_w, wa, s.ring, h);
+    strip_parts<K, T, EPI, SPLIT, P + 1, TAIL>(s, wa, cur, prev, bias_r, h, y_prev);
   }
 }
 
@@ -284,44 +301,66 @@ __device__ __forceinline__ void strip_parts(const StripSeg<T>& s, float (&cur)[6
 // The schedule (variants 6-9): LOADS_FIRST issues the next item's row copies before the epilogue instead of
 // after it (they then have the epilogue's time too to land); SPLIT > 1 issues the item's wgmmas in SPLIT groups
 // with a part of the epilogue after each but the last (in case a warp cannot queue 36 wgmmas ahead).
-template <typename T, bool EPI, bool LOADS_FIRST, int SPLIT, bool TAIL>
-__device__ __forceinline__ void strip_step(const StripSeg<T>& s, int i, float (&cur)[64], float (&prev)[64],
-                                           const float (&bias_r)[2]) {
+template <typename K, typename T, bool EPI, bool LOADS_FIRST, int SPLIT, bool TAIL>
+__device__ __forceinline__ void strip_step(const StripSeg<T>& s, const uint32_t (&wa)[K::kASteps][4], int i,
+                                           float (&cur)[K::kAcc], float (&prev)[K::kAcc], const float (&bias_r)[2]) {
   const int p = s.p0 + i;
   const int h = 2 * p + s.wg;
   const int y_prev = 2 * (p - 1) + s.wg;
   cp_async_wait<0>();   // (A) this item's halo rows (and, first, the weights) have landed ...
   fence_proxy_async();  //     ... are visible to the async proxy ...
   __syncthreads();      //     ... and to every thread
-  strip_mma<T, SPLIT, 0>(cur, s.smem_w, s.ring, h);
+  strip_mma<K, T, SPLIT, 0>(cur, s.smem_w, wa, s.ring, h);
   if (EPI) {
     wgmma_wait<1>();  // item i - 1's groups (all but the newest) are complete
     wgmma_pin(prev);
   }
-  if (LOADS_FIRST) strip_prefetch<true>(s, i, p);
-  strip_parts<T, EPI, SPLIT, 0, TAIL>(s, cur, prev, bias_r, h, y_prev);
-  if (!LOADS_FIRST) strip_prefetch<false>(s, i, p);
+  if (LOADS_FIRST) strip_prefetch<K, true>(s, i, p);
+  strip_parts<K, T, EPI, SPLIT, 0, TAIL>(s, wa, cur, prev, bias_r, h, y_prev);
+  if (!LOADS_FIRST) strip_prefetch<K, false>(s, i, p);
+}
+
+// RS: this thread's A fragments of all 36 k-steps (q = tap * 4 + 16-channel slice) from the weights [tap][n][c] in
+// global memory: the mma.m16n8k16 A layout of out channels 16 wr + g (+8), in channels 16 kk + 2t (+1) (+8).
+template <typename T>
+__device__ __forceinline__ void strip_load_a(uint32_t (&wa)[36][4], const T* __restrict__ w, int wr, int lane) {
+  const uint32_t* w32 = reinterpret_cast<const uint32_t*>(w);  // pairs of channels
+  const int n = 16 * wr + (lane >> 2);
+  const int c2 = lane & 3;  // channel pair 2t / 2
+#pragma unroll
+  for (int q = 0; q < 36; ++q) {
+    const int base = ((q / 4) * kC + n) * (kC / 2) + 8 * (q % 4) + c2;
+    wa[q][0] = __ldg(w32 + base);
+    wa[q][1] = __ldg(w32 + base + 8 * (kC / 2));
+    wa[q][2] = __ldg(w32 + base + 4);
+    wa[q][3] = __ldg(w32 + base + 8 * (kC / 2) + 4);
+  }
 }
 
 // TAIL: the last body layer of a fused tail -- `out` unused; z[N][H][W][9] gets the tail conv's per-tap partial
 // sums of the layer's output, with tail_w [9][64] fp32 (vdsr_kernels.h, launch_body_tail_partials).
-template <typename T, bool LOADS_FIRST, int SPLIT, bool TAIL>
-__global__ void __launch_bounds__(StripTile::kThreads, 1)
+template <typename T, bool LOADS_FIRST, int SPLIT, bool RS, bool TAIL>
+__global__ void __launch_bounds__(256, 1)
     conv3x3_strip_kernel(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w,
                          const float* __restrict__ bias, const float* __restrict__ tail_w, float* __restrict__ z, int H,
                          int W, int tiles_x, int tiles_y, int num_tiles) {
 #if VDSR_WGMMA
-  using K = StripTile;
+  using K = StripTile<RS>;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t smem_w = (smem_addr(smem) + K::kAlign - 1) & ~static_cast<uint32_t>(K::kAlign - 1);
-  const uint32_t ring = smem_w + kWeightBytes;
+  const uint32_t ring = smem_w + K::kWeightSmem;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int wg = warp >> 2;  // warpgroup: output row 2p + wg of item p
   const int wr = warp & 3;   // warp in the group: D rows (out channels) 16wr .. 16wr+15
   const uint32_t stg = ring + K::kRing * K::kHaloRowBytes + wg * K::kStagingBytes;
 
-  load_weights<K::kThreads>(smem_w, w, kTaps * kC);  // committed with the first halo rows
+  uint32_t wa[K::kASteps][4];
+  if constexpr (RS) {
+    strip_load_a(wa, w, wr, lane);
+  } else {
+    load_weights<K::kThreads>(smem_w, w, kTaps * kC);  // committed with the first halo rows
+  }
   const StripTail tail{z, ring + K::kRing * K::kHaloRowBytes + 2 * K::kStagingBytes};
   if (TAIL) {  // [9][64] -> rows of kTailStride; read after barrier (A) of the first item
     for (int i = threadIdx.x; i < kC * kTailStride; i += K::kThreads) {
@@ -342,7 +381,7 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
   // This CTA's items: a contiguous share of the (image, strip, pair) order.
   const int begin = static_cast<int>(static_cast<int64_t>(blockIdx.x) * num_tiles / gridDim.x);
   const int end = static_cast<int>(static_cast<int64_t>(blockIdx.x + 1) * num_tiles / gridDim.x);
-  float acc0[64], acc1[64];
+  float acc0[K::kAcc], acc1[K::kAcc];
   for (int q = begin; q < end;) {
     // A segment: the items of one strip of one image (the ring restarts per segment).
     const int seg = q / tiles_y;
@@ -350,32 +389,32 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
     const int cnt = min(end, (seg + 1) * tiles_y) - q;
     const int b = seg / tiles_x;
     const int x0 = (seg - b * tiles_x) * K::kTileW;
-    strip_load_rows<LOADS_FIRST>(ring, in, b, x0, 2 * p0, 4, H, W);
+    strip_load_rows<K, LOADS_FIRST>(ring, in, b, x0, 2 * p0, 4, H, W);
     cp_async_commit();
 
     const StripSeg<T> sg{in, out, tail, smem_w, ring, stg, b, x0, p0, cnt, H, W, wg, wr, lane};
     // Item k accumulates in acc0 (k even) or acc1 (k odd).  Straight-line pairs, so that every read of an
     // accumulator set follows the wait that retired its group on every path (else ptxas serialises).
-    strip_step<T, false, LOADS_FIRST, SPLIT, TAIL>(sg, 0, acc0, acc1, bias_r);
+    strip_step<K, T, false, LOADS_FIRST, SPLIT, TAIL>(sg, wa, 0, acc0, acc1, bias_r);
     int i = 1;
     for (; i + 1 < cnt; i += 2) {
-      strip_step<T, true, LOADS_FIRST, SPLIT, TAIL>(sg, i, acc1, acc0, bias_r);
-      strip_step<T, true, LOADS_FIRST, SPLIT, TAIL>(sg, i + 1, acc0, acc1, bias_r);
+      strip_step<K, T, true, LOADS_FIRST, SPLIT, TAIL>(sg, wa, i, acc1, acc0, bias_r);
+      strip_step<K, T, true, LOADS_FIRST, SPLIT, TAIL>(sg, wa, i + 1, acc0, acc1, bias_r);
     }
     const int y_last = 2 * (p0 + cnt - 1) + wg;
     // With LOADS_FIRST a step ends in its epilogue: the barrier keeps the last epilogue's staging writes
     // behind every warp's reads of the one before (a write-after-read race otherwise).
     if (i < cnt) {  // an odd item left: it goes to acc1
-      strip_step<T, true, LOADS_FIRST, SPLIT, TAIL>(sg, i, acc1, acc0, bias_r);
+      strip_step<K, T, true, LOADS_FIRST, SPLIT, TAIL>(sg, wa, i, acc1, acc0, bias_r);
       wgmma_wait<0>();
       wgmma_pin(acc1);
       if (LOADS_FIRST) __syncthreads();
-      strip_epilogue<T, 1, 0, TAIL>(acc1, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
+      strip_epilogue<K, T, 1, 0, TAIL>(acc1, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
     } else {  // the last item (i - 1, even) is in acc0
       wgmma_wait<0>();
       wgmma_pin(acc0);
       if (LOADS_FIRST) __syncthreads();
-      strip_epilogue<T, 1, 0, TAIL>(acc0, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
+      strip_epilogue<K, T, 1, 0, TAIL>(acc0, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
     }
     __syncthreads();  // the ring and the staging tiles are free for the next segment
     q += cnt;
@@ -386,26 +425,29 @@ __global__ void __launch_bounds__(StripTile::kThreads, 1)
 #endif
 }
 
-// The strip variants (LOADS_FIRST, SPLIT: wgmma groups per item); ids follow the wgmma ones in body_variants().
-#define VDSR_STRIP_VARIANTS(X)                                                             \
-  X(false, 1) /* 6: copies after the epilogue, 36 wgmmas per group (timed: runs 5, 8)  */ \
-  X(true, 1)  /* 7: the next item's copies before the epilogue (timed: run 8)          */ \
-  X(true, 2)  /* 8: and the wgmmas in two groups around the epilogue's first half (run 8) */ \
-  X(true, 3)  /* 9: three groups of 12, an epilogue third after each (timed: run 9)     */ \
-  X(true, 4)  /* 10: four groups of 9, an epilogue quarter after each                  */ \
-  X(true, 6)  /* 11: six groups of 6 (epilogue parts of 1 or 2 stmatrix pairs)         */
+// The strip variants (LOADS_FIRST, SPLIT: wgmma groups per item, RS: weights in registers and 64-pixel strips);
+// ids follow the wgmma ones in body_variants().
+#define VDSR_STRIP_VARIANTS(X)                                                                    \
+  X(false, 1, false) /* 6: copies after the epilogue, 36 wgmmas per group (timed: runs 5, 8)  */ \
+  X(true, 1, false)  /* 7: the next item's copies before the epilogue (timed: run 8)          */ \
+  X(true, 2, false)  /* 8: and the wgmmas in two groups around the epilogue's first half (run 8) */ \
+  X(true, 3, false)  /* 9: three groups of 12, an epilogue third after each (timed: run 9)     */ \
+  X(true, 4, false)  /* 10: four groups of 9, an epilogue quarter after each (run 10)          */ \
+  X(true, 6, false)  /* 11: six groups of 6 (epilogue parts of 1 or 2 stmatrix pairs; run 10)  */ \
+  X(true, 4, true)   /* 12: weights in registers, 64-pixel strips, four groups of 9            */ \
+  X(true, 6, true)   /* 13: weights in registers, 64-pixel strips, six groups of 6             */
 
-#define VDSR_STRIP_COUNT(L, S) +1
+#define VDSR_STRIP_COUNT(L, S, R) +1
 constexpr int kNumStripVariants = 0 VDSR_STRIP_VARIANTS(VDSR_STRIP_COUNT);
 
 // pdl: launched with programmatic stream serialization, so the grid may start while the previous kernel of the
 // stream still runs (its CTAs take SMs as that one's exit and load their weights; the kernel's
 // griddepcontrol.wait holds them before they touch an activation buffer).
-template <typename T, bool LOADS_FIRST, int SPLIT, bool TAIL>
+template <typename T, bool LOADS_FIRST, int SPLIT, bool RS, bool TAIL>
 void launch_strip_kernel(const void* in, void* out, const void* w, const float* b, const float* tail_w, float* z,
                          int n, int h, int w_, int device, cudaStream_t stream, bool pdl) {
-  using K = StripLaunch<TAIL>;
-  const auto kernel = conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, TAIL>;
+  using K = StripLaunch<TAIL, RS>;
+  const auto kernel = conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, RS, TAIL>;
   check_device_index(device);
   check_sm90a_image(kernel, device);
   static ResidentCtas resident = {};
@@ -432,17 +474,17 @@ void launch_strip_kernel(const void* in, void* out, const void* w, const float* 
                                      g.num_tiles));
 }
 
-template <typename T, bool LOADS_FIRST, int SPLIT>
+template <typename T, bool LOADS_FIRST, int SPLIT, bool RS>
 void launch_strip(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
                   cudaStream_t stream, bool pdl) {
-  launch_strip_kernel<T, LOADS_FIRST, SPLIT, false>(in, out, w, b, nullptr, nullptr, n, h, w_, device, stream, pdl);
+  launch_strip_kernel<T, LOADS_FIRST, SPLIT, RS, false>(in, out, w, b, nullptr, nullptr, n, h, w_, device, stream, pdl);
 }
 
 // The last body layer of a fused tail (TailLaunchFn): z instead of an activation.
-template <typename T, bool LOADS_FIRST, int SPLIT>
+template <typename T, bool LOADS_FIRST, int SPLIT, bool RS>
 void launch_strip_tail(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n, int h,
                        int w_, int device, cudaStream_t stream, bool pdl) {
-  launch_strip_kernel<T, LOADS_FIRST, SPLIT, true>(in, nullptr, w, b, tail_w, z, n, h, w_, device, stream, pdl);
+  launch_strip_kernel<T, LOADS_FIRST, SPLIT, RS, true>(in, nullptr, w, b, tail_w, z, n, h, w_, device, stream, pdl);
 }
 
 }  // namespace body

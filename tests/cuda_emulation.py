@@ -36,7 +36,7 @@ the ``wait_group`` that completes it (the latest); a correct kernel gives the sa
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -343,21 +343,25 @@ class Cta:
         self.ready[chunk] = self.epoch
         self.generic[chunk] = True
 
-    def lds128(self, addr):
-        """``ld.shared.v4.b32`` (ht:222); ``addr[..., lane]`` -> ``(..., lane, 4)`` uint32.  A 16-byte access
-        is served a quarter-warp (8 lanes) at a time: their chunks must sit in 8 distinct 16-byte bank
-        groups (or be the same chunk)."""
+    def lds128(self, addr, active=None):
+        """``ld.shared.v4.b32`` (ht:222); ``addr[..., lane]`` -> ``(..., lane, 4)`` uint32 (0 in lanes where
+        ``active`` is False).  A 16-byte access is served a quarter-warp (8 lanes) at a time: their chunks must
+        sit in 8 distinct 16-byte bank groups (or be the same chunk)."""
         addr = np.asarray(addr, np.int64)
         assert addr.shape[-1] == 32
-        rel = self._access(addr, 16, "ld.shared.v4", None).reshape(addr.shape)
+        live = np.broadcast_to(True if active is None else active, addr.shape)
+        rel = self._access(addr, 16, "ld.shared.v4", live)
         self._check_read(rel // 16, "ld.shared.v4")
         quarters = addr.reshape(addr.shape[:-1] + (4, 8))
+        q_live = live.reshape(quarters.shape)
         group = (quarters >> 4) & 7
         clash = (group[..., :, None] == group[..., None, :]) & (quarters[..., :, None] != quarters[..., None, :])
-        if clash.any():
+        if (clash & q_live[..., :, None] & q_live[..., None, :]).any():
             raise Hazard("ld.shared.v4 quarter-warp with a shared-memory bank conflict")
+        out = np.zeros(addr.shape + (4,), np.uint32)
         w = (rel >> 1)[..., None] + 2 * np.arange(4)
-        return self.h[w].astype(np.uint32) | (self.h[w + 1].astype(np.uint32) << 16)
+        out[live] = self.h[w].astype(np.uint32) | (self.h[w + 1].astype(np.uint32) << 16)
+        return out
 
     def stmatrix_x4_trans(self, addr, regs):
         """``stmatrix.sync.aligned.m8n8.x4.trans.shared.b16`` (du): ``addr[..., lane]`` row addresses (lane
@@ -1043,34 +1047,38 @@ def wgmma_ss(T, d, a, b):
     return D[rows, cols]
 
 
-def strip_variants_from_source(path: Path = CSRC / "wgmma_strip_body.cuh") -> list[tuple[bool, int]]:
-    """The (LOADS_FIRST, SPLIT) schedules of ``VDSR_STRIP_VARIANTS`` (SPLIT: wgmma groups per item)."""
+def strip_variants_from_source(path: Path = CSRC / "wgmma_strip_body.cuh") -> list[tuple[bool, int, bool]]:
+    """The (LOADS_FIRST, SPLIT, RS) schedules of ``VDSR_STRIP_VARIANTS`` (SPLIT: wgmma groups per item; RS: the
+    weights in registers, 64-pixel strips)."""
     text = path.read_text()
     body = text[text.index("#define VDSR_STRIP_VARIANTS(X)") :].split("\n\n")[0]
     body = re.sub(r"/\*.*?\*/", "", body)
-    return [(a == "true", int(b)) for a, b in re.findall(r"X\(\s*(true|false)\s*,\s*(\d+)\s*\)", body)]
+    found = re.findall(r"X\(\s*(true|false)\s*,\s*(\d+)\s*,\s*(true|false)\s*\)", body)
+    return [(a == "true", int(b), c == "true") for a, b, c in found]
 
 
 @dataclass(frozen=True)
 class StripTile:
-    """sb ``StripTile``, with a variant's schedule flags (sb ``strip_step``)."""
+    """sb ``StripTile<RS>``, with a variant's schedule flags (sb ``strip_step``)."""
 
     loads_first: bool = False
     split: int = 1  # SPLIT: wgmma groups per item
+    rs: bool = False  # RS: the weights (A) in registers, 64-pixel strips
     tail: bool = False  # the kernel's TAIL (the last body layer of a fused tail)
     threads: int = 256
-    tile_w: int = 128
     tile_h: int = 2
     ring: int = 6
-    align: int = 1024
 
+    tile_w = property(lambda s: 64 if s.rs else 128)
+    align = property(lambda s: 128 if s.rs else 1024)
+    weight_smem = property(lambda s: 0 if s.rs else WEIGHT_BYTES)
     halo_w = property(lambda s: s.tile_w + 2)
     plane = property(lambda s: s.halo_w * 16)
     halo_row_bytes = property(lambda s: CHUNKS * s.plane)
     staging_bytes = property(lambda s: s.tile_w * ROW_BYTES)
     tail_bytes = property(lambda s: KC * TAIL_STRIDE * 4 if s.tail else 0)  # sb kTailBytes, StripLaunch<TAIL>
     smem_bytes = property(
-        lambda s: s.align + WEIGHT_BYTES + s.ring * s.halo_row_bytes + 2 * s.staging_bytes + s.tail_bytes
+        lambda s: s.align + s.weight_smem + s.ring * s.halo_row_bytes + 2 * s.staging_bytes + s.tail_bytes
     )
 
 
@@ -1093,9 +1101,10 @@ def strip_load_rows(K: StripTile, cta: Cta, ring, g_in: Global, b, x0, h0, rows,
     cta.cp_async_16(ring + (h % K.ring) * K.halo_row_bytes + j * K.plane + px * 16, g_in, src, inside)
 
 
-def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, ring, h, part=0):
-    """sb ``strip_mma<T, SPLIT, PART>`` for both warpgroups: ``acc`` (2, 4, 32, 64) is set ``name``; ``h[wg]`` the
-    halo row of warpgroup wg's tap row 0; part ``part`` of ``K.split`` (part 0 zeroes the accumulators)."""
+def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, wa, ring, h, part=0):
+    """sb ``strip_mma<K, T, SPLIT, PART>`` for both warpgroups: ``acc`` (2, 4, 32, tile_w / 2) is set ``name``;
+    ``h[wg]`` the halo row of warpgroup wg's tap row 0; part ``part`` of ``K.split`` (part 0 zeroes the
+    accumulators); with ``K.rs`` A is ``wa[step]`` (4 warps, 32, 4), the registers "wa"."""
     if part == 0:
         for q in groups:
             q.write(name)
@@ -1104,13 +1113,19 @@ def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, ring, h, par
         q.fence()
     for step in range(36 * part // K.split, 36 * (part + 1) // K.split):
         ky, kx, kk = step // 12, (step // 4) % 3, step % 4
-        desc_a = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * KC * ROW_BYTES + kk * 32)
-        a = wgmma_kmajor_from_smem(cta, T, desc_a, 64, groups)
+        if not K.rs:
+            desc_a = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * KC * ROW_BYTES + kk * 32)
+            a = wgmma_kmajor_from_smem(cta, T, desc_a, 64, groups)
         for wg, q in enumerate(groups):
             row = ring + ((h[wg] + ky) % K.ring) * K.halo_row_bytes
             desc = wgmma_desc_interleave(row + 2 * kk * K.plane + kx * 16, K.plane, 128)
-            q.mma(name)
-            acc[wg] = wgmma_ss(T, acc[wg], a, wgmma_kmajor_from_smem(cta, T, desc, K.tile_w, [q]))
+            b = wgmma_kmajor_from_smem(cta, T, desc, K.tile_w, [q])
+            if K.rs:
+                q.mma("wa", name)
+                acc[wg] = wgmma_m64n64k16(T, acc[wg], wa[step], b)
+            else:
+                q.mma(name)
+                acc[wg] = wgmma_ss(T, acc[wg], a, b)
     for q in groups:
         q.commit()
 
@@ -1127,7 +1142,8 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
     wr = np.arange(4)[None, :, None]
     stg_ = np.asarray(stg, np.int64)[:, None, None]
     mat = lane >> 3
-    for i in range(2 * (8 * part // split), 2 * (8 * (part + 1) // split), 2):
+    pairs = K.tile_w // 16  # stmatrix x4 per row
+    for i in range(2 * (pairs * part // split), 2 * (pairs * (part + 1) // split), 2):
         v = np.zeros((2, 4, 32, 4), np.uint32)
         for m in range(4):
             e = 4 * (i + (m >> 1)) + 2 * (m & 1)
@@ -1146,7 +1162,7 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
         if K.tail:
             strip_tail_partials(K, T, cta, stg[wg], g_out, tw, tid[0], b, y[wg], x0, H, W)
             continue
-        for k in range(8):
+        for k in range(K.tile_w // 16):
             u = k * 128 + tid[0]  # (4 warps, 32)
             px = u >> 3
             j = u & 7
@@ -1158,17 +1174,17 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
 
 def strip_tail_partials(K: StripTile, T, cta: Cta, stg, g_z: Global, tw, tid, b, y, x0, H, W):
     """sb ``strip_epilogue``'s steps 2' and 3' (TAIL) for one warpgroup: thread ``tid`` (4 warps, 32) sums pixel
-    tid's nine per-tap partials over its 64 rounded channels in the staging tile (lanes past the image's edge sum
-    nothing); a barrier; each live thread stages its 9 floats at word 9 tid of the tile; a barrier; the row's
-    partials go out as consecutive words by consecutive threads."""
-    live = (x0 + tid) < W
+    tid's nine per-tap partials over its 64 rounded channels in the staging tile (threads past the strip's or the
+    image's edge sum nothing); a barrier; each live thread stages its 9 floats at word 9 tid of the tile; a
+    barrier; the row's partials go out as consecutive words by consecutive threads."""
+    live = (tid < K.tile_w) & ((x0 + tid) < W)
     zs = np.zeros(tid.shape + (9,), np.float32)
     for j in range(CHUNKS):
-        u = cta.lds128(stg + swz(tid, j))  # (4, 32, 4): every lane here; the live ones' values are used
+        u = cta.lds128(stg + swz(tid, j), live)  # (4, 32, 4)
         for k in range(4):
             for c, a in zip((8 * j + 2 * k, 8 * j + 2 * k + 1), unpack2(T, u[..., k]), strict=True):  # tail_fma
                 wc = tw + c * TAIL_STRIDE * 4
-                w = np.concatenate([cta.lds128(np.full(tid.shape, wc + 16 * q)) for q in range(3)], -1)
+                w = np.concatenate([cta.lds128(np.full(tid.shape, wc + 16 * q), live) for q in range(3)], -1)
                 zs = np.where(live[..., None], fmaf(a[..., None], w.view(np.float32)[..., :9], zs), zs)
     cta.named_barrier(stg, stg + K.staging_bytes)
     for t in range(9):
@@ -1189,11 +1205,24 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
     with ``K.tail``, ``g_out`` is z and ``g_tail`` the tail weights [9][64] fp32."""
     cta = Cta(K.smem_bytes, T.poison, eager, base=smem_base)
     smem_w = (smem_base + K.align - 1) & ~(K.align - 1)
-    ring = smem_w + WEIGHT_BYTES
+    ring = smem_w + K.weight_smem
     lane = LANE[None, :]
     wr = np.arange(4)[:, None]
     stg = [ring + K.ring * K.halo_row_bytes + wg * K.staging_bytes for wg in range(2)]
-    load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)
+    groups = [WgmmaGroups(cta), WgmmaGroups(cta)]
+    wa = None
+    if K.rs:  # sb strip_load_a: A fragment q of out channels 16 wr + g (+8), in channels 16 kk + 2t (+1) (+8)
+        n = 16 * wr + (lane >> 2)  # (4, 32)
+        wa = []
+        for q in range(36):
+            base = ((q // 4) * KC + n) * KC + 16 * (q % 4) + 2 * (lane & 3)  # a 16-bit element offset
+            offs = [base, base + 8 * KC, base + 8, base + 8 * KC + 8]
+            pairs = [g_w.load(o, 2).astype(np.uint32) for o in offs]  # (4, 32, 2) each, 4-byte aligned
+            wa.append(np.stack([pr[..., 0] | (pr[..., 1] << 16) for pr in pairs], -1))
+        for q_ in groups:
+            q_.write("wa")
+    else:
+        load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)
     tw = ring + K.ring * K.halo_row_bytes + 2 * K.staging_bytes
     if K.tail:  # [9][64] -> rows of TAIL_STRIDE (zero past tap 8), st.shared.f32 by every thread in turn
         for r in range(-(-KC * TAIL_STRIDE // K.threads)):
@@ -1206,8 +1235,7 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
     bias_r = np.broadcast_to(bias_r.astype(np.float32), (2, 4, 32, 2))
     begin = block_idx * num_tiles // grid_dim
     end = (block_idx + 1) * num_tiles // grid_dim
-    groups = [WgmmaGroups(cta), WgmmaGroups(cta)]
-    acc = {"acc0": np.zeros((2, 4, 32, 64), np.float32), "acc1": np.zeros((2, 4, 32, 64), np.float32)}
+    acc = {name: np.zeros((2, 4, 32, K.tile_w // 2), np.float32) for name in ("acc0", "acc1")}
     q = begin
     while q < end:
         seg = q // tiles_y
@@ -1231,7 +1259,7 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
             cta.wait_group(0)
             cta.fence_proxy_async()
             cta.syncthreads()
-            strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, 0)
+            strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, wa, ring, h, 0)
             if epi:
                 for gq in groups:
                     gq.wait(1)
@@ -1242,7 +1270,7 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
                 if epi:
                     strip_epilogue(*epi_args, part=part, split=K.split, tw=tw)
                 if part + 1 < K.split:
-                    strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, ring, h, part + 1)
+                    strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, wa, ring, h, part + 1)
             if not K.loads_first:
                 prefetch(i, p)
 
@@ -1269,8 +1297,8 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
 
 
 def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False, K=None, tail_w=None):
-    """sb ``launch_strip`` -> :func:`launch_tiles` (tiles = pairs of rows of 128-pixel strips); ``variant`` =
-    (LOADS_FIRST, SPLIT), or ``K`` a whole :class:`StripTile`.  With ``tail_w`` ([9][64] fp32) the TAIL kernel
+    """sb ``launch_strip`` -> :func:`launch_tiles` (tiles = pairs of rows of 128- or 64-pixel strips); ``variant`` =
+    (LOADS_FIRST, SPLIT, RS), or ``K`` a whole :class:`StripTile`.  With ``tail_w`` ([9][64] fp32) the TAIL kernel
     (sb ``launch_strip_tail``): returns z (N, H, W, 9) fp32 (NaN where never written) and its write counts."""
     assert w_bits.shape == (TAPS, KC, KC)
     K = K or StripTile(*variant)
@@ -1279,7 +1307,7 @@ def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=F
     n, h, w_, _ = x_bits.shape
     g_z = Global("z", np.full((n, h, w_, 9), np.nan, np.float32))
     g_tail = Global("tail_w", np.asarray(tail_w, np.float32).reshape(TAPS * KC))
-    K = StripTile(K.loads_first, K.split, True, K.threads, K.tile_w, K.tile_h, K.ring, K.align)
+    K = replace(K, tail=True)
     return launch_tiles(K, strip_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager, g_out=g_z, g_tail=g_tail)
 
 

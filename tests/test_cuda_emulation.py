@@ -358,20 +358,26 @@ def test_wgmma_detects_a_wrong_stride_offset(monkeypatch):
         check_close(got, ref, REL[torch.float16], "mutant")
 
 
-# --- the wgmma strip kernel (variants 6-8) -----------------------------------------------------------
+# --- the wgmma strip kernel (variants 6-13) ----------------------------------------------------------
 STRIP_VARIANTS = emu.strip_variants_from_source()
-STRIP_IDS = lambda v: ("loads-first" if v[0] else "loads-after") + (f"-split{v[1]}" if v[1] > 1 else "")  # noqa: E731
+STRIP_IDS = lambda v: (  # noqa: E731
+    ("loads-first" if v[0] else "loads-after") + (f"-split{v[1]}" if v[1] > 1 else "") + ("-rs" if v[2] else "")
+)
 
 
-def run_strip(dtype, size, variant=(False, 1), **kw):
+def run_strip(dtype, size, variant=(False, 1, False), **kw):
     return run_body(variant, dtype, size, launch=emu.launch_strip, **kw)
 
 
 def test_strip_tile_fits_hopper():
-    assert STRIP_VARIANTS == [(False, 1), (True, 1), (True, 2), (True, 3), (True, 4), (True, 6)]
+    assert STRIP_VARIANTS == [(False, 1, False), (True, 1, False), (True, 2, False), (True, 3, False),
+                              (True, 4, False), (True, 6, False), (True, 4, True), (True, 6, True)]  # fmt: skip
     K = emu.StripTile()
     assert K.smem_bytes == 207360 <= 227 * 1024  # csrc/README.md: 203 KB
     assert K.plane % 16 == 0 and (K.plane >> 4) < 2**14  # the descriptor's LBO field
+    rs = emu.StripTile(rs=True)  # no weights in shared memory, 64-pixel rows
+    assert rs.tile_w == 64 and rs.smem_bytes == 128 + 6 * 8448 + 2 * 8192 == 67200
+    assert rs.halo_row_bytes % 128 == 0  # the staging tiles behind the ring stay 128-byte aligned
 
 
 def test_wgmma_ss_fragments_against_a_scalar_transcription_of_the_ptx_table():

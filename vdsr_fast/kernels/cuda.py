@@ -182,9 +182,10 @@ class CudaBackend(PingPongBuffers):
         name = torch.cuda.get_device_name(index)
         if major < 8:
             return f"it needs compute capability 8.0 or newer (mma.sync bf16, cp.async); {name} is {major}.{minor}"
-        # The body kernel keeps a layer's 72 KB of weights plus its pipeline stages in shared memory:
-        # A100/H100/H200 allow 163-227 KB per block, the sm_86/sm_89 cards (RTX 30xx/40xx, L4) 99 KB.
-        need = min(v["smem_bytes"] for v in ext.body_variants())
+        # The body kernels keep a layer's 72 KB of weights plus their pipeline stages in shared memory (but the
+        # wgmma ones with the weights in registers, which run on compute capability 9.0 only): A100/H100/H200
+        # allow 163-227 KB per block, the sm_86/sm_89 cards (RTX 30xx/40xx, L4) 99 KB.
+        need = min(v["smem_bytes"] for v in ext.body_variants() if not v["wgmma"] or (major, minor) == (9, 0))
         have = getattr(torch.cuda.get_device_properties(index), "shared_memory_per_block_optin", None)
         if have is not None and have < need:
             return f"its body kernel needs {need} bytes of shared memory per block and {name} allows {have}"
