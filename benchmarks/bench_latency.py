@@ -11,7 +11,8 @@ Paths (network only, Y plane ``(N, 1, H, W)`` of the output size):
   compile_fp16_cl        ``torch.compile(mode="max-autotune-no-cudagraphs")`` of the eager fp16 CL chain
   engine_<backend>_<dt>  ``Engine(model, backend, dtype)`` for each backend ``available_backends()``
                          reports, fed the public contract's fp32 Y plane
-and end to end, ``e2e_<backend>_<dt>``: ``upscale()`` on uint8 RGB frames 960x540 -> 1920x1080.
+and end to end, ``e2e_<backend>_<dt>``: ``upscale()`` on uint8 RGB frames 960x540 -> 1920x1080 (on a GPU the fast backends
+also with the colour pipeline fused, ``e2e_<backend>_fused_<dt>``: ``upscale(fused_color=True)``).
 
 Every path is first checked once on a small input against the float64 reference with DESIGN.md §6's
 rule ``err(path) <= 2 * err(PyTorch, same precision) + atol[precision]``; a path that fails is reported
@@ -947,13 +948,17 @@ class _Run:
         label = f"{lw}x{lh}->{lw * s}x{lh * s}"
         dname = cfg.e2e_dtype
         backends, skipped = _engine_backends(self.device, cfg)
-        for name in backends + sorted(skipped):
-            key = f"e2e_{name}_{dname}"
+        # The fast backends also with the colour pipeline fused (upscale(fused_color=True), Triton on a GPU), each
+        # frame checked once against the unfused pipeline of the same backend before it is timed.
+        fused = [n for n in backends if n != "torch" and self.device.type == "cuda"]
+        for name, fuse in [(n, False) for n in backends + sorted(skipped)] + [(n, True) for n in fused]:
+            key = f"e2e_{name}_{'fused_' if fuse else ''}{dname}"
             verdict = verdicts.get(f"engine_{name}_{dname}")
             for n in cfg.e2e_batches:
                 r = BenchResult(
-                    key, f"upscale() {name}", "e2e", dname, label, lw * s, lh * s, n, note=f"uint8 RGB, x{s}"
-                )
+                    key, f"upscale() {name}{' fused colour' if fuse else ''}", "e2e", dname, label, lw * s, lh * s, n,
+                    note=f"uint8 RGB, x{s}",
+                )  # fmt: skip
                 if name in skipped:
                     r.status, r.note = "skipped", skipped[name]
                 elif verdict == "check_failed":
@@ -974,7 +979,15 @@ class _Run:
                         torch.randint(0, 256, (n, 3, lh, lw), generator=g, dtype=torch.uint8).to(self.device)
                         for _ in range(cfg.n_inputs)
                     ]
-                    fn = lambda img, name=name: upscale(img, s, self.model, backend=name, dtype=DTYPES[dname])  # noqa: E731
+                    kw = dict(backend=name, dtype=DTYPES[dname])
+                    fn = lambda img, kw=kw, fuse=fuse: upscale(img, s, self.model, fused_color=fuse, **kw)  # noqa: E731
+                    if fuse:  # the same frame through both pipelines: at most one level apart (tests/test_fused_color.py)
+                        diff = (fn(inputs[0]).int() - upscale(inputs[0], s, self.model, **kw).int()).abs().max().item()
+                        r.note += f"; max difference to the unfused pipeline {diff} level(s)"
+                        if diff > 1:
+                            r.status = "check_failed"
+                            self.add(r)
+                            continue
                     self.add(self._timed_row(r, fn, inputs, n * lh * s * lw * s))
                 except Exception as e:
                     r.status, r.note = "error", f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"

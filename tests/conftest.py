@@ -35,6 +35,7 @@ def need_data(*parts: str) -> Path:
 # there, and the tests marked `gpu` elsewhere. Everything else is what CI runs on the CPU anyway.
 GPU_TEST_FILES = {
     "test_cuda_backend.py",
+    "test_fused_color.py",
     "test_triton_backend.py",
     "test_triton_conv3x3.py",
     "test_triton_tail.py",

@@ -11,7 +11,7 @@ from collections import OrderedDict
 import torch
 
 from . import tiling
-from .engine import Engine
+from .engine import Engine, _why_unavailable
 from .imaging import rgb_to_ycbcr, ycbcr_to_rgb
 from .kernels import resolve_device
 from .reference import VDSR
@@ -190,6 +190,17 @@ def _run_window(batch: torch.Tensor, engine: Engine, rows: tiling.Window, cols: 
     return rgb
 
 
+def _run_window_fused(batch: torch.Tensor, engine: Engine, rows: tiling.Window, cols: tiling.Window, dst: torch.Tensor):
+    """:func:`_run_window` in two Triton kernels around the network (``upscale(fused_color=True)``, 1- and 3-channel
+    frames), the result stored into ``dst`` (the output tile, any strides, the output dtype)."""
+    from .kernels.triton import color
+
+    x = batch[:, :, rows.lr[0] : rows.lr[1], cols.lr[0] : cols.lr[1]]
+    y, cc = color.upscale_planes(x, *rows.taps(x.device, torch.float32), *cols.taps(x.device, torch.float32))
+    cy, cx = rows.center, cols.center
+    return color.finish_frame(engine(y)[:, :, cy, cx], None if cc is None else cc[:, :, cy, cx], dst)
+
+
 def _index_limit_tile(engine: Engine, n: int, out_h: int, out_w: int, radius: int) -> int | None:
     """The output tile side that keeps every network window within the backend's index limits
     (``Engine.max_pixels``, ``max_batch_pixels``), or None when the whole frame fits."""
@@ -240,6 +251,7 @@ def upscale(
     check_finite: bool = False,
     cuda_graphs: bool | None = None,
     tune: bool = False,
+    fused_color: bool = False,
 ) -> torch.Tensor:
     """Super-resolve ``img`` by ``scale`` with VDSR.
 
@@ -279,6 +291,11 @@ def upscale(
         tune: on the first call, time the backend's alternative kernels and keep the fastest for this
             GPU (``Engine(tune=True)``: ~1 s once per process; outputs may then differ from the default
             kernels' in the last bits, within the same equivalence tests).
+        fused_color: run the colour pipeline around the network (to float, RGB -> YCbCr, bicubic upscale,
+            back to RGB, clamp and rounding) as two Triton kernels instead of ~40 PyTorch operations, with the
+            same fp32 arithmetic in the same order (kernels/triton/color.py). Gray/Y and RGB frames, not
+            float64 and not RGBA (those take the PyTorch path); needs Triton on a GPU (on the CPU only in
+            Triton's interpreter, for tests). Off by default until a GPU run has timed and checked it.
 
     Returns:
         ``out``, or a new tensor in the input's convention, dtype and device with H and W multiplied
@@ -312,6 +329,10 @@ def upscale(
         _check_stream(stream, img.device)
     if check_finite and torch.is_floating_point(img) and not bool(torch.isfinite(img).all()):
         raise ValueError("upscale: img contains NaN or Inf values (check_finite=True)")
+    if fused_color:
+        if why := _why_unavailable("triton", batch.device):
+            raise ValueError(f"upscale: fused_color=True needs Triton on this device: {why}")
+        fused_color = c in (1, 3) and img.dtype != torch.float64
 
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         engine = get_engine(model, batch.device, backend, dtype, cuda_graphs, tune)
@@ -320,7 +341,7 @@ def upscale(
         size = _tile_size(tile, max_memory, n, engine, model, img.dtype, radius, (H, W))
         tiles = [(0, H, 0, W)] if size is None else tiling.tile_plan(H, W, size)
         windows = [(tiling.Window(h, s, r0, r1, radius), tiling.Window(w, s, c0, c1, radius)) for r0, r1, c0, c1 in tiles]
-        if out is None and len(tiles) == 1 and layout == "NCHW":
+        if out is None and len(tiles) == 1 and layout == "NCHW" and not fused_color:
             return _from_float(_run_window(batch, engine, *windows[0]), img.dtype).reshape(shape)
         # Size the activation buffers for the largest window first, so no graph captured for an
         # earlier (edge) window is dropped when they grow.
@@ -331,6 +352,9 @@ def upscale(
             batch = batch.clone()  # out shares memory with img: earlier tiles would overwrite later tiles' input
         dst = _nchw(out, layout)
         for rows, cols in windows:
-            result = _run_window(batch, engine, rows, cols)
-            dst[:, :, rows.start : rows.stop, cols.start : cols.stop].copy_(_from_float(result, img.dtype))
+            tile_out = dst[:, :, rows.start : rows.stop, cols.start : cols.stop]
+            if fused_color:
+                _run_window_fused(batch, engine, rows, cols, tile_out)
+            else:
+                tile_out.copy_(_from_float(_run_window(batch, engine, rows, cols), img.dtype))
         return out

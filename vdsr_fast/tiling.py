@@ -107,12 +107,17 @@ class Window:
         """The output tile inside the network window."""
         return slice(self.start - self.net[0], self.stop - self.net[0])
 
+    def taps(self, device: torch.device, dtype: torch.dtype, rows: tuple[int, int] | None = None):
+        """(weights (P, rows) in ``dtype``, LR indices (P, rows) relative to ``self.lr``) of output rows ``rows``
+        (default: the network window): the whole frame's MATLAB table, sliced."""
+        a, b = self.net if rows is None else rows
+        w, idx = _contributions_on(self.in_len, self.out_len, self.scale, True, device, dtype)
+        return w[:, a:b], idx[:, a:b] - self.lr[0]
+
     def resize(self, x: torch.Tensor, dim: int, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """Upscale the LR window ``x`` (sliced to ``self.lr`` along ``dim``) to output rows ``rows``.
 
         ``rows`` defaults to the network window and must lie inside it. Same weights, taps and tap
         order as :func:`~vdsr_fast.imaging.imresize` on the whole frame, so the same bits.
         """
-        a, b = self.net if rows is None else rows
-        w, idx = _contributions_on(self.in_len, self.out_len, self.scale, True, x.device, x.dtype)
-        return _apply_taps(x, dim, w[:, a:b], idx[:, a:b] - self.lr[0])
+        return _apply_taps(x, dim, *self.taps(x.device, x.dtype, rows))

@@ -379,6 +379,7 @@ def upscale_video(
     force: bool = False,
     progress: bool = True,
     tune: bool = False,
+    fused_color: bool = False,
 ) -> dict:
     """Upscale the video ``src`` into ``dst``; returns a summary (frames, seconds, fps, sizes, streams,
     and on a GPU ``gpu_busy_fraction``: the share of the wall time the GPU spent upscaling).
@@ -404,6 +405,8 @@ def upscale_video(
     be opened at all (e.g. an MP4 cut before its index, the ``moov`` atom at its end), has no video
     stream or yields no video frame is an error.
 
+    ``backend``, ``dtype``, ``tile``, ``max_memory``, ``tune`` and ``fused_color`` are :func:`vdsr_fast.upscale`'s.
+
     Raises :class:`VideoError` for a missing or unreadable input, an existing ``dst`` without
     ``force``, an output folder that does not exist or cannot be written, or an encoder that cannot
     be opened.
@@ -428,7 +431,7 @@ def upscale_video(
         raise VideoError(f"{dst}: give the output a container suffix (.mp4, .mkv, .mov...)")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = _default() if model is None else model
-    kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory, "tune": tune}
+    kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory, "tune": tune, "fused_color": fused_color}
 
     inp = _open_input(av, src)
     try:
@@ -552,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory", type=float, help="working-memory budget per batch in GiB (chooses the tile size)")
     p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--fused-color", action="store_true", help="the colour conversion and bicubic resize around the network as two Triton kernels on the GPU (upscale(fused_color=True))")
     _add_engine_args(p)
     return p
 
@@ -571,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                 codec=args.codec, crf=None if args.crf == -1 else args.crf, pix_fmt=args.pix_fmt, preset=args.preset,
                 batch=args.batch, device=args.device, backend=args.backend, dtype=_DTYPES.get(args.dtype),
                 tile=args.tile, max_memory=None if args.max_memory is None else int(args.max_memory * 2**30),
-                force=args.force, progress=not args.quiet, tune=args.tune,
+                force=args.force, progress=not args.quiet, tune=args.tune, fused_color=args.fused_color,
             )
         except BackendUnavailable as e:
             raise VideoError(str(e)) from None

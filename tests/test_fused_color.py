@@ -1,0 +1,134 @@
+"""``upscale(fused_color=True)``: the colour pipeline around the network as two Triton kernels
+(vdsr_fast/kernels/triton/color.py) against the PyTorch operations they replace.
+
+The kernels promise the PyTorch pipeline's fp32 arithmetic in its order, so the checks are bit for bit: the
+upscaled planes against ``rgb_to_ycbcr`` + the windowed MATLAB bicubic (:class:`vdsr_fast.tiling.Window`) of the
+same scaled input, the finished frame against ``ycbcr_to_rgb`` + ``_from_float``. Two documented exceptions:
+8/16-bit inputs are scaled by the fp32 reciprocal of 255 / 65535 (PyTorch's CUDA division by a scalar; its CPU
+division rounds once more or less: a 16-bit frame may then differ by one level after the network), and
+bfloat16 outputs are off by one bf16 rounding in Triton's CPU interpreter (its fp32 -> bf16 conversion
+truncates; a GPU rounds to nearest even). Without a GPU these run in Triton's interpreter (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from equivalence import random_vdsr, triton_device
+
+from vdsr_fast import api, tiling, upscale
+from vdsr_fast.imaging import rgb_to_ycbcr, ycbcr_to_rgb
+
+
+@pytest.fixture(scope="module")
+def device():
+    return triton_device()
+
+
+def _frame(shape, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if dtype.is_floating_point:
+        return torch.rand(shape, generator=g).to(dtype).to(device)
+    top = 256 if dtype == torch.uint8 else 65536
+    return torch.randint(0, top, shape, generator=g).to(dtype).to(device)
+
+
+def _scaled(x: torch.Tensor) -> torch.Tensor:
+    """The kernels' input scaling: as api._to_float, with PyTorch's CUDA reciprocal for 8/16-bit pixels."""
+    levels = {torch.uint8: 255.0, torch.uint16: 65535.0}.get(x.dtype)
+    if levels is None:
+        return x.float()
+    return x.float() * (torch.tensor(1.0) / torch.tensor(levels)).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.float16, torch.float32])
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("scale, tile", [(2, None), (3, (5, 7)), (4, (9, 6))])
+def test_upscale_planes_equal_the_pytorch_pipeline(device, dtype, channels, scale, tile):
+    """Whole frames and the windows of a tile plan (interior and border windows, LR slices of NHWC views)."""
+    from vdsr_fast.kernels.triton.color import upscale_planes
+
+    n, h, w = 2, 6, 7
+    batch = _frame((n, h, w, channels), dtype, device).permute(0, 3, 1, 2)  # NHWC memory, as decoders hand out
+    H, W = h * scale, w * scale
+    plan = [(0, H, 0, W)] if tile is None else tiling.tile_plan(H, W, tile)
+    for r0, r1, c0, c1 in plan:
+        rows, cols = tiling.Window(h, scale, r0, r1, 3), tiling.Window(w, scale, c0, c1, 3)
+        x = batch[:, :, rows.lr[0] : rows.lr[1], cols.lr[0] : cols.lr[1]]
+        y, cc = upscale_planes(x, *rows.taps(device, torch.float32), *cols.taps(device, torch.float32))
+        ref = _scaled(x) if channels == 1 else rgb_to_ycbcr(_scaled(x))
+        ref = cols.resize(rows.resize(ref, 2), 3)
+        assert y.shape == (n, 1, *ref.shape[-2:]) and y.dtype == torch.float32
+        torch.testing.assert_close(y, ref[:, :1], rtol=0, atol=0)
+        if channels == 1:
+            assert cc is None
+        else:
+            torch.testing.assert_close(cc, ref[:, 1:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_finish_frame_equals_the_pytorch_pipeline(device, dtype, channels):
+    """Out-of-range values (clamped), NaN (kept in floats), a strided NHWC output written in place and nowhere
+    else (poisoned first)."""
+    from vdsr_fast.kernels.triton.color import finish_frame
+
+    g = torch.Generator().manual_seed(1)
+    n, th, tw = 2, 5, 9
+    y = (torch.rand((n, 1, th + 2, tw + 3), generator=g) * 1.4 - 0.2).to(device)[:, :, 1:-1, 2:-1]  # a view
+    cc = (torch.rand((n, 2, th, tw), generator=g) * 1.2 - 0.1).to(device) if channels == 3 else None
+    if dtype.is_floating_point:  # NaN stays NaN (an integer output of NaN is undefined, in PyTorch too)
+        y[0, 0, 0, 0] = float("nan")
+    ycc = y if cc is None else torch.cat([y, cc], dim=1)
+    ref = api._from_float(ycc if cc is None else ycbcr_to_rgb(ycc), dtype)
+    poison = 7 if not dtype.is_floating_point else -3.0
+    frame = torch.full((n, th + 1, tw, channels + 1), poison, dtype=dtype, device=device)
+    out = frame[:, 1:, :, :channels].permute(0, 3, 1, 2)  # an NHWC tile of a larger frame
+    assert finish_frame(y, cc, out) is out
+    got = out.clone()
+    if dtype.is_floating_point:
+        assert got[0, :, 0, 0].isnan().all() and ref[0, :, 0, 0].isnan().all()
+        got[0, :, 0, 0] = ref[0, :, 0, 0] = 0
+    if dtype == torch.bfloat16 and device.type == "cpu":  # the interpreter truncates fp32 -> bf16 (a GPU rounds)
+        torch.testing.assert_close(got.float(), ref.float(), rtol=2**-7, atol=0)
+    else:
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert (frame[:, 0] == poison).all() and (frame[..., channels] == poison).all()  # nothing else written
+
+
+def _model():
+    return random_vdsr(5, 16, seed=0)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, layout, scale, tile",
+    [((1, 9, 11, 3), torch.uint8, "NHWC", 2, None), ((2, 3, 7, 6), torch.float32, "NCHW", 3, None),
+     ((1, 10, 12, 3), torch.uint8, "NHWC", 2, 9), ((1, 1, 6, 8), torch.uint16, "NCHW", 2, None),
+     ((8, 7), torch.float32, None, 4, None)],
+)  # fmt: skip
+def test_upscale_fused_color_matches_the_pytorch_pipeline(device, shape, dtype, layout, scale, tile):
+    """Through upscale(): whole frames, a tiled frame, a Y plane; the same network (the PyTorch reference
+    engine) either way, so the frames agree bit for bit -- but for 8/16-bit frames on the CPU, where PyTorch
+    divides by 255 / 65535 and the kernel multiplies by the reciprocal as PyTorch's CUDA kernels do: a pixel
+    whose network output lies that close to a rounding boundary may then be one level apart."""
+    model = _model().to(device)
+    img = _frame(shape, dtype, device, seed=3)
+    kw = dict(model=model, backend="torch", layout=layout, tile=tile)
+    ref = upscale(img, scale, **kw)
+    got = upscale(img, scale, fused_color=True, **kw)
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    diff = (got.double() - ref.double()).abs()
+    if device.type == "cuda" or dtype.is_floating_point:
+        assert diff.max() == 0
+    else:
+        assert diff.max() <= 1 and (diff > 0).double().mean() < 0.05, f"{int((diff > 0).sum())} of {diff.numel()}"
+
+
+def test_fused_color_falls_back_for_rgba_and_float64_and_refuses_without_triton(device, monkeypatch):
+    model = _model().to(device)
+    for img in (_frame((1, 4, 5, 6), torch.float32, device), _frame((1, 3, 5, 6), torch.float64, device)):
+        ref = upscale(img, 2, model, backend="torch")
+        torch.testing.assert_close(upscale(img, 2, model, backend="torch", fused_color=True), ref, rtol=0, atol=0)
+    monkeypatch.setattr(api, "_why_unavailable", lambda name, dev: "no Triton here")
+    with pytest.raises(ValueError, match="fused_color=True needs Triton on this device: no Triton here"):
+        upscale(_frame((1, 3, 5, 6), torch.uint8, device), 2, model, backend="torch", fused_color=True)
