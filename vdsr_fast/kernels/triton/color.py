@@ -24,6 +24,8 @@ rounding.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -36,12 +38,14 @@ _BLOCK = 256
 _NO_FMA = {"enable_fp_fusion": False}  # launch option: keep every product and sum rounded to fp32
 
 
+@functools.cache
 def _consts(device: torch.device, in_dtype: torch.dtype | None) -> torch.Tensor:
-    """fp32 constants: [0:9] rgb2ycbcr rows, [9:12] offsets, [12:21] the inverse rows, [21] the input scale."""
+    """fp32 constants: [0:9] rgb2ycbcr rows, [9:12] offsets, [12:21] the inverse rows, [21] the input scale.
+    Cached per device: a copy from host memory would wait for the stream (upscale() makes no host sync)."""
     scale = {torch.uint8: 255.0, torch.uint16: 65535.0}.get(in_dtype)
     inv = (torch.tensor(1.0) / torch.tensor(scale)).item() if scale else 1.0  # fp32 1 / 255, as PyTorch's CUDA div
     vals = [v for row in _M_FWD for v in row] + list(_OFF) + [v for row in _M_INV for v in row] + [inv]
-    return torch.tensor(vals, dtype=torch.float32).to(device, non_blocking=True)
+    return torch.tensor(vals, dtype=torch.float32).to(device)
 
 
 @triton.jit
@@ -202,7 +206,7 @@ def upscale_planes(
     y = torch.empty((n, 1, oh, ow), dtype=torch.float32, device=x.device)
     cc = torch.empty((n, 2, oh, ow), dtype=torch.float32, device=x.device) if color else None
     npix = n * oh * ow
-    k = _consts(x.device, x.dtype)
+    k = _consts(x.device, x.dtype if x.dtype in (torch.uint8, torch.uint16) else None)
     _upscale_kernel[_grid(npix)](
         x, wh.contiguous(), ih.to(torch.int32).contiguous(), ww.contiguous(), iw.to(torch.int32).contiguous(), k,
         y, cc if color else y, npix, oh, ow, *x.stride(), P=p, COLOR=color,
