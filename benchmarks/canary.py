@@ -33,6 +33,7 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v11": ("cuda", {"body_variant": 11}),  # six groups
     "cuda-v12": ("cuda", {"body_variant": 12}),  # wgmma strip, weights in registers, 64-pixel strips, four groups
     "cuda-v13": ("cuda", {"body_variant": 13}),  # the same, six groups
+    "cuda-v14": ("cuda", {"body_variant": 14}),  # weights in registers, the warpgroups on their own rows in turns
     "cuda-mma-head": ("cuda", {"mma_head": True}),  # the head on tensor cores
     "cuda-pdl": ("cuda", {"pdl": True}),  # strip body layers by programmatic dependent launch
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail

@@ -1,25 +1,29 @@
 // Every body kernel variant: direct mma.sync (conv3x3_body.cuh, ids 0 .. kNumVariants - 1), then
 // Winograd (winograd_body.cuh), then wgmma (wgmma_body.cuh), then the wgmma strip kernel
-// (wgmma_strip_body.cuh).  The list index is the variant id.
+// (wgmma_strip_body.cuh), then its ping-pong form (wgmma_pingpong_body.cuh).  The list index is the variant id.
 #pragma once
 
 #include "wgmma_body.cuh"
+#include "wgmma_pingpong_body.cuh"
 #include "wgmma_strip_body.cuh"
 #include "winograd_body.cuh"
 
 namespace vdsr {
 namespace body {
 
-constexpr int kNumAllVariants = kNumVariants + kNumWinoVariants + kNumWgmmaVariants + kNumStripVariants;
+constexpr int kNumAllVariants =
+    kNumVariants + kNumWinoVariants + kNumWgmmaVariants + kNumStripVariants + kNumPingPongVariants;
 extern const LaunchFn kLaunchFp16[kNumAllVariants];  // conv3x3_body_fp16.cu
 extern const LaunchFn kLaunchBf16[kNumAllVariants];  // conv3x3_body_bf16.cu
 
-// The strip variants' last-layer kernels of a fused tail (launch_strip_tail), index = id - kFirstStripVariant.
+// The last-layer kernels of a fused tail (launch_strip_tail, launch_pingpong_tail) of the strip and ping-pong
+// variants, index = id - kFirstStripVariant.
 constexpr int kFirstStripVariant = kNumVariants + kNumWinoVariants + kNumWgmmaVariants;
+constexpr int kNumTailVariants = kNumStripVariants + kNumPingPongVariants;
 using TailLaunchFn = void (*)(const void*, float*, const void*, const float*, const float*, int, int, int, int,
                               cudaStream_t, bool);
-extern const TailLaunchFn kTailLaunchFp16[kNumStripVariants];  // conv3x3_body_fp16.cu
-extern const TailLaunchFn kTailLaunchBf16[kNumStripVariants];  // conv3x3_body_bf16.cu
+extern const TailLaunchFn kTailLaunchFp16[kNumTailVariants];  // conv3x3_body_fp16.cu
+extern const TailLaunchFn kTailLaunchBf16[kNumTailVariants];  // conv3x3_body_bf16.cu
 
 // Whether the wgmma variants run on `device` (the current device): an sm_90a image on a 9.0 GPU.
 bool wgmma_runs_on(int device);  // conv3x3_body_fp16.cu

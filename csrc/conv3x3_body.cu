@@ -22,10 +22,15 @@ namespace {
 #define VDSR_STRIP_INFO(L, S, R)                                                                               \
   BodyVariant{0, StripTile<R>::kTileH, StripTile<R>::kTileW, StripTile<R>::kThreads, StripTile<R>::kTileW, 16, \
               StripTile<R>::kStages, StripTile<R>::kSmemBytes, 0, 1, 1},
+// ping-pong: each warp holds 16 out channels of the 128 pixels of its warpgroup's own row.
+#define VDSR_PINGPONG_INFO()                                                                                      \
+  BodyVariant{0, PingPongTile::kTileH, PingPongTile::kTileW, PingPongTile::kThreads, PingPongTile::kTileW, 16, \
+              PingPongTile::kStages, PingPongTile::kSmemBytes, 0, 1, 1},
 const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIANT_INFO)
                                                        VDSR_WINO_VARIANTS(VDSR_WINO_INFO)
                                                            VDSR_WGMMA_VARIANTS(VDSR_WGMMA_INFO)
-                                                               VDSR_STRIP_VARIANTS(VDSR_STRIP_INFO)};
+                                                               VDSR_STRIP_VARIANTS(VDSR_STRIP_INFO)
+                                                                   VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_INFO)};
 
 // Automatic choice: the first of these that fits the device's shared memory (and, for a wgmma variant,
 // runs on it: Hopper with an sm_90a build).  Measured on an H200 at 1080p fp16 (benchmarks/results, runs 9

@@ -8,12 +8,16 @@ namespace body {
 #define VDSR_WINO_LAUNCH_BF16(S) &launch_winograd<__nv_bfloat16, S>,
 #define VDSR_WGMMA_LAUNCH_BF16(S, R) &launch_wgmma<__nv_bfloat16, S, R>,
 #define VDSR_STRIP_LAUNCH_BF16(L, S, R) &launch_strip<__nv_bfloat16, L, S, R>,
+#define VDSR_PINGPONG_LAUNCH_BF16() &launch_pingpong<__nv_bfloat16>,
 const LaunchFn kLaunchBf16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUNCH_BF16)
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_BF16)
                                                    VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_BF16)
-                                                       VDSR_STRIP_VARIANTS(VDSR_STRIP_LAUNCH_BF16)};
+                                                       VDSR_STRIP_VARIANTS(VDSR_STRIP_LAUNCH_BF16)
+                                                           VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_LAUNCH_BF16)};
 #define VDSR_STRIP_TAIL_BF16(L, S, R) &launch_strip_tail<__nv_bfloat16, L, S, R>,
-const TailLaunchFn kTailLaunchBf16[kNumStripVariants] = {VDSR_STRIP_VARIANTS(VDSR_STRIP_TAIL_BF16)};
+#define VDSR_PINGPONG_TAIL_BF16() &launch_pingpong_tail<__nv_bfloat16>,
+const TailLaunchFn kTailLaunchBf16[kNumTailVariants] = {
+    VDSR_STRIP_VARIANTS(VDSR_STRIP_TAIL_BF16) VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_TAIL_BF16)};
 
 }  // namespace body
 }  // namespace vdsr

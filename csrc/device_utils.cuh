@@ -283,7 +283,44 @@ __device__ __forceinline__ void wgmma_m64n128k16_ss<__nv_bfloat16>(float (&d)[64
   __trap();
 #endif
 }
+#define VDSR_WGMMA_RS128(TYPE)                                                                                 \
+  "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE " "                                            \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "  \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "    \
+  "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "       \
+  "{%64, %65, %66, %67}, %68, 1, 1, 1, 0;\n"
+
+// D (64 x 128, fp32) += A (this warp's 16 rows, registers: the mma.m16n8k16 A layout) * B (16 x 128, K-major by
+// descriptor); D as wgmma_m64n128k16_ss.
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b);
+
+template <>
+__device__ __forceinline__ void wgmma_m64n128k16_rs<__half>(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
+#if VDSR_WGMMA
+  asm volatile(VDSR_WGMMA_RS128("f16") : VDSR_WGMMA_D64 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+#else
+  __trap();
+#endif
+}
+
+template <>
+__device__ __forceinline__ void wgmma_m64n128k16_rs<__nv_bfloat16>(float (&d)[64], const uint32_t (&a)[4],
+                                                                   uint64_t desc_b) {
+#if VDSR_WGMMA
+  asm volatile(VDSR_WGMMA_RS128("bf16") : VDSR_WGMMA_D64 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+#else
+  __trap();
+#endif
+}
+#undef VDSR_WGMMA_RS128
 #undef VDSR_WGMMA_SS128
 #undef VDSR_WGMMA_D64
+
+// bar.arrive / bar.sync on named barrier `id` counting `threads` arrivals: one warpgroup signals (arrive: no wait),
+// the other waits (sync) -- a producer/consumer handshake between warpgroups (CUTLASS's NamedBarrier).
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 }  // namespace vdsr

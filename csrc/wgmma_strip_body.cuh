@@ -57,6 +57,7 @@ template <bool RS>
 struct StripTile {
   static constexpr bool kRegs = RS;                 // A (the weights) from registers
   static constexpr int kThreads = 256;              // 2 warpgroups
+  static constexpr int kLoaders = kThreads;         // the threads that copy an item's halo rows
   static constexpr int kTileW = RS ? 64 : 128;      // pixels per row segment: the wgmma N
   static constexpr int kTileH = 2;                  // rows per item: one per warpgroup
   static constexpr int kHaloW = kTileW + 2;         // 130 (66)
@@ -109,19 +110,21 @@ __device__ __forceinline__ void strip_load_unit(uint32_t ring, const T* __restri
               inside);
 }
 
-// cp.async of halo rows h0 .. h0 + rows - 1 (input rows h - 1, pixels x0 - 1 .. x0 + 128) of image b into
-// their ring slots; zero-filled outside the image.  No commit.  ROLLED keeps the loop rolled (fewer live
-// registers: the LOADS_FIRST schedules copy while two accumulator sets are live).
+// cp.async of halo rows h0 .. h0 + rows - 1 (input rows h - 1, pixels x0 - 1 .. x0 + kTileW) of image b into
+// their ring slots by the K::kLoaders threads (the CTA, or one warpgroup); zero-filled outside the image.  No
+// commit.  ROLLED keeps the loop rolled (fewer live registers: the LOADS_FIRST schedules copy while two
+// accumulator sets are live).
 template <typename K, bool ROLLED, typename T>
 __device__ __forceinline__ void strip_load_rows(uint32_t ring, const T* __restrict__ in, int b, int x0, int h0,
                                                 int rows, int H, int W) {
   const T* img = in + static_cast<int64_t>(b) * H * W * kC;
   const int units = rows * K::kHaloW * kChunks;
+  const int t = threadIdx.x % K::kLoaders;
   if (ROLLED) {
 #pragma unroll 1
-    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit<K>(ring, in, img, x0, h0, i, H, W);
+    for (int i = t; i < units; i += K::kLoaders) strip_load_unit<K>(ring, in, img, x0, h0, i, H, W);
   } else {
-    for (int i = threadIdx.x; i < units; i += K::kThreads) strip_load_unit<K>(ring, in, img, x0, h0, i, H, W);
+    for (int i = t; i < units; i += K::kLoaders) strip_load_unit<K>(ring, in, img, x0, h0, i, H, W);
   }
 }
 
@@ -146,7 +149,9 @@ __device__ __forceinline__ void strip_mma(float (&acc)[K::kAcc], uint32_t smem_w
     const int kk = q % 4;
     const uint32_t row = ring + ((h + ky) % K::kRing) * K::kHaloRowBytes;
     const uint64_t db = wgmma_desc_interleave(row + 2 * kk * K::kPlane + kx * 16, K::kPlane, 128);
-    if constexpr (K::kRegs) {
+    if constexpr (K::kRegs && K::kTileW == 128) {
+      wgmma_m64n128k16_rs<T>(acc, wa[q], db);
+    } else if constexpr (K::kRegs) {
       wgmma_m64n64k16<T>(acc, wa[q], db);
     } else {
       const uint64_t da = wgmma_desc_sw128(smem_w + (ky * 3 + kx) * kC * kRowBytes + kk * 32);
@@ -440,9 +445,30 @@ __global__ void __launch_bounds__(256, 1)
 #define VDSR_STRIP_COUNT(L, S, R) +1
 constexpr int kNumStripVariants = 0 VDSR_STRIP_VARIANTS(VDSR_STRIP_COUNT);
 
-// pdl: launched with programmatic stream serialization, so the grid may start while the previous kernel of the
-// stream still runs (its CTAs take SMs as that one's exit and load their weights; the kernel's
-// griddepcontrol.wait holds them before they touch an activation buffer).
+// Launch a persistent kernel on grid g; pdl: with programmatic stream serialization, so the grid may start while
+// the previous kernel of the stream still runs (its CTAs take SMs as that one's exit and load their weights; the
+// kernel's griddepcontrol.wait holds them before they touch an activation buffer).
+template <typename Kernel, typename... Args>
+void launch_maybe_pdl(Kernel kernel, const PersistentGrid& g, int threads, int smem_bytes, cudaStream_t stream,
+                      bool pdl, Args... args) {
+  if (!pdl) {
+    kernel<<<g.grid, threads, smem_bytes, stream>>>(args...);
+    VDSR_CHECK_LAUNCH(kernel);
+    return;
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(g.grid);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem_bytes;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  VDSR_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+
 template <typename T, bool LOADS_FIRST, int SPLIT, bool RS, bool TAIL>
 void launch_strip_kernel(const void* in, void* out, const void* w, const float* b, const float* tail_w, float* z,
                          int n, int h, int w_, int device, cudaStream_t stream, bool pdl) {
@@ -452,26 +478,9 @@ void launch_strip_kernel(const void* in, void* out, const void* w, const float* 
   check_sm90a_image(kernel, device);
   static ResidentCtas resident = {};
   const PersistentGrid g = persistent_grid<K>(kernel, resident, n, h, w_, device);
-  if (!pdl) {
-    kernel<<<g.grid, K::kThreads, K::kSmemBytes, stream>>>(static_cast<const T*>(in), static_cast<T*>(out),
-                                                           static_cast<const T*>(w), b, tail_w, z, h, w_, g.tiles_x,
-                                                           g.tiles_y, g.num_tiles);
-    VDSR_CHECK_LAUNCH(kernel);
-    return;
-  }
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(g.grid);
-  cfg.blockDim = dim3(K::kThreads);
-  cfg.dynamicSmemBytes = K::kSmemBytes;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  VDSR_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<const T*>(in), static_cast<T*>(out),
-                                     static_cast<const T*>(w), b, tail_w, z, h, w_, g.tiles_x, g.tiles_y,
-                                     g.num_tiles));
+  launch_maybe_pdl(kernel, g, K::kThreads, K::kSmemBytes, stream, pdl, static_cast<const T*>(in),
+                   static_cast<T*>(out), static_cast<const T*>(w), b, tail_w, z, h, w_, g.tiles_x, g.tiles_y,
+                   g.num_tiles);
 }
 
 template <typename T, bool LOADS_FIRST, int SPLIT, bool RS>

@@ -1069,6 +1069,7 @@ class StripTile:
     tile_h: int = 2
     ring: int = 6
 
+    loaders = property(lambda s: s.threads)  # sb kLoaders: the threads that copy an item's rows
     tile_w = property(lambda s: 64 if s.rs else 128)
     align = property(lambda s: 128 if s.rs else 1024)
     weight_smem = property(lambda s: 0 if s.rs else WEIGHT_BYTES)
@@ -1086,9 +1087,9 @@ TAIL_STRIDE = 12  # sb kTailStride: floats per channel row of the tail weights i
 
 
 def strip_load_rows(K: StripTile, cta: Cta, ring, g_in: Global, b, x0, h0, rows, H, W):
-    """sb ``strip_load_rows``."""
+    """sb ``strip_load_rows`` (by the ``K.loaders`` threads)."""
     img = np.int64(b) * H * W * KC
-    i = strided_loop(np.arange(K.threads), rows * K.halo_w * CHUNKS, K.threads)
+    i = strided_loop(np.arange(K.loaders), rows * K.halo_w * CHUNKS, K.loaders)
     j = i & 7
     p = i >> 3
     r = p // K.halo_w
@@ -1099,6 +1100,24 @@ def strip_load_rows(K: StripTile, cta: Cta, ring, g_in: Global, b, x0, h0, rows,
     inside = unsigned_lt(y, H) & unsigned_lt(x, W)
     src = np.where(inside, img + (y.astype(np.int64) * W + x) * KC + j * 8, 0)
     cta.cp_async_16(ring + (h % K.ring) * K.halo_row_bytes + j * K.plane + px * 16, g_in, src, inside)
+
+
+def rs_a_matrix(T, a):
+    """A (64 x 16) of a wgmma with A from registers, ``a`` (4 warps, 32, 4) .b32 in the mma.m16n8k16 A layout per warp
+    (du), returned (16, 64) as :func:`wgmma_kmajor_from_smem` returns a descriptor operand."""
+    return _halves(T, a)[..., A_FROM_FRAG].reshape(64, 16).astype(np.float64).T
+
+
+def strip_load_a(g_w: Global):
+    """sb ``strip_load_a``: A fragment q (36) of out channels 16 wr + g (+8), in channels 16 kk + 2t (+1) (+8), as
+    (4 warps, 32, 4) .b32 each, from the weights [tap][n][c] by 4-byte loads."""
+    n = 16 * np.arange(4)[:, None] + (LANE[None, :] >> 2)  # (4, 32)
+    wa = []
+    for q in range(36):
+        base = ((q // 4) * KC + n) * KC + 16 * (q % 4) + 2 * (LANE[None, :] & 3)  # a 16-bit element offset
+        pairs = [g_w.load(o, 2).astype(np.uint32) for o in (base, base + 8 * KC, base + 8, base + 8 * KC + 8)]
+        wa.append(np.stack([pr[..., 0] | (pr[..., 1] << 16) for pr in pairs], -1))
+    return wa
 
 
 def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, wa, ring, h, part=0):
@@ -1120,9 +1139,9 @@ def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, wa, ring, h,
             row = ring + ((h[wg] + ky) % K.ring) * K.halo_row_bytes
             desc = wgmma_desc_interleave(row + 2 * kk * K.plane + kx * 16, K.plane, 128)
             b = wgmma_kmajor_from_smem(cta, T, desc, K.tile_w, [q])
-            if K.rs:
+            if K.rs:  # A from registers (du wgmma_m64n64k16 / wgmma_m64n128k16_rs): the same product as by descriptor
                 q.mma("wa", name)
-                acc[wg] = wgmma_m64n64k16(T, acc[wg], wa[step], b)
+                acc[wg] = wgmma_ss(T, acc[wg], rs_a_matrix(T, wa[step]), b)
             else:
                 q.mma(name)
                 acc[wg] = wgmma_ss(T, acc[wg], a, b)
@@ -1131,11 +1150,12 @@ def strip_mma(K: StripTile, T, cta: Cta, groups, acc, name, smem_w, wa, ring, h,
 
 
 def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Global, bias_r, b, y, x0, H, W,
-                   part=0, split=1, tw=None):  # fmt: skip
-    """sb ``strip_epilogue<T, SPLIT, PART, TAIL>`` for both warpgroups: ``y[wg]`` the row, ``stg[wg]`` the staging
-    tile; part ``part`` of ``split`` (the staging of its share of the pixel blocks; after the last part the barrier
-    and the stores); with ``K.tail`` the stores are the tail's partial sums into ``g_out`` (z), from the weights
-    at ``tw``."""
+                   part=0, split=1, tw=None, regions=None):  # fmt: skip
+    """sb ``strip_epilogue<T, SPLIT, PART, TAIL>`` for the warpgroups of ``groups`` (both, or one): ``y[wg]`` the row,
+    ``stg[wg]`` the staging tile; part ``part`` of ``split`` (the staging of its share of the pixel blocks; after the
+    last part the barrier and the stores); with ``K.tail`` the stores are the tail's partial sums into ``g_out``
+    (z), from the weights at ``tw``.  A warpgroup's barrier orders its accesses to ``regions[wg]`` (default: its
+    staging tile; the shared memory only it uses)."""
     for q in groups:
         q.read(name)
     lane = LANE[None, None, :]
@@ -1144,7 +1164,7 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
     mat = lane >> 3
     pairs = K.tile_w // 16  # stmatrix x4 per row
     for i in range(2 * (pairs * part // split), 2 * (pairs * (part + 1) // split), 2):
-        v = np.zeros((2, 4, 32, 4), np.uint32)
+        v = np.zeros((len(groups), 4, 32, 4), np.uint32)
         for m in range(4):
             e = 4 * (i + (m >> 1)) + 2 * (m & 1)
             bb = bias_r[..., m & 1]  # (4, 32)
@@ -1153,14 +1173,15 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
         cta.stmatrix_x4_trans(stg_ + swz(px, 2 * wr + (mat & 1)), v)
     if part + 1 < split:
         return
-    for wg in range(2):  # named_barrier(1 + wg, 128)
-        cta.named_barrier(stg[wg], stg[wg] + K.staging_bytes)
+    regions = regions or [(lo, lo + K.staging_bytes) for lo in stg]
+    for lo, hi in regions:  # named_barrier(1 + wg, 128)
+        cta.named_barrier(lo, hi)
     tid = (np.arange(4)[:, None] * 32 + LANE[None, :])[None]  # threadIdx.x & 127, (1, 4 warps, 32)
-    for wg in range(2):
+    for wg in range(len(groups)):
         if y[wg] >= H:  # this warpgroup returns after the barrier
             continue
         if K.tail:
-            strip_tail_partials(K, T, cta, stg[wg], g_out, tw, tid[0], b, y[wg], x0, H, W)
+            strip_tail_partials(K, T, cta, stg[wg], g_out, tw, tid[0], b, y[wg], x0, H, W, regions[wg])
             continue
         for k in range(K.tile_w // 16):
             u = k * 128 + tid[0]  # (4 warps, 32)
@@ -1172,7 +1193,7 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
             g_out.store(dst[live], val.view(np.uint16).reshape(4, 32, 8)[live], n=8, align_bytes=16)
 
 
-def strip_tail_partials(K: StripTile, T, cta: Cta, stg, g_z: Global, tw, tid, b, y, x0, H, W):
+def strip_tail_partials(K: StripTile, T, cta: Cta, stg, g_z: Global, tw, tid, b, y, x0, H, W, region):
     """sb ``strip_epilogue``'s steps 2' and 3' (TAIL) for one warpgroup: thread ``tid`` (4 warps, 32) sums pixel
     tid's nine per-tap partials over its 64 rounded channels in the staging tile (threads past the strip's or the
     image's edge sum nothing); a barrier; each live thread stages its 9 floats at word 9 tid of the tile; a
@@ -1186,10 +1207,10 @@ def strip_tail_partials(K: StripTile, T, cta: Cta, stg, g_z: Global, tw, tid, b,
                 wc = tw + c * TAIL_STRIDE * 4
                 w = np.concatenate([cta.lds128(np.full(tid.shape, wc + 16 * q), live) for q in range(3)], -1)
                 zs = np.where(live[..., None], fmaf(a[..., None], w.view(np.float32)[..., :9], zs), zs)
-    cta.named_barrier(stg, stg + K.staging_bytes)
+    cta.named_barrier(*region)
     for t in range(9):
         cta.sts32(stg + 4 * (9 * tid + t), zs[..., t].view(np.uint32), active=live)
-    cta.named_barrier(stg, stg + K.staging_bytes)
+    cta.named_barrier(*region)
     words = 9 * min(K.tile_w, W - x0)
     row = (np.int64(b) * H + y) * W * 9 + x0 * 9
     for r in range(-(-9 * K.tile_w // 128)):
@@ -1211,14 +1232,8 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
     stg = [ring + K.ring * K.halo_row_bytes + wg * K.staging_bytes for wg in range(2)]
     groups = [WgmmaGroups(cta), WgmmaGroups(cta)]
     wa = None
-    if K.rs:  # sb strip_load_a: A fragment q of out channels 16 wr + g (+8), in channels 16 kk + 2t (+1) (+8)
-        n = 16 * wr + (lane >> 2)  # (4, 32)
-        wa = []
-        for q in range(36):
-            base = ((q // 4) * KC + n) * KC + 16 * (q % 4) + 2 * (lane & 3)  # a 16-bit element offset
-            offs = [base, base + 8 * KC, base + 8, base + 8 * KC + 8]
-            pairs = [g_w.load(o, 2).astype(np.uint32) for o in offs]  # (4, 32, 2) each, 4-byte aligned
-            wa.append(np.stack([pr[..., 0] | (pr[..., 1] << 16) for pr in pairs], -1))
+    if K.rs:
+        wa = strip_load_a(g_w)
         for q_ in groups:
             q_.write("wa")
     else:
@@ -1298,17 +1313,104 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
 
 def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False, K=None, tail_w=None):
     """sb ``launch_strip`` -> :func:`launch_tiles` (tiles = pairs of rows of 128- or 64-pixel strips); ``variant`` =
-    (LOADS_FIRST, SPLIT, RS), or ``K`` a whole :class:`StripTile`.  With ``tail_w`` ([9][64] fp32) the TAIL kernel
-    (sb ``launch_strip_tail``): returns z (N, H, W, 9) fp32 (NaN where never written) and its write counts."""
+    (LOADS_FIRST, SPLIT, RS), ``"pingpong"`` (pp ``launch_pingpong``: tiles = rows), or ``K`` a whole
+    :class:`StripTile` / :class:`PingPongTile`.  With ``tail_w`` ([9][64] fp32) the TAIL kernel (sb
+    ``launch_strip_tail``): returns z (N, H, W, 9) fp32 (NaN where never written) and its write counts."""
     assert w_bits.shape == (TAPS, KC, KC)
-    K = K or StripTile(*variant)
+    K = K or (PingPongTile() if variant == "pingpong" else StripTile(*variant))
+    kernel = pingpong_kernel_cta if isinstance(K, PingPongTile) else strip_kernel_cta
     if tail_w is None:
-        return launch_tiles(K, strip_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager)
+        return launch_tiles(K, kernel, T, x_bits, w_bits, bias, resident_ctas, eager)
     n, h, w_, _ = x_bits.shape
     g_z = Global("z", np.full((n, h, w_, 9), np.nan, np.float32))
     g_tail = Global("tail_w", np.asarray(tail_w, np.float32).reshape(TAPS * KC))
     K = replace(K, tail=True)
-    return launch_tiles(K, strip_kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager, g_out=g_z, g_tail=g_tail)
+    return launch_tiles(K, kernel, T, x_bits, w_bits, bias, resident_ctas, eager, g_out=g_z, g_tail=g_tail)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ping-pong kernel (``pp`` = csrc/wgmma_pingpong_body.cuh): the strip GEMM with the weights in registers, each
+# warpgroup on its own rows with its own ring and staging tile, the two issuing their wgmmas in turns.
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PingPongTile(StripTile):
+    """pp ``PingPongTile`` (the strip functions take it as a ``K``)."""
+
+    rs: bool = True
+    tile_h: int = 1  # an item: one row, one warpgroup
+    ring: int = 4  # per warpgroup
+
+    loaders = property(lambda s: 128)  # a warpgroup copies its own rows
+    tile_w = property(lambda s: 128)
+    align = property(lambda s: 128)
+    wg_bytes = property(lambda s: s.ring * s.halo_row_bytes + s.staging_bytes)
+    smem_bytes = property(lambda s: s.align + 2 * s.wg_bytes + s.tail_bytes)
+
+
+TURN = 3  # pp kTurn: named barrier kTurn + wg = "warpgroup wg may issue"
+
+
+def pingpong_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager,
+                        smem_base=384, g_tail=None):  # fmt: skip
+    """One CTA of ``conv3x3_pingpong_kernel``.  The warpgroups share nothing after the start (each its own shared
+    region, cp.async groups and wgmma groups; their barrier is ordered over that region only), so they run one
+    after the other here; the turn handshakes are counted (every bar.sync must meet as many bar.arrive)."""
+    cta = Cta(K.smem_bytes, T.poison, eager, base=smem_base)
+    base = (smem_base + K.align - 1) & ~(K.align - 1)
+    wa = strip_load_a(g_w)
+    tw = base + 2 * K.wg_bytes
+    if K.tail:  # as strip_kernel_cta; then __syncthreads
+        for r in range(-(-KC * TAIL_STRIDE // K.threads)):
+            i = np.arange(K.threads).reshape(8, 32) + r * K.threads
+            active = i < KC * TAIL_STRIDE
+            c, t = i // TAIL_STRIDE, i % TAIL_STRIDE
+            v = np.where(t < TAPS, g_tail.load(np.where(active & (t < TAPS), t * KC + c, 0)), np.float32(0))
+            cta.sts32(tw + 4 * i, np.asarray(v, np.float32).view(np.uint32), active)
+    lane, wr = LANE[None, :], np.arange(4)[:, None]
+    bias_r = np.stack([g_bias.load(16 * wr + (lane >> 2)), g_bias.load(16 * wr + (lane >> 2) + 8)], -1)
+    bias_r = bias_r.astype(np.float32)[None]  # (1 warpgroup, 4, 32, 2)
+    cta.syncthreads()
+    begin = block_idx * num_tiles // grid_dim
+    end = (block_idx + 1) * num_tiles // grid_dim
+    mid = begin + (end - begin + 1) // 2
+    turns = mid - begin
+    arrive, sync = {TURN: 0, TURN + 1: 0}, {TURN: 0, TURN + 1: 0}
+    for wg, (mine, my_end) in enumerate([(begin, mid), (mid, end)]):
+        ring = base + wg * K.wg_bytes
+        stg = ring + K.ring * K.halo_row_bytes
+        region = (ring, ring + K.wg_bytes)
+        q_ = WgmmaGroups(cta)
+        q_.write("wa")
+        acc = np.zeros((1, 4, 32, K.tile_w // 2), np.float32)
+        for t in range(turns):
+            q = mine + t
+            live = q < my_end
+            seg = q // tiles_y
+            y = q - seg * tiles_y
+            b = seg // tiles_x
+            x0 = (seg - b * tiles_x) * K.tile_w
+            if live and (t == 0 or y == 0):
+                strip_load_rows(K, cta, ring, g_in, b, x0, y, 3, H, W)
+            cta.commit()
+            cta.wait_group(0)  # (A)
+            cta.fence_proxy_async()
+            cta.named_barrier(*region)
+            if wg == 1 or t > 0:
+                sync[TURN + wg] += 1
+            if live:
+                strip_mma(K, T, cta, [q_], acc, "acc", None, wa, ring, [y])
+            if wg == 0 or t + 1 < turns:
+                arrive[TURN + 1 - wg] += 1
+            if live and q + 1 < my_end and y + 1 < tiles_y:
+                strip_load_rows(K, cta, ring, g_in, b, x0, y + 3, 1, H, W)
+            cta.commit()
+            if live:
+                q_.wait(0)
+                strip_epilogue(K, T, cta, [q_], acc, "acc", [stg], g_out, bias_r, b, [y], x0, H, W, tw=tw,
+                               regions=[region])  # fmt: skip
+    if arrive != sync:
+        raise Hazard(f"turn barriers unbalanced: arrivals {arrive}, syncs {sync} (a warpgroup would hang or exit early)")
+    cta.exit()
 
 
 GATHER_W = 256  # ht kGatherW

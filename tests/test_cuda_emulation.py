@@ -358,10 +358,13 @@ def test_wgmma_detects_a_wrong_stride_offset(monkeypatch):
         check_close(got, ref, REL[torch.float16], "mutant")
 
 
-# --- the wgmma strip kernel (variants 6-13) ----------------------------------------------------------
+# --- the wgmma strip kernel (variants 6-13) and its ping-pong form (14) -------------------------------
 STRIP_VARIANTS = emu.strip_variants_from_source()
+STRIP_KERNELS = STRIP_VARIANTS + ["pingpong"]  # launch_strip's variant argument for each
 STRIP_IDS = lambda v: (  # noqa: E731
-    ("loads-first" if v[0] else "loads-after") + (f"-split{v[1]}" if v[1] > 1 else "") + ("-rs" if v[2] else "")
+    v
+    if isinstance(v, str)
+    else ("loads-first" if v[0] else "loads-after") + (f"-split{v[1]}" if v[1] > 1 else "") + ("-rs" if v[2] else "")
 )
 
 
@@ -378,6 +381,8 @@ def test_strip_tile_fits_hopper():
     rs = emu.StripTile(rs=True)  # no weights in shared memory, 64-pixel rows
     assert rs.tile_w == 64 and rs.smem_bytes == 128 + 6 * 8448 + 2 * 8192 == 67200
     assert rs.halo_row_bytes % 128 == 0  # the staging tiles behind the ring stay 128-byte aligned
+    pp = emu.PingPongTile()  # per warpgroup 4 halo rows of 130 pixels and a staging tile
+    assert pp.tile_w == 128 and pp.wg_bytes == 4 * 16640 + 16384 and pp.smem_bytes == 128 + 2 * pp.wg_bytes == 166016
 
 
 def test_wgmma_ss_fragments_against_a_scalar_transcription_of_the_ptx_table():
@@ -435,7 +440,7 @@ def test_descriptor_reads_a_shifted_pixel_window():
 STRIP_SIZES = [(1, 5, 7), (2, 6, 130), (1, 9, 20), (3, 2, 1)]
 
 
-@pytest.mark.parametrize("variant", STRIP_VARIANTS, ids=STRIP_IDS)
+@pytest.mark.parametrize("variant", STRIP_KERNELS, ids=STRIP_IDS)
 @pytest.mark.parametrize("resident", [1, 3, 1000])
 @pytest.mark.parametrize("size", STRIP_SIZES, ids=lambda s: "x".join(map(str, s)))
 def test_strip_fp16_matches_conv2d(size, resident, variant):
@@ -445,7 +450,7 @@ def test_strip_fp16_matches_conv2d(size, resident, variant):
     check_close(got, ref, REL[torch.float16], f"strip {variant} fp16 {size} on {resident} CTAs")
 
 
-@pytest.mark.parametrize("variant", STRIP_VARIANTS, ids=STRIP_IDS)
+@pytest.mark.parametrize("variant", STRIP_KERNELS, ids=STRIP_IDS)
 def test_strip_bf16_eager_copies(variant):
     got, ref = run_strip(torch.bfloat16, (2, 7, 131), variant, resident_ctas=4, eager=True)
     check_close(got, ref, REL[torch.bfloat16], f"strip {variant} bf16")
@@ -486,6 +491,30 @@ def test_strip_detects(monkeypatch, bug, match):
     for variant in STRIP_VARIANTS:
         with pytest.raises(emu.Hazard, match=match):
             run_strip(torch.float16, (1, 9, 20), variant, resident_ctas=1, K=K and emu.StripTile(*variant, ring=5))
+
+
+@pytest.mark.parametrize(
+    "bug, match",
+    [("wait", "pending"), ("fence", "after the last wgmma.fence"), ("proxy", "without fence.proxy.async"),
+     ("named", "without a __syncthreads"), ("ring", "pending wgmma reads")],
+)  # fmt: skip
+def test_pingpong_detects(monkeypatch, bug, match):
+    """The ping-pong kernel: a dropped wait_group 0 (the epilogue reading the pending accumulators), a dropped
+    wgmma.fence (after the weight registers' loads), a dropped fence.proxy.async, dropped warpgroup barriers, a
+    ring of 3 rows (the next row's copy would land in a slot the item's wgmmas read)."""
+    K = None
+    if bug == "named":
+        monkeypatch.setattr(emu.Cta, "named_barrier", lambda self, lo, hi: None)
+    elif bug == "wait":
+        monkeypatch.setattr(emu.WgmmaGroups, "wait", lambda self, n: None)
+    elif bug == "fence":
+        monkeypatch.setattr(emu.WgmmaGroups, "fence", lambda self: None)
+    elif bug == "proxy":
+        monkeypatch.setattr(emu.Cta, "fence_proxy_async", lambda self: None)
+    else:
+        K = emu.PingPongTile(ring=3)
+    with pytest.raises(emu.Hazard, match=match):
+        run_strip(torch.float16, (1, 9, 20), "pingpong", resident_ctas=1, K=K)
 
 
 def test_strip_detects_a_wrong_leading_offset(monkeypatch):

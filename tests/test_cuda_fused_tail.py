@@ -20,7 +20,7 @@ from equivalence import assert_equivalent, ref64
 from test_cuda_backend import _ext, _model, cuda_device  # noqa: F401  (the fixture)
 
 from tests import cuda_emulation as emu
-from tests.test_cuda_emulation import STRIP_IDS, STRIP_VARIANTS, TYPES, body_case
+from tests.test_cuda_emulation import STRIP_IDS, STRIP_KERNELS, STRIP_VARIANTS, TYPES, body_case
 from vdsr_fast.engine import BackendUnavailable, Engine
 from vdsr_fast.kernels.cuda import CudaBackend, variant_unavailable
 
@@ -37,7 +37,7 @@ def _tail_case(size, dtype, seed=0):
     return x, w, b, tail_w
 
 
-@pytest.mark.parametrize("variant", STRIP_VARIANTS, ids=STRIP_IDS)
+@pytest.mark.parametrize("variant", STRIP_KERNELS, ids=STRIP_IDS)
 @pytest.mark.parametrize("size", [(1, 5, 7), (2, 6, 130), (3, 2, 1)], ids=lambda s: "x".join(map(str, s)))
 def test_fused_tail_partials_and_gather_in_the_emulator(size, variant):
     """Partial strips, two strips, several images, one pixel; each schedule; the partials against the float64
