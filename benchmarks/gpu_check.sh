@@ -225,7 +225,7 @@ from vdsr_fast import VDSR, Engine
 torch.manual_seed(0)
 m = VDSR()
 for dt in (torch.float16, torch.bfloat16):
-  for opts in ({'fuse_tail': False}, {}, {'mma_head': True, 'pdl': True}):
+  for opts in ({'fuse_tail': False}, {}, {'mma_head': True, 'pdl': True}, {'body_variant': 12}, {'body_variant': 14}):
     e = Engine(m, backend='cuda', dtype=dt, device='cuda', **opts)
     y = e(torch.rand(2, 1, 37, 53, device='cuda'))
     torch.cuda.synchronize()
