@@ -77,14 +77,7 @@ __global__ void __launch_bounds__(PingPongTile::kThreads, 1)
   uint32_t wa[K::kASteps][4];
   strip_load_a(wa, w, wr, lane);
   const StripTail tail{z, base + 2 * K::kWgBytes};
-  if (TAIL) {  // [9][64] -> rows of kTailStride, read by both warpgroups: the barrier below
-    for (int i = threadIdx.x; i < kC * kTailStride; i += K::kThreads) {
-      const int c = i / kTailStride;
-      const int t = i - c * kTailStride;
-      const float v = t < kTaps ? tail_w[t * kC + c] : 0.0f;
-      asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(tail.tw + 4 * i), "f"(v) : "memory");
-    }
-  }
+  if (TAIL) strip_store_tail_weights(tail.tw, tail_w);  // read by both warpgroups: the barrier below
   const float bias_r[2] = {bias[16 * wr + (lane >> 2)], bias[16 * wr + (lane >> 2) + 8]};
   __syncthreads();
   // Programmatic dependent launch: as conv3x3_strip_kernel (no activation access before the wait).
@@ -132,30 +125,18 @@ __global__ void __launch_bounds__(PingPongTile::kThreads, 1)
 #define VDSR_PINGPONG_COUNT() +1
 constexpr int kNumPingPongVariants = 0 VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_COUNT);
 
-template <typename T, bool TAIL>
-void launch_pingpong_kernel(const void* in, void* out, const void* w, const float* b, const float* tail_w, float* z,
-                            int n, int h, int w_, int device, cudaStream_t stream, bool pdl) {
-  using K = PingPongLaunch<TAIL>;
-  const auto kernel = conv3x3_pingpong_kernel<T, TAIL>;
-  check_device_index(device);
-  check_sm90a_image(kernel, device);
-  static ResidentCtas resident = {};
-  const PersistentGrid g = persistent_grid<K>(kernel, resident, n, h, w_, device);
-  launch_maybe_pdl(kernel, g, K::kThreads, K::kSmemBytes, stream, pdl, static_cast<const T*>(in),
-                   static_cast<T*>(out), static_cast<const T*>(w), b, tail_w, z, h, w_, g.tiles_x, g.tiles_y,
-                   g.num_tiles);
-}
-
 template <typename T>
 void launch_pingpong(const void* in, void* out, const void* w, const float* b, int n, int h, int w_, int device,
                      cudaStream_t stream, bool pdl) {
-  launch_pingpong_kernel<T, false>(in, out, w, b, nullptr, nullptr, n, h, w_, device, stream, pdl);
+  launch_wgmma_tiles<PingPongLaunch<false>, T, conv3x3_pingpong_kernel<T, false>>(in, out, w, b, nullptr, nullptr, n,
+                                                                                  h, w_, device, stream, pdl);
 }
 
 template <typename T>
 void launch_pingpong_tail(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n, int h,
                           int w_, int device, cudaStream_t stream, bool pdl) {
-  launch_pingpong_kernel<T, true>(in, nullptr, w, b, tail_w, z, n, h, w_, device, stream, pdl);
+  launch_wgmma_tiles<PingPongLaunch<true>, T, conv3x3_pingpong_kernel<T, true>>(in, nullptr, w, b, tail_w, z, n, h,
+                                                                                w_, device, stream, pdl);
 }
 
 }  // namespace body

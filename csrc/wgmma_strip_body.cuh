@@ -42,6 +42,8 @@
 
 #pragma once
 
+#include <tuple>
+
 #include "wgmma_body.cuh"
 
 namespace vdsr {
@@ -119,7 +121,7 @@ __device__ __forceinline__ void strip_load_rows(uint32_t ring, const T* __restri
                                                 int rows, int H, int W) {
   const T* img = in + static_cast<int64_t>(b) * H * W * kC;
   const int units = rows * K::kHaloW * kChunks;
-  const int t = threadIdx.x % K::kLoaders;
+  const int t = K::kLoaders == K::kThreads ? static_cast<int>(threadIdx.x) : threadIdx.x % K::kLoaders;
   if (ROLLED) {
 #pragma unroll 1
     for (int i = t; i < units; i += K::kLoaders) strip_load_unit<K>(ring, in, img, x0, h0, i, H, W);
@@ -325,6 +327,16 @@ __device__ __forceinline__ void strip_step(const StripSeg<T>& s, const uint32_t 
   if (!LOADS_FIRST) strip_prefetch<K, false>(s, i, p);
 }
 
+// TAIL: the tail weights [9][64] fp32 (global) -> shared rows of kTailStride floats at tw, by the CTA's 256 threads.
+__device__ __forceinline__ void strip_store_tail_weights(uint32_t tw, const float* __restrict__ tail_w) {
+  for (int i = threadIdx.x; i < kC * kTailStride; i += 256) {
+    const int c = i / kTailStride;
+    const int t = i - c * kTailStride;
+    const float v = t < kTaps ? tail_w[t * kC + c] : 0.0f;
+    asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(tw + 4 * i), "f"(v) : "memory");
+  }
+}
+
 // RS: this thread's A fragments of all 36 k-steps (q = tap * 4 + 16-channel slice) from the weights [tap][n][c] in
 // global memory: the mma.m16n8k16 A layout of out channels 16 wr + g (+8), in channels 16 kk + 2t (+1) (+8).
 template <typename T>
@@ -367,14 +379,7 @@ __global__ void __launch_bounds__(256, 1)
     load_weights<K::kThreads>(smem_w, w, kTaps * kC);  // committed with the first halo rows
   }
   const StripTail tail{z, ring + K::kRing * K::kHaloRowBytes + 2 * K::kStagingBytes};
-  if (TAIL) {  // [9][64] -> rows of kTailStride; read after barrier (A) of the first item
-    for (int i = threadIdx.x; i < kC * kTailStride; i += K::kThreads) {
-      const int c = i / kTailStride;
-      const int t = i - c * kTailStride;
-      const float v = t < kTaps ? tail_w[t * kC + c] : 0.0f;
-      asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(tail.tw + 4 * i), "f"(v) : "memory");
-    }
-  }
+  if (TAIL) strip_store_tail_weights(tail.tw, tail_w);  // read after barrier (A) of the first item
   const float bias_r[2] = {bias[16 * wr + (lane >> 2)], bias[16 * wr + (lane >> 2) + 8]};
   // Programmatic dependent launch (launch_strip_kernel's pdl; both are no-ops in a plain launch): the next kernel
   // of the stream may launch now (its CTAs wait for SMs as this grid's exit), and nothing below runs before the
@@ -445,15 +450,22 @@ __global__ void __launch_bounds__(256, 1)
 #define VDSR_STRIP_COUNT(L, S, R) +1
 constexpr int kNumStripVariants = 0 VDSR_STRIP_VARIANTS(VDSR_STRIP_COUNT);
 
-// Launch a persistent kernel on grid g; pdl: with programmatic stream serialization, so the grid may start while
-// the previous kernel of the stream still runs (its CTAs take SMs as that one's exit and load their weights; the
-// kernel's griddepcontrol.wait holds them before they touch an activation buffer).
-template <typename Kernel, typename... Args>
-void launch_maybe_pdl(Kernel kernel, const PersistentGrid& g, int threads, int smem_bytes, cudaStream_t stream,
-                      bool pdl, Args... args) {
+// Launch kKernel (a strip or ping-pong kernel, tile shape K: its own ResidentCtas, see persistent_grid) on its
+// persistent grid; pdl: with programmatic stream serialization, so the grid may start while the previous kernel of
+// the stream still runs (its CTAs take SMs as that one's exit and load their weights; the kernel's
+// griddepcontrol.wait holds them before they touch an activation buffer).
+template <typename K, typename T, auto kKernel>
+void launch_wgmma_tiles(const void* in, void* out, const void* w, const float* b, const float* tail_w, float* z, int n,
+                        int h, int w_, int device, cudaStream_t stream, bool pdl) {
+  check_device_index(device);
+  check_sm90a_image(kKernel, device);
+  static ResidentCtas resident = {};
+  const PersistentGrid g = persistent_grid<K>(kKernel, resident, n, h, w_, device);
+  const auto args = std::make_tuple(static_cast<const T*>(in), static_cast<T*>(out), static_cast<const T*>(w), b,
+                                    tail_w, z, h, w_, g.tiles_x, g.tiles_y, g.num_tiles);
   if (!pdl) {
-    kernel<<<g.grid, threads, smem_bytes, stream>>>(args...);
-    VDSR_CHECK_LAUNCH(kernel);
+    std::apply([&](auto... a) { kKernel<<<g.grid, K::kThreads, K::kSmemBytes, stream>>>(a...); }, args);
+    VDSR_CHECK_LAUNCH(kKernel);
     return;
   }
   cudaLaunchAttribute attr[1];
@@ -461,26 +473,19 @@ void launch_maybe_pdl(Kernel kernel, const PersistentGrid& g, int threads, int s
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(g.grid);
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = smem_bytes;
+  cfg.blockDim = dim3(K::kThreads);
+  cfg.dynamicSmemBytes = K::kSmemBytes;
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  VDSR_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+  std::apply([&](auto... a) { VDSR_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kKernel, a...)); }, args);
 }
 
 template <typename T, bool LOADS_FIRST, int SPLIT, bool RS, bool TAIL>
 void launch_strip_kernel(const void* in, void* out, const void* w, const float* b, const float* tail_w, float* z,
                          int n, int h, int w_, int device, cudaStream_t stream, bool pdl) {
-  using K = StripLaunch<TAIL, RS>;
-  const auto kernel = conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, RS, TAIL>;
-  check_device_index(device);
-  check_sm90a_image(kernel, device);
-  static ResidentCtas resident = {};
-  const PersistentGrid g = persistent_grid<K>(kernel, resident, n, h, w_, device);
-  launch_maybe_pdl(kernel, g, K::kThreads, K::kSmemBytes, stream, pdl, static_cast<const T*>(in),
-                   static_cast<T*>(out), static_cast<const T*>(w), b, tail_w, z, h, w_, g.tiles_x, g.tiles_y,
-                   g.num_tiles);
+  launch_wgmma_tiles<StripLaunch<TAIL, RS>, T, conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, RS, TAIL>>(
+      in, out, w, b, tail_w, z, n, h, w_, device, stream, pdl);
 }
 
 template <typename T, bool LOADS_FIRST, int SPLIT, bool RS>

@@ -1108,6 +1108,17 @@ def rs_a_matrix(T, a):
     return _halves(T, a)[..., A_FROM_FRAG].reshape(64, 16).astype(np.float64).T
 
 
+def strip_store_tail_weights(cta: Cta, tw, g_tail: Global):
+    """sb ``strip_store_tail_weights``: [9][64] -> rows of TAIL_STRIDE (zero past tap 8), st.shared.f32 by every
+    thread in turn."""
+    for r in range(-(-KC * TAIL_STRIDE // 256)):
+        i = np.arange(256).reshape(8, 32) + r * 256
+        active = i < KC * TAIL_STRIDE
+        c, t = i // TAIL_STRIDE, i % TAIL_STRIDE
+        v = np.where(t < TAPS, g_tail.load(np.where(active & (t < TAPS), t * KC + c, 0)), np.float32(0))
+        cta.sts32(tw + 4 * i, np.asarray(v, np.float32).view(np.uint32), active)
+
+
 def strip_load_a(g_w: Global):
     """sb ``strip_load_a``: A fragment q (36) of out channels 16 wr + g (+8), in channels 16 kk + 2t (+1) (+8), as
     (4 warps, 32, 4) .b32 each, from the weights [tap][n][c] by 4-byte loads."""
@@ -1239,13 +1250,8 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
     else:
         load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)
     tw = ring + K.ring * K.halo_row_bytes + 2 * K.staging_bytes
-    if K.tail:  # [9][64] -> rows of TAIL_STRIDE (zero past tap 8), st.shared.f32 by every thread in turn
-        for r in range(-(-KC * TAIL_STRIDE // K.threads)):
-            i = np.arange(K.threads).reshape(8, 32) + r * K.threads
-            active = i < KC * TAIL_STRIDE
-            c, t = i // TAIL_STRIDE, i % TAIL_STRIDE
-            v = np.where(t < TAPS, g_tail.load(np.where(active & (t < TAPS), t * KC + c, 0)), np.float32(0))
-            cta.sts32(tw + 4 * i, np.asarray(v, np.float32).view(np.uint32), active)
+    if K.tail:
+        strip_store_tail_weights(cta, tw, g_tail)
     bias_r = np.stack([g_bias.load(16 * wr + (lane >> 2)), g_bias.load(16 * wr + (lane >> 2) + 8)], -1)
     bias_r = np.broadcast_to(bias_r.astype(np.float32), (2, 4, 32, 2))
     begin = block_idx * num_tiles // grid_dim
@@ -1359,13 +1365,8 @@ def pingpong_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, 
     base = (smem_base + K.align - 1) & ~(K.align - 1)
     wa = strip_load_a(g_w)
     tw = base + 2 * K.wg_bytes
-    if K.tail:  # as strip_kernel_cta; then __syncthreads
-        for r in range(-(-KC * TAIL_STRIDE // K.threads)):
-            i = np.arange(K.threads).reshape(8, 32) + r * K.threads
-            active = i < KC * TAIL_STRIDE
-            c, t = i // TAIL_STRIDE, i % TAIL_STRIDE
-            v = np.where(t < TAPS, g_tail.load(np.where(active & (t < TAPS), t * KC + c, 0)), np.float32(0))
-            cta.sts32(tw + 4 * i, np.asarray(v, np.float32).view(np.uint32), active)
+    if K.tail:  # then __syncthreads
+        strip_store_tail_weights(cta, tw, g_tail)
     lane, wr = LANE[None, :], np.arange(4)[:, None]
     bias_r = np.stack([g_bias.load(16 * wr + (lane >> 2)), g_bias.load(16 * wr + (lane >> 2) + 8)], -1)
     bias_r = bias_r.astype(np.float32)[None]  # (1 warpgroup, 4, 32, 2)
