@@ -39,8 +39,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import JITFunction, MockTensor, create_function_from_signature  # noqa: E402
 
-from vdsr_fast import VDSR  # noqa: E402
-from vdsr_fast.kernels.triton import conv3x3, conv3x3_tma, tail, winograd  # noqa: E402
+from vdsr_fast import VDSR, tiling  # noqa: E402
+from vdsr_fast.kernels.triton import color, conv3x3, conv3x3_tma, tail, winograd  # noqa: E402
 
 SHAPES = {"aligned": (2, 32, 48), "odd": (1, 37, 53)}  # (N, H, W) of the Y plane
 
@@ -61,6 +61,7 @@ class Compiled:
     tma: bool
     ld_v4: bool  # 16-byte global loads (the NHWC activations, when Triton proves the alignment)
     st_v4: bool  # 16-byte global stores (the NHWC output)
+    fp32_fma: bool  # fma.rn.f32 in the PTX (the colour kernels must have none: enable_fp_fusion=False)
 
 
 def _capture(dtype: torch.dtype, shape: tuple[int, int, int], body_configs=(None,)) -> list[tuple[JITFunction, tuple, dict]]:
@@ -95,6 +96,15 @@ def _capture(dtype: torch.dtype, shape: tuple[int, int, int], body_configs=(None
         # the same with a TMA body (Hopper's default): its TAIL epilogue
         conv3x3_tma.conv3x3_tma_tail_partials(a, conv3x3.pack_conv3x3_weight(w1, dtype), b1,
                                               conv3x3.pack_tail_partials_weight(w2, dtype))  # fmt: skip
+        if dtype == torch.float16:  # upscale(fused_color=True)'s kernels (independent of the engine's dtype): x2
+            rows, cols = tiling.Window(h // 2, 2, 0, h, 0), tiling.Window(w // 2, 2, 0, w, 0)
+            taps = (*rows.taps("cpu", torch.float32), *cols.taps("cpu", torch.float32))
+            for lr in (torch.zeros(n, h // 2, w // 2, 3, dtype=torch.uint8).permute(0, 3, 1, 2),  # NHWC frames
+                       torch.zeros(n, 1, h // 2, w // 2, dtype=torch.uint16), torch.zeros(n, 3, h // 2, w // 2)):
+                color.upscale_planes(lr, *taps)
+            planes = torch.zeros(n, 1, h, w), torch.zeros(n, 2, h, w)
+            color.finish_frame(*planes, torch.zeros(n, h, w, 3, dtype=torch.uint8).permute(0, 3, 1, 2))
+            color.finish_frame(planes[0], None, torch.zeros(n, 1, h, w, dtype=torch.float16))
     finally:
         JITFunction.run = real_run
     return launches
@@ -149,7 +159,7 @@ def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, to
                     rows.append(Compiled(
                         name, arch, shape_name, str(dtype).replace("torch.", ""), config, k.metadata.shared, regs, spills,
                         "wgmma" in ptx, "mma.sync" in ptx, "cp.async" in ptx, "cp.async.bulk.tensor" in ptx,
-                        "ld.global.v4" in ptx, "st.global.v4" in ptx,
+                        "ld.global.v4" in ptx, "st.global.v4" in ptx, "fma.rn.f32" in ptx,
                     ))  # fmt: skip
     return rows
 

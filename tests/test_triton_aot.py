@@ -76,12 +76,23 @@ def test_nhwc_traffic_is_vectorised(rows):
     """16-byte accesses: the conv kernels' NHWC output stores, and the tail's 64-channel activation loads
     (not the fused tail's 9-float partial sums, 36-byte rows, nor their gather)."""
     for r in rows:
-        if r["kernel"] in ("_conv3x3_kernel(tail)", "_tail_gather_kernel"):
+        if r["kernel"] in ("_conv3x3_kernel(tail)", "_tail_gather_kernel", "_upscale_kernel", "_finish_kernel"):
             continue
         if r["kernel"].startswith("_conv3x3_kernel"):
             assert r["st_v4"], r
         else:
             assert r["ld_v4"], r
+
+
+def test_colour_kernels_compile_without_fma(rows):
+    """upscale(fused_color=True)'s kernels for both targets, 8-bit NHWC / 16-bit / float frames in and out: every
+    product and sum rounded on its own (enable_fp_fusion=False: no fma.rn.f32), as PyTorch's operations round."""
+    colour = [r for r in rows if r["kernel"] in ("_upscale_kernel", "_finish_kernel")]
+    assert {(r["kernel"], r["target"]) for r in colour} == {
+        (k, t) for k in ("_upscale_kernel", "_finish_kernel") for t in ("sm_80", "sm_90a")
+    }
+    for r in colour:
+        assert not r["fp32_fma"] and not r["spill_bytes"], r
 
 
 def test_every_swept_body_config_compiles_for_hopper(candidate_rows):
