@@ -1,6 +1,6 @@
 """upscale(): layouts, dtypes, the DESIGN.md §2 pipeline, and argument errors."""
 
-import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -309,10 +309,12 @@ def test_tune_keeps_the_fastest_candidate_that_passes_the_self_check(tiny_model,
             self.built.append(kernel)
             self.ref = engine_mod.TorchBackend(model, device, dtype)
 
-        def __call__(self, y):
-            time.sleep({"slow": 0.04, "default": 0.015, "fast": 0.0, "wrong": 0.0}[self.kernel])  # gaps a busy CPU keeps
+        def __call__(self, y):  # each kernel's cost on a virtual clock: how busy the CPU is does not count
+            clock[0] += {"slow": 0.04, "default": 0.015, "fast": 0.001, "wrong": 0.0}[self.kernel]
             return self.ref(y) + (1.0 if self.kernel == "wrong" else 0.0)
 
+    clock = [0.0]
+    monkeypatch.setattr(engine_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))  # _median_ms's clock
     monkeypatch.setitem(engine_mod.BACKENDS, "cuda", Variants)
     monkeypatch.setattr(engine_mod, "_checked", lambda name, device: name != "torch")  # self-check on the CPU too
     monkeypatch.setattr(engine_mod, "_TUNED", {})
