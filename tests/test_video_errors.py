@@ -196,3 +196,13 @@ def test_ctrl_c_mid_stream_leaves_nothing_and_keeps_an_old_output(clip, tmp_path
     assert _run(clip, out, "--weights", weights, "--batch", "3", "--force") == 130
     assert "vdsr-fast video: interrupted" in capsys.readouterr().err
     assert _listing(tmp_path) == ["out.mp4"] and out.read_bytes() == b"the previous encode"
+
+
+def test_fused_color_without_triton_is_a_clear_error(clip, tmp_path, weights, capsys, monkeypatch):
+    import vdsr_fast.engine
+
+    monkeypatch.setattr(vdsr_fast.engine, "_why_unavailable", lambda name, device: "no Triton here")
+    out = tmp_path / "out.mp4"
+    _fails(capsys, clip, out, "--weights", weights, "--device", "cpu", "--fused-color",
+           message="--fused-color needs Triton on cpu: no Triton here")  # fmt: skip
+    assert _listing(tmp_path) == []

@@ -430,6 +430,11 @@ def upscale_video(
     if not dst.suffix:
         raise VideoError(f"{dst}: give the output a container suffix (.mp4, .mkv, .mov...)")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if fused_color:
+        from .engine import _why_unavailable
+
+        if why := _why_unavailable("triton", device):
+            raise VideoError(f"--fused-color needs Triton on {device}: {why}")
     model = _default() if model is None else model
     kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory, "tune": tune, "fused_color": fused_color}
 
