@@ -36,14 +36,15 @@ __all__ = ["upscale_planes", "finish_frame"]
 
 _BLOCK = 256
 _NO_FMA = {"enable_fp_fusion": False}  # launch option: keep every product and sum rounded to fp32
+_LEVELS = {torch.uint8: 255, torch.uint16: 65535}  # the integer pixel dtypes and their full scale
 
 
 @functools.cache
 def _consts(device: torch.device, in_dtype: torch.dtype | None) -> torch.Tensor:
     """fp32 constants: [0:9] rgb2ycbcr rows, [9:12] offsets, [12:21] the inverse rows, [21] the input scale.
     Cached per device: a copy from host memory would wait for the stream (upscale() makes no host sync)."""
-    scale = {torch.uint8: 255.0, torch.uint16: 65535.0}.get(in_dtype)
-    inv = (torch.tensor(1.0) / torch.tensor(scale)).item() if scale else 1.0  # fp32 1 / 255, as PyTorch's CUDA div
+    scale = _LEVELS.get(in_dtype)
+    inv = (torch.tensor(1.0) / torch.tensor(float(scale))).item() if scale else 1.0  # fp32 1 / 255, as PyTorch's CUDA div
     vals = [v for row in _M_FWD for v in row] + list(_OFF) + [v for row in _M_INV for v in row] + [inv]
     return torch.tensor(vals, dtype=torch.float32).to(device)
 
@@ -206,11 +207,11 @@ def upscale_planes(
     y = torch.empty((n, 1, oh, ow), dtype=torch.float32, device=x.device)
     cc = torch.empty((n, 2, oh, ow), dtype=torch.float32, device=x.device) if color else None
     npix = n * oh * ow
-    k = _consts(x.device, x.dtype if x.dtype in (torch.uint8, torch.uint16) else None)
+    k = _consts(x.device, x.dtype if x.dtype in _LEVELS else None)
     _upscale_kernel[_grid(npix)](
         x, wh.contiguous(), ih.to(torch.int32).contiguous(), ww.contiguous(), iw.to(torch.int32).contiguous(), k,
         y, cc if color else y, npix, oh, ow, *x.stride(), P=p, COLOR=color,
-        SCALED=x.dtype in (torch.uint8, torch.uint16), BLOCK=_BLOCK, **_NO_FMA,
+        SCALED=x.dtype in _LEVELS, BLOCK=_BLOCK, **_NO_FMA,
     )  # fmt: skip
     return y, cc
 
@@ -220,7 +221,7 @@ def finish_frame(y: torch.Tensor, cc: torch.Tensor | None, out: torch.Tensor) ->
     (N, 3 | 1, TH, TW) in its dtype (uint8 / uint16 rounded half up, floats clamped), written in place."""
     n, _, th, tw = y.shape
     npix = n * th * tw
-    levels = {torch.uint8: 255, torch.uint16: 65535}.get(out.dtype, 0)
+    levels = _LEVELS.get(out.dtype, 0)
     k = _consts(y.device, None)
     cs = cc.stride() if cc is not None else (0, 0, 0, 0)
     ys = y.stride()
