@@ -48,8 +48,8 @@ mkdir -p "$OUT" "$ROOT/benchmarks/results"
 unset TRITON_INTERPRET  # the GPU runs the real kernels, never the interpreter
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-$(command -v python3 || command -v python)}"  # the device image has python3 only
-# Python packages the device image lacks (PyAV, pypng) travel as wheels in .whl/ (git-ignored; see
-# benchmarks/README.md): installed into /tmp/site for this run.
+# Python packages the device image lacks (PyAV, pypng) travel as wheels in .whl/ (git-ignored; made by
+# benchmarks/prepare_device.sh): installed into /tmp/site for this run.
 if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"

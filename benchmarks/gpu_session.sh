@@ -4,8 +4,8 @@
 #     bash benchmarks/gpu_session.sh
 #
 # with the session's `run` tool: run(command="bash benchmarks/gpu_session.sh", carry=[".whl", "carry"],
-# timeout_s=600): the carried folders and the tree are ~61 MiB, under the 64 MiB a call may take (only with
-# carry/y291.npz stored with LZMA: TRAINING.md).
+# timeout_s=600): the carried folders and the tree are ~62 MiB, under the 64 MiB a call may take (only with
+# carry/y291.npz stored with LZMA, as `bash benchmarks/prepare_device.sh` makes both folders).
 #   1. benchmarks/gpu_train.sh starts at once in the background (TRAIN_MINUTES) -> $OUT/train; the
 #      build, the GPU tests and the sanitizer run beside it (they time nothing);
 #   2. benchmarks/gpu_check.sh -> $OUT/check, which waits for the training (TIMING_GATE) before the video

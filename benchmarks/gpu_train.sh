@@ -4,9 +4,9 @@
 #     bash benchmarks/gpu_train.sh
 #
 # with the session's `run` tool: run(command="bash benchmarks/gpu_train.sh", carry=["carry", "runs/gpu"],
-# timeout_s=...). The device has no ../shared, so the data travels in carry/ (git-ignored), made here once:
-#   carry/y291.npz  the 291 set's Y planes (8-bit, 27 MB): python -c "from vdsr_fast.train import load_train_y;
-#                   load_train_y(['../shared/data/train/T91', '../shared/data/train/BSD200'], 'carry/y291.npz')"
+# timeout_s=...). The device has no ../shared, so the data travels in carry/ (git-ignored), made here once by
+# `bash benchmarks/prepare_device.sh carry`:
+#   carry/y291.npz  the 291 set's Y planes (8-bit, LZMA, 23 MB)
 #   carry/Set5      a copy of ../shared/data/eval/Set5, for the periodic Set5 PSNR
 # runs/gpu holds the run so far (checkpoint last.pt: model, optimizer, step, RNG): carry it to continue.
 # At the end last.pt (model, optimizer, step, RNG, config, history), the weights and train.log are
@@ -26,7 +26,7 @@ OUT="${OUT:-runs/gpu_out}"
 mkdir -p "$OUT" runs/gpu
 export PYTHONUNBUFFERED=1
 for need in carry/y291.npz carry/Set5; do
-  [[ -e $need ]] || { echo "gpu_train: $need is missing (see the header of this script)"; exit 2; }
+  [[ -e $need ]] || { echo "gpu_train: $need is missing (bash benchmarks/prepare_device.sh carry, on a machine with the data)"; exit 2; }
 done
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
