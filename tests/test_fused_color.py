@@ -45,8 +45,9 @@ def _scaled(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("scale, tile", [(2, None), (3, (5, 7)), (4, (9, 6))])
 def test_upscale_planes_equal_the_pytorch_pipeline(device, dtype, channels, scale, tile):
-    """Whole frames and the windows of a tile plan (interior and border windows, LR slices of NHWC views)."""
-    from vdsr_fast.kernels.triton.color import upscale_planes
+    """Whole frames and the windows of a tile plan (interior and border windows, LR slices of NHWC views); the
+    whole frame with Window.taps as they come (int64 indices), the tiles with window_taps' cached int32 ones."""
+    from vdsr_fast.kernels.triton.color import upscale_planes, window_taps
 
     n, h, w = 2, 6, 7
     batch = _frame((n, h, w, channels), dtype, device).permute(0, 3, 1, 2)  # NHWC memory, as decoders hand out
@@ -55,7 +56,8 @@ def test_upscale_planes_equal_the_pytorch_pipeline(device, dtype, channels, scal
     for r0, r1, c0, c1 in plan:
         rows, cols = tiling.Window(h, scale, r0, r1, 3), tiling.Window(w, scale, c0, c1, 3)
         x = batch[:, :, rows.lr[0] : rows.lr[1], cols.lr[0] : cols.lr[1]]
-        y, cc = upscale_planes(x, *rows.taps(device, torch.float32), *cols.taps(device, torch.float32))
+        taps = (lambda win: win.taps(device, torch.float32)) if tile is None else (lambda win: window_taps(win, device))
+        y, cc = upscale_planes(x, *taps(rows), *taps(cols))
         ref = _scaled(x) if channels == 1 else rgb_to_ycbcr(_scaled(x))
         ref = cols.resize(rows.resize(ref, 2), 3)
         assert y.shape == (n, 1, *ref.shape[-2:]) and y.dtype == torch.float32
@@ -64,6 +66,19 @@ def test_upscale_planes_equal_the_pytorch_pipeline(device, dtype, channels, scal
             assert cc is None
         else:
             torch.testing.assert_close(cc, ref[:, 1:], rtol=0, atol=0)
+
+
+def test_window_taps_are_the_window_tables_made_once(device):
+    from vdsr_fast.kernels.triton.color import window_taps
+
+    for start, stop in [(0, 42), (10, 25), (30, 42)]:
+        win = tiling.Window(14, 3, start, stop, 4)
+        w, idx = window_taps(win, device)
+        w_ref, idx_ref = win.taps(device, torch.float32)
+        assert w.is_contiguous() and idx.is_contiguous() and idx.dtype == torch.int32
+        assert torch.equal(w, w_ref) and torch.equal(idx.long(), idx_ref)
+        again = window_taps(tiling.Window(14, 3, start, stop, 4), device)  # a new Window of the same geometry
+        assert again[0] is w and again[1] is idx
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.float32, torch.float16, torch.bfloat16])

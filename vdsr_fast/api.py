@@ -196,7 +196,7 @@ def _run_window_fused(batch: torch.Tensor, engine: Engine, rows: tiling.Window, 
     from .kernels.triton import color
 
     x = batch[:, :, rows.lr[0] : rows.lr[1], cols.lr[0] : cols.lr[1]]
-    y, cc = color.upscale_planes(x, *rows.taps(x.device, torch.float32), *cols.taps(x.device, torch.float32))
+    y, cc = color.upscale_planes(x, *color.window_taps(rows, x.device), *color.window_taps(cols, x.device))
     cy, cx = rows.center, cols.center
     return color.finish_frame(engine(y)[:, :, cy, cx], None if cc is None else cc[:, :, cy, cx], dst)
 

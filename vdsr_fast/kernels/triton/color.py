@@ -32,7 +32,7 @@ import triton.language as tl
 
 from ...imaging import _M_FWD, _M_INV, _OFF
 
-__all__ = ["upscale_planes", "finish_frame"]
+__all__ = ["upscale_planes", "finish_frame", "window_taps"]
 
 _BLOCK = 256
 _NO_FMA = {"enable_fp_fusion": False}  # launch option: keep every product and sum rounded to fp32
@@ -47,6 +47,24 @@ def _consts(device: torch.device, in_dtype: torch.dtype | None) -> torch.Tensor:
     inv = (torch.tensor(1.0) / torch.tensor(float(scale))).item() if scale else 1.0  # fp32 1 / 255, as PyTorch's CUDA div
     vals = [v for row in _M_FWD for v in row] + list(_OFF) + [v for row in _M_INV for v in row] + [inv]
     return torch.tensor(vals, dtype=torch.float32).to(device)
+
+
+_TAPS: dict = {}
+
+
+def window_taps(win, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``win.taps(device, torch.float32)`` (a :class:`vdsr_fast.tiling.Window`) as :func:`upscale_planes` takes
+    them, contiguous fp32 weights and int32 indices, made once per window geometry and device: a video's
+    frames reuse them instead of slicing, shifting and converting the tables again (3 small launches an axis)."""
+    key = (win.in_len, win.scale, win.net, win.lr, str(device))
+    hit = _TAPS.get(key)
+    if hit is None:
+        w, idx = win.taps(device, torch.float32)
+        hit = (w.contiguous(), idx.to(torch.int32).contiguous())
+        if len(_TAPS) > 256:
+            _TAPS.clear()
+        _TAPS[key] = hit
+    return hit
 
 
 @triton.jit
