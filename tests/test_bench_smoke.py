@@ -101,6 +101,17 @@ def test_smoke_rejects_a_wrong_backend(tmp_path, monkeypatch):
     assert ok and all(r["status"] == "ok" for r in ok)
 
 
+def test_fp32_and_tf32_paths_are_timed_after_the_end_to_end_rows():
+    paths = [
+        bench.PathSpec(key, key, prec, torch.float32, False, None)
+        for key, prec in [("cudnn", "fp16"), ("engine_x_fp16", "fp16"), ("engine_x_fp32", "fp32"), ("eager_tf32", "tf32")]
+    ]  # fmt: skip
+    first, last = bench.split_slow_paths(paths, "fp16")
+    assert [p.key for p in first] == ["cudnn", "engine_x_fp16"] and [p.key for p in last] == ["engine_x_fp32", "eager_tf32"]
+    first, last = bench.split_slow_paths(paths, "fp32")  # the end-to-end dtype's engine checks come first
+    assert [p.key for p in first] == ["cudnn", "engine_x_fp16", "engine_x_fp32"] and [p.key for p in last] == ["eager_tf32"]
+
+
 def test_check_rule(tiny_model):
     ws, bs = tiny_model.weights, tiny_model.biases
     good = bench.check_against_reference(
