@@ -206,3 +206,37 @@ def test_fused_color_without_triton_is_a_clear_error(clip, tmp_path, weights, ca
     _fails(capsys, clip, out, "--weights", weights, "--device", "cpu", "--fused-color",
            message="--fused-color needs Triton on cpu: no Triton here")  # fmt: skip
     assert _listing(tmp_path) == []
+
+
+def _odd_clip(path, w=11, h=7, frames=2):
+    """An odd-sized lossless clip (FFV1, 4:4:4: no chroma subsampling, so any size)."""
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("ffv1", rate=10)
+        v.width, v.height, v.pix_fmt = w, h, "yuv444p"
+        rng = np.random.default_rng(0)
+        for _ in range(frames):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), format="rgb24")))
+        c.mux(v.encode(None))
+
+
+def test_odd_output_size_with_subsampled_chroma_is_a_clear_error(tmp_path, weights, capsys):
+    src = tmp_path / "odd.mkv"
+    _odd_clip(src)
+    out = tmp_path / "out.mp4"
+    # x3: 33x21, which yuv420p (the default) cannot hold; the encoder's own message was a bare "Generic error".
+    _fails(capsys, src, out, "--weights", weights, "--scale", "3",
+           message="the 33x21 output cannot be encoded as yuv420p: its chroma is sampled every 2x2 pixels")  # fmt: skip
+    _fails(capsys, src, out, "--weights", weights, "--scale", "3", "--pix-fmt", "yuv422p",
+           message="its chroma is sampled every 2x1 pixels")  # fmt: skip
+    assert _listing(tmp_path) == ["odd.mkv"]
+    # what the message suggests works; x2 and x4 give even sizes in the default format
+    assert _run(src, out, "--weights", weights, "--scale", "3", "--pix-fmt", "yuv444p") == 0
+    assert _probe(out)["size"] == (33, 21)
+    assert _run(src, out, "--weights", weights, "--scale", "2", "--force") == 0
+    assert _probe(out)["size"] == (22, 14)
+
+
+def test_unknown_pixel_format_is_a_clear_error(clip, tmp_path, weights, capsys):
+    _fails(capsys, clip, tmp_path / "out.mp4", "--weights", weights, "--pix-fmt", "yuv9000p",
+           message="--pix-fmt 'yuv9000p' is not a pixel format FFmpeg knows")  # fmt: skip
+    assert _listing(tmp_path) == []

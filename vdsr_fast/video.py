@@ -338,6 +338,19 @@ def _open_input(av, path: Path):
     return container
 
 
+def _chroma_steps(pix_fmt: str) -> tuple[int, int]:
+    """How many pixels apart ``pix_fmt`` samples its chroma across and down (yuv420p: 2, 2; yuv444p, rgb24: 1, 1).
+    An encoder refuses a frame whose width or height is not a multiple of them."""
+    from av.video.format import VideoFormat
+
+    try:
+        fmt = VideoFormat(pix_fmt, 16, 16)
+    except ValueError:
+        raise VideoError(f"--pix-fmt {pix_fmt!r} is not a pixel format FFmpeg knows (e.g. yuv420p, yuv444p, yuv420p10le)") from None
+    chroma = [c for c in fmt.components if c.is_chroma]
+    return (16 // min(c.width for c in chroma), 16 // min(c.height for c in chroma)) if chroma else (1, 1)
+
+
 def _damage_report(pipe: _Pipe, frames: int, expected: int, start: float, duration: float | None, rate: Fraction) -> str | None:
     """Why the input looks truncated or damaged (None when it does not).
 
@@ -408,8 +421,9 @@ def upscale_video(
     ``backend``, ``dtype``, ``tile``, ``max_memory``, ``tune`` and ``fused_color`` are :func:`vdsr_fast.upscale`'s.
 
     Raises :class:`VideoError` for a missing or unreadable input, an existing ``dst`` without
-    ``force``, an output folder that does not exist or cannot be written, or an encoder that cannot
-    be opened.
+    ``force``, an output folder that does not exist or cannot be written, an unknown ``pix_fmt`` or an
+    output size it cannot hold (an odd width or height in yuv420p: use yuv444p), or an encoder that
+    cannot be opened; all but the last before anything is written.
     """
     av = _import_av()
     from tqdm import tqdm
@@ -429,6 +443,7 @@ def upscale_video(
         raise VideoError(f"{dst.parent}: {what}")
     if not dst.suffix:
         raise VideoError(f"{dst}: give the output a container suffix (.mp4, .mkv, .mov...)")
+    step_x, step_y = _chroma_steps(pix_fmt)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if fused_color:
         from .engine import _why_unavailable
@@ -439,6 +454,15 @@ def upscale_video(
     kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory, "tune": tune, "fused_color": fused_color}
 
     inp = _open_input(av, src)
+    ctx = inp.streams.video[0].codec_context
+    w, h = ctx.width, ctx.height
+    if (w * s) % step_x or (h * s) % step_y:
+        inp.close()
+        raise VideoError(
+            f"{src}: the {w * s}x{h * s} output cannot be encoded as {pix_fmt}: its chroma is sampled every {step_x}x{step_y} "
+            f"pixels, so the width and height must be multiples of {step_x} and {step_y}; pass --pix-fmt yuv444p (full "
+            f"chroma) or another --scale"
+        )
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
     except OSError as e:
@@ -460,7 +484,6 @@ def upscale_video(
                 ostream = out.add_stream(codec, rate=rate)
             except (av.error.FFmpegError, ValueError) as e:
                 raise VideoError(f"unknown or unavailable codec {codec!r}: {e}") from None
-            w, h = vin.codec_context.width, vin.codec_context.height
             ostream.width, ostream.height = w * s, h * s
             ostream.pix_fmt = pix_fmt
             if vin.time_base is not None:
@@ -554,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", default="libx264", help="video encoder (default: libx264, i.e. H.264)")
     p.add_argument("--crf", type=int, default=18, help="constant rate factor for x264/x265-style encoders (default: 18; -1: encoder default)")
     p.add_argument("--preset", help="encoder preset, e.g. veryfast, slow")
-    p.add_argument("--pix-fmt", default="yuv420p", help="encoded pixel format (default: yuv420p)")
+    p.add_argument("--pix-fmt", default="yuv420p",
+                   help="encoded pixel format (default: yuv420p, which needs an even output size; yuv444p takes any)")
     p.add_argument("--batch", "-b", type=int, default=4, help="frames per upscale call (default: 4)")
     p.add_argument("--tile", type=int, help="upscale in output tiles of this size (exact; saves memory)")
     p.add_argument("--max-memory", type=float, help="working-memory budget per batch in GiB (chooses the tile size)")
