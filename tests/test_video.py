@@ -10,6 +10,7 @@ import torch
 av = pytest.importorskip("av", reason="PyAV is not installed (pip install av): the video command needs it")
 
 from benchmarks.bench_video import mux_tone  # noqa: E402
+from vdsr_fast import load as vdsr_fast_load  # noqa: E402
 from vdsr_fast import save  # noqa: E402
 from vdsr_fast.video import main  # noqa: E402
 
@@ -218,7 +219,12 @@ def test_missing_pyav_message(monkeypatch):
     from vdsr_fast.video import VideoError, _import_av
 
     monkeypatch.setitem(sys.modules, "av", None)
-    with pytest.raises(VideoError, match="pip install av"):
+    with pytest.raises(VideoError, match="pip install 'av>=18'"):
+        _import_av()
+    old = type(sys)("av")
+    old.__version__ = "17.0.1"
+    monkeypatch.setitem(sys.modules, "av", old)
+    with pytest.raises(VideoError, match=r"needs PyAV 18 or newer \(found 17.0.1"):
         _import_av()
 
 
@@ -239,3 +245,100 @@ def test_gpu_busy_fraction_is_reported(clip, tiny_model, tmp_path):
 
     r = upscale_video(clip, tmp_path / "gpu.mp4", 2, tiny_model.cuda(), device="cuda", progress=False)
     assert r["frames"] == N and 0 < r["gpu_busy_s"] <= r["seconds"] and 0 < r["gpu_busy_fraction"] <= 1
+
+
+def _flat_clip(path, pix_fmt, colorspace, color_range, codec="ffv1"):
+    """3 frames 32x16 of one Y'CbCr colour (Y, Cb, Cr) = (120, 90, 170), in a 10-bit format 4x that + 2 (so an
+    8-bit path cannot hit it), tagged with the matrix (0: untagged; primaries and transfer alike) and range."""
+    deep = "10" in pix_fmt
+    dt = np.uint16 if deep else np.uint8
+    with av.open(str(path), "w") as c:
+        v = c.add_stream(codec, rate=10)
+        v.width, v.height, v.pix_fmt = 32, 16, pix_fmt
+        if colorspace:
+            cc = v.codec_context
+            cc.colorspace = cc.color_primaries = cc.color_trc = colorspace
+        if color_range:
+            v.codec_context.color_range = color_range
+        f = av.VideoFrame(32, 16, pix_fmt)
+        for plane, value in zip(f.planes, (120, 90, 170)):
+            _plane(plane, dt)[:] = 4 * value + 2 if deep else value
+        if colorspace:
+            f.colorspace = colorspace
+        if color_range:
+            f.color_range = color_range
+        for i in range(3):
+            f.pts, f.time_base = i, Fraction(1, 10)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+
+
+def _plane(plane, dt):
+    return np.frombuffer(plane, dt).reshape(plane.height, plane.line_size // np.dtype(dt).itemsize)[:, : plane.width]
+
+
+def _flat_planes(path):
+    """((min, max) of each plane of the first frame, (pix_fmt, matrix, range, primaries, transfer) tags)."""
+    with av.open(str(path)) as c:
+        cc = c.streams.video[0].codec_context
+        frame = next(c.decode(video=0))
+        dt = np.uint16 if frame.format.components[0].bits > 8 else np.uint8
+        spans = [(int(_plane(p, dt).min()), int(_plane(p, dt).max())) for p in frame.planes]
+        return spans, (cc.pix_fmt, int(cc.colorspace), int(cc.color_range), int(cc.color_primaries), int(cc.color_trc))
+
+
+@pytest.fixture
+def zero_residual(tmp_path):
+    """VDSR with every weight and bias 0: the output is the bicubic upscale, which keeps a flat frame flat."""
+    from vdsr_fast import VDSR
+
+    m = VDSR()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+    return str(save(m, tmp_path / "zero.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "colorspace, color_range, matrix_tag",
+    [(1, 1, 1), (1, 2, 1), (9, 1, 9), (0, 0, 6)],
+    ids=["bt709", "bt709-full-range", "bt2020", "untagged"],
+)
+def test_colours_come_out_as_they_went_in(tmp_path, zero_residual, colorspace, color_range, matrix_tag):
+    """Decoded and encoded with the input's matrix and range, and tagged so: PyAV's own encode-side default (BT.601,
+    limited) moved a BT.709 colour by 4 levels and dropped the tags. An untagged input is tagged BT.601, the
+    matrix it went through, so that a player does not guess BT.709 for the larger output."""
+    src, out = tmp_path / "flat.mkv", tmp_path / "out.mkv"
+    _flat_clip(src, "yuv444p", colorspace, color_range)
+    assert _run(src, out, "--weights", zero_residual, "--codec", "libx264", "--crf", "0") == 0
+    (spans_in, _), (spans_out, tags) = _flat_planes(src), _flat_planes(out)
+    for (lo, hi), (want, _) in zip(spans_out, spans_in):
+        assert want - 1 <= lo <= hi <= want + 1, (spans_in, spans_out)  # full range: 8-bit RGB in between
+    primaries = colorspace or 2
+    assert tags[1:] == (matrix_tag, color_range or 1, primaries, primaries)
+
+
+def test_10_bit_input_stays_10_bit(tmp_path, zero_residual):
+    from vdsr_fast.video import upscale_video
+
+    src, out = tmp_path / "deep.mkv", tmp_path / "out.mkv"
+    _flat_clip(src, "yuv420p10le", 1, 1, codec="libx264")
+    r = upscale_video(src, out, 2, vdsr_fast_load(zero_residual), device="cpu", progress=False, crf=0)
+    assert r["pix_fmt"] == "yuv420p10le" and r["bits"] == 16  # the default follows the input's depth
+    (spans_in, _), (spans_out, tags) = _flat_planes(src), _flat_planes(out)
+    assert tags[0] == "yuv420p10le"
+    for (lo, hi), (want, _) in zip(spans_out, spans_in):
+        assert want - 1 <= lo <= hi <= want + 1, (spans_in, spans_out)
+
+
+def test_output_format_follows_the_codec():
+    from vdsr_fast.video import VideoError, _output_format
+
+    assert _output_format("libx264", None, False) == "yuv420p"
+    assert _output_format("libx264", None, True) == "yuv420p10le"
+    assert _output_format("libx264", "yuv444p", False) == "yuv444p"
+    assert _output_format("prores_ks", None, False) == "yuv422p10le"  # takes no 4:2:0: its first format
+    with pytest.raises(VideoError, match="mpeg4 cannot encode --pix-fmt yuv444p; it takes yuv420p"):
+        _output_format("mpeg4", "yuv444p", False)
+    with pytest.raises(VideoError, match="unknown or unavailable codec 'no-such-codec'"):
+        _output_format("no-such-codec", None, False)

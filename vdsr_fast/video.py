@@ -5,8 +5,10 @@ Three threads joined by bounded queues, so decoding, the upscale and encoding ov
 * the reader demuxes ``IN``, decodes the video stream into RGB frames and groups them in batches
   (``--batch``); packets of the audio and subtitle streams pass through untouched (text subtitles
   the output container cannot hold are rewritten, see :func:`upscale_video`);
-* the upscaler copies each batch to the device, calls :func:`vdsr_fast.upscale` on the uint8 NHWC
-  frames and starts the copy back into pinned host memory; on a GPU it does not wait for the result
+* the upscaler copies each batch to the device, calls :func:`vdsr_fast.upscale` on the NHWC RGB
+  frames (uint8, or uint16 when the input or the output has more than 8 bits a sample; converted with
+  the input's Y'CbCr matrix and range, which the output is encoded with and tagged with: see
+  :class:`_Colour`) and starts the copy back into pinned host memory; on a GPU it does not wait for the result
   (a CUDA event marks it), so the next batch is queued while the encoder works on this one;
 * the writer waits for each batch's event, encodes the frames (H.264 by default) with the decoded
   frames' timestamps and muxes them, together with the copied audio/subtitle packets, into a
@@ -43,11 +45,22 @@ class VideoError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+# PyAV releases before 18 convert between Y'CbCr and RGB inconsistently (seen here with the _Colour round trip:
+# 14-16 shift BT.709 colours by up to 4 levels and 16 garbles 16-bit RGB; 17 refuses BT.2020-tagged frames).
+_MIN_AV = (18, 0)
+
+
 def _import_av():
     try:
         import av
     except ImportError:
-        raise VideoError("the video command needs PyAV: pip install av  (or pip install 'vdsr_fast[video]')") from None
+        raise VideoError("the video command needs PyAV: pip install 'av>=18'  (or pip install 'vdsr_fast[video]')") from None
+    found = tuple(int(x) for x in re.findall(r"\d+", av.__version__)[:2])
+    if found < _MIN_AV:
+        raise VideoError(
+            f"the video command needs PyAV 18 or newer (found {av.__version__}: older releases shift the colours of "
+            "BT.709 video): pip install -U 'av>=18'"
+        )
     return av
 
 
@@ -265,7 +278,7 @@ def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int) -> Non
     pipe.put(pipe.decoded, _END)
 
 
-def _upscaler(pipe: _Pipe, scale: int, model, device: torch.device, kw: dict) -> None:
+def _upscaler(pipe: _Pipe, scale: int, model, device: torch.device, kw: dict, colour: _Colour) -> None:
     from .api import upscale
 
     cuda = device.type == "cuda"
@@ -276,7 +289,7 @@ def _upscaler(pipe: _Pipe, scale: int, model, device: torch.device, kw: dict) ->
             pipe.put(pipe.upscaled, item)
             continue
         meta = [(f.pts, f.time_base) for f in payload]
-        host = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in payload]))
+        host = torch.from_numpy(np.stack([colour.to_rgb(f) for f in payload]))
         if not cuda:
             out = upscale(host, scale, model, layout="NHWC", **kw)
             pipe.put(pipe.upscaled, ("frames", (out.numpy(), None, meta)))
@@ -296,7 +309,7 @@ def _upscaler(pipe: _Pipe, scale: int, model, device: torch.device, kw: dict) ->
     pipe.put(pipe.upscaled, _END)
 
 
-def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress) -> None:
+def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress, colour: _Colour) -> None:
     index = 0
     while (item := pipe.get(pipe.upscaled)) is not _END:
         kind, payload = item
@@ -312,7 +325,7 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress)
             done.synchronize()
             arr = arr.numpy()
         for rgb, (pts, time_base) in zip(arr, meta, strict=True):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame = colour.from_rgb(av, rgb)
             frame.pts = index if pts is None else pts
             if time_base is not None:
                 frame.time_base = time_base
@@ -338,9 +351,10 @@ def _open_input(av, path: Path):
     return container
 
 
-def _chroma_steps(pix_fmt: str) -> tuple[int, int]:
-    """How many pixels apart ``pix_fmt`` samples its chroma across and down (yuv420p: 2, 2; yuv444p, rgb24: 1, 1).
-    An encoder refuses a frame whose width or height is not a multiple of them."""
+def _format_info(pix_fmt: str) -> tuple[int, int, int, bool]:
+    """(chroma step across, chroma step down, bits a sample, RGB?) of ``pix_fmt``: yuv420p (2, 2, 8, False),
+    yuv444p10le (1, 1, 10, False), gbrp (1, 1, 8, True). An encoder refuses a frame whose width or height is not
+    a multiple of the steps."""
     from av.video.format import VideoFormat
 
     try:
@@ -348,7 +362,65 @@ def _chroma_steps(pix_fmt: str) -> tuple[int, int]:
     except ValueError:
         raise VideoError(f"--pix-fmt {pix_fmt!r} is not a pixel format FFmpeg knows (e.g. yuv420p, yuv444p, yuv420p10le)") from None
     chroma = [c for c in fmt.components if c.is_chroma]
-    return (16 // min(c.width for c in chroma), 16 // min(c.height for c in chroma)) if chroma else (1, 1)
+    steps = (16 // min(c.width for c in chroma), 16 // min(c.height for c in chroma)) if chroma else (1, 1)
+    return (*steps, max(c.bits for c in fmt.components), bool(fmt.is_rgb))
+
+
+def _output_format(codec: str, pix_fmt: str | None, deep_input: bool) -> str:
+    """The pixel format to encode: ``pix_fmt`` if the codec takes it (else a clear error); by default the input's
+    depth in 4:2:0 (yuv420p, or yuv420p10le for an input of more than 8 bits), or the codec's first format when
+    it takes neither (e.g. prores_ks: yuv422p10le)."""
+    import av
+
+    try:
+        formats = [f.name for f in (av.Codec(codec, "w").video_formats or ())]
+    except (av.error.FFmpegError, ValueError) as e:  # an unknown name: UnknownCodecError, a ValueError
+        raise VideoError(f"unknown or unavailable codec {codec!r}: {e}") from None
+    if pix_fmt is None:
+        want = "yuv420p10le" if deep_input else "yuv420p"
+        return want if not formats or want in formats else formats[0]
+    if formats and pix_fmt not in formats:
+        raise VideoError(f"{codec} cannot encode --pix-fmt {pix_fmt}; it takes {', '.join(formats)}")
+    return pix_fmt
+
+
+# The stream's matrix tag (AVColorSpace) -> swscale's number for it (SWS_CS_*: PyAV's Colorspace, whose names differ
+# between releases); untagged or anything else: BT.601, swscale's default, and the output is then tagged BT.601
+# (SMPTE 170M), so that a player does not guess another matrix for its size (SD and HD guesses differ).
+_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}  # BT.709, FCC, BT.601 (BT470BG, SMPTE 170M), SMPTE 240M, BT.2020
+_MATRIX_TAG = {1: 1, 4: 4, 5: 6, 7: 7, 9: 9}
+
+
+class _Colour:
+    """How frames cross between the codecs' Y'CbCr and :func:`vdsr_fast.upscale`'s RGB.
+
+    Both ways with the input's matrix and range, explicitly (PyAV decodes with the frame's tags but encodes an
+    RGB frame with swscale's defaults, BT.601 limited range: a BT.709 or full-range input came out with shifted
+    colours); the output is tagged with that matrix and range and the input's primaries and transfer, which
+    nothing here converts. RGB frames have 16 bits a channel (rgb48le, uint16) when the input or the output has
+    more than 8 bits a sample, else 8 (rgb24).
+    """
+
+    def __init__(self, ctx, pix_fmt: str, deep: bool, rgb_out: bool) -> None:
+        self.matrix = _MATRIX.get(int(ctx.colorspace or 0), 5)
+        self.range = int(ctx.color_range or 0) or 1  # 1 = MPEG (limited), 2 = JPEG (full); untagged: limited
+        self.tags = (int(ctx.color_primaries or 2), int(ctx.color_trc or 2))  # 2 = unspecified
+        self.pix_fmt, self.rgb_out = pix_fmt, rgb_out
+        self.rgb = "rgb48le" if deep else "rgb24"
+
+    def to_rgb(self, frame) -> np.ndarray:
+        return frame.to_ndarray(format=self.rgb, src_colorspace=self.matrix, src_color_range=self.range)
+
+    def from_rgb(self, av, rgb: np.ndarray):
+        frame = av.VideoFrame.from_ndarray(rgb, format=self.rgb)
+        if self.rgb_out:  # gbrp and the like: the encoder repacks the planes, no matrix
+            return frame
+        return frame.reformat(format=self.pix_fmt, dst_colorspace=self.matrix, dst_color_range=self.range)
+
+    def tag(self, ctx) -> None:
+        ctx.color_primaries, ctx.color_trc = self.tags
+        if not self.rgb_out:
+            ctx.colorspace, ctx.color_range = _MATRIX_TAG[self.matrix], self.range
 
 
 def _damage_report(pipe: _Pipe, frames: int, expected: int, start: float, duration: float | None, rate: Fraction) -> str | None:
@@ -381,7 +453,7 @@ def upscale_video(
     *,
     codec: str = "libx264",
     crf: int | None = 18,
-    pix_fmt: str = "yuv420p",
+    pix_fmt: str | None = None,
     preset: str | None = None,
     batch: int = 4,
     device: str | torch.device | None = None,
@@ -418,6 +490,11 @@ def upscale_video(
     be opened at all (e.g. an MP4 cut before its index, the ``moov`` atom at its end), has no video
     stream or yields no video frame is an error.
 
+    Colours cross to RGB and back with the input's Y'CbCr matrix and range, which the output is tagged with
+    (:class:`_Colour`). ``pix_fmt`` (the encoded pixel format) defaults to the input's depth in 4:2:0:
+    ``yuv420p``, or ``yuv420p10le`` for an input of more than 8 bits a sample (the frames then cross as 16-bit
+    RGB), or the codec's first format when it takes neither.
+
     ``backend``, ``dtype``, ``tile``, ``max_memory``, ``tune`` and ``fused_color`` are :func:`vdsr_fast.upscale`'s.
 
     Raises :class:`VideoError` for a missing or unreadable input, an existing ``dst`` without
@@ -443,7 +520,8 @@ def upscale_video(
         raise VideoError(f"{dst.parent}: {what}")
     if not dst.suffix:
         raise VideoError(f"{dst}: give the output a container suffix (.mp4, .mkv, .mov...)")
-    step_x, step_y = _chroma_steps(pix_fmt)
+    if pix_fmt is not None:
+        _format_info(pix_fmt)  # an unknown name: an error before the input is opened
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if fused_color:
         from .engine import _why_unavailable
@@ -454,15 +532,22 @@ def upscale_video(
     kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory, "tune": tune, "fused_color": fused_color}
 
     inp = _open_input(av, src)
-    ctx = inp.streams.video[0].codec_context
-    w, h = ctx.width, ctx.height
-    if (w * s) % step_x or (h * s) % step_y:
+    try:
+        ctx = inp.streams.video[0].codec_context
+        w, h = ctx.width, ctx.height
+        deep_input = ctx.pix_fmt is not None and _format_info(ctx.pix_fmt)[2] > 8
+        pix_fmt = _output_format(codec, pix_fmt, deep_input)
+        step_x, step_y, bits, rgb_out = _format_info(pix_fmt)
+        if (w * s) % step_x or (h * s) % step_y:
+            raise VideoError(
+                f"{src}: the {w * s}x{h * s} output cannot be encoded as {pix_fmt}: its chroma is sampled every "
+                f"{step_x}x{step_y} pixels, so the width and height must be multiples of {step_x} and {step_y}; pass "
+                f"--pix-fmt yuv444p (full chroma) or another --scale"
+            )
+    except VideoError:
         inp.close()
-        raise VideoError(
-            f"{src}: the {w * s}x{h * s} output cannot be encoded as {pix_fmt}: its chroma is sampled every {step_x}x{step_y} "
-            f"pixels, so the width and height must be multiples of {step_x} and {step_y}; pass --pix-fmt yuv444p (full "
-            f"chroma) or another --scale"
-        )
+        raise
+    colour = _Colour(ctx, pix_fmt, deep_input or bits > 8, rgb_out)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
     except OSError as e:
@@ -486,6 +571,7 @@ def upscale_video(
                 raise VideoError(f"unknown or unavailable codec {codec!r}: {e}") from None
             ostream.width, ostream.height = w * s, h * s
             ostream.pix_fmt = pix_fmt
+            colour.tag(ostream.codec_context)
             if vin.time_base is not None:
                 ostream.time_base = vin.time_base
                 ostream.codec_context.time_base = vin.time_base
@@ -509,8 +595,8 @@ def upscale_video(
             t0 = time.perf_counter()
             threads = [
                 _worker(pipe, _reader, av, inp, vin, set(stream_map), batch),
-                _worker(pipe, _upscaler, s, model, device, kw),
-                _worker(pipe, _writer, av, out, ostream, stream_map, bar),
+                _worker(pipe, _upscaler, s, model, device, kw, colour),
+                _worker(pipe, _writer, av, out, ostream, stream_map, bar, colour),
             ]
             try:
                 while any(t.is_alive() for t in threads):
@@ -553,6 +639,8 @@ def upscale_video(
         "fps": frames / seconds if seconds > 0 else float("nan"),
         "size_in": (w, h),
         "size_out": (w * s, h * s),
+        "pix_fmt": pix_fmt,
+        "bits": 16 if colour.rgb == "rgb48le" else 8,  # per RGB channel through the upscale
         "copied_streams": kinds,
         "damaged": damaged,
         "device": str(device),
@@ -577,8 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", default="libx264", help="video encoder (default: libx264, i.e. H.264)")
     p.add_argument("--crf", type=int, default=18, help="constant rate factor for x264/x265-style encoders (default: 18; -1: encoder default)")
     p.add_argument("--preset", help="encoder preset, e.g. veryfast, slow")
-    p.add_argument("--pix-fmt", default="yuv420p",
-                   help="encoded pixel format (default: yuv420p, which needs an even output size; yuv444p takes any)")
+    p.add_argument("--pix-fmt", default=None,
+                   help="encoded pixel format (default: yuv420p, or yuv420p10le for an input of more than 8 bits; "
+                        "4:2:0 needs an even output size, yuv444p takes any)")
     p.add_argument("--batch", "-b", type=int, default=4, help="frames per upscale call (default: 4)")
     p.add_argument("--tile", type=int, help="upscale in output tiles of this size (exact; saves memory)")
     p.add_argument("--max-memory", type=float, help="working-memory budget per batch in GiB (chooses the tile size)")
@@ -618,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = f", copied {', '.join(r['copied_streams'])}" if r["copied_streams"] else ""
     if r["gpu_busy_fraction"] is not None:
         extra += f", GPU busy {100 * r['gpu_busy_fraction']:.0f}% of the time"
-    print(f"{r['input']} ({w}x{h}) -> {r['output']} ({W}x{H}), {r['frames']} frames in {r['seconds']:.1f} s ({r['fps']:.2f} fps) on {r['device']}{extra}")
+    print(f"{r['input']} ({w}x{h}) -> {r['output']} ({W}x{H} {r['pix_fmt']}), {r['frames']} frames in {r['seconds']:.1f} s ({r['fps']:.2f} fps) on {r['device']}{extra}")
     return 0
 
 
