@@ -342,3 +342,30 @@ def test_output_format_follows_the_codec():
         _output_format("mpeg4", "yuv444p", False)
     with pytest.raises(VideoError, match="unknown or unavailable codec 'no-such-codec'"):
         _output_format("no-such-codec", None, False)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_rotation_aspect_ratio_and_metadata_are_kept(tmp_path, weights, suffix):
+    """A phone clip (rotated 90 degrees by its display matrix), anamorphic pixels and tags: the output had none of
+    them, so it played sideways and stretched, without its title."""
+    src, out = tmp_path / f"phone{suffix}", tmp_path / f"out{suffix}"
+    with av.open(str(src), "w") as c:
+        c.metadata["title"], c.metadata["comment"] = "My film", "keep me"
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 32, 16, "yuv420p"
+        v.codec_context.sample_aspect_ratio = Fraction(32, 27)
+        v.metadata["language"], v.metadata["title"] = "fra", "main video"
+        v.set_display_rotation(90)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(np.full((16, 32, 3), 100, np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 10)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+    assert _run(src, out, "--weights", weights) == 0
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        meta = {k.lower(): val for k, val in c.metadata.items()}
+        assert meta["title"] == "My film" and meta["comment"] == "keep me"
+        assert v.metadata["language"] == "fra" and (v.metadata.get("title") or v.metadata.get("name")) == "main video"
+        assert v.codec_context.sample_aspect_ratio == Fraction(32, 27)
+        assert next(c.decode(video=0)).rotation == 90

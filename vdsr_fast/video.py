@@ -130,6 +130,10 @@ def _copy_metadata(st, ost) -> None:
         ost.metadata["title"] = title
 
 
+# Container metadata the output's muxer writes itself (MP4 brands, the muxing library).
+_MUXER_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder"}
+
+
 def _copy_stream(av, out, st):
     """Add an output stream for the audio/subtitle stream ``st``: ``(stream, converter, label)``, or None.
 
@@ -177,12 +181,14 @@ class _Pipe:
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.frames = 0  # frames encoded so far
+        self.frames_read = 0  # frames decoded so far
         self.read_error: BaseException | None = None  # a demuxer error that ended the input early
         self.decode_errors = 0  # video packets the decoder rejected (skipped)
         self.decode_error: BaseException | None = None  # the last of them
         self.corrupt = 0  # packets the demuxer flagged as corrupt (e.g. cut short by the end of the file)
         self.end = 0.0  # the latest packet end time read from the input, in seconds
         self.gpu_spans: list = []  # (start, end) CUDA events around each batch's network work
+        self.display_matrix: list[int] | None = None  # the first frame's rotation/flip (set before it is queued)
 
     def gpu_busy_seconds(self) -> float | None:
         """GPU time spent upscaling (sum over batches, read once the run is over), None on a CPU."""
@@ -267,6 +273,9 @@ def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int) -> Non
                 continue
             decoding = decoded(packet)
         for frame in decoding:
+            if pipe.frames_read == 0 and (m := frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)) is not None:
+                pipe.display_matrix = np.frombuffer(bytes(m), dtype=np.int32, count=9).tolist()
+            pipe.frames_read += 1
             frames.append(frame)
             if len(frames) == batch:
                 pipe.put(pipe.decoded, ("frames", frames))
@@ -324,6 +333,10 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress,
         if done is not None:
             done.synchronize()
             arr = arr.numpy()
+        if index == 0 and pipe.display_matrix is not None:
+            # A phone's rotation (or a mirror) is a display matrix on the stream: kept, so the output is not shown
+            # sideways. The reader set it before it queued the first frame; the header goes out with the first packet.
+            ostream.set_display_matrix(pipe.display_matrix)
         for rgb, (pts, time_base) in zip(arr, meta, strict=True):
             frame = colour.from_rgb(av, rgb)
             frame.pts = index if pts is None else pts
@@ -470,7 +483,8 @@ def upscale_video(
     and on a GPU ``gpu_busy_fraction``: the share of the wall time the GPU spent upscaling).
 
     The first video stream is upscaled, audio and subtitle streams are copied, frame timestamps are
-    kept. The output is written to a hidden temporary file beside ``dst`` and renamed to ``dst`` only
+    kept, and so are the rotation (display matrix), the sample aspect ratio, the video stream's language and
+    title and the container's tags. The output is written to a hidden temporary file beside ``dst`` and renamed to ``dst`` only
     once complete: on any error neither ``dst`` nor the temporary file is left behind.
 
     Streams the output container cannot hold (its muxer refuses the codec):
@@ -572,6 +586,12 @@ def upscale_video(
             ostream.width, ostream.height = w * s, h * s
             ostream.pix_fmt = pix_fmt
             colour.tag(ostream.codec_context)
+            if vin.codec_context.sample_aspect_ratio:  # anamorphic video stays anamorphic (both sides scale by s)
+                ostream.codec_context.sample_aspect_ratio = vin.codec_context.sample_aspect_ratio
+            _copy_metadata(vin, ostream)
+            for key, value in inp.metadata.items():  # title, comment, creation time...; not what the muxer writes
+                if key.lower() not in _MUXER_KEYS:
+                    out.metadata[key] = value
             if vin.time_base is not None:
                 ostream.time_base = vin.time_base
                 ostream.codec_context.time_base = vin.time_base
