@@ -334,7 +334,9 @@ def upscale(
             raise ValueError(f"upscale: fused_color=True needs Triton on this device: {why}")
         fused_color = c in (1, 3) and img.dtype != torch.float64
 
-    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+    # On the frame's GPU: Triton launches its kernels (the fused colour ones here) on the current device.
+    on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
+    with on_device, torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         engine = get_engine(model, batch.device, backend, dtype, cuda_graphs, tune)
         radius = tiling.receptive_radius(model)
         H, W = h * s, w * s
