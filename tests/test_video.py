@@ -334,14 +334,20 @@ def test_10_bit_input_stays_10_bit(tmp_path, zero_residual):
 def test_output_format_follows_the_codec():
     from vdsr_fast.video import VideoError, _output_format
 
-    assert _output_format("libx264", None, False) == "yuv420p"
-    assert _output_format("libx264", None, True) == "yuv420p10le"
-    assert _output_format("libx264", "yuv444p", False) == "yuv444p"
-    assert _output_format("prores_ks", None, False) == "yuv422p10le"  # takes no 4:2:0: its first format
+    # (codec, --pix-fmt, input deeper than 8 bits, input with alpha) -> the format encoded
+    assert _output_format("libx264", None, False, False) == "yuv420p"
+    assert _output_format("libx264", None, True, False) == "yuv420p10le"
+    assert _output_format("libx264", None, False, True) == "yuv420p"  # no alpha in H.264 (a warning says so)
+    assert _output_format("libx264", "yuv444p", False, False) == "yuv444p"
+    assert _output_format("ffv1", None, False, True) == "yuva420p"
+    assert _output_format("ffv1", None, True, True) == "yuva420p10le"
+    assert _output_format("prores_ks", None, False, False) == "yuv422p10le"  # takes no 4:2:0: its first format
+    assert _output_format("prores_ks", None, False, True) == "yuva444p10le"
+    assert _output_format("qtrle", None, False, True) == "argb"
     with pytest.raises(VideoError, match="mpeg4 cannot encode --pix-fmt yuv444p; it takes yuv420p"):
-        _output_format("mpeg4", "yuv444p", False)
+        _output_format("mpeg4", "yuv444p", False, False)
     with pytest.raises(VideoError, match="unknown or unavailable codec 'no-such-codec'"):
-        _output_format("no-such-codec", None, False)
+        _output_format("no-such-codec", None, False, False)
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
@@ -369,3 +375,28 @@ def test_rotation_aspect_ratio_and_metadata_are_kept(tmp_path, weights, suffix):
         assert v.metadata["language"] == "fra" and (v.metadata.get("title") or v.metadata.get("name")) == "main video"
         assert v.codec_context.sample_aspect_ratio == Fraction(32, 27)
         assert next(c.decode(video=0)).rotation == 90
+
+
+def test_alpha_is_kept_where_the_codec_can_and_a_warning_says_where_not(tmp_path, zero_residual, capsys):
+    src = tmp_path / "alpha.mkv"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("ffv1", rate=10)
+        v.width, v.height, v.pix_fmt = 32, 16, "yuva420p"
+        rgba = np.full((16, 32, 4), 100, np.uint8)
+        rgba[..., 3] = 37
+        for i in range(2):
+            f = av.VideoFrame.from_ndarray(rgba, format="rgba")
+            f.pts, f.time_base = i, Fraction(1, 10)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+    for out, codec, kept in [("out.mkv", "ffv1", "yuva420p"), ("out.mov", "qtrle", "argb"), ("out.mp4", "libx264", None)]:
+        assert _run(src, tmp_path / out, "--weights", zero_residual, "--codec", codec, "--crf", "-1") == 0
+        err = capsys.readouterr().err
+        with av.open(str(tmp_path / out)) as c:
+            frame = next(c.decode(video=0))
+            got = frame.to_ndarray(format="rgba")
+        if kept:
+            assert frame.format.name == kept and "alpha" not in err
+            assert (got[..., 3] == 37).all() and (np.abs(got[..., :3].astype(int) - 100) <= 1).all()
+        else:
+            assert "has an alpha channel (yuva420p) and libx264 in yuv420p cannot keep it" in err

@@ -379,22 +379,32 @@ def _format_info(pix_fmt: str) -> tuple[int, int, int, bool]:
     return (*steps, max(c.bits for c in fmt.components), bool(fmt.is_rgb))
 
 
-def _output_format(codec: str, pix_fmt: str | None, deep_input: bool) -> str:
-    """The pixel format to encode: ``pix_fmt`` if the codec takes it (else a clear error); by default the input's
-    depth in 4:2:0 (yuv420p, or yuv420p10le for an input of more than 8 bits), or the codec's first format when
-    it takes neither (e.g. prores_ks: yuv422p10le)."""
+def _has_alpha(pix_fmt: str) -> bool:
+    from av.video.format import VideoFormat
+
+    return len(VideoFormat(pix_fmt, 16, 16).components) == 4  # yuva420p, rgba, gbrap...: colour + alpha
+
+
+def _output_format(codec: str, pix_fmt: str | None, deep_input: bool, alpha_input: bool) -> str:
+    """The pixel format to encode: ``pix_fmt`` if the codec takes it (else a clear error). By default the input's
+    depth in 4:2:0 (yuv420p, or yuv420p10le for an input of more than 8 bits), with alpha (yuva420p...) when the
+    input has it and the codec can keep it, or the codec's first such format when it takes neither (e.g.
+    prores_ks: yuv422p10le; qtrle with alpha: argb)."""
     import av
 
     try:
         formats = [f.name for f in (av.Codec(codec, "w").video_formats or ())]
     except (av.error.FFmpegError, ValueError) as e:  # an unknown name: UnknownCodecError, a ValueError
         raise VideoError(f"unknown or unavailable codec {codec!r}: {e}") from None
-    if pix_fmt is None:
-        want = "yuv420p10le" if deep_input else "yuv420p"
-        return want if not formats or want in formats else formats[0]
-    if formats and pix_fmt not in formats:
-        raise VideoError(f"{codec} cannot encode --pix-fmt {pix_fmt}; it takes {', '.join(formats)}")
-    return pix_fmt
+    if pix_fmt is not None:
+        if formats and pix_fmt not in formats:
+            raise VideoError(f"{codec} cannot encode --pix-fmt {pix_fmt}; it takes {', '.join(formats)}")
+        return pix_fmt
+    want = ("yuva420p" if alpha_input else "yuv420p") + ("10le" if deep_input else "")
+    if not formats or want in formats:
+        return want
+    with_alpha = [f for f in formats if _has_alpha(f)] if alpha_input else []
+    return (with_alpha or [f for f in formats if f == want.replace("yuva", "yuv")] or formats)[0]
 
 
 # The stream's matrix tag (AVColorSpace) -> swscale's number for it (SWS_CS_*: PyAV's Colorspace, whose names differ
@@ -411,15 +421,17 @@ class _Colour:
     RGB frame with swscale's defaults, BT.601 limited range: a BT.709 or full-range input came out with shifted
     colours); the output is tagged with that matrix and range and the input's primaries and transfer, which
     nothing here converts. RGB frames have 16 bits a channel (rgb48le, uint16) when the input or the output has
-    more than 8 bits a sample, else 8 (rgb24).
+    more than 8 bits a sample, else 8 (rgb24); with alpha (rgba64le, rgba: upscale() resizes it bicubically) when
+    both the input and the output format have it.
     """
 
-    def __init__(self, ctx, pix_fmt: str, deep: bool, rgb_out: bool) -> None:
+    def __init__(self, ctx, pix_fmt: str, deep: bool, rgb_out: bool, alpha: bool) -> None:
         self.matrix = _MATRIX.get(int(ctx.colorspace or 0), 5)
         self.range = int(ctx.color_range or 0) or 1  # 1 = MPEG (limited), 2 = JPEG (full); untagged: limited
         self.tags = (int(ctx.color_primaries or 2), int(ctx.color_trc or 2))  # 2 = unspecified
         self.pix_fmt, self.rgb_out = pix_fmt, rgb_out
-        self.rgb = "rgb48le" if deep else "rgb24"
+        self.rgb = ("rgba64le" if deep else "rgba") if alpha else ("rgb48le" if deep else "rgb24")
+        self.deep = deep
 
     def to_rgb(self, frame) -> np.ndarray:
         return frame.to_ndarray(format=self.rgb, src_colorspace=self.matrix, src_color_range=self.range)
@@ -507,7 +519,9 @@ def upscale_video(
     Colours cross to RGB and back with the input's Y'CbCr matrix and range, which the output is tagged with
     (:class:`_Colour`). ``pix_fmt`` (the encoded pixel format) defaults to the input's depth in 4:2:0:
     ``yuv420p``, or ``yuv420p10le`` for an input of more than 8 bits a sample (the frames then cross as 16-bit
-    RGB), or the codec's first format when it takes neither.
+    RGB), with alpha (``yuva420p``...) for an input with alpha when the codec can keep it, or the codec's first
+    such format when it takes neither. Alpha is upscaled bicubically; a codec that cannot keep it drops it, with a
+    warning.
 
     ``backend``, ``dtype``, ``tile``, ``max_memory``, ``tune`` and ``fused_color`` are :func:`vdsr_fast.upscale`'s.
 
@@ -550,7 +564,8 @@ def upscale_video(
         ctx = inp.streams.video[0].codec_context
         w, h = ctx.width, ctx.height
         deep_input = ctx.pix_fmt is not None and _format_info(ctx.pix_fmt)[2] > 8
-        pix_fmt = _output_format(codec, pix_fmt, deep_input)
+        alpha_input = ctx.pix_fmt is not None and _has_alpha(ctx.pix_fmt)
+        pix_fmt = _output_format(codec, pix_fmt, deep_input, alpha_input)
         step_x, step_y, bits, rgb_out = _format_info(pix_fmt)
         if (w * s) % step_x or (h * s) % step_y:
             raise VideoError(
@@ -561,7 +576,11 @@ def upscale_video(
     except VideoError:
         inp.close()
         raise
-    colour = _Colour(ctx, pix_fmt, deep_input or bits > 8, rgb_out)
+    alpha = alpha_input and _has_alpha(pix_fmt)
+    if alpha_input and not alpha:
+        _warn(f"{src} has an alpha channel ({ctx.pix_fmt}) and {codec} in {pix_fmt} cannot keep it: the output has the "
+              "colour only (ffv1, libvpx-vp9, prores_ks, qtrle and png keep alpha)")  # fmt: skip
+    colour = _Colour(ctx, pix_fmt, deep_input or bits > 8, rgb_out, alpha)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
     except OSError as e:
@@ -660,7 +679,8 @@ def upscale_video(
         "size_in": (w, h),
         "size_out": (w * s, h * s),
         "pix_fmt": pix_fmt,
-        "bits": 16 if colour.rgb == "rgb48le" else 8,  # per RGB channel through the upscale
+        "bits": 16 if colour.deep else 8,  # per RGB(A) channel through the upscale
+        "alpha": colour.rgb.startswith("rgba"),
         "copied_streams": kinds,
         "damaged": damaged,
         "device": str(device),
