@@ -63,6 +63,56 @@ def test_upscale_formats(tmp_path, capsys, weights, suffix, channels, dtype):
         assert np.abs(res[..., -1] / peak - alpha.numpy()).max() <= 0.5 / peak + 1e-9
 
 
+def _icc_profile() -> bytes:
+    """A real sRGB ICC profile (Pillow's littleCMS), or bytes that only stand in for one."""
+    try:
+        from PIL import ImageCms
+
+        return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    except Exception:
+        return b"\x00\x00\x02\x0cstand-in profile" * 8
+
+
+@pytest.mark.parametrize(
+    "suffix, channels, dtype",
+    [(".png", 3, np.uint8), (".png", 3, np.uint16), (".png", 1, np.uint16), (".jpg", 3, np.uint8),
+     (".tif", 3, np.uint16), (".tif", 3, np.uint8), (".bmp", 3, np.uint8)],
+)  # fmt: skip
+def test_colour_profile_and_resolution_are_kept(tmp_path, capsys, weights, suffix, channels, dtype):
+    """The ICC profile (a wide-gamut photo without its profile shows desaturated) and the dots per inch, scaled
+    with the pixels so the print size stays: both were dropped. BMP holds no profile."""
+    from vdsr_fast.images import image_info
+
+    icc = _icc_profile()
+    src, dst = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
+    arr = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, size=(5, 4, channels)).astype(dtype)
+    write_image(src, arr, icc_profile=icc, dpi=(300.0, 150.0))
+    assert image_info(src) == {"icc_profile": None if suffix == ".bmp" else icc, "dpi": pytest.approx((300.0, 150.0), abs=0.5)}
+    code, out, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--scale", "2", "--weights", weights)
+    assert code == 0, out
+    assert image_info(dst) == {"icc_profile": None if suffix == ".bmp" else icc, "dpi": pytest.approx((600.0, 300.0), abs=0.5)}
+    assert read_image(dst).shape == (10, 8, channels)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path, capsys, weights, orientation):
+    """A phone photo is stored sideways with an EXIF orientation: read upright, as viewers show it (the output,
+    which has no EXIF, came out sideways)."""
+    from PIL import Image, ImageOps
+
+    arr = np.random.default_rng(1).integers(0, 256, size=(6, 10, 3)).astype(np.uint8)
+    src = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(arr).save(src, exif=exif.tobytes(), quality=100)
+    with Image.open(src) as im:
+        want = np.asarray(ImageOps.exif_transpose(im))
+    np.testing.assert_array_equal(read_image(src), want)
+    dst = tmp_path / "out.png"
+    code, out, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--scale", "2", "--weights", weights)
+    assert code == 0 and read_image(dst).shape == (2 * want.shape[0], 2 * want.shape[1], 3)
+
+
 def test_refuses_to_overwrite_without_force(tmp_path, capsys, weights):
     src, dst = tmp_path / "a.png", tmp_path / "b.png"
     write_image(src, np.zeros((4, 4, 3), np.uint8))

@@ -70,7 +70,7 @@ def _engine(args):
 
 def cmd_upscale(args) -> int:
     from .api import upscale
-    from .images import ImageReadError, read_image, write_image
+    from .images import ImageReadError, image_info, read_image, write_image
     from .imaging import imresize
 
     src, dst = Path(args.input), Path(args.output)
@@ -80,6 +80,7 @@ def cmd_upscale(args) -> int:
         raise CliError(f"{dst.parent}: output folder does not exist")
     try:
         arr = read_image(src)
+        info = image_info(src)
     except ImageReadError as e:
         raise CliError(str(e)) from None
     model, engine = _engine(args)
@@ -100,7 +101,9 @@ def cmd_upscale(args) -> int:
     result = out.permute(1, 2, 0).cpu().numpy().astype(arr.dtype)
     elapsed = time.perf_counter() - t0
     try:
-        write_image(dst, result)
+        # The colour profile carries over; the resolution scales with the pixels, so the print size stays.
+        dpi = tuple(d * args.scale for d in info["dpi"]) if info["dpi"] else None
+        write_image(dst, result, icc_profile=info["icc_profile"], dpi=dpi)
     except (ValueError, OSError) as e:
         raise CliError(f"cannot write {dst}: {e}") from None
     h, w = arr.shape[:2]

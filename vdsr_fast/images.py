@@ -2,7 +2,9 @@
 
 Pillow reads and writes most files; it cannot hold 16-bit color, so 16-bit RGB(A) and gray+alpha PNGs go through
 pypng and 16-bit TIFFs through tifffile (both small pure-Python packages).
-Arrays are numpy ``(H, W, C)`` uint8 or uint16, C in {1, 2, 3, 4}.
+Arrays are numpy ``(H, W, C)`` uint8 or uint16, C in {1, 2, 3, 4}, upright: an EXIF orientation (a phone photo
+stored sideways) is applied on reading. :func:`image_info` reads what a file says about its pixels beyond the
+array (the ICC colour profile, the resolution in dots per inch), which :func:`write_image` can write back.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "read_image", "write_image", "IMAGE_SUFFIXES"]
+__all__ = ["ImageReadError", "read_image", "write_image", "image_info", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -84,8 +86,40 @@ def _read_tiff(path: Path) -> np.ndarray | None:
     return arr
 
 
+def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """``arr`` (H, W, C) as a viewer shows a file with this EXIF orientation (Pillow's ``ImageOps.exif_transpose``)."""
+    if orientation in (2, 4, 5, 7):  # mirrored: flip left-right first
+        arr = arr[:, ::-1]
+    turns = {3: 2, 4: 2, 5: 1, 6: 3, 7: 3, 8: 1}.get(orientation, 0)  # then quarter turns counter-clockwise
+    return np.rot90(arr, turns) if turns else arr
+
+
+def _exif_orientation(path: Path) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(0x0112, 1))  # 0x0112: Orientation
+    except Exception:  # no EXIF, or metadata Pillow cannot parse: as stored
+        return 1
+
+
+def image_info(path: str | os.PathLike) -> dict:
+    """``{"icc_profile": bytes or None, "dpi": (x, y) or None}`` of an image file (the pixels are not decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            icc, dpi = im.info.get("icc_profile"), im.info.get("dpi")
+    except Exception:  # a file only tifffile/pypng read, or no metadata: nothing to keep
+        return {"icc_profile": None, "dpi": None}
+    dpi = tuple(float(d) for d in dpi) if dpi and all(d and d > 0 for d in dpi) else None
+    return {"icc_profile": icc or None, "dpi": dpi}
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as ``(H, W, C)`` uint8 or uint16 (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA)."""
+    """Read an image file as ``(H, W, C)`` uint8 or uint16 (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA), upright (its
+    EXIF orientation applied, as viewers show it)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -122,14 +156,37 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         arr = arr[:, :, None]
     if arr.size == 0:
         raise ImageReadError(f"{path}: the image is empty ({arr.shape})")
+    arr = _upright(arr, _exif_orientation(path))
     return np.array(arr, order="C")  # a writable copy (Pillow's arrays are read-only)
 
 
-def write_image(path: str | os.PathLike, arr: np.ndarray, *, quality: int = 95) -> None:
+def _png_add_icc(path: str, icc: bytes) -> None:
+    """Insert an iCCP chunk (the profile, zlib-compressed) before the first IDAT of the PNG at ``path`` (pypng
+    writes no iCCP itself)."""
+    import zlib
+
+    import png
+
+    chunks = list(png.Reader(filename=path).chunks())
+    at = next(i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT")
+    chunks.insert(at, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    with open(path, "wb") as f:
+        png.write_chunks(f, chunks)
+
+
+def write_image(
+    path: str | os.PathLike,
+    arr: np.ndarray,
+    *,
+    quality: int = 95,
+    icc_profile: bytes | None = None,
+    dpi: tuple[float, float] | None = None,
+) -> None:
     """Write ``(H, W, C)`` uint8/uint16 to ``path`` (format from the suffix), atomically.
 
     The data goes to a temporary file in the same folder that is renamed at the end, so an interrupted
-    run never leaves a half-written file under the final name.
+    run never leaves a half-written file under the final name. ``icc_profile`` (PNG, JPEG, TIFF; BMP holds
+    none) and ``dpi`` are written with it when given (see :func:`image_info`).
     """
     from PIL import Image
 
@@ -147,19 +204,32 @@ def write_image(path: str | os.PathLike, arr: np.ndarray, *, quality: int = 95) 
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(tmp, arr[:, :, 0] if arr.shape[2] == 1 else arr, photometric="minisblack" if arr.shape[2] <= 2 else "rgb")
+            extra = {"iccprofile": icc_profile} if icc_profile else {}
+            if dpi:
+                extra.update(resolution=dpi, resolutionunit="INCH")
+            tifffile.imwrite(tmp, arr[:, :, 0] if arr.shape[2] == 1 else arr,
+                             photometric="minisblack" if arr.shape[2] <= 2 else "rgb", **extra)  # fmt: skip
         elif arr.dtype == np.uint16:  # Pillow cannot write 16-bit color; pypng writes every 16-bit PNG
             import png
 
             h, w, c = arr.shape
-            writer = png.Writer(w, h, greyscale=c <= 2, alpha=c in (2, 4), bitdepth=16)
+            phys = {"x_pixels_per_unit": round(dpi[0] / 0.0254), "y_pixels_per_unit": round(dpi[1] / 0.0254),
+                    "unit_is_meter": True} if dpi else {}  # fmt: skip
+            writer = png.Writer(w, h, greyscale=c <= 2, alpha=c in (2, 4), bitdepth=16, **phys)
             with open(tmp, "wb") as f:
                 writer.write(f, arr.reshape(h, w * c))
+            if icc_profile:
+                _png_add_icc(tmp, icc_profile)
         else:
             im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)  # uint8: L, LA, RGB, RGBA
             if suffix in (".jpg", ".jpeg") and im.mode in ("LA", "RGBA"):
                 raise ValueError(f"{path}: JPEG cannot store an alpha channel; use .png or .tif")
-            im.save(tmp, quality=quality) if suffix in (".jpg", ".jpeg") else im.save(tmp)
+            extra = {"icc_profile": icc_profile} if icc_profile and suffix != ".bmp" else {}
+            if dpi:
+                extra["dpi"] = dpi
+            if suffix in (".jpg", ".jpeg"):
+                extra["quality"] = quality
+            im.save(tmp, **extra)
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
