@@ -113,6 +113,58 @@ def test_exif_orientation_is_applied(tmp_path, capsys, weights, orientation):
     assert code == 0 and read_image(dst).shape == (2 * want.shape[0], 2 * want.shape[1], 3)
 
 
+def test_upscale_a_batch_of_images_and_folders(tmp_path, capsys, weights):
+    """Folders and files in, one output folder out (made when missing), each image under its own name; a file that
+    cannot be read is reported and the rest still written (exit status 2); nothing is overwritten without --force."""
+    photos, more, out = tmp_path / "photos", tmp_path / "more", tmp_path / "out"
+    photos.mkdir()
+    more.mkdir()
+    rng = np.random.default_rng(0)
+    write_image(photos / "a.png", rng.integers(0, 256, (5, 4, 3)).astype(np.uint8))
+    write_image(photos / "b.tif", rng.integers(0, 65536, (3, 6, 1)).astype(np.uint16))
+    (photos / "notes.txt").write_text("not an image: skipped")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    write_image(more / "c.jpg", rng.integers(0, 256, (4, 4, 3)).astype(np.uint8))
+    code, stdout, err = _run(capsys, "upscale", str(photos), str(more / "c.jpg"), "-o", str(out), "--scale", "2",
+                             "--weights", weights, "--quiet")  # fmt: skip
+    assert code == 2 and "broken.jpg: cannot read image" in err and "3 of 4 images" in stdout and "1 failed" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.tif", "c.jpg"]
+    assert read_image(out / "a.png").shape == (10, 8, 3) and read_image(out / "b.tif").shape == (6, 12, 1)
+    (photos / "broken.jpg").unlink()
+    before = (out / "a.png").read_bytes()
+    code, _, err = _run(capsys, "upscale", str(photos), "-o", str(out), "--weights", weights, "--quiet")
+    assert code == 2 and "2 of the 2 outputs exist (first: " in err and (out / "a.png").read_bytes() == before
+    code, stdout, _ = _run(capsys, "upscale", str(photos), "-o", str(out), "--weights", weights, "--quiet", "--force")
+    assert code == 0 and "2 of 2 images" in stdout
+
+
+def test_batch_refusals(tmp_path, capsys, weights):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for folder in (a, b):
+        write_image(folder / "same.png", np.zeros((4, 4, 3), np.uint8))
+    cases = [
+        ((str(a), "-o", str(a)), "would be overwritten by its own upscale"),  # into its own folder
+        ((str(a), str(b), "-o", str(tmp_path / "out")), "would both be written to"),  # two same.png
+        ((str(a), "-o", str(a / "same.png")), "is a file; with several inputs or a folder, --output is a folder"),
+        ((str(tmp_path / "missing"), str(a), "-o", str(tmp_path / "out")), "no such file or folder"),
+        ((str(tmp_path), "-o", str(tmp_path / "out")), "no image in this folder"),
+        ((str(a), "-o", str(tmp_path / "no" / "out")), "output folder does not exist"),
+    ]
+    for argv, message in cases:
+        code, _, err = _run(capsys, "upscale", *argv, "--weights", weights)
+        assert code == 2 and message in err, (argv, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_image_into_a_folder_keeps_its_name(tmp_path, capsys, weights):
+    write_image(tmp_path / "in.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "out").mkdir()
+    code, _, _ = _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--weights", weights)
+    assert code == 0 and read_image(tmp_path / "out" / "in.png").shape == (8, 8, 3)
+
+
 def test_refuses_to_overwrite_without_force(tmp_path, capsys, weights):
     src, dst = tmp_path / "a.png", tmp_path / "b.png"
     write_image(src, np.zeros((4, 4, 3), np.uint8))

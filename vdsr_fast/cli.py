@@ -68,33 +68,25 @@ def _engine(args):
         raise CliError(str(e)) from None
 
 
-def cmd_upscale(args) -> int:
+def _upscale_image(src: Path, dst: Path, scale: int, model, model_kw: dict, device: torch.device):
+    """Read ``src``, upscale it, write ``dst`` (keeping the ICC profile, the dpi scaled); returns (in (h, w), out
+    (h, w), seconds of the upscale). Raises ImageReadError / CliError."""
     from .api import upscale
-    from .images import ImageReadError, image_info, read_image, write_image
+    from .images import image_info, read_image, write_image
     from .imaging import imresize
 
-    src, dst = Path(args.input), Path(args.output)
-    if dst.exists() and not args.force:
-        raise CliError(f"{dst} exists; pass --force to overwrite it")
-    if not dst.parent.is_dir():
-        raise CliError(f"{dst.parent}: output folder does not exist")
-    try:
-        arr = read_image(src)
-        info = image_info(src)
-    except ImageReadError as e:
-        raise CliError(str(e)) from None
-    model, engine = _engine(args)
-    model_kw = _engine_kw(args)  # upscale() then finds _engine's engine in the model's cache
+    arr = read_image(src)
+    info = image_info(src)
     x = torch.from_numpy(arr.astype(np.int32) if arr.dtype == np.uint16 else arr).permute(2, 0, 1)
-    x = (x.float() / 65535.0 if arr.dtype == np.uint16 else x).to(engine.device)
+    x = (x.float() / 65535.0 if arr.dtype == np.uint16 else x).to(device)
     t0 = time.perf_counter()
     if x.shape[0] == 2:  # gray + alpha: VDSR on the gray plane, bicubic on alpha
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
-        y = upscale(x[:1], args.scale, model, **model_kw)
-        out = torch.cat([y, imresize(x[1:], args.scale).clamp(0, 1)])
+        y = upscale(x[:1], scale, model, **model_kw)
+        out = torch.cat([y, imresize(x[1:], scale).clamp(0, 1)])
     else:
-        out = upscale(x, args.scale, model, **model_kw)
+        out = upscale(x, scale, model, **model_kw)
     if out.dtype != torch.uint8:  # float path (16-bit input, or gray+alpha)
         peak = 65535.0 if arr.dtype == np.uint16 else 255.0
         out = (out.clamp(0, 1) * peak + 0.5).floor()
@@ -102,13 +94,86 @@ def cmd_upscale(args) -> int:
     elapsed = time.perf_counter() - t0
     try:
         # The colour profile carries over; the resolution scales with the pixels, so the print size stays.
-        dpi = tuple(d * args.scale for d in info["dpi"]) if info["dpi"] else None
+        dpi = tuple(d * scale for d in info["dpi"]) if info["dpi"] else None
         write_image(dst, result, icc_profile=info["icc_profile"], dpi=dpi)
     except (ValueError, OSError) as e:
         raise CliError(f"cannot write {dst}: {e}") from None
-    h, w = arr.shape[:2]
-    print(f"{src} ({w}x{h}) -> {dst} ({result.shape[1]}x{result.shape[0]}), x{args.scale}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, {elapsed:.2f} s")
-    return 0
+    return arr.shape[:2], result.shape[:2], elapsed
+
+
+def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(source, destination) pairs of a batch: every image file given, and the images directly inside every folder
+    given (sorted), each written to ``out_dir`` under its own name."""
+    from .images import IMAGE_SUFFIXES
+
+    jobs = []
+    for src in inputs:
+        if src.is_dir():
+            files = sorted(f for f in src.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise CliError(f"{src}: no image in this folder ({', '.join(IMAGE_SUFFIXES)})")
+        elif src.is_file():
+            files = [src]
+        else:
+            raise CliError(f"{src}: no such file or folder")
+        jobs += [(f, out_dir / f.name) for f in files]
+    names: dict[Path, Path] = {}
+    for src, dst in jobs:
+        if dst in names:
+            raise CliError(f"{names[dst]} and {src} would both be written to {dst}")
+        names[dst] = src
+        if dst.resolve() == src.resolve():
+            raise CliError(f"{src} would be overwritten by its own upscale: give another --output folder")
+    return jobs
+
+
+def cmd_upscale(args) -> int:
+    from .images import ImageReadError
+
+    inputs = [Path(p) for p in args.input]
+    dst = Path(args.output)
+    batch = len(inputs) > 1 or inputs[0].is_dir()
+    if not batch:
+        if dst.is_dir():
+            dst = dst / inputs[0].name  # `-o folder/`: the input's name inside it
+        if dst.exists() and not args.force:
+            raise CliError(f"{dst} exists; pass --force to overwrite it")
+        if not dst.parent.is_dir():
+            raise CliError(f"{dst.parent}: output folder does not exist")
+        model, engine = _engine(args)
+        try:
+            (h, w), (oh, ow), elapsed = _upscale_image(inputs[0], dst, args.scale, model, _engine_kw(args), engine.device)
+        except ImageReadError as e:
+            raise CliError(str(e)) from None
+        src = inputs[0]
+        print(f"{src} ({w}x{h}) -> {dst} ({ow}x{oh}), x{args.scale}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, {elapsed:.2f} s")
+        return 0
+
+    # A batch: -o is a folder (made if its parent exists); every output is checked before any is written.
+    if dst.exists() and not dst.is_dir():
+        raise CliError(f"{dst} is a file; with several inputs or a folder, --output is a folder")
+    if not dst.parent.is_dir():
+        raise CliError(f"{dst.parent}: output folder does not exist")
+    jobs = _batch_jobs(inputs, dst)
+    existing = [d for _, d in jobs if d.exists()]
+    if existing and not args.force:
+        raise CliError(f"{len(existing)} of the {len(jobs)} outputs exist (first: {existing[0]}); pass --force to overwrite them")
+    dst.mkdir(exist_ok=True)
+    model, engine = _engine(args)
+    from tqdm import tqdm
+
+    failed = []
+    t0 = time.perf_counter()
+    for src, out in tqdm(jobs, desc=f"x{args.scale}", unit="img", disable=args.quiet):
+        try:
+            _upscale_image(src, out, args.scale, model, _engine_kw(args), engine.device)
+        except (ImageReadError, CliError) as e:  # one bad file does not stop the batch
+            failed.append(str(e))
+            tqdm.write(f"vdsr-fast upscale: error: {e}", file=sys.stderr)
+    done = len(jobs) - len(failed)
+    print(f"{done} of {len(jobs)} images -> {dst}, x{args.scale}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, "
+          f"{time.perf_counter() - t0:.1f} s" + (f"; {len(failed)} failed (above)" if failed else ""))  # fmt: skip
+    return 2 if failed else 0
 
 
 def cmd_eval(args) -> int:
@@ -149,9 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in _FORWARDED.items():
         sub.add_parser(name, help=help_text, add_help=False)
 
-    p = sub.add_parser("upscale", help="upscale one image (PNG/JPEG/BMP/TIFF, 8/16-bit, gray/RGB/RGBA)")
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True, help="output image (format from the suffix)")
+    p = sub.add_parser("upscale", help="upscale images (PNG/JPEG/BMP/TIFF, 8/16-bit, gray/RGB/RGBA)")
+    p.add_argument("input", nargs="+", help="an image, or several images and folders (the images directly inside)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image (format from the suffix), or a folder: for a batch, each image under its own name")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (a batch)")
     p.add_argument("--scale", "-s", type=int, default=2, choices=[2, 3, 4])
     p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
     _add_engine_args(p)
