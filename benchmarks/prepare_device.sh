@@ -29,7 +29,7 @@ if [[ $what != carry ]]; then
   rm -rf .whl.tmp
   "$PY" -m pip download --quiet --no-deps --only-binary=:all: --dest .whl.tmp \
     --python-version "${DEVICE_PYTHON:-3.12}" --platform "${DEVICE_PLATFORM:-manylinux_2_28_x86_64}" \
-    "av>=14" "pypng>=0.20220715"
+    "av>=18" "pypng>=0.20220715"
   rm -rf .whl && mv .whl.tmp .whl
 fi
 
