@@ -54,10 +54,11 @@ def test_patch_sampler_is_aligned_and_seeded(tmp_path):
         assert hits, "a sampled pair is not an aligned crop of a training pair"
         used.add(hits[0][1])
     assert len(used) >= 6  # the flips and rotations are drawn
-def test_train_checkpoint_resume_and_weights(tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_train_checkpoint_resume_and_weights(tmp_path, ema):
     data = _images(tmp_path / "data")
     common = dict(data=[str(data)], scales=[2, 3], downsizes=[1.0], patch=12, batch=2, depth=4, channels=8,
-                  eval_set="", ckpt_every=2, warmup=1, lr=1e-3, threads=1, device="cpu")
+                  eval_set="", ckpt_every=2, warmup=1, lr=1e-3, threads=1, device="cpu", ema=ema)
     full = train(TrainConfig(out=str(tmp_path / "a"), steps=4, **common), progress=False)
     train(TrainConfig(out=str(tmp_path / "b"), steps=4, **common), progress=False, until_step=2)
     resumed = train(TrainConfig(out=str(tmp_path / "b"), steps=4, **common), progress=False)
@@ -68,8 +69,28 @@ def test_train_checkpoint_resume_and_weights(tmp_path):
     state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     assert state["step"] == 4 and {"model", "optimizer", "rng", "config", "history"} <= set(state)
     from_ckpt = vdsr_fast.load(tmp_path / "a" / "last.pt")  # a checkpoint loads as weights (no pickle code runs)
-    for ca, cb in zip(ma.layers, from_ckpt.layers):
-        assert torch.equal(ca.weight, cb.weight) and torch.equal(ca.bias, cb.bias)
+    saved = state["ema"] if ema else state["model"]  # with ema the average is what is saved
+    assert ("ema" in state) == bool(ema)
+    for i, conv in enumerate(ma.layers):
+        assert torch.equal(conv.weight, saved[f"layers.{i}.weight"]) and torch.equal(conv.bias, saved[f"layers.{i}.bias"])
+        raw = from_ckpt.layers[i]  # the checkpoint's own weights: the model's, not the average
+        assert torch.equal(raw.weight, state["model"][f"layers.{i}.weight"])
+        assert torch.equal(raw.weight, conv.weight) != bool(ema)
+
+
+def test_ema_is_the_moving_average_of_the_weights(tmp_path):
+    data = _images(tmp_path / "data")
+    start = VDSR(depth=4, channels=8)
+    vdsr_fast.save(start, tmp_path / "start.safetensors")
+    cfg = TrainConfig(data=[str(data)], scales=[2], downsizes=[1.0], patch=12, batch=2, depth=4, channels=8, eval_set="",
+                      warmup=1, lr=1e-2, threads=1, device="cpu", steps=5, ema=0.5, init=str(tmp_path / "start.safetensors"),
+                      out=str(tmp_path / "a"))  # fmt: skip
+    train(cfg, progress=False, until_step=1)
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    d = min(0.5, 2 / 11)  # after one step the decay is still ramping up: (1 + 1) / (10 + 1)
+    w0, w1 = start.layers[0].weight.detach(), state["model"]["layers.0.weight"]
+    assert not torch.equal(w0, w1)
+    torch.testing.assert_close(state["ema"]["layers.0.weight"], d * w0 + (1 - d) * w1, rtol=0, atol=1e-7)
 
 
 def test_train_init_starts_from_given_weights(tmp_path):
