@@ -29,6 +29,7 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -364,25 +365,27 @@ def _open_input(av, path: Path):
     return container
 
 
-def _format_info(pix_fmt: str) -> tuple[int, int, int, bool]:
-    """(chroma step across, chroma step down, bits a sample, RGB?) of ``pix_fmt``: yuv420p (2, 2, 8, False),
-    yuv444p10le (1, 1, 10, False), gbrp (1, 1, 8, True). An encoder refuses a frame whose width or height is not
-    a multiple of the steps."""
+class _Format(NamedTuple):
+    step_x: int  # chroma sampled every step_x x step_y pixels: an encoder refuses other multiples of width/height
+    step_y: int
+    bits: int  # per sample
+    rgb: bool
+    alpha: bool
+
+
+def _format_info(pix_fmt: str) -> _Format:
+    """What the pipeline needs to know of ``pix_fmt``: yuv420p (2, 2, 8, False, False), yuv444p10le (1, 1, 10, ...),
+    gbrp (1, 1, 8, True, False), yuva420p (2, 2, 8, False, True)."""
     from av.video.format import VideoFormat
 
     try:
         fmt = VideoFormat(pix_fmt, 16, 16)
     except ValueError:
         raise VideoError(f"--pix-fmt {pix_fmt!r} is not a pixel format FFmpeg knows (e.g. yuv420p, yuv444p, yuv420p10le)") from None
-    chroma = [c for c in fmt.components if c.is_chroma]
+    comps = fmt.components
+    chroma = [c for c in comps if c.is_chroma]
     steps = (16 // min(c.width for c in chroma), 16 // min(c.height for c in chroma)) if chroma else (1, 1)
-    return (*steps, max(c.bits for c in fmt.components), bool(fmt.is_rgb))
-
-
-def _has_alpha(pix_fmt: str) -> bool:
-    from av.video.format import VideoFormat
-
-    return len(VideoFormat(pix_fmt, 16, 16).components) == 4  # yuva420p, rgba, gbrap...: colour + alpha
+    return _Format(*steps, max(c.bits for c in comps), bool(fmt.is_rgb), len(comps) == 4)  # 4: colour + alpha
 
 
 def _output_format(codec: str, pix_fmt: str | None, deep_input: bool, alpha_input: bool) -> str:
@@ -403,7 +406,7 @@ def _output_format(codec: str, pix_fmt: str | None, deep_input: bool, alpha_inpu
     want = ("yuva420p" if alpha_input else "yuv420p") + ("10le" if deep_input else "")
     if not formats or want in formats:
         return want
-    with_alpha = [f for f in formats if _has_alpha(f)] if alpha_input else []
+    with_alpha = [f for f in formats if _format_info(f).alpha] if alpha_input else []
     return (with_alpha or [f for f in formats if f == want.replace("yuva", "yuv")] or formats)[0]
 
 
@@ -564,24 +567,23 @@ def upscale_video(
     try:
         ctx = inp.streams.video[0].codec_context
         w, h = ctx.width, ctx.height
-        deep_input = ctx.pix_fmt is not None and _format_info(ctx.pix_fmt)[2] > 8
-        alpha_input = ctx.pix_fmt is not None and _has_alpha(ctx.pix_fmt)
-        pix_fmt = _output_format(codec, pix_fmt, deep_input, alpha_input)
-        step_x, step_y, bits, rgb_out = _format_info(pix_fmt)
-        if (w * s) % step_x or (h * s) % step_y:
+        fin = _format_info(ctx.pix_fmt) if ctx.pix_fmt is not None else _Format(1, 1, 8, False, False)
+        pix_fmt = _output_format(codec, pix_fmt, fin.bits > 8, fin.alpha)
+        fout = _format_info(pix_fmt)
+        if (w * s) % fout.step_x or (h * s) % fout.step_y:
             raise VideoError(
                 f"{src}: the {w * s}x{h * s} output cannot be encoded as {pix_fmt}: its chroma is sampled every "
-                f"{step_x}x{step_y} pixels, so the width and height must be multiples of {step_x} and {step_y}; pass "
-                f"--pix-fmt yuv444p (full chroma) or another --scale"
+                f"{fout.step_x}x{fout.step_y} pixels, so the width and height must be multiples of {fout.step_x} and "
+                f"{fout.step_y}; pass --pix-fmt yuv444p (full chroma) or another --scale"
             )
     except VideoError:
         inp.close()
         raise
-    alpha = alpha_input and _has_alpha(pix_fmt)
-    if alpha_input and not alpha:
+    alpha = fin.alpha and fout.alpha
+    if fin.alpha and not alpha:
         _warn(f"{src} has an alpha channel ({ctx.pix_fmt}) and {codec} in {pix_fmt} cannot keep it: the output has the "
               "colour only (ffv1, libvpx-vp9, prores_ks, qtrle and png keep alpha)")  # fmt: skip
-    colour = _Colour(ctx, pix_fmt, deep_input or bits > 8, rgb_out, alpha)
+    colour = _Colour(ctx, pix_fmt, fin.bits > 8 or fout.bits > 8, fout.rgb, alpha)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
     except OSError as e:
