@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,7 +111,7 @@ def test_input_requiring_grad_gives_a_plain_output(tiny_model):
 def test_empty_and_not_a_tensor(tiny_model):
     with pytest.raises(ValueError, match="empty"):
         upscale(torch.rand(0, 3, 4, 4), 2, tiny_model)
-    with pytest.raises(TypeError, match="torch.Tensor"):
+    with pytest.raises(TypeError, match="torch.Tensor or a numpy array"):
         upscale([[0.5]], 2, tiny_model)
     with pytest.raises(TypeError, match="VDSR"):
         upscale(torch.rand(1, 3, 4, 4), 2, model=object())
@@ -379,3 +380,51 @@ def test_weights_made_in_inference_mode(tiny_model):
     x = torch.rand(1, 3, 5, 4)
     torch.testing.assert_close(upscale(x, 2, m), upscale(x, 2, tiny_model), rtol=0, atol=0)
     assert vdsr_fast.get_engine(m, "cpu") is vdsr_fast.get_engine(m, "cpu")
+
+
+def test_numpy_arrays_in_and_out(tiny_model):
+    """An OpenCV-style (H, W, 3) uint8 array: the same result as the tensor, as a numpy array (read-only arrays too,
+    without PyTorch's non-writable warning)."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    want = upscale(torch.from_numpy(img), 2, tiny_model).numpy()
+    got = upscale(img, 2, tiny_model)
+    assert isinstance(got, np.ndarray) and got.dtype == np.uint8 and got.shape == (18, 14, 3)
+    np.testing.assert_array_equal(got, want)
+    frozen = img.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(upscale(frozen, 2, tiny_model), want)
+    out = np.zeros((18, 14, 3), np.uint8)
+    assert upscale(img, 2, tiny_model, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    y = rng.random((6, 5)).astype(np.float32)  # a Y plane
+    np.testing.assert_array_equal(upscale(y, 3, tiny_model), upscale(torch.from_numpy(y), 3, tiny_model).numpy())
+    with pytest.raises(TypeError, match="dtype int32"):
+        upscale(img.astype(np.int32), 2, tiny_model)
+    with pytest.raises(TypeError, match="out must be a numpy array too"):
+        upscale(img, 2, tiny_model, out=torch.zeros(18, 14, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"out has shape \(18, 14, 4\)"):
+        upscale(img, 2, tiny_model, out=np.zeros((18, 14, 4), np.uint8))
+
+
+@pytest.mark.parametrize("layout, shape", [("NHWC", (2, 6, 5, 3)), ("NCHW", (2, 3, 6, 5)), ("NHWC", (6, 5, 4)), ("NCHW", (4, 6, 5))])
+def test_bgr_channel_order(tiny_model, layout, shape):
+    """channel_order="BGR" (BGRA): the RGB result with the colour channels in the input's order, alpha in place."""
+    x = torch.randint(0, 256, shape, dtype=torch.uint8)
+    cdim = -1 if layout == "NHWC" else x.dim() - 3
+    c = x.shape[cdim]
+    swap = torch.tensor([2, 1, 0, 3][:c])
+    rgb = upscale(x.index_select(cdim, swap), 2, tiny_model, layout=layout)
+    got = upscale(x, 2, tiny_model, layout=layout, channel_order="BGR")
+    torch.testing.assert_close(got, rgb.index_select(cdim, swap), rtol=0, atol=0)
+    out = torch.zeros_like(got)
+    assert upscale(x, 2, tiny_model, layout=layout, channel_order="BGR", out=out) is out
+    torch.testing.assert_close(out, got, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="out has shape"):  # checked before any work
+        upscale(x, 2, tiny_model, layout=layout, channel_order="BGR", out=torch.zeros(1, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="channel_order must be 'RGB' or 'BGR'"):
+        upscale(x, 2, tiny_model, channel_order="bgr")

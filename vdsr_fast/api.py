@@ -8,6 +8,7 @@ import numbers
 import threading
 from collections import OrderedDict
 
+import numpy as np
 import torch
 
 from . import tiling
@@ -201,6 +202,45 @@ def _run_window_fused(batch: torch.Tensor, engine: Engine, rows: tiling.Window, 
     return color.finish_frame(engine(y)[:, :, cy, cx], None if cc is None else cc[:, :, cy, cx], dst)
 
 
+def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
+    """:func:`upscale` of a numpy array (on the GPU when there is one; the result a numpy array) or of BGR(A)
+    channels (turned to RGB(A) and back around the call). ``out`` is checked before any work is queued."""
+    numpy_in = isinstance(img, np.ndarray)
+    if numpy_in:
+        if out is not None and not isinstance(out, np.ndarray):
+            raise TypeError(f"upscale: with a numpy img, out must be a numpy array too, got {type(out).__name__}")
+        if img.dtype not in (np.uint8, np.uint16, np.float16, np.float32, np.float64):
+            raise TypeError(f"upscale: img has dtype {img.dtype}; expected uint8, uint16 or a float dtype in [0, 1]")
+        t = torch.from_numpy(img if img.flags.writeable else img.copy())
+        t = t.to("cuda") if torch.cuda.is_available() else t
+    elif torch.is_tensor(img):
+        t = img
+    else:
+        raise TypeError(f"upscale: img must be a torch.Tensor or a numpy array, got {type(img).__name__}")
+    if t.dim() not in (2, 3, 4):  # upscale() says what is wrong
+        return upscale(t, scale, model, **kw)
+    layout = _resolve_layout(t, kw["layout"])
+    cdim = -1 if layout == "NHWC" else t.dim() - 3
+    c = t.shape[cdim] if t.dim() >= 3 else 1
+    perm = torch.tensor([2, 1, 0, 3][:c], device=t.device) if channel_order == "BGR" and c in (3, 4) else None
+    if out is not None:
+        shape = _out_shape(t, layout, _check_scale(scale))
+        if numpy_in and (out.shape != shape or out.dtype != img.dtype):
+            raise ValueError(f"upscale: out has shape {out.shape} and dtype {out.dtype}, expected {shape} and {img.dtype}")
+        if not numpy_in:
+            _check_out(out, t, shape)
+    with torch.cuda.stream(kw["stream"]) if kw["stream"] is not None else contextlib.nullcontext():
+        res = upscale(t if perm is None else t.index_select(cdim, perm), scale, model, **dict(kw, layout=layout))
+        if perm is not None:
+            res = res.index_select(cdim, perm)
+        if numpy_in:
+            res = res.cpu().numpy()
+        if out is None:
+            return res
+        np.copyto(out, res) if numpy_in else out.copy_(res)
+        return out
+
+
 def _index_limit_tile(engine: Engine, n: int, out_h: int, out_w: int, radius: int) -> int | None:
     """The output tile side that keeps every network window within the backend's index limits
     (``Engine.max_pixels``, ``max_batch_pixels``), or None when the whole frame fits."""
@@ -252,6 +292,7 @@ def upscale(
     cuda_graphs: bool | None = None,
     tune: bool = False,
     fused_color: bool = False,
+    channel_order: str = "RGB",
 ) -> torch.Tensor:
     """Super-resolve ``img`` by ``scale`` with VDSR.
 
@@ -260,7 +301,9 @@ def upscale(
             (``N`` may be left out):
             ``"NCHW"``: RGB ``(N, 3, H, W)``, RGBA ``(N, 4, H, W)`` (alpha is resized bicubically and
             kept), Y/gray ``(N, 1, H, W)``; ``"NHWC"``: ``(N, H, W, 3|4|1)`` as video decoders hand
-            out; and a Y plane ``(H, W)``.
+            out; and a Y plane ``(H, W)``. Or a numpy array in the same conventions (e.g. OpenCV's
+            ``(H, W, 3)`` uint8, with ``channel_order="BGR"``): computed on the GPU when there is one,
+            returned as a numpy array (``out`` then a numpy array too).
         scale: 2, 3 or 4.
         model: a :class:`VDSR` from :func:`load`; default: the weights shipped with the package.
         backend: engine backend (``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"``).
@@ -296,6 +339,8 @@ def upscale(
             same fp32 arithmetic in the same order (kernels/triton/color.py). Gray/Y and RGB frames, not
             float64 and not RGBA (those take the PyTorch path); needs Triton on a GPU (on the CPU only in
             Triton's interpreter, for tests). Off by default until a GPU run has timed and checked it.
+        channel_order: ``"RGB"`` (RGB / RGBA) or ``"BGR"`` (BGR / BGRA, as OpenCV holds images): the
+            output has the input's order. Y and gray images have no order.
 
     Returns:
         ``out``, or a new tensor in the input's convention, dtype and device with H and W multiplied
@@ -304,8 +349,14 @@ def upscale(
         propagate to the output. Nothing waits for the device: no host synchronisation once the
         engine and the resize tables for a frame size are built (the first call per size).
     """
+    if channel_order not in ("RGB", "BGR"):
+        raise ValueError(f"upscale: channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+    if isinstance(img, np.ndarray) or channel_order == "BGR":
+        kw = dict(backend=backend, dtype=dtype, layout=layout, stream=stream, tile=tile, max_memory=max_memory,
+                  check_finite=check_finite, cuda_graphs=cuda_graphs, tune=tune, fused_color=fused_color)  # fmt: skip
+        return _upscale_converted(img, scale, model, out, channel_order, kw)
     if not torch.is_tensor(img):
-        raise TypeError(f"upscale: img must be a torch.Tensor, got {type(img).__name__}")
+        raise TypeError(f"upscale: img must be a torch.Tensor or a numpy array, got {type(img).__name__}")
     s = _check_scale(scale)
     if img.dim() not in (2, 3, 4):
         raise ValueError(f"upscale: img must have 2, 3 or 4 dims (H,W / C,H,W / N,C,H,W or H,W,C / N,H,W,C), got shape {tuple(img.shape)}")
