@@ -389,7 +389,12 @@ def test_numpy_arrays_in_and_out(tiny_model):
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
-    want = upscale(torch.from_numpy(img), 2, tiny_model).numpy()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # where a numpy array is computed
+
+    def as_tensor(a, scale):
+        return upscale(torch.from_numpy(a).to(dev), scale, tiny_model).cpu().numpy()
+
+    want = as_tensor(img, 2)
     got = upscale(img, 2, tiny_model)
     assert isinstance(got, np.ndarray) and got.dtype == np.uint8 and got.shape == (18, 14, 3)
     np.testing.assert_array_equal(got, want)
@@ -402,7 +407,7 @@ def test_numpy_arrays_in_and_out(tiny_model):
     assert upscale(img, 2, tiny_model, out=out) is out
     np.testing.assert_array_equal(out, want)
     y = rng.random((6, 5)).astype(np.float32)  # a Y plane
-    np.testing.assert_array_equal(upscale(y, 3, tiny_model), upscale(torch.from_numpy(y), 3, tiny_model).numpy())
+    np.testing.assert_array_equal(upscale(y, 3, tiny_model), as_tensor(y, 3))
     with pytest.raises(TypeError, match="dtype int32"):
         upscale(img.astype(np.int32), 2, tiny_model)
     with pytest.raises(TypeError, match="out must be a numpy array too"):
