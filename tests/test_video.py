@@ -400,3 +400,29 @@ def test_alpha_is_kept_where_the_codec_can_and_a_warning_says_where_not(tmp_path
             assert (got[..., 3] == 37).all() and (np.abs(got[..., :3].astype(int) - 100) <= 1).all()
         else:
             assert "has an alpha channel (yuva420p) and libx264 in yuv420p cannot keep it" in err
+
+
+def test_a_stream_that_changes_size_is_resized_to_its_first_size(tmp_path, weights, capsys):
+    """Two H.264 segments of different sizes in one raw stream (a new SPS mid-stream): np.stack raised from a worker
+    thread (a traceback); now the later frames are resized to the first size, with one warning."""
+    from vdsr_fast.video import upscale_video
+
+    parts = []
+    for w, h in ((32, 16), (48, 24)):
+        part = tmp_path / f"{w}.h264"
+        with av.open(str(part), "w", format="h264") as c:
+            v = c.add_stream("libx264", rate=10)
+            v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+            for i in range(3):
+                f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 90, np.uint8), format="rgb24")
+                f.pts = i
+                c.mux(v.encode(f))
+            c.mux(v.encode(None))
+        parts.append(part.read_bytes())
+    src, out = tmp_path / "both.h264", tmp_path / "out.mp4"
+    src.write_bytes(b"".join(parts))
+    r = upscale_video(src, out, 2, vdsr_fast_load(weights), device="cpu", progress=False, batch=4)
+    assert r["frames"] == 6 and r["resized_frames"] == 3
+    assert capsys.readouterr().err.count("changes size mid-stream (32x16 -> 48x24)") == 1
+    with av.open(str(out)) as c:
+        assert {(f.width, f.height) for f in c.decode(video=0)} == {(64, 32)}

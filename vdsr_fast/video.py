@@ -429,6 +429,8 @@ class _Colour:
     """
 
     def __init__(self, ctx, pix_fmt: str, deep: bool, rgb_out: bool, alpha: bool) -> None:
+        self.size = (ctx.width, ctx.height)  # frames of another size (a stream that changes size) are resized to it
+        self.resized = 0
         self.matrix = _MATRIX.get(int(ctx.colorspace or 0), 5)
         self.range = int(ctx.color_range or 0) or 1  # 1 = MPEG (limited), 2 = JPEG (full); untagged: limited
         self.tags = (int(ctx.color_primaries or 2), int(ctx.color_trc or 2))  # 2 = unspecified
@@ -437,7 +439,14 @@ class _Colour:
         self.deep = deep
 
     def to_rgb(self, frame) -> np.ndarray:
-        return frame.to_ndarray(format=self.rgb, src_colorspace=self.matrix, src_color_range=self.range, threads=0)
+        kw = {}
+        if (frame.width, frame.height) != self.size:  # as FFmpeg's own tools do: one size for the whole output
+            if not self.resized:
+                _warn(f"the video changes size mid-stream ({self.size[0]}x{self.size[1]} -> {frame.width}x{frame.height}): "
+                      "such frames are resized (bicubic) to the first size")  # fmt: skip
+            self.resized += 1
+            kw = {"width": self.size[0], "height": self.size[1], "interpolation": "BICUBIC"}
+        return frame.to_ndarray(format=self.rgb, src_colorspace=self.matrix, src_color_range=self.range, threads=0, **kw)
 
     def from_rgb(self, av, rgb: np.ndarray):
         frame = av.VideoFrame.from_ndarray(rgb, format=self.rgb)
@@ -684,6 +693,7 @@ def upscale_video(
         "pix_fmt": pix_fmt,
         "bits": 16 if colour.deep else 8,  # per RGB(A) channel through the upscale
         "alpha": colour.rgb.startswith("rgba"),
+        "resized_frames": colour.resized,  # frames of another size than the first (resized to it)
         "copied_streams": kinds,
         "damaged": damaged,
         "device": str(device),
