@@ -32,7 +32,8 @@ def need_data(*parts: str) -> Path:
 
 # With VDSR_FAST_GPU_TESTS_ONLY=1 (benchmarks/gpu_check.sh sets it on a GPU machine, whose test time is
 # short) only the tests that exercise the GPU run: the kernel test files, whose every test runs natively
-# there, and the tests marked `gpu` elsewhere. Everything else is what CI runs on the CPU anyway.
+# there, and the tests marked `gpu` elsewhere, and those marked `device_image` (a library whose release there
+# differs from CI's, e.g. PyAV 19 against 18). Everything else is what CI runs on the CPU anyway.
 GPU_TEST_FILES = {
     "test_cuda_backend.py",
     "test_fused_color.py",
@@ -52,7 +53,8 @@ EXPERIMENTAL = ("winograd", "wgmma", "swap", "tune", "every_body_variant", "ever
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("VDSR_FAST_GPU_TESTS_ONLY") != "1":
         return
-    keep = [i for i in items if i.get_closest_marker("gpu") or i.path.name in GPU_TEST_FILES]
+    keep = [i for i in items if i.get_closest_marker("gpu") or i.get_closest_marker("device_image")
+            or i.path.name in GPU_TEST_FILES]  # fmt: skip
     config.hook.pytest_deselected(items=[i for i in items if i not in keep])
     def order(item):  # stable sort: defaults, experimental Triton kernels, experimental CUDA kernels (hand-written PTX)
         experimental = any(k in item.nodeid.lower() for k in EXPERIMENTAL)
