@@ -70,7 +70,7 @@ def _icc_profile() -> bytes:
 
         return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     except Exception:
-        return b"\x00\x00\x02\x0cstand-in profile" * 8
+        return bytes(16) + b"RGB " + bytes(108)  # a 128-byte header naming its colour space: enough for these tests
 
 
 @pytest.mark.parametrize(
@@ -84,6 +84,8 @@ def test_colour_profile_and_resolution_are_kept(tmp_path, capsys, weights, suffi
     from vdsr_fast.images import image_info
 
     icc = _icc_profile()
+    if channels == 1:  # a gray image takes a gray profile
+        icc = icc[:16] + b"GRAY" + icc[20:]
     src, dst = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
     arr = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, size=(5, 4, channels)).astype(dtype)
     write_image(src, arr, icc_profile=icc, dpi=(300.0, 150.0))
@@ -92,6 +94,18 @@ def test_colour_profile_and_resolution_are_kept(tmp_path, capsys, weights, suffi
     assert code == 0, out
     assert image_info(dst) == {"icc_profile": None if suffix == ".bmp" else icc, "dpi": pytest.approx((600.0, 300.0), abs=0.5)}
     assert read_image(dst).shape == (10, 8, channels)
+
+
+def test_a_profile_of_another_colour_space_is_left_out(tmp_path):
+    """A CMYK JPEG's profile does not describe the RGB image read from it (nor an RGB profile a gray image)."""
+    from vdsr_fast.images import image_info
+
+    rgb_icc = _icc_profile()
+    cmyk_icc = rgb_icc[:16] + b"CMYK" + rgb_icc[20:]
+    write_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8), icc_profile=cmyk_icc)
+    write_image(tmp_path / "b.png", np.zeros((4, 4, 1), np.uint8), icc_profile=rgb_icc)
+    write_image(tmp_path / "c.png", np.zeros((4, 4, 3), np.uint8), icc_profile=rgb_icc)
+    assert [image_info(tmp_path / f"{n}.png")["icc_profile"] for n in "abc"] == [None, None, rgb_icc]
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

@@ -160,6 +160,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.array(arr, order="C")  # a writable copy (Pillow's arrays are read-only)
 
 
+def _icc_fits(icc: bytes, channels: int) -> bool:
+    """Whether an ICC profile describes an image of ``channels`` (its header's data colour space: 'RGB ' for RGB(A),
+    'GRAY' for gray(+alpha)); a CMYK photo's profile does not fit the RGB image read from it."""
+    return len(icc) >= 20 and icc[16:20] == (b"GRAY" if channels <= 2 else b"RGB ")
+
+
 def _png_add_icc(path: str, icc: bytes) -> None:
     """Insert an iCCP chunk (the profile, zlib-compressed) before the first IDAT of the PNG at ``path`` (pypng
     writes no iCCP itself)."""
@@ -186,7 +192,8 @@ def write_image(
 
     The data goes to a temporary file in the same folder that is renamed at the end, so an interrupted
     run never leaves a half-written file under the final name. ``icc_profile`` (PNG, JPEG, TIFF; BMP holds
-    none) and ``dpi`` are written with it when given (see :func:`image_info`).
+    none) and ``dpi`` are written with it when given (see :func:`image_info`); a profile of another colour space
+    than the array's (a CMYK profile, an RGB one for a gray image) is left out.
     """
     from PIL import Image
 
@@ -198,6 +205,8 @@ def write_image(
         raise ValueError(f"write_image: expected (H, W, 1|2|3|4) uint8/uint16, got {arr.shape} {arr.dtype}")
     if arr.dtype == np.uint16 and suffix in (".jpg", ".jpeg", ".bmp"):
         raise ValueError(f"{path}: {suffix} cannot store 16-bit images; use .png or .tif")
+    if icc_profile and not _icc_fits(icc_profile, arr.shape[2]):
+        icc_profile = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
