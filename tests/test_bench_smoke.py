@@ -4,6 +4,7 @@ DESIGN.md §6 reference check refuses a fast-but-wrong path."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -197,7 +198,6 @@ def test_gpu_check_script_reaches_each_enabled_step(tmp_path):
     (``set -u``) gets to it and runs it (it fails here, without CUDA) instead of skipping it silently, and
     still ends with its summary."""
     import os
-    import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
@@ -220,3 +220,14 @@ def test_ncu_workload_refuses_without_a_gpu(capsys):
 
     assert ncu_body.main(["--variants", "6"]) == 1
     assert "needs a CUDA GPU" in capsys.readouterr().out
+
+
+def test_the_device_scripts_parse():
+    """Every shell script a GPU session runs (or prepares it with) is valid bash: a syntax error would cost a device
+    call to find."""
+    root = Path(__file__).resolve().parent.parent
+    scripts = sorted((root / "benchmarks").glob("*.sh"))
+    assert {s.name for s in scripts} >= {"gpu_check.sh", "gpu_session.sh", "gpu_train.sh", "prepare_device.sh"}
+    for script in scripts:
+        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
