@@ -212,9 +212,11 @@ def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
         if img.dtype not in (np.uint8, np.uint16, np.float16, np.float32, np.float64):
             raise TypeError(f"upscale: img has dtype {img.dtype}; expected uint8, uint16 or a float dtype in [0, 1]")
         t = torch.from_numpy(img if img.flags.writeable else img.copy())
+        if kw["stream"] is not None:
+            _check_stream(kw["stream"], resolve_device("cuda") if torch.cuda.is_available() else t.device)
         if torch.cuda.is_available():  # uploaded on the stream the work runs on
             with torch.cuda.stream(kw["stream"]) if kw["stream"] is not None else contextlib.nullcontext():
-                t = t.to("cuda")
+                t = t.to(resolve_device("cuda"))
     elif torch.is_tensor(img):
         t = img
     else:
