@@ -123,6 +123,11 @@ def test_exif_orientation_is_applied(tmp_path, capsys, weights, orientation, suf
     with Image.open(src) as im:
         want = np.asarray(ImageOps.exif_transpose(im))
     np.testing.assert_array_equal(read_image(src), want)
+    if suffix == ".jpg":  # the resolution turns with the image
+        from vdsr_fast.images import image_info
+
+        Image.fromarray(arr).save(src, exif=exif.tobytes(), quality=100, dpi=(300, 100))
+        assert image_info(src)["dpi"] == pytest.approx((100, 300) if orientation >= 5 else (300, 100))
     dst = tmp_path / "out.png"
     code, out, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--scale", "2", "--weights", weights)
     assert code == 0 and read_image(dst).shape == (2 * want.shape[0], 2 * want.shape[1], 3)

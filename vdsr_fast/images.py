@@ -122,7 +122,8 @@ def _exif_orientation(path: Path) -> int:
 
 
 def image_info(path: str | os.PathLike) -> dict:
-    """``{"icc_profile": bytes or None, "dpi": (x, y) or None}`` of an image file (the pixels are not decoded)."""
+    """``{"icc_profile": bytes or None, "dpi": (x, y) or None}`` of an image file (the pixels are not decoded), the
+    dpi of the image as :func:`read_image` returns it (upright)."""
     from PIL import Image
 
     try:
@@ -131,6 +132,8 @@ def image_info(path: str | os.PathLike) -> dict:
     except Exception:  # a file only tifffile/pypng read, or no metadata: nothing to keep
         return {"icc_profile": None, "dpi": None}
     dpi = tuple(float(d) for d in dpi) if dpi and all(d and d > 0 for d in dpi) else None
+    if dpi and _exif_orientation(Path(path)) in (5, 6, 7, 8):  # read_image turns the image a quarter: x <-> y
+        dpi = dpi[::-1]
     return {"icc_profile": icc or None, "dpi": dpi}
 
 
