@@ -366,18 +366,25 @@ def _rotating(fn: Callable, inputs: list) -> Callable[[], Any]:
     return lambda: fn(next(it))
 
 
-def _peak_mem_mb(fn: Callable, x: Any, device: torch.device) -> float | None:
-    """Memory one call needs beyond what is already allocated (activations, output, workspaces), MB."""
-    if device.type != "cuda":
+def _allocated(device: torch.device) -> int | None:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+
+
+def _peak_mem_mb(fn: Callable, x: Any, device: torch.device, base: int | None, inputs_bytes: int) -> float | None:
+    """The device memory a path needs for one call at this size, MB: the peak during the call above ``base`` (what
+    was allocated before the path was built) less the inputs. So what a path holds between calls counts (the
+    engines' two activation buffers, their CUDA graphs, the packed weights) as well as what the call allocates
+    (PyTorch's per-layer activations, the output, workspaces). The rows of a path are timed from the smallest
+    frame up, so the buffers it holds are the ones this size needs."""
+    if device.type != "cuda" or base is None:
         return None
     _sync(device)
     torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
     out = fn(x)
     _sync(device)
     peak = torch.cuda.max_memory_allocated(device)
     del out
-    return (peak - before) / 2**20
+    return (peak - base - inputs_bytes) / 2**20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -855,10 +862,11 @@ class _Run:
         p = self.peak
         self.log(f"{p['dtype']} matmul {p['shape']}: {p['median_ms']:.3f} ms = {p['tflops']:.1f} TFLOP/s")
 
-    def _timed_row(self, row: BenchResult, fn: Callable, inputs: list, pixels: int) -> BenchResult:
+    def _timed_row(self, row: BenchResult, fn: Callable, inputs: list, pixels: int, base: int | None) -> BenchResult:
         with torch.inference_mode():
             fn(inputs[0])  # first call: lazy init, autotuning, graph capture, cudnn.benchmark's search
-            row.peak_mem_mb = _peak_mem_mb(fn, inputs[0], self.device)
+            inputs_bytes = sum(t.numel() * t.element_size() for t in inputs)
+            row.peak_mem_mb = _peak_mem_mb(fn, inputs[0], self.device, base, inputs_bytes)
             times = sorted(time_callable(_rotating(fn, inputs), self.device, self.cfg, self.timer))
         row.median_ms = statistics.median(times)
         row.p10_ms, row.p90_ms = _percentile(times, 10), _percentile(times, 90)
@@ -891,6 +899,7 @@ class _Run:
                 self.add(row(*s, status="skipped", note="time budget spent"))
             return None
         fn = None
+        base = _allocated(self.device)  # before the path holds anything (peak MB)
         try:
             with torch.inference_mode():
                 fn, note = spec.build(self.model, self.device)
@@ -924,7 +933,7 @@ class _Run:
             del fn
             _free(self.device)
             return "check_failed"
-        for label, w, h, n in sizes:
+        for label, w, h, n in sorted(sizes, key=lambda size: size[1] * size[2] * size[3]):  # smallest first (peak MB)
             r = row(label, w, h, n, note=note, check=dataclasses.asdict(chk))
             if self.over_budget():
                 r.status, r.note = "skipped", "time budget spent"
@@ -938,7 +947,7 @@ class _Run:
                     for _ in range(self.cfg.n_inputs)
                 ]
                 with tf32_mode(spec.tf32):
-                    self.add(self._timed_row(r, fn, inputs, n * h * w))
+                    self.add(self._timed_row(r, fn, inputs, n * h * w, base))
             except Exception as e:
                 r.status, r.note = "error", f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
                 self.add(r)
@@ -963,7 +972,8 @@ class _Run:
         for name, fuse in [(n, False) for n in backends + sorted(skipped)] + [(n, True) for n in fused]:
             key = f"e2e_{name}_{'fused_' if fuse else ''}{dname}"
             verdict = verdicts.get(f"engine_{name}_{dname}")
-            for n in cfg.e2e_batches:
+            base = _allocated(self.device)  # before upscale() builds and caches this group's engine (peak MB)
+            for n in sorted(cfg.e2e_batches):
                 r = BenchResult(
                     key, f"upscale() {name}{' fused colour' if fuse else ''}", "e2e", dname, label, lw * s, lh * s, n,
                     note=f"uint8 RGB, x{s}",
@@ -997,7 +1007,7 @@ class _Run:
                             r.status = "check_failed"
                             self.add(r)
                             continue
-                    self.add(self._timed_row(r, fn, inputs, n * lh * s * lw * s))
+                    self.add(self._timed_row(r, fn, inputs, n * lh * s * lw * s, base))
                 except Exception as e:
                     r.status, r.note = "error", f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
                     self.add(r)
