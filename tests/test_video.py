@@ -430,3 +430,46 @@ def test_a_stream_that_changes_size_is_resized_to_its_first_size(tmp_path, weigh
     assert capsys.readouterr().err.count("changes size mid-stream (32x16 -> 48x24)") == 1
     with av.open(str(out)) as c:
         assert {(f.width, f.height) for f in c.decode(video=0)} == {(64, 32)}
+
+
+@pytest.mark.device_image  # PyAV's colour conversion and side data differ between releases
+def test_hdr10_metadata_is_carried_by_x264_and_x265_and_a_warning_says_where_not(tmp_path, weights, capsys):
+    """An HDR10 clip's mastering display and light levels (frame side data, which PyAV cannot write) reach the
+    output through the encoders' own options; they were lost."""
+    from av.sidedata.sidedata import Type
+
+    display = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
+    src = tmp_path / "hdr.mkv"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("libx265", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 32, "yuv420p10le"
+        v.options = {"x265-params": f"log-level=error:master-display={display}:max-cll=1000,400"}
+        for i in range(2):
+            f = av.VideoFrame.from_ndarray(np.full((32, 64, 3), 100, np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 10)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+
+    def hdr(path):
+        with av.open(str(path)) as c:
+            frame = next(c.decode(video=0))
+            return [None if (d := frame.side_data.get(t)) is None else bytes(d)
+                    for t in (Type.MASTERING_DISPLAY_METADATA, Type.CONTENT_LIGHT_LEVEL)]  # fmt: skip
+
+    want = hdr(src)
+    assert None not in want
+    assert _run(src, tmp_path / "x264.mkv", "--weights", weights, "--codec", "libx264") == 0
+    assert hdr(tmp_path / "x264.mkv") == want
+    assert "HDR10" not in capsys.readouterr().err
+    assert _run(src, tmp_path / "ffv1.mkv", "--weights", weights, "--codec", "ffv1", "--crf", "-1") == 0
+    assert hdr(tmp_path / "ffv1.mkv") == [None, None]
+    assert "HDR10 metadata (display, cll) is not carried" in capsys.readouterr().err
+
+
+def test_hdr10_option_syntax():
+    from vdsr_fast.video import _hdr10_options
+
+    hdr = {"display": "G(1,2)B(3,4)R(5,6)WP(7,8)L(9,10)", "cll": "1000,400"}
+    assert _hdr10_options("libx265", hdr) == {"x265-params": "master-display=G(1,2)B(3,4)R(5,6)WP(7,8)L(9,10):max-cll=1000,400"}
+    assert _hdr10_options("libx264", {"cll": "1,2"}) == {"x264-params": "cll=1,2"}
+    assert _hdr10_options("ffv1", hdr) is None

@@ -190,6 +190,7 @@ class _Pipe:
         self.end = 0.0  # the latest packet end time read from the input, in seconds
         self.gpu_spans: list = []  # (start, end) CUDA events around each batch's network work
         self.display_matrix: list[int] | None = None  # the first frame's rotation/flip (set before it is queued)
+        self.hdr: dict[str, str] | None = None  # the first frame's HDR10 static metadata (see _hdr10)
 
     def gpu_busy_seconds(self) -> float | None:
         """GPU time spent upscaling (sum over batches, read once the run is over), None on a CPU."""
@@ -274,8 +275,10 @@ def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int) -> Non
                 continue
             decoding = decoded(packet)
         for frame in decoding:
-            if pipe.frames_read == 0 and (m := frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)) is not None:
-                pipe.display_matrix = np.frombuffer(bytes(m), dtype=np.int32, count=9).tolist()
+            if pipe.frames_read == 0:
+                if (m := frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)) is not None:
+                    pipe.display_matrix = np.frombuffer(bytes(m), dtype=np.int32, count=9).tolist()
+                pipe.hdr = _hdr10(av, frame)
             pipe.frames_read += 1
             frames.append(frame)
             if len(frames) == batch:
@@ -286,6 +289,37 @@ def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int) -> Non
     if frames:
         pipe.put(pipe.decoded, ("frames", frames))
     pipe.put(pipe.decoded, _END)
+
+
+def _hdr10(av, frame) -> dict[str, str] | None:
+    """A frame's HDR10 static metadata in x264's and x265's option syntax: ``{"display": "G(x,y)B(x,y)R(x,y)WP(x,y)
+    L(max,min)", "cll": "MaxCLL,MaxFALL"}`` (either may be missing), chromaticities in 1/50000, luminance in
+    1/10000 cd/m2; None without any."""
+    kinds = av.sidedata.sidedata.Type
+    out = {}
+    if (md := frame.side_data.get(kinds.MASTERING_DISPLAY_METADATA)) is not None:
+        v = np.frombuffer(bytes(md), dtype=np.int32, count=22)  # AVMasteringDisplayMetadata: rationals, 2 flags
+        q = [v[2 * i] / v[2 * i + 1] if v[2 * i + 1] else 0.0 for i in range(10)]  # R G B WP (x, y); min, max
+        if v[20] and v[21]:  # has_primaries, has_luminance
+            xy = [round(c * 50000) for c in q[:8]]
+            out["display"] = (f"G({xy[2]},{xy[3]})B({xy[4]},{xy[5]})R({xy[0]},{xy[1]})WP({xy[6]},{xy[7]})"
+                              f"L({round(q[9] * 10000)},{round(q[8] * 10000)})")  # fmt: skip
+    if (cll := frame.side_data.get(kinds.CONTENT_LIGHT_LEVEL)) is not None:
+        max_cll, max_fall = np.frombuffer(bytes(cll), dtype=np.uint32, count=2).tolist()
+        out["cll"] = f"{max_cll},{max_fall}"
+    return out or None
+
+
+def _hdr10_options(codec: str, hdr: dict[str, str]) -> dict[str, str] | None:
+    """Encoder options that write ``hdr`` (see :func:`_hdr10`) into the stream: x265's and x264's own; None for
+    other encoders (they get no HDR10 SEI from here)."""
+    if codec == "libx265":
+        keys, name = {"display": "master-display", "cll": "max-cll"}, "x265-params"
+    elif codec == "libx264":
+        keys, name = {"display": "mastering-display", "cll": "cll"}, "x264-params"
+    else:
+        return None
+    return {name: ":".join(f"{keys[k]}={v}" for k, v in hdr.items())}
 
 
 def _upscaler(pipe: _Pipe, scale: int, model, device: torch.device, kw: dict, colour: _Colour) -> None:
@@ -334,10 +368,17 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress,
         if done is not None:
             done.synchronize()
             arr = arr.numpy()
-        if index == 0 and pipe.display_matrix is not None:
-            # A phone's rotation (or a mirror) is a display matrix on the stream: kept, so the output is not shown
-            # sideways. The reader set it before it queued the first frame; the header goes out with the first packet.
-            ostream.set_display_matrix(pipe.display_matrix)
+        if index == 0:  # the reader set these before it queued the first frame; the encoder opens at the first one
+            if pipe.display_matrix is not None:
+                # A phone's rotation (or a mirror) is a display matrix on the stream: kept, so the output is not
+                # shown sideways.
+                ostream.set_display_matrix(pipe.display_matrix)
+            if pipe.hdr is not None:  # HDR10 mastering display and light levels
+                if (opts := _hdr10_options(ostream.codec_context.name, pipe.hdr)) is not None:
+                    ostream.options = {**ostream.options, **opts}
+                else:
+                    _warn(f"the input's HDR10 metadata ({', '.join(pipe.hdr)}) is not carried: only libx264 and libx265 "
+                          "are told it here (the transfer and primaries tags are kept)")  # fmt: skip
         for rgb, (pts, time_base) in zip(arr, meta, strict=True):
             frame = colour.from_rgb(av, rgb)
             frame.pts = index if pts is None else pts
@@ -509,7 +550,8 @@ def upscale_video(
 
     The first video stream is upscaled, audio and subtitle streams are copied, frame timestamps are
     kept, and so are the rotation (display matrix), the sample aspect ratio, the video stream's language and
-    title and the container's tags. The output is written to a hidden temporary file beside ``dst`` and renamed to ``dst`` only
+    title, the container's tags and, with libx264 or libx265, HDR10 mastering-display and light-level metadata
+    (other encoders: a warning). The output is written to a hidden temporary file beside ``dst`` and renamed to ``dst`` only
     once complete: on any error neither ``dst`` nor the temporary file is left behind.
 
     Streams the output container cannot hold (its muxer refuses the codec):
