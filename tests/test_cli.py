@@ -326,3 +326,14 @@ def test_planar_tiff_is_read_channels_last(tmp_path):
     planes = np.random.default_rng(2).integers(0, 256, size=(3, 7, 9)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "p.tif", planes, photometric="rgb", planarconfig="separate")
     np.testing.assert_array_equal(read_image(tmp_path / "p.tif"), np.moveaxis(planes, 0, -1))
+
+
+def test_info_says_what_can_run_here(capsys):
+    code, out, _ = _run(capsys, "info")
+    assert code == 0 and "versions: vdsr_fast" in out and "torch   available" in out and "default weights: arch vdsr" in out
+    code, out, _ = _run(capsys, "info", "--json")
+    r = json.loads(out)
+    assert code == 0 and set(r) == {"versions", "devices", "cuda_extension", "weights"}
+    cpu = r["devices"][0]
+    assert cpu["device"] == "cpu" and cpu["backends"]["torch"] is None and cpu["backends"]["cuda"]  # a reason
+    assert r["weights"]["arch"] == "vdsr" and len(r["devices"]) == 1 + torch.cuda.device_count()

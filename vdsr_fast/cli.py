@@ -176,6 +176,75 @@ def cmd_upscale(args) -> int:
     return 2 if failed else 0
 
 
+def _versions() -> dict[str, str | None]:
+    import importlib.metadata as md
+    import platform
+
+    def version(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
+    cuda = torch.version.cuda
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"vdsr_fast": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "cuda (torch)": cuda, "cudnn": str(cudnn) if cudnn else None, "triton": version("triton"),
+            "numpy": version("numpy"), "av (video)": version("av")}  # fmt: skip
+
+
+def info() -> dict:
+    """What this installation can do: versions, devices, each backend's availability (or why not), the CUDA
+    extension's build and the body kernel it picks per GPU, and the default weights' metadata."""
+    from .engine import available_backends
+    from .kernels.cuda import load_extension
+
+    out = {"versions": _versions(), "devices": [], "cuda_extension": None, "weights": None}
+    try:
+        ext = load_extension()
+        out["cuda_extension"] = {"path": ext.__file__, "archs": getattr(ext, "CUDA_ARCHS", None)}
+    except ImportError as e:
+        out["cuda_extension"] = {"error": str(e).splitlines()[0]}
+    devices = [torch.device("cpu")] + [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    for dev in devices:
+        entry = {"device": str(dev), "backends": available_backends(dev)}
+        if dev.type == "cuda":
+            props = torch.cuda.get_device_properties(dev)
+            entry.update(name=props.name, capability=f"{props.major}.{props.minor}",
+                         memory_gib=round(props.total_memory / 2**30, 1))  # fmt: skip
+            if entry["backends"].get("cuda") is None and "path" in out["cuda_extension"]:
+                entry["cuda_body_variant"] = load_extension().body_auto_variant(dev.index)
+        out["devices"].append(entry)
+    try:
+        out["weights"] = dict(_model(None).metadata)
+    except CliError as e:
+        out["weights"] = {"error": str(e)}
+    return out
+
+
+def cmd_info(args) -> int:
+    r = info()
+    if args.json:
+        print(json.dumps(r, indent=1, default=str))
+        return 0
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v))
+    ext = r["cuda_extension"]
+    print(f"CUDA extension: {ext['path']} (archs {ext['archs']})" if "path" in ext else f"CUDA extension: not available ({ext['error']})")
+    for d in r["devices"]:
+        head = d["device"] + (f": {d['name']}, compute capability {d['capability']}, {d['memory_gib']} GiB" if "name" in d else "")
+        print(head)
+        for name, why in d["backends"].items():
+            print(f"  {name:7s} {'available' if why is None else 'unavailable: ' + why}")
+        if "cuda_body_variant" in d:
+            print(f"  cuda body kernel variant: {d['cuda_body_variant']} (automatic)")
+    w = r["weights"]
+    keys = ("arch", "steps", "training_data", "date", "psnr_set5")
+    print("default weights: " + ("; ".join(f"{k} {w[k]}" for k in keys if k in w) if "error" not in w else w["error"]))
+    print("backend='auto' picks: on a GPU tensor the CUDA extension, then Triton (in fp32 not Triton), then the PyTorch "
+          "reference; on a CPU tensor the PyTorch reference")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .images import ImageReadError
@@ -223,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
     _add_engine_args(p)
     p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("info", help="versions, GPUs, which backends can run here (and why not), the default weights")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("eval", help="PSNR/SSIM on a test set with the paper's protocol")
     p.add_argument("folder", help="a folder of *_HR.png (or any images), or a set folder with x2/ x3/ x4/")
