@@ -140,7 +140,7 @@ if "$PY" -c "import vdsr_fast._C" >>"$OUT/build.log" 2>&1; then
 else
   SUMMARY+=("build: vdsr_fast._C NOT available (see build.log)")
 fi
-"$PY" -c "from vdsr_fast import available_backends as a; print('backends:', a('cuda'))" 2>&1 | tee -a "$OUT/env.txt" || true
+"$PY" -m vdsr_fast.cli info 2>&1 | tee -a "$OUT/env.txt" || true  # versions, each backend (or why not), auto variant
 
 # ---------------------------------------------------------------- 1b. canaries of the experimental kernels
 # One process per experimental option (benchmarks/canary.py), in the background while the tests run; the
