@@ -40,6 +40,8 @@ def _run(capsys, *argv):
         (".tif", 1, np.uint8),
         (".bmp", 3, np.uint8),
         (".jpg", 3, np.uint8),
+        (".webp", 3, np.uint8),
+        (".webp", 4, np.uint8),
     ],
 )
 def test_upscale_formats(tmp_path, capsys, weights, suffix, channels, dtype):
@@ -50,7 +52,7 @@ def test_upscale_formats(tmp_path, capsys, weights, suffix, channels, dtype):
     write_image(src, arr)
     back = read_image(src)
     assert back.shape == arr.shape and back.dtype == arr.dtype
-    if suffix != ".jpg":
+    if suffix not in (".jpg", ".webp"):
         np.testing.assert_array_equal(back, arr)  # lossless formats round-trip exactly
     dst = tmp_path / f"out{suffix}"
     code, out, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--scale", "3", "--weights", weights)

@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in _FORWARDED.items():
         sub.add_parser(name, help=help_text, add_help=False)
 
-    p = sub.add_parser("upscale", help="upscale images (PNG/JPEG/BMP/TIFF, 8/16-bit, gray/RGB/RGBA)")
+    p = sub.add_parser("upscale", help="upscale images (PNG/JPEG/BMP/TIFF/WebP, 8/16-bit, gray/RGB/RGBA)")
     p.add_argument("input", nargs="+", help="an image, or several images and folders (the images directly inside)")
     p.add_argument("-o", "--output", required=True,
                    help="output image (format from the suffix), or a folder: for a batch, each image under its own name")

@@ -1,4 +1,4 @@
-"""Image files <-> arrays for the CLI: PNG, JPEG, BMP, TIFF; 8- and 16-bit; gray, gray+alpha, RGB, RGBA.
+"""Image files <-> arrays for the CLI: PNG, JPEG, BMP, TIFF, WebP; 8- and 16-bit; gray, gray+alpha, RGB, RGBA.
 
 Pillow reads and writes most files; it cannot hold 16-bit color, so 16-bit RGB(A) and gray+alpha PNGs go through
 pypng and 16-bit TIFFs through tifffile (both small pure-Python packages).
@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = ["ImageReadError", "read_image", "write_image", "image_info", "IMAGE_SUFFIXES"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def default_file_mode() -> int:
@@ -169,7 +169,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except ImageReadError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        raise ImageReadError(f"{path}: cannot read image ({e}); supported: PNG, JPEG, BMP, TIFF") from None
+        raise ImageReadError(f"{path}: cannot read image ({e}); supported: PNG, JPEG, BMP, TIFF, WebP") from None
     except Exception as e:  # decoders (pypng's png.FormatError, ...) raise their own types
         raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
     if arr.ndim == 2:
@@ -223,7 +223,7 @@ def write_image(
         raise ValueError(f"{path}: unsupported output format {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"write_image: expected (H, W, 1|2|3|4) uint8/uint16, got {arr.shape} {arr.dtype}")
-    if arr.dtype == np.uint16 and suffix in (".jpg", ".jpeg", ".bmp"):
+    if arr.dtype == np.uint16 and suffix in (".jpg", ".jpeg", ".bmp", ".webp"):
         raise ValueError(f"{path}: {suffix} cannot store 16-bit images; use .png or .tif")
     if icc_profile and not _icc_fits(icc_profile, arr.shape[2]):
         icc_profile = None
@@ -256,7 +256,7 @@ def write_image(
             extra = {"icc_profile": icc_profile} if icc_profile and suffix != ".bmp" else {}
             if dpi:
                 extra["dpi"] = dpi
-            if suffix in (".jpg", ".jpeg"):
+            if suffix in (".jpg", ".jpeg", ".webp"):  # lossy (WebP stores gray as RGB)
                 extra["quality"] = quality
             im.save(tmp, **extra)
         os.chmod(tmp, default_file_mode())
