@@ -164,7 +164,7 @@ def cmd_upscale(args) -> int:
 
     failed = []
     t0 = time.perf_counter()
-    for src, out in tqdm(jobs, desc=f"x{args.scale}", unit="img", disable=args.quiet):
+    for src, out in tqdm(jobs, desc=f"x{args.scale}", unit="img", disable=args.quiet or not sys.stderr.isatty()):
         try:
             _upscale_image(src, out, args.scale, model, _engine_kw(args), engine.device)
         except (ImageReadError, CliError) as e:  # one bad file does not stop the batch
