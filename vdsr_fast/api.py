@@ -202,6 +202,11 @@ def _run_window_fused(batch: torch.Tensor, engine: Engine, rows: tiling.Window, 
     return color.finish_frame(engine(y)[:, :, cy, cx], None if cc is None else cc[:, :, cy, cx], dst)
 
 
+def _on_stream(stream):
+    """``torch.cuda.stream(stream)``, or nothing to enter when ``stream`` is None (the current stream)."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
 def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
     """:func:`upscale` of a numpy array (on the GPU when there is one; the result a numpy array) or of BGR(A)
     channels (turned to RGB(A) and back around the call). ``out`` is checked before any work is queued."""
@@ -212,11 +217,11 @@ def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
         if img.dtype not in (np.uint8, np.uint16, np.float16, np.float32, np.float64):
             raise TypeError(f"upscale: img has dtype {img.dtype}; expected uint8, uint16 or a float dtype in [0, 1]")
         t = torch.from_numpy(img if img.flags.writeable else img.copy())
+        target = resolve_device("cuda") if torch.cuda.is_available() else t.device
         if kw["stream"] is not None:
-            _check_stream(kw["stream"], resolve_device("cuda") if torch.cuda.is_available() else t.device)
-        if torch.cuda.is_available():  # uploaded on the stream the work runs on
-            with torch.cuda.stream(kw["stream"]) if kw["stream"] is not None else contextlib.nullcontext():
-                t = t.to(resolve_device("cuda"))
+            _check_stream(kw["stream"], target)
+        with _on_stream(kw["stream"]):  # uploaded on the stream the work runs on
+            t = t.to(target)
     elif torch.is_tensor(img):
         t = img
     else:
@@ -233,7 +238,7 @@ def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
             raise ValueError(f"upscale: out has shape {out.shape} and dtype {out.dtype}, expected {shape} and {img.dtype}")
         if not numpy_in:
             _check_out(out, t, shape)
-    with torch.cuda.stream(kw["stream"]) if kw["stream"] is not None else contextlib.nullcontext():
+    with _on_stream(kw["stream"]):
         res = upscale(t if perm is None else t.index_select(cdim, perm), scale, model, **dict(kw, layout=layout))
         if perm is not None:
             res = res.index_select(cdim, perm)
@@ -391,7 +396,7 @@ def upscale(
 
     # On the frame's GPU: Triton launches its kernels (the fused colour ones here) on the current device.
     on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
-    with on_device, torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+    with on_device, _on_stream(stream):
         engine = get_engine(model, batch.device, backend, dtype, cuda_graphs, tune)
         radius = tiling.receptive_radius(model)
         H, W = h * s, w * s

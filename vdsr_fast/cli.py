@@ -160,13 +160,14 @@ def cmd_upscale(args) -> int:
         raise CliError(f"{len(existing)} of the {len(jobs)} outputs exist (first: {existing[0]}); pass --force to overwrite them")
     dst.mkdir(exist_ok=True)
     model, engine = _engine(args)
+    model_kw = _engine_kw(args)  # upscale() then finds _engine's engine in the model's cache
     from tqdm import tqdm
 
     failed = []
     t0 = time.perf_counter()
     for src, out in tqdm(jobs, desc=f"x{args.scale}", unit="img", disable=args.quiet or not sys.stderr.isatty()):
         try:
-            _upscale_image(src, out, args.scale, model, _engine_kw(args), engine.device)
+            _upscale_image(src, out, args.scale, model, model_kw, engine.device)
         except (ImageReadError, CliError) as e:  # one bad file does not stop the batch
             failed.append(str(e))
             tqdm.write(f"vdsr-fast upscale: error: {e}", file=sys.stderr)

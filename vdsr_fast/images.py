@@ -94,17 +94,16 @@ def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.rot90(arr, turns) if turns else arr
 
 
-def _png_has_exif(path: Path) -> bool:
-    """Whether a PNG has an eXIf chunk, from the chunk headers alone (Pillow decodes the whole image to find it)."""
-    with open(path, "rb") as f:
-        f.seek(8)
-        while len(head := f.read(8)) == 8:
-            size, kind = int.from_bytes(head[:4], "big"), head[4:]
-            if kind == b"eXIf":
-                return True
-            if kind == b"IEND":
-                return False
-            f.seek(size + 4, os.SEEK_CUR)  # the data and its CRC
+def _png_has_exif(f) -> bool:
+    """Whether the PNG open in ``f`` (past its signature) has an eXIf chunk, from the chunk headers alone (Pillow
+    decodes the whole image to find it)."""
+    while len(head := f.read(8)) == 8:
+        size, kind = int.from_bytes(head[:4], "big"), head[4:]
+        if kind == b"eXIf":
+            return True
+        if kind == b"IEND":
+            return False
+        f.seek(size + 4, os.SEEK_CUR)  # the data and its CRC
     return False
 
 
@@ -112,7 +111,7 @@ def _exif_orientation(path: Path) -> int:
     from PIL import Image
 
     with open(path, "rb") as f:
-        if f.read(8) == b"\x89PNG\r\n\x1a\n" and not _png_has_exif(path):
+        if f.read(8) == b"\x89PNG\r\n\x1a\n" and not _png_has_exif(f):
             return 1
     try:
         with Image.open(path) as im:

@@ -182,7 +182,6 @@ class _Pipe:
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.frames = 0  # frames encoded so far
-        self.frames_read = 0  # frames decoded so far
         self.read_error: BaseException | None = None  # a demuxer error that ended the input early
         self.decode_errors = 0  # video packets the decoder rejected (skipped)
         self.decode_error: BaseException | None = None  # the last of them
@@ -254,6 +253,7 @@ def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int) -> Non
             pipe.decode_error = e
             return []
 
+    first = True  # the first frame's side data (rotation, HDR10) is the stream's: passed on to the writer
     packets = container.demux()
     while True:
         try:
@@ -275,11 +275,11 @@ def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int) -> Non
                 continue
             decoding = decoded(packet)
         for frame in decoding:
-            if pipe.frames_read == 0:
+            if first:
                 if (m := frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)) is not None:
                     pipe.display_matrix = np.frombuffer(bytes(m), dtype=np.int32, count=9).tolist()
                 pipe.hdr = _hdr10(av, frame)
-            pipe.frames_read += 1
+                first = False
             frames.append(frame)
             if len(frames) == batch:
                 pipe.put(pipe.decoded, ("frames", frames))
