@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import vdsr_fast
 from vdsr_fast.images import write_image
 from vdsr_fast.reference import VDSR
-from vdsr_fast.train import PatchSampler, TrainConfig, build_pairs, load_train_y, train
+from vdsr_fast.train import PatchSampler, TrainConfig, build_pairs, cpu_has_native_bf16, load_train_y, train
 
 
 def _images(folder, n=3):
@@ -135,3 +135,13 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
     with pytest.raises(FloatingPointError, match="lower --lr or --clip"):
         train(cfg, progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 fma", False), ("avx2 avx512f avx512_bf16", True),
+                                           ("avx2 amx_bf16 amx_tile", True), ("avx512bw avx512_vnni", False)])
+def test_bf16_default_follows_the_cpus_bf16_instructions(tmp_path, flags, native):
+    """bf16 autocast is on by default only where the CPU has bf16 instructions (emulated it is ~7x slower)."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: some cpu\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert cpu_has_native_bf16(str(info)) is native
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False

@@ -7,8 +7,9 @@ crops (with random flips and 90-degree rotations) drawn from all scales at once,
 x2, x3 and x4 together.
 
 Optimisers: Adam with cosine decay (default) or the paper's SGD (momentum 0.9, weight decay 1e-4, step
-decay, adjustable gradient clipping to [-theta/lr, theta/lr]). bf16 autocast + channels_last on the
-CUDA by default (``--bf16`` forces it on a CPU with AMX; on an AVX2-only CPU fp32 is ~7x faster). Checkpoints hold model, optimizer, step and RNG state, load with
+decay, adjustable gradient clipping to [-theta/lr, theta/lr]). bf16 autocast + channels_last by default on
+CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or AMX: 2.2x fp32's speed on a 2-core AVX512-BF16
+EPYC; on an AVX2-only CPU bf16 is ~7x slower than fp32); ``--bf16`` / ``--no-bf16`` force either. Checkpoints hold model, optimizer, step and RNG state, load with
 ``weights_only=True`` and resume on any machine; a Set5 evaluation runs every ``--eval-every`` steps.
 """
 
@@ -58,7 +59,7 @@ class TrainConfig:
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights (e.g. 0.999), evaluated and saved
     depth: int = 20
     channels: int = 64
-    bf16: bool | None = None  # None: bf16 autocast on CUDA only (it is 7x slower than fp32 on an AVX2-only CPU)
+    bf16: bool | None = None  # None: on CUDA, and on a CPU with native bf16 (cpu_has_native_bf16)
     seed: int = 0
     init: str = ""  # weights to start from (any file vdsr_fast.load reads) when not resuming; "" = random
     eval_set: str = "../shared/data/eval/Set5"
@@ -210,6 +211,18 @@ class PatchSampler:
 # training
 
 
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag of Linux's
+    ``/proc/cpuinfo``; False where that file is missing). Without them oneDNN emulates bf16 convolutions,
+    ~7x slower than fp32 on an AVX2 CPU; with AVX512-BF16 a training step ran 2.2x faster than fp32."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _lr_at(cfg: TrainConfig, step: int) -> float:
     if cfg.optimizer == "sgd":
         every = cfg.lr_step or max(1, cfg.steps // 4)
@@ -319,7 +332,7 @@ def train(
     # Draws for up to 100 steps per host-to-device copy, in chunks that end at every checkpoint (exact resume).
     sampler = PatchSampler(pairs, cfg.patch, gen, device, chunk=math.gcd(cfg.ckpt_every, 100))
     loss_fn = F.mse_loss if cfg.loss == "mse" else F.l1_loss
-    use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
+    use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda" or cpu_has_native_bf16()
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     bar = None
