@@ -1,5 +1,7 @@
 """The training loop on a tiny synthetic set: runs, checkpoints, resumes exactly, writes loadable weights."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +147,22 @@ def test_bf16_default_follows_the_cpus_bf16_instructions(tmp_path, flags, native
     info.write_text(f"processor\t: 0\nmodel name\t: some cpu\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
     assert cpu_has_native_bf16(str(info)) is native
     assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_fit_minutes_sets_the_steps_and_equals_a_run_given_them(tmp_path):
+    """--fit-minutes times the warm-up, sets --steps to what fits, and is then the run started with those steps."""
+    data = _images(tmp_path / "data")
+    common = dict(data=[str(data)], scales=[2], downsizes=[1.0], patch=12, batch=2, depth=3, channels=4, eval_set="",
+                  warmup=100, lr=1e-3, threads=1, device="cpu", ckpt_every=100)  # fmt: skip
+    t = time.perf_counter()
+    fitted = train(TrainConfig(out=str(tmp_path / "a"), steps=10**9, **common), progress=False, fit_minutes=0.04)
+    assert time.perf_counter() - t < 2 * 0.04 * 60  # fits its minutes (loosely: a shared CI machine's speed varies)
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    fit = next(h["fit"] for h in state["history"] if "fit" in h)
+    steps = fit["steps"]
+    assert state["step"] == steps == state["config"]["steps"] > 100 and fit["steps_per_s"] > 0
+    given = train(TrainConfig(out=str(tmp_path / "b"), steps=steps, **common), progress=False)
+    for ca, cb in zip(vdsr_fast.load(fitted).layers, vdsr_fast.load(given).layers):
+        assert torch.equal(ca.weight, cb.weight)
+    with pytest.raises(ValueError, match="--warmup >= 100"):
+        train(TrainConfig(out=str(tmp_path / "c"), steps=500, **dict(common, warmup=50)), progress=False, fit_minutes=1)

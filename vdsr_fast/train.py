@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -223,6 +224,24 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+FIT_PROBE_START, FIT_PROBE_END = 10, 100  # the warm-up steps timed by --fit-minutes
+
+
+def _fit_steps(cfg: TrainConfig, model, ema, device, step: int, steps_per_s: float, seconds_left: float) -> dict:
+    """The history record of ``--fit-minutes``: the steps (counted from 0) whose training and periodic Set5
+    evaluations fit in ``seconds_left`` (less 5% for checkpoints and the end), at ``steps_per_s`` and the time
+    of one evaluation measured here."""
+    t = time.perf_counter()
+    _eval_psnr(ema if ema is not None else model, cfg, device)
+    eval_s = time.perf_counter() - t if cfg.eval_set and Path(cfg.eval_set).is_dir() else 0.0
+    per_step = 1.0 / steps_per_s + eval_s / cfg.eval_every
+    steps = step + int(max(0.0, 0.95 * (seconds_left - eval_s)) / per_step)
+    if steps <= cfg.warmup:
+        raise ValueError(f"--fit-minutes: only {steps} steps fit (at {steps_per_s:.1f} steps/s), not more than the "
+                         f"{cfg.warmup}-step warm-up; give it more minutes")
+    return {"step": step, "fit": {"steps": steps, "steps_per_s": round(steps_per_s, 2), "eval_s": round(eval_s, 2)}}
+
+
 def _lr_at(cfg: TrainConfig, step: int) -> float:
     if cfg.optimizer == "sgd":
         every = cfg.lr_step or max(1, cfg.steps // 4)
@@ -283,11 +302,18 @@ def train(
     progress: bool = True,
     until_step: int | None = None,
     max_minutes: float | None = None,
+    fit_minutes: float | None = None,
 ) -> Path:
     """Run (or resume) a training run; returns the path of the safetensors weights written at the end.
 
     ``until_step`` / ``max_minutes`` stop early (with a checkpoint) without changing the schedule, which
     always follows ``cfg.steps``: a run cut into pieces across machines equals the uninterrupted one.
+
+    ``fit_minutes`` (a new run only) replaces ``cfg.steps`` by the number of steps that fit in that many
+    minutes of this call (data preparation included), measured during the warm-up (steps 10 to
+    ``FIT_PROBE_END``) together with one Set5 evaluation; the learning rate of a warm-up step does not depend
+    on ``cfg.steps``, so the run equals one started with the fitted ``--steps``, which the checkpoint records
+    (a resumed run keeps it).
     """
     t_start = time.perf_counter()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
@@ -302,14 +328,17 @@ def train(
     opt = _make_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, history = 0, []
-    if resume and ckpt.is_file():
+    resuming = resume and ckpt.is_file()
+    if resuming:
         state = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, history = int(state["step"]), list(state["history"])
         gen.set_state(state["rng"].cpu())  # map_location moved it to the device; the generator is the CPU's
         saved = state["config"]
-        if saved.get("steps") != cfg.steps:
+        if fit_minutes is not None:  # the run's schedule was fitted when it began
+            cfg = dataclasses.replace(cfg, steps=int(saved["steps"]))
+        elif saved.get("steps") != cfg.steps:
             print(f"note: resuming a run planned for {saved.get('steps')} steps with --steps {cfg.steps}", file=sys.stderr)
         print(f"resumed {ckpt} at step {step}", file=sys.stderr)
     elif cfg.init:  # a new schedule from trained weights (e.g. a longer run after a finished one)
@@ -323,7 +352,7 @@ def train(
     ema = None
     if cfg.ema > 0:
         ema = copy.deepcopy(model).requires_grad_(False)
-        if resume and ckpt.is_file() and "ema" in state:
+        if resuming and "ema" in state:
             ema.load_state_dict(state["ema"])
         ema_params, params = list(ema.parameters()), list(model.parameters())
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -343,8 +372,34 @@ def train(
     model.train()
     t_last, loss_acc, n_acc = time.perf_counter(), 0.0, 0
     last_eval = next((h["set5"] for h in reversed(history) if "set5" in h), None)
+    fitting = fit_minutes is not None and not resuming
+    if fitting and (cfg.warmup < FIT_PROBE_END or cfg.optimizer != "adam"):
+        raise ValueError(f"--fit-minutes needs a new adam run with --warmup >= {FIT_PROBE_END} (the steps are "
+                         f"measured while the learning rate does not yet depend on --steps)")
     stop = min(cfg.steps, until_step if until_step is not None else cfg.steps)
+    if fitting:  # no checkpoint and no stop before the schedule is fitted
+        stop = max(stop, FIT_PROBE_END)
     while step < stop:
+        if fitting and step in (FIT_PROBE_START, FIT_PROBE_END):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step == FIT_PROBE_START:
+                t_probe = time.perf_counter()
+            else:
+                rec = _fit_steps(cfg, model, ema, device, step, (step - FIT_PROBE_START) / (time.perf_counter() - t_probe),
+                                 60 * fit_minutes - (time.perf_counter() - t_start))  # fmt: skip
+                cfg = dataclasses.replace(cfg, steps=rec["fit"]["steps"])
+                (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+                history.append(rec)
+                print(f"fitted: {cfg.steps} steps ({rec['fit']['steps_per_s']:.1f} steps/s, a Set5 evaluation "
+                      f"{rec['fit']['eval_s']:.1f} s) in --fit-minutes {fit_minutes}", file=sys.stderr)
+                stop = min(cfg.steps, until_step if until_step is not None else cfg.steps)
+                fitting = False
+                if bar is not None:
+                    bar.total = cfg.steps
+                    bar.refresh()
+                if step >= stop:
+                    break
         if max_minutes is not None and time.perf_counter() - t_start > 60 * max_minutes:
             break
         lr = _lr_at(cfg, step)
@@ -375,7 +430,7 @@ def train(
             loss_mean = loss_acc.item() / n_acc
             if not math.isfinite(loss_mean):
                 raise FloatingPointError(f"loss became {loss_mean} by step {step}; lower --lr or --clip")
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if not fitting and (step % cfg.eval_every == 0 or step == cfg.steps):
             last_eval = _eval_psnr(ema if ema is not None else model, cfg, device)
         if report:
             now = time.perf_counter()
@@ -388,7 +443,7 @@ def train(
             t_last, loss_acc, n_acc = now, 0.0, 0
         if bar is not None:
             bar.update(1)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if not fitting and (step % cfg.ckpt_every == 0 or step == cfg.steps):
             _save_checkpoint(ckpt, model, opt, step, gen, cfg, history, ema)
     if bar is not None:
         bar.close()
@@ -423,10 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/last.pt exists")
     p.add_argument("--until-step", type=int, help="stop (with a checkpoint) at this step; the schedule still follows --steps")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes")
+    p.add_argument("--fit-minutes", type=float, help="a new run: set --steps to what fits in this many minutes, "
+                   "measured during the warm-up (the schedule then anneals in time; the checkpoint keeps the steps)")
     args = vars(p.parse_args(argv))
     resume = not args.pop("no_resume")
-    until, minutes = args.pop("until_step"), args.pop("max_minutes")
-    final = train(TrainConfig(**args), resume=resume, progress=True, until_step=until, max_minutes=minutes)
+    until, minutes, fit = args.pop("until_step"), args.pop("max_minutes"), args.pop("fit_minutes")
+    final = train(TrainConfig(**args), resume=resume, progress=True, until_step=until, max_minutes=minutes, fit_minutes=fit)
     print(f"weights written to {final}")
     return 0
 
