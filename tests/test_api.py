@@ -111,8 +111,10 @@ def test_input_requiring_grad_gives_a_plain_output(tiny_model):
 def test_empty_and_not_a_tensor(tiny_model):
     with pytest.raises(ValueError, match="empty"):
         upscale(torch.rand(0, 3, 4, 4), 2, tiny_model)
-    with pytest.raises(TypeError, match="torch.Tensor or a numpy array"):
+    with pytest.raises(TypeError, match="img must be a torch.Tensor, a numpy array or an array with __dlpack__"):
         upscale([[0.5]], 2, tiny_model)
+    with pytest.raises(TypeError, match="out must be a torch.Tensor, a numpy array or an array with __dlpack__"):
+        upscale(torch.rand(1, 1, 4, 4), 2, tiny_model, out=[[0.5]])
     with pytest.raises(TypeError, match="VDSR"):
         upscale(torch.rand(1, 3, 4, 4), 2, model=object())
 
@@ -414,6 +416,46 @@ def test_numpy_arrays_in_and_out(tiny_model):
         upscale(img, 2, tiny_model, out=torch.zeros(18, 14, 3, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"out has shape \(18, 14, 4\)"):
         upscale(img, 2, tiny_model, out=np.zeros((18, 14, 4), np.uint8))
+
+
+class _DLPackOnly:
+    """An array of another library (CuPy, JAX, a GPU decoder's frame) as upscale sees it: only through DLPack."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __dlpack__(self, **kw):
+        return self.t.__dlpack__(**kw)
+
+    def __dlpack_device__(self):
+        return self.t.__dlpack_device__()
+
+
+class _CudaArrayInterfaceOnly:  # Numba's device arrays, older CuPy
+    def __init__(self, t):
+        self.__cuda_array_interface__ = t.__cuda_array_interface__
+
+
+@pytest.mark.parametrize("wrap", [_DLPackOnly, pytest.param(_CudaArrayInterfaceOnly, marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the CUDA array interface describes GPU memory only"))])  # fmt: skip
+def test_dlpack_and_cuda_array_interface_arrays_in_and_out(tiny_model, wrap):
+    """Another library's array is read in place: the tensor's result, as a tensor on its device; out= such an
+    array is written in place and returned."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    frames = torch.randint(0, 256, (2, 6, 5, 3), dtype=torch.uint8, device=dev)
+    want = upscale(frames, 2, tiny_model)
+    got = upscale(wrap(frames), 2, tiny_model)
+    assert torch.is_tensor(got) and got.device == frames.device
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    buf = torch.full((2, 12, 10, 3), 7, dtype=torch.uint8, device=dev)  # poisoned
+    o = wrap(buf)
+    assert upscale(wrap(frames), 2, tiny_model, out=o) is o
+    torch.testing.assert_close(buf, want, rtol=0, atol=0)
+    buf.fill_(7)
+    assert upscale(frames, 2, tiny_model, out=o) is o  # a tensor in, another library's array out
+    torch.testing.assert_close(buf, want, rtol=0, atol=0)
+    bgr = upscale(wrap(frames.flip(-1).contiguous()), 2, tiny_model, channel_order="BGR")
+    torch.testing.assert_close(bgr.flip(-1), want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("layout, shape", [("NHWC", (2, 6, 5, 3)), ("NCHW", (2, 3, 6, 5)), ("NHWC", (6, 5, 4)), ("NCHW", (4, 6, 5))])

@@ -207,6 +207,21 @@ def _on_stream(stream):
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
+def _foreign_array(x, name: str, stream):
+    """A tensor sharing ``x``'s memory: an array of another library through DLPack (``__dlpack__``: CuPy,
+    JAX, TensorFlow, GPU video decoders such as PyNvVideoCodec's) or the CUDA array interface (Numba, older
+    CuPy). DLPack orders the producer's pending work before ``stream`` (the current stream when None)."""
+    if torch.is_tensor(x) or isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__"):
+        with _on_stream(stream):
+            return torch.from_dlpack(x)
+    if hasattr(x, "__cuda_array_interface__"):
+        return torch.as_tensor(x, device="cuda")
+    raise TypeError(f"upscale: {name} must be a torch.Tensor, a numpy array or an array with __dlpack__ or "
+                    f"__cuda_array_interface__ (CuPy, JAX, ...), got {type(x).__name__}")
+
+
 def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
     """:func:`upscale` of a numpy array (on the GPU when there is one; the result a numpy array) or of BGR(A)
     channels (turned to RGB(A) and back around the call). ``out`` is checked before any work is queued."""
@@ -222,10 +237,8 @@ def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
             _check_stream(kw["stream"], target)
         with _on_stream(kw["stream"]):  # uploaded on the stream the work runs on
             t = t.to(target)
-    elif torch.is_tensor(img):
-        t = img
     else:
-        raise TypeError(f"upscale: img must be a torch.Tensor or a numpy array, got {type(img).__name__}")
+        t = img
     if t.dim() not in (2, 3, 4):  # upscale() says what is wrong
         return upscale(t, scale, model, **kw)
     layout = _resolve_layout(t, kw["layout"])
@@ -312,7 +325,10 @@ def upscale(
             kept), Y/gray ``(N, 1, H, W)``; ``"NHWC"``: ``(N, H, W, 3|4|1)`` as video decoders hand
             out; and a Y plane ``(H, W)``. Or a numpy array in the same conventions (e.g. OpenCV's
             ``(H, W, 3)`` uint8, with ``channel_order="BGR"``): computed on the GPU when there is one,
-            returned as a numpy array (``out`` then a numpy array too).
+            returned as a numpy array (``out`` then a numpy array too). Or an array of another library
+            with ``__dlpack__`` or ``__cuda_array_interface__`` (CuPy, JAX, a GPU video decoder's frames),
+            read in place; the result is then a tensor on its device (``out`` may be such an array too,
+            written in place and returned).
         scale: 2, 3 or 4.
         model: a :class:`VDSR` from :func:`load`; default: the weights shipped with the package.
         backend: engine backend (``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"``).
@@ -360,12 +376,17 @@ def upscale(
     """
     if channel_order not in ("RGB", "BGR"):
         raise ValueError(f"upscale: channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+    kw = dict(backend=backend, dtype=dtype, layout=layout, stream=stream, tile=tile, max_memory=max_memory,
+              check_finite=check_finite, cuda_graphs=cuda_graphs, tune=tune, fused_color=fused_color)  # fmt: skip
+    def foreign(x):  # CuPy, JAX, a GPU decoder's frames...
+        return x is not None and not torch.is_tensor(x) and not isinstance(x, np.ndarray)
+
+    if foreign(img) or foreign(out):
+        res = upscale(_foreign_array(img, "img", stream), scale, model, out=None if out is None else
+                      _foreign_array(out, "out", stream), channel_order=channel_order, **kw)  # fmt: skip
+        return res if out is None else out
     if isinstance(img, np.ndarray) or channel_order == "BGR":
-        kw = dict(backend=backend, dtype=dtype, layout=layout, stream=stream, tile=tile, max_memory=max_memory,
-                  check_finite=check_finite, cuda_graphs=cuda_graphs, tune=tune, fused_color=fused_color)  # fmt: skip
         return _upscale_converted(img, scale, model, out, channel_order, kw)
-    if not torch.is_tensor(img):
-        raise TypeError(f"upscale: img must be a torch.Tensor or a numpy array, got {type(img).__name__}")
     s = _check_scale(scale)
     if img.dim() not in (2, 3, 4):
         raise ValueError(f"upscale: img must have 2, 3 or 4 dims (H,W / C,H,W / N,C,H,W or H,W,C / N,H,W,C), got shape {tuple(img.shape)}")

@@ -391,8 +391,9 @@ def train(
                 cfg = dataclasses.replace(cfg, steps=rec["fit"]["steps"])
                 (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
                 history.append(rec)
-                print(f"fitted: {cfg.steps} steps ({rec['fit']['steps_per_s']:.1f} steps/s, a Set5 evaluation "
-                      f"{rec['fit']['eval_s']:.1f} s) in --fit-minutes {fit_minutes}", file=sys.stderr)
+                msg = (f"fitted: {cfg.steps} steps ({rec['fit']['steps_per_s']:.1f} steps/s, a Set5 evaluation "
+                       f"{rec['fit']['eval_s']:.1f} s) in --fit-minutes {fit_minutes}")
+                (bar.write if bar is not None else print)(msg, file=sys.stderr)
                 stop = min(cfg.steps, until_step if until_step is not None else cfg.steps)
                 fitting = False
                 if bar is not None:
