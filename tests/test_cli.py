@@ -12,7 +12,7 @@ from conftest import need_data
 
 import vdsr_fast
 from vdsr_fast.cli import main
-from vdsr_fast.images import default_file_mode, read_image, write_image
+from vdsr_fast.images import default_file_mode, read_frames, read_image, write_frames, write_image
 
 
 @pytest.fixture
@@ -65,6 +65,42 @@ def test_upscale_formats(tmp_path, capsys, weights, suffix, channels, dtype):
         assert np.abs(res[..., -1] / peak - alpha.numpy()).max() <= 0.5 / peak + 1e-9
 
 
+@pytest.mark.parametrize("suffix, channels, dtype", [(".png", 3, np.uint8), (".png", 4, np.uint8), (".tif", 3, np.uint16),
+                                                     (".tif", 1, np.uint8), (".gif", 3, np.uint8), (".webp", 3, np.uint8)])  # fmt: skip
+def test_every_frame_of_an_animation_or_multi_page_tiff_is_upscaled(tmp_path, capsys, weights, suffix, channels, dtype):
+    """An animated PNG/GIF/WebP or a multi-page TIFF: every frame upscaled as that frame alone would be, the timing
+    and loop count kept (was: the first frame only, silently). Into a format of one image: an error, nothing written."""
+    rng = np.random.default_rng(1)
+    peak = np.iinfo(dtype).max
+    frames = [rng.integers(0, peak + 1, size=(7, 6, channels)).astype(dtype) for _ in range(3)]
+    src = tmp_path / f"anim{suffix}"
+    write_frames(src, frames, durations=[40, 50, 60], loop=3)
+    back, timing = read_frames(src)
+    assert len(back) == 3 and read_image(src).shape == back[0].shape
+    if suffix in (".png", ".tif"):  # lossless
+        for a, b in zip(frames, back):
+            np.testing.assert_array_equal(a, b)
+    if suffix != ".tif":  # TIFF has no timing
+        assert timing == {"durations": [40.0, 50.0, 60.0], "loop": 3}
+    dst = tmp_path / f"out{suffix}"
+    code, out, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--scale", "2", "--weights", weights)
+    assert code == 0 and "3 frames" in out, out
+    res, res_timing = read_frames(dst)
+    assert len(res) == 3 and res_timing == timing
+    for i, frame in enumerate(back):  # each frame as the same image alone
+        still = tmp_path / f"still{i}.png" if dtype == np.uint8 or suffix == ".png" else tmp_path / f"still{i}.tif"
+        write_image(still, frame)
+        one = tmp_path / f"one{i}{still.suffix}"
+        assert _run(capsys, "upscale", str(still), "-o", str(one), "--scale", "2", "--weights", weights)[0] == 0
+        want = read_image(one)
+        if suffix in (".png", ".tif"):
+            np.testing.assert_array_equal(res[i], want)
+        else:  # GIF's palette and WebP's lossy coding: close, not exact
+            assert res[i].shape == want.shape and np.abs(res[i].astype(int) - want).mean() < 12
+    code, _, err = _run(capsys, "upscale", str(src), "-o", str(tmp_path / "one.jpg"), "--scale", "2", "--weights", weights)
+    assert code == 2 and "has 3 frames and .jpg holds one image" in err and not (tmp_path / "one.jpg").exists()
+
+
 def _icc_profile() -> bytes:
     """A real sRGB ICC profile (Pillow's littleCMS), or bytes that only stand in for one."""
     try:
@@ -91,10 +127,10 @@ def test_colour_profile_and_resolution_are_kept(tmp_path, capsys, weights, suffi
     src, dst = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
     arr = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, size=(5, 4, channels)).astype(dtype)
     write_image(src, arr, icc_profile=icc, dpi=(300.0, 150.0))
-    assert image_info(src) == {"icc_profile": None if suffix == ".bmp" else icc, "dpi": pytest.approx((300.0, 150.0), abs=0.5)}
+    assert image_info(src) == {"icc_profile": None if suffix == ".bmp" else icc, "dpi": pytest.approx((300.0, 150.0), abs=0.5), "frames": 1}
     code, out, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--scale", "2", "--weights", weights)
     assert code == 0, out
-    assert image_info(dst) == {"icc_profile": None if suffix == ".bmp" else icc, "dpi": pytest.approx((600.0, 300.0), abs=0.5)}
+    assert image_info(dst) == {"icc_profile": None if suffix == ".bmp" else icc, "dpi": pytest.approx((600.0, 300.0), abs=0.5), "frames": 1}
     assert read_image(dst).shape == (10, 8, channels)
 
 
@@ -321,6 +357,12 @@ def test_image_files_round_trip_exactly(tmp_path, shape, dtype, suffix):
     back = read_image(tmp_path / f"x{suffix}")
     assert back.dtype == arr.dtype and back.shape == arr.shape
     np.testing.assert_array_equal(back, arr)
+    if suffix == ".tif" and dtype == np.uint8:  # other readers see the same image (gray+alpha was once written as
+        from PIL import Image  # H pages of W x 2 gray pixels, which only tifffile's own metadata read back)
+
+        with Image.open(tmp_path / "x.tif") as im:
+            assert getattr(im, "n_frames", 1) == 1
+            np.testing.assert_array_equal(np.asarray(im).reshape(shape), arr)
 
 
 def test_planar_tiff_is_read_channels_last(tmp_path):

@@ -68,18 +68,13 @@ def _engine(args):
         raise CliError(str(e)) from None
 
 
-def _upscale_image(src: Path, dst: Path, scale: int, model, model_kw: dict, device: torch.device):
-    """Read ``src``, upscale it, write ``dst`` (keeping the ICC profile, the dpi scaled); returns (in (h, w), out
-    (h, w), seconds of the upscale). Raises ImageReadError / CliError."""
+def _upscale_array(arr: np.ndarray, scale: int, model, model_kw: dict, device: torch.device) -> np.ndarray:
+    """One (H, W, C) uint8/uint16 image upscaled, in its dtype."""
     from .api import upscale
-    from .images import image_info, read_image, write_image
     from .imaging import imresize
 
-    arr = read_image(src)
-    info = image_info(src)
     x = torch.from_numpy(arr.astype(np.int32) if arr.dtype == np.uint16 else arr).permute(2, 0, 1)
     x = (x.float() / 65535.0 if arr.dtype == np.uint16 else x).to(device)
-    t0 = time.perf_counter()
     if x.shape[0] == 2:  # gray + alpha: VDSR on the gray plane, bicubic on alpha
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
@@ -90,15 +85,33 @@ def _upscale_image(src: Path, dst: Path, scale: int, model, model_kw: dict, devi
     if out.dtype != torch.uint8:  # float path (16-bit input, or gray+alpha)
         peak = 65535.0 if arr.dtype == np.uint16 else 255.0
         out = (out.clamp(0, 1) * peak + 0.5).floor()
-    result = out.permute(1, 2, 0).cpu().numpy().astype(arr.dtype)
+    return out.permute(1, 2, 0).cpu().numpy().astype(arr.dtype)
+
+
+def _upscale_image(src: Path, dst: Path, scale: int, model, model_kw: dict, device: torch.device, quiet: bool = False):
+    """Read ``src``, upscale it (every frame of an animation or multi-page TIFF), write ``dst`` (keeping the ICC
+    profile and the frames' timing, the dpi scaled); returns (in (h, w), out (h, w), frames, seconds of the upscale).
+    Raises ImageReadError / CliError."""
+    from tqdm import tqdm
+
+    from .images import MULTI_FRAME_SUFFIXES, image_info, read_frames, write_frames
+
+    frames, timing = read_frames(src)
+    info = image_info(src)
+    if len(frames) > 1 and dst.suffix.lower() not in MULTI_FRAME_SUFFIXES:
+        raise CliError(f"{src} has {len(frames)} frames and {dst.suffix} holds one image: write it as .gif, .webp, "
+                       f".png (animated) or .tif (one page a frame)")
+    t0 = time.perf_counter()
+    bar = tqdm(frames, desc=src.name, unit="frame", leave=False, disable=quiet or len(frames) < 2 or not sys.stderr.isatty())
+    results = [_upscale_array(f, scale, model, model_kw, device) for f in bar]
     elapsed = time.perf_counter() - t0
     try:
         # The colour profile carries over; the resolution scales with the pixels, so the print size stays.
         dpi = tuple(d * scale for d in info["dpi"]) if info["dpi"] else None
-        write_image(dst, result, icc_profile=info["icc_profile"], dpi=dpi)
+        write_frames(dst, results, durations=timing["durations"], loop=timing["loop"], icc_profile=info["icc_profile"], dpi=dpi)
     except (ValueError, OSError) as e:
         raise CliError(f"cannot write {dst}: {e}") from None
-    return arr.shape[:2], result.shape[:2], elapsed
+    return frames[0].shape[:2], results[0].shape[:2], len(frames), elapsed
 
 
 def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
@@ -142,11 +155,12 @@ def cmd_upscale(args) -> int:
             raise CliError(f"{dst.parent}: output folder does not exist")
         model, engine = _engine(args)
         try:
-            (h, w), (oh, ow), elapsed = _upscale_image(inputs[0], dst, args.scale, model, _engine_kw(args), engine.device)
+            (h, w), (oh, ow), n, elapsed = _upscale_image(inputs[0], dst, args.scale, model, _engine_kw(args), engine.device,
+                                                          args.quiet)  # fmt: skip
         except ImageReadError as e:
             raise CliError(str(e)) from None
-        src = inputs[0]
-        print(f"{src} ({w}x{h}) -> {dst} ({ow}x{oh}), x{args.scale}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, {elapsed:.2f} s")
+        src, frames = inputs[0], f", {n} frames" if n > 1 else ""
+        print(f"{src} ({w}x{h}{frames}) -> {dst} ({ow}x{oh}), x{args.scale}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, {elapsed:.2f} s")
         return 0
 
     # A batch: -o is a folder (made if its parent exists); every output is checked before any is written.
@@ -167,7 +181,7 @@ def cmd_upscale(args) -> int:
     t0 = time.perf_counter()
     for src, out in tqdm(jobs, desc=f"x{args.scale}", unit="img", disable=args.quiet or not sys.stderr.isatty()):
         try:
-            _upscale_image(src, out, args.scale, model, model_kw, engine.device)
+            _upscale_image(src, out, args.scale, model, model_kw, engine.device, quiet=True)
         except (ImageReadError, CliError) as e:  # one bad file does not stop the batch
             failed.append(str(e))
             tqdm.write(f"vdsr-fast upscale: error: {e}", file=sys.stderr)

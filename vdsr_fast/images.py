@@ -9,6 +9,7 @@ array (the ICC colour profile, the resolution in dots per inch), which :func:`wr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "read_image", "write_image", "image_info", "IMAGE_SUFFIXES"]
+__all__ = ["ImageReadError", "read_image", "read_frames", "write_image", "write_frames", "image_info", "IMAGE_SUFFIXES"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# The formats that hold several frames: animated GIF, WebP and PNG (APNG), multi-page TIFF.
+MULTI_FRAME_SUFFIXES = (".gif", ".webp", ".png", ".tif", ".tiff")
 
 
 def default_file_mode() -> int:
@@ -70,20 +73,30 @@ def _read_png16(path: Path) -> np.ndarray:
     return arr.reshape(height, width, planes)
 
 
-def _read_tiff(path: Path) -> np.ndarray | None:
+def _tiff_pages(tf) -> list:
+    """A TIFF's full-resolution pages (not its thumbnails or reduced-resolution copies)."""
+    return [p for p in tf.pages if not getattr(p, "is_reduced", False)]
+
+
+def _read_tiff(path: Path, all_pages: bool = False) -> list[np.ndarray] | None:
+    """The first page (or every page) of a TIFF as (H, W[, C]) arrays; None if tifffile cannot decode it."""
     import tifffile
 
     try:
         with tifffile.TiffFile(str(path)) as tf:
-            arr = tf.series[0].asarray()
-            planar = tf.pages[0].planarconfig == tifffile.PLANARCONFIG.SEPARATE and tf.pages[0].samplesperpixel > 1
+            pages = _tiff_pages(tf)
+            arrs = []
+            for page in pages if all_pages else pages[:1]:
+                arr = page.asarray()
+                if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and page.samplesperpixel > 1 and arr.ndim == 3:
+                    arr = np.moveaxis(arr, 0, -1)  # (samples, H, W) -> (H, W, samples)
+                arrs.append(arr)
     except Exception:  # compression tifffile cannot decode alone: let Pillow try
         return None
-    if planar and arr.ndim == 3:
-        arr = np.moveaxis(arr, 0, -1)  # (samples, H, W) -> (H, W, samples)
-    if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
-        raise ImageReadError(f"{path}: unsupported TIFF ({arr.dtype}, shape {arr.shape}); expected 8/16-bit gray or RGB(A)")
-    return arr
+    for arr in arrs:
+        if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
+            raise ImageReadError(f"{path}: unsupported TIFF ({arr.dtype}, shape {arr.shape}); expected 8/16-bit gray or RGB(A)")
+    return arrs
 
 
 def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -120,63 +133,139 @@ def _exif_orientation(path: Path) -> int:
         return 1
 
 
+def _frame_count(path: Path, im) -> int:
+    """How many frames (pages) a file holds: animated GIF, WebP and PNG, multi-page TIFF; 1 for the rest (a
+    camera's MPO JPEG holds a second picture, not a frame)."""
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(str(path)) as tf:
+                return len(_tiff_pages(tf))
+        except Exception:
+            pass
+    if suffix in MULTI_FRAME_SUFFIXES and im is not None:
+        return int(getattr(im, "n_frames", 1))
+    return 1
+
+
 def image_info(path: str | os.PathLike) -> dict:
-    """``{"icc_profile": bytes or None, "dpi": (x, y) or None}`` of an image file (the pixels are not decoded), the
-    dpi of the image as :func:`read_image` returns it (upright)."""
+    """``{"icc_profile": bytes or None, "dpi": (x, y) or None, "frames": n}`` of an image file (the pixels are not
+    decoded), the dpi of the image as :func:`read_image` returns it (upright); ``frames`` > 1 for an animation or a
+    multi-page TIFF (see :func:`read_frames`)."""
     from PIL import Image
 
+    path = Path(path)
     try:
         with Image.open(path) as im:
             icc, dpi = im.info.get("icc_profile"), im.info.get("dpi")
+            frames = _frame_count(path, im)
     except Exception:  # a file only tifffile/pypng read, or no metadata: nothing to keep
-        return {"icc_profile": None, "dpi": None}
+        return {"icc_profile": None, "dpi": None, "frames": _frame_count(path, None)}
     dpi = tuple(float(d) for d in dpi) if dpi and all(d and d > 0 for d in dpi) else None
-    if dpi and _exif_orientation(Path(path)) in (5, 6, 7, 8):  # read_image turns the image a quarter: x <-> y
+    if dpi and _exif_orientation(path) in (5, 6, 7, 8):  # read_image turns the image a quarter: x <-> y
         dpi = dpi[::-1]
-    return {"icc_profile": icc or None, "dpi": dpi}
+    return {"icc_profile": icc or None, "dpi": dpi, "frames": frames}
+
+
+def _pil_array(im) -> np.ndarray:
+    """A loaded Pillow image as uint8/uint16 (H, W[, C]), C in 1-4 (palette, 1-bit, CMYK, ... converted)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return np.asarray(im).astype(np.uint16)  # 16-bit gray (Pillow reads it as "I" or "I;16")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode in ("1",):
+        im = im.convert("L")
+    elif im.mode == "PA":
+        im = im.convert("RGBA")
+    elif im.mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGB")  # CMYK, YCbCr JPEGs, ...
+    return np.asarray(im)
+
+
+def _finish(path: Path, arr: np.ndarray, orientation: int) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.size == 0:
+        raise ImageReadError(f"{path}: the image is empty ({arr.shape})")
+    return np.array(_upright(arr, orientation), order="C")  # a writable copy (Pillow's arrays are read-only)
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path):
+    """Turns a decoder's exception into an ImageReadError naming ``path``."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageReadError(f"{path}: cannot read image ({e}); supported: PNG, JPEG, BMP, TIFF, WebP, GIF") from None
+    except Exception as e:  # decoders (pypng's png.FormatError, ...) raise their own types
+        raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+
+
+def read_frames(path: str | os.PathLike) -> tuple[list[np.ndarray], dict]:
+    """Every frame of an animated GIF, WebP or PNG, or every page of a multi-page TIFF, each as :func:`read_image`
+    returns one (whole frames: a GIF's partial frames are composited), and ``{"durations": [ms, ...] or None,
+    "loop": n or None}`` (a TIFF has no timing). A still image gives one frame."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    if image_info(path)["frames"] <= 1:
+        return [read_image(path)], {"durations": None, "loop": None}
+    orientation = _exif_orientation(path)
+    with _read_errors(path):
+        if path.suffix.lower() in (".tif", ".tiff"):
+            arrs = _read_tiff(path, all_pages=True)
+            if arrs is not None:
+                return [_finish(path, a, orientation) for a in arrs], {"durations": None, "loop": None}
+        frames, durations = [], []
+        with Image.open(path) as im:
+            for i in range(im.n_frames):
+                im.seek(i)
+                im.load()
+                frames.append(_pil_array(im))
+                durations.append(im.info.get("duration"))
+            loop = im.info.get("loop")
+    modes = {(f.ndim, f.shape[2] if f.ndim == 3 else 1, f.dtype) for f in frames}
+    if len(modes) > 1:  # e.g. a GIF whose first frame is opaque and later ones transparent: all as RGBA
+        frames = [_as_rgba(f) for f in frames]
+    durations = None if any(d is None for d in durations) else [float(d) for d in durations]
+    return [_finish(path, f, orientation) for f in frames], {"durations": durations, "loop": loop}
+
+
+def _as_rgba(f: np.ndarray) -> np.ndarray:
+    f = f[:, :, None] if f.ndim == 2 else f
+    c = f.shape[2]
+    rgb = f[:, :, :1].repeat(3, 2) if c <= 2 else f[:, :, :3]
+    alpha = f[:, :, c - 1 :] if c in (2, 4) else np.full_like(f[:, :, :1], np.iinfo(f.dtype).max)
+    return np.concatenate([rgb, alpha], axis=2)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as ``(H, W, C)`` uint8 or uint16 (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA), upright (its
     EXIF orientation applied, as viewers show it)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
-    try:
+    with _read_errors(path):
         arr = None
         if path.suffix.lower() in (".tif", ".tiff"):
-            arr = _read_tiff(path)
+            arr = (_read_tiff(path) or [None])[0]
         if arr is None and _png_16bit_color(path):
             arr = _read_png16(path)
         if arr is None:
             with Image.open(path) as im:
                 im.load()
-                if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                    arr = np.asarray(im).astype(np.uint16)  # 16-bit gray (Pillow reads it as "I" or "I;16")
-                else:
-                    if im.mode == "P":
-                        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                    elif im.mode in ("1",):
-                        im = im.convert("L")
-                    elif im.mode == "PA":
-                        im = im.convert("RGBA")
-                    elif im.mode not in ("L", "LA", "RGB", "RGBA"):
-                        im = im.convert("RGB")  # CMYK, YCbCr JPEGs, ...
-                    arr = np.asarray(im)
-    except ImageReadError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        raise ImageReadError(f"{path}: cannot read image ({e}); supported: PNG, JPEG, BMP, TIFF, WebP") from None
-    except Exception as e:  # decoders (pypng's png.FormatError, ...) raise their own types
-        raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.size == 0:
-        raise ImageReadError(f"{path}: the image is empty ({arr.shape})")
-    arr = _upright(arr, _exif_orientation(path))
-    return np.array(arr, order="C")  # a writable copy (Pillow's arrays are read-only)
+                arr = _pil_array(im)
+    return _finish(path, arr, _exif_orientation(path))
 
 
 def _icc_fits(icc: bytes, channels: int) -> bool:
@@ -199,6 +288,47 @@ def _png_add_icc(path: str, icc: bytes) -> None:
         png.write_chunks(f, chunks)
 
 
+@contextlib.contextmanager
+def _atomic(path: Path):
+    """A temporary file beside ``path`` to write, renamed to ``path`` at the end (removed on an error), so an
+    interrupted run never leaves a half-written file under the final name."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix.lower(), dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _tiff_options(channels: int, icc_profile: bytes | None, dpi) -> dict:
+    """tifffile's options for one page of ``channels`` samples: gray+alpha as one page of 2 samples, the second an
+    alpha (without them tifffile writes an (H, W, 2) array as H pages of W x 2 gray pixels)."""
+    opts: dict = {"photometric": "minisblack" if channels <= 2 else "rgb"}
+    if channels in (2, 4):
+        opts.update(planarconfig="contig", extrasamples=["unassalpha"])
+    if icc_profile:
+        opts["iccprofile"] = icc_profile
+    if dpi:
+        opts.update(resolution=dpi, resolutionunit="INCH")
+    return opts
+
+
+def _check_arrays(path: Path, arrs: list[np.ndarray]) -> str:
+    """The output suffix, after checking that the arrays fit it."""
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported output format {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
+    for arr in arrs:
+        if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"write_image: expected (H, W, 1|2|3|4) uint8/uint16, got {arr.shape} {arr.dtype}")
+        if arr.dtype == np.uint16 and suffix in (".jpg", ".jpeg", ".bmp", ".webp", ".gif"):
+            raise ValueError(f"{path}: {suffix} cannot store 16-bit images; use .png or .tif")
+    return suffix
+
+
 def write_image(
     path: str | os.PathLike,
     arr: np.ndarray,
@@ -217,26 +347,14 @@ def write_image(
     from PIL import Image
 
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported output format {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
-    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"write_image: expected (H, W, 1|2|3|4) uint8/uint16, got {arr.shape} {arr.dtype}")
-    if arr.dtype == np.uint16 and suffix in (".jpg", ".jpeg", ".bmp", ".webp"):
-        raise ValueError(f"{path}: {suffix} cannot store 16-bit images; use .png or .tif")
+    suffix = _check_arrays(path, [arr])
     if icc_profile and not _icc_fits(icc_profile, arr.shape[2]):
         icc_profile = None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with _atomic(path) as tmp:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            extra = {"iccprofile": icc_profile} if icc_profile else {}
-            if dpi:
-                extra.update(resolution=dpi, resolutionunit="INCH")
-            tifffile.imwrite(tmp, arr[:, :, 0] if arr.shape[2] == 1 else arr,
-                             photometric="minisblack" if arr.shape[2] <= 2 else "rgb", **extra)  # fmt: skip
+            tifffile.imwrite(tmp, arr[:, :, 0] if arr.shape[2] == 1 else arr, **_tiff_options(arr.shape[2], icc_profile, dpi))
         elif arr.dtype == np.uint16:  # Pillow cannot write 16-bit color; pypng writes every 16-bit PNG
             import png
 
@@ -257,9 +375,58 @@ def write_image(
                 extra["dpi"] = dpi
             if suffix in (".jpg", ".jpeg", ".webp"):  # lossy (WebP stores gray as RGB)
                 extra["quality"] = quality
+            if suffix == ".gif" and im.mode in ("LA", "RGBA"):
+                im = im.convert("RGBA")  # quantised to a palette with one transparent entry by Pillow
             im.save(tmp, **extra)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+
+def write_frames(
+    path: str | os.PathLike,
+    frames: list[np.ndarray],
+    *,
+    durations: list[float] | None = None,
+    loop: int | None = None,
+    quality: int = 95,
+    icc_profile: bytes | None = None,
+    dpi: tuple[float, float] | None = None,
+) -> None:
+    """Write frames of one size (as :func:`read_frames` returns them) as an animated GIF, WebP or PNG (APNG: 8-bit;
+    ``durations`` in ms and ``loop`` as read, when given) or a multi-page TIFF; one frame as :func:`write_image`.
+    Atomically, as :func:`write_image`; a format that holds one image is a ValueError."""
+    from PIL import Image
+
+    path = Path(path)
+    if len(frames) == 1:
+        return write_image(path, frames[0], quality=quality, icc_profile=icc_profile, dpi=dpi)
+    suffix = _check_arrays(path, frames)
+    if suffix not in MULTI_FRAME_SUFFIXES:
+        raise ValueError(f"{path}: {suffix} holds one image, not {len(frames)} frames; use .gif, .webp, .png "
+                         f"(animated) or .tif (one page a frame)")
+    if len({(f.shape, f.dtype.str) for f in frames}) > 1:
+        raise ValueError(f"write_frames: frames of different shapes or dtypes: {sorted({(f.shape, f.dtype.str) for f in frames})}")
+    c = frames[0].shape[2]
+    if icc_profile and not _icc_fits(icc_profile, c):
+        icc_profile = None
+    with _atomic(path) as tmp:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffWriter(tmp) as tw:
+                for f in frames:
+                    tw.write(f[:, :, 0] if c == 1 else f, **_tiff_options(c, icc_profile, dpi))
+            return
+        if frames[0].dtype == np.uint16:
+            raise ValueError(f"{path}: an animated {suffix} holds 8 bits a sample, the frames have 16; use .tif")
+        ims = [Image.fromarray(f[:, :, 0] if c == 1 else f) for f in frames]
+        if suffix == ".gif" and c in (2, 4):
+            ims = [im.convert("RGBA") for im in ims]
+        extra = {"save_all": True, "append_images": ims[1:], "loop": 0 if loop is None else int(loop)}
+        if durations is not None:
+            extra["duration"] = [round(d) for d in durations]
+        if suffix == ".gif":
+            extra["disposal"] = 2  # whole frames: each replaces the last (transparent pixels do not show it)
+        else:
+            extra.update({"icc_profile": icc_profile} if icc_profile else {})
+            extra.update({"dpi": dpi} if dpi and suffix == ".png" else {})
+            extra.update({"quality": quality} if suffix == ".webp" else {})
+        ims[0].save(tmp, **extra)
