@@ -436,6 +436,7 @@ class _CudaArrayInterfaceOnly:  # Numba's device arrays, older CuPy
         self.__cuda_array_interface__ = t.__cuda_array_interface__
 
 
+@pytest.mark.gpu  # on a GPU: the frames and out= in GPU memory, read and written in place
 @pytest.mark.parametrize("wrap", [_DLPackOnly, pytest.param(_CudaArrayInterfaceOnly, marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="the CUDA array interface describes GPU memory only"))])  # fmt: skip
 def test_dlpack_and_cuda_array_interface_arrays_in_and_out(tiny_model, wrap):
