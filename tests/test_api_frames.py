@@ -183,6 +183,31 @@ def test_max_memory_picks_a_tile(tiny_model, monkeypatch):
     assert api.tiling is tiling
 
 
+def test_max_memory_auto_is_a_share_of_the_free_memory(tiny_model, monkeypatch):
+    """max_memory="auto": 70% of what the device has free; the whole frame when it fits, exact tiles when not."""
+    from vdsr_fast import tiling
+
+    free = tiling.available_memory(torch.device("cpu"))
+    assert free is None or free > 0  # Linux: MemAvailable
+    seen = []
+    real = tiling.tile_plan
+    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+    x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
+    ref = upscale(x, 2, tiny_model, dtype=torch.float64)
+    assert torch.equal(upscale(x, 2, tiny_model, dtype=torch.float64, max_memory="auto"), ref)
+    assert seen == ([] if free is None else [seen[0]]) and (not seen or min(seen[0]) >= 24)  # one tile: the frame
+    per_px = tiling.bytes_per_pixel(tiny_model.channels, torch.float64, torch.float64)
+    r = receptive_radius(tiny_model)
+    monkeypatch.setattr(tiling, "available_memory", lambda device: int(per_px * (10 + 2 * r) ** 2 / tiling.AUTO_FRACTION) + 1)
+    got = upscale(x, 2, tiny_model, dtype=torch.float64, max_memory="auto")
+    assert seen[-1] == (10, 10)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-14)
+    monkeypatch.setattr(tiling, "available_memory", lambda device: None)  # unknown: no limit
+    assert torch.equal(upscale(x, 2, tiny_model, dtype=torch.float64, max_memory="auto"), ref)
+    with pytest.raises(ValueError, match="positive int \\(bytes\\) or 'auto'"):
+        upscale(x, 2, tiny_model, max_memory="half")
+
+
 def test_out_of_memory_is_raised(tiny_model):
     from vdsr_fast.api import get_engine
 

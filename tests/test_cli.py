@@ -101,6 +101,41 @@ def test_every_frame_of_an_animation_or_multi_page_tiff_is_upscaled(tmp_path, ca
     assert code == 2 and "has 3 frames and .jpg holds one image" in err and not (tmp_path / "one.jpg").exists()
 
 
+def test_upscale_tiles_a_large_image_within_the_memory_budget(tmp_path, capsys, weights, monkeypatch):
+    """--max-memory (default auto: 70% of the free memory) tiles an image too large for it, with the same result;
+    --tile likewise; a budget too small or not a size is a clear error."""
+    from vdsr_fast import tiling
+
+    arr = np.random.default_rng(3).integers(0, 256, size=(30, 26, 3)).astype(np.uint8)
+    write_image(tmp_path / "in.png", arr)
+    seen = []
+    real, real_available = tiling.tile_plan, tiling.available_memory
+    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+
+    def run(name, *extra):
+        code, out, err = _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / name), "--weights", weights, *extra)
+        assert code == 0, err
+        return read_image(tmp_path / name)
+
+    whole = run("whole.png")
+    assert len(seen) <= 1 and (not seen or min(seen[0]) >= 60)  # auto: the whole image fits
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 2**17)  # 128 KiB free: tiles of 17 px
+    np.testing.assert_array_equal(run("auto.png"), whole)
+    assert max(seen[-1]) < 30
+    monkeypatch.setattr(tiling, "available_memory", real_available)
+    np.testing.assert_array_equal(run("tiled.png", "--tile", "16"), whole)
+    assert seen[-1] == (16, 16)
+    np.testing.assert_array_equal(run("budget.png", "--max-memory", "0.0001"), whole)  # ~105 KiB
+    assert max(seen[-1]) < 30
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "x.png"), "--weights", weights,
+                        "--max-memory", "0.00000001")  # fmt: skip
+    assert code == 2 and "is too small" in err and not (tmp_path / "x.png").exists()
+    for bad in ("0", "-1", "lots", "inf"):
+        with pytest.raises(SystemExit):
+            main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "y.png"), "--max-memory", bad])
+        assert "expected 'auto' or a positive number of GiB" in capsys.readouterr().err
+
+
 def _icc_profile() -> bytes:
     """A real sRGB ICC profile (Pillow's littleCMS), or bytes that only stand in for one."""
     try:

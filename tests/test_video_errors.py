@@ -240,3 +240,12 @@ def test_unknown_pixel_format_is_a_clear_error(clip, tmp_path, weights, capsys):
     _fails(capsys, clip, tmp_path / "out.mp4", "--weights", weights, "--pix-fmt", "yuv9000p",
            message="--pix-fmt 'yuv9000p' is not a pixel format FFmpeg knows")  # fmt: skip
     assert _listing(tmp_path) == []
+
+
+def test_memory_budget_too_small_for_a_tile(tmp_path, weights, capsys):
+    """--max-memory below what the smallest tile needs: upscale()'s ValueError as the command's error line (was a
+    traceback), and nothing written."""
+    src = tmp_path / "in.mp4"
+    _make_clip(src)
+    _fails(capsys, src, tmp_path / "out.mp4", "--weights", weights, "--max-memory", "0.00000001", message="is too small")
+    assert _listing(tmp_path) == ["in.mp4"]

@@ -285,9 +285,11 @@ def _tile_size(tile, max_memory, n: int, engine: Engine, model: VDSR, img_dtype:
         sizes.append((side, side))
     if tile is not None:
         sizes.append(tiling._pair(tile))
+    if isinstance(max_memory, str) and max_memory == "auto":
+        max_memory = tiling.memory_budget(engine.device)
     if max_memory is not None:
         if isinstance(max_memory, bool) or not isinstance(max_memory, numbers.Integral) or max_memory <= 0:
-            raise ValueError(f"upscale: max_memory must be a positive int (bytes), got {max_memory!r}")
+            raise ValueError(f"upscale: max_memory must be a positive int (bytes) or 'auto', got {max_memory!r}")
         max_memory = int(max_memory)
         fdt = torch.float64 if img_dtype == torch.float64 else torch.float32
         side = tiling.tile_for_budget(max_memory, n, tiling.bytes_per_pixel(model.channels, engine.dtype, fdt), radius)
@@ -309,7 +311,7 @@ def upscale(
     out: torch.Tensor | None = None,
     stream: torch.cuda.Stream | None = None,
     tile: int | tuple[int, int] | None = None,
-    max_memory: int | None = None,
+    max_memory: int | str | None = None,
     check_finite: bool = False,
     cuda_graphs: bool | None = None,
     tune: bool = False,

@@ -49,11 +49,37 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune", action="store_true", help="time the backend's alternative GPU kernels once and use the fastest")
 
 
+def memory_arg(text: str) -> str | int:
+    """``--max-memory``: "auto" (a share of the memory free on the device when the work starts, see
+    :func:`vdsr_fast.tiling.memory_budget`) or GiB, as upscale()'s ``max_memory`` (bytes)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        gib = float(text)
+    except ValueError:
+        gib = float("nan")
+    if not gib > 0 or gib == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number of GiB, got {text!r}")
+    return max(1, int(gib * 2**30))
+
+
+def add_memory_args(p: argparse.ArgumentParser, per: str) -> None:
+    p.add_argument("--tile", type=int, help="upscale in output tiles of this many pixels a side (exact: the same result)")
+    p.add_argument("--max-memory", type=memory_arg, default="auto",
+                   help=f"working-memory budget {per} in GiB, from which the tile size follows when the whole does not "
+                        "fit (exact); default 'auto': 70%% of the memory free on the device")  # fmt: skip
+
+
 def _engine_kw(args) -> dict:
     """The engine options of ``--backend/--dtype``, as :func:`~vdsr_fast.get_engine` and
     :func:`~vdsr_fast.upscale` take them; no CUDA graphs (images of many sizes, each seen once: a
     capture per size would only add work)."""
     return {"backend": args.backend, "dtype": _DTYPES.get(args.dtype), "cuda_graphs": False, "tune": args.tune}
+
+
+def _upscale_kw(args) -> dict:
+    """upscale()'s options from the command line: the engine's, the tile size and the memory budget."""
+    return dict(_engine_kw(args), tile=args.tile, max_memory=args.max_memory)
 
 
 def _engine(args):
@@ -103,7 +129,10 @@ def _upscale_image(src: Path, dst: Path, scale: int, model, model_kw: dict, devi
                        f".png (animated) or .tif (one page a frame)")
     t0 = time.perf_counter()
     bar = tqdm(frames, desc=src.name, unit="frame", leave=False, disable=quiet or len(frames) < 2 or not sys.stderr.isatty())
-    results = [_upscale_array(f, scale, model, model_kw, device) for f in bar]
+    try:
+        results = [_upscale_array(f, scale, model, model_kw, device) for f in bar]
+    except ValueError as e:  # e.g. a --max-memory too small for the smallest tile
+        raise CliError(str(e)) from None
     elapsed = time.perf_counter() - t0
     try:
         # The colour profile carries over; the resolution scales with the pixels, so the print size stays.
@@ -155,7 +184,7 @@ def cmd_upscale(args) -> int:
             raise CliError(f"{dst.parent}: output folder does not exist")
         model, engine = _engine(args)
         try:
-            (h, w), (oh, ow), n, elapsed = _upscale_image(inputs[0], dst, args.scale, model, _engine_kw(args), engine.device,
+            (h, w), (oh, ow), n, elapsed = _upscale_image(inputs[0], dst, args.scale, model, _upscale_kw(args), engine.device,
                                                           args.quiet)  # fmt: skip
         except ImageReadError as e:
             raise CliError(str(e)) from None
@@ -174,7 +203,7 @@ def cmd_upscale(args) -> int:
         raise CliError(f"{len(existing)} of the {len(jobs)} outputs exist (first: {existing[0]}); pass --force to overwrite them")
     dst.mkdir(exist_ok=True)
     model, engine = _engine(args)
-    model_kw = _engine_kw(args)  # upscale() then finds _engine's engine in the model's cache
+    model_kw = _upscale_kw(args)  # upscale() then finds _engine's engine in the model's cache
     from tqdm import tqdm
 
     failed = []
@@ -305,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (a batch)")
     p.add_argument("--scale", "-s", type=int, default=2, choices=[2, 3, 4])
     p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
+    add_memory_args(p, "per image")
     _add_engine_args(p)
     p.set_defaults(func=cmd_upscale)
 

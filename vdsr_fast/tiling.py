@@ -30,7 +30,7 @@ import torch
 
 from .imaging import _apply_taps, _contributions, _contributions_on, resize_output_size
 
-__all__ = ["receptive_radius", "tile_plan", "tile_for_budget", "bytes_per_pixel", "Window"]
+__all__ = ["receptive_radius", "tile_plan", "tile_for_budget", "bytes_per_pixel", "memory_budget", "Window"]
 
 
 def receptive_radius(model) -> int:
@@ -51,6 +51,32 @@ def bytes_per_pixel(channels: int, engine_dtype: torch.dtype, float_dtype: torch
 
 
 MIN_TILE = 8
+AUTO_FRACTION = 0.7  # of the memory free on the device that max_memory="auto" lets one call use
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation on ``device`` can take now: on a GPU what the driver has free plus what PyTorch's
+    caching allocator holds unused; on the CPU the kernel's estimate (``MemAvailable`` of Linux's
+    ``/proc/meminfo``); None where unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return None
+
+
+def memory_budget(device: torch.device) -> int | None:
+    """``max_memory="auto"``: a share (``AUTO_FRACTION``) of :func:`available_memory`, or None (no limit) where
+    unknown."""
+    free = available_memory(device)
+    return None if free is None else int(AUTO_FRACTION * free)
 
 
 def tile_for_budget(max_memory: int, n: int, per_pixel: int, radius: int) -> int:

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .cli import _DTYPES, CliError, _add_engine_args, _device, _model
+from .cli import _DTYPES, CliError, _add_engine_args, _device, _model, add_memory_args
 from .images import default_file_mode
 
 __all__ = ["main", "upscale_video", "VideoError"]
@@ -539,7 +539,7 @@ def upscale_video(
     backend: str = "auto",
     dtype: torch.dtype | None = None,
     tile: int | None = None,
-    max_memory: int | None = None,
+    max_memory: int | str | None = None,
     force: bool = False,
     progress: bool = True,
     tune: bool = False,
@@ -764,8 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoded pixel format (default: yuv420p, or yuv420p10le for an input of more than 8 bits; "
                         "4:2:0 needs an even output size, yuv444p takes any)")
     p.add_argument("--batch", "-b", type=int, default=4, help="frames per upscale call (default: 4)")
-    p.add_argument("--tile", type=int, help="upscale in output tiles of this size (exact; saves memory)")
-    p.add_argument("--max-memory", type=float, help="working-memory budget per batch in GiB (chooses the tile size)")
+    add_memory_args(p, "per batch of frames")
     p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--fused-color", action="store_true", help="the colour conversion and bicubic resize around the network as two Triton kernels on the GPU (upscale(fused_color=True))")
@@ -787,12 +786,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.input, args.output, args.scale, model,
                 codec=args.codec, crf=None if args.crf == -1 else args.crf, pix_fmt=args.pix_fmt, preset=args.preset,
                 batch=args.batch, device=args.device, backend=args.backend, dtype=_DTYPES.get(args.dtype),
-                tile=args.tile, max_memory=None if args.max_memory is None else int(args.max_memory * 2**30),
+                tile=args.tile, max_memory=args.max_memory,
                 force=args.force, progress=not args.quiet, tune=args.tune, fused_color=args.fused_color,
             )
         except BackendUnavailable as e:
             raise VideoError(str(e)) from None
-    except (VideoError, CliError) as e:
+    except (VideoError, CliError, ValueError) as e:  # ValueError: upscale()'s, e.g. a --max-memory too small
         print(f"vdsr-fast video: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
