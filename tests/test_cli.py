@@ -136,6 +136,18 @@ def test_upscale_tiles_a_large_image_within_the_memory_budget(tmp_path, capsys, 
         assert "expected 'auto' or a positive number of GiB" in capsys.readouterr().err
 
 
+def test_multi_page_tiff_with_pages_of_different_sizes(tmp_path, capsys, weights):
+    """A scanned document's pages need not share a size: each is upscaled and written as its own page."""
+    pages = [np.full((6, 5, 3), 90, np.uint8), np.full((4, 7, 1), 200, np.uint8)]
+    write_frames(tmp_path / "doc.tif", pages)
+    assert [p.shape for p in read_frames(tmp_path / "doc.tif")[0]] == [(6, 5, 3), (4, 7, 1)]
+    code, out, _ = _run(capsys, "upscale", str(tmp_path / "doc.tif"), "-o", str(tmp_path / "big.tif"), "--weights", weights)
+    assert code == 0, out
+    assert [p.shape for p in read_frames(tmp_path / "big.tif")[0]] == [(12, 10, 3), (8, 14, 1)]
+    with pytest.raises(ValueError, match="frames of different shapes"):
+        write_frames(tmp_path / "x.gif", [np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)])
+
+
 def _icc_profile() -> bytes:
     """A real sRGB ICC profile (Pillow's littleCMS), or bytes that only stand in for one."""
     try:

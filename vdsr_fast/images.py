@@ -390,8 +390,9 @@ def write_frames(
     icc_profile: bytes | None = None,
     dpi: tuple[float, float] | None = None,
 ) -> None:
-    """Write frames of one size (as :func:`read_frames` returns them) as an animated GIF, WebP or PNG (APNG: 8-bit;
-    ``durations`` in ms and ``loop`` as read, when given) or a multi-page TIFF; one frame as :func:`write_image`.
+    """Write frames (as :func:`read_frames` returns them) as an animated GIF, WebP or PNG (APNG: 8-bit; frames of one
+    size; ``durations`` in ms and ``loop`` as read, when given) or a multi-page TIFF (pages of any size); one frame
+    as :func:`write_image`.
     Atomically, as :func:`write_image`; a format that holds one image is a ValueError."""
     from PIL import Image
 
@@ -402,19 +403,21 @@ def write_frames(
     if suffix not in MULTI_FRAME_SUFFIXES:
         raise ValueError(f"{path}: {suffix} holds one image, not {len(frames)} frames; use .gif, .webp, .png "
                          f"(animated) or .tif (one page a frame)")
-    if len({(f.shape, f.dtype.str) for f in frames}) > 1:
+    tiff = suffix in (".tif", ".tiff")
+    if not tiff and len({(f.shape, f.dtype.str) for f in frames}) > 1:  # a TIFF's pages may differ
         raise ValueError(f"write_frames: frames of different shapes or dtypes: {sorted({(f.shape, f.dtype.str) for f in frames})}")
     c = frames[0].shape[2]
-    if icc_profile and not _icc_fits(icc_profile, c):
-        icc_profile = None
     with _atomic(path) as tmp:
-        if suffix in (".tif", ".tiff"):
+        if tiff:
             import tifffile
 
             with tifffile.TiffWriter(tmp) as tw:
                 for f in frames:
-                    tw.write(f[:, :, 0] if c == 1 else f, **_tiff_options(c, icc_profile, dpi))
+                    icc = icc_profile if icc_profile and _icc_fits(icc_profile, f.shape[2]) else None
+                    tw.write(f[:, :, 0] if f.shape[2] == 1 else f, **_tiff_options(f.shape[2], icc, dpi))
             return
+        if icc_profile and not _icc_fits(icc_profile, c):
+            icc_profile = None
         if frames[0].dtype == np.uint16:
             raise ValueError(f"{path}: an animated {suffix} holds 8 bits a sample, the frames have 16; use .tif")
         ims = [Image.fromarray(f[:, :, 0] if c == 1 else f) for f in frames]
