@@ -384,6 +384,32 @@ def test_weights_made_in_inference_mode(tiny_model):
     assert vdsr_fast.get_engine(m, "cpu") is vdsr_fast.get_engine(m, "cpu")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+def test_engine_first_used_in_inference_mode_works_outside_it(tiny_model, backend):
+    """A pipeline that runs under torch.inference_mode() and one that does not share the cached engine: its buffers
+    (and, on a GPU, the CUDA graphs) made under inference mode serve calls outside it, and the other way round."""
+    from vdsr_fast import VDSR, available_backends
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if (why := available_backends(dev)[backend]) is not None:
+        pytest.skip(why)
+    x = torch.rand(2, 3, 7, 9, device=dev)
+    for first_inside in (True, False):
+        m = VDSR(tiny_model.depth, tiny_model.channels)
+        m.load_state_dict(tiny_model.state_dict())
+        if first_inside:
+            with torch.inference_mode():
+                a = upscale(x, 2, m, backend=backend)
+            b = upscale(x, 2, m, backend=backend)
+        else:
+            b = upscale(x, 2, m, backend=backend)
+            with torch.inference_mode():
+                a = upscale(x, 2, m, backend=backend)
+        assert a.is_inference() and not b.is_inference()
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_numpy_arrays_in_and_out(tiny_model):
     """An OpenCV-style (H, W, 3) uint8 array: the same result as the tensor, as a numpy array (read-only arrays too,
     without PyTorch's non-writable warning)."""
