@@ -54,6 +54,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# The device has no ../shared: the tests that need Set5 read the carried copy (carry=[".whl", "carry/Set5"]).
+if [[ ! -d "$ROOT/../shared/data" && -d carry/Set5 && -z "${VDSR_FAST_DATA:-}" ]]; then
+  mkdir -p /tmp/vdsr_fast_data/eval && ln -sfn "$ROOT/carry/Set5" /tmp/vdsr_fast_data/eval/Set5
+  export VDSR_FAST_DATA=/tmp/vdsr_fast_data
+fi
 
 # The device tool returns at most 8 files from $OUT: on exit the logs become one archive beside the results,
 # and so does the benchmark's .md (make_table.py renders the same tables from its JSON).

@@ -19,11 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-DATA = ROOT.parent / "shared" / "data"
+# The SR data sets: ../shared/data beside the checkout, or VDSR_FAST_DATA (gpu_check.sh points it at the carried
+# copy of Set5 on a GPU machine, which has no ../shared).
+DATA = Path(os.environ.get("VDSR_FAST_DATA") or ROOT.parent / "shared" / "data")
 
 
 def need_data(*parts: str) -> Path:
-    """The path under ../shared/data, or skip the test with the reason when it is absent."""
+    """The path under ../shared/data (or $VDSR_FAST_DATA), or skip the test with the reason when it is absent."""
     path = DATA.joinpath(*parts)
     if not path.exists():
         pytest.skip(f"test data not found at {path} (the SR data sets live in ../shared/data)")
