@@ -208,6 +208,29 @@ def test_max_memory_auto_is_a_share_of_the_free_memory(tiny_model, monkeypatch):
         upscale(x, 2, tiny_model, max_memory="half")
 
 
+def test_max_memory_auto_counts_the_engines_own_buffers(tiny_model, monkeypatch):
+    """The activation buffers a fast engine keeps after a call are reused by the next: "auto" counts them as
+    available, so the free memory a first call leaves does not turn the next call of the same size into tiles."""
+    from vdsr_fast import available_backends, get_engine, tiling
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if (why := available_backends(dev)["triton"]) is not None:
+        pytest.skip(why)
+    seen = []
+    real = tiling.tile_plan
+    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+    x = torch.rand(1, 1, 12, 12, device=dev)
+    engine = get_engine(tiny_model, dev, backend="triton")
+    per_px = tiling.bytes_per_pixel(tiny_model.channels, engine.dtype, torch.float32)
+    free = int(per_px * (24 + 2 * receptive_radius(tiny_model)) ** 2 / tiling.AUTO_FRACTION) + 1  # the frame just fits
+    monkeypatch.setattr(tiling, "available_memory", lambda device: free)
+    first = upscale(x, 2, tiny_model, backend="triton", max_memory="auto")
+    assert min(seen[-1]) >= 24 and engine.buffer_bytes > 0
+    monkeypatch.setattr(tiling, "available_memory", lambda device: free - engine.buffer_bytes)  # what the call left
+    assert torch.equal(upscale(x, 2, tiny_model, backend="triton", max_memory="auto"), first)
+    assert min(seen[-1]) >= 24  # still the whole frame
+
+
 def test_out_of_memory_is_raised(tiny_model):
     from vdsr_fast.api import get_engine
 

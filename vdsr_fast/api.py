@@ -286,7 +286,7 @@ def _tile_size(tile, max_memory, n: int, engine: Engine, model: VDSR, img_dtype:
     if tile is not None:
         sizes.append(tiling._pair(tile))
     if isinstance(max_memory, str) and max_memory == "auto":
-        max_memory = tiling.memory_budget(engine.device)
+        max_memory = tiling.memory_budget(engine.device, engine.buffer_bytes)
     if max_memory is not None:
         if isinstance(max_memory, bool) or not isinstance(max_memory, numbers.Integral) or max_memory <= 0:
             raise ValueError(f"upscale: max_memory must be a positive int (bytes) or 'auto', got {max_memory!r}")

@@ -327,6 +327,11 @@ class Engine:
     def __repr__(self) -> str:
         return f"Engine(backend={self.backend!r}, dtype={self.dtype}, device={self.device}, depth={self.depth}, channels={self.channels})"
 
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes of the activation buffers this engine holds between calls (the fast backends' two; 0 for PyTorch)."""
+        return 2 * getattr(self._impl, "buffer_numel", 0) * self.dtype.itemsize
+
     def reserve(self, n: int, h: int, w: int) -> None:
         """Size the fast backends' activation buffers for ``(n, 1, h, w)`` inputs now (a no-op for
         the PyTorch backend). Growing them later drops the CUDA graphs captured on the old ones, so

@@ -72,11 +72,12 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def memory_budget(device: torch.device) -> int | None:
-    """``max_memory="auto"``: a share (``AUTO_FRACTION``) of :func:`available_memory`, or None (no limit) where
-    unknown."""
+def memory_budget(device: torch.device, reusable: int = 0) -> int | None:
+    """``max_memory="auto"``: a share (``AUTO_FRACTION``) of :func:`available_memory` plus ``reusable`` bytes (an
+    engine's own activation buffers, which the next call reuses: without them a budget measured after the first
+    call would shrink by what that call left allocated), or None (no limit) where unknown."""
     free = available_memory(device)
-    return None if free is None else int(AUTO_FRACTION * free)
+    return None if free is None else int(AUTO_FRACTION * (free + reusable))
 
 
 def tile_for_budget(max_memory: int, n: int, per_pixel: int, radius: int) -> int:
