@@ -26,7 +26,6 @@ table printed last. Exit status 0, or 3 when some path failed its reference chec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import fnmatch
 import gc
@@ -41,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +54,7 @@ import torch.nn.functional as F
 
 from benchmarks.canary import broken
 from benchmarks.make_table import render_markdown
+from vdsr_fast.engine import tf32_mode
 from vdsr_fast.reference import VDSR, flops_per_pixel, vdsr_forward
 
 __all__ = [
@@ -240,30 +240,6 @@ def parse_size(spec: str) -> tuple[str, int, int, int]:
     if batch < 1 or w < 1 or h < 1:
         raise ValueError(f"size {spec!r}: width, height and batch must be positive")
     return label, w, h, batch
-
-
-@contextlib.contextmanager
-def tf32_mode(enabled: bool) -> Iterator[None]:
-    """cuDNN conv and cuBLAS matmul TF32 on (the "tf32" path) or off (true fp32 everywhere else).
-
-    torch >= 2.9 has ``fp32_precision`` switches and raises when code mixes them with the legacy
-    ``allow_tf32`` flags, so the new ones are used where they exist.
-    """
-    conv, mm = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
-    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(mm, "fp32_precision"):
-        old = conv.fp32_precision, mm.fp32_precision
-        conv.fp32_precision = mm.fp32_precision = "tf32" if enabled else "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision, mm.fp32_precision = old
-        return
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _sync(device: torch.device) -> None:

@@ -410,6 +410,28 @@ def test_engine_first_used_in_inference_mode_works_outside_it(tiny_model, backen
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.gpu
+def test_torch_backend_fp32_on_a_gpu_is_true_fp32():
+    """PyTorch runs fp32 convolutions on a GPU in TF32 by default: the reference backend's fp32 does not, whatever
+    the caller's setting, and leaves that setting as it found it."""
+    from vdsr_fast.engine import tf32_mode
+
+    if not torch.cuda.is_available():
+        pytest.skip("TF32 is a CUDA mode")
+    torch.manual_seed(0)
+    m = vdsr_fast.VDSR(depth=6, channels=64).cuda()
+    x = torch.rand(1, 1, 40, 36, device="cuda")
+    ref = vdsr_forward(x.double(), [w.double() for w in m.weights], [b.double() for b in m.biases]).float()
+    engine = Engine(m, backend="torch", dtype=torch.float32, device="cuda")
+    with tf32_mode(True):
+        got = engine(x)
+        tf32 = vdsr_forward(x, list(m.weights), list(m.biases))
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        assert (conv.fp32_precision == "tf32") if hasattr(conv, "fp32_precision") else torch.backends.cudnn.allow_tf32
+    assert (tf32 - ref).abs().max() > 1e-4  # TF32 is visibly less exact here: the next check can fail
+    assert (got - ref).abs().max() <= 1e-5
+
+
 def test_numpy_arrays_in_and_out(tiny_model):
     """An OpenCV-style (H, W, 3) uint8 array: the same result as the tensor, as a numpy array (read-only arrays too,
     without PyTorch's non-writable warning)."""

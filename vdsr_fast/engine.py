@@ -52,8 +52,35 @@ class Backend(Protocol):
 #                     on to the next backend without a warning (an explicit backend= still runs them).
 
 
+@contextlib.contextmanager
+def tf32_mode(enabled: bool):
+    """cuDNN convolutions and cuBLAS matmuls in TF32 (``enabled``) or in true IEEE fp32, for the ``with`` block.
+
+    PyTorch runs fp32 convolutions on a GPU in TF32 by default (10-bit mantissa products). The switches are
+    process-wide: a thread running its own fp32 convolutions meanwhile sees them too. torch >= 2.9 has
+    ``fp32_precision`` switches and raises when code mixes them with the legacy ``allow_tf32`` flags, so the new
+    ones are used where they exist.
+    """
+    conv, mm = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
+    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(mm, "fp32_precision"):
+        old = conv.fp32_precision, mm.fp32_precision
+        conv.fp32_precision = mm.fp32_precision = "tf32" if enabled else "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, mm.fp32_precision = old
+        return
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 class TorchBackend:
-    """The reference network (``F.conv2d``), in any float dtype the device supports."""
+    """The reference network (``F.conv2d``), in any float dtype the device supports; fp32 on a GPU in true fp32, not
+    PyTorch's default TF32 for convolutions."""
 
     name = "torch"
     dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -70,10 +97,12 @@ class TorchBackend:
         self.weights = [w.detach().to(device, dtype).contiguous(memory_format=self.memory_format) for w in model.weights]
         self.biases = [b.detach().to(device, dtype) for b in model.biases]
         self.dtype = dtype
+        self.ieee = device.type == "cuda" and dtype == torch.float32
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         x = y.to(self.dtype).contiguous(memory_format=self.memory_format)
-        return vdsr_forward(x, self.weights, self.biases).to(y.dtype)
+        with tf32_mode(False) if self.ieee else contextlib.nullcontext():
+            return vdsr_forward(x, self.weights, self.biases).to(y.dtype)
 
 
 class _Lazy:
