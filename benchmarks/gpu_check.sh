@@ -3,7 +3,8 @@
 #
 #     bash benchmarks/gpu_check.sh
 #
-# (with the session's `run` tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)).
+# (with the session's `run` tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl", "carry/Set5"], timeout_s=540);
+# carry/Set5 becomes $VDSR_FAST_DATA/eval/Set5 for the tests that score the shipped weights on it).
 # It prints the card and versions, builds the CUDA extension vdsr_fast._C in place (a failed build is
 # logged and the rest runs without the cuda backend), runs the GPU test suite, runs compute-sanitizer
 # once on a tiny input when the extension built, measures `vdsr-fast video` (frames/s, GPU busy
@@ -18,6 +19,8 @@
 # benchmark keeps at least BENCH_MIN_S. Knobs (environment):
 #   GPU_CHECK_BUDGET_S=450  whole-script budget          BENCH_MIN_S=170   benchmark's reserved share
 #   BUILD_CAP_S=180  TEST_CAP_S=150  SANITIZER_CAP_S=60   per-step caps
+#   PYTHON (default python3), VDSR_FAST_BUILD_JOBS (default: every core), VDSR_FAST_DATA (default: ../shared/data,
+#   else the carried carry/Set5)
 #   VDSR_FAST_CUDA_ARCHS    default from the card (9.0 -> "90a", else e.g. "80")
 #   BENCH_ARGS="..."        extra bench_latency flags, e.g. "--compile" or "--sizes 1080p"
 #   VIDEO_CAP_S=90                                         vdsr-fast video throughput step

@@ -16,7 +16,9 @@
 # Knobs: SESSION_BUDGET_S=570 (whole call; the check's budget is this minus 10 s), TRAIN_MINUTES=4.2,
 # TRAIN_DEADLINE_S=275 (the check stops waiting at (570 - 10) - BENCH_MIN_S - VIDEO_CAP_S - 10 = 280 s), and
 # every knob of the two scripts (STEPS, BATCH, LR, INIT, ... for the training; BENCH_MIN_S=195 (benchmark
-# + layer profile), VIDEO_CAP_S=75, TEST_CAP_S=200, LAYER_PROFILE=1 here). A longer schedule from the shipped weights, for example:
+# + layer profile), VIDEO_CAP_S=75, TEST_CAP_S=200, LAYER_PROFILE=1, LAYER_PROFILE_CAP_S=45, AFTER_BENCH_S=50 here;
+# OUT defaults to runs/gpu_session; GPU_CHECK_BUDGET_S, TIMING_GATE and the two scripts' OUT are set here and
+# cannot be passed). A longer schedule from the shipped weights, for example:
 #   INIT=vdsr_fast/weights/vdsr_x234.safetensors STEPS=30000 LR=1e-4 bash benchmarks/gpu_session.sh
 # The device may cut the call at its own limit: keep timeout_s >= SESSION_BUDGET_S + 30.
 set -uo pipefail

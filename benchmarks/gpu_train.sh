@@ -13,7 +13,7 @@
 # copied to $OUT (default runs/gpu_out); put last.pt back in runs/gpu here so the next call (or a CPU
 # run) resumes from it.
 #
-# Knobs (environment): TRAIN_MINUTES=5 (then a checkpoint and stop; the schedule follows STEPS, so a
+# Knobs (environment): PYTHON (default python3), TRAIN_MINUTES=5 (then a checkpoint and stop; the schedule follows STEPS, so a
 # run cut into calls equals the uninterrupted one), STEPS=20000, BATCH=64, PATCH=48, LR=2e-4,
 # EVAL_EVERY=2500, FIT_MINUTES=M (a new run: STEPS replaced by the steps that fit in M minutes, timed during the
 # warm-up, so the cosine anneals within the call; keep it under TRAIN_MINUTES), EMA=0.999 (evaluate and save the moving average of the weights; default off), INIT=weights to start a new run from (e.g. INIT=vdsr_fast/weights/vdsr_x234.safetensors:

@@ -11,7 +11,7 @@
 #           that carry/ and .whl/ fit the 64 MiB a call may take beside the tree: gpu_session.sh), and
 #           carry/Set5, a copy of ../shared/data/eval/Set5 for the trainer's periodic PSNR.
 # It ends with the sizes and what is left of the 64 MiB a call may carry.
-# Knobs: DEVICE_PYTHON=3.12, DEVICE_PLATFORM=manylinux_2_28_x86_64, DATA=../shared/data.
+# Knobs: DEVICE_PYTHON=3.12, DEVICE_PLATFORM=manylinux_2_28_x86_64, DATA=../shared/data, PYTHON (default python3).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

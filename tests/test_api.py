@@ -432,6 +432,19 @@ def test_torch_backend_fp32_on_a_gpu_is_true_fp32():
     assert (got - ref).abs().max() <= 1e-5
 
 
+@pytest.mark.gpu
+def test_auto_in_fp32_passes_over_the_fast_backends_without_a_warning():
+    """backend="auto" with dtype=fp32: the CUDA kernels have no fp32 and Triton's is slower than cuDNN's, so auto
+    takes the PyTorch backend, as documented, without warning about the ones it passed over."""
+    import warnings
+
+    m = vdsr_fast.VDSR(depth=3, channels=64)  # 64 channels: the CUDA kernels' width
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine = Engine(m, dtype=torch.float32)
+    assert engine.backend == "torch" and engine.dtype == torch.float32
+
+
 def test_numpy_arrays_in_and_out(tiny_model):
     """An OpenCV-style (H, W, 3) uint8 array: the same result as the tensor, as a numpy array (read-only arrays too,
     without PyTorch's non-writable warning)."""

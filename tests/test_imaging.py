@@ -18,18 +18,19 @@ def _matlab_files():
     return files
 
 
-def test_matlab_reference_arrays_to_1e10():
-    """Every array MATLAB produced (rgb2ycbcr, imresize down, imresize up) to <= 1e-10 in float64."""
+def test_matlab_reference_arrays_to_1e12():
+    """Every array MATLAB produced (rgb2ycbcr, imresize down, imresize up) to <= 1e-12 on the 0-255 scale in
+    float64 (2026-11-27: at most 2.1e-13 over the 12 files)."""
     for f in _matlab_files():
         d = np.load(f)
         s = int(f.split("_x")[-1][0])
         rgb = torch.from_numpy(d["im_gt"]).permute(2, 0, 1).double() / 255.0
         y = rgb_to_ycbcr(rgb)[0] * 255.0
-        np.testing.assert_allclose(y.numpy(), d["im_gt_y"], rtol=0, atol=1e-10, err_msg=f"{f}: rgb2ycbcr")
+        np.testing.assert_allclose(y.numpy(), d["im_gt_y"], rtol=0, atol=1e-12, err_msg=f"{f}: rgb2ycbcr")
         lr = imresize(torch.from_numpy(d["im_gt_y"]), 1.0 / s)
-        np.testing.assert_allclose(lr.numpy(), d["im_l_y"], rtol=0, atol=1e-10, err_msg=f"{f}: imresize 1/{s}")
+        np.testing.assert_allclose(lr.numpy(), d["im_l_y"], rtol=0, atol=1e-12, err_msg=f"{f}: imresize 1/{s}")
         up = imresize(torch.from_numpy(d["im_l_y"]), s)
-        np.testing.assert_allclose(up.numpy(), d["im_b_y"], rtol=0, atol=1e-10, err_msg=f"{f}: imresize x{s}")
+        np.testing.assert_allclose(up.numpy(), d["im_b_y"], rtol=0, atol=1e-12, err_msg=f"{f}: imresize x{s}")
 
 
 def test_ycbcr_known_values_and_exact_inverse():

@@ -67,7 +67,7 @@ def add_memory_args(p: argparse.ArgumentParser, per: str) -> None:
     p.add_argument("--tile", type=int, help="upscale in output tiles of this many pixels a side (exact: the same result)")
     p.add_argument("--max-memory", type=memory_arg, default="auto",
                    help=f"working-memory budget {per} in GiB, from which the tile size follows when the whole does not "
-                        "fit (exact); default 'auto': 70%% of the memory free on the device")  # fmt: skip
+                        "fit (exact); default 'auto': 70%% of the memory free on the device (plus the engine's own buffers)")  # fmt: skip
 
 
 def _engine_kw(args) -> dict:
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in _FORWARDED.items():
         sub.add_parser(name, help=help_text, add_help=False)
 
-    p = sub.add_parser("upscale", help="upscale images (PNG/JPEG/BMP/TIFF/WebP, 8/16-bit, gray/RGB/RGBA)")
+    p = sub.add_parser("upscale", help="upscale images (PNG/JPEG/BMP/TIFF/WebP/GIF, 8/16-bit, gray/RGB/RGBA, animations and multi-page TIFFs)")
     p.add_argument("input", nargs="+", help="an image, or several images and folders (the images directly inside)")
     p.add_argument("-o", "--output", required=True,
                    help="output image (format from the suffix), or a folder: for a batch, each image under its own name")

@@ -48,8 +48,8 @@ class Backend(Protocol):
 #   max_pixels        the largest H*W one call may have (index width of the kernels);
 #   max_batch_pixels  the largest N*H*W one call may have.
 # upscale() tiles a frame so that every network window stays within them.
-#   auto_dtypes       the dtypes backend="auto" picks it for (absent: all of `dtypes`); in the others auto goes
-#                     on to the next backend without a warning (an explicit backend= still runs them).
+#   auto_dtypes       the dtypes backend="auto" picks it for (absent: all of `dtypes`); in the others (and in those
+#                     it lacks) auto goes on to the next backend without a warning (an explicit backend= still runs them).
 
 
 @contextlib.contextmanager
@@ -314,8 +314,8 @@ class Engine:
         for name in candidates:
             impl = _backend_class(name)
             self.dtype = dtype if dtype is not None else _default_dtype(name, device)
-            if backend == "auto" and name != candidates[-1] and self.dtype not in getattr(impl, "auto_dtypes", (self.dtype,)):
-                continue  # runs this dtype, but slower than the next candidate (e.g. Triton in fp32): not a failure
+            if backend == "auto" and name != candidates[-1] and self.dtype not in getattr(impl, "auto_dtypes", impl.dtypes):
+                continue  # a dtype it lacks (CUDA in fp32) or runs slower than the next candidate (Triton in fp32): no failure
             if self.dtype not in impl.dtypes:
                 names = ", ".join(str(d).replace("torch.", "") for d in impl.dtypes)
                 reason = f"backend {name!r} does not support dtype {self.dtype}; it supports {names}"

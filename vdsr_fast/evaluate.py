@@ -76,7 +76,7 @@ def find_images(folder: str | Path, scale: int) -> tuple[Path, list[Path]]:
     hr = [p for p in files if p.stem.endswith("_HR")]
     chosen = hr or [p for p in files if not p.stem.endswith("_LR")]
     if not chosen:
-        raise FileNotFoundError(f"{folder}: no images found (looked for *_HR.png or any PNG/JPEG/BMP/TIFF)")
+        raise FileNotFoundError(f"{folder}: no images found (looked for *_HR.png or any PNG/JPEG/BMP/TIFF/WebP/GIF)")
     return folder, chosen
 
 

@@ -1,4 +1,5 @@
-"""Image files <-> arrays for the CLI: PNG, JPEG, BMP, TIFF, WebP; 8- and 16-bit; gray, gray+alpha, RGB, RGBA.
+"""Image files <-> arrays for the CLI: PNG, JPEG, BMP, TIFF, WebP, GIF; 8- and 16-bit; gray, gray+alpha, RGB, RGBA;
+the frames of animations (GIF, WebP, PNG) and the pages of multi-page TIFFs (:func:`read_frames`, :func:`write_frames`).
 
 Pillow reads and writes most files; it cannot hold 16-bit color, so 16-bit RGB(A) and gray+alpha PNGs go through
 pypng and 16-bit TIFFs through tifffile (both small pure-Python packages).
