@@ -7,6 +7,7 @@ import math
 import numbers
 import threading
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -301,14 +302,14 @@ def _tile_size(tile, max_memory, n: int, engine: Engine, model: VDSR, img_dtype:
 
 @torch.no_grad()
 def upscale(
-    img: torch.Tensor,
+    img: torch.Tensor | np.ndarray | Any,
     scale: int = 2,
     model: VDSR | None = None,
     *,
     backend: str = "auto",
     dtype: torch.dtype | None = None,
     layout: str | None = None,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | np.ndarray | Any | None = None,
     stream: torch.cuda.Stream | None = None,
     tile: int | tuple[int, int] | None = None,
     max_memory: int | str | None = None,
@@ -317,7 +318,7 @@ def upscale(
     tune: bool = False,
     fused_color: bool = False,
     channel_order: str = "RGB",
-) -> torch.Tensor:
+) -> torch.Tensor | np.ndarray | Any:
     """Super-resolve ``img`` by ``scale`` with VDSR.
 
     Args:
