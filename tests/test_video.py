@@ -95,6 +95,25 @@ def test_clip_is_upscaled_with_audio_and_timing_kept(clip, weights, tmp_path, ca
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
+def test_duration_upscales_the_first_seconds_with_audio_cut_alike(clip, weights, tmp_path, capsys):
+    """--duration S (ffmpeg's -t): a preview of the first S seconds: the frames that start before S with their
+    timestamps, the audio cut at S as well, no warning that the input looks truncated."""
+    out = tmp_path / "out.mp4"
+    assert _run(clip, out, "--weights", weights, "--duration", "0.5") == 0
+    captured = capsys.readouterr()
+    assert "6 frames" in captured.out and "truncated" not in captured.err
+    src, got = _probe(clip), _probe(out)
+    assert got["times"] == [t for t in src["times"] if t < 0.5] and len(got["times"]) == N // 2
+    with av.open(str(out)) as c:
+        packets = [p for p in c.demux(c.streams.audio[0]) if p.pts is not None]
+        end = max(float((p.pts + p.duration) * p.time_base) for p in packets)
+    assert 0.45 <= end <= 0.5 + 0.03  # AAC packets of 1024 samples at 48 kHz: 21 ms each
+    assert _run(clip, tmp_path / "all.mp4", "--weights", weights, "--duration", "30") == 0  # longer than the clip
+    assert len(_probe(tmp_path / "all.mp4")["times"]) == N
+    assert _run(clip, tmp_path / "x.mp4", "--weights", weights, "--duration", "0") == 2
+    assert "duration must be a positive number of seconds" in capsys.readouterr().err
+
+
 def test_mkv_mp2_and_codec_options(tmp_path, weights):
     src = tmp_path / "in.mkv"
     _make_clip(src, audio="mp2")

@@ -237,13 +237,16 @@ def _worker(pipe: _Pipe, fn, *args) -> threading.Thread:
     return t
 
 
-def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int) -> None:
+def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int, limit: float | None = None) -> None:
     """Demux every stream (their end times tell a truncated input), decode the video, pass ``copied`` on.
 
     A damaged input is read as far as it goes: a video packet the decoder rejects is skipped, a demuxer
     error ends the input there (the decoder is drained); both are counted in ``pipe`` for a warning.
+    ``limit`` (seconds on the input's clock): the video frames and copied packets that start before it, then
+    stop (the demuxing goes on ``_LIMIT_SLACK_S`` past it for the other streams' packets stored later).
     """
     frames: list = []
+    video_done = False
 
     def decoded(packet) -> list:
         try:
@@ -264,8 +267,15 @@ def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int) -> Non
             pipe.read_error = e
             decoding = decoded(None)  # drain the frames the decoder still holds
         else:
+            t = None
             if packet.pts is not None and (tb := packet.time_base):
-                pipe.end = max(pipe.end, (packet.pts + (packet.duration or 0)) * tb.numerator / tb.denominator)
+                t = packet.pts * tb.numerator / tb.denominator
+                pipe.end = max(pipe.end, t + (packet.duration or 0) * tb.numerator / tb.denominator)
+            if limit is not None and t is not None:
+                if video_done and t >= limit + _LIMIT_SLACK_S:
+                    break
+                if t >= limit and packet.stream.index != vstream.index:
+                    continue  # video packets past it may still be references of frames before it: decoded
             index = packet.stream.index
             if packet.is_corrupt and (index == vstream.index or index in copied):
                 pipe.corrupt += 1
@@ -273,7 +283,13 @@ def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int) -> Non
                 if index in copied and packet.size:  # the demuxer's flush packets carry no data
                     pipe.put(pipe.decoded, ("packet", packet))
                 continue
+            if video_done:
+                continue
             decoding = decoded(packet)
+        if limit is not None:
+            kept = [f for f in decoding if f.time is None or f.time < limit]
+            video_done = video_done or len(kept) < len(decoding)
+            decoding = kept
         for frame in decoding:
             if first:
                 if (m := frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)) is not None:
@@ -289,6 +305,9 @@ def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int) -> Non
     if frames:
         pipe.put(pipe.decoded, ("frames", frames))
     pipe.put(pipe.decoded, _END)
+
+
+_LIMIT_SLACK_S = 2.0  # --duration: how far past the limit to read the other streams' packets (interleaving)
 
 
 def _hdr10(av, frame) -> dict[str, str] | None:
@@ -544,6 +563,7 @@ def upscale_video(
     progress: bool = True,
     tune: bool = False,
     fused_color: bool = False,
+    duration: float | None = None,
 ) -> dict:
     """Upscale the video ``src`` into ``dst``; returns a summary (frames, seconds, fps, sizes, streams,
     and on a GPU ``gpu_busy_fraction``: the share of the wall time the GPU spent upscaling).
@@ -605,6 +625,8 @@ def upscale_video(
         raise VideoError(f"{dst}: give the output a container suffix (.mp4, .mkv, .mov...)")
     if pix_fmt is not None:
         _format_info(pix_fmt)  # an unknown name: an error before the input is opened
+    if duration is not None and not (isinstance(duration, (int, float)) and 0 < duration < float("inf")):
+        raise VideoError(f"duration must be a positive number of seconds, got {duration!r}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if fused_color:
         from .engine import _why_unavailable
@@ -683,11 +705,15 @@ def upscale_video(
             total = vin.frames or None
             if total is None and inp.duration:  # e.g. Matroska stores no frame count
                 total = max(1, round(inp.duration / 1e6 * float(rate)))
+            start = (inp.start_time or 0) / 1e6
+            limit = None if duration is None else start + duration
+            if limit is not None:
+                total = min(total or 10**12, max(1, round(duration * float(rate))))
             bar = tqdm(total=total, unit="frame", desc=f"x{s} {src.name}", disable=not progress, dynamic_ncols=True)
             pipe = _Pipe(depth=2)
             t0 = time.perf_counter()
             threads = [
-                _worker(pipe, _reader, av, inp, vin, set(stream_map), batch),
+                _worker(pipe, _reader, av, inp, vin, set(stream_map), batch, limit),
                 _worker(pipe, _upscaler, s, model, device, kw, colour),
                 _worker(pipe, _writer, av, out, ostream, stream_map, bar, colour),
             ]
@@ -713,8 +739,10 @@ def upscale_video(
             if frames == 0:
                 cause = pipe.read_error or pipe.decode_error
                 raise VideoError(f"cannot read {src} as a video: no video frame could be decoded" + (f" ({cause})" if cause else ""))
-            start = (inp.start_time or 0) / 1e6
-            damaged = _damage_report(pipe, frames, vin.frames or 0, start, inp.duration / 1e6 if inp.duration else None, rate)
+            if limit is None:
+                damaged = _damage_report(pipe, frames, vin.frames or 0, start, inp.duration / 1e6 if inp.duration else None, rate)
+            else:  # a part on purpose: only what went wrong while reading it
+                damaged = _damage_report(pipe, frames, 0, start, None, rate)
         if damaged is not None:
             _warn(f"{src} looks truncated or damaged: {damaged}")
         os.chmod(tmp, default_file_mode())
@@ -765,6 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "4:2:0 needs an even output size, yuv444p takes any)")
     p.add_argument("--batch", "-b", type=int, default=4, help="frames per upscale call (default: 4)")
     add_memory_args(p, "per batch of frames")
+    p.add_argument("--duration", "-t", type=float, help="only the first this many seconds (as ffmpeg's -t): a preview "
+                   "before a long run; audio and subtitles cut alike")
     p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--fused-color", action="store_true", help="the colour conversion and bicubic resize around the network as two Triton kernels on the GPU (upscale(fused_color=True))")
@@ -788,6 +818,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch=args.batch, device=args.device, backend=args.backend, dtype=_DTYPES.get(args.dtype),
                 tile=args.tile, max_memory=args.max_memory,
                 force=args.force, progress=not args.quiet, tune=args.tune, fused_color=args.fused_color,
+                duration=args.duration,
             )
         except BackendUnavailable as e:
             raise VideoError(str(e)) from None
