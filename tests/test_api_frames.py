@@ -208,6 +208,20 @@ def test_max_memory_auto_is_a_share_of_the_free_memory(tiny_model, monkeypatch):
         upscale(x, 2, tiny_model, max_memory="half")
 
 
+def test_progress_is_called_after_each_tile(tiny_model):
+    calls = []
+    x = torch.rand(1, 3, 12, 12)
+    whole = upscale(x, 2, tiny_model, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 1)]
+    calls.clear()
+    tiled = upscale(x, 2, tiny_model, tile=8, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(k, 9) for k in range(1, 10)] and torch.equal(tiled, whole)
+    calls.clear()
+    frame = (x[0].permute(1, 2, 0) * 255).to(torch.uint8).numpy()  # an OpenCV-style array: through the numpy path
+    upscale(frame, 2, tiny_model, tile=12, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(k, 4) for k in range(1, 5)]
+
+
 def test_max_memory_auto_counts_the_engines_own_buffers(tiny_model, monkeypatch):
     """The activation buffers a fast engine keeps after a call are reused by the next: "auto" counts them as
     available, so the free memory a first call leaves does not turn the next call of the same size into tiles."""

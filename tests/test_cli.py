@@ -136,6 +136,26 @@ def test_upscale_tiles_a_large_image_within_the_memory_budget(tmp_path, capsys, 
         assert "expected 'auto' or a positive number of GiB" in capsys.readouterr().err
 
 
+def test_a_large_image_on_a_terminal_gets_a_progress_bar_over_exact_tiles(tmp_path, capsys, weights, monkeypatch):
+    """On a terminal, one image large for the CPU is computed in tiles that move a progress bar; same result."""
+    import vdsr_fast.cli as cli
+    from vdsr_fast import tiling
+
+    arr = np.random.default_rng(4).integers(0, 256, size=(20, 18, 3)).astype(np.uint8)
+    write_image(tmp_path / "in.png", arr)
+    whole = tmp_path / "whole.png"
+    assert _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(whole), "--weights", weights)[0] == 0
+    seen = []
+    real = tiling.tile_plan
+    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+    monkeypatch.setattr(cli, "_PROGRESS_TILE", 16)
+    monkeypatch.setattr(cli, "_PROGRESS_MIN_PIXELS", 1000)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "bar.png"), "--weights", weights)
+    assert code == 0 and seen[-1] == (16, 16) and "9/9" in err  # 40x36 output: 3 x 3 tiles of 16
+    np.testing.assert_array_equal(read_image(tmp_path / "bar.png"), read_image(whole))
+
+
 def test_multi_page_tiff_with_pages_of_different_sizes(tmp_path, capsys, weights):
     """A scanned document's pages need not share a size: each is upscaled and written as its own page."""
     pages = [np.full((6, 5, 3), 90, np.uint8), np.full((4, 7, 1), 200, np.uint8)]

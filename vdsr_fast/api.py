@@ -7,6 +7,7 @@ import math
 import numbers
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -318,6 +319,7 @@ def upscale(
     tune: bool = False,
     fused_color: bool = False,
     channel_order: str = "RGB",
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor | np.ndarray | Any:
     """Super-resolve ``img`` by ``scale`` with VDSR.
 
@@ -369,6 +371,8 @@ def upscale(
             Triton's interpreter, for tests). Off by default until a GPU run has timed and checked it.
         channel_order: ``"RGB"`` (RGB / RGBA) or ``"BGR"`` (BGR / BGRA, as OpenCV holds images): the
             output has the input's order. Y and gray images have no order.
+        progress: called as ``progress(done, total)`` after each output tile is queued (``total`` is 1 for an
+            untiled frame; on a GPU the tile's work may still be running), e.g. to drive a progress bar.
 
     Returns:
         ``out``, or a new tensor in the input's convention, dtype and device with H and W multiplied
@@ -380,7 +384,7 @@ def upscale(
     if channel_order not in ("RGB", "BGR"):
         raise ValueError(f"upscale: channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
     kw = dict(backend=backend, dtype=dtype, layout=layout, stream=stream, tile=tile, max_memory=max_memory,
-              check_finite=check_finite, cuda_graphs=cuda_graphs, tune=tune, fused_color=fused_color)  # fmt: skip
+              check_finite=check_finite, cuda_graphs=cuda_graphs, tune=tune, fused_color=fused_color, progress=progress)  # fmt: skip
     def foreign(x):  # CuPy, JAX, a GPU decoder's frames...
         return x is not None and not torch.is_tensor(x) and not isinstance(x, np.ndarray)
 
@@ -428,7 +432,10 @@ def upscale(
         tiles = [(0, H, 0, W)] if size is None else tiling.tile_plan(H, W, size)
         windows = [(tiling.Window(h, s, r0, r1, radius), tiling.Window(w, s, c0, c1, radius)) for r0, r1, c0, c1 in tiles]
         if out is None and len(tiles) == 1 and layout == "NCHW" and not fused_color:
-            return _from_float(_run_window(batch, engine, *windows[0]), img.dtype).reshape(shape)
+            res = _from_float(_run_window(batch, engine, *windows[0]), img.dtype).reshape(shape)
+            if progress is not None:
+                progress(1, 1)
+            return res
         # Size the activation buffers for the largest window first, so no graph captured for an
         # earlier (edge) window is dropped when they grow.
         engine.reserve(n, max(r.net[1] - r.net[0] for r, _ in windows), max(c.net[1] - c.net[0] for _, c in windows))
@@ -437,10 +444,12 @@ def upscale(
         elif len(tiles) > 1 and out.untyped_storage().data_ptr() == img.untyped_storage().data_ptr():
             batch = batch.clone()  # out shares memory with img: earlier tiles would overwrite later tiles' input
         dst = _nchw(out, layout)
-        for rows, cols in windows:
+        for k, (rows, cols) in enumerate(windows):
             tile_out = dst[:, :, rows.start : rows.stop, cols.start : cols.stop]
             if fused_color:
                 _run_window_fused(batch, engine, rows, cols, tile_out)
             else:
                 tile_out.copy_(_from_float(_run_window(batch, engine, rows, cols), img.dtype))
+            if progress is not None:
+                progress(k + 1, len(windows))
         return out

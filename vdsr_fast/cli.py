@@ -114,6 +114,15 @@ def _upscale_array(arr: np.ndarray, scale: int, model, model_kw: dict, device: t
     return out.permute(1, 2, 0).cpu().numpy().astype(arr.dtype)
 
 
+# A single large image on the CPU takes minutes: it is computed in tiles of this side (exact; ~8% more work for
+# the halos) so that a progress bar can move, from this many output pixels on.
+_PROGRESS_TILE, _PROGRESS_MIN_PIXELS = 1024, 8_000_000
+
+
+def _out_pixels(arr: np.ndarray, scale: int) -> int:
+    return arr.shape[0] * scale * arr.shape[1] * scale
+
+
 def _upscale_image(src: Path, dst: Path, scale: int, model, model_kw: dict, device: torch.device, quiet: bool = False):
     """Read ``src``, upscale it (every frame of an animation or multi-page TIFF), write ``dst`` (keeping the ICC
     profile and the frames' timing, the dpi scaled); returns (in (h, w), out (h, w), frames, seconds of the upscale).
@@ -128,11 +137,24 @@ def _upscale_image(src: Path, dst: Path, scale: int, model, model_kw: dict, devi
         raise CliError(f"{src} has {len(frames)} frames and {dst.suffix} holds one image: write it as .gif, .webp, "
                        f".png (animated) or .tif (one page a frame)")
     t0 = time.perf_counter()
-    bar = tqdm(frames, desc=src.name, unit="frame", leave=False, disable=quiet or len(frames) < 2 or not sys.stderr.isatty())
+    show = not quiet and sys.stderr.isatty()
+    bar = tqdm(frames, desc=src.name, unit="frame", leave=False, disable=not show or len(frames) < 2)
+    tiles = tqdm(total=1, desc=src.name, unit="tile", leave=False, disable=not show or len(frames) > 1)
+    if not tiles.disable:  # one image: a bar over its tiles, which on a CPU are made small enough to move it
+        if device.type == "cpu" and model_kw.get("tile") is None and _out_pixels(frames[0], scale) >= _PROGRESS_MIN_PIXELS:
+            model_kw = dict(model_kw, tile=_PROGRESS_TILE)
+
+        def advance(done: int, total: int) -> None:
+            tiles.total, tiles.n = total, done
+            tiles.refresh()
+
+        model_kw = dict(model_kw, progress=advance)
     try:
         results = [_upscale_array(f, scale, model, model_kw, device) for f in bar]
     except ValueError as e:  # e.g. a --max-memory too small for the smallest tile
         raise CliError(str(e)) from None
+    finally:
+        tiles.close()
     elapsed = time.perf_counter() - t0
     try:
         # The colour profile carries over; the resolution scales with the pixels, so the print size stays.
