@@ -114,6 +114,31 @@ def test_duration_upscales_the_first_seconds_with_audio_cut_alike(clip, weights,
     assert "duration must be a positive number of seconds" in capsys.readouterr().err
 
 
+def test_the_video_is_ffmpegs_best_stream_and_the_others_are_named(tmp_path, weights, capsys):
+    """A Matroska file whose first track is a small one-frame picture (as cover art is often stored) and whose second
+    is the video: the video is upscaled (was the picture: one frame, the clip lost), the picture named as dropped."""
+    src = tmp_path / "in.mkv"
+    with av.open(str(src), "w") as c:
+        cover = c.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 16, 16, "yuvj420p"
+        v = c.add_stream("libx264", rate=FPS)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        pic = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 50, np.uint8), format="rgb24").reformat(format="yuvj420p")
+        pic.pts = 0
+        c.mux(cover.encode(pic))
+        c.mux(cover.encode(None))
+        for i in range(N):
+            f = av.VideoFrame.from_ndarray(np.full((H, W, 3), i * 20, np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, FPS)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+    out = tmp_path / "out.mkv"
+    assert _run(src, out, "--weights", weights) == 0
+    assert "not copying video stream #0 (mjpeg)" in capsys.readouterr().err
+    got = _probe(out)
+    assert got["size"] == (2 * W, 2 * H) and len(got["times"]) == N
+
+
 def test_mkv_mp2_and_codec_options(tmp_path, weights):
     src = tmp_path / "in.mkv"
     _make_clip(src, audio="mp2")

@@ -425,6 +425,24 @@ def _open_input(av, path: Path):
     return container
 
 
+def _main_video(av, container):
+    """The video stream to upscale: FFmpeg's choice (``av_find_best_stream``: not an attached picture, then the
+    largest), as ffmpeg itself picks it; a cover picture stored as the first track is not the video."""
+    return container.streams.best("video") or container.streams.video[0]
+
+
+def _warn_dropped(av, src: Path, container, vin) -> None:
+    """One warning per stream the output will not hold: other video streams (a cover picture, a second angle),
+    data streams (timecode, GPS, chapters' text tracks) and attachments; audio and subtitles are copied."""
+    pic = av.stream.Disposition.attached_pic
+    for st in container.streams:
+        if st.index == vin.index or st.type in ("audio", "subtitle"):
+            continue
+        what = "cover picture" if st.type == "video" and st.disposition & pic else f"{st.type} stream"
+        name = st.codec_context.name if st.codec_context is not None else "?"
+        _warn(f"{src}: not copying {what} #{st.index} ({name}): only the upscaled video, audio and subtitles are written")
+
+
 class _Format(NamedTuple):
     step_x: int  # chroma sampled every step_x x step_y pixels: an encoder refuses other multiples of width/height
     step_y: int
@@ -638,7 +656,7 @@ def upscale_video(
 
     inp = _open_input(av, src)
     try:
-        ctx = inp.streams.video[0].codec_context
+        ctx = _main_video(av, inp).codec_context
         w, h = ctx.width, ctx.height
         fin = _format_info(ctx.pix_fmt) if ctx.pix_fmt is not None else _Format(1, 1, 8, False, False)
         pix_fmt = _output_format(codec, pix_fmt, fin.bits > 8, fin.alpha)
@@ -666,7 +684,8 @@ def upscale_video(
     tmp = Path(tmp_name)
     ok = False
     try:
-        vin = inp.streams.video[0]
+        vin = _main_video(av, inp)
+        _warn_dropped(av, src, inp, vin)
         vin.thread_type = "AUTO"
         try:
             out = av.open(str(tmp), mode="w")
