@@ -306,8 +306,8 @@ def cmd_info(args) -> int:
     w = r["weights"]
     keys = ("arch", "steps", "training_data", "date", "psnr_set5")
     print("default weights: " + ("; ".join(f"{k} {w[k]}" for k in keys if k in w) if "error" not in w else w["error"]))
-    print("backend='auto' picks: on a GPU tensor the CUDA extension, then Triton (in fp32 not Triton), then the PyTorch "
-          "reference; on a CPU tensor the PyTorch reference")
+    print("backend='auto' picks: on a GPU tensor the CUDA extension, then Triton, then the PyTorch reference (in fp32 "
+          "the reference: the CUDA kernels have no fp32, Triton's is slower than cuDNN's); on a CPU tensor the reference")
     return 0
 
 
