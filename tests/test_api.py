@@ -82,10 +82,50 @@ def test_input_is_not_modified(tiny_model):
     assert torch.equal(x, before)
 
 
-@pytest.mark.parametrize("scale", [0, 1, -2, 2.5, 5, "2", True])
+@pytest.mark.parametrize("scale", [0, 0.99, -2, 4.01, 5, float("nan"), "2", True])
 def test_bad_scales(tiny_model, scale):
-    with pytest.raises(ValueError, match="scale must be one of"):
+    with pytest.raises(ValueError, match="scale must be a number from 1 to 4"):
         upscale(torch.rand(1, 3, 4, 4), scale, tiny_model)
+
+
+@pytest.mark.parametrize("size, match", [((3, 8), "each side must be 1 to 4 times"), ((8, 17), "each side must be 1 to 4"),
+                                         ((8.0, 8), "size must be \\(height, width\\)"), ((8,), "size must be")])  # fmt: skip
+def test_bad_sizes(tiny_model, size, match):
+    with pytest.raises(ValueError, match=match):
+        upscale(torch.rand(1, 3, 4, 4), model=tiny_model, size=size)
+    with pytest.raises(ValueError, match="give scale or size, not both"):
+        upscale(torch.rand(1, 3, 4, 4), 2, tiny_model, size=(8, 8))
+
+
+@pytest.mark.parametrize("scale, k, hw", [(1.5, 2, (15, 23)), (2.5, 3, (25, 38)), (1, 2, (10, 15)), (3.25, 4, (33, 49)),
+                                          ((20, 45), 3, (20, 45))])  # fmt: skip
+def test_other_factors_are_the_next_trained_scale_resized_down(tiny_model, scale, k, hw):
+    """A factor VDSR was not trained on (or a size): the network at the next trained scale, then MATLAB's bicubic
+    down to MATLAB's ceil(factor * n) size (on Set5 this beat VDSR at the factor itself: README). uint8 NHWC frames,
+    float NCHW tensors, numpy arrays and out= all follow it."""
+    from vdsr_fast.api import output_plan
+
+    x = torch.rand(2, 3, 10, 15)
+    kw = {"size": scale} if isinstance(scale, tuple) else {"scale": scale}
+    assert output_plan(10, 15, **kw) == (k, hw)
+    got = upscale(x, model=tiny_model, **kw)
+    want = vdsr_fast.imresize(upscale(x, k, tiny_model), size=hw).clamp(0, 1)
+    assert got.shape == (2, 3, *hw)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    frames = (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)  # NHWC uint8, via out= (poisoned)
+    out = torch.full((2, *hw, 3), 7, dtype=torch.uint8)
+    assert upscale(frames, model=tiny_model, out=out, **kw) is out
+    ref = vdsr_fast.imresize(upscale(frames.float() / 255, k, tiny_model, layout="NHWC").permute(0, 3, 1, 2), size=hw)
+    torch.testing.assert_close(out, (ref.clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1), rtol=0, atol=0)
+    assert upscale(frames[0].numpy(), model=tiny_model, **kw).shape == (*hw, 3)
+    with pytest.raises(ValueError, match=f"expected \\(2, {hw[0]}, {hw[1]}, 3\\)"):
+        upscale(frames, model=tiny_model, out=torch.zeros(2, 2 * 10, 2 * 15, 3, dtype=torch.uint8), **kw)
+
+
+def test_integer_factors_given_as_size_take_the_direct_path(tiny_model):
+    x = torch.rand(1, 3, 6, 7)
+    torch.testing.assert_close(upscale(x, model=tiny_model, size=(18, 21)), upscale(x, 3, tiny_model), rtol=0, atol=0)
+    torch.testing.assert_close(upscale(x, 2.0, tiny_model), upscale(x, 2, tiny_model), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 4, 4), (1, 5, 4, 4), (4,), (1, 1, 1, 4, 4)])
