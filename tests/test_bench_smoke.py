@@ -250,3 +250,19 @@ def test_peak_memory_counts_what_a_path_holds(monkeypatch):
 
     assert bench._peak_mem_mb(call, None, dev, base, 4 * 2**20) == pytest.approx(250.0)
     assert bench._peak_mem_mb(call, None, torch.device("cpu"), base, 0) is None
+
+
+def test_factor_quality_script_runs(tmp_path, tiny_model, capsys):
+    """benchmarks/factor_quality.py (README's table of other factors) on one small image with a tiny network."""
+    import numpy as np
+
+    import vdsr_fast
+    from benchmarks import factor_quality
+    from vdsr_fast.images import write_image
+
+    (tmp_path / "set").mkdir()
+    write_image(tmp_path / "set" / "a_HR.png", np.random.default_rng(0).integers(0, 256, (36, 40, 3)).astype(np.uint8))
+    weights = vdsr_fast.save(tiny_model, tmp_path / "tiny.safetensors")
+    assert factor_quality.main(["--set", str(tmp_path / "set"), "--weights", str(weights)]) == 0
+    out = capsys.readouterr().out
+    assert "| x1.5 |" in out and "| x3.5 |" in out and out.count("\n| x") == len(factor_quality.FACTORS)

@@ -12,7 +12,7 @@ from conftest import need_data
 
 import vdsr_fast
 from vdsr_fast.cli import main
-from vdsr_fast.images import default_file_mode, read_frames, read_image, write_frames, write_image
+from vdsr_fast.images import default_file_mode, image_info, read_frames, read_image, write_frames, write_image
 
 
 @pytest.fixture
@@ -156,6 +156,31 @@ def test_a_large_image_on_a_terminal_gets_a_progress_bar_over_exact_tiles(tmp_pa
     np.testing.assert_array_equal(read_image(tmp_path / "bar.png"), read_image(whole))
 
 
+@pytest.mark.parametrize("channels", [3, 2])
+def test_upscale_by_any_factor_or_to_a_size(tmp_path, capsys, weights, channels):
+    """--scale 1.5 and --size WxH: upscale()'s result for that factor (alpha resized alike), the dpi scaled per axis."""
+    arr = np.random.default_rng(5).integers(0, 256, size=(10, 12, channels)).astype(np.uint8)
+    from PIL import Image
+
+    Image.fromarray(arr, "RGB" if channels == 3 else "LA").save(tmp_path / "in.png", dpi=(100, 50))
+    code, out, _ = _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "a.png"), "--scale", "1.5", "--weights", weights)
+    assert code == 0 and "(18x15), x1.5" in out
+    got = read_image(tmp_path / "a.png")
+    assert got.shape == (15, 18, channels)
+    if channels == 3:
+        want = vdsr_fast.upscale(torch.from_numpy(arr).permute(2, 0, 1), 1.5, vdsr_fast.load(weights)).permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(got, want)
+    assert image_info(tmp_path / "a.png")["dpi"] == pytest.approx((150, 75), abs=0.5)
+    code, out, _ = _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "b.png"), "--size", "30x15", "--weights", weights)
+    assert code == 0 and "(30x15), to 30x15" in out and read_image(tmp_path / "b.png").shape == (15, 30, channels)
+    assert image_info(tmp_path / "b.png")["dpi"] == pytest.approx((250, 75), abs=0.5)  # x2.5 wide, x1.5 tall
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "c.png"), "--size", "30x15",
+                        "--scale", "2", "--weights", weights)  # fmt: skip
+    assert code == 2 and "give --scale or --size, not both" in err
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "c.png"), "--scale", "5", "--weights", weights)
+    assert code == 2 and "scale must be a number from 1 to 4" in err and not (tmp_path / "c.png").exists()
+
+
 def test_multi_page_tiff_with_pages_of_different_sizes(tmp_path, capsys, weights):
     """A scanned document's pages need not share a size: each is upscaled and written as its own page."""
     pages = [np.full((6, 5, 3), 90, np.uint8), np.full((4, 7, 1), 200, np.uint8)]
@@ -186,7 +211,6 @@ def _icc_profile() -> bytes:
 def test_colour_profile_and_resolution_are_kept(tmp_path, capsys, weights, suffix, channels, dtype):
     """The ICC profile (a wide-gamut photo without its profile shows desaturated) and the dots per inch, scaled
     with the pixels so the print size stays: both were dropped. BMP holds no profile."""
-    from vdsr_fast.images import image_info
 
     icc = _icc_profile()
     if channels == 1:  # a gray image takes a gray profile

@@ -139,6 +139,27 @@ def test_the_video_is_ffmpegs_best_stream_and_the_others_are_named(tmp_path, wei
     assert got["size"] == (2 * W, 2 * H) and len(got["times"]) == N
 
 
+def test_any_factor_and_size_with_the_picture_shape_kept(clip, weights, tmp_path, capsys):
+    """--scale 1.5 (720p -> 1080p style) and --size WxH: every frame, the timestamps; with two different factors the
+    sample aspect ratio makes up the difference, so the picture keeps its shape on screen."""
+    out = tmp_path / "x15.mp4"
+    assert _run(clip, out, "--weights", weights, "--scale", "1.5") == 0
+    src, got = _probe(clip), _probe(out)
+    assert got["size"] == (48, 36) and got["times"] == src["times"]
+    out = tmp_path / "size.mkv"
+    assert _run(clip, out, "--weights", weights, "--size", "64x36") == 0  # width x2, height x1.5
+    assert _probe(out)["size"] == (64, 36)
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.sample_aspect_ratio == Fraction(3, 4)  # 64 * 3/4 : 36 = 32 : 24
+    capsys.readouterr()
+    assert _run(clip, tmp_path / "small.mp4", "--weights", weights, "--size", "30x24") == 2
+    assert "--size 30x24 for the 32x24 video" in capsys.readouterr().err
+    assert _run(clip, tmp_path / "big.mp4", "--weights", weights, "--scale", "4.5") == 2
+    assert "scale must be a number from 1 to 4" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _run(clip, tmp_path / "bad.mp4", "--size", "64by36")
+
+
 def test_mkv_mp2_and_codec_options(tmp_path, weights):
     src = tmp_path / "in.mkv"
     _make_clip(src, audio="mp2")

@@ -89,13 +89,6 @@ def get_engine(
     return entry[0]
 
 
-def _check_scale(scale) -> int:
-    """A network scale: one of SCALES (the scales VDSR is trained on)."""
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES} (the scales VDSR is trained on), got {scale!r}")
-    return int(scale)
-
-
 MAX_SCALE = 4.0
 
 

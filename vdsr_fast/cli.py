@@ -49,6 +49,14 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune", action="store_true", help="time the backend's alternative GPU kernels once and use the fastest")
 
 
+def size_arg(text: str) -> tuple[int, int]:
+    """``--size WIDTHxHEIGHT`` -> (width, height)."""
+    parts = text.lower().replace("*", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 1920x1080, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def memory_arg(text: str) -> str | int:
     """``--max-memory``: "auto" (a share of the memory free on the device when the work starts, see
     :func:`vdsr_fast.tiling.memory_budget`) or GiB, as upscale()'s ``max_memory`` (bytes)."""
@@ -78,8 +86,15 @@ def _engine_kw(args) -> dict:
 
 
 def _upscale_kw(args) -> dict:
-    """upscale()'s options from the command line: the engine's, the tile size and the memory budget."""
-    return dict(_engine_kw(args), tile=args.tile, max_memory=args.max_memory)
+    """upscale()'s options from the command line: the engine's, the output size, the tile size and the memory budget."""
+    if args.size is not None and args.scale is not None:
+        raise CliError("give --scale or --size, not both")
+    size = None if args.size is None else (args.size[1], args.size[0])  # WIDTHxHEIGHT -> (H, W)
+    return dict(_engine_kw(args), size=size, tile=args.tile, max_memory=args.max_memory)
+
+
+def _factor(args) -> str:
+    return f"x{2 if args.scale is None else args.scale:g}" if args.size is None else f"to {args.size[0]}x{args.size[1]}"
 
 
 def _engine(args):
@@ -94,8 +109,8 @@ def _engine(args):
         raise CliError(str(e)) from None
 
 
-def _upscale_array(arr: np.ndarray, scale: int, model, model_kw: dict, device: torch.device) -> np.ndarray:
-    """One (H, W, C) uint8/uint16 image upscaled, in its dtype."""
+def _upscale_array(arr: np.ndarray, scale: float | None, model, model_kw: dict, device: torch.device) -> np.ndarray:
+    """One (H, W, C) uint8/uint16 image upscaled by ``scale`` (or to ``model_kw["size"]``), in its dtype."""
     from .api import upscale
     from .imaging import imresize
 
@@ -105,7 +120,7 @@ def _upscale_array(arr: np.ndarray, scale: int, model, model_kw: dict, device: t
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
         y = upscale(x[:1], scale, model, **model_kw)
-        out = torch.cat([y, imresize(x[1:], scale).clamp(0, 1)])
+        out = torch.cat([y, imresize(x[1:], size=tuple(y.shape[-2:])).clamp(0, 1)])
     else:
         out = upscale(x, scale, model, **model_kw)
     if out.dtype != torch.uint8:  # float path (16-bit input, or gray+alpha)
@@ -119,8 +134,11 @@ def _upscale_array(arr: np.ndarray, scale: int, model, model_kw: dict, device: t
 _PROGRESS_TILE, _PROGRESS_MIN_PIXELS = 1024, 8_000_000
 
 
-def _out_pixels(arr: np.ndarray, scale: int) -> int:
-    return arr.shape[0] * scale * arr.shape[1] * scale
+def _out_pixels(arr: np.ndarray, scale: float | None, size: tuple[int, int] | None) -> int:
+    from .api import output_plan
+
+    H, W = output_plan(arr.shape[0], arr.shape[1], scale, size)[1]
+    return H * W
 
 
 def _upscale_image(src: Path, dst: Path, scale: int, model, model_kw: dict, device: torch.device, quiet: bool = False):
@@ -141,7 +159,7 @@ def _upscale_image(src: Path, dst: Path, scale: int, model, model_kw: dict, devi
     bar = tqdm(frames, desc=src.name, unit="frame", leave=False, disable=not show or len(frames) < 2)
     tiles = tqdm(total=1, desc=src.name, unit="tile", leave=False, disable=not show or len(frames) > 1)
     if not tiles.disable:  # one image: a bar over its tiles, which on a CPU are made small enough to move it
-        if device.type == "cpu" and model_kw.get("tile") is None and _out_pixels(frames[0], scale) >= _PROGRESS_MIN_PIXELS:
+        if device.type == "cpu" and model_kw.get("tile") is None and _out_pixels(frames[0], scale, model_kw.get("size")) >= _PROGRESS_MIN_PIXELS:
             model_kw = dict(model_kw, tile=_PROGRESS_TILE)
 
         def advance(done: int, total: int) -> None:
@@ -158,7 +176,8 @@ def _upscale_image(src: Path, dst: Path, scale: int, model, model_kw: dict, devi
     elapsed = time.perf_counter() - t0
     try:
         # The colour profile carries over; the resolution scales with the pixels, so the print size stays.
-        dpi = tuple(d * scale for d in info["dpi"]) if info["dpi"] else None
+        (h, w), (oh, ow) = frames[0].shape[:2], results[0].shape[:2]
+        dpi = (info["dpi"][0] * ow / w, info["dpi"][1] * oh / h) if info["dpi"] else None
         write_frames(dst, results, durations=timing["durations"], loop=timing["loop"], icc_profile=info["icc_profile"], dpi=dpi)
     except (ValueError, OSError) as e:
         raise CliError(f"cannot write {dst}: {e}") from None
@@ -204,14 +223,15 @@ def cmd_upscale(args) -> int:
             raise CliError(f"{dst} exists; pass --force to overwrite it")
         if not dst.parent.is_dir():
             raise CliError(f"{dst.parent}: output folder does not exist")
+        upscale_kw = _upscale_kw(args)
         model, engine = _engine(args)
         try:
-            (h, w), (oh, ow), n, elapsed = _upscale_image(inputs[0], dst, args.scale, model, _upscale_kw(args), engine.device,
+            (h, w), (oh, ow), n, elapsed = _upscale_image(inputs[0], dst, args.scale, model, upscale_kw, engine.device,
                                                           args.quiet)  # fmt: skip
         except ImageReadError as e:
             raise CliError(str(e)) from None
         src, frames = inputs[0], f", {n} frames" if n > 1 else ""
-        print(f"{src} ({w}x{h}{frames}) -> {dst} ({ow}x{oh}), x{args.scale}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, {elapsed:.2f} s")
+        print(f"{src} ({w}x{h}{frames}) -> {dst} ({ow}x{oh}), {_factor(args)}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, {elapsed:.2f} s")
         return 0
 
     # A batch: -o is a folder (made if its parent exists); every output is checked before any is written.
@@ -223,21 +243,21 @@ def cmd_upscale(args) -> int:
     existing = [d for _, d in jobs if d.exists()]
     if existing and not args.force:
         raise CliError(f"{len(existing)} of the {len(jobs)} outputs exist (first: {existing[0]}); pass --force to overwrite them")
+    model_kw = _upscale_kw(args)  # upscale() then finds _engine's engine in the model's cache
     dst.mkdir(exist_ok=True)
     model, engine = _engine(args)
-    model_kw = _upscale_kw(args)  # upscale() then finds _engine's engine in the model's cache
     from tqdm import tqdm
 
     failed = []
     t0 = time.perf_counter()
-    for src, out in tqdm(jobs, desc=f"x{args.scale}", unit="img", disable=args.quiet or not sys.stderr.isatty()):
+    for src, out in tqdm(jobs, desc=_factor(args), unit="img", disable=args.quiet or not sys.stderr.isatty()):
         try:
             _upscale_image(src, out, args.scale, model, model_kw, engine.device, quiet=True)
         except (ImageReadError, CliError) as e:  # one bad file does not stop the batch
             failed.append(str(e))
             tqdm.write(f"vdsr-fast upscale: error: {e}", file=sys.stderr)
     done = len(jobs) - len(failed)
-    print(f"{done} of {len(jobs)} images -> {dst}, x{args.scale}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, "
+    print(f"{done} of {len(jobs)} images -> {dst}, {_factor(args)}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, "
           f"{time.perf_counter() - t0:.1f} s" + (f"; {len(failed)} failed (above)" if failed else ""))  # fmt: skip
     return 2 if failed else 0
 
@@ -354,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="output image (format from the suffix), or a folder: for a batch, each image under its own name")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (a batch)")
-    p.add_argument("--scale", "-s", type=int, default=2, choices=[2, 3, 4])
+    p.add_argument("--scale", "-s", type=float,
+                   help="2, 3, 4 (the scales VDSR is trained on) or any factor from 1 to 4, e.g. 1.5 (default: 2)")
+    p.add_argument("--size", type=size_arg, help="the output's WIDTHxHEIGHT instead of --scale, e.g. 1920x1080")
     p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
     add_memory_args(p, "per image")
     _add_engine_args(p)

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .cli import _DTYPES, CliError, _add_engine_args, _device, _model, add_memory_args
+from .cli import _DTYPES, CliError, _add_engine_args, _device, _model, add_memory_args, size_arg
 from .images import default_file_mode
 
 __all__ = ["main", "upscale_video", "VideoError"]
@@ -341,7 +341,7 @@ def _hdr10_options(codec: str, hdr: dict[str, str]) -> dict[str, str] | None:
     return {name: ":".join(f"{keys[k]}={v}" for k, v in hdr.items())}
 
 
-def _upscaler(pipe: _Pipe, scale: int, model, device: torch.device, kw: dict, colour: _Colour) -> None:
+def _upscaler(pipe: _Pipe, size: tuple[int, int], model, device: torch.device, kw: dict, colour: _Colour) -> None:
     from .api import upscale
 
     cuda = device.type == "cuda"
@@ -354,14 +354,14 @@ def _upscaler(pipe: _Pipe, scale: int, model, device: torch.device, kw: dict, co
         meta = [(f.pts, f.time_base) for f in payload]
         host = torch.from_numpy(np.stack([colour.to_rgb(f) for f in payload]))
         if not cuda:
-            out = upscale(host, scale, model, layout="NHWC", **kw)
+            out = upscale(host, model=model, size=size, layout="NHWC", **kw)
             pipe.put(pipe.upscaled, ("frames", (out.numpy(), None, meta)))
             continue
         with torch.cuda.stream(stream):
             x = host.pin_memory().to(device, non_blocking=True)
             span = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
             span[0].record(stream)
-            y = upscale(x, scale, model, layout="NHWC", **kw)
+            y = upscale(x, model=model, size=size, layout="NHWC", **kw)
             span[1].record(stream)
             pipe.gpu_spans.append(span)
             back = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
@@ -564,9 +564,10 @@ def _damage_report(pipe: _Pipe, frames: int, expected: int, start: float, durati
 def upscale_video(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    scale: int = 2,
+    scale: float = 2,
     model=None,
     *,
+    size: tuple[int, int] | None = None,
     codec: str = "libx264",
     crf: int | None = 18,
     pix_fmt: str | None = None,
@@ -616,7 +617,10 @@ def upscale_video(
     such format when it takes neither. Alpha is upscaled bicubically; a codec that cannot keep it drops it, with a
     warning.
 
-    ``backend``, ``dtype``, ``tile``, ``max_memory``, ``tune`` and ``fused_color`` are :func:`vdsr_fast.upscale`'s.
+    ``scale`` (2, 3, 4 or any factor from 1 to 4, e.g. 1.5 for 720p -> 1080p) or ``size`` ((width, height), as
+    video sizes are written; the factors may differ: the sample aspect ratio then changes so the picture keeps
+    its shape on screen) and ``backend``, ``dtype``, ``tile``, ``max_memory``, ``tune`` and ``fused_color`` are
+    :func:`vdsr_fast.upscale`'s.
 
     Raises :class:`VideoError` for a missing or unreadable input, an existing ``dst`` without
     ``force``, an output folder that does not exist or cannot be written, an unknown ``pix_fmt`` or an
@@ -626,10 +630,11 @@ def upscale_video(
     av = _import_av()
     from tqdm import tqdm
 
-    from .api import _check_scale, _default
+    from .api import _default, output_plan
 
     src, dst = Path(src), Path(dst)
-    s = _check_scale(scale)
+    if size is None:
+        output_plan(16, 16, scale)  # a scale out of range: an error before anything is opened
     if batch < 1:
         raise VideoError(f"--batch must be >= 1, got {batch}")
     if dst.is_dir():
@@ -661,11 +666,16 @@ def upscale_video(
         fin = _format_info(ctx.pix_fmt) if ctx.pix_fmt is not None else _Format(1, 1, 8, False, False)
         pix_fmt = _output_format(codec, pix_fmt, fin.bits > 8, fin.alpha)
         fout = _format_info(pix_fmt)
-        if (w * s) % fout.step_x or (h * s) % fout.step_y:
+        try:
+            _, (H, W) = output_plan(h, w, None if size is not None else scale, None if size is None else (size[1], size[0]))
+        except ValueError:
+            raise VideoError(f"--size {size[0]}x{size[1]} for the {w}x{h} video {src}: each side must be 1 to 4 times "
+                             "the input's") from None
+        if W % fout.step_x or H % fout.step_y:
             raise VideoError(
-                f"{src}: the {w * s}x{h * s} output cannot be encoded as {pix_fmt}: its chroma is sampled every "
+                f"{src}: the {W}x{H} output cannot be encoded as {pix_fmt}: its chroma is sampled every "
                 f"{fout.step_x}x{fout.step_y} pixels, so the width and height must be multiples of {fout.step_x} and "
-                f"{fout.step_y}; pass --pix-fmt yuv444p (full chroma) or another --scale"
+                f"{fout.step_y}; pass --pix-fmt yuv444p (full chroma) or another --scale or --size"
             )
     except VideoError:
         inp.close()
@@ -697,11 +707,15 @@ def upscale_video(
                 ostream = out.add_stream(codec, rate=rate)
             except (av.error.FFmpegError, ValueError) as e:
                 raise VideoError(f"unknown or unavailable codec {codec!r}: {e}") from None
-            ostream.width, ostream.height = w * s, h * s
+            ostream.width, ostream.height = W, H
             ostream.pix_fmt = pix_fmt
             colour.tag(ostream.codec_context)
-            if vin.codec_context.sample_aspect_ratio:  # anamorphic video stays anamorphic (both sides scale by s)
-                ostream.codec_context.sample_aspect_ratio = vin.codec_context.sample_aspect_ratio
+            # The picture keeps its shape on screen: with two different factors (anamorphic 720x480 -> 1920x1080)
+            # an output pixel is as much wider than tall as they differ; anamorphic video stays anamorphic.
+            sar = vin.codec_context.sample_aspect_ratio
+            out_sar = Fraction(sar or 1) * Fraction(H, h) / Fraction(W, w)
+            if sar or out_sar != 1:
+                ostream.codec_context.sample_aspect_ratio = out_sar
             _copy_metadata(vin, ostream)
             for key, value in inp.metadata.items():  # title, comment, creation time...; not what the muxer writes
                 if key.lower() not in _MUXER_KEYS:
@@ -728,12 +742,12 @@ def upscale_video(
             limit = None if duration is None else start + duration
             if limit is not None:
                 total = min(total or 10**12, max(1, round(duration * float(rate))))
-            bar = tqdm(total=total, unit="frame", desc=f"x{s} {src.name}", disable=not progress, dynamic_ncols=True)
+            bar = tqdm(total=total, unit="frame", desc=f"{W}x{H} {src.name}", disable=not progress, dynamic_ncols=True)
             pipe = _Pipe(depth=2)
             t0 = time.perf_counter()
             threads = [
                 _worker(pipe, _reader, av, inp, vin, set(stream_map), batch, limit),
-                _worker(pipe, _upscaler, s, model, device, kw, colour),
+                _worker(pipe, _upscaler, (H, W), model, device, kw, colour),
                 _worker(pipe, _writer, av, out, ostream, stream_map, bar, colour),
             ]
             try:
@@ -778,7 +792,7 @@ def upscale_video(
         "seconds": seconds,
         "fps": frames / seconds if seconds > 0 else float("nan"),
         "size_in": (w, h),
-        "size_out": (w * s, h * s),
+        "size_out": (W, H),
         "pix_fmt": pix_fmt,
         "bits": 16 if colour.deep else 8,  # per RGB(A) channel through the upscale
         "alpha": colour.rgb.startswith("rgba"),
@@ -803,7 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="input video (anything FFmpeg reads)")
     p.add_argument("output", help="output video; the container comes from the suffix (.mp4, .mkv, ...)")
-    p.add_argument("--scale", "-s", type=int, default=2, choices=[2, 3, 4])
+    p.add_argument("--scale", "-s", type=float, default=2,
+                   help="2, 3, 4 or any factor from 1 to 4, e.g. 1.5 for 720p -> 1080p (default: 2)")
+    p.add_argument("--size", type=size_arg, help="the output's WIDTHxHEIGHT instead of --scale, e.g. 1920x1080")
     p.add_argument("--codec", default="libx264", help="video encoder (default: libx264, i.e. H.264)")
     p.add_argument("--crf", type=int, default=18, help="constant rate factor for x264/x265-style encoders (default: 18; -1: encoder default)")
     p.add_argument("--preset", help="encoder preset, e.g. veryfast, slow")
@@ -832,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             r = upscale_video(
-                args.input, args.output, args.scale, model,
+                args.input, args.output, args.scale, model, size=args.size,
                 codec=args.codec, crf=None if args.crf == -1 else args.crf, pix_fmt=args.pix_fmt, preset=args.preset,
                 batch=args.batch, device=args.device, backend=args.backend, dtype=_DTYPES.get(args.dtype),
                 tile=args.tile, max_memory=args.max_memory,
