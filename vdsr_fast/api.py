@@ -468,8 +468,8 @@ def upscale(
         engine = get_engine(model, batch.device, backend, dtype, cuda_graphs, tune)
         radius = tiling.receptive_radius(model)
         H, W = h * s, w * s
-        size = _tile_size(tile, max_memory, n, engine, model, img.dtype, radius, (H, W))
-        tiles = [(0, H, 0, W)] if size is None else tiling.tile_plan(H, W, size)
+        tile_hw = _tile_size(tile, max_memory, n, engine, model, img.dtype, radius, (H, W))
+        tiles = [(0, H, 0, W)] if tile_hw is None else tiling.tile_plan(H, W, tile_hw)
         windows = [(tiling.Window(h, s, r0, r1, radius), tiling.Window(w, s, c0, c1, radius)) for r0, r1, c0, c1 in tiles]
         if out is None and len(tiles) == 1 and layout == "NCHW" and not fused_color:
             res = _from_float(_run_window(batch, engine, *windows[0]), img.dtype).reshape(shape)
