@@ -141,7 +141,7 @@ def _out_pixels(arr: np.ndarray, scale: float | None, size: tuple[int, int] | No
     return H * W
 
 
-def _upscale_image(src: Path, dst: Path, scale: int, model, model_kw: dict, device: torch.device, quiet: bool = False):
+def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: dict, device: torch.device, quiet: bool = False):
     """Read ``src``, upscale it (every frame of an animation or multi-page TIFF), write ``dst`` (keeping the ICC
     profile and the frames' timing, the dpi scaled); returns (in (h, w), out (h, w), frames, seconds of the upscale).
     Raises ImageReadError / CliError."""
