@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from benchmarks.canary import broken
 from benchmarks.make_table import render_markdown
+from vdsr_fast.cli import size_arg
 from vdsr_fast.engine import tf32_mode
 from vdsr_fast.reference import VDSR, flops_per_pixel, vdsr_forward
 
@@ -118,7 +119,7 @@ class BenchConfig:
     compile_sizes: list[str] = field(default_factory=lambda: ["1080p"])
     e2e_batches: list[int] = field(default_factory=lambda: [1, 8])
     e2e_lr_size: tuple[int, int] = (960, 540)  # (W, H) of the low-resolution RGB frame
-    e2e_scale: int = 2
+    e2e_scale: float = 2  # any factor upscale() takes, e.g. 1.5 with e2e_lr_size (1280, 720): 720p -> 1080p
     e2e_dtype: str = "fp16"
     warmup_ms: float = 25.0
     rep_ms: float = 200.0
@@ -934,12 +935,13 @@ class _Run:
         return "ok"
 
     def run_e2e(self, verdicts: dict[str, str | None]) -> None:
-        from vdsr_fast.api import upscale
+        from vdsr_fast.api import output_plan, upscale
 
         cfg = self.cfg
         lw, lh = cfg.e2e_lr_size
         s = cfg.e2e_scale
-        label = f"{lw}x{lh}->{lw * s}x{lh * s}"
+        oh, ow = output_plan(lh, lw, s)[1]
+        label = f"{lw}x{lh}->{ow}x{oh}"
         dname = cfg.e2e_dtype
         backends, skipped = _engine_backends(self.device, cfg)
         # The fast backends also with the colour pipeline fused (upscale(fused_color=True), Triton on a GPU), each
@@ -951,8 +953,8 @@ class _Run:
             base = _allocated(self.device)  # before upscale() builds and caches this group's engine (peak MB)
             for n in sorted(cfg.e2e_batches):
                 r = BenchResult(
-                    key, f"upscale() {name}{' fused colour' if fuse else ''}", "e2e", dname, label, lw * s, lh * s, n,
-                    note=f"uint8 RGB, x{s}",
+                    key, f"upscale() {name}{' fused colour' if fuse else ''}", "e2e", dname, label, ow, oh, n,
+                    note=f"uint8 RGB, x{s:g}",
                 )  # fmt: skip
                 if name in skipped:
                     r.status, r.note = "skipped", skipped[name]
@@ -983,7 +985,7 @@ class _Run:
                             r.status = "check_failed"
                             self.add(r)
                             continue
-                    self.add(self._timed_row(r, fn, inputs, n * lh * s * lw * s, base))
+                    self.add(self._timed_row(r, fn, inputs, n * oh * ow, base))
                 except Exception as e:
                     r.status, r.note = "error", f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
                     self.add(r)
@@ -1106,6 +1108,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="upscale() batches (default: 1,8; '' for none)",
     )
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end upscale() rows")
+    ap.add_argument("--e2e-size", type=size_arg, default=None, help="WIDTHxHEIGHT of the end-to-end rows' input (default 960x540)")
+    ap.add_argument("--e2e-scale", type=float, default=None, help="their factor (default 2; e.g. 1.5 with --e2e-size 1280x720)")
     ap.add_argument("--rep-ms", type=float, default=None, help="timed milliseconds per row (default 200)")
     ap.add_argument("--min-iters", type=int, default=None, help="at least this many timed calls per row (default 10)")
     ap.add_argument("--peak-size", type=int, default=None, help="M=N=K of the fp16 matmul ceiling (default 8192)")
@@ -1147,6 +1151,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     cfg.compile = cfg.compile or args.compile
     if args.no_e2e:
         cfg.e2e_batches = []
+    if args.e2e_size is not None:
+        cfg.e2e_lr_size = args.e2e_size
+    if args.e2e_scale is not None:
+        cfg.e2e_scale = args.e2e_scale
     if args.no_cudnn_benchmark:
         cfg.cudnn_benchmark = False
     if args.no_plot:

@@ -266,3 +266,12 @@ def test_factor_quality_script_runs(tmp_path, tiny_model, capsys):
     assert factor_quality.main(["--set", str(tmp_path / "set"), "--weights", str(weights)]) == 0
     out = capsys.readouterr().out
     assert "| x1.5 |" in out and "| x3.5 |" in out and out.count("\n| x") == len(factor_quality.FACTORS)
+
+
+def test_e2e_rows_at_another_size_and_factor(tmp_path):
+    """--e2e-size/--e2e-scale: the end-to-end rows at e.g. 720p -> 1080p (x1.5), the output size by upscale()'s rule."""
+    assert bench.main(["--smoke", "--backends", "torch", "--paths", "e2e_*", "--e2e-size", "10x8", "--e2e-scale", "1.5",
+                       "--out", str(tmp_path)]) == 0  # fmt: skip
+    rows = json.loads(next(tmp_path.glob("*.json")).read_text())["rows"]
+    e2e = [r for r in rows if r["kind"] == "e2e"]
+    assert e2e and all(r["size"] == "10x8->15x12" and r["status"] == "ok" and "x1.5" in r["note"] for r in e2e)
