@@ -12,7 +12,15 @@ from conftest import need_data
 
 import vdsr_fast
 from vdsr_fast.cli import main
-from vdsr_fast.images import default_file_mode, image_info, read_frames, read_image, write_frames, write_image
+from vdsr_fast.images import (
+    ImageReadError,
+    default_file_mode,
+    image_info,
+    read_frames,
+    read_image,
+    write_frames,
+    write_image,
+)
 
 
 @pytest.fixture
@@ -454,6 +462,25 @@ def test_image_files_round_trip_exactly(tmp_path, shape, dtype, suffix):
         with Image.open(tmp_path / "x.tif") as im:
             assert getattr(im, "n_frames", 1) == 1
             np.testing.assert_array_equal(np.asarray(im).reshape(shape), arr)
+
+
+def test_tiffs_of_other_colour_models_are_converted_not_read_raw(tmp_path):
+    """CMYK, Lab and 1-bit TIFFs: Pillow's conversion to RGB / gray (tifffile's raw CMYK samples were read as RGBA,
+    Lab as RGB: wrong colours); a float TIFF is still refused."""
+    from PIL import Image
+
+    tifffile = pytest.importorskip("tifffile")
+    rgb = np.random.default_rng(6).integers(0, 256, (9, 7, 3)).astype(np.uint8)
+    for mode in ("CMYK", "LAB"):
+        Image.fromarray(rgb).convert(mode).save(tmp_path / f"{mode}.tif")
+        want = np.asarray(Image.open(tmp_path / f"{mode}.tif").convert("RGB"))
+        np.testing.assert_array_equal(read_image(tmp_path / f"{mode}.tif"), want)
+    np.testing.assert_array_equal(read_image(tmp_path / "CMYK.tif"), rgb)  # CMYK from RGB converts back exactly
+    Image.fromarray(rgb[..., 0] > 127).save(tmp_path / "bw.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "bw.tif")[..., 0], np.where(rgb[..., 0] > 127, 255, 0))
+    tifffile.imwrite(tmp_path / "f.tif", rgb[..., 0].astype(np.float32) / 255)
+    with pytest.raises(ImageReadError, match="unsupported TIFF \\(float32"):
+        read_image(tmp_path / "f.tif")
 
 
 def test_planar_tiff_is_read_channels_last(tmp_path):

@@ -80,14 +80,20 @@ def _tiff_pages(tf) -> list:
 
 
 def _read_tiff(path: Path, all_pages: bool = False) -> list[np.ndarray] | None:
-    """The first page (or every page) of a TIFF as (H, W[, C]) arrays; None if tifffile cannot decode it."""
+    """The first page (or every page) of a TIFF as (H, W[, C]) arrays; None where Pillow should read it instead:
+    compression tifffile cannot decode alone, and samples that are not gray or RGB values (1-bit, white-is-zero,
+    palette, CMYK, Lab, YCbCr: Pillow converts them; tifffile would hand out the raw samples, which read as RGB(A)
+    gave wrong colours)."""
     import tifffile
 
+    direct = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
     try:
         with tifffile.TiffFile(str(path)) as tf:
             pages = _tiff_pages(tf)
             arrs = []
             for page in pages if all_pages else pages[:1]:
+                if page.photometric not in direct or page.bitspersample == 1:
+                    return None
                 arr = page.asarray()
                 if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and page.samplesperpixel > 1 and arr.ndim == 3:
                     arr = np.moveaxis(arr, 0, -1)  # (samples, H, W) -> (H, W, samples)
