@@ -189,6 +189,33 @@ def test_upscale_by_any_factor_or_to_a_size(tmp_path, capsys, weights, channels)
     assert code == 2 and "scale must be a number from 1 to 4" in err and not (tmp_path / "c.png").exists()
 
 
+@pytest.mark.parametrize("suffix, dtype", [(".jpg", np.uint8), (".png", np.uint8), (".webp", np.uint8), (".png", np.uint16)])
+def test_exif_is_kept_upright_and_resized(tmp_path, capsys, weights, suffix, dtype):
+    """A phone photo's EXIF (camera, capture date, GPS...) reaches the output: the orientation set to 1 (the pixels
+    were turned upright on reading) and the pixel dimensions to the output's; it was dropped."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Canon", "EOS R5", 6  # Make, Model, Orientation: turn 90 degrees
+    ifd = exif.get_ifd(0x8769)
+    ifd[0x9003], ifd[0xA002], ifd[0xA003] = "2026:11:27 10:00:00", 12, 8  # DateTimeOriginal, PixelX/YDimension
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (8, 12, 3)).astype(np.uint8)).save(
+        tmp_path / "in.jpg", exif=exif.tobytes(), quality=95)
+    dst = tmp_path / f"out{suffix}"
+    args = ["upscale", str(tmp_path / "in.jpg"), "-o", str(dst), "--weights", weights]
+    if dtype == np.uint16:  # a 16-bit output (pypng writes it; the eXIf chunk is inserted by hand)
+        arr = read_image(tmp_path / "in.jpg").astype(np.uint16) * 257
+        write_image(tmp_path / "in16.png", arr, exif=image_info(tmp_path / "in.jpg")["exif"])
+        args[1] = str(tmp_path / "in16.png")
+    assert _run(capsys, *args)[0] == 0
+    assert read_image(dst).shape[:2] == (24, 16) and read_image(dst).dtype == dtype  # upright: 12 x 8 turned
+    with Image.open(dst) as im:
+        got = im.getexif()
+        assert (got[0x010F], got[0x0110], got[0x0112]) == ("Canon", "EOS R5", 1)
+        sub = got.get_ifd(0x8769)
+        assert (sub[0x9003], sub[0xA002], sub[0xA003]) == ("2026:11:27 10:00:00", 16, 24)
+
+
 def test_multi_page_tiff_with_pages_of_different_sizes(tmp_path, capsys, weights):
     """A scanned document's pages need not share a size: each is upscaled and written as its own page."""
     pages = [np.full((6, 5, 3), 90, np.uint8), np.full((4, 7, 1), 200, np.uint8)]
@@ -226,10 +253,10 @@ def test_colour_profile_and_resolution_are_kept(tmp_path, capsys, weights, suffi
     src, dst = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
     arr = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, size=(5, 4, channels)).astype(dtype)
     write_image(src, arr, icc_profile=icc, dpi=(300.0, 150.0))
-    assert image_info(src) == {"icc_profile": None if suffix == ".bmp" else icc, "dpi": pytest.approx((300.0, 150.0), abs=0.5), "frames": 1}
+    assert image_info(src) == {"icc_profile": None if suffix == ".bmp" else icc, "dpi": pytest.approx((300.0, 150.0), abs=0.5), "frames": 1, "exif": None}
     code, out, _ = _run(capsys, "upscale", str(src), "-o", str(dst), "--scale", "2", "--weights", weights)
     assert code == 0, out
-    assert image_info(dst) == {"icc_profile": None if suffix == ".bmp" else icc, "dpi": pytest.approx((600.0, 300.0), abs=0.5), "frames": 1}
+    assert image_info(dst) == {"icc_profile": None if suffix == ".bmp" else icc, "dpi": pytest.approx((600.0, 300.0), abs=0.5), "frames": 1, "exif": None}
     assert read_image(dst).shape == (10, 8, channels)
 
 

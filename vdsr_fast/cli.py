@@ -178,7 +178,8 @@ def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: d
         # The colour profile carries over; the resolution scales with the pixels, so the print size stays.
         (h, w), (oh, ow) = frames[0].shape[:2], results[0].shape[:2]
         dpi = (info["dpi"][0] * ow / w, info["dpi"][1] * oh / h) if info["dpi"] else None
-        write_frames(dst, results, durations=timing["durations"], loop=timing["loop"], icc_profile=info["icc_profile"], dpi=dpi)
+        write_frames(dst, results, durations=timing["durations"], loop=timing["loop"], icc_profile=info["icc_profile"], dpi=dpi,
+                     exif=info["exif"])  # fmt: skip
     except (ValueError, OSError) as e:
         raise CliError(f"cannot write {dst}: {e}") from None
     return frames[0].shape[:2], results[0].shape[:2], len(frames), elapsed

@@ -14,6 +14,7 @@ import contextlib
 import os
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -158,9 +159,10 @@ def _frame_count(path: Path, im) -> int:
 
 
 def image_info(path: str | os.PathLike) -> dict:
-    """``{"icc_profile": bytes or None, "dpi": (x, y) or None, "frames": n}`` of an image file (the pixels are not
-    decoded), the dpi of the image as :func:`read_image` returns it (upright); ``frames`` > 1 for an animation or a
-    multi-page TIFF (see :func:`read_frames`)."""
+    """``{"icc_profile": bytes or None, "dpi": (x, y) or None, "frames": n, "exif": bytes or None}`` of an image
+    file (the pixels are not decoded), the dpi of the image as :func:`read_image` returns it (upright); ``frames``
+    > 1 for an animation or a multi-page TIFF (see :func:`read_frames`); ``exif`` the EXIF block of a JPEG, PNG or
+    WebP (camera, date, GPS...) with its orientation set to 1, as :func:`read_image` applied it."""
     from PIL import Image
 
     path = Path(path)
@@ -168,12 +170,30 @@ def image_info(path: str | os.PathLike) -> dict:
         with Image.open(path) as im:
             icc, dpi = im.info.get("icc_profile"), im.info.get("dpi")
             frames = _frame_count(path, im)
+            # A JPEG's, PNG's or WebP's EXIF block (a TIFF's "EXIF" would be its own structural tags)
+            exif = im.getexif() if im.format in ("JPEG", "MPO", "PNG", "WEBP") else {}
+            if 0x0112 in exif:  # Orientation
+                exif[0x0112] = 1
+            exif = exif.tobytes() if len(exif) else None
     except Exception:  # a file only tifffile/pypng read, or no metadata: nothing to keep
-        return {"icc_profile": None, "dpi": None, "frames": _frame_count(path, None)}
+        return {"icc_profile": None, "dpi": None, "frames": _frame_count(path, None), "exif": None}
     dpi = tuple(float(d) for d in dpi) if dpi and all(d and d > 0 for d in dpi) else None
     if dpi and _exif_orientation(path) in (5, 6, 7, 8):  # read_image turns the image a quarter: x <-> y
         dpi = dpi[::-1]
-    return {"icc_profile": icc or None, "dpi": dpi, "frames": frames}
+    return {"icc_profile": icc or None, "dpi": dpi, "frames": frames, "exif": exif}
+
+
+def _exif_sized(exif: bytes, w: int, h: int) -> bytes:
+    """An EXIF block with its pixel dimensions (Exif IFD PixelXDimension / PixelYDimension, where present) set."""
+    from PIL import Image
+
+    ex = Image.Exif()
+    ex.load(exif)
+    ifd = ex.get_ifd(0x8769)
+    for tag, value in ((0xA002, w), (0xA003, h)):
+        if tag in ifd:
+            ifd[tag] = value
+    return ex.tobytes()
 
 
 def _pil_array(im) -> np.ndarray:
@@ -281,16 +301,13 @@ def _icc_fits(icc: bytes, channels: int) -> bool:
     return len(icc) >= 20 and icc[16:20] == (b"GRAY" if channels <= 2 else b"RGB ")
 
 
-def _png_add_icc(path: str, icc: bytes) -> None:
-    """Insert an iCCP chunk (the profile, zlib-compressed) before the first IDAT of the PNG at ``path`` (pypng
-    writes no iCCP itself)."""
-    import zlib
-
+def _png_add_chunks(path: str, extra: list[tuple[bytes, bytes]]) -> None:
+    """Insert chunks before the first IDAT of the PNG at ``path`` (pypng writes no iCCP or eXIf itself)."""
     import png
 
     chunks = list(png.Reader(filename=path).chunks())
     at = next(i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT")
-    chunks.insert(at, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    chunks[at:at] = extra
     with open(path, "wb") as f:
         png.write_chunks(f, chunks)
 
@@ -343,13 +360,15 @@ def write_image(
     quality: int = 95,
     icc_profile: bytes | None = None,
     dpi: tuple[float, float] | None = None,
+    exif: bytes | None = None,
 ) -> None:
     """Write ``(H, W, C)`` uint8/uint16 to ``path`` (format from the suffix), atomically.
 
     The data goes to a temporary file in the same folder that is renamed at the end, so an interrupted
     run never leaves a half-written file under the final name. ``icc_profile`` (PNG, JPEG, TIFF; BMP holds
-    none) and ``dpi`` are written with it when given (see :func:`image_info`); a profile of another colour space
-    than the array's (a CMYK profile, an RGB one for a gray image) is left out.
+    none), ``dpi`` and ``exif`` (JPEG, PNG, WebP; its pixel dimensions set to the array's) are written with it when
+    given (see :func:`image_info`); a profile of another colour space than the array's (a CMYK profile, an RGB one
+    for a gray image) is left out.
     """
     from PIL import Image
 
@@ -357,6 +376,7 @@ def write_image(
     suffix = _check_arrays(path, [arr])
     if icc_profile and not _icc_fits(icc_profile, arr.shape[2]):
         icc_profile = None
+    exif = _exif_sized(exif, arr.shape[1], arr.shape[0]) if exif and suffix in (".jpg", ".jpeg", ".png", ".webp") else None
     with _atomic(path) as tmp:
         if suffix in (".tif", ".tiff"):
             import tifffile
@@ -371,8 +391,11 @@ def write_image(
             writer = png.Writer(w, h, greyscale=c <= 2, alpha=c in (2, 4), bitdepth=16, **phys)
             with open(tmp, "wb") as f:
                 writer.write(f, arr.reshape(h, w * c))
-            if icc_profile:
-                _png_add_icc(tmp, icc_profile)
+            extra = [(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile))] if icc_profile else []
+            if exif:  # eXIf holds the TIFF structure without JPEG's "Exif\0\0" marker
+                extra.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+            if extra:
+                _png_add_chunks(tmp, extra)
         else:
             im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)  # uint8: L, LA, RGB, RGBA
             if suffix in (".jpg", ".jpeg") and im.mode in ("LA", "RGBA"):
@@ -382,6 +405,8 @@ def write_image(
                 extra["dpi"] = dpi
             if suffix in (".jpg", ".jpeg", ".webp"):  # lossy (WebP stores gray as RGB)
                 extra["quality"] = quality
+            if exif:
+                extra["exif"] = exif
             if suffix == ".gif" and im.mode in ("LA", "RGBA"):
                 im = im.convert("RGBA")  # quantised to a palette with one transparent entry by Pillow
             im.save(tmp, **extra)
@@ -396,16 +421,17 @@ def write_frames(
     quality: int = 95,
     icc_profile: bytes | None = None,
     dpi: tuple[float, float] | None = None,
+    exif: bytes | None = None,
 ) -> None:
     """Write frames (as :func:`read_frames` returns them) as an animated GIF, WebP or PNG (APNG: 8-bit; frames of one
     size; ``durations`` in ms and ``loop`` as read, when given) or a multi-page TIFF (pages of any size); one frame
-    as :func:`write_image`.
+    as :func:`write_image` (with ``exif``; an animation or a multi-page TIFF is written without it).
     Atomically, as :func:`write_image`; a format that holds one image is a ValueError."""
     from PIL import Image
 
     path = Path(path)
     if len(frames) == 1:
-        return write_image(path, frames[0], quality=quality, icc_profile=icc_profile, dpi=dpi)
+        return write_image(path, frames[0], quality=quality, icc_profile=icc_profile, dpi=dpi, exif=exif)
     suffix = _check_arrays(path, frames)
     if suffix not in MULTI_FRAME_SUFFIXES:
         raise ValueError(f"{path}: {suffix} holds one image, not {len(frames)} frames; use .gif, .webp, .png "
