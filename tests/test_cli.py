@@ -526,3 +526,9 @@ def test_info_says_what_can_run_here(capsys):
     cpu = r["devices"][0]
     assert cpu["device"] == "cpu" and cpu["backends"]["torch"] is None and cpu["backends"]["cuda"]  # a reason
     assert r["weights"]["arch"] == "vdsr" and len(r["devices"]) == 1 + torch.cuda.device_count()
+
+
+def test_python_dash_m_runs_the_command():
+    """``python -m vdsr_fast`` is ``vdsr-fast`` (where the script is not on PATH, e.g. a notebook's kernel)."""
+    r = subprocess.run([sys.executable, "-m", "vdsr_fast", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("vdsr_fast ")
