@@ -587,7 +587,7 @@ def upscale_video(
     """Upscale the video ``src`` into ``dst``; returns a summary (frames, seconds, fps, sizes, streams,
     and on a GPU ``gpu_busy_fraction``: the share of the wall time the GPU spent upscaling).
 
-    The first video stream is upscaled, audio and subtitle streams are copied, frame timestamps are
+    The video stream (FFmpeg's best: not a cover picture, the largest) is upscaled, audio and subtitle streams are copied, frame timestamps are
     kept, and so are the rotation (display matrix), the sample aspect ratio, the video stream's language and
     title, the container's tags and, with libx264 or libx265, HDR10 mastering-display and light-level metadata
     (other encoders: a warning). The output is written to a hidden temporary file beside ``dst`` and renamed to ``dst`` only
@@ -618,7 +618,7 @@ def upscale_video(
     warning.
 
     ``scale`` (2, 3, 4 or any factor from 1 to 4, e.g. 1.5 for 720p -> 1080p) or ``size`` ((width, height), as
-    video sizes are written; the factors may differ: the sample aspect ratio then changes so the picture keeps
+    video sizes are written, which replaces ``scale`` when given; the factors may differ: the sample aspect ratio then changes so the picture keeps
     its shape on screen) and ``backend``, ``dtype``, ``tile``, ``max_memory``, ``tune`` and ``fused_color`` are
     :func:`vdsr_fast.upscale`'s.
 
