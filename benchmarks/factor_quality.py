@@ -1,7 +1,7 @@
 """PSNR at factors VDSR was not trained on: bicubic, VDSR run at the factor itself, and VDSR at each trained scale
 above it resized down with MATLAB's bicubic (what ``upscale(scale=f)`` does with the next one).
 
-    python benchmarks/factor_quality.py [--set ../shared/data/eval/Set5] [--weights W]
+    python benchmarks/factor_quality.py [--set ../shared/data/eval/Set5] [--weights W] [--out results.md]
 
 Protocol, as the paper's for its scales where it can be: Y of each HR image (MATLAB ``rgb2ycbcr``), cropped to a
 multiple of the factor's numerator p (factor p/q), the LR image MATLAB-bicubic down to q/p of it, every result
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--set", default=str(ROOT.parent / "shared" / "data" / "eval" / "Set5"), help="an eval set folder")
     p.add_argument("--weights", help="weights (default: the shipped ones)")
+    p.add_argument("--out", help="also write the table, with the date, versions and commit, to this markdown file")
     args = p.parse_args(argv)
     files = sorted(Path(args.set).glob("x2/*_HR.png")) or sorted(Path(args.set).glob("*_HR.png"))
     if not files:
@@ -51,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         h, w = x.shape[-2:]
         return engine(x.float().reshape(1, 1, h, w)).double().reshape(h, w)
 
-    print(f"{args.set}: {len(files)} images; mean PSNR (dB) on Y")
-    print("| factor | bicubic | VDSR at the factor | " + " | ".join(f"VDSR x{k}, then down" for k in SCALES) + " |")
-    print("|---|---|---|" + "---|" * len(SCALES))
+    lines = [f"{Path(args.set).name}: {len(files)} images; mean PSNR (dB) on Y",
+             "| factor | bicubic | VDSR at the factor | " + " | ".join(f"VDSR x{k}, then down" for k in SCALES) + " |",
+             "|---|---|---|" + "---|" * len(SCALES)]  # fmt: skip
+    print("\n".join(lines))
     for f in FACTORS:
         rows: dict[str, list[float]] = {}
         for path in files:
@@ -71,8 +73,32 @@ def main(argv: list[str] | None = None) -> int:
                     rows.setdefault(k, []).append(psnr(_q(imresize(up, size=(h, w))), hr, shave=shave))
         cells = [f"{sum(v) / len(v):.2f}" for v in (rows["bicubic"], rows["direct"])]
         cells += [f"{sum(rows[k]) / len(rows[k]):.2f}" if k in rows else "—" for k in SCALES]
-        print(f"| x{float(f):g} | " + " | ".join(cells) + " |")
+        lines.append(f"| x{float(f):g} | " + " | ".join(cells) + " |")
+        print(lines[-1])
+    if args.out:
+        _write(Path(args.out), lines, args)
     return 0
+
+
+def _write(path: Path, table: list[str], args) -> None:
+    import platform
+    import subprocess
+    from datetime import datetime, timezone
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    head = [
+        "# PSNR at factors VDSR was not trained on",
+        "",
+        f"`python benchmarks/factor_quality.py` ({__doc__.splitlines()[0][:-1].lower()}), "
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}, {platform.processor() or platform.machine()} CPU, "
+        f"torch {torch.__version__}, commit {commit or '?'}, weights {args.weights or 'shipped'}. Protocol: the script's "
+        "docstring; `upscale(scale=f)` runs the network at the next trained scale and resizes its output down.",
+        "",
+    ]
+    path.write_text("\n".join(head + table) + "\n")
 
 
 if __name__ == "__main__":

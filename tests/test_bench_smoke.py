@@ -263,9 +263,11 @@ def test_factor_quality_script_runs(tmp_path, tiny_model, capsys):
     (tmp_path / "set").mkdir()
     write_image(tmp_path / "set" / "a_HR.png", np.random.default_rng(0).integers(0, 256, (36, 40, 3)).astype(np.uint8))
     weights = vdsr_fast.save(tiny_model, tmp_path / "tiny.safetensors")
-    assert factor_quality.main(["--set", str(tmp_path / "set"), "--weights", str(weights)]) == 0
+    assert factor_quality.main(["--set", str(tmp_path / "set"), "--weights", str(weights), "--out", str(tmp_path / "t.md")]) == 0
     out = capsys.readouterr().out
     assert "| x1.5 |" in out and "| x3.5 |" in out and out.count("\n| x") == len(factor_quality.FACTORS)
+    written = (tmp_path / "t.md").read_text()
+    assert written.startswith("# PSNR at factors") and "torch " in written and written.count("\n| x") == len(factor_quality.FACTORS)
 
 
 def test_e2e_rows_at_another_size_and_factor(tmp_path):
