@@ -92,13 +92,13 @@ def _write(path: Path, table: list[str], args) -> None:
     head = [
         "# PSNR at factors VDSR was not trained on",
         "",
-        f"`python benchmarks/factor_quality.py` ({__doc__.splitlines()[0][:-1].lower()}), "
-        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}, {platform.processor() or platform.machine()} CPU, "
+        f"`python benchmarks/factor_quality.py`, {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
+        f"{platform.processor() or platform.machine()} CPU, "
         f"torch {torch.__version__}, commit {commit or '?'}, weights {args.weights or 'shipped'}. Protocol: the script's "
         "docstring; `upscale(scale=f)` runs the network at the next trained scale and resizes its output down.",
         "",
     ]
-    path.write_text("\n".join(head + table) + "\n")
+    path.write_text("\n".join(head + table[:1] + [""] + table[1:]) + "\n")
 
 
 if __name__ == "__main__":
