@@ -172,9 +172,6 @@ def _out_shape(img: torch.Tensor, layout: str, hw: tuple[int, int]) -> tuple[int
     return (*img.shape[:-3], *hw, img.shape[-1])
 
 
-def _frame_hw(img: torch.Tensor, layout: str) -> tuple[int, int]:
-    return tuple(img.shape[-2:]) if img.dim() == 2 or layout == "NCHW" else tuple(img.shape[-3:-1])
-
 
 def _check_out(out, img: torch.Tensor, shape: tuple[int, ...]) -> None:
     if not torch.is_tensor(out):
@@ -278,7 +275,7 @@ def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
     c = t.shape[cdim] if t.dim() >= 3 else 1
     perm = torch.tensor([2, 1, 0, 3][:c], device=t.device) if channel_order == "BGR" and c in (3, 4) else None
     if out is not None:
-        shape = _out_shape(t, layout, output_plan(*_frame_hw(t, layout), scale, kw["size"])[1])
+        shape = _out_shape(t, layout, output_plan(*_nchw(t, layout).shape[-2:], scale, kw["size"])[1])
         if numpy_in and (out.shape != shape or out.dtype != img.dtype):
             raise ValueError(f"upscale: out has shape {out.shape} and dtype {out.dtype}, expected {shape} and {img.dtype}")
         if not numpy_in:

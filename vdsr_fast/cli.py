@@ -149,8 +149,8 @@ def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: d
 
     from .images import MULTI_FRAME_SUFFIXES, image_info, read_frames, write_frames
 
-    frames, timing = read_frames(src)
     info = image_info(src)
+    frames, timing = read_frames(src, info["frames"])
     if len(frames) > 1 and dst.suffix.lower() not in MULTI_FRAME_SUFFIXES:
         raise CliError(f"{src} has {len(frames)} frames and {dst.suffix} holds one image: write it as .gif, .webp, "
                        f".png (animated) or .tif (one page a frame)")

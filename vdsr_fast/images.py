@@ -234,16 +234,17 @@ def _read_errors(path: Path):
         raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
-def read_frames(path: str | os.PathLike) -> tuple[list[np.ndarray], dict]:
+def read_frames(path: str | os.PathLike, count: int | None = None) -> tuple[list[np.ndarray], dict]:
     """Every frame of an animated GIF, WebP or PNG, or every page of a multi-page TIFF, each as :func:`read_image`
     returns one (whole frames: a GIF's partial frames are composited), and ``{"durations": [ms, ...] or None,
-    "loop": n or None}`` (a TIFF has no timing). A still image gives one frame."""
+    "loop": n or None}`` (a TIFF has no timing). A still image gives one frame. ``count``: the file's frame count
+    when the caller has it already (:func:`image_info`'s ``frames``)."""
     from PIL import Image
 
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
-    if image_info(path)["frames"] <= 1:
+    if (image_info(path)["frames"] if count is None else count) <= 1:
         return [read_image(path)], {"durations": None, "loop": None}
     orientation = _exif_orientation(path)
     with _read_errors(path):

@@ -660,8 +660,9 @@ def upscale_video(
     kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory, "tune": tune, "fused_color": fused_color}
 
     inp = _open_input(av, src)
+    vin = _main_video(av, inp)
     try:
-        ctx = _main_video(av, inp).codec_context
+        ctx = vin.codec_context
         w, h = ctx.width, ctx.height
         fin = _format_info(ctx.pix_fmt) if ctx.pix_fmt is not None else _Format(1, 1, 8, False, False)
         pix_fmt = _output_format(codec, pix_fmt, fin.bits > 8, fin.alpha)
@@ -694,7 +695,6 @@ def upscale_video(
     tmp = Path(tmp_name)
     ok = False
     try:
-        vin = _main_video(av, inp)
         _warn_dropped(av, src, inp, vin)
         vin.thread_type = "AUTO"
         try:
