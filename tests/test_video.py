@@ -1,5 +1,7 @@
 """vdsr-fast video: a short generated clip with audio through decode -> upscale -> encode (CPU, tiny model)."""
 
+import io
+import subprocess
 import sys
 from fractions import Fraction
 
@@ -301,6 +303,115 @@ def test_forwarded_by_the_cli(clip, weights, tmp_path):
     out = tmp_path / "out.mp4"
     assert cli.main(["video", str(clip), str(out), "--weights", weights, "--quiet", "--device", "cpu"]) == 0
     assert _probe(out)["size"] == (2 * W, 2 * H)
+
+
+def _decoded(src):
+    """(times, RGB frames, container format, audio codecs) of a video file or of its bytes."""
+    with av.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else str(src)) as c:
+        frames = list(c.decode(video=0))
+        return ([f.time for f in frames], [f.to_ndarray(format="rgb24") for f in frames], c.format.name,
+                [s.codec_context.name for s in c.streams.audio])
+
+
+def _cli(*argv, **kw):
+    """``vdsr-fast video ...`` in its own process (real pipes for stdin and stdout)."""
+    return subprocess.Popen([sys.executable, "-m", "vdsr_fast", "video", *map(str, argv), "--quiet", "--device", "cpu"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+class _Sink(io.RawIOBase):
+    """A write-only stream that cannot seek, as a pipe."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self.data += b
+        return len(b)
+
+
+def test_stdin_to_stdout_through_pipes_equals_the_file_run(tmp_path, weights):
+    """``ffmpeg ... -f nut - | vdsr-fast video - - --format nut | ffmpeg -i - ...``: the stream read from stdin (its
+    container probed), the video alone on stdout, the summary on stderr; the frames, timestamps and audio are the
+    file run's, bit for bit (lossless ffv1 both ways)."""
+    src = tmp_path / "in.mkv"
+    _make_clip(src)
+    assert _run(src, tmp_path / "file.nut", "--weights", weights, "--codec", "ffv1") == 0
+    proc = _cli("-", "-", "--format", "nut", "--codec", "ffv1", "--weights", weights)
+    out, err = proc.communicate(src.read_bytes(), timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert out.startswith(b"nut/multimedia container") and f"<stdin> ({W}x{H}) -> <stdout>".encode() in err
+    times, frames, fmt, audio = _decoded(out)
+    want_times, want_frames, _, want_audio = _decoded(tmp_path / "file.nut")
+    assert (fmt, audio, times) == ("nut", want_audio, want_times) and audio == ["aac"] and len(times) == N
+    assert all(np.array_equal(a, b) for a, b in zip(frames, want_frames, strict=True))
+    assert frames[0].std() > 0  # not a blank picture
+
+
+def test_y4m_raw_and_fragmented_mp4_to_a_stream_that_cannot_seek(clip, tiny_model, tmp_path, capsys):
+    """y4m (uncompressed, rawvideo by default, constant rate in its header) and MP4 (fragmented: it cannot seek back
+    to its index) into a pipe-like stream; the same y4m frames as the file run's lossless ones."""
+    from vdsr_fast.video import upscale_video
+
+    sink = _Sink()
+    r = upscale_video(clip, sink, 2, tiny_model, format="yuv4mpegpipe", progress=False)
+    header = bytes(sink.data[: sink.data.index(b"\n")]).split()
+    assert header[:4] == [b"YUV4MPEG2", f"W{2 * W}".encode(), f"H{2 * H}".encode(), f"F{FPS}:1".encode()]
+    assert sink.data.count(b"FRAME") == N and r["frames"] == N and r["output"] == "the output stream"
+    assert "not copying audio stream #1 (aac)" in capsys.readouterr().err  # y4m holds one video stream
+    upscale_video(clip, tmp_path / "file.mkv", 2, tiny_model, codec="ffv1", progress=False)
+    _, y4m_frames, fmt, _ = _decoded(sink.data)
+    assert fmt == "yuv4mpegpipe"
+    assert all(np.array_equal(a, b) for a, b in zip(y4m_frames, _decoded(tmp_path / "file.mkv")[1], strict=True))
+    upscale_video(clip, tmp_path / "out.y4m", 2, tiny_model, progress=False)  # the suffix picks rawvideo too
+    assert (tmp_path / "out.y4m").read_bytes().startswith(b"YUV4MPEG2")
+
+    sink = _Sink()
+    upscale_video(clip, sink, 2, tiny_model, format="mp4", progress=False)
+    assert b"moof" in sink.data  # fragments
+    times, _, _, audio = _decoded(sink.data)
+    assert times == _probe(clip)["times"] and audio == ["aac"]
+    upscale_video(clip, tmp_path / "named", 2, tiny_model, format="matroska", progress=False)  # no suffix: --format
+    assert _decoded(tmp_path / "named")[2] == "matroska,webm"
+
+
+def test_stream_errors_are_clear(clip, weights, tiny_model, monkeypatch, capsys):
+    from vdsr_fast.video import VideoError, upscale_video
+
+    with pytest.raises(VideoError, match="writing to a stream needs its container format"):
+        upscale_video(clip, _Sink(), 2, tiny_model, progress=False)
+    with pytest.raises(VideoError, match="'bogus' is not a container format FFmpeg can write"):
+        upscale_video(clip, _Sink(), 2, tiny_model, format="bogus", progress=False)
+    with pytest.raises(VideoError, match="cannot read the input stream as a video"):
+        upscale_video(io.BytesIO(b"not a video"), _Sink(), 2, tiny_model, format="nut", progress=False)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert _run(clip, "-", "--format", "nut", "--weights", weights) == 2
+    assert "writes the video to stdout, which is a terminal" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    assert _run("-", "x.mp4", "--weights", weights) == 2
+    assert "reads the video from stdin, which is a terminal" in capsys.readouterr().err
+
+
+def test_a_reader_that_closes_the_pipe_is_one_error_line(tmp_path, weights):
+    """``vdsr-fast video IN - ... | head -c 100``: exit status 2 and one line saying so, no traceback (the y4m output,
+    ~220 KB, is more than a pipe's buffer holds)."""
+    src = tmp_path / "in.mkv"
+    _make_clip(src)
+    proc = _cli(src, "-", "--format", "yuv4mpegpipe", "--scale", "4", "--weights", weights)
+    proc.stdin.close()
+    assert proc.stdout.read(100).startswith(b"YUV4MPEG2")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 2
+    assert "<stdout> was closed by its reader after" in err and "Traceback" not in err and "Exception" not in err
 
 
 @pytest.mark.gpu

@@ -12,7 +12,8 @@ Three threads joined by bounded queues, so decoding, the upscale and encoding ov
   (a CUDA event marks it), so the next batch is queued while the encoder works on this one;
 * the writer waits for each batch's event, encodes the frames (H.264 by default) with the decoded
   frames' timestamps and muxes them, together with the copied audio/subtitle packets, into a
-  temporary file beside ``OUT``, renamed to ``OUT`` once complete.
+  temporary file beside ``OUT``, renamed to ``OUT`` once complete (or straight into a stream: ``-`` for
+  stdout, and ``-`` as ``IN`` reads stdin).
 
 PyAV is an optional dependency (``pip install av``); it is imported only here, when the command runs.
 """
@@ -20,6 +21,7 @@ PyAV is an optional dependency (``pip install av``); it is imported only here, w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
 import re
@@ -29,7 +31,7 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -372,7 +374,10 @@ def _upscaler(pipe: _Pipe, size: tuple[int, int], model, device: torch.device, k
     pipe.put(pipe.upscaled, _END)
 
 
-def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress, colour: _Colour) -> None:
+def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress, colour: _Colour,
+            cfr: Fraction | None = None) -> None:
+    """Encode and mux; ``cfr``: the frames are restamped 0, 1, 2... in this time base (a muxer of constant frame
+    rate: y4m states the rate as its time base)."""
     index = 0
     while (item := pipe.get(pipe.upscaled)) is not _END:
         kind, payload = item
@@ -400,29 +405,78 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress,
                           "are told it here (the transfer and primaries tags are kept)")  # fmt: skip
         for rgb, (pts, time_base) in zip(arr, meta, strict=True):
             frame = colour.from_rgb(av, rgb)
+            if cfr is not None:
+                pts, time_base = index, cfr
             frame.pts = index if pts is None else pts
             if time_base is not None:
                 frame.time_base = time_base
             out_container.mux(ostream.encode(frame))
             index += 1
-        pipe.frames += len(meta)
+            pipe.frames += 1
         progress.update(len(meta))
     out_container.mux(ostream.encode(None))
 
 
-def _open_input(av, path: Path):
-    if not path.exists():
-        raise VideoError(f"{path}: no such file")
-    if path.is_dir():
-        raise VideoError(f"{path} is a folder, not a video")
+def _is_stream(x) -> bool:
+    """A binary file object (a pipe such as ``sys.stdin.buffer``, a socket's file, ``io.BytesIO``), not a path."""
+    return hasattr(x, "read") or hasattr(x, "write")
+
+
+def _open_input(av, src, label: str):
+    if not _is_stream(src):
+        if not src.exists():
+            raise VideoError(f"{src}: no such file")
+        if src.is_dir():
+            raise VideoError(f"{src} is a folder, not a video")
     try:
-        container = av.open(str(path), mode="r")
+        container = av.open(src if _is_stream(src) else str(src), mode="r")
     except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise VideoError(f"cannot read {path} as a video: {e}") from None
+        raise VideoError(f"cannot read {label} as a video: {e}") from None
     if not container.streams.video:
         container.close()
-        raise VideoError(f"cannot read {path} as a video: it has no video stream")
+        raise VideoError(f"cannot read {label} as a video: it has no video stream")
     return container
+
+
+# Muxers that hold only uncompressed frames (y4m, raw planes): their default codec is rawvideo, not libx264.
+_RAW_MUXERS = ("yuv4mpegpipe", "rawvideo")
+# The MP4 family's muxers write their index after the frames and seek back to it: to a pipe they write fragments.
+_MOV_MUXERS = frozenset({"mp4", "mov", "ipod", "ismv", "3gp", "3g2", "psp", "f4v"})
+_FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof+negative_cts_offsets"}  # timestamps kept
+_CFR_MUXERS = frozenset({"yuv4mpegpipe"})  # no timestamps: the stream's time base is its frame period
+
+
+@contextlib.contextmanager
+def _closed_after(av, container, what: str):
+    """Close ``container`` (its trailer written) after the block. When the block failed, a failure to close too
+    (e.g. into a pipe its reader closed) is dropped: the block's error says what went wrong."""
+    try:
+        yield container
+    except BaseException:
+        with contextlib.suppress(Exception):
+            container.close()
+        raise
+    try:
+        container.close()
+    except (av.error.FFmpegError, OSError) as e:
+        raise VideoError(f"{what}: {e}") from e
+
+
+def _check_muxer(av, name: str) -> None:
+    try:
+        av.format.ContainerFormat(name, "w")
+    except ValueError:
+        raise VideoError(f"{name!r} is not a container format FFmpeg can write (e.g. nut, matroska, mp4, mpegts, "
+                         "yuv4mpegpipe; `ffmpeg -muxers` lists them)") from None  # fmt: skip
+
+
+def _default_codec(av, muxer: str | None, suffix: str) -> str:
+    """libx264, or rawvideo for a muxer of uncompressed frames (``muxer``, or else the one of the file suffix)."""
+    if muxer is not None:
+        raw = muxer in _RAW_MUXERS
+    else:
+        raw = any(suffix.lstrip(".").lower() in av.format.ContainerFormat(m, "w").extensions for m in _RAW_MUXERS)
+    return "rawvideo" if raw else "libx264"
 
 
 def _main_video(av, container):
@@ -431,7 +485,7 @@ def _main_video(av, container):
     return container.streams.best("video") or container.streams.video[0]
 
 
-def _warn_dropped(av, src: Path, container, vin) -> None:
+def _warn_dropped(av, src: str, container, vin) -> None:
     """One warning per stream the output will not hold: other video streams (a cover picture, a second angle),
     data streams (timecode, GPS, chapters' text tracks) and attachments; audio and subtitles are copied."""
     pic = av.stream.Disposition.attached_pic
@@ -562,13 +616,14 @@ def _damage_report(pipe: _Pipe, frames: int, expected: int, start: float, durati
 
 
 def upscale_video(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
+    src: str | os.PathLike | BinaryIO,
+    dst: str | os.PathLike | BinaryIO,
     scale: float = 2,
     model=None,
     *,
     size: tuple[int, int] | None = None,
-    codec: str = "libx264",
+    codec: str | None = None,
+    format: str | None = None,
     crf: int | None = 18,
     pix_fmt: str | None = None,
     preset: str | None = None,
@@ -592,6 +647,14 @@ def upscale_video(
     title, the container's tags and, with libx264 or libx265, HDR10 mastering-display and light-level metadata
     (other encoders: a warning). The output is written to a hidden temporary file beside ``dst`` and renamed to ``dst`` only
     once complete: on any error neither ``dst`` nor the temporary file is left behind.
+
+    ``src`` and ``dst`` may also be binary file objects, e.g. ``sys.stdin.buffer`` and ``sys.stdout.buffer`` in a
+    pipeline of FFmpeg processes (``vdsr-fast video - -``): the input's container is probed from its first bytes,
+    the output's must be named with ``format`` (an FFmpeg muxer: ``nut`` and ``matroska`` carry any codec,
+    ``yuv4mpegpipe`` uncompressed frames; ``mp4``/``mov`` to a stream that cannot seek are written fragmented). A
+    stream is written as the frames come; after an error it holds what was written. ``format`` also overrides a
+    file's suffix. ``codec`` defaults to libx264, or to rawvideo where the muxer holds only uncompressed frames
+    (``yuv4mpegpipe``, ``rawvideo``; the suffixes .y4m, .yuv, .rgb).
 
     Streams the output container cannot hold (its muxer refuses the codec):
 
@@ -632,20 +695,32 @@ def upscale_video(
 
     from .api import _default, output_plan
 
-    src, dst = Path(src), Path(dst)
+    src_stream, dst_stream = _is_stream(src), _is_stream(dst)
+    src, dst = (x if _is_stream(x) else Path(x) for x in (src, dst))
+    src_label = getattr(src, "name", "the input stream") if src_stream else str(src)
+    dst_label = getattr(dst, "name", "the output stream") if dst_stream else str(dst)
     if size is None:
         output_plan(16, 16, scale)  # a scale out of range: an error before anything is opened
     if batch < 1:
         raise VideoError(f"--batch must be >= 1, got {batch}")
-    if dst.is_dir():
-        raise VideoError(f"{dst} is a folder; give the output video's file name")
-    if dst.exists() and not force:
-        raise VideoError(f"{dst} exists; pass --force to overwrite it")
-    if not dst.parent.is_dir():
-        what = "is not a folder" if dst.parent.exists() else "output folder does not exist"
-        raise VideoError(f"{dst.parent}: {what}")
-    if not dst.suffix:
-        raise VideoError(f"{dst}: give the output a container suffix (.mp4, .mkv, .mov...)")
+    if format is not None:
+        _check_muxer(av, format)
+    if dst_stream:
+        if format is None:
+            raise VideoError("writing to a stream needs its container format (--format), e.g. nut, matroska, mpegts, "
+                             "mp4 or yuv4mpegpipe")  # fmt: skip
+    else:
+        if dst.is_dir():
+            raise VideoError(f"{dst} is a folder; give the output video's file name")
+        if dst.exists() and not force:
+            raise VideoError(f"{dst} exists; pass --force to overwrite it")
+        if not dst.parent.is_dir():
+            what = "is not a folder" if dst.parent.exists() else "output folder does not exist"
+            raise VideoError(f"{dst.parent}: {what}")
+        if not dst.suffix and format is None:
+            raise VideoError(f"{dst}: give the output a container suffix (.mp4, .mkv, .mov...) or a --format")
+    if codec is None:
+        codec = _default_codec(av, format, "" if dst_stream else dst.suffix)
     if pix_fmt is not None:
         _format_info(pix_fmt)  # an unknown name: an error before the input is opened
     if duration is not None and not (isinstance(duration, (int, float)) and 0 < duration < float("inf")):
@@ -659,7 +734,7 @@ def upscale_video(
     model = _default() if model is None else model
     kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory, "tune": tune, "fused_color": fused_color}
 
-    inp = _open_input(av, src)
+    inp = _open_input(av, src, src_label)
     vin = _main_video(av, inp)
     try:
         ctx = vin.codec_context
@@ -670,11 +745,11 @@ def upscale_video(
         try:
             _, (H, W) = output_plan(h, w, None if size is not None else scale, None if size is None else (size[1], size[0]))
         except ValueError:
-            raise VideoError(f"--size {size[0]}x{size[1]} for the {w}x{h} video {src}: each side must be 1 to 4 times "
+            raise VideoError(f"--size {size[0]}x{size[1]} for the {w}x{h} video {src_label}: each side must be 1 to 4 times "
                              "the input's") from None
         if W % fout.step_x or H % fout.step_y:
             raise VideoError(
-                f"{src}: the {W}x{H} output cannot be encoded as {pix_fmt}: its chroma is sampled every "
+                f"{src_label}: the {W}x{H} output cannot be encoded as {pix_fmt}: its chroma is sampled every "
                 f"{fout.step_x}x{fout.step_y} pixels, so the width and height must be multiples of {fout.step_x} and "
                 f"{fout.step_y}; pass --pix-fmt yuv444p (full chroma) or another --scale or --size"
             )
@@ -683,25 +758,32 @@ def upscale_video(
         raise
     alpha = fin.alpha and fout.alpha
     if fin.alpha and not alpha:
-        _warn(f"{src} has an alpha channel ({ctx.pix_fmt}) and {codec} in {pix_fmt} cannot keep it: the output has the "
+        _warn(f"{src_label} has an alpha channel ({ctx.pix_fmt}) and {codec} in {pix_fmt} cannot keep it: the output has the "
               "colour only (ffv1, libvpx-vp9, prores_ks, qtrle and png keep alpha)")  # fmt: skip
     colour = _Colour(ctx, pix_fmt, fin.bits > 8 or fout.bits > 8, fout.rgb, alpha)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
-    except OSError as e:
-        inp.close()
-        raise VideoError(f"cannot write into {dst.parent}: {e.strerror or e}") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = None  # a file: written as a hidden temporary file beside it, renamed once complete
+    if not dst_stream:
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
+        except OSError as e:
+            inp.close()
+            raise VideoError(f"cannot write into {dst.parent}: {e.strerror or e}") from None
+        os.close(fd)
+        tmp = Path(tmp_name)
     ok = False
     try:
-        _warn_dropped(av, src, inp, vin)
+        _warn_dropped(av, src_label, inp, vin)
         vin.thread_type = "AUTO"
         try:
-            out = av.open(str(tmp), mode="w")
+            if tmp is not None:
+                out = av.open(str(tmp), mode="w", format=format)
+            else:  # MP4 and the like cannot seek back to write their index into a pipe: fragmented MP4 then
+                seekable = getattr(dst, "seekable", lambda: False)()
+                opts = _FRAGMENTED if format in _MOV_MUXERS and not seekable else {}
+                out = av.open(dst, mode="w", format=format, options=opts)
         except (av.error.FFmpegError, OSError, ValueError) as e:
-            raise VideoError(f"cannot write {dst}: {e}") from None
-        with out:
+            raise VideoError(f"cannot write {dst_label}: {e}") from None
+        with _closed_after(av, out, f"cannot finish {dst_label}"):
             rate = vin.average_rate or vin.guessed_rate or Fraction(25)
             try:
                 ostream = out.add_stream(codec, rate=rate)
@@ -720,9 +802,9 @@ def upscale_video(
             for key, value in inp.metadata.items():  # title, comment, creation time...; not what the muxer writes
                 if key.lower() not in _MUXER_KEYS:
                     out.metadata[key] = value
-            if vin.time_base is not None:
-                ostream.time_base = vin.time_base
-                ostream.codec_context.time_base = vin.time_base
+            cfr = 1 / Fraction(rate) if out.format.name in _CFR_MUXERS else None
+            if cfr is not None or vin.time_base is not None:
+                ostream.time_base = ostream.codec_context.time_base = cfr or vin.time_base
             options = {}
             if crf is not None:
                 options["crf"] = str(crf)
@@ -742,13 +824,13 @@ def upscale_video(
             limit = None if duration is None else start + duration
             if limit is not None:
                 total = min(total or 10**12, max(1, round(duration * float(rate))))
-            bar = tqdm(total=total, unit="frame", desc=f"{W}x{H} {src.name}", disable=not progress, dynamic_ncols=True)
+            bar = tqdm(total=total, unit="frame", desc=f"{W}x{H} {src_label if src_stream else src.name}", disable=not progress, dynamic_ncols=True)
             pipe = _Pipe(depth=2)
             t0 = time.perf_counter()
             threads = [
                 _worker(pipe, _reader, av, inp, vin, set(stream_map), batch, limit),
                 _worker(pipe, _upscaler, (H, W), model, device, kw, colour),
-                _worker(pipe, _writer, av, out, ostream, stream_map, bar, colour),
+                _worker(pipe, _writer, av, out, ostream, stream_map, bar, colour, cfr),
             ]
             try:
                 while any(t.is_alive() for t in threads):
@@ -765,29 +847,32 @@ def upscale_video(
             busy = pipe.gpu_busy_seconds()
             if pipe.error is not None:
                 e = pipe.error
+                if isinstance(e, BrokenPipeError):
+                    raise VideoError(f"{dst_label} was closed by its reader after {pipe.frames} frame(s)") from e
                 if isinstance(e, (av.error.FFmpegError, OSError)):
-                    raise VideoError(f"{src} -> {dst}: {e}") from e
+                    raise VideoError(f"{src_label} -> {dst_label}: {e}") from e
                 raise e
             frames = pipe.frames
             if frames == 0:
                 cause = pipe.read_error or pipe.decode_error
-                raise VideoError(f"cannot read {src} as a video: no video frame could be decoded" + (f" ({cause})" if cause else ""))
+                raise VideoError(f"cannot read {src_label} as a video: no video frame could be decoded" + (f" ({cause})" if cause else ""))
             if limit is None:
                 damaged = _damage_report(pipe, frames, vin.frames or 0, start, inp.duration / 1e6 if inp.duration else None, rate)
             else:  # a part on purpose: only what went wrong while reading it
                 damaged = _damage_report(pipe, frames, 0, start, None, rate)
         if damaged is not None:
-            _warn(f"{src} looks truncated or damaged: {damaged}")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, dst)
+            _warn(f"{src_label} looks truncated or damaged: {damaged}")
+        if tmp is not None:
+            os.chmod(tmp, default_file_mode())
+            os.replace(tmp, dst)
         ok = True
     finally:
         inp.close()
-        if not ok:
+        if not ok and tmp is not None:
             tmp.unlink(missing_ok=True)
     return {
-        "input": str(src),
-        "output": str(dst),
+        "input": src_label,
+        "output": dst_label,
         "frames": frames,
         "seconds": seconds,
         "fps": frames / seconds if seconds > 0 else float("nan"),
@@ -815,12 +900,16 @@ def build_parser() -> argparse.ArgumentParser:
         "other streams it cannot hold are skipped with a warning. A truncated or damaged input is upscaled as far as it "
         "decodes, with a warning; the output only appears, under its final name, once complete.",
     )
-    p.add_argument("input", help="input video (anything FFmpeg reads)")
-    p.add_argument("output", help="output video; the container comes from the suffix (.mp4, .mkv, ...)")
+    p.add_argument("input", help="input video (anything FFmpeg reads); - reads a stream from stdin")
+    p.add_argument("output", help="output video; the container comes from the suffix (.mp4, .mkv, ...) or --format; "
+                   "- writes a stream to stdout (needs --format)")
     p.add_argument("--scale", "-s", type=float, default=2,
                    help="2, 3, 4 or any factor from 1 to 4, e.g. 1.5 for 720p -> 1080p (default: 2)")
     p.add_argument("--size", type=size_arg, help="the output's WIDTHxHEIGHT instead of --scale, e.g. 1920x1080")
-    p.add_argument("--codec", default="libx264", help="video encoder (default: libx264, i.e. H.264)")
+    p.add_argument("--codec", help="video encoder (default: libx264, i.e. H.264; rawvideo for y4m and raw outputs)")
+    p.add_argument("--format", dest="muxer", metavar="FORMAT",
+                   help="output container as FFmpeg names it (ffmpeg's -f), e.g. nut, matroska, mpegts, mp4, "
+                        "yuv4mpegpipe: needed for - (stdout), else taken from the suffix")
     p.add_argument("--crf", type=int, default=18, help="constant rate factor for x264/x265-style encoders (default: 18; -1: encoder default)")
     p.add_argument("--preset", help="encoder preset, e.g. veryfast, slow")
     p.add_argument("--pix-fmt", default=None,
@@ -839,17 +928,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    report = sys.stderr if args.output == "-" else sys.stdout  # the summary line: never into the video stream
     try:
         from .engine import BackendUnavailable
 
+        if args.input == "-" and sys.stdin.isatty():
+            raise VideoError("- reads the video from stdin, which is a terminal: pipe a stream in "
+                             "(ffmpeg -i IN -c copy -f nut - | vdsr-fast video - ...) or give a file name")  # fmt: skip
+        if args.output == "-" and sys.stdout.isatty():
+            raise VideoError("- writes the video to stdout, which is a terminal: pipe it on "
+                             "(... | ffmpeg -i - ...) or give a file name")  # fmt: skip
+        src = sys.stdin.buffer if args.input == "-" else args.input
+        dst = sys.stdout.buffer if args.output == "-" else args.output
         model = _model(args.weights)
         if args.device is not None:
             _device(args.device)  # validates it, with a clear message
 
         try:
             r = upscale_video(
-                args.input, args.output, args.scale, model, size=args.size,
-                codec=args.codec, crf=None if args.crf == -1 else args.crf, pix_fmt=args.pix_fmt, preset=args.preset,
+                src, dst, args.scale, model, size=args.size,
+                codec=args.codec, format=args.muxer, crf=None if args.crf == -1 else args.crf, pix_fmt=args.pix_fmt, preset=args.preset,
                 batch=args.batch, device=args.device, backend=args.backend, dtype=_DTYPES.get(args.dtype),
                 tile=args.tile, max_memory=args.max_memory,
                 force=args.force, progress=not args.quiet, tune=args.tune, fused_color=args.fused_color,
@@ -867,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = f", copied {', '.join(r['copied_streams'])}" if r["copied_streams"] else ""
     if r["gpu_busy_fraction"] is not None:
         extra += f", GPU busy {100 * r['gpu_busy_fraction']:.0f}% of the time"
-    print(f"{r['input']} ({w}x{h}) -> {r['output']} ({W}x{H} {r['pix_fmt']}), {r['frames']} frames in {r['seconds']:.1f} s ({r['fps']:.2f} fps) on {r['device']}{extra}")
+    print(f"{r['input']} ({w}x{h}) -> {r['output']} ({W}x{H} {r['pix_fmt']}), {r['frames']} frames in {r['seconds']:.1f} s ({r['fps']:.2f} fps) on {r['device']}{extra}", file=report)
     return 0
 
 
