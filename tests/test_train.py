@@ -166,3 +166,4 @@ def test_fit_minutes_sets_the_steps_and_equals_a_run_given_them(tmp_path):
         assert torch.equal(ca.weight, cb.weight)
     with pytest.raises(ValueError, match="--warmup >= 100"):
         train(TrainConfig(out=str(tmp_path / "c"), steps=500, **dict(common, warmup=50)), progress=False, fit_minutes=1)
+    assert not (tmp_path / "c").exists()  # refused before anything is prepared or written

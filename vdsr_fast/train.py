@@ -320,15 +320,19 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "last.pt"
+    resuming = resume and ckpt.is_file()
+    fitting = fit_minutes is not None and not resuming
+    if fitting and (cfg.warmup < FIT_PROBE_END or cfg.optimizer != "adam"):  # before the data is prepared
+        raise ValueError(f"--fit-minutes needs a new adam run with --warmup >= {FIT_PROBE_END} (the steps are "
+                         f"measured while the learning rate does not yet depend on --steps)")
+    out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
     model = VDSR(cfg.depth, cfg.channels).to(device).to(memory_format=torch.channels_last)
     opt = _make_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, history = 0, []
-    resuming = resume and ckpt.is_file()
     if resuming:
         state = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -372,10 +376,6 @@ def train(
     model.train()
     t_last, loss_acc, n_acc = time.perf_counter(), 0.0, 0
     last_eval = next((h["set5"] for h in reversed(history) if "set5" in h), None)
-    fitting = fit_minutes is not None and not resuming
-    if fitting and (cfg.warmup < FIT_PROBE_END or cfg.optimizer != "adam"):
-        raise ValueError(f"--fit-minutes needs a new adam run with --warmup >= {FIT_PROBE_END} (the steps are "
-                         f"measured while the learning rate does not yet depend on --steps)")
     stop = min(cfg.steps, until_step if until_step is not None else cfg.steps)
     if fitting:  # no checkpoint and no stop before the schedule is fitted
         stop = max(stop, FIT_PROBE_END)
