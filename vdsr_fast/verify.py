@@ -1,0 +1,287 @@
+"""``vdsr-fast verify``: the fast backends against the float64 reference, on this machine's GPU.
+
+The test suite proves the kernels on the developers' GPUs; this proves them on yours, with the same rule
+(DESIGN.md §6), on fresh random inputs and both the shipped weights and random ones::
+
+    err(fast) <= 2 * err(PyTorch, same dtype) + ATOL[dtype] * max(1, max |ref64|)
+
+``err = max |out - ref64|``, ref64 = the whole network in float64 on the same weights and input.
+ATOL per dtype is one unit in the last place of the storage dtype at magnitude 1: the fast path and PyTorch
+each round the fp32 accumulator to the storage dtype once per layer and may round to neighbouring values (a
+rounding that lands on the other neighbour can propagate through the following layers); fp32: 1e-5, far
+above fp32 summation-order noise (~1e-6 over 20 layers of 576-term dot products) yet far below any indexing
+or masking bug (those are O(1)).
+
+Each fast run starts from activation buffers filled with NaN (and, on a GPU, from NaN-filled allocator blocks
+of the output's size), so a pixel a kernel fails to write, or reads before it is written, shows as NaN; it is
+run twice, poisoned again in between, and once more on a separate engine without CUDA graphs: the three
+outputs must be the same bits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .reference import VDSR, vdsr_forward
+
+__all__ = ["ATOL", "Comparison", "compare", "ref64", "random_vdsr", "verify", "main"]
+
+ATOL = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+BF16_DOT_REASON = "the Triton interpreter computes tl.dot wrongly on bf16 operands: bf16 is checked on GPU only"
+
+
+def ref64(model: VDSR, x: torch.Tensor) -> torch.Tensor:
+    """The whole VDSR network in float64 (:func:`vdsr_forward`) on the model's weights and input ``x``."""
+    return vdsr_forward(x.double(), [w.double() for w in model.weights], [b.double() for b in model.biases])
+
+
+def random_vdsr(depth: int = 20, channels: int = 64, seed: int = 0) -> VDSR:
+    """A random VDSR as the equivalence checks use it: He init (as the paper), biases U(-0.05, 0.05), and the
+    last layer scaled by 0.1 so the residual has the size a trained VDSR predicts. The global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        m = VDSR(depth=depth, channels=channels)
+        with torch.no_grad():
+            for conv in m.layers:
+                conv.bias.uniform_(-0.05, 0.05)
+            m.layers[-1].weight.mul_(0.1)
+    return m.eval()
+
+
+@dataclass
+class Comparison:
+    err: float  # max |fast - ref64|
+    bound: float  # 2 * same_err + ATOL[dtype] * scale
+    same_err: float  # max |PyTorch same dtype - ref64|
+    scale: float
+    where: list[int]  # index of the largest error
+    nonfinite: int  # outputs that are NaN or infinite
+
+    @property
+    def ok(self) -> bool:
+        return self.nonfinite == 0 and self.err <= self.bound
+
+
+def compare(fast: torch.Tensor, same: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, *, scaled: bool = True) -> Comparison:
+    """DESIGN.md §6 for ``fast`` against the float64 ``ref``, ``same`` being PyTorch's output in the same dtype.
+
+    ``scaled=False``: ATOL is absolute (``scale = 1``), for outputs known to be of order 1.
+    """
+    if fast.shape != ref.shape:
+        raise ValueError(f"shape {tuple(fast.shape)} != reference {tuple(ref.shape)}")
+    fast, same, ref = fast.double(), same.double().to(ref.device), ref
+    fast = fast.to(ref.device)
+    nonfinite = int((~torch.isfinite(fast)).sum())
+    err = (fast - ref).abs().nan_to_num(nan=float("inf"))
+    same_err = (same - ref).abs().max().item()
+    scale = max(1.0, ref.abs().max().item()) if scaled else 1.0
+    where = torch.unravel_index(err.flatten().argmax(), err.shape)
+    return Comparison(err.max().item(), 2 * same_err + ATOL[dtype] * scale, same_err, scale, [int(i) for i in where], nonfinite)
+
+
+@dataclass
+class Row:
+    weights: str
+    backend: str
+    dtype: str
+    shape: tuple[int, int, int, int]
+    status: str  # "ok", "FAIL: why", "reference" (PyTorch fp32 against float64), "skipped: why"
+    err: float | None = None
+    bound: float | None = None
+    same_err: float | None = None
+
+
+def _poison(engine, x: torch.Tensor) -> None:
+    """NaN into the engine's activation buffers for ``x``'s shape and, on a GPU, into freed allocator blocks of
+    the sizes the call allocates (so a fresh output that is not fully written holds NaN)."""
+    impl = engine._impl
+    if hasattr(impl, "buffers"):
+        engine.reserve(*x.shape[:1], *x.shape[2:])
+        for buf in impl.buffers(x.shape[0], x.shape[2], x.shape[3]):
+            buf.fill_(float("nan"))
+    if x.device.type == "cuda":  # the next allocation of the output's size reuses this block
+        del_me = torch.full_like(x, float("nan"))
+        del del_me
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+
+
+def verify(
+    models: dict[str, VDSR] | None = None,
+    device: str | torch.device | None = None,
+    backends: list[str] | None = None,
+    dtypes: list[torch.dtype] | None = None,
+    shapes: list[tuple[int, int, int]] | None = None,
+    seed: int | None = None,
+    report=None,
+) -> dict:
+    """Check every fast backend that runs on ``device`` in each of its dtypes against the float64 reference.
+
+    ``models``: name -> VDSR (default: the shipped weights and :func:`random_vdsr`); ``backends``: default every
+    available one but the PyTorch reference; ``shapes``: (N, H, W) inputs (default 45x38, a batch of 3 of 33x70,
+    and on a GPU a 1080p plane); ``seed``: of the random inputs (default: a fresh one, reported). ``report``: called
+    with each :class:`Row` as it is done. Returns ``{"device", "seed", "rows", "ok", "unavailable"}`` (the backends
+    not checked because they cannot run on ``device``, with the reason).
+    """
+    from .engine import BACKENDS, BackendUnavailable, Engine, _backend_class, _why_unavailable, resolve_device
+
+    device = resolve_device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    if models is None:
+        from .weights import load
+
+        models = {"shipped": load(), "random": random_vdsr(seed=1)}
+    if shapes is None:
+        shapes = [(1, 45, 38), (3, 33, 70)] + ([(1, 1080, 1920)] if cuda else [])
+    if backends is None:
+        backends = [b for b in BACKENDS if b != "torch" and _why_unavailable(b, device) is None]
+    seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+    g = torch.Generator().manual_seed(seed)
+    rows: list[Row] = []
+
+    def add(row: Row) -> None:
+        rows.append(row)
+        if report is not None:
+            report(row)
+
+    for wname, model in models.items():
+        model = model.to(device).eval()
+        for n, h, w in shapes:
+            shape = (n, 1, h, w)
+            x = torch.rand(shape, generator=g).to(device)
+            with torch.no_grad():
+                ref = ref64(model, x)
+            same = {dtype: Engine(model, backend="torch", dtype=dtype, device=device)(x)
+                    for dtype in dict.fromkeys([torch.float32, *(dtypes or ATOL)])}
+            c = compare(same[torch.float32], same[torch.float32], ref, torch.float32)
+            # The reference itself in fp32: within ATOL of float64 (its "2 * same_err" is its own error).
+            ok = c.nonfinite == 0 and c.err <= ATOL[torch.float32] * c.scale
+            add(Row(wname, "torch", "fp32", shape, "reference" if ok else "FAIL: PyTorch fp32 is not within "
+                    f"{ATOL[torch.float32]:.0e} of float64", c.err, ATOL[torch.float32] * c.scale, c.err))  # fmt: skip
+            for backend in backends:
+                why = _why_unavailable(backend, device)
+                impl = _backend_class(backend) if why is None else None
+                for dtype in dtypes or list(ATOL):
+                    row = Row(wname, backend, _dtype_name(dtype), shape, "")
+                    if why is not None:
+                        row.status = f"skipped: {why}"
+                    elif dtype not in impl.dtypes:
+                        row.status = "skipped: not a dtype of this backend"
+                    elif dtype == torch.bfloat16 and backend == "triton" and not cuda:
+                        row.status = f"skipped: {BF16_DOT_REASON}"
+                    else:
+                        row.status = _check(Engine, BackendUnavailable, model, backend, dtype, device, x, same[dtype], ref, row)
+                    add(row)
+    unavailable = {b: why for b in BACKENDS if b not in backends and (why := _why_unavailable(b, device)) is not None}
+    return {"device": str(device), "seed": seed, "rows": rows, "ok": all(not r.status.startswith("FAIL") for r in rows),
+            "unavailable": unavailable}
+
+
+def _check(Engine, BackendUnavailable, model, backend, dtype, device, x, same, ref, row: Row) -> str:
+    graphs = {"cuda_graphs": True} if device.type == "cuda" else {}  # as upscale() runs them
+    try:
+        engine = Engine(model, backend=backend, dtype=dtype, device=device, **graphs)
+        eager = Engine(model, backend=backend, dtype=dtype, device=device) if graphs else engine
+    except BackendUnavailable as e:  # available, but failed its self-check on this device
+        return f"FAIL: {e}"
+    outs = []
+    for run in (engine, engine, eager):
+        _poison(run, x)
+        outs.append(run(x).clone())
+    c = compare(outs[0], same, ref, dtype)
+    row.err, row.bound, row.same_err = c.err, c.bound, c.same_err
+    if c.nonfinite:
+        return f"FAIL: {c.nonfinite} NaN/Inf outputs (pixels never written or stale memory read), first near {c.where}"
+    if not c.ok:
+        return f"FAIL: max error {c.err:.3g} at {c.where} > bound {c.bound:.3g}"
+    if not torch.equal(outs[0], outs[1]):
+        return "FAIL: a second run on NaN-poisoned buffers gave other bits (stale memory read)"
+    if not torch.equal(outs[0], outs[2]):
+        return "FAIL: the eager engine's bits differ from the CUDA-graph replay's"
+    return "ok"
+
+
+_NAMED = {"720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
+
+
+def shape_arg(text: str) -> tuple[int, int, int]:
+    """``WxH`` or 720p / 1080p / 4k, optionally ``:N`` for a batch of N: -> (N, H, W)."""
+    m = re.fullmatch(r"(?:(\d+)x(\d+)|(720p|1080p|4k))(?::(\d+))?", text.strip().lower())
+    if m is None or (m[4] is not None and int(m[4]) < 1) or (m[1] and min(int(m[1]), int(m[2])) < 1):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT or 720p/1080p/4k, optionally :BATCH, got {text!r}")
+    h, w = _NAMED[m[3]] if m[3] else (int(m[2]), int(m[1]))
+    return (int(m[4] or 1), h, w)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vdsr-fast verify",
+        description="Check the fast backends on this machine against the float64 reference (DESIGN.md §6's rule: "
+        "err <= 2 * err(PyTorch same dtype) + ATOL[dtype] * scale), on fresh random inputs, the shipped weights and "
+        "random ones, from NaN-poisoned buffers. Exit status 1 when a check fails.",
+    )
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--backend", action="append", choices=["cuda", "triton"],
+                   help="check this backend (repeatable; default: every fast backend that runs here)")
+    p.add_argument("--dtype", action="append", choices=["fp16", "bf16", "fp32"], help="only this dtype (repeatable)")
+    p.add_argument("--sizes", nargs="+", type=shape_arg, metavar="SIZE",
+                   help="inputs as WxH or 720p/1080p/4k, :N for a batch (default: 38x45 70x33:3, and 1080p on a GPU)")
+    p.add_argument("--weights", "-w", help="check these weights instead of the shipped ones (random ones are checked too)")
+    p.add_argument("--seed", type=int, help="seed of the random inputs (default: a fresh one, printed: pass it to repeat a run)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import CliError, _device, _model
+    from .engine import BACKENDS
+
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        device = _device(args.device) if args.device is not None else None
+        models = {"shipped" if args.weights is None else "given": _model(args.weights), "random": random_vdsr(seed=1)}
+    except CliError as e:
+        print(f"vdsr-fast verify: error: {e}", file=sys.stderr)
+        return 2
+    dtypes = [{"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[d] for d in args.dtype or []] or None
+    backends = [b for b in BACKENDS if b in args.backend] if args.backend else None
+
+    def show(r: Row) -> None:
+        n, _, h, w = r.shape
+        size = f"{w}x{h}" + (f":{n}" if n > 1 else "")
+        nums = f"{r.err:10.3e} {r.bound:10.3e} {r.same_err:10.3e}" if r.err is not None else f"{'':32s}"
+        print(f"{r.weights:8s} {r.backend:7s} {r.dtype:5s} {size:>12s} {nums}  {r.status}", flush=True)
+
+    if not args.json:
+        print(f"{'weights':8s} {'backend':7s} {'dtype':5s} {'size':>12s} {'max err':>10s} {'bound':>10s} {'torch err':>10s}  result")
+    t0 = time.perf_counter()
+    r = verify(models, device, backends, dtypes, args.sizes, args.seed, None if args.json else show)
+    if args.json:
+        print(json.dumps({**r, "rows": [asdict(x) for x in r["rows"]]}, indent=1))
+    else:
+        failed = sum(x.status.startswith("FAIL") for x in r["rows"])
+        checked = sum(x.status == "ok" for x in r["rows"])
+        for name, why in r["unavailable"].items():
+            print(f"not checked: {name}: {why}")
+        if failed:
+            verdict = f"{failed} check(s) FAILED"
+        elif checked:
+            verdict = f"all {checked} fast-backend checks passed"
+        else:
+            verdict = "no fast backend runs here: only the PyTorch reference was checked"
+        print(f"{verdict} on {r['device']} in {time.perf_counter() - t0:.1f} s (--seed {r['seed']} repeats it)")
+    return 0 if r["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
