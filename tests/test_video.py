@@ -34,9 +34,15 @@ needs_mux_stream = pytest.mark.skipif(not hasattr(av.container.OutputContainer, 
                                       reason="writing the subtitle clips needs PyAV's OutputContainer.add_mux_stream")
 
 
-def _make_clip(path, audio="aac", subs=None):
-    """12 frames 32x24 H.264 at 12 fps and 1 s of a 440 Hz tone; with ``subs`` (a codec), the CUES in English."""
+def _make_clip(path, audio="aac", subs=None, chapters=(), attachments=()):
+    """12 frames 32x24 H.264 at 12 fps and 1 s of a 440 Hz tone; with ``subs`` (a codec), the CUES in English;
+    ``chapters``: (start s, end s, title); ``attachments``: (name, mimetype, data)."""
     with av.open(str(path), "w") as c:
+        for attachment in attachments:
+            c.add_attachment(*attachment)
+        if chapters:
+            c.set_chapters([{"id": i + 1, "start": round(a * 1000), "end": round(b * 1000), "time_base": Fraction(1, 1000),
+                             "metadata": {"title": t}} for i, (a, b, t) in enumerate(chapters)])  # fmt: skip
         v = c.add_stream("libx264", rate=FPS)
         v.width, v.height, v.pix_fmt = W, H, "yuv420p"
         a = c.add_stream(audio, rate=48000)
@@ -139,6 +145,41 @@ def test_the_video_is_ffmpegs_best_stream_and_the_others_are_named(tmp_path, wei
     assert "not copying video stream #0 (mjpeg)" in capsys.readouterr().err
     got = _probe(out)
     assert got["size"] == (2 * W, 2 * H) and len(got["times"]) == N
+
+
+def _chapter_list(path):
+    with av.open(str(path)) as c:
+        return [(float(ch["start"] * ch["time_base"]), float(ch["end"] * ch["time_base"]), ch["metadata"].get("title"))
+                for ch in c.chapters()]
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_chapters_are_kept_and_cut_with_duration(tmp_path, weights, capsys, suffix):
+    """Chapters (times and titles) are copied; an MP4's chapter list, a text track, is not warned about as a dropped
+    stream; --duration keeps the chapters that start before it, the last one ending there."""
+    src = tmp_path / f"in{suffix}"
+    _make_clip(src, chapters=[(0, 0.4, "Intro"), (0.4, 0.8, "Main"), (0.8, 1.0, "Credits")])
+    assert _chapter_list(src) == [(0, 0.4, "Intro"), (0.4, 0.8, "Main"), (0.8, 1.0, "Credits")]
+    assert _run(src, tmp_path / f"out{suffix}", "--weights", weights) == 0
+    assert _chapter_list(tmp_path / f"out{suffix}") == _chapter_list(src)
+    assert "warning" not in capsys.readouterr().err
+    assert _run(src, tmp_path / f"cut{suffix}", "--weights", weights, "--duration", "0.5") == 0
+    assert _chapter_list(tmp_path / f"cut{suffix}") == [(0, 0.4, "Intro"), (0.4, 0.5, "Main")]
+
+
+FONT = ("subs.ttf", "font/ttf", bytes(range(256)) * 4)  # e.g. the font of ASS subtitles
+
+
+def test_attachments_are_copied_into_matroska_and_named_where_not(tmp_path, weights, capsys):
+    src = tmp_path / "in.mkv"
+    _make_clip(src, subs="ass", attachments=[FONT])
+    assert _run(src, tmp_path / "out.mkv", "--weights", weights) == 0
+    captured = capsys.readouterr()
+    assert "attachment (subs.ttf)" in captured.out and "warning" not in captured.err
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert [(s.name, s.mimetype, bytes(s.data)) for s in c.streams if s.type == "attachment"] == [FONT]
+    assert _run(src, tmp_path / "out.mp4", "--weights", weights) == 0
+    assert "not copying attachment #3 (subs.ttf, font/ttf): only Matroska (.mkv) holds attachments" in capsys.readouterr().err
 
 
 def test_any_factor_and_size_with_the_picture_shape_kept(clip, weights, tmp_path, capsys):

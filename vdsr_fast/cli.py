@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands with their own argument parsers, forwarded whole.
 _FORWARDED = {
     "train": ("vdsr_fast.train", "train VDSR (see vdsr-fast train --help)"),
-    "video": ("vdsr_fast.video", "upscale a video with PyAV: decode, VDSR, encode; audio/subtitles copied (see vdsr-fast video --help)"),
+    "video": ("vdsr_fast.video", "upscale a video with PyAV: decode, VDSR, encode; audio, subtitles and chapters copied (see vdsr-fast video --help)"),
     "verify": ("vdsr_fast.verify", "check the fast backends on this machine against the float64 reference (see vdsr-fast verify --help)"),
     "bench": ("benchmarks.bench_latency", "latency benchmark against cuDNN (from a source checkout; see benchmarks/README.md)"),
 }

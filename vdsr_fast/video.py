@@ -443,6 +443,7 @@ _RAW_MUXERS = ("yuv4mpegpipe", "rawvideo")
 # The MP4 family's muxers write their index after the frames and seek back to it: to a pipe they write fragments.
 _MOV_MUXERS = frozenset({"mp4", "mov", "ipod", "ismv", "3gp", "3g2", "psp", "f4v"})
 _FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof+negative_cts_offsets"}  # timestamps kept
+_ATTACHMENT_MUXERS = frozenset({"matroska"})  # MP4 refuses attachments, WebM drops them silently
 _CFR_MUXERS = frozenset({"yuv4mpegpipe"})  # no timestamps: the stream's time base is its frame period
 
 
@@ -479,19 +480,40 @@ def _default_codec(av, muxer: str | None, suffix: str) -> str:
     return "rawvideo" if raw else "libx264"
 
 
+def _chapters(chapters: list[dict], limit: float | None) -> list[dict]:
+    """The input's chapters (start, end, title...) for the output: those that start before ``limit`` (seconds on
+    the input's clock, ``--duration``), the last one ending there."""
+    if limit is None:
+        return chapters
+    kept = []
+    for c in chapters:
+        tb = c["time_base"]
+        if c["start"] * tb < limit:
+            kept.append({**c, "end": min(c["end"], round(limit / tb))})
+    return kept
+
+
 def _main_video(av, container):
     """The video stream to upscale: FFmpeg's choice (``av_find_best_stream``: not an attached picture, then the
     largest), as ffmpeg itself picks it; a cover picture stored as the first track is not the video."""
     return container.streams.best("video") or container.streams.video[0]
 
 
-def _warn_dropped(av, src: str, container, vin) -> None:
+def _warn_dropped(av, src: str, container, vin, chapters: int, attachments: bool) -> None:
     """One warning per stream the output will not hold: other video streams (a cover picture, a second angle),
-    data streams (timecode, GPS, chapters' text tracks) and attachments; audio and subtitles are copied."""
+    data streams (timecode, GPS) and, unless ``attachments`` (the output is Matroska), attachments; audio and
+    subtitles are copied, and so are the ``chapters`` (an MP4's chapter list is a text track too, which the
+    output's muxer writes anew)."""
     pic = av.stream.Disposition.attached_pic
     for st in container.streams:
-        if st.index == vin.index or st.type in ("audio", "subtitle"):
+        if st.index == vin.index or st.type in ("audio", "subtitle") or (attachments and st.type == "attachment"):
             continue
+        if st.type == "attachment":
+            _warn(f"{src}: not copying attachment #{st.index} ({st.name}, {st.mimetype}): only Matroska (.mkv) holds "
+                  "attachments")  # fmt: skip
+            continue
+        if st.type == "data" and chapters and container.format.name.startswith("mov") and st.frames == chapters:
+            continue  # the chapter track
         what = "cover picture" if st.type == "video" and st.disposition & pic else f"{st.type} stream"
         name = st.codec_context.name if st.codec_context is not None else "?"
         _warn(f"{src}: not copying {what} #{st.index} ({name}): only the upscaled video, audio and subtitles are written")
@@ -642,8 +664,8 @@ def upscale_video(
     """Upscale the video ``src`` into ``dst``; returns a summary (frames, seconds, fps, sizes, streams,
     and on a GPU ``gpu_busy_fraction``: the share of the wall time the GPU spent upscaling).
 
-    The video stream (FFmpeg's best: not a cover picture, the largest) is upscaled, audio and subtitle streams are copied, frame timestamps are
-    kept, and so are the rotation (display matrix), the sample aspect ratio, the video stream's language and
+    The video stream (FFmpeg's best: not a cover picture, the largest) is upscaled, audio and subtitle streams are copied, and so are the
+    chapters and, into Matroska, the attachments (e.g. the fonts of ASS subtitles); frame timestamps are kept, and so are the rotation (display matrix), the sample aspect ratio, the video stream's language and
     title, the container's tags and, with libx264 or libx265, HDR10 mastering-display and light-level metadata
     (other encoders: a warning). The output is written to a hidden temporary file beside ``dst`` and renamed to ``dst`` only
     once complete: on any error neither ``dst`` nor the temporary file is left behind.
@@ -772,7 +794,6 @@ def upscale_video(
         tmp = Path(tmp_name)
     ok = False
     try:
-        _warn_dropped(av, src_label, inp, vin)
         vin.thread_type = "AUTO"
         try:
             if tmp is not None:
@@ -816,6 +837,13 @@ def upscale_video(
                 if (added := _copy_stream(av, out, st)) is not None:
                     stream_map[st.index] = added[:2]
                     kinds.append(added[2])
+            attachments = out.format.name in _ATTACHMENT_MUXERS
+            for st in inp.streams if attachments else ():
+                if st.type == "attachment":  # fonts of ASS subtitles, cover art: in the header, no packets
+                    name = st.name or f"attachment{st.index}"
+                    out.add_attachment(name, st.mimetype or "application/octet-stream", bytes(st.data))
+                    kinds.append(f"attachment ({name})")
+            _warn_dropped(av, src_label, inp, vin, len(inp.chapters()), attachments)
 
             total = vin.frames or None
             if total is None and inp.duration:  # e.g. Matroska stores no frame count
@@ -824,6 +852,8 @@ def upscale_video(
             limit = None if duration is None else start + duration
             if limit is not None:
                 total = min(total or 10**12, max(1, round(duration * float(rate))))
+            if chapters := _chapters(inp.chapters(), limit):
+                out.set_chapters(chapters)
             bar = tqdm(total=total, unit="frame", desc=f"{W}x{H} {src_label if src_stream else src.name}", disable=not progress, dynamic_ncols=True)
             pipe = _Pipe(depth=2)
             t0 = time.perf_counter()
@@ -895,7 +925,7 @@ def upscale_video(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vdsr-fast video",
-        description="Upscale a video with VDSR (decode, upscale, encode overlap; audio and subtitles copied).",
+        description="Upscale a video with VDSR (decode, upscale, encode overlap; audio, subtitles and chapters copied).",
         epilog="Text subtitles the output container cannot hold are rewritten (mov_text for .mp4/.mov, SubRip otherwise); "
         "other streams it cannot hold are skipped with a warning. A truncated or damaged input is upscaled as far as it "
         "decodes, with a warning; the output only appears, under its final name, once complete.",
