@@ -51,6 +51,7 @@ def _make_clip(path, audio="aac", subs=None, chapters=(), attachments=()):
             st = c.add_mux_stream(subs)
             st.time_base = Fraction(1, 1000)
             st.metadata["language"] = "eng"
+            st.disposition = av.stream.Disposition.forced | av.stream.Disposition.hearing_impaired
         for i in range(N):
             img = np.zeros((H, W, 3), np.uint8)
             img[..., 0] = i * 20
@@ -230,13 +231,14 @@ def _subtitles(path):
         if not c.streams.subtitles:
             return None
         st = c.streams.subtitles[0]
-        codec = st.codec_context.name
+        codec, language, disposition = st.codec_context.name, st.metadata.get("language"), int(st.disposition)
         t0 = next(c.decode(video=0)).time
     with av.open(str(path)) as c:  # again, from the start
         packets = [p for p in c.demux(c.streams.subtitles[0]) if p.size]
         cues = [(round(_seconds(p.pts, p.time_base) - t0, 3), round(_seconds(p.duration, p.time_base), 3), _cue_text(codec, bytes(p)))
                 for p in packets]
-    return {"codec": codec, "language": st.metadata.get("language"), "packets": len(packets), "cues": [q for q in cues if q[2]]}
+    return {"codec": codec, "language": language, "disposition": disposition, "packets": len(packets),
+            "cues": [q for q in cues if q[2]]}
 
 
 @needs_mux_stream
@@ -246,10 +248,12 @@ def test_subtitles_are_copied(tmp_path, weights, capsys, suffix, codec):
     _make_clip(src, subs=codec)
     before = _subtitles(src)
     assert before["cues"] == CUES  # the fixture itself
+    flags = av.stream.Disposition.forced | av.stream.Disposition.hearing_impaired
+    assert before["disposition"] & flags == flags  # the fixture's track: forced, for the hearing impaired
     assert _run(src, out, "--weights", weights) == 0
     assert "copied audio, subtitle" in capsys.readouterr().out
     after = _subtitles(out)
-    assert after == before  # same codec, language, number of packets, texts and timestamps
+    assert after == before  # same codec, language, disposition, number of packets, texts and timestamps
     assert len(_probe(out)["times"]) == N
 
 

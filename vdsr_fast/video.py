@@ -125,6 +125,8 @@ def _drop_empty_mov_text(packet):
 
 
 def _copy_metadata(st, ost) -> None:
+    """The stream's language, title and disposition (default, forced, hearing impaired, commentary...)."""
+    ost.disposition = st.disposition
     md = st.metadata
     title = md.get("title") or md.get("name")  # MP4 calls the title "name"
     if md.get("language"):
