@@ -34,9 +34,9 @@ needs_mux_stream = pytest.mark.skipif(not hasattr(av.container.OutputContainer, 
                                       reason="writing the subtitle clips needs PyAV's OutputContainer.add_mux_stream")
 
 
-def _make_clip(path, audio="aac", subs=None, chapters=(), attachments=()):
+def _make_clip(path, audio="aac", subs=None, chapters=(), attachments=(), timecode=None):
     """12 frames 32x24 H.264 at 12 fps and 1 s of a 440 Hz tone; with ``subs`` (a codec), the CUES in English;
-    ``chapters``: (start s, end s, title); ``attachments``: (name, mimetype, data)."""
+    ``chapters``: (start s, end s, title); ``attachments``: (name, mimetype, data); ``timecode``: the start's."""
     with av.open(str(path), "w") as c:
         for attachment in attachments:
             c.add_attachment(*attachment)
@@ -45,6 +45,8 @@ def _make_clip(path, audio="aac", subs=None, chapters=(), attachments=()):
                              "metadata": {"title": t}} for i, (a, b, t) in enumerate(chapters)])  # fmt: skip
         v = c.add_stream("libx264", rate=FPS)
         v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        if timecode is not None:  # MOV/MP4: a timecode (tmcd) track; Matroska: a tag
+            v.metadata["timecode"] = timecode
         a = c.add_stream(audio, rate=48000)
         a.layout = "stereo"
         if subs is not None:
@@ -166,6 +168,24 @@ def test_chapters_are_kept_and_cut_with_duration(tmp_path, weights, capsys, suff
     assert "warning" not in capsys.readouterr().err
     assert _run(src, tmp_path / f"cut{suffix}", "--weights", weights, "--duration", "0.5") == 0
     assert _chapter_list(tmp_path / f"cut{suffix}") == [(0, 0.4, "Intro"), (0.4, 0.5, "Main")]
+
+
+def _timecodes(path):
+    with av.open(str(path)) as c:
+        return [(s.type, v) for s in c.streams for k, v in s.metadata.items() if k.lower() == "timecode"]
+
+
+@pytest.mark.parametrize("src_suffix, out_suffix", [(".mov", ".mov"), (".mp4", ".mkv"), (".mkv", ".mp4")])
+def test_the_start_timecode_is_kept(tmp_path, weights, capsys, src_suffix, out_suffix):
+    """A camera's or an edit's start timecode: MOV/MP4 store it as a timecode track (not warned about as a dropped
+    data stream), Matroska as a tag; either way it reaches the output."""
+    src, out = tmp_path / f"in{src_suffix}", tmp_path / f"out{out_suffix}"
+    _make_clip(src, timecode="01:02:03:04")
+    assert ("video", "01:02:03:04") in _timecodes(src)
+    assert _run(src, out, "--weights", weights) == 0
+    assert "warning" not in capsys.readouterr().err
+    want = [("video", "01:02:03:04")] + ([("data", "01:02:03:04")] if out_suffix != ".mkv" else [])
+    assert _timecodes(out) == want
 
 
 FONT = ("subs.ttf", "font/ttf", bytes(range(256)) * 4)  # e.g. the font of ASS subtitles

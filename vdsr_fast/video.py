@@ -482,6 +482,16 @@ def _default_codec(av, muxer: str | None, suffix: str) -> str:
     return "rawvideo" if raw else "libx264"
 
 
+def _tag(st, key: str) -> str | None:
+    """A stream's metadata tag, case-insensitively (Matroska's tags are upper case)."""
+    return next((v for k, v in st.metadata.items() if k.lower() == key), None)
+
+
+def _timecode(container, vin) -> str | None:
+    """The input's start timecode (e.g. 01:00:00:00): the video stream's tag, or a timecode track's (MOV/MP4 tmcd)."""
+    return next((tc for st in (vin, *container.streams.data) if (tc := _tag(st, "timecode")) is not None), None)
+
+
 def _chapters(chapters: list[dict], limit: float | None) -> list[dict]:
     """The input's chapters (start, end, title...) for the output: those that start before ``limit`` (seconds on
     the input's clock, ``--duration``), the last one ending there."""
@@ -516,6 +526,8 @@ def _warn_dropped(av, src: str, container, vin, chapters: int, attachments: bool
             continue
         if st.type == "data" and chapters and container.format.name.startswith("mov") and st.frames == chapters:
             continue  # the chapter track
+        if st.type == "data" and _tag(st, "timecode") is not None:
+            continue  # a timecode track: its start time goes on the video stream (see _timecode)
         what = "cover picture" if st.type == "video" and st.disposition & pic else f"{st.type} stream"
         name = st.codec_context.name if st.codec_context is not None else "?"
         _warn(f"{src}: not copying {what} #{st.index} ({name}): only the upscaled video, audio and subtitles are written")
@@ -822,6 +834,8 @@ def upscale_video(
             if sar or out_sar != 1:
                 ostream.codec_context.sample_aspect_ratio = out_sar
             _copy_metadata(vin, ostream)
+            if (tc := _timecode(inp, vin)) is not None:  # MOV/MP4 write it as a timecode track, Matroska as a tag
+                ostream.metadata["timecode"] = tc
             for key, value in inp.metadata.items():  # title, comment, creation time...; not what the muxer writes
                 if key.lower() not in _MUXER_KEYS:
                     out.metadata[key] = value
