@@ -716,3 +716,45 @@ def test_hdr10_option_syntax():
     assert _hdr10_options("libx265", hdr) == {"x265-params": "master-display=G(1,2)B(3,4)R(5,6)WP(7,8)L(9,10):max-cll=1000,400"}
     assert _hdr10_options("libx264", {"cll": "1,2"}) == {"x264-params": "cll=1,2"}
     assert _hdr10_options("ffv1", hdr) is None
+
+
+def _interlaced_clip(path, n=6):
+    """n frames 64x48 coded interlaced (top field first) whose two fields are different pictures, one bright and
+    one dark, which swap every frame (as fast motion leaves them): each frame is a comb of alternating rows."""
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        v.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
+        v.options = {"x264-params": "tff=1", "crf": "0"}
+        for i in range(n):
+            img = np.full((48, 64, 3), 40, np.uint8)
+            img[i % 2 :: 2] = 200
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+
+
+def _comb(path):
+    """Mean |row - mean of its neighbours| over the frames' Y: large for a comb of alternating rows."""
+    with av.open(str(path)) as c:
+        ys = [f.to_ndarray(format="gray").astype(float) for f in c.decode(video=0)]
+    return float(np.mean([np.abs(y[1:-1] - (y[:-2] + y[2:]) / 2).mean() for y in ys])), len(ys)
+
+
+def test_interlaced_input_is_deinterlaced_on_request_and_warned_about_otherwise(tmp_path, zero_residual, capsys):
+    src = tmp_path / "in.mkv"
+    _interlaced_clip(src)
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].codec_context.field_order == 2  # the fixture: top field first
+    comb_in, n = _comb(src)
+    assert comb_in > 100 and n == 6
+    assert _run(src, tmp_path / "as_is.mkv", "--weights", zero_residual, "--pix-fmt", "yuv444p") == 0
+    assert "is interlaced (top field first)" in capsys.readouterr().err
+    assert _run(src, tmp_path / "deint.mkv", "--weights", zero_residual, "--pix-fmt", "yuv444p", "--deinterlace",
+                "--batch", "4") == 0  # fmt: skip
+    assert "interlaced" not in capsys.readouterr().err
+    comb_as_is, n_as_is = _comb(tmp_path / "as_is.mkv")
+    comb_deint, n_deint = _comb(tmp_path / "deint.mkv")
+    assert n_as_is == n_deint == n and _probe(tmp_path / "deint.mkv")["times"] == _probe(src)["times"]
+    assert comb_as_is > 30 and comb_deint < comb_as_is / 10  # the fields made one picture, not scaled as a comb

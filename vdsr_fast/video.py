@@ -241,7 +241,50 @@ def _worker(pipe: _Pipe, fn, *args) -> threading.Thread:
     return t
 
 
-def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int, limit: float | None = None) -> None:
+_INTERLACED = {2: "top field first", 3: "bottom field first", 4: "top field first, bottom coded first",
+               5: "bottom field first, top coded first"}  # AVFieldOrder; 0 unknown, 1 progressive
+
+
+class _Deinterlacer:
+    """FFmpeg's bwdif filter, one progressive frame per input frame (``mode=send_frame``: the frame rate and the
+    timestamps stay), each field order as the frame says; rebuilt when the frames change size or format."""
+
+    def __init__(self, av) -> None:
+        self.av, self.graph, self.key = av, None, None
+
+    def _pull(self) -> list:
+        out = []
+        while True:
+            try:
+                out.append(self.graph.pull())
+            except (self.av.error.BlockingIOError, self.av.error.EOFError, BlockingIOError, EOFError):
+                return out
+
+    def push(self, frame) -> list:
+        key = (frame.width, frame.height, frame.format.name)
+        out = self.flush() if self.graph is not None and key != self.key else []
+        if self.graph is None:
+            g = self.av.filter.Graph()
+            src = g.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=frame.time_base)
+            bwdif, sink = g.add("bwdif", "mode=send_frame:parity=auto:deint=all"), g.add("buffersink")
+            src.link_to(bwdif)
+            bwdif.link_to(sink)
+            g.configure()
+            self.graph, self.key = g, key
+        self.graph.push(frame)
+        return out + self._pull()
+
+    def flush(self) -> list:
+        """The frames the filter still holds (it looks one frame ahead)."""
+        if self.graph is None:
+            return []
+        self.graph.push(None)
+        out, self.graph = self._pull(), None
+        return out
+
+
+def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int, limit: float | None = None,
+            deinterlace: bool = False) -> None:  # fmt: skip
     """Demux every stream (their end times tell a truncated input), decode the video, pass ``copied`` on.
 
     A damaged input is read as far as it goes: a video packet the decoder rejects is skipped, a demuxer
@@ -251,6 +294,7 @@ def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int, limit:
     """
     frames: list = []
     video_done = False
+    deint = _Deinterlacer(av) if deinterlace else None
 
     def decoded(packet) -> list:
         try:
@@ -300,14 +344,16 @@ def _reader(pipe: _Pipe, av, container, vstream, copied: set, batch: int, limit:
                     pipe.display_matrix = np.frombuffer(bytes(m), dtype=np.int32, count=9).tolist()
                 pipe.hdr = _hdr10(av, frame)
                 first = False
-            frames.append(frame)
-            if len(frames) == batch:
-                pipe.put(pipe.decoded, ("frames", frames))
-                frames = []
+            for f in deint.push(frame) if deint is not None else (frame,):
+                frames.append(f)
+                if len(frames) == batch:
+                    pipe.put(pipe.decoded, ("frames", frames))
+                    frames = []
         if pipe.read_error is not None:
             break
-    if frames:
-        pipe.put(pipe.decoded, ("frames", frames))
+    frames += deint.flush() if deint is not None else []
+    for i in range(0, len(frames), batch):
+        pipe.put(pipe.decoded, ("frames", frames[i : i + batch]))
     pipe.put(pipe.decoded, _END)
 
 
@@ -674,6 +720,7 @@ def upscale_video(
     tune: bool = False,
     fused_color: bool = False,
     duration: float | None = None,
+    deinterlace: bool = False,
 ) -> dict:
     """Upscale the video ``src`` into ``dst``; returns a summary (frames, seconds, fps, sizes, streams,
     and on a GPU ``gpu_busy_fraction``: the share of the wall time the GPU spent upscaling).
@@ -714,6 +761,10 @@ def upscale_video(
     ``yuv420p``, or ``yuv420p10le`` for an input of more than 8 bits a sample (the frames then cross as 16-bit
     RGB), with alpha (``yuva420p``...) for an input with alpha when the codec can keep it, or the codec's first
     such format when it takes neither. Alpha is upscaled bicubically; a codec that cannot keep it drops it, with a
+    warning.
+
+    ``deinterlace``: an interlaced input goes through FFmpeg's bwdif filter first (one progressive frame per frame,
+    the timestamps kept); without it, an input whose stream says it is interlaced is upscaled as it is, with a
     warning.
 
     ``scale`` (2, 3, 4 or any factor from 1 to 4, e.g. 1.5 for 720p -> 1080p) or ``size`` ((width, height), as
@@ -792,6 +843,9 @@ def upscale_video(
     except VideoError:
         inp.close()
         raise
+    if not deinterlace and int(ctx.field_order or 0) in _INTERLACED:
+        _warn(f"{src_label} is interlaced ({_INTERLACED[int(ctx.field_order)]}): its frames are upscaled as progressive "
+              "pictures, the two fields' comb with them; pass --deinterlace (FFmpeg's bwdif, frame rate kept)")  # fmt: skip
     alpha = fin.alpha and fout.alpha
     if fin.alpha and not alpha:
         _warn(f"{src_label} has an alpha channel ({ctx.pix_fmt}) and {codec} in {pix_fmt} cannot keep it: the output has the "
@@ -874,7 +928,7 @@ def upscale_video(
             pipe = _Pipe(depth=2)
             t0 = time.perf_counter()
             threads = [
-                _worker(pipe, _reader, av, inp, vin, set(stream_map), batch, limit),
+                _worker(pipe, _reader, av, inp, vin, set(stream_map), batch, limit, deinterlace),
                 _worker(pipe, _upscaler, (H, W), model, device, kw, colour),
                 _worker(pipe, _writer, av, out, ostream, stream_map, bar, colour, cfr),
             ]
@@ -963,6 +1017,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "4:2:0 needs an even output size, yuv444p takes any)")
     p.add_argument("--batch", "-b", type=int, default=4, help="frames per upscale call (default: 4)")
     add_memory_args(p, "per batch of frames")
+    p.add_argument("--deinterlace", action="store_true", help="deinterlace an interlaced input first (FFmpeg's bwdif, "
+                   "one frame per frame: the frame rate stays); without it such an input is upscaled as progressive "
+                   "pictures, with a warning")
     p.add_argument("--duration", "-t", type=float, help="only the first this many seconds (as ffmpeg's -t): a preview "
                    "before a long run; audio and subtitles cut alike")
     p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
@@ -997,7 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch=args.batch, device=args.device, backend=args.backend, dtype=_DTYPES.get(args.dtype),
                 tile=args.tile, max_memory=args.max_memory,
                 force=args.force, progress=not args.quiet, tune=args.tune, fused_color=args.fused_color,
-                duration=args.duration,
+                duration=args.duration, deinterlace=args.deinterlace,
             )
         except BackendUnavailable as e:
             raise VideoError(str(e)) from None
