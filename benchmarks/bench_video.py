@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--preset", default=None, help="x264 preset (default: the encoder's, medium)")
     p.add_argument("--backend", default="auto")
+    p.add_argument("--pipeline", default="auto", choices=["auto", "yuv", "rgb"], help="vdsr-fast video's --pipeline")
     p.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results/, a temp folder with --smoke)")
     p.add_argument("--smoke", action="store_true", help="CPU, a 32x24 clip of 6 frames, a tiny random model")
     args = p.parse_args(argv)
@@ -91,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         make_clip(src, width, height, frames)
         if device == "cuda":  # engine, kernels and resize tables built outside the timed run
             upscale_video(src, Path(tmp) / "warm.mp4", args.scale, model, batch=args.batch, device=device,
-                          backend=args.backend, preset="ultrafast", progress=False)
+                          backend=args.backend, preset="ultrafast", progress=False, pipeline=args.pipeline)
         r = upscale_video(src, dst, args.scale, model, batch=args.batch, device=device, backend=args.backend,
-                          preset=args.preset, progress=False)
+                          preset=args.preset, progress=False, pipeline=args.pipeline)
     card = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / name).write_text(json.dumps(result, indent=2))
     busy = r["gpu_busy_fraction"]
     print(f"vdsr-fast video {width}x{height} -> {width * args.scale}x{height * args.scale}, {r['frames']} frames, batch {args.batch}, "
+          f"{r['pipeline']} pipeline, "
           f"{card}: {r['fps']:.1f} frames/s, GPU busy {'-' if busy is None else f'{100 * busy:.0f}%'} -> {out / name}")
     return 0
 

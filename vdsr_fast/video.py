@@ -402,20 +402,23 @@ def _upscaler(pipe: _Pipe, size: tuple[int, int], model, device: torch.device, k
             pipe.put(pipe.upscaled, item)
             continue
         meta = [(f.pts, f.time_base) for f in payload]
-        host = torch.from_numpy(np.stack([colour.to_rgb(f) for f in payload]))
+        if isinstance(colour, _Planes):  # one tensor per plane, (N, 1, h, w)
+            host = [torch.from_numpy(np.stack(q)[:, None]) for q in zip(*(colour.to_planes(f) for f in payload))]
+            run = lambda xs: colour.upscale(xs, model, size, kw)  # noqa: E731
+        else:  # one RGB(A) batch, (N, H, W, C)
+            host = [torch.from_numpy(np.stack([colour.to_rgb(f) for f in payload]))]
+            run = lambda xs: [upscale(xs[0], model=model, size=size, layout="NHWC", **kw)]  # noqa: E731
         if not cuda:
-            out = upscale(host, model=model, size=size, layout="NHWC", **kw)
-            pipe.put(pipe.upscaled, ("frames", (out.numpy(), None, meta)))
+            pipe.put(pipe.upscaled, ("frames", ([y.numpy() for y in run(host)], None, meta)))
             continue
         with torch.cuda.stream(stream):
-            x = host.pin_memory().to(device, non_blocking=True)
+            xs = [x.pin_memory().to(device, non_blocking=True) for x in host]
             span = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
             span[0].record(stream)
-            y = upscale(x, model=model, size=size, layout="NHWC", **kw)
+            ys = run(xs)
             span[1].record(stream)
             pipe.gpu_spans.append(span)
-            back = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
-            back.copy_(y, non_blocking=True)
+            back = [torch.empty(y.shape, dtype=y.dtype, pin_memory=True).copy_(y, non_blocking=True) for y in ys]
             done = torch.cuda.Event()
             done.record(stream)
         pipe.put(pipe.upscaled, ("frames", (back, done, meta)))
@@ -436,10 +439,10 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress,
             payload.stream = ostream_copy
             out_container.mux(payload)
             continue
-        arr, done, meta = payload
+        arrs, done, meta = payload
         if done is not None:
             done.synchronize()
-            arr = arr.numpy()
+            arrs = [a.numpy() for a in arrs]
         if index == 0:  # the reader set these before it queued the first frame; the encoder opens at the first one
             if pipe.display_matrix is not None:
                 # A phone's rotation (or a mirror) is a display matrix on the stream: kept, so the output is not
@@ -451,8 +454,11 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress,
                 else:
                     _warn(f"the input's HDR10 metadata ({', '.join(pipe.hdr)}) is not carried: only libx264 and libx265 "
                           "are told it here (the transfer and primaries tags are kept)")  # fmt: skip
-        for rgb, (pts, time_base) in zip(arr, meta, strict=True):
-            frame = colour.from_rgb(av, rgb)
+        for i, (pts, time_base) in enumerate(meta):
+            if isinstance(colour, _Planes):
+                frame = colour.from_planes(av, [a[i, 0] for a in arrs])
+            else:
+                frame = colour.from_rgb(av, arrs[0][i])
             if cfr is not None:
                 pts, time_base = index, cfr
             frame.pts = index if pts is None else pts
@@ -490,7 +496,7 @@ def _open_input(av, src, label: str):
 _RAW_MUXERS = ("yuv4mpegpipe", "rawvideo")
 # The MP4 family's muxers write their index after the frames and seek back to it: to a pipe they write fragments.
 _MOV_MUXERS = frozenset({"mp4", "mov", "ipod", "ismv", "3gp", "3g2", "psp", "f4v"})
-_FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof+negative_cts_offsets"}  # timestamps kept
+_FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+delay_moov+default_base_moof"}  # delay_moov: an edit list, timestamps kept
 _ATTACHMENT_MUXERS = frozenset({"matroska"})  # MP4 refuses attachments, WebM drops them silently
 _CFR_MUXERS = frozenset({"yuv4mpegpipe"})  # no timestamps: the stream's time base is its frame period
 
@@ -652,27 +658,108 @@ class _Colour:
         self.rgb = ("rgba64le" if deep else "rgba") if alpha else ("rgb48le" if deep else "rgb24")
         self.deep = deep
 
-    def to_rgb(self, frame) -> np.ndarray:
-        kw = {}
-        if (frame.width, frame.height) != self.size:  # as FFmpeg's own tools do: one size for the whole output
+    def _swscale(self, frame=None) -> dict:
+        """swscale's arguments: for 8-bit RGB, rounded and with the chroma interpolated at full resolution (its
+        default 8-bit YUV -> RGB path truncates: textured BT.601 frames came back ~1.1 luma levels darker from the
+        round trip, with these flags 0.005); 16-bit RGB keeps the default (its bias measured 0.26 of a 10-bit level;
+        with full-resolution chroma swscale returned garbage there). For a decoded ``frame`` of another size than
+        the first, a resize (bicubic) to it, as FFmpeg's own tools do (one size for the whole output)."""
+        from av.video.reformatter import Interpolation as I  # noqa: E741, N817
+
+        # threads=0: swscale on every core (a 1080p RGB -> YUV frame took 5.7 ms on one core, 4.5 on two)
+        flags = I.BILINEAR if self.deep else I.BILINEAR | I.ACCURATE_RND | I.FULL_CHR_H_INT | I.FULL_CHR_H_INP
+        kw = {"threads": 0, "interpolation": flags}
+        if frame is not None and (frame.width, frame.height) != self.size:
             if not self.resized:
                 _warn(f"the video changes size mid-stream ({self.size[0]}x{self.size[1]} -> {frame.width}x{frame.height}): "
                       "such frames are resized (bicubic) to the first size")  # fmt: skip
             self.resized += 1
-            kw = {"width": self.size[0], "height": self.size[1], "interpolation": "BICUBIC"}
-        return frame.to_ndarray(format=self.rgb, src_colorspace=self.matrix, src_color_range=self.range, threads=0, **kw)
+            kw.update(width=self.size[0], height=self.size[1], interpolation=kw["interpolation"] & ~I.BILINEAR | I.BICUBIC)
+        return kw
+
+    def to_rgb(self, frame) -> np.ndarray:
+        return frame.to_ndarray(format=self.rgb, src_colorspace=self.matrix, src_color_range=self.range, **self._swscale(frame))
 
     def from_rgb(self, av, rgb: np.ndarray):
         frame = av.VideoFrame.from_ndarray(rgb, format=self.rgb)
         if self.rgb_out:  # gbrp and the like: the encoder repacks the planes, no matrix
             return frame
-        # threads=0: swscale on every core (a 1080p frame took 5.7 ms on one, 4.5 on this machine's two)
-        return frame.reformat(format=self.pix_fmt, dst_colorspace=self.matrix, dst_color_range=self.range, threads=0)
+        return frame.reformat(format=self.pix_fmt, dst_colorspace=self.matrix, dst_color_range=self.range, **self._swscale())
 
     def tag(self, ctx) -> None:
         ctx.color_primaries, ctx.color_trc = self.tags
         if not self.rgb_out:
             ctx.colorspace, ctx.color_range = _MATRIX_TAG[self.matrix], self.range
+
+
+class _Planes(_Colour):
+    """The ``yuv`` pipeline: no RGB at all. VDSR runs on the video's own luma plane and the chroma (and alpha)
+    planes are resized with the same MATLAB bicubic as the image pipeline's Cb and Cr, in the input's pixel
+    format, which is the output's. A full-range luma is mapped to the studio range the network was trained on
+    (Y in [16, 235] of 255, MATLAB's ``rgb2ycbcr``) and back. For BT.601 video this is the image pipeline's Y
+    itself, without the two RGB conversions and their rounding (and their CPU time)."""
+
+    def __init__(self, ctx, pix_fmt: str, out_size: tuple[int, int]) -> None:
+        import av
+
+        self.bits = _format_info(pix_fmt).bits
+        super().__init__(ctx, pix_fmt, self.bits > 8, False, False)
+        self.max = (1 << self.bits) - 1
+        self.np_dtype, self.dtype = (np.uint8, torch.uint8) if self.bits == 8 else (np.uint16, torch.uint16)
+        self.full = self.range == 2
+        self.out_size = out_size  # (W, H)
+        self.out_planes = [(q.height, q.width) for q in av.VideoFrame(*out_size, pix_fmt).planes]
+
+    def _view(self, plane) -> np.ndarray:
+        return np.frombuffer(plane, self.np_dtype).reshape(plane.height, -1)[:, : plane.width]
+
+    def to_planes(self, frame) -> list[np.ndarray]:
+        if (frame.width, frame.height) != self.size or frame.format.name != self.pix_fmt:
+            frame = frame.reformat(format=self.pix_fmt, **self._swscale(frame))
+        return [self._view(q).copy() for q in frame.planes]
+
+    def upscale(self, planes: list[torch.Tensor], model, size: tuple[int, int], kw: dict) -> list[torch.Tensor]:
+        """``planes``: each ``(N, 1, h, w)`` integer samples; the output frame's planes, same dtype."""
+        from .api import upscale
+        from .imaging import imresize
+
+        m = float(self.max)
+        y = planes[0].float() / m
+        if self.full:
+            y = 16 / 255 + y * (219 / 255)
+        y = upscale(y, model=model, size=size, **kw)
+        if self.full:
+            y = (y - 16 / 255) * (255 / 219)
+        outs = [y] + [imresize(q.float() / m, size=hw) for q, hw in zip(planes[1:], self.out_planes[1:])]
+        return [(o * m).round_().clamp_(0, m).to(self.dtype) for o in outs]
+
+    def from_planes(self, av, planes: list[np.ndarray]):
+        frame = av.VideoFrame(*self.out_size, self.pix_fmt)
+        for q, a in zip(frame.planes, planes, strict=True):
+            self._view(q)[:] = a
+        return frame
+
+
+# Pixel formats the yuv pipeline reads and writes as they are: one plane per component, little-endian integers.
+_PLANAR = re.compile(r"(?:yuva?|yuvj)(?:420|422|440|444|411|410)p(?:(?:9|10|12|14|16)le)?|gray(?:(?:9|10|12|14|16)le)?")
+
+
+def _pipeline(choice: str, ctx, pix_fmt: str, fused_color: bool) -> str:
+    """``yuv`` or ``rgb`` for ``--pipeline choice``: auto takes yuv where the video's luma is the network's own Y
+    (BT.601, or gray) and the frames can stay in their format (the output's is the input's), else rgb."""
+    why = None
+    if ctx.pix_fmt is None or not _PLANAR.fullmatch(ctx.pix_fmt):
+        why = f"the input's pixel format {ctx.pix_fmt} is not one plane per component (yuv420p, yuv422p10le, gray...)"
+    elif pix_fmt != ctx.pix_fmt:
+        why = f"it keeps the input's pixel format {ctx.pix_fmt}, and the output's is {pix_fmt} (--pix-fmt {ctx.pix_fmt})"
+    elif fused_color:
+        why = "--fused-color is the rgb pipeline's"
+    if choice == "yuv" and why is not None:
+        raise VideoError(f"--pipeline yuv: {why}")
+    if choice == "rgb" or why is not None:
+        return "rgb"
+    bt601 = ctx.pix_fmt.startswith("gray") or _MATRIX.get(int(ctx.colorspace or 0), 5) == 5
+    return "yuv" if choice == "yuv" or bt601 else "rgb"
 
 
 def _damage_report(pipe: _Pipe, frames: int, expected: int, start: float, duration: float | None, rate: Fraction) -> str | None:
@@ -721,6 +808,7 @@ def upscale_video(
     fused_color: bool = False,
     duration: float | None = None,
     deinterlace: bool = False,
+    pipeline: str = "auto",
 ) -> dict:
     """Upscale the video ``src`` into ``dst``; returns a summary (frames, seconds, fps, sizes, streams,
     and on a GPU ``gpu_busy_fraction``: the share of the wall time the GPU spent upscaling).
@@ -790,6 +878,8 @@ def upscale_video(
         output_plan(16, 16, scale)  # a scale out of range: an error before anything is opened
     if batch < 1:
         raise VideoError(f"--batch must be >= 1, got {batch}")
+    if pipeline not in ("auto", "yuv", "rgb"):
+        raise VideoError(f"pipeline must be 'auto', 'yuv' or 'rgb', got {pipeline!r}")
     if format is not None:
         _check_muxer(av, format)
     if dst_stream:
@@ -840,6 +930,7 @@ def upscale_video(
                 f"{fout.step_x}x{fout.step_y} pixels, so the width and height must be multiples of {fout.step_x} and "
                 f"{fout.step_y}; pass --pix-fmt yuv444p (full chroma) or another --scale or --size"
             )
+        chosen = _pipeline(pipeline, ctx, pix_fmt, fused_color)
     except VideoError:
         inp.close()
         raise
@@ -850,7 +941,10 @@ def upscale_video(
     if fin.alpha and not alpha:
         _warn(f"{src_label} has an alpha channel ({ctx.pix_fmt}) and {codec} in {pix_fmt} cannot keep it: the output has the "
               "colour only (ffv1, libvpx-vp9, prores_ks, qtrle and png keep alpha)")  # fmt: skip
-    colour = _Colour(ctx, pix_fmt, fin.bits > 8 or fout.bits > 8, fout.rgb, alpha)
+    if chosen == "yuv":
+        colour = _Planes(ctx, pix_fmt, (W, H))
+    else:
+        colour = _Colour(ctx, pix_fmt, fin.bits > 8 or fout.bits > 8, fout.rgb, alpha)
     tmp = None  # a file: written as a hidden temporary file beside it, renamed once complete
     if not dst_stream:
         try:
@@ -979,8 +1073,10 @@ def upscale_video(
         "size_in": (w, h),
         "size_out": (W, H),
         "pix_fmt": pix_fmt,
-        "bits": 16 if colour.deep else 8,  # per RGB(A) channel through the upscale
-        "alpha": colour.rgb.startswith("rgba"),
+        "pipeline": chosen,
+        # per sample through the upscale: the rgb pipeline's RGB(A) channels, the yuv pipeline's planes
+        "bits": colour.bits if chosen == "yuv" else 16 if colour.deep else 8,
+        "alpha": alpha if chosen == "yuv" else colour.rgb.startswith("rgba"),
         "resized_frames": colour.resized,  # frames of another size than the first (resized to it)
         "copied_streams": kinds,
         "damaged": damaged,
@@ -1017,6 +1113,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "4:2:0 needs an even output size, yuv444p takes any)")
     p.add_argument("--batch", "-b", type=int, default=4, help="frames per upscale call (default: 4)")
     add_memory_args(p, "per batch of frames")
+    p.add_argument("--pipeline", choices=["auto", "yuv", "rgb"], default="auto",
+                   help="yuv: VDSR on the video's own luma plane, bicubic on its chroma, no RGB conversion (the input's "
+                        "pixel format is the output's); rgb: the image pipeline (RGB -> BT.601 YCbCr -> VDSR -> RGB); "
+                        "auto (default): yuv where the video's luma is the network's BT.601 Y, else rgb")
     p.add_argument("--deinterlace", action="store_true", help="deinterlace an interlaced input first (FFmpeg's bwdif, "
                    "one frame per frame: the frame rate stays); without it such an input is upscaled as progressive "
                    "pictures, with a warning")
@@ -1054,7 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch=args.batch, device=args.device, backend=args.backend, dtype=_DTYPES.get(args.dtype),
                 tile=args.tile, max_memory=args.max_memory,
                 force=args.force, progress=not args.quiet, tune=args.tune, fused_color=args.fused_color,
-                duration=args.duration, deinterlace=args.deinterlace,
+                duration=args.duration, deinterlace=args.deinterlace, pipeline=args.pipeline,
             )
         except BackendUnavailable as e:
             raise VideoError(str(e)) from None
