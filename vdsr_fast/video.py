@@ -2,14 +2,15 @@
 
 Three threads joined by bounded queues, so decoding, the upscale and encoding overlap:
 
-* the reader demuxes ``IN``, decodes the video stream into RGB frames and groups them in batches
-  (``--batch``); packets of the audio and subtitle streams pass through untouched (text subtitles
+* the reader demuxes ``IN``, decodes the video stream (deinterlaced with ``--deinterlace``) and groups the
+  frames in batches (``--batch``); packets of the audio and subtitle streams pass through untouched (text subtitles
   the output container cannot hold are rewritten, see :func:`upscale_video`);
-* the upscaler copies each batch to the device, calls :func:`vdsr_fast.upscale` on the NHWC RGB
-  frames (uint8, or uint16 when the input or the output has more than 8 bits a sample; converted with
-  the input's Y'CbCr matrix and range, which the output is encoded with and tagged with: see
-  :class:`_Colour`) and starts the copy back into pinned host memory; on a GPU it does not wait for the result
-  (a CUDA event marks it), so the next batch is queued while the encoder works on this one;
+* the upscaler copies each batch to the device and upscales it: in the yuv pipeline the frames' planes as they
+  are (the network on the paper's Y computed from them, the chroma resized: :class:`_Planes`), in the rgb one
+  :func:`vdsr_fast.upscale` on NHWC RGB frames (uint8, or uint16 when the input or the output has more than 8
+  bits a sample; converted with the input's Y'CbCr matrix and range, which the output is encoded with and
+  tagged with: :class:`_Colour`); then it starts the copy back into pinned host memory; on a GPU it does not
+  wait for the result (a CUDA event marks it), so the next batch is queued while the encoder works on this one;
 * the writer waits for each batch's event, encodes the frames (H.264 by default) with the decoded
   frames' timestamps and muxes them, together with the copied audio/subtitle packets, into a
   temporary file beside ``OUT``, renamed to ``OUT`` once complete (or straight into a stream: ``-`` for
@@ -692,12 +693,35 @@ class _Colour:
             ctx.colorspace, ctx.color_range = _MATRIX_TAG[self.matrix], self.range
 
 
+# Kr, Kb of the matrices _MATRIX names (swscale's numbering): BT.709, FCC, BT.601, SMPTE 240M, BT.2020
+_KRKB = {1: (0.2126, 0.0722), 4: (0.30, 0.11), 5: (0.299, 0.114), 7: (0.212, 0.087), 9: (0.2627, 0.0593)}
+
+
+def _studio_ycbcr(kr: float, kb: float) -> np.ndarray:
+    """RGB in [0, 1] -> studio-range (Y, Cb, Cr) less their offsets (16, 128, 128 of 255) with a matrix's Kr, Kb."""
+    k = np.array([kr, 1 - kr - kb, kb])
+    return np.stack([219 / 255 * k, 224 / 255 * (np.eye(3)[2] - k) / (2 * (1 - kb)), 224 / 255 * (np.eye(3)[0] - k) / (2 * (1 - kr))])
+
+
+def _bt601_y_from(matrix: int) -> tuple[float, float] | None:
+    """``(a, b)`` with the paper's Y (BT.601, MATLAB's ``rgb2ycbcr``) = Y + a Cb + b Cr for a picture's studio-range
+    Y'CbCr in ``matrix`` (Cb, Cr less their 128 of 255; all linear in RGB, and a grey's Y is the same in every
+    matrix); None for BT.601 itself. BT.709: a = 0.0993, b = 0.1917."""
+    c = _studio_ycbcr(*_KRKB[5])[0] @ np.linalg.inv(_studio_ycbcr(*_KRKB[matrix]))
+    return None if matrix == 5 else (float(c[1]), float(c[2]))
+
+
 class _Planes(_Colour):
-    """The ``yuv`` pipeline: no RGB at all. VDSR runs on the video's own luma plane and the chroma (and alpha)
-    planes are resized with the same MATLAB bicubic as the image pipeline's Cb and Cr, in the input's pixel
-    format, which is the output's. A full-range luma is mapped to the studio range the network was trained on
-    (Y in [16, 235] of 255, MATLAB's ``rgb2ycbcr``) and back. For BT.601 video this is the image pipeline's Y
-    itself, without the two RGB conversions and their rounding (and their CPU time)."""
+    """The ``yuv`` pipeline: no RGB at all, the frames stay in the input's pixel format (the output's).
+
+    The network gets the paper's Y (BT.601, studio range): the luma plane itself for BT.601 video; for another
+    matrix the luma plus ``a Cb + b Cr`` (:func:`_bt601_y_from`, the chroma resized to the luma's size), whose
+    resize is taken off the network's output again. As every term is linear and the network adds its residual to
+    the bicubic upscale, the output luma is the input's bicubic upscale plus the residual the image pipeline would
+    add: what RGB -> ``upscale()`` -> this matrix gives, without the RGB conversions, their rounding and their
+    clipping. The chroma (and alpha) planes are resized with the same MATLAB bicubic as the image pipeline's Cb and
+    Cr. Full-range video is mapped to the studio range and back; 10-bit studio levels are the 8-bit ones times 4
+    (64 = 16, 940 = 235)."""
 
     def __init__(self, ctx, pix_fmt: str, out_size: tuple[int, int]) -> None:
         import av
@@ -707,6 +731,9 @@ class _Planes(_Colour):
         self.max = (1 << self.bits) - 1
         self.np_dtype, self.dtype = (np.uint8, torch.uint8) if self.bits == 8 else (np.uint16, torch.uint16)
         self.full = self.range == 2
+        self.scale = self.max if self.full else 255 << (self.bits - 8)  # the sample value of 1.0 (white, full range)
+        self.center = 128 << (self.bits - 8)  # of the chroma
+        self.to_bt601 = None if pix_fmt.startswith("gray") else _bt601_y_from(self.matrix)
         self.out_size = out_size  # (W, H)
         self.out_planes = [(q.height, q.width) for q in av.VideoFrame(*out_size, pix_fmt).planes]
 
@@ -720,18 +747,31 @@ class _Planes(_Colour):
 
     def upscale(self, planes: list[torch.Tensor], model, size: tuple[int, int], kw: dict) -> list[torch.Tensor]:
         """``planes``: each ``(N, 1, h, w)`` integer samples; the output frame's planes, same dtype."""
-        from .api import upscale
+        from .api import output_plan, upscale
         from .imaging import imresize
 
-        m = float(self.max)
-        y = planes[0].float() / m
+        y = planes[0].float() / self.scale
         if self.full:
             y = 16 / 255 + y * (219 / 255)
+        h, w = y.shape[-2:]
+        extra = None
+        if self.to_bt601 is not None:  # a Cb + b Cr at the luma's size, in the studio range's units
+            unit = (224 / 255 if self.full else 1) / self.scale
+            a, b = self.to_bt601
+            extra = imresize((a * (planes[1].float() - self.center) + b * (planes[2].float() - self.center)) * unit,
+                             size=(h, w))  # fmt: skip
+            y = y + extra
         y = upscale(y, model=model, size=size, **kw)
+        if extra is not None:  # its resize as upscale() resizes: at the network's scale, then to the size asked
+            k, hw = output_plan(h, w, size=size)
+            extra = imresize(extra, size=(k * h, k * w))
+            y = y - (extra if hw == (k * h, k * w) else imresize(extra, size=hw))
         if self.full:
             y = (y - 16 / 255) * (255 / 219)
-        outs = [y] + [imresize(q.float() / m, size=hw) for q, hw in zip(planes[1:], self.out_planes[1:])]
-        return [(o * m).round_().clamp_(0, m).to(self.dtype) for o in outs]
+        m = float(self.max)
+        outs = [(y * self.scale).round_().clamp_(0, m)]
+        outs += [(imresize(q.float() / m, size=hw) * m).round_().clamp_(0, m) for q, hw in zip(planes[1:], self.out_planes[1:])]
+        return [o.to(self.dtype) for o in outs]
 
     def from_planes(self, av, planes: list[np.ndarray]):
         frame = av.VideoFrame(*self.out_size, self.pix_fmt)
@@ -745,8 +785,8 @@ _PLANAR = re.compile(r"(?:yuva?|yuvj)(?:420|422|440|444|411|410)p(?:(?:9|10|12|1
 
 
 def _pipeline(choice: str, ctx, pix_fmt: str, fused_color: bool) -> str:
-    """``yuv`` or ``rgb`` for ``--pipeline choice``: auto takes yuv where the video's luma is the network's own Y
-    (BT.601, or gray) and the frames can stay in their format (the output's is the input's), else rgb."""
+    """``yuv`` or ``rgb`` for ``--pipeline choice``: auto takes yuv where the frames can stay in their format (one
+    plane per component, the output's format the input's, no ``fused_color``), else rgb."""
     why = None
     if ctx.pix_fmt is None or not _PLANAR.fullmatch(ctx.pix_fmt):
         why = f"the input's pixel format {ctx.pix_fmt} is not one plane per component (yuv420p, yuv422p10le, gray...)"
@@ -756,10 +796,7 @@ def _pipeline(choice: str, ctx, pix_fmt: str, fused_color: bool) -> str:
         why = "--fused-color is the rgb pipeline's"
     if choice == "yuv" and why is not None:
         raise VideoError(f"--pipeline yuv: {why}")
-    if choice == "rgb" or why is not None:
-        return "rgb"
-    bt601 = ctx.pix_fmt.startswith("gray") or _MATRIX.get(int(ctx.colorspace or 0), 5) == 5
-    return "yuv" if choice == "yuv" or bt601 else "rgb"
+    return "rgb" if choice == "rgb" or why is not None else "yuv"
 
 
 def _damage_report(pipe: _Pipe, frames: int, expected: int, start: float, duration: float | None, rate: Fraction) -> str | None:
@@ -850,6 +887,9 @@ def upscale_video(
     RGB), with alpha (``yuva420p``...) for an input with alpha when the codec can keep it, or the codec's first
     such format when it takes neither. Alpha is upscaled bicubically; a codec that cannot keep it drops it, with a
     warning.
+
+    ``pipeline``: ``"yuv"`` (no RGB; see :class:`_Planes`), ``"rgb"`` (the image pipeline frame by frame) or
+    ``"auto"``: yuv where the frames can keep their pixel format (see :func:`_pipeline`).
 
     ``deinterlace``: an interlaced input goes through FFmpeg's bwdif filter first (one progressive frame per frame,
     the timestamps kept); without it, an input whose stream says it is interlaced is upscaled as it is, with a
@@ -1114,9 +1154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", "-b", type=int, default=4, help="frames per upscale call (default: 4)")
     add_memory_args(p, "per batch of frames")
     p.add_argument("--pipeline", choices=["auto", "yuv", "rgb"], default="auto",
-                   help="yuv: VDSR on the video's own luma plane, bicubic on its chroma, no RGB conversion (the input's "
-                        "pixel format is the output's); rgb: the image pipeline (RGB -> BT.601 YCbCr -> VDSR -> RGB); "
-                        "auto (default): yuv where the video's luma is the network's BT.601 Y, else rgb")
+                   help="yuv: no RGB conversion (the network gets the paper's BT.601 Y computed from the planes, the "
+                        "chroma is resized; the input's pixel format is the output's); rgb: the image pipeline (RGB -> "
+                        "BT.601 YCbCr -> VDSR -> RGB); auto (default): yuv where the frames can keep their format")
     p.add_argument("--deinterlace", action="store_true", help="deinterlace an interlaced input first (FFmpeg's bwdif, "
                    "one frame per frame: the frame rate stays); without it such an input is upscaled as progressive "
                    "pictures, with a warning")
