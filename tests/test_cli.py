@@ -532,3 +532,70 @@ def test_python_dash_m_runs_the_command():
     """``python -m vdsr_fast`` is ``vdsr-fast`` (where the script is not on PATH, e.g. a notebook's kernel)."""
     r = subprocess.run([sys.executable, "-m", "vdsr_fast", "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("vdsr_fast ")
+
+
+class _Stdio:
+    """A pipe as sys.stdin / sys.stdout: .buffer holds the bytes, not a terminal unless said."""
+
+    def __init__(self, data: bytes = b"", tty: bool = False):
+        import io
+
+        self.buffer, self.tty = io.BytesIO(data), tty
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):  # print() to stdout would land here: it must not
+        raise AssertionError(f"text written to the stdout that carries the image: {text!r}")
+
+    def flush(self):
+        pass
+
+
+def test_upscale_reads_stdin_and_writes_stdout(tmp_path, capsys, weights, monkeypatch):
+    """``... | vdsr-fast upscale - -o - --format png | ...``: the image's format read from its bytes, the output's from
+    --format or else the input's; the same pixels as the file run; the summary on stderr, nothing else on stdout."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in.png"
+    write_image(src, rng.integers(0, 65535, (9, 13, 3), dtype=np.uint16))
+    assert _run(capsys, "upscale", str(src), "-o", str(tmp_path / "file.png"), "--weights", weights)[0] == 0
+    want = read_image(tmp_path / "file.png")
+    for argv, suffix in [(["-", "-o", "-", "--format", "tif"], ".tif"), (["-", "-o", "-"], ".png"), ([str(src), "-o", "-"], ".png")]:
+        out = _Stdio()
+        monkeypatch.setattr(sys, "stdin", _Stdio(src.read_bytes()))
+        monkeypatch.setattr(sys, "stdout", out)
+        code = main(["upscale", *argv, "--weights", weights])
+        monkeypatch.undo()
+        assert code == 0
+        assert "(13x9) -> <stdout> (26x18), x2" in capsys.readouterr().err
+        (tmp_path / f"got{suffix}").write_bytes(out.buffer.getvalue())
+        got = read_image(tmp_path / f"got{suffix}")
+        assert got.dtype == np.uint16 and np.array_equal(got, want)  # 16 bits kept, the file run's pixels
+    monkeypatch.setattr(sys, "stdin", _Stdio(src.read_bytes()))
+    assert _run(capsys, "upscale", "-", "-o", str(tmp_path / "from_stdin.png"), "--weights", weights)[0] == 0
+    assert np.array_equal(read_image(tmp_path / "from_stdin.png"), want)
+
+
+def test_stdin_and_stdout_refusals(tmp_path, capsys, weights, monkeypatch):
+    src = tmp_path / "in.png"
+    write_image(src, np.zeros((4, 4, 3), np.uint8) + 9)
+    monkeypatch.setattr(sys, "stdin", _Stdio(b"not an image"))
+    assert "cannot read stdin as an image: its 12 bytes are in no format Pillow knows" in _run(
+        capsys, "upscale", "-", "-o", str(tmp_path / "x.png"), "--weights", weights)[2]  # fmt: skip
+    assert "- reads one image from stdin: it cannot go with other inputs" in _run(
+        capsys, "upscale", "-", str(src), "-o", str(tmp_path), "--weights", weights)[2]  # fmt: skip
+    assert "--format is for -o - (stdout)" in _run(capsys, "upscale", str(src), "-o", str(tmp_path / "y.png"), "--format", "png")[2]
+    monkeypatch.setattr(sys, "stdout", _Stdio(tty=True))
+    assert "writes the image to stdout, which is a terminal" in _run(capsys, "upscale", str(src), "-o", "-")[2]
+    monkeypatch.setattr(sys, "stdin", _Stdio(tty=True))
+    assert "reads the image from stdin, which is a terminal" in _run(capsys, "upscale", "-", "-o", str(tmp_path / "z.png"))[2]
+    assert not list(tmp_path.glob("[xyz].png"))
+
+
+def test_upscale_through_real_pipes(tmp_path, weights):
+    src = tmp_path / "in.jpg"
+    write_image(src, np.random.default_rng(1).integers(0, 255, (10, 12, 3), dtype=np.uint8))
+    proc = subprocess.run([sys.executable, "-m", "vdsr_fast", "upscale", "-", "-o", "-", "--format", "png", "--weights",
+                           weights, "--device", "cpu"], input=src.read_bytes(), capture_output=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.startswith(b"\x89PNG") and b"<stdin> (12x10) -> <stdout> (24x20)" in proc.stderr

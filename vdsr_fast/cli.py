@@ -211,9 +211,77 @@ def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     return jobs
 
 
+# Pillow's format name of an image read from stdin -> the suffix it is handled under
+_PIL_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp", "GIF": ".gif"}
+
+
+def _upscale_stream(args) -> int:
+    """``vdsr-fast upscale - -o OUT`` / ``IN -o -``: stdin's image (its format from its bytes) or stdout (the format
+    ``--format``, else the input's), through files in a temporary folder; the summary goes to stderr then."""
+    import io
+    import shutil
+    import tempfile
+
+    from PIL import Image, UnidentifiedImageError
+
+    from .images import IMAGE_SUFFIXES, ImageReadError
+
+    if len(args.input) > 1 and "-" in args.input:
+        raise CliError("- reads one image from stdin: it cannot go with other inputs")
+    if args.input == ["-"] and sys.stdin.isatty():
+        raise CliError("- reads the image from stdin, which is a terminal: pipe one in (... | vdsr-fast upscale - -o OUT.png)")
+    if args.output == "-" and sys.stdout.isatty():
+        raise CliError("-o - writes the image to stdout, which is a terminal: pipe it on (... > OUT.png) or give a file name")
+    if args.format is not None and args.output != "-":
+        raise CliError("--format is for -o - (stdout); a file's suffix sets its format")
+    with tempfile.TemporaryDirectory(prefix="vdsr_fast_") as tmp:
+        if args.input == ["-"]:
+            data = sys.stdin.buffer.read()
+            try:
+                fmt = Image.open(io.BytesIO(data)).format
+            except (UnidentifiedImageError, OSError):
+                raise CliError(f"cannot read stdin as an image: its {len(data)} bytes are in no format Pillow knows") from None
+            if fmt not in _PIL_SUFFIX:
+                raise CliError(f"stdin holds a {fmt} image; upscale reads {', '.join(sorted(set(_PIL_SUFFIX.values())))}")
+            src = Path(tmp) / f"stdin{_PIL_SUFFIX[fmt]}"
+            src.write_bytes(data)
+        else:
+            src = Path(args.input[0])
+        if args.output == "-":
+            suffix = "." + args.format.lower().lstrip(".") if args.format else src.suffix.lower()
+            if suffix not in IMAGE_SUFFIXES:
+                raise CliError(f"cannot write {suffix or 'an image without a suffix'} to stdout; --format one of "
+                               f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}")  # fmt: skip
+            dst = Path(tmp) / f"stdout{suffix}"
+        else:
+            dst = Path(args.output)
+            if dst.is_dir():
+                dst = dst / ("stdin" + src.suffix if args.input == ["-"] else src.name)
+            if dst.exists() and not args.force:
+                raise CliError(f"{dst} exists; pass --force to overwrite it")
+        model, engine = _engine(args)
+        try:
+            (h, w), (oh, ow), n, elapsed = _upscale_image(src, dst, args.scale, model, _upscale_kw(args), engine.device,
+                                                          args.quiet)  # fmt: skip
+        except ImageReadError as e:
+            raise CliError(str(e)) from None
+        if args.output == "-":
+            with open(dst, "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+    label_in = "<stdin>" if args.input == ["-"] else str(src)
+    label_out = "<stdout>" if args.output == "-" else str(dst)
+    frames = f", {n} frames" if n > 1 else ""
+    print(f"{label_in} ({w}x{h}{frames}) -> {label_out} ({ow}x{oh}), {_factor(args)}, {engine.backend}/{str(engine.dtype)[6:]} on "
+          f"{engine.device}, {elapsed:.2f} s", file=sys.stderr)  # fmt: skip
+    return 0
+
+
 def cmd_upscale(args) -> int:
     from .images import ImageReadError
 
+    if "-" in args.input or args.output == "-" or args.format is not None:
+        return _upscale_stream(args)
     inputs = [Path(p) for p in args.input]
     dst = Path(args.output)
     batch = len(inputs) > 1 or inputs[0].is_dir()
@@ -371,9 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=help_text, add_help=False)
 
     p = sub.add_parser("upscale", help="upscale images (PNG/JPEG/BMP/TIFF/WebP/GIF, 8/16-bit, gray/RGB/RGBA, animations and multi-page TIFFs)")
-    p.add_argument("input", nargs="+", help="an image, or several images and folders (the images directly inside)")
+    p.add_argument("input", nargs="+", help="an image, or several images and folders (the images directly inside); "
+                   "- reads one image from stdin")
     p.add_argument("-o", "--output", required=True,
-                   help="output image (format from the suffix), or a folder: for a batch, each image under its own name")
+                   help="output image (format from the suffix), or a folder: for a batch, each image under its own name; "
+                        "- writes to stdout")
+    p.add_argument("--format", help="the format written to stdout (-o -): png, jpg, tif, webp, bmp or gif (default: the "
+                   "input's)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (a batch)")
     p.add_argument("--scale", "-s", type=float,
                    help="2, 3, 4 (the scales VDSR is trained on) or any factor from 1 to 4, e.g. 1.5 (default: 2)")
