@@ -13,6 +13,7 @@ from .imaging import imresize, rgb_to_ycbcr, ycbcr_to_rgb
 from .metrics import psnr, ssim
 from .reference import VDSR, vdsr_forward
 from .weights import WeightsError, save
+from .yuv import upscale_yuv
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "save",
     "ssim",
     "upscale",
+    "upscale_yuv",
     "vdsr_forward",
     "ycbcr_to_rgb",
 ]

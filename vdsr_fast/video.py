@@ -693,35 +693,12 @@ class _Colour:
             ctx.colorspace, ctx.color_range = _MATRIX_TAG[self.matrix], self.range
 
 
-# Kr, Kb of the matrices _MATRIX names (swscale's numbering): BT.709, FCC, BT.601, SMPTE 240M, BT.2020
-_KRKB = {1: (0.2126, 0.0722), 4: (0.30, 0.11), 5: (0.299, 0.114), 7: (0.212, 0.087), 9: (0.2627, 0.0593)}
-
-
-def _studio_ycbcr(kr: float, kb: float) -> np.ndarray:
-    """RGB in [0, 1] -> studio-range (Y, Cb, Cr) less their offsets (16, 128, 128 of 255) with a matrix's Kr, Kb."""
-    k = np.array([kr, 1 - kr - kb, kb])
-    return np.stack([219 / 255 * k, 224 / 255 * (np.eye(3)[2] - k) / (2 * (1 - kb)), 224 / 255 * (np.eye(3)[0] - k) / (2 * (1 - kr))])
-
-
-def _bt601_y_from(matrix: int) -> tuple[float, float] | None:
-    """``(a, b)`` with the paper's Y (BT.601, MATLAB's ``rgb2ycbcr``) = Y + a Cb + b Cr for a picture's studio-range
-    Y'CbCr in ``matrix`` (Cb, Cr less their 128 of 255; all linear in RGB, and a grey's Y is the same in every
-    matrix); None for BT.601 itself. BT.709: a = 0.0993, b = 0.1917."""
-    c = _studio_ycbcr(*_KRKB[5])[0] @ np.linalg.inv(_studio_ycbcr(*_KRKB[matrix]))
-    return None if matrix == 5 else (float(c[1]), float(c[2]))
+_MATRIX_NAME = {1: "bt709", 4: "fcc", 5: "bt601", 7: "smpte240m", 9: "bt2020"}  # _MATRIX's -> upscale_yuv's
 
 
 class _Planes(_Colour):
-    """The ``yuv`` pipeline: no RGB at all, the frames stay in the input's pixel format (the output's).
-
-    The network gets the paper's Y (BT.601, studio range): the luma plane itself for BT.601 video; for another
-    matrix the luma plus ``a Cb + b Cr`` (:func:`_bt601_y_from`, the chroma resized to the luma's size), whose
-    resize is taken off the network's output again. As every term is linear and the network adds its residual to
-    the bicubic upscale, the output luma is the input's bicubic upscale plus the residual the image pipeline would
-    add: what RGB -> ``upscale()`` -> this matrix gives, without the RGB conversions, their rounding and their
-    clipping. The chroma (and alpha) planes are resized with the same MATLAB bicubic as the image pipeline's Cb and
-    Cr. Full-range video is mapped to the studio range and back; 10-bit studio levels are the 8-bit ones times 4
-    (64 = 16, 940 = 235)."""
+    """The ``yuv`` pipeline: no RGB at all, the frames stay in the input's pixel format (the output's), upscaled by
+    :func:`vdsr_fast.yuv.upscale_yuv` in the input's matrix and range (alpha resized like the chroma)."""
 
     def __init__(self, ctx, pix_fmt: str, out_size: tuple[int, int]) -> None:
         import av
@@ -730,10 +707,7 @@ class _Planes(_Colour):
         super().__init__(ctx, pix_fmt, self.bits > 8, False, False)
         self.max = (1 << self.bits) - 1
         self.np_dtype, self.dtype = (np.uint8, torch.uint8) if self.bits == 8 else (np.uint16, torch.uint16)
-        self.full = self.range == 2
-        self.scale = self.max if self.full else 255 << (self.bits - 8)  # the sample value of 1.0 (white, full range)
-        self.center = 128 << (self.bits - 8)  # of the chroma
-        self.to_bt601 = None if pix_fmt.startswith("gray") else _bt601_y_from(self.matrix)
+        self.colour_planes = 1 if pix_fmt.startswith("gray") else 3  # then alpha, if any
         self.out_size = out_size  # (W, H)
         self.out_planes = [(q.height, q.width) for q in av.VideoFrame(*out_size, pix_fmt).planes]
 
@@ -747,31 +721,17 @@ class _Planes(_Colour):
 
     def upscale(self, planes: list[torch.Tensor], model, size: tuple[int, int], kw: dict) -> list[torch.Tensor]:
         """``planes``: each ``(N, 1, h, w)`` integer samples; the output frame's planes, same dtype."""
-        from .api import output_plan, upscale
         from .imaging import imresize
+        from .yuv import upscale_yuv
 
-        y = planes[0].float() / self.scale
-        if self.full:
-            y = 16 / 255 + y * (219 / 255)
-        h, w = y.shape[-2:]
-        extra = None
-        if self.to_bt601 is not None:  # a Cb + b Cr at the luma's size, in the studio range's units
-            unit = (224 / 255 if self.full else 1) / self.scale
-            a, b = self.to_bt601
-            extra = imresize((a * (planes[1].float() - self.center) + b * (planes[2].float() - self.center)) * unit,
-                             size=(h, w))  # fmt: skip
-            y = y + extra
-        y = upscale(y, model=model, size=size, **kw)
-        if extra is not None:  # its resize as upscale() resizes: at the network's scale, then to the size asked
-            k, hw = output_plan(h, w, size=size)
-            extra = imresize(extra, size=(k * h, k * w))
-            y = y - (extra if hw == (k * h, k * w) else imresize(extra, size=hw))
-        if self.full:
-            y = (y - 16 / 255) * (255 / 219)
+        n = self.colour_planes
+        outs = list(upscale_yuv(*planes[:n], model=model, size=size, matrix=_MATRIX_NAME[self.matrix],
+                                full_range=self.range == 2, bits=self.bits,
+                                chroma_size=self.out_planes[1] if n == 3 else None, **kw))  # fmt: skip
         m = float(self.max)
-        outs = [(y * self.scale).round_().clamp_(0, m)]
-        outs += [(imresize(q.float() / m, size=hw) * m).round_().clamp_(0, m) for q, hw in zip(planes[1:], self.out_planes[1:])]
-        return [o.to(self.dtype) for o in outs]
+        for q, hw in zip(planes[n:], self.out_planes[n:]):  # alpha
+            outs.append((imresize(q.float() / m, size=hw) * m).round_().clamp_(0, m).to(self.dtype))
+        return outs
 
     def from_planes(self, av, planes: list[np.ndarray]):
         frame = av.VideoFrame(*self.out_size, self.pix_fmt)

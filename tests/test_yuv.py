@@ -1,0 +1,102 @@
+"""vdsr_fast.upscale_yuv: a frame's Y'CbCr planes upscaled as the RGB pipeline would, without RGB."""
+
+import numpy as np
+import pytest
+import torch
+
+import vdsr_fast
+from vdsr_fast import rgb_to_ycbcr, upscale, upscale_yuv
+from vdsr_fast.yuv import MATRICES, bt601_y_from, studio_ycbcr
+
+
+def _smooth(n, c, h, w, seed):
+    t = torch.rand(n, c, h // 3 + 2, w // 3 + 2, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.interpolate(t, size=(h, w), mode="bicubic", align_corners=True).clamp(0, 1)
+
+
+def test_bt601_luma_from_another_matrix():
+    """The network's input for BT.709/2020 video: the paper's Y = Y + a Cb + b Cr of that matrix."""
+    rgb = torch.rand(3, 5, 7, dtype=torch.float64)
+    y601 = rgb_to_ycbcr(rgb)[0].numpy() - 16 / 255
+    assert bt601_y_from("bt601") is None
+    for matrix in ("bt709", "bt2020", "smpte240m", "fcc"):
+        ycc = np.einsum("ij,jhw->ihw", studio_ycbcr(*MATRICES[matrix]), rgb.numpy())
+        a, b = bt601_y_from(matrix)
+        np.testing.assert_allclose(ycc[0] + a * ycc[1] + b * ycc[2], y601, atol=1e-12)
+
+
+@pytest.mark.parametrize("matrix", ["bt709", "bt2020", "bt601"])
+def test_the_luma_is_the_rgb_pipelines_for_any_matrix(matrix):
+    """On unrounded 4:4:4 planes of an in-gamut picture the output luma is RGB -> upscale() -> the matrix's, to the
+    rounding (exact here); VDSR run on the video's own luma instead is off by up to 4 levels (BT.709, BT.2020)."""
+    model = vdsr_fast.load()
+    rgb = 0.2 + 0.6 * _smooth(1, 3, 24, 40, 5)
+    want_rgb = upscale(rgb, 2, model=model, backend="torch")
+    m = torch.from_numpy(studio_ycbcr(*MATRICES[matrix])).float()
+    ycc = torch.einsum("ij,njhw->nihw", m, rgb) + torch.tensor([16, 128, 128]).view(1, 3, 1, 1) / 255
+    planes = [(ycc[:, i : i + 1] * 255 * 256).round().to(torch.uint16) for i in range(3)]  # 16 bits: nearly unrounded
+    want = (torch.einsum("j,njhw->nhw", m[0], want_rgb) + 16 / 255) * 255 * 256
+    got = upscale_yuv(*planes, 2, model, matrix=matrix, bits=16, backend="torch")[0][:, 0].float()
+    assert (got - want).abs().max() <= 256 * 0.05  # a twentieth of an 8-bit level
+    if matrix != "bt601":
+        off = upscale_yuv(*planes, 2, model, matrix="bt601", bits=16, backend="torch")[0][:, 0].float()
+        assert (off - want).abs().max() >= 256 * 2
+
+
+def test_shapes_subsampling_depths_and_ranges():
+    """(H, W), (N, H, W) and (N, 1, H, W) planes; 4:2:0 of odd size stays 4:2:0 (ceil); 10-bit low-aligned and
+    P010's high-aligned 16-bit samples agree; a full-range frame is the studio one mapped (to the rounding)."""
+    model = vdsr_fast.load()
+    g = torch.Generator().manual_seed(0)
+    y = (16 + 219 * _smooth(2, 1, 25, 31, 1)).round().to(torch.uint8)
+    u = (128 + 60 * (torch.rand(2, 1, 13, 16, generator=g) - 0.5)).round().to(torch.uint8)
+    v = (128 + 60 * (torch.rand(2, 1, 13, 16, generator=g) - 0.5)).round().to(torch.uint8)
+    Y, U, V = upscale_yuv(y, u, v, 2, model, matrix="bt709")
+    assert (Y.shape, U.shape, V.shape, Y.dtype) == ((2, 1, 50, 62), (2, 1, 25, 31), (2, 1, 25, 31), torch.uint8)
+    Y3, U3, _ = upscale_yuv(y[:, 0], u[:, 0], v[:, 0], 2, model, matrix="bt709")
+    Y2, U2, _ = upscale_yuv(y[0, 0], u[0, 0], v[0, 0], 2, model, matrix="bt709")
+    assert torch.equal(Y3, Y[:, 0]) and torch.equal(U3, U[:, 0]) and Y2.shape == (50, 62) and torch.equal(U2, U[0, 0])
+    assert upscale_yuv(y, scale=1.5, model=model)[0].shape == (2, 1, 38, 47)  # gray; MATLAB's ceil
+    y10, u10, v10 = ((p.to(torch.int32) * 4).to(torch.uint16) for p in (y, u, v))
+    Y10 = upscale_yuv(y10, u10, v10, 2, model, matrix="bt709", bits=10)[0]
+    p010 = [(p.to(torch.int32) * 64).to(torch.uint16) for p in (y10, u10, v10)]  # high-aligned
+    Y16 = upscale_yuv(*p010, 2, model, matrix="bt709", bits=16)[0]
+    assert (Y10.float() - Y16.float() / 64).abs().max() <= 0.51 and (Y10.float() / 4 - Y.float()).abs().max() <= 1
+    full = [(p.float() - 16) * 255 / 219 if i == 0 else (p.float() - 128) * 255 / 224 + 128 for i, p in enumerate((y, u, v))]
+    full = [p.round().clamp(0, 255).to(torch.uint8) for p in full]
+    Yf = upscale_yuv(*full, 2, model, matrix="bt709", full_range=True)[0]
+    assert ((Yf.float() * 219 / 255 + 16) - Y.float()).abs().mean() < 0.6
+
+
+def test_refusals():
+    y = torch.zeros(4, 6, dtype=torch.uint8) + 100
+    c = torch.zeros(2, 3, dtype=torch.uint8) + 128
+    with pytest.raises(ValueError, match="matrix must be one of bt601, bt709"):
+        upscale_yuv(y, c, c, matrix="rec709")
+    with pytest.raises(ValueError, match="give both chroma planes"):
+        upscale_yuv(y, c)
+    with pytest.raises(ValueError, match="uint16 planes need bits="):
+        upscale_yuv(y.to(torch.uint16))
+    with pytest.raises(TypeError, match="must be uint8 or uint16 samples, got torch.float32"):
+        upscale_yuv(y.float())
+    with pytest.raises(ValueError, match="u and v differ in shape"):
+        upscale_yuv(y, c, c[:1])
+    with pytest.raises(ValueError, match="u must have y's dtype, device and batch"):
+        upscale_yuv(y, c.to(torch.uint16), c.to(torch.uint16))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_the_gpu_as_on_the_cpu():
+    """A 1080p 4:2:0 frame on the GPU (default backend and dtype, on a side stream) against the CPU's fp32 PyTorch
+    reference: within a level or two (the fast backends store fp16 activations)."""
+    model = vdsr_fast.load()
+    y = (16 + 219 * _smooth(1, 1, 540, 960, 2)).round().to(torch.uint8)
+    u, v = ((16 + 224 * _smooth(1, 1, 270, 480, s)).round().to(torch.uint8) for s in (3, 4))
+    want = upscale_yuv(y, u, v, 2, model, matrix="bt709", backend="torch")
+    side = torch.cuda.Stream()
+    got = upscale_yuv(y.cuda(), u.cuda(), v.cuda(), 2, model, matrix="bt709", stream=side)
+    side.synchronize()
+    for g, w in zip(got, want, strict=True):
+        d = (g.cpu().float() - w.float()).abs()
+        assert g.dtype == torch.uint8 and d.max() <= 2 and d.mean() < 0.05
