@@ -761,8 +761,8 @@ def test_interlaced_input_is_deinterlaced_on_request_and_warned_about_otherwise(
     assert comb_as_is > 30 and comb_deint < comb_as_is / 10  # the fields made one picture, not scaled as a comb
 
 
-def _textured_clip(path, pix_fmt, colorspace=0, color_range=0, n=3, luma=0.8, chroma=0.8):
-    """n frames 40x24, lossless (ffv1), whose planes are smooth random textures (every frame its own), tagged with
+def _textured_clip(path, pix_fmt, colorspace=0, color_range=0, n=3, luma=0.8, chroma=0.8, codec="ffv1"):
+    """n frames 40x24, lossless (ffv1, or x264 at qp 0), whose planes are smooth random textures (every frame its own), tagged with
     the matrix (0: untagged) and range; returns the planes written, per frame. ``luma``, ``chroma``: the planes'
     spread around mid-grey, as a fraction of the range (small enough: colours inside the RGB gamut)."""
     bits = 10 if "10" in pix_fmt else 8
@@ -770,8 +770,10 @@ def _textured_clip(path, pix_fmt, colorspace=0, color_range=0, n=3, luma=0.8, ch
     g = np.random.default_rng(7)
     frames = []
     with av.open(str(path), "w") as c:
-        v = c.add_stream("ffv1", rate=10)
+        v = c.add_stream(codec, rate=10)
         v.width, v.height, v.pix_fmt = 40, 24, pix_fmt
+        if codec == "libx264":
+            v.options = {"qp": "0"}
         v.codec_context.colorspace = colorspace
         v.codec_context.color_range = color_range
         for i in range(n):
@@ -799,8 +801,8 @@ def _planes_of(path):
         return out, c.streams.video[0].codec_context.pix_fmt
 
 
-@pytest.mark.parametrize("pix_fmt, color_range", [("yuv420p", 1), ("yuv420p10le", 0), ("yuv420p", 2), ("gray", 0)],
-                         ids=["8-bit", "10-bit-untagged-range", "full-range", "gray"])  # fmt: skip
+@pytest.mark.parametrize("pix_fmt, color_range", [("yuv420p", 1), ("yuv420p10le", 0), ("yuv420p", 2), ("yuvj420p", 0), ("gray", 0)],
+                         ids=["8-bit", "10-bit-untagged-range", "full-range", "yuvj", "gray"])  # fmt: skip
 def test_yuv_pipeline_is_vdsr_on_the_luma_and_bicubic_on_the_chroma(tmp_path, tiny_model, weights, pix_fmt, color_range):
     """The yuv pipeline (auto's choice for BT.601 video, here untagged) computes what it says, to the sample: the
     luma plane through upscale() (a full-range one mapped to the studio range and back), the chroma planes through
@@ -809,18 +811,20 @@ def test_yuv_pipeline_is_vdsr_on_the_luma_and_bicubic_on_the_chroma(tmp_path, ti
     from vdsr_fast.video import upscale_video
 
     src, out = tmp_path / "in.mkv", tmp_path / "out.mkv"
-    frames = _textured_clip(src, pix_fmt, 0, color_range)
-    r = upscale_video(src, out, 2, tiny_model, codec="ffv1", pix_fmt=pix_fmt, batch=len(frames), device="cpu", progress=False)
+    codec = "libx264" if pix_fmt.startswith("yuvj") else "ffv1"  # ffv1 takes no yuvj; x264 at qp 0 is lossless
+    frames = _textured_clip(src, pix_fmt, 0, color_range, codec=codec)
+    r = upscale_video(src, out, 2, tiny_model, codec=codec, crf=0, pix_fmt=pix_fmt, batch=len(frames), device="cpu", progress=False)
     assert r["pipeline"] == "yuv" and r["pix_fmt"] == pix_fmt and r["bits"] == (10 if "10" in pix_fmt else 8)
     got, fmt = _planes_of(out)
     assert fmt == pix_fmt and len(got) == len(frames)
     m = 1023.0 if "10" in pix_fmt else 255.0
     white = 1020.0 if "10" in pix_fmt else 255.0  # 10-bit studio levels: the 8-bit ones times 4
     y = torch.from_numpy(np.stack([f[0] for f in frames])[:, None].astype(np.float32)) / white
-    if color_range == 2:
+    full = color_range == 2 or pix_fmt.startswith("yuvj")
+    if full:
         y = 16 / 255 + y * (219 / 255)
     y = upscale(y, 2, model=tiny_model, backend="torch")
-    if color_range == 2:
+    if full:
         y = (y - 16 / 255) * (255 / 219)
     want = [(y * white).round().clamp(0, m).numpy()[:, 0]]
     for k in range(1, len(got[0])):  # the chroma planes, as the pipeline resizes them: a batch of float32
