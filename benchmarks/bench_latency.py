@@ -12,7 +12,8 @@ Paths (network only, Y plane ``(N, 1, H, W)`` of the output size):
   engine_<backend>_<dt>  ``Engine(model, backend, dtype)`` for each backend ``available_backends()``
                          reports, fed the public contract's fp32 Y plane
 and end to end, ``e2e_<backend>_<dt>``: ``upscale()`` on uint8 RGB frames 960x540 -> 1920x1080 (on a GPU the fast backends
-also with the colour pipeline fused, ``e2e_<backend>_fused_<dt>``: ``upscale(fused_color=True)``).
+also with the colour pipeline fused, ``e2e_<backend>_fused_<dt>``: ``upscale(fused_color=True)``), and
+``e2e_<backend>_yuv_<dt>``: ``upscale_yuv()`` on the same frames as uint8 4:2:0 BT.709 planes (a decoder's).
 
 Every path is first checked once on a small input against the float64 reference with DESIGN.md §6's
 rule ``err(path) <= 2 * err(PyTorch, same precision) + atol[precision]``; a path that fails is reported
@@ -842,7 +843,7 @@ class _Run:
     def _timed_row(self, row: BenchResult, fn: Callable, inputs: list, pixels: int, base: int | None) -> BenchResult:
         with torch.inference_mode():
             fn(inputs[0])  # first call: lazy init, autotuning, graph capture, cudnn.benchmark's search
-            inputs_bytes = sum(t.numel() * t.element_size() for t in inputs)
+            inputs_bytes = sum(t.numel() * t.element_size() for x in inputs for t in (x if isinstance(x, tuple) else (x,)))
             row.peak_mem_mb = _peak_mem_mb(fn, inputs[0], self.device, base, inputs_bytes)
             times = sorted(time_callable(_rotating(fn, inputs), self.device, self.cfg, self.timer))
         row.median_ms = statistics.median(times)
@@ -935,6 +936,7 @@ class _Run:
         return "ok"
 
     def run_e2e(self, verdicts: dict[str, str | None]) -> None:
+        from vdsr_fast import upscale_yuv
         from vdsr_fast.api import output_plan, upscale
 
         cfg = self.cfg
@@ -946,16 +948,18 @@ class _Run:
         backends, skipped = _engine_backends(self.device, cfg)
         # The fast backends also with the colour pipeline fused (upscale(fused_color=True), Triton on a GPU), each
         # frame checked once against the unfused pipeline of the same backend before it is timed.
+        # And upscale_yuv() on the 4:2:0 BT.709 planes a decoder hands out (no RGB), e2e_<backend>_yuv_<dt>.
         fused = [n for n in backends if n != "torch" and self.device.type == "cuda"]
-        for name, fuse in [(n, False) for n in backends + sorted(skipped)] + [(n, True) for n in fused]:
-            key = f"e2e_{name}_{'fused_' if fuse else ''}{dname}"
+        variants = [(n, "rgb") for n in backends + sorted(skipped)] + [(n, "fused") for n in fused] + [(n, "yuv") for n in backends]
+        for name, mode in variants:
+            fuse = mode == "fused"
+            key = f"e2e_{name}_{'' if mode == 'rgb' else mode + '_'}{dname}"
             verdict = verdicts.get(f"engine_{name}_{dname}")
             base = _allocated(self.device)  # before upscale() builds and caches this group's engine (peak MB)
             for n in sorted(cfg.e2e_batches):
-                r = BenchResult(
-                    key, f"upscale() {name}{' fused colour' if fuse else ''}", "e2e", dname, label, ow, oh, n,
-                    note=f"uint8 RGB, x{s:g}",
-                )  # fmt: skip
+                title = f"upscale_yuv() {name}" if mode == "yuv" else f"upscale() {name}{' fused colour' if fuse else ''}"
+                what = "uint8 4:2:0 BT.709 planes" if mode == "yuv" else "uint8 RGB"
+                r = BenchResult(key, title, "e2e", dname, label, ow, oh, n, note=f"{what}, x{s:g}")
                 if name in skipped:
                     r.status, r.note = "skipped", skipped[name]
                 elif verdict == "check_failed":
@@ -972,12 +976,18 @@ class _Run:
                 inputs = None
                 try:
                     g = torch.Generator().manual_seed(cfg.seed + 2)
-                    inputs = [
-                        torch.randint(0, 256, (n, 3, lh, lw), generator=g, dtype=torch.uint8).to(self.device)
-                        for _ in range(cfg.n_inputs)
-                    ]
                     kw = dict(backend=name, dtype=DTYPES[dname])
-                    fn = lambda img, kw=kw, fuse=fuse: upscale(img, s, self.model, fused_color=fuse, **kw)  # noqa: E731
+                    if mode == "yuv":
+                        shapes = [(n, 1, lh, lw)] + [(n, 1, (lh + 1) // 2, (lw + 1) // 2)] * 2
+                        inputs = [tuple(torch.randint(16, 236, sh, generator=g, dtype=torch.uint8).to(self.device) for sh in shapes)
+                                  for _ in range(cfg.n_inputs)]  # fmt: skip
+                        fn = lambda planes, kw=kw: upscale_yuv(*planes, s, self.model, matrix="bt709", **kw)  # noqa: E731
+                    else:
+                        inputs = [
+                            torch.randint(0, 256, (n, 3, lh, lw), generator=g, dtype=torch.uint8).to(self.device)
+                            for _ in range(cfg.n_inputs)
+                        ]
+                        fn = lambda img, kw=kw, fuse=fuse: upscale(img, s, self.model, fused_color=fuse, **kw)  # noqa: E731
                     if fuse:  # the same frame through both pipelines: at most one level apart (tests/test_fused_color.py)
                         diff = (fn(inputs[0]).int() - upscale(inputs[0], s, self.model, **kw).int()).abs().max().item()
                         r.note += f"; max difference to the unfused pipeline {diff} level(s)"

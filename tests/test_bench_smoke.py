@@ -72,8 +72,9 @@ def test_smoke_writes_results(tmp_path, capsys):
     assert rows[("eager_fp16_cl", "16x16", 1)]["speedup_vs_eager_fp16"] == pytest.approx(1.0)
     assert rows[("cudnn_fused_fp16", "16x16", 1)]["status"] == "skipped"  # CUDA only
     for batch in (1, 2):
-        e2e = rows[("e2e_torch_fp32", "8x8->16x16", batch)]
-        assert e2e["status"] == "ok" and e2e["kind"] == "e2e" and e2e["median_ms"] > 0
+        for key in ("e2e_torch_fp32", "e2e_torch_yuv_fp32"):  # upscale() on RGB, upscale_yuv() on 4:2:0 planes
+            e2e = rows[(key, "8x8->16x16", batch)]
+            assert e2e["status"] == "ok" and e2e["kind"] == "e2e" and e2e["median_ms"] > 0
     # the markdown table is printed last and is the same as make_table's rendering of the JSON
     printed = capsys.readouterr().out.rstrip("\n")
     table = make_table.render_markdown(data)
