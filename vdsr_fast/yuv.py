@@ -100,6 +100,9 @@ def upscale_yuv(
 
     if matrix not in MATRICES:
         raise ValueError(f"upscale_yuv: matrix must be one of {', '.join(MATRICES)}, got {matrix!r}")
+    if bad := sorted(set(kw) & {"out", "layout", "fused_color", "channel_order", "progress"}):
+        raise TypeError(f"upscale_yuv: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} upscale()'s, for RGB frames; "
+                        "upscale_yuv returns new planes")  # fmt: skip
     if (u is None) != (v is None):
         raise ValueError("upscale_yuv: give both chroma planes u and v, or neither (gray)")
     y, rank = _as_nchw(y, "y")
