@@ -83,7 +83,7 @@ def test_refusals():
         upscale_yuv(y, c, c[:1])
     with pytest.raises(ValueError, match="u must have y's dtype, device and batch"):
         upscale_yuv(y, c.to(torch.uint16), c.to(torch.uint16))
-    with pytest.raises(TypeError, match="out is upscale\(\)'s, for RGB frames"):
+    with pytest.raises(TypeError, match=r"out is upscale\(\)'s, for RGB frames"):
         upscale_yuv(y, c, c, out=torch.empty(8, 12, dtype=torch.uint8))
 
 
