@@ -836,7 +836,7 @@ def test_yuv_pipeline_is_vdsr_on_the_luma_and_bicubic_on_the_chroma(tmp_path, ti
 
 @pytest.mark.parametrize("matrix", [6, 1, 9], ids=["bt601", "bt709", "bt2020"])
 def test_pipeline_choice_and_the_two_agree(tmp_path, tiny_model, weights, capsys, matrix):
-    """auto: yuv where the frames keep their format, rgb for a format change; the two pipelines give nearly the same
+    """auto: yuv where the frames stay planar YUV, rgb for a change of depth; the two pipelines give nearly the same
     luma whatever the matrix (the rgb one rounds to 8-bit RGB twice on the way), with no bias between them."""
     from vdsr_fast.video import upscale_video
 
@@ -845,12 +845,30 @@ def test_pipeline_choice_and_the_two_agree(tmp_path, tiny_model, weights, capsys
     _textured_clip(src, "yuv420p", matrix, 1, luma=0.3, chroma=0.3)  # saturated colours, inside the gamut
     assert upscale_video(src, tmp_path / "a.mkv", 2, None, **kw)["pipeline"] == "yuv"  # the shipped weights
     assert upscale_video(src, tmp_path / "b.mkv", 2, None, pipeline="rgb", **kw)["pipeline"] == "rgb"
-    assert upscale_video(src, tmp_path / "c.mkv", 2, tiny_model, pix_fmt="yuv444p", **kw)["pipeline"] == "rgb"
+    assert upscale_video(src, tmp_path / "c.mkv", 2, tiny_model, pix_fmt="yuv420p10le", **kw)["pipeline"] == "rgb"
     yuv, rgb = _planes_of(tmp_path / "a.mkv")[0], _planes_of(tmp_path / "b.mkv")[0]
     diff = [np.abs(a[0].astype(float) - b[0].astype(float)) for a, b in zip(yuv, rgb, strict=True)]
     bias = np.mean([(a[0].astype(float) - b[0]).mean() for a, b in zip(yuv, rgb, strict=True)])
     # measured (BT.601): 0.23 levels apart on average, 2 at most, no bias (0.01; swscale's default rounding made it 1.07)
     assert 0 < np.mean([d.mean() for d in diff]) < 0.5 and max(d.max() for d in diff) <= 3 and abs(bias) < 0.1
-    assert _run(src, tmp_path / "f.mkv", "--weights", weights, "--pipeline", "yuv", "--pix-fmt", "yuv444p") == 2
-    assert ("--pipeline yuv: it keeps the input's pixel format yuv420p, and the output's is yuv444p"
-            in capsys.readouterr().err)  # fmt: skip
+    assert _run(src, tmp_path / "f.mkv", "--weights", weights, "--pipeline", "yuv", "--pix-fmt", "yuv420p10le") == 2
+    assert ("--pipeline yuv: the output's pixel format yuv420p10le is not the input's yuv420p with other chroma "
+            "subsampling" in capsys.readouterr().err)  # fmt: skip
+
+
+def test_yuv_pipeline_into_other_chroma_subsampling_keeps_the_luma(tmp_path, tiny_model):
+    """A 4:4:4 or 4:2:2 input encoded as 4:2:0 (x264's default format) stays in the yuv pipeline: its frames are
+    upscaled in their own format and repacked, which leaves the luma as it is."""
+    from vdsr_fast.video import upscale_video
+
+    kw = dict(codec="ffv1", device="cpu", progress=False, batch=3)
+    for fmt in ("yuv444p", "yuv422p10le"):
+        src = tmp_path / f"{fmt}.mkv"
+        _textured_clip(src, fmt, 1, 1)
+        same = upscale_video(src, tmp_path / f"{fmt}_same.mkv", 2, tiny_model, pix_fmt=fmt, **kw)
+        to420 = "yuv420p10le" if "10" in fmt else "yuv420p"
+        repacked = upscale_video(src, tmp_path / f"{fmt}_420.mkv", 2, tiny_model, pix_fmt=to420, **kw)
+        assert same["pipeline"] == repacked["pipeline"] == "yuv" and repacked["pix_fmt"] == to420
+        a, b = _planes_of(tmp_path / f"{fmt}_same.mkv"), _planes_of(tmp_path / f"{fmt}_420.mkv")
+        assert (a[1], b[1]) == (fmt, to420) and all(np.array_equal(x[0], y[0]) for x, y in zip(a[0], b[0], strict=True))
+        assert b[0][0][1].shape == (24, 40)  # 4:2:0 chroma of the 80x48 output

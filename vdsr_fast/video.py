@@ -697,26 +697,28 @@ _MATRIX_NAME = {1: "bt709", 4: "fcc", 5: "bt601", 7: "smpte240m", 9: "bt2020"}  
 
 
 class _Planes(_Colour):
-    """The ``yuv`` pipeline: no RGB at all, the frames stay in the input's pixel format (the output's), upscaled by
-    :func:`vdsr_fast.yuv.upscale_yuv` in the input's matrix and range (alpha resized like the chroma)."""
+    """The ``yuv`` pipeline: no RGB at all. The frames are upscaled in the input's pixel format by
+    :func:`vdsr_fast.yuv.upscale_yuv` in its matrix and range (alpha resized like the chroma); an output format
+    of other chroma subsampling (same depth) is then swscale's YUV -> YUV repacking, which keeps the luma."""
 
     def __init__(self, ctx, pix_fmt: str, out_size: tuple[int, int]) -> None:
         import av
 
-        self.bits = _format_info(pix_fmt).bits
+        self.bits = _format_info(ctx.pix_fmt).bits
         super().__init__(ctx, pix_fmt, self.bits > 8, False, False)
+        self.planar = ctx.pix_fmt  # the planes' format: the input's
         self.max = (1 << self.bits) - 1
         self.np_dtype, self.dtype = (np.uint8, torch.uint8) if self.bits == 8 else (np.uint16, torch.uint16)
-        self.colour_planes = 1 if pix_fmt.startswith("gray") else 3  # then alpha, if any
+        self.colour_planes = 1 if self.planar.startswith("gray") else 3  # then alpha, if any
         self.out_size = out_size  # (W, H)
-        self.out_planes = [(q.height, q.width) for q in av.VideoFrame(*out_size, pix_fmt).planes]
+        self.out_planes = [(q.height, q.width) for q in av.VideoFrame(*out_size, self.planar).planes]
 
     def _view(self, plane) -> np.ndarray:
         return np.frombuffer(plane, self.np_dtype).reshape(plane.height, -1)[:, : plane.width]
 
     def to_planes(self, frame) -> list[np.ndarray]:
-        if (frame.width, frame.height) != self.size or frame.format.name != self.pix_fmt:
-            frame = frame.reformat(format=self.pix_fmt, **self._swscale(frame))
+        if (frame.width, frame.height) != self.size or frame.format.name != self.planar:
+            frame = frame.reformat(format=self.planar, **self._swscale(frame))
         return [self._view(q).copy() for q in frame.planes]
 
     def upscale(self, planes: list[torch.Tensor], model, size: tuple[int, int], kw: dict) -> list[torch.Tensor]:
@@ -727,31 +729,41 @@ class _Planes(_Colour):
         n = self.colour_planes
         outs = list(upscale_yuv(*planes[:n], model=model, size=size, matrix=_MATRIX_NAME[self.matrix],
                                 full_range=self.range == 2, bits=self.bits,
-                                chroma_size=self.out_planes[1] if n == 3 else None, **kw))  # fmt: skip
+                                chroma_size=self.out_planes[1] if n == 3 else None,
+                                **{k: v for k, v in kw.items() if k != "fused_color"}))  # fmt: skip (False here)
         m = float(self.max)
         for q, hw in zip(planes[n:], self.out_planes[n:]):  # alpha
             outs.append((imresize(q.float() / m, size=hw) * m).round_().clamp_(0, m).to(self.dtype))
         return outs
 
     def from_planes(self, av, planes: list[np.ndarray]):
-        frame = av.VideoFrame(*self.out_size, self.pix_fmt)
+        frame = av.VideoFrame(*self.out_size, self.planar)
         for q, a in zip(frame.planes, planes, strict=True):
             self._view(q)[:] = a
-        return frame
+        return frame if self.pix_fmt == self.planar else frame.reformat(format=self.pix_fmt, **self._swscale())
 
 
 # Pixel formats the yuv pipeline reads and writes as they are: one plane per component, little-endian integers.
 _PLANAR = re.compile(r"(?:yuva?|yuvj)(?:420|422|440|444|411|410)p(?:(?:9|10|12|14|16)le)?|gray(?:(?:9|10|12|14|16)le)?")
 
 
+def _repackable(src: str, dst: str) -> bool:
+    """Whether swscale turns planar ``src`` into ``dst`` leaving the luma as it is: planar YUV both, the same depth,
+    studio range (not FFmpeg's full-range yuvj formats, nor gray, whose conversions rescale the luma)."""
+    yuv = [_PLANAR.fullmatch(f) and f.startswith("yuv") and not f.startswith("yuvj") for f in (src, dst)]
+    return all(yuv) and _format_info(src).bits == _format_info(dst).bits and _format_info(src).alpha == _format_info(dst).alpha
+
+
 def _pipeline(choice: str, ctx, pix_fmt: str, fused_color: bool) -> str:
-    """``yuv`` or ``rgb`` for ``--pipeline choice``: auto takes yuv where the frames can stay in their format (one
-    plane per component, the output's format the input's, no ``fused_color``), else rgb."""
+    """``yuv`` or ``rgb`` for ``--pipeline choice``: auto takes yuv where the frames can stay planar Y'CbCr (one plane
+    per component in, the output's format the input's or the same with other chroma subsampling, no
+    ``fused_color``), else rgb."""
     why = None
     if ctx.pix_fmt is None or not _PLANAR.fullmatch(ctx.pix_fmt):
         why = f"the input's pixel format {ctx.pix_fmt} is not one plane per component (yuv420p, yuv422p10le, gray...)"
-    elif pix_fmt != ctx.pix_fmt:
-        why = f"it keeps the input's pixel format {ctx.pix_fmt}, and the output's is {pix_fmt} (--pix-fmt {ctx.pix_fmt})"
+    elif pix_fmt != ctx.pix_fmt and not _repackable(ctx.pix_fmt, pix_fmt):
+        why = (f"the output's pixel format {pix_fmt} is not the input's {ctx.pix_fmt} with other chroma subsampling "
+               f"(--pix-fmt {ctx.pix_fmt})")
     elif fused_color:
         why = "--fused-color is the rgb pipeline's"
     if choice == "yuv" and why is not None:
@@ -849,7 +861,7 @@ def upscale_video(
     warning.
 
     ``pipeline``: ``"yuv"`` (no RGB; see :class:`_Planes`), ``"rgb"`` (the image pipeline frame by frame) or
-    ``"auto"``: yuv where the frames can keep their pixel format (see :func:`_pipeline`).
+    ``"auto"``: yuv where the frames can stay planar Y'CbCr (see :func:`_pipeline`).
 
     ``deinterlace``: an interlaced input goes through FFmpeg's bwdif filter first (one progressive frame per frame,
     the timestamps kept); without it, an input whose stream says it is interlaced is upscaled as it is, with a
@@ -1115,8 +1127,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_memory_args(p, "per batch of frames")
     p.add_argument("--pipeline", choices=["auto", "yuv", "rgb"], default="auto",
                    help="yuv: no RGB conversion (the network gets the paper's BT.601 Y computed from the planes, the "
-                        "chroma is resized; the input's pixel format is the output's); rgb: the image pipeline (RGB -> "
-                        "BT.601 YCbCr -> VDSR -> RGB); auto (default): yuv where the frames can keep their format")
+                        "chroma is resized, in the input's pixel format; an output of other chroma subsampling is a "
+                        "repacking); rgb: the image pipeline (RGB -> BT.601 YCbCr -> VDSR -> RGB); auto (default): yuv "
+                        "where the frames can stay planar Y'CbCr")
     p.add_argument("--deinterlace", action="store_true", help="deinterlace an interlaced input first (FFmpeg's bwdif, "
                    "one frame per frame: the frame rate stays); without it such an input is upscaled as progressive "
                    "pictures, with a warning")
