@@ -1181,7 +1181,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = f", copied {', '.join(r['copied_streams'])}" if r["copied_streams"] else ""
     if r["gpu_busy_fraction"] is not None:
         extra += f", GPU busy {100 * r['gpu_busy_fraction']:.0f}% of the time"
-    print(f"{r['input']} ({w}x{h}) -> {r['output']} ({W}x{H} {r['pix_fmt']}), {r['frames']} frames in {r['seconds']:.1f} s ({r['fps']:.2f} fps) on {r['device']}{extra}", file=report)
+    print(f"{r['input']} ({w}x{h}) -> {r['output']} ({W}x{H} {r['pix_fmt']}), {r['frames']} frames in {r['seconds']:.1f} s "
+          f"({r['fps']:.2f} fps) on {r['device']}, {r['pipeline']} pipeline{extra}", file=report)  # fmt: skip
     return 0
 
 
