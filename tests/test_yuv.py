@@ -93,12 +93,13 @@ def test_on_the_gpu_as_on_the_cpu():
     """A 1080p 4:2:0 frame on the GPU (default backend and dtype, on a side stream) against the CPU's fp32 PyTorch
     reference: within a level or two (the fast backends store fp16 activations)."""
     model = vdsr_fast.load()
-    y = (16 + 219 * _smooth(1, 1, 540, 960, 2)).round().to(torch.uint8)
-    u, v = ((16 + 224 * _smooth(1, 1, 270, 480, s)).round().to(torch.uint8) for s in (3, 4))
-    want = upscale_yuv(y, u, v, 2, model, matrix="bt709", backend="torch")
-    side = torch.cuda.Stream()
-    got = upscale_yuv(y.cuda(), u.cuda(), v.cuda(), 2, model, matrix="bt709", stream=side)
-    side.synchronize()
-    for g, w in zip(got, want, strict=True):
-        d = (g.cpu().float() - w.float()).abs()
-        assert g.dtype == torch.uint8 and d.max() <= 2 and d.mean() < 0.05
+    for dtype, bits, unit in ((torch.uint8, 8, 1), (torch.uint16, 10, 4)):  # 10-bit samples in uint16
+        y = (unit * (16 + 219 * _smooth(1, 1, 540, 960, 2))).round().to(torch.int32).to(dtype)
+        u, v = ((unit * (16 + 224 * _smooth(1, 1, 270, 480, s))).round().to(torch.int32).to(dtype) for s in (3, 4))
+        want = upscale_yuv(y, u, v, 2, model, matrix="bt709", bits=bits, backend="torch")
+        side = torch.cuda.Stream()
+        got = upscale_yuv(y.cuda(), u.cuda(), v.cuda(), 2, model, matrix="bt709", bits=bits, stream=side)
+        side.synchronize()
+        for g, w in zip(got, want, strict=True):
+            d = (g.cpu().float() - w.float()).abs() / unit
+            assert g.dtype == dtype and d.max() <= 2 and d.mean() < 0.05
