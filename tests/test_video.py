@@ -106,6 +106,14 @@ def test_clip_is_upscaled_with_audio_and_timing_kept(clip, weights, tmp_path, ca
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
+def test_progress_callback(clip, tiny_model, tmp_path):
+    from vdsr_fast.video import upscale_video
+
+    calls = []
+    upscale_video(clip, tmp_path / "out.mp4", 2, tiny_model, batch=5, device="cpu", progress=lambda *a: calls.append(a))
+    assert calls == [(5, N), (10, N), (N, N)]  # after each batch of 5 of the 12 frames
+
+
 def test_duration_upscales_the_first_seconds_with_audio_cut_alike(clip, weights, tmp_path, capsys):
     """--duration S (ffmpeg's -t): a preview of the first S seconds: the frames that start before S with their
     timestamps, the audio cut at S as well, no warning that the input looks truncated."""

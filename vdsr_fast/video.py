@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -172,6 +173,21 @@ def _copy_stream(av, out, st):
         reason += f"; it holds none of {', '.join(_SUBTITLE_TARGETS)} either"
     _warn(f"not copying {st.type} stream #{st.index} ({name}) into {out.format.name}: {reason}")
     return None
+
+
+class _Progress:
+    """``upscale_video(progress=fn)``: ``fn(frames_done, frames_expected or None)`` after each batch is encoded (from
+    the encoding thread), where a progress bar would move."""
+
+    def __init__(self, fn, total: int | None) -> None:
+        self.fn, self.total, self.n = fn, total, 0
+
+    def update(self, k: int) -> None:
+        self.n += k
+        self.fn(self.n, self.total)
+
+    def close(self) -> None:
+        pass
 
 
 class _Stopped(Exception):
@@ -812,7 +828,7 @@ def upscale_video(
     tile: int | None = None,
     max_memory: int | str | None = None,
     force: bool = False,
-    progress: bool = True,
+    progress: bool | Callable[[int, int | None], None] = True,
     tune: bool = False,
     fused_color: bool = False,
     duration: float | None = None,
@@ -862,6 +878,10 @@ def upscale_video(
 
     ``pipeline``: ``"yuv"`` (no RGB; see :class:`_Planes`), ``"rgb"`` (the image pipeline frame by frame) or
     ``"auto"``: yuv where the frames can stay planar Y'CbCr (see :func:`_pipeline`).
+
+    ``progress``: a bar over the frames on stderr (True), none (False), or a function called as
+    ``progress(frames_done, frames_expected)`` after each batch is encoded (``frames_expected`` None when the input
+    does not say), from the encoding thread.
 
     ``deinterlace``: an interlaced input goes through FFmpeg's bwdif filter first (one progressive frame per frame,
     the timestamps kept); without it, an input whose stream says it is interlaced is upscaled as it is, with a
@@ -1030,7 +1050,11 @@ def upscale_video(
                 total = min(total or 10**12, max(1, round(duration * float(rate))))
             if chapters := _chapters(inp.chapters(), limit):
                 out.set_chapters(chapters)
-            bar = tqdm(total=total, unit="frame", desc=f"{W}x{H} {src_label if src_stream else src.name}", disable=not progress, dynamic_ncols=True)
+            if callable(progress):
+                bar = _Progress(progress, total)
+            else:
+                bar = tqdm(total=total, unit="frame", desc=f"{W}x{H} {src_label if src_stream else src.name}",
+                           disable=not progress, dynamic_ncols=True)  # fmt: skip
             pipe = _Pipe(depth=2)
             t0 = time.perf_counter()
             threads = [
