@@ -106,6 +106,28 @@ def test_clip_is_upscaled_with_audio_and_timing_kept(clip, weights, tmp_path, ca
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
+def test_a_folder_of_videos(tmp_path, weights, capsys):
+    """A folder as the input: every video in it into the output folder under its own name, one engine; a file that
+    cannot be read is reported and the rest still written (exit status 2); the outputs are checked first."""
+    src, out = tmp_path / "clips", tmp_path / "out"
+    src.mkdir()
+    _make_clip(src / "a.mp4")
+    _make_clip(src / "b.mkv")
+    (src / "notes.txt").write_text("not a video")
+    (src / "broken.mp4").write_bytes(b"\x00" * 100)
+    assert _run(src, out, "--weights", weights) == 2
+    captured = capsys.readouterr()
+    assert "2 of 3 videos -> " in captured.out and "cannot read" in captured.err and "broken.mp4" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mkv"]
+    assert all(len(_probe(out / n)["times"]) == N for n in ("a.mp4", "b.mkv"))
+    assert _run(src, out, "--weights", weights) == 2  # they exist now
+    assert "2 of the 3 outputs exist (first: " in capsys.readouterr().err
+    assert _run(src, src, "--weights", weights, "--force") == 2
+    assert "the output folder is the input folder" in capsys.readouterr().err
+    assert _run(src, out / "a.mp4", "--weights", weights) == 2
+    assert "with a folder as the input, the output is a folder" in capsys.readouterr().err
+
+
 def test_progress_callback(clip, tiny_model, tmp_path):
     from vdsr_fast.video import upscale_video
 

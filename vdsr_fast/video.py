@@ -1132,9 +1132,10 @@ def build_parser() -> argparse.ArgumentParser:
         "other streams it cannot hold are skipped with a warning. A truncated or damaged input is upscaled as far as it "
         "decodes, with a warning; the output only appears, under its final name, once complete.",
     )
-    p.add_argument("input", help="input video (anything FFmpeg reads); - reads a stream from stdin")
+    p.add_argument("input", help="input video (anything FFmpeg reads), or a folder of videos; - reads a stream from stdin")
     p.add_argument("output", help="output video; the container comes from the suffix (.mp4, .mkv, ...) or --format; "
-                   "- writes a stream to stdout (needs --format)")
+                   "- writes a stream to stdout (needs --format); for a folder as the input, a folder (each video "
+                   "under its own name)")
     p.add_argument("--scale", "-s", type=float, default=2,
                    help="2, 3, 4 or any factor from 1 to 4, e.g. 1.5 for 720p -> 1080p (default: 2)")
     p.add_argument("--size", type=size_arg, help="the output's WIDTHxHEIGHT instead of --scale, e.g. 1920x1080")
@@ -1166,9 +1167,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# A folder as the input: the files in it with these suffixes (FFmpeg reads more; name such a file directly)
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mxf", ".mpg", ".mpeg",
+                  ".flv", ".wmv", ".y4m", ".nut", ".3gp")  # fmt: skip
+
+
+def _summary(r: dict) -> str:
+    (w, h), (W, H) = r["size_in"], r["size_out"]
+    extra = f", copied {', '.join(r['copied_streams'])}" if r["copied_streams"] else ""
+    if r["gpu_busy_fraction"] is not None:
+        extra += f", GPU busy {100 * r['gpu_busy_fraction']:.0f}% of the time"
+    return (f"{r['input']} ({w}x{h}) -> {r['output']} ({W}x{H} {r['pix_fmt']}), {r['frames']} frames in {r['seconds']:.1f} s "
+            f"({r['fps']:.2f} fps) on {r['device']}, {r['pipeline']} pipeline{extra}")  # fmt: skip
+
+
+def _jobs(args) -> list[tuple]:
+    """``[(src, dst)]``: one pair, or for a folder as the input every video in it into the output folder (made if its
+    parent exists), each under its own name; every output is checked before any is written."""
+    src, dst = args.input, args.output
+    if src == "-" or not Path(src).is_dir():
+        return [(sys.stdin.buffer if src == "-" else src, sys.stdout.buffer if dst == "-" else dst)]
+    src, dst = Path(src), Path(dst)
+    files = sorted(f for f in src.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
+    if not files:
+        raise VideoError(f"{src}: no video in this folder ({' '.join(VIDEO_SUFFIXES)})")
+    if dst.exists() and not dst.is_dir() or args.output == "-":
+        raise VideoError(f"{args.output}: with a folder as the input, the output is a folder")
+    if not dst.parent.is_dir():
+        raise VideoError(f"{dst.parent}: output folder does not exist")
+    if dst.resolve() == src.resolve():
+        raise VideoError(f"{dst}: the output folder is the input folder; give another")
+    jobs = [(f, dst / f.name) for f in files]
+    existing = [d for _, d in jobs if d.exists()]
+    if existing and not args.force:
+        raise VideoError(f"{len(existing)} of the {len(jobs)} outputs exist (first: {existing[0]}); pass --force to overwrite them")
+    dst.mkdir(exist_ok=True)
+    return jobs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     report = sys.stderr if args.output == "-" else sys.stdout  # the summary line: never into the video stream
+    failed = 0
     try:
         from .engine import BackendUnavailable
 
@@ -1178,36 +1218,39 @@ def main(argv: list[str] | None = None) -> int:
         if args.output == "-" and sys.stdout.isatty():
             raise VideoError("- writes the video to stdout, which is a terminal: pipe it on "
                              "(... | ffmpeg -i - ...) or give a file name")  # fmt: skip
-        src = sys.stdin.buffer if args.input == "-" else args.input
-        dst = sys.stdout.buffer if args.output == "-" else args.output
+        jobs = _jobs(args)
         model = _model(args.weights)
         if args.device is not None:
             _device(args.device)  # validates it, with a clear message
-
-        try:
-            r = upscale_video(
-                src, dst, args.scale, model, size=args.size,
-                codec=args.codec, format=args.muxer, crf=None if args.crf == -1 else args.crf, pix_fmt=args.pix_fmt, preset=args.preset,
-                batch=args.batch, device=args.device, backend=args.backend, dtype=_DTYPES.get(args.dtype),
-                tile=args.tile, max_memory=args.max_memory,
-                force=args.force, progress=not args.quiet, tune=args.tune, fused_color=args.fused_color,
-                duration=args.duration, deinterlace=args.deinterlace, pipeline=args.pipeline,
-            )
-        except BackendUnavailable as e:
-            raise VideoError(str(e)) from None
+        for src, dst in jobs:
+            try:
+                r = upscale_video(
+                    src, dst, args.scale, model, size=args.size,
+                    codec=args.codec, format=args.muxer, crf=None if args.crf == -1 else args.crf, pix_fmt=args.pix_fmt,
+                    preset=args.preset, batch=args.batch, device=args.device, backend=args.backend,
+                    dtype=_DTYPES.get(args.dtype), tile=args.tile, max_memory=args.max_memory,
+                    force=args.force, progress=not args.quiet, tune=args.tune, fused_color=args.fused_color,
+                    duration=args.duration, deinterlace=args.deinterlace, pipeline=args.pipeline,
+                )  # fmt: skip
+            except BackendUnavailable as e:
+                raise VideoError(str(e)) from None
+            except (VideoError, ValueError) as e:
+                if len(jobs) == 1:
+                    raise
+                failed += 1  # one bad file does not stop a folder
+                print(f"vdsr-fast video: error: {e}", file=sys.stderr)
+                continue
+            print(_summary(r), file=report, flush=True)
     except (VideoError, CliError, ValueError) as e:  # ValueError: upscale()'s, e.g. a --max-memory too small
         print(f"vdsr-fast video: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vdsr-fast video: interrupted", file=sys.stderr)
         return 130
-    (w, h), (W, H) = r["size_in"], r["size_out"]
-    extra = f", copied {', '.join(r['copied_streams'])}" if r["copied_streams"] else ""
-    if r["gpu_busy_fraction"] is not None:
-        extra += f", GPU busy {100 * r['gpu_busy_fraction']:.0f}% of the time"
-    print(f"{r['input']} ({w}x{h}) -> {r['output']} ({W}x{H} {r['pix_fmt']}), {r['frames']} frames in {r['seconds']:.1f} s "
-          f"({r['fps']:.2f} fps) on {r['device']}, {r['pipeline']} pipeline{extra}", file=report)  # fmt: skip
-    return 0
+    if len(jobs) > 1:
+        print(f"{len(jobs) - failed} of {len(jobs)} videos -> {args.output}" + (f"; {failed} failed (above)" if failed else ""),
+              file=report)  # fmt: skip
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":
