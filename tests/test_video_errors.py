@@ -47,7 +47,11 @@ def test_random_bytes(tmp_path, weights, capsys):
 
 def test_missing_input(tmp_path, weights, capsys):
     _fails(capsys, tmp_path / "missing.mp4", tmp_path / "out.mp4", "--weights", weights, message="no such file")
-    _fails(capsys, tmp_path, tmp_path / "out.mp4", "--weights", weights, message="is a folder, not a video")
+    _fails(capsys, tmp_path, tmp_path / "out", "--weights", weights, message="no video in this folder")  # the CLI: a batch
+    from vdsr_fast.video import VideoError, upscale_video
+
+    with pytest.raises(VideoError, match="is a folder, not a video"):  # the function: one video
+        upscale_video(tmp_path, tmp_path / "out.mp4", progress=False)
     assert _listing(tmp_path) == []
 
 
