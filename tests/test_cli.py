@@ -520,6 +520,7 @@ def test_planar_tiff_is_read_channels_last(tmp_path):
 def test_info_says_what_can_run_here(capsys):
     code, out, _ = _run(capsys, "info")
     assert code == 0 and "versions: vdsr_fast" in out and "torch   available" in out and "default weights: arch vdsr" in out
+    assert "vdsr-fast verify checks the fast backends" in out
     code, out, _ = _run(capsys, "info", "--json")
     r = json.loads(out)
     assert code == 0 and set(r) == {"versions", "devices", "cuda_extension", "weights"}

@@ -397,6 +397,7 @@ def cmd_info(args) -> int:
     print("default weights: " + ("; ".join(f"{k} {w[k]}" for k in keys if k in w) if "error" not in w else w["error"]))
     print("backend='auto' picks: on a GPU tensor the CUDA extension, then Triton, then the PyTorch reference (in fp32 "
           "the reference: the CUDA kernels have no fp32, Triton's is slower than cuDNN's); on a CPU tensor the reference")
+    print("vdsr-fast verify checks the fast backends that run here against the float64 reference")
     return 0
 
 
