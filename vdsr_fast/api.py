@@ -172,7 +172,6 @@ def _out_shape(img: torch.Tensor, layout: str, hw: tuple[int, int]) -> tuple[int
     return (*img.shape[:-3], *hw, img.shape[-1])
 
 
-
 def _check_out(out, img: torch.Tensor, shape: tuple[int, ...]) -> None:
     if not torch.is_tensor(out):
         raise TypeError(f"upscale: out must be a torch.Tensor, got {type(out).__name__}")

@@ -211,6 +211,34 @@ def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     return jobs
 
 
+def _one_output(dst: Path, name: str, force: bool) -> Path:
+    """The file one image is written to: ``dst``, or ``name`` inside it when it is a folder; refused when it exists
+    (without ``force``) or its folder does not."""
+    if dst.is_dir():
+        dst = dst / name  # `-o folder/`: the input's name inside it
+    if dst.exists() and not force:
+        raise CliError(f"{dst} exists; pass --force to overwrite it")
+    if not dst.parent.is_dir():
+        raise CliError(f"{dst.parent}: output folder does not exist")
+    return dst
+
+
+def _upscale_one(args, src: Path, dst: Path, label_in: str | None = None, label_out: str | None = None) -> str:
+    """One image (every frame of it) from ``src`` into ``dst``; returns the summary line (``label_in`` /
+    ``label_out`` name the files there instead)."""
+    from .images import ImageReadError
+
+    upscale_kw = _upscale_kw(args)  # --scale with --size: an error before the engine is built
+    model, engine = _engine(args)
+    try:
+        (h, w), (oh, ow), n, elapsed = _upscale_image(src, dst, args.scale, model, upscale_kw, engine.device, args.quiet)
+    except ImageReadError as e:
+        raise CliError(str(e)) from None
+    frames = f", {n} frames" if n > 1 else ""
+    return (f"{label_in or src} ({w}x{h}{frames}) -> {label_out or dst} ({ow}x{oh}), {_factor(args)}, "
+            f"{engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, {elapsed:.2f} s")  # fmt: skip
+
+
 # Pillow's format name of an image read from stdin -> the suffix it is handled under
 _PIL_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp", "GIF": ".gif"}
 
@@ -224,7 +252,7 @@ def _upscale_stream(args) -> int:
 
     from PIL import Image, UnidentifiedImageError
 
-    from .images import IMAGE_SUFFIXES, ImageReadError
+    from .images import IMAGE_SUFFIXES
 
     if len(args.input) > 1 and "-" in args.input:
         raise CliError("- reads one image from stdin: it cannot go with other inputs")
@@ -254,26 +282,14 @@ def _upscale_stream(args) -> int:
                                f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}")  # fmt: skip
             dst = Path(tmp) / f"stdout{suffix}"
         else:
-            dst = Path(args.output)
-            if dst.is_dir():
-                dst = dst / ("stdin" + src.suffix if args.input == ["-"] else src.name)
-            if dst.exists() and not args.force:
-                raise CliError(f"{dst} exists; pass --force to overwrite it")
-        model, engine = _engine(args)
-        try:
-            (h, w), (oh, ow), n, elapsed = _upscale_image(src, dst, args.scale, model, _upscale_kw(args), engine.device,
-                                                          args.quiet)  # fmt: skip
-        except ImageReadError as e:
-            raise CliError(str(e)) from None
+            dst = _one_output(Path(args.output), "stdin" + src.suffix if args.input == ["-"] else src.name, args.force)
+        summary = _upscale_one(args, src, dst, "<stdin>" if args.input == ["-"] else None,
+                               "<stdout>" if args.output == "-" else None)  # fmt: skip
         if args.output == "-":
             with open(dst, "rb") as f:
                 shutil.copyfileobj(f, sys.stdout.buffer)
             sys.stdout.buffer.flush()
-    label_in = "<stdin>" if args.input == ["-"] else str(src)
-    label_out = "<stdout>" if args.output == "-" else str(dst)
-    frames = f", {n} frames" if n > 1 else ""
-    print(f"{label_in} ({w}x{h}{frames}) -> {label_out} ({ow}x{oh}), {_factor(args)}, {engine.backend}/{str(engine.dtype)[6:]} on "
-          f"{engine.device}, {elapsed:.2f} s", file=sys.stderr)  # fmt: skip
+    print(summary, file=sys.stderr)
     return 0
 
 
@@ -286,21 +302,7 @@ def cmd_upscale(args) -> int:
     dst = Path(args.output)
     batch = len(inputs) > 1 or inputs[0].is_dir()
     if not batch:
-        if dst.is_dir():
-            dst = dst / inputs[0].name  # `-o folder/`: the input's name inside it
-        if dst.exists() and not args.force:
-            raise CliError(f"{dst} exists; pass --force to overwrite it")
-        if not dst.parent.is_dir():
-            raise CliError(f"{dst.parent}: output folder does not exist")
-        upscale_kw = _upscale_kw(args)
-        model, engine = _engine(args)
-        try:
-            (h, w), (oh, ow), n, elapsed = _upscale_image(inputs[0], dst, args.scale, model, upscale_kw, engine.device,
-                                                          args.quiet)  # fmt: skip
-        except ImageReadError as e:
-            raise CliError(str(e)) from None
-        src, frames = inputs[0], f", {n} frames" if n > 1 else ""
-        print(f"{src} ({w}x{h}{frames}) -> {dst} ({ow}x{oh}), {_factor(args)}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, {elapsed:.2f} s")
+        print(_upscale_one(args, inputs[0], _one_output(dst, inputs[0].name, args.force)))
         return 0
 
     # A batch: -o is a folder (made if its parent exists); every output is checked before any is written.

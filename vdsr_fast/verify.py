@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
+from .cli import _DTYPES, CliError, _device, _model, size_arg
 from .reference import VDSR, vdsr_forward
 
 __all__ = ["ATOL", "Comparison", "compare", "ref64", "random_vdsr", "verify", "main"]
@@ -113,7 +113,7 @@ def _poison(engine, x: torch.Tensor) -> None:
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    return next(name for name, d in _DTYPES.items() if d == dtype)
 
 
 def verify(
@@ -215,12 +215,15 @@ _NAMED = {"720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
 
 
 def shape_arg(text: str) -> tuple[int, int, int]:
-    """``WxH`` or 720p / 1080p / 4k, optionally ``:N`` for a batch of N: -> (N, H, W)."""
-    m = re.fullmatch(r"(?:(\d+)x(\d+)|(720p|1080p|4k))(?::(\d+))?", text.strip().lower())
-    if m is None or (m[4] is not None and int(m[4]) < 1) or (m[1] and min(int(m[1]), int(m[2])) < 1):
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT or 720p/1080p/4k, optionally :BATCH, got {text!r}")
-    h, w = _NAMED[m[3]] if m[3] else (int(m[2]), int(m[1]))
-    return (int(m[4] or 1), h, w)
+    """``WxH`` (as ``--size`` takes it) or 720p / 1080p / 4k, optionally ``:N`` for a batch of N: -> (N, H, W)."""
+    size, colon, batch = text.strip().lower().partition(":")
+    try:
+        h, w = _NAMED[size] if size in _NAMED else size_arg(size)[::-1]
+        if colon and not (batch.isdigit() and int(batch) >= 1):
+            raise argparse.ArgumentTypeError
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT or 720p/1080p/4k, optionally :BATCH, got {text!r}") from None
+    return (int(batch) if colon else 1, h, w)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import CliError, _device, _model
     from .engine import BACKENDS
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         print(f"vdsr-fast verify: error: {e}", file=sys.stderr)
         return 2
-    dtypes = [{"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[d] for d in args.dtype or []] or None
+    dtypes = [_DTYPES[d] for d in args.dtype or []] or None
     backends = [b for b in BACKENDS if b in args.backend] if args.backend else None
 
     def show(r: Row) -> None:

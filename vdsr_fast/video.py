@@ -745,8 +745,7 @@ class _Planes(_Colour):
         n = self.colour_planes
         outs = list(upscale_yuv(*planes[:n], model=model, size=size, matrix=_MATRIX_NAME[self.matrix],
                                 full_range=self.range == 2, bits=self.bits,
-                                chroma_size=self.out_planes[1] if n == 3 else None,
-                                **{k: v for k, v in kw.items() if k != "fused_color"}))  # fmt: skip (False here)
+                                chroma_size=self.out_planes[1] if n == 3 else None, **kw))  # fmt: skip
         m = float(self.max)
         for q, hw in zip(planes[n:], self.out_planes[n:]):  # alpha
             outs.append((imresize(q.float() / m, size=hw) * m).round_().clamp_(0, m).to(self.dtype))
@@ -941,7 +940,7 @@ def upscale_video(
         if why := _why_unavailable("triton", device):
             raise VideoError(f"--fused-color needs Triton on {device}: {why}")
     model = _default() if model is None else model
-    kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory, "tune": tune, "fused_color": fused_color}
+    kw = {"backend": backend, "dtype": dtype, "tile": tile, "max_memory": max_memory, "tune": tune}
 
     inp = _open_input(av, src, src_label)
     vin = _main_video(av, inp)
@@ -977,6 +976,7 @@ def upscale_video(
         colour = _Planes(ctx, pix_fmt, (W, H))
     else:
         colour = _Colour(ctx, pix_fmt, fin.bits > 8 or fout.bits > 8, fout.rgb, alpha)
+        kw["fused_color"] = fused_color  # upscale()'s, for the RGB frames
     tmp = None  # a file: written as a hidden temporary file beside it, renamed once complete
     if not dst_stream:
         try:
