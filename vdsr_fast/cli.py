@@ -75,7 +75,7 @@ def add_memory_args(p: argparse.ArgumentParser, per: str) -> None:
     p.add_argument("--tile", type=int, help="upscale in output tiles of this many pixels a side (exact: the same result)")
     p.add_argument("--max-memory", type=memory_arg, default="auto",
                    help=f"working-memory budget {per} in GiB, from which the tile size follows when the whole does not "
-                        "fit (exact); default 'auto': 70%% of the memory free on the device (plus the engine's own buffers)")  # fmt: skip
+                        "fit (exact); default 'auto': 70%% of the memory free on the device and the engine's own buffers together")  # fmt: skip
 
 
 def _engine_kw(args) -> dict:

@@ -73,7 +73,7 @@ def available_memory(device: torch.device) -> int | None:
 
 
 def memory_budget(device: torch.device, reusable: int = 0) -> int | None:
-    """``max_memory="auto"``: a share (``AUTO_FRACTION``) of :func:`available_memory` plus ``reusable`` bytes (an
+    """``max_memory="auto"``: a share (``AUTO_FRACTION``) of :func:`available_memory` and ``reusable`` bytes together (an
     engine's own activation buffers, which the next call reuses: without them a budget measured after the first
     call would shrink by what that call left allocated), or None (no limit) where unknown."""
     free = available_memory(device)
