@@ -80,13 +80,14 @@ NAMED_SIZES = {
     "4k": (3840, 2160),
     "2160p": (3840, 2160),
 }
-DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 # DESIGN.md §6: err(path) <= 2 * err(PyTorch in the same precision) + ATOL[precision], errors being the
 # max |difference| to the float64 reference on the same weights and input. The atol terms are about one
-# output ulp near 1.0 (the Y plane is in [0, 1]) for the half types, a few fp32 ulps otherwise.
-ATOL = {"fp64": 1e-12, "fp32": 1e-5, "tf32": 1e-3, "fp16": 1e-3, "bf16": 1e-2}
+# output ulp near 1.0 (the Y plane is in [0, 1]) for the half types, a few fp32 ulps otherwise; fp8 (the opt-in
+# vdsr_fast.fp8 scheme, whose "same precision" run is its PyTorch emulation): as vdsr_fast.verify.ATOL.
+ATOL = {"fp64": 1e-12, "fp32": 1e-5, "tf32": 1e-3, "fp16": 1e-3, "bf16": 1e-2, "fp8": 2.0**-8}
 
 # Table order of the network paths (rows are sorted by size, then by this rank).
 _RANK = [
@@ -114,8 +115,8 @@ class BenchConfig:
     sizes: list[str] = field(default_factory=lambda: ["720p", "1080p", "4k", "720p:8"])
     paths: list[str] | None = None  # fnmatch patterns over path keys; None = every default path
     backends: list[str] | None = None  # engine backends; None = every available one
-    # every storage dtype of the engines (the CUDA backend has no fp32: its row says so)
-    engine_dtypes: list[str] = field(default_factory=lambda: ["fp16", "bf16", "fp32"])
+    # every storage dtype of the engines (the CUDA backend has no fp32 or fp8: its rows say so)
+    engine_dtypes: list[str] = field(default_factory=lambda: ["fp16", "bf16", "fp32", "fp8"])
     compile: bool = False
     compile_sizes: list[str] = field(default_factory=lambda: ["1080p"])
     e2e_batches: list[int] = field(default_factory=lambda: [1, 8])
@@ -370,7 +371,12 @@ def _peak_mem_mb(fn: Callable, x: Any, device: torch.device, base: int | None, i
 
 
 def _torch_same_precision(x64: torch.Tensor, model: VDSR, precision: str) -> torch.Tensor:
-    """PyTorch's own result in ``precision`` (fp16/bf16 in channels_last on CUDA, as cuDNN likes)."""
+    """PyTorch's own result in ``precision`` (fp16/bf16 in channels_last on CUDA, as cuDNN likes; fp8: the
+    :mod:`vdsr_fast.fp8` scheme emulated in fp32)."""
+    if precision == "fp8":
+        from vdsr_fast import fp8
+
+        return fp8.emulate(fp8.pack(model, x64.device), x64)
     dtype = torch.float32 if precision in ("fp32", "tf32") else DTYPES[precision]
     cl = x64.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     ws, bs = _pack(model, x64.device, dtype, cl)
@@ -588,11 +594,13 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
                 reason = f"backend {name!r} does not support {dname}"
             if reason is None and cuda and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
                 reason = "this GPU has no bf16"
+            if reason is None and cuda and dtype == torch.float8_e4m3fn and torch.cuda.get_device_capability(device) < (8, 9):
+                reason = "this GPU has no 8-bit tensor cores"
             spec = PathSpec(
                 f"engine_{name}_{dname}", f"engine {name}", dname, torch.float32, False, _engine(name, dtype), reason
             )
             paths.append(spec)
-            others = alternatives(name, device) if reason is None and dtype != torch.float32 else {}
+            others = alternatives(name, device) if reason is None and dtype in (torch.float16, torch.bfloat16) else {}
             for body, label in others.items():  # the kernels that are not (or no longer) the defaults
                 paths.append(PathSpec(f"engine_{name}_{body}_{dname}", f"engine {name} {label}", dname,
                                       torch.float32, False, _engine(name, dtype, body), reason))  # fmt: skip
@@ -1104,7 +1112,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of path-key patterns, e.g. 'cudnn*,engine_*' (default: all)",
     )
     ap.add_argument("--backends", type=_csv, default=None, help="engine backends to run (default: every available one)")
-    ap.add_argument("--engine-dtypes", type=_csv, default=None, help="engine dtypes (default: fp16,bf16,fp32)")
+    ap.add_argument("--engine-dtypes", type=_csv, default=None, help="engine dtypes (default: fp16,bf16,fp32,fp8)")
     ap.add_argument(
         "--compile",
         action="store_true",

@@ -38,6 +38,7 @@ def need_data(*parts: str) -> Path:
 # differs from CI's, e.g. PyAV 19 against 18). Everything else is what CI runs on the CPU anyway.
 GPU_TEST_FILES = {
     "test_cuda_backend.py",
+    "test_fp8.py",
     "test_fused_color.py",
     "test_triton_backend.py",
     "test_triton_conv3x3.py",
@@ -49,7 +50,7 @@ GPU_TEST_FILES = {
 
 # Tests of the experimental kernels (not yet defaults), run last on a GPU: a kernel that faults leaves the
 # process's CUDA context unusable, and every test after it would fail too.
-EXPERIMENTAL = ("winograd", "wgmma", "swap", "tune", "every_body_variant", "every_variant", "tensor_core_head")
+EXPERIMENTAL = ("winograd", "wgmma", "swap", "tune", "every_body_variant", "every_variant", "tensor_core_head", "fp8")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -80,26 +80,36 @@ def tf32_mode(enabled: bool):
 
 class TorchBackend:
     """The reference network (``F.conv2d``), in any float dtype the device supports; fp32 on a GPU in true fp32, not
-    PyTorch's default TF32 for convolutions."""
+    PyTorch's default TF32 for convolutions. ``float8_e4m3fn``: :func:`vdsr_fast.fp8.emulate`, the FP8 scheme's
+    arithmetic in fp32 (the reference of the Triton backend's FP8 kernels)."""
 
     name = "torch"
-    dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn)
 
     @staticmethod
     def available(device: torch.device) -> str | None:
         return None
 
     def __init__(self, model: VDSR, device: torch.device, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        if dtype == torch.float8_e4m3fn:
+            from . import fp8
+
+            self.fp8 = fp8.pack(model, device)
+            return
         # channels_last: cuDNN's fast layout for half precision, and oneDNN's on the CPU (fp32: 1.35x NCHW's speed on a
         # 2-core EPYC); oneDNN has no float64 convolution, which stays NCHW.
         fast = device.type == "cuda" or (device.type == "cpu" and dtype != torch.float64)
         self.memory_format = torch.channels_last if fast else torch.contiguous_format
         self.weights = [w.detach().to(device, dtype).contiguous(memory_format=self.memory_format) for w in model.weights]
         self.biases = [b.detach().to(device, dtype) for b in model.biases]
-        self.dtype = dtype
         self.ieee = device.type == "cuda" and dtype == torch.float32
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        if self.dtype == torch.float8_e4m3fn:
+            from .fp8 import emulate
+
+            return emulate(self.fp8, y).to(y.dtype)
         x = y.to(self.dtype).contiguous(memory_format=self.memory_format)
         with tf32_mode(False) if self.ieee else contextlib.nullcontext():
             return vdsr_forward(x, self.weights, self.biases).to(y.dtype)

@@ -24,20 +24,22 @@ import os
 
 import torch
 
+from ... import fp8 as fp8_scheme
+from ...engine import BackendUnavailable
 from ...reference import VDSR
 from .. import PingPongBuffers, resolve_device
 from .conv3x3 import (
     ConvConfig,
-    _conv3x3_kernel,
     conv3x3_bias_relu,
     conv3x3_bias_relu_tail_partials,
     conv3x3_config,
     conv3x3_head,
+    interpreted,
     pack_conv3x3_weight,
     pack_tail_partials_weight,
     swap_configs,
 )
-from .conv3x3_tma import TmaConfig, conv3x3_tma, conv3x3_tma_tail_partials, tma_config, tma_unsupported
+from .conv3x3_tma import TmaConfig, conv3x3_tma, conv3x3_tma_tail_partials, tma_candidates, tma_config, tma_unsupported
 from .tail import conv3x3_tail_residual, pack_tail_weight, tail_gather_residual
 from .winograd import WinogradConfig, conv3x3_winograd, pack_winograd_weight, winograd_config
 
@@ -133,18 +135,13 @@ def default_body_config(device: torch.device, dtype: torch.dtype, channels: int)
     against the direct kernel's 0.477 ms per 1080p layer, benchmarks/results run 6); elsewhere (older GPUs, fp32,
     the interpreter, channel counts TMA cannot take) None, i.e. the direct kernel's ``conv3x3_config`` heuristic."""
     device = torch.device(device)
-    if device.type != "cuda" or dtype == torch.float32 or _interpreted():
+    if device.type != "cuda" or dtype == torch.float32 or interpreted():
         return None
     if torch.cuda.get_device_capability(device)[0] < 9:
         return None
     cfg = tma_config(dtype)
     probe = torch.empty((1, 1, 1, channels), dtype=dtype)  # channel count and stride rules only
     return None if tma_unsupported(probe, channels, channels, cfg.block_k) else cfg
-
-
-def _interpreted() -> bool:
-    """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return type(_conv3x3_kernel).__name__ == "InterpretedFunction"
 
 
 class TritonBackend(PingPongBuffers):
@@ -180,10 +177,10 @@ class TritonBackend(PingPongBuffers):
     """
 
     name = "triton"
-    dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn)
     # What backend="auto" picks it for: in fp32 (no tensor cores) the PyTorch reference path is faster (H200, 1080p:
     # 211.5 ms here against 92.3 for cuDNN's fp32 convolutions; benchmarks/results run 10), so auto goes on to it.
-    auto_dtypes = (torch.float16, torch.bfloat16)
+    auto_dtypes = (torch.float16, torch.bfloat16, torch.float8_e4m3fn)
 
     @staticmethod
     def available(device: torch.device) -> str | None:
@@ -191,11 +188,11 @@ class TritonBackend(PingPongBuffers):
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 return "CUDA is not available"
-            if _interpreted():
+            if interpreted():
                 return "triton was imported with TRITON_INTERPRET=1 (CPU interpreter), not for the GPU"
             return None
         if device.type == "cpu":
-            if os.environ.get("TRITON_INTERPRET") == "1" and _interpreted():
+            if os.environ.get("TRITON_INTERPRET") == "1" and interpreted():
                 return None
             return "Triton kernels need a CUDA device; on the CPU they run only in Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported), which is for tests"
         return f"Triton backend does not run on device type {device.type!r}"
@@ -203,7 +200,9 @@ class TritonBackend(PingPongBuffers):
     @staticmethod
     def tuning_candidates(model: VDSR, device: torch.device, dtype: torch.dtype) -> list[tuple[str, dict]]:
         """The Winograd, SWAP (channels as the GEMM's M) and TMA bodies and the unfused tail beside the defaults
-        (``Engine(tune=True)`` times them)."""
+        (``Engine(tune=True)`` times them); for float8_e4m3fn, the other TMA tiles."""
+        if dtype == torch.float8_e4m3fn:
+            return [(f"TMA body {c}", {"body_config": c}) for c in tma_candidates(dtype)[1:]]
         cfg = winograd_config(model.channels, model.channels, dtype)
         swap, tma = swap_configs(dtype)[0], tma_config(dtype)
         if default_body_config(device, dtype, model.channels) is None:
@@ -229,7 +228,18 @@ class TritonBackend(PingPongBuffers):
     ) -> None:
         device = resolve_device(device)
         if dtype not in self.dtypes:
-            raise ValueError(f"TritonBackend: unsupported storage dtype {dtype}; expected fp16, bf16 or fp32")
+            raise ValueError(f"TritonBackend: unsupported storage dtype {dtype}; expected fp16, bf16, fp32 or float8_e4m3fn")
+        self.fp8 = dtype == torch.float8_e4m3fn
+        if self.fp8:
+            if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+                name = torch.cuda.get_device_name(device)
+                raise BackendUnavailable(f"TritonBackend: float8_e4m3fn needs 8-bit tensor cores (compute capability 8.9+: "
+                                         f"Ada, Hopper or newer); {name} is {torch.cuda.get_device_capability(device)}")  # fmt: skip
+            if body_config is not None and not isinstance(body_config, TmaConfig):
+                raise ValueError(f"TritonBackend: float8_e4m3fn runs the TMA body only, got body_config={body_config}")
+            if not fuse_tail:
+                raise ValueError("TritonBackend: float8_e4m3fn needs fuse_tail=True (the tail reads the last activation in fp16)")
+            body_config = body_config or tma_config(dtype)
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"TritonBackend: cuda_graphs=True needs a CUDA device, got {device}")
         ws, bs = [w.detach().to(device) for w in model.weights], [b.detach().to(device) for b in model.biases]
@@ -247,7 +257,14 @@ class TritonBackend(PingPongBuffers):
             body_config = default_body_config(device, dtype, c)
         self.body_config = body_config
         fp32 = torch.float32
-        self.w_head = pack_conv3x3_weight(ws[0], dtype)
+        # FP8 (vdsr_fast.fp8): an fp32 head divided by the first scale, e4m3 body weights, per-layer epilogue vectors
+        # (the biases are then the betas), fp16 tail weights; the engine's buffers hold e4m3 activations.
+        q = fp8_scheme.pack(model, device) if self.fp8 else None
+        if q is not None:
+            ws = [q.head_w, *q.body_w, ws[-1]]
+            bs = [q.head_b, *q.beta, bs[-1]]
+        self.alpha = q.alpha if q is not None else [None] * (len(ws) - 2)
+        self.w_head = pack_conv3x3_weight(ws[0], fp32 if self.fp8 else dtype)
         self.b_head = bs[0].to(fp32).contiguous()
         self.winograd = isinstance(body_config, WinogradConfig)
         self.tma = isinstance(body_config, TmaConfig)
@@ -258,14 +275,15 @@ class TritonBackend(PingPongBuffers):
         pack = pack_winograd_weight if self.winograd else pack_conv3x3_weight
         self.w_body = [pack(w, dtype) for w in ws[1:-1]]
         self.b_body = [b.to(fp32).contiguous() for b in bs[1:-1]]
-        self.w_tail = pack_tail_weight(ws[-1], dtype)
+        self.w_tail = pack_tail_weight(ws[-1], dtype) if not self.fp8 else None  # FP8: the tail is always fused
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
-        self._packed = [self.w_head, self.b_head, *self.w_body, *self.b_body, self.w_tail, self.b_tail]
+        self._packed = [self.w_head, self.b_head, *self.w_body, *self.b_body, self.b_tail]
+        self._packed += [t for t in (self.w_tail, *self.alpha) if t is not None]
         # The fused tail: the last body layer in the direct kernel's packing, the tail as (C, 16) columns.
         self.fuse_tail = bool(fuse_tail) and len(ws) > 2
         if self.fuse_tail:
             self.w_last = pack_conv3x3_weight(ws[-2], dtype)
-            self.w_tail16 = pack_tail_partials_weight(ws[-1], dtype)
+            self.w_tail16 = pack_tail_partials_weight(ws[-1], torch.float16 if self.fp8 else dtype)
             # the partial sums need every channel in one program: a TMA body's last layer is its TAIL kernel, a
             # direct config holding all channels without share_row is kept, other configs take the default tile
             usable = isinstance(body_config, ConvConfig) and not body_config.share_row and body_config.block_n >= c
@@ -286,11 +304,12 @@ class TritonBackend(PingPongBuffers):
 
     def _forward(self, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         a, b = self.buffers(y.shape[0], y.shape[2], y.shape[3])
-        conv3x3_head(y, self.w_head, self.b_head, out=a)
+        conv3x3_head(y, self.w_head, self.b_head, out=a, out_dtype=self.dtype)
         body = conv3x3_winograd if self.winograd else conv3x3_tma if self.tma else conv3x3_bias_relu
-        layers = list(zip(self.w_body, self.b_body, strict=True))
-        for w, bias in layers[:-1] if self.fuse_tail else layers:
-            body(a, w, bias, out=b, config=self.body_config)
+        scales = [{"alpha": s} if s is not None else {} for s in self.alpha]  # FP8's epilogue vectors
+        layers = list(zip(self.w_body, self.b_body, scales, strict=True))
+        for w, bias, scale in layers[:-1] if self.fuse_tail else layers:
+            body(a, w, bias, out=b, config=self.body_config, **scale)
             a, b = b, a
         if not self.fuse_tail:
             return conv3x3_tail_residual(a, self.w_tail, self.b_tail, y, out, clamp=self.clamp)
@@ -301,11 +320,14 @@ class TritonBackend(PingPongBuffers):
         if b.numel() * b.element_size() >= pixels * 9 * 4:
             z = b.view(-1)[: pixels * 9 * 4 // b.element_size()].view(torch.float32).view(pixels, 9)
         last = conv3x3_tma_tail_partials if self.tma else conv3x3_bias_relu_tail_partials
-        z = last(a, self.w_last, self.b_body[-1], self.w_tail16, z, config=self.last_config)
+        z = last(a, self.w_last, self.b_body[-1], self.w_tail16, z, config=self.last_config, **scales[-1])
         return tail_gather_residual(z, self.b_tail, y, out, clamp=self.clamp)
 
     def forward_ops(self, y: torch.Tensor) -> torch.Tensor:
         """The same network through the ``torch.ops.vdsr_fast`` custom ops (what torch.compile traces)."""
+        if self.fp8:
+            raise NotImplementedError("TritonBackend: float8_e4m3fn has no torch.compile path; call the engine "
+                                      "eagerly (cuda_graphs=True removes the launch overhead instead)")  # fmt: skip
         ops = torch.ops.vdsr_fast
         h = ops.triton_conv3x3_head(y, self.w_head, self.b_head)
         body = ops.triton_conv3x3_bias_relu

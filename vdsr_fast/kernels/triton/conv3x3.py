@@ -37,6 +37,21 @@ __all__ = [
 ]
 
 STORAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8 = torch.float8_e4m3fn  # the FP8 engine's body storage (vdsr_fast.fp8): the TMA kernel only (conv3x3_tma)
+
+
+@triton.jit
+def e4m3_epilogue(acc, EXACT: tl.constexpr):
+    """A non-negative fp32 tile for an e4m3 store: saturated at 448 and, with ``EXACT`` (Triton's CPU interpreter,
+    whose fp32 -> fp8 cast is not round-to-nearest), rounded to the nearest e4m3 value (ties to even) in fp32 first,
+    so the cast is exact. On a GPU the cast itself rounds that way (``cvt.rn.satfinite``)."""
+    acc = tl.minimum(acc, 448.0)
+    if EXACT:
+        bits = acc.to(tl.uint32, bitcast=True)
+        normal = ((bits + (0x7FFFF + ((bits >> 20) & 1))) & 0xFFF00000).to(tl.float32, bitcast=True)  # 3 mantissa bits
+        sub = (acc + 16384.0) - 16384.0  # below 2**-6: multiples of 2**-9 (the fp32 ulp at 2**14)
+        acc = tl.where(acc >= 0.015625, normal, sub)
+    return acc
 
 
 @triton.jit
@@ -86,6 +101,7 @@ def _conv3x3_kernel(
     # z[p, t] = sum_co act[p, co] * tw[co, t] (act rounded to the storage dtype, as stored otherwise)
     SWAP: tl.constexpr,  # body, experimental: the GEMM turned around, channels as its M and the BLOCK_M
     # pixels as its N (acc^T = W @ X^T), so the pixel tile is the wide side of the tensor-core instruction
+    EXACT_E4M3: tl.constexpr,  # an e4m3 output (the FP8 head) is rounded in fp32 first (the CPU interpreter)
 ):
     """out[n, h, w, co] = act(b[co] + sum_{kh, kw, ci} x[n, h + kh - 1, w + kw - 1, ci] * w[co, ci, kh, kw]).
 
@@ -216,9 +232,16 @@ def _conv3x3_kernel(
         pix = (img.to(tl.int64) * H + oh) * W + ow
         tl.store(z_ptr + pix[:, None] * 9 + offs_t[None, :], z, mask=m_ok[:, None] & (offs_t < 9)[None, :])
     else:
+        if out_ptr.dtype.element_ty == tl.float8e4nv:  # the FP8 engine's head (weights pre-divided by the scale)
+            acc = e4m3_epilogue(acc, EXACT_E4M3)
         o_pix = img.to(tl.int64) * stride_on + oh * stride_oh + ow * stride_ow
         out_ptrs = out_ptr + o_pix[:, None] + offs_n[None, :]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def interpreted() -> bool:
+    """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return type(_conv3x3_kernel).__name__ == "InterpretedFunction"
 
 
 @dataclass(frozen=True)
@@ -316,8 +339,8 @@ def _check_common(name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) 
             raise ValueError(f"{name}: {what} is on {t.device} but the input is on {x.device}")
     if w.dim() != 2 or not w.is_contiguous():
         raise ValueError(f"{name}: expected packed (C_OUT, 9*C_IN) contiguous weights, got {tuple(w.shape)}")
-    if w.dtype not in STORAGE_DTYPES:
-        raise TypeError(f"{name}: weight dtype {w.dtype} is not a storage dtype (fp16, bf16, fp32)")
+    if w.dtype not in (*STORAGE_DTYPES, FP8):
+        raise TypeError(f"{name}: weight dtype {w.dtype} is not a storage dtype (fp16, bf16, fp32, float8_e4m3fn)")
     if b.shape != (w.shape[0],) or b.dtype != torch.float32 or not b.is_contiguous():
         raise ValueError(
             f"{name}: expected a contiguous fp32 bias of shape ({w.shape[0]},), got {b.dtype} {tuple(b.shape)}"
@@ -338,6 +361,8 @@ def _check_body(name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) ->
         )
     if x.dtype != w.dtype:
         raise TypeError(f"{name}: activations are {x.dtype} but weights are {w.dtype}")
+    if x.dtype == FP8 and "tma" not in name:
+        raise TypeError(f"{name}: float8_e4m3fn body layers run on conv3x3_tma (its epilogue applies the 8-bit scales)")
     return n, h, w_, c_in, c_out
 
 
@@ -384,7 +409,7 @@ def _launch(x, strides, w, b, out, n, h, w_, c_in, c_out, head, relu, config, ta
         C_IN=c_in, C_OUT=c_out, HEAD=head, RELU=relu,
         DOT_PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SHARE_ROW=share_row,
-        TILE_W=config.tile_w, TAIL=tail is not None, SWAP=config.swap and not head,
+        TILE_W=config.tile_w, TAIL=tail is not None, SWAP=config.swap and not head, EXACT_E4M3=interpreted(),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out if tail is None else z
@@ -460,8 +485,9 @@ def _check_tail_partials(name, x, w, b, tw, z):
     """A TAIL launch's inputs (a body layer's, the (C_OUT, 16) tail weights, ``z`` checked or allocated as
     fp32 (N * H * W, 9)); returns (N, H, W, C_IN, C_OUT, z)."""
     n, h, w_, c_in, c_out = _check_body(name, x, w, b)
-    if tw.shape != (c_out, 16) or tw.dtype != w.dtype or not tw.is_contiguous() or tw.device != x.device:
-        raise ValueError(f"{name}: expected contiguous tail weights ({c_out}, 16) {w.dtype}, got {tw.dtype} {tuple(tw.shape)}")
+    t_dtype = torch.float16 if w.dtype == FP8 else w.dtype  # FP8: the last activation is rounded to fp16
+    if tw.shape != (c_out, 16) or tw.dtype != t_dtype or not tw.is_contiguous() or tw.device != x.device:
+        raise ValueError(f"{name}: expected contiguous tail weights ({c_out}, 16) {t_dtype}, got {tw.dtype} {tuple(tw.shape)}")
     _check_size(name, n, h, w_, max(c_in, c_out))
     if z is None:
         z = torch.empty((n * h * w_, 9), device=x.device, dtype=torch.float32)
@@ -477,15 +503,18 @@ def conv3x3_head(
     out: torch.Tensor | None = None,
     *,
     config: ConvConfig | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Head layer: ``relu(conv3x3(y, w) + b)`` from the Y plane straight to NHWC activations.
 
     Args:
         y: the Y plane, (N, 1, H, W) or (N, H, W), any float dtype and strides (cast to fp32 in-kernel).
-        w: packed weights (C_OUT, 9) from :func:`pack_conv3x3_weight`; their dtype is the output's.
+        w: packed weights (C_OUT, 9) from :func:`pack_conv3x3_weight`.
         b: fp32 bias (C_OUT,).
         out: optional (N, H, W, C_OUT) output with channel stride 1; allocated if None.
         config: block sizes; default :func:`conv3x3_config` with ``head=True``.
+        out_dtype: the output's dtype, default ``w``'s; ``torch.float8_e4m3fn`` (the FP8 engine, fp32 weights
+            divided by the activation scale) rounds to nearest e4m3, saturating at 448.
     """
     name = "conv3x3_head"
     _check_common(name, y, w, b)
@@ -499,6 +528,9 @@ def conv3x3_head(
         raise ValueError(f"{name}: expected head weights (C_OUT, 9), got {tuple(w.shape)}")
     n, h, w_ = y.shape
     c_out = w.shape[0]
-    out = _nhwc_output(name, y, out, n, h, w_, c_out, w.dtype, c_out)
+    out_dtype = out_dtype or w.dtype
+    if out_dtype not in (*STORAGE_DTYPES, FP8):
+        raise TypeError(f"{name}: out_dtype {out_dtype} is not a storage dtype (fp16, bf16, fp32, float8_e4m3fn)")
+    out = _nhwc_output(name, y, out, n, h, w_, c_out, out_dtype, c_out)
     config = config or conv3x3_config(1, c_out, w.dtype, head=True)
     return _launch(y, (*y.stride(), 0), w, b, out, n, h, w_, 1, c_out, True, True, config)

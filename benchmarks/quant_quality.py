@@ -1,0 +1,84 @@
+"""What the opt-in FP8 engine (``dtype=torch.float8_e4m3fn``, :mod:`vdsr_fast.fp8`) costs in quality: the paper
+protocol's PSNR/SSIM (as ``vdsr-fast eval``) of its arithmetic against fp32's, and how far its 8-bit outputs are
+from fp32's, per set and scale.
+
+    python benchmarks/quant_quality.py [--sets Set5 Set14 BSD100] [--weights W] [--out results.md]
+
+The FP8 side runs the scheme's PyTorch emulation (``Engine(backend="torch", dtype=torch.float8_e4m3fn)``), which
+the Triton FP8 kernels are tested against (tests/test_fp8.py: equal but for rare one-step rounding differences),
+so this needs no GPU: ~1 minute for Set5 on a 2-core CPU, ~25 for BSD100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import vdsr_fast  # noqa: E402
+from vdsr_fast.api import SCALES  # noqa: E402
+from vdsr_fast.engine import Engine  # noqa: E402
+from vdsr_fast.evaluate import evaluate  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+class _Recorder:
+    """An engine wrapper for ``evaluate`` that keeps each output (to compare the two engines pixel by pixel)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.device, self.outputs = engine, engine.device, []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.engine(x)
+        self.outputs.append((out.clamp(0, 1) * 255).round())
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sets", nargs="+", default=["Set5", "Set14"], help="eval set names under ../shared/data/eval, or folders")
+    p.add_argument("--weights", help="weights (default: the shipped ones)")
+    p.add_argument("--out", help="also write the table, with the date, versions and commit, to this markdown file")
+    args = p.parse_args(argv)
+    sets = [Path(s) if Path(s).is_dir() else DATA / "eval" / s for s in args.sets]
+    if missing := [str(s) for s in sets if not s.is_dir()]:
+        print(f"quant_quality: not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    model = vdsr_fast.load(args.weights)
+    lines = ["| set | scale | fp32 PSNR | fp8 Δ PSNR (dB) | fp32 SSIM | fp8 Δ SSIM | 8-bit Y: max levels apart | pixels > 1 level apart |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    print("\n".join(lines), flush=True)
+    for folder in sets:
+        for s in SCALES:
+            ref = _Recorder(Engine(model, backend="torch", dtype=torch.float32, device="cpu"))
+            q8 = _Recorder(Engine(model, backend="torch", dtype=torch.float8_e4m3fn, device="cpu"))
+            a, b = evaluate(folder, s, ref), evaluate(folder, s, q8)
+            diffs = [(x - y).abs() for x, y in zip(ref.outputs, q8.outputs, strict=True)]
+            worst = max(d.max().item() for d in diffs)
+            over = sum(int((d > 1).sum()) for d in diffs) / sum(d.numel() for d in diffs)
+            lines.append(f"| {folder.name} | x{s} | {a.mean('psnr'):.3f} | {b.mean('psnr') - a.mean('psnr'):+.3f} | "
+                         f"{a.mean('ssim'):.4f} | {b.mean('ssim') - a.mean('ssim'):+.4f} | {worst:.0f} | {100 * over:.2f}% |")  # fmt: skip
+            print(lines[-1], flush=True)
+    if args.out:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        head = (f"# The FP8 engine's quality cost\n\n`python benchmarks/quant_quality.py --sets {' '.join(args.sets)}`, "
+                f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}, {platform.machine()} CPU, torch "
+                f"{torch.__version__}, commit {commit}, weights {args.weights or 'shipped'}. Paper protocol (Y, MATLAB bicubic, "
+                "shave = scale); Δ = the FP8 scheme (PyTorch emulation) minus fp32, means over each set; the last two "
+                "columns compare the two outputs rounded to 8 bits.\n")
+        Path(args.out).write_text(head + "\n" + "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
