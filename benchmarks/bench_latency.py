@@ -480,6 +480,8 @@ def _engine(backend: str, dtype: torch.dtype, body: str = ""):
         from vdsr_fast.engine import Engine
 
         if not body:
+            if dtype == torch.float8_e4m3fn and (why := broken(backend, {"dtype": dtype})):  # opt-in, a canary of its own
+                raise RuntimeError(why)
             return Engine(model, backend=backend, dtype=dtype, device=device), ""
         opts = alternative_opts(body, dtype, model)
         if why := broken(backend, opts):

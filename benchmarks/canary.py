@@ -39,17 +39,22 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
     "triton-swap": ("triton", {"body_config": "swap"}),  # channels as the GEMM's M (conv3x3.swap_configs)
     "triton-tma": ("triton", {"body_config": "tma"}),  # tensor-descriptor tiles (conv3x3_tma.tma_config)
+    "triton-fp8": ("triton", {"dtype": "fp8"}),  # the opt-in FP8 engine (vdsr_fast.fp8), its default kernels
 }
 
 
 def name_of(backend: str, opts: dict) -> str | None:
     """The canary name of an engine configuration (None for a default one)."""
+    import torch
+
     from vdsr_fast.kernels.triton.conv3x3_tma import TmaConfig
     from vdsr_fast.kernels.triton.winograd import WinogradConfig
 
     def short(v):
         if isinstance(v, (WinogradConfig, TmaConfig)):
             return "winograd" if isinstance(v, WinogradConfig) else "tma"
+        if v == torch.float8_e4m3fn:
+            return "fp8"
         return "swap" if getattr(v, "swap", False) else v
 
     norm = {k: short(v) for k, v in opts.items()}
@@ -81,7 +86,13 @@ def run_one(name: str) -> None:
     y = torch.rand(2, 1, 37, 53, device="cuda")
     ref = vdsr_forward(y.double(), [w.double() for w in model.weights], [b.double() for b in model.biases])
     bound = 1e-2 + 0.05 * (ref - y.double()).abs().max().item()  # the engine's self-check bound
-    for dtype in (torch.float16, torch.bfloat16):  # the benchmark times both
+    dtypes = (torch.float16, torch.bfloat16)  # the benchmark times both
+    if opts.get("dtype") == "fp8":  # and the FP8 scheme's own error (as the self-check)
+        from vdsr_fast import fp8
+
+        dtypes, opts = (torch.float8_e4m3fn,), {}
+        bound += 2 * (fp8.emulate(fp8.pack(model, "cuda"), y).double() - ref).abs().max().item()
+    for dtype in dtypes:
         if "body_config" in opts:
             kind = OPTIONS[name][1]["body_config"]
             cfg = {"swap": swap_configs(dtype)[0], "tma": tma_config(dtype)}.get(kind) or winograd_config(64, 64, dtype)

@@ -176,11 +176,36 @@ def main(argv: list[str] | None = None) -> int:
         add("body", name + (" (default)" if cfg == tma_default else ""),
             lambda: ttma.conv3x3_tma(x_nhwc, wt, b, out, config=cfg), fl, out=out, check=check)  # fmt: skip
 
+    # the opt-in FP8 body (vdsr_fast.fp8): e4m3 activations and weights with the scheme's scales, checked against the
+    # fp32 layer (8-bit inputs: within 10% of its largest value); 8-bit tensor cores need compute capability 8.9+
+    fp8 = torch.float8_e4m3fn
+    fp8_default = ttma.tma_config(fp8)
+    if torch.cuda.get_device_capability(dev) >= (8, 9) and not broken("triton", {"dtype": fp8}):
+        s_in, s_out = 1 / 448, 2 * float(ref.abs().max()) / 448
+        sw = w.abs().amax(dim=(1, 2, 3)) / 448
+        x8 = (x_nhwc.float() / s_in).to(fp8)
+        w8 = tconv.pack_conv3x3_weight((w / sw[:, None, None, None]).to(fp8), fp8)
+        alpha8, beta8 = (s_in * sw / s_out).contiguous(), (b / s_out).contiguous()
+        out8 = torch.empty(n, ht, wd, C, device=dev, dtype=fp8)
+
+        def check8(o):
+            err = float((o.float() * s_out - ref).abs().max())
+            assert err <= 0.1 * float(ref.abs().max()), f"max error {err:.3g}: not timed"
+
+        def triton_tma_fp8(cfg):
+            name = f"triton tma fp8 {cfg.tile_h}x{cfg.tile_w} K{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}" + (" swap" if cfg.swap else "")
+            add("body", name + (" (default)" if cfg == fp8_default else ""),
+                lambda: ttma.conv3x3_tma(x8, w8, beta8, out8, config=cfg, alpha=alpha8), fl, out=out8, check=check8)  # fmt: skip
+    else:
+        triton_tma_fp8 = None
+
     triton_direct(default)
     if swap_ok:
         triton_direct(swap_default)
     if tma_ok:
         triton_tma(tma_default)
+    if triton_tma_fp8 is not None:
+        triton_tma_fp8(fp8_default)
     if wino_ok:
         triton_winograd(wino_default)
 
@@ -279,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in ttma.tma_candidates(dt) if tma_ok else ():
         if cfg != tma_default:
             triton_tma(cfg)
+    for cfg in ttma.tma_candidates(fp8) if triton_tma_fp8 is not None else ():
+        if cfg != fp8_default:
+            triton_tma_fp8(cfg)
     for cfg in tconv.body_config_candidates(dt):
         if cfg not in (default, swap_default) and not (cfg.swap and not swap_ok):
             triton_direct(cfg)
@@ -287,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     best = {}
     for r in rows:
         if r["layer"] == "body" and r["ms"] is not None:
-            key = " ".join(r["path"].split()[: 2 if "winograd" in r["path"] else 1])
+            key = " ".join(r["path"].split()[: 2 if "winograd" in r["path"] else 1]) + (" fp8" if " fp8 " in r["path"] else "")
             if key not in best or r["ms"] < best[key]["ms"]:
                 best[key] = r
     data = {

@@ -39,7 +39,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import JITFunction, MockTensor, create_function_from_signature  # noqa: E402
 
-from vdsr_fast import VDSR, tiling  # noqa: E402
+from vdsr_fast import VDSR, fp8, tiling  # noqa: E402
 from vdsr_fast.kernels.triton import color, conv3x3, conv3x3_tma, tail, winograd  # noqa: E402
 
 SHAPES = {"aligned": (2, 32, 48), "odd": (1, 37, 53)}  # (N, H, W) of the Y plane
@@ -62,6 +62,7 @@ class Compiled:
     ld_v4: bool  # 16-byte global loads (the NHWC activations, when Triton proves the alignment)
     st_v4: bool  # 16-byte global stores (the NHWC output)
     fp32_fma: bool  # fma.rn.f32 in the PTX (the colour kernels must have none: enable_fp_fusion=False)
+    e4m3_mma: bool = False  # a tensor-core instruction on e4m3 operands (the FP8 body), not an upcast to 16 bits
 
 
 def _capture(dtype: torch.dtype, shape: tuple[int, int, int], body_configs=(None,)) -> list[tuple[JITFunction, tuple, dict]]:
@@ -78,6 +79,17 @@ def _capture(dtype: torch.dtype, shape: tuple[int, int, int], body_configs=(None
     y = torch.rand(n, 1, h, w)
     JITFunction.run = record
     try:
+        if dtype == torch.float8_e4m3fn:  # the FP8 engine's launches (vdsr_fast.fp8): fp32 head, TMA body, fused tail
+            q = fp8.pack(model)
+            a = conv3x3.conv3x3_head(y, conv3x3.pack_conv3x3_weight(q.head_w, torch.float32), q.head_b, out_dtype=dtype)
+            w1 = conv3x3.pack_conv3x3_weight(q.body_w[0], dtype)
+            for config in body_configs:
+                cfg = config if isinstance(config, conv3x3_tma.TmaConfig) else None
+                conv3x3_tma.conv3x3_tma(a, w1, q.beta[0], config=cfg, alpha=q.alpha[0])
+            tw = conv3x3.pack_tail_partials_weight(model.layers[2].weight, torch.float16)
+            z = conv3x3_tma.conv3x3_tma_tail_partials(a, w1, q.beta[0], tw, alpha=q.alpha[0])
+            tail.tail_gather_residual(z, model.layers[2].bias.float().reshape(1), y)
+            return launches
         a = conv3x3.conv3x3_head(y, conv3x3.pack_conv3x3_weight(model.layers[0].weight, dtype), model.layers[0].bias.float())
         w1, b1 = model.layers[1].weight, model.layers[1].bias.float()
         for config in body_configs:
@@ -143,7 +155,9 @@ def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, to
     rows = []
     for dtype in dtypes:
         body = [None]
-        if candidates:
+        if candidates and dtype == torch.float8_e4m3fn:  # the TMA body only
+            body += conv3x3_tma.tma_candidates(dtype)[1:]
+        elif candidates:
             body += [*conv3x3.body_config_candidates(dtype)[1:], *winograd.winograd_candidates(dtype),
                      *conv3x3_tma.tma_candidates(dtype)]
         for shape_name in shapes:
@@ -152,6 +166,8 @@ def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, to
                 config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k.startswith(("BLOCK", "num_", "SHARE", "TILE", "SWAP")))
                 name = fn.fn.__name__ + ("(head)" if kwargs.get("HEAD") else "(tail)" if kwargs.get("TAIL") else "")
                 for cap in capabilities:
+                    if dtype == torch.float8_e4m3fn and cap < 89:  # no 8-bit tensor cores: the engine refuses it there
+                        continue
                     k = compile_launch(fn, args, kwargs, cap)
                     ptx = k.asm["ptx"]
                     arch = re.search(r"\.target (sm_\w+)", ptx).group(1)
@@ -160,6 +176,7 @@ def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, to
                         name, arch, shape_name, str(dtype).replace("torch.", ""), config, k.metadata.shared, regs, spills,
                         "wgmma" in ptx, "mma.sync" in ptx, "cp.async" in ptx, "cp.async.bulk.tensor" in ptx,
                         "ld.global.v4" in ptx, "st.global.v4" in ptx, "fma.rn.f32" in ptx,
+                        re.search(r"(wgmma\.mma_async|mma\.sync)\S*\.e4m3\.e4m3", ptx) is not None,
                     ))  # fmt: skip
     return rows
 
@@ -168,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="triton_aot", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--targets", default="80,90", help="compute capabilities, e.g. 80,90")
-    p.add_argument("--dtypes", default="float16,bfloat16,float32")
+    p.add_argument("--dtypes", default="float16,bfloat16,float32", help="torch dtype names; float8_e4m3fn: the FP8 engine (sm_89+ only)")
     p.add_argument("--candidates", action="store_true", help="also every body config the GPU benchmark sweeps")
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"frame shapes, from {', '.join(SHAPES)}")
     args = p.parse_args(argv)

@@ -120,3 +120,23 @@ def test_every_winograd_candidate_compiles_for_hopper(candidate_rows):
         assert r["shared_bytes"] <= 227 * 1024 and (r["wgmma"] or r["mma_sync"]), r
     default = [r for r in rows if r["config"].startswith("BLOCK_T=64, BLOCK_N=64, BLOCK_K=64, TILE_TW=0, num_warps=8, num_stages=2")]
     assert default and default[0]["wgmma"] and default[0]["cp_async"] and default[0]["spill_bytes"] == 0, default
+
+
+@pytest.fixture(scope="module")
+def fp8_rows(tmp_path_factory):
+    """The opt-in FP8 engine's launches (vdsr_fast.fp8) and every TMA tile its benchmark sweeps, for sm_90a."""
+    return _compile(tmp_path_factory, "--candidates", "--dtypes", "float8_e4m3fn", "--targets", "90")
+
+
+def test_fp8_body_runs_on_8bit_wgmma(fp8_rows):
+    """The FP8 body (and its fused-tail layer) compile to wgmma on e4m3 operands fed by TMA (an upcast to 16 bits
+    would forfeit the 2x), within Hopper's shared memory, without spills, in every swept tile."""
+    kernels = {(r["kernel"], r["shape"]) for r in fp8_rows}
+    for shape in ("aligned", "odd"):
+        for kernel in ("_conv3x3_kernel(head)", "_conv3x3_tma_kernel", "_conv3x3_tma_kernel(tail)", "_tail_gather_kernel"):
+            assert (kernel, shape) in kernels
+    body = [r for r in fp8_rows if r["kernel"].startswith("_conv3x3_tma_kernel")]
+    assert len({r["config"] for r in body}) >= 8
+    for r in body:
+        assert r["e4m3_mma"] and r["wgmma"] and r["tma"], r
+        assert r["shared_bytes"] <= 227 * 1024 and r["spill_bytes"] == 0, r

@@ -150,7 +150,9 @@ class TritonBackend(PingPongBuffers):
     Args:
         model: the :class:`~vdsr_fast.reference.VDSR` to pack.
         device: a CUDA device (or the CPU under ``TRITON_INTERPRET=1``, for tests).
-        dtype: activation and weight storage dtype (fp16, bf16 or fp32); accumulation is fp32.
+        dtype: activation and weight storage dtype (fp16, bf16 or fp32); accumulation is fp32. ``float8_e4m3fn``:
+            the opt-in FP8 scheme of :mod:`vdsr_fast.fp8` (compute capability 8.9+; the TMA body with its fused
+            tail, fp32 head and tail; no torch.compile path).
         clamp: clamp the output Y to [0, 1] inside the tail kernel (the reference does not clamp).
         cuda_graphs: capture one CUDA graph per input shape and dtype and replay it (CUDA only).
         max_cached_shapes: how many input shapes keep a captured CUDA graph, LRU (the activation
