@@ -347,9 +347,9 @@ def _check_common(name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) 
         )
 
 
-def _check_body(name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[int, int, int, int, int]:
+def _check_body(name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, fp8: bool = False) -> tuple[int, int, int, int, int]:
     """A body layer's inputs (NHWC activations, packed (C_OUT, 9*C_IN) weights, bias) checked against each
-    other; returns (N, H, W, C_IN, C_OUT)."""
+    other; returns (N, H, W, C_IN, C_OUT). ``fp8``: the launcher takes float8_e4m3fn layers (conv3x3_tma)."""
     _check_common(name, x, w, b)
     if x.dim() != 4:
         raise ValueError(f"{name}: expected NHWC activations (N, H, W, C), got shape {tuple(x.shape)}")
@@ -361,7 +361,7 @@ def _check_body(name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) ->
         )
     if x.dtype != w.dtype:
         raise TypeError(f"{name}: activations are {x.dtype} but weights are {w.dtype}")
-    if x.dtype == FP8 and "tma" not in name:
+    if x.dtype == FP8 and not fp8:
         raise TypeError(f"{name}: float8_e4m3fn body layers run on conv3x3_tma (its epilogue applies the 8-bit scales)")
     return n, h, w_, c_in, c_out
 
@@ -481,10 +481,10 @@ def conv3x3_bias_relu_tail_partials(
     return _launch(x, x.stride(), w, b, None, n, h, w_, c_in, c_out, False, True, config, tail=(tw, z))
 
 
-def _check_tail_partials(name, x, w, b, tw, z):
+def _check_tail_partials(name, x, w, b, tw, z, fp8=False):
     """A TAIL launch's inputs (a body layer's, the (C_OUT, 16) tail weights, ``z`` checked or allocated as
-    fp32 (N * H * W, 9)); returns (N, H, W, C_IN, C_OUT, z)."""
-    n, h, w_, c_in, c_out = _check_body(name, x, w, b)
+    fp32 (N * H * W, 9)); returns (N, H, W, C_IN, C_OUT, z). ``fp8``: the launcher takes float8_e4m3fn layers."""
+    n, h, w_, c_in, c_out = _check_body(name, x, w, b, fp8)
     t_dtype = torch.float16 if w.dtype == FP8 else w.dtype  # FP8: the last activation is rounded to fp16
     if tw.shape != (c_out, 16) or tw.dtype != t_dtype or not tw.is_contiguous() or tw.device != x.device:
         raise ValueError(f"{name}: expected contiguous tail weights ({c_out}, 16) {t_dtype}, got {tw.dtype} {tuple(tw.shape)}")

@@ -195,7 +195,7 @@ def conv3x3_tma(
             :mod:`vdsr_fast.fp8` (``b`` is then its beta): ``e4m3(relu(acc * alpha + b))``.
     """
     name = "conv3x3_tma"
-    n, h, w_, c_in, c_out = _check_body(name, x, w, b)
+    n, h, w_, c_in, c_out = _check_body(name, x, w, b, fp8=True)
     out = _nhwc_output(name, x, out, n, h, w_, c_out, x.dtype, max(c_in, c_out))
     return _launch(name, x, w, b, out, None, config, alpha)
 
@@ -221,7 +221,7 @@ def conv3x3_tma_tail_partials(
             (fp16 for float8_e4m3fn ``x``).
         z: optional contiguous fp32 (N * H * W, 9) output; allocated if None.
     """
-    z = _check_tail_partials("conv3x3_tma_tail_partials", x, w, b, tw, z)[-1]
+    z = _check_tail_partials("conv3x3_tma_tail_partials", x, w, b, tw, z, fp8=True)[-1]
     return _launch("conv3x3_tma_tail_partials", x, w, b, None, (tw, z), config, alpha)
 
 
