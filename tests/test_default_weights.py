@@ -57,10 +57,13 @@ def test_shipped_weights_score_as_readme_says_on_set5(set5_reference):
 # Quality through the fast backends (GPU). The error measure is the largest per-image PSNR difference from the fp32
 # reference on the CPU; each fast path may have twice that of PyTorch's own convolutions in the same dtype on the
 # same GPU, plus 0.01 dB (DESIGN.md §6's rule, in dB). Measured on the CPU (2026-11-27, torch backend): fp16 storage
-# moves a Set5 image by at most 0.009 dB (mean 0.002 at x2), bf16 by at most 0.06 dB (mean 0.03 at x2).
+# moves a Set5 image by at most 0.009 dB (mean 0.002 at x2), bf16 by at most 0.06 dB (mean 0.03 at x2). The opt-in
+# FP8 engine (Triton) against its PyTorch emulation (vdsr_fast.fp8), the same rule.
+CASES = [(b, d) for b in ("cuda", "triton") for d in (torch.float16, torch.bfloat16)] + [("triton", torch.float8_e4m3fn)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize(("backend", "dtype"), CASES, ids=lambda v: str(v).replace("torch.", ""))
 def test_fast_backends_score_as_the_reference_on_set5(set5_reference, backend, dtype):
     from vdsr_fast import available_backends
 
@@ -68,6 +71,8 @@ def test_fast_backends_score_as_the_reference_on_set5(set5_reference, backend, d
         pytest.skip("needs CUDA: the fast backends' PSNR on real images")
     if (why := available_backends("cuda")[backend]) is not None:
         pytest.skip(why)
+    if dtype == torch.float8_e4m3fn and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("no 8-bit tensor cores (compute capability < 8.9)")
     folder, ref = set5_reference
     model = vdsr_fast.load()
     torch_same = Engine(model, backend="torch", dtype=dtype, device="cuda")

@@ -368,7 +368,8 @@ def info() -> dict:
         if dev.type == "cuda":
             props = torch.cuda.get_device_properties(dev)
             entry.update(name=props.name, capability=f"{props.major}.{props.minor}",
-                         memory_gib=round(props.total_memory / 2**30, 1))  # fmt: skip
+                         memory_gib=round(props.total_memory / 2**30, 1),
+                         fp8=(props.major, props.minor) >= (8, 9))  # 8-bit tensor cores: the opt-in --dtype fp8  # fmt: skip
             if entry["backends"].get("cuda") is None and "path" in out["cuda_extension"]:
                 entry["cuda_body_variant"] = load_extension().body_auto_variant(dev.index)
         out["devices"].append(entry)
@@ -394,6 +395,8 @@ def cmd_info(args) -> int:
             print(f"  {name:7s} {'available' if why is None else 'unavailable: ' + why}")
         if "cuda_body_variant" in d:
             print(f"  cuda body kernel variant: {d['cuda_body_variant']} (automatic)")
+        if "fp8" in d:
+            print("  --dtype fp8 (opt-in, Triton): " + ("8-bit tensor cores" if d["fp8"] else "no 8-bit tensor cores (compute capability < 8.9)"))
     w = r["weights"]
     keys = ("arch", "steps", "training_data", "date", "psnr_set5")
     print("default weights: " + ("; ".join(f"{k} {w[k]}" for k in keys if k in w) if "error" not in w else w["error"]))
