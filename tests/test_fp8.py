@@ -148,11 +148,12 @@ def _check_network(model, y, **options):
 
 
 @needs_triton
-@pytest.mark.parametrize("case", [(20, 3, 7, 5), (3, 1, 13, 11), (3, 1, 1, 1)], ids=lambda c: "d{}_{}x{}x{}".format(*c))
+@pytest.mark.parametrize("case", [(20, 64, 3, 7, 5), (3, 64, 1, 13, 11), (3, 64, 1, 1, 1), (4, 32, 2, 9, 6)],
+                         ids=lambda c: "d{}c{}_{}x{}x{}".format(*c))  # fmt: skip
 def test_network_fp8_matches_float64(case):
-    depth, n, h, w = case
+    depth, channels, n, h, w = case
     device = triton_device(torch.float16)
-    model = random_vdsr(depth, 64, seed=depth).to(device)
+    model = random_vdsr(depth, channels, seed=depth).to(device)
     _check_network(model, torch.rand(n, 1, h, w, device=device))
 
 
@@ -180,6 +181,8 @@ def test_fp8_backend_options():
         Engine(model, backend="triton", dtype=E4M3, device=device, fuse_tail=False)
     with pytest.raises(ValueError, match="TMA body only"):
         Engine(model, backend="triton", dtype=E4M3, device=device, body_config=ConvConfig(128, 64, 64, 4, 2))
+    with pytest.raises(ValueError, match="C_IN=16"):  # 8-bit tl.dot needs K >= 32
+        Engine(random_vdsr(3, 16), backend="triton", dtype=E4M3, device=device)
     engine = Engine(model, backend="triton", dtype=E4M3, device=device)
     with pytest.raises(NotImplementedError, match="torch.compile"):
         engine._impl.forward_ops(torch.rand(1, 1, 4, 4, device=device))

@@ -20,6 +20,7 @@ the tail is ``conv3x3_tail_residual`` (op ``triton_conv3x3_tail_residual``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -133,8 +134,12 @@ def default_body_config(device: torch.device, dtype: torch.dtype, channels: int)
     """The body kernel a backend uses when ``body_config`` is None: on a CUDA GPU with TMA (compute capability
     9.0+) in fp16/bf16 the tensor-descriptor kernel with :func:`tma_config` (timed fastest on an H200: 0.367
     against the direct kernel's 0.477 ms per 1080p layer, benchmarks/results run 6); elsewhere (older GPUs, fp32,
-    the interpreter, channel counts TMA cannot take) None, i.e. the direct kernel's ``conv3x3_config`` heuristic."""
+    the interpreter, channel counts TMA cannot take) None, i.e. the direct kernel's ``conv3x3_config`` heuristic.
+    float8_e4m3fn (the TMA body only, everywhere): :func:`tma_config`, its K step narrowed to the channels (>= 32)."""
     device = torch.device(device)
+    if dtype == torch.float8_e4m3fn:
+        cfg = tma_config(dtype)
+        return dataclasses.replace(cfg, block_k=min(cfg.block_k, max(channels, 32)))
     if device.type != "cuda" or dtype == torch.float32 or interpreted():
         return None
     if torch.cuda.get_device_capability(device)[0] < 9:
@@ -241,7 +246,6 @@ class TritonBackend(PingPongBuffers):
                 raise ValueError(f"TritonBackend: float8_e4m3fn runs the TMA body only, got body_config={body_config}")
             if not fuse_tail:
                 raise ValueError("TritonBackend: float8_e4m3fn needs fuse_tail=True (the tail reads the last activation in fp16)")
-            body_config = body_config or tma_config(dtype)
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"TritonBackend: cuda_graphs=True needs a CUDA device, got {device}")
         ws, bs = [w.detach().to(device) for w in model.weights], [b.detach().to(device) for b in model.biases]
