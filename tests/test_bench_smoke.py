@@ -278,3 +278,34 @@ def test_e2e_rows_at_another_size_and_factor(tmp_path):
     rows = json.loads(next(tmp_path.glob("*.json")).read_text())["rows"]
     e2e = [r for r in rows if r["kind"] == "e2e"]
     assert e2e and all(r["size"] == "10x8->15x12" and r["status"] == "ok" and "x1.5" in r["note"] for r in e2e)
+
+
+def test_check_rule_fp8(tiny_model):
+    """The benchmark's check of an fp8 path: PyTorch's "same precision" is the FP8 scheme's emulation."""
+    from vdsr_fast.engine import Engine
+
+    emulated = Engine(tiny_model, backend="torch", dtype=torch.float8_e4m3fn, device="cpu")
+    good = bench.check_against_reference(emulated, tiny_model, torch.device("cpu"), "fp8", torch.float32, shape=(1, 1, 9, 11))
+    assert good.passed and good.torch_err > 1e-4, good  # the emulation is itself the same-precision run: err = torch_err
+    flat = bench.check_against_reference(lambda x: x, tiny_model, torch.device("cpu"), "fp8", torch.float32, shape=(1, 1, 9, 11))
+    assert not flat.passed  # no residual at all
+
+
+def test_quant_quality_script_runs(tmp_path, tiny_model, capsys):
+    """benchmarks/quant_quality.py (README's FP8 table) on one small image with a tiny network."""
+    import numpy as np
+
+    import vdsr_fast
+    from benchmarks import quant_quality
+    from vdsr_fast.images import write_image
+
+    (tmp_path / "myset").mkdir()
+    write_image(tmp_path / "myset" / "a_HR.png", np.random.default_rng(0).integers(0, 256, (36, 40, 3)).astype(np.uint8))
+    weights = vdsr_fast.save(tiny_model, tmp_path / "tiny.safetensors")
+    argv = ["--sets", str(tmp_path / "myset"), "--weights", str(weights), "--out", str(tmp_path / "q.md")]
+    assert quant_quality.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| myset |")]
+    assert [r.split(" | ")[1] for r in rows] == ["x2", "x3", "x4"]
+    written = (tmp_path / "q.md").read_text()
+    assert written.startswith("# The FP8 engine's quality cost") and written.count("| myset | x") == 3
+    assert quant_quality.main(["--sets", str(tmp_path / "missing")]) == 2
