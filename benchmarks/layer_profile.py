@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from vdsr_fast.kernels.triton import tail as ttail
     from vdsr_fast.kernels.triton import winograd as twino
     from vdsr_fast.reference import flops_per_pixel
+    from vdsr_fast.verify import fill_nan
 
     dev = torch.device("cuda")
     dt = torch.float16 if args.dtype == "fp16" else torch.bfloat16
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         try:
             if out is not None:
-                out.fill_(float("nan"))
+                fill_nan(out)
             res = fn()
             if check is not None:
                 check(out if out is not None else res)

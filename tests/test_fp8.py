@@ -20,6 +20,7 @@ from equivalence import assert_equivalent, random_vdsr, ref64, triton_device
 import vdsr_fast
 from vdsr_fast import fp8
 from vdsr_fast.engine import Engine
+from vdsr_fast.verify import fill_nan
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -90,7 +91,7 @@ def test_tma_fp8_layer_equals_emulation(case, tile):
     if c % (config.block_k if config else 64):
         pytest.skip("channels not a multiple of block_k")
     q, wq, alpha, beta = _layer_inputs(n, h, w, c, device)
-    out = torch.full((n, h, w, c), float("nan"), device=device).to(E4M3)
+    out = fill_nan(torch.empty((n, h, w, c), device=device, dtype=E4M3))
     conv3x3_tma(q, pack_conv3x3_weight(wq, E4M3), beta, out, config=config, alpha=alpha)
     want = fp8.round_e4m3(_emulated_layer(q, wq, alpha, beta))
     got = out.float()
@@ -133,7 +134,7 @@ def test_fp8_launcher_errors():
 def _check_network(model, y, **options):
     engine = Engine(model, backend="triton", dtype=E4M3, device=y.device, **options)
     for buf in engine._impl.buffers(y.shape[0], y.shape[2], y.shape[3]):
-        buf.fill_(float("nan"))
+        fill_nan(buf)
     out = engine(y)
     with torch.no_grad():
         ref = ref64(model, y)

@@ -35,7 +35,7 @@ import torch
 from .cli import _DTYPES, CliError, _device, _model, size_arg
 from .reference import VDSR, vdsr_forward
 
-__all__ = ["ATOL", "Comparison", "compare", "ref64", "random_vdsr", "verify", "main"]
+__all__ = ["ATOL", "Comparison", "compare", "fill_nan", "ref64", "random_vdsr", "verify", "main"]
 
 ATOL = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float8_e4m3fn: 2.0**-8}
 BF16_DOT_REASON = "the Triton interpreter computes tl.dot wrongly on bf16 operands: bf16 is checked on GPU only"
@@ -102,6 +102,16 @@ class Row:
     same_err: float | None = None
 
 
+def fill_nan(t: torch.Tensor) -> torch.Tensor:
+    """Fill ``t`` with NaN in place, float8_e4m3fn too (its NaN bit pattern, 0x7F: not every torch build's ``fill_``
+    takes 8-bit floats)."""
+    if t.dtype == torch.float8_e4m3fn:
+        t.view(torch.uint8).fill_(0x7F)
+    else:
+        t.fill_(float("nan"))
+    return t
+
+
 def _poison(engine, x: torch.Tensor) -> None:
     """NaN into the engine's activation buffers for ``x``'s shape and, on a GPU, into freed allocator blocks of
     the sizes the call allocates (so a fresh output that is not fully written holds NaN)."""
@@ -109,7 +119,7 @@ def _poison(engine, x: torch.Tensor) -> None:
     if hasattr(impl, "buffers"):
         engine.reserve(*x.shape[:1], *x.shape[2:])
         for buf in impl.buffers(x.shape[0], x.shape[2], x.shape[3]):
-            buf.fill_(float("nan"))
+            fill_nan(buf)
     if x.device.type == "cuda":  # the next allocation of the output's size reuses this block
         del_me = torch.full_like(x, float("nan"))
         del del_me
