@@ -13,7 +13,9 @@ above fp32 summation-order noise (~1e-6 over 20 layers of 576-term dot products)
 or masking bug (those are O(1)).
 float8_e4m3fn (opt-in, :mod:`vdsr_fast.fp8`): PyTorch's same dtype is the FP8 scheme emulated in fp32, whose own
 error (0.01-0.15 on random inputs: 3 mantissa bits per layer) dominates the bound; 2**-8 covers a rounding flip of
-the fp16 last activation. The tests also hold the FP8 kernels to the emulation itself, layer by layer.
+the fp16 last activation. As that bound is loose, the mean error must also stay within 1.25x the emulation's +
+1e-4 (an FP8 rounding flip carries on through the network, so the fast outputs are as accurate as the emulation's,
+not equal to them). The tests also hold the FP8 kernels to the emulation itself, layer by layer.
 
 Each fast run starts from activation buffers filled with NaN (and, on a GPU, from NaN-filled allocator blocks
 of the output's size), so a pixel a kernel fails to write, or reads before it is written, shows as NaN; it is
@@ -38,6 +40,7 @@ from .reference import VDSR, vdsr_forward
 __all__ = ["ATOL", "Comparison", "compare", "fill_nan", "ref64", "random_vdsr", "verify", "main"]
 
 ATOL = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float8_e4m3fn: 2.0**-8}
+FP8_MEAN_FACTOR = 1.25  # float8_e4m3fn: mean |fast - ref64| <= this x the emulation's + 1e-4 (tests/test_fp8.py's rule)
 BF16_DOT_REASON = "the Triton interpreter computes tl.dot wrongly on bf16 operands: bf16 is checked on GPU only"
 
 
@@ -217,6 +220,10 @@ def _check(Engine, BackendUnavailable, model, backend, dtype, device, x, same, r
         return f"FAIL: {c.nonfinite} NaN/Inf outputs (pixels never written or stale memory read), first near {c.where}"
     if not c.ok:
         return f"FAIL: max error {c.err:.3g} at {c.where} > bound {c.bound:.3g}"
+    if dtype == torch.float8_e4m3fn:  # the max rule is loose there (the emulation's own error is large): the mean too
+        mean, mean_same = ((t.double().to(ref.device) - ref).abs().mean().item() for t in (outs[0], same))
+        if mean > FP8_MEAN_FACTOR * mean_same + 1e-4:
+            return f"FAIL: mean error {mean:.3g} > {FP8_MEAN_FACTOR} x the FP8 emulation's {mean_same:.3g} + 1e-4"
     if not torch.equal(outs[0], outs[1]):
         return "FAIL: a second run on NaN-poisoned buffers gave other bits (stale memory read)"
     if not torch.equal(outs[0], outs[2]):
