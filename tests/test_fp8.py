@@ -19,7 +19,7 @@ from equivalence import assert_equivalent, random_vdsr, ref64, triton_device
 
 import vdsr_fast
 from vdsr_fast import fp8
-from vdsr_fast.engine import Engine
+from vdsr_fast.engine import Engine, tf32_mode
 from vdsr_fast.verify import FP8_MEAN_FACTOR, fill_nan
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -74,7 +74,8 @@ def _layer_inputs(n, h, w, c, device, seed=0):
 
 
 def _emulated_layer(q, wq, alpha, beta):
-    acc = F.conv2d(q.float().permute(0, 3, 1, 2), wq.float(), padding=1)
+    with tf32_mode(False):  # on a GPU, PyTorch's fp32 convolutions would otherwise round their inputs to TF32
+        acc = F.conv2d(q.float().permute(0, 3, 1, 2), wq.float(), padding=1)
     return F.relu(acc * alpha[None, :, None, None] + beta[None, :, None, None]).permute(0, 2, 3, 1)
 
 
