@@ -16,7 +16,7 @@
 # Knobs (environment): PYTHON (default python3), TRAIN_MINUTES=5 (then a checkpoint and stop; the schedule follows STEPS, so a
 # run cut into calls equals the uninterrupted one), STEPS=20000, BATCH=64, PATCH=48, LR=2e-4,
 # EVAL_EVERY=2500, FIT_MINUTES=M (a new run: STEPS replaced by the steps that fit in M minutes, timed during the
-# warm-up, so the cosine anneals within the call; keep it under TRAIN_MINUTES), EMA=0.999 (evaluate and save the moving average of the weights; default off), INIT=weights to start a new run from (e.g. INIT=vdsr_fast/weights/vdsr_x234.safetensors:
+# warm-up, so the cosine anneals within the call; keep it under TRAIN_MINUTES), EMA=0.999 (evaluate and save the moving average of the weights; default off), LOSS=l1 (default mse), INIT=weights to start a new run from (e.g. INIT=vdsr_fast/weights/vdsr_x234.safetensors:
 # the shipped weights travel with the tree, so a longer schedule needs no carried checkpoint; ignored when
 # runs/gpu/last.pt exists, which is resumed).
 set -euo pipefail
@@ -36,7 +36,7 @@ set +e
 "$PY" -m vdsr_fast.train --cache carry/y291.npz --eval-set carry/Set5 --out runs/gpu \
   --steps "${STEPS:-20000}" --batch "${BATCH:-64}" --patch "${PATCH:-48}" --lr "${LR:-2e-4}" --warmup 500 \
   --eval-every "${EVAL_EVERY:-2500}" --ckpt-every 500 --max-minutes "${TRAIN_MINUTES:-5}" ${FIT_MINUTES:+--fit-minutes "$FIT_MINUTES"} ${INIT:+--init "$INIT"} \
-  ${EMA:+--ema "$EMA"} 2>&1 \
+  ${EMA:+--ema "$EMA"} ${LOSS:+--loss "$LOSS"} 2>&1 \
   | tr '\r' '\n' | awk '/^(reading images|preparing data):/ {next}
       match($0, /set5=\{[^}]*\}/) && substr($0, RSTART, RLENGTH) != last {last = substr($0, RSTART, RLENGTH); print; next}
       /^train:/ {if (++n % 100 == 0) print; next}
