@@ -20,7 +20,7 @@ from equivalence import assert_equivalent, random_vdsr, ref64, triton_device
 import vdsr_fast
 from vdsr_fast import fp8
 from vdsr_fast.engine import Engine, tf32_mode
-from vdsr_fast.verify import FP8_MEAN_FACTOR, fill_nan
+from vdsr_fast.verify import fill_nan
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -140,12 +140,11 @@ def _check_network(model, y, **options):
     with torch.no_grad():
         ref = ref64(model, y)
     same = Engine(model, backend="torch", dtype=E4M3, device=y.device)(y)
+    # The rule's float8 form checks the mean error too: a rounding flip (last test) changes an activation by a whole
+    # e4m3 step and the next layers carry it on, so the network's outputs are not the emulation's (with 2**-14
+    # relative noise in the sums, the emulation itself moves by 0.017 on average, as much as its own error) but must
+    # be as accurate on average.
     assert_equivalent(out, same, ref, E4M3, "fp8 network", scaled=False)
-    # The mean error too: a rounding flip (last test) changes an activation by a whole e4m3 step and the next layers
-    # carry it on, so the network's outputs are not the emulation's (with 2**-14 relative noise in the sums, the
-    # emulation itself moves by 0.017 on average, as much as its own error) but must be as accurate on average.
-    err, same_err = (out - ref).abs().mean().item(), (same - ref).abs().mean().item()
-    assert err <= FP8_MEAN_FACTOR * same_err + 1e-4, f"mean error {err:.3g} against the emulation's {same_err:.3g}"
     return out
 
 

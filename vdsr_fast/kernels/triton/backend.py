@@ -270,6 +270,7 @@ class TritonBackend(PingPongBuffers):
             ws = [q.head_w, *q.body_w, ws[-1]]
             bs = [q.head_b, *q.beta, bs[-1]]
         self.alpha = q.alpha if q is not None else [None] * (len(ws) - 2)
+        self._epilogue = [{"alpha": a} if a is not None else {} for a in self.alpha]  # FP8's per-layer kwargs
         self.w_head = pack_conv3x3_weight(ws[0], fp32 if self.fp8 else dtype)
         self.b_head = bs[0].to(fp32).contiguous()
         self.winograd = isinstance(body_config, WinogradConfig)
@@ -312,8 +313,7 @@ class TritonBackend(PingPongBuffers):
         a, b = self.buffers(y.shape[0], y.shape[2], y.shape[3])
         conv3x3_head(y, self.w_head, self.b_head, out=a, out_dtype=self.dtype)
         body = conv3x3_winograd if self.winograd else conv3x3_tma if self.tma else conv3x3_bias_relu
-        scales = [{"alpha": s} if s is not None else {} for s in self.alpha]  # FP8's epilogue vectors
-        layers = list(zip(self.w_body, self.b_body, scales, strict=True))
+        layers = list(zip(self.w_body, self.b_body, self._epilogue, strict=True))
         for w, bias, scale in layers[:-1] if self.fuse_tail else layers:
             body(a, w, bias, out=b, config=self.body_config, **scale)
             a, b = b, a
@@ -326,7 +326,7 @@ class TritonBackend(PingPongBuffers):
         if b.numel() * b.element_size() >= pixels * 9 * 4:
             z = b.view(-1)[: pixels * 9 * 4 // b.element_size()].view(torch.float32).view(pixels, 9)
         last = conv3x3_tma_tail_partials if self.tma else conv3x3_bias_relu_tail_partials
-        z = last(a, self.w_last, self.b_body[-1], self.w_tail16, z, config=self.last_config, **scales[-1])
+        z = last(a, self.w_last, self.b_body[-1], self.w_tail16, z, config=self.last_config, **self._epilogue[-1])
         return tail_gather_residual(z, self.b_tail, y, out, clamp=self.clamp)
 
     def forward_ops(self, y: torch.Tensor) -> torch.Tensor:
