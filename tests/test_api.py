@@ -538,6 +538,7 @@ class _DLPackOnly:
 
 class _CudaArrayInterfaceOnly:  # Numba's device arrays, older CuPy
     def __init__(self, t):
+        self._owner = t  # owns the memory, as those arrays do (the interface's dict holds only its address)
         self.__cuda_array_interface__ = t.__cuda_array_interface__
 
 

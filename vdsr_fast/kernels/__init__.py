@@ -85,7 +85,8 @@ class PingPongBuffers:
         if numel > self.buffer_numel:
             self._graphs.clear()  # captured on the old addresses
             self._flat = None  # free the old pair before allocating the new one
-            self._flat = tuple(torch.empty(numel, device=self.device, dtype=self.dtype) for _ in range(2))
+            with torch.inference_mode(False):  # see _replay: normal tensors, whichever mode this call runs in
+                self._flat = tuple(torch.empty(numel, device=self.device, dtype=self.dtype) for _ in range(2))
         return tuple(f[:numel].view(n, h, w, self.channels) for f in self._flat)
 
     def _enter_stream(self) -> None:
@@ -111,7 +112,10 @@ class PingPongBuffers:
         entry = self._graphs.get(key)
         if entry is None:
             self.buffers(*key[:3])  # allocate (or grow) on the caller's stream, outside the capture
-            static_in, static_out = torch.empty_like(x), torch.empty_like(x)
+            # Normal tensors even when this first call runs under torch.inference_mode: tensors made there are
+            # inference tensors, and copy_ into one from a later call outside that mode raises.
+            with torch.inference_mode(False):
+                static_in, static_out = torch.empty_like(x), torch.empty_like(x)
             static_in.copy_(x)
             if self._capture_stream is None:
                 self._capture_stream = torch.cuda.Stream(self.device)
