@@ -139,6 +139,22 @@ def test_upscale_fused_color_matches_the_pytorch_pipeline(device, shape, dtype, 
         assert diff.max() <= 1 and (diff > 0).double().mean() < 0.05, f"{int((diff > 0).sum())} of {diff.numel()}"
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.float32, torch.float16])
+def test_default_fuses_on_a_gpu_only(device, dtype, monkeypatch):
+    """fused_color=None (the default) takes the fused kernels for uint8, uint16 and float32 frames on a GPU, where
+    they give the PyTorch pipeline's bits; on the CPU (Triton's interpreter) and for other dtypes the PyTorch
+    operations."""
+    model = _model().to(device)
+    img = _frame((1, 9, 11, 3), dtype, device, seed=5)
+    ref = upscale(img, 2, model, backend="torch", layout="NHWC", fused_color=False)
+    calls = []
+    real = api._run_window_fused
+    monkeypatch.setattr(api, "_run_window_fused", lambda *a: calls.append(1) or real(*a))
+    got = upscale(img, 2, model, backend="torch", layout="NHWC")
+    assert bool(calls) == (device.type == "cuda" and dtype != torch.float16)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
 def test_fused_color_falls_back_for_rgba_and_float64_and_refuses_without_triton(device, monkeypatch):
     model = _model().to(device)
     for img in (_frame((1, 4, 5, 6), torch.float32, device), _frame((1, 3, 5, 6), torch.float64, device)):

@@ -976,7 +976,7 @@ def upscale_video(
         colour = _Planes(ctx, pix_fmt, (W, H))
     else:
         colour = _Colour(ctx, pix_fmt, fin.bits > 8 or fout.bits > 8, fout.rgb, alpha)
-        kw["fused_color"] = fused_color  # upscale()'s, for the RGB frames
+        kw["fused_color"] = True if fused_color else None  # upscale()'s for the RGB frames: asked for, or its default
     tmp = None  # a file: written as a hidden temporary file beside it, renamed once complete
     if not dst_stream:
         try:
