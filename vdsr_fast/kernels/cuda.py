@@ -1,7 +1,7 @@
 """The CUDA C++ engine backend: VDSR on the hand-written kernels of ``csrc/`` (module ``vdsr_fast._C``).
 
 head  Y plane (fp32) -> NHWC buffer A                       relu(conv3x3 1->64 + b), CUDA cores (``mma_head=True``:
-                                                            tensor cores, opt-in until a GPU run times it)
+                                                            tensor cores, opt-in: not faster on an H200, run 11)
 body  A -> B, B -> A, ... (two ping-pong NHWC buffers)      relu(conv3x3 64->64 + b), tensor cores
                                                             (mma.sync m16n8k16, weight-stationary; opt-in
                                                             variants: Winograd F(2x2,3x3), Hopper wgmma)
@@ -148,11 +148,12 @@ class CudaBackend(PingPongBuffers):
             an H200, benchmarks/results runs 9 and 10); True where it has not raises
             :class:`~vdsr_fast.engine.BackendUnavailable`.
         mma_head: run the head (1 -> 64 channels) on tensor cores (``mma.sync``, the Y values and head weights
-            rounded to ``dtype`` as the reference path's conv rounds them) instead of fp32 FMAs; opt-in until a GPU
-            run times it (the FMA head took 0.120 ms at 1080p on an H200, its 265 MB of stores alone ~0.06).
+            rounded to ``dtype`` as the reference path's conv rounds them) instead of fp32 FMAs; opt-in: on an H200
+            (run 11, 1080p) it took 0.130 ms against the FMA head's 0.121 (its 265 MB of stores alone ~0.06).
         pdl: launch the wgmma strip body layers by programmatic dependent launch (Hopper): a layer's CTAs may
             start, and load their weights, while the previous kernel finishes, and wait for it before touching an
-            activation; opt-in until a GPU run times it (other variants launch as always).
+            activation (other variants launch as always); opt-in: on an H200 (run 11) within the run-to-run spread of
+            the plain launch (1080p fp16 5.45 against 5.48 ms, 4K 21.43 against 21.50).
         cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
             (removes the per-launch host cost, which matters for small images).
 
