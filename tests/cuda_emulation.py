@@ -1414,42 +1414,19 @@ def pingpong_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, 
     cta.exit()
 
 
-GATHER_W = 256  # ht kGatherW
-
-
 def launch_tail_gather(z, x, bias):
-    """ht ``tail_gather_kernel``: ``z`` (N, H, W, 9) fp32, ``x`` the Y plane (N, H, W) fp32 -> y.  CTA by CTA (a
-    segment of GATHER_W pixels of one row): the three z rows' words in the image copied by consecutive threads into
-    a shared array (NaN where nothing is copied: a read of it would show), then each pixel's taps 0..8 from the
-    bias, fp32; a source pixel outside the image adds nothing."""
+    """ht ``tail_gather_kernel``: ``z`` (N, H, W, 9) fp32, ``x`` the Y plane (N, H, W) fp32 -> y, one thread per
+    pixel, taps in order 0..8 from the bias, fp32; a source pixel outside the image adds nothing."""
     g_z = Global("z", z)
     n, h, w_ = x.shape
-    segments = -(-w_ // GATHER_W)
-    row_words = (GATHER_W + 2) * 9
-    y = np.full(x.shape, np.nan, np.float32)
-    p = np.arange(GATHER_W)
-    for block in range(n * h * segments):
-        seg, row = block % segments, block // segments
-        py, x0 = row % h, seg * GATHER_W
-        lo, hi = max(x0 - 1, 0), min(x0 + GATHER_W + 1, w_)
-        words, skip = (hi - lo) * 9, (lo - (x0 - 1)) * 9
-        zs = np.full(3 * row_words, np.nan, np.float32)
-        for r in range(3):
-            if not unsigned_lt(py + r - 1, h):
-                continue
-            i = strided_loop(p, words, GATHER_W)
-            zs[r * row_words + skip + i] = g_z.load(((row + r - 1) * w_ + lo) * 9 + i)
-        px = x0 + p
-        live = px < w_
-        s = np.full(GATHER_W, np.float32(bias), np.float32)
-        for tap in range(TAPS):
-            sy, sx = py + tap // 3 - 1, px + tap % 3 - 1
-            inside = unsigned_lt(sy, h) & unsigned_lt(sx, w_) & live
-            v = zs[np.where(inside, (tap // 3) * row_words + (p + tap % 3) * 9 + tap, 0)]
-            s = np.where(inside, (s + v).astype(np.float32), s)
-        img = row // h
-        y[img, py, px[live]] = (np.asarray(x[img, py, px[live]], np.float32) + s[live]).astype(np.float32)
-    return y
+    img, py, px = np.meshgrid(np.arange(n), np.arange(h), np.arange(w_), indexing="ij")
+    s = np.full(x.shape, np.float32(bias), np.float32)
+    for tap in range(TAPS):
+        sy, sx = py + tap // 3 - 1, px + tap % 3 - 1
+        inside = unsigned_lt(sy, h) & unsigned_lt(sx, w_)
+        v = g_z.load(np.where(inside, ((img * h + sy) * w_ + sx) * 9 + tap, 0))
+        s = np.where(inside, (s + np.asarray(v, np.float32)).astype(np.float32), s)
+    return (np.asarray(x, np.float32) + s).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------

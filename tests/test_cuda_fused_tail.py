@@ -62,9 +62,9 @@ def test_fused_tail_partials_and_gather_in_the_emulator(size, variant):
 
 
 @pytest.mark.parametrize("size", [(2, 3, 600), (1, 1, 257), (1, 4, 256)], ids=lambda s: "x".join(map(str, s)))
-def test_tail_gather_segments_in_the_emulator(size):
-    """The gather's CTAs cover 256-pixel row segments: rows cut into several, one pixel past a segment, exactly one;
-    the same bits as the per-pixel sum in tap order from the bias (the kernel it replaced), every pixel written."""
+def test_tail_gather_in_the_emulator(size):
+    """The gather over rows wider than a CTA's 256 threads, one pixel past them, exactly them: the bits of the
+    per-pixel sum in tap order from the bias, zero-padded at the borders."""
     rng = np.random.default_rng(11)
     z = rng.standard_normal(size + (9,)).astype(np.float32)
     y = rng.uniform(0, 1, size).astype(np.float32)
