@@ -502,6 +502,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
         return {"pdl": True}
     if body == "mma_head_pdl":
         return {"mma_head": True, "pdl": True}
+    if body == "fused_head":
+        return {"fuse_head": True}
     if body.startswith("v"):
         return {"body_variant": int(body[1:])}
     if body == "swap":
@@ -523,8 +525,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
 
 def alternatives(name: str, device: torch.device) -> dict[str, str]:
     """{body: label} of the alternatives to time beside a backend's defaults: for CUDA every body variant but
-    the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2), the unfused tail and
-    programmatic dependent launch where the automatic variant is a strip variant, and the tensor-core head; for Triton the Winograd
+    the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2), the unfused tail, programmatic
+    dependent launch and the fused head where the automatic variant is a strip variant, and the tensor-core head; for Triton the Winograd
     SWAP bodies, the TMA body or (where that is the default: Hopper) the direct body, and the unfused tail."""
     if name == "triton":
         from vdsr_fast.kernels.triton.backend import default_body_config
@@ -549,6 +551,7 @@ def alternatives(name: str, device: torch.device) -> dict[str, str]:
         kinds["unfused_tail"] = "tail not fused"
         kinds["pdl"] = "programmatic dependent launch"
         kinds["mma_head_pdl"] = "tensor-core head + PDL"  # whether the two opt-ins add up
+        kinds["fused_head"] = "head fused into the first layer"
     kinds["mma_head"] = "tensor-core head"
     return kinds
 

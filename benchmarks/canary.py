@@ -36,6 +36,7 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v14": ("cuda", {"body_variant": 14}),  # weights in registers, the warpgroups on their own rows in turns
     "cuda-mma-head": ("cuda", {"mma_head": True}),  # the head on tensor cores
     "cuda-pdl": ("cuda", {"pdl": True}),  # strip body layers by programmatic dependent launch
+    "cuda-fused-head": ("cuda", {"fuse_head": True}),  # the first body layer computes the head from the Y plane
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
     "triton-swap": ("triton", {"body_config": "swap"}),  # channels as the GEMM's M (conv3x3.swap_configs)
     "triton-tma": ("triton", {"body_config": "tma"}),  # tensor-descriptor tiles (conv3x3_tma.tma_config)

@@ -255,6 +255,21 @@ def main(argv: list[str] | None = None) -> int:
         add("head", "cuda head on tensor cores (mma_head)",
             lambda: ext.head(y.data_ptr(), th_out.data_ptr(), hw32.data_ptr(), hb.data_ptr(), n, ht, wd, code, 0,
                              stream(), True), fl_head, out=th_out, check=check_head)  # fmt: skip
+        # the fused head: the first body layer computing the head itself, against the FMA head's activation
+        # through the automatic body kernel (the same bits); beside "cuda head" + a body layer
+        if ext.body_variants()[auto]["tail_partials"] and not broken("cuda", {"fuse_head": True}):
+            wl0, head_body_out = packed[False], torch.empty_like(x_nhwc)
+            want_hb = torch.empty_like(x_nhwc)
+            ext.body(head_fma.data_ptr(), want_hb.data_ptr(), wl0.data_ptr(), b.data_ptr(), n, ht, wd, code, 0,
+                     stream(), auto)  # fmt: skip
+
+            def check_head_body(o):
+                assert torch.equal(o, want_hb), "fused head differs from head + body: not timed"
+
+            add("first", "cuda first body layer with the head fused (fuse_head)",
+                lambda: ext.head_body(y.data_ptr(), head_body_out.data_ptr(), hw32.data_ptr(), hb.data_ptr(),
+                                      wl0.data_ptr(), b.data_ptr(), n, ht, wd, code, 0, stream()),
+                fl + fl_head, out=head_body_out, check=check_head_body)  # fmt: skip
         add("tail", "cuda tail + residual", lambda: ext.tail(x_nhwc.data_ptr(), y.data_ptr(), ty.data_ptr(),
                                                              tw32.data_ptr(), tb.data_ptr(), n, ht, wd, code, 0,
                                                              stream()), fl_tail)  # fmt: skip

@@ -180,6 +180,25 @@ void body_tail_partials(uint64_t in, uint64_t z, uint64_t w, uint64_t b, uint64_
                                   device, as_stream(stream), variant, pdl);
 }
 
+// The fused head: the first body layer straight from the Y plane x (launch_head_body), out = body(head(x)).
+void head_body(uint64_t x, uint64_t out, uint64_t head_w, uint64_t head_b, uint64_t w, uint64_t b, int64_t n, int64_t h,
+               int64_t wd, int dtype, int device, uint64_t stream, bool pdl) {
+  const char* fn = "head_body";
+  check_shape(fn, n, h, wd);
+  const DType dt = check_dtype(fn, dtype);
+  CHECK_PTR(fn, "x", x, 4);
+  CHECK_PTR(fn, "out", out, 16);
+  CHECK_PTR(fn, "head_w", head_w, 4);
+  CHECK_PTR(fn, "head_b", head_b, 4);
+  CHECK_PTR(fn, "w", w, 16);
+  CHECK_PTR(fn, "b", b, 4);
+  check_disjoint(fn, "x and out", x, static_cast<uint64_t>(n * h * wd) * 4, out, act_bytes(n, h, wd));
+  DeviceGuard guard(device);
+  vdsr::launch_head_body(as_ptr<const float*>(x), as_ptr<void*>(out), as_ptr<const float*>(head_w),
+                         as_ptr<const float*>(head_b), as_ptr<const void*>(w), as_ptr<const float*>(b), int(n), int(h),
+                         int(wd), dt, device, as_stream(stream), pdl);
+}
+
 // The fused tail's gather: y = x + b + sum of the neighbours' partial sums z (y may alias x, not z).
 void tail_gather(uint64_t z, uint64_t x, uint64_t y, uint64_t b, int64_t n, int64_t h, int64_t wd, int device,
                  uint64_t stream) {
@@ -199,10 +218,12 @@ void tail_gather(uint64_t z, uint64_t x, uint64_t y, uint64_t b, int64_t n, int6
 // body_w holds num_body packed layers back to back ([L][9][64][64] in the activation dtype, or
 // [L][16][64][64] for a Winograd variant), body_b
 // [L][64] fp32.  y may alias x.  fuse_tail (needs num_body >= 1): the last body layer writes the tail's partial
-// sums into the free buffer (36 of its 128 bytes per pixel) and tail_gather adds them up.
+// sums into the free buffer (36 of its 128 bytes per pixel) and tail_gather adds them up.  fuse_head (needs a body
+// layer that is not the fused tail's): the first body layer computes the head itself (head_body), buf0 unused.
 void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head_w, uint64_t head_b, uint64_t body_w,
              uint64_t body_b, int64_t num_body, uint64_t tail_w, uint64_t tail_b, int64_t n, int64_t h, int64_t wd,
-             int dtype, int device, uint64_t stream, int variant, bool fuse_tail, bool head_mma, bool pdl) {
+             int dtype, int device, uint64_t stream, int variant, bool fuse_tail, bool head_mma, bool pdl,
+             bool fuse_head) {
   const char* fn = "forward";
   check_shape(fn, n, h, wd);
   check_dtype(fn, dtype);
@@ -214,13 +235,22 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   const vdsr::BodyVariant* variants = vdsr::body_variants(&num_variants);
   CHECK(fn, variant >= -1 && variant < num_variants, "no body kernel variant ", variant, " (ids 0..",
         num_variants - 1, ", or -1 for automatic)");
-  head(x, buf0, head_w, head_b, n, h, wd, dtype, device, stream, head_mma);
+  CHECK(fn, !fuse_head || num_body >= (fuse_tail ? 2 : 1),
+        "fuse_head needs a body layer besides the fused tail's, got num_body ", num_body);
+  CHECK(fn, !(fuse_head && head_mma), "fuse_head computes the head with fp32 FMAs: not with head_mma");
+  CHECK(fn, !fuse_head || variant < 0 || !variants[variant].winograd,
+        "fuse_head needs direct-convolution weights, not variant ", variant, "'s Winograd ones");
+  if (fuse_head) {
+    head_body(x, buf1, head_w, head_b, body_w, body_b, n, h, wd, dtype, device, stream, pdl);
+  } else {
+    head(x, buf0, head_w, head_b, n, h, wd, dtype, device, stream, head_mma);
+  }
   // one packed layer: 9 taps (direct) or 16 transformed positions (Winograd) of [64][64]
   const uint64_t layer_w_bytes = (variant >= 0 && variants[variant].winograd ? 16 : 9) * kC * kC * 2;
   const uint64_t bufs[2] = {buf0, buf1};
   CHECK(fn, !fuse_tail || num_body >= 1, "fuse_tail needs at least one body layer");
   const int64_t unfused = fuse_tail ? num_body - 1 : num_body;
-  for (int64_t i = 0; i < unfused; ++i) {
+  for (int64_t i = fuse_head ? 1 : 0; i < unfused; ++i) {
     body(bufs[i % 2], bufs[(i + 1) % 2], body_w + i * layer_w_bytes, body_b + i * kC * 4, n, h, wd, dtype, device,
          stream, variant, pdl);
   }
@@ -286,10 +316,15 @@ PYBIND11_MODULE(_C, m) {
         "y = x + conv3x3(act, 64->1) + b (fp32 Y planes)");
   m.def("forward", &forward, "x"_a, "y"_a, "buf0"_a, "buf1"_a, "head_w"_a, "head_b"_a, "body_w"_a, "body_b"_a,
         "num_body"_a, "tail_w"_a, "tail_b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
-        "variant"_a = -1, "fuse_tail"_a = false, "head_mma"_a = false, "pdl"_a = false,
+        "variant"_a = -1, "fuse_tail"_a = false, "head_mma"_a = false, "pdl"_a = false, "fuse_head"_a = false,
         "the whole VDSR: head, num_body body layers (ping-pong), tail + residual (fuse_tail: the last body layer "
         "writes the tail's partial sums, a gather adds them; variants with tail_partials; head_mma: the head on "
-        "tensor cores; pdl: the wgmma strip body layers by programmatic dependent launch)");
+        "tensor cores; pdl: the wgmma strip body layers by programmatic dependent launch; fuse_head: the first "
+        "body layer computes the head from x, sm_90a)");
+  m.def("head_body", &head_body, "x"_a, "out"_a, "head_w"_a, "head_b"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a,
+        "device"_a, "stream"_a, "pdl"_a = false,
+        "out[N,H,W,64] = relu(conv3x3(relu(conv3x3(x fp32 [N,H,W], 1->64) + head_b), 64->64) + b): the fused head "
+        "(the first body layer on the wgmma strip kernel, sm_90a)");
   m.def("body_tail_partials", &body_tail_partials, "inp"_a, "z"_a, "w"_a, "b"_a, "tail_w"_a, "n"_a, "h"_a, "w_"_a,
         "dtype"_a, "device"_a, "stream"_a, "variant"_a = -1, "pdl"_a = false,
         "z[N,H,W,9] fp32 = per-tap partial sums of tail_w [9,64] over relu(conv3x3(inp, 64->64) + b)");

@@ -111,6 +111,18 @@ void launch_body(const void* in, void* out, const void* w, const float* b, int n
   throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
 }
 
+void launch_head_body(const float* x, void* out, const float* head_w, const float* head_b, const void* w,
+                      const float* b, int n, int h, int w_, DType dtype, int device, cudaStream_t stream, bool pdl) {
+  check_device_index(device);
+  if (!body::wgmma_runs_on(device)) {
+    throw std::invalid_argument("vdsr_fast._C: the fused head runs on the wgmma strip kernel: it needs compute "
+                                "capability 9.0 and a build for sm_90a");
+  }
+  if (dtype == kFloat16) return body::kHeadLaunchFp16(x, out, w, b, head_w, head_b, n, h, w_, device, stream, pdl);
+  if (dtype == kBFloat16) return body::kHeadLaunchBf16(x, out, w, b, head_w, head_b, n, h, w_, device, stream, pdl);
+  throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
+}
+
 void launch_body_tail_partials(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n,
                                int h, int w_, DType dtype, int device, cudaStream_t stream, int variant, bool pdl) {
   if (variant < 0) variant = body_auto_variant(device);

@@ -39,6 +39,10 @@
 //   * TAIL (the last body layer of a fused tail, launch_strip_tail): the epilogue's staging tile is read back
 //     by pixel instead of stored, and each thread writes its pixel's nine per-tap partial sums of the tail
 //     conv (tail weights in 3 KB of shared memory behind the staging tiles); head_tail.cu gathers them.
+//   * HEAD (the first body layer of a fused head, launch_strip_head): `in` is the fp32 Y plane, and the halo
+//     rows are computed instead of copied: the head conv (1 -> 64) + bias + ReLU of their pixels, in the head
+//     kernel's arithmetic (the same bits), by all 256 threads from the head weights in 2.6 KB of shared memory
+//     behind the staging tiles.  The head's activation tensor is then never written or read.
 
 #pragma once
 
@@ -55,9 +59,10 @@ namespace body {
 // (m64n64k16 with A from registers, two sets of 32): per 64K multiply-adds the tensor cores then read 2 KB of
 // pixels from shared memory and nothing else (SS at N = 128: 6 KB per 128K, 3/64 byte against 1/32), and the
 // 72 KB of weights leave shared memory.
-template <bool RS>
+template <bool RS, bool HEAD = false>
 struct StripTile {
   static constexpr bool kRegs = RS;                 // A (the weights) from registers
+  static constexpr bool kHead = HEAD;               // the halo rows computed from the Y plane (a fused head)
   static constexpr int kThreads = 256;              // 2 warpgroups
   static constexpr int kLoaders = kThreads;         // the threads that copy an item's halo rows
   static constexpr int kTileW = RS ? 64 : 128;      // pixels per row segment: the wgmma N
@@ -81,11 +86,18 @@ struct StripTile {
 // c's nine taps at [c][0..8] of rows of kTailStride floats (three 16-byte loads per channel; 9..11 zero).
 constexpr int kTailStride = 12;
 constexpr int kTailBytes = kC * kTailStride * 4;  // 3 KB
-template <bool TAIL, bool RS>
-struct StripLaunch : StripTile<RS> {  // the launch's shared memory
-  static constexpr int kSmemBytes = StripTile<RS>::kSmemBytes + (TAIL ? kTailBytes : 0);
+// HEAD (the first body layer of a fused head): the head conv's weights and biases behind the staging tiles, fp32,
+// kHeadStride floats per 16-byte channel chunk j: w0 of channels 8j .. 8j+7 as [tap][8] (72), their 8 biases, 4
+// pad (a warp's threads on different chunks then read 8 distinct 16-byte bank groups).
+constexpr int kHeadStride = 84;
+constexpr int kHeadBytes = kChunks * kHeadStride * 4;  // 2,688
+template <bool TAIL, bool RS, bool HEAD = false>
+struct StripLaunch : StripTile<RS, HEAD> {  // the launch's shared memory
+  static_assert(!(TAIL && HEAD), "one layer is either the first or the last");
+  static constexpr int kSmemBytes = StripTile<RS, HEAD>::kSmemBytes + (TAIL ? kTailBytes : 0) + (HEAD ? kHeadBytes : 0);
 };
 static_assert(StripLaunch<true, false>::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
+static_assert(StripLaunch<false, false, true>::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
 
 // Where a TAIL epilogue writes: z[N][H][W][9] fp32, from the weights at shared address tw.
 struct StripTail {
@@ -127,6 +139,91 @@ __device__ __forceinline__ void strip_load_rows(uint32_t ring, const T* __restri
     for (int i = t; i < units; i += K::kLoaders) strip_load_unit<K>(ring, in, img, x0, h0, i, H, W);
   } else {
     for (int i = t; i < units; i += K::kLoaders) strip_load_unit<K>(ring, in, img, x0, h0, i, H, W);
+  }
+}
+
+// HEAD: the head weights [64][9] and biases [64] (fp32, global) -> kHeadStride floats per chunk at shared address hw, by
+// the CTA's 256 threads (read after a barrier).
+__device__ __forceinline__ void strip_store_head_weights(uint32_t hw, const float* __restrict__ head_w,
+                                                         const float* __restrict__ head_b) {
+  for (int i = threadIdx.x; i < kChunks * kHeadStride; i += 256) {
+    const int j = i / kHeadStride;
+    const int k = i - j * kHeadStride;
+    float v = 0.0f;
+    if (k < kTaps * 8) v = head_w[(8 * j + k % 8) * kTaps + k / 8];  // [tap][c]: channel 8j + k % 8, tap k / 8
+    else if (k < kTaps * 8 + 8) v = head_b[8 * j + k - kTaps * 8];
+    asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(hw + 4 * i), "f"(v) : "memory");
+  }
+}
+
+// HEAD: halo rows h0 .. h0 + rows - 1 (input rows h - 1, pixels x0 - 1 .. x0 + kTileW) of image b into their ring
+// slots, computed from the fp32 Y plane y: chunk j of pixel (h - 1, x) = the head's channels 8j .. 8j+7,
+// relu(b0[c] + sum_tap w0[c][tap] * Y[h - 2 + tap / 3][x - 1 + tap % 3]) in the head kernel's order (fp32, the
+// bias first, taps 0..8 by fmaf, Y zero outside the image: the same bits), rounded to T; zero for a pixel outside
+// the image (the body conv's padding).  Unit i is chunk i / (rows kHaloW) of pixel i % (rows kHaloW), so a warp's
+// threads take consecutive pixels of one chunk: the weights are one address (a broadcast), the Y loads 32
+// consecutive floats, the 16-byte stores 32 consecutive slots of one plane (no bank conflict).  The st.shared
+// writes reach the wgmmas (async proxy) through the fence.proxy.async and barrier of the item that reads them.
+template <typename K, typename T>
+__device__ __forceinline__ void strip_head_rows(uint32_t ring, uint32_t hw, const float* __restrict__ y, int b, int x0,
+                                                int h0, int rows, int H, int W) {
+  const float* img = y + static_cast<int64_t>(b) * H * W;
+  const int pixels = rows * K::kHaloW;
+#pragma unroll 1
+  for (int i = threadIdx.x; i < pixels * kChunks; i += K::kThreads) {
+    const int j = i / pixels;
+    const int p = i - j * pixels;
+    const int r = p / K::kHaloW;
+    const int px = p - r * K::kHaloW;
+    const int h = h0 + r;
+    const int yy = h - 1;
+    const int xx = x0 - 1 + px;
+    uint32_t packed[4] = {0u, 0u, 0u, 0u};
+    if (static_cast<unsigned>(yy) < static_cast<unsigned>(H) && static_cast<unsigned>(xx) < static_cast<unsigned>(W)) {
+      const uint32_t wj = hw + j * kHeadStride * 4;
+      float acc[8];
+      asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=f"(acc[0]), "=f"(acc[1]), "=f"(acc[2]), "=f"(acc[3])
+                   : "r"(wj + kTaps * 8 * 4));
+      asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=f"(acc[4]), "=f"(acc[5]), "=f"(acc[6]), "=f"(acc[7])
+                   : "r"(wj + kTaps * 8 * 4 + 16));
+#pragma unroll
+      for (int tap = 0; tap < kTaps; ++tap) {
+        const int sy = yy + tap / 3 - 1;
+        const int sx = xx + tap % 3 - 1;
+        const bool in = static_cast<unsigned>(sy) < static_cast<unsigned>(H) &&
+                        static_cast<unsigned>(sx) < static_cast<unsigned>(W);
+        const float v = in ? __ldg(img + static_cast<int64_t>(sy) * W + sx) : 0.0f;
+        float w[8];
+        asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=f"(w[0]), "=f"(w[1]), "=f"(w[2]), "=f"(w[3])
+                     : "r"(wj + tap * 32));
+        asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=f"(w[4]), "=f"(w[5]), "=f"(w[6]), "=f"(w[7])
+                     : "r"(wj + tap * 32 + 16));
+#pragma unroll
+        for (int c = 0; c < 8; ++c) acc[c] = fmaf(w[c], v, acc[c]);
+      }
+#pragma unroll
+      for (int k = 0; k < 4; ++k) packed[k] = Storage<T>::pack2(relu_keep_nan(acc[2 * k]), relu_keep_nan(acc[2 * k + 1]));
+    }
+    const uint32_t dst = ring + (h % K::kRing) * K::kHaloRowBytes + static_cast<uint32_t>(j * K::kPlane + px * 16);
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(packed[0]), "r"(packed[1]),
+                 "r"(packed[2]), "r"(packed[3])
+                 : "memory");
+  }
+}
+
+// The halo rows of an item: copied from the activation `in` (cp.async, not committed), or (K::kHead) computed from
+// the Y plane `in` with the head weights at hw.
+template <typename K, bool ROLLED, typename T>
+__device__ __forceinline__ void strip_fill_rows(uint32_t ring, uint32_t hw, const T* __restrict__ in, int b, int x0,
+                                                int h0, int rows, int H, int W) {
+  if constexpr (K::kHead) {
+    strip_head_rows<K, T>(ring, hw, reinterpret_cast<const float*>(in), b, x0, h0, rows, H, W);
+  } else {
+    strip_load_rows<K, ROLLED>(ring, in, b, x0, h0, rows, H, W);
   }
 }
 
@@ -270,7 +367,8 @@ __device__ __forceinline__ void strip_epilogue(const float (&acc)[K::kAcc], uint
   }
 }
 
-// One segment of a CTA's items (one strip of one image) and the thread's place in the CTA.
+// One segment of a CTA's items (one strip of one image) and the thread's place in the CTA.  tail.tw: the shared
+// address behind the staging tiles (TAIL: the tail weights; HEAD: the head weights).
 template <typename T>
 struct StripSeg {
   const T* __restrict__ in;
@@ -284,7 +382,7 @@ struct StripSeg {
 template <typename K, bool ROLLED, typename T>
 __device__ __forceinline__ void strip_prefetch(const StripSeg<T>& s, int i, int p) {
   __syncthreads();
-  if (i + 1 < s.cnt) strip_load_rows<K, ROLLED>(s.ring, s.in, s.b, s.x0, 2 * p + 4, 2, s.H, s.W);
+  if (i + 1 < s.cnt) strip_fill_rows<K, ROLLED>(s.ring, s.tail.tw, s.in, s.b, s.x0, 2 * p + 4, 2, s.H, s.W);
   cp_async_commit();
 }
 
@@ -356,13 +454,16 @@ __device__ __forceinline__ void strip_load_a(uint32_t (&wa)[36][4], const T* __r
 
 // TAIL: the last body layer of a fused tail -- `out` unused; z[N][H][W][9] gets the tail conv's per-tap partial
 // sums of the layer's output, with tail_w [9][64] fp32 (vdsr_kernels.h, launch_body_tail_partials).
-template <typename T, bool LOADS_FIRST, int SPLIT, bool RS, bool TAIL>
+// HEAD: the first body layer of a fused head -- `in` is the fp32 Y plane [N][H][W] (passed as T*), head_w [64][9] and
+// head_b [64] fp32 the head conv's (vdsr_kernels.h, launch_head_body).
+template <typename T, bool LOADS_FIRST, int SPLIT, bool RS, bool TAIL, bool HEAD = false>
 __global__ void __launch_bounds__(256, 1)
     conv3x3_strip_kernel(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w,
                          const float* __restrict__ bias, const float* __restrict__ tail_w, float* __restrict__ z, int H,
-                         int W, int tiles_x, int tiles_y, int num_tiles) {
+                         int W, int tiles_x, int tiles_y, int num_tiles, const float* __restrict__ head_w,
+                         const float* __restrict__ head_b) {
 #if VDSR_WGMMA
-  using K = StripTile<RS>;
+  using K = StripTile<RS, HEAD>;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t smem_w = (smem_addr(smem) + K::kAlign - 1) & ~static_cast<uint32_t>(K::kAlign - 1);
   const uint32_t ring = smem_w + K::kWeightSmem;
@@ -380,6 +481,10 @@ __global__ void __launch_bounds__(256, 1)
   }
   const StripTail tail{z, ring + K::kRing * K::kHaloRowBytes + 2 * K::kStagingBytes};
   if (TAIL) strip_store_tail_weights(tail.tw, tail_w);  // read after barrier (A) of the first item
+  if (HEAD) {
+    strip_store_head_weights(tail.tw, head_w, head_b);
+    __syncthreads();  // read by every thread from the first halo rows on
+  }
   const float bias_r[2] = {bias[16 * wr + (lane >> 2)], bias[16 * wr + (lane >> 2) + 8]};
   // Programmatic dependent launch (launch_strip_kernel's pdl; both are no-ops in a plain launch): the next kernel
   // of the stream may launch now (its CTAs wait for SMs as this grid's exit), and nothing below runs before the
@@ -399,7 +504,7 @@ __global__ void __launch_bounds__(256, 1)
     const int cnt = min(end, (seg + 1) * tiles_y) - q;
     const int b = seg / tiles_x;
     const int x0 = (seg - b * tiles_x) * K::kTileW;
-    strip_load_rows<K, LOADS_FIRST>(ring, in, b, x0, 2 * p0, 4, H, W);
+    strip_fill_rows<K, LOADS_FIRST>(ring, tail.tw, in, b, x0, 2 * p0, 4, H, W);
     cp_async_commit();
 
     const StripSeg<T> sg{in, out, tail, smem_w, ring, stg, b, x0, p0, cnt, H, W, wg, wr, lane};
@@ -454,15 +559,15 @@ constexpr int kNumStripVariants = 0 VDSR_STRIP_VARIANTS(VDSR_STRIP_COUNT);
 // persistent grid; pdl: with programmatic stream serialization, so the grid may start while the previous kernel of
 // the stream still runs (its CTAs take SMs as that one's exit and load their weights; the kernel's
 // griddepcontrol.wait holds them before they touch an activation buffer).
-template <typename K, typename T, auto kKernel>
+template <typename K, typename T, auto kKernel, typename... Extra>
 void launch_wgmma_tiles(const void* in, void* out, const void* w, const float* b, const float* tail_w, float* z, int n,
-                        int h, int w_, int device, cudaStream_t stream, bool pdl) {
+                        int h, int w_, int device, cudaStream_t stream, bool pdl, Extra... extra) {
   check_device_index(device);
   check_sm90a_image(kKernel, device);
   static ResidentCtas resident = {};
   const PersistentGrid g = persistent_grid<K>(kKernel, resident, n, h, w_, device);
   const auto args = std::make_tuple(static_cast<const T*>(in), static_cast<T*>(out), static_cast<const T*>(w), b,
-                                    tail_w, z, h, w_, g.tiles_x, g.tiles_y, g.num_tiles);
+                                    tail_w, z, h, w_, g.tiles_x, g.tiles_y, g.num_tiles, extra...);
   if (!pdl) {
     std::apply([&](auto... a) { kKernel<<<g.grid, K::kThreads, K::kSmemBytes, stream>>>(a...); }, args);
     VDSR_CHECK_LAUNCH(kKernel);
@@ -485,7 +590,8 @@ template <typename T, bool LOADS_FIRST, int SPLIT, bool RS, bool TAIL>
 void launch_strip_kernel(const void* in, void* out, const void* w, const float* b, const float* tail_w, float* z,
                          int n, int h, int w_, int device, cudaStream_t stream, bool pdl) {
   launch_wgmma_tiles<StripLaunch<TAIL, RS>, T, conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, RS, TAIL>>(
-      in, out, w, b, tail_w, z, n, h, w_, device, stream, pdl);
+      in, out, w, b, tail_w, z, n, h, w_, device, stream, pdl, static_cast<const float*>(nullptr),
+      static_cast<const float*>(nullptr));
 }
 
 template <typename T, bool LOADS_FIRST, int SPLIT, bool RS>
@@ -499,6 +605,19 @@ template <typename T, bool LOADS_FIRST, int SPLIT, bool RS>
 void launch_strip_tail(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n, int h,
                        int w_, int device, cudaStream_t stream, bool pdl) {
   launch_strip_kernel<T, LOADS_FIRST, SPLIT, RS, true>(in, nullptr, w, b, tail_w, z, n, h, w_, device, stream, pdl);
+}
+
+// The first body layer of a fused head (HeadLaunchFn): the Y plane x in, the head computed on the fly.  One schedule
+// for every body variant: variant 10's wgmma groups (SPLIT 4), the halo rows computed after the epilogue, when one
+// accumulator set is live (LOADS_FIRST would compute them beside both).
+constexpr bool kHeadLoadsFirst = false;
+constexpr int kHeadSplit = 4;
+template <typename T>
+void launch_strip_head(const float* x, void* out, const void* w, const float* b, const float* head_w,
+                       const float* head_b, int n, int h, int w_, int device, cudaStream_t stream, bool pdl) {
+  launch_wgmma_tiles<StripLaunch<false, false, true>, T,
+                     conv3x3_strip_kernel<T, kHeadLoadsFirst, kHeadSplit, false, false, true>>(
+      x, out, w, b, nullptr, nullptr, n, h, w_, device, stream, pdl, head_w, head_b);
 }
 
 }  // namespace body

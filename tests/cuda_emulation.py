@@ -363,6 +363,35 @@ class Cta:
         out[live] = self.h[w].astype(np.uint32) | (self.h[w + 1].astype(np.uint32) << 16)
         return out
 
+    def sts128(self, addr, values, active=None, quarter_banks=True):
+        """``st.shared.v4.b32`` (sb ``strip_head_rows``): ``addr[..., lane]`` byte addresses, ``values[..., lane, 4]``
+        .b32; visible to other threads after the next barrier.  As :meth:`lds128`, a quarter-warp's chunks must sit
+        in 8 distinct 16-byte bank groups unless ``quarter_banks`` is False (a caller that accepts, and says why,
+        an occasional 2-way conflict)."""
+        addr = np.asarray(addr, np.int64)
+        assert addr.shape[-1] == 32
+        live = np.broadcast_to(True if active is None else active, addr.shape)
+        rel = self._access(addr, 16, "st.shared.v4", live)
+        chunk = rel // 16
+        self._check_async_war(chunk, "st.shared.v4")
+        if np.any(self.last_read[chunk] >= self.epoch):
+            raise Hazard("st.shared.v4 into shared memory read since the last __syncthreads (write-after-read)")
+        if np.any(self.ready[chunk] == PENDING):
+            raise Hazard("st.shared.v4 into shared memory with a cp.async in flight")
+        if quarter_banks:
+            quarters = addr.reshape(addr.shape[:-1] + (4, 8))
+            q_live = live.reshape(quarters.shape)
+            group = (quarters >> 4) & 7
+            clash = (group[..., :, None] == group[..., None, :]) & (quarters[..., :, None] != quarters[..., None, :])
+            if (clash & q_live[..., :, None] & q_live[..., None, :]).any():
+                raise Hazard("st.shared.v4 quarter-warp with a shared-memory bank conflict")
+        vals = np.broadcast_to(np.asarray(values, np.uint32), addr.shape + (4,))[live]
+        w = (rel >> 1)[:, None] + 2 * np.arange(4)
+        self.h[w] = (vals & 0xFFFF).astype(np.uint16)
+        self.h[w + 1] = (vals >> 16).astype(np.uint16)
+        self.ready[chunk] = self.epoch
+        self.generic[chunk] = True
+
     def stmatrix_x4_trans(self, addr, regs):
         """``stmatrix.sync.aligned.m8n8.x4.trans.shared.b16`` (du): ``addr[..., lane]`` row addresses (lane
         ``8 i + r``: row r of matrix i), ``regs[..., lane, i]`` .b32 fragments (lane l: row l // 4, cols
@@ -548,10 +577,14 @@ def launch_tiles(K, kernel_cta, T, x_bits, w_bits, bias, resident_ctas, eager, g
     with ``g_out`` (another output, e.g. the fused tail's partial sums) its array and write counts, (N, H, W, -1),
     and ``kernel_kw`` for ``kernel_cta``.
     """
-    n, h, w_, c = x_bits.shape
-    assert c == KC
-    g_in = Global("in", x_bits.astype(np.uint16))
-    g_out = g_out or Global("out", np.full(x_bits.shape, T.poison, np.uint16))
+    if x_bits.ndim == 3:  # a fused head's fp32 Y plane (N, H, W)
+        n, h, w_ = x_bits.shape
+        g_in = Global("y", np.asarray(x_bits, np.float32))
+    else:
+        n, h, w_, c = x_bits.shape
+        assert c == KC
+        g_in = Global("in", x_bits.astype(np.uint16))
+    g_out = g_out or Global("out", np.full((n, h, w_, KC), T.poison, np.uint16))
     g_w = Global("w", w_bits.astype(np.uint16))
     g_bias = Global("bias", np.asarray(bias, np.float32))
     tile_w = getattr(K, "tile_w", TILE_W)
@@ -1065,6 +1098,7 @@ class StripTile:
     split: int = 1  # SPLIT: wgmma groups per item
     rs: bool = False  # RS: the weights (A) in registers, 64-pixel strips
     tail: bool = False  # the kernel's TAIL (the last body layer of a fused tail)
+    head: bool = False  # the kernel's HEAD (the first body layer of a fused head: halo rows from the Y plane)
     threads: int = 256
     tile_h: int = 2
     ring: int = 6
@@ -1078,12 +1112,15 @@ class StripTile:
     halo_row_bytes = property(lambda s: CHUNKS * s.plane)
     staging_bytes = property(lambda s: s.tile_w * ROW_BYTES)
     tail_bytes = property(lambda s: KC * TAIL_STRIDE * 4 if s.tail else 0)  # sb kTailBytes, StripLaunch<TAIL>
+    head_bytes = property(lambda s: CHUNKS * HEAD_STRIDE * 4 if s.head else 0)  # sb kHeadBytes
     smem_bytes = property(
         lambda s: s.align + s.weight_smem + s.ring * s.halo_row_bytes + 2 * s.staging_bytes + s.tail_bytes
+        + s.head_bytes
     )
 
 
 TAIL_STRIDE = 12  # sb kTailStride: floats per channel row of the tail weights in shared memory
+HEAD_STRIDE = 84  # sb kHeadStride: floats per 16-byte channel chunk of the head weights ([tap][8], 8 biases, pad)
 
 
 def strip_load_rows(K: StripTile, cta: Cta, ring, g_in: Global, b, x0, h0, rows, H, W):
@@ -1100,6 +1137,62 @@ def strip_load_rows(K: StripTile, cta: Cta, ring, g_in: Global, b, x0, h0, rows,
     inside = unsigned_lt(y, H) & unsigned_lt(x, W)
     src = np.where(inside, img + (y.astype(np.int64) * W + x) * KC + j * 8, 0)
     cta.cp_async_16(ring + (h % K.ring) * K.halo_row_bytes + j * K.plane + px * 16, g_in, src, inside)
+
+
+def strip_store_head_weights(cta: Cta, hw, g_hw: Global, g_hb: Global):
+    """sb ``strip_store_head_weights``: chunk j's [tap][8] weights, its 8 biases and 4 zeros per HEAD_STRIDE floats,
+    st.shared.f32 by every thread in turn."""
+    for r in range(-(-CHUNKS * HEAD_STRIDE // 256)):
+        i = np.arange(256).reshape(8, 32) + r * 256
+        active = i < CHUNKS * HEAD_STRIDE
+        j, k = i // HEAD_STRIDE, i % HEAD_STRIDE
+        w_on, b_on = active & (k < TAPS * 8), active & (k >= TAPS * 8) & (k < TAPS * 8 + 8)
+        v = np.zeros(i.shape, np.float32)
+        v[w_on] = g_hw.load((8 * j + k % 8)[w_on] * TAPS + (k // 8)[w_on])
+        v[b_on] = g_hb.load((8 * j + k - TAPS * 8)[b_on])
+        cta.sts32(hw + 4 * i, v.view(np.uint32), active)
+
+
+def strip_head_rows(K: StripTile, T, cta: Cta, ring, hw, g_y: Global, b, x0, h0, rows, H, W):
+    """sb ``strip_head_rows``: the halo rows computed from the fp32 Y plane (unit i: chunk i // (rows halo_w) of pixel
+    i % (rows halo_w)), each thread's loop iterations in turn.  A quarter-warp whose 8 pixels straddle two halo rows
+    may store 2-way bank-conflicted (the plane's 130 chunks are 2 mod 8): rare, a wavefront more, not a hazard."""
+    img = np.int64(b) * H * W
+    pixels = rows * K.halo_w
+    tid = np.arange(K.threads).reshape(-1, 32)
+    for base in range(0, pixels * CHUNKS, K.threads):
+        i = base + tid
+        active = i < pixels * CHUNKS
+        j = i // pixels
+        p = i - j * pixels
+        r = p // K.halo_w
+        px = p - r * K.halo_w
+        h = h0 + r
+        yy, xx = h - 1, x0 - 1 + px
+        inside = active & unsigned_lt(yy, H) & unsigned_lt(xx, W)
+        wj = hw + j * HEAD_STRIDE * 4
+        acc = np.concatenate([cta.lds128(wj + TAPS * 32, inside), cta.lds128(wj + TAPS * 32 + 16, inside)], -1)
+        acc = acc.view(np.float32)
+        for tap in range(TAPS):
+            sy, sx = yy + tap // 3 - 1, xx + tap % 3 - 1
+            on = inside & unsigned_lt(sy, H) & unsigned_lt(sx, W)
+            v = np.zeros(i.shape, np.float32)
+            v[on] = g_y.load(img + sy[on].astype(np.int64) * W + sx[on])
+            w = np.concatenate([cta.lds128(wj + tap * 32, inside), cta.lds128(wj + tap * 32 + 16, inside)], -1)
+            acc = fmaf(w.view(np.float32), v[..., None], acc)
+        out = relu_keep_nan(acc)
+        packed = np.stack([pack2(T, out[..., 2 * k], out[..., 2 * k + 1]) for k in range(4)], -1)
+        packed = np.where(inside[..., None], packed, np.uint32(0))
+        dst = ring + (h % K.ring) * K.halo_row_bytes + j * K.plane + px * 16
+        cta.sts128(dst, packed, active, quarter_banks=False)
+
+
+def strip_fill_rows(K: StripTile, T, cta: Cta, ring, hw, g_in: Global, b, x0, h0, rows, H, W):
+    """sb ``strip_fill_rows``: copied (:func:`strip_load_rows`) or, with ``K.head``, computed."""
+    if K.head:
+        strip_head_rows(K, T, cta, ring, hw, g_in, b, x0, h0, rows, H, W)
+    else:
+        strip_load_rows(K, cta, ring, g_in, b, x0, h0, rows, H, W)
 
 
 def rs_a_matrix(T, a):
@@ -1232,9 +1325,10 @@ def strip_tail_partials(K: StripTile, T, cta: Cta, stg, g_z: Global, tw, tid, b,
 
 
 def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager,
-                     smem_base=384, g_tail=None):  # fmt: skip
+                     smem_base=384, g_tail=None, g_head=None):  # fmt: skip
     """One CTA of ``conv3x3_strip_kernel`` with its dynamic shared memory at ``smem_base`` (not 1024-aligned);
-    with ``K.tail``, ``g_out`` is z and ``g_tail`` the tail weights [9][64] fp32."""
+    with ``K.tail``, ``g_out`` is z and ``g_tail`` the tail weights [9][64] fp32; with ``K.head``, ``g_in`` is the fp32
+    Y plane and ``g_head`` the head weights [64][9] and biases [64] fp32."""
     cta = Cta(K.smem_bytes, T.poison, eager, base=smem_base)
     smem_w = (smem_base + K.align - 1) & ~(K.align - 1)
     ring = smem_w + K.weight_smem
@@ -1252,6 +1346,9 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
     tw = ring + K.ring * K.halo_row_bytes + 2 * K.staging_bytes
     if K.tail:
         strip_store_tail_weights(cta, tw, g_tail)
+    if K.head:
+        strip_store_head_weights(cta, tw, *g_head)
+        cta.syncthreads()
     bias_r = np.stack([g_bias.load(16 * wr + (lane >> 2)), g_bias.load(16 * wr + (lane >> 2) + 8)], -1)
     bias_r = np.broadcast_to(bias_r.astype(np.float32), (2, 4, 32, 2))
     begin = block_idx * num_tiles // grid_dim
@@ -1264,13 +1361,13 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
         cnt = min(end, (seg + 1) * tiles_y) - q
         b = seg // tiles_x
         x0 = (seg - b * tiles_x) * K.tile_w
-        strip_load_rows(K, cta, ring, g_in, b, x0, 2 * p0, 4, H, W)
+        strip_fill_rows(K, T, cta, ring, tw, g_in, b, x0, 2 * p0, 4, H, W)
         cta.commit()
 
         def prefetch(i, p, b=b, x0=x0, cnt=cnt):  # sb strip_prefetch
             cta.syncthreads()
             if i + 1 < cnt:
-                strip_load_rows(K, cta, ring, g_in, b, x0, 2 * p + 4, 2, H, W)
+                strip_fill_rows(K, T, cta, ring, tw, g_in, b, x0, 2 * p + 4, 2, H, W)
             cta.commit()
 
         def step(i, cur, prev, epi, p0=p0, b=b, x0=x0):  # sb strip_step (a segment: p0, b, x0, cnt)
@@ -1332,6 +1429,19 @@ def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=F
     g_tail = Global("tail_w", np.asarray(tail_w, np.float32).reshape(TAPS * KC))
     K = replace(K, tail=True)
     return launch_tiles(K, kernel, T, x_bits, w_bits, bias, resident_ctas, eager, g_out=g_z, g_tail=g_tail)
+
+
+HEAD_SCHEDULE = (False, 4, False)  # sb kHeadLoadsFirst, kHeadSplit (RS false): launch_strip_head's kernel
+
+
+def launch_strip_head(T, y, w_bits, bias, head_w, head_b, *, resident_ctas=132, eager=False, K=None):
+    """sb ``launch_strip_head``: the first body layer of a fused head on the fp32 Y plane ``y`` (N, H, W), the head
+    weights ``head_w`` (64, 9) and ``head_b`` (64,) fp32.  Returns the output bit patterns (N, H, W, 64) and write
+    counts."""
+    K = replace(K or StripTile(*HEAD_SCHEDULE), head=True)
+    g_head = (Global("head_w", np.asarray(head_w, np.float32).ravel()), Global("head_b", np.asarray(head_b, np.float32)))
+    return launch_tiles(K, strip_kernel_cta, T, np.asarray(y, np.float32), w_bits, bias, resident_ctas, eager,
+                        g_head=g_head)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------

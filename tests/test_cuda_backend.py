@@ -201,9 +201,9 @@ def test_engine_tune_times_every_variant_and_keeps_a_correct_one(cuda_device):
     C = _ext()
     runnable = [v for v in C.body_variants() if variant_unavailable(v, cuda_device) is None]
     fused = C.body_variants()[C.body_auto_variant(cuda_device.index)]["tail_partials"]
-    # the automatic variant as "default", the others by label, the unfused tail and PDL where the automatic one is a
-    # strip variant, and the tensor-core head
-    assert len(e.tuning) == len(runnable) + 2 * fused + 1
+    # the automatic variant as "default", the others by label, the unfused tail, PDL and the fused head where the
+    # automatic one is a strip variant, and the tensor-core head
+    assert len(e.tuning) == len(runnable) + 3 * fused + 1
     assert all(isinstance(ms, float) for ms in e.tuning.values()), e.tuning
     print(f"cuda tuning (ms, 720p, VDSR-8): {e.tuning}")
     x = torch.rand(2, 1, 45, 38, device=cuda_device)

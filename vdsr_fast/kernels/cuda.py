@@ -1,7 +1,9 @@
 """The CUDA C++ engine backend: VDSR on the hand-written kernels of ``csrc/`` (module ``vdsr_fast._C``).
 
 head  Y plane (fp32) -> NHWC buffer A                       relu(conv3x3 1->64 + b), CUDA cores (``mma_head=True``:
-                                                            tensor cores, opt-in: not faster on an H200, run 11)
+                                                            tensor cores, opt-in: not faster on an H200, run 11;
+                                                            ``fuse_head=True``: computed by the first body layer
+                                                            itself, Hopper, opt-in until a GPU run times it)
 body  A -> B, B -> A, ... (two ping-pong NHWC buffers)      relu(conv3x3 64->64 + b), tensor cores
                                                             (mma.sync m16n8k16, weight-stationary; opt-in
                                                             variants: Winograd F(2x2,3x3), Hopper wgmma)
@@ -79,6 +81,7 @@ def _launch_forward(
     fuse_tail: bool,
     mma_head: bool,
     pdl: bool,
+    fuse_head: bool,
 ) -> None:
     """One ``_C.forward`` call on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
     ext = load_extension()
@@ -89,6 +92,7 @@ def _launch_forward(
         x.data_ptr(), out.data_ptr(), bufs[0].data_ptr(), bufs[1].data_ptr(),
         w_head.data_ptr(), b_head.data_ptr(), w_body.data_ptr(), b_body.data_ptr(), num_body,
         w_tail.data_ptr(), b_tail.data_ptr(), n, h, w, code, x.device.index, stream, variant, fuse_tail, mma_head, pdl,
+        fuse_head,
     )  # fmt: skip
 
 
@@ -106,6 +110,7 @@ def cuda_vdsr_op(
     fuse_tail: bool = False,
     mma_head: bool = False,
     pdl: bool = False,
+    fuse_head: bool = False,
 ) -> torch.Tensor:
     """The whole network as one op (what ``torch.compile`` traces): fp32 Y plane -> fp32 ``x + residual``.
 
@@ -117,13 +122,13 @@ def cuda_vdsr_op(
     bufs = tuple(torch.empty((n, h, w, _CHANNELS), device=x.device, dtype=w_body.dtype) for _ in range(2))
     with torch.cuda.device(x.device):
         _launch_forward(x, out, bufs, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail,
-                        mma_head, pdl)  # fmt: skip
+                        mma_head, pdl, fuse_head)  # fmt: skip
     return out
 
 
 @cuda_vdsr_op.register_fake
 def _(x, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail=False, mma_head=False,
-      pdl=False):
+      pdl=False, fuse_head=False):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -154,6 +159,12 @@ class CudaBackend(PingPongBuffers):
             start, and load their weights, while the previous kernel finishes, and wait for it before touching an
             activation (other variants launch as always); opt-in: on an H200 (run 11) within the run-to-run spread of
             the plain launch (1080p fp16 5.45 against 5.48 ms, 4K 21.43 against 21.50).
+        fuse_head: the first body layer computes the head itself from the Y plane (its halo rows: the head conv,
+            bias and ReLU in the head kernel's fp32 arithmetic, rounded to ``dtype``: the same bits), so the head's
+            64-channel activation is never written or read (265 MB each way at 1080p fp16).  Runs on the wgmma
+            strip kernel (compute capability 9.0, an sm_90a build) whatever ``body_variant`` the other layers
+            take, not with ``mma_head`` or a Winograd variant, and needs a body layer besides a fused tail's.
+            Opt-in until a GPU run times it.
         cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
             (removes the per-launch host cost, which matters for small images).
 
@@ -208,6 +219,8 @@ class CudaBackend(PingPongBuffers):
         out.append(("tensor-core head", {"mma_head": True}))
         if strip:
             out.append(("programmatic dependent launch", {"pdl": True}))
+            if model.depth >= 4:  # a body layer besides the fused tail's
+                out.append(("fused head", {"fuse_head": True}))
         for v in ext.body_variants():
             if v["id"] != auto and variant_unavailable(v, device) is None:
                 kind = "Winograd" if v["winograd"] else "wgmma" if v["wgmma"] else "direct"
@@ -227,6 +240,7 @@ class CudaBackend(PingPongBuffers):
         fuse_tail: bool | None = None,
         mma_head: bool = False,
         pdl: bool = False,
+        fuse_head: bool = False,
     ) -> None:
         from ..engine import BackendUnavailable
 
@@ -284,10 +298,27 @@ class CudaBackend(PingPongBuffers):
         self.fuse_tail = bool(fuse_tail) and self.num_body > 0
         self.mma_head = bool(mma_head)
         self.pdl = bool(pdl)
+        self.fuse_head = bool(fuse_head)
+        if self.fuse_head and (why := self._fuse_head_unavailable(device)):
+            raise BackendUnavailable(f"CudaBackend: fuse_head=True {why}")
         self.w_tail = ws[-1].to(fp32).permute(2, 3, 1, 0).reshape(9, c).contiguous()  # [ky*3+kx][c]
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
         self._packed = [self.w_head, self.b_head, self.w_body, self.b_body, self.w_tail, self.b_tail]
         self._init_buffers()  # two ping-pong NHWC buffers; graphs keyed (N, H, W)
+
+    def _fuse_head_unavailable(self, device: torch.device) -> str | None:
+        """Why this backend cannot fuse its head into the first body layer, or None."""
+        if self.mma_head:
+            return "computes the head with fp32 FMAs: not with mma_head=True"
+        if self.num_body < (2 if self.fuse_tail else 1):
+            return f"needs a body layer besides the fused tail's; this model has {self.num_body}"
+        variants = self._C.body_variants()
+        if self.body_variant >= 0 and variants[self.body_variant]["winograd"]:
+            return f"needs direct-convolution weights, not body variant {self.body_variant}'s Winograd ones"
+        strip = next(v for v in variants if v["tail_partials"])  # the fused head runs on the wgmma strip kernel
+        if why := variant_unavailable(strip, device):
+            return f"runs on the wgmma strip kernel: {why}"
+        return None
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         """``y + residual(y)`` for a Y-plane batch (N, 1, H, W) of any float dtype; returns y's dtype."""
@@ -311,7 +342,8 @@ class CudaBackend(PingPongBuffers):
         """The 20 launches on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
         bufs = self.buffers(x.shape[0], x.shape[2], x.shape[3])
         _launch_forward(x, out, bufs, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
-                        self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head, self.pdl)  # fmt: skip
+                        self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head, self.pdl,
+                        self.fuse_head)  # fmt: skip
         return out
 
     def forward_op(self, y: torch.Tensor) -> torch.Tensor:
@@ -319,6 +351,6 @@ class CudaBackend(PingPongBuffers):
         x = y.to(torch.float32)
         out = torch.ops.vdsr_fast.cuda_vdsr(
             x, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
-            self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head, self.pdl,
+            self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head, self.pdl, self.fuse_head,
         )  # fmt: skip
         return out.to(y.dtype)
