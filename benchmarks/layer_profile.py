@@ -266,10 +266,12 @@ def main(argv: list[str] | None = None) -> int:
             def check_head_body(o):
                 assert torch.equal(o, want_hb), "fused head differs from head + body: not timed"
 
-            add("first", "cuda first body layer with the head fused (fuse_head)",
-                lambda: ext.head_body(y.data_ptr(), head_body_out.data_ptr(), hw32.data_ptr(), hb.data_ptr(),
-                                      wl0.data_ptr(), b.data_ptr(), n, ht, wd, code, 0, stream()),
-                fl + fl_head, out=head_body_out, check=check_head_body)  # fmt: skip
+            for sched, groups in ((0, "4 wgmma groups, the default"), (1, "1 wgmma group")):
+                add("first", f"cuda first body layer with the head fused ({groups})",
+                    lambda sched=sched: ext.head_body(y.data_ptr(), head_body_out.data_ptr(), hw32.data_ptr(),
+                                                      hb.data_ptr(), wl0.data_ptr(), b.data_ptr(), n, ht, wd, code, 0,
+                                                      stream(), False, sched),
+                    fl + fl_head, out=head_body_out, check=check_head_body)  # fmt: skip
         add("tail", "cuda tail + residual", lambda: ext.tail(x_nhwc.data_ptr(), y.data_ptr(), ty.data_ptr(),
                                                              tw32.data_ptr(), tb.data_ptr(), n, ht, wd, code, 0,
                                                              stream()), fl_tail)  # fmt: skip

@@ -182,7 +182,7 @@ void body_tail_partials(uint64_t in, uint64_t z, uint64_t w, uint64_t b, uint64_
 
 // The fused head: the first body layer straight from the Y plane x (launch_head_body), out = body(head(x)).
 void head_body(uint64_t x, uint64_t out, uint64_t head_w, uint64_t head_b, uint64_t w, uint64_t b, int64_t n, int64_t h,
-               int64_t wd, int dtype, int device, uint64_t stream, bool pdl) {
+               int64_t wd, int dtype, int device, uint64_t stream, bool pdl, int schedule) {
   const char* fn = "head_body";
   check_shape(fn, n, h, wd);
   const DType dt = check_dtype(fn, dtype);
@@ -196,7 +196,7 @@ void head_body(uint64_t x, uint64_t out, uint64_t head_w, uint64_t head_b, uint6
   DeviceGuard guard(device);
   vdsr::launch_head_body(as_ptr<const float*>(x), as_ptr<void*>(out), as_ptr<const float*>(head_w),
                          as_ptr<const float*>(head_b), as_ptr<const void*>(w), as_ptr<const float*>(b), int(n), int(h),
-                         int(wd), dt, device, as_stream(stream), pdl);
+                         int(wd), dt, device, as_stream(stream), pdl, schedule);
 }
 
 // The fused tail's gather: y = x + b + sum of the neighbours' partial sums z (y may alias x, not z).
@@ -241,7 +241,7 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   CHECK(fn, !fuse_head || variant < 0 || !variants[variant].winograd,
         "fuse_head needs direct-convolution weights, not variant ", variant, "'s Winograd ones");
   if (fuse_head) {
-    head_body(x, buf1, head_w, head_b, body_w, body_b, n, h, wd, dtype, device, stream, pdl);
+    head_body(x, buf1, head_w, head_b, body_w, body_b, n, h, wd, dtype, device, stream, pdl, 0);
   } else {
     head(x, buf0, head_w, head_b, n, h, wd, dtype, device, stream, head_mma);
   }
@@ -322,9 +322,9 @@ PYBIND11_MODULE(_C, m) {
         "tensor cores; pdl: the wgmma strip body layers by programmatic dependent launch; fuse_head: the first "
         "body layer computes the head from x, sm_90a)");
   m.def("head_body", &head_body, "x"_a, "out"_a, "head_w"_a, "head_b"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a,
-        "device"_a, "stream"_a, "pdl"_a = false,
+        "device"_a, "stream"_a, "pdl"_a = false, "schedule"_a = 0,
         "out[N,H,W,64] = relu(conv3x3(relu(conv3x3(x fp32 [N,H,W], 1->64) + head_b), 64->64) + b): the fused head "
-        "(the first body layer on the wgmma strip kernel, sm_90a)");
+        "(the first body layer on the wgmma strip kernel, sm_90a; schedule 0: four wgmma groups per item, 1: one)");
   m.def("body_tail_partials", &body_tail_partials, "inp"_a, "z"_a, "w"_a, "b"_a, "tail_w"_a, "n"_a, "h"_a, "w_"_a,
         "dtype"_a, "device"_a, "stream"_a, "variant"_a = -1, "pdl"_a = false,
         "z[N,H,W,9] fp32 = per-tap partial sums of tail_w [9,64] over relu(conv3x3(inp, 64->64) + b)");

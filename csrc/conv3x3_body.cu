@@ -112,14 +112,19 @@ void launch_body(const void* in, void* out, const void* w, const float* b, int n
 }
 
 void launch_head_body(const float* x, void* out, const float* head_w, const float* head_b, const void* w,
-                      const float* b, int n, int h, int w_, DType dtype, int device, cudaStream_t stream, bool pdl) {
+                      const float* b, int n, int h, int w_, DType dtype, int device, cudaStream_t stream, bool pdl,
+                      int schedule) {
   check_device_index(device);
+  if (schedule < 0 || schedule >= body::kNumHeadSchedules) {
+    throw std::invalid_argument("vdsr_fast._C: no fused-head schedule " + std::to_string(schedule) + " (0.." +
+                                std::to_string(body::kNumHeadSchedules - 1) + ")");
+  }
   if (!body::wgmma_runs_on(device)) {
     throw std::invalid_argument("vdsr_fast._C: the fused head runs on the wgmma strip kernel: it needs compute "
                                 "capability 9.0 and a build for sm_90a");
   }
-  if (dtype == kFloat16) return body::kHeadLaunchFp16(x, out, w, b, head_w, head_b, n, h, w_, device, stream, pdl);
-  if (dtype == kBFloat16) return body::kHeadLaunchBf16(x, out, w, b, head_w, head_b, n, h, w_, device, stream, pdl);
+  const auto* table = dtype == kFloat16 ? body::kHeadLaunchFp16 : dtype == kBFloat16 ? body::kHeadLaunchBf16 : nullptr;
+  if (table != nullptr) return table[schedule](x, out, w, b, head_w, head_b, n, h, w_, device, stream, pdl);
   throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
 }
 

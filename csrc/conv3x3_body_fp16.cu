@@ -19,7 +19,8 @@ const LaunchFn kLaunchFp16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUN
 const TailLaunchFn kTailLaunchFp16[kNumTailVariants] = {
     VDSR_STRIP_VARIANTS(VDSR_STRIP_TAIL_FP16) VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_TAIL_FP16)};
 
-const HeadLaunchFn kHeadLaunchFp16 = &launch_strip_head<__half>;
+const HeadLaunchFn kHeadLaunchFp16[kNumHeadSchedules] = {&launch_strip_head<__half, kHeadSplits[0]>,
+                                                         &launch_strip_head<__half, kHeadSplits[1]>};
 
 bool wgmma_runs_on(int device) { return sm90a_image_runs(conv3x3_wgmma_kernel<__half, 3, false>, device); }
 

@@ -607,16 +607,19 @@ void launch_strip_tail(const void* in, float* z, const void* w, const float* b, 
   launch_strip_kernel<T, LOADS_FIRST, SPLIT, RS, true>(in, nullptr, w, b, tail_w, z, n, h, w_, device, stream, pdl);
 }
 
-// The first body layer of a fused head (HeadLaunchFn): the Y plane x in, the head computed on the fly.  One schedule
-// for every body variant: variant 10's wgmma groups (SPLIT 4), the halo rows computed after the epilogue, when one
-// accumulator set is live (LOADS_FIRST would compute them beside both).
+// The first body layer of a fused head (HeadLaunchFn): the Y plane x in, the head computed on the fly, whatever the
+// body variant of the other layers.  The halo rows are computed after the epilogue, when one accumulator set is live
+// (LOADS_FIRST would compute them beside both: ptxas spilled 76 bytes).  Two schedules, until a GPU run ranks them
+// (launch_head_body's `split`): kHeadSplits[0], variant 10's four wgmma groups with an epilogue quarter after each
+// (the default), and [1], all 36 wgmmas in one group first, so that the epilogue and the row computation both run
+// while the tensor cores work through the whole item.
 constexpr bool kHeadLoadsFirst = false;
-constexpr int kHeadSplit = 4;
-template <typename T>
+constexpr int kHeadSplits[] = {4, 1};
+constexpr int kNumHeadSchedules = sizeof(kHeadSplits) / sizeof(kHeadSplits[0]);
+template <typename T, int SPLIT>
 void launch_strip_head(const float* x, void* out, const void* w, const float* b, const float* head_w,
                        const float* head_b, int n, int h, int w_, int device, cudaStream_t stream, bool pdl) {
-  launch_wgmma_tiles<StripLaunch<false, false, true>, T,
-                     conv3x3_strip_kernel<T, kHeadLoadsFirst, kHeadSplit, false, false, true>>(
+  launch_wgmma_tiles<StripLaunch<false, false, true>, T, conv3x3_strip_kernel<T, kHeadLoadsFirst, SPLIT, false, false, true>>(
       x, out, w, b, nullptr, nullptr, n, h, w_, device, stream, pdl, head_w, head_b);
 }
 

@@ -1431,14 +1431,14 @@ def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=F
     return launch_tiles(K, kernel, T, x_bits, w_bits, bias, resident_ctas, eager, g_out=g_z, g_tail=g_tail)
 
 
-HEAD_SCHEDULE = (False, 4, False)  # sb kHeadLoadsFirst, kHeadSplit (RS false): launch_strip_head's kernel
+HEAD_SCHEDULES = [(False, 4, False), (False, 1, False)]  # sb kHeadLoadsFirst, kHeadSplits (RS false), by schedule
 
 
-def launch_strip_head(T, y, w_bits, bias, head_w, head_b, *, resident_ctas=132, eager=False, K=None):
-    """sb ``launch_strip_head``: the first body layer of a fused head on the fp32 Y plane ``y`` (N, H, W), the head
-    weights ``head_w`` (64, 9) and ``head_b`` (64,) fp32.  Returns the output bit patterns (N, H, W, 64) and write
-    counts."""
-    K = replace(K or StripTile(*HEAD_SCHEDULE), head=True)
+def launch_strip_head(T, y, w_bits, bias, head_w, head_b, *, schedule=0, resident_ctas=132, eager=False):
+    """sb ``launch_strip_head`` (``schedule``: the index into kHeadSplits): the first body layer of a fused head on the
+    fp32 Y plane ``y`` (N, H, W), the head weights ``head_w`` (64, 9) and ``head_b`` (64,) fp32.  Returns the output
+    bit patterns (N, H, W, 64) and write counts."""
+    K = replace(StripTile(*HEAD_SCHEDULES[schedule]), head=True)
     g_head = (Global("head_w", np.asarray(head_w, np.float32).ravel()), Global("head_b", np.asarray(head_b, np.float32)))
     return launch_tiles(K, strip_kernel_cta, T, np.asarray(y, np.float32), w_bits, bias, resident_ctas, eager,
                         g_head=g_head)  # fmt: skip

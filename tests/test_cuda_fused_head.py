@@ -40,25 +40,26 @@ def _head_case(size, dtype, seed=0):
 def test_head_schedule_matches_the_source():
     text = (emu.CSRC / "wgmma_strip_body.cuh").read_text()
     loads_first = re.search(r"constexpr bool kHeadLoadsFirst = (true|false);", text).group(1) == "true"
-    split = int(re.search(r"constexpr int kHeadSplit = (\d+);", text).group(1))
-    assert emu.HEAD_SCHEDULE == (loads_first, split, False)
+    splits = re.search(r"constexpr int kHeadSplits\[\] = \{([\d, ]+)\};", text).group(1)
+    assert emu.HEAD_SCHEDULES == [(loads_first, int(s), False) for s in splits.split(",")]
     assert int(re.search(r"constexpr int kHeadStride = (\d+);", text).group(1)) == emu.HEAD_STRIDE
 
 
+@pytest.mark.parametrize("schedule", range(len(emu.HEAD_SCHEDULES)), ids=lambda s: f"schedule{s}")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "size, ctas", [((1, 5, 7), 3), ((2, 6, 130), 3), ((1, 9, 20), 2), ((3, 2, 1), 3), ((1, 4, 257), 5)],
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"ctas{v}",
 )  # fmt: skip
-def test_fused_head_equals_head_then_body_in_the_emulator(size, ctas, dtype):
+def test_fused_head_equals_head_then_body_in_the_emulator(size, ctas, dtype, schedule):
     """Partial strips, two and three strips, several images, one pixel, CTAs whose item ranges start mid-strip:
     the fused layer's output bits equal the head kernel's activation through the plain strip kernel (same
     schedule), every pixel written once."""
     T = TYPES[dtype]
     y, w, b, head_w, head_b = _head_case(size, dtype)
     act, _ = emu.launch_head(T, y, head_w, head_b)
-    want, _ = emu.launch_strip(emu.HEAD_SCHEDULE, T, act, w, b, resident_ctas=ctas)
-    got, writes = emu.launch_strip_head(T, y, w, b, head_w, head_b, resident_ctas=ctas)
+    want, _ = emu.launch_strip(emu.HEAD_SCHEDULES[schedule], T, act, w, b, resident_ctas=ctas)
+    got, writes = emu.launch_strip_head(T, y, w, b, head_w, head_b, schedule=schedule, resident_ctas=ctas)
     assert (writes == 1).all(), "every output chunk must be written exactly once"
     np.testing.assert_array_equal(got, want)
 
@@ -67,7 +68,7 @@ def test_fused_head_eager_copies_and_bf16():
     """The weights' cp.async completing at issue (eager) changes nothing."""
     T = TYPES[torch.bfloat16]
     y, w, b, head_w, head_b = _head_case((2, 7, 131), torch.bfloat16, seed=3)
-    want, _ = emu.launch_strip(emu.HEAD_SCHEDULE, T, emu.launch_head(T, y, head_w, head_b)[0], w, b, resident_ctas=4)
+    want, _ = emu.launch_strip(emu.HEAD_SCHEDULES[0], T, emu.launch_head(T, y, head_w, head_b)[0], w, b, resident_ctas=4)
     got, _ = emu.launch_strip_head(T, y, w, b, head_w, head_b, resident_ctas=4, eager=True)
     np.testing.assert_array_equal(got, want)
 
@@ -130,6 +131,40 @@ def test_network_fused_head_bit_equals_unfused(cuda_device, dtype, shape):  # no
     torch.testing.assert_close(graphed, plain, rtol=0, atol=0)
     _, launched_early = _fused_and_plain(model, cuda_device, dtype, x, pdl=True)  # programmatic dependent launch
     torch.testing.assert_close(launched_early, plain, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_head_body_schedules_equal_head_then_body(cuda_device, dtype):  # noqa: F811
+    """_C.head_body in both schedules against _C.head then _C.body (the automatic variant), bit for bit, with the
+    output NaN-poisoned first; an unknown schedule is refused."""
+    from test_cuda_backend import _ext
+
+    C = _ext()
+    if C.body_variants()[C.body_auto_variant(cuda_device.index)]["tail_partials"] is False:
+        pytest.skip("the fused head runs on the wgmma strip kernel (Hopper, sm_90a)")
+    y_np, _, b_np, head_w, head_b = _head_case((2, 67, 300), dtype, seed=4)
+    g = torch.Generator().manual_seed(9)
+    w = (torch.randn(64, 64, 3, 3, generator=g) / 24).to(cuda_device)
+    from vdsr_fast.kernels.cuda import pack_body_weight
+
+    wp = pack_body_weight(w, dtype)
+    y, b = torch.from_numpy(y_np).to(cuda_device), torch.from_numpy(b_np).float().to(cuda_device)
+    hw, hb = torch.from_numpy(head_w).to(cuda_device), torch.from_numpy(head_b).to(cuda_device)
+    code = C.DTYPE_FLOAT16 if dtype == torch.float16 else C.DTYPE_BFLOAT16
+    n, h, w_ = y.shape
+    act, want = (torch.empty(n, h, w_, 64, device=cuda_device, dtype=dtype) for _ in range(2))
+    stream = torch.cuda.current_stream().cuda_stream
+    C.head(y.data_ptr(), act.data_ptr(), hw.data_ptr(), hb.data_ptr(), n, h, w_, code, cuda_device.index, stream)
+    C.body(act.data_ptr(), want.data_ptr(), wp.data_ptr(), b.data_ptr(), n, h, w_, code, cuda_device.index, stream)
+    for schedule in (0, 1):
+        got = torch.full_like(want, float("nan"))
+        C.head_body(y.data_ptr(), got.data_ptr(), hw.data_ptr(), hb.data_ptr(), wp.data_ptr(), b.data_ptr(), n, h, w_,
+                    code, cuda_device.index, stream, False, schedule)  # fmt: skip
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"schedule {schedule}")
+    with pytest.raises((ValueError, RuntimeError), match="schedule"):
+        C.head_body(y.data_ptr(), got.data_ptr(), hw.data_ptr(), hb.data_ptr(), wp.data_ptr(), b.data_ptr(), n, h, w_,
+                    code, cuda_device.index, stream, False, 2)  # fmt: skip
 
 
 @pytest.mark.gpu
