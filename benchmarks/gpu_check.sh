@@ -233,7 +233,8 @@ from vdsr_fast import VDSR, Engine
 torch.manual_seed(0)
 m = VDSR()
 for dt in (torch.float16, torch.bfloat16):
-  for opts in ({'fuse_tail': False}, {}, {'mma_head': True, 'pdl': True}, {'body_variant': 12}, {'body_variant': 14}):
+  for opts in ({'fuse_tail': False}, {}, {'mma_head': True, 'pdl': True}, {'body_variant': 12}, {'body_variant': 14},
+               {'fuse_head': True}, {'fuse_head': True, 'pdl': True}):
     e = Engine(m, backend='cuda', dtype=dt, device='cuda', **opts)
     y = e(torch.rand(2, 1, 37, 53, device='cuda'))
     torch.cuda.synchronize()

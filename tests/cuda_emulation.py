@@ -343,6 +343,17 @@ class Cta:
         self.ready[chunk] = self.epoch
         self.generic[chunk] = True
 
+    @staticmethod
+    def _check_quarter_banks(addr, live, what):
+        """A 16-byte access is served a quarter-warp (8 lanes) at a time: their chunks must sit in 8 distinct
+        16-byte bank groups (or be the same chunk)."""
+        quarters = addr.reshape(addr.shape[:-1] + (4, 8))
+        q_live = live.reshape(quarters.shape)
+        group = (quarters >> 4) & 7
+        clash = (group[..., :, None] == group[..., None, :]) & (quarters[..., :, None] != quarters[..., None, :])
+        if (clash & q_live[..., :, None] & q_live[..., None, :]).any():
+            raise Hazard(f"{what} quarter-warp with a shared-memory bank conflict")
+
     def lds128(self, addr, active=None):
         """``ld.shared.v4.b32`` (ht:222); ``addr[..., lane]`` -> ``(..., lane, 4)`` uint32 (0 in lanes where
         ``active`` is False).  A 16-byte access is served a quarter-warp (8 lanes) at a time: their chunks must
@@ -352,12 +363,7 @@ class Cta:
         live = np.broadcast_to(True if active is None else active, addr.shape)
         rel = self._access(addr, 16, "ld.shared.v4", live)
         self._check_read(rel // 16, "ld.shared.v4")
-        quarters = addr.reshape(addr.shape[:-1] + (4, 8))
-        q_live = live.reshape(quarters.shape)
-        group = (quarters >> 4) & 7
-        clash = (group[..., :, None] == group[..., None, :]) & (quarters[..., :, None] != quarters[..., None, :])
-        if (clash & q_live[..., :, None] & q_live[..., None, :]).any():
-            raise Hazard("ld.shared.v4 quarter-warp with a shared-memory bank conflict")
+        self._check_quarter_banks(addr, live, "ld.shared.v4")
         out = np.zeros(addr.shape + (4,), np.uint32)
         w = (rel >> 1)[..., None] + 2 * np.arange(4)
         out[live] = self.h[w].astype(np.uint32) | (self.h[w + 1].astype(np.uint32) << 16)
@@ -379,12 +385,7 @@ class Cta:
         if np.any(self.ready[chunk] == PENDING):
             raise Hazard("st.shared.v4 into shared memory with a cp.async in flight")
         if quarter_banks:
-            quarters = addr.reshape(addr.shape[:-1] + (4, 8))
-            q_live = live.reshape(quarters.shape)
-            group = (quarters >> 4) & 7
-            clash = (group[..., :, None] == group[..., None, :]) & (quarters[..., :, None] != quarters[..., None, :])
-            if (clash & q_live[..., :, None] & q_live[..., None, :]).any():
-                raise Hazard("st.shared.v4 quarter-warp with a shared-memory bank conflict")
+            self._check_quarter_banks(addr, live, "st.shared.v4")
         vals = np.broadcast_to(np.asarray(values, np.uint32), addr.shape + (4,))[live]
         w = (rel >> 1)[:, None] + 2 * np.arange(4)
         self.h[w] = (vals & 0xFFFF).astype(np.uint16)
