@@ -59,6 +59,7 @@ from vdsr_fast.cli import size_arg
 from vdsr_fast.engine import tf32_mode
 from vdsr_fast.reference import VDSR, flops_per_pixel, vdsr_forward
 from vdsr_fast.verify import ATOL as VERIFY_ATOL
+from vdsr_fast.verify import compare
 
 __all__ = [
     "BenchConfig",
@@ -415,9 +416,12 @@ def check_against_reference(
         )
     err = (out.double() - ref).abs().max().item()
     passed = math.isfinite(err) and err <= bound
-    return CheckResult(
-        list(shape), precision, err, torch_err, atol, bound, passed, "" if math.isfinite(err) else "non-finite output"
-    )
+    note = "" if math.isfinite(err) else "non-finite output"
+    if passed and precision == "fp8":  # the max rule is loose for FP8 (vdsr_fast.verify): its mean rule too
+        c = compare(out, same, ref, torch.float8_e4m3fn, scaled=False)
+        if not c.mean_ok:
+            passed, note = False, f"mean error {c.mean_err:.3g} > {c.mean_bound:.3g} (vdsr_fast.verify's FP8 rule)"
+    return CheckResult(list(shape), precision, err, torch_err, atol, bound, passed, note)
 
 
 # --------------------------------------------------------------------------------------------------

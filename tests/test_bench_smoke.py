@@ -289,6 +289,12 @@ def test_check_rule_fp8(tiny_model):
     assert good.passed and good.torch_err > 1e-4, good  # the emulation is itself the same-precision run: err = torch_err
     flat = bench.check_against_reference(lambda x: x, tiny_model, torch.device("cpu"), "fp8", torch.float32, shape=(1, 1, 9, 11))
     assert not flat.passed  # no residual at all
+    # every pixel off by the emulation's largest error: inside the max rule's bound (twice that error plus 2^-8), not
+    # the mean rule's (vdsr_fast.verify, as test_verify_checks_fp8_by_the_mean_too)
+    shift = good.torch_err
+    biased = bench.check_against_reference(lambda x: emulated(x) + shift, tiny_model, torch.device("cpu"), "fp8",
+                                           torch.float32, shape=(1, 1, 9, 11))  # fmt: skip
+    assert biased.err <= biased.bound and not biased.passed and "mean error" in biased.note, biased
 
 
 def test_quant_quality_script_runs(tmp_path, tiny_model, capsys):
