@@ -169,9 +169,17 @@ def test_head_body_schedules_equal_head_then_body(cuda_device, dtype):  # noqa: 
 
 @pytest.mark.gpu
 def test_fused_head_refusals(cuda_device):  # noqa: F811
-    """fuse_head with the tensor-core head, or with a non-wgmma body variant, is a clear error."""
+    """fuse_head with the tensor-core head, with Winograd weights, or with no body layer besides the fused tail's is
+    a clear error; with another body variant for the other layers it runs (the first layer is the strip kernel)."""
     model = _model(depth=4).to(cuda_device)
+    kw = dict(backend="cuda", device=cuda_device, dtype=torch.float16, fuse_head=True)
     with pytest.raises(BackendUnavailable, match="mma_head"):
-        Engine(model, backend="cuda", device=cuda_device, dtype=torch.float16, fuse_head=True, mma_head=True)
-    with pytest.raises(BackendUnavailable, match="fuse_head"):
-        Engine(model, backend="cuda", device=cuda_device, dtype=torch.float16, fuse_head=True, body_variant=0)
+        Engine(model, mma_head=True, **kw)
+    with pytest.raises(BackendUnavailable, match="Winograd"):
+        Engine(model, body_variant=3, **kw)
+    with pytest.raises(BackendUnavailable, match="besides the fused tail"):
+        Engine(_model(depth=3).to(cuda_device), **kw)
+    x = torch.rand(1, 1, 29, 31, device=cuda_device)
+    same = Engine(model, backend="torch", dtype=torch.float16, device=cuda_device)(x)
+    out = Engine(model, body_variant=0, **kw)(x)  # other accumulation orders than the strip kernel's: not bit-equal
+    assert_equivalent(out, same, ref64(model, x), torch.float16, "fused head + body variant 0")
