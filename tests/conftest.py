@@ -67,6 +67,14 @@ def pytest_collection_modifyitems(config, items):
     items[:] = sorted(keep, key=order)
 
 
+def pytest_runtest_logreport(report):
+    """On a GPU run (VDSR_FAST_GPU_TESTS_ONLY=1) a failure's traceback goes to the log at once: the device call's
+    time cap may kill pytest before its summary (run 11 lost the tracebacks of its three failures that way)."""
+    if os.environ.get("VDSR_FAST_GPU_TESTS_ONLY") == "1" and report.failed:
+        sys.stderr.write(f"\n--- FAILED {report.nodeid} ({report.when}):\n{report.longreprtext}\n")
+        sys.stderr.flush()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
