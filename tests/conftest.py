@@ -68,11 +68,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_runtest_logreport(report):
-    """On a GPU run (VDSR_FAST_GPU_TESTS_ONLY=1) a failure's traceback goes to the log at once: the device call's
-    time cap may kill pytest before its summary (run 11 lost the tracebacks of its three failures that way)."""
-    if os.environ.get("VDSR_FAST_GPU_TESTS_ONLY") == "1" and report.failed:
+    """On a GPU run (VDSR_FAST_GPU_TESTS_ONLY=1) a failure's traceback, and each phase of 5 s or more, go to the log at
+    once: the device call's time cap may kill pytest before its summary (run 11 lost the tracebacks of its three
+    failures that way)."""
+    if os.environ.get("VDSR_FAST_GPU_TESTS_ONLY") != "1":
+        return
+    if report.failed:
         sys.stderr.write(f"\n--- FAILED {report.nodeid} ({report.when}):\n{report.longreprtext}\n")
-        sys.stderr.flush()
+    elif report.duration >= 5:  # and the slow phases, for sizing the next device call's test share
+        sys.stderr.write(f"\n--- SLOW {report.nodeid} ({report.when}): {report.duration:.1f} s\n")
+    sys.stderr.flush()
 
 
 @pytest.fixture(autouse=True)
