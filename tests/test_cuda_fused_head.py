@@ -48,7 +48,7 @@ def test_head_schedule_matches_the_source():
 @pytest.mark.parametrize("schedule", range(len(emu.HEAD_SCHEDULES)), ids=lambda s: f"schedule{s}")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
-    "size, ctas", [((1, 5, 7), 3), ((2, 6, 130), 3), ((1, 9, 20), 2), ((3, 2, 1), 3), ((1, 4, 257), 5)],
+    "size, ctas", [((1, 5, 7), 3), ((2, 6, 130), 3), ((1, 9, 20), 2), ((3, 2, 1), 3), ((1, 4, 257), 5), ((2, 1, 3), 2)],
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"ctas{v}",
 )  # fmt: skip
 def test_fused_head_equals_head_then_body_in_the_emulator(size, ctas, dtype, schedule):
