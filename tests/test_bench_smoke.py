@@ -315,3 +315,24 @@ def test_quant_quality_script_runs(tmp_path, tiny_model, capsys):
     written = (tmp_path / "q.md").read_text()
     assert written.startswith("# The FP8 engine's quality cost") and written.count("| myset | x") == 3
     assert quant_quality.main(["--sets", str(tmp_path / "missing")]) == 2
+    assert quant_quality.main([*argv, "--fp16-layers", "0,1"]) == 0
+    assert "body layers [0, 1] in fp16" in (tmp_path / "q.md").read_text()
+
+
+def test_mixed_fp8_without_fp16_layers_is_the_emulation(tiny_model):
+    """quant_quality.MixedFp8 carries activations unscaled: with no fp16 layer it is fp8.emulate up to fp32 rounding
+    (a rare input a rounding step from an e4m3 tie may round the other way); with every layer in fp16 it is near the
+    fp32 network."""
+    from benchmarks import quant_quality
+    from vdsr_fast import fp8
+
+    x = torch.rand(2, 1, 17, 23)
+    want = fp8.emulate(fp8.pack(tiny_model), x)
+    got = quant_quality.MixedFp8(tiny_model, set())(x)
+    assert (got - want).abs().mean() < 1e-4 * want.abs().mean()
+    from vdsr_fast.engine import Engine
+
+    ref = Engine(tiny_model, backend="torch", dtype=torch.float32, device="cpu")(x)
+    body = len(tiny_model.layers) - 2
+    all_fp16 = quant_quality.MixedFp8(tiny_model, set(range(body)))(x)
+    assert (all_fp16 - ref).abs().max() < 0.1 * (want - ref).abs().max()
