@@ -609,10 +609,10 @@ void launch_strip_tail(const void* in, float* z, const void* w, const float* b, 
 
 // The first body layer of a fused head (HeadLaunchFn): the Y plane x in, the head computed on the fly, whatever the
 // body variant of the other layers.  The halo rows are computed after the epilogue, when one accumulator set is live
-// (LOADS_FIRST would compute them beside both: ptxas spilled 76 bytes).  Two schedules, until a GPU run ranks them
-// (launch_head_body's `schedule`, an index into kHeadSplits): [0], variant 10's four wgmma groups with an epilogue quarter after each
-// (the default), and [1], all 36 wgmmas in one group first, so that the epilogue and the row computation both run
-// while the tensor cores work through the whole item.
+// (LOADS_FIRST would compute them beside both: ptxas spilled 76 bytes).  Two schedules until a GPU run ranks them
+// (launch_head_body's `schedule`, an index into kHeadSplits): 0, variant 10's four wgmma groups with an epilogue
+// quarter after each (the backend's), and 1, all 36 wgmmas in one group first, so that the epilogue and the row
+// computation both run while the tensor cores work through the whole item.
 constexpr bool kHeadLoadsFirst = false;
 constexpr int kHeadSplits[] = {4, 1};
 constexpr int kNumHeadSchedules = sizeof(kHeadSplits) / sizeof(kHeadSplits[0]);
