@@ -25,7 +25,8 @@ using TailLaunchFn = void (*)(const void*, float*, const void*, const float*, co
 extern const TailLaunchFn kTailLaunchFp16[kNumTailVariants];  // conv3x3_body_fp16.cu
 extern const TailLaunchFn kTailLaunchBf16[kNumTailVariants];  // conv3x3_body_bf16.cu
 
-// The first-layer kernels of a fused head (launch_strip_head), one per schedule (kHeadSplits), whatever the body variant.
+// The first-layer kernels of a fused head (launch_strip_head), one per schedule (kHeadSplits), whatever the body
+// variant.
 using HeadLaunchFn = void (*)(const float*, void*, const void*, const float*, const float*, const float*, int, int, int,
                               int, cudaStream_t, bool);
 extern const HeadLaunchFn kHeadLaunchFp16[kNumHeadSchedules];  // conv3x3_body_fp16.cu

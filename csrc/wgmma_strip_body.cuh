@@ -142,8 +142,8 @@ __device__ __forceinline__ void strip_load_rows(uint32_t ring, const T* __restri
   }
 }
 
-// HEAD: the head weights [64][9] and biases [64] (fp32, global) -> kHeadStride floats per chunk at shared address hw, by
-// the CTA's 256 threads (read after a barrier).
+// HEAD: the head weights [64][9] and biases [64] (fp32, global) -> kHeadStride floats per chunk at shared address
+// hw, by the CTA's 256 threads (read after a barrier).
 __device__ __forceinline__ void strip_store_head_weights(uint32_t hw, const float* __restrict__ head_w,
                                                          const float* __restrict__ head_b) {
   for (int i = threadIdx.x; i < kChunks * kHeadStride; i += 256) {
@@ -206,7 +206,9 @@ __device__ __forceinline__ void strip_head_rows(uint32_t ring, uint32_t hw, cons
         for (int c = 0; c < 8; ++c) acc[c] = fmaf(w[c], v, acc[c]);
       }
 #pragma unroll
-      for (int k = 0; k < 4; ++k) packed[k] = Storage<T>::pack2(relu_keep_nan(acc[2 * k]), relu_keep_nan(acc[2 * k + 1]));
+      for (int k = 0; k < 4; ++k) {
+        packed[k] = Storage<T>::pack2(relu_keep_nan(acc[2 * k]), relu_keep_nan(acc[2 * k + 1]));
+      }
     }
     const uint32_t dst = ring + (h % K::kRing) * K::kHaloRowBytes + static_cast<uint32_t>(j * K::kPlane + px * 16);
     asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(packed[0]), "r"(packed[1]),
@@ -619,8 +621,9 @@ constexpr int kNumHeadSchedules = sizeof(kHeadSplits) / sizeof(kHeadSplits[0]);
 template <typename T, int SPLIT>
 void launch_strip_head(const float* x, void* out, const void* w, const float* b, const float* head_w,
                        const float* head_b, int n, int h, int w_, int device, cudaStream_t stream, bool pdl) {
-  launch_wgmma_tiles<StripLaunch<false, false, true>, T, conv3x3_strip_kernel<T, kHeadLoadsFirst, SPLIT, false, false, true>>(
-      x, out, w, b, nullptr, nullptr, n, h, w_, device, stream, pdl, head_w, head_b);
+  constexpr auto kKernel = conv3x3_strip_kernel<T, kHeadLoadsFirst, SPLIT, false, false, true>;
+  launch_wgmma_tiles<StripLaunch<false, false, true>, T, kKernel>(x, out, w, b, nullptr, nullptr, n, h, w_, device,
+                                                                  stream, pdl, head_w, head_b);
 }
 
 }  // namespace body
