@@ -13,6 +13,8 @@
 # copied to $OUT (default runs/gpu_out); put last.pt back in runs/gpu here so the next call (or a CPU
 # run) resumes from it.
 #
+# At the end, the run's weights and the shipped ones are scored on Set5 and, when carried, Set14 (carry_eval/,
+# made by prepare_device.sh; carry=["carry", "carry_eval"]): a table in train.log (SKIP_EVAL=1: none).
 # Knobs (environment): PYTHON (default python3), TRAIN_MINUTES=5 (then a checkpoint and stop; the schedule follows STEPS, so a
 # run cut into calls equals the uninterrupted one), STEPS=20000, BATCH=64, PATCH=48, LR=2e-4,
 # EVAL_EVERY=2500, FIT_MINUTES=M (a new run: STEPS replaced by the steps that fit in M minutes, timed during the
@@ -57,4 +59,31 @@ for h in hist[-3:]:
     print(" ", h)
 print("Set5 during training:", [(h["step"], h["set5"]) for h in hist if "set5" in h])
 EOF
+# The run's weights against the shipped ones on Set5 and (when carried: carry_eval/Set14) Set14, x2/x3/x4, paper
+# protocol, the fp32 reference backend on the GPU (TF32 off): the decision's first half in the same call (BSD100,
+# 91 MB, does not travel: `vdsr-fast eval` here). SKIP_EVAL=1 skips it.
+if [[ -z ${SKIP_EVAL:-} && -f runs/gpu/vdsr_x234.safetensors ]]; then
+  "$PY" - <<'EOF' 2>&1 | tee -a "$OUT/train.log"
+from pathlib import Path
+
+import torch
+
+import vdsr_fast
+from vdsr_fast.engine import Engine
+from vdsr_fast.evaluate import evaluate
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+runs = {"run": vdsr_fast.load("runs/gpu/vdsr_x234.safetensors"), "shipped": vdsr_fast.load()}
+engines = {k: Engine(m, backend="torch", dtype=torch.float32, device=device) for k, m in runs.items()}
+print("| set | scale | run PSNR | shipped PSNR | Δ (dB) | run SSIM | shipped SSIM |")
+print("|---|---|---|---|---|---|---|")
+for folder in (Path("carry/Set5"), Path("carry_eval/Set14")):
+    if not folder.is_dir():
+        continue
+    for s in (2, 3, 4):
+        a, b = (evaluate(folder, s, engines[k]) for k in ("run", "shipped"))
+        print(f"| {folder.name} | x{s} | {a.mean('psnr'):.3f} | {b.mean('psnr'):.3f} | "
+              f"{a.mean('psnr') - b.mean('psnr'):+.3f} | {a.mean('ssim'):.4f} | {b.mean('ssim'):.4f} |", flush=True)
+EOF
+fi
 exit "$rc"

@@ -10,6 +10,8 @@
 #   carry/  carry/y291.npz, the 291 set's Y planes (8-bit, stored with LZMA: 23 MB instead of 27 MB, so
 #           that carry/ and .whl/ fit the 64 MiB a call may take beside the tree: gpu_session.sh), and
 #           carry/Set5, a copy of ../shared/data/eval/Set5 for the trainer's periodic PSNR.
+#   carry_eval/  carry_eval/Set14 (17 MB), for gpu_train.sh's closing Set14 score (carry=["carry", "carry_eval"]
+#           in a training call; it does not fit beside .whl/).
 # It ends with the sizes and what is left of the 64 MiB a call may carry.
 # Knobs: DEVICE_PYTHON=3.12, DEVICE_PLATFORM=manylinux_2_28_x86_64, DATA=../shared/data, PYTHON (default python3).
 set -euo pipefail
@@ -39,6 +41,9 @@ if [[ $what != whl ]]; then
   done
   mkdir -p carry
   rm -rf carry/Set5 && cp -r "$DATA/eval/Set5" carry/Set5 && chmod -R u+w carry/Set5  # the data is read-only
+  if [[ -d $DATA/eval/Set14 ]]; then
+    rm -rf carry_eval && mkdir -p carry_eval && cp -r "$DATA/eval/Set14" carry_eval/Set14 && chmod -R u+w carry_eval
+  fi
   if [[ ! -f carry/y291.npz ]]; then
     "$PY" - "$DATA" <<'EOF'
 import os
@@ -58,7 +63,7 @@ EOF
   fi
 fi
 
-du -sh .whl carry 2>/dev/null || true
+du -sh .whl carry carry_eval 2>/dev/null || true
 tree_kib=$(git ls-files -z | du -ck --files0-from=- | tail -n 1 | cut -f1)
 extra_kib=$(du -sk .whl carry 2>/dev/null | awk '{s += $1} END {print s + 0}')
-echo "tracked tree $((tree_kib / 1024)) MiB + .whl/carry $((extra_kib / 1024)) MiB of the 64 MiB a call may carry"
+echo "tracked tree $((tree_kib / 1024)) MiB + .whl/carry $((extra_kib / 1024)) MiB of the 64 MiB a call may carry (carry_eval/: training calls only)"
