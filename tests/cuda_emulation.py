@@ -235,6 +235,14 @@ class Cta:
         if any(q.reads(chunk) for q in self.async_readers):
             raise Hazard(f"{what} into shared memory that a pending wgmma reads (wait_group)")
 
+    def _check_generic_write(self, chunk, what, since="__syncthreads"):
+        """A thread's store into shared chunks: none read since the last barrier (``since``), none with a
+        cp.async in flight."""
+        if np.any(self.last_read[chunk] >= self.epoch):
+            raise Hazard(f"{what} into shared memory read since the last {since} (write-after-read)")
+        if np.any(self.ready[chunk] == PENDING):
+            raise Hazard(f"{what} into shared memory with a cp.async in flight")
+
     def cp_async_16(self, dst, gmem: Global, src, valid):
         """du:55-59 for a batch of threads: ``src_size = valid ? 16 : 0``."""
         dst = np.asarray(dst, np.int64).ravel() - self.base
@@ -331,10 +339,7 @@ class Cta:
         """``st.shared.b32`` (wb:94-96, ht:84): visible to other threads after the next barrier."""
         a = self._access(addr, 4, "st.shared", active)
         chunk = a // 16
-        if np.any(self.last_read[chunk] >= self.epoch):
-            raise Hazard("st.shared into shared memory read since the last __syncthreads (write-after-read)")
-        if np.any(self.ready[chunk] == PENDING):
-            raise Hazard("st.shared into shared memory with a cp.async in flight")
+        self._check_generic_write(chunk, "st.shared")
         self._check_banks(addr, "st.shared", active)
         value = np.broadcast_to(np.asarray(value, np.uint32), np.shape(addr))
         value = value[np.broadcast_to(True if active is None else active, value.shape)]
@@ -380,10 +385,7 @@ class Cta:
         rel = self._access(addr, 16, "st.shared.v4", live)
         chunk = rel // 16
         self._check_async_war(chunk, "st.shared.v4")
-        if np.any(self.last_read[chunk] >= self.epoch):
-            raise Hazard("st.shared.v4 into shared memory read since the last __syncthreads (write-after-read)")
-        if np.any(self.ready[chunk] == PENDING):
-            raise Hazard("st.shared.v4 into shared memory with a cp.async in flight")
+        self._check_generic_write(chunk, "st.shared.v4")
         if quarter_banks:
             self._check_quarter_banks(addr, live, "st.shared.v4")
         vals = np.broadcast_to(np.asarray(values, np.uint32), addr.shape + (4,))[live]
@@ -404,10 +406,7 @@ class Cta:
             raise Hazard("stmatrix: row address out of range or not 16-byte aligned")
         chunk = addr // 16
         self._check_async_war(chunk, "stmatrix")
-        if np.any(self.last_read[chunk] >= self.epoch):
-            raise Hazard("stmatrix into shared memory read since the last barrier (write-after-read)")
-        if np.any(self.ready[chunk] == PENDING):
-            raise Hazard("stmatrix into shared memory with a cp.async in flight")
+        self._check_generic_write(chunk, "stmatrix", since="barrier")
         rows = addr.reshape(addr.shape[:-1] + (4, 8))  # [matrix i][row r]
         if np.any(np.bitwise_or.reduce(1 << ((rows >> 4) & 7), axis=-1) != 0xFF):
             raise Hazard("stmatrix phase with a shared-memory bank conflict")
