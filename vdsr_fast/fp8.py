@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .reference import VDSR
 
-__all__ = ["E4M3", "E4M3_MAX", "Fp8Weights", "activation_amax", "pack", "round_e4m3", "emulate"]
+__all__ = ["E4M3", "E4M3_MAX", "Fp8Weights", "activation_amax", "pack", "quantize_weight", "round_e4m3", "emulate"]
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
@@ -46,6 +46,13 @@ CALIBRATION_SEED = 0
 def round_e4m3(x: torch.Tensor) -> torch.Tensor:
     """``x`` rounded to the nearest e4m3 value (ties to even), saturating at ±448, in ``x``'s dtype."""
     return x.clamp(-E4M3_MAX, E4M3_MAX).to(E4M3).to(x.dtype)
+
+
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conv weight (C_OUT, C_IN, 3, 3) with one scale per output channel: ``w = sw[co] * q`` with ``sw = amax / 448``;
+    returns (``q`` as ``E4M3``, ``sw`` in ``w``'s dtype)."""
+    sw = w.abs().amax(dim=(1, 2, 3)).clamp_min(1e-30) / E4M3_MAX
+    return (w / sw[:, None, None, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), sw
 
 
 @torch.no_grad()
@@ -95,8 +102,8 @@ def pack(model: VDSR, device: torch.device | str = "cpu") -> Fp8Weights:
     last = len(ws) - 1
     body_w, alpha, beta = [], [], []
     for i in range(1, last):
-        sw = ws[i].abs().amax(dim=(1, 2, 3)).clamp_min(1e-30) / E4M3_MAX
-        body_w.append((ws[i] / sw[:, None, None, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3))
+        q, sw = quantize_weight(ws[i])
+        body_w.append(q)
         s_next = s[i + 1] if i + 1 < last else 1.0
         alpha.append(s[i] * sw / s_next)
         beta.append(bs[i] / s_next)
