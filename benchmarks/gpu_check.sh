@@ -32,6 +32,11 @@
 #                           files in $OUT/bench2/: BENCH2_CAP_S=240, AFTER_BENCH2_S=0 (left to the steps after it)
 #   PYTEST_ARGS="..."       extra pytest arguments (e.g. --deselect a test that crashes the process)
 #   PYTEST_PATHS="..."      test files to run instead of tests/ (a follow-up call)
+#   TEST_WORKERS=6          pytest-xdist processes for the tests (the device image has xdist; 0 or 1: one
+#                           process). Most of a GPU test's time is the host's (Triton's compiles, the float64
+#                           references, Python), so several processes sharing the GPU finish the ~420 GPU tests
+#                           in a fraction of one process's time (run 11: 32% of them in 170 s). A kernel that
+#                           faults then poisons only its worker's CUDA context: xdist replaces a crashed worker.
 #   SKIP_CANARY=1, CANARY_CAP_S=150  the experimental kernels' canaries (benchmarks/canary.py)
 #   LAYER_PROFILE=1         also run benchmarks/layer_profile.py (per-layer times, every kernel variant),
 #                           after the benchmark: LAYER_PROFILE_CAP_S=90, and AFTER_BENCH_S=0 (what the
@@ -169,7 +174,10 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   # shellcheck disable=SC2086
   # -v: the log names every test even when the cap cuts the run; SIGINT first so pytest still writes its
   # summary and junit.xml.
-  ((T > 0)) && VDSR_FAST_GPU_TESTS_ONLY=1 timeout -s INT -k 15 "$T" "$PY" -m pytest ${PYTEST_PATHS:-tests} -v -rfE --maxfail=10 --durations=10 -p no:cacheprovider ${PYTEST_ARGS:-} \
+  XDIST=()
+  W=${TEST_WORKERS:-6}
+  if ((W > 1)) && "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n "$W"); fi
+  ((T > 0)) && VDSR_FAST_GPU_TESTS_ONLY=1 timeout -s INT -k 15 "$T" "$PY" -m pytest ${PYTEST_PATHS:-tests} "${XDIST[@]}" -v -rfE --maxfail=10 --durations=10 -p no:cacheprovider ${PYTEST_ARGS:-} \
     --junitxml="$OUT/junit.xml" >"$OUT/pytest.log" 2>&1
   rc=$?
   tail -n 30 "$OUT/pytest.log" || true

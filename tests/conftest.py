@@ -71,8 +71,8 @@ def pytest_runtest_logreport(report):
     """On a GPU run (VDSR_FAST_GPU_TESTS_ONLY=1) a failure's traceback, and each phase of 5 s or more, go to the log at
     once: the device call's time cap may kill pytest before its summary (run 11 lost the tracebacks of its three
     failures that way)."""
-    if os.environ.get("VDSR_FAST_GPU_TESTS_ONLY") != "1":
-        return
+    if os.environ.get("VDSR_FAST_GPU_TESTS_ONLY") != "1" or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # (with pytest-xdist the controller receives every worker's reports: it writes them once)
     if report.failed:
         sys.stderr.write(f"\n--- FAILED {report.nodeid} ({report.when}):\n{report.longreprtext}\n")
     elif report.duration >= 5:  # and the slow phases, for sizing the next device call's test share
