@@ -33,10 +33,10 @@
 #   PYTEST_ARGS="..."       extra pytest arguments (e.g. --deselect a test that crashes the process)
 #   PYTEST_PATHS="..."      test files to run instead of tests/ (a follow-up call)
 #   TEST_WORKERS=6          pytest-xdist processes for the tests (the device image has xdist; 0 or 1: one
-#                           process). Most of a GPU test's time is the host's (Triton's compiles, the float64
-#                           references, Python), so several processes sharing the GPU finish the ~420 GPU tests
-#                           in a fraction of one process's time (run 11: 32% of them in 170 s). A kernel that
-#                           faults then poisons only its worker's CUDA context: xdist replaces a crashed worker.
+#                           process). Expected, not yet measured: most of a GPU test's time is the host's
+#                           (Triton's compiles, the float64 references, Python), so several processes sharing the
+#                           GPU get through more of the ~420 GPU tests than one (run 11: 32% of them in 170 s). A
+#                           kernel that faults poisons only its worker's CUDA context; xdist replaces a crashed worker.
 #   SKIP_CANARY=1, CANARY_CAP_S=150  the experimental kernels' canaries (benchmarks/canary.py)
 #   LAYER_PROFILE=1         also run benchmarks/layer_profile.py (per-layer times, every kernel variant),
 #                           after the benchmark: LAYER_PROFILE_CAP_S=90, and AFTER_BENCH_S=0 (what the
