@@ -68,6 +68,15 @@ void check_shape(const char* fn, int64_t n, int64_t h, int64_t w) {
   CHECK(fn, h * w <= INT32_MAX, "image too large: H*W=", h * w);
 }
 
+// A body variant id (or -1: automatic) that exists; returns the variant table.
+const vdsr::BodyVariant* check_variant(const char* fn, int variant) {
+  int num_variants = 0;
+  const vdsr::BodyVariant* variants = vdsr::body_variants(&num_variants);
+  CHECK(fn, variant >= -1 && variant < num_variants, "no body kernel variant ", variant, " (ids 0..",
+        num_variants - 1, ", or -1 for automatic)");
+  return variants;
+}
+
 DType check_dtype(const char* fn, int dtype) {
   CHECK(fn, dtype == vdsr::kFloat16 || dtype == vdsr::kBFloat16,
         "dtype code must be 0 (float16) or 1 (bfloat16), got ", dtype);
@@ -131,10 +140,7 @@ void body(uint64_t in, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t 
   CHECK_PTR(fn, "w", w, 16);
   CHECK_PTR(fn, "b", b, 4);
   check_disjoint(fn, "in and out", in, act_bytes(n, h, wd), out, act_bytes(n, h, wd));
-  int num_variants = 0;
-  vdsr::body_variants(&num_variants);
-  CHECK(fn, variant >= -1 && variant < num_variants, "no body kernel variant ", variant, " (ids 0..",
-        num_variants - 1, ", or -1 for automatic)");
+  check_variant(fn, variant);
   DeviceGuard guard(device);
   vdsr::launch_body(as_ptr<const void*>(in), as_ptr<void*>(out), as_ptr<const void*>(w), as_ptr<const float*>(b),
                     int(n), int(h), int(wd), dt, device, as_stream(stream), variant, pdl);
@@ -170,10 +176,7 @@ void body_tail_partials(uint64_t in, uint64_t z, uint64_t w, uint64_t b, uint64_
   CHECK_PTR(fn, "b", b, 4);
   CHECK_PTR(fn, "tail_w", tail_w, 4);
   check_disjoint(fn, "in and z", in, act_bytes(n, h, wd), z, static_cast<uint64_t>(n * h * wd) * 9 * 4);
-  int num_variants = 0;
-  vdsr::body_variants(&num_variants);
-  CHECK(fn, variant >= -1 && variant < num_variants, "no body kernel variant ", variant, " (ids 0..",
-        num_variants - 1, ", or -1 for automatic)");
+  check_variant(fn, variant);
   DeviceGuard guard(device);
   vdsr::launch_body_tail_partials(as_ptr<const void*>(in), as_ptr<float*>(z), as_ptr<const void*>(w),
                                   as_ptr<const float*>(b), as_ptr<const float*>(tail_w), int(n), int(h), int(wd), dt,
@@ -231,10 +234,7 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   CHECK_PTR(fn, "buf0", buf0, 16);
   CHECK_PTR(fn, "buf1", buf1, 16);
   check_disjoint(fn, "buf0 and buf1", buf0, act_bytes(n, h, wd), buf1, act_bytes(n, h, wd));
-  int num_variants = 0;
-  const vdsr::BodyVariant* variants = vdsr::body_variants(&num_variants);
-  CHECK(fn, variant >= -1 && variant < num_variants, "no body kernel variant ", variant, " (ids 0..",
-        num_variants - 1, ", or -1 for automatic)");
+  const vdsr::BodyVariant* variants = check_variant(fn, variant);
   CHECK(fn, !fuse_head || num_body >= (fuse_tail ? 2 : 1),
         "fuse_head needs a body layer besides the fused tail's, got num_body ", num_body);
   CHECK(fn, !(fuse_head && head_mma), "fuse_head computes the head with fp32 FMAs: not with head_mma");

@@ -371,8 +371,13 @@ def test_extension_argument_checks():
     tiles_at_once = {v["id"]: 2 if v["id"] == 14 else 1 for v in variants}
     assert all(v["warp_m"] * (v["threads"] // 32) * v["warp_n"] == tiles_at_once[v["id"]] * v["tile_h"] * v["tile_w"] * 64
                for v in variants)  # fmt: skip
-    with pytest.raises(ValueError, match="no body kernel variant"):
-        C.body(4096, 1 << 20, 1 << 21, 1 << 22, 1, 1, 1, 0, 0, 0, len(variants))
+    for bad in (len(variants), -2):  # the three entry points that take a variant check it alike
+        with pytest.raises(ValueError, match="no body kernel variant"):
+            C.body(4096, 1 << 20, 1 << 21, 1 << 22, 1, 1, 1, 0, 0, 0, bad)
+        with pytest.raises(ValueError, match="no body kernel variant"):
+            C.body_tail_partials(4096, 1 << 20, 1 << 21, 1 << 22, 1 << 23, 1, 1, 1, 0, 0, 0, bad)
+        with pytest.raises(ValueError, match="no body kernel variant"):
+            C.forward(*[k << 20 for k in range(1, 9)], 18, 9 << 20, 10 << 20, 1, 1, 1, 0, 0, 0, bad)
 
 
 def test_cuda_backend_rejects_other_channel_counts(cuda_device):
