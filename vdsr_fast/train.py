@@ -315,8 +315,20 @@ def train(
     on ``cfg.steps``, so the run equals one started with the fitted ``--steps``, which the checkpoint records
     (a resumed run keeps it).
     """
-    t_start = time.perf_counter()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    # Every training step convolves the same shapes: on a GPU let cuDNN time its algorithms for them once (the
+    # caller's setting is restored on return).
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or device.type == "cuda"
+    try:
+        return _train(cfg, device, resume, progress, until_step, max_minutes, fit_minutes)
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool, until_step: int | None,
+           max_minutes: float | None, fit_minutes: float | None) -> Path:  # fmt: skip
+    t_start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
