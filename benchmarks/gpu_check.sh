@@ -46,7 +46,8 @@
 #                           CRASH_DIAG_CAP_S=60
 #   NCU=1                   Nsight Compute (SpeedOfLight, compute/memory workload, warp stalls) on one 1080p
 #                           body layer per CUDA variant (benchmarks/ncu_body.py; NCU_VARIANTS="0,4,6"),
-#                           after the layer profile: NCU_CAP_S=60 -> ncu.log in gpu_check_logs.tgz
+#                           after the layer profile: NCU_CAP_S=60 -> ncu.log in gpu_check_logs.tgz; NCU_FUSED=1
+#                           adds the fused-tail last layer and the fused-head first layer (ncu_body.py --fused)
 set -uo pipefail  # no -e: one failing step must not cost the rest of a device call
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -362,8 +363,9 @@ if [[ "${NCU:-0}" == 1 && $BUILT == 1 ]]; then
     log "Nsight Compute, one 1080p fp16 body layer per variant (timeout ${T}s) -> $OUT/ncu.log"
     # shellcheck disable=SC2086
     timeout "$T" "$NCU_BIN" -k regex:conv3x3_ --section SpeedOfLight --section ComputeWorkloadAnalysis \
-      --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
-      "$PY" -m benchmarks.ncu_body ${NCU_VARIANTS:+--variants $NCU_VARIANTS} >"$OUT/ncu.log" 2>&1
+      --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats --section InstructionStats \
+      --section Occupancy "$PY" -m benchmarks.ncu_body ${NCU_VARIANTS:+--variants $NCU_VARIANTS} \
+      ${NCU_FUSED:+--fused} >"$OUT/ncu.log" 2>&1
     rc=$?
     SUMMARY+=("ncu: rc=$rc, $(grep -c 'conv3x3_.*Context' "$OUT/ncu.log" || true) kernels profiled (ncu.log)")
   fi

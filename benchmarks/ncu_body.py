@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default="", help="comma list of variant ids (default: every variant)")
     ap.add_argument("--size", default="1920x1080", help="WxH (default 1920x1080)")
+    ap.add_argument("--fused", action="store_true",
+                    help="also the automatic variant's fused-tail last layer and the fused-head first layer (both schedules)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("ncu_body: needs a CUDA GPU")
@@ -50,6 +52,28 @@ def main(argv: list[str] | None = None) -> int:
                  dev.index, stream, v["id"])  # fmt: skip
         torch.cuda.synchronize()
         print(f"variant {v['id']}: ran ({v['tile_h']}x{v['tile_w']} px tiles, {v['smem_bytes'] // 1024} KB)")
+    if args.fused:
+        auto = ext.body_variants()[ext.body_auto_variant(dev.index)]
+        if why := variant_unavailable(auto, dev) or (None if auto["tail_partials"] else "no fused tail"):
+            print(f"fused layers: {why}")
+            return 0
+        packed = pack_body_weight(w, torch.float16)
+        tw = torch.randn(9, 64, device=dev) * (2.0 / 576) ** 0.5  # [tap][c] fp32, as CudaBackend packs the tail
+        z = torch.empty(1, ht, wd, 9, device=dev)
+        ext.body_tail_partials(x.data_ptr(), z.data_ptr(), packed.data_ptr(), b.data_ptr(), tw.data_ptr(), 1, ht, wd,
+                               ext.DTYPE_FLOAT16, dev.index, stream, auto["id"])  # fmt: skip
+        torch.cuda.synchronize()
+        print(f"fused tail (variant {auto['id']}): ran")
+        if broken("cuda", {"fuse_head": True}):
+            print("fused head: its canary failed")
+            return 0
+        y = torch.rand(1, ht, wd, device=dev)
+        hw, hb = torch.randn(64, 9, device=dev) / 3, torch.randn(64, device=dev) * 0.1
+        for schedule in (0, 1):
+            ext.head_body(y.data_ptr(), out.data_ptr(), hw.data_ptr(), hb.data_ptr(), packed.data_ptr(), b.data_ptr(), 1,
+                          ht, wd, ext.DTYPE_FLOAT16, dev.index, stream, schedule=schedule)  # fmt: skip
+            torch.cuda.synchronize()
+            print(f"fused head, schedule {schedule}: ran")
     return 0
 
 
