@@ -362,7 +362,8 @@ if [[ "${NCU:-0}" == 1 && $BUILT == 1 ]]; then
   else
     log "Nsight Compute, one 1080p fp16 body layer per variant (timeout ${T}s) -> $OUT/ncu.log"
     # shellcheck disable=SC2086
-    timeout "$T" "$NCU_BIN" -k regex:conv3x3_ --section SpeedOfLight --section ComputeWorkloadAnalysis \
+    # --clock-control none: the card's clocks as they are (ncu would otherwise lock them to base while profiling)
+    timeout "$T" "$NCU_BIN" --clock-control none -k regex:conv3x3_ --section SpeedOfLight --section ComputeWorkloadAnalysis \
       --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats --section InstructionStats \
       --section Occupancy "$PY" -m benchmarks.ncu_body ${NCU_VARIANTS:+--variants $NCU_VARIANTS} \
       ${NCU_FUSED:+--fused} >"$OUT/ncu.log" 2>&1
