@@ -508,6 +508,10 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
         return {"mma_head": True, "pdl": True}
     if body == "fused_head":
         return {"fuse_head": True}
+    if body == "tail_spread":
+        return {"tail_spread": True}
+    if body == "fused_head_tail_spread":
+        return {"fuse_head": True, "tail_spread": True}
     if body.startswith("v"):
         return {"body_variant": int(body[1:])}
     if body == "swap":
@@ -530,7 +534,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
 def alternatives(name: str, device: torch.device) -> dict[str, str]:
     """{body: label} of the alternatives to time beside a backend's defaults: for CUDA every body variant but
     the automatic one and the direct kernel's smaller-memory fallbacks (ids 1, 2), the unfused tail, programmatic
-    dependent launch and the fused head where the automatic variant is a strip variant, and the tensor-core head; for Triton the Winograd
+    dependent launch, the fused head and the spread tail schedule (and the two together) where the automatic variant is
+    a strip variant that has them, and the tensor-core head; for Triton the Winograd
     SWAP bodies, the TMA body or (where that is the default: Hopper) the direct body, and the unfused tail."""
     if name == "triton":
         from vdsr_fast.kernels.triton.backend import default_body_config
@@ -556,6 +561,9 @@ def alternatives(name: str, device: torch.device) -> dict[str, str]:
         kinds["pdl"] = "programmatic dependent launch"
         kinds["mma_head_pdl"] = "tensor-core head + PDL"  # whether the two opt-ins add up
         kinds["fused_head"] = "head fused into the first layer"
+        if ext.body_variants()[auto]["tail_spread"]:
+            kinds["tail_spread"] = "tail partials spread over the epilogue"
+            kinds["fused_head_tail_spread"] = "fused head + spread tail partials"  # whether the two add up
     kinds["mma_head"] = "tensor-core head"
     return kinds
 

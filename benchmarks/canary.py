@@ -37,6 +37,7 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-mma-head": ("cuda", {"mma_head": True}),  # the head on tensor cores
     "cuda-pdl": ("cuda", {"pdl": True}),  # strip body layers by programmatic dependent launch
     "cuda-fused-head": ("cuda", {"fuse_head": True}),  # the first body layer computes the head from the Y plane
+    "cuda-tail-spread": ("cuda", {"tail_spread": True}),  # the fused tail's partial sums in every epilogue part
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
     "triton-swap": ("triton", {"body_config": "swap"}),  # channels as the GEMM's M (conv3x3.swap_configs)
     "triton-tma": ("triton", {"body_config": "tma"}),  # tensor-descriptor tiles (conv3x3_tma.tma_config)
@@ -63,10 +64,12 @@ def name_of(backend: str, opts: dict) -> str | None:
 
 
 def broken(backend: str, opts: dict) -> str | None:
-    """Why this configuration must not run here (it failed its canary), else None."""
-    name = name_of(backend, opts)
+    """Why this configuration must not run here (its canary, or the canary of one of its options, failed), else None."""
     failed = [s for s in os.environ.get("VDSR_FAST_BROKEN", "").split(",") if s]
-    return f"its canary ({name}) failed on this GPU: not run" if name in failed else None
+    for name in [name_of(backend, opts)] + [name_of(backend, {k: v}) for k, v in opts.items()]:
+        if name in failed:
+            return f"its canary ({name}) failed on this GPU: not run"
+    return None
 
 
 def run_one(name: str) -> None:

@@ -289,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: ext.body_tail_partials(x_nhwc.data_ptr(), z.data_ptr(), wl.data_ptr(), b.data_ptr(),
                                                tw32.data_ptr(), n, ht, wd, code, 0, stream(), auto),
                 fl + _flops(n, ht, wd, C, 1), out=z, check=check_z)  # fmt: skip
+            if ext.body_variants()[auto]["tail_spread"] and not broken("cuda", {"tail_spread": True}):
+                add("last", f"cuda last body layer + tail partials spread (variant {auto})",
+                    lambda: ext.body_tail_partials(x_nhwc.data_ptr(), z.data_ptr(), wl.data_ptr(), b.data_ptr(),
+                                                   tw32.data_ptr(), n, ht, wd, code, 0, stream(), auto, spread=True),
+                    fl + _flops(n, ht, wd, C, 1), out=z, check=check_z)  # fmt: skip
             add("tail", "cuda tail gather + residual (after the partials)",
                 lambda: ext.tail_gather(z.data_ptr(), y.data_ptr(), ty.data_ptr(), tb.data_ptr(), n, ht, wd, 0,
                                         stream()), fl_tail)  # fmt: skip

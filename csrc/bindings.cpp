@@ -164,9 +164,9 @@ void tail(uint64_t act, uint64_t x, uint64_t y, uint64_t w, uint64_t b, int64_t 
 
 // The last body layer of a fused tail: z[N,H,W,9] fp32 = the tail conv's per-tap partial sums of the layer's
 // output (launch_body_tail_partials); `variant` must be a variant with tail_partials (or -1 where the
-// automatic one has them).
+// automatic one has them); spread: its spread schedule (a variant with tail_spread).
 void body_tail_partials(uint64_t in, uint64_t z, uint64_t w, uint64_t b, uint64_t tail_w, int64_t n, int64_t h,
-                        int64_t wd, int dtype, int device, uint64_t stream, int variant, bool pdl) {
+                        int64_t wd, int dtype, int device, uint64_t stream, int variant, bool pdl, bool spread) {
   const char* fn = "body_tail_partials";
   check_shape(fn, n, h, wd);
   const DType dt = check_dtype(fn, dtype);
@@ -180,7 +180,7 @@ void body_tail_partials(uint64_t in, uint64_t z, uint64_t w, uint64_t b, uint64_
   DeviceGuard guard(device);
   vdsr::launch_body_tail_partials(as_ptr<const void*>(in), as_ptr<float*>(z), as_ptr<const void*>(w),
                                   as_ptr<const float*>(b), as_ptr<const float*>(tail_w), int(n), int(h), int(wd), dt,
-                                  device, as_stream(stream), variant, pdl);
+                                  device, as_stream(stream), variant, pdl, spread);
 }
 
 // The fused head: the first body layer straight from the Y plane x (launch_head_body), out = body(head(x)).
@@ -226,7 +226,7 @@ void tail_gather(uint64_t z, uint64_t x, uint64_t y, uint64_t b, int64_t n, int6
 void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head_w, uint64_t head_b, uint64_t body_w,
              uint64_t body_b, int64_t num_body, uint64_t tail_w, uint64_t tail_b, int64_t n, int64_t h, int64_t wd,
              int dtype, int device, uint64_t stream, int variant, bool fuse_tail, bool head_mma, bool pdl,
-             bool fuse_head) {
+             bool fuse_head, bool tail_spread) {
   const char* fn = "forward";
   check_shape(fn, n, h, wd);
   check_dtype(fn, dtype);
@@ -249,6 +249,7 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   const uint64_t layer_w_bytes = (variant >= 0 && variants[variant].winograd ? 16 : 9) * kC * kC * 2;
   const uint64_t bufs[2] = {buf0, buf1};
   CHECK(fn, !fuse_tail || num_body >= 1, "fuse_tail needs at least one body layer");
+  CHECK(fn, fuse_tail || !tail_spread, "tail_spread is a schedule of the fused tail: it needs fuse_tail");
   const int64_t unfused = fuse_tail ? num_body - 1 : num_body;
   for (int64_t i = fuse_head ? 1 : 0; i < unfused; ++i) {
     body(bufs[i % 2], bufs[(i + 1) % 2], body_w + i * layer_w_bytes, body_b + i * kC * 4, n, h, wd, dtype, device,
@@ -260,7 +261,7 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   }
   const int64_t last = num_body - 1;
   body_tail_partials(bufs[last % 2], bufs[num_body % 2], body_w + last * layer_w_bytes, body_b + last * kC * 4, tail_w,
-                     n, h, wd, dtype, device, stream, variant, pdl);
+                     n, h, wd, dtype, device, stream, variant, pdl, tail_spread);
   tail_gather(bufs[num_body % 2], x, y, tail_b, n, h, wd, device, stream);
 }
 
@@ -281,6 +282,7 @@ py::list body_variants() {
     d["winograd"] = v[i].winograd != 0;
     d["wgmma"] = v[i].wgmma != 0;
     d["tail_partials"] = v[i].tail_partials != 0;
+    d["tail_spread"] = v[i].tail_spread != 0;
     out.append(d);
   }
   return out;
@@ -317,17 +319,20 @@ PYBIND11_MODULE(_C, m) {
   m.def("forward", &forward, "x"_a, "y"_a, "buf0"_a, "buf1"_a, "head_w"_a, "head_b"_a, "body_w"_a, "body_b"_a,
         "num_body"_a, "tail_w"_a, "tail_b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
         "variant"_a = -1, "fuse_tail"_a = false, "head_mma"_a = false, "pdl"_a = false, "fuse_head"_a = false,
+        "tail_spread"_a = false,
         "the whole VDSR: head, num_body body layers (ping-pong), tail + residual (fuse_tail: the last body layer "
         "writes the tail's partial sums, a gather adds them; variants with tail_partials; head_mma: the head on "
         "tensor cores; pdl: the wgmma strip body layers by programmatic dependent launch; fuse_head: the first "
-        "body layer computes the head from x, sm_90a)");
+        "body layer computes the head from x, sm_90a; tail_spread: the fused tail's partial sums in every epilogue "
+        "part, variants with tail_spread)");
   m.def("head_body", &head_body, "x"_a, "out"_a, "head_w"_a, "head_b"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a,
         "device"_a, "stream"_a, "pdl"_a = false, "schedule"_a = 0,
         "out[N,H,W,64] = relu(conv3x3(relu(conv3x3(x fp32 [N,H,W], 1->64) + head_b), 64->64) + b): the fused head "
         "(the first body layer on the wgmma strip kernel, sm_90a; schedule 0: four wgmma groups per item, 1: one)");
   m.def("body_tail_partials", &body_tail_partials, "inp"_a, "z"_a, "w"_a, "b"_a, "tail_w"_a, "n"_a, "h"_a, "w_"_a,
-        "dtype"_a, "device"_a, "stream"_a, "variant"_a = -1, "pdl"_a = false,
-        "z[N,H,W,9] fp32 = per-tap partial sums of tail_w [9,64] over relu(conv3x3(inp, 64->64) + b)");
+        "dtype"_a, "device"_a, "stream"_a, "variant"_a = -1, "pdl"_a = false, "spread"_a = false,
+        "z[N,H,W,9] fp32 = per-tap partial sums of tail_w [9,64] over relu(conv3x3(inp, 64->64) + b) (spread: summed "
+        "in every epilogue part, variants with tail_spread)");
   m.def("tail_gather", &tail_gather, "z"_a, "x"_a, "y"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "device"_a, "stream"_a,
         "y = x + b + sum_{ky,kx} z[y+ky-1][x+kx-1][ky*3+kx] (fp32 Y planes)");
   m.def("body_variants", &body_variants, "the body kernel variants (list index = variant id): tiles, warps, stages, smem");

@@ -24,6 +24,18 @@ using TailLaunchFn = void (*)(const void*, float*, const void*, const float*, co
                               cudaStream_t, bool);
 extern const TailLaunchFn kTailLaunchFp16[kNumTailVariants];  // conv3x3_body_fp16.cu
 extern const TailLaunchFn kTailLaunchBf16[kNumTailVariants];  // conv3x3_body_bf16.cu
+// The same with the spread schedule of the partial sums (tail_spread), index = id - kFirstStripVariant; nullptr where a
+// strip variant has none (launch_strip_tail_spread).
+template <typename T, bool L, int S, bool R>
+constexpr TailLaunchFn strip_tail_spread_launch() {
+  if constexpr (kStripSpreadTail<R, S>) {
+    return &launch_strip_tail_spread<T, L, S, R>;
+  } else {
+    return nullptr;
+  }
+}
+extern const TailLaunchFn kTailSpreadLaunchFp16[kNumStripVariants];  // conv3x3_body_fp16.cu
+extern const TailLaunchFn kTailSpreadLaunchBf16[kNumStripVariants];  // conv3x3_body_bf16.cu
 
 // The first-layer kernels of a fused head (launch_strip_head), one per schedule (kHeadSplits), whatever the body
 // variant.

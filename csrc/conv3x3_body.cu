@@ -59,6 +59,8 @@ const BodyVariant* body_variants(int* count) {
     for (int i = 0; i < kNumAllVariants; ++i) {
       table[i] = kVariantInfo[i];
       table[i].id = i;
+      const int s = i - body::kFirstStripVariant;
+      table[i].tail_spread = s >= 0 && s < body::kNumStripVariants && body::kTailSpreadLaunchFp16[s] != nullptr;
     }
     filled = true;
   }
@@ -129,7 +131,8 @@ void launch_head_body(const float* x, void* out, const float* head_w, const floa
 }
 
 void launch_body_tail_partials(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n,
-                               int h, int w_, DType dtype, int device, cudaStream_t stream, int variant, bool pdl) {
+                               int h, int w_, DType dtype, int device, cudaStream_t stream, int variant, bool pdl,
+                               bool spread) {
   if (variant < 0) variant = body_auto_variant(device);
   if (variant >= kNumAllVariants || !kVariantInfo[variant].tail_partials) {
     throw std::invalid_argument("vdsr_fast._C: body kernel variant " + std::to_string(variant) +
@@ -138,8 +141,18 @@ void launch_body_tail_partials(const void* in, float* z, const void* w, const fl
                                 std::to_string(kNumAllVariants - 1) + ")");
   }
   const int s = variant - body::kFirstStripVariant;
-  if (dtype == kFloat16) return body::kTailLaunchFp16[s](in, z, w, b, tail_w, n, h, w_, device, stream, pdl);
-  if (dtype == kBFloat16) return body::kTailLaunchBf16[s](in, z, w, b, tail_w, n, h, w_, device, stream, pdl);
+  if (spread) {
+    int count = 0;
+    if (!body_variants(&count)[variant].tail_spread) {
+      throw std::invalid_argument("vdsr_fast._C: body kernel variant " + std::to_string(variant) +
+                                  " has no spread tail schedule (tail_spread: the strip variants 8 and 10)");
+    }
+    const auto fn = dtype == kFloat16 ? body::kTailSpreadLaunchFp16[s] : body::kTailSpreadLaunchBf16[s];
+    if (dtype == kFloat16 || dtype == kBFloat16) return fn(in, z, w, b, tail_w, n, h, w_, device, stream, pdl);
+  } else {
+    if (dtype == kFloat16) return body::kTailLaunchFp16[s](in, z, w, b, tail_w, n, h, w_, device, stream, pdl);
+    if (dtype == kBFloat16) return body::kTailLaunchBf16[s](in, z, w, b, tail_w, n, h, w_, device, stream, pdl);
+  }
   throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
 }
 

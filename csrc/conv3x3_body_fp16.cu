@@ -18,6 +18,8 @@ const LaunchFn kLaunchFp16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUN
 #define VDSR_PINGPONG_TAIL_FP16() &launch_pingpong_tail<__half>,
 const TailLaunchFn kTailLaunchFp16[kNumTailVariants] = {
     VDSR_STRIP_VARIANTS(VDSR_STRIP_TAIL_FP16) VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_TAIL_FP16)};
+#define VDSR_STRIP_SPREAD_FP16(L, S, R) strip_tail_spread_launch<__half, L, S, R>(),
+const TailLaunchFn kTailSpreadLaunchFp16[kNumStripVariants] = {VDSR_STRIP_VARIANTS(VDSR_STRIP_SPREAD_FP16)};
 
 const HeadLaunchFn kHeadLaunchFp16[kNumHeadSchedules] = {&launch_strip_head<__half, kHeadSplits[0]>,
                                                          &launch_strip_head<__half, kHeadSplits[1]>};

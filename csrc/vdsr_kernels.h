@@ -75,9 +75,11 @@ void launch_tail(const void* act, const float* x, float* y, const float* w, cons
 // activation, z[p][ky*3+kx] = sum_c wL[ky*3+kx][c] * relu(conv(in) + b)[p][c] -- instead of the activation;
 // `variant` as launch_body's (-1: automatic), and it must be such a variant.  Then the gather:
 // y = x + bL + sum_{ky,kx} z[y+ky-1][x+kx-1][ky*3+kx] (y may alias x, not z).
+// spread: the variant's spread schedule of the partial sums (BodyVariant::tail_spread), each epilogue part summing
+// the pixels it staged, between the item's wgmma groups; the same sums, added in another order.
 void launch_body_tail_partials(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n,
                                int h, int w_, DType dtype, int device, cudaStream_t stream, int variant = -1,
-                               bool pdl = false);
+                               bool pdl = false, bool spread = false);
 void launch_tail_gather(const float* z, const float* x, float* y, const float* b, int n, int h, int w_,
                         cudaStream_t stream);
 
@@ -100,6 +102,7 @@ struct BodyVariant {
   int winograd;         // 1: Winograd F(2x2, 3x3) kernel, weights packed [16][64][64] (U = G g G^T)
   int wgmma;            // 1: wgmma kernel: needs compute capability 9.0 and a build for sm_90a
   int tail_partials;    // 1: launch_body_tail_partials runs it (the last body layer of a fused tail)
+  int tail_spread;      // 1: ... also with spread = true (the partial sums in every epilogue part)
 };
 const BodyVariant* body_variants(int* count);
 int body_auto_variant(int device);

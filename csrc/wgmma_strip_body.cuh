@@ -91,13 +91,19 @@ constexpr int kTailBytes = kC * kTailStride * 4;  // 3 KB
 // pad (a warp's threads on different chunks then read 8 distinct 16-byte bank groups).
 constexpr int kHeadStride = 84;
 constexpr int kHeadBytes = kChunks * kHeadStride * 4;  // 2,688
-template <bool TAIL, bool RS, bool HEAD = false>
+// TAIL with SPREAD (tail_spread): each warpgroup stages its row's partial sums [pixel][9] fp32 behind the tail weights.
+template <bool RS>
+constexpr int kZStageBytes = StripTile<RS>::kTileW * 9 * 4;  // 4,608 (2,304)
+template <bool TAIL, bool RS, bool HEAD = false, bool SPREAD = false>
 struct StripLaunch : StripTile<RS, HEAD> {  // the launch's shared memory
   static_assert(!(TAIL && HEAD), "one layer is either the first or the last");
-  static constexpr int kSmemBytes = StripTile<RS, HEAD>::kSmemBytes + (TAIL ? kTailBytes : 0) + (HEAD ? kHeadBytes : 0);
+  static_assert(TAIL || !SPREAD, "SPREAD is a schedule of the TAIL epilogue");
+  static constexpr int kSmemBytes = StripTile<RS, HEAD>::kSmemBytes + (TAIL ? kTailBytes : 0) + (HEAD ? kHeadBytes : 0) +
+                                    (SPREAD ? 2 * kZStageBytes<RS> : 0);
 };
 static_assert(StripLaunch<true, false>::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
 static_assert(StripLaunch<false, false, true>::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
+static_assert(StripLaunch<true, false, false, true>::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
 
 // Where a TAIL epilogue writes: z[N][H][W][9] fp32, from the weights at shared address tw.
 struct StripTail {
@@ -276,12 +282,99 @@ __device__ __forceinline__ void tail_fma(float (&zs)[9], float a, uint32_t wc) {
   for (int t = 0; t < 9; ++t) zs[t] = fmaf(a, w[t], zs[t]);
 }
 
+// SPREAD (the fused tail's spread schedule): the tail conv's partial sums of the pixels that part PART of SPLIT has
+// just staged (pixels kP0 .. kP0 + kNpix - 1 of the row), in that part, so that they run between the item's wgmma
+// groups like the rest of the epilogue, where the plain TAIL sums the whole row after the last group.  kQ = 128 /
+// kNpix threads per pixel, each over kC / kQ channels (chunks q kC / kQ / 8 ..): the thread of lane l of warp w takes
+// pixel kP0 + w (32 / kQ) + l % (32 / kQ) and channel block q = l / (32 / kQ), so the 8 lanes of each quarter-warp
+// phase read 8 consecutive pixels of one chunk (8 distinct 16-byte columns of the swizzled tile) and one weight
+// vector (a broadcast).  Its activations stay in registers; tap by tap (the tail weights are [tap][64] fp32 here, at
+// tail.tw: 16-byte loads of 4 channels) it sums its channels in order, the kQ sums of the pixel meet by __shfl_xor
+// over lanes 32 / kQ apart ((s0 + s1) + (s2 + s3): the same value in every lane), and the q = 0 lane stages the tap's
+// sum at [pixel][9] (9 odd: a warp's 8 staging lanes hit 8 banks).  One tap's sum live at a time: both accumulator
+// sets are live in the parts before the last.  Then a warpgroup barrier and the part's 9 kNpix contiguous words of z
+// go out by consecutive threads.  The parts' staging words are disjoint; the next item's parts reach them only after
+// their own first barrier.
+template <typename K, typename T, int SPLIT, int PART>
+__device__ __forceinline__ void strip_tail_part(uint32_t stg, uint32_t zst, const StripTail& tail, int b, int y,
+                                                int x0, int H, int W, int wg) {
+  constexpr int kPairs = K::kTileW / 16;
+  constexpr int kP0 = 16 * (kPairs * PART / SPLIT);
+  constexpr int kNpix = 16 * (kPairs * (PART + 1) / SPLIT) - kP0;
+  static_assert(kNpix > 0 && 128 % kNpix == 0, "a part's pixels must share the warpgroup's 128 threads evenly");
+  constexpr int kQ = 128 / kNpix;           // threads per pixel
+  constexpr int kPerWarp = 32 / kQ;         // pixels per warp
+  constexpr int kChunksPer = kChunks / kQ;  // 16-byte channel chunks per thread
+  static_assert(kQ <= 4, "a quarter-warp phase (8 lanes) must hold one channel block: at most 4 threads per pixel");
+  const int tid = threadIdx.x & 127;
+  const int lane = tid & 31;
+  const int px = kP0 + (tid >> 5) * kPerWarp + lane % kPerWarp;  // pixel in the row
+  const int q = lane / kPerWarp;                                   // channel block
+  named_barrier(1 + wg, 128);  // the part's activations are staged
+  const bool live = y < H && x0 + px < W;
+  uint32_t u[kChunksPer][4];
+#pragma unroll
+  for (int jj = 0; jj < kChunksPer; ++jj) {
+    u[jj][0] = u[jj][1] = u[jj][2] = u[jj][3] = 0u;
+    if (live) {
+      asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(u[jj][0]), "=r"(u[jj][1]), "=r"(u[jj][2]), "=r"(u[jj][3])
+                   : "r"(stg + swz(px, q * kChunksPer + jj)));
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kTaps; ++t) {
+    float zt = 0.0f;
+#pragma unroll
+    for (int jj = 0; jj < kChunksPer; ++jj) {
+      const uint32_t wrow = tail.tw + 4 * (t * kC + 8 * (q * kChunksPer + jj));  // channels 8j .. 8j+7 of tap t
+#pragma unroll
+      for (int h2 = 0; h2 < 2; ++h2) {
+        float w4[4];
+        asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=f"(w4[0]), "=f"(w4[1]), "=f"(w4[2]), "=f"(w4[3])
+                     : "r"(wrow + 16 * h2));
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const float2 a = Storage<T>::unpack2(u[jj][2 * h2 + k]);  // channels 8j + 4h2 + 2k, + 1
+          zt = fmaf(a.x, w4[2 * k], zt);
+          zt = fmaf(a.y, w4[2 * k + 1], zt);
+        }
+      }
+    }
+#pragma unroll
+    for (int m = kPerWarp; m < 32; m <<= 1) zt += __shfl_xor_sync(0xffffffffu, zt, m);
+    if (live && q == 0) asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(zst + 4 * (9 * px + t)), "f"(zt) : "memory");
+  }
+  named_barrier(1 + wg, 128);
+  if (y >= H) return;
+  float* zrow = tail.z + ((static_cast<int64_t>(b) * H + y) * W + x0 + kP0) * 9;
+  const int words = 9 * (min(kP0 + kNpix, W - x0) - kP0);
+#pragma unroll
+  for (int i = tid; i < 9 * kNpix; i += 128) {
+    if (i < words) {
+      float v;
+      asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(zst + 4 * (9 * kP0 + i)) : "memory");
+      zrow[i] = v;
+    }
+  }
+}
+
+// SPREAD: the tail weights [9][64] (fp32, global) copied as they are to shared address tw, by the CTA's 256 threads
+// (read after barrier (A) of the first item).
+__device__ __forceinline__ void strip_store_tail_weights_by_tap(uint32_t tw, const float* __restrict__ tail_w) {
+  for (int i = threadIdx.x; i < kTaps * kC; i += 256) {
+    asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(tw + 4 * i), "f"(tail_w[i]) : "memory");
+  }
+}
+
 // Epilogue of one output row y (pixels x0 ..) from this warpgroup's accumulators: D[m][n] = channel
 // 16 wr + g (+8) at pixel 8i + 2t (+1) in acc[4i .. 4i+3] (warp wr of the group, g = lane / 4, t = lane % 4).
 // Part PART of SPLIT: step 1 for the 8-pixel blocks 2 [8 PART / SPLIT] .. 2 [8 (PART + 1) / SPLIT] - 1 (pairs of
 // blocks per stmatrix), and after the last part the barrier and step 2 (SPLIT = 1: all of it).
-// TAIL: step 2 writes the tail conv's partial sums of the row (tail.z) instead of the activation (out).
-template <typename K, typename T, int SPLIT = 1, int PART = 0, bool TAIL = false>
+// TAIL: step 2 writes the tail conv's partial sums of the row (tail.z) instead of the activation (out); with SPREAD,
+// each part writes those of its own pixels (strip_tail_part) instead.
+template <typename K, typename T, int SPLIT = 1, int PART = 0, bool TAIL = false, bool SPREAD = false>
 __device__ __forceinline__ void strip_epilogue(const float (&acc)[K::kAcc], uint32_t stg, T* __restrict__ out,
                                                const StripTail& tail, const float (&bias_r)[2], int b, int y, int x0,
                                                int H, int W, int wg, int wr, int lane) {
@@ -300,6 +393,11 @@ __device__ __forceinline__ void strip_epilogue(const float (&acc)[K::kAcc], uint
     }
     const int px = 8 * (i + (mat >> 1)) + (lane & 7);
     stmatrix_x4_trans(stg + swz(px, 2 * wr + (mat & 1)), v);
+  }
+  if constexpr (TAIL && SPREAD) {
+    strip_tail_part<K, T, SPLIT, PART>(stg, tail.tw + kTailBytes + wg * kZStageBytes<K::kRegs>, tail, b, y, x0, H, W,
+                                       wg);
+    return;
   }
   if (PART + 1 < SPLIT) return;
   named_barrier(1 + wg, 128);
@@ -390,17 +488,17 @@ __device__ __forceinline__ void strip_prefetch(const StripSeg<T>& s, int i, int 
 
 // After part 0 of an item's wgmmas: (EPI) part P of the previous item's epilogue, then part P + 1 of the wgmmas,
 // and so on to the last part (the order of variant 8: epilogue 0, wgmmas 1, epilogue 1).
-template <typename K, typename T, bool EPI, int SPLIT, int P, bool TAIL>
+template <typename K, typename T, bool EPI, int SPLIT, int P, bool TAIL, bool SPREAD>
 __device__ __forceinline__ void strip_parts(const StripSeg<T>& s, const uint32_t (&wa)[K::kASteps][4],
                                             float (&cur)[K::kAcc], float (&prev)[K::kAcc], const float (&bias_r)[2],
                                             int h, int y_prev) {
   if constexpr (P < SPLIT) {
     if (EPI) {
-      strip_epilogue<K, T, SPLIT, P, TAIL>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg, s.wr,
-                                        s.lane);
+      strip_epilogue<K, T, SPLIT, P, TAIL, SPREAD>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg,
+                                                s.wr, s.lane);
     }
     if constexpr (P + 1 < SPLIT) strip_mma<K, T, SPLIT, P + 1>(cur, s.smem_w, wa, s.ring, h);
-    strip_parts<K, T, EPI, SPLIT, P + 1, TAIL>(s, wa, cur, prev, bias_r, h, y_prev);
+    strip_parts<K, T, EPI, SPLIT, P + 1, TAIL, SPREAD>(s, wa, cur, prev, bias_r, h, y_prev);
   }
 }
 
@@ -408,7 +506,7 @@ __device__ __forceinline__ void strip_parts(const StripSeg<T>& s, const uint32_t
 // The schedule (variants 6-9): LOADS_FIRST issues the next item's row copies before the epilogue instead of
 // after it (they then have the epilogue's time too to land); SPLIT > 1 issues the item's wgmmas in SPLIT groups
 // with a part of the epilogue after each but the last (in case a warp cannot queue 36 wgmmas ahead).
-template <typename K, typename T, bool EPI, bool LOADS_FIRST, int SPLIT, bool TAIL>
+template <typename K, typename T, bool EPI, bool LOADS_FIRST, int SPLIT, bool TAIL, bool SPREAD>
 __device__ __forceinline__ void strip_step(const StripSeg<T>& s, const uint32_t (&wa)[K::kASteps][4], int i,
                                            float (&cur)[K::kAcc], float (&prev)[K::kAcc], const float (&bias_r)[2]) {
   const int p = s.p0 + i;
@@ -423,7 +521,7 @@ __device__ __forceinline__ void strip_step(const StripSeg<T>& s, const uint32_t 
     wgmma_pin(prev);
   }
   if (LOADS_FIRST) strip_prefetch<K, true>(s, i, p);
-  strip_parts<K, T, EPI, SPLIT, 0, TAIL>(s, wa, cur, prev, bias_r, h, y_prev);
+  strip_parts<K, T, EPI, SPLIT, 0, TAIL, SPREAD>(s, wa, cur, prev, bias_r, h, y_prev);
   if (!LOADS_FIRST) strip_prefetch<K, false>(s, i, p);
 }
 
@@ -458,7 +556,7 @@ __device__ __forceinline__ void strip_load_a(uint32_t (&wa)[36][4], const T* __r
 // sums of the layer's output, with tail_w [9][64] fp32 (vdsr_kernels.h, launch_body_tail_partials).
 // HEAD: the first body layer of a fused head -- `in` is the fp32 Y plane [N][H][W] (passed as T*), head_w [64][9] and
 // head_b [64] fp32 the head conv's (vdsr_kernels.h, launch_head_body).
-template <typename T, bool LOADS_FIRST, int SPLIT, bool RS, bool TAIL, bool HEAD = false>
+template <typename T, bool LOADS_FIRST, int SPLIT, bool RS, bool TAIL, bool HEAD = false, bool SPREAD = false>
 __global__ void __launch_bounds__(256, 1)
     conv3x3_strip_kernel(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w,
                          const float* __restrict__ bias, const float* __restrict__ tail_w, float* __restrict__ z, int H,
@@ -482,7 +580,8 @@ __global__ void __launch_bounds__(256, 1)
     load_weights<K::kThreads>(smem_w, w, kTaps * kC);  // committed with the first halo rows
   }
   const StripTail tail{z, ring + K::kRing * K::kHaloRowBytes + 2 * K::kStagingBytes};
-  if (TAIL) strip_store_tail_weights(tail.tw, tail_w);  // read after barrier (A) of the first item
+  if (TAIL && SPREAD) strip_store_tail_weights_by_tap(tail.tw, tail_w);  // read after barrier (A) of the first item
+  if (TAIL && !SPREAD) strip_store_tail_weights(tail.tw, tail_w);
   if (HEAD) {
     strip_store_head_weights(tail.tw, head_w, head_b);
     __syncthreads();  // read by every thread from the first halo rows on
@@ -512,26 +611,26 @@ __global__ void __launch_bounds__(256, 1)
     const StripSeg<T> sg{in, out, tail, smem_w, ring, stg, b, x0, p0, cnt, H, W, wg, wr, lane};
     // Item k accumulates in acc0 (k even) or acc1 (k odd).  Straight-line pairs, so that every read of an
     // accumulator set follows the wait that retired its group on every path (else ptxas serialises).
-    strip_step<K, T, false, LOADS_FIRST, SPLIT, TAIL>(sg, wa, 0, acc0, acc1, bias_r);
+    strip_step<K, T, false, LOADS_FIRST, SPLIT, TAIL, SPREAD>(sg, wa, 0, acc0, acc1, bias_r);
     int i = 1;
     for (; i + 1 < cnt; i += 2) {
-      strip_step<K, T, true, LOADS_FIRST, SPLIT, TAIL>(sg, wa, i, acc1, acc0, bias_r);
-      strip_step<K, T, true, LOADS_FIRST, SPLIT, TAIL>(sg, wa, i + 1, acc0, acc1, bias_r);
+      strip_step<K, T, true, LOADS_FIRST, SPLIT, TAIL, SPREAD>(sg, wa, i, acc1, acc0, bias_r);
+      strip_step<K, T, true, LOADS_FIRST, SPLIT, TAIL, SPREAD>(sg, wa, i + 1, acc0, acc1, bias_r);
     }
     const int y_last = 2 * (p0 + cnt - 1) + wg;
     // With LOADS_FIRST a step ends in its epilogue: the barrier keeps the last epilogue's staging writes
     // behind every warp's reads of the one before (a write-after-read race otherwise).
     if (i < cnt) {  // an odd item left: it goes to acc1
-      strip_step<K, T, true, LOADS_FIRST, SPLIT, TAIL>(sg, wa, i, acc1, acc0, bias_r);
+      strip_step<K, T, true, LOADS_FIRST, SPLIT, TAIL, SPREAD>(sg, wa, i, acc1, acc0, bias_r);
       wgmma_wait<0>();
       wgmma_pin(acc1);
       if (LOADS_FIRST) __syncthreads();
-      strip_epilogue<K, T, 1, 0, TAIL>(acc1, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
+      strip_epilogue<K, T, 1, 0, TAIL, SPREAD>(acc1, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
     } else {  // the last item (i - 1, even) is in acc0
       wgmma_wait<0>();
       wgmma_pin(acc0);
       if (LOADS_FIRST) __syncthreads();
-      strip_epilogue<K, T, 1, 0, TAIL>(acc0, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
+      strip_epilogue<K, T, 1, 0, TAIL, SPREAD>(acc0, stg, out, tail, bias_r, b, y_last, x0, H, W, wg, wr, lane);
     }
     __syncthreads();  // the ring and the staging tiles are free for the next segment
     q += cnt;
@@ -588,10 +687,11 @@ void launch_wgmma_tiles(const void* in, void* out, const void* w, const float* b
   std::apply([&](auto... a) { VDSR_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kKernel, a...)); }, args);
 }
 
-template <typename T, bool LOADS_FIRST, int SPLIT, bool RS, bool TAIL>
+template <typename T, bool LOADS_FIRST, int SPLIT, bool RS, bool TAIL, bool SPREAD = false>
 void launch_strip_kernel(const void* in, void* out, const void* w, const float* b, const float* tail_w, float* z,
                          int n, int h, int w_, int device, cudaStream_t stream, bool pdl) {
-  launch_wgmma_tiles<StripLaunch<TAIL, RS>, T, conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, RS, TAIL>>(
+  launch_wgmma_tiles<StripLaunch<TAIL, RS, false, SPREAD>, T,
+                     conv3x3_strip_kernel<T, LOADS_FIRST, SPLIT, RS, TAIL, false, SPREAD>>(
       in, out, w, b, tail_w, z, n, h, w_, device, stream, pdl, static_cast<const float*>(nullptr),
       static_cast<const float*>(nullptr));
 }
@@ -607,6 +707,20 @@ template <typename T, bool LOADS_FIRST, int SPLIT, bool RS>
 void launch_strip_tail(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n, int h,
                        int w_, int device, cudaStream_t stream, bool pdl) {
   launch_strip_kernel<T, LOADS_FIRST, SPLIT, RS, true>(in, nullptr, w, b, tail_w, z, n, h, w_, device, stream, pdl);
+}
+
+// The same with the spread schedule of its partial sums (strip_tail_part: each epilogue part sums the pixels it staged,
+// between the item's wgmma groups).  Only where the parts split a row's pixels evenly over a warpgroup's 128
+// threads in quarter-warp phases of one channel block: the SS strips (RS false) with SPLIT 2 or 4, variants 8 and 10
+// (kStripSpreadTail; SPLIT 6's 16-pixel parts would put two channel blocks in a phase, a bank conflict).
+template <bool RS, int SPLIT>
+constexpr bool kStripSpreadTail = !RS && (SPLIT == 2 || SPLIT == 4);
+template <typename T, bool LOADS_FIRST, int SPLIT, bool RS>
+void launch_strip_tail_spread(const void* in, float* z, const void* w, const float* b, const float* tail_w, int n,
+                              int h, int w_, int device, cudaStream_t stream, bool pdl) {
+  static_assert(kStripSpreadTail<RS, SPLIT>, "no spread tail schedule for this variant");
+  launch_strip_kernel<T, LOADS_FIRST, SPLIT, RS, true, true>(in, nullptr, w, b, tail_w, z, n, h, w_, device, stream,
+                                                             pdl);
 }
 
 // The first body layer of a fused head (HeadLaunchFn): the Y plane x in, the head computed on the fly, whatever the

@@ -51,7 +51,7 @@ GPU_TEST_FILES = {
 # Tests of the experimental kernels (not yet defaults), run last on a GPU: a kernel that faults leaves the
 # process's CUDA context unusable, and every test after it would fail too.
 EXPERIMENTAL = ("winograd", "wgmma", "swap", "tune", "every_body_variant", "every_variant", "tensor_core_head", "fp8",
-                "fused_head")
+                "fused_head", "spread")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1097,6 +1097,7 @@ class StripTile:
     loads_first: bool = False
     split: int = 1  # SPLIT: wgmma groups per item
     rs: bool = False  # RS: the weights (A) in registers, 64-pixel strips
+    tail_spread: bool = False  # SPREAD: the TAIL's partial sums in every epilogue part (sb strip_tail_part)
     tail: bool = False  # the kernel's TAIL (the last body layer of a fused tail)
     head: bool = False  # the kernel's HEAD (the first body layer of a fused head: halo rows from the Y plane)
     threads: int = 256
@@ -1112,10 +1113,11 @@ class StripTile:
     halo_row_bytes = property(lambda s: CHUNKS * s.plane)
     staging_bytes = property(lambda s: s.tile_w * ROW_BYTES)
     tail_bytes = property(lambda s: KC * TAIL_STRIDE * 4 if s.tail else 0)  # sb kTailBytes, StripLaunch<TAIL>
+    zstage_bytes = property(lambda s: s.tile_w * 9 * 4)  # sb kZStageBytes: a warpgroup's [pixel][9] partials
     head_bytes = property(lambda s: CHUNKS * HEAD_STRIDE * 4 if s.head else 0)  # sb kHeadBytes
     smem_bytes = property(
         lambda s: s.align + s.weight_smem + s.ring * s.halo_row_bytes + 2 * s.staging_bytes + s.tail_bytes
-        + s.head_bytes
+        + s.head_bytes + (2 * s.zstage_bytes if s.tail and s.tail_spread else 0)
     )
 
 
@@ -1212,6 +1214,15 @@ def strip_store_tail_weights(cta: Cta, tw, g_tail: Global):
         cta.sts32(tw + 4 * i, np.asarray(v, np.float32).view(np.uint32), active)
 
 
+def strip_store_tail_weights_by_tap(cta: Cta, tw, g_tail: Global):
+    """sb ``strip_store_tail_weights_by_tap`` (SPREAD): [9][64] fp32 copied as they are, st.shared.f32 by every thread."""
+    for r in range(-(-TAPS * KC // 256)):
+        i = np.arange(256).reshape(8, 32) + r * 256
+        active = i < TAPS * KC
+        v = g_tail.load(np.where(active, i, 0))
+        cta.sts32(tw + 4 * i, np.asarray(v, np.float32).view(np.uint32), active)
+
+
 def strip_load_a(g_w: Global):
     """sb ``strip_load_a``: A fragment q (36) of out channels 16 wr + g (+8), in channels 16 kk + 2t (+1) (+8), as
     (4 warps, 32, 4) .b32 each, from the weights [tap][n][c] by 4-byte loads."""
@@ -1275,6 +1286,12 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
             v[..., m] = pack2(T, relu_keep_nan(acc[..., e] + bb), relu_keep_nan(acc[..., e + 1] + bb))
         px = 8 * (i + (mat >> 1)) + (lane & 7)
         cta.stmatrix_x4_trans(stg_ + swz(px, 2 * wr + (mat & 1)), v)
+    if K.tail and K.tail_spread:
+        for wg in range(len(groups)):
+            zst = tw + K.tail_bytes + wg * K.zstage_bytes
+            strip_tail_part(K, T, cta, stg[wg], zst, g_out, tw, b, y[wg], x0, H, W, part, split,
+                            [(stg[wg], stg[wg] + K.staging_bytes), (zst, zst + K.zstage_bytes)])
+        return
     if part + 1 < split:
         return
     regions = regions or [(lo, lo + K.staging_bytes) for lo in stg]
@@ -1324,6 +1341,56 @@ def strip_tail_partials(K: StripTile, T, cta: Cta, stg, g_z: Global, tw, tid, b,
         g_z.store((row + i)[act], v[act].view(np.float32), n=1, align_bytes=4)
 
 
+def strip_tail_part(K: StripTile, T, cta: Cta, stg, zst, g_z: Global, tw, b, y, x0, H, W, part, split, regions):
+    """sb ``strip_tail_part<SPLIT, PART>`` (SPREAD) for one warpgroup: the tail's partial sums of the pixels part
+    ``part`` of ``split`` staged, Q threads a pixel (lane l of warp w: pixel P0 + w (32 / Q) + l % (32 / Q), channel
+    block l // (32 / Q)), tap by tap: each thread's channels in order, the Q sums by xor-shuffles over lanes 32 / Q
+    apart, staged by the q = 0 lane at [pixel][9]; a barrier; the part's words go out by consecutive threads.
+    ``regions`` are what the warpgroup's barriers order (its staging tile and its partials' staging)."""
+    pairs = K.tile_w // 16
+    p0 = 16 * (pairs * part // split)
+    npix = 16 * (pairs * (part + 1) // split) - p0
+    assert npix > 0 and 128 % npix == 0, "a part's pixels must share the warpgroup's 128 threads evenly"
+    assert 128 // npix <= 4, "a quarter-warp phase must hold one channel block"
+    q_ = 128 // npix
+    per_warp = 32 // q_
+    chunks_per = CHUNKS // q_
+    tid = np.arange(4)[:, None] * 32 + LANE[None, :]  # (4 warps, 32)
+    lane = tid & 31
+    px = p0 + (tid >> 5) * per_warp + lane % per_warp
+    q = lane // per_warp
+    for lo, hi in regions:  # named_barrier(1 + wg, 128)
+        cta.named_barrier(lo, hi)
+    live = (y < H) & ((x0 + px) < W)
+    u = [np.where(live[..., None], cta.lds128(stg + swz(px, q * chunks_per + jj), live), 0) for jj in range(chunks_per)]
+    for t in range(TAPS):
+        zt = np.zeros(tid.shape, np.float32)
+        for jj in range(chunks_per):
+            wrow = tw + 4 * (t * KC + 8 * (q * chunks_per + jj))
+            for h2 in range(2):
+                w4 = cta.lds128(wrow + 16 * h2).view(np.float32)  # (4, 32, 4): one address per phase
+                for k in range(2):
+                    a_lo, a_hi = unpack2(T, u[jj][..., 2 * h2 + k])
+                    zt = fmaf(a_lo, w4[..., 2 * k], zt)
+                    zt = fmaf(a_hi, w4[..., 2 * k + 1], zt)
+        m = per_warp
+        while m < 32:  # __shfl_xor_sync(zt, m)
+            zt = (zt + zt[:, LANE ^ m]).astype(np.float32)
+            m <<= 1
+        cta.sts32(zst + 4 * (9 * px + t), zt.view(np.uint32), active=live & (q == 0))
+    for lo, hi in regions:
+        cta.named_barrier(lo, hi)
+    if y >= H:
+        return
+    words = 9 * (min(p0 + npix, W - x0) - p0)
+    row = (np.int64(b) * H + y) * W * 9 + (x0 + p0) * 9
+    for r in range(-(-9 * npix // 128)):
+        i = r * 128 + tid
+        act = i < min(words, 9 * npix)
+        v = cta.lds32(zst + 4 * (9 * p0 + i), active=act)
+        g_z.store((row + i)[act], v[act].view(np.float32), n=1, align_bytes=4)
+
+
 def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num_tiles, block_idx, grid_dim, eager,
                      smem_base=384, g_tail=None, g_head=None):  # fmt: skip
     """One CTA of ``conv3x3_strip_kernel`` with its dynamic shared memory at ``smem_base`` (not 1024-aligned);
@@ -1344,7 +1411,9 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
     else:
         load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)
     tw = ring + K.ring * K.halo_row_bytes + 2 * K.staging_bytes
-    if K.tail:
+    if K.tail and K.tail_spread:
+        strip_store_tail_weights_by_tap(cta, tw, g_tail)
+    elif K.tail:
         strip_store_tail_weights(cta, tw, g_tail)
     if K.head:
         strip_store_head_weights(cta, tw, *g_head)
@@ -1414,11 +1483,13 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
     cta.exit()
 
 
-def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False, K=None, tail_w=None):
+def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=False, K=None, tail_w=None,
+                 spread=False):  # fmt: skip
     """sb ``launch_strip`` -> :func:`launch_tiles` (tiles = pairs of rows of 128- or 64-pixel strips); ``variant`` =
     (LOADS_FIRST, SPLIT, RS), ``"pingpong"`` (pp ``launch_pingpong``: tiles = rows), or ``K`` a whole
     :class:`StripTile` / :class:`PingPongTile`.  With ``tail_w`` ([9][64] fp32) the TAIL kernel (sb
-    ``launch_strip_tail``): returns z (N, H, W, 9) fp32 (NaN where never written) and its write counts."""
+    ``launch_strip_tail``, with ``spread`` ``launch_strip_tail_spread``): returns z (N, H, W, 9) fp32 (NaN where never
+    written) and its write counts."""
     assert w_bits.shape == (TAPS, KC, KC)
     K = K or (PingPongTile() if variant == "pingpong" else StripTile(*variant))
     kernel = pingpong_kernel_cta if isinstance(K, PingPongTile) else strip_kernel_cta
@@ -1427,7 +1498,7 @@ def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=F
     n, h, w_, _ = x_bits.shape
     g_z = Global("z", np.full((n, h, w_, 9), np.nan, np.float32))
     g_tail = Global("tail_w", np.asarray(tail_w, np.float32).reshape(TAPS * KC))
-    K = replace(K, tail=True)
+    K = replace(K, tail=True, tail_spread=spread) if spread else replace(K, tail=True)
     return launch_tiles(K, kernel, T, x_bits, w_bits, bias, resident_ctas, eager, g_out=g_z, g_tail=g_tail)
 
 

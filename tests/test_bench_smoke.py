@@ -173,6 +173,7 @@ def test_canaries_report_each_option_and_the_skip_list(tmp_path, monkeypatch):
     the subprocesses) land in canary.json and VDSR_FAST_BROKEN, which the timing scripts consult."""
     from benchmarks import canary
 
+    every = canary.OPTIONS
     monkeypatch.setattr(canary, "OPTIONS", {k: canary.OPTIONS[k] for k in ("cuda-v5", "triton-winograd")})
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     failed = canary.run_all(tmp_path, timeout_s=120)
@@ -182,6 +183,10 @@ def test_canaries_report_each_option_and_the_skip_list(tmp_path, monkeypatch):
     monkeypatch.setenv("VDSR_FAST_BROKEN", ",".join(failed))
     assert "cuda-v5" in canary.broken("cuda", {"body_variant": 5})
     assert canary.broken("cuda", {"body_variant": 3}) is None and canary.broken("triton", {}) is None
+    monkeypatch.setattr(canary, "OPTIONS", every)
+    monkeypatch.setenv("VDSR_FAST_BROKEN", "cuda-pdl")  # a combination with a failed option is skipped too
+    assert "cuda-pdl" in canary.broken("cuda", {"mma_head": True, "pdl": True})
+    assert canary.broken("cuda", {"mma_head": True}) is None
 
 
 def test_pick_defaults_reads_a_committed_layer_profile(capsys):

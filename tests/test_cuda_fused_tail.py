@@ -61,6 +61,71 @@ def test_fused_tail_partials_and_gather_in_the_emulator(size, variant):
     np.testing.assert_allclose(out, y + bias + conv, rtol=0, atol=1e-5)
 
 
+# The strip variants with a spread schedule of the partial sums (sb kStripSpreadTail: SS strips, SPLIT 2 or 4).
+SPREAD_VARIANTS = [v for v in STRIP_VARIANTS if not v[2] and v[1] in (2, 4)]
+
+
+def test_spread_tail_variants_match_the_source():
+    text = (emu.CSRC / "wgmma_strip_body.cuh").read_text()
+    assert "constexpr bool kStripSpreadTail = !RS && (SPLIT == 2 || SPLIT == 4);" in text
+    assert SPREAD_VARIANTS == [(True, 2, False), (True, 4, False)]  # variants 8 and 10
+
+
+def _check_partials(z, writes, act, tail_w):
+    assert (writes == 1).all(), "every pixel's nine partial sums must be written exactly once"
+    assert not np.isnan(z).any()
+    tw = tail_w.astype(np.float64)
+    scale = np.einsum("nhwc,tc->nhwt", np.abs(act), np.abs(tw))
+    np.testing.assert_array_less(np.abs(z - np.einsum("nhwc,tc->nhwt", act, tw)), RTOL_FP32 * scale + 1e-30)
+
+
+@pytest.mark.parametrize("variant", SPREAD_VARIANTS, ids=lambda v: f"split{v[1]}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("size, ctas", [((1, 5, 7), 3), ((2, 6, 130), 3), ((3, 2, 1), 2), ((1, 3, 300), 4)],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"ctas{v}")  # fmt: skip
+def test_spread_tail_partials_in_the_emulator(size, ctas, dtype, variant):
+    """tail_spread: the partial sums of each epilogue part's pixels, summed in that part (a quarter or a half
+    of the row, two or four threads a pixel): the float64 products of the kernel's own activations to fp32 summation
+    error, every in-image pixel's nine written once -- partial strips, several strips and images, one pixel, CTAs
+    starting mid-strip -- and the same sums as the plain TAIL's up to their order."""
+    T = TYPES[dtype]
+    x, w, b, tail_w = _tail_case(size, dtype, seed=4)
+    act = T.to_float(emu.launch_strip(variant, T, x, w, b, resident_ctas=ctas)[0]).astype(np.float64)
+    z, writes = emu.launch_strip(variant, T, x, w, b, resident_ctas=ctas, tail_w=tail_w, spread=True)
+    _check_partials(z, writes, act, tail_w)
+    plain, _ = emu.launch_strip(variant, T, x, w, b, resident_ctas=ctas, tail_w=tail_w)
+    np.testing.assert_allclose(z, plain, rtol=RTOL_FP32, atol=1e-6)
+
+
+def test_spread_tail_eager_copies():
+    T = TYPES[torch.float16]
+    x, w, b, tail_w = _tail_case((2, 7, 131), torch.float16, seed=6)
+    act = T.to_float(emu.launch_strip(SPREAD_VARIANTS[1], T, x, w, b, resident_ctas=4)[0]).astype(np.float64)
+    z, writes = emu.launch_strip(SPREAD_VARIANTS[1], T, x, w, b, resident_ctas=4, eager=True, tail_w=tail_w,
+                                 spread=True)  # fmt: skip
+    _check_partials(z, writes, act, tail_w)
+
+
+@pytest.mark.parametrize("dropped", [0, 1], ids=["after-stmatrix", "after-staging"])
+def test_spread_tail_detects_a_missing_barrier(monkeypatch, dropped):
+    """Each part's two warpgroup barriers (each over the staging tile and the partials' staging): before its reads
+    of the activations its stmatrix staged, and between the partials' staging and the coalesced loads; either one
+    dropped (in the first part, warpgroup 0) is a race."""
+    calls = []
+    real = emu.Cta.named_barrier
+
+    def drop(self, lo, hi):
+        calls.append((lo, hi))
+        # warpgroup 0's first part calls it for the staging tile and the partials' staging at each of its two barriers
+        if len(calls) - 1 not in (2 * dropped, 2 * dropped + 1):
+            real(self, lo, hi)
+
+    monkeypatch.setattr(emu.Cta, "named_barrier", drop)
+    x, w, b, tail_w = _tail_case((1, 4, 9), torch.float16)
+    with pytest.raises(emu.Hazard, match=("ld.shared reads" if dropped else "ld.shared.v4 reads") + " shared memory written without"):
+        emu.launch_strip(SPREAD_VARIANTS[1], TYPES[torch.float16], x, w, b, resident_ctas=1, tail_w=tail_w, spread=True)
+
+
 @pytest.mark.parametrize("size", [(2, 3, 600), (1, 1, 257), (1, 4, 256)], ids=lambda s: "x".join(map(str, s)))
 def test_tail_gather_in_the_emulator(size):
     """The gather over rows wider than a CTA's 256 threads, one pixel past them, exactly them: the bits of the
@@ -173,3 +238,71 @@ def test_fused_tail_needs_a_strip_variant(cuda_device):  # noqa: F811
     model = _model(depth=4).to(cuda_device)
     with pytest.raises(BackendUnavailable, match="tail_partials"):
         CudaBackend(model, cuda_device, torch.float16, body_variant=0, fuse_tail=True)
+
+
+def _spread_variants(device):
+    out = [v["id"] for v in _ext().body_variants() if v["tail_spread"] and variant_unavailable(v, device) is None]
+    if not out:
+        pytest.skip("no body variant with a spread tail runs here (the wgmma strip kernels need Hopper, sm_90a)")
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 5), (3, 37, 53), (2, 19, 130), (1, 1080, 1920)])
+def test_spread_tail_network_matches_reference(cuda_device, dtype, shape):  # noqa: F811
+    """tail_spread: the whole network against the float64 reference (DESIGN.md §6), eager and in a CUDA graph (the two
+    bit-identical), for every variant with the schedule; poisoned buffers change nothing."""
+    model = _model(depth=6 if shape[1] < 1080 else 20).to(cuda_device)
+    x = torch.rand(shape[0], 1, *shape[1:], device=cuda_device)
+    ref = ref64(model, x)
+    same = Engine(model, backend="torch", dtype=dtype, device=cuda_device)(x)
+    for variant in _spread_variants(cuda_device):
+        eager = CudaBackend(model, cuda_device, dtype, body_variant=variant, tail_spread=True)
+        out = eager(x)
+        assert_equivalent(out, same, ref, dtype, f"cuda spread tail, variant {variant}, {shape} {dtype}")
+        for buf in eager.buffers(shape[0], shape[1], shape[2]):
+            buf.fill_(float("nan"))
+        graphed = CudaBackend(model, cuda_device, dtype, body_variant=variant, tail_spread=True, cuda_graphs=True)
+        torch.testing.assert_close(graphed(x), out, rtol=0, atol=0)
+        torch.testing.assert_close(eager(x), out, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_spread_tail_partials_equal_the_plain_ones_up_to_order(cuda_device, dtype):  # noqa: F811
+    """_C.body_tail_partials(spread=True) against spread=False on one layer: the same sums in another fp32 order."""
+    ext = _ext()
+    n, h, w_ = 2, 45, 263
+    g = torch.Generator(device=cuda_device).manual_seed(3)
+    x = torch.rand(n, h, w_, 64, device=cuda_device, generator=g).to(dtype)
+    wt = (torch.randn(64, 64, 3, 3, device=cuda_device, generator=g) * (2.0 / 576) ** 0.5)
+    from vdsr_fast.kernels.cuda import pack_body_weight
+
+    packed = pack_body_weight(wt, dtype)
+    b = torch.randn(64, device=cuda_device, generator=g) * 0.05
+    tw = torch.randn(9, 64, device=cuda_device, generator=g) / 8
+    code = ext.DTYPE_FLOAT16 if dtype == torch.float16 else ext.DTYPE_BFLOAT16
+    stream = torch.cuda.current_stream(cuda_device).cuda_stream
+    for variant in _spread_variants(cuda_device):
+        zs = []
+        for spread in (False, True):
+            z = torch.full((n, h, w_, 9), float("nan"), device=cuda_device)
+            ext.body_tail_partials(x.data_ptr(), z.data_ptr(), packed.data_ptr(), b.data_ptr(), tw.data_ptr(), n, h,
+                                   w_, code, cuda_device.index, stream, variant, spread=spread)  # fmt: skip
+            zs.append(z)
+        torch.cuda.synchronize(cuda_device)
+        assert not zs[1].isnan().any(), f"variant {variant}: a partial sum was never written"
+        torch.testing.assert_close(zs[1], zs[0], rtol=64 * 2.0**-23, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_spread_tail_refusals(cuda_device):  # noqa: F811
+    model = _model(depth=4).to(cuda_device)
+    _spread_variants(cuda_device)
+    with pytest.raises(BackendUnavailable, match="tail is not fused"):
+        CudaBackend(model, cuda_device, torch.float16, fuse_tail=False, tail_spread=True)
+    without = [v["id"] for v in _ext().body_variants() if v["tail_partials"] and not v["tail_spread"]
+               and variant_unavailable(v, cuda_device) is None]  # fmt: skip
+    with pytest.raises(BackendUnavailable, match="tail_spread=True"):
+        CudaBackend(model, cuda_device, torch.float16, body_variant=without[0], tail_spread=True)

@@ -82,6 +82,7 @@ def _launch_forward(
     mma_head: bool,
     pdl: bool,
     fuse_head: bool,
+    tail_spread: bool,
 ) -> None:
     """One ``_C.forward`` call on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
     ext = load_extension()
@@ -92,7 +93,7 @@ def _launch_forward(
         x.data_ptr(), out.data_ptr(), bufs[0].data_ptr(), bufs[1].data_ptr(),
         w_head.data_ptr(), b_head.data_ptr(), w_body.data_ptr(), b_body.data_ptr(), num_body,
         w_tail.data_ptr(), b_tail.data_ptr(), n, h, w, code, x.device.index, stream, variant, fuse_tail, mma_head, pdl,
-        fuse_head,
+        fuse_head, tail_spread,
     )  # fmt: skip
 
 
@@ -111,6 +112,7 @@ def cuda_vdsr_op(
     mma_head: bool = False,
     pdl: bool = False,
     fuse_head: bool = False,
+    tail_spread: bool = False,
 ) -> torch.Tensor:
     """The whole network as one op (what ``torch.compile`` traces): fp32 Y plane -> fp32 ``x + residual``.
 
@@ -122,13 +124,13 @@ def cuda_vdsr_op(
     bufs = tuple(torch.empty((n, h, w, _CHANNELS), device=x.device, dtype=w_body.dtype) for _ in range(2))
     with torch.cuda.device(x.device):
         _launch_forward(x, out, bufs, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail,
-                        mma_head, pdl, fuse_head)  # fmt: skip
+                        mma_head, pdl, fuse_head, tail_spread)  # fmt: skip
     return out
 
 
 @cuda_vdsr_op.register_fake
 def _(x, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail=False, mma_head=False,
-      pdl=False, fuse_head=False):
+      pdl=False, fuse_head=False, tail_spread=False):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -165,6 +167,11 @@ class CudaBackend(PingPongBuffers):
             strip kernel (compute capability 9.0, an sm_90a build) whatever ``body_variant`` the other layers
             take, not with ``mma_head`` or a Winograd variant, and needs a body layer besides a fused tail's.
             Opt-in until a GPU run times it.
+        tail_spread: with the fused tail, its last body layer sums the tail's partial sums in every epilogue part
+            (the pixels that part staged, 2-4 threads a pixel), between the item's wgmma groups, where the plain
+            schedule sums the whole row after the last group (run 11: that layer took 0.370 ms against a plain
+            layer's 0.305).  The same sums in another order (fp32).  Body variants with ``tail_spread`` (8 and 10);
+            opt-in until a GPU run times it.
         cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
             (removes the per-launch host cost, which matters for small images).
 
@@ -209,8 +216,9 @@ class CudaBackend(PingPongBuffers):
 
     @staticmethod
     def tuning_candidates(model: VDSR, device: torch.device, dtype: torch.dtype) -> list[tuple[str, dict]]:
-        """The body variants this GPU runs, but the automatic one, the unfused tail and programmatic dependent launch
-        where the automatic variant is a strip variant, and the tensor-core head (``Engine(tune=True)`` times them)."""
+        """The body variants this GPU runs, but the automatic one, the unfused tail, programmatic dependent launch, the
+        spread tail schedule and the fused head where the automatic variant is a strip variant, and the tensor-core head
+        (``Engine(tune=True)`` times them)."""
         ext = load_extension()
         device = resolve_device(device)
         auto = ext.body_auto_variant(device.index)
@@ -219,6 +227,8 @@ class CudaBackend(PingPongBuffers):
         out.append(("tensor-core head", {"mma_head": True}))
         if strip:
             out.append(("programmatic dependent launch", {"pdl": True}))
+            if ext.body_variants()[auto]["tail_spread"]:
+                out.append(("spread tail partials", {"tail_spread": True}))
             if model.depth >= 4:  # a body layer besides the fused tail's
                 out.append(("fused head", {"fuse_head": True}))
         for v in ext.body_variants():
@@ -241,6 +251,7 @@ class CudaBackend(PingPongBuffers):
         mma_head: bool = False,
         pdl: bool = False,
         fuse_head: bool = False,
+        tail_spread: bool = False,
     ) -> None:
         from ..engine import BackendUnavailable
 
@@ -301,6 +312,14 @@ class CudaBackend(PingPongBuffers):
         self.fuse_head = bool(fuse_head)
         if self.fuse_head and (why := self._fuse_head_unavailable(device)):
             raise BackendUnavailable(f"CudaBackend: fuse_head=True {why}")
+        self.tail_spread = bool(tail_spread)
+        if self.tail_spread and not (self.fuse_tail and self._C.body_variants()[vid]["tail_spread"]):
+            spread = [v["id"] for v in self._C.body_variants() if v["tail_spread"]]
+            raise BackendUnavailable(
+                f"CudaBackend: tail_spread=True is a schedule of the fused tail of the body variants {spread}; here "
+                + (f"the {'automatic ' if self.body_variant < 0 else ''}body variant is {vid}" if self.fuse_tail
+                   else "the tail is not fused")
+            )  # fmt: skip
         self.w_tail = ws[-1].to(fp32).permute(2, 3, 1, 0).reshape(9, c).contiguous()  # [ky*3+kx][c]
         self.b_tail = bs[-1].to(fp32).reshape(1).contiguous()
         self._packed = [self.w_head, self.b_head, self.w_body, self.b_body, self.w_tail, self.b_tail]
@@ -343,7 +362,7 @@ class CudaBackend(PingPongBuffers):
         bufs = self.buffers(x.shape[0], x.shape[2], x.shape[3])
         _launch_forward(x, out, bufs, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
                         self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head, self.pdl,
-                        self.fuse_head)  # fmt: skip
+                        self.fuse_head, self.tail_spread)  # fmt: skip
         return out
 
     def forward_op(self, y: torch.Tensor) -> torch.Tensor:
@@ -352,5 +371,6 @@ class CudaBackend(PingPongBuffers):
         out = torch.ops.vdsr_fast.cuda_vdsr(
             x, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
             self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head, self.pdl, self.fuse_head,
+            self.tail_spread,
         )  # fmt: skip
         return out.to(y.dtype)
