@@ -267,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             def check_head_body(o):
                 assert torch.equal(o, want_hb), "fused head differs from head + body: not timed"
 
-            for sched, groups in ((0, "4 wgmma groups, the default"), (1, "1 wgmma group")):
-                add("first", f"cuda first body layer with the head fused ({groups})",
+            labels = {0: "4 wgmma groups, the default", 1: "1 wgmma group", 2: "4 wgmma groups, rows between them"}
+            for sched in range(ext.HEAD_SCHEDULES):
+                add("first", f"cuda first body layer with the head fused ({labels.get(sched, f'schedule {sched}')})",
                     lambda sched=sched: ext.head_body(y.data_ptr(), head_body_out.data_ptr(), hw32.data_ptr(),
                                                       hb.data_ptr(), wl0.data_ptr(), b.data_ptr(), n, ht, wd, code, 0,
                                                       stream(), False, sched),

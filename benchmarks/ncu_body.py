@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="", help="comma list of variant ids (default: every variant)")
     ap.add_argument("--size", default="1920x1080", help="WxH (default 1920x1080)")
     ap.add_argument("--fused", action="store_true",
-                    help="also the automatic variant's fused-tail last layer and the fused-head first layer (both schedules)")
+                    help="also the automatic variant's fused-tail last layer and the fused-head first layer (every schedule)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("ncu_body: needs a CUDA GPU")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         y = torch.rand(1, ht, wd, device=dev)
         hw, hb = torch.randn(64, 9, device=dev) / 3, torch.randn(64, device=dev) * 0.1
-        for schedule in (0, 1):
+        for schedule in range(ext.HEAD_SCHEDULES):
             ext.head_body(y.data_ptr(), out.data_ptr(), hw.data_ptr(), hb.data_ptr(), packed.data_ptr(), b.data_ptr(), 1,
                           ht, wd, ext.DTYPE_FLOAT16, dev.index, stream, schedule=schedule)  # fmt: skip
             torch.cuda.synchronize()

@@ -328,7 +328,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("head_body", &head_body, "x"_a, "out"_a, "head_w"_a, "head_b"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a,
         "device"_a, "stream"_a, "pdl"_a = false, "schedule"_a = 0,
         "out[N,H,W,64] = relu(conv3x3(relu(conv3x3(x fp32 [N,H,W], 1->64) + head_b), 64->64) + b): the fused head "
-        "(the first body layer on the wgmma strip kernel, sm_90a; schedule 0: four wgmma groups per item, 1: one)");
+        "(the first body layer on the wgmma strip kernel, sm_90a; schedule 0: four wgmma groups per item, 1: one, "
+        "2: four, the halo rows between them; 0 .. HEAD_SCHEDULES - 1)");
+  m.attr("HEAD_SCHEDULES") = vdsr::num_head_schedules();
   m.def("body_tail_partials", &body_tail_partials, "inp"_a, "z"_a, "w"_a, "b"_a, "tail_w"_a, "n"_a, "h"_a, "w_"_a,
         "dtype"_a, "device"_a, "stream"_a, "variant"_a = -1, "pdl"_a = false, "spread"_a = false,
         "z[N,H,W,9] fp32 = per-tap partial sums of tail_w [9,64] over relu(conv3x3(inp, 64->64) + b) (spread: summed "

@@ -113,6 +113,8 @@ void launch_body(const void* in, void* out, const void* w, const float* b, int n
   throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
 }
 
+int num_head_schedules() { return body::kNumHeadSchedules; }
+
 void launch_head_body(const float* x, void* out, const float* head_w, const float* head_b, const void* w,
                       const float* b, int n, int h, int w_, DType dtype, int device, cudaStream_t stream, bool pdl,
                       int schedule) {

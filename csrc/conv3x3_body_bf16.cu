@@ -20,8 +20,8 @@ const TailLaunchFn kTailLaunchBf16[kNumTailVariants] = {
     VDSR_STRIP_VARIANTS(VDSR_STRIP_TAIL_BF16) VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_TAIL_BF16)};
 #define VDSR_STRIP_SPREAD_BF16(L, S, R) strip_tail_spread_launch<__nv_bfloat16, L, S, R>(),
 const TailLaunchFn kTailSpreadLaunchBf16[kNumStripVariants] = {VDSR_STRIP_VARIANTS(VDSR_STRIP_SPREAD_BF16)};
-const HeadLaunchFn kHeadLaunchBf16[kNumHeadSchedules] = {&launch_strip_head<__nv_bfloat16, kHeadSplits[0]>,
-                                                         &launch_strip_head<__nv_bfloat16, kHeadSplits[1]>};
+const HeadLaunchFn kHeadLaunchBf16[kNumHeadSchedules] = {
+    &launch_strip_head<__nv_bfloat16, 0>, &launch_strip_head<__nv_bfloat16, 1>, &launch_strip_head<__nv_bfloat16, 2>};
 
 }  // namespace body
 }  // namespace vdsr

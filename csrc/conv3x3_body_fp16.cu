@@ -21,8 +21,8 @@ const TailLaunchFn kTailLaunchFp16[kNumTailVariants] = {
 #define VDSR_STRIP_SPREAD_FP16(L, S, R) strip_tail_spread_launch<__half, L, S, R>(),
 const TailLaunchFn kTailSpreadLaunchFp16[kNumStripVariants] = {VDSR_STRIP_VARIANTS(VDSR_STRIP_SPREAD_FP16)};
 
-const HeadLaunchFn kHeadLaunchFp16[kNumHeadSchedules] = {&launch_strip_head<__half, kHeadSplits[0]>,
-                                                         &launch_strip_head<__half, kHeadSplits[1]>};
+const HeadLaunchFn kHeadLaunchFp16[kNumHeadSchedules] = {
+    &launch_strip_head<__half, 0>, &launch_strip_head<__half, 1>, &launch_strip_head<__half, 2>};
 
 bool wgmma_runs_on(int device) { return sm90a_image_runs(conv3x3_wgmma_kernel<__half, 3, false>, device); }
 

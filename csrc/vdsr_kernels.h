@@ -86,10 +86,12 @@ void launch_tail_gather(const float* z, const float* x, float* y, const float* b
 // The fused head (a wgmma strip kernel, sm_90a; whatever the body variant): the first body layer computed straight
 // from the Y plane, out = relu(conv3x3(relu(conv3x3(x, 1 -> 64) + head_b), 64 -> 64) + b), the head's activations
 // rounded to T as launch_head's (mma = false) are: the same bits as launch_head then launch_body, without the head's
-// activation tensor.  schedule: 0 (the default) or 1, the kernel's wgmma grouping (wgmma_strip_body.cuh, kHeadSplits).
+// activation tensor.  schedule: 0 (the default) .. num_head_schedules() - 1, the kernel's wgmma grouping and where
+// it computes the halo rows (wgmma_strip_body.cuh, kHeadSplits).
 void launch_head_body(const float* x, void* out, const float* head_w, const float* head_b, const void* w,
                       const float* b, int n, int h, int w_, DType dtype, int device, cudaStream_t stream, bool pdl,
                       int schedule = 0);
+int num_head_schedules();
 
 // The body kernel variants (index = id) and the one launch_body picks automatically on `device`.
 struct BodyVariant {

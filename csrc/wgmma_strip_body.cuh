@@ -97,9 +97,9 @@ constexpr int kZStageBytes = StripTile<RS>::kTileW * 9 * 4;  // 4,608 (2,304)
 template <bool TAIL, bool RS, bool HEAD = false, bool SPREAD = false>
 struct StripLaunch : StripTile<RS, HEAD> {  // the launch's shared memory
   static_assert(!(TAIL && HEAD), "one layer is either the first or the last");
-  static_assert(TAIL || !SPREAD, "SPREAD is a schedule of the TAIL epilogue");
+  static_assert(TAIL || HEAD || !SPREAD, "SPREAD is a schedule of the TAIL epilogue or of the HEAD rows");
   static constexpr int kSmemBytes = StripTile<RS, HEAD>::kSmemBytes + (TAIL ? kTailBytes : 0) + (HEAD ? kHeadBytes : 0) +
-                                    (SPREAD ? 2 * kZStageBytes<RS> : 0);
+                                    (TAIL && SPREAD ? 2 * kZStageBytes<RS> : 0);
 };
 static_assert(StripLaunch<true, false>::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
 static_assert(StripLaunch<false, false, true>::kSmemBytes <= 227 * 1024, "Hopper's opt-in shared memory per block");
@@ -170,13 +170,16 @@ __device__ __forceinline__ void strip_store_head_weights(uint32_t hw, const floa
 // threads take consecutive pixels of one chunk: the weights are one address (a broadcast), the Y loads 32
 // consecutive floats, the 16-byte stores 32 consecutive slots of one plane (no bank conflict).  The st.shared
 // writes reach the wgmmas (async proxy) through the fence.proxy.async and barrier of the item that reads them.
-template <typename K, typename T>
+// PART of PARTS: units PART U / PARTS .. (PART + 1) U / PARTS - 1 of the U = rows kHaloW kChunks (the HEAD SPREAD
+// schedule computes one part after each epilogue part; the others all at once).
+template <typename K, typename T, int PARTS = 1>
 __device__ __forceinline__ void strip_head_rows(uint32_t ring, uint32_t hw, const float* __restrict__ y, int b, int x0,
-                                                int h0, int rows, int H, int W) {
+                                                int h0, int rows, int H, int W, int part = 0) {
   const float* img = y + static_cast<int64_t>(b) * H * W;
   const int pixels = rows * K::kHaloW;
+  const int units = pixels * kChunks;
 #pragma unroll 1
-  for (int i = threadIdx.x; i < pixels * kChunks; i += K::kThreads) {
+  for (int i = units * part / PARTS + threadIdx.x; i < units * (part + 1) / PARTS; i += K::kThreads) {
     const int j = i / pixels;
     const int p = i - j * pixels;
     const int r = p / K::kHaloW;
@@ -478,27 +481,40 @@ struct StripSeg {
   int b, x0, p0, cnt, H, W, wg, wr, lane;
 };
 
-// (D) both warpgroups are past item i - 1 (wait_group): its rows 2p - 2, 2p - 1 are free for item i + 1's.
-template <typename K, bool ROLLED, typename T>
+// (D) both warpgroups are past item i - 1 (wait_group): its rows 2p - 2, 2p - 1 are free for item i + 1's.  (HEAD
+// with SPREAD: the rows are computed a part at a time after the epilogue parts, strip_parts.)
+template <typename K, bool ROLLED, bool SPREAD, typename T>
 __device__ __forceinline__ void strip_prefetch(const StripSeg<T>& s, int i, int p) {
   __syncthreads();
-  if (i + 1 < s.cnt) strip_fill_rows<K, ROLLED>(s.ring, s.tail.tw, s.in, s.b, s.x0, 2 * p + 4, 2, s.H, s.W);
+  if (!(K::kHead && SPREAD) && i + 1 < s.cnt) {
+    strip_fill_rows<K, ROLLED>(s.ring, s.tail.tw, s.in, s.b, s.x0, 2 * p + 4, 2, s.H, s.W);
+  }
   cp_async_commit();
 }
 
 // After part 0 of an item's wgmmas: (EPI) part P of the previous item's epilogue, then part P + 1 of the wgmmas,
 // and so on to the last part (the order of variant 8: epilogue 0, wgmmas 1, epilogue 1).
+// HEAD with SPREAD: after the last two epilogue parts (and the wgmma group issued after the first of them), half of
+// the next item's halo rows fill_h0, fill_h0 + 1 each (none when fill_h0 < 0: the segment's last item).  Not after
+// the earlier parts: there most of the previous item's accumulators are still live beside the current item's, and
+// a unit's 8 channel sums spilled.
 template <typename K, typename T, bool EPI, int SPLIT, int P, bool TAIL, bool SPREAD>
 __device__ __forceinline__ void strip_parts(const StripSeg<T>& s, const uint32_t (&wa)[K::kASteps][4],
                                             float (&cur)[K::kAcc], float (&prev)[K::kAcc], const float (&bias_r)[2],
-                                            int h, int y_prev) {
+                                            int h, int y_prev, int fill_h0) {
   if constexpr (P < SPLIT) {
     if (EPI) {
       strip_epilogue<K, T, SPLIT, P, TAIL, SPREAD>(prev, s.stg, s.out, s.tail, bias_r, s.b, y_prev, s.x0, s.H, s.W, s.wg,
                                                 s.wr, s.lane);
     }
     if constexpr (P + 1 < SPLIT) strip_mma<K, T, SPLIT, P + 1>(cur, s.smem_w, wa, s.ring, h);
-    strip_parts<K, T, EPI, SPLIT, P + 1, TAIL, SPREAD>(s, wa, cur, prev, bias_r, h, y_prev);
+    if constexpr (K::kHead && SPREAD && P + 2 >= SPLIT) {
+      if (fill_h0 >= 0) {
+        strip_head_rows<K, T, 2>(s.ring, s.tail.tw, reinterpret_cast<const float*>(s.in), s.b, s.x0, fill_h0, 2, s.H,
+                                 s.W, P + 2 - SPLIT);
+      }
+    }
+    strip_parts<K, T, EPI, SPLIT, P + 1, TAIL, SPREAD>(s, wa, cur, prev, bias_r, h, y_prev, fill_h0);
   }
 }
 
@@ -520,9 +536,9 @@ __device__ __forceinline__ void strip_step(const StripSeg<T>& s, const uint32_t 
     wgmma_wait<1>();  // item i - 1's groups (all but the newest) are complete
     wgmma_pin(prev);
   }
-  if (LOADS_FIRST) strip_prefetch<K, true>(s, i, p);
-  strip_parts<K, T, EPI, SPLIT, 0, TAIL, SPREAD>(s, wa, cur, prev, bias_r, h, y_prev);
-  if (!LOADS_FIRST) strip_prefetch<K, false>(s, i, p);
+  if (LOADS_FIRST) strip_prefetch<K, true, SPREAD>(s, i, p);
+  strip_parts<K, T, EPI, SPLIT, 0, TAIL, SPREAD>(s, wa, cur, prev, bias_r, h, y_prev, i + 1 < s.cnt ? 2 * p + 4 : -1);
+  if (!LOADS_FIRST) strip_prefetch<K, false, SPREAD>(s, i, p);
 }
 
 // TAIL: the tail weights [9][64] fp32 (global) -> shared rows of kTailStride floats at tw, by the CTA's 256 threads.
@@ -724,20 +740,27 @@ void launch_strip_tail_spread(const void* in, float* z, const void* w, const flo
 }
 
 // The first body layer of a fused head (HeadLaunchFn): the Y plane x in, the head computed on the fly, whatever the
-// body variant of the other layers.  The halo rows are computed after the epilogue, when one accumulator set is live
-// (LOADS_FIRST would compute them beside both: ptxas spilled 76 bytes).  Two schedules until a GPU run ranks them
-// (launch_head_body's `schedule`, an index into kHeadSplits): 0, variant 10's four wgmma groups with an epilogue
-// quarter after each (the backend's), and 1, all 36 wgmmas in one group first, so that the epilogue and the row
-// computation both run while the tensor cores work through the whole item.
-constexpr bool kHeadLoadsFirst = false;
-constexpr int kHeadSplits[] = {4, 1};
+// body variant of the other layers.  Three schedules until a GPU run ranks them (launch_head_body's `schedule`, an
+// index into these arrays):
+//   0: variant 10's four wgmma groups with an epilogue quarter after each (the backend's), the rows computed after
+//      the epilogue, when one accumulator set is live (computing them all before it, beside both, spilled 76 bytes);
+//   1: all 36 wgmmas in one group first, so that the epilogue and the rows both run while the tensor cores work
+//      through the whole item;
+//   2 (SPREAD): variant 10's schedule, the rows half after the third epilogue quarter (and the last wgmma group's
+//      issue), half after the fourth, past the barrier that frees their slots (as LOADS_FIRST copies): so that they
+//      run while the tensor cores work through the item's last group, not after the whole epilogue.
+constexpr bool kHeadLoadsFirst[] = {false, false, true};
+constexpr int kHeadSplits[] = {4, 1, 4};
+constexpr bool kHeadSpread[] = {false, false, true};
 constexpr int kNumHeadSchedules = sizeof(kHeadSplits) / sizeof(kHeadSplits[0]);
-template <typename T, int SPLIT>
+template <typename T, int SCHEDULE>
 void launch_strip_head(const float* x, void* out, const void* w, const float* b, const float* head_w,
                        const float* head_b, int n, int h, int w_, int device, cudaStream_t stream, bool pdl) {
-  constexpr auto kKernel = conv3x3_strip_kernel<T, kHeadLoadsFirst, SPLIT, false, false, true>;
-  launch_wgmma_tiles<StripLaunch<false, false, true>, T, kKernel>(x, out, w, b, nullptr, nullptr, n, h, w_, device,
-                                                                  stream, pdl, head_w, head_b);
+  constexpr bool kSpread = kHeadSpread[SCHEDULE];
+  constexpr auto kKernel = conv3x3_strip_kernel<T, kHeadLoadsFirst[SCHEDULE], kHeadSplits[SCHEDULE], false, false,
+                                                true, kSpread>;
+  launch_wgmma_tiles<StripLaunch<false, false, true, kSpread>, T, kKernel>(x, out, w, b, nullptr, nullptr, n, h, w_,
+                                                                           device, stream, pdl, head_w, head_b);
 }
 
 }  // namespace body

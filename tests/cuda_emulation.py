@@ -1097,7 +1097,7 @@ class StripTile:
     loads_first: bool = False
     split: int = 1  # SPLIT: wgmma groups per item
     rs: bool = False  # RS: the weights (A) in registers, 64-pixel strips
-    tail_spread: bool = False  # SPREAD: the TAIL's partial sums in every epilogue part (sb strip_tail_part)
+    spread: bool = False  # SPREAD: TAIL's partial sums in every epilogue part, or HEAD's rows in the last two
     tail: bool = False  # the kernel's TAIL (the last body layer of a fused tail)
     head: bool = False  # the kernel's HEAD (the first body layer of a fused head: halo rows from the Y plane)
     threads: int = 256
@@ -1117,7 +1117,7 @@ class StripTile:
     head_bytes = property(lambda s: CHUNKS * HEAD_STRIDE * 4 if s.head else 0)  # sb kHeadBytes
     smem_bytes = property(
         lambda s: s.align + s.weight_smem + s.ring * s.halo_row_bytes + 2 * s.staging_bytes + s.tail_bytes
-        + s.head_bytes + (2 * s.zstage_bytes if s.tail and s.tail_spread else 0)
+        + s.head_bytes + (2 * s.zstage_bytes if s.tail and s.spread else 0)
     )
 
 
@@ -1155,16 +1155,18 @@ def strip_store_head_weights(cta: Cta, hw, g_hw: Global, g_hb: Global):
         cta.sts32(hw + 4 * i, v.view(np.uint32), active)
 
 
-def strip_head_rows(K: StripTile, T, cta: Cta, ring, hw, g_y: Global, b, x0, h0, rows, H, W):
-    """sb ``strip_head_rows``: the halo rows computed from the fp32 Y plane (unit i: chunk i // (rows halo_w) of pixel
-    i % (rows halo_w)), each thread's loop iterations in turn.  A quarter-warp whose 8 pixels straddle two halo rows
+def strip_head_rows(K: StripTile, T, cta: Cta, ring, hw, g_y: Global, b, x0, h0, rows, H, W, part=0, parts=1):
+    """sb ``strip_head_rows<PARTS>``: the halo rows computed from the fp32 Y plane (unit i: chunk i // (rows halo_w)
+    of pixel i % (rows halo_w); units ``part`` U / ``parts`` .. of the U), each thread's loop iterations in turn.  A quarter-warp whose 8 pixels straddle two halo rows
     may store 2-way bank-conflicted (the plane's 130 chunks are 2 mod 8): rare, a wavefront more, not a hazard."""
     img = np.int64(b) * H * W
     pixels = rows * K.halo_w
     tid = np.arange(K.threads).reshape(-1, 32)
-    for base in range(0, pixels * CHUNKS, K.threads):
+    units = pixels * CHUNKS
+    lo, hi = units * part // parts, units * (part + 1) // parts
+    for base in range(lo, hi, K.threads):
         i = base + tid
-        active = i < pixels * CHUNKS
+        active = i < hi
         j = i // pixels
         p = i - j * pixels
         r = p // K.halo_w
@@ -1286,7 +1288,7 @@ def strip_epilogue(K: StripTile, T, cta: Cta, groups, acc, name, stg, g_out: Glo
             v[..., m] = pack2(T, relu_keep_nan(acc[..., e] + bb), relu_keep_nan(acc[..., e + 1] + bb))
         px = 8 * (i + (mat >> 1)) + (lane & 7)
         cta.stmatrix_x4_trans(stg_ + swz(px, 2 * wr + (mat & 1)), v)
-    if K.tail and K.tail_spread:
+    if K.tail and K.spread:
         for wg in range(len(groups)):
             zst = tw + K.tail_bytes + wg * K.zstage_bytes
             strip_tail_part(K, T, cta, stg[wg], zst, g_out, tw, b, y[wg], x0, H, W, part, split,
@@ -1411,7 +1413,7 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
     else:
         load_weights(cta, smem_w, g_w, TAPS * KC, K.threads)
     tw = ring + K.ring * K.halo_row_bytes + 2 * K.staging_bytes
-    if K.tail and K.tail_spread:
+    if K.tail and K.spread:
         strip_store_tail_weights_by_tap(cta, tw, g_tail)
     elif K.tail:
         strip_store_tail_weights(cta, tw, g_tail)
@@ -1435,11 +1437,11 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
 
         def prefetch(i, p, b=b, x0=x0, cnt=cnt):  # sb strip_prefetch
             cta.syncthreads()
-            if i + 1 < cnt:
+            if not (K.head and K.spread) and i + 1 < cnt:
                 strip_fill_rows(K, T, cta, ring, tw, g_in, b, x0, 2 * p + 4, 2, H, W)
             cta.commit()
 
-        def step(i, cur, prev, epi, p0=p0, b=b, x0=x0):  # sb strip_step (a segment: p0, b, x0, cnt)
+        def step(i, cur, prev, epi, p0=p0, b=b, x0=x0, cnt=cnt):  # sb strip_step (a segment: p0, b, x0, cnt)
             p = p0 + i
             h = [2 * p + wg for wg in range(2)]
             rows = [2 * (p - 1) + wg for wg in range(2)]
@@ -1458,6 +1460,8 @@ def strip_kernel_cta(K, T, g_in, g_out, g_w, g_bias, H, W, tiles_x, tiles_y, num
                     strip_epilogue(*epi_args, part=part, split=K.split, tw=tw)
                 if part + 1 < K.split:
                     strip_mma(K, T, cta, groups, acc[cur], cur, smem_w, wa, ring, h, part + 1)
+                if K.head and K.spread and part + 2 >= K.split and i + 1 < cnt:  # half the next rows after each of
+                    strip_head_rows(K, T, cta, ring, tw, g_in, b, x0, 2 * p + 4, 2, H, W, part + 2 - K.split, 2)  # the last 2
             if not K.loads_first:
                 prefetch(i, p)
 
@@ -1498,11 +1502,12 @@ def launch_strip(variant, T, x_bits, w_bits, bias, *, resident_ctas=132, eager=F
     n, h, w_, _ = x_bits.shape
     g_z = Global("z", np.full((n, h, w_, 9), np.nan, np.float32))
     g_tail = Global("tail_w", np.asarray(tail_w, np.float32).reshape(TAPS * KC))
-    K = replace(K, tail=True, tail_spread=spread) if spread else replace(K, tail=True)
+    K = replace(K, tail=True, spread=spread)
     return launch_tiles(K, kernel, T, x_bits, w_bits, bias, resident_ctas, eager, g_out=g_z, g_tail=g_tail)
 
 
-HEAD_SCHEDULES = [(False, 4, False), (False, 1, False)]  # sb kHeadLoadsFirst, kHeadSplits (RS false), by schedule
+# sb kHeadLoadsFirst, kHeadSplits, (RS false), kHeadSpread, by schedule
+HEAD_SCHEDULES = [(False, 4, False, False), (False, 1, False, False), (True, 4, False, True)]
 
 
 def launch_strip_head(T, y, w_bits, bias, head_w, head_b, *, schedule=0, resident_ctas=132, eager=False):

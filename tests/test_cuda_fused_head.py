@@ -39,9 +39,13 @@ def _head_case(size, dtype, seed=0):
 
 def test_head_schedule_matches_the_source():
     text = (emu.CSRC / "wgmma_strip_body.cuh").read_text()
-    loads_first = re.search(r"constexpr bool kHeadLoadsFirst = (true|false);", text).group(1) == "true"
-    splits = re.search(r"constexpr int kHeadSplits\[\] = \{([\d, ]+)\};", text).group(1)
-    assert emu.HEAD_SCHEDULES == [(loads_first, int(s), False) for s in splits.split(",")]
+
+    def array(kind, name):
+        return [v.strip() for v in re.search(rf"constexpr {kind} {name}\[\] = \{{([^}}]+)\}};", text).group(1).split(",")]
+
+    loads_first, splits, spread = array("bool", "kHeadLoadsFirst"), array("int", "kHeadSplits"), array("bool", "kHeadSpread")
+    assert emu.HEAD_SCHEDULES == [(lf == "true", int(sp), False, sd == "true")
+                                  for lf, sp, sd in zip(loads_first, splits, spread, strict=True)]  # fmt: skip
     assert int(re.search(r"constexpr int kHeadStride = (\d+);", text).group(1)) == emu.HEAD_STRIDE
 
 
@@ -136,7 +140,7 @@ def test_network_fused_head_bit_equals_unfused(cuda_device, dtype, shape):  # no
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_head_body_schedules_equal_head_then_body(cuda_device, dtype):  # noqa: F811
-    """_C.head_body in both schedules against _C.head then _C.body (the automatic variant), bit for bit, with the
+    """_C.head_body in every schedule against _C.head then _C.body (the automatic variant), bit for bit, with the
     output NaN-poisoned first; an unknown schedule is refused."""
     from test_cuda_backend import _ext
 
@@ -157,14 +161,15 @@ def test_head_body_schedules_equal_head_then_body(cuda_device, dtype):  # noqa: 
     stream = torch.cuda.current_stream().cuda_stream
     C.head(y.data_ptr(), act.data_ptr(), hw.data_ptr(), hb.data_ptr(), n, h, w_, code, cuda_device.index, stream)
     C.body(act.data_ptr(), want.data_ptr(), wp.data_ptr(), b.data_ptr(), n, h, w_, code, cuda_device.index, stream)
-    for schedule in (0, 1):
+    assert C.HEAD_SCHEDULES == len(emu.HEAD_SCHEDULES)
+    for schedule in range(C.HEAD_SCHEDULES):
         got = torch.full_like(want, float("nan"))
         C.head_body(y.data_ptr(), got.data_ptr(), hw.data_ptr(), hb.data_ptr(), wp.data_ptr(), b.data_ptr(), n, h, w_,
                     code, cuda_device.index, stream, False, schedule)  # fmt: skip
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"schedule {schedule}")
     with pytest.raises((ValueError, RuntimeError), match="schedule"):
         C.head_body(y.data_ptr(), got.data_ptr(), hw.data_ptr(), hb.data_ptr(), wp.data_ptr(), b.data_ptr(), n, h, w_,
-                    code, cuda_device.index, stream, False, 2)  # fmt: skip
+                    code, cuda_device.index, stream, False, C.HEAD_SCHEDULES)  # fmt: skip
 
 
 @pytest.mark.gpu
