@@ -217,6 +217,9 @@ void tail_gather(uint64_t z, uint64_t x, uint64_t y, uint64_t b, int64_t n, int6
                            as_ptr<const float*>(b), int(n), int(h), int(wd), as_stream(stream));
 }
 
+// The fused head's schedule in forward (head_body's; untimed: the layer profile's `first` rows rank them).
+constexpr int kForwardHeadSchedule = 0;
+
 // The whole network: head -> num_body x body (ping-pong between buf0 and buf1) -> tail (+ residual).
 // body_w holds num_body packed layers back to back ([L][9][64][64] in the activation dtype, or
 // [L][16][64][64] for a Winograd variant), body_b
@@ -241,7 +244,7 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   CHECK(fn, !fuse_head || variant < 0 || !variants[variant].winograd,
         "fuse_head needs direct-convolution weights, not variant ", variant, "'s Winograd ones");
   if (fuse_head) {
-    head_body(x, buf1, head_w, head_b, body_w, body_b, n, h, wd, dtype, device, stream, pdl, 0);
+    head_body(x, buf1, head_w, head_b, body_w, body_b, n, h, wd, dtype, device, stream, pdl, kForwardHeadSchedule);
   } else {
     head(x, buf0, head_w, head_b, n, h, wd, dtype, device, stream, head_mma);
   }
