@@ -185,10 +185,11 @@ def test_fused_tail_detects_a_missing_staging_barrier(monkeypatch, dropped):
 # --- on a GPU --------------------------------------------------------------------------------------------------
 
 
-def _strip_variants(device):
-    out = [v["id"] for v in _ext().body_variants() if v["tail_partials"] and variant_unavailable(v, device) is None]
+def _strip_variants(device, key="tail_partials"):
+    """The ids of the body variants with ``key`` (``tail_partials``, ``tail_spread``) that run on ``device``."""
+    out = [v["id"] for v in _ext().body_variants() if v[key] and variant_unavailable(v, device) is None]
     if not out:
-        pytest.skip("no body variant with tail_partials runs here (the wgmma strip kernels need Hopper, sm_90a)")
+        pytest.skip(f"no body variant with {key} runs here (the wgmma strip kernels need Hopper, sm_90a)")
     return out
 
 
@@ -240,13 +241,6 @@ def test_fused_tail_needs_a_strip_variant(cuda_device):  # noqa: F811
         CudaBackend(model, cuda_device, torch.float16, body_variant=0, fuse_tail=True)
 
 
-def _spread_variants(device):
-    out = [v["id"] for v in _ext().body_variants() if v["tail_spread"] and variant_unavailable(v, device) is None]
-    if not out:
-        pytest.skip("no body variant with a spread tail runs here (the wgmma strip kernels need Hopper, sm_90a)")
-    return out
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 5), (3, 37, 53), (2, 19, 130), (1, 1080, 1920)])
@@ -257,7 +251,7 @@ def test_spread_tail_network_matches_reference(cuda_device, dtype, shape):  # no
     x = torch.rand(shape[0], 1, *shape[1:], device=cuda_device)
     ref = ref64(model, x)
     same = Engine(model, backend="torch", dtype=dtype, device=cuda_device)(x)
-    for variant in _spread_variants(cuda_device):
+    for variant in _strip_variants(cuda_device, "tail_spread"):
         eager = CudaBackend(model, cuda_device, dtype, body_variant=variant, tail_spread=True)
         out = eager(x)
         assert_equivalent(out, same, ref, dtype, f"cuda spread tail, variant {variant}, {shape} {dtype}")
@@ -284,7 +278,7 @@ def test_spread_tail_partials_equal_the_plain_ones_up_to_order(cuda_device, dtyp
     tw = torch.randn(9, 64, device=cuda_device, generator=g) / 8
     code = ext.DTYPE_FLOAT16 if dtype == torch.float16 else ext.DTYPE_BFLOAT16
     stream = torch.cuda.current_stream(cuda_device).cuda_stream
-    for variant in _spread_variants(cuda_device):
+    for variant in _strip_variants(cuda_device, "tail_spread"):
         zs = []
         for spread in (False, True):
             z = torch.full((n, h, w_, 9), float("nan"), device=cuda_device)
@@ -299,7 +293,7 @@ def test_spread_tail_partials_equal_the_plain_ones_up_to_order(cuda_device, dtyp
 @pytest.mark.gpu
 def test_spread_tail_refusals(cuda_device):  # noqa: F811
     model = _model(depth=4).to(cuda_device)
-    _spread_variants(cuda_device)
+    _strip_variants(cuda_device, "tail_spread")
     with pytest.raises(BackendUnavailable, match="tail is not fused"):
         CudaBackend(model, cuda_device, torch.float16, fuse_tail=False, tail_spread=True)
     without = [v["id"] for v in _ext().body_variants() if v["tail_partials"] and not v["tail_spread"]
