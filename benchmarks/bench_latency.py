@@ -512,6 +512,8 @@ def alternative_opts(body: str, dtype: torch.dtype, model: VDSR) -> dict:
         return {"tail_spread": True}
     if body == "fused_head_tail_spread":
         return {"fuse_head": True, "tail_spread": True}
+    if body.startswith("fused_head_s"):  # another schedule of the fused head's first layer
+        return {"fuse_head": True, "head_schedule": int(body.removeprefix("fused_head_s"))}
     if body.startswith("v"):
         return {"body_variant": int(body[1:])}
     if body == "swap":
@@ -561,6 +563,8 @@ def alternatives(name: str, device: torch.device) -> dict[str, str]:
         kinds["pdl"] = "programmatic dependent launch"
         kinds["mma_head_pdl"] = "tensor-core head + PDL"  # whether the two opt-ins add up
         kinds["fused_head"] = "head fused into the first layer"
+        for schedule in range(1, ext.HEAD_SCHEDULES):
+            kinds[f"fused_head_s{schedule}"] = f"head fused into the first layer, schedule {schedule}"
         if ext.body_variants()[auto]["tail_spread"]:
             kinds["tail_spread"] = "tail partials spread over the epilogue"
             kinds["fused_head_tail_spread"] = "fused head + spread tail partials"  # whether the two add up

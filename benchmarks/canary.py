@@ -37,6 +37,8 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-mma-head": ("cuda", {"mma_head": True}),  # the head on tensor cores
     "cuda-pdl": ("cuda", {"pdl": True}),  # strip body layers by programmatic dependent launch
     "cuda-fused-head": ("cuda", {"fuse_head": True}),  # the first body layer computes the head from the Y plane
+    "cuda-fused-head-s1": ("cuda", {"fuse_head": True, "head_schedule": 1}),  # its other schedules (other kernels)
+    "cuda-fused-head-s2": ("cuda", {"fuse_head": True, "head_schedule": 2}),
     "cuda-tail-spread": ("cuda", {"tail_spread": True}),  # the fused tail's partial sums in every epilogue part
     "triton-winograd": ("triton", {"body_config": "winograd"}),  # with the (default) fused tail
     "triton-swap": ("triton", {"body_config": "swap"}),  # channels as the GEMM's M (conv3x3.swap_configs)

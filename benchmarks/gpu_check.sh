@@ -244,7 +244,8 @@ torch.manual_seed(0)
 m = VDSR()
 for dt in (torch.float16, torch.bfloat16):
   for opts in ({'fuse_tail': False}, {}, {'mma_head': True, 'pdl': True}, {'body_variant': 12}, {'body_variant': 14},
-               {'fuse_head': True}, {'fuse_head': True, 'pdl': True}, {'tail_spread': True}):
+               {'fuse_head': True}, {'fuse_head': True, 'pdl': True}, {'fuse_head': True, 'head_schedule': 2},
+               {'tail_spread': True}):
     e = Engine(m, backend='cuda', dtype=dt, device='cuda', **opts)
     y = e(torch.rand(2, 1, 37, 53, device='cuda'))
     torch.cuda.synchronize()

@@ -217,9 +217,6 @@ void tail_gather(uint64_t z, uint64_t x, uint64_t y, uint64_t b, int64_t n, int6
                            as_ptr<const float*>(b), int(n), int(h), int(wd), as_stream(stream));
 }
 
-// The fused head's schedule in forward (head_body's; untimed: the layer profile's `first` rows rank them).
-constexpr int kForwardHeadSchedule = 0;
-
 // The whole network: head -> num_body x body (ping-pong between buf0 and buf1) -> tail (+ residual).
 // body_w holds num_body packed layers back to back ([L][9][64][64] in the activation dtype, or
 // [L][16][64][64] for a Winograd variant), body_b
@@ -229,7 +226,7 @@ constexpr int kForwardHeadSchedule = 0;
 void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head_w, uint64_t head_b, uint64_t body_w,
              uint64_t body_b, int64_t num_body, uint64_t tail_w, uint64_t tail_b, int64_t n, int64_t h, int64_t wd,
              int dtype, int device, uint64_t stream, int variant, bool fuse_tail, bool head_mma, bool pdl,
-             bool fuse_head, bool tail_spread) {
+             bool fuse_head, bool tail_spread, int head_schedule) {
   const char* fn = "forward";
   check_shape(fn, n, h, wd);
   check_dtype(fn, dtype);
@@ -244,7 +241,7 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   CHECK(fn, !fuse_head || variant < 0 || !variants[variant].winograd,
         "fuse_head needs direct-convolution weights, not variant ", variant, "'s Winograd ones");
   if (fuse_head) {
-    head_body(x, buf1, head_w, head_b, body_w, body_b, n, h, wd, dtype, device, stream, pdl, kForwardHeadSchedule);
+    head_body(x, buf1, head_w, head_b, body_w, body_b, n, h, wd, dtype, device, stream, pdl, head_schedule);
   } else {
     head(x, buf0, head_w, head_b, n, h, wd, dtype, device, stream, head_mma);
   }
@@ -322,12 +319,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("forward", &forward, "x"_a, "y"_a, "buf0"_a, "buf1"_a, "head_w"_a, "head_b"_a, "body_w"_a, "body_b"_a,
         "num_body"_a, "tail_w"_a, "tail_b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a, "device"_a, "stream"_a,
         "variant"_a = -1, "fuse_tail"_a = false, "head_mma"_a = false, "pdl"_a = false, "fuse_head"_a = false,
-        "tail_spread"_a = false,
+        "tail_spread"_a = false, "head_schedule"_a = 0,
         "the whole VDSR: head, num_body body layers (ping-pong), tail + residual (fuse_tail: the last body layer "
         "writes the tail's partial sums, a gather adds them; variants with tail_partials; head_mma: the head on "
         "tensor cores; pdl: the wgmma strip body layers by programmatic dependent launch; fuse_head: the first "
-        "body layer computes the head from x, sm_90a; tail_spread: the fused tail's partial sums in every epilogue "
-        "part, variants with tail_spread)");
+        "body layer computes the head from x, sm_90a, in head_body's schedule head_schedule; tail_spread: the fused "
+        "tail's partial sums in every epilogue part, variants with tail_spread)");
   m.def("head_body", &head_body, "x"_a, "out"_a, "head_w"_a, "head_b"_a, "w"_a, "b"_a, "n"_a, "h"_a, "w_"_a, "dtype"_a,
         "device"_a, "stream"_a, "pdl"_a = false, "schedule"_a = 0,
         "out[N,H,W,64] = relu(conv3x3(relu(conv3x3(x fp32 [N,H,W], 1->64) + head_b), 64->64) + b): the fused head "

@@ -122,13 +122,16 @@ def _fused_and_plain(model, device, dtype, x, **opts):
 @pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 1, 130, 260), (1, 1, 1, 1), (1, 1, 1080, 1920)],
                          ids=lambda s: "x".join(map(str, s)))  # fmt: skip
 def test_network_fused_head_bit_equals_unfused(cuda_device, dtype, shape):  # noqa: F811
-    """The fused head's network equals the unfused one bit for bit (eager, and as a CUDA graph), and the float64
-    reference within DESIGN §6's rule."""
+    """The fused head's network equals the unfused one bit for bit (eager, and as a CUDA graph; every schedule of the
+    first layer), and the float64 reference within DESIGN §6's rule."""
     torch.manual_seed(0)
     model = _model().to(cuda_device)
     x = torch.rand(shape, device=cuda_device)
     plain, fused = _fused_and_plain(model, cuda_device, dtype, x)
     torch.testing.assert_close(fused, plain, rtol=0, atol=0)
+    for schedule in range(1, len(emu.HEAD_SCHEDULES)):
+        _, other = _fused_and_plain(model, cuda_device, dtype, x, head_schedule=schedule)
+        torch.testing.assert_close(other, plain, rtol=0, atol=0, msg=f"head_schedule={schedule}")
     same = Engine(model, backend="torch", dtype=dtype, device=cuda_device)(x)
     assert_equivalent(fused, same, ref64(model, x), dtype, "cuda fused head")
     _, graphed = _fused_and_plain(model, cuda_device, dtype, x, cuda_graphs=True)
@@ -184,6 +187,8 @@ def test_fused_head_refusals(cuda_device):  # noqa: F811
         Engine(model, body_variant=3, **kw)
     with pytest.raises(BackendUnavailable, match="besides the fused tail"):
         Engine(_model(depth=3).to(cuda_device), **kw)
+    with pytest.raises(ValueError, match="no fused-head schedule"):
+        Engine(model, head_schedule=len(emu.HEAD_SCHEDULES), **kw)
     x = torch.rand(1, 1, 29, 31, device=cuda_device)
     same = Engine(model, backend="torch", dtype=torch.float16, device=cuda_device)(x)
     out = Engine(model, body_variant=0, **kw)(x)  # other accumulation orders than the strip kernel's: not bit-equal

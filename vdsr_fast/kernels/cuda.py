@@ -83,6 +83,7 @@ def _launch_forward(
     pdl: bool,
     fuse_head: bool,
     tail_spread: bool,
+    head_schedule: int,
 ) -> None:
     """One ``_C.forward`` call on the current stream: contiguous fp32 ``x`` (N, 1, H, W) -> ``out``."""
     ext = load_extension()
@@ -93,7 +94,7 @@ def _launch_forward(
         x.data_ptr(), out.data_ptr(), bufs[0].data_ptr(), bufs[1].data_ptr(),
         w_head.data_ptr(), b_head.data_ptr(), w_body.data_ptr(), b_body.data_ptr(), num_body,
         w_tail.data_ptr(), b_tail.data_ptr(), n, h, w, code, x.device.index, stream, variant, fuse_tail, mma_head, pdl,
-        fuse_head, tail_spread,
+        fuse_head, tail_spread, head_schedule,
     )  # fmt: skip
 
 
@@ -113,6 +114,7 @@ def cuda_vdsr_op(
     pdl: bool = False,
     fuse_head: bool = False,
     tail_spread: bool = False,
+    head_schedule: int = 0,
 ) -> torch.Tensor:
     """The whole network as one op (what ``torch.compile`` traces): fp32 Y plane -> fp32 ``x + residual``.
 
@@ -124,13 +126,13 @@ def cuda_vdsr_op(
     bufs = tuple(torch.empty((n, h, w, _CHANNELS), device=x.device, dtype=w_body.dtype) for _ in range(2))
     with torch.cuda.device(x.device):
         _launch_forward(x, out, bufs, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail,
-                        mma_head, pdl, fuse_head, tail_spread)  # fmt: skip
+                        mma_head, pdl, fuse_head, tail_spread, head_schedule)  # fmt: skip
     return out
 
 
 @cuda_vdsr_op.register_fake
 def _(x, w_head, b_head, w_body, b_body, num_body, w_tail, b_tail, variant, fuse_tail=False, mma_head=False,
-      pdl=False, fuse_head=False, tail_spread=False):
+      pdl=False, fuse_head=False, tail_spread=False, head_schedule=0):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -167,6 +169,9 @@ class CudaBackend(PingPongBuffers):
             strip kernel (compute capability 9.0, an sm_90a build) whatever ``body_variant`` the other layers
             take, not with ``mma_head`` or a Winograd variant, and needs a body layer besides a fused tail's.
             Opt-in until a GPU run times it.
+        head_schedule: with ``fuse_head``, the first layer's schedule (``_C.head_body``'s, 0 .. ``_C.HEAD_SCHEDULES``
+            - 1): 0 computes the halo rows after the epilogue, 1 issues the item's 36 wgmmas in one group, 2 computes
+            the rows between the last wgmma groups (csrc/README.md).  Until a GPU run ranks them.
         tail_spread: with the fused tail, its last body layer sums the tail's partial sums in every epilogue part
             (the pixels that part staged, 2-4 threads a pixel), between the item's wgmma groups, where the plain
             schedule sums the whole row after the last group (run 11: that layer took 0.370 ms against a plain
@@ -252,6 +257,7 @@ class CudaBackend(PingPongBuffers):
         pdl: bool = False,
         fuse_head: bool = False,
         tail_spread: bool = False,
+        head_schedule: int = 0,
     ) -> None:
         from ..engine import BackendUnavailable
 
@@ -312,6 +318,9 @@ class CudaBackend(PingPongBuffers):
         self.fuse_head = bool(fuse_head)
         if self.fuse_head and (why := self._fuse_head_unavailable(device)):
             raise BackendUnavailable(f"CudaBackend: fuse_head=True {why}")
+        self.head_schedule = int(head_schedule)
+        if not 0 <= self.head_schedule < self._C.HEAD_SCHEDULES:
+            raise ValueError(f"CudaBackend: no fused-head schedule {self.head_schedule} (0..{self._C.HEAD_SCHEDULES - 1})")
         self.tail_spread = bool(tail_spread)
         if self.tail_spread and not (self.fuse_tail and self._C.body_variants()[vid]["tail_spread"]):
             spread = [v["id"] for v in self._C.body_variants() if v["tail_spread"]]
@@ -362,7 +371,7 @@ class CudaBackend(PingPongBuffers):
         bufs = self.buffers(x.shape[0], x.shape[2], x.shape[3])
         _launch_forward(x, out, bufs, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
                         self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head, self.pdl,
-                        self.fuse_head, self.tail_spread)  # fmt: skip
+                        self.fuse_head, self.tail_spread, self.head_schedule)  # fmt: skip
         return out
 
     def forward_op(self, y: torch.Tensor) -> torch.Tensor:
@@ -371,6 +380,6 @@ class CudaBackend(PingPongBuffers):
         out = torch.ops.vdsr_fast.cuda_vdsr(
             x, self.w_head, self.b_head, self.w_body, self.b_body, self.num_body,
             self.w_tail, self.b_tail, self.body_variant, self.fuse_tail, self.mma_head, self.pdl, self.fuse_head,
-            self.tail_spread,
+            self.tail_spread, self.head_schedule,
         )  # fmt: skip
         return out.to(y.dtype)
