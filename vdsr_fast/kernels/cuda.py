@@ -169,9 +169,9 @@ class CudaBackend(PingPongBuffers):
             strip kernel (compute capability 9.0, an sm_90a build) whatever ``body_variant`` the other layers
             take, not with ``mma_head`` or a Winograd variant, and needs a body layer besides a fused tail's.
             Opt-in until a GPU run times it.
-        head_schedule: with ``fuse_head``, the first layer's schedule (``_C.head_body``'s, 0 .. ``_C.HEAD_SCHEDULES``
-            - 1): 0 computes the halo rows after the epilogue, 1 issues the item's 36 wgmmas in one group, 2 computes
-            the rows between the last wgmma groups (csrc/README.md).  Until a GPU run ranks them.
+        head_schedule: with ``fuse_head``, the first layer's schedule, one of ``range(_C.HEAD_SCHEDULES)`` (those of
+            ``_C.head_body``): 0 computes the halo rows after the epilogue, 1 issues the item's 36 wgmmas in one
+            group, 2 computes the rows between the last wgmma groups (csrc/README.md).  0 until a GPU run ranks them.
         tail_spread: with the fused tail, its last body layer sums the tail's partial sums in every epilogue part
             (the pixels that part staged, 2-4 threads a pixel), between the item's wgmma groups, where the plain
             schedule sums the whole row after the last group (run 11: that layer took 0.370 ms against a plain
