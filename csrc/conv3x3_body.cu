@@ -143,19 +143,17 @@ void launch_body_tail_partials(const void* in, float* z, const void* w, const fl
                                 std::to_string(kNumAllVariants - 1) + ")");
   }
   const int s = variant - body::kFirstStripVariant;
-  if (spread) {
-    int count = 0;
-    if (!body_variants(&count)[variant].tail_spread) {
-      throw std::invalid_argument("vdsr_fast._C: body kernel variant " + std::to_string(variant) +
-                                  " has no spread tail schedule (tail_spread: the strip variants 8 and 10)");
-    }
-    const auto fn = dtype == kFloat16 ? body::kTailSpreadLaunchFp16[s] : body::kTailSpreadLaunchBf16[s];
-    if (dtype == kFloat16 || dtype == kBFloat16) return fn(in, z, w, b, tail_w, n, h, w_, device, stream, pdl);
-  } else {
-    if (dtype == kFloat16) return body::kTailLaunchFp16[s](in, z, w, b, tail_w, n, h, w_, device, stream, pdl);
-    if (dtype == kBFloat16) return body::kTailLaunchBf16[s](in, z, w, b, tail_w, n, h, w_, device, stream, pdl);
+  const body::TailLaunchFn* table = dtype == kFloat16    ? (spread ? body::kTailSpreadLaunchFp16 : body::kTailLaunchFp16)
+                                    : dtype == kBFloat16 ? (spread ? body::kTailSpreadLaunchBf16 : body::kTailLaunchBf16)
+                                                         : nullptr;
+  if (table == nullptr) {
+    throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
   }
-  throw std::invalid_argument("vdsr_fast._C: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
+  if (spread && (s >= body::kNumStripVariants || table[s] == nullptr)) {  // the spread table covers the strip variants
+    throw std::invalid_argument("vdsr_fast._C: body kernel variant " + std::to_string(variant) +
+                                " has no spread tail schedule (tail_spread: the strip variants 8 and 10)");
+  }
+  return table[s](in, z, w, b, tail_w, n, h, w_, device, stream, pdl);
 }
 
 }  // namespace vdsr
