@@ -1,5 +1,6 @@
 """MATLAB conformance of the color conversion and bicubic resize."""
 
+import fractions
 import glob
 
 import numpy as np
@@ -105,3 +106,30 @@ def test_non_contiguous_input():
 def test_bad_arguments(call, err):
     with pytest.raises(err):
         call()
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(scale=(1, 2, 3)), "scale must be a number or"),
+        (dict(scale="2"), "scale must be a number or"),
+        (dict(scale=True), "scale must be a number or"),
+        (dict(size=8), "size must be \\(height, width\\)"),
+        (dict(size=(2.7, 3.9)), "size must be \\(height, width\\)"),  # not truncated to (2, 3)
+        (dict(size=(True, True)), "size must be \\(height, width\\)"),
+        (dict(scale=1e-9), "too small"),  # would allocate ~30 GiB of kernel weights
+        (dict(scale=5e-324), "too small"),  # 16 * 5e-324 rounds to 0 output pixels; MATLAB's ceil gives 1
+    ],
+)
+def test_bad_scale_and_size_name_the_argument(kw, match):
+    with pytest.raises(ValueError, match=match):
+        imresize(torch.rand(16, 16, dtype=torch.float64), **kw)
+
+
+def test_numeric_scale_types_and_tiny_products():
+    x = torch.rand(16, 16, dtype=torch.float64)
+    ref = imresize(x, 0.5)
+    for scale in (np.float32(0.5), fractions.Fraction(1, 2), (np.float64(0.5), 0.5)):
+        torch.testing.assert_close(imresize(x, scale), ref, rtol=0, atol=0)
+    assert imresize(x, 0.01).shape == (1, 1)  # ceil(0.16) = 1 as MATLAB
+    assert resize_output_size((16, 16), 1e-12) == (1, 1)

@@ -85,6 +85,13 @@ def test_refusals():
         upscale_yuv(y, c.to(torch.uint16), c.to(torch.uint16))
     with pytest.raises(TypeError, match=r"out is upscale\(\)'s, for RGB frames"):
         upscale_yuv(y, c, c, out=torch.empty(8, 12, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="uint16 planes need bits="):
+        upscale_yuv(y.to(torch.uint16), bits=10.5)
+    for bad in ((0, 0), (9, 12), "ab", 5, (2.5, 3)):  # out of range (the luma output is 8x12), not a pair of ints
+        with pytest.raises(ValueError, match="chroma_size"):
+            upscale_yuv(y, c, c, chroma_size=bad)
+    with pytest.raises(ValueError, match="chroma_size= for a gray frame"):
+        upscale_yuv(y, chroma_size=(4, 6))
 
 
 @pytest.mark.gpu

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -86,13 +87,20 @@ def _cubic(x: np.ndarray) -> np.ndarray:
     )
 
 
+_MAX_TAP_ENTRIES = 1 << 25  # out_len x P taps (weights + indices: 512 MiB of float64 and int64)
+
+
+def _kernel_width(scale: float, antialias: bool) -> float:
+    """The cubic's support in input pixels: 4, widened to 4 / scale when shrinking with antialiasing."""
+    return 4.0 / scale if scale < 1 and antialias else 4.0
+
+
 @functools.lru_cache(maxsize=256)
 def _contributions(in_len: int, out_len: int, scale: float, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
     """Weights (out_len, P) and 0-based source indices (out_len, P), as MATLAB ``contributions``."""
-    kernel_width = 4.0
+    kernel_width = _kernel_width(scale, antialias)
     if scale < 1 and antialias:
         kernel = lambda t: scale * _cubic(scale * t)  # noqa: E731 - widened, antialiasing kernel
-        kernel_width = kernel_width / scale
     else:
         kernel = _cubic
     x = np.arange(1, out_len + 1, dtype=np.float64)
@@ -155,15 +163,21 @@ def resize_output_size(in_size: Sequence[int], scale: float | Sequence[float]) -
     for n, s in zip(in_size, (sh, sw)):
         v = n * s
         r = round(v)
-        out.append(int(r) if abs(v - r) < 1e-9 else int(math.ceil(v)))
+        out.append(max(1, int(r) if abs(v - r) < 1e-9 else int(math.ceil(v))))  # ceil of a positive product: >= 1
     return out[0], out[1]
 
 
-def _pair(scale):
-    if isinstance(scale, (int, float)):
+def _is_number(v, kind=numbers.Real) -> bool:
+    return isinstance(v, kind) and not isinstance(v, bool)
+
+
+def _pair(scale) -> tuple[float, float]:
+    """A scale (a number, or (factor_h, factor_w)) as two floats; anything else is a ValueError."""
+    if _is_number(scale):
         return float(scale), float(scale)
-    sh, sw = scale
-    return float(sh), float(sw)
+    if isinstance(scale, (tuple, list)) and len(scale) == 2 and all(_is_number(v) for v in scale):
+        return float(scale[0]), float(scale[1])
+    raise ValueError(f"imresize: scale must be a number or (factor_h, factor_w), got {scale!r}")
 
 
 def imresize(
@@ -196,7 +210,9 @@ def imresize(
     if in_h == 0 or in_w == 0:
         raise ValueError(f"imresize: cannot resize an empty image of shape {tuple(x.shape)}")
     if size is not None:
-        out_h, out_w = (int(v) for v in size)
+        if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_number(v, numbers.Integral) for v in size)):
+            raise ValueError(f"imresize: size must be (height, width) in pixels, got {size!r}")
+        out_h, out_w = int(size[0]), int(size[1])
         if out_h <= 0 or out_w <= 0:
             raise ValueError(f"imresize: size must be positive, got {tuple(size)}")
         sh, sw = out_h / in_h, out_w / in_w
@@ -205,6 +221,12 @@ def imresize(
         if not (sh > 0 and sw > 0 and math.isfinite(sh) and math.isfinite(sw)):
             raise ValueError(f"imresize: scale must be positive and finite, got {scale}")
         out_h, out_w = resize_output_size((in_h, in_w), (sh, sw))
+    # A shrink by s weighs ~4/s input pixels per output pixel (the widened kernel, mirrored at the borders):
+    # refuse a factor so small that the weight tables alone would take gigabytes.
+    for n, f in ((out_h, sh), (out_w, sw)):
+        if n * (_kernel_width(f, antialias) + 3) > _MAX_TAP_ENTRIES:
+            raise ValueError(f"imresize: scale {f:g} is too small to resize {in_h}x{in_w} "
+                             f"(its kernel would span {_kernel_width(f, antialias):.3g} input pixels)")  # fmt: skip
     orig_dtype = x.dtype
     if orig_dtype not in (torch.float32, torch.float64):
         x = x.float()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -111,7 +112,7 @@ def upscale_yuv(
             raise ValueError(f"upscale_yuv: uint8 planes have 8 bits, got bits={bits}")
         bits = 8
     elif y.dtype == torch.uint16:
-        if bits is None or not 9 <= bits <= 16:
+        if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 9 <= bits <= 16:
             raise ValueError("upscale_yuv: uint16 planes need bits= (9 to 16): 10 for yuv420p10le, 16 for P010's high-aligned samples")
     else:
         raise TypeError(f"upscale_yuv: planes must be uint8 or uint16 samples, got {y.dtype}")
@@ -125,6 +126,16 @@ def upscale_yuv(
     if chroma and chroma[0].shape != chroma[1].shape:
         raise ValueError(f"upscale_yuv: u and v differ in shape: {tuple(chroma[0].shape)} and {tuple(chroma[1].shape)}")
     k, (H, W) = output_plan(*y.shape[-2:], scale, size)
+    if chroma_size is not None:
+        if not chroma:
+            raise ValueError("upscale_yuv: chroma_size= for a gray frame (no u, v)")
+        if (not isinstance(chroma_size, (tuple, list)) or len(chroma_size) != 2
+                or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in chroma_size)):  # fmt: skip
+            raise ValueError(f"upscale_yuv: chroma_size must be (height, width) in pixels, got {chroma_size!r}")
+        chroma_size = int(chroma_size[0]), int(chroma_size[1])
+        if not (1 <= chroma_size[0] <= H and 1 <= chroma_size[1] <= W):
+            raise ValueError(f"upscale_yuv: chroma_size {chroma_size} for a {H}x{W} luma output: each side must be 1 "
+                             "to the luma's")  # fmt: skip
 
     stream = kw.get("stream")
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
