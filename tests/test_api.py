@@ -140,6 +140,53 @@ def test_bad_dtypes(tiny_model, dtype):
         upscale(torch.zeros(1, 3, 4, 4, dtype=dtype), 2, tiny_model)
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("layout", ["sparse_coo", "sparse_csr"])
+def test_non_strided_layouts_are_refused(tiny_model, layout):
+    make = {"sparse_coo": torch.Tensor.to_sparse, "sparse_csr": torch.Tensor.to_sparse_csr}[layout]
+    y = torch.rand(4, 4)
+    with pytest.raises(TypeError, match=f"img has layout torch.{layout}; expected a dense"):
+        upscale(make(y), 2, tiny_model)
+    with pytest.raises(TypeError, match=f"out has layout torch.{layout}; expected a dense"):
+        upscale(y, 2, tiny_model, out=make(torch.zeros(8, 8)))
+
+
+@pytest.mark.parametrize("dtype, error, match", [("float16", TypeError, "dtype must be a torch.dtype"),
+                                                 ("fp16", TypeError, "dtype must be a torch.dtype"),
+                                                 (np.float16, TypeError, "dtype must be a torch.dtype"),
+                                                 (torch.int32, ValueError, "dtype must be one of torch.float16.*got torch.int32"),
+                                                 (torch.complex64, ValueError, "dtype must be one of")])  # fmt: skip
+def test_bad_engine_dtypes(tiny_model, dtype, error, match):
+    """dtype= (the engine's activations) is a torch.dtype some backend runs, checked before anything is built."""
+    with pytest.raises(error, match=f"upscale: {match}"):
+        upscale(torch.rand(1, 3, 4, 4), 2, tiny_model, backend="torch", dtype=dtype)
+    with pytest.raises(error, match=f"Engine: {match}"):
+        Engine(tiny_model, backend="torch", device="cpu", dtype=dtype)
+    with pytest.raises(error, match=f"get_engine: {match}"):
+        vdsr_fast.get_engine(tiny_model, "cpu", "torch", dtype)
+
+
+_NO_CUDA = (BackendUnavailable, r"run on cuda.*torch: no CUDA device available")
+
+
+@pytest.mark.parametrize("device, error, match", [
+    ("cuda", *_NO_CUDA),
+    (f"cuda:{torch.cuda.device_count()}", *((ValueError, "there are only") if torch.cuda.is_available() else _NO_CUDA)),
+    ("meta", ValueError, "(Engine|get_engine): device meta holds no data"),
+    ("nope", ValueError, "(Engine|get_engine): device must be a torch.device"),
+])  # fmt: skip
+def test_engine_devices_that_cannot_compute(tiny_model, device, error, match):
+    """A device the engine cannot compute on: each backend's reason (no CUDA here), or what is wrong with it."""
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(error, match=match):
+        Engine(tiny_model, device=device)
+    with pytest.raises(error, match=match):
+        vdsr_fast.get_engine(tiny_model, device)
+    with pytest.raises(error, match=match.replace("torch: ", "")):  # backend="torch": its own reason
+        Engine(tiny_model, backend="torch", device=device)
+
+
 def test_input_requiring_grad_gives_a_plain_output(tiny_model):
     """upscale() is inference only: no autograd graph is recorded, the input's flag is irrelevant."""
     x = torch.rand(1, 3, 5, 6, requires_grad=True)
@@ -521,6 +568,33 @@ def test_numpy_arrays_in_and_out(tiny_model):
         upscale(img, 2, tiny_model, out=torch.zeros(18, 14, 3, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"out has shape \(18, 14, 4\)"):
         upscale(img, 2, tiny_model, out=np.zeros((18, 14, 4), np.uint8))
+
+
+def _field(a):
+    """``a`` as one field of a packed record array (float32 beside a byte): strides not a multiple of 4."""
+    rec = np.zeros(a.shape, np.dtype([("v", np.float32), ("w", np.uint8)]))
+    rec["v"] = a
+    return rec["v"]
+
+
+@pytest.mark.parametrize("view", [
+    lambda a: a[:, :, ::-1],  # OpenCV's BGR -> RGB
+    np.flip, np.rot90, lambda a: a[::-2, 1::3],
+    _field,
+    lambda a: a.astype(">f4"), lambda a: (a * 65535).astype(">u2"), lambda a: (a * 65535).astype(">u2")[:, ::-1],
+], ids=["bgr_to_rgb", "flip", "rot90", "steps", "record_field", ">f4", ">u2", ">u2_reversed"])  # fmt: skip
+def test_numpy_views_and_byte_orders(tiny_model, view):
+    """Views torch cannot read in place (negative strides, strides not a multiple of the item size) and big-endian
+    arrays: the result of the same values in a plain array; out= big-endian is written with the right values."""
+    a = view(np.random.default_rng(1).random((9, 7, 3)).astype(np.float32))
+    plain = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+    want = upscale(plain, 2, tiny_model, layout="NHWC")
+    got = upscale(a, 2, tiny_model, layout="NHWC")
+    assert got.dtype == plain.dtype
+    np.testing.assert_array_equal(got, want)
+    out = np.zeros(want.shape, want.dtype.newbyteorder(">"))[::-1]
+    assert upscale(a, 2, tiny_model, layout="NHWC", out=out) is out
+    np.testing.assert_array_equal(out, want)
 
 
 class _DLPackOnly:

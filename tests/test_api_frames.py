@@ -1,5 +1,6 @@
 """upscale() for video pipelines: frame conventions (layout=), out=, stream=, exact tiling (tile=/max_memory=)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,6 +86,41 @@ def test_out_errors(tiny_model):
         upscale(x, 2, tiny_model, out=[0])
 
 
+def _read_only(shape):
+    a = np.zeros(shape, np.uint8)
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(out=lambda: torch.empty(1, 1, 3, dtype=torch.uint8).expand(12, 10, 3)), ValueError, "out's elements overlap"),
+    (dict(out=lambda: torch.empty(100, dtype=torch.uint8).as_strided((12, 10, 3), (1, 1, 0))), ValueError, "out's elements overlap"),
+    (dict(out=lambda: torch.empty(400, dtype=torch.uint8).as_strided((12, 10, 3), (30, 2, 1))), ValueError, "out's elements overlap"),
+    (dict(out=lambda: torch.zeros(12, 10, 3, dtype=torch.uint8).to_sparse()), TypeError, "out has layout torch.sparse_coo"),
+    (dict(numpy=True, out=lambda: _read_only((12, 10, 3))), ValueError, "out is a read-only numpy array"),
+    (dict(progress=1), TypeError, "progress must be a callable"),
+    (dict(numpy=True, progress="bar"), TypeError, "progress must be a callable"),
+    (dict(tile=1), ValueError, "tile must be at least 8 output pixels a side"),
+    (dict(tile=(8, 7), scale=1.5), ValueError, "tile must be at least 8"),
+], ids=["out_expanded", "out_stride_0", "out_overlapping", "out_sparse", "out_read_only_numpy", "progress_int",
+        "progress_numpy", "tile_1", "tile_8x7_scale_1.5"])  # fmt: skip
+def test_bad_options_are_refused_before_any_work(tiny_model, monkeypatch, kw, error, match):
+    """out= that several pixels share, read-only or sparse; progress= not callable; tiles below the 8x8 minimum:
+    refused before anything is computed (a pipeline step that ran first would fail this test)."""
+    import vdsr_fast.api as api
+
+    def work(*args):
+        raise AssertionError("work was queued before the arguments were checked")
+
+    monkeypatch.setattr(api, "_run_window", work)
+    kw = dict(kw)
+    x = _u8(6, 5, 3).numpy() if kw.pop("numpy", False) else _u8(6, 5, 3)
+    if "out" in kw:
+        kw["out"] = kw["out"]()
+    with pytest.raises(error, match=f"upscale: {match}"):
+        upscale(x, kw.pop("scale", 2), tiny_model, **kw)
+
+
 def test_stream_errors(tiny_model):
     with pytest.raises(TypeError, match="torch.cuda.Stream"):
         upscale(_u8(1, 6, 5, 3), 2, tiny_model, stream=object())
@@ -116,7 +152,7 @@ def test_windowed_bicubic_is_bit_exact(dtype):
             assert torch.equal(got, full[:, :, rows.net[0] : rows.net[1], cols.net[0] : cols.net[1]])
 
 
-_CASES = [(3, 2, 7), (1, 3, 11), (4, 4, (9, 20)), (3, 3, (2, 40))]
+_CASES = [(3, 2, 8), (1, 3, 11), (4, 4, (9, 20)), (3, 3, (8, 40))]  # tiles of 8 (the minimum) leave edge tiles of 2 and 3
 
 
 @pytest.mark.parametrize("c,scale,tile", _CASES)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import tiling
-from .engine import Engine, _why_unavailable
+from .engine import Engine, _check_dtype, _resolve_engine_device, _why_unavailable
 from .imaging import imresize, resize_output_size, rgb_to_ycbcr, ycbcr_to_rgb
 from .kernels import resolve_device
 from .reference import VDSR
@@ -72,7 +72,8 @@ def get_engine(
     :class:`~vdsr_fast.kernels.PingPongBuffers`. The cache is not pickled with the model. ``tune``:
     see :class:`~vdsr_fast.engine.Engine` (times the backend's alternative kernels once, keeps the fastest).
     """
-    device = resolve_device(device)
+    device = _resolve_engine_device(device, "get_engine")
+    _check_dtype(dtype, "get_engine")
     graphs = device.type == "cuda" and backend != "torch" if cuda_graphs is None else bool(cuda_graphs)
     if graphs and (device.type != "cuda" or backend == "torch"):
         raise ValueError(f"cuda_graphs=True needs a fast backend on a CUDA device, not {backend!r} on {device}")
@@ -175,6 +176,22 @@ def _out_shape(img: torch.Tensor, layout: str, hw: tuple[int, int]) -> tuple[int
     return (*img.shape[:-3], *hw, img.shape[-1])
 
 
+def _check_strided(t: torch.Tensor, name: str) -> None:
+    if t.layout != torch.strided:
+        raise TypeError(f"upscale: {name} has layout {t.layout}; expected a dense (torch.strided) tensor, e.g. {name}.to_dense()")
+
+
+def _overlaps_itself(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` may share an address (an ``expand``-ed or ``as_strided`` view): its dims of
+    size > 1, by increasing stride, must each step past the span of the ones before."""
+    span = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+        if stride < span:
+            return True
+        span += stride * (size - 1)
+    return False
+
+
 def _check_out(out, img: torch.Tensor, shape: tuple[int, ...]) -> None:
     if not torch.is_tensor(out):
         raise TypeError(f"upscale: out must be a torch.Tensor, got {type(out).__name__}")
@@ -184,6 +201,9 @@ def _check_out(out, img: torch.Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"upscale: out has dtype {out.dtype}, expected {img.dtype} (the input's dtype)")
     if out.device != img.device:
         raise ValueError(f"upscale: out is on {out.device} but img is on {img.device}")
+    if _overlaps_itself(out):
+        raise ValueError(f"upscale: out's elements overlap in memory (strides {out.stride()} for shape {shape}, e.g. an "
+                         "expand()-ed view): several output pixels would be written to one address")
 
 
 def _check_stream(stream, device: torch.device) -> None:
@@ -260,9 +280,15 @@ def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
     if numpy_in:
         if out is not None and not isinstance(out, np.ndarray):
             raise TypeError(f"upscale: with a numpy img, out must be a numpy array too, got {type(out).__name__}")
-        if img.dtype not in (np.uint8, np.uint16, np.float16, np.float32, np.float64):
+        if img.dtype.newbyteorder("=") not in (np.uint8, np.uint16, np.float16, np.float32, np.float64):
             raise TypeError(f"upscale: img has dtype {img.dtype}; expected uint8, uint16 or a float dtype in [0, 1]")
-        t = torch.from_numpy(img if img.flags.writeable else img.copy())
+        if out is not None and not out.flags.writeable:
+            raise ValueError("upscale: out is a read-only numpy array")
+        if not img.dtype.isnative:  # big-endian data: the same values in the machine's byte order
+            img = img.astype(img.dtype.newbyteorder("="))
+        # Read-only arrays, and strides torch cannot view (img[:, :, ::-1], np.flip, np.rot90, record fields): a copy.
+        copy = not img.flags.writeable or any(st < 0 or st % img.itemsize for st in img.strides)
+        t = torch.from_numpy(img.copy() if copy else img)
         target = resolve_device("cuda") if torch.cuda.is_available() else t.device
         if kw["stream"] is not None:
             _check_stream(kw["stream"], target)
@@ -278,7 +304,7 @@ def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
     perm = torch.tensor([2, 1, 0, 3][:c], device=t.device) if channel_order == "BGR" and c in (3, 4) else None
     if out is not None:
         shape = _out_shape(t, layout, output_plan(*_nchw(t, layout).shape[-2:], scale, kw["size"])[1])
-        if numpy_in and (out.shape != shape or out.dtype != img.dtype):
+        if numpy_in and (out.shape != shape or out.dtype.newbyteorder("=") != img.dtype):
             raise ValueError(f"upscale: out has shape {out.shape} and dtype {out.dtype}, expected {shape} and {img.dtype}")
         if not numpy_in:
             _check_out(out, t, shape)
@@ -376,11 +402,11 @@ def upscale(
             are NHWC when only their last dim is a channel count (1, 3 or 4), else NCHW (so pass
             ``layout="NHWC"`` for float NHWC frames and for uint8 frames of height 1, 3 or 4).
         out: a preallocated tensor to write the result into (shape, dtype and device of the result;
-            any strides); returned.
+            any strides whose elements do not overlap); returned.
         stream: a ``torch.cuda.Stream`` to enqueue the work on (default: the current stream). The
             caller orders the input's producer before it and the output's consumers after it, as
             with ``torch.cuda.stream(...)``.
-        tile: process the frame in output tiles of this many pixels (int or (h, w)); each tile is
+        tile: process the frame in output tiles of this many pixels (int or (h, w), at least 8); each tile is
             computed with a halo of the network's receptive field and the bicubic taps, so the result
             is the untiled one (see :mod:`vdsr_fast.tiling`).
         max_memory: a working-memory budget in bytes (activations and intermediates, not the input
@@ -420,6 +446,15 @@ def upscale(
     """
     if channel_order not in ("RGB", "BGR"):
         raise ValueError(f"upscale: channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+    _check_dtype(dtype, "upscale")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"upscale: progress must be a callable progress(done, total) or None, got {type(progress).__name__}")
+    if tile is not None and min(tiling._pair(tile)) < tiling.MIN_TILE:
+        raise ValueError(f"upscale: tile must be at least {tiling.MIN_TILE} output pixels a side (smaller tiles spend "
+                         f"nearly all their work on the halo), got {tile!r}")
+    for name, t in (("img", img), ("out", out)):
+        if torch.is_tensor(t):
+            _check_strided(t, name)
     kw = dict(size=size, backend=backend, dtype=dtype, layout=layout, stream=stream, tile=tile, max_memory=max_memory,
               check_finite=check_finite, cuda_graphs=cuda_graphs, tune=tune, fused_color=fused_color, progress=progress)  # fmt: skip
     def foreign(x):  # CuPy, JAX, a GPU decoder's frames...

@@ -88,6 +88,8 @@ class TorchBackend:
 
     @staticmethod
     def available(device: torch.device) -> str | None:
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device available"
         return None
 
     def __init__(self, model: VDSR, device: torch.device, dtype: torch.dtype) -> None:
@@ -150,6 +152,38 @@ def _why_unavailable(name: str, device: torch.device) -> str | None:
     return impl.available(device)
 
 
+# The activation dtypes some backend runs (each backend's ``dtypes`` says which of them it does).
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e4m3fn)
+
+
+def _check_dtype(dtype, who: str) -> None:
+    """``dtype=`` of :class:`Engine`, :func:`~vdsr_fast.get_engine` and :func:`~vdsr_fast.upscale`: None or one of
+    :data:`DTYPES` (a torch.dtype; strings such as ``"fp16"`` are the command line's, not the API's)."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype in DTYPES):
+        return
+    names = ", ".join(map(str, DTYPES))
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{who}: dtype must be a torch.dtype ({names}) or None (the backend's default), got {dtype!r}")
+    raise ValueError(f"{who}: dtype must be one of {names} or None (the backend's default), got {dtype}")
+
+
+def _resolve_engine_device(device, who: str) -> torch.device:
+    """``device`` as :func:`resolve_device` gives it, or a clear error for one an engine cannot compute on
+    (``meta``, a CUDA index beyond the devices). Without CUDA a ``cuda`` device is kept as it is: each backend's
+    ``available`` says why it cannot run there (:class:`BackendUnavailable`)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{who}: device must be a torch.device or a name such as 'cpu' or 'cuda:0', got {device!r}") from None
+    if device.type == "meta":
+        raise ValueError(f"{who}: device {device} holds no data; expected one that computes, such as 'cpu' or 'cuda'")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return device
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{who}: device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    return resolve_device(device)
+
+
 def _default_dtype(backend: str, device: torch.device) -> torch.dtype:
     if backend == "torch" or device.type != "cuda":
         return torch.float32
@@ -203,13 +237,15 @@ def self_check(run, model: VDSR, device: torch.device) -> str | None:
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
+        reasons = []
         for name in AUTO_ORDER:
             # The fast backends are GPU code: auto never picks the Triton interpreter on a CPU.
             if name != "torch" and device.type != "cuda":
                 continue
-            if name in BACKENDS and _why_unavailable(name, device) is None:
+            if name in BACKENDS and (reason := _why_unavailable(name, device)) is None:
                 return name
-        raise BackendUnavailable(f"no backend can run on {device}")  # unreachable: torch always can
+            reasons.append(f"{name}: {reason}")
+        raise BackendUnavailable(f"no backend can run on {device} ({'; '.join(reasons)})")  # e.g. cuda without CUDA
     if backend not in BACKENDS:
         known = ", ".join(["auto", *BACKENDS])
         raise ValueError(f"unknown backend {backend!r}; expected one of: {known}")
@@ -298,8 +334,10 @@ class Engine:
         dtype: storage dtype of the activations; default float16 for the fast backends on a GPU,
             float32 for the PyTorch reference and on the CPU. Accumulation is always at least fp32.
             ``torch.float8_e4m3fn`` (opt-in; Triton, or ``"torch"`` for its emulation): :mod:`vdsr_fast.fp8`.
+            A ``torch.dtype`` of :data:`DTYPES` (anything else: TypeError / ValueError).
         device: where the weights live and inputs must be; default the current CUDA device if there
-            is one, else the CPU.
+            is one, else the CPU. ``cuda`` without a CUDA device raises :class:`BackendUnavailable` (each
+            backend's reason), ``meta`` ValueError.
         check: run :func:`self_check` once for a fast backend on a GPU (default). With ``backend="auto"``, a
             backend that fails it is skipped with a warning; an explicitly requested one raises.
         tune: time the backend's alternative kernels (``tuning_candidates``: the CUDA body variants, unfused
@@ -326,9 +364,10 @@ class Engine:
     ) -> None:
         if not isinstance(model, VDSR):
             raise TypeError(f"Engine: expected a vdsr_fast VDSR model, got {type(model).__name__}")
+        _check_dtype(dtype, "Engine")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device = resolve_device(device)
+        self.device = device = _resolve_engine_device(device, "Engine")
         self.depth, self.channels = model.depth, model.channels
         self.tuning: dict[str, float | str] = {}  # filled by tune=True
         candidates = [resolve_backend(backend, device)]
