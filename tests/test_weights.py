@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from legacy_writer import Global, port_checkpoint_bytes
+from safetensors.torch import save_file
 from torch import nn
 
 import vdsr_fast
@@ -56,6 +57,15 @@ def test_depth_and_width_come_from_the_file(tmp_path):
     assert (back.depth, back.channels) == (7, 16)
     x = torch.rand(1, 1, 9, 11)
     torch.testing.assert_close(back(x), m(x), rtol=0, atol=0)
+
+
+def test_save_names_a_missing_directory_and_a_bad_metadata_key(tmp_path):
+    m = _random_model()
+    with pytest.raises(FileNotFoundError, match=f"directory {tmp_path / 'no' / 'dir'} does not exist"):
+        vdsr_fast.save(m, tmp_path / "no" / "dir" / "w.safetensors")
+    with pytest.raises(TypeError, match="metadata key 'a'"):
+        vdsr_fast.save(m, tmp_path / "w.safetensors", metadata={"ok": 1, "a": object()})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_save_refuses_nan(tmp_path):
@@ -241,8 +251,12 @@ def _valid_sd(m=None):
         (lambda sd: sd.pop("layers.2.weight"), "missing key 'layers.2.weight'"),
         (lambda sd: sd.__setitem__("extra.thing", torch.zeros(1)), "unexpected key 'extra.thing'"),
         (lambda sd: sd.__setitem__("layers.0.weight", torch.zeros(8, 1, 3, 3, dtype=torch.int32)), "dtype torch.int32"),
+        (lambda sd: sd.pop("layers.3.bias"), r"missing key 'layers.3.bias' \(other layers have biases\)"),
+        (lambda sd: sd.__setitem__("layers.3.bias", torch.zeros(8).to_sparse()), "'layers.3.bias' has layout torch.sparse_coo"),
+        (lambda sd: sd.__setitem__("layers.3.bias", torch.empty(8, device="meta")), "'layers.3.bias' is a meta tensor"),
+        (lambda sd: sd.__setitem__("layers.2.weight", torch.zeros(1).expand(8, 8, 3, 3)), "'layers.2.weight' has 576 elements but its storage only 4 bytes"),
     ],
-    ids=["shape", "bias_shape", "nan", "inf", "missing_layer", "extra_key", "int_dtype"],
+    ids=["shape", "bias_shape", "nan", "inf", "missing_layer", "extra_key", "int_dtype", "partial_biases", "sparse", "meta", "expanded"],
 )
 def test_bad_state_dicts_name_the_key(tmp_path, mutate, message):
     sd = _valid_sd()
@@ -253,6 +267,62 @@ def test_bad_state_dicts_name_the_key(tmp_path, mutate, message):
     torch.save(sd, tmp_path / "bad.pth")
     with pytest.raises(WeightsError, match=message):
         vdsr_fast.load(tmp_path / "bad.pth")
+
+
+def test_partially_missing_port_biases_are_named(tmp_path):
+    """Zero biases are for a file with none at all; some missing is a broken file, named, never zero-filled."""
+    sd = _port_state_dict(_random_model(), with_bias=True)
+    del sd["input.bias"], sd["residual_layer.1.conv.bias"]
+    with pytest.raises(WeightsError, match=r"missing keys 'input.bias', 'residual_layer.1.conv.bias'"):
+        from_state_dict(sd)
+    sd = {k: v for k, v in _valid_sd().items() if k != "layers.4.bias"}
+    save_file(sd, tmp_path / "w.safetensors")
+    with pytest.raises(WeightsError, match="missing key 'layers.4.bias'"):
+        vdsr_fast.load(tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+def test_low_precision_files_are_widened(tmp_path, dtype, fmt):
+    m = _random_model()
+    sd = {k: v.to(dtype) for k, v in m.state_dict().items()}
+    path = tmp_path / f"w.{fmt}"
+    save_file(sd, path) if fmt == "safetensors" else torch.save(sd, path)
+    back = vdsr_fast.load(path)
+    for k, v in back.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, sd[k].float()), k
+    sd["layers.1.weight"][0, 0, 0, 0] = float("nan")
+    save_file(sd, path) if fmt == "safetensors" else torch.save(sd, path)
+    with pytest.raises(WeightsError, match="'layers.1.weight' contains NaN"):
+        vdsr_fast.load(path)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_expanded_tensors_are_refused_before_allocation(tmp_path, zip_format):
+    """A few hundred bytes declaring terabytes (stride-0 tensors) are refused by size, never allocated."""
+    huge = torch.zeros(1).expand(10**6, 10**6)
+    path = tmp_path / "bomb.pth"
+    torch.save({"layers.0.weight": huge, "layers.1.weight": huge}, path, _use_new_zipfile_serialization=zip_format)
+    assert path.stat().st_size < 2000
+    with pytest.raises(WeightsError, match=r"shape \(1000000, 1000000\)|1000000000000 elements"):
+        vdsr_fast.load(path)
+    # the right shapes, for a channel count the file does not hold: refused too
+    c = 4096
+    sd = {"layers.0.weight": torch.zeros(c, 1, 3, 3), "layers.1.weight": torch.zeros(1).expand(c, c, 3, 3),
+          "layers.2.weight": torch.zeros(1, c, 3, 3)}
+    torch.save(sd, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(WeightsError, match="150994944 elements but its storage only"):
+        vdsr_fast.load(path)
+
+
+def test_every_key_is_checked_before_the_model_is_built(monkeypatch):
+    """A head declaring many channels must not allocate a C x C body before the body's key is found wrong."""
+    built = []
+    monkeypatch.setattr(vdsr_fast.weights, "VDSR", lambda *a, **k: built.append(k) or VDSR(*a, **k))
+    sd = {"layers.0.weight": torch.zeros(4096, 1, 3, 3), "layers.1.weight": torch.zeros(3), "layers.2.weight": torch.zeros(1, 4096, 3, 3)}
+    with pytest.raises(WeightsError, match=r"'layers.1.weight' has shape \(3,\)"):
+        from_state_dict(sd)
+    assert built == []
 
 
 def test_missing_port_layer_is_named():

@@ -21,13 +21,13 @@ storage as an int64 element count and its raw bytes).
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import struct
 import zipfile
 from collections import OrderedDict
 from typing import Any
 
-import numpy as np
 import torch
 
 __all__ = ["UnsafeCheckpointError", "ModuleRecord", "read_checkpoint", "LEGACY_MAGIC", "LEGACY_PROTOCOL"]
@@ -109,9 +109,14 @@ class LazyTensor:
 
     def materialize(self) -> torch.Tensor:
         flat = self.storage.tensor()
-        numel = int(np.prod(self.size)) if self.size else 1
+        numel = math.prod(self.size)  # exact: numpy.prod wraps around at 2**63
         if numel == 0:
             return torch.empty(self.size, dtype=flat.dtype)
+        if numel > flat.numel():  # only overlapping (expanded) strides can: refused before the clone allocates it
+            raise CheckpointFormatError(
+                f"a tensor of size {self.size} has {numel} elements but its storage only {flat.numel()} "
+                "(an expanded or corrupt tensor; refused before allocating it)"
+            )
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
         if last >= flat.numel():
             raise CheckpointFormatError(

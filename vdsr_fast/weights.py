@@ -5,14 +5,18 @@ Accepted files (see SECURITY.md):
 * **safetensors** (native): tensors ``layers.{i}.weight`` / ``layers.{i}.bias`` plus string metadata.
 * **PyTorch state_dicts** saved with ``torch.save`` (read with ``torch.load(weights_only=True)``) in
   the common key layouts: this package's ``layers.{i}.*``; the popular PyTorch port's
-  ``input.*``, ``residual_layer.{k}.conv.*``, ``output.*`` (it has no biases: a missing bias is zero);
+  ``input.*``, ``residual_layer.{k}.conv.*``, ``output.*`` (it has no biases: a file with no bias at all
+  reads as zero biases; one missing only some is refused, naming them);
   ``nn.Sequential`` indices (``0.weight``, ``2.weight``, ... with any common prefix). A ``module.`` or
   ``_orig_mod.`` prefix and a wrapping ``{"state_dict": ...}`` / ``{"model": ...}`` are undone.
 * **the port's checkpoint** ``{"epoch": n, "model": <vdsr.Net>}``, zip or legacy (Python 2) format,
   read by :mod:`vdsr_fast.torch_pickle`'s restricted unpickler.
 
 Every load checks the layer chain (head ``C x 1 x 3 x 3``, body ``C x C x 3 x 3``, tail ``1 x C x 3 x 3``,
-biases ``(out,)``), floating dtypes and finiteness, and names the offending key when one is wrong.
+biases ``(out,)``), floating dtypes (fp16, bf16, fp8 are widened to float32), dense tensors that the file's
+bytes really hold (no sparse, meta or expanded ones) and finiteness, all before the model is built, and names
+the offending key when one is wrong. The model's ``metadata`` is what the loader found (``source_layout``,
+``biases``, ``source``), updated with a safetensors file's own (a converted file keeps its provenance).
 """
 
 from __future__ import annotations
@@ -135,6 +139,10 @@ def from_state_dict(sd: Mapping[str, Any], *, source: str = "state_dict") -> VDS
             raise WeightsError(f"value of key '{k}' is a {type(v).__name__}, not a tensor")
         if not torch.is_floating_point(v):
             raise WeightsError(f"key '{k}' has dtype {v.dtype}; expected a floating-point tensor")
+        if v.is_meta:
+            raise WeightsError(f"key '{k}' is a meta tensor (it holds no values); expected a dense tensor")
+        if v.layout != torch.strided:
+            raise WeightsError(f"key '{k}' has layout {v.layout}; expected a dense (strided) tensor")
     depth = len(order)
     if depth < 2:
         raise WeightsError(f"found {depth} conv layer(s) ({', '.join(wkeys)}); VDSR needs at least a head and a tail")
@@ -142,24 +150,37 @@ def from_state_dict(sd: Mapping[str, Any], *, source: str = "state_dict") -> VDS
     if head.dim() != 4 or head.shape[1:] != (1, 3, 3):
         raise WeightsError(f"key '{wkeys[0]}' has shape {tuple(head.shape)}; expected (C, 1, 3, 3) for the first layer")
     c = head.shape[0]
+    no_bias = [w[: -len("weight")] + "bias" for i, w in zip(order, wkeys) if "bias" not in layers[i]]
+    if 0 < len(no_bias) < depth:  # zero biases are for a file with none at all (the port's layout)
+        missing = ", ".join(f"'{k}'" for k in no_bias)
+        raise WeightsError(f"missing key{'s' * (len(no_bias) > 1)} {missing} (other layers have biases)")
+    # Every tensor is checked before the model is built, so nothing is allocated for a size the file only claims.
+    for n, i in enumerate(order):
+        cin = 1 if n == 0 else c
+        cout = 1 if n == depth - 1 else c
+        for kind, expected in (("weight", (cout, cin, 3, 3)), ("bias", (cout,))):
+            key = layers[i].get(kind)
+            if key is None:
+                continue
+            t = sd[key]
+            if tuple(t.shape) != expected:
+                raise WeightsError(f"key '{key}' has shape {tuple(t.shape)}; expected {expected} (layer {n} of {depth})")
+            if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+                raise WeightsError(
+                    f"key '{key}' has {t.numel()} elements but its storage only {t.untyped_storage().nbytes()} bytes "
+                    "(an expanded or corrupt tensor)"
+                )
+            if not torch.isfinite(t.float()).all():  # .float(): isfinite has no fp8 kernels
+                raise WeightsError(f"key '{key}' contains NaN or Inf values")
     model = VDSR(depth=depth, channels=c)
     with torch.no_grad():
-        for n, i in enumerate(order):
-            cin = 1 if n == 0 else c
-            cout = 1 if n == depth - 1 else c
-            conv = model.layers[n]
-            for kind, expected, dst in (("weight", (cout, cin, 3, 3), conv.weight), ("bias", (cout,), conv.bias)):
-                key = layers[i].get(kind)
-                if key is None:  # the port has no biases: a missing bias is zero
-                    dst.zero_()
-                    continue
-                t = sd[key]
-                if tuple(t.shape) != expected:
-                    raise WeightsError(f"key '{key}' has shape {tuple(t.shape)}; expected {expected} (layer {n} of {depth})")
-                if not torch.isfinite(t).all():
-                    raise WeightsError(f"key '{key}' contains NaN or Inf values")
-                dst.copy_(t.float())
-    has_bias = any("bias" in layers[i] for i in order)
+        for conv, i in zip(model.layers, order):
+            conv.weight.copy_(sd[layers[i]["weight"]].float())
+            if "bias" in layers[i]:
+                conv.bias.copy_(sd[layers[i]["bias"]].float())
+            else:  # the port has no biases: a missing bias is zero
+                conv.bias.zero_()
+    has_bias = not no_bias
     model.metadata = {"source_layout": layout, "source": source, "biases": "yes" if has_bias else "none (zero)"}
     return model.requires_grad_(False).eval()
 
@@ -241,7 +262,7 @@ def _load_safetensors(path: Path) -> VDSR:
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
     model = from_state_dict(sd, source=path.name)
-    model.metadata = {**model.metadata, **meta}
+    model.metadata = {**model.metadata, **meta}  # a converted file keeps its provenance (source, source_layout, biases)
     return model
 
 
@@ -270,8 +291,11 @@ def save(model: VDSR, path: str | os.PathLike, metadata: Mapping[str, Any] | Non
 
     Metadata values that are not strings are stored as JSON. The model's own ``metadata`` is kept,
     overridden by ``metadata``; ``arch``, ``depth``, ``channels`` and ``format`` are always written.
-    The file is written to a temporary name and renamed, so a crash never leaves half a file.
+    The file is written to a temporary name and renamed, so a crash never leaves half a file. Raises
+    :class:`FileNotFoundError` when ``path``'s directory does not exist and :class:`TypeError` naming the key
+    for a metadata value that is neither a string nor JSON-serialisable.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     if not isinstance(model, VDSR):
@@ -283,15 +307,22 @@ def save(model: VDSR, path: str | os.PathLike, metadata: Mapping[str, Any] | Non
             raise WeightsError(f"refusing to save: '{k}' contains NaN or Inf values")
     meta = {k: str(v) for k, v in model.metadata.items()}
     for k, v in (metadata or {}).items():
-        meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
+        try:
+            meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"save: metadata key '{k}': {type(v).__name__} value is neither a string nor JSON-serialisable ({e})") from None
     meta.setdefault("date", date.today().isoformat())
     meta.update(format="vdsr_fast", arch="vdsr", depth=str(model.depth), channels=str(model.channels))
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"save: directory {path.parent} does not exist (writing {path})")
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=meta)
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+    except SafetensorError as e:  # it names its own temporary file, not the target
+        raise OSError(f"save: cannot write {path}: {e}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
