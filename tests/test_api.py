@@ -172,7 +172,6 @@ _NO_CUDA = (BackendUnavailable, r"run on cuda.*torch: no CUDA device available")
 @pytest.mark.parametrize("device, error, match", [
     ("cuda", *_NO_CUDA),
     (f"cuda:{torch.cuda.device_count()}", *((ValueError, "there are only") if torch.cuda.is_available() else _NO_CUDA)),
-    ("meta", ValueError, "(Engine|get_engine): device meta holds no data"),
     ("nope", ValueError, "(Engine|get_engine): device must be a torch.device"),
 ])  # fmt: skip
 def test_engine_devices_that_cannot_compute(tiny_model, device, error, match):

@@ -168,15 +168,13 @@ def _check_dtype(dtype, who: str) -> None:
 
 
 def _resolve_engine_device(device, who: str) -> torch.device:
-    """``device`` as :func:`resolve_device` gives it, or a clear error for one an engine cannot compute on
-    (``meta``, a CUDA index beyond the devices). Without CUDA a ``cuda`` device is kept as it is: each backend's
-    ``available`` says why it cannot run there (:class:`BackendUnavailable`)."""
+    """``device`` as :func:`resolve_device` gives it, or a clear error for one that is not a device or a CUDA index
+    beyond the devices. Without CUDA a ``cuda`` device is kept as it is: each backend's ``available`` says why it
+    cannot run there (:class:`BackendUnavailable`). ``meta`` (shapes only) is the PyTorch reference's."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"{who}: device must be a torch.device or a name such as 'cpu' or 'cuda:0', got {device!r}") from None
-    if device.type == "meta":
-        raise ValueError(f"{who}: device {device} holds no data; expected one that computes, such as 'cpu' or 'cuda'")
     if device.type == "cuda" and not torch.cuda.is_available():
         return device
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -337,7 +335,7 @@ class Engine:
             A ``torch.dtype`` of :data:`DTYPES` (anything else: TypeError / ValueError).
         device: where the weights live and inputs must be; default the current CUDA device if there
             is one, else the CPU. ``cuda`` without a CUDA device raises :class:`BackendUnavailable` (each
-            backend's reason), ``meta`` ValueError.
+            backend's reason).
         check: run :func:`self_check` once for a fast backend on a GPU (default). With ``backend="auto"``, a
             backend that fails it is skipped with a warning; an explicitly requested one raises.
         tune: time the backend's alternative kernels (``tuning_candidates``: the CUDA body variants, unfused
