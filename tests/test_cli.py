@@ -600,3 +600,93 @@ def test_upscale_through_real_pipes(tmp_path, weights):
                            weights, "--device", "cpu"], input=src.read_bytes(), capture_output=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.startswith(b"\x89PNG") and b"<stdin> (12x10) -> <stdout> (24x20)" in proc.stderr
+
+
+def _no_engine(*_):
+    raise AssertionError("the engine was built: the refusal came after the work had started")
+
+
+def test_output_format_and_input_channels_are_checked_before_the_upscale(tmp_path, capsys, weights, monkeypatch):
+    """An output the format cannot hold (no suffix, an unknown one, alpha or 16 bits into a format without them) and an
+    input of other channels than gray(+alpha)/RGB(A) are refused before the engine is built, naming the user's own path
+    or --format (was: after the whole upscale, naming a temporary file or the API's layout=)."""
+    import tifffile
+
+    monkeypatch.setattr("vdsr_fast.cli._engine", _no_engine)
+    rgba, la, deep, five = (tmp_path / n for n in ("rgba.png", "la.png", "deep.png", "five.tif"))
+    write_image(rgba, np.zeros((6, 6, 4), np.uint8))
+    write_image(la, np.zeros((6, 6, 2), np.uint8))
+    write_image(deep, np.zeros((6, 6, 3), np.uint16))
+    tifffile.imwrite(five, np.zeros((6, 6, 5), np.uint16), photometric="minisblack", planarconfig="contig")
+    cases = [
+        (rgba, "out", f"{tmp_path / 'out'}: not a folder, and no suffix to give the image's format; use one of .png"),
+        (rgba, "out.xyz", f"{tmp_path / 'out.xyz'}: unsupported output format '.xyz'; use one of .png"),
+        (rgba, "o.jpg", f"{rgba} has an alpha channel and {tmp_path / 'o.jpg'} cannot store it: PNG, TIFF and WebP can"),
+        (la, "o.bmp", f"{la} has an alpha channel and {tmp_path / 'o.bmp'} cannot store it"),
+        (deep, "o.jpg", f"{deep} is 16-bit and {tmp_path / 'o.jpg'} cannot store 16 bits a sample: PNG and TIFF can"),
+        (five, "o.tif", f"{five}: unsupported image: 5 channels (expected gray, gray+alpha, RGB or RGBA)"),
+    ]
+    for src, name, message in cases:
+        code, _, err = _run(capsys, "upscale", str(src), "-o", str(tmp_path / name), "--weights", weights)
+        assert code == 2 and f"vdsr-fast upscale: error: {message}" in err, (name, err)
+    monkeypatch.setattr(sys, "stdin", _Stdio(rgba.read_bytes()))
+    monkeypatch.setattr(sys, "stdout", _Stdio())
+    code, _, err = _run(capsys, "upscale", "-", "-o", "-", "--format", "jpg", "--weights", weights)
+    assert code == 2 and "<stdin> has an alpha channel and --format jpg cannot store it" in err and "stdout.jpg" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.png", "five.tif", "la.png", "rgba.png", "tiny.safetensors"]
+
+
+def test_a_device_that_cannot_compute_is_a_one_line_error(tmp_path, capsys, weights):
+    src = tmp_path / "a.png"
+    write_image(src, np.zeros((4, 4, 3), np.uint8))
+    for argv in (["upscale", str(src), "-o", str(tmp_path / "o.png")], ["eval", str(tmp_path), "--scale", "2"]):
+        code, _, err = _run(capsys, *argv, "--weights", weights, "--device", "meta")
+        assert code == 2 and err.startswith(f"vdsr-fast {argv[0]}: error: --device meta") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_the_input_is_never_overwritten_by_its_own_upscale(tmp_path, capsys, weights):
+    """Even with --force (as a batch already refused it): the output naming the input, directly or as its folder."""
+    src = tmp_path / "in.png"
+    write_image(src, np.zeros((4, 4, 3), np.uint8))
+    before = src.read_bytes()
+    for out in (src, tmp_path, tmp_path / "." / "in.png"):
+        code, _, err = _run(capsys, "upscale", str(src), "-o", str(out), "--weights", weights, "--force")
+        assert code == 2 and f"{src} would be overwritten by its own upscale: give another --output" in err, err
+    assert src.read_bytes() == before
+
+
+def test_eval_json_is_valid_for_an_exactly_reproduced_image(tmp_path, capsys):
+    """A flat image's bicubic output equals it: PSNR infinite, which --json writes as null (was Infinity, invalid JSON),
+    and the mean is that of the other images (was inf)."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    write_image(folder / "flat_HR.png", np.full((24, 24, 3), 128, np.uint8))
+    write_image(folder / "noise_HR.png", np.random.default_rng(0).integers(0, 256, (24, 24, 3)).astype(np.uint8))
+    code, out, _ = _run(capsys, "eval", str(folder), "--scale", "2", "--bicubic-only", "--json")
+
+    def refuse(constant):
+        raise AssertionError(f"not JSON: {constant}")
+
+    res = json.loads(out, parse_constant=refuse)
+    rows = {r["name"]: r for r in res["images"]}
+    assert code == 0 and rows["flat_HR"]["bicubic_psnr"] is None and rows["flat_HR"]["bicubic_ssim"] == pytest.approx(1)
+    assert res["bicubic_psnr"] == pytest.approx(rows["noise_HR"]["bicubic_psnr"]) and res["n"] == 2
+    code, out, _ = _run(capsys, "eval", str(folder), "--scale", "2", "--bicubic-only")
+    assert code == 0 and "inf" in out.splitlines()[3] and f"{rows['noise_HR']['bicubic_psnr']:.2f}" in out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("side, ok", [(1, False), (5, False), (19, False), (20, True)])
+def test_eval_names_an_image_too_small_for_the_protocol(tmp_path, capsys, side, ok):
+    """At x4 the protocol shaves 4 pixels a border and SSIM needs 11x11 after that: a 20x20 HR image is the smallest
+    (was: imresize's or psnr's error, naming no file)."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    write_image(folder / "big.png", np.random.default_rng(0).integers(0, 256, (24, 24, 1)).astype(np.uint8))
+    write_image(folder / "small.png", np.random.default_rng(1).integers(0, 256, (side, side, 1)).astype(np.uint8))
+    code, _, err = _run(capsys, "eval", str(folder), "--scale", "4", "--bicubic-only", "--json")
+    if ok:
+        assert code == 0, err
+    else:
+        assert code == 2 and f"{folder / 'small.png'}: {side}x{side} is too small to score at x4" in err, err
+        assert "(at least 20x20)" in err

@@ -1,5 +1,6 @@
 """The training loop on a tiny synthetic set: runs, checkpoints, resumes exactly, writes loadable weights."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -167,3 +168,73 @@ def test_fit_minutes_sets_the_steps_and_equals_a_run_given_them(tmp_path):
     with pytest.raises(ValueError, match="--warmup >= 100"):
         train(TrainConfig(out=str(tmp_path / "c"), steps=500, **dict(common, warmup=50)), progress=False, fit_minutes=1)
     assert not (tmp_path / "c").exists()  # refused before anything is prepared or written
+
+
+def _cli(tmp_path, capsys, *argv):
+    """``vdsr-fast train`` on the tiny set, one step, with ``argv`` last (overriding): (exit status, stderr)."""
+    from vdsr_fast.cli import main
+
+    data = tmp_path / "data" if (tmp_path / "data").is_dir() else _images(tmp_path / "data", 1)
+    base = ["--data", str(data), "--eval-set", "", "--out", str(tmp_path / "run"), "--steps", "1", "--scales", "2",
+            "--downsizes", "1.0", "--patch", "12", "--batch", "2", "--depth", "3", "--channels", "4", "--warmup", "1",
+            "--threads", "1", "--device", "cpu"]  # fmt: skip
+    code = main(["train", *base, *argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "MISSING"], "--data MISSING: no such folder"),
+    (["--eval-set", "MISSING"], "--eval-set MISSING: no such folder (--eval-set '' trains without evaluating)"),
+    (["--init", "MISSING"], "--init MISSING: no such file"),
+    (["--init", "BAD"], "BAD: unrecognised file format"),
+    (["--out", "FILE"], "--out FILE is a file; it names the run's folder"),
+    (["--scales", "0"], "--scales must be some of 2, 3, 4 (the scales VDSR serves), got [0]"),
+    (["--scales", "2", "5"], "--scales must be some of 2, 3, 4"),
+    (["--downsizes", "0"], "--downsizes must be factors in (0, 1]"),
+    (["--patch", "0"], "--patch must be at least 1, got 0"),
+    (["--batch", "0"], "--batch must be at least 1, got 0"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--ckpt-every", "0"], "--ckpt-every must be at least 1, got 0"),
+    (["--device", "meta"], "--device meta: a meta device holds no data"),
+])  # fmt: skip
+def test_train_refusals_are_one_line_errors_before_anything_is_written(tmp_path, capsys, argv, message):
+    """Each was a traceback (exit 1), a silent skip (--eval-set) or a run of random weights (--steps 0)."""
+    (tmp_path / "FILE").write_bytes(b"")
+    (tmp_path / "BAD").write_bytes(b"garbage")
+    names = {"MISSING": str(tmp_path / "missing"), "FILE": str(tmp_path / "FILE"), "BAD": str(tmp_path / "BAD")}
+    code, err = _cli(tmp_path, capsys, *[names.get(a, a) for a in argv])
+    for name, path in names.items():
+        message = message.replace(name, path)
+    assert code == 2 and err.startswith(f"vdsr-fast train: error: {message}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_train_on_cuda_without_cuda_is_a_one_line_error(tmp_path, capsys):
+    code, err = _cli(tmp_path, capsys, "--device", "cuda")
+    assert code == 2 and err == "vdsr-fast train: error: --device cuda: CUDA is not available on this machine\n"
+
+
+def test_train_loss_and_optimizer_are_choices(tmp_path, capsys):
+    """--loss xyz trained with L1, silently: now argparse's error (exit 2), and TrainConfig refuses it too."""
+    with pytest.raises(SystemExit) as exit_:
+        _cli(tmp_path, capsys, "--loss", "xyz")
+    assert exit_.value.code == 2 and "argument --loss: invalid choice: 'xyz'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--loss must be one of mse, l1, got 'xyz'"):
+        TrainConfig(loss="xyz")
+    with pytest.raises(ValueError, match="--optimizer must be one of adam, sgd"):
+        TrainConfig(optimizer="rmsprop")
+
+
+def test_train_api_refuses_what_the_command_refuses(tmp_path):
+    """train() checks its config again (fields set after construction) and the files, before writing anything."""
+    cfg = TrainConfig(data=[str(_images(tmp_path / "data", 1))], eval_set="", out=str(tmp_path / "run"), steps=1,
+                      scales=[2], downsizes=[1.0], patch=12, batch=2, depth=3, channels=4, threads=1, device="cpu")  # fmt: skip
+    with pytest.raises(ValueError, match="--steps must be at least 1"):
+        TrainConfig(steps=0)
+    cfg.steps = 0
+    with pytest.raises(ValueError, match="--steps must be at least 1"):
+        train(cfg, progress=False)
+    with pytest.raises(FileNotFoundError, match="--eval-set"):
+        train(dataclasses.replace(cfg, steps=1, eval_set=str(tmp_path / "missing")), progress=False)
+    assert not (tmp_path / "run").exists()

@@ -253,3 +253,12 @@ def test_memory_budget_too_small_for_a_tile(tmp_path, weights, capsys):
     _make_clip(src)
     _fails(capsys, src, tmp_path / "out.mp4", "--weights", weights, "--max-memory", "0.00000001", message="is too small")
     assert _listing(tmp_path) == ["in.mp4"]
+
+
+def test_output_naming_the_input_is_refused_even_with_force(clip, weights, capsys):
+    """``vdsr-fast video a.mp4 a.mp4 -f`` replaced the source with its upscale (a folder as the input already refused
+    itself as the output)."""
+    before = clip.read_bytes()
+    for out in (clip, clip.parent / "." / clip.name):
+        _fails(capsys, clip, out, "--weights", weights, "--force", message=f"{clip} would be overwritten by its own upscale")
+    assert clip.read_bytes() == before and _listing(clip.parent) == [clip.name]

@@ -29,6 +29,12 @@ def _device(name: str | None) -> torch.device:
         raise CliError(f"--device {name!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device {name}: CUDA is not available on this machine")
+    if dev.type == "meta":
+        raise CliError(f"--device {name}: a meta device holds no data; give one that computes, such as cpu or cuda")
+    try:
+        torch.empty(0, device=dev)  # e.g. cuda:7 on a machine with one GPU, or a device type this torch lacks
+    except RuntimeError as e:
+        raise CliError(f"--device {name}: not usable here ({str(e).splitlines()[0].split('. ')[0]})") from None
     return dev
 
 
@@ -105,7 +111,7 @@ def _engine(args):
     model = _model(args.weights)
     try:
         return model, get_engine(model, _device(args.device), **_engine_kw(args))
-    except BackendUnavailable as e:
+    except (BackendUnavailable, ValueError) as e:  # ValueError: a device or dtype the engine refuses
         raise CliError(str(e)) from None
 
 
@@ -141,19 +147,50 @@ def _out_pixels(arr: np.ndarray, scale: float | None, size: tuple[int, int] | No
     return H * W
 
 
-def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: dict, device: torch.device, quiet: bool = False):
-    """Read ``src``, upscale it (every frame of an animation or multi-page TIFF), write ``dst`` (keeping the ICC
-    profile and the frames' timing, the dpi scaled); returns (in (h, w), out (h, w), frames, seconds of the upscale).
-    Raises ImageReadError / CliError."""
-    from tqdm import tqdm
+def _check_suffix(suffix: str, label: str) -> None:
+    """An output format the image writer knows (``label`` names the output), before anything is read."""
+    from .images import IMAGE_SUFFIXES
 
-    from .images import MULTI_FRAME_SUFFIXES, image_info, read_frames, write_frames
+    if suffix.lower() not in IMAGE_SUFFIXES:
+        what = f"unsupported output format {suffix!r}" if suffix else "not a folder, and no suffix to give the image's format"
+        raise CliError(f"{label}: {what}; use one of {', '.join(IMAGE_SUFFIXES)}")
+
+
+def _read_source(src: Path, suffix: str, label_in: str | None = None, label_out: str | None = None):
+    """``src``'s image info, frames and timing, once checked that they are gray, gray+alpha, RGB or RGBA and that
+    the output format ``suffix`` holds their frames, depth and alpha: refused before anything is computed (the
+    labels name the input and the output in the message). Raises ImageReadError / CliError."""
+    from .images import MULTI_FRAME_SUFFIXES, image_info, read_frames
 
     info = image_info(src)
     frames, timing = read_frames(src, info["frames"])
-    if len(frames) > 1 and dst.suffix.lower() not in MULTI_FRAME_SUFFIXES:
-        raise CliError(f"{src} has {len(frames)} frames and {dst.suffix} holds one image: write it as .gif, .webp, "
+    src_label, out = label_in or str(src), label_out or suffix
+    channels = {f.shape[2] for f in frames}
+    if not channels <= {1, 2, 3, 4}:
+        raise CliError(f"{src_label}: unsupported image: {max(channels)} channels (expected gray, gray+alpha, RGB or RGBA)")
+    deep, n = any(f.dtype == np.uint16 for f in frames), len(frames)
+    if n > 1 and suffix.lower() not in MULTI_FRAME_SUFFIXES:
+        raise CliError(f"{src_label} has {n} frames and {suffix} holds one image: write it as .gif, .webp, "
                        f".png (animated) or .tif (one page a frame)")
+    suffix = suffix.lower()
+    if deep and suffix not in ((".tif", ".tiff") if n > 1 else (".png", ".tif", ".tiff")):
+        can = f" in {n} frames: TIFF can" if n > 1 else ": PNG and TIFF can"
+        raise CliError(f"{src_label} is 16-bit and {out} cannot store 16 bits a sample{can}")
+    if channels & {2, 4} and (suffix in (".jpg", ".jpeg") or 2 in channels and suffix == ".bmp"):
+        raise CliError(f"{src_label} has an alpha channel and {out} cannot store it: PNG, TIFF and WebP can")
+    return info, frames, timing
+
+
+def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: dict, device: torch.device, quiet: bool = False,
+                   source=None):  # fmt: skip
+    """Read ``src`` (or take :func:`_read_source`'s ``source``), upscale it (every frame of an animation or multi-page
+    TIFF), write ``dst`` (keeping the ICC profile and the frames' timing, the dpi scaled); returns (in (h, w), out
+    (h, w), frames, seconds of the upscale). Raises ImageReadError / CliError."""
+    from tqdm import tqdm
+
+    from .images import write_frames
+
+    info, frames, timing = source if source is not None else _read_source(src, dst.suffix, label_out=str(dst))
     t0 = time.perf_counter()
     show = not quiet and sys.stderr.isatty()
     bar = tqdm(frames, desc=src.name, unit="frame", leave=False, disable=not show or len(frames) < 2)
@@ -208,14 +245,19 @@ def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
         names[dst] = src
         if dst.resolve() == src.resolve():
             raise CliError(f"{src} would be overwritten by its own upscale: give another --output folder")
+        _check_suffix(dst.suffix, str(dst))  # a file given by name, of a suffix Pillow reads but nothing writes
     return jobs
 
 
-def _one_output(dst: Path, name: str, force: bool) -> Path:
-    """The file one image is written to: ``dst``, or ``name`` inside it when it is a folder; refused when it exists
-    (without ``force``) or its folder does not."""
+def _one_output(dst: Path, name: str, force: bool, src: Path | None = None) -> Path:
+    """The file one image is written to: ``dst``, or ``name`` inside it when it is a folder; refused when it is the
+    input ``src`` (even with ``force``), has no image format's suffix, exists (without ``force``) or its folder does
+    not."""
     if dst.is_dir():
         dst = dst / name  # `-o folder/`: the input's name inside it
+    if src is not None and dst.resolve() == src.resolve():
+        raise CliError(f"{src} would be overwritten by its own upscale: give another --output")
+    _check_suffix(dst.suffix, str(dst))
     if dst.exists() and not force:
         raise CliError(f"{dst} exists; pass --force to overwrite it")
     if not dst.parent.is_dir():
@@ -229,11 +271,13 @@ def _upscale_one(args, src: Path, dst: Path, label_in: str | None = None, label_
     from .images import ImageReadError
 
     upscale_kw = _upscale_kw(args)  # --scale with --size: an error before the engine is built
-    model, engine = _engine(args)
-    try:
-        (h, w), (oh, ow), n, elapsed = _upscale_image(src, dst, args.scale, model, upscale_kw, engine.device, args.quiet)
+    out = f"--format {args.format}" if label_out and args.format else label_out or str(dst)
+    try:  # so are an input of other channels and one the output's format cannot hold
+        source = _read_source(src, dst.suffix, label_in, out)
     except ImageReadError as e:
         raise CliError(str(e)) from None
+    model, engine = _engine(args)
+    (h, w), (oh, ow), n, elapsed = _upscale_image(src, dst, args.scale, model, upscale_kw, engine.device, args.quiet, source)
     frames = f", {n} frames" if n > 1 else ""
     return (f"{label_in or src} ({w}x{h}{frames}) -> {label_out or dst} ({ow}x{oh}), {_factor(args)}, "
             f"{engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, {elapsed:.2f} s")  # fmt: skip
@@ -302,7 +346,7 @@ def cmd_upscale(args) -> int:
     dst = Path(args.output)
     batch = len(inputs) > 1 or inputs[0].is_dir()
     if not batch:
-        print(_upscale_one(args, inputs[0], _one_output(dst, inputs[0].name, args.force)))
+        print(_upscale_one(args, inputs[0], _one_output(dst, inputs[0].name, args.force, inputs[0])))
         return 0
 
     # A batch: -o is a folder (made if its parent exists); every output is checked before any is written.

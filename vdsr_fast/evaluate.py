@@ -4,10 +4,17 @@ For each HR image: crop to a multiple of the scale, take Y (MATLAB ``rgb2ycbcr``
 MATLAB-bicubic downscale by ``s`` and upscale by ``s`` (or, with ``lr_given``, upscale the ``*_LR``
 file's Y), run the network, round Y' to uint8 and compare with the HR Y (rounded to uint8) after
 shaving ``s`` pixels per border. PSNR and SSIM are averaged per image, then over the set.
+
+An image reproduced exactly (e.g. a flat one) has an infinite PSNR (:func:`~vdsr_fast.metrics.psnr`): the mean PSNR
+is then that of the other images (infinite only when every image is exact), and :meth:`SetScore.summary` (what
+``vdsr-fast eval --json`` prints) writes ``null`` for an infinite PSNR, so that it is valid JSON. An HR image too
+small for the protocol (fewer than ``2 s + 11`` pixels a side once cropped to a multiple of ``s``: the shave and
+SSIM's 11-pixel window) is an error that names it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,11 +52,17 @@ class SetScore:
         return len(self.images)
 
     def mean(self, attr: str) -> float | None:
+        """The mean of ``attr`` over the images (None where one has none); an infinite PSNR (an exact image) is left
+        out of it, unless every image's is infinite."""
         vals = [getattr(i, attr) for i in self.images]
-        return None if not vals or any(v is None for v in vals) else float(np.mean(vals))
+        if not vals or any(v is None for v in vals):
+            return None
+        finite = [v for v in vals if math.isfinite(v)]
+        return float(np.mean(finite)) if finite else math.inf
 
     def summary(self) -> dict:
-        return {
+        """The set's means and per-image rows as plain values, an infinite PSNR as None (JSON's null)."""
+        out = {
             "folder": self.folder,
             "scale": self.scale,
             "protocol": "lr-given" if self.lr_given else "paper (MATLAB bicubic downscale of HR)",
@@ -61,6 +74,8 @@ class SetScore:
             "seconds": self.mean("seconds"),
             "images": [asdict(i) for i in self.images],
         }
+        finite = lambda row: {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        return dict(finite(out), images=[finite(row) for row in out["images"]])
 
 
 def find_images(folder: str | Path, scale: int) -> tuple[Path, list[Path]]:
@@ -114,6 +129,10 @@ def evaluate(
     for path in it:
         hr = load_y(path)
         h, w = hr.shape
+        if min(h - h % scale, w - w % scale) < 2 * scale + 11:  # the shave, then SSIM's 11x11 window
+            least = scale * (2 + math.ceil(11 / scale))
+            raise ValueError(f"{path}: {w}x{h} is too small to score at x{scale}: the protocol shaves {scale} pixels a "
+                             f"border and SSIM needs 11x11 after that (at least {least}x{least})")
         hr = hr[: h - h % scale, : w - w % scale]
         if lr_given:
             lr_path = path.with_name(path.name.replace("_HR", "_LR"))

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .api import SCALES
 from .evaluate import evaluate, load_y
 from .images import IMAGE_SUFFIXES
 from .imaging import imresize
@@ -37,6 +38,8 @@ from .reference import VDSR
 from .weights import load, save
 
 __all__ = ["TrainConfig", "load_train_y", "build_pairs", "train", "main"]
+
+LOSSES, OPTIMIZERS = ("mse", "l1"), ("adam", "sgd")
 
 
 @dataclass
@@ -68,6 +71,26 @@ class TrainConfig:
     ckpt_every: int = 500
     device: str = "auto"
     threads: int = 0
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse values the run cannot use (ValueError, naming the command line's flag); :func:`train` checks again,
+        and checks the files and the device."""
+        bad = [
+            (not self.scales or any(s not in SCALES for s in self.scales),
+             f"--scales must be some of {', '.join(map(str, SCALES))} (the scales VDSR serves), got {self.scales}"),
+            (not self.downsizes or any(not 0 < d <= 1 for d in self.downsizes),
+             f"--downsizes must be factors in (0, 1] (the training images shrunk first), got {self.downsizes}"),
+            (self.loss not in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
+            (self.optimizer not in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+        ] + [(getattr(self, name) < least, f"--{name.replace('_', '-')} must be at least {least}, got {getattr(self, name)}")
+             for name, least in (("patch", 1), ("batch", 1), ("steps", 1), ("eval_every", 1), ("ckpt_every", 1),
+                                 ("warmup", 0), ("depth", 2), ("channels", 1), ("threads", 0))]  # fmt: skip
+        for refused, message in bad:
+            if refused:
+                raise ValueError(message)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,6 +319,41 @@ def _eval_psnr(model: VDSR, cfg: TrainConfig, device: torch.device) -> dict[str,
     return res
 
 
+def _train_device(name: str) -> torch.device:
+    """``cfg.device`` ("auto": CUDA if there is a GPU, else the CPU), refused (ValueError) where torch cannot compute."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "meta":
+        raise ValueError(f"--device {name}: a meta device holds no data; give one that computes, such as cpu or cuda")
+    try:
+        torch.empty(0, device=device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name}: not usable here ({str(e).splitlines()[0].split('. ')[0]})") from None
+    return device
+
+
+def _check_paths(cfg: TrainConfig, resume: bool) -> None:
+    """The folders and files of a run, before anything is prepared or written: the training data (unless the
+    ``cache`` holds it), the evaluation set (``""``: none), ``out`` (a folder) and ``init`` (a new run's)."""
+    if not (cfg.cache and Path(cfg.cache).is_file()):
+        for folder in cfg.data:
+            if not Path(folder).is_dir():
+                raise FileNotFoundError(f"--data {folder}: no such folder" + (f" (and no --cache {cfg.cache})" if cfg.cache else ""))
+    if cfg.eval_set and not Path(cfg.eval_set).is_dir():
+        raise FileNotFoundError(f"--eval-set {cfg.eval_set}: no such folder (--eval-set '' trains without evaluating)")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; it names the run's folder")
+    if cfg.init and not (resume and (out / "last.pt").is_file()) and not Path(cfg.init).is_file():
+        raise FileNotFoundError(f"--init {cfg.init}: no such file")
+
+
 def train(
     cfg: TrainConfig,
     resume: bool = True,
@@ -315,7 +373,9 @@ def train(
     on ``cfg.steps``, so the run equals one started with the fitted ``--steps``, which the checkpoint records
     (a resumed run keeps it).
     """
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    cfg.check()
+    device = _train_device(cfg.device)
+    _check_paths(cfg, resume)
     # Every training step convolves the same shapes: on a GPU let cuDNN time its algorithms for them once (the
     # caller's setting is restored on return).
     before = torch.backends.cudnn.benchmark
@@ -338,6 +398,12 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
     if fitting and (cfg.warmup < FIT_PROBE_END or cfg.optimizer != "adam"):  # before the data is prepared
         raise ValueError(f"--fit-minutes needs a new adam run with --warmup >= {FIT_PROBE_END} (the steps are "
                          f"measured while the learning rate does not yet depend on --steps)")
+    init = None
+    if cfg.init and not resuming:  # read (WeightsError: a file that is not VDSR weights) before anything is written
+        init = load(cfg.init)
+        if (init.depth, init.channels) != (cfg.depth, cfg.channels):
+            raise ValueError(f"--init {cfg.init}: a depth-{init.depth} {init.channels}-channel VDSR, but the run "
+                             f"trains depth {cfg.depth} with {cfg.channels} channels")
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
@@ -357,12 +423,8 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
         elif saved.get("steps") != cfg.steps:
             print(f"note: resuming a run planned for {saved.get('steps')} steps with --steps {cfg.steps}", file=sys.stderr)
         print(f"resumed {ckpt} at step {step}", file=sys.stderr)
-    elif cfg.init:  # a new schedule from trained weights (e.g. a longer run after a finished one)
-        src = load(cfg.init)
-        if (src.depth, src.channels) != (cfg.depth, cfg.channels):
-            raise ValueError(f"--init {cfg.init}: a depth-{src.depth} {src.channels}-channel VDSR, but the run "
-                             f"trains depth {cfg.depth} with {cfg.channels} channels")
-        model.load_state_dict(src.state_dict())
+    elif init is not None:  # a new schedule from trained weights (e.g. a longer run after a finished one)
+        model.load_state_dict(init.state_dict())
         print(f"initialised from {cfg.init}", file=sys.stderr)
     # The moving average of the weights (cfg.ema > 0): evaluated and saved instead of the weights themselves.
     ema = None
@@ -487,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(value, list):
             p.add_argument(flag, nargs="+", type=type(value[0]), default=value)
         else:
-            p.add_argument(flag, type=type(value), default=value)
+            p.add_argument(flag, type=type(value), default=value, choices={"loss": LOSSES, "optimizer": OPTIMIZERS}.get(name))
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/last.pt exists")
     p.add_argument("--until-step", type=int, help="stop (with a checkpoint) at this step; the schedule still follows --steps")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes")
@@ -496,7 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(p.parse_args(argv))
     resume = not args.pop("no_resume")
     until, minutes, fit = args.pop("until_step"), args.pop("max_minutes"), args.pop("fit_minutes")
-    final = train(TrainConfig(**args), resume=resume, progress=True, until_step=until, max_minutes=minutes, fit_minutes=fit)
+    try:
+        final = train(TrainConfig(**args), resume=resume, progress=True, until_step=until, max_minutes=minutes, fit_minutes=fit)
+    except (ValueError, OSError, FloatingPointError) as e:  # WeightsError (--init) is a ValueError
+        print(f"vdsr-fast train: error: {e}", file=sys.stderr)
+        return 2
     print(f"weights written to {final}")
     return 0
 

@@ -891,8 +891,8 @@ def upscale_video(
     its shape on screen) and ``backend``, ``dtype``, ``tile``, ``max_memory``, ``tune`` and ``fused_color`` are
     :func:`vdsr_fast.upscale`'s.
 
-    Raises :class:`VideoError` for a missing or unreadable input, an existing ``dst`` without
-    ``force``, an output folder that does not exist or cannot be written, an unknown ``pix_fmt`` or an
+    Raises :class:`VideoError` for a missing or unreadable input, ``dst`` naming ``src`` (even with ``force``), an
+    existing ``dst`` without ``force``, an output folder that does not exist or cannot be written, an unknown ``pix_fmt`` or an
     output size it cannot hold (an odd width or height in yuv420p: use yuv444p), or an encoder that
     cannot be opened; all but the last before anything is written.
     """
@@ -920,6 +920,8 @@ def upscale_video(
     else:
         if dst.is_dir():
             raise VideoError(f"{dst} is a folder; give the output video's file name")
+        if not src_stream and dst.resolve() == src.resolve():  # even with force: the input is read while written
+            raise VideoError(f"{src} would be overwritten by its own upscale: give another output")
         if dst.exists() and not force:
             raise VideoError(f"{dst} exists; pass --force to overwrite it")
         if not dst.parent.is_dir():
