@@ -624,7 +624,7 @@ def test_output_format_and_input_channels_are_checked_before_the_upscale(tmp_pat
         (rgba, "o.jpg", f"{rgba} has an alpha channel and {tmp_path / 'o.jpg'} cannot store it: PNG, TIFF and WebP can"),
         (la, "o.bmp", f"{la} has an alpha channel and {tmp_path / 'o.bmp'} cannot store it"),
         (deep, "o.jpg", f"{deep} is 16-bit and {tmp_path / 'o.jpg'} cannot store 16 bits a sample: PNG and TIFF can"),
-        (five, "o.tif", f"{five}: unsupported image: 5 channels (expected gray, gray+alpha, RGB or RGBA)"),
+        (five, "o.tif", f"{five}: unsupported TIFF (uint16, shape (6, 6, 5)); expected 8/16-bit gray or RGB(A)"),
     ]
     for src, name, message in cases:
         code, _, err = _run(capsys, "upscale", str(src), "-o", str(tmp_path / name), "--weights", weights)

@@ -157,17 +157,15 @@ def _check_suffix(suffix: str, label: str) -> None:
 
 
 def _read_source(src: Path, suffix: str, label_in: str | None = None, label_out: str | None = None):
-    """``src``'s image info, frames and timing, once checked that they are gray, gray+alpha, RGB or RGBA and that
-    the output format ``suffix`` holds their frames, depth and alpha: refused before anything is computed (the
-    labels name the input and the output in the message). Raises ImageReadError / CliError."""
+    """``src``'s image info, frames and timing, once checked that the output format ``suffix`` holds their frames,
+    depth and alpha: refused before anything is computed (the labels name the input and the output in the message).
+    Raises ImageReadError / CliError."""
     from .images import MULTI_FRAME_SUFFIXES, image_info, read_frames
 
     info = image_info(src)
     frames, timing = read_frames(src, info["frames"])
     src_label, out = label_in or str(src), label_out or suffix
-    channels = {f.shape[2] for f in frames}
-    if not channels <= {1, 2, 3, 4}:
-        raise CliError(f"{src_label}: unsupported image: {max(channels)} channels (expected gray, gray+alpha, RGB or RGBA)")
+    channels = {f.shape[2] for f in frames}  # 1-4: read_frames refuses others
     deep, n = any(f.dtype == np.uint16 for f in frames), len(frames)
     if n > 1 and suffix.lower() not in MULTI_FRAME_SUFFIXES:
         raise CliError(f"{src_label} has {n} frames and {suffix} holds one image: write it as .gif, .webp, "
@@ -272,7 +270,7 @@ def _upscale_one(args, src: Path, dst: Path, label_in: str | None = None, label_
 
     upscale_kw = _upscale_kw(args)  # --scale with --size: an error before the engine is built
     out = f"--format {args.format}" if label_out and args.format else label_out or str(dst)
-    try:  # so are an input of other channels and one the output's format cannot hold
+    try:  # so are an unreadable input and one the output's format cannot hold
         source = _read_source(src, dst.suffix, label_in, out)
     except ImageReadError as e:
         raise CliError(str(e)) from None

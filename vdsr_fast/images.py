@@ -102,7 +102,7 @@ def _read_tiff(path: Path, all_pages: bool = False) -> list[np.ndarray] | None:
     except Exception:  # compression tifffile cannot decode alone: let Pillow try
         return None
     for arr in arrs:
-        if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
+        if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3) or arr.ndim == 3 and arr.shape[2] > 4:
             raise ImageReadError(f"{path}: unsupported TIFF ({arr.dtype}, shape {arr.shape}); expected 8/16-bit gray or RGB(A)")
     return arrs
 
