@@ -34,10 +34,11 @@ needs_mux_stream = pytest.mark.skipif(not hasattr(av.container.OutputContainer, 
                                       reason="writing the subtitle clips needs PyAV's OutputContainer.add_mux_stream")
 
 
-def _make_clip(path, audio="aac", subs=None, chapters=(), attachments=(), timecode=None):
-    """12 frames 32x24 H.264 at 12 fps and 1 s of a 440 Hz tone; with ``subs`` (a codec), the CUES in English;
-    ``chapters``: (start s, end s, title); ``attachments``: (name, mimetype, data); ``timecode``: the start's."""
-    with av.open(str(path), "w") as c:
+def _make_clip(path, audio="aac", subs=None, chapters=(), attachments=(), timecode=None, start=0):
+    """12 frames 32x24 H.264 at 12 fps and 1 s of a 440 Hz tone (``audio`` None: none); with ``subs`` (a codec), the
+    CUES in English; ``chapters``: (start s, end s, title); ``attachments``: (name, mimetype, data); ``timecode``: the
+    start's; ``start``: every stream's timestamps that many seconds late (a broadcast MPEG-TS, ffmpeg -copyts)."""
+    with av.open(str(path), "w", container_options={"output_ts_offset": str(start)} if start else {}) as c:
         for attachment in attachments:
             c.add_attachment(*attachment)
         if chapters:
@@ -47,8 +48,9 @@ def _make_clip(path, audio="aac", subs=None, chapters=(), attachments=(), timeco
         v.width, v.height, v.pix_fmt = W, H, "yuv420p"
         if timecode is not None:  # MOV/MP4: a timecode (tmcd) track; Matroska: a tag
             v.metadata["timecode"] = timecode
-        a = c.add_stream(audio, rate=48000)
-        a.layout = "stereo"
+        if audio is not None:
+            a = c.add_stream(audio, rate=48000)
+            a.layout = "stereo"
         if subs is not None:
             st = c.add_mux_stream(subs)
             st.time_base = Fraction(1, 1000)
@@ -62,7 +64,8 @@ def _make_clip(path, audio="aac", subs=None, chapters=(), attachments=(), timeco
             f.pts, f.time_base = i, Fraction(1, FPS)
             c.mux(v.encode(f))
         c.mux(v.encode(None))
-        mux_tone(c, a, Fraction(N, FPS), 0.3)
+        if audio is not None:
+            mux_tone(c, a, Fraction(N, FPS), 0.3)
         for start, duration, text in CUES if subs is not None else ():
             p = av.Packet(_cue_payload(subs, text))
             p.pts = p.dts = round(start * 1000)
@@ -134,6 +137,74 @@ def test_progress_callback(clip, tiny_model, tmp_path):
     calls = []
     upscale_video(clip, tmp_path / "out.mp4", 2, tiny_model, batch=5, device="cpu", progress=lambda *a: calls.append(a))
     assert calls == [(5, N), (10, N), (N, N)]  # after each batch of 5 of the 12 frames
+    calls.clear()
+    r = upscale_video(clip, tmp_path / "cut.mp4", 2, tiny_model, batch=5, device="cpu", duration=0.45,
+                      progress=lambda *a: calls.append(a))  # fmt: skip
+    assert r["frames"] == 6 and calls == [(5, 6), (6, 6)]  # the frames that start before 0.45 s: 0 to 5/12 s
+
+
+def _starts(path):
+    """Each stream's first timestamp in seconds, by type, and the container's duration in seconds."""
+    with av.open(str(path)) as c:
+        return {s.type: float(s.start_time * s.time_base) for s in c.streams if s.start_time is not None}, c.duration / 1e6
+
+
+@pytest.mark.parametrize("src_name, out_name", [("in.ts", "out.mp4"), ("in.mkv", "out.mkv")])
+def test_an_input_that_starts_late_gives_an_output_that_starts_at_0(tmp_path, tiny_model, capsys, src_name, out_name):
+    """Timestamps that start late (a broadcast MPEG-TS, an HLS segment, ffmpeg -copyts) are shifted to start at 0, as
+    ffmpeg does, the streams' offsets to one another and the chapters alike: the MP4 had a 1000 s empty edit (1000 s
+    of nothing in a player), the Matroska a 1000.5 s duration. FFmpeg's Matroska duration, the last end time, is not
+    taken for the length: no truncation warning, the progress total right."""
+    from vdsr_fast.video import upscale_video
+
+    src, out = tmp_path / src_name, tmp_path / out_name
+    chapters = [(1000, 1000.5, "A"), (1000.5, 1001, "B")] if src_name.endswith(".mkv") else ()
+    _make_clip(src, start=1000, chapters=chapters)
+    (starts, _), calls = _starts(src), []
+    t0 = min(starts.values())
+    assert t0 > 999  # AAC starts 1024 samples early
+    r = upscale_video(src, out, 2, tiny_model, batch=4, device="cpu", progress=lambda *a: calls.append(a))
+    assert r["damaged"] is None and "truncated" not in capsys.readouterr().err
+    got, duration = _starts(out)
+    assert got.keys() == starts.keys() and min(got.values()) == 0 and duration < 1.2
+    assert all(abs(got[k] - (starts[k] - t0)) < 0.002 for k in starts)  # the audio's offset to the video kept
+    assert np.allclose(_probe(out)["times"], np.array(_probe(src)["times"]) - t0, atol=0.002)
+    if chapters:
+        assert calls[-1] == (N, N)
+        assert _chapter_list(out) == [(0, 0.5, "A"), (0.5, 1.0, "B")]
+
+
+def test_an_elementary_stream_without_timestamps_gets_the_frame_rate(tmp_path, weights):
+    """A raw H.264 stream (``-f h264``) has no timestamps: its frames are 1/25 s apart (FFmpeg's rate for it), as
+    ffmpeg stamps them; they all came out at 0 s, the whole output 40 ms long."""
+    src, out = tmp_path / "in.h264", tmp_path / "out.mp4"
+    _make_clip(src, audio=None)
+    assert _probe(src)["times"] == [None] * N
+    assert _run(src, out, "--weights", weights) == 0
+    assert np.allclose(_probe(out)["times"], np.arange(N) / 25)
+
+
+@pytest.mark.parametrize("audio, out_name", [("pcm_s16le", "out.mp4"), ("libopus", "out.webm"), ("aac", "out.avi")])
+def test_containers_get_what_they_can_hold(tmp_path, weights, capsys, audio, out_name):
+    """Matroska's PCM (no channel order) into MP4: the default order for its channels, as ffmpeg guesses it (the MP4
+    muxer refused it once the file was finished, after the whole upscale); WebM: VP9 by default (H.264 it cannot
+    hold: a clear error); AVI (a constant frame rate, its time base the frame period): 12 frames a second, not
+    Matroska's time base 1/1000 as 1000 frames a second."""
+    src, out = tmp_path / "in.mkv", tmp_path / out_name
+    _make_clip(src, audio=audio)
+    assert _run(src, out, "--weights", weights) == 0
+    assert "warning" not in capsys.readouterr().err
+    with av.open(str(out)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        assert (a.codec_context.name, a.codec_context.layout.name) == ({"libopus": "opus"}.get(audio, audio), "stereo")
+        assert v.codec_context.name == ("vp9" if out_name.endswith(".webm") else "h264")
+        if out_name.endswith(".avi"):
+            assert (v.average_rate, v.time_base, v.frames) == (FPS, Fraction(1, FPS), N)
+    assert len(_probe(out)["times"]) == N
+    if out_name.endswith(".webm"):
+        assert _run(src, tmp_path / "x.webm", "--weights", weights, "--codec", "libx264") == 2
+        assert "the webm container cannot hold libx264 video" in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.mkv", out_name, "tiny.safetensors"])
 
 
 def test_duration_upscales_the_first_seconds_with_audio_cut_alike(clip, weights, tmp_path, capsys):

@@ -262,3 +262,26 @@ def test_output_naming_the_input_is_refused_even_with_force(clip, weights, capsy
     for out in (clip, clip.parent / "." / clip.name):
         _fails(capsys, clip, out, "--weights", weights, "--force", message=f"{clip} would be overwritten by its own upscale")
     assert clip.read_bytes() == before and _listing(clip.parent) == [clip.name]
+
+
+def test_an_interrupted_run_leaves_nothing(tmp_path, tiny_model, monkeypatch, capsys):
+    """Ctrl-C (or an error) mid-run: the output was being written under a hidden temporary name, which is removed;
+    no partial file appears under the output's name. The command says ``interrupted``, exit status 130."""
+    from vdsr_fast import video
+
+    src = tmp_path / "in.mp4"
+    _make_clip(src)
+
+    def stop(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        video.upscale_video(src, tmp_path / "out.mkv", 2, tiny_model, batch=2, device="cpu", progress=stop)
+    assert _listing(tmp_path) == ["in.mp4"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video, "upscale_video", interrupted)
+    assert video.main([str(src), str(tmp_path / "out.mkv"), "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == "vdsr-fast video: interrupted"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import queue
 import re
@@ -155,6 +156,12 @@ def _copy_stream(av, out, st):
         reason = str(e)
     else:
         _copy_metadata(st, ost)
+        layout = st.codec_context.layout if st.type == "audio" else None
+        if layout is not None and layout.name == f"{layout.nb_channels} channels":  # no channel order (Matroska PCM)
+            # the default one for so many channels, as ffmpeg guesses it: MP4's PCM refused an unordered layout when
+            # the file was finished, after the whole upscale
+            with contextlib.suppress(ValueError):  # none for that many channels
+                ost.codec_context.layout = av.AudioLayout(f"{layout.nb_channels}c")
         return ost, _drop_empty_mov_text if name == "mov_text" else None, st.type
     if st.type == "subtitle" and name in _TEXT_SUBTITLES and not hasattr(out, "add_mux_stream"):
         reason += "; rewriting it for this container needs a PyAV with OutputContainer.add_mux_stream (18.x has it)"
@@ -443,10 +450,11 @@ def _upscaler(pipe: _Pipe, size: tuple[int, int], model, device: torch.device, k
 
 
 def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress, colour: _Colour,
-            cfr: Fraction | None = None) -> None:
-    """Encode and mux; ``cfr``: the frames are restamped 0, 1, 2... in this time base (a muxer of constant frame
-    rate: y4m states the rate as its time base)."""
-    index = 0
+            cfr: Fraction | None = None, period: Fraction = Fraction(1, 25)) -> None:
+    """Encode and mux; ``cfr``: each frame is put on this time base's grid, at the tick nearest its time (a muxer of
+    constant frame rate: y4m and AVI state the rate as their time base). Frames without a timestamp (an elementary
+    stream such as raw .h264 has none) are ``period`` (the frame rate's) apart, as ffmpeg stamps them."""
+    index, last = 0, -1
     while (item := pipe.get(pipe.upscaled)) is not _END:
         kind, payload = item
         if kind == "packet":
@@ -476,11 +484,12 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress,
                 frame = colour.from_planes(av, [a[i, 0] for a in arrs])
             else:
                 frame = colour.from_rgb(av, arrs[0][i])
+            if pts is None or time_base is None:
+                pts, time_base = index, period
             if cfr is not None:
-                pts, time_base = index, cfr
-            frame.pts = index if pts is None else pts
-            if time_base is not None:
-                frame.time_base = time_base
+                pts, time_base = max(last + 1, round(pts * time_base / cfr)), cfr
+            frame.pts, frame.time_base = pts, time_base
+            last = pts
             out_container.mux(ostream.encode(frame))
             index += 1
             pipe.frames += 1
@@ -509,13 +518,13 @@ def _open_input(av, src, label: str):
     return container
 
 
-# Muxers that hold only uncompressed frames (y4m, raw planes): their default codec is rawvideo, not libx264.
-_RAW_MUXERS = ("yuv4mpegpipe", "rawvideo")
+# Muxers whose default codec is not libx264: those that hold only uncompressed frames (y4m, raw planes), and those
+# that refuse H.264 (WebM and IVF: VP8, VP9 and AV1 only).
+_DEFAULT_CODECS = {"yuv4mpegpipe": "rawvideo", "rawvideo": "rawvideo", "webm": "libvpx-vp9", "ivf": "libvpx-vp9"}
 # The MP4 family's muxers write their index after the frames and seek back to it: to a pipe they write fragments.
 _MOV_MUXERS = frozenset({"mp4", "mov", "ipod", "ismv", "3gp", "3g2", "psp", "f4v"})
 _FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+delay_moov+default_base_moof"}  # delay_moov: an edit list, timestamps kept
 _ATTACHMENT_MUXERS = frozenset({"matroska"})  # MP4 refuses attachments, WebM drops them silently
-_CFR_MUXERS = frozenset({"yuv4mpegpipe"})  # no timestamps: the stream's time base is its frame period
 
 
 @contextlib.contextmanager
@@ -542,13 +551,21 @@ def _check_muxer(av, name: str) -> None:
                          "yuv4mpegpipe; `ffmpeg -muxers` lists them)") from None  # fmt: skip
 
 
+def _constant_rate(av, fmt) -> bool:
+    """Whether the muxer ``fmt`` stores a constant frame rate, its stream's time base the frame period (FFmpeg's rule
+    for ffmpeg's default -fps_mode: neither variable_fps nor no_timestamps: AVI, y4m, MPEG-PS, Ogg, IVF...); in
+    a time base such as Matroska's 1/1000 AVI announced 1000 frames a second and stored an empty frame a tick."""
+    flags = av.format.Flags
+    return not fmt.flags & (flags.variable_fps.value | flags.no_timestamps.value)
+
+
 def _default_codec(av, muxer: str | None, suffix: str) -> str:
-    """libx264, or rawvideo for a muxer of uncompressed frames (``muxer``, or else the one of the file suffix)."""
-    if muxer is not None:
-        raw = muxer in _RAW_MUXERS
-    else:
-        raw = any(suffix.lstrip(".").lower() in av.format.ContainerFormat(m, "w").extensions for m in _RAW_MUXERS)
-    return "rawvideo" if raw else "libx264"
+    """libx264, or rawvideo for a muxer of uncompressed frames, libvpx-vp9 for WebM (``muxer``, or else the one of
+    the file suffix)."""
+    if muxer is None:
+        ext = suffix.lstrip(".").lower()
+        muxer = next((m for m in _DEFAULT_CODECS if ext in av.format.ContainerFormat(m, "w").extensions), None)
+    return _DEFAULT_CODECS.get(muxer, "libx264")
 
 
 def _tag(st, key: str) -> str | None:
@@ -561,16 +578,16 @@ def _timecode(container, vin) -> str | None:
     return next((tc for st in (vin, *container.streams.data) if (tc := _tag(st, "timecode")) is not None), None)
 
 
-def _chapters(chapters: list[dict], limit: float | None) -> list[dict]:
+def _chapters(chapters: list[dict], limit: float | None, shift: float = 0.0) -> list[dict]:
     """The input's chapters (start, end, title...) for the output: those that start before ``limit`` (seconds on
-    the input's clock, ``--duration``), the last one ending there."""
-    if limit is None:
-        return chapters
+    the input's clock, ``--duration``), the last one ending there; ``shift`` seconds earlier, as the streams are
+    (the output starts at 0)."""
     kept = []
     for c in chapters:
         tb = c["time_base"]
-        if c["start"] * tb < limit:
-            kept.append({**c, "end": min(c["end"], round(limit / tb))})
+        if limit is None or c["start"] * tb < limit:
+            end = c["end"] if limit is None else min(c["end"], round(limit / tb))
+            kept.append({**c, "start": max(0, c["start"] - round(shift / tb)), "end": max(0, end - round(shift / tb))})
     return kept
 
 
@@ -838,7 +855,8 @@ def upscale_video(
     and on a GPU ``gpu_busy_fraction``: the share of the wall time the GPU spent upscaling).
 
     The video stream (FFmpeg's best: not a cover picture, the largest) is upscaled, audio and subtitle streams are copied, and so are the
-    chapters and, into Matroska, the attachments (e.g. the fonts of ASS subtitles); frame timestamps are kept, and so are the rotation (display matrix), the sample aspect ratio, the video stream's language and
+    chapters and, into Matroska, the attachments (e.g. the fonts of ASS subtitles); frame timestamps are kept (less the
+    input's start time, in every stream and the chapters: the output starts at 0, as ffmpeg's does), and so are the rotation (display matrix), the sample aspect ratio, the video stream's language and
     title, the container's tags and, with libx264 or libx265, HDR10 mastering-display and light-level metadata
     (other encoders: a warning). The output is written to a hidden temporary file beside ``dst`` and renamed to ``dst`` only
     once complete: on any error neither ``dst`` nor the temporary file is left behind.
@@ -848,8 +866,8 @@ def upscale_video(
     the output's must be named with ``format`` (an FFmpeg muxer: ``nut`` and ``matroska`` carry any codec,
     ``yuv4mpegpipe`` uncompressed frames; ``mp4``/``mov`` to a stream that cannot seek are written fragmented). A
     stream is written as the frames come; after an error it holds what was written. ``format`` also overrides a
-    file's suffix. ``codec`` defaults to libx264, or to rawvideo where the muxer holds only uncompressed frames
-    (``yuv4mpegpipe``, ``rawvideo``; the suffixes .y4m, .yuv, .rgb).
+    file's suffix. ``codec`` defaults to libx264, to libvpx-vp9 for WebM and IVF (no H.264 there), or to rawvideo where
+    the muxer holds only uncompressed frames (``yuv4mpegpipe``, ``rawvideo``; the suffixes .y4m, .yuv, .rgb).
 
     Streams the output container cannot hold (its muxer refuses the codec):
 
@@ -991,13 +1009,18 @@ def upscale_video(
     ok = False
     try:
         vin.thread_type = "AUTO"
+        # The output starts at 0, as ffmpeg's does: every stream's timestamps less the input's start (an MPEG-TS
+        # starting at 1000 s made an MP4 with a 1000 s empty edit, 1000 s of nothing before the picture), the
+        # streams' offsets to one another kept.
+        shift = max(0, inp.start_time or 0)  # microseconds
+        shifted = {"output_ts_offset": f"-{shift}us"} if shift else {}
         try:
             if tmp is not None:
-                out = av.open(str(tmp), mode="w", format=format)
+                out = av.open(str(tmp), mode="w", format=format, container_options=shifted)
             else:  # MP4 and the like cannot seek back to write their index into a pipe: fragmented MP4 then
                 seekable = getattr(dst, "seekable", lambda: False)()
                 opts = _FRAGMENTED if format in _MOV_MUXERS and not seekable else {}
-                out = av.open(dst, mode="w", format=format, options=opts)
+                out = av.open(dst, mode="w", format=format, options=opts, container_options=shifted)
         except (av.error.FFmpegError, OSError, ValueError) as e:
             raise VideoError(f"cannot write {dst_label}: {e}") from None
         with _closed_after(av, out, f"cannot finish {dst_label}"):
@@ -1005,6 +1028,9 @@ def upscale_video(
             try:
                 ostream = out.add_stream(codec, rate=rate)
             except (av.error.FFmpegError, ValueError) as e:
+                if codec in av.codecs_available:  # known, but this container refuses it
+                    raise VideoError(f"{dst_label}: the {out.format.name} container cannot hold {codec} video ({e}); pass "
+                                     "another --codec (WebM: libvpx-vp9) or another container") from None  # fmt: skip
                 raise VideoError(f"unknown or unavailable codec {codec!r}: {e}") from None
             ostream.width, ostream.height = W, H
             ostream.pix_fmt = pix_fmt
@@ -1021,7 +1047,7 @@ def upscale_video(
             for key, value in inp.metadata.items():  # title, comment, creation time...; not what the muxer writes
                 if key.lower() not in _MUXER_KEYS:
                     out.metadata[key] = value
-            cfr = 1 / Fraction(rate) if out.format.name in _CFR_MUXERS else None
+            cfr = 1 / Fraction(rate) if _constant_rate(av, out.format) else None
             if cfr is not None or vin.time_base is not None:
                 ostream.time_base = ostream.codec_context.time_base = cfr or vin.time_base
             options = {}
@@ -1043,14 +1069,17 @@ def upscale_video(
                     kinds.append(f"attachment ({name})")
             _warn_dropped(av, src_label, inp, vin, len(inp.chapters()), attachments)
 
-            total = vin.frames or None
-            if total is None and inp.duration:  # e.g. Matroska stores no frame count
-                total = max(1, round(inp.duration / 1e6 * float(rate)))
             start = (inp.start_time or 0) / 1e6
+            span = inp.duration / 1e6 if inp.duration else None
+            if span and start > 0 and inp.format.name.startswith("matroska") and span > start:
+                span -= start  # FFmpeg's Matroska muxer writes the last end time as the duration, not the length
+            total = vin.frames or None
+            if total is None and span:  # e.g. Matroska stores no frame count
+                total = max(1, round(span * float(rate)))
             limit = None if duration is None else start + duration
             if limit is not None:
-                total = min(total or 10**12, max(1, round(duration * float(rate))))
-            if chapters := _chapters(inp.chapters(), limit):
+                total = min(total or 10**12, max(1, math.ceil(duration * float(rate) - 1e-6)))  # the frames starting before it
+            if chapters := _chapters(inp.chapters(), limit, shift / 1e6):
                 out.set_chapters(chapters)
             if callable(progress):
                 bar = _Progress(progress, total)
@@ -1062,7 +1091,7 @@ def upscale_video(
             threads = [
                 _worker(pipe, _reader, av, inp, vin, set(stream_map), batch, limit, deinterlace),
                 _worker(pipe, _upscaler, (H, W), model, device, kw, colour),
-                _worker(pipe, _writer, av, out, ostream, stream_map, bar, colour, cfr),
+                _worker(pipe, _writer, av, out, ostream, stream_map, bar, colour, cfr, 1 / Fraction(rate)),
             ]
             try:
                 while any(t.is_alive() for t in threads):
@@ -1089,7 +1118,7 @@ def upscale_video(
                 cause = pipe.read_error or pipe.decode_error
                 raise VideoError(f"cannot read {src_label} as a video: no video frame could be decoded" + (f" ({cause})" if cause else ""))
             if limit is None:
-                damaged = _damage_report(pipe, frames, vin.frames or 0, start, inp.duration / 1e6 if inp.duration else None, rate)
+                damaged = _damage_report(pipe, frames, vin.frames or 0, start, span, rate)
             else:  # a part on purpose: only what went wrong while reading it
                 damaged = _damage_report(pipe, frames, 0, start, None, rate)
         if damaged is not None:
@@ -1141,7 +1170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", "-s", type=float, default=2,
                    help="2, 3, 4 or any factor from 1 to 4, e.g. 1.5 for 720p -> 1080p (default: 2)")
     p.add_argument("--size", type=size_arg, help="the output's WIDTHxHEIGHT instead of --scale, e.g. 1920x1080")
-    p.add_argument("--codec", help="video encoder (default: libx264, i.e. H.264; rawvideo for y4m and raw outputs)")
+    p.add_argument("--codec", help="video encoder (default: libx264, i.e. H.264; libvpx-vp9 for .webm; rawvideo for y4m "
+                   "and raw outputs)")
     p.add_argument("--format", dest="muxer", metavar="FORMAT",
                    help="output container as FFmpeg names it (ffmpeg's -f), e.g. nut, matroska, mpegts, mp4, "
                         "yuv4mpegpipe: needed for - (stdout), else taken from the suffix")
