@@ -1,7 +1,13 @@
 """The training loop on a tiny synthetic set: runs, checkpoints, resumes exactly, writes loadable weights."""
 
 import dataclasses
+import os
+import re
+import shutil
+import signal
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import vdsr_fast
+import vdsr_fast.train as train_module
 from vdsr_fast.images import write_image
 from vdsr_fast.reference import VDSR
 from vdsr_fast.train import PatchSampler, TrainConfig, build_pairs, cpu_has_native_bf16, load_train_y, train
@@ -66,8 +73,8 @@ def test_train_checkpoint_resume_and_weights(tmp_path, ema):
     train(TrainConfig(out=str(tmp_path / "b"), steps=4, **common), progress=False, until_step=2)
     resumed = train(TrainConfig(out=str(tmp_path / "b"), steps=4, **common), progress=False)
     ma, mb = vdsr_fast.load(full), vdsr_fast.load(resumed)
-    for ca, cb in zip(ma.layers, mb.layers):  # resuming reproduces the uninterrupted run
-        torch.testing.assert_close(ca.weight, cb.weight, rtol=0, atol=1e-6)
+    for ca, cb in zip(ma.layers, mb.layers):  # resuming reproduces the uninterrupted run, bit for bit
+        assert torch.equal(ca.weight, cb.weight) and torch.equal(ca.bias, cb.bias)
     assert ma.metadata["steps"] == "4" and ma.metadata["scales"] == "[2, 3]"
     state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     assert state["step"] == 4 and {"model", "optimizer", "rng", "config", "history"} <= set(state)
@@ -79,6 +86,112 @@ def test_train_checkpoint_resume_and_weights(tmp_path, ema):
         raw = from_ckpt.layers[i]  # the checkpoint's own weights: the model's, not the average
         assert torch.equal(raw.weight, state["model"][f"layers.{i}.weight"])
         assert torch.equal(raw.weight, conv.weight) != bool(ema)
+
+
+def _tiny(tmp_path, **overrides):
+    """A 6-step run's settings on the tiny set (x2 and x3, a depth-3 8-channel VDSR, one thread)."""
+    data = tmp_path / "data" if (tmp_path / "data").is_dir() else _images(tmp_path / "data")
+    return dict(dict(data=[str(data)], scales=[2, 3], downsizes=[1.0], patch=12, batch=2, depth=3, channels=8, eval_set="",
+                     warmup=1, lr=1e-3, threads=1, device="cpu", steps=6), **overrides)  # fmt: skip
+
+
+def _assert_same_run(a, b):
+    """Two runs' last.pt hold the same step, weights, average, optimizer state and generator, bit for bit."""
+    a, b = (torch.load(Path(p) / "last.pt", weights_only=True) for p in (a, b))
+    assert a["step"] == b["step"] and ("ema" in a) == ("ema" in b)
+    for key in ("model", "ema") if "ema" in a else ("model",):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), (key, name)
+    for i, st in a["optimizer"]["state"].items():
+        for name, t in st.items():
+            assert torch.equal(t, b["optimizer"]["state"][i][name]), (i, name)
+    assert torch.equal(a["rng"], b["rng"]) and a["rng_batches"] == b["rng_batches"]
+
+
+@pytest.mark.parametrize("optimizer, ema, ckpt_every, stops", [
+    ("adam", 0.0, 2, [3]),  # a stop between two checkpoints
+    ("adam", 0.9, 500, [1, 3]),  # two stops inside one chunk of patch draws, with the moving average
+    ("sgd", 0.0, 4, [3, 5]),  # the paper's optimizer
+])  # fmt: skip
+def test_a_run_stopped_at_any_step_resumes_bit_identically(tmp_path, optimizer, ema, ckpt_every, stops):
+    """--until-step / --max-minutes / a signal may stop a run at any step. The patches are drawn a chunk of steps
+    at a time, and a stop inside a chunk saved the generator after the whole chunk: the resumed run drew other
+    patches (weights off by ~1e-3 after 6 steps). The checkpoint now saves where the chunk began."""
+    cfg = _tiny(tmp_path, optimizer=optimizer, ema=ema, ckpt_every=ckpt_every)
+    train(TrainConfig(out=str(tmp_path / "a"), **cfg), progress=False)
+    for stop in stops:
+        train(TrainConfig(out=str(tmp_path / "b"), **cfg), progress=False, until_step=stop)
+        assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == stop
+    train(TrainConfig(out=str(tmp_path / "b"), **cfg), progress=False)
+    _assert_same_run(tmp_path / "a", tmp_path / "b")  # also: the same seed from scratch gives the same run
+
+
+def test_another_seed_is_another_run(tmp_path):
+    cfg = _tiny(tmp_path, steps=2)
+    train(TrainConfig(out=str(tmp_path / "a"), **cfg), progress=False)
+    train(TrainConfig(out=str(tmp_path / "b"), **dict(cfg, seed=1)), progress=False)
+    a, b = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in "ab")
+    assert not torch.equal(a["model"]["layers.0.weight"], b["model"]["layers.0.weight"])
+    assert not torch.equal(a["rng"], b["rng"])
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_the_step_reached_then_takes_its_course(tmp_path, monkeypatch, sig):
+    """Ctrl-C or SIGTERM (a scheduler ending the job) mid-run lost every step since the last checkpoint (500 by
+    default); now the step in flight finishes, last.pt is saved there (atomically), and the signal then acts as
+    it would have (KeyboardInterrupt; here a test's own SIGTERM handler). The resumed run is the uninterrupted one."""
+    cfg = _tiny(tmp_path, ckpt_every=500)
+
+    class Terminated(Exception):
+        pass
+
+    def on_term(signum, frame):
+        raise Terminated
+
+    lr_at = train_module._lr_at
+
+    def lr_at_signalling(c, step):  # the signal arrives during step 3 (-> 4)
+        if step == 3:
+            signal.raise_signal(sig)
+        return lr_at(c, step)
+
+    before_int, before_term = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, on_term)
+    try:
+        monkeypatch.setattr(train_module, "_lr_at", lr_at_signalling)
+        with pytest.raises(KeyboardInterrupt if sig == signal.SIGINT else Terminated):
+            train(TrainConfig(out=str(tmp_path / "b"), **cfg), progress=False)
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGINT) is before_int and signal.getsignal(signal.SIGTERM) is on_term
+    finally:
+        signal.signal(signal.SIGTERM, before_term)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 4
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json", "last.pt"]  # no weights, no .tmp
+    train(TrainConfig(out=str(tmp_path / "b"), **cfg), progress=False)
+    train(TrainConfig(out=str(tmp_path / "a"), **cfg), progress=False)
+    _assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_a_gpu_runs_checkpoint_resumes_with_this_machines_optimizer_options(tmp_path, monkeypatch, capsys):
+    """A CUDA run's Adam is fused (simulated here by the CPU's fused Adam). Resuming kept the saved run's options,
+    so a CPU run moved to a GPU stayed unfused there (and a GPU run moved to a CPU ran fused), and a new
+    --weight-decay was ignored silently. Now the moments and step counts come from the checkpoint and the options
+    from this run; a changed flag is noted."""
+    cfg = _tiny(tmp_path)
+    make = train_module._make_optimizer
+    monkeypatch.setattr(train_module, "_make_optimizer",
+                        lambda c, model: torch.optim.Adam(model.parameters(), lr=c.lr, fused=True))  # fmt: skip
+    train(TrainConfig(out=str(tmp_path / "a"), **cfg), progress=False, until_step=3)
+    monkeypatch.setattr(train_module, "_make_optimizer", make)
+    saved = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["optimizer"]
+    assert saved["param_groups"][0]["fused"] is True and saved["state"][0]["step"].dtype == torch.float32
+    capsys.readouterr()
+    train(TrainConfig(out=str(tmp_path / "a"), **dict(cfg, weight_decay=1e-3)), progress=False)
+    assert "note: resuming with --weight-decay 0.001 (was 0.0)" in capsys.readouterr().err
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    assert state["step"] == 6 and not group["fused"] and group["weight_decay"] == 1e-3
+    assert all(torch.isfinite(w).all() for w in state["model"].values())
 
 
 def test_ema_is_the_moving_average_of_the_weights(tmp_path):
@@ -151,13 +264,17 @@ def test_bf16_default_follows_the_cpus_bf16_instructions(tmp_path, flags, native
 
 
 def test_fit_minutes_sets_the_steps_and_equals_a_run_given_them(tmp_path):
-    """--fit-minutes times the warm-up, sets --steps to what fits, and is then the run started with those steps."""
+    """--fit-minutes times the warm-up, sets --steps to what fits, and is then the run started with those steps,
+    also when it is stopped just after the fit (between checkpoints) and resumed: the checkpoint keeps the steps."""
     data = _images(tmp_path / "data")
     common = dict(data=[str(data)], scales=[2], downsizes=[1.0], patch=12, batch=2, depth=3, channels=4, eval_set="",
                   warmup=100, lr=1e-3, threads=1, device="cpu", ckpt_every=100)  # fmt: skip
     t = time.perf_counter()
-    fitted = train(TrainConfig(out=str(tmp_path / "a"), steps=10**9, **common), progress=False, fit_minutes=0.04)
+    train(TrainConfig(out=str(tmp_path / "a"), steps=10**9, **common), progress=False, fit_minutes=0.04, until_step=103)
     assert time.perf_counter() - t < 2 * 0.04 * 60  # fits its minutes (loosely: a shared CI machine's speed varies)
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert state["step"] == min(103, state["config"]["steps"])
+    fitted = train(TrainConfig(out=str(tmp_path / "a"), steps=10**9, **common), progress=False, fit_minutes=0.04)
     state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     fit = next(h["fit"] for h in state["history"] if "fit" in h)
     steps = fit["steps"]
@@ -238,3 +355,46 @@ def test_train_api_refuses_what_the_command_refuses(tmp_path):
     with pytest.raises(FileNotFoundError, match="--eval-set"):
         train(dataclasses.replace(cfg, steps=1, eval_set=str(tmp_path / "missing")), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_an_unreadable_or_mismatched_checkpoint_in_one_line(tmp_path, capsys):
+    """A truncated or empty last.pt was a zip/EOF traceback, one of another depth a state_dict traceback, one of
+    another optimizer a KeyError; a checkpoint with pickled code is refused without running it (weights_only)."""
+    run, marker = tmp_path / "run", tmp_path / "code-ran"
+    assert _cli(tmp_path, capsys)[0] == 0
+    ckpt = run / "last.pt"
+    good = ckpt.read_bytes()
+    code, err = _cli(tmp_path, capsys, "--depth", "4")
+    assert code == 2 and err == (f"vdsr-fast train: error: {ckpt}: a checkpoint of a depth-3 4-channel VDSR, but the run "
+                                 f"trains depth 4 with 4 channels; resume it with --depth 3 --channels 4, or start "
+                                 f"another run (--no-resume overwrites it, or another --out)\n")  # fmt: skip
+    code, err = _cli(tmp_path, capsys, "--optimizer", "sgd")
+    assert code == 2 and "a checkpoint of an --optimizer adam run" in err and len(err.splitlines()) == 1, err
+
+    class Code:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    for bad in (good[:300], good[: len(good) // 2], b"", {"model": Code()}, {"weights": torch.zeros(1)}):
+        if isinstance(bad, bytes):
+            ckpt.write_bytes(bad)
+        else:
+            torch.save(bad, ckpt)
+        code, err = _cli(tmp_path, capsys)
+        assert code == 2 and err.startswith(f"vdsr-fast train: error: {ckpt}: not a") and "--no-resume" in err, err
+        assert len(err.splitlines()) == 1, err
+    assert not marker.exists()  # a checkpoint is data: no pickled code runs
+    ckpt.write_bytes(good)
+    code, err = _cli(tmp_path, capsys, "--steps", "2", "--batch", "3")  # another recipe: resumed, and said so
+    assert code == 0 and "note: resuming with --batch 3 (was 2): the run goes on with the new values" in err, err
+
+
+def test_progress_without_a_terminal_is_plain_lines_with_loss_speed_and_psnr(tmp_path, capsys):
+    """In a log file or CI the bars' carriage-return redraws (up to 10 a second) made one endless line; without a
+    terminal a line is printed per report (at most one in LOG_EVERY_S seconds, and at every evaluation)."""
+    evals = tmp_path / "eval"
+    evals.mkdir()
+    shutil.copy(_images(tmp_path / "data", 1) / "im0.png", evals / "im0.png")
+    code, err = _cli(tmp_path, capsys, "--eval-set", str(evals), "--steps", "2", "--scales", "2", "3")
+    assert code == 0 and "\r" not in err, err
+    assert re.fullmatch(r"train: step 2/2 loss \S+ lr \S+ \d+ patches/s set5 x2 \d+\.\d\d x3 \d+\.\d\d", err.strip()), err

@@ -21,7 +21,10 @@ import dataclasses
 import json
 import math
 import os
+import pickle
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -175,7 +178,8 @@ class PatchSampler:
     CPU ``generator`` (its state is what a checkpoint saves), ``chunk`` batches at a time: one host-to-device
     copy per chunk (from pinned memory on a GPU, asynchronous), because a copy from pageable memory waits
     for every kernel queued before it and so would stop the host from running ahead of the GPU each step.
-    A checkpoint taken between chunks (a step count that ``chunk`` divides) resumes exactly.
+    A checkpoint saves :meth:`state` (the generator's state where the current chunk was drawn and how many of its
+    batches were taken) and :meth:`resume` draws that chunk again, so a run stopped at any step resumes exactly.
     """
 
     def __init__(self, pairs, patch: int, generator: torch.Generator, device: torch.device | str = "cpu",
@@ -205,9 +209,24 @@ class PatchSampler:
         self.offset_dev, self.w_dev = self.offset.to(self.device), self.w.to(self.device)
         self.chunk = max(1, int(chunk))
         self._drawn: list[torch.Tensor] = []  # (4, n) device tensors of this chunk's remaining batches
+        self._chunk_state, self._taken = self.g.get_state(), 0  # the generator where this chunk began; batches taken
+
+    def state(self) -> tuple[torch.Tensor, int]:
+        """``(generator state, batches taken)``: the state from which the current chunk was drawn and how many of its
+        batches :meth:`batch` returned (between chunks: the generator's state now and 0)."""
+        return (self._chunk_state.clone(), self._taken) if self._drawn else (self.g.get_state(), 0)
+
+    def resume(self, taken: int, n: int) -> None:
+        """After the generator was set to a :meth:`state`: draw that chunk of batches of ``n`` again and drop the
+        ``taken`` first, so the next batch is the one the saved run would have drawn."""
+        if taken > 0:
+            self._draw(n)
+            del self._drawn[:taken]
+            self._taken = taken
 
     def _draw(self, n: int) -> None:
         """The next ``chunk`` batches' (image, flip/rotation, top, left) draws, copied to the device at once."""
+        self._chunk_state, self._taken = self.g.get_state(), 0
         p, m = self.patch, n * self.chunk
         idx = torch.multinomial(self.prob, m, replacement=True, generator=self.g)
         aug = torch.randint(0, 8, (m,), generator=self.g)
@@ -225,6 +244,7 @@ class PatchSampler:
         if not self._drawn or self._drawn[0].shape[1] != n:
             self._draw(n)
         idx, aug, top, left = self._drawn.pop(0)
+        self._taken += 1
         rows = top[:, None, None] + self.src_row[aug]
         cols = left[:, None, None] + self.src_col[aug]
         flat = self.offset_dev[idx][:, None, None] + rows * self.w_dev[idx][:, None, None] + cols
@@ -248,6 +268,7 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 FIT_PROBE_START, FIT_PROBE_END = 10, 100  # the warm-up steps timed by --fit-minutes
+LOG_EVERY_S = 30.0  # progress without a terminal (a log file, CI): a line at most this often (and at each evaluation)
 
 
 def _fit_steps(cfg: TrainConfig, model, ema, device, step: int, steps_per_s: float, seconds_left: float) -> dict:
@@ -285,20 +306,86 @@ def _make_optimizer(cfg: TrainConfig, model: VDSR) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected 'adam' or 'sgd'")
 
 
-def _save_checkpoint(path: Path, model, opt, step, gen, cfg, history, ema=None) -> None:
+def _save_checkpoint(path: Path, model, opt, step, sampler: PatchSampler, cfg, history, ema=None) -> None:
+    """Written to a temporary file, synced and renamed over ``path``: an interruption (or a crash of the machine)
+    leaves the previous checkpoint or the new one, never part of one."""
     tmp = path.with_suffix(".tmp")
+    rng, taken = sampler.state()
     state = {
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "step": step,
-        "rng": gen.get_state(),
+        "rng": rng,
+        "rng_batches": taken,  # batches already taken of the chunk drawn from "rng" (PatchSampler.resume)
         "config": asdict(cfg),
         "history": history,
     }
     if ema is not None:
         state["ema"] = ema.state_dict()
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict:
+    """A run's ``last.pt`` (tensors only: ``weights_only=True`` runs no pickled code), refused in one line
+    (ValueError naming the file) if it is unreadable or holds a VDSR of another depth or width than ``cfg``'s."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:  # truncated, empty, not torch's
+        first = "an empty file" if path.stat().st_size == 0 else (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise ValueError(f"{path}: not a readable checkpoint ({first}); if a copy was cut short, copy it again, else "
+                         f"start afresh with --no-resume (overwrites it) or another --out") from None
+    keys = ("model", "optimizer", "step", "rng", "config", "history")
+    if not isinstance(state, dict) or not all(k in state for k in keys):
+        raise ValueError(f"{path}: not a checkpoint of vdsr-fast train (it lacks {', '.join(keys)}); "
+                         f"start afresh with --no-resume (overwrites it) or another --out")
+    saved = state["config"]
+    if (saved.get("depth"), saved.get("channels")) != (cfg.depth, cfg.channels):
+        raise ValueError(f"{path}: a checkpoint of a depth-{saved.get('depth')} {saved.get('channels')}-channel VDSR, "
+                         f"but the run trains depth {cfg.depth} with {cfg.channels} channels; resume it with "
+                         f"--depth {saved.get('depth')} --channels {saved.get('channels')}, or start another run "
+                         f"(--no-resume overwrites it, or another --out)")
+    if saved.get("optimizer", "adam") != cfg.optimizer:
+        raise ValueError(f"{path}: a checkpoint of an --optimizer {saved.get('optimizer', 'adam')} run, whose state "
+                         f"--optimizer {cfg.optimizer} cannot continue; resume it with --optimizer "
+                         f"{saved.get('optimizer', 'adam')}, or start a new run from its weights (--init {path} "
+                         f"with another --out)")
+    return state
+
+
+# Flags that do not change what a resumed run computes (where the data and results live, how often it is scored),
+# and the seed (a resumed run continues the checkpoint's generator); a change of any other is noted on resume.
+_RESUME_FREE = ("data", "out", "cache", "eval_set", "eval_every", "device", "threads", "init", "seed", "steps")
+
+
+class _StopOnSignal:
+    """SIGINT (Ctrl-C) and SIGTERM while :meth:`arm` ed: the step in flight finishes and the loop stops
+    (``received``), so that a checkpoint of that step is saved before the signal acts as it would have; a second
+    signal acts at once. Only in the main thread (where Python runs signal handlers), and not for a signal the
+    process ignores."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def arm(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        self.disarm()
+
+    def disarm(self) -> None:
+        """The handlers from before :meth:`arm` back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
 
 
 def _ema_decay(cfg: TrainConfig, step: int) -> float:
@@ -365,7 +452,9 @@ def train(
     """Run (or resume) a training run; returns the path of the safetensors weights written at the end.
 
     ``until_step`` / ``max_minutes`` stop early (with a checkpoint) without changing the schedule, which
-    always follows ``cfg.steps``: a run cut into pieces across machines equals the uninterrupted one.
+    always follows ``cfg.steps``: a run cut into pieces across machines equals the uninterrupted one. So does
+    SIGINT (Ctrl-C) or SIGTERM during the loop: the step in flight finishes, its checkpoint is saved, and the
+    signal then acts as it would have (KeyboardInterrupt, termination).
 
     ``fit_minutes`` (a new run only) replaces ``cfg.steps`` by the number of steps that fit in that many
     minutes of this call (data preparation included), measured during the warm-up (steps 10 to
@@ -380,14 +469,16 @@ def train(
     # caller's setting is restored on return).
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = before or device.type == "cuda"
+    interrupt = _StopOnSignal()  # armed for the training loop
     try:
-        return _train(cfg, device, resume, progress, until_step, max_minutes, fit_minutes)
+        return _train(cfg, device, resume, progress, until_step, max_minutes, fit_minutes, interrupt)
     finally:
+        interrupt.disarm()
         torch.backends.cudnn.benchmark = before
 
 
 def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool, until_step: int | None,
-           max_minutes: float | None, fit_minutes: float | None) -> Path:  # fmt: skip
+           max_minutes: float | None, fit_minutes: float | None, interrupt: _StopOnSignal) -> Path:  # fmt: skip
     t_start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -412,9 +503,12 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
     gen = torch.Generator().manual_seed(cfg.seed)
     step, history = 0, []
     if resuming:
-        state = torch.load(ckpt, map_location=device, weights_only=True)
+        state = _load_checkpoint(ckpt, cfg, device)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        options = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
+        opt.load_state_dict(state["optimizer"])  # the moments and step counts, and the saved run's options ...
+        for group, own in zip(opt.param_groups, options):  # ... which this run's replace (fused on a GPU only,
+            group.update(own)  # --weight-decay as given)
         step, history = int(state["step"]), list(state["history"])
         gen.set_state(state["rng"].cpu())  # map_location moved it to the device; the generator is the CPU's
         saved = state["config"]
@@ -422,6 +516,11 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
             cfg = dataclasses.replace(cfg, steps=int(saved["steps"]))
         elif saved.get("steps") != cfg.steps:
             print(f"note: resuming a run planned for {saved.get('steps')} steps with --steps {cfg.steps}", file=sys.stderr)
+        changed = [f"--{k.replace('_', '-')} {v} (was {saved[k]})" for k, v in asdict(cfg).items()
+                   if k not in _RESUME_FREE and k in saved and saved[k] != v]  # fmt: skip
+        if changed:
+            print(f"note: resuming with {', '.join(changed)}: the run goes on with the new values, so it is no longer "
+                  f"the one the checkpoint began", file=sys.stderr)
         print(f"resumed {ckpt} at step {step}", file=sys.stderr)
     elif init is not None:  # a new schedule from trained weights (e.g. a longer run after a finished one)
         model.load_state_dict(init.state_dict())
@@ -435,15 +534,19 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
         ema_params, params = list(ema.parameters()), list(model.parameters())
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
-    pairs, _ = build_pairs(load_train_y(cfg.data, cfg.cache, progress), cfg.scales, cfg.downsizes, progress, device)
-    # Draws for up to 100 steps per host-to-device copy, in chunks that end at every checkpoint (exact resume).
+    # Bars on a terminal; elsewhere (a log file, CI) a plain line per report, at most one in LOG_EVERY_S seconds.
+    tty = progress and sys.stderr.isatty()
+    pairs, _ = build_pairs(load_train_y(cfg.data, cfg.cache, tty), cfg.scales, cfg.downsizes, tty, device)
+    # Draws for up to 100 steps per host-to-device copy (a checkpoint saves where the chunk began: exact resume).
     sampler = PatchSampler(pairs, cfg.patch, gen, device, chunk=math.gcd(cfg.ckpt_every, 100))
+    if resuming:
+        sampler.resume(int(state.get("rng_batches", 0)), int(saved.get("batch", cfg.batch)))
     loss_fn = F.mse_loss if cfg.loss == "mse" else F.l1_loss
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda" or cpu_has_native_bf16()
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    bar = None
-    if progress:
+    bar, t_logged = None, -math.inf
+    if tty:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
@@ -453,6 +556,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
     stop = min(cfg.steps, until_step if until_step is not None else cfg.steps)
     if fitting:  # no checkpoint and no stop before the schedule is fitted
         stop = max(stop, FIT_PROBE_END)
+    interrupt.arm()  # Ctrl-C / SIGTERM: finish the step, save it, then act
     while step < stop:
         if fitting and step in (FIT_PROBE_START, FIT_PROBE_END):
             if device.type == "cuda":
@@ -475,7 +579,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
                     bar.refresh()
                 if step >= stop:
                     break
-        if max_minutes is not None and time.perf_counter() - t_start > 60 * max_minutes:
+        if interrupt.received is not None or (max_minutes is not None and time.perf_counter() - t_start > 60 * max_minutes):
             break
         lr = _lr_at(cfg, step)
         for gparam in opt.param_groups:
@@ -515,14 +619,30 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
             history.append(rec)
             if bar is not None:
                 bar.set_postfix(loss=f"{rec['loss']:.2e}", pps=f"{rec['patches_per_s']:.0f}", set5=last_eval or "-")
+            elif progress and ("set5" in rec or step == cfg.steps or now - t_logged >= LOG_EVERY_S):
+                set5 = " ".join(f"{k} {v:.2f}" for k, v in rec["set5"].items()) if "set5" in rec else ""
+                print(f"train: step {step}/{cfg.steps} loss {rec['loss']:.3e} lr {lr:.2e} "
+                      f"{rec['patches_per_s']:.0f} patches/s" + (f" set5 {set5}" if set5 else ""), file=sys.stderr, flush=True)
+                t_logged = now
             t_last, loss_acc, n_acc = now, 0.0, 0
         if bar is not None:
             bar.update(1)
         if not fitting and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-            _save_checkpoint(ckpt, model, opt, step, gen, cfg, history, ema)
+            _save_checkpoint(ckpt, model, opt, step, sampler, cfg, history, ema)
     if bar is not None:
         bar.close()
-    _save_checkpoint(ckpt, model, opt, step, gen, cfg, history, ema)
+    interrupt.disarm()
+    if n_acc and not math.isfinite(loss_acc.item()):  # stopped between reports: no NaN saved either
+        raise FloatingPointError(f"loss became {loss_acc.item()} by step {step}; lower --lr or --clip")
+    if fitting:  # stopped before the schedule was fitted: a checkpoint would record an unfitted --steps
+        print(f"stopped at step {step}, before --fit-minutes fitted the schedule: no checkpoint (the next run starts "
+              f"afresh)", file=sys.stderr)
+    else:
+        _save_checkpoint(ckpt, model, opt, step, sampler, cfg, history, ema)
+    if interrupt.received is not None:
+        print(f"interrupted ({signal.Signals(interrupt.received).name}) at step {step}"
+              + ("" if fitting else f": saved {ckpt}; the same command resumes it"), file=sys.stderr)
+        signal.raise_signal(interrupt.received)  # as it would have acted (KeyboardInterrupt, termination)
     final = out / "vdsr_x234.safetensors"
     save(
         (ema if ema is not None else model).cpu(),
@@ -563,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, FloatingPointError) as e:  # WeightsError (--init) is a ValueError
         print(f"vdsr-fast train: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoint of the last step finished is saved (the line above says so)
+        return 130
     print(f"weights written to {final}")
     return 0
 
