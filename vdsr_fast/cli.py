@@ -21,21 +21,12 @@ class CliError(Exception):
 
 
 def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from .engine import device_from_flag
+
     try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise CliError(f"--device {name!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {name}: CUDA is not available on this machine")
-    if dev.type == "meta":
-        raise CliError(f"--device {name}: a meta device holds no data; give one that computes, such as cpu or cuda")
-    try:
-        torch.empty(0, device=dev)  # e.g. cuda:7 on a machine with one GPU, or a device type this torch lacks
-    except RuntimeError as e:
-        raise CliError(f"--device {name}: not usable here ({str(e).splitlines()[0].split('. ')[0]})") from None
-    return dev
+        return device_from_flag(name)
+    except ValueError as e:
+        raise CliError(str(e)) from None
 
 
 def _model(weights: str | None):

@@ -182,6 +182,26 @@ def _resolve_engine_device(device, who: str) -> torch.device:
     return resolve_device(device)
 
 
+def device_from_flag(name: str | None) -> torch.device:
+    """A command line's ``--device`` (None: CUDA if there is a GPU, else the CPU), refused (ValueError naming the flag)
+    where this torch cannot compute: not a device, CUDA without a GPU, ``meta``, a missing GPU index or device type."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "meta":
+        raise ValueError(f"--device {name}: a meta device holds no data; give one that computes, such as cpu or cuda")
+    try:
+        torch.empty(0, device=device)  # e.g. cuda:7 on a machine with one GPU, or a device type this torch lacks
+    except RuntimeError as e:
+        raise ValueError(f"--device {name}: not usable here ({str(e).splitlines()[0].split('. ')[0]})") from None
+    return device
+
+
 def _default_dtype(backend: str, device: torch.device) -> torch.dtype:
     if backend == "torch" or device.type != "cuda":
         return torch.float32

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .api import SCALES
+from .engine import device_from_flag
 from .evaluate import evaluate, load_y
 from .images import IMAGE_SUFFIXES
 from .imaging import imresize
@@ -406,25 +407,6 @@ def _eval_psnr(model: VDSR, cfg: TrainConfig, device: torch.device) -> dict[str,
     return res
 
 
-def _train_device(name: str) -> torch.device:
-    """``cfg.device`` ("auto": CUDA if there is a GPU, else the CPU), refused (ValueError) where torch cannot compute."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r}: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "meta":
-        raise ValueError(f"--device {name}: a meta device holds no data; give one that computes, such as cpu or cuda")
-    try:
-        torch.empty(0, device=device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name}: not usable here ({str(e).splitlines()[0].split('. ')[0]})") from None
-    return device
-
-
 def _check_paths(cfg: TrainConfig, resume: bool) -> None:
     """The folders and files of a run, before anything is prepared or written: the training data (unless the
     ``cache`` holds it), the evaluation set (``""``: none), ``out`` (a folder) and ``init`` (a new run's)."""
@@ -463,7 +445,7 @@ def train(
     (a resumed run keeps it).
     """
     cfg.check()
-    device = _train_device(cfg.device)
+    device = device_from_flag(None if cfg.device == "auto" else cfg.device)
     _check_paths(cfg, resume)
     # Every training step convolves the same shapes: on a GPU let cuDNN time its algorithms for them once (the
     # caller's setting is restored on return).
