@@ -690,3 +690,127 @@ def test_eval_names_an_image_too_small_for_the_protocol(tmp_path, capsys, side, 
     else:
         assert code == 2 and f"{folder / 'small.png'}: {side}x{side} is too small to score at x4" in err, err
         assert "(at least 20x20)" in err
+
+
+def test_a_batch_folder_skips_hidden_files_and_subfolders(tmp_path, capsys, weights):
+    """A folder's hidden files (a macOS ``._`` resource fork, the temporary output of a killed run) and subfolders are
+    not inputs (was: each hidden one upscaled, a resource fork failing the batch with exit status 2)."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for name in ("a.png", ".a.png.k3j2x9.png", "sub/c.png"):
+        write_image(photos / name, np.zeros((4, 4, 3), np.uint8))
+    (photos / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    code, stdout, err = _run(capsys, "upscale", str(photos), "-o", str(tmp_path / "out"), "--weights", weights, "--quiet")
+    assert code == 0 and "1 of 1 images" in stdout and not err, err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
+
+
+def test_stdout_takes_one_image_and_empty_stdin_is_named(tmp_path, capsys, weights, monkeypatch):
+    """``-o -`` with several inputs or a folder is refused (was: the first image written, the rest dropped, exit 0);
+    an empty stdin says so."""
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for src in (a, b):
+        write_image(src, np.zeros((4, 4, 3), np.uint8))
+    for inputs in ([str(a), str(b)], [str(tmp_path)]):
+        monkeypatch.setattr(sys, "stdout", _Stdio())
+        code = main(["upscale", *inputs, "-o", "-", "--weights", weights])
+        assert code == 2 and sys.stdout.buffer.getvalue() == b""
+        assert "-o - writes one image to stdout: give one input image" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", _Stdio(b""))
+    code, _, err = _run(capsys, "upscale", "-", "-o", str(tmp_path / "c.png"), "--weights", weights)
+    assert code == 2 and "stdin is empty" in err and not (tmp_path / "c.png").exists()
+
+
+def test_an_interrupted_batch_resumes_with_skip_existing(tmp_path, capsys, weights, monkeypatch):
+    """Ctrl-C in a batch says how far it got; --skip-existing then upscales only what is missing (was: a rerun refused
+    without --force and redid every image with it). With --force it is a usage error; one image is skipped too."""
+    import vdsr_fast.cli as cli
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        write_image(photos / name, np.zeros((4, 4, 3), np.uint8))
+    real, calls = cli._upscale_image, []
+
+    def interrupted_at_the_second(*a, **k):
+        calls.append(a[0].name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cli, "_upscale_image", interrupted_at_the_second)
+    code, _, err = _run(capsys, "upscale", str(photos), "-o", str(out), "--weights", weights, "--quiet")
+    assert code == 130 and f"interrupted: 1 of 3 images written to {out}; the same command with --skip-existing" in err
+    monkeypatch.setattr(cli, "_upscale_image", real)
+    first = (out / "a.png").stat().st_mtime_ns
+    code, _, err = _run(capsys, "upscale", str(photos), "-o", str(out), "--weights", weights, "--quiet")
+    assert code == 2 and "or --skip-existing to keep them" in err
+    code, stdout, _ = _run(capsys, "upscale", str(photos), "-o", str(out), "--weights", weights, "--quiet", "--skip-existing")
+    assert code == 0 and "2 of 2 images" in stdout and "1 existing left as they were" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"] and (out / "a.png").stat().st_mtime_ns == first
+    code, stdout, _ = _run(capsys, "upscale", str(photos / "a.png"), "-o", str(out), "--weights", weights, "--skip-existing")
+    assert code == 0 and "exists: left as it is" in stdout and (out / "a.png").stat().st_mtime_ns == first
+    with pytest.raises(SystemExit) as e:
+        main(["upscale", str(photos), "-o", str(out), "--force", "--skip-existing"])
+    assert e.value.code == 2
+
+
+def test_sigterm_leaves_no_temporary_file(tmp_path, capsys, weights, monkeypatch):
+    """SIGTERM (kill, timeout, a scheduler) while the output is written: exit 143 and no temporary file left (was: the
+    process died at once, leaving a hidden ``.b.png.XXXX.png`` beside the output)."""
+    import signal
+
+    from PIL import Image
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM is handled by the test runner here")
+    src, dst = tmp_path / "a.png", tmp_path / "b.png"
+    write_image(src, np.zeros((4, 4, 3), np.uint8))
+
+    def terminated_save(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG half an image")
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            raise AssertionError("SIGTERM would kill the process here, leaving the temporary file")
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler runs at the next bytecode
+            pass
+
+    monkeypatch.setattr(Image.Image, "save", terminated_save)
+    code, _, err = _run(capsys, "upscale", str(src), "-o", str(dst), "--weights", weights)
+    assert code == 143 and "terminated" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "tiny.safetensors"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+
+
+def test_jpeg_quality_option(tmp_path, capsys, weights):
+    src = tmp_path / "a.png"
+    write_image(src, np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8))
+    sizes = {}
+    for q in ("95", "30"):
+        code, _, _ = _run(capsys, "upscale", str(src), "-o", str(tmp_path / f"q{q}.jpg"), "--weights", weights, "--quality", q)
+        assert code == 0
+        sizes[q] = (tmp_path / f"q{q}.jpg").stat().st_size
+    assert sizes["30"] < sizes["95"]
+    code, _, _ = _run(capsys, "upscale", str(src), "-o", str(tmp_path / "d.jpg"), "--weights", weights)
+    assert (tmp_path / "d.jpg").read_bytes() == (tmp_path / "q95.jpg").read_bytes()  # 95: the default
+    with pytest.raises(SystemExit) as e:
+        main(["upscale", str(src), "-o", str(tmp_path / "x.jpg"), "--quality", "0"])
+    assert e.value.code == 2 and "from 1 to 100" in capsys.readouterr().err
+
+
+def test_a_file_name_outside_the_locale_encoding_is_printed(tmp_path, capsys, weights, monkeypatch):
+    """A file name that is not valid UTF-8 (an old archive's Latin-1 name) on a strict UTF-8 stdout: the summary line
+    escapes it (was: UnicodeEncodeError, a traceback and exit status 1 after the output was written)."""
+    import io
+
+    src = tmp_path / "caf\udce9.png"  # the bytes b"caf\xe9.png"
+    try:
+        write_image(src, np.zeros((4, 4, 3), np.uint8))
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # errors="strict", as under en_US.UTF-8
+    monkeypatch.setattr(sys, "stdout", out)
+    code = main(["upscale", str(src), "-o", str(tmp_path / "o.png"), "--weights", weights])
+    out.flush()
+    assert code == 0 and b"caf\\udce9.png (4x4) -> " in out.buffer.getvalue()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,31 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
 
 class CliError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a job scheduler), raised where the program is, as Ctrl-C is, so that a
+    temporary output is removed (exit status 143; was: the process died with the temporary file left behind)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _catch_sigterm():
+    """SIGTERM as :class:`_Terminated` while a command runs (in the main thread, and not where it is ignored);
+    returns the function that puts the previous handler back."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return lambda: None
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def quality_arg(text: str) -> int:
+    """``--quality``: JPEG/WebP quality, 1-100."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 100, got {text!r}")
+    return int(text)
 
 
 def _device(name: str | None) -> torch.device:
@@ -171,10 +198,10 @@ def _read_source(src: Path, suffix: str, label_in: str | None = None, label_out:
 
 
 def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: dict, device: torch.device, quiet: bool = False,
-                   source=None):  # fmt: skip
+                   source=None, quality: int = 95):  # fmt: skip
     """Read ``src`` (or take :func:`_read_source`'s ``source``), upscale it (every frame of an animation or multi-page
-    TIFF), write ``dst`` (keeping the ICC profile and the frames' timing, the dpi scaled); returns (in (h, w), out
-    (h, w), frames, seconds of the upscale). Raises ImageReadError / CliError."""
+    TIFF), write ``dst`` (keeping the ICC profile and the frames' timing, the dpi scaled; JPEG/WebP at ``quality``);
+    returns (in (h, w), out (h, w), frames, seconds of the upscale). Raises ImageReadError / CliError."""
     from tqdm import tqdm
 
     from .images import write_frames
@@ -205,7 +232,7 @@ def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: d
         (h, w), (oh, ow) = frames[0].shape[:2], results[0].shape[:2]
         dpi = (info["dpi"][0] * ow / w, info["dpi"][1] * oh / h) if info["dpi"] else None
         write_frames(dst, results, durations=timing["durations"], loop=timing["loop"], icc_profile=info["icc_profile"], dpi=dpi,
-                     exif=info["exif"])  # fmt: skip
+                     exif=info["exif"], quality=quality)  # fmt: skip
     except (ValueError, OSError) as e:
         raise CliError(f"cannot write {dst}: {e}") from None
     return frames[0].shape[:2], results[0].shape[:2], len(frames), elapsed
@@ -213,13 +240,14 @@ def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: d
 
 def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     """(source, destination) pairs of a batch: every image file given, and the images directly inside every folder
-    given (sorted), each written to ``out_dir`` under its own name."""
+    given (sorted; not its subfolders, nor hidden files: a macOS ``._`` resource fork, a temporary output left by a
+    killed run), each written to ``out_dir`` under its own name."""
     from .images import IMAGE_SUFFIXES
 
     jobs = []
     for src in inputs:
         if src.is_dir():
-            files = sorted(f for f in src.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(f for f in src.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
             if not files:
                 raise CliError(f"{src}: no image in this folder ({', '.join(IMAGE_SUFFIXES)})")
         elif src.is_file():
@@ -266,7 +294,7 @@ def _upscale_one(args, src: Path, dst: Path, label_in: str | None = None, label_
     except ImageReadError as e:
         raise CliError(str(e)) from None
     model, engine = _engine(args)
-    (h, w), (oh, ow), n, elapsed = _upscale_image(src, dst, args.scale, model, upscale_kw, engine.device, args.quiet, source)
+    (h, w), (oh, ow), n, elapsed = _upscale_image(src, dst, args.scale, model, upscale_kw, engine.device, args.quiet, source, args.quality)
     frames = f", {n} frames" if n > 1 else ""
     return (f"{label_in or src} ({w}x{h}{frames}) -> {label_out or dst} ({ow}x{oh}), {_factor(args)}, "
             f"{engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, {elapsed:.2f} s")  # fmt: skip
@@ -289,6 +317,8 @@ def _upscale_stream(args) -> int:
 
     if len(args.input) > 1 and "-" in args.input:
         raise CliError("- reads one image from stdin: it cannot go with other inputs")
+    if args.output == "-" and (len(args.input) > 1 or Path(args.input[0]).is_dir()):  # was: the first image alone
+        raise CliError("-o - writes one image to stdout: give one input image (a batch goes into an --output folder)")
     if args.input == ["-"] and sys.stdin.isatty():
         raise CliError("- reads the image from stdin, which is a terminal: pipe one in (... | vdsr-fast upscale - -o OUT.png)")
     if args.output == "-" and sys.stdout.isatty():
@@ -298,6 +328,8 @@ def _upscale_stream(args) -> int:
     with tempfile.TemporaryDirectory(prefix="vdsr_fast_") as tmp:
         if args.input == ["-"]:
             data = sys.stdin.buffer.read()
+            if not data:
+                raise CliError("stdin is empty: pipe an image in (... | vdsr-fast upscale - -o OUT.png)")
             try:
                 fmt = Image.open(io.BytesIO(data)).format
             except (UnidentifiedImageError, OSError):
@@ -335,7 +367,11 @@ def cmd_upscale(args) -> int:
     dst = Path(args.output)
     batch = len(inputs) > 1 or inputs[0].is_dir()
     if not batch:
-        print(_upscale_one(args, inputs[0], _one_output(dst, inputs[0].name, args.force, inputs[0])))
+        out = _one_output(dst, inputs[0].name, args.force or args.skip_existing, inputs[0])
+        if args.skip_existing and out.exists():  # a whole file: outputs are written under a temporary name, then renamed
+            print(f"{out} exists: left as it is (--skip-existing)")
+            return 0
+        print(_upscale_one(args, inputs[0], out))
         return 0
 
     # A batch: -o is a folder (made if its parent exists); every output is checked before any is written.
@@ -345,24 +381,33 @@ def cmd_upscale(args) -> int:
         raise CliError(f"{dst.parent}: output folder does not exist")
     jobs = _batch_jobs(inputs, dst)
     existing = [d for _, d in jobs if d.exists()]
-    if existing and not args.force:
-        raise CliError(f"{len(existing)} of the {len(jobs)} outputs exist (first: {existing[0]}); pass --force to overwrite them")
+    if existing and not args.force and not args.skip_existing:
+        raise CliError(f"{len(existing)} of the {len(jobs)} outputs exist (first: {existing[0]}); pass --force to overwrite them "
+                       "or --skip-existing to keep them and upscale the rest")  # fmt: skip
+    if args.skip_existing:  # each output is whole (written under a temporary name, then renamed): an interrupted batch resumes
+        jobs = [(s, d) for s, d in jobs if not d.exists()]
     model_kw = _upscale_kw(args)  # upscale() then finds _engine's engine in the model's cache
     dst.mkdir(exist_ok=True)
     model, engine = _engine(args)
     from tqdm import tqdm
 
-    failed = []
+    failed, written = [], 0
     t0 = time.perf_counter()
-    for src, out in tqdm(jobs, desc=_factor(args), unit="img", disable=args.quiet or not sys.stderr.isatty()):
-        try:
-            _upscale_image(src, out, args.scale, model, model_kw, engine.device, quiet=True)
-        except (ImageReadError, CliError) as e:  # one bad file does not stop the batch
-            failed.append(str(e))
-            tqdm.write(f"vdsr-fast upscale: error: {e}", file=sys.stderr)
-    done = len(jobs) - len(failed)
-    print(f"{done} of {len(jobs)} images -> {dst}, {_factor(args)}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, "
-          f"{time.perf_counter() - t0:.1f} s" + (f"; {len(failed)} failed (above)" if failed else ""))  # fmt: skip
+    try:
+        for src, out in tqdm(jobs, desc=_factor(args), unit="img", disable=args.quiet or not sys.stderr.isatty()):
+            try:
+                _upscale_image(src, out, args.scale, model, model_kw, engine.device, quiet=True, quality=args.quality)
+                written += 1
+            except (ImageReadError, CliError) as e:  # one bad file does not stop the batch
+                failed.append(str(e))
+                tqdm.write(f"vdsr-fast upscale: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: say what is done and how to go on
+        raise type(e)(f"{written} of {len(jobs)} images written to {dst}; the same command with --skip-existing "
+                      "upscales the rest") from None  # fmt: skip
+    kept = len(existing) if args.skip_existing else 0
+    print(f"{written} of {len(jobs)} images -> {dst}, {_factor(args)}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, "
+          f"{time.perf_counter() - t0:.1f} s" + (f"; {len(failed)} failed (above)" if failed else "")
+          + (f"; {kept} existing left as they were" if kept else ""))  # fmt: skip
     return 2 if failed else 0
 
 
@@ -485,11 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "- writes to stdout")
     p.add_argument("--format", help="the format written to stdout (-o -): png, jpg, tif, webp, bmp or gif (default: the "
                    "input's)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (a batch)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the summary line and errors still print)")
     p.add_argument("--scale", "-s", type=float,
                    help="2, 3, 4 (the scales VDSR is trained on) or any factor from 1 to 4, e.g. 1.5 (default: 2)")
     p.add_argument("--size", type=size_arg, help="the output's WIDTHxHEIGHT instead of --scale, e.g. 1920x1080")
-    p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
+    p.add_argument("--quality", type=quality_arg, default=95, help="JPEG and WebP output quality, 1-100 (default: 95)")
+    exists = p.add_mutually_exclusive_group()
+    exists.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
+    exists.add_argument("--skip-existing", action="store_true",
+                        help="leave an existing output as it is and upscale the rest (resumes an interrupted batch)")
     add_memory_args(p, "per image")
     _add_engine_args(p)
     p.set_defaults(func=cmd_upscale)
@@ -536,14 +585,20 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in _FORWARDED:
         return _forward(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")  # a file name not in the locale's encoding (was: a traceback)
+    restore_sigterm = _catch_sigterm()
     try:
         return args.func(args)
     except CliError as e:
         print(f"vdsr-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"vdsr-fast {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (_Terminated)
+        term = isinstance(e, _Terminated)
+        print(f"vdsr-fast {args.command}: {'terminated' if term else 'interrupted'}" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        return 143 if term else 130
+    finally:
+        restore_sigterm()
 
 
 if __name__ == "__main__":
