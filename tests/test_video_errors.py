@@ -202,6 +202,34 @@ def test_ctrl_c_mid_stream_leaves_nothing_and_keeps_an_old_output(clip, tmp_path
     assert _listing(tmp_path) == ["out.mp4"] and out.read_bytes() == b"the previous encode"
 
 
+def test_sigterm_mid_stream_leaves_nothing_and_keeps_an_old_output(clip, tmp_path, weights, monkeypatch, capsys):
+    """SIGTERM (kill, timeout, a scheduler) while frames are in flight: handled as Ctrl-C in the main thread, so the
+    temporary output is removed; exit 143 (was: the process died at once, leaving the hidden temporary file)."""
+    import signal
+
+    import vdsr_fast.api
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM is handled by the test runner here")
+    real, calls = vdsr_fast.api.upscale, []
+
+    def terminated(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                raise AssertionError("SIGTERM would kill the process here, leaving the temporary file")
+            os.kill(os.getpid(), signal.SIGTERM)  # the main thread's handler raises there
+        return real(*args, **kwargs)
+
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"the previous encode")
+    monkeypatch.setattr(vdsr_fast.api, "upscale", terminated)
+    assert _run(clip, out, "--weights", weights, "--batch", "3", "--force") == 143
+    assert "vdsr-fast video: terminated" in capsys.readouterr().err
+    assert _listing(tmp_path) == ["out.mp4"] and out.read_bytes() == b"the previous encode"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+
+
 def test_fused_color_without_triton_is_a_clear_error(clip, tmp_path, weights, capsys, monkeypatch):
     import vdsr_fast.engine
 

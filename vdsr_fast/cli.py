@@ -22,17 +22,17 @@ class CliError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
-class _Terminated(KeyboardInterrupt):
+class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, ``timeout``, a job scheduler), raised where the program is, as Ctrl-C is, so that a
     temporary output is removed (exit status 143; was: the process died with the temporary file left behind)."""
 
 
 def _raise_terminated(signum, frame):
-    raise _Terminated()
+    raise Terminated()
 
 
-def _catch_sigterm():
-    """SIGTERM as :class:`_Terminated` while a command runs (in the main thread, and not where it is ignored);
+def catch_sigterm():
+    """SIGTERM as :class:`Terminated` while a command runs (in the main thread, and not where it is ignored);
     returns the function that puts the previous handler back."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return lambda: None
@@ -587,14 +587,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")  # a file name not in the locale's encoding (was: a traceback)
-    restore_sigterm = _catch_sigterm()
+    restore_sigterm = catch_sigterm()
     try:
         return args.func(args)
     except CliError as e:
         print(f"vdsr-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (_Terminated)
-        term = isinstance(e, _Terminated)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        term = isinstance(e, Terminated)
         print(f"vdsr-fast {args.command}: {'terminated' if term else 'interrupted'}" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 143 if term else 130
     finally:

@@ -39,7 +39,17 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 import torch
 
-from .cli import _DTYPES, CliError, _add_engine_args, _device, _model, add_memory_args, size_arg
+from .cli import (
+    _DTYPES,
+    CliError,
+    Terminated,
+    _add_engine_args,
+    _device,
+    _model,
+    add_memory_args,
+    catch_sigterm,
+    size_arg,
+)
 from .images import default_file_mode
 
 __all__ = ["main", "upscale_video", "VideoError"]
@@ -1241,6 +1251,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     report = sys.stderr if args.output == "-" else sys.stdout  # the summary line: never into the video stream
     failed = 0
+    restore_sigterm = catch_sigterm()  # SIGTERM as Ctrl-C: the temporary output is removed
     try:
         from .engine import BackendUnavailable
 
@@ -1276,9 +1287,12 @@ def main(argv: list[str] | None = None) -> int:
     except (VideoError, CliError, ValueError) as e:  # ValueError: upscale()'s, e.g. a --max-memory too small
         print(f"vdsr-fast video: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("vdsr-fast video: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        term = isinstance(e, Terminated)
+        print(f"vdsr-fast video: {'terminated' if term else 'interrupted'}", file=sys.stderr)
+        return 143 if term else 130
+    finally:
+        restore_sigterm()
     if len(jobs) > 1:
         print(f"{len(jobs) - failed} of {len(jobs)} videos -> {args.output}" + (f"; {failed} failed (above)" if failed else ""),
               file=report)  # fmt: skip
