@@ -1,4 +1,8 @@
-"""The built extension's kernels, read from its SASS: no register spills (no GPU needed).
+"""The CUDA extension's build: setup.py's checks (no build needed) and the built module's kernels (no spills).
+
+setup.py installs without vdsr_fast._C when nvcc is not found (a warning pip shows), and otherwise builds it or
+fails the install saying what to do: the tests below call its helpers with fake environments and fake nvcc/cmake
+scripts, so they run in a second on any machine.
 
 The body kernels hold 128-208 registers of accumulators and weights per thread; a spill to local memory would
 cost far more than it saves and ptxas only warns about it (``-warn-spills`` in CMakeLists.txt), so CI checks the
@@ -8,12 +12,211 @@ extension is not built or no cuobjdump is found (PATH, the CUDA toolkit, or the 
 
 from __future__ import annotations
 
+import fnmatch
+import importlib.util
+import os
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+unix_only = pytest.mark.skipif(os.name == "nt", reason="the fake nvcc/cmake are sh scripts")
+BUILD_ENV = ("VDSR_FAST_SKIP_CUDA_BUILD", "VDSR_FAST_CUDA_ARCHS", "VDSR_FAST_BUILD_JOBS", "CUDACXX", "CUDAHOSTCXX")
+
+
+@pytest.fixture
+def setup_py(monkeypatch):
+    """setup.py as a module, its ``setup()`` call a no-op (nothing is built), the build's environment cleared."""
+    import setuptools
+
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: None)
+    for name in BUILD_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VDSR_FAST_SKIP_CUDA_BUILD", "1")  # loading it runs _ext_modules()
+    spec = importlib.util.spec_from_file_location("vdsr_fast_setup_py", ROOT / "setup.py")
+    mod = importlib.util.module_from_spec(spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec.loader.exec_module(mod)
+    monkeypatch.delenv("VDSR_FAST_SKIP_CUDA_BUILD")
+    return mod
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def _fake_nvcc(bin_dir: Path, release: str | None) -> Path:
+    """An nvcc that reports CUDA ``release`` (None: one that fails as a broken toolkit does)."""
+    bin_dir.mkdir(exist_ok=True)
+    if release is None:
+        return _script(bin_dir / "nvcc", 'echo "nvcc fatal   : broken toolkit" >&2\nexit 1\n')
+    return _script(bin_dir / "nvcc", f'echo "Cuda compilation tools, release {release}, V{release}.1"\n')
+
+
+@pytest.mark.parametrize(
+    "value, archs",
+    [(None, "80;90a"), ("", "80;90a"), ("  ", "80;90a"), ("80", "80"), ("90a", "90a"), ("80; 90a", "80;90a"),
+     ("86-real;89-virtual", "86-real;89-virtual"), ("100a", "100a"), ("120f", "120f"), ("native", "native")],
+)  # fmt: skip
+def test_cuda_archs_takes_cmake_forms(setup_py, monkeypatch, value, archs):
+    if value is not None:
+        monkeypatch.setenv("VDSR_FAST_CUDA_ARCHS", value)
+    assert setup_py._cuda_archs() == archs
+
+
+@pytest.mark.parametrize(
+    "value, hint",
+    [("sm_90", 'did you mean "90"'), ("9.0", 'did you mean "90"'), ("abc", "not in CMake's form"),
+     ("80,90a", 'separate architectures with ";"'), ("75", "below compute capability 8.0"), ("all", "CMake's form"),
+     ("80;;90a", "''"), ("compute_80", 'did you mean "80"')],
+)  # fmt: skip
+def test_cuda_archs_refuses_bad_values_naming_the_variable_and_the_forms(setup_py, monkeypatch, value, hint):
+    """Refused before CMake runs (it would fail minutes later, naming CMAKE_CUDA_ARCHITECTURES instead)."""
+    monkeypatch.setenv("VDSR_FAST_CUDA_ARCHS", value)
+    with pytest.raises(setup_py.SetupError) as e:
+        setup_py._cuda_archs()
+    msg = str(e.value)
+    assert msg.startswith(f"VDSR_FAST_CUDA_ARCHS={value!r}") and hint in msg
+    assert all(form in msg for form in ('"80;90a"', '"90a"', '"-real"', '"native"')), msg
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "2.5", "+2"])
+def test_build_jobs_refuses_what_is_not_a_positive_integer(setup_py, monkeypatch, value):
+    monkeypatch.setenv("VDSR_FAST_BUILD_JOBS", value)
+    with pytest.raises(setup_py.SetupError, match=r"VDSR_FAST_BUILD_JOBS=.*positive integer"):
+        setup_py._build_jobs()
+
+
+def test_build_jobs_default_is_the_cpu_count(setup_py, monkeypatch):
+    assert setup_py._build_jobs() == str(os.cpu_count() or 1)
+    monkeypatch.setenv("VDSR_FAST_BUILD_JOBS", "")
+    assert setup_py._build_jobs() == str(os.cpu_count() or 1)
+    monkeypatch.setenv("VDSR_FAST_BUILD_JOBS", " 3 ")
+    assert setup_py._build_jobs() == "3"
+
+
+@pytest.mark.parametrize("value, skip", [("1", True), ("true", True), ("YES", True), ("0", False), ("", False), ("off", False)])
+def test_skip_cuda_build_values(setup_py, monkeypatch, value, skip):
+    monkeypatch.setenv("VDSR_FAST_SKIP_CUDA_BUILD", value)
+    assert setup_py._skip_cuda_build() is skip
+
+
+def test_skip_cuda_build_refuses_other_values(setup_py, monkeypatch):
+    """``=2`` or ``=maybe`` would have built the extension (only "1" skipped it)."""
+    monkeypatch.setenv("VDSR_FAST_SKIP_CUDA_BUILD", "maybe")
+    with pytest.raises(setup_py.SetupError, match=r"VDSR_FAST_SKIP_CUDA_BUILD='maybe': set it to 1"):
+        setup_py._skip_cuda_build()
+
+
+def test_no_nvcc_installs_without_the_extension_and_says_so(setup_py, monkeypatch, tmp_path):
+    """A UserWarning: pip (26.3 here) shows the build backend's UserWarnings, not what it prints (only with -v)."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "no-cuda"))
+    with pytest.warns(UserWarning) as record:
+        assert setup_py._ext_modules() == []
+    assert any("nvcc not found" in str(w.message) and "without the CUDA extension" in str(w.message) for w in record)
+
+
+@unix_only
+def test_cmake_older_than_3_24_installs_without_the_extension_and_says_so(setup_py, monkeypatch, tmp_path):
+    """Like no cmake at all (CMakeLists.txt would stop at cmake_minimum_required): the warning names the fix."""
+    _fake_nvcc(tmp_path, "13.0")
+    _script(tmp_path / "cmake", 'echo "cmake version 3.22.1"\n')
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.warns(UserWarning) as record:
+        assert setup_py._ext_modules() == []
+    assert any("cmake 3.22 is older than the 3.24" in str(w.message) and 'pip install "cmake>=3.24"' in str(w.message)
+               for w in record)  # fmt: skip
+
+
+@unix_only
+@pytest.mark.parametrize("release, error", [(None, "--version` failed"), ("11.4", "is CUDA 11.4; vdsr_fast._C needs CUDA 12.0")])
+def test_unusable_nvcc_fails_with_the_way_out(setup_py, tmp_path, release, error):
+    """nvcc found means the build is attempted: an nvcc that cannot build it fails the install, saying how to go on."""
+    nvcc = _fake_nvcc(tmp_path, release)
+    with pytest.raises(setup_py.SetupError) as e:
+        setup_py._check_nvcc(str(nvcc))
+    assert error in str(e.value) and "CUDACXX" in str(e.value) and "VDSR_FAST_SKIP_CUDA_BUILD=1" in str(e.value)
+
+
+@unix_only
+def test_supported_nvcc_passes(setup_py, tmp_path):
+    setup_py._check_nvcc(str(_fake_nvcc(tmp_path, "13.0")))
+
+
+def _build_ext(setup_py, tmp_path):
+    from setuptools import Distribution
+
+    ext = setup_py.CMakeExtension("vdsr_fast._C")
+    cmd = setup_py.CMakeBuild(Distribution({"name": "vdsr_fast", "ext_modules": [ext]}))
+    cmd.build_lib, cmd.build_temp = str(tmp_path / "lib"), str(tmp_path / "temp")
+    cmd.ensure_finalized()
+    return cmd, ext
+
+
+@unix_only
+@pytest.mark.parametrize("fail_at", ["configure", "build"])
+def test_cmake_failure_fails_the_install_with_the_way_out(setup_py, monkeypatch, tmp_path, fail_at):
+    """A host compiler nvcc refuses, an unknown architecture, a compile error: the install fails, saying what to do."""
+    bin_dir = tmp_path / "bin"
+    _fake_nvcc(bin_dir, "13.0")
+    _script(bin_dir / "cmake", f'[ "$1" = "--build" ] && [ {fail_at} = build ] && exit 2\n[ {fail_at} = configure ] && exit 1\nexit 0\n')
+    monkeypatch.setenv("PATH", str(bin_dir))
+    cmd, ext = _build_ext(setup_py, tmp_path)
+    step = "configuring" if fail_at == "configure" else "compiling"
+    with pytest.raises(setup_py.CompileError, match=rf"{step} the CUDA extension vdsr_fast._C failed") as e:
+        cmd.build_extension(ext)
+    assert "CUDAHOSTCXX" in str(e.value) and "VDSR_FAST_SKIP_CUDA_BUILD=1" in str(e.value)
+
+
+@unix_only
+def test_build_passes_the_switches_to_cmake(setup_py, monkeypatch, tmp_path):
+    """The checked archs and job count reach CMake; the module lands where setuptools packs it."""
+    bin_dir = tmp_path / "bin"
+    _fake_nvcc(bin_dir, "13.0")
+    log = tmp_path / "cmake.log"
+    _script(bin_dir / "cmake", f'echo "$@" >> {log}\nfor a; do case "$a" in -DVDSR_FAST_OUTPUT_DIR=*) : > "${{a#*=}}/_C.so";; esac; done\n')
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("VDSR_FAST_CUDA_ARCHS", "80; 90a")
+    monkeypatch.setenv("VDSR_FAST_BUILD_JOBS", "3")
+    cmd, ext = _build_ext(setup_py, tmp_path)
+    cmd.build_extension(ext)
+    configure, build = log.read_text().splitlines()
+    assert "-DVDSR_FAST_CUDA_ARCHS=80;90a" in configure and f"-DCMAKE_CUDA_COMPILER={bin_dir / 'nvcc'}" in configure
+    assert build.endswith("--parallel 3")
+    assert (Path(cmd.get_ext_fullpath(ext.name)).parent / "_C.so").exists()
+
+
+@unix_only
+def test_bad_switch_fails_before_cmake_runs(setup_py, monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"
+    _fake_nvcc(bin_dir, "13.0")
+    _script(bin_dir / "cmake", f": > {tmp_path / 'cmake_ran'}\n")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("VDSR_FAST_CUDA_ARCHS", "sm_90")
+    cmd, ext = _build_ext(setup_py, tmp_path)
+    with pytest.raises(setup_py.SetupError, match="VDSR_FAST_CUDA_ARCHS='sm_90'"):
+        cmd.build_extension(ext)
+    assert not (tmp_path / "cmake_ran").exists()
+
+
+def test_package_data_covers_every_data_file():
+    """What vdsr_fast/ holds besides Python (the shipped weights) goes into the wheel: pyproject's package-data."""
+    tomllib = pytest.importorskip("tomllib")
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["vdsr_fast"]
+    pkg = ROOT / "vdsr_fast"
+    data = [p.relative_to(pkg).as_posix() for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    data = [p for p in data if not p.endswith(".py") and not re.fullmatch(r"_C\..*\.(so|pyd)", p)]
+    assert "weights/vdsr_x234.safetensors" in data
+    missing = [p for p in data if not any(fnmatch.fnmatch(p, g) for g in globs)]
+    assert not missing, f"not in [tool.setuptools.package-data] (pip install . would leave them out): {missing}"
 
 
 def _cuobjdump() -> str | None:
