@@ -1,6 +1,7 @@
 """PSNR and SSIM (vdsr_fast.metrics, what `vdsr-fast eval` reports) against direct formulas."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +66,131 @@ def test_errors():
         ssim(x, x, shave=1)
     with pytest.raises(TypeError, match="data_range"):
         psnr(torch.zeros(4, 4, dtype=torch.int32), torch.zeros(4, 4, dtype=torch.int32))
+
+
+def test_known_values():
+    """Identical images: inf dB and SSIM 1; one level off everywhere on uint8: 10 log10(255^2) = 48.13 dB."""
+    a = torch.randint(0, 255, (32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert psnr(a, a) == math.inf and ssim(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert psnr(a + 1, a) == pytest.approx(48.1308036, abs=1e-6) == psnr((a + 1) / 255.0, a / 255.0)
+    assert psnr(a.float(), a.double()) == math.inf  # float32 against float64: the same [0, 1] range
+
+
+def test_ssim_on_exactly_one_window():
+    """11x11 after the shave: one window position, the direct formula's value."""
+    rng = np.random.default_rng(1)
+    a, b = rng.random((13, 13)), rng.random((13, 13))
+    assert ssim(torch.from_numpy(a), torch.from_numpy(b), shave=1) == pytest.approx(_ssim_direct(a[1:-1, 1:-1], b[1:-1, 1:-1], 1.0), abs=1e-12)
+
+
+def test_ranges_that_differ_are_refused():
+    """A float network output in [0, 1] against uint8 ground truth (was: scored with pred's range, a silently wrong
+    number); with data_range= both are taken as they are."""
+    gt = torch.full((16, 16), 100, dtype=torch.uint8)
+    for f in (psnr, ssim):
+        with pytest.raises(TypeError, match="value ranges differ"):
+            f(gt.double() / 255, gt)
+        with pytest.raises(TypeError, match="value ranges differ"):
+            f(gt, gt.to(torch.uint16))
+    assert psnr(gt.double() + 1, gt, data_range=255) == pytest.approx(48.1308036, abs=1e-6)
+    with pytest.raises(ValueError, match="shave must be >= 0, got -1"):
+        psnr(gt, gt, shave=-1)
+
+
+# --- vdsr_fast.evaluate: the folders `vdsr-fast eval` reads --------------------------------------------
+
+
+def _img(h=24, w=28, c=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, c)).astype(np.uint8)
+
+
+def _write(path, arr):
+    from vdsr_fast.images import write_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, arr)
+
+
+@pytest.mark.parametrize("layout", ["selfexsr", "edsr", "lowercase", "uppercase_suffix", "mixed_suffix"])
+def test_eval_reads_the_common_set_layouts(tmp_path, layout):
+    """SelfExSR's image_SRF_2/ and EDSR's HR/ + LR_bicubic/X2/ (were: 'no images found'), *_hr/*_lr (was: the LR
+    files scored as HR images too), .PNG, an LR file of another suffix (was: 'no LR file')."""
+    from vdsr_fast.evaluate import evaluate
+
+    hr, lr = _img(), _img(12, 14, seed=1)
+    files = {"selfexsr": ("image_SRF_2/img_001_SRF_2_HR.png", "image_SRF_2/img_001_SRF_2_LR.png"),
+             "edsr": ("HR/baby.png", "LR_bicubic/X2/babyx2.png"),
+             "lowercase": ("baby_hr.png", "baby_lr.png"),
+             "uppercase_suffix": ("baby_HR.PNG", "baby_LR.PNG"),
+             "mixed_suffix": ("baby_HR.png", "baby_LR.bmp")}[layout]  # fmt: skip
+    _write(tmp_path / files[0], hr)
+    _write(tmp_path / files[1], lr)
+    for lr_given in (False, True):
+        r = evaluate(tmp_path, 2, lr_given=lr_given)
+        assert r.n == 1 and r.images[0].name == Path(files[0]).stem and Path(r.folder) == (tmp_path / files[0]).parent
+    assert r.images[0].bicubic_psnr < 20  # the given LR (random) was read, not a downscale of the HR
+
+
+def test_eval_skips_hidden_files_and_subfolders(tmp_path):
+    """A macOS ._ resource fork (was: ImageReadError, the whole run lost) and a folder named *.png are not images."""
+    from vdsr_fast.evaluate import evaluate
+
+    _write(tmp_path / "baby.png", _img())
+    (tmp_path / "._baby.png").write_bytes(b"\0\5\26\7 resource fork")
+    (tmp_path / "odd.png").mkdir()
+    assert [i.name for i in evaluate(tmp_path, 2).images] == ["baby"]
+
+
+def test_eval_lr_given_errors_name_the_file(tmp_path):
+    from vdsr_fast.evaluate import evaluate
+
+    _write(tmp_path / "a" / "baby.png", _img())
+    with pytest.raises(FileNotFoundError, match="baby.png is not named \\*_HR"):
+        evaluate(tmp_path / "a", 2, lr_given=True)
+    _write(tmp_path / "b" / "baby_HR.png", _img(25, 29))
+    with pytest.raises(FileNotFoundError, match="no LR file for .*baby_HR.png \\(expected .*baby_LR.png\\)"):
+        evaluate(tmp_path / "b", 2, lr_given=True)
+    _write(tmp_path / "b" / "baby_LR.png", _img(13, 15))  # from the uncropped 29x25 HR, rounded up
+    with pytest.raises(ValueError, match=r"baby_LR.png is 15x13; its HR baby_HR.png, cropped to a multiple of 2 "
+                                         r"\(28x24\), needs a 14x12 LR at x2"):
+        evaluate(tmp_path / "b", 2, lr_given=True)
+    with pytest.raises(FileNotFoundError, match="its subfolders: sub; pass the one with the HR images"):
+        (tmp_path / "c" / "sub").mkdir(parents=True)
+        evaluate(tmp_path / "c", 2)
+
+
+def test_eval_summary_fields(tmp_path):
+    """The --json object's keys, as SetScore.summary documents them; protocol is a token."""
+    from vdsr_fast.evaluate import evaluate
+
+    _write(tmp_path / "x2" / "a_HR.png", _img())
+    _write(tmp_path / "x2" / "a_LR.png", _img(12, 14, seed=1))
+    for lr_given, protocol in ((False, "paper"), (True, "lr-given")):
+        out = evaluate(tmp_path, 2, lr_given=lr_given).summary()
+        assert set(out) == {"folder", "scale", "protocol", "n", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "seconds", "images"}
+        assert out["protocol"] == protocol and out["psnr"] is None and out["seconds"] is None
+        assert set(out["images"][0]) == {"name", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "seconds"}
+
+
+def test_eval_ctrl_c_keeps_the_images_scored(tmp_path, monkeypatch, capsys):
+    """Ctrl-C on the third of four images: the means of the first two in the message (what `vdsr-fast eval` prints)
+    and as .partial (was: a bare KeyboardInterrupt, an hour of BSD100 lost); the progress bar shows them meanwhile."""
+    import vdsr_fast.evaluate as ev
+
+    for k in range(4):
+        _write(tmp_path / f"img_{k}.png", _img(seed=k))
+    real, calls = ev._score, []
+
+    def score(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(ev, "_score", score)
+    with pytest.raises(KeyboardInterrupt) as e:
+        ev.evaluate(tmp_path, 2, progress=True)
+    mean = np.mean([i.bicubic_psnr for i in e.value.partial.images])
+    assert e.value.partial.n == 2 and str(e.value).startswith(f"2 of 4 images of {tmp_path} scored at x2; ")
+    assert f"bicubic {mean:.2f} dB" in str(e.value)
+    assert "eval x2" in capsys.readouterr().err

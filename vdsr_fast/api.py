@@ -342,6 +342,8 @@ def _tile_size(tile, max_memory, n: int, engine: Engine, model: VDSR, img_dtype:
         sizes.append((side, side))
     if tile is not None:
         sizes.append(tiling._pair(tile))
+    if max_memory is None and engine.device.type == "cpu":  # a frame too big for RAM: tiles, not the OOM killer
+        max_memory = "auto"
     if isinstance(max_memory, str) and max_memory == "auto":
         max_memory = tiling.memory_budget(engine.device, engine.buffer_bytes)
     if max_memory is not None:
@@ -411,7 +413,8 @@ def upscale(
             is the untiled one (see :mod:`vdsr_fast.tiling`).
         max_memory: a working-memory budget in bytes (activations and intermediates, not the input
             and output frames) from which the largest fitting tile is chosen; combines with ``tile``
-            (the smaller wins). A budget too small for an 8x8 tile raises ValueError; a real
+            (the smaller wins). Default (None): ``"auto"`` on the CPU (where running out of memory gets the process
+            killed), no budget on a GPU. A budget too small for an 8x8 tile raises ValueError; a real
             out-of-memory error is raised as is. Frames larger than a fast backend's 32-bit index
             range (e.g. the Triton kernels' 2**31 activation elements per image, a 5792x5792 output)
             are tiled automatically, with the same exact result.

@@ -9,7 +9,8 @@ An image reproduced exactly (e.g. a flat one) has an infinite PSNR (:func:`~vdsr
 is then that of the other images (infinite only when every image is exact), and :meth:`SetScore.summary` (what
 ``vdsr-fast eval --json`` prints) writes ``null`` for an infinite PSNR, so that it is valid JSON. An HR image too
 small for the protocol (fewer than ``2 s + 11`` pixels a side once cropped to a multiple of ``s``: the shave and
-SSIM's 11-pixel window) is an error that names it.
+SSIM's 11-pixel window) is an error that names it. The folder layouts read: :func:`find_images` (HR) and
+:func:`lr_file` (LR).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .images import IMAGE_SUFFIXES, read_image
 from .imaging import imresize, rgb_to_ycbcr
 from .metrics import psnr, ssim
 
-__all__ = ["ImageScore", "SetScore", "find_images", "load_y", "evaluate"]
+__all__ = ["ImageScore", "SetScore", "find_images", "lr_file", "load_y", "evaluate"]
 
 
 @dataclass
@@ -61,11 +62,21 @@ class SetScore:
         return float(np.mean(finite)) if finite else math.inf
 
     def summary(self) -> dict:
-        """The set's means and per-image rows as plain values, an infinite PSNR as None (JSON's null)."""
+        """The set's means and per-image rows as plain values, an infinite PSNR as None (JSON's null): what
+        ``vdsr-fast eval --json`` prints, with these keys (a stable interface):
+
+        * ``folder`` (the folder the HR images were read from, e.g. ``.../Set5/x2``), ``scale`` (2, 3 or 4),
+          ``protocol`` (``"paper"``: the HR downscaled here; ``"lr-given"``: the ``*_LR`` files), ``n`` (images);
+        * the means over the images: ``psnr``, ``ssim`` (VDSR's; None with ``--bicubic-only``), ``bicubic_psnr``,
+          ``bicubic_ssim``, ``seconds`` (the network's time per image; None with ``--bicubic-only``);
+        * ``images``: one row per image, sorted by file name, with ``name`` (the file's stem) and the same five scores.
+
+        PSNR in dB, SSIM in [0, 1], both on Y in [0, 255] after the shave (DESIGN.md §3).
+        """
         out = {
             "folder": self.folder,
             "scale": self.scale,
-            "protocol": "lr-given" if self.lr_given else "paper (MATLAB bicubic downscale of HR)",
+            "protocol": "lr-given" if self.lr_given else "paper",
             "n": self.n,
             "psnr": self.mean("psnr"),
             "ssim": self.mean("ssim"),
@@ -78,21 +89,58 @@ class SetScore:
         return dict(finite(out), images=[finite(row) for row in out["images"]])
 
 
+# Subfolders that hold a set's HR images, tried in this order: this project's and the SR benchmark copies' x2/,
+# SelfExSR's (Huang et al.) image_SRF_2/, EDSR's / BasicSR's HR/ (its LR files in ../LR_bicubic/X2/NAMEx2.png).
+_SUBFOLDERS = ("x{s}", "X{s}", "image_SRF_{s}", "HR")
+
+
+def _is_hr(p: Path) -> bool:
+    return p.stem.upper().endswith("_HR")
+
+
+def _is_lr(p: Path) -> bool:
+    return p.stem.upper().endswith("_LR")
+
+
 def find_images(folder: str | Path, scale: int) -> tuple[Path, list[Path]]:
-    """The HR images of a set folder: ``folder/x{scale}/*_HR.*`` if that subfolder exists, else
-    ``folder/*_HR.*``, else every image in ``folder``."""
+    """The HR images of a set folder: those of its first subfolder ``x{scale}``, ``X{scale}``,
+    ``image_SRF_{scale}`` or ``HR`` that exists, else of ``folder``; there the ``*_HR.*`` files (any case), else
+    every image but ``*_LR.*``. Hidden files (a macOS ``._`` resource fork) and subfolders are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    sub = folder / f"x{scale}"
-    if sub.is_dir():
-        folder = sub
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    hr = [p for p in files if p.stem.endswith("_HR")]
-    chosen = hr or [p for p in files if not p.stem.endswith("_LR")]
+    for name in _SUBFOLDERS:
+        if (folder / name.format(s=scale)).is_dir():
+            folder = folder / name.format(s=scale)
+            break
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                   and p.is_file())  # fmt: skip
+    hr = [p for p in files if _is_hr(p)]
+    chosen = hr or [p for p in files if not _is_lr(p)]
     if not chosen:
-        raise FileNotFoundError(f"{folder}: no images found (looked for *_HR.png or any PNG/JPEG/BMP/TIFF/WebP/GIF)")
+        subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        where = f" (its subfolders: {', '.join(subs)}; pass the one with the HR images)" if subs else ""
+        raise FileNotFoundError(f"{folder}: no images found{where}: looked for *_HR.png or any PNG/JPEG/BMP/TIFF/WebP/GIF, "
+                                f"directly or in a subfolder {', '.join(n.format(s=scale) for n in _SUBFOLDERS)}")
     return folder, chosen
+
+
+def lr_file(hr: Path, scale: int) -> Path:
+    """The LR file of HR image ``hr`` (``--lr-given``): ``NAME_LR.*`` beside ``NAME_HR.*`` (any case, any image
+    suffix, the HR's first), or for ``HR/NAME.png`` EDSR's ``LR_bicubic/X{scale}/NAMEx{scale}.*``; a
+    FileNotFoundError that says what was looked for when there is none."""
+    if _is_hr(hr):
+        folder, stem = hr.parent, hr.stem[:-2] + ("LR" if hr.stem[-2:].isupper() else "lr")
+    elif hr.parent.name == "HR":
+        folder, stem = hr.parent.parent / "LR_bicubic" / f"X{scale}", f"{hr.stem}x{scale}"
+    else:
+        raise FileNotFoundError(f"--lr-given: {hr} is not named *_HR (nor in an HR/ folder): there is no LR file to "
+                                "pair it with")
+    for suffix in dict.fromkeys((hr.suffix, *IMAGE_SUFFIXES)):
+        for cand in (folder / (stem + suffix), folder / (stem + suffix.upper())):
+            if cand.is_file():
+                return cand
+    raise FileNotFoundError(f"--lr-given: no LR file for {hr} (expected {folder / (stem + hr.suffix)})")
 
 
 def load_y(path: Path) -> torch.Tensor:
@@ -109,6 +157,53 @@ def _u8(y: torch.Tensor) -> torch.Tensor:
     return (y.clamp(0, 1) * 255.0 + 0.5).floor()
 
 
+def _score(path: Path, scale: int, engine: Engine | None, device: torch.device, lr_given: bool) -> ImageScore:
+    """One HR image's scores (the protocol above)."""
+    hr = load_y(path)
+    h, w = hr.shape
+    if min(h - h % scale, w - w % scale) < 2 * scale + 11:  # the shave, then SSIM's 11x11 window
+        least = scale * (2 + math.ceil(11 / scale))
+        raise ValueError(f"{path}: {w}x{h} is too small to score at x{scale}: the protocol shaves {scale} pixels a "
+                         f"border and SSIM needs 11x11 after that (at least {least}x{least})")
+    hr = hr[: h - h % scale, : w - w % scale]
+    if lr_given:
+        lr_path = lr_file(path, scale)
+        lr = load_y(lr_path)
+        if tuple(lr.shape) != (hr.shape[0] // scale, hr.shape[1] // scale):
+            raise ValueError(f"--lr-given: {lr_path} is {lr.shape[1]}x{lr.shape[0]}; its HR {path.name}, cropped to a "
+                             f"multiple of {scale} ({hr.shape[1]}x{hr.shape[0]}), needs a "
+                             f"{hr.shape[1] // scale}x{hr.shape[0] // scale} LR at x{scale}")
+    else:
+        lr = imresize(hr, 1.0 / scale)
+    bic = imresize(lr.to(device), scale)
+    gt = _u8(hr)
+    score = ImageScore(path.stem, psnr(_u8(bic).cpu(), gt, shave=scale, data_range=255), ssim(_u8(bic).cpu(), gt, shave=scale, data_range=255))
+    if engine is not None:
+        x = bic.to(torch.float32)[None, None]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        sr = engine(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        score.seconds = time.perf_counter() - t0
+        sr = _u8(sr[0, 0].double().cpu())
+        score.psnr = psnr(sr, gt, shave=scale, data_range=255)
+        score.ssim = ssim(sr, gt, shave=scale, data_range=255)
+    return score
+
+
+def _so_far(result: SetScore, total: int) -> str:
+    """The means over the images scored so far, for an interrupted run."""
+    line = f"{result.n} of {total} images of {result.folder} scored at x{result.scale}"
+    if not result.n:
+        return line
+    cols = [("VDSR", "psnr", "ssim")] if result.mean("psnr") is not None else []
+    cols.append(("bicubic", "bicubic_psnr", "bicubic_ssim"))
+    means = ", ".join(f"{who} {result.mean(p):.2f} dB / {result.mean(q):.4f}" for who, p, q in cols)
+    return f"{line}; their mean PSNR/SSIM (not the set's): {means}"
+
+
 def evaluate(
     folder: str | Path,
     scale: int,
@@ -117,46 +212,31 @@ def evaluate(
     lr_given: bool = False,
     progress: bool = False,
 ) -> SetScore:
-    """Score bicubic and (when ``engine`` is given) VDSR on every image of ``folder``."""
+    """Score bicubic and (when ``engine`` is given) VDSR on every image of ``folder``.
+
+    ``progress``: a tqdm bar on stderr (images done, rate, ETA, the running mean PSNR). A KeyboardInterrupt (Ctrl-C)
+    is raised again with the means of the images scored so far as its message (``vdsr-fast eval`` prints it) and
+    that partial :class:`SetScore` as its ``partial`` attribute.
+    """
     folder, files = find_images(folder, scale)
     result = SetScore(str(folder), scale, lr_given)
     device = engine.device if engine is not None else torch.device("cpu")
-    it = files
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(files, desc=f"eval x{scale}", unit="img", leave=False)
-    for path in it:
-        hr = load_y(path)
-        h, w = hr.shape
-        if min(h - h % scale, w - w % scale) < 2 * scale + 11:  # the shave, then SSIM's 11x11 window
-            least = scale * (2 + math.ceil(11 / scale))
-            raise ValueError(f"{path}: {w}x{h} is too small to score at x{scale}: the protocol shaves {scale} pixels a "
-                             f"border and SSIM needs 11x11 after that (at least {least}x{least})")
-        hr = hr[: h - h % scale, : w - w % scale]
-        if lr_given:
-            lr_path = path.with_name(path.name.replace("_HR", "_LR"))
-            if lr_path == path or not lr_path.is_file():
-                raise FileNotFoundError(f"--lr-given: no LR file beside {path} (expected {lr_path.name})")
-            lr = load_y(lr_path)
-        else:
-            lr = imresize(hr, 1.0 / scale)
-        bic = imresize(lr.to(device), scale)
-        if bic.shape != hr.shape:
-            raise ValueError(f"{path.name}: LR {tuple(lr.shape)} x{scale} gives {tuple(bic.shape)}, HR is {tuple(hr.shape)}")
-        gt = _u8(hr)
-        score = ImageScore(path.stem, psnr(_u8(bic).cpu(), gt, shave=scale, data_range=255), ssim(_u8(bic).cpu(), gt, shave=scale, data_range=255))
-        if engine is not None:
-            x = bic.to(torch.float32)[None, None]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            sr = engine(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            score.seconds = time.perf_counter() - t0
-            sr = _u8(sr[0, 0].double().cpu())
-            score.psnr = psnr(sr, gt, shave=scale, data_range=255)
-            score.ssim = ssim(sr, gt, shave=scale, data_range=255)
-        result.images.append(score)
+        bar = tqdm(total=len(files), desc=f"eval x{scale}", unit="img", leave=False)
+    try:
+        for path in files:
+            result.images.append(_score(path, scale, engine, device, lr_given))
+            if bar is not None:
+                bar.set_postfix_str(f"PSNR {result.mean('bicubic_psnr' if engine is None else 'psnr'):.2f} dB", refresh=False)
+                bar.update()
+    except KeyboardInterrupt as e:  # Ctrl-C (or the CLI's SIGTERM) an hour into BSD100: keep what was scored
+        err = type(e)(_so_far(result, len(files)))
+        err.partial = result
+        raise err from None
+    finally:
+        if bar is not None:
+            bar.close()
     return result
