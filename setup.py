@@ -28,7 +28,12 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
-from setuptools.errors import CompileError, SetupError
+
+try:
+    from setuptools.errors import CompileError, SetupError
+except ImportError:  # setuptools < 59 (no setuptools.errors)
+    from distutils.errors import CompileError
+    from distutils.errors import DistutilsSetupError as SetupError
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_ARCHS = "80;90a"
