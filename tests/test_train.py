@@ -194,6 +194,29 @@ def test_a_gpu_runs_checkpoint_resumes_with_this_machines_optimizer_options(tmp_
     assert all(torch.isfinite(w).all() for w in state["model"].values())
 
 
+def test_a_cpu_runs_checkpoint_resumes_with_fused_adam(tmp_path, monkeypatch):
+    """The other way: a checkpoint of a non-fused Adam (its step counts CPU scalars) resumed where Adam is fused (a
+    GPU, simulated by the CPU's fused Adam): the step counts are moved beside the weights in float32, as fused Adam
+    keeps them (on a GPU a CPU step count beside CUDA weights is not what the fused kernel takes; the CPU cannot
+    show that failure, so this checks where they end up and that the run goes on)."""
+    cfg = _tiny(tmp_path)
+    train(TrainConfig(out=str(tmp_path / "a"), **cfg), progress=False, until_step=3)
+    assert not torch.load(tmp_path / "a" / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["fused"]
+    made = []
+
+    def fused(c, model):
+        made.append(torch.optim.Adam(model.parameters(), lr=c.lr, fused=True))
+        return made[-1]
+
+    monkeypatch.setattr(train_module, "_make_optimizer", fused)
+    train(TrainConfig(out=str(tmp_path / "a"), **cfg), progress=False)
+    opt = made[-1]
+    assert opt.param_groups[0]["fused"]
+    for prm in opt.param_groups[0]["params"]:
+        step = opt.state[prm]["step"]
+        assert step.device == prm.device and step.dtype == torch.float32 and int(step) == 6
+
+
 def test_ema_is_the_moving_average_of_the_weights(tmp_path):
     data = _images(tmp_path / "data")
     start = VDSR(depth=4, channels=8)

@@ -491,6 +491,10 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
         opt.load_state_dict(state["optimizer"])  # the moments and step counts, and the saved run's options ...
         for group, own in zip(opt.param_groups, options):  # ... which this run's replace (fused on a GPU only,
             group.update(own)  # --weight-decay as given)
+            if own.get("fused") or own.get("capturable"):  # their step counts live beside the weights, in float32
+                for prm in group["params"]:  # (a non-fused run's checkpoint has them as CPU scalars)
+                    if "step" in opt.state.get(prm, {}):
+                        opt.state[prm]["step"] = opt.state[prm]["step"].to(prm.device, torch.float32)
         step, history = int(state["step"]), list(state["history"])
         gen.set_state(state["rng"].cpu())  # map_location moved it to the device; the generator is the CPU's
         saved = state["config"]
