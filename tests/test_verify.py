@@ -10,8 +10,8 @@ import pytest
 import torch
 from equivalence import triton_device
 
-from vdsr_fast.engine import _backend_class
-from vdsr_fast.verify import main, random_vdsr, shape_arg, verify
+from vdsr_fast.engine import BackendUnavailable, _backend_class, _why_unavailable
+from vdsr_fast.verify import main, random_vdsr, seed_arg, shape_arg, verify
 
 SMALL = dict(models=None, shapes=[(2, 9, 12)], dtypes=[torch.float32, torch.float16], seed=3)
 
@@ -89,9 +89,109 @@ def test_cli_table_json_and_exit_status(monkeypatch, capsys):
 
 def test_sizes_argument():
     assert shape_arg("38x45") == (1, 45, 38) and shape_arg("70x33:3") == (3, 33, 70) and shape_arg("1080p") == (1, 1080, 1920)
-    for bad in ("38", "0x4", "4k:0", "38x45:"):
+    for bad in ("38", "0x4", "4k:0", "38x45:", "5x", "axb", "10x10:-1", "10x10:1.5"):
         with pytest.raises(Exception, match="expected WIDTHxHEIGHT"):
             shape_arg(bad)
+
+
+def test_seed_argument_and_repeatability(capsys):
+    """--seed takes what torch's generator takes; out of it a usage error (was: a traceback, exit status 1, which
+    says a check failed). The same seed gives the same inputs, so the same numbers."""
+    assert seed_arg("0") == 0 and seed_arg(str(2**64 - 1)) == 2**64 - 1
+    for bad in (str(2**64), "-1", "1.5", "x"):
+        with pytest.raises(Exception, match="expected a whole number from 0"):
+            seed_arg(bad)
+    with pytest.raises(SystemExit) as e:
+        main(["--seed", str(2**64)])
+    assert e.value.code == 2 and "--seed: expected a whole number" in capsys.readouterr().err
+    args = dict(models={"random": random_vdsr(depth=3, channels=4)}, backends=[], shapes=[(1, 5, 6)], device="cpu")
+    a, b, c = (verify(**args, seed=s)["rows"][0].err for s in (2**64 - 1, 2**64 - 1, 3))
+    assert a == b != c
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 34.00 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                                                "can't allocate memory: you tried to allocate 40000000000 bytes")],
+                         ids=["cuda", "cpu"])  # fmt: skip
+def test_out_of_memory_is_one_line_and_status_2(monkeypatch, capsys, error):
+    """--sizes too large for the float64 reference (was: a traceback and exit status 1, as a failed check)."""
+
+    def oom(model, x):
+        raise error
+
+    monkeypatch.setattr("vdsr_fast.verify.ref64", oom)
+    assert main(["--device", "cpu", "--sizes", "100000x100000", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vdsr-fast verify: error: out of memory on cpu") and "smaller --sizes" in err and "Traceback" not in err
+
+
+def test_checks_asked_for_that_cannot_run_are_a_usage_error(monkeypatch, capsys):
+    """--backend that cannot run here is refused before any work, as upscale --backend is (was: every row skipped,
+    "no fast backend runs here" and exit status 0: a CI job asking for the CUDA kernels passed without them)."""
+    assert main(["--device", "cpu", "--backend", "cuda", "--sizes", "4x4"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("vdsr-fast verify: error: --backend cuda cannot run on cpu: it runs on CUDA")
+    if _why_unavailable("triton", torch.device("cpu")) is None:  # Triton's interpreter: bf16 is not checked there
+        assert main(["--device", "cpu", "--backend", "triton", "--dtype", "bf16", "--sizes", "4x4"]) == 2
+        assert "error: nothing to check: triton bf16: the Triton interpreter" in capsys.readouterr().err
+    # where no fast backend runs: --dtype is refused; without it the reference alone is checked, exit status 0
+    monkeypatch.setattr("vdsr_fast.engine._why_unavailable", lambda name, device: None if name == "torch" else "not here")
+    assert main(["--device", "cpu", "--dtype", "fp16", "--sizes", "4x4"]) == 2
+    assert "error: nothing to check: no fast backend runs on cpu (cuda: not here; triton: not here)" in capsys.readouterr().err
+    assert main(["--device", "cpu", "--sizes", "4x4", "--seed", "1"]) == 0
+    assert "no fast backend runs here: only the PyTorch reference was checked on cpu" in capsys.readouterr().out
+
+
+def test_a_backend_that_refuses_the_dtype_is_skipped_not_failed(small, monkeypatch, capsys):
+    """The engine refusing a dtype or model (Triton FP8 below compute capability 8.9, the CUDA kernels on a model not
+    64 channels wide) is not a wrong kernel (was: "FAIL" and exit status 1 on every A100); its self-check failing is."""
+    cls = _backend_class("triton")
+    orig = cls.__init__
+
+    def init(self, model, device, dtype, **kw):
+        if dtype == torch.float16:
+            raise BackendUnavailable("TritonBackend: float16 needs what this device lacks (as FP8 needs 8.9+)")
+        orig(self, model, device, dtype, **kw)
+
+    monkeypatch.setattr(cls, "__init__", init)
+    r = verify(**small, backends=["triton"])
+    assert r["ok"] and r["checked"] == 1, r["rows"]
+    assert _statuses(r)[("triton", "fp16")].startswith("skipped: TritonBackend: float16 needs what")
+    assert _statuses(r)[("triton", "fp32")] == "ok"
+    # --backend/--dtype asking only for checks that were skipped: nothing checked, exit status 2
+    assert main(["--device", str(small["device"]), "--backend", "triton", "--dtype", "fp16", "--sizes", "5x4"]) == 2
+    assert "nothing checked: every check asked for was skipped (above)" in capsys.readouterr().out
+    monkeypatch.setattr(cls, "__init__", orig)
+    monkeypatch.setattr("vdsr_fast.engine._checked", lambda name, device: name != "torch")
+    monkeypatch.setattr("vdsr_fast.engine.self_check", lambda run, model, device: "self-check against the reference failed: x")
+    r = verify(**small, backends=["triton"])
+    assert not r["ok"] and _statuses(r)[("triton", "fp16")] == "FAIL: self-check against the reference failed: x"
+
+
+def test_json_is_strict_when_outputs_are_not_finite(monkeypatch, capsys):
+    """An unwritten (NaN) output's error is infinite: null in --json (was: ``Infinity``, which is not JSON)."""
+    device = triton_device(torch.float16)
+    _patched(monkeypatch, _unwritten)
+    argv = ["--device", str(device), "--sizes", "5x4", "--dtype", "fp16", "--seed", "1", "--backend", "triton", "--json"]
+    assert main(argv) == 1
+    r = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
+    fast = [row for row in r["rows"] if row["backend"] == "triton"]
+    assert fast and all(row["err"] is None and "NaN/Inf outputs" in row["status"] for row in fast)
+    assert r["checked"] == 2 and not r["ok"]
+
+
+def test_info_says_why_there_is_no_gpu(monkeypatch, capsys):
+    """vdsr-fast info without a CUDA device says why: a CPU-only torch, or a CUDA torch that finds no GPU (was: the
+    CPU alone, and the CUDA backend "runs on CUDA devices only")."""
+    from vdsr_fast import cli
+
+    real = cli.info()
+    for cuda, expect in ((None, "no CUDA device: this torch (2.13.0+cpu) is built without CUDA"),
+                         ("12.8", "no CUDA device: torch 2.13.0+cu128 (CUDA 12.8) finds no GPU")):  # fmt: skip
+        versions = dict(real["versions"], torch="2.13.0+cpu" if cuda is None else "2.13.0+cu128", **{"cuda (torch)": cuda})
+        monkeypatch.setattr(cli, "info", lambda versions=versions: dict(real, versions=versions, devices=real["devices"][:1]))
+        assert cli.main(["info"]) == 0
+        assert expect in capsys.readouterr().out
 
 
 @pytest.mark.gpu

@@ -466,6 +466,13 @@ def cmd_info(args) -> int:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v))
     ext = r["cuda_extension"]
     print(f"CUDA extension: {ext['path']} (archs {ext['archs']})" if "path" in ext else f"CUDA extension: not available ({ext['error']})")
+    if len(r["devices"]) == 1:  # the CPU alone: say why (was: only the CUDA backend's "runs on CUDA devices only")
+        import os
+
+        v, hidden = r["versions"], os.environ.get("CUDA_VISIBLE_DEVICES")
+        print("no CUDA device: " + (f"this torch ({v['torch']}) is built without CUDA" if v["cuda (torch)"] is None else
+              f"torch {v['torch']} (CUDA {v['cuda (torch)']}) finds no GPU (none, no NVIDIA driver, or a driver too old "
+              "for that CUDA" + (f"; CUDA_VISIBLE_DEVICES={hidden!r}" if hidden is not None else "") + ")"))  # fmt: skip
     for d in r["devices"]:
         head = d["device"] + (f": {d['name']}, compute capability {d['capability']}, {d['memory_gib']} GiB" if "name" in d else "")
         print(head)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -142,6 +143,19 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, d in _DTYPES.items() if d == dtype)
 
 
+def _not_checked(backend: str, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why ``backend`` in ``dtype`` is not checked on ``device`` (known before it runs), or None."""
+    from .engine import _backend_class, _why_unavailable
+
+    if (why := _why_unavailable(backend, device)) is not None:
+        return why
+    if dtype not in _backend_class(backend).dtypes:
+        return "not a dtype of this backend"
+    if dtype == torch.bfloat16 and backend == "triton" and device.type != "cuda":
+        return BF16_DOT_REASON
+    return None
+
+
 def verify(
     models: dict[str, VDSR] | None = None,
     device: str | torch.device | None = None,
@@ -156,10 +170,11 @@ def verify(
     ``models``: name -> VDSR (default: the shipped weights and :func:`random_vdsr`); ``backends``: default every
     available one but the PyTorch reference; ``shapes``: (N, H, W) inputs (default 45x38, a batch of 3 of 33x70,
     and on a GPU a 1080p plane); ``seed``: of the random inputs (default: a fresh one, reported). ``report``: called
-    with each :class:`Row` as it is done. Returns ``{"device", "seed", "rows", "ok", "unavailable"}`` (the backends
-    not checked because they cannot run on ``device``, with the reason).
+    with each :class:`Row` as it is done. Returns ``{"device", "seed", "rows", "ok", "checked", "unavailable"}``
+    (``checked``: the fast-backend checks that ran, passed or not; ``unavailable``: the backends not checked because
+    they cannot run on ``device``, with the reason).
     """
-    from .engine import BACKENDS, BackendUnavailable, Engine, _backend_class, _why_unavailable, resolve_device
+    from .engine import BACKENDS, BackendUnavailable, Engine, _why_unavailable, resolve_device
 
     device = resolve_device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -195,22 +210,17 @@ def verify(
             add(Row(wname, "torch", "fp32", shape, "reference" if ok else "FAIL: PyTorch fp32 is not within "
                     f"{ATOL[torch.float32]:.0e} of float64", c.err, ATOL[torch.float32] * c.scale, c.err))  # fmt: skip
             for backend in backends:
-                why = _why_unavailable(backend, device)
-                impl = _backend_class(backend) if why is None else None
                 for dtype in dtypes or list(ATOL):
                     row = Row(wname, backend, _dtype_name(dtype), shape, "")
-                    if why is not None:
+                    if (why := _not_checked(backend, dtype, device)) is not None:
                         row.status = f"skipped: {why}"
-                    elif dtype not in impl.dtypes:
-                        row.status = "skipped: not a dtype of this backend"
-                    elif dtype == torch.bfloat16 and backend == "triton" and not cuda:
-                        row.status = f"skipped: {BF16_DOT_REASON}"
                     else:
                         row.status = _check(Engine, BackendUnavailable, model, backend, dtype, device, x, same[dtype], ref, row)
                     add(row)
     unavailable = {b: why for b in BACKENDS if b not in backends and (why := _why_unavailable(b, device)) is not None}
+    checked = sum(r.backend != "torch" and not r.status.startswith("skipped") for r in rows)
     return {"device": str(device), "seed": seed, "rows": rows, "ok": all(not r.status.startswith("FAIL") for r in rows),
-            "unavailable": unavailable}
+            "checked": checked, "unavailable": unavailable}
 
 
 def _check(Engine, BackendUnavailable, model, backend, dtype, device, x, same, ref, row: Row) -> str:
@@ -218,8 +228,10 @@ def _check(Engine, BackendUnavailable, model, backend, dtype, device, x, same, r
     try:
         engine = Engine(model, backend=backend, dtype=dtype, device=device, **graphs)
         eager = Engine(model, backend=backend, dtype=dtype, device=device) if graphs else engine
-    except BackendUnavailable as e:  # available, but failed its self-check on this device
-        return f"FAIL: {e}"
+    except BackendUnavailable as e:
+        # Its self-check failed on this device: a wrong kernel. Any other refusal is a model, dtype or GPU the backend
+        # does not take (FP8 below compute capability 8.9, the CUDA kernels on a model not 64 channels wide): not checked.
+        return f"{'FAIL' if str(e).startswith('self-check') else 'skipped'}: {e}"
     outs = []
     for run in (engine, engine, eager):
         _poison(run, x)
@@ -254,12 +266,28 @@ def shape_arg(text: str) -> tuple[int, int, int]:
     return (int(batch) if colon else 1, h, w)
 
 
+def seed_arg(text: str) -> int:
+    """``--seed``: a whole number from 0 to 2**64 - 1 (what torch's generator takes)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**64:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 2**64 - 1, got {text!r}")
+    return seed
+
+
+EXIT_STATUS = ("Exit status: 0 every check passed (without --backend/--dtype also where no fast backend runs: then only "
+               "the PyTorch reference is checked, as the last line says); 1 a check failed; 2 a usage error, bad "
+               "weights, out of memory, or none of the checks asked for by --backend/--dtype can run here.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vdsr-fast verify",
         description="Check the fast backends on this machine against the float64 reference (DESIGN.md §6's rule: "
         "err <= 2 * err(PyTorch same dtype) + ATOL[dtype] * scale), on fresh random inputs, the shipped weights and "
-        "random ones, from NaN-poisoned buffers. Exit status 1 when a check fails.",
+        "random ones, from NaN-poisoned buffers. " + EXIT_STATUS,
     )
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--backend", action="append", choices=["cuda", "triton"],
@@ -268,23 +296,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", nargs="+", type=shape_arg, metavar="SIZE",
                    help="inputs as WxH or 720p/1080p/4k, :N for a batch (default: 38x45 70x33:3, and 1080p on a GPU)")
     p.add_argument("--weights", "-w", help="check these weights instead of the shipped ones (random ones are checked too)")
-    p.add_argument("--seed", type=int, help="seed of the random inputs (default: a fresh one, printed: pass it to repeat a run)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--seed", type=seed_arg,
+                   help="seed of the random inputs, 0 to 2**64 - 1 (default: a fresh one, printed: pass it to repeat a run)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (non-finite errors as null)")
     return p
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)  # the latter: the CPU allocator
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .engine import BACKENDS
+    from .engine import BACKENDS, _why_unavailable
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    dtypes = list(dict.fromkeys(_DTYPES[d] for d in args.dtype or [])) or None
+    backends = [b for b in BACKENDS if b in args.backend] if args.backend else None
     try:
-        device = _device(args.device) if args.device is not None else None
+        device = _device(args.device)
+        for b in backends or []:  # as upscale --backend does (was: every row skipped and exit status 0)
+            if (why := _why_unavailable(b, device)) is not None:
+                raise CliError(f"--backend {b} cannot run on {device}: {why}")
+        if args.backend or args.dtype:  # checks asked for: refused before any work where none can run here
+            fast = {b: _why_unavailable(b, device) for b in BACKENDS if b != "torch"}
+            if backends is None and all(fast.values()):
+                raise CliError(f"nothing to check: no fast backend runs on {device} ("
+                               + "; ".join(f"{b}: {why}" for b, why in fast.items()) + ")")  # fmt: skip
+            pairs = {(b, d): _not_checked(b, d, device) for b in backends or [b for b, why in fast.items() if why is None]
+                     for d in dtypes or list(ATOL)}  # fmt: skip
+            if all(pairs.values()):
+                raise CliError("nothing to check: " + "; ".join(f"{b} {_dtype_name(d)}: {why}" for (b, d), why in pairs.items()))
         models = {"shipped" if args.weights is None else "given": _model(args.weights), "random": random_vdsr(seed=1)}
     except CliError as e:
         print(f"vdsr-fast verify: error: {e}", file=sys.stderr)
         return 2
-    dtypes = [_DTYPES[d] for d in args.dtype or []] or None
-    backends = [b for b in BACKENDS if b in args.backend] if args.backend else None
 
     def show(r: Row) -> None:
         n, _, h, w = r.shape
@@ -295,11 +340,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(f"{'weights':8s} {'backend':7s} {'dtype':5s} {'size':>12s} {'max err':>10s} {'bound':>10s} {'torch err':>10s}  result")
     t0 = time.perf_counter()
-    r = verify(models, device, backends, dtypes, args.sizes, args.seed, None if args.json else show)
+    try:
+        r = verify(models, device, backends, dtypes, args.sizes, args.seed, None if args.json else show)
+    except (torch.OutOfMemoryError, RuntimeError) as e:  # was: a traceback and exit status 1, a check's failure
+        if not _out_of_memory(e):
+            raise
+        print(f"vdsr-fast verify: error: out of memory on {device} ({str(e).splitlines()[0][:200]}): the float64 "
+              "reference takes about 1 KB per pixel of an input; give smaller --sizes", file=sys.stderr)  # fmt: skip
+        return 2
+    failed = sum(x.status.startswith("FAIL") for x in r["rows"])
+    # --backend/--dtype asked for checks and none ran (e.g. skipped at run time: FP8 below compute capability 8.9)
+    nothing = not failed and not r["checked"] and (args.backend or args.dtype)
     if args.json:
-        print(json.dumps({**r, "rows": [asdict(x) for x in r["rows"]]}, indent=1))
+        rows = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(x).items()} for x in r["rows"]]
+        print(json.dumps({**r, "rows": rows}, indent=1))  # strict JSON: an infinite error is null, its status says why
     else:
-        failed = sum(x.status.startswith("FAIL") for x in r["rows"])
         checked = sum(x.status == "ok" for x in r["rows"])
         for name, why in r["unavailable"].items():
             print(f"not checked: {name}: {why}")
@@ -307,10 +362,12 @@ def main(argv: list[str] | None = None) -> int:
             verdict = f"{failed} check(s) FAILED"
         elif checked:
             verdict = f"all {checked} fast-backend checks passed"
+        elif nothing:
+            verdict = "nothing checked: every check asked for was skipped (above)"
         else:
             verdict = "no fast backend runs here: only the PyTorch reference was checked"
         print(f"{verdict} on {r['device']} in {time.perf_counter() - t0:.1f} s (--seed {r['seed']} repeats it)")
-    return 0 if r["ok"] else 1
+    return 1 if failed else 2 if nothing else 0
 
 
 if __name__ == "__main__":
