@@ -229,6 +229,8 @@ class PathSpec:
 def parse_size(spec: str) -> tuple[str, int, int, int]:
     """``"720p"``, ``"4k:1"``, ``"1920x1080:8"`` -> (label, W, H, N)."""
     name, _, n = spec.partition(":")
+    if n and not n.isdigit():
+        raise ValueError(f"size {spec!r}: the batch after ':' must be a whole number")
     batch = int(n) if n else 1
     key = name.lower()
     if key in NAMED_SIZES:
@@ -643,6 +645,9 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
             if not (p.key == "compile_fp16_cl" and cfg.compile):
                 continue
         selected.append(p)
+    for pat in cfg.paths or []:  # a typo would otherwise be a silently shorter table
+        if not any(fnmatch.fnmatchcase(p.key, pat) for p in paths):
+            print(f"vdsr-fast bench: note: --paths {pat!r} matches no path here", file=sys.stderr)
     return selected
 
 
@@ -1199,9 +1204,17 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         cfg.cudnn_benchmark = False
     if args.no_plot:
         cfg.plot = False
+    from vdsr_fast.engine import BACKENDS
+
     for d in cfg.engine_dtypes:
         if d not in DTYPES:
-            raise SystemExit(f"vdsr-fast bench: unknown dtype {d!r} (expected one of {', '.join(DTYPES)})")
+            raise ValueError(f"--engine-dtypes: unknown dtype {d!r} (expected one of {', '.join(DTYPES)})")
+    if unknown := [b for b in cfg.backends or [] if b not in BACKENDS]:
+        raise ValueError(f"--backends: unknown backend(s) {', '.join(unknown)} (expected some of {', '.join(BACKENDS)})")
+    if not cfg.sizes:
+        raise ValueError("--sizes: no size given (e.g. 1080p,4k or 640x360:4)")
+    if cfg.min_iters < 1:
+        raise ValueError(f"--min-iters must be at least 1, got {cfg.min_iters}")
     for s in cfg.sizes + cfg.compile_sizes:
         parse_size(s)
     return cfg

@@ -153,6 +153,26 @@ def test_parse_size():
         bench.parse_size("huge")
 
 
+@pytest.mark.parametrize("argv, match", [
+    (["--engine-dtypes", "fp99"], "--engine-dtypes: unknown dtype 'fp99'"),  # was SystemExit: exit status 1
+    (["--backends", "bogus"], "--backends: unknown backend(s) bogus"),  # was ignored: an empty table, exit 0
+    (["--sizes", ","], "--sizes: no size given"),
+    (["--min-iters", "0"], "--min-iters must be at least 1"),  # was a StatisticsError traceback
+    (["--sizes", "10x10:a"], "size '10x10:a': the batch after ':' must be a whole number"),
+])  # fmt: skip
+def test_bad_arguments_are_usage_errors(argv, match, capsys):
+    assert bench.main(["--smoke", *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"vdsr-fast bench: error: {match}" in err, err
+
+
+def test_paths_matching_nothing_are_noted(capsys):
+    cfg = bench.BenchConfig.smoke_config()
+    cfg.paths = ["engine_torch_fp32", "nomatch*"]
+    assert [p.key for p in bench.build_paths(torch.device("cpu"), cfg)] == ["engine_torch_fp32"]
+    assert "--paths 'nomatch*' matches no path here" in capsys.readouterr().err
+
+
 def test_bench_video_smoke(capsys, tmp_path):
     """benchmarks/bench_video.py --smoke: a generated clip with audio through upscale_video on the CPU,
     its JSON written (GPU busy fraction None without CUDA)."""
