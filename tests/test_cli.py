@@ -399,6 +399,19 @@ def test_eval_json_on_a_synthetic_set(tmp_path, capsys, weights):
     assert code == 0 and "mean" in out
 
 
+def test_eval_ctrl_c_in_a_later_scale_reports_the_scales_done(tmp_path, capsys, weights, monkeypatch):
+    """Ctrl-C while x3 is scored: x2's finished table is printed, then where x3 stopped; exit status 130 (was: the
+    finished scales were lost with it). Without a terminal a line a scale goes to stderr as each one ends."""
+    import vdsr_fast.evaluate as ev
+
+    folder = _synthetic_set(tmp_path) / "x2"  # its images, at any scale
+    real = ev._score
+    monkeypatch.setattr(ev, "_score", lambda path, scale, *a: real(path, scale, *a) if scale == 2 else (_ for _ in ()).throw(KeyboardInterrupt))
+    code, out, err = _run(capsys, "eval", str(folder), "--scale", "2", "3", "--weights", weights)
+    assert code == 130 and "x2  x2  (paper protocol, 2 images)" in out and "x3  (" not in out
+    assert "eval x2: 2 images, mean PSNR" in err and "interrupted: 0 of 2 images" in err and "scored at x3" in err
+
+
 def test_eval_bicubic_set5_x2_matches_paper(capsys):
     """DESIGN.md §3: the paper's bicubic column, Set5 x2 = 33.66 dB."""
     folder = need_data("eval", "Set5")

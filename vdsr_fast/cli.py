@@ -496,16 +496,31 @@ def cmd_eval(args) -> int:
     from .images import ImageReadError
 
     engine = None if args.bicubic_only else _engine(args)[1]
+    tty = sys.stderr.isatty()
     scores = []
     try:
         for s in args.scale:
-            scores.append(evaluate(args.folder, s, engine, lr_given=args.lr_given, progress=not args.json and sys.stderr.isatty()))
+            scores.append(evaluate(args.folder, s, engine, lr_given=args.lr_given, progress=not args.json and tty))
+            if not tty:  # a log file (nohup, CI): a line a scale, where a terminal has the bar
+                r = scores[-1]
+                print(f"eval x{s}: {r.n} images, mean PSNR {r.mean('bicubic_psnr' if engine is None else 'psnr'):.2f} dB",
+                      file=sys.stderr, flush=True)  # fmt: skip
     except (FileNotFoundError, ImageReadError, ValueError) as e:
         raise CliError(str(e)) from None
-    if args.json:
+    except KeyboardInterrupt:  # the scales already done are reported; main() then says where the current one stopped
+        _report_eval(scores, engine, args.json)
+        raise
+    _report_eval(scores, engine, args.json)
+    return 0
+
+
+def _report_eval(scores, engine, as_json: bool) -> None:
+    """``vdsr-fast eval``'s output: one JSON object per scale (one alone unwrapped), or a table per scale."""
+    if as_json:
         out = [r.summary() for r in scores]
-        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
-        return 0
+        if out:
+            print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
+        return
     for r in scores:
         print(f"\n{r.folder}  x{r.scale}  ({'LR files given' if r.lr_given else 'paper protocol'}, {r.n} images)")
         head = f"{'image':<28} {'bicubic PSNR/SSIM':>18}"
@@ -519,7 +534,6 @@ def cmd_eval(args) -> int:
             if engine is not None:
                 line += f" {p:>10.2f}/{s_:.4f} {t * 1000:>8.1f}"
             print(line)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
