@@ -218,6 +218,9 @@ class _Pipe:
         self.decoded: queue.Queue = queue.Queue(depth)
         self.upscaled: queue.Queue = queue.Queue(depth)
         self.stop = threading.Event()
+        # Set once the main thread holds every worker: until then a worker touches nothing. A Ctrl-C or SIGTERM while
+        # they were being started left a started reader out of the list, decoding while the input was closed: a crash.
+        self.go = threading.Event()
         self.error: BaseException | None = None
         self.frames = 0  # frames encoded so far
         self.read_error: BaseException | None = None  # a demuxer error that ended the input early
@@ -263,6 +266,9 @@ class _Pipe:
 
 def _worker(pipe: _Pipe, fn, *args) -> threading.Thread:
     def run():
+        while not pipe.go.wait(0.05):  # the main thread holds every worker (or stopped before it did)
+            if pipe.stop.is_set():
+                return
         try:
             fn(pipe, *args)
         except _Stopped:
@@ -1098,12 +1104,14 @@ def upscale_video(
                            disable=not progress, dynamic_ncols=True)  # fmt: skip
             pipe = _Pipe(depth=2)
             t0 = time.perf_counter()
-            threads = [
-                _worker(pipe, _reader, av, inp, vin, set(stream_map), batch, limit, deinterlace),
-                _worker(pipe, _upscaler, (H, W), model, device, kw, colour),
-                _worker(pipe, _writer, av, out, ostream, stream_map, bar, colour, cfr, 1 / Fraction(rate)),
-            ]
+            threads = []
             try:
+                threads += [
+                    _worker(pipe, _reader, av, inp, vin, set(stream_map), batch, limit, deinterlace),
+                    _worker(pipe, _upscaler, (H, W), model, device, kw, colour),
+                    _worker(pipe, _writer, av, out, ostream, stream_map, bar, colour, cfr, 1 / Fraction(rate)),
+                ]
+                pipe.go.set()  # every worker is in `threads` now, to be joined before the containers close
                 while any(t.is_alive() for t in threads):
                     for t in threads:
                         t.join(timeout=0.1)
