@@ -117,6 +117,11 @@ try:
     print("triton", triton.__version__)
 except Exception as e:
     print("triton: not importable:", e)
+try:  # setup.py builds with it: pyproject's licence table needs a change once every build machine has >= 77
+    import setuptools
+    print("setuptools", setuptools.__version__)
+except Exception as e:
+    print("setuptools: not importable:", e)
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"device: {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} GiB")
