@@ -224,6 +224,8 @@ def verify(
 
 
 def _check(Engine, BackendUnavailable, model, backend, dtype, device, x, same, ref, row: Row) -> str:
+    from .engine import SelfCheckFailed
+
     graphs = {"cuda_graphs": True} if device.type == "cuda" else {}  # as upscale() runs them
     try:
         engine = Engine(model, backend=backend, dtype=dtype, device=device, **graphs)
@@ -231,7 +233,7 @@ def _check(Engine, BackendUnavailable, model, backend, dtype, device, x, same, r
     except BackendUnavailable as e:
         # Its self-check failed on this device: a wrong kernel. Any other refusal is a model, dtype or GPU the backend
         # does not take (FP8 below compute capability 8.9, the CUDA kernels on a model not 64 channels wide): not checked.
-        return f"{'FAIL' if str(e).startswith('self-check') else 'skipped'}: {e}"
+        return f"{'FAIL' if isinstance(e, SelfCheckFailed) else 'skipped'}: {e}"
     outs = []
     for run in (engine, engine, eager):
         _poison(run, x)
