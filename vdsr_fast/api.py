@@ -15,7 +15,7 @@ import torch
 
 from . import tiling
 from .engine import Engine, _check_dtype, _resolve_engine_device, _why_unavailable
-from .imaging import imresize, resize_output_size, rgb_to_ycbcr, ycbcr_to_rgb
+from .imaging import _is_size, imresize, resize_output_size, rgb_to_ycbcr, ycbcr_to_rgb
 from .kernels import resolve_device
 from .reference import VDSR
 from .weights import load
@@ -106,8 +106,7 @@ def output_plan(h: int, w: int, scale=None, size=None) -> tuple[int, tuple[int, 
     if size is not None:
         if scale is not None:
             raise ValueError("upscale: give scale or size, not both")
-        if (not isinstance(size, (tuple, list)) or len(size) != 2
-                or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in size)):  # fmt: skip
+        if not _is_size(size):
             raise ValueError(f"upscale: size must be (height, width) in pixels, got {size!r}")
         H, W = int(size[0]), int(size[1])
         if not (h <= H <= MAX_SCALE * h and w <= W <= MAX_SCALE * w):

@@ -171,6 +171,11 @@ def _is_number(v, kind=numbers.Real) -> bool:
     return isinstance(v, kind) and not isinstance(v, bool)
 
 
+def _is_size(v) -> bool:
+    """Whether ``v`` is a size ``(height, width)``: a tuple or list of two ints (bools are not sizes)."""
+    return isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_number(n, numbers.Integral) for n in v)
+
+
 def _pair(scale) -> tuple[float, float]:
     """A scale (a number, or (factor_h, factor_w)) as two floats; anything else is a ValueError."""
     if _is_number(scale):
@@ -210,7 +215,7 @@ def imresize(
     if in_h == 0 or in_w == 0:
         raise ValueError(f"imresize: cannot resize an empty image of shape {tuple(x.shape)}")
     if size is not None:
-        if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_number(v, numbers.Integral) for v in size)):
+        if not _is_size(size):
             raise ValueError(f"imresize: size must be (height, width) in pixels, got {size!r}")
         out_h, out_w = int(size[0]), int(size[1])
         if out_h <= 0 or out_w <= 0:

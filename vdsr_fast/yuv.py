@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 import torch
 
-from .imaging import imresize
+from .imaging import _is_size, imresize
 
 __all__ = ["upscale_yuv", "MATRICES"]
 
@@ -129,8 +129,7 @@ def upscale_yuv(
     if chroma_size is not None:
         if not chroma:
             raise ValueError("upscale_yuv: chroma_size= for a gray frame (no u, v)")
-        if (not isinstance(chroma_size, (tuple, list)) or len(chroma_size) != 2
-                or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in chroma_size)):  # fmt: skip
+        if not _is_size(chroma_size):
             raise ValueError(f"upscale_yuv: chroma_size must be (height, width) in pixels, got {chroma_size!r}")
         chroma_size = int(chroma_size[0]), int(chroma_size[1])
         if not (1 <= chroma_size[0] <= H and 1 <= chroma_size[1] <= W):
