@@ -34,6 +34,8 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "cuda-v12": ("cuda", {"body_variant": 12}),  # wgmma strip, weights in registers, 64-pixel strips, four groups
     "cuda-v13": ("cuda", {"body_variant": 13}),  # the same, six groups
     "cuda-v14": ("cuda", {"body_variant": 14}),  # weights in registers, the warpgroups on their own rows in turns
+    "cuda-v15": ("cuda", {"body_variant": 15}),  # mma.sync, 4x16-pixel tiles in 99 KB (the sm_86/sm_89 cards' choice)
+    "cuda-v16": ("cuda", {"body_variant": 16}),  # the same with 8 warps
     "cuda-mma-head": ("cuda", {"mma_head": True}),  # the head on tensor cores
     "cuda-pdl": ("cuda", {"pdl": True}),  # strip body layers by programmatic dependent launch
     "cuda-fused-head": ("cuda", {"fuse_head": True}),  # the first body layer computes the head from the Y plane

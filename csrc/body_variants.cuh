@@ -1,6 +1,7 @@
 // Every body kernel variant: direct mma.sync (conv3x3_body.cuh, ids 0 .. kNumVariants - 1), then
 // Winograd (winograd_body.cuh), then wgmma (wgmma_body.cuh), then the wgmma strip kernel
-// (wgmma_strip_body.cuh), then its ping-pong form (wgmma_pingpong_body.cuh).  The list index is the variant id.
+// (wgmma_strip_body.cuh), then its ping-pong form (wgmma_pingpong_body.cuh), then the direct kernel's
+// 99 KB variants (conv3x3_body.cuh, VDSR_SMALL_BODY_VARIANTS).  The list index is the variant id.
 #pragma once
 
 #include "wgmma_body.cuh"
@@ -11,8 +12,9 @@
 namespace vdsr {
 namespace body {
 
-constexpr int kNumAllVariants =
+constexpr int kFirstSmallVariant =
     kNumVariants + kNumWinoVariants + kNumWgmmaVariants + kNumStripVariants + kNumPingPongVariants;
+constexpr int kNumAllVariants = kFirstSmallVariant + kNumSmallVariants;
 extern const LaunchFn kLaunchFp16[kNumAllVariants];  // conv3x3_body_fp16.cu
 extern const LaunchFn kLaunchBf16[kNumAllVariants];  // conv3x3_body_bf16.cu
 

@@ -30,7 +30,8 @@ const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIA
                                                        VDSR_WINO_VARIANTS(VDSR_WINO_INFO)
                                                            VDSR_WGMMA_VARIANTS(VDSR_WGMMA_INFO)
                                                                VDSR_STRIP_VARIANTS(VDSR_STRIP_INFO)
-                                                                   VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_INFO)};
+                                                                   VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_INFO)
+                                                                       VDSR_SMALL_BODY_VARIANTS(VDSR_VARIANT_INFO)};
 
 // Automatic choice: the first of these that fits the device's shared memory (and, for a wgmma variant,
 // runs on it: Hopper with an sm_90a build).  Measured on an H200 at 1080p fp16 (benchmarks/results, runs 9
@@ -39,8 +40,10 @@ const BodyVariant kVariantInfo[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_VARIA
 // The whole network (run 10, tail fused for 6-11) 5.61 ms with 10, 5.60 with 11, 5.66 with 9, 5.72 with 8,
 // 5.99 with 7, 7.04 with 6; 7.35 with 5, 8.07 with 4, 8.32 with 0 (cuDNN's fused chain 7.18); at 4K 21.76
 // with 10, 21.79 with 11, 21.90 with 9.  The Winograd variant 3 (0.630 ms a layer) is not listed.
-constexpr int kAutoOrder[] = {10, 11, 9, 8, 7, 6, 5, 4, 1, 0, 2};
+// The 99 KB variants 15 and 16 come last (not timed: no sm_86/sm_89 GPU at hand; see conv3x3_body.cuh).
+constexpr int kAutoOrder[] = {10, 11, 9, 8, 7, 6, 5, 4, 1, 0, 2, 15, 16};
 constexpr int kNumAuto = sizeof(kAutoOrder) / sizeof(kAutoOrder[0]);
+static_assert(kFirstSmallVariant == 15 && kNumSmallVariants == 2, "kAutoOrder names the 99 KB variants 15 and 16");
 
 }  // namespace
 }  // namespace body

@@ -13,7 +13,8 @@ const LaunchFn kLaunchBf16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUN
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_BF16)
                                                    VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_BF16)
                                                        VDSR_STRIP_VARIANTS(VDSR_STRIP_LAUNCH_BF16)
-                                                           VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_LAUNCH_BF16)};
+                                                           VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_LAUNCH_BF16)
+                                                               VDSR_SMALL_BODY_VARIANTS(VDSR_BODY_LAUNCH_BF16)};
 #define VDSR_STRIP_TAIL_BF16(L, S, R) &launch_strip_tail<__nv_bfloat16, L, S, R>,
 #define VDSR_PINGPONG_TAIL_BF16() &launch_pingpong_tail<__nv_bfloat16>,
 const TailLaunchFn kTailLaunchBf16[kNumTailVariants] = {

@@ -13,7 +13,8 @@ const LaunchFn kLaunchFp16[kNumAllVariants] = {VDSR_BODY_VARIANTS(VDSR_BODY_LAUN
                                                    VDSR_WINO_VARIANTS(VDSR_WINO_LAUNCH_FP16)
                                                    VDSR_WGMMA_VARIANTS(VDSR_WGMMA_LAUNCH_FP16)
                                                        VDSR_STRIP_VARIANTS(VDSR_STRIP_LAUNCH_FP16)
-                                                           VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_LAUNCH_FP16)};
+                                                           VDSR_PINGPONG_VARIANTS(VDSR_PINGPONG_LAUNCH_FP16)
+                                                               VDSR_SMALL_BODY_VARIANTS(VDSR_BODY_LAUNCH_FP16)};
 #define VDSR_STRIP_TAIL_FP16(L, S, R) &launch_strip_tail<__half, L, S, R>,
 #define VDSR_PINGPONG_TAIL_FP16() &launch_pingpong_tail<__half>,
 const TailLaunchFn kTailLaunchFp16[kNumTailVariants] = {

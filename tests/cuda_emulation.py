@@ -64,11 +64,15 @@ class Hazard(AssertionError):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The variant list, read from the source (cuh:367-370) so new variants are covered automatically.
+# The variant lists, read from the source (VDSR_BODY_VARIANTS, VDSR_SMALL_BODY_VARIANTS) so new variants are
+# covered automatically.
 # ---------------------------------------------------------------------------------------------------
-def body_variants_from_source(path: Path = CSRC / "conv3x3_body.cuh") -> list[tuple[int, int, int, int]]:
+def body_variants_from_source(path: Path = CSRC / "conv3x3_body.cuh", macro: str = "VDSR_BODY_VARIANTS"
+                              ) -> list[tuple[int, int, int, int]]:  # fmt: skip
+    """The (warps M, warps N, tile rows per warp, stages) of the direct kernel's variants in ``macro``: the main
+    list (ids 0-2) or ``VDSR_SMALL_BODY_VARIANTS`` (the 99 KB ones, listed after every other kind)."""
     lines = path.read_text().splitlines()
-    start = next(i for i, s in enumerate(lines) if s.startswith("#define VDSR_BODY_VARIANTS(X)"))
+    start = next(i for i, s in enumerate(lines) if s.startswith(f"#define {macro}(X)"))
     body = []
     i = start
     while lines[i].rstrip().endswith("\\"):

@@ -177,11 +177,12 @@ def test_cuda_graphs_match_eager(cuda_device):
         torch.testing.assert_close(graphed(x2), eager(x2), rtol=0, atol=0)
 
 
-# 3: Winograd (winograd_body.cuh), 4-5: wgmma (wgmma_body.cuh), 6-13: wgmma strip (wgmma_strip_body.cuh; 12-13: weights in registers), 14: ping-pong
-@pytest.mark.parametrize("variant", list(range(15)))
+# 3: Winograd (winograd_body.cuh), 4-5: wgmma (wgmma_body.cuh), 6-13: wgmma strip (wgmma_strip_body.cuh; 12-13: weights
+# in registers), 14: ping-pong, 15-16: the direct kernel's 99 KB variants (conv3x3_body.cuh)
+@pytest.mark.parametrize("variant", list(range(17)))
 def test_network_every_body_variant(cuda_device, variant):
     C = _ext()
-    assert len(C.body_variants()) == 15, "a new body variant: add its id here"
+    assert len(C.body_variants()) == 17, "a new body variant: add its id here"
     v = C.body_variants()[variant]
     if why := variant_unavailable(v, cuda_device):
         with pytest.raises(BackendUnavailable, match="body variant"):
@@ -314,7 +315,7 @@ def test_variant_unavailable_names_what_each_variant_needs(monkeypatch):
 
     C = _ext()
     wgmma = [v for v in C.body_variants() if v["wgmma"]]
-    assert [v["id"] for v in wgmma] == list(range(4, len(C.body_variants())))  # ids 4, 5, then the strip ones
+    assert [v["id"] for v in wgmma] == list(range(4, 15))  # ids 4, 5, then the strip and ping-pong ones
     assert not any(v["winograd"] for v in wgmma)
     direct = C.body_variants()[0]
 
@@ -333,22 +334,34 @@ def test_variant_unavailable_names_what_each_variant_needs(monkeypatch):
     assert variant_unavailable(direct, torch.device("cuda", 0)) is None
 
 
-def test_available_refuses_cards_with_too_little_shared_memory(monkeypatch):
-    """sm_86/sm_89 cards (RTX 30xx/40xx, L4) allow 99 KB of shared memory per block, less than any non-wgmma
-    body variant needs: the backend says so up front (and `auto` moves on) instead of failing at the
-    first launch. Simulated: the extension is real, the GPU's properties are stubbed."""
+@pytest.mark.parametrize("optin", [99 * 1024, 99 * 1024 - 16])
+def test_sm86_sm89_cards_run_the_99_kb_variants_and_smaller_ones_are_refused(monkeypatch, optin):
+    """sm_86/sm_89 cards (RTX 30xx/40xx, A10, L4, L40S) allow 99 KB of shared memory per block: body variants 15
+    and 16 need exactly that, every other non-wgmma one more. The backend takes such a card (the variant it runs
+    is the first that fits, ``body_auto_variant``), and refuses one that allows less up front (`auto` moves on)
+    instead of failing at the first launch. Simulated: the extension is real, the GPU's properties are stubbed."""
     from types import SimpleNamespace
 
     C = _ext()
-    need = min(v["smem_bytes"] for v in C.body_variants() if not v["wgmma"])  # the wgmma ones: 9.0 only
-    assert need > 99 * 1024
+    small = [v for v in C.body_variants() if not v["wgmma"] and v["smem_bytes"] <= 99 * 1024]
+    assert [(v["id"], v["smem_bytes"], v["tile_h"], v["tile_w"], v["stages"]) for v in small] == [
+        (15, 101376, 4, 16, 2), (16, 101376, 4, 16, 2)]  # fmt: skip
+    assert [v["threads"] for v in small] == [128, 256]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (8, 9))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA L4")
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=None: SimpleNamespace(shared_memory_per_block_optin=99 * 1024))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=None: SimpleNamespace(
+        name="NVIDIA L4", major=8, minor=9, shared_memory_per_block_optin=optin))  # fmt: skip
+    monkeypatch.setattr(C, "check_device", lambda index: None)  # the real one needs the GPU
     reason = CudaBackend.available(torch.device("cuda", 0))
-    assert reason == f"its body kernel needs {need} bytes of shared memory per block and NVIDIA L4 allows {99 * 1024}"
+    if optin >= 101376:
+        assert reason is None
+        assert all(variant_unavailable(v, torch.device("cuda", 0)) is None for v in small)
+        # the others need more shared memory, or compute capability 9.0 (the wgmma ones with the weights in registers)
+        assert all(variant_unavailable(v, torch.device("cuda", 0)) for v in C.body_variants() if v not in small)
+    else:
+        assert reason == f"its body kernel needs 101376 bytes of shared memory per block and NVIDIA L4 allows {optin}"
 
 
 def test_extension_argument_checks():

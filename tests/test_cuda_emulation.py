@@ -21,6 +21,7 @@ from vdsr_fast.kernels.cuda import pack_body_weight
 from vdsr_fast.reference import vdsr_forward
 
 VARIANTS = emu.body_variants_from_source()
+SMALL_VARIANTS = emu.body_variants_from_source(macro="VDSR_SMALL_BODY_VARIANTS")  # ids 15, 16: 99 KB GPUs
 WINO_VARIANTS = emu.wino_variants_from_source()
 WGMMA_VARIANTS = emu.wgmma_variants_from_source()
 TYPES = {torch.float16: emu.Half, torch.bfloat16: emu.BFloat16}
@@ -69,6 +70,8 @@ def test_variant_table_is_read_and_fits_shared_memory():
     assert smem[:3] == [198144, 156672, 119808]  # csrc/README.md: 198 KB, 157 KB, 120 KB
     assert max(smem) <= 227 * 1024  # H100/H200 opt-in per block
     assert min(smem) <= 163 * 1024  # A100 opt-in per block
+    # sm_86 / sm_89 (RTX 30xx/40xx, A10, L4, L40S) opt in to 99 KB per block: the small variants fill it exactly
+    assert [emu.BodyTile(*v).smem_bytes for v in SMALL_VARIANTS] == [99 * 1024, 99 * 1024]
 
 
 def test_mma_fragments_against_a_scalar_transcription_of_the_ptx_tables():
@@ -108,14 +111,14 @@ def test_ldmatrix_lane_mapping():
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "v{}{}{}{}".format(*v))
+@pytest.mark.parametrize("variant", VARIANTS + SMALL_VARIANTS, ids=lambda v: "v{}{}{}{}".format(*v))
 def test_body_fp16_matches_conv2d(variant, size):
     # 3 resident CTAs: several tiles per CTA, every stage reused, the empty trailing groups.
     got, ref = run_body(variant, torch.float16, size, resident_ctas=3)
     check_close(got, ref, REL[torch.float16], f"body {variant} fp16 {size}")
 
 
-@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[-1]], ids=lambda v: "v{}{}{}{}".format(*v))
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[-1], *SMALL_VARIANTS], ids=lambda v: "v{}{}{}{}".format(*v))
 @pytest.mark.parametrize("resident", [1, 1000])
 def test_body_bf16_eager_copies_and_grid_sizes(variant, resident):
     # eager: copies land at issue (a refill racing the compute on its stage would corrupt it);

@@ -147,7 +147,8 @@ class CudaBackend(PingPongBuffers):
             buffers are one pair, sized for the largest shape seen).
         body_variant: id of the body kernel variant (``vdsr_fast._C.body_variants()``); None picks the
             automatic one (``_C.body_auto_variant``: on Hopper with an sm_90a build the wgmma strip variant 10,
-            elsewhere a direct ``mma.sync`` kernel that fits the GPU's shared memory).  For tuning and tests; a
+            elsewhere the largest direct ``mma.sync`` kernel that fits the GPU's shared memory: 1 on an A100, 15 on
+            the 99 KB sm_86/sm_89 cards).  For tuning and tests; a
             variant with ``winograd`` set is the Winograd F(2x2, 3x3) kernel (weights packed as G g G^T), one
             with ``wgmma`` a Hopper kernel (sm_90a, compute capability 9.0 only); a variant this GPU cannot
             run raises :class:`~vdsr_fast.engine.BackendUnavailable`.
@@ -208,7 +209,8 @@ class CudaBackend(PingPongBuffers):
             return f"it needs compute capability 8.0 or newer (mma.sync bf16, cp.async); {name} is {major}.{minor}"
         # The body kernels keep a layer's 72 KB of weights plus their pipeline stages in shared memory (but the
         # wgmma ones with the weights in registers, which run on compute capability 9.0 only): A100/H100/H200
-        # allow 163-227 KB per block, the sm_86/sm_89 cards (RTX 30xx/40xx, L4) 99 KB.
+        # allow 163-227 KB per block, the sm_86/sm_89 cards (RTX 30xx/40xx, A10, L4, L40S) 99 KB, which the
+        # smallest (variants 15 and 16: 4 x 16-pixel tiles, two stages) fill exactly.
         need = min(v["smem_bytes"] for v in ext.body_variants() if not v["wgmma"] or (major, minor) == (9, 0))
         have = getattr(torch.cuda.get_device_properties(index), "shared_memory_per_block_optin", None)
         if have is not None and have < need:
