@@ -8,7 +8,7 @@ import numbers
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, overload
 
 import numpy as np
 import torch
@@ -20,7 +20,10 @@ from .kernels import resolve_device
 from .reference import VDSR
 from .weights import load
 
-__all__ = ["load", "upscale", "get_engine", "SCALES", "LAYOUTS"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
+__all__ = ["load", "upscale", "get_engine", "SCALES", "LAYOUTS", "UpscaleOptions"]
 
 SCALES = (2, 3, 4)  # the scales the model was trained on
 LAYOUTS = ("NCHW", "NHWC")
@@ -357,6 +360,36 @@ def _tile_size(tile, max_memory, n: int, engine: Engine, model: VDSR, img_dtype:
     return min(t[0] for t in sizes), min(t[1] for t in sizes)
 
 
+class UpscaleOptions(TypedDict, total=False):
+    """The keyword-only options of :func:`upscale`, for type checkers (its docstring says what each does)."""
+
+    size: tuple[int, int] | None
+    backend: str
+    dtype: torch.dtype | None
+    layout: str | None
+    out: torch.Tensor | np.ndarray | Any | None
+    stream: torch.cuda.Stream | None
+    tile: int | tuple[int, int] | None
+    max_memory: int | str | None
+    check_finite: bool
+    cuda_graphs: bool | None
+    tune: bool
+    fused_color: bool | None
+    channel_order: str
+    progress: Callable[[int, int], None] | None
+
+
+# What type checkers see (the package ships py.typed): a tensor in gives a tensor, a numpy array a numpy array, and
+# another library's array (__dlpack__ / __cuda_array_interface__) a tensor, or ``out``.
+@overload
+def upscale(img: torch.Tensor, scale: float | None = None, model: VDSR | None = None,
+            **options: Unpack[UpscaleOptions]) -> torch.Tensor: ...  # fmt: skip
+@overload
+def upscale(img: np.ndarray, scale: float | None = None, model: VDSR | None = None,
+            **options: Unpack[UpscaleOptions]) -> np.ndarray: ...  # fmt: skip
+@overload
+def upscale(img: Any, scale: float | None = None, model: VDSR | None = None,
+            **options: Unpack[UpscaleOptions]) -> Any: ...  # fmt: skip
 @torch.no_grad()
 def upscale(
     img: torch.Tensor | np.ndarray | Any,
