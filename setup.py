@@ -1,4 +1,4 @@
-"""Packaging; metadata lives in pyproject.toml.
+"""Packaging; metadata lives in pyproject.toml, but the licence (below, in the form this setuptools takes).
 
 The optional CUDA extension ``vdsr_fast._C`` (csrc/, see csrc/README.md) is built here with CMake, and
 only when it can be: nvcc on PATH (or $CUDACXX / $CUDA_HOME/bin/nvcc), cmake >= 3.24 and pybind11 installed,
@@ -26,6 +26,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import setuptools
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -249,4 +250,8 @@ try:
     ext_modules = _ext_modules()
 except SetupError as e:
     sys.exit(f"vdsr_fast setup.py: error: {e}")
-setup(ext_modules=ext_modules, cmdclass={"build_ext": CMakeBuild})
+# PEP 639's SPDX expression where setuptools takes it (77 and later, which deprecate the old free-text field and
+# remove it on 2027-02-18), the free-text field before: the wheel says MIT either way, without a deprecation warning.
+_SETUPTOOLS = tuple(int(p) for p in re.findall(r"\d+", setuptools.__version__)[:2])
+LICENSE = {"license_expression": "MIT"} if _SETUPTOOLS >= (77, 0) else {"license": "MIT"}
+setup(ext_modules=ext_modules, cmdclass={"build_ext": CMakeBuild}, **LICENSE)

@@ -117,7 +117,7 @@ try:
     print("triton", triton.__version__)
 except Exception as e:
     print("triton: not importable:", e)
-try:  # setup.py builds with it: pyproject's licence table needs a change once every build machine has >= 77
+try:  # setup.py builds with it (and sets the licence in the form it takes)
     import setuptools
     print("setuptools", setuptools.__version__)
 except Exception as e:

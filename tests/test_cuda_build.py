@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -217,6 +218,28 @@ def test_package_data_covers_every_data_file():
     assert "weights/vdsr_x234.safetensors" in data
     missing = [p for p in data if not any(fnmatch.fnmatch(p, g) for g in globs)]
     assert not missing, f"not in [tool.setuptools.package-data] (pip install . would leave them out): {missing}"
+
+
+def test_wheel_says_mit_and_ships_the_licence_and_py_typed(tmp_path):
+    """The licence reaches the wheel in the form this setuptools takes (setup.py: PEP 639's expression from 77 on,
+    whose table form pyproject.toml used to have is removed on 2027-02-18), with no deprecation warning."""
+    import zipfile
+
+    import setuptools
+
+    env = {**os.environ, "VDSR_FAST_SKIP_CUDA_BUILD": "1"}
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-v", str(ROOT), "-w",
+                        str(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert not re.search(r"licen[cs]e.*deprecat|deprecat.*licen[cs]e", r.stdout + r.stderr, re.I | re.S)
+    (wheel,) = tmp_path.glob("vdsr_fast-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    new = tuple(int(p) for p in re.findall(r"\d+", setuptools.__version__)[:2]) >= (77, 0)
+    assert ("License-Expression: MIT" if new else "License: MIT") in meta.splitlines()
+    assert "License-File: LICENSE" in meta.splitlines()
+    assert any(n.endswith("/LICENSE") for n in names) and "vdsr_fast/py.typed" in names
 
 
 def _cuobjdump() -> str | None:
