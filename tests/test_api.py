@@ -194,6 +194,28 @@ def test_input_requiring_grad_gives_a_plain_output(tiny_model):
     torch.testing.assert_close(out, upscale(x.detach(), 2, tiny_model), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_an_ambient_autocast_does_not_change_the_result(tiny_model, device):
+    """A pipeline may call upscale() or an Engine inside its own torch.autocast region: the engine's dtype is its own,
+    so the result is the one without autocast, bit for bit (it was the network in bf16 on the CPU, 3 levels off in
+    8 bits with the shipped weights), and the caller's autocast is still on afterwards."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model = tiny_model.to(device)
+    x = torch.rand(1, 3, 9, 11, device=device)
+    y = torch.rand(2, 1, 9, 11, device=device)
+    engine = Engine(model, backend="torch", dtype=torch.float32, device=device)
+    want, want_y = upscale(x, 2, model, backend="torch", dtype=torch.float32), engine(y)
+    with torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16):
+        assert not torch.equal(model(y), want_y)  # autocast does recast the plain model here
+        got, got_y = upscale(x, 2, model, backend="torch", dtype=torch.float32), engine(y)
+        made_inside = Engine(model, backend="torch", dtype=torch.float32, device=device)(y)
+        assert torch.is_autocast_enabled(device)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got_y, want_y, rtol=0, atol=0)
+    torch.testing.assert_close(made_inside, want_y, rtol=0, atol=0)
+
+
 def test_empty_and_not_a_tensor(tiny_model):
     with pytest.raises(ValueError, match="empty"):
         upscale(torch.rand(0, 3, 4, 4), 2, tiny_model)

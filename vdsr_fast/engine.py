@@ -347,6 +347,18 @@ def _tune(impl, model: VDSR, device: torch.device, dtype: torch.dtype, opts: dic
     return best, results
 
 
+@contextlib.contextmanager
+def _own_precision():
+    """An :class:`Engine` computes in its own dtype: a ``torch.autocast`` region the caller runs it in (a pipeline's
+    mixed-precision code, say) must not recast the PyTorch backend's convolutions or the self-check's reference.
+    Autocast is turned off within for the CPU and CUDA, only where it is on (the hot path pays nothing else)."""
+    devices = [d for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+    with contextlib.ExitStack() as stack:
+        for d in devices:
+            stack.enter_context(torch.autocast(d, enabled=False))
+        yield
+
+
 class Engine:
     """VDSR packed for one backend on one device in one storage dtype.
 
@@ -375,6 +387,7 @@ class Engine:
             not pass them to the PyTorch fallback.
     """
 
+    @_own_precision()
     def __init__(
         self,
         model: VDSR,
@@ -460,8 +473,10 @@ class Engine:
             self._impl.buffers(n, h, w)
 
     @torch.no_grad()
+    @_own_precision()
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        """``y + residual(y)`` for a Y-plane batch ``(N, 1, H, W)``; returns ``y``'s dtype."""
+        """``y + residual(y)`` for a Y-plane batch ``(N, 1, H, W)``; returns ``y``'s dtype (whatever autocast region
+        it is called in: the engine's dtype is its own)."""
         if not torch.is_tensor(y) or y.dim() != 4 or y.shape[1] != 1:
             shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
             raise ValueError(f"Engine: expected a Y-plane batch of shape (N, 1, H, W), got {shape}")
