@@ -53,6 +53,17 @@ def test_uint8_rounds_and_clamps(tiny_model):
     assert (out.double() - ref * 255).abs().max() <= 0.5 + 1e-3
 
 
+def test_uint16_rounds_half_up_on_the_full_range(tiny_model):
+    """uint16 pixels are read as v / 65535 and written as floor(65535 x + 0.5) of the clamped result (MATLAB's
+    im2double / im2uint16): within half a level of the float64 pipeline, plus the float32 pipeline's error (measured
+    0.03 level of 65535 here; 0.1 allowed). Truncating, or a scale of 65536, is off by up to a whole level."""
+    x = torch.randint(0, 65536, (2, 3, 9, 7), dtype=torch.int32)
+    out = upscale(x.to(torch.uint16), 2, tiny_model)
+    assert out.dtype == torch.uint16 and out.shape == (2, 3, 18, 14)
+    ref = _expected_rgb(tiny_model, x.double() / 65535, 2) * 65535
+    assert (out.to(torch.int32).double() - ref).abs().max() <= 0.5 + 0.1
+
+
 def test_rgba_keeps_bicubic_alpha(tiny_model):
     x = torch.rand(1, 4, 6, 5)
     out = upscale(x, 2, tiny_model)
@@ -98,7 +109,7 @@ def test_bad_sizes(tiny_model, size, match):
 
 
 @pytest.mark.parametrize("scale, k, hw", [(1.5, 2, (15, 23)), (2.5, 3, (25, 38)), (1, 2, (10, 15)), (3.25, 4, (33, 49)),
-                                          ((20, 45), 3, (20, 45))])  # fmt: skip
+                                          ((20, 45), 3, (20, 45)), ((10, 30), 2, (10, 30))])  # fmt: skip
 def test_other_factors_are_the_next_trained_scale_resized_down(tiny_model, scale, k, hw):
     """A factor VDSR was not trained on (or a size): the network at the next trained scale, then MATLAB's bicubic
     down to MATLAB's ceil(factor * n) size (on Set5 this beat VDSR at the factor itself: README). uint8 NHWC frames,
@@ -252,6 +263,39 @@ def test_engine_checks_inputs(tiny_model):
 def test_auto_on_cpu_is_the_reference(tiny_model):
     assert Engine(tiny_model, device="cpu").backend == "torch"
     assert vdsr_fast.available_backends("cpu")["torch"] is None
+
+
+def test_self_check_bound_is_a_hundredth_plus_five_percent_of_the_residual(tiny_model):
+    """self_check's documented bound: 1e-2 + 5% of the largest |residual| of the float64 reference on the check's
+    input. An output off by 0.9 of that bound passes, by 1.1 of it fails (a bound taken on the output rather than the
+    residual, or a looser percentage, would let the second through)."""
+    from vdsr_fast.engine import gross_error_bound, self_check
+
+    w64, b64 = [w.detach().double() for w in tiny_model.weights], [b.detach().double() for b in tiny_model.biases]
+
+    def off_by(fraction):
+        def run(y):
+            y64 = y.double()
+            ref = vdsr_forward(y64, w64, b64)
+            return ref + fraction * (1e-2 + 0.05 * (ref - y64).abs().max().item())  # y is x.float(): ~1e-8 from x
+
+        return run
+
+    cpu = torch.device("cpu")
+    assert self_check(off_by(0.9), tiny_model, cpu) is None
+    assert "max error" in self_check(off_by(1.1), tiny_model, cpu)
+    x = torch.rand(1, 1, 10, 9, dtype=torch.float64)
+    ref = vdsr_forward(x, w64, b64)
+    assert gross_error_bound(tiny_model, x, ref, torch.float16) == pytest.approx(1e-2 + 0.05 * (ref - x).abs().max().item(), rel=1e-12)
+
+
+def test_fast_backends_default_to_float32_on_the_cpu(tiny_model):
+    """Engine's default dtype: float32 for the PyTorch reference and on the CPU, also for a fast backend run there
+    (Triton's interpreter); float16 is the fast backends' default on a GPU only."""
+    if (why := vdsr_fast.available_backends("cpu")["triton"]) is not None:
+        pytest.skip(why)
+    assert Engine(tiny_model, backend="triton", device="cpu").dtype == torch.float32
+    assert Engine(tiny_model, backend="torch", device="cpu").dtype == torch.float32
 
 
 def test_self_check_catches_a_wrong_backend(tiny_model):

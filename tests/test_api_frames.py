@@ -74,6 +74,17 @@ def test_out_is_written_and_returned(tiny_model):
     assert torch.equal(out_f, upscale(f, 2, tiny_model))
 
 
+def test_out_may_have_a_stride_0_dim_of_size_1(tiny_model):
+    """A dim of size 1 holds one element whatever its stride (DLPack producers and numpy's broadcast_to hand out such
+    views, stride 0 or 1): an (H, W, 3) buffer viewed as (1, H, W, 3) with stride 0 on the new dim shares no address
+    between pixels, and is written as out=."""
+    x = _u8(1, 6, 5, 3)
+    buf = torch.zeros(12, 10, 3, dtype=torch.uint8)
+    out = buf.as_strided((1, 12, 10, 3), (0, 30, 3, 1))
+    assert upscale(x, 2, tiny_model, out=out) is out
+    assert torch.equal(buf, upscale(x, 2, tiny_model)[0])
+
+
 def test_out_errors(tiny_model):
     x = _u8(1, 6, 5, 3)
     with pytest.raises(ValueError, match=r"out has shape \(1, 12, 10, 4\), expected \(1, 12, 10, 3\)"):
@@ -250,6 +261,20 @@ def test_max_memory_picks_a_tile(tiny_model, monkeypatch):
     with pytest.raises(ValueError, match="tile must be a positive int"):
         upscale(x, 2, tiny_model, tile=0)
     assert api.tiling is tiling
+
+
+def test_max_memory_below_an_8x8_tile_is_refused(tiny_model):
+    """A budget that fits a 7x7 output tile and its halo, but not an 8x8 one, is a ValueError (tiles below 8 spend
+    nearly all their work on the halo); one that fits 8x8 runs, tiled, with the untiled result."""
+    from vdsr_fast import tiling
+
+    x = torch.rand(1, 1, 12, 12, dtype=torch.float64)
+    per_px = tiling.bytes_per_pixel(tiny_model.channels, torch.float64, torch.float64)
+    r = receptive_radius(tiny_model)
+    with pytest.raises(ValueError, match="is too small: a 8x8 output tile"):
+        upscale(x, 2, tiny_model, dtype=torch.float64, max_memory=per_px * (7 + 2 * r) ** 2)
+    got = upscale(x, 2, tiny_model, dtype=torch.float64, max_memory=per_px * (8 + 2 * r) ** 2)
+    torch.testing.assert_close(got, upscale(x, 2, tiny_model, dtype=torch.float64), rtol=0, atol=1e-14)
 
 
 def test_max_memory_auto_is_a_share_of_the_free_memory(tiny_model, monkeypatch):

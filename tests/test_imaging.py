@@ -2,6 +2,7 @@
 
 import fractions
 import glob
+import math
 
 import numpy as np
 import pytest
@@ -133,3 +134,107 @@ def test_numeric_scale_types_and_tiny_products():
         torch.testing.assert_close(imresize(x, scale), ref, rtol=0, atol=0)
     assert imresize(x, 0.01).shape == (1, 1)  # ceil(0.16) = 1 as MATLAB
     assert resize_output_size((16, 16), 1e-12) == (1, 1)
+
+
+# --- checks that need no MATLAB data (CI machines without ../shared/data run these too) ---------------------------
+
+
+def _keys(t: float, a: float = -0.5) -> float:
+    """Keys' cubic convolution kernel with parameter ``a`` (MATLAB's 'bicubic' is a = -0.5), from its definition."""
+    t = abs(t)
+    if t <= 1:
+        return (a + 2) * t**3 - (a + 3) * t**2 + 1
+    if t < 2:
+        return a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a
+    return 0.0
+
+
+def _resize_1d(x, s: float, antialias: bool = True) -> list[float]:
+    """One axis of MATLAB's ``imresize(x, s, 'bicubic')`` written out pixel by pixel in float64: output pixel i
+    (1-based) is centred on input coordinate (i - 0.5) / s + 0.5; a shrink with antialiasing stretches the kernel by
+    1 / s; the weights are normalised to sum to 1; the input is extended symmetrically (x1 x1 x2 ... / ... xn xn)."""
+    n, m = len(x), math.ceil(len(x) * s - 1e-9)
+    wide = antialias and s < 1
+    half = 2 / s if wide else 2
+    out = []
+    for i in range(1, m + 1):
+        u = (i - 0.5) / s + 0.5
+        acc = total = 0.0
+        for j in range(math.floor(u - half), math.ceil(u + half) + 1):
+            wgt = s * _keys(s * (u - j)) if wide else _keys(u - j)
+            k = j
+            while not 1 <= k <= n:  # mirror, as often as a wide kernel on a small image needs
+                k = 1 - k if k < 1 else 2 * n + 1 - k
+            acc += wgt * float(x[k - 1])
+            total += wgt
+        out.append(acc / total)
+    return out
+
+
+def _resize_direct(x: torch.Tensor, sh: float, sw: float) -> torch.Tensor:
+    rows = torch.tensor([_resize_1d(col, sh) for col in x.T.tolist()], dtype=torch.float64).T
+    return torch.tensor([_resize_1d(row, sw) for row in rows.tolist()], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 0.5, 1 / 3, 0.25, 0.3, 0.75, 1.5, (2, 0.6), (0.45, 3)])
+def test_imresize_is_the_written_out_matlab_bicubic(scale):
+    """imresize against MATLAB's algorithm written out in float64 (kernel a = -0.5, pixel-centre mapping,
+    antialiasing width 4 / s, normalised weights, symmetric borders) on a random 11x7 image: up, down (also by
+    factors whose stretched weights do not sum to one, 0.3 and 0.75), anisotropic, and a shrink whose kernel
+    mirrors more than once. Tolerance: float64 rounding of sums of at most ~30 terms of values in [0, 1] (~1e-15)."""
+    x = torch.rand(11, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    sh, sw = scale if isinstance(scale, tuple) else (scale, scale)
+    torch.testing.assert_close(imresize(x, scale), _resize_direct(x, sh, sw), rtol=0, atol=1e-12)
+
+
+def test_bicubic_reproduces_quadratics_away_from_the_borders():
+    """Keys' kernel with a = -0.5 (and no other a) interpolates quadratics exactly: an upscale of samples of q(t) is
+    q at the output pixel centres (i - 0.5) / s + 0.5, except within two input pixels of the borders."""
+    q = lambda t: 0.3 + 0.05 * t - 0.002 * t * t  # noqa: E731
+    n, s = 20, 3
+    x = torch.tensor([q(j) for j in range(1, n + 1)], dtype=torch.float64)
+    got = imresize(x[None], (1, s))[0]
+    want = torch.tensor([q((i - 0.5) / s + 0.5) for i in range(1, n * s + 1)], dtype=torch.float64)
+    inner = slice(3 * s, (n - 3) * s)
+    torch.testing.assert_close(got[inner], want[inner], rtol=0, atol=1e-14)
+    assert (got[:2] - want[:2]).abs().max() > 1e-6  # the mirrored border is not the quadratic: the check is not vacuous
+
+
+def test_a_nan_pixel_reaches_only_the_outputs_whose_taps_weigh_it():
+    """MATLAB drops the taps whose weight is zero for every output pixel: a NaN at input pixel j (1-based) reaches
+    exactly the output pixels i with |u_i - j| < 2 (u_i = (i - 0.5) / s + 0.5), not one tap further."""
+    n, j, s = 12, 6, 2
+    x = torch.rand(1, n, dtype=torch.float64)
+    x[0, j - 1] = float("nan")
+    got = torch.isnan(imresize(x, (1, s))[0]).tolist()
+    assert got == [abs((i - 0.5) / s + 0.5 - j) < 2 for i in range(1, n * s + 1)]
+
+
+def test_ycbcr_of_the_primaries_is_matlabs_table():
+    """MATLAB's rgb2ycbcr of pure red, green and blue on the 0-255 scale: 16/128/128 plus the columns of its
+    documented matrix [65.481 128.553 24.966; -37.797 -74.203 112; 112 -93.786 -18.214] (Cb and Cr included: a
+    chroma row mistyped but still summing to zero keeps grey and the RGB pipeline's output, not rgb_to_ycbcr's)."""
+    primaries = torch.eye(3, dtype=torch.float64)[:, :, None, None]  # (3 colours, RGB, 1, 1)
+    want = [[81.481, 90.203, 240.0], [144.553, 53.797, 34.214], [40.966, 240.0, 109.786]]
+    got = (rgb_to_ycbcr(primaries)[:, :, 0, 0] * 255).tolist()
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-9)
+    torch.testing.assert_close(ycbcr_to_rgb(torch.tensor(want, dtype=torch.float64)[:, :, None, None] / 255),
+                               primaries, rtol=0, atol=1e-12)  # fmt: skip
+
+
+def test_products_a_rounding_error_above_an_integer_are_that_integer():
+    """50 x 1.1 is 55.000000000000007 in floating point and 10 x 0.7 is 7.000000000000001: the documented 1e-9
+    rule gives 55 and 7, not the ceil's 56 and 8 (upscale(scale=1.1) of a 50-pixel side is 55 pixels)."""
+    assert resize_output_size((50, 10), (1.1, 0.7)) == (55, 7)
+    assert imresize(torch.rand(10, 50, dtype=torch.float64), (0.7, 1.1)).shape == (7, 55)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_imresize_of_half_precision_is_computed_in_float32_and_cast_back(dtype):
+    """float16 / bfloat16 in: the float32 resize of the same values, cast back to the input's dtype."""
+    x = torch.rand(2, 9, 7).to(dtype)
+    for scale in (2, 0.5):
+        got = imresize(x, scale)
+        assert got.dtype == dtype
+        assert torch.equal(got, imresize(x.float(), scale).to(dtype))

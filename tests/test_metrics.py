@@ -194,3 +194,61 @@ def test_eval_ctrl_c_keeps_the_images_scored(tmp_path, monkeypatch, capsys):
     assert e.value.partial.n == 2 and str(e.value).startswith(f"2 of 4 images of {tmp_path} scored at x2; ")
     assert f"bicubic {mean:.2f} dB" in str(e.value)
     assert "eval x2" in capsys.readouterr().err
+
+
+def test_ssim_of_a_batch_is_the_mean_over_its_images():
+    """The mean SSIM map over the leading dims: for images of one size, the mean of their SSIMs (three images of
+    different noise levels, so a median or a single image's value would differ)."""
+    rng = np.random.default_rng(5)
+    a = rng.random((3, 14, 15))
+    b = np.clip(a + rng.normal(0, 1, a.shape) * np.array([0.02, 0.1, 0.3])[:, None, None], 0, 1)
+    want = np.mean([_ssim_direct(a[i], b[i], 1.0) for i in range(3)])
+    assert ssim(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(want, abs=1e-12)
+
+
+def test_eval_scores_follow_the_protocol(tmp_path, tiny_model):
+    """DESIGN.md §3 written out for one RGB image at x3 (37x41: cropped to 36x39): MATLAB's Y of the HR, MATLAB
+    bicubic down and up (bicubic) and the network on that (VDSR), each rounded half up to 8 bits, PSNR and SSIM after
+    shaving 3 pixels a border against the HR Y rounded the same way. The same float64 arithmetic: 1e-9."""
+    from vdsr_fast import Engine, imresize, rgb_to_ycbcr
+    from vdsr_fast.evaluate import evaluate
+
+    s, arr = 3, _img(37, 41, seed=4)
+    _write(tmp_path / "a.png", arr)
+    engine = Engine(tiny_model, backend="torch", device="cpu")
+    hr = rgb_to_ycbcr(torch.from_numpy(arr).permute(2, 0, 1).double() / 255)[0][:36, :39]
+    bic = imresize(imresize(hr, 1 / s), s)
+    sr = engine(bic.float()[None, None])[0, 0].double()
+    u8 = lambda t: (t.clamp(0, 1) * 255 + 0.5).floor()  # noqa: E731
+    gt = u8(hr)
+    got = evaluate(tmp_path, s, engine).images[0]
+    assert [got.bicubic_psnr, got.bicubic_ssim, got.psnr, got.ssim] == pytest.approx(
+        [psnr(u8(bic), gt, shave=s, data_range=255), ssim(u8(bic), gt, shave=s, data_range=255),
+         psnr(u8(sr), gt, shave=s, data_range=255), ssim(u8(sr), gt, shave=s, data_range=255)], abs=1e-9)  # fmt: skip
+
+
+def test_eval_reads_16_bit_and_gray_alpha_images_as_their_luminance(tmp_path):
+    """A 16-bit PNG is read on its own scale (v / 65535: the 8-bit image x 257 gives the same Y), a gray + alpha
+    PNG as its gray channel (the alpha ignored)."""
+    from vdsr_fast.evaluate import load_y
+
+    rgb, ga = _img(9, 8, seed=2), _img(9, 8, c=2, seed=3)
+    _write(tmp_path / "rgb8.png", rgb)
+    _write(tmp_path / "rgb16.png", rgb.astype(np.uint16) * 257)
+    _write(tmp_path / "ga.png", ga)
+    torch.testing.assert_close(load_y(tmp_path / "rgb16.png"), load_y(tmp_path / "rgb8.png"), rtol=0, atol=1e-12)
+    torch.testing.assert_close(load_y(tmp_path / "ga.png"), torch.from_numpy(ga[:, :, 0] / 255.0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("side, ok", [(15, False), (16, True)])
+def test_eval_names_an_image_too_small_at_x2(tmp_path, side, ok):
+    """At x2 the protocol needs 2 x 2 + 11 = 15 pixels a side after cropping to a multiple of 2, so 16: a 15x15
+    image (cropped to 14) is refused naming the file, not by SSIM's own error."""
+    from vdsr_fast.evaluate import evaluate
+
+    _write(tmp_path / "small.png", _img(side, side, c=1, seed=side))
+    if ok:
+        assert evaluate(tmp_path, 2).n == 1
+    else:
+        with pytest.raises(ValueError, match=r"small.png: 15x15 is too small to score at x2.*\(at least 16x16\)"):
+            evaluate(tmp_path, 2)

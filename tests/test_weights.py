@@ -119,6 +119,25 @@ def test_state_dict_layouts_via_torch_save(tmp_path, layout):
     _same_model(m, vdsr_fast.load(tmp_path / "w.pth"))
 
 
+def test_sequential_layers_are_ordered_by_number_not_by_text():
+    """nn.Sequential keys of a deeper model run past 9 ('0.weight', '2.weight', ..., '10.weight', '12.weight'): the
+    layers keep their numeric order (as text, '10' would sort before '2')."""
+    m = _random_model(depth=7)
+    _same_model(m, from_state_dict(_sequential_state_dict(m)))
+
+
+def test_save_writes_float32_whatever_the_models_dtype(tmp_path):
+    """save() writes float32 tensors (the documented format) also for a float64 model, with its values rounded to
+    float32."""
+    from safetensors import safe_open
+
+    m = _random_model().double()
+    path = vdsr_fast.save(m, tmp_path / "w.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    _same_model(m.float(), vdsr_fast.load(path))
+
+
 def test_port_layout_without_biases_means_zero_bias():
     m = _random_model()
     back = from_state_dict(_port_state_dict(m, with_bias=False))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vdsr_fast
-from vdsr_fast import rgb_to_ycbcr, upscale, upscale_yuv
+from vdsr_fast import imresize, rgb_to_ycbcr, upscale, upscale_yuv
 from vdsr_fast.yuv import MATRICES, bt601_y_from, studio_ycbcr
 
 
@@ -110,3 +110,67 @@ def test_on_the_gpu_as_on_the_cpu():
         for g, w in zip(got, want, strict=True):
             d = (g.cpu().float() - w.float()).abs() / unit
             assert g.dtype == dtype and d.max() <= 2 and d.mean() < 0.05
+
+
+def test_planes_are_upscale_and_bicubic_of_the_samples_rounded(tiny_model):
+    """BT.601 studio-range planes (no matrix change): the luma is upscale() of y / 255 rounded to the nearest level
+    (half up),
+    each chroma plane MATLAB's bicubic of c / 255 rounded; 4:2:0 of odd size at 1.5x gives ceil(H / 2) x ceil(W / 2)
+    chroma (38x47 luma: 19x24), 4:2:2 stays 4:2:2 (25x16 chroma of a 25x31 luma: 50x31 at 2x). Chroma against float64: half a level plus float32's resize error
+    (~1e-5 level; 1e-3 allowed)."""
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(16, 236, (2, 1, 25, 31), generator=g).to(torch.uint8)
+    u, v = (torch.randint(16, 241, (2, 1, 13, 16), generator=g).to(torch.uint8) for _ in range(2))
+    Y, U, V = upscale_yuv(y, u, v, 1.5, tiny_model)
+    assert Y.shape == (2, 1, 38, 47) and U.shape == V.shape == (2, 1, 19, 24) and U.dtype == torch.uint8
+    want = upscale(y.float() / 255, model=tiny_model, size=(38, 47))  # the same float32 call upscale_yuv makes
+    assert torch.equal(Y, (want * 255 + 0.5).floor().clamp(0, 255).to(torch.uint8))  # half up, as upscale() rounds
+    for got, c in ((U, u), (V, v)):
+        ref = (imresize(c.double() / 255, size=(19, 24)) * 255).clamp(0, 255)
+        assert (got.double() - ref).abs().max() <= 0.5 + 1e-3
+    u422, v422 = u.repeat_interleave(2, dim=2)[:, :, :25], v.repeat_interleave(2, dim=2)[:, :, :25]  # 25x16 chroma
+    assert [tuple(p.shape[-2:]) for p in upscale_yuv(y, u422, v422, 2, tiny_model)] == [(50, 62), (50, 31), (50, 31)]
+
+
+def _bt601_y_from_the_standard(kr: float, kb: float) -> tuple[float, float]:
+    """d(BT.601 studio Y) / d(Cb), d(Cr) of a picture given in studio Y'CbCr with Kr, Kb, from the standards'
+    equations: E'R = E'Y + 2 (1 - Kr) E'Cr, E'B = E'Y + 2 (1 - Kb) E'Cb, E'G = (E'Y - Kr E'R - Kb E'B) / (1 - Kr - Kb),
+    C = 128 + 224 E'C, and Y601 = 16 + 219 (0.299 E'R + 0.587 E'G + 0.114 E'B)."""
+    kg = 1 - kr - kb
+    a = 219 / 224 * (0.587 * (-kb * 2 * (1 - kb) / kg) + 0.114 * 2 * (1 - kb))
+    b = 219 / 224 * (0.299 * 2 * (1 - kr) + 0.587 * (-kr * 2 * (1 - kr) / kg))
+    return a, b
+
+
+@pytest.mark.parametrize("matrix, kr, kb", [("bt709", 0.2126, 0.0722), ("bt2020", 0.2627, 0.0593),
+                                            ("smpte240m", 0.212, 0.087), ("fcc", 0.30, 0.11)])  # fmt: skip
+def test_bt601_luma_coefficients_are_the_standards(matrix, kr, kb):
+    """bt601_y_from's (a, b) against the standards' equations written out, with Kr and Kb as ITU-R BT.709,
+    BT.2020, SMPTE 240M and FCC 73.682 give them (not read from MATRICES); BT.709's are the docstring's 0.0993 and
+    0.1917. float64 throughout: 1e-12."""
+    want = _bt601_y_from_the_standard(kr, kb)
+    assert bt601_y_from(matrix) == pytest.approx(want, abs=1e-12)
+    if matrix == "bt709":
+        assert want == pytest.approx((0.0993, 0.1917), abs=5e-5)
+
+
+def test_a_full_range_frame_gets_the_rgb_pipelines_luma():
+    """Full-range BT.709 (JPEG-style levels, 16 bits so nearly unrounded), planes written out from the standard: the
+    output luma is RGB -> upscale() -> full-range BT.709, as for studio range (to a twentieth of an 8-bit level). The
+    picture stays in gamut through the network, so the RGB pipeline's clamp never acts."""
+    kr, kb = 0.2126, 0.0722
+
+    def ycbcr(c):  # E'Y, E'Cb, E'Cr
+        r, g, b = (c[:, i : i + 1].double() for i in range(3))
+        e_y = kr * r + (1 - kr - kb) * g + kb * b
+        return e_y, (b - e_y) / (2 * (1 - kb)), (r - e_y) / (2 * (1 - kr))
+
+    model = vdsr_fast.load()
+    rgb = 0.3 + 0.4 * _smooth(1, 3, 16, 24, 6)
+    want_rgb = upscale(rgb, 2, model, backend="torch")
+    assert 0 < want_rgb.min() and want_rgb.max() < 1
+    e = ycbcr(rgb)
+    planes = [(p * 65535 + off).round().to(torch.int32).to(torch.uint16) for p, off in zip(e, (0, 32768, 32768))]
+    got = upscale_yuv(*planes, 2, model, matrix="bt709", full_range=True, bits=16, backend="torch")[0]
+    want = ycbcr(want_rgb)[0] * 65535
+    assert (got.to(torch.int32).double() - want).abs().max() <= 256 * 0.05

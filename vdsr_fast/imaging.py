@@ -155,8 +155,10 @@ def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float, antialias
 def resize_output_size(in_size: Sequence[int], scale: float | Sequence[float]) -> tuple[int, int]:
     """Output (H, W) of :func:`imresize` for a scale: MATLAB's ``ceil(scale * n)``.
 
-    A product within 1e-9 of an integer counts as that integer, so ``scale=1/3`` on 288 gives 96
-    (MATLAB can give 97 there from float rounding; every test set is cropped to avoid it).
+    A product within 1e-9 of an integer counts as that integer: ``scale=1.1`` on 50 gives 55 and 0.7 on 10 gives 7,
+    where the float64 products are 55.000000000000007 and 7.000000000000001 and MATLAB's plain ``ceil`` gives 56 and
+    8 (a deliberate departure: the size a user means; the evaluation protocol's exact products, such as 1/3 of 288 =
+    96.0, are not affected).
     """
     sh, sw = _pair(scale)
     out = []

@@ -781,7 +781,7 @@ class _Planes(_Colour):
                                 chroma_size=self.out_planes[1] if n == 3 else None, **kw))  # fmt: skip
         m = float(self.max)
         for q, hw in zip(planes[n:], self.out_planes[n:]):  # alpha
-            outs.append((imresize(q.float() / m, size=hw) * m).round_().clamp_(0, m).to(self.dtype))
+            outs.append((imresize(q.float() / m, size=hw) * m).add_(0.5).floor_().clamp_(0, m).to(self.dtype))  # as upscale_yuv
         return outs
 
     def from_planes(self, av, planes: list[np.ndarray]):

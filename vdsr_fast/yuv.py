@@ -162,10 +162,12 @@ def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma
         luma = luma - (extra if (H, W) == (k * h, k * w) else imresize(extra, size=(H, W)))
     if full_range:
         luma = (luma - 16 / 255) * (255 / 219)
-    outs = [(luma * white).round_().clamp_(0, top)]
+    # Rounded half up (floor(v + 0.5)), as upscale() rounds its uint8/uint16 output (MATLAB's im2uint8), not
+    # torch.round's half to even: a gray plane gets the same levels from both.
+    outs = [(luma * white).add_(0.5).floor_().clamp_(0, top)]
     for c in chroma:
         ch, cw = c.shape[-2:]
         sub_h, sub_w = max(1, round(h / ch)), max(1, round(w / cw))  # 4:2:0: 2, 2
         out_hw = chroma_size or (math.ceil(H / sub_h), math.ceil(W / sub_w))
-        outs.append((imresize(c.float() / top, size=out_hw) * top).round_().clamp_(0, top))
+        outs.append((imresize(c.float() / top, size=out_hw) * top).add_(0.5).floor_().clamp_(0, top))
     return tuple(_back(o.to(y.dtype), rank) for o in outs)
