@@ -425,8 +425,9 @@ def upscale(
             read in place; the result is then a tensor on its device (``out`` may be such an array too,
             written in place and returned).
         scale: 2, 3 or 4 (the scales VDSR is trained on; default 2), or any factor from 1 to 4 (e.g. 1.5 for
-            720p -> 1080p): the output is ``ceil(scale * H) x ceil(scale * W)`` (MATLAB's rule; see :func:`~vdsr_fast.imaging.resize_output_size`), computed by the
-            network at the next trained scale and resized down with MATLAB's bicubic (see :func:`output_plan`).
+            720p -> 1080p): the output is ``ceil(scale * H) x ceil(scale * W)`` (MATLAB's rule; see
+            :func:`~vdsr_fast.imaging.resize_output_size`), computed by the network at the next trained scale and
+            resized down with MATLAB's bicubic (see :func:`output_plan`).
         size: ``(H, W)`` of the output instead of ``scale`` (each side 1 to 4 times the input's; the two factors
             may differ, e.g. anamorphic 720x480 -> 1920x1080).
         model: a :class:`VDSR` from :func:`load`; default: the weights shipped with the package.
