@@ -111,6 +111,26 @@ def test_finish_frame_equals_the_pytorch_pipeline(device, dtype, channels):
     assert (frame[:, 0] == poison).all() and (frame[..., channels] == poison).all()  # nothing else written
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16])
+def test_finish_frame_rounds_exact_halves_up(device, dtype):
+    """Values whose fp32 ``v * levels`` is exactly k + 0.5 (plus their fp32 neighbours) round up, as MATLAB's
+    im2uint8 (``api._from_float``: floor(v * levels + 0.5)); random values almost never land on a half, so an
+    offset a hair under 0.5, or round-half-to-even, would pass the random tests. Bit for bit (atol 0): the
+    kernel's products and sums are PyTorch's fp32 ones."""
+    from vdsr_fast.kernels.triton.color import finish_frame
+
+    levels = 255 if dtype == torch.uint8 else 65535
+    k = torch.arange(levels) if dtype == torch.uint8 else torch.randint(0, levels, (600,), generator=torch.Generator().manual_seed(2))
+    v = ((k.double() + 0.5) / levels).float()
+    v = torch.cat([v, v.nextafter(torch.tensor(2.0)), v.nextafter(torch.tensor(-1.0))])
+    halves = v * levels + 0.5 == (v * levels + 0.5).floor()
+    assert halves.sum() >= 100  # many exact halves: the case under test
+    y = v[: v.numel() // 4 * 4].reshape(1, 1, 4, -1).to(device)
+    out = torch.zeros(y.shape, dtype=dtype, device=device)
+    finish_frame(y, None, out)
+    torch.testing.assert_close(out, api._from_float(y, dtype), rtol=0, atol=0)
+
+
 def _model():
     return random_vdsr(5, 16, seed=0)
 

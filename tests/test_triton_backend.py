@@ -247,13 +247,17 @@ def test_buffers_are_one_pair_for_every_shape():
         assert torch.equal(out, fresh(y))
 
 
-def test_clamp_option():
+@pytest.mark.parametrize("fuse_tail", [True, False])
+def test_clamp_option(fuse_tail):
+    """clamp=True on either tail: the gather of the fused tail's partial sums, or the tail kernel (fuse_tail=False)."""
     device = triton_device()
     model = _model(3, 8, seed=6).to(device)
     with torch.no_grad():
         model.layers[-1].bias.fill_(0.5)  # pushes most outputs above 1
     y = torch.rand(1, 1, 5, 7, device=device)
-    out = TritonBackend(model, device, torch.float32, clamp=True)(y)
+    backend = TritonBackend(model, device, torch.float32, clamp=True, fuse_tail=fuse_tail)
+    assert backend.fuse_tail == fuse_tail
+    out = backend(y)
     ref = ref64(model, y).clamp(0, 1)
     assert out.max() <= 1 and out.min() >= 0
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed"
 
 if HAS_TRITON:
     from vdsr_fast.kernels.triton.conv3x3 import (
+        ConvConfig,
         body_config_candidates,
         conv3x3_bias_relu,
         conv3x3_config,
@@ -159,6 +160,34 @@ def test_body_non_contiguous_input():
     """A channels-last view of an NCHW tensor (channel stride H*W) is read through its strides."""
     device = triton_device()
     _check_body(1, 9, 11, 16, 16, torch.float16 if device.type == "cuda" else torch.float32, device, True)
+
+
+VIEW_MODES = {"raster": None, "swap": dict(swap=True), "share_row": dict(share_row=True), "tile_2d": dict(tile_w=16)}
+
+
+@pytest.mark.parametrize("mode", VIEW_MODES)
+def test_body_reads_nothing_outside_its_view(mode):
+    """The input is a crop of a larger NaN-filled tensor (one pixel of NaN around each image, 3 NaN channels after
+    the 5 real ones): a load of a padding tap or of a channel >= C_IN that is not masked to 0 -- even one whose
+    weight is masked to 0, since NaN * 0 = NaN -- shows as NaN outputs. fp32 (the interpreter's tl.dot is exact
+    there), DESIGN.md §6's rule as in _check_body: atol 1e-5 (fp32), indexing bugs give NaN or O(1) errors."""
+    device = triton_device()
+    dtype = torch.float32
+    n, h, w, c_in, c_out = 2, 6, 9, 5, 24
+    torch.manual_seed(7)
+    wt, b = _layer(c_in, c_out, device)
+    big = torch.full((n, h + 2, w + 2, c_in + 3), float("nan"), dtype=dtype, device=device)
+    x = big[:, 1 : h + 1, 1 : w + 1, :c_in]
+    x.copy_(torch.rand(n, h, w, c_in, device=device))
+    cfg = conv3x3_config(c_in, c_out, dtype)
+    if VIEW_MODES[mode]:
+        cfg = ConvConfig(128, cfg.block_n, cfg.block_k, 4, 2, **VIEW_MODES[mode])
+    out = _nan_out(n, h, w, c_out, dtype, device)
+    conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b, out=out, config=cfg)
+    x_nchw = x.permute(0, 3, 1, 2)
+    ref64 = F.relu(F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1))
+    same = F.relu(F.conv2d(x_nchw.contiguous(), wt, b, padding=1))
+    assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype, f"{mode} body on a cropped view")
 
 
 HEAD_CASES = [(1, 1, 1, 64), (3, 7, 5, 64), (1, 37, 53, 64), (2, 6, 9, 8)]  # (N, H, W, C_OUT)

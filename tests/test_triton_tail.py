@@ -196,6 +196,28 @@ def test_fused_tail_2d_tiles_clamp_and_large_gpu():
         _check_fused(1, 1080, 1920, 64, torch.bfloat16, device)
 
 
+def test_fused_tail_gather_strided_y_and_output():
+    """tail_gather_residual reads y and writes out through their own strides: a strided fp16 y view and a strided
+    fp32 out view (different layouts) give the same values as contiguous ones. Exact (atol 0): the fp16 y values
+    are exact in fp32, so both calls compute the same fp32 sums; the contiguous call is held to float64 by
+    test_fused_tail_matches_float64."""
+    device = triton_device()
+    n, h, w, c = 2, 9, 13, 16
+    g = torch.Generator().manual_seed(21)
+    x = torch.rand(n, h, w, c, generator=g).to(device)
+    wl = (torch.randn(c, c, 3, 3, generator=g) * (2.0 / (9 * c)) ** 0.5).to(device)
+    wt = (torch.randn(1, c, 3, 3, generator=g) * 0.1).to(device)
+    bl, b = torch.zeros(c, device=device), torch.full((1,), 0.02, device=device)
+    z = conv3x3_bias_relu_tail_partials(x, pack_conv3x3_weight(wl, torch.float32), bl,
+                                        pack_tail_partials_weight(wt, torch.float32))  # fmt: skip
+    y = torch.rand(n, 3, h + 3, w + 4, generator=g).to(device).half()[:, 1:2, 2 : h + 2, 3 : w + 3]
+    out = torch.full((n, 2, w + 1, h + 5), float("nan"), device=device).transpose(2, 3)[:, :1, 1 : h + 1, :w]
+    assert not y.is_contiguous() and not out.is_contiguous() and y.stride() != out.stride()
+    assert tail_gather_residual(z, b, y, out) is out
+    want = tail_gather_residual(z, b, y.float().contiguous())
+    torch.testing.assert_close(out, want, atol=0, rtol=0)
+
+
 def test_fused_tail_errors():
     device = triton_device()
     x = torch.rand(1, 4, 4, 64, device=device)

@@ -80,6 +80,28 @@ def test_permuted_input_and_2d_tile_blocks():
     _check(2, 11, 19, 64, 64, dtype, device, config=WinogradConfig(16, 64, 64, 4, 1, tile_tw=4))
 
 
+def test_reads_nothing_outside_its_view():
+    """The input is a crop of a larger NaN-filled tensor (one pixel of NaN around each image, 3 NaN channels after
+    the 5 real ones): a patch load of padding or of a channel >= C_IN that is not masked to 0 -- even one whose
+    transformed weight is masked to 0, since NaN * 0 = NaN -- shows as NaN outputs. fp32: the rule of _check
+    (atol 1e-5), far below the O(1) errors of an indexing bug."""
+    device = triton_device()
+    dtype = torch.float32
+    n, h, w, c_in, c_out = 2, 7, 6, 5, 24
+    torch.manual_seed(17)
+    g = torch.randn(c_out, c_in, 3, 3, device=device) * (2.0 / (9 * c_in)) ** 0.5
+    b = torch.empty(c_out, device=device).uniform_(-0.1, 0.1)
+    big = torch.full((n, h + 2, w + 2, c_in + 3), float("nan"), dtype=dtype, device=device)
+    x = big[:, 1 : h + 1, 1 : w + 1, :c_in]
+    x.copy_(torch.rand(n, h, w, c_in, device=device))
+    out = torch.full((n, h, w, c_out), float("nan"), dtype=dtype, device=device)
+    conv3x3_winograd(x, pack_winograd_weight(g, dtype), b, out=out)
+    x_nchw = x.permute(0, 3, 1, 2)
+    ref = F.relu(F.conv2d(x_nchw.double(), g.double(), b.double(), padding=1))
+    same = F.relu(F.conv2d(x_nchw.contiguous(), g, b, padding=1))
+    assert_equivalent(out.permute(0, 3, 1, 2), same, ref, dtype, "winograd layer on a cropped view")
+
+
 def test_every_candidate_on_a_small_frame():
     """Each config the GPU sweep times computes the layer (on CUDA: all of them; interpreted: three)."""
     device = triton_device()
