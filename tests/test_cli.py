@@ -827,3 +827,84 @@ def test_a_file_name_outside_the_locale_encoding_is_printed(tmp_path, capsys, we
     code = main(["upscale", str(src), "-o", str(tmp_path / "o.png"), "--weights", weights])
     out.flush()
     assert code == 0 and b"caf\\udce9.png (4x4) -> " in out.buffer.getvalue()
+
+
+def test_a_palette_png_with_a_transparent_entry_reads_as_rgba(tmp_path):
+    """A palette PNG with a tRNS entry: RGBA, the palette looked up and that entry's pixels alpha 0 (not RGB)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    idx = rng.integers(0, 16, (5, 7)).astype(np.uint8)
+    pal = rng.integers(0, 256, (16, 3)).astype(np.uint8)
+    im = Image.fromarray(idx, "P")
+    im.putpalette(pal.ravel().tolist())
+    im.save(tmp_path / "p.png", transparency=3)
+    want = np.dstack([pal[idx], np.where(idx == 3, 0, 255).astype(np.uint8)])
+    np.testing.assert_array_equal(read_image(tmp_path / "p.png"), want)
+
+
+def test_palette_with_alpha_and_mixed_frames_become_rgba():
+    """A PA image: RGBA (palette colours, its alpha), not gray; frames of mixed modes: RGBA, gray repeated, alpha last."""
+    from PIL import Image
+
+    from vdsr_fast.images import _as_rgba, _pil_array
+
+    rng = np.random.default_rng(12)
+    idx = rng.integers(0, 8, (4, 6)).astype(np.uint8)
+    pal = rng.integers(0, 256, (8, 3)).astype(np.uint8)
+    alpha = rng.integers(0, 256, (4, 6)).astype(np.uint8)
+    p = Image.fromarray(idx, "P")
+    p.putpalette(pal.ravel().tolist())
+    pa = p.convert("PA")
+    pa.putalpha(Image.fromarray(alpha))
+    np.testing.assert_array_equal(_pil_array(pa), np.dstack([pal[idx], alpha]))
+    la = rng.integers(0, 256, (4, 6, 2)).astype(np.uint8)
+    rgba = rng.integers(0, 256, (4, 6, 4)).astype(np.uint8)
+    np.testing.assert_array_equal(_as_rgba(la), np.dstack([la[..., 0], la[..., 0], la[..., 0], la[..., 1]]))
+    np.testing.assert_array_equal(_as_rgba(rgba), rgba)
+    g16 = rng.integers(1, 65535, (4, 6)).astype(np.uint16)
+    np.testing.assert_array_equal(_as_rgba(g16), np.dstack([g16, g16, g16, np.full_like(g16, 65535)]))
+
+
+def test_lossy_writes_default_to_quality_95(tmp_path):
+    """write_image's and write_frames' default quality is 95, as the command's --quality."""
+    rng = np.random.default_rng(13)
+    arr = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    frames = [arr, rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)]
+    for suffix in (".jpg", ".webp"):
+        write_image(tmp_path / f"d{suffix}", arr)
+        write_image(tmp_path / f"q{suffix}", arr, quality=95)
+        write_image(tmp_path / f"l{suffix}", arr, quality=75)
+        assert (tmp_path / f"d{suffix}").read_bytes() == (tmp_path / f"q{suffix}").read_bytes()
+        assert (tmp_path / f"d{suffix}").read_bytes() != (tmp_path / f"l{suffix}").read_bytes()
+    write_frames(tmp_path / "d.webp", frames)
+    write_frames(tmp_path / "q.webp", frames, quality=95)
+    assert (tmp_path / "d.webp").read_bytes() == (tmp_path / "q.webp").read_bytes()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_png_exif_chunk_holds_the_bare_tiff_structure(tmp_path, dtype):
+    """The PNG eXIf chunk starts with the TIFF header (II*\\0 or MM\\0*), without JPEG's Exif\\0\\0 marker
+    (other readers reject it), even when the EXIF block given has the marker."""
+    import png
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"
+    block = exif.tobytes()
+    assert block.startswith(b"Exif\x00\x00")
+    arr = np.random.default_rng(14).integers(1, np.iinfo(dtype).max, (4, 5, 3)).astype(dtype)
+    write_image(tmp_path / "e.png", arr, exif=block)
+    chunks = dict(png.Reader(filename=str(tmp_path / "e.png")).chunks())
+    assert chunks[b"eXIf"][:4] in (b"II*\x00", b"MM\x00*")
+    with Image.open(tmp_path / "e.png") as im:
+        assert im.getexif()[0x010F] == "Canon"
+
+
+def test_an_animated_png_keeps_the_profile_and_resolution(tmp_path):
+    icc = _icc_profile()
+    rng = np.random.default_rng(15)
+    frames = [rng.integers(0, 256, (5, 4, 3)).astype(np.uint8) for _ in range(2)]
+    write_frames(tmp_path / "a.png", frames, icc_profile=icc, dpi=(300.0, 150.0))
+    info = image_info(tmp_path / "a.png")
+    assert info["frames"] == 2 and info["icc_profile"] == icc and info["dpi"] == pytest.approx((300.0, 150.0), abs=0.5)
