@@ -773,7 +773,7 @@ class _Planes(_Colour):
     def upscale(self, planes: list[torch.Tensor], model, size: tuple[int, int], kw: dict) -> list[torch.Tensor]:
         """``planes``: each ``(N, 1, h, w)`` integer samples; the output frame's planes, same dtype."""
         from .imaging import imresize
-        from .yuv import upscale_yuv
+        from .yuv import _round_levels, upscale_yuv
 
         n = self.colour_planes
         outs = list(upscale_yuv(*planes[:n], model=model, size=size, matrix=_MATRIX_NAME[self.matrix],
@@ -781,7 +781,7 @@ class _Planes(_Colour):
                                 chroma_size=self.out_planes[1] if n == 3 else None, **kw))  # fmt: skip
         m = float(self.max)
         for q, hw in zip(planes[n:], self.out_planes[n:]):  # alpha
-            outs.append((imresize(q.float() / m, size=hw) * m).add_(0.5).floor_().clamp_(0, m).to(self.dtype))  # as upscale_yuv
+            outs.append(_round_levels(imresize(q.float() / m, size=hw) * m, m).to(self.dtype))
         return outs
 
     def from_planes(self, av, planes: list[np.ndarray]):

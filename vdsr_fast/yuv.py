@@ -141,6 +141,13 @@ def upscale_yuv(
         return _upscale_yuv(y, chroma, rank, model, k, (H, W), matrix, full_range, bits, chroma_size, kw)
 
 
+def _round_levels(v: torch.Tensor, top: float) -> torch.Tensor:
+    """Samples ``v`` on the 0..``top`` scale rounded half up (floor(v + 0.5)) and clipped to [0, top], in place: as
+    upscale() rounds its uint8/uint16 output (MATLAB's im2uint8), not torch.round's half to even, so a gray plane gets
+    the same levels from both."""
+    return v.add_(0.5).floor_().clamp_(0, top)
+
+
 def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma_size, kw):
     from .api import upscale
 
@@ -162,12 +169,10 @@ def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma
         luma = luma - (extra if (H, W) == (k * h, k * w) else imresize(extra, size=(H, W)))
     if full_range:
         luma = (luma - 16 / 255) * (255 / 219)
-    # Rounded half up (floor(v + 0.5)), as upscale() rounds its uint8/uint16 output (MATLAB's im2uint8), not
-    # torch.round's half to even: a gray plane gets the same levels from both.
-    outs = [(luma * white).add_(0.5).floor_().clamp_(0, top)]
+    outs = [_round_levels(luma * white, top)]
     for c in chroma:
         ch, cw = c.shape[-2:]
         sub_h, sub_w = max(1, round(h / ch)), max(1, round(w / cw))  # 4:2:0: 2, 2
         out_hw = chroma_size or (math.ceil(H / sub_h), math.ceil(W / sub_w))
-        outs.append((imresize(c.float() / top, size=out_hw) * top).add_(0.5).floor_().clamp_(0, top))
+        outs.append(_round_levels(imresize(c.float() / top, size=out_hw) * top, top))
     return tuple(_back(o.to(y.dtype), rank) for o in outs)
