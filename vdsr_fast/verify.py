@@ -174,7 +174,7 @@ def verify(
     (``checked``: the fast-backend checks that ran, passed or not; ``unavailable``: the backends not checked because
     they cannot run on ``device``, with the reason).
     """
-    from .engine import BACKENDS, BackendUnavailable, Engine, _why_unavailable, resolve_device
+    from .engine import BACKENDS, Engine, _why_unavailable, resolve_device
 
     device = resolve_device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -215,7 +215,7 @@ def verify(
                     if (why := _not_checked(backend, dtype, device)) is not None:
                         row.status = f"skipped: {why}"
                     else:
-                        row.status = _check(Engine, BackendUnavailable, model, backend, dtype, device, x, same[dtype], ref, row)
+                        row.status = _check(model, backend, dtype, device, x, same[dtype], ref, row)
                     add(row)
     unavailable = {b: why for b in BACKENDS if b not in backends and (why := _why_unavailable(b, device)) is not None}
     checked = sum(r.backend != "torch" and not r.status.startswith("skipped") for r in rows)
@@ -223,8 +223,8 @@ def verify(
             "checked": checked, "unavailable": unavailable}
 
 
-def _check(Engine, BackendUnavailable, model, backend, dtype, device, x, same, ref, row: Row) -> str:
-    from .engine import SelfCheckFailed
+def _check(model, backend, dtype, device, x, same, ref, row: Row) -> str:
+    from .engine import BackendUnavailable, Engine, SelfCheckFailed
 
     graphs = {"cuda_graphs": True} if device.type == "cuda" else {}  # as upscale() runs them
     try:
