@@ -523,6 +523,24 @@ def test_tiffs_of_other_colour_models_are_converted_not_read_raw(tmp_path):
         read_image(tmp_path / "f.tif")
 
 
+def test_32_bit_integer_samples_beyond_16_bits_are_refused_not_wrapped(tmp_path, monkeypatch):
+    """A 32-bit integer image that Pillow decodes (mode "I": a TIFF whose compression tifffile cannot decode alone
+    falls back to Pillow) was cast to uint16 unchecked, so 70000 read as 4464 and -5 as 65531. Values within 16 bits
+    still read exactly; others are refused, naming the file and the range."""
+    from PIL import Image
+
+    from vdsr_fast import images
+
+    monkeypatch.setattr(images, "_read_tiff", lambda path, all_pages=False: None)  # as if tifffile could not decode it
+    inside = np.array([[0, 1], [40000, 65535]], np.int32)
+    Image.fromarray(inside, mode="I").save(tmp_path / "in.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "in.tif")[..., 0], inside.astype(np.uint16))
+    for bad, span in ((70000, "0..70000"), (-5, "-5..65535")):
+        Image.fromarray(np.where(inside == 40000, bad, inside).astype(np.int32), mode="I").save(tmp_path / "out.tif")
+        with pytest.raises(ImageReadError, match=f"out.tif: cannot read image \\(32-bit integer samples {span}, outside"):
+            read_image(tmp_path / "out.tif")
+
+
 def test_planar_tiff_is_read_channels_last(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     planes = np.random.default_rng(2).integers(0, 256, size=(3, 7, 9)).astype(np.uint8)

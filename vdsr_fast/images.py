@@ -198,8 +198,11 @@ def _exif_sized(exif: bytes, w: int, h: int) -> bytes:
 
 def _pil_array(im) -> np.ndarray:
     """A loaded Pillow image as uint8/uint16 (H, W[, C]), C in 1-4 (palette, 1-bit, CMYK, ... converted)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        return np.asarray(im).astype(np.uint16)  # 16-bit gray (Pillow reads it as "I" or "I;16")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit gray (Pillow reads it as "I" or "I;16")
+        arr = np.asarray(im)
+        if im.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):  # 32-bit samples: no silent wrap
+            raise ValueError(f"32-bit integer samples {arr.min()}..{arr.max()}, outside 16 bits; expected 8/16-bit gray or RGB(A)")
+        return arr.astype(np.uint16)
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif im.mode in ("1",):
