@@ -449,7 +449,7 @@ def upscale(
             (the smaller wins). Default (None): ``"auto"`` on the CPU (where running out of memory gets the process
             killed), no budget on a GPU. A budget too small for an 8x8 tile raises ValueError; a real
             out-of-memory error is raised as is. Frames larger than a fast backend's 32-bit index
-            range (e.g. the Triton kernels' 2**31 activation elements per image, a 5792x5792 output)
+            range (e.g. the Triton kernels' 2**31 activation elements per image, reached past a 5792x5792 output)
             are tiled automatically, with the same exact result.
         check_finite: raise ValueError if ``img`` holds NaN or Inf (off by default: the check waits
             for the device). Without it, NaN/Inf pixels propagate to the output within the
