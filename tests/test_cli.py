@@ -157,7 +157,7 @@ def test_a_large_image_on_a_terminal_gets_a_progress_bar_over_exact_tiles(tmp_pa
     real = tiling.tile_plan
     monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
     monkeypatch.setattr(cli, "_PROGRESS_TILE", 16)
-    monkeypatch.setattr(cli, "_PROGRESS_MIN_PIXELS", 1000)
+    monkeypatch.setattr(cli, "_PROGRESS_MIN_PIXELS", 40 * 36)  # exactly the output's pixels: the threshold is inclusive
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     code, _, err = _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "bar.png"), "--weights", weights)
     assert code == 0 and seen[-1] == (16, 16) and "9/9" in err  # 40x36 output: 3 x 3 tiles of 16
@@ -654,6 +654,7 @@ def test_output_format_and_input_channels_are_checked_before_the_upscale(tmp_pat
         (rgba, "out.xyz", f"{tmp_path / 'out.xyz'}: unsupported output format '.xyz'; use one of .png"),
         (rgba, "o.jpg", f"{rgba} has an alpha channel and {tmp_path / 'o.jpg'} cannot store it: PNG, TIFF and WebP can"),
         (la, "o.bmp", f"{la} has an alpha channel and {tmp_path / 'o.bmp'} cannot store it"),
+        (rgba, "o.bmp", f"{rgba} has an alpha channel and {tmp_path / 'o.bmp'} cannot store it"),  # was written as RGB
         (deep, "o.jpg", f"{deep} is 16-bit and {tmp_path / 'o.jpg'} cannot store 16 bits a sample: PNG and TIFF can"),
         (five, "o.tif", f"{five}: unsupported TIFF (uint16, shape (6, 6, 5)); expected 8/16-bit gray or RGB(A)"),
     ]
@@ -665,6 +666,19 @@ def test_output_format_and_input_channels_are_checked_before_the_upscale(tmp_pat
     code, _, err = _run(capsys, "upscale", "-", "-o", "-", "--format", "jpg", "--weights", weights)
     assert code == 2 and "<stdin> has an alpha channel and --format jpg cannot store it" in err and "stdout.jpg" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.png", "five.tif", "la.png", "rgba.png", "tiny.safetensors"]
+
+
+def test_write_image_refuses_alpha_where_the_format_would_drop_it(tmp_path):
+    """RGBA or gray+alpha into JPEG or BMP: ValueError naming the file, nothing written. (Pillow writes RGBA to a BMP
+    whose fourth byte readers ignore: it read back as RGB, the alpha silently gone.) PNG keeps it."""
+    for channels in (2, 4):
+        arr = np.random.default_rng(channels).integers(0, 256, (5, 4, channels)).astype(np.uint8)
+        for suffix, kind in ((".jpg", "JPEG"), (".bmp", "BMP")):
+            with pytest.raises(ValueError, match=f"a{channels}{suffix}: {kind} cannot store an alpha channel"):
+                write_image(tmp_path / f"a{channels}{suffix}", arr)
+            assert not (tmp_path / f"a{channels}{suffix}").exists()
+        write_image(tmp_path / f"a{channels}.png", arr)
+        np.testing.assert_array_equal(read_image(tmp_path / f"a{channels}.png"), arr)
 
 
 def test_a_device_that_cannot_compute_is_a_one_line_error(tmp_path, capsys, weights):
@@ -926,3 +940,103 @@ def test_an_animated_png_keeps_the_profile_and_resolution(tmp_path):
     write_frames(tmp_path / "a.png", frames, icc_profile=icc, dpi=(300.0, 150.0))
     info = image_info(tmp_path / "a.png")
     assert info["frames"] == 2 and info["icc_profile"] == icc and info["dpi"] == pytest.approx((300.0, 150.0), abs=0.5)
+
+
+def test_quality_bounds_are_inclusive():
+    """--quality takes 1 and 100 themselves (100: the least lossy JPEG a user can ask for), not 0 nor 101."""
+    from vdsr_fast.cli import quality_arg
+
+    assert [quality_arg(q) for q in ("1", "100", " 50 ")] == [1, 100, 50]
+    for bad in ("0", "101", "-1", "9.5", "x"):
+        with pytest.raises(Exception, match="from 1 to 100"):
+            quality_arg(bad)
+
+
+def test_output_suffixes_are_case_insensitive(tmp_path, capsys, weights):
+    """``-o OUT.PNG``, ``--format PNG`` and a camera's ``IMG_1.JPG`` in a batch: the format is the suffix's whatever its
+    case (as the input's is), and a 16-bit image goes into ``.TIFF`` as into ``.tif``."""
+    write_image(tmp_path / "in.png", np.zeros((4, 4, 3), np.uint8) + 50)
+    write_image(tmp_path / "IMG_1.JPG", np.zeros((4, 4, 3), np.uint8) + 80)
+    write_image(tmp_path / "deep.png", np.zeros((4, 4, 3), np.uint16) + 3000)
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "OUT.PNG"), "--weights", weights)
+    assert code == 0 and read_image(tmp_path / "OUT.PNG").shape == (8, 8, 3), err
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "deep.png"), "-o", str(tmp_path / "deep.TIFF"), "--weights", weights)
+    assert code == 0 and read_image(tmp_path / "deep.TIFF").dtype == np.uint16, err
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "IMG_1.JPG"), str(tmp_path / "in.png"), "-o", str(tmp_path / "batch"),
+                        "--weights", weights, "--quiet")  # fmt: skip
+    assert code == 0 and sorted(p.name for p in (tmp_path / "batch").iterdir()) == ["IMG_1.JPG", "in.png"], err
+    out = _Stdio()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stdout", out)
+        code = main(["upscale", str(tmp_path / "in.png"), "-o", "-", "--format", "PNG", "--weights", weights])
+    assert code == 0 and out.buffer.getvalue().startswith(b"\x89PNG"), capsys.readouterr().err
+
+
+def test_what_an_output_format_can_hold_is_checked_at_its_limits(tmp_path, capsys, weights):
+    """An animation of two frames (not only of three) into a format of one image is refused, nothing written; a 16-bit
+    image goes into .tiff as into .tif."""
+    frames = [np.full((5, 4, 3), v, np.uint8) for v in (10, 200)]
+    write_frames(tmp_path / "two.gif", frames, durations=[40, 50])
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "two.gif"), "-o", str(tmp_path / "one.jpg"), "--weights", weights)
+    assert code == 2 and "has 2 frames and .jpg holds one image" in err and not (tmp_path / "one.jpg").exists()
+    write_image(tmp_path / "deep.png", np.full((4, 5, 1), 40000, np.uint16))
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "deep.png"), "-o", str(tmp_path / "deep.tiff"), "--weights", weights)
+    assert code == 0 and read_image(tmp_path / "deep.tiff").dtype == np.uint16, err
+
+
+def test_a_batch_refuses_a_file_whose_output_format_cannot_be_written(tmp_path, capsys, weights):
+    """A batch naming a file Pillow reads but the writer does not (.ppm) is refused before any image is written (was
+    the check dropped, the other images would be written and that one fail after its upscale)."""
+    from PIL import Image
+
+    write_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "b.ppm")
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "a.png"), str(tmp_path / "b.ppm"), "-o", str(tmp_path / "out"),
+                        "--weights", weights)  # fmt: skip
+    assert code == 2 and f"{tmp_path / 'out' / 'b.ppm'}: unsupported output format '.ppm'" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_scores_x2_by_default_and_logs_the_column_it_scored(tmp_path, capsys):
+    """``eval FOLDER`` without --scale is x2 (the paper's first column); without a terminal the line logged per scale
+    gives the mean of what was scored (bicubic with --bicubic-only)."""
+    folder = _synthetic_set(tmp_path) / "x2"
+    code, out, err = _run(capsys, "eval", str(folder), "--bicubic-only", "--json")
+    res = json.loads(out)
+    assert code == 0 and res["scale"] == 2 and res["n"] == 2, err
+    assert f"eval x2: 2 images, mean PSNR {res['bicubic_psnr']:.2f} dB" in err
+
+
+def test_bad_weights_and_unwritable_outputs_are_one_line_errors(tmp_path, capsys, weights, monkeypatch):
+    """A weights file that is not weights (upscale and eval), and an output the writer fails on (a full disk): exit
+    status 2 and one line naming the file (not a traceback, exit status 1)."""
+    src, bad = tmp_path / "a.png", tmp_path / "bad.safetensors"
+    write_image(src, np.zeros((4, 4, 3), np.uint8))
+    bad.write_bytes(b"not weights at all")
+    for argv in (["upscale", str(src), "-o", str(tmp_path / "o.png")], ["eval", str(tmp_path), "--scale", "2"]):
+        code, _, err = _run(capsys, *argv, "--weights", str(bad))
+        assert code == 2 and err.startswith(f"vdsr-fast {argv[0]}: error: ") and len(err.splitlines()) == 1, err
+
+    def full_disk(path, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vdsr_fast.images.write_frames", full_disk)
+    code, _, err = _run(capsys, "upscale", str(src), "-o", str(tmp_path / "o.png"), "--weights", weights)
+    assert code == 2 and f"cannot write {tmp_path / 'o.png'}: [Errno 28] No space left on device" in err, err
+
+
+def test_bench_outside_a_source_checkout_says_so(monkeypatch, capsys):
+    """``vdsr-fast bench`` from an installed package (no benchmarks/ beside it): exit status 2 and why, not 0."""
+    import vdsr_fast.cli as cli
+
+    monkeypatch.setattr(cli, "__file__", "/nonexistent/site-packages/vdsr_fast/cli.py")
+    code, out, err = _run(capsys, "bench", "--help")
+    assert code == 2 and "needs a source checkout" in err and out == ""
+
+
+def test_upscale_dtype_reaches_the_engine(tmp_path, capsys, weights):
+    """--dtype is the engine's activation dtype (the summary names it): fp64 on the CPU, not the default fp32."""
+    write_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    code, out, err = _run(capsys, "upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png"), "--weights", weights,
+                          "--device", "cpu", "--backend", "torch", "--dtype", "fp64")  # fmt: skip
+    assert code == 0 and "torch/float64 on cpu" in out, err

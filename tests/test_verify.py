@@ -204,3 +204,139 @@ def test_every_fast_backend_passes_on_this_gpu():
     checked = {(row.backend, row.dtype) for row in r["rows"] if row.status == "ok"}
     assert {("triton", "fp16"), ("triton", "bf16"), ("triton", "fp32")} <= checked
     assert "cuda" in r["unavailable"] or {("cuda", "fp16"), ("cuda", "bf16")} <= checked
+
+
+def _ref(shape=(1, 1, 4, 5), peak=0.5):
+    """A float64 'reference' of magnitude ``peak`` (below 1, so the bound's scale is 1)."""
+    return torch.linspace(-peak, peak, torch.Size(shape).numel(), dtype=torch.float64).reshape(shape)
+
+
+@pytest.mark.parametrize("dtype, ulp", [(torch.float32, 1e-5), (torch.float16, 2.0**-10), (torch.bfloat16, 2.0**-7)])
+def test_the_rule_allows_twice_pytorchs_error_plus_one_ulp_and_no_more(dtype, ulp):
+    """DESIGN.md §6 on numbers worked by hand: bound = 2 * err(PyTorch same dtype) + ATOL * max(1, max |ref|), ATOL one
+    unit in the last place at magnitude 1 (fp32: 1e-5). An error just inside passes and just outside fails, so a looser
+    factor, ATOL or scale (which would let a real kernel bug through) fails this test."""
+    from vdsr_fast.verify import compare
+
+    ref, same_err = _ref(), 3 * ulp
+    same = ref + same_err
+    for err, ok in ((2 * same_err + 0.9 * ulp, True), (2 * same_err + 1.1 * ulp, False)):
+        fast = ref.clone()
+        fast[0, 0, 2, 3] += err
+        c = compare(fast, same, ref, dtype)
+        assert c.bound == pytest.approx(2 * same_err + ulp) and c.scale == 1.0 and c.same_err == pytest.approx(same_err)
+        assert (c.ok, c.err <= c.bound, c.where) == (ok, ok, [0, 0, 2, 3]), (err, c)
+    big = ref * 8  # max |ref| = 4: ATOL scales with it, unless scaled=False
+    assert compare(big, big, big, dtype).bound == pytest.approx(4 * ulp)
+    assert compare(big, big, big, dtype, scaled=False).bound == pytest.approx(ulp)
+    tiny = ref / 100  # max |ref| = 0.005: the scale is at least 1, not 0.005
+    assert compare(tiny, tiny, tiny, dtype).bound == pytest.approx(ulp)
+
+
+def test_a_nan_output_fails_the_rule_with_an_infinite_error_where_it_is():
+    """A NaN (an unwritten pixel) counts as non-finite and as an infinite error at its place: never ``ok``, whatever
+    the bound (a NaN compares false with everything, so a rule built on ``err > bound`` alone would pass it)."""
+    from vdsr_fast.verify import compare
+
+    ref = _ref()
+    fast = ref.clone()
+    fast[0, 0, 1, 4] = float("nan")
+    c = compare(fast, ref, ref, torch.float32)
+    assert c.nonfinite == 1 and c.err == float("inf") and c.where == [0, 0, 1, 4] and not c.ok
+    c.bound = float("inf")  # even under an infinite bound
+    assert not c.ok
+
+
+def test_fp8_is_held_to_the_mean_error_too():
+    """float8_e4m3fn: the mean error may be at most 1.25x the emulation's + 1e-4 (its max rule is loose): 1.2x passes,
+    1.3x fails, although both are well inside the max rule."""
+    from vdsr_fast.verify import compare
+
+    ref = _ref(peak=0.4)
+    same = ref + 0.01
+    for factor, ok in ((1.2, True), (1.3, False)):
+        fast = ref + 0.01 * factor + 1e-4
+        c = compare(fast, same, ref, torch.float8_e4m3fn)
+        assert c.err <= c.bound and (c.mean_ok, c.ok) == (ok, ok), (factor, c)
+
+
+def test_fill_nan_makes_float8_nan():
+    """fill_nan on float8_e4m3fn writes its NaN pattern (0x7F; 0x7E would be 448, a finite value), as on other dtypes."""
+    from vdsr_fast.verify import fill_nan
+
+    for dtype in (torch.float8_e4m3fn, torch.float16, torch.float32):
+        t = fill_nan(torch.zeros(3, 4, dtype=dtype))
+        assert t.float().isnan().all(), dtype
+
+
+def test_every_run_starts_from_nan_poisoned_buffers(small, monkeypatch):
+    """Each of the three runs of a fast backend starts from activation buffers filled with NaN (so a pixel a kernel
+    reads before writing shows as NaN): was the poisoning skipped, a stale-read bug would pass."""
+    cls = _backend_class("triton")
+    orig, seen = cls.__call__, []
+
+    def call(self, y):
+        seen.append(all(buf.float().isnan().all().item() for buf in self.buffers(y.shape[0], y.shape[2], y.shape[3])))
+        return orig(self, y)
+
+    monkeypatch.setattr(cls, "__call__", call)
+    r = verify(**dict(small, dtypes=[torch.float16]), backends=["triton"])
+    assert r["ok"] and seen == [True, True, True], seen
+
+
+def test_a_third_run_that_differs_fails(small, monkeypatch):
+    """The third run (on a GPU, the engine without CUDA graphs; here the same engine again) must give the same bits."""
+    _patched(monkeypatch, lambda out, k: out + 1e-7 if k == 3 else out)
+    r = verify(**dict(small, dtypes=[torch.float16]), backends=["triton"])
+    status = _statuses(r)[("triton", "fp16")]
+    assert not r["ok"] and status.startswith("FAIL") and "bits differ" in status, status
+
+
+def test_a_dtype_the_backend_lacks_is_skipped(small, monkeypatch):
+    """A dtype outside the backend's ``dtypes`` (the CUDA kernels have no fp32) is skipped with the reason, not run."""
+    monkeypatch.setattr(_backend_class("triton"), "dtypes", (torch.float16,))
+    r = verify(**small, backends=["triton"])
+    assert _statuses(r)[("triton", "fp32")] == "skipped: not a dtype of this backend" and r["checked"] == 1
+
+
+def test_the_reference_row_fails_when_pytorch_fp32_is_off(monkeypatch):
+    """The first row checks PyTorch fp32 itself against float64 within ATOL: a reference 1e-3 off is a FAIL (were it
+    always "reference", a broken PyTorch or BLAS would go unnoticed)."""
+    import vdsr_fast.verify as v
+
+    real = v.ref64
+    monkeypatch.setattr(v, "ref64", lambda model, x: real(model, x) + 1e-3)
+    args = dict(models={"random": random_vdsr(depth=3, channels=4)}, backends=[], shapes=[(1, 5, 6)], device="cpu", seed=1)
+    r = verify(**args)
+    assert not r["ok"] and r["rows"][0].status.startswith("FAIL: PyTorch fp32 is not within 1e-05 of float64")
+
+
+def test_default_seed_is_fresh_each_run():
+    """Without ``seed`` each run draws new inputs (and reports the seed): a fixed default would test one input forever."""
+    args = dict(models={"random": random_vdsr(depth=3, channels=4)}, backends=[], shapes=[(1, 5, 6)], device="cpu")
+    a, b = verify(**args), verify(**args)
+    assert a["seed"] != b["seed"] and a["rows"][0].err != b["rows"][0].err
+
+
+def test_command_line_options_reach_verify(tmp_path, monkeypatch, capsys):
+    """What ``main`` hands :func:`verify`: the ``--weights`` model (named "given") with the random one, ``--dtype``
+    once each even if repeated, and, where one fast backend runs and another does not, the checks that can run (not a
+    refusal because some backend cannot)."""
+    import vdsr_fast
+    import vdsr_fast.verify as v
+
+    seen = {}
+
+    def fake(models, device, backends, dtypes, shapes, seed, report):
+        seen.update(models=models, backends=backends, dtypes=dtypes)
+        return {"device": str(device), "seed": 1, "rows": [], "ok": True, "checked": 1, "unavailable": {}}
+
+    monkeypatch.setattr(v, "verify", fake)
+    monkeypatch.setattr("vdsr_fast.engine._why_unavailable", lambda name, device: "not here" if name == "cuda" else None)
+    tiny = random_vdsr(depth=3, channels=4, seed=5)
+    weights = str(vdsr_fast.save(tiny, tmp_path / "tiny.safetensors"))
+    assert main(["--device", "cpu", "--dtype", "fp16", "--dtype", "fp16", "--weights", weights, "--sizes", "4x4"]) == 0
+    assert set(seen["models"]) == {"given", "random"} and seen["backends"] is None and seen["dtypes"] == [torch.float16]
+    assert torch.equal(seen["models"]["given"].layers[0].weight, tiny.layers[0].weight)
+    assert main(["--device", "cpu", "--weights", str(tmp_path / "missing.safetensors")]) == 2
+    assert "vdsr-fast verify: error:" in capsys.readouterr().err

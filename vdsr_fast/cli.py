@@ -192,7 +192,7 @@ def _read_source(src: Path, suffix: str, label_in: str | None = None, label_out:
     if deep and suffix not in ((".tif", ".tiff") if n > 1 else (".png", ".tif", ".tiff")):
         can = f" in {n} frames: TIFF can" if n > 1 else ": PNG and TIFF can"
         raise CliError(f"{src_label} is 16-bit and {out} cannot store 16 bits a sample{can}")
-    if channels & {2, 4} and (suffix in (".jpg", ".jpeg") or 2 in channels and suffix == ".bmp"):
+    if channels & {2, 4} and suffix in (".jpg", ".jpeg", ".bmp"):  # a 32-bit BMP's fourth byte is not read as alpha
         raise CliError(f"{src_label} has an alpha channel and {out} cannot store it: PNG, TIFF and WebP can")
     return info, frames, timing
 

@@ -402,8 +402,9 @@ def write_image(
                 _png_add_chunks(tmp, extra)
         else:
             im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)  # uint8: L, LA, RGB, RGBA
-            if suffix in (".jpg", ".jpeg") and im.mode in ("LA", "RGBA"):
-                raise ValueError(f"{path}: JPEG cannot store an alpha channel; use .png or .tif")
+            if suffix in (".jpg", ".jpeg", ".bmp") and im.mode in ("LA", "RGBA"):  # Pillow's RGBA BMP reads back as RGB
+                kind = "BMP" if suffix == ".bmp" else "JPEG"
+                raise ValueError(f"{path}: {kind} cannot store an alpha channel; use .png or .tif")
             extra = {"icc_profile": icc_profile} if icc_profile and suffix != ".bmp" else {}
             if dpi:
                 extra["dpi"] = dpi
