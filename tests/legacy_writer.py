@@ -41,6 +41,13 @@ class Storage:
         self.key, self.data = key, data
 
 
+class View:
+    """A storage view of PyTorch <= 0.3: ``size`` elements of ``base`` from ``offset``, pickled under its own key."""
+
+    def __init__(self, base: Storage, key: str, offset: int, size: int) -> None:
+        self.base, self.key, self.offset, self.size = base, key, offset, size
+
+
 def od(items):
     return Reduce(Global("collections", "OrderedDict"), ([[k, v] for k, v in items],))
 
@@ -53,10 +60,13 @@ class Py2Pickler(pickle._Pickler):
         self.storages = storages
 
     def persistent_id(self, obj):
+        view = None
+        if isinstance(obj, View):
+            obj, view = obj.base, (obj.key, obj.offset, obj.size)
         if isinstance(obj, Storage):
             if obj not in self.storages:
                 self.storages.append(obj)
-            return ("storage", Global("torch.cuda", "FloatStorage"), obj.key, "cuda:0", obj.data.size, None)
+            return ("storage", Global("torch.cuda", "FloatStorage"), obj.key, "cuda:0", obj.data.size, view)
         return None
 
     def save_py2str(self, obj):
@@ -109,10 +119,14 @@ def _base_state(extra: dict) -> dict:
     return state
 
 
+def rebuild_tensor(storage: Storage | View, offset, size, stride) -> Reduce:
+    """``torch._utils._rebuild_tensor(storage, offset, size, stride)``, as PyTorch <= 0.3 pickled a tensor."""
+    return Reduce(Global("torch._utils", "_rebuild_tensor"), (storage, offset, tuple(size), tuple(stride)))
+
+
 def _param(key: str, arr: np.ndarray) -> Reduce:
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    stride = tuple(s // 4 for s in arr.strides)
-    tensor = Reduce(Global("torch._utils", "_rebuild_tensor"), (Storage(key, arr.ravel()), 0, tuple(arr.shape), stride))
+    tensor = rebuild_tensor(Storage(key, arr.ravel()), 0, arr.shape, tuple(s // 4 for s in arr.strides))
     return Reduce(Global("torch.nn.parameter", "Parameter"), (tensor,), state=(True, False, od([])))
 
 
@@ -142,10 +156,34 @@ def _relu() -> ModuleObj:
     return ModuleObj("torch.nn.modules.activation", "ReLU", _base_state({"threshold": 0, "value": 0, "inplace": True}))
 
 
-def port_checkpoint_bytes(weights: list[np.ndarray], epoch: int = 50, extra_global: Global | None = None) -> bytes:
+def legacy_bytes(obj, little_endian: bool = True, magic: int = MAGIC, version: int = 1001, keys: list | None = None) -> bytes:
+    """``obj`` in the legacy torch.save format: the pickles of the magic number, the protocol version, the system
+    info and ``obj``, the sorted storage keys, then each storage as an int64 count and its float32 values, in the
+    byte order the system info states (PyTorch on a big-endian machine wrote big-endian files). ``magic``,
+    ``version`` and ``keys`` (the key list written; the storages that ``obj`` uses follow in its order) are for
+    malformed files."""
+    order = "<" if little_endian else ">"
+    f = io.BytesIO()
+    for header in (magic, version, {"protocol_version": version, "little_endian": little_endian, "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        Py2Pickler(f, []).dump(header)
+    storages: list[Storage] = []
+    Py2Pickler(f, storages).dump(obj)
+    by_key = {s.key: s for s in storages}
+    keys = sorted(by_key) if keys is None else keys
+    Py2Pickler(f, []).dump(keys)
+    for k in (k for k in keys if k in by_key):
+        data = by_key[k].data.astype(f"{order}f4")
+        f.write(struct.pack(f"{order}q", data.size))
+        f.write(data.tobytes())
+    return f.getvalue()
+
+
+def port_checkpoint_bytes(weights: list[np.ndarray], epoch: int = 50, extra_global: Global | None = None,
+                          little_endian: bool = True) -> bytes:  # fmt: skip
     """The port's ``{"epoch", "model": Net}`` for conv weights [input, residual..., output] (no biases).
 
-    ``extra_global`` adds a reference to another global inside the model (to test refusals).
+    ``extra_global`` adds a reference to another global inside the model (to test refusals); ``little_endian``
+    False writes the file a big-endian machine wrote.
     """
     blocks = [
         (str(i), ModuleObj("vdsr", "Conv_ReLU_Block", _base_state({"_modules": od([("conv", _conv(f"9400{i + 1}", w)), ("relu", _relu())])})))
@@ -165,18 +203,4 @@ def port_checkpoint_bytes(weights: list[np.ndarray], epoch: int = 50, extra_glob
     )
     if extra_global is not None:
         net_state["hook"] = Reduce(extra_global, ("echo pwned",))
-    obj = {"epoch": epoch, "model": ModuleObj("vdsr", "Net", net_state)}
-
-    f = io.BytesIO()
-    for header in (MAGIC, 1001, {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}):
-        Py2Pickler(f, []).dump(header)
-    storages: list[Storage] = []
-    Py2Pickler(f, storages).dump(obj)
-    keys = sorted(s.key for s in storages)
-    Py2Pickler(f, []).dump(keys)
-    by_key = {s.key: s for s in storages}
-    for k in keys:
-        data = by_key[k].data.astype("<f4")
-        f.write(struct.pack("<q", data.size))
-        f.write(data.tobytes())
-    return f.getvalue()
+    return legacy_bytes({"epoch": epoch, "model": ModuleObj("vdsr", "Net", net_state)}, little_endian)

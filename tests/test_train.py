@@ -1,6 +1,7 @@
 """The training loop on a tiny synthetic set: runs, checkpoints, resumes exactly, writes loadable weights."""
 
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -39,6 +40,21 @@ def test_pairs_are_matlab_bicubic_degradations(tmp_path):
         torch.testing.assert_close(bic, expected.float(), rtol=0, atol=1e-6)
 
 
+def test_pairs_are_downsized_first_then_cropped_to_each_scale():
+    """Each image is downsized first (MATLAB bicubic, x0.5 here), then cropped to a multiple of each scale in both
+    dimensions (the other tests' images are 40 x 48, whose width every scale divides, and are not downsized); a
+    scale an image is too small for is skipped, not the scales listed after it."""
+    g = torch.Generator().manual_seed(0)
+    big, small = torch.rand(41, 50, dtype=torch.float64, generator=g), torch.rand(7, 9, dtype=torch.float64, generator=g)
+    pairs, scales = build_pairs([big, small], [4, 3], [1.0, 0.5], progress=False)
+    half = vdsr_fast.imresize(big, 0.5)  # 21 x 25
+    expected = [(big[:40, :48], 4), (big[:39, :48], 3), (half[:20, :24], 4), (half[:21, :24], 3), (small[:6, :9], 3)]
+    assert scales == [s for _, s in expected]  # the small image: too small for x4 (under 2 x 4) and at x0.5
+    for (bic, hr), (want, s) in zip(pairs, expected):
+        assert torch.equal(hr, want.float())
+        torch.testing.assert_close(bic, vdsr_fast.imresize(vdsr_fast.imresize(want, 1 / s), s).float(), rtol=0, atol=1e-6)
+
+
 def test_patch_sampler_is_aligned_and_seeded(tmp_path):
     """Every sampled (input, target) pair is the same crop of one training pair under the same one of
     the 8 flips/rotations (found by brute force), and the same seed gives the same batch."""
@@ -64,6 +80,23 @@ def test_patch_sampler_is_aligned_and_seeded(tmp_path):
         assert hits, "a sampled pair is not an aligned crop of a training pair"
         used.add(hits[0][1])
     assert len(used) >= 6  # the flips and rotations are drawn
+
+
+def test_patch_sampler_reaches_every_crop_position_in_proportion():
+    """Every crop position is drawn (the last row and column too, and the one position of a pair exactly the
+    patch's size), each pair in proportion to its number of positions (1 and 4 here, so every position has the
+    same chance), and a batch may have another size than the last (a run resumed with another --batch)."""
+    small, big = torch.arange(16.0).reshape(4, 4), 100 + torch.arange(25.0).reshape(5, 5)
+    sampler = PatchSampler([(small, small + 0.5), (big, big + 0.5)], 4, torch.Generator().manual_seed(0), chunk=2)
+    x, y = sampler.batch(500)
+    assert torch.equal(y, x + 0.5)
+    corners = x.amin(dim=(1, 2, 3))  # a crop's smallest value is its top-left one, whatever the flip or rotation
+    values, counts = (t.tolist() for t in torch.unique(corners, return_counts=True))
+    assert values == [0, 100, 101, 105, 106]  # the small pair's one crop, and the big pair's 4
+    assert all(60 < n < 140 for n in counts), counts  # 100 each expected
+    assert sampler.batch(3)[0].shape == (3, 1, 4, 4)  # the chunk was drawn for batches of 500: this one is drawn anew
+
+
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_train_checkpoint_resume_and_weights(tmp_path, ema):
     data = _images(tmp_path / "data")
@@ -310,6 +343,123 @@ def test_fit_minutes_sets_the_steps_and_equals_a_run_given_them(tmp_path):
     assert not (tmp_path / "c").exists()  # refused before anything is prepared or written
 
 
+def test_learning_rate_schedules():
+    """Adam: a linear warm-up to --lr over --warmup steps (the first step already at lr / warmup), then a cosine
+    from --lr down to --min-lr, reached at --steps. SGD (the paper's): --lr divided by 10 every --lr-step steps
+    (0: every quarter of --steps)."""
+    lr_at = train_module._lr_at
+    adam = TrainConfig(steps=110, warmup=10, lr=1e-3, min_lr=1e-5)
+    assert [lr_at(adam, s) for s in (0, 4, 9, 10)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3])
+    assert [lr_at(adam, s) for s in (60, 110)] == pytest.approx([1e-5 + 0.5 * (1e-3 - 1e-5), 1e-5])
+    assert 1e-5 < lr_at(adam, 109) < 1.1e-5
+    sgd = TrainConfig(optimizer="sgd", steps=100, lr=0.1)
+    assert [lr_at(sgd, s) for s in (0, 24, 25, 50, 99)] == pytest.approx([0.1, 0.1, 0.01, 1e-3, 1e-4])
+    assert [lr_at(dataclasses.replace(sgd, lr_step=10), s) for s in (9, 10, 20)] == pytest.approx([0.1, 0.01, 1e-3])
+
+
+def test_optimizers_follow_the_recipe():
+    """SGD is the paper's: momentum 0.9 and weight decay 1e-4 unless --weight-decay says otherwise; Adam takes
+    --weight-decay as given."""
+    make, model = train_module._make_optimizer, VDSR(3, 4)
+    sgd = make(TrainConfig(optimizer="sgd"), model)
+    assert isinstance(sgd, torch.optim.SGD) and (sgd.defaults["momentum"], sgd.defaults["weight_decay"]) == (0.9, 1e-4)
+    assert make(TrainConfig(optimizer="sgd", weight_decay=1e-3), model).defaults["weight_decay"] == 1e-3
+    adam = make(TrainConfig(weight_decay=1e-3), model)
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["weight_decay"] == 1e-3
+
+
+@pytest.mark.parametrize("optimizer, clip", [("adam", 0.5), ("adam", 0.0), ("sgd", 0.5)])
+def test_gradients_are_clipped_every_step(tmp_path, monkeypatch, optimizer, clip):
+    """Adam: the gradients' norm is clipped to --clip at every step (--clip 0: not clipped); SGD: each gradient
+    value to [-clip/lr, clip/lr] at that step's lr (the paper's adjustable clipping)."""
+    calls = []
+    for name in ("clip_grad_norm_", "clip_grad_value_"):
+        real = getattr(torch.nn.utils, name)
+        monkeypatch.setattr(torch.nn.utils, name, lambda params, limit, *a, _name=name, _real=real, **k:
+                            calls.append((_name, limit)) or _real(params, limit, *a, **k))  # fmt: skip
+    cfg = TrainConfig(out=str(tmp_path / "a"), **_tiny(tmp_path, optimizer=optimizer, clip=clip, steps=3))
+    train(cfg, progress=False)
+    if optimizer == "sgd":
+        assert calls == [("clip_grad_value_", clip / train_module._lr_at(cfg, s)) for s in range(3)]
+    else:
+        assert calls == [("clip_grad_norm_", clip)] * (3 if clip else 0)
+
+
+def test_l1_loss_is_the_mean_absolute_error(tmp_path):
+    """--loss l1 trains on the mean absolute error: on the same first batch and weights its reported loss exceeds
+    the mean squared error's (the errors are below 1) and is at most its square root (Jensen)."""
+    losses = {}
+    for loss in ("mse", "l1"):
+        train(TrainConfig(out=str(tmp_path / loss), **_tiny(tmp_path, loss=loss, steps=1)), progress=False)
+        losses[loss] = torch.load(tmp_path / loss / "last.pt", weights_only=True)["history"][-1]["loss"]
+    assert losses["mse"] < losses["l1"] <= math.sqrt(losses["mse"]) * (1 + 1e-6), losses
+
+
+def test_the_moving_average_is_what_is_evaluated(tmp_path, monkeypatch):
+    """With --ema the periodic Set5 evaluation scores the average of the weights (what the run saves), not the
+    weights themselves."""
+    seen = []
+    monkeypatch.setattr(train_module, "_eval_psnr", lambda model, cfg, device: seen.append(
+        {k: v.clone() for k, v in model.state_dict().items()}))  # fmt: skip
+    train(TrainConfig(out=str(tmp_path / "a"), **_tiny(tmp_path, ema=0.9, steps=2, eval_every=1)), progress=False)
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert len(seen) == 2 and all(torch.equal(t, state["ema"][k]) for k, t in seen[-1].items())
+    assert not torch.equal(seen[-1]["layers.0.weight"], state["model"]["layers.0.weight"])
+
+
+def test_a_checkpoint_that_fails_to_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    """last.pt is written to a temporary file, synced to the disk and renamed over the previous one: a write that
+    fails (a full disk; a machine going down) leaves the previous checkpoint whole, to resume from."""
+    cfg = TrainConfig(out=str(tmp_path / "a"), **_tiny(tmp_path, ckpt_every=2))
+    events, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda src, dst: events.append(f"replace {Path(dst).name}") or replace(src, dst))
+    train(cfg, progress=False, until_step=2)
+    assert events[:2] == ["fsync", "replace last.pt"]
+    good = (tmp_path / "a" / "last.pt").read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"part of a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        train(cfg, progress=False)  # resumes at step 2; its checkpoint of step 4 fails
+    assert (tmp_path / "a" / "last.pt").read_bytes() == good
+
+
+def test_a_run_stops_at_its_last_step_or_its_minutes(tmp_path):
+    """--until-step past --steps stops at --steps (where the schedule ends); --max-minutes 0 stops before the first
+    step. Either saves a checkpoint of the step reached."""
+    cfg = _tiny(tmp_path, steps=2)
+    train(TrainConfig(out=str(tmp_path / "a"), **cfg), progress=False, until_step=5)
+    train(TrainConfig(out=str(tmp_path / "b"), **cfg), progress=False, max_minutes=0)
+    assert [torch.load(tmp_path / r / "last.pt", weights_only=True)["step"] for r in "ab"] == [2, 0]
+
+
+def test_a_run_needs_neither_its_images_with_a_cache_nor_its_init_to_resume(tmp_path):
+    """A run whose --cache holds the Y planes runs without the image folders (a GPU machine gets the .npz alone),
+    and --init is read when a run begins, not when it is resumed (the file may be gone by then)."""
+    cache = tmp_path / "y.npz"
+    load_train_y([str(_images(tmp_path / "data"))], str(cache), progress=False)
+    vdsr_fast.save(VDSR(3, 8), tmp_path / "start.safetensors")
+    cfg = TrainConfig(out=str(tmp_path / "a"), init=str(tmp_path / "start.safetensors"),
+                      **_tiny(tmp_path, data=[str(tmp_path / "missing")], cache=str(cache), steps=3))  # fmt: skip
+    train(cfg, progress=False, until_step=1)
+    (tmp_path / "start.safetensors").unlink()
+    train(cfg, progress=False)
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_fit_minutes_is_refused_for_sgd(tmp_path):
+    """--fit-minutes measures Adam's warm-up; an SGD run's lr depends on --steps from the first step: refused
+    before anything is prepared or written."""
+    with pytest.raises(ValueError, match="--fit-minutes needs a new adam run"):
+        train(TrainConfig(out=str(tmp_path / "a"), **_tiny(tmp_path, optimizer="sgd", warmup=100)), progress=False,
+              fit_minutes=1)  # fmt: skip
+    assert not (tmp_path / "a").exists()
+
+
 def _cli(tmp_path, capsys, *argv):
     """``vdsr-fast train`` on the tiny set, one step, with ``argv`` last (overriding): (exit status, stderr)."""
     from vdsr_fast.cli import main
@@ -331,6 +481,10 @@ def _cli(tmp_path, capsys, *argv):
     (["--scales", "0"], "--scales must be some of 2, 3, 4 (the scales VDSR serves), got [0]"),
     (["--scales", "2", "5"], "--scales must be some of 2, 3, 4"),
     (["--downsizes", "0"], "--downsizes must be factors in (0, 1]"),
+    (["--downsizes", "1.5"], "--downsizes must be factors in (0, 1]"),
+    (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+    (["--eval-every", "0"], "--eval-every must be at least 1, got 0"),
+    (["--depth", "1"], "--depth must be at least 2, got 1"),
     (["--patch", "0"], "--patch must be at least 1, got 0"),
     (["--batch", "0"], "--batch must be at least 1, got 0"),
     (["--steps", "0"], "--steps must be at least 1, got 0"),

@@ -13,12 +13,13 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from legacy_writer import Global, port_checkpoint_bytes
+from legacy_writer import Global, ModuleObj, Storage, View, legacy_bytes, port_checkpoint_bytes, rebuild_tensor
 from safetensors.torch import save_file
 from torch import nn
 
 import vdsr_fast
 from vdsr_fast import VDSR, WeightsError
+from vdsr_fast.torch_pickle import LEGACY_MAGIC, CheckpointFormatError, read_checkpoint
 from vdsr_fast.weights import from_state_dict
 
 
@@ -222,6 +223,56 @@ def test_port_checkpoint_python2_pytorch03_legacy(tmp_path):
         assert torch.count_nonzero(conv.bias) == 0
 
 
+def test_port_checkpoint_from_a_big_endian_machine(tmp_path):
+    """A legacy file states its byte order in the system info: a big-endian machine's counts and values are
+    byteswapped (read as little-endian they would be absurd counts and garbage weights)."""
+    rng = np.random.default_rng(2)
+    ws = [rng.normal(0, 0.05, (8, 1, 3, 3)), rng.normal(0, 0.05, (8, 8, 3, 3)), rng.normal(0, 0.05, (1, 8, 3, 3))]
+    path = tmp_path / "model_epoch_7.pth"
+    path.write_bytes(port_checkpoint_bytes(ws, epoch=7, little_endian=False))
+    m = vdsr_fast.load(path)
+    assert (m.depth, m.channels) == (3, 8) and m.metadata["epoch"] == "7"
+    for w, conv in zip(ws, m.layers):
+        np.testing.assert_array_equal(conv.weight.numpy(), w.astype(np.float32))
+
+
+@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_port_checkpoint_of_another_dtype_is_widened(tmp_path, zip_format, dtype):
+    """The restricted reader maps each storage type to its dtype (and element size): a port checkpoint saved in
+    double or half precision loads as the same values in float32 (read with another dtype, the bytes would be
+    other numbers, or a count that does not match the storage)."""
+    mod = _install_fake_port_module()
+    try:
+        net = mod.Net().to(dtype)
+        path = tmp_path / "model_epoch_5.pth"
+        torch.save({"epoch": 5, "model": net}, path, _use_new_zipfile_serialization=zip_format)
+    finally:
+        del sys.modules["vdsr"]
+    m = vdsr_fast.load(path)
+    assert (m.depth, m.channels) == (20, 64)
+    convs = [net.input] + [block.conv for block in net.residual_layer] + [net.output]
+    for conv, loaded in zip(convs, m.layers):
+        assert loaded.weight.dtype == torch.float32 and torch.equal(loaded.weight, conv.weight.detach().float())
+
+
+def test_legacy_storage_views_are_their_slice_of_the_storage():
+    """PyTorch <= 0.3 pickled a storage view as (view key, offset, size) of a base storage, and a tensor's offset
+    counts from the view's start. The reader built the view as a slice and then as_strided from it, whose offset
+    counts from the base storage's start: the view's offset was lost (here [[1, 3], [2, 4]] instead of
+    [[5, 7], [6, 8]]). A tensor may not reach past the view's end, nor a view past its storage's."""
+    base = Storage("1", np.arange(12, dtype=np.float32))
+    view = View(base, "2", 4, 6)
+    obj = {"w": rebuild_tensor(view, 1, (2, 2), (1, 2)), "whole": rebuild_tensor(base, 0, (12,), (1,))}
+    out = read_checkpoint(legacy_bytes(obj))
+    assert torch.equal(out["w"], torch.tensor([[5.0, 7.0], [6.0, 8.0]])) and torch.equal(out["whole"], torch.arange(12.0))
+    with pytest.raises(CheckpointFormatError, match="reaches element 6 of a storage of 6"):
+        read_checkpoint(legacy_bytes({"w": rebuild_tensor(view, 1, (6,), (1,))}))
+    with pytest.raises(CheckpointFormatError, match="a storage view of 6 elements at 10 lies outside its storage of 12"):
+        read_checkpoint(legacy_bytes({"w": rebuild_tensor(View(base, "2", 10, 6), 0, (2,), (1,))}))
+
+
 # ---------------------------------------------------------------- refusals
 
 
@@ -254,6 +305,40 @@ def test_foreign_global_inside_a_port_checkpoint_is_refused(tmp_path):
     path.write_bytes(port_checkpoint_bytes(ws, extra_global=Global("posix", "system")))
     with pytest.raises(WeightsError, match="posix.system"):
         vdsr_fast.load(path)
+
+
+class _Calls:
+    """Pickles as ``func(*args)`` (a global and a REDUCE), as a malicious checkpoint would."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("protocol, func, name", [
+    (4, exec, "builtins.exec"),
+    (2, eval, "__builtin__.eval"),  # as Python 2 named the builtins
+    (4, torch.storage._load_from_bytes, "torch.storage._load_from_bytes"),  # torch.load(weights_only=False) of bytes
+])  # fmt: skip
+def test_globals_of_allowed_modules_are_refused_too(tmp_path, protocol, func, name):
+    """The allow-list holds names, not modules: ``builtins.set`` and torch's rebuild functions are allowed, yet
+    another global of the same module (``builtins.exec``, or ``torch.storage._load_from_bytes``, which unpickles
+    a nested file with code allowed) is refused, and nothing runs."""
+    marker = tmp_path / "pwned"
+    code = f"open({str(marker)!r}, 'w').close()"
+    if func is torch.storage._load_from_bytes:
+        inner = io.BytesIO()
+        torch.save(_Evil(marker), inner)
+        args = (inner.getvalue(),)
+    else:
+        args = (code,)
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"model": _Calls(func, *args)}, protocol=protocol))
+    with pytest.raises(WeightsError, match=f"refusing to load: the checkpoint references '{name}'"):
+        vdsr_fast.load(path)
+    assert not marker.exists()
 
 
 def _valid_sd(m=None):
@@ -398,6 +483,63 @@ def test_legacy_storage_size_lie_is_caught(tmp_path):
     (tmp_path / "lie.pth").write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="truncated"):
         vdsr_fast.load(tmp_path / "lie.pth")
+
+
+@pytest.mark.parametrize("count, cut, message", [
+    (-1, 0, r"truncated in storage '94999' \(-1 elements announced\)"),
+    (72, 4, r"truncated in storage '94999' \(72 elements announced\)"),
+])  # fmt: skip
+def test_legacy_storage_counts_are_checked_against_the_bytes_left(tmp_path, count, cut, message):
+    """A storage's count is checked against the bytes left after it, and a negative one refused: a count of -1
+    took every byte left as the last storage (f.read(-4) reads to the end), and a file cut short inside its last
+    storage is named truncated (not an oversized tensor) before its bytes are read."""
+    ws = [np.ones((8, 1, 3, 3)), np.ones((8, 8, 3, 3)), np.ones((1, 8, 3, 3))]
+    data = bytearray(port_checkpoint_bytes(ws))
+    last = data.rfind(struct.pack("<q", 72))  # the last storage (key 94999, the output layer) holds 72 values
+    data[last : last + 8] = struct.pack("<q", count)
+    (tmp_path / "bad.pth").write_bytes(bytes(data[: len(data) - cut]))
+    with pytest.raises(WeightsError, match=message):
+        vdsr_fast.load(tmp_path / "bad.pth")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"magic": LEGACY_MAGIC + 1}, "wrong magic number"),
+    ({"version": 1000}, "unsupported legacy torch.save protocol version 1000"),
+    ({"keys": ["1", "2"]}, "storage '2' is listed but never used"),
+])  # fmt: skip
+def test_legacy_headers_are_checked(changes, message):
+    """A legacy file's magic number, protocol version and storage key list are checked: a file that is not one, or
+    one whose storages would be read at the wrong places, is refused (each was read as if it were one)."""
+    obj = {"w": rebuild_tensor(Storage("1", np.arange(4, dtype=np.float32)), 0, (4,), (1,))}
+    assert torch.equal(read_checkpoint(legacy_bytes(obj))["w"], torch.arange(4.0))
+    with pytest.raises(CheckpointFormatError, match=message):
+        read_checkpoint(legacy_bytes(obj, **changes))
+
+
+def test_module_persistent_ids_name_module_classes_only():
+    """A legacy ('module', class, file, source) id stands for a pickled nn.Module: a class of the allow-list that is
+    not one of the module classes (here OrderedDict) is refused there, not built as the model."""
+    with pytest.raises(CheckpointFormatError, match="unexpected persistent id"):
+        read_checkpoint(legacy_bytes({"model": ModuleObj("collections", "OrderedDict", {})}))
+
+
+@pytest.mark.parametrize("offset, size, stride, message", [
+    (-1, (4,), (1,), "malformed tensor header"),  # before the storage
+    (5, (3,), (-1,), "malformed tensor header"),  # a negative stride
+    (0, (2, 3), (3,), "malformed tensor header"),  # fewer strides than dimensions
+    (1, (6,), (1,), "reaches element 6 of a storage of 6"),  # one element past the end
+    (0, (2, 3), (3, 2), "reaches element 7 of a storage of 6"),  # strides that overrun
+])  # fmt: skip
+def test_tensor_headers_outside_their_storage_are_refused(offset, size, stride, message):
+    """A tensor's (offset, size, stride) is checked against its storage before it is built: each of these was
+    torch's RuntimeError from as_strided (not a CheckpointFormatError, so load() raised it past WeightsError), or
+    would read memory outside the storage."""
+    storage = Storage("1", np.arange(6, dtype=np.float32))
+    data = legacy_bytes({"layers.0.weight": rebuild_tensor(storage, offset, size, stride)})
+    with pytest.raises(CheckpointFormatError, match=message):
+        read_checkpoint(data)
+    transposed = read_checkpoint(legacy_bytes({"t": rebuild_tensor(storage, 0, (3, 2), (1, 3))}))["t"]
+    assert torch.equal(transposed, torch.arange(6.0).reshape(2, 3).t())  # a valid strided tensor is read as such
 
 
 def test_missing_file():

@@ -82,7 +82,11 @@ class _Storage:
     def tensor(self) -> torch.Tensor:
         if self.view_of is not None:
             base, offset = self.view_of
-            return base.tensor()[offset : offset + self.numel]
+            whole = base.tensor()
+            if offset < 0 or self.numel < 0 or offset + self.numel > whole.numel():
+                raise CheckpointFormatError(f"a storage view of {self.numel} elements at {offset} lies outside its "
+                                            f"storage of {whole.numel()} (corrupt file)")
+            return whole[offset : offset + self.numel].clone()  # its own storage: a tensor's offset counts from here
         if self.data is None:
             raise CheckpointFormatError("a storage's bytes are missing from the file (truncated?)")
         return self.data
