@@ -330,7 +330,8 @@ def test_fit_minutes_sets_the_steps_and_equals_a_run_given_them(tmp_path):
     assert time.perf_counter() - t < 2 * 0.04 * 60  # fits its minutes (loosely: a shared CI machine's speed varies)
     state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     assert state["step"] == min(103, state["config"]["steps"])
-    fitted = train(TrainConfig(out=str(tmp_path / "a"), steps=10**9, **common), progress=False, fit_minutes=0.04)
+    fitted = train(TrainConfig(out=str(tmp_path / "a"), steps=10**9, **common), progress=False, fit_minutes=0.04,
+                   max_minutes=0.5)  # a resume that forgot the fitted steps would stop here, short of them
     state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     fit = next(h["fit"] for h in state["history"] if "fit" in h)
     steps = fit["steps"]
