@@ -4,6 +4,7 @@ import io
 import subprocess
 import sys
 from fractions import Fraction
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ av = pytest.importorskip("av", reason="PyAV is not installed (pip install av): t
 from benchmarks.bench_video import mux_tone  # noqa: E402
 from vdsr_fast import load as vdsr_fast_load  # noqa: E402
 from vdsr_fast import save  # noqa: E402
+from vdsr_fast.images import default_file_mode  # noqa: E402
 from vdsr_fast.video import main  # noqa: E402
 
 FPS, N, W, H = 12, 12, 32, 24
@@ -107,6 +109,21 @@ def test_clip_is_upscaled_with_audio_and_timing_kept(clip, weights, tmp_path, ca
     assert got["audio"] == ["aac"]
     assert abs(got["duration"] - src["duration"]) <= 0.05 * 1e6  # microseconds
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    assert out.stat().st_mode & 0o777 == default_file_mode()  # as open() makes it, not mkstemp's 0o600
+
+
+def test_a_folder_takes_video_suffixes_in_any_case(tmp_path):
+    """A folder as the input: cameras name their files .MP4 and .MOV; the suffix matches in any case (the files are
+    only listed here, not read)."""
+    from vdsr_fast.video import _jobs
+
+    src = tmp_path / "card"
+    src.mkdir()
+    for name in ("A.MP4", "b.Mkv", "c.mov", "notes.TXT"):
+        (src / name).write_bytes(b"")
+    jobs = _jobs(SimpleNamespace(input=str(src), output=str(tmp_path / "out"), force=False))
+    assert [(s.name, d.relative_to(tmp_path).as_posix()) for s, d in jobs] == [
+        ("A.MP4", "out/A.MP4"), ("b.Mkv", "out/b.Mkv"), ("c.mov", "out/c.mov")]  # fmt: skip
 
 
 def test_a_folder_of_videos(tmp_path, weights, capsys):
@@ -226,6 +243,61 @@ def test_duration_upscales_the_first_seconds_with_audio_cut_alike(clip, weights,
     assert "duration must be a positive number of seconds" in capsys.readouterr().err
 
 
+class _Packet:
+    """What the reader uses of a demuxed packet (1/1000 s timestamps, 40 ms long); decoding it gives ``frames``, or
+    raises them when they are an exception (a packet the decoder rejects)."""
+
+    def __init__(self, stream, t, frames=(), corrupt=False):
+        self.stream = SimpleNamespace(index=stream)
+        self.pts, self.time_base, self.duration = round(t * 1000), Fraction(1, 1000), 40
+        self.frames, self.is_corrupt, self.size = frames, corrupt, 1
+
+    def decode(self):
+        if isinstance(self.frames, Exception):
+            raise self.frames
+        return list(self.frames)
+
+
+def _frame(t):
+    return SimpleNamespace(time=t, side_data={})
+
+
+def _read(packets, drained=(), limit=None):
+    """Run the reader on fake demuxed ``packets`` (video: stream 0; copied: stream 1; an exception: the demuxer raises
+    it there), the decoder holding ``drained`` at the end; returns the pipe, the frames and the packets passed on."""
+    from vdsr_fast.video import _END, _Pipe, _reader
+
+    def demux():
+        for p in packets:
+            if isinstance(p, Exception):
+                raise p
+            yield p
+
+    vstream = SimpleNamespace(index=0, codec_context=SimpleNamespace(decode=lambda packet: list(drained)))
+    pipe = _Pipe(depth=100)
+    _reader(pipe, av, SimpleNamespace(demux=demux), vstream, {1}, 100, limit)
+    frames, passed = [], []
+    while (item := pipe.decoded.get_nowait()) is not _END:
+        kind, payload = item
+        if kind == "frames":
+            frames += payload
+        else:
+            passed.append(payload)
+    return pipe, frames, passed
+
+
+def test_duration_reads_on_past_the_cut_for_packets_stored_late():
+    """--duration: once the video is past the cut, the demuxing goes on up to _LIMIT_SLACK_S (2 s) further for the
+    audio and subtitle packets that start before the cut but are stored after later video (files interleaved in
+    chunks: AVI, MOV), then stops; fake packets, in the order such a file stores them."""
+    f = [_frame(t) for t in (0, 0.25, 0.5)]
+    early, late = _Packet(1, 0.1), _Packet(1, 0.3)
+    stored = [early, _Packet(0, 0, [f[0]]), _Packet(0, 0.25, [f[1]]), _Packet(0, 0.5, [f[2]]), _Packet(0, 0.75),
+              _Packet(1, 0.6), late, _Packet(1, 2.6), _Packet(1, 0.4)]  # fmt: skip
+    _, frames, passed = _read(stored, limit=0.5)
+    assert frames == f[:2] and passed == [early, late]  # 0.6: past the cut; 0.4: after the 2.6 s one, not read
+
+
 def test_the_video_is_ffmpegs_best_stream_and_the_others_are_named(tmp_path, weights, capsys):
     """A Matroska file whose first track is a small one-frame picture (as cover art is often stored) and whose second
     is the video: the video is upscaled (was the picture: one frame, the clip lost), the picture named as dropped."""
@@ -269,6 +341,23 @@ def test_chapters_are_kept_and_cut_with_duration(tmp_path, weights, capsys, suff
     assert "warning" not in capsys.readouterr().err
     assert _run(src, tmp_path / f"cut{suffix}", "--weights", weights, "--duration", "0.5") == 0
     assert _chapter_list(tmp_path / f"cut{suffix}") == [(0, 0.4, "Intro"), (0.4, 0.5, "Main")]
+
+
+def test_chapters_for_a_cut_and_a_late_start():
+    """_chapters on the input's clock: shifted by its start (the output starts at 0); with --duration those that start
+    before the cut, the last one ending there; one that starts at the cut itself is left out (an empty chapter)."""
+    from vdsr_fast.video import _chapters
+
+    tb = Fraction(1, 1000)
+    chapters = [{"id": i + 1, "start": a, "end": b, "time_base": tb, "metadata": {"title": t}}
+                for i, (a, b, t) in enumerate([(1000, 1500, "A"), (1500, 2000, "B")])]  # fmt: skip
+
+    def spans(kept):
+        return [(c["start"], c["end"], c["metadata"]["title"]) for c in kept]
+
+    assert spans(_chapters(chapters, None, 1.0)) == [(0, 500, "A"), (500, 1000, "B")]
+    assert spans(_chapters(chapters, 1.75, 1.0)) == [(0, 500, "A"), (500, 750, "B")]
+    assert spans(_chapters(chapters, 1.5, 1.0)) == [(0, 500, "A")]
 
 
 def _timecodes(path):
@@ -947,7 +1036,8 @@ def test_pipeline_choice_and_the_two_agree(tmp_path, tiny_model, weights, capsys
     _textured_clip(src, "yuv420p", matrix, 1, luma=0.3, chroma=0.3)  # saturated colours, inside the gamut
     assert upscale_video(src, tmp_path / "a.mkv", 2, None, **kw)["pipeline"] == "yuv"  # the shipped weights
     assert upscale_video(src, tmp_path / "b.mkv", 2, None, pipeline="rgb", **kw)["pipeline"] == "rgb"
-    assert upscale_video(src, tmp_path / "c.mkv", 2, tiny_model, pix_fmt="yuv420p10le", **kw)["pipeline"] == "rgb"
+    deeper = upscale_video(src, tmp_path / "c.mkv", 2, tiny_model, pix_fmt="yuv420p10le", **kw)
+    assert deeper["pipeline"] == "rgb" and deeper["bits"] == 16  # 16-bit RGB for a 10-bit output, not 8
     yuv, rgb = _planes_of(tmp_path / "a.mkv")[0], _planes_of(tmp_path / "b.mkv")[0]
     diff = [np.abs(a[0].astype(float) - b[0].astype(float)) for a, b in zip(yuv, rgb, strict=True)]
     bias = np.mean([(a[0].astype(float) - b[0]).mean() for a, b in zip(yuv, rgb, strict=True)])
@@ -974,3 +1064,56 @@ def test_yuv_pipeline_into_other_chroma_subsampling_keeps_the_luma(tmp_path, tin
         a, b = _planes_of(tmp_path / f"{fmt}_same.mkv"), _planes_of(tmp_path / f"{fmt}_420.mkv")
         assert (a[1], b[1]) == (fmt, to420) and all(np.array_equal(x[0], y[0]) for x, y in zip(a[0], b[0], strict=True))
         assert b[0][0][1].shape == (24, 40)  # 4:2:0 chroma of the 80x48 output
+
+
+def test_a_variable_rate_input_into_a_constant_rate_muxer_keeps_the_frames_apart(tmp_path, tiny_model):
+    """Frames closer together than the frame period (a variable frame rate: three 10 ms apart at 12 fps) take the
+    next free tick of a constant-rate muxer (IVF: VP9 by default, its time base the frame period), never two at one
+    time (a player would show one of them); the others keep the tick nearest their time, gaps included."""
+    from vdsr_fast.video import upscale_video
+
+    src, out = tmp_path / "vfr.mkv", tmp_path / "out.ivf"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("ffv1", rate=FPS)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        v.codec_context.time_base = Fraction(1, 1000)
+        for i, ms in enumerate([0, 10, 20, 250, 500, 750]):
+            f = av.VideoFrame.from_ndarray(np.full((H, W, 3), 40 * i, np.uint8), format="rgb24")
+            f.pts, f.time_base = ms, Fraction(1, 1000)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+    r = upscale_video(src, out, 2, tiny_model, device="cpu", progress=False)
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert (v.codec_context.name, v.time_base) == ("vp9", Fraction(1, FPS))
+        assert r["frames"] == 6 and [f.pts for f in c.decode(video=0)] == [0, 1, 2, 3, 6, 9]
+
+
+def test_yuv_pipeline_alpha_edges_are_clamped_not_wrapped(tmp_path, tiny_model):
+    """The yuv pipeline's alpha plane is resized bicubically and rounded half up into the sample range, to the sample
+    (checked against imresize): next to a hard edge from transparent to opaque the overshoot is clamped at 255 (a
+    256 would wrap to 0 in uint8: a transparent fringe inside the opaque part)."""
+    from vdsr_fast import imresize
+    from vdsr_fast.video import upscale_video
+
+    src, out = tmp_path / "alpha.mkv", tmp_path / "out.mkv"
+    alpha = np.zeros((16, 32), np.uint8)
+    alpha[:, 16:] = 255
+    alpha[4:12, 6:10] = 255
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("ffv1", rate=10)
+        v.width, v.height, v.pix_fmt = 32, 16, "yuva420p"
+        for i in range(2):
+            f = av.VideoFrame(32, 16, "yuva420p")
+            for plane, value in zip(f.planes, (120, 90, 170, alpha)):
+                _plane(plane, np.uint8)[:] = value
+            f.pts, f.time_base = i, Fraction(1, 10)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+    r = upscale_video(src, out, 2, tiny_model, codec="ffv1", device="cpu", progress=False)
+    assert (r["pipeline"], r["pix_fmt"], r["alpha"]) == ("yuv", "yuva420p", True)
+    a = torch.from_numpy(alpha)[None, None].float() / 255
+    want = (imresize(a, size=(32, 64)) * 255 + 0.5).floor().clamp(0, 255).numpy()[0, 0]
+    got, _ = _planes_of(out)
+    assert len(got) == 2 and all(np.array_equal(planes[3], want) for planes in got)
+    assert (want[:, 34:] == 255).all() and (got[0][3][:, 32:] > 200).all()  # no wrapped samples on the opaque side

@@ -4,15 +4,18 @@ Truncated inputs follow upscale_video's docstring: a file that still opens is up
 decodes, with a warning; one that does not open (an MP4 cut before its index) is an error.
 """
 
+import contextlib
 import os
 import tempfile
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 av = pytest.importorskip("av", reason="PyAV is not installed (pip install av): the video command needs it")
 
-from test_video import H, N, W, _make_clip, _probe, _run  # noqa: E402
+from test_video import H, N, W, _frame, _make_clip, _Packet, _probe, _read, _run, mux_tone  # noqa: E402
 
 from vdsr_fast import save  # noqa: E402
 
@@ -313,3 +316,75 @@ def test_an_interrupted_run_leaves_nothing(tmp_path, tiny_model, monkeypatch, ca
     monkeypatch.setattr(video, "upscale_video", interrupted)
     assert video.main([str(src), str(tmp_path / "out.mkv"), "--quiet"]) == 130
     assert capsys.readouterr().err.strip() == "vdsr-fast video: interrupted"
+
+
+def test_a_damaged_input_is_read_as_far_as_it_goes_and_every_fault_counted():
+    """The reader on a damaged stream (fake packets: what a real damaged file does is up to FFmpeg's demuxers): a
+    packet the decoder rejects is skipped and counted, a corrupt-flagged one counted, and a demuxer error ends the
+    input with the frames the decoder still holds drained, not lost; the latest end time read is the furthest any
+    stream reached (an audio packet stored ahead of the video), so the truncation check is not misled. The damage
+    report names all three faults."""
+    from vdsr_fast.video import _damage_report
+
+    f = [_frame(t) for t in (0, 0.04, 0.08, 0.12)]
+    rejected = av.error.InvalidDataError(22, "Invalid data found when processing input")
+    broken = av.error.EOFError(541478725, "End of file")
+    audio = _Packet(1, 0.5, corrupt=True)
+    pipe, frames, passed = _read(
+        [_Packet(0, 0), _Packet(0, 0.04, [f[0]]), audio, _Packet(0, 0.08, rejected), _Packet(0, 0.12, [f[1]]), broken,
+         _Packet(0, 0.16, [_frame(0.16)])],
+        drained=f[2:],
+    )  # fmt: skip
+    assert frames == f and passed == [audio]  # f[2:] only from the drained decoder; nothing after the error
+    assert (pipe.read_error, pipe.decode_errors, pipe.decode_error, pipe.corrupt) == (broken, 1, rejected, 1)
+    assert pipe.end == pytest.approx(0.54)
+    report = _damage_report(pipe, len(frames), 0, 0.0, None, Fraction(25))
+    assert "reading stopped early: [Errno 541478725] End of file" in report and "1 undecodable video packet(s)" in report
+    assert "1 packet(s) flagged corrupt" in report and report.endswith("the output holds the 4 frame(s) that could be decoded")
+
+
+def test_an_input_without_a_video_stream_is_an_error_and_is_closed(tmp_path, tiny_model):
+    """An audio-only file is refused with a message saying why (without that check: an IndexError, a traceback), and
+    a setup error after the input was opened (here an output size the format cannot hold) closes it: a folder of
+    such files must not pile up open descriptors (seen in /proc/self/fd, Linux)."""
+    from vdsr_fast.video import VideoError, upscale_video
+
+    src = tmp_path / "audio.mka"
+    with av.open(str(src), "w") as c:
+        a = c.add_stream("aac", rate=48000)
+        a.layout = "stereo"
+        mux_tone(c, a, Fraction(1, 2), 0.3)
+    with pytest.raises(VideoError, match="it has no video stream"):
+        upscale_video(src, tmp_path / "out.mp4", 2, tiny_model, device="cpu", progress=False)
+
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc/self/fd to see open files")
+
+    def open_on(path):
+        found = []
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):
+                found += [fd] if os.readlink(fd) == str(path) else []
+        return found
+
+    odd = tmp_path / "odd.mkv"
+    _odd_clip(odd)
+    # `caught` holds the traceback, hence upscale_video's frame: an input left open is not closed by the collector
+    with pytest.raises(VideoError, match="cannot be encoded as yuv420p") as caught:
+        upscale_video(odd, tmp_path / "out.mp4", 3, tiny_model, device="cpu", progress=False)
+    assert caught.traceback and open_on(odd) == []
+    assert _listing(tmp_path) == ["audio.mka", "odd.mkv"]
+
+
+def test_bad_batch_or_pipeline_is_refused_before_anything_is_written(clip, tmp_path, tiny_model):
+    """batch=0 (unchecked: a ValueError from range() in the reader thread, once the output was open) and an unknown
+    pipeline name (unchecked: taken as auto) are VideoErrors naming the argument, before anything is written."""
+    from vdsr_fast.video import VideoError, upscale_video
+
+    out = tmp_path / "out.mp4"
+    with pytest.raises(VideoError, match="--batch must be >= 1, got 0"):
+        upscale_video(clip, out, 2, tiny_model, batch=0, device="cpu", progress=False)
+    with pytest.raises(VideoError, match="pipeline must be 'auto', 'yuv' or 'rgb', got 'fast'"):
+        upscale_video(clip, out, 2, tiny_model, pipeline="fast", device="cpu", progress=False)
+    assert _listing(tmp_path) == []
