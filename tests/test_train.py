@@ -189,20 +189,46 @@ def test_a_signal_saves_the_step_reached_then_takes_its_course(tmp_path, monkeyp
             signal.raise_signal(sig)
         return lr_at(c, step)
 
-    before_int, before_term = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, on_term)
+    # Python's own Ctrl-C handler, also where the suite runs with SIGINT ignored (nohup, a shell's background job),
+    # whose ignored signal the run rightly leaves alone
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    before_term = signal.signal(signal.SIGTERM, on_term)
     try:
         monkeypatch.setattr(train_module, "_lr_at", lr_at_signalling)
         with pytest.raises(KeyboardInterrupt if sig == signal.SIGINT else Terminated):
             train(TrainConfig(out=str(tmp_path / "b"), **cfg), progress=False)
         monkeypatch.undo()
-        assert signal.getsignal(signal.SIGINT) is before_int and signal.getsignal(signal.SIGTERM) is on_term
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is on_term
     finally:
+        signal.signal(signal.SIGINT, before_int)
         signal.signal(signal.SIGTERM, before_term)
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 4
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json", "last.pt"]  # no weights, no .tmp
     train(TrainConfig(out=str(tmp_path / "b"), **cfg), progress=False)
     train(TrainConfig(out=str(tmp_path / "a"), **cfg), progress=False)
     _assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread")
+def test_a_run_started_with_ctrl_c_ignored_leaves_it_ignored(tmp_path, monkeypatch):
+    """A run under nohup (or a shell's background job) has SIGINT ignored: a Ctrl-C meant for the terminal must
+    neither stop it nor be turned back on by it."""
+    lr_at = train_module._lr_at
+
+    def lr_at_signalling(c, step):
+        if step == 3:
+            signal.raise_signal(signal.SIGINT)
+        return lr_at(c, step)
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        monkeypatch.setattr(train_module, "_lr_at", lr_at_signalling)
+        train(TrainConfig(out=str(tmp_path / "b"), **_tiny(tmp_path)), progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 6
 
 
 def test_a_gpu_runs_checkpoint_resumes_with_this_machines_optimizer_options(tmp_path, monkeypatch, capsys):
