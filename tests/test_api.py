@@ -197,6 +197,17 @@ def test_engine_devices_that_cannot_compute(tiny_model, device, error, match):
         Engine(tiny_model, backend="torch", device=device)
 
 
+def test_resolve_device_pins_a_bare_cuda_to_the_current_device(monkeypatch):
+    """A bare "cuda" becomes the current CUDA device (where torch allocates), so it compares equal to the device of
+    the tensors made there; an explicit index and other device types stay as given. Simulated current device."""
+    from vdsr_fast.kernels import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("cuda") == resolve_device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device("meta") == torch.device("meta")
+
+
 def test_input_requiring_grad_gives_a_plain_output(tiny_model):
     """upscale() is inference only: no autograd graph is recorded, the input's flag is irrelevant."""
     x = torch.rand(1, 3, 5, 6, requires_grad=True)

@@ -364,6 +364,117 @@ def test_sm86_sm89_cards_run_the_99_kb_variants_and_smaller_ones_are_refused(mon
         assert reason == f"its body kernel needs 101376 bytes of shared memory per block and NVIDIA L4 allows {optin}"
 
 
+def _simulated_gpus(monkeypatch, gpus, current=0):
+    """Stub torch.cuda's queries with ``gpus``: (name, (major, minor), shared memory per block opt-in) per index."""
+    from types import SimpleNamespace
+
+    def gpu(i=None):  # i: an index, a device or None (the current one), as torch.cuda's queries take it
+        index = i if isinstance(i, int) else None if i is None else torch.device(i).index
+        return gpus[current if index is None else index]
+
+    def props(i=None):
+        name, cc, optin = gpu(i)
+        return SimpleNamespace(name=name, major=cc[0], minor=cc[1], shared_memory_per_block_optin=optin)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: gpu(i)[1])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: gpu(i)[0])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", props)
+
+
+H100 = ("NVIDIA H100", (9, 0), 227 * 1024)
+A100 = ("NVIDIA A100", (8, 0), 163 * 1024)
+T4 = ("Tesla T4", (7, 5), 64 * 1024)
+
+
+@pytest.mark.parametrize("device, gpus, current, expected", [
+    ("cpu", [H100], 0, "it runs on CUDA devices only, not on 'cpu'"),
+    ("cuda:1", [H100], 0, "there is no CUDA device 1 (1 visible)"),
+    ("cuda:1", [H100, T4], 0, "it needs compute capability 8.0 or newer (mma.sync bf16, cp.async); Tesla T4 is 7.5"),
+    ("cuda", [H100, T4], 1, "Tesla T4 is 7.5"),  # a bare "cuda" is the current device
+    ("cuda:0", [T4, A100], 0, "Tesla T4 is 7.5"),
+], ids=["cpu", "index-beyond-count", "sm75", "bare-cuda-is-current", "sm75-at-0"])  # fmt: skip
+def test_available_says_why_a_device_cannot_run_it(monkeypatch, device, gpus, current, expected):
+    """CudaBackend.available's reasons on simulated GPUs (the extension is real, torch.cuda's queries stubbed)."""
+    C = _ext()
+    _simulated_gpus(monkeypatch, gpus, current)
+    monkeypatch.setattr(C, "check_device", lambda index: None)  # the real one needs the GPU
+    reason = CudaBackend.available(torch.device(device))
+    assert reason is not None and expected in reason, reason
+    if device == "cuda:0":
+        assert CudaBackend.available(torch.device("cuda:1")) is None  # the A100 beside it runs it
+
+
+def test_available_reports_a_build_for_other_archs(monkeypatch):
+    """An extension built without this GPU's architecture (check_device raises) is a reason, not a crash at launch."""
+    C = _ext()
+    _simulated_gpus(monkeypatch, [A100])
+
+    def check_device(index):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(C, "check_device", check_device)
+    reason = CudaBackend.available(torch.device("cuda", 0))
+    assert reason is not None and "was built for CUDA archs" in reason and "no kernel image" in reason, reason
+
+
+def test_variant_unavailable_without_an_optin_limit_or_an_sm_90a_build(monkeypatch):
+    """A torch whose device properties lack ``shared_memory_per_block_optin`` cannot be checked for shared memory (no
+    refusal on that ground); a build without sm_90a code refuses the wgmma variants even on compute capability 9.0."""
+    from types import SimpleNamespace
+
+    C = _ext()
+    direct, wgmma = C.body_variants()[0], C.body_variants()[10]
+    assert not direct["wgmma"] and wgmma["wgmma"]
+    props = SimpleNamespace(name="NVIDIA H100", major=9, minor=0)  # no shared_memory_per_block_optin
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=None: props)
+    monkeypatch.setattr(C, "CUDA_ARCHS", "80,90a")
+    assert variant_unavailable(direct, torch.device("cuda", 0)) is None
+    assert variant_unavailable(wgmma, torch.device("cuda", 0)) is None
+    monkeypatch.setattr(C, "CUDA_ARCHS", "80,90")  # sm_90 code has no wgmma
+    assert variant_unavailable(wgmma, torch.device("cuda", 0)) == (
+        "body variant 10 (wgmma) needs a build for sm_90a; this one is for '80,90'")
+    assert variant_unavailable(direct, torch.device("cuda", 0)) is None
+
+
+@pytest.mark.parametrize("gpu, auto, depth", [(H100, 10, 4), (H100, 6, 3), (A100, 1, 20)],
+                         ids=["h100-spread", "h100-d3", "a100"])  # fmt: skip
+def test_tuning_candidates_on_simulated_gpus(monkeypatch, gpu, auto, depth):
+    """What ``Engine(tune=True)`` times besides the default: the options of the automatic variant's kind (unfused tail,
+    PDL, the spread tail where the variant has it, the fused head with a body layer besides the fused tail's) and
+    every other body variant this GPU runs, never the automatic one again."""
+    C = _ext()
+    _simulated_gpus(monkeypatch, [gpu])
+    monkeypatch.setattr(C, "CUDA_ARCHS", "80,90a")
+    monkeypatch.setattr(C, "body_auto_variant", lambda index: auto)  # the real one asks the GPU
+    got = CudaBackend.tuning_candidates(_model(depth=depth), torch.device("cuda", 0), torch.float16)
+    options = [o for _, o in got]
+    variants = [o["body_variant"] for o in options if "body_variant" in o]
+    if gpu is H100:
+        assert options[:3] == [{"fuse_tail": False}, {"mma_head": True}, {"pdl": True}]
+        assert ({"tail_spread": True} in options) == (auto == 10)
+        assert ({"fuse_head": True} in options) == (depth >= 4)
+        assert variants == [v for v in range(17) if v != auto]  # every variant fits an H100
+    else:
+        assert options[0] == {"mma_head": True} and len(options) == 1 + len(variants)  # no strip-variant options
+        assert variants == [2, 15, 16]  # the direct kernels that fit 163 KB, but the automatic one
+    assert ("body variant 2 (direct, 8x16 px, 2 stages)", {"body_variant": 2}) in got
+
+
+def test_cuda_backend_refuses_a_cpu_device_and_other_dtypes():
+    """Constructed directly (not through Engine, which checks first), the backend refuses a CPU device and a storage
+    dtype it has no kernels for before touching a GPU."""
+    _ext()
+    model = _model(depth=3)
+    with pytest.raises(BackendUnavailable, match="needs a CUDA device, got cpu"):
+        CudaBackend(model, torch.device("cpu"), torch.float16)
+    for dtype in (torch.float32, torch.float8_e4m3fn):
+        with pytest.raises(BackendUnavailable, match=f"unsupported storage dtype {dtype}"):
+            CudaBackend(model, torch.device("cuda", 0), dtype)
+
+
 def test_extension_argument_checks():
     """The binding validates pointers, shapes and dtype codes before touching the GPU."""
     C = _ext()

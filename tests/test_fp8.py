@@ -280,3 +280,78 @@ def test_verify_checks_fp8_by_the_mean_too(monkeypatch):
     r = verify(**args)
     row = next(x for x in r["rows"] if x.backend == "triton")
     assert row.err <= row.bound and "mean error" in row.status, row
+
+
+def test_round_e4m3_keeps_the_input_dtype():
+    """round_e4m3 returns ``x``'s own dtype (float64, float16, bfloat16 here), holding the e4m3 values of fp32 input."""
+    x = (torch.rand(257) - 0.3) * 600  # both signs, some beyond ±448
+    want = fp8.round_e4m3(x.float())
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        got = fp8.round_e4m3(x.to(dtype))
+        assert got.dtype == dtype
+        assert torch.equal(got.float(), fp8.round_e4m3(x.to(dtype).float())), dtype
+    assert torch.equal(fp8.round_e4m3(x.double()).float(), want)
+
+
+def test_pack_layout_and_scales():
+    """The packed tensors' dtypes and shapes (the kernels read them as such) and the activation scales
+    ``s_i = 2 amax_i / 448`` of the body layers' inputs (the headroom of 2 over the calibrated amax)."""
+    model = random_vdsr(6, 16, seed=4)
+    p = fp8.pack(model)
+    amax = fp8.activation_amax(model)
+    assert p.scales == pytest.approx([2 * a / 448 for a in amax[1:-1]], rel=1e-12) and len(p.scales) == 4
+    assert p.head_w.shape == (16, 1, 3, 3) and p.head_w.dtype == p.head_b.dtype == torch.float32
+    assert [(w.shape, w.dtype) for w in p.body_w] == [((16, 16, 3, 3), E4M3)] * 4
+    assert all(t.shape == (16,) and t.dtype == torch.float32 for t in (*p.alpha, *p.beta))
+    assert p.tail_w.shape == (1, 16, 3, 3) and p.tail_w.dtype == torch.float16  # the fused tail's weights are fp16
+    assert p.tail_b.dtype == torch.float32
+    # the head writes q_1 = a_1 / s_1: its bias is the model's divided by s_1; body layer i's epilogue writes
+    # a_{i+1} / s_{i+1} (s = 1 after the last body layer, whose output only the tail reads): beta = b / s_{i+1}
+    torch.testing.assert_close(p.head_b.double() * p.scales[0], model.biases[0].detach().double(), rtol=1e-6, atol=0)
+    for beta, s_next, b in zip(p.beta, [*p.scales[1:], 1.0], model.biases[1:-1], strict=True):
+        torch.testing.assert_close(beta.double() * s_next, b.detach().double(), rtol=1e-6, atol=0)
+
+
+def test_pack_handles_dead_channels_and_layers():
+    """An output channel with all-zero weights (its weight scale would be 0) and a layer that never fires on the
+    calibration planes (amax 0, so a zero activation scale) pack to finite scales: the emulation stays finite and as
+    accurate as the scheme is, instead of turning every output into NaN (0/0, inf - inf)."""
+    model = random_vdsr(5, 16, seed=3)
+    with torch.no_grad():
+        model.layers[1].weight[0].zero_()  # a dead output channel of the first body layer
+        model.layers[2].bias.fill_(-10.0)  # layer 2's ReLU output is 0 on inputs in [0, 1]: layer 3's input amax is 0
+    assert fp8.activation_amax(model)[3] == 0.0
+    p = fp8.pack(model)
+    assert all(torch.isfinite(t).all() for t in (*p.alpha, *p.beta, *(w.float() for w in p.body_w)))
+    y = torch.rand(2, 1, 11, 9)
+    out = fp8.emulate(p, y)
+    with torch.no_grad():
+        ref = ref64(model, y)
+    assert torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max() <= 1e-3
+
+
+def test_emulate_takes_any_float_input_dtype():
+    """emulate's input may be any float dtype (the PyTorch FP8 engine passes the caller's): it computes in fp32 on
+    the input's values and returns fp32."""
+    p = fp8.pack(random_vdsr(4, 16, seed=2))
+    y = torch.rand(1, 1, 7, 10, dtype=torch.float64)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        out = fp8.emulate(p, y.to(dtype))
+        assert out.dtype == torch.float32
+        assert torch.equal(out, fp8.emulate(p, y.to(dtype).float())), dtype
+
+
+@needs_triton
+def test_fp8_engine_equals_its_emulation_in_the_interpreter():
+    """On the CPU, where Triton's interpreter computes the e4m3 products exactly (module docstring), the FP8 engine
+    is its emulation up to fp32 summation order: the same scales, e4m3 roundings, the last body layer's output rounded
+    to fp16 for the tail, fp16 tail weights. (On a GPU the 8-bit wgmma's shorter accumulator flips some roundings:
+    the network tests' rule applies there.)"""
+    if torch.cuda.is_available():
+        pytest.skip("exact e4m3 sums: Triton's CPU interpreter only")
+    model = random_vdsr(4, 32, seed=7)
+    y = torch.rand(2, 1, 9, 13)
+    out = Engine(model, backend="triton", dtype=E4M3, device="cpu")(y)
+    want = fp8.emulate(fp8.pack(model), y)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-6)  # an fp16 rounding of the last activation is ~3e-5 here

@@ -4,6 +4,7 @@ engine, frames beyond a backend's index range, engines bound to one device."""
 import importlib.util
 import resource
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -152,6 +153,77 @@ def test_stream_change_orders_the_gpu_work_without_a_host_sync(monkeypatch):
     current[0] = a
     pp._enter_stream()
     assert a.waited == ["b"]
+
+
+def _stand_in_buffers(channels: int = 4, max_cached_shapes: int = 2):
+    from vdsr_fast.kernels import PingPongBuffers
+
+    pp = PingPongBuffers()
+    pp.device, pp.dtype, pp.channels, pp._packed = torch.device("cpu"), torch.float32, channels, []
+    pp.max_cached_shapes = max_cached_shapes
+    pp._init_buffers()
+    return pp
+
+
+def test_buffers_grow_only_for_a_larger_shape_and_then_drop_the_graphs():
+    """Every shape gets views at the start of the same two allocations; only a larger one reallocates, and that drops
+    the CUDA graphs captured on the old addresses (kept otherwise: a same-size or smaller shape must not cost a
+    re-capture). On the CPU, with a stand-in graph entry."""
+    pp = _stand_in_buffers()
+    a, b = pp.buffers(1, 3, 5)
+    assert a.shape == b.shape == (1, 3, 5, 4) and a.data_ptr() != b.data_ptr()  # two buffers, not one
+    ptrs = (a.data_ptr(), b.data_ptr())
+    pp._graphs[(1, 3, 5)] = ("graph", None, None)
+    for n, h, w in [(1, 3, 5), (1, 5, 3), (3, 1, 1)]:  # the same size, then a smaller one
+        views = pp.buffers(n, h, w)
+        assert (views[0].data_ptr(), views[1].data_ptr()) == ptrs and views[0].shape == (n, h, w, 4)
+    assert list(pp._graphs) == [(1, 3, 5)] and pp.buffer_numel == 60
+    pp.buffers(2, 3, 5)
+    assert pp.buffer_numel == 120 and not pp._graphs, "graphs captured on the old buffers must go"
+
+
+def test_graph_cache_is_lru_bounded_and_returns_fresh_outputs(monkeypatch):
+    """_replay's bookkeeping, with stand-ins for CUDA streams and graphs (a stand-in graph's replay runs the forward
+    it captured): the first call of a shape returns the warm-up's result, a replay copies the new input in and
+    returns a fresh tensor (a later replay must not overwrite an earlier result), at most ``max_cached_shapes``
+    graphs are kept and the least recently used one goes."""
+    import contextlib
+
+    class Graph:
+        def replay(self):
+            forward(*self.args)
+
+    captured = []
+
+    @contextlib.contextmanager
+    def graph(g, stream=None, capture_error_mode=None):
+        start = len(captured)
+        yield
+        g.args = captured[start]
+
+    def forward(x, out):
+        captured.append((x, out))
+        out.copy_(x * 2 + 1)
+
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    pp = _stand_in_buffers()
+    xs = [torch.rand(1, 1, 3, 5) for _ in range(3)]
+    with torch.inference_mode():  # a first call under inference_mode, the next ones outside it
+        first = pp._replay((1, 3, 5), xs[0], forward)
+    assert pp.buffer_numel == 1 * 3 * 5 * 4, "the buffers are sized before the capture"
+    torch.testing.assert_close(first, xs[0] * 2 + 1, rtol=0, atol=0)
+    second, third = pp._replay((1, 3, 5), xs[1], forward), pp._replay((1, 3, 5), xs[2], forward)
+    torch.testing.assert_close(second, xs[1] * 2 + 1, rtol=0, atol=0)  # not overwritten by the third call's replay
+    torch.testing.assert_close(third, xs[2] * 2 + 1, rtol=0, atol=0)
+    pp._replay((1, 2, 2), torch.rand(1, 1, 2, 2), forward)
+    pp._replay((1, 3, 5), xs[0], forward)  # (1, 3, 5) used last: (1, 2, 2) is now the least recently used
+    pp._replay((1, 4, 1), torch.rand(1, 1, 4, 1), forward)
+    assert list(pp._graphs) == [(1, 3, 5), (1, 4, 1)]
 
 
 @pytest.mark.gpu

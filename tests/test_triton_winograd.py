@@ -114,6 +114,22 @@ def test_every_candidate_on_a_small_frame():
         _check(1, 13, 10, 64, 64, dtype, device, config=cfg)
 
 
+def test_packed_weights_are_the_winograd_transform_in_float64():
+    """pack_winograd_weight's U, used with the F(2x2, 3x3) input and output transforms (B^T, A^T: Lavin & Gray 2016,
+    written out here), gives the 3x3 convolution of a 4x4 tile to float64 precision: the layout is U[xi * 4 + nu] and
+    the transform is computed in float64 (in float32 the error would be ~1e-7)."""
+    bt = torch.tensor([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=torch.float64)
+    at = torch.tensor([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=torch.float64)
+    g = torch.randn(3, 2, 3, 3, dtype=torch.float64)  # (C_OUT, C_IN, 3, 3)
+    d = torch.randn(2, 4, 4, dtype=torch.float64)  # one 4x4 input tile per input channel
+    u = pack_winograd_weight(g, torch.float64)
+    assert u.shape == (16, 3, 2) and u.dtype == torch.float64 and u.is_contiguous()
+    v = bt @ d @ bt.T  # (C_IN, 4, 4)
+    m = torch.einsum("xyoc,cxy->oxy", u.reshape(4, 4, 3, 2), v)
+    y = at @ m @ at.T  # (C_OUT, 2, 2)
+    torch.testing.assert_close(y, F.conv2d(d[None], g)[0], rtol=0, atol=1e-12)
+
+
 def test_argument_errors():
     device = triton_device()
     x = torch.rand(1, 4, 4, 8, device=device)
