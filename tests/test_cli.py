@@ -911,7 +911,9 @@ def test_lossy_writes_default_to_quality_95(tmp_path):
         assert (tmp_path / f"d{suffix}").read_bytes() != (tmp_path / f"l{suffix}").read_bytes()
     write_frames(tmp_path / "d.webp", frames)
     write_frames(tmp_path / "q.webp", frames, quality=95)
+    write_frames(tmp_path / "l.webp", frames, quality=75)  # and the quality reaches the animation's encoder
     assert (tmp_path / "d.webp").read_bytes() == (tmp_path / "q.webp").read_bytes()
+    assert (tmp_path / "d.webp").read_bytes() != (tmp_path / "l.webp").read_bytes()
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
@@ -1040,3 +1042,207 @@ def test_upscale_dtype_reaches_the_engine(tmp_path, capsys, weights):
     code, out, err = _run(capsys, "upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png"), "--weights", weights,
                           "--device", "cpu", "--backend", "torch", "--dtype", "fp64")  # fmt: skip
     assert code == 0 and "torch/float64 on cpu" in out, err
+
+
+def test_a_reduced_resolution_tiff_page_is_not_a_frame(tmp_path):
+    """A TIFF's thumbnail (a reduced-resolution page, as scanners and cameras add one) is not a page of the document:
+    one frame, the full-resolution one (counted, it was read and upscaled as a second page)."""
+    tifffile = pytest.importorskip("tifffile")
+    arr = np.random.default_rng(16).integers(0, 256, (16, 12, 3)).astype(np.uint8)
+    with tifffile.TiffWriter(tmp_path / "t.tif") as tw:
+        tw.write(arr, photometric="rgb")
+        tw.write(arr[::4, ::4], photometric="rgb", subfiletype=1)  # 1: a reduced-resolution copy of the page before
+    assert image_info(tmp_path / "t.tif")["frames"] == 1
+    frames, _ = read_frames(tmp_path / "t.tif")
+    assert len(frames) == 1
+    np.testing.assert_array_equal(frames[0], arr)
+
+
+def test_a_camera_mpo_jpeg_is_one_image_not_an_animation(tmp_path):
+    """A camera's MPO JPEG (Pillow reads 2 "frames": the photo and a second picture, e.g. the other eye's) is one
+    image: counted as frames, it was read as an animation and refused as the upscale of a .jpg into a .jpg."""
+    from PIL import Image
+
+    rng = np.random.default_rng(17)
+    photo, other = (rng.integers(0, 256, (8, 10, 3)).astype(np.uint8) for _ in range(2))
+    Image.fromarray(photo).save(tmp_path / "cam.jpg", format="MPO", save_all=True, append_images=[Image.fromarray(other)])
+    with Image.open(tmp_path / "cam.jpg") as im:
+        assert (im.format, im.n_frames) == ("MPO", 2)
+    assert image_info(tmp_path / "cam.jpg")["frames"] == 1
+    frames, timing = read_frames(tmp_path / "cam.jpg")
+    assert len(frames) == 1 and timing == {"durations": None, "loop": None}
+    np.testing.assert_array_equal(frames[0], read_image(tmp_path / "cam.jpg"))
+
+
+def test_a_resolution_of_zero_is_no_resolution(tmp_path):
+    """A PNG whose pHYs says 0 pixels per metre (Pillow reads dpi (0, 0)): no dpi, rather than a resolution of zero
+    carried on to the output."""
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(18).integers(0, 256, (4, 5, 3)).astype(np.uint8)).save(tmp_path / "z.png", dpi=(0, 0))
+    with Image.open(tmp_path / "z.png") as im:
+        assert im.info["dpi"] == (0, 0)
+    assert image_info(tmp_path / "z.png")["dpi"] is None
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif"])
+def test_a_1_bit_image_reads_as_one_gray_channel(tmp_path, suffix):
+    """A black-and-white (1-bit) scan is gray: one channel of 0 and 255 (converted like the other modes, it read as
+    RGB, and its upscale came out in colour, three channels)."""
+    from PIL import Image
+
+    bits = np.random.default_rng(19).random((7, 9)) < 0.5
+    Image.fromarray(bits).save(tmp_path / f"bw{suffix}")
+    got = read_image(tmp_path / f"bw{suffix}")
+    assert got.shape == (7, 9, 1) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got[..., 0], np.where(bits, 255, 0))
+
+
+def test_a_16_bit_png_of_zero_width_is_a_read_error(tmp_path):
+    """pypng decodes a 16-bit PNG whose header says 0 pixels wide into an empty array: an ImageReadError naming the
+    file, not an empty image handed on to the upscale."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    import zlib
+
+    header = struct.pack(">IIBBBBB", 0, 4, 16, 2, 0, 0, 0)  # 0 wide, 4 tall, 16-bit RGB
+    (tmp_path / "e.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(4)))
+                                     + chunk(b"IEND", b""))  # fmt: skip
+    with pytest.raises(ImageReadError, match=r"e\.png: the image is empty \(\(4, 0, 3\)\)"):
+        read_image(tmp_path / "e.png")
+
+
+def test_every_page_of_a_tiff_with_an_orientation_is_read_upright(tmp_path):
+    """The Orientation tag turns each frame read_frames returns as it turns the image read_image returns (the pages
+    of a multi-page TIFF came out as stored, sideways)."""
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(20)
+    pages = [rng.integers(0, 256, (6, 10, 3)).astype(np.uint8) for _ in range(2)]
+    with tifffile.TiffWriter(tmp_path / "p.tif") as tw:
+        for page in pages:
+            tw.write(page, photometric="rgb", extratags=[(274, "H", 1, 6, True)])  # 274: Orientation, 6: turn 90 cw
+    frames, _ = read_frames(tmp_path / "p.tif")
+    assert len(frames) == 2
+    np.testing.assert_array_equal(frames[0], read_image(tmp_path / "p.tif"))
+    for frame, page in zip(frames, pages):
+        np.testing.assert_array_equal(frame, np.rot90(page, -1))
+
+
+def test_a_gray_profile_is_kept_with_gray_and_alpha(tmp_path):
+    """Gray+alpha is gray, as for a plain gray image: a GRAY profile is kept and an RGB one left out."""
+    rgb_icc = _icc_profile()
+    gray_icc = rgb_icc[:16] + b"GRAY" + rgb_icc[20:]
+    la = np.random.default_rng(21).integers(0, 256, (4, 5, 2)).astype(np.uint8)
+    write_image(tmp_path / "g.png", la, icc_profile=gray_icc)
+    write_image(tmp_path / "r.png", la, icc_profile=rgb_icc)
+    assert [image_info(tmp_path / f"{n}.png")["icc_profile"] for n in "gr"] == [gray_icc, None]
+
+
+def test_write_image_refuses_a_suffix_it_does_not_write(tmp_path):
+    """A suffix outside IMAGE_SUFFIXES (or none) is a ValueError naming it and nothing is written: Pillow would
+    otherwise write a .ppm or .ico itself, a file the reader refuses."""
+    arr = np.random.default_rng(22).integers(0, 256, (4, 5, 3)).astype(np.uint8)
+    for name in ("x.ppm", "x.ico", "x"):
+        with pytest.raises(ValueError, match=f"{name}: unsupported output format '{os.path.splitext(name)[1]}'"):
+            write_image(tmp_path / name, arr)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg", ".bmp", ".webp", ".gif"])
+def test_16_bit_samples_into_a_format_of_8_bits_are_refused(tmp_path, suffix):
+    """16-bit samples into a format of 8 bits a sample: ValueError, nothing written (16-bit arrays go to the PNG
+    writer, which would put PNG data under the .jpeg or .gif name)."""
+    deep = np.random.default_rng(23).integers(0, 65536, (4, 5, 3)).astype(np.uint16)
+    with pytest.raises(ValueError, match=f"{suffix} cannot store 16-bit images"):
+        write_image(tmp_path / f"d{suffix}", deep)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_frames_refuses_what_the_format_cannot_hold(tmp_path):
+    """Two frames into a format of one image, and 16-bit frames into an animated PNG (8 bits a sample): ValueError,
+    nothing written (neither is silently cut down to what the format holds)."""
+    rng = np.random.default_rng(24)
+    frames = [rng.integers(0, 256, (5, 4, 3)).astype(np.uint8) for _ in range(2)]
+    for suffix in (".jpg", ".bmp"):
+        with pytest.raises(ValueError, match=f"{suffix} holds one image, not 2 frames"):
+            write_frames(tmp_path / f"a{suffix}", frames)
+    for channels in (1, 3):
+        deep = [rng.integers(0, 65536, (5, 4, channels)).astype(np.uint16) for _ in range(2)]
+        with pytest.raises(ValueError, match="an animated .png holds 8 bits a sample, the frames have 16; use .tif"):
+            write_frames(tmp_path / "d.png", deep)  # (a still PNG holds 16 bits, an APNG's frames do not)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_a_gif_keeps_the_transparency_of_gray_alpha_and_rgba(tmp_path, channels):
+    """A GIF has one transparent palette entry: gray+alpha and RGBA keep their fully transparent pixels, in a still
+    image and in each frame of an animation, whose frames replace each other (written as plain gray, the alpha was
+    lost; without disposal 2 a frame's transparent pixels showed the frame before)."""
+    rng = np.random.default_rng(25)
+
+    def frame():
+        f = rng.integers(0, 256, (6, 8, channels)).astype(np.uint8)
+        f[..., -1] = np.where(rng.random((6, 8)) < 0.5, 0, 255)  # a GIF's alpha is on or off
+        return f
+
+    still = frame()
+    write_image(tmp_path / "s.gif", still)
+    back = read_image(tmp_path / "s.gif")
+    assert back.shape == (6, 8, 4)
+    np.testing.assert_array_equal(back[..., 3], still[..., -1])
+    frames = [frame(), frame()]
+    write_frames(tmp_path / "a.gif", frames)
+    back, _ = read_frames(tmp_path / "a.gif")
+    assert [b.shape for b in back] == [(6, 8, 4)] * 2
+    for b, f in zip(back, frames):
+        np.testing.assert_array_equal(b[..., 3], f[..., -1])
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp", ".png"])
+def test_an_animation_written_without_a_loop_count_loops_forever(tmp_path, suffix):
+    """loop=None (the source said nothing) writes loop 0, forever, as viewers play an animation by default; not once."""
+    rng = np.random.default_rng(26)
+    write_frames(tmp_path / f"a{suffix}", [rng.integers(0, 256, (5, 4, 3)).astype(np.uint8) for _ in range(2)])
+    assert read_frames(tmp_path / f"a{suffix}")[1]["loop"] == 0
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".png"])
+def test_frame_durations_round_to_the_nearest_millisecond(tmp_path, suffix):
+    """An APNG's durations are fractions of a second (33.4 ms, 16.6 ms as read): written to the nearest millisecond,
+    not truncated."""
+    rng = np.random.default_rng(27)
+    write_frames(tmp_path / f"a{suffix}", [rng.integers(0, 256, (5, 4, 3)).astype(np.uint8) for _ in range(2)],
+                 durations=[33.6, 16.6])  # fmt: skip
+    assert read_frames(tmp_path / f"a{suffix}")[1]["durations"] == [34.0, 17.0]
+
+
+def test_a_profile_of_another_colour_space_is_left_out_of_animations_and_pages(tmp_path):
+    """As for one image: a CMYK profile is left out of an animated PNG, and in a multi-page TIFF each page carries the
+    profile only where it fits the page (an RGB profile on the RGB page, not on the gray one)."""
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(28)
+    rgb_icc = _icc_profile()
+    frames = [rng.integers(0, 256, (5, 4, 3)).astype(np.uint8) for _ in range(2)]
+    write_frames(tmp_path / "a.png", frames, icc_profile=rgb_icc[:16] + b"CMYK" + rgb_icc[20:])
+    assert image_info(tmp_path / "a.png")["icc_profile"] is None
+    pages = [rng.integers(0, 256, (5, 4, 3)).astype(np.uint8), rng.integers(0, 256, (4, 6, 1)).astype(np.uint8)]
+    write_frames(tmp_path / "d.tif", pages, icc_profile=rgb_icc)
+    with tifffile.TiffFile(tmp_path / "d.tif") as tf:
+        assert [p.tags.valueof(34675) for p in tf.pages] == [rgb_icc, None]  # 34675: InterColorProfile
+
+
+def test_exif_pixel_dimensions_are_set_only_where_the_block_has_them(tmp_path):
+    """The EXIF's PixelX/YDimension are set to the output's where present (test_exif_is_kept_upright_and_resized), and
+    none are added to an Exif IFD without them."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"
+    exif.get_ifd(0x8769)[0x9003] = "2026:11:27 10:00:00"  # DateTimeOriginal, no pixel dimensions
+    write_image(tmp_path / "e.jpg", np.random.default_rng(29).integers(0, 256, (8, 12, 3)).astype(np.uint8), exif=exif.tobytes())
+    with Image.open(tmp_path / "e.jpg") as im:
+        sub = im.getexif().get_ifd(0x8769)
+    assert sub[0x9003] == "2026:11:27 10:00:00" and 0xA002 not in sub and 0xA003 not in sub

@@ -30,9 +30,10 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
 if HAS_TRITON:
-    from vdsr_fast.kernels.triton.backend import TritonBackend
-    from vdsr_fast.kernels.triton.conv3x3 import ConvConfig, swap_configs
-    from vdsr_fast.kernels.triton.conv3x3_tma import TmaConfig, tma_config
+    from vdsr_fast.kernels.triton import backend as triton_backend
+    from vdsr_fast.kernels.triton.backend import TritonBackend, default_body_config
+    from vdsr_fast.kernels.triton.conv3x3 import ConvConfig, conv3x3_config, pack_conv3x3_weight, swap_configs
+    from vdsr_fast.kernels.triton.conv3x3_tma import TmaConfig, tma_candidates, tma_config
     from vdsr_fast.kernels.triton.winograd import winograd_config
 
 
@@ -405,3 +406,161 @@ def test_tiled_upscale_reserves_the_largest_window_first(monkeypatch):
     # (the same pixels up to float32 rounding: the kernels' reduction order depends on the window width)
     untiled = upscale(x, 2, model, backend="triton", dtype=torch.float32)
     torch.testing.assert_close(tiled, untiled, rtol=0, atol=1e-6)
+
+
+def test_custom_op_fakes_give_the_real_shapes_and_dtypes():
+    """The fake implementations torch.compile traces agree with the real ops where the output's shape or dtype is not
+    the input's: fp16 weights on an fp32 Y plane (the head's output is in the weights' dtype, the tail's partial sums
+    fp32), C_IN != C_OUT (the direct body op), a Winograd layer of 8 channels (its weights are (16, C_OUT, C_IN)); and
+    the TMA op takes a channels-first view (the ops are public: a caller may pass any strides)."""
+    device = triton_device()
+    ops, utils = torch.ops.vdsr_fast, ("test_schema", "test_faketensor")
+    y = torch.rand(2, 1, 5, 7, device=device)
+    half = TritonBackend(_model(3, 16, seed=14).to(device), device, torch.float16)
+    torch.library.opcheck(ops.triton_conv3x3_head, (y, half.w_head, half.b_head), test_utils=utils)
+    x16 = torch.rand(2, 5, 7, 16, device=device).half()
+    torch.library.opcheck(ops.triton_conv3x3_tail_partials, (x16, half.w_last, half.b_body[-1], half.w_tail16), test_utils=utils)
+    w = pack_conv3x3_weight(torch.randn(16, 8, 3, 3, device=device) * 0.1, torch.float32)  # 8 -> 16 channels
+    torch.library.opcheck(ops.triton_conv3x3_bias_relu, (torch.rand(2, 5, 7, 8, device=device), w, torch.rand(16, device=device)),
+                          test_utils=utils)  # fmt: skip
+    wino = TritonBackend(_model(4, 8, seed=15).to(device), device, torch.float32, body_config=winograd_config(8, 8, torch.float32))
+    torch.library.opcheck(ops.triton_conv3x3_winograd, (torch.rand(2, 5, 7, 8, device=device), wino.w_body[0], wino.b_body[0]),
+                          test_utils=utils)  # fmt: skip
+    tma = TritonBackend(_model(4, 32, seed=16).to(device), device, torch.float32, body_config=tma_config(torch.float32))
+    planar = torch.rand(2, 32, 5, 7, device=device).permute(0, 2, 3, 1)  # NHWC view of NCHW memory: channel stride 35
+    got = ops.triton_conv3x3_tma(planar, tma.w_body[0], tma.b_body[0])
+    torch.testing.assert_close(got, ops.triton_conv3x3_tma(planar.contiguous(), tma.w_body[0], tma.b_body[0]), atol=0, rtol=0)
+
+
+def test_default_body_config_is_the_tma_body_on_hopper_in_16_bits_only(monkeypatch):
+    """The host-side choice of the body kernel, on a CUDA device made to look like a GPU of the given compute
+    capability (nothing runs on it): the TMA body on 9.0+ in fp16/bf16 for a channel count it takes; the direct
+    kernel (None) in fp32, before Hopper (8.9), for 48 channels (not a power of two), and in the interpreter."""
+    device = torch.device("cuda")
+    capability = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
+    monkeypatch.setattr(triton_backend, "interpreted", lambda: True)
+    assert default_body_config(device, torch.float16, 64) is None
+    monkeypatch.setattr(triton_backend, "interpreted", lambda: False)
+    assert default_body_config(device, torch.float16, 64) == tma_config(torch.float16)
+    assert default_body_config(device, torch.bfloat16, 64) == tma_config(torch.bfloat16)
+    assert default_body_config(device, torch.float32, 64) is None
+    assert default_body_config(device, torch.float16, 48) is None
+    capability[0] = (8, 9)
+    assert default_body_config(device, torch.float16, 64) is None
+
+
+def test_tuning_candidates_are_the_alternatives_to_the_default(monkeypatch):
+    """What Engine(tune=True) times beside the default: Winograd and SWAP bodies, the body that is not the default (TMA
+    where the direct kernel is the default, the direct kernel on Hopper), the unfused tail alone and with Winograd;
+    for float8_e4m3fn the other TMA tiles, not the default tile again."""
+    model = _model(4, 64, seed=17)
+    fp16, e4m3 = torch.float16, torch.float8_e4m3fn
+    wino = winograd_config(64, 64, fp16)
+
+    def expected(other):
+        return [{"body_config": wino}, {"body_config": swap_configs(fp16)[0]}, {"body_config": other}, {"fuse_tail": False},
+                {"body_config": wino, "fuse_tail": False}]  # fmt: skip
+
+    assert [o for _, o in TritonBackend.tuning_candidates(model, torch.device("cpu"), fp16)] == expected(tma_config(fp16))
+    fp8 = [o["body_config"] for _, o in TritonBackend.tuning_candidates(model, torch.device("cpu"), e4m3)]
+    assert tma_config(e4m3) not in fp8 and set(fp8) == set(tma_candidates(e4m3)) - {tma_config(e4m3)}
+    monkeypatch.setattr(triton_backend, "interpreted", lambda: False)  # a Hopper GPU: the TMA body is the default
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    got = [o for _, o in TritonBackend.tuning_candidates(model, torch.device("cuda"), fp16)]
+    assert got == expected(conv3x3_config(64, 64, fp16))
+
+
+def test_backend_refuses_what_it_cannot_run_naming_itself():
+    """TritonBackend used directly (Engine checks first): a storage dtype it has no kernels for is refused when built
+    (an fp64 or int8 backend was built, to fail later), and an empty, integer or other-device Y plane when called,
+    naming the backend (an empty batch failed inside the buffers with "'NoneType' object is not iterable")."""
+    device = triton_device()
+    model = _model(3, 8, seed=18).to(device)
+    for dtype in (torch.float64, torch.int8):
+        with pytest.raises(ValueError, match=f"TritonBackend: unsupported storage dtype {dtype}"):
+            TritonBackend(model, device, dtype)
+    backend = TritonBackend(model, device, torch.float32)
+    for shape in ((0, 1, 4, 4), (1, 1, 0, 4)):
+        with pytest.raises(ValueError, match=rf"TritonBackend: empty input of shape \({shape[0]}, 1, {shape[2]}, 4\)"):
+            backend(torch.rand(shape, device=device))
+    with pytest.raises(TypeError, match="TritonBackend: expected a floating-point Y plane, got torch.int32"):
+        backend(torch.ones(1, 1, 4, 4, dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match="TritonBackend: input is on meta"):
+        backend(torch.rand(1, 1, 4, 4, device="meta"))
+
+
+def test_a_model_of_other_layer_shapes_is_refused_when_packed():
+    """A head that is not 1 -> C (an RGB-input network) or a body layer that is not C -> C: refused when the backend
+    is built, naming the layer (an RGB head was packed, to fail at the first call)."""
+    from torch import nn
+
+    device = triton_device()
+    rgb_head = VDSR(depth=4, channels=8)
+    rgb_head.layers[0] = nn.Conv2d(3, 8, 3, padding=1)
+    with pytest.raises(ValueError, match="expected a VDSR with a 1->C head and a C->1 tail of 3x3 convs"):
+        TritonBackend(rgb_head.to(device), device, torch.float32)
+    wide = VDSR(depth=4, channels=8)
+    wide.layers[1], wide.layers[2] = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+    with pytest.raises(ValueError, match=r"layer 1 has shape \(16, 8, 3, 3\), expected \(8, 8, 3, 3\)"):
+        TritonBackend(wide.to(device), device, torch.float32)
+
+
+def test_max_pixels_keep_the_in_image_offsets_within_32_bits():
+    """The kernels index an image's NHWC activations with 32-bit offsets: upscale() tiles an image whose H * W * C would
+    pass 2**31 - 1 (max_pixels), so the bound depends on the channel count."""
+    device = triton_device()
+    for channels in (8, 64):
+        backend = TritonBackend(_model(3, channels, seed=19).to(device), device, torch.float32)
+        assert backend.max_pixels * channels <= 2**31 - 1 < (backend.max_pixels + 1) * channels
+        assert backend.max_batch_pixels == 2**31 - 1
+
+
+def test_the_fused_tail_runs_the_body_config_where_it_can():
+    """The fused tail's last layer needs every channel in one program: it runs a direct body_config whose block_n
+    holds all of them (block_n == C included) without share_row, and a TMA body_config (its TAIL kernel); other
+    configs (fewer channels a tile, Winograd) take the default tile (None)."""
+    device = triton_device()
+    model = _model(4, 32, seed=20).to(device)
+    kept = [ConvConfig(128, 32, 32, 4, 2), ConvConfig(64, 64, 32, 4, 2), TmaConfig(block_k=32)]
+    for cfg in kept:
+        assert TritonBackend(model, device, torch.float32, body_config=cfg).last_config == cfg
+    for cfg in (ConvConfig(128, 16, 32, 4, 2), ConvConfig(128, 32, 32, 4, 2, share_row=True), winograd_config(32, 32, torch.float32)):
+        assert TritonBackend(model, device, torch.float32, body_config=cfg).last_config is None
+
+
+def test_the_fused_tails_partial_sums_go_into_the_free_buffer(monkeypatch):
+    """The 9 fp32 partial sums a pixel (36 bytes) are written into the free ping-pong buffer when it holds them (16
+    fp32 channels: 64 bytes a pixel), so a call allocates nothing; with 8 channels (32 bytes) the kernel allocates."""
+    device = triton_device()
+    seen = []
+    real = triton_backend.conv3x3_bias_relu_tail_partials
+    monkeypatch.setattr(triton_backend, "conv3x3_bias_relu_tail_partials", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    for channels in (16, 8):
+        backend = TritonBackend(_model(3, channels, seed=21).to(device), device, torch.float32)
+        backend(torch.rand(2, 1, 5, 6, device=device))
+        buffers = {buf.untyped_storage().data_ptr() for buf in backend.buffers(2, 5, 6)}
+        z = seen[-1]
+        if channels == 16:
+            assert z is not None and z.shape == (2 * 5 * 6, 9) and z.untyped_storage().data_ptr() in buffers
+        else:
+            assert z is None
+
+
+@pytest.mark.parametrize("options", [{"body_config": "winograd"}, {"body_config": "tma"}, {"fuse_tail": False, "clamp": True}],
+                         ids=["winograd", "tma", "unfused-clamped-tail"])  # fmt: skip
+def test_compile_runs_the_same_body_and_tail_as_the_eager_path(options):
+    """An engine call traced by torch.compile (the custom ops) with a body layer of each kind before the fused tail
+    (depth 4: a VDSR of depth 3 has none, the last body layer being the tail's), and the unfused tail clamped."""
+    device = triton_device()
+    channels = 32 if options.get("body_config") == "tma" else 16
+    model = _model(4, channels, seed=22).to(device)
+    with torch.no_grad():
+        model.layers[-1].bias.fill_(0.5)  # pushes most outputs above 1: the clamp shows
+    body = {"winograd": winograd_config(channels, channels, torch.float32), "tma": tma_config(torch.float32)}
+    options = {**options, "body_config": body.get(options.get("body_config"))}
+    engine = Engine(model, backend="triton", dtype=torch.float32, device=device, **options)
+    y = torch.rand(1, 1, 5, 6, device=device)
+    compiled = torch.compile(lambda t: engine(t), backend="aot_eager", fullgraph=True)
+    # (the TMA body's last layer is its own tail kernel eagerly, the direct kernel's op when compiled: fp32 rounding)
+    torch.testing.assert_close(compiled(y), engine(y), atol=1e-5, rtol=0)
