@@ -836,13 +836,15 @@ class _Run:
             r.speedup_vs_eager_fp16 = eager / r.median_ms if eager else None
 
     def sorted_rows(self) -> list[BenchResult]:
-        order = {label: i for i, (label, *_rest) in enumerate(self.sizes)}
+        order: dict[tuple[str, int], int] = {}  # the --sizes order; by (label, batch): 720p and 720p:8 share a label
+        for i, (label, _w, _h, n) in enumerate(self.sizes):
+            order.setdefault((label, n), i)
 
         def rank(r: BenchResult) -> tuple:
             pr = next(
                 (i for i, p in enumerate(_RANK) if r.key == p or (p.endswith("_") and r.key.startswith(p))), len(_RANK)
             )
-            return (r.kind != "network", order.get(r.size, len(order)), r.batch, pr, r.key)
+            return (r.kind != "network", order.get((r.size, r.batch), len(order)), r.batch, pr, r.key)
 
         return sorted(self.rows, key=rank)
 

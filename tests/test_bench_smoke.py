@@ -3,9 +3,11 @@ DESIGN.md §6 reference check refuses a fast-but-wrong path."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -149,8 +151,13 @@ def test_parse_size():
     assert bench.parse_size("4k") == ("4K", 3840, 2160, 1)
     assert bench.parse_size("720p:8") == ("720p", 1280, 720, 8)
     assert bench.parse_size("37x53:2") == ("37x53", 37, 53, 2)
+    assert bench.parse_size("2160p") == ("4K", 3840, 2160, 1)  # one label for one size: one column in the pivot
+    assert bench.parse_size("1080P:2") == ("1080p", 1920, 1080, 2)  # names in any case
     with pytest.raises(ValueError):
         bench.parse_size("huge")
+    for empty in ("0x10", "10x0", "720p:0"):  # an empty frame or batch would time nothing (or divide by zero)
+        with pytest.raises(ValueError, match="must be positive"):
+            bench.parse_size(empty)
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -159,6 +166,7 @@ def test_parse_size():
     (["--sizes", ","], "--sizes: no size given"),
     (["--min-iters", "0"], "--min-iters must be at least 1"),  # was a StatisticsError traceback
     (["--sizes", "10x10:a"], "size '10x10:a': the batch after ':' must be a whole number"),
+    (["--compile", "--compile-sizes", "huge"], "size 'huge': expected one of"),  # else a traceback mid-run
 ])  # fmt: skip
 def test_bad_arguments_are_usage_errors(argv, match, capsys):
     assert bench.main(["--smoke", *argv]) == 2
@@ -303,6 +311,8 @@ def test_e2e_rows_at_another_size_and_factor(tmp_path):
     rows = json.loads(next(tmp_path.glob("*.json")).read_text())["rows"]
     e2e = [r for r in rows if r["kind"] == "e2e"]
     assert e2e and all(r["size"] == "10x8->15x12" and r["status"] == "ok" and "x1.5" in r["note"] for r in e2e)
+    # no engine path was checked in this run (--paths): each row says so
+    assert all("engine_torch_fp32 was not checked in this run" in r["note"] for r in e2e)
 
 
 def test_check_rule_fp8(tiny_model):
@@ -361,3 +371,292 @@ def test_mixed_fp8_without_fp16_layers_is_the_emulation(tiny_model):
     body = len(tiny_model.layers) - 2
     all_fp16 = quant_quality.MixedFp8(tiny_model, set(range(body)))(x)
     assert (all_fp16 - ref).abs().max() < 0.1 * (want - ref).abs().max()
+
+
+# ---- the numbers a results JSON holds, from synthetic timings (mutation audit of the benchmark tooling)
+
+
+def _bare_run(**attrs) -> bench._Run:
+    """A ``_Run`` without its environment probe, model or output folder: just the attributes a method reads."""
+    run = object.__new__(bench._Run)
+    run.__dict__.update(attrs)
+    return run
+
+
+def test_time_callable_warms_up_then_times_enough_calls_in_ms(monkeypatch):
+    # a fake clock, one call = 2^-9 s (exact in binary): the count follows --min-iters / --rep-ms, the unit is ms
+    clock, calls = [0.0], []
+
+    def call():
+        calls.append(1)
+        clock[0] += 2**-9
+
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    cfg = bench.BenchConfig.smoke_config()
+    cfg.min_iters, cfg.rep_ms, cfg.warmup_ms = 3, 10 * 1.953125, 3 * 1.953125
+    assert bench.time_callable(call, torch.device("cpu"), cfg, "perf_counter") == [1.953125] * 10  # rep_ms / 1.95 ms
+    assert len(calls) == 2 + 3 + 10  # first call and the estimate, 3 warm-up calls (warmup_ms), 10 timed
+    cfg.rep_ms, cfg.warmup_ms = 0.0, 0.0
+    assert len(bench.time_callable(call, torch.device("cpu"), cfg, "perf_counter")) == 3  # at least --min-iters
+
+
+def test_row_statistics_from_synthetic_timings(monkeypatch):
+    # median (not mean) and interpolated p10/p90 of the sorted times; frames/s count the batch; TFLOP/s of the
+    # 20-layer 64-channel VDSR (1,329,408 FLOP/pixel) at 1e6 pixels in 3 ms = 443.136, half the given peak
+    monkeypatch.setattr(bench, "time_callable", lambda call, device, cfg, timer: [4.0, 1.0, 3.0, 2.0, 10.0])
+    run = _bare_run(model=SimpleNamespace(depth=20, channels=64), peak={"tflops": 886.272}, device=torch.device("cpu"),
+                    cfg=bench.BenchConfig.smoke_config(), timer="perf_counter")  # fmt: skip
+    row = bench.BenchResult("engine_x_fp16", "engine x", "network", "fp16", "1000x500", 1000, 500, 2)
+    bench._Run._timed_row(run, row, lambda x: x, [torch.zeros(1)], 1_000_000, None)
+    assert row.median_ms == 3.0 and row.n_iters == 5
+    assert row.p10_ms == pytest.approx(1.4) and row.p90_ms == pytest.approx(7.6)
+    assert row.fps == pytest.approx(2000 / 3)
+    assert row.tflops == pytest.approx(443.136) and row.pct_peak == pytest.approx(50.0)
+
+
+def test_matmul_peak_is_the_median_time_of_2n3_flops(monkeypatch):
+    monkeypatch.setattr(bench, "time_callable", lambda call, device, cfg, timer: [1.0, 2.0, 50.0])
+    cfg = bench.BenchConfig.smoke_config()
+    cfg.peak_size = 100
+    peak = bench.matmul_peak(torch.device("cpu"), cfg, "perf_counter")
+    # 2 * 100^3 FLOP in the median 2 ms = 1e9 FLOP/s
+    assert peak["dtype"] == "fp32" and peak["shape"] == "100^3" and peak["median_ms"] == 2.0
+    assert peak["tflops"] == pytest.approx(1e-3)
+
+
+def test_speedups_divide_the_baseline_by_the_row_at_the_same_size_and_batch():
+    # "x cuDNN fused" = cuDNN's median / this one (> 1: faster), per (kind, size, batch); the end-to-end rows compare
+    # with e2e_torch_<e2e dtype>, never with a network row
+    def row(key, ms, kind="network", batch=1, status="ok"):
+        size = "1080p" if kind == "network" else "960x540->1920x1080"
+        return bench.BenchResult(key, key, kind, "fp16", size, 1920, 1080, batch, status=status, median_ms=ms)
+
+    rows = [row("cudnn_fused_fp16", 8.0), row("eager_fp16_cl", 12.0), row("engine_x_fp16", 4.0),
+            row("cudnn_fused_fp16", 80.0, batch=8), row("engine_x_fp16", 20.0, batch=8),
+            row("engine_bad_fp16", None, status="check_failed"),
+            row("e2e_torch_fp16", 10.0, "e2e"), row("e2e_x_fp16", 5.0, "e2e"), row("e2e_x_yuv_fp16", 2.5, "e2e")]  # fmt: skip
+    bench._Run.fill_derived(_bare_run(rows=rows, cfg=bench.BenchConfig()))
+    got = {(r.key, r.batch): (r.speedup_vs_cudnn, r.speedup_vs_eager_fp16) for r in rows}
+    assert got[("engine_x_fp16", 1)] == (2.0, 3.0) and got[("cudnn_fused_fp16", 1)] == (1.0, 1.5)
+    assert got[("engine_x_fp16", 8)] == (4.0, None)  # no eager row at batch 8
+    assert got[("engine_bad_fp16", 1)] == (None, None)
+    assert got[("e2e_x_fp16", 1)] == (None, 2.0) and got[("e2e_x_yuv_fp16", 1)] == (None, 4.0)
+
+
+def test_rows_are_sorted_in_the_order_of_sizes_then_paths():
+    # --sizes 720p,1080p,4k,720p:8: the table (and the pivot's columns) in that order, network rows before the
+    # end-to-end ones (runs up to 11 put 720p after 4K: "720p" and "720p:8" share a label)
+    def row(key, size, batch=1, kind="network"):
+        return bench.BenchResult(key, key, kind, "fp16", size, 1, 1, batch, median_ms=1.0)
+
+    rows = [row("e2e_torch_fp16", "8x8->16x16", 8, "e2e"), row("e2e_torch_fp16", "8x8->16x16", 1, "e2e"),
+            row("engine_x_fp16", "4K"), row("cudnn_fused_fp16", "4K"), row("engine_x_fp16", "720p", 8),
+            row("eager_fp32", "1080p"), row("engine_x_fp16", "1080p"), row("engine_x_fp16", "720p"),
+            row("cudnn_fused_fp16", "720p")]  # fmt: skip
+    run = _bare_run(rows=rows, sizes=[bench.parse_size(s) for s in ("720p", "1080p", "4k", "720p:8")])
+    assert [(r.key, r.size, r.batch) for r in bench._Run.sorted_rows(run)] == [
+        ("cudnn_fused_fp16", "720p", 1), ("engine_x_fp16", "720p", 1), ("eager_fp32", "1080p", 1),
+        ("engine_x_fp16", "1080p", 1), ("cudnn_fused_fp16", "4K", 1), ("engine_x_fp16", "4K", 1),
+        ("engine_x_fp16", "720p", 8), ("e2e_torch_fp16", "8x8->16x16", 1), ("e2e_torch_fp16", "8x8->16x16", 8),
+    ]  # fmt: skip
+
+
+def test_check_rule_bound_is_twice_pytorchs_error_plus_atol(tiny_model):
+    # DESIGN.md §6: err <= 2 * err(PyTorch, same precision) + atol; a path given the float64 input exactly, its output
+    # the float64 reference shifted by a chosen amount, has that amount as its error
+    ws, bs = [w.double() for w in tiny_model.weights], [b.double() for b in tiny_model.biases]
+    cpu, shape = torch.device("cpu"), (1, 1, 9, 11)
+
+    def shifted(by: float):
+        return lambda x: bench.vdsr_forward(x, ws, bs) + by
+
+    fp16 = bench.check_against_reference(shifted(0.0), tiny_model, cpu, "fp16", torch.float64, shape=shape)
+    assert fp16.passed and fp16.err == 0 and fp16.torch_err > 1e-5
+    inside = bench.check_against_reference(shifted(1.5 * fp16.torch_err + 1e-3), tiny_model, cpu, "fp16",
+                                           torch.float64, shape=shape)  # fmt: skip
+    assert inside.passed, inside  # beyond 1 x PyTorch's error + atol, inside twice it
+    fp32 = bench.check_against_reference(shifted(0.0), tiny_model, cpu, "fp32", torch.float64, shape=shape)
+    off = bench.check_against_reference(shifted(2 * fp32.torch_err + 3e-5), tiny_model, cpu, "fp32", torch.float64,
+                                        shape=shape)  # fmt: skip
+    assert not off.passed and off.bound < 2e-5, off  # fp32's atol is a few ulps (1e-5), not a half type's
+
+
+def test_build_paths_runs_the_named_backends_and_compile_only_when_asked():
+    cfg = bench.BenchConfig.smoke_config()
+    cfg.paths, cfg.backends = None, ["torch"]
+    keys = [p.key for p in bench.build_paths(torch.device("cpu"), cfg)]
+    assert {"engine_torch_fp32", "engine_torch_fp16"} <= set(keys) and "compile_fp16_cl" not in keys
+    assert not any(k.startswith(("engine_triton", "engine_cuda")) for k in keys)  # --backends torch: no other rows
+    cfg.compile = True  # right after cuDNN's chain, so a --budget-s never skips it
+    assert [p.key for p in bench.build_paths(torch.device("cpu"), cfg)][:2] == ["cudnn_fused_fp16", "compile_fp16_cl"]
+    cfg.paths = ["engine_torch_fp32"]  # --compile names its path itself: a --paths does not drop it
+    assert [p.key for p in bench.build_paths(torch.device("cpu"), cfg)] == ["compile_fp16_cl", "engine_torch_fp32"]
+
+
+class RaisingBackend(WrongBackend):
+    """A backend whose engine cannot be built (a kernel that fails to compile, say)."""
+
+    name = "raising"
+
+    def __init__(self, model, device, dtype) -> None:
+        raise RuntimeError("kernel build failed")
+
+
+def test_a_backend_that_raises_is_an_error_at_every_size_not_a_wrong_result(tmp_path, monkeypatch):
+    # each size gets its error row, the end-to-end rows say the engine raised (they do not run it again), a dtype the
+    # backend lacks is a skipped row, and the exit status stays 0 (3 is for wrong results)
+    monkeypatch.setitem(engine_mod.BACKENDS, "raising", RaisingBackend)
+    assert bench.main(["--smoke", "--backends", "raising", "--paths", "engine_*", "--out", str(tmp_path)]) == 0
+    rows = {(r["key"], r["batch"]): r for r in _json(tmp_path)["rows"]}
+    for batch in (1, 2):
+        r = rows[("engine_raising_fp32", batch)]
+        assert r["status"] == "error" and "kernel build failed" in r["note"], r
+        for key in ("e2e_raising_fp32", "e2e_raising_yuv_fp32"):
+            r = rows[(key, batch)]
+            assert r["status"] == "error" and "engine_raising_fp32 raised (see its row)" in r["note"], r
+    r = rows[("engine_raising_fp16", 1)]
+    assert r["status"] == "skipped" and r["note"] == "backend 'raising' does not support fp16", r
+
+
+def test_a_spent_time_budget_skips_the_rows_left(tmp_path):
+    argv = ["--smoke", "--backends", "torch", "--paths", "engine_torch_fp32", "--budget-s", "0", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    rows = _json(tmp_path)["rows"]
+    assert {(r["key"], r["batch"]) for r in rows} == {
+        (k, b) for k in ("engine_torch_fp32", "e2e_torch_fp32", "e2e_torch_yuv_fp32") for b in (1, 2)
+    }
+    assert all(r["status"] == "skipped" and r["note"] == "time budget spent" for r in rows), rows
+
+
+def test_flags_reach_the_config():
+    args = bench.build_parser().parse_args(
+        ["--smoke", "--no-e2e", "--paths", "cudnn*, engine_*", "--rep-ms", "50", "--min-iters", "4"]
+    )
+    cfg = bench.config_from_args(args)
+    assert cfg.e2e_batches == [] and cfg.paths == ["cudnn*", "engine_*"] and cfg.rep_ms == 50 and cfg.min_iters == 4
+
+
+# ---- make_table on a hand-written results JSON: every cell's rounding, the rows each table keeps
+
+RESULTS = {
+    "date": "2026-01-01T00:00:00+00:00",
+    "timer": "do_bench",
+    "device": {"name": "Some GPU", "driver": "580.1"},
+    "versions": {"torch": "2.11", "cuda": "13.0", "cudnn": "9.19.0", "triton": "3.6.0"},
+    "peak": {"dtype": "fp16", "shape": "8192^3", "tflops": 743.6},
+    "weights": "shipped weights",
+    "rows": [
+        {"key": "cudnn_fused_fp16", "path": "cuDNN fused", "dtype": "fp16", "size": "1080p", "batch": 1, "status": "ok",
+         "median_ms": 7.0681, "p10_ms": 7.0149, "p90_ms": 7.2321, "fps": 141.47, "tflops": 390.04, "pct_peak": 52.46,
+         "speedup_vs_cudnn": 1.0, "speedup_vs_eager_fp16": None, "peak_mem_mb": 764.4, "check": {"passed": True}},
+        {"key": "engine_cuda_fp16", "path": "engine cuda", "dtype": "fp16", "size": "4K", "batch": 1, "status": "ok",
+         "median_ms": 21.503, "p10_ms": 21.29, "p90_ms": 121.69, "fps": 46.51, "tflops": 512.8, "pct_peak": 68.94,
+         "speedup_vs_cudnn": 1.314, "speedup_vs_eager_fp16": 2.5, "peak_mem_mb": 2059.4, "check": {"passed": True}},
+        {"key": "engine_bad_fp16", "path": "engine bad", "dtype": "fp16", "size": "1080p", "batch": 1,
+         "status": "check_failed", "median_ms": None, "check": {"passed": False, "err": 0.1, "bound": 0.00123}},
+        {"key": "engine_cuda_fp32", "path": "engine cuda", "dtype": "fp32", "size": "1080p", "batch": 1,
+         "status": "skipped", "note": "backend 'cuda' does not support fp32"},
+        {"key": "e2e_torch_fp16", "path": "upscale() torch", "dtype": "fp16", "size": "960x540->1920x1080", "batch": 8,
+         "status": "ok", "median_ms": 55.55, "p10_ms": 55.0, "p90_ms": 56.0, "fps": 144.0, "tflops": 300.0,
+         "pct_peak": 40.0, "speedup_vs_cudnn": None, "speedup_vs_eager_fp16": 1.0, "peak_mem_mb": 900.0, "check": None},
+    ],
+}  # fmt: skip
+
+
+def test_full_table_rounds_each_column_and_leaves_out_skipped_rows():
+    table = make_table.render_markdown(copy.deepcopy(RESULTS)).splitlines()
+    assert table[0] == ("**Some GPU, driver 580.1, torch 2.11, CUDA 13.0, cuDNN 9.19.0, triton 3.6.0** — "
+                        "2026-01-01T00:00:00+00:00, timer `do_bench`; measured fp16 matmul peak 744 TFLOP/s (8192^3); "
+                        "weights: shipped weights")  # fmt: skip
+    # ms: 3 decimals under 10, 2 under 100, 1 above; frames/s, TFLOP/s, % peak 1 decimal; speedups 2; MB none
+    assert table[4:] == [
+        "| cuDNN fused | fp16 | 1080p | 1 | 7.068 | 7.015 | 7.232 | 141.5 | 390.0 | 52.5 | 1.00 | — | 764 | ok |",
+        "| engine cuda | fp16 | 4K | 1 | 21.50 | 21.29 | 121.7 | 46.5 | 512.8 | 68.9 | 1.31 | 2.50 | 2059 | ok |",
+        "| engine bad | fp16 | 1080p | 1 | — | — | — | — | — | — | — | — | — | FAIL (err 1.0e-01 > 1.2e-03) |",
+        "| upscale() torch | fp16 | 960x540->1920x1080 | 8 | 55.55 | 55.00 | 56.00 | 144.0 | 300.0 | 40.0 | — | 1.00 | 900 | n/a |",
+    ]  # fmt: skip
+    ok_only = make_table.render_markdown(copy.deepcopy(RESULTS), include_failed=False)
+    assert "engine bad" not in ok_only and "| engine cuda | fp16 | 4K |" in ok_only
+
+
+def test_make_table_ok_only_flag(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(RESULTS))
+    assert make_table.main([str(path)]) == 0 and "| engine bad |" in capsys.readouterr().out
+    assert make_table.main([str(path), "--ok-only"]) == 0 and "| engine bad |" not in capsys.readouterr().out
+
+
+def test_pivot_has_the_median_of_each_ok_row_in_its_column():
+    pivot = make_table.render_pivot(copy.deepcopy(RESULTS)).splitlines()
+    assert pivot[2:] == [
+        "| path | 1080p | 4K | 960x540->1920x1080 ×8 |",
+        "|---|---|---|---|",
+        "| cuDNN fused fp16 | 7.068 ms | — | — |",
+        "| engine cuda fp16 | — | 21.50 ms | — |",
+        "| upscale() torch fp16 | — | — | 55.55 ms |",
+    ]  # a row that failed its check or was skipped has no median: no line
+
+
+# ---- pick_defaults on the latest committed profile (run 11): many options, rows without a time
+
+
+def test_pick_defaults_ranks_every_option_fastest_first(capsys):
+    from benchmarks import pick_defaults
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks/results/2026-11-27_layer_profile_nvidia-h200_1080p_fp16_run11.json"
+    assert pick_defaults.main([str(path)]) == 0  # its rows of kernels that did not run (ms None) are left out
+    out = capsys.readouterr().out
+    cuda = out[out.index("cuda: whole network") : out.index("triton: whole network")].splitlines()[1:]
+    times = [float(line.split()[0]) for line in cuda if line.strip()]
+    assert len(times) == 17 and times == sorted(times)
+    # the cuDNN chain estimate: 18 x its body layer (0.3440 ms) + its head (0.9587 ms) = 7.15 ms, over the network's time
+    assert cuda[0] == "     5.446 ms  cuda tensor-core head + PDL  (1.31x the cuDNN chain estimate 7.15 ms)"
+    assert "kAutoOrder = {11, 10, 9, 14, 8, 13, 12, 7, 6, 5, 4, 1, 0, 2, 3}" in out
+    # run 7's variants 7 and 8 did not run (ms None): ranked without them, not a TypeError
+    assert pick_defaults.main([str(path.with_name("2026-11-26_layer_profile_nvidia-h200_1080p_fp16_run7.json"))]) == 0
+    assert "kAutoOrder = {6, 5, 4, 1, 0, 2, 3}" in capsys.readouterr().out
+
+
+# ---- canary: the names the benchmark's engine options map to, and the one deadline for all the processes
+
+
+def test_broken_maps_each_option_kind_to_its_canary(monkeypatch):
+    from benchmarks import canary
+    from vdsr_fast.kernels.triton.conv3x3_tma import tma_config
+    from vdsr_fast.kernels.triton.winograd import winograd_config
+
+    monkeypatch.setenv("VDSR_FAST_BROKEN", "triton-fp8,triton-winograd,cuda-v5")
+    assert "triton-fp8" in canary.broken("triton", {"dtype": torch.float8_e4m3fn})  # the benchmark's fp8 engine
+    assert "triton-winograd" in canary.broken("triton", {"body_config": winograd_config(64, 64, torch.float16)})
+    assert canary.broken("triton", {"body_config": tma_config(torch.float16)}) is None  # TMA's canary passed
+    assert canary.broken("triton", {"body_variant": 5}) is None  # cuda-v5 is the CUDA backend's
+
+
+def test_canaries_share_one_deadline(tmp_path, monkeypatch):
+    # the processes run in parallel: each later wait gets what is left of --timeout-s, not the whole of it again
+    from benchmarks import canary
+
+    clock, waits, killed = [0.0], [], []
+
+    class Proc:
+        def __init__(self, args, **kw) -> None:
+            self.name, self.returncode = args[-1], None
+
+        def communicate(self, timeout):
+            waits.append(timeout)
+            if timeout < 10:
+                raise subprocess.TimeoutExpired(self.name, timeout)
+            clock[0] += 10
+            self.returncode = 0
+            return f"ok {self.name}\n", None
+
+        def kill(self):
+            killed.append(self.name)
+
+    monkeypatch.setattr(canary, "OPTIONS", {k: ("cuda", {}) for k in ("a", "b", "c")})
+    monkeypatch.setattr(canary, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(canary, "subprocess", SimpleNamespace(Popen=Proc, PIPE=subprocess.PIPE, STDOUT=subprocess.STDOUT,
+                                                              TimeoutExpired=subprocess.TimeoutExpired))  # fmt: skip
+    assert canary.run_all(tmp_path, timeout_s=15) == ["b", "c"]
+    assert waits == [15, 5, 5] and killed == ["b", "c"]
+    assert json.loads((tmp_path / "canary.json").read_text())["b"] == {"ok": False, "log": "timed out after 15 s"}
