@@ -1102,11 +1102,10 @@ def test_a_16_bit_png_of_zero_width_is_a_read_error(tmp_path):
     """pypng decodes a 16-bit PNG whose header says 0 pixels wide into an empty array: an ImageReadError naming the
     file, not an empty image handed on to the upscale."""
     import struct
+    import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    import zlib
 
     header = struct.pack(">IIBBBBB", 0, 4, 16, 2, 0, 0, 0)  # 0 wide, 4 tall, 16-bit RGB
     (tmp_path / "e.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(4)))
@@ -1211,8 +1210,8 @@ def test_an_animation_written_without_a_loop_count_loops_forever(tmp_path, suffi
 
 @pytest.mark.parametrize("suffix", [".webp", ".png"])
 def test_frame_durations_round_to_the_nearest_millisecond(tmp_path, suffix):
-    """An APNG's durations are fractions of a second (33.4 ms, 16.6 ms as read): written to the nearest millisecond,
-    not truncated."""
+    """Durations are read as fractions of a millisecond (an APNG's, 33.4 ms, 16.6 ms): an animated WebP or PNG gets
+    each to the nearest millisecond, not truncated."""
     rng = np.random.default_rng(27)
     write_frames(tmp_path / f"a{suffix}", [rng.integers(0, 256, (5, 4, 3)).astype(np.uint8) for _ in range(2)],
                  durations=[33.6, 16.6])  # fmt: skip

@@ -10,6 +10,7 @@ extension is not built; nothing here touches the GPU at import time.
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -308,66 +309,8 @@ def test_available_reports_missing_extension(monkeypatch):
         Engine(_model(depth=3), backend="cuda", device="cuda:0")
 
 
-def test_variant_unavailable_names_what_each_variant_needs(monkeypatch):
-    """The wgmma variant runs on compute capability 9.0 only (an sm_90a image); the rest by shared memory.
-    Simulated GPU properties, the real extension's variant table."""
-    from types import SimpleNamespace
-
-    C = _ext()
-    wgmma = [v for v in C.body_variants() if v["wgmma"]]
-    assert [v["id"] for v in wgmma] == list(range(4, 15))  # ids 4, 5, then the strip and ping-pong ones
-    assert not any(v["winograd"] for v in wgmma)
-    direct = C.body_variants()[0]
-
-    def gpu(name, cc, optin):
-        props = SimpleNamespace(name=name, major=cc[0], minor=cc[1], shared_memory_per_block_optin=optin)
-        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=None: props)
-
-    gpu("NVIDIA A100", (8, 0), 163 * 1024)
-    assert "shared memory per block; NVIDIA A100 allows" in variant_unavailable(direct, torch.device("cuda", 0))
-    gpu("NVIDIA B200", (10, 0), 227 * 1024)  # sm_90a code does not run on later architectures
-    assert "compute capability 9.0 only; NVIDIA B200 is 10.0" in variant_unavailable(wgmma[0], torch.device("cuda", 0))
-    gpu("NVIDIA H100", (9, 0), 227 * 1024)
-    expected = None if "90a" in C.CUDA_ARCHS else "needs a build for sm_90a"
-    got = variant_unavailable(wgmma[0], torch.device("cuda", 0))
-    assert got == expected or expected in got
-    assert variant_unavailable(direct, torch.device("cuda", 0)) is None
-
-
-@pytest.mark.parametrize("optin", [99 * 1024, 99 * 1024 - 16])
-def test_sm86_sm89_cards_run_the_99_kb_variants_and_smaller_ones_are_refused(monkeypatch, optin):
-    """sm_86/sm_89 cards (RTX 30xx/40xx, A10, L4, L40S) allow 99 KB of shared memory per block: body variants 15
-    and 16 need exactly that, every other non-wgmma one more. The backend takes such a card (the variant it runs
-    is the first that fits, ``body_auto_variant``), and refuses one that allows less up front (`auto` moves on)
-    instead of failing at the first launch. Simulated: the extension is real, the GPU's properties are stubbed."""
-    from types import SimpleNamespace
-
-    C = _ext()
-    small = [v for v in C.body_variants() if not v["wgmma"] and v["smem_bytes"] <= 99 * 1024]
-    assert [(v["id"], v["smem_bytes"], v["tile_h"], v["tile_w"], v["stages"]) for v in small] == [
-        (15, 101376, 4, 16, 2), (16, 101376, 4, 16, 2)]  # fmt: skip
-    assert [v["threads"] for v in small] == [128, 256]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (8, 9))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA L4")
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=None: SimpleNamespace(
-        name="NVIDIA L4", major=8, minor=9, shared_memory_per_block_optin=optin))  # fmt: skip
-    monkeypatch.setattr(C, "check_device", lambda index: None)  # the real one needs the GPU
-    reason = CudaBackend.available(torch.device("cuda", 0))
-    if optin >= 101376:
-        assert reason is None
-        assert all(variant_unavailable(v, torch.device("cuda", 0)) is None for v in small)
-        # the others need more shared memory, or compute capability 9.0 (the wgmma ones with the weights in registers)
-        assert all(variant_unavailable(v, torch.device("cuda", 0)) for v in C.body_variants() if v not in small)
-    else:
-        assert reason == f"its body kernel needs 101376 bytes of shared memory per block and NVIDIA L4 allows {optin}"
-
-
 def _simulated_gpus(monkeypatch, gpus, current=0):
     """Stub torch.cuda's queries with ``gpus``: (name, (major, minor), shared memory per block opt-in) per index."""
-    from types import SimpleNamespace
-
     def gpu(i=None):  # i: an index, a device or None (the current one), as torch.cuda's queries take it
         index = i if isinstance(i, int) else None if i is None else torch.device(i).index
         return gpus[current if index is None else index]
@@ -387,6 +330,49 @@ def _simulated_gpus(monkeypatch, gpus, current=0):
 H100 = ("NVIDIA H100", (9, 0), 227 * 1024)
 A100 = ("NVIDIA A100", (8, 0), 163 * 1024)
 T4 = ("Tesla T4", (7, 5), 64 * 1024)
+
+
+def test_variant_unavailable_names_what_each_variant_needs(monkeypatch):
+    """The wgmma variant runs on compute capability 9.0 only (an sm_90a image); the rest by shared memory.
+    Simulated GPU properties, the real extension's variant table."""
+    C = _ext()
+    wgmma = [v for v in C.body_variants() if v["wgmma"]]
+    assert [v["id"] for v in wgmma] == list(range(4, 15))  # ids 4, 5, then the strip and ping-pong ones
+    assert not any(v["winograd"] for v in wgmma)
+    direct = C.body_variants()[0]
+
+    _simulated_gpus(monkeypatch, [A100])
+    assert "shared memory per block; NVIDIA A100 allows" in variant_unavailable(direct, torch.device("cuda", 0))
+    _simulated_gpus(monkeypatch, [("NVIDIA B200", (10, 0), 227 * 1024)])  # sm_90a code does not run on later archs
+    assert "compute capability 9.0 only; NVIDIA B200 is 10.0" in variant_unavailable(wgmma[0], torch.device("cuda", 0))
+    _simulated_gpus(monkeypatch, [H100])
+    expected = None if "90a" in C.CUDA_ARCHS else "needs a build for sm_90a"
+    got = variant_unavailable(wgmma[0], torch.device("cuda", 0))
+    assert got == expected or expected in got
+    assert variant_unavailable(direct, torch.device("cuda", 0)) is None
+
+
+@pytest.mark.parametrize("optin", [99 * 1024, 99 * 1024 - 16])
+def test_sm86_sm89_cards_run_the_99_kb_variants_and_smaller_ones_are_refused(monkeypatch, optin):
+    """sm_86/sm_89 cards (RTX 30xx/40xx, A10, L4, L40S) allow 99 KB of shared memory per block: body variants 15
+    and 16 need exactly that, every other non-wgmma one more. The backend takes such a card (the variant it runs
+    is the first that fits, ``body_auto_variant``), and refuses one that allows less up front (`auto` moves on)
+    instead of failing at the first launch. Simulated: the extension is real, the GPU's properties are stubbed."""
+    C = _ext()
+    small = [v for v in C.body_variants() if not v["wgmma"] and v["smem_bytes"] <= 99 * 1024]
+    assert [(v["id"], v["smem_bytes"], v["tile_h"], v["tile_w"], v["stages"]) for v in small] == [
+        (15, 101376, 4, 16, 2), (16, 101376, 4, 16, 2)]  # fmt: skip
+    assert [v["threads"] for v in small] == [128, 256]
+    _simulated_gpus(monkeypatch, [("NVIDIA L4", (8, 9), optin)])
+    monkeypatch.setattr(C, "check_device", lambda index: None)  # the real one needs the GPU
+    reason = CudaBackend.available(torch.device("cuda", 0))
+    if optin >= 101376:
+        assert reason is None
+        assert all(variant_unavailable(v, torch.device("cuda", 0)) is None for v in small)
+        # the others need more shared memory, or compute capability 9.0 (the wgmma ones with the weights in registers)
+        assert all(variant_unavailable(v, torch.device("cuda", 0)) for v in C.body_variants() if v not in small)
+    else:
+        assert reason == f"its body kernel needs 101376 bytes of shared memory per block and NVIDIA L4 allows {optin}"
 
 
 @pytest.mark.parametrize("device, gpus, current, expected", [
@@ -423,8 +409,6 @@ def test_available_reports_a_build_for_other_archs(monkeypatch):
 def test_variant_unavailable_without_an_optin_limit_or_an_sm_90a_build(monkeypatch):
     """A torch whose device properties lack ``shared_memory_per_block_optin`` cannot be checked for shared memory (no
     refusal on that ground); a build without sm_90a code refuses the wgmma variants even on compute capability 9.0."""
-    from types import SimpleNamespace
-
     C = _ext()
     direct, wgmma = C.body_variants()[0], C.body_variants()[10]
     assert not direct["wgmma"] and wgmma["wgmma"]

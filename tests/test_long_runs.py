@@ -113,13 +113,21 @@ def test_engines_are_per_device(tiny_model):
         upscale(torch.rand(1, 3, 5, 4, device="meta"), 2, tiny_model, out=torch.empty(1, 3, 10, 8))
 
 
+def _stand_in_buffers(channels: int = 4, max_cached_shapes: int = 2):
+    from vdsr_fast.kernels import PingPongBuffers
+
+    pp = PingPongBuffers()
+    pp.device, pp.dtype, pp.channels, pp._packed = torch.device("cpu"), torch.float32, channels, []
+    pp.max_cached_shapes = max_cached_shapes
+    pp._init_buffers()
+    return pp
+
+
 def test_stream_change_orders_the_gpu_work_without_a_host_sync(monkeypatch):
     """The fast backends' activation buffers are shared by every stream: when a call comes from
     another stream than the previous one, that stream waits (on the GPU) for the previous stream's
     queued work, and the buffers are recorded as used on it (so the caching allocator cannot hand
     them out while it still runs). Checked on the bookkeeping with stand-in streams (no GPU here)."""
-    from vdsr_fast.kernels import PingPongBuffers
-
     class Stream:
         def __init__(self, name):
             self.name, self.waited = name, []
@@ -134,10 +142,8 @@ def test_stream_change_orders_the_gpu_work_without_a_host_sync(monkeypatch):
         def record_stream(self, s):
             self.used_on.append(s.name)
 
-    pp = PingPongBuffers()
-    pp.device, pp.max_cached_shapes, pp._packed = torch.device("cpu"), 2, [Buf()]
-    pp._init_buffers()
-    pp._flat = (Buf(), Buf())
+    pp = _stand_in_buffers()
+    pp._packed, pp._flat = [Buf()], (Buf(), Buf())
     static = Buf()
     pp._graphs[(1, 4, 4)] = ("graph", static, static)
     a, b = Stream("a"), Stream("b")
@@ -153,16 +159,6 @@ def test_stream_change_orders_the_gpu_work_without_a_host_sync(monkeypatch):
     current[0] = a
     pp._enter_stream()
     assert a.waited == ["b"]
-
-
-def _stand_in_buffers(channels: int = 4, max_cached_shapes: int = 2):
-    from vdsr_fast.kernels import PingPongBuffers
-
-    pp = PingPongBuffers()
-    pp.device, pp.dtype, pp.channels, pp._packed = torch.device("cpu"), torch.float32, channels, []
-    pp.max_cached_shapes = max_cached_shapes
-    pp._init_buffers()
-    return pp
 
 
 def test_buffers_grow_only_for_a_larger_shape_and_then_drop_the_graphs():
