@@ -88,6 +88,15 @@ def test_cuda_archs_refuses_bad_values_naming_the_variable_and_the_forms(setup_p
     assert all(form in msg for form in ('"80;90a"', '"90a"', '"-real"', '"native"')), msg
 
 
+@pytest.mark.parametrize("value", ["sm_75", "compute_70", "7.5"])
+def test_cuda_archs_suggests_no_architecture_below_8_0(setup_py, monkeypatch, value):
+    """"sm_75" is refused, like "75", without suggesting "75" (which would be refused next)."""
+    monkeypatch.setenv("VDSR_FAST_CUDA_ARCHS", value)
+    with pytest.raises(setup_py.SetupError) as e:
+        setup_py._cuda_archs()
+    assert "did you mean" not in str(e.value) and "not in CMake's form" in str(e.value)
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "x", "2.5", "+2"])
 def test_build_jobs_refuses_what_is_not_a_positive_integer(setup_py, monkeypatch, value):
     monkeypatch.setenv("VDSR_FAST_BUILD_JOBS", value)
@@ -101,6 +110,8 @@ def test_build_jobs_default_is_the_cpu_count(setup_py, monkeypatch):
     assert setup_py._build_jobs() == str(os.cpu_count() or 1)
     monkeypatch.setenv("VDSR_FAST_BUILD_JOBS", " 3 ")
     assert setup_py._build_jobs() == "3"
+    monkeypatch.setenv("VDSR_FAST_BUILD_JOBS", "04")
+    assert setup_py._build_jobs() == "4"
 
 
 @pytest.mark.parametrize("value, skip", [("1", True), ("true", True), ("YES", True), ("0", False), ("", False), ("off", False)])
@@ -126,6 +137,80 @@ def test_no_nvcc_installs_without_the_extension_and_says_so(setup_py, monkeypatc
 
 
 @unix_only
+def test_nvcc_is_looked_for_in_cudacxx_then_path_then_the_cuda_home(setup_py, monkeypatch, tmp_path):
+    """$CUDACXX names the toolkit even with another nvcc on PATH; one that does not exist is passed over; without
+    either, $CUDA_HOME/bin/nvcc, then $CUDA_PATH/bin/nvcc (Windows' name for it)."""
+    for home_dir in ("home", "cuda_path"):
+        (tmp_path / home_dir).mkdir()
+    on_path, chosen = _fake_nvcc(tmp_path / "path", "13.0"), _fake_nvcc(tmp_path / "chosen", "12.4")
+    home, cuda_path = _fake_nvcc(tmp_path / "home" / "bin", "12.8"), _fake_nvcc(tmp_path / "cuda_path" / "bin", "12.6")
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    monkeypatch.setenv("CUDACXX", str(chosen))
+    assert setup_py._find_nvcc() == str(chosen)
+    monkeypatch.setenv("CUDACXX", str(tmp_path / "gone" / "nvcc"))
+    assert setup_py._find_nvcc() == str(on_path)
+    monkeypatch.delenv("CUDACXX")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("CUDA_HOME", str(home.parent.parent))
+    monkeypatch.setenv("CUDA_PATH", str(cuda_path.parent.parent))
+    assert setup_py._find_nvcc() == str(home)
+    monkeypatch.delenv("CUDA_HOME")
+    assert setup_py._find_nvcc() == str(cuda_path)
+
+
+@unix_only
+@pytest.mark.parametrize("missing", ["cmake", "pybind11"])
+def test_missing_cmake_or_pybind11_installs_without_the_extension_and_says_so(setup_py, monkeypatch, tmp_path, missing):
+    _fake_nvcc(tmp_path, "13.0")
+    if missing == "pybind11":
+        _script(tmp_path / "cmake", 'echo "cmake version 3.31.6"\n')
+        monkeypatch.setattr(setup_py, "_pybind11_cmake_dir", lambda: None)
+    else:
+        monkeypatch.setattr(setup_py, "_pybind11_cmake_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.warns(UserWarning) as record:
+        assert setup_py._ext_modules_or_why_not() == []
+    want = "cmake not found" if missing == "cmake" else "pybind11 not importable"
+    assert any(want in str(w.message) and "without the CUDA extension" in str(w.message) for w in record)
+
+
+@unix_only
+def test_extension_is_built_when_everything_is_found(setup_py, monkeypatch, tmp_path):
+    _fake_nvcc(tmp_path, "13.0")
+    _script(tmp_path / "cmake", 'echo "cmake version 3.24.0"\n')
+    monkeypatch.setattr(setup_py, "_pybind11_cmake_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [e.name for e in setup_py._ext_modules_or_why_not()] == ["vdsr_fast._C"]
+
+
+def test_stale_in_place_module_is_flagged_only_when_installing_without_the_extension(setup_py, monkeypatch, tmp_path):
+    """An editable install keeps importing an earlier build's vdsr_fast/_C*.so: said when the extension is not built."""
+    (tmp_path / "vdsr_fast").mkdir()
+    (tmp_path / "vdsr_fast" / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    monkeypatch.setattr(setup_py, "ROOT", tmp_path)
+    monkeypatch.setattr(setup_py, "_ext_modules_or_why_not", lambda: [])
+    with pytest.warns(UserWarning, match=r"vdsr_fast/_C\.cpython-311-x86_64-linux-gnu\.so from an earlier build"):
+        assert setup_py._ext_modules() == []
+    monkeypatch.setattr(setup_py, "_ext_modules_or_why_not", lambda: ["ext"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert setup_py._ext_modules() == ["ext"]
+
+
+def test_bad_switch_stops_setup_py_with_its_message(monkeypatch):
+    """setup.py turns the SetupError into an exit with the message (pip shows it), not a traceback."""
+    import setuptools
+
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: None)
+    monkeypatch.setenv("VDSR_FAST_SKIP_CUDA_BUILD", "maybe")
+    spec = importlib.util.spec_from_file_location("vdsr_fast_setup_py", ROOT / "setup.py")
+    with pytest.raises(SystemExit, match=r"^vdsr_fast setup.py: error: VDSR_FAST_SKIP_CUDA_BUILD='maybe'"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+@unix_only
 def test_cmake_older_than_3_24_installs_without_the_extension_and_says_so(setup_py, monkeypatch, tmp_path):
     """Like no cmake at all (CMakeLists.txt would stop at cmake_minimum_required): the warning names the fix."""
     _fake_nvcc(tmp_path, "13.0")
@@ -145,6 +230,22 @@ def test_unusable_nvcc_fails_with_the_way_out(setup_py, tmp_path, release, error
     with pytest.raises(setup_py.SetupError) as e:
         setup_py._check_nvcc(str(nvcc))
     assert error in str(e.value) and "CUDACXX" in str(e.value) and "VDSR_FAST_SKIP_CUDA_BUILD=1" in str(e.value)
+
+
+@unix_only
+def test_nvcc_that_prints_a_version_but_fails_is_refused(setup_py, tmp_path):
+    nvcc = _script(tmp_path / "nvcc", 'echo "Cuda compilation tools, release 13.0, V13.0.1"\nexit 1\n')
+    with pytest.raises(setup_py.SetupError, match=r"--version` failed \(exit code 1: Cuda compilation tools"):
+        setup_py._check_nvcc(str(nvcc))
+
+
+def test_nvcc_that_hangs_is_refused(setup_py, monkeypatch):
+    def hang(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(setup_py.subprocess, "run", hang)
+    with pytest.raises(setup_py.SetupError, match=r"--version` failed \(TimeoutExpired: "):
+        setup_py._check_nvcc("/opt/cuda/bin/nvcc")
 
 
 @unix_only
@@ -191,8 +292,55 @@ def test_build_passes_the_switches_to_cmake(setup_py, monkeypatch, tmp_path):
     cmd.build_extension(ext)
     configure, build = log.read_text().splitlines()
     assert "-DVDSR_FAST_CUDA_ARCHS=80;90a" in configure and f"-DCMAKE_CUDA_COMPILER={bin_dir / 'nvcc'}" in configure
+    assert "-DCMAKE_BUILD_TYPE=Release" in configure and f"-DPython_EXECUTABLE={sys.executable}" in configure
     assert build.endswith("--parallel 3")
     assert (Path(cmd.get_ext_fullpath(ext.name)).parent / "_C.so").exists()
+
+
+@unix_only
+@pytest.mark.parametrize("tools, generator", [(["ninja"], "Ninja"), (["make", "ninja"], None), ([], None)])
+def test_ninja_is_the_generator_only_where_make_is_missing(setup_py, monkeypatch, tmp_path, tools, generator):
+    """CMake's default generator needs make; a machine with ninja alone (a pip-installed one) builds with it."""
+    bin_dir = tmp_path / "bin"
+    _fake_nvcc(bin_dir, "13.0")
+    log = tmp_path / "cmake.log"
+    _script(bin_dir / "cmake", f'echo "$@" >> {log}\nfor a; do case "$a" in -DVDSR_FAST_OUTPUT_DIR=*) : > "${{a#*=}}/_C.so";; esac; done\n')
+    for tool in tools:
+        _script(bin_dir / tool, "exit 0\n")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("CMAKE_GENERATOR", raising=False)
+    cmd, ext = _build_ext(setup_py, tmp_path)
+    cmd.build_extension(ext)
+    configure = log.read_text().splitlines()[0].split()
+    assert (configure[configure.index("-G") + 1] if "-G" in configure else None) == generator
+    if generator:  # a generator the user chose is left to CMake
+        log.unlink()
+        monkeypatch.setenv("CMAKE_GENERATOR", "Unix Makefiles")
+        cmd.build_extension(ext)
+        assert "-G" not in log.read_text().splitlines()[0].split()
+
+
+@unix_only
+def test_cmake_that_leaves_no_module_fails_the_install(setup_py, monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"
+    _fake_nvcc(bin_dir, "13.0")
+    _script(bin_dir / "cmake", "exit 0\n")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    cmd, ext = _build_ext(setup_py, tmp_path)
+    with pytest.raises(setup_py.CompileError, match="CMake finished but left no _C module"):
+        cmd.build_extension(ext)
+
+
+@unix_only
+def test_broken_nvcc_fails_the_build_before_cmake_runs(setup_py, monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"
+    _fake_nvcc(bin_dir, None)
+    _script(bin_dir / "cmake", f": > {tmp_path / 'cmake_ran'}\n")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    cmd, ext = _build_ext(setup_py, tmp_path)
+    with pytest.raises(setup_py.SetupError, match="--version` failed"):
+        cmd.build_extension(ext)
+    assert not (tmp_path / "cmake_ran").exists()
 
 
 @unix_only
