@@ -304,6 +304,66 @@ def test_factor_quality_script_runs(tmp_path, tiny_model, capsys):
     assert written.startswith("# PSNR at factors") and "torch " in written and written.count("\n| x") == len(factor_quality.FACTORS)
 
 
+def test_factor_quality_table_follows_its_protocol(tmp_path, tiny_model, capsys):
+    """Every cell of the table, recomputed from the docstring's protocol with the public API: the HR Y cropped to a
+    multiple of the factor's numerator p, LR by MATLAB bicubic to q/p of it, results rounded to 8 bits, PSNR shaving
+    ceil(f); the column of the next trained scale is ``upscale(lr, f)`` itself, the scales below f are "—". A
+    smooth image (PSNR ~40 dB, where the 8-bit rounding moves it by ~0.05 dB) whose sides no numerator divides."""
+    import math
+
+    import numpy as np
+
+    import vdsr_fast
+    from benchmarks import factor_quality
+    from vdsr_fast.evaluate import load_y
+    from vdsr_fast.images import write_image
+
+    model = copy.deepcopy(tiny_model)  # a residual of a few levels, not a random network's garbage: PSNR ~40 dB
+    with torch.no_grad():
+        model.layers[-1].weight.mul_(0.01)
+        model.layers[-1].bias.mul_(0.01)
+    r, c = np.mgrid[0:47, 0:52]
+    rgb = np.stack([0.5 + 0.3 * np.sin(r / 6 + k) * np.cos(c / 7 - k) for k in range(3)], axis=-1)
+    rgb += np.random.default_rng(1).normal(0, 0.01, rgb.shape)
+    (tmp_path / "set" / "x2").mkdir(parents=True)  # the data sets' layout: the HR images under x2/ (and x3/, x4/)
+    write_image(tmp_path / "set" / "x2" / "a_HR.png", (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
+    weights = vdsr_fast.save(model, tmp_path / "tiny.safetensors")
+    assert factor_quality.main(["--set", str(tmp_path / "set"), "--weights", str(weights)]) == 0
+    table = {line.split(" | ")[0][3:]: line.strip(" |").split(" | ")[1:]
+             for line in capsys.readouterr().out.splitlines() if line.startswith("| x")}  # fmt: skip
+
+    def q(t):
+        return (t.clamp(0, 1) * 255).round() / 255
+
+    def net(t):
+        with torch.no_grad():
+            return model(t.float()[None, None])[0, 0].double()
+
+    y = load_y(tmp_path / "set" / "x2" / "a_HR.png")
+    for f in factor_quality.FACTORS:
+        h, w = 47 // f.numerator * f.numerator, 52 // f.numerator * f.numerator
+        hr = y[:h, :w]
+        lr = vdsr_fast.imresize(hr, size=(h * f.denominator // f.numerator, w * f.denominator // f.numerator))
+        shave = math.ceil(f)
+        bic = vdsr_fast.imresize(lr, size=(h, w))
+        want = [vdsr_fast.psnr(q(bic), hr, shave=shave), vdsr_fast.psnr(q(net(bic)), hr, shave=shave)]
+        for k in (2, 3, 4):
+            if k < f:
+                want.append(None)
+            elif k == math.ceil(f):  # what upscale(scale=f) does
+                sr = vdsr_fast.upscale(lr.float()[None, None], float(f), model=model)[0, 0].double()
+                want.append(vdsr_fast.psnr(q(sr), hr, shave=shave))
+            else:
+                up = net(vdsr_fast.imresize(lr, size=(k * lr.shape[0], k * lr.shape[1])))
+                want.append(vdsr_fast.psnr(q(vdsr_fast.imresize(up, size=(h, w))), hr, shave=shave))
+        got = table[f"{float(f):g}"]
+        assert [g == "—" for g in got] == [v is None for v in want], (f, got)
+        assert 30 < want[0] < 50, want  # where the rounding to 8 bits shows in the second decimal
+        for g, v in zip(got, want):
+            if v is not None:
+                assert float(g) == pytest.approx(v, abs=0.0051), (f, got, want)
+
+
 def test_e2e_rows_at_another_size_and_factor(tmp_path):
     """--e2e-size/--e2e-scale: the end-to-end rows at e.g. 720p -> 1080p (x1.5), the output size by upscale()'s rule."""
     assert bench.main(["--smoke", "--backends", "torch", "--paths", "e2e_*", "--e2e-size", "10x8", "--e2e-scale", "1.5",
@@ -352,6 +412,67 @@ def test_quant_quality_script_runs(tmp_path, tiny_model, capsys):
     assert quant_quality.main(["--sets", str(tmp_path / "missing")]) == 2
     assert quant_quality.main([*argv, "--fp16-layers", "0,1"]) == 0
     assert "body layers [0, 1] in fp16" in (tmp_path / "q.md").read_text()
+
+
+def test_quant_quality_table_compares_the_two_engines(tmp_path, tiny_model, capsys, monkeypatch):
+    """Each row's numbers, recomputed: PSNR/SSIM of ``evaluate`` with the fp32 and the FP8 engine (Δ = FP8 minus
+    fp32), and the two engines' outputs on the very inputs ``evaluate`` gave them, rounded to 8 bits: the largest
+    difference in levels and the share of pixels more than one level apart. A set named relative to the working
+    directory is that folder."""
+    import numpy as np
+
+    import vdsr_fast
+    from benchmarks import quant_quality
+    from vdsr_fast.engine import Engine
+    from vdsr_fast.evaluate import evaluate
+    from vdsr_fast.images import write_image
+
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():  # a residual of some levels: the FP8 error moves the 8-bit output by a level or more
+        model.layers[-1].weight.mul_(0.2)
+    rng = np.random.default_rng(2)
+    (tmp_path / "myset").mkdir()
+    for name, amp in (("a", 0.0), ("b", 0.3)):  # a flat, b not: the largest FP8 error is not a's
+        r, c = np.mgrid[0:36, 0:40]
+        img = 0.5 + amp * np.sin(r / rng.uniform(3, 6) + rng.uniform(0, 6))[..., None] * np.cos(c / 5)[..., None]
+        img = img + rng.normal(0, amp / 6, (36, 40, 3))
+        write_image(tmp_path / "myset" / f"{name}_HR.png", (np.clip(img, 0, 1) * 255).round().astype(np.uint8))
+    weights = vdsr_fast.save(model, tmp_path / "tiny.safetensors")
+    inputs: dict[tuple[int, str], list[torch.Tensor]] = {}
+
+    def recording_evaluate(folder, scale, engine):
+        kind = "fp8" if engine.engine.dtype == torch.float8_e4m3fn else "fp32"
+        seen = inputs.setdefault((scale, kind), [])
+
+        def call(x):
+            seen.append(x.clone())
+            return engine(x)
+
+        call.device = engine.device
+        return evaluate(folder, scale, call)
+
+    monkeypatch.setattr(quant_quality, "evaluate", recording_evaluate)
+    monkeypatch.chdir(tmp_path)
+    assert quant_quality.main(["--sets", "myset", "--weights", str(weights)]) == 0
+    rows = {line.split(" | ")[1]: line.strip(" |").split(" | ")[2:]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| myset |")}  # fmt: skip
+    engines = {kind: Engine(model, backend="torch", dtype=dtype, device="cpu")
+               for kind, dtype in (("fp32", torch.float32), ("fp8", torch.float8_e4m3fn))}  # fmt: skip
+    for s in (2, 3, 4):
+        a, b = evaluate(tmp_path / "myset", s, engines["fp32"]), evaluate(tmp_path / "myset", s, engines["fp8"])
+        assert all(torch.equal(x, y) for x, y in zip(inputs[s, "fp32"], inputs[s, "fp8"], strict=True))
+        u8 = {kind: [(e(x).clamp(0, 1) * 255 + 0.5).floor() for x in inputs[s, kind]] for kind, e in engines.items()}
+        diffs = [(x - y).abs() for x, y in zip(u8["fp32"], u8["fp8"], strict=True)]
+        worst = max(float(d.max()) for d in diffs)
+        assert float(diffs[0].max()) < worst  # (files are scored in name order)
+        share = 100 * sum(int((d >= 2).sum()) for d in diffs) / sum(d.numel() for d in diffs)
+        got = rows[f"x{s}"]
+        assert float(got[0]) == pytest.approx(a.mean("psnr"), abs=5e-4)
+        assert float(got[1]) == pytest.approx(b.mean("psnr") - a.mean("psnr"), abs=5e-4) and float(got[1]) != 0
+        assert float(got[2]) == pytest.approx(a.mean("ssim"), abs=5e-5)
+        assert float(got[3]) == pytest.approx(b.mean("ssim") - a.mean("ssim"), abs=5e-5)
+        assert float(got[4]) == worst and worst >= 2, (got, worst)
+        assert float(got[5].rstrip("%")) == pytest.approx(share, abs=0.005) and share > 0, (got, share)
 
 
 def test_mixed_fp8_without_fp16_layers_is_the_emulation(tiny_model):
