@@ -100,6 +100,7 @@ def test_non_contiguous_input():
         (lambda: imresize(torch.rand(4, 4), -2), ValueError),
         (lambda: imresize(torch.rand(4, 4), float("nan")), ValueError),
         (lambda: imresize(torch.rand(0, 4), 2), ValueError),
+        (lambda: imresize(torch.rand(5), 2), ValueError),  # 1-D: no (H, W)
         (lambda: rgb_to_ycbcr(torch.rand(4, 4, 4)), ValueError),
         (lambda: rgb_to_ycbcr(torch.zeros(3, 4, 4, dtype=torch.uint8)), TypeError),
     ],
@@ -120,6 +121,9 @@ def test_bad_arguments(call, err):
         (dict(size=(True, True)), "size must be \\(height, width\\)"),
         (dict(scale=1e-9), "too small"),  # would allocate ~30 GiB of kernel weights
         (dict(scale=5e-324), "too small"),  # 16 * 5e-324 rounds to 0 output pixels; MATLAB's ceil gives 1
+        (dict(scale=float("inf")), "scale must be positive and finite"),
+        (dict(scale=(2, -1)), "scale must be positive and finite"),  # the width's factor checked too
+        (dict(size=(0, 4)), "size must be positive"),
     ],
 )
 def test_bad_scale_and_size_name_the_argument(kw, match):
@@ -171,9 +175,9 @@ def _resize_1d(x, s: float, antialias: bool = True) -> list[float]:
     return out
 
 
-def _resize_direct(x: torch.Tensor, sh: float, sw: float) -> torch.Tensor:
-    rows = torch.tensor([_resize_1d(col, sh) for col in x.T.tolist()], dtype=torch.float64).T
-    return torch.tensor([_resize_1d(row, sw) for row in rows.tolist()], dtype=torch.float64)
+def _resize_direct(x: torch.Tensor, sh: float, sw: float, antialias: bool = True) -> torch.Tensor:
+    rows = torch.tensor([_resize_1d(col, sh, antialias) for col in x.T.tolist()], dtype=torch.float64).T
+    return torch.tensor([_resize_1d(row, sw, antialias) for row in rows.tolist()], dtype=torch.float64)
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4, 0.5, 1 / 3, 0.25, 0.3, 0.75, 1.5, (2, 0.6), (0.45, 3)])
@@ -238,3 +242,51 @@ def test_imresize_of_half_precision_is_computed_in_float32_and_cast_back(dtype):
         got = imresize(x, scale)
         assert got.dtype == dtype
         assert torch.equal(got, imresize(x.float(), scale).to(dtype))
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.3, (0.45, 0.75), 2])
+def test_a_shrink_without_antialiasing_is_the_plain_cubic(scale):
+    """antialias=False: the a = -0.5 cubic over 4 input pixels whatever the factor (MATLAB's 'Antialiasing', false),
+    against the written-out resize; the antialiased taps of the same geometry are made first, so a cache that mixed
+    the two would show. With 4 taps a factor of 1e-9 needs no large weight table, so it is not refused."""
+    x = torch.rand(11, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    sh, sw = scale if isinstance(scale, tuple) else (scale, scale)
+    imresize(x, scale)
+    torch.testing.assert_close(imresize(x, scale, antialias=False), _resize_direct(x, sh, sw, antialias=False), rtol=0, atol=1e-12)
+    if sh < 1:
+        assert (imresize(x, scale, antialias=False) - imresize(x, scale)).abs().max() > 1e-3  # not vacuous
+    assert imresize(x, 1e-9, antialias=False).shape == (1, 1)  # 4 taps whatever the factor: not "too small"
+
+
+def test_float64_keeps_its_precision_after_a_float32_resize_of_the_same_geometry(monkeypatch):
+    """The device copies of the tap weights are kept per dtype: a float64 resize after a float32 one of the same
+    sizes still matches the written-out MATLAB resize to 1e-12 (float32 weights would be off by ~1e-8)."""
+    import vdsr_fast.imaging as imaging
+
+    monkeypatch.setattr(imaging, "_device_cache", {})
+    x = torch.rand(13, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    imresize(x.float(), 2.5)
+    torch.testing.assert_close(imresize(x, 2.5), _resize_direct(x, 2.5, 2.5), rtol=0, atol=1e-12)
+
+
+def test_only_products_within_1e9_of_an_integer_snap_to_it():
+    """The 1e-9 rule and no wider: 10 x (1 + 2e-8) = 10.0000002 is not a rounding error, so MATLAB's ceil gives 11;
+    10 x (1 + 1e-11) gives 10."""
+    assert resize_output_size((10, 10), (1 + 2e-8, 1 + 1e-11)) == (11, 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_colour_of_half_precision_is_computed_in_float32(dtype):
+    """float16 / bfloat16 colour conversions: the float32 conversion of the same values, cast back (documented:
+    computed in float32), not the sums taken in half precision."""
+    x = torch.rand(2, 3, 9, 7).to(dtype)
+    assert torch.equal(rgb_to_ycbcr(x), rgb_to_ycbcr(x.float()).to(dtype))
+    assert torch.equal(ycbcr_to_rgb(x), ycbcr_to_rgb(x.float()).to(dtype))
+
+
+def test_ycbcr_to_rgb_leaves_out_of_gamut_values_unclamped():
+    """Grey (Cb = Cr = 128) with Y = 255 and Y = 0, outside the studio range 16..235: R = G = B = (Y - 16) / 219 (the
+    Y row of MATLAB's matrix sums to 219), so 239/219 and -16/219, not clipped to [0, 1] (documented)."""
+    ycc = torch.tensor([[1.0, 0.0], [128 / 255] * 2, [128 / 255] * 2], dtype=torch.float64)[:, None, :]
+    want = torch.tensor([239 / 219, -16 / 219], dtype=torch.float64).expand(3, 1, 2)
+    torch.testing.assert_close(ycbcr_to_rgb(ycc), want, rtol=0, atol=1e-12)

@@ -252,3 +252,158 @@ def test_eval_names_an_image_too_small_at_x2(tmp_path, side, ok):
     else:
         with pytest.raises(ValueError, match=r"small.png: 15x15 is too small to score at x2.*\(at least 16x16\)"):
             evaluate(tmp_path, 2)
+
+
+def test_refusals_at_the_edges():
+    """1-D signals (no H, W), a shave that leaves nothing of the shorter side of a non-square image, integer types
+    without a default range (documented: float, uint8 and uint16 only) and non-tensors."""
+    x = torch.rand(12, 40)
+    for f in (psnr, ssim):
+        with pytest.raises(ValueError, match=r"expected images of shape \(..., H, W\), got \(30,\)"):
+            f(torch.rand(30), torch.rand(30))
+        with pytest.raises(ValueError, match=r"shave=6 leaves nothing of a \(12, 40\) image"):
+            f(x, x, shave=6)
+        with pytest.raises(TypeError, match="expected two tensors"):
+            f(np.zeros((16, 16)), np.zeros((16, 16)))
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.bool):
+        with pytest.raises(TypeError, match=f"pass data_range= for {dtype} images"):
+            psnr(torch.zeros(4, 4, dtype=dtype), torch.zeros(4, 4, dtype=dtype))
+
+
+def test_ssim_of_anticorrelated_images_is_negative():
+    """An image against its negative: the structure term (2 cov + C2) / (var + var + C2) is negative, and so is SSIM
+    (the direct formula's value; a covariance taken as its magnitude would make it positive)."""
+    rng = np.random.default_rng(7)
+    a = rng.random((16, 17))
+    want = _ssim_direct(a, 1 - a, 1.0)
+    assert want < -0.5
+    assert ssim(torch.from_numpy(a), torch.from_numpy(1 - a)) == pytest.approx(want, abs=1e-12)
+
+
+def test_set_means_of_no_images_and_of_exact_images(tmp_path):
+    """SetScore.mean: None for a set of no images (nothing scored yet); infinite when every image is reproduced
+    exactly (flat images: bicubic gives them back), which summary() writes as None (JSON's null)."""
+    from vdsr_fast.evaluate import SetScore, evaluate
+
+    empty = SetScore("f", 2, False)
+    assert empty.mean("psnr") is None and empty.mean("bicubic_psnr") is None and empty.summary()["n"] == 0
+    for level in (40, 200):
+        _write(tmp_path / f"flat{level}.png", np.full((20, 22, 3), level, np.uint8))
+    r = evaluate(tmp_path, 2)
+    assert [i.bicubic_psnr for i in r.images] == [math.inf, math.inf] and r.mean("bicubic_psnr") == math.inf
+    assert r.summary()["bicubic_psnr"] is None and r.summary()["bicubic_ssim"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_find_images_takes_the_first_set_subfolder_and_only_the_hr_images(tmp_path):
+    """The subfolders in their documented order (x{s}, then image_SRF_{s}, then HR) and, where there are *_HR files,
+    only those: SelfExSR's folders also hold each method's output (*_bicubic, *_SelfExSR), which are not ground
+    truth. A stem ending in 'hr' without the underscore ('tahr') is no HR marker."""
+    from vdsr_fast.evaluate import find_images
+
+    for rel in ("x2/a_HR.png", "image_SRF_2/img_001_SRF_2_HR.png", "image_SRF_2/img_001_SRF_2_LR.png",
+                "image_SRF_2/img_001_SRF_2_bicubic.png", "image_SRF_2/img_001_SRF_2_SelfExSR.png", "HR/baby.png",
+                "plain/tahr.png", "plain/zebra.png"):  # fmt: skip
+        _write(tmp_path / rel, _img(4, 4))
+    names = lambda found: (found[0].name, [p.name for p in found[1]])  # noqa: E731
+    assert names(find_images(tmp_path, 2)) == ("x2", ["a_HR.png"])
+    assert names(find_images(tmp_path, 3)) == ("HR", ["baby.png"])
+    for p in (tmp_path / "x2").iterdir():
+        p.unlink()
+    (tmp_path / "x2").rmdir()
+    assert names(find_images(tmp_path, 2)) == ("image_SRF_2", ["img_001_SRF_2_HR.png"])
+    assert names(find_images(tmp_path / "plain", 2)) == ("plain", ["tahr.png", "zebra.png"])
+
+
+def test_lr_files_of_another_suffix_case_and_of_edsr_at_x3(tmp_path):
+    """lr_file: NAME_LR.PNG beside NAME_HR.png (the suffix in either case), and EDSR's LR_bicubic/X3/NAMEx3.png for
+    HR/NAME.png at x3."""
+    from vdsr_fast.evaluate import lr_file
+
+    for rel in ("a/baby_HR.png", "a/baby_LR.PNG", "HR/bird.png", "LR_bicubic/X2/birdx2.png", "LR_bicubic/X3/birdx3.png"):
+        _write(tmp_path / rel, _img(4, 4))
+    assert lr_file(tmp_path / "a" / "baby_HR.png", 2) == tmp_path / "a" / "baby_LR.PNG"
+    assert lr_file(tmp_path / "HR" / "bird.png", 3) == tmp_path / "LR_bicubic" / "X3" / "birdx3.png"
+
+
+def test_load_y_of_an_rgba_image_is_the_luminance_of_its_rgb(tmp_path):
+    """RGBA: the alpha is ignored; Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255 (MATLAB rgb2ycbcr, R, G, B in
+    [0, 1]), written out here. float64: 1e-12."""
+    from vdsr_fast.evaluate import load_y
+
+    rgba = _img(7, 9, c=4, seed=8)
+    _write(tmp_path / "a.png", rgba)
+    r, g, b = (rgba[..., i] / 255.0 for i in range(3))
+    want = (16 + 65.481 * r + 128.553 * g + 24.966 * b) / 255
+    np.testing.assert_allclose(load_y(tmp_path / "a.png").numpy(), want, rtol=0, atol=1e-12)
+
+
+class _ConstantNet:
+    """Stands in for an Engine: returns ``value`` everywhere, in float64."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self, x):
+        return torch.full(x.shape, self.value, dtype=torch.float64)
+
+
+def test_eval_rounds_the_network_output_half_up(tmp_path):
+    """The network's Y' is rounded to 8 bits half up (MATLAB's im2uint8), not half to even: an output of exactly
+    level 180.5 everywhere is level 181 (torch.round would give 180), and scored against a flat HR of level 181
+    it is exact (PSNR inf); the out-of-range outputs 1.3 and -0.2 clip to 255 and 0."""
+    from vdsr_fast.evaluate import evaluate
+
+    assert (180.5 / 255) * 255 == 180.5  # the tie is exact in float64
+    _write(tmp_path / "a.png", np.full((20, 20, 1), 181, np.uint8))
+    got = evaluate(tmp_path, 2, _ConstantNet(180.5 / 255)).images[0]
+    assert got.psnr == math.inf and got.ssim == pytest.approx(1.0, abs=1e-12)
+    for level, value in ((255, 1.3), (0, -0.2)):
+        _write(tmp_path / "a.png", np.full((20, 20, 1), level, np.uint8))
+        assert evaluate(tmp_path, 2, _ConstantNet(value)).images[0].psnr == math.inf
+
+
+def test_eval_with_a_network_reports_its_means_when_interrupted_and_on_the_bar(tmp_path, monkeypatch, tiny_model):
+    """With an engine, Ctrl-C's message has VDSR's means before bicubic's, and the progress bar shows the running mean
+    PSNR of VDSR (not of bicubic)."""
+    import tqdm
+
+    import vdsr_fast.evaluate as ev
+    from vdsr_fast import Engine
+
+    shown = []
+
+    class Bar:  # records what the bar is given to show
+        def __init__(self, *a, **k):
+            pass
+
+        def set_postfix_str(self, s, refresh=True):
+            shown.append(s)
+
+        def update(self, n=1):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    for k in range(3):
+        _write(tmp_path / f"img_{k}.png", _img(seed=k))
+    real, calls = ev._score, []
+
+    def score(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(ev, "_score", score)
+    with pytest.raises(KeyboardInterrupt) as e:
+        ev.evaluate(tmp_path, 2, Engine(tiny_model, backend="torch", device="cpu"), progress=True)
+    done = e.value.partial.images
+    mean = lambda attr: np.mean([getattr(i, attr) for i in done])  # noqa: E731
+    assert abs(mean("psnr") - mean("bicubic_psnr")) > 0.01  # the two columns can be told apart
+    assert str(e.value).endswith(f"VDSR {mean('psnr'):.2f} dB / {mean('ssim'):.4f}, bicubic {mean('bicubic_psnr'):.2f} dB "
+                                 f"/ {mean('bicubic_ssim'):.4f}")  # fmt: skip
+    assert shown == [f"PSNR {done[0].psnr:.2f} dB", f"PSNR {mean('psnr'):.2f} dB"]

@@ -68,3 +68,30 @@ def test_initialisation_is_he_fan_out():
             assert c.weight.std().item() == pytest.approx(target, rel=0.02)
             assert abs(c.weight.mean().item()) < 0.05 * target
         assert not c.bias.any()
+
+
+def test_sizes_and_inputs_outside_the_architecture_are_refused():
+    """depth < 2 (no head and tail: depth 1 would build two layers), channels < 1, and an input that is not a
+    (N, 1, H, W) Y-plane batch (an RGB batch, a bare plane): ValueErrors saying so."""
+    for kw, message in ((dict(depth=1), "depth >= 2 .* got 1"), (dict(depth=0), "depth >= 2"),
+                        (dict(channels=0), "channels >= 1, got 0")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            VDSR(**kw)
+    m = VDSR(depth=3, channels=4)
+    for shape in ((1, 3, 8, 8), (8, 8), (1, 8, 8)):
+        with pytest.raises(ValueError, match=r"Y plane batch of shape \(N, 1, H, W\)"):
+            m(torch.rand(shape))
+
+
+def test_head_and_tail_initialisation_is_he_fan_out_too():
+    """The 1 -> 64 head and the 64 -> 1 tail: std sqrt(2 / (9 out_channels)), so 0.059 for the head and 0.471 for the
+    tail (fan-in would swap them, a factor 8). 576 samples each: the std estimate's spread is ~3%; 15% allowed."""
+    m = VDSR(depth=3, channels=64)
+    for conv, out_channels in ((m.layers[0], 64), (m.layers[-1], 1)):
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * out_channels)), rel=0.15)
+
+
+@pytest.mark.parametrize("depth, channels", [(5, 8), (3, 1), (20, 64)])
+def test_flops_are_two_per_weight(depth, channels):
+    """One multiply-add per weight per output pixel: 2 x the number of conv weights (counted on the model)."""
+    assert flops_per_pixel(depth, channels) == 2 * sum(c.weight.numel() for c in VDSR(depth, channels).layers)

@@ -120,6 +120,16 @@ def test_state_dict_layouts_via_torch_save(tmp_path, layout):
     _same_model(m, vdsr_fast.load(tmp_path / "w.pth"))
 
 
+def test_basicsr_checkpoint_with_an_ema_loads_the_networks_own_weights():
+    """BasicSR saves {"params": weights, "params_ema": their moving average} when it keeps an EMA: both keys are in
+    the wrapper list, so the file was refused as 'unexpected key params'. It loads its "params" (BasicSR's
+    load_network default, and what a vdsr-fast train checkpoint gives: "model", not "ema"); either alone loads too."""
+    m, avg = _random_model(), _random_model()
+    _same_model(m, from_state_dict({"params": m.state_dict(), "params_ema": avg.state_dict(), "iter": 1000}))
+    _same_model(avg, from_state_dict({"params_ema": avg.state_dict()}))
+    _same_model(m, from_state_dict({"params": m.state_dict()}))
+
+
 def test_sequential_layers_are_ordered_by_number_not_by_text():
     """nn.Sequential keys of a deeper model run past 9 ('0.weight', '2.weight', ..., '10.weight', '12.weight'): the
     layers keep their numeric order (as text, '10' would sort before '2')."""
@@ -542,6 +552,167 @@ def test_tensor_headers_outside_their_storage_are_refused(offset, size, stride, 
     assert torch.equal(transposed, torch.arange(6.0).reshape(2, 3).t())  # a valid strided tensor is read as such
 
 
-def test_missing_file():
+def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         vdsr_fast.load("/nonexistent/weights.safetensors")
+    with pytest.raises(FileNotFoundError, match=f"weights file not found: {tmp_path}"):  # a folder is no weights file
+        vdsr_fast.load(tmp_path)
+
+
+# ---------------------------------------------------------------- containers, layouts and metadata at their edges
+
+
+def test_wrappers_nest_and_both_prefixes_are_undone():
+    """A checkpoint may wrap its state_dict more than once ({"net": {"model": {"state_dict": ...}}}, beside other
+    entries), and DataParallel around a compiled model gives 'module._orig_mod.' keys: all of it is undone."""
+    m = _random_model()
+    sd = m.state_dict()
+    _same_model(m, from_state_dict({"net": {"model": {"state_dict": sd}}, "epoch": 3, "rng": torch.zeros(4)}))
+    both = from_state_dict({f"module._orig_mod.{k}": v for k, v in sd.items()})
+    _same_model(m, both)
+    assert both.metadata["source_layout"] == "vdsr_fast"  # recognised as what it is
+    port = from_state_dict({f"module._orig_mod.{k}": v for k, v in _port_state_dict(m, True).items()})
+    _same_model(m, port)
+    assert port.metadata["source_layout"] == "pytorch-vdsr"
+
+
+def test_two_candidate_state_dicts_are_refused_not_guessed():
+    """{"model": a, "state_dict": b}: which of the two holds the weights is not knowable, so neither is taken."""
+    a, b = _random_model().state_dict(), _random_model().state_dict()
+    with pytest.raises(WeightsError, match="unexpected key 'model'"):
+        from_state_dict({"model": a, "state_dict": b})
+
+
+def test_keys_of_several_prefixes_are_refused_naming_them():
+    """nn.Sequential keys under two prefixes, or a 'module.' prefix on only some keys, are no layout: refused, the
+    keys named as they are in the file (not loaded as whatever the keys of one prefix give, nor the prefix cut off
+    the others)."""
+    m = _random_model()
+    seq = _sequential_state_dict(m)
+    mixed = {("a." if n < 4 else "b.") + k: v for n, (k, v) in enumerate(seq.items())}
+    with pytest.raises(WeightsError, match=r"keys mix several layouts \(e.g. 'a.0.weight', 'b.8.bias'\)"):
+        from_state_dict(mixed)
+    sd = _valid_sd(m)
+    sd["module.layers.0.weight"] = sd.pop("layers.0.weight")
+    with pytest.raises(WeightsError, match=r"keys mix several layouts \(e.g. 'layers.0.bias', 'module.layers.0.weight'\)"):
+        from_state_dict(sd)
+
+
+@pytest.mark.parametrize("sd, message", [
+    ({}, "the state_dict is empty"),
+    ({"model": {}}, "the state_dict is empty"),
+    ({0: torch.zeros(8, 1, 3, 3), "layers.1.weight": torch.zeros(1, 8, 3, 3)}, "state_dict key 0 is not a string"),
+    ([torch.zeros(8, 1, 3, 3), torch.zeros(1, 8, 3, 3)], "expected a state_dict .*got list"),
+    ({"layers.0.weight": [[0.0] * 3] * 3, "layers.1.weight": torch.zeros(1, 8, 3, 3)}, "value of key 'layers.0.weight' is a list, not a tensor"),
+], ids=["empty", "empty_wrapped", "int_key", "list", "list_value"])  # fmt: skip
+def test_malformed_containers_are_weights_errors(sd, message):
+    """What is not a mapping of names to tensors is a WeightsError saying so (not an AttributeError, TypeError or
+    'found 0 conv layers' from deeper in)."""
+    with pytest.raises(WeightsError, match=message):
+        from_state_dict(sd)
+
+
+def _without(sd: dict, *keys: str) -> dict:
+    return {k: v for k, v in sd.items() if k not in keys}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda m: _without(_port_state_dict(m, True), "input.weight", "input.bias"), "missing key 'input.weight' \\(the port's input layer\\)"),
+    (lambda m: _without(_port_state_dict(m, True), "output.weight", "output.bias"), "missing key 'output.weight' \\(the port's output layer\\)"),
+    (lambda m: _without(_sequential_state_dict(m), "2.weight"), "key '2.bias' has no matching weight"),
+    (lambda m: {"layers.0.weight": torch.zeros(1, 1, 3, 3), "layers.0.bias": torch.zeros(1)}, r"found 1 conv layer\(s\) \(layers.0.weight\); VDSR needs at least a head and a tail"),
+    (lambda m: {**_valid_sd(m), "layers.0.weight": torch.zeros(8, 3, 3, 3)}, r"'layers.0.weight' has shape \(8, 3, 3, 3\); expected \(C, 1, 3, 3\) for the first layer"),
+], ids=["port_no_input", "port_no_output", "bias_without_weight", "one_layer", "rgb_head"])  # fmt: skip
+def test_broken_layer_chains_name_the_key(make, message):
+    """A layer chain with its first or last layer missing, a bias whose weight is missing, a single layer, or a head
+    that takes 3 channels (an RGB network): refused naming the key, not built into another network or failing in
+    VDSR's own constructor."""
+    with pytest.raises(WeightsError, match=message):
+        from_state_dict(make(_random_model()))
+
+
+def test_metadata_says_what_was_loaded_and_a_conversion_keeps_it(tmp_path):
+    """SECURITY.md: a loaded model's metadata is what the loader found (source_layout, source: the file's name,
+    biases); saved as safetensors and loaded again it keeps that provenance (not 'vdsr_fast' and the new file's
+    name), plus what save() writes (arch, depth, channels, format)."""
+    m = _random_model()
+    torch.save(_port_state_dict(m, with_bias=False), tmp_path / "port.pth")
+    port = vdsr_fast.load(tmp_path / "port.pth")
+    assert port.metadata == {"source_layout": "pytorch-vdsr", "source": "port.pth", "biases": "none (zero)"}
+    assert from_state_dict(_sequential_state_dict(m)).metadata == {"source_layout": "sequential", "source": "state_dict", "biases": "yes"}
+    back = vdsr_fast.load(vdsr_fast.save(port, tmp_path / "converted.safetensors"))
+    assert {k: back.metadata[k] for k in port.metadata} == port.metadata
+    assert [back.metadata[k] for k in ("arch", "depth", "channels", "format")] == ["vdsr", "5", "8", "vdsr_fast"]
+
+
+def test_save_keeps_a_given_date_and_always_writes_the_architecture(tmp_path):
+    """save(): a date given in metadata is kept (else today's, ISO 8601); arch, depth, channels and format are always
+    the model's, whatever metadata says."""
+    from datetime import date
+
+    m = _random_model()
+    meta = {"date": "2020-01-02", "arch": "srcnn", "depth": 99, "channels": "3", "format": "other"}
+    back = vdsr_fast.load(vdsr_fast.save(m, tmp_path / "a.safetensors", metadata=meta))
+    assert [back.metadata[k] for k in ("date", "arch", "depth", "channels", "format")] == ["2020-01-02", "vdsr", "5", "8", "vdsr_fast"]
+    before = date.today().isoformat()
+    dated = vdsr_fast.load(vdsr_fast.save(m, tmp_path / "b.safetensors")).metadata["date"]
+    assert dated in (before, date.today().isoformat())
+    with pytest.raises(TypeError, match="save: expected a vdsr_fast VDSR model, got Conv2d"):
+        vdsr_fast.save(nn.Conv2d(1, 1, 3), tmp_path / "c.safetensors")
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077], ids=["022", "077"])
+def test_saved_weights_get_the_mode_of_a_plain_open(tmp_path, mask):
+    """The file is written to a temporary and renamed: it gets 0o666 less the umask, as open() would give (the
+    safetensors writer creates its files 0o600)."""
+    old = os.umask(mask)
+    try:
+        path = vdsr_fast.save(_random_model(), tmp_path / "w.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_failed_write_names_the_target_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """The safetensors writer failing half way (a full disk): an OSError naming the file asked for (the writer's
+    error names its temporary), and the temporary is removed."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def failing(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+        raise SafetensorError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    target = tmp_path / "w.safetensors"
+    with pytest.raises(OSError, match=f"save: cannot write {target}: No space left on device"):
+        vdsr_fast.save(_random_model(), target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pickled_models_that_are_not_vdsr_nets_are_refused(tmp_path):
+    """In a pickled model object: a submodule that is not a module and a buffer (e.g. a norm layer's statistics) are
+    refused naming them, not skipped (skipped, a net with a foreign part would load as a
+    VDSR of its conv layers); a checkpoint holding neither a model nor a state_dict is named as such."""
+    from legacy_writer import _base_state, _conv, od
+
+    rng = np.random.default_rng(4)
+    head, tail = _conv("1", rng.normal(size=(8, 1, 3, 3))), _conv("2", rng.normal(size=(1, 8, 3, 3)))
+    path = tmp_path / "model_epoch_1.pth"
+    ok = ModuleObj("vdsr", "Net", _base_state({"_modules": od([("input", head), ("output", tail)])}))
+    path.write_bytes(legacy_bytes({"epoch": 1, "model": ok}))
+    assert vdsr_fast.load(path).depth == 2  # the file is valid as it is
+    extra = ModuleObj("vdsr", "Net", _base_state({"_modules": od([("input", head), ("output", tail), ("gate", 5)])}))
+    path.write_bytes(legacy_bytes({"epoch": 1, "model": extra}))
+    with pytest.raises(WeightsError, match="submodule 'gate' is a int, not a module"):
+        vdsr_fast.load(path)
+    normed = _conv("3", rng.normal(size=(1, 8, 3, 3)))
+    normed.state["_buffers"] = od([("running_var", rebuild_tensor(Storage("4", np.ones(1, np.float32)), 0, (1,), (1,)))])
+    buffered = ModuleObj("vdsr", "Net", _base_state({"_modules": od([("input", head), ("output", normed)])}))
+    path.write_bytes(legacy_bytes({"epoch": 1, "model": buffered}))
+    with pytest.raises(WeightsError, match="unexpected key 'output.running_var'"):
+        vdsr_fast.load(path)
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(WeightsError, match="list.pth: the checkpoint holds a list, not a VDSR model or state_dict"):
+        vdsr_fast.load(tmp_path / "list.pth")

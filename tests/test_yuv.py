@@ -174,3 +174,77 @@ def test_a_full_range_frame_gets_the_rgb_pipelines_luma():
     got = upscale_yuv(*planes, 2, model, matrix="bt709", full_range=True, bits=16, backend="torch")[0]
     want = ycbcr(want_rgb)[0] * 65535
     assert (got.to(torch.int32).double() - want).abs().max() <= 256 * 0.05
+
+
+def test_refusals_of_shapes_batches_bit_depths_and_rgb_options():
+    """A 4-D plane of several channels (an RGB batch passed as y), an empty plane, bits= that contradict the samples
+    (uint8 with 10; uint16 with 8), chroma of another batch size, and each of upscale()'s RGB-only options."""
+    y = torch.zeros(2, 4, 6, dtype=torch.uint8) + 100
+    c = torch.zeros(2, 2, 3, dtype=torch.uint8) + 128
+    with pytest.raises(ValueError, match=r"y must be \(H, W\), \(N, H, W\) or \(N, 1, H, W\), got shape \(1, 3, 4, 6\)"):
+        upscale_yuv(torch.zeros(1, 3, 4, 6, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"y is empty \(shape \(0, 6\)\)"):
+        upscale_yuv(torch.zeros(0, 6, dtype=torch.uint8), scale=2)
+    with pytest.raises(ValueError, match="uint8 planes have 8 bits, got bits=10"):
+        upscale_yuv(y, c, c, 2, bits=10)
+    with pytest.raises(ValueError, match=r"uint16 planes need bits= \(9 to 16\)"):
+        upscale_yuv(y.to(torch.uint16), scale=2, bits=8)
+    with pytest.raises(ValueError, match="u must have y's dtype, device and batch"):
+        upscale_yuv(y, c[:1], c[:1], 2)
+    for option, value in (("layout", "nchw"), ("fused_color", False), ("channel_order", "rgb"), ("progress", False)):
+        with pytest.raises(TypeError, match=rf"{option} is upscale\(\)'s, for RGB frames"):
+            upscale_yuv(y, c, c, 2, **{option: value})
+    with pytest.raises(TypeError, match=r"out, progress are upscale\(\)'s"):
+        upscale_yuv(y, c, c, 2, out=None, progress=False)
+
+
+@pytest.mark.parametrize("chroma_size", [(16, 20), (5, 7)])
+def test_chroma_size_sets_the_chroma_planes_size(tiny_model, chroma_size):
+    """chroma_size= as large as the luma output (4:2:0 in, 4:4:4 out) or smaller than the default: each chroma plane
+    is MATLAB's bicubic of c / 255 to that size, rounded (half a level plus float32's error, 1e-3, allowed)."""
+    g = torch.Generator().manual_seed(4)
+    y = torch.randint(16, 236, (1, 1, 8, 10), generator=g).to(torch.uint8)
+    u, v = (torch.randint(16, 241, (1, 1, 4, 5), generator=g).to(torch.uint8) for _ in range(2))
+    Y, U, V = upscale_yuv(y, u, v, 2, tiny_model, chroma_size=chroma_size)
+    assert Y.shape == (1, 1, 16, 20) and U.shape == V.shape == (1, 1, *chroma_size)
+    for got, c in ((U, u), (V, v)):
+        ref = (imresize(c.double() / 255, size=chroma_size) * 255).clamp(0, 255)
+        assert (got.double() - ref).abs().max() <= 0.5 + 1e-3
+
+
+def _constant_residual_model(level: float) -> vdsr_fast.VDSR:
+    """A VDSR whose residual is ``level / 255`` everywhere: zero weights, the last bias."""
+    m = vdsr_fast.VDSR(depth=3, channels=2)
+    with torch.no_grad():
+        for conv in m.layers:
+            conv.weight.zero_()
+            conv.bias.zero_()
+        m.layers[-1].bias.fill_(level / 255)
+    return m
+
+
+@pytest.mark.parametrize("level, want", [(2.5, 3), (3.5, 4), (-7.0, 0), (300.0, 255)])
+def test_output_levels_are_rounded_half_up_and_clipped(level, want):
+    """A black frame and a network adding exactly `level` 8-bit levels (k + 0.5 is exact in float32 here): the output
+    is floor(level + 0.5) clipped to 0..255, so 2.5 gives 3 (torch.round's half to even would give 2), as upscale()
+    rounds the same gray frame."""
+    model = _constant_residual_model(level)
+    y = torch.zeros(1, 1, 4, 6, dtype=torch.uint8)
+    got = upscale_yuv(y, scale=2, model=model, backend="torch")[0]
+    assert got.unique().tolist() == [want]
+    assert torch.equal(got, upscale(y, 2, model, backend="torch"))
+
+
+@pytest.mark.parametrize("matrix", ["bt709", "bt2020"])
+def test_the_chroma_term_is_taken_off_as_it_was_added_at_any_size(matrix):
+    """With a network whose residual is zero the output luma is the luma's own bicubic upscale whatever the matrix:
+    the chroma term a Cb + b Cr added to the network's input is taken off again resized as upscale() resizes it (at
+    the network's scale, then to the size asked), here at 2.5x (30x50 from 12x20). 16-bit samples: the two runs'
+    float32 rounding differs by at most a level."""
+    model = _constant_residual_model(0.0)
+    g = torch.Generator().manual_seed(6)
+    y = torch.randint(20000, 45000, (1, 1, 12, 20), generator=g).to(torch.int32).to(torch.uint16)
+    u, v = (torch.randint(24000, 41000, (1, 1, 6, 10), generator=g).to(torch.int32).to(torch.uint16) for _ in range(2))
+    got = upscale_yuv(y, u, v, model=model, size=(30, 50), matrix=matrix, bits=16, backend="torch")[0]
+    gray = upscale_yuv(y, model=model, size=(30, 50), bits=16, backend="torch")[0]
+    assert (got.to(torch.int32) - gray.to(torch.int32)).abs().max() <= 1

@@ -63,10 +63,12 @@ _WRAPPERS = ("state_dict", "model", "model_state_dict", "params", "net", "params
 
 def _unwrap(sd: Mapping[str, Any]) -> Mapping[str, Any]:
     for _ in range(3):  # a training checkpoint: {"model": state_dict, "optimizer": ..., "rng": tensor, ...}
-        inner = [sd[k] for k in _WRAPPERS if isinstance(sd.get(k), Mapping)]
-        if len(inner) != 1:
+        found = [k for k in _WRAPPERS if isinstance(sd.get(k), Mapping)]
+        if found == ["params", "params_ema"]:  # BasicSR run with an EMA saves both: its network's own weights, which
+            found = ["params"]  # BasicSR's load_network reads by default (as vdsr-fast train's "model" beside "ema")
+        if len(found) != 1:
             break
-        sd = inner[0]
+        sd = sd[found[0]]
     for prefix in _PREFIXES:
         if sd and all(isinstance(k, str) and k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :]: v for k, v in sd.items()}
