@@ -184,6 +184,7 @@ _NO_CUDA = (BackendUnavailable, r"run on cuda.*torch: no CUDA device available")
     ("cuda", *_NO_CUDA),
     (f"cuda:{torch.cuda.device_count()}", *((ValueError, "there are only") if torch.cuda.is_available() else _NO_CUDA)),
     ("nope", ValueError, "(Engine|get_engine): device must be a torch.device"),
+    (3.5, ValueError, "(Engine|get_engine): device must be a torch.device"),  # torch.device() raises TypeError for it
 ])  # fmt: skip
 def test_engine_devices_that_cannot_compute(tiny_model, device, error, match):
     """A device the engine cannot compute on: each backend's reason (no CUDA here), or what is wrong with it."""
@@ -239,8 +240,9 @@ def test_an_ambient_autocast_does_not_change_the_result(tiny_model, device):
 
 
 def test_empty_and_not_a_tensor(tiny_model):
-    with pytest.raises(ValueError, match="empty"):
-        upscale(torch.rand(0, 3, 4, 4), 2, tiny_model)
+    for shape in ((0, 3, 4, 4), (1, 3, 0, 4), (1, 3, 4, 0), (0, 5)):
+        with pytest.raises(ValueError, match=r"upscale: img is empty \(shape"):
+            upscale(torch.rand(shape), 2, tiny_model)
     with pytest.raises(TypeError, match="img must be a torch.Tensor, a numpy array or an array with __dlpack__"):
         upscale([[0.5]], 2, tiny_model)
     with pytest.raises(TypeError, match="out must be a torch.Tensor, a numpy array or an array with __dlpack__"):
@@ -272,7 +274,11 @@ def test_engine_checks_inputs(tiny_model):
 
 
 def test_auto_on_cpu_is_the_reference(tiny_model):
+    """backend="auto" never picks the fast backends' GPU code on the CPU (Triton's interpreter), in any dtype."""
     assert Engine(tiny_model, device="cpu").backend == "torch"
+    for dtype in (torch.float16, torch.bfloat16, torch.float8_e4m3fn):
+        assert Engine(tiny_model, device="cpu", dtype=dtype).backend == "torch"
+        assert vdsr_fast.get_engine(tiny_model, "cpu", dtype=dtype).backend == "torch"
     assert vdsr_fast.available_backends("cpu")["torch"] is None
 
 
@@ -502,6 +508,201 @@ def test_tune_keeps_the_fastest_candidate_that_passes_the_self_check(tiny_model,
     torch.testing.assert_close(upscale(x, 2, tiny_model, backend="torch", tune=True), upscale(x, 2, tiny_model, backend="torch"))
 
 
+def test_engine_returns_the_inputs_dtype(tiny_model):
+    """An Engine computes in its own dtype and hands back the input's (the documented ``y + residual`` in ``y``'s
+    dtype): float32, float64 and FP8 (emulated) engines on float64, float32 and float16 planes. The values are the
+    float32 call's (the planes hold the same float16 values), to the output dtype's rounding."""
+    y = torch.rand(2, 1, 7, 6).half()
+    for dtype in (torch.float32, torch.float64, torch.float8_e4m3fn):
+        engine = Engine(tiny_model, backend="torch", device="cpu", dtype=dtype)
+        want = engine(y.float())
+        assert want.dtype == torch.float32
+        for x in (y.double(), y):
+            got = engine(x)
+            assert got.dtype == x.dtype, (dtype, x.dtype)
+            atol = 1e-6 if x.dtype == torch.float64 else 2**-9  # float16 outputs: half an ulp, for values below 4
+            torch.testing.assert_close(got.float(), want, rtol=0, atol=atol)
+
+
+def test_engine_refuses_what_is_not_a_vdsr_model():
+    with pytest.raises(TypeError, match="Engine: expected a vdsr_fast VDSR model, got Conv2d"):
+        Engine(torch.nn.Conv2d(1, 1, 3), backend="torch", device="cpu")
+
+
+def test_a_cuda_index_beyond_the_devices_is_refused_by_name(tiny_model, monkeypatch):
+    """On a machine with one GPU (simulated: only the device queries), cuda:1 is a ValueError that says how many
+    there are, from Engine and get_engine, before any backend is tried."""
+    from vdsr_fast import engine as engine_mod
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(engine_mod, "resolve_backend", lambda *a: pytest.fail("a backend was tried"))
+    for device in ("cuda:1", torch.device("cuda", 2)):
+        with pytest.raises(ValueError, match=r"Engine: device cuda:\d: there are only 1 CUDA device"):
+            Engine(tiny_model, device=device)
+        with pytest.raises(ValueError, match=r"get_engine: device cuda:\d: there are only 1 CUDA device"):
+            vdsr_fast.get_engine(tiny_model, device)
+
+
+def test_self_check_runs_on_a_gpu_only_and_its_failure_is_its_own_error(tiny_model, monkeypatch):
+    """check=True self-checks a fast backend on a GPU only (on the CPU its kernels are Triton's interpreter, tested
+    apart); where it runs, a wrong backend raises SelfCheckFailed (what `vdsr-fast verify` reports as FAIL), not just
+    BackendUnavailable. A fake "cuda" backend off by one, on the CPU."""
+    from vdsr_fast import engine as engine_mod
+    from vdsr_fast.engine import SelfCheckFailed
+
+    class Wrong:
+        dtypes = (torch.float32,)
+
+        @staticmethod
+        def available(device):
+            return None
+
+        def __init__(self, model, device, dtype):
+            self.ref = engine_mod.TorchBackend(model, device, dtype)
+
+        def __call__(self, y):
+            return self.ref(y) + 1.0
+
+    monkeypatch.setitem(engine_mod.BACKENDS, "cuda", Wrong)
+    y = torch.rand(1, 1, 6, 5)
+    e = Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32)  # not checked off the GPU
+    torch.testing.assert_close(e(y), Engine(tiny_model, backend="torch", device="cpu")(y) + 1.0)
+    monkeypatch.setattr(engine_mod, "_checked", lambda name, device: name != "torch")  # as on a GPU
+    with pytest.raises(SelfCheckFailed, match="self-check against the reference failed"):
+        Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32)
+
+
+def test_self_check_allows_fp8_twice_its_emulations_error(tiny_model):
+    """For float8_e4m3fn the bound adds twice the PyTorch emulation's own error (3-bit mantissas: about 0.1 on the
+    check's plane here, above 1e-2 + 5% of the residual): the fp8 engine passes, the same run without the fp8 dtype
+    does not; a run off by 0.95 of 1e-2 + 5% of the residual + twice the emulation's error passes, by 1.05 fails."""
+    from vdsr_fast import fp8
+    from vdsr_fast.engine import self_check
+
+    cpu = torch.device("cpu")
+    engine = Engine(tiny_model, backend="torch", device="cpu", dtype=torch.float8_e4m3fn)
+    assert self_check(engine, tiny_model, cpu) is None
+    assert "max error" in self_check(lambda y: engine(y), tiny_model, cpu)  # no fp8 dtype: no allowance
+    packed = fp8.pack(tiny_model, cpu)
+    w64, b64 = [w.detach().double() for w in tiny_model.weights], [b.detach().double() for b in tiny_model.biases]
+
+    def off_by(fraction):
+        def run(y):
+            y64 = y.double()  # y is x.float(): ~1e-8 from the check's x
+            ref = vdsr_forward(y64, w64, b64)
+            emu_err = fp8.emulate(packed, y).double() - ref
+            e = emu_err.abs().max().item()
+            bound = 1e-2 + 0.05 * (ref - y64).abs().max().item() + 2 * e
+            return ref + fraction * bound * emu_err / e  # the largest error: fraction x bound
+
+        run.dtype = torch.float8_e4m3fn
+        return run
+
+    assert self_check(off_by(0.95), tiny_model, cpu) is None
+    assert "max error" in self_check(off_by(1.05), tiny_model, cpu)
+
+
+def test_tuning_times_each_candidate_by_its_median_after_warm_up(monkeypatch):
+    """_median_ms: TUNE_WARMUP untimed runs, then the median of TUNE_RUNS timed ones (a fluke, fast or slow, does not
+    decide). Virtual clock: each run costs the next of a shuffled list of durations."""
+    from vdsr_fast import engine as engine_mod
+
+    warm, timed = engine_mod.TUNE_WARMUP, engine_mod.TUNE_RUNS
+    costs = [1000.0] * warm + [float(v) for v in torch.randperm(timed) + 1]  # warm-ups slow (compiles), then 1..N ms
+    clock = [0.0]
+    monkeypatch.setattr(engine_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def run(y):
+        clock[0] += costs.pop(0) / 1e3
+
+    ms = engine_mod._median_ms(run, torch.zeros(1))
+    assert not costs
+    assert ms == pytest.approx(sorted(range(1, timed + 1))[timed // 2])  # the upper median of 1..N
+
+
+def test_engines_are_cached_least_recently_used_first_out(tiny_model):
+    """get_engine keeps _MAX_ENGINES engines per model, one per backend and dtype asked for: a new one evicts the one
+    used longest ago, not the oldest built (nor itself)."""
+    from vdsr_fast import api
+
+    keys = [(b, d) for b in ("torch", "auto") for d in (None, torch.float32, torch.float64, torch.float16, torch.bfloat16)]
+    keys = keys[: api._MAX_ENGINES + 1]
+    assert len(keys) == api._MAX_ENGINES + 1
+    engines = [vdsr_fast.get_engine(tiny_model, "cpu", b, d) for b, d in keys[:-1]]
+    assert [e.dtype for e in engines] == [d or torch.float32 for _, d in keys[:-1]]  # one engine per dtype asked for
+    assert vdsr_fast.get_engine(tiny_model, "cpu", *keys[0]) is engines[0]  # the first is now the most recent
+    newest = vdsr_fast.get_engine(tiny_model, "cpu", *keys[-1])
+    assert vdsr_fast.get_engine(tiny_model, "cpu", *keys[-1]) is newest
+    for key, engine in list(zip(keys, engines))[2:] + [(keys[0], engines[0])]:
+        assert vdsr_fast.get_engine(tiny_model, "cpu", *key) is engine, key
+    assert vdsr_fast.get_engine(tiny_model, "cpu", *keys[1]) is not engines[1]  # evicted: built again
+
+
+def test_a_factor_within_1e9_of_a_trained_scale_is_that_scale(tiny_model):
+    """A factor computed in floating point (0.1 * 3 * 10 = 3.0000000000000004, 0.3 / 0.1 = 2.9999999999999996), a
+    trained scale but for rounding, runs the network at that scale directly: the same output as the integer, not the
+    next scale resized down to the same size."""
+    from vdsr_fast.api import output_plan
+
+    x = torch.rand(1, 3, 7, 6)
+    for s, k in ((0.1 * 3 * 10, 3), (0.3 / 0.1, 3), (2 + 8e-16, 2), (4 - 1e-15, 4)):
+        assert s != k
+        assert output_plan(7, 6, scale=s) == (k, (7 * k, 6 * k)), s
+        torch.testing.assert_close(upscale(x, s, tiny_model), upscale(x, k, tiny_model), rtol=0, atol=0)
+
+
+def test_float64_frames_keep_float64_around_a_float64_network(tiny_model):
+    """float64 frames are converted, resized and coloured in float64: with a float64 engine the whole pipeline is
+    the float64 reference composition to rounding (~1e-16; float32 anywhere would be ~1e-7)."""
+    x = torch.rand(2, 3, 7, 6, dtype=torch.float64)
+    got = upscale(x, 3, tiny_model, backend="torch", dtype=torch.float64)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, _expected_rgb(tiny_model, x, 3), rtol=0, atol=1e-12)
+    y = torch.rand(5, 6, dtype=torch.float64)
+    want = vdsr_forward(imresize(y[None, None], 2), [w.double() for w in tiny_model.weights],
+                        [b.double() for b in tiny_model.biases]).clamp(0, 1)[0, 0]  # fmt: skip
+    torch.testing.assert_close(upscale(y, 2, tiny_model, backend="torch", dtype=torch.float64), want, rtol=0, atol=1e-12)
+
+
+def test_a_tuning_choice_holds_with_and_without_cuda_graphs(tiny_model, monkeypatch):
+    """cuda_graphs= and max_cached_shapes= (what get_engine passes on a GPU) choose how the kernels are launched, not
+    which: candidates are timed with them on, and the choice timed for an engine with graphs is reused, without
+    timing, by one without them."""
+    from vdsr_fast import engine as engine_mod
+
+    class Variants:
+        name = "cuda"
+        dtypes = (torch.float32,)
+
+        @staticmethod
+        def available(device):
+            return None
+
+        @staticmethod
+        def tuning_candidates(model, device, dtype):
+            return [("fast", {"kernel": "fast"})]
+
+        def __init__(self, model, device, dtype, kernel="default", cuda_graphs=False, max_cached_shapes=8):
+            self.kernel, self.cuda_graphs = kernel, cuda_graphs
+            self.ref = engine_mod.TorchBackend(model, device, dtype)
+
+        def __call__(self, y):
+            clock[0] += 0.001 if self.kernel == "fast" else 0.01
+            return self.ref(y)
+
+    clock = [0.0]
+    monkeypatch.setattr(engine_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setitem(engine_mod.BACKENDS, "cuda", Variants)
+    monkeypatch.setattr(engine_mod, "_TUNED", {})
+    graphs = Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32, tune=True, cuda_graphs=True,
+                    max_cached_shapes=16)  # fmt: skip
+    assert graphs._impl.kernel == "fast" and graphs._impl.cuda_graphs and set(graphs.tuning) == {"default", "fast"}
+    plain = Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32, tune=True)
+    assert plain._impl.kernel == "fast" and not plain._impl.cuda_graphs
+    assert plain.tuning == {"fast": "chosen earlier in this process"}
+
+
 def test_tiled_out_may_alias_the_input(tiny_model):
     """out= sharing memory with img (an in-place pipeline buffer): tiles must not read pixels that
     earlier tiles already overwrote."""
@@ -510,6 +711,24 @@ def test_tiled_out_may_alias_the_input(tiny_model):
     expected = upscale(x.clone(), 2, tiny_model)
     got = upscale(x, 2, tiny_model, out=buf.view(1, 3, 20, 20), tile=8)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_tiled_out_may_alias_the_input_through_another_storage(tiny_model):
+    """out= and img over one buffer through two storages, the frame at an offset in it: another library's arrays (a
+    CuPy pipeline buffer, through DLPack) or torch.from_numpy of two views of one array. The tiles must not read
+    pixels that earlier tiles already overwrote, as with views of one tensor."""
+    x = torch.rand(1, 3, 10, 10)
+    expected = upscale(x, 2, tiny_model)
+    a = np.random.default_rng(0).random(3 * 20 * 20 + 8).astype(np.float32)
+    a[8 : 8 + 300] = x.flatten().numpy()  # the frame sits 8 pixels into the buffer the output fills
+    img, out = torch.from_numpy(a[8 : 8 + 300]).view(1, 3, 10, 10), torch.from_numpy(a[:1200]).view(1, 3, 20, 20)
+    assert upscale(img, 2, tiny_model, out=out, tile=8) is out
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    buf = torch.rand(3 * 20 * 20 + 8)
+    buf[8 : 8 + 300] = x.flatten()
+    o = _DLPackOnly(buf[:1200].view(1, 3, 20, 20))
+    assert upscale(_DLPackOnly(buf[8 : 8 + 300].view(1, 3, 10, 10)), 2, tiny_model, out=o, tile=8) is o
+    torch.testing.assert_close(buf[:1200].view(1, 3, 20, 20), expected, rtol=0, atol=0)
 
 
 def test_numpy_integers_are_accepted(tiny_model):

@@ -113,8 +113,10 @@ def _read_only(shape):
     (dict(numpy=True, progress="bar"), TypeError, "progress must be a callable"),
     (dict(tile=1), ValueError, "tile must be at least 8 output pixels a side"),
     (dict(tile=(8, 7), scale=1.5), ValueError, "tile must be at least 8"),
+    (dict(tile=True), ValueError, "tile must be a positive int or a pair of them"),
+    (dict(tile=(16, True)), ValueError, "tile must be a positive int or a pair of them"),
 ], ids=["out_expanded", "out_stride_0", "out_overlapping", "out_sparse", "out_read_only_numpy", "progress_int",
-        "progress_numpy", "tile_1", "tile_8x7_scale_1.5"])  # fmt: skip
+        "progress_numpy", "tile_1", "tile_8x7_scale_1.5", "tile_bool", "tile_pair_with_a_bool"])  # fmt: skip
 def test_bad_options_are_refused_before_any_work(tiny_model, monkeypatch, kw, error, match):
     """out= that several pixels share, read-only or sparse; progress= not callable; tiles below the 8x8 minimum:
     refused before anything is computed (a pipeline step that ran first would fail this test)."""
@@ -319,6 +321,93 @@ def test_max_memory_defaults_to_auto_on_the_cpu(tiny_model, monkeypatch):
     got = upscale(x, 2, tiny_model, dtype=torch.float64)
     assert seen[-1] == (10, 10)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-14)
+
+
+def test_max_memory_counts_every_frame_of_the_batch(tiny_model, monkeypatch):
+    """The budget covers the whole batch: a budget that fits a 10x10 tile (and its halo) for two frames gives two
+    frames 10x10 tiles, not the larger tile it would give one frame; the same result as untiled."""
+    from vdsr_fast import tiling
+
+    seen = []
+    real = tiling.tile_plan
+    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+    x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    ref = upscale(x, 2, tiny_model, dtype=torch.float64, tile=24)  # the whole frame as one tile
+    per_px = tiling.bytes_per_pixel(tiny_model.channels, torch.float64, torch.float64)
+    r = receptive_radius(tiny_model)
+    got = upscale(x, 2, tiny_model, dtype=torch.float64, max_memory=2 * per_px * (10 + 2 * r) ** 2)
+    assert seen[-1] == (10, 10)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-14)
+    upscale(x[:1], 2, tiny_model, dtype=torch.float64, max_memory=2 * per_px * (10 + 2 * r) ** 2)
+    assert min(seen[-1]) > 10  # one frame: the same budget fits a larger tile
+
+
+def test_a_budget_too_small_names_one_that_suffices(tiny_model):
+    """The error for a budget below an 8x8 tile gives the bytes that tile needs with its halo for the batch: that
+    budget runs (tiled, the untiled result), one byte less is refused again."""
+    import re
+
+    x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
+    with pytest.raises(ValueError, match="is too small") as info:
+        upscale(x, 2, tiny_model, dtype=torch.float64, max_memory=1000)
+    need = int(re.search(r"needs about (\d+) bytes", str(info.value)).group(1))
+    got = upscale(x, 2, tiny_model, dtype=torch.float64, max_memory=need)
+    torch.testing.assert_close(got, upscale(x, 2, tiny_model, dtype=torch.float64, tile=24), rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match=f"max_memory={need - 1} bytes is too small"):
+        upscale(x, 2, tiny_model, dtype=torch.float64, max_memory=need - 1)
+
+
+@pytest.mark.parametrize("max_memory", [0, True, 2.5e6, "AUTO"])
+def test_max_memory_that_is_not_a_positive_int_is_refused(tiny_model, max_memory):
+    """max_memory is a positive int of bytes or "auto": 0, a bool, a float or another string is a ValueError that
+    says so (not a budget "too small" for a tile)."""
+    with pytest.raises(ValueError, match="max_memory must be a positive int \\(bytes\\) or 'auto'"):
+        upscale(torch.rand(1, 3, 6, 6), 2, tiny_model, max_memory=max_memory)
+
+
+def test_bytes_per_pixel_counts_activations_in_the_engine_dtype_and_planes_in_the_frames():
+    """The estimate's model (its docstring): three activations ``channels`` deep in the engine's dtype, and about a
+    dozen float planes of the colour pipeline in the frame's float dtype. Each part checked by what changes it."""
+    from vdsr_fast.tiling import bytes_per_pixel
+
+    for engine_dtype in (torch.float8_e4m3fn, torch.float16, torch.float32, torch.float64):
+        for float_dtype in (torch.float32, torch.float64):
+            per_channel = bytes_per_pixel(9, engine_dtype, float_dtype) - bytes_per_pixel(8, engine_dtype, float_dtype)
+            assert per_channel == 3 * engine_dtype.itemsize, (engine_dtype, float_dtype)
+            planes = bytes_per_pixel(8, engine_dtype, float_dtype) - 3 * 8 * engine_dtype.itemsize
+            assert planes == 12 * float_dtype.itemsize, (engine_dtype, float_dtype)
+
+
+def test_available_memory_on_the_cpu_is_linux_memavailable(monkeypatch):
+    """On the CPU the free memory is /proc/meminfo's MemAvailable (in KiB: x 1024), not MemFree; unreadable: None."""
+    import io
+
+    from vdsr_fast import tiling
+
+    meminfo = "MemTotal:       16000000 kB\nMemFree:          123456 kB\nMemAvailable:    7654321 kB\nBuffers: 1 kB\n"
+    monkeypatch.setattr(tiling, "open", lambda path, *a, **k: io.StringIO(meminfo), raising=False)
+    assert tiling.available_memory(torch.device("cpu")) == 7654321 * 1024
+
+    def unreadable(path, *a, **k):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(tiling, "open", unreadable, raising=False)
+    assert tiling.available_memory(torch.device("cpu")) is None
+    assert tiling.available_memory(torch.device("meta")) is None
+
+
+def test_memory_budget_is_seventy_percent_of_the_free_memory_and_the_engines_buffers(monkeypatch):
+    """max_memory="auto" (README, docs/INPUTS.md): 70% of the free memory and the engine's own buffers together;
+    None (no limit) where the free memory is unknown."""
+    from vdsr_fast import tiling
+
+    free = 10_000_000 + int(torch.randint(0, 10_000_000, ()))
+    monkeypatch.setattr(tiling, "available_memory", lambda device: free)
+    cpu = torch.device("cpu")
+    assert tiling.memory_budget(cpu) == pytest.approx(0.7 * free, abs=1)
+    assert tiling.memory_budget(cpu, reusable=4_000_000) == pytest.approx(0.7 * (free + 4_000_000), abs=1)
+    monkeypatch.setattr(tiling, "available_memory", lambda device: None)
+    assert tiling.memory_budget(cpu, reusable=4_000_000) is None
 
 
 def test_progress_is_called_after_each_tile(tiny_model):

@@ -99,6 +99,21 @@ def test_frames_beyond_the_backend_index_range_are_tiled_exactly(tiny_model, mon
         upscale(torch.rand(8, 3, 37, 29), 2, tiny_model, backend="torch")
 
 
+def test_a_frame_at_the_backend_index_limit_is_not_tiled(tiny_model, monkeypatch):
+    """max_pixels is the largest H*W one call may take: a frame of exactly that many output pixels runs whole (one
+    network call), one pixel fewer allowed tiles it. Simulated on the reference backend, as above."""
+    x = torch.rand(1, 1, 10, 7)
+    seen = []
+    call = TorchBackend.__call__
+    monkeypatch.setattr(TorchBackend, "__call__", lambda self, y: seen.append(tuple(y.shape)) or call(self, y))
+    for limit, calls in ((20 * 14, 1), (20 * 14 - 1, None)):
+        monkeypatch.setattr(TorchBackend, "max_pixels", limit, raising=False)
+        tiny_model.__dict__.pop("_vdsr_engines", None)
+        seen.clear()
+        upscale(x, 2, tiny_model, backend="torch", max_memory=None)
+        assert (len(seen) == calls) if calls else (len(seen) > 1 and all(h * w <= limit for _, _, h, w in seen)), seen
+
+
 def test_engines_are_per_device(tiny_model):
     """An engine belongs to one device: inputs from another are refused by name, and upscale()
     keeps one engine per device (here the CPU and PyTorch's shape-only 'meta' device)."""

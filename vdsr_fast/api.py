@@ -194,6 +194,16 @@ def _overlaps_itself(t: torch.Tensor) -> bool:
     return False
 
 
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` may share memory: their storages' address ranges overlap. Not only one storage (views of
+    one tensor): two storages over one buffer too (another library's arrays through DLPack, ``torch.from_numpy`` of two
+    views of one array), which a comparison of the storages' start addresses misses when the frame sits at an offset."""
+    if a.device != b.device:
+        return False
+    sa, sb = a.untyped_storage(), b.untyped_storage()
+    return sa.data_ptr() < sb.data_ptr() + sb.nbytes() and sb.data_ptr() < sa.data_ptr() + sa.nbytes()
+
+
 def _check_out(out, img: torch.Tensor, shape: tuple[int, ...]) -> None:
     if not torch.is_tensor(out):
         raise TypeError(f"upscale: out must be a torch.Tensor, got {type(out).__name__}")
@@ -556,7 +566,7 @@ def upscale(
         engine.reserve(n, max(r.net[1] - r.net[0] for r, _ in windows), max(c.net[1] - c.net[0] for _, c in windows))
         if out is None:
             out = torch.empty(shape, dtype=img.dtype, device=img.device)
-        elif len(tiles) > 1 and out.untyped_storage().data_ptr() == img.untyped_storage().data_ptr():
+        elif len(tiles) > 1 and _shares_memory(out, img):
             batch = batch.clone()  # out shares memory with img: earlier tiles would overwrite later tiles' input
         dst = _nchw(out, layout)
         for k, (rows, cols) in enumerate(windows):
