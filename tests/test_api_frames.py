@@ -239,13 +239,20 @@ def test_halo_is_needed(tiny_model):
     assert not torch.equal(cut, whole[..., :10])
 
 
+def _tile_plans_seen(monkeypatch) -> list:
+    """The tile sizes upscale() plans, in call order (tiling.tile_plan's third argument)."""
+    from vdsr_fast import tiling
+
+    seen, real = [], tiling.tile_plan
+    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+    return seen
+
+
 def test_max_memory_picks_a_tile(tiny_model, monkeypatch):
     import vdsr_fast.api as api
     from vdsr_fast import tiling
 
-    seen = []
-    real = tiling.tile_plan
-    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+    seen = _tile_plans_seen(monkeypatch)
     x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
     ref = upscale(x, 2, tiny_model, dtype=torch.float64)
     seen.clear()  # (on the CPU the default is max_memory="auto": one tile, the frame)
@@ -285,9 +292,7 @@ def test_max_memory_auto_is_a_share_of_the_free_memory(tiny_model, monkeypatch):
 
     free = tiling.available_memory(torch.device("cpu"))
     assert free is None or free > 0  # Linux: MemAvailable
-    seen = []
-    real = tiling.tile_plan
-    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+    seen = _tile_plans_seen(monkeypatch)
     x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
     ref = upscale(x, 2, tiny_model, dtype=torch.float64)
     seen.clear()  # (on the CPU the default is max_memory="auto" too)
@@ -310,9 +315,7 @@ def test_max_memory_defaults_to_auto_on_the_cpu(tiny_model, monkeypatch):
     killed); the same exact result."""
     from vdsr_fast import tiling
 
-    seen = []
-    real = tiling.tile_plan
-    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+    seen = _tile_plans_seen(monkeypatch)
     x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
     ref = upscale(x, 2, tiny_model, dtype=torch.float64, tile=24)  # the whole frame as one tile
     per_px = tiling.bytes_per_pixel(tiny_model.channels, torch.float64, torch.float64)
@@ -328,9 +331,7 @@ def test_max_memory_counts_every_frame_of_the_batch(tiny_model, monkeypatch):
     frames 10x10 tiles, not the larger tile it would give one frame; the same result as untiled."""
     from vdsr_fast import tiling
 
-    seen = []
-    real = tiling.tile_plan
-    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+    seen = _tile_plans_seen(monkeypatch)
     x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
     ref = upscale(x, 2, tiny_model, dtype=torch.float64, tile=24)  # the whole frame as one tile
     per_px = tiling.bytes_per_pixel(tiny_model.channels, torch.float64, torch.float64)
@@ -432,9 +433,7 @@ def test_max_memory_auto_counts_the_engines_own_buffers(tiny_model, monkeypatch)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if (why := available_backends(dev)["triton"]) is not None:
         pytest.skip(why)
-    seen = []
-    real = tiling.tile_plan
-    monkeypatch.setattr(tiling, "tile_plan", lambda h, w, t: seen.append(t) or real(h, w, t))
+    seen = _tile_plans_seen(monkeypatch)
     x = torch.rand(1, 1, 12, 12, device=dev)
     engine = get_engine(tiny_model, dev, backend="triton")
     per_px = tiling.bytes_per_pixel(tiny_model.channels, engine.dtype, torch.float32)

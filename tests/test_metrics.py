@@ -172,13 +172,10 @@ def test_eval_summary_fields(tmp_path):
         assert set(out["images"][0]) == {"name", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "seconds"}
 
 
-def test_eval_ctrl_c_keeps_the_images_scored(tmp_path, monkeypatch, capsys):
-    """Ctrl-C on the third of four images: the means of the first two in the message (what `vdsr-fast eval` prints)
-    and as .partial (was: a bare KeyboardInterrupt, an hour of BSD100 lost); the progress bar shows them meanwhile."""
+def _interrupt_at_the_third_image(monkeypatch) -> None:
+    """evaluate() gets a Ctrl-C while it scores its third image."""
     import vdsr_fast.evaluate as ev
 
-    for k in range(4):
-        _write(tmp_path / f"img_{k}.png", _img(seed=k))
     real, calls = ev._score, []
 
     def score(*a):
@@ -188,6 +185,16 @@ def test_eval_ctrl_c_keeps_the_images_scored(tmp_path, monkeypatch, capsys):
         return real(*a)
 
     monkeypatch.setattr(ev, "_score", score)
+
+
+def test_eval_ctrl_c_keeps_the_images_scored(tmp_path, monkeypatch, capsys):
+    """Ctrl-C on the third of four images: the means of the first two in the message (what `vdsr-fast eval` prints)
+    and as .partial (was: a bare KeyboardInterrupt, an hour of BSD100 lost); the progress bar shows them meanwhile."""
+    import vdsr_fast.evaluate as ev
+
+    for k in range(4):
+        _write(tmp_path / f"img_{k}.png", _img(seed=k))
+    _interrupt_at_the_third_image(monkeypatch)
     with pytest.raises(KeyboardInterrupt) as e:
         ev.evaluate(tmp_path, 2, progress=True)
     mean = np.mean([i.bicubic_psnr for i in e.value.partial.images])
@@ -390,15 +397,7 @@ def test_eval_with_a_network_reports_its_means_when_interrupted_and_on_the_bar(t
     monkeypatch.setattr(tqdm, "tqdm", Bar)
     for k in range(3):
         _write(tmp_path / f"img_{k}.png", _img(seed=k))
-    real, calls = ev._score, []
-
-    def score(*a):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a)
-
-    monkeypatch.setattr(ev, "_score", score)
+    _interrupt_at_the_third_image(monkeypatch)
     with pytest.raises(KeyboardInterrupt) as e:
         ev.evaluate(tmp_path, 2, Engine(tiny_model, backend="torch", device="cpu"), progress=True)
     done = e.value.partial.images
