@@ -364,17 +364,40 @@ def test_engine_follows_weight_updates(tiny_model, dtype):
     assert not torch.equal(after, before) and vdsr_fast.get_engine(tiny_model, "cpu", "torch", dtype) is not engine
 
 
+class _StandIn:
+    """A fast backend for the engine's bookkeeping tests: available on any device, computing as the reference."""
+
+    dtypes = (torch.float32,)
+
+    @staticmethod
+    def available(device):
+        return None
+
+    def __init__(self, model, device, dtype, **options):
+        from vdsr_fast.engine import TorchBackend
+
+        self.ref = TorchBackend(model, device, dtype)
+
+    def __call__(self, y):
+        return self.ref(y)
+
+
+def _virtual_clock(monkeypatch) -> list[float]:
+    """engine._median_ms's clock, advanced by hand (``clock[0] += seconds``): how busy the CPU is does not count."""
+    from vdsr_fast import engine as engine_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(engine_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    return clock
+
+
 def test_auto_falls_back_when_a_backend_refuses_the_model(tiny_model, monkeypatch):
     """A fast backend that refuses the model in its constructor (the CUDA kernels are written for
     64 channels) makes backend='auto' warn and fall back, not fail."""
     from vdsr_fast import engine as engine_mod
 
-    class Refuses:
+    class Refuses(_StandIn):
         dtypes = (torch.float16, torch.float32)
-
-        @staticmethod
-        def available(device):
-            return None
 
         def __init__(self, model, device, dtype, **options):
             raise BackendUnavailable("the CUDA kernels are written for 64 channels; this model has 8")
@@ -395,19 +418,9 @@ def test_auto_passes_over_a_backend_in_a_dtype_it_is_slow_in(tiny_model, monkeyp
 
     from vdsr_fast import engine as engine_mod
 
-    class SlowInFp32:
+    class SlowInFp32(_StandIn):
         dtypes = (torch.float16, torch.float32)
         auto_dtypes = (torch.float16,)
-
-        @staticmethod
-        def available(device):
-            return None
-
-        def __init__(self, model, device, dtype, **options):
-            self.inner = engine_mod.TorchBackend(model, device, dtype)
-
-        def __call__(self, y):
-            return self.inner(y)
 
     monkeypatch.setitem(engine_mod.BACKENDS, "triton", SlowInFp32)
     monkeypatch.setattr(engine_mod, "resolve_backend", lambda backend, device: "triton" if backend == "auto" else backend)
@@ -424,17 +437,12 @@ def test_a_backend_whose_graphs_fail_runs_without_them(tiny_model, monkeypatch):
     is still skipped by 'auto'."""
     from vdsr_fast import engine as engine_mod
 
-    class Fast:
-        dtypes = (torch.float32,)
+    class Fast(_StandIn):
         broken = False  # also wrong without graphs
 
-        @staticmethod
-        def available(device):
-            return None
-
         def __init__(self, model, device, dtype, cuda_graphs=False):
+            super().__init__(model, device, dtype)
             self.cuda_graphs = cuda_graphs
-            self.ref = engine_mod.TorchBackend(model, device, dtype)
 
         def __call__(self, y):
             if self.cuda_graphs:
@@ -460,14 +468,9 @@ def test_tune_keeps_the_fastest_candidate_that_passes_the_self_check(tiny_model,
     tuned away; a second engine in the same process reuses the choice without timing."""
     from vdsr_fast import engine as engine_mod
 
-    class Variants:
+    class Variants(_StandIn):
         name = "cuda"
-        dtypes = (torch.float32,)
         built: list = []
-
-        @staticmethod
-        def available(device):
-            return None
 
         @staticmethod
         def tuning_candidates(model, device, dtype):
@@ -477,16 +480,15 @@ def test_tune_keeps_the_fastest_candidate_that_passes_the_self_check(tiny_model,
         def __init__(self, model, device, dtype, kernel="default"):
             if kernel == "absent":
                 raise BackendUnavailable("not on this GPU")
+            super().__init__(model, device, dtype)
             self.kernel = kernel
             self.built.append(kernel)
-            self.ref = engine_mod.TorchBackend(model, device, dtype)
 
         def __call__(self, y):  # each kernel's cost on a virtual clock: how busy the CPU is does not count
             clock[0] += {"slow": 0.04, "default": 0.015, "fast": 0.001, "wrong": 0.0}[self.kernel]
             return self.ref(y) + (1.0 if self.kernel == "wrong" else 0.0)
 
-    clock = [0.0]
-    monkeypatch.setattr(engine_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))  # _median_ms's clock
+    clock = _virtual_clock(monkeypatch)
     monkeypatch.setitem(engine_mod.BACKENDS, "cuda", Variants)
     monkeypatch.setattr(engine_mod, "_checked", lambda name, device: name != "torch")  # self-check on the CPU too
     monkeypatch.setattr(engine_mod, "_TUNED", {})
@@ -551,16 +553,7 @@ def test_self_check_runs_on_a_gpu_only_and_its_failure_is_its_own_error(tiny_mod
     from vdsr_fast import engine as engine_mod
     from vdsr_fast.engine import SelfCheckFailed
 
-    class Wrong:
-        dtypes = (torch.float32,)
-
-        @staticmethod
-        def available(device):
-            return None
-
-        def __init__(self, model, device, dtype):
-            self.ref = engine_mod.TorchBackend(model, device, dtype)
-
+    class Wrong(_StandIn):
         def __call__(self, y):
             return self.ref(y) + 1.0
 
@@ -610,8 +603,7 @@ def test_tuning_times_each_candidate_by_its_median_after_warm_up(monkeypatch):
 
     warm, timed = engine_mod.TUNE_WARMUP, engine_mod.TUNE_RUNS
     costs = [1000.0] * warm + [float(v) for v in torch.randperm(timed) + 1]  # warm-ups slow (compiles), then 1..N ms
-    clock = [0.0]
-    monkeypatch.setattr(engine_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    clock = _virtual_clock(monkeypatch)
 
     def run(y):
         clock[0] += costs.pop(0) / 1e3
@@ -671,28 +663,22 @@ def test_a_tuning_choice_holds_with_and_without_cuda_graphs(tiny_model, monkeypa
     timing, by one without them."""
     from vdsr_fast import engine as engine_mod
 
-    class Variants:
+    class Variants(_StandIn):
         name = "cuda"
-        dtypes = (torch.float32,)
-
-        @staticmethod
-        def available(device):
-            return None
 
         @staticmethod
         def tuning_candidates(model, device, dtype):
             return [("fast", {"kernel": "fast"})]
 
         def __init__(self, model, device, dtype, kernel="default", cuda_graphs=False, max_cached_shapes=8):
+            super().__init__(model, device, dtype)
             self.kernel, self.cuda_graphs = kernel, cuda_graphs
-            self.ref = engine_mod.TorchBackend(model, device, dtype)
 
         def __call__(self, y):
             clock[0] += 0.001 if self.kernel == "fast" else 0.01
             return self.ref(y)
 
-    clock = [0.0]
-    monkeypatch.setattr(engine_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    clock = _virtual_clock(monkeypatch)
     monkeypatch.setitem(engine_mod.BACKENDS, "cuda", Variants)
     monkeypatch.setattr(engine_mod, "_TUNED", {})
     graphs = Engine(tiny_model, backend="cuda", device="cpu", dtype=torch.float32, tune=True, cuda_graphs=True,
