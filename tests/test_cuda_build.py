@@ -253,6 +253,11 @@ def test_supported_nvcc_passes(setup_py, tmp_path):
     setup_py._check_nvcc(str(_fake_nvcc(tmp_path, "13.0")))
 
 
+def _logging_cmake(bin_dir: Path, log: Path) -> Path:
+    """A cmake that appends its arguments to ``log`` (a line a call) and leaves a _C.so where it is told to build."""
+    return _script(bin_dir / "cmake", f'echo "$@" >> {log}\nfor a; do case "$a" in -DVDSR_FAST_OUTPUT_DIR=*) : > "${{a#*=}}/_C.so";; esac; done\n')
+
+
 def _build_ext(setup_py, tmp_path):
     from setuptools import Distribution
 
@@ -284,7 +289,7 @@ def test_build_passes_the_switches_to_cmake(setup_py, monkeypatch, tmp_path):
     bin_dir = tmp_path / "bin"
     _fake_nvcc(bin_dir, "13.0")
     log = tmp_path / "cmake.log"
-    _script(bin_dir / "cmake", f'echo "$@" >> {log}\nfor a; do case "$a" in -DVDSR_FAST_OUTPUT_DIR=*) : > "${{a#*=}}/_C.so";; esac; done\n')
+    _logging_cmake(bin_dir, log)
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.setenv("VDSR_FAST_CUDA_ARCHS", "80; 90a")
     monkeypatch.setenv("VDSR_FAST_BUILD_JOBS", "3")
@@ -304,7 +309,7 @@ def test_ninja_is_the_generator_only_where_make_is_missing(setup_py, monkeypatch
     bin_dir = tmp_path / "bin"
     _fake_nvcc(bin_dir, "13.0")
     log = tmp_path / "cmake.log"
-    _script(bin_dir / "cmake", f'echo "$@" >> {log}\nfor a; do case "$a" in -DVDSR_FAST_OUTPUT_DIR=*) : > "${{a#*=}}/_C.so";; esac; done\n')
+    _logging_cmake(bin_dir, log)
     for tool in tools:
         _script(bin_dir / tool, "exit 0\n")
     monkeypatch.setenv("PATH", str(bin_dir))
