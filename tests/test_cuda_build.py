@@ -1,4 +1,5 @@
-"""The CUDA extension's build: setup.py's checks (no build needed) and the built module's kernels (no spills).
+"""The CUDA extension's build: setup.py's checks (no build needed), CMakeLists.txt used directly (configured, not
+built, ~5 s a case), and the built module (its arch images, no spills).
 
 setup.py installs without vdsr_fast._C when nvcc is not found (a warning pip shows), and otherwise builds it or
 fails the install saying what to do: the tests below call its helpers with fake environments and fake nvcc/cmake
@@ -437,3 +438,72 @@ def test_no_kernel_spills_registers():
     spilled = [f"{arch} {func}: {reg} registers, stack {stack} B, local {local} B"
                for arch, func, reg, stack, local in rows if stack or local]  # fmt: skip
     assert not spilled, "kernels spill registers:\n" + "\n".join(spilled)
+
+
+def _configure(setup_py, tmp_path: Path, args: list[str], env_archs: str | None) -> tuple[str, str]:
+    """Configure CMakeLists.txt directly (no setup.py, no build): the module's compile flags and link command."""
+    nvcc, pybind11_dir = setup_py._find_nvcc(), setup_py._pybind11_cmake_dir()
+    version, _ = setup_py._tool_version(["cmake", "--version"]) if shutil.which("cmake") else (None, "")
+    if nvcc is None or pybind11_dir is None or version is None or version < setup_py.MIN_CMAKE or not shutil.which("make"):
+        pytest.skip("configuring CMakeLists.txt needs nvcc, pybind11, make and cmake >= 3.24")
+    env = {k: v for k, v in os.environ.items() if k != "VDSR_FAST_CUDA_ARCHS"}
+    if env_archs is not None:
+        env["VDSR_FAST_CUDA_ARCHS"] = env_archs
+    build = tmp_path / "build"
+    r = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), "-G", "Unix Makefiles", f"-DCMAKE_CUDA_COMPILER={nvcc}",
+                        f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11_dir}", *args],
+                       capture_output=True, text=True, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    target = build / "CMakeFiles" / "_C.dir"
+    return (target / "flags.make").read_text(), (target / "link.txt").read_text()
+
+
+@unix_only
+@pytest.mark.parametrize(
+    "args, env_archs, archs",
+    [([], None, "80;90a"), (["-DVDSR_FAST_CUDA_ARCHS="], "90", "90"), (["-DVDSR_FAST_CUDA_ARCHS=80;90a"], "90", "80;90a")],
+    ids=["default", "environment", "cache-over-environment"],
+)
+def test_cmake_used_directly_builds_for_the_documented_archs(setup_py, tmp_path, args, env_archs, archs):
+    """CMakeLists.txt without setup.py (its header's command): sm_80 + sm_90a by default, else the environment
+    variable when the cache variable is unset or empty, the cache variable first; Release when no build type is
+    given; the CUDA runtime linked statically; the arch list reaches nvcc (SASS and PTX for each), the module's CUDA_ARCHS string, and the wgmma
+    kernels' switch only with 90a."""
+    flags, link = _configure(setup_py, tmp_path, args, env_archs)
+    assert "cudart_static" in link and not re.search(r"-lcudart\s|-lcudart$|libcudart\.so", link)
+    cuda_flags = re.search(r"^CUDA_FLAGS = (.*)$", flags, re.M).group(1).split()
+    assert "-O3" in cuda_flags and "-DNDEBUG" in cuda_flags
+    for arch in archs.split(";"):
+        assert f"--generate-code=arch=compute_{arch},code=[compute_{arch},sm_{arch}]" in cuda_flags
+    assert len([f for f in cuda_flags if f.startswith("--generate-code")]) == len(archs.split(";"))
+    assert "-Xptxas=-warn-spills" in cuda_flags and "-Xcompiler=-fvisibility=hidden" in cuda_flags
+    defines = re.search(r"^CUDA_DEFINES = (.*)$", flags, re.M).group(1)
+    assert f'-DVDSR_FAST_CUDA_ARCHS=\\"{archs.replace(";", ",")}\\"' in defines
+    assert ("-DVDSR_FAST_SM90A=1" in defines) == ("90a" in archs)
+
+
+def test_module_holds_code_for_exactly_the_archs_it_names():
+    """The built module's CUDA_ARCHS (what availability reasons quote) matches the images inside it: SASS for
+    every listed arch, PTX too unless the entry says -real (so a plain "80" build JIT-compiles on newer GPUs),
+    and no other arch; the CUDA runtime is linked statically (no libcudart.so needed at run time)."""
+    try:
+        from vdsr_fast import _C
+    except ImportError:
+        pytest.skip("vdsr_fast._C is not built")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (CUDA toolkit or Triton's bundled copy)")
+    if _C.CUDA_ARCHS in ("", "native", "all", "all-major"):
+        pytest.skip(f"built for {_C.CUDA_ARCHS!r}: no fixed list to compare with")
+
+    def listed(flag: str, ext: str) -> set[str]:
+        out = subprocess.run([tool, flag, _C.__file__], capture_output=True, text=True, check=True).stdout
+        return set(re.findall(rf"\.sm_(\d+a?)\.{ext}$", out, re.M))
+
+    entries = [(e.split("-")[0], e.split("-")[1] if "-" in e else "") for e in _C.CUDA_ARCHS.split(",")]
+    # cuobjdump names an sm_90a cubin sm_90 (its PTX keeps the a)
+    assert listed("--list-elf", "cubin") == {a.rstrip("a") for a, kind in entries if kind != "virtual"}
+    assert listed("--list-ptx", "ptx") == {a for a, kind in entries if kind != "real"}
+    if shutil.which("readelf"):
+        needed = subprocess.run(["readelf", "-d", _C.__file__], capture_output=True, text=True, check=True).stdout
+        assert "libcudart" not in needed
