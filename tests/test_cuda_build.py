@@ -410,8 +410,8 @@ def _cuobjdump() -> str | None:
     return str(bundled) if bundled.is_file() else None
 
 
-def _resource_usage() -> list[tuple[str, str, int, int, int]]:
-    """(arch, function, registers, stack bytes, local bytes) of every kernel in vdsr_fast._C."""
+def _module_and_cuobjdump():
+    """vdsr_fast._C and a cuobjdump to read it with (the test is skipped without either)."""
     try:
         from vdsr_fast import _C
     except ImportError:
@@ -419,6 +419,12 @@ def _resource_usage() -> list[tuple[str, str, int, int, int]]:
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("no cuobjdump (CUDA toolkit or Triton's bundled copy)")
+    return _C, tool
+
+
+def _resource_usage() -> list[tuple[str, str, int, int, int]]:
+    """(arch, function, registers, stack bytes, local bytes) of every kernel in vdsr_fast._C."""
+    _C, tool = _module_and_cuobjdump()
     out = subprocess.run([tool, "--dump-resource-usage", _C.__file__], capture_output=True, text=True, check=True).stdout
     rows, arch, func = [], "?", None
     for line in out.splitlines():
@@ -486,13 +492,7 @@ def test_module_holds_code_for_exactly_the_archs_it_names():
     """The built module's CUDA_ARCHS (what availability reasons quote) matches the images inside it: SASS for
     every listed arch, PTX too unless the entry says -real (so a plain "80" build JIT-compiles on newer GPUs),
     and no other arch; the CUDA runtime is linked statically (no libcudart.so needed at run time)."""
-    try:
-        from vdsr_fast import _C
-    except ImportError:
-        pytest.skip("vdsr_fast._C is not built")
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("no cuobjdump (CUDA toolkit or Triton's bundled copy)")
+    _C, tool = _module_and_cuobjdump()
     if _C.CUDA_ARCHS in ("", "native", "all", "all-major"):
         pytest.skip(f"built for {_C.CUDA_ARCHS!r}: no fixed list to compare with")
 
