@@ -16,7 +16,8 @@
 # archive: the device tool returns at most 8 files).
 #
 # Sized for an H100 in under 8 minutes: every step runs under `timeout`, and its share is cut so the
-# benchmark keeps at least BENCH_MIN_S. Knobs (environment):
+# benchmark keeps at least BENCH_MIN_S and the steps after it AFTER_BENCH_S (a benchmark squeezed below
+# BENCH_MIN_S by steps that ran long takes it from them; under 40 s it is skipped). Knobs (environment):
 #   GPU_CHECK_BUDGET_S=450  whole-script budget          BENCH_MIN_S=170   benchmark's reserved share
 #   BUILD_CAP_S=180  TEST_CAP_S=150  SANITIZER_CAP_S=60   per-step caps
 #   PYTHON (default python3), VDSR_FAST_BUILD_JOBS (default: every core), VDSR_FAST_DATA (default: ../shared/data,
@@ -89,6 +90,8 @@ trap pack_logs EXIT
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
 CRASH_DIAG=${CRASH_DIAG:-}
 BENCH_MIN=${BENCH_MIN_S:-170}
+AFTER_BENCH=${AFTER_BENCH_S:-0}
+RESERVE=$((BENCH_MIN + AFTER_BENCH))  # what each step before the benchmark leaves to it and the steps after it
 T0=$(date +%s)
 elapsed() { echo $(($(date +%s) - T0)); }
 left() { echo $((BUDGET - $(elapsed))); }
@@ -139,7 +142,7 @@ export VDSR_FAST_BUILD_JOBS=${VDSR_FAST_BUILD_JOBS:-$(nproc)}
 # ---------------------------------------------------------------- 1. build the CUDA extension
 BUILT=0
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  T=$(share "${BUILD_CAP_S:-180}" $((BENCH_MIN + 90)))
+  T=$(share "${BUILD_CAP_S:-180}" $((RESERVE + 90)))
   if ((T < 60)); then  # a budget too small for the reserve (run 6: 0 s, no build): everything else needs the build
     T=$(share "${BUILD_CAP_S:-180}" 30)
     log "the budget leaves the build under 60 s after the benchmark's reserve: it gets ${T}s, the steps after it less"
@@ -175,7 +178,7 @@ fi
 
 # ---------------------------------------------------------------- 2. GPU test suite
 if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
-  T=$(share "${TEST_CAP_S:-150}" $((BENCH_MIN + 30)))
+  T=$(share "${TEST_CAP_S:-150}" $((RESERVE + 30)))
   log "pytest tests (timeout ${T}s) -> $OUT/pytest.log, $OUT/junit.xml"
   # Only the tests that exercise the GPU (tests/conftest.py): the rest is what CI runs on its CPU.
   # shellcheck disable=SC2086
@@ -211,7 +214,7 @@ fi
 # benchmarks/test_bench_latency.py (issue 6's regression-tracking tests) with --benchmark-disable: each test
 # checks its path against the reference and runs it once, so a GPU run proves the file works.
 if [[ "${SKIP_PYBENCH:-0}" != 1 ]]; then
-  T=$(share "${PYBENCH_CAP_S:-45}" $((BENCH_MIN + 20)))
+  T=$(share "${PYBENCH_CAP_S:-45}" $((RESERVE + 20)))
   if ((T >= 15)); then
     log "pytest benchmarks/test_bench_latency.py --benchmark-disable (timeout ${T}s) -> $OUT/pybench.log"
     BD=$("$PY" -c "import pytest_benchmark" 2>/dev/null && echo --benchmark-disable)  # (else the file skips)
@@ -233,7 +236,7 @@ if [[ "${SKIP_SANITIZER:-0}" != 1 && $BUILT == 1 ]]; then
       [[ -x "$c" ]] && CS=$c && break
     done
   fi
-  T=$(share "${SANITIZER_CAP_S:-60}" $((BENCH_MIN + 10)))
+  T=$(share "${SANITIZER_CAP_S:-60}" $((RESERVE + 15)))
   if [[ -z "$CS" ]]; then
     SUMMARY+=("sanitizer: compute-sanitizer not found, skipped")
   elif ((T < 20)); then
@@ -274,14 +277,14 @@ fi
 # exists, at most until only the video and benchmark shares are left, before anything is timed.
 if [[ -n "${TIMING_GATE:-}" && ! -e "${TIMING_GATE}" ]]; then
   log "waiting for $TIMING_GATE before timing anything"
-  while [[ ! -e "$TIMING_GATE" ]] && (($(left) > BENCH_MIN + (${SKIP_VIDEO:-0} == 1 ? 0 : ${VIDEO_CAP_S:-90}) + 10)); do sleep 2; done
+  while [[ ! -e "$TIMING_GATE" ]] && (($(left) > RESERVE + (${SKIP_VIDEO:-0} == 1 ? 0 : ${VIDEO_CAP_S:-90}) + 10)); do sleep 2; done
   [[ -e "$TIMING_GATE" ]] || SUMMARY+=("timing: $TIMING_GATE did not appear in time; timed with the GPU possibly shared")
   log "timing starts"
 fi
 
 # ---------------------------------------------------------------- 3b. vdsr-fast video: frames/s, GPU busy
 if [[ "${SKIP_VIDEO:-0}" != 1 ]]; then
-  T=$(share "${VIDEO_CAP_S:-90}" $((BENCH_MIN + 5)))
+  T=$(share "${VIDEO_CAP_S:-90}" $((RESERVE + 15)))
   if ((T < 30)); then
     SUMMARY+=("video: skipped (no time left)")
   else
@@ -301,23 +304,29 @@ fi
 # ---------------------------------------------------------------- 4. the benchmark
 JSON=""
 if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
-  T=$(share 100000 $((15 + ${AFTER_BENCH_S:-0})))
-  BUDGET_IN=$((T - 45))  # the benchmark stops starting new rows this early, then writes its files
-  ((BUDGET_IN < 30)) && BUDGET_IN=30
-  log "benchmark (timeout ${T}s, row budget ${BUDGET_IN}s) -> $OUT/bench.log"
-  # shellcheck disable=SC2086
-  timeout "$T" "$PY" -m benchmarks.bench_latency --out "$OUT" --budget-s "$BUDGET_IN" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
-  rc=$?
-  JSON=$(ls -t "$OUT"/*.json 2>/dev/null | grep -v -e _video_ -e layer_profile_ | head -n 1 || true)
-  case $rc in
-    0) SUMMARY+=("bench: done") ;;
-    3) SUMMARY+=("bench: done, SOME PATH FAILED ITS REFERENCE CHECK (rows marked FAIL)") ;;
-    124) SUMMARY+=("bench: TIMED OUT after ${T}s; the table below is what was saved") ;;
-    *) SUMMARY+=("bench: exited rc=$rc (see bench.log)"); tail -n 30 "$OUT/bench.log" || true ;;
-  esac
-  if [[ -n "$JSON" ]]; then
-    cp "$JSON" "${JSON%.json}.md" "$ROOT/benchmarks/results/" 2>/dev/null || true
-    SUMMARY+=("results: $JSON (copied to benchmarks/results/)")
+  T=$(share 100000 $((15 + AFTER_BENCH)))
+  # steps before it that ran long: the steps after it give way (and `timeout 0` would mean no limit at all)
+  if ((T < BENCH_MIN)); then T=$(share "$BENCH_MIN" 15); fi
+  if ((T < 40)); then
+    SUMMARY+=("bench: skipped (no time left)")
+  else
+    BUDGET_IN=$((T - 45))  # the benchmark stops starting new rows this early, then writes its files
+    ((BUDGET_IN < 30)) && BUDGET_IN=30
+    log "benchmark (timeout ${T}s, row budget ${BUDGET_IN}s) -> $OUT/bench.log"
+    # shellcheck disable=SC2086
+    timeout "$T" "$PY" -m benchmarks.bench_latency --out "$OUT" --budget-s "$BUDGET_IN" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+    rc=$?
+    JSON=$(ls -t "$OUT"/*.json 2>/dev/null | grep -v -e _video_ -e layer_profile_ | head -n 1 || true)
+    case $rc in
+      0) SUMMARY+=("bench: done") ;;
+      3) SUMMARY+=("bench: done, SOME PATH FAILED ITS REFERENCE CHECK (rows marked FAIL)") ;;
+      124) SUMMARY+=("bench: TIMED OUT after ${T}s; the table below is what was saved") ;;
+      *) SUMMARY+=("bench: exited rc=$rc (see bench.log)"); tail -n 30 "$OUT/bench.log" || true ;;
+    esac
+    if [[ -n "$JSON" ]]; then
+      cp "$JSON" "${JSON%.json}.md" "$ROOT/benchmarks/results/" 2>/dev/null || true
+      SUMMARY+=("results: $JSON (copied to benchmarks/results/)")
+    fi
   fi
 fi
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -244,6 +245,87 @@ def test_gpu_check_script_reaches_each_enabled_step(tmp_path):
     assert "unbound variable" not in proc.stdout + proc.stderr
     summary = proc.stdout[proc.stdout.index("] summary") :]
     assert "layer profile: rc=" in summary and "rc=skipped" not in summary, summary
+
+
+def _gpu_check_schedule(tmp_path: Path, knobs: dict[str, str], build_takes: int | None = None) -> list[tuple[str, int, int]]:
+    """benchmarks/gpu_check.sh replayed on a virtual clock: (step, start second, cap) of every step it starts.
+
+    Nothing runs: ``date +%s`` reads the clock, ``timeout`` notes its cap and moves the clock by it (every step
+    runs to its cap, the build ``build_takes`` seconds if given; the canaries run beside the tests, so they take
+    none), python, nvidia-smi, compute-sanitizer and ncu are stand-ins that succeed. A cap of 0 is noted as it
+    is: GNU timeout takes 0 as no limit at all."""
+    root = Path(__file__).resolve().parents[1]
+    repo, fake, out = tmp_path / "repo", tmp_path / "bin", tmp_path / "out"
+    for d in (repo / "benchmarks", fake, out):
+        d.mkdir(parents=True)
+    (repo / "benchmarks" / "gpu_check.sh").write_text((root / "benchmarks" / "gpu_check.sh").read_text())
+    clock, log = tmp_path / "clock", tmp_path / "schedule"
+    clock.write_text("0")
+    steps = {"build_ext": "build", "benchmarks.canary": "canary", "-m pytest tests": "tests", "pytest benchmarks/": "pybench",
+             "memcheck": "sanitizer", "benchmarks.bench_video": "video", "--out " + str(out / "bench2"): "bench2",
+             "benchmarks.bench_latency": "bench", "benchmarks.layer_profile": "layer_profile", "benchmarks.ncu_body": "ncu",
+             "cuda-gdb": "crash_diag", "faulthandler": "crash_diag"}  # fmt: skip
+    cases = "\n".join(f'  *"{k}"*) step={v};;' for k, v in steps.items())
+    scripts = {
+        "date": f'if [ "$1" = "+%s" ]; then cat {clock}; else exec /bin/date "$@"; fi\n',
+        "timeout": "while :; do case $1 in -s|-k) shift 2;; -*) shift;; *) break;; esac; done\n"
+        f'cap=$1; shift; now=$(cat {clock}); take=$cap\ncase "$*" in\n{cases}\n  *) step="$1";;\nesac\n'
+        f'case $step in canary) take=0;; build) take=${{BUILD_TAKES:-$cap}};; esac\n'
+        f'echo "$step $now $cap" >> {log}\necho $((now + take)) > {clock}\n',
+        "python": "exit 0\n", "nvidia-smi": "exit 0\n", "compute-sanitizer": "exit 0\n", "ncu": "exit 0\n",
+    }  # fmt: skip
+    for name, body in scripts.items():
+        (fake / name).write_text("#!/bin/bash\n" + body)
+        (fake / name).chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "HOME": str(tmp_path), "OUT": str(out), "PYTHON": str(fake / "python"),
+           **knobs, **({"BUILD_TAKES": str(build_takes)} if build_takes is not None else {})}  # fmt: skip
+    proc = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert "unbound variable" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    return [(step, int(start), int(cap)) for step, start, cap in rows]
+
+
+# The knobs of the issue-5 call that the closing notes prepare for the next device session.
+ISSUE5_CALL = {"GPU_CHECK_BUDGET_S": "520", "TEST_CAP_S": "170", "SANITIZER_CAP_S": "40", "SKIP_PYBENCH": "1",
+               "SKIP_VIDEO": "1", "LAYER_PROFILE": "1", "LAYER_PROFILE_CAP_S": "80", "NCU": "1", "NCU_VARIANTS": "10",
+               "NCU_FUSED": "1", "NCU_CAP_S": "50", "AFTER_BENCH_S": "140", "BENCH_MIN_S": "80"}  # fmt: skip
+
+
+GPU_CHECK_ORDER = ["build", "canary", "tests", "pybench", "sanitizer", "video", "bench", "bench2", "layer_profile", "ncu",
+                   "crash_diag"]  # fmt: skip
+
+
+@pytest.mark.parametrize("build_takes", [None, 90], ids=["build-at-its-cap", "build-90s"])
+@pytest.mark.parametrize("knobs", [{}, ISSUE5_CALL], ids=["defaults", "issue5-call"])
+def test_gpu_check_schedule_keeps_the_benchmark_and_the_budget(tmp_path, knobs, build_takes):
+    """Every step running to its cap: the steps start in the documented order, each with a limit (never timeout's
+    0, which is none), the benchmark with at least BENCH_MIN_S, and the script ends within its budget; with a
+    quick build the prepared issue-5 call runs every step it asks for, the ones after the benchmark to their caps."""
+    sched = _gpu_check_schedule(tmp_path, knobs, build_takes)
+    budget, bench_min = int(knobs.get("GPU_CHECK_BUDGET_S", 450)), int(knobs.get("BENCH_MIN_S", 170))
+    names = [s for s, _, _ in sched]
+    assert "bench" in names and names == sorted(names, key=GPU_CHECK_ORDER.index), sched
+    assert all(cap > 0 for _, _, cap in sched), sched
+    (bench,) = [cap for s, _, cap in sched if s == "bench"]
+    assert bench >= bench_min, sched
+    assert max(start + cap for s, start, cap in sched if s != "canary") <= budget, sched
+    if knobs and build_takes == 90:
+        caps = {s: cap for s, _, cap in sched}
+        assert names == ["build", "canary", "tests", "sanitizer", "bench", "layer_profile", "ncu"], sched
+        assert caps["layer_profile"] == 80 and caps["ncu"] == 50, sched
+
+
+def test_gpu_check_gives_a_squeezed_benchmark_its_minimum_from_the_steps_after_it(tmp_path):
+    """Steps before the benchmark that overran their shares (a budget smaller than the caps): the benchmark still
+    gets BENCH_MIN_S, taken from the layer profile after it; with no time at all it is skipped, not run with no
+    limit."""
+    knobs = {**ISSUE5_CALL, "GPU_CHECK_BUDGET_S": "330", "NCU": "0"}
+    sched = _gpu_check_schedule(tmp_path, knobs)
+    (bench,) = [cap for s, _, cap in sched if s == "bench"]
+    assert bench >= 80, sched
+    sched = _gpu_check_schedule(tmp_path / "none", {**knobs, "GPU_CHECK_BUDGET_S": "150"})
+    assert all(cap > 0 for _, _, cap in sched) and "bench" not in [s for s, _, _ in sched], sched
 
 
 def test_ncu_workload_refuses_without_a_gpu(capsys):
