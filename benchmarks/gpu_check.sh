@@ -277,7 +277,7 @@ fi
 # exists, at most until only the video and benchmark shares are left, before anything is timed.
 if [[ -n "${TIMING_GATE:-}" && ! -e "${TIMING_GATE}" ]]; then
   log "waiting for $TIMING_GATE before timing anything"
-  while [[ ! -e "$TIMING_GATE" ]] && (($(left) > RESERVE + (${SKIP_VIDEO:-0} == 1 ? 0 : ${VIDEO_CAP_S:-90}) + 10)); do sleep 2; done
+  while [[ ! -e "$TIMING_GATE" ]] && (($(left) > RESERVE + (${SKIP_VIDEO:-0} == 1 ? 0 : ${VIDEO_CAP_S:-90}) + 15)); do sleep 2; done
   [[ -e "$TIMING_GATE" ]] || SUMMARY+=("timing: $TIMING_GATE did not appear in time; timed with the GPU possibly shared")
   log "timing starts"
 fi

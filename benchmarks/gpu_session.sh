@@ -14,8 +14,8 @@
 # The training stops itself after TRAIN_MINUTES (with a checkpoint); at TRAIN_DEADLINE_S after the start it
 # is stopped anyway (the last checkpoint, at most --ckpt-every steps old, is what comes back).
 # Knobs: SESSION_BUDGET_S=570 (whole call; the check's budget is this minus 10 s), TRAIN_MINUTES=4.2,
-# TRAIN_DEADLINE_S=275 (the check stops waiting at (570 - 10) - BENCH_MIN_S - AFTER_BENCH_S - VIDEO_CAP_S - 10
-# = 280 s), and every knob of the two scripts (STEPS, BATCH, LR, INIT, ... for the training; BENCH_MIN_S=145
+# TRAIN_DEADLINE_S=270 (the check stops waiting at (570 - 10) - BENCH_MIN_S - AFTER_BENCH_S - VIDEO_CAP_S - 15
+# = 275 s), and every knob of the two scripts (STEPS, BATCH, LR, INIT, ... for the training; BENCH_MIN_S=145
 # (the benchmark; AFTER_BENCH_S the layer profile after it), VIDEO_CAP_S=75, TEST_CAP_S=200, LAYER_PROFILE=1,
 # LAYER_PROFILE_CAP_S=45, AFTER_BENCH_S=50 here;
 # OUT defaults to runs/gpu_session; GPU_CHECK_BUDGET_S, TIMING_GATE and the two scripts' OUT are set here and
@@ -39,7 +39,7 @@ OUT="$OUT_ROOT/train" TRAIN_MINUTES=${TRAIN_MINUTES:-4.2} $SETSID bash benchmark
   >/tmp/gpu_session_train.log 2>&1 &
 TRAIN_PID=$!
 (
-  deadline=$((T0 + ${TRAIN_DEADLINE_S:-275}))
+  deadline=$((T0 + ${TRAIN_DEADLINE_S:-270}))
   while kill -0 "$TRAIN_PID" 2>/dev/null && (($(date +%s) < deadline)); do sleep 2; done
   if kill -0 "$TRAIN_PID" 2>/dev/null; then
     echo "[gpu_session] training past its deadline: stopped" >>/tmp/gpu_session_train.log

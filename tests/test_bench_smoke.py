@@ -247,13 +247,13 @@ def test_gpu_check_script_reaches_each_enabled_step(tmp_path):
     assert "layer profile: rc=" in summary and "rc=skipped" not in summary, summary
 
 
-def _gpu_check_schedule(tmp_path: Path, knobs: dict[str, str], build_takes: int | None = None) -> list[tuple[str, int, int]]:
+def _gpu_check_schedule(tmp_path: Path, knobs: dict[str, str], takes: dict[str, int] | None = None) -> list[tuple[str, int, int]]:
     """benchmarks/gpu_check.sh replayed on a virtual clock: (step, start second, cap) of every step it starts.
 
-    Nothing runs: ``date +%s`` reads the clock, ``timeout`` notes its cap and moves the clock by it (every step
-    runs to its cap, the build ``build_takes`` seconds if given; the canaries run beside the tests, so they take
-    none), python, nvidia-smi, compute-sanitizer and ncu are stand-ins that succeed. A cap of 0 is noted as it
-    is: GNU timeout takes 0 as no limit at all."""
+    Nothing runs: ``date +%s`` reads the clock, ``sleep`` moves it, ``timeout`` notes its cap and moves it by the
+    cap (every step runs to its cap, unless ``takes`` names the step; the canaries run beside the tests, so they
+    take none), python, nvidia-smi, compute-sanitizer and ncu are stand-ins that succeed. A cap of 0 is noted as
+    it is: GNU timeout takes 0 as no limit at all."""
     root = Path(__file__).resolve().parents[1]
     repo, fake, out = tmp_path / "repo", tmp_path / "bin", tmp_path / "out"
     for d in (repo / "benchmarks", fake, out):
@@ -270,15 +270,16 @@ def _gpu_check_schedule(tmp_path: Path, knobs: dict[str, str], build_takes: int 
         "date": f'if [ "$1" = "+%s" ]; then cat {clock}; else exec /bin/date "$@"; fi\n',
         "timeout": "while :; do case $1 in -s|-k) shift 2;; -*) shift;; *) break;; esac; done\n"
         f'cap=$1; shift; now=$(cat {clock}); take=$cap\ncase "$*" in\n{cases}\n  *) step="$1";;\nesac\n'
-        f'case $step in canary) take=0;; build) take=${{BUILD_TAKES:-$cap}};; esac\n'
+        f'v=TAKE_$step; take=${{!v:-$cap}}; [ $step = canary ] && take=0\n'
         f'echo "$step $now $cap" >> {log}\necho $((now + take)) > {clock}\n',
+        "sleep": f"echo $(($(cat {clock}) + $1)) > {clock}\n",
         "python": "exit 0\n", "nvidia-smi": "exit 0\n", "compute-sanitizer": "exit 0\n", "ncu": "exit 0\n",
     }  # fmt: skip
     for name, body in scripts.items():
         (fake / name).write_text("#!/bin/bash\n" + body)
         (fake / name).chmod(0o755)
     env = {"PATH": f"{fake}:{os.environ['PATH']}", "HOME": str(tmp_path), "OUT": str(out), "PYTHON": str(fake / "python"),
-           **knobs, **({"BUILD_TAKES": str(build_takes)} if build_takes is not None else {})}  # fmt: skip
+           **knobs, **{f"TAKE_{step}": str(t) for step, t in (takes or {}).items()}}  # fmt: skip
     proc = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert "unbound variable" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
@@ -302,7 +303,7 @@ def test_gpu_check_schedule_keeps_the_benchmark_and_the_budget(tmp_path, knobs, 
     """Every step running to its cap: the steps start in the documented order, each with a limit (never timeout's
     0, which is none), the benchmark with at least BENCH_MIN_S, and the script ends within its budget; with a
     quick build the prepared issue-5 call runs every step it asks for, the ones after the benchmark to their caps."""
-    sched = _gpu_check_schedule(tmp_path, knobs, build_takes)
+    sched = _gpu_check_schedule(tmp_path, knobs, None if build_takes is None else {"build": build_takes})
     budget, bench_min = int(knobs.get("GPU_CHECK_BUDGET_S", 450)), int(knobs.get("BENCH_MIN_S", 170))
     names = [s for s, _, _ in sched]
     assert "bench" in names and names == sorted(names, key=GPU_CHECK_ORDER.index), sched
@@ -314,6 +315,25 @@ def test_gpu_check_schedule_keeps_the_benchmark_and_the_budget(tmp_path, knobs, 
         caps = {s: cap for s, _, cap in sched}
         assert names == ["build", "canary", "tests", "sanitizer", "bench", "layer_profile", "ncu"], sched
         assert caps["layer_profile"] == 80 and caps["ncu"] == 50, sched
+
+
+def test_gpu_session_check_waits_for_the_training_then_times_with_full_shares(tmp_path):
+    """gpu_session.sh's call of gpu_check.sh (its knobs, a gate file that never appears): the steps before the gate
+    (done early, beside the training) leave the timing steps waiting at the gate until 275 s, the point its header
+    gives (TRAIN_DEADLINE_S stops the training before it); then the video, the benchmark and the layer profile get
+    their full shares within the budget."""
+    knobs = {"GPU_CHECK_BUDGET_S": "560", "TIMING_GATE": str(tmp_path / "never"), "BENCH_MIN_S": "145",
+             "VIDEO_CAP_S": "75", "TEST_CAP_S": "200", "LAYER_PROFILE": "1", "LAYER_PROFILE_CAP_S": "45",
+             "AFTER_BENCH_S": "50"}  # fmt: skip
+    session = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh").read_text()
+    for name, value in knobs.items():  # the knobs as gpu_session.sh passes them
+        if name not in ("GPU_CHECK_BUDGET_S", "TIMING_GATE"):
+            assert f"{name}=${{{name}:-{value}}}" in session, name
+    assert "TRAIN_DEADLINE_S:-270}" in session and "= 275 s" in session
+    sched = _gpu_check_schedule(tmp_path, knobs, {"build": 90, "tests": 105, "pybench": 20, "sanitizer": 30})
+    starts = {s: (start, cap) for s, start, cap in sched}
+    assert starts["video"] == (275, 75) and starts["bench"][0] == 350 and starts["bench"][1] >= 145, sched
+    assert starts["layer_profile"][1] == 45 and max(start + cap for start, cap in starts.values()) <= 560, sched
 
 
 def test_gpu_check_gives_a_squeezed_benchmark_its_minimum_from_the_steps_after_it(tmp_path):
