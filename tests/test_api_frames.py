@@ -397,6 +397,23 @@ def test_available_memory_on_the_cpu_is_linux_memavailable(monkeypatch):
     assert tiling.available_memory(torch.device("meta")) is None
 
 
+def test_available_memory_on_a_gpu_counts_what_the_caching_allocator_holds_unused(monkeypatch):
+    """On a GPU: the driver's free memory plus what PyTorch's caching allocator has reserved but not allocated (it
+    hands that out first), asked of the device given, not the current one (simulated: no GPU is needed)."""
+    from vdsr_fast import tiling
+
+    asked = []
+
+    def query(value):
+        return lambda device=None: asked.append(torch.device(device)) or value
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", query((5 << 30, 80 << 30)))  # (free, total)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", query(3 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", query(1 << 30))
+    assert tiling.available_memory(torch.device("cuda", 1)) == (5 + 3 - 1) << 30
+    assert asked == [torch.device("cuda", 1)] * 3
+
+
 def test_memory_budget_is_seventy_percent_of_the_free_memory_and_the_engines_buffers(monkeypatch):
     """max_memory="auto" (README, docs/INPUTS.md): 70% of the free memory and the engine's own buffers together;
     None (no limit) where the free memory is unknown."""
