@@ -18,6 +18,8 @@ from benchmarks import bench_latency as bench
 from benchmarks import make_table
 from vdsr_fast import engine as engine_mod
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 class WrongBackend:
     """A backend that is fast and wrong: the right answer + 0.1 (what the check must reject)."""
@@ -255,11 +257,10 @@ def _gpu_check_schedule(tmp_path: Path, knobs: dict[str, str], takes: dict[str, 
     the tests: they leave the clock alone, and their line may come after the tests'); python, nvidia-smi,
     compute-sanitizer and ncu are stand-ins that succeed. A cap of 0 is noted as it is: GNU timeout takes 0 as no
     limit at all."""
-    root = Path(__file__).resolve().parents[1]
     repo, fake, out = tmp_path / "repo", tmp_path / "bin", tmp_path / "out"
     for d in (repo / "benchmarks", fake, out):
         d.mkdir(parents=True)
-    (repo / "benchmarks" / "gpu_check.sh").write_text((root / "benchmarks" / "gpu_check.sh").read_text())
+    (repo / "benchmarks" / "gpu_check.sh").write_text((ROOT / "benchmarks" / "gpu_check.sh").read_text())
     clock, log = tmp_path / "clock", tmp_path / "schedule"
     clock.write_text("0")
     steps = {"build_ext": "build", "benchmarks.canary": "canary", "-m pytest tests": "tests", "pytest benchmarks/": "pybench",
@@ -290,7 +291,7 @@ def _gpu_check_schedule(tmp_path: Path, knobs: dict[str, str], takes: dict[str, 
 
 def _issue5_call() -> dict[str, str]:
     """The knobs of the issue-5 call benchmarks/README.md prepares for the next device session (its run() line)."""
-    readme = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
     (line,) = [ln for ln in readme.splitlines() if ln.lstrip().startswith('run(command="') and "NCU=1" in ln]
     knobs = dict(re.findall(r"\b([A-Z][A-Z0-9_]+)=(\S+)", line.split("bash benchmarks/gpu_check.sh")[0]))
     assert {"GPU_CHECK_BUDGET_S", "BENCH_MIN_S", "AFTER_BENCH_S", "TEST_CAP_S"} <= set(knobs), knobs
@@ -335,7 +336,7 @@ def test_gpu_session_check_waits_for_the_training_then_times_with_full_shares(tm
     knobs = {"GPU_CHECK_BUDGET_S": "560", "TIMING_GATE": str(tmp_path / "never"), "BENCH_MIN_S": "145",
              "VIDEO_CAP_S": "75", "TEST_CAP_S": "200", "LAYER_PROFILE": "1", "LAYER_PROFILE_CAP_S": "45",
              "AFTER_BENCH_S": "50"}  # fmt: skip
-    session = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh").read_text()
+    session = (ROOT / "benchmarks" / "gpu_session.sh").read_text()
     for name, value in knobs.items():  # the knobs as gpu_session.sh passes them
         if name not in ("GPU_CHECK_BUDGET_S", "TIMING_GATE"):
             assert f"{name}=${{{name}:-{value}}}" in session, name
