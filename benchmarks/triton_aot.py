@@ -149,17 +149,22 @@ def compile_launch(fn: JITFunction, args: tuple, kwargs: dict, capability: int):
 
 def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, torch.float32), candidates=False,
                 shapes=tuple(SHAPES)) -> list[Compiled]:
-    """Compile every launch of a forward for each dtype, frame shape and target; with ``candidates``
-    the body layer also in every :func:`~vdsr_fast.kernels.triton.conv3x3.body_config_candidates` config
-    and every :func:`~vdsr_fast.kernels.triton.winograd.winograd_candidates` config."""
+    """Compile every launch of a forward for each dtype, frame shape and target, the 16-bit body layer in both of
+    its defaults (the direct kernel, and the TMA kernel that
+    :func:`~vdsr_fast.kernels.triton.backend.default_body_config` picks on compute capability 9.0+); with
+    ``candidates`` the body layer also in every :func:`~vdsr_fast.kernels.triton.conv3x3.body_config_candidates`
+    config and every :func:`~vdsr_fast.kernels.triton.winograd.winograd_candidates` config."""
     rows = []
     for dtype in dtypes:
-        body = [None]
+        body = [None]  # the default: the direct body (the TMA one for float8_e4m3fn)
+        if dtype in (torch.float16, torch.bfloat16):  # and the TMA body, the default on Hopper (default_body_config)
+            body.append(conv3x3_tma.tma_config(dtype))
         if candidates and dtype == torch.float8_e4m3fn:  # the TMA body only
             body += conv3x3_tma.tma_candidates(dtype)[1:]
         elif candidates:
             body += [*conv3x3.body_config_candidates(dtype)[1:], *winograd.winograd_candidates(dtype),
                      *conv3x3_tma.tma_candidates(dtype)]
+        body = list(dict.fromkeys(body))
         for shape_name in shapes:
             shape = SHAPES[shape_name]
             for fn, args, kwargs in _capture(dtype, shape, body):
@@ -168,6 +173,8 @@ def compile_all(capabilities=(80, 90), dtypes=(torch.float16, torch.bfloat16, to
                 for cap in capabilities:
                     if dtype == torch.float8_e4m3fn and cap < 89:  # no 8-bit tensor cores: the engine refuses it there
                         continue
+                    if fn.fn.__name__ == "_conv3x3_tma_kernel" and dtype != torch.float8_e4m3fn and cap < 90:
+                        continue  # the 16/32-bit engines launch the TMA body on compute capability 9.0+ only
                     k = compile_launch(fn, args, kwargs, cap)
                     ptx = k.asm["ptx"]
                     arch = re.search(r"\.target (sm_\w+)", ptx).group(1)

@@ -72,11 +72,24 @@ def test_16bit_body_runs_on_tensor_cores(rows):
         assert r["wgmma"] if r["target"] == "sm_90a" else r["mma_sync"], r
 
 
+def test_hoppers_default_body_compiles_to_tma_and_wgmma(rows):
+    """The body the engine runs on compute capability 9.0+ in fp16 and bf16 (``default_body_config``: the TMA kernel
+    with ``tma_config``): TMA copies and wgmma on sm_90a, within shared memory, without spills, in both shapes."""
+    body = [r for r in rows if r["kernel"] == "_conv3x3_tma_kernel" and r["target"] == "sm_90a"]
+    assert {(r["dtype"], r["shape"]) for r in body} == {(d, s) for d in ("float16", "bfloat16") for s in ("aligned", "odd")}
+    for r in body:
+        assert "SWAP=True" in r["config"] and r["tma"] and r["wgmma"] and not r["spill_bytes"], r
+        assert r["shared_bytes"] <= 227 * 1024, r
+
+
 def test_nhwc_traffic_is_vectorised(rows):
     """16-byte accesses: the conv kernels' NHWC output stores, and the tail's 64-channel activation loads
-    (not the fused tail's 9-float partial sums, 36-byte rows, nor their gather)."""
+    (not the fused tail's 9-float partial sums, 36-byte rows, nor their gather). The TMA body's tiles move by TMA."""
     for r in rows:
         if r["kernel"] in ("_conv3x3_kernel(tail)", "_tail_gather_kernel", "_upscale_kernel", "_finish_kernel"):
+            continue
+        if r["kernel"] == "_conv3x3_tma_kernel":
+            assert r["tma"], r
             continue
         if r["kernel"].startswith("_conv3x3_kernel"):
             assert r["st_v4"], r

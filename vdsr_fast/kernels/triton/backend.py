@@ -133,7 +133,7 @@ def _(z: torch.Tensor, b: torch.Tensor, y: torch.Tensor, clamp: bool) -> torch.T
 def default_body_config(device: torch.device, dtype: torch.dtype, channels: int) -> TmaConfig | None:
     """The body kernel a backend uses when ``body_config`` is None: on a CUDA GPU with TMA (compute capability
     9.0+) in fp16/bf16 the tensor-descriptor kernel with :func:`tma_config` (timed fastest on an H200: 0.367
-    against the direct kernel's 0.477 ms per 1080p layer, benchmarks/results run 6); elsewhere (older GPUs, fp32,
+    against the direct kernel's 0.477 ms per 1080p layer, benchmarks/results run 7); elsewhere (older GPUs, fp32,
     the interpreter, channel counts TMA cannot take) None, i.e. the direct kernel's ``conv3x3_config`` heuristic.
     float8_e4m3fn (the TMA body only, everywhere): :func:`tma_config`, its K step narrowed to the channels (>= 32)."""
     device = torch.device(device)

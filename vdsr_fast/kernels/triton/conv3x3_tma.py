@@ -135,7 +135,7 @@ class TmaConfig:
 def tma_config(dtype: torch.dtype) -> TmaConfig:
     """The default TMA body tile. fp16/bf16: 8 x 32 pixels x 64 channels, SWAP (channels as the GEMM's M),
     4 warps, 2 stages -- the fastest of :func:`tma_candidates` on an H200 (0.367 ms per 1080p fp16 layer against
-    0.400 for the 8 x 16 unswapped 3-stage tile, benchmarks/results run 6). fp32 (not timed): 8 x 16 pixels x
+    0.400 for the 8 x 16 unswapped 3-stage tile, benchmarks/results run 7). fp32 (not timed): 8 x 16 pixels x
     32 channels, whose 128-byte rows are the widest box row the 128-byte swizzle takes, 2 stages. float8_e4m3fn:
     the fp16 tile with 3 stages."""
     if dtype == torch.float32:
