@@ -920,6 +920,29 @@ def test_dlpack_and_cuda_array_interface_arrays_in_and_out(tiny_model, wrap):
     torch.testing.assert_close(bgr.flip(-1), want, rtol=0, atol=0)
 
 
+class _StridedDLPack(_DLPackOnly):
+    """A CuPy-like array: DLPack, its strides in bytes and copy() (C order)."""
+
+    def __init__(self, a):
+        super().__init__(a)
+        self.strides = a.strides
+
+    def copy(self):
+        return _StridedDLPack(self.t.copy())
+
+
+def test_flipped_dlpack_arrays(tiny_model):
+    """A flipped view of another library's array (CuPy's frame[..., ::-1], BGR -> RGB) has negative strides, which
+    torch.from_dlpack cannot take (torch 2.13 aborts the process on them): the input is read from its copy, as a
+    flipped numpy array is; such an out= is refused before any work, naming it."""
+    bgr = np.random.default_rng(3).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    got = upscale(_StridedDLPack(bgr[..., ::-1]), 2, tiny_model)
+    np.testing.assert_array_equal(got.numpy(), upscale(np.ascontiguousarray(bgr[..., ::-1]), 2, tiny_model))
+    out = _StridedDLPack(np.zeros((10, 12, 3), np.uint8)[::-1])
+    with pytest.raises(ValueError, match=r"out has negative strides \(-36, 3, 1\)"):
+        upscale(_StridedDLPack(bgr), 2, tiny_model, out=out)
+
+
 @pytest.mark.parametrize("layout, shape", [("NHWC", (2, 6, 5, 3)), ("NCHW", (2, 3, 6, 5)), ("NHWC", (6, 5, 4)), ("NCHW", (4, 6, 5))])
 def test_bgr_channel_order(tiny_model, layout, shape):
     """channel_order="BGR" (BGRA): the RGB result with the colour channels in the input's order, alpha in place."""

@@ -276,6 +276,15 @@ def _foreign_array(x, name: str, stream):
     CuPy). DLPack orders the producer's pending work before ``stream`` (the current stream when None)."""
     if torch.is_tensor(x) or isinstance(x, np.ndarray):
         return x
+    strides = getattr(x, "strides", None)
+    if strides is None:
+        strides = (getattr(x, "__cuda_array_interface__", None) or {}).get("strides")
+    if isinstance(strides, tuple | list) and any(isinstance(s, int) and s < 0 for s in strides):
+        # a flipped view (CuPy's x[..., ::-1]): torch cannot take negative strides and aborts the process on them
+        if name == "out" or not callable(getattr(x, "copy", None)):
+            raise ValueError(f"upscale: {name} has negative strides {tuple(strides)} (a flipped view), which torch "
+                             f"cannot take in place; pass an array with positive strides")
+        x = x.copy()  # the input: read from a copy, as a flipped numpy array is
     if hasattr(x, "__dlpack__"):
         with _on_stream(stream):
             return torch.from_dlpack(x)
