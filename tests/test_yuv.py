@@ -68,6 +68,23 @@ def test_shapes_subsampling_depths_and_ranges():
     assert ((Yf.float() * 219 / 255 + 16) - Y.float()).abs().mean() < 0.6
 
 
+@pytest.mark.parametrize(("hw", "chw", "out_chw"), [
+    ((8, 10), (8, 3), (16, 5)),  # 4:1:1 of a width not a multiple of 4 (ceil(10 / 4) = 3): was read as 3, (16, 7)
+    ((9, 10), (3, 3), (5, 5)),  # 4:1:0 (yuv410p), both axes by 4
+    ((8, 6), (8, 2), (16, 3)),  # 4:1:1 of 6: ceil(6 / 4) = 2, also ceil(6 / 3): the standard factor 4
+    ((7, 5), (7, 3), (14, 5)),  # 4:2:2
+    ((7, 5), (4, 5), (7, 10)),  # 4:4:0
+    ((7, 5), (7, 5), (14, 10)),  # 4:4:4
+])  # fmt: skip
+def test_chroma_subsampling_of_any_size_is_kept(tiny_model, hw, chw, out_chw):
+    """The chroma planes keep their subsampling (1, 2 or 4 per axis, rounded up as the formats round) at the
+    output size."""
+    y = torch.randint(16, 236, hw, dtype=torch.uint8)
+    u, v = (torch.randint(16, 241, chw, dtype=torch.uint8) for _ in range(2))
+    Y, U, V = upscale_yuv(y, u, v, 2, tiny_model)
+    assert Y.shape == (2 * hw[0], 2 * hw[1]) and U.shape == V.shape == out_chw
+
+
 def test_refusals():
     y = torch.zeros(4, 6, dtype=torch.uint8) + 100
     c = torch.zeros(2, 3, dtype=torch.uint8) + 128

@@ -148,6 +148,13 @@ def _round_levels(v: torch.Tensor, top: float) -> torch.Tensor:
     return v.add_(0.5).floor_().clamp_(0, top)
 
 
+def _subsampling(n: int, m: int) -> int:
+    """The chroma subsampling factor of one axis: ``n`` luma samples, ``m`` chroma samples. The standard factors
+    (1, 2, 4: 4:4:4, 4:2:x, 4:1:1 / 4:1:0) round up (``ceil(n / f) == m``, 4:2:0 of an odd 5 is 3, 4:1:1 of 10 is
+    3); the first that fits, else the nearest ratio."""
+    return next((f for f in (1, 2, 4) if -(-n // f) == m), max(1, round(n / m)))
+
+
 def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma_size, kw):
     from .api import upscale
 
@@ -172,7 +179,7 @@ def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma
     outs = [_round_levels(luma * white, top)]
     for c in chroma:
         ch, cw = c.shape[-2:]
-        sub_h, sub_w = max(1, round(h / ch)), max(1, round(w / cw))  # 4:2:0: 2, 2
+        sub_h, sub_w = _subsampling(h, ch), _subsampling(w, cw)  # 4:2:0: 2, 2
         out_hw = chroma_size or (math.ceil(H / sub_h), math.ceil(W / sub_w))
         outs.append(_round_levels(imresize(c.float() / top, size=out_hw) * top, top))
     return tuple(_back(o.to(y.dtype), rank) for o in outs)
