@@ -128,7 +128,8 @@ def test_other_factors_are_the_next_trained_scale_resized_down(tiny_model, scale
     assert upscale(frames, model=tiny_model, out=out, **kw) is out
     ref = vdsr_fast.imresize(upscale(frames.float() / 255, k, tiny_model, layout="NHWC").permute(0, 3, 1, 2), size=hw)
     torch.testing.assert_close(out, (ref.clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1), rtol=0, atol=0)
-    assert upscale(frames[0].numpy(), model=tiny_model, **kw).shape == (*hw, 3)
+    assert upscale(frames, model=tiny_model, **kw).is_contiguous()  # packed NHWC frames, as at 2, 3 and 4
+    assert upscale(frames[0].numpy(), model=tiny_model, **kw).flags.c_contiguous
     with pytest.raises(ValueError, match=f"expected \\(2, {hw[0]}, {hw[1]}, 3\\)"):
         upscale(frames, model=tiny_model, out=torch.zeros(2, 2 * 10, 2 * 15, 3, dtype=torch.uint8), **kw)
 

@@ -97,6 +97,11 @@ def test_out_errors(tiny_model):
         upscale(x, 2, tiny_model, out=[0])
 
 
+def _inference_tensor():
+    with torch.inference_mode():
+        return torch.empty(12, 10, 3, dtype=torch.uint8)
+
+
 def _read_only(shape):
     a = np.zeros(shape, np.uint8)
     a.flags.writeable = False
@@ -109,13 +114,17 @@ def _read_only(shape):
     (dict(out=lambda: torch.empty(400, dtype=torch.uint8).as_strided((12, 10, 3), (30, 2, 1))), ValueError, "out's elements overlap"),
     (dict(out=lambda: torch.zeros(12, 10, 3, dtype=torch.uint8).to_sparse()), TypeError, "out has layout torch.sparse_coo"),
     (dict(numpy=True, out=lambda: _read_only((12, 10, 3))), ValueError, "out is a read-only numpy array"),
+    (dict(numpy=True, out=lambda: np.lib.stride_tricks.as_strided(np.zeros((12, 10), np.uint8), (12, 10, 3), (10, 1, 0))),
+     ValueError, r"out's elements overlap in memory \(strides \(10, 1, 0\)"),
+    (dict(out=_inference_tensor), ValueError, "out is an inference tensor"),
     (dict(progress=1), TypeError, "progress must be a callable"),
     (dict(numpy=True, progress="bar"), TypeError, "progress must be a callable"),
     (dict(tile=1), ValueError, "tile must be at least 8 output pixels a side"),
     (dict(tile=(8, 7), scale=1.5), ValueError, "tile must be at least 8"),
     (dict(tile=True), ValueError, "tile must be a positive int or a pair of them"),
     (dict(tile=(16, True)), ValueError, "tile must be a positive int or a pair of them"),
-], ids=["out_expanded", "out_stride_0", "out_overlapping", "out_sparse", "out_read_only_numpy", "progress_int",
+], ids=["out_expanded", "out_stride_0", "out_overlapping", "out_sparse", "out_read_only_numpy", "out_overlapping_numpy",
+        "out_inference_tensor", "progress_int",
         "progress_numpy", "tile_1", "tile_8x7_scale_1.5", "tile_bool", "tile_pair_with_a_bool"])  # fmt: skip
 def test_bad_options_are_refused_before_any_work(tiny_model, monkeypatch, kw, error, match):
     """out= that several pixels share, read-only or sparse; progress= not callable; tiles below the 8x8 minimum:
@@ -137,6 +146,42 @@ def test_bad_options_are_refused_before_any_work(tiny_model, monkeypatch, kw, er
 def test_stream_errors(tiny_model):
     with pytest.raises(TypeError, match="torch.cuda.Stream"):
         upscale(_u8(1, 6, 5, 3), 2, tiny_model, stream=object())
+
+
+@pytest.mark.parametrize("kw", [dict(scale=1.5), dict(size=(13, 20)), dict(scale=2, tile=8)], ids=["1.5", "size", "tiled"])
+def test_every_step_runs_on_the_callers_stream(tiny_model, monkeypatch, kw):
+    """stream=: reading the input, the network, the resize to another factor, clamping and rounding all run on that
+    stream (the non-integer factors once read the input and resized on the current one). Recorded on the CPU with
+    the stream context replaced by a counter."""
+    import contextlib
+
+    import vdsr_fast.api as api
+
+    depth, outside = [0], []
+
+    @contextlib.contextmanager
+    def on_stream(stream):
+        depth[0] += stream is not None
+        try:
+            yield
+        finally:
+            depth[0] -= stream is not None
+
+    monkeypatch.setattr(api, "_on_stream", on_stream)
+    monkeypatch.setattr(api, "_check_stream", lambda stream, device: None)
+    def recorded(name, real):
+        def step(*args, **kwargs):
+            if not depth[0]:
+                outside.append(name)
+            return real(*args, **kwargs)
+
+        return step
+
+    for name in ("_to_float", "imresize", "_from_float", "_run_window"):
+        monkeypatch.setattr(api, name, recorded(name, getattr(api, name)))
+    got = upscale(_u8(1, 7, 10, 3), model=tiny_model, stream=object(), **kw)
+    assert got.shape[1:3] == ((13, 20) if "size" in kw else (14, 20) if kw["scale"] == 2 else (11, 15))
+    assert not outside, f"ran outside the stream: {outside}"
 
 
 # --- tiling -------------------------------------------------------------------------------------------

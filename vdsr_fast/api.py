@@ -183,11 +183,12 @@ def _check_strided(t: torch.Tensor, name: str) -> None:
         raise TypeError(f"upscale: {name} has layout {t.layout}; expected a dense (torch.strided) tensor, e.g. {name}.to_dense()")
 
 
-def _overlaps_itself(t: torch.Tensor) -> bool:
+def _overlaps_itself(t: torch.Tensor | np.ndarray) -> bool:
     """Whether two elements of ``t`` may share an address (an ``expand``-ed or ``as_strided`` view): its dims of
-    size > 1, by increasing stride, must each step past the span of the ones before."""
-    span = 1
-    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+    size > 1, by increasing stride, must each step past the span of the ones before. A numpy array's strides are in
+    bytes, and may be negative."""
+    strides, span = (t.strides, t.itemsize) if isinstance(t, np.ndarray) else (t.stride(), 1)
+    for stride, size in sorted((abs(st), sz) for st, sz in zip(strides, t.shape) if sz > 1):
         if stride < span:
             return True
         span += stride * (size - 1)
@@ -213,9 +214,17 @@ def _check_out(out, img: torch.Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"upscale: out has dtype {out.dtype}, expected {img.dtype} (the input's dtype)")
     if out.device != img.device:
         raise ValueError(f"upscale: out is on {out.device} but img is on {img.device}")
+    if out.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError("upscale: out is an inference tensor (made under torch.inference_mode()), which cannot be "
+                         "written outside inference mode: call upscale inside it too, or pass another out")
+    _check_no_overlap(out)
+
+
+def _check_no_overlap(out: torch.Tensor | np.ndarray) -> None:
     if _overlaps_itself(out):
-        raise ValueError(f"upscale: out's elements overlap in memory (strides {out.stride()} for shape {shape}, e.g. an "
-                         "expand()-ed view): several output pixels would be written to one address")
+        strides = out.strides if isinstance(out, np.ndarray) else out.stride()
+        raise ValueError(f"upscale: out's elements overlap in memory (strides {strides} for shape {tuple(out.shape)}, e.g. "
+                         "an expand()-ed view): several output pixels would be written to one address")
 
 
 def _check_stream(stream, device: torch.device) -> None:
@@ -327,6 +336,8 @@ def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
         shape = _out_shape(t, layout, output_plan(*_nchw(t, layout).shape[-2:], scale, kw["size"])[1])
         if numpy_in and (out.shape != shape or out.dtype.newbyteorder("=") != img.dtype):
             raise ValueError(f"upscale: out has shape {out.shape} and dtype {out.dtype}, expected {shape} and {img.dtype}")
+        if numpy_in:
+            _check_no_overlap(out)
         if not numpy_in:
             _check_out(out, t, shape)
     with _on_stream(kw["stream"]):
@@ -540,15 +551,18 @@ def upscale(
     shape = _out_shape(img, layout, out_hw)
     if out is not None:
         _check_out(out, img, shape)
-    if out_hw != (h * s, w * s):  # another factor: the network at scale s, then MATLAB's bicubic down to out_hw
-        inner = upscale(_to_float(img), s, model, **dict(kw, size=None, layout=layout))
-        res = imresize(_nchw(inner, layout), size=out_hw)
-        res = _from_float(res if layout == "NCHW" else res.movedim(-3, -1), img.dtype).reshape(shape)
-        return res if out is None else out.copy_(res)
     if stream is not None:
         _check_stream(stream, img.device)
-    if check_finite and torch.is_floating_point(img) and not bool(torch.isfinite(img).all()):
-        raise ValueError("upscale: img contains NaN or Inf values (check_finite=True)")
+    if out_hw != (h * s, w * s):  # another factor: the network at scale s, then MATLAB's bicubic down to out_hw
+        with _on_stream(stream):  # every step on the caller's stream
+            inner = upscale(_to_float(img), s, model, **dict(kw, size=None, layout=layout))
+            res = imresize(_nchw(inner, layout), size=out_hw)
+            res = _from_float(res if layout == "NCHW" else res.movedim(-3, -1).contiguous(), img.dtype).reshape(shape)
+            return res if out is None else out.copy_(res)
+    if check_finite and torch.is_floating_point(img):
+        with _on_stream(stream):
+            if not bool(torch.isfinite(img).all()):
+                raise ValueError("upscale: img contains NaN or Inf values (check_finite=True)")
     if fused_color is None:  # on where the GPU runs measured it bit-equal to the PyTorch pipeline
         fused_color = (batch.device.type == "cuda" and img.dtype in _FUSED_COLOR_AUTO
                        and _why_unavailable("triton", batch.device) is None)  # fmt: skip

@@ -93,7 +93,10 @@ def upscale_yuv(
     to the luma's size with MATLAB's bicubic), whose resize is taken off the network's output again. Every term
     is linear and the network adds its residual to the bicubic upscale, so the output luma is the input's bicubic
     upscale plus the residual the RGB pipeline would add: RGB -> :func:`vdsr_fast.upscale` -> this matrix, without
-    the conversions, their rounding and their clipping. The chroma planes are resized with the same MATLAB bicubic
+    the conversions, their rounding and their clipping; one clip stays: the network's output BT.601 luma is clipped
+    to 0-255 (8-bit scale) as ``upscale()`` clips, before the chroma term is taken off. In-gamut pictures (BT.601
+    luma 16-235) do not reach it; with another matrix, samples outside the RGB gamut (Y 16 with Cb and Cr 16, say)
+    can, and come out shifted. The chroma planes are resized with the same MATLAB bicubic
     the RGB pipeline uses for Cb and Cr. Full-range samples are mapped to the studio range and back; studio levels
     of more than 8 bits are the 8-bit ones scaled (10-bit: 64 = 16, 940 = 235).
     """
