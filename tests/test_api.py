@@ -848,8 +848,12 @@ def test_numpy_arrays_in_and_out(tiny_model):
         upscale(img.astype(np.int32), 2, tiny_model)
     with pytest.raises(TypeError, match="out must be a numpy array too"):
         upscale(img, 2, tiny_model, out=torch.zeros(18, 14, 3, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="out must be a numpy array too, got _DLPackOnly"):  # named as given
+        upscale(img, 2, tiny_model, out=_DLPackOnly(torch.zeros(18, 14, 3, dtype=torch.uint8)))
     with pytest.raises(ValueError, match=r"out has shape \(18, 14, 4\)"):
         upscale(img, 2, tiny_model, out=np.zeros((18, 14, 4), np.uint8))
+    with pytest.raises(ValueError, match="img must have 1 \\(Y\\), 3 \\(RGB\\) or 4 \\(RGBA\\) channels"):  # not out's shape
+        upscale(img[..., :2], 2, tiny_model, out=np.zeros((18, 14, 2), np.uint8))
 
 
 def _field(a):

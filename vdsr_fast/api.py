@@ -331,6 +331,8 @@ def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
     layout = _resolve_layout(t, kw["layout"])
     cdim = -1 if layout == "NHWC" else t.dim() - 3
     c = t.shape[cdim] if t.dim() >= 3 else 1
+    if c not in _CHANNELS:  # upscale() says what is wrong, before out's shape is checked against it
+        return upscale(t, scale, model, **dict(kw, layout=layout))
     perm = torch.tensor([2, 1, 0, 3][:c], device=t.device) if channel_order == "BGR" and c in (3, 4) else None
     if out is not None:
         shape = _out_shape(t, layout, output_plan(*_nchw(t, layout).shape[-2:], scale, kw["size"])[1])
@@ -526,6 +528,8 @@ def upscale(
     def foreign(x):  # CuPy, JAX, a GPU decoder's frames...
         return x is not None and not torch.is_tensor(x) and not isinstance(x, np.ndarray)
 
+    if isinstance(img, np.ndarray) and foreign(out):
+        raise TypeError(f"upscale: with a numpy img, out must be a numpy array too, got {type(out).__name__}")
     if foreign(img) or foreign(out):
         res = upscale(_foreign_array(img, "img", stream), scale, model, out=None if out is None else
                       _foreign_array(out, "out", stream), channel_order=channel_order, **kw)  # fmt: skip
