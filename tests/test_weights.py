@@ -555,8 +555,10 @@ def test_tensor_headers_outside_their_storage_are_refused(offset, size, stride, 
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         vdsr_fast.load("/nonexistent/weights.safetensors")
-    with pytest.raises(FileNotFoundError, match=f"weights file not found: {tmp_path}"):  # a folder is no weights file
+    with pytest.raises(WeightsError, match=f"{tmp_path}: not a regular file"):  # a folder is no weights file
         vdsr_fast.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="weights file not found: /nonexistent/w.pth"):  # bytes: a path
+        vdsr_fast.load(b"/nonexistent/w.pth")
 
 
 # ---------------------------------------------------------------- containers, layouts and metadata at their edges
@@ -716,3 +718,140 @@ def test_pickled_models_that_are_not_vdsr_nets_are_refused(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(WeightsError, match="list.pth: the checkpoint holds a list, not a VDSR model or state_dict"):
         vdsr_fast.load(tmp_path / "list.pth")
+
+
+# ---------------------------------------------------------------- hostile files: memory, time, the reader itself
+
+
+def _time_limit(seconds: int):
+    """Fail (not hang) when the block runs longer than ``seconds``."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def limit():
+        def expired(*_):
+            raise AssertionError(f"took more than {seconds} s")
+
+        old = signal.signal(signal.SIGALRM, expired)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+
+    return limit()
+
+
+def test_shared_nested_lists_are_walked_once(tmp_path):
+    """A few hundred bytes of lists that hold one list twice, 60 deep ('billion laughs'): each shared object is
+    materialised once, so the file is refused at once (it walked 2**60 objects, growing without bound)."""
+    x = ()
+    for _ in range(60):
+        x = [x, x]
+    path = tmp_path / "laughs.pth"
+    path.write_bytes(legacy_bytes({"epoch": 1, "model": x}))
+    assert path.stat().st_size < 2000
+    with _time_limit(20), pytest.raises(WeightsError, match="unrecognised VDSR state_dict layout|not a tensor"):
+        vdsr_fast.load(path)
+
+
+def test_many_tensors_over_one_storage_are_refused_before_allocation():
+    """200 tensors of 1 MiB, all views of one 1 MiB storage: 200 MiB to allocate from a 1 MiB file, refused."""
+    base = Storage("1", np.zeros(1 << 18, np.float32))
+    obj = {f"layers.{i}.weight": rebuild_tensor(base, 0, (1 << 18,), (1,)) for i in range(200)}
+    with pytest.raises(CheckpointFormatError, match="more memory than the file holds"):
+        read_checkpoint(legacy_bytes(obj))
+    assert set(read_checkpoint(legacy_bytes(dict(list(obj.items())[:1])))) == {"layers.0.weight"}  # one is fine
+
+
+def test_views_of_one_storage_cannot_describe_a_larger_model(tmp_path):
+    """torch.load keeps a file's sharing: body layers that are all views of one tensor would build a model many
+    times the file's size. Refused, naming the sharing."""
+    c, base = 16, torch.randn(16 * 16 * 9)
+    sd = {"layers.0.weight": torch.randn(c, 1, 3, 3), "layers.9.weight": torch.randn(1, c, 3, 3),
+          **{f"layers.{i}.weight": base.view(c, c, 3, 3) for i in range(1, 9)}}  # fmt: skip
+    torch.save(sd, tmp_path / "shared.pth")
+    with pytest.raises(WeightsError, match="the layers' tensors share storage"):
+        vdsr_fast.load(tmp_path / "shared.pth")
+    sd.update({f"layers.{i}.weight": base.view(c, c, 3, 3).clone() for i in range(1, 9)})
+    torch.save(sd, tmp_path / "own.pth")
+    assert vdsr_fast.load(tmp_path / "own.pth").depth == 10
+
+
+@pytest.mark.parametrize("torch_load", [True, False], ids=["torch_load", "restricted_reader"])
+def test_zip_bombs_are_refused_before_unpacking(tmp_path, torch_load):
+    """A zip whose compressed entries unpack to far more than the file (torch.save stores them uncompressed):
+    refused from the archive's directory, through torch.load and through the restricted reader alike."""
+    path = tmp_path / "bomb.pth"
+    pkl = pickle.dumps({"layers.0.weight": 0}, protocol=2) if torch_load else b"\x80\x02cvdsr\nNet\n)\x81."
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        zf.writestr("archive/data/0", bytes(40 << 20))
+    assert path.stat().st_size < 200_000
+    with pytest.raises(WeightsError, match="zip bomb"):
+        vdsr_fast.load(path)
+    with pytest.raises(CheckpointFormatError, match="zip bomb"):
+        read_checkpoint(path.read_bytes())
+
+
+@pytest.mark.parametrize("target", ["torch.cuda\nFloatStorage", "torch._utils\n_rebuild_tensor"])
+def test_a_file_cannot_change_the_reader(target):
+    """BUILD on an object of the allow-list (a storage type's dtype, a function's defaults) would change the reader
+    for every later file of the process: refused, and the next checkpoint reads as before."""
+    build = b"\x80\x02c" + target.encode() + b"\n}X\x05\x00\x00\x00dtypeX\x06\x00\x00\x00gotchasb."
+    with pytest.raises(CheckpointFormatError, match="sets the state of"):
+        read_checkpoint(build)
+    slots = b"\x80\x02c" + target.encode() + b"\nN}X\x0c\x00\x00\x00__defaults__)s\x86b."  # (None, {...}): setattr
+    with pytest.raises(CheckpointFormatError, match="sets the state of"):
+        read_checkpoint(slots)
+    ws = [np.random.default_rng(0).standard_normal(s).astype(np.float32) for s in ((4, 1, 3, 3), (4, 4, 3, 3), (1, 4, 3, 3))]
+    out = read_checkpoint(port_checkpoint_bytes(ws))
+    assert out["model"].state["_modules"]["input"].state["_parameters"]["weight"].dtype == torch.float32
+
+
+def test_tensor_headers_must_be_small_ints():
+    """Sizes, strides and offsets are ints from 0 to 2**62 (a million-digit size took minutes of arithmetic; a
+    float size was truncated), at most 16 dims."""
+    base = Storage("1", np.zeros(4, np.float32))
+    for size, stride in (((1 << 70,), (1,)), ((1.5,), (1,)), ((True,), (1,)), ((1,) * 17, (1,) * 17)):
+        with pytest.raises(CheckpointFormatError, match="malformed tensor header"):
+            read_checkpoint(legacy_bytes({"w": rebuild_tensor(base, 0, size, stride)}))
+
+
+def test_pickled_modules_name_each_weight_once():
+    """A buffer beside a parameter of its name (torch resolves the parameter; a reader taking the last one would load
+    other weights), a module that appears twice, and _parameters that is no mapping: refused, naming them."""
+    from vdsr_fast.torch_pickle import ModuleRecord
+    from vdsr_fast.weights import _record_state_dict
+
+    def record(**state):
+        r = ModuleRecord()
+        r.__setstate__(state)
+        return r
+
+    w = torch.ones(1, 1, 3, 3)
+    with pytest.raises(WeightsError, match="'conv.weight' is given twice"):
+        _record_state_dict(record(_modules={"conv": record(_parameters={"weight": w}, _buffers={"weight": -w})}))
+    child = record(_parameters={"weight": w})
+    with pytest.raises(WeightsError, match="module 'b' appears twice"):
+        _record_state_dict(record(_modules={"a": child, "b": child}))
+    with pytest.raises(WeightsError, match="_parameters is a list, not a mapping"):
+        _record_state_dict(record(_parameters=[w]))
+
+
+def test_model_size_limits_and_true_metadata(tmp_path):
+    """At most 1024 layers of 4096 channels (a 10 MB file of 50,000 layers took half a minute to build); a file's
+    metadata may not misstate the shape its tensors have."""
+    from vdsr_fast.weights import MAX_CHANNELS, MAX_DEPTH
+
+    with pytest.raises(WeightsError, match=f"at most {MAX_DEPTH}"):
+        from_state_dict({f"layers.{i}.weight": torch.zeros(1, 1, 3, 3) for i in range(MAX_DEPTH + 1)})
+    with pytest.raises(WeightsError, match=f"C from 1 to {MAX_CHANNELS}"):
+        from_state_dict({"layers.0.weight": torch.zeros(0, 1, 3, 3), "layers.1.weight": torch.zeros(1, 0, 3, 3)})
+    m = _random_model(3, 2)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, tmp_path / "w.safetensors",
+              metadata={"depth": "20", "channels": "64", "source": "official.pth"})  # fmt: skip
+    meta = vdsr_fast.load(tmp_path / "w.safetensors").metadata
+    assert (meta["depth"], meta["channels"], meta["source"]) == ("3", "2", "official.pth")

@@ -30,11 +30,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["UnsafeCheckpointError", "ModuleRecord", "read_checkpoint", "LEGACY_MAGIC", "LEGACY_PROTOCOL"]
+__all__ = ["UnsafeCheckpointError", "ModuleRecord", "read_checkpoint", "check_zip_sizes", "LEGACY_MAGIC", "LEGACY_PROTOCOL"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 _MAX_BYTES = 1 << 31  # a VDSR checkpoint is ~2.7 MB; refuse anything absurd before reading it
+_MAX_DIMS, _MAX_INT = 16, 1 << 62  # a tensor header's dims and values (sizes, strides, offset)
+_MAX_NODES = 1_000_000  # objects a checkpoint's structure may hold, each shared one counted once
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -66,9 +68,33 @@ def _record_class(module: str, name: str) -> type[ModuleRecord]:
     return type(f"Record[{name}]", (ModuleRecord,), {"qualname": f"{module}.{name}"})
 
 
+def _refuse_build(self, state: Any) -> None:
+    """BUILD on an object of the allow-list: the file would change the reader itself (for the next file too)."""
+    raise CheckpointFormatError(f"the checkpoint sets the state of {self!r}, an object of the reader (not a tensor or module)")
+
+
 class _StorageType:
+    __slots__ = ("dtype",)
+    __setstate__ = _refuse_build
+
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
+
+
+class _Callable:
+    """A function of the allow-list, which a BUILD cannot change (a function's ``__defaults__`` could be set)."""
+
+    __slots__ = ("fn",)
+    __setstate__ = _refuse_build
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __repr__(self) -> str:
+        return self.fn.__name__
 
 
 class _Storage:
@@ -86,7 +112,8 @@ class _Storage:
             if offset < 0 or self.numel < 0 or offset + self.numel > whole.numel():
                 raise CheckpointFormatError(f"a storage view of {self.numel} elements at {offset} lies outside its "
                                             f"storage of {whole.numel()} (corrupt file)")
-            return whole[offset : offset + self.numel].clone()  # its own storage: a tensor's offset counts from here
+            # its own storage, once: a tensor's offset counts from the view's start (as_strided's from the storage's)
+            self.data, self.view_of = whole[offset : offset + self.numel].clone(), None
         if self.data is None:
             raise CheckpointFormatError("a storage's bytes are missing from the file (truncated?)")
         return self.data
@@ -99,19 +126,21 @@ class LazyTensor:
         if not isinstance(storage, _Storage):
             raise CheckpointFormatError("a tensor refers to something that is not a storage")
         try:
-            self.offset = int(offset)
-            self.size = tuple(int(s) for s in size)
-            self.stride = tuple(int(s) for s in stride)
-        except (TypeError, ValueError) as e:
+            self.offset, self.size, self.stride = offset, tuple(size), tuple(stride)
+        except TypeError as e:
             raise CheckpointFormatError(f"malformed tensor header: {e}") from None
-        if len(self.size) != len(self.stride) or self.offset < 0 or min(self.size + self.stride, default=0) < 0:
-            raise CheckpointFormatError(f"malformed tensor header: size {self.size}, stride {self.stride}")
+        values = (self.offset, *self.size, *self.stride)
+        if (len(self.size) != len(self.stride) or len(self.size) > _MAX_DIMS
+                or not all(type(v) is int and 0 <= v <= _MAX_INT for v in values)):  # fmt: skip
+            raise CheckpointFormatError(f"malformed tensor header: size {self.size!r:.200}, stride {self.stride!r:.200}, "
+                                        f"offset {self.offset!r:.40} (ints from 0 to 2**62, at most {_MAX_DIMS} dims)")
         self.storage = storage
 
     def __setstate__(self, state: Any) -> None:  # Parameter BUILD state (requires_grad, hooks): ignored
         pass
 
-    def materialize(self) -> torch.Tensor:
+    def materialize(self, budget: list[int]) -> torch.Tensor:
+        """The tensor, its bytes taken from ``budget[0]`` (refused when they exceed it)."""
         flat = self.storage.tensor()
         numel = math.prod(self.size)  # exact: numpy.prod wraps around at 2**63
         if numel == 0:
@@ -125,6 +154,12 @@ class LazyTensor:
         if last >= flat.numel():
             raise CheckpointFormatError(
                 f"a tensor of size {self.size} reaches element {last} of a storage of {flat.numel()} (corrupt file)"
+            )
+        budget[0] -= numel * flat.element_size()
+        if budget[0] < 0:
+            raise CheckpointFormatError(
+                "the checkpoint's tensors would take more memory than the file holds bytes (many tensors over one "
+                "storage?); refused before allocating them"
             )
         return flat.as_strided(self.size, self.stride, self.offset).clone()
 
@@ -182,12 +217,12 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("builtins", "set"): set,
     ("__builtin__", "set"): set,
     ("torch", "Size"): tuple,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch.nn.parameter", "Parameter"): _parameter,
-    ("torch.nn.backends.thnn", "_get_thnn_function_backend"): _thnn_backend,
+    ("torch._utils", "_rebuild_tensor"): _Callable(_rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor_v2"): _Callable(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _Callable(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Callable(_rebuild_parameter),
+    ("torch.nn.parameter", "Parameter"): _Callable(_parameter),
+    ("torch.nn.backends.thnn", "_get_thnn_function_backend"): _Callable(_thnn_backend),
     **{(mod, name): _StorageType(dt) for name, dt in _STORAGE_DTYPES.items() for mod in ("torch", "torch.cuda")},
     **{key: _record_class(*key) for key in _MODULE_CLASSES},
 }
@@ -240,20 +275,38 @@ class _Unpickler(pickle.Unpickler):
         return st
 
 
-def _materialize(obj: Any, depth: int = 0) -> Any:
-    """Replace every LazyTensor in a nested structure by a real tensor."""
-    if depth > 64:
-        raise CheckpointFormatError("object nesting too deep")
-    if isinstance(obj, LazyTensor):
-        return obj.materialize()
-    if isinstance(obj, ModuleRecord):
-        obj.state = {k: _materialize(v, depth + 1) for k, v in obj.state.items()}
-        return obj
-    if isinstance(obj, dict):
-        return {k: _materialize(v, depth + 1) for k, v in obj.items()}  # insertion order is kept
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(v, depth + 1) for v in obj)
-    return obj
+def _materialize(obj: Any, nbytes: int) -> Any:
+    """Replace every LazyTensor in a nested structure by a real tensor. An object the pickle shares (memoised, as
+    ``[x, x]``) is materialised once and stays shared, so a file of nested shared lists cannot make this walk 2**depth
+    objects; all together may hold at most :data:`_MAX_NODES` objects and their tensors ``nbytes`` plus 1 MiB (a
+    tensor takes at most its storage's bytes, which the file holds; views of one storage by many tensors would not)."""
+    memo: dict[int, Any] = {}
+    budget, nodes = [nbytes + (1 << 20)], [0]
+
+    def walk(obj: Any, depth: int) -> Any:
+        if depth > 64:
+            raise CheckpointFormatError("object nesting too deep")
+        if id(obj) in memo:
+            return memo[id(obj)]
+        nodes[0] += 1
+        if nodes[0] > _MAX_NODES:
+            raise CheckpointFormatError(f"the checkpoint holds more than {_MAX_NODES} objects")
+        if isinstance(obj, LazyTensor):
+            out = obj.materialize(budget)
+        elif isinstance(obj, ModuleRecord):
+            memo[id(obj)] = obj  # before its state: a record that contains itself ends here
+            obj.state = {k: walk(v, depth + 1) for k, v in obj.state.items()}
+            return obj
+        elif isinstance(obj, dict):
+            out = {k: walk(v, depth + 1) for k, v in obj.items()}  # insertion order is kept
+        elif isinstance(obj, (list, tuple)):
+            out = type(obj)(walk(v, depth + 1) for v in obj)
+        else:
+            return obj
+        memo[id(obj)] = out
+        return out
+
+    return walk(obj, 0)
 
 
 def _byteswap(storages: dict[str, _Storage]) -> None:
@@ -263,12 +316,22 @@ def _byteswap(storages: dict[str, _Storage]) -> None:
             st.data = torch.from_numpy(arr.copy()).view(st.dtype)
 
 
+def check_zip_sizes(zf: zipfile.ZipFile, nbytes: int) -> None:
+    """Refuse an archive of ``nbytes`` whose entries unpack to more than 4x that (a zip bomb: torch.save stores its
+    entries uncompressed, and weights hardly compress), before any entry is read."""
+    total = sum(info.file_size for info in zf.infolist())
+    if total > 4 * nbytes + (1 << 20):
+        raise CheckpointFormatError(f"the archive's entries unpack to {total} bytes, more than 4x its {nbytes} bytes "
+                                    "(a zip bomb?); refused before reading them")
+
+
 def _read_zip(data: bytes) -> Any:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         names = zf.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointFormatError(f"corrupt zip archive: {e}") from None
+    check_zip_sizes(zf, len(data))
     pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
     if len(pkl) != 1:
         raise CheckpointFormatError("a zip file, but not a torch.save checkpoint (no '<archive>/data.pkl')")
@@ -282,14 +345,14 @@ def _read_zip(data: bytes) -> Any:
             return zf.read(name)
         except KeyError:
             raise CheckpointFormatError(f"the checkpoint lacks '{name}' (truncated or corrupt)") from None
-        except (zipfile.BadZipFile, OSError, EOFError) as e:  # CRC errors, truncation
-            raise CheckpointFormatError(f"cannot read '{name}': {e}") from None
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as e:  # CRC errors,
+            raise CheckpointFormatError(f"cannot read '{name}': {e}") from None  # truncation, encryption, compression
 
     storages: dict[str, _Storage] = {}
     obj = _Unpickler(io.BytesIO(read(pkl[0])), storages, lambda key: read(f"{prefix}data/{key}")).load()
     if f"{prefix}byteorder" in names and read(f"{prefix}byteorder").strip() == b"big":
         _byteswap(storages)
-    return _materialize(obj)
+    return _materialize(obj, len(data))
 
 
 def _read_legacy(data: bytes) -> Any:
@@ -323,7 +386,7 @@ def _read_legacy(data: bytes) -> Any:
         st.data = torch.frombuffer(raw, dtype=st.dtype) if raw else torch.empty(0, dtype=st.dtype)
     if not little:
         _byteswap(storages)
-    return _materialize(obj)
+    return _materialize(obj, len(data))
 
 
 def read_checkpoint(data: bytes) -> Any:
@@ -343,5 +406,6 @@ def read_checkpoint(data: bytes) -> Any:
         raise
     except (pickle.UnpicklingError, EOFError) as e:
         raise CheckpointFormatError(f"corrupt or truncated pickle: {e}") from None
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, RecursionError, MemoryError) as e:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, RecursionError, MemoryError,
+            RuntimeError, OverflowError) as e:  # RuntimeError: torch refusing a tensor (an overflowing stride, ...)
         raise CheckpointFormatError(f"malformed checkpoint ({type(e).__name__}: {e})") from None

@@ -35,9 +35,18 @@ import torch
 
 from .images import default_file_mode
 from .reference import VDSR
-from .torch_pickle import CheckpointFormatError, ModuleRecord, UnsafeCheckpointError, read_checkpoint
+from .torch_pickle import (
+    _MAX_BYTES,
+    CheckpointFormatError,
+    ModuleRecord,
+    UnsafeCheckpointError,
+    check_zip_sizes,
+    read_checkpoint,
+)
 
 __all__ = ["WeightsError", "load", "save", "from_state_dict", "default_weights_path", "DEFAULT_WEIGHTS"]
+
+MAX_DEPTH, MAX_CHANNELS = 1024, 4096  # the largest model a file may describe (VDSR: 20 layers of 64 channels)
 
 DEFAULT_WEIGHTS = "vdsr_x234.safetensors"
 
@@ -148,9 +157,12 @@ def from_state_dict(sd: Mapping[str, Any], *, source: str = "state_dict") -> VDS
     depth = len(order)
     if depth < 2:
         raise WeightsError(f"found {depth} conv layer(s) ({', '.join(wkeys)}); VDSR needs at least a head and a tail")
+    if depth > MAX_DEPTH:
+        raise WeightsError(f"found {depth} conv layers; this loader takes at most {MAX_DEPTH} (VDSR has 20)")
     head = sd[wkeys[0]]
-    if head.dim() != 4 or head.shape[1:] != (1, 3, 3):
-        raise WeightsError(f"key '{wkeys[0]}' has shape {tuple(head.shape)}; expected (C, 1, 3, 3) for the first layer")
+    if head.dim() != 4 or head.shape[1:] != (1, 3, 3) or not 1 <= head.shape[0] <= MAX_CHANNELS:
+        raise WeightsError(f"key '{wkeys[0]}' has shape {tuple(head.shape)}; expected (C, 1, 3, 3) for the first layer, "
+                           f"C from 1 to {MAX_CHANNELS} (VDSR has 64)")
     c = head.shape[0]
     no_bias = [w[: -len("weight")] + "bias" for i, w in zip(order, wkeys) if "bias" not in layers[i]]
     if 0 < len(no_bias) < depth:  # zero biases are for a file with none at all (the port's layout)
@@ -174,6 +186,12 @@ def from_state_dict(sd: Mapping[str, Any], *, source: str = "state_dict") -> VDS
                 )
             if not torch.isfinite(t.float()).all():  # .float(): isfinite has no fp8 kernels
                 raise WeightsError(f"key '{key}' contains NaN or Inf values")
+    # Views of one storage (torch.load keeps a file's sharing) could describe a model far larger than the file.
+    tensors = [sd[k] for layer in layers.values() for k in layer.values()]
+    held = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+    if sum(t.numel() * t.element_size() for t in tensors) > held:
+        raise WeightsError(f"the layers' tensors share storage: they hold {held} bytes between them but describe "
+                           f"{sum(t.numel() * t.element_size() for t in tensors)} (views of one tensor, not weights)")
     model = VDSR(depth=depth, channels=c)
     with torch.no_grad():
         for conv, i in zip(model.layers, order):
@@ -187,22 +205,35 @@ def from_state_dict(sd: Mapping[str, Any], *, source: str = "state_dict") -> VDS
     return model.requires_grad_(False).eval()
 
 
-def _record_state_dict(rec: ModuleRecord, prefix: str = "", out: dict | None = None, depth: int = 0) -> dict:
-    """Flatten a pickled module tree (as :class:`ModuleRecord`) into a state_dict."""
+def _record_state_dict(rec: ModuleRecord, prefix: str = "", out: dict | None = None, depth: int = 0,
+                       seen: set | None = None) -> dict:
+    """Flatten a pickled module tree (as :class:`ModuleRecord`) into a state_dict. A module that appears twice (a
+    shared submodule: a file nesting them could make this walk 2**depth of them) and a name given twice (a buffer
+    beside a parameter of its name) are refused."""
     out = {} if out is None else out
+    seen = set() if seen is None else seen
     if depth > 32:
         raise WeightsError("pickled model nests modules too deeply")
-    for name, p in (rec.state.get("_parameters") or {}).items():
-        if p is not None:
-            out[f"{prefix}{name}"] = p
-    for name, b in (rec.state.get("_buffers") or {}).items():
-        if b is not None:
-            out[f"{prefix}{name}"] = b
-    for name, child in (rec.state.get("_modules") or {}).items():
-        if isinstance(child, ModuleRecord):
-            _record_state_dict(child, f"{prefix}{name}.", out, depth + 1)
-        elif child is not None:
-            raise WeightsError(f"submodule '{prefix}{name}' is a {type(child).__name__}, not a module")
+    if id(rec) in seen:
+        raise WeightsError(f"module '{prefix.rstrip('.') or rec.qualname}' appears twice in the pickled model")
+    seen.add(id(rec))
+    for kind in ("_parameters", "_buffers", "_modules"):
+        entries = rec.state.get(kind) or {}
+        if not isinstance(entries, Mapping):
+            where = prefix.rstrip(".") or rec.qualname
+            raise WeightsError(f"module '{where}': {kind} is a {type(entries).__name__}, not a mapping")
+        for name, v in entries.items():
+            key = f"{prefix}{name}"
+            if key in out:
+                raise WeightsError(f"'{key}' is given twice in the pickled model")
+            if v is None:
+                continue
+            if kind != "_modules":
+                out[key] = v
+            elif isinstance(v, ModuleRecord):
+                _record_state_dict(v, f"{key}.", out, depth + 1, seen)
+            else:
+                raise WeightsError(f"submodule '{key}' is a {type(v).__name__}, not a module")
     return out
 
 
@@ -231,19 +262,26 @@ def load(path: str | os.PathLike | None = None) -> VDSR:
     With no argument, loads the weights shipped with the package. Raises :class:`WeightsError` with the
     reason (and key) for anything unusable, and :class:`FileNotFoundError` for a missing file.
     """
-    path = default_weights_path() if path is None else Path(path)
-    if not path.is_file():
+    path = default_weights_path() if path is None else Path(os.fsdecode(path))
+    if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
+    if not path.is_file():
+        raise WeightsError(f"{path}: not a regular file (a directory?); expected a weights file")
     with open(path, "rb") as f:
         head = f.read(16)
     if not head:
         raise WeightsError(f"{path}: the file is empty (0 bytes)")
-    if _looks_like_safetensors(path, head):
-        return _load_safetensors(path)
-    if head[:4] == b"PK\x03\x04":
-        return _load_zip(path)
-    if head[:1] == b"\x80":  # pickle protocol >= 2: the legacy torch.save format
-        return _load_pickled(path)
+    try:
+        if _looks_like_safetensors(path, head):
+            return _load_safetensors(path)
+        if head[:4] == b"PK\x03\x04":
+            return _load_zip(path)
+        if head[:1] == b"\x80":  # pickle protocol >= 2: the legacy torch.save format
+            return _load_pickled(path)
+    except WeightsError:
+        raise
+    except Exception as e:  # whatever else a malformed file makes a reader raise: one line naming the file
+        raise WeightsError(f"{path}: malformed weights file ({type(e).__name__}: {e})") from None
     raise WeightsError(
         f"{path}: unrecognised file format (expected a .safetensors file, a torch.save zip checkpoint, or a "
         f"legacy torch.save file; the file starts with {head[:8]!r})"
@@ -264,11 +302,21 @@ def _load_safetensors(path: Path) -> VDSR:
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
     model = from_state_dict(sd, source=path.name)
-    model.metadata = {**model.metadata, **meta}  # a converted file keeps its provenance (source, source_layout, biases)
+    # a converted file keeps its provenance (source, source_layout, biases); the shape is what the tensors say
+    model.metadata = {**model.metadata, **meta, "depth": str(model.depth), "channels": str(model.channels)}
     return model
 
 
 def _load_zip(path: Path) -> VDSR:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            check_zip_sizes(zf, path.stat().st_size)  # before torch.load unpacks anything
+    except CheckpointFormatError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: a zip file but not a readable torch.save checkpoint ({e})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -279,6 +327,8 @@ def _load_zip(path: Path) -> VDSR:
 
 
 def _load_pickled(path: Path) -> VDSR:
+    if (size := path.stat().st_size) > _MAX_BYTES:
+        raise WeightsError(f"{path}: {size} bytes: too large for a VDSR checkpoint")  # before reading it
     try:
         obj = read_checkpoint(path.read_bytes())
     except UnsafeCheckpointError as e:
