@@ -1,9 +1,11 @@
 """The vdsr-fast command: image formats, overwrite protection, errors, and eval."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -1245,3 +1247,42 @@ def test_exif_pixel_dimensions_are_set_only_where_the_block_has_them(tmp_path):
     with Image.open(tmp_path / "e.jpg") as im:
         sub = im.getexif().get_ifd(0x8769)
     assert sub[0x9003] == "2026:11:27 10:00:00" and 0xA002 not in sub and 0xA003 not in sub
+
+
+def test_terminal_runs_closed_pipes_stdin_skips_and_failed_batches(tmp_path, capsys, weights, monkeypatch):
+    """Found by a review: a --size the image cannot take was a traceback when stderr is a terminal (the progress bar
+    asked first); a reader closing stdout early (| head) was a BrokenPipeError traceback; --skip-existing was ignored
+    for stdin's image; a batch with a bad --scale read every image first, and one with unusable --weights left an
+    empty output folder."""
+    src = tmp_path / "in.png"
+    write_image(src, np.random.default_rng(2).integers(0, 255, (10, 12, 3), dtype=np.uint8))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = _run(capsys, "upscale", str(src), "-o", str(tmp_path / "big.png"), "--weights", weights, "--size", "400x400")
+    assert code == 2 and "error: upscale: size (400, 400) for a 10x12 frame" in err and "Traceback" not in err
+    monkeypatch.undo()
+
+    def closed(*_a, **_k):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("vdsr_fast.cli.cmd_info", closed)
+    code, _, err = _run(capsys, "info", "--json")
+    assert code == 2 and err.strip() == "vdsr-fast info: error: <stdout> was closed by its reader"
+    monkeypatch.undo()
+
+    existing = tmp_path / "kept.png"
+    existing.write_bytes(b"mine")
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(isatty=lambda: False, buffer=io.BytesIO(src.read_bytes())))
+    code, _, err = _run(capsys, "upscale", "-", "-o", str(existing), "--weights", weights, "--skip-existing")
+    assert code == 0 and "exists: left as it is (--skip-existing)" in err and existing.read_bytes() == b"mine"
+    monkeypatch.undo()
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png"):
+        (photos / name).write_bytes(src.read_bytes())
+    monkeypatch.setattr("vdsr_fast.cli._read_source", _no_engine)
+    code, _, err = _run(capsys, "upscale", str(photos), "-o", str(tmp_path / "out"), "--weights", weights, "--scale", "9")
+    assert code == 2 and "scale must be a number from 1 to 4" in err and not (tmp_path / "out").exists()
+    (tmp_path / "junk.safetensors").write_bytes(b"not weights")
+    code, _, err = _run(capsys, "upscale", str(photos), "-o", str(tmp_path / "out"), "--weights", str(tmp_path / "junk.safetensors"))
+    assert code == 2 and "junk.safetensors" in err and not (tmp_path / "out").exists()

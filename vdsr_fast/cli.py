@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -111,9 +112,16 @@ def _engine_kw(args) -> dict:
 
 def _upscale_kw(args) -> dict:
     """upscale()'s options from the command line: the engine's, the output size, the tile size and the memory budget."""
+    from .api import output_plan
+
     if args.size is not None and args.scale is not None:
         raise CliError("give --scale or --size, not both")
     size = None if args.size is None else (args.size[1], args.size[0])  # WIDTHxHEIGHT -> (H, W)
+    if size is None:  # checked before anything is read (a size, against each image's own)
+        try:
+            output_plan(16, 16, args.scale)
+        except ValueError as e:
+            raise CliError(str(e)) from None
     return dict(_engine_kw(args), size=size, tile=args.tile, max_memory=args.max_memory)
 
 
@@ -207,12 +215,16 @@ def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: d
     from .images import write_frames
 
     info, frames, timing = source if source is not None else _read_source(src, dst.suffix, label_out=str(dst))
+    try:  # --size against this image (before the progress bars: it was a traceback on a terminal)
+        pixels = _out_pixels(frames[0], scale, model_kw.get("size"))
+    except ValueError as e:
+        raise CliError(str(e)) from None
     t0 = time.perf_counter()
     show = not quiet and sys.stderr.isatty()
     bar = tqdm(frames, desc=src.name, unit="frame", leave=False, disable=not show or len(frames) < 2)
     tiles = tqdm(total=1, desc=src.name, unit="tile", leave=False, disable=not show or len(frames) > 1)
     if not tiles.disable:  # one image: a bar over its tiles, which on a CPU are made small enough to move it
-        if device.type == "cpu" and model_kw.get("tile") is None and _out_pixels(frames[0], scale, model_kw.get("size")) >= _PROGRESS_MIN_PIXELS:
+        if device.type == "cpu" and model_kw.get("tile") is None and pixels >= _PROGRESS_MIN_PIXELS:
             model_kw = dict(model_kw, tile=_PROGRESS_TILE)
 
         def advance(done: int, total: int) -> None:
@@ -347,7 +359,11 @@ def _upscale_stream(args) -> int:
                                f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}")  # fmt: skip
             dst = Path(tmp) / f"stdout{suffix}"
         else:
-            dst = _one_output(Path(args.output), "stdin" + src.suffix if args.input == ["-"] else src.name, args.force)
+            dst = _one_output(Path(args.output), "stdin" + src.suffix if args.input == ["-"] else src.name,
+                              args.force or args.skip_existing)  # fmt: skip
+            if args.skip_existing and dst.exists():
+                print(f"{dst} exists: left as it is (--skip-existing)", file=sys.stderr)
+                return 0
         summary = _upscale_one(args, src, dst, "<stdin>" if args.input == ["-"] else None,
                                "<stdout>" if args.output == "-" else None)  # fmt: skip
         if args.output == "-":
@@ -387,8 +403,8 @@ def cmd_upscale(args) -> int:
     if args.skip_existing:  # each output is whole (written under a temporary name, then renamed): an interrupted batch resumes
         jobs = [(s, d) for s, d in jobs if not d.exists()]
     model_kw = _upscale_kw(args)  # upscale() then finds _engine's engine in the model's cache
+    model, engine = _engine(args)  # a bad --weights or --backend leaves no folder behind
     dst.mkdir(exist_ok=True)
-    model, engine = _engine(args)
     from tqdm import tqdm
 
     failed, written = [], 0
@@ -613,6 +629,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CliError as e:
         print(f"vdsr-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # ... | head: the reader closed stdout early; what is left to write goes nowhere
+        try:  # so the interpreter's own flush at exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a file descriptor
+            pass
+        print(f"vdsr-fast {args.command}: error: <stdout> was closed by its reader", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         term = isinstance(e, Terminated)
