@@ -313,10 +313,15 @@ def test_train_init_starts_from_given_weights(tmp_path):
 
 
 def test_y_cache_round_trip(tmp_path):
+    """The cache holds Y within half an 8-bit level; it is written under another name and renamed (an interrupted
+    write left a truncated cache that later runs failed on); hidden files (macOS's ._x.png) are no training images."""
     folder = [str(_images(tmp_path / "d", 2))]
+    (tmp_path / "d" / "._0.png").write_bytes(b"AppleDouble")
     exact = load_train_y(folder, progress=False)
+    assert len(exact) == 2
     cache = str(tmp_path / "c" / "y.npz")
     first = load_train_y(folder, cache, progress=False)  # writes the cache
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["y.npz"]
     second = load_train_y(["/nonexistent"], cache, progress=False)  # reads it, folders unused
     for e, a, b in zip(exact, first, second):
         assert torch.equal(a, b)
@@ -517,12 +522,28 @@ def _cli(tmp_path, capsys, *argv):
     (["--steps", "0"], "--steps must be at least 1, got 0"),
     (["--ckpt-every", "0"], "--ckpt-every must be at least 1, got 0"),
     (["--device", "meta"], "--device meta: a meta device holds no data"),
+    # found by a review: a traceback (sgd's clip / 0), gradient ascent, clipping silently off, untrained weights
+    (["--optimizer", "sgd", "--lr", "0"], "--lr must be a number above 0, got 0.0"),
+    (["--lr", "nan"], "--lr must be a number above 0, got nan"),
+    (["--min-lr", "-5"], "--min-lr must be a number from 0"),
+    (["--clip", "nan"], "--clip must be a number from 0 (0: off), got nan"),
+    (["--optimizer", "sgd", "--clip", "0"], "--clip must be a number above 0 (sgd clips gradients to clip / lr)"),
+    (["--ema", "1"], "--ema must be from 0 (off) to below 1, got 1.0"),
+    (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    (["--cache", "ycache"], "--cache must name a .npz file, got 'ycache'"),
+    (["--cache", "EMPTY.npz"], "--cache EMPTY.npz: not a cache of training planes"),
+    (["--until-step", "-3"], "--until-step must be a number from 0, got -3"),
+    (["--max-minutes", "-1"], "--max-minutes must be a number from 0, got -1.0"),
+    (["--max-minutes", "nan"], "--max-minutes must be a number from 0, got nan"),
+    (["--fit-minutes", "0"], "--fit-minutes must be a number above 0, got 0.0"),
 ])  # fmt: skip
 def test_train_refusals_are_one_line_errors_before_anything_is_written(tmp_path, capsys, argv, message):
     """Each was a traceback (exit 1), a silent skip (--eval-set) or a run of random weights (--steps 0)."""
     (tmp_path / "FILE").write_bytes(b"")
     (tmp_path / "BAD").write_bytes(b"garbage")
-    names = {"MISSING": str(tmp_path / "missing"), "FILE": str(tmp_path / "FILE"), "BAD": str(tmp_path / "BAD")}
+    (tmp_path / "EMPTY.npz").write_bytes(b"")
+    names = {"MISSING": str(tmp_path / "missing"), "FILE": str(tmp_path / "FILE"), "EMPTY.npz": str(tmp_path / "EMPTY.npz"),
+             "BAD": str(tmp_path / "BAD")}
     code, err = _cli(tmp_path, capsys, *[names.get(a, a) for a in argv])
     for name, path in names.items():
         message = message.replace(name, path)

@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,15 @@ class TrainConfig:
              f"--downsizes must be factors in (0, 1] (the training images shrunk first), got {self.downsizes}"),
             (self.loss not in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
             (self.optimizer not in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (not (math.isfinite(self.lr) and self.lr > 0), f"--lr must be a number above 0, got {self.lr}"),
+            (not (math.isfinite(self.min_lr) and self.min_lr >= 0),
+             f"--min-lr must be a number from 0 (the cosine's floor; below it the schedule ascends), got {self.min_lr}"),
+            (not (math.isfinite(self.weight_decay) and self.weight_decay >= 0), f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (not (math.isfinite(self.clip) and (self.clip > 0 if self.optimizer == "sgd" else self.clip >= 0)),
+             f"--clip must be a number {'above 0 (sgd clips gradients to clip / lr)' if self.optimizer == 'sgd' else 'from 0 (0: off)'}, "
+             f"got {self.clip}"),
+            (not 0 <= self.ema < 1, f"--ema must be from 0 (off) to below 1, got {self.ema}"),
+            (bool(self.cache) and not self.cache.endswith(".npz"), f"--cache must name a .npz file, got {self.cache!r}"),
         ] + [(getattr(self, name) < least, f"--{name.replace('_', '-')} must be at least {least}, got {getattr(self, name)}")
              for name, least in (("patch", 1), ("batch", 1), ("steps", 1), ("eval_every", 1), ("ckpt_every", 1),
                                  ("warmup", 0), ("depth", 2), ("channels", 1), ("threads", 0))]  # fmt: skip
@@ -107,10 +117,22 @@ def _list_images(folders: list[str]) -> list[Path]:
         p = Path(folder)
         if not p.is_dir():
             raise FileNotFoundError(f"training data folder not found: {p}")
-        files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file())
     if not files:
         raise FileNotFoundError(f"no training images in {folders}")
     return files
+
+
+def _read_cache(cache: str, arrays: bool = True):
+    """The cache's flat 8-bit Y and its planes' shapes (with ``arrays`` False: only checked that it holds them)."""
+    try:
+        with np.load(cache) as z:
+            if not {"y", "shapes"} <= set(z.files):
+                raise KeyError(f"it holds {sorted(z.files)}, not 'y' and 'shapes'")
+            return (z["y"], z["shapes"]) if arrays else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"--cache {cache}: not a cache of training planes ({type(e).__name__}: {e}); delete it to "
+                         "read --data again") from None
 
 
 def load_train_y(folders: list[str], cache: str = "", progress: bool = True) -> list[torch.Tensor]:
@@ -121,8 +143,7 @@ def load_train_y(folders: list[str], cache: str = "", progress: bool = True) -> 
     set fits in ~30 MB and can travel to a GPU machine that lacks the image folders.
     """
     if cache and Path(cache).is_file():
-        with np.load(cache) as z:
-            flat, shapes = z["y"], z["shapes"]
+        flat, shapes = _read_cache(cache)
         ys, at = [], 0
         for h, w in shapes.tolist():
             ys.append(torch.from_numpy(flat[at : at + h * w].reshape(h, w).astype(np.float64) / 255.0))
@@ -137,7 +158,10 @@ def load_train_y(folders: list[str], cache: str = "", progress: bool = True) -> 
     if cache:
         q = [np.floor(y.numpy() * 255.0 + 0.5).astype(np.uint8) for y in ys]
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(cache, y=np.concatenate([a.ravel() for a in q]), shapes=np.array([a.shape for a in q]))
+        tmp = Path(f"{cache}.tmp")  # then renamed: an interrupted write leaves no truncated cache
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, y=np.concatenate([a.ravel() for a in q]), shapes=np.array([a.shape for a in q]))
+        os.replace(tmp, cache)
         ys = [torch.from_numpy(a.astype(np.float64) / 255.0) for a in q]
     return ys
 
@@ -410,7 +434,9 @@ def _eval_psnr(model: VDSR, cfg: TrainConfig, device: torch.device) -> dict[str,
 def _check_paths(cfg: TrainConfig, resume: bool) -> None:
     """The folders and files of a run, before anything is prepared or written: the training data (unless the
     ``cache`` holds it), the evaluation set (``""``: none), ``out`` (a folder) and ``init`` (a new run's)."""
-    if not (cfg.cache and Path(cfg.cache).is_file()):
+    if cfg.cache and Path(cfg.cache).is_file():
+        _read_cache(cfg.cache, arrays=False)
+    else:
         for folder in cfg.data:
             if not Path(folder).is_dir():
                 raise FileNotFoundError(f"--data {folder}: no such folder" + (f" (and no --cache {cfg.cache})" if cfg.cache else ""))
@@ -445,6 +471,9 @@ def train(
     (a resumed run keeps it).
     """
     cfg.check()
+    for flag, value, least in (("--until-step", until_step, 0), ("--max-minutes", max_minutes, 0), ("--fit-minutes", fit_minutes, 1e-9)):
+        if value is not None and not (math.isfinite(value) and value >= least):  # 0: stop before the first step
+            raise ValueError(f"{flag} must be a number {'above' if least else 'from'} 0, got {value}")
     device = device_from_flag(None if cfg.device == "auto" else cfg.device)
     _check_paths(cfg, resume)
     # Every training step convolves the same shapes: on a GPU let cuDNN time its algorithms for them once (the
