@@ -119,11 +119,17 @@ def test_a_folder_takes_video_suffixes_in_any_case(tmp_path):
 
     src = tmp_path / "card"
     src.mkdir()
-    for name in ("A.MP4", "b.Mkv", "c.mov", "notes.TXT"):
+    for name in ("A.MP4", "b.Mkv", "c.mov", "notes.TXT", "._A.MP4"):  # and macOS's AppleDouble file: hidden, skipped
         (src / name).write_bytes(b"")
     jobs = _jobs(SimpleNamespace(input=str(src), output=str(tmp_path / "out"), force=False))
     assert [(s.name, d.relative_to(tmp_path).as_posix()) for s, d in jobs] == [
         ("A.MP4", "out/A.MP4"), ("b.Mkv", "out/b.Mkv"), ("c.mov", "out/c.mov")]  # fmt: skip
+
+
+def test_scale_and_size_together_are_refused(tmp_path, capsys):
+    """As upscale refuses them (--size silently won)."""
+    assert main(["in.mp4", str(tmp_path / "out.mp4"), "--scale", "3", "--size", "64x48"]) == 2
+    assert "give --scale or --size, not both" in capsys.readouterr().err
 
 
 def test_a_folder_of_videos(tmp_path, weights, capsys):

@@ -1185,7 +1185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output video; the container comes from the suffix (.mp4, .mkv, ...) or --format; "
                    "- writes a stream to stdout (needs --format); for a folder as the input, a folder (each video "
                    "under its own name)")
-    p.add_argument("--scale", "-s", type=float, default=2,
+    p.add_argument("--scale", "-s", type=float,
                    help="2, 3, 4 or any factor from 1 to 4, e.g. 1.5 for 720p -> 1080p (default: 2)")
     p.add_argument("--size", type=size_arg, help="the output's WIDTHxHEIGHT instead of --scale, e.g. 1920x1080")
     p.add_argument("--codec", help="video encoder (default: libx264, i.e. H.264; libvpx-vp9 for .webm; rawvideo for y4m "
@@ -1238,7 +1238,7 @@ def _jobs(args) -> list[tuple]:
     if src == "-" or not Path(src).is_dir():
         return [(sys.stdin.buffer if src == "-" else src, sys.stdout.buffer if dst == "-" else dst)]
     src, dst = Path(src), Path(dst)
-    files = sorted(f for f in src.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
+    files = sorted(f for f in src.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES and not f.name.startswith("."))
     if not files:
         raise VideoError(f"{src}: no video in this folder ({' '.join(VIDEO_SUFFIXES)})")
     if dst.exists() and not dst.is_dir() or args.output == "-":
@@ -1269,6 +1269,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.output == "-" and sys.stdout.isatty():
             raise VideoError("- writes the video to stdout, which is a terminal: pipe it on "
                              "(... | ffmpeg -i - ...) or give a file name")  # fmt: skip
+        if args.scale is not None and args.size is not None:
+            raise VideoError("give --scale or --size, not both")
         jobs = _jobs(args)
         model = _model(args.weights)
         if args.device is not None:
@@ -1276,7 +1278,7 @@ def main(argv: list[str] | None = None) -> int:
         for src, dst in jobs:
             try:
                 r = upscale_video(
-                    src, dst, args.scale, model, size=args.size,
+                    src, dst, 2 if args.scale is None else args.scale, model, size=args.size,
                     codec=args.codec, format=args.muxer, crf=None if args.crf == -1 else args.crf, pix_fmt=args.pix_fmt,
                     preset=args.preset, batch=args.batch, device=args.device, backend=args.backend,
                     dtype=_DTYPES.get(args.dtype), tile=args.tile, max_memory=args.max_memory,
