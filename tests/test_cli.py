@@ -1286,3 +1286,28 @@ def test_terminal_runs_closed_pipes_stdin_skips_and_failed_batches(tmp_path, cap
     (tmp_path / "junk.safetensors").write_bytes(b"not weights")
     code, _, err = _run(capsys, "upscale", str(photos), "-o", str(tmp_path / "out"), "--weights", str(tmp_path / "junk.safetensors"))
     assert code == 2 and "junk.safetensors" in err and not (tmp_path / "out").exists()
+
+
+def test_colour_key_transparency_and_animations_named_otherwise(tmp_path):
+    """Found by a review: a PNG's tRNS colour key (RGB or gray) was dropped, the keyed pixels shown opaque; an
+    animation named .jpg, or without a suffix, was read as its first frame (the frames are now counted by the
+    content's format)."""
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 255, (6, 7, 3), dtype=np.uint8)
+    rgb[rgb[..., 1] == 0] = (1, 1, 1)
+    rgb[0, 0] = (255, 0, 255)  # the key colour, here only
+    Image.fromarray(rgb).save(tmp_path / "key.png", transparency=(255, 0, 255))
+    got = read_image(tmp_path / "key.png")
+    assert got.shape == (6, 7, 4) and got[0, 0, 3] == 0 and (got[..., 3] == 0).sum() == 1
+    np.testing.assert_array_equal(got[..., :3], rgb)
+    gray = np.where(rgb[..., 0] == 0, 1, rgb[..., 0]).astype(np.uint8)
+    gray[2, 3] = 0
+    Image.fromarray(gray).save(tmp_path / "key_gray.png", transparency=0)
+    got = read_image(tmp_path / "key_gray.png")
+    assert got.shape == (6, 7, 2) and got[2, 3, 1] == 0 and (got[..., 1] == 0).sum() == 1
+    frames = [Image.fromarray(np.full((5, 5, 3), 40 * i, np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    for name in ("a.jpg", "anim"):
+        (tmp_path / name).write_bytes((tmp_path / "a.gif").read_bytes())
+        assert image_info(tmp_path / name)["frames"] == 3 and len(read_frames(tmp_path / name)[0]) == 3

@@ -144,8 +144,8 @@ def _exif_orientation(path: Path) -> int:
 def _frame_count(path: Path, im) -> int:
     """How many frames (pages) a file holds: animated GIF, WebP and PNG, multi-page TIFF; 1 for the rest (a
     camera's MPO JPEG holds a second picture, not a frame)."""
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
+    fmt = getattr(im, "format", None)  # the content's format: a GIF named .jpg (or nothing) is still animated
+    if path.suffix.lower() in (".tif", ".tiff") or fmt == "TIFF":
         import tifffile
 
         try:
@@ -153,7 +153,7 @@ def _frame_count(path: Path, im) -> int:
                 return len(_tiff_pages(tf))
         except Exception:
             pass
-    if suffix in MULTI_FRAME_SUFFIXES and im is not None:
+    if fmt in ("GIF", "PNG", "WEBP", "TIFF"):
         return int(getattr(im, "n_frames", 1))
     return 1
 
@@ -207,6 +207,8 @@ def _pil_array(im) -> np.ndarray:
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif im.mode in ("1",):
         im = im.convert("L")
+    elif im.mode in ("L", "RGB") and "transparency" in im.info:  # a PNG's tRNS colour key: its pixels transparent
+        im = im.convert(im.mode[0] + "A" if im.mode == "L" else "RGBA")
     elif im.mode == "PA":
         im = im.convert("RGBA")
     elif im.mode not in ("L", "LA", "RGB", "RGBA"):
