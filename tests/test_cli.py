@@ -651,6 +651,10 @@ def test_output_format_and_input_channels_are_checked_before_the_upscale(tmp_pat
     write_image(la, np.zeros((6, 6, 2), np.uint8))
     write_image(deep, np.zeros((6, 6, 3), np.uint16))
     tifffile.imwrite(five, np.zeros((6, 6, 5), np.uint16), photometric="minisblack", planarconfig="contig")
+    mixed = tmp_path / "mixed.tif"  # pages of two sizes and channel counts
+    with tifffile.TiffWriter(mixed) as tw:
+        tw.write(np.zeros((8, 10), np.uint8))
+        tw.write(np.zeros((6, 6, 3), np.uint8), photometric="rgb")
     cases = [
         (rgba, "out", f"{tmp_path / 'out'}: not a folder, and no suffix to give the image's format; use one of .png"),
         (rgba, "out.xyz", f"{tmp_path / 'out.xyz'}: unsupported output format '.xyz'; use one of .png"),
@@ -659,6 +663,8 @@ def test_output_format_and_input_channels_are_checked_before_the_upscale(tmp_pat
         (rgba, "o.bmp", f"{rgba} has an alpha channel and {tmp_path / 'o.bmp'} cannot store it"),  # was written as RGB
         (deep, "o.jpg", f"{deep} is 16-bit and {tmp_path / 'o.jpg'} cannot store 16 bits a sample: PNG and TIFF can"),
         (five, "o.tif", f"{five}: unsupported TIFF (uint16, shape (6, 6, 5)); expected 8/16-bit gray or RGB(A)"),
+        (mixed, "o.gif", f"{mixed} has pages of different sizes or channels (10x8x1, 6x6x3) and an animated .gif holds "
+                         "frames of one: write it as .tif"),  # was refused after the whole upscale
     ]
     for src, name, message in cases:
         code, _, err = _run(capsys, "upscale", str(src), "-o", str(tmp_path / name), "--weights", weights)
@@ -667,7 +673,7 @@ def test_output_format_and_input_channels_are_checked_before_the_upscale(tmp_pat
     monkeypatch.setattr(sys, "stdout", _Stdio())
     code, _, err = _run(capsys, "upscale", "-", "-o", "-", "--format", "jpg", "--weights", weights)
     assert code == 2 and "<stdin> has an alpha channel and --format jpg cannot store it" in err and "stdout.jpg" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.png", "five.tif", "la.png", "rgba.png", "tiny.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.png", "five.tif", "la.png", "mixed.tif", "rgba.png", "tiny.safetensors"]
 
 
 def test_write_image_refuses_alpha_where_the_format_would_drop_it(tmp_path):
@@ -1258,7 +1264,7 @@ def test_terminal_runs_closed_pipes_stdin_skips_and_failed_batches(tmp_path, cap
     write_image(src, np.random.default_rng(2).integers(0, 255, (10, 12, 3), dtype=np.uint8))
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     code, _, err = _run(capsys, "upscale", str(src), "-o", str(tmp_path / "big.png"), "--weights", weights, "--size", "400x400")
-    assert code == 2 and "error: upscale: size (400, 400) for a 10x12 frame" in err and "Traceback" not in err
+    assert code == 2 and "error: --size 400x400 for a 12x10 image: each side must be 1 to 4 times" in err and "Traceback" not in err
     monkeypatch.undo()
 
     def closed(*_a, **_k):

@@ -202,6 +202,10 @@ def _read_source(src: Path, suffix: str, label_in: str | None = None, label_out:
         raise CliError(f"{src_label} is 16-bit and {out} cannot store 16 bits a sample{can}")
     if channels & {2, 4} and suffix in (".jpg", ".jpeg", ".bmp"):  # a 32-bit BMP's fourth byte is not read as alpha
         raise CliError(f"{src_label} has an alpha channel and {out} cannot store it: PNG, TIFF and WebP can")
+    if n > 1 and suffix not in (".tif", ".tiff") and len({(f.shape, f.dtype) for f in frames}) > 1:
+        sizes = ", ".join(sorted({f"{f.shape[1]}x{f.shape[0]}x{f.shape[2]}" for f in frames}))
+        raise CliError(f"{src_label} has pages of different sizes or channels ({sizes}) and an animated {suffix} "
+                       "holds frames of one: write it as .tif")
     return info, frames, timing
 
 
@@ -218,7 +222,13 @@ def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: d
     try:  # --size against this image (before the progress bars: it was a traceback on a terminal)
         pixels = _out_pixels(frames[0], scale, model_kw.get("size"))
     except ValueError as e:
-        raise CliError(str(e)) from None
+        if (size := model_kw.get("size")) is None:
+            raise CliError(str(e)) from None
+        from .api import MAX_SCALE
+
+        (h, w), top = frames[0].shape[:2], f"{MAX_SCALE:g}"
+        raise CliError(f"--size {size[1]}x{size[0]} for a {w}x{h} image: each side must be 1 to {top} times the "
+                       "input's") from None
     t0 = time.perf_counter()
     show = not quiet and sys.stderr.isatty()
     bar = tqdm(frames, desc=src.name, unit="frame", leave=False, disable=not show or len(frames) < 2)
