@@ -442,6 +442,37 @@ def test_available_memory_on_the_cpu_is_linux_memavailable(monkeypatch):
     assert tiling.available_memory(torch.device("meta")) is None
 
 
+@pytest.mark.parametrize("files, room", [
+    ({"/proc/self/cgroup": "0::/\n", "/sys/fs/cgroup/memory.max": "4294967296\n",
+      "/sys/fs/cgroup/memory.current": "1073741824\n"}, 3 << 30),  # a container with --memory 4g (cgroup v2)
+    ({"/proc/self/cgroup": "0::/user.slice/s\n", "/sys/fs/cgroup/user.slice/s/memory.max": "2147483648",
+      "/sys/fs/cgroup/user.slice/s/memory.current": "536870912"}, 3 << 29),  # a systemd slice's limit
+    ({"/proc/self/cgroup": "0::/\n", "/sys/fs/cgroup/memory.max": "max\n", "/sys/fs/cgroup/memory.current": "1"}, None),
+    ({"/proc/self/cgroup": "4:memory:/docker/abc\n1:cpu:/\n", "/sys/fs/cgroup/memory/memory.limit_in_bytes": "2147483648",
+      "/sys/fs/cgroup/memory/memory.usage_in_bytes": "1073741824"}, 1 << 30),  # cgroup v1, mounted at its own
+    ({"/proc/self/cgroup": "4:memory:/\n", "/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712",
+      "/sys/fs/cgroup/memory/memory.usage_in_bytes": "1"}, None),  # v1 without a limit
+    ({"/sys/fs/cgroup/memory.max": "1000", "/sys/fs/cgroup/memory.current": "5000"}, 0),  # over it: no room
+])  # fmt: skip
+def test_available_memory_on_the_cpu_respects_the_cgroup_limit(monkeypatch, files, room):
+    """In a container (docker --memory, a Kubernetes limit) MemAvailable is the host's: max_memory="auto" takes the
+    room left under the cgroup's limit where that is less (simulated files)."""
+    import io
+
+    from vdsr_fast import tiling
+
+    files = {"/proc/meminfo": "MemAvailable:    16777216 kB\n", **files}  # 16 GiB
+
+    def fake_open(path, *a, **k):
+        if path not in files:
+            raise FileNotFoundError(2, "No such file", path)
+        return io.StringIO(files[path])
+
+    monkeypatch.setattr(tiling, "open", fake_open, raising=False)
+    assert tiling._cgroup_room() == room
+    assert tiling.available_memory(torch.device("cpu")) == (16 << 30 if room is None else room)
+
+
 def test_available_memory_on_a_gpu_counts_what_the_caching_allocator_holds_unused(monkeypatch):
     """On a GPU: the driver's free memory plus what PyTorch's caching allocator has reserved but not allocated (it
     hands that out first), asked of the device given, not the current one (simulated: no GPU is needed)."""

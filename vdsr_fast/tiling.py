@@ -60,18 +60,51 @@ AUTO_FRACTION = 0.7  # of the memory free on the device that max_memory="auto" l
 def available_memory(device: torch.device) -> int | None:
     """Bytes a new allocation on ``device`` can take now: on a GPU what the driver has free plus what PyTorch's
     caching allocator holds unused; on the CPU the kernel's estimate (``MemAvailable`` of Linux's
-    ``/proc/meminfo``); None where unknown."""
+    ``/proc/meminfo``), or less where this process's cgroup (a container's ``--memory``) leaves less room under its
+    limit (:func:`_cgroup_room`); None where unknown."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    if device.type == "cpu":
+    if device.type != "cpu":
+        return None
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            free = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
+    except OSError:
+        pass
+    room = _cgroup_room()
+    return free if room is None else room if free is None else min(free, room)
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under the memory limit of this process's cgroup (v2: ``memory.max`` - ``memory.current``; v1:
+    ``memory.limit_in_bytes`` - ``memory.usage_in_bytes``), None when it has no limit or none can be read. Inside a
+    container the cgroup is mounted at ``/sys/fs/cgroup``; elsewhere ``/proc/self/cgroup`` names it."""
+    own = {}
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:  # "0::/path" (v2), "4:memory:/path" (v1)
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                own.setdefault("v2" if controllers == "" else "v1" if "memory" in controllers.split(",") else "", path)
+    except (OSError, ValueError):
+        pass
+    root = "/sys/fs/cgroup"
+    candidates = [(f"{root}{own['v2']}".rstrip("/"), "memory.max", "memory.current")] if "v2" in own else []
+    candidates += [(root, "memory.max", "memory.current")]
+    candidates += [(f"{root}/memory{own['v1']}".rstrip("/"), "memory.limit_in_bytes", "memory.usage_in_bytes")] if "v1" in own else []
+    candidates += [(f"{root}/memory", "memory.limit_in_bytes", "memory.usage_in_bytes")]
+    for folder, limit_file, usage_file in candidates:
         try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
+            with open(f"{folder}/{limit_file}") as f:
+                limit = f.read().strip()
+            with open(f"{folder}/{usage_file}") as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if not limit.isdigit() or int(limit) >= 1 << 60:  # "max", or v1's "no limit" (2**63 rounded to pages)
+            return None
+        return max(int(limit) - usage, 0)
     return None
 
 
