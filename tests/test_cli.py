@@ -1317,3 +1317,21 @@ def test_colour_key_transparency_and_animations_named_otherwise(tmp_path):
     for name in ("a.jpg", "anim"):
         (tmp_path / name).write_bytes((tmp_path / "a.gif").read_bytes())
         assert image_info(tmp_path / name)["frames"] == 3 and len(read_frames(tmp_path / name)[0]) == 3
+
+
+@pytest.mark.parametrize("out_suffix", [".gif", ".png", ".webp"])
+def test_a_gif_that_plays_once_still_plays_once(tmp_path, capsys, weights, out_suffix):
+    """A GIF without a NETSCAPE loop extension plays once; it came out looping forever (found by a review). Loop
+    counts are plays (0: forever): a GIF's NETSCAPE count of repeats is one play fewer."""
+    from PIL import Image
+
+    ims = [Image.fromarray(np.full((6, 5, 3), 60 * i, np.uint8)) for i in range(2)]
+    ims[0].save(tmp_path / "once.gif", save_all=True, append_images=ims[1:], duration=40)
+    ims[0].save(tmp_path / "twice.gif", save_all=True, append_images=ims[1:], duration=40, loop=1)
+    assert read_frames(tmp_path / "once.gif")[1]["loop"] == 1 and read_frames(tmp_path / "twice.gif")[1]["loop"] == 2
+    for name, plays in (("once", 1), ("twice", 2)):
+        dst = tmp_path / f"{name}_x2{out_suffix}"
+        assert _run(capsys, "upscale", str(tmp_path / f"{name}.gif"), "-o", str(dst), "--weights", weights)[0] == 0
+        assert read_frames(dst)[1]["loop"] == plays
+        with Image.open(dst) as im:  # as the format says it: a GIF's repeats (none for one play), APNG/WebP's plays
+            assert im.info.get("loop") == ((None if plays == 1 else plays - 1) if out_suffix == ".gif" else plays)

@@ -822,7 +822,8 @@ def test_tensor_headers_must_be_small_ints():
 
 def test_pickled_modules_name_each_weight_once():
     """A buffer beside a parameter of its name (torch resolves the parameter; a reader taking the last one would load
-    other weights), a module that appears twice, and _parameters that is no mapping: refused, naming them."""
+    other weights) and _parameters that is no mapping are refused, naming them; a module in several places (one ReLU
+    for every block) is read in each, within a budget of visits (shared modules nested 20 deep: 2**20 paths)."""
     from vdsr_fast.torch_pickle import ModuleRecord
     from vdsr_fast.weights import _record_state_dict
 
@@ -834,9 +835,13 @@ def test_pickled_modules_name_each_weight_once():
     w = torch.ones(1, 1, 3, 3)
     with pytest.raises(WeightsError, match="'conv.weight' is given twice"):
         _record_state_dict(record(_modules={"conv": record(_parameters={"weight": w}, _buffers={"weight": -w})}))
-    child = record(_parameters={"weight": w})
-    with pytest.raises(WeightsError, match="module 'b' appears twice"):
-        _record_state_dict(record(_modules={"a": child, "b": child}))
+    relu, child = record(), record(_parameters={"weight": w})  # one module in two places: each place's keys
+    assert set(_record_state_dict(record(_modules={"a": child, "b": child, "r1": relu, "r2": relu}))) == {"a.weight", "b.weight"}
+    shared = record(_parameters={"weight": w})
+    for _ in range(20):  # 2**20 paths through 20 records
+        shared = record(_modules={"a": shared, "b": shared})
+    with pytest.raises(WeightsError, match="more than 100000 modules"):
+        _record_state_dict(shared)
     with pytest.raises(WeightsError, match="_parameters is a list, not a mapping"):
         _record_state_dict(record(_parameters=[w]))
 

@@ -340,7 +340,7 @@ def _upscale_converted(img, scale, model, out, channel_order: str, kw: dict):
             raise ValueError(f"upscale: out has shape {out.shape} and dtype {out.dtype}, expected {shape} and {img.dtype}")
         if numpy_in:
             _check_no_overlap(out)
-        if not numpy_in:
+        else:
             _check_out(out, t, shape)
     with _on_stream(kw["stream"]):
         res = upscale(t if perm is None else t.index_select(cdim, perm), scale, model, **dict(kw, layout=layout))

@@ -242,7 +242,8 @@ def _read_errors(path: Path):
 def read_frames(path: str | os.PathLike, count: int | None = None) -> tuple[list[np.ndarray], dict]:
     """Every frame of an animated GIF, WebP or PNG, or every page of a multi-page TIFF, each as :func:`read_image`
     returns one (whole frames: a GIF's partial frames are composited), and ``{"durations": [ms, ...] or None,
-    "loop": n or None}`` (a TIFF has no timing). A still image gives one frame. ``count``: the file's frame count
+    "loop": n or None}`` (a TIFF has no timing; ``loop``: how many times the animation plays, 0 forever; a GIF's
+    NETSCAPE count of repeats is read as one play more, a GIF without one as 1). A still image gives one frame. ``count``: the file's frame count
     when the caller has it already (:func:`image_info`'s ``frames``)."""
     from PIL import Image
 
@@ -265,6 +266,8 @@ def read_frames(path: str | os.PathLike, count: int | None = None) -> tuple[list
                 frames.append(_pil_array(im))
                 durations.append(im.info.get("duration"))
             loop = im.info.get("loop")
+            if im.format == "GIF":  # its NETSCAPE count repeats: n + 1 plays (0: forever); none at all: one play
+                loop = 1 if loop is None else loop + (loop > 0)
     modes = {(f.ndim, f.shape[2] if f.ndim == 3 else 1, f.dtype) for f in frames}
     if len(modes) > 1:  # e.g. a GIF whose first frame is opaque and later ones transparent: all as RGBA
         frames = [_as_rgba(f) for f in frames]
@@ -431,7 +434,7 @@ def write_frames(
     exif: bytes | None = None,
 ) -> None:
     """Write frames (as :func:`read_frames` returns them) as an animated GIF, WebP or PNG (APNG: 8-bit; frames of one
-    size; ``durations`` in ms and ``loop`` as read, when given) or a multi-page TIFF (pages of any size); one frame
+    size; ``durations`` in ms and ``loop``, the plays, as read (None: forever), when given) or a multi-page TIFF (pages of any size); one frame
     as :func:`write_image` (with ``exif``; an animation or a multi-page TIFF is written without it).
     Atomically, as :func:`write_image`; a format that holds one image is a ValueError."""
     from PIL import Image
@@ -463,7 +466,12 @@ def write_frames(
         ims = [Image.fromarray(f[:, :, 0] if c == 1 else f) for f in frames]
         if suffix == ".gif" and c in (2, 4):
             ims = [im.convert("RGBA") for im in ims]
-        extra = {"save_all": True, "append_images": ims[1:], "loop": 0 if loop is None else int(loop)}
+        plays = 0 if loop is None else int(loop)  # 0: forever
+        extra = {"save_all": True, "append_images": ims[1:], "loop": plays}
+        if suffix == ".gif":  # Pillow writes a GIF's loop as its NETSCAPE count: the repeats, none for one play
+            extra["loop"] = plays - 1 if plays > 1 else plays
+            if plays == 1:
+                del extra["loop"]
         if durations is not None:
             extra["duration"] = [round(d) for d in durations]
         if suffix == ".gif":

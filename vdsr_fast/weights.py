@@ -205,18 +205,21 @@ def from_state_dict(sd: Mapping[str, Any], *, source: str = "state_dict") -> VDS
     return model.requires_grad_(False).eval()
 
 
+_MAX_MODULES = 100_000  # module visits while flattening a pickled model (a VDSR: ~60)
+
+
 def _record_state_dict(rec: ModuleRecord, prefix: str = "", out: dict | None = None, depth: int = 0,
-                       seen: set | None = None) -> dict:
-    """Flatten a pickled module tree (as :class:`ModuleRecord`) into a state_dict. A module that appears twice (a
-    shared submodule: a file nesting them could make this walk 2**depth of them) and a name given twice (a buffer
-    beside a parameter of its name) are refused."""
+                       visits: list | None = None) -> dict:
+    """Flatten a pickled module tree (as :class:`ModuleRecord`) into a state_dict. A module may appear more than once
+    (one ReLU in every block), but the walk stops after :data:`_MAX_MODULES` visits (a file nesting shared modules
+    could make it 2**depth); a name given twice (a buffer beside a parameter of its name) is refused."""
     out = {} if out is None else out
-    seen = set() if seen is None else seen
+    visits = [0] if visits is None else visits
     if depth > 32:
         raise WeightsError("pickled model nests modules too deeply")
-    if id(rec) in seen:
-        raise WeightsError(f"module '{prefix.rstrip('.') or rec.qualname}' appears twice in the pickled model")
-    seen.add(id(rec))
+    visits[0] += 1
+    if visits[0] > _MAX_MODULES:
+        raise WeightsError(f"the pickled model has more than {_MAX_MODULES} modules (shared ones counted where they appear)")
     for kind in ("_parameters", "_buffers", "_modules"):
         entries = rec.state.get(kind) or {}
         if not isinstance(entries, Mapping):
@@ -231,7 +234,7 @@ def _record_state_dict(rec: ModuleRecord, prefix: str = "", out: dict | None = N
             if kind != "_modules":
                 out[key] = v
             elif isinstance(v, ModuleRecord):
-                _record_state_dict(v, f"{key}.", out, depth + 1, seen)
+                _record_state_dict(v, f"{key}.", out, depth + 1, visits)
             else:
                 raise WeightsError(f"submodule '{key}' is a {type(v).__name__}, not a module")
     return out
