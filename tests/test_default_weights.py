@@ -22,17 +22,26 @@ def test_shipped_weights_load_with_metadata():
     assert json.loads(meta["scales"]) == [2, 3, 4]
     assert int(meta["steps"]) > 0 and "recipe" in meta and "training_data" in meta
     assert all(torch.isfinite(w).all() for w in m.weights)
+    # the PSNR table (DESIGN.md §4, issue 3): README's, every set and scale
+    table = json.loads(meta["psnr"])
+    for (name, scale), (psnr, ssim) in _readme_table().items():
+        assert table[name][f"x{scale}"] == {"psnr": psnr, "ssim": ssim}, (name, scale)
+
+
+def _readme_table() -> dict[tuple[str, int], tuple[float, float]]:
+    """README's quality table: (set, scale) -> (PSNR, SSIM) of the shipped VDSR column."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        m = re.match(r"\| (Set5|Set14|BSD100) \| x(\d) \| [^|]+ \| ([\d.]+) / ([\d.]+) \|", line)
+        if m:
+            rows[m[1], int(m[2])] = (float(m[3]), float(m[4]))
+    assert len(rows) == 9, "README.md's quality table lost rows"
+    return rows
 
 
 def _readme_set5() -> dict[int, tuple[float, float]]:
     """README's quality table, Set5 rows: scale -> (PSNR, SSIM) of the shipped VDSR column."""
-    rows = {}
-    for line in (ROOT / "README.md").read_text().splitlines():
-        m = re.match(r"\| Set5 \| x(\d) \| [^|]+ \| ([\d.]+) / ([\d.]+) \|", line)
-        if m:
-            rows[int(m[1])] = (float(m[2]), float(m[3]))
-    assert set(rows) == {2, 3, 4}, "README.md's quality table lost its Set5 rows"
-    return rows
+    return {scale: v for (name, scale), v in _readme_table().items() if name == "Set5"}
 
 
 @pytest.fixture(scope="module")
