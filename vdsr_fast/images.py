@@ -243,8 +243,8 @@ def read_frames(path: str | os.PathLike, count: int | None = None) -> tuple[list
     """Every frame of an animated GIF, WebP or PNG, or every page of a multi-page TIFF, each as :func:`read_image`
     returns one (whole frames: a GIF's partial frames are composited), and ``{"durations": [ms, ...] or None,
     "loop": n or None}`` (a TIFF has no timing; ``loop``: how many times the animation plays, 0 forever; a GIF's
-    NETSCAPE count of repeats is read as one play more, a GIF without one as 1). A still image gives one frame. ``count``: the file's frame count
-    when the caller has it already (:func:`image_info`'s ``frames``)."""
+    NETSCAPE count of repeats is read as one play more, a GIF without one as 1). A still image gives one frame.
+    ``count``: the file's frame count when the caller has it already (:func:`image_info`'s ``frames``)."""
     from PIL import Image
 
     path = Path(path)
@@ -434,9 +434,9 @@ def write_frames(
     exif: bytes | None = None,
 ) -> None:
     """Write frames (as :func:`read_frames` returns them) as an animated GIF, WebP or PNG (APNG: 8-bit; frames of one
-    size; ``durations`` in ms and ``loop``, the plays, as read (None: forever), when given) or a multi-page TIFF (pages of any size); one frame
-    as :func:`write_image` (with ``exif``; an animation or a multi-page TIFF is written without it).
-    Atomically, as :func:`write_image`; a format that holds one image is a ValueError."""
+    size; ``durations`` in ms and ``loop``, the plays, as read (None: forever), when given) or a multi-page TIFF
+    (pages of any size); one frame as :func:`write_image` (with ``exif``; an animation or a multi-page TIFF is
+    written without it). Atomically, as :func:`write_image`; a format that holds one image is a ValueError."""
     from PIL import Image
 
     path = Path(path)
@@ -468,10 +468,10 @@ def write_frames(
             ims = [im.convert("RGBA") for im in ims]
         plays = 0 if loop is None else int(loop)  # 0: forever
         extra = {"save_all": True, "append_images": ims[1:], "loop": plays}
-        if suffix == ".gif":  # Pillow writes a GIF's loop as its NETSCAPE count: the repeats, none for one play
-            extra["loop"] = plays - 1 if plays > 1 else plays
-            if plays == 1:
-                del extra["loop"]
+        if suffix == ".gif" and plays == 1:  # Pillow writes a GIF's loop as its NETSCAPE count of repeats: none
+            del extra["loop"]
+        elif suffix == ".gif" and plays > 1:
+            extra["loop"] = plays - 1
         if durations is not None:
             extra["duration"] = [round(d) for d in durations]
         if suffix == ".gif":
