@@ -1335,3 +1335,25 @@ def test_a_gif_that_plays_once_still_plays_once(tmp_path, capsys, weights, out_s
         assert read_frames(dst)[1]["loop"] == plays
         with Image.open(dst) as im:  # as the format says it: a GIF's repeats (none for one play), APNG/WebP's plays
             assert im.info.get("loop") == ((None if plays == 1 else plays - 1) if out_suffix == ".gif" else plays)
+
+
+def test_a_tiff_pillow_cannot_open_keeps_its_orientation_dpi_and_profile(tmp_path, capsys, weights):
+    """A 16-bit gray+alpha TIFF (Pillow cannot open it; tifffile reads it) came out sideways and without its dpi and
+    ICC profile (found by a review): its tags are now read with tifffile."""
+    import tifffile
+    from PIL import Image
+
+    src = tmp_path / "la16.tif"
+    arr = np.random.default_rng(4).integers(0, 65536, (20, 30, 2), dtype=np.uint16)
+    icc = bytes(16) + b"GRAY" + bytes(108)  # a gray profile's header
+    tifffile.imwrite(src, arr, photometric="minisblack", planarconfig="contig", extrasamples=["unassalpha"], iccprofile=icc,
+                     resolution=(300, 150), resolutionunit="INCH", extratags=[(274, "H", 1, 6, True)])  # fmt: skip
+    with pytest.raises(Exception):  # noqa: B017 - the point: Pillow cannot
+        Image.open(src).load()
+    info = image_info(src)
+    assert info["dpi"] == (150.0, 300.0) and info["icc_profile"] == icc  # upright: x and y swapped
+    np.testing.assert_array_equal(read_image(src), np.rot90(arr, -1))  # orientation 6: turned a quarter clockwise
+    dst = tmp_path / "out.tif"
+    assert _run(capsys, "upscale", str(src), "-o", str(dst), "--weights", weights)[0] == 0
+    out = image_info(dst)
+    assert read_image(dst).shape == (60, 40, 2) and out["dpi"] == (300.0, 600.0) and out["icc_profile"] == icc

@@ -128,6 +128,27 @@ def _png_has_exif(f) -> bool:
     return False
 
 
+def _tiff_tags(path: Path) -> dict:
+    """The first page's orientation, dpi and ICC profile of a TIFF that Pillow cannot open (16-bit gray+alpha), as
+    tifffile reads them: ``{"orientation": n, "dpi": (x, y) or None, "icc_profile": bytes or None}``; {} if it
+    cannot read them either."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tf:
+            tags = _tiff_pages(tf)[0].tags
+            value = {t: tags[t].value for t in (274, 282, 283, 296, 34675) if t in tags}
+    except Exception:
+        return {}
+    dpi = None
+    if 282 in value and 283 in value and int(value.get(296, 2)) in (2, 3):  # inch (2) or centimetre (3)
+        per_inch = 2.54 if int(value.get(296, 2)) == 3 else 1.0
+        x, y = (v[0] / v[1] if isinstance(v, tuple) and v[1] else float(v) for v in (value[282], value[283]))
+        dpi = (x * per_inch, y * per_inch) if x > 0 and y > 0 else None
+    icc = value.get(34675)
+    return {"orientation": int(value.get(274, 1)), "dpi": dpi, "icc_profile": bytes(icc) if icc else None}
+
+
 def _exif_orientation(path: Path) -> int:
     from PIL import Image
 
@@ -137,8 +158,8 @@ def _exif_orientation(path: Path) -> int:
     try:
         with Image.open(path) as im:
             return int(im.getexif().get(0x0112, 1))  # 0x0112: Orientation
-    except Exception:  # no EXIF, or metadata Pillow cannot parse: as stored
-        return 1
+    except Exception:  # no EXIF, or metadata Pillow cannot parse: as stored (a TIFF: as tifffile reads its tag)
+        return _tiff_tags(path).get("orientation", 1) if path.suffix.lower() in (".tif", ".tiff") else 1
 
 
 def _frame_count(path: Path, im) -> int:
@@ -175,8 +196,9 @@ def image_info(path: str | os.PathLike) -> dict:
             if 0x0112 in exif:  # Orientation
                 exif[0x0112] = 1
             exif = exif.tobytes() if len(exif) else None
-    except Exception:  # a file only tifffile/pypng read, or no metadata: nothing to keep
-        return {"icc_profile": None, "dpi": None, "frames": _frame_count(path, None), "exif": None}
+    except Exception:  # a file only tifffile/pypng read: a TIFF's tags as tifffile reads them; else nothing to keep
+        tags = _tiff_tags(path) if path.suffix.lower() in (".tif", ".tiff") else {}
+        icc, dpi, frames, exif = tags.get("icc_profile"), tags.get("dpi"), _frame_count(path, None), None
     dpi = tuple(float(d) for d in dpi) if dpi and all(d and d > 0 for d in dpi) else None
     if dpi and _exif_orientation(path) in (5, 6, 7, 8):  # read_image turns the image a quarter: x <-> y
         dpi = dpi[::-1]
