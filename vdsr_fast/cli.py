@@ -264,12 +264,12 @@ def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     """(source, destination) pairs of a batch: every image file given, and the images directly inside every folder
     given (sorted; not its subfolders, nor hidden files: a macOS ``._`` resource fork, a temporary output left by a
     killed run), each written to ``out_dir`` under its own name."""
-    from .images import IMAGE_SUFFIXES
+    from .images import IMAGE_SUFFIXES, folder_files
 
     jobs = []
     for src in inputs:
         if src.is_dir():
-            files = sorted(f for f in src.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+            files = folder_files(src)
             if not files:
                 raise CliError(f"{src}: no image in this folder ({', '.join(IMAGE_SUFFIXES)})")
         elif src.is_file():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .engine import Engine
-from .images import IMAGE_SUFFIXES, read_image
+from .images import IMAGE_SUFFIXES, folder_files, read_image
 from .imaging import imresize, rgb_to_ycbcr
 from .metrics import psnr, ssim
 
@@ -113,8 +113,7 @@ def find_images(folder: str | Path, scale: int) -> tuple[Path, list[Path]]:
         if (folder / name.format(s=scale)).is_dir():
             folder = folder / name.format(s=scale)
             break
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-                   and p.is_file())  # fmt: skip
+    files = folder_files(folder)
     hr = [p for p in files if _is_hr(p)]
     chosen = hr or [p for p in files if not _is_lr(p)]
     if not chosen:

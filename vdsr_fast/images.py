@@ -128,6 +128,12 @@ def _png_has_exif(f) -> bool:
     return False
 
 
+def folder_files(folder: Path, suffixes=IMAGE_SUFFIXES) -> list[Path]:
+    """The regular files of ``folder`` whose suffix (in any case) is one of ``suffixes``, sorted; hidden ones (macOS's
+    ``._photo.png``) left out."""
+    return sorted(f for f in folder.iterdir() if f.suffix.lower() in suffixes and not f.name.startswith(".") and f.is_file())
+
+
 def _tiff_tags(path: Path) -> dict:
     """The first page's orientation, dpi and ICC profile of a TIFF that Pillow cannot open (16-bit gray+alpha), as
     tifffile reads them: ``{"orientation": n, "dpi": (x, y) or None, "icc_profile": bytes or None}``; {} if it
@@ -141,8 +147,9 @@ def _tiff_tags(path: Path) -> dict:
     except Exception:
         return {}
     dpi = None
-    if 282 in value and 283 in value and int(value.get(296, 2)) in (2, 3):  # inch (2) or centimetre (3)
-        per_inch = 2.54 if int(value.get(296, 2)) == 3 else 1.0
+    unit = int(value.get(296, 2))  # ResolutionUnit: inch (2, the default) or centimetre (3)
+    if 282 in value and 283 in value and unit in (2, 3):
+        per_inch = 2.54 if unit == 3 else 1.0
         x, y = (v[0] / v[1] if isinstance(v, tuple) and v[1] else float(v) for v in (value[282], value[283]))
         dpi = (x * per_inch, y * per_inch) if x > 0 and y > 0 else None
     icc = value.get(34675)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .api import SCALES
 from .engine import device_from_flag
 from .evaluate import evaluate, load_y
-from .images import IMAGE_SUFFIXES
+from .images import folder_files
 from .imaging import imresize
 from .reference import VDSR
 from .weights import load, save
@@ -117,7 +117,7 @@ def _list_images(folders: list[str]) -> list[Path]:
         p = Path(folder)
         if not p.is_dir():
             raise FileNotFoundError(f"training data folder not found: {p}")
-        files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file())
+        files += folder_files(p)
     if not files:
         raise FileNotFoundError(f"no training images in {folders}")
     return files
@@ -471,9 +471,10 @@ def train(
     (a resumed run keeps it).
     """
     cfg.check()
-    for flag, value, least in (("--until-step", until_step, 0), ("--max-minutes", max_minutes, 0), ("--fit-minutes", fit_minutes, 1e-9)):
-        if value is not None and not (math.isfinite(value) and value >= least):  # 0: stop before the first step
-            raise ValueError(f"{flag} must be a number {'above' if least else 'from'} 0, got {value}")
+    for flag, value, zero_ok in (("--until-step", until_step, True), ("--max-minutes", max_minutes, True),
+                                 ("--fit-minutes", fit_minutes, False)):  # 0 steps or minutes: stop before the first step
+        if value is not None and not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
+            raise ValueError(f"{flag} must be a number {'from' if zero_ok else 'above'} 0, got {value}")
     device = device_from_flag(None if cfg.device == "auto" else cfg.device)
     _check_paths(cfg, resume)
     # Every training step convolves the same shapes: on a GPU let cuDNN time its algorithms for them once (the

@@ -50,7 +50,7 @@ from .cli import (
     catch_sigterm,
     size_arg,
 )
-from .images import default_file_mode
+from .images import default_file_mode, folder_files
 
 __all__ = ["main", "upscale_video", "VideoError"]
 
@@ -1238,7 +1238,7 @@ def _jobs(args) -> list[tuple]:
     if src == "-" or not Path(src).is_dir():
         return [(sys.stdin.buffer if src == "-" else src, sys.stdout.buffer if dst == "-" else dst)]
     src, dst = Path(src), Path(dst)
-    files = sorted(f for f in src.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES and not f.name.startswith("."))
+    files = folder_files(src, VIDEO_SUFFIXES)
     if not files:
         raise VideoError(f"{src}: no video in this folder ({' '.join(VIDEO_SUFFIXES)})")
     if dst.exists() and not dst.is_dir() or args.output == "-":

@@ -189,9 +189,9 @@ def from_state_dict(sd: Mapping[str, Any], *, source: str = "state_dict") -> VDS
     # Views of one storage (torch.load keeps a file's sharing) could describe a model far larger than the file.
     tensors = [sd[k] for layer in layers.values() for k in layer.values()]
     held = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
-    if sum(t.numel() * t.element_size() for t in tensors) > held:
+    if (described := sum(t.numel() * t.element_size() for t in tensors)) > held:
         raise WeightsError(f"the layers' tensors share storage: they hold {held} bytes between them but describe "
-                           f"{sum(t.numel() * t.element_size() for t in tensors)} (views of one tensor, not weights)")
+                           f"{described} (views of one tensor, not weights)")
     model = VDSR(depth=depth, channels=c)
     with torch.no_grad():
         for conv, i in zip(model.layers, order):
