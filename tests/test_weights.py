@@ -2,9 +2,11 @@
 legacy, and Python 2 / PyTorch 0.3 style), and refusal of everything malformed or unsafe."""
 
 import io
+import json
 import os
 import pickle
 import struct
+import subprocess
 import sys
 import types
 import zipfile
@@ -663,10 +665,33 @@ def test_save_keeps_a_given_date_and_always_writes_the_architecture(tmp_path):
         vdsr_fast.save(nn.Conv2d(1, 1, 3), tmp_path / "c.safetensors")
 
 
+def test_the_same_model_saves_to_the_same_bytes_in_every_process(tmp_path):
+    """save() sorts the header's keys: the safetensors writer orders the metadata as a hash map seeded per process
+    iterates, so the shipped weights saved twice in two processes gave two files. The sorted header still loads."""
+    script = ("import sys, vdsr_fast; vdsr_fast.save(vdsr_fast.load(), sys.argv[1], "
+              "metadata={'date': '2026-01-01', 'note': 'caf\\u00e9'})")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", script, str(p)], check=True)
+    blobs = {p.read_bytes() for p in paths}
+    assert len(blobs) == 1
+    blob = blobs.pop()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"]) and n % 8 == 0
+    back = vdsr_fast.load(paths[0])
+    assert back.metadata["note"] == "caf\u00e9" and back.metadata["date"] == "2026-01-01"
+    x = torch.rand(1, 1, 12, 10)
+    torch.testing.assert_close(back(x), vdsr_fast.load()(x), rtol=0, atol=0)
+    # the shipped file is written so: loaded and saved again, it comes back byte for byte, metadata and all
+    shipped = vdsr_fast.weights.default_weights_path()
+    assert vdsr_fast.save(vdsr_fast.load(), tmp_path / "again.safetensors").read_bytes() == shipped.read_bytes()
+
+
 @pytest.mark.parametrize("mask", [0o022, 0o077], ids=["022", "077"])
 def test_saved_weights_get_the_mode_of_a_plain_open(tmp_path, mask):
-    """The file is written to a temporary and renamed: it gets 0o666 less the umask, as open() would give (the
-    safetensors writer creates its files 0o600)."""
+    """The file is written to a temporary (mkstemp creates it 0o600) and renamed: it gets 0o666 less the umask, as
+    open() would give."""
     old = os.umask(mask)
     try:
         path = vdsr_fast.save(_random_model(), tmp_path / "w.safetensors")
@@ -676,17 +701,29 @@ def test_saved_weights_get_the_mode_of_a_plain_open(tmp_path, mask):
 
 
 def test_a_failed_write_names_the_target_and_leaves_no_temporary(tmp_path, monkeypatch):
-    """The safetensors writer failing half way (a full disk): an OSError naming the file asked for (the writer's
-    error names its temporary), and the temporary is removed."""
-    import safetensors.torch
-    from safetensors import SafetensorError
+    """The write failing half way (a full disk): an OSError naming the file asked for (not the temporary), and the
+    temporary is removed."""
+    import builtins
+    import errno
 
-    def failing(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
-        raise SafetensorError("No space left on device")
+    real_open = builtins.open
 
-    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[:9])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(builtins, "open", lambda file, mode="r", *a, **k: Full(real_open(file, mode, *a, **k))
+                        if mode == "wb" else real_open(file, mode, *a, **k))
     target = tmp_path / "w.safetensors"
     with pytest.raises(OSError, match=f"save: cannot write {target}: No space left on device"):
         vdsr_fast.save(_random_model(), target)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .images import default_file_mode
+from .images import _atomic
 from .reference import VDSR
 from .torch_pickle import (
     _MAX_BYTES,
@@ -341,17 +341,27 @@ def _load_pickled(path: Path) -> VDSR:
     return _from_pickled(obj, str(path))
 
 
+def _canonical(blob: bytes) -> bytes:
+    """``blob`` (a safetensors file) with its JSON header's keys sorted: the writer orders the metadata as its hash
+    map iterates, which differs from one process to the next, so the same weights saved twice gave other bytes.
+    The tensors' bytes and offsets are left as they are (the writer lays them out in a fixed order)."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as the writer pads it
+    return len(header).to_bytes(8, "little") + header + blob[8 + n:]
+
+
 def save(model: VDSR, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
     """Save ``model`` as safetensors (float32) with metadata.
 
     Metadata values that are not strings are stored as JSON. The model's own ``metadata`` is kept,
     overridden by ``metadata``; ``arch``, ``depth``, ``channels`` and ``format`` are always written.
-    The file is written to a temporary name and renamed, so a crash never leaves half a file. Raises
+    The file is written to a temporary name and renamed, so a crash never leaves half a file; its header's keys are
+    sorted, so the same model and metadata give the same bytes in every process. Raises
     :class:`FileNotFoundError` when ``path``'s directory does not exist and :class:`TypeError` naming the key
     for a metadata value that is neither a string nor JSON-serialisable.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
 
     if not isinstance(model, VDSR):
         raise TypeError(f"save: expected a vdsr_fast VDSR model, got {type(model).__name__}")
@@ -371,13 +381,10 @@ def save(model: VDSR, path: str | os.PathLike, metadata: Mapping[str, Any] | Non
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"save: directory {path.parent} does not exist (writing {path})")
-    tmp = path.with_name(f".{path.name}.tmp")
+    data = _canonical(to_bytes(tensors, metadata=meta))
     try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except SafetensorError as e:  # it names its own temporary file, not the target
-        raise OSError(f"save: cannot write {path}: {e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        with _atomic(path) as tmp, open(tmp, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise OSError(f"save: cannot write {path}: {e.strerror or e}") from None
     return path
