@@ -81,6 +81,71 @@ def test_window_taps_are_the_window_tables_made_once(device):
         assert again[0] is w and again[1] is idx
 
 
+def test_cached_tables_are_made_on_the_host_and_recorded_on_each_stream_that_reads_them(device, monkeypatch):
+    """The windows' tap tables are cached on the device and read by frames on any stream: made on the host and
+    copied (made there with launches on one stream, another stream's frame could read them before those ran), and
+    recorded on the current stream at every use, from both caches (dropped when full while a stream's work still
+    read them, their memory could go to that stream's next tensor)."""
+    from vdsr_fast import imaging
+    from vdsr_fast.kernels.triton import color
+
+    class Table:
+        is_cuda, device = True, "cuda:1"
+
+        def __init__(self):
+            self.streams = []
+
+        def record_stream(self, stream):
+            self.streams.append(stream)
+
+    tables = (Table(), Table())
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "current_stream", lambda dev=None: f"current stream of {dev}")
+        assert imaging.on_this_stream(tables) is tables
+    assert [t.streams for t in tables] == [["current stream of cuda:1"]] * 2
+
+    made_on, recorded = [], {color: [], imaging: []}
+    real_taps = tiling.Window.taps
+    monkeypatch.setattr(tiling.Window, "taps", lambda self, dev, dt, rows=None: made_on.append(dev) or real_taps(self, dev, dt, rows))
+    for module, calls in recorded.items():
+        monkeypatch.setattr(module, "on_this_stream", lambda t, calls=calls: calls.append(len(t)) or t)
+    color._TAPS.clear()
+    win = tiling.Window(13, 2, 4, 20, 3)
+    for _ in range(2):  # a miss, then a hit
+        w, idx = color.window_taps(win, device)
+        assert w.device == idx.device == device
+    assert made_on == [torch.device("cpu")] and recorded[color] == [2, 2]
+    recorded[imaging].clear()
+    imaging._device_cache.clear()
+    for _ in range(2):
+        imaging._contributions_on(13, 26, 2.0, True, device, torch.float32)
+    assert recorded[imaging] == [2, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: frames on two streams")
+def test_two_streams_upscale_the_same_geometry_right_from_the_first_frame():
+    """A frame on stream s2 straight after the first frame of its geometry on a busy stream s1: s2 reads the tap
+    tables s1's call cached (made with launches on s1, they would wait behind its work). s1's memory pool is filled
+    with zeros first, so tables read before they are written give a wrong frame (not an out-of-bounds gather)."""
+    from vdsr_fast.kernels.triton import color
+
+    model = _model().cuda()
+    img = _frame((1, 20, 24, 3), torch.uint8, torch.device("cuda"), seed=7)
+    ref = upscale(img, 2, model, backend="torch", layout="NHWC", fused_color=True)  # warms all but the tables
+    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+    for _ in range(3):
+        color._TAPS.clear()
+        with torch.cuda.stream(s1):
+            junk = [torch.zeros(n, device="cuda") for n in (16, 64, 256, 1024, 4096) for _ in range(8)]
+            del junk
+            torch.cuda._sleep(200_000_000)
+        a = upscale(img, 2, model, backend="torch", layout="NHWC", fused_color=True, stream=s1)
+        b = upscale(img, 2, model, backend="torch", layout="NHWC", fused_color=True, stream=s2)
+        torch.cuda.synchronize()
+        torch.testing.assert_close(a, ref, rtol=0, atol=0)
+        torch.testing.assert_close(b, ref, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels", [3, 1])
 def test_finish_frame_equals_the_pytorch_pipeline(device, dtype, channels):

@@ -133,7 +133,17 @@ def _contributions_on(in_len, out_len, scale, antialias, device, dtype):
         if len(_device_cache) > 512:
             _device_cache.clear()
         _device_cache[key] = hit
-    return hit
+    return on_this_stream(hit)
+
+
+def on_this_stream(tables: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Cached device tables, recorded on the current CUDA stream before work is queued there that reads them: a
+    cache that drops them (full) while that work is pending would otherwise let the allocator hand their memory
+    to the next tensor of the stream they were made on, and another stream's kernels read that tensor's values."""
+    for t in tables:
+        if t.is_cuda:
+            t.record_stream(torch.cuda.current_stream(t.device))
+    return tables
 
 
 def _apply_taps(x: torch.Tensor, dim: int, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

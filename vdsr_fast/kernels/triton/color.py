@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...imaging import _M_FWD, _M_INV, _OFF
+from ...imaging import _M_FWD, _M_INV, _OFF, on_this_stream
 
 __all__ = ["upscale_planes", "finish_frame", "window_taps"]
 
@@ -55,16 +55,18 @@ _TAPS: dict = {}
 def window_taps(win, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``win.taps(device, torch.float32)`` (a :class:`vdsr_fast.tiling.Window`) as :func:`upscale_planes` takes
     them, contiguous fp32 weights and int32 indices, made once per window geometry and device: a video's
-    frames reuse them instead of slicing, shifting and converting the tables again (3 small launches an axis)."""
+    frames reuse them instead of slicing, shifting and converting the tables again (3 small launches an axis).
+    They are made on the host and copied (a copy from pageable memory is complete when ``.to`` returns): made with
+    launches on one stream, a frame on another stream could read them before those launches ran."""
     key = (win.in_len, win.scale, win.net, win.lr, str(device))
     hit = _TAPS.get(key)
     if hit is None:
-        w, idx = win.taps(device, torch.float32)
-        hit = (w.contiguous(), idx.to(torch.int32).contiguous())
+        w, idx = win.taps(torch.device("cpu"), torch.float32)
+        hit = (w.contiguous().to(device), idx.to(torch.int32).contiguous().to(device))
         if len(_TAPS) > 256:
             _TAPS.clear()
         _TAPS[key] = hit
-    return hit
+    return on_this_stream(hit)
 
 
 @triton.jit
