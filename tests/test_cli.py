@@ -1357,3 +1357,19 @@ def test_a_tiff_pillow_cannot_open_keeps_its_orientation_dpi_and_profile(tmp_pat
     assert _run(capsys, "upscale", str(src), "-o", str(dst), "--weights", weights)[0] == 0
     out = image_info(dst)
     assert read_image(dst).shape == (60, 40, 2) and out["dpi"] == (300.0, 600.0) and out["icc_profile"] == icc
+
+
+def test_eval_checks_every_scale_first_and_an_error_keeps_the_scales_done(tmp_path, capsys, weights, monkeypatch):
+    """A set with x2/ but no x3/: refused before x2 runs through the network, saying x3 is missing (was: x2 scored,
+    then an error that said to pass the subfolder with the HR images, x2 lost); an error during x3 (a NaN output)
+    prints x2's table first."""
+    import vdsr_fast.evaluate as ev
+
+    folder = _synthetic_set(tmp_path)
+    code, out, err = _run(capsys, "eval", str(folder), "--scale", "2", "3", "--weights", weights)
+    assert code == 2 and out == "" and "eval x2" not in err and "no HR images for x3: it has x2 but no x3" in err
+    (folder / "x3").symlink_to(folder / "x2")
+    real = ev._score
+    monkeypatch.setattr(ev, "_score", lambda path, scale, *a: real(path, scale, *a) if scale == 2 else (_ for _ in ()).throw(ValueError("boom")))
+    code, out, err = _run(capsys, "eval", str(folder), "--scale", "2", "3", "--weights", weights)
+    assert code == 2 and "x2  (paper protocol, 2 images)" in out and "x3  (" not in out and err.rstrip().endswith("boom")

@@ -157,6 +157,10 @@ def test_eval_lr_given_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="its subfolders: sub; pass the one with the HR images"):
         (tmp_path / "c" / "sub").mkdir(parents=True)
         evaluate(tmp_path / "c", 2)
+    (tmp_path / "d" / "x2").mkdir(parents=True)
+    (tmp_path / "d" / "X3").mkdir()
+    with pytest.raises(FileNotFoundError, match="d: no HR images for x4: it has X3, x2 but no x4 or X4 or image_SRF_4 or HR$"):
+        evaluate(tmp_path / "d", 4)
 
 
 def test_eval_summary_fields(tmp_path):
@@ -406,3 +410,70 @@ def test_eval_with_a_network_reports_its_means_when_interrupted_and_on_the_bar(t
     assert str(e.value).endswith(f"VDSR {mean('psnr'):.2f} dB / {mean('ssim'):.4f}, bicubic {mean('bicubic_psnr'):.2f} dB "
                                  f"/ {mean('bicubic_ssim'):.4f}")  # fmt: skip
     assert shown == [f"PSNR {done[0].psnr:.2f} dB", f"PSNR {mean('psnr'):.2f} dB"]
+
+
+def test_eval_refuses_a_network_output_with_nan_or_inf(tmp_path):
+    """A NaN in the network's output (an fp16/fp8 overflow) is a ValueError naming the image: clamped and rounded
+    it scored as some level, and its NaN PSNR was dropped from the mean (every image NaN: a mean PSNR of inf)."""
+    from vdsr_fast.evaluate import evaluate
+
+    _write(tmp_path / "a.png", _img())
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"a.png: the network's output at x2 has 672 NaN or infinite values of 672"):
+            evaluate(tmp_path, 2, _ConstantNet(bad))
+
+
+def test_eval_checks_the_whole_set_before_the_network_runs(tmp_path, monkeypatch):
+    """An image too small, a missing LR file or one of the wrong size, last in the set: refused before the first
+    image is scored (was: after every image before it had run through the network)."""
+    import vdsr_fast.evaluate as ev
+
+    scored = []
+    monkeypatch.setattr(ev, "_score", lambda *a: scored.append(a) or pytest.fail("scored before the set was checked"))
+    for k in range(3):
+        _write(tmp_path / "a" / f"img_{k}.png", _img(seed=k))
+        _write(tmp_path / "b" / f"img_{k}_HR.png", _img(seed=k))
+        _write(tmp_path / "b" / f"img_{k}_LR.png", _img(12, 14, seed=k))
+    _write(tmp_path / "a" / "img_9.png", _img(14, 28))
+    with pytest.raises(ValueError, match="img_9.png: 28x14 is too small to score at x2"):
+        ev.evaluate(tmp_path / "a", 2)
+    _write(tmp_path / "b" / "img_9_HR.png", _img())
+    with pytest.raises(FileNotFoundError, match="no LR file for .*img_9_HR.png"):
+        ev.evaluate(tmp_path / "b", 2, lr_given=True)
+    _write(tmp_path / "b" / "img_9_LR.png", _img(13, 14))
+    with pytest.raises(ValueError, match="img_9_LR.png is 14x13"):
+        ev.evaluate(tmp_path / "b", 2, lr_given=True)
+    assert scored == []
+
+
+def test_eval_lr_given_reads_the_lr_as_its_hr_was_read_gray_or_colour(tmp_path):
+    """A gray HR image's LR saved as RGB with equal channels (as OpenCV writes a gray image) is read as gray (was: its
+    rgb2ycbcr Y, squeezed into [16, 235], a lower PSNR and no error); a colour LR of a gray HR is refused; a colour
+    HR's gray LR is read as the colour image of equal channels, as the HR's Y is."""
+    from vdsr_fast.evaluate import evaluate
+
+    hr, lr = _img(c=1), _img(12, 14, c=1, seed=1)
+    _write(tmp_path / "g" / "a_HR.png", hr)
+    _write(tmp_path / "g" / "a_LR.png", lr)
+    want = evaluate(tmp_path / "g", 2, lr_given=True).images[0]
+    _write(tmp_path / "g" / "a_LR.png", np.repeat(lr, 3, axis=2))
+    assert evaluate(tmp_path / "g", 2, lr_given=True).images[0] == want
+    colour = np.repeat(lr, 3, axis=2)
+    colour[0, 0, 1] ^= 1
+    _write(tmp_path / "g" / "a_LR.png", colour)
+    with pytest.raises(ValueError, match="a_LR.png: a colour image, read as the LR of a gray HR image"):
+        evaluate(tmp_path / "g", 2, lr_given=True)
+    _write(tmp_path / "c" / "a_HR.png", np.repeat(hr, 3, axis=2))
+    _write(tmp_path / "c" / "a_LR.png", np.repeat(lr, 3, axis=2))
+    want = evaluate(tmp_path / "c", 2, lr_given=True).images[0]
+    _write(tmp_path / "c" / "a_LR.png", lr)
+    assert evaluate(tmp_path / "c", 2, lr_given=True).images[0] == want
+
+
+def test_eval_rows_of_files_sharing_a_stem_are_named_by_file(tmp_path):
+    """a.png and a.bmp: two rows told apart by their file names (were: two rows named 'a'); other rows keep the stem."""
+    from vdsr_fast.evaluate import evaluate
+
+    for name, seed in (("a.png", 0), ("a.bmp", 1), ("b.png", 2)):
+        _write(tmp_path / name, _img(seed=seed))
+    assert [i.name for i in evaluate(tmp_path, 2).images] == ["a.bmp", "a.png", "b"]

@@ -518,20 +518,23 @@ def cmd_info(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate
+    from .evaluate import check_set, evaluate
     from .images import ImageReadError
 
     engine = None if args.bicubic_only else _engine(args)[1]
     tty = sys.stderr.isatty()
     scores = []
     try:
+        for s in args.scale:  # every scale's images and LR files, before the first runs through the network
+            check_set(args.folder, s, args.lr_given)
         for s in args.scale:
             scores.append(evaluate(args.folder, s, engine, lr_given=args.lr_given, progress=not args.json and tty))
             if not tty:  # a log file (nohup, CI): a line a scale, where a terminal has the bar
                 r = scores[-1]
                 print(f"eval x{s}: {r.n} images, mean PSNR {r.mean('bicubic_psnr' if engine is None else 'psnr'):.2f} dB",
                       file=sys.stderr, flush=True)  # fmt: skip
-    except (FileNotFoundError, ImageReadError, ValueError) as e:
+    except (FileNotFoundError, ImageReadError, ValueError) as e:  # the scales already done are reported, then the error
+        _report_eval(scores, engine, args.json)
         raise CliError(str(e)) from None
     except KeyboardInterrupt:  # the scales already done are reported; main() then says where the current one stopped
         _report_eval(scores, engine, args.json)

@@ -16,6 +16,7 @@ SSIM's 11-pixel window) is an error that names it. The folder layouts read: :fun
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from .images import IMAGE_SUFFIXES, folder_files, read_image
 from .imaging import imresize, rgb_to_ycbcr
 from .metrics import psnr, ssim
 
-__all__ = ["ImageScore", "SetScore", "find_images", "lr_file", "load_y", "evaluate"]
+__all__ = ["ImageScore", "SetScore", "find_images", "lr_file", "load_y", "check_set", "evaluate"]
 
 
 @dataclass
@@ -58,7 +59,7 @@ class SetScore:
         vals = [getattr(i, attr) for i in self.images]
         if not vals or any(v is None for v in vals):
             return None
-        finite = [v for v in vals if math.isfinite(v)]
+        finite = [v for v in vals if v != math.inf]
         return float(np.mean(finite)) if finite else math.inf
 
     def summary(self) -> dict:
@@ -69,7 +70,8 @@ class SetScore:
           ``protocol`` (``"paper"``: the HR downscaled here; ``"lr-given"``: the ``*_LR`` files), ``n`` (images);
         * the means over the images: ``psnr``, ``ssim`` (VDSR's; None with ``--bicubic-only``), ``bicubic_psnr``,
           ``bicubic_ssim``, ``seconds`` (the network's time per image; None with ``--bicubic-only``);
-        * ``images``: one row per image, sorted by file name, with ``name`` (the file's stem) and the same five scores.
+        * ``images``: one row per image, sorted by file name, with ``name`` (the file's stem; its name where two
+          files share a stem) and the same five scores.
 
         PSNR in dB, SSIM in [0, 1], both on Y in [0, 255] after the shave (DESIGN.md §3).
         """
@@ -118,6 +120,10 @@ def find_images(folder: str | Path, scale: int) -> tuple[Path, list[Path]]:
     chosen = hr or [p for p in files if not _is_lr(p)]
     if not chosen:
         subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        other_scales = [n for n in subs if re.fullmatch(r"(x|X|image_SRF_)\d+", n)]
+        if other_scales:  # x2/ and x3/ but no x4/: passing x2/ would not help at x4
+            raise FileNotFoundError(f"{folder}: no HR images for x{scale}: it has {', '.join(other_scales)} but no "
+                                    f"{' or '.join(n.format(s=scale) for n in _SUBFOLDERS)}")
         where = f" (its subfolders: {', '.join(subs)}; pass the one with the HR images)" if subs else ""
         raise FileNotFoundError(f"{folder}: no images found{where}: looked for *_HR.png or any PNG/JPEG/BMP/TIFF/WebP/GIF, "
                                 f"directly or in a subfolder {', '.join(n.format(s=scale) for n in _SUBFOLDERS)}")
@@ -142,41 +148,72 @@ def lr_file(hr: Path, scale: int) -> Path:
     raise FileNotFoundError(f"--lr-given: no LR file for {hr} (expected {folder / (stem + hr.suffix)})")
 
 
-def load_y(path: Path) -> torch.Tensor:
-    """An image file's luminance as float64 (H, W) in [0, 1], unrounded (gray files are taken as Y)."""
-    arr = read_image(path)
+def load_y(path: Path, gray: bool | None = None) -> torch.Tensor:
+    """An image file's luminance as float64 (H, W) in [0, 1], unrounded: a gray file's values, a colour file's
+    MATLAB ``rgb2ycbcr`` Y. ``gray`` reads the file as another one was read (an LR file as its HR): True takes a
+    colour file whose channels are all equal as gray (a gray image saved as RGB, as OpenCV writes it) and refuses
+    any other colour file; False takes a gray file as the colour image of equal channels."""
+    return _y(read_image(path), path, gray)
+
+
+def _y(arr: np.ndarray, path: Path, gray: bool | None) -> torch.Tensor:
     x = torch.from_numpy(arr.astype(np.float64) / (65535.0 if arr.dtype == np.uint16 else 255.0))
     x = x.permute(2, 0, 1)
-    if x.shape[0] in (1, 2):  # gray (+ alpha, ignored)
+    is_gray = x.shape[0] in (1, 2)  # gray (+ alpha, ignored)
+    if gray and not is_gray:
+        if not (torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])):
+            raise ValueError(f"{path}: a colour image, read as the LR of a gray HR image (a gray image saved as RGB, its "
+                             "channels equal, is read as gray)")
+        is_gray = True
+    if is_gray and gray is not False:
         return x[0]
-    return rgb_to_ycbcr(x[:3])[0]
+    return rgb_to_ycbcr(x[:3] if not is_gray else x[:1].expand(3, -1, -1))[0]
 
 
 def _u8(y: torch.Tensor) -> torch.Tensor:
     return (y.clamp(0, 1) * 255.0 + 0.5).floor()
 
 
-def _score(path: Path, scale: int, engine: Engine | None, device: torch.device, lr_given: bool) -> ImageScore:
-    """One HR image's scores (the protocol above)."""
-    hr = load_y(path)
+def _pair(path: Path, scale: int, lr_given: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HR image ``path``'s Y cropped to a multiple of ``scale`` and (``lr_given``) its LR file's Y read as the HR
+    was (gray or colour); a ValueError or FileNotFoundError naming the file when the pair cannot be scored."""
+    arr = read_image(path)
+    hr = _y(arr, path, None)
     h, w = hr.shape
     if min(h - h % scale, w - w % scale) < 2 * scale + 11:  # the shave, then SSIM's 11x11 window
         least = scale * (2 + math.ceil(11 / scale))
         raise ValueError(f"{path}: {w}x{h} is too small to score at x{scale}: the protocol shaves {scale} pixels a "
                          f"border and SSIM needs 11x11 after that (at least {least}x{least})")
     hr = hr[: h - h % scale, : w - w % scale]
-    if lr_given:
-        lr_path = lr_file(path, scale)
-        lr = load_y(lr_path)
-        if tuple(lr.shape) != (hr.shape[0] // scale, hr.shape[1] // scale):
-            raise ValueError(f"--lr-given: {lr_path} is {lr.shape[1]}x{lr.shape[0]}; its HR {path.name}, cropped to a "
-                             f"multiple of {scale} ({hr.shape[1]}x{hr.shape[0]}), needs a "
-                             f"{hr.shape[1] // scale}x{hr.shape[0] // scale} LR at x{scale}")
-    else:
+    if not lr_given:
+        return hr, None
+    lr_path = lr_file(path, scale)
+    lr = load_y(lr_path, gray=arr.shape[2] in (1, 2))
+    if tuple(lr.shape) != (hr.shape[0] // scale, hr.shape[1] // scale):
+        raise ValueError(f"--lr-given: {lr_path} is {lr.shape[1]}x{lr.shape[0]}; its HR {path.name}, cropped to a "
+                         f"multiple of {scale} ({hr.shape[1]}x{hr.shape[0]}), needs a "
+                         f"{hr.shape[1] // scale}x{hr.shape[0] // scale} LR at x{scale}")
+    return hr, lr
+
+
+def check_set(folder: str | Path, scale: int, lr_given: bool = False) -> tuple[Path, list[Path]]:
+    """:func:`find_images`, then every image read and checked as :func:`evaluate` will (its size; with
+    ``lr_given`` its LR file's presence, size and channels): a set that cannot be scored is refused before any
+    image runs through the network (the error came after every image before the bad one had)."""
+    folder, files = find_images(folder, scale)
+    for path in files:
+        _pair(path, scale, lr_given)
+    return folder, files
+
+
+def _score(path: Path, scale: int, engine: Engine | None, device: torch.device, lr_given: bool, name: str) -> ImageScore:
+    """One HR image's scores (the protocol above), in a row called ``name``."""
+    hr, lr = _pair(path, scale, lr_given)
+    if lr is None:
         lr = imresize(hr, 1.0 / scale)
     bic = imresize(lr.to(device), scale)
     gt = _u8(hr)
-    score = ImageScore(path.stem, psnr(_u8(bic).cpu(), gt, shave=scale, data_range=255), ssim(_u8(bic).cpu(), gt, shave=scale, data_range=255))
+    score = ImageScore(name, psnr(_u8(bic).cpu(), gt, shave=scale, data_range=255), ssim(_u8(bic).cpu(), gt, shave=scale, data_range=255))
     if engine is not None:
         x = bic.to(torch.float32)[None, None]
         if device.type == "cuda":
@@ -186,6 +223,10 @@ def _score(path: Path, scale: int, engine: Engine | None, device: torch.device, 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         score.seconds = time.perf_counter() - t0
+        bad = int((~torch.isfinite(sr)).sum())
+        if bad:  # clamped and rounded, NaN would score as some level (or drop out of the mean as NaN)
+            raise ValueError(f"{path}: the network's output at x{scale} has {bad} NaN or infinite values of "
+                             f"{sr.numel()}: no score (an fp16/fp8 overflow or a broken engine)")
         sr = _u8(sr[0, 0].double().cpu())
         score.psnr = psnr(sr, gt, shave=scale, data_range=255)
         score.ssim = ssim(sr, gt, shave=scale, data_range=255)
@@ -215,9 +256,12 @@ def evaluate(
 
     ``progress``: a tqdm bar on stderr (images done, rate, ETA, the running mean PSNR). A KeyboardInterrupt (Ctrl-C)
     is raised again with the means of the images scored so far as its message (``vdsr-fast eval`` prints it) and
-    that partial :class:`SetScore` as its ``partial`` attribute.
+    that partial :class:`SetScore` as its ``partial`` attribute. The set is checked first (:func:`check_set`), and
+    a network output with NaN or infinite values is a ValueError naming the image, not a score.
     """
-    folder, files = find_images(folder, scale)
+    folder, files = check_set(folder, scale, lr_given)
+    stems = [p.stem for p in files]
+    names = [p.name if stems.count(p.stem) > 1 else p.stem for p in files]  # a.png and a.bmp: two rows told apart
     result = SetScore(str(folder), scale, lr_given)
     device = engine.device if engine is not None else torch.device("cpu")
     bar = None
@@ -226,8 +270,8 @@ def evaluate(
 
         bar = tqdm(total=len(files), desc=f"eval x{scale}", unit="img", leave=False)
     try:
-        for path in files:
-            result.images.append(_score(path, scale, engine, device, lr_given))
+        for path, name in zip(files, names):
+            result.images.append(_score(path, scale, engine, device, lr_given, name))
             if bar is not None:
                 bar.set_postfix_str(f"PSNR {result.mean('bicubic_psnr' if engine is None else 'psnr'):.2f} dB", refresh=False)
                 bar.update()
