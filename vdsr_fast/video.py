@@ -264,21 +264,27 @@ class _Pipe:
                 continue
 
 
-def _worker(pipe: _Pipe, fn, *args) -> threading.Thread:
+def _worker(pipe: _Pipe, fn, *args) -> threading.Event:
+    """``fn(pipe, *args)`` in a thread, once ``pipe.go`` is set; the Event returned is set when it has returned. The
+    main thread waits on these Events, never in ``Thread.join``: a Ctrl-C landing in a join with a timeout can mark
+    a running thread as ended (CPython 3.10-3.12), and the containers were then closed under it (SIGABRT)."""
+    done = threading.Event()
+
     def run():
-        while not pipe.go.wait(0.05):  # the main thread holds every worker (or stopped before it did)
-            if pipe.stop.is_set():
-                return
         try:
+            while not pipe.go.wait(0.05):  # the main thread holds every worker (or stopped before it did)
+                if pipe.stop.is_set():
+                    return
             fn(pipe, *args)
         except _Stopped:
             pass
         except BaseException as e:  # handed to the main thread
             pipe.fail(e)
+        finally:
+            done.set()
 
-    t = threading.Thread(target=run, name=getattr(fn, "__name__", "worker"), daemon=True)
-    t.start()
-    return t
+    threading.Thread(target=run, name=getattr(fn, "__name__", "worker"), daemon=True).start()
+    return done
 
 
 _INTERLACED = {2: "top field first", 3: "bottom field first", 4: "top field first, bottom coded first",
@@ -1104,21 +1110,24 @@ def upscale_video(
                            disable=not progress, dynamic_ncols=True)  # fmt: skip
             pipe = _Pipe(depth=2)
             t0 = time.perf_counter()
-            threads = []
+            workers = []
             try:
-                threads += [
+                workers += [
                     _worker(pipe, _reader, av, inp, vin, set(stream_map), batch, limit, deinterlace),
                     _worker(pipe, _upscaler, (H, W), model, device, kw, colour),
                     _worker(pipe, _writer, av, out, ostream, stream_map, bar, colour, cfr, 1 / Fraction(rate)),
                 ]
-                pipe.go.set()  # every worker is in `threads` now, to be joined before the containers close
-                while any(t.is_alive() for t in threads):
-                    for t in threads:
-                        t.join(timeout=0.1)
+                pipe.go.set()  # every worker is in `workers` now, waited for before the containers close
+                while not all(done.wait(0.1) for done in workers):
+                    pass
             except KeyboardInterrupt:
                 pipe.fail(KeyboardInterrupt())
-                for t in threads:
-                    t.join()
+                while not all(done.is_set() for done in workers):  # they stop at their next frame
+                    try:
+                        for done in workers:
+                            done.wait()
+                    except KeyboardInterrupt:  # a second Ctrl-C: the containers still wait for them
+                        pass
                 raise
             finally:
                 bar.close()
