@@ -434,3 +434,29 @@ def test_a_real_ctrl_c_exits_130_and_leaves_nothing(tmp_path):
         assert p.returncode == 130, err.decode()[-500:]
         assert "vdsr-fast video: interrupted" in err.decode() and "terminate called" not in err.decode()
         assert sorted(q.name for q in tmp_path.iterdir()) == ["clip.mp4", "full.safetensors"]
+
+
+def test_repeated_timestamps_are_moved_a_tick_on_so_an_mp4_is_written(tmp_path, tiny_model, capsys):
+    """A variable-rate input with timestamps repeated (a screen recorder's, a broken capture's; Matroska holds
+    them): every frame is kept, each such one moved one tick after the previous, with a warning (was:
+    the MP4 muxer refused it when the encoder flushed, at the end of the run: everything lost). Matroska keeps
+    the others' times."""
+    from vdsr_fast.video import upscale_video
+
+    src = tmp_path / "dup.mkv"
+    times = [0, 40, 40, 80, 80, 120]
+    with av.open(str(src), "w", format="matroska") as c:
+        v = c.add_stream("ffv1", rate=25)  # intra only: the input itself takes the timestamps as they are
+        v.width, v.height, v.pix_fmt = 32, 24, "yuv420p"
+        v.time_base = v.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            f = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 30 * i, np.uint8), format="rgb24").reformat(format="yuv420p")
+            f.pts, f.time_base = t, Fraction(1, 1000)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+    for dst in ("out.mp4", "out.mkv"):
+        assert upscale_video(src, tmp_path / dst, 2, tiny_model, backend="torch", device="cpu", progress=False)["frames"] == 6
+        assert "2 frame(s) had a timestamp at or before the previous frame's" in capsys.readouterr().err
+        with av.open(str(tmp_path / dst)) as c:
+            got = sorted(round(float(f.time) * 1000) for f in c.decode(video=0))
+        assert got == ([0, 40, 41, 80, 81, 120] if dst == "out.mkv" else got) and len(set(got)) == 6

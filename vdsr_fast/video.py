@@ -475,8 +475,10 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress,
             cfr: Fraction | None = None, period: Fraction = Fraction(1, 25)) -> None:
     """Encode and mux; ``cfr``: each frame is put on this time base's grid, at the tick nearest its time (a muxer of
     constant frame rate: y4m and AVI state the rate as their time base). Frames without a timestamp (an elementary
-    stream such as raw .h264 has none) are ``period`` (the frame rate's) apart, as ffmpeg stamps them."""
-    index, last = 0, -1
+    stream such as raw .h264 has none) are ``period`` (the frame rate's) apart, as ffmpeg stamps them. A timestamp at
+    or before the previous frame's (a screen recorder's, a broken capture's) is moved one tick after it: the MP4
+    muxer refuses it, and only when the encoder flushes, at the end of the run."""
+    index, last, moved = 0, -1, 0
     while (item := pipe.get(pipe.upscaled)) is not _END:
         kind, payload = item
         if kind == "packet":
@@ -510,6 +512,8 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress,
                 pts, time_base = index, period
             if cfr is not None:
                 pts, time_base = max(last + 1, round(pts * time_base / cfr)), cfr
+            elif pts <= last:
+                pts, moved = last + 1, moved + 1
             frame.pts, frame.time_base = pts, time_base
             last = pts
             out_container.mux(ostream.encode(frame))
@@ -517,6 +521,9 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress,
             pipe.frames += 1
         progress.update(len(meta))
     out_container.mux(ostream.encode(None))
+    if moved:
+        _warn(f"{moved} frame(s) had a timestamp at or before the previous frame's: each was moved one tick "
+              f"({ostream.codec_context.time_base} s) after it, every frame kept")
 
 
 def _is_stream(x) -> bool:
