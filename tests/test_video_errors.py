@@ -392,8 +392,8 @@ def test_bad_batch_or_pipeline_is_refused_before_anything_is_written(clip, tmp_p
 
 @pytest.mark.skipif(os.name != "posix", reason="sends SIGINT to a child process")
 def test_a_real_ctrl_c_exits_130_and_leaves_nothing(tmp_path):
-    """A real SIGINT (one Ctrl-C, then two) to `vdsr-fast video` mid-run, in a child process: exit 130 and no file
-    left (was: the signal landed in the main thread's Thread.join(timeout), which on CPython 3.10-3.12 can mark a
+    """A real SIGINT (one Ctrl-C, then two) to `vdsr-fast video` mid-run, in a child process: exit 130 (or death by
+    SIGINT, when the second came after the first was handled) and no file left (was: the signal landed in the main thread's Thread.join(timeout), which on CPython 3.10-3.12 can mark a
     running worker as ended; the containers were closed and the interpreter shut down under it: SIGABRT, 'terminate
     called without an active exception'). The in-process tests raise KeyboardInterrupt without a signal."""
     import signal
@@ -431,7 +431,8 @@ def test_a_real_ctrl_c_exits_130_and_leaves_nothing(tmp_path):
             p.send_signal(signal.SIGINT)
             time.sleep(0.2)
         _, err = p.communicate(timeout=120)
-        assert p.returncode == 130, err.decode()[-500:]
+        # a second Ctrl-C landing after the first was handled ends Python by SIGINT (as a shell reports it: 130)
+        assert p.returncode in ((130,) if presses == 1 else (130, -signal.SIGINT)), (presses, err.decode()[-500:])
         assert "vdsr-fast video: interrupted" in err.decode() and "terminate called" not in err.decode()
         assert sorted(q.name for q in tmp_path.iterdir()) == ["clip.mp4", "full.safetensors"]
 
@@ -460,3 +461,26 @@ def test_repeated_timestamps_are_moved_a_tick_on_so_an_mp4_is_written(tmp_path, 
         with av.open(str(tmp_path / dst)) as c:
             got = sorted(round(float(f.time) * 1000) for f in c.decode(video=0))
         assert got == ([0, 40, 41, 80, 81, 120] if dst == "out.mkv" else got) and len(set(got)) == 6
+
+
+def test_audio_a_muxer_refuses_only_in_its_header_is_skipped_with_a_warning(tmp_path, tiny_model, capsys):
+    """FLAC into MOV and AAC into MPEG-PS: the muxer takes the stream and refuses the codec when it writes the
+    header: the stream is skipped with a warning quoting the muxer (was: the run failed, naming the hidden
+    temporary file); MP4 takes FLAC, so it is copied there."""
+    from vdsr_fast.video import upscale_video
+
+    _make_clip(tmp_path / "flac.mkv", audio="flac")
+    _make_clip(tmp_path / "aac.mp4")
+    for src, dst, kept, why in (("flac.mkv", "out.mov", False, "flac only supported in MP4"),
+                                ("aac.mp4", "out.mpg", False, "Unsupported audio codec"),
+                                ("flac.mkv", "out.mp4", True, None)):  # fmt: skip
+        assert upscale_video(tmp_path / src, tmp_path / dst, 2, tiny_model, backend="torch", device="cpu",
+                             progress=False, codec="mpeg2video" if dst.endswith(".mpg") else None)["frames"] == N
+        err = capsys.readouterr().err
+        with av.open(str(tmp_path / dst)) as c:
+            assert len(c.streams.audio) == kept and len(c.streams.video) == 1
+            assert len(list(c.decode(video=0))) == N
+        if why is None:
+            assert "not copying" not in err
+        else:
+            assert f"warning: not copying audio stream #1 ({src[:-4]}) into" in err and why in err, err

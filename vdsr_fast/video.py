@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import math
 import os
 import queue
@@ -152,19 +153,49 @@ def _copy_metadata(st, ost) -> None:
 _MUXER_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder"}
 
 
-def _copy_stream(av, out, st):
+def _header_refuses(av, fmt: str, video, st) -> str | None:
+    """Why the ``fmt`` muxer refuses to copy stream ``st`` beside the output's ``video`` stream, or None: some accept
+    the stream and refuse its codec only when they write the header (MOV: FLAC and Opus; MPEG-PS, MXF and FLV:
+    most audio), after the whole upscale. Tried on a header written to memory; None too when the muxer refuses the
+    video stream alone there (Matroska wants the encoder's extradata), where nothing can be told."""
+    def header(*streams) -> str | None:
+        probe = av.open(io.BytesIO(), "w", format=fmt)
+        try:
+            for x in streams:
+                probe.add_stream_from_template(x)
+            probe.start_encoding()
+        except (av.error.FFmpegError, ValueError, NotImplementedError) as e:
+            said = [f"[{name}] {text.strip()}" for level, name, text in logs if level <= av.logging.ERROR and text.strip()]
+            return said[-1] if said else str(e)
+        finally:
+            with contextlib.suppress(av.error.FFmpegError, ValueError, NotImplementedError):
+                probe.close()
+        return None
+
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)  # the muxer says why in its log, not in the error
+    try:
+        with av.logging.Capture() as logs:  # kept from stderr
+            return None if header(video) is not None else header(video, st)
+    finally:
+        av.logging.set_level(level)
+
+
+def _copy_stream(av, out, video, st):
     """Add an output stream for the audio/subtitle stream ``st``: ``(stream, converter, label)``, or None.
 
-    The packets are copied as they are when the output container accepts the codec; a text subtitle
-    it does not accept is rewritten as mov_text or SubRip (whichever the container takes); anything
-    else is skipped with a warning on stderr naming the stream. The language and title tags are kept.
+    The packets are copied as they are when the output container accepts the codec (beside ``video``, the
+    output's video stream); a text subtitle it does not accept is rewritten as mov_text or SubRip (whichever the
+    container takes); anything else is skipped with a warning on stderr naming the stream. The language and title
+    tags are kept.
     """
     name = st.codec_context.name
     try:
-        ost = out.add_stream_from_template(st)
+        if (reason := _header_refuses(av, out.format.name, video, st)) is None:
+            ost = out.add_stream_from_template(st)
     except (av.error.FFmpegError, ValueError) as e:
         reason = str(e)
-    else:
+    if reason is None:
         _copy_metadata(st, ost)
         layout = st.codec_context.layout if st.type == "audio" else None
         if layout is not None and layout.name == f"{layout.nb_channels} channels":  # no channel order (Matroska PCM)
@@ -1087,7 +1118,7 @@ def upscale_video(
             ostream.options = options
             stream_map, kinds = {}, []
             for st in (*inp.streams.audio, *inp.streams.subtitles):
-                if (added := _copy_stream(av, out, st)) is not None:
+                if (added := _copy_stream(av, out, ostream, st)) is not None:
                     stream_map[st.index] = added[:2]
                     kinds.append(added[2])
             attachments = out.format.name in _ATTACHMENT_MUXERS
