@@ -484,3 +484,27 @@ def test_audio_a_muxer_refuses_only_in_its_header_is_skipped_with_a_warning(tmp_
             assert "not copying" not in err
         else:
             assert f"warning: not copying audio stream #1 ({src[:-4]}) into" in err and why in err, err
+
+
+def test_mpeg2_and_mpeg4_part_2_get_the_frame_period_as_their_time_base(tmp_path, tiny_model):
+    """MPEG-1/2 take only a standard frame rate as their time base and MPEG-4 part 2 a denominator up to 65535: the
+    input's (an MPEG-TS's 1/90000, an MP4's 1/12800) failed to open them into MPEG-TS, Matroska or MP4 (broadcast's
+    MPEG-2 in TS). Each frame then goes on the frame rate's grid, as into a muxer of constant frame rate."""
+    from vdsr_fast.video import upscale_video
+
+    for src, fmt in (("in.ts", "mpegts"), ("in.mp4", "mp4")):
+        with av.open(str(tmp_path / src), "w", format=fmt) as c:
+            v = c.add_stream("libx264", rate=25)
+            v.width, v.height, v.pix_fmt = 32, 24, "yuv420p"
+            for i in range(N):
+                f = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 20 * i, np.uint8), format="rgb24")
+                f.pts, f.time_base = i, Fraction(1, 25)
+                c.mux(v.encode(f.reformat(format="yuv420p")))
+            c.mux(v.encode(None))
+    for src, dst, codec in (("in.ts", "out.ts", "mpeg2video"), ("in.mp4", "out.mkv", "mpeg2video"),
+                            ("in.ts", "out1.mkv", "mpeg1video"), ("in.ts", "out.mp4", "mpeg4")):  # fmt: skip
+        r = upscale_video(tmp_path / src, tmp_path / dst, 2, tiny_model, backend="torch", device="cpu", progress=False, codec=codec)
+        with av.open(str(tmp_path / dst)) as c:
+            times = [float(f.time) - float(c.streams.video[0].start_time * c.streams.video[0].time_base)
+                     for f in c.decode(video=0)]  # fmt: skip
+        assert r["frames"] == N and times == pytest.approx([i / 25 for i in range(N)], abs=1e-3), (dst, codec, times)

@@ -619,6 +619,14 @@ def _constant_rate(av, fmt) -> bool:
     return not fmt.flags & (flags.variable_fps.value | flags.no_timestamps.value)
 
 
+def _needs_frame_period(ostream, vin) -> bool:
+    """Whether the encoder takes only the frame period as its time base, as ffmpeg gives every encoder: MPEG-1/2
+    (a standard frame rate) and MPEG-4 part 2 (a denominator up to 65535). The input's time base (MP4's 1/12800,
+    MPEG-TS's 1/90000, Matroska's 1/1000) failed to open them into any container of variable frame rate."""
+    name = ostream.codec_context.name
+    return name in ("mpeg1video", "mpeg2video") or (name == "mpeg4" and (vin.time_base or Fraction(1)).denominator > 65535)
+
+
 def _default_codec(av, muxer: str | None, suffix: str) -> str:
     """libx264, or rawvideo for a muxer of uncompressed frames, libvpx-vp9 for WebM (``muxer``, or else the one of
     the file suffix)."""
@@ -1107,7 +1115,7 @@ def upscale_video(
             for key, value in inp.metadata.items():  # title, comment, creation time...; not what the muxer writes
                 if key.lower() not in _MUXER_KEYS:
                     out.metadata[key] = value
-            cfr = 1 / Fraction(rate) if _constant_rate(av, out.format) else None
+            cfr = 1 / Fraction(rate) if _constant_rate(av, out.format) or _needs_frame_period(ostream, vin) else None
             if cfr is not None or vin.time_base is not None:
                 ostream.time_base = ostream.codec_context.time_base = cfr or vin.time_base
             options = {}
