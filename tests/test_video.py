@@ -684,20 +684,20 @@ def test_gpu_busy_fraction_is_reported(clip, tiny_model, tmp_path):
     assert r["frames"] == N and 0 < r["gpu_busy_s"] <= r["seconds"] and 0 < r["gpu_busy_fraction"] <= 1
 
 
-def _flat_clip(path, pix_fmt, colorspace, color_range, codec="ffv1"):
-    """3 frames 32x16 of one Y'CbCr colour (Y, Cb, Cr) = (120, 90, 170), in a 10-bit format 4x that + 2 (so an
-    8-bit path cannot hit it), tagged with the matrix (0: untagged; primaries and transfer alike) and range."""
+def _flat_clip(path, pix_fmt, colorspace, color_range, codec="ffv1", size=(32, 16)):
+    """3 frames ``size`` (W, H) of one Y'CbCr colour (Y, Cb, Cr) = (120, 90, 170), in a 10-bit format 4x that + 2 (so
+    an 8-bit path cannot hit it), tagged with the matrix (0: untagged; primaries and transfer alike) and range."""
     deep = "10" in pix_fmt
     dt = np.uint16 if deep else np.uint8
     with av.open(str(path), "w") as c:
         v = c.add_stream(codec, rate=10)
-        v.width, v.height, v.pix_fmt = 32, 16, pix_fmt
+        (v.width, v.height), v.pix_fmt = size, pix_fmt
         if colorspace:
             cc = v.codec_context
             cc.colorspace = cc.color_primaries = cc.color_trc = colorspace
         if color_range:
             v.codec_context.color_range = color_range
-        f = av.VideoFrame(32, 16, pix_fmt)
+        f = av.VideoFrame(*size, pix_fmt)
         for plane, value in zip(f.planes, (120, 90, 170)):
             _plane(plane, dt)[:] = 4 * value + 2 if deep else value
         if colorspace:
@@ -744,7 +744,7 @@ def zero_residual(tmp_path):
 )
 def test_colours_come_out_as_they_went_in(tmp_path, zero_residual, colorspace, color_range, matrix_tag):
     """Decoded and encoded with the input's matrix and range, and tagged so: PyAV's own encode-side default (BT.601,
-    limited) moved a BT.709 colour by 4 levels and dropped the tags. An untagged input is tagged BT.601, the
+    limited) moved a BT.709 colour by 4 levels and dropped the tags. An untagged SD input is tagged BT.601, the
     matrix it went through, so that a player does not guess BT.709 for the larger output."""
     src, out = tmp_path / "flat.mkv", tmp_path / "out.mkv"
     _flat_clip(src, "yuv444p", colorspace, color_range)
@@ -754,6 +754,44 @@ def test_colours_come_out_as_they_went_in(tmp_path, zero_residual, colorspace, c
         assert want - 1 <= lo <= hi <= want + 1, (spans_in, spans_out)  # full range: 8-bit RGB in between
     primaries = colorspace or 2
     assert tags[1:] == (matrix_tag, color_range or 1, primaries, primaries)
+
+
+@pytest.mark.parametrize("size, matrix", [((1280, 16), 1), ((720, 577), 1), ((1279, 576), 5), ((720, 480), 5)])
+def test_an_untagged_input_takes_the_matrix_a_player_guesses_for_its_size(size, matrix):
+    """Untagged (unspecified or reserved): BT.709 from 1280 wide or more than 576 tall, else BT.601, as mpv and VLC
+    guess (was BT.601 for every size: an untagged HD video, shown as BT.709, came out tagged BT.601 with the same
+    Y'CbCr, its colours shifted by up to 23 levels); tagged streams keep their matrix, others BT.601."""
+    from types import SimpleNamespace
+
+    from vdsr_fast.video import _matrix
+
+    for tag in (2, 3, None):
+        assert _matrix(SimpleNamespace(colorspace=tag, width=size[0], height=size[1])) == matrix
+    for tag, want in ((1, 1), (5, 5), (6, 5), (9, 9), (8, 5), (0, 5)):  # 8: YCgCo, 0: RGB
+        assert _matrix(SimpleNamespace(colorspace=tag, width=size[0], height=size[1])) == want
+
+
+@pytest.mark.device_image  # PyAV's colour conversion and side data differ between releases
+def test_an_untagged_hd_input_is_upscaled_and_tagged_as_bt709(tmp_path):
+    """End to end, both pipelines: an untagged 1280-wide input's colour is kept (read and written as BT.709) and the
+    output is tagged BT.709."""
+    from vdsr_fast import VDSR
+
+    zero = VDSR(depth=3, channels=4)
+    with torch.no_grad():
+        for p in zero.parameters():
+            p.zero_()
+    weights = str(save(zero, tmp_path / "zero.safetensors"))
+    src = tmp_path / "flat.mkv"
+    _flat_clip(src, "yuv444p", 0, 0, size=(1280, 8))
+    spans_in, _ = _flat_planes(src)
+    for pipeline in ("yuv", "rgb"):
+        out = tmp_path / f"{pipeline}.mkv"
+        assert _run(src, out, "--weights", weights, "--codec", "libx264", "--crf", "0", "--pipeline", pipeline) == 0
+        spans_out, tags = _flat_planes(out)
+        for (lo, hi), (want, _) in zip(spans_out, spans_in):
+            assert want - 1 <= lo <= hi <= want + 1, (pipeline, spans_in, spans_out)
+        assert tags[1:3] == (1, 1), pipeline
 
 
 @pytest.mark.device_image  # PyAV's colour conversion and side data differ between releases

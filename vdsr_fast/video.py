@@ -733,10 +733,19 @@ def _output_format(codec: str, pix_fmt: str | None, deep_input: bool, alpha_inpu
 
 
 # The stream's matrix tag (AVColorSpace) -> swscale's number for it (SWS_CS_*: PyAV's Colorspace, whose names differ
-# between releases); untagged or anything else: BT.601, swscale's default, and the output is then tagged BT.601
-# (SMPTE 170M), so that a player does not guess another matrix for its size (SD and HD guesses differ).
+# between releases); untagged: the matrix players guess from the size (mpv's and VLC's rule: BT.709 from 1280 wide
+# or more than 576 tall, else BT.601), anything else: BT.601, swscale's default. The output is tagged with the
+# matrix taken, so that a player does not guess another one for the larger size.
 _MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}  # BT.709, FCC, BT.601 (BT470BG, SMPTE 170M), SMPTE 240M, BT.2020
 _MATRIX_TAG = {1: 1, 4: 4, 5: 6, 7: 7, 9: 9}
+_UNSPECIFIED = (2, 3)  # AVCOL_SPC_UNSPECIFIED, AVCOL_SPC_RESERVED
+
+
+def _matrix(ctx) -> int:
+    tag = int(ctx.colorspace if ctx.colorspace is not None else 2)
+    if tag in _UNSPECIFIED:
+        return 1 if ctx.width >= 1280 or ctx.height > 576 else 5
+    return _MATRIX.get(tag, 5)
 
 
 class _Colour:
@@ -753,7 +762,7 @@ class _Colour:
     def __init__(self, ctx, pix_fmt: str, deep: bool, rgb_out: bool, alpha: bool) -> None:
         self.size = (ctx.width, ctx.height)  # frames of another size (a stream that changes size) are resized to it
         self.resized = 0
-        self.matrix = _MATRIX.get(int(ctx.colorspace or 0), 5)
+        self.matrix = _matrix(ctx)
         self.range = int(ctx.color_range or 0) or 1  # 1 = MPEG (limited), 2 = JPEG (full); untagged: limited
         self.tags = (int(ctx.color_primaries or 2), int(ctx.color_trc or 2))  # 2 = unspecified
         self.pix_fmt, self.rgb_out = pix_fmt, rgb_out
@@ -955,7 +964,8 @@ def upscale_video(
     stream or yields no video frame is an error.
 
     Colours cross to RGB and back with the input's Y'CbCr matrix and range, which the output is tagged with
-    (:class:`_Colour`). ``pix_fmt`` (the encoded pixel format) defaults to the input's depth in 4:2:0:
+    (:class:`_Colour`; untagged: limited range, BT.709 from 1280 wide or more than 576 tall, else BT.601, as players
+    guess). ``pix_fmt`` (the encoded pixel format) defaults to the input's depth in 4:2:0:
     ``yuv420p``, or ``yuv420p10le`` for an input of more than 8 bits a sample (the frames then cross as 16-bit
     RGB), with alpha (``yuva420p``...) for an input with alpha when the codec can keep it, or the codec's first
     such format when it takes neither. Alpha is upscaled bicubically; a codec that cannot keep it drops it, with a
