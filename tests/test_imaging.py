@@ -290,3 +290,28 @@ def test_ycbcr_to_rgb_leaves_out_of_gamut_values_unclamped():
     ycc = torch.tensor([[1.0, 0.0], [128 / 255] * 2, [128 / 255] * 2], dtype=torch.float64)[:, None, :]
     want = torch.tensor([239 / 219, -16 / 219], dtype=torch.float64).expand(3, 1, 2)
     torch.testing.assert_close(ycbcr_to_rgb(ycc), want, rtol=0, atol=1e-12)
+
+
+def test_outputs_are_written_through_a_symlink_keeping_the_mode_of_the_file_replaced(tmp_path):
+    """write_image (and vdsr_fast.save, the same temporary-then-rename helper) over a symbolic link writes the file
+    it names, and over an existing file keeps its mode, as open() would (the link became a file, the file it named
+    untouched; a 0600 file became 0644); a dangling link's target is created with the default mode."""
+    import vdsr_fast
+    from vdsr_fast.images import default_file_mode, read_image, write_image
+
+    arr = np.full((4, 5, 3), 7, np.uint8)
+    real, link = tmp_path / "real.png", tmp_path / "link.png"
+    write_image(real, arr + 1)
+    real.chmod(0o600)
+    link.symlink_to(real)
+    write_image(link, arr)
+    assert link.is_symlink() and (read_image(real) == arr).all() and real.stat().st_mode & 0o777 == 0o600
+    w = tmp_path / "w.safetensors"
+    vdsr_fast.save(vdsr_fast.VDSR(depth=3, channels=4), w)
+    w.chmod(0o640)
+    vdsr_fast.save(vdsr_fast.VDSR(depth=3, channels=4), w)
+    assert w.stat().st_mode & 0o777 == 0o640
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "new.png")
+    write_image(tmp_path / "dangling.png", arr)
+    assert (read_image(tmp_path / "new.png") == arr).all() and (tmp_path / "new.png").stat().st_mode & 0o777 == default_file_mode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.png", "link.png", "new.png", "real.png", "w.safetensors"]

@@ -508,3 +508,17 @@ def test_mpeg2_and_mpeg4_part_2_get_the_frame_period_as_their_time_base(tmp_path
             times = [float(f.time) - float(c.streams.video[0].start_time * c.streams.video[0].time_base)
                      for f in c.decode(video=0)]  # fmt: skip
         assert r["frames"] == N and times == pytest.approx([i / 25 for i in range(N)], abs=1e-3), (dst, codec, times)
+
+
+def test_force_writes_through_a_symlink_and_keeps_the_mode_of_the_file_it_replaces(tmp_path, weights):
+    """--force over a symbolic link writes the file it names (the link was replaced by a file and the file it named
+    left as it was, as open() would not), and over a private 0600 file keeps 0600 (it became 0644)."""
+    clip = tmp_path / "clip.mp4"
+    _make_clip(clip, audio=None)
+    real = tmp_path / "real.mp4"
+    real.write_bytes(b"old")
+    (tmp_path / "link.mp4").symlink_to(real)
+    real.chmod(0o600)
+    assert _run(clip, tmp_path / "link.mp4", "--weights", weights, "--force") == 0
+    assert (tmp_path / "link.mp4").is_symlink() and real.stat().st_size > 3 and real.stat().st_mode & 0o777 == 0o600
+    assert _listing(tmp_path) == ["clip.mp4", "link.mp4", "real.mp4"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 import threading
 import zlib
@@ -30,6 +31,19 @@ def default_file_mode() -> int:
     """The mode a plain ``open(path, "w")`` would give (0o666 less the umask): temporary files from
     ``mkstemp`` are 0o600, and an output renamed from one would otherwise be unreadable to others."""
     return 0o666 & ~_current_umask()
+
+
+def output_target(path: Path) -> tuple[Path, int]:
+    """Where a write of ``path`` through a temporary file renamed over it goes, and the mode that file then gets, as
+    ``open(path, "w")`` would: through a symbolic link to the file it names (renamed over the link, the link became a
+    file and the file it named was left as it was), an existing file's permission bits kept (a private 0600 output
+    became 0644 when overwritten), else :func:`default_file_mode`."""
+    real = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        mode = stat.S_IMODE(real.stat().st_mode)
+    except FileNotFoundError:
+        mode = default_file_mode()
+    return real, mode
 
 
 _UMASK_LOCK = threading.Lock()
@@ -353,13 +367,15 @@ def _png_add_chunks(path: str, extra: list[tuple[bytes, bytes]]) -> None:
 @contextlib.contextmanager
 def _atomic(path: Path):
     """A temporary file beside ``path`` to write, renamed to ``path`` at the end (removed on an error), so an
-    interrupted run never leaves a half-written file under the final name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix.lower(), dir=path.parent)
+    interrupted run never leaves a half-written file under the final name; through a symbolic link to the file it
+    names, with an existing file's mode (:func:`output_target`)."""
+    target, mode = output_target(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=path.suffix.lower(), dir=target.parent)
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

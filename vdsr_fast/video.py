@@ -51,7 +51,7 @@ from .cli import (
     catch_sigterm,
     size_arg,
 )
-from .images import default_file_mode, folder_files
+from .images import folder_files, output_target
 
 __all__ = ["main", "upscale_video", "VideoError"]
 
@@ -1077,11 +1077,12 @@ def upscale_video(
         kw["fused_color"] = True if fused_color else None  # upscale()'s for the RGB frames: asked for, or its default
     tmp = None  # a file: written as a hidden temporary file beside it, renamed once complete
     if not dst_stream:
+        target, mode = output_target(dst)
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=dst.suffix, dir=target.parent)  # dst's: the muxer
         except OSError as e:
             inp.close()
-            raise VideoError(f"cannot write into {dst.parent}: {e.strerror or e}") from None
+            raise VideoError(f"cannot write into {target.parent}: {e.strerror or e}") from None
         os.close(fd)
         tmp = Path(tmp_name)
     ok = False
@@ -1207,8 +1208,8 @@ def upscale_video(
         if damaged is not None:
             _warn(f"{src_label} looks truncated or damaged: {damaged}")
         if tmp is not None:
-            os.chmod(tmp, default_file_mode())
-            os.replace(tmp, dst)
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
         ok = True
     finally:
         inp.close()
