@@ -1,5 +1,6 @@
 """Long runs and shared use: no memory growth over 10,000 frames, threads sharing one model or
-engine, frames beyond a backend's index range, engines bound to one device."""
+engine, frames beyond a backend's index range, engines bound to one device, and (on a GPU) a batch and an 8K
+frame at the edge of the kernels' index ranges."""
 
 import importlib.util
 import resource
@@ -289,3 +290,49 @@ def test_gpu_1080p_frames_without_memory_growth():
     torch.cuda.synchronize(device)
     assert torch.cuda.memory_allocated(device) == before
     assert torch.cuda.max_memory_allocated(device) <= peak
+
+
+def _gpu_engine(backend: str, model, dtype):
+    """``model`` on the GPU and an Engine of ``backend`` for it, or a skip saying why it cannot run here."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA: frames at the edge of the kernels' index ranges")
+    from vdsr_fast.engine import BackendUnavailable
+
+    model = model.cuda()
+    try:
+        return model, Engine(model, backend=backend, dtype=dtype, device="cuda")
+    except BackendUnavailable as e:
+        pytest.skip(f"{backend} backend unavailable: {e}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_a_batch_beyond_2_31_activation_values_is_right_in_its_last_frame(backend):
+    """17 1080p frames hold 2.26e9 64-channel activation values, past 2**31: the last frame's offsets need the
+    kernels' 64-bit image offsets (read, not run, until now). That frame (and the first) against the float64
+    reference of it alone; a depth-3 net keeps it to a few hundred milliseconds and ~10 GB."""
+    from equivalence import assert_equivalent, random_vdsr, ref64
+
+    model, engine = _gpu_engine(backend, random_vdsr(3, 64, seed=5), torch.float16)
+    x = torch.rand(17, 1, 1080, 1920, device="cuda")
+    out = engine(x)
+    same = Engine(model, backend="torch", dtype=torch.float16, device="cuda")
+    for i in (0, 16):
+        assert_equivalent(out[i : i + 1], same(x[i : i + 1]), ref64(model, x[i : i + 1]), torch.float16, f"{backend} frame {i} of 17")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_an_8k_frame_is_right_to_its_last_pixel(backend):
+    """7680x4320 with 64 channels is 98.9% of the 32-bit range of one image's offsets: the bottom-right corner
+    (where they are largest) against the float64 reference of that corner with the net's 3-pixel reach around it
+    (its own zero padding spoils only those 3 rows and columns, which are not compared)."""
+    from equivalence import assert_equivalent, random_vdsr, ref64
+
+    model, engine = _gpu_engine(backend, random_vdsr(3, 64, seed=6), torch.float16)
+    x = torch.rand(1, 1, 4320, 7680, device="cuda")
+    out = engine(x)[..., -64:, -64:]
+    corner = x[..., -67:, -67:]
+    ref = ref64(model, corner)[..., 3:, 3:]
+    same = Engine(model, backend="torch", dtype=torch.float16, device="cuda")(corner)[..., 3:, 3:]
+    assert_equivalent(out, same, ref, torch.float16, f"{backend} 8K corner")
