@@ -27,6 +27,7 @@ table printed last. Exit status 0, or 3 when some path failed its reference chec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fnmatch
 import gc
@@ -147,7 +148,7 @@ class BenchConfig:
         return cls(
             device="cpu",
             sizes=["16x16", "16x16:2"],
-            paths=["eager_fp32", "eager_fp16_cl", CUDNN_KEY, "engine_*"],
+            paths=["eager_fp32", "eager_fp16_cl", CUDNN_KEY, "engine_*", "e2e_*"],
             engine_dtypes=["fp32", "fp16"],
             e2e_batches=[1, 2],
             e2e_lr_size=(8, 8),
@@ -318,9 +319,10 @@ def time_callable(call: Callable[[], Any], device: torch.device, cfg: BenchConfi
     if timer == "do_bench":
         from triton.testing import do_bench
 
-        times = do_bench(
-            call, warmup=max(cfg.warmup_ms, 2 * est_ms), rep=max(cfg.rep_ms, cfg.min_iters * est_ms), return_mode="all"
-        )
+        times: list[float] = []
+        while len(times) < cfg.min_iters:  # do_bench sizes its count from its own estimate: it took fewer at 4K
+            times += do_bench(call, warmup=max(cfg.warmup_ms, 2 * est_ms), rep=max(cfg.rep_ms, cfg.min_iters * est_ms),
+                              return_mode="all")  # fmt: skip
         return [float(t) for t in times]
     n_warm = max(1, int(cfg.warmup_ms / est_ms)) if cfg.warmup_ms > 0 else 0
     for _ in range(n_warm):
@@ -354,7 +356,7 @@ def _allocated(device: torch.device) -> int | None:
 
 
 def _peak_mem_mb(fn: Callable, x: Any, device: torch.device, base: int | None, inputs_bytes: int) -> float | None:
-    """The device memory a path needs for one call at this size, MB: the peak during the call above ``base`` (what
+    """The device memory a path needs for one call at this size, MiB (2**20 bytes): the peak during the call above ``base`` (what
     was allocated before the path was built) less the inputs. So what a path holds between calls counts (the
     engines' two activation buffers, their CUDA graphs, the packed weights) as well as what the call allocates
     (PyTorch's per-layer activations, the output, workspaces). The rows of a path are timed from the smallest
@@ -641,14 +643,30 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
     for p in paths:
         if p.key == "compile_fp16_cl" and not cfg.compile:
             continue
-        if cfg.paths is not None and not any(fnmatch.fnmatchcase(p.key, pat) for pat in cfg.paths):
-            if not (p.key == "compile_fp16_cl" and cfg.compile):
-                continue
+        if not path_chosen(p.key, cfg) and not (p.key == "compile_fp16_cl" and cfg.compile):
+            continue
         selected.append(p)
+    keys = [p.key for p in paths] + (e2e_keys(cfg) if cfg.e2e_batches else [])
     for pat in cfg.paths or []:  # a typo would otherwise be a silently shorter table
-        if not any(fnmatch.fnmatchcase(p.key, pat) for p in paths):
+        if not any(fnmatch.fnmatchcase(k, pat) for k in keys):
             print(f"vdsr-fast bench: note: --paths {pat!r} matches no path here", file=sys.stderr)
     return selected
+
+
+def e2e_key(backend: str, mode: str, cfg: BenchConfig) -> str:
+    """The key of an end-to-end group: ``e2e_<backend>_<dtype>`` (``mode`` "rgb"), ``e2e_<backend>_fused_<dtype>``,
+    ``e2e_<backend>_yuv_<dtype>``."""
+    return f"e2e_{backend}_{'' if mode == 'rgb' else mode + '_'}{cfg.e2e_dtype}"
+
+
+def e2e_keys(cfg: BenchConfig) -> list[str]:
+    from vdsr_fast.engine import BACKENDS
+
+    return [e2e_key(b, mode, cfg) for b in BACKENDS for mode in ("rgb", "fused", "yuv")]
+
+
+def path_chosen(key: str, cfg: BenchConfig) -> bool:
+    return cfg.paths is None or any(fnmatch.fnmatchcase(key, pat) for pat in cfg.paths)
 
 
 def split_slow_paths(paths: list[PathSpec], e2e_dtype: str) -> tuple[list[PathSpec], list[PathSpec]]:
@@ -804,7 +822,7 @@ class _Run:
             else (Path(tempfile.gettempdir()) / "vdsr_fast_bench" if cfg.smoke else RESULTS_DIR)
         )
         out.mkdir(parents=True, exist_ok=True)
-        stem = f"{self.date:%Y-%m-%d}_{self.device_info['slug']}"
+        stem = f"{self.date:%Y-%m-%d_%H%M}_{self.device_info['slug']}"  # with the time: a second run did not overwrite
         self.json_path, self.md_path, self.png_path = (out / f"{stem}{ext}" for ext in (".json", ".md", ".png"))
 
     # ---- bookkeeping
@@ -855,6 +873,7 @@ class _Run:
             "device": self.device_info,
             "versions": self.versions,
             "timer": self.timer,
+            "cudnn_search": "every plan timed (cudnn.benchmark, benchmark_limit 0)" if self.cfg.cudnn_benchmark else "heuristics",
             "weights": self.weights,
             "flops_per_pixel": flops_per_pixel(self.model.depth, self.model.channels),
             "peak": self.peak,
@@ -914,7 +933,7 @@ class _Run:
                 self.add(row(*s, status="skipped", note="time budget spent"))
             return None
         fn = None
-        base = _allocated(self.device)  # before the path holds anything (peak MB)
+        base = _allocated(self.device)  # before the path holds anything (peak MiB)
         try:
             with torch.inference_mode():
                 fn, note = spec.build(self.model, self.device)
@@ -948,7 +967,7 @@ class _Run:
             del fn
             _free(self.device)
             return "check_failed"
-        for label, w, h, n in sorted(sizes, key=lambda size: size[1] * size[2] * size[3]):  # smallest first (peak MB)
+        for label, w, h, n in sorted(sizes, key=lambda size: size[1] * size[2] * size[3]):  # smallest first (peak MiB)
             r = row(label, w, h, n, note=note, check=dataclasses.asdict(chk))
             if self.over_budget():
                 r.status, r.note = "skipped", "time budget spent"
@@ -990,9 +1009,11 @@ class _Run:
         variants = [(n, "rgb") for n in backends + sorted(skipped)] + [(n, "fused") for n in fused] + [(n, "yuv") for n in backends]
         for name, mode in variants:
             fuse = mode == "fused"
-            key = f"e2e_{name}_{'' if mode == 'rgb' else mode + '_'}{dname}"
+            key = e2e_key(name, mode, cfg)
+            if not path_chosen(key, cfg):  # --paths chooses these rows too
+                continue
             verdict = verdicts.get(f"engine_{name}_{dname}")
-            base = _allocated(self.device)  # before upscale() builds and caches this group's engine (peak MB)
+            base = _allocated(self.device)  # before upscale() builds and caches this group's engine (peak MiB)
             for n in sorted(cfg.e2e_batches):
                 title = f"upscale_yuv() {name}" if mode == "yuv" else f"upscale() {name}{' fused colour' if fuse else ''}"
                 what = "uint8 4:2:0 BT.709 planes" if mode == "yuv" else "uint8 RGB"
@@ -1026,7 +1047,7 @@ class _Run:
                         ]
                         fn = lambda img, kw=kw, fuse=fuse: upscale(img, s, self.model, fused_color=fuse, **kw)  # noqa: E731
                     if fuse:  # the same frame through both pipelines: at most one level apart (tests/test_fused_color.py)
-                        diff = (fn(inputs[0]).int() - upscale(inputs[0], s, self.model, **kw).int()).abs().max().item()
+                        diff = (fn(inputs[0]).int() - upscale(inputs[0], s, self.model, fused_color=False, **kw).int()).abs().max().item()
                         r.note += f"; max difference to the unfused pipeline {diff} level(s)"
                         if diff > 1:
                             r.status = "check_failed"
@@ -1081,9 +1102,15 @@ class _Run:
         self.notes.append(f"plot: {self.png_path}")
 
     def run(self) -> dict:
+        if self.device.type != "cuda":
+            return self._run()
+        # cudnn.benchmark times every plan cuDNN offers (benchmark_limit 0; PyTorch's default, 10, times the first
+        # 10 of its heuristics' list only); and cuda:N is the current device, where do_bench and the events record
+        with torch.cuda.device(self.device), cudnn_search(self.cfg.cudnn_benchmark):
+            return self._run()
+
+    def _run(self) -> dict:
         cfg = self.cfg
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         self.log(f"{self.device_info['name']} | torch {self.versions['torch']} | timer {self.timer} | {self.weights}")
         with tf32_mode(False):
             self.measure_peak()
@@ -1098,6 +1125,18 @@ class _Run:
         self.plot()
         self.save()
         return self.data()
+
+
+@contextlib.contextmanager
+def cudnn_search(on: bool):
+    """``torch.backends.cudnn.benchmark = on`` with every plan timed (``benchmark_limit = 0``), put back after."""
+    cudnn = torch.backends.cudnn
+    old = cudnn.benchmark, cudnn.benchmark_limit
+    cudnn.benchmark, cudnn.benchmark_limit = on, 0
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.benchmark_limit = old
 
 
 def run(cfg: BenchConfig) -> tuple[dict, Path]:
@@ -1219,6 +1258,15 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise ValueError(f"--min-iters must be at least 1, got {cfg.min_iters}")
     for s in cfg.sizes + cfg.compile_sizes:
         parse_size(s)
+    if cfg.e2e_batches:  # before the network rows, which the end-to-end ones follow
+        from vdsr_fast.api import output_plan
+
+        try:
+            output_plan(cfg.e2e_lr_size[1], cfg.e2e_lr_size[0], cfg.e2e_scale)
+        except ValueError as e:
+            raise ValueError(f"--e2e-scale: {str(e).removeprefix('upscale: ')}") from None
+    if cfg.weights is not None and not Path(cfg.weights).is_file():
+        raise ValueError(f"--weights: {cfg.weights}: no such file")
     return cfg
 
 

@@ -10,7 +10,7 @@
 # once on a tiny input when the extension built, measures `vdsr-fast video` (frames/s, GPU busy
 # fraction; benchmarks/bench_video.py), runs the latency benchmark, and prints the markdown
 # table LAST. Everything it writes goes to $OUT (default: benchmarks/results/gpu_check/): the results
-# <date>_<card>.json/.png, the video JSON and the layer profile's JSON (also copied to benchmarks/results/:
+# <date>_<HHMM>_<card>.json/.png, the video JSON and the layer profile's JSON (also copied to benchmarks/results/:
 # commit them; see benchmarks/README.md), and gpu_check_logs.tgz with env.txt, build.log, pytest.log,
 # junit.xml, sanitizer.log, video.log, bench.log, the benchmark's .md and the optional steps' logs (one
 # archive: the device tool returns at most 8 files).
@@ -313,10 +313,13 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
     BUDGET_IN=$((T - 45))  # the benchmark stops starting new rows this early, then writes its files
     ((BUDGET_IN < 30)) && BUDGET_IN=30
     log "benchmark (timeout ${T}s, row budget ${BUDGET_IN}s) -> $OUT/bench.log"
+    MARK=$(mktemp)  # its JSON is newer than this: not canary.json, nor a JSON of an earlier call left in $OUT
     # shellcheck disable=SC2086
     timeout "$T" "$PY" -m benchmarks.bench_latency --out "$OUT" --budget-s "$BUDGET_IN" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
     rc=$?
-    JSON=$(ls -t "$OUT"/*.json 2>/dev/null | grep -v -e _video_ -e layer_profile_ | head -n 1 || true)
+    JSON=$(find "$OUT" -maxdepth 1 -name '*.json' -newer "$MARK" ! -name canary.json ! -name '*_video_*' \
+      ! -name '*layer_profile_*' -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -n 1 | cut -d' ' -f2- || true)
+    rm -f "$MARK"
     case $rc in
       0) SUMMARY+=("bench: done") ;;
       3) SUMMARY+=("bench: done, SOME PATH FAILED ITS REFERENCE CHECK (rows marked FAIL)") ;;

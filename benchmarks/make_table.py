@@ -43,7 +43,7 @@ def render_header(data: dict) -> str:
     for key, label in (("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"), ("triton", "triton")):
         if ver.get(key):
             parts.append(f"{label} {ver[key]}")
-    line = f"**{', '.join(parts)}** — {data.get('date', '?')}, timer `{data.get('timer', '?')}`"
+    line = f"**{', '.join(parts)}** — {data.get('date', '?')}, commit {ver.get('git_commit') or '?'}, timer `{data.get('timer', '?')}`"
     if peak.get("tflops"):
         line += (
             f"; measured {peak.get('dtype', '?')} matmul peak {peak['tflops']:.0f} TFLOP/s ({peak.get('shape', '?')})"
@@ -76,7 +76,7 @@ def render_markdown(data: dict, include_failed: bool = True) -> str:
     """The full results table (every timed row, and the rows whose check failed or which raised)."""
     head = [
         "path", "dtype", "size", "N", "median ms", "p10 ms", "p90 ms", "frames/s", "TFLOP/s",
-        "% peak", "× cuDNN fused", "× eager fp16 CL", "peak MB", "check",
+        "% peak", "× cuDNN fused", "× eager fp16 CL", "peak MiB", "check",
     ]  # fmt: skip
     lines = [render_header(data), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in data.get("rows", []):

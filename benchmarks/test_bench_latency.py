@@ -52,6 +52,14 @@ def _spec(key: str, device: torch.device) -> bl.PathSpec:
     return specs[0]
 
 
+def _checked(spec: bl.PathSpec, model, device: torch.device):
+    """The path's callable, once it passed the reference check (DESIGN.md §6): a wrong path fails, untimed."""
+    fn, _note = spec.build(model, device)
+    chk = bl.check_against_reference(fn, model, device, spec.precision, spec.input_dtype, spec.channels_last, tf32=spec.tf32)
+    assert chk.passed, f"{spec.key} fails the reference check: err {chk.err:.3g} > {chk.bound:.3g} {chk.note}"
+    return fn
+
+
 @needs_cuda
 @pytest.mark.parametrize("key", _KEYS)
 def test_latency(benchmark, model, key):
@@ -60,11 +68,7 @@ def test_latency(benchmark, model, key):
     spec = _spec(key, device)
     label, w, h, n = bl.parse_size(os.environ.get("VDSR_BENCH_SIZE", "1080p"))
     with bl.tf32_mode(spec.tf32), torch.inference_mode():
-        fn, _note = spec.build(model, device)
-        chk = bl.check_against_reference(
-            fn, model, device, spec.precision, spec.input_dtype, spec.channels_last, tf32=spec.tf32
-        )
-        assert chk.passed, f"{key} fails the reference check: err {chk.err:.3g} > {chk.bound:.3g} {chk.note}"
+        fn = _checked(spec, model, device)
         g = torch.Generator().manual_seed(1)
         inputs = [
             bl._to_input(torch.rand(n, 1, h, w, generator=g).to(device), spec.input_dtype, spec.channels_last)
@@ -98,6 +102,8 @@ def test_upscale_latency(benchmark, model, backend):
     reason = available_backends(device).get(backend)
     if reason is not None:
         pytest.skip(f"{backend}: {reason}")
+    with bl.tf32_mode(False), torch.inference_mode():  # the network upscale() runs, checked as test_latency's are
+        _checked(_spec(f"engine_{backend}_fp16", device), model, device)
     g = torch.Generator().manual_seed(2)
     frames = [torch.randint(0, 256, (1, 3, 540, 960), generator=g, dtype=torch.uint8).to(device) for _ in range(3)]
     it = itertools.cycle(frames)

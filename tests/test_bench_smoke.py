@@ -381,8 +381,8 @@ def test_the_device_scripts_parse():
 
 
 def test_peak_memory_counts_what_a_path_holds(monkeypatch):
-    """peak MB = the peak during a call above what was allocated before the path was built, less the inputs: an
-    engine's persistent buffers count (runs up to 10 left them out, 8 MB against cuDNN's 762 at 1080p)."""
+    """peak MiB = the peak during a call above what was allocated before the path was built, less the inputs: an
+    engine's persistent buffers count (runs up to 10 left them out, 8 MiB against cuDNN's 762 at 1080p)."""
     state = {"allocated": 1000, "peak": 0}
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["allocated"])
@@ -740,7 +740,7 @@ def test_a_backend_that_raises_is_an_error_at_every_size_not_a_wrong_result(tmp_
     # each size gets its error row, the end-to-end rows say the engine raised (they do not run it again), a dtype the
     # backend lacks is a skipped row, and the exit status stays 0 (3 is for wrong results)
     monkeypatch.setitem(engine_mod.BACKENDS, "raising", RaisingBackend)
-    assert bench.main(["--smoke", "--backends", "raising", "--paths", "engine_*", "--out", str(tmp_path)]) == 0
+    assert bench.main(["--smoke", "--backends", "raising", "--paths", "engine_*,e2e_*", "--out", str(tmp_path)]) == 0
     rows = {(r["key"], r["batch"]): r for r in _json(tmp_path)["rows"]}
     for batch in (1, 2):
         r = rows[("engine_raising_fp32", batch)]
@@ -753,13 +753,57 @@ def test_a_backend_that_raises_is_an_error_at_every_size_not_a_wrong_result(tmp_
 
 
 def test_a_spent_time_budget_skips_the_rows_left(tmp_path):
-    argv = ["--smoke", "--backends", "torch", "--paths", "engine_torch_fp32", "--budget-s", "0", "--out", str(tmp_path)]
+    argv = ["--smoke", "--backends", "torch", "--paths", "engine_torch_fp32,e2e_*", "--budget-s", "0", "--out", str(tmp_path)]
     assert bench.main(argv) == 0
     rows = _json(tmp_path)["rows"]
     assert {(r["key"], r["batch"]) for r in rows} == {
         (k, b) for k in ("engine_torch_fp32", "e2e_torch_fp32", "e2e_torch_yuv_fp32") for b in (1, 2)
     }
     assert all(r["status"] == "skipped" and r["note"] == "time budget spent" for r in rows), rows
+
+
+def test_paths_choose_the_end_to_end_rows_too(tmp_path, capsys):
+    """--paths selects end-to-end groups by their keys as the network paths (e2e_torch_yuv_fp32 alone: was every
+    group, budget and all, with a note that the pattern matched nothing)."""
+    argv = ["--smoke", "--backends", "torch", "--paths", "e2e_torch_yuv_*", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    assert {r["key"] for r in _json(tmp_path)["rows"]} == {"e2e_torch_yuv_fp32"}
+    assert "matches no path" not in capsys.readouterr().err
+
+
+def test_the_fused_colour_check_compares_with_the_unfused_pipeline(monkeypatch):
+    """The fused end-to-end rows are checked against upscale(fused_color=False): since fused colour became the
+    default on a GPU, a call without it compared the fused pipeline with itself."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(bench._Run.run_e2e)))  # the fused rows run on a GPU only
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "upscale"]
+    assert calls and all(any(k.arg == "fused_color" for k in c.keywords) for c in calls)
+
+
+def test_do_bench_gives_at_least_min_iters_samples(monkeypatch):
+    """do_bench sizes its count from its own estimate (9 samples behind 4K rows asked for 10 or more): it is called
+    again until --min-iters samples are in."""
+    import triton.testing
+
+    calls = []
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: calls.append(kw) or [1.0, 2.0, 3.0])
+    cfg = bench.BenchConfig(min_iters=7, rep_ms=1, warmup_ms=0)
+    times = bench.time_callable(lambda: None, torch.device("cpu"), cfg, "do_bench")
+    assert len(times) == 9 and len(calls) == 3 and all(kw["return_mode"] == "all" for kw in calls)
+
+
+def test_bad_e2e_scale_and_missing_weights_are_refused_before_any_row(tmp_path, capsys):
+    """--e2e-scale outside 1-4 ran every network row, then died in the end-to-end rows with a traceback (exit 1); a
+    missing --weights file was a traceback too. Both: one line, exit status 2, nothing written."""
+    for extra, msg in ((["--e2e-scale", "5"], "--e2e-scale: scale must be a number from 1 to 4"),
+                       (["--weights", str(tmp_path / "none.safetensors")], "--weights: " + str(tmp_path / "none.safetensors") + ": no such file")):  # fmt: skip
+        assert bench.main(["--smoke", "--out", str(tmp_path / "out"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_flags_reach_the_config():
@@ -776,7 +820,7 @@ RESULTS = {
     "date": "2026-01-01T00:00:00+00:00",
     "timer": "do_bench",
     "device": {"name": "Some GPU", "driver": "580.1"},
-    "versions": {"torch": "2.11", "cuda": "13.0", "cudnn": "9.19.0", "triton": "3.6.0"},
+    "versions": {"torch": "2.11", "cuda": "13.0", "cudnn": "9.19.0", "triton": "3.6.0", "git_commit": "0123abcd"},
     "peak": {"dtype": "fp16", "shape": "8192^3", "tflops": 743.6},
     "weights": "shipped weights",
     "rows": [
@@ -800,9 +844,9 @@ RESULTS = {
 def test_full_table_rounds_each_column_and_leaves_out_skipped_rows():
     table = make_table.render_markdown(copy.deepcopy(RESULTS)).splitlines()
     assert table[0] == ("**Some GPU, driver 580.1, torch 2.11, CUDA 13.0, cuDNN 9.19.0, triton 3.6.0** — "
-                        "2026-01-01T00:00:00+00:00, timer `do_bench`; measured fp16 matmul peak 744 TFLOP/s (8192^3); "
+                        "2026-01-01T00:00:00+00:00, commit 0123abcd, timer `do_bench`; measured fp16 matmul peak 744 TFLOP/s (8192^3); "
                         "weights: shipped weights")  # fmt: skip
-    # ms: 3 decimals under 10, 2 under 100, 1 above; frames/s, TFLOP/s, % peak 1 decimal; speedups 2; MB none
+    # ms: 3 decimals under 10, 2 under 100, 1 above; frames/s, TFLOP/s, % peak 1 decimal; speedups 2; MiB none
     assert table[4:] == [
         "| cuDNN fused | fp16 | 1080p | 1 | 7.068 | 7.015 | 7.232 | 141.5 | 390.0 | 52.5 | 1.00 | — | 764 | ok |",
         "| engine cuda | fp16 | 4K | 1 | 21.50 | 21.29 | 121.7 | 46.5 | 512.8 | 68.9 | 1.31 | 2.50 | 2059 | ok |",
