@@ -167,9 +167,17 @@ class CMakeBuild(build_ext):
         nvcc = _find_nvcc()
         archs, jobs = _cuda_archs(), _build_jobs()
         _check_nvcc(nvcc)
+        if not (ROOT / "CMakeLists.txt").is_file() or not (ROOT / "csrc").is_dir():
+            raise SetupError(
+                f"CMakeLists.txt or csrc/ is missing from {ROOT} (an sdist made without MANIFEST.in?): "
+                f"the CUDA extension cannot be built from this tree; {SKIP_HINT}"
+            )
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         out_dir.mkdir(parents=True, exist_ok=True)
-        build_dir = Path(self.build_temp).resolve() / "cmake-cuda"
+        # A build tree that outlives the call: setuptools gives editable installs a fresh temporary build_temp,
+        # which made every `pip install -e .` recompile all kernels. (With pip's build isolation pybind11's
+        # include path still changes per build; --no-build-isolation keeps it, and the rebuild incremental.)
+        build_dir = ROOT / "build" / f"cmake-cuda-{sys.implementation.cache_tag}"
         build_dir.mkdir(parents=True, exist_ok=True)
         cfg = [
             "cmake",

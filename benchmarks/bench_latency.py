@@ -356,8 +356,8 @@ def _allocated(device: torch.device) -> int | None:
 
 
 def _peak_mem_mb(fn: Callable, x: Any, device: torch.device, base: int | None, inputs_bytes: int) -> float | None:
-    """The device memory a path needs for one call at this size, MiB (2**20 bytes): the peak during the call above ``base`` (what
-    was allocated before the path was built) less the inputs. So what a path holds between calls counts (the
+    """The device memory a path needs for one call at this size, MiB (2**20 bytes): the peak during the call above
+    ``base`` (what was allocated before the path was built) less the inputs. So what a path holds between calls counts (the
     engines' two activation buffers, their CUDA graphs, the packed weights) as well as what the call allocates
     (PyTorch's per-layer activations, the output, workspaces). The rows of a path are timed from the smallest
     frame up, so the buffers it holds are the ones this size needs."""

@@ -510,3 +510,45 @@ def test_module_holds_code_for_exactly_the_archs_it_names():
     if shutil.which("readelf"):
         needed = subprocess.run(["readelf", "-d", _C.__file__], capture_output=True, text=True, check=True).stdout
         assert "libcudart" not in needed
+
+
+@unix_only
+def test_a_tree_without_the_cuda_sources_fails_naming_them(setup_py, monkeypatch, tmp_path):
+    """An sdist without CMakeLists.txt and csrc/ (there was no MANIFEST.in) failed in CMake, with a message that named
+    other causes: now the missing files, before CMake runs."""
+    bin_dir = tmp_path / "bin"
+    _fake_nvcc(bin_dir, "13.0")
+    _script(bin_dir / "cmake", f": > {tmp_path / 'cmake_ran'}\n")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(setup_py, "ROOT", tmp_path / "unpacked")
+    cmd, ext = _build_ext(setup_py, tmp_path)
+    with pytest.raises(setup_py.SetupError, match="CMakeLists.txt or csrc/ is missing from .*unpacked"):
+        cmd.build_extension(ext)
+    assert not (tmp_path / "cmake_ran").exists()
+
+
+def test_the_sdist_holds_what_building_and_testing_need(tmp_path):
+    """python -m build makes the wheel from the sdist: without CMakeLists.txt and csrc/ it failed wherever nvcc is
+    found (and made a wheel without the extension elsewhere), and its tests could not import their helpers."""
+    import tarfile
+
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout: the tracked files are not known")
+    tree = tmp_path / "tree"
+    for name in tracked.stdout.splitlines():
+        if (ROOT / name).is_file() and not name.startswith("benchmarks/results/"):
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, tree / name)
+    env = {**os.environ, "VDSR_FAST_SKIP_CUDA_BUILD": "1"}
+    r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")], cwd=tree,
+                       capture_output=True, text=True, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (sdist,) = (tmp_path / "dist").glob("vdsr_fast-*.tar.gz")
+    with tarfile.open(sdist) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    needed = {"CMakeLists.txt", "setup.py", "pyproject.toml", "MANIFEST.in", "csrc/bindings.cpp", "csrc/vdsr_kernels.h",
+              "csrc/conv3x3_body.cu", "csrc/wgmma_body.cuh", "vdsr_fast/weights/vdsr_x234.safetensors", "tests/conftest.py",
+              "tests/equivalence.py", "tests/legacy_writer.py", "benchmarks/bench_video.py", "docs/VIDEO.md"}  # fmt: skip
+    assert not needed - names, sorted(needed - names)
+    assert not any(n.startswith(("benchmarks/results/", "build/")) for n in names)

@@ -287,8 +287,8 @@ EXIT_STATUS = ("Exit status: 0 every check passed (without --backend/--dtype als
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vdsr-fast verify",
-        description="Check the fast backends on this machine against the float64 reference (DESIGN.md §6's rule: "
-        "err <= 2 * err(PyTorch same dtype) + ATOL[dtype] * scale), on fresh random inputs, the shipped weights and "
+        description="Check the fast backends on this machine against the float64 reference (the project's "
+        "equivalence rule, README's Equivalence: err <= 2 * err(PyTorch same dtype) + ATOL[dtype] * scale), on fresh random inputs, the shipped weights and "
         "random ones, from NaN-poisoned buffers. " + EXIT_STATUS,
     )
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
