@@ -297,3 +297,15 @@ def test_launcher_errors():
         )
     with pytest.raises(ValueError, match="is on meta"):
         conv3x3_bias_relu(x, w.to("meta"), b)
+
+
+def test_share_row_refuses_a_launch_whose_last_rows_would_wrap_int32():
+    """SHARE_ROW's programs step by block_m - 2 pixels (not a power of two): within block_m of 2**31 pixels the last
+    program's row offsets passed 2**31 - 1 and wrapped negative, unmasked (a review's finding; the default configs
+    step by powers of two and cannot). Refused before the launch: 64 x 18631 x 1801 = 2**31 - 64 pixels."""
+    from vdsr_fast.kernels.triton.conv3x3 import _launch
+
+    cfg = ConvConfig(128, 16, 16, 8, 2, share_row=True)
+    x = torch.zeros(1, 1, 1, 16).expand(64, 18631, 1801, 16)  # no memory behind the pixels: refused first
+    with pytest.raises(ValueError, match=r"64x18631x1801 pixels is too many for one share_row launch \(block_m 128\)"):
+        _launch(x, x.stride(), None, None, None, 64, 18631, 1801, 16, 16, False, True, cfg)

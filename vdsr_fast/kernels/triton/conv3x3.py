@@ -400,6 +400,8 @@ def _launch(x, strides, w, b, out, n, h, w_, c_in, c_out, head, relu, config, ta
     """``tail``: (tw, z) for the TAIL epilogue (z is then written instead of ``out``, which may be None)."""
     m = n * h * w_
     share_row = config.share_row and not head
+    if share_row and m + config.block_m >= 2**31:  # its programs step by block_m - 2: the last one's rows wrap int32
+        raise ValueError(f"conv3x3: {n}x{h}x{w_} pixels is too many for one share_row launch (block_m {config.block_m})")
     tiles = program_count(n, h, w_, config.block_m, config.tile_w, config.block_m - 2 if share_row else None)
     grid = (tiles, triton.cdiv(c_out, config.block_n))
     tw, z = tail if tail is not None else (w, b)  # unused placeholders without TAIL
