@@ -131,10 +131,10 @@ def test_on_the_gpu_as_on_the_cpu():
 
 def test_planes_are_upscale_and_bicubic_of_the_samples_rounded(tiny_model):
     """BT.601 studio-range planes (no matrix change): the luma is upscale() of y / 255 rounded to the nearest level
-    (half up),
-    each chroma plane MATLAB's bicubic of c / 255 rounded; 4:2:0 of odd size at 1.5x gives ceil(H / 2) x ceil(W / 2)
-    chroma (38x47 luma: 19x24), 4:2:2 stays 4:2:2 (25x16 chroma of a 25x31 luma: 50x31 at 2x). Chroma against float64: half a level plus float32's resize error
-    (~1e-5 level; 1e-3 allowed)."""
+    (half up), each chroma plane MATLAB's bicubic of c / 255 by the luma's factors (38/25, 47/31), cut to
+    ceil(H / 2) x ceil(W / 2) and rounded: 4:2:0 of odd size at 1.5x gives 19x24 chroma of a 38x47 luma (resized to
+    19x24 by size, the chroma was stretched by 19/13, not the luma's 38/25); 4:2:2 stays 4:2:2 (25x16 chroma of a
+    25x31 luma: 50x31 at 2x). Chroma against float64: half a level plus float32's resize error (1e-3 allowed)."""
     g = torch.Generator().manual_seed(3)
     y = torch.randint(16, 236, (2, 1, 25, 31), generator=g).to(torch.uint8)
     u, v = (torch.randint(16, 241, (2, 1, 13, 16), generator=g).to(torch.uint8) for _ in range(2))
@@ -143,10 +143,37 @@ def test_planes_are_upscale_and_bicubic_of_the_samples_rounded(tiny_model):
     want = upscale(y.float() / 255, model=tiny_model, size=(38, 47))  # the same float32 call upscale_yuv makes
     assert torch.equal(Y, (want * 255 + 0.5).floor().clamp(0, 255).to(torch.uint8))  # half up, as upscale() rounds
     for got, c in ((U, u), (V, v)):
-        ref = (imresize(c.double() / 255, size=(19, 24)) * 255).clamp(0, 255)
+        ref = (imresize(c.double() / 255, scale=(38 / 25, 47 / 31))[..., :19, :24] * 255).clamp(0, 255)
         assert (got.double() - ref).abs().max() <= 0.5 + 1e-3
     u422, v422 = u.repeat_interleave(2, dim=2)[:, :, :25], v.repeat_interleave(2, dim=2)[:, :, :25]  # 25x16 chroma
     assert [tuple(p.shape[-2:]) for p in upscale_yuv(y, u422, v422, 2, tiny_model)] == [(50, 62), (50, 31), (50, 31)]
+
+
+@pytest.mark.parametrize("matrix", ["bt601", "bt709"])
+def test_subsampled_chroma_stays_where_the_luma_is_at_odd_sizes(tiny_model, monkeypatch, matrix):
+    """4:2:0 of an odd 9 wide has 5 chroma samples: the chroma is resized by the luma's factor (2) on its own grid
+    and cut, so one luma column less changes no chroma sample left of it (resized to 9 by size, it was stretched by
+    1.8: a 16-level shift). For BT.709 the chroma term added to the network's input is resized so too (x2 on the
+    chroma grid, cut to the luma's 15x21): the input the network gets, captured."""
+    import vdsr_fast.api
+
+    g = torch.Generator().manual_seed(9)
+    y = torch.randint(16, 236, (1, 1, 8, 10), generator=g).to(torch.uint8)
+    u, v = (torch.randint(16, 241, (1, 1, 4, 5), generator=g).to(torch.uint8) for _ in range(2))
+    _, U10, V10 = upscale_yuv(y, u, v, 2, tiny_model, matrix=matrix)
+    _, U9, V9 = upscale_yuv(y[..., :9], u, v, 2, tiny_model, matrix=matrix)
+    assert U9.shape[-1] == 9 and torch.equal(U9, U10[..., :9]) and torch.equal(V9, V10[..., :9])
+    if matrix == "bt601":
+        return
+    seen = []
+    real = vdsr_fast.api.upscale
+    monkeypatch.setattr(vdsr_fast.api, "upscale", lambda x, *a, **k: seen.append(x.clone()) or real(x, *a, **k))
+    y = torch.randint(16, 236, (1, 1, 15, 21), generator=g).to(torch.uint8)
+    u, v = (torch.randint(16, 241, (1, 1, 8, 11), generator=g).to(torch.uint8) for _ in range(2))
+    upscale_yuv(y, u, v, 2, tiny_model, matrix=matrix)
+    a, b = bt601_y_from(matrix)
+    term = imresize((a * (u.float() - 128) + b * (v.float() - 128)) / 255, scale=2)[..., :15, :21]
+    torch.testing.assert_close(seen[0], y.float() / 255 + term, rtol=0, atol=1e-6)
 
 
 def _bt601_y_from_the_standard(kr: float, kb: float) -> tuple[float, float]:

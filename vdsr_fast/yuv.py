@@ -79,10 +79,13 @@ def upscale_yuv(
             interleaved plane ``uv`` gives ``uv[..., 0::2]`` and ``uv[..., 1::2]``), same dtype and batch; None for
             gray.
         scale, size, model: as :func:`vdsr_fast.upscale` (``size`` is the luma's ``(H, W)``); the chroma planes
-            are scaled by the same factors (4:2:0 stays 4:2:0).
+            are scaled by the same factors on their own sample grid and cut to the subsampled size (4:2:0 stays
+            4:2:0; an odd luma's chroma stays where the luma is).
         matrix: the planes' Y'CbCr matrix, one of :data:`MATRICES` (``bt601``, ``bt709``, ``bt2020``, ...).
         full_range: JPEG/full-range samples instead of studio range (16-235 of 255, 10-bit 64-940).
-        bits: significant bits of uint16 samples (9-16; required for uint16); 8 for uint8.
+        bits: significant bits of uint16 samples (9-16; required for uint16); 8 for uint8. Samples above
+            ``2**bits - 1`` (P010's high-aligned samples with ``bits=10``, 12-bit data) are not checked, which would
+            wait for the GPU every frame: they come out clipped and wrong.
         chroma_size: the output chroma planes' ``(H, W)`` (default: the input's subsampling applied to the luma's
             output size, e.g. ``ceil(H/2) x ceil(W/2)`` for 4:2:0).
         **kw: :func:`vdsr_fast.upscale`'s ``backend``, ``dtype``, ``tile``, ``max_memory``, ``tune``, ``stream``
@@ -155,7 +158,22 @@ def _subsampling(n: int, m: int) -> int:
     """The chroma subsampling factor of one axis: ``n`` luma samples, ``m`` chroma samples. The standard factors
     (1, 2, 4: 4:4:4, 4:2:x, 4:1:1 / 4:1:0) round up (``ceil(n / f) == m``, 4:2:0 of an odd 5 is 3, 4:1:1 of 10 is
     3); the first that fits, else the nearest ratio."""
-    return next((f for f in (1, 2, 4) if -(-n // f) == m), max(1, round(n / m)))
+    return _standard(n, m) or max(1, round(n / m))
+
+
+def _standard(n: int, m: int) -> int | None:
+    """The standard subsampling factor (1, 2, 4) that gives ``m`` of ``n`` samples rounding up, or None."""
+    return next((f for f in (1, 2, 4) if -(-n // f) == m), None)
+
+
+def _on_grid(x: torch.Tensor, factors: tuple[float, float] | None, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Plane ``x`` resized by ``factors`` (per axis) and cut to ``out_hw``: a subsampled plane keeps its own sample
+    grid, so it stays where the luma is (4:2:0 of an odd 9 wide has 5 chroma samples: resized to 9 by size they
+    were stretched by 1.8 where the luma is by 2, up to half a chroma sample off at the right). ``factors`` None
+    (a plane or a size of no standard subsampling): resized to ``out_hw``."""
+    if factors is None:
+        return imresize(x, size=out_hw)
+    return imresize(x, scale=factors)[..., : out_hw[0], : out_hw[1]]
 
 
 def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma_size, kw):
@@ -169,9 +187,12 @@ def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma
     if full_range:
         luma = 16 / 255 + luma * (219 / 255)
     extra = None
+    subs = [(_standard(h, c.shape[-2]), _standard(w, c.shape[-1])) for c in chroma]  # 4:2:0: (2, 2)
+    grid = bool(chroma) and None not in subs[0]  # a standard subsampling: the chroma keeps its sample grid
     if chroma and (ab := bt601_y_from(matrix)) is not None:  # a Cb + b Cr, at the luma's size, in its units
         unit = (224 / 255 if full_range else 1) / white
-        extra = imresize((ab[0] * (chroma[0].float() - center) + ab[1] * (chroma[1].float() - center)) * unit, size=(h, w))
+        term = (ab[0] * (chroma[0].float() - center) + ab[1] * (chroma[1].float() - center)) * unit
+        extra = _on_grid(term, subs[0] if grid else None, (h, w))
         luma = luma + extra
     luma = upscale(luma, model=model, size=(H, W), **kw)
     if extra is not None:  # its resize as upscale() resizes: at the network's scale, then to the size asked
@@ -181,8 +202,10 @@ def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma
         luma = (luma - 16 / 255) * (255 / 219)
     outs = [_round_levels(luma * white, top)]
     for c in chroma:
-        ch, cw = c.shape[-2:]
-        sub_h, sub_w = _subsampling(h, ch), _subsampling(w, cw)  # 4:2:0: 2, 2
+        sub_h, sub_w = _subsampling(h, c.shape[-2]), _subsampling(w, c.shape[-1])
         out_hw = chroma_size or (math.ceil(H / sub_h), math.ceil(W / sub_w))
-        outs.append(_round_levels(imresize(c.float() / top, size=out_hw) * top, top))
+        to_h, to_w = _standard(H, out_hw[0]), _standard(W, out_hw[1])  # chroma_size's subsampling (the input's by default)
+        # the luma's factors, times the change of subsampling chroma_size asks for
+        factors = (H / h * sub_h / to_h, W / w * sub_w / to_w) if grid and to_h and to_w else None
+        outs.append(_round_levels(_on_grid(c.float() / top, factors, out_hw) * top, top))
     return tuple(_back(o.to(y.dtype), rank) for o in outs)
