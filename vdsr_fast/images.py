@@ -208,6 +208,7 @@ def image_info(path: str | os.PathLike) -> dict:
     from PIL import Image
 
     path = Path(path)
+    orientation = None  # read below only where the dpi needs it
     try:
         with Image.open(path) as im:
             icc, dpi = im.info.get("icc_profile"), im.info.get("dpi")
@@ -220,8 +221,9 @@ def image_info(path: str | os.PathLike) -> dict:
     except Exception:  # a file only tifffile/pypng read: a TIFF's tags as tifffile reads them; else nothing to keep
         tags = _tiff_tags(path) if path.suffix.lower() in (".tif", ".tiff") else {}
         icc, dpi, frames, exif = tags.get("icc_profile"), tags.get("dpi"), _frame_count(path, None), None
+        orientation = tags.get("orientation", 1)  # as _exif_orientation would read it, without reading the tags again
     dpi = tuple(float(d) for d in dpi) if dpi and all(d and d > 0 for d in dpi) else None
-    if dpi and _exif_orientation(path) in (5, 6, 7, 8):  # read_image turns the image a quarter: x <-> y
+    if dpi and (orientation or _exif_orientation(path)) in (5, 6, 7, 8):  # read_image turns it a quarter: x <-> y
         dpi = dpi[::-1]
     return {"icc_profile": icc or None, "dpi": dpi, "frames": frames, "exif": exif}
 

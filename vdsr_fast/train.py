@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .api import SCALES
 from .engine import device_from_flag
 from .evaluate import evaluate, load_y
-from .images import folder_files
+from .images import _atomic, folder_files
 from .imaging import imresize
 from .reference import VDSR
 from .weights import load, save
@@ -158,10 +158,8 @@ def load_train_y(folders: list[str], cache: str = "", progress: bool = True) -> 
     if cache:
         q = [np.floor(y.numpy() * 255.0 + 0.5).astype(np.uint8) for y in ys]
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{cache}.tmp")  # then renamed: an interrupted write leaves no truncated cache
-        with open(tmp, "wb") as f:
+        with _atomic(Path(cache)) as tmp, open(tmp, "wb") as f:  # an interrupted write leaves no truncated cache
             np.savez_compressed(f, y=np.concatenate([a.ravel() for a in q]), shapes=np.array([a.shape for a in q]))
-        os.replace(tmp, cache)
         ys = [torch.from_numpy(a.astype(np.float64) / 255.0) for a in q]
     return ys
 

@@ -186,13 +186,15 @@ def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma
     luma = y.float() / white
     if full_range:
         luma = 16 / 255 + luma * (219 / 255)
-    extra = None
-    subs = [(_standard(h, c.shape[-2]), _standard(w, c.shape[-1])) for c in chroma]  # 4:2:0: (2, 2)
-    grid = bool(chroma) and None not in subs[0]  # a standard subsampling: the chroma keeps its sample grid
+    extra = grid = None
+    if chroma:
+        ch, cw = chroma[0].shape[-2:]  # u's and v's (one shape: checked)
+        std = (_standard(h, ch), _standard(w, cw))  # 4:2:0: (2, 2)
+        grid = None if None in std else std  # a standard subsampling: the chroma keeps its sample grid
     if chroma and (ab := bt601_y_from(matrix)) is not None:  # a Cb + b Cr, at the luma's size, in its units
         unit = (224 / 255 if full_range else 1) / white
         term = (ab[0] * (chroma[0].float() - center) + ab[1] * (chroma[1].float() - center)) * unit
-        extra = _on_grid(term, subs[0] if grid else None, (h, w))
+        extra = _on_grid(term, grid, (h, w))
         luma = luma + extra
     luma = upscale(luma, model=model, size=(H, W), **kw)
     if extra is not None:  # its resize as upscale() resizes: at the network's scale, then to the size asked
@@ -201,11 +203,11 @@ def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma
     if full_range:
         luma = (luma - 16 / 255) * (255 / 219)
     outs = [_round_levels(luma * white, top)]
-    for c in chroma:
-        sub_h, sub_w = _subsampling(h, c.shape[-2]), _subsampling(w, c.shape[-1])
+    if chroma:
+        sub_h, sub_w = _subsampling(h, ch), _subsampling(w, cw)
         out_hw = chroma_size or (math.ceil(H / sub_h), math.ceil(W / sub_w))
         to_h, to_w = _standard(H, out_hw[0]), _standard(W, out_hw[1])  # chroma_size's subsampling (the input's by default)
         # the luma's factors, times the change of subsampling chroma_size asks for
         factors = (H / h * sub_h / to_h, W / w * sub_w / to_w) if grid and to_h and to_w else None
-        outs.append(_round_levels(_on_grid(c.float() / top, factors, out_hw) * top, top))
+        outs += [_round_levels(_on_grid(c.float() / top, factors, out_hw) * top, top) for c in chroma]
     return tuple(_back(o.to(y.dtype), rank) for o in outs)
