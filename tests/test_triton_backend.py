@@ -17,6 +17,7 @@ are checked on GPU only.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import pytest
@@ -338,6 +339,65 @@ def test_compile_aot_eager():
     unfused = Engine(model, backend="triton", dtype=torch.float32, device=device, fuse_tail=False)
     compiled = torch.compile(lambda t: unfused(t), backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(y), unfused(y), atol=0, rtol=0)
+
+
+def test_custom_ops_launch_on_their_tensors_device(monkeypatch):
+    """Each custom op's body launches inside its tensor's device guard (``_on_device``): under
+    ``torch.compile(backend="aot_eager")`` no engine guard is around them, and Triton launches on the current
+    device. Checked on the CPU by recording the guard around every launcher the ops call (the TMA op: GPU only)."""
+    device = triton_device()
+    guarded, launched = [], []
+
+    real_guard = triton_backend._on_device
+
+    @contextlib.contextmanager
+    def guard(t):
+        with real_guard(t):
+            guarded.append(t.device)
+            yield
+            guarded.pop()
+
+    monkeypatch.setattr(triton_backend, "_on_device", guard)
+    for name in ("conv3x3_head", "conv3x3_bias_relu", "conv3x3_winograd", "conv3x3_tail_residual",
+                 "conv3x3_bias_relu_tail_partials", "tail_gather_residual"):  # fmt: skip
+        def recording(real, name=name):
+            def launcher(*args, **kwargs):
+                launched.append((name, list(guarded)))
+                return real(*args, **kwargs)
+
+            return launcher
+
+        monkeypatch.setattr(triton_backend, name, recording(getattr(triton_backend, name)))
+    model = _model(4, 16, seed=9).to(device)
+    y = torch.rand(1, 1, 5, 6, device=device)
+    for opts in ({}, {"fuse_tail": False}, {"body_config": winograd_config(16, 16, torch.float32)}):
+        engine = Engine(model, backend="triton", dtype=torch.float32, device=device, **opts)
+        torch.compile(lambda t, e=engine: e(t), backend="aot_eager", fullgraph=True)(y)
+    assert {name for name, _ in launched} == {"conv3x3_head", "conv3x3_bias_relu", "conv3x3_winograd",
+                                             "conv3x3_tail_residual", "conv3x3_bias_relu_tail_partials",
+                                             "tail_gather_residual"}  # fmt: skip
+    assert all(inside == [y.device] for _, inside in launched), launched
+
+
+def test_on_device_names_the_tensors_gpu():
+    """The guard a tensor on ``cuda:1`` gets is device 1's (built without a GPU: the guard is only entered on one)."""
+    on_gpu1 = type("T", (), {"device": torch.device("cuda", 1)})()
+    assert triton_backend._on_device(on_gpu1).idx == 1
+    assert isinstance(triton_backend._on_device(torch.zeros(1)), contextlib.nullcontext)
+
+
+def test_compile_aot_eager_second_gpu():
+    """An engine on cuda:1 traced with aot_eager runs there while cuda:0 is current (no engine guard around the ops)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    device = torch.device("cuda", 1)
+    model = _model(3, 16, seed=9).to(device)
+    engine = Engine(model, backend="triton", dtype=torch.float16, device=device)
+    y = torch.rand(1, 1, 40, 56, device=device)
+    with torch.cuda.device(0):
+        out = torch.compile(lambda t: engine(t), backend="aot_eager", fullgraph=True)(y)
+        torch.cuda.synchronize(device)
+    torch.testing.assert_close(out, engine(y), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -20,6 +20,7 @@ the tail is ``conv3x3_tail_residual`` (op ``triton_conv3x3_tail_residual``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -50,10 +51,18 @@ __all__ = ["TritonBackend"]
 # --- custom ops: functional wrappers of the launchers, visible to torch.compile --------------------
 
 
+def _on_device(t: torch.Tensor):
+    """``t``'s CUDA device as the current one while an op body launches (Triton launches on the current device; an
+    op traced by ``torch.compile(backend="aot_eager")`` runs without the engine's device guard, so on a second GPU
+    it would launch on the first with the second's pointers); nothing for a CPU tensor (the interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 @torch.library.custom_op("vdsr_fast::triton_conv3x3_head", mutates_args=())
 def conv3x3_head_op(y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Y plane (N, 1, H, W) -> relu(conv3x3 + b) as contiguous NHWC (N, H, W, C_OUT) in ``w``'s dtype."""
-    return conv3x3_head(y, w, b)
+    with _on_device(y):
+        return conv3x3_head(y, w, b)
 
 
 @conv3x3_head_op.register_fake
@@ -65,7 +74,8 @@ def _(y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("vdsr_fast::triton_conv3x3_bias_relu", mutates_args=())
 def conv3x3_bias_relu_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """NHWC (N, H, W, C_IN) -> relu(conv3x3 + b) as contiguous NHWC (N, H, W, C_OUT)."""
-    return conv3x3_bias_relu(x, w, b)
+    with _on_device(x):
+        return conv3x3_bias_relu(x, w, b)
 
 
 @conv3x3_bias_relu_op.register_fake
@@ -76,7 +86,8 @@ def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("vdsr_fast::triton_conv3x3_winograd", mutates_args=())
 def conv3x3_winograd_op(x: torch.Tensor, u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """NHWC (N, H, W, C_IN) -> relu(conv3x3 + b) by Winograd F(2x2, 3x3), contiguous NHWC (N, H, W, C_OUT)."""
-    return conv3x3_winograd(x, u, b)
+    with _on_device(x):
+        return conv3x3_winograd(x, u, b)
 
 
 @conv3x3_winograd_op.register_fake
@@ -87,7 +98,8 @@ def _(x: torch.Tensor, u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("vdsr_fast::triton_conv3x3_tma", mutates_args=())
 def conv3x3_tma_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """NHWC (N, H, W, C_IN) -> relu(conv3x3 + b) with tensor-descriptor tiles, contiguous NHWC (N, H, W, C_OUT)."""
-    return conv3x3_tma(x.contiguous(), w, b)
+    with _on_device(x):
+        return conv3x3_tma(x.contiguous(), w, b)
 
 
 @conv3x3_tma_op.register_fake
@@ -100,7 +112,8 @@ def conv3x3_tail_residual_op(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor, clamp: bool
 ) -> torch.Tensor:
     """NHWC activations + Y plane -> y + conv3x3(x) + b (clamped if asked), contiguous, y's shape and dtype."""
-    return conv3x3_tail_residual(x, w, b, y, clamp=clamp)
+    with _on_device(x):
+        return conv3x3_tail_residual(x, w, b, y, clamp=clamp)
 
 
 @conv3x3_tail_residual_op.register_fake
@@ -111,7 +124,8 @@ def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor, clamp:
 @torch.library.custom_op("vdsr_fast::triton_conv3x3_tail_partials", mutates_args=())
 def conv3x3_tail_partials_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, tw: torch.Tensor) -> torch.Tensor:
     """NHWC (N, H, W, C_IN) -> the tail's per-tap partial sums of relu(conv3x3 + b), fp32 (N * H * W, 9)."""
-    return conv3x3_bias_relu_tail_partials(x, w, b, tw)
+    with _on_device(x):
+        return conv3x3_bias_relu_tail_partials(x, w, b, tw)
 
 
 @conv3x3_tail_partials_op.register_fake
@@ -122,7 +136,8 @@ def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, tw: torch.Tensor) -> to
 @torch.library.custom_op("vdsr_fast::triton_tail_gather_residual", mutates_args=())
 def tail_gather_residual_op(z: torch.Tensor, b: torch.Tensor, y: torch.Tensor, clamp: bool) -> torch.Tensor:
     """Partial sums + Y plane -> y + tail + b (clamped if asked), contiguous, y's shape and dtype."""
-    return tail_gather_residual(z, b, y, clamp=clamp)
+    with _on_device(z):
+        return tail_gather_residual(z, b, y, clamp=clamp)
 
 
 @tail_gather_residual_op.register_fake
