@@ -706,6 +706,17 @@ def _cmd(args: list[str]) -> str | None:
     return r.stdout.strip() or None if r.returncode == 0 else None
 
 
+def git_commit() -> str | None:
+    """The commit the numbers are of, ``-dirty`` appended where the tree has uncommitted changes to tracked files
+    (``git describe --always --dirty --abbrev=12 --exclude='*'``: the hash, never a tag's name). ``VDSR_FAST_GIT_COMMIT`` wins: a device machine's copy of the
+    tree may carry a stale .git (run 5's JSON named the session's first commit), so the caller passes what that
+    command says on its own machine."""
+    root = str(Path(__file__).resolve().parents[1])
+    return os.environ.get("VDSR_FAST_GIT_COMMIT") or _cmd(
+        ["git", "-C", root, "describe", "--always", "--dirty", "--abbrev=12", "--exclude=*"]
+    )
+
+
 def environment(device: torch.device, smoke: bool) -> tuple[dict, dict]:
     """(device info, versions)."""
     if device.type == "cuda":
@@ -755,10 +766,7 @@ def environment(device: torch.device, smoke: bool) -> tuple[dict, dict]:
         "cudnn": _cudnn_version() if device.type == "cuda" else None,
         "triton": triton_v,
         "vdsr_fast": vdsr_v,
-        # VDSR_FAST_GIT_COMMIT: the commit as the caller knows it (a device machine's copy of the tree may carry
-        # a stale .git: run 5's JSON named the session's first commit)
-        "git_commit": os.environ.get("VDSR_FAST_GIT_COMMIT")
-        or _cmd(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short=12", "HEAD"]),
+        "git_commit": git_commit(),
         "cuda_extension_built": _has_cuda_extension(),
     }
     return dev, versions

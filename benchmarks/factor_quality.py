@@ -82,13 +82,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(path: Path, table: list[str], args) -> None:
     import platform
-    import subprocess
     from datetime import datetime, timezone
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
+    from benchmarks.bench_latency import git_commit
+
+    commit = git_commit() or ""
     head = [
         "# PSNR at factors VDSR was not trained on",
         "",

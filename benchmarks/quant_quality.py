@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import vdsr_fast  # noqa: E402
+from benchmarks.bench_latency import git_commit  # noqa: E402
 from vdsr_fast import fp8  # noqa: E402
 from vdsr_fast.api import SCALES  # noqa: E402
 from vdsr_fast.engine import Engine, tf32_mode  # noqa: E402
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{a.mean('ssim'):.4f} | {b.mean('ssim') - a.mean('ssim'):+.4f} | {worst:.0f} | {100 * over:.2f}% |")  # fmt: skip
             print(lines[-1], flush=True)
     if args.out:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        commit = git_commit() or ""
         mixed = f" --fp16-layers {args.fp16_layers}" if fp16_layers else ""
         scheme = (f"the FP8 scheme with body layers {sorted(fp16_layers)} in fp16 (MixedFp8)" if fp16_layers
                   else "the FP8 scheme (PyTorch emulation)")  # fmt: skip

@@ -938,3 +938,17 @@ def test_canaries_share_one_deadline(tmp_path, monkeypatch):
     assert canary.run_all(tmp_path, timeout_s=15) == ["b", "c"]
     assert waits == [15, 5, 5] and killed == ["b", "c"]
     assert json.loads((tmp_path / "canary.json").read_text())["b"] == {"ok": False, "log": "timed out after 15 s"}
+
+
+def test_git_commit_names_uncommitted_changes(monkeypatch):
+    """The results' commit says ``-dirty`` when tracked files differ from it (git describe --dirty), and the caller's
+    VDSR_FAST_GIT_COMMIT wins (a device machine's copy of the tree carries a stale .git)."""
+    monkeypatch.setenv("VDSR_FAST_GIT_COMMIT", "0123abcd-dirty")
+    assert bench.git_commit() == "0123abcd-dirty"
+    monkeypatch.delenv("VDSR_FAST_GIT_COMMIT")
+    git = ["git", "-C", str(ROOT)]
+    if subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--"]).returncode != 0
+    assert bench.git_commit() == head + ("-dirty" if dirty else "")
