@@ -365,6 +365,62 @@ def test_engine_follows_weight_updates(tiny_model, dtype):
     assert not torch.equal(after, before) and vdsr_fast.get_engine(tiny_model, "cpu", "torch", dtype) is not engine
 
 
+def _snapshot_cases():
+    cases = [("torch", "cpu", torch.float32), ("torch", "cpu", torch.float64), ("triton", "cpu", torch.float32)]
+    if torch.cuda.is_available():
+        cases += [("torch", "cuda", torch.float32), ("triton", "cuda", torch.float16), ("cuda", "cuda", torch.float16)]
+    return cases
+
+
+@pytest.mark.parametrize("backend, device, dtype", _snapshot_cases(), ids=lambda v: str(v).replace("torch.", ""))
+def test_engine_is_a_snapshot_of_the_weights(tiny_model, backend, device, dtype):
+    """An Engine keeps the weights it was built with: an in-place update of the model afterwards (no_grad, p.data)
+    leaves its output bit for bit as it was. Packing once handed back the model's own biases and first weight where
+    no conversion was needed (.to/.contiguous of a tensor already right), so the engine computed with half-updated
+    weights: neither the old model nor the new one. (A fp32 model, so that nothing converts in fp32.)"""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    if backend == "cuda" and (why := vdsr_fast.engine.BACKENDS["cuda"].available(torch.device(device))):
+        pytest.skip(why)
+    if backend != "torch" and device == "cuda":
+        from vdsr_fast import VDSR
+
+        tiny_model = VDSR(4, 64)  # the CUDA kernels are written for 64 channels
+        with torch.no_grad():
+            for conv in tiny_model.layers:
+                conv.bias.uniform_(-0.05, 0.05)
+    model = tiny_model.to(device)
+    engine = Engine(model, backend=backend, dtype=dtype, device=device)
+    y = torch.rand(1, 1, 9, 7, device=device)
+    before = engine(y).clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5).add_(0.01)
+    torch.testing.assert_close(engine(y), before, rtol=0, atol=0)
+    for p in model.parameters():
+        p.data.mul_(-1)
+    torch.testing.assert_close(engine(y), before, rtol=0, atol=0)
+
+
+def test_inference_mode_weights_need_the_documented_cache_drop(tiny_model):
+    """Parameters made under torch.inference_mode have no version counter, so a load_state_dict into them is not
+    seen (upscale's docstring, README): the cached engine keeps the whole old network (not a mix of old and new),
+    and dropping the cache as documented gives the new one."""
+    from vdsr_fast import VDSR
+
+    x = torch.rand(1, 1, 6, 5)
+    other = VDSR(tiny_model.depth, tiny_model.channels)
+    with torch.inference_mode():
+        model = VDSR(tiny_model.depth, tiny_model.channels)
+        model.load_state_dict(tiny_model.state_dict())
+        before = upscale(x, 2, model, backend="torch")
+        model.load_state_dict(other.state_dict())
+        torch.testing.assert_close(upscale(x, 2, model, backend="torch"), before, rtol=0, atol=0)
+        model.__dict__.pop("_vdsr_engines", None)
+        torch.testing.assert_close(upscale(x, 2, model, backend="torch"), upscale(x, 2, other, backend="torch"),
+                                   rtol=0, atol=0)  # fmt: skip
+
+
 class _StandIn:
     """A fast backend for the engine's bookkeeping tests: available on any device, computing as the reference."""
 

@@ -52,7 +52,8 @@ def _weights_stamp(model: VDSR) -> tuple:
     """Changes whenever a parameter is replaced or updated in place (load_state_dict, an optimizer
     step, ``.to()``): the addresses and version counters of the parameters, read on the host.
     Writes through ``p.data`` and to tensors made under ``torch.inference_mode`` (which have no
-    version counter) are not seen: after those, call ``model.__dict__.pop("_vdsr_engines", None)``."""
+    version counter) are not seen: after those, call ``model.__dict__.pop("_vdsr_engines", None)`` (the engine
+    keeps computing with its own copy of the weights it was built with)."""
     return tuple((p.data_ptr(), None if p.is_inference() else p._version) for p in model.parameters())
 
 
@@ -462,7 +463,10 @@ def upscale(
             resized down with MATLAB's bicubic (see :func:`output_plan`).
         size: ``(H, W)`` of the output instead of ``scale`` (each side 1 to 4 times the input's; the two factors
             may differ, e.g. anamorphic 720x480 -> 1920x1080).
-        model: a :class:`VDSR` from :func:`load`; default: the weights shipped with the package.
+        model: a :class:`VDSR` from :func:`load`; default: the weights shipped with the package. Its engine is
+            cached on it (:func:`get_engine`) and rebuilt when its weights change, except after writes it cannot
+            see: through ``p.data``, or to parameters made under ``torch.inference_mode``. After those, call
+            ``model.__dict__.pop("_vdsr_engines", None)``, or the engine computes with the weights it was built with.
         backend: engine backend (``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"``).
         dtype: the engine's activation dtype (default: see :class:`~vdsr_fast.engine.Engine`).
         layout: ``"NCHW"``, ``"NHWC"`` or None to infer: float tensors are NCHW; uint8/uint16 tensors

@@ -108,8 +108,11 @@ class TorchBackend:
         # 2-core EPYC); oneDNN has no float64 convolution, which stays NCHW.
         fast = device.type == "cuda" or (device.type == "cpu" and dtype != torch.float64)
         self.memory_format = torch.channels_last if fast else torch.contiguous_format
-        self.weights = [w.detach().to(device, dtype).contiguous(memory_format=self.memory_format) for w in model.weights]
-        self.biases = [b.detach().to(device, dtype) for b in model.biases]
+        # copies (copy=True: .to() and .contiguous() hand back the model's own tensor where nothing converts, and an
+        # engine is a snapshot: an in-place update of the model must not reach an engine built before it)
+        self.weights = [w.detach().to(device, dtype, copy=True).contiguous(memory_format=self.memory_format)
+                        for w in model.weights]  # fmt: skip
+        self.biases = [b.detach().to(device, dtype, copy=True) for b in model.biases]
         self.ieee = device.type == "cuda" and dtype == torch.float32
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:

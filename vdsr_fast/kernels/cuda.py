@@ -270,8 +270,9 @@ class CudaBackend(PingPongBuffers):
         device = resolve_device(device)
         if dtype not in self.dtypes:
             raise BackendUnavailable(f"CudaBackend: unsupported storage dtype {dtype}; expected float16 or bfloat16")
-        ws = [w.detach().to(device) for w in model.weights]
-        bs = [b.detach().to(device) for b in model.biases]
+        # copies (an engine is a snapshot: packing hands back the model's own tensor where nothing converts)
+        ws = [w.detach().to(device, copy=True) for w in model.weights]
+        bs = [b.detach().to(device, copy=True) for b in model.biases]
         c = ws[0].shape[0]
         if c != _CHANNELS:
             raise BackendUnavailable(

@@ -263,7 +263,9 @@ class TritonBackend(PingPongBuffers):
                 raise ValueError("TritonBackend: float8_e4m3fn needs fuse_tail=True (the tail reads the last activation in fp16)")
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"TritonBackend: cuda_graphs=True needs a CUDA device, got {device}")
-        ws, bs = [w.detach().to(device) for w in model.weights], [b.detach().to(device) for b in model.biases]
+        # copies (an engine is a snapshot: packing hands back the model's own tensor where nothing converts)
+        ws = [w.detach().to(device, copy=True) for w in model.weights]
+        bs = [b.detach().to(device, copy=True) for b in model.biases]
         c = ws[0].shape[0]
         if len(ws) < 2 or ws[0].shape != (c, 1, 3, 3) or ws[-1].shape != (1, c, 3, 3):
             raise ValueError("TritonBackend: expected a VDSR with a 1->C head and a C->1 tail of 3x3 convs")
