@@ -1,5 +1,6 @@
 """upscale(): layouts, dtypes, the DESIGN.md §2 pipeline, and argument errors."""
 
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -835,6 +836,48 @@ def test_engine_first_used_in_inference_mode_works_outside_it(backend):
                 a = upscale(x, 2, m, backend=backend)
         assert a.is_inference() and not b.is_inference()
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_tf32_mode_blocks_of_two_threads_take_turns():
+    """tf32_mode switches process-wide flags: two threads' overlapping blocks (fp32 engines on a GPU called from two
+    threads) each compute in the mode they asked for, and the user's setting is what is left. Overlapping, the
+    second had saved the first's IEEE and restored it last, and ran in TF32 once the first had restored the user's.
+    The flags are host state: checked on the CPU, with A still inside when B asks."""
+    import threading
+
+    from vdsr_fast.engine import tf32_mode
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None or not hasattr(conv, "fp32_precision"):
+        pytest.skip("this torch has only the legacy allow_tf32 flags")
+    a_inside, b_asking, a_done = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with tf32_mode(False):
+            a_inside.set()
+            b_asking.wait(10)
+            time.sleep(0.2)  # B now waits for its turn (it entered at once before)
+        a_done.set()
+
+    def b():
+        a_inside.wait(10)
+        b_asking.set()
+        with tf32_mode(False):
+            a_done.wait(1)  # A is out by now with the lock; before, B waited here while A restored the user's setting
+            seen["b"] = conv.fp32_precision
+
+    user = conv.fp32_precision
+    try:
+        conv.fp32_precision = "tf32"
+        threads = [threading.Thread(target=a), threading.Thread(target=b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert seen == {"b": "ieee"} and conv.fp32_precision == "tf32", (seen, conv.fp32_precision)
+    finally:
+        conv.fp32_precision = user
 
 
 @pytest.mark.gpu

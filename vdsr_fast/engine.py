@@ -57,30 +57,36 @@ class Backend(Protocol):
 #                     it lacks) auto goes on to the next backend without a warning (an explicit backend= still runs them).
 
 
+_TF32_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def tf32_mode(enabled: bool):
     """cuDNN convolutions and cuBLAS matmuls in TF32 (``enabled``) or in true IEEE fp32, for the ``with`` block.
 
     PyTorch runs fp32 convolutions on a GPU in TF32 by default (10-bit mantissa products). The switches are
-    process-wide: a thread running its own fp32 convolutions meanwhile sees them too. torch >= 2.9 has
-    ``fp32_precision`` switches and raises when code mixes them with the legacy ``allow_tf32`` flags, so the new
-    ones are used where they exist.
+    process-wide: a thread running its own fp32 convolutions meanwhile sees them too. Blocks of several threads
+    take turns (a process-wide lock, re-entrant within a thread): overlapping, the second saved the first's setting
+    and restored it last, and ran in TF32 once the first had restored the user's. Only the launches are serialised;
+    the GPU work stays asynchronous. torch >= 2.9 has ``fp32_precision`` switches and raises when code mixes them
+    with the legacy ``allow_tf32`` flags, so the new ones are used where they exist.
     """
-    conv, mm = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
-    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(mm, "fp32_precision"):
-        old = conv.fp32_precision, mm.fp32_precision
-        conv.fp32_precision = mm.fp32_precision = "tf32" if enabled else "ieee"
+    conv, mm, cudnn = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul, torch.backends.cudnn
+    new = conv is not None and hasattr(conv, "fp32_precision") and hasattr(mm, "fp32_precision")
+    with _TF32_LOCK:
+        if new:
+            old = conv.fp32_precision, mm.fp32_precision
+            conv.fp32_precision = mm.fp32_precision = "tf32" if enabled else "ieee"
+        else:
+            old = cudnn.allow_tf32, mm.allow_tf32
+            cudnn.allow_tf32 = mm.allow_tf32 = enabled
         try:
             yield
         finally:
-            conv.fp32_precision, mm.fp32_precision = old
-        return
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+            if new:
+                conv.fp32_precision, mm.fp32_precision = old
+            else:
+                cudnn.allow_tf32, mm.allow_tf32 = old
 
 
 class TorchBackend:
