@@ -184,7 +184,8 @@ _NO_CUDA = (BackendUnavailable, r"run on cuda.*torch: no CUDA device available")
 
 @pytest.mark.parametrize("device, error, match", [
     ("cuda", *_NO_CUDA),
-    (f"cuda:{torch.cuda.device_count()}", *((ValueError, "there are only") if torch.cuda.is_available() else _NO_CUDA)),
+    pytest.param(f"cuda:{torch.cuda.device_count()}", ValueError, "there are only", marks=pytest.mark.gpu)
+    if torch.cuda.is_available() else (f"cuda:{torch.cuda.device_count()}", *_NO_CUDA),  # gpu: the GPU run selects it
     ("nope", ValueError, "(Engine|get_engine): device must be a torch.device"),
     (3.5, ValueError, "(Engine|get_engine): device must be a torch.device"),  # torch.device() raises TypeError for it
 ])  # fmt: skip
@@ -219,7 +220,7 @@ def test_input_requiring_grad_gives_a_plain_output(tiny_model):
     torch.testing.assert_close(out, upscale(x.detach(), 2, tiny_model), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])  # gpu: the GPU run selects it
 def test_an_ambient_autocast_does_not_change_the_result(tiny_model, device):
     """A pipeline may call upscale() or an Engine inside its own torch.autocast region: the engine's dtype is its own,
     so the result is the one without autocast, bit for bit (it was the network in bf16 on the CPU, 3 levels off in
@@ -369,7 +370,8 @@ def test_engine_follows_weight_updates(tiny_model, dtype):
 def _snapshot_cases():
     cases = [("torch", "cpu", torch.float32), ("torch", "cpu", torch.float64), ("triton", "cpu", torch.float32)]
     if torch.cuda.is_available():
-        cases += [("torch", "cuda", torch.float32), ("triton", "cuda", torch.float16), ("cuda", "cuda", torch.float16)]
+        cases += [pytest.param(*case, marks=pytest.mark.gpu)  # gpu: the GPU run (VDSR_FAST_GPU_TESTS_ONLY) selects them
+                  for case in [("torch", "cuda", torch.float32), ("triton", "cuda", torch.float16), ("cuda", "cuda", torch.float16)]]
     return cases
 
 

@@ -202,10 +202,12 @@ def test_engine_tune_times_every_variant_and_keeps_a_correct_one(cuda_device):
     e = Engine(model, backend="cuda", dtype=torch.float16, device=cuda_device, tune=True)
     C = _ext()
     runnable = [v for v in C.body_variants() if variant_unavailable(v, cuda_device) is None]
-    fused = C.body_variants()[C.body_auto_variant(cuda_device.index)]["tail_partials"]
+    auto = C.body_variants()[C.body_auto_variant(cuda_device.index)]
+    fused = auto["tail_partials"]
     # the automatic variant as "default", the others by label, the unfused tail, PDL and the fused head where the
-    # automatic one is a strip variant, and the tensor-core head
-    assert len(e.tuning) == len(runnable) + 3 * fused + 1
+    # automatic one is a strip variant (and the spread tail where it has one: variant 10, Hopper's), and the
+    # tensor-core head
+    assert len(e.tuning) == len(runnable) + (3 + auto["tail_spread"]) * fused + 1, e.tuning
     assert all(isinstance(ms, float) for ms in e.tuning.values()), e.tuning
     print(f"cuda tuning (ms, 720p, VDSR-8): {e.tuning}")
     x = torch.rand(2, 1, 45, 38, device=cuda_device)

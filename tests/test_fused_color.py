@@ -111,9 +111,10 @@ def test_cached_tables_are_made_on_the_host_and_recorded_on_each_stream_that_rea
         monkeypatch.setattr(module, "on_this_stream", lambda t, calls=calls: calls.append(len(t)) or t)
     color._TAPS.clear()
     win = tiling.Window(13, 2, 4, 20, 3)
+    on = torch.empty(0, device=device).device  # a tensor's device has an index (cuda:0) that triton_device()'s lacks
     for _ in range(2):  # a miss, then a hit
         w, idx = color.window_taps(win, device)
-        assert w.device == idx.device == device
+        assert w.device == idx.device == on
     assert made_on == [torch.device("cpu")] and recorded[color] == [2, 2]
     recorded[imaging].clear()
     imaging._device_cache.clear()
