@@ -285,6 +285,14 @@ def test_auto_on_cpu_is_the_reference(tiny_model):
     assert vdsr_fast.available_backends("cpu")["torch"] is None
 
 
+def test_available_backends_defaults_to_the_device_this_machine_has():
+    """README: available_backends() shows which backends run. With no argument it asked about "cuda", so on a machine
+    without a GPU even the PyTorch reference read as unusable ('no CUDA device available')."""
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert vdsr_fast.available_backends() == vdsr_fast.available_backends(here)
+    assert vdsr_fast.available_backends()["torch"] is None
+
+
 def test_self_check_bound_is_a_hundredth_plus_five_percent_of_the_residual(tiny_model):
     """self_check's documented bound: 1e-2 + 5% of the largest |residual| of the float64 reference on the check's
     input. An output off by 0.9 of that bound passes, by 1.1 of it fails (a bound taken on the output rather than the

@@ -112,6 +112,22 @@ def test_clip_is_upscaled_with_audio_and_timing_kept(clip, weights, tmp_path, ca
     assert out.stat().st_mode & 0o777 == default_file_mode()  # as open() makes it, not mkstemp's 0o600
 
 
+def test_progress_into_a_log_is_lines_not_a_bar(clip, weights, tmp_path, capsys, monkeypatch):
+    """stderr not a terminal (nohup, CI): progress is a plain line at most every LOG_EVERY_S and at the last frame, as
+    train's; a tqdm bar wrote every update into the log, joined by carriage returns."""
+    from vdsr_fast import video
+
+    assert main([str(clip), str(tmp_path / "out.mp4"), "--weights", weights, "--device", "cpu", "--batch", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count(f"{clip}: ") == 1 and f"{clip}: 12 of 12 frames, " in err, err
+    monkeypatch.setattr(video, "LOG_EVERY_S", 0.0)  # every batch: 5, 10, 12
+    assert main([str(clip), str(tmp_path / "out.mp4"), "--weights", weights, "--device", "cpu", "--batch", "5",
+                 "--force"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert [ln.split(" frames")[0] for ln in err.splitlines() if ln.startswith(f"{clip}: ")] == [
+        f"{clip}: 5 of 12", f"{clip}: 10 of 12", f"{clip}: 12 of 12"], err  # fmt: skip
+
+
 def test_a_folder_takes_video_suffixes_in_any_case(tmp_path):
     """A folder as the input: cameras name their files .MP4 and .MOV; the suffix matches in any case (the files are
     only listed here, not read)."""

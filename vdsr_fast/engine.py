@@ -222,8 +222,11 @@ def _default_dtype(backend: str, device: torch.device) -> torch.dtype:
     return torch.float16
 
 
-def available_backends(device: str | torch.device = "cuda") -> dict[str, str | None]:
-    """Each registered backend -> None if it can run on ``device``, else the reason it cannot."""
+def available_backends(device: str | torch.device | None = None) -> dict[str, str | None]:
+    """Each registered backend -> None if it can run on ``device``, else the reason it cannot. ``device``: default
+    the GPU where there is one, else the CPU (where the PyTorch reference runs and the fast backends say why not)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     return {name: _why_unavailable(name, device) for name in BACKENDS}
 

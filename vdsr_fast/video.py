@@ -1297,6 +1297,25 @@ def _summary(r: dict) -> str:
             f"({r['fps']:.2f} fps) on {r['device']}, {r['pipeline']} pipeline{extra}")  # fmt: skip
 
 
+LOG_EVERY_S = 30.0  # progress without a terminal (a log file, nohup, CI): a line at most this often, and at the end
+
+
+def _log_progress(label: str):
+    """``vdsr-fast video``'s progress where stderr is no terminal: a plain line at most every ``LOG_EVERY_S`` and
+    at the last frame (a tqdm bar wrote its every update, joined by carriage returns, into the log)."""
+    t0 = last = time.monotonic()
+
+    def line(done: int, total: int | None) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= LOG_EVERY_S or (total is not None and done >= total):
+            last = now
+            of = f" of {total}" if total is not None else ""
+            print(f"{label}: {done}{of} frames, {done / max(now - t0, 1e-9):.2f} fps", file=sys.stderr, flush=True)
+
+    return line
+
+
 def _jobs(args) -> list[tuple]:
     """``[(src, dst)]``: one pair, or for a folder as the input every video in it into the output folder (made if its
     parent exists), each under its own name; every output is checked before any is written."""
@@ -1348,7 +1367,8 @@ def main(argv: list[str] | None = None) -> int:
                     codec=args.codec, format=args.muxer, crf=None if args.crf == -1 else args.crf, pix_fmt=args.pix_fmt,
                     preset=args.preset, batch=args.batch, device=args.device, backend=args.backend,
                     dtype=_DTYPES.get(args.dtype), tile=args.tile, max_memory=args.max_memory,
-                    force=args.force, progress=not args.quiet, tune=args.tune, fused_color=args.fused_color,
+                    force=args.force, tune=args.tune,
+                    progress=not args.quiet and (sys.stderr.isatty() or _log_progress(str(src) if isinstance(src, (str, Path)) else "stdin")), fused_color=args.fused_color,
                     duration=args.duration, deinterlace=args.deinterlace, pipeline=args.pipeline,
                 )  # fmt: skip
             except BackendUnavailable as e:
