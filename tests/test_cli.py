@@ -1241,6 +1241,44 @@ def test_a_profile_of_another_colour_space_is_left_out_of_animations_and_pages(t
         assert [p.tags.valueof(34675) for p in tf.pages] == [rgb_icc, None]  # 34675: InterColorProfile
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp"])
+@pytest.mark.parametrize("unit", [2, 3])  # EXIF ResolutionUnit: inch, centimetre
+def test_exif_resolution_scales_with_the_pixels(tmp_path, capsys, weights, suffix, unit):
+    """The EXIF's XResolution / YResolution follow the pixels as the file's own dpi does (found by a review: they kept
+    the input's, so a JPEG or PNG said 600 dpi in its header and 300 in its EXIF, and a WebP, which has no
+    resolution but its EXIF's, printed twice as large). Orientation 6 turns the image a quarter: x and y swap."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112], exif[0x011A], exif[0x011B], exif[0x0128] = 6, 300.0, 200.0, unit
+    src = tmp_path / f"in{suffix}"
+    per_inch = 2.54 if unit == 3 else 1.0
+    extra = {} if suffix == ".webp" else {"dpi": (300 * per_inch, 200 * per_inch)}
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (8, 12, 3)).astype(np.uint8)).save(
+        src, exif=exif.tobytes(), quality=95, **extra)
+    assert image_info(src)["dpi"] == pytest.approx((200 * per_inch, 300 * per_inch), rel=1e-4)  # upright: swapped
+    dst = tmp_path / f"out{suffix}"
+    assert _run(capsys, "upscale", str(src), "-o", str(dst), "--scale", "2", "--weights", weights)[0] == 0
+    with Image.open(dst) as im:
+        got = im.getexif()
+    assert (got[0x0128], float(got[0x011A]), float(got[0x011B])) == pytest.approx((unit, 400, 600), rel=1e-4)
+    assert image_info(dst)["dpi"] == pytest.approx((400 * per_inch, 600 * per_inch), rel=1e-4)
+
+
+def test_a_tiff_without_resolution_tags_has_no_dpi(tmp_path, capsys, weights):
+    """Pillow says dpi (1, 1) for a TIFF without resolution tags; taken as the image's, the x2 output claimed 2 dpi
+    (an image tens of inches wide in a layout tool), at x3 3 dpi (found by a review). A TIFF's dpi is its tags'."""
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (8, 12, 3)).astype(np.uint8)).save(tmp_path / "in.tif")
+    assert image_info(tmp_path / "in.tif")["dpi"] is None
+    for out in ("out.tif", "out.png"):
+        assert _run(capsys, "upscale", str(tmp_path / "in.tif"), "-o", str(tmp_path / out), "--weights", weights)[0] == 0
+        assert image_info(tmp_path / out)["dpi"] is None, out
+    write_image(tmp_path / "d.tif", np.zeros((4, 4, 3), np.uint8), dpi=(300, 150))
+    assert image_info(tmp_path / "d.tif")["dpi"] == (300, 150)
+
+
 def test_exif_pixel_dimensions_are_set_only_where_the_block_has_them(tmp_path):
     """The EXIF's PixelX/YDimension are set to the output's where present (test_exif_is_kept_upright_and_resized), and
     none are added to an Exif IFD without them."""

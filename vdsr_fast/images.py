@@ -212,9 +212,13 @@ def image_info(path: str | os.PathLike) -> dict:
     try:
         with Image.open(path) as im:
             icc, dpi = im.info.get("icc_profile"), im.info.get("dpi")
+            if im.format == "TIFF" and not {282, 283} <= set(im.tag_v2):  # Pillow says (1, 1) for a TIFF without any
+                dpi = None
             frames = _frame_count(path, im)
             # A JPEG's, PNG's or WebP's EXIF block (a TIFF's "EXIF" would be its own structural tags)
             exif = im.getexif() if im.format in ("JPEG", "MPO", "PNG", "WEBP") else {}
+            if not dpi:  # a WebP has no resolution but its EXIF's (Pillow reads a JPEG's so where JFIF has none)
+                dpi = _exif_dpi(exif)
             if 0x0112 in exif:  # Orientation
                 exif[0x0112] = 1
             exif = exif.tobytes() if len(exif) else None
@@ -228,8 +232,23 @@ def image_info(path: str | os.PathLike) -> dict:
     return {"icc_profile": icc or None, "dpi": dpi, "frames": frames, "exif": exif}
 
 
-def _exif_sized(exif: bytes, w: int, h: int) -> bytes:
-    """An EXIF block with its pixel dimensions (Exif IFD PixelXDimension / PixelYDimension, where present) set."""
+_EXIF_PER_INCH = {2: 1.0, 3: 2.54}  # EXIF ResolutionUnit (0x0128): 2 inch (the default), 3 centimetre; 1: no unit
+
+
+def _exif_dpi(exif) -> tuple[float, float] | None:
+    """The resolution an EXIF block (IFD0 XResolution / YResolution) gives, in dots per inch, or None."""
+    per_inch = _EXIF_PER_INCH.get(int(exif.get(0x0128, 2)))
+    try:
+        dpi = float(exif[0x011A]) * per_inch, float(exif[0x011B]) * per_inch
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return dpi if all(0 < d < float("inf") for d in dpi) else None
+
+
+def _exif_sized(exif: bytes, w: int, h: int, dpi: tuple[float, float] | None = None) -> bytes:
+    """An EXIF block with its pixel dimensions (Exif IFD PixelXDimension / PixelYDimension, where present) set, and
+    its resolution (XResolution / YResolution, where present, in its unit) set to ``dpi``: it said the input's, so
+    a file whose header carries the new one disagreed with it, and a WebP (no resolution but EXIF's) printed larger."""
     from PIL import Image
 
     ex = Image.Exif()
@@ -238,6 +257,11 @@ def _exif_sized(exif: bytes, w: int, h: int) -> bytes:
     for tag, value in ((0xA002, w), (0xA003, h)):
         if tag in ifd:
             ifd[tag] = value
+    per_inch = _EXIF_PER_INCH.get(int(ex.get(0x0128, 2)))
+    if dpi and per_inch:
+        for tag, d in ((0x011A, dpi[0]), (0x011B, dpi[1])):
+            if tag in ex:
+                ex[tag] = d / per_inch
     return ex.tobytes()
 
 
@@ -422,7 +446,7 @@ def write_image(
 
     The data goes to a temporary file in the same folder that is renamed at the end, so an interrupted
     run never leaves a half-written file under the final name. ``icc_profile`` (PNG, JPEG, TIFF; BMP holds
-    none), ``dpi`` and ``exif`` (JPEG, PNG, WebP; its pixel dimensions set to the array's) are written with it when
+    none), ``dpi`` and ``exif`` (JPEG, PNG, WebP; its pixel dimensions set to the array's, its resolution to ``dpi``) are written with it when
     given (see :func:`image_info`); a profile of another colour space than the array's (a CMYK profile, an RGB one
     for a gray image) is left out.
     """
@@ -432,7 +456,7 @@ def write_image(
     suffix = _check_arrays(path, [arr])
     if icc_profile and not _icc_fits(icc_profile, arr.shape[2]):
         icc_profile = None
-    exif = _exif_sized(exif, arr.shape[1], arr.shape[0]) if exif and suffix in (".jpg", ".jpeg", ".png", ".webp") else None
+    exif = _exif_sized(exif, arr.shape[1], arr.shape[0], dpi) if exif and suffix in (".jpg", ".jpeg", ".png", ".webp") else None
     with _atomic(path) as tmp:
         if suffix in (".tif", ".tiff"):
             import tifffile
