@@ -825,23 +825,56 @@ def test_10_bit_input_stays_10_bit(tmp_path, zero_residual, pipeline, bits):
         assert want - 1 <= lo <= hi <= want + 1, (spans_in, spans_out)
 
 
+def test_12_bit_input_keeps_its_depth_or_warns(tmp_path, zero_residual, capsys):
+    """A 12-bit input (found by a review): ffv1, which takes 12 bits, got 10 without a word, and a codec with fewer
+    bits than the input's gave fewer silently. The default is now the input's depth where the codec has it, and a
+    warning says when it has less."""
+    from vdsr_fast.video import upscale_video
+
+    src = tmp_path / "deep12.mkv"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("ffv1", rate=10)
+        v.width, v.height, v.pix_fmt = 32, 16, "yuv420p12le"
+        f = av.VideoFrame(32, 16, "yuv420p12le")
+        for plane, value in zip(f.planes, (1930, 1450, 2730)):
+            _plane(plane, np.uint16)[:] = value
+        for i in range(2):
+            f.pts = i
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+    model = vdsr_fast_load(zero_residual)
+    r = upscale_video(src, tmp_path / "o.mkv", 2, model, device="cpu", progress=False, codec="ffv1")
+    assert r["pix_fmt"] == "yuv420p12le" and "warning" not in capsys.readouterr().err
+    r = upscale_video(src, tmp_path / "o.mp4", 2, model, device="cpu", progress=False, codec="libx264")
+    err = capsys.readouterr().err
+    assert r["pix_fmt"] == "yuv420p10le" and "has 12-bit samples (yuv420p12le) and libx264 encodes 10 at most" in err, err
+
+
 def test_output_format_follows_the_codec():
     from vdsr_fast.video import VideoError, _output_format
 
-    # (codec, --pix-fmt, input deeper than 8 bits, input with alpha) -> the format encoded
-    assert _output_format("libx264", None, False, False) == "yuv420p"
-    assert _output_format("libx264", None, True, False) == "yuv420p10le"
-    assert _output_format("libx264", None, False, True) == "yuv420p"  # no alpha in H.264 (a warning says so)
-    assert _output_format("libx264", "yuv444p", False, False) == "yuv444p"
-    assert _output_format("ffv1", None, False, True) == "yuva420p"
-    assert _output_format("ffv1", None, True, True) == "yuva420p10le"
-    assert _output_format("prores_ks", None, False, False) == "yuv422p10le"  # takes no 4:2:0: its first format
-    assert _output_format("prores_ks", None, False, True) == "yuva444p10le"
-    assert _output_format("qtrle", None, False, True) == "argb"
+    # (codec, --pix-fmt, the input's bits, input with alpha) -> the format encoded
+    assert _output_format("libx264", None, 8, False) == "yuv420p"
+    assert _output_format("libx264", None, 10, False) == "yuv420p10le"
+    assert _output_format("libx264", None, 12, False) == "yuv420p10le"  # its deepest (a warning says so)
+    assert _output_format("libx264", None, 8, True) == "yuv420p"  # no alpha in H.264 (a warning says so)
+    assert _output_format("libx264", "yuv444p", 8, False) == "yuv444p"
+    assert _output_format("ffv1", None, 8, True) == "yuva420p"
+    assert _output_format("ffv1", None, 10, True) == "yuva420p10le"
+    assert _output_format("ffv1", None, 12, False) == "yuv420p12le"  # it was 10 bits, without a warning
+    assert _output_format("ffv1", None, 12, True) == "yuva420p16le"  # no yuva420p12le: the nearest deeper
+    assert _output_format("ffv1", None, 9, False) == "yuv420p9le"
+    assert _output_format("libx265", None, 12, False) == "yuv420p12le"
+    assert _output_format("libx265", None, 16, False) == "yuv420p12le"
+    vp9 = [f.name for f in av.Codec("libvpx-vp9", "w").video_formats]  # 8 bits only in PyAV 18.1's FFmpeg
+    assert _output_format("libvpx-vp9", None, 10, False) == ("yuv420p10le" if "yuv420p10le" in vp9 else "yuv420p")
+    assert _output_format("prores_ks", None, 8, False) == "yuv422p10le"  # takes no 4:2:0: its first format
+    assert _output_format("prores_ks", None, 8, True) == "yuva444p10le"
+    assert _output_format("qtrle", None, 8, True) == "argb"
     with pytest.raises(VideoError, match="mpeg4 cannot encode --pix-fmt yuv444p; it takes yuv420p"):
-        _output_format("mpeg4", "yuv444p", False, False)
+        _output_format("mpeg4", "yuv444p", 8, False)
     with pytest.raises(VideoError, match="unknown or unavailable codec 'no-such-codec'"):
-        _output_format("no-such-codec", None, False, False)
+        _output_format("no-such-codec", None, 8, False)
 
 
 @pytest.mark.device_image  # PyAV's colour conversion and side data differ between releases

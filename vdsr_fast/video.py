@@ -710,11 +710,11 @@ def _format_info(pix_fmt: str) -> _Format:
     return _Format(*steps, max(c.bits for c in comps), bool(fmt.is_rgb), len(comps) == 4)  # 4: colour + alpha
 
 
-def _output_format(codec: str, pix_fmt: str | None, deep_input: bool, alpha_input: bool) -> str:
-    """The pixel format to encode: ``pix_fmt`` if the codec takes it (else a clear error). By default the input's
-    depth in 4:2:0 (yuv420p, or yuv420p10le for an input of more than 8 bits), with alpha (yuva420p...) when the
-    input has it and the codec can keep it, or the codec's first such format when it takes neither (e.g.
-    prores_ks: yuv422p10le; qtrle with alpha: argb)."""
+def _output_format(codec: str, pix_fmt: str | None, bits: int, alpha_input: bool) -> str:
+    """The pixel format to encode: ``pix_fmt`` if the codec takes it (else a clear error). By default 4:2:0 at the
+    input's depth (``bits``; yuv420p, yuv420p10le, yuv420p12le...), or the codec's nearest deeper one, or its deepest
+    (libvpx-vp9 here: 8 bits; the caller warns), with alpha (yuva420p...) when the input has it and the codec can keep
+    it, or the codec's first such format when it takes neither (e.g. prores_ks: yuv422p10le; qtrle with alpha: argb)."""
     import av
 
     try:
@@ -725,11 +725,15 @@ def _output_format(codec: str, pix_fmt: str | None, deep_input: bool, alpha_inpu
         if formats and pix_fmt not in formats:
             raise VideoError(f"{codec} cannot encode --pix-fmt {pix_fmt}; it takes {', '.join(formats)}")
         return pix_fmt
-    want = ("yuva420p" if alpha_input else "yuv420p") + ("10le" if deep_input else "")
-    if not formats or want in formats:
-        return want
-    with_alpha = [f for f in formats if _format_info(f).alpha] if alpha_input else []
-    return (with_alpha or [f for f in formats if f == want.replace("yuva", "yuv")] or formats)[0]
+    if not formats:  # a codec that lists none: as asked
+        return ("yuva420p" if alpha_input else "yuv420p") + (f"{bits}le" if bits > 8 else "")
+
+    def at_depth(base: str) -> list[str]:  # base's depths the codec takes: the input's or the nearest deeper first
+        depths = {f: _format_info(f).bits for f in formats if re.fullmatch(base + r"(\d+le)?", f)}
+        return sorted(depths, key=lambda f: (depths[f] < bits, abs(depths[f] - bits)))
+
+    with_alpha = (at_depth("yuva420p") or [f for f in formats if _format_info(f).alpha]) if alpha_input else []
+    return (with_alpha or at_depth("yuv420p") or formats)[0]
 
 
 # The stream's matrix tag (AVColorSpace) -> swscale's number for it (SWS_CS_*: PyAV's Colorspace, whose names differ
@@ -966,8 +970,8 @@ def upscale_video(
     Colours cross to RGB and back with the input's Y'CbCr matrix and range, which the output is tagged with
     (:class:`_Colour`; untagged: limited range, BT.709 from 1280 wide or more than 576 tall, else BT.601, as players
     guess). ``pix_fmt`` (the encoded pixel format) defaults to the input's depth in 4:2:0:
-    ``yuv420p``, or ``yuv420p10le`` for an input of more than 8 bits a sample (the frames then cross as 16-bit
-    RGB), with alpha (``yuva420p``...) for an input with alpha when the codec can keep it, or the codec's first
+    ``yuv420p``, ``yuv420p10le``, ``yuv420p12le``... (above 8 bits the frames cross as 16-bit RGB), or the
+    codec's nearest deeper such format, or its deepest with a warning, with alpha (``yuva420p``...) for an input with alpha when the codec can keep it, or the codec's first
     such format when it takes neither. Alpha is upscaled bicubically; a codec that cannot keep it drops it, with a
     warning.
 
@@ -1046,7 +1050,8 @@ def upscale_video(
         ctx = vin.codec_context
         w, h = ctx.width, ctx.height
         fin = _format_info(ctx.pix_fmt) if ctx.pix_fmt is not None else _Format(1, 1, 8, False, False)
-        pix_fmt = _output_format(codec, pix_fmt, fin.bits > 8, fin.alpha)
+        chosen_fmt = pix_fmt is None
+        pix_fmt = _output_format(codec, pix_fmt, fin.bits, fin.alpha)
         fout = _format_info(pix_fmt)
         try:
             _, (H, W) = output_plan(h, w, None if size is not None else scale, None if size is None else (size[1], size[0]))
@@ -1066,6 +1071,10 @@ def upscale_video(
     if not deinterlace and int(ctx.field_order or 0) in _INTERLACED:
         _warn(f"{src_label} is interlaced ({_INTERLACED[int(ctx.field_order)]}): its frames are upscaled as progressive "
               "pictures, the two fields' comb with them; pass --deinterlace (FFmpeg's bwdif, frame rate kept)")  # fmt: skip
+    if chosen_fmt and fout.bits < fin.bits:
+        hdr = " (its PQ/HLG transfer needs 10)" if int(ctx.color_trc or 2) in (16, 18) else ""
+        _warn(f"{src_label} has {fin.bits}-bit samples ({ctx.pix_fmt}) and {codec} encodes {fout.bits} at most: the "
+              f"output is {pix_fmt}{hdr}; libx265, ffv1 and prores_ks keep 10 bits or more")  # fmt: skip
     alpha = fin.alpha and fout.alpha
     if fin.alpha and not alpha:
         _warn(f"{src_label} has an alpha channel ({ctx.pix_fmt}) and {codec} in {pix_fmt} cannot keep it: the output has the "
@@ -1262,7 +1271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, default=18, help="constant rate factor for x264/x265-style encoders (default: 18; -1: encoder default)")
     p.add_argument("--preset", help="encoder preset, e.g. veryfast, slow")
     p.add_argument("--pix-fmt", default=None,
-                   help="encoded pixel format (default: yuv420p, or yuv420p10le for an input of more than 8 bits; "
+                   help="encoded pixel format (default: 4:2:0 at the input's depth, yuv420p, yuv420p10le, yuv420p12le..., "
+                        "or the codec's nearest; "
                         "4:2:0 needs an even output size, yuv444p takes any)")
     p.add_argument("--batch", "-b", type=int, default=4, help="frames per upscale call (default: 4)")
     add_memory_args(p, "per batch of frames")
