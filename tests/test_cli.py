@@ -756,6 +756,11 @@ def test_a_batch_folder_skips_hidden_files_and_subfolders(tmp_path, capsys, weig
     code, stdout, err = _run(capsys, "upscale", str(photos), "-o", str(tmp_path / "out"), "--weights", weights, "--quiet")
     assert code == 0 and "1 of 1 images" in stdout and not err, err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
+    for name in ("b.ppm", "c.AVIF", "notes"):  # other suffixes: left out, and said so (they were silently)
+        (photos / name).write_bytes(b"")
+    code, stdout, err = _run(capsys, "upscale", str(photos), "-o", str(tmp_path / "out2"), "--weights", weights, "--quiet")
+    assert code == 0 and "1 of 1 images" in stdout, err
+    assert f"{photos}: 3 file(s) of other suffixes left out (.avif, .ppm, no suffix); name a file" in err, err
 
 
 def test_stdout_takes_one_image_and_empty_stdin_is_named(tmp_path, capsys, weights, monkeypatch):

@@ -131,7 +131,7 @@ def test_progress_into_a_log_is_lines_not_a_bar(clip, weights, tmp_path, capsys,
 def test_a_folder_takes_video_suffixes_in_any_case(tmp_path):
     """A folder as the input: cameras name their files .MP4 and .MOV; the suffix matches in any case (the files are
     only listed here, not read)."""
-    from vdsr_fast.video import _jobs
+    from vdsr_fast.video import VideoError, _jobs
 
     src = tmp_path / "card"
     src.mkdir()
@@ -140,6 +140,8 @@ def test_a_folder_takes_video_suffixes_in_any_case(tmp_path):
     jobs = _jobs(SimpleNamespace(input=str(src), output=str(tmp_path / "out"), force=False))
     assert [(s.name, d.relative_to(tmp_path).as_posix()) for s, d in jobs] == [
         ("A.MP4", "out/A.MP4"), ("b.Mkv", "out/b.Mkv"), ("c.mov", "out/c.mov")]  # fmt: skip
+    with pytest.raises(VideoError, match="--format matroska with a folder as the input: each output keeps its input's name"):
+        _jobs(SimpleNamespace(input=str(src), output=str(tmp_path / "out"), force=False, muxer="matroska"))  # a.mp4: mkv
 
 
 def test_scale_and_size_together_are_refused(tmp_path, capsys):
@@ -168,6 +170,17 @@ def test_a_folder_of_videos(tmp_path, weights, capsys):
     assert "the output folder is the input folder" in capsys.readouterr().err
     assert _run(src, out / "a.mp4", "--weights", weights) == 2
     assert "with a folder as the input, the output is a folder" in capsys.readouterr().err
+    # an interrupted folder resumes (found by a review: only --force went on, re-encoding what was done)
+    (out / "b.mkv").unlink()
+    mtime = (out / "a.mp4").stat().st_mtime_ns
+    assert _run(src, out, "--weights", weights, "--skip-existing") == 2  # broken.mp4 still fails
+    captured = capsys.readouterr()
+    assert "1 of the 3 outputs exist: left as they are (--skip-existing)" in captured.err and "1 of 2 videos" in captured.out
+    assert (out / "a.mp4").stat().st_mtime_ns == mtime and len(_probe(out / "b.mkv")["times"]) == N
+    assert _run(src / "a.mp4", out / "a.mp4", "--weights", weights, "--skip-existing") == 0
+    assert "exists: left as it is (--skip-existing)" in capsys.readouterr().err and (out / "a.mp4").stat().st_mtime_ns == mtime
+    with pytest.raises(SystemExit):
+        main([str(src), str(out), "--force", "--skip-existing"])
 
 
 def test_progress_callback(clip, tiny_model, tmp_path):

@@ -272,6 +272,11 @@ def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
             files = folder_files(src)
             if not files:
                 raise CliError(f"{src}: no image in this folder ({', '.join(IMAGE_SUFFIXES)})")
+            others = [f for f in src.iterdir() if f not in files and not f.name.startswith(".") and f.is_file()]
+            if others:  # an .avif or .ppm Pillow may read when named, a sidecar: said, not silently left out
+                kinds = sorted({f.suffix.lower() or "no suffix" for f in others})
+                print(f"vdsr-fast upscale: {src}: {len(others)} file(s) of other suffixes left out ({', '.join(kinds)}); "
+                      "name a file to upscale it anyway", file=sys.stderr)  # fmt: skip
         elif src.is_file():
             files = [src]
         else:

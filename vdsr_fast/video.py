@@ -1286,7 +1286,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "pictures, with a warning")
     p.add_argument("--duration", "-t", type=float, help="only the first this many seconds (as ffmpeg's -t): a preview "
                    "before a long run; audio and subtitles cut alike")
-    p.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
+    exists = p.add_mutually_exclusive_group()
+    exists.add_argument("--force", "-f", action="store_true", help="overwrite an existing output")
+    exists.add_argument("--skip-existing", action="store_true",
+                        help="leave an existing output as it is and upscale the rest (resumes an interrupted folder: "
+                             "each output is renamed into place only once whole)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--fused-color", action="store_true", help="the colour conversion and bicubic resize around the network as two Triton kernels on the GPU (upscale(fused_color=True))")
     _add_engine_args(p)
@@ -1328,11 +1332,19 @@ def _log_progress(label: str):
 
 def _jobs(args) -> list[tuple]:
     """``[(src, dst)]``: one pair, or for a folder as the input every video in it into the output folder (made if its
-    parent exists), each under its own name; every output is checked before any is written."""
+    parent exists), each under its own name; every output is checked before any is written. With ``--skip-existing``
+    the outputs that exist are left out (each was renamed into place whole), with a line saying how many."""
     src, dst = args.input, args.output
+    skip = getattr(args, "skip_existing", False)
     if src == "-" or not Path(src).is_dir():
+        if skip and dst != "-" and Path(dst).exists():
+            print(f"{dst} exists: left as it is (--skip-existing)", file=sys.stderr)
+            return []
         return [(sys.stdin.buffer if src == "-" else src, sys.stdout.buffer if dst == "-" else dst)]
     src, dst = Path(src), Path(dst)
+    if getattr(args, "muxer", None):  # each output is named as its input: a.mp4 holding Matroska
+        raise VideoError(f"--format {args.muxer} with a folder as the input: each output keeps its input's name and "
+                         "so its container; convert files one by one to change the container")  # fmt: skip
     files = folder_files(src, VIDEO_SUFFIXES)
     if not files:
         raise VideoError(f"{src}: no video in this folder ({' '.join(VIDEO_SUFFIXES)})")
@@ -1344,8 +1356,12 @@ def _jobs(args) -> list[tuple]:
         raise VideoError(f"{dst}: the output folder is the input folder; give another")
     jobs = [(f, dst / f.name) for f in files]
     existing = [d for _, d in jobs if d.exists()]
-    if existing and not args.force:
-        raise VideoError(f"{len(existing)} of the {len(jobs)} outputs exist (first: {existing[0]}); pass --force to overwrite them")
+    if existing and skip:
+        print(f"{len(existing)} of the {len(jobs)} outputs exist: left as they are (--skip-existing)", file=sys.stderr)
+        jobs = [(s, d) for s, d in jobs if d not in existing]
+    elif existing and not args.force:
+        raise VideoError(f"{len(existing)} of the {len(jobs)} outputs exist (first: {existing[0]}); pass --force to "
+                         "overwrite them, or --skip-existing to upscale the rest")  # fmt: skip
     dst.mkdir(exist_ok=True)
     return jobs
 
