@@ -37,6 +37,15 @@ def triton_device(dtype: torch.dtype | None = None, *, bf16_dot: bool = False) -
     return torch.device("cpu")
 
 
+def nan_tailed(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values in a contiguous view at the front of a NaN-filled buffer: a kernel's unmasked read past its end
+    (weights, biases) reads NaN, which reaches the output."""
+    buf = torch.full((t.numel() + 256,), float("nan"), dtype=t.dtype, device=t.device)
+    view = buf[: t.numel()].view(t.shape)
+    view.copy_(t)
+    return view
+
+
 def assert_equivalent(
     fast: torch.Tensor,
     same: torch.Tensor,

@@ -249,3 +249,49 @@ def test_fused_color_falls_back_for_rgba_and_float64_and_refuses_without_triton(
     monkeypatch.setattr(api, "_why_unavailable", lambda name, dev: "no Triton here")
     with pytest.raises(ValueError, match="fused_color=True needs Triton on this device: no Triton here"):
         upscale(_frame((1, 3, 5, 6), torch.uint8, device), 2, model, backend="torch", fused_color=True)
+
+
+# --- writes at the edges of the batch (a mutation audit of the kernels)
+@pytest.mark.parametrize("channels", [3, 1])
+def test_finish_frame_writes_nothing_past_the_batch(device, channels):
+    """The output tile is the first N images of a larger frame batch (poisoned): a pixel slot past N * TH * TW that is
+    not masked writes into image N. Bit for bit (atol 0) as test_finish_frame_equals_the_pytorch_pipeline: the
+    kernel's products and sums are PyTorch's fp32 ones."""
+    from vdsr_fast.kernels.triton.color import finish_frame
+
+    g = torch.Generator().manual_seed(4)
+    n, th, tw = 2, 5, 9
+    y = torch.rand((n, 1, th, tw), generator=g).to(device)
+    cc = torch.rand((n, 2, th, tw), generator=g).to(device) if channels == 3 else None
+    frame = torch.full((n + 1, channels, th, tw), 7, dtype=torch.uint8, device=device)
+    out = frame[:n]
+    finish_frame(y, cc, out)
+    ref = api._from_float(y if cc is None else ycbcr_to_rgb(torch.cat([y, cc], dim=1)), torch.uint8)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert (frame[n] == 7).all(), "wrote past the batch"
+
+
+def test_upscale_planes_write_nothing_past_their_planes(device, monkeypatch):
+    """upscale_planes' Y and CbCr planes allocated (torch.empty) as the first N images of NaN buffers one image
+    larger: a pixel slot past N * OH * OW that is not masked writes into image N. Bit for bit (atol 0) as
+    test_upscale_planes_equal_the_pytorch_pipeline."""
+    from vdsr_fast.kernels.triton.color import upscale_planes
+
+    n, h, w, scale = 2, 6, 7, 2
+    x = _frame((n, h, w, 3), torch.uint8, device).permute(0, 3, 1, 2)
+    rows, cols = tiling.Window(h, scale, 0, h * scale, 3), tiling.Window(w, scale, 0, w * scale, 3)
+    bigs, real_empty = [], torch.empty
+
+    def empty(shape, **kw):
+        big = torch.full((shape[0] + 1, *shape[1:]), float("nan"), **kw)
+        bigs.append(big)
+        return big[: shape[0]]
+
+    taps = [*rows.taps(device, torch.float32), *cols.taps(device, torch.float32)]
+    monkeypatch.setattr(torch, "empty", empty)
+    y, cc = upscale_planes(x, *taps)
+    monkeypatch.setattr(torch, "empty", real_empty)
+    assert len(bigs) == 2 and all(big[n].isnan().all() for big in bigs), "wrote past the batch"
+    ref = cols.resize(rows.resize(rgb_to_ycbcr(_scaled(x)), 2), 3)
+    torch.testing.assert_close(y, ref[:, :1], rtol=0, atol=0)
+    torch.testing.assert_close(cc, ref[:, 1:], rtol=0, atol=0)

@@ -22,7 +22,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from equivalence import DTYPES, assert_equivalent, triton_device
+from equivalence import DTYPES, assert_equivalent, nan_tailed, triton_device
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -309,3 +309,127 @@ def test_share_row_refuses_a_launch_whose_last_rows_would_wrap_int32():
     x = torch.zeros(1, 1, 1, 16).expand(64, 18631, 1801, 16)  # no memory behind the pixels: refused first
     with pytest.raises(ValueError, match=r"64x18631x1801 pixels is too many for one share_row launch \(block_m 128\)"):
         _launch(x, x.stride(), None, None, None, 64, 18631, 1801, 16, 16, False, True, cfg)
+
+
+# --- several channel blocks, strides, and reads and writes at the edges of views (a mutation audit of the kernels)
+MODES = {"raster": {}, "swap": dict(swap=True), "share_row": dict(share_row=True), "tile_2d": dict(tile_w=16)}
+
+
+def _body_ref(x, wt, b):
+    x_nchw = x.permute(0, 3, 1, 2)
+    return (F.relu(F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1)),
+            F.relu(F.conv2d(x_nchw.contiguous(), wt.to(x.dtype), b.to(x.dtype), padding=1)))  # fmt: skip
+
+
+@pytest.mark.parametrize("c_in", [48, 40], ids=lambda c: f"c_in{c}")
+@pytest.mark.parametrize("mode", MODES)
+def test_body_several_channel_blocks_per_tap(mode, c_in):
+    """BLOCK_K < C_IN: each tap's K loop walks several channel blocks (48 = three whole blocks of 16; 40 = two and a
+    masked one). Every other body test has C_IN <= BLOCK_K (one block per tap), so a K loop that pairs a channel block
+    with the wrong tap or offset passed them. fp32 (the interpreter's tl.dot is exact there), DESIGN.md §6's rule as in
+    _check_body: atol 1e-5, while a dropped, repeated or misplaced channel block is an O(0.1-1) error."""
+    device = triton_device()
+    dtype = torch.float32
+    n, h, w, c_out = 2, 5, 7, 16
+    torch.manual_seed(c_in)
+    wt, b = _layer(c_in, c_out, device)
+    x = torch.rand(n, h, w, c_in, device=device)
+    out = _nan_out(n, h, w, c_out, dtype, device)
+    conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b, out=out, config=ConvConfig(64, 16, 16, 4, 2, **MODES[mode]))
+    ref64, same = _body_ref(x, wt, b)
+    assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype, f"{mode} body, {c_in} channels in blocks of 16")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_body_reads_channels_through_their_stride_in_every_mode(mode):
+    """A channels-last view of an NCHW tensor (channel stride H*W) in each body mode (test_body_non_contiguous_input
+    covers the default raster mode only). fp32, the rule of _check_body (atol 1e-5); a channel stride taken as 1
+    reads other pixels' values, an O(1) error."""
+    device = triton_device()
+    dtype = torch.float32
+    n, h, w, c_in, c_out = 2, 6, 9, 16, 16
+    torch.manual_seed(3)
+    wt, b = _layer(c_in, c_out, device)
+    x = torch.rand(n, c_in, h, w, device=device).permute(0, 2, 3, 1)
+    assert x.stride(3) == h * w
+    out = _nan_out(n, h, w, c_out, dtype, device)
+    cfg = conv3x3_config(c_in, c_out, dtype)
+    conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b, out=out, config=ConvConfig(64, cfg.block_n, cfg.block_k, 4, 2, **MODES[mode]))
+    ref64, same = _body_ref(x, wt, b)
+    assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype, f"{mode} body on a channels-last view")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_body_reads_no_weight_or_bias_beyond_its_tensor(mode):
+    """Packed weights and bias as contiguous views at the front of NaN-filled buffers, with C_IN = 5 and C_OUT = 24
+    (K and N masked: BLOCK_K 16, BLOCK_N 32): a weight load whose channel mask is dropped reads past the last filter's
+    end (NaN; times a zero-masked activation still NaN) -- finite garbage on a GPU, or a fault. fp32, the rule of
+    _check_body (atol 1e-5): any such read shows as NaN."""
+    device = triton_device()
+    dtype = torch.float32
+    n, h, w, c_in, c_out = 2, 5, 7, 5, 24
+    torch.manual_seed(5)
+    wt, b = _layer(c_in, c_out, device)
+    x = torch.rand(n, h, w, c_in, device=device)
+    out = _nan_out(n, h, w, c_out, dtype, device)
+    cfg = conv3x3_config(c_in, c_out, dtype)
+    conv3x3_bias_relu(x, nan_tailed(pack_conv3x3_weight(wt, dtype)), nan_tailed(b), out=out,
+                      config=ConvConfig(64, cfg.block_n, cfg.block_k, 4, 2, **MODES[mode]))  # fmt: skip
+    ref64, same = _body_ref(x, wt, b)
+    assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype, f"{mode} body, NaN after its weights and bias")
+
+
+@pytest.mark.parametrize("mode", [*MODES, "head"])
+def test_writes_nothing_outside_its_output_view(mode):
+    """The output is a view into a larger NaN buffer: 8 more channels after its 24 (BLOCK_N 32: the masked channels of
+    each pixel) and one more image after the batch (a pixel slot past N*H*W). Only the view may be written: the rest
+    stays NaN, the view is finite and holds the layer (fp32, the rule of _check_body / _check_head, atol 1e-5)."""
+    device = triton_device()
+    dtype = torch.float32
+    n, h, w, c_in, c_out = 2, 5, 7, 16, 24
+    torch.manual_seed(9)
+    big = torch.full((n + 1, h, w, c_out + 8), float("nan"), dtype=dtype, device=device)
+    out = big[:n, :, :, :c_out]
+    if mode == "head":
+        wt, b = _layer(1, c_out, device)
+        y = torch.rand(n, 1, h, w, device=device)
+        conv3x3_head(y, pack_conv3x3_weight(wt, dtype), b, out=out)
+        ref64 = F.relu(F.conv2d(y.double(), wt.double(), b.double(), padding=1))
+        same = F.relu(F.conv2d(y, wt, b, padding=1))
+    else:
+        wt, b = _layer(c_in, c_out, device)
+        x = torch.rand(n, h, w, c_in, device=device)
+        cfg = conv3x3_config(c_in, c_out, dtype)
+        conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b, out=out,
+                          config=ConvConfig(64, cfg.block_n, cfg.block_k, 4, 2, **MODES[mode]))  # fmt: skip
+        ref64, same = _body_ref(x, wt, b)
+    assert big[n].isnan().all(), f"{mode}: wrote past the batch"
+    assert big[:n, :, :, c_out:].isnan().all(), f"{mode}: wrote channels >= C_OUT"
+    assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype, f"{mode} into an output view")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_program_writes_only_its_own_pixels(mode, monkeypatch):
+    """No program may store into pixels that another program owns: on a GPU that is a race (programs run in no set
+    order), but the interpreter runs them in order, so a later program's store hides an earlier one's stray write
+    (SHARE_ROW's two halo slots past its BLOCK_M - 2 outputs, say). So the layer is launched again with one program
+    only (program_count patched to 1): every pixel it writes holds the full launch's value, the rest stays NaN.
+    Exact (atol 0): the same program computes the same fp32 sums in both launches."""
+    import vdsr_fast.kernels.triton.conv3x3 as mod
+
+    device = triton_device()
+    dtype = torch.float32
+    n, h, w, c = 2, 5, 7, 16  # 70 pixels: more than one program of 64
+    torch.manual_seed(13)
+    wt, b = _layer(c, c, device)
+    x = torch.rand(n, h, w, c, device=device)
+    wp = pack_conv3x3_weight(wt, dtype)
+    cfg = ConvConfig(64, 16, 16, 4, 2, **MODES[mode])
+    full = conv3x3_bias_relu(x, wp, b, config=cfg)
+    assert not full.isnan().any()
+    monkeypatch.setattr(mod, "program_count", lambda *a, **k: 1)
+    out = _nan_out(n, h, w, c, dtype, device)
+    conv3x3_bias_relu(x, wp, b, out=out, config=cfg)
+    written = ~out.isnan()
+    assert written.any() and not written.all()
+    torch.testing.assert_close(out[written], full[written], atol=0, rtol=0)

@@ -20,7 +20,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from equivalence import DTYPES, assert_equivalent, triton_device
+from equivalence import DTYPES, assert_equivalent, nan_tailed, triton_device
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -235,3 +235,64 @@ def test_fused_tail_errors():
         tail_gather_residual(torch.empty(15, 9, device=device), torch.zeros(1, device=device), y)
     p = pack_tail_partials_weight(torch.arange(2 * 9.0).reshape(1, 2, 3, 3), torch.float32)
     assert p.shape == (2, 16) and p[1, 4] == 9 + 4 and (p[:, 9:] == 0).all()  # column kh*3+kw
+
+
+# --- several channel blocks, strides, and reads and writes at the edges of views (a mutation audit of the kernels)
+@pytest.mark.parametrize("tile_w", [0, 16])
+def test_tail_several_channel_blocks(tile_w):
+    """BLOCK_C < C_IN: 40 channels in loads of 16 (two whole blocks and a masked one); every other tail test loads
+    all channels at once. fp32, the rule of _check (atol 1e-5): a block read at the wrong channel offset is O(0.01)."""
+    _check(2, 5, 7, 40, torch.float32, triton_device(), config=TailConfig(64, 16, 4, tile_w=tile_w))
+
+
+@pytest.mark.parametrize("tile_w", [0, 16])
+def test_tail_reads_and_writes_only_its_views(tile_w):
+    """x a crop of a NaN tensor (one NaN pixel around each image, 3 NaN channels after the 5 real ones: BLOCK_C 16),
+    the weights a view at the front of a NaN buffer, out a view of a NaN buffer one image larger: an unmasked read
+    of padding, of a channel >= C_IN or past the weights is NaN (times a zero weight still NaN), a write past the
+    batch leaves a non-NaN behind. fp32, the rule of _check (atol 1e-5)."""
+    device = triton_device()
+    n, h, w, c = 2, 6, 9, 5
+    wt, b, x_nchw, y = _inputs(n, h, w, c, torch.float32, device, 31)
+    big = torch.full((n, h + 2, w + 2, c + 3), float("nan"), device=device)
+    x = big[:, 1 : h + 1, 1 : w + 1, :c]
+    x.copy_(x_nchw.permute(0, 2, 3, 1))
+    big_out = torch.full((n + 1, 1, h, w), float("nan"), device=device)
+    out = big_out[:n]
+    config = TailConfig(64, 16, 4, tile_w=tile_w)
+    conv3x3_tail_residual(x, nan_tailed(pack_tail_weight(wt, torch.float32)), b, y, out, config=config)
+    assert big_out[n].isnan().all(), "wrote past the batch"
+    ref64 = y.double() + F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1)
+    same = y + F.conv2d(x_nchw, wt, b, padding=1)
+    assert_equivalent(out, same, ref64, torch.float32, "tail on views")
+
+
+def test_fused_tail_reads_and_writes_only_its_views():
+    """The fused tail with C = 24 (BLOCK_K = BLOCK_N = 32: channels masked on both sides): the layer's weights and
+    bias and the tail weights as views at the front of NaN buffers (an unmasked read past them is NaN, and in TAIL
+    mode even a masked output channel's NaN reaches z through its zero tail weight), z a view at the front of a NaN
+    buffer (a partial sum written past the last pixel shows there), the gather's out a view of a NaN buffer four
+    images larger. fp32, the rule of _check_fused (atol 1e-5)."""
+    device = triton_device()
+    n, h, w, c = 2, 6, 11, 24
+    g = torch.Generator().manual_seed(41)
+    x_nchw = torch.rand(n, c, h, w, generator=g).to(device)
+    wl = (torch.randn(c, c, 3, 3, generator=g) * (2.0 / (9 * c)) ** 0.5).to(device)
+    bl = (torch.rand(c, generator=g) * 0.1 - 0.05).to(device)
+    wt = (torch.randn(1, c, 3, 3, generator=g) * (2.0 / (9 * c)) ** 0.5 * 0.1).to(device)
+    b = torch.empty(1).uniform_(-0.05, 0.05, generator=g).to(device)
+    y = torch.rand(n, 1, h, w, generator=g).to(device)
+    z_buf = torch.full(((n * h * w + 1) * 9,), float("nan"), device=device)
+    z = z_buf[: n * h * w * 9].view(n * h * w, 9)
+    x = x_nchw.permute(0, 2, 3, 1).contiguous()
+    conv3x3_bias_relu_tail_partials(x, nan_tailed(pack_conv3x3_weight(wl, torch.float32)), nan_tailed(bl),
+                                    nan_tailed(pack_tail_partials_weight(wt, torch.float32)), z)  # fmt: skip
+    assert z_buf[n * h * w * 9 :].isnan().all() and not z.isnan().any()
+    big_out = torch.full((n + 4, 1, h, w), float("nan"), device=device)  # room for a 256-pixel program's slots
+    out = big_out[:n]
+    tail_gather_residual(z, b, y, out)
+    assert big_out[n:].isnan().all(), "the gather wrote past the batch"
+    act64 = F.conv2d(x_nchw.double(), wl.double(), bl.double(), padding=1).relu()
+    ref64 = y.double() + F.conv2d(act64, wt.double(), b.double(), padding=1)
+    same = y + F.conv2d(F.conv2d(x_nchw, wl, bl, padding=1).relu(), wt, b, padding=1)
+    assert_equivalent(out, same, ref64, torch.float32, "fused tail on views")

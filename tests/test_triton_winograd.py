@@ -19,7 +19,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from equivalence import DTYPES, assert_equivalent, random_vdsr, ref64, triton_device
+from equivalence import DTYPES, assert_equivalent, nan_tailed, random_vdsr, ref64, triton_device
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -192,3 +192,31 @@ def test_custom_op_and_compile():
     y = torch.rand(1, 1, 5, 6, device=device)
     compiled = torch.compile(lambda t: engine(t), backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(y), engine(y), atol=0, rtol=0)
+
+
+# --- several channel blocks, strides, and reads and writes at the edges of views (a mutation audit of the kernels)
+def test_several_channel_blocks():
+    """BLOCK_K < C_IN: 40 channels in K blocks of 16 (two whole, one masked); the other tests have one K block.
+    fp32, the rule of _check (atol 1e-5): a block paired with the wrong weights is an O(0.1) error."""
+    _check(1, 5, 7, 40, 16, torch.float32, triton_device(), config=WinogradConfig(16, 16, 16, 4, 1))
+
+
+def test_reads_no_weight_beyond_and_writes_only_its_view():
+    """C_IN = 5, C_OUT = 24 (K and N masked: 16, 32); the transformed weights and bias as views at the front of NaN
+    buffers (an unmasked read past U's end is NaN, times a zero patch value still NaN); the output a view into a NaN
+    buffer with 8 more channels and one more image (a write of a masked channel or past the batch leaves a non-NaN
+    there); odd sizes (partial 2x2 tiles). fp32, the rule of _check (atol 1e-5)."""
+    device = triton_device()
+    dtype = torch.float32
+    n, h, w, c_in, c_out = 2, 7, 5, 5, 24
+    torch.manual_seed(23)
+    g = torch.randn(c_out, c_in, 3, 3, device=device) * (2.0 / (9 * c_in)) ** 0.5
+    b = torch.empty(c_out, device=device).uniform_(-0.1, 0.1)
+    x_nchw = torch.rand(n, c_in, h, w, device=device)
+    big = torch.full((n + 1, h, w, c_out + 8), float("nan"), dtype=dtype, device=device)
+    out = big[:n, :, :, :c_out]
+    conv3x3_winograd(x_nchw.permute(0, 2, 3, 1).contiguous(), nan_tailed(pack_winograd_weight(g, dtype)), nan_tailed(b), out=out)
+    assert big[n].isnan().all() and big[:n, :, :, c_out:].isnan().all(), "wrote outside the output view"
+    ref = F.relu(F.conv2d(x_nchw.double(), g.double(), b.double(), padding=1))
+    same = F.relu(F.conv2d(x_nchw, g, b, padding=1))
+    assert_equivalent(out.permute(0, 3, 1, 2), same, ref, dtype, "winograd layer on views")
