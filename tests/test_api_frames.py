@@ -311,7 +311,7 @@ def test_max_memory_picks_a_tile(tiny_model, monkeypatch):
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-14)
     upscale(x, 2, tiny_model, dtype=torch.float64, max_memory=per_px * (30 + 2 * r) ** 2, tile=(9, 40))
     assert seen[-1] == (9, 30)
-    with pytest.raises(ValueError, match="max_memory=100 bytes is too small"):
+    with pytest.raises(ValueError, match=r"max_memory=100 bytes \(9.31e-08 GiB\) is too small"):
         upscale(x, 2, tiny_model, max_memory=100)
     with pytest.raises(ValueError, match="max_memory must be a positive int"):
         upscale(x, 2, tiny_model, max_memory=-1)
@@ -402,7 +402,7 @@ def test_a_budget_too_small_names_one_that_suffices(tiny_model):
     need = int(re.search(r"needs about (\d+) bytes", str(info.value)).group(1))
     got = upscale(x, 2, tiny_model, dtype=torch.float64, max_memory=need)
     torch.testing.assert_close(got, upscale(x, 2, tiny_model, dtype=torch.float64, tile=24), rtol=0, atol=1e-14)
-    with pytest.raises(ValueError, match=f"max_memory={need - 1} bytes is too small"):
+    with pytest.raises(ValueError, match=rf"max_memory={need - 1} bytes \(\S+ GiB\) is too small"):
         upscale(x, 2, tiny_model, dtype=torch.float64, max_memory=need - 1)
 
 

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -139,7 +140,8 @@ def test_upscale_tiles_a_large_image_within_the_memory_budget(tmp_path, capsys, 
     assert max(seen[-1]) < 30
     code, _, err = _run(capsys, "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "x.png"), "--weights", weights,
                         "--max-memory", "0.00000001")  # fmt: skip
-    assert code == 2 and "is too small" in err and not (tmp_path / "x.png").exists()
+    assert code == 2 and "max_memory=10 bytes (9.31e-09 GiB) is too small" in err and not (tmp_path / "x.png").exists()
+    assert re.search(r"needs about \d+ bytes \(\d\.\d+e-\d+ GiB\)", err), err  # --max-memory is in GiB: said in both
     for bad in ("0", "-1", "lots", "inf"):
         with pytest.raises(SystemExit):
             main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "y.png"), "--max-memory", bad])

@@ -124,8 +124,8 @@ def tile_for_budget(max_memory: int, n: int, per_pixel: int, radius: int) -> int
     if side < MIN_TILE:
         need = n * per_pixel * (MIN_TILE + 2 * radius) ** 2
         raise ValueError(
-            f"upscale: max_memory={max_memory} bytes is too small: a {MIN_TILE}x{MIN_TILE} output tile with its "
-            f"{radius}-pixel halo for {n} frame(s) needs about {need} bytes"
+            f"upscale: max_memory={max_memory} bytes ({max_memory / 2**30:.3g} GiB) is too small: a {MIN_TILE}x{MIN_TILE} "
+            f"output tile with its {radius}-pixel halo for {n} frame(s) needs about {need} bytes ({need / 2**30:.3g} GiB)"
         )
     return side
 
