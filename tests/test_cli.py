@@ -765,6 +765,30 @@ def test_a_batch_folder_skips_hidden_files_and_subfolders(tmp_path, capsys, weig
     assert f"{photos}: 3 file(s) of other suffixes left out (.avif, .ppm, no suffix); name a file" in err, err
 
 
+def test_an_output_name_ending_with_a_slash_is_a_folder(tmp_path, capsys, weights):
+    """-o NEW/ is a folder, made (its parent must exist), for one image too (found by a review: 'newdir: not a folder,
+    and no suffix', the slash dropped; and -o new.png/ wrote a file); a batch's new -o with an image suffix is refused
+    (it made a folder called outdir.png); a failed upscale leaves no empty folder behind."""
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for src in (a, b):
+        write_image(src, np.zeros((4, 4, 3), np.uint8))
+    for out in ("new", "new.png"):
+        code, stdout, err = _run(capsys, "upscale", str(a), "-o", str(tmp_path / out) + "/", "--weights", weights, "--quiet")
+        assert code == 0 and read_image(tmp_path / out / "a.png").shape == (8, 8, 3), err
+    code, _, err = _run(capsys, "upscale", str(a), str(b), "-o", str(tmp_path / "batch.png"), "--weights", weights)
+    assert code == 2 and "batch.png: with several inputs or a folder, --output is a folder, and this new one's name" in err
+    assert not (tmp_path / "batch.png").exists()
+    assert _run(capsys, "upscale", str(a), str(b), "-o", str(tmp_path / "batch.png") + "/", "--weights", weights)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "batch.png").iterdir()) == ["a.png", "b.png"]
+    code, _, err = _run(capsys, "upscale", str(a), "-o", str(tmp_path / "no" / "deeper") + "/", "--weights", weights)
+    assert code == 2 and f"{tmp_path / 'no'}: output folder does not exist" in err
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    code, _, err = _run(capsys, "upscale", str(tmp_path / "bad.png"), "-o", str(tmp_path / "left") + "/", "--weights", weights)
+    assert code == 2 and not (tmp_path / "left").exists(), err
+    code, _, err = _run(capsys, "upscale", str(a), "-o", str(b) + "/", "--weights", weights)
+    assert code == 2 and f"{b} is a file, not a folder" in err
+
+
 def test_stdout_takes_one_image_and_empty_stdin_is_named(tmp_path, capsys, weights, monkeypatch):
     """``-o -`` with several inputs or a folder is refused (was: the first image written, the rest dropped, exit 0);
     an empty stdin says so."""

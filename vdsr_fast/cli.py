@@ -293,10 +293,17 @@ def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     return jobs
 
 
-def _one_output(dst: Path, name: str, force: bool, src: Path | None = None) -> Path:
-    """The file one image is written to: ``dst``, or ``name`` inside it when it is a folder; refused when it is the
-    input ``src`` (even with ``force``), has no image format's suffix, exists (without ``force``) or its folder does
-    not."""
+def _one_output(dst: Path, name: str, force: bool, src: Path | None = None, folder: bool = False) -> Path:
+    """The file one image is written to: ``dst``, or ``name`` inside it when it is a folder (or ``folder``: the name
+    ended with a slash; the caller makes it); refused when it is the input ``src`` (even with ``force``), has no image
+    format's suffix, exists (without ``force``) or its folder does not (for a new ``folder``: its parent)."""
+    if folder and not dst.is_dir():
+        if dst.exists():
+            raise CliError(f"{dst} is a file, not a folder")
+        if not dst.parent.is_dir():
+            raise CliError(f"{dst.parent}: output folder does not exist")
+        _check_suffix(Path(name).suffix, str(dst / name))
+        return dst / name
     if dst.is_dir():
         dst = dst / name  # `-o folder/`: the input's name inside it
     if src is not None and dst.resolve() == src.resolve():
@@ -390,24 +397,35 @@ def _upscale_stream(args) -> int:
 
 
 def cmd_upscale(args) -> int:
-    from .images import ImageReadError
+    from .images import IMAGE_SUFFIXES, ImageReadError
 
     if "-" in args.input or args.output == "-" or args.format is not None:
         return _upscale_stream(args)
     inputs = [Path(p) for p in args.input]
     dst = Path(args.output)
     batch = len(inputs) > 1 or inputs[0].is_dir()
+    as_folder = args.output.endswith(("/", os.sep))  # `-o new/`: a folder, made (Path() drops the slash)
     if not batch:
-        out = _one_output(dst, inputs[0].name, args.force or args.skip_existing, inputs[0])
+        out = _one_output(dst, inputs[0].name, args.force or args.skip_existing, inputs[0], folder=as_folder)
         if args.skip_existing and out.exists():  # a whole file: outputs are written under a temporary name, then renamed
             print(f"{out} exists: left as it is (--skip-existing)")
             return 0
-        print(_upscale_one(args, inputs[0], out))
+        made = not out.parent.exists()
+        out.parent.mkdir(exist_ok=True)
+        try:
+            print(_upscale_one(args, inputs[0], out))
+        except BaseException:
+            if made and not any(out.parent.iterdir()):  # nothing written: no empty folder left behind
+                out.parent.rmdir()
+            raise
         return 0
 
     # A batch: -o is a folder (made if its parent exists); every output is checked before any is written.
     if dst.exists() and not dst.is_dir():
         raise CliError(f"{dst} is a file; with several inputs or a folder, --output is a folder")
+    if not dst.exists() and not as_folder and dst.suffix.lower() in IMAGE_SUFFIXES:
+        raise CliError(f"{dst}: with several inputs or a folder, --output is a folder, and this new one's name is an "
+                       f"image file's; give a folder name (or end it with / to make a folder of that name)")  # fmt: skip
     if not dst.parent.is_dir():
         raise CliError(f"{dst.parent}: output folder does not exist")
     jobs = _batch_jobs(inputs, dst)
