@@ -550,7 +550,15 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
 
     # Bars on a terminal; elsewhere (a log file, CI) a plain line per report, at most one in LOG_EVERY_S seconds.
     tty = progress and sys.stderr.isatty()
+    eval_name = Path(cfg.eval_set).name or "eval"  # the reports' label of the evaluation's PSNR (history keeps "set5")
+    if progress and not tty:  # minutes on a CPU: a log says what it waits for
+        source = f"the cache {cfg.cache}" if cfg.cache and Path(cfg.cache).is_file() else ", ".join(cfg.data)
+        print(f"train: preparing the training pairs from {source} (x{', x'.join(map(str, cfg.scales))}, downsized by "
+              f"{', '.join(map(str, cfg.downsizes))})", file=sys.stderr, flush=True)  # fmt: skip
+    t_prep = time.perf_counter()
     pairs, _ = build_pairs(load_train_y(cfg.data, cfg.cache, tty), cfg.scales, cfg.downsizes, tty, device)
+    if progress and not tty:
+        print(f"train: {len(pairs)} pairs ready in {time.perf_counter() - t_prep:.0f} s", file=sys.stderr, flush=True)
     # Draws for up to 100 steps per host-to-device copy (a checkpoint saves where the chunk began: exact resume).
     sampler = PatchSampler(pairs, cfg.patch, gen, device, chunk=math.gcd(cfg.ckpt_every, 100))
     if resuming:
@@ -632,11 +640,11 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
                 rec["set5"] = last_eval
             history.append(rec)
             if bar is not None:
-                bar.set_postfix(loss=f"{rec['loss']:.2e}", pps=f"{rec['patches_per_s']:.0f}", set5=last_eval or "-")
+                bar.set_postfix({"loss": f"{rec['loss']:.2e}", "pps": f"{rec['patches_per_s']:.3g}", eval_name: last_eval or "-"})
             elif progress and ("set5" in rec or step == cfg.steps or now - t_logged >= LOG_EVERY_S):
                 set5 = " ".join(f"{k} {v:.2f}" for k, v in rec["set5"].items()) if "set5" in rec else ""
                 print(f"train: step {step}/{cfg.steps} loss {rec['loss']:.3e} lr {lr:.2e} "
-                      f"{rec['patches_per_s']:.0f} patches/s" + (f" set5 {set5}" if set5 else ""), file=sys.stderr, flush=True)
+                      f"{rec['patches_per_s']:.3g} patches/s" + (f" {eval_name} {set5}" if set5 else ""), file=sys.stderr, flush=True)
                 t_logged = now
             t_last, loss_acc, n_acc = now, 0.0, 0
         if bar is not None:
@@ -672,6 +680,38 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
     return final
 
 
+# `vdsr-fast train --help`: what each TrainConfig field is (the defaults are added by the formatter)
+HELP = {
+    "data": "folders of training images (the 291 set: T91 and BSD200), relative to the current folder",
+    "out": "folder of the checkpoints (last.pt, resumed from unless --no-resume) and the final .safetensors",
+    "cache": "a .npz of the training Y planes: read if present, else written (skips decoding the images next time)",
+    "scales": "the scales trained together in one model",
+    "downsizes": "each training image is also used shrunk by these factors (data augmentation)",
+    "patch": "the side of the square HR patches (the paper's: 41)",
+    "batch": "patches per step",
+    "steps": "steps of the whole schedule (the learning rate anneals over them)",
+    "optimizer": "adam (cosine decay) or sgd (the paper's recipe: momentum 0.9, lr / 10 every --lr-step)",
+    "lr": "the peak learning rate",
+    "min_lr": "adam: the floor of the cosine decay",
+    "warmup": "steps of linear learning-rate warm-up",
+    "weight_decay": "L2 weight decay (sgd: 0 takes the paper's 1e-4)",
+    "clip": "adam: the max gradient norm (0: off); sgd: theta of the adjustable clipping (gradients to theta / lr)",
+    "lr_step": "sgd: divide the learning rate by 10 every this many steps (0: steps // 4)",
+    "loss": "the training loss",
+    "ema": "above 0: keep an exponential moving average of the weights (e.g. 0.999), which is evaluated and saved",
+    "depth": "conv layers (VDSR: 20)",
+    "channels": "channels of the hidden layers (VDSR: 64)",
+    "bf16": "bf16 autocast (default: on CUDA, and on a CPU with native bf16)",
+    "seed": "seed of the weights' initialisation and of the patch sampler (a run is reproducible)",
+    "init": "weights to start from (any file vdsr_fast.load reads) when not resuming; empty: random",
+    "eval_set": "the folder of HR images scored (PSNR on Y, the paper's protocol) every --eval-every steps",
+    "eval_every": "steps between evaluations on --eval-set",
+    "ckpt_every": "steps between checkpoints (OUT/last.pt)",
+    "device": "auto (a GPU where there is one), cpu, cuda or cuda:N",
+    "threads": "CPU threads for torch (0: its default)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = TrainConfig()
     p = argparse.ArgumentParser(prog="vdsr-fast train", description=__doc__.split("\n\n")[0],
@@ -679,11 +719,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool) or name == "bf16":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=HELP[name])
         elif isinstance(value, list):
-            p.add_argument(flag, nargs="+", type=type(value[0]), default=value)
+            p.add_argument(flag, nargs="+", type=type(value[0]), default=value, help=HELP[name])
         else:
-            p.add_argument(flag, type=type(value), default=value, choices={"loss": LOSSES, "optimizer": OPTIMIZERS}.get(name))
+            p.add_argument(flag, type=type(value), default=value, help=HELP[name],
+                           choices={"loss": LOSSES, "optimizer": OPTIMIZERS}.get(name))  # fmt: skip
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/last.pt exists")
     p.add_argument("--until-step", type=int, help="stop (with a checkpoint) at this step; the schedule still follows --steps")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes")
