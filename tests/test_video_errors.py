@@ -39,6 +39,21 @@ def _fails(capsys, *argv, message):
     return err
 
 
+def test_an_output_ffmpeg_cannot_start_says_why(tmp_path, weights, capsys):
+    """An encoder option or a container FFmpeg refuses when the output starts (at the first frame): the error gives
+    FFmpeg's reason and what to change (found by a review: it named the hidden temporary file, or avcodec_open2 with
+    its options, "returned 22"); nothing is left behind."""
+    src = tmp_path / "in.mp4"
+    _make_clip(src)
+    err = _fails(capsys, src, tmp_path / "out.ogv", "--weights", weights,
+                 message="FFmpeg cannot start libx264 (yuv420p, crf 18) in ogv: [ogv] Unsupported codec id in stream 0; "
+                         "pass another --codec, --preset or --pix-fmt, or another container")  # fmt: skip
+    assert "returned 22" not in err and ".out." not in err
+    _fails(capsys, src, tmp_path / "out.mp4", "--weights", weights, "--preset", "nope",
+           message="FFmpeg cannot start libx264 (yuv420p, crf 18, preset nope) in mp4: [libx264] ")
+    assert _listing(tmp_path) == ["in.mp4"]
+
+
 def test_random_bytes(tmp_path, weights, capsys):
     bad = tmp_path / "noise.mp4"
     bad.write_bytes(np.random.default_rng(0).bytes(20_000))

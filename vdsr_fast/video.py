@@ -153,32 +153,53 @@ def _copy_metadata(st, ost) -> None:
 _MUXER_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder"}
 
 
+def _header_says(av, fmt: str, add) -> str | None:
+    """Why FFmpeg cannot write the header of an ``fmt`` output in memory whose streams ``add(container)`` adds (the
+    last error its log gives, else the exception's text), or None when it can."""
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)  # the muxer and the encoder say why in their log, not in the error
+    try:
+        with av.logging.Capture() as logs:  # kept from stderr
+            probe = av.open(io.BytesIO(), "w", format=fmt)
+            try:
+                add(probe)
+                probe.start_encoding()
+            except (av.error.FFmpegError, ValueError, NotImplementedError) as e:
+                said = [f"[{name}] {text.strip()}" for lvl, name, text in logs if lvl <= av.logging.ERROR and text.strip()]
+                return said[-1] if said else str(e).split("last error log: ")[-1]  # PyAV may append it to its error
+            finally:
+                with contextlib.suppress(av.error.FFmpegError, ValueError, NotImplementedError):
+                    probe.close()
+        return None
+    finally:
+        av.logging.set_level(level)
+
+
 def _header_refuses(av, fmt: str, video, st) -> str | None:
     """Why the ``fmt`` muxer refuses to copy stream ``st`` beside the output's ``video`` stream, or None: some accept
     the stream and refuse its codec only when they write the header (MOV: FLAC and Opus; MPEG-PS, MXF and FLV:
     most audio), after the whole upscale. Tried on a header written to memory; None too when the muxer refuses the
     video stream alone there (Matroska wants the encoder's extradata), where nothing can be told."""
-    def header(*streams) -> str | None:
-        probe = av.open(io.BytesIO(), "w", format=fmt)
-        try:
-            for x in streams:
-                probe.add_stream_from_template(x)
-            probe.start_encoding()
-        except (av.error.FFmpegError, ValueError, NotImplementedError) as e:
-            said = [f"[{name}] {text.strip()}" for level, name, text in logs if level <= av.logging.ERROR and text.strip()]
-            return said[-1] if said else str(e)
-        finally:
-            with contextlib.suppress(av.error.FFmpegError, ValueError, NotImplementedError):
-                probe.close()
-        return None
+    def streams(*xs):
+        return lambda probe: [probe.add_stream_from_template(x) for x in xs]
 
-    level = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)  # the muxer says why in its log, not in the error
-    try:
-        with av.logging.Capture() as logs:  # kept from stderr
-            return None if header(video) is not None else header(video, st)
-    finally:
-        av.logging.set_level(level)
+    return None if _header_says(av, fmt, streams(video)) is not None else _header_says(av, fmt, streams(video, st))
+
+
+def _encoder_refuses(av, fmt: str, ostream, options: dict[str, str]) -> str | None:
+    """Why FFmpeg cannot start the output's video stream (its encoder with these options, in this muxer), tried again
+    in memory after the run failed there: its error named only the hidden temporary file or avcodec_open2, where the
+    log says 'Unsupported codec id in stream 0' or 'invalid preset'. ``options``: the encoder's, as set (opening the
+    encoder consumes the stream's)."""
+    cc = ostream.codec_context
+
+    def video(probe):
+        s = probe.add_stream(cc.name, rate=ostream.average_rate or 25)
+        s.width, s.height, s.pix_fmt, s.options = cc.width, cc.height, cc.pix_fmt, dict(options)
+        if ostream.time_base is not None:
+            s.time_base = s.codec_context.time_base = ostream.time_base
+
+    return _header_says(av, fmt, video)
 
 
 def _copy_stream(av, out, video, st):
@@ -1203,6 +1224,12 @@ def upscale_video(
                 e = pipe.error
                 if isinstance(e, BrokenPipeError):
                     raise VideoError(f"{dst_label} was closed by its reader after {pipe.frames} frame(s)") from e
+                if isinstance(e, av.error.FFmpegError) and pipe.frames == 0:  # the output could not start: say why
+                    why = _encoder_refuses(av, out.format.name, ostream, options) or (str(e) if tmp is None else str(e).replace(str(tmp), dst_label))
+                    opts = "".join(f", {k} {v}" for k, v in options.items())
+                    raise VideoError(f"{src_label} -> {dst_label}: FFmpeg cannot start {codec} ({pix_fmt}{opts}) in "
+                                     f"{out.format.name}: {why}; pass another --codec, --preset or --pix-fmt, or "
+                                     "another container") from e  # fmt: skip
                 if isinstance(e, (av.error.FFmpegError, OSError)):
                     raise VideoError(f"{src_label} -> {dst_label}: {e}") from e
                 raise e
