@@ -1131,6 +1131,9 @@ def upscale_video(
                 opts = _FRAGMENTED if format in _MOV_MUXERS and not seekable else {}
                 out = av.open(dst, mode="w", format=format, options=opts, container_options=shifted)
         except (av.error.FFmpegError, OSError, ValueError) as e:
+            if format is None and "Could not determine output format" in str(e):  # the suffix names no muxer
+                raise VideoError(f"{dst_label}: FFmpeg knows no container by the suffix {Path(dst_label).suffix}; use "
+                                 f"one of {' '.join(VIDEO_SUFFIXES)} or give a --format") from None  # fmt: skip
             raise VideoError(f"cannot write {dst_label}: {e}") from None
         with _closed_after(av, out, f"cannot finish {dst_label}"):
             rate = vin.average_rate or vin.guessed_rate or Fraction(25)
