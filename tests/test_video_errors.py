@@ -52,6 +52,9 @@ def test_an_output_ffmpeg_cannot_start_says_why(tmp_path, weights, capsys):
     _fails(capsys, src, tmp_path / "out.mp4", "--weights", weights, "--preset", "nope",
            message="FFmpeg cannot start libx264 (yuv420p, crf 18, preset nope) in mp4: [libx264] ")
     assert _listing(tmp_path) == ["in.mp4"]
+    _fails(capsys, src, tmp_path / "out.xyz", "--weights", weights,
+           message="out.xyz: FFmpeg knows no container by the suffix .xyz; use one of .mp4 .m4v .mov")  # was: no list
+    assert _listing(tmp_path) == ["in.mp4"]
 
 
 def test_random_bytes(tmp_path, weights, capsys):
