@@ -232,12 +232,19 @@ def image_info(path: str | os.PathLike) -> dict:
     return {"icc_profile": icc or None, "dpi": dpi, "frames": frames, "exif": exif}
 
 
-_EXIF_PER_INCH = {2: 1.0, 3: 2.54}  # EXIF ResolutionUnit (0x0128): 2 inch (the default), 3 centimetre; 1: no unit
+def _exif_per_inch(exif) -> float | None:
+    """Units per inch of an EXIF block's resolution (ResolutionUnit 0x0128: 2 inch, the default; 3 centimetre), or
+    None (1: no unit; a malformed value)."""
+    try:
+        return {2: 1.0, 3: 2.54}.get(int(exif.get(0x0128, 2)))
+    except (TypeError, ValueError):
+        return None
 
 
 def _exif_dpi(exif) -> tuple[float, float] | None:
     """The resolution an EXIF block (IFD0 XResolution / YResolution) gives, in dots per inch, or None."""
-    per_inch = _EXIF_PER_INCH.get(int(exif.get(0x0128, 2)))
+    if (per_inch := _exif_per_inch(exif)) is None:
+        return None
     try:
         dpi = float(exif[0x011A]) * per_inch, float(exif[0x011B]) * per_inch
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
@@ -257,8 +264,7 @@ def _exif_sized(exif: bytes, w: int, h: int, dpi: tuple[float, float] | None = N
     for tag, value in ((0xA002, w), (0xA003, h)):
         if tag in ifd:
             ifd[tag] = value
-    per_inch = _EXIF_PER_INCH.get(int(ex.get(0x0128, 2)))
-    if dpi and per_inch:
+    if dpi and (per_inch := _exif_per_inch(ex)):
         for tag, d in ((0x011A, dpi[0]), (0x011B, dpi[1])):
             if tag in ex:
                 ex[tag] = d / per_inch
