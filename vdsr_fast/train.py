@@ -693,7 +693,7 @@ HELP = {
     "optimizer": "adam (cosine decay) or sgd (the paper's recipe: momentum 0.9, lr / 10 every --lr-step)",
     "lr": "the peak learning rate",
     "min_lr": "adam: the floor of the cosine decay",
-    "warmup": "steps of linear learning-rate warm-up",
+    "warmup": "adam: steps of linear learning-rate warm-up",
     "weight_decay": "L2 weight decay (sgd: 0 takes the paper's 1e-4)",
     "clip": "adam: the max gradient norm (0: off); sgd: theta of the adjustable clipping (gradients to theta / lr)",
     "lr_step": "sgd: divide the learning rate by 10 every this many steps (0: steps // 4)",
