@@ -1442,3 +1442,73 @@ def test_eval_checks_every_scale_first_and_an_error_keeps_the_scales_done(tmp_pa
     monkeypatch.setattr(ev, "_score", lambda path, scale, *a: real(path, scale, *a) if scale == 2 else (_ for _ in ()).throw(ValueError("boom")))
     code, out, err = _run(capsys, "eval", str(folder), "--scale", "2", "3", "--weights", weights)
     assert code == 2 and "x2  (paper protocol, 2 images)" in out and "x3  (" not in out and err.rstrip().endswith("boom")
+
+
+def _png_header_only(path, w, h, depth, color_type):
+    """A PNG whose IHDR claims w x h and whose one IDAT is a few bytes (a decompression bomb's shape, unpacked)."""
+    import struct
+    import zlib as z
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", z.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", z.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns past the limit it errs at
+def test_images_past_the_pixel_limit_are_refused_before_decoding_by_every_decoder(tmp_path, capsys, weights, monkeypatch):
+    """Pillow refuses an image of more than 2 x PIL.Image.MAX_IMAGE_PIXELS, but pypng (16-bit colour PNGs) and
+    tifffile read anything (found by a review: a 2 MB 16-bit PNG or TIFF unpacked to gigabytes, then a traceback), and
+    no decoder limited an animation's frames (a 69 KB GIF of 3000 frames of 2000x2000). The same limit now holds for
+    every decoder, before decoding, and for all frames together (TOTAL_FRAMES_FACTOR images' pixels)."""
+    from PIL import Image
+
+    from vdsr_fast import images
+
+    _png_header_only(tmp_path / "bomb16.png", 20000, 20000, 16, 2)  # 2.4 GB of 16-bit RGB at the default limit
+    with pytest.raises(ImageReadError, match=r"bomb16.png: 20000x20000 is more than this reads \(179 megapixels an image"):
+        read_image(tmp_path / "bomb16.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 32)  # 64 pixels an image, 8 x 64 all frames, on small files
+    write_image(tmp_path / "big.tif", np.zeros((9, 8, 3), np.uint16))  # 72 pixels: tifffile's path
+    write_frames(tmp_path / "pages.tif", [np.zeros((8, 8, 1), np.uint8)] * 9)  # 9 x 64
+    write_frames(tmp_path / "anim.gif", [np.full((8, 8, 3), 20 * i, np.uint8) for i in range(9)], durations=[50] * 9)
+    write_frames(tmp_path / "ok.gif", [np.full((8, 8, 3), 20 * i, np.uint8) for i in range(8)], durations=[50] * 8)
+    for name, what in (("big.tif", "8x9"), ("pages.tif", "8x8 x 9 frames"), ("anim.gif", "8x8 x 9 frames")):
+        with pytest.raises(ImageReadError, match=rf"{name}: {what} is more than this reads"):
+            read_frames(tmp_path / name)
+    assert len(read_frames(tmp_path / "ok.gif")[0]) == 8  # at the limit: read
+    code, out, err = _run(capsys, "upscale", str(tmp_path / "big.tif"), str(tmp_path / "ok.gif"), "-o", str(tmp_path / "o"),
+                          "--weights", weights)  # fmt: skip
+    assert code == 2 and "big.tif: 8x9 is more than this reads" in err and "1 of 2 images" in out, err
+    monkeypatch.setattr(images, "TOTAL_FRAMES_FACTOR", 100)
+    assert len(read_frames(tmp_path / "anim.gif")[0]) == 9
+
+
+def test_running_out_of_memory_on_one_image_of_a_batch_is_its_error_line(tmp_path, capsys, weights, monkeypatch):
+    """An image the machine has no memory for (torch's allocator raises a RuntimeError) was a traceback that ended the
+    batch (found by a review): it is that file's one-line error, and the batch goes on (exit status 2)."""
+    from vdsr_fast import cli
+
+    for name in ("a.png", "b.png", "c.png"):
+        write_image(tmp_path / name, np.zeros((4, 5 if name == "b.png" else 4, 3), np.uint8))
+    real = cli._upscale_array
+
+    def upscale_array(f, *a, **k):
+        if f.shape[1] == 5:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 6400000000 bytes.")
+        return real(f, *a, **k)
+
+    monkeypatch.setattr(cli, "_upscale_array", upscale_array)
+    code, out, err = _run(capsys, "upscale", *(str(tmp_path / n) for n in ("a.png", "b.png", "c.png")), "-o",
+                          str(tmp_path / "o"), "--weights", weights)  # fmt: skip
+    assert code == 2 and "2 of 3 images" in out and "Traceback" not in err, err
+    assert "b.png: not enough memory to upscale 5x4 (DefaultCPUAllocator: can't allocate memory" in err, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.png", "c.png"]
+
+
+def test_an_output_name_near_the_file_system_limit_is_written(tmp_path, capsys, weights):
+    """A legal 250-byte name failed: the temporary file beside it added 14 bytes ('File name too long')."""
+    src, dst = tmp_path / "in.png", tmp_path / ("a" * 246 + ".png")
+    write_image(src, np.zeros((4, 4, 3), np.uint8))
+    assert _run(capsys, "upscale", str(src), "-o", str(dst), "--weights", weights)[0] == 0 and dst.is_file()

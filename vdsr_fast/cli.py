@@ -246,6 +246,12 @@ def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: d
         results = [_upscale_array(f, scale, model, model_kw, device) for f in bar]
     except ValueError as e:  # e.g. a --max-memory too small for the smallest tile
         raise CliError(str(e)) from None
+    except (MemoryError, RuntimeError) as e:  # torch's OutOfMemoryError is a RuntimeError; a batch goes on
+        if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
+            raise
+        h, w = frames[0].shape[:2]
+        raise CliError(f"{src}: not enough memory to upscale {w}x{h}" + (f" x {len(frames)} frames" if len(frames) > 1 else "")
+                       + f" ({str(e).splitlines()[0][:120] or type(e).__name__}); pass a smaller --max-memory or --tile") from None
     finally:
         tiles.close()
     elapsed = time.perf_counter() - t0

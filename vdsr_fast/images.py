@@ -73,6 +73,26 @@ class ImageReadError(ValueError):
     """A file that is missing, unreadable or not a supported image."""
 
 
+TOTAL_FRAMES_FACTOR = 8  # the frames of an animation or the pages of a TIFF together: this many images' pixels
+
+
+def _check_pixels(path: Path, w: int, h: int, frames: int = 1) -> None:
+    """Refuse, before decoding, an image of more pixels than Pillow decodes (twice ``PIL.Image.MAX_IMAGE_PIXELS``,
+    179 megapixels by default; raise or set that to None to allow more), on every decoder (pypng for 16-bit colour
+    PNGs and tifffile did not check: a 2 MB file unpacked to gigabytes), and frames whose pixels together exceed
+    ``TOTAL_FRAMES_FACTOR`` times that (a 69 KB GIF of 3000 frames of 2000x2000)."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is None:
+        return
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    if w * h > limit or frames * w * h > TOTAL_FRAMES_FACTOR * limit:
+        what = f"{w}x{h}" + (f" x {frames} frames" if frames > 1 else "")
+        cap = f"{limit / 1e6:.0f} megapixels an image" + (f", {TOTAL_FRAMES_FACTOR * limit / 1e6:.0f} all frames" if frames > 1 else "")
+        raise ImageReadError(f"{path}: {what} is more than this reads ({cap}; PIL.Image.MAX_IMAGE_PIXELS sets it): "
+                             "refused before decoding")  # fmt: skip
+
+
 def _png_16bit_color(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(26)
@@ -83,10 +103,14 @@ def _png_16bit_color(path: Path) -> bool:
 def _read_png16(path: Path) -> np.ndarray:
     import png
 
+    with open(path, "rb") as f:
+        head = f.read(24)  # IHDR: width and height (bytes 16-23), checked before any row is decoded
+    _check_pixels(path, int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
     width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-    planes = info["planes"]
-    arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
-    return arr.reshape(height, width, planes)
+    arr = np.empty((height, width * info["planes"]), np.uint16)  # filled row by row: one copy, not three
+    for i, r in enumerate(rows):
+        arr[i] = r
+    return arr.reshape(height, width, info["planes"])
 
 
 def _tiff_pages(tf) -> list:
@@ -105,14 +129,20 @@ def _read_tiff(path: Path, all_pages: bool = False) -> list[np.ndarray] | None:
     try:
         with tifffile.TiffFile(str(path)) as tf:
             pages = _tiff_pages(tf)
+            if not all_pages:
+                pages = pages[:1]
+            for page in pages:  # every page's size, before any is decoded
+                _check_pixels(path, page.imagewidth, page.imagelength, len(pages))
             arrs = []
-            for page in pages if all_pages else pages[:1]:
+            for page in pages:
                 if page.photometric not in direct or page.bitspersample == 1:
                     return None
                 arr = page.asarray()
                 if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and page.samplesperpixel > 1 and arr.ndim == 3:
                     arr = np.moveaxis(arr, 0, -1)  # (samples, H, W) -> (H, W, samples)
                 arrs.append(arr)
+    except (ImageReadError, MemoryError):
+        raise
     except Exception:  # compression tifffile cannot decode alone: let Pillow try
         return None
     for arr in arrs:
@@ -215,13 +245,15 @@ def image_info(path: str | os.PathLike) -> dict:
             if im.format == "TIFF" and not {282, 283} <= set(im.tag_v2):  # Pillow says (1, 1) for a TIFF without any
                 dpi = None
             frames = _frame_count(path, im)
-            # A JPEG's, PNG's or WebP's EXIF block (a TIFF's "EXIF" would be its own structural tags)
-            exif = im.getexif() if im.format in ("JPEG", "MPO", "PNG", "WEBP") else {}
-            if not dpi:  # a WebP has no resolution but its EXIF's (Pillow reads a JPEG's so where JFIF has none)
-                dpi = _exif_dpi(exif)
-            if 0x0112 in exif:  # Orientation
-                exif[0x0112] = 1
-            exif = exif.tobytes() if len(exif) else None
+            try:  # a JPEG's, PNG's or WebP's EXIF block (a TIFF's "EXIF" would be its own structural tags)
+                exif = im.getexif() if im.format in ("JPEG", "MPO", "PNG", "WEBP") else {}
+                if not dpi:  # a WebP has no resolution but its EXIF's (Pillow reads a JPEG's so where JFIF has none)
+                    dpi = _exif_dpi(exif)
+                if 0x0112 in exif:  # Orientation
+                    exif[0x0112] = 1
+                exif = exif.tobytes() if len(exif) else None
+            except Exception:  # an EXIF block Pillow cannot handle is left out; the frames and profile are kept
+                exif = None
     except Exception:  # a file only tifffile/pypng read: a TIFF's tags as tifffile reads them; else nothing to keep
         tags = _tiff_tags(path) if path.suffix.lower() in (".tif", ".tiff") else {}
         icc, dpi, frames, exif = tags.get("icc_profile"), tags.get("dpi"), _frame_count(path, None), None
@@ -335,6 +367,7 @@ def read_frames(path: str | os.PathLike, count: int | None = None) -> tuple[list
                 return [_finish(path, a, orientation) for a in arrs], {"durations": None, "loop": None}
         frames, durations = [], []
         with Image.open(path) as im:
+            _check_pixels(path, *im.size, im.n_frames)
             for i in range(im.n_frames):
                 im.seek(i)
                 im.load()
@@ -402,7 +435,8 @@ def _atomic(path: Path):
     interrupted run never leaves a half-written file under the final name; through a symbolic link to the file it
     names, with an existing file's mode (:func:`output_target`)."""
     target, mode = output_target(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=path.suffix.lower(), dir=target.parent)
+    # the name cut: a name near the file system's 255 bytes plus the temporary's 14 was too long (found by a review)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=path.suffix.lower(), dir=target.parent)
     os.close(fd)
     try:
         yield tmp
