@@ -179,6 +179,8 @@ def test_a_folder_of_videos(tmp_path, weights, capsys):
     assert (out / "a.mp4").stat().st_mtime_ns == mtime and len(_probe(out / "b.mkv")["times"]) == N
     assert _run(src / "a.mp4", out / "a.mp4", "--weights", weights, "--skip-existing") == 0
     assert "exists: left as it is (--skip-existing)" in capsys.readouterr().err and (out / "a.mp4").stat().st_mtime_ns == mtime
+    assert _run(src / "a.mp4", out, "--weights", weights, "--skip-existing") == 2  # a folder is no output to skip
+    assert "is a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(src), str(out), "--force", "--skip-existing"])
 
@@ -884,6 +886,9 @@ def test_output_format_follows_the_codec():
     assert _output_format("prores_ks", None, 8, False) == "yuv422p10le"  # takes no 4:2:0: its first format
     assert _output_format("prores_ks", None, 8, True) == "yuva444p10le"
     assert _output_format("qtrle", None, 8, True) == "argb"
+    # a codec that lists no formats (rawvideo, .y4m's default): 4:2:0 at a depth FFmpeg has (a float input was 32)
+    assert [_output_format("rawvideo", None, b, False) for b in (8, 10, 11, 32)] == [
+        "yuv420p", "yuv420p10le", "yuv420p12le", "yuv420p16le"]  # fmt: skip
     with pytest.raises(VideoError, match="mpeg4 cannot encode --pix-fmt yuv444p; it takes yuv420p"):
         _output_format("mpeg4", "yuv444p", 8, False)
     with pytest.raises(VideoError, match="unknown or unavailable codec 'no-such-codec'"):

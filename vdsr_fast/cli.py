@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -247,7 +248,8 @@ def _upscale_image(src: Path, dst: Path, scale: float | None, model, model_kw: d
     except ValueError as e:  # e.g. a --max-memory too small for the smallest tile
         raise CliError(str(e)) from None
     except (MemoryError, RuntimeError) as e:  # torch's OutOfMemoryError is a RuntimeError; a batch goes on
-        if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
+        oom = isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(e)
+        if not oom:  # e.g. a broken CUDA context ("an illegal memory access"): not the memory's size
             raise
         h, w = frames[0].shape[:2]
         raise CliError(f"{src}: not enough memory to upscale {w}x{h}" + (f" x {len(frames)} frames" if len(frames) > 1 else "")
@@ -278,7 +280,8 @@ def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
             files = folder_files(src)
             if not files:
                 raise CliError(f"{src}: no image in this folder ({', '.join(IMAGE_SUFFIXES)})")
-            others = [f for f in src.iterdir() if f not in files and not f.name.startswith(".") and f.is_file()]
+            listed = set(files)
+            others = [f for f in src.iterdir() if f not in listed and not f.name.startswith(".") and f.is_file()]
             if others:  # an .avif or .ppm Pillow may read when named, a sidecar: said, not silently left out
                 kinds = sorted({f.suffix.lower() or "no suffix" for f in others})
                 print(f"vdsr-fast upscale: {src}: {len(others)} file(s) of other suffixes left out ({', '.join(kinds)}); "
@@ -297,6 +300,19 @@ def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
             raise CliError(f"{src} would be overwritten by its own upscale: give another --output folder")
         _check_suffix(dst.suffix, str(dst))  # a file given by name, of a suffix Pillow reads but nothing writes
     return jobs
+
+
+@contextlib.contextmanager
+def _made_folder(folder: Path):
+    """``folder`` (an output's, from ``-o NEW/``) made if it is new, and removed again if nothing was written in it."""
+    made = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if made and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
 
 
 def _one_output(dst: Path, name: str, force: bool, src: Path | None = None, folder: bool = False) -> Path:
@@ -388,12 +404,13 @@ def _upscale_stream(args) -> int:
             dst = Path(tmp) / f"stdout{suffix}"
         else:
             dst = _one_output(Path(args.output), "stdin" + src.suffix if args.input == ["-"] else src.name,
-                              args.force or args.skip_existing)  # fmt: skip
+                              args.force or args.skip_existing, folder=args.output.endswith(("/", os.sep)))  # fmt: skip
             if args.skip_existing and dst.exists():
                 print(f"{dst} exists: left as it is (--skip-existing)", file=sys.stderr)
                 return 0
-        summary = _upscale_one(args, src, dst, "<stdin>" if args.input == ["-"] else None,
-                               "<stdout>" if args.output == "-" else None)  # fmt: skip
+        with _made_folder(dst.parent):
+            summary = _upscale_one(args, src, dst, "<stdin>" if args.input == ["-"] else None,
+                                   "<stdout>" if args.output == "-" else None)  # fmt: skip
         if args.output == "-":
             with open(dst, "rb") as f:
                 shutil.copyfileobj(f, sys.stdout.buffer)
@@ -416,14 +433,8 @@ def cmd_upscale(args) -> int:
         if args.skip_existing and out.exists():  # a whole file: outputs are written under a temporary name, then renamed
             print(f"{out} exists: left as it is (--skip-existing)")
             return 0
-        made = not out.parent.exists()
-        out.parent.mkdir(exist_ok=True)
-        try:
+        with _made_folder(out.parent):
             print(_upscale_one(args, inputs[0], out))
-        except BaseException:
-            if made and not any(out.parent.iterdir()):  # nothing written: no empty folder left behind
-                out.parent.rmdir()
-            raise
         return 0
 
     # A batch: -o is a folder (made if its parent exists); every output is checked before any is written.

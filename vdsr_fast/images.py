@@ -76,21 +76,26 @@ class ImageReadError(ValueError):
 TOTAL_FRAMES_FACTOR = 8  # the frames of an animation or the pages of a TIFF together: this many images' pixels
 
 
-def _check_pixels(path: Path, w: int, h: int, frames: int = 1) -> None:
-    """Refuse, before decoding, an image of more pixels than Pillow decodes (twice ``PIL.Image.MAX_IMAGE_PIXELS``,
-    179 megapixels by default; raise or set that to None to allow more), on every decoder (pypng for 16-bit colour
-    PNGs and tifffile did not check: a 2 MB file unpacked to gigabytes), and frames whose pixels together exceed
-    ``TOTAL_FRAMES_FACTOR`` times that (a 69 KB GIF of 3000 frames of 2000x2000)."""
+def _check_pixels(path: Path, sizes: list[tuple[int, int]]) -> None:
+    """Refuse, before decoding, frames (``(w, h)`` each) of which one has more pixels than Pillow decodes (twice
+    ``PIL.Image.MAX_IMAGE_PIXELS``, 179 megapixels by default; raise it, or set it to None, to allow more), or which
+    together have more than ``TOTAL_FRAMES_FACTOR`` times that: on every decoder (pypng for 16-bit colour PNGs and
+    tifffile did not check: a 2 MB file unpacked to gigabytes; a 69 KB GIF held 3000 frames of 2000x2000)."""
     from PIL import Image
 
     if Image.MAX_IMAGE_PIXELS is None:
         return
     limit = 2 * Image.MAX_IMAGE_PIXELS
-    if w * h > limit or frames * w * h > TOTAL_FRAMES_FACTOR * limit:
-        what = f"{w}x{h}" + (f" x {frames} frames" if frames > 1 else "")
-        cap = f"{limit / 1e6:.0f} megapixels an image" + (f", {TOTAL_FRAMES_FACTOR * limit / 1e6:.0f} all frames" if frames > 1 else "")
-        raise ImageReadError(f"{path}: {what} is more than this reads ({cap}; PIL.Image.MAX_IMAGE_PIXELS sets it): "
-                             "refused before decoding")  # fmt: skip
+    w, h = max(sizes, key=lambda s: s[0] * s[1])
+    total = sum(a * b for a, b in sizes)
+    if w * h > limit:
+        what, cap = f"{w}x{h}", f"{limit / 1e6:.0f} megapixels an image"
+    elif total > TOTAL_FRAMES_FACTOR * limit:
+        what, cap = f"{len(sizes)} frames of {total / 1e6:.0f} megapixels", f"{TOTAL_FRAMES_FACTOR * limit / 1e6:.0f} all frames"
+    else:
+        return
+    raise ImageReadError(f"{path}: {what} is more than this reads ({cap}; PIL.Image.MAX_IMAGE_PIXELS sets it): "
+                         "refused before decoding")
 
 
 def _png_16bit_color(path: Path) -> bool:
@@ -105,7 +110,7 @@ def _read_png16(path: Path) -> np.ndarray:
 
     with open(path, "rb") as f:
         head = f.read(24)  # IHDR: width and height (bytes 16-23), checked before any row is decoded
-    _check_pixels(path, int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
+    _check_pixels(path, [(int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))])
     width, height, rows, info = png.Reader(filename=str(path)).asDirect()
     arr = np.empty((height, width * info["planes"]), np.uint16)  # filled row by row: one copy, not three
     for i, r in enumerate(rows):
@@ -131,8 +136,7 @@ def _read_tiff(path: Path, all_pages: bool = False) -> list[np.ndarray] | None:
             pages = _tiff_pages(tf)
             if not all_pages:
                 pages = pages[:1]
-            for page in pages:  # every page's size, before any is decoded
-                _check_pixels(path, page.imagewidth, page.imagelength, len(pages))
+            _check_pixels(path, [(page.imagewidth, page.imagelength) for page in pages])  # before any is decoded
             arrs = []
             for page in pages:
                 if page.photometric not in direct or page.bitspersample == 1:
@@ -367,7 +371,7 @@ def read_frames(path: str | os.PathLike, count: int | None = None) -> tuple[list
                 return [_finish(path, a, orientation) for a in arrs], {"durations": None, "loop": None}
         frames, durations = [], []
         with Image.open(path) as im:
-            _check_pixels(path, *im.size, im.n_frames)
+            _check_pixels(path, [im.size] * im.n_frames)
             for i in range(im.n_frames):
                 im.seek(i)
                 im.load()
@@ -436,7 +440,8 @@ def _atomic(path: Path):
     names, with an existing file's mode (:func:`output_target`)."""
     target, mode = output_target(path)
     # the name cut: a name near the file system's 255 bytes plus the temporary's 14 was too long (found by a review)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=path.suffix.lower(), dir=target.parent)
+    short = os.fsencode(target.name)[:64].decode("utf-8", "ignore")  # bytes count: 62 emoji are 248 of them
+    fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=path.suffix.lower(), dir=target.parent)
     os.close(fd)
     try:
         yield tmp

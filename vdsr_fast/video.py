@@ -746,8 +746,9 @@ def _output_format(codec: str, pix_fmt: str | None, bits: int, alpha_input: bool
         if formats and pix_fmt not in formats:
             raise VideoError(f"{codec} cannot encode --pix-fmt {pix_fmt}; it takes {', '.join(formats)}")
         return pix_fmt
-    if not formats:  # a codec that lists none: as asked
-        return ("yuva420p" if alpha_input else "yuv420p") + (f"{bits}le" if bits > 8 else "")
+    if not formats:  # a codec that lists none (rawvideo): 4:2:0 at the nearest depth FFmpeg has from the input's up
+        depth = next((d for d in (8, 9, 10, 12, 14, 16) if d >= bits), 16)
+        return ("yuva420p" if alpha_input else "yuv420p") + (f"{depth}le" if depth > 8 else "")
 
     def at_depth(base: str) -> list[str]:  # base's depths the codec takes: the input's or the nearest deeper first
         depths = {f: _format_info(f).bits for f in formats if re.fullmatch(base + r"(\d+le)?", f)}
@@ -1093,9 +1094,10 @@ def upscale_video(
         _warn(f"{src_label} is interlaced ({_INTERLACED[int(ctx.field_order)]}): its frames are upscaled as progressive "
               "pictures, the two fields' comb with them; pass --deinterlace (FFmpeg's bwdif, frame rate kept)")  # fmt: skip
     if chosen_fmt and fout.bits < fin.bits:
-        hdr = " (its PQ/HLG transfer needs 10)" if int(ctx.color_trc or 2) in (16, 18) else ""
+        hdr = " (its PQ/HLG transfer needs 10)" if fout.bits < 10 and int(ctx.color_trc or 2) in (16, 18) else ""
+        deeper = ", ".join(c for c in ("libx265", "ffv1", "prores_ks") if c != codec)
         _warn(f"{src_label} has {fin.bits}-bit samples ({ctx.pix_fmt}) and {codec} encodes {fout.bits} at most: the "
-              f"output is {pix_fmt}{hdr}; libx265, ffv1 and prores_ks keep 10 bits or more")  # fmt: skip
+              f"output is {pix_fmt}{hdr}; {deeper} keep 10 bits or more")  # fmt: skip
     alpha = fin.alpha and fout.alpha
     if fin.alpha and not alpha:
         _warn(f"{src_label} has an alpha channel ({ctx.pix_fmt}) and {codec} in {pix_fmt} cannot keep it: the output has the "
@@ -1227,8 +1229,8 @@ def upscale_video(
                 e = pipe.error
                 if isinstance(e, BrokenPipeError):
                     raise VideoError(f"{dst_label} was closed by its reader after {pipe.frames} frame(s)") from e
-                if isinstance(e, av.error.FFmpegError) and pipe.frames == 0:  # the output could not start: say why
-                    why = _encoder_refuses(av, out.format.name, ostream, options) or (str(e) if tmp is None else str(e).replace(str(tmp), dst_label))
+                if (isinstance(e, av.error.FFmpegError) and pipe.frames == 0  # the output could not start: say why
+                        and (why := _encoder_refuses(av, out.format.name, ostream, options)) is not None):  # not a full disk
                     opts = "".join(f", {k} {v}" for k, v in options.items())
                     raise VideoError(f"{src_label} -> {dst_label}: FFmpeg cannot start {codec} ({pix_fmt}{opts}) in "
                                      f"{out.format.name}: {why}; pass another --codec, --preset or --pix-fmt, or "
@@ -1367,7 +1369,7 @@ def _jobs(args) -> list[tuple]:
     src, dst = args.input, args.output
     skip = getattr(args, "skip_existing", False)
     if src == "-" or not Path(src).is_dir():
-        if skip and dst != "-" and Path(dst).exists():
+        if skip and dst != "-" and Path(dst).is_file():
             print(f"{dst} exists: left as it is (--skip-existing)", file=sys.stderr)
             return []
         return [(sys.stdin.buffer if src == "-" else src, sys.stdout.buffer if dst == "-" else dst)]
@@ -1388,7 +1390,7 @@ def _jobs(args) -> list[tuple]:
     existing = [d for _, d in jobs if d.exists()]
     if existing and skip:
         print(f"{len(existing)} of the {len(jobs)} outputs exist: left as they are (--skip-existing)", file=sys.stderr)
-        jobs = [(s, d) for s, d in jobs if d not in existing]
+        jobs = [(s, d) for s, d in jobs if d not in set(existing)]
     elif existing and not args.force:
         raise VideoError(f"{len(existing)} of the {len(jobs)} outputs exist (first: {existing[0]}); pass --force to "
                          "overwrite them, or --skip-existing to upscale the rest")  # fmt: skip
