@@ -108,10 +108,10 @@ def _png_16bit_color(path: Path) -> bool:
 def _read_png16(path: Path) -> np.ndarray:
     import png
 
-    with open(path, "rb") as f:
-        head = f.read(24)  # IHDR: width and height (bytes 16-23), checked before any row is decoded
-    _check_pixels(path, [(int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))])
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    reader = png.Reader(filename=str(path))
+    reader.preamble()  # the chunks before the pixels: the size, checked before any row is decoded
+    _check_pixels(path, [(reader.width, reader.height)])
+    width, height, rows, info = reader.asDirect()
     arr = np.empty((height, width * info["planes"]), np.uint16)  # filled row by row: one copy, not three
     for i, r in enumerate(rows):
         arr[i] = r

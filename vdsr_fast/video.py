@@ -1390,7 +1390,8 @@ def _jobs(args) -> list[tuple]:
     existing = [d for _, d in jobs if d.exists()]
     if existing and skip:
         print(f"{len(existing)} of the {len(jobs)} outputs exist: left as they are (--skip-existing)", file=sys.stderr)
-        jobs = [(s, d) for s, d in jobs if d not in set(existing)]
+        done = set(existing)
+        jobs = [(s, d) for s, d in jobs if d not in done]
     elif existing and not args.force:
         raise VideoError(f"{len(existing)} of the {len(jobs)} outputs exist (first: {existing[0]}); pass --force to "
                          "overwrite them, or --skip-existing to upscale the rest")  # fmt: skip
