@@ -37,6 +37,13 @@ def triton_device(dtype: torch.dtype | None = None, *, bf16_dot: bool = False) -
     return torch.device("cpu")
 
 
+def he_layer(c_in: int, c_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 3x3 conv layer's He-initialised weights (as VDSR) and small non-zero biases: outputs of order 1."""
+    w = torch.randn(c_out, c_in, 3, 3, device=device) * (2.0 / (9 * c_in)) ** 0.5
+    b = torch.empty(c_out, device=device).uniform_(-0.1, 0.1)
+    return w, b
+
+
 def nan_tailed(t: torch.Tensor) -> torch.Tensor:
     """``t``'s values in a contiguous view at the front of a NaN-filled buffer: a kernel's unmasked read past its end
     (weights, biases) reads NaN, which reaches the output."""

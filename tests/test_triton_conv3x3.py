@@ -22,7 +22,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from equivalence import DTYPES, assert_equivalent, nan_tailed, triton_device
+from equivalence import DTYPES, assert_equivalent, he_layer, nan_tailed, triton_device
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -36,13 +36,6 @@ if HAS_TRITON:
         conv3x3_head,
         pack_conv3x3_weight,
     )
-
-
-def _layer(c_in: int, c_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """He-initialised weights (as VDSR) and small non-zero biases: outputs of order 1."""
-    w = torch.randn(c_out, c_in, 3, 3, device=device) * (2.0 / (9 * c_in)) ** 0.5
-    b = torch.empty(c_out, device=device).uniform_(-0.1, 0.1)
-    return w, b
 
 
 def _nan_out(n: int, h: int, w: int, c: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -60,7 +53,7 @@ GPU_BODY_CASES = [(1, 720, 1280, 64, 64), (2, 1080, 1920, 64, 64)]
 
 def _check_body(n, h, w, c_in, c_out, dtype, device, channels_last_input=False):
     torch.manual_seed(1000 * n + 100 * h + w + c_in)
-    wt, b = _layer(c_in, c_out, device)
+    wt, b = he_layer(c_in, c_out, device)
     x_nchw = torch.rand(n, c_in, h, w, device=device).to(dtype)
     # The kernel's input: NHWC-contiguous, or a permuted (non-contiguous) view when asked.
     x = x_nchw.permute(0, 2, 3, 1) if channels_last_input else x_nchw.permute(0, 2, 3, 1).contiguous()
@@ -162,7 +155,20 @@ def test_body_non_contiguous_input():
     _check_body(1, 9, 11, 16, 16, torch.float16 if device.type == "cuda" else torch.float32, device, True)
 
 
-VIEW_MODES = {"raster": None, "swap": dict(swap=True), "share_row": dict(share_row=True), "tile_2d": dict(tile_w=16)}
+VIEW_MODES = {"raster": {}, "swap": dict(swap=True), "share_row": dict(share_row=True), "tile_2d": dict(tile_w=16)}
+
+
+def _body_ref(x, wt, b):
+    """(float64 reference, PyTorch in x's dtype) of relu(conv3x3(x) + b) for an NHWC ``x``, NCHW out."""
+    x_nchw = x.permute(0, 3, 1, 2)
+    return (F.relu(F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1)),
+            F.relu(F.conv2d(x_nchw.contiguous(), wt.to(x.dtype), b.to(x.dtype), padding=1)))  # fmt: skip
+
+
+def _mode_config(mode: str, c_in: int, c_out: int, dtype: torch.dtype, block_m: int = 64) -> ConvConfig:
+    """The default config's channel blocks, in body ``mode`` (a key of VIEW_MODES)."""
+    cfg = conv3x3_config(c_in, c_out, dtype)
+    return ConvConfig(block_m, cfg.block_n, cfg.block_k, 4, 2, **VIEW_MODES[mode])
 
 
 @pytest.mark.parametrize("mode", VIEW_MODES)
@@ -175,18 +181,14 @@ def test_body_reads_nothing_outside_its_view(mode):
     dtype = torch.float32
     n, h, w, c_in, c_out = 2, 6, 9, 5, 24
     torch.manual_seed(7)
-    wt, b = _layer(c_in, c_out, device)
+    wt, b = he_layer(c_in, c_out, device)
     big = torch.full((n, h + 2, w + 2, c_in + 3), float("nan"), dtype=dtype, device=device)
     x = big[:, 1 : h + 1, 1 : w + 1, :c_in]
     x.copy_(torch.rand(n, h, w, c_in, device=device))
-    cfg = conv3x3_config(c_in, c_out, dtype)
-    if VIEW_MODES[mode]:
-        cfg = ConvConfig(128, cfg.block_n, cfg.block_k, 4, 2, **VIEW_MODES[mode])
+    cfg = _mode_config(mode, c_in, c_out, dtype, block_m=128) if VIEW_MODES[mode] else conv3x3_config(c_in, c_out, dtype)
     out = _nan_out(n, h, w, c_out, dtype, device)
     conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b, out=out, config=cfg)
-    x_nchw = x.permute(0, 3, 1, 2)
-    ref64 = F.relu(F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1))
-    same = F.relu(F.conv2d(x_nchw.contiguous(), wt, b, padding=1))
+    ref64, same = _body_ref(x, wt, b)
     assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype, f"{mode} body on a cropped view")
 
 
@@ -195,7 +197,7 @@ HEAD_CASES = [(1, 1, 1, 64), (3, 7, 5, 64), (1, 37, 53, 64), (2, 6, 9, 8)]  # (N
 
 def _check_head(n, h, w, c_out, dtype, device, y_dtype=torch.float32, strided=False):
     torch.manual_seed(1000 * n + 100 * h + w + c_out)
-    wt, b = _layer(1, c_out, device)
+    wt, b = he_layer(1, c_out, device)
     if strided:  # a (N, 1, H, W) view with gaps between rows and images
         y = torch.rand(n, 2, h + 3, w + 4, device=device)[:, :1, 1 : h + 1, 2 : w + 2].to(y_dtype)
         assert not y.is_contiguous()
@@ -225,7 +227,7 @@ def test_head_reads_strided_and_half_y_plane():
 
 def test_head_accepts_3d_plane_and_allocates_output():
     device = triton_device()
-    wt, b = _layer(1, 64, device)
+    wt, b = he_layer(1, 64, device)
     y = torch.rand(2, 5, 7, device=device)
     out = conv3x3_head(y, pack_conv3x3_weight(wt, torch.float32), b)
     assert out.shape == (2, 5, 7, 64) and out.dtype == torch.float32 and out.is_contiguous()
@@ -256,7 +258,7 @@ def test_every_candidate_config_is_correct():
     device = triton_device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     torch.manual_seed(11)
-    wt, b = _layer(64, 64, device)
+    wt, b = he_layer(64, 64, device)
     x = torch.rand(1, 5, 7, 64, device=device).to(dtype)
     w = pack_conv3x3_weight(wt, dtype)
     ref = conv3x3_bias_relu(x, w, b.float())
@@ -276,7 +278,7 @@ def test_every_candidate_config_is_correct():
 
 def test_launcher_errors():
     device = triton_device()
-    wt, b = _layer(16, 16, device)
+    wt, b = he_layer(16, 16, device)
     w = pack_conv3x3_weight(wt, torch.float32)
     x = torch.rand(1, 4, 4, 16, device=device)
     with pytest.raises(ValueError, match="do not match 8 input channels"):
@@ -312,17 +314,8 @@ def test_share_row_refuses_a_launch_whose_last_rows_would_wrap_int32():
 
 
 # --- several channel blocks, strides, and reads and writes at the edges of views (a mutation audit of the kernels)
-MODES = {"raster": {}, "swap": dict(swap=True), "share_row": dict(share_row=True), "tile_2d": dict(tile_w=16)}
-
-
-def _body_ref(x, wt, b):
-    x_nchw = x.permute(0, 3, 1, 2)
-    return (F.relu(F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1)),
-            F.relu(F.conv2d(x_nchw.contiguous(), wt.to(x.dtype), b.to(x.dtype), padding=1)))  # fmt: skip
-
-
 @pytest.mark.parametrize("c_in", [48, 40], ids=lambda c: f"c_in{c}")
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", VIEW_MODES)
 def test_body_several_channel_blocks_per_tap(mode, c_in):
     """BLOCK_K < C_IN: each tap's K loop walks several channel blocks (48 = three whole blocks of 16; 40 = two and a
     masked one). Every other body test has C_IN <= BLOCK_K (one block per tap), so a K loop that pairs a channel block
@@ -332,15 +325,15 @@ def test_body_several_channel_blocks_per_tap(mode, c_in):
     dtype = torch.float32
     n, h, w, c_out = 2, 5, 7, 16
     torch.manual_seed(c_in)
-    wt, b = _layer(c_in, c_out, device)
+    wt, b = he_layer(c_in, c_out, device)
     x = torch.rand(n, h, w, c_in, device=device)
     out = _nan_out(n, h, w, c_out, dtype, device)
-    conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b, out=out, config=ConvConfig(64, 16, 16, 4, 2, **MODES[mode]))
+    conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b, out=out, config=ConvConfig(64, 16, 16, 4, 2, **VIEW_MODES[mode]))
     ref64, same = _body_ref(x, wt, b)
     assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype, f"{mode} body, {c_in} channels in blocks of 16")
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", VIEW_MODES)
 def test_body_reads_channels_through_their_stride_in_every_mode(mode):
     """A channels-last view of an NCHW tensor (channel stride H*W) in each body mode (test_body_non_contiguous_input
     covers the default raster mode only). fp32, the rule of _check_body (atol 1e-5); a channel stride taken as 1
@@ -349,17 +342,16 @@ def test_body_reads_channels_through_their_stride_in_every_mode(mode):
     dtype = torch.float32
     n, h, w, c_in, c_out = 2, 6, 9, 16, 16
     torch.manual_seed(3)
-    wt, b = _layer(c_in, c_out, device)
+    wt, b = he_layer(c_in, c_out, device)
     x = torch.rand(n, c_in, h, w, device=device).permute(0, 2, 3, 1)
     assert x.stride(3) == h * w
     out = _nan_out(n, h, w, c_out, dtype, device)
-    cfg = conv3x3_config(c_in, c_out, dtype)
-    conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b, out=out, config=ConvConfig(64, cfg.block_n, cfg.block_k, 4, 2, **MODES[mode]))
+    conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b, out=out, config=_mode_config(mode, c_in, c_out, dtype))
     ref64, same = _body_ref(x, wt, b)
     assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype, f"{mode} body on a channels-last view")
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", VIEW_MODES)
 def test_body_reads_no_weight_or_bias_beyond_its_tensor(mode):
     """Packed weights and bias as contiguous views at the front of NaN-filled buffers, with C_IN = 5 and C_OUT = 24
     (K and N masked: BLOCK_K 16, BLOCK_N 32): a weight load whose channel mask is dropped reads past the last filter's
@@ -369,17 +361,16 @@ def test_body_reads_no_weight_or_bias_beyond_its_tensor(mode):
     dtype = torch.float32
     n, h, w, c_in, c_out = 2, 5, 7, 5, 24
     torch.manual_seed(5)
-    wt, b = _layer(c_in, c_out, device)
+    wt, b = he_layer(c_in, c_out, device)
     x = torch.rand(n, h, w, c_in, device=device)
     out = _nan_out(n, h, w, c_out, dtype, device)
-    cfg = conv3x3_config(c_in, c_out, dtype)
     conv3x3_bias_relu(x, nan_tailed(pack_conv3x3_weight(wt, dtype)), nan_tailed(b), out=out,
-                      config=ConvConfig(64, cfg.block_n, cfg.block_k, 4, 2, **MODES[mode]))  # fmt: skip
+                      config=_mode_config(mode, c_in, c_out, dtype))  # fmt: skip
     ref64, same = _body_ref(x, wt, b)
     assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype, f"{mode} body, NaN after its weights and bias")
 
 
-@pytest.mark.parametrize("mode", [*MODES, "head"])
+@pytest.mark.parametrize("mode", [*VIEW_MODES, "head"])
 def test_writes_nothing_outside_its_output_view(mode):
     """The output is a view into a larger NaN buffer: 8 more channels after its 24 (BLOCK_N 32: the masked channels of
     each pixel) and one more image after the batch (a pixel slot past N*H*W). Only the view may be written: the rest
@@ -391,24 +382,22 @@ def test_writes_nothing_outside_its_output_view(mode):
     big = torch.full((n + 1, h, w, c_out + 8), float("nan"), dtype=dtype, device=device)
     out = big[:n, :, :, :c_out]
     if mode == "head":
-        wt, b = _layer(1, c_out, device)
+        wt, b = he_layer(1, c_out, device)
         y = torch.rand(n, 1, h, w, device=device)
         conv3x3_head(y, pack_conv3x3_weight(wt, dtype), b, out=out)
         ref64 = F.relu(F.conv2d(y.double(), wt.double(), b.double(), padding=1))
         same = F.relu(F.conv2d(y, wt, b, padding=1))
     else:
-        wt, b = _layer(c_in, c_out, device)
+        wt, b = he_layer(c_in, c_out, device)
         x = torch.rand(n, h, w, c_in, device=device)
-        cfg = conv3x3_config(c_in, c_out, dtype)
-        conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b, out=out,
-                          config=ConvConfig(64, cfg.block_n, cfg.block_k, 4, 2, **MODES[mode]))  # fmt: skip
+        conv3x3_bias_relu(x, pack_conv3x3_weight(wt, dtype), b, out=out, config=_mode_config(mode, c_in, c_out, dtype))
         ref64, same = _body_ref(x, wt, b)
     assert big[n].isnan().all(), f"{mode}: wrote past the batch"
     assert big[:n, :, :, c_out:].isnan().all(), f"{mode}: wrote channels >= C_OUT"
     assert_equivalent(out.permute(0, 3, 1, 2), same, ref64, dtype, f"{mode} into an output view")
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", VIEW_MODES)
 def test_a_program_writes_only_its_own_pixels(mode, monkeypatch):
     """No program may store into pixels that another program owns: on a GPU that is a race (programs run in no set
     order), but the interpreter runs them in order, so a later program's store hides an earlier one's stray write
@@ -421,10 +410,10 @@ def test_a_program_writes_only_its_own_pixels(mode, monkeypatch):
     dtype = torch.float32
     n, h, w, c = 2, 5, 7, 16  # 70 pixels: more than one program of 64
     torch.manual_seed(13)
-    wt, b = _layer(c, c, device)
+    wt, b = he_layer(c, c, device)
     x = torch.rand(n, h, w, c, device=device)
     wp = pack_conv3x3_weight(wt, dtype)
-    cfg = ConvConfig(64, 16, 16, 4, 2, **MODES[mode])
+    cfg = ConvConfig(64, 16, 16, 4, 2, **VIEW_MODES[mode])
     full = conv3x3_bias_relu(x, wp, b, config=cfg)
     assert not full.isnan().any()
     monkeypatch.setattr(mod, "program_count", lambda *a, **k: 1)

@@ -154,16 +154,32 @@ if HAS_TRITON:
     from vdsr_fast.kernels.triton.tail import tail_gather_residual
 
 
-def _check_fused(n, h, w, c, dtype, device, clamp=False, config=None):
-    """Last body layer + tail through the partial sums, against float64 (relu(conv(x)) -> tail + residual)
-    on the same rounded operands; the torch same-dtype path rounds the layer's output as the kernel does."""
-    g = torch.Generator().manual_seed(1000 * n + 100 * h + w + c)
+def _fused_case(n, h, w, c, dtype, device, seed):
+    """The last body layer's input, weights and bias, the tail's weights and bias, and the Y plane (x_nchw, wl, bl,
+    wt, b, y): He-initialised weights, residual-sized tail weights."""
+    g = torch.Generator().manual_seed(seed)
     x_nchw = torch.rand(n, c, h, w, generator=g).to(device, dtype)
     wl = (torch.randn(c, c, 3, 3, generator=g) * (2.0 / (9 * c)) ** 0.5).to(device, dtype)
     bl = (torch.rand(c, generator=g) * 0.1 - 0.05).to(device)
     wt = (torch.randn(1, c, 3, 3, generator=g) * (2.0 / (9 * c)) ** 0.5 * 0.1).to(device, dtype)
     b = torch.empty(1).uniform_(-0.05, 0.05, generator=g).to(device)
     y = torch.rand(n, 1, h, w, generator=g).to(device)
+    return x_nchw, wl, bl, wt, b, y
+
+
+def _fused_ref(x_nchw, wl, bl, wt, b, y, dtype):
+    """(float64 reference, PyTorch in ``dtype``) of y + tail(relu(conv(x) + bl)) + b: the torch same-dtype path rounds
+    the layer's output as the kernel does."""
+    act64 = F.conv2d(x_nchw.double(), wl.double(), bl.double(), padding=1).relu()
+    act_same = F.conv2d(x_nchw, wl, bl.to(dtype), padding=1).relu()
+    ref64 = y.double() + F.conv2d(act64, wt.double(), b.double(), padding=1)
+    return ref64, y.to(dtype) + F.conv2d(act_same, wt, b.to(dtype), padding=1)
+
+
+def _check_fused(n, h, w, c, dtype, device, clamp=False, config=None):
+    """Last body layer + tail through the partial sums, against float64 (relu(conv(x)) -> tail + residual)
+    on the same rounded operands."""
+    x_nchw, wl, bl, wt, b, y = _fused_case(n, h, w, c, dtype, device, 1000 * n + 100 * h + w + c)
     z = torch.full((n * h * w, 9), float("nan"), device=device)
     x = x_nchw.permute(0, 2, 3, 1).contiguous()
     res = conv3x3_bias_relu_tail_partials(x, pack_conv3x3_weight(wl, dtype), bl, pack_tail_partials_weight(wt, dtype), z,
@@ -171,10 +187,7 @@ def _check_fused(n, h, w, c, dtype, device, clamp=False, config=None):
     assert res is z and not z.isnan().any()
     out = torch.full_like(y, float("nan"))
     assert tail_gather_residual(z, b, y, out, clamp=clamp) is out
-    act64 = F.conv2d(x_nchw.double(), wl.double(), bl.double(), padding=1).relu()
-    act_same = F.conv2d(x_nchw, wl, bl.to(dtype), padding=1).relu()
-    ref64 = y.double() + F.conv2d(act64, wt.double(), b.double(), padding=1)
-    same = y.to(dtype) + F.conv2d(act_same, wt, b.to(dtype), padding=1)
+    ref64, same = _fused_ref(x_nchw, wl, bl, wt, b, y, dtype)
     if clamp:
         ref64, same = ref64.clamp(0, 1), same.clamp(0, 1)
     assert_equivalent(out, same, ref64, dtype)
@@ -275,13 +288,7 @@ def test_fused_tail_reads_and_writes_only_its_views():
     images larger. fp32, the rule of _check_fused (atol 1e-5)."""
     device = triton_device()
     n, h, w, c = 2, 6, 11, 24
-    g = torch.Generator().manual_seed(41)
-    x_nchw = torch.rand(n, c, h, w, generator=g).to(device)
-    wl = (torch.randn(c, c, 3, 3, generator=g) * (2.0 / (9 * c)) ** 0.5).to(device)
-    bl = (torch.rand(c, generator=g) * 0.1 - 0.05).to(device)
-    wt = (torch.randn(1, c, 3, 3, generator=g) * (2.0 / (9 * c)) ** 0.5 * 0.1).to(device)
-    b = torch.empty(1).uniform_(-0.05, 0.05, generator=g).to(device)
-    y = torch.rand(n, 1, h, w, generator=g).to(device)
+    x_nchw, wl, bl, wt, b, y = _fused_case(n, h, w, c, torch.float32, device, 41)
     z_buf = torch.full(((n * h * w + 1) * 9,), float("nan"), device=device)
     z = z_buf[: n * h * w * 9].view(n * h * w, 9)
     x = x_nchw.permute(0, 2, 3, 1).contiguous()
@@ -292,7 +299,5 @@ def test_fused_tail_reads_and_writes_only_its_views():
     out = big_out[:n]
     tail_gather_residual(z, b, y, out)
     assert big_out[n:].isnan().all(), "the gather wrote past the batch"
-    act64 = F.conv2d(x_nchw.double(), wl.double(), bl.double(), padding=1).relu()
-    ref64 = y.double() + F.conv2d(act64, wt.double(), b.double(), padding=1)
-    same = y + F.conv2d(F.conv2d(x_nchw, wl, bl, padding=1).relu(), wt, b, padding=1)
+    ref64, same = _fused_ref(x_nchw, wl, bl, wt, b, y, torch.float32)
     assert_equivalent(out, same, ref64, torch.float32, "fused tail on views")

@@ -19,7 +19,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from equivalence import DTYPES, assert_equivalent, nan_tailed, random_vdsr, ref64, triton_device
+from equivalence import DTYPES, assert_equivalent, he_layer, nan_tailed, random_vdsr, ref64, triton_device
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -45,8 +45,7 @@ GPU_CASES = [(1, 720, 1280, 64, 64), (2, 1080, 1920, 64, 64), (1, 2160, 3840, 64
 
 def _check(n, h, w, c_in, c_out, dtype, device, *, config=None, permuted_input=False):
     torch.manual_seed(1000 * n + 100 * h + w + c_in)
-    g = torch.randn(c_out, c_in, 3, 3, device=device) * (2.0 / (9 * c_in)) ** 0.5  # He init, as VDSR
-    b = torch.empty(c_out, device=device).uniform_(-0.1, 0.1)
+    g, b = he_layer(c_in, c_out, device)
     x_nchw = torch.rand(n, c_in, h, w, device=device).to(dtype)
     x = x_nchw.permute(0, 2, 3, 1) if permuted_input else x_nchw.permute(0, 2, 3, 1).contiguous()
     out = torch.full((n, h, w, c_out), float("nan"), dtype=dtype, device=device)
@@ -89,8 +88,7 @@ def test_reads_nothing_outside_its_view():
     dtype = torch.float32
     n, h, w, c_in, c_out = 2, 7, 6, 5, 24
     torch.manual_seed(17)
-    g = torch.randn(c_out, c_in, 3, 3, device=device) * (2.0 / (9 * c_in)) ** 0.5
-    b = torch.empty(c_out, device=device).uniform_(-0.1, 0.1)
+    g, b = he_layer(c_in, c_out, device)
     big = torch.full((n, h + 2, w + 2, c_in + 3), float("nan"), dtype=dtype, device=device)
     x = big[:, 1 : h + 1, 1 : w + 1, :c_in]
     x.copy_(torch.rand(n, h, w, c_in, device=device))
@@ -210,8 +208,7 @@ def test_reads_no_weight_beyond_and_writes_only_its_view():
     dtype = torch.float32
     n, h, w, c_in, c_out = 2, 7, 5, 5, 24
     torch.manual_seed(23)
-    g = torch.randn(c_out, c_in, 3, 3, device=device) * (2.0 / (9 * c_in)) ** 0.5
-    b = torch.empty(c_out, device=device).uniform_(-0.1, 0.1)
+    g, b = he_layer(c_in, c_out, device)
     x_nchw = torch.rand(n, c_in, h, w, device=device)
     big = torch.full((n + 1, h, w, c_out + 8), float("nan"), dtype=dtype, device=device)
     out = big[:n, :, :, :c_out]
