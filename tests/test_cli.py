@@ -1140,18 +1140,23 @@ def test_a_1_bit_image_reads_as_one_gray_channel(tmp_path, suffix):
     np.testing.assert_array_equal(got[..., 0], np.where(bits, 255, 0))
 
 
-def test_a_16_bit_png_of_zero_width_is_a_read_error(tmp_path):
-    """pypng decodes a 16-bit PNG whose header says 0 pixels wide into an empty array: an ImageReadError naming the
-    file, not an empty image handed on to the upscale."""
+def _png_header_only(path, w, h, depth, color_type, pixels: bytes = bytes(64)):
+    """A PNG whose IHDR claims w x h and whose one IDAT holds ``pixels`` (a few bytes: a decompression bomb's shape,
+    unpacked)."""
     import struct
     import zlib
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
+    def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", 0, 4, 16, 2, 0, 0, 0)  # 0 wide, 4 tall, 16-bit RGB
-    (tmp_path / "e.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(4)))
-                                     + chunk(b"IEND", b""))  # fmt: skip
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(pixels)) + chunk(b"IEND", b""))
+
+
+def test_a_16_bit_png_of_zero_width_is_a_read_error(tmp_path):
+    """pypng decodes a 16-bit PNG whose header says 0 pixels wide into an empty array: an ImageReadError naming the
+    file, not an empty image handed on to the upscale."""
+    _png_header_only(tmp_path / "e.png", 0, 4, 16, 2, bytes(4))  # 0 wide, 4 tall, 16-bit RGB
     with pytest.raises(ImageReadError, match=r"e\.png: the image is empty \(\(4, 0, 3\)\)"):
         read_image(tmp_path / "e.png")
 
@@ -1445,18 +1450,6 @@ def test_eval_checks_every_scale_first_and_an_error_keeps_the_scales_done(tmp_pa
     monkeypatch.setattr(ev, "_score", lambda path, scale, *a: real(path, scale, *a) if scale == 2 else (_ for _ in ()).throw(ValueError("boom")))
     code, out, err = _run(capsys, "eval", str(folder), "--scale", "2", "3", "--weights", weights)
     assert code == 2 and "x2  (paper protocol, 2 images)" in out and "x3  (" not in out and err.rstrip().endswith("boom")
-
-
-def _png_header_only(path, w, h, depth, color_type):
-    """A PNG whose IHDR claims w x h and whose one IDAT is a few bytes (a decompression bomb's shape, unpacked)."""
-    import struct
-    import zlib as z
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", z.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", z.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns past the limit it errs at
