@@ -604,3 +604,35 @@ def test_gpu_tiled_float64_matches_untiled(tiny_model):
     x64 = torch.rand(1, 3, 30, 34, dtype=torch.float64, device=dev)
     kw64 = {"backend": "torch", "dtype": torch.float64}
     torch.testing.assert_close(upscale(x64, 3, model, tile=25, **kw64), upscale(x64, 3, model, **kw64), rtol=0, atol=1e-14)
+
+
+def test_available_memory_on_the_cpu_respects_ulimit_v():
+    """Under ``ulimit -v`` an allocation fails past the address-space limit however much memory is free: the room
+    max_memory="auto" sees is at most the limit less the process's virtual size (a child process with a real limit)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, torch\n"
+        "from vdsr_fast import tiling\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+        "size = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
+        "room = tiling.available_memory(torch.device('cpu'))\n"
+        "assert 0 < room <= limit - size, (room, limit, size)\n"
+        "torch.empty(int(room * 0.9), dtype=torch.uint8)  # what it reports can be allocated\n"
+        "try:\n"
+        "    torch.empty(room + (256 << 20), dtype=torch.uint8)\n"
+        "except RuntimeError:\n"
+        "    print('refused')\n"
+    )
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_AS)[1] != resource.RLIM_INFINITY:
+        pytest.skip("this process already runs under a hard address-space limit")
+    probe = subprocess.run([sys.executable, "-c", "import torch, vdsr_fast.tiling; "
+                            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize:')))"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    limit = int(probe.stdout) * 1024 + (2 << 30)  # 2 GiB above what the imports take
+    run = subprocess.run([sys.executable, "-c", f"limit = {limit}\n" + code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "refused"

@@ -63,7 +63,8 @@ def available_memory(device: torch.device) -> int | None:
     """Bytes a new allocation on ``device`` can take now: on a GPU what the driver has free plus what PyTorch's
     caching allocator holds unused; on the CPU the kernel's estimate (``MemAvailable`` of Linux's
     ``/proc/meminfo``), or less where this process's cgroup (a container's ``--memory``) leaves less room under its
-    limit (:func:`_cgroup_room`); None where unknown."""
+    limit (:func:`_cgroup_room`) or its address-space limit (``ulimit -v``, :func:`_address_space_room`); None where
+    unknown."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
@@ -75,8 +76,28 @@ def available_memory(device: torch.device) -> int | None:
             free = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
     except OSError:
         pass
-    room = _cgroup_room()
-    return free if room is None else room if free is None else min(free, room)
+    rooms = [r for r in (free, _cgroup_room(), _address_space_room()) if r is not None]
+    return min(rooms) if rooms else None
+
+
+def _address_space_room() -> int | None:
+    """Bytes left under this process's address-space limit (``ulimit -v``, ``RLIMIT_AS``): the soft limit less the
+    process's virtual size (``VmSize`` of ``/proc/self/status``; the whole limit where that cannot be read); None
+    without a limit. Past it an allocation fails however much memory is free."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit == resource.RLIM_INFINITY or limit < 0:
+        return None
+    used = 0
+    try:
+        with open("/proc/self/status") as f:
+            used = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), 0)
+    except (OSError, ValueError):
+        pass
+    return max(limit - used, 0)
 
 
 def _cgroup_room() -> int | None:
