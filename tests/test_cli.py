@@ -416,6 +416,25 @@ def test_eval_ctrl_c_in_a_later_scale_reports_the_scales_done(tmp_path, capsys, 
     assert "eval x2: 2 images, mean PSNR" in err and "interrupted: 0 of 2 images" in err and "scored at x3" in err
 
 
+def test_eval_reads_each_image_once_to_check_then_once_a_scale(tmp_path, capsys, monkeypatch):
+    """`vdsr-fast eval --scale 2 3 4` checks the whole set once before any scale runs, reading each image once for
+    that, then once a scale to score it (was: three times a scale); the scores are those of one scale at a time."""
+    import collections
+
+    import vdsr_fast.evaluate as ev
+
+    folder = _synthetic_set(tmp_path) / "x2"
+    code, out, _ = _run(capsys, "eval", str(folder), "--scale", "2", "3", "4", "--bicubic-only", "--json")
+    assert code == 0
+    alone = [json.loads(_run(capsys, "eval", str(folder), "--scale", str(s), "--bicubic-only", "--json")[1]) for s in (2, 3, 4)]
+    assert json.loads(out) == alone
+    reads = collections.Counter()
+    real = ev.read_image
+    monkeypatch.setattr(ev, "read_image", lambda path, *a, **k: reads.update([path.name]) or real(path, *a, **k))
+    assert _run(capsys, "eval", str(folder), "--scale", "2", "3", "4", "--bicubic-only", "--json")[0] == 0
+    assert reads == {"img_0_HR.png": 4, "img_1_HR.png": 4}
+
+
 def test_eval_bicubic_set5_x2_matches_paper(capsys):
     """DESIGN.md §3: the paper's bicubic column, Set5 x2 = 33.66 dB."""
     folder = need_data("eval", "Set5")

@@ -565,10 +565,9 @@ def cmd_eval(args) -> int:
     tty = sys.stderr.isatty()
     scores = []
     try:
-        for s in args.scale:  # every scale's images and LR files, before the first runs through the network
-            check_set(args.folder, s, args.lr_given)
+        check_set(args.folder, args.scale, args.lr_given)  # every scale's images and LR files, before any runs
         for s in args.scale:
-            scores.append(evaluate(args.folder, s, engine, lr_given=args.lr_given, progress=not args.json and tty))
+            scores.append(evaluate(args.folder, s, engine, lr_given=args.lr_given, progress=not args.json and tty, checked=True))
             if not tty:  # a log file (nohup, CI): a line a scale, where a terminal has the bar
                 r = scores[-1]
                 print(f"eval x{s}: {r.n} images, mean PSNR {r.mean('bicubic_psnr' if engine is None else 'psnr'):.2f} dB",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -174,10 +175,12 @@ def _u8(y: torch.Tensor) -> torch.Tensor:
     return (y.clamp(0, 1) * 255.0 + 0.5).floor()
 
 
-def _pair(path: Path, scale: int, lr_given: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """HR image ``path``'s Y cropped to a multiple of ``scale`` and (``lr_given``) its LR file's Y read as the HR
-    was (gray or colour); a ValueError or FileNotFoundError naming the file when the pair cannot be scored."""
-    arr = read_image(path)
+def _pair(path: Path, scale: int, lr_given: bool, arr: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HR image ``path``'s Y (from ``arr``, its pixels where already read) cropped to a multiple of ``scale`` and
+    (``lr_given``) its LR file's Y read as the HR was (gray or colour); a ValueError or FileNotFoundError naming the
+    file when the pair cannot be scored."""
+    if arr is None:
+        arr = read_image(path)
     hr = _y(arr, path, None)
     h, w = hr.shape
     if min(h - h % scale, w - w % scale) < 2 * scale + 11:  # the shave, then SSIM's 11x11 window
@@ -196,14 +199,19 @@ def _pair(path: Path, scale: int, lr_given: bool) -> tuple[torch.Tensor, torch.T
     return hr, lr
 
 
-def check_set(folder: str | Path, scale: int, lr_given: bool = False) -> tuple[Path, list[Path]]:
-    """:func:`find_images`, then every image read and checked as :func:`evaluate` will (its size; with
-    ``lr_given`` its LR file's presence, size and channels): a set that cannot be scored is refused before any
-    image runs through the network (the error came after every image before the bad one had)."""
-    folder, files = find_images(folder, scale)
-    for path in files:
-        _pair(path, scale, lr_given)
-    return folder, files
+def check_set(folder: str | Path, scale: int | Sequence[int], lr_given: bool = False) -> tuple[Path, list[Path]]:
+    """:func:`find_images`, then every image read (once) and checked as :func:`evaluate` will at ``scale`` (or at each
+    of several scales; its size; with ``lr_given`` its LR file's presence, size and channels): a set that cannot be
+    scored is refused before any image runs through the network (the error came after every image before the bad
+    one had). Returns the folder and its HR images (those of the first scale)."""
+    scales = [scale] if isinstance(scale, int) else list(scale)
+    found = [find_images(folder, s) for s in scales]
+    for path in dict.fromkeys(p for _, files in found for p in files):  # each HR image once, in order
+        arr = read_image(path)
+        for s, (_, files) in zip(scales, found):
+            if path in files:
+                _pair(path, s, lr_given, arr)
+    return found[0]
 
 
 def _score(path: Path, scale: int, engine: Engine | None, device: torch.device, lr_given: bool, name: str) -> ImageScore:
@@ -251,15 +259,17 @@ def evaluate(
     *,
     lr_given: bool = False,
     progress: bool = False,
+    checked: bool = False,
 ) -> SetScore:
     """Score bicubic and (when ``engine`` is given) VDSR on every image of ``folder``.
 
     ``progress``: a tqdm bar on stderr (images done, rate, ETA, the running mean PSNR). A KeyboardInterrupt (Ctrl-C)
     is raised again with the means of the images scored so far as its message (``vdsr-fast eval`` prints it) and
-    that partial :class:`SetScore` as its ``partial`` attribute. The set is checked first (:func:`check_set`), and
-    a network output with NaN or infinite values is a ValueError naming the image, not a score.
+    that partial :class:`SetScore` as its ``partial`` attribute. The set is checked first (:func:`check_set`; not
+    again with ``checked=True``, where the caller has just checked it at this scale), and a network output with NaN
+    or infinite values is a ValueError naming the image, not a score.
     """
-    folder, files = check_set(folder, scale, lr_given)
+    folder, files = find_images(folder, scale) if checked else check_set(folder, scale, lr_given)
     stems = [p.stem for p in files]
     names = [p.name if stems.count(p.stem) > 1 else p.stem for p in files]  # a.png and a.bmp: two rows told apart
     result = SetScore(str(folder), scale, lr_given)
