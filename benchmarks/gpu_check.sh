@@ -33,6 +33,7 @@
 #                           files in $OUT/bench2/: BENCH2_CAP_S=240, AFTER_BENCH2_S=0 (left to the steps after it)
 #   PYTEST_ARGS="..."       extra pytest arguments (e.g. --deselect a test that crashes the process)
 #   PYTEST_PATHS="..."      test files to run instead of tests/ (a follow-up call)
+#   PYTEST_K="EXPR"         only the GPU tests whose names match pytest's -k EXPR (e.g. those never run on a GPU)
 #   TEST_WORKERS=N          pytest-xdist processes for the tests (the device image has xdist; 0 or 1: one
 #                           process; default one per 20 GiB of GPU memory, at most 6: the 4K tests' float64
 #                           references take several GiB each). Expected, not yet measured: most of a GPU test's time is the host's
@@ -187,7 +188,9 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   XDIST=()
   W=${TEST_WORKERS:-$("$PY" -c "import torch; print(min(6, (torch.cuda.get_device_properties(0).total_memory >> 30) // 20))" 2>/dev/null || echo 1)}
   if ((W > 1)) && "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n "$W"); fi
-  ((T > 0)) && VDSR_FAST_GPU_TESTS_ONLY=1 timeout -s INT -k 15 "$T" "$PY" -m pytest ${PYTEST_PATHS:-tests} "${XDIST[@]}" -v -rfE --maxfail=10 --durations=10 -p no:cacheprovider ${PYTEST_ARGS:-} \
+  SELECT=()
+  if [[ -n "${PYTEST_K:-}" ]]; then SELECT=(-k "$PYTEST_K"); fi
+  ((T > 0)) && VDSR_FAST_GPU_TESTS_ONLY=1 timeout -s INT -k 15 "$T" "$PY" -m pytest ${PYTEST_PATHS:-tests} "${XDIST[@]}" "${SELECT[@]}" -v -rfE --maxfail=10 --durations=10 -p no:cacheprovider ${PYTEST_ARGS:-} \
     --junitxml="$OUT/junit.xml" >"$OUT/pytest.log" 2>&1
   rc=$?
   tail -n 30 "$OUT/pytest.log" || true

@@ -249,6 +249,22 @@ def test_gpu_check_script_reaches_each_enabled_step(tmp_path):
     assert "layer profile: rc=" in summary and "rc=skipped" not in summary, summary
 
 
+def test_gpu_check_passes_pytest_k_as_one_expression(tmp_path):
+    """PYTEST_K="a or b" reaches pytest as ``-k`` and the whole expression, one argument (a stand-in python that
+    notes its arguments, one a line); without it, no -k."""
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/bash\nif [ "$2" = pytest ]; then printf "%s\\n" "$@" > {tmp_path}/args; fi\nexit 0\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": str(fake), "SKIP_BUILD": "1", "SKIP_SANITIZER": "1",
+           "SKIP_VIDEO": "1", "SKIP_BENCH": "1", "SKIP_CANARY": "1", "SKIP_PYBENCH": "1", "TEST_WORKERS": "1"}  # fmt: skip
+    for knob, expect in (("snapshot or 8k_frame", ["-k", "snapshot or 8k_frame"]), ("", [])):
+        proc = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh")], env={**env, "PYTEST_K": knob},
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        args = (tmp_path / "args").read_text().splitlines()
+        assert args[:3] == ["-m", "pytest", "tests"] and args[3 : 3 + len(expect)] == expect and args[3 + len(expect)] == "-v", args
+
+
 def _gpu_check_schedule(tmp_path: Path, knobs: dict[str, str], takes: dict[str, int] | None = None) -> list[tuple[str, int, int]]:
     """benchmarks/gpu_check.sh replayed on a virtual clock: (step, start second, cap) of every step it starts.
 
@@ -295,7 +311,7 @@ def _issue5_call() -> dict[str, str]:
     (line,) = [ln for ln in readme.splitlines() if ln.lstrip().startswith('run(command="') and "NCU=1" in ln]
     knobs = dict(re.findall(r"\b([A-Z][A-Z0-9_]+)=(\S+)", line.split("bash benchmarks/gpu_check.sh")[0]))
     assert {"GPU_CHECK_BUDGET_S", "BENCH_MIN_S", "AFTER_BENCH_S", "TEST_CAP_S"} <= set(knobs), knobs
-    return {k: v for k, v in knobs.items() if k not in ("VDSR_FAST_GIT_COMMIT", "BENCH_ARGS")}
+    return {k: v for k, v in knobs.items() if k not in ("VDSR_FAST_GIT_COMMIT", "BENCH_ARGS", "PYTEST_K")}
 
 
 ISSUE5_CALL = _issue5_call()
