@@ -75,6 +75,8 @@ def test_shapes_subsampling_depths_and_ranges():
     ((7, 5), (7, 3), (14, 5)),  # 4:2:2
     ((7, 5), (4, 5), (7, 10)),  # 4:4:0
     ((7, 5), (7, 5), (14, 10)),  # 4:4:4
+    ((1, 8), (1, 4), (1, 8)),  # a one-row 4:2:0 frame: its row fits every factor, the columns' 2 decides (was 4:2:2)
+    ((8, 2), (2, 1), (4, 1)),  # a two-column 4:1:0 frame: 1 column fits 2 and 4, the rows' 4 decides
 ])  # fmt: skip
 def test_chroma_subsampling_of_any_size_is_kept(tiny_model, hw, chw, out_chw):
     """The chroma planes keep their subsampling (1, 2 or 4 per axis, rounded up as the formats round) at the
@@ -98,6 +100,11 @@ def test_refusals():
         upscale_yuv(y.float())
     with pytest.raises(ValueError, match="u and v differ in shape"):
         upscale_yuv(y, c, c[:1])
+    y8 = torch.zeros(8, 8, dtype=torch.uint8) + 100
+    for bad in ((3, 3), (5, 5), (16, 16), (4, 3)):  # no ceil(8 / f), f 1, 2, 4 (were resized by the nearest ratio)
+        c8 = torch.zeros(bad, dtype=torch.uint8) + 128
+        with pytest.raises(ValueError, match=rf"{bad[0]}x{bad[1]} \(rows x columns\) are no standard subsampling of the 8x8"):
+            upscale_yuv(y8, c8, c8, 2)
     with pytest.raises(ValueError, match="u must have y's dtype, device and batch"):
         upscale_yuv(y, c.to(torch.uint16), c.to(torch.uint16))
     with pytest.raises(TypeError, match=r"out is upscale\(\)'s, for RGB frames"):

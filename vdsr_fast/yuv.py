@@ -77,7 +77,8 @@ def upscale_yuv(
             bits, low-aligned: 10 for yuv420p10le; P010's high-aligned 10 bits are 16-bit samples), on any device.
         u, v: the Cb and Cr planes at their own size (4:2:0: ``ceil(H/2) x ceil(W/2)``; an NV12 frame's
             interleaved plane ``uv`` gives ``uv[..., 0::2]`` and ``uv[..., 1::2]``), same dtype and batch; None for
-            gray.
+            gray. Each axis must be a standard subsampling, ``ceil(n / f)`` samples with ``f`` 1, 2 or 4 (else a
+            ValueError); an axis of 1 or 2 luma samples, which fits several, takes the other axis's factor.
         scale, size, model: as :func:`vdsr_fast.upscale` (``size`` is the luma's ``(H, W)``); the chroma planes
             are scaled by the same factors on their own sample grid and cut to the subsampled size (4:2:0 stays
             4:2:0; an odd luma's chroma stays where the luma is).
@@ -131,6 +132,7 @@ def upscale_yuv(
         chroma.append(c)
     if chroma and chroma[0].shape != chroma[1].shape:
         raise ValueError(f"upscale_yuv: u and v differ in shape: {tuple(chroma[0].shape)} and {tuple(chroma[1].shape)}")
+    sub = _chroma_factors(*y.shape[-2:], *chroma[0].shape[-2:]) if chroma else None  # 4:2:0: (2, 2)
     k, (H, W) = output_plan(*y.shape[-2:], scale, size)
     if chroma_size is not None:
         if not chroma:
@@ -144,7 +146,7 @@ def upscale_yuv(
 
     stream = kw.get("stream")
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-        return _upscale_yuv(y, chroma, rank, model, k, (H, W), matrix, full_range, bits, chroma_size, kw)
+        return _upscale_yuv(y, chroma, sub, rank, model, k, (H, W), matrix, full_range, bits, chroma_size, kw)
 
 
 def _round_levels(v: torch.Tensor, top: float) -> torch.Tensor:
@@ -154,29 +156,38 @@ def _round_levels(v: torch.Tensor, top: float) -> torch.Tensor:
     return v.add_(0.5).floor_().clamp_(0, top)
 
 
-def _subsampling(n: int, m: int) -> int:
-    """The chroma subsampling factor of one axis: ``n`` luma samples, ``m`` chroma samples. The standard factors
-    (1, 2, 4: 4:4:4, 4:2:x, 4:1:1 / 4:1:0) round up (``ceil(n / f) == m``, 4:2:0 of an odd 5 is 3, 4:1:1 of 10 is
-    3); the first that fits, else the nearest ratio."""
-    return _standard(n, m) or max(1, round(n / m))
+def _standard(n: int, m: int, prefer: int | None = None) -> int | None:
+    """The standard subsampling factor (1, 2, 4: 4:4:4, 4:2:x, 4:1:x) that gives ``m`` of ``n`` samples rounding up
+    as the formats round (4:2:0 of an odd 5 is 3, 4:1:1 of 10 is 3): ``prefer`` where it fits (an axis of 1 or 2
+    samples fits several), else the first that fits; None where none does."""
+    fits = [f for f in (1, 2, 4) if -(-n // f) == m]
+    return prefer if prefer in fits else fits[0] if fits else None
 
 
-def _standard(n: int, m: int) -> int | None:
-    """The standard subsampling factor (1, 2, 4) that gives ``m`` of ``n`` samples rounding up, or None."""
-    return next((f for f in (1, 2, 4) if -(-n // f) == m), None)
+def _chroma_factors(h: int, w: int, ch: int, cw: int) -> tuple[int, int]:
+    """The input's subsampling (rows, columns) of an ``h x w`` luma with ``ch x cw`` chroma planes; an axis that fits
+    several factors (1 or 2 samples) takes the other axis's (a one-row 4:2:0 frame stays 4:2:0). A ValueError where
+    an axis fits no standard factor: the planes' sample grids cannot be lined up."""
+    fh, fw = _standard(h, ch), _standard(w, cw)
+    if fh is None or fw is None:
+        raise ValueError(f"upscale_yuv: u and v of {ch}x{cw} (rows x columns) are no standard subsampling of the "
+                         f"{h}x{w} luma: each axis must have ceil(n / f) samples with f 1, 2 or 4 (4:4:4, 4:2:2, "
+                         f"4:2:0, 4:1:1, 4:1:0), here {h}: {sorted({-(-h // f) for f in (1, 2, 4)})} rows, "
+                         f"{w}: {sorted({-(-w // f) for f in (1, 2, 4)})} columns")  # fmt: skip
+    return _standard(h, ch, prefer=fw), _standard(w, cw, prefer=fh)
 
 
 def _on_grid(x: torch.Tensor, factors: tuple[float, float] | None, out_hw: tuple[int, int]) -> torch.Tensor:
     """Plane ``x`` resized by ``factors`` (per axis) and cut to ``out_hw``: a subsampled plane keeps its own sample
     grid, so it stays where the luma is (4:2:0 of an odd 9 wide has 5 chroma samples: resized to 9 by size they
     were stretched by 1.8 where the luma is by 2, up to half a chroma sample off at the right). ``factors`` None
-    (a plane or a size of no standard subsampling): resized to ``out_hw``."""
+    (a ``chroma_size`` of no standard subsampling): resized to ``out_hw``."""
     if factors is None:
         return imresize(x, size=out_hw)
     return imresize(x, scale=factors)[..., : out_hw[0], : out_hw[1]]
 
 
-def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma_size, kw):
+def _upscale_yuv(y, chroma, sub, rank, model, k, HW, matrix, full_range, bits, chroma_size, kw):
     from .api import upscale
 
     (h, w), (H, W) = y.shape[-2:], HW
@@ -186,15 +197,11 @@ def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma
     luma = y.float() / white
     if full_range:
         luma = 16 / 255 + luma * (219 / 255)
-    extra = grid = None
-    if chroma:
-        ch, cw = chroma[0].shape[-2:]  # u's and v's (one shape: checked)
-        std = (_standard(h, ch), _standard(w, cw))  # 4:2:0: (2, 2)
-        grid = None if None in std else std  # a standard subsampling: the chroma keeps its sample grid
+    extra = None
     if chroma and (ab := bt601_y_from(matrix)) is not None:  # a Cb + b Cr, at the luma's size, in its units
         unit = (224 / 255 if full_range else 1) / white
         term = (ab[0] * (chroma[0].float() - center) + ab[1] * (chroma[1].float() - center)) * unit
-        extra = _on_grid(term, grid, (h, w))
+        extra = _on_grid(term, sub, (h, w))  # on the chroma's own sample grid
         luma = luma + extra
     luma = upscale(luma, model=model, size=(H, W), **kw)
     if extra is not None:  # its resize as upscale() resizes: at the network's scale, then to the size asked
@@ -204,10 +211,10 @@ def _upscale_yuv(y, chroma, rank, model, k, HW, matrix, full_range, bits, chroma
         luma = (luma - 16 / 255) * (255 / 219)
     outs = [_round_levels(luma * white, top)]
     if chroma:
-        sub_h, sub_w = _subsampling(h, ch), _subsampling(w, cw)
+        sub_h, sub_w = sub
         out_hw = chroma_size or (math.ceil(H / sub_h), math.ceil(W / sub_w))
-        to_h, to_w = _standard(H, out_hw[0]), _standard(W, out_hw[1])  # chroma_size's subsampling (the input's by default)
+        to_h, to_w = _standard(H, out_hw[0], prefer=sub_h), _standard(W, out_hw[1], prefer=sub_w)  # chroma_size's
         # the luma's factors, times the change of subsampling chroma_size asks for
-        factors = (H / h * sub_h / to_h, W / w * sub_w / to_w) if grid and to_h and to_w else None
+        factors = (H / h * sub_h / to_h, W / w * sub_w / to_w) if to_h and to_w else None
         outs += [_round_levels(_on_grid(c.float() / top, factors, out_hw) * top, top) for c in chroma]
     return tuple(_back(o.to(y.dtype), rank) for o in outs)
