@@ -1,6 +1,7 @@
 """The training loop on a tiny synthetic set: runs, checkpoints, resumes exactly, writes loadable weights."""
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -458,9 +459,12 @@ def test_a_checkpoint_that_fails_to_write_leaves_the_previous_one(tmp_path, monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(OSError, match="No space left on device") as err:
         train(cfg, progress=False)  # resumes at step 2; its checkpoint of step 4 fails
     assert (tmp_path / "a" / "last.pt").read_bytes() == good
+    # the error names the file, and the part written is gone (it was left as last.tmp, filling the full disk more)
+    assert f"cannot write the checkpoint {tmp_path / 'a' / 'last.pt'}" in str(err.value)
+    assert not [p.name for p in (tmp_path / "a").iterdir() if p.suffix == ".tmp"]
 
 
 def test_a_run_stops_at_its_last_step_or_its_minutes(tmp_path):
@@ -484,6 +488,67 @@ def test_a_run_needs_neither_its_images_with_a_cache_nor_its_init_to_resume(tmp_
     (tmp_path / "start.safetensors").unlink()
     train(cfg, progress=False)
     assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_fit_minutes_with_an_early_stop_fits_then_saves_the_step(tmp_path):
+    """--fit-minutes with --until-step 100 or less trains to step 100, where the schedule is fitted, then saves that
+    step and stops (found by a review: it stopped just before the fit, so 100 steps were trained and thrown away,
+    and the weights of the unfitted schedule were written)."""
+    import torch._dynamo  # noqa: F401 - as in test_fit_minutes_sets_the_steps_and_equals_a_run_given_them
+
+    common = dict(data=[str(_images(tmp_path / "data"))], scales=[2], downsizes=[1.0], patch=12, batch=2, depth=3,
+                  channels=4, eval_set="", warmup=100, lr=1e-3, threads=1, device="cpu", ckpt_every=100)  # fmt: skip
+    train(TrainConfig(out=str(tmp_path / "a"), steps=10**9, **common), progress=False, fit_minutes=0.04, until_step=20)
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    fit = next(h["fit"] for h in state["history"] if "fit" in h)
+    assert state["step"] == 100 and state["config"]["steps"] == fit["steps"] > 100
+
+
+def test_ckpt_every_does_not_change_the_run(tmp_path):
+    """How often a run saves does not change what it computes (found by a review: the patch draws were grouped by
+    gcd(--ckpt-every, 100), so --ckpt-every 10 and 4 trained different weights from one seed)."""
+    for run, every in (("a", 10), ("b", 4), ("c", 3)):
+        train(TrainConfig(out=str(tmp_path / run), **_tiny(tmp_path, steps=12, ckpt_every=every)), progress=False)
+    _assert_same_run(tmp_path / "a", tmp_path / "b")
+    _assert_same_run(tmp_path / "a", tmp_path / "c")
+
+
+def test_a_resumed_run_reports_the_losses_of_the_uninterrupted_one(tmp_path):
+    """The losses since the last report travel in the checkpoint: a run stopped between reports and resumed
+    reports the same mean loss (it averaged only the steps after the resume)."""
+    cfg = _tiny(tmp_path, steps=6, ckpt_every=500)
+    train(TrainConfig(out=str(tmp_path / "a"), **cfg), progress=False)
+    train(TrainConfig(out=str(tmp_path / "b"), **cfg), progress=False, until_step=4)
+    train(TrainConfig(out=str(tmp_path / "b"), **cfg), progress=False)
+    a, b = ([h["loss"] for h in torch.load(tmp_path / r / "last.pt", weights_only=True)["history"]] for r in "ab")
+    assert a == b and len(a) == 1
+
+
+def test_resuming_with_or_without_a_cache_is_noted(tmp_path, capsys):
+    """The cache's planes are rounded to 8 bits and the folders' are not: starting or stopping to use one on resume
+    changes the data, which a note says (it was resumed without a word)."""
+    cfg = _tiny(tmp_path, steps=3)
+    train(TrainConfig(out=str(tmp_path / "a"), **cfg), progress=False, until_step=1)
+    capsys.readouterr()
+    train(TrainConfig(out=str(tmp_path / "a"), **dict(cfg, cache=str(tmp_path / "y.npz"))), progress=False, until_step=2)
+    assert "note: resuming with --cache" in capsys.readouterr().err
+    train(TrainConfig(out=str(tmp_path / "a"), **dict(cfg, cache=str(tmp_path / "y.npz"))), progress=False)
+    assert "note: resuming" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("contents", ["none", "small"])
+def test_an_eval_set_that_cannot_be_scored_is_refused_before_training(tmp_path, capsys, contents):
+    """An --eval-set folder without images, or with images too small to score at a trained scale, is refused before
+    anything is written (found by a review: it failed at the first evaluation, after hours of training and with
+    the steps since the last checkpoint lost; every resume failed there again)."""
+    evals = tmp_path / "evals"
+    evals.mkdir()
+    if contents == "small":
+        write_image(evals / "tiny.png", np.zeros((9, 9, 3), np.uint8))
+    code, err = _cli(tmp_path, capsys, "--eval-set", str(evals), "--scales", "2", "3")
+    assert code == 2 and err.startswith(f"vdsr-fast train: error: --eval-set {evals}: ") and len(err.splitlines()) == 1, err
+    assert ("no" in err and "image" in err) if contents == "none" else "too small to score" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_fit_minutes_is_refused_for_sgd(tmp_path):
@@ -529,6 +594,9 @@ def _cli(tmp_path, capsys, *argv):
     (["--optimizer", "sgd", "--lr", "0"], "--lr must be a number above 0, got 0.0"),
     (["--lr", "nan"], "--lr must be a number above 0, got nan"),
     (["--min-lr", "-5"], "--min-lr must be a number from 0"),
+    # found by a review: the learning rate grew tenfold every step, or climbed to the cosine's "floor"
+    (["--optimizer", "sgd", "--lr-step", "-2"], "--lr-step must be at least 0, got -2"),
+    (["--lr", "0.001", "--min-lr", "0.01"], "--min-lr 0.01 is above --lr 0.001: the cosine decay would climb to it"),
     (["--clip", "nan"], "--clip must be a number from 0 (0: off), got nan"),
     (["--optimizer", "sgd", "--clip", "0"], "--clip must be a number above 0 (sgd clips gradients to clip / lr)"),
     (["--ema", "1"], "--ema must be from 0 (off) to below 1, got 1.0"),
@@ -631,6 +699,14 @@ def test_progress_without_a_terminal_is_plain_lines_with_loss_speed_and_psnr(tmp
     assert re.fullmatch(r"train: \d+ pairs ready in \d+ s", lines[1]), err
     speed = re.fullmatch(r"train: step 2/2 loss \S+ lr \S+ (\S+) patches/s B100 x2 \d+\.\d\d x3 \d+\.\d\d", lines[2])
     assert speed and float(speed.group(1)) > 0, err  # 3 significant digits: a slow CPU's 0.4 is not 0
+    meta = vdsr_fast.load(tmp_path / "run" / "vdsr_x234.safetensors").metadata  # which set was scored, bf16 or not
+    assert meta["eval_set"] == "B100" and json.loads(meta["recipe"])["bf16"] in (True, False)
+    # every evaluation is reported and recorded, also off the 50-step reports (those at 3 and 6 were not)
+    shutil.rmtree(tmp_path / "run")
+    code, err = _cli(tmp_path, capsys, "--eval-set", str(evals), "--steps", "7", "--eval-every", "3", "--scales", "2")
+    steps = [int(m) for m in re.findall(r"train: step (\d+)/7 .* B100 x2 \d+\.\d\d\n", err)]
+    history = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["history"]
+    assert code == 0 and steps == [3, 6, 7] == [h["step"] for h in history if "set5" in h], err
 
 
 def test_every_train_option_says_what_it_is(capsys):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .api import SCALES
 from .engine import device_from_flag
-from .evaluate import evaluate, load_y
+from .evaluate import check_set, evaluate, load_y
 from .images import _atomic, folder_files
 from .imaging import imresize
 from .reference import VDSR
@@ -93,6 +93,8 @@ class TrainConfig:
             (not (math.isfinite(self.lr) and self.lr > 0), f"--lr must be a number above 0, got {self.lr}"),
             (not (math.isfinite(self.min_lr) and self.min_lr >= 0),
              f"--min-lr must be a number from 0 (the cosine's floor; below it the schedule ascends), got {self.min_lr}"),
+            (self.optimizer == "adam" and self.min_lr > self.lr,
+             f"--min-lr {self.min_lr} is above --lr {self.lr}: the cosine decay would climb to it"),
             (not (math.isfinite(self.weight_decay) and self.weight_decay >= 0), f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (not (math.isfinite(self.clip) and (self.clip > 0 if self.optimizer == "sgd" else self.clip >= 0)),
              f"--clip must be a number {'above 0 (sgd clips gradients to clip / lr)' if self.optimizer == 'sgd' else 'from 0 (0: off)'}, "
@@ -101,7 +103,7 @@ class TrainConfig:
             (bool(self.cache) and not self.cache.endswith(".npz"), f"--cache must name a .npz file, got {self.cache!r}"),
         ] + [(getattr(self, name) < least, f"--{name.replace('_', '-')} must be at least {least}, got {getattr(self, name)}")
              for name, least in (("patch", 1), ("batch", 1), ("steps", 1), ("eval_every", 1), ("ckpt_every", 1),
-                                 ("warmup", 0), ("depth", 2), ("channels", 1), ("threads", 0))]  # fmt: skip
+                                 ("warmup", 0), ("lr_step", 0), ("depth", 2), ("channels", 1), ("threads", 0))]  # fmt: skip
         for refused, message in bad:
             if refused:
                 raise ValueError(message)
@@ -329,9 +331,11 @@ def _make_optimizer(cfg: TrainConfig, model: VDSR) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected 'adam' or 'sgd'")
 
 
-def _save_checkpoint(path: Path, model, opt, step, sampler: PatchSampler, cfg, history, ema=None) -> None:
+def _save_checkpoint(path: Path, model, opt, step, sampler: PatchSampler, cfg, history, ema=None,
+                     loss_window: tuple[float, int] = (0.0, 0)) -> None:  # fmt: skip
     """Written to a temporary file, synced and renamed over ``path``: an interruption (or a crash of the machine)
-    leaves the previous checkpoint or the new one, never part of one."""
+    leaves the previous checkpoint or the new one, never part of one. ``loss_window``: the sum and count of the losses
+    since the last report, so a resumed run's first report averages the same steps."""
     tmp = path.with_suffix(".tmp")
     rng, taken = sampler.state()
     state = {
@@ -340,16 +344,25 @@ def _save_checkpoint(path: Path, model, opt, step, sampler: PatchSampler, cfg, h
         "step": step,
         "rng": rng,
         "rng_batches": taken,  # batches already taken of the chunk drawn from "rng" (PatchSampler.resume)
+        "rng_chunk": sampler.chunk,  # batches a chunk draws (the draws depend on it)
+        "loss_window": [float(loss_window[0]), int(loss_window[1])],
         "config": asdict(cfg),
         "history": history,
     }
     if ema is not None:
         state["ema"] = ema.state_dict()
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # a full disk, Ctrl-C: no partial temporary left (the previous checkpoint stays)
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"cannot write the checkpoint {path} (the previous one, if any, is kept): "
+                          f"{e.strerror or e}") from None
+        raise
 
 
 def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict:
@@ -380,7 +393,10 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict
 
 
 # Flags that do not change what a resumed run computes (where the data and results live, how often it is scored),
-# and the seed (a resumed run continues the checkpoint's generator); a change of any other is noted on resume.
+# and the seed (a resumed run continues the checkpoint's generator); a change of any other is noted on resume. Two
+# are free only where their effect is the machine's: --device and --threads (another device or thread count sums in
+# another order, so a run resumed elsewhere follows its own rounding); --cache is noted when the run starts or stops
+# using one (the cache's planes are rounded to 8 bits, the folders' are not).
 _RESUME_FREE = ("data", "out", "cache", "eval_set", "eval_every", "device", "threads", "init", "seed", "steps")
 
 
@@ -440,6 +456,11 @@ def _check_paths(cfg: TrainConfig, resume: bool) -> None:
                 raise FileNotFoundError(f"--data {folder}: no such folder" + (f" (and no --cache {cfg.cache})" if cfg.cache else ""))
     if cfg.eval_set and not Path(cfg.eval_set).is_dir():
         raise FileNotFoundError(f"--eval-set {cfg.eval_set}: no such folder (--eval-set '' trains without evaluating)")
+    if cfg.eval_set:  # every image read and checked at every scale now, not at the first evaluation hours in
+        try:
+            check_set(cfg.eval_set, cfg.scales)
+        except (FileNotFoundError, ValueError) as e:  # ImageReadError is a ValueError
+            raise ValueError(f"--eval-set {cfg.eval_set}: {e} (--eval-set '' trains without evaluating)") from None
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; it names the run's folder")
@@ -532,6 +553,9 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
             print(f"note: resuming a run planned for {saved.get('steps')} steps with --steps {cfg.steps}", file=sys.stderr)
         changed = [f"--{k.replace('_', '-')} {v} (was {saved[k]})" for k, v in asdict(cfg).items()
                    if k not in _RESUME_FREE and k in saved and saved[k] != v]  # fmt: skip
+        if bool(saved.get("cache")) != bool(cfg.cache):  # 8-bit planes against the folders' exact ones
+            changed.append(f"--cache {cfg.cache!r} (was {saved.get('cache')!r}: the training planes "
+                           f"{'were' if saved.get('cache') else 'are now'} rounded to 8 bits)")
         if changed:
             print(f"note: resuming with {', '.join(changed)}: the run goes on with the new values, so it is no longer "
                   f"the one the checkpoint began", file=sys.stderr)
@@ -559,8 +583,10 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
     pairs, _ = build_pairs(load_train_y(cfg.data, cfg.cache, tty), cfg.scales, cfg.downsizes, tty, device)
     if progress and not tty:
         print(f"train: {len(pairs)} pairs ready in {time.perf_counter() - t_prep:.0f} s", file=sys.stderr, flush=True)
-    # Draws for up to 100 steps per host-to-device copy (a checkpoint saves where the chunk began: exact resume).
-    sampler = PatchSampler(pairs, cfg.patch, gen, device, chunk=math.gcd(cfg.ckpt_every, 100))
+    # Draws for 100 steps per host-to-device copy (a checkpoint saves where the chunk began: exact resume). A fixed
+    # chunk, so --ckpt-every does not change the draws; a checkpoint of before it had rng_chunk keeps its own.
+    chunk = int(state.get("rng_chunk", math.gcd(int(saved.get("ckpt_every", 100)), 100))) if resuming else 100
+    sampler = PatchSampler(pairs, cfg.patch, gen, device, chunk=chunk)
     if resuming:
         sampler.resume(int(state.get("rng_batches", 0)), int(saved.get("batch", cfg.batch)))
     loss_fn = F.mse_loss if cfg.loss == "mse" else F.l1_loss
@@ -572,12 +598,17 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    if not fitting and cfg.optimizer == "adam" and cfg.warmup >= cfg.steps:
+        print(f"note: --warmup {cfg.warmup} is not below --steps {cfg.steps}: the learning rate never reaches --lr "
+              f"{cfg.lr} and never anneals", file=sys.stderr)
     model.train()
-    t_last, loss_acc, n_acc = time.perf_counter(), 0.0, 0
+    # the losses since the last report (sum, count; a resumed run goes on with the checkpoint's), and the steps timed
+    loss_acc, n_acc = state.get("loss_window", (0.0, 0)) if resuming else (0.0, 0)
+    t_last, n_timed = time.perf_counter(), 0
     last_eval = next((h["set5"] for h in reversed(history) if "set5" in h), None)
     stop = min(cfg.steps, until_step if until_step is not None else cfg.steps)
-    if fitting:  # no checkpoint and no stop before the schedule is fitted
-        stop = max(stop, FIT_PROBE_END)
+    if fitting:  # no checkpoint and no stop before the schedule is fitted (at the top of step FIT_PROBE_END's turn)
+        stop = max(stop, FIT_PROBE_END + 1)
     interrupt.arm()  # Ctrl-C / SIGTERM: finish the step, save it, then act
     while step < stop:
         if fitting and step in (FIT_PROBE_START, FIT_PROBE_END):
@@ -626,17 +657,19 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
         # queues the next steps while the GPU runs (a NaN is caught at the next report or checkpoint).
         loss_acc = loss_acc + loss.detach()
         n_acc += 1
-        report = step % 50 == 0 or step == cfg.steps
+        n_timed += 1
+        evaluating = not fitting and (step % cfg.eval_every == 0 or step == cfg.steps)
+        report = step % 50 == 0 or step == cfg.steps or evaluating
         if report or step % cfg.ckpt_every == 0:
-            loss_mean = loss_acc.item() / n_acc
+            loss_mean = float(loss_acc) / n_acc
             if not math.isfinite(loss_mean):
                 raise FloatingPointError(f"loss became {loss_mean} by step {step}; lower --lr or --clip")
-        if not fitting and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if evaluating:
             last_eval = _eval_psnr(ema if ema is not None else model, cfg, device)
         if report:
             now = time.perf_counter()
-            rec = {"step": step, "loss": loss_mean, "lr": lr, "patches_per_s": n_acc * cfg.batch / (now - t_last)}
-            if last_eval is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            rec = {"step": step, "loss": loss_mean, "lr": lr, "patches_per_s": n_timed * cfg.batch / (now - t_last)}
+            if last_eval is not None and evaluating:
                 rec["set5"] = last_eval
             history.append(rec)
             if bar is not None:
@@ -646,21 +679,21 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
                 print(f"train: step {step}/{cfg.steps} loss {rec['loss']:.3e} lr {lr:.2e} "
                       f"{rec['patches_per_s']:.3g} patches/s" + (f" {eval_name} {set5}" if set5 else ""), file=sys.stderr, flush=True)
                 t_logged = now
-            t_last, loss_acc, n_acc = now, 0.0, 0
+            t_last, loss_acc, n_acc, n_timed = now, 0.0, 0, 0
         if bar is not None:
             bar.update(1)
         if not fitting and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-            _save_checkpoint(ckpt, model, opt, step, sampler, cfg, history, ema)
+            _save_checkpoint(ckpt, model, opt, step, sampler, cfg, history, ema, (float(loss_acc), n_acc))
     if bar is not None:
         bar.close()
     interrupt.disarm()
-    if n_acc and not math.isfinite(loss_acc.item()):  # stopped between reports: no NaN saved either
-        raise FloatingPointError(f"loss became {loss_acc.item()} by step {step}; lower --lr or --clip")
+    if n_acc and not math.isfinite(float(loss_acc)):  # stopped between reports: no NaN saved either
+        raise FloatingPointError(f"loss became {float(loss_acc)} by step {step}; lower --lr or --clip")
     if fitting:  # stopped before the schedule was fitted: a checkpoint would record an unfitted --steps
         print(f"stopped at step {step}, before --fit-minutes fitted the schedule: no checkpoint (the next run starts "
               f"afresh)", file=sys.stderr)
     else:
-        _save_checkpoint(ckpt, model, opt, step, sampler, cfg, history, ema)
+        _save_checkpoint(ckpt, model, opt, step, sampler, cfg, history, ema, (float(loss_acc), n_acc))
     if interrupt.received is not None:
         print(f"interrupted ({signal.Signals(interrupt.received).name}) at step {step}"
               + ("" if fitting else f": saved {ckpt}; the same command resumes it"), file=sys.stderr)
@@ -671,10 +704,13 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
         final,
         metadata={
             "scales": cfg.scales,
-            "training_data": [Path(d).name for d in cfg.data],
-            "recipe": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "cache", "eval_set", "device", "threads")},
+            # the folders' names, or the cache's where the planes came from one (made from them, or brought along)
+            "training_data": [Path(d).name for d in cfg.data] if not cfg.cache else [f"cache {Path(cfg.cache).name}"],
+            "recipe": {**{k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "cache", "eval_set", "device", "threads")},
+                       "bf16": use_bf16},  # fmt: skip
             "steps": step,
-            "set5_psnr_during_training": last_eval,
+            "set5_psnr_during_training": last_eval,  # the key of the first runs; the set is eval_set's
+            "eval_set": Path(cfg.eval_set).name if cfg.eval_set else None,
         },
     )
     return final
@@ -686,7 +722,7 @@ HELP = {
     "out": "folder of the checkpoints (last.pt, resumed from unless --no-resume) and the final .safetensors",
     "cache": "a .npz of the training Y planes: read if present, else written (skips decoding the images next time)",
     "scales": "the scales trained together in one model",
-    "downsizes": "each training image is also used shrunk by these factors (data augmentation)",
+    "downsizes": "the factors each training image is used at, shrunk first (include 1.0 for the full size)",
     "patch": "the side of the square HR patches (the paper's: 41)",
     "batch": "patches per step",
     "steps": "steps of the whole schedule (the learning rate anneals over them)",
