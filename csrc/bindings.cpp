@@ -217,6 +217,12 @@ void tail_gather(uint64_t z, uint64_t x, uint64_t y, uint64_t b, int64_t n, int6
                            as_ptr<const float*>(b), int(n), int(h), int(wd), as_stream(stream));
 }
 
+// The automatic body variant on `device` (the one a launch with variant -1 runs).
+int body_auto_variant(int device) {
+  DeviceGuard guard(device);
+  return vdsr::body_auto_variant(device);
+}
+
 // The whole network: head -> num_body x body (ping-pong between buf0 and buf1) -> tail (+ residual).
 // body_w holds num_body packed layers back to back ([L][9][64][64] in the activation dtype, or
 // [L][16][64][64] for a Winograd variant), body_b
@@ -227,19 +233,46 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
              uint64_t body_b, int64_t num_body, uint64_t tail_w, uint64_t tail_b, int64_t n, int64_t h, int64_t wd,
              int dtype, int device, uint64_t stream, int variant, bool fuse_tail, bool head_mma, bool pdl,
              bool fuse_head, bool tail_spread, int head_schedule) {
+  // Every argument is checked before the first launch: a refusal after the head or a body layer had been queued
+  // would leave the buffers half written and work on the stream (a partial capture in a CUDA graph).
   const char* fn = "forward";
   check_shape(fn, n, h, wd);
   check_dtype(fn, dtype);
   CHECK(fn, num_body >= 0, "num_body must be >= 0, got ", num_body);
+  CHECK_PTR(fn, "x", x, 4);
+  CHECK_PTR(fn, "y", y, 4);
   CHECK_PTR(fn, "buf0", buf0, 16);
   CHECK_PTR(fn, "buf1", buf1, 16);
+  CHECK_PTR(fn, "head_w", head_w, 4);
+  CHECK_PTR(fn, "head_b", head_b, 4);
+  if (num_body > 0) {
+    CHECK_PTR(fn, "body_w", body_w, 16);
+    CHECK_PTR(fn, "body_b", body_b, 4);
+  }
+  CHECK_PTR(fn, "tail_w", tail_w, 4);
+  CHECK_PTR(fn, "tail_b", tail_b, 4);
+  const uint64_t plane = static_cast<uint64_t>(n * h * wd) * 4;
   check_disjoint(fn, "buf0 and buf1", buf0, act_bytes(n, h, wd), buf1, act_bytes(n, h, wd));
+  for (const uint64_t buf : {buf0, buf1}) {  // y may alias x, not a buffer
+    check_disjoint(fn, "x and a buffer", x, plane, buf, act_bytes(n, h, wd));
+    check_disjoint(fn, "y and a buffer", y, plane, buf, act_bytes(n, h, wd));
+  }
   const vdsr::BodyVariant* variants = check_variant(fn, variant);
   CHECK(fn, !fuse_head || num_body >= (fuse_tail ? 2 : 1),
         "fuse_head needs a body layer besides the fused tail's, got num_body ", num_body);
   CHECK(fn, !(fuse_head && head_mma), "fuse_head computes the head with fp32 FMAs: not with head_mma");
   CHECK(fn, !fuse_head || variant < 0 || !variants[variant].winograd,
         "fuse_head needs direct-convolution weights, not variant ", variant, "'s Winograd ones");
+  CHECK(fn, !fuse_head || (head_schedule >= 0 && head_schedule < vdsr::num_head_schedules()), "no fused-head schedule ",
+        head_schedule, " (0..", vdsr::num_head_schedules() - 1, ")");
+  CHECK(fn, !fuse_tail || num_body >= 1, "fuse_tail needs at least one body layer");
+  CHECK(fn, fuse_tail || !tail_spread, "tail_spread is a schedule of the fused tail: it needs fuse_tail");
+  if (fuse_tail) {  // the automatic variant is the device's: resolved here as the launch will
+    const int v = variant >= 0 ? variant : body_auto_variant(device);
+    CHECK(fn, variants[v].tail_partials, "body kernel variant ", v, " has no tail_partials kernel (fuse_tail)");
+    CHECK(fn, !tail_spread || variants[v].tail_spread, "body kernel variant ", v,
+          " has no spread tail schedule (tail_spread)");
+  }
   if (fuse_head) {
     head_body(x, buf1, head_w, head_b, body_w, body_b, n, h, wd, dtype, device, stream, pdl, head_schedule);
   } else {
@@ -248,8 +281,6 @@ void forward(uint64_t x, uint64_t y, uint64_t buf0, uint64_t buf1, uint64_t head
   // one packed layer: 9 taps (direct) or 16 transformed positions (Winograd) of [64][64]
   const uint64_t layer_w_bytes = (variant >= 0 && variants[variant].winograd ? 16 : 9) * kC * kC * 2;
   const uint64_t bufs[2] = {buf0, buf1};
-  CHECK(fn, !fuse_tail || num_body >= 1, "fuse_tail needs at least one body layer");
-  CHECK(fn, fuse_tail || !tail_spread, "tail_spread is a schedule of the fused tail: it needs fuse_tail");
   const int64_t unfused = fuse_tail ? num_body - 1 : num_body;
   for (int64_t i = fuse_head ? 1 : 0; i < unfused; ++i) {
     body(bufs[i % 2], bufs[(i + 1) % 2], body_w + i * layer_w_bytes, body_b + i * kC * 4, n, h, wd, dtype, device,
@@ -286,11 +317,6 @@ py::list body_variants() {
     out.append(d);
   }
   return out;
-}
-
-int body_auto_variant(int device) {
-  DeviceGuard guard(device);
-  return vdsr::body_auto_variant(device);
 }
 
 }  // namespace

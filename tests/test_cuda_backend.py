@@ -490,6 +490,33 @@ def test_extension_argument_checks():
             C.forward(*[k << 20 for k in range(1, 9)], 18, 9 << 20, 10 << 20, 1, 1, 1, 0, 0, 0, bad)
 
 
+def test_extension_forward_checks_every_argument_before_its_first_launch():
+    """_C.forward refuses what a later kernel would refuse before it queues the head or a body layer (was: after the
+    head and up to 18 body layers had been queued; here without a GPU the head launch's CUDA call failed first with
+    a RuntimeError instead of the ValueError)."""
+    C = _ext()
+    variants = C.body_variants()
+    plain = next(v["id"] for v in variants if not v["tail_partials"])
+    partial_only = next(v["id"] for v in variants if v["tail_partials"] and not v["tail_spread"])
+    mb = 1 << 20
+    args = dict(x=1 * mb, y=2 * mb, buf0=3 * mb, buf1=4 * mb, head_w=5 * mb, head_b=6 * mb, body_w=7 * mb, body_b=8 * mb,
+                num_body=18, tail_w=9 * mb, tail_b=10 * mb, n=1, h=4, w_=4, dtype=0, device=0, stream=0)  # fmt: skip
+    for bad, match in [
+        (dict(tail_spread=True), "tail_spread is a schedule of the fused tail"),
+        (dict(fuse_tail=True, variant=plain), f"variant {plain} has no tail_partials kernel"),
+        (dict(fuse_tail=True, tail_spread=True, variant=partial_only), f"variant {partial_only} has no spread tail"),
+        (dict(fuse_head=True, head_schedule=C.HEAD_SCHEDULES), "no fused-head schedule"),
+        (dict(y=0), "y is a null pointer"),
+        (dict(tail_w=0), "tail_w is a null pointer"),
+        (dict(tail_b=0), "tail_b is a null pointer"),
+        (dict(body_w=7 * mb + 8), "body_w must be 16-byte aligned"),
+        (dict(x=3 * mb + 64), "x and a buffer overlap"),
+        (dict(y=4 * mb), "y and a buffer overlap"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            C.forward(**{**args, **bad})
+
+
 def test_cuda_backend_rejects_other_channel_counts(cuda_device):
     with pytest.raises(BackendUnavailable, match="64 channels"):
         Engine(_model(depth=4, channels=8), backend="cuda", device=cuda_device)
