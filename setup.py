@@ -55,13 +55,18 @@ def _warn(msg: str) -> None:
     warnings.warn(f"vdsr_fast setup.py: {msg}", CudaExtensionWarning, stacklevel=2)
 
 
+DEFAULT_CUDA_HOME = "/usr/local/cuda"
+
+
 def _find_nvcc() -> str | None:
+    """$CUDACXX, nvcc on PATH, then bin/nvcc under $CUDA_HOME, $CUDA_PATH and /usr/local/cuda: the first that exists."""
     for cand in (os.environ.get("CUDACXX"), shutil.which("nvcc")):
         if cand and Path(cand).exists():
             return cand
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
-    cand = Path(cuda_home) / "bin" / "nvcc"
-    return str(cand) if cand.exists() else None
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), DEFAULT_CUDA_HOME):  # a stale one: the next
+        if home and (Path(home) / "bin" / "nvcc").exists():
+            return str(Path(home) / "bin" / "nvcc")
+    return None
 
 
 def _pybind11_cmake_dir() -> str | None:

@@ -131,7 +131,10 @@ def test_skip_cuda_build_refuses_other_values(setup_py, monkeypatch):
 def test_no_nvcc_installs_without_the_extension_and_says_so(setup_py, monkeypatch, tmp_path):
     """A UserWarning: pip (26.3 here) shows the build backend's UserWarnings, not what it prints (only with -v)."""
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "no-cuda"))
+    monkeypatch.delenv("CUDACXX", raising=False)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setattr(setup_py, "DEFAULT_CUDA_HOME", str(tmp_path / "no-cuda"))
     with pytest.warns(UserWarning) as record:
         assert setup_py._ext_modules() == []
     assert any("nvcc not found" in str(w.message) and "without the CUDA extension" in str(w.message) for w in record)
@@ -140,7 +143,8 @@ def test_no_nvcc_installs_without_the_extension_and_says_so(setup_py, monkeypatc
 @unix_only
 def test_nvcc_is_looked_for_in_cudacxx_then_path_then_the_cuda_home(setup_py, monkeypatch, tmp_path):
     """$CUDACXX names the toolkit even with another nvcc on PATH; one that does not exist is passed over; without
-    either, $CUDA_HOME/bin/nvcc, then $CUDA_PATH/bin/nvcc (Windows' name for it)."""
+    either, $CUDA_HOME/bin/nvcc, then $CUDA_PATH/bin/nvcc (Windows' name for it), then /usr/local/cuda's: a stale
+    $CUDA_HOME is passed over too (it hid the others, and the package installed without the extension)."""
     for home_dir in ("home", "cuda_path"):
         (tmp_path / home_dir).mkdir()
     on_path, chosen = _fake_nvcc(tmp_path / "path", "13.0"), _fake_nvcc(tmp_path / "chosen", "12.4")
@@ -155,8 +159,13 @@ def test_nvcc_is_looked_for_in_cudacxx_then_path_then_the_cuda_home(setup_py, mo
     monkeypatch.setenv("CUDA_HOME", str(home.parent.parent))
     monkeypatch.setenv("CUDA_PATH", str(cuda_path.parent.parent))
     assert setup_py._find_nvcc() == str(home)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "stale"))
+    assert setup_py._find_nvcc() == str(cuda_path)
     monkeypatch.delenv("CUDA_HOME")
     assert setup_py._find_nvcc() == str(cuda_path)
+    monkeypatch.delenv("CUDA_PATH")
+    monkeypatch.setattr(setup_py, "DEFAULT_CUDA_HOME", str(home.parent.parent))
+    assert setup_py._find_nvcc() == str(home)
 
 
 @unix_only

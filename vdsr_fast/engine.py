@@ -388,7 +388,8 @@ class Engine:
         check: run :func:`self_check` once for a fast backend on a GPU (default). With ``backend="auto"``, a
             backend that fails it is skipped with a warning; an explicitly requested one raises.
         tune: time the backend's alternative kernels (``tuning_candidates``: the CUDA body variants, unfused
-            tail, tensor-core head and programmatic dependent launch; Triton's other bodies and unfused tail) on a 720p input once and keep the fastest; ``self.tuning``
+            tail, tensor-core head, programmatic dependent launch, spread tail partials and fused head; Triton's
+            other bodies and unfused tail) on a 720p input once and keep the fastest; ``self.tuning``
             lists each candidate's median ms (or why it was not timed). Costs about a second (plus Triton
             compiles) the first time per GPU, dtype and options in a process. Every candidate passes the
             same equivalence tests, but the choice follows timings: two runs may pick different kernels,
