@@ -21,7 +21,7 @@ from torch import nn
 
 import vdsr_fast
 from vdsr_fast import VDSR, WeightsError
-from vdsr_fast.torch_pickle import LEGACY_MAGIC, CheckpointFormatError, read_checkpoint
+from vdsr_fast.torch_pickle import LEGACY_MAGIC, CheckpointFormatError, check_pickle, read_checkpoint
 from vdsr_fast.weights import from_state_dict
 
 
@@ -515,7 +515,8 @@ def test_legacy_storage_counts_are_checked_against_the_bytes_left(tmp_path, coun
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"magic": LEGACY_MAGIC + 1}, "wrong magic number"),
+    ({"magic": 0x1950A86A}, "wrong magic number"),
+    ({"magic": 1 << 80}, "an integer of 81 bits"),  # wider than 64 bits and not the magic number: check_pickle's
     ({"version": 1000}, "unsupported legacy torch.save protocol version 1000"),
     ({"keys": ["1", "2"]}, "storage '2' is listed but never used"),
 ])  # fmt: skip
@@ -605,7 +606,7 @@ def test_keys_of_several_prefixes_are_refused_naming_them():
 @pytest.mark.parametrize("sd, message", [
     ({}, "the state_dict is empty"),
     ({"model": {}}, "the state_dict is empty"),
-    ({0: torch.zeros(8, 1, 3, 3), "layers.1.weight": torch.zeros(1, 8, 3, 3)}, "state_dict key 0 is not a string"),
+    ({0: torch.zeros(8, 1, 3, 3), "layers.1.weight": torch.zeros(1, 8, 3, 3)}, "state_dict key of type int is not a string"),
     ([torch.zeros(8, 1, 3, 3), torch.zeros(1, 8, 3, 3)], "expected a state_dict .*got list"),
     ({"layers.0.weight": [[0.0] * 3] * 3, "layers.1.weight": torch.zeros(1, 8, 3, 3)}, "value of key 'layers.0.weight' is a list, not a tensor"),
 ], ids=["empty", "empty_wrapped", "int_key", "list", "list_value"])  # fmt: skip
@@ -852,9 +853,11 @@ def test_tensor_headers_must_be_small_ints():
     """Sizes, strides and offsets are ints from 0 to 2**62 (a million-digit size took minutes of arithmetic; a
     float size was truncated), at most 16 dims."""
     base = Storage("1", np.zeros(4, np.float32))
-    for size, stride in (((1 << 70,), (1,)), ((1.5,), (1,)), ((True,), (1,)), ((1,) * 17, (1,) * 17)):
+    for size, stride in (((1 << 63,), (1,)), ((1.5,), (1,)), ((True,), (1,)), ((1,) * 17, (1,) * 17)):
         with pytest.raises(CheckpointFormatError, match="malformed tensor header"):
             read_checkpoint(legacy_bytes({"w": rebuild_tensor(base, 0, size, stride)}))
+    with pytest.raises(CheckpointFormatError, match="an integer of 71 bits"):  # wider than 64: refused by check_pickle
+        read_checkpoint(legacy_bytes({"w": rebuild_tensor(base, 0, (1 << 70,), (1,))}))
 
 
 def test_pickled_modules_name_each_weight_once():
@@ -897,3 +900,197 @@ def test_model_size_limits_and_true_metadata(tmp_path):
               metadata={"depth": "20", "channels": "64", "source": "official.pth"})  # fmt: skip
     meta = vdsr_fast.load(tmp_path / "w.safetensors").metadata
     assert (meta["depth"], meta["channels"], meta["source"]) == ("3", "2", "official.pth")
+
+
+# ---------------------------------------------------------------- a fuzzing review (each found with a crafted file)
+
+
+def test_storage_views_are_slices_not_copies(tmp_path):
+    """Legacy storage views share their base's bytes: 300 views of all of one 4 MiB storage, each used by a
+    1-element tensor, took 1.2 GB (each a copy, outside the tensors' budget); under an address-space limit 600 MB
+    above the process's size the load now ends in the layout error, not a MemoryError."""
+    n = 1 << 20
+    base = Storage("b", np.zeros(n, np.float32))
+    path = tmp_path / "views.pth"
+    path.write_bytes(legacy_bytes({"junk": [rebuild_tensor(View(base, f"v{i}", 0, n), 0, (1,), (1,)) for i in range(300)]}))
+    code = (
+        "import resource, vdsr_fast\n"
+        "size = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size + (600 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+        f"try:\n    vdsr_fast.load({str(path)!r})\nexcept vdsr_fast.WeightsError as e:\n    print(e)\n"
+    )
+    if sys.platform != "linux":
+        pytest.skip("reads /proc/self/status")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "unexpected key 'junk'" in run.stdout, run.stdout + run.stderr[-2000:]
+    sliced = read_checkpoint(legacy_bytes({"w": rebuild_tensor(View(base, "v", 4, 8), 2, (3,), (1,))}))["w"]
+    assert torch.equal(sliced, torch.zeros(3))  # a view's tensor offset still counts from the view's start
+    vals = Storage("c", np.arange(16, dtype=np.float32))
+    got = read_checkpoint(legacy_bytes({"w": rebuild_tensor(View(vals, "v", 4, 8), 2, (2, 2), (1, 2))}))["w"]
+    assert torch.equal(got, torch.tensor([[6.0, 8.0], [7.0, 9.0]]))
+
+
+def _zip_checkpoint(path, pkl: bytes, entries=()):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
+        for name, data in entries:
+            z.writestr(f"archive/data/{name}", data)
+    return path
+
+
+def test_a_pickle_cannot_set_the_state_of_a_storage(tmp_path):
+    """A zip's data.pkl could BUILD view_of / numel onto the reader's storage objects (views of a whole storage, each
+    copied): refused as for the reader's other objects."""
+    def s(x):
+        b = x.encode()
+        return b"X" + struct.pack("<I", len(b)) + b
+
+    rec = b"(" + s("storage") + b"ctorch\nFloatStorage\n" + s("e") + s("cpu") + b"K\x00tQ"  # BINPERSID
+    pkl = b"\x80\x02" + rec + b"}" + s("numel") + b"K\x05sb."
+    with pytest.raises(CheckpointFormatError, match="sets the state of .*an object of the reader"):
+        read_checkpoint(_zip_checkpoint(tmp_path / "build.pth", pkl, [("e", b"")]).read_bytes())
+
+
+@pytest.mark.parametrize("kind", ["legacy", "zip"])
+def test_a_huge_memo_index_is_refused_before_unpickling(tmp_path, kind):
+    """Nine bytes (PROTO 2, NONE, LONG_BINPUT 2**28, STOP) made Python's C unpickler allocate and zero a 4 GB memo;
+    check_pickle walks the opcodes first and refuses an index beyond the opcodes before it."""
+    pkl = b"\x80\x02Nr" + struct.pack("<I", 1 << 28) + b"."
+    path = tmp_path / "memo.pth"
+    if kind == "zip":
+        _zip_checkpoint(path, pkl)
+    else:
+        path.write_bytes(pkl)
+    with pytest.raises(WeightsError, match="memo index 268435456 after 2 opcodes"):
+        vdsr_fast.load(path)
+    huge = tmp_path / "ba8.pth"  # a bytearray8 of a terabyte: refused by the walk (its bytes are not there)
+    huge.write_bytes(b"\x80\x05\x96" + struct.pack("<Q", 10**12) + b"x" * 16 + b".")
+    with pytest.raises(WeightsError, match="expected 1000000000000 bytes in a bytearray8"):
+        vdsr_fast.load(huge)
+
+
+def test_integers_wider_than_64_bits_are_refused(tmp_path):
+    """Thousands of dict keys k * (2**61 - 1), all of one hash, made a 0.5 MB file take 25 s (quadratic); a
+    5000-digit key's error told the user to change a Python limit. Integers wider than 64 bits are refused (but the
+    legacy format's 77-bit magic number)."""
+    keys = {k * ((1 << 61) - 1): 0 for k in range(16, 19)}
+    path = tmp_path / "hash.pth"
+    path.write_bytes(pickle.dumps(keys, protocol=2))
+    with pytest.raises(WeightsError, match="an integer of 6[0-9] bits"):
+        vdsr_fast.load(path)
+    check_pickle(io.BytesIO(pickle.dumps(LEGACY_MAGIC, protocol=2)))  # the legacy magic number (77 bits) passes
+    with pytest.raises(WeightsError, match="state_dict key of type int is not a string"):
+        from_state_dict({10**5000: torch.zeros(1)})
+
+
+def test_an_unreadable_weights_path_is_a_weights_error(tmp_path):
+    """A name too long (or a file without read permission) raised an OSError the command line did not catch: a
+    traceback. It is a WeightsError naming the path and the reason."""
+    with pytest.raises(WeightsError, match="cannot read it .*File name too long"):
+        vdsr_fast.load(tmp_path / ("x" * 300 + ".safetensors"))
+
+
+def test_a_sequential_with_a_layer_missing_from_the_middle_is_refused():
+    """nn.Sequential indices 0, 2, 6, 8 (4 missing) loaded as a 4-layer VDSR without a word."""
+    m = _random_model(depth=5, channels=4)
+    seq = nn.Sequential(*[mod for conv in m.layers for mod in (conv, nn.ReLU())][:-1])
+    sd = {k: v for k, v in seq.state_dict().items() if not k.startswith("4.")}
+    with pytest.raises(WeightsError, match=r"missing key '4\.weight' \(a layer missing from the file: the others are every 2"):
+        from_state_dict(sd)
+    _same_model(from_state_dict(seq.state_dict()), m)  # whole, it loads
+
+
+@pytest.mark.parametrize("keys, message", [
+    (["layers.0.weight", "layers.00.weight"], "unexpected key 'layers.00.weight'"),  # one tensor was dropped
+    (["layers.0.weight", "layers.\u0661.weight"], "unexpected key 'layers.\u0661.weight'"),  # Arabic-Indic 1
+    (["input.weight", "residual_layer.0.conv.weight", "residual_layer.00.conv.weight", "output.weight"],
+     "unexpected key 'residual_layer.00.conv.weight'"),
+    (["0.weight", "00.weight", "2.weight"], "unexpected key '00.weight'"),
+])  # fmt: skip
+def test_two_keys_for_one_layer_are_refused(keys, message):
+    """Leading zeros and other scripts' digits named one layer twice: the last tensor won, silently."""
+    sd = {k: torch.zeros(4, 4, 3, 3) for k in keys}
+    with pytest.raises(WeightsError, match=message):
+        from_state_dict(sd)
+
+
+def test_a_safetensors_header_with_a_key_twice_is_refused(tmp_path):
+    """JSON allows a key twice; the safetensors library keeps the last entry, other readers may keep the first."""
+    path = vdsr_fast.save(_random_model(depth=3, channels=4), tmp_path / "w.safetensors")
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    first = next(k for k in header if k != "__metadata__")
+    text = json.dumps(header)
+    dup = text[:-1] + f', "{first}": ' + json.dumps(header[first]) + "}"
+    dup = dup.encode().ljust(len(dup.encode()) + (-len(dup.encode())) % 8)
+    path.write_bytes(len(dup).to_bytes(8, "little") + dup + data[8 + n :])
+    with pytest.raises(WeightsError, match=f"the safetensors header names '{first}' twice"):
+        vdsr_fast.load(path)
+
+
+def test_a_safetensors_layout_is_checked_before_its_tensors_are_read(tmp_path, monkeypatch):
+    """400,000 empty tensors took 29 s to build before the layout error; the keys are checked first, and more than
+    two per layer of the largest model are refused."""
+    save_file({f"t{i}": torch.zeros(0) for i in range(5000)}, str(tmp_path / "many.safetensors"))
+    with pytest.raises(WeightsError, match="5000 tensors: more than a VDSR of at most 1024 layers has"):
+        vdsr_fast.load(tmp_path / "many.safetensors")
+    save_file({f"t{i}": torch.zeros(0) for i in range(3)}, str(tmp_path / "odd.safetensors"))
+    import safetensors
+
+    read = []
+    real = safetensors.safe_open
+
+    class Spy:
+        def __init__(self, *a, **k):
+            self.f = real(*a, **k)
+
+        def __enter__(self):
+            self.inner = self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.inner.get_tensor(key)
+
+    monkeypatch.setattr(safetensors, "safe_open", Spy)
+    with pytest.raises(WeightsError, match="unexpected key 't0'"):
+        vdsr_fast.load(tmp_path / "odd.safetensors")
+    assert read == []
+
+
+def test_errors_found_after_reading_name_the_file(tmp_path):
+    """A NaN, a wrong shape or too few layers were reported without the file's name (the command line printed only
+    "key 'layers.0.weight' contains NaN")."""
+    m = _random_model(depth=3, channels=4)
+    with torch.no_grad():
+        m.layers[0].weight[0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    with pytest.raises(WeightsError, match=rf"^{path}: key 'layers\.0\.weight' contains NaN"):
+        vdsr_fast.load(path)
+
+
+def test_the_bytes_decide_the_format_not_the_suffix(tmp_path):
+    """A torch.save zip named *.safetensors was read as safetensors ("header too large"), also by torch.load itself
+    when given the path; the same bytes named .pth loaded."""
+    m = _random_model(depth=3, channels=4)
+    torch.save(m.state_dict(), tmp_path / "w.safetensors")
+    _same_model(vdsr_fast.load(tmp_path / "w.safetensors"), m)
+
+
+def test_a_long_global_name_is_cut_in_the_error(tmp_path):
+    """A 1 MB GLOBAL name gave a 1 MB error line."""
+    path = tmp_path / "long.pth"
+    path.write_bytes(b"\x80\x02c" + b"m" * 100_000 + b"\nf\n.")
+    with pytest.raises(WeightsError) as err:
+        vdsr_fast.load(path)
+    assert "not on the allow-list" in str(err.value) and len(str(err.value)) < 600

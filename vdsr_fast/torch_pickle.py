@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections import OrderedDict
@@ -30,7 +31,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["UnsafeCheckpointError", "ModuleRecord", "read_checkpoint", "check_zip_sizes", "LEGACY_MAGIC", "LEGACY_PROTOCOL"]
+__all__ = ["UnsafeCheckpointError", "ModuleRecord", "read_checkpoint", "check_zip", "check_pickle", "LEGACY_MAGIC",
+           "LEGACY_PROTOCOL"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -100,6 +102,9 @@ class _Callable:
 class _Storage:
     """A storage's dtype and element count; ``data`` (a flat tensor) arrives after unpickling."""
 
+    __slots__ = ("dtype", "numel", "data", "view_of")
+    __setstate__ = _refuse_build  # a BUILD on a storage set view_of or numel: views of a whole storage, each a copy
+
     def __init__(self, dtype: torch.dtype, numel: int) -> None:
         self.dtype, self.numel = dtype, int(numel)
         self.data: torch.Tensor | None = None
@@ -112,8 +117,9 @@ class _Storage:
             if offset < 0 or self.numel < 0 or offset + self.numel > whole.numel():
                 raise CheckpointFormatError(f"a storage view of {self.numel} elements at {offset} lies outside its "
                                             f"storage of {whole.numel()} (corrupt file)")
-            # its own storage, once: a tensor's offset counts from the view's start (as_strided's from the storage's)
-            self.data, self.view_of = whole[offset : offset + self.numel].clone(), None
+            # a slice of its base, not a copy (a copy each would let many views of one storage allocate that storage
+            # many times over, outside the tensors' budget); LazyTensor offsets count from the slice's start
+            self.data, self.view_of = whole[offset : offset + self.numel], None
         if self.data is None:
             raise CheckpointFormatError("a storage's bytes are missing from the file (truncated?)")
         return self.data
@@ -161,7 +167,7 @@ class LazyTensor:
                 "the checkpoint's tensors would take more memory than the file holds bytes (many tensors over one "
                 "storage?); refused before allocating them"
             )
-        return flat.as_strided(self.size, self.stride, self.offset).clone()
+        return flat.as_strided(self.size, self.stride, flat.storage_offset() + self.offset).clone()
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
@@ -239,7 +245,7 @@ class _Unpickler(pickle.Unpickler):
             return _ALLOWED[(module, name)]
         except KeyError:
             raise UnsafeCheckpointError(
-                f"refusing to load: the checkpoint references '{module}.{name}', which is not on the allow-list "
+                f"refusing to load: the checkpoint references '{module:.100}.{name:.100}', which is not on the allow-list "
                 "of a VDSR checkpoint (loading it could run code from the file)"
             ) from None
 
@@ -316,13 +322,59 @@ def _byteswap(storages: dict[str, _Storage]) -> None:
             st.data = torch.from_numpy(arr.copy()).view(st.dtype)
 
 
-def check_zip_sizes(zf: zipfile.ZipFile, nbytes: int) -> None:
-    """Refuse an archive of ``nbytes`` whose entries unpack to more than 4x that (a zip bomb: torch.save stores its
-    entries uncompressed, and weights hardly compress), before any entry is read."""
+_MEMO_OPS = ("PUT", "BINPUT", "LONG_BINPUT")
+_INT_OPS = ("INT", "LONG", "LONG1", "LONG4")
+
+
+def check_pickle(f: io.BytesIO) -> None:
+    """Walk the next pickle in ``f`` opcode by opcode (:func:`pickletools.genops`, which builds nothing) and rewind,
+    before an unpickler runs it: refused (:class:`CheckpointFormatError`) are what would make an unpickler allocate
+    or work far beyond the file's size. A memo index beyond the opcodes before it (a pickler numbers its memo
+    entries in order; Python's C unpickler allocates and zeroes a memo of twice the index: 9 bytes took 4 GB), an
+    integer wider than 64 bits (thousands of dict keys of one hash made a 0.5 MB file take 25 s), a length past the
+    data (a bytearray8 of petabytes), an unknown opcode."""
+    start, ops = f.tell(), 0
+    try:
+        for op, arg, _ in pickletools.genops(f):
+            ops += 1
+            if op.name in _MEMO_OPS and not 0 <= arg < ops:
+                raise CheckpointFormatError(f"malformed pickle: memo index {arg} after {ops - 1} opcodes (refused "
+                                            "before unpickling: it would allocate a memo that large)")
+            if op.name in _INT_OPS and isinstance(arg, int) and not -(1 << 63) <= arg < 1 << 64 and arg != LEGACY_MAGIC:
+                raise CheckpointFormatError(f"malformed pickle: an integer of {arg.bit_length()} bits (a checkpoint's "
+                                            "are at most 64, but for the legacy format's magic number)")
+    except CheckpointFormatError:
+        raise
+    except (ValueError, struct.error) as e:  # genops' own: a length past the data, an unknown opcode, a bad number
+        raise CheckpointFormatError(f"corrupt or truncated pickle ({e})") from None
+    f.seek(start)
+
+
+def check_zip(zf: zipfile.ZipFile, nbytes: int) -> str:
+    """Before torch.load or this reader unpacks anything of an archive of ``nbytes``: refuse one whose entries unpack
+    to more than 4x that (a zip bomb: torch.save stores its entries uncompressed, and weights hardly compress) or that
+    has no single ``<archive>/data.pkl``, then walk that pickle (:func:`check_pickle`). Returns its name."""
     total = sum(info.file_size for info in zf.infolist())
     if total > 4 * nbytes + (1 << 20):
         raise CheckpointFormatError(f"the archive's entries unpack to {total} bytes, more than 4x its {nbytes} bytes "
                                     "(a zip bomb?); refused before reading them")
+    pkl = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+    if len(pkl) != 1:
+        raise CheckpointFormatError("a zip file, but not a torch.save checkpoint (no '<archive>/data.pkl')")
+    check_pickle(io.BytesIO(_read_entry(zf, pkl[0])))
+    return pkl[0]
+
+
+def _read_entry(zf: zipfile.ZipFile, name: str) -> bytes:
+    try:
+        info = zf.getinfo(name)
+        if info.file_size > _MAX_BYTES:
+            raise CheckpointFormatError(f"'{name}' is {info.file_size} bytes: too large for a VDSR checkpoint")
+        return zf.read(name)
+    except KeyError:
+        raise CheckpointFormatError(f"the checkpoint lacks '{name}' (truncated or corrupt)") from None
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as e:  # CRC errors,
+        raise CheckpointFormatError(f"cannot read '{name}': {e}") from None  # truncation, encryption, compression
 
 
 def _read_zip(data: bytes) -> Any:
@@ -331,25 +383,14 @@ def _read_zip(data: bytes) -> Any:
         names = zf.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointFormatError(f"corrupt zip archive: {e}") from None
-    check_zip_sizes(zf, len(data))
-    pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
-    if len(pkl) != 1:
-        raise CheckpointFormatError("a zip file, but not a torch.save checkpoint (no '<archive>/data.pkl')")
-    prefix = pkl[0][: -len("data.pkl")]
+    pkl = check_zip(zf, len(data))
+    prefix = pkl[: -len("data.pkl")]
 
     def read(name: str) -> bytes:
-        try:
-            info = zf.getinfo(name)
-            if info.file_size > _MAX_BYTES:
-                raise CheckpointFormatError(f"'{name}' is {info.file_size} bytes: too large for a VDSR checkpoint")
-            return zf.read(name)
-        except KeyError:
-            raise CheckpointFormatError(f"the checkpoint lacks '{name}' (truncated or corrupt)") from None
-        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as e:  # CRC errors,
-            raise CheckpointFormatError(f"cannot read '{name}': {e}") from None  # truncation, encryption, compression
+        return _read_entry(zf, name)
 
     storages: dict[str, _Storage] = {}
-    obj = _Unpickler(io.BytesIO(read(pkl[0])), storages, lambda key: read(f"{prefix}data/{key}")).load()
+    obj = _Unpickler(io.BytesIO(read(pkl)), storages, lambda key: read(f"{prefix}data/{key}")).load()
     if f"{prefix}byteorder" in names and read(f"{prefix}byteorder").strip() == b"big":
         _byteswap(storages)
     return _materialize(obj, len(data))
@@ -358,16 +399,21 @@ def _read_zip(data: bytes) -> Any:
 def _read_legacy(data: bytes) -> Any:
     f = io.BytesIO(data)
     storages: dict[str, _Storage] = {}
-    magic = _Unpickler(f, storages).load()
+
+    def unpickle() -> Any:  # the next of the file's five pickles, walked first
+        check_pickle(f)
+        return _Unpickler(f, storages).load()
+
+    magic = unpickle()
     if magic != LEGACY_MAGIC:
         raise CheckpointFormatError("not a torch.save checkpoint (wrong magic number)")
-    version = _Unpickler(f, storages).load()
+    version = unpickle()
     if version != LEGACY_PROTOCOL:
-        raise CheckpointFormatError(f"unsupported legacy torch.save protocol version {version!r}")
-    sys_info = _Unpickler(f, storages).load()
+        raise CheckpointFormatError(f"unsupported legacy torch.save protocol version {version!r:.100}")
+    sys_info = unpickle()
     little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
-    obj = _Unpickler(f, storages).load()
-    keys = _Unpickler(f, storages).load()
+    obj = unpickle()
+    keys = unpickle()
     if not isinstance(keys, list):
         raise CheckpointFormatError("legacy checkpoint: the storage key list is missing")
     for key in keys:

@@ -40,7 +40,7 @@ from .torch_pickle import (
     CheckpointFormatError,
     ModuleRecord,
     UnsafeCheckpointError,
-    check_zip_sizes,
+    check_zip,
     read_checkpoint,
 )
 
@@ -63,9 +63,10 @@ def default_weights_path() -> Path:
 # --------------------------------------------------------------------------------------------------
 # state_dict layouts -> ordered list of (weight_key, weight, bias_key, bias)
 
-_OURS = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
-_PORT = re.compile(r"^(?:(input)|residual_layer\.(\d+)\.conv|(output))\.(weight|bias)$")
-_SEQ = re.compile(r"^((?:[A-Za-z_][\w]*\.)*?)(\d+)\.(weight|bias)$")
+_N = r"(0|[1-9][0-9]*)"  # an index as Python writes it: one key per layer (not "01", nor other scripts' digits)
+_OURS = re.compile(rf"^layers\.{_N}\.(weight|bias)$")
+_PORT = re.compile(rf"^(?:(input)|residual_layer\.{_N}\.conv|(output))\.(weight|bias)$")
+_SEQ = re.compile(rf"^((?:[A-Za-z_][\w]*\.)*?){_N}\.(weight|bias)$", re.ASCII)
 _PREFIXES = ("module.", "_orig_mod.")
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "params", "net", "params_ema")
 
@@ -90,8 +91,8 @@ def _layers_by_index(sd: Mapping[str, Any]) -> tuple[str, dict[int, dict[str, st
     if not keys:
         raise WeightsError("the state_dict is empty")
     bad = [k for k in keys if not isinstance(k, str)]
-    if bad:
-        raise WeightsError(f"state_dict key {bad[0]!r} is not a string")
+    if bad:  # its type only: the repr of a 5000-digit int raises, of a long bytes fills the screen
+        raise WeightsError(f"state_dict key of type {type(bad[0]).__name__} is not a string")
 
     def group(pattern, order_of) -> dict[int, dict[str, str]] | None:
         layers: dict[int, dict[str, str]] = {}
@@ -99,7 +100,10 @@ def _layers_by_index(sd: Mapping[str, Any]) -> tuple[str, dict[int, dict[str, st
             m = pattern.match(k)
             if m is None:
                 return None
-            layers.setdefault(order_of(m), {})[m.groups()[-1]] = k
+            layer, kind = layers.setdefault(order_of(m), {}), m.groups()[-1]
+            if kind in layer:  # e.g. the port's "input.weight" and a prefix's: two tensors for one place
+                raise WeightsError(f"keys '{layer[kind]}' and '{k}' name the same layer's {kind}")
+            layer[kind] = k
         return layers
 
     layers = group(_OURS, lambda m: int(m.group(1)))
@@ -118,6 +122,12 @@ def _layers_by_index(sd: Mapping[str, Any]) -> tuple[str, dict[int, dict[str, st
         return "pytorch-vdsr", port
     seq = group(_SEQ, lambda m: int(m.group(2)))
     if seq is not None and len({_SEQ.match(k).group(1) for k in keys}) == 1:
+        idx = sorted(seq)  # the convolutions of a Sequential, every `step` modules (conv, ReLU): none left out
+        step = idx[1] - idx[0] if len(idx) > 1 else 1
+        gap = next((i + step for i, j in zip(idx, idx[1:]) if j - i != step), None)
+        if gap is not None:
+            raise WeightsError(f"missing key '{_SEQ.match(keys[0]).group(1)}{gap}.weight' (a layer missing from the "
+                               f"file: the others are every {step} modules)")
         return "sequential", seq
     unknown = [k for k in keys if not (_OURS.match(k) or _PORT.match(k) or _SEQ.match(k))]
     hint = f"unexpected key '{unknown[0]}'" if unknown else f"keys mix several layouts (e.g. '{keys[0]}', '{keys[-1]}')"
@@ -266,23 +276,30 @@ def load(path: str | os.PathLike | None = None) -> VDSR:
     reason (and key) for anything unusable, and :class:`FileNotFoundError` for a missing file.
     """
     path = default_weights_path() if path is None else Path(os.fsdecode(path))
-    if not path.exists():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if not path.is_file():
-        raise WeightsError(f"{path}: not a regular file (a directory?); expected a weights file")
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        if not path.exists():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        if not path.is_file():
+            raise WeightsError(f"{path}: not a regular file (a directory?); expected a weights file")
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) and not e.filename:  # ours, above
+            raise
+        raise WeightsError(f"{path}: cannot read it ({e.strerror or e})") from None
     if not head:
         raise WeightsError(f"{path}: the file is empty (0 bytes)")
-    try:
-        if _looks_like_safetensors(path, head):
-            return _load_safetensors(path)
+    try:  # by the bytes the file starts with; the suffix only where they say nothing
         if head[:4] == b"PK\x03\x04":
             return _load_zip(path)
+        if len(head) >= 9 and head[8:9] == b"{":  # safetensors: an 8-byte header length, then its JSON
+            return _load_safetensors(path)
         if head[:1] == b"\x80":  # pickle protocol >= 2: the legacy torch.save format
             return _load_pickled(path)
-    except WeightsError:
-        raise
+        if path.suffix == ".safetensors":
+            return _load_safetensors(path)
+    except WeightsError as e:  # the checks after reading (a NaN, a shape) name the key; the file is named here
+        raise e if str(e).startswith(f"{path}: ") else WeightsError(f"{path}: {e}") from None
     except Exception as e:  # whatever else a malformed file makes a reader raise: one line naming the file
         raise WeightsError(f"{path}: malformed weights file ({type(e).__name__}: {e})") from None
     raise WeightsError(
@@ -291,18 +308,21 @@ def load(path: str | os.PathLike | None = None) -> VDSR:
     )
 
 
-def _looks_like_safetensors(path: Path, head: bytes) -> bool:
-    return path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{")
-
-
 def _load_safetensors(path: Path) -> VDSR:
     from safetensors import SafetensorError, safe_open
 
+    _check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            sd = {k: f.get_tensor(k) for k in f.keys()}
+            keys = list(f.keys())
+            if len(keys) > 2 * MAX_DEPTH:
+                raise WeightsError(f"{len(keys)} tensors: more than a VDSR of at most {MAX_DEPTH} layers has")
+            _layers_by_index(_unwrap(dict.fromkeys(keys)))  # the layout, before any tensor is read
+            sd = {k: f.get_tensor(k) for k in keys}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        if isinstance(e, WeightsError):
+            raise
         raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
     model = from_state_dict(sd, source=path.name)
     # a converted file keeps its provenance (source, source_layout, biases); the shape is what the tensors say
@@ -310,18 +330,44 @@ def _load_safetensors(path: Path) -> VDSR:
     return model
 
 
+def _check_safetensors_header(path: Path) -> None:
+    """Refuse a header that names a key twice (JSON lets it: the safetensors library keeps the last, other readers
+    may keep the first, so two programs would load different weights from one file); the rest is the library's."""
+
+    def no_twice(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise WeightsError(f"{path}: the safetensors header names '{k:.100}' twice")
+            seen.add(k)
+        return dict(pairs)
+
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > path.stat().st_size:
+            return  # the library says what is wrong with it
+        header = f.read(n)
+    try:
+        json.loads(header, object_pairs_hook=no_twice)
+    except WeightsError:
+        raise
+    except (ValueError, RecursionError):  # not JSON: the library says what is wrong with it
+        return
+
+
 def _load_zip(path: Path) -> VDSR:
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as zf:
-            check_zip_sizes(zf, path.stat().st_size)  # before torch.load unpacks anything
+            check_zip(zf, path.stat().st_size)  # before torch.load unpacks anything
     except CheckpointFormatError as e:
         raise WeightsError(f"{path}: {e}") from None
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise WeightsError(f"{path}: a zip file but not a readable torch.save checkpoint ({e})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # a file object: given a path named *.safetensors, torch.load reads it as safetensors whatever it holds
+        with open(path, "rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         return _load_pickled(path)  # e.g. a pickled model object: the restricted reader decides
     except (RuntimeError, EOFError, OSError, ValueError) as e:
