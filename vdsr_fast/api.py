@@ -451,7 +451,9 @@ def upscale(
             (``N`` may be left out):
             ``"NCHW"``: RGB ``(N, 3, H, W)``, RGBA ``(N, 4, H, W)`` (alpha is resized bicubically and
             kept), Y/gray ``(N, 1, H, W)``; ``"NHWC"``: ``(N, H, W, 3|4|1)`` as video decoders hand
-            out; and a Y plane ``(H, W)``. Or a numpy array in the same conventions (e.g. OpenCV's
+            out; and a Y plane ``(H, W)``. A 3-D tensor is one frame ``(C, H, W)`` (or ``(H, W, C)``): a batch of
+            three or four Y planes ``(N, H, W)`` reads as one RGB(A) frame, so give it as ``(N, 1, H, W)``
+            (:func:`~vdsr_fast.yuv.upscale_yuv` reads ``(N, H, W)`` as a batch). Or a numpy array in the same conventions (e.g. OpenCV's
             ``(H, W, 3)`` uint8, with ``channel_order="BGR"``): computed on the GPU when there is one,
             returned as a numpy array (``out`` then a numpy array too). Or an array of another library
             with ``__dlpack__`` or ``__cuda_array_interface__`` (CuPy, JAX, a GPU video decoder's frames),

@@ -78,7 +78,10 @@ def upscale_yuv(
         u, v: the Cb and Cr planes at their own size (4:2:0: ``ceil(H/2) x ceil(W/2)``; an NV12 frame's
             interleaved plane ``uv`` gives ``uv[..., 0::2]`` and ``uv[..., 1::2]``), same dtype and batch; None for
             gray. Each axis must be a standard subsampling, ``ceil(n / f)`` samples with ``f`` 1, 2 or 4 (else a
-            ValueError); an axis of 1 or 2 luma samples, which fits several, takes the other axis's factor.
+            ValueError); an axis of 1 or 2 luma samples, which fits several, takes the other axis's factor. The
+            chroma samples are taken as centred between their luma samples (MPEG-1, JPEG); left-sited 4:2:0 chroma
+            (MPEG-2, H.264 and HEVC's default) comes out ``0.5 - 0.5 / scale`` input luma pixels off horizontally
+            (a quarter at x2), as in any resize that ignores the siting.
         scale, size, model: as :func:`vdsr_fast.upscale` (``size`` is the luma's ``(H, W)``); the chroma planes
             are scaled by the same factors on their own sample grid and cut to the subsampled size (4:2:0 stays
             4:2:0; an odd luma's chroma stays where the luma is).
