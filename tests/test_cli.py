@@ -1502,6 +1502,20 @@ def test_images_past_the_pixel_limit_are_refused_before_decoding_by_every_decode
     assert len(read_frames(tmp_path / "anim.gif")[0]) == 9
 
 
+def test_an_image_between_pillows_warning_and_its_limit_upscales_without_a_warning(tmp_path, capsys, weights, monkeypatch,
+                                                                                  recwarn):  # fmt: skip
+    """Pillow warns of a decompression bomb from MAX_IMAGE_PIXELS on (89 megapixels by default) and refuses past twice
+    that, as the command does for every decoder: an image between the two is upscaled without Pillow's warning (it
+    read like a fault on every image of 90-179 megapixels)."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 32)  # a 6x6 image: past the warning's 32, under the limit's 64
+    write_image(tmp_path / "a.png", np.zeros((6, 6, 3), np.uint8))
+    code, out, err = _run(capsys, "upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png"), "--weights", weights)
+    assert code == 0 and (tmp_path / "b.png").is_file(), err
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
 def test_running_out_of_memory_on_one_image_of_a_batch_is_its_error_line(tmp_path, capsys, weights, monkeypatch):
     """An image the machine has no memory for (torch's allocator raises a RuntimeError) was a traceback that ended the
     batch (found by a review): it is that file's one-line error, and the batch goes on (exit status 2)."""

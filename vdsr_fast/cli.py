@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -674,6 +675,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in _FORWARDED:
         return _forward(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    from PIL import Image
+
+    # Pillow warns of a "decompression bomb" from PIL.Image.MAX_IMAGE_PIXELS on and refuses past twice that, which is
+    # where this reader refuses every decoder's images (images._check_pixels): one between the two was asked for
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")  # a file name not in the locale's encoding (was: a traceback)
     restore_sigterm = catch_sigterm()
