@@ -1516,6 +1516,23 @@ def test_an_image_between_pillows_warning_and_its_limit_upscales_without_a_warni
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
+def test_control_characters_of_file_names_are_escaped_in_messages(tmp_path, capsys, weights):
+    """A file name with an escape sequence or a carriage return was echoed as it is: the terminal cleared the screen,
+    recoloured or overwrote the line. Messages write them as Python escapes (the file is still read and written)."""
+    name = "a\x1b[2J\rb.png"
+    code, out, err = _run(capsys, "upscale", str(tmp_path / name), "-o", str(tmp_path / "o.png"), "--weights", weights)
+    assert code == 2 and "\x1b" not in err and "\r" not in err and "a\\x1b[2J\\rb.png: no such file" in err, err
+    write_image(tmp_path / name, np.zeros((4, 4, 3), np.uint8))
+    code, out, err = _run(capsys, "upscale", str(tmp_path / name), "-o", str(tmp_path / ("o" + name)), "--weights", weights)
+    assert code == 0 and (tmp_path / ("o" + name)).is_file() and "\x1b" not in out + err and "\\x1b[2J" in out, out + err
+    pytest.importorskip("av")
+    from vdsr_fast import video
+
+    assert video.main([str(tmp_path / "v\x1b[2J.mkv"), str(tmp_path / "o.mkv"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "v\\x1b[2J.mkv: no such file" in err, err
+
+
 def test_running_out_of_memory_on_one_image_of_a_batch_is_its_error_line(tmp_path, capsys, weights, monkeypatch):
     """An image the machine has no memory for (torch's allocator raises a RuntimeError) was a traceback that ended the
     batch (found by a review): it is that file's one-line error, and the batch goes on (exit status 2)."""

@@ -25,6 +25,14 @@ class CliError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+def shown(text: object) -> str:
+    """``text`` for a terminal: the characters that are not printable (an escape sequence or a carriage return in a
+    file's name, which would move the cursor, recolour or overwrite the line) written as Python escapes, ``\\x1b``;
+    new lines and tabs stay."""
+    text = str(text)
+    return text if text.isprintable() else "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, ``timeout``, a job scheduler), raised where the program is, as Ctrl-C is, so that a
     temporary output is removed (exit status 143; was: the process died with the temporary file left behind)."""
@@ -285,7 +293,7 @@ def _batch_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
             others = [f for f in src.iterdir() if f not in listed and not f.name.startswith(".") and f.is_file()]
             if others:  # an .avif or .ppm Pillow may read when named, a sidecar: said, not silently left out
                 kinds = sorted({f.suffix.lower() or "no suffix" for f in others})
-                print(f"vdsr-fast upscale: {src}: {len(others)} file(s) of other suffixes left out ({', '.join(kinds)}); "
+                print(f"vdsr-fast upscale: {shown(src)}: {len(others)} file(s) of other suffixes left out ({', '.join(kinds)}); "
                       "name a file to upscale it anyway", file=sys.stderr)  # fmt: skip
         elif src.is_file():
             files = [src]
@@ -407,7 +415,7 @@ def _upscale_stream(args) -> int:
             dst = _one_output(Path(args.output), "stdin" + src.suffix if args.input == ["-"] else src.name,
                               args.force or args.skip_existing, folder=args.output.endswith(("/", os.sep)))  # fmt: skip
             if args.skip_existing and dst.exists():
-                print(f"{dst} exists: left as it is (--skip-existing)", file=sys.stderr)
+                print(f"{shown(dst)} exists: left as it is (--skip-existing)", file=sys.stderr)
                 return 0
         with _made_folder(dst.parent):
             summary = _upscale_one(args, src, dst, "<stdin>" if args.input == ["-"] else None,
@@ -416,7 +424,7 @@ def _upscale_stream(args) -> int:
             with open(dst, "rb") as f:
                 shutil.copyfileobj(f, sys.stdout.buffer)
             sys.stdout.buffer.flush()
-    print(summary, file=sys.stderr)
+    print(shown(summary), file=sys.stderr)
     return 0
 
 
@@ -432,10 +440,10 @@ def cmd_upscale(args) -> int:
     if not batch:
         out = _one_output(dst, inputs[0].name, args.force or args.skip_existing, inputs[0], folder=as_folder)
         if args.skip_existing and out.exists():  # a whole file: outputs are written under a temporary name, then renamed
-            print(f"{out} exists: left as it is (--skip-existing)")
+            print(f"{shown(out)} exists: left as it is (--skip-existing)")
             return 0
         with _made_folder(out.parent):
-            print(_upscale_one(args, inputs[0], out))
+            print(shown(_upscale_one(args, inputs[0], out)))
         return 0
 
     # A batch: -o is a folder (made if its parent exists); every output is checked before any is written.
@@ -467,12 +475,12 @@ def cmd_upscale(args) -> int:
                 written += 1
             except (ImageReadError, CliError) as e:  # one bad file does not stop the batch
                 failed.append(str(e))
-                tqdm.write(f"vdsr-fast upscale: error: {e}", file=sys.stderr)
+                tqdm.write(f"vdsr-fast upscale: error: {shown(e)}", file=sys.stderr)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: say what is done and how to go on
         raise type(e)(f"{written} of {len(jobs)} images written to {dst}; the same command with --skip-existing "
                       "upscales the rest") from None  # fmt: skip
     kept = len(existing) if args.skip_existing else 0
-    print(f"{written} of {len(jobs)} images -> {dst}, {_factor(args)}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, "
+    print(f"{written} of {len(jobs)} images -> {shown(dst)}, {_factor(args)}, {engine.backend}/{str(engine.dtype)[6:]} on {engine.device}, "
           f"{time.perf_counter() - t0:.1f} s" + (f"; {len(failed)} failed (above)" if failed else "")
           + (f"; {kept} existing left as they were" if kept else ""))  # fmt: skip
     return 2 if failed else 0
@@ -686,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CliError as e:
-        print(f"vdsr-fast {args.command}: error: {e}", file=sys.stderr)
+        print(f"vdsr-fast {args.command}: error: {shown(e)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # ... | head: the reader closed stdout early; what is left to write goes nowhere
         try:  # so the interpreter's own flush at exit does not fail again
@@ -697,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         term = isinstance(e, Terminated)
-        print(f"vdsr-fast {args.command}: {'terminated' if term else 'interrupted'}" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        print(f"vdsr-fast {args.command}: {'terminated' if term else 'interrupted'}" + (f": {shown(e)}" if str(e) else ""), file=sys.stderr)
         return 143 if term else 130
     finally:
         restore_sigterm()

@@ -49,6 +49,7 @@ from .cli import (
     _model,
     add_memory_args,
     catch_sigterm,
+    shown,
     size_arg,
 )
 from .images import folder_files, output_target
@@ -82,7 +83,7 @@ def _import_av():
 
 
 def _warn(message: str) -> None:
-    print(f"vdsr-fast video: warning: {message}", file=sys.stderr)
+    print(f"vdsr-fast video: warning: {shown(message)}", file=sys.stderr)
 
 
 # Text subtitle codecs whose packets carry the text itself, so they can be rewritten for another
@@ -1357,7 +1358,7 @@ def _log_progress(label: str):
         if now - last >= LOG_EVERY_S or (total is not None and done >= total):
             last = now
             of = f" of {total}" if total is not None else ""
-            print(f"{label}: {done}{of} frames, {done / max(now - t0, 1e-9):.2f} fps", file=sys.stderr, flush=True)
+            print(f"{shown(label)}: {done}{of} frames, {done / max(now - t0, 1e-9):.2f} fps", file=sys.stderr, flush=True)
 
     return line
 
@@ -1370,7 +1371,7 @@ def _jobs(args) -> list[tuple]:
     skip = getattr(args, "skip_existing", False)
     if src == "-" or not Path(src).is_dir():
         if skip and dst != "-" and Path(dst).is_file():
-            print(f"{dst} exists: left as it is (--skip-existing)", file=sys.stderr)
+            print(f"{shown(dst)} exists: left as it is (--skip-existing)", file=sys.stderr)
             return []
         return [(sys.stdin.buffer if src == "-" else src, sys.stdout.buffer if dst == "-" else dst)]
     src, dst = Path(src), Path(dst)
@@ -1436,11 +1437,11 @@ def main(argv: list[str] | None = None) -> int:
                 if len(jobs) == 1:
                     raise
                 failed += 1  # one bad file does not stop a folder
-                print(f"vdsr-fast video: error: {e}", file=sys.stderr)
+                print(f"vdsr-fast video: error: {shown(e)}", file=sys.stderr)
                 continue
-            print(_summary(r), file=report, flush=True)
+            print(shown(_summary(r)), file=report, flush=True)
     except (VideoError, CliError, ValueError) as e:  # ValueError: upscale()'s, e.g. a --max-memory too small
-        print(f"vdsr-fast video: error: {e}", file=sys.stderr)
+        print(f"vdsr-fast video: error: {shown(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         term = isinstance(e, Terminated)
@@ -1449,7 +1450,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         restore_sigterm()
     if len(jobs) > 1:
-        print(f"{len(jobs) - failed} of {len(jobs)} videos -> {args.output}" + (f"; {failed} failed (above)" if failed else ""),
+        print(f"{len(jobs) - failed} of {len(jobs)} videos -> {shown(args.output)}" + (f"; {failed} failed (above)" if failed else ""),
               file=report)  # fmt: skip
     return 2 if failed else 0
 
