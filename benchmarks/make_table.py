@@ -50,6 +50,8 @@ def render_header(data: dict) -> str:
         )
     if data.get("weights"):
         line += f"; weights: {data['weights']}"
+    # before the search was recorded (runs up to 11), cudnn.benchmark timed only the first 10 plans of its list
+    line += f"; cuDNN plans: {data.get('cudnn_search') or 'not recorded (PyTorch default: the first 10 timed)'}"
     return line
 
 

@@ -125,6 +125,7 @@ void head(uint64_t x, uint64_t out, uint64_t w, uint64_t b, int64_t n, int64_t h
   CHECK_PTR(fn, "out", out, 16);
   CHECK_PTR(fn, "w", w, 4);
   CHECK_PTR(fn, "b", b, 4);
+  check_disjoint(fn, "x and out", x, static_cast<uint64_t>(n * h * wd) * 4, out, act_bytes(n, h, wd));
   DeviceGuard guard(device);
   vdsr::launch_head(as_ptr<const float*>(x), as_ptr<void*>(out), as_ptr<const float*>(w), as_ptr<const float*>(b),
                     int(n), int(h), int(wd), dt, mma, as_stream(stream));
@@ -212,6 +213,7 @@ void tail_gather(uint64_t z, uint64_t x, uint64_t y, uint64_t b, int64_t n, int6
   CHECK_PTR(fn, "y", y, 4);
   CHECK_PTR(fn, "b", b, 4);
   check_disjoint(fn, "z and y", z, static_cast<uint64_t>(n * h * wd) * 9 * 4, y, static_cast<uint64_t>(n * h * wd) * 4);
+  check_disjoint(fn, "z and x", z, static_cast<uint64_t>(n * h * wd) * 9 * 4, x, static_cast<uint64_t>(n * h * wd) * 4);
   DeviceGuard guard(device);
   vdsr::launch_tail_gather(as_ptr<const float*>(z), as_ptr<const float*>(x), as_ptr<float*>(y),
                            as_ptr<const float*>(b), int(n), int(h), int(wd), as_stream(stream));

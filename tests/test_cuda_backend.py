@@ -474,6 +474,10 @@ def test_extension_argument_checks():
         C.head(4096, 1 << 20, 1 << 21, 1 << 22, 0, 4, 4, 0, 0, 0)
     with pytest.raises(ValueError, match="16-byte aligned"):
         C.tail(4100, 1 << 20, 1 << 21, 1 << 22, 1 << 23, 1, 1, 1, 0, 0, 0)
+    with pytest.raises(ValueError, match="x and out overlap"):
+        C.head(4096, 4096, 1 << 21, 1 << 22, 1, 4, 4, 0, 0, 0)
+    with pytest.raises(ValueError, match="z and x overlap"):  # the gather reads x while it reads z (y may alias x)
+        C.tail_gather(4096, 4096 + 64, 1 << 20, 1 << 21, 1, 4, 4, 0, 0)
     variants = C.body_variants()
     assert [v["id"] for v in variants] == list(range(len(variants)))
     # The warps of a CTA cover its tile's pixels x 64 channels -- but in the ping-pong variant (14) each warpgroup
