@@ -861,7 +861,9 @@ def test_full_table_rounds_each_column_and_leaves_out_skipped_rows():
     table = make_table.render_markdown(copy.deepcopy(RESULTS)).splitlines()
     assert table[0] == ("**Some GPU, driver 580.1, torch 2.11, CUDA 13.0, cuDNN 9.19.0, triton 3.6.0** — "
                         "2026-01-01T00:00:00+00:00, commit 0123abcd, timer `do_bench`; measured fp16 matmul peak 744 TFLOP/s (8192^3); "
-                        "weights: shipped weights")  # fmt: skip
+                        "weights: shipped weights; cuDNN plans: not recorded (PyTorch default: the first 10 timed)")  # fmt: skip
+    data = dict(copy.deepcopy(RESULTS), cudnn_search="every plan timed (cudnn.benchmark, benchmark_limit 0)")
+    assert make_table.render_header(data).endswith("; cuDNN plans: every plan timed (cudnn.benchmark, benchmark_limit 0)")
     # ms: 3 decimals under 10, 2 under 100, 1 above; frames/s, TFLOP/s, % peak 1 decimal; speedups 2; MiB none
     assert table[4:] == [
         "| cuDNN fused | fp16 | 1080p | 1 | 7.068 | 7.015 | 7.232 | 141.5 | 390.0 | 52.5 | 1.00 | — | 764 | ok |",
@@ -968,3 +970,28 @@ def test_git_commit_names_uncommitted_changes(monkeypatch):
     head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--"]).returncode != 0
     assert bench.git_commit() == head + ("-dirty" if dirty else "")
+
+
+def test_spot_check_checks_the_timed_size_where_its_windows_are():
+    """bench_latency checks each timed size's own output in five windows (the corners of the first and last frame,
+    the centre) against the float64 reference of the window widened by the receptive radius: the small check before
+    timing does not run the tiles a 1080p frame does (found by a review). A fault in the last frame's last tile is
+    caught; the exact output passes; each window's reference equals the whole frame's there."""
+    from benchmarks.bench_latency import SPOT, _pack, spot_check
+    from vdsr_fast.reference import VDSR, vdsr_forward
+
+    torch.manual_seed(0)
+    model = VDSR(4, 8)
+    x = torch.rand(3, 1, 70, 110)
+    ws, bs = _pack(model, torch.device("cpu"), torch.float32, False)
+    out = vdsr_forward(x, ws, bs)
+    ok = spot_check(out, x, model, "fp32")
+    assert ok["passed"] and ok["side"] == SPOT and ok["err"] <= 1e-5, ok
+    bad = out.clone()
+    bad[2, 0, 69, 109] += 0.01  # the last pixel of the last frame
+    fail = spot_check(bad, x, model, "fp32")
+    assert not fail["passed"] and fail["window"] == [2, 70 - SPOT, 110 - SPOT], fail
+    far = out.clone()
+    far[1, 0, 5, 60] += 0.01  # a pixel of a frame no window is in: what five windows cannot see
+    assert spot_check(far, x, model, "fp32")["passed"]
+    assert not spot_check(out[:, :, :-1], x, model, "fp32")["passed"]  # a wrong shape
