@@ -433,6 +433,7 @@ def test_eval_reads_each_image_once_to_check_then_once_a_scale(tmp_path, capsys,
     monkeypatch.setattr(ev, "read_image", lambda path, *a, **k: reads.update([path.name]) or real(path, *a, **k))
     assert _run(capsys, "eval", str(folder), "--scale", "2", "3", "4", "--bicubic-only", "--json")[0] == 0
     assert reads == {"img_0_HR.png": 4, "img_1_HR.png": 4}
+    assert len(ev.check_set(folder, np.int64(2))[1]) == 2  # a numpy integer scale is one scale (a review: TypeError)
 
 
 def test_eval_bicubic_set5_x2_matches_paper(capsys):

@@ -228,10 +228,12 @@ def test_ycbcr_of_the_primaries_is_matlabs_table():
 
 
 def test_products_a_rounding_error_above_an_integer_are_that_integer():
-    """50 x 1.1 is 55.000000000000007 in floating point and 10 x 0.7 is 7.000000000000001: the documented 1e-9
-    rule gives 55 and 7, not the ceil's 56 and 8 (upscale(scale=1.1) of a 50-pixel side is 55 pixels)."""
-    assert resize_output_size((50, 10), (1.1, 0.7)) == (55, 7)
-    assert imresize(torch.rand(10, 50, dtype=torch.float64), (0.7, 1.1)).shape == (7, 55)
+    """50 x 1.1 is 55.000000000000007 in floating point and 90 x 1.1 is 99.00000000000001: the documented 1e-9
+    rule gives 55 and 99, not the ceil's 56 and 100 (upscale(scale=1.1) of a 50-pixel side is 55 pixels). (The
+    example was 10 x 0.7, which is exactly 7.0: a review found that half of the test checked nothing.)"""
+    assert 50 * 1.1 > 55 and 90 * 1.1 > 99  # the products really are above
+    assert resize_output_size((50, 90), 1.1) == (55, 99)
+    assert imresize(torch.rand(90, 50, dtype=torch.float64), 1.1).shape == (99, 55)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

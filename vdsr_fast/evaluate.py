@@ -16,6 +16,7 @@ SSIM's 11-pixel window) is an error that names it. The folder layouts read: :fun
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import time
 from collections.abc import Sequence
@@ -204,7 +205,7 @@ def check_set(folder: str | Path, scale: int | Sequence[int], lr_given: bool = F
     of several scales; its size; with ``lr_given`` its LR file's presence, size and channels): a set that cannot be
     scored is refused before any image runs through the network (the error came after every image before the bad
     one had). Returns the folder and its HR images (those of the first scale)."""
-    scales = [scale] if isinstance(scale, int) else list(scale)
+    scales = [int(scale)] if isinstance(scale, numbers.Integral) else list(scale)
     found = [find_images(folder, s) for s in scales]
     for path in dict.fromkeys(p for _, files in found for p in files):  # each HR image once, in order
         arr = read_image(path)

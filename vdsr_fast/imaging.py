@@ -165,9 +165,9 @@ def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float, antialias
 def resize_output_size(in_size: Sequence[int], scale: float | Sequence[float]) -> tuple[int, int]:
     """Output (H, W) of :func:`imresize` for a scale: MATLAB's ``ceil(scale * n)``.
 
-    A product within 1e-9 of an integer counts as that integer: ``scale=1.1`` on 50 gives 55 and 0.7 on 10 gives 7,
-    where the float64 products are 55.000000000000007 and 7.000000000000001 and MATLAB's plain ``ceil`` gives 56 and
-    8 (a deliberate departure: the size a user means; the evaluation protocol's exact products, such as 1/3 of 288 =
+    A product within 1e-9 of an integer counts as that integer: ``scale=1.1`` on 50 gives 55 and on 90 gives 99,
+    where the float64 products are 55.000000000000007 and 99.00000000000001 and MATLAB's plain ``ceil`` gives 56 and
+    100 (a deliberate departure: the size a user means; the evaluation protocol's exact products, such as 1/3 of 288 =
     96.0, are not affected).
     """
     sh, sw = _pair(scale)

@@ -324,6 +324,7 @@ def _byteswap(storages: dict[str, _Storage]) -> None:
 
 _MEMO_OPS = ("PUT", "BINPUT", "LONG_BINPUT")
 _INT_OPS = ("INT", "LONG", "LONG1", "LONG4")
+_MAX_INT_BITS = 1024  # a checkpoint's widest ints: 128-bit generator states (numpy's PCG64), the legacy magic (77)
 
 
 def check_pickle(f: io.BytesIO) -> None:
@@ -331,8 +332,8 @@ def check_pickle(f: io.BytesIO) -> None:
     before an unpickler runs it: refused (:class:`CheckpointFormatError`) are what would make an unpickler allocate
     or work far beyond the file's size. A memo index beyond the opcodes before it (a pickler numbers its memo
     entries in order; Python's C unpickler allocates and zeroes a memo of twice the index: 9 bytes took 4 GB), an
-    integer wider than 64 bits (thousands of dict keys of one hash made a 0.5 MB file take 25 s), a length past the
-    data (a bytearray8 of petabytes), an unknown opcode."""
+    integer wider than ``_MAX_INT_BITS`` (a 5000-digit one is parsed and printed in quadratic time), a length past
+    the data (a bytearray8 of petabytes), an unknown opcode."""
     start, ops = f.tell(), 0
     try:
         for op, arg, _ in pickletools.genops(f):
@@ -340,9 +341,9 @@ def check_pickle(f: io.BytesIO) -> None:
             if op.name in _MEMO_OPS and not 0 <= arg < ops:
                 raise CheckpointFormatError(f"malformed pickle: memo index {arg} after {ops - 1} opcodes (refused "
                                             "before unpickling: it would allocate a memo that large)")
-            if op.name in _INT_OPS and isinstance(arg, int) and not -(1 << 63) <= arg < 1 << 64 and arg != LEGACY_MAGIC:
+            if op.name in _INT_OPS and isinstance(arg, int) and arg.bit_length() > _MAX_INT_BITS:
                 raise CheckpointFormatError(f"malformed pickle: an integer of {arg.bit_length()} bits (a checkpoint's "
-                                            "are at most 64, but for the legacy format's magic number)")
+                                            f"are at most {_MAX_INT_BITS})")
     except CheckpointFormatError:
         raise
     except (ValueError, struct.error) as e:  # genops' own: a length past the data, an unknown opcode, a bad number

@@ -66,7 +66,7 @@ def default_weights_path() -> Path:
 _N = r"(0|[1-9][0-9]*)"  # an index as Python writes it: one key per layer (not "01", nor other scripts' digits)
 _OURS = re.compile(rf"^layers\.{_N}\.(weight|bias)$")
 _PORT = re.compile(rf"^(?:(input)|residual_layer\.{_N}\.conv|(output))\.(weight|bias)$")
-_SEQ = re.compile(rf"^((?:[A-Za-z_][\w]*\.)*?){_N}\.(weight|bias)$", re.ASCII)
+_SEQ = re.compile(rf"^((?:[A-Za-z_][\w]*\.)*?){_N}\.(weight|bias)$")
 _PREFIXES = ("module.", "_orig_mod.")
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "params", "net", "params_ema")
 
@@ -100,10 +100,7 @@ def _layers_by_index(sd: Mapping[str, Any]) -> tuple[str, dict[int, dict[str, st
             m = pattern.match(k)
             if m is None:
                 return None
-            layer, kind = layers.setdefault(order_of(m), {}), m.groups()[-1]
-            if kind in layer:  # e.g. the port's "input.weight" and a prefix's: two tensors for one place
-                raise WeightsError(f"keys '{layer[kind]}' and '{k}' name the same layer's {kind}")
-            layer[kind] = k
+            layers.setdefault(order_of(m), {})[m.groups()[-1]] = k
         return layers
 
     layers = group(_OURS, lambda m: int(m.group(1)))
