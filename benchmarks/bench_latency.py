@@ -104,6 +104,7 @@ _RANK = [
     "e2e_",
 ]
 CUDNN_KEY, EAGER_FP16_KEY = "cudnn_fused_fp16", "eager_fp16_cl"
+CUDNN_END_KEY = "cudnn_fused_fp16_end"  # cuDNN's chain timed again after every other row: the run's drift
 
 
 # --------------------------------------------------------------------------------------------------
@@ -917,7 +918,8 @@ class _Run:
             "device": self.device_info,
             "versions": self.versions,
             "timer": self.timer,
-            "cudnn_search": "every plan timed (cudnn.benchmark, benchmark_limit 0)" if self.cfg.cudnn_benchmark else "heuristics",
+            "cudnn_search": ("every plan timed (cudnn.benchmark, benchmark_limit 0)" if self.cfg.cudnn_benchmark else
+                             "heuristics") if self.device.type == "cuda" else "n/a (no CUDA device)",  # fmt: skip
             "weights": self.weights,
             "flops_per_pixel": flops_per_pixel(self.model.depth, self.model.channels),
             "peak": self.peak,
@@ -1177,6 +1179,11 @@ class _Run:
                 self.run_e2e(verdicts)
             for spec in last:
                 verdicts[spec.key] = self.run_path(spec)
+            cudnn = next((s for s in first if s.key == CUDNN_KEY), None)
+            if cudnn is not None and verdicts.get(CUDNN_KEY) == "ok" and len(self.rows) > len(self.sizes):
+                # the baseline again, last: clocks and temperature drift over minutes (run 11: cuDNN 7.07-7.12 ms at
+                # 1080p in three calls), and every ratio is against its first timing; this row shows by how much
+                self.run_path(dataclasses.replace(cudnn, key=CUDNN_END_KEY, name=cudnn.name + " (again, at the end)"))
         self.plot()
         self.save()
         return self.data()

@@ -109,6 +109,26 @@ def test_smoke_rejects_a_wrong_backend(tmp_path, monkeypatch):
     assert ok and all(r["status"] == "ok" for r in ok)
 
 
+def test_the_cudnn_chain_is_timed_again_at_the_end(tmp_path, monkeypatch):
+    """Every ratio is against cuDNN's chain timed first; clocks drift over a run's minutes (run 11: 7.07-7.12 ms at
+    1080p in three calls, 1.29-1.30x), so the chain is timed again after every other row (a review), as its own row.
+    (On the CPU an eager chain stands in for cuDNN's.)"""
+    real = bench.build_paths
+
+    def paths(device, cfg):
+        stand_in = bench.PathSpec(bench.CUDNN_KEY, "cuDNN stand-in", "fp32", torch.float32, False, bench._eager(torch.float32, False))
+        return [stand_in] + [p for p in real(device, cfg) if p.key != bench.CUDNN_KEY]
+
+    monkeypatch.setattr(bench, "build_paths", paths)
+    assert bench.main(["--smoke", "--no-e2e", "--paths", "cudnn*,engine_torch_fp32", "--out", str(tmp_path)]) == 0
+    rows = _json(tmp_path)["rows"]
+    keys = [r["key"] for r in rows if r["status"] == "ok"]
+    assert keys.count(bench.CUDNN_KEY) == keys.count(bench.CUDNN_END_KEY) == 2 and "engine_torch_fp32" in keys, keys
+    again = [r for r in rows if r["key"] == bench.CUDNN_END_KEY]
+    assert all(r["path"].endswith("(again, at the end)") and r["speedup_vs_cudnn"] for r in again)
+    assert _json(tmp_path)["cudnn_search"] == "n/a (no CUDA device)"
+
+
 def test_fp32_and_tf32_paths_are_timed_after_the_end_to_end_rows():
     paths = [
         bench.PathSpec(key, key, prec, torch.float32, False, None)
