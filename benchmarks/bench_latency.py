@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import dataclasses
 import fnmatch
+import functools
 import gc
 import itertools
 import json
@@ -481,15 +482,15 @@ def _cudnn_relu_op():
     return getattr(torch, "cudnn_convolution_relu", None) or getattr(torch.ops.aten, "cudnn_convolution_relu", None)
 
 
-def _build_cudnn_fused(model: VDSR, device: torch.device):
+def _build_cudnn_fused(model: VDSR, device: torch.device, dtype: torch.dtype = torch.float16):
     """``cudnn_convolution_relu(x, w, b, stride, padding, dilation, groups)`` for every layer but the
-    last, then ``F.conv2d`` and the residual add; fp16 channels_last."""
+    last, then ``F.conv2d`` and the residual add; fp16 (or ``dtype``) channels_last."""
     op = _cudnn_relu_op()
-    ws, bs = _pack(model, device, torch.float16, True)
+    ws, bs = _pack(model, device, dtype, True)
     note = ""
     fuse_head = True
     try:  # cuDNN's fused kernels may refuse the 1-channel head: then it runs as conv + ReLU
-        probe = torch.zeros(1, 1, 8, 8, device=device, dtype=torch.float16).contiguous(
+        probe = torch.zeros(1, 1, 8, 8, device=device, dtype=dtype).contiguous(
             memory_format=torch.channels_last
         )
         op(probe, ws[0], bs[0], [1, 1], [1, 1], [1, 1], 1)
@@ -643,11 +644,14 @@ def build_paths(device: torch.device, cfg: BenchConfig) -> list[PathSpec]:
     """Every network-only path for this device (unavailable ones carry their reason)."""
     cuda = device.type == "cuda"
     need_cuda = None if cuda else "needs CUDA"
+    no_cudnn = need_cuda or (None if _cudnn_relu_op() is not None else "torch.cudnn_convolution_relu is missing in this torch")
     paths = [
-        PathSpec(CUDNN_KEY, "cuDNN fused conv+bias+ReLU CL", "fp16", torch.float16, True, _build_cudnn_fused,
-                 need_cuda or (None if _cudnn_relu_op() is not None else "torch.cudnn_convolution_relu is missing in this torch")),
+        PathSpec(CUDNN_KEY, "cuDNN fused conv+bias+ReLU CL", "fp16", torch.float16, True, _build_cudnn_fused, no_cudnn),
         PathSpec(EAGER_FP16_KEY, "PyTorch eager CL", "fp16", torch.float16, True, _eager(torch.float16, True)),
     ]  # fmt: skip
+    if "bf16" in cfg.engine_dtypes:  # the bf16 engines' own-precision baseline (their ratio column stays fp16's)
+        paths.insert(1, PathSpec("cudnn_fused_bf16", "cuDNN fused conv+bias+ReLU CL", "bf16", torch.bfloat16, True,
+                                 functools.partial(_build_cudnn_fused, dtype=torch.bfloat16), no_cudnn))  # fmt: skip
     backends, skipped = _engine_backends(device, cfg)
     for name in backends + sorted(skipped):
         for dname in cfg.engine_dtypes:

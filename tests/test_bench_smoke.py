@@ -129,6 +129,17 @@ def test_the_cudnn_chain_is_timed_again_at_the_end(tmp_path, monkeypatch):
     assert _json(tmp_path)["cudnn_search"] == "n/a (no CUDA device)"
 
 
+def test_a_bf16_cudnn_chain_comes_with_the_bf16_engines():
+    """The bf16 engines were compared only with cuDNN's fp16 chain (a review): with bf16 among --engine-dtypes the
+    bf16 chain is a row too (its builder takes the dtype), without it not."""
+    cpu = torch.device("cpu")
+    keys = [p.key for p in bench.build_paths(cpu, bench.BenchConfig(device="cpu", engine_dtypes=["fp16", "bf16"]))]
+    assert "cudnn_fused_bf16" in keys
+    spec = next(p for p in bench.build_paths(cpu, bench.BenchConfig(device="cpu", engine_dtypes=["bf16"])) if p.key == "cudnn_fused_bf16")
+    assert (spec.precision, spec.input_dtype, spec.channels_last, spec.build.keywords) == ("bf16", torch.bfloat16, True, {"dtype": torch.bfloat16})
+    assert "cudnn_fused_bf16" not in [p.key for p in bench.build_paths(cpu, bench.BenchConfig(device="cpu", engine_dtypes=["fp16"]))]
+
+
 def test_fp32_and_tf32_paths_are_timed_after_the_end_to_end_rows():
     paths = [
         bench.PathSpec(key, key, prec, torch.float32, False, None)
