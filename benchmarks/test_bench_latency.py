@@ -64,10 +64,10 @@ def _checked(spec: bl.PathSpec, model, device: torch.device):
 @pytest.mark.parametrize("key", _KEYS)
 def test_latency(benchmark, model, key):
     device = torch.device("cuda", torch.cuda.current_device())
-    torch.backends.cudnn.benchmark = True
     spec = _spec(key, device)
     label, w, h, n = bl.parse_size(os.environ.get("VDSR_BENCH_SIZE", "1080p"))
-    with bl.tf32_mode(spec.tf32), torch.inference_mode():
+    # cuDNN's search as the main benchmark's (every plan timed), put back after
+    with bl.cudnn_search(True), bl.tf32_mode(spec.tf32), torch.inference_mode():
         fn = _checked(spec, model, device)
         g = torch.Generator().manual_seed(1)
         inputs = [
