@@ -383,12 +383,14 @@ if [[ "${NCU:-0}" == 1 && $BUILT == 1 ]]; then
     SUMMARY+=("ncu: skipped (no time left)")
   else
     log "Nsight Compute, one 1080p fp16 body layer per variant (timeout ${T}s) -> $OUT/ncu.log"
+    FUSED=()
+    if [[ "${NCU_FUSED:-0}" == 1 ]]; then FUSED=(--fused); fi  # NCU_FUSED=0 is off (it was "set", so on)
     # shellcheck disable=SC2086
     # --clock-control none: the card's clocks as they are (ncu would otherwise lock them to base while profiling)
     timeout "$T" "$NCU_BIN" --clock-control none -k regex:conv3x3_ --section SpeedOfLight --section ComputeWorkloadAnalysis \
       --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats --section InstructionStats \
       --section Occupancy "$PY" -m benchmarks.ncu_body ${NCU_VARIANTS:+--variants $NCU_VARIANTS} \
-      ${NCU_FUSED:+--fused} >"$OUT/ncu.log" 2>&1
+      "${FUSED[@]}" >"$OUT/ncu.log" 2>&1
     rc=$?
     SUMMARY+=("ncu: rc=$rc, $(grep -c 'conv3x3_.*Context' "$OUT/ncu.log" || true) kernels profiled (ncu.log)")
   fi

@@ -35,7 +35,7 @@ rm -f "$GATE"
 # 1. training, in its own process group so that the deadline can stop the whole pipeline
 echo "[gpu_session] training for ${TRAIN_MINUTES:-4.2} min in the background -> $OUT_ROOT/train"
 SETSID=$(command -v setsid || true)  # without it the deadline stops the script only
-OUT="$OUT_ROOT/train" TRAIN_MINUTES=${TRAIN_MINUTES:-4.2} $SETSID bash benchmarks/gpu_train.sh \
+OUT="$OUT_ROOT/train" SKIP_EVAL=1 TRAIN_MINUTES=${TRAIN_MINUTES:-4.2} $SETSID bash benchmarks/gpu_train.sh \
   >/tmp/gpu_session_train.log 2>&1 &
 TRAIN_PID=$!
 (

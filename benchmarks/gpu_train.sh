@@ -57,7 +57,7 @@ EOF
 # The run's weights against the shipped ones on Set5 and (when carried: carry_eval/Set14) Set14, x2/x3/x4, paper
 # protocol, the fp32 reference backend on the GPU (TF32 off): the decision's first half in the same call (BSD100,
 # 91 MB, does not travel: `vdsr-fast eval` here). SKIP_EVAL=1 skips it.
-if [[ -z ${SKIP_EVAL:-} && -f runs/gpu/vdsr_x234.safetensors ]]; then
+if [[ "${SKIP_EVAL:-0}" != 1 && -f runs/gpu/vdsr_x234.safetensors ]]; then
   "$PY" - <<'EOF' 2>&1 | tee -a "$OUT/train.log"
 from pathlib import Path
 

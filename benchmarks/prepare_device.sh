@@ -13,11 +13,13 @@
 #   carry_eval/  carry_eval/Set14 (17 MB), for gpu_train.sh's closing Set14 score (carry=["carry", "carry_eval"]
 #           in a training call; it does not fit beside .whl/).
 # It ends with the sizes and what is left of the 64 MiB a call may carry.
-# Knobs: DEVICE_PYTHON=3.12, DEVICE_PLATFORM=manylinux_2_28_x86_64, DATA=../shared/data, PYTHON (default python3).
+# Knobs: DEVICE_PYTHON=3.12, DEVICE_PLATFORM=manylinux_2_28_x86_64, DATA=../shared/data, PYTHON (default .venv/bin/python
+# where it exists, else python3).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PY="${PYTHON:-$(command -v python3 || command -v python)}"
+# the project's venv where there is one (it has torch, which the carry step needs), else python3
+PY="${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || command -v python3 || command -v python)}"
 DATA="${DATA:-../shared/data}"
 what="${1:-all}"
 case "$what" in all | whl | carry) ;; *)
