@@ -95,3 +95,30 @@ def test_head_and_tail_initialisation_is_he_fan_out_too():
 def test_flops_are_two_per_weight(depth, channels):
     """One multiply-add per weight per output pixel: 2 x the number of conv weights (counted on the model)."""
     assert flops_per_pixel(depth, channels) == 2 * sum(c.weight.numel() for c in VDSR(depth, channels).layers)
+
+
+@pytest.mark.parametrize("dtype, bound", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_the_half_precision_reference_engine_is_checked_itself(dtype, bound):
+    """Every fp16/bf16 equivalence bound is 2 x the PyTorch reference engine's own error + atol (DESIGN.md §6), so
+    a wrong reference loosens every bound by twice its error: a +0.05 bias on its bf16 output passed the whole CPU
+    suite (found by a review of the tests). Here the reference engine is (a) the network written out layer by layer
+    in ``dtype`` (channels_last, as the engine runs it), bit for bit, and (b) within two storage steps at 1.0 of the
+    float64 network (measured on the shipped architecture: fp16 8.5e-4, bf16 5.8e-3; one step is 9.8e-4 / 7.8e-3, and
+    the output's own rounding takes half of one)."""
+    from vdsr_fast import Engine
+    from vdsr_fast.verify import random_vdsr
+
+    for seed in range(3):
+        model = random_vdsr(seed=seed)
+        y = torch.rand(2, 1, 23, 31, generator=torch.Generator().manual_seed(seed))
+        out = Engine(model, backend="torch", dtype=dtype, device="cpu")(y)
+        cl = torch.channels_last
+        x = h = y.to(dtype).contiguous(memory_format=cl)
+        for i, conv in enumerate(model.layers):
+            w, b = conv.weight.detach().to(dtype).contiguous(memory_format=cl), conv.bias.detach().to(dtype)
+            h = F.conv2d(h, w, b, padding=1)
+            h = F.relu(h) if i < len(model.layers) - 1 else x + h
+        torch.testing.assert_close(out, h.to(torch.float32), rtol=0, atol=0)
+        ref = vdsr_forward(y.double(), [w.double() for w in model.weights], [b.double() for b in model.biases])
+        err = (out.double() - ref).abs().max().item()
+        assert 0 < err <= bound, (seed, err)
