@@ -207,9 +207,10 @@ def check_set(folder: str | Path, scale: int | Sequence[int], lr_given: bool = F
     one had). Returns the folder and its HR images (those of the first scale)."""
     scales = [int(scale)] if isinstance(scale, numbers.Integral) else list(scale)
     found = [find_images(folder, s) for s in scales]
+    at = [set(files) for _, files in found]  # each scale's HR images
     for path in dict.fromkeys(p for _, files in found for p in files):  # each HR image once, in order
         arr = read_image(path)
-        for s, (_, files) in zip(scales, found):
+        for s, files in zip(scales, at):
             if path in files:
                 _pair(path, s, lr_given, arr)
     return found[0]

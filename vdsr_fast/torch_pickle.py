@@ -351,10 +351,10 @@ def check_pickle(f: io.BytesIO) -> None:
     f.seek(start)
 
 
-def check_zip(zf: zipfile.ZipFile, nbytes: int) -> str:
+def check_zip(zf: zipfile.ZipFile, nbytes: int) -> tuple[str, bytes]:
     """Before torch.load or this reader unpacks anything of an archive of ``nbytes``: refuse one whose entries unpack
     to more than 4x that (a zip bomb: torch.save stores its entries uncompressed, and weights hardly compress) or that
-    has no single ``<archive>/data.pkl``, then walk that pickle (:func:`check_pickle`). Returns its name."""
+    has no single ``<archive>/data.pkl``, then walk that pickle (:func:`check_pickle`). Returns its name and bytes."""
     total = sum(info.file_size for info in zf.infolist())
     if total > 4 * nbytes + (1 << 20):
         raise CheckpointFormatError(f"the archive's entries unpack to {total} bytes, more than 4x its {nbytes} bytes "
@@ -362,8 +362,9 @@ def check_zip(zf: zipfile.ZipFile, nbytes: int) -> str:
     pkl = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
     if len(pkl) != 1:
         raise CheckpointFormatError("a zip file, but not a torch.save checkpoint (no '<archive>/data.pkl')")
-    check_pickle(io.BytesIO(_read_entry(zf, pkl[0])))
-    return pkl[0]
+    data = _read_entry(zf, pkl[0])
+    check_pickle(io.BytesIO(data))
+    return pkl[0], data
 
 
 def _read_entry(zf: zipfile.ZipFile, name: str) -> bytes:
@@ -384,15 +385,11 @@ def _read_zip(data: bytes) -> Any:
         names = zf.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointFormatError(f"corrupt zip archive: {e}") from None
-    pkl = check_zip(zf, len(data))
+    pkl, pickled = check_zip(zf, len(data))  # the pickle read once: walked there, unpickled here
     prefix = pkl[: -len("data.pkl")]
-
-    def read(name: str) -> bytes:
-        return _read_entry(zf, name)
-
     storages: dict[str, _Storage] = {}
-    obj = _Unpickler(io.BytesIO(read(pkl)), storages, lambda key: read(f"{prefix}data/{key}")).load()
-    if f"{prefix}byteorder" in names and read(f"{prefix}byteorder").strip() == b"big":
+    obj = _Unpickler(io.BytesIO(pickled), storages, lambda key: _read_entry(zf, f"{prefix}data/{key}")).load()
+    if f"{prefix}byteorder" in names and _read_entry(zf, f"{prefix}byteorder").strip() == b"big":
         _byteswap(storages)
     return _materialize(obj, len(data))
 

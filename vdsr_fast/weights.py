@@ -317,9 +317,9 @@ def _load_safetensors(path: Path) -> VDSR:
                 raise WeightsError(f"{len(keys)} tensors: more than a VDSR of at most {MAX_DEPTH} layers has")
             _layers_by_index(_unwrap(dict.fromkeys(keys)))  # the layout, before any tensor is read
             sd = {k: f.get_tensor(k) for k in keys}
+    except WeightsError:  # ours, above (a ValueError)
+        raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        if isinstance(e, WeightsError):
-            raise
         raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
     model = from_state_dict(sd, source=path.name)
     # a converted file keeps its provenance (source, source_layout, biases); the shape is what the tensors say
