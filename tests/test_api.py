@@ -391,7 +391,7 @@ def test_engine_is_a_snapshot_of_the_weights(tiny_model, backend, device, dtype)
     weights: neither the old model nor the new one. (A fp32 model, so that nothing converts in fp32.)"""
     if backend == "triton":
         pytest.importorskip("triton")
-    if backend == "cuda" and (why := vdsr_fast.engine.BACKENDS["cuda"].available(torch.device(device))):
+    if backend == "cuda" and (why := vdsr_fast.engine._why_unavailable("cuda", torch.device(device))):
         pytest.skip(why)
     if backend != "torch" and device == "cuda":
         from vdsr_fast import VDSR
