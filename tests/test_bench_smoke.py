@@ -934,14 +934,34 @@ def test_pick_defaults_ranks_every_option_fastest_first(capsys):
     assert pick_defaults.main([str(path)]) == 0  # its rows of kernels that did not run (ms None) are left out
     out = capsys.readouterr().out
     cuda = out[out.index("cuda: whole network") : out.index("triton: whole network")].splitlines()[1:]
-    times = [float(line.split()[0]) for line in cuda if line.strip()]
-    assert len(times) == 17 and times == sorted(times)
+    times = [float(line.split()[0]) for line in cuda if line.strip() and not line.lstrip().startswith("->")]
+    assert len(times) == 17 and times == sorted(times) and cuda[-2].lstrip().startswith("-> keep the default")
     # the cuDNN chain estimate: 18 x its body layer (0.3440 ms) + its head (0.9587 ms) = 7.15 ms, over the network's time
     assert cuda[0] == "     5.446 ms  cuda tensor-core head + PDL  (1.31x the cuDNN chain estimate 7.15 ms)"
     assert "kAutoOrder = {11, 10, 9, 14, 8, 13, 12, 7, 6, 5, 4, 1, 0, 2, 3}" in out
     # run 7's variants 7 and 8 did not run (ms None): ranked without them, not a TypeError
     assert pick_defaults.main([str(path.with_name("2026-11-26_layer_profile_nvidia-h200_1080p_fp16_run7.json"))]) == 0
     assert "kAutoOrder = {6, 5, 4, 1, 0, 2, 3}" in capsys.readouterr().out
+
+
+def test_pick_defaults_names_a_candidate_only_beyond_its_noise_threshold(capsys):
+    """Run 12's profile: tensor-core head + PDL 0.6% and body variant 11 1.2% faster than the defaults, both within
+    the 2% default threshold (kept), both candidates at 0.1%; Triton's default is its fastest."""
+    from benchmarks import pick_defaults
+
+    path = str(Path(__file__).resolve().parents[1] / "benchmarks/results/2026-11-29_layer_profile_nvidia-h200_1080p_fp16_run12.json")
+    assert pick_defaults.main([path]) == 0
+    out = capsys.readouterr().out
+    assert "-> keep the default options: the fastest, cuda tensor-core head + PDL, is 0.6% faster, within the 2.0%" in out
+    assert "-> keep the default body variant (kAutoOrder's first): the fastest, variant 11, is 1.2% faster" in out
+    assert "candidate" not in out and out.count("-> keep the default options: it is the fastest") == 1
+    assert pick_defaults.main([path, "--min-gain", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "-> a candidate for the default options: cuda tensor-core head + PDL, 0.6% faster" in out
+    assert "-> a candidate for the default body variant (kAutoOrder's first): variant 11, 1.2% faster" in out
+    with pytest.raises(SystemExit):
+        pick_defaults.main([path, "--min-gain", "-1"])
+    assert "--min-gain must be in [0, 100)" in capsys.readouterr().err
 
 
 # ---- canary: the names the benchmark's engine options map to, and the one deadline for all the processes
