@@ -28,7 +28,7 @@
 #   SKIP_BUILD=1 SKIP_TESTS=1 SKIP_SANITIZER=1 SKIP_VIDEO=1  skip a step
 #   SKIP_PYBENCH=1, PYBENCH_CAP_S=45  benchmarks/test_bench_latency.py once with --benchmark-disable
 #   TIMING_GATE=FILE        before timing, wait for FILE (another job still using the GPU; gpu_session.sh)
-#   SKIP_BENCH=1            no latency benchmark (a follow-up call that has its results already)
+#   SKIP_BENCH=1            no latency benchmark (a follow-up call that has its results already; no share kept for it)
 #   BENCH2_ARGS="..."       a second benchmark after the first (e.g. the full path list with --compile), its
 #                           files in $OUT/bench2/: BENCH2_CAP_S=240, AFTER_BENCH2_S=0 (left to the steps after it)
 #   PYTEST_ARGS="..."       extra pytest arguments (e.g. --deselect a test that crashes the process)
@@ -91,6 +91,7 @@ trap pack_logs EXIT
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
 CRASH_DIAG=${CRASH_DIAG:-}
 BENCH_MIN=${BENCH_MIN_S:-170}
+if [[ "${SKIP_BENCH:-0}" == 1 ]]; then BENCH_MIN=0; fi  # no benchmark: nothing to keep its share for
 AFTER_BENCH=${AFTER_BENCH_S:-0}
 RESERVE=$((BENCH_MIN + AFTER_BENCH))  # what each step before the benchmark leaves to it and the steps after it
 T0=$(date +%s)

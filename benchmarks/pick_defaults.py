@@ -8,8 +8,8 @@ time, the CUDA body variants ranked by their layer time (what ``kAutoOrder`` in 
 should list first), and the ratio of each backend's best network to cuDNN's fused chain estimate
 (18 x cuDNN's body layer + its head; the latency benchmark measures the real chain). An option is named a
 candidate for the default only where it beats the default by more than ``--min-gain`` (2% unless given: the same
-networks timed by run 12's latency benchmark and by its layer profile differ by 0.2-1.0%, one by 5%). It changes no
-file:
+networks timed by run 12's latency benchmark and by its layer profile differ by 0.2-1.0%, one by 5%); within it,
+the suggested ``kAutoOrder`` keeps the backend's pick first. It changes no file:
 the defaults are code (``kAutoOrder``; ``TritonBackend``'s ``body_config`` / ``fuse_tail``), edited by hand
 after a run, with the run named in the commit.
 """
@@ -84,12 +84,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {ms:8.3f} ms  {label}{vs}")
         print(verdict(ranked, backend, min_gain, "options"))
     if r["cuda_variants"]:
-        order = ", ".join(str(i) for _, i in r["cuda_variants"])
-        print(f"\ncuda body variants by layer time: {order}  -> kAutoOrder = {{{order}}} (csrc/conv3x3_body.cu)")
+        by_time = [i for _, i in r["cuda_variants"]]
+        auto = r["cuda_auto"]
+        times = {i: ms for ms, i in r["cuda_variants"]}
+        # the variant the backend picks stays first unless another beats it beyond the threshold
+        keep = auto is not None and times[auto] / times[by_time[0]] - 1 <= min_gain
+        order = ", ".join(str(i) for i in ([auto] + [i for i in by_time if i != auto] if keep else by_time))
+        print(f"\ncuda body variants by layer time: {', '.join(map(str, by_time))}  -> kAutoOrder = {{{order}}} "
+              "(csrc/conv3x3_body.cu" + (f"; variant {auto}, the backend's pick, kept first)" if keep else ")"))
         for ms, i in r["cuda_variants"]:
             print(f"  variant {i}: {ms:.4f} ms")
-        if r["cuda_auto"] is not None:
-            print(verdict([(ms, f"variant {i}") for ms, i in r["cuda_variants"]], f"variant {r['cuda_auto']}", min_gain,
+        if auto is not None:
+            print(verdict([(ms, f"variant {i}") for ms, i in r["cuda_variants"]], f"variant {auto}", min_gain,
                           "body variant (kAutoOrder's first)"))
     return 0
 

@@ -3,7 +3,7 @@
 head  Y plane (fp32) -> NHWC buffer A                       relu(conv3x3 1->64 + b), CUDA cores (``mma_head=True``:
                                                             tensor cores, opt-in: not faster on an H200, run 11;
                                                             ``fuse_head=True``: computed by the first body layer
-                                                            itself, Hopper, opt-in until a GPU run times it)
+                                                            itself, Hopper, opt-in: slower at 1080p, run 12)
 body  A -> B, B -> A, ... (two ping-pong NHWC buffers)      relu(conv3x3 64->64 + b), tensor cores
                                                             (mma.sync m16n8k16, weight-stationary; opt-in
                                                             variants: Winograd F(2x2,3x3), Hopper wgmma)
@@ -169,15 +169,17 @@ class CudaBackend(PingPongBuffers):
             64-channel activation is never written or read (265 MB each way at 1080p fp16).  Runs on the wgmma
             strip kernel (compute capability 9.0, an sm_90a build) whatever ``body_variant`` the other layers
             take, not with ``mma_head`` or a Winograd variant, and needs a body layer besides a fused tail's.
-            Opt-in until a GPU run times it.
+            Opt-in: on an H200 (run 12, fp16) 5.37-5.40 ms at 1080p against 5.34 without it, 20.79-21.19 at 4K
+            against 21.25.
         head_schedule: with ``fuse_head``, the first layer's schedule, one of ``range(_C.HEAD_SCHEDULES)`` (those of
             ``_C.head_body``): 0 computes the halo rows after the epilogue, 1 issues the item's 36 wgmmas in one
-            group, 2 computes the rows between the last wgmma groups (csrc/README.md).  0 until a GPU run ranks them.
+            group, 2 computes the rows between the last wgmma groups (csrc/README.md).  0: none was fastest at both 1080p
+            and 4K in run 12.
         tail_spread: with the fused tail, its last body layer sums the tail's partial sums in every epilogue part
             (the pixels that part staged, 2-4 threads a pixel), between the item's wgmma groups, where the plain
             schedule sums the whole row after the last group (run 11: that layer took 0.370 ms against a plain
             layer's 0.305).  The same sums in another order (fp32).  Body variants with ``tail_spread`` (8 and 10);
-            opt-in until a GPU run times it.
+            opt-in: slower on an H200 (run 12, fp16: 5.48 against 5.34 ms at 1080p, 21.52 against 21.25 at 4K).
         cuda_graphs: capture the 20 launches once per input shape as a CUDA graph and replay it
             (removes the per-launch host cost, which matters for small images).
 
