@@ -47,20 +47,21 @@ def rank(data: dict) -> dict:
             "cudnn_body_ms": cudnn}
 
 
-def verdict(ranked: list[tuple[float, object]], default: object, min_gain: float, what: str) -> str:
-    """One line: whether the fastest of ``ranked`` (ms, name) beats ``default`` by more than ``min_gain``."""
+def verdict(ranked: list[tuple[float, object]], default: object, min_gain: float, what: str) -> tuple[str, bool]:
+    """Whether the fastest of ``ranked`` (ms, name) beats ``default`` by more than ``min_gain``: one line to print,
+    and True where the default is timed and stays (no other beats it beyond the threshold)."""
     times = {name: ms for ms, name in ranked}
     if default not in times:
-        return f"  (no timed {what} marked as the default: nothing to compare with)"
+        return f"  (no timed {what} marked as the default: nothing to compare with)", False
     best_ms, best = ranked[0]
     if best == default:
-        return f"  -> keep the default {what}: it is the fastest"
+        return f"  -> keep the default {what}: it is the fastest", True
     gain = times[default] / best_ms - 1
     if gain > min_gain:
         return (f"  -> a candidate for the default {what}: {best}, {100 * gain:.1f}% faster than the default "
-                f"(above the {100 * min_gain:.1f}% threshold); confirm it in the latency benchmark")
+                f"(above the {100 * min_gain:.1f}% threshold); confirm it in the latency benchmark"), False
     return (f"  -> keep the default {what}: the fastest, {best}, is {100 * gain:.1f}% faster, within the "
-            f"{100 * min_gain:.1f}% threshold (--min-gain)")
+            f"{100 * min_gain:.1f}% threshold (--min-gain)"), True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,21 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         for ms, label in ranked:
             vs = f"  ({chain / ms:.2f}x the cuDNN chain estimate {chain:.2f} ms)" if chain else ""
             print(f"  {ms:8.3f} ms  {label}{vs}")
-        print(verdict(ranked, backend, min_gain, "options"))
+        print(verdict(ranked, backend, min_gain, "options")[0])
     if r["cuda_variants"]:
         by_time = [i for _, i in r["cuda_variants"]]
         auto = r["cuda_auto"]
-        times = {i: ms for ms, i in r["cuda_variants"]}
         # the variant the backend picks stays first unless another beats it beyond the threshold
-        keep = auto is not None and times[auto] / times[by_time[0]] - 1 <= min_gain
+        line, keep = verdict([(ms, f"variant {i}") for ms, i in r["cuda_variants"]], f"variant {auto}", min_gain,
+                             "body variant (kAutoOrder's first)")
         order = ", ".join(str(i) for i in ([auto] + [i for i in by_time if i != auto] if keep else by_time))
         print(f"\ncuda body variants by layer time: {', '.join(map(str, by_time))}  -> kAutoOrder = {{{order}}} "
               "(csrc/conv3x3_body.cu" + (f"; variant {auto}, the backend's pick, kept first)" if keep else ")"))
         for ms, i in r["cuda_variants"]:
             print(f"  variant {i}: {ms:.4f} ms")
         if auto is not None:
-            print(verdict([(ms, f"variant {i}") for ms, i in r["cuda_variants"]], f"variant {auto}", min_gain,
-                          "body variant (kAutoOrder's first)"))
+            print(line)
     return 0
 
 

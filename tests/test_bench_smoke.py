@@ -337,11 +337,18 @@ def _gpu_check_schedule(tmp_path: Path, knobs: dict[str, str], takes: dict[str, 
     return [(step, int(start), int(cap)) for step, start, cap in rows]
 
 
+def _readme_call(marker: str) -> tuple[dict[str, str], int]:
+    """The knobs and timeout_s of the gpu_check.sh call benchmarks/README.md gives in its one run() line with
+    ``marker``."""
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    (line,) = [ln for ln in readme.splitlines() if ln.lstrip().startswith('run(command="') and marker in ln]
+    knobs = dict(re.findall(r"\b([A-Z][A-Z0-9_]+)=(\S+)", line.split("bash benchmarks/gpu_check.sh")[0]))
+    return knobs, int(re.search(r"timeout_s=(\d+)", readme[readme.index(line) :]).group(1))
+
+
 def _issue5_call() -> dict[str, str]:
     """The knobs of the issue-5 call benchmarks/README.md gives (its run() line; run 12 ran it)."""
-    readme = (ROOT / "benchmarks" / "README.md").read_text()
-    (line,) = [ln for ln in readme.splitlines() if ln.lstrip().startswith('run(command="') and "NCU=1" in ln]
-    knobs = dict(re.findall(r"\b([A-Z][A-Z0-9_]+)=(\S+)", line.split("bash benchmarks/gpu_check.sh")[0]))
+    knobs, _ = _readme_call("NCU=1")
     assert {"GPU_CHECK_BUDGET_S", "BENCH_MIN_S", "AFTER_BENCH_S", "TEST_CAP_S"} <= set(knobs), knobs
     return {k: v for k, v in knobs.items() if k not in ("VDSR_FAST_GIT_COMMIT", "BENCH_ARGS", "PYTEST_K")}
 
@@ -352,11 +359,8 @@ ISSUE5_CALL = _issue5_call()
 def test_the_short_test_call_runs_only_the_build_and_its_tests(tmp_path):
     """benchmarks/README.md's short call for the next device session (its run() line with SKIP_BENCH=1): with every
     step at its cap, the build and the tests start, nothing else (the canaries skipped too), within its budget."""
-    readme = (ROOT / "benchmarks" / "README.md").read_text()
-    (line,) = [ln for ln in readme.splitlines() if ln.lstrip().startswith('run(command="') and "SKIP_BENCH=1" in ln]
-    knobs = dict(re.findall(r"\b([A-Z][A-Z0-9_]+)=(\S+)", line.split("bash benchmarks/gpu_check.sh")[0]))
+    knobs, timeout_s = _readme_call("SKIP_BENCH=1")
     assert "fused_head" in knobs.pop("PYTEST_K") and knobs.pop("VDSR_FAST_GIT_COMMIT") == "COMMIT"
-    timeout_s = int(re.search(r"timeout_s=(\d+)", readme[readme.index(line):]).group(1))
     sched = _gpu_check_schedule(tmp_path, knobs)
     assert [s for s, _, _ in sched] == ["build", "tests"], sched
     caps = {s: cap for s, _, cap in sched}
