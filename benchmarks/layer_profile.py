@@ -49,6 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("layer_profile needs a CUDA GPU")
+    from benchmarks.bench_latency import cudnn_search
+
+    # cuDNN's fused layer chooses its plan as the latency benchmark's chain does: every plan timed (it was left to
+    # the heuristics here, against the benchmark's search); the flags are put back after
+    with cudnn_search(True):
+        return _profile(args)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    """Time every row of the profile (``main``'s arguments); writes the JSON, prints the table."""
     from benchmarks.bench_latency import (
         BenchConfig,
         _cudnn_relu_op,
@@ -69,9 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     from vdsr_fast.verify import fill_nan
 
     dev = torch.device("cuda")
-    # cuDNN's fused layer chooses its plan as the latency benchmark's chain does: every plan timed (it was left to
-    # the heuristics here, against the benchmark's search)
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit = True, 0
     dt = torch.float16 if args.dtype == "fp16" else torch.bfloat16
     wd, ht = (int(v) for v in args.size.lower().split("x"))
     n = 1
