@@ -655,7 +655,8 @@ def test_train_api_refuses_what_the_command_refuses(tmp_path):
 
 def test_resume_refuses_an_unreadable_or_mismatched_checkpoint_in_one_line(tmp_path, capsys):
     """A truncated or empty last.pt was a zip/EOF traceback, one of another depth a state_dict traceback, one of
-    another optimizer a KeyError; a checkpoint with pickled code is refused without running it (weights_only)."""
+    another optimizer a KeyError; a checkpoint with pickled code is refused without running it (weights_only), one
+    with dict keys crafted to share a hash before it is unpickled."""
     run, marker = tmp_path / "run", tmp_path / "code-ran"
     assert _cli(tmp_path, capsys)[0] == 0
     ckpt = run / "last.pt"
@@ -671,7 +672,8 @@ def test_resume_refuses_an_unreadable_or_mismatched_checkpoint_in_one_line(tmp_p
         def __reduce__(self):
             return os.mkdir, (str(marker),)
 
-    for bad in (good[:300], good[: len(good) // 2], b"", {"model": Code()}, {"weights": torch.zeros(1)}):
+    collide = {k * (2**61 - 1): 0 for k in range(1, 3001)}  # keys sharing one hash: walked and refused (SECURITY.md)
+    for bad in (good[:300], good[: len(good) // 2], b"", {"model": Code()}, {"weights": torch.zeros(1)}, collide):
         if isinstance(bad, bytes):
             ckpt.write_bytes(bad)
         else:
@@ -679,6 +681,7 @@ def test_resume_refuses_an_unreadable_or_mismatched_checkpoint_in_one_line(tmp_p
         code, err = _cli(tmp_path, capsys)
         assert code == 2 and err.startswith(f"vdsr-fast train: error: {ckpt}: not a") and "--no-resume" in err, err
         assert len(err.splitlines()) == 1, err
+        assert bad is not collide or "more than 2048 dict keys" in err, err
     assert not marker.exists()  # a checkpoint is data: no pickled code runs
     ckpt.write_bytes(good)
     code, err = _cli(tmp_path, capsys, "--steps", "2", "--batch", "3")  # another recipe: resumed, and said so

@@ -987,6 +987,87 @@ def test_integers_wider_than_1024_bits_are_refused_and_a_checkpoints_own_load(tm
         from_state_dict({10**5000: torch.zeros(1)})
 
 
+P61 = 2**61 - 1  # an int's hash is its value modulo this: k * P61 all hash to 0
+
+
+class _Call:
+    """Pickles as ``fn(*args)`` (REDUCE), then ``state`` (BUILD): how a file can hand keys to a constructor."""
+
+    def __init__(self, fn, *args, state=None):
+        self.fn, self.args, self.state = fn, args, state
+
+    def __reduce__(self):
+        return self.fn, self.args, self.state
+
+
+def _colliding(n: int) -> list[int]:
+    return [k * P61 for k in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: {k: 0 for k in _colliding(n)},  # dict keys (SETITEMS)
+    lambda n: {(k, k): 0 for k in range(n)},  # tuples of ints (their hash can be inverted)
+    lambda n: {float(k): 0 for k in _colliding(n)},  # floats (hashed as the ints they equal)
+    lambda n: set(_colliding(n)),  # set elements (ADDITEMS; REDUCE of set(list) at protocol 2)
+    lambda n: frozenset(_colliding(n)),
+    lambda n: _Call(OrderedDict, [(k, 0) for k in _colliding(n)]),  # a list of pairs handed to a constructor
+    lambda n: _Call(OrderedDict, [[k, 0] for k in _colliding(n)]),  # pairs as lists
+    lambda n: [_Call(OrderedDict, pairs) for pairs in [[(k, 0) for k in _colliding(n // 3)]] * 3],  # one list, 3 calls
+], ids=["int", "tuple", "float", "set", "frozenset", "call", "call_lists", "call_shared"])  # fmt: skip
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_keys_that_could_share_one_hash_are_refused_before_unpickling(make, protocol):
+    """Dict keys or set elements crafted to share one hash (the integers k * (2**61 - 1), tuples of integers, floats)
+    make building the dict quadratic in its size: 16,000 took 2.7 s here (in torch.load's
+    restricted unpickler too). check_pickle models the unpickler's stack and refuses a pickle that would insert more
+    than 2,048 of them, before anything is built (2,048 such keys take 0.05 s); 2,048 pass."""
+    limit = 2048
+    check_pickle(io.BytesIO(pickle.dumps(make(limit), protocol=protocol)))
+    with pytest.raises(CheckpointFormatError, match="more than 2048 dict keys or set elements whose hashes"):
+        check_pickle(io.BytesIO(pickle.dumps(make(limit + 2), protocol=protocol)))
+
+
+def test_keys_whose_hash_the_file_cannot_choose_are_not_counted():
+    """Strings and bytes hash with a per-process random key and distinct small integers never share a hash: a
+    checkpoint's keys are of these kinds, and any number of them passes, as do numbers anywhere but in keys (a
+    tensor's size tuples, a training history's floats)."""
+    m = _random_model(depth=3, channels=4)
+    obj = {"model": m.state_dict(), "names": {f"k{i}": i for i in range(5000)}, "ids": {i: 0.5 for i in range(5000)},
+           "blobs": {bytes([i % 256, i // 256]): None for i in range(5000)}, "history": [{"loss": 0.1 * i} for i in range(5000)],
+           "big": [k * P61 for k in range(5000)], "sizes": [(i, i + 1) for i in range(5000)]}  # fmt: skip
+    for protocol in (0, 2, 5):
+        check_pickle(io.BytesIO(pickle.dumps(obj, protocol=protocol)))
+
+
+def test_a_state_set_again_by_build_counts_each_time():
+    """BUILD sets an object's state dict again (``__dict__.update``): one state dict of 700 colliding keys (memoised)
+    given to three objects inserts 700 + 3 x 700."""
+    state = {k: 0 for k in _colliding(700)}
+    check_pickle(io.BytesIO(pickle.dumps(_Call(types.SimpleNamespace, state=state), protocol=2)))  # 1,400
+    with pytest.raises(CheckpointFormatError, match="more than 2048 dict keys"):
+        check_pickle(io.BytesIO(pickle.dumps([_Call(types.SimpleNamespace, state=state) for _ in range(3)], protocol=2)))
+
+
+def test_a_pickle_that_reaches_below_its_mark_is_refused():
+    """The stack model keeps the unpicklers' fence: SETITEM cannot take a dict from below the last mark. Such a pickle
+    (which no pickler writes) is refused by the walk, as the unpickler refuses it."""
+    pkl = b"\x80\x02}(K\x01K\x02s0."  # PROTO 2, EMPTY_DICT, MARK, 1, 2, SETITEM (dict below the mark), POP, STOP
+    with pytest.raises(pickle.UnpicklingError, match="unexpected MARK found"):
+        pickle.loads(pkl)
+    with pytest.raises(CheckpointFormatError, match=r"malformed pickle: SETITEM at byte 8 takes more than the stack"):
+        check_pickle(io.BytesIO(pkl))
+
+
+@pytest.mark.parametrize("kind", ["legacy", "zip"])
+def test_colliding_keys_in_a_checkpoint_file_are_a_weights_error(tmp_path, kind):
+    """Through load(): the zip format is walked before torch.load unpickles it, the legacy format by this reader."""
+    m = _random_model(depth=3, channels=4)
+    path = tmp_path / "w.pth"
+    torch.save({"model": m.state_dict(), "junk": {k: 0 for k in _colliding(3000)}}, path,
+               _use_new_zipfile_serialization=kind == "zip")  # fmt: skip
+    with pytest.raises(WeightsError, match="more than 2048 dict keys or set elements whose hashes the file chooses"):
+        vdsr_fast.load(path)
+
+
 def test_an_unreadable_weights_path_is_a_weights_error(tmp_path):
     """A name too long (or a file without read permission) raised an OSError the command line did not catch: a
     traceback. It is a WeightsError naming the path and the reason."""

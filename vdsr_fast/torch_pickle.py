@@ -325,6 +325,141 @@ def _byteswap(storages: dict[str, _Storage]) -> None:
 _MEMO_OPS = ("PUT", "BINPUT", "LONG_BINPUT")
 _INT_OPS = ("INT", "LONG", "LONG1", "LONG4")
 _MAX_INT_BITS = 1024  # a checkpoint's widest ints: 128-bit generator states (numpy's PCG64), the legacy magic (77)
+# Dict keys and set elements whose hash the file could choose (see _Sym), in all of a pickle: 2,048 keys that share
+# one hash take 0.05 s to insert, 16,000 took 2.7 s and it grows with the square (SECURITY.md). A checkpoint's keys
+# are strings (randomised hashes) and small integers (hashes of their own values, all distinct).
+_MAX_CHOSEN_HASHES = 2048
+_TEXT_OPS = frozenset({
+    "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "NONE",
+    "NEWTRUE", "NEWFALSE", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"})  # fmt: skip
+_NUMBER_OPS = frozenset({"BININT", "BININT1", "BININT2", "FLOAT", "BINFLOAT", *_INT_OPS})
+
+
+class _Sym:
+    """What :func:`check_pickle`'s model of the unpickler's stack holds for one object.
+
+    ``chosen``: whether the file could choose its hash. An integer of 32 bits or more (its hash is its value modulo
+    2**61 - 1), a float, a tuple or frozenset holding a number or such an object (their hashes can be inverted), an
+    object made by a call or named by a global. Strings and bytes hash with a per-process random key; a small integer
+    hashes to itself, so distinct ones never share a hash. ``inside``: how many keys a container would hand a
+    constructor, counted through nested containers (an element such an object, or what is inside it: a pair
+    ``(k, v)`` is one); ``keys``: how many of them it was given as dict keys or set elements.
+    """
+
+    __slots__ = ("kind", "chosen", "inside", "keys", "items")
+
+    def __init__(self, kind: str, chosen: bool = False) -> None:
+        self.kind, self.chosen, self.inside, self.keys = kind, chosen, 0, 0
+        self.items: list[_Sym] | None = None  # a tuple's (a call's arguments are one)
+
+    def add(self, items: list[_Sym], keys: list[_Sym] = ()) -> int:  # what is added (APPEND(S), SETITEM(S), ...)
+        self.inside = min(self.inside + sum(max(e.chosen, e.inside) for e in items), _SATURATE)
+        n = sum(k.chosen for k in keys)
+        self.keys = min(self.keys + n, _SATURATE)
+        return n
+
+
+_SATURATE = 1 << 40  # a count that shared objects nested deep would double at each level stops here
+_TEXT, _SMALL_INT, _NUMBER = _SCALARS = (_Sym("str"), _Sym("int"), _Sym("number", True))  # str, bytes, None, bool;
+# an int below 2**32 in magnitude; a float or a wider int. Shared, so never grown (each container has its own _Sym)
+_CONTAINERS = {"TUPLE": "tuple", "TUPLE1": "tuple", "TUPLE2": "tuple", "TUPLE3": "tuple", "EMPTY_TUPLE": "tuple",
+               "FROZENSET": "frozenset", "LIST": "list", "EMPTY_LIST": "list", "DICT": "dict", "EMPTY_DICT": "dict",
+               "EMPTY_SET": "set"}  # fmt: skip
+
+
+def _scalar(op: pickletools.OpcodeInfo, arg: Any) -> _Sym:
+    if op.name in _TEXT_OPS:
+        return _TEXT
+    if op.name in ("BININT", "BININT1", "BININT2") or (op.name in _INT_OPS and abs(int(arg)) < 1 << 32):
+        return _SMALL_INT  # (INT's arg is a bool for protocol 0's True and False)
+    return _NUMBER  # INT/LONG of 32 bits or more, FLOAT, BINFLOAT
+
+
+class _Unfollowable(Exception):
+    """The pickle takes from the stack what the model does not have there."""
+
+
+class _StackModel:
+    """The unpickler's stack, marks and memo, modelled with :class:`_Sym` (what could choose each object's hash) as
+    :func:`pickletools.dis` models them with types, to count before anything is built the dict keys and set elements
+    whose hashes the file chooses: those a dict, set or frozenset is built with, those SETITEM(S), ADDITEMS and
+    APPEND(S) on what is not a list give an object, those a BUILD's state dict sets again, and everything inside the
+    containers a call is given (``OrderedDict([(k, v), ...])`` builds a dict too). A mark is a fence: an opcode takes
+    nothing below the topmost one (as both of Python's unpicklers and torch's). A pickle the model cannot follow is
+    refused (the unpicklers fail there too)."""
+
+    def __init__(self) -> None:
+        self.stack: list[_Sym] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, _Sym] = {}
+        self.chosen = 0  # keys (and what is inside a call's arguments) whose hash the file chooses, so far
+
+    def step(self, op: pickletools.OpcodeInfo, arg: Any) -> None:
+        name, before, stack = op.name, op.stack_before, self.stack
+        if name in _TEXT_OPS:  # the commonest opcodes first
+            stack.append(_TEXT)
+            return
+        items: list[_Sym] = []
+        if pickletools.markobject in before:
+            if not self.marks:
+                raise _Unfollowable("has no mark before it")
+            at = self.marks.pop()
+            items, stack[at:] = stack[at:], []
+            before = before[: before.index(pickletools.markobject)]
+        fence = self.marks[-1] if self.marks else 0
+        if name == "POP" and len(stack) == fence and self.marks:
+            self.marks.pop()  # POP right after MARK drops the mark
+            return
+        if len(stack) - fence < max(len(before), name in _MEMO_OPS):
+            raise _Unfollowable("takes more than the stack holds above its last mark")
+        popped = stack[len(stack) - len(before) :]
+        del stack[len(stack) - len(popped) :]
+        if name in _MEMO_OPS:
+            self.memo[arg] = stack[-1]
+        elif name == "MEMOIZE":
+            self.memo[len(self.memo)] = popped[0]
+            stack += popped
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(self.memo.get(arg) or _Sym("object", True))  # (never stored: the unpickler fails)
+        elif name == "MARK":
+            self.marks.append(len(stack))
+        elif name == "DUP":
+            stack += popped * 2
+        elif not op.stack_after:  # POP, POP_MARK, STOP, PROTO, FRAME
+            pass
+        elif name in _CONTAINERS:
+            kind, elems = _CONTAINERS[name], items or popped
+            sym = _Sym(kind, kind in ("tuple", "frozenset") and any(e.chosen or e is _SMALL_INT for e in elems))
+            sym.items = elems
+            self.chosen += sym.add(elems, elems if kind == "frozenset" else elems[::2] if kind == "dict" else ())
+            stack.append(sym)
+        elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"):
+            container, *added = popped
+            added += items
+            if container in _SCALARS:
+                raise _Unfollowable("adds to a number or string")
+            keys = added[::2] if name.startswith("SETITEM") else added if container.kind != "list" else []
+            self.chosen += container.add(added, keys)  # (APPEND(S) on an object calls its append or extend)
+            stack.append(container)
+        elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST"):
+            # what is inside the arguments (a tensor's size tuple holds small integers: nothing; a list of pairs for
+            # OrderedDict: its keys); NEWOBJ_EX's keyword dict, all of it
+            args = popped[1].items if name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX") else items[name == "OBJ" :]
+            self.chosen += sum(e.inside for e in args or []) + (popped[2].inside if name == "NEWOBJ_EX" else 0)
+            if name == "REDUCE" and popped[0].kind == "global _codecs encode":
+                stack.append(_TEXT)  # bytes at protocols 0-2: _codecs.encode(str, "latin1") (a codec gives bytes or str)
+            else:
+                stack.append(_Sym("object", True))  # its own: SETITEMS may fill it (OrderedDict's pickle does)
+        elif name == "BUILD":  # the state's keys are set again (__dict__.update or __setstate__); (dict, slots) too
+            state = popped[1]
+            self.chosen += state.keys + sum(e.keys for e in state.items or []) if state.kind == "tuple" else state.keys
+            stack.append(popped[0])
+        elif name in _NUMBER_OPS:
+            stack.append(_scalar(op, arg))
+        elif name == "GLOBAL":
+            stack.append(_Sym(f"global {arg}", True))
+        else:  # STACK_GLOBAL, PERSID, BINPERSID, EXT*, buffers: an object
+            stack += [_Sym("object", True) for _ in op.stack_after]
 
 
 def check_pickle(f: io.BytesIO) -> None:
@@ -333,10 +468,12 @@ def check_pickle(f: io.BytesIO) -> None:
     or work far beyond the file's size. A memo index beyond the opcodes before it (a pickler numbers its memo
     entries in order; Python's C unpickler allocates and zeroes a memo of twice the index: 9 bytes took 4 GB), an
     integer wider than ``_MAX_INT_BITS`` (a 5000-digit one is parsed and printed in quadratic time), a length past
-    the data (a bytearray8 of petabytes), an unknown opcode."""
-    start, ops = f.tell(), 0
+    the data (a bytearray8 of petabytes), an unknown opcode, more than ``_MAX_CHOSEN_HASHES`` dict keys or set
+    elements whose hashes the file could choose (integers crafted to share one hash make building a dict quadratic
+    in its size; :class:`_StackModel`)."""
+    start, ops, model = f.tell(), 0, _StackModel()
     try:
-        for op, arg, _ in pickletools.genops(f):
+        for op, arg, pos in pickletools.genops(f):
             ops += 1
             if op.name in _MEMO_OPS and not 0 <= arg < ops:
                 raise CheckpointFormatError(f"malformed pickle: memo index {arg} after {ops - 1} opcodes (refused "
@@ -344,6 +481,15 @@ def check_pickle(f: io.BytesIO) -> None:
             if op.name in _INT_OPS and isinstance(arg, int) and arg.bit_length() > _MAX_INT_BITS:
                 raise CheckpointFormatError(f"malformed pickle: an integer of {arg.bit_length()} bits (a checkpoint's "
                                             f"are at most {_MAX_INT_BITS})")
+            try:
+                model.step(op, arg)
+            except _Unfollowable as e:
+                raise CheckpointFormatError(f"malformed pickle: {op.name} at byte {pos} {e}") from None
+            if model.chosen > _MAX_CHOSEN_HASHES:
+                raise CheckpointFormatError(
+                    f"malformed pickle: more than {_MAX_CHOSEN_HASHES} dict keys or set elements whose hashes the file "
+                    "chooses (numbers, tuples of them, objects; a checkpoint's keys are strings and small integers): "
+                    "keys crafted to share one hash would take quadratic time to insert; refused before unpickling")
     except CheckpointFormatError:
         raise
     except (ValueError, struct.error) as e:  # genops' own: a length past the data, an unknown opcode, a bad number
