@@ -1068,6 +1068,23 @@ def test_colliding_keys_in_a_checkpoint_file_are_a_weights_error(tmp_path, kind)
         vdsr_fast.load(path)
 
 
+@pytest.mark.parametrize("kind", ["legacy", "zip"])
+def test_a_pickle_past_32_mib_is_refused(tmp_path, kind):
+    """A checkpoint's pickle is its structure (a few KB; the tensors' bytes are stored beside it): one past 32 MiB is
+    refused, a zip's from its directory before it is read, a legacy file's by the walk (~0.8 s per MB, and the
+    unpickling after it, were bounded only by the 2 GiB a file may have)."""
+    m = _random_model(depth=3, channels=4)
+    path = tmp_path / "w.pth"
+    obj = {"model": m.state_dict(), "notes": ["x" * 1024] * 64 + [f"{i:01023d}" for i in range(33 * 1024)]}
+    torch.save(obj, path, _use_new_zipfile_serialization=kind == "zip")
+    match = "is 3[0-9]{7} bytes, a pickle of more than 32 MiB" if kind == "zip" else "a pickle of more than 32 MiB"
+    with pytest.raises(WeightsError, match=match):
+        vdsr_fast.load(path)
+    obj["notes"] = obj["notes"][: 30 * 1024]  # 30 MiB: walked, then loaded
+    torch.save(obj, path, _use_new_zipfile_serialization=kind == "zip")
+    _same_model(m, vdsr_fast.load(path))
+
+
 def test_an_unreadable_weights_path_is_a_weights_error(tmp_path):
     """A name too long (or a file without read permission) raised an OSError the command line did not catch: a
     traceback. It is a WeightsError naming the path and the reason."""

@@ -329,6 +329,9 @@ _MAX_INT_BITS = 1024  # a checkpoint's widest ints: 128-bit generator states (nu
 # one hash take 0.05 s to insert, 16,000 took 2.7 s and it grows with the square (SECURITY.md). A checkpoint's keys
 # are strings (randomised hashes) and small integers (hashes of their own values, all distinct).
 _MAX_CHOSEN_HASHES = 2048
+# A checkpoint's pickle holds its structure, not its tensors' bytes (stored beside it): a few KB for VDSR's weights,
+# a training checkpoint with its history ~100 KB. Past this, the walk (~0.8 s per MB) and the unpickling are refused.
+_MAX_PICKLE_BYTES = 32 << 20
 _TEXT_OPS = frozenset({
     "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "NONE",
     "NEWTRUE", "NEWFALSE", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"})  # fmt: skip
@@ -468,13 +471,17 @@ def check_pickle(f: io.BytesIO) -> None:
     or work far beyond the file's size. A memo index beyond the opcodes before it (a pickler numbers its memo
     entries in order; Python's C unpickler allocates and zeroes a memo of twice the index: 9 bytes took 4 GB), an
     integer wider than ``_MAX_INT_BITS`` (a 5000-digit one is parsed and printed in quadratic time), a length past
-    the data (a bytearray8 of petabytes), an unknown opcode, more than ``_MAX_CHOSEN_HASHES`` dict keys or set
+    the data (a bytearray8 of petabytes), an unknown opcode, a pickle past ``_MAX_PICKLE_BYTES``, more than
+    ``_MAX_CHOSEN_HASHES`` dict keys or set
     elements whose hashes the file could choose (integers crafted to share one hash make building a dict quadratic
     in its size; :class:`_StackModel`)."""
     start, ops, model = f.tell(), 0, _StackModel()
     try:
         for op, arg, pos in pickletools.genops(f):
             ops += 1
+            if pos - start > _MAX_PICKLE_BYTES:
+                raise CheckpointFormatError(f"a pickle of more than {_MAX_PICKLE_BYTES >> 20} MiB (a checkpoint's holds its "
+                                            "structure, a few KB, and its tensors' bytes beside it); refused")
             if op.name in _MEMO_OPS and not 0 <= arg < ops:
                 raise CheckpointFormatError(f"malformed pickle: memo index {arg} after {ops - 1} opcodes (refused "
                                             "before unpickling: it would allocate a memo that large)")
@@ -508,6 +515,9 @@ def check_zip(zf: zipfile.ZipFile, nbytes: int) -> tuple[str, bytes]:
     pkl = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
     if len(pkl) != 1:
         raise CheckpointFormatError("a zip file, but not a torch.save checkpoint (no '<archive>/data.pkl')")
+    if (size := zf.getinfo(pkl[0]).file_size) > _MAX_PICKLE_BYTES:
+        raise CheckpointFormatError(f"'{pkl[0]}' is {size} bytes, a pickle of more than {_MAX_PICKLE_BYTES >> 20} MiB "
+                                    "(a checkpoint's holds its structure, a few KB; its tensors are stored beside it)")
     data = _read_entry(zf, pkl[0])
     check_pickle(io.BytesIO(data))
     return pkl[0], data
