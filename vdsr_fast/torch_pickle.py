@@ -325,57 +325,72 @@ def _byteswap(storages: dict[str, _Storage]) -> None:
 _MEMO_OPS = ("PUT", "BINPUT", "LONG_BINPUT")
 _INT_OPS = ("INT", "LONG", "LONG1", "LONG4")
 _MAX_INT_BITS = 1024  # a checkpoint's widest ints: 128-bit generator states (numpy's PCG64), the legacy magic (77)
-# Dict keys and set elements whose hash the file could choose (see _Sym), in all of a pickle: 2,048 keys that share
-# one hash take 0.05 s to insert, 16,000 took 2.7 s and it grows with the square (SECURITY.md). A checkpoint's keys
-# are strings (randomised hashes) and small integers (hashes of their own values, all distinct).
-_MAX_CHOSEN_HASHES = 2048
+# Insertions of dict keys and set elements among keys whose hash the file could choose (_Sym, _StackModel), in all
+# of a pickle: 2,048 keys that share one hash take 0.05 s to insert, 16,000 took 2.7 s and it grows with the square
+# (SECURITY.md). A checkpoint's keys are strings (randomised hashes) and small integers (their own values).
+_MAX_CHOSEN_INSERTS = 2048
 # A checkpoint's pickle holds its structure, not its tensors' bytes (stored beside it): a few KB for VDSR's weights,
 # a training checkpoint with its history ~100 KB. Past this, the walk (~0.8 s per MB) and the unpickling are refused.
 _MAX_PICKLE_BYTES = 32 << 20
 _TEXT_OPS = frozenset({
-    "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "NONE",
-    "NEWTRUE", "NEWFALSE", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"})  # fmt: skip
-_NUMBER_OPS = frozenset({"BININT", "BININT1", "BININT2", "FLOAT", "BINFLOAT", *_INT_OPS})
+    "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "UNICODE",
+    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"})  # fmt: skip
+_NUMBER_OPS = frozenset({"BININT", "BININT1", "BININT2", "FLOAT", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE", *_INT_OPS})
+_SATURATE = 1 << 40  # counts that shared objects nested deep would double at each level stop here
 
 
 class _Sym:
     """What :func:`check_pickle`'s model of the unpickler's stack holds for one object.
 
-    ``chosen``: whether the file could choose its hash. An integer of 32 bits or more (its hash is its value modulo
-    2**61 - 1), a float, a tuple or frozenset holding a number or such an object (their hashes can be inverted), an
-    object made by a call or named by a global. Strings and bytes hash with a per-process random key; a small integer
-    hashes to itself, so distinct ones never share a hash. ``inside``: how many keys a container would hand a
-    constructor, counted through nested containers (an element such an object, or what is inside it: a pair
-    ``(k, v)`` is one); ``keys``: how many of them it was given as dict keys or set elements.
+    ``chosen``: whether the file could choose its hash: an integer of 32 bits or more (its hash is its value modulo
+    2**61 - 1), a float, a tuple or frozenset holding a number, a bool or None or such an object (their hashes are
+    fixed, and a tuple's or frozenset's can be inverted), an object made by a call or named by a global. Strings and
+    bytes hash with a per-process random key. A small integer, a bool or None hashes to a fixed value that distinct
+    ones never share, but a chosen key can share it.
+    ``size`` and ``tainted``: the keys a dict, set or object holds, and how many of them are chosen: once one is,
+    every key in it may sit on one chain of a shared hash, so each insertion into it (and each copy of it) costs up
+    to the chain's length. ``items``: a tuple's or list's elements.
     """
 
-    __slots__ = ("kind", "chosen", "inside", "keys", "items")
+    __slots__ = ("kind", "chosen", "size", "tainted", "items")
 
-    def __init__(self, kind: str, chosen: bool = False) -> None:
-        self.kind, self.chosen, self.inside, self.keys = kind, chosen, 0, 0
-        self.items: list[_Sym] | None = None  # a tuple's (a call's arguments are one)
+    def __init__(self, kind: str, chosen: bool = False, items: list[_Sym] | None = None) -> None:
+        self.kind, self.chosen, self.size, self.tainted, self.items = kind, chosen, 0, 0, items
 
-    def add(self, items: list[_Sym], keys: list[_Sym] = ()) -> int:  # what is added (APPEND(S), SETITEM(S), ...)
-        self.inside = min(self.inside + sum(max(e.chosen, e.inside) for e in items), _SATURATE)
-        n = sum(k.chosen for k in keys)
-        self.keys = min(self.keys + n, _SATURATE)
-        return n
+    def insert(self, keys: list[_Sym], copies: int = 0) -> int:
+        """``keys`` and ``copies`` more (the keys of what it is built from) put in it; returns what that costs: each
+        of them if it holds a chosen key by then (one probe per key in the chain), nothing otherwise."""
+        self.size = min(self.size + len(keys) + copies, _SATURATE)
+        self.tainted = min(self.tainted + sum(k.chosen for k in keys), _SATURATE)
+        return len(keys) + copies if self.tainted else 0
 
 
-_SATURATE = 1 << 40  # a count that shared objects nested deep would double at each level stops here
-_TEXT, _SMALL_INT, _NUMBER = _SCALARS = (_Sym("str"), _Sym("int"), _Sym("number", True))  # str, bytes, None, bool;
-# an int below 2**32 in magnitude; a float or a wider int. Shared, so never grown (each container has its own _Sym)
-_CONTAINERS = {"TUPLE": "tuple", "TUPLE1": "tuple", "TUPLE2": "tuple", "TUPLE3": "tuple", "EMPTY_TUPLE": "tuple",
-               "FROZENSET": "frozenset", "LIST": "list", "EMPTY_LIST": "list", "DICT": "dict", "EMPTY_DICT": "dict",
-               "EMPTY_SET": "set"}  # fmt: skip
+def _copied(arg: _Sym) -> tuple[int, int]:
+    """(keys, chosen keys) a call or a BUILD may insert from one argument: a dict's, set's or object's own (all of
+    them, if any is chosen: a copy puts them all in one table), or a list's or tuple's elements taken as keys or as
+    ``(key, value)`` pairs (``set(list)``, ``OrderedDict(pairs)``), with what those hold in turn."""
+    if arg.items is None:
+        return (arg.size, arg.tainted) if arg.tainted else (0, 0)
+    chosen = sum(e.chosen or bool(e.kind in ("tuple", "list") and e.items and e.items[0].chosen) for e in arg.items)
+    nested = [(e.size, e.tainted) for e in arg.items if e.items is None and e.tainted]
+    n, c = len(arg.items) + sum(t[0] for t in nested), chosen + sum(t[1] for t in nested)
+    return (min(n, _SATURATE), c) if c else (0, 0)
+
+
+# str and bytes; an int below 2**32 in magnitude, a bool or None; a float or a wider int. Shared: never grown (a
+# container has a _Sym of its own)
+_TEXT, _SMALL, _NUMBER = _SCALARS = (_Sym("str"), _Sym("small"), _Sym("number", True))
+_SEQUENCES = {"TUPLE": "tuple", "TUPLE1": "tuple", "TUPLE2": "tuple", "TUPLE3": "tuple", "EMPTY_TUPLE": "tuple",
+              "LIST": "list", "EMPTY_LIST": "list"}  # fmt: skip
+_TABLES = {"DICT": "dict", "EMPTY_DICT": "dict", "EMPTY_SET": "set", "FROZENSET": "frozenset"}
 
 
 def _scalar(op: pickletools.OpcodeInfo, arg: Any) -> _Sym:
     if op.name in _TEXT_OPS:
         return _TEXT
-    if op.name in ("BININT", "BININT1", "BININT2") or (op.name in _INT_OPS and abs(int(arg)) < 1 << 32):
-        return _SMALL_INT  # (INT's arg is a bool for protocol 0's True and False)
-    return _NUMBER  # INT/LONG of 32 bits or more, FLOAT, BINFLOAT
+    if op.name in ("FLOAT", "BINFLOAT") or (op.name in _INT_OPS and abs(int(arg)) >= 1 << 32):
+        return _NUMBER
+    return _SMALL  # BININT*, NONE, NEWTRUE, NEWFALSE, INT/LONG below 2**32 (INT's arg is a bool for "I01")
 
 
 class _Unfollowable(Exception):
@@ -383,19 +398,19 @@ class _Unfollowable(Exception):
 
 
 class _StackModel:
-    """The unpickler's stack, marks and memo, modelled with :class:`_Sym` (what could choose each object's hash) as
-    :func:`pickletools.dis` models them with types, to count before anything is built the dict keys and set elements
-    whose hashes the file chooses: those a dict, set or frozenset is built with, those SETITEM(S), ADDITEMS and
-    APPEND(S) on what is not a list give an object, those a BUILD's state dict sets again, and everything inside the
-    containers a call is given (``OrderedDict([(k, v), ...])`` builds a dict too). A mark is a fence: an opcode takes
-    nothing below the topmost one (as both of Python's unpicklers and torch's). A pickle the model cannot follow is
-    refused (the unpicklers fail there too)."""
+    """The unpickler's stack, marks and memo, modelled with :class:`_Sym` as :func:`pickletools.dis` models them with
+    types, to count before anything is built what inserting keys into hash tables will cost where the file could
+    choose their hashes: each key of a dict, set, frozenset or object (SETITEM(S), ADDITEMS, APPEND(S) on what is not
+    a list) that holds a chosen key, and each key a call or a BUILD copies from its arguments or state when any of
+    them is chosen (``OrderedDict(pairs)``, ``set(list)``, ``OrderedDict(d)`` again and again, torch's
+    ``__dict__.update(state)``). A mark is a fence: an opcode takes nothing below the topmost one (as in both of
+    Python's unpicklers and torch's). A pickle the model cannot follow is refused (the unpicklers fail there too)."""
 
     def __init__(self) -> None:
         self.stack: list[_Sym] = []
         self.marks: list[int] = []
         self.memo: dict[int, _Sym] = {}
-        self.chosen = 0  # keys (and what is inside a call's arguments) whose hash the file chooses, so far
+        self.cost = 0  # insertions into tables that hold a chosen key, so far
 
     def step(self, op: pickletools.OpcodeInfo, arg: Any) -> None:
         name, before, stack = op.name, op.stack_before, self.stack
@@ -430,33 +445,41 @@ class _StackModel:
             stack += popped * 2
         elif not op.stack_after:  # POP, POP_MARK, STOP, PROTO, FRAME
             pass
-        elif name in _CONTAINERS:
-            kind, elems = _CONTAINERS[name], items or popped
-            sym = _Sym(kind, kind in ("tuple", "frozenset") and any(e.chosen or e is _SMALL_INT for e in elems))
-            sym.items = elems
-            self.chosen += sym.add(elems, elems if kind == "frozenset" else elems[::2] if kind == "dict" else ())
+        elif name in _SEQUENCES:
+            elems = items or popped
+            kind = _SEQUENCES[name]
+            stack.append(_Sym(kind, kind == "tuple" and any(e.chosen or e is _SMALL for e in elems), elems))
+        elif name in _TABLES:
+            kind = _TABLES[name]
+            sym = _Sym(kind, kind == "frozenset" and any(e.chosen or e is _SMALL for e in items))
+            self.cost += sym.insert(items[::2] if kind == "dict" else items)
             stack.append(sym)
         elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"):
             container, *added = popped
             added += items
             if container in _SCALARS:
                 raise _Unfollowable("adds to a number or string")
-            keys = added[::2] if name.startswith("SETITEM") else added if container.kind != "list" else []
-            self.chosen += container.add(added, keys)  # (APPEND(S) on an object calls its append or extend)
+            if container.kind == "list" and name.startswith("APPEND"):
+                container.items.extend(added)  # (a list given to a call later: its elements)
+            else:  # a dict's or set's keys, or an object's (its __setitem__, add, append or extend)
+                self.cost += container.insert(added[::2] if name.startswith("SETITEM") else added)
             stack.append(container)
-        elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST"):
-            # what is inside the arguments (a tensor's size tuple holds small integers: nothing; a list of pairs for
-            # OrderedDict: its keys); NEWOBJ_EX's keyword dict, all of it
-            args = popped[1].items if name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX") else items[name == "OBJ" :]
-            self.chosen += sum(e.inside for e in args or []) + (popped[2].inside if name == "NEWOBJ_EX" else 0)
-            if name == "REDUCE" and popped[0].kind == "global _codecs encode":
-                stack.append(_TEXT)  # bytes at protocols 0-2: _codecs.encode(str, "latin1") (a codec gives bytes or str)
+        elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BUILD"):
+            if name == "BUILD":  # the state set on the object: __dict__.update(state) or __setstate__(state)
+                target, handed = popped[0], [popped[1]]
             else:
-                stack.append(_Sym("object", True))  # its own: SETITEMS may fill it (OrderedDict's pickle does)
-        elif name == "BUILD":  # the state's keys are set again (__dict__.update or __setstate__); (dict, slots) too
-            state = popped[1]
-            self.chosen += state.keys + sum(e.keys for e in state.items or []) if state.kind == "tuple" else state.keys
-            stack.append(popped[0])
+                target = _TEXT if name == "REDUCE" and popped[0].kind == "global _codecs encode" else _Sym("object", True)
+                args = popped[1] if name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX") else _Sym("tuple", False, items[name == "OBJ" :])
+                handed = (args.items if args.items is not None else [args]) + popped[2:]  # torch: func(*args), any iterable
+            copies = [_copied(h) for h in handed]
+            n, chosen = sum(c[0] for c in copies), sum(c[1] for c in copies)
+            if n:
+                if target in _SCALARS:  # (bytes at protocols 0-2: _codecs.encode(str, "latin1"))
+                    self.cost += n
+                else:
+                    target.tainted = min(target.tainted + chosen, _SATURATE)
+                    self.cost += target.insert([], n)
+            stack.append(target)
         elif name in _NUMBER_OPS:
             stack.append(_scalar(op, arg))
         elif name == "GLOBAL":
@@ -472,9 +495,8 @@ def check_pickle(f: io.BytesIO) -> None:
     entries in order; Python's C unpickler allocates and zeroes a memo of twice the index: 9 bytes took 4 GB), an
     integer wider than ``_MAX_INT_BITS`` (a 5000-digit one is parsed and printed in quadratic time), a length past
     the data (a bytearray8 of petabytes), an unknown opcode, a pickle past ``_MAX_PICKLE_BYTES``, more than
-    ``_MAX_CHOSEN_HASHES`` dict keys or set
-    elements whose hashes the file could choose (integers crafted to share one hash make building a dict quadratic
-    in its size; :class:`_StackModel`)."""
+    ``_MAX_CHOSEN_INSERTS`` insertions of dict keys or set elements among keys whose hashes the file could choose
+    (integers crafted to share one hash make building a dict quadratic in its size; :class:`_StackModel`)."""
     start, ops, model = f.tell(), 0, _StackModel()
     try:
         for op, arg, pos in pickletools.genops(f):
@@ -492,11 +514,12 @@ def check_pickle(f: io.BytesIO) -> None:
                 model.step(op, arg)
             except _Unfollowable as e:
                 raise CheckpointFormatError(f"malformed pickle: {op.name} at byte {pos} {e}") from None
-            if model.chosen > _MAX_CHOSEN_HASHES:
+            if model.cost > _MAX_CHOSEN_INSERTS:
                 raise CheckpointFormatError(
-                    f"malformed pickle: more than {_MAX_CHOSEN_HASHES} dict keys or set elements whose hashes the file "
-                    "chooses (numbers, tuples of them, objects; a checkpoint's keys are strings and small integers): "
-                    "keys crafted to share one hash would take quadratic time to insert; refused before unpickling")
+                    f"malformed pickle: more than {_MAX_CHOSEN_INSERTS} dict keys or set elements inserted among keys "
+                    "whose hashes the file chooses (numbers, tuples of them, objects; a checkpoint's keys are strings "
+                    "and small integers): keys crafted to share one hash take quadratic time; refused before "
+                    "unpickling")
     except CheckpointFormatError:
         raise
     except (ValueError, struct.error) as e:  # genops' own: a length past the data, an unknown opcode, a bad number
