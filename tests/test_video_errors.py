@@ -439,7 +439,10 @@ def test_a_real_ctrl_c_exits_130_and_leaves_nothing(tmp_path):
         out = tmp_path / f"out{presses}.mp4"
         p = subprocess.Popen([sys.executable, "-m", "vdsr_fast", "video", str(clip), str(out), "--weights", str(weights),
                               "--device", "cpu", "--backend", "torch", "--batch", "2", "--quiet"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             # as a terminal's Ctrl-C finds it: a shell without job control starts background jobs
+                             # (a CI script's `cmd &`) with SIGINT ignored, and the child would inherit that
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob(f".out{presses}.*")) and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)  # the temporary output exists: the workers are about to start
