@@ -332,9 +332,13 @@ _MAX_CHOSEN_INSERTS = 2048
 # A checkpoint's pickle holds its structure, not its tensors' bytes (stored beside it): a few KB for VDSR's weights,
 # a training checkpoint with its history ~100 KB. Past this, the walk (~0.8 s per MB) and the unpickling are refused.
 _MAX_PICKLE_BYTES = 32 << 20
-_TEXT_OPS = frozenset({
-    "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "UNICODE",
-    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"})  # fmt: skip
+_TEXT_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE",
+                       "BINUNICODE8"})  # fmt: skip
+_BYTES_OPS = frozenset({"BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"})
+# Work the model bounds besides the collisions: keys hashed (a tuple hashes every element each time: a tuple of two
+# shared halves, nested 30 deep, is 2**30 of them in 947 bytes) and elements handed to calls (one shared list given
+# to thousands of calls), each in all of a pickle.
+_MAX_HASH_WORK = _MAX_HANDED = 1 << 22
 _NUMBER_OPS = frozenset({"BININT", "BININT1", "BININT2", "FLOAT", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE", *_INT_OPS})
 _SATURATE = 1 << 40  # counts that shared objects nested deep would double at each level stop here
 
@@ -352,17 +356,20 @@ class _Sym:
     to the chain's length. ``items``: a tuple's or list's elements.
     """
 
-    __slots__ = ("kind", "chosen", "size", "tainted", "items")
+    __slots__ = ("kind", "chosen", "size", "tainted", "items", "weight")
 
     def __init__(self, kind: str, chosen: bool = False, items: list[_Sym] | None = None) -> None:
         self.kind, self.chosen, self.size, self.tainted, self.items = kind, chosen, 0, 0, items
+        # what hashing or comparing it costs: a tuple's or frozenset's elements, nested ones in full (not cached)
+        self.weight = min(1 + sum(e.weight for e in items), _SATURATE) if items and kind in ("tuple", "frozenset") else 1
 
     def insert(self, keys: list[_Sym], copies: int = 0) -> int:
         """``keys`` and ``copies`` more (the keys of what it is built from) put in it; returns what that costs: each
-        of them if it holds a chosen key by then (one probe per key in the chain), nothing otherwise."""
+        of them, by its weight (a probe compares equal-hash keys in full), if it holds a chosen key by then (one
+        probe per key in the chain), nothing otherwise."""
         self.size = min(self.size + len(keys) + copies, _SATURATE)
         self.tainted = min(self.tainted + sum(k.chosen for k in keys), _SATURATE)
-        return len(keys) + copies if self.tainted else 0
+        return min(sum(k.weight for k in keys) + copies, _SATURATE) if self.tainted else 0
 
 
 def _copied(arg: _Sym) -> tuple[int, int]:
@@ -373,21 +380,23 @@ def _copied(arg: _Sym) -> tuple[int, int]:
         return (arg.size, arg.tainted) if arg.tainted else (0, 0)
     chosen = sum(e.chosen or bool(e.kind in ("tuple", "list") and e.items and e.items[0].chosen) for e in arg.items)
     nested = [(e.size, e.tainted) for e in arg.items if e.items is None and e.tainted]
-    n, c = len(arg.items) + sum(t[0] for t in nested), chosen + sum(t[1] for t in nested)
+    n, c = sum(e.weight for e in arg.items) + sum(t[0] for t in nested), chosen + sum(t[1] for t in nested)
     return (min(n, _SATURATE), c) if c else (0, 0)
 
 
-# str and bytes; an int below 2**32 in magnitude, a bool or None; a float or a wider int. Shared: never grown (a
+# a str; bytes (hash(b"ab") == hash("ab"), and b"" and "" hash to 0: a tuple of them chosen from both kinds is
+# chosen); an int below 2**32 in magnitude, a bool, None or ""; a float or a wider int. Shared: never grown (a
 # container has a _Sym of its own)
-_TEXT, _SMALL, _NUMBER = _SCALARS = (_Sym("str"), _Sym("small"), _Sym("number", True))
+_TEXT, _BYTES, _SMALL, _NUMBER = _SCALARS = (_Sym("str"), _Sym("bytes"), _Sym("small"), _Sym("number", True))
+_FIXED = (_BYTES, _SMALL)  # not chosen alone, but a tuple or frozenset holding one is
 _SEQUENCES = {"TUPLE": "tuple", "TUPLE1": "tuple", "TUPLE2": "tuple", "TUPLE3": "tuple", "EMPTY_TUPLE": "tuple",
               "LIST": "list", "EMPTY_LIST": "list"}  # fmt: skip
 _TABLES = {"DICT": "dict", "EMPTY_DICT": "dict", "EMPTY_SET": "set", "FROZENSET": "frozenset"}
 
 
 def _scalar(op: pickletools.OpcodeInfo, arg: Any) -> _Sym:
-    if op.name in _TEXT_OPS:
-        return _TEXT
+    if op.name in _TEXT_OPS or op.name in _BYTES_OPS:
+        return _SMALL if not arg else _TEXT if op.name in _TEXT_OPS and isinstance(arg, str) else _BYTES
     if op.name in ("FLOAT", "BINFLOAT") or (op.name in _INT_OPS and abs(int(arg)) >= 1 << 32):
         return _NUMBER
     return _SMALL  # BININT*, NONE, NEWTRUE, NEWFALSE, INT/LONG below 2**32 (INT's arg is a bool for "I01")
@@ -410,12 +419,14 @@ class _StackModel:
         self.stack: list[_Sym] = []
         self.marks: list[int] = []
         self.memo: dict[int, _Sym] = {}
-        self.cost = 0  # insertions into tables that hold a chosen key, so far
+        self.cost = 0  # insertions into tables that hold a chosen key, so far (by weight)
+        self.work = 0  # keys hashed anywhere, by weight
+        self.handed = 0  # elements of the lists and tuples handed to calls and BUILDs
 
     def step(self, op: pickletools.OpcodeInfo, arg: Any) -> None:
         name, before, stack = op.name, op.stack_before, self.stack
-        if name in _TEXT_OPS:  # the commonest opcodes first
-            stack.append(_TEXT)
+        if name in _TEXT_OPS or name in _BYTES_OPS:  # the commonest opcodes first
+            stack.append(_scalar(op, arg))
             return
         items: list[_Sym] = []
         if pickletools.markobject in before:
@@ -448,11 +459,14 @@ class _StackModel:
         elif name in _SEQUENCES:
             elems = items or popped
             kind = _SEQUENCES[name]
-            stack.append(_Sym(kind, kind == "tuple" and any(e.chosen or e is _SMALL for e in elems), elems))
+            stack.append(_Sym(kind, kind == "tuple" and any(e.chosen or e in _FIXED for e in elems), elems))
         elif name in _TABLES:
             kind = _TABLES[name]
-            sym = _Sym(kind, kind == "frozenset" and any(e.chosen or e is _SMALL for e in items))
-            self.cost += sym.insert(items[::2] if kind == "dict" else items)
+            sym = _Sym(kind, kind == "frozenset" and any(e.chosen or e in _FIXED for e in items),
+                       items if kind == "frozenset" else None)
+            keys = items[::2] if kind == "dict" else items
+            self.work += sum(k.weight for k in keys)
+            self.cost += sym.insert(keys)
             stack.append(sym)
         elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"):
             container, *added = popped
@@ -462,18 +476,27 @@ class _StackModel:
             if container.kind == "list" and name.startswith("APPEND"):
                 container.items.extend(added)  # (a list given to a call later: its elements)
             else:  # a dict's or set's keys, or an object's (its __setitem__, add, append or extend)
-                self.cost += container.insert(added[::2] if name.startswith("SETITEM") else added)
+                keys = added[::2] if name.startswith("SETITEM") else added
+                self.work += sum(k.weight for k in keys)
+                self.cost += container.insert(keys)
             stack.append(container)
         elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BUILD"):
-            if name == "BUILD":  # the state set on the object: __dict__.update(state) or __setstate__(state)
-                target, handed = popped[0], [popped[1]]
+            if name == "BUILD":  # the state set on the object: __dict__.update(state) or __setstate__(state), and a
+                # pair (state, slots) split (torch's BUILD updates __dict__ with the first: pairs too)
+                target, state = popped[0], popped[1]
+                handed = [state, *(state.items if state.kind == "tuple" and state.items and len(state.items) == 2 else [])]
             else:
-                target = _TEXT if name == "REDUCE" and popped[0].kind == "global _codecs encode" else _Sym("object", True)
+                target = _BYTES if name == "REDUCE" and popped[0].kind == "global _codecs encode" else _Sym("object", True)
                 args = popped[1] if name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX") else _Sym("tuple", False, items[name == "OBJ" :])
                 handed = (args.items if args.items is not None else [args]) + popped[2:]  # torch: func(*args), any iterable
+                # and what those hold one level down (torch's _rebuild_from_type_v2(func, type, args, state) calls
+                # func(*args))
+                handed += [e for h in handed if h.kind in ("tuple", "list") and h.items for e in h.items]
+            self.handed += sum(len(h.items) for h in handed if h.items)
             copies = [_copied(h) for h in handed]
             n, chosen = sum(c[0] for c in copies), sum(c[1] for c in copies)
             if n:
+                self.work += n
                 if target in _SCALARS:  # (bytes at protocols 0-2: _codecs.encode(str, "latin1"))
                     self.cost += n
                 else:
@@ -514,6 +537,11 @@ def check_pickle(f: io.BytesIO) -> None:
                 model.step(op, arg)
             except _Unfollowable as e:
                 raise CheckpointFormatError(f"malformed pickle: {op.name} at byte {pos} {e}") from None
+            if model.work > _MAX_HASH_WORK or model.handed > _MAX_HANDED:
+                raise CheckpointFormatError(
+                    f"malformed pickle: more than {_MAX_HASH_WORK} elements hashed in keys, or handed to calls in "
+                    "lists and tuples (shared ones counted at each use; a checkpoint's are a few thousand); refused "
+                    "before unpickling")
             if model.cost > _MAX_CHOSEN_INSERTS:
                 raise CheckpointFormatError(
                     f"malformed pickle: more than {_MAX_CHOSEN_INSERTS} dict keys or set elements inserted among keys "
@@ -535,7 +563,15 @@ def check_zip(zf: zipfile.ZipFile, nbytes: int) -> tuple[str, bytes]:
     if total > 4 * nbytes + (1 << 20):
         raise CheckpointFormatError(f"the archive's entries unpack to {total} bytes, more than 4x its {nbytes} bytes "
                                     "(a zip bomb?); refused before reading them")
-    pkl = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+    names = zf.namelist()
+    if len({n.lower() for n in names}) != len(names):  # torch's reader finds a name in any case: it could read another
+        raise CheckpointFormatError("the archive holds names that differ only in case (torch.load could read another "
+                                    "entry than the one checked); refused")
+    end = zipfile._EndRecData(zf.fp)  # the directory torch's reader uses: where the end record says, no data before it
+    if end is None or end[zipfile._ECD_LOCATION] - end[zipfile._ECD_OFFSET] - end[zipfile._ECD_SIZE] not in (0, 76):
+        raise CheckpointFormatError("the archive's central directory is not where its end record says (two "
+                                    "directories, or data before the archive: readers could disagree); refused")
+    pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
     if len(pkl) != 1:
         raise CheckpointFormatError("a zip file, but not a torch.save checkpoint (no '<archive>/data.pkl')")
     if (size := zf.getinfo(pkl[0]).file_size) > _MAX_PICKLE_BYTES:

@@ -370,9 +370,12 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict
     """A run's ``last.pt`` (tensors only: ``weights_only=True`` runs no pickled code), refused in one line
     (ValueError naming the file) if it is unreadable or holds a VDSR of another depth or width than ``cfg``'s."""
     try:
-        if zipfile.is_zipfile(path):  # a copy from another machine is a file like any other: walked first (SECURITY.md)
-            with zipfile.ZipFile(path) as zf:
-                check_zip(zf, path.stat().st_size)
+        # a copy from another machine is a file like any other: walked first (SECURITY.md); this trainer writes zips,
+        # and torch.load would read another format unwalked
+        if path.stat().st_size and not zipfile.is_zipfile(path):
+            raise ValueError("not a zip archive, as this trainer writes them")
+        with zipfile.ZipFile(path) as zf:
+            check_zip(zf, path.stat().st_size)
         state = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError, zipfile.BadZipFile) as e:  # truncated,
         # empty, not torch's, refused by the walk (CheckpointFormatError is a ValueError)
