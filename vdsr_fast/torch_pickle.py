@@ -347,13 +347,14 @@ class _Sym:
     """What :func:`check_pickle`'s model of the unpickler's stack holds for one object.
 
     ``chosen``: whether the file could choose its hash: an integer of 32 bits or more (its hash is its value modulo
-    2**61 - 1), a float, a tuple or frozenset holding a number, a bool or None or such an object (their hashes are
-    fixed, and a tuple's or frozenset's can be inverted), an object made by a call or named by a global. Strings and
-    bytes hash with a per-process random key. A small integer, a bool or None hashes to a fixed value that distinct
-    ones never share, but a chosen key can share it.
+    2**61 - 1), a float, a tuple or frozenset holding a number, a bool, None, bytes, "" or such an object (their
+    hashes are fixed, or shared between a string and its bytes, and a tuple's or frozenset's can be inverted), an
+    object made by a call or named by a global. Strings hash with a per-process random key. A small integer, a bool
+    or None hashes to a fixed value that distinct ones never share, but a chosen key can share it.
     ``size`` and ``tainted``: the keys a dict, set or object holds, and how many of them are chosen: once one is,
     every key in it may sit on one chain of a shared hash, so each insertion into it (and each copy of it) costs up
-    to the chain's length. ``items``: a tuple's or list's elements.
+    to the chain's length. ``items``: a tuple's, list's or frozenset's elements. ``weight``: what hashing or
+    comparing it costs (a tuple's elements, shared ones at each use).
     """
 
     __slots__ = ("kind", "chosen", "size", "tainted", "items", "weight")
