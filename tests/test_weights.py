@@ -10,7 +10,7 @@ import subprocess
 import sys
 import types
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 import pytest
@@ -941,12 +941,8 @@ def _zip_checkpoint(path, pkl: bytes, entries=()):
 def test_a_pickle_cannot_set_the_state_of_a_storage(tmp_path):
     """A zip's data.pkl could BUILD view_of / numel onto the reader's storage objects (views of a whole storage, each
     copied): refused as for the reader's other objects."""
-    def s(x):
-        b = x.encode()
-        return b"X" + struct.pack("<I", len(b)) + b
-
-    rec = b"(" + s("storage") + b"ctorch\nFloatStorage\n" + s("e") + s("cpu") + b"K\x00tQ"  # BINPERSID
-    pkl = b"\x80\x02" + rec + b"}" + s("numel") + b"K\x05sb."
+    rec = b"(" + _text("storage") + b"ctorch\nFloatStorage\n" + _text("e") + _text("cpu") + b"K\x00tQ"  # BINPERSID
+    pkl = b"\x80\x02" + rec + b"}" + _text("numel") + b"K\x05sb."
     with pytest.raises(CheckpointFormatError, match="sets the state of .*an object of the reader"):
         read_checkpoint(_zip_checkpoint(tmp_path / "build.pth", pkl, [("e", b"")]).read_bytes())
 
@@ -1077,7 +1073,7 @@ def _binget(i: int) -> bytes:
     return b"j" + struct.pack("<I", i)
 
 
-def _text(x: str) -> bytes:
+def _text(x: str) -> bytes:  # BINUNICODE
     return b"X" + struct.pack("<I", len(x.encode())) + x.encode()
 
 
@@ -1130,11 +1126,9 @@ def test_a_zip_that_two_readers_would_read_apart_is_refused(tmp_path):
 def test_values_and_attributes_are_not_counted_as_keys():
     """A Counter of string keys (pickled as Counter(dict)) and a tensor with a Python attribute (its state dict is a
     call's argument) insert no key the file chooses, whatever their values: they pass (a review found both refused)."""
-    import collections
-
     t = torch.zeros(3)
     t.history = [0.5 * i for i in range(5000)]
-    for obj in ({"norms": collections.Counter({f"layer{i}": 0.5 for i in range(5000)})}, {"t": t}):
+    for obj in ({"norms": Counter({f"layer{i}": 0.5 for i in range(5000)})}, {"t": t}):
         buf = io.BytesIO()
         torch.save(obj, buf)
         with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zf:
