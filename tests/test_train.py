@@ -1,6 +1,7 @@
 """The training loop on a tiny synthetic set: runs, checkpoints, resumes exactly, writes loadable weights."""
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import shutil
 import signal
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -675,7 +677,14 @@ def test_resume_refuses_an_unreadable_or_mismatched_checkpoint_in_one_line(tmp_p
 
     collide = {k * (2**61 - 1): 0 for k in range(1, 3001)}  # keys sharing one hash: walked and refused (SECURITY.md)
     legacy = pickle.dumps(collide, protocol=2)  # not a zip: torch.load read it unwalked (a review: 2.6 s)
-    for bad in (good[:300], good[: len(good) // 2], b"", {"model": Code()}, {"weights": torch.zeros(1)}, collide, legacy):
+    appended = io.BytesIO()  # a legacy file with a zip after it: Python's zip reader finds the zip (walked), torch.load
+    torch.save(torch.load(ckpt, weights_only=True), appended, _use_new_zipfile_serialization=False)  # read the legacy
+    with zipfile.ZipFile(appended, "a") as dst, zipfile.ZipFile(io.BytesIO(good)) as src:  # part (resumed, unwalked)
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+    appended = appended.getvalue()
+    for bad in (good[:300], good[: len(good) // 2], b"", {"model": Code()}, {"weights": torch.zeros(1)}, collide, legacy,
+                appended):
         if isinstance(bad, bytes):
             ckpt.write_bytes(bad)
         else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import pickle
 import pickletools
 import struct
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["UnsafeCheckpointError", "ModuleRecord", "read_checkpoint", "check_zip", "check_pickle", "LEGACY_MAGIC",
+__all__ = ["UnsafeCheckpointError", "ModuleRecord", "read_checkpoint", "check_zip", "check_pickle", "torch_load_walked", "LEGACY_MAGIC",
            "LEGACY_PROTOCOL"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -581,6 +582,30 @@ def check_zip(zf: zipfile.ZipFile, nbytes: int) -> tuple[str, bytes]:
     data = _read_entry(zf, pkl[0])
     check_pickle(io.BytesIO(data))
     return pkl[0], data
+
+
+def torch_load_walked(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` of a zip checkpoint, walked first (:func:`check_zip`): the one way this
+    package hands a file to torch.load. The file is read once and torch unpacks the very bytes that were walked
+    (no second open that could find another file). It must start as a zip's first entry does, which is where
+    torch.load tells its formats apart: a legacy file with a zip appended is a zip to Python's reader (the walk
+    would check the zip) and legacy to torch's (which would read the rest, unwalked).
+
+    Raises :class:`CheckpointFormatError` for a file that is not such a zip or that the walk refuses, ``OSError``
+    for one that cannot be read, and torch.load's own errors (``pickle.UnpicklingError`` for a global outside its
+    allow-list, ``RuntimeError``/``EOFError`` for a damaged archive)."""
+    with open(path, "rb") as f:
+        if (size := os.fstat(f.fileno()).st_size) > _MAX_BYTES:
+            raise CheckpointFormatError(f"{size} bytes: too large for a VDSR checkpoint")  # before reading it
+        data = f.read()
+    if data[:4] != b"PK\x03\x04":
+        raise CheckpointFormatError("not a zip archive as torch.save writes them (it starts with no zip entry)")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointFormatError(f"corrupt zip archive: {e}") from None
+    check_zip(zf, len(data))
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
 
 
 def _read_entry(zf: zipfile.ZipFile, name: str) -> bytes:

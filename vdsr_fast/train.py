@@ -40,7 +40,7 @@ from .evaluate import check_set, evaluate, load_y
 from .images import _atomic, folder_files
 from .imaging import imresize
 from .reference import VDSR
-from .torch_pickle import check_zip
+from .torch_pickle import torch_load_walked
 from .weights import load, save
 
 __all__ = ["TrainConfig", "load_train_y", "build_pairs", "train", "main"]
@@ -371,13 +371,9 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict
     (ValueError naming the file) if it is unreadable or holds a VDSR of another depth or width than ``cfg``'s."""
     try:
         # a copy from another machine is a file like any other: walked first (SECURITY.md); this trainer writes zips,
-        # and torch.load would read another format unwalked
-        if path.stat().st_size and not zipfile.is_zipfile(path):
-            raise ValueError("not a zip archive, as this trainer writes them")
-        with zipfile.ZipFile(path) as zf:
-            check_zip(zf, path.stat().st_size)
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError, zipfile.BadZipFile) as e:  # truncated,
+        # and the walk refuses any other format, which torch.load would read unwalked
+        state = torch_load_walked(path, map_location=device)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:  # truncated,
         # empty, not torch's, refused by the walk (CheckpointFormatError is a ValueError)
         first = "an empty file" if path.stat().st_size == 0 else (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
         raise ValueError(f"{path}: not a readable checkpoint ({first}); if a copy was cut short, copy it again, else "

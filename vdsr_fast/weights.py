@@ -40,8 +40,8 @@ from .torch_pickle import (
     CheckpointFormatError,
     ModuleRecord,
     UnsafeCheckpointError,
-    check_zip,
     read_checkpoint,
+    torch_load_walked,
 )
 
 __all__ = ["WeightsError", "load", "save", "from_state_dict", "default_weights_path", "DEFAULT_WEIGHTS"]
@@ -353,18 +353,10 @@ def _check_safetensors_header(path: Path) -> None:
 
 
 def _load_zip(path: Path) -> VDSR:
-    import zipfile
-
     try:
-        with zipfile.ZipFile(path) as zf:
-            check_zip(zf, path.stat().st_size)  # before torch.load unpacks anything
+        obj = torch_load_walked(path)
     except CheckpointFormatError as e:
         raise WeightsError(f"{path}: {e}") from None
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: a zip file but not a readable torch.save checkpoint ({e})") from None
-    try:  # a file object: given a path named *.safetensors, torch.load reads it as safetensors whatever it holds
-        with open(path, "rb") as f:
-            obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         return _load_pickled(path)  # e.g. a pickled model object: the restricted reader decides
     except (RuntimeError, EOFError, OSError, ValueError) as e:
