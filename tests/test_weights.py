@@ -10,6 +10,7 @@ import subprocess
 import sys
 import types
 import zipfile
+import zlib
 from collections import Counter, OrderedDict
 
 import numpy as np
@@ -21,7 +22,14 @@ from torch import nn
 
 import vdsr_fast
 from vdsr_fast import VDSR, WeightsError
-from vdsr_fast.torch_pickle import LEGACY_MAGIC, CheckpointFormatError, check_pickle, check_zip, read_checkpoint
+from vdsr_fast.torch_pickle import (
+    LEGACY_MAGIC,
+    CheckpointFormatError,
+    check_pickle,
+    check_zip,
+    read_checkpoint,
+    torch_load_walked,
+)
 from vdsr_fast.weights import from_state_dict
 
 
@@ -1121,6 +1129,76 @@ def test_a_zip_that_two_readers_would_read_apart_is_refused(tmp_path):
             check_zip(zf, path.stat().st_size)
     with zipfile.ZipFile(good) as zf:
         assert check_zip(zf, good.stat().st_size)[0] == pkl  # torch.save's own archive passes
+
+
+def _local(name: bytes, data: bytes) -> bytes:  # a stored zip entry's local header and data
+    return struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data), len(data), len(data), len(name),
+                       0) + name + data
+
+
+def _central(name: bytes, data: bytes, offset: int, comment: bytes = b"") -> bytes:  # its central directory entry
+    return struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, zlib.crc32(data), len(data), len(data),
+                       len(name), 0, len(comment), 0, 0, 0, offset) + name + comment
+
+
+def _end(count: int, size: int, offset: int) -> bytes:
+    return struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, size, offset, 0)
+
+
+def _zip64_end(size: int, offset: int) -> bytes:
+    return struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, 2, 2, size, offset)
+
+
+def _two_directories(layout: str) -> bytes:
+    """An archive with a directory for each zip reader: torch's (miniz) lists a/data.pkl ("UNWALKED"), Python's
+    b/data.pkl ("WALKED"). The layouts a review built (each passed check_zip, and torch.load read the other pickle):
+    ``gap76``: Python's directory 76 bytes past where the end record says (taken for zip64 records, in a file with
+    none), inside the comment of torch's first entry; ``zip64``: two zip64 end records, Python's where it reads one (76
+    bytes before the end record), torch's where the locator points; ``locator``: a locator pointing at no zip64 record,
+    where miniz falls back to the end record's directory."""
+    pkls = {b"a": pickle.dumps({"marker": "UNWALKED"}, protocol=2), b"b": pickle.dumps({"marker": "WALKED"}, protocol=2)}
+    body, at = b"", {}
+    for name, data in ((b"a/data.pkl", pkls[b"a"]), (b"a/version", b"3\n"), (b"b/data.pkl", pkls[b"b"]),
+                       (b"b/version", b"3\n")):
+        at[name] = len(body)
+        body += _local(name, data)
+    if layout == "gap76":
+        python = (_central(b"b/data.pkl", pkls[b"b"], at[b"b/data.pkl"] - 76)
+                  + _central(b"b/version", b"3\n", at[b"b/version"] - 76))
+        pad = _central(b"b/pad", b"", 0, comment=b"X" * 131)[:-131]  # Python's last entry: its comment hides torch's
+        torch_second = _central(b"a/version", b"3\n", at[b"a/version"])
+        torch_first = _central(b"a/data.pkl", pkls[b"a"], at[b"a/data.pkl"], comment=b"\0" * (20 + len(python) + len(pad)))
+        python_dir = python + pad + torch_second + b"\0" * (131 - len(torch_second))
+        return body + torch_first[:76] + python_dir + _end(2, len(python_dir), len(body))
+    torch_dir = _central(b"a/data.pkl", pkls[b"a"], at[b"a/data.pkl"]) + _central(b"a/version", b"3\n", at[b"a/version"])
+    python_dir = _central(b"b/data.pkl", pkls[b"b"], at[b"b/data.pkl"]) + _central(b"b/version", b"3\n", at[b"b/version"])
+    x = len(body)
+    body += torch_dir
+    torch_record = len(body)
+    if layout == "zip64":
+        body += _zip64_end(len(torch_dir), x)
+    y = len(body)
+    body += python_dir + _zip64_end(len(python_dir), y)
+    locator = torch_record if layout == "zip64" else 0
+    return body + struct.pack("<4sLQL", b"PK\x06\x07", 0, locator, 1) + _end(2, len(torch_dir), x)
+
+
+@pytest.mark.parametrize("layout", ["gap76", "zip64", "locator"])
+def test_an_archive_with_a_directory_for_each_zip_reader_is_refused(tmp_path, layout):
+    """Python's zipfile and torch's miniz find an archive's directory by different rules (zip64 records: Python's 76
+    bytes before the end record, miniz's where the locator points). A file can give each its own directory: the walk
+    checked one data.pkl and torch.load unpickled another (a review: 20,000 colliding keys, 5.3 s). Refused: the 76
+    bytes only with zip64 records, and the pickle torch's reader finds must be the one walked."""
+    data = _two_directories(layout)
+    assert torch.load(io.BytesIO(data), weights_only=True) == {"marker": "UNWALKED"}  # the file does what it says
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert pickle.loads(zf.read("b/data.pkl")) == {"marker": "WALKED"} and zf.namelist()[0] == "b/data.pkl"
+    path = tmp_path / "two.pth"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointFormatError, match="central directory is not where|torch's zip reader finds another"):
+        torch_load_walked(path)
+    with pytest.raises(WeightsError, match="refused"):
+        vdsr_fast.load(path)
 
 
 def test_values_and_attributes_are_not_counted_as_keys():

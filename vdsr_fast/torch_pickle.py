@@ -570,7 +570,8 @@ def check_zip(zf: zipfile.ZipFile, nbytes: int) -> tuple[str, bytes]:
         raise CheckpointFormatError("the archive holds names that differ only in case (torch.load could read another "
                                     "entry than the one checked); refused")
     end = zipfile._EndRecData(zf.fp)  # the directory torch's reader uses: where the end record says, no data before it
-    if end is None or end[zipfile._ECD_LOCATION] - end[zipfile._ECD_OFFSET] - end[zipfile._ECD_SIZE] not in (0, 76):
+    zip64 = end is not None and end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64  # then its 76 bytes of records
+    if end is None or end[zipfile._ECD_LOCATION] - end[zipfile._ECD_OFFSET] - end[zipfile._ECD_SIZE] != 76 * zip64:
         raise CheckpointFormatError("the archive's central directory is not where its end record says (two "
                                     "directories, or data before the archive: readers could disagree); refused")
     pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
@@ -604,7 +605,13 @@ def torch_load_walked(path: str | os.PathLike, map_location: Any = "cpu") -> Any
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError) as e:
         raise CheckpointFormatError(f"corrupt zip archive: {e}") from None
-    check_zip(zf, len(data))
+    _, walked = check_zip(zf, len(data))
+    # the pickle torch's own zip reader finds must be the one walked: the two readers find an archive's directory by
+    # different rules (zip64 records: Python's where the end record is, miniz's where the locator points), and a
+    # file can give each reader another directory
+    if bytes(torch._C.PyTorchFileReader(io.BytesIO(data)).get_record("data.pkl")) != walked:
+        raise CheckpointFormatError("torch's zip reader finds another data.pkl in this archive than Python's (a file "
+                                    "made for the two readers to disagree); refused")
     return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
 
 
