@@ -8,8 +8,10 @@ x4, paper protocol, the fp32 reference backend on the CPU; ~25 minutes here), ea
 is done (a rerun scores only the cells missing), then prints the candidate beside the shipped weights (their
 metadata's table, which is README's) and the paper, and the decision: they ship only if their PSNR, as README prints
 it (two decimals), is higher in every cell (exit status 0; 1 if not). ``--write`` (only then) saves them as the shipped file with the shipped
-metadata brought up to date (date, steps added, the run's recipe, the table, ``psnr_set5``, ``quality``, ``training``
-with "Then NOTE" added) and rewrites README's table column and date. The prose (README's Weights
+metadata brought up to date (date, steps, the run's recipe, the table, ``psnr_set5``, ``quality``, ``training``) and
+rewrites README's table column and date. A run that continued the shipped weights (``--init`` with the shipped file,
+as the trainer records its sha256) adds its steps to theirs and "Then NOTE" to their training; a run from scratch
+replaces both; a run from other weights is refused (its history is not the shipped file's: write that by hand). The prose (README's Weights
 paragraph, TRAINING.md's run, ``benchmarks/results/README.md``) is left to the person shipping: it prints the list.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import re
 import sys
@@ -71,20 +74,40 @@ def quality_line(candidate: Table, readme: dict) -> str:
         f" in {len(below)} of 9 cells" if len(below) < len(gaps) else "")
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def continues_shipped(cand: dict[str, str], shipped_sha256: str) -> bool:
+    """Whether the candidate's run began from the shipped weights (True) or from scratch (False), by its metadata
+    (``cand``: as the trainer wrote it); SystemExit for a run from other weights, whose steps and history are not
+    the shipped file's to carry on."""
+    init = json.loads(cand["recipe"]).get("init") or ""
+    if not init:
+        return False
+    if cand.get("init_sha256") == shipped_sha256:
+        return True
+    raise SystemExit(f"ship_weights: the candidate's run began from --init {init}, which is not the shipped file (the "
+                     f"run recorded sha256 {cand.get('init_sha256')}, the shipped file's is {shipped_sha256}; runs "
+                     "before the thirtieth session recorded none): the metadata's steps and training cannot carry on "
+                     "from the shipped ones; ship it by hand")
+
+
 def new_metadata(shipped: dict[str, str], cand: dict[str, str], table: Table, readme: dict, note: str,
-                 today: str) -> dict[str, str]:  # fmt: skip
-    """The shipped file's metadata brought up to date for the candidate (``cand``: its own, as the trainer wrote it)."""
+                 today: str, continued: bool) -> dict[str, str]:  # fmt: skip
+    """The shipped file's metadata brought up to date for the candidate (``cand``: its own, as the trainer wrote it):
+    its steps and the note added to the shipped ones if its run ``continued`` them, else in their place."""
     t = rounded(table)
     meta = dict(shipped)
     meta.update({
         "date": today,
-        "steps": str(int(shipped["steps"]) + int(cand["steps"])),
+        "steps": str(int(shipped["steps"]) * continued + int(cand["steps"])),
         "recipe": cand["recipe"],
         "psnr": json.dumps({**t, "protocol": re.sub(r"\d{4}-\d\d-\d\d", today, json.loads(shipped["psnr"])["protocol"])}),
         "psnr_set5": json.dumps({**{f"x{k}": t["Set5"][f"x{k}"]["psnr"] for k in SCALES},
                                  "protocol": json.loads(shipped["psnr_set5"])["protocol"]}),  # fmt: skip
         "quality": quality_line(table, readme),
-        "training": f"{shipped['training'].rstrip('.')}. Then {note}",
+        "training": f"{shipped['training'].rstrip('.')}. Then {note}" if continued else f"vdsr-fast train: {note}",
     })
     return meta
 
@@ -102,8 +125,9 @@ def new_readme(text: str, table: Table, today: str) -> str:
     return DATE.sub(lambda m: m[0].replace(m[1], today), text, count=1)
 
 
-def score(candidate: Path, data: Path, scores: Path) -> Table:
-    """Every cell, each saved to ``scores`` as it is done; cells already there are not scored again."""
+def score(candidate: Path, data: Path, scores: Path, digest: str) -> Table:
+    """Every cell, each saved to ``scores`` as it is done; cells already there are not scored again if they are of
+    this file (by its sha256: each run writes its weights to the same path) and these sets."""
     import torch
 
     import vdsr_fast
@@ -111,9 +135,12 @@ def score(candidate: Path, data: Path, scores: Path) -> Table:
     from vdsr_fast.evaluate import evaluate
 
     done: Table = json.loads(scores.read_text()) if scores.is_file() else {}
-    if done.get("candidate") not in (None, str(candidate.resolve())):
-        raise SystemExit(f"ship_weights: {scores} holds the scores of {done['candidate']}; pass another --scores")
-    done["candidate"] = str(candidate.resolve())
+    key = {"candidate": str(candidate.resolve()), "sha256": digest, "data": str(data.resolve())}
+    if done and {k: done.get(k) for k in key} != key:
+        was = ", ".join(f"{k} {done.get(k)}" for k in key if done.get(k) != key[k])
+        raise SystemExit(f"ship_weights: {scores} holds the scores of another file or sets ({was}); delete it or pass "
+                         "another --scores")
+    done.update(key)
     engine = Engine(vdsr_fast.load(candidate), backend="torch", dtype=torch.float32, device="cpu")
     for s in SETS:
         for k in SCALES:
@@ -171,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     if "steps" not in cand_meta or "recipe" not in cand_meta:
         ap.error(f"{args.candidate}: no steps or recipe in its metadata (not the weights of a vdsr-fast train run)")
     shipped = json.loads(shipped_meta["psnr"])
-    table = score(args.candidate, args.data, args.scores)
+    digest = sha256(args.candidate)
+    continued = continues_shipped(cand_meta, sha256(shipped_path)) if args.write else None  # before 25 minutes of work
+    table = score(args.candidate, args.data, args.scores, digest)
     ok, worse = decide(table, shipped)
     print(report(table, shipped, readme))
     print(f"\n{quality_line(table, readme)}")
@@ -180,12 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
 
     import vdsr_fast
+    from vdsr_fast.images import _atomic
 
     today = datetime.date.today().isoformat()
     model = vdsr_fast.load(args.candidate)
+    if sha256(args.candidate) != digest:
+        raise SystemExit(f"ship_weights: {args.candidate} changed while it was scored; score it again")
     model.metadata = {}
-    vdsr_fast.save(model, shipped_path, new_metadata(shipped_meta, cand_meta, table, readme, args.note, today))
-    args.readme.write_text(new_readme(readme_text, table, today))
+    with _atomic(args.readme) as tmp:  # README renamed into place only once the weights are (a full disk: neither)
+        Path(tmp).write_text(new_readme(readme_text, table, today))
+        vdsr_fast.save(model, shipped_path, new_metadata(shipped_meta, cand_meta, table, readme, args.note, today,
+                                                         continued))  # fmt: skip
     print(f"shipped: {shipped_path} and {args.readme}'s table. Still to write by hand: README's Weights paragraph "
           "(runs, minutes, the gap), TRAINING.md's run section and top paragraph, benchmarks/results/README.md; then "
           "`pytest tests/test_default_weights.py` (the metadata against README's table, Set5 against the file)")

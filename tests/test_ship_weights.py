@@ -57,21 +57,25 @@ def test_the_quality_line_says_the_gap_to_the_paper():
     assert sw.quality_line(SHIPPED, readme) == _meta(default_weights_path())["quality"]
 
 
-def _setup(tmp_path, table: dict):
-    """A candidate (random weights saved as a run saves them), a copy of the shipped file and of README, empty set
-    folders and the candidate's scores already saved (so nothing is scored)."""
+def _setup(tmp_path, table: dict, init: str | None = "shipped"):
+    """A candidate (random weights saved as a run saves them: from the shipped file by default, ``init=None`` from
+    scratch, else from that sha256), a copy of the shipped file and of README, empty set folders and the candidate's
+    scores already saved (so nothing is scored)."""
     model = vdsr_fast.VDSR()
     torch.nn.init.normal_(model.weights[0], std=0.1)
     cand = tmp_path / "run" / "vdsr_x234.safetensors"
-    cand.parent.mkdir()
-    vdsr_fast.save(model, cand, {"steps": 4000, "recipe": {"patch": 96, "lr": 1e-4}})
+    cand.parent.mkdir(parents=True)
     shipped, readme = tmp_path / "shipped.safetensors", tmp_path / "README.md"
     shutil.copy(default_weights_path(), shipped)
     shutil.copy(ROOT / "README.md", readme)
+    recipe = {"patch": 96, "lr": 1e-4, "init": "" if init is None else "vdsr_fast/weights/vdsr_x234.safetensors"}
+    digest = None if init is None else sw.sha256(shipped) if init == "shipped" else init
+    vdsr_fast.save(model, cand, {"steps": 4000, "recipe": recipe, "init_sha256": digest})
     for s in sw.SETS:
         (tmp_path / "data" / s).mkdir(parents=True)
     scores = tmp_path / "scores.json"
-    scores.write_text(json.dumps({"candidate": str(cand.resolve()), **table}))
+    key = {"candidate": str(cand.resolve()), "sha256": sw.sha256(cand), "data": str((tmp_path / "data").resolve())}
+    scores.write_text(json.dumps({**key, **table}))
     argv = [str(cand), "--data", str(tmp_path / "data"), "--scores", str(scores), "--readme", str(readme),
             "--shipped", str(shipped)]  # fmt: skip
     return model, argv, shipped, readme
@@ -92,7 +96,7 @@ def test_write_ships_the_candidate_with_its_metadata_and_readme_in_step(tmp_path
                for s in sw.SETS for k in sw.SCALES)  # fmt: skip
     today = datetime.date.today().isoformat()
     assert table["protocol"].endswith(today) and meta["date"] == today and f"backend, {today}, these" in readme.read_text()
-    assert int(meta["steps"]) == int(before["steps"]) + 4000 and json.loads(meta["recipe"]) == {"patch": 96, "lr": 1e-4}
+    assert int(meta["steps"]) == int(before["steps"]) + 4000 and json.loads(meta["recipe"])["patch"] == 96
     assert meta["training"] == before["training"] + ". Then run test (4000 steps)"
     assert json.loads(meta["psnr_set5"])["x2"] == table["Set5"]["x2"]["psnr"]
     assert meta["quality"] == "above bicubic on every set and scale, 0.03-0.25 dB below the paper's VDSR (README, TRAINING.md)"
@@ -116,3 +120,44 @@ def test_write_needs_a_note_and_scores_belong_to_their_candidate(tmp_path):
     shutil.copy(argv[0], other)
     with pytest.raises(SystemExit, match="holds the scores of"):
         sw.main([str(other), *argv[1:]])
+
+
+def test_a_run_from_scratch_replaces_the_steps_and_training_and_one_from_other_weights_is_refused(tmp_path):
+    """The shipped steps and training are carried on only by a run that began from the shipped file (by the sha256
+    the trainer records): a review found a run from scratch shipped with the shipped steps added."""
+    _, argv, shipped, _ = _setup(tmp_path / "a", _table(0.03), init=None)
+    assert sw.main([*argv, "--write", "--note", "run s (4000 steps from scratch)"]) == 0
+    meta = _meta(shipped)
+    assert meta["steps"] == "4000" and meta["training"] == "vdsr-fast train: run s (4000 steps from scratch)"
+    _, argv, shipped, readme = _setup(tmp_path / "b", _table(0.03), init="0" * 64)
+    files = shipped.read_bytes(), readme.read_text()
+    with pytest.raises(SystemExit, match="which is not the shipped file"):
+        sw.main([*argv, "--write", "--note", "n"])
+    assert (shipped.read_bytes(), readme.read_text()) == files
+    assert sw.main(argv) == 0  # without --write: the decision alone
+
+
+def test_scores_are_of_the_file_scored_not_of_its_path(tmp_path):
+    """Each run writes its weights to the same path: the scores saved for one run's file are not another's (a review
+    shipped a 1 dB worse run on its predecessor's scores)."""
+    model, argv, _, _ = _setup(tmp_path, _table(0.1))
+    torch.nn.init.normal_(model.weights[1], std=0.1)
+    vdsr_fast.save(model, argv[0], {"steps": 4000, "recipe": {"init": ""}})  # the next run, at the same path
+    with pytest.raises(SystemExit, match="holds the scores of another file or sets \\(sha256 "):
+        sw.main(argv)
+
+
+def test_a_failed_write_leaves_readme_and_the_shipped_file_as_they_were(tmp_path, monkeypatch):
+    """README is renamed into place only once the weights are: a full disk while saving them left README whole and
+    the shipped file unchanged (before, README was rewritten in place after the weights, and cut short there)."""
+    _, argv, shipped, readme = _setup(tmp_path, _table(0.03))
+    files = shipped.read_bytes(), readme.read_text()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vdsr_fast, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        sw.main([*argv, "--write", "--note", "n"])
+    assert (shipped.read_bytes(), readme.read_text()) == files and sorted(p.name for p in tmp_path.iterdir()) == [
+        "README.md", "data", "run", "scores.json", "shipped.safetensors"]

@@ -1,6 +1,7 @@
 """The training loop on a tiny synthetic set: runs, checkpoints, resumes exactly, writes loadable weights."""
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -382,6 +383,20 @@ def test_fit_minutes_sets_the_steps_and_equals_a_run_given_them(tmp_path):
     assert not (tmp_path / "c").exists()  # refused before anything is prepared or written
 
 
+def test_fit_minutes_on_a_run_that_was_not_fitted_says_so_and_takes_steps(tmp_path, capsys):
+    """--fit-minutes on resuming a run begun without it: the run goes on with --steps, and says that the fit is not
+    done (a review found the checkpoint's steps taken in silence: STEPS= and FIT_MINUTES= on a warm machine with an
+    old runs/gpu did nothing)."""
+    cfg = TrainConfig(out=str(tmp_path / "a"), **_tiny(tmp_path, warmup=100, steps=3))
+    train(cfg, progress=False)
+    capsys.readouterr()
+    train(dataclasses.replace(cfg, steps=5), progress=False, fit_minutes=0.04)
+    err = capsys.readouterr().err
+    assert "--fit-minutes fits the schedule of a new run; this one's was not fitted, so it goes on with --steps 5" in err
+    assert "resuming a run planned for 3 steps with --steps 5" in err, err
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["step"] == 5
+
+
 def test_learning_rate_schedules():
     """Adam: a linear warm-up to --lr over --warmup steps (the first step already at lr / warmup), then a cosine
     from --lr down to --min-lr, reached at --steps. SGD (the paper's): --lr divided by 10 every --lr-step steps
@@ -488,9 +503,14 @@ def test_a_run_needs_neither_its_images_with_a_cache_nor_its_init_to_resume(tmp_
     cfg = TrainConfig(out=str(tmp_path / "a"), init=str(tmp_path / "start.safetensors"),
                       **_tiny(tmp_path, data=[str(tmp_path / "missing")], cache=str(cache), steps=3))  # fmt: skip
     train(cfg, progress=False, until_step=1)
+    digest = hashlib.sha256((tmp_path / "start.safetensors").read_bytes()).hexdigest()
     (tmp_path / "start.safetensors").unlink()
-    train(cfg, progress=False)
+    final = train(cfg, progress=False)
     assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["step"] == 3
+    # which weights it began from travels in the checkpoint to the final file (benchmarks/ship_weights.py reads it)
+    assert vdsr_fast.load(final).metadata["init_sha256"] == digest
+    no_init = train(dataclasses.replace(cfg, init="", out=str(tmp_path / "b")), progress=False)
+    assert vdsr_fast.load(no_init).metadata["init_sha256"] == "null"
 
 
 def test_fit_minutes_with_an_early_stop_fits_then_saves_the_step(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -530,13 +531,16 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
         if (init.depth, init.channels) != (cfg.depth, cfg.channels):
             raise ValueError(f"--init {cfg.init}: a depth-{init.depth} {init.channels}-channel VDSR, but the run "
                              f"trains depth {cfg.depth} with {cfg.channels} channels")
+        # which weights the run began from, kept in the history (so across resumes) and in the final file's metadata
+        init_record = {"step": 0, "init": {"file": Path(cfg.init).name,
+                                           "sha256": hashlib.sha256(Path(cfg.init).read_bytes()).hexdigest()}}
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
     model = VDSR(cfg.depth, cfg.channels).to(device).to(memory_format=torch.channels_last)
     opt = _make_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step, history = 0, []
+    step, history = 0, ([init_record] if init is not None else [])
     if resuming:
         state = _load_checkpoint(ckpt, cfg, device)
         model.load_state_dict(state["model"])
@@ -551,10 +555,15 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
         step, history = int(state["step"]), list(state["history"])
         gen.set_state(state["rng"].cpu())  # map_location moved it to the device; the generator is the CPU's
         saved = state["config"]
-        if fit_minutes is not None:  # the run's schedule was fitted when it began
+        if fit_minutes is not None and any("fit" in h for h in history):  # the schedule was fitted when the run began
             cfg = dataclasses.replace(cfg, steps=int(saved["steps"]))
-        elif saved.get("steps") != cfg.steps:
-            print(f"note: resuming a run planned for {saved.get('steps')} steps with --steps {cfg.steps}", file=sys.stderr)
+        else:
+            if fit_minutes is not None:  # a review found it ignored without a word
+                print("note: --fit-minutes fits the schedule of a new run; this one's was not fitted, so it goes on "
+                      f"with --steps {cfg.steps}", file=sys.stderr)
+            if saved.get("steps") != cfg.steps:
+                print(f"note: resuming a run planned for {saved.get('steps')} steps with --steps {cfg.steps}",
+                      file=sys.stderr)
         changed = [f"--{k.replace('_', '-')} {v} (was {saved[k]})" for k, v in asdict(cfg).items()
                    if k not in _RESUME_FREE and k in saved and saved[k] != v]  # fmt: skip
         if bool(saved.get("cache")) != bool(cfg.cache):  # 8-bit planes against the folders' exact ones
@@ -713,6 +722,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
             "recipe": {**{k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "cache", "eval_set", "device", "threads")},
                        "bf16": use_bf16},  # fmt: skip
             "steps": step,
+            "init_sha256": next((h["init"]["sha256"] for h in history if "init" in h), None),  # what --init read
             "set5_psnr_during_training": last_eval,  # the key of the first runs; the set is eval_set's
             "eval_set": Path(cfg.eval_set).name if cfg.eval_set else None,
         },
