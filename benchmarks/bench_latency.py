@@ -60,6 +60,7 @@ from benchmarks.make_table import render_markdown
 from vdsr_fast.cli import size_arg
 from vdsr_fast.engine import tf32_mode
 from vdsr_fast.reference import VDSR, flops_per_pixel, vdsr_forward
+from vdsr_fast.reference import channels_last as to_channels_last
 from vdsr_fast.verify import ATOL as VERIFY_ATOL
 from vdsr_fast.verify import compare
 
@@ -272,7 +273,7 @@ def _pack(model: VDSR, device: torch.device, dtype: torch.dtype, channels_last: 
 
 def _to_input(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
     x = x.to(dtype)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    return to_channels_last(x) if channels_last else x.contiguous()  # the head too, as cuDNN likes (reference.py)
 
 
 def _percentile(sorted_vals: list[float], q: float) -> float:
@@ -490,9 +491,7 @@ def _build_cudnn_fused(model: VDSR, device: torch.device, dtype: torch.dtype = t
     note = ""
     fuse_head = True
     try:  # cuDNN's fused kernels may refuse the 1-channel head: then it runs as conv + ReLU
-        probe = torch.zeros(1, 1, 8, 8, device=device, dtype=dtype).contiguous(
-            memory_format=torch.channels_last
-        )
+        probe = to_channels_last(torch.zeros(1, 1, 8, 8, device=device, dtype=dtype))
         op(probe, ws[0], bs[0], [1, 1], [1, 1], [1, 1], 1)
     except RuntimeError as e:
         fuse_head = False

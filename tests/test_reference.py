@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vdsr_fast import VDSR, vdsr_forward
-from vdsr_fast.reference import flops_per_pixel
+from vdsr_fast.reference import channels_last, flops_per_pixel
 
 
 def test_architecture_matches_the_paper():
@@ -113,7 +113,7 @@ def test_the_half_precision_reference_engine_is_checked_itself(dtype, bound):
         y = torch.rand(2, 1, 23, 31, generator=torch.Generator().manual_seed(seed))
         out = Engine(model, backend="torch", dtype=dtype, device="cpu")(y)
         cl = torch.channels_last
-        x = h = y.to(dtype).contiguous(memory_format=cl)
+        x = h = channels_last(y.to(dtype))  # channels_last strides from the first conv on, as the engine gives it
         for i, conv in enumerate(model.layers):
             w, b = conv.weight.detach().to(dtype).contiguous(memory_format=cl), conv.bias.detach().to(dtype)
             h = F.conv2d(h, w, b, padding=1)
@@ -122,3 +122,19 @@ def test_the_half_precision_reference_engine_is_checked_itself(dtype, bound):
         ref = vdsr_forward(y.double(), [w.double() for w in model.weights], [b.double() for b in model.biases])
         err = (out.double() - ref).abs().max().item()
         assert 0 < err <= bound, (seed, err)
+
+
+def test_channels_last_gives_a_one_channel_plane_channels_last_strides():
+    """``x.contiguous(memory_format=torch.channels_last)`` keeps a 1-channel plane's NCHW strides, which PyTorch reads
+    as NCHW: the first conv of a Y plane ran NCHW and gave other bits than a window cut out of it (found by a review:
+    tiled output off by 2e-6). ``channels_last`` gives channels_last strides, as a view of the same memory."""
+    y = torch.rand(2, 1, 5, 7)
+    assert y.contiguous(memory_format=torch.channels_last).stride() == (35, 35, 7, 1)  # why the helper exists
+    got = channels_last(y)
+    assert got.stride() == (35, 1, 7, 1) and got.data_ptr() == y.data_ptr() and torch.equal(got, y)
+    w = torch.rand(4, 1, 3, 3)
+    assert F.conv2d(got, w, padding=1).is_contiguous(memory_format=torch.channels_last)
+    assert not F.conv2d(y, w, padding=1).is_contiguous(memory_format=torch.channels_last)
+    rgb = torch.rand(1, 3, 4, 6)[..., ::2, :]  # a strided view: copied, with channels_last's strides
+    assert channels_last(rgb).stride() == rgb.contiguous(memory_format=torch.channels_last).stride() == (36, 1, 18, 3)
+    assert torch.equal(channels_last(rgb), rgb) and channels_last(torch.rand(1, 2, 1, 1)).stride() == (2, 1, 2, 2)

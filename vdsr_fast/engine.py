@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 
 from .kernels import resolve_device
-from .reference import VDSR, vdsr_forward
+from .reference import VDSR, channels_last, vdsr_forward
 
 __all__ = ["Engine", "BackendUnavailable", "BACKENDS", "available_backends"]
 
@@ -126,7 +126,8 @@ class TorchBackend:
             from .fp8 import emulate
 
             return emulate(self.fp8, y).to(y.dtype)
-        x = y.to(self.dtype).contiguous(memory_format=self.memory_format)
+        x = y.to(self.dtype)
+        x = channels_last(x) if self.memory_format == torch.channels_last else x.contiguous()
         with tf32_mode(False) if self.ieee else contextlib.nullcontext():
             return vdsr_forward(x, self.weights, self.biases).to(y.dtype)
 

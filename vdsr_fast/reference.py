@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["VDSR", "vdsr_forward", "flops_per_pixel"]
+__all__ = ["VDSR", "vdsr_forward", "flops_per_pixel", "channels_last"]
 
 
 def vdsr_forward(
@@ -33,6 +33,19 @@ def vdsr_forward(
         if i < last:
             h = F.relu(h)
     return x + h
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, C, H, W) in channels_last memory with channels_last's own strides, also where C (or H, W) is 1.
+
+    ``x.contiguous(memory_format=torch.channels_last)`` hands back a contiguous 1-channel plane as it is, with NCHW
+    strides, and PyTorch reads such strides as NCHW: the first convolution of a Y plane then ran NCHW (cuDNN,
+    oneDNN), and its 64-channel output was converted for the next layer, which runs channels_last. So a frame gave
+    other bits than a window cut out of it (a copy, which gets channels_last strides). Here the strides are
+    channels_last's whatever the sizes: a view of the same memory, no copy where ``x`` already is channels_last."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = x.shape
+    return x.as_strided(x.shape, (h * w * c, 1, w * c, c), x.storage_offset())
 
 
 def flops_per_pixel(depth: int = 20, channels: int = 64) -> int:

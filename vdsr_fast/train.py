@@ -40,7 +40,7 @@ from .engine import device_from_flag
 from .evaluate import check_set, evaluate, load_y
 from .images import _atomic, folder_files
 from .imaging import imresize
-from .reference import VDSR
+from .reference import VDSR, channels_last
 from .torch_pickle import torch_load_walked
 from .weights import load, save
 
@@ -651,7 +651,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
         for gparam in opt.param_groups:
             gparam["lr"] = lr
         x, y = sampler.batch(cfg.batch)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last(x)  # the first conv too (a 1-channel plane's NCHW strides read as NCHW)
         with amp:
             pred = model(x)
         loss = loss_fn(pred.float(), y)
