@@ -8,6 +8,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import time
 import types
 import zipfile
 import zlib
@@ -1195,10 +1196,45 @@ def test_an_archive_with_a_directory_for_each_zip_reader_is_refused(tmp_path, la
         assert pickle.loads(zf.read("b/data.pkl")) == {"marker": "WALKED"} and zf.namelist()[0] == "b/data.pkl"
     path = tmp_path / "two.pth"
     path.write_bytes(data)
-    with pytest.raises(CheckpointFormatError, match="central directory is not where|torch's zip reader finds another"):
+    with pytest.raises(CheckpointFormatError, match="central directory is not where|torch's zip reader finds other"):
         torch_load_walked(path)
     with pytest.raises(WeightsError, match="refused"):
         vdsr_fast.load(path)
+
+
+def test_torch_load_gets_only_archives_both_zip_readers_read_alike(tmp_path):
+    """What torch_load_walked hands torch.load: every entry stored (torch.save compresses none; a review had torch
+    inflate 1 GiB storages from a 1 MB file), the same records at the same offsets for both readers, and a directory
+    of a checkpoint's size (Python's reader copies extra fields quadratically: 64 KB ones took it 2 s)."""
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.rand(3)}, good)
+    assert torch.equal(torch_load_walked(good)["w"], torch.load(good, weights_only=True)["w"])
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(tmp_path / "deflated.pth", "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointFormatError, match="is compressed"):
+        torch_load_walked(tmp_path / "deflated.pth")
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(tmp_path / "extra.pth", "w") as dst:
+        for info in src.infolist():
+            info.extra = b"\xfe\xca" + struct.pack("<H", 60000) + bytes(60000)  # a directory of 8 x 60 KB
+            dst.writestr(info, src.read(info))
+    with pytest.raises(CheckpointFormatError, match="the archive's directory is .* bytes"):
+        torch_load_walked(tmp_path / "extra.pth")
+
+
+@pytest.mark.parametrize("pkl, what", [
+    (b"\x80\x02](" + b")" * 300_000 + b"e.", "opcodes"),  # 3M of them took the walk 22 s
+    (b"\x80\x02](" + b"ctorch\nFloatStorage\nq\x00" + b"(K\x00tQ" * 40_000 + b"e.", "calls"),  # BINPERSIDs: loads
+    (b"\x80\x02]q\x00(" + b"K\x00" * 3000 + b"e" + b"cbuiltins\nset\n(" + b"h\x00" * 3000 + b"tR.", "handed"),
+], ids=["opcodes", "loads", "handed"])  # fmt: skip
+def test_what_torch_load_would_do_per_opcode_call_and_load_is_bounded(pkl, what):
+    """The walk bounds the opcodes (the costliest take it 7 us each), the calls and storage loads torch.load would
+    make (1M loads of one empty storage took it 53 s), and counts what a call is handed before listing it (one list
+    of 3,000 handed 3,000 times in one call: 9M elements, which took the walk 80 s and 2.4 GB at 12,000)."""
+    t = time.perf_counter()
+    with pytest.raises(CheckpointFormatError, match=what if what != "handed" else "elements handed to calls"):
+        check_pickle(io.BytesIO(pkl))
+    assert time.perf_counter() - t < 10  # (loosely: the refusals take 0.1-2 s here)
 
 
 def test_values_and_attributes_are_not_counted_as_keys():

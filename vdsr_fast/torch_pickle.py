@@ -340,6 +340,13 @@ _BYTES_OPS = frozenset({"BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"}
 # shared halves, nested 30 deep, is 2**30 of them in 947 bytes) and elements handed to calls (one shared list given
 # to thousands of calls), each in all of a pickle.
 _MAX_HASH_WORK = _MAX_HANDED = 1 << 22
+# What an unpickler does per opcode, and what torch.load does per call and per storage it loads, in all of a pickle
+# (a review: 3M one-byte opcodes took the walk 22 s; 1M loads of one empty storage, 3 bytes each, torch.load 53 s;
+# 600K tensors from one shared argument tuple 21 s). A training checkpoint's history is ~13 opcodes per 50 steps
+# (60,000 steps: 16,000 opcodes; the bound, ~1M steps), and a checkpoint holds a few hundred tensors, each one call
+# and one load. At the bounds the walk takes up to ~2 s (7 us per opcode of the costliest kind) and torch.load ~1 s.
+_MAX_OPS, _MAX_CALLS, _MAX_LOADS = 1 << 18, 1 << 15, 1 << 14
+_MAX_DIRECTORY = 1 << 18  # a zip checkpoint's central directory: ~65 bytes per entry, one per tensor and 7 more
 _NUMBER_OPS = frozenset({"BININT", "BININT1", "BININT2", "FLOAT", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE", *_INT_OPS})
 _SATURATE = 1 << 40  # counts that shared objects nested deep would double at each level stop here
 
@@ -391,6 +398,7 @@ def _copied(arg: _Sym) -> tuple[int, int]:
 # container has a _Sym of its own)
 _TEXT, _BYTES, _SMALL, _NUMBER = _SCALARS = (_Sym("str"), _Sym("bytes"), _Sym("small"), _Sym("number", True))
 _FIXED = (_BYTES, _SMALL)  # not chosen alone, but a tuple or frozenset holding one is
+_EMPTY_TUPLE = _Sym("tuple", False, [])  # never grown: one for all
 _SEQUENCES = {"TUPLE": "tuple", "TUPLE1": "tuple", "TUPLE2": "tuple", "TUPLE3": "tuple", "EMPTY_TUPLE": "tuple",
               "LIST": "list", "EMPTY_LIST": "list"}  # fmt: skip
 _TABLES = {"DICT": "dict", "EMPTY_DICT": "dict", "EMPTY_SET": "set", "FROZENSET": "frozenset"}
@@ -424,6 +432,7 @@ class _StackModel:
         self.cost = 0  # insertions into tables that hold a chosen key, so far (by weight)
         self.work = 0  # keys hashed anywhere, by weight
         self.handed = 0  # elements of the lists and tuples handed to calls and BUILDs
+        self.calls = self.loads = 0  # calls (REDUCE, NEWOBJ, ...), and persistent loads (torch: a storage each)
 
     def step(self, op: pickletools.OpcodeInfo, arg: Any) -> None:
         name, before, stack = op.name, op.stack_before, self.stack
@@ -458,6 +467,8 @@ class _StackModel:
             stack += popped * 2
         elif not op.stack_after:  # POP, POP_MARK, STOP, PROTO, FRAME
             pass
+        elif name == "EMPTY_TUPLE":
+            stack.append(_EMPTY_TUPLE)
         elif name in _SEQUENCES:
             elems = items or popped
             kind = _SEQUENCES[name]
@@ -491,10 +502,13 @@ class _StackModel:
                 target = _BYTES if name == "REDUCE" and popped[0].kind == "global _codecs encode" else _Sym("object", True)
                 args = popped[1] if name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX") else _Sym("tuple", False, items[name == "OBJ" :])
                 handed = (args.items if args.items is not None else [args]) + popped[2:]  # torch: func(*args), any iterable
+                self.calls += 1
                 # and what those hold one level down (torch's _rebuild_from_type_v2(func, type, args, state) calls
-                # func(*args))
+                # func(*args)): counted before they are listed (one tuple holding one list of m elements m times
+                # is m * m of them: a review's 48 KB pickle took the walk 80 s and 2.4 GB)
+                self._hand(sum(len(h.items) for h in handed if h.kind in ("tuple", "list") and h.items))
                 handed += [e for h in handed if h.kind in ("tuple", "list") and h.items for e in h.items]
-            self.handed += sum(len(h.items) for h in handed if h.items)
+            self._hand(sum(len(h.items) for h in handed if h.items))
             copies = [_copied(h) for h in handed]
             n, chosen = sum(c[0] for c in copies), sum(c[1] for c in copies)
             if n:
@@ -510,7 +524,15 @@ class _StackModel:
         elif name == "GLOBAL":
             stack.append(_Sym(f"global {arg}", True))
         else:  # STACK_GLOBAL, PERSID, BINPERSID, EXT*, buffers: an object
+            self.loads += name in ("PERSID", "BINPERSID")
             stack += [_Sym("object", True) for _ in op.stack_after]
+
+    def _hand(self, n: int) -> None:
+        self.handed += n
+        if self.handed > _MAX_HANDED:
+            raise CheckpointFormatError(
+                f"malformed pickle: more than {_MAX_HANDED} elements handed to calls in lists and tuples (shared ones "
+                "counted at each use; a checkpoint's are a few thousand); refused before unpickling")
 
 
 def check_pickle(f: io.BytesIO) -> None:
@@ -539,11 +561,15 @@ def check_pickle(f: io.BytesIO) -> None:
                 model.step(op, arg)
             except _Unfollowable as e:
                 raise CheckpointFormatError(f"malformed pickle: {op.name} at byte {pos} {e}") from None
-            if model.work > _MAX_HASH_WORK or model.handed > _MAX_HANDED:
+            if model.work > _MAX_HASH_WORK:
                 raise CheckpointFormatError(
-                    f"malformed pickle: more than {_MAX_HASH_WORK} elements hashed in keys, or handed to calls in "
-                    "lists and tuples (shared ones counted at each use; a checkpoint's are a few thousand); refused "
-                    "before unpickling")
+                    f"malformed pickle: more than {_MAX_HASH_WORK} elements hashed in keys (shared ones counted at each "
+                    "use; a checkpoint's are a few thousand); refused before unpickling")
+            if ops > _MAX_OPS or model.calls > _MAX_CALLS or model.loads > _MAX_LOADS:
+                raise CheckpointFormatError(
+                    f"malformed pickle: more than {_MAX_OPS} opcodes, {_MAX_CALLS} calls or {_MAX_LOADS} storages "
+                    "loaded (a checkpoint has a few hundred tensors, each one call and one load, and a history of "
+                    "~13 opcodes per 50 training steps); refused before unpickling")
             if model.cost > _MAX_CHOSEN_INSERTS:
                 raise CheckpointFormatError(
                     f"malformed pickle: more than {_MAX_CHOSEN_INSERTS} dict keys or set elements inserted among keys "
@@ -601,18 +627,57 @@ def torch_load_walked(path: str | os.PathLike, map_location: Any = "cpu") -> Any
         data = f.read()
     if data[:4] != b"PK\x03\x04":
         raise CheckpointFormatError("not a zip archive as torch.save writes them (it starts with no zip entry)")
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointFormatError(f"corrupt zip archive: {e}") from None
-    _, walked = check_zip(zf, len(data))
-    # the pickle torch's own zip reader finds must be the one walked: the two readers find an archive's directory by
-    # different rules (zip64 records: Python's where the end record is, miniz's where the locator points), and a
-    # file can give each reader another directory
-    if bytes(torch._C.PyTorchFileReader(io.BytesIO(data)).get_record("data.pkl")) != walked:
-        raise CheckpointFormatError("torch's zip reader finds another data.pkl in this archive than Python's (a file "
-                                    "made for the two readers to disagree); refused")
+    zf = _open_zip(data)
+    pkl, _ = check_zip(zf, len(data))
+    _same_records(zf, pkl[: -len("data.pkl")], torch._C.PyTorchFileReader(io.BytesIO(data)))
     return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+
+
+def _same_records(zf: zipfile.ZipFile, prefix: str, reader: Any) -> None:
+    """Refuse an archive unless torch's zip reader (miniz: ``reader``) finds the very records Python's found, each
+    stored (uncompressed, as torch.save writes them) at the same offset with the same size. The two find an
+    archive's directory by different rules (zip64 records: Python's 76 bytes before the end record, miniz's where
+    the locator points), and a review gave each reader a directory of its own: torch.load unpickled a data.pkl the
+    walk never saw, or inflated storages of 1 GiB that Python's directory did not list."""
+    ours = {}
+    for info in zf.infolist():
+        if not info.filename.startswith(prefix) or info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointFormatError(f"the archive's entry '{info.filename}' is "
+                                        + ("compressed" if info.filename.startswith(prefix) else "outside its folder")
+                                        + " (torch.save stores its entries uncompressed, in one folder); refused")
+        ours[info.filename[len(prefix):]] = info
+    try:
+        theirs = sorted(reader.get_all_records())
+        agree = theirs == sorted(ours) and all(
+            (reader.get_record_offset(n), reader.get_record_size(n)) == (_data_offset(zf, ours[n]), ours[n].file_size)
+            for n in theirs)  # fmt: skip
+    except RuntimeError:
+        agree = False
+    if not agree:
+        raise CheckpointFormatError("torch's zip reader finds other records in this archive than Python's (a file "
+                                    "made for the two readers to disagree); refused")
+
+
+def _data_offset(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """Where an entry's data starts: after its local header, whose name and extra field lengths are its own."""
+    zf.fp.seek(info.header_offset + 26)
+    names, extra = struct.unpack("<2H", zf.fp.read(4))
+    return info.header_offset + 30 + names + extra
+
+
+def _open_zip(data: bytes) -> zipfile.ZipFile:
+    """Python's reader of an archive's bytes, once its central directory is known to be of a checkpoint's size:
+    Python's reader copies an entry's extra field at each of its records (a review: 45 entries with 64 KB extra
+    fields took it 2 s, before any check)."""
+    f = io.BytesIO(data)
+    try:
+        end = zipfile._EndRecData(f)
+        if end is not None and end[zipfile._ECD_SIZE] > _MAX_DIRECTORY:
+            raise CheckpointFormatError(f"the archive's directory is {end[zipfile._ECD_SIZE]} bytes (a checkpoint's, "
+                                        f"~65 bytes per entry, is a few KB; refused past {_MAX_DIRECTORY})")
+        return zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise CheckpointFormatError(f"corrupt zip archive: {e}") from None
 
 
 def _read_entry(zf: zipfile.ZipFile, name: str) -> bytes:
@@ -628,11 +693,8 @@ def _read_entry(zf: zipfile.ZipFile, name: str) -> bytes:
 
 
 def _read_zip(data: bytes) -> Any:
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointFormatError(f"corrupt zip archive: {e}") from None
+    zf = _open_zip(data)
+    names = zf.namelist()
     pkl, pickled = check_zip(zf, len(data))  # the pickle read once: walked there, unpickled here
     prefix = pkl[: -len("data.pkl")]
     storages: dict[str, _Storage] = {}
