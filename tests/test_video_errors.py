@@ -42,13 +42,22 @@ def _fails(capsys, *argv, message):
 def test_an_output_ffmpeg_cannot_start_says_why(tmp_path, weights, capsys):
     """An encoder option or a container FFmpeg refuses when the output starts (at the first frame): the error gives
     FFmpeg's reason and what to change (found by a review: it named the hidden temporary file, or avcodec_open2 with
-    its options, "returned 22"); nothing is left behind."""
+    its options, "returned 22"); nothing is left behind. A video-only input too: a later review found its error was
+    still PyAV's, naming the hidden temporary file (the muxer's header, written at the first packet, came after
+    the encoder had taken frames: the check asked whether any frame was encoded, not whether anything was written)."""
     src = tmp_path / "in.mp4"
     _make_clip(src)
     err = _fails(capsys, src, tmp_path / "out.ogv", "--weights", weights,
                  message="FFmpeg cannot start libx264 (yuv420p, crf 18) in ogv: [ogv] Unsupported codec id in stream 0; "
                          "pass another --codec, --preset or --pix-fmt, or another container")  # fmt: skip
     assert "returned 22" not in err and ".out." not in err
+    silent = tmp_path / "silent.mp4"
+    _make_clip(silent, audio=None)  # no audio packet to write the header before the first video packet
+    err = _fails(capsys, silent, tmp_path / "out.ogv", "--weights", weights,
+                 message="silent.mp4 -> " + str(tmp_path / "out.ogv") + ": FFmpeg cannot start libx264 (yuv420p, crf 18) "
+                         "in ogv: [ogv] Unsupported codec id in stream 0; pass another --codec")  # fmt: skip
+    assert "returned 22" not in err and ".out." not in err
+    silent.unlink()
     _fails(capsys, src, tmp_path / "out.mp4", "--weights", weights, "--preset", "nope",
            message="FFmpeg cannot start libx264 (yuv420p, crf 18, preset nope) in mp4: [libx264] ")
     assert _listing(tmp_path) == ["in.mp4"]

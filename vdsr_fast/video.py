@@ -276,6 +276,10 @@ class _Pipe:
         self.go = threading.Event()
         self.error: BaseException | None = None
         self.frames = 0  # frames encoded so far
+        # Packets written into the output so far. The muxer writes its header with the first, which is where it
+        # refuses the codec (ogv: H.264); an encoder holds its first frames back (x264's lookahead), so without an
+        # audio packet to write first, frames were encoded before the output failed to start.
+        self.muxed = 0
         self.read_error: BaseException | None = None  # a demuxer error that ended the input early
         self.decode_errors = 0  # video packets the decoder rejected (skipped)
         self.decode_error: BaseException | None = None  # the last of them
@@ -540,6 +544,7 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress,
                 continue
             payload.stream = ostream_copy
             out_container.mux(payload)
+            pipe.muxed += 1
             continue
         arrs, done, meta = payload
         if done is not None:
@@ -569,7 +574,9 @@ def _writer(pipe: _Pipe, av, out_container, ostream, stream_map: dict, progress,
                 pts, moved = last + 1, moved + 1
             frame.pts, frame.time_base = pts, time_base
             last = pts
-            out_container.mux(ostream.encode(frame))
+            packets = ostream.encode(frame)
+            out_container.mux(packets)
+            pipe.muxed += len(packets)
             index += 1
             pipe.frames += 1
         progress.update(len(meta))
@@ -1230,7 +1237,7 @@ def upscale_video(
                 e = pipe.error
                 if isinstance(e, BrokenPipeError):
                     raise VideoError(f"{dst_label} was closed by its reader after {pipe.frames} frame(s)") from e
-                if (isinstance(e, av.error.FFmpegError) and pipe.frames == 0  # the output could not start: say why
+                if (isinstance(e, av.error.FFmpegError) and (pipe.frames == 0 or pipe.muxed == 0)  # it could not start: say why
                         and (why := _encoder_refuses(av, out.format.name, ostream, options)) is not None):  # not a full disk
                     opts = "".join(f", {k} {v}" for k, v in options.items())
                     raise VideoError(f"{src_label} -> {dst_label}: FFmpeg cannot start {codec} ({pix_fmt}{opts}) in "
