@@ -75,6 +75,71 @@ def test_random_bytes(tmp_path, weights, capsys):
     assert _listing(tmp_path) == ["noise.mp4"]
 
 
+def _no_picture_size(path):
+    """The first 30 bytes of a PNG (its signature and part of IHDR): FFmpeg opens them as a 0x0 video stream."""
+    from PIL import Image
+
+    png = path.with_name("whole.png")
+    Image.fromarray(np.zeros((33, 47, 3), np.uint8)).save(png)
+    path.write_bytes(png.read_bytes()[:30])
+    png.unlink()
+
+
+def test_a_video_stream_without_a_picture_size_is_an_error(tmp_path, weights, capsys):
+    """A file FFmpeg opens as a video stream of no size (found by a review: a PNG's first 30 bytes named b.mp4) is a
+    one-line error, exit status 2; it was a ZeroDivisionError (the sample aspect ratio's Fraction(0, 0)), exit status
+    1, which in a folder stopped the batch. In a folder it is reported and the rest still written."""
+    bad = tmp_path / "b.mp4"
+    _no_picture_size(bad)
+    _fails(capsys, bad, tmp_path / "out.mkv", "--weights", weights,
+           message=f"cannot read {bad} as a video: its video stream has no picture size (0x0)")  # fmt: skip
+    assert _listing(tmp_path) == ["b.mp4"]
+    src, out = tmp_path / "clips", tmp_path / "out"
+    src.mkdir()
+    _make_clip(src / "a.mkv")
+    bad.rename(src / "b.mp4")
+    _make_clip(src / "c.mkv")
+    assert _run(src, out, "--weights", weights) == 2
+    captured = capsys.readouterr()
+    assert "has no picture size" in captured.err and "Traceback" not in captured.err, captured.err
+    assert "2 of 3 videos -> " in captured.out and "1 failed" in captured.out
+    assert _listing(out) == ["a.mkv", "c.mkv"]
+
+
+def test_an_unexpected_error_on_one_file_of_a_folder_is_reported_and_the_rest_written(tmp_path, weights, capsys,
+                                                                                       monkeypatch):  # fmt: skip
+    """In a folder, any error on one file (a bug, like the ZeroDivisionError a file of no picture size gave) is that
+    file's error line and the batch goes on, as for a file that cannot be read; it stopped the batch with a
+    traceback. Alone, such an error still raises (a traceback to report); Ctrl-C still stops the folder."""
+    from vdsr_fast import video
+
+    src, out = tmp_path / "clips", tmp_path / "out"
+    src.mkdir()
+    for name in ("a.mkv", "b.mkv", "c.mkv"):
+        _make_clip(src / name)
+    real = video.upscale_video
+
+    def failing_on(name, error):
+        def upscale_video(s, d, *a, **kw):
+            if Path(s).name == name:
+                raise error
+            return real(s, d, *a, **kw)
+
+        return upscale_video
+
+    monkeypatch.setattr(video, "upscale_video", failing_on("b.mkv", ZeroDivisionError("Fraction(0, 0)")))
+    assert _run(src, out, "--weights", weights) == 2
+    captured = capsys.readouterr()
+    assert f"vdsr-fast video: error: {src / 'b.mkv'}: ZeroDivisionError: Fraction(0, 0)" in captured.err, captured.err
+    assert "Traceback" not in captured.err and "2 of 3 videos -> " in captured.out
+    assert _listing(out) == ["a.mkv", "c.mkv"]
+    with pytest.raises(ZeroDivisionError):
+        _run(src / "b.mkv", tmp_path / "b.mkv", "--weights", weights)
+    monkeypatch.setattr(video, "upscale_video", failing_on("a.mkv", KeyboardInterrupt()))
+    assert _run(src, tmp_path / "out2", "--weights", weights) == 130
+    assert not (tmp_path / "out2").exists() or _listing(tmp_path / "out2") == []
+
+
 def test_missing_input(tmp_path, weights, capsys):
     _fails(capsys, tmp_path / "missing.mp4", tmp_path / "out.mp4", "--weights", weights, message="no such file")
     _fails(capsys, tmp_path, tmp_path / "out", "--weights", weights, message="no video in this folder")  # the CLI: a batch

@@ -1079,6 +1079,8 @@ def upscale_video(
     try:
         ctx = vin.codec_context
         w, h = ctx.width, ctx.height
+        if w <= 0 or h <= 0:  # e.g. a PNG's first bytes: FFmpeg opens them as a 0x0 video stream; nothing to upscale
+            raise VideoError(f"cannot read {src_label} as a video: its video stream has no picture size ({w}x{h})")
         fin = _format_info(ctx.pix_fmt) if ctx.pix_fmt is not None else _Format(1, 1, 8, False, False)
         chosen_fmt = pix_fmt is None
         pix_fmt = _output_format(codec, pix_fmt, fin.bits, fin.alpha)
@@ -1445,6 +1447,14 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 failed += 1  # one bad file does not stop a folder
                 print(f"vdsr-fast video: error: {shown(e)}", file=sys.stderr)
+                continue
+            except Exception as e:  # not KeyboardInterrupt (nor SIGTERM's Terminated): those stop the folder
+                if len(jobs) == 1:
+                    raise  # a bug: its traceback, to report
+                # Nor does an error no check foresaw (FFmpeg reads many things; a file of no picture size was a
+                # ZeroDivisionError): it stopped the batch with a traceback, the files after it not upscaled.
+                failed += 1
+                print(f"vdsr-fast video: error: {shown(f'{src}: {type(e).__name__}: {e}')}", file=sys.stderr)
                 continue
             print(shown(_summary(r)), file=report, flush=True)
     except (VideoError, CliError, ValueError) as e:  # ValueError: upscale()'s, e.g. a --max-memory too small
