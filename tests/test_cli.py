@@ -1181,6 +1181,56 @@ def test_a_16_bit_png_of_zero_width_is_a_read_error(tmp_path):
         read_image(tmp_path / "e.png")
 
 
+def _apng16(path, frames):
+    """A 16-bit animated PNG of ``frames`` ((H, W, C) uint16, C 1-4, one size), each replacing the last: pypng's IDAT
+    for each, the first frame's as IDAT and the others' as fdAT, with acTL and fcTL chunks (pypng writes no APNG)."""
+    import struct
+    import zlib
+
+    import png
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, c = frames[0].shape
+    out, seq = b"", 0
+    for i, f in enumerate(frames):
+        b = io.BytesIO()
+        png.Writer(w, h, greyscale=c <= 2, alpha=c in (2, 4), bitdepth=16).write(b, f.reshape(h, w * c))
+        chunks = list(png.Reader(bytes=b.getvalue()).chunks())
+        if i == 0:
+            out += b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", dict(chunks)[b"IHDR"]) + chunk(b"acTL", struct.pack(">II", len(frames), 0))
+        out += chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, w, h, 0, 0, 10, 100, 0, 0))  # 100 ms, no dispose, source
+        seq += 1
+        for kind, data in chunks:
+            if kind == b"IDAT":
+                out += chunk(b"IDAT", data) if i == 0 else chunk(b"fdAT", struct.pack(">I", seq) + data)
+                seq += i > 0
+    path.write_bytes(out + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_a_16_bit_colour_animated_png_is_refused_not_read_at_8_bits(tmp_path, capsys, weights, channels):
+    """A 16-bit RGB, RGBA or gray+alpha animated PNG was read as 8 bits without a word (found by a review): a still
+    16-bit colour PNG goes to pypng, which reads no APNG frames, and Pillow decodes those frames at 8 bits. Refused,
+    one line naming the file (exit status 2, nothing written); 16-bit gray frames Pillow reads whole."""
+    rng = np.random.default_rng(30)
+    src = tmp_path / "a.png"
+    _apng16(src, [rng.integers(0, 65536, (6, 8, channels)).astype(np.uint16) for _ in range(2)])
+    assert image_info(src)["frames"] == 2
+    with pytest.raises(ImageReadError, match=r"a\.png: a 16-bit colour animated PNG: its frames would lose their low 8 bits"):
+        read_frames(src)
+    code, out, err = _run(capsys, "upscale", str(src), "-o", str(tmp_path / "up.tif"), "--weights", weights)
+    assert code == 2 and err.count("\n") == 1 and f"error: {src}: a 16-bit colour animated PNG" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "tiny.safetensors"]
+    gray = [rng.integers(0, 65536, (6, 8, 1)).astype(np.uint16) for _ in range(2)]
+    _apng16(tmp_path / "g.png", gray)
+    frames, _ = read_frames(tmp_path / "g.png")
+    assert [f.dtype for f in frames] == [np.uint16] * 2
+    for got, want in zip(frames, gray):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_every_page_of_a_tiff_with_an_orientation_is_read_upright(tmp_path):
     """The Orientation tag turns each frame read_frames returns as it turns the image read_image returns (the pages
     of a multi-page TIFF came out as stored, sideways)."""

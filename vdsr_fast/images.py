@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import stat
 import tempfile
 import threading
@@ -355,6 +356,7 @@ def read_frames(path: str | os.PathLike, count: int | None = None) -> tuple[list
     returns one (whole frames: a GIF's partial frames are composited), and ``{"durations": [ms, ...] or None,
     "loop": n or None}`` (a TIFF has no timing; ``loop``: how many times the animation plays, 0 forever; a GIF's
     NETSCAPE count of repeats is read as one play more, a GIF without one as 1). A still image gives one frame.
+    A 16-bit colour (RGB, RGBA, gray+alpha) animated PNG is an :class:`ImageReadError`: its frames read at 8 bits.
     ``count``: the file's frame count when the caller has it already (:func:`image_info`'s ``frames``)."""
     from PIL import Image
 
@@ -363,6 +365,12 @@ def read_frames(path: str | os.PathLike, count: int | None = None) -> tuple[list
         raise ImageReadError(f"{path}: no such file")
     if (image_info(path)["frames"] if count is None else count) <= 1:
         return [read_image(path)], {"durations": None, "loop": None}
+    if _png_16bit_color(path):
+        # pypng, which reads a still 16-bit colour PNG, reads no APNG frames, and Pillow decodes 16-bit RGB, RGBA
+        # and gray+alpha frames at 8 bits (16-bit gray it keeps): the upscale would have 8 bits of them, silently.
+        raise ImageReadError(f"{path}: a 16-bit colour animated PNG: its frames would lose their low 8 bits (they are "
+                             f"read at 8 bits here); upscale its frames as 16-bit PNGs (`ffmpeg -i {shlex.quote(str(path))} "
+                             "frame_%04d.png` writes them so), or convert it to 8 bits first")  # fmt: skip
     orientation = _exif_orientation(path)
     with _read_errors(path):
         if path.suffix.lower() in (".tif", ".tiff"):
