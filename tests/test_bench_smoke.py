@@ -356,15 +356,17 @@ def _issue5_call() -> dict[str, str]:
 ISSUE5_CALL = _issue5_call()
 
 
-def test_the_short_test_call_runs_only_the_build_and_its_tests(tmp_path):
-    """benchmarks/README.md's short call for the next device session (its run() line with SKIP_BENCH=1): with every
-    step at its cap, the build and the tests start, nothing else (the canaries skipped too), within its budget."""
-    knobs, timeout_s = _readme_call("SKIP_BENCH=1")
+def test_the_short_test_call_runs_the_build_its_tests_and_the_benchmark(tmp_path):
+    """benchmarks/README.md's short call for the next device session (its run() line with SKIP_CANARY=1): with every
+    step at its cap, the build, the tests and the benchmark start, nothing else, within its budget."""
+    knobs, timeout_s = _readme_call("SKIP_CANARY=1")
     assert "fused_head" in knobs.pop("PYTEST_K") and knobs.pop("VDSR_FAST_GIT_COMMIT") == "COMMIT"
+    assert knobs.pop("BENCH_ARGS").startswith("'--sizes")  # (the knobs' pattern takes its first word)
     sched = _gpu_check_schedule(tmp_path, knobs)
-    assert [s for s, _, _ in sched] == ["build", "tests"], sched
+    assert [s for s, _, _ in sched] == ["build", "tests", "bench"], sched
     caps = {s: cap for s, _, cap in sched}
-    assert caps == {"build": int(knobs["BUILD_CAP_S"]), "tests": int(knobs["TEST_CAP_S"])}, sched
+    assert caps["build"] == int(knobs["BUILD_CAP_S"]) and caps["tests"] == int(knobs["TEST_CAP_S"]), sched
+    assert caps["bench"] >= int(knobs["BENCH_MIN_S"]), sched
     assert max(start + cap for _, start, cap in sched) <= int(knobs["GPU_CHECK_BUDGET_S"]) < timeout_s, sched
 
 
