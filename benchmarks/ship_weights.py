@@ -109,6 +109,11 @@ def new_metadata(shipped: dict[str, str], cand: dict[str, str], table: Table, re
         "quality": quality_line(table, readme),
         "training": f"{shipped['training'].rstrip('.')}. Then {note}" if continued else f"vdsr-fast train: {note}",
     })
+    data = json.loads(cand.get("training_data") or "[]")  # what the run trained on: in place of, or beside, theirs
+    if not continued or not data:
+        meta["training_data"] = json.dumps(data) if data else shipped.get("training_data", "[]")
+    else:
+        meta["training_data"] = json.dumps(list(dict.fromkeys(json.loads(shipped.get("training_data", "[]")) + data)))
     return meta
 
 
@@ -135,12 +140,12 @@ def score(candidate: Path, data: Path, scores: Path, digest: str) -> Table:
     from vdsr_fast.evaluate import evaluate
 
     done: Table = json.loads(scores.read_text()) if scores.is_file() else {}
-    key = {"candidate": str(candidate.resolve()), "sha256": digest, "data": str(data.resolve())}
+    key = {"sha256": digest, "data": str(data.resolve())}  # (the file's path may hold another run's weights later)
     if done and {k: done.get(k) for k in key} != key:
         was = ", ".join(f"{k} {done.get(k)}" for k in key if done.get(k) != key[k])
         raise SystemExit(f"ship_weights: {scores} holds the scores of another file or sets ({was}); delete it or pass "
                          "another --scores")
-    done.update(key)
+    done.update(key, candidate=str(candidate.resolve()))
     engine = Engine(vdsr_fast.load(candidate), backend="torch", dtype=torch.float32, device="cpu")
     for s in SETS:
         for k in SCALES:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,7 +71,8 @@ def _setup(tmp_path, table: dict, init: str | None = "shipped"):
     shutil.copy(ROOT / "README.md", readme)
     recipe = {"patch": 96, "lr": 1e-4, "init": "" if init is None else "vdsr_fast/weights/vdsr_x234.safetensors"}
     digest = None if init is None else sw.sha256(shipped) if init == "shipped" else init
-    vdsr_fast.save(model, cand, {"steps": 4000, "recipe": recipe, "init_sha256": digest})
+    vdsr_fast.save(model, cand, {"steps": 4000, "recipe": recipe, "init_sha256": digest,
+                                 **({"training_data": ["cache y291.npz"]} if init is None else {})})
     for s in sw.SETS:
         (tmp_path / "data" / s).mkdir(parents=True)
     scores = tmp_path / "scores.json"
@@ -112,14 +114,13 @@ def test_a_candidate_not_higher_everywhere_is_not_shipped(tmp_path, capsys):
     assert (shipped.read_bytes(), readme.read_text()) == files
 
 
-def test_write_needs_a_note_and_scores_belong_to_their_candidate(tmp_path):
+def test_write_needs_a_note_and_scores_belong_to_their_file_wherever_it_is(tmp_path):
     _, argv, _, _ = _setup(tmp_path, _table(0.1))
     with pytest.raises(SystemExit):
         sw.main([*argv, "--write"])
     other = tmp_path / "other.safetensors"
     shutil.copy(argv[0], other)
-    with pytest.raises(SystemExit, match="holds the scores of"):
-        sw.main([str(other), *argv[1:]])
+    assert sw.main([str(other), *argv[1:]]) == 0  # the same bytes elsewhere: its scores (nothing scored again)
 
 
 def test_a_run_from_scratch_replaces_the_steps_and_training_and_one_from_other_weights_is_refused(tmp_path):
@@ -129,6 +130,7 @@ def test_a_run_from_scratch_replaces_the_steps_and_training_and_one_from_other_w
     assert sw.main([*argv, "--write", "--note", "run s (4000 steps from scratch)"]) == 0
     meta = _meta(shipped)
     assert meta["steps"] == "4000" and meta["training"] == "vdsr-fast train: run s (4000 steps from scratch)"
+    assert json.loads(meta["training_data"]) == ["cache y291.npz"]  # what it trained on, not the shipped run's
     _, argv, shipped, readme = _setup(tmp_path / "b", _table(0.03), init="0" * 64)
     files = shipped.read_bytes(), readme.read_text()
     with pytest.raises(SystemExit, match="which is not the shipped file"):
@@ -147,16 +149,23 @@ def test_scores_are_of_the_file_scored_not_of_its_path(tmp_path):
         sw.main(argv)
 
 
-def test_a_failed_write_leaves_readme_and_the_shipped_file_as_they_were(tmp_path, monkeypatch):
-    """README is renamed into place only once the weights are: a full disk while saving them left README whole and
-    the shipped file unchanged (before, README was rewritten in place after the weights, and cut short there)."""
+@pytest.mark.parametrize("fails", ["readme", "weights"])
+def test_a_failed_write_leaves_readme_and_the_shipped_file_as_they_were(tmp_path, monkeypatch, fails):
+    """README is written first, to a temporary, and renamed into place only once the weights are saved: a full disk
+    while writing either leaves both as they were (before, README was rewritten in place after the weights were
+    shipped, and cut short there: a review)."""
     _, argv, shipped, readme = _setup(tmp_path, _table(0.03))
     files = shipped.read_bytes(), readme.read_text()
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(vdsr_fast, "save", full)
+    if fails == "weights":
+        monkeypatch.setattr(vdsr_fast, "save", full)
+    else:  # README's text, wherever it is written
+        write_text = Path.write_text
+        monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: full() if "README" in self.name
+                            else write_text(self, *a, **k))  # fmt: skip
     with pytest.raises(OSError, match="No space left"):
         sw.main([*argv, "--write", "--note", "n"])
     assert (shipped.read_bytes(), readme.read_text()) == files and sorted(p.name for p in tmp_path.iterdir()) == [

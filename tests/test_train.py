@@ -397,6 +397,17 @@ def test_fit_minutes_on_a_run_that_was_not_fitted_says_so_and_takes_steps(tmp_pa
     assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["step"] == 5
 
 
+def test_a_schedule_whose_history_a_checkpoint_cannot_hold_is_refused_before_it_trains(tmp_path):
+    """The loader refuses a pickle of more than _MAX_OPS opcodes (SECURITY.md) and the history is in the checkpoint's
+    pickle (~14 opcodes a record, one per 50 steps and per evaluation): a review found a run with --eval-every 1
+    could write a last.pt that it would refuse to resume after 20,000 steps. Refused before anything is written."""
+    cfg = TrainConfig(out=str(tmp_path / "a"), **_tiny(tmp_path, steps=20_000, eval_every=1))
+    with pytest.raises(ValueError, match="--steps 20000 with --eval-every 1: the run's history"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "a").exists()
+    train_module._check_history_fits(TrainConfig(steps=600_000))  # the defaults' eval-every: 600,000 steps fit
+
+
 def test_learning_rate_schedules():
     """Adam: a linear warm-up to --lr over --warmup steps (the first step already at lr / warmup), then a cosine
     from --lr down to --min-lr, reached at --steps. SGD (the paper's): --lr divided by 10 every --lr-step steps

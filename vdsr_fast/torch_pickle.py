@@ -342,11 +342,12 @@ _BYTES_OPS = frozenset({"BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"}
 _MAX_HASH_WORK = _MAX_HANDED = 1 << 22
 # What an unpickler does per opcode, and what torch.load does per call and per storage it loads, in all of a pickle
 # (a review: 3M one-byte opcodes took the walk 22 s; 1M loads of one empty storage, 3 bytes each, torch.load 53 s;
-# 600K tensors from one shared argument tuple 21 s). A training checkpoint's history is ~13 opcodes per 50 steps
-# (60,000 steps: 16,000 opcodes; the bound, ~1M steps), and a checkpoint holds a few hundred tensors, each one call
-# and one load. At the bounds the walk takes up to ~2 s (7 us per opcode of the costliest kind) and torch.load ~1 s.
+# 600K tensors from one shared argument tuple 21 s). A training checkpoint's history is ~13 opcodes a record, one
+# per 50 steps and one per evaluation (60,000 steps: 16,000 opcodes; train() refuses a run whose history would pass
+# the bound), and a checkpoint holds a few hundred tensors, each two calls (its rebuild, its OrderedDict's) and one
+# load. At the bounds the walk takes up to ~2 s (7 us per opcode of the costliest kind) and torch.load ~1 s.
 _MAX_OPS, _MAX_CALLS, _MAX_LOADS = 1 << 18, 1 << 15, 1 << 14
-_MAX_DIRECTORY = 1 << 18  # a zip checkpoint's central directory: ~65 bytes per entry, one per tensor and 7 more
+_MAX_DIRECTORY = 1 << 18  # a zip checkpoint's directory: ~60 bytes an entry, one per storage and 7 more (~4,400)
 _NUMBER_OPS = frozenset({"BININT", "BININT1", "BININT2", "FLOAT", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE", *_INT_OPS})
 _SATURATE = 1 << 40  # counts that shared objects nested deep would double at each level stop here
 
@@ -398,7 +399,8 @@ def _copied(arg: _Sym) -> tuple[int, int]:
 # container has a _Sym of its own)
 _TEXT, _BYTES, _SMALL, _NUMBER = _SCALARS = (_Sym("str"), _Sym("bytes"), _Sym("small"), _Sym("number", True))
 _FIXED = (_BYTES, _SMALL)  # not chosen alone, but a tuple or frozenset holding one is
-_EMPTY_TUPLE = _Sym("tuple", False, [])  # never grown: one for all
+_EMPTY_TUPLE = _Sym("tuple", False, [])  # one for all
+_SHARED = (*_SCALARS, _EMPTY_TUPLE)  # never grown: what is added to them or built on them is refused or charged
 _SEQUENCES = {"TUPLE": "tuple", "TUPLE1": "tuple", "TUPLE2": "tuple", "TUPLE3": "tuple", "EMPTY_TUPLE": "tuple",
               "LIST": "list", "EMPTY_LIST": "list"}  # fmt: skip
 _TABLES = {"DICT": "dict", "EMPTY_DICT": "dict", "EMPTY_SET": "set", "FROZENSET": "frozenset"}
@@ -484,8 +486,8 @@ class _StackModel:
         elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"):
             container, *added = popped
             added += items
-            if container in _SCALARS:
-                raise _Unfollowable("adds to a number or string")
+            if container in _SHARED:
+                raise _Unfollowable("adds to a number, a string or an empty tuple")
             if container.kind == "list" and name.startswith("APPEND"):
                 container.items.extend(added)  # (a list given to a call later: its elements)
             else:  # a dict's or set's keys, or an object's (its __setitem__, add, append or extend)
@@ -513,7 +515,7 @@ class _StackModel:
             n, chosen = sum(c[0] for c in copies), sum(c[1] for c in copies)
             if n:
                 self.work += n
-                if target in _SCALARS:  # (bytes at protocols 0-2: _codecs.encode(str, "latin1"))
+                if target in _SHARED:  # (bytes at protocols 0-2: _codecs.encode(str, "latin1"))
                     self.cost += n
                 else:
                     target.tainted = min(target.tainted + chosen, _SATURATE)
@@ -565,11 +567,12 @@ def check_pickle(f: io.BytesIO) -> None:
                 raise CheckpointFormatError(
                     f"malformed pickle: more than {_MAX_HASH_WORK} elements hashed in keys (shared ones counted at each "
                     "use; a checkpoint's are a few thousand); refused before unpickling")
-            if ops > _MAX_OPS or model.calls > _MAX_CALLS or model.loads > _MAX_LOADS:
-                raise CheckpointFormatError(
-                    f"malformed pickle: more than {_MAX_OPS} opcodes, {_MAX_CALLS} calls or {_MAX_LOADS} storages "
-                    "loaded (a checkpoint has a few hundred tensors, each one call and one load, and a history of "
-                    "~13 opcodes per 50 training steps); refused before unpickling")
+            if (over := next((f"{bound} {what}" for n, bound, what in (
+                    (ops, _MAX_OPS, "opcodes (a training history takes ~13 per record, one per 50 steps)"),
+                    (model.calls, _MAX_CALLS, "calls (a checkpoint makes two per tensor)"),
+                    (model.loads, _MAX_LOADS, "storages loaded (a checkpoint loads one per tensor)")) if n > bound),
+                    None)) is not None:  # fmt: skip
+                raise CheckpointFormatError(f"malformed pickle: more than {over}; refused before unpickling")
             if model.cost > _MAX_CHOSEN_INSERTS:
                 raise CheckpointFormatError(
                     f"malformed pickle: more than {_MAX_CHOSEN_INSERTS} dict keys or set elements inserted among keys "
@@ -670,11 +673,11 @@ def _open_zip(data: bytes) -> zipfile.ZipFile:
     Python's reader copies an entry's extra field at each of its records (a review: 45 entries with 64 KB extra
     fields took it 2 s, before any check)."""
     f = io.BytesIO(data)
+    end = zipfile._EndRecData(f)
+    if end is not None and end[zipfile._ECD_SIZE] > _MAX_DIRECTORY:
+        raise CheckpointFormatError(f"the archive's directory is {end[zipfile._ECD_SIZE]} bytes (a checkpoint's, ~60 "
+                                    f"bytes per stored tensor, is a few KB; refused past {_MAX_DIRECTORY})")
     try:
-        end = zipfile._EndRecData(f)
-        if end is not None and end[zipfile._ECD_SIZE] > _MAX_DIRECTORY:
-            raise CheckpointFormatError(f"the archive's directory is {end[zipfile._ECD_SIZE]} bytes (a checkpoint's, "
-                                        f"~65 bytes per entry, is a few KB; refused past {_MAX_DIRECTORY})")
         return zipfile.ZipFile(f)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise CheckpointFormatError(f"corrupt zip archive: {e}") from None

@@ -41,7 +41,7 @@ from .evaluate import check_set, evaluate, load_y
 from .images import _atomic, folder_files
 from .imaging import imresize
 from .reference import VDSR, channels_last
-from .torch_pickle import torch_load_walked
+from .torch_pickle import _MAX_OPS, torch_load_walked
 from .weights import load, save
 
 __all__ = ["TrainConfig", "load_train_y", "build_pairs", "train", "main"]
@@ -513,6 +513,18 @@ def train(
         torch.backends.cudnn.benchmark = before
 
 
+def _check_history_fits(cfg: TrainConfig) -> None:
+    """A checkpoint's pickle holds the run's history: a record per 50 steps and per evaluation, at most ~16 opcodes
+    each, and a checkpoint of more than ``_MAX_OPS`` opcodes is refused when read (SECURITY.md). A schedule whose
+    history would pass that is refused before it trains, not when its checkpoint is resumed."""
+    records = min(cfg.steps, cfg.steps // 50 + cfg.steps // cfg.eval_every) + 8
+    if records * 16 > _MAX_OPS:
+        raise ValueError(f"--steps {cfg.steps} with --eval-every {cfg.eval_every}: the run's history (~{records} "
+                         f"records: a report every 50 steps and an evaluation every --eval-every) would be more than "
+                         f"a checkpoint may hold ({_MAX_OPS} pickle opcodes, SECURITY.md); evaluate less often, or "
+                         f"run fewer steps and continue with --init")
+
+
 def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool, until_step: int | None,
            max_minutes: float | None, fit_minutes: float | None, interrupt: _StopOnSignal) -> Path:  # fmt: skip
     t_start = time.perf_counter()
@@ -525,6 +537,8 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
     if fitting and (cfg.warmup < FIT_PROBE_END or cfg.optimizer != "adam"):  # before the data is prepared
         raise ValueError(f"--fit-minutes needs a new adam run with --warmup >= {FIT_PROBE_END} (the steps are "
                          f"measured while the learning rate does not yet depend on --steps)")
+    if not fitting and not resuming:  # (a fitted schedule is checked once fitted, a resumed one once read)
+        _check_history_fits(cfg)
     init = None
     if cfg.init and not resuming:  # read (WeightsError: a file that is not VDSR weights) before anything is written
         init = load(cfg.init)
@@ -564,6 +578,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
             if saved.get("steps") != cfg.steps:
                 print(f"note: resuming a run planned for {saved.get('steps')} steps with --steps {cfg.steps}",
                       file=sys.stderr)
+        _check_history_fits(cfg)
         changed = [f"--{k.replace('_', '-')} {v} (was {saved[k]})" for k, v in asdict(cfg).items()
                    if k not in _RESUME_FREE and k in saved and saved[k] != v]  # fmt: skip
         if bool(saved.get("cache")) != bool(cfg.cache):  # 8-bit planes against the folders' exact ones
@@ -633,6 +648,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool,
                 rec = _fit_steps(cfg, model, ema, device, step, (step - FIT_PROBE_START) / (time.perf_counter() - t_probe),
                                  60 * fit_minutes - (time.perf_counter() - t_start))  # fmt: skip
                 cfg = dataclasses.replace(cfg, steps=rec["fit"]["steps"])
+                _check_history_fits(cfg)
                 (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
                 history.append(rec)
                 msg = (f"fitted: {cfg.steps} steps ({rec['fit']['steps_per_s']:.1f} steps/s, a Set5 evaluation "
