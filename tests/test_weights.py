@@ -887,7 +887,7 @@ def test_pickled_modules_name_each_weight_once():
     shared = record(_parameters={"weight": w})
     for _ in range(20):  # 2**20 paths through 20 records
         shared = record(_modules={"a": shared, "b": shared})
-    with pytest.raises(WeightsError, match="more than 100000 modules"):
+    with pytest.raises(WeightsError, match="more than 1048576 entries and characters of names"):
         _record_state_dict(shared)
     with pytest.raises(WeightsError, match="_parameters is a list, not a mapping"):
         _record_state_dict(record(_parameters=[w]))
@@ -1205,7 +1205,8 @@ def test_an_archive_with_a_directory_for_each_zip_reader_is_refused(tmp_path, la
 def test_torch_load_gets_only_archives_both_zip_readers_read_alike(tmp_path):
     """What torch_load_walked hands torch.load: every entry stored (torch.save compresses none; a review had torch
     inflate 1 GiB storages from a 1 MB file), the same records at the same offsets for both readers, and a directory
-    of a checkpoint's size (Python's reader copies extra fields quadratically: 64 KB ones took it 2 s)."""
+    of a checkpoint's entries (Python's reader copies extra fields quadratically: 64 KB ones took it 2 s), whatever
+    the length of the file's name, which torch.save repeats in every entry (4,000 tensors under a long name pass)."""
     good = tmp_path / "good.pth"
     torch.save({"w": torch.rand(3)}, good)
     assert torch.equal(torch_load_walked(good)["w"], torch.load(good, weights_only=True)["w"])
@@ -1216,10 +1217,13 @@ def test_torch_load_gets_only_archives_both_zip_readers_read_alike(tmp_path):
         torch_load_walked(tmp_path / "deflated.pth")
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(tmp_path / "extra.pth", "w") as dst:
         for info in src.infolist():
-            info.extra = b"\xfe\xca" + struct.pack("<H", 60000) + bytes(60000)  # a directory of 8 x 60 KB
+            info.extra = b"\xfe\xca" + struct.pack("<H", 60000) + bytes(60000)  # 60 KB extra fields
             dst.writestr(info, src.read(info))
-    with pytest.raises(CheckpointFormatError, match="the archive's directory is .* bytes"):
+    with pytest.raises(CheckpointFormatError, match="an extra field of 60004"):
         torch_load_walked(tmp_path / "extra.pth")
+    many = tmp_path / ("a_checkpoint_saved_under_a_long_descriptive_name_" * 2 + ".pth")  # its stem in every entry
+    torch.save({f"t{i}": torch.zeros(1) for i in range(4000)}, many)  # a review found it refused (283 KB directory)
+    assert len(torch_load_walked(many)) == 4000
 
 
 @pytest.mark.parametrize("pkl, what", [
@@ -1427,3 +1431,66 @@ def test_the_walks_shared_empty_tuple_is_never_grown():
     with pytest.raises(CheckpointFormatError, match="adds to a number, a string or an empty tuple"):
         check_pickle(io.BytesIO(b"\x80\x02)G@\t\x00\x00\x00\x00\x00\x00K\x01s."))  # (), 3.14, 1, SETITEM
     assert (torch_pickle._EMPTY_TUPLE.size, torch_pickle._EMPTY_TUPLE.tainted) == (0, 0)
+
+
+def _shared_halves(n: int, leaf: bytes = b"K\x00") -> bytes:
+    """Opcodes that leave T_n on the stack, T_0 = ``leaf``, T_k = (T_{k-1}, T_{k-1}): 2**n leaves in 13 bytes a level."""
+    out = leaf
+    for i in range(n):
+        out += b"r" + struct.pack("<I", i) + b"j" + struct.pack("<I", i) + b"\x86"  # LONG_BINPUT, LONG_BINGET, TUPLE2
+    return out
+
+
+@pytest.mark.parametrize("case", ["persistent-id", "string-key"])
+def test_what_torch_hashes_or_formats_counts_whatever_it_holds(case, tmp_path):
+    """A fourth review: torch hashes a persistent id and formats it into a record name, and OrderedDict(pairs) hashes
+    its keys, chosen or not: an id of 2**24 shared halves (a 1 KB file) took torch.load 10 s and 815 MB, a key of
+    strings nested 28 deep 5 s in either unpickler. Their whole weight counts: refused at once, zip and legacy."""
+    if case == "persistent-id":
+        body = b"(" + _text("storage") + b"ctorch\nFloatStorage\n" + _shared_halves(24) + _text("cpu") + b"K\x00tQ"
+    else:
+        body = b"ccollections\nOrderedDict\n]" + _shared_halves(28, _text("a")) + _text("v") + b"\x86a\x85R"
+    pkl = b"\x80\x02" + body + b"."
+    t = time.perf_counter()
+    with pytest.raises(CheckpointFormatError, match="elements hashed in keys"):
+        check_pickle(io.BytesIO(pkl))
+    path = _zip_checkpoint(tmp_path / "z.pth", pkl)
+    for load in (torch_load_walked, vdsr_fast.load):
+        with pytest.raises((CheckpointFormatError, WeightsError), match="elements hashed in keys"):
+            load(path)
+    legacy = b"".join(pickle.dumps(v, protocol=2) for v in (LEGACY_MAGIC, 1001, {})) + pkl
+    with pytest.raises(CheckpointFormatError, match="elements hashed in keys"):
+        read_checkpoint(legacy)
+    assert time.perf_counter() - t < 5
+
+
+def test_a_legacy_files_five_pickles_share_one_budget():
+    """The opcode, call and load bounds hold for a legacy file's five pickles together (a review padded each to just
+    under the bound: five walks of ~1.3 s)."""
+    pad = b"K\x00K\x00K\x00\x870" * 20_000  # 100,000 opcodes a pickle: each alone within the bound
+    parts = [pickle.dumps(LEGACY_MAGIC, 2)[2:], pickle.dumps(1001, 2)[2:], b"}.", b"}.", b"]."]
+    with pytest.raises(CheckpointFormatError, match="more than 262144 opcodes"):
+        read_checkpoint(b"".join(b"\x80\x02" + pad + part for part in parts))
+
+
+def test_a_pickled_model_of_shared_modules_is_bounded_by_what_flattening_it_makes():
+    """A module shared under two names at each of 15 levels is 32,768 visits, within the module bound, and a leaf
+    with one 32 KB parameter name made 1.2 GB of names (a fourth review: 10.9 s); entries and name characters are
+    bounded together now, and a name that is not a string is refused (formatting one could cost 2**depth)."""
+    from vdsr_fast.torch_pickle import ModuleRecord
+    from vdsr_fast.weights import _record_state_dict
+
+    def module(state: dict) -> ModuleRecord:
+        m = ModuleRecord()
+        m.__setstate__(state)
+        return m
+
+    node = module({"_parameters": {"p" * 32_768: None}, "_modules": {}})
+    for _ in range(15):
+        node = module({"_modules": {"a": node, "b": node}})
+    t = time.perf_counter()
+    with pytest.raises(WeightsError, match="more than 1048576 entries and characters of names"):
+        _record_state_dict(node)
+    assert time.perf_counter() - t < 2
+    with pytest.raises(WeightsError, match="a _parameters name is a tuple"):
+        _record_state_dict(module({"_parameters": {(1, 2): None}}))

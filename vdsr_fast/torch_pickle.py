@@ -256,8 +256,9 @@ class _Unpickler(pickle.Unpickler):
         kind = pid[0]
         if kind == "module" and len(pid) == 4 and isinstance(pid[1], type) and issubclass(pid[1], ModuleRecord):
             return pid[1]  # legacy format: ('module', class, source file, source); the source is ignored
-        if kind != "storage" or len(pid) not in (5, 6) or not isinstance(pid[1], _StorageType):
-            raise CheckpointFormatError(f"unexpected persistent id {pid[:2]!r}")
+        if (kind != "storage" or len(pid) not in (5, 6) or not isinstance(pid[1], _StorageType)
+                or not isinstance(pid[2], (str, int))):  # (a key of nested tuples would cost 2**depth to format)
+            raise CheckpointFormatError(f"unexpected persistent id ({', '.join(type(v).__name__ for v in pid[:3])})")
         stype, key, numel = pid[1], str(pid[2]), pid[4]
         st = self._storages.get(key)
         if st is None:
@@ -273,6 +274,8 @@ class _Unpickler(pickle.Unpickler):
             self._storages[key] = st
         if len(pid) == 6 and pid[5] is not None:  # legacy view: (view_key, offset, view_size)
             view_key, offset, view_size = pid[5]
+            if not isinstance(view_key, (str, int)):
+                raise CheckpointFormatError(f"unexpected storage view key ({type(view_key).__name__})")
             view = self._storages.get(str(view_key))
             if view is None:
                 view = _Storage(stype.dtype, view_size)
@@ -347,7 +350,10 @@ _MAX_HASH_WORK = _MAX_HANDED = 1 << 22
 # the bound), and a checkpoint holds a few hundred tensors, each two calls (its rebuild, its OrderedDict's) and one
 # load. At the bounds the walk takes up to ~2 s (7 us per opcode of the costliest kind) and torch.load ~1 s.
 _MAX_OPS, _MAX_CALLS, _MAX_LOADS = 1 << 18, 1 << 15, 1 << 14
-_MAX_DIRECTORY = 1 << 18  # a zip checkpoint's directory: ~60 bytes an entry, one per storage and 7 more (~4,400)
+# A zip checkpoint's directory: an entry per storage and 7 more, each a name of the file's stem and the record's
+# ("archive/data/123") and no extra field (torch.save writes none there; zip64 needs 28 bytes). Python's reader copies
+# an entry's extra field at each of its records (quadratic: 64 KB ones took it 2 s), so that is bounded before it reads.
+_MAX_ENTRIES, _MAX_NAME, _MAX_EXTRA = _MAX_LOADS + 64, 1024, 256
 _NUMBER_OPS = frozenset({"BININT", "BININT1", "BININT2", "FLOAT", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE", *_INT_OPS})
 _SATURATE = 1 << 40  # counts that shared objects nested deep would double at each level stop here
 
@@ -428,13 +434,18 @@ class _StackModel:
     Python's unpicklers and torch's). A pickle the model cannot follow is refused (the unpicklers fail there too)."""
 
     def __init__(self) -> None:
-        self.stack: list[_Sym] = []
-        self.marks: list[int] = []
-        self.memo: dict[int, _Sym] = {}
+        self.begin()
+        self.ops = 0  # opcodes, in all the pickles walked with this model (a legacy file's five share the bounds)
         self.cost = 0  # insertions into tables that hold a chosen key, so far (by weight)
         self.work = 0  # keys hashed anywhere, by weight
         self.handed = 0  # elements of the lists and tuples handed to calls and BUILDs
         self.calls = self.loads = 0  # calls (REDUCE, NEWOBJ, ...), and persistent loads (torch: a storage each)
+
+    def begin(self) -> None:
+        """A new pickle: its own stack, marks and memo (the counts go on)."""
+        self.stack: list[_Sym] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, _Sym] = {}
 
     def step(self, op: pickletools.OpcodeInfo, arg: Any) -> None:
         name, before, stack = op.name, op.stack_before, self.stack
@@ -511,6 +522,9 @@ class _StackModel:
                 self._hand(sum(len(h.items) for h in handed if h.kind in ("tuple", "list") and h.items))
                 handed += [e for h in handed if h.kind in ("tuple", "list") and h.items for e in h.items]
             self._hand(sum(len(h.items) for h in handed if h.items))
+            # what the call may hash (OrderedDict(pairs), set(list)): every element in full, chosen or not (a key of
+            # strings nested as (T, T) 28 deep is 2**28 of them in 353 bytes: a review, 5 s in either unpickler)
+            self.work += min(sum(e.weight for h in handed if h.items for e in h.items), _SATURATE)
             copies = [_copied(h) for h in handed]
             n, chosen = sum(c[0] for c in copies), sum(c[1] for c in copies)
             if n:
@@ -527,6 +541,8 @@ class _StackModel:
             stack.append(_Sym(f"global {arg}", True))
         else:  # STACK_GLOBAL, PERSID, BINPERSID, EXT*, buffers: an object
             self.loads += name in ("PERSID", "BINPERSID")
+            if name == "BINPERSID":  # torch hashes the id and formats it into a name: its whole weight (a review:
+                self.work += popped[0].weight  # a 1 KB file's id of 2**24 shared strings, 10 s and 815 MB)
             stack += [_Sym("object", True) for _ in op.stack_after]
 
     def _hand(self, n: int) -> None:
@@ -537,7 +553,7 @@ class _StackModel:
                 "counted at each use; a checkpoint's are a few thousand); refused before unpickling")
 
 
-def check_pickle(f: io.BytesIO) -> None:
+def check_pickle(f: io.BytesIO, model: _StackModel | None = None) -> None:
     """Walk the next pickle in ``f`` opcode by opcode (:func:`pickletools.genops`, which builds nothing) and rewind,
     before an unpickler runs it: refused (:class:`CheckpointFormatError`) are what would make an unpickler allocate
     or work far beyond the file's size. A memo index beyond the opcodes before it (a pickler numbers its memo
@@ -546,10 +562,15 @@ def check_pickle(f: io.BytesIO) -> None:
     the data (a bytearray8 of petabytes), an unknown opcode, a pickle past ``_MAX_PICKLE_BYTES``, more than
     ``_MAX_CHOSEN_INSERTS`` insertions of dict keys or set elements among keys whose hashes the file could choose
     (integers crafted to share one hash make building a dict quadratic in its size; :class:`_StackModel`)."""
-    start, ops, model = f.tell(), 0, _StackModel()
+    start, ops = f.tell(), 0
+    if model is None:
+        model = _StackModel()
+    else:
+        model.begin()
     try:
         for op, arg, pos in pickletools.genops(f):
             ops += 1
+            model.ops += 1
             if pos - start > _MAX_PICKLE_BYTES:
                 raise CheckpointFormatError(f"a pickle of more than {_MAX_PICKLE_BYTES >> 20} MiB (a checkpoint's holds its "
                                             "structure, a few KB, and its tensors' bytes beside it); refused")
@@ -568,7 +589,7 @@ def check_pickle(f: io.BytesIO) -> None:
                     f"malformed pickle: more than {_MAX_HASH_WORK} elements hashed in keys (shared ones counted at each "
                     "use; a checkpoint's are a few thousand); refused before unpickling")
             if (over := next((f"{bound} {what}" for n, bound, what in (
-                    (ops, _MAX_OPS, "opcodes (a training history takes ~13 per record, one per 50 steps)"),
+                    (model.ops, _MAX_OPS, "opcodes (a training history takes ~13 per record, one per 50 steps)"),
                     (model.calls, _MAX_CALLS, "calls (a checkpoint makes two per tensor)"),
                     (model.loads, _MAX_LOADS, "storages loaded (a checkpoint loads one per tensor)")) if n > bound),
                     None)) is not None:  # fmt: skip
@@ -669,14 +690,28 @@ def _data_offset(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
 
 
 def _open_zip(data: bytes) -> zipfile.ZipFile:
-    """Python's reader of an archive's bytes, once its central directory is known to be of a checkpoint's size:
-    Python's reader copies an entry's extra field at each of its records (a review: 45 entries with 64 KB extra
-    fields took it 2 s, before any check)."""
+    """Python's reader of an archive's bytes, once its central directory is known to be a checkpoint's: at most
+    ``_MAX_ENTRIES`` entries, names of ``_MAX_NAME`` bytes and extra fields of ``_MAX_EXTRA`` (Python's reader copies
+    an extra field at each of its records: a review's 45 entries with 64 KB ones took it 2 s, before any check)."""
     f = io.BytesIO(data)
     end = zipfile._EndRecData(f)
-    if end is not None and end[zipfile._ECD_SIZE] > _MAX_DIRECTORY:
-        raise CheckpointFormatError(f"the archive's directory is {end[zipfile._ECD_SIZE]} bytes (a checkpoint's, ~60 "
-                                    f"bytes per stored tensor, is a few KB; refused past {_MAX_DIRECTORY})")
+    if end is not None:
+        size, count = end[zipfile._ECD_SIZE], 0
+        # where Python's reader takes the directory to start (data before the archive moves it; check_zip refuses that)
+        # and reads entries from, as many as the directory's size holds (not as many as the end record says)
+        at = end[zipfile._ECD_LOCATION] - size - 76 * (end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64)
+        stop = min(at + size, len(data))
+        while 0 <= at and at + 46 <= stop and data[at : at + 4] == b"PK\x01\x02":
+            count += 1
+            if count > _MAX_ENTRIES:
+                raise CheckpointFormatError(f"the archive has more than {_MAX_ENTRIES} entries (a checkpoint's: one "
+                                            "per tensor and 7 more); refused")
+            names, extra, comment = struct.unpack_from("<3H", data, at + 28)
+            if names > _MAX_NAME or extra > _MAX_EXTRA:
+                raise CheckpointFormatError(f"an entry of the archive's directory has a name of {names} bytes and an "
+                                            f"extra field of {extra} (a checkpoint's: names of a few dozen, extra "
+                                            f"fields of at most {_MAX_EXTRA}); refused")
+            at += 46 + names + extra + comment
     try:
         return zipfile.ZipFile(f)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
@@ -711,8 +746,10 @@ def _read_legacy(data: bytes) -> Any:
     f = io.BytesIO(data)
     storages: dict[str, _Storage] = {}
 
+    model = _StackModel()  # one budget for the five
+
     def unpickle() -> Any:  # the next of the file's five pickles, walked first
-        check_pickle(f)
+        check_pickle(f, model)
         return _Unpickler(f, storages).load()
 
     magic = unpickle()
@@ -720,7 +757,8 @@ def _read_legacy(data: bytes) -> Any:
         raise CheckpointFormatError("not a torch.save checkpoint (wrong magic number)")
     version = unpickle()
     if version != LEGACY_PROTOCOL:
-        raise CheckpointFormatError(f"unsupported legacy torch.save protocol version {version!r:.100}")
+        shown = repr(version)[:100] if isinstance(version, (int, str)) else type(version).__name__
+        raise CheckpointFormatError(f"unsupported legacy torch.save protocol version {shown}")
     sys_info = unpickle()
     little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
     obj = unpickle()
@@ -728,6 +766,8 @@ def _read_legacy(data: bytes) -> Any:
     if not isinstance(keys, list):
         raise CheckpointFormatError("legacy checkpoint: the storage key list is missing")
     for key in keys:
+        if not isinstance(key, (str, int)):
+            raise CheckpointFormatError(f"legacy checkpoint: a storage key is a {type(key).__name__}")
         st = storages.get(str(key))
         if st is None:
             raise CheckpointFormatError(f"legacy checkpoint: storage '{key}' is listed but never used")

@@ -212,28 +212,32 @@ def from_state_dict(sd: Mapping[str, Any], *, source: str = "state_dict") -> VDS
     return model.requires_grad_(False).eval()
 
 
-_MAX_MODULES = 100_000  # module visits while flattening a pickled model (a VDSR: ~60)
+_MAX_ENTRIES = 1 << 20  # entries read and characters of names made flattening a pickled model (a VDSR: ~100, ~2,000)
 
 
 def _record_state_dict(rec: ModuleRecord, prefix: str = "", out: dict | None = None, depth: int = 0,
                        visits: list | None = None) -> dict:
     """Flatten a pickled module tree (as :class:`ModuleRecord`) into a state_dict. A module may appear more than once
-    (one ReLU in every block), but the walk stops after :data:`_MAX_MODULES` visits (a file nesting shared modules
-    could make it 2**depth); a name given twice (a buffer beside a parameter of its name) is refused."""
+    (one ReLU in every block), but the walk stops after :data:`_MAX_ENTRIES` entries and characters of the names it
+    makes (a file nesting shared modules could make 2**depth of them); a name given twice (a buffer beside a parameter
+    of its name) is refused."""
     out = {} if out is None else out
     visits = [0] if visits is None else visits
     if depth > 32:
         raise WeightsError("pickled model nests modules too deeply")
-    visits[0] += 1
-    if visits[0] > _MAX_MODULES:
-        raise WeightsError(f"the pickled model has more than {_MAX_MODULES} modules (shared ones counted where they appear)")
     for kind in ("_parameters", "_buffers", "_modules"):
         entries = rec.state.get(kind) or {}
         if not isinstance(entries, Mapping):
             where = prefix.rstrip(".") or rec.qualname
             raise WeightsError(f"module '{where}': {kind} is a {type(entries).__name__}, not a mapping")
         for name, v in entries.items():
+            if not isinstance(name, str):  # (and a tuple of shared halves would cost 2**depth to format)
+                raise WeightsError(f"module '{prefix.rstrip('.') or rec.qualname}': a {kind} name is a {type(name).__name__}")
             key = f"{prefix}{name}"
+            visits[0] += 1 + len(key)  # shared modules' names are made at every visit: 2**depth of them
+            if visits[0] > _MAX_ENTRIES:
+                raise WeightsError(f"the pickled model's modules hold more than {_MAX_ENTRIES} entries and characters "
+                                   "of names (shared ones counted where they appear)")
             if key in out:
                 raise WeightsError(f"'{key}' is given twice in the pickled model")
             if v is None:
