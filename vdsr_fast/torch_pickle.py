@@ -561,7 +561,9 @@ def check_pickle(f: io.BytesIO, model: _StackModel | None = None) -> None:
     integer wider than ``_MAX_INT_BITS`` (a 5000-digit one is parsed and printed in quadratic time), a length past
     the data (a bytearray8 of petabytes), an unknown opcode, a pickle past ``_MAX_PICKLE_BYTES``, more than
     ``_MAX_CHOSEN_INSERTS`` insertions of dict keys or set elements among keys whose hashes the file could choose
-    (integers crafted to share one hash make building a dict quadratic in its size; :class:`_StackModel`)."""
+    (integers crafted to share one hash make building a dict quadratic in its size; :class:`_StackModel`), and more
+    than the bounds of opcodes, calls, storage loads, hashing and elements handed to calls. ``model``: the counts of
+    the pickles walked before this one, which the bounds take together (a legacy file's five)."""
     start, ops = f.tell(), 0
     if model is None:
         model = _StackModel()
