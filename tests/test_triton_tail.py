@@ -1,14 +1,12 @@
 """The fused tail kernel (conv3x3 C -> 1 + bias + residual add, optional clamp) against float64 PyTorch.
 
-Equivalence rule (DESIGN.md §6): ``err(triton) <= 2 * err(torch, same dtype) + atol[dtype] * scale``,
-err = max |out - ref64|, ref64 = ``y + conv3x3(x) + b`` in float64 on the same weights and the same
-inputs (x already in the storage dtype, y the fp32 plane), ``scale = max(1, max |ref64|)``.
-The torch same-dtype path is the torch backend's: conv in the storage dtype, then ``y + residual`` in
-that dtype. The kernel adds the residual in fp32 and writes y's dtype, so it is usually far better.
-
-atol: fp32 1e-5 (summation-order noise of 576-term sums is ~1e-7 here); fp16 / bf16 one storage ulp at
-magnitude 1 (2**-10, 2**-7), the most one final rounding of the weights' product can move the output
-beyond what torch's same-dtype error already allows.
+Equivalence rule (DESIGN.md §6): ``err(triton) <= 2 * err(torch, fp32) + atol[fp32] * scale``,
+err = max |out - ref64|, ref64 = ``y + conv3x3(x) + b`` in float64 on the operands the kernel has: x in
+the storage dtype, the weights rounded to it as packed, y the fp32 plane; ``scale = max(1, max |ref64|)``.
+The kernel multiplies and accumulates those in fp32 (a product of two fp16 or bf16 values is exact in
+fp32), adds the residual in fp32 and writes y's dtype (fp32 here), so every dtype is held to fp32's
+bound: atol 1e-5 (summation-order noise of 576-term sums is ~1e-7 here), far below the tail's bias
+(up to 0.05) or one tap's share.
 
 The tail has no tl.dot, so all three dtypes run in Triton's CPU interpreter too.
 """
@@ -51,11 +49,16 @@ def _check(n, h, w, c, dtype, device, clamp=False, config=None):
     out = torch.full_like(y, float("nan"))
     res = conv3x3_tail_residual(x, pack_tail_weight(wt, dtype), b.float(), y, out, clamp=clamp, config=config)
     assert res is out
-    ref64 = y.double() + F.conv2d(x_nchw.double(), wt.double(), b.double(), padding=1)
-    same = y.to(dtype) + F.conv2d(x_nchw, wt.to(dtype), b.to(dtype), padding=1)
+    # The kernel's arithmetic is fp32 on operands already in the storage dtype (x, and the weights as packed), and it
+    # writes y's dtype (fp32 here): so the reference is float64 on those rounded operands, and the bound fp32's. The
+    # same-dtype torch path rounds the output to the storage dtype, which made the bound (up to 0.02 in bf16) larger
+    # than the tail's bias: a kernel without its bias passed 4 of the 12 CPU cases (found by a review of the tests).
+    wt_q = wt.to(dtype)
+    ref64 = y.double() + F.conv2d(x_nchw.double(), wt_q.double(), b.double(), padding=1)
+    same = y + F.conv2d(x_nchw.float(), wt_q.float(), b, padding=1)
     if clamp:
         ref64, same = ref64.clamp(0, 1), same.clamp(0, 1)
-    assert_equivalent(out, same, ref64, dtype)
+    assert_equivalent(out, same, ref64, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
