@@ -89,7 +89,7 @@ def continues_shipped(cand: dict[str, str], shipped_sha256: str) -> bool:
         return True
     raise SystemExit(f"ship_weights: the candidate's run began from --init {init}, which is not the shipped file (the "
                      f"run recorded sha256 {cand.get('init_sha256')}, the shipped file's is {shipped_sha256}; runs "
-                     "before the thirtieth session recorded none): the metadata's steps and training cannot carry on "
+                     "before 2026-11-30 recorded none): the metadata's steps and training cannot carry on "
                      "from the shipped ones; ship it by hand")
 
 
@@ -109,11 +109,10 @@ def new_metadata(shipped: dict[str, str], cand: dict[str, str], table: Table, re
         "quality": quality_line(table, readme),
         "training": f"{shipped['training'].rstrip('.')}. Then {note}" if continued else f"vdsr-fast train: {note}",
     })
-    data = json.loads(cand.get("training_data") or "[]")  # what the run trained on: in place of, or beside, theirs
-    if not continued or not data:
-        meta["training_data"] = json.dumps(data) if data else shipped.get("training_data", "[]")
-    else:
-        meta["training_data"] = json.dumps(list(dict.fromkeys(json.loads(shipped.get("training_data", "[]")) + data)))
+    # what the run trained on: beside the shipped file's if it continued them, else in their place (if it says)
+    data = json.loads(cand.get("training_data") or "[]")
+    before = json.loads(shipped.get("training_data", "[]")) if continued or not data else []
+    meta["training_data"] = json.dumps(list(dict.fromkeys(before + data)))
     return meta
 
 

@@ -622,8 +622,7 @@ def check_zip(zf: zipfile.ZipFile, nbytes: int) -> tuple[str, bytes]:
         raise CheckpointFormatError("the archive holds names that differ only in case (torch.load could read another "
                                     "entry than the one checked); refused")
     end = zipfile._EndRecData(zf.fp)  # the directory torch's reader uses: where the end record says, no data before it
-    zip64 = end is not None and end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64  # then its 76 bytes of records
-    if end is None or end[zipfile._ECD_LOCATION] - end[zipfile._ECD_OFFSET] - end[zipfile._ECD_SIZE] != 76 * zip64:
+    if end is None or _directory_at(end) != end[zipfile._ECD_OFFSET]:
         raise CheckpointFormatError("the archive's central directory is not where its end record says (two "
                                     "directories, or data before the archive: readers could disagree); refused")
     pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
@@ -691,6 +690,14 @@ def _data_offset(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + names + extra
 
 
+def _directory_at(end: list) -> int:
+    """Where Python's zip reader takes an archive's central directory to start, by its end record (``end``, as
+    ``zipfile._EndRecData`` gives it): right before the end record, and before the 76 bytes of zip64 records where
+    there are some. Data before the archive moves it from where the end record says (check_zip refuses that)."""
+    zip64 = end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64
+    return end[zipfile._ECD_LOCATION] - end[zipfile._ECD_SIZE] - 76 * zip64
+
+
 def _open_zip(data: bytes) -> zipfile.ZipFile:
     """Python's reader of an archive's bytes, once its central directory is known to be a checkpoint's: at most
     ``_MAX_ENTRIES`` entries, names of ``_MAX_NAME`` bytes and extra fields of ``_MAX_EXTRA`` (Python's reader copies
@@ -698,11 +705,10 @@ def _open_zip(data: bytes) -> zipfile.ZipFile:
     f = io.BytesIO(data)
     end = zipfile._EndRecData(f)
     if end is not None:
-        size, count = end[zipfile._ECD_SIZE], 0
-        # where Python's reader takes the directory to start (data before the archive moves it; check_zip refuses that)
-        # and reads entries from, as many as the directory's size holds (not as many as the end record says)
-        at = end[zipfile._ECD_LOCATION] - size - 76 * (end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64)
-        stop = min(at + size, len(data))
+        # Python's reader reads entries from where it takes the directory to start, as many as the directory's size
+        # holds (not as many as the end record says)
+        at, count = _directory_at(end), 0
+        stop = min(at + end[zipfile._ECD_SIZE], len(data))
         while 0 <= at and at + 46 <= stop and data[at : at + 4] == b"PK\x01\x02":
             count += 1
             if count > _MAX_ENTRIES:
